@@ -1,0 +1,42 @@
+"""ferrite: GGUF files, every ggml tensor type as numpy, the model's own BPE tokenizer, and
+Qwen2-family inference on CPU and NVIDIA GPUs.
+
+>>> import ferrite
+>>> f = ferrite.GgufFile(ferrite.fetch_test_model())
+>>> f.tensor("output_norm.weight").shape
+(896,)
+"""
+
+from ferrite import _ferrite
+from ferrite._ferrite import GgufFile, TensorInfo, dequantize, ggml_types
+from ferrite._fetch import fetch_test_model
+from ferrite.errors import (
+    ContextLengthError,
+    CudaError,
+    FerriteError,
+    GgufError,
+    KeyNotFoundError,
+    ModelError,
+    QuantError,
+    TokenizerError,
+    UnsupportedTypeError,
+)
+
+__version__ = _ferrite.__version__
+
+__all__ = [
+    "GgufFile",
+    "TensorInfo",
+    "dequantize",
+    "ggml_types",
+    "fetch_test_model",
+    "FerriteError",
+    "GgufError",
+    "KeyNotFoundError",
+    "QuantError",
+    "UnsupportedTypeError",
+    "TokenizerError",
+    "ModelError",
+    "ContextLengthError",
+    "CudaError",
+]

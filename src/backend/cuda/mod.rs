@@ -1,0 +1,1 @@
+//! CUDA backend: device memory, NVRTC-compiled kernels from kernels/, cuBLAS.

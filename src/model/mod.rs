@@ -1,0 +1,1 @@
+//! Model description and forward pass.

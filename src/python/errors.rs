@@ -1,0 +1,44 @@
+//! One mapping from each layer's error enum to the exception classes of `ferrite.errors`
+//! (defined in Python so they can inherit from both `FerriteError` and a builtin).
+
+use pyo3::prelude::*;
+use pyo3::types::PyType;
+
+use crate::gguf::GgufError;
+use crate::quant::QuantError;
+
+/// An instance of `ferrite.errors.<class_name>` carrying `message`.
+pub fn raise(class_name: &str, message: String) -> PyErr {
+    Python::attach(|py| {
+        let class = py
+            .import("ferrite.errors")
+            .and_then(|m| m.getattr(class_name))
+            .and_then(|c| c.cast_into::<PyType>().map_err(PyErr::from));
+        match class {
+            Ok(class) => PyErr::from_type(class, message),
+            Err(import_failure) => import_failure,
+        }
+    })
+}
+
+impl From<GgufError> for PyErr {
+    fn from(e: GgufError) -> PyErr {
+        match &e {
+            GgufError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                pyo3::exceptions::PyFileNotFoundError::new_err(e.to_string())
+            }
+            GgufError::Io { .. } => pyo3::exceptions::PyOSError::new_err(e.to_string()),
+            GgufError::NoSuchTensor(_) | GgufError::NoSuchKey(_) => raise("KeyNotFoundError", e.to_string()),
+            _ => raise("GgufError", e.to_string()),
+        }
+    }
+}
+
+impl From<QuantError> for PyErr {
+    fn from(e: QuantError) -> PyErr {
+        match e {
+            QuantError::Unsupported(_) => raise("UnsupportedTypeError", e.to_string()),
+            _ => raise("QuantError", e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! The Python bindings: the only place pyo3 appears. Converts types and errors; releases the GIL
+//! around long work.
+
+mod errors;
+mod gguf;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _ferrite(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    gguf::register(m)?;
+    Ok(())
+}
