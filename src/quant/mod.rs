@@ -131,7 +131,7 @@ pub fn row_bytes(ty: GgmlType, n_cols: usize) -> Result<usize, QuantError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Deterministic pseudo-random bytes (xorshift), so tests need no RNG dependency.
