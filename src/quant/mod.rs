@@ -12,6 +12,8 @@ mod iq_quants;
 mod k_quants;
 mod legacy;
 mod matmul;
+#[cfg(target_arch = "x86_64")]
+mod matmul_avx2;
 mod ternary;
 mod types;
 
