@@ -8,9 +8,20 @@ pub fn f32_block(b: &[u8], out: &mut [f32]) {
     }
 }
 
+/// Converts through `half`'s slice conversion, which uses F16C when the CPU has it (8 values
+/// per instruction) instead of one software conversion per value. Both are exact for every
+/// finite and infinite value; F16C may quiet a signalling NaN's payload bit.
 pub fn f16_block(b: &[u8], out: &mut [f32]) {
-    for (o, c) in out.iter_mut().zip(b.chunks_exact(2)) {
-        *o = f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32();
+    use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+    const STEP: usize = 256;
+    let mut bits = [0u16; STEP];
+    for (bc, oc) in b.chunks(2 * STEP).zip(out.chunks_mut(STEP)) {
+        let n = oc.len();
+        for (x, c) in bits[..n].iter_mut().zip(bc.chunks_exact(2)) {
+            *x = u16::from_le_bytes([c[0], c[1]]);
+        }
+        let halves: &[f16] = bits[..n].reinterpret_cast();
+        halves.convert_to_f32_slice(oc);
     }
 }
 

@@ -27,15 +27,17 @@ pub fn mxfp4_block(b: &[u8], out: &mut [f32]) {
 
 /// Unsigned E4M3 (bias 7) scale at half value. The sign bit is not part of the format and is
 /// ignored; 0x7F (the E4M3 NaN) decodes to 0, as in gguf-py.
+///
+/// Normal: (1 + man/8) · 2^(exp-7) / 2 = (8 + man) · 2^(exp-11); subnormal: man · 2^-10. Both
+/// are exact in f32, built here from integers (no powi per block).
 pub fn ue4m3_half(x: u8) -> f32 {
     if x == 0 || x == 0x7F {
         return 0.0;
     }
     let exp = ((x >> 3) & 0x0F) as i32;
-    let man = (x & 0x07) as f32;
-    // Every value here is exactly representable, so the order of operations cannot matter.
-    let raw = if exp == 0 { man * (2f32).powi(-9) } else { (1.0 + man / 8.0) * (2f32).powi(exp - 7) };
-    raw * 0.5
+    let man = (x & 0x07) as i32;
+    let (int, pow) = if exp == 0 { (man, -10) } else { (8 + man, exp - 11) };
+    int as f32 * f32::from_bits(((127 + pow) as u32) << 23)
 }
 
 pub fn nvfp4_block(b: &[u8], out: &mut [f32]) {

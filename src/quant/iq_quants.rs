@@ -16,13 +16,11 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-#[inline]
+/// `v`, negated when `negative`: a sign-bit flip (what multiplying by -1 does), branch-free
+/// because the sign bits are random and a branch would mispredict half the time.
+#[inline(always)]
 fn signed(v: f32, negative: bool) -> f32 {
-    if negative {
-        -v
-    } else {
-        v
-    }
+    f32::from_bits(v.to_bits() ^ ((negative as u32) << 31))
 }
 
 /// Writes `db * grid[k] * ±1` for one group of 8 weights, bit k of `signs` giving the sign.

@@ -113,14 +113,24 @@ pub fn q6_k_block(b: &[u8], out: &mut [f32]) {
     let qh = &b[128..192];
     let scales = &b[192..208];
     let d = f16_at(b, 208);
+    // Element 32s + m of each 128-element half: low nibble of ql byte (s % 2)·32 + m (high
+    // nibble when s >= 2), top 2 bits at shift 2s of qh byte m. Loops are shaped so each
+    // 16-element run has constant shifts and one scale, which vectorizes.
     for half in 0..2 {
-        for k in 0..128 {
-            // Low nibbles: byte k%64 of this half's 64 bytes, high nibble for k >= 64.
-            let lo = (ql[half * 64 + k % 64] >> (4 * (k / 64))) & 0x0F;
-            let hi = (qh[half * 32 + k % 32] >> (2 * (k / 32))) & 0x03;
-            let e = half * 128 + k;
-            let q = (lo | (hi << 4)) as i32 - 32;
-            out[e] = (d * (scales[e / 16] as i8) as f32) * q as f32;
+        let h = &qh[half * 32..half * 32 + 32];
+        for s in 0..4 {
+            let l = &ql[half * 64 + (s % 2) * 32..half * 64 + (s % 2) * 32 + 32];
+            let (lshift, hshift) = (4 * (s / 2), 2 * s);
+            for sub in 0..2 {
+                let e0 = half * 128 + s * 32 + sub * 16;
+                let dl = d * (scales[e0 / 16] as i8) as f32;
+                let o = &mut out[e0..e0 + 16];
+                for m in 0..16 {
+                    let i = sub * 16 + m;
+                    let q = ((l[i] >> lshift) & 0x0F) | (((h[i] >> hshift) & 3) << 4);
+                    o[m] = dl * (q as i32 - 32) as f32;
+                }
+            }
         }
     }
 }

@@ -26,28 +26,34 @@ pub fn q4_1_block(b: &[u8], out: &mut [f32]) {
     }
 }
 
+/// Bit j of `qh` moved to bit 4 of byte j: the fifth bit of element j.
+#[inline(always)]
+fn fifth_bits(qh: u32) -> [u8; 32] {
+    let mut h = [0u8; 32];
+    for (j, v) in h.iter_mut().enumerate() {
+        *v = (((qh >> j) & 1) << 4) as u8;
+    }
+    h
+}
+
 pub fn q5_0_block(b: &[u8], out: &mut [f32]) {
     let d = f16_at(b, 0);
-    let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+    let h = fifth_bits(u32::from_le_bytes([b[2], b[3], b[4], b[5]]));
     let qs = &b[6..22];
     for j in 0..16 {
-        let lo = (qs[j] & 0x0F) | ((((qh >> j) & 1) as u8) << 4);
-        let hi = (qs[j] >> 4) | ((((qh >> (j + 16)) & 1) as u8) << 4);
-        out[j] = d * (lo as i32 - 16) as f32;
-        out[j + 16] = d * (hi as i32 - 16) as f32;
+        out[j] = d * (((qs[j] & 0x0F) | h[j]) as i32 - 16) as f32;
+        out[j + 16] = d * (((qs[j] >> 4) | h[j + 16]) as i32 - 16) as f32;
     }
 }
 
 pub fn q5_1_block(b: &[u8], out: &mut [f32]) {
     let d = f16_at(b, 0);
     let m = f16_at(b, 2);
-    let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+    let h = fifth_bits(u32::from_le_bytes([b[4], b[5], b[6], b[7]]));
     let qs = &b[8..24];
     for j in 0..16 {
-        let lo = (qs[j] & 0x0F) | ((((qh >> j) & 1) as u8) << 4);
-        let hi = (qs[j] >> 4) | ((((qh >> (j + 16)) & 1) as u8) << 4);
-        out[j] = d * lo as f32 + m;
-        out[j + 16] = d * hi as f32 + m;
+        out[j] = d * ((qs[j] & 0x0F) | h[j]) as f32 + m;
+        out[j + 16] = d * ((qs[j] >> 4) | h[j + 16]) as f32 + m;
     }
 }
 
