@@ -63,7 +63,7 @@ def summarize(f: GgufFile) -> str:
             value = md[key]
             # GGUF stores these as float32: print the float32's shortest repr (1e-06, not 9.99e-07).
             shown = np.float32(value) if isinstance(value, float) else value
-            lines.append(f"  {suffix:<34} {shown}")
+            lines.append(f"  {suffix:<34} {str(shown)}")
 
     lines.append("")
     lines.append(f"{'tensor type':<12}{'tensors':>8}{'elements':>16}{'bytes':>16}{'bits/weight':>13}")
