@@ -255,6 +255,17 @@ fn row_dot(s: Scheme, u: &UnpackedRow, acts: &QuantizedActs, n_cols: usize, t: u
     }
 }
 
+fn check_shapes(x_elems: usize, out_elems: usize, n_rows: usize, n_cols: usize, n_tokens: usize) -> Result<(), QuantError> {
+    let want = |a: usize, b: usize| a.checked_mul(b).unwrap_or(usize::MAX);
+    if x_elems != want(n_tokens, n_cols) {
+        return Err(QuantError::BadShape { what: "activations (n_tokens x n_cols)", expected_elems: want(n_tokens, n_cols), got_elems: x_elems });
+    }
+    if out_elems != want(n_tokens, n_rows) {
+        return Err(QuantError::BadShape { what: "output (n_tokens x n_rows)", expected_elems: want(n_tokens, n_rows), got_elems: out_elems });
+    }
+    Ok(())
+}
+
 /// Everything one parallel task needs besides its output slice.
 struct Job<'a> {
     ty: GgmlType,
@@ -393,9 +404,8 @@ pub(crate) fn matmul_with(
         return Err(QuantError::Unsupported(ty));
     }
     let row_len_bytes = row_bytes(ty, n_cols)?;
-    check_len(ty, w.len(), n_rows * n_cols)?;
-    assert_eq!(x.len(), n_tokens * n_cols, "activations must be n_tokens x n_cols");
-    assert_eq!(out.len(), n_tokens * n_rows, "output must be n_tokens x n_rows");
+    check_len(ty, w.len(), n_rows.saturating_mul(n_cols))?;
+    check_shapes(x.len(), out.len(), n_rows, n_cols, n_tokens)?;
     if n_tokens == 0 || n_rows == 0 {
         return Ok(());
     }
@@ -445,9 +455,8 @@ pub fn matmul_reference(
     out: &mut [f32],
 ) -> Result<(), QuantError> {
     let row_len_bytes = row_bytes(ty, n_cols)?;
-    check_len(ty, w.len(), n_rows * n_cols)?;
-    assert_eq!(x.len(), n_tokens * n_cols, "activations must be n_tokens x n_cols");
-    assert_eq!(out.len(), n_tokens * n_rows, "output must be n_tokens x n_rows");
+    check_len(ty, w.len(), n_rows.saturating_mul(n_cols))?;
+    check_shapes(x.len(), out.len(), n_rows, n_cols, n_tokens)?;
     let mut by_row = vec![0f32; n_rows * n_tokens];
     by_row.par_chunks_mut(n_tokens.max(1)).enumerate().try_for_each_init(
         || vec![0f32; n_cols],
@@ -681,5 +690,9 @@ mod tests {
         assert!(matches!(err, QuantError::PartialBlock { .. }));
         let err = matmul(GgmlType::Q4_K, &w[..w.len() - 1], n_rows, n_cols, &x, 1, &mut out).unwrap_err();
         assert!(matches!(err, QuantError::SizeMismatch { .. }));
+        let err = matmul(GgmlType::Q4_K, &w, n_rows, n_cols, &x, 2, &mut out).unwrap_err();
+        assert!(matches!(err, QuantError::BadShape { .. }), "{err}");
+        let err = matmul(GgmlType::Q4_K, &w, n_rows, n_cols, &x, 1, &mut out[..2]).unwrap_err();
+        assert!(matches!(err, QuantError::BadShape { .. }), "{err}");
     }
 }

@@ -31,6 +31,8 @@ pub enum QuantError {
     PartialBlock { ty: GgmlType, n_elems: usize, block_elems: usize },
     #[error("{ty}: {n_elems} elements need {expected_bytes} bytes, got {got_bytes}")]
     SizeMismatch { ty: GgmlType, n_elems: usize, expected_bytes: usize, got_bytes: usize },
+    #[error("matmul: {what} has {got_elems} elements, expected {expected_elems}")]
+    BadShape { what: &'static str, expected_elems: usize, got_elems: usize },
 }
 
 /// Checks that `data` holds exactly `n_elems` elements of `ty`; returns the number of blocks.
@@ -40,7 +42,8 @@ pub fn check_len(ty: GgmlType, data_bytes: usize, n_elems: usize) -> Result<usiz
         return Err(QuantError::PartialBlock { ty, n_elems, block_elems });
     }
     let n_blocks = n_elems / block_elems;
-    let expected_bytes = n_blocks * ty.block_bytes();
+    // Saturates: an impossible size then reads as a mismatch instead of wrapping around.
+    let expected_bytes = n_blocks.saturating_mul(ty.block_bytes());
     if expected_bytes != data_bytes {
         return Err(QuantError::SizeMismatch { ty, n_elems, expected_bytes, got_bytes: data_bytes });
     }
