@@ -92,23 +92,34 @@ impl Bpe {
         }
     }
 
-    /// O(n^2) but allocation-light: the fast path for ordinary words.
+    /// For short words: the pair ranks sit in an array; each merge rescans it for the minimum
+    /// (cheap for n < 24) and looks up only the two pairs the merge created.
     fn merge_by_scan(&self, word: &[u8], out: &mut Vec<u32>) {
+        const NO_MERGE: (u32, u32) = (u32::MAX, 0);
         let mut ids: Vec<u32> = word.iter().map(|&b| self.byte_ids[b as usize]).collect();
+        let pair = |l: u32, r: u32| self.merges.get(&(l, r)).copied().unwrap_or(NO_MERGE);
+        // ranks[i]: (rank, merged id) of the pair (ids[i], ids[i + 1]).
+        let mut ranks: Vec<(u32, u32)> = ids.windows(2).map(|w| pair(w[0], w[1])).collect();
         loop {
-            let mut best: Option<(u32, usize, u32)> = None;
-            for i in 0..ids.len() - 1 {
-                if let Some(&(rank, merged)) = self.merges.get(&(ids[i], ids[i + 1])) {
-                    if best.map_or(true, |(r, _, _)| rank < r) {
-                        best = Some((rank, i, merged));
-                    }
+            let mut best = 0usize;
+            for i in 1..ranks.len() {
+                // Strictly less: the leftmost of equal ranks wins.
+                if ranks[i].0 < ranks[best].0 {
+                    best = i;
                 }
             }
-            let Some((_, i, merged)) = best else { break };
-            ids[i] = merged;
-            ids.remove(i + 1);
-            if ids.len() == 1 {
+            let Some(&(rank, merged)) = ranks.get(best) else { break };
+            if rank == u32::MAX {
                 break;
+            }
+            ids[best] = merged;
+            ids.remove(best + 1);
+            ranks.remove(best);
+            if best > 0 {
+                ranks[best - 1] = pair(ids[best - 1], merged);
+            }
+            if best < ranks.len() {
+                ranks[best] = pair(merged, ids[best + 1]);
             }
         }
         out.extend_from_slice(&ids);

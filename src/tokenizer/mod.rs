@@ -7,6 +7,7 @@
 
 mod bpe;
 mod byte_level;
+mod char_class;
 mod chat_template;
 mod decoder;
 mod error;
