@@ -1,0 +1,32 @@
+use thiserror::Error;
+
+use crate::gguf::GgufError;
+use crate::quant::QuantError;
+
+#[derive(Debug, Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error(transparent)]
+    Quant(#[from] QuantError),
+    #[error("architecture {0:?} is not supported (ferrite runs qwen2 and llama)")]
+    UnknownArchitecture(String),
+    #[error("missing metadata key {0:?}")]
+    MissingKey(String),
+    #[error("missing tensor {0:?}")]
+    MissingTensor(String),
+    #[error("tensor {tensor:?}: {problem}")]
+    BadTensor { tensor: String, problem: String },
+    #[error("sequence {seq_id}: {needed} tokens exceed its room of {capacity} (context length {context_length})")]
+    ContextLength { seq_id: usize, needed: usize, capacity: usize, context_length: usize },
+    #[error("KV cache full: a sequence of {requested} tokens does not fit (largest free range {largest_free} of {capacity} token slots; free sequences or load with a larger kv_cache_tokens)")]
+    KvCacheFull { requested: usize, largest_free: usize, capacity: usize },
+    #[error("no sequence with id {0}")]
+    NoSuchSequence(usize),
+    #[error("token id {id} is out of range for a vocabulary of {vocab_size}")]
+    BadTokenId { id: u32, vocab_size: usize },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("backend: {0}")]
+    Backend(String),
+}
