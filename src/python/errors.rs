@@ -5,6 +5,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyType;
 
 use crate::gguf::GgufError;
+use crate::model::ModelError;
 use crate::quant::QuantError;
 
 /// An instance of `ferrite.errors.<class_name>` carrying `message`.
@@ -39,6 +40,15 @@ impl From<QuantError> for PyErr {
         match e {
             QuantError::Unsupported(_) => raise("UnsupportedTypeError", e.to_string()),
             _ => raise("QuantError", e.to_string()),
+        }
+    }
+}
+
+impl From<ModelError> for PyErr {
+    fn from(e: ModelError) -> PyErr {
+        match e {
+            ModelError::ContextLength { .. } | ModelError::KvCacheFull { .. } => raise("ContextLengthError", e.to_string()),
+            _ => raise("ModelError", e.to_string()),
         }
     }
 }
