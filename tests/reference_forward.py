@@ -22,12 +22,22 @@ Usage::
 from __future__ import annotations
 
 import numpy as np
-from gguf import GGUFReader
-from gguf.quants import dequantize
+from gguf import GGMLQuantizationType, GGUFReader
+from gguf.quants import dequantize, quantize
 
 
 class ReferenceModel:
-    def __init__(self, path, cache_weights: bool = True, rope_style: str | None = None):
+    def __init__(
+        self,
+        path,
+        cache_weights: bool = True,
+        rope_style: str | None = None,
+        activation_quant: str | None = None,
+    ):
+        """``activation_quant="Q8_0"`` rounds every matmul input through gguf-py's Q8_0
+        quantizer first: the float64 model of what an 8-bit-activation matmul does, used to size
+        the error that rounding alone causes."""
+        self.activation_quant = activation_quant
         self.reader = GGUFReader(str(path))
         self.tensors = {t.name: t for t in self.reader.tensors}
         self._cache: dict[str, np.ndarray] = {}
@@ -77,7 +87,13 @@ class ReferenceModel:
         return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + self.eps) * g
 
     def linear(self, x: np.ndarray, name: str, bias: str | None = None) -> np.ndarray:
-        y = x @ self.weight(name).astype(np.float64).T
+        w = self.weight(name)
+        if self.activation_quant is not None:
+            qt = GGMLQuantizationType[self.activation_quant]
+            x = np.asarray(dequantize(quantize(x.astype(np.float32), qt), qt), dtype=np.float64)
+        # Widen to float64 a slice of rows at a time: the LM head alone would be 1 GiB at once.
+        step = max(1, (1 << 22) // w.shape[1])
+        y = np.concatenate([x @ w[i : i + step].astype(np.float64).T for i in range(0, w.shape[0], step)], axis=1)
         if bias is not None and self.has(bias):
             y = y + self.weight(bias).astype(np.float64)
         return y
