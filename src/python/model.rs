@@ -138,18 +138,21 @@ impl PyModel {
     ///
     /// ``max_batch``: most sequences one ``forward_batch`` may hold. ``kv_cache_tokens``: token
     /// slots of the KV cache shared by all sequences (default: the context length).
+    /// ``exact_matmul`` (CPU): multiply dequantized float32 weights instead of quantizing
+    /// activations to 8 bits like llama.cpp does — slower, closest to a float reference.
     ///
     /// >>> m = ferrite.Model.load(ferrite.fetch_test_model(), device="cpu")
     /// >>> m.config["n_layers"]
     /// 24
     #[staticmethod]
-    #[pyo3(signature = (path_or_file, device = "cpu", max_batch = 64, kv_cache_tokens = None))]
+    #[pyo3(signature = (path_or_file, device = "cpu", max_batch = 64, kv_cache_tokens = None, exact_matmul = false))]
     fn load(
         py: Python<'_>,
         path_or_file: &Bound<'_, PyAny>,
         device: &str,
         max_batch: usize,
         kv_cache_tokens: Option<usize>,
+        exact_matmul: bool,
     ) -> PyResult<PyModel> {
         let file: Arc<GgufFile> = if let Ok(f) = path_or_file.cast::<PyGgufFile>() {
             f.get().file()?
@@ -160,7 +163,7 @@ impl PyModel {
             Arc::new(py.detach(|| GgufFile::open(&path))?)
         };
         let device = device.to_string();
-        let options = LoadOptions { kv_cache_tokens, max_batch };
+        let options = LoadOptions { kv_cache_tokens, max_batch, exact_matmul };
         let model = py.detach(|| load_model_with(file, &device, options))?;
         let config = model.config().clone();
         let device = model.device();
