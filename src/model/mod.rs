@@ -89,7 +89,10 @@ pub fn load_model_with(
     options: LoadOptions,
 ) -> Result<Box<dyn LanguageModel>, ModelError> {
     match device {
-        "cpu" => Ok(Box::new(TransformerModel::load(file, crate::backend::cpu::CpuBackend::new(), options)?)),
+        "cpu" => {
+            let backend = crate::backend::cpu::CpuBackend::new().with_exact_matmul(options.exact_matmul);
+            Ok(Box::new(TransformerModel::load(file, backend, options)?))
+        }
         other => Err(ModelError::Invalid(format!("unknown device {other:?} (expected \"cpu\")"))),
     }
 }

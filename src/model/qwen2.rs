@@ -25,11 +25,14 @@ pub struct LoadOptions {
     pub kv_cache_tokens: Option<usize>,
     /// Most sequences one forward may hold (a hint a GPU backend may size graphs by).
     pub max_batch: usize,
+    /// CPU: multiply dequantized weight rows by float32 activations (`quant::matmul_reference`)
+    /// instead of quantizing activations to 8 bits. Slower; for logit comparisons.
+    pub exact_matmul: bool,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { kv_cache_tokens: None, max_batch: 64 }
+        LoadOptions { kv_cache_tokens: None, max_batch: 64, exact_matmul: false }
     }
 }
 

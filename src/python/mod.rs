@@ -4,6 +4,7 @@
 mod errors;
 mod gguf;
 mod tokenizer;
+mod model;
 
 use pyo3::prelude::*;
 
@@ -12,5 +13,6 @@ fn _ferrite(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     gguf::register(m)?;
     tokenizer::register(m)?;
+    model::register(m)?;
     Ok(())
 }

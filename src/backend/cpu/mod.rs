@@ -78,11 +78,20 @@ pub struct CpuKvCache {
 }
 
 #[derive(Default)]
-pub struct CpuBackend;
+pub struct CpuBackend {
+    exact_matmul: bool,
+}
 
 impl CpuBackend {
     pub fn new() -> CpuBackend {
-        CpuBackend
+        CpuBackend { exact_matmul: false }
+    }
+
+    /// `true`: projections dequantize weight rows and multiply in float32
+    /// (`quant::matmul_reference`) instead of quantizing activations to 8 bits.
+    pub fn with_exact_matmul(mut self, exact: bool) -> CpuBackend {
+        self.exact_matmul = exact;
+        self
     }
 }
 
@@ -191,7 +200,11 @@ impl Backend for CpuBackend {
         check_width("matmul output", out.width, n_out)?;
         let xs = x.rows(n_rows)?;
         let os = out.rows_mut(n_rows)?;
-        quant::matmul(w.ty(), w.bytes(), n_out, n_in, xs, n_rows, os)?;
+        if self.exact_matmul {
+            quant::matmul_reference(w.ty(), w.bytes(), n_out, n_in, xs, n_rows, os)?;
+        } else {
+            quant::matmul(w.ty(), w.bytes(), n_out, n_in, xs, n_rows, os)?;
+        }
         if let Some(b) = bias {
             let b = b.dense()?;
             check_width("matmul bias", b.len(), n_out)?;
