@@ -1,5 +1,223 @@
 //! The ops the model needs, implemented per device. `cpu` runs everywhere; `cuda` loads the
 //! driver at run time.
+//!
+//! The forward pass (`crate::model::qwen2`) is written once against [`Backend`]. The trait is
+//! shaped so that a GPU backend keeps weights, activations and the KV cache in device memory:
+//!
+//! * weights are uploaded once, as the GGUF's own quantized blocks ([`TensorSource`]);
+//! * activation buffers are allocated once per batch size and reused ([`Backend::alloc_act`]);
+//!   ops write into caller-provided buffers, so no op allocates;
+//! * the ragged batch layout (positions, which sequence each token belongs to, where each
+//!   sequence lives in the KV cache) is uploaded once per forward ([`Backend::upload_batch`]);
+//! * ops return no data, so a backend may queue them asynchronously; the only device-to-host
+//!   copy is [`Backend::read_rows`] for the logits.
+//!
+//! Shapes: an activation is row-major `[rows][width]` float32 (a backend may store it otherwise
+//! internally, but `read_rows` returns that layout). Every op takes the number of rows it works
+//! on, which may be less than the buffer's capacity. A matrix weight has GGUF dims
+//! `[n_cols, n_rows]` (ggml order) and computes `out[t][r] = Σ_c W[r][c] · x[t][c] (+ bias[r])`.
 
 pub mod cpu;
 pub mod cuda;
+
+use std::sync::Arc;
+
+use crate::gguf::{GgufFile, TensorInfo};
+use crate::model::ModelError;
+use crate::quant::GgmlType;
+
+/// A tensor to upload: its info and the file that holds its block bytes. The CPU backend keeps
+/// the `Arc` and computes straight from the memory map; a GPU backend copies `bytes()` once.
+#[derive(Clone)]
+pub struct TensorSource {
+    pub file: Arc<GgufFile>,
+    pub info: TensorInfo,
+}
+
+impl TensorSource {
+    pub fn name(&self) -> &str {
+        &self.info.name
+    }
+    pub fn ggml_type(&self) -> GgmlType {
+        self.info.ggml_type
+    }
+    /// Elements per row (GGUF ne0): the input width of a matrix, the length of a vector.
+    pub fn n_cols(&self) -> usize {
+        self.info.row_elems()
+    }
+    /// Rows (product of the other dims): the output width of a matrix, 1 for a vector.
+    pub fn n_rows(&self) -> usize {
+        self.info.n_rows()
+    }
+    /// The raw quantized blocks, row after row (`n_rows * quant::row_bytes(ty, n_cols)` bytes).
+    pub fn bytes(&self) -> &[u8] {
+        self.file.tensor_bytes(&self.info)
+    }
+}
+
+/// How RoPE pairs the dimensions of a head. GGUF files store Q/K weights for the layout their
+/// architecture's ggml graph uses: `qwen2` rotates the two halves of a head (NeoX style,
+/// dimension `i` with `i + head_dim/2`); `llama` rotates adjacent pairs (`2i` with `2i+1`),
+/// because the converter permutes Llama's Q/K rows to make it so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Pairs `(i, i + head_dim/2)`.
+    Neox,
+    /// Pairs `(2i, 2i + 1)`.
+    Adjacent,
+}
+
+/// RoPE for one projection: `theta_i = pos / scale · freq_base^(-2i/head_dim)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RopeParams {
+    pub style: RopeStyle,
+    pub n_heads: usize,
+    pub head_dim: usize,
+    pub freq_base: f32,
+    /// Linear position scaling: positions are divided by it (1.0 = none).
+    pub scale: f32,
+}
+
+/// Shape of the KV cache: one pool of `capacity_tokens` token slots per layer, shared by all
+/// sequences; each sequence owns a contiguous range of slots (see [`SeqSpan::kv_start`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvLayout {
+    pub n_layers: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub capacity_tokens: usize,
+}
+
+/// Grouped-query attention geometry: query head `h` reads KV head `h / (n_heads / n_kv_heads)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttnParams {
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// One sequence's part of a ragged batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeqSpan {
+    /// Index of its first new token in the batch.
+    pub first_token: u32,
+    /// New tokens this forward appends.
+    pub n_new: u32,
+    /// Tokens already in its cache; the new ones take positions `n_past..n_past + n_new`.
+    pub n_past: u32,
+    /// First slot of its range in the KV pool: token at position `p` lives in slot `kv_start + p`.
+    pub kv_start: u32,
+}
+
+/// The host-side description of a ragged batch, built by the model and uploaded once per
+/// forward with [`Backend::upload_batch`]. Tokens are grouped by sequence, in `seqs` order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchPlan {
+    /// Token ids, `n_tokens` of them.
+    pub tokens: Vec<u32>,
+    /// Position of each token in its sequence.
+    pub positions: Vec<u32>,
+    /// Index into `seqs` of each token's sequence.
+    pub token_seq: Vec<u32>,
+    pub seqs: Vec<SeqSpan>,
+    /// Batch rows whose logits are wanted, in output order.
+    pub logit_rows: Vec<u32>,
+}
+
+impl BatchPlan {
+    pub fn n_tokens(&self) -> usize {
+        self.tokens.len()
+    }
+}
+
+/// A compute device. All methods take `&mut self` so a backend may hold a stream, scratch
+/// space and handles without interior locking; the model is driven by one thread at a time.
+pub trait Backend: Send + 'static {
+    /// A tensor in device memory: a quantized matrix, or an f32 vector (norm weight, bias).
+    type Weight: Send;
+    /// An activation buffer of `capacity_rows` rows of `width` float32.
+    type Act: Send;
+    /// The KV cache of every layer, as [`KvLayout`] says.
+    type KvCache: Send;
+    /// A [`BatchPlan`] in device memory.
+    type Batch: Send;
+
+    /// "cpu", "cuda:0", ...
+    fn device(&self) -> String;
+
+    /// Uploads one tensor. Errors when its type cannot be computed with on this device.
+    fn load_weight(&mut self, src: &TensorSource) -> Result<Self::Weight, ModelError>;
+
+    /// A buffer of `capacity_rows` rows of `width` floats. Contents unspecified.
+    fn alloc_act(&mut self, capacity_rows: usize, width: usize) -> Result<Self::Act, ModelError>;
+
+    fn alloc_kv_cache(&mut self, layout: &KvLayout) -> Result<Self::KvCache, ModelError>;
+
+    /// Copies the plan to the device; valid until the next call.
+    fn upload_batch(&mut self, plan: &BatchPlan) -> Result<Self::Batch, ModelError>;
+
+    /// `out[t] = dequantize(table row tokens[t])` for every token of the batch.
+    fn embed(&mut self, table: &Self::Weight, batch: &Self::Batch, out: &mut Self::Act) -> Result<(), ModelError>;
+
+    /// `out[t] = x[t] / sqrt(mean(x[t]²) + eps) * weight` for the first `n_rows` rows.
+    fn rms_norm(
+        &mut self,
+        x: &Self::Act,
+        weight: &Self::Weight,
+        eps: f32,
+        n_rows: usize,
+        out: &mut Self::Act,
+    ) -> Result<(), ModelError>;
+
+    /// `out[t][r] = Σ_c w[r][c] · x[t][c] + bias[r]` for the first `n_rows` rows of `x`.
+    /// `x` has width `n_cols(w)`, `out` width `n_rows(w)`.
+    fn matmul(
+        &mut self,
+        w: &Self::Weight,
+        bias: Option<&Self::Weight>,
+        x: &Self::Act,
+        n_rows: usize,
+        out: &mut Self::Act,
+    ) -> Result<(), ModelError>;
+
+    /// Rotates every head of every batch token in place, by the token's position.
+    fn rope(&mut self, x: &mut Self::Act, batch: &Self::Batch, params: &RopeParams) -> Result<(), ModelError>;
+
+    /// Appends the batch's `k`, `v` rows (`[n_tokens][n_kv_heads*head_dim]`, already rotated) to
+    /// layer `layer` of the cache at each token's slot, then computes causal attention of each
+    /// query row (`[n_tokens][n_heads*head_dim]`, rotated) over its own sequence's cache up to
+    /// and including its own position, scale `1/sqrt(head_dim)`. `out` is `[n_tokens][n_heads*head_dim]`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &mut self,
+        q: &Self::Act,
+        k: &Self::Act,
+        v: &Self::Act,
+        cache: &mut Self::KvCache,
+        layer: usize,
+        batch: &Self::Batch,
+        params: &AttnParams,
+        out: &mut Self::Act,
+    ) -> Result<(), ModelError>;
+
+    /// `out = silu(gate) * up` element-wise over the first `n_rows` rows.
+    fn swiglu(&mut self, gate: &Self::Act, up: &Self::Act, n_rows: usize, out: &mut Self::Act) -> Result<(), ModelError>;
+
+    /// `x += y` over the first `n_rows` rows (the residual connection).
+    fn add_assign(&mut self, x: &mut Self::Act, y: &Self::Act, n_rows: usize) -> Result<(), ModelError>;
+
+    /// `out[i] = x[logit_rows[first + i]]` for `i < count`: picks the rows whose logits are
+    /// wanted (all tokens, or each sequence's last), a chunk at a time.
+    fn gather_rows(
+        &mut self,
+        x: &Self::Act,
+        batch: &Self::Batch,
+        first: usize,
+        count: usize,
+        out: &mut Self::Act,
+    ) -> Result<(), ModelError>;
+
+    /// Copies the first `n_rows` rows of `x` to the host, row-major, into `out`
+    /// (`n_rows * width` floats). The one synchronizing op of a forward.
+    fn read_rows(&mut self, x: &Self::Act, n_rows: usize, out: &mut [f32]) -> Result<(), ModelError>;
+}

@@ -19,6 +19,8 @@ pub enum ModelError {
     BadTensor { tensor: String, problem: String },
     #[error("sequence {seq_id}: {needed} tokens exceed its room of {capacity} (context length {context_length})")]
     ContextLength { seq_id: usize, needed: usize, capacity: usize, context_length: usize },
+    #[error("KV cache full: a sequence of {requested} tokens does not fit (largest free range {largest_free} of {capacity} token slots; free sequences or load with a larger kv_cache_tokens)")]
+    KvCacheFull { requested: usize, largest_free: usize, capacity: usize },
     #[error("no sequence with id {0}")]
     NoSuchSequence(usize),
     #[error("token id {id} is out of range for a vocabulary of {vocab_size}")]

@@ -2,9 +2,18 @@
 //! forward pass written once against a backend. `LanguageModel` is the object-safe face that the
 //! generator and the Python bindings use, whatever the backend.
 
+pub mod config;
 mod error;
+pub mod kv_cache;
+pub mod qwen2;
+pub mod weights;
+
+use std::sync::Arc;
 
 pub use error::ModelError;
+pub use qwen2::{LoadOptions, TransformerModel};
+
+use crate::gguf::GgufFile;
 
 /// Hyperparameters read from `{arch}.*` GGUF metadata.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,4 +74,22 @@ pub trait LanguageModel: Send {
     /// them to the sequences' KV caches. Returns row-major float32 logits,
     /// `[rows][vocab_size]`, rows as `logits_for` says.
     fn forward(&mut self, batch: &[SeqTokens<'_>], logits_for: LogitsFor) -> Result<Vec<f32>, ModelError>;
+}
+
+/// Loads the model in `file` onto `device` ("cpu") with default [`LoadOptions`].
+pub fn load_model(file: Arc<GgufFile>, device: &str) -> Result<Box<dyn LanguageModel>, ModelError> {
+    load_model_with(file, device, LoadOptions::default())
+}
+
+/// Loads the model in `file` onto `device`: picks the backend, reads the config, uploads the
+/// weights and allocates the KV pool.
+pub fn load_model_with(
+    file: Arc<GgufFile>,
+    device: &str,
+    options: LoadOptions,
+) -> Result<Box<dyn LanguageModel>, ModelError> {
+    match device {
+        "cpu" => Ok(Box::new(TransformerModel::load(file, crate::backend::cpu::CpuBackend::new(), options)?)),
+        other => Err(ModelError::Invalid(format!("unknown device {other:?} (expected \"cpu\")"))),
+    }
 }

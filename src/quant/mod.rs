@@ -1,13 +1,24 @@
-//! ggml block formats: dequantization of every GGUF tensor type, and the row dot products the
-//! CPU backend uses.
+//! ggml block formats: dequantization of every GGUF tensor type gguf-py can read, and the row
+//! dot products the CPU backend uses.
 //!
-//! One module per block family; the scalar code here is the reference that SIMD and GPU versions
+//! One module per block family; each exposes `fn <type>_block(block_bytes, out_elems)`. The
+//! scalar block decoders are the reference the fused dot products (matmul.rs) and GPU kernels
 //! are checked against.
 
+mod float;
+mod fp4;
+mod iq_grids;
+mod iq_quants;
+mod k_quants;
+mod legacy;
+mod matmul;
+mod ternary;
 mod types;
 
+pub use matmul::{matmul, matmul_reference};
 pub use types::GgmlType;
 
+use rayon::prelude::*;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -34,20 +45,80 @@ pub fn check_len(ty: GgmlType, data_bytes: usize, n_elems: usize) -> Result<usiz
     Ok(n_blocks)
 }
 
+/// The decoder of one block of `ty`, or `None` where ferrite has none (Q8_1, Q8_K, Q1_0, the
+/// integer types and F64: gguf-py does not dequantize those either).
+pub(crate) fn block_decoder(ty: GgmlType) -> Option<fn(&[u8], &mut [f32])> {
+    use GgmlType::*;
+    Some(match ty {
+        F32 => float::f32_block,
+        F16 => float::f16_block,
+        BF16 => float::bf16_block,
+        Q4_0 => legacy::q4_0_block,
+        Q4_1 => legacy::q4_1_block,
+        Q5_0 => legacy::q5_0_block,
+        Q5_1 => legacy::q5_1_block,
+        Q8_0 => legacy::q8_0_block,
+        Q2_K => k_quants::q2_k_block,
+        Q3_K => k_quants::q3_k_block,
+        Q4_K => k_quants::q4_k_block,
+        Q5_K => k_quants::q5_k_block,
+        Q6_K => k_quants::q6_k_block,
+        IQ2_XXS => iq_quants::iq2_xxs_block,
+        IQ2_XS => iq_quants::iq2_xs_block,
+        IQ2_S => iq_quants::iq2_s_block,
+        IQ3_XXS => iq_quants::iq3_xxs_block,
+        IQ3_S => iq_quants::iq3_s_block,
+        IQ1_S => iq_quants::iq1_s_block,
+        IQ1_M => iq_quants::iq1_m_block,
+        IQ4_NL => iq_quants::iq4_nl_block,
+        IQ4_XS => iq_quants::iq4_xs_block,
+        TQ1_0 => ternary::tq1_0_block,
+        TQ2_0 => ternary::tq2_0_block,
+        MXFP4 => fp4::mxfp4_block,
+        NVFP4 => fp4::nvfp4_block,
+        Q8_1 | Q8_K | Q1_0 | I8 | I16 | I32 | I64 | F64 => return None,
+    })
+}
+
+/// Whether `dequantize` accepts `ty`.
+pub fn can_dequantize(ty: GgmlType) -> bool {
+    block_decoder(ty).is_some()
+}
+
+/// Elements per parallel task: big enough that rayon's per-task cost is noise, small enough
+/// that a 896-wide row or a few K-blocks still split across cores.
+const CHUNK_ELEMS: usize = 16 * 1024;
+
 /// Dequantizes `data` (whole blocks of `ty`) into `out`, one float per element.
 /// `out.len()` is the element count. Parallel over chunks of blocks.
 pub fn dequantize(ty: GgmlType, data: &[u8], out: &mut [f32]) -> Result<(), QuantError> {
+    let decode = block_decoder(ty).ok_or(QuantError::Unsupported(ty))?;
     check_len(ty, data.len(), out.len())?;
-    match ty {
-        GgmlType::F32 => {
-            for (o, b) in out.iter_mut().zip(data.chunks_exact(4)) {
-                *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-            }
-            Ok(())
+    let (block_bytes, block_elems) = (ty.block_bytes(), ty.block_elems());
+    let chunk_blocks = (CHUNK_ELEMS / block_elems).max(1);
+    let run = |bytes: &[u8], vals: &mut [f32]| {
+        // Single-element "blocks" (F32/F16/BF16): the decoder loops over the whole chunk itself.
+        if block_elems == 1 {
+            return decode(bytes, vals);
         }
-        // Filled in by the block-format modules.
-        other => Err(QuantError::Unsupported(other)),
+        for (b, o) in bytes.chunks_exact(block_bytes).zip(vals.chunks_exact_mut(block_elems)) {
+            decode(b, o);
+        }
+    };
+    if out.len() <= CHUNK_ELEMS {
+        run(data, out);
+    } else {
+        data.par_chunks(chunk_blocks * block_bytes)
+            .zip(out.par_chunks_mut(chunk_blocks * block_elems))
+            .for_each(|(bytes, vals)| run(bytes, vals));
     }
+    Ok(())
+}
+
+/// The little-endian f16 at byte `at` of a block, widened.
+#[inline]
+pub(crate) fn f16_at(b: &[u8], at: usize) -> f32 {
+    half::f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
 }
 
 /// Bytes of one row of `n_cols` elements of `ty`.
@@ -59,39 +130,80 @@ pub fn row_bytes(ty: GgmlType, n_cols: usize) -> Result<usize, QuantError> {
     Ok(n_cols / block_elems * ty.block_bytes())
 }
 
-/// `out[t * n_rows + r] = Σ_c w[r, c] · x[t * n_cols + c]`: a quantized weight of `n_rows` rows
-/// by `n_cols` columns (GGUF dims `[n_cols, n_rows]`) times `n_tokens` activation rows.
-/// Parallel over weight rows.
-pub fn matmul(
-    ty: GgmlType,
-    w: &[u8],
-    n_rows: usize,
-    n_cols: usize,
-    x: &[f32],
-    n_tokens: usize,
-    out: &mut [f32],
-) -> Result<(), QuantError> {
-    use rayon::prelude::*;
-    let row_len_bytes = row_bytes(ty, n_cols)?;
-    check_len(ty, w.len(), n_rows * n_cols)?;
-    assert_eq!(x.len(), n_tokens * n_cols, "activations must be n_tokens x n_cols");
-    assert_eq!(out.len(), n_tokens * n_rows, "output must be n_tokens x n_rows");
-    // Reference path: dequantize each row once, dot it with every token.
-    let mut by_row = vec![0f32; n_rows * n_tokens];
-    by_row.par_chunks_mut(n_tokens).enumerate().try_for_each_init(
-        || vec![0f32; n_cols],
-        |row, (r, out_r)| {
-            dequantize(ty, &w[r * row_len_bytes..(r + 1) * row_len_bytes], row)?;
-            for (t, o) in out_r.iter_mut().enumerate() {
-                *o = row.iter().zip(&x[t * n_cols..(t + 1) * n_cols]).map(|(a, b)| a * b).sum();
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic pseudo-random bytes (xorshift), so tests need no RNG dependency.
+    pub(crate) fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 24) as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn unsupported_types_error_instead_of_zeros() {
+        for ty in GgmlType::ALL {
+            let bytes = vec![1u8; ty.block_bytes() * 2];
+            let mut out = vec![0f32; ty.block_elems() * 2];
+            match dequantize(ty, &bytes, &mut out) {
+                Ok(()) => assert!(can_dequantize(ty)),
+                Err(QuantError::Unsupported(t)) => {
+                    assert_eq!(t, ty);
+                    assert!(!can_dequantize(ty));
+                    assert!(QuantError::Unsupported(t).to_string().contains(ty.name()));
+                }
+                Err(e) => panic!("{ty}: unexpected {e}"),
             }
-            Ok::<(), QuantError>(())
-        },
-    )?;
-    for r in 0..n_rows {
-        for t in 0..n_tokens {
-            out[t * n_rows + r] = by_row[r * n_tokens + t];
+        }
+        let unsupported: Vec<_> = GgmlType::ALL.into_iter().filter(|t| !can_dequantize(*t)).collect();
+        use GgmlType::*;
+        assert_eq!(unsupported, vec![Q8_1, Q8_K, I8, I16, I32, I64, F64, Q1_0]);
+    }
+
+    #[test]
+    fn partial_blocks_and_wrong_sizes_are_errors() {
+        let mut out = vec![0f32; 300];
+        let err = dequantize(GgmlType::Q4_K, &[0u8; 144], &mut out).unwrap_err();
+        assert!(matches!(err, QuantError::PartialBlock { block_elems: 256, .. }), "{err}");
+        let mut out = vec![0f32; 256];
+        let err = dequantize(GgmlType::Q4_K, &[0u8; 143], &mut out).unwrap_err();
+        assert!(matches!(err, QuantError::SizeMismatch { expected_bytes: 144, got_bytes: 143, .. }), "{err}");
+        assert!(row_bytes(GgmlType::Q5_0, 33).is_err());
+        assert_eq!(row_bytes(GgmlType::Q5_0, 896).unwrap(), 28 * 22);
+    }
+
+    #[test]
+    fn parallel_chunks_match_block_by_block_decoding() {
+        // More elements than one chunk, and a count that leaves a short last chunk.
+        for ty in [GgmlType::Q4_K, GgmlType::Q5_0, GgmlType::F16, GgmlType::IQ2_XS] {
+            let n_blocks = CHUNK_ELEMS / ty.block_elems() * 3 + 5;
+            let mut bytes = random_bytes(n_blocks * ty.block_bytes(), 7);
+            // Keep f16 scales finite so NaN != NaN cannot confuse the comparison.
+            if ty == GgmlType::F16 {
+                for c in bytes.chunks_exact_mut(2) {
+                    c[1] &= 0x3B;
+                }
+            } else {
+                for c in bytes.chunks_exact_mut(ty.block_bytes()) {
+                    c[0..4].copy_from_slice(&[0x00, 0x2C, 0x00, 0x2C]);
+                }
+            }
+            let mut whole = vec![0f32; n_blocks * ty.block_elems()];
+            dequantize(ty, &bytes, &mut whole).unwrap();
+            let decode = block_decoder(ty).unwrap();
+            let mut one = vec![0f32; ty.block_elems()];
+            for (i, b) in bytes.chunks_exact(ty.block_bytes()).enumerate() {
+                decode(b, &mut one);
+                assert_eq!(&whole[i * one.len()..(i + 1) * one.len()], &one[..], "{ty} block {i}");
+            }
+            assert!(whole.iter().any(|v| *v != 0.0));
         }
     }
-    Ok(())
 }

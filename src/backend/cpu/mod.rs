@@ -1,1 +1,372 @@
-//! CPU backend.
+//! CPU backend: weights stay quantized in the GGUF memory map; projections go through
+//! `quant::matmul`; activations and the KV cache are float32. Parallel with rayon.
+
+use rayon::prelude::*;
+
+use super::{AttnParams, Backend, BatchPlan, KvLayout, RopeParams, RopeStyle, TensorSource};
+use crate::model::ModelError;
+use crate::quant::{self, GgmlType};
+
+/// A tensor borrowed from the memory map. Vectors (norm weights, biases) are tiny and read on
+/// every token, so they are kept dequantized as well.
+pub struct CpuWeight {
+    src: TensorSource,
+    row_bytes: usize,
+    dense: Option<Vec<f32>>,
+}
+
+impl CpuWeight {
+    fn bytes(&self) -> &[u8] {
+        self.src.bytes()
+    }
+    fn ty(&self) -> GgmlType {
+        self.src.ggml_type()
+    }
+    fn n_cols(&self) -> usize {
+        self.src.n_cols()
+    }
+    fn n_rows(&self) -> usize {
+        self.src.n_rows()
+    }
+    fn dense(&self) -> Result<&[f32], ModelError> {
+        self.dense.as_deref().ok_or_else(|| ModelError::BadTensor {
+            tensor: self.src.name().to_string(),
+            problem: "used as a vector but it is a matrix".into(),
+        })
+    }
+}
+
+pub struct CpuAct {
+    data: Vec<f32>,
+    width: usize,
+    capacity_rows: usize,
+}
+
+impl CpuAct {
+    fn rows(&self, n_rows: usize) -> Result<&[f32], ModelError> {
+        check_rows(self, n_rows)?;
+        Ok(&self.data[..n_rows * self.width])
+    }
+    fn rows_mut(&mut self, n_rows: usize) -> Result<&mut [f32], ModelError> {
+        check_rows(self, n_rows)?;
+        Ok(&mut self.data[..n_rows * self.width])
+    }
+}
+
+fn check_rows(a: &CpuAct, n_rows: usize) -> Result<(), ModelError> {
+    if n_rows > a.capacity_rows {
+        return Err(ModelError::Backend(format!(
+            "{n_rows} rows requested from a buffer of {} rows",
+            a.capacity_rows
+        )));
+    }
+    Ok(())
+}
+
+fn check_width(what: &str, got: usize, expected: usize) -> Result<(), ModelError> {
+    if got != expected {
+        return Err(ModelError::Backend(format!("{what}: width {got}, expected {expected}")));
+    }
+    Ok(())
+}
+
+/// K and V per layer: `[layer][slot][n_kv_heads * head_dim]`.
+pub struct CpuKvCache {
+    layout: KvLayout,
+    k: Vec<f32>,
+    v: Vec<f32>,
+}
+
+#[derive(Default)]
+pub struct CpuBackend;
+
+impl CpuBackend {
+    pub fn new() -> CpuBackend {
+        CpuBackend
+    }
+}
+
+/// Below this many multiply-adds an op runs on the calling thread: rayon's fork/join costs
+/// more than it saves on decode-sized work.
+const PAR_MIN_WORK: usize = 1 << 14;
+
+impl Backend for CpuBackend {
+    type Weight = CpuWeight;
+    type Act = CpuAct;
+    type KvCache = CpuKvCache;
+    type Batch = BatchPlan;
+
+    fn device(&self) -> String {
+        "cpu".to_string()
+    }
+
+    fn load_weight(&mut self, src: &TensorSource) -> Result<CpuWeight, ModelError> {
+        let ty = src.ggml_type();
+        let row_bytes = quant::row_bytes(ty, src.n_cols())?;
+        quant::check_len(ty, src.bytes().len(), src.n_cols() * src.n_rows())?;
+        let dense = if src.n_rows() == 1 {
+            let mut v = vec![0f32; src.n_cols()];
+            quant::dequantize(ty, src.bytes(), &mut v)?;
+            Some(v)
+        } else {
+            // Fail at load, not at the first token, when this type cannot be computed with.
+            let mut probe = vec![0f32; src.n_cols()];
+            quant::dequantize(ty, &src.bytes()[..row_bytes], &mut probe)?;
+            None
+        };
+        Ok(CpuWeight { src: src.clone(), row_bytes, dense })
+    }
+
+    fn alloc_act(&mut self, capacity_rows: usize, width: usize) -> Result<CpuAct, ModelError> {
+        let n = capacity_rows
+            .checked_mul(width)
+            .ok_or_else(|| ModelError::Backend(format!("activation {capacity_rows} x {width} overflows")))?;
+        Ok(CpuAct { data: vec![0f32; n], width, capacity_rows })
+    }
+
+    fn alloc_kv_cache(&mut self, layout: &KvLayout) -> Result<CpuKvCache, ModelError> {
+        let n = layout
+            .n_layers
+            .checked_mul(layout.capacity_tokens)
+            .and_then(|n| n.checked_mul(layout.n_kv_heads * layout.head_dim))
+            .ok_or_else(|| ModelError::Backend(format!("KV cache {layout:?} overflows")))?;
+        // Zeroed allocation: the OS hands out pages lazily, so a large pool costs only what is used.
+        let mut k = Vec::new();
+        let mut v = Vec::new();
+        k.try_reserve_exact(n).map_err(|e| ModelError::Backend(format!("KV cache of {n} floats: {e}")))?;
+        v.try_reserve_exact(n).map_err(|e| ModelError::Backend(format!("KV cache of {n} floats: {e}")))?;
+        k.resize(n, 0.0);
+        v.resize(n, 0.0);
+        Ok(CpuKvCache { layout: *layout, k, v })
+    }
+
+    fn upload_batch(&mut self, plan: &BatchPlan) -> Result<BatchPlan, ModelError> {
+        Ok(plan.clone())
+    }
+
+    fn embed(&mut self, table: &CpuWeight, batch: &BatchPlan, out: &mut CpuAct) -> Result<(), ModelError> {
+        let width = table.n_cols();
+        check_width("embedding output", out.width, width)?;
+        let n = batch.n_tokens();
+        let rows = out.rows_mut(n)?;
+        let bytes = table.bytes();
+        rows.par_chunks_mut(width).zip(batch.tokens.par_iter()).try_for_each(|(row, &tok)| {
+            let t = tok as usize;
+            if t >= table.n_rows() {
+                return Err(ModelError::BadTokenId { id: tok, vocab_size: table.n_rows() });
+            }
+            quant::dequantize(table.ty(), &bytes[t * table.row_bytes..(t + 1) * table.row_bytes], row)?;
+            Ok(())
+        })
+    }
+
+    fn rms_norm(&mut self, x: &CpuAct, weight: &CpuWeight, eps: f32, n_rows: usize, out: &mut CpuAct) -> Result<(), ModelError> {
+        let w = weight.dense()?;
+        check_width("rms_norm input", x.width, w.len())?;
+        check_width("rms_norm output", out.width, w.len())?;
+        let width = w.len();
+        let xs = x.rows(n_rows)?;
+        let os = out.rows_mut(n_rows)?;
+        for (xr, or) in xs.chunks_exact(width).zip(os.chunks_exact_mut(width)) {
+            // Sum of squares in f64: hidden states of Qwen2 reach magnitudes in the thousands.
+            let ss: f64 = xr.iter().map(|&v| (v as f64) * (v as f64)).sum();
+            let inv = (1.0 / (ss / width as f64 + eps as f64).sqrt()) as f32;
+            for ((o, &v), &g) in or.iter_mut().zip(xr).zip(w) {
+                *o = v * inv * g;
+            }
+        }
+        Ok(())
+    }
+
+    fn matmul(
+        &mut self,
+        w: &CpuWeight,
+        bias: Option<&CpuWeight>,
+        x: &CpuAct,
+        n_rows: usize,
+        out: &mut CpuAct,
+    ) -> Result<(), ModelError> {
+        let (n_in, n_out) = (w.n_cols(), w.n_rows());
+        check_width("matmul input", x.width, n_in)?;
+        check_width("matmul output", out.width, n_out)?;
+        let xs = x.rows(n_rows)?;
+        let os = out.rows_mut(n_rows)?;
+        quant::matmul(w.ty(), w.bytes(), n_out, n_in, xs, n_rows, os)?;
+        if let Some(b) = bias {
+            let b = b.dense()?;
+            check_width("matmul bias", b.len(), n_out)?;
+            for row in os.chunks_exact_mut(n_out) {
+                for (o, &bv) in row.iter_mut().zip(b) {
+                    *o += bv;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn rope(&mut self, x: &mut CpuAct, batch: &BatchPlan, p: &RopeParams) -> Result<(), ModelError> {
+        let hd = p.head_dim;
+        check_width("rope input", x.width, p.n_heads * hd)?;
+        let half = hd / 2;
+        let n = batch.n_tokens();
+        let width = x.width;
+        let rows = x.rows_mut(n)?;
+        // theta_i = pos / scale * base^(-2i/hd); angles in f64 so long positions keep precision.
+        let inv_freq: Vec<f64> = (0..half).map(|i| (p.freq_base as f64).powf(-2.0 * i as f64 / hd as f64)).collect();
+        let rotate = |(row, &pos): (&mut [f32], &u32)| {
+            let pos = pos as f64 / p.scale as f64;
+            let (mut cos, mut sin) = (vec![0f32; half], vec![0f32; half]);
+            for i in 0..half {
+                let (s, c) = (pos * inv_freq[i]).sin_cos();
+                cos[i] = c as f32;
+                sin[i] = s as f32;
+            }
+            for head in row.chunks_exact_mut(hd) {
+                for i in 0..half {
+                    let (a, b) = match p.style {
+                        RopeStyle::Neox => (i, i + half),
+                        RopeStyle::Adjacent => (2 * i, 2 * i + 1),
+                    };
+                    let (x0, x1) = (head[a], head[b]);
+                    head[a] = x0 * cos[i] - x1 * sin[i];
+                    head[b] = x0 * sin[i] + x1 * cos[i];
+                }
+            }
+        };
+        if n * width < PAR_MIN_WORK {
+            rows.chunks_exact_mut(width).zip(batch.positions.iter()).for_each(rotate);
+        } else {
+            rows.par_chunks_exact_mut(width).zip(batch.positions.par_iter()).for_each(rotate);
+        }
+        Ok(())
+    }
+
+    fn attention(
+        &mut self,
+        q: &CpuAct,
+        k: &CpuAct,
+        v: &CpuAct,
+        cache: &mut CpuKvCache,
+        layer: usize,
+        batch: &BatchPlan,
+        p: &AttnParams,
+        out: &mut CpuAct,
+    ) -> Result<(), ModelError> {
+        let hd = p.head_dim;
+        let kv_width = p.n_kv_heads * hd;
+        let q_width = p.n_heads * hd;
+        let lay = cache.layout;
+        check_width("attention q", q.width, q_width)?;
+        check_width("attention k", k.width, kv_width)?;
+        check_width("attention v", v.width, kv_width)?;
+        check_width("attention out", out.width, q_width)?;
+        check_width("KV cache", lay.n_kv_heads * lay.head_dim, kv_width)?;
+        if layer >= lay.n_layers {
+            return Err(ModelError::Backend(format!("layer {layer} of a {}-layer KV cache", lay.n_layers)));
+        }
+        let n = batch.n_tokens();
+        let layer_base = layer * lay.capacity_tokens * kv_width;
+        let layer_len = lay.capacity_tokens * kv_width;
+
+        // Append the new keys and values at their slots.
+        let (ks, vs) = (k.rows(n)?, v.rows(n)?);
+        for t in 0..n {
+            let s = batch.seqs[batch.token_seq[t] as usize];
+            let slot = (s.kv_start + batch.positions[t]) as usize;
+            if slot >= lay.capacity_tokens {
+                return Err(ModelError::Backend(format!("KV slot {slot} past capacity {}", lay.capacity_tokens)));
+            }
+            let dst = layer_base + slot * kv_width;
+            cache.k[dst..dst + kv_width].copy_from_slice(&ks[t * kv_width..(t + 1) * kv_width]);
+            cache.v[dst..dst + kv_width].copy_from_slice(&vs[t * kv_width..(t + 1) * kv_width]);
+        }
+
+        let kc = &cache.k[layer_base..layer_base + layer_len];
+        let vc = &cache.v[layer_base..layer_base + layer_len];
+        let qs = q.rows(n)?;
+        let os = out.rows_mut(n)?;
+        let group = p.n_heads / p.n_kv_heads;
+        let scale = 1.0 / (hd as f32).sqrt();
+        // One task per (token, query head): output chunks of head_dim floats.
+        let head_task = |scores: &mut Vec<f32>, (idx, o): (usize, &mut [f32])| {
+            let (t, h) = (idx / p.n_heads, idx % p.n_heads);
+            let s = batch.seqs[batch.token_seq[t] as usize];
+            let n_ctx = batch.positions[t] as usize + 1;
+            let qh = &qs[t * q_width + h * hd..t * q_width + (h + 1) * hd];
+            let kvh = h / group;
+            scores.clear();
+            let mut max = f32::NEG_INFINITY;
+            for j in 0..n_ctx {
+                let off = (s.kv_start as usize + j) * kv_width + kvh * hd;
+                let kj = &kc[off..off + hd];
+                let dot: f32 = qh.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
+                max = max.max(dot);
+                scores.push(dot);
+            }
+            let mut sum = 0f32;
+            for sc in scores.iter_mut() {
+                *sc = (*sc - max).exp();
+                sum += *sc;
+            }
+            let inv = 1.0 / sum;
+            o.fill(0.0);
+            for (j, &w) in scores.iter().enumerate() {
+                let off = (s.kv_start as usize + j) * kv_width + kvh * hd;
+                let w = w * inv;
+                for (oo, &vv) in o.iter_mut().zip(&vc[off..off + hd]) {
+                    *oo += w * vv;
+                }
+            }
+        };
+        let work: usize = batch.positions.iter().map(|&p| p as usize + 1).sum::<usize>() * q_width;
+        if work < PAR_MIN_WORK {
+            let mut scores = Vec::new();
+            os.chunks_exact_mut(hd).enumerate().for_each(|item| head_task(&mut scores, item));
+        } else {
+            os.par_chunks_exact_mut(hd).enumerate().for_each_init(Vec::new, head_task);
+        }
+        Ok(())
+    }
+
+    fn swiglu(&mut self, gate: &CpuAct, up: &CpuAct, n_rows: usize, out: &mut CpuAct) -> Result<(), ModelError> {
+        check_width("swiglu up", up.width, gate.width)?;
+        check_width("swiglu out", out.width, gate.width)?;
+        let (g, u) = (gate.rows(n_rows)?, up.rows(n_rows)?);
+        for ((o, &g), &u) in out.rows_mut(n_rows)?.iter_mut().zip(g).zip(u) {
+            *o = g / (1.0 + (-g).exp()) * u;
+        }
+        Ok(())
+    }
+
+    fn add_assign(&mut self, x: &mut CpuAct, y: &CpuAct, n_rows: usize) -> Result<(), ModelError> {
+        check_width("add", y.width, x.width)?;
+        let ys = y.rows(n_rows)?;
+        for (a, &b) in x.rows_mut(n_rows)?.iter_mut().zip(ys) {
+            *a += b;
+        }
+        Ok(())
+    }
+
+    fn gather_rows(&mut self, x: &CpuAct, batch: &BatchPlan, first: usize, count: usize, out: &mut CpuAct) -> Result<(), ModelError> {
+        check_width("gather", out.width, x.width)?;
+        let w = x.width;
+        let picks = batch
+            .logit_rows
+            .get(first..first + count)
+            .ok_or_else(|| ModelError::Backend(format!("logit rows {first}..{} out of range", first + count)))?;
+        let xs = x.rows(batch.n_tokens())?;
+        let os = out.rows_mut(count)?;
+        for (o, &r) in os.chunks_exact_mut(w).zip(picks) {
+            let r = r as usize;
+            o.copy_from_slice(&xs[r * w..(r + 1) * w]);
+        }
+        Ok(())
+    }
+
+    fn read_rows(&mut self, x: &CpuAct, n_rows: usize, out: &mut [f32]) -> Result<(), ModelError> {
+        let xs = x.rows(n_rows)?;
+        check_width("read_rows destination", out.len(), xs.len())?;
+        out.copy_from_slice(xs);
+        Ok(())
+    }
+}
