@@ -6,6 +6,7 @@ use pyo3::types::PyType;
 
 use crate::gguf::GgufError;
 use crate::quant::QuantError;
+use crate::tokenizer::TokenizerError;
 
 /// An instance of `ferrite.errors.<class_name>` carrying `message`.
 pub fn raise(class_name: &str, message: String) -> PyErr {
@@ -39,6 +40,16 @@ impl From<QuantError> for PyErr {
         match e {
             QuantError::Unsupported(_) => raise("UnsupportedTypeError", e.to_string()),
             _ => raise("QuantError", e.to_string()),
+        }
+    }
+}
+
+impl From<TokenizerError> for PyErr {
+    fn from(e: TokenizerError) -> PyErr {
+        match e {
+            // A malformed file is the file's problem, reported like any other GGUF error.
+            TokenizerError::Gguf(g) => g.into(),
+            other => raise("TokenizerError", other.to_string()),
         }
     }
 }
