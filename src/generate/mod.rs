@@ -10,6 +10,7 @@
 //! its decoded text (`Stop`), or reaches its token budget (`Length`). The ending token is kept in
 //! `token_ids`; its text, and a stop string's text, are not in `text`.
 
+mod detokenize;
 pub mod stop;
 
 use std::time::Instant;
@@ -36,14 +37,16 @@ pub enum GenerateError {
     PromptTooLong { index: usize, prompt_tokens: usize, context_length: usize },
     #[error("stop strings must be non-empty")]
     EmptyStopString,
-    #[error("decoding token {token}: {message}")]
-    Decode { token: u32, message: String },
+    #[error(transparent)]
+    Tokenizer(#[from] crate::tokenizer::TokenizerError),
 }
 
 /// Turns token ids into text a piece at a time. `State` is one sequence's pending bytes, so a
 /// character split across tokens comes out whole once its last byte arrives.
 pub trait Detokenize {
-    type State: Default + Send;
+    type State: Send;
+    /// A fresh state for a new sequence.
+    fn start(&self) -> Self::State;
     /// The text that `token` completes (possibly empty).
     fn push(&self, state: &mut Self::State, token: u32) -> Result<String, GenerateError>;
     /// Whatever is still pending when the sequence ends.
@@ -134,6 +137,7 @@ impl<D: Detokenize> BatchDecode<D> {
     pub fn new(
         prompts: Vec<Vec<u32>>,
         options: GenerateOptions,
+        detok: &D,
         vocab_size: usize,
         context_length: usize,
     ) -> Result<Self, GenerateError> {
@@ -159,7 +163,7 @@ impl<D: Detokenize> BatchDecode<D> {
                 tokens: Vec::new(),
                 text: String::new(),
                 stop: StopMatcher::new(&options.stop_strings),
-                detok: D::State::default(),
+                detok: detok.start(),
                 // Nothing to generate: done before any work.
                 finish: (max_new == 0).then_some(FinishReason::Length),
                 decode_tokens: 0,
@@ -374,7 +378,7 @@ pub fn generate<D: Detokenize>(
     mut on_step: impl FnMut(&BatchDecode<D>, &[Piece]) -> Result<(), GenerateError>,
 ) -> Result<Vec<Generation>, GenerateError> {
     let config = model.config().clone();
-    let mut batch = BatchDecode::new(prompts, options, config.vocab_size, config.context_length)?;
+    let mut batch = BatchDecode::new(prompts, options, detok, config.vocab_size, config.context_length)?;
     while !batch.is_done() {
         let result = batch.step(model, detok).and_then(|pieces| on_step(&batch, &pieces));
         if let Err(e) = result {

@@ -26,6 +26,9 @@ struct FakeDetok;
 
 impl Detokenize for FakeDetok {
     type State = Vec<u8>;
+    fn start(&self) -> Vec<u8> {
+        Vec::new()
+    }
     fn push(&self, state: &mut Vec<u8>, token: u32) -> Result<String, GenerateError> {
         state.extend(token_bytes(token));
         let valid = match std::str::from_utf8(state) {

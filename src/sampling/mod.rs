@@ -201,13 +201,13 @@ impl Sampler {
             return Ok(&self.candidates);
         }
 
-        let inv_t = 1.0 / p.temperature;
+        let t = p.temperature;
         self.candidates.extend(
             self.penalized
                 .iter()
                 .enumerate()
                 .filter(|(_, &l)| l != f32::NEG_INFINITY)
-                .map(|(i, &l)| Candidate::new(i as u32, l * inv_t)),
+                .map(|(i, &l)| Candidate::new(i as u32, l / t)),
         );
         if self.candidates.is_empty() {
             return Err(SamplingError::NothingToSample);
