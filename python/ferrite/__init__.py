@@ -8,7 +8,7 @@ Qwen2-family inference on CPU and NVIDIA GPUs.
 """
 
 from ferrite import _ferrite
-from ferrite._ferrite import GgufFile, IncrementalDecoder, TensorInfo, Tokenizer, dequantize, ggml_types
+from ferrite._ferrite import GgufFile, IncrementalDecoder, Model, TensorInfo, Tokenizer, dequantize, ggml_types
 from ferrite._fetch import fetch_test_model
 from ferrite.errors import (
     ContextLengthError,
@@ -26,6 +26,7 @@ __version__ = _ferrite.__version__
 
 __all__ = [
     "GgufFile",
+    "Model",
     "TensorInfo",
     "Tokenizer",
     "IncrementalDecoder",

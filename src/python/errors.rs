@@ -5,6 +5,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyType;
 
 use crate::gguf::GgufError;
+use crate::model::ModelError;
 use crate::quant::QuantError;
 use crate::tokenizer::TokenizerError;
 
@@ -50,6 +51,15 @@ impl From<TokenizerError> for PyErr {
             // A malformed file is the file's problem, reported like any other GGUF error.
             TokenizerError::Gguf(g) => g.into(),
             other => raise("TokenizerError", other.to_string()),
+        }
+    }
+}
+
+impl From<ModelError> for PyErr {
+    fn from(e: ModelError) -> PyErr {
+        match e {
+            ModelError::ContextLength { .. } | ModelError::KvCacheFull { .. } => raise("ContextLengthError", e.to_string()),
+            _ => raise("ModelError", e.to_string()),
         }
     }
 }

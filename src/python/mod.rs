@@ -3,6 +3,7 @@
 
 mod errors;
 mod gguf;
+mod model;
 mod tokenizer;
 
 use pyo3::prelude::*;
@@ -11,6 +12,7 @@ use pyo3::prelude::*;
 fn _ferrite(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     gguf::register(m)?;
+    model::register(m)?;
     tokenizer::register(m)?;
     Ok(())
 }

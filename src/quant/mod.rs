@@ -12,6 +12,8 @@ mod iq_quants;
 mod k_quants;
 mod legacy;
 mod matmul;
+#[cfg(target_arch = "x86_64")]
+mod matmul_avx2;
 mod ternary;
 mod types;
 
@@ -131,7 +133,7 @@ pub fn row_bytes(ty: GgmlType, n_cols: usize) -> Result<usize, QuantError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Deterministic pseudo-random bytes (xorshift), so tests need no RNG dependency.
