@@ -5,6 +5,11 @@
 //! (a prefill chunk, or one new token for every sequence still running) and returns the text that
 //! became final. Finished sequences leave the batch and free their KV cache at once.
 //!
+//! At most `max_batch` sequences run at once, and a sequence is admitted only when the KV cache
+//! has room for its prompt plus its token budget; the others wait and start as running ones finish
+//! (continuous batching). A newly admitted sequence's prefill runs as its own step, so sequences
+//! already decoding wait one step for it.
+//!
 //! A sequence ends, in this order of precedence, when it samples an end-of-generation token of
 //! the tokenizer (`Eos`), one of the caller's stop token ids (`Stop`), completes a stop string in
 //! its decoded text (`Stop`), or reaches its token budget (`Length`). The ending token is kept in
@@ -35,6 +40,8 @@ pub enum GenerateError {
     EmptyPrompt { index: usize },
     #[error("prompt {index} has {prompt_tokens} tokens, which leaves no room to generate within the context length of {context_length}")]
     PromptTooLong { index: usize, prompt_tokens: usize, context_length: usize },
+    #[error("max_batch must be at least 1")]
+    ZeroMaxBatch,
     #[error("stop strings must be non-empty")]
     EmptyStopString,
     #[error(transparent)]
@@ -64,6 +71,8 @@ pub struct GenerateOptions {
     pub stop_token_ids: Vec<u32>,
     /// The tokenizer's end-of-generation tokens (finish reason `Eos`).
     pub eog_token_ids: Vec<u32>,
+    /// Sequences stepped together at most (no more than the model's own batch limit).
+    pub max_batch: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,8 +95,9 @@ impl FinishReason {
     }
 }
 
-/// Wall-clock times of one sequence. In a batch the steps are shared, so `prefill_s` is the whole
-/// batch's prefill and `decode_s` runs from the end of prefill until this sequence finished.
+/// Wall-clock times of one sequence. In a batch the steps are shared: `prefill_s` is the time of
+/// the prefill forwards this sequence was part of, and `decode_s` runs from its first decode step
+/// until it finished (including steps where later sequences were prefilled).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Timings {
     pub prefill_tokens: usize,
@@ -120,6 +130,8 @@ struct Sequence<S> {
     stop: StopMatcher,
     detok: S,
     finish: Option<FinishReason>,
+    prefill_s: f64,
+    decode_started: Option<Instant>,
     decode_tokens: usize,
     decode_s: f64,
 }
@@ -128,8 +140,6 @@ struct Sequence<S> {
 pub struct BatchDecode<D: Detokenize> {
     seqs: Vec<Sequence<D::State>>,
     options: GenerateOptions,
-    prefill_s: f64,
-    decode_started: Option<Instant>,
 }
 
 impl<D: Detokenize> BatchDecode<D> {
@@ -141,6 +151,9 @@ impl<D: Detokenize> BatchDecode<D> {
         vocab_size: usize,
         context_length: usize,
     ) -> Result<Self, GenerateError> {
+        if options.max_batch == 0 {
+            return Err(GenerateError::ZeroMaxBatch);
+        }
         if options.stop_strings.iter().any(|s| s.is_empty()) {
             return Err(GenerateError::EmptyStopString);
         }
@@ -166,11 +179,13 @@ impl<D: Detokenize> BatchDecode<D> {
                 detok: detok.start(),
                 // Nothing to generate: done before any work.
                 finish: (max_new == 0).then_some(FinishReason::Length),
+                prefill_s: 0.0,
+                decode_started: None,
                 decode_tokens: 0,
                 decode_s: 0.0,
             });
         }
-        Ok(BatchDecode { seqs, options, prefill_s: 0.0, decode_started: None })
+        Ok(BatchDecode { seqs, options })
     }
 
     pub fn len(&self) -> usize {
@@ -201,16 +216,34 @@ impl<D: Detokenize> BatchDecode<D> {
         if self.is_done() {
             return Ok(Vec::new());
         }
-        for s in self.seqs.iter_mut().filter(|s| s.finish.is_none() && s.seq_id.is_none()) {
-            s.seq_id = Some(model.new_sequence(s.prompt.len() + s.max_new)?);
-        }
+        self.admit(model)?;
         let mut pieces = Vec::new();
-        if self.seqs.iter().any(|s| s.finish.is_none() && s.prompt_fed < s.prompt.len()) {
+        if self.seqs.iter().any(|s| s.seq_id.is_some() && s.prompt_fed < s.prompt.len()) {
             self.prefill_step(model, detok, &mut pieces)?;
         } else {
             self.decode_step(model, detok, &mut pieces)?;
         }
         Ok(pieces)
+    }
+
+    /// Starts waiting sequences, in order, while the batch and the KV cache have room.
+    fn admit(&mut self, model: &mut dyn LanguageModel) -> Result<(), GenerateError> {
+        let mut running = self.seqs.iter().filter(|s| s.seq_id.is_some()).count();
+        for s in self.seqs.iter_mut().filter(|s| s.finish.is_none() && s.seq_id.is_none()) {
+            if running >= self.options.max_batch {
+                break;
+            }
+            match model.new_sequence(s.prompt.len() + s.max_new) {
+                Ok(id) => {
+                    s.seq_id = Some(id);
+                    running += 1;
+                }
+                // Waits for running sequences to free their room.
+                Err(ModelError::KvCacheFull { .. }) if running > 0 => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
     }
 
     fn prefill_step(&mut self, model: &mut dyn LanguageModel, detok: &D, pieces: &mut Vec<Piece>) -> Result<(), GenerateError> {
@@ -222,7 +255,7 @@ impl<D: Detokenize> BatchDecode<D> {
             if budget == 0 {
                 break;
             }
-            if s.finish.is_some() || s.prompt_fed == s.prompt.len() {
+            if s.seq_id.is_none() || s.prompt_fed == s.prompt.len() {
                 continue;
             }
             let n = (s.prompt.len() - s.prompt_fed).min(budget);
@@ -236,20 +269,24 @@ impl<D: Detokenize> BatchDecode<D> {
         let logits = model.forward(&batch, LogitsFor::LastToken)?;
         let vocab = model.config().vocab_size;
         check_rows(&logits, chunk.len(), vocab)?;
+        let elapsed = start.elapsed().as_secs_f64();
         for (row, (i, r)) in chunk.into_iter().enumerate() {
             self.seqs[i].prompt_fed = r.end;
+            self.seqs[i].prefill_s += elapsed;
             // Only a sequence whose whole prompt is in has logits for its first new token.
             if r.end == self.seqs[i].prompt.len() {
                 self.accept_logits(i, &logits[row * vocab..(row + 1) * vocab], model, detok, pieces)?;
             }
         }
-        self.prefill_s += start.elapsed().as_secs_f64();
         Ok(())
     }
 
     fn decode_step(&mut self, model: &mut dyn LanguageModel, detok: &D, pieces: &mut Vec<Piece>) -> Result<(), GenerateError> {
-        let started = *self.decode_started.get_or_insert_with(Instant::now);
-        let running: Vec<usize> = (0..self.seqs.len()).filter(|&i| self.seqs[i].finish.is_none()).collect();
+        let now = Instant::now();
+        let running: Vec<usize> = (0..self.seqs.len()).filter(|&i| self.seqs[i].seq_id.is_some()).collect();
+        for &i in &running {
+            self.seqs[i].decode_started.get_or_insert(now);
+        }
         let last_tokens: Vec<[u32; 1]> = running.iter().map(|&i| [*self.seqs[i].tokens.last().unwrap_or(&0)]).collect();
         let batch: Vec<SeqTokens<'_>> = running
             .iter()
@@ -262,8 +299,9 @@ impl<D: Detokenize> BatchDecode<D> {
         for (row, &i) in running.iter().enumerate() {
             self.seqs[i].decode_tokens += 1;
             self.accept_logits(i, &logits[row * vocab..(row + 1) * vocab], model, detok, pieces)?;
-            if self.seqs[i].finish.is_some() {
-                self.seqs[i].decode_s = started.elapsed().as_secs_f64();
+            let s = &mut self.seqs[i];
+            if let (Some(_), Some(started)) = (s.finish, s.decode_started) {
+                s.decode_s = started.elapsed().as_secs_f64();
             }
         }
         Ok(())
@@ -338,13 +376,12 @@ impl<D: Detokenize> BatchDecode<D> {
 
     /// The results, in prompt order. Call once [`is_done`](Self::is_done).
     pub fn into_generations(self) -> Vec<Generation> {
-        let prefill_s = self.prefill_s;
         self.seqs
             .into_iter()
             .map(|s| Generation {
                 timings: Timings {
                     prefill_tokens: s.prompt_fed,
-                    prefill_s,
+                    prefill_s: s.prefill_s,
                     decode_tokens: s.decode_tokens,
                     decode_s: s.decode_s,
                 },

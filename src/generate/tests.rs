@@ -51,6 +51,8 @@ type Rule = fn(&[u32]) -> u32;
 struct FakeModel {
     config: ModelConfig,
     seqs: HashMap<usize, (usize, Vec<u32>)>,
+    /// KV-cache token slots shared by all sequences.
+    kv_tokens: usize,
     next_id: usize,
     /// Per forward call: tokens per sequence.
     calls: Vec<Vec<usize>>,
@@ -77,6 +79,7 @@ impl FakeModel {
                 tied_embeddings: false,
             },
             seqs: HashMap::new(),
+            kv_tokens: usize::MAX,
             next_id: 7,
             calls: Vec::new(),
             rule,
@@ -94,6 +97,10 @@ impl LanguageModel for FakeModel {
     }
     fn new_sequence(&mut self, max_tokens: usize) -> Result<usize, ModelError> {
         assert!(max_tokens <= self.config.context_length);
+        let used: usize = self.seqs.values().map(|s| s.0).sum();
+        if used + max_tokens > self.kv_tokens {
+            return Err(ModelError::KvCacheFull { requested: max_tokens, largest_free: self.kv_tokens - used, capacity: self.kv_tokens });
+        }
         let id = self.next_id;
         self.next_id += 3;
         self.seqs.insert(id, (max_tokens, Vec::new()));
@@ -139,6 +146,7 @@ fn options(max_tokens: usize) -> GenerateOptions {
         stop_strings: vec![],
         stop_token_ids: vec![],
         eog_token_ids: vec![EOS],
+        max_batch: 64,
     }
 }
 
@@ -297,4 +305,35 @@ fn bad_requests_are_errors() {
     let e = generate(&mut model, &FakeDetok, vec![vec![1], vec![2]], options(4), |_, _| Ok(())).unwrap_err();
     assert!(matches!(e, GenerateError::Model(ModelError::Backend(_))));
     assert!(model.seqs.is_empty());
+}
+
+#[test]
+fn at_most_max_batch_run_and_waiting_ones_start_as_others_finish() {
+    let prompts: Vec<Vec<u32>> = (0..5).map(|i| vec![i, i + 1]).collect();
+    let mut model = FakeModel::new(cycling, 100);
+    let opts = GenerateOptions { max_batch: 2, ..options(3) };
+    let (gens, _) = run(&mut model, prompts.clone(), opts);
+    assert!(model.calls.iter().all(|c| c.len() <= 2), "{:?}", model.calls);
+    for (p, g) in prompts.iter().zip(&gens) {
+        assert_eq!(g.token_ids, expected(p, 3));
+    }
+    assert!(model.seqs.is_empty());
+}
+
+#[test]
+fn a_full_kv_cache_makes_sequences_wait_not_fail() {
+    // Room for two sequences of 2 + 4 tokens at a time.
+    let prompts: Vec<Vec<u32>> = (0..5).map(|i| vec![i, 2 * i]).collect();
+    let mut model = FakeModel::new(cycling, 100);
+    model.kv_tokens = 13;
+    let (gens, _) = run(&mut model, prompts.clone(), options(4));
+    assert!(model.calls.iter().all(|c| c.len() <= 2), "{:?}", model.calls);
+    for (p, g) in prompts.iter().zip(&gens) {
+        assert_eq!(g.token_ids, expected(p, 4));
+    }
+    // A single sequence that can never fit is an error, not a hang.
+    let mut model = FakeModel::new(cycling, 100);
+    model.kv_tokens = 5;
+    let e = generate(&mut model, &FakeDetok, vec![vec![1, 2]], options(4), |_, _| Ok(())).unwrap_err();
+    assert!(matches!(e, GenerateError::Model(ModelError::KvCacheFull { .. })));
 }

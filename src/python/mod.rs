@@ -2,8 +2,10 @@
 //! around long work.
 
 mod errors;
+mod generator;
 mod gguf;
 mod model;
+mod sampling;
 mod tokenizer;
 
 use pyo3::prelude::*;
@@ -14,5 +16,7 @@ fn _ferrite(m: &Bound<'_, PyModule>) -> PyResult<()> {
     gguf::register(m)?;
     model::register(m)?;
     tokenizer::register(m)?;
+    sampling::register(m)?;
+    generator::register(m)?;
     Ok(())
 }
