@@ -209,3 +209,42 @@ def test_bad_requests_raise_clear_errors(gen, model):
     too_long = [1] * model.config["context_length"]
     with pytest.raises(ferrite.ContextLengthError, match="context length"):
         gen.generate(too_long, max_tokens=1)
+
+
+def _run_cli(*args, stdin=None):
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "ferrite", *args], input=stdin, capture_output=True, text=True, timeout=600
+    )
+
+
+def test_cli_generate_streams_the_chat_completion(gen, path):
+    want = gen.generate([{"role": "user", "content": "Say hi"}], max_tokens=16, **GREEDY).text
+    out = _run_cli("generate", path, "Say hi", "--temperature", "0", "--max-tokens", "16", "--stats")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == want + "\n"
+    assert re.search(r"decode \d+ tok at [\d.]+ tok/s", out.stderr)
+    raw = gen.generate(COUNTING, max_tokens=6, **GREEDY).text
+    out = _run_cli("generate", "--test-model", "--raw", COUNTING, "--temperature", "0", "--max-tokens", "6")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == raw + "\n"
+
+
+def test_cli_chat_keeps_history(gen, path):
+    first = [{"role": "user", "content": "My name is Ada."}]
+    reply1 = gen.generate(first, max_tokens=24, **GREEDY).text
+    second = first + [{"role": "assistant", "content": reply1}, {"role": "user", "content": "What is my name?"}]
+    reply2 = gen.generate(second, max_tokens=24, **GREEDY).text
+    out = _run_cli("chat", path, "--temperature", "0", "--max-tokens", "24",
+                   stdin="My name is Ada.\nWhat is my name?\n/exit\n")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.replace("> ", "") == reply1 + "\n" + reply2 + "\n"
+
+
+def test_cli_errors_are_messages_not_tracebacks(tmp_path):
+    missing = tmp_path / "missing.gguf"
+    out = _run_cli("generate", str(missing), "hi")
+    assert out.returncode != 0
+    assert "missing.gguf" in out.stderr and "Traceback" not in out.stderr
