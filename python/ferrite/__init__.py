@@ -8,7 +8,20 @@ Qwen2-family inference on CPU and NVIDIA GPUs.
 """
 
 from ferrite import _ferrite
-from ferrite._ferrite import GgufFile, IncrementalDecoder, Model, TensorInfo, Tokenizer, dequantize, ggml_types
+from ferrite._ferrite import (
+    GenerationResult,
+    Generator,
+    GgufFile,
+    IncrementalDecoder,
+    Model,
+    Sampler,
+    TensorInfo,
+    TextStream,
+    Timings,
+    Tokenizer,
+    dequantize,
+    ggml_types,
+)
 from ferrite._fetch import fetch_test_model
 from ferrite.errors import (
     ContextLengthError,
@@ -30,6 +43,11 @@ __all__ = [
     "TensorInfo",
     "Tokenizer",
     "IncrementalDecoder",
+    "Generator",
+    "GenerationResult",
+    "TextStream",
+    "Timings",
+    "Sampler",
     "dequantize",
     "ggml_types",
     "fetch_test_model",

@@ -2,6 +2,9 @@
 
     python -m ferrite fetch                 # download + verify the test model, print its path
     python -m ferrite info MODEL.gguf       # summary of a GGUF file
+    python -m ferrite generate MODEL.gguf "prompt"      # stream a completion to the terminal
+    python -m ferrite generate --test-model "Write a haiku about GPU computing"
+    python -m ferrite chat MODEL.gguf       # interactive multi-turn chat (/exit to leave)
 """
 
 from __future__ import annotations
@@ -26,9 +29,23 @@ def _info(argv: list[str]) -> int:
     return main(argv)
 
 
+def _generate(argv: list[str]) -> int:
+    from ferrite._cli_generate import generate_main
+
+    return generate_main(argv)
+
+
+def _chat(argv: list[str]) -> int:
+    from ferrite._cli_generate import chat_main
+
+    return chat_main(argv)
+
+
 COMMANDS = {
     "fetch": (_fetch, "download and verify the test model; print its path"),
     "info": (_info, "summarize a GGUF file"),
+    "generate": (_generate, "stream a completion of a prompt (chat template by default)"),
+    "chat": (_chat, "interactive multi-turn chat with a model"),
 }
 
 

@@ -4,9 +4,11 @@
 use pyo3::prelude::*;
 use pyo3::types::PyType;
 
+use crate::generate::GenerateError;
 use crate::gguf::GgufError;
 use crate::model::ModelError;
 use crate::quant::QuantError;
+use crate::sampling::SamplingError;
 use crate::tokenizer::TokenizerError;
 
 /// An instance of `ferrite.errors.<class_name>` carrying `message`.
@@ -60,6 +62,27 @@ impl From<ModelError> for PyErr {
         match e {
             ModelError::ContextLength { .. } | ModelError::KvCacheFull { .. } => raise("ContextLengthError", e.to_string()),
             _ => raise("ModelError", e.to_string()),
+        }
+    }
+}
+
+impl From<SamplingError> for PyErr {
+    fn from(e: SamplingError) -> PyErr {
+        match e {
+            SamplingError::BadParam { .. } => pyo3::exceptions::PyValueError::new_err(e.to_string()),
+            _ => raise("ModelError", e.to_string()),
+        }
+    }
+}
+
+impl From<GenerateError> for PyErr {
+    fn from(e: GenerateError) -> PyErr {
+        match e {
+            GenerateError::Model(e) => e.into(),
+            GenerateError::Sampling(e) => e.into(),
+            GenerateError::Tokenizer(e) => e.into(),
+            GenerateError::PromptTooLong { .. } => raise("ContextLengthError", e.to_string()),
+            GenerateError::EmptyPrompt { .. } | GenerateError::EmptyStopString | GenerateError::ZeroMaxBatch => pyo3::exceptions::PyValueError::new_err(e.to_string()),
         }
     }
 }

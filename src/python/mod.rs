@@ -2,9 +2,11 @@
 //! around long work.
 
 mod errors;
+mod generator;
 mod gguf;
-mod tokenizer;
 mod model;
+mod sampling;
+mod tokenizer;
 
 use pyo3::prelude::*;
 
@@ -12,7 +14,9 @@ use pyo3::prelude::*;
 fn _ferrite(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     gguf::register(m)?;
-    tokenizer::register(m)?;
     model::register(m)?;
+    tokenizer::register(m)?;
+    sampling::register(m)?;
+    generator::register(m)?;
     Ok(())
 }

@@ -1,0 +1,99 @@
+//! `ferrite.Sampler`: the generator's logits processors and draw, one row at a time, so tests
+//! and notebooks can check them against their own NumPy definitions.
+
+use numpy::{PyArray1, PyReadonlyArray1};
+use pyo3::prelude::*;
+
+use crate::sampling::{Sampler, SamplingParams};
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PySampler>()?;
+    Ok(())
+}
+
+/// A token id from Python, or a ValueError naming it.
+pub(crate) fn token_id(id: i64, vocab_size: usize) -> PyResult<u32> {
+    u32::try_from(id).ok().filter(|&t| (t as usize) < vocab_size).ok_or_else(|| {
+        pyo3::exceptions::PyValueError::new_err(format!("token id {id} is out of range for a vocabulary of {vocab_size}"))
+    })
+}
+
+/// The sampler the generator uses for each sequence, on its own: penalties, then greedy when
+/// ``temperature == 0``, else temperature, top-k, top-p, min-p and a seeded draw (xoshiro256**).
+///
+/// Defaults disable every processor (plain sampling at temperature 1). The repetition penalty
+/// reads ``prompt_token_ids`` and the accepted tokens; presence and frequency penalties read the
+/// accepted tokens only. ``sample`` accepts the token it returns.
+///
+/// >>> import numpy as np, ferrite
+/// >>> s = ferrite.Sampler(5, temperature=0.5, top_k=2, seed=1)
+/// >>> s.process(np.array([0, 3, 1, 2, -1], dtype=np.float32))
+/// array([-inf,   6., -inf,   4., -inf], dtype=float32)
+/// >>> s.sample(np.array([0, 3, 1, 2, -1], dtype=np.float32)) in (1, 3)
+/// True
+#[pyclass(name = "Sampler", module = "ferrite")]
+pub struct PySampler {
+    sampler: Sampler,
+    vocab_size: usize,
+}
+
+#[pymethods]
+impl PySampler {
+    #[new]
+    #[pyo3(signature = (vocab_size, *, temperature = 1.0, top_k = 0, top_p = 1.0, min_p = 0.0,
+        repetition_penalty = 1.0, presence_penalty = 0.0, frequency_penalty = 0.0, seed = 0,
+        prompt_token_ids = Vec::new()))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        vocab_size: usize,
+        temperature: f32,
+        top_k: usize,
+        top_p: f32,
+        min_p: f32,
+        repetition_penalty: f32,
+        presence_penalty: f32,
+        frequency_penalty: f32,
+        seed: u64,
+        prompt_token_ids: Vec<i64>,
+    ) -> PyResult<Self> {
+        let params = SamplingParams {
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            repetition_penalty,
+            presence_penalty,
+            frequency_penalty,
+            seed,
+        };
+        let prompt = prompt_token_ids.into_iter().map(|t| token_id(t, vocab_size)).collect::<PyResult<Vec<u32>>>()?;
+        Ok(PySampler { sampler: Sampler::new(&params, vocab_size, &prompt)?, vocab_size })
+    }
+
+    /// The processed logits (after penalties and temperature) of the tokens the filters keep;
+    /// ``-inf`` for the others. Greedy keeps only the argmax. Does not change the sampler.
+    ///
+    /// >>> s.process(logits)   # float32 [vocab_size]
+    fn process<'py>(&mut self, py: Python<'py>, logits: PyReadonlyArray1<'py, f32>) -> PyResult<Bound<'py, PyArray1<f32>>> {
+        let row = logits.as_slice()?;
+        let mut out = vec![f32::NEG_INFINITY; self.vocab_size];
+        for c in self.sampler.candidates(row)? {
+            out[c.id as usize] = c.logit;
+        }
+        Ok(PyArray1::from_vec(py, out))
+    }
+
+    /// Chooses a token from a float32 row of ``vocab_size`` logits and accepts it.
+    ///
+    /// >>> token = s.sample(logits)
+    fn sample(&mut self, logits: PyReadonlyArray1<'_, f32>) -> PyResult<u32> {
+        Ok(self.sampler.sample(logits.as_slice()?)?)
+    }
+
+    /// Adds a generated token to the history the penalties read.
+    ///
+    /// >>> s.accept(42)
+    fn accept(&mut self, token_id: i64) -> PyResult<()> {
+        Ok(self.sampler.accept(self::token_id(token_id, self.vocab_size)?)?)
+    }
+}

@@ -1,0 +1,211 @@
+"""The sampler's processors against independent NumPy implementations of their definitions.
+
+Definitions (see src/sampling/mod.rs for the order): penalties (repetition over prompt + output,
+presence/frequency over output), greedy at temperature 0, else logits / temperature, top-k,
+top-p (keep a token while the mass ranked before it is < p), min-p (p_i >= min_p * p_max), draw.
+"""
+
+import numpy as np
+import pytest
+
+import ferrite
+
+RNG = np.random.default_rng(20261122)
+
+
+def random_logits(n, scale=3.0):
+    return (RNG.standard_normal(n) * scale).astype(np.float32)
+
+
+def kept(processed):
+    return np.flatnonzero(np.isfinite(processed))
+
+
+def softmax64(x):
+    x = np.asarray(x, dtype=np.float64)
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+def np_top_k(scaled, candidates, k):
+    if k == 0 or k >= len(candidates):
+        return candidates
+    order = candidates[np.lexsort((candidates, -scaled[candidates]))]
+    return np.sort(order[:k])
+
+
+def np_top_p(scaled, candidates, p):
+    """Kept set, and the tokens whose fate depends on rounding (mass before them within 1e-6 of p)."""
+    if p >= 1.0:
+        return candidates, np.array([], dtype=np.int64)
+    probs = softmax64(scaled[candidates])
+    order = np.lexsort((candidates, -probs))
+    before = np.concatenate([[0.0], np.cumsum(probs[order])[:-1]])
+    keep = candidates[order][before < p]
+    ambiguous = candidates[order][np.abs(before - p) < 1e-6]
+    return np.sort(keep), ambiguous
+
+
+def np_min_p(scaled, candidates, min_p):
+    if min_p <= 0:
+        return candidates
+    probs = softmax64(scaled[candidates])
+    return np.sort(candidates[probs >= min_p * probs.max()])
+
+
+def assert_same_set(got, want, ambiguous=()):
+    diff = set(got.tolist()) ^ set(want.tolist())
+    assert diff <= set(np.asarray(ambiguous).tolist()), f"differ on {sorted(diff)[:10]} ({len(diff)} tokens)"
+
+
+@pytest.mark.parametrize("k", [1, 5, 50, 999, 0])
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 1.7])
+def test_top_k_matches_numpy(k, temperature):
+    logits = random_logits(1000)
+    out = ferrite.Sampler(1000, temperature=temperature, top_k=k).process(logits)
+    want = np_top_k(logits.astype(np.float64) / temperature, np.arange(1000), k)
+    np.testing.assert_array_equal(kept(out), want)
+    np.testing.assert_allclose(out[want], logits[want].astype(np.float64) / temperature, rtol=1e-6)
+
+
+@pytest.mark.parametrize("p", [0.05, 0.3, 0.5, 0.9, 0.99])
+@pytest.mark.parametrize("vocab,scale", [(500, 3.0), (5000, 0.5), (151936, 2.0)])
+def test_top_p_matches_numpy(p, vocab, scale):
+    # The flat 5000-token case has nuclei far larger than the sampler's partial sort (1024).
+    logits = random_logits(vocab, scale)
+    out = ferrite.Sampler(vocab, temperature=0.8, top_p=p).process(logits)
+    want, ambiguous = np_top_p(logits.astype(np.float64) / 0.8, np.arange(vocab), p)
+    assert_same_set(kept(out), want, ambiguous)
+    assert len(kept(out)) >= 1
+
+
+@pytest.mark.parametrize("min_p", [0.01, 0.1, 0.5, 0.95])
+def test_min_p_matches_numpy(min_p):
+    logits = random_logits(2000)
+    out = ferrite.Sampler(2000, temperature=1.3, min_p=min_p).process(logits)
+    scaled = logits.astype(np.float64) / 1.3
+    want = np_min_p(scaled, np.arange(2000), min_p)
+    probs = softmax64(scaled)
+    ambiguous = np.flatnonzero(np.abs(probs / probs.max() - min_p) < 1e-6)
+    assert_same_set(kept(out), want, ambiguous)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_filters_compose_in_order(seed):
+    # top-k, then top-p renormalized over the top-k survivors, then min-p over what is left.
+    logits = random_logits(3000, 2.5)
+    k, p, min_p, t = [(40, 0.9, 0.05, 0.7), (200, 0.5, 0.0, 1.0), (0, 0.8, 0.2, 1.5)][seed % 3]
+    out = ferrite.Sampler(3000, temperature=t, top_k=k, top_p=p, min_p=min_p).process(logits)
+    scaled = logits.astype(np.float64) / t
+    c = np_top_k(scaled, np.arange(3000), k)
+    c, ambiguous = np_top_p(scaled, c, p)
+    c = np_min_p(scaled, c, min_p)
+    assert_same_set(kept(out), c, ambiguous)
+
+
+def np_penalize(logits, prompt, output, rep, presence, frequency):
+    out = logits.astype(np.float64).copy()
+    seen = sorted(set(prompt) | set(output))
+    for t in seen:
+        out[t] = out[t] / rep if out[t] > 0 else out[t] * rep
+    ids, counts = np.unique(np.asarray(output, dtype=np.int64), return_counts=True)
+    for t, c in zip(ids, counts):
+        out[t] -= presence + frequency * c
+    return out
+
+
+@pytest.mark.parametrize("rep,presence,frequency", [(1.3, 0.0, 0.0), (1.0, 0.7, 0.0), (1.0, 0.0, 0.4), (0.8, -0.5, 0.25)])
+def test_penalties_match_numpy(rep, presence, frequency):
+    vocab = 300
+    logits = random_logits(vocab)
+    prompt = RNG.integers(0, vocab, 40).tolist()
+    output = RNG.integers(0, vocab, 60).tolist()
+    s = ferrite.Sampler(
+        vocab, repetition_penalty=rep, presence_penalty=presence, frequency_penalty=frequency, prompt_token_ids=prompt
+    )
+    for t in output:
+        s.accept(t)
+    got = s.process(logits)
+    want = np_penalize(logits, prompt, output, rep, presence, frequency)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_greedy_is_argmax_after_penalties():
+    vocab = 400
+    for _ in range(20):
+        logits = random_logits(vocab)
+        prompt = RNG.integers(0, vocab, 10).tolist()
+        s = ferrite.Sampler(vocab, temperature=0.0, repetition_penalty=1.5, top_k=3, prompt_token_ids=prompt)
+        want = int(np.argmax(np_penalize(logits, prompt, [], 1.5, 0.0, 0.0)))
+        out = s.process(logits)
+        np.testing.assert_array_equal(kept(out), [want])
+        assert s.sample(logits) == want
+
+
+def test_draws_follow_the_filtered_softmax():
+    vocab = 12
+    logits = random_logits(vocab, 1.0)
+    s = ferrite.Sampler(vocab, temperature=0.9, top_k=8, top_p=0.9, seed=7)
+    scaled = logits.astype(np.float64) / 0.9
+    c = np_top_k(scaled, np.arange(vocab), 8)
+    c, ambiguous = np_top_p(scaled, c, 0.9)
+    assert len(ambiguous) == 0
+    probs = np.zeros(vocab)
+    probs[c] = softmax64(scaled[c])
+    n = 20000
+    counts = np.bincount([s.sample(logits) for _ in range(n)], minlength=vocab)
+    assert counts[probs == 0].sum() == 0, "a filtered-out token was drawn"
+    sigma = np.sqrt(n * probs * (1 - probs))
+    assert np.all(np.abs(counts - n * probs) <= 5 * sigma + 1), (counts, n * probs)
+
+
+def test_same_seed_same_tokens_different_seed_different_tokens():
+    vocab = 1000
+    rows = [random_logits(vocab, 1.0) for _ in range(100)]
+
+    def draw(seed):
+        s = ferrite.Sampler(vocab, temperature=1.0, seed=seed)
+        return [s.sample(r) for r in rows]
+
+    assert draw(123) == draw(123)
+    assert draw(123) != draw(124)
+
+
+def test_masked_logits_are_never_drawn():
+    logits = random_logits(64)
+    logits[::2] = -np.inf
+    s = ferrite.Sampler(64, temperature=3.0, seed=1)
+    assert all(s.sample(logits) % 2 == 1 for _ in range(300))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(temperature=-0.1),
+        dict(top_p=0.0),
+        dict(top_p=1.5),
+        dict(min_p=-0.1),
+        dict(min_p=1.1),
+        dict(repetition_penalty=0.0),
+        dict(temperature=float("nan")),
+    ],
+)
+def test_bad_parameters_raise_value_error_naming_them(kwargs):
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        ferrite.Sampler(10, **kwargs)
+
+
+def test_bad_rows_raise():
+    s = ferrite.Sampler(10)
+    with pytest.raises(ferrite.FerriteError, match="10"):
+        s.sample(np.zeros(9, dtype=np.float32))
+    bad = np.zeros(10, dtype=np.float32)
+    bad[3] = np.nan
+    with pytest.raises(ferrite.FerriteError, match="token 3"):
+        s.sample(bad)
+    with pytest.raises(ferrite.FerriteError, match="-inf"):
+        s.sample(np.full(10, -np.inf, dtype=np.float32))
+    with pytest.raises(ValueError, match="out of range"):
+        s.accept(10)
+    with pytest.raises(ValueError, match="out of range"):
+        ferrite.Sampler(10, prompt_token_ids=[3, -1])
