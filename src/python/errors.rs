@@ -5,6 +5,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyType;
 
 use crate::generate::GenerateError;
+use crate::backend::cuda::CudaError;
 use crate::gguf::GgufError;
 use crate::model::ModelError;
 use crate::quant::QuantError;
@@ -83,6 +84,15 @@ impl From<GenerateError> for PyErr {
             GenerateError::Tokenizer(e) => e.into(),
             GenerateError::PromptTooLong { .. } => raise("ContextLengthError", e.to_string()),
             GenerateError::EmptyPrompt { .. } | GenerateError::EmptyStopString | GenerateError::ZeroMaxBatch => pyo3::exceptions::PyValueError::new_err(e.to_string()),
+        }
+    }
+}
+
+impl From<CudaError> for PyErr {
+    fn from(e: CudaError) -> PyErr {
+        match e {
+            CudaError::Quant(q) => q.into(),
+            other => raise("CudaError", other.to_string()),
         }
     }
 }

@@ -262,8 +262,9 @@ pub fn parse_ggml_type(ty: &Bound<'_, PyAny>) -> PyResult<GgmlType> {
     GgmlType::from_name(&name).ok_or_else(|| raise("UnsupportedTypeError", format!("unknown ggml type {name:?}")))
 }
 
-/// Dequantizes on `device` ("cpu", or "cuda"/"cuda:N" once the CUDA backend is built in) into
-/// a new float32 array of `shape`. Sizes are checked before anything is allocated.
+/// Dequantizes on `device` ("cpu", "cuda" or "cuda:N") into a new float32 array of `shape`.
+/// Sizes are checked before anything is allocated; `what` (the tensor name or the call) prefixes
+/// error messages.
 pub fn dequantize_on<'py>(
     py: Python<'py>,
     device: &str,
@@ -272,11 +273,7 @@ pub fn dequantize_on<'py>(
     shape: &[usize],
     what: &str,
 ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
-    if device != "cpu" {
-        return Err(pyo3::exceptions::PyValueError::new_err(format!("unknown device {device:?} (expected \"cpu\")")));
-    }
-    let named = |e: quant::QuantError| -> PyErr {
-        let err: PyErr = e.into();
+    let named = |err: PyErr| -> PyErr {
         Python::attach(|py| {
             let msg = format!("{what}: {}", err.value(py));
             let cls = err.get_type(py).name().map(|n| n.to_string()).unwrap_or_else(|_| "QuantError".into());
@@ -284,10 +281,19 @@ pub fn dequantize_on<'py>(
         })
     };
     let n_elems: usize = shape.iter().product();
-    if !quant::can_dequantize(ty) {
-        return Err(named(quant::QuantError::Unsupported(ty)));
+    if device.starts_with("cuda") {
+        let values = super::cuda::dequantize_on_gpu(py, device, ty, bytes, n_elems).map_err(|e| named(e.into()))?;
+        return Ok(PyArray1::from_vec(py, values).reshape(shape)?);
     }
-    quant::check_len(ty, bytes.len(), n_elems).map_err(named)?;
+    if device != "cpu" {
+        return Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "unknown device {device:?} (expected \"cpu\", \"cuda\" or \"cuda:N\")"
+        )));
+    }
+    if !quant::can_dequantize(ty) {
+        return Err(named(quant::QuantError::Unsupported(ty).into()));
+    }
+    quant::check_len(ty, bytes.len(), n_elems).map_err(|e| named(e.into()))?;
     // numpy's allocator gives large arrays transparent huge pages: the first touch of a 500 MB
     // tensor then costs a few hundred page faults instead of 130 thousand.
     // SAFETY: every element is written by `dequantize` below before the array is returned.
@@ -295,12 +301,25 @@ pub fn dequantize_on<'py>(
     // SAFETY: the array was just created here, so no other reference to its data exists.
     let out = unsafe { array.as_slice_mut() }
         .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(format!("new array not contiguous: {e}")))?;
-    py.detach(|| quant::dequantize(ty, bytes, out)).map_err(named)?;
+    py.detach(|| quant::dequantize(ty, bytes, out)).map_err(|e| named(e.into()))?;
     Ok(array)
 }
 
+/// Calls `f` with the bytes of `raw` (`bytes` or a C-contiguous uint8 numpy array).
+pub fn with_raw_bytes<T>(raw: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> PyResult<T>) -> PyResult<T> {
+    if let Ok(b) = raw.cast::<PyBytes>() {
+        return f(b.as_bytes());
+    }
+    let array: PyReadonlyArrayDyn<'_, u8> =
+        raw.extract().map_err(|_| pyo3::exceptions::PyTypeError::new_err("raw must be bytes or a uint8 numpy array"))?;
+    let bytes = array.as_slice().map_err(|_| {
+        pyo3::exceptions::PyValueError::new_err(format!("raw must be C-contiguous (got strides {:?})", array.strides()))
+    })?;
+    f(bytes)
+}
+
 /// Dequantizes raw block bytes (a uint8 array such as `GgufFile.raw()`, or `bytes`) of type
-/// `ggml_type` (id or name) into a float32 array of `shape` (numpy order).
+/// `ggml_type` (id or name) into a float32 array of `shape` (numpy order), on `device`.
 ///
 /// >>> ferrite.dequantize(f.raw("output.weight"), "Q8_0", (151936, 896))
 #[pyfunction]
@@ -319,20 +338,7 @@ fn dequantize<'py>(
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
         .ok_or_else(|| pyo3::exceptions::PyValueError::new_err(format!("shape {shape:?} overflows")))?;
     let what = format!("dequantize({ty}, shape={shape:?})");
-    if let Ok(b) = raw.cast::<PyBytes>() {
-        dequantize_on(py, device, ty, b.as_bytes(), &shape, &what)
-    } else {
-        let array: PyReadonlyArrayDyn<'py, u8> = raw.extract().map_err(|_| {
-            pyo3::exceptions::PyTypeError::new_err("raw must be bytes or a uint8 numpy array")
-        })?;
-        let bytes = array.as_slice().map_err(|_| {
-            pyo3::exceptions::PyValueError::new_err(format!(
-                "raw must be C-contiguous (got strides {:?})",
-                array.strides()
-            ))
-        })?;
-        dequantize_on(py, device, ty, bytes, &shape, &what)
-    }
+    with_raw_bytes(raw, |bytes| dequantize_on(py, device, ty, bytes, &shape, &what))
 }
 
 /// Every ggml type as `(name, id, block_elements, block_bytes)`.

@@ -1,6 +1,7 @@
 //! The Python bindings: the only place pyo3 appears. Converts types and errors; releases the GIL
 //! around long work.
 
+mod cuda;
 mod errors;
 mod generator;
 mod gguf;
@@ -18,5 +19,6 @@ fn _ferrite(m: &Bound<'_, PyModule>) -> PyResult<()> {
     tokenizer::register(m)?;
     sampling::register(m)?;
     generator::register(m)?;
+    cuda::register(m)?;
     Ok(())
 }

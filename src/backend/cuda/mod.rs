@@ -1,1 +1,28 @@
-//! CUDA backend: device memory, NVRTC-compiled kernels from kernels/, cuBLAS.
+//! CUDA backend: device selection and streams (`context`), errors (`error`), run-time kernel
+//! compilation with a disk cache (`nvrtc`), device memory and weight upload (`memory`), and the
+//! dequantization kernels (`dequant`). The model's ops build on these.
+//!
+//! Nothing here links against CUDA: cudarc loads libcuda/libnvrtc/libcublas at run time, and
+//! every entry point checks they exist first, so ferrite builds, imports and runs its CPU paths
+//! on machines without a GPU.
+//!
+//! Typical use by an op:
+//! ```ignore
+//! let ctx = CudaContext::get("cuda:0")?;
+//! let w = ctx.upload_weights(file.tensor_bytes(&info), &info.name)?;  // blocks as-is
+//! let f = ctx.function(&MY_KERNELS, "my_kernel")?;                    // NVRTC, cached
+//! let mut launch = ctx.stream().launch_builder(&f);
+//! launch.arg(&w).arg(&mut out).arg(&n);
+//! ctx.check_launch(unsafe { launch.launch(cfg) }, "my_kernel")?;
+//! let host = ctx.download(&out, "my output")?;                        // syncs; reports faults
+//! ```
+
+pub mod context;
+pub mod dequant;
+pub mod error;
+pub mod memory;
+pub mod nvrtc;
+
+pub use context::{cuda_available, device_count, parse_device, CudaContext};
+pub use error::CudaError;
+pub use nvrtc::KernelSource;

@@ -1,0 +1,147 @@
+// Shared by every kernel in kernels/: integer types, unaligned little-endian loads, half/bf16
+// conversions done on bits (NVRTC is given no system headers, so no <cuda_fp16.h>), and the
+// ggml block layouts, mirroring src/quant.
+//
+// Block structs are described by byte offsets rather than C structs: most blocks are 18, 22,
+// 34, 110, 210 ... bytes long, so a block inside a tensor is generally not 2- or 4-byte aligned
+// and a struct member load could fault or read wrong data. Read bytes (ld_u16/ld_u32) unless
+// the alignment is proven.
+#pragma once
+
+typedef unsigned char u8;
+typedef signed char i8;
+typedef unsigned short u16;
+typedef short i16;
+typedef unsigned int u32;
+typedef int i32;
+typedef unsigned long long u64;
+typedef long long i64;
+
+__device__ __forceinline__ u32 ld_u16(const u8* p) { return (u32)p[0] | ((u32)p[1] << 8); }
+__device__ __forceinline__ u32 ld_u32(const u8* p) {
+    return (u32)p[0] | ((u32)p[1] << 8) | ((u32)p[2] << 16) | ((u32)p[3] << 24);
+}
+__device__ __forceinline__ u64 ld_u64(const u8* p) { return (u64)ld_u32(p) | ((u64)ld_u32(p + 4) << 32); }
+
+// IEEE half -> float, exact. NaNs come out quiet with the payload kept, as the `half` crate and
+// x86 F16C do, so CPU and GPU agree bit for bit.
+__device__ __forceinline__ float f16_to_f32(u32 h) {
+    u32 sign = (h & 0x8000u) << 16;
+    u32 exp = (h >> 10) & 0x1fu;
+    u32 man = h & 0x3ffu;
+    if (exp == 0x1fu) return __uint_as_float(man ? (sign | 0x7fc00000u | (man << 13)) : (sign | 0x7f800000u));
+    if (exp == 0) {
+        // Subnormal or zero: man * 2^-24 is exact in float.
+        return __uint_as_float(sign | __float_as_uint(__fmul_rn(__uint2float_rn(man), 5.9604644775390625e-8f)));
+    }
+    return __uint_as_float(sign | ((exp + 112u) << 23) | (man << 13));
+}
+__device__ __forceinline__ float ld_f16(const u8* p) { return f16_to_f32(ld_u16(p)); }
+
+__device__ __forceinline__ float bf16_to_f32(u32 b) { return __uint_as_float(b << 16); }
+
+// float -> half bits, round to nearest even (for activations stored as f16).
+__device__ __forceinline__ u16 f32_to_f16(float f) {
+    u32 x = __float_as_uint(f);
+    u32 sign = (x >> 16) & 0x8000u;
+    u32 exp = (x >> 23) & 0xffu;
+    u32 man = x & 0x7fffffu;
+    if (exp == 0xffu) return (u16)(sign | 0x7c00u | (man ? (0x200u | (man >> 13)) : 0u));
+    int e = (int)exp - 127 + 15;
+    if (e >= 0x1f) return (u16)(sign | 0x7c00u);
+    if (e <= 0) {
+        if (e < -10) return (u16)sign;
+        man |= 0x800000u;
+        u32 shift = (u32)(14 - e);
+        u32 half_man = man >> shift;
+        u32 rem = man & ((1u << shift) - 1u);
+        u32 halfway = 1u << (shift - 1);
+        if (rem > halfway || (rem == halfway && (half_man & 1u))) half_man++;
+        return (u16)(sign | half_man);
+    }
+    u32 h = sign | ((u32)e << 10) | (man >> 13);
+    u32 rem = man & 0x1fffu;
+    if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) h++;  // may carry into exp: correct
+    return (u16)h;
+}
+
+// float -> bfloat16 bits, round to nearest even; NaN stays NaN.
+__device__ __forceinline__ u16 f32_to_bf16(float f) {
+    u32 x = __float_as_uint(f);
+    if ((x & 0x7fffffffu) > 0x7f800000u) return (u16)((x >> 16) | 0x40u);
+    x += 0x7fffu + ((x >> 16) & 1u);
+    return (u16)(x >> 16);
+}
+
+// ---- ggml block layouts: elements per block, bytes per block, byte offsets of fields ----
+// (names as in ggml; `d` fields are f16 unless noted)
+#define QK_K 256
+
+#define Q4_0_QK 32
+#define Q4_0_BYTES 18   // d, qs[16]
+#define Q4_1_QK 32
+#define Q4_1_BYTES 20   // d, m, qs[16]
+#define Q5_0_QK 32
+#define Q5_0_BYTES 22   // d, qh[4], qs[16]
+#define Q5_1_QK 32
+#define Q5_1_BYTES 24   // d, m, qh[4], qs[16]
+#define Q8_0_QK 32
+#define Q8_0_BYTES 34   // d, qs[32] (int8)
+#define Q8_1_QK 32
+#define Q8_1_BYTES 36   // d, s, qs[32] (int8)
+#define Q2_K_BYTES 84   // scales[16], qs[64], d, dmin
+#define Q3_K_BYTES 110  // hmask[32], qs[64], scales[12], d
+#define Q4_K_BYTES 144  // d, dmin, scales[12], qs[128]
+#define Q5_K_BYTES 176  // d, dmin, scales[12], qh[32], qs[128]
+#define Q6_K_BYTES 210  // ql[128], qh[64], scales[16] (int8), d
+#define Q8_K_BYTES 292  // d (f32), qs[256] (int8), bsums[16] (int16)
+#define IQ2_XXS_BYTES 66  // d, qs[32] (u16)
+#define IQ2_XS_BYTES 74   // d, qs[32] (u16), scales[8]
+#define IQ2_S_BYTES 82    // d, qs[64], qh[8], scales[8]
+#define IQ3_XXS_BYTES 98  // d, qs[64], scales_and_signs[32]
+#define IQ3_S_BYTES 110   // d, qs[64], qh[8], signs[32], scales[4]
+#define IQ1_S_BYTES 50    // d, qs[32], qh[8] (u16)
+#define IQ1_M_BYTES 56    // qs[32], qh[16], scales[8] (the f16 scale is spread over scales' top nibbles)
+#define IQ4_NL_QK 32
+#define IQ4_NL_BYTES 18   // d, qs[16]
+#define IQ4_XS_BYTES 136  // d, scales_h (u16), scales_l[4], qs[128]
+#define TQ1_0_BYTES 54    // qs[48], qh[4], d
+#define TQ2_0_BYTES 66    // qs[64], d
+#define MXFP4_QK 32
+#define MXFP4_BYTES 17    // e (E8M0), qs[16]
+#define NVFP4_QK 64
+#define NVFP4_BYTES 36    // scales[4] (unsigned E4M3, one per 16 elements), qs[32]
+
+// Q4_K / Q5_K: 6-bit scale and min of sub-block j (0..7) from the 12 packed bytes.
+__device__ __forceinline__ void scale_min_k4(int j, const u8* q, u32* sc, u32* m) {
+    if (j < 4) {
+        *sc = q[j] & 63u;
+        *m = q[j + 4] & 63u;
+    } else {
+        *sc = (q[j + 4] & 0xfu) | ((q[j - 4] >> 6) << 4);
+        *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+    }
+}
+
+// Q3_K: 6-bit signed scale k (0..15) from the 12 packed bytes, minus 32.
+__device__ __forceinline__ int scale_q3_k(int k, const u8* s) {
+    u32 low = k < 8 ? (s[k] & 0xfu) : (u32)(s[k - 8] >> 4);
+    u32 high = (s[8 + (k & 3)] >> (2 * (k >> 2))) & 3u;
+    return (int)(low | (high << 4)) - 32;
+}
+
+// IQ1_S/IQ1_M: offset added to every grid value.
+#define IQ1S_DELTA 0.125f
+#define IQ1M_DELTA 0.125f
+
+__device__ __constant__ const i8 kvalues_iq4nl[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+// E2M1 values doubled; the E8M0 scale is halved to match.
+__device__ __constant__ const i8 kvalues_mxfp4[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+
+// E8M0 exponent byte -> 2^(e-128), i.e. half the block scale (see kvalues_mxfp4).
+__device__ __forceinline__ float e8m0_to_f32_half(u32 e) {
+    return __uint_as_float(e < 2 ? (0x00200000u << e) : ((e - 1u) << 23));
+}
+
+// IQ2/IQ3 sign patterns: 7 stored bits, the 8th makes the count of set bits even.
+__device__ __forceinline__ u32 ksigns_iq2xs(u32 i) { return i | ((__popc(i) & 1u) << 7); }

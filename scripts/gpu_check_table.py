@@ -1,0 +1,50 @@
+"""Prints gpu_check.sh's summary table from its JSON-lines report and pytest's JUnit files.
+
+    python scripts/gpu_check_table.py REPORT.jsonl [JUNIT.xml ...]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+
+def main() -> int:
+    rows = [json.loads(line) for line in Path(sys.argv[1]).read_text().splitlines() if line.strip()]
+    print("\n==================== GPU check summary ====================")
+    print(f"{'step':<20} {'result':<8} {'seconds':>8}")
+    for r in rows:
+        if r.get("kind") == "step":
+            print(f"{r['step']:<20} {'ok' if r['rc'] == 0 else 'FAILED':<8} {r['seconds']:>8}")
+    for path in sys.argv[2:]:
+        if not Path(path).exists():
+            continue
+        s = ET.parse(path).getroot()
+        s = s if s.tag == "testsuite" else s.find("testsuite")
+        print(f"{Path(path).stem:<20} tests {s.get('tests')}, failures {s.get('failures')}, errors {s.get('errors')}, skipped {s.get('skipped')}")
+
+    deq = [r for r in rows if "type" in r]
+    if deq:
+        print(f"\n{'dequant type':<12} {'GPU == CPU bitwise':<20} {'elements checked':>16}  source")
+        for r in deq:
+            ident = {True: "yes", False: "NO", None: "unsupported"}[r["identical"]]
+            print(f"{r['type']:<12} {ident:<20} {r['elements']:>16,}  {r.get('note', 'random blocks')}")
+    for r in rows:
+        if r.get("kind") == "upload":
+            print(f"\nupload {r['mib']} MiB host->device: pinned staging {r['staged_gbps']:.2f} GB/s, pageable {r['pageable_gbps']:.2f} GB/s")
+    par = [r for r in rows if r.get("kind") == "parity"]
+    if par:
+        print(f"\n{'model':<10} {'prompt':>6} {'tokens':>6} {'max|diff|':>10} {'rel':>9} {'top-1':>7} {'greedy same':>11} {'tok/s cpu':>9} {'tok/s gpu':>9}")
+        for r in par:
+            if "error" in r:
+                print(f"{r['label']:<10} CUDA model not loadable: {r['error']}")
+                continue
+            print(f"{r['label']:<10} {r['prompt']:>6} {r['tokens']:>6} {r['max_abs_diff']:>10.3e} {r['rel_diff']:>9.2e} "
+                  f"{r['top1_agree'] * 100:>6.1f}% {r['greedy_same']:>5}/{r['greedy_n']:<5} {r['decode_tok_s_cpu']:>9.1f} {r['decode_tok_s_gpu']:>9.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
