@@ -145,3 +145,29 @@ __device__ __forceinline__ float e8m0_to_f32_half(u32 e) {
 
 // IQ2/IQ3 sign patterns: 7 stored bits, the 8th makes the count of set bits even.
 __device__ __forceinline__ u32 ksigns_iq2xs(u32 i) { return i | ((__popc(i) & 1u) << 7); }
+
+// ---- warp reductions (all 32 lanes must take part) ----
+#define FULL_WARP 0xffffffffu
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_WARP, v, o);
+    return v;
+}
+__device__ __forceinline__ double warp_sum_f64(double v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_WARP, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_WARP, v, o));
+    return v;
+}
+
+// Kernels that are compiled once per weight type (embed.cu, matvec.cu) get the type from the
+// host as -DQTYPE=<name> -DQ_BLOCK_ELEMS=<elements per block> -DQ_BLOCK_BYTES=<bytes per block>.
+#define FERRITE_CAT2(a, b) a##b
+#define FERRITE_CAT(a, b) FERRITE_CAT2(a, b)
+
+// -infinity (NVRTC has no <math.h> INFINITY).
+#define NEG_INF __uint_as_float(0xff800000u)

@@ -113,7 +113,8 @@ pub struct CudaContext {
     compute_capability: (u32, u32),
     driver_version: i32,
     total_mem_bytes: usize,
-    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    /// Loaded modules by file name and variant options.
+    modules: Mutex<HashMap<String, Arc<CudaModule>>>,
     pub(super) staging: Mutex<Option<Staging>>,
     /// FERRITE_CUDA_SYNC=1: synchronize after every launch so a fault names its kernel.
     sync_each_launch: bool,
@@ -221,6 +222,11 @@ impl CudaContext {
         self.stream.synchronize().map_err(|e| CudaError::KernelFault { op: format!("synchronize after {what}"), msg: describe(&e) })
     }
 
+    /// FERRITE_CUDA_SYNC=1 is set: every launch is followed by a synchronization.
+    pub fn syncs_each_launch(&self) -> bool {
+        self.sync_each_launch
+    }
+
     /// Call after each kernel launch with the launch's result: maps launch errors, and with
     /// FERRITE_CUDA_SYNC=1 synchronizes so that a fault is reported against this kernel.
     pub fn check_launch<T>(&self, launched: Result<T, drv::DriverError>, kernel: &str) -> Result<(), CudaError> {
@@ -234,7 +240,13 @@ impl CudaContext {
     /// The kernel `function` from `source`, compiling (or loading from the disk cache) the
     /// source for this GPU the first time.
     pub fn function(&self, source: &KernelSource, function: &str) -> Result<CudaFunction, CudaError> {
-        let module = self.module(source)?;
+        self.function_with(source, &[], function)
+    }
+
+    /// As [`CudaContext::function`], from the variant of `source` compiled with the extra NVRTC
+    /// options `extra` (e.g. `-DQTYPE=q4_k` for a kernel built once per weight type).
+    pub fn function_with(&self, source: &KernelSource, extra: &[String], function: &str) -> Result<CudaFunction, CudaError> {
+        let module = self.module(source, extra)?;
         module.load_function(function).map_err(|e| match e.0 {
             sys::CUresult::CUDA_ERROR_NOT_FOUND => {
                 CudaError::NoSuchKernel { kernel: source.file.to_string(), function: function.to_string() }
@@ -243,26 +255,28 @@ impl CudaContext {
         })
     }
 
-    /// The loaded module of `source` (compiled on first use, then cached in memory and on disk).
-    pub fn module(&self, source: &KernelSource) -> Result<Arc<CudaModule>, CudaError> {
+    /// The loaded module of `source` with `extra` options (compiled on first use, then cached in
+    /// memory and on disk).
+    pub fn module(&self, source: &KernelSource, extra: &[String]) -> Result<Arc<CudaModule>, CudaError> {
+        let key = std::iter::once(source.file.to_string()).chain(extra.iter().cloned()).collect::<Vec<_>>().join(" ");
         let mut modules = self.modules.lock().map_err(|_| CudaError::Invalid("kernel module cache lock poisoned".into()))?;
-        if let Some(m) = modules.get(source.file) {
+        if let Some(m) = modules.get(&key) {
             return Ok(m.clone());
         }
-        let image = nvrtc::compiled(source, self.compute_capability, self.driver_version)?;
+        let image = nvrtc::compiled(source, extra, self.compute_capability, self.driver_version)?;
         let module = match self.raw.load_module(cudarc::nvrtc::Ptx::from_binary(image.clone())) {
             Ok(m) => m,
             Err(e) => {
                 // A cache file that the driver rejects (truncated by a crash, another driver's):
                 // compile afresh once before giving up.
-                let fresh = nvrtc::compile_fresh(source, self.compute_capability, self.driver_version)?;
+                let fresh = nvrtc::compile_fresh(source, extra, self.compute_capability, self.driver_version)?;
                 self.raw.load_module(cudarc::nvrtc::Ptx::from_binary(fresh)).map_err(|e2| CudaError::Driver {
-                    op: format!("loading the compiled kernels/{} ({}; first try: {})", source.file, self.arch(), describe(&e)),
+                    op: format!("loading the compiled kernels/{} {extra:?} ({}; first try: {})", source.file, self.arch(), describe(&e)),
                     msg: describe(&e2),
                 })?
             }
         };
-        modules.insert(source.file, module.clone());
+        modules.insert(key, module.clone());
         Ok(module)
     }
 }

@@ -32,16 +32,20 @@ pub struct KernelSource {
 pub const HEADERS: &[(&str, &str)] = &[
     ("common.cuh", include_str!("../../../kernels/common.cuh")),
     ("iq_tables.cuh", include_str!("../../../kernels/iq_tables.cuh")),
+    ("quant_blocks.cuh", include_str!("../../../kernels/quant_blocks.cuh")),
 ];
 
 /// Options every kernel is compiled with (the architecture is added per GPU).
 // IEEE float semantics (no flush-to-zero, exact division), as the CPU computes.
 const BASE_OPTIONS: &[&str] = &["--std=c++17", "--ftz=false", "--prec-div=true", "--prec-sqrt=true", "-default-device"];
 
-fn options_for(source: &KernelSource, cc: (u32, u32)) -> Vec<String> {
+/// `extra`: per-variant options, e.g. the `-DQTYPE=...` defines of a kernel compiled once per
+/// weight type.
+pub fn options_for(source: &KernelSource, extra: &[String], cc: (u32, u32)) -> Vec<String> {
     let mut opts: Vec<String> = vec![format!("--gpu-architecture=sm_{}{}", cc.0, cc.1)];
     opts.extend(BASE_OPTIONS.iter().map(|s| s.to_string()));
     opts.extend(source.options.iter().map(|s| s.to_string()));
+    opts.extend(extra.iter().cloned());
     opts
 }
 
@@ -149,11 +153,11 @@ fn write_cache(path: &PathBuf, cubin: &[u8]) {
     }
 }
 
-/// The CUBIN of `source` for compute capability `cc`: from the disk cache, else compiled (and
-/// then cached).
-pub fn compiled(source: &KernelSource, cc: (u32, u32), driver_version: i32) -> Result<Vec<u8>, CudaError> {
+/// The CUBIN of `source` (with the variant options `extra`) for compute capability `cc`: from the
+/// disk cache, else compiled (and then cached).
+pub fn compiled(source: &KernelSource, extra: &[String], cc: (u32, u32), driver_version: i32) -> Result<Vec<u8>, CudaError> {
     let nvrtc = nvrtc_version()?;
-    let opts = options_for(source, cc);
+    let opts = options_for(source, extra, cc);
     let path = cache_dir().map(|d| d.join(format!("{}-{}.cubin", source.file.trim_end_matches(".cu"), cache_key(source, &opts, driver_version, nvrtc))));
     if let Some(cubin) = path.as_ref().and_then(read_cache) {
         return Ok(cubin);
@@ -166,9 +170,9 @@ pub fn compiled(source: &KernelSource, cc: (u32, u32), driver_version: i32) -> R
 }
 
 /// Compiles ignoring the cache, and replaces the cache entry.
-pub fn compile_fresh(source: &KernelSource, cc: (u32, u32), driver_version: i32) -> Result<Vec<u8>, CudaError> {
+pub fn compile_fresh(source: &KernelSource, extra: &[String], cc: (u32, u32), driver_version: i32) -> Result<Vec<u8>, CudaError> {
     let nvrtc = nvrtc_version()?;
-    let opts = options_for(source, cc);
+    let opts = options_for(source, extra, cc);
     let cubin = compile(source, &opts)?;
     if let Some(dir) = cache_dir() {
         let key = cache_key(source, &opts, driver_version, nvrtc);
@@ -193,8 +197,8 @@ fn cstring(what: &str, s: &str) -> Result<CString, CudaError> {
     CString::new(s).map_err(|_| CudaError::Invalid(format!("{what} contains a NUL byte")))
 }
 
-/// Compiles `source` with `opts` to a CUBIN.
-fn compile(source: &KernelSource, opts: &[String]) -> Result<Vec<u8>, CudaError> {
+/// Compiles `source` with `opts` (as [`options_for`] builds them) to a CUBIN, without the cache.
+pub fn compile(source: &KernelSource, opts: &[String]) -> Result<Vec<u8>, CudaError> {
     if !nvrtc_library_present() {
         return Err(missing_nvrtc());
     }

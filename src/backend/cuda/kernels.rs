@@ -1,0 +1,109 @@
+//! The kernel sources of kernels/, embedded in the binary, and the NVRTC options of the variants
+//! compiled once per weight type.
+//!
+//! Per-type kernels (embed.cu, matvec.cu) are compiled only for the types a model uses, with
+//! `-DQTYPE=<name> -DQ_BLOCK_ELEMS=<block elements> -DQ_BLOCK_BYTES=<block bytes>`: one module per type keeps each
+//! NVRTC run short, where one module with every type times every variant would compile for
+//! minutes on first use.
+
+use super::nvrtc::KernelSource;
+use crate::quant::GgmlType;
+
+pub const EMBED: KernelSource = KernelSource { file: "embed.cu", src: include_str!("../../../kernels/embed.cu"), options: &[] };
+pub const MATVEC: KernelSource = KernelSource { file: "matvec.cu", src: include_str!("../../../kernels/matvec.cu"), options: &[] };
+pub const ATTENTION: KernelSource =
+    KernelSource { file: "attention.cu", src: include_str!("../../../kernels/attention.cu"), options: &[] };
+pub const NORM: KernelSource = KernelSource { file: "norm.cu", src: include_str!("../../../kernels/norm.cu"), options: &[] };
+pub const ROPE: KernelSource = KernelSource { file: "rope.cu", src: include_str!("../../../kernels/rope.cu"), options: &[] };
+pub const ELEMENTWISE: KernelSource =
+    KernelSource { file: "elementwise.cu", src: include_str!("../../../kernels/elementwise.cu"), options: &[] };
+
+/// Every kernel file compiled without variant options.
+pub const FIXED: [&KernelSource; 5] = [&ATTENTION, &NORM, &ROPE, &ELEMENTWISE, &super::dequant::DEQUANT];
+
+/// The options that compile a per-type kernel file for `ty`, or `None` when `ty` has no GPU
+/// decoder (then it has no CPU one either: see `dequant::kernel_name`).
+pub fn type_defines(ty: GgmlType) -> Option<Vec<String>> {
+    let kernel = super::dequant::kernel_name(ty)?;
+    let qtype = kernel.strip_prefix("dequant_")?;
+    Some(vec![format!("-DQTYPE={qtype}"), format!("-DQ_BLOCK_ELEMS={}", ty.block_elems()), format!("-DQ_BLOCK_BYTES={}", ty.block_bytes())])
+}
+
+/// Rows of x up to which a projection runs as matrix-vector kernels (`matvec_1/2/4/8`) that read
+/// the quantized weights directly; above it, weights are dequantized to float32 in chunks and
+/// multiplied with cuBLAS. (A 16-row variant run in passes up to 64 rows was measured slower than
+/// cuBLAS at 64 sequences on an H200: 848 against 1620 tokens/s.)
+pub const MATVEC_MAX_ROWS: usize = 8;
+
+/// The matvec kernel for `n_x` rows of x (the smallest variant that holds them).
+pub fn matvec_kernel_name(n_x: usize) -> Option<&'static str> {
+    match n_x {
+        1 => Some("matvec_1"),
+        2 => Some("matvec_2"),
+        3..=4 => Some("matvec_4"),
+        5..=8 => Some("matvec_8"),
+        _ => None,
+    }
+}
+
+/// Head dims the attention kernel is instantiated for (`attention_hd<N>` in attention.cu).
+pub const ATTENTION_HEAD_DIMS: [usize; 7] = [16, 32, 64, 80, 96, 128, 256];
+
+/// Weight rows per matvec thread block (MATVEC_WARPS in matvec.cu).
+pub const MATVEC_ROWS_PER_BLOCK: u32 = 4;
+/// Warps per attention block (ATTN_WARPS in attention.cu).
+pub const ATTENTION_THREADS: u32 = 128;
+/// Threads per RMSNorm block (NORM_THREADS in norm.cu).
+pub const NORM_THREADS: u32 = 256;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cuda::context::nvrtc_library_present;
+    use crate::backend::cuda::nvrtc::{compile, options_for};
+
+    #[test]
+    fn launch_constants_match_the_sources() {
+        assert!(MATVEC.src.contains(&format!("#define MATVEC_WARPS {MATVEC_ROWS_PER_BLOCK}")));
+        assert!(ATTENTION.src.contains(&format!("#define ATTN_WARPS {}", ATTENTION_THREADS / 32)));
+        assert!(NORM.src.contains(&format!("#define NORM_THREADS {NORM_THREADS}")));
+        for n in 1..=MATVEC_MAX_ROWS {
+            let name = matvec_kernel_name(n).unwrap();
+            assert!(MATVEC.src.contains(&format!("MATVEC_KERNEL({})", &name["matvec_".len()..])), "{name}");
+        }
+        assert_eq!(matvec_kernel_name(MATVEC_MAX_ROWS + 1), None);
+        for hd in ATTENTION_HEAD_DIMS {
+            assert!(ATTENTION.src.contains(&format!("ATTENTION_KERNEL({hd})")), "attention_hd{hd}");
+        }
+    }
+
+    /// Compiles every kernel file, and every per-type file for every type, for sm_90 (no GPU
+    /// needed: NVRTC runs on the CPU). Needs libnvrtc on the loader path; without it there is
+    /// nothing to check and the test says so.
+    #[test]
+    fn every_kernel_compiles_with_nvrtc() {
+        if !nvrtc_library_present() {
+            eprintln!("libnvrtc not found: kernel compilation not checked here");
+            return;
+        }
+        let cc = (9, 0);
+        let mut failures = Vec::new();
+        let mut compile_one = |src: &KernelSource, extra: &[String]| {
+            let t = std::time::Instant::now();
+            match compile(src, &options_for(src, extra, cc)) {
+                Ok(cubin) => eprintln!("{} {extra:?}: {} bytes in {:.2}s", src.file, cubin.len(), t.elapsed().as_secs_f64()),
+                Err(e) => failures.push(format!("{} {extra:?}: {e}", src.file)),
+            }
+        };
+        for src in FIXED {
+            compile_one(src, &[]);
+        }
+        for ty in GgmlType::ALL {
+            if let Some(defines) = type_defines(ty) {
+                compile_one(&EMBED, &defines);
+                compile_one(&MATVEC, &defines);
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    }
+}
