@@ -130,6 +130,18 @@ impl BatchPlan {
     }
 }
 
+/// What a stretch of queued device work depends on besides the contents of device buffers: the
+/// sizes it was queued for and the generation of the model's activation buffers (bumped whenever
+/// they are reallocated, so their addresses change). Two forwards with equal keys queue the same
+/// launches on the same buffers, so a backend may record the first and replay it
+/// ([`Backend::replayable`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ReplayKey {
+    pub n_tokens: usize,
+    pub n_logit_rows: usize,
+    pub buffers_generation: u64,
+}
+
 /// A compute device. All methods take `&mut self` so a backend may hold a stream, scratch
 /// space and handles without interior locking; the model is driven by one thread at a time.
 pub trait Backend: Send + 'static {
@@ -220,4 +232,21 @@ pub trait Backend: Send + 'static {
     /// Copies the first `n_rows` rows of `x` to the host, row-major, into `out`
     /// (`n_rows * width` floats). The one synchronizing op of a forward.
     fn read_rows(&mut self, x: &Self::Act, n_rows: usize, out: &mut [f32]) -> Result<(), ModelError>;
+
+    /// Runs `ops`, which queue device work, or, when an earlier call with the same `key` was
+    /// recorded, replays that recording instead of calling `ops` (CUDA: a graph, which removes
+    /// the per-launch overhead that dominates a decode step). `key: None` always runs `ops`.
+    /// `ops` must queue the same work for the same key and must not read results back.
+    /// The default (CPU) just runs `ops`.
+    fn replayable(
+        &mut self,
+        key: Option<ReplayKey>,
+        ops: impl FnOnce(&mut Self) -> Result<(), ModelError>,
+    ) -> Result<(), ModelError>
+    where
+        Self: Sized,
+    {
+        let _ = key;
+        ops(self)
+    }
 }

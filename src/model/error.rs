@@ -1,5 +1,6 @@
 use thiserror::Error;
 
+use crate::backend::cuda::CudaError;
 use crate::gguf::GgufError;
 use crate::quant::QuantError;
 
@@ -29,4 +30,17 @@ pub enum ModelError {
     Invalid(String),
     #[error("backend: {0}")]
     Backend(String),
+    /// The CUDA backend failed (driver, NVRTC, cuBLAS, out of memory, a kernel fault).
+    #[error(transparent)]
+    Cuda(CudaError),
+}
+
+impl From<CudaError> for ModelError {
+    fn from(e: CudaError) -> ModelError {
+        match e {
+            // A type without a kernel is the same error on every device.
+            CudaError::Quant(q) => ModelError::Quant(q),
+            other => ModelError::Cuda(other),
+        }
+    }
 }

@@ -76,7 +76,7 @@ pub trait LanguageModel: Send {
     fn forward(&mut self, batch: &[SeqTokens<'_>], logits_for: LogitsFor) -> Result<Vec<f32>, ModelError>;
 }
 
-/// Loads the model in `file` onto `device` ("cpu") with default [`LoadOptions`].
+/// Loads the model in `file` onto `device` ("cpu", "cuda", "cuda:N") with default [`LoadOptions`].
 pub fn load_model(file: Arc<GgufFile>, device: &str) -> Result<Box<dyn LanguageModel>, ModelError> {
     load_model_with(file, device, LoadOptions::default())
 }
@@ -93,6 +93,10 @@ pub fn load_model_with(
             let backend = crate::backend::cpu::CpuBackend::new().with_exact_matmul(options.exact_matmul);
             Ok(Box::new(TransformerModel::load(file, backend, options)?))
         }
-        other => Err(ModelError::Invalid(format!("unknown device {other:?} (expected \"cpu\")"))),
+        d if d.starts_with("cuda") => {
+            let backend = crate::backend::cuda::CudaBackend::new(d)?;
+            Ok(Box::new(TransformerModel::load(file, backend, options)?))
+        }
+        other => Err(ModelError::Invalid(format!("unknown device {other:?} (expected \"cpu\", \"cuda\" or \"cuda:N\")"))),
     }
 }

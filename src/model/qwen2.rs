@@ -11,7 +11,7 @@ use super::config::rope_style;
 use super::kv_cache::SlotTable;
 use super::weights::{load_weights, Weights};
 use super::{LanguageModel, LogitsFor, ModelConfig, ModelError, SeqTokens};
-use crate::backend::{AttnParams, Backend, BatchPlan, KvLayout, RopeParams, SeqSpan};
+use crate::backend::{AttnParams, Backend, BatchPlan, KvLayout, ReplayKey, RopeParams, SeqSpan};
 use crate::gguf::GgufFile;
 
 /// Logit rows computed per LM-head pass: bounds the device buffer of logits
@@ -87,6 +87,8 @@ pub struct TransformerModel<B: Backend> {
     kv: B::KvCache,
     slots: SlotTable,
     buffers: Option<Buffers<B>>,
+    /// Bumped whenever `buffers` is reallocated (see [`ReplayKey`]).
+    buffers_generation: u64,
     rope: RopeParams,
     rope_k: RopeParams,
     attn: AttnParams,
@@ -128,6 +130,7 @@ impl<B: Backend> TransformerModel<B> {
             weights,
             kv,
             buffers: None,
+            buffers_generation: 0,
             rope,
             rope_k,
             attn,
@@ -195,27 +198,70 @@ impl<B: Backend> TransformerModel<B> {
 
     fn run(&mut self, plan: &BatchPlan) -> Result<Vec<f32>, ModelError> {
         let n = plan.n_tokens();
-        let c = &self.config;
-        let b = &mut self.backend;
         if self.buffers.as_ref().map_or(true, |buf| buf.capacity_rows < n) {
             // Drop the old buffers first so a GPU backend can reuse their memory.
             self.buffers = None;
-            self.buffers = Some(Buffers::new(b, c, n)?);
+            self.buffers = Some(Buffers::new(&mut self.backend, &self.config, n)?);
+            self.buffers_generation += 1;
         }
         let Some(buf) = self.buffers.as_mut() else { unreachable!("allocated above") };
-        let w = &self.weights;
+        let (c, w, kv, b) = (&self.config, &self.weights, &mut self.kv, &mut self.backend);
+        let layers = Layers { config: c, weights: w, rope: &self.rope, rope_k: &self.rope_k, attn: &self.attn };
         let batch = b.upload_batch(plan)?;
 
-        b.embed(&w.token_embd, &batch, &mut buf.x)?;
+        // Only the wanted rows go through the final norm and the LM head, a chunk at a time.
+        let n_out = plan.logit_rows.len();
+        let one_chunk = n_out <= LOGIT_CHUNK_ROWS;
+        // The same sizes on the same buffers queue the same work: a decode step can be replayed.
+        let key = one_chunk.then_some(ReplayKey { n_tokens: n, n_logit_rows: n_out, buffers_generation: self.buffers_generation });
+        b.replayable(key, |b| {
+            layers.hidden_states(b, buf, kv, &batch, n)?;
+            if one_chunk {
+                layers.logits_chunk(b, buf, &batch, 0, n_out)?;
+            }
+            Ok(())
+        })?;
+        let vocab = c.vocab_size;
+        let mut out = vec![0f32; n_out * vocab];
+        if one_chunk {
+            b.read_rows(&buf.logits, n_out, &mut out)?;
+            return Ok(out);
+        }
+        let mut first = 0;
+        while first < n_out {
+            let count = (n_out - first).min(LOGIT_CHUNK_ROWS);
+            layers.logits_chunk(b, buf, &batch, first, count)?;
+            b.read_rows(&buf.logits, count, &mut out[first * vocab..(first + count) * vocab])?;
+            first += count;
+        }
+        Ok(out)
+    }
+}
+
+/// The forward pass proper, borrowed from the model so that it can run inside
+/// [`Backend::replayable`] while the model's buffers and KV cache are lent to it.
+struct Layers<'a, B: Backend> {
+    config: &'a ModelConfig,
+    weights: &'a Weights<B>,
+    rope: &'a RopeParams,
+    rope_k: &'a RopeParams,
+    attn: &'a AttnParams,
+}
+
+impl<B: Backend> Layers<'_, B> {
+    /// Embedding and every decoder layer: `buf.x` becomes the final hidden states.
+    fn hidden_states(&self, b: &mut B, buf: &mut Buffers<B>, kv: &mut B::KvCache, batch: &B::Batch, n: usize) -> Result<(), ModelError> {
+        let (c, w) = (self.config, self.weights);
+        b.embed(&w.token_embd, batch, &mut buf.x)?;
         for (layer, lw) in w.layers.iter().enumerate() {
             // Attention block.
             b.rms_norm(&buf.x, &lw.attn_norm, c.rms_norm_eps, n, &mut buf.xn)?;
             b.matmul(&lw.wq, lw.bq.as_ref(), &buf.xn, n, &mut buf.q)?;
             b.matmul(&lw.wk, lw.bk.as_ref(), &buf.xn, n, &mut buf.k)?;
             b.matmul(&lw.wv, lw.bv.as_ref(), &buf.xn, n, &mut buf.v)?;
-            b.rope(&mut buf.q, &batch, &self.rope)?;
-            b.rope(&mut buf.k, &batch, &self.rope_k)?;
-            b.attention(&buf.q, &buf.k, &buf.v, &mut self.kv, layer, &batch, &self.attn, &mut buf.attn)?;
+            b.rope(&mut buf.q, batch, self.rope)?;
+            b.rope(&mut buf.k, batch, self.rope_k)?;
+            b.attention(&buf.q, &buf.k, &buf.v, kv, layer, batch, self.attn, &mut buf.attn)?;
             b.matmul(&lw.wo, None, &buf.attn, n, &mut buf.proj)?;
             b.add_assign(&mut buf.x, &buf.proj, n)?;
             // MLP block.
@@ -226,21 +272,14 @@ impl<B: Backend> TransformerModel<B> {
             b.matmul(&lw.ffn_down, None, &buf.ffn, n, &mut buf.proj)?;
             b.add_assign(&mut buf.x, &buf.proj, n)?;
         }
+        Ok(())
+    }
 
-        // Only the wanted rows go through the final norm and the LM head.
-        let n_out = plan.logit_rows.len();
-        let vocab = c.vocab_size;
-        let mut out = vec![0f32; n_out * vocab];
-        let mut first = 0;
-        while first < n_out {
-            let count = (n_out - first).min(LOGIT_CHUNK_ROWS);
-            b.gather_rows(&buf.x, &batch, first, count, &mut buf.picked)?;
-            b.rms_norm(&buf.picked, &w.output_norm, c.rms_norm_eps, count, &mut buf.picked_norm)?;
-            b.matmul(w.lm_head(), None, &buf.picked_norm, count, &mut buf.logits)?;
-            b.read_rows(&buf.logits, count, &mut out[first * vocab..(first + count) * vocab])?;
-            first += count;
-        }
-        Ok(out)
+    /// Logits of the wanted rows `first..first + count` into `buf.logits`: final norm, LM head.
+    fn logits_chunk(&self, b: &mut B, buf: &mut Buffers<B>, batch: &B::Batch, first: usize, count: usize) -> Result<(), ModelError> {
+        b.gather_rows(&buf.x, batch, first, count, &mut buf.picked)?;
+        b.rms_norm(&buf.picked, &self.weights.output_norm, self.config.rms_norm_eps, count, &mut buf.picked_norm)?;
+        b.matmul(self.weights.lm_head(), None, &buf.picked_norm, count, &mut buf.logits)
     }
 }
 

@@ -55,7 +55,7 @@ impl<B: Backend> Loader<'_, B> {
         }
         let src = TensorSource { file: Arc::clone(self.file), info: info.clone() };
         self.backend.load_weight(&src).map_err(|e| match e {
-            e @ ModelError::BadTensor { .. } => e,
+            e @ (ModelError::BadTensor { .. } | ModelError::Cuda(_)) => e,
             other => ModelError::BadTensor { tensor: name.to_string(), problem: other.to_string() },
         })
     }

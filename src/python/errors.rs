@@ -62,6 +62,8 @@ impl From<ModelError> for PyErr {
     fn from(e: ModelError) -> PyErr {
         match e {
             ModelError::ContextLength { .. } | ModelError::KvCacheFull { .. } => raise("ContextLengthError", e.to_string()),
+            ModelError::Cuda(c) => c.into(),
+            ModelError::Quant(q) => q.into(),
             _ => raise("ModelError", e.to_string()),
         }
     }

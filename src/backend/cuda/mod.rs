@@ -1,6 +1,8 @@
 //! CUDA backend: device selection and streams (`context`), errors (`error`), run-time kernel
-//! compilation with a disk cache (`nvrtc`), device memory and weight upload (`memory`), and the
-//! dequantization kernels (`dequant`). The model's ops build on these.
+//! compilation with a disk cache (`nvrtc`) of the sources in kernels/ (`kernels`), device memory
+//! and weight upload (`memory`), the dequantization kernels (`dequant`), and on top of them the
+//! model's ops (`backend`: [`CudaBackend`] implements `crate::backend::Backend`; its projections
+//! are in `matmul`).
 //!
 //! Nothing here links against CUDA: cudarc loads libcuda/libnvrtc/libcublas at run time, and
 //! every entry point checks they exist first, so ferrite builds, imports and runs its CPU paths
@@ -17,12 +19,16 @@
 //! let host = ctx.download(&out, "my output")?;                        // syncs; reports faults
 //! ```
 
+pub mod backend;
 pub mod context;
 pub mod dequant;
+pub mod kernels;
 pub mod error;
+mod matmul;
 pub mod memory;
 pub mod nvrtc;
 
+pub use backend::CudaBackend;
 pub use context::{cuda_available, device_count, parse_device, CudaContext};
 pub use error::CudaError;
 pub use nvrtc::KernelSource;

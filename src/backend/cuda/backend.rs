@@ -1,0 +1,553 @@
+//! `CudaBackend`: the ops of the forward pass on one NVIDIA GPU, behind the same [`Backend`]
+//! trait as the CPU. Weights stay as the GGUF's quantized blocks in device memory; activations
+//! and the KV cache are float32; every op is queued on the context's one stream, and the only
+//! synchronization of a forward is the copy of the logits in [`Backend::read_rows`].
+//!
+//! Projections (`matmul`) take one of two paths (see `matmul.rs`): up to
+//! [`MATVEC_MAX_ROWS`](super::kernels::MATVEC_MAX_ROWS) rows of activations (decode) go through
+//! matrix-vector kernels that read the quantized blocks directly; larger batches (prefill)
+//! dequantize the weight to float32 in chunks and multiply with cuBLAS.
+//!
+//! Nothing here allocates per token: activation buffers come from the model (once per batch
+//! size), the batch description is copied into a buffer that only grows, and the kernels and
+//! cuBLAS handle are resolved when the backend is created — so a decode step is a fixed sequence
+//! of launches on fixed buffers, ready to be captured as a CUDA graph.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{sys, CudaFunction, CudaGraph, CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
+
+use super::context::{cublas_library_present, CudaContext};
+use super::error::CudaError;
+use super::kernels::{self, ATTENTION_THREADS, NORM_THREADS};
+use crate::backend::{AttnParams, Backend, BatchPlan, KvLayout, ReplayKey, RopeParams, RopeStyle, TensorSource};
+use crate::model::ModelError;
+use crate::quant::{self, GgmlType, QuantError};
+
+/// Kernels compiled once per weight type, resolved when the first weight of that type loads.
+pub(super) struct TypeKernels {
+    /// (rows of x it holds, `matvec_N`) for N = 1, 2, 4, 8.
+    pub matvec: Vec<(usize, CudaFunction)>,
+    /// `embed_rows` for a table of this type.
+    pub embed: CudaFunction,
+}
+
+impl TypeKernels {
+    /// The matvec variant for `n_x` rows of x.
+    pub fn matvec_for(&self, n_x: usize) -> Option<&CudaFunction> {
+        self.matvec.iter().find(|(cap, _)| n_x <= *cap).map(|(_, f)| f)
+    }
+}
+
+/// One GGUF tensor in device memory.
+pub struct CudaWeight {
+    pub(super) name: String,
+    pub(super) ty: GgmlType,
+    pub(super) n_cols: usize,
+    pub(super) n_rows: usize,
+    pub(super) row_bytes: usize,
+    /// The blocks exactly as in the file.
+    pub(super) blocks: CudaSlice<u8>,
+    /// Vectors (norm weights, biases: one row) dequantized to float32 at load.
+    pub(super) dense: Option<CudaSlice<f32>>,
+    /// The matvec kernels of its type (matrices only).
+    pub(super) kernels: Option<Arc<TypeKernels>>,
+}
+
+impl CudaWeight {
+    fn dense(&self) -> Result<&CudaSlice<f32>, ModelError> {
+        self.dense.as_ref().ok_or_else(|| ModelError::BadTensor {
+            tensor: self.name.clone(),
+            problem: "used as a vector but it is a matrix".into(),
+        })
+    }
+}
+
+/// `[capacity_rows][width]` float32 in device memory.
+pub struct CudaAct {
+    pub(super) buf: CudaSlice<f32>,
+    pub(super) width: usize,
+    pub(super) capacity_rows: usize,
+}
+
+/// K and V of every layer: `[layer][slot][n_kv_heads * head_dim]` float32.
+pub struct CudaKvCache {
+    layout: KvLayout,
+    k: CudaSlice<f32>,
+    v: CudaSlice<f32>,
+}
+
+/// A [`BatchPlan`] in the backend's device buffer: device addresses of its arrays (u32 each).
+/// Valid until the next `upload_batch`.
+pub struct CudaBatch {
+    n_tokens: usize,
+    n_logit_rows: usize,
+    tokens: u64,
+    positions: u64,
+    kv_base: u64,
+    logit_rows: u64,
+}
+
+/// A recorded decode step.
+struct Recorded(CudaGraph);
+
+// SAFETY: CUDA graph objects are not internally synchronized but may be used from any thread as
+// long as calls on them are serialized; a `Recorded` is only reached through `&mut CudaBackend`.
+unsafe impl Send for Recorded {}
+
+/// Kernels every model uses, resolved once.
+pub(super) struct FixedKernels {
+    rms_norm: CudaFunction,
+    rope: CudaFunction,
+    kv_append: CudaFunction,
+    /// `attention_hd<N>` by head dim N.
+    attention: Vec<(usize, CudaFunction)>,
+    swiglu: CudaFunction,
+    add_assign: CudaFunction,
+    pub(super) add_bias: CudaFunction,
+    gather_rows: CudaFunction,
+}
+
+pub struct CudaBackend {
+    pub(super) ctx: Arc<CudaContext>,
+    pub(super) blas: CudaBlas,
+    pub(super) fixed: FixedKernels,
+    type_kernels: HashMap<GgmlType, Arc<TypeKernels>>,
+    /// Where `upload_batch` puts the plan; grows, never shrinks.
+    batch_buf: Option<CudaSlice<u32>>,
+    /// Bumped when `batch_buf` is reallocated: recorded graphs hold its address.
+    batch_generation: u64,
+    /// Recorded decode steps by key (see `Backend::replayable`). Off with FERRITE_CUDA_GRAPHS=0.
+    graphs: HashMap<(ReplayKey, u64), Recorded>,
+    graphs_enabled: bool,
+    /// Float32 dequantized weight rows for the cuBLAS path; grows up to `matmul::SCRATCH_MAX_ELEMS`.
+    pub(super) scratch: Option<CudaSlice<f32>>,
+    kv_capacity_tokens: usize,
+}
+
+/// Device address of a buffer, for kernel arguments that are plain pointers (an optional input
+/// passed as 0, an array inside the batch buffer).
+pub(super) fn addr<T>(buf: &impl DevicePtr<T>, ctx: &CudaContext) -> u64 {
+    // Event tracking is off (see CudaContext), so the returned guard records nothing.
+    let (ptr, _guard) = buf.device_ptr(ctx.stream());
+    ptr
+}
+
+/// Launch shape of a grid-stride kernel over `n` elements.
+pub(super) fn grid_stride(n: u64) -> LaunchConfig {
+    const THREADS: u32 = 256;
+    let blocks = n.div_ceil(THREADS as u64).clamp(1, 1 << 16) as u32;
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// Queues `func` with the listed arguments on the context's stream and checks the launch.
+macro_rules! launch {
+    ($ctx:expr, $func:expr, $name:expr, $cfg:expr, $($arg:expr),+ $(,)?) => {{
+        let mut builder = $ctx.stream().launch_builder($func);
+        $( builder.arg($arg); )+
+        // SAFETY: each call site passes the argument list of the named kernel in kernels/, with
+        // buffer sizes checked against the element counts beforehand.
+        $ctx.check_launch(unsafe { builder.launch($cfg) }, $name)
+    }};
+}
+pub(super) use launch;
+
+fn check_rows(what: &str, a: &CudaAct, n_rows: usize) -> Result<(), ModelError> {
+    if n_rows > a.capacity_rows {
+        return Err(ModelError::Backend(format!("{what}: {n_rows} rows requested from a buffer of {} rows", a.capacity_rows)));
+    }
+    Ok(())
+}
+
+pub(super) fn check_width(what: &str, got: usize, expected: usize) -> Result<(), ModelError> {
+    if got != expected {
+        return Err(ModelError::Backend(format!("{what}: width {got}, expected {expected}")));
+    }
+    Ok(())
+}
+
+fn to_u32(what: &str, n: usize) -> Result<u32, ModelError> {
+    u32::try_from(n).map_err(|_| ModelError::Backend(format!("{what} = {n} does not fit the kernels' 32-bit counts")))
+}
+
+impl CudaBackend {
+    /// A backend on `device` ("cuda" or "cuda:N"): creates (or reuses) the device's context,
+    /// the cuBLAS handle, and compiles (or loads from the disk cache) the fixed kernels.
+    pub fn new(device: &str) -> Result<CudaBackend, CudaError> {
+        let ctx = CudaContext::get(device)?;
+        if !cublas_library_present() {
+            return Err(CudaError::MissingLibrary {
+                lib: "cuBLAS (libcublas)",
+                candidates: cudarc::get_lib_name_candidates("cublas").join(", "),
+            });
+        }
+        ctx.raw().bind_to_thread().map_err(|e| CudaError::Driver { op: "binding the CUDA context".into(), msg: super::error::describe(&e) })?;
+        let blas = CudaBlas::new(ctx.stream().clone())
+            .map_err(|e| CudaError::Driver { op: format!("creating a cuBLAS handle on {}", ctx.device_name()), msg: format!("{e:?}") })?;
+        let f = |src, name| ctx.function(src, name);
+        let fixed = FixedKernels {
+            rms_norm: f(&kernels::NORM, "rms_norm")?,
+            rope: f(&kernels::ROPE, "rope")?,
+            kv_append: f(&kernels::ATTENTION, "kv_append")?,
+            attention: kernels::ATTENTION_HEAD_DIMS
+                .iter()
+                .map(|&hd| Ok((hd, ctx.function(&kernels::ATTENTION, &format!("attention_hd{hd}"))?)))
+                .collect::<Result<_, CudaError>>()?,
+            swiglu: f(&kernels::ELEMENTWISE, "swiglu")?,
+            add_assign: f(&kernels::ELEMENTWISE, "add_assign")?,
+            add_bias: f(&kernels::ELEMENTWISE, "add_bias")?,
+            gather_rows: f(&kernels::ELEMENTWISE, "gather_rows")?,
+        };
+        // A graph would record the synchronizations FERRITE_CUDA_SYNC asks for, which capture forbids.
+        let graphs_enabled = !ctx.syncs_each_launch() && std::env::var("FERRITE_CUDA_GRAPHS").map_or(true, |v| v != "0");
+        Ok(CudaBackend {
+            ctx,
+            blas,
+            fixed,
+            type_kernels: HashMap::new(),
+            batch_buf: None,
+            batch_generation: 0,
+            graphs: HashMap::new(),
+            graphs_enabled,
+            scratch: None,
+            kv_capacity_tokens: 0,
+        })
+    }
+
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    fn kernels_for(&mut self, ty: GgmlType) -> Result<Arc<TypeKernels>, CudaError> {
+        if let Some(k) = self.type_kernels.get(&ty) {
+            return Ok(k.clone());
+        }
+        let defines = kernels::type_defines(ty).ok_or(QuantError::Unsupported(ty))?;
+        let mut matvec = Vec::new();
+        for cap in [1usize, 2, 4, 8] {
+            let name = kernels::matvec_kernel_name(cap).expect("1, 2, 4 and 8 have variants");
+            matvec.push((cap, self.ctx.function_with(&kernels::MATVEC, &defines, name)?));
+        }
+        let embed = self.ctx.function_with(&kernels::EMBED, &defines, "embed_rows")?;
+        let k = Arc::new(TypeKernels { matvec, embed });
+        self.type_kernels.insert(ty, k.clone());
+        Ok(k)
+    }
+
+    /// Whether decode steps are recorded as CUDA graphs and replayed.
+    pub fn graphs_enabled(&self) -> bool {
+        self.graphs_enabled
+    }
+}
+
+impl Backend for CudaBackend {
+    type Weight = CudaWeight;
+    type Act = CudaAct;
+    type KvCache = CudaKvCache;
+    type Batch = CudaBatch;
+
+    fn device(&self) -> String {
+        self.ctx.device_name()
+    }
+
+    fn load_weight(&mut self, src: &TensorSource) -> Result<CudaWeight, ModelError> {
+        let ty = src.ggml_type();
+        let (n_cols, n_rows) = (src.n_cols(), src.n_rows());
+        let row_bytes = quant::row_bytes(ty, n_cols)?;
+        quant::check_len(ty, src.bytes().len(), n_cols * n_rows)?;
+        if kernels::type_defines(ty).is_none() {
+            return Err(QuantError::Unsupported(ty).into());
+        }
+        let blocks = self.ctx.upload_weights(src.bytes(), src.name())?;
+        let (dense, kernels) = if n_rows == 1 {
+            let mut v = vec![0f32; n_cols];
+            quant::dequantize(ty, src.bytes(), &mut v)?;
+            (Some(self.ctx.upload(&v, src.name())?), None)
+        } else {
+            // Compiled (or loaded from the disk cache) now, so that load fails rather than the
+            // first token.
+            (None, Some(self.kernels_for(ty)?))
+        };
+        Ok(CudaWeight { name: src.name().to_string(), ty, n_cols, n_rows, row_bytes, blocks, dense, kernels })
+    }
+
+    fn alloc_act(&mut self, capacity_rows: usize, width: usize) -> Result<CudaAct, ModelError> {
+        let n = capacity_rows
+            .checked_mul(width)
+            .ok_or_else(|| ModelError::Backend(format!("activation {capacity_rows} x {width} overflows")))?;
+        let buf = self.ctx.alloc::<f32>(n, &format!("an activation buffer of {capacity_rows} x {width}"))?;
+        Ok(CudaAct { buf, width, capacity_rows })
+    }
+
+    fn alloc_kv_cache(&mut self, layout: &KvLayout) -> Result<CudaKvCache, ModelError> {
+        let n = layout
+            .n_layers
+            .checked_mul(layout.capacity_tokens)
+            .and_then(|n| n.checked_mul(layout.n_kv_heads * layout.head_dim))
+            .ok_or_else(|| ModelError::Backend(format!("KV cache {layout:?} overflows")))?;
+        let what = format!("the KV cache ({} layers x {} token slots)", layout.n_layers, layout.capacity_tokens);
+        let k = self.ctx.alloc_zeros::<f32>(n, &format!("K of {what}"))?;
+        let v = self.ctx.alloc_zeros::<f32>(n, &format!("V of {what}"))?;
+        self.kv_capacity_tokens = layout.capacity_tokens;
+        Ok(CudaKvCache { layout: *layout, k, v })
+    }
+
+    fn upload_batch(&mut self, plan: &BatchPlan) -> Result<CudaBatch, ModelError> {
+        let n = plan.n_tokens();
+        if plan.positions.len() != n || plan.token_seq.len() != n {
+            return Err(ModelError::Backend("batch plan arrays differ in length".into()));
+        }
+        // Packed: tokens | positions | kv_base | logit_rows, all u32.
+        let mut packed: Vec<u32> = Vec::with_capacity(3 * n + plan.logit_rows.len());
+        packed.extend_from_slice(&plan.tokens);
+        packed.extend_from_slice(&plan.positions);
+        for t in 0..n {
+            let seq = plan
+                .seqs
+                .get(plan.token_seq[t] as usize)
+                .ok_or_else(|| ModelError::Backend(format!("token {t} names sequence {} of {}", plan.token_seq[t], plan.seqs.len())))?;
+            // The kernels index the cache with these; check them here, where an error can still
+            // say which token.
+            let slot = seq.kv_start as u64 + plan.positions[t] as u64;
+            if slot >= self.kv_capacity_tokens as u64 {
+                return Err(ModelError::Backend(format!("KV slot {slot} of token {t} past capacity {}", self.kv_capacity_tokens)));
+            }
+            packed.push(seq.kv_start);
+        }
+        if let Some(&r) = plan.logit_rows.iter().find(|&&r| r as usize >= n) {
+            return Err(ModelError::Backend(format!("logit row {r} of a batch of {n} tokens")));
+        }
+        packed.extend_from_slice(&plan.logit_rows);
+        let need = packed.len().max(1);
+        if self.batch_buf.as_ref().map_or(true, |b| b.len() < need) {
+            self.batch_buf = None;
+            self.batch_buf = Some(self.ctx.alloc::<u32>(need.next_power_of_two().max(1024), "the batch description")?);
+            self.batch_generation += 1;
+        }
+        let Some(buf) = self.batch_buf.as_mut() else { unreachable!("allocated above") };
+        self.ctx.copy_to_device(&packed, buf, "the batch description")?;
+        let base = addr(buf, &self.ctx);
+        let at = |i: usize| base + (i * std::mem::size_of::<u32>()) as u64;
+        Ok(CudaBatch {
+            n_tokens: n,
+            n_logit_rows: plan.logit_rows.len(),
+            tokens: at(0),
+            positions: at(n),
+            kv_base: at(2 * n),
+            logit_rows: at(3 * n),
+        })
+    }
+
+    fn embed(&mut self, table: &CudaWeight, batch: &CudaBatch, out: &mut CudaAct) -> Result<(), ModelError> {
+        check_width("embedding output", out.width, table.n_cols)?;
+        check_rows("embedding output", out, batch.n_tokens)?;
+        let f = table
+            .kernels
+            .as_ref()
+            .map(|k| &k.embed)
+            .ok_or_else(|| ModelError::Backend(format!("{}: a vector cannot be an embedding table", table.name)))?;
+        let n = (batch.n_tokens * table.n_cols) as u64;
+        let (row_bytes, n_table_rows) = (table.row_bytes as u64, to_u32("table rows", table.n_rows)?);
+        let (n_tokens, width) = (to_u32("tokens", batch.n_tokens)?, to_u32("width", table.n_cols)?);
+        launch!(self.ctx, f, "embed_rows", grid_stride(n), &table.blocks, &row_bytes, &n_table_rows, &batch.tokens, &n_tokens, &width, &mut out.buf)?;
+        Ok(())
+    }
+
+    fn rms_norm(&mut self, x: &CudaAct, weight: &CudaWeight, eps: f32, n_rows: usize, out: &mut CudaAct) -> Result<(), ModelError> {
+        let w = weight.dense()?;
+        check_width("rms_norm input", x.width, weight.n_cols)?;
+        check_width("rms_norm output", out.width, weight.n_cols)?;
+        check_rows("rms_norm input", x, n_rows)?;
+        check_rows("rms_norm output", out, n_rows)?;
+        if n_rows == 0 {
+            return Ok(());
+        }
+        let cfg = LaunchConfig { grid_dim: (to_u32("rows", n_rows)?, 1, 1), block_dim: (NORM_THREADS, 1, 1), shared_mem_bytes: 0 };
+        let width = to_u32("width", x.width)?;
+        launch!(self.ctx, &self.fixed.rms_norm, "rms_norm", cfg, &x.buf, w, &width, &eps, &mut out.buf)?;
+        Ok(())
+    }
+
+    fn matmul(&mut self, w: &CudaWeight, bias: Option<&CudaWeight>, x: &CudaAct, n_rows: usize, out: &mut CudaAct) -> Result<(), ModelError> {
+        check_width("matmul input", x.width, w.n_cols)?;
+        check_width("matmul output", out.width, w.n_rows)?;
+        check_rows("matmul input", x, n_rows)?;
+        check_rows("matmul output", out, n_rows)?;
+        let bias = match bias {
+            Some(b) => {
+                check_width("matmul bias", b.n_cols, w.n_rows)?;
+                Some(b.dense()?)
+            }
+            None => None,
+        };
+        if n_rows == 0 {
+            return Ok(());
+        }
+        super::matmul::matmul(self, w, bias, x, n_rows, out)
+    }
+
+    fn rope(&mut self, x: &mut CudaAct, batch: &CudaBatch, p: &RopeParams) -> Result<(), ModelError> {
+        check_width("rope input", x.width, p.n_heads * p.head_dim)?;
+        check_rows("rope input", x, batch.n_tokens)?;
+        if p.head_dim % 2 != 0 {
+            return Err(ModelError::Backend(format!("rope: odd head_dim {}", p.head_dim)));
+        }
+        if batch.n_tokens == 0 {
+            return Ok(());
+        }
+        let pairs = (p.n_heads * p.head_dim / 2) as u32;
+        let threads = pairs.div_ceil(32).clamp(1, 8) * 32;
+        let cfg = LaunchConfig { grid_dim: (to_u32("tokens", batch.n_tokens)?, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+        let (n_heads, head_dim) = (to_u32("heads", p.n_heads)?, to_u32("head_dim", p.head_dim)?);
+        let neox: u32 = matches!(p.style, RopeStyle::Neox) as u32;
+        launch!(self.ctx, &self.fixed.rope, "rope", cfg, &mut x.buf, &batch.positions, &n_heads, &head_dim, &p.freq_base, &p.scale, &neox)?;
+        Ok(())
+    }
+
+    fn attention(
+        &mut self,
+        q: &CudaAct,
+        k: &CudaAct,
+        v: &CudaAct,
+        cache: &mut CudaKvCache,
+        layer: usize,
+        batch: &CudaBatch,
+        p: &AttnParams,
+        out: &mut CudaAct,
+    ) -> Result<(), ModelError> {
+        let hd = p.head_dim;
+        let kv_width = p.n_kv_heads * hd;
+        let q_width = p.n_heads * hd;
+        let lay = cache.layout;
+        check_width("attention q", q.width, q_width)?;
+        check_width("attention k", k.width, kv_width)?;
+        check_width("attention v", v.width, kv_width)?;
+        check_width("attention out", out.width, q_width)?;
+        check_width("KV cache", lay.n_kv_heads * lay.head_dim, kv_width)?;
+        let n = batch.n_tokens;
+        for (what, a) in [("attention q", q), ("attention k", k), ("attention v", v)] {
+            check_rows(what, a, n)?;
+        }
+        check_rows("attention out", out, n)?;
+        if layer >= lay.n_layers {
+            return Err(ModelError::Backend(format!("layer {layer} of a {}-layer KV cache", lay.n_layers)));
+        }
+        if p.n_kv_heads == 0 || p.n_heads % p.n_kv_heads != 0 {
+            return Err(ModelError::Backend(format!("{} query heads do not group over {} KV heads", p.n_heads, p.n_kv_heads)));
+        }
+        let Some((_, attend)) = self.fixed.attention.iter().find(|(d, _)| *d == hd) else {
+            return Err(ModelError::Backend(format!(
+                "head_dim {hd} has no CUDA attention kernel (these do: {:?})",
+                kernels::ATTENTION_HEAD_DIMS
+            )));
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        let layer_len = lay.capacity_tokens * kv_width;
+        let range = layer * layer_len..(layer + 1) * layer_len;
+        let mut kc = cache.k.slice_mut(range.clone());
+        let mut vc = cache.v.slice_mut(range.clone());
+        let (kv_width_u, capacity) = (to_u32("kv width", kv_width)?, to_u32("KV capacity", lay.capacity_tokens)?);
+        let n_u = to_u32("tokens", n)?;
+        let cfg = LaunchConfig { grid_dim: (n_u, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+        launch!(self.ctx, &self.fixed.kv_append, "kv_append", cfg, &k.buf, &v.buf, &batch.positions, &batch.kv_base, &kv_width_u, &capacity, &mut kc, &mut vc)?;
+        let cfg = LaunchConfig { grid_dim: (n_u, to_u32("heads", p.n_heads)?, 1), block_dim: (ATTENTION_THREADS, 1, 1), shared_mem_bytes: 0 };
+        let (n_heads, n_kv_heads) = (p.n_heads as u32, p.n_kv_heads as u32);
+        let scale = 1.0 / (hd as f32).sqrt();
+        let name = if hd == 64 { "attention_hd64" } else { "attention_hd128" };
+        drop((kc, vc));
+        let (kc, vc) = (cache.k.slice(range.clone()), cache.v.slice(range));
+        launch!(self.ctx, attend, name, cfg, &q.buf, &kc, &vc, &batch.positions, &batch.kv_base, &n_heads, &n_kv_heads, &scale, &mut out.buf)?;
+        Ok(())
+    }
+
+    fn swiglu(&mut self, gate: &CudaAct, up: &CudaAct, n_rows: usize, out: &mut CudaAct) -> Result<(), ModelError> {
+        check_width("swiglu up", up.width, gate.width)?;
+        check_width("swiglu out", out.width, gate.width)?;
+        for (what, a) in [("swiglu gate", gate), ("swiglu up", up)] {
+            check_rows(what, a, n_rows)?;
+        }
+        check_rows("swiglu out", out, n_rows)?;
+        let n = (n_rows * gate.width) as u64;
+        if n == 0 {
+            return Ok(());
+        }
+        launch!(self.ctx, &self.fixed.swiglu, "swiglu", grid_stride(n), &gate.buf, &up.buf, &n, &mut out.buf)?;
+        Ok(())
+    }
+
+    fn add_assign(&mut self, x: &mut CudaAct, y: &CudaAct, n_rows: usize) -> Result<(), ModelError> {
+        check_width("add", y.width, x.width)?;
+        check_rows("add", x, n_rows)?;
+        check_rows("add", y, n_rows)?;
+        let n = (n_rows * x.width) as u64;
+        if n == 0 {
+            return Ok(());
+        }
+        launch!(self.ctx, &self.fixed.add_assign, "add_assign", grid_stride(n), &mut x.buf, &y.buf, &n)?;
+        Ok(())
+    }
+
+    fn gather_rows(&mut self, x: &CudaAct, batch: &CudaBatch, first: usize, count: usize, out: &mut CudaAct) -> Result<(), ModelError> {
+        check_width("gather", out.width, x.width)?;
+        if first + count > batch.n_logit_rows {
+            return Err(ModelError::Backend(format!("logit rows {first}..{} of {}", first + count, batch.n_logit_rows)));
+        }
+        check_rows("gather input", x, batch.n_tokens)?;
+        check_rows("gather output", out, count)?;
+        if count == 0 {
+            return Ok(());
+        }
+        let rows = batch.logit_rows + (first * std::mem::size_of::<u32>()) as u64;
+        let (count_u, width) = (to_u32("rows", count)?, to_u32("width", x.width)?);
+        let n = (count * x.width) as u64;
+        launch!(self.ctx, &self.fixed.gather_rows, "gather_rows", grid_stride(n), &x.buf, &rows, &count_u, &width, &mut out.buf)?;
+        Ok(())
+    }
+
+    fn read_rows(&mut self, x: &CudaAct, n_rows: usize, out: &mut [f32]) -> Result<(), ModelError> {
+        check_rows("read_rows", x, n_rows)?;
+        let n = n_rows * x.width;
+        check_width("read_rows destination", out.len(), n)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let what = format!("{n_rows} rows of logits");
+        self.ctx.sync(&format!("the forward pass producing {what}"))?;
+        self.ctx
+            .stream()
+            .memcpy_dtoh(&x.buf.slice(..n), out)
+            .map_err(|e| CudaError::KernelFault { op: format!("copying {what} device->host"), msg: super::error::describe(&e) })?;
+        self.ctx.sync(&format!("copying {what} device->host"))?;
+        Ok(())
+    }
+
+    fn replayable(&mut self, key: Option<ReplayKey>, ops: impl FnOnce(&mut Self) -> Result<(), ModelError>) -> Result<(), ModelError> {
+        // Only matvec-sized batches: larger ones call cuBLAS, and their launch overhead is small
+        // beside their work anyway.
+        let Some(key) = key.filter(|k| self.graphs_enabled && k.n_tokens <= kernels::MATVEC_MAX_ROWS) else {
+            return ops(self);
+        };
+        let full_key = (key, self.batch_generation);
+        if let Some(Recorded(graph)) = self.graphs.get(&full_key) {
+            graph.launch().map_err(|e| CudaError::Driver { op: format!("launching the recorded decode step {key:?}"), msg: super::error::describe(&e) })?;
+            return Ok(());
+        }
+        // Graphs of older buffers can never match again.
+        self.graphs.retain(|(k, g), _| k.buffers_generation == key.buffers_generation && *g == self.batch_generation);
+        let stream = self.ctx.stream().clone();
+        let capture_err = |op: &str, e: cudarc::driver::DriverError| CudaError::Driver { op: format!("{op} the decode step {key:?}"), msg: super::error::describe(&e) };
+        stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).map_err(|e| capture_err("starting to record", e))?;
+        let queued = ops(self);
+        // End the capture whatever happened, or the stream stays unusable.
+        let ended = stream.end_capture(sys::CUgraphInstantiate_flags(0));
+        queued?;
+        let graph = ended.map_err(|e| capture_err("recording", e))?.ok_or_else(|| CudaError::Invalid(format!("recording the decode step {key:?} captured nothing")))?;
+        graph.launch().map_err(|e| capture_err("launching", e))?;
+        self.graphs.insert(full_key, Recorded(graph));
+        Ok(())
+    }
+}
