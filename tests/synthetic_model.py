@@ -67,3 +67,137 @@ def write_tiny_model(
     w.write_tensors_to_file()
     w.close()
     return str(path)
+
+
+# ---- random-block models of any ggml type (for backend-vs-reference checks of every format) ----
+
+# Byte offsets of the f16 scale fields in each block type (ggml layouts). The values of a block
+# are linear in its scales, so scaling these fields scales the block's values.
+SCALE_F16_FIELDS = {
+    "Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0, 2], "Q8_0": [0],
+    "Q2_K": [80, 82], "Q3_K": [108], "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208],
+    "IQ2_XXS": [0], "IQ2_XS": [0], "IQ2_S": [0], "IQ3_XXS": [0], "IQ3_S": [0], "IQ1_S": [0],
+    "IQ4_NL": [0], "IQ4_XS": [0], "TQ1_0": [52], "TQ2_0": [64],
+}
+FLOAT_TYPES = {"F32": np.float32, "F16": np.float16}
+# Types whose scale is not an f16 field, with a fixed scale byte that gives small values.
+MXFP4_SCALE_BYTE = 121  # E8M0: 2^(121-128) per doubled E2M1 step
+NVFP4_SCALE_BYTE = 0x08  # unsigned E4M3: 8 * 2^-10
+
+
+def _type_geometry(type_name: str) -> tuple[int, int]:
+    import ferrite
+
+    for name, _id, block_elems, block_bytes in ferrite.ggml_types():
+        if name == type_name:
+            return block_elems, block_bytes
+    raise KeyError(type_name)
+
+
+def _set_iq1m_scale(raw: np.ndarray, h: np.ndarray) -> None:
+    """IQ1_M spreads its f16 scale over the top nibbles of the four u16 scale words (bytes 48..55)."""
+    h = h.astype(np.uint32)
+    for k, byte in enumerate((49, 51, 53, 55)):
+        raw[:, byte] = (raw[:, byte] & 0x0F) | (((h >> (4 * k)) & 0xF) << 4).astype(np.uint8)
+
+
+def random_matrix(type_name: str, n_rows: int, n_cols: int, rng: np.random.Generator, spread: float = 0.05):
+    """A random ``[n_rows, n_cols]`` matrix of ggml type ``type_name`` whose values have a standard
+    deviation near ``spread``: float32 or float16 values for F32/F16, else uint8 block bytes of
+    shape ``[n_rows, bytes per row]`` (gguf-py's byte shape)."""
+    import ferrite
+
+    if type_name in FLOAT_TYPES:
+        return (rng.standard_normal((n_rows, n_cols)) * spread).astype(FLOAT_TYPES[type_name])
+    block_elems, block_bytes = _type_geometry(type_name)
+    n_blocks = n_rows * n_cols // block_elems
+    raw = rng.integers(0, 256, size=(n_blocks, block_bytes), dtype=np.uint8)
+    jitter = rng.uniform(0.5, 1.5, n_blocks)
+    if type_name == "MXFP4":
+        raw[:, 0] = MXFP4_SCALE_BYTE
+    elif type_name == "NVFP4":
+        raw[:, 0:4] = NVFP4_SCALE_BYTE
+    elif type_name == "BF16":
+        vals = (rng.standard_normal(n_blocks) * spread).astype(np.float32).view(np.uint32)
+        raw = (vals >> 16).astype(np.uint16).view(np.uint8).reshape(n_blocks, 2)
+    else:
+        # Unit scales first, to measure the spread they give, then rescale to the target.
+        def set_scales(values: np.ndarray) -> None:
+            f16 = values.astype(np.float16).view(np.uint16)
+            if type_name == "IQ1_M":
+                _set_iq1m_scale(raw, f16)
+            else:
+                for off in SCALE_F16_FIELDS[type_name]:
+                    raw[:, off : off + 2] = f16.view(np.uint8).reshape(n_blocks, 2)
+
+        set_scales(np.ones(n_blocks))
+        unit = ferrite.dequantize(raw.reshape(-1), type_name, (n_blocks * block_elems,))
+        set_scales(jitter * spread / max(float(unit.std()), 1e-30))
+    row_bytes = n_cols // block_elems * block_bytes
+    return raw.reshape(n_rows, row_bytes)
+
+
+def write_block_model(
+    path,
+    matrix_type: str,
+    arch: str = "qwen2",
+    hidden: int = 256,
+    ffn: int = 512,
+    n_heads: int = 4,
+    n_kv_heads: int = 2,
+    n_layers: int = 2,
+    vocab: int = 260,
+    context: int = 160,
+    seed: int = 0,
+) -> str:
+    """A small model whose every matrix (embedding and LM head too) is random blocks of
+    ``matrix_type``; norms and q/k/v biases (qwen2) are F32. ``hidden`` must be a multiple of
+    the type's block size (256 for K- and I-quants)."""
+    import gguf
+
+    rng = np.random.default_rng(seed)
+    head_dim = hidden // n_heads
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_block_count(n_layers)
+    w.add_context_length(context)
+    w.add_embedding_length(hidden)
+    w.add_feed_forward_length(ffn)
+    w.add_head_count(n_heads)
+    w.add_head_count_kv(n_kv_heads)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_rope_freq_base(1e6 if arch == "qwen2" else 10000.0)
+
+    def matrix(name, n_rows, n_cols, spread=0.05):
+        data = random_matrix(matrix_type, n_rows, n_cols, rng, spread)
+        if matrix_type in FLOAT_TYPES:
+            w.add_tensor(name, data)
+        else:
+            w.add_tensor(name, data, raw_dtype=gguf.GGMLQuantizationType[matrix_type])
+
+    def vector(name, n, norm=False):
+        v = rng.standard_normal(n) * (0.1 if norm else 0.05)
+        w.add_tensor(name, ((1.0 + v) if norm else v).astype(np.float32))
+
+    matrix("token_embd.weight", vocab, hidden, spread=0.5)
+    vector("output_norm.weight", hidden, norm=True)
+    matrix("output.weight", vocab, hidden)
+    for i in range(n_layers):
+        p = f"blk.{i}."
+        vector(p + "attn_norm.weight", hidden, norm=True)
+        matrix(p + "attn_q.weight", n_heads * head_dim, hidden)
+        matrix(p + "attn_k.weight", n_kv_heads * head_dim, hidden)
+        matrix(p + "attn_v.weight", n_kv_heads * head_dim, hidden)
+        if arch == "qwen2":
+            vector(p + "attn_q.bias", n_heads * head_dim)
+            vector(p + "attn_k.bias", n_kv_heads * head_dim)
+            vector(p + "attn_v.bias", n_kv_heads * head_dim)
+        matrix(p + "attn_output.weight", hidden, n_heads * head_dim)
+        vector(p + "ffn_norm.weight", hidden, norm=True)
+        matrix(p + "ffn_gate.weight", ffn, hidden)
+        matrix(p + "ffn_up.weight", ffn, hidden)
+        matrix(p + "ffn_down.weight", hidden, ffn)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return str(path)
