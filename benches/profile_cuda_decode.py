@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""Where a CUDA decode step's time goes: per-kernel GPU time (CUPTI, through PyTorch's profiler,
+which records every kernel of the process, ferrite's included) and the wall time of a step with
+and without CUDA graphs, split into the forward itself and the host-side logits handling.
+
+    python benches/profile_cuda_decode.py MODEL.gguf [--steps 64]
+
+Needs torch (for the profiler) on the GPU machine; prints tables only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+
+def step_times(path: str, steps: int, batch: int) -> dict:
+    import ferrite
+
+    m = ferrite.Model.load(path, device="cuda", kv_cache_tokens=8192)
+    seqs = [m.new_sequence(max_tokens=steps + 40) for _ in range(batch)]
+    m.forward_batch([[100 + i, 200, 300, 400] for i in range(batch)], seqs=seqs)
+    toks = [[500 + i] for i in range(batch)]
+    for _ in range(3):
+        m.forward_batch(toks, seqs=seqs)
+    fwd, argmax = [], []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        out = m.forward_batch(toks, seqs=seqs)
+        t1 = time.perf_counter()
+        toks = [[int(np.argmax(o[0]))] for o in out]
+        t2 = time.perf_counter()
+        fwd.append(t1 - t0)
+        argmax.append(t2 - t1)
+    return {"forward_ms": 1e3 * statistics.median(fwd), "argmax_ms": 1e3 * statistics.median(argmax)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model")
+    ap.add_argument("--steps", type=int, default=64)
+    ap.add_argument("--child", choices=["time", "kernels"])
+    ap.add_argument("--batch", type=int, default=1)
+    args = ap.parse_args()
+
+    if args.child == "time":
+        r = step_times(args.model, args.steps, args.batch)
+        print(f"RESULT forward {r['forward_ms']:.3f} ms, host argmax {r['argmax_ms']:.3f} ms")
+        return 0
+    if args.child == "kernels":
+        import torch
+        from torch.profiler import ProfilerActivity, profile
+
+        import ferrite
+
+        torch.cuda.init()
+        m = ferrite.Model.load(args.model, device="cuda", kv_cache_tokens=8192)
+        s = m.new_sequence(max_tokens=args.steps + 40)
+        m.forward([100, 200, 300, 400], seq=s)
+        for _ in range(3):
+            m.forward([500], seq=s)
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(args.steps):
+                m.forward([500], seq=s)
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25))
+        return 0
+
+    for graphs in ("1", "0"):
+        for batch in (1, 8):
+            env = dict(os.environ, FERRITE_CUDA_GRAPHS=graphs)
+            r = subprocess.run([sys.executable, __file__, args.model, "--child", "time", "--steps", str(args.steps),
+                                "--batch", str(batch)], env=env, capture_output=True, text=True)
+            line = next((l for l in r.stdout.splitlines() if l.startswith("RESULT")), r.stderr[-500:])
+            print(f"graphs={graphs} batch={batch}: {line}", flush=True)
+    env = dict(os.environ, FERRITE_CUDA_GRAPHS="0")
+    r = subprocess.run([sys.executable, __file__, args.model, "--child", "kernels", "--steps", "16"], env=env,
+                       capture_output=True, text=True)
+    print(r.stdout[-6000:] or r.stderr[-2000:])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
