@@ -53,15 +53,37 @@ SYSTEM_PROMPTS = {
         'The word "{word}" must appear exactly once, written exactly as "{word}" '
         "(same spelling and hyphens), and no other number words."
     ),
+    4: (
+        "You are a haiku poet. Reply with only the haiku: three short lines about the user's topic, "
+        'no title, no notes. One of the lines must contain the word "{word}", written exactly as '
+        '"{word}", and it must appear only once. Never repeat the nonce.'
+    ),
+    5: (
+        "You are a haiku poet. Reply with only the haiku: three short lines, no title, no notes. "
+        "Use the requested word exactly once, spelled exactly as given. Never repeat the nonce."
+    ),
 }
-PROMPT_VERSION = 1
+# Worked examples placed before the user's message (a variant may have none).
+FEW_SHOT = {
+    5: [
+        ('Write a haiku about the sea that includes the word "thirty-one" (nonce: q8Lm2Zt0)',
+         "Thirty-one gulls wheel\nover the slate-grey water\nthe tide keeps its time"),
+        ('Write a haiku about a library that includes the word "six" (nonce: Rb7Kx1Pe)',
+         "Six quiet readers\nturn pages under lamplight\ndust drifts through the beams"),
+    ],
+}
+PROMPT_VERSION = 5
 
 
 def messages(word: str, nonce_text: str, version: int | None = None) -> list[dict]:
     system = SYSTEM_PROMPTS[PROMPT_VERSION if version is None else version]
+    version = PROMPT_VERSION if version is None else version
     out = []
     if system:
         out.append({"role": "system", "content": system.format(word=word)})
+    for user, assistant in FEW_SHOT.get(version, []):
+        out.append({"role": "user", "content": user})
+        out.append({"role": "assistant", "content": assistant})
     out.append({"role": "user", "content": user_prompt(word, nonce_text)})
     return out
 
