@@ -133,17 +133,22 @@ fn to_array<'py>(py: Python<'py>, logits: Vec<f32>, vocab: usize) -> PyResult<Bo
 
 #[pymethods]
 impl PyModel {
-    /// Loads a model from a path or an open ``GgufFile`` onto ``device`` (``"cpu"``, or
-    /// ``"cuda"``/``"cuda:N"`` when built with the CUDA backend).
+    /// Loads a model from a path or an open ``GgufFile`` onto ``device``: ``"cpu"``, or
+    /// ``"cuda"``/``"cuda:N"`` for an NVIDIA GPU (kernels are compiled by NVRTC on first use and
+    /// cached under ``~/.cache/ferrite/kernels``; ``ferrite.CudaError`` says what is missing when
+    /// CUDA is not usable).
     ///
     /// ``max_batch``: most sequences one ``forward_batch`` may hold. ``kv_cache_tokens``: token
-    /// slots of the KV cache shared by all sequences (default: the context length).
+    /// slots of the KV cache shared by all sequences (default: the context length; on the GPU
+    /// it takes ``2 * n_layers * kv_cache_tokens * n_kv_heads * head_dim * 4`` bytes).
     /// ``exact_matmul`` (CPU): multiply dequantized float32 weights instead of quantizing
-    /// activations to 8 bits like llama.cpp does — slower, closest to a float reference.
+    /// activations to 8 bits like llama.cpp does — slower, closest to a float reference. The GPU
+    /// always multiplies the dequantized float32 values, so it matches ``exact_matmul=True``.
     ///
     /// >>> m = ferrite.Model.load(ferrite.fetch_test_model(), device="cpu")
     /// >>> m.config["n_layers"]
     /// 24
+    /// >>> g = ferrite.Model.load(ferrite.fetch_test_model(), device="cuda")  # doctest: +SKIP
     #[staticmethod]
     #[pyo3(signature = (path_or_file, device = "cpu", max_batch = 64, kv_cache_tokens = None, exact_matmul = false))]
     fn load(
