@@ -66,6 +66,16 @@ def bench_ferrite(path: str, ids: list[int], new_tokens: int, runs: int):
     return statistics.median(prefill), statistics.median(decode), out_tokens
 
 
+def llamacpp_last_logits(llm) -> np.ndarray:
+    """The logits of the last token of the last eval. llama-cpp-python >= 0.3 no longer copies
+    them into ``llm.scores`` unless ``logits_all=True`` (which would also compute the LM head for
+    every prompt token and slow prefill), so read them from the context (a view, no copy)."""
+    import llama_cpp
+
+    ptr = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+    return np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),))
+
+
 def bench_llamacpp(path: str, ids: list[int], new_tokens: int, runs: int):
     from llama_cpp import Llama
 
@@ -79,12 +89,12 @@ def bench_llamacpp(path: str, ids: list[int], new_tokens: int, runs: int):
         llm.eval(ids)
         t1 = time.perf_counter()
         toks = []
-        tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        tok = int(np.argmax(llamacpp_last_logits(llm)))
         t2 = time.perf_counter()
         for _ in range(new_tokens):
             toks.append(tok)
             llm.eval([tok])
-            tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            tok = int(np.argmax(llamacpp_last_logits(llm)))
         t3 = time.perf_counter()
         if run > 0:
             prefill.append(len(ids) / (t1 - t0))

@@ -207,6 +207,64 @@ mod tests {
     }
 
     #[test]
+    fn iq2_xs_grid_index_sign_index_and_scale_nibbles() {
+        // block_iq2_xs: d, qs[32] u16 (9-bit grid index | 7-bit sign index << 9), scales[8]
+        // (one byte per 32 weights: low nibble for groups 0-1, high nibble for groups 2-3).
+        assert_eq!(KSIGNS_IQ2XS[1], 0x81); // 7 sign bits + parity: weights 0 and 7 negative
+        let mut b = vec![0u8; 74];
+        b[..2].copy_from_slice(&ONE);
+        b[2 + 2 * 3..2 + 2 * 3 + 2].copy_from_slice(&((1u16 << 9) | 5).to_le_bytes()); // group 3
+        b[66] = 0x20; // weights 0..16 scale 0 -> 0.125, weights 16..32 scale 2 -> 0.625
+        let mut out = [0f32; 256];
+        iq2_xs_block(&b, &mut out);
+        assert_eq!(out[0], 0.125 * IQ2XS_GRID[0][0] as f32);
+        assert_eq!(out[16], 0.625 * IQ2XS_GRID[0][0] as f32); // group 2: high nibble
+        assert_eq!(out[24], -0.625 * IQ2XS_GRID[5][0] as f32);
+        assert_eq!(out[25], 0.625 * IQ2XS_GRID[5][1] as f32);
+        assert_eq!(out[31], -0.625 * IQ2XS_GRID[5][7] as f32);
+    }
+
+    #[test]
+    fn iq2_s_high_index_bits_sign_bytes_and_scales() {
+        // block_iq2_s: d, qs[32] (grid index low bytes), signs[32] (one byte per 8 weights),
+        // qh[8] (2 high index bits per group), scales[8] (nibbles as in IQ2_XS).
+        let mut b = vec![0u8; 82];
+        b[..2].copy_from_slice(&ONE);
+        let g = 5; // sub-block 1, group 1
+        b[2 + g] = 3;
+        b[66 + 1] = 0b01 << 2; // qh of sub-block 1, bits 2..3 belong to its group 1
+        b[34 + g] = 0x02; // weight 1 of the group negative
+        b[74 + 1] = 0x03; // sub-block 1, groups 0-1 scale 3 -> 3.5 / 4
+        let mut out = [0f32; 256];
+        iq2_s_block(&b, &mut out);
+        let row = &IQ2S_GRID[3 | (1 << 8)];
+        assert_eq!(out[40], 0.875 * row[0] as f32);
+        assert_eq!(out[41], -0.875 * row[1] as f32);
+        assert_eq!(out[47], 0.875 * row[7] as f32);
+        assert_eq!(out[48], 0.125 * IQ2S_GRID[0][0] as f32); // group 6: high nibble 0
+    }
+
+    #[test]
+    fn iq3_xxs_grid_pairs_and_packed_scale_signs() {
+        // block_iq3_xxs: d, qs[64] (two 4-value grid indices per 8 weights), then 8 u32: per 32
+        // weights four 7-bit sign indices and a 4-bit scale in the top nibble.
+        let mut b = vec![0u8; 98];
+        b[..2].copy_from_slice(&ONE);
+        let (ib, l) = (2, 1);
+        b[2 + 8 * ib + 2 * l] = 4;
+        b[2 + 8 * ib + 2 * l + 1] = 9;
+        b[66 + 4 * ib..70 + 4 * ib].copy_from_slice(&((3u32 << 28) | (1 << (7 * l))).to_le_bytes());
+        let mut out = [0f32; 256];
+        iq3_xxs_block(&b, &mut out);
+        let (db, at) = (3.5 * 0.5, 32 * ib + 8 * l);
+        assert_eq!(out[at], -db * IQ3XXS_GRID[4][0] as f32);
+        assert_eq!(out[at + 1], db * IQ3XXS_GRID[4][1] as f32);
+        assert_eq!(out[at + 4], db * IQ3XXS_GRID[9][0] as f32);
+        assert_eq!(out[at + 7], -db * IQ3XXS_GRID[9][3] as f32);
+        assert_eq!(out[at - 8], db * IQ3XXS_GRID[0][0] as f32); // group 0 of the sub-block
+    }
+
+    #[test]
     fn iq4_nl_levels_and_iq4_xs_scales() {
         let mut b = vec![0u8; 18];
         b[..2].copy_from_slice(&ONE);
