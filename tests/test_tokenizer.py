@@ -25,6 +25,13 @@ CORPUS = pathlib.Path(__file__).parent / "data" / "tokenizer_corpus"
 QWEN2_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+# The other pre-tokenizers ferrite accepts (`tokenizer.ggml.pre`), as their original
+# tokenizer.json files write them: Llama 3 ("llama-bpe": digits in runs of 1-3, ignore_merges)
+# and GPT-2.
+LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 CONTROL, USER_DEFINED, UNUSED = 3, 4, 5
 
 
@@ -53,18 +60,20 @@ def tok(model_path):
     return ferrite.Tokenizer.from_gguf(model_path)
 
 
-@pytest.fixture(scope="module")
-def hf(meta):
+def hf_reference(meta, split: str, nfc: bool, ignore_merges: bool = False):
+    """HF tokenizers over the GGUF's vocabulary, merges and added tokens, with the given split
+    regex (isolated, then ByteLevel without its own regex), as the original tokenizer.json files
+    declare them: Qwen2 with NFC, Llama 3 with `ignore_merges`, GPT-2 plain."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
-    assert meta["pre"] == "qwen2", "this reference reproduces the qwen2 pre-tokenizer only"
     vocab = {t: i for i, t in enumerate(meta["tokens"])}
     merges = [tuple(m.split(" ", 1)) for m in meta["merges"]]
-    ref = Tokenizer(models.BPE(vocab=vocab, merges=merges, byte_fallback=False))
-    ref.normalizer = normalizers.NFC()
+    ref = Tokenizer(models.BPE(vocab=vocab, merges=merges, byte_fallback=False, ignore_merges=ignore_merges))
+    if nfc:
+        ref.normalizer = normalizers.NFC()
     ref.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
+            pre_tokenizers.Split(Regex(split), behavior="isolated", invert=False),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )
@@ -73,6 +82,12 @@ def hf(meta):
     ref.add_special_tokens([AddedToken(toks[i], special=True, normalized=False) for i, t in enumerate(types) if t == CONTROL])
     ref.add_tokens([AddedToken(toks[i], special=False, normalized=False) for i, t in enumerate(types) if t == USER_DEFINED])
     return ref
+
+
+@pytest.fixture(scope="module")
+def hf(meta):
+    assert meta["pre"] == "qwen2", "this reference reproduces the qwen2 pre-tokenizer"
+    return hf_reference(meta, QWEN2_SPLIT, nfc=True)
 
 
 def hf_encode(hf, text, parse_special):
@@ -134,6 +149,38 @@ def test_ids_match_hf_on_whole_corpus(tok, hf, parse_special):
     print(f"\n{len(CASES)} cases, {sum(len(c.encode()) for c in CASES)} bytes, parse_special={parse_special}: "
           f"agreement {agreement:.2%}")
     assert not mismatches, f"{len(mismatches)} of {len(CASES)} differ; first: {mismatches[:3]}"
+
+
+@pytest.mark.parametrize("pre, split, ignore_merges", [("llama-bpe", LLAMA3_SPLIT, True), ("gpt2", GPT2_SPLIT, False)])
+def test_other_pre_tokenizers_match_hf(meta, tmp_path, pre, split, ignore_merges):
+    """The same vocabulary and merges under `tokenizer.ggml.pre` = llama-bpe / gpt2 (a GGUF with
+    only tokenizer metadata, written by gguf-py): ferrite's split and BPE rules for those
+    pre-tokenizers against HF's, on the whole corpus."""
+    path = tmp_path / f"{pre}.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(pre)
+    w.add_token_list(meta["tokens"])
+    w.add_token_merges(meta["merges"])
+    w.add_token_types(meta["types"])
+    w.add_bos_token_id(meta["bos"])
+    w.add_eos_token_id(meta["eos"])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    ours = ferrite.Tokenizer.from_gguf(str(path))
+    ref = hf_reference(meta, split, nfc=False, ignore_merges=ignore_merges)
+    mismatches = []
+    for text in CASES:
+        got = ours.encode(text, add_special_tokens=False, parse_special=True)
+        want = hf_encode(ref, text, True)
+        if got != want:
+            mismatches.append((text[:80], got[:20], want[:20]))
+    print(f"\n{pre}: {len(CASES) - len(mismatches)}/{len(CASES)} cases identical")
+    assert not mismatches, f"{len(mismatches)} of {len(CASES)} differ; first: {mismatches[:3]}"
+    # No normalization for these: a decomposed accent survives the round trip.
+    assert ours.decode(ours.encode("cafe\u0301", add_special_tokens=False)) == "cafe\u0301"
 
 
 def test_special_tokens_parsed_only_when_asked(tok):
