@@ -96,6 +96,41 @@ pub struct AttnParams {
     pub head_dim: usize,
 }
 
+impl AttnParams {
+    /// Checks the widths of attention's q, k, v and output activations and of the cache against
+    /// these parameters, and that `layer` is in the cache (shared by the backends, so each
+    /// reports a mismatch the same way). Returns `(q_width, kv_width)` in floats.
+    pub(crate) fn check_shapes(
+        &self,
+        q_width: usize,
+        k_width: usize,
+        v_width: usize,
+        out_width: usize,
+        cache: &KvLayout,
+        layer: usize,
+    ) -> Result<(usize, usize), ModelError> {
+        let want_q = self.n_heads * self.head_dim;
+        let want_kv = self.n_kv_heads * self.head_dim;
+        check_width("attention q", q_width, want_q)?;
+        check_width("attention k", k_width, want_kv)?;
+        check_width("attention v", v_width, want_kv)?;
+        check_width("attention out", out_width, want_q)?;
+        check_width("KV cache", cache.n_kv_heads * cache.head_dim, want_kv)?;
+        if layer >= cache.n_layers {
+            return Err(ModelError::Backend(format!("layer {layer} of a {}-layer KV cache", cache.n_layers)));
+        }
+        Ok((want_q, want_kv))
+    }
+}
+
+/// Errors unless a buffer's width (floats per row) is the one an op expects.
+pub(crate) fn check_width(what: &str, got: usize, expected: usize) -> Result<(), ModelError> {
+    if got != expected {
+        return Err(ModelError::Backend(format!("{what}: width {got}, expected {expected}")));
+    }
+    Ok(())
+}
+
 /// One sequence's part of a ragged batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SeqSpan {

@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use super::{AttnParams, Backend, BatchPlan, KvLayout, RopeParams, RopeStyle, TensorSource};
+use super::{check_width, AttnParams, Backend, BatchPlan, KvLayout, RopeParams, RopeStyle, TensorSource};
 use crate::model::ModelError;
 use crate::quant::{self, GgmlType};
 
@@ -59,13 +59,6 @@ fn check_rows(a: &CpuAct, n_rows: usize) -> Result<(), ModelError> {
             "{n_rows} rows requested from a buffer of {} rows",
             a.capacity_rows
         )));
-    }
-    Ok(())
-}
-
-fn check_width(what: &str, got: usize, expected: usize) -> Result<(), ModelError> {
-    if got != expected {
-        return Err(ModelError::Backend(format!("{what}: width {got}, expected {expected}")));
     }
     Ok(())
 }
@@ -266,17 +259,8 @@ impl Backend for CpuBackend {
         out: &mut CpuAct,
     ) -> Result<(), ModelError> {
         let hd = p.head_dim;
-        let kv_width = p.n_kv_heads * hd;
-        let q_width = p.n_heads * hd;
         let lay = cache.layout;
-        check_width("attention q", q.width, q_width)?;
-        check_width("attention k", k.width, kv_width)?;
-        check_width("attention v", v.width, kv_width)?;
-        check_width("attention out", out.width, q_width)?;
-        check_width("KV cache", lay.n_kv_heads * lay.head_dim, kv_width)?;
-        if layer >= lay.n_layers {
-            return Err(ModelError::Backend(format!("layer {layer} of a {}-layer KV cache", lay.n_layers)));
-        }
+        let (q_width, kv_width) = p.check_shapes(q.width, k.width, v.width, out.width, &lay, layer)?;
         let n = batch.n_tokens();
         let layer_base = layer * lay.capacity_tokens * kv_width;
         let layer_len = lay.capacity_tokens * kv_width;

@@ -22,7 +22,7 @@ use cudarc::driver::{sys, CudaFunction, CudaGraph, CudaSlice, DevicePtr, LaunchC
 use super::context::{cublas_library_present, CudaContext};
 use super::error::CudaError;
 use super::kernels::{self, ATTENTION_THREADS, NORM_THREADS};
-use crate::backend::{AttnParams, Backend, BatchPlan, KvLayout, ReplayKey, RopeParams, RopeStyle, TensorSource};
+use crate::backend::{check_width, AttnParams, Backend, BatchPlan, KvLayout, ReplayKey, RopeParams, RopeStyle, TensorSource};
 use crate::model::ModelError;
 use crate::quant::{self, GgmlType, QuantError};
 
@@ -157,13 +157,6 @@ pub(super) use launch;
 fn check_rows(what: &str, a: &CudaAct, n_rows: usize) -> Result<(), ModelError> {
     if n_rows > a.capacity_rows {
         return Err(ModelError::Backend(format!("{what}: {n_rows} rows requested from a buffer of {} rows", a.capacity_rows)));
-    }
-    Ok(())
-}
-
-pub(super) fn check_width(what: &str, got: usize, expected: usize) -> Result<(), ModelError> {
-    if got != expected {
-        return Err(ModelError::Backend(format!("{what}: width {got}, expected {expected}")));
     }
     Ok(())
 }
@@ -418,22 +411,13 @@ impl Backend for CudaBackend {
         out: &mut CudaAct,
     ) -> Result<(), ModelError> {
         let hd = p.head_dim;
-        let kv_width = p.n_kv_heads * hd;
-        let q_width = p.n_heads * hd;
         let lay = cache.layout;
-        check_width("attention q", q.width, q_width)?;
-        check_width("attention k", k.width, kv_width)?;
-        check_width("attention v", v.width, kv_width)?;
-        check_width("attention out", out.width, q_width)?;
-        check_width("KV cache", lay.n_kv_heads * lay.head_dim, kv_width)?;
+        let (_, kv_width) = p.check_shapes(q.width, k.width, v.width, out.width, &lay, layer)?;
         let n = batch.n_tokens;
         for (what, a) in [("attention q", q), ("attention k", k), ("attention v", v)] {
             check_rows(what, a, n)?;
         }
         check_rows("attention out", out, n)?;
-        if layer >= lay.n_layers {
-            return Err(ModelError::Backend(format!("layer {layer} of a {}-layer KV cache", lay.n_layers)));
-        }
         if p.n_kv_heads == 0 || p.n_heads % p.n_kv_heads != 0 {
             return Err(ModelError::Backend(format!("{} query heads do not group over {} KV heads", p.n_heads, p.n_kv_heads)));
         }
