@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader
 from gguf import quants as gq
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))  # test_dequant imports its sibling helpers
 _spec = importlib.util.spec_from_file_location("test_dequant", HERE.parent / "tests" / "test_dequant.py")
 _td = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_td)  # reuse the tests' valid-random-block generator

@@ -6,6 +6,8 @@ from __future__ import annotations
 import gguf
 import numpy as np
 
+from block_layouts import F16_SCALE_FIELDS, set_iq1m_scale
+
 HIDDEN, FFN, N_HEADS, N_KV_HEADS, N_LAYERS, VOCAB, CONTEXT = 64, 96, 4, 2, 2, 80, 48
 
 
@@ -71,14 +73,6 @@ def write_tiny_model(
 
 # ---- random-block models of any ggml type (for backend-vs-reference checks of every format) ----
 
-# Byte offsets of the f16 scale fields in each block type (ggml layouts). The values of a block
-# are linear in its scales, so scaling these fields scales the block's values.
-SCALE_F16_FIELDS = {
-    "Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0, 2], "Q8_0": [0],
-    "Q2_K": [80, 82], "Q3_K": [108], "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208],
-    "IQ2_XXS": [0], "IQ2_XS": [0], "IQ2_S": [0], "IQ3_XXS": [0], "IQ3_S": [0], "IQ1_S": [0],
-    "IQ4_NL": [0], "IQ4_XS": [0], "TQ1_0": [52], "TQ2_0": [64],
-}
 FLOAT_TYPES = {"F32": np.float32, "F16": np.float16}
 # Types whose scale is not an f16 field, with a fixed scale byte that gives small values.
 MXFP4_SCALE_BYTE = 121  # E8M0: 2^(121-128) per doubled E2M1 step
@@ -92,13 +86,6 @@ def _type_geometry(type_name: str) -> tuple[int, int]:
         if name == type_name:
             return block_elems, block_bytes
     raise KeyError(type_name)
-
-
-def _set_iq1m_scale(raw: np.ndarray, h: np.ndarray) -> None:
-    """IQ1_M spreads its f16 scale over the top nibbles of the four u16 scale words (bytes 48..55)."""
-    h = h.astype(np.uint32)
-    for k, byte in enumerate((49, 51, 53, 55)):
-        raw[:, byte] = (raw[:, byte] & 0x0F) | (((h >> (4 * k)) & 0xF) << 4).astype(np.uint8)
 
 
 def random_matrix(type_name: str, n_rows: int, n_cols: int, rng: np.random.Generator, spread: float = 0.05):
@@ -125,9 +112,9 @@ def random_matrix(type_name: str, n_rows: int, n_cols: int, rng: np.random.Gener
         def set_scales(values: np.ndarray) -> None:
             f16 = values.astype(np.float16).view(np.uint16)
             if type_name == "IQ1_M":
-                _set_iq1m_scale(raw, f16)
+                set_iq1m_scale(raw, f16)
             else:
-                for off in SCALE_F16_FIELDS[type_name]:
+                for off in F16_SCALE_FIELDS[type_name]:
                     raw[:, off : off + 2] = f16.view(np.uint8).reshape(n_blocks, 2)
 
         set_scales(np.ones(n_blocks))

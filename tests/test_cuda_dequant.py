@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import ferrite
+from block_layouts import F16_SCALE_FIELDS, set_iq1m_scale
 
 HAS_CUDA = ferrite.cuda_available()
 cuda = pytest.mark.cuda
@@ -29,12 +30,7 @@ TYPES = {name: (type_id, block_elems, block_bytes) for name, type_id, block_elem
 # Byte offsets of f16 scale fields within each block (ggml layouts); they are overwritten with
 # finite values so that the products are finite (NaN payloads differ between CPU and GPU
 # arithmetic, and real files hold finite scales).
-F16_FIELDS = {
-    "Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0, 2], "Q8_0": [0], "Q8_1": [0, 2],
-    "Q2_K": [80, 82], "Q3_K": [108], "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208],
-    "IQ2_XXS": [0], "IQ2_XS": [0], "IQ2_S": [0], "IQ3_XXS": [0], "IQ3_S": [0], "IQ1_S": [0],
-    "IQ4_NL": [0], "IQ4_XS": [0], "TQ1_0": [52], "TQ2_0": [64],
-}
+F16_FIELDS = {**F16_SCALE_FIELDS, "Q8_1": (0, 2)}
 F32_FIELDS = {"Q8_K": [0]}
 # Types whose blocks are valid for any bytes.
 ANY_BYTES = {"F32", "F16", "BF16", "MXFP4", "NVFP4", "IQ1_M"}
@@ -58,9 +54,7 @@ def random_blocks(name: str, n_blocks: int, rng: np.random.Generator) -> np.ndar
         raw[: max(1, n_blocks // 7)] = rng.integers(0, 256, size=(max(1, n_blocks // 7), 8), dtype=np.uint8)
     elif name == "IQ1_M":
         # The f16 scale is spread over the top nibbles of the four u16 scale words.
-        h = finite_f16(rng, n_blocks).astype(np.uint32)
-        for k, byte in enumerate((49, 51, 53, 55)):
-            raw[:, byte] = (raw[:, byte] & 0x0F) | (((h >> (4 * k)) & 0xF) << 4).astype(np.uint8)
+        set_iq1m_scale(raw, finite_f16(rng, n_blocks))
     elif name in F16_FIELDS:
         for off in F16_FIELDS[name]:
             raw[:, off : off + 2] = finite_f16(rng, n_blocks).view(np.uint8).reshape(n_blocks, 2)

@@ -15,19 +15,13 @@ import ferrite
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFWriter
 from gguf import quants as gq
 
+from block_layouts import F16_SCALE_FIELDS, set_iq1m_scale
+
 Q = GGMLQuantizationType
 
-# Byte offsets of the f16 scale fields inside one block of each type.
-F16_FIELDS: dict[str, tuple[int, ...]] = {
-    "Q4_0": (0,), "Q4_1": (0, 2), "Q5_0": (0,), "Q5_1": (0, 2), "Q8_0": (0,),
-    "Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,),
-    "IQ2_XXS": (0,), "IQ2_XS": (0,), "IQ2_S": (0,), "IQ3_XXS": (0,), "IQ3_S": (0,),
-    "IQ1_S": (0,), "IQ4_NL": (0,), "IQ4_XS": (0,),
-    "TQ1_0": (52,), "TQ2_0": (64,),
-}
 # Types whose whole payload is valid for any bits, or that get special scale handling below.
 SPECIAL = ("F32", "F16", "BF16", "IQ1_M", "MXFP4", "NVFP4")
-BLOCK_TYPES = sorted(F16_FIELDS) + list(SPECIAL)
+BLOCK_TYPES = sorted(F16_SCALE_FIELDS) + list(SPECIAL)
 UNSUPPORTED = ("Q8_1", "Q8_K", "Q1_0", "I8", "I16", "I32", "I64", "F64")
 
 
@@ -57,15 +51,11 @@ def random_blocks(type_name: str, n_rows: int, n_cols: int, seed: int) -> np.nda
         raw[:, 0] = rng.integers(100, 150, n_blocks)  # E8M0 exponents 2^-27 .. 2^22
     elif type_name == "IQ1_M":
         # The f16 scale is spread over the top nibble of the 4 u16 scale words at bytes 48..56.
-        d = random_f16(rng, n_blocks).view(np.uint16)
-        words = raw[:, 48:56].copy().view(np.uint16)
-        for i in range(4):
-            words[:, i] = (words[:, i] & 0x0FFF) | (((d >> (4 * i)) & 0xF) << 12)
-        raw[:, 48:56] = words.view(np.uint8)
+        set_iq1m_scale(raw, random_f16(rng, n_blocks).view(np.uint16))
     elif type_name == "NVFP4":
         pass  # every UE4M3 byte decodes to a finite scale
     else:
-        for off in F16_FIELDS[type_name]:
+        for off in F16_SCALE_FIELDS[type_name]:
             raw[:, off:off + 2] = random_f16(rng, n_blocks).view(np.uint8).reshape(n_blocks, 2)
     return raw.reshape(n_rows, -1)
 

@@ -137,14 +137,20 @@ def test_corpus_is_substantial():
     assert sum(len(c.encode()) for c in CASES) > 100_000
 
 
+def corpus_mismatches(ours, ref, parse_special):
+    """(text, our ids, HF ids), shortened, for every corpus case where the two differ."""
+    out = []
+    for text in CASES:
+        got = ours.encode(text, add_special_tokens=False, parse_special=parse_special)
+        want = hf_encode(ref, text, parse_special)
+        if got != want:
+            out.append((text[:80], got[:20], want[:20]))
+    return out
+
+
 @pytest.mark.parametrize("parse_special", [True, False])
 def test_ids_match_hf_on_whole_corpus(tok, hf, parse_special):
-    mismatches = []
-    for text in CASES:
-        ours = tok.encode(text, add_special_tokens=False, parse_special=parse_special)
-        ref = hf_encode(hf, text, parse_special)
-        if ours != ref:
-            mismatches.append((text[:80], ours[:20], ref[:20]))
+    mismatches = corpus_mismatches(tok, hf, parse_special)
     agreement = 1 - len(mismatches) / len(CASES)
     print(f"\n{len(CASES)} cases, {sum(len(c.encode()) for c in CASES)} bytes, parse_special={parse_special}: "
           f"agreement {agreement:.2%}")
@@ -171,12 +177,7 @@ def test_other_pre_tokenizers_match_hf(meta, tmp_path, pre, split, ignore_merges
     w.close()
     ours = ferrite.Tokenizer.from_gguf(str(path))
     ref = hf_reference(meta, split, nfc=False, ignore_merges=ignore_merges)
-    mismatches = []
-    for text in CASES:
-        got = ours.encode(text, add_special_tokens=False, parse_special=True)
-        want = hf_encode(ref, text, True)
-        if got != want:
-            mismatches.append((text[:80], got[:20], want[:20]))
+    mismatches = corpus_mismatches(ours, ref, parse_special=True)
     print(f"\n{pre}: {len(CASES) - len(mismatches)}/{len(CASES)} cases identical")
     assert not mismatches, f"{len(mismatches)} of {len(CASES)} differ; first: {mismatches[:3]}"
     # No normalization for these: a decomposed accent survives the round trip.
