@@ -98,29 +98,24 @@ def main() -> int:
         diff = float(np.abs(lg.astype(np.float64) - lc).max())
         scale = float(np.abs(lc).max())
         top1 = float((lg.argmax(-1) == lc.argmax(-1)).mean())
-        if i >= ARGS.greedy_prompts:
-            row = {"kind": "parity", "label": ARGS.label, "prompt": i, "tokens": len(p), "max_abs_diff": diff,
-                   "rel_diff": diff / max(scale, 1e-30), "top1_agree": top1, "finite": finite}
-            report(row)
-            print(f"[{ARGS.label}] prompt {i} ({len(p)} tok): max|diff| {diff:.3e} (rel {row['rel_diff']:.2e}), "
-                  f"top-1 {top1 * 100:.1f}%", flush=True)
-            continue
-        tc, rows_c, tps_c = greedy(cpu, p, GREEDY_TOKENS)
-        tg, _, tps_g = greedy(gpu, p, GREEDY_TOKENS)
-        same = next((k for k in range(GREEDY_TOKENS) if tc[k] != tg[k]), GREEDY_TOKENS)
-        gap = None
-        if same < GREEDY_TOKENS:
-            srt = np.sort(rows_c[same])
-            gap = float(srt[-1] - srt[-2])
         row = {"kind": "parity", "label": ARGS.label, "prompt": i, "tokens": len(p), "max_abs_diff": diff,
-               "rel_diff": diff / max(scale, 1e-30), "top1_agree": top1, "finite": finite,
-               "greedy_same": same, "greedy_n": GREEDY_TOKENS, "cpu_gap_at_divergence": gap,
-               "decode_tok_s_cpu": tps_c, "decode_tok_s_gpu": tps_g}
+               "rel_diff": diff / max(scale, 1e-30), "top1_agree": top1, "finite": finite}
+        line = f"[{ARGS.label}] prompt {i} ({len(p)} tok): max|diff| {diff:.3e} (rel {row['rel_diff']:.2e}), top-1 {top1 * 100:.1f}%"
+        if i < ARGS.greedy_prompts:
+            tc, rows_c, tps_c = greedy(cpu, p, GREEDY_TOKENS)
+            tg, _, tps_g = greedy(gpu, p, GREEDY_TOKENS)
+            same = next((k for k in range(GREEDY_TOKENS) if tc[k] != tg[k]), GREEDY_TOKENS)
+            gap = None
+            if same < GREEDY_TOKENS:
+                srt = np.sort(rows_c[same])
+                gap = float(srt[-1] - srt[-2])
+            row.update({"greedy_same": same, "greedy_n": GREEDY_TOKENS, "cpu_gap_at_divergence": gap,
+                        "decode_tok_s_cpu": tps_c, "decode_tok_s_gpu": tps_g})
+            line += (f", greedy {same}/{GREEDY_TOKENS} same"
+                     + (f" (cpu top-2 gap there {gap:.3g})" if gap is not None else "")
+                     + f", decode tok/s cpu {tps_c:.1f} gpu {tps_g:.1f}")
         report(row)
-        print(f"[{ARGS.label}] prompt {i} ({len(p)} tok): max|diff| {diff:.3e} (rel {row['rel_diff']:.2e}), "
-              f"top-1 {top1 * 100:.1f}%, greedy {same}/{GREEDY_TOKENS} same"
-              + (f" (cpu top-2 gap there {gap:.3g})" if gap is not None else "")
-              + f", decode tok/s cpu {tps_c:.1f} gpu {tps_g:.1f}", flush=True)
+        print(line, flush=True)
     return 0
 
 
