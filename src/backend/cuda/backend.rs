@@ -209,10 +209,6 @@ impl CudaBackend {
         })
     }
 
-    pub fn context(&self) -> &Arc<CudaContext> {
-        &self.ctx
-    }
-
     fn kernels_for(&mut self, ty: GgmlType) -> Result<Arc<TypeKernels>, CudaError> {
         if let Some(k) = self.type_kernels.get(&ty) {
             return Ok(k.clone());
@@ -227,11 +223,6 @@ impl CudaBackend {
         let k = Arc::new(TypeKernels { matvec, embed });
         self.type_kernels.insert(ty, k.clone());
         Ok(k)
-    }
-
-    /// Whether decode steps are recorded as CUDA graphs and replayed.
-    pub fn graphs_enabled(&self) -> bool {
-        self.graphs_enabled
     }
 }
 

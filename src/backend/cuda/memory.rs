@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
-use cudarc::driver::{sys, CudaEvent, CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr, PinnedHostSlice, ValidAsZeroBits};
+use cudarc::driver::{sys, CudaEvent, CudaSlice, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr, PinnedHostSlice, ValidAsZeroBits};
 
 use super::context::CudaContext;
 use super::error::{is_oom, CudaError, DriverResultExt};
@@ -174,6 +174,3 @@ impl CudaContext {
         Ok((gb / best[0], gb / best[1]))
     }
 }
-
-/// A read-only view type re-exported for kernels' argument lists.
-pub type DeviceBytes<'a> = CudaView<'a, u8>;
