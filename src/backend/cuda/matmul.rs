@@ -51,8 +51,8 @@ fn matvec(be: &mut CudaBackend, w: &CudaWeight, bias: Option<&CudaSlice<f32>>, x
         shared_mem_bytes: 0,
     };
     let row_bytes = w.row_bytes as u64;
-    let n_cols = w.n_cols as u32;
-    let n_x_u = n_x as u32;
+    let n_cols = u32::try_from(w.n_cols).map_err(|_| ModelError::Backend(format!("{}: {} columns", w.name, w.n_cols)))?;
+    let n_x_u = n_x as u32; // <= MATVEC_MAX_ROWS
     let bias_ptr: u64 = bias.map_or(0, |b| addr(b, &be.ctx));
     launch!(be.ctx, f, "matvec", cfg, &w.blocks, &row_bytes, &n_cols, &n_rows, &x.buf, &n_x_u, &bias_ptr, &mut out.buf)?;
     Ok(())
