@@ -62,15 +62,35 @@ SYSTEM_PROMPTS = {
         "You are a haiku poet. Reply with only the haiku: three short lines, no title, no notes. "
         "Use the requested word exactly once, spelled exactly as given. Never repeat the nonce."
     ),
+    6: (
+        "You are a haiku poet. Reply with only the haiku: three short lines, all different, no "
+        "title, no notes. The first line begins with the requested word, spelled exactly as given; "
+        "the other two lines never use that word or any other number. Never repeat the nonce."
+    ),
+    7: (
+        "You are a haiku poet. Reply with only the haiku: three short lines, no title, no notes. "
+        "Use the requested word exactly once, spelled exactly as given. Never repeat the nonce."
+    ),
 }
 # Worked examples placed before the user's message (a variant may have none).
+_EXAMPLES = [
+    ('Write a haiku about the sea that includes the word "thirty-one" (nonce: q8Lm2Zt0)',
+     "Thirty-one gulls wheel\nover the slate-grey water\nthe tide keeps its time"),
+    ('Write a haiku about a library that includes the word "six" (nonce: Rb7Kx1Pe)',
+     "Six quiet readers\nturn pages under lamplight\ndust drifts through the beams"),
+]
+# More of them for variant 7: a teen number (the model tends to shorten "seventeen" to "seven")
+# and "one" (which it tends to repeat).
+_MORE_EXAMPLES = _EXAMPLES + [
+    ('Write a haiku about a train station that includes the word "seventeen" (nonce: Hw3Jc9Ua)',
+     "Seventeen minutes\nuntil the last train departs\ncold rails hum softly"),
+    ('Write a haiku about a garden that includes the word "one" (nonce: Zp5Tq2Lm)',
+     "One red tulip opens\nbees drift across the flowerbed\nrain waits in the clouds"),
+]
 FEW_SHOT = {
-    5: [
-        ('Write a haiku about the sea that includes the word "thirty-one" (nonce: q8Lm2Zt0)',
-         "Thirty-one gulls wheel\nover the slate-grey water\nthe tide keeps its time"),
-        ('Write a haiku about a library that includes the word "six" (nonce: Rb7Kx1Pe)',
-         "Six quiet readers\nturn pages under lamplight\ndust drifts through the beams"),
-    ],
+    5: _EXAMPLES,
+    6: _EXAMPLES,
+    7: _MORE_EXAMPLES,
 }
 PROMPT_VERSION = 5
 
