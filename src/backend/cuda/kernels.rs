@@ -15,11 +15,13 @@ pub const ATTENTION: KernelSource =
     KernelSource { file: "attention.cu", src: include_str!("../../../kernels/attention.cu"), options: &[] };
 pub const NORM: KernelSource = KernelSource { file: "norm.cu", src: include_str!("../../../kernels/norm.cu"), options: &[] };
 pub const ROPE: KernelSource = KernelSource { file: "rope.cu", src: include_str!("../../../kernels/rope.cu"), options: &[] };
+pub const SAMPLING: KernelSource =
+    KernelSource { file: "sampling.cu", src: include_str!("../../../kernels/sampling.cu"), options: &[] };
 pub const ELEMENTWISE: KernelSource =
     KernelSource { file: "elementwise.cu", src: include_str!("../../../kernels/elementwise.cu"), options: &[] };
 
 /// Every kernel file compiled without variant options.
-pub const FIXED: [&KernelSource; 5] = [&ATTENTION, &NORM, &ROPE, &ELEMENTWISE, &super::dequant::DEQUANT];
+pub const FIXED: [&KernelSource; 6] = [&ATTENTION, &NORM, &ROPE, &ELEMENTWISE, &SAMPLING, &super::dequant::DEQUANT];
 
 /// The options that compile a per-type kernel file for `ty`, or `None` when `ty` has no GPU
 /// decoder (then it has no CPU one either: see `dequant::kernel_name`).
@@ -53,6 +55,8 @@ pub const ATTENTION_HEAD_DIMS: [usize; 7] = [16, 32, 64, 80, 96, 128, 256];
 pub const MATVEC_ROWS_PER_BLOCK: u32 = 4;
 /// Warps per attention block (ATTN_WARPS in attention.cu).
 pub const ATTENTION_THREADS: u32 = 128;
+/// Threads per sampling block, one block per row (SAMPLE_THREADS in sampling.cu).
+pub const SAMPLE_THREADS: u32 = 1024;
 /// Threads per RMSNorm block (NORM_THREADS in norm.cu).
 pub const NORM_THREADS: u32 = 256;
 
@@ -67,6 +71,7 @@ mod tests {
         assert!(MATVEC.src.contains(&format!("#define MATVEC_WARPS {MATVEC_ROWS_PER_BLOCK}")));
         assert!(ATTENTION.src.contains(&format!("#define ATTN_WARPS {}", ATTENTION_THREADS / 32)));
         assert!(NORM.src.contains(&format!("#define NORM_THREADS {NORM_THREADS}")));
+        assert!(SAMPLING.src.contains(&format!("#define SAMPLE_THREADS {SAMPLE_THREADS}")));
         for n in 1..=MATVEC_MAX_ROWS {
             let name = matvec_kernel_name(n).unwrap();
             assert!(MATVEC.src.contains(&format!("MATVEC_KERNEL({})", &name["matvec_".len()..])), "{name}");
