@@ -115,20 +115,15 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, const flo
 #undef KV_SLOT
 }
 
-#define ATTENTION_KERNEL(hd)                                                                                  \
-    extern "C" __global__ void __launch_bounds__(32 * ATTN_WARPS)                                              \
-        attention_hd##hd(const float* __restrict__ q, const float* __restrict__ k_cache,                       \
-                         const float* __restrict__ v_cache, const u32* __restrict__ positions,                 \
-                         const u32* __restrict__ table_offset, const u32* __restrict__ block_tables,           \
-                         u32 block_tokens, u32 n_heads, u32 n_kv_heads, float scale, float* __restrict__ out) { \
-        attention<hd>(q, k_cache, v_cache, positions, table_offset, block_tables, block_tokens, n_heads,       \
-                      n_kv_heads, scale, out);                                                                 \
-    }
-
-ATTENTION_KERNEL(16)
-ATTENTION_KERNEL(32)
-ATTENTION_KERNEL(64)
-ATTENTION_KERNEL(80)
-ATTENTION_KERNEL(96)
-ATTENTION_KERNEL(128)
-ATTENTION_KERNEL(256)
+// One head dim per module (-DATTN_HEAD_DIM=N), compiled for the model's head dim only.
+#ifndef ATTN_HEAD_DIM
+#error "attention.cu is compiled with -DATTN_HEAD_DIM=<head dim>"
+#endif
+extern "C" __global__ void __launch_bounds__(32 * ATTN_WARPS)
+    attention_heads(const float* __restrict__ q, const float* __restrict__ k_cache, const float* __restrict__ v_cache,
+                    const u32* __restrict__ positions, const u32* __restrict__ table_offset,
+                    const u32* __restrict__ block_tables, u32 block_tokens, u32 n_heads, u32 n_kv_heads, float scale,
+                    float* __restrict__ out) {
+    attention<ATTN_HEAD_DIM>(q, k_cache, v_cache, positions, table_offset, block_tables, block_tokens, n_heads, n_kv_heads,
+                             scale, out);
+}

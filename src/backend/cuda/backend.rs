@@ -108,8 +108,8 @@ pub(super) struct FixedKernels {
     rms_norm: CudaFunction,
     rope: CudaFunction,
     kv_append: CudaFunction,
-    /// `attention_hd<N>` by head dim N.
-    attention: Vec<(usize, CudaFunction)>,
+    /// `attention_heads` for the model's head dim, compiled when the KV cache is allocated.
+    attention: Option<(usize, CudaFunction)>,
     swiglu: CudaFunction,
     add_assign: CudaFunction,
     pub(super) add_bias: CudaFunction,
@@ -179,6 +179,7 @@ impl CudaBackend {
     /// the cuBLAS handle, and compiles (or loads from the disk cache) the fixed kernels.
     pub fn new(device: &str) -> Result<CudaBackend, CudaError> {
         let ctx = CudaContext::get(device)?;
+        ctx.precompile(&kernels::FIXED.iter().map(|src| (*src, Vec::new())).collect::<Vec<_>>())?;
         if !cublas_library_present() {
             return Err(CudaError::MissingLibrary {
                 lib: "cuBLAS (libcublas)",
@@ -193,10 +194,7 @@ impl CudaBackend {
             rms_norm: f(&kernels::NORM, "rms_norm")?,
             rope: f(&kernels::ROPE, "rope")?,
             kv_append: f(&kernels::ATTENTION, "kv_append")?,
-            attention: kernels::ATTENTION_HEAD_DIMS
-                .iter()
-                .map(|&hd| Ok((hd, ctx.function(&kernels::ATTENTION, &format!("attention_hd{hd}"))?)))
-                .collect::<Result<_, CudaError>>()?,
+            attention: None,
             swiglu: f(&kernels::ELEMENTWISE, "swiglu")?,
             add_assign: f(&kernels::ELEMENTWISE, "add_assign")?,
             add_bias: f(&kernels::ELEMENTWISE, "add_bias")?,
@@ -283,6 +281,17 @@ impl Backend for CudaBackend {
             .checked_mul(layout.capacity_tokens())
             .and_then(|n| n.checked_mul(layout.n_kv_heads * layout.head_dim))
             .ok_or_else(|| ModelError::Backend(format!("KV cache {layout:?} overflows")))?;
+        if self.fixed.attention.as_ref().map_or(true, |(hd, _)| *hd != layout.head_dim) {
+            let defines = kernels::attention_defines(layout.head_dim).ok_or_else(|| {
+                ModelError::Backend(format!(
+                    "head_dim {} has no CUDA attention kernel (these do: {:?})",
+                    layout.head_dim,
+                    kernels::ATTENTION_HEAD_DIMS
+                ))
+            })?;
+            let f = self.ctx.function_with(&kernels::ATTENTION, &defines, "attention_heads")?;
+            self.fixed.attention = Some((layout.head_dim, f));
+        }
         if !layout.block_tokens.is_power_of_two() {
             return Err(ModelError::Backend(format!("KV blocks of {} tokens: the kernels need a power of two", layout.block_tokens)));
         }
@@ -443,7 +452,7 @@ impl Backend for CudaBackend {
         if p.n_kv_heads == 0 || p.n_heads % p.n_kv_heads != 0 {
             return Err(ModelError::Backend(format!("{} query heads do not group over {} KV heads", p.n_heads, p.n_kv_heads)));
         }
-        let Some((_, attend)) = self.fixed.attention.iter().find(|(d, _)| *d == hd) else {
+        let Some((_, attend)) = self.fixed.attention.as_ref().filter(|(d, _)| *d == hd) else {
             return Err(ModelError::Backend(format!(
                 "head_dim {hd} has no CUDA attention kernel (these do: {:?})",
                 kernels::ATTENTION_HEAD_DIMS
@@ -466,7 +475,7 @@ impl Backend for CudaBackend {
         let cfg = LaunchConfig { grid_dim: (n_u, to_u32("heads", p.n_heads)?, 1), block_dim: (ATTENTION_THREADS, 1, 1), shared_mem_bytes: 0 };
         let (n_heads, n_kv_heads) = (p.n_heads as u32, p.n_kv_heads as u32);
         let scale = 1.0 / (hd as f32).sqrt();
-        let name = if hd == 64 { "attention_hd64" } else { "attention_hd128" };
+        let name = "attention_heads";
         drop((kc, vc));
         let (kc, vc) = (cache.k.slice(range.clone()), cache.v.slice(range));
         launch!(

@@ -20,8 +20,13 @@ pub const SAMPLING: KernelSource =
 pub const ELEMENTWISE: KernelSource =
     KernelSource { file: "elementwise.cu", src: include_str!("../../../kernels/elementwise.cu"), options: &[] };
 
-/// Every kernel file compiled without variant options.
-pub const FIXED: [&KernelSource; 6] = [&ATTENTION, &NORM, &ROPE, &ELEMENTWISE, &SAMPLING, &super::dequant::DEQUANT];
+/// Every kernel file compiled without variant options (attention.cu is compiled per head dim).
+pub const FIXED: [&KernelSource; 5] = [&NORM, &ROPE, &ELEMENTWISE, &SAMPLING, &super::dequant::DEQUANT];
+
+/// The options that compile attention.cu for `head_dim`, or `None` when it has no variant.
+pub fn attention_defines(head_dim: usize) -> Option<Vec<String>> {
+    ATTENTION_HEAD_DIMS.contains(&head_dim).then(|| vec![format!("-DATTN_HEAD_DIM={head_dim}")])
+}
 
 /// The options that compile a per-type kernel file for `ty`, or `None` when `ty` has no GPU
 /// decoder (then it has no CPU one either: see `dequant::kernel_name`).
@@ -48,7 +53,8 @@ pub fn matvec_kernel_name(n_x: usize) -> Option<&'static str> {
     }
 }
 
-/// Head dims the attention kernel is instantiated for (`attention_hd<N>` in attention.cu).
+/// Head dims attention.cu can be compiled for (`-DATTN_HEAD_DIM`; its per-lane arrays need a
+/// compile-time size).
 pub const ATTENTION_HEAD_DIMS: [usize; 7] = [16, 32, 64, 80, 96, 128, 256];
 
 /// Weight rows per matvec thread block (MATVEC_WARPS in matvec.cu).
@@ -77,9 +83,6 @@ mod tests {
             assert!(MATVEC.src.contains(&format!("MATVEC_KERNEL({})", &name["matvec_".len()..])), "{name}");
         }
         assert_eq!(matvec_kernel_name(MATVEC_MAX_ROWS + 1), None);
-        for hd in ATTENTION_HEAD_DIMS {
-            assert!(ATTENTION.src.contains(&format!("ATTENTION_KERNEL({hd})")), "attention_hd{hd}");
-        }
     }
 
     /// Compiles every kernel file, and every per-type file for every type, for sm_90 (no GPU
@@ -102,6 +105,9 @@ mod tests {
         };
         for src in FIXED {
             compile_one(src, &[]);
+        }
+        for hd in ATTENTION_HEAD_DIMS {
+            compile_one(&ATTENTION, &attention_defines(hd).unwrap());
         }
         for ty in GgmlType::ALL {
             if let Some(defines) = type_defines(ty) {
