@@ -9,6 +9,7 @@ Qwen2-family inference on CPU and NVIDIA GPUs.
 
 from ferrite import _ferrite
 from ferrite._ferrite import (
+    DeviceTensor,
     Engine,
     GenerationResult,
     Generator,
@@ -45,6 +46,7 @@ __version__ = _ferrite.__version__
 
 __all__ = [
     "GgufFile",
+    "DeviceTensor",
     "Model",
     "TensorInfo",
     "Tokenizer",

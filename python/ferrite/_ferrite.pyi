@@ -52,6 +52,7 @@ __all__ = [
     "_cuda_upload_bandwidth",
     "_cuda_try_alloc",
     "_cuda_fault_selftest",
+    "DeviceTensor",
 ]
 
 _StrPath = Union[str, "os.PathLike[str]"]
@@ -121,6 +122,8 @@ class GgufFile:
         >>> f.tensor("token_embd.weight").shape
         (151936, 896)
         """
+    def device_tensor(self, name: str, device: _Device = "cuda") -> DeviceTensor:
+        """Tensor ``name`` dequantized on a GPU and left there (DLPack, no copy to torch/CuPy)."""
     def raw(self, name: str) -> npt.NDArray[np.uint8]:
         """The block bytes of tensor ``name`` as a read-only 1-D uint8 view of the map (no copy);
         the view keeps the file mapped while it lives, even after ``close()``.
@@ -254,16 +257,30 @@ class Model:
     @property
     def max_batch(self) -> int:
         """Sequences running together at most."""
+    @overload
     def forward(
         self,
         token_ids: Sequence[int],
         last_only: bool = False,
         seq: int | None = None,
-    ) -> npt.NDArray[np.float32]:
+        *,
+        on_device: Literal[False] = False,
+    ) -> npt.NDArray[np.float32]: ...
+    @overload
+    def forward(
+        self,
+        token_ids: Sequence[int],
+        last_only: bool = False,
+        seq: int | None = None,
+        *,
+        on_device: bool,
+    ) -> npt.NDArray[np.float32] | DeviceTensor:
         """Logits for ``token_ids``: ``[len(token_ids), vocab]``, or ``[1, vocab]`` with
         ``last_only=True``. Without ``seq`` the tokens form a fresh sequence (positions from 0,
         nothing kept); with ``seq`` (from ``new_sequence``) they are appended to its KV cache.
         Raises ``ContextLengthError`` past the context length. The GIL is released.
+        ``on_device=True`` leaves the logits on the model's device: a ``DeviceTensor`` on a GPU,
+        a numpy array on the CPU.
 
         >>> s = m.new_sequence(); m.forward([9707, 11], seq=s); m.forward([1879], seq=s)
         """
@@ -799,6 +816,33 @@ class Generator:
 # ---------------------------------------------------------------------------------------------
 # CUDA (src/python/cuda.rs)
 # ---------------------------------------------------------------------------------------------
+
+@final
+class DeviceTensor:
+    """A float32 tensor in GPU memory; ``torch.from_dlpack(t)`` and ``cupy.from_dlpack(t)`` take
+    it without a copy and keep it alive; ``t.numpy()`` copies it to the host.
+
+    >>> w = torch.from_dlpack(f.device_tensor("blk.0.ffn_down.weight"))
+    """
+
+    @property
+    def shape(self) -> list[int]: ...
+    @property
+    def dtype(self) -> str: ...
+    @property
+    def device(self) -> str: ...
+    @property
+    def nbytes(self) -> int: ...
+    def __dlpack_device__(self) -> tuple[int, int]: ...
+    def __dlpack__(
+        self,
+        *,
+        stream: Any = None,
+        max_version: tuple[int, int] | None = None,
+        dl_device: tuple[int, int] | None = None,
+        copy: bool | None = None,
+    ) -> Any: ...
+    def numpy(self) -> npt.NDArray[np.float32]: ...
 
 def cuda_available() -> bool:
     """True when an NVIDIA driver is installed and a CUDA device is visible. Never raises."""

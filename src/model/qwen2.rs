@@ -335,6 +335,17 @@ impl<B: Backend> LanguageModel for TransformerModel<B> {
         Ok(out)
     }
 
+    fn forward_rows(&mut self, batch: &[SeqChunk<'_>], logits_for: LogitsFor) -> Result<crate::backend::OwnedRows, ModelError> {
+        let plan = self.plan(batch, |seqs| match logits_for {
+            LogitsFor::AllTokens => (0..seqs.iter().map(|s| s.n_new).sum::<u32>()).collect(),
+            LogitsFor::LastToken => seqs.iter().map(|s| s.first_token + s.n_new - 1).collect(),
+        })?;
+        let vocab = self.config.vocab_size;
+        let mut out = self.backend.alloc_owned_rows(plan.logit_rows.len(), vocab)?;
+        self.run(&plan, |b, logits, first, count| b.copy_rows(logits, count, vocab, &mut out, first))?;
+        Ok(out)
+    }
+
     fn forward_sample(
         &mut self,
         batch: &[SeqChunk<'_>],

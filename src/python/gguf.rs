@@ -128,6 +128,21 @@ impl PyGgufFile {
         dequantize_on(py, device, info.ggml_type, file.tensor_bytes(&info), &info.shape(), &info.name)
     }
 
+    /// Tensor ``name`` dequantized on a GPU and left there, as a ``DeviceTensor`` that torch and
+    /// CuPy take without a copy (``torch.from_dlpack(t)``); ``t.numpy()`` copies it back.
+    ///
+    /// >>> w = torch.from_dlpack(f.device_tensor("blk.0.ffn_down.weight"))
+    #[pyo3(signature = (name, device = "cuda"))]
+    fn device_tensor(&self, py: Python<'_>, name: &str, device: &str) -> PyResult<super::dlpack::PyDeviceTensor> {
+        let file = self.file()?;
+        let info = file.tensor_info(name)?.clone();
+        let ctx = crate::backend::cuda::CudaContext::get(device)?;
+        let n: usize = info.shape().iter().product();
+        let bytes = file.tensor_bytes(&info);
+        let t = py.detach(|| crate::backend::cuda::DeviceTensor::dequantize(ctx, info.ggml_type, bytes, n))?;
+        super::dlpack::PyDeviceTensor::new(t, info.shape())
+    }
+
     /// The raw block bytes of tensor `name` as a read-only uint8 numpy view of the map (no copy).
     /// The view keeps the file mapped while it lives, even after `close()`.
     fn raw<'py>(slf: &Bound<'py, Self>, name: &str) -> PyResult<Bound<'py, PyArray1<u8>>> {

@@ -8,7 +8,9 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
+use super::dlpack::PyDeviceTensor;
 use super::gguf::PyGgufFile;
+use crate::backend::OwnedRows;
 use crate::engine::shared::SharedEngine;
 use crate::engine::{Engine, EngineConfig};
 use crate::gguf::GgufFile;
@@ -225,19 +227,33 @@ impl PyModel {
     /// Logits for ``token_ids``: float32 ``[len(token_ids), vocab]``, or ``[1, vocab]`` (the
     /// last token) with ``last_only=True``. Without ``seq`` the tokens are a fresh sequence
     /// (positions from 0, nothing kept); with ``seq`` they are appended to that sequence.
+    /// ``on_device=True`` leaves the logits on the model's device: a ``DeviceTensor`` on a GPU
+    /// (``torch.from_dlpack`` takes it without a copy), a numpy array on the CPU.
     ///
     /// >>> logits = m.forward([9707, 11, 1879])
     /// >>> logits.shape
     /// (3, 151936)
-    #[pyo3(signature = (token_ids, last_only = false, seq = None))]
-    fn forward<'py>(&self, py: Python<'py>, token_ids: Vec<i64>, last_only: bool, seq: Option<usize>) -> PyResult<Bound<'py, PyArray2<f32>>> {
+    #[pyo3(signature = (token_ids, last_only = false, seq = None, *, on_device = false))]
+    fn forward<'py>(&self, py: Python<'py>, token_ids: Vec<i64>, last_only: bool, seq: Option<usize>, on_device: bool) -> PyResult<Bound<'py, PyAny>> {
         let tokens = check_token_ids(token_ids, self.config.vocab_size)?;
         if tokens.is_empty() {
             return Err(PyValueError::new_err("token_ids is empty"));
         }
         let which = if last_only { LogitsFor::LastToken } else { LogitsFor::AllTokens };
+        let vocab = self.config.vocab_size;
+        if on_device {
+            let shared = &self.shared;
+            let rows = py.detach(|| shared.with_engine(|e| e.forward_rows(&[(seq, tokens)], which)))?;
+            return match rows {
+                OwnedRows::Host(v) => Ok(to_array(py, v, vocab)?.into_any()),
+                OwnedRows::Cuda(t) => {
+                    let n_rows = t.len() / vocab.max(1);
+                    Ok(Bound::new(py, PyDeviceTensor::new(t, vec![n_rows, vocab])?)?.into_any())
+                }
+            };
+        }
         let logits = self.logits(py, vec![(seq, tokens)], which)?;
-        to_array(py, logits, self.config.vocab_size)
+        Ok(to_array(py, logits, vocab)?.into_any())
     }
 
     /// Runs several sequences in one batched pass; returns one float32 array per sequence:

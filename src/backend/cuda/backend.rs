@@ -22,7 +22,7 @@ use cudarc::driver::{sys, CudaFunction, CudaGraph, CudaSlice, DevicePtr, LaunchC
 use super::context::{cublas_library_present, CudaContext};
 use super::error::CudaError;
 use super::kernels::{self, ATTENTION_THREADS, NORM_THREADS};
-use crate::backend::{check_width, AttnParams, Backend, BatchPlan, KvLayout, ReplayKey, RopeParams, RopeStyle, TensorSource};
+use crate::backend::{check_width, AttnParams, Backend, BatchPlan, KvLayout, OwnedRows, ReplayKey, RopeParams, RopeStyle, TensorSource};
 use crate::model::ModelError;
 use crate::quant::{self, GgmlType, QuantError};
 use crate::sampling::{SampleSpec, Sampled, SamplingError};
@@ -557,6 +557,25 @@ impl Backend for CudaBackend {
             .map_err(|e| CudaError::KernelFault { op: format!("copying {what} device->host"), msg: super::error::describe(&e) })?;
         self.ctx.sync(&format!("copying {what} device->host"))?;
         Ok(())
+    }
+
+    fn alloc_owned_rows(&mut self, n_rows: usize, width: usize) -> Result<OwnedRows, ModelError> {
+        let n = n_rows.checked_mul(width).ok_or_else(|| ModelError::Backend(format!("{n_rows} x {width} rows overflow")))?;
+        Ok(OwnedRows::Cuda(super::device_tensor::DeviceTensor::alloc(self.ctx.clone(), n, &format!("{n_rows} rows of logits"))?))
+    }
+
+    fn copy_rows(&mut self, x: &CudaAct, n_rows: usize, width: usize, dst: &mut OwnedRows, dst_row: usize) -> Result<(), ModelError> {
+        check_rows("copy_rows", x, n_rows)?;
+        check_width("copy_rows", x.width, width)?;
+        match dst {
+            OwnedRows::Cuda(t) => Ok(t.copy_from(&x.buf, n_rows * width, dst_row * width)?),
+            OwnedRows::Host(v) => {
+                let out = v
+                    .get_mut(dst_row * width..(dst_row + n_rows) * width)
+                    .ok_or_else(|| ModelError::Backend("copy_rows past the end of its destination".into()))?;
+                self.read_rows(x, n_rows, out)
+            }
+        }
     }
 
     fn sample(&mut self, logits: &CudaAct, specs: &[SampleSpec<'_>], out: &mut Vec<Result<Sampled, SamplingError>>) -> Result<(), ModelError> {

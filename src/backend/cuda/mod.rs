@@ -22,6 +22,7 @@
 pub mod backend;
 pub mod context;
 pub mod dequant;
+pub mod device_tensor;
 pub mod kernels;
 pub mod error;
 mod matmul;
@@ -30,6 +31,7 @@ pub mod memory;
 pub mod nvrtc;
 
 pub use backend::{addr as backend_addr, CudaBackend};
+pub use device_tensor::DeviceTensor;
 pub use sampling::DeviceSampler;
 pub use context::{cuda_available, device_count, parse_device, CudaContext};
 pub use error::CudaError;
