@@ -9,6 +9,10 @@ use std::arch::x86_64::*;
 
 use super::packed::{Format, GroupJob, Scales, BLOCK, HDR_DMIN, HDR_KMIN_M, HDR_KMIN_SC, HDR_KSIGNED_SC, TILE_ROWS};
 
+/// How far ahead of the block being multiplied a matrix-vector product prefetches. Prefetches
+/// never fault, so running past the end of the planes is harmless.
+const PREFETCH_BYTES: usize = 4096;
+
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn load64(p: *const u8) -> __m512i {
@@ -102,6 +106,13 @@ unsafe fn kernel_nt<F: Format, const NT: usize>(job: &GroupJob<'_>, out: *mut f3
         let dmin = if F::SCALES == Scales::KMin { f16x16(hdr.add(HDR_DMIN)) } else { d };
         for j in 0..blocks_per_super {
             let b = s * blocks_per_super + j;
+            if NT == 1 {
+                // A decode step streams every weight once from DRAM: ask for the lines a few KiB
+                // ahead so more misses are in flight than the hardware prefetcher keeps.
+                for l in 0..F::PLANE_BYTES / 64 {
+                    _mm_prefetch::<_MM_HINT_T0>(planes.wrapping_add(b * F::PLANE_BYTES + PREFETCH_BYTES + 64 * l) as *const i8);
+                }
+            }
             let w = decode::<F>(planes.add(b * F::PLANE_BYTES));
             match F::SCALES {
                 Scales::Legacy => {
