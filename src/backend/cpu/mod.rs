@@ -1,6 +1,8 @@
 //! CPU backend: weights stay quantized in the GGUF memory map; projections go through
 //! `quant::matmul`; activations and the KV cache are float32. Parallel with rayon.
 
+use std::sync::{Arc, OnceLock};
+
 use rayon::prelude::*;
 
 use super::{check_width, AttnParams, Backend, BatchPlan, KvLayout, RopeParams, RopeStyle, TensorSource};
@@ -14,6 +16,11 @@ pub struct CpuWeight {
     src: TensorSource,
     row_bytes: usize,
     dense: Option<Vec<f32>>,
+    /// The matrix repacked into the interleaved tiles of the integer kernels (types that have
+    /// them), made at load; for the token embedding, which most models only look rows up in,
+    /// at its first use as a matmul weight (a tied LM head). `None` inside: not packable, or
+    /// `exact_matmul`.
+    packed: OnceLock<Option<quant::PackedMatrix>>,
 }
 
 impl CpuWeight {
@@ -28,6 +35,14 @@ impl CpuWeight {
     }
     fn n_rows(&self) -> usize {
         self.src.n_rows()
+    }
+    /// The packed matrix, repacking on first use; `None` for types without packed kernels.
+    fn packed(&self) -> Result<Option<&quant::PackedMatrix>, ModelError> {
+        if self.packed.get().is_none() {
+            let p = quant::PackedMatrix::new(self.ty(), self.bytes(), self.n_rows(), self.n_cols())?;
+            let _ = self.packed.set(p);
+        }
+        Ok(self.packed.get().and_then(|p| p.as_ref()))
     }
     fn dense(&self) -> Result<&[f32], ModelError> {
         self.dense.as_deref().ok_or_else(|| ModelError::BadTensor {
@@ -72,14 +87,34 @@ pub struct CpuKvCache {
     v: Vec<f32>,
 }
 
-#[derive(Default)]
 pub struct CpuBackend {
     exact_matmul: bool,
+    /// The threads projections run on (the caller is one of them).
+    pool: Arc<quant::ThreadPool>,
+}
+
+impl Default for CpuBackend {
+    fn default() -> Self {
+        CpuBackend::new()
+    }
 }
 
 impl CpuBackend {
+    /// Matmuls on `quant::pool::default_threads()` threads: the physical cores, or
+    /// `RAYON_NUM_THREADS` when set.
     pub fn new() -> CpuBackend {
-        CpuBackend { exact_matmul: false }
+        CpuBackend::with_threads(quant::pool::default_threads())
+    }
+
+    /// Matmuls on `n_threads` threads (the calling thread included; 0 is taken as 1). The
+    /// other CPU ops (attention, norms) run on rayon's global pool.
+    pub fn with_threads(n_threads: usize) -> CpuBackend {
+        CpuBackend { exact_matmul: false, pool: Arc::new(quant::ThreadPool::new(n_threads.max(1))) }
+    }
+
+    /// Threads the matmuls run on.
+    pub fn threads(&self) -> usize {
+        self.pool.n_threads()
     }
 
     /// `true`: projections dequantize weight rows and multiply in float32
@@ -118,7 +153,13 @@ impl Backend for CpuBackend {
             quant::dequantize(ty, &src.bytes()[..row_bytes], &mut probe)?;
             None
         };
-        Ok(CpuWeight { src: src.clone(), row_bytes, dense })
+        let w = CpuWeight { src: src.clone(), row_bytes, dense, packed: OnceLock::new() };
+        if w.dense.is_some() || self.exact_matmul {
+            let _ = w.packed.set(None);
+        } else if !src.name().ends_with("token_embd.weight") {
+            w.packed()?;
+        }
+        Ok(w)
     }
 
     fn alloc_act(&mut self, capacity_rows: usize, width: usize) -> Result<CpuAct, ModelError> {
@@ -197,6 +238,8 @@ impl Backend for CpuBackend {
         let os = out.rows_mut(n_rows)?;
         if self.exact_matmul {
             quant::matmul_reference(w.ty(), w.bytes(), n_out, n_in, xs, n_rows, os)?;
+        } else if let Some(p) = w.packed()? {
+            p.matmul(xs, n_rows, os, &self.pool)?;
         } else {
             quant::matmul(w.ty(), w.bytes(), n_out, n_in, xs, n_rows, os)?;
         }
