@@ -224,6 +224,7 @@ class Model:
         exact_matmul: bool = False,
         max_step_tokens: int | None = None,
         prefix_caching: bool = True,
+        threads: int | None = None,
     ) -> Model:
         """Loads a model from a path or an open ``GgufFile`` onto ``device`` (``"auto"``: the
         first CUDA GPU when usable, else the CPU; ``"cpu"``, ``"cuda"`` or ``"cuda:N"``).
@@ -232,7 +233,8 @@ class Model:
         as sequences grow). ``exact_matmul`` (CPU): multiply dequantized float32 weights instead
         of 8-bit-quantized activations (slower, closest to a float reference).
         ``max_step_tokens``: tokens one engine step computes at most (default 2048 on a GPU, 256
-        on a CPU). ``prefix_caching``: reuse the KV of prompts that start alike. Raises
+        on a CPU). ``prefix_caching``: reuse the KV of prompts that start alike. ``threads``
+        (CPU): threads for every op (default: the physical cores). Raises
         ``ModelError`` for an unknown architecture or a missing tensor, ``CudaError`` when the
         GPU cannot be used.
 
@@ -733,6 +735,7 @@ class Generator:
         exact_matmul: bool = False,
         max_step_tokens: int | None = None,
         prefix_caching: bool = True,
+        threads: int | None = None,
     ) -> Generator:
         """``Model.load`` and ``Tokenizer.from_gguf`` of one file in one call."""
     @property

@@ -119,7 +119,11 @@ pub fn load_model_with(
 ) -> Result<Box<dyn LanguageModel>, ModelError> {
     match device {
         "cpu" => {
-            let backend = crate::backend::cpu::CpuBackend::new().with_exact_matmul(options.exact_matmul);
+            let backend = match options.threads {
+                Some(n) => crate::backend::cpu::CpuBackend::with_all_threads(n)?,
+                None => crate::backend::cpu::CpuBackend::new(),
+            }
+            .with_exact_matmul(options.exact_matmul);
             Ok(Box::new(TransformerModel::load(file, backend, options)?))
         }
         d if d.starts_with("cuda") => {

@@ -33,11 +33,13 @@ pub struct LoadOptions {
     /// CPU: multiply dequantized weight rows by float32 activations (`quant::matmul_reference`)
     /// instead of quantizing activations to 8 bits. Slower; for logit comparisons.
     pub exact_matmul: bool,
+    /// CPU: threads for every op; `None`: the physical cores (or `RAYON_NUM_THREADS`).
+    pub threads: Option<usize>,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { kv_cache_tokens: None, max_batch: 64, exact_matmul: false }
+        LoadOptions { kv_cache_tokens: None, max_batch: 64, exact_matmul: false, threads: None }
     }
 }
 

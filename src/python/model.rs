@@ -93,12 +93,14 @@ impl PyModel {
         exact_matmul: bool,
         max_step_tokens: Option<i64>,
         prefix_caching: bool,
+        threads: Option<i64>,
     ) -> PyResult<PyModel> {
         let max_batch = positive("max_batch", max_batch)?;
+        let threads = threads.map(|n| positive("threads", n)).transpose()?;
         let kv_cache_tokens = kv_cache_tokens.map(|n| positive("kv_cache_tokens", n)).transpose()?;
         let max_step_tokens = max_step_tokens.map(|n| positive("max_step_tokens", n)).transpose()?;
         let resolved = resolve_device(device);
-        let options = LoadOptions { kv_cache_tokens, max_batch, exact_matmul };
+        let options = LoadOptions { kv_cache_tokens, max_batch, exact_matmul, threads };
         let shared = py.detach(|| -> Result<SharedEngine, PyErr> {
             let model = load_model_with(file, &resolved, options)?;
             let mut config = EngineConfig::for_model(model.as_ref());
@@ -175,14 +177,15 @@ impl PyModel {
     /// ``exact_matmul`` (CPU): multiply dequantized float32 weights instead of quantizing
     /// activations to 8 bits like llama.cpp does — slower, closest to a float reference.
     /// ``max_step_tokens``: tokens one engine step computes at most (default 2048 on a GPU, 256
-    /// on a CPU); ``prefix_caching``: reuse the KV of prompts that start alike.
+    /// on a CPU); ``prefix_caching``: reuse the KV of prompts that start alike. ``threads`` (CPU):
+    /// threads for every op (default: the physical cores, or ``RAYON_NUM_THREADS``).
     ///
     /// >>> m = ferrite.Model.load(ferrite.fetch_test_model())
     /// >>> m.config["n_layers"]
     /// 24
     #[staticmethod]
     #[pyo3(signature = (path_or_file, device = "auto", max_batch = 64, kv_cache_tokens = None, exact_matmul = false,
-        max_step_tokens = None, prefix_caching = true))]
+        max_step_tokens = None, prefix_caching = true, threads = None))]
     #[allow(clippy::too_many_arguments)]
     fn load(
         py: Python<'_>,
@@ -193,9 +196,10 @@ impl PyModel {
         exact_matmul: bool,
         max_step_tokens: Option<i64>,
         prefix_caching: bool,
+        threads: Option<i64>,
     ) -> PyResult<PyModel> {
         let file = open_file(py, path_or_file)?;
-        PyModel::load_file(py, file, device, max_batch, kv_cache_tokens, exact_matmul, max_step_tokens, prefix_caching)
+        PyModel::load_file(py, file, device, max_batch, kv_cache_tokens, exact_matmul, max_step_tokens, prefix_caching, threads)
     }
 
     /// The hyperparameters as a dict: ``arch``, ``n_layers``, ``hidden_size``, ``ffn_size``,

@@ -91,6 +91,9 @@ pub struct CpuBackend {
     exact_matmul: bool,
     /// The threads projections run on (the caller is one of them).
     pool: Arc<quant::ThreadPool>,
+    /// With an explicit thread count, the other parallel ops (embedding, RoPE, attention,
+    /// sampling) run on a rayon pool of the same size instead of rayon's global one.
+    rayon: Option<Arc<rayon::ThreadPool>>,
 }
 
 impl Default for CpuBackend {
@@ -109,8 +112,22 @@ impl CpuBackend {
     /// Matmuls on `n_threads` threads (the calling thread included; 0 is taken as 1). The
     /// other CPU ops (attention, norms) run on rayon's global pool.
     pub fn with_threads(n_threads: usize) -> CpuBackend {
-        CpuBackend { exact_matmul: false, pool: Arc::new(quant::ThreadPool::new(n_threads.max(1))) }
+        CpuBackend { exact_matmul: false, pool: Arc::new(quant::ThreadPool::new(n_threads.max(1))), rayon: None }
     }
+
+    /// Every op on `n_threads` threads: the matmuls' pool and a rayon pool of the same size for
+    /// the rest (`Model.load(threads=n)`).
+    pub fn with_all_threads(n_threads: usize) -> Result<CpuBackend, ModelError> {
+        let mut b = CpuBackend::with_threads(n_threads);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(n_threads.max(1))
+            .build()
+            .map_err(|e| ModelError::Backend(format!("starting {n_threads} threads: {e}")))?;
+        b.rayon = Some(Arc::new(pool));
+        Ok(b)
+    }
+
+
 
     /// Threads the matmuls run on.
     pub fn threads(&self) -> usize {
@@ -128,6 +145,13 @@ impl CpuBackend {
 /// Below this many multiply-adds an op runs on the calling thread: rayon's fork/join costs
 /// more than it saves on decode-sized work.
 const PAR_MIN_WORK: usize = 1 << 14;
+
+impl CpuBackend {
+    /// The pool to move to when this backend has its own rayon pool and the caller is not on it.
+    fn foreign_pool(&self) -> Option<Arc<rayon::ThreadPool>> {
+        self.rayon.as_ref().filter(|p| p.current_thread_index().is_none()).cloned()
+    }
+}
 
 impl Backend for CpuBackend {
     type Weight = CpuWeight;
@@ -190,6 +214,9 @@ impl Backend for CpuBackend {
     }
 
     fn embed(&mut self, table: &CpuWeight, batch: &BatchPlan, out: &mut CpuAct) -> Result<(), ModelError> {
+        if let Some(pool) = self.foreign_pool() {
+            return pool.install(|| self.embed(table, batch, out));
+        }
         let width = table.n_cols();
         check_width("embedding output", out.width, width)?;
         let n = batch.n_tokens();
@@ -256,6 +283,9 @@ impl Backend for CpuBackend {
     }
 
     fn rope(&mut self, x: &mut CpuAct, batch: &BatchPlan, p: &RopeParams) -> Result<(), ModelError> {
+        if let Some(pool) = self.foreign_pool() {
+            return pool.install(|| self.rope(x, batch, p));
+        }
         let hd = p.head_dim;
         check_width("rope input", x.width, p.n_heads * hd)?;
         let half = hd / 2;
@@ -303,6 +333,9 @@ impl Backend for CpuBackend {
         p: &AttnParams,
         out: &mut CpuAct,
     ) -> Result<(), ModelError> {
+        if let Some(pool) = self.foreign_pool() {
+            return pool.install(|| self.attention(q, k, v, cache, layer, batch, p, out));
+        }
         let hd = p.head_dim;
         let lay = cache.layout;
         let (q_width, kv_width) = p.check_shapes(q.width, k.width, v.width, out.width, &lay, layer)?;
@@ -414,6 +447,9 @@ impl Backend for CpuBackend {
     }
 
     fn sample(&mut self, logits: &CpuAct, specs: &[SampleSpec<'_>], out: &mut Vec<Result<Sampled, SamplingError>>) -> Result<(), ModelError> {
+        if let Some(pool) = self.foreign_pool() {
+            return pool.install(|| self.sample(logits, specs, out));
+        }
         let rows = logits.rows(specs.len())?;
         sampling::sample_rows(rows, logits.width, specs, out);
         Ok(())
