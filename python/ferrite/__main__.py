@@ -37,7 +37,8 @@ class _VersionAction(argparse.Action):
     def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
         from ferrite._ferrite import __version__
 
-        parser.exit(0, f"ferrite {__version__}\n")
+        print(f"ferrite {__version__}")
+        parser.exit(0)
 
 
 def _fetch_main(args: argparse.Namespace) -> int:
@@ -62,7 +63,7 @@ def build_parser() -> CliParser:
                                        "once into the cache (~/.cache/ferrite, $FERRITE_CACHE), check its "
                                        "sha256, and print its path.")
     fetch.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
-    fetch.set_defaults(run=_fetch_main)
+    fetch.set_defaults(run=_fetch_main, subparser=fetch)
 
     from ferrite import _cli_generate, _info
 
@@ -96,10 +97,12 @@ def main(argv: Optional[list[str]] = None) -> int:
                   f"see --help)", file=sys.stderr)
             return _cli.EXIT_USAGE
         parser = build_parser()
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
         if args.command is None:
             parser.print_help(sys.stderr)
             return _cli.EXIT_USAGE
+        if extra:  # reported by the command's parser, so the message names the command
+            args.subparser.error(f"unrecognized arguments: {' '.join(extra)}")
         check = getattr(args, "check", None)
         if check is not None:
             check(args.subparser, args)
