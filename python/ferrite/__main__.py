@@ -54,7 +54,7 @@ def build_parser() -> CliParser:
                        epilog=f"`{PROG} COMMAND --help` describes a command.")
     parser.add_argument("--version", action=_VersionAction)
     _cli.add_debug_flag(parser)
-    common = argparse.ArgumentParser(add_help=False)
+    common = CliParser(add_help=False)
     _cli.add_debug_flag(common)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=CliParser)
 

@@ -43,53 +43,60 @@ def add_debug_flag(parser: argparse.ArgumentParser) -> None:
 
 # --- argument types: each raises ArgumentTypeError, which argparse reports as one line ----------
 
-def _number(text: str, kind: type) -> float:
+def _int(text: str) -> int:
     try:
-        value = kind(text)
+        return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
-    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
+def _float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
     return value
 
 
 def non_negative_int(text: str) -> int:
-    value = int(_number(text, int))
+    value = _int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
 
 
 def seed(text: str) -> int:
-    value = int(_number(text, int))
+    value = _int(text)
     if not 0 <= value < 2**64:
         raise argparse.ArgumentTypeError(f"must be in 0 .. 2**64-1, got {value}")
     return value
 
 
 def non_negative_float(text: str) -> float:
-    value = _number(text, float)
+    value = _float(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value:g}")
     return value
 
 
 def positive_float(text: str) -> float:
-    value = _number(text, float)
+    value = _float(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {value:g}")
     return value
 
 
 def top_p(text: str) -> float:
-    value = _number(text, float)
+    value = _float(text)
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value:g}")
     return value
 
 
 def unit_interval(text: str) -> float:
-    value = _number(text, float)
+    value = _float(text)
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value:g}")
     return value

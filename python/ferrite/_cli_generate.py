@@ -118,7 +118,7 @@ def _split_model_and_rest(parser: argparse.ArgumentParser, args: argparse.Namesp
 # --- generate ---------------------------------------------------------------------------------
 
 def add_generate_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> argparse.ArgumentParser:
-    p = sub.add_parser(
+    p: argparse.ArgumentParser = sub.add_parser(
         "generate", parents=parents, help="stream a completion of a prompt (chat template by default)",
         description="Stream a completion of PROMPT to stdout. The prompt goes through the model's chat "
                     "template when it has one (--raw: as plain text).",
@@ -161,7 +161,7 @@ def generate_main(args: argparse.Namespace) -> int:
 # --- chat -------------------------------------------------------------------------------------
 
 def add_chat_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> argparse.ArgumentParser:
-    p = sub.add_parser(
+    p: argparse.ArgumentParser = sub.add_parser(
         "chat", parents=parents, help="interactive multi-turn chat with a model",
         description="Chat with a model through its chat template. Type /help in the chat for its "
                     "commands; Ctrl-D (end of input) or /exit leaves, Ctrl-C stops a reply.",

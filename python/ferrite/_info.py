@@ -128,7 +128,7 @@ def summarize(f: Any) -> str:
 
 
 def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> argparse.ArgumentParser:
-    p = sub.add_parser("info", parents=parents, help="summarize a GGUF file",
+    p: argparse.ArgumentParser = sub.add_parser("info", parents=parents, help="summarize a GGUF file",
                        description="Summarize a GGUF file: metadata, tensor types, tokenizer.",
                        usage="%(prog)s (MODEL.gguf | --test-model)")
     p.add_argument("model", nargs="?", metavar="MODEL.gguf", help="path to a .gguf file")
