@@ -98,6 +98,7 @@ BAD_ARGUMENTS = [
     (["generate", "MODEL", "hi", "--no-such-option"], "--no-such-option"),
     (["generate", "MODEL"], "PROMPT"),
     (["generate", "MODEL", "a", "b"], "PROMPT"),
+    (["generate", "MODEL", "--raw", "a", "--top-k", "1", "b"], "PROMPT"),  # words after options count too
     (["generate", "--test-model", "--raw", "--chat", "x"], "--chat"),
     (["chat", "MODEL", "extra"], "extra"),
     (["chat"], "MODEL.gguf"),

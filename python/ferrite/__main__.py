@@ -101,6 +101,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.command is None:
             parser.print_help(sys.stderr)
             return _cli.EXIT_USAGE
+        if extra and hasattr(args, "args"):
+            # argparse gives a list positional only the words before the first option, so in
+            # `generate MODEL --raw PROMPT` the prompt comes back as an extra; put it back in order.
+            words = [e for e in extra if e == "-" or not e.startswith("-")]
+            args.args = list(args.args) + words
+            extra = [e for e in extra if e not in words]
         if extra:  # reported by the command's parser, so the message names the command
             args.subparser.error(f"unrecognized arguments: {' '.join(extra)}")
         check = getattr(args, "check", None)
