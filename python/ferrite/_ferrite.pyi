@@ -77,7 +77,9 @@ _Prompt = Union[str, Sequence[_Message], Sequence[int]]
 class GgufFile:
     """A GGUF file (v2 or v3), memory-mapped. Metadata and tensor infos are parsed and validated
     at open; tensor data is read from the map on demand. Raises ``ferrite.GgufError`` for a
-    malformed file, ``FileNotFoundError`` for a missing one.
+    malformed file (the message starts with the path; a wrong magic is shown as a bytes literal,
+    ``b"\\x7fELF"``), ``FileNotFoundError`` for a missing one, ``OSError`` for a directory or
+    another file that is not a regular file.
 
     >>> with ferrite.GgufFile("model.gguf") as f:
     ...     w = f.tensor("blk.0.attn_q.weight")   # float32, shape (896, 896)
@@ -326,8 +328,8 @@ class Tokenizer:
     @staticmethod
     def from_gguf(source: _StrPath | GgufFile) -> Tokenizer:
         """Builds the tokenizer from a GGUF path or an open ``GgufFile``. Raises
-        ``TokenizerError`` for a tokenizer ferrite does not implement (a non-``gpt2`` model, an
-        unknown ``tokenizer.ggml.pre``)."""
+        ``TokenizerError`` (its message starts with the file's path) for a tokenizer ferrite does
+        not implement (a non-``gpt2`` model, an unknown ``tokenizer.ggml.pre``)."""
     def encode(self, text: str, add_special_tokens: bool = True, parse_special: bool = True) -> list[int]:
         """Text to token ids. Special-token strings in the text (``<|im_start|>``) are matched
         whole unless ``parse_special=False``; ``add_special_tokens`` adds BOS/EOS only where the
@@ -348,8 +350,10 @@ class Tokenizer:
         [[14990], [14615]]
         """
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
-        """Token ids to text (an incomplete trailing character becomes U+FFFD).
-        ``skip_special_tokens`` drops CONTROL tokens such as ``<|im_end|>``."""
+        """Token ids to text (an incomplete trailing character becomes U+FFFD). Each GGUF token
+        type decodes as in llama.cpp: UNUSED padding slots (``[PAD151665]``) give no text;
+        CONTROL tokens such as ``<|im_end|>`` give theirs unless ``skip_special_tokens``;
+        USER_DEFINED ones always do."""
     def decode_bytes(self, ids: Sequence[int], skip_special_tokens: bool = False) -> bytes:
         """The exact bytes the ids stand for (lossless; may be invalid UTF-8)."""
     def id_to_token(self, id: int) -> str:

@@ -5,7 +5,7 @@
 ...     ferrite.GgufFile("README.md")
 ... except ferrite.GgufError as e:
 ...     print(e)
-not a GGUF file: magic bytes are [23, 20, 66, 65] (expected "GGUF")
+README.md: not a GGUF file: it starts with b"# fe", not b"GGUF"
 """
 
 

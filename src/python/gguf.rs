@@ -20,6 +20,20 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     Ok(())
 }
 
+/// `err` with the file's path in front of its message, same exception class, so that an error
+/// about what a file holds names the file (errors from `GgufFile::open` already do).
+pub fn naming_file(py: Python<'_>, path: Option<&std::path::Path>, err: PyErr) -> PyErr {
+    let Some(path) = path else { return err };
+    let message = err.value(py).to_string();
+    let prefix = format!("{}: ", path.display());
+    if message.starts_with(&prefix) {
+        return err;
+    }
+    let named = PyErr::from_type(err.get_type(py), format!("{prefix}{message}"));
+    named.set_cause(py, err.cause(py));
+    named
+}
+
 /// A GGUF file, memory-mapped. Metadata and tensor infos are parsed at open; tensor data is read
 /// from the map on demand.
 #[pyclass(name = "GgufFile", module = "ferrite", frozen)]
