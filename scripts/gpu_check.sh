@@ -37,7 +37,7 @@ if [ "$mode" = prepare ]; then
     set -e
     dest=.device/wheels
     mkdir -p "$dest"
-    rm -f "$dest"/ferrite-*.whl
+    rm -f "$dest"/ferrite-*.whl "$dest"/ferrite_llm-*.whl
     py=${PYTHON:-python3}
     [ -x .venv/bin/python ] && py=.venv/bin/python
     "$py" -m maturin build --release -o "$dest"

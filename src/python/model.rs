@@ -101,8 +101,13 @@ impl PyModel {
         let max_step_tokens = max_step_tokens.map(|n| positive("max_step_tokens", n)).transpose()?;
         let resolved = resolve_device(device);
         let options = LoadOptions { kv_cache_tokens, max_batch, exact_matmul, threads };
+        let path = file.path().map(|p| p.to_path_buf());
         let shared = py.detach(|| -> Result<SharedEngine, PyErr> {
-            let model = load_model_with(file, &resolved, options)?;
+            // A model the file cannot make (a missing tensor, an unknown architecture) names the file.
+            let model = load_model_with(file, &resolved, options).map_err(|e| match e {
+                crate::model::ModelError::Cuda(_) => PyErr::from(e),
+                e => Python::attach(|py| super::gguf::naming_file(py, path.as_deref(), e.into())),
+            })?;
             let mut config = EngineConfig::for_model(model.as_ref());
             if let Some(n) = max_step_tokens {
                 config.max_step_tokens = n;
