@@ -325,11 +325,11 @@ def test_incremental_decoder_holds_partial_character(tok):
 
 def test_invalid_ids_raise_naming_the_id(tok):
     for bad in (-1, tok.vocab_size, 2**40):
-        with pytest.raises(ferrite.TokenizerError, match=str(bad)):
+        with pytest.raises(ferrite.InvalidTokenError, match=str(bad)):
             tok.decode([1, bad])
-        with pytest.raises(ferrite.TokenizerError, match=str(bad)):
+        with pytest.raises(ferrite.InvalidTokenError, match=str(bad)):
             tok.id_to_token(bad)
-        with pytest.raises(ferrite.TokenizerError, match=str(bad)):
+        with pytest.raises(ferrite.InvalidTokenError, match=str(bad)):
             tok.decoder().push(bad)
     assert tok.token_to_id("definitely not a token ☃☃") is None
     assert tok.decode(np.array([14990, 1879], dtype=np.int64)) == tok.decode([14990, 1879])

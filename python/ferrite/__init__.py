@@ -33,11 +33,14 @@ from ferrite._fetch import fetch_test_model
 from ferrite.errors import (
     ContextLengthError,
     CudaError,
+    CudaOutOfMemoryError,
     FerriteError,
     GgufError,
+    InvalidTokenError,
     KeyNotFoundError,
     ModelError,
     QuantError,
+    SamplingParameterError,
     TokenizerError,
     UnsupportedTypeError,
 )
@@ -71,7 +74,10 @@ __all__ = [
     "QuantError",
     "UnsupportedTypeError",
     "TokenizerError",
+    "InvalidTokenError",
+    "SamplingParameterError",
     "ModelError",
     "ContextLengthError",
     "CudaError",
+    "CudaOutOfMemoryError",
 ]

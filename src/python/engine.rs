@@ -118,7 +118,7 @@ pub(crate) struct Template {
 impl CallArgs<'_> {
     pub fn template(&self, vocab_size: usize) -> PyResult<Template> {
         let nonneg = |name: &str, v: i64| {
-            usize::try_from(v).map_err(|_| PyValueError::new_err(format!("{name} = {v} is invalid: expected an integer >= 0")))
+            usize::try_from(v).map_err(|_| super::errors::raise("SamplingParameterError", format!("{name} = {v} is invalid: expected an integer >= 0")))
         };
         let max_tokens = nonneg("max_tokens", self.max_tokens)?;
         let top_k = nonneg("top_k", self.top_k)?;

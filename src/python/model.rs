@@ -156,7 +156,7 @@ fn check_token_ids(ids: Vec<i64>, vocab_size: usize) -> PyResult<Vec<u32>> {
     ids.into_iter()
         .map(|id| {
             u32::try_from(id).ok().filter(|&t| (t as usize) < vocab_size).ok_or_else(|| {
-                super::errors::raise("ModelError", format!("token id {id} is out of range for a vocabulary of {vocab_size}"))
+                super::errors::raise("InvalidTokenError", format!("token id {id} is out of range for a vocabulary of {vocab_size}"))
             })
         })
         .collect()

@@ -50,7 +50,7 @@ fn to_ids(tok: &Tokenizer, ids: &[i64]) -> PyResult<Vec<u32>> {
             to_id(tok, id).map_err(|e| match e {
                 // Negative ids would print as huge unsigned values; name them as given.
                 TokenizerError::InvalidId { .. } => raise(
-                    "TokenizerError",
+                    "InvalidTokenError",
                     format!("token id {id} is out of range (vocabulary size {})", tok.vocab_size()),
                 ),
                 other => other.into(),
