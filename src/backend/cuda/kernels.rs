@@ -21,12 +21,34 @@ pub const ELEMENTWISE: KernelSource =
 /// Every kernel file compiled without variant options.
 pub const FIXED: [&KernelSource; 5] = [&ATTENTION, &NORM, &ROPE, &ELEMENTWISE, &super::dequant::DEQUANT];
 
-/// The options that compile a per-type kernel file for `ty`, or `None` when `ty` has no GPU
-/// decoder (then it has no CPU one either: see `dequant::kernel_name`).
+/// The options that compile a per-type kernel file for `ty` (its entry in the one type table of
+/// src/quant/types.rs), or `None` when `ty` has no GPU decoder (then it has no CPU one either:
+/// see `dequant::kernel_name`).
 pub fn type_defines(ty: GgmlType) -> Option<Vec<String>> {
-    let kernel = super::dequant::kernel_name(ty)?;
-    let qtype = kernel.strip_prefix("dequant_")?;
-    Some(vec![format!("-DQTYPE={qtype}"), format!("-DQ_BLOCK_ELEMS={}", ty.block_elems()), format!("-DQ_BLOCK_BYTES={}", ty.block_bytes())])
+    crate::quant::can_dequantize(ty).then(|| {
+        vec![format!("-DQTYPE={}", ty.snake_name()), format!("-DQ_BLOCK_ELEMS={}", ty.block_elems()), format!("-DQ_BLOCK_BYTES={}", ty.block_bytes())]
+    })
+}
+
+/// The `FERRITE_BLOCK_TYPES` list of kernels/quant_blocks.cuh as (snake name, elements per
+/// block, bytes per block), for the tests that hold it to the Rust table.
+#[cfg(test)]
+pub(super) fn block_types_in_header() -> Vec<(String, usize, usize)> {
+    let header = super::nvrtc::HEADERS.iter().find(|(n, _)| *n == "quant_blocks.cuh").expect("quant_blocks.cuh is a header").1;
+    let start = header.find("#define FERRITE_BLOCK_TYPES(X)").expect("FERRITE_BLOCK_TYPES in quant_blocks.cuh");
+    let mut out = Vec::new();
+    for line in header[start..].lines().skip(1) {
+        let entry = line.trim_start();
+        let Some(args) = entry.strip_prefix("X(") else { break };
+        let args = &args[..args.find(')').expect("X(...) closes")];
+        let parts: Vec<&str> = args.split(',').map(str::trim).collect();
+        assert_eq!(parts.len(), 3, "{line}");
+        out.push((parts[0].to_string(), parts[1].parse().expect("elements"), parts[2].parse().expect("bytes")));
+        if !line.trim_end().ends_with('\\') {
+            break;
+        }
+    }
+    out
 }
 
 /// Rows of x up to which a projection runs as matrix-vector kernels (`matvec_1/2/4/8`) that read
@@ -61,6 +83,17 @@ mod tests {
     use super::*;
     use crate::backend::cuda::context::nvrtc_library_present;
     use crate::backend::cuda::nvrtc::{compile, options_for};
+
+    #[test]
+    fn kernel_type_list_is_the_rust_table() {
+        let header = block_types_in_header();
+        let rust: Vec<(String, usize, usize)> = GgmlType::ALL
+            .iter()
+            .filter(|t| crate::quant::can_dequantize(**t))
+            .map(|t| (t.snake_name().to_string(), t.block_elems(), t.block_bytes()))
+            .collect();
+        assert_eq!(header, rust, "FERRITE_BLOCK_TYPES in quant_blocks.cuh must list the types the CPU decodes, in id order");
+    }
 
     #[test]
     fn launch_constants_match_the_sources() {
