@@ -27,6 +27,7 @@ pub mod error;
 mod matmul;
 pub mod memory;
 pub mod nvrtc;
+pub mod repack;
 
 pub use backend::CudaBackend;
 pub use context::{cuda_available, device_count, parse_device, CudaContext};
