@@ -25,6 +25,7 @@ pub mod dequant;
 pub mod kernels;
 pub mod error;
 mod matmul;
+pub mod matvec;
 pub mod memory;
 pub mod nvrtc;
 pub mod repack;
