@@ -75,7 +75,7 @@ def main() -> int:
 
     results = []
     rng = np.random.default_rng(0)
-    header = f"{'matrix':<22} {'type':<5} {'n_x':>3} {'old GB/s':>9} {'new GB/s':>9} {'new/copy':>8} {'new/old':>8} {'new us':>8}  plan (warps, block rows, splits, tiles/split)"
+    header = f"{'matrix':<22} {'type':<5} {'n_x':>3} {'old GB/s':>9} {'new GB/s':>9} {'new/copy':>8} {'new/old':>8} {'new us':>8}  plan (warps_m, warps_k, block rows, splits, tiles/split)"
     print(header)
     print("-" * len(header))
     t0 = time.time()
@@ -97,7 +97,7 @@ def main() -> int:
                 old = statistics.median(timed["generic"]["seconds"][n_x])
                 new = statistics.median(timed["tiled"]["seconds"][n_x])
                 old_gbs, new_gbs = file_bytes / old / 1e9, file_bytes / new / 1e9
-                plan = timed["tiled"]["plan"]
+                plan = timed["tiled"]["plans"][n_x]
                 print(f"{label:<22} {name:<5} {n_x:>3} {old_gbs:>9,.0f} {new_gbs:>9,.0f} {new_gbs / copy_gbs:>8.0%} "
                       f"{old / new:>7.1f}x {new * 1e6:>8.1f}  {tuple(plan) if plan else '-'}")
                 results.append({"group": group, "matrix": label, "n_rows": n_rows, "n_cols": n_cols, "type": name, "n_x": n_x,

@@ -6,7 +6,7 @@ use pyo3::types::PyDict;
 
 use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 
-use crate::backend::cuda::matvec::{path_for, time_device_copy, MatvecOp, MatvecPath};
+use crate::backend::cuda::matvec::{force_plan, path_for, time_device_copy, MatvecOp, MatvecPath};
 use crate::backend::cuda::{self, dequant, CudaContext, CudaError};
 use crate::quant::GgmlType;
 
@@ -22,6 +22,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_cuda_weight_rows, m)?)?;
     m.add_function(wrap_pyfunction!(_cuda_matvec_time, m)?)?;
     m.add_function(wrap_pyfunction!(_cuda_copy_time, m)?)?;
+    m.add_function(wrap_pyfunction!(_cuda_matvec_force_plan, m)?)?;
     Ok(())
 }
 
@@ -219,8 +220,8 @@ fn _cuda_weight_rows<'py>(
 /// rows in `n_xs`, over `copies` copies of the matrix (rotated so that launches read DRAM, not
 /// L2), `iters` launches recorded as one CUDA graph and timed with events, `repeats` times.
 /// Returns a dict: ``seconds`` ({n_x: [seconds per launch of each repeat]}), ``device_bytes``
-/// (bytes of one copy on the device), ``plan`` ((warps, block_rows, splits, k_tiles_per_split)
-/// of the tiled path, else None).
+/// (bytes of one copy on the device), ``plans`` ({n_x: (warps_m, warps_k, block_rows, splits,
+/// k_tiles_per_split)} on the tiled path, else None).
 #[pyfunction]
 #[pyo3(signature = (raw, ggml_type, n_rows, n_cols, n_xs, path, copies, iters, repeats = 5, device = "cuda"))]
 #[allow(clippy::too_many_arguments)]
@@ -242,12 +243,13 @@ fn _cuda_matvec_time<'py>(
     if copies == 0 || iters == 0 || repeats == 0 || iters > 1_000_000 {
         return Err(pyo3::exceptions::PyValueError::new_err("copies, iters and repeats must be positive (iters at most 1e6)"));
     }
-    let (seconds, device_bytes, plan) = super::gguf::with_raw_bytes(raw, |bytes| {
+    let (seconds, device_bytes, plans) = super::gguf::with_raw_bytes(raw, |bytes| {
         Ok(py.detach(|| -> Result<_, CudaError> {
             let op = MatvecOp::new(device, ty, bytes, n_rows, n_cols, path, copies)?;
-            let plan = op.plan().map(|p| (p.warps, p.block_rows, p.splits, p.k_tiles_per_split));
+            let plans: Vec<_> =
+                n_xs.iter().map(|&n_x| (n_x, op.plan(n_x).map(|p| (p.warps_m, p.warps_k, p.block_rows, p.splits, p.k_tiles_per_split)))).collect();
             let seconds = n_xs.iter().map(|&n_x| Ok((n_x, op.time(n_x, iters, repeats)?))).collect::<Result<Vec<_>, CudaError>>()?;
-            Ok((seconds, op.bytes_per_copy(), plan))
+            Ok((seconds, op.bytes_per_copy(), plans))
         })?)
     })?;
     let d = PyDict::new(py);
@@ -257,7 +259,11 @@ fn _cuda_matvec_time<'py>(
     }
     d.set_item("seconds", by_rows)?;
     d.set_item("device_bytes", device_bytes)?;
-    d.set_item("plan", plan)?;
+    let by_rows = PyDict::new(py);
+    for (n_x, p) in plans {
+        by_rows.set_item(n_x, p)?;
+    }
+    d.set_item("plans", by_rows)?;
     Ok(d)
 }
 
@@ -269,4 +275,18 @@ fn _cuda_copy_time(py: Python<'_>, n_bytes: usize, repeats: usize, device: &str)
         return Err(pyo3::exceptions::PyValueError::new_err("n_bytes must be 1 byte .. 16 GiB, repeats positive"));
     }
     Ok(py.detach(|| time_device_copy(device, n_bytes, repeats))?)
+}
+
+/// Benchmark hook: every tiled matvec planned after this call uses `warps_m` x `warps_k` warps
+/// per block and at most `splits` column splits (no arguments: back to the heuristic). For
+/// tuning only; set it before creating the matrix (the split-K scratch is sized then).
+#[pyfunction]
+#[pyo3(signature = (warps_m = None, warps_k = None, splits = None))]
+fn _cuda_matvec_force_plan(warps_m: Option<u32>, warps_k: Option<u32>, splits: Option<u32>) -> PyResult<()> {
+    match (warps_m, warps_k, splits) {
+        (Some(m), Some(k), Some(s)) if m >= 1 && k >= 1 && m * k <= 8 && s >= 1 => force_plan(Some((m, k, s))),
+        (None, None, None) => force_plan(None),
+        _ => return Err(pyo3::exceptions::PyValueError::new_err("give warps_m, warps_k (product 1..=8) and splits (>= 1), or nothing")),
+    }
+    Ok(())
 }

@@ -222,7 +222,7 @@ impl Backend for CudaBackend {
     }
 
     fn load_weight(&mut self, src: &TensorSource) -> Result<CudaWeight, ModelError> {
-        use super::matvec::{self, Layout, Plan};
+        use super::matvec::{self, Layout};
         let ty = src.ggml_type();
         let (n_cols, n_rows) = (src.n_cols(), src.n_rows());
         let row_bytes = quant::row_bytes(ty, n_cols)?;
@@ -247,7 +247,7 @@ impl Backend for CudaBackend {
         if let (Layout::Tiles(grid), Some(tiled)) = (layout, &kernels.tiled) {
             // Sized here, never during a forward: a recorded graph holds the scratch's address.
             let mut scratch = tiled.scratch.lock().map_err(|_| ModelError::Backend("split-K scratch lock poisoned".into()))?;
-            scratch.reserve(&self.ctx, &Plan::new(&grid, tiled.sms), &grid)?;
+            scratch.reserve(&self.ctx, tiled.sms, &grid)?;
         }
         Ok(CudaWeight { name, ty, n_cols, n_rows, row_bytes, blocks, layout, dense: None, kernels: Some(kernels) })
     }

@@ -26,8 +26,6 @@ use crate::quant::{self, GgmlType, QuantError};
 pub const MMA_MAX_WARPS: u32 = 8;
 /// Most column splits of one matrix.
 const MAX_SPLITS: usize = 64;
-/// Warps per SM the column split aims for: enough loads in flight to cover memory latency.
-const TARGET_WARPS_PER_SM: usize = 16;
 
 /// Which kernels project with weights of a type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,29 +53,83 @@ pub fn path_for(ctx: &CudaContext, ty: GgmlType) -> MatvecPath {
     }
 }
 
-/// The launch shape of one tiled matrix.
+/// The launch shape of one tiled matrix for the kernel of `nt` x rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Plan {
-    /// Warps (tile rows) per block: 2, 4 or 8.
-    pub warps: u32,
-    /// Blocks along the rows: `ceil(m_tiles / warps)`.
+    /// Tile rows per block.
+    pub warps_m: u32,
+    /// Warps that share the columns of one tile row inside a block (added in shared memory).
+    pub warps_k: u32,
+    /// Blocks along the rows: `ceil(m_tiles / warps_m)`.
     pub block_rows: u32,
-    /// Column splits (`gridDim.y`); 1 = no split.
+    /// Column splits across blocks (`gridDim.y`); 1 = none.
     pub splits: u32,
     pub k_tiles_per_split: u32,
 }
 
+/// Warps the plans aim for per SM: loads in flight to cover DRAM latency.
+const WARPS_PER_SM: usize = 32;
+/// Tile rows from which a matrix counts as large (2048 rows): its tile rows alone give the GPU
+/// enough warps, so columns are split only across blocks, and only a little.
+const LARGE_M_TILES: usize = 128;
+/// Most column splits of a large matrix.
+const LARGE_MAX_SPLITS: usize = 8;
+
+/// Column tiles of x the kernel for `nt` rows stages at once (PHASE / TILE_COLS in
+/// matvec_mma.cu): more warps along the columns than this would idle.
+pub fn phase_tiles(format: &repack::TileFormat, nt: usize) -> usize {
+    (4096 / nt.max(1) / format.tile_cols).max(1)
+}
+
+/// A forced (warps_m, warps_k, splits) for every plan made after it, 0 = none: a benchmark hook
+/// ([`force_plan`]) to measure other shapes of the same launch.
+static FORCED_PLAN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Benchmarks only: makes every later [`Plan`] use these warps per block and (at most) these
+/// column splits; `None` restores the heuristic.
+pub fn force_plan(forced: Option<(u32, u32, u32)>) {
+    let v = forced.map_or(0, |(wm, wk, s)| ((wm as u64 & 0xff) << 40) | ((wk as u64 & 0xff) << 32) | s as u64);
+    FORCED_PLAN.store(v, std::sync::atomic::Ordering::Relaxed);
+}
+
 impl Plan {
-    /// For a matrix of `grid`'s shape on a GPU with `sms` SMs: split the columns until there are
-    /// about `TARGET_WARPS_PER_SM` warps per SM (never into empty splits), then take the largest
-    /// block (x is staged once per block) that still leaves two blocks per SM, else the smallest.
-    pub fn new(grid: &TileGrid, sms: usize) -> Plan {
-        let (m, k) = (grid.m_tiles.max(1), grid.k_tiles.max(1));
-        let want = (TARGET_WARPS_PER_SM * sms.max(1)).div_ceil(m).clamp(1, k.min(MAX_SPLITS));
-        let per = k.div_ceil(want);
+    /// For a matrix of `grid`'s shape, the kernel of `nt` rows of x, on a GPU with `sms` SMs.
+    /// Chosen from a sweep of every shape on an H200 (2026-12-02, benches/bench_cuda_matvec.py
+    /// measures the result; the best plan was within 10 % of this one on most shapes):
+    ///
+    /// * large matrices (>= 2048 rows): one warp per tile row and column range, 4 tile rows a
+    ///   block (8 when the columns are not split), columns split across blocks until there are
+    ///   about two tiles per warp or `WARPS_PER_SM` warps per SM, at most 8 ways;
+    /// * smaller ones, 1 or 2 rows of x: one tile row a block, its column tiles dealt to up to 8
+    ///   warps of the block (one tile each where possible: these are latency-bound);
+    /// * smaller ones, 4 or 8 rows (more math per tile): two warps a tile row, one tile each,
+    ///   columns split across blocks, as many tile rows a block as still leave a block for
+    ///   every other SM.
+    pub fn new(grid: &TileGrid, sms: usize, nt: usize) -> Plan {
+        let (m, k, sms) = (grid.m_tiles.max(1), grid.k_tiles.max(1), sms.max(1));
+        let max_warps = MMA_MAX_WARPS as usize;
+        let phase = phase_tiles(&grid.format, nt);
+        let forced = FORCED_PLAN.load(std::sync::atomic::Ordering::Relaxed);
+        let (wm, wk, splits) = if forced != 0 {
+            let wm = ((forced >> 40) as usize).clamp(1, max_warps);
+            let wk = ((forced >> 32) as usize & 0xff).clamp(1, max_warps / wm);
+            (wm, wk, (forced & 0xffff_ffff) as usize)
+        } else if m >= LARGE_M_TILES {
+            let k_ways = (m * k).div_ceil(2).min(WARPS_PER_SM * sms).div_ceil(m).clamp(1, k.min(LARGE_MAX_SPLITS));
+            (if k_ways == 1 { 8 } else { 4 }, 1, k_ways)
+        } else if nt <= 2 {
+            let k_ways = (m * k).min(WARPS_PER_SM * sms).div_ceil(m).clamp(1, k);
+            let wk = k_ways.min(max_warps).min(phase);
+            (1, wk, k_ways.div_ceil(wk))
+        } else {
+            let wk = 2.min(phase).min(k);
+            let splits = k.div_ceil(wk);
+            let wm = [4usize, 2, 1].into_iter().find(|w| 2 * m.div_ceil(*w) * splits >= sms).unwrap_or(1);
+            (wm, wk, splits)
+        };
+        let per = k.div_ceil(splits.clamp(1, k.min(MAX_SPLITS)));
         let splits = k.div_ceil(per);
-        let warps = [8usize, 4, 2].into_iter().find(|w| m.div_ceil(*w) * splits >= 2 * sms.max(1)).unwrap_or(2);
-        Plan { warps: warps as u32, block_rows: m.div_ceil(warps) as u32, splits: splits as u32, k_tiles_per_split: per as u32 }
+        Plan { warps_m: wm as u32, warps_k: wk as u32, block_rows: m.div_ceil(wm) as u32, splits: splits as u32, k_tiles_per_split: per as u32 }
     }
 
     /// Floats of partial sums the plan needs (0 without a split).
@@ -87,6 +139,11 @@ impl Plan {
         } else {
             0
         }
+    }
+
+    /// The plans of the four kernels (1, 2, 4 and 8 rows).
+    pub fn all(grid: &TileGrid, sms: usize) -> [Plan; 4] {
+        [1, 2, 4, 8].map(|nt| Plan::new(grid, sms, nt))
     }
 }
 
@@ -100,17 +157,19 @@ pub struct SplitScratch {
 }
 
 impl SplitScratch {
-    /// Grows the buffers to hold `plan`'s needs. Call at load only (see the module docs).
-    pub fn reserve(&mut self, ctx: &CudaContext, plan: &Plan, grid: &TileGrid) -> Result<(), CudaError> {
-        if plan.splits <= 1 {
+    /// Grows the buffers to hold what the plans of all four kernels need for `grid`. Call at
+    /// load only (see the module docs).
+    pub fn reserve(&mut self, ctx: &CudaContext, sms: usize, grid: &TileGrid) -> Result<(), CudaError> {
+        let plans = Plan::all(grid, sms);
+        let floats = plans.iter().map(|p| p.partial_floats(grid)).max().unwrap_or(0);
+        if floats == 0 {
             return Ok(());
         }
-        let floats = plan.partial_floats(grid);
         if self.partials.as_ref().map_or(true, |p| p.len() < floats) {
             self.partials = None;
             self.partials = Some(ctx.alloc::<f32>(floats, "split-K partial sums of the matrix-vector kernels")?);
         }
-        let rows = plan.block_rows as usize;
+        let rows = plans.iter().filter(|p| p.splits > 1).map(|p| p.block_rows as usize).max().unwrap_or(0);
         if self.counters.as_ref().map_or(true, |c| c.len() < rows) {
             self.counters = None;
             self.counters = Some(ctx.alloc_zeros::<u32>(rows, "split-K counters of the matrix-vector kernels")?);
@@ -182,9 +241,9 @@ impl MatvecKernels {
         }
     }
 
-    /// The variant for `n_x` rows of x (the smallest that holds them).
-    pub fn matvec_for(&self, n_x: usize) -> Option<&CudaFunction> {
-        self.matvec.iter().find(|(cap, _)| n_x <= *cap).map(|(_, f)| f)
+    /// The variant for `n_x` rows of x (the smallest that holds them), with the rows it holds.
+    pub fn matvec_for(&self, n_x: usize) -> Option<(usize, &CudaFunction)> {
+        self.matvec.iter().find(|(cap, _)| n_x <= *cap).map(|(cap, f)| (*cap, f))
     }
 }
 
@@ -257,16 +316,17 @@ impl MatvecArgs<'_> {
 /// must be of `args.layout`'s path).
 pub fn launch_matvec(ctx: &CudaContext, kernels: &MatvecKernels, args: MatvecArgs<'_>) -> Result<(), CudaError> {
     args.check()?;
-    let f = kernels.matvec_for(args.n_x).ok_or_else(|| CudaError::Invalid(format!("{}: no kernel for {} rows", args.name, args.n_x)))?;
+    let (nt, f) = kernels.matvec_for(args.n_x).ok_or_else(|| CudaError::Invalid(format!("{}: no kernel for {} rows", args.name, args.n_x)))?;
     let (n_rows, n_cols, n_x) = (args.n_rows as u32, args.n_cols as u32, args.n_x as u32);
     match (args.layout, &kernels.tiled) {
         (Layout::Tiles(grid), Some(tiled)) => {
-            let plan = Plan::new(&grid, tiled.sms);
+            let plan = Plan::new(&grid, tiled.sms, nt);
             let scratch = tiled.scratch.lock().map_err(|_| CudaError::Invalid("split-K scratch lock poisoned".into()))?;
             let (partials, counters) = scratch.pointers(ctx, &plan, &grid)?;
-            let cfg = LaunchConfig { grid_dim: (plan.block_rows, plan.splits, 1), block_dim: (32 * plan.warps, 1, 1), shared_mem_bytes: 0 };
-            let (k_tiles, m_tiles) = (grid.k_tiles as u32, grid.m_tiles as u32);
-            launch!(ctx, f, "matvec_mma", cfg, &args.weights, &k_tiles, &m_tiles, &n_rows, &n_cols, args.x, &n_x, &args.bias, args.out, &partials, &counters, &plan.k_tiles_per_split)
+            let block = 32 * plan.warps_m * plan.warps_k;
+            let cfg = LaunchConfig { grid_dim: (plan.block_rows, plan.splits, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 };
+            let (k_tiles, m_tiles, per, wm) = (grid.k_tiles as u32, grid.m_tiles as u32, plan.k_tiles_per_split, plan.warps_m);
+            launch!(ctx, f, "matvec_mma", cfg, &args.weights, &k_tiles, &m_tiles, &n_rows, &n_cols, args.x, &n_x, &args.bias, args.out, &partials, &counters, &per, &wm)
         }
         (Layout::Blocks, None) => {
             let row_bytes = quant::row_bytes(args.ty, args.n_cols)? as u64;
@@ -349,8 +409,7 @@ impl MatvecOp {
                 .map_err(|e| CudaError::Driver { op: "copying test weights".into(), msg: super::error::describe(&e) })?;
         }
         if let (Layout::Tiles(grid), Some(tiled)) = (layout, &kernels.tiled) {
-            let plan = Plan::new(&grid, tiled.sms);
-            tiled.scratch.lock().map_err(|_| CudaError::Invalid("lock poisoned".into()))?.reserve(&ctx, &plan, &grid)?;
+            tiled.scratch.lock().map_err(|_| CudaError::Invalid("lock poisoned".into()))?.reserve(&ctx, tiled.sms, &grid)?;
         }
         Ok(MatvecOp { ctx, ty, n_rows, n_cols, layout, kernels, weights, bytes_per_copy: host.len() })
     }
@@ -359,10 +418,11 @@ impl MatvecOp {
         self.bytes_per_copy
     }
 
-    /// The launch plan of the tiled path (`None` on the generic path).
-    pub fn plan(&self) -> Option<Plan> {
+    /// The launch plan of the tiled path for `n_x` rows (`None` on the generic path).
+    pub fn plan(&self, n_x: usize) -> Option<Plan> {
+        let (nt, _) = self.kernels.matvec_for(n_x)?;
         match (self.layout, &self.kernels.tiled) {
-            (Layout::Tiles(g), Some(t)) => Some(Plan::new(&g, t.sms)),
+            (Layout::Tiles(g), Some(t)) => Some(Plan::new(&g, t.sms, nt)),
             _ => None,
         }
     }
@@ -509,20 +569,24 @@ mod tests {
             (GgmlType::Q5_0, 1, 32),
         ] {
             let g = grid(ty, n_rows, n_cols);
-            let p = Plan::new(&g, sms);
-            assert!([2, 4, 8].contains(&p.warps), "{p:?}");
-            assert_eq!(p.block_rows as usize, g.m_tiles.div_ceil(p.warps as usize));
-            assert!(p.splits >= 1 && p.splits as usize <= g.k_tiles && p.splits as usize <= MAX_SPLITS, "{p:?}");
-            // Every split has columns, and together they cover the matrix.
-            assert!(((p.splits - 1) * p.k_tiles_per_split) < g.k_tiles as u32, "{ty} {n_rows}x{n_cols}: {p:?}");
-            assert!((p.splits * p.k_tiles_per_split) as usize >= g.k_tiles, "{p:?}");
-            // Matrices with enough work give every SM at least one block.
-            let blocks = p.block_rows as usize * p.splits as usize;
-            if g.m_tiles * g.k_tiles >= 2 * sms {
-                assert!(blocks >= sms, "{ty} {n_rows}x{n_cols}: {blocks} blocks ({p:?})");
+            for nt in [1, 2, 4, 8] {
+                let p = Plan::new(&g, sms, nt);
+                assert!(p.warps_m >= 1 && p.warps_k >= 1 && p.warps_m * p.warps_k <= MMA_MAX_WARPS, "{p:?}");
+                assert!(p.warps_k as usize <= phase_tiles(&g.format, nt), "{p:?}");
+                assert_eq!(p.block_rows as usize, g.m_tiles.div_ceil(p.warps_m as usize));
+                assert!(p.splits >= 1 && p.splits as usize <= g.k_tiles && p.splits as usize <= MAX_SPLITS, "{p:?}");
+                // Every split has columns, and together they cover the matrix.
+                assert!(((p.splits - 1) * p.k_tiles_per_split) < g.k_tiles as u32, "{ty} {n_rows}x{n_cols}: {p:?}");
+                assert!((p.splits * p.k_tiles_per_split) as usize >= g.k_tiles, "{p:?}");
+                // Matrices with enough work give every SM a warp at least.
+                let warps = (p.block_rows * p.splits * p.warps_m * p.warps_k) as usize;
+                if g.m_tiles * g.k_tiles >= 4 * sms {
+                    assert!(warps >= sms, "{ty} {n_rows}x{n_cols} nt={nt}: {warps} warps ({p:?})");
+                }
             }
         }
-        // The 896-wide outputs of the real model split their columns.
-        assert!(Plan::new(&grid(GgmlType::Q5_0, 896, 896), sms).splits > 1);
+        // The 896-wide outputs of the real model spread their columns over several warps.
+        let p = Plan::new(&grid(GgmlType::Q5_0, 896, 896), sms, 1);
+        assert!(p.warps_k * p.splits > 1, "{p:?}");
     }
 }
