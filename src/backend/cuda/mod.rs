@@ -26,9 +26,11 @@ pub mod device_tensor;
 pub mod kernels;
 pub mod error;
 mod matmul;
+pub mod matvec;
 pub mod sampling;
 pub mod memory;
 pub mod nvrtc;
+pub mod repack;
 
 pub use backend::{addr as backend_addr, CudaBackend};
 pub use device_tensor::DeviceTensor;
