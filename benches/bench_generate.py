@@ -120,11 +120,12 @@ def main() -> None:
     ap.add_argument("--llamacpp", default=None, help="llama-batched-bench output from the same run")
     ap.add_argument("--json", default=None)
     ap.add_argument("--prefix-caching", action="store_true")
+    ap.add_argument("--tokenizer", default=None, help="a GGUF whose tokenizer to use (default: the model's)")
     args = ap.parse_args()
     path = args.model or ferrite.fetch_test_model()
     batches = [int(b) for b in args.batches.split(",")]
     modes = args.modes.split(",")
-    tok = ferrite.Tokenizer.from_gguf(path)
+    tok = ferrite.Tokenizer.from_gguf(args.tokenizer or path)
     model = ferrite.Model.load(path, device=args.device, max_batch=max(batches), prefix_caching=args.prefix_caching)
     gen = ferrite.Generator(model, tok)
     llama = parse_llamacpp(args.llamacpp)

@@ -115,10 +115,9 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, const flo
 #undef KV_SLOT
 }
 
-// One head dim per module (-DATTN_HEAD_DIM=N), compiled for the model's head dim only.
-#ifndef ATTN_HEAD_DIM
-#error "attention.cu is compiled with -DATTN_HEAD_DIM=<head dim>"
-#endif
+// One head dim per module (-DATTN_HEAD_DIM=N), compiled for the model's head dim only; the module
+// compiled without it holds kv_append alone.
+#ifdef ATTN_HEAD_DIM
 extern "C" __global__ void __launch_bounds__(32 * ATTN_WARPS)
     attention_heads(const float* __restrict__ q, const float* __restrict__ k_cache, const float* __restrict__ v_cache,
                     const u32* __restrict__ positions, const u32* __restrict__ table_offset,
@@ -127,3 +126,4 @@ extern "C" __global__ void __launch_bounds__(32 * ATTN_WARPS)
     attention<ATTN_HEAD_DIM>(q, k_cache, v_cache, positions, table_offset, block_tables, block_tokens, n_heads, n_kv_heads,
                              scale, out);
 }
+#endif

@@ -74,7 +74,8 @@ step() {  # step NAME COMMAND...: runs, logs to $out/NAME.log, records pass/fail
     local name=$1; shift
     local t0=$SECONDS
     echo "=== $name: $*"
-    "$@" > "$out/$name.log" 2>&1
+    # STEP_TIMEOUT (seconds) bounds each step, so a whole run fits a lease and still reports.
+    timeout "${STEP_TIMEOUT:-3000}" "$@" > "$out/$name.log" 2>&1
     local rc=$?
     tail -n 25 "$out/$name.log"
     echo "{\"kind\": \"step\", \"step\": \"$name\", \"rc\": $rc, \"seconds\": $((SECONDS - t0))}" >> "$report"
@@ -105,6 +106,16 @@ for mb in (64, 491):
     print(f'upload {mb} MiB: pinned staging {s:.2f} GB/s, pageable {p:.2f} GB/s')
     open(os.environ['FERRITE_GPU_REPORT'], 'a').write(json.dumps({'kind': 'upload', 'mib': mb, 'staged_gbps': s, 'pageable_gbps': p}) + '\n')
 "
+fi
+if [ "$what" = engine ]; then
+    # The engine, the device sampler, paged attention and DLPack, on tiny and synthetic models
+    # (no upload): the tokenizer comes from .device/vocab.gguf, the real model's metadata only.
+    export FERRITE_TOKENIZER_GGUF="$here/.device/vocab.gguf"
+    STEP_TIMEOUT=${ENGINE_PYTEST_S:-150} step pytest_engine "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_engine.py tests/test_cuda_dlpack.py tests/test_sampling.py -m cuda --junitxml="$out/junit_engine.xml"
+    STEP_TIMEOUT=${CUDA_PYTEST_S:-120} step pytest_cuda "$py" -m pytest -q -ra -x -p no:cacheprovider tests/test_cuda_model.py tests/test_cuda_matvec.py -m "cuda and not model" --junitxml="$out/junit_cuda.xml"
+    STEP_TIMEOUT=60 step synth_model "$py" scripts/make_synthetic_model.py /tmp/synthetic.gguf
+    STEP_TIMEOUT=${BENCH_S:-90} step bench_generate "$py" benches/bench_generate.py --model /tmp/synthetic.gguf --tokenizer "$FERRITE_TOKENIZER_GGUF" --device cuda --batches "${BENCH_BATCHES:-1,8,64}" --new-tokens "${BENCH_TOKENS:-64}" --json "$out/bench_generate.json"
+    cp "$out/bench_generate.log" "$dest/bench_generate.txt" 2>/dev/null
 fi
 if [ "$what" = matvec ]; then
     step pytest_matvec "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_matvec.py --junitxml="$out/junit_matvec.xml"
