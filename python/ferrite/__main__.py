@@ -5,6 +5,7 @@
     python -m ferrite generate MODEL.gguf "prompt"      # stream a completion to the terminal
     python -m ferrite generate --test-model "Write a haiku about GPU computing"
     python -m ferrite chat MODEL.gguf       # interactive multi-turn chat (/exit to leave)
+    python -m ferrite serve MODEL.gguf      # OpenAI-compatible HTTP server (pip install 'ferrite[server]')
 """
 
 from __future__ import annotations
@@ -41,11 +42,18 @@ def _chat(argv: list[str]) -> int:
     return chat_main(argv)
 
 
+def _serve(argv: list[str]) -> int:
+    from ferrite.server.cli import main
+
+    return main(argv)
+
+
 COMMANDS = {
     "fetch": (_fetch, "download and verify the test model; print its path"),
     "info": (_info, "summarize a GGUF file"),
     "generate": (_generate, "stream a completion of a prompt (chat template by default)"),
     "chat": (_chat, "interactive multi-turn chat with a model"),
+    "serve": (_serve, "OpenAI-compatible HTTP server (chat, completions, SSE streaming)"),
 }
 
 
