@@ -100,9 +100,10 @@ class Server:
         err = fut.exception()
         if err is not None:
             self.load_error = f"{type(err).__name__}: {err}"
-            log.error("loading the model failed: %s", self.load_error)
             if self._on_load_error is not None:
                 self._on_load_error(err)
+            else:
+                log.error("loading the model failed: %s", self.load_error)
             return
         loaded = fut.result()
         self.pump = EnginePump(loaded.engine, self.metrics, self.settings.max_queue)
