@@ -85,6 +85,7 @@ class Server:
         self.pump: Optional[EnginePump] = None
         self.pieces: Optional[R.TokenPieces] = None
         self.load_error: Optional[str] = None
+        self.capacity_tokens: Optional[int] = None
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -106,6 +107,9 @@ class Server:
                 log.error("loading the model failed: %s", self.load_error)
             return
         loaded = fut.result()
+        stats = loaded.engine.stats()
+        # Token slots of the KV cache shared by all sequences: one sequence can use at most this.
+        self.capacity_tokens = int(stats.get("kv_blocks_total", 0) * stats.get("kv_block_tokens", 0)) or None
         self.pump = EnginePump(loaded.engine, self.metrics, self.settings.max_queue)
         self.pump.start(asyncio.get_running_loop())
         self.pieces = R.TokenPieces(loaded.tokenizer)
@@ -142,7 +146,16 @@ class Server:
                 f"This model's maximum context length is {ctx} tokens; the prompt has {prompt_tokens} tokens "
                 "and leaves no room for completion tokens", param, code="context_length_exceeded")
         if requested is None:
-            return ctx - prompt_tokens
+            # The room left in the context, within what one sequence can hold in the KV cache (the
+            # last token drawn is never stored, hence the + 1).
+            room = ctx - prompt_tokens
+            if self.capacity_tokens is not None:
+                room = min(room, self.capacity_tokens - prompt_tokens + 1)
+            if room < 1:
+                raise bad_request(
+                    f"The prompt has {prompt_tokens} tokens and the KV cache holds {self.capacity_tokens} per "
+                    "sequence: no room to generate", param, code="context_length_exceeded")
+            return room
         if prompt_tokens + requested > ctx:
             raise bad_request(
                 f"This model's maximum context length is {ctx} tokens; the prompt has {prompt_tokens} tokens "
