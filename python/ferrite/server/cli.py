@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ipaddress
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 USAGE = "usage: ferrite serve (MODEL.gguf | --test-model) [options]"
 
@@ -99,7 +102,7 @@ def _serve(args: argparse.Namespace, path: str) -> int:
         return Loaded(engine=ferrite.Engine(model, tokenizer), tokenizer=tokenizer, device=model.device)
 
     exit_code = [0]
-    uv: Optional[uvicorn.Server] = None
+    uv: Optional["uvicorn.Server"] = None
 
     def on_ready(server: Server) -> None:
         asyncio.ensure_future(_announce(uv, server, args.host))
@@ -116,13 +119,35 @@ def _serve(args: argparse.Namespace, path: str) -> int:
     config = uvicorn.Config(build_app(server), host=args.host, port=args.port, log_level=args.log_level,
                             access_log=args.log_level in ("debug", "info"), lifespan="on",
                             timeout_graceful_shutdown=args.shutdown_timeout)
-    uv = uvicorn.Server(config)
+    uv = _uvicorn_server_class()(config)
     print(f"ferrite serve: loading {path} on {args.device}", file=sys.stderr, flush=True)
     uv.run()  # installs its own SIGINT/SIGTERM handlers: graceful shutdown, then lifespan shutdown
     if exit_code[0] == 0 and not uv.started:
         exit_code[0] = 1  # could not bind the port (uvicorn printed why)
     print("ferrite serve: stopped", file=sys.stderr, flush=True)
     return exit_code[0]
+
+
+def _uvicorn_server_class() -> type:
+    import uvicorn
+
+    class Uvicorn(uvicorn.Server):
+        """uvicorn's server, but a SIGINT/SIGTERM ends ``run()`` normally (exit status 0 after a
+        clean stop) instead of being raised again once uvicorn has shut down."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    return Uvicorn
 
 
 async def _announce(uv: object, server: object, host: str) -> None:
