@@ -175,9 +175,11 @@ def engine_alone(args: argparse.Namespace, wall_s: float) -> dict:
     def round_(n_tokens: int) -> int:
         reqs = [engine.submit(prompt, max_tokens=n_tokens, temperature=args.temperature, top_k=0, top_p=1.0,
                               min_p=0.0, ignore_eos=True) for _ in range(args.clients)]
+        tokens = 0
         while engine.has_work():
             engine.step()
-        return sum(len(r.result().token_ids) for r in reqs)
+            tokens += sum(len(out.token_ids) for r in reqs for out in r.poll())
+        return tokens + sum(len(out.token_ids) for r in reqs for out in r.poll())
 
     round_(4)  # warm-up
     tokens, t0 = 0, time.perf_counter()

@@ -280,12 +280,29 @@ def test_error_statuses_and_bodies(server, client, model_id):
     assert e.value.body["code"] == "context_length_exceeded"
     assert time.monotonic() - t0 < 10  # refused before any generation
 
-    # More sequences than the batch and the queue can take: 503 with Retry-After, at once.
-    r = httpx.post(url, headers=auth, json={"model": model_id, "messages": USER, "n": MAX_BATCH + MAX_QUEUE + 1,
-                                            "max_tokens": 1})
-    assert r.status_code == 503 and r.headers["retry-after"] and error_of(r)["code"] == "server_overloaded"
-    with pytest.raises(openai.InternalServerError):
-        client.chat.completions.create(model=model_id, messages=USER, n=MAX_BATCH + MAX_QUEUE + 1, max_tokens=1)
+    # More sequences than the batch and the queue can ever take: 400 (retrying would not help).
+    r = httpx.post(url, headers=auth, json={"model": model_id, "messages": USER, "n": MAX_BATCH + MAX_QUEUE + 1})
+    assert r.status_code == 400 and error_of(r)["code"] == "too_many_sequences"
+
+
+def test_a_full_queue_answers_503_with_retry_after(server, client, model_id):
+    # One streamed request holds all but 2 places of batch + queue (sequences count from submission
+    # on, prefill or not); one that needs 3 more is refused at once, and taken once the first is gone.
+    held = MAX_BATCH + MAX_QUEUE - 2
+    with httpx.stream("POST", server.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
+                      json={"model": model_id, "messages": USER, "n": held, "max_tokens": 64, "stream": True},
+                      timeout=60) as r:
+        assert r.status_code == 200
+        assert server.metrics()["ferrite_sequences_in_flight"] == held
+        with pytest.raises(openai.InternalServerError) as e:
+            client.chat.completions.create(model=model_id, messages=USER, n=3, max_tokens=1)
+        assert e.value.status_code == 503 and e.value.body["code"] == "server_overloaded"
+        assert e.value.response.headers["retry-after"]
+    deadline = time.monotonic() + 30
+    while server.metrics()["ferrite_sequences_in_flight"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert len(client.chat.completions.create(model=model_id, messages=USER, n=3, max_tokens=1).choices) == 3
 
 
 def test_tokenize_detokenize_and_tools_reach_the_template(server, tokenizer, gen, model_id):

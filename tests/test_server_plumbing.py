@@ -151,9 +151,8 @@ def test_a_full_queue_answers_503_with_retry_after(run):
         assert r.headers["retry-after"] == "1"
         with pytest.raises(openai.InternalServerError):
             s.client().completions.create(model="fake", prompt="x", max_tokens=2)
-        assert_openai_error(httpx.post(s.url + "/v1/completions", json={"prompt": "x", "n": 6}), 503)
         metrics = httpx.get(s.url + "/metrics").text
-        assert "ferrite_requests_rejected_total 3" in metrics
+        assert "ferrite_requests_rejected_total 2" in metrics
     finally:
         for st in streams:
             st.__exit__(None, None, None)
@@ -163,6 +162,15 @@ def test_a_full_queue_answers_503_with_retry_after(run):
         assert time.monotonic() < deadline
         time.sleep(0.02)
     assert s.client().completions.create(model="fake", prompt="x", max_tokens=2).choices[0].text == "ab"
+
+
+def test_a_request_that_could_never_fit_is_a_400_not_a_503(run):
+    s = run(max_queue=1)  # 4 running + 1 waiting
+    assert_openai_error(httpx.post(s.url + "/v1/completions", json={"prompt": "x", "n": 6}), 400,
+                        "too_many_sequences", "n")
+    assert_openai_error(httpx.post(s.url + "/v1/completions", json={"prompt": ["x", "y", "z"], "n": 2}), 400,
+                        "too_many_sequences")
+    assert s.client().completions.create(model="fake", prompt=["x", "y"], n=2, max_tokens=2).usage.completion_tokens == 8
 
 
 def test_a_client_that_disconnects_cancels_its_sequence(run):

@@ -24,7 +24,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Optional
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -165,6 +165,11 @@ class Server:
 
     def open_group(self, size: int) -> Group:
         assert self.pump is not None
+        if size > self.pump.capacity:
+            # It could never be admitted: retrying (what a 503 asks for) would not help.
+            raise bad_request(f"This request needs {size} sequences (prompts x n); the server takes at most "
+                              f"{self.pump.capacity} at once (--max-batch + --max-queue)", "n",
+                              code="too_many_sequences")
         try:
             return self.pump.open_group(size)
         except QueueFull as e:
@@ -192,11 +197,15 @@ async def read_json(request: Request, max_bytes: int) -> Any:
         raise APIError(413, f"The request body has {declared} bytes; the limit is {max_bytes}",
                        code="request_too_large")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise APIError(413, f"The request body is over the limit of {max_bytes} bytes", code="request_too_large")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise APIError(413, f"The request body is over the limit of {max_bytes} bytes",
+                               code="request_too_large")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise bad_request("The client disconnected before the request body was read") from None
     try:
         return json.loads(b"".join(chunks))
     except (ValueError, UnicodeDecodeError) as e:
