@@ -203,7 +203,7 @@ def test_n_choices_with_a_seed_are_the_generators_seed_and_seed_plus_one(client,
 
 
 def test_logprobs_are_the_log_softmax_of_the_models_logits(client, model, tokenizer, model_id):
-    r = client.chat.completions.create(model=model_id, messages=USER, max_tokens=6, temperature=0,
+    r = client.chat.completions.create(model=model_id, messages=USER, max_tokens=4, temperature=0,
                                        logprobs=True, top_logprobs=3)
     content = r.choices[0].logprobs.content
     prompt = tokenizer.encode(tokenizer.apply_chat_template(USER))
@@ -384,6 +384,20 @@ def test_a_client_that_disconnects_frees_its_sequence_and_the_server_goes_on(ser
     assert m["ferrite_engine_generated_tokens_total"] - before["ferrite_engine_generated_tokens_total"] < 100
     assert m["ferrite_kv_blocks_used"] <= before["ferrite_kv_blocks_used"]
     assert _stream_text(client, model_id, 4)  # still serving
+
+
+def test_nothing_is_held_once_every_request_ended(server):
+    # Runs after the others in this module: every sequence finished or was cancelled, and the KV
+    # cache holds no block for any of them (cached prefixes sit in idle blocks, not counted).
+    deadline = time.monotonic() + 30
+    while True:
+        m = server.metrics()
+        held = {k: m[k] for k in ("ferrite_sequences_in_flight", "ferrite_engine_requests_running",
+                                  "ferrite_engine_requests_waiting", "ferrite_kv_blocks_used")}
+        if not any(held.values()):
+            break
+        assert time.monotonic() < deadline, held
+        time.sleep(0.1)
 
 
 def test_sigterm_stops_cleanly_while_a_stream_runs(path, model_id):

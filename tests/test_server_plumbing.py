@@ -246,3 +246,33 @@ def test_tokenize_and_detokenize(run):
     assert r["tokens"] == list(ByteTokenizer().apply_chat_template(USER).encode())
     assert httpx.post(s.url + "/detokenize", json={"tokens": list("hé".encode())}).json() == {"prompt": "hé"}
     assert_openai_error(httpx.post(s.url + "/detokenize", json={"tokens": [256]}), 400, param="tokens")
+
+
+def test_serve_command_line(tmp_path):
+    import subprocess
+    import sys
+
+    def serve(*args):
+        r = subprocess.run([sys.executable, "-m", "ferrite", "serve", *args], capture_output=True, text=True,
+                           timeout=60, env={**__import__("os").environ, "FERRITE_API_KEY": ""})
+        return r.returncode, r.stderr
+
+    missing = str(tmp_path / "missing.gguf")
+    rc, err = serve(missing)
+    assert rc == 1 and "no such file" in err and "WARNING" not in err
+    rc, err = serve("--host", "0.0.0.0", missing)
+    assert rc == 1 and "WARNING: listening on 0.0.0.0 without --api-key" in err
+    rc, err = serve("--host", "0.0.0.0", "--api-key", "k", missing)
+    assert "WARNING" not in err
+    rc, err = serve("--host", "::1", missing)
+    assert "WARNING" not in err  # loopback
+    rc, err = serve()
+    assert rc == 2 and "give MODEL.gguf" in err
+    rc, err = serve("--max-batch", "0", missing)
+    assert rc == 2 and "--max-batch" in err
+    rc, err = serve("--help")
+    assert rc == 0
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"not a gguf file at all")
+    rc, err = serve("--port", "0", str(bad))
+    assert rc == 1 and "failed" in err and "GgufError" in err and "Traceback" not in err

@@ -79,12 +79,12 @@ def main(argv: list[str]) -> int:
     else:
         print(f"{USAGE}\nerror: give MODEL.gguf, or --test-model", file=sys.stderr)
         return 2
-    if not os.path.isfile(path):
-        print(f"ferrite serve: no such file: {path}", file=sys.stderr)
-        return 1
     if not _is_loopback(args.host) and not args.api_key:
         print(f"ferrite serve: WARNING: listening on {args.host} without --api-key: anyone who can reach "
               "this address can use the model", file=sys.stderr)
+    if not os.path.isfile(path):
+        print(f"ferrite serve: no such file: {path}", file=sys.stderr)
+        return 1
     return _serve(args, str(path))
 
 
