@@ -212,6 +212,20 @@ def test_api_key(run):
     assert_openai_error(httpx.get(s.url + "/metrics"), 401)
 
 
+def test_cors_only_when_asked(run):
+    preflight = {"Origin": "http://ui.example", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization,content-type"}
+    plain = run(api_key="k")
+    assert "access-control-allow-origin" not in httpx.options(plain.url + "/v1/chat/completions", headers=preflight).headers
+    s = run(api_key="k", allow_origins=("http://ui.example",))
+    r = httpx.options(s.url + "/v1/chat/completions", headers=preflight)
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://ui.example"
+    r = httpx.get(s.url + "/v1/models", headers={"Origin": "http://ui.example", "Authorization": "Bearer k"})
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://ui.example"
+    r = httpx.options(s.url + "/v1/chat/completions", headers={**preflight, "Origin": "http://evil.example"})
+    assert r.headers.get("access-control-allow-origin") != "http://evil.example"
+
+
 def test_error_bodies(run):
     s = run(max_body_bytes=1000)
     url = s.url

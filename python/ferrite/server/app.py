@@ -24,6 +24,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Optional
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -67,6 +68,7 @@ class Settings:
     max_queue: int = 256
     api_key: Optional[str] = None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    allow_origins: tuple[str, ...] = ()  # browser origins allowed by CORS (web UIs); none by default
 
 
 class Server:
@@ -345,6 +347,10 @@ def build_app(server: Server) -> Starlette:
         lifespan=_as_context(lifespan),
     )
     app.add_middleware(_Gate, server=server)
+    if settings.allow_origins:
+        # Outside the key check: a browser's preflight (OPTIONS) carries no Authorization header.
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.allow_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"], expose_headers=["Retry-After"])
     return app
 
 

@@ -43,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-body-bytes", type=int, default=4 << 20, help="largest request body (default 4 MiB)")
     p.add_argument("--shutdown-timeout", type=float, default=10.0,
                    help="seconds running requests get to finish on Ctrl-C/SIGTERM (default 10)")
+    p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                   help="let browser pages from ORIGIN call the API (CORS; repeat for more, '*' for any)")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
                    help="uvicorn's log level (default warning; info logs every request)")
     return p
@@ -114,7 +116,8 @@ def _serve(args: argparse.Namespace, path: str) -> int:
             uv.should_exit = True
 
     settings = Settings(model_name=args.model_name or Path(path).stem, max_queue=args.max_queue,
-                        api_key=args.api_key or None, max_body_bytes=args.max_body_bytes)
+                        api_key=args.api_key or None, max_body_bytes=args.max_body_bytes,
+                        allow_origins=tuple(args.allow_origin))
     server = Server(settings, load, on_ready=on_ready, on_load_error=on_load_error)
     config = uvicorn.Config(build_app(server), host=args.host, port=args.port, log_level=args.log_level,
                             access_log=args.log_level in ("debug", "info"), lifespan="on",
