@@ -5,8 +5,6 @@ sampling, token counts), the log-softmax of ``Model.forward`` for logprobs, the 
 for ``/tokenize``, plain string operations for stop strings, and ``/metrics`` for what the engine
 holds after a client goes away."""
 
-import json
-import os
 import queue
 import signal
 import socket

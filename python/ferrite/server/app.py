@@ -20,7 +20,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable, Optional
+from typing import Any, AsyncIterator, Awaitable, Callable, MutableMapping, Optional
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -382,7 +382,7 @@ class _Gate:
         route = path if path in _ROUTES_COUNTED else ("/v1/models" if path.startswith("/v1/models/") else "other")
         status_seen = [500]
 
-        async def send_counted(message: dict) -> None:
+        async def send_counted(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 status_seen[0] = message["status"]
             await send(message)

@@ -113,7 +113,7 @@ def chat_logprobs(pieces: TokenPieces, ids: list[int], lps: list[float],
             "token": text,
             "logprob": lp,
             "bytes": raw,
-            "top_logprobs": [{"token": pieces(t)[0], "logprob": l, "bytes": pieces(t)[1]} for t, l in top],
+            "top_logprobs": [{"token": pieces(t)[0], "logprob": lp_t, "bytes": pieces(t)[1]} for t, lp_t in top],
         })
     return {"content": content, "refusal": None}
 
@@ -123,7 +123,7 @@ def completion_logprobs(pieces: TokenPieces, ids: list[int], lps: list[float],
     return {
         "tokens": [pieces(t)[0] for t in ids],
         "token_logprobs": list(lps),
-        "top_logprobs": [{pieces(t)[0]: l for t, l in (tops[i] if i < len(tops) else [])} for i in range(len(ids))],
+        "top_logprobs": [{pieces(t)[0]: lp_t for t, lp_t in (tops[i] if i < len(tops) else [])} for i in range(len(ids))],
         "text_offset": list(offsets),
     }
 
