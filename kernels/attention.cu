@@ -1,16 +1,16 @@
-// Causal grouped-query attention over the KV cache, and the append of new keys and values.
+// Causal grouped-query attention over the paged KV cache, and the append of new keys and values.
 //
-// Cache layout, per layer: [slot][n_kv_heads * head_dim] float32 for K and for V. A token at
-// position p of a sequence whose range starts at slot kv_base lives in slot kv_base + p.
+// Cache layout, per layer: [slot][n_kv_heads * head_dim] float32 for K and for V, slots grouped
+// in blocks of block_tokens. A sequence's block table lists its blocks in order: position p lives
+// in slot table[p / block_tokens] * block_tokens + p % block_tokens.
 #include "common.cuh"
 
 // k/v rows of the batch ([n_tokens][kv_width]) into their slots. One block per token.
 extern "C" __global__ void kv_append(const float* __restrict__ k, const float* __restrict__ v,
-                                     const u32* __restrict__ positions, const u32* __restrict__ kv_base,
-                                     u32 kv_width, u32 capacity, float* __restrict__ k_cache,
-                                     float* __restrict__ v_cache) {
+                                     const u32* __restrict__ slots, u32 kv_width, u32 capacity,
+                                     float* __restrict__ k_cache, float* __restrict__ v_cache) {
     const u32 t = blockIdx.x;
-    const u32 slot = kv_base[t] + positions[t];
+    const u32 slot = slots[t];
     if (slot >= capacity) return;  // the host checks every slot before the batch is uploaded
     for (u32 e = threadIdx.x; e < kv_width; e += blockDim.x) {
         k_cache[(u64)slot * kv_width + e] = k[(u64)t * kv_width + e];
@@ -27,7 +27,8 @@ extern "C" __global__ void kv_append(const float* __restrict__ k, const float* _
 template <int HD>
 __device__ __forceinline__ void attention(const float* __restrict__ q, const float* __restrict__ k_cache,
                                           const float* __restrict__ v_cache, const u32* __restrict__ positions,
-                                          const u32* __restrict__ kv_base, u32 n_heads, u32 n_kv_heads, float scale,
+                                          const u32* __restrict__ table_offset, const u32* __restrict__ block_tables,
+                                          u32 block_tokens, u32 n_heads, u32 n_kv_heads, float scale,
                                           float* __restrict__ out) {
     constexpr int PER_LANE = (HD + 31) / 32;  // output dims per lane; lanes past HD hold none
     __shared__ float4 q_sh[HD / 4];
@@ -39,7 +40,10 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, const flo
     const u32 q_width = n_heads * HD, kv_width = n_kv_heads * HD;
     const u32 kvh = h / (n_heads / n_kv_heads);
     const u32 n_ctx = positions[t] + 1;
-    const u64 base = kv_base[t];
+    const u32* table = block_tables + table_offset[t];
+    // The slot of key j: block_tokens is a power of two (the host checks), so shift and mask.
+    const u32 bt_shift = __ffs(block_tokens) - 1, bt_mask = block_tokens - 1;
+#define KV_SLOT(j) ((u64)table[(j) >> bt_shift] * block_tokens + ((j) & bt_mask))
     const float* kc = k_cache + kvh * HD;
     const float* vc = v_cache + kvh * HD;
 
@@ -56,7 +60,7 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, const flo
         const u32 j = j0 + lane;
         float s = NEG_INF;
         if (j < n_ctx) {
-            const float4* kp = reinterpret_cast<const float4*>(kc + (base + j) * kv_width);
+            const float4* kp = reinterpret_cast<const float4*>(kc + KV_SLOT(j) * kv_width);
             float d = 0.0f;
 #pragma unroll
             for (int i = 0; i < HD / 4; i++) {
@@ -78,7 +82,7 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, const flo
         const u32 n_valid = min(32u, n_ctx - j0);
         for (u32 jj = 0; jj < n_valid; jj++) {
             const float pj = __shfl_sync(FULL_WARP, p, jj);
-            const float* vp = vc + (base + j0 + jj) * kv_width;
+            const float* vp = vc + KV_SLOT(j0 + jj) * kv_width;
 #pragma unroll
             for (int i = 0; i < PER_LANE; i++)
                 if (HD % 32 == 0 || lane + 32 * i < HD) o[i] = fmaf(pj, vp[lane + 32 * i], o[i]);
@@ -108,21 +112,18 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, const flo
         }
         out[(u64)t * q_width + (u64)h * HD + d] = oo / ll;
     }
+#undef KV_SLOT
 }
 
-#define ATTENTION_KERNEL(hd)                                                                                  \
-    extern "C" __global__ void __launch_bounds__(32 * ATTN_WARPS)                                              \
-        attention_hd##hd(const float* __restrict__ q, const float* __restrict__ k_cache,                       \
-                         const float* __restrict__ v_cache, const u32* __restrict__ positions,                 \
-                         const u32* __restrict__ kv_base, u32 n_heads, u32 n_kv_heads, float scale,            \
-                         float* __restrict__ out) {                                                            \
-        attention<hd>(q, k_cache, v_cache, positions, kv_base, n_heads, n_kv_heads, scale, out);               \
-    }
-
-ATTENTION_KERNEL(16)
-ATTENTION_KERNEL(32)
-ATTENTION_KERNEL(64)
-ATTENTION_KERNEL(80)
-ATTENTION_KERNEL(96)
-ATTENTION_KERNEL(128)
-ATTENTION_KERNEL(256)
+// One head dim per module (-DATTN_HEAD_DIM=N), compiled for the model's head dim only.
+#ifndef ATTN_HEAD_DIM
+#error "attention.cu is compiled with -DATTN_HEAD_DIM=<head dim>"
+#endif
+extern "C" __global__ void __launch_bounds__(32 * ATTN_WARPS)
+    attention_heads(const float* __restrict__ q, const float* __restrict__ k_cache, const float* __restrict__ v_cache,
+                    const u32* __restrict__ positions, const u32* __restrict__ table_offset,
+                    const u32* __restrict__ block_tables, u32 block_tokens, u32 n_heads, u32 n_kv_heads, float scale,
+                    float* __restrict__ out) {
+    attention<ATTN_HEAD_DIM>(q, k_cache, v_cache, positions, table_offset, block_tables, block_tokens, n_heads, n_kv_heads,
+                             scale, out);
+}

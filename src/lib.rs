@@ -4,7 +4,7 @@
 //! place pyo3 appears.
 
 pub mod backend;
-pub mod generate;
+pub mod engine;
 pub mod gguf;
 pub mod model;
 pub mod quant;

@@ -19,13 +19,17 @@ def write_tiny_model(
     biases: bool = False,
     drop: str | None = None,
     seed: int = 0,
+    vocab: int = VOCAB,
+    context: int = CONTEXT,
+    spread: float = 0.1,
 ) -> str:
-    """Writes a 2-layer random model to ``path``; ``drop`` leaves one tensor out."""
+    """Writes a 2-layer random model to ``path``; ``drop`` leaves one tensor out. ``vocab`` and
+    ``context`` can be raised, e.g. to run the real tokenizer's ids through a fast model."""
     rng = np.random.default_rng(seed)
     head_dim = HIDDEN // N_HEADS
     w = gguf.GGUFWriter(str(path), arch)
     w.add_block_count(N_LAYERS)
-    w.add_context_length(CONTEXT)
+    w.add_context_length(context)
     w.add_embedding_length(HIDDEN)
     w.add_feed_forward_length(FFN)
     w.add_head_count(N_HEADS)
@@ -34,7 +38,7 @@ def write_tiny_model(
     w.add_rope_freq_base(10000.0)
     qtype = gguf.GGMLQuantizationType[matrix_type]
 
-    def add(name, shape, scale=0.1, matrix=True):
+    def add(name, shape, scale=spread, matrix=True):
         a = (rng.standard_normal(shape) * scale).astype(np.float32)
         if name.endswith("norm.weight"):
             a = 1.0 + 0.5 * a
@@ -45,10 +49,10 @@ def write_tiny_model(
         else:
             w.add_tensor(name, a)
 
-    add("token_embd.weight", (VOCAB, HIDDEN), 1.0)
+    add("token_embd.weight", (vocab, HIDDEN), 1.0)
     add("output_norm.weight", (HIDDEN,), matrix=False)
     if not tied:
-        add("output.weight", (VOCAB, HIDDEN))
+        add("output.weight", (vocab, HIDDEN))
     for i in range(N_LAYERS):
         p = f"blk.{i}."
         add(p + "attn_norm.weight", (HIDDEN,), matrix=False)

@@ -248,3 +248,43 @@ def test_cli_errors_are_messages_not_tracebacks(tmp_path):
     out = _run_cli("generate", str(missing), "hi")
     assert out.returncode != 0
     assert "missing.gguf" in out.stderr and "Traceback" not in out.stderr
+
+
+def log_softmax64(row, temperature=1.0):
+    x = np.asarray(row, dtype=np.float64) / temperature
+    m = x.max()
+    return x - (m + np.log(np.exp(x - m).sum()))
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_logprobs_equal_a_numpy_log_softmax_of_forward(gen, model, tokenizer, temperature):
+    # logprobs are the log-softmax over the whole vocabulary of the logits after temperature
+    # (temperature 1 for greedy), as vLLM reports them; the draws do not change them.
+    prompt = "def fibonacci(n):\n    "
+    r = gen.generate(prompt, max_tokens=6, temperature=temperature, seed=5, logprobs=4, ignore_eos=True)
+    assert len(r.logprobs) == len(r.top_logprobs) == len(r.token_ids) == 6
+    ids = tokenizer.encode(prompt)
+    t = temperature or 1.0
+    for i, tok in enumerate(r.token_ids):
+        lsm = log_softmax64(model.forward(ids + r.token_ids[:i], last_only=True)[0], t)
+        assert r.logprobs[i] == pytest.approx(lsm[tok], abs=1e-4)
+        best = np.argsort(-lsm, kind="stable")[:4]
+        assert [k for k, _ in r.top_logprobs[i]] == best.tolist()
+        assert [v for _, v in r.top_logprobs[i]] == pytest.approx(lsm[best].tolist(), abs=1e-4)
+        if temperature == 0.0:
+            assert tok == best[0]
+
+
+def test_stream_and_engine_requests_report_logprobs_per_piece(gen, model):
+    engine = ferrite.Engine(model, gen.tokenizer)
+    req = engine.submit("The capital of France is", max_tokens=5, temperature=0, logprobs=0, ignore_eos=True)
+    outs = list(req)
+    assert sum(len(o.token_ids) for o in outs) == 5
+    assert all(len(o.logprobs) == len(o.token_ids) for o in outs)
+    assert all(o.top_logprobs is None for o in outs)
+    whole = req.result()
+    assert [lp for o in outs for lp in o.logprobs] == whole.logprobs
+    stream = gen.stream("The capital of France is", max_tokens=5, temperature=0, logprobs=0, ignore_eos=True)
+    for _ in stream:
+        assert stream.last_output.logprobs is not None
+    assert stream.result.logprobs == pytest.approx(whole.logprobs, abs=1e-6)

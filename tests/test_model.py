@@ -207,7 +207,7 @@ def test_tiny_model_matches_reference(tmp_path, arch, matrix_type, tied, biases)
 def test_context_length_overflow_raises(tmp_path):
     m = ferrite.Model.load(write_tiny_model(tmp_path / "tiny.gguf"))
     ids = [1] * (CONTEXT + 1)
-    with pytest.raises(ferrite.ContextLengthError, match="context length 48"):
+    with pytest.raises(ferrite.ContextLengthError, match="context length of 48"):
         m.forward(ids)
     m.forward(ids[:CONTEXT])  # exactly the context fits
     with pytest.raises(ferrite.ContextLengthError):
@@ -224,13 +224,19 @@ def test_context_length_overflow_raises(tmp_path):
         m.sequence_len(s)
 
 
-def test_kv_cache_full_raises(tmp_path):
+def test_kv_cache_full_raises_when_blocks_run_out(tmp_path):
+    # 40 positions: three blocks of 16. Sequences take blocks as they grow, nothing up front.
     m = ferrite.Model.load(write_tiny_model(tmp_path / "tiny.gguf"), kv_cache_tokens=40)
+    assert m.kv_cache_tokens == 48
     a = m.new_sequence(30)
+    b = m.new_sequence(30)
+    m.forward([1] * 30, seq=a)  # two blocks
     with pytest.raises(ferrite.ContextLengthError, match="KV cache full"):
-        m.new_sequence(20)
+        m.forward([1] * 20, seq=b)  # needs two, one is free
+    assert m.sequence_len(b) == 0
     m.free_sequence(a)
-    m.free_sequence(m.new_sequence(40))
+    m.forward([1] * 20, seq=b)
+    assert m.sequence_len(b) == 20
 
 
 def test_bad_token_id_raises(tmp_path):

@@ -209,3 +209,116 @@ def test_bad_rows_raise():
         s.accept(10)
     with pytest.raises(ValueError, match="out of range"):
         ferrite.Sampler(10, prompt_token_ids=[3, -1])
+
+
+# ---- the engine's draw (ferrite._ferrite._sample_rows): CPU and CUDA against NumPy ----
+
+from ferrite._ferrite import _sample_rows  # noqa: E402
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+
+
+def skip_without_cuda(device):
+    if device == "cuda" and not ferrite.cuda_available():
+        pytest.skip("no CUDA device")
+
+
+def np_chain_probs(logits, temperature, top_k=0, top_p=1.0, min_p=0.0, prompt=(), output=(), rep=1.0, presence=0.0, frequency=0.0):
+    """The probabilities the chain draws from, by definition (float64)."""
+    pen = np_penalize(logits, list(prompt), list(output), rep, presence, frequency)
+    scaled = pen / temperature
+    c = np.arange(len(logits))
+    c = np_top_k(scaled, c, top_k)
+    c, _ = np_top_p(scaled, c, top_p)
+    c = np_min_p(scaled, c, min_p)
+    probs = np.zeros(len(logits))
+    probs[c] = softmax64(scaled[c])
+    return probs
+
+
+def chi_square_ok(counts, probs):
+    """Pearson's chi-square over the kept tokens against the 99.9% quantile of its distribution
+    (Wilson-Hilferty approximation); no drawn token may have probability 0."""
+    assert counts[probs == 0].sum() == 0, "a filtered-out token was drawn"
+    kept = probs > 0
+    n = counts.sum()
+    expected = n * probs[kept]
+    stat = ((counts[kept] - expected) ** 2 / expected).sum()
+    df = max(int(kept.sum()) - 1, 1)
+    z = 3.09  # one-sided 99.9%
+    q = df * (1 - 2 / (9 * df) + z * np.sqrt(2 / (9 * df))) ** 3
+    return stat, q
+
+
+CHAIN_CASES = {
+    "temperature": dict(temperature=0.9),
+    "top_k": dict(temperature=1.2, top_k=7),
+    "top_p": dict(temperature=0.8, top_p=0.7),
+    "min_p": dict(temperature=1.0, min_p=0.08),
+    "all_filters": dict(temperature=0.7, top_k=12, top_p=0.9, min_p=0.02),
+    "penalties": dict(temperature=1.0, rep=1.4, presence=0.5, frequency=0.3),
+}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", list(CHAIN_CASES))
+def test_draws_follow_the_chain_by_chi_square(device, case):
+    skip_without_cuda(device)
+    kw = CHAIN_CASES[case]
+    vocab = 40
+    logits = np.random.default_rng(7).standard_normal(vocab).astype(np.float32) * 2
+    prompt, output = [1, 2, 3, 5], [5, 5, 8, 13]
+    n = 20_000
+    probs = np_chain_probs(logits, prompt=prompt, output=output, **kw)
+    args = dict(
+        temperature=kw["temperature"],
+        top_k=kw.get("top_k", 0),
+        top_p=kw.get("top_p", 1.0),
+        min_p=kw.get("min_p", 0.0),
+        repetition_penalty=kw.get("rep", 1.0),
+        presence_penalty=kw.get("presence", 0.0),
+        frequency_penalty=kw.get("frequency", 0.0),
+        prompt_token_ids=prompt,
+        output_token_ids=output,
+    )
+    rows = np.repeat(logits[None, :], n, axis=0)
+    tokens, _, _ = _sample_rows(rows, device=device, seeds=list(range(n)), draw_indices=[3] * n, **args)
+    counts = np.bincount(tokens, minlength=vocab)
+    stat, q = chi_square_ok(counts, probs)
+    assert stat < q, (stat, q)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_greedy_draw_is_the_argmax_and_logprobs_are_the_log_softmax(device):
+    skip_without_cuda(device)
+    rng = np.random.default_rng(11)
+    rows = (rng.standard_normal((6, 151936)) * 3).astype(np.float32)
+    for temperature in (0.0, 0.7):
+        tokens, lps, tops = _sample_rows(
+            rows, device=device, seeds=list(range(6)), draw_indices=[0] * 6, temperature=temperature, logprobs=5
+        )
+        t = 1.0 if temperature == 0 else temperature
+        for row, tok, lp, top in zip(rows, tokens, lps, tops):
+            scaled = row.astype(np.float64) / t
+            lse = scaled.max() + np.log(np.exp(scaled - scaled.max()).sum())
+            if temperature == 0:
+                assert tok == int(np.argmax(row))
+            assert lp == pytest.approx(scaled[tok] - lse, abs=1e-4)
+            order = np.argsort(-scaled, kind="stable")[:5]
+            assert [i for i, _ in top] == order.tolist()
+            assert [v for _, v in top] == pytest.approx((scaled[order] - lse).tolist(), abs=1e-4)
+
+
+@pytest.mark.cuda
+def test_gpu_and_cpu_draw_the_same_tokens_from_the_same_logits():
+    if not ferrite.cuda_available():
+        pytest.skip("no CUDA device")
+    rng = np.random.default_rng(5)
+    rows = (rng.standard_normal((64, 151936)) * 2.5).astype(np.float32)
+    for kw in (dict(temperature=0.8), dict(temperature=0.8, top_k=40, top_p=0.95, min_p=0.05), dict(temperature=1.0, top_p=0.9)):
+        seeds, idx = list(range(64)), list(range(64))
+        cpu, _, _ = _sample_rows(rows, device="cpu", seeds=seeds, draw_indices=idx, **kw)
+        gpu, _, _ = _sample_rows(rows, device="cuda", seeds=seeds, draw_indices=idx, **kw)
+        agree = np.mean(np.asarray(cpu) == np.asarray(gpu))
+        # The same noise on the same logits: only rounding at a filter boundary may differ.
+        assert agree >= 0.95, (kw, agree)

@@ -9,11 +9,14 @@ Qwen2-family inference on CPU and NVIDIA GPUs.
 
 from ferrite import _ferrite
 from ferrite._ferrite import (
+    Engine,
     GenerationResult,
     Generator,
     GgufFile,
     IncrementalDecoder,
     Model,
+    Request,
+    RequestOutput,
     Sampler,
     TensorInfo,
     TextStream,
@@ -46,6 +49,9 @@ __all__ = [
     "TensorInfo",
     "Tokenizer",
     "IncrementalDecoder",
+    "Engine",
+    "Request",
+    "RequestOutput",
     "Generator",
     "GenerationResult",
     "TextStream",

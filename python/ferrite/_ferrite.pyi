@@ -37,9 +37,13 @@ __all__ = [
     "Tokenizer",
     "IncrementalDecoder",
     "Sampler",
-    "Generator",
+    "_sample_rows",
+    "Engine",
+    "Request",
+    "RequestOutput",
     "GenerationResult",
     "Timings",
+    "Generator",
     "TextStream",
     "cuda_available",
     "cuda_device_count",
@@ -200,8 +204,8 @@ def ggml_types() -> list[tuple[str, int, int, int]]:
 
 @final
 class Model:
-    """A Qwen2-family model (``qwen2``, ``llama``) loaded on a device, with a KV cache shared by
-    its sequences. ``forward`` returns float32 logits ``[rows, vocab]``.
+    """A Qwen2-family model (``qwen2``, ``llama``) loaded on a device, with its paged KV cache and
+    generation engine. ``forward`` returns float32 logits ``[rows, vocab]``.
 
     >>> m = ferrite.Model.load(ferrite.fetch_test_model())
     >>> m.forward([9707, 11, 1879], last_only=True).shape
@@ -211,16 +215,21 @@ class Model:
     @staticmethod
     def load(
         path_or_file: _StrPath | GgufFile,
-        device: _Device = "cpu",
+        device: _Device = "auto",
         max_batch: int = 64,
         kv_cache_tokens: int | None = None,
         exact_matmul: bool = False,
+        max_step_tokens: int | None = None,
+        prefix_caching: bool = True,
     ) -> Model:
-        """Loads a model from a path or an open ``GgufFile`` onto ``device`` (``"cpu"``,
-        ``"cuda"`` or ``"cuda:N"``). ``max_batch``: most sequences one forward may hold.
-        ``kv_cache_tokens``: token slots of the KV cache shared by all sequences (default: the
-        context length). ``exact_matmul`` (CPU): multiply dequantized float32 weights instead of
-        8-bit-quantized activations (slower, closest to a float reference). Raises
+        """Loads a model from a path or an open ``GgufFile`` onto ``device`` (``"auto"``: the
+        first CUDA GPU when usable, else the CPU; ``"cpu"``, ``"cuda"`` or ``"cuda:N"``).
+        ``max_batch``: sequences running together at most. ``kv_cache_tokens``: token positions of
+        the paged KV cache shared by all sequences (default: the context length; blocks are taken
+        as sequences grow). ``exact_matmul`` (CPU): multiply dequantized float32 weights instead
+        of 8-bit-quantized activations (slower, closest to a float reference).
+        ``max_step_tokens``: tokens one engine step computes at most (default 2048 on a GPU, 256
+        on a CPU). ``prefix_caching``: reuse the KV of prompts that start alike. Raises
         ``ModelError`` for an unknown architecture or a missing tensor, ``CudaError`` when the
         GPU cannot be used.
 
@@ -241,7 +250,10 @@ class Model:
         """The device the model runs on: ``"cpu"``, ``"cuda:0"``, ..."""
     @property
     def kv_cache_tokens(self) -> int:
-        """Token slots of the KV cache shared by all sequences."""
+        """Token positions of the KV cache shared by all sequences."""
+    @property
+    def max_batch(self) -> int:
+        """Sequences running together at most."""
     def forward(
         self,
         token_ids: Sequence[int],
@@ -395,9 +407,9 @@ class IncrementalDecoder:
 
 @final
 class Sampler:
-    """The generator's per-sequence sampler on its own: penalties, then greedy when
-    ``temperature == 0``, else temperature, top-k, top-p, min-p and a seeded draw. The defaults
-    disable every processor (plain sampling at temperature 1).
+    """The host sampler on its own: penalties, then greedy when ``temperature == 0``, else
+    temperature, top-k, top-p, min-p and a seeded draw (the engine's draw on every device). The
+    defaults disable every processor (plain sampling at temperature 1).
 
     >>> s = ferrite.Sampler(5, temperature=0.5, top_k=2, seed=1)
     >>> s.process(np.array([0, 3, 1, 2, -1], dtype=np.float32))
@@ -426,39 +438,103 @@ class Sampler:
     def accept(self, token_id: int) -> None:
         """Adds a token to the history the penalties read."""
 
+def _sample_rows(
+    logits: npt.NDArray[np.float32],
+    *,
+    device: _Device = "cpu",
+    seeds: Sequence[int],
+    draw_indices: Sequence[int],
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    min_p: float = 0.0,
+    repetition_penalty: float = 1.0,
+    presence_penalty: float = 0.0,
+    frequency_penalty: float = 0.0,
+    prompt_token_ids: Sequence[int] = ...,
+    output_token_ids: Sequence[int] = ...,
+    logprobs: int | None = None,
+) -> tuple[list[int], list[float] | None, list[list[tuple[int, float]]] | None]:
+    """Test hook: the engine's draw of one token per row on ``device`` (private)."""
+
 # ---------------------------------------------------------------------------------------------
-# Generation (src/python/generator.rs)
+# The engine (src/python/engine.rs, results.rs)
 # ---------------------------------------------------------------------------------------------
+
+_FinishReason = Literal["eos", "stop", "length", "cancelled", "error"]
 
 @final
 class Timings:
-    """Wall-clock timings of one generation (in a batch, ``prefill_s`` is the whole batch's
-    prefill; ``decode_s`` runs until this sequence finished)."""
+    """One request's own times and token counts (not its batch's). Compares by value, pickles.
 
+    >>> r.timings.time_to_first_token_s, r.timings.decode_tok_s
+    """
+
+    def __new__(
+        cls,
+        prompt_tokens: int = 0,
+        cached_prompt_tokens: int = 0,
+        queue_s: float = 0.0,
+        time_to_first_token_s: float = 0.0,
+        prefill_s: float = 0.0,
+        decode_tokens: int = 0,
+        decode_s: float = 0.0,
+        total_s: float = 0.0,
+    ) -> Self: ...
     @property
-    def prefill_tokens(self) -> int: ...
+    def prompt_tokens(self) -> int: ...
     @property
-    def prefill_s(self) -> float: ...
+    def cached_prompt_tokens(self) -> int:
+        """Prompt tokens whose KV came from the prefix cache."""
+    @property
+    def prefill_tokens(self) -> int:
+        """Prompt tokens computed (``prompt_tokens - cached_prompt_tokens``)."""
+    @property
+    def queue_s(self) -> float:
+        """Submission to admission into the running batch."""
+    @property
+    def time_to_first_token_s(self) -> float:
+        """Submission to the first generated token."""
+    @property
+    def prefill_s(self) -> float:
+        """Admission to the first generated token."""
     @property
     def prefill_tok_s(self) -> float: ...
     @property
     def decode_tokens(self) -> int:
-        """Tokens fed through decode steps (every generated token but the last)."""
+        """Tokens generated after the first."""
     @property
-    def decode_s(self) -> float: ...
+    def decode_s(self) -> float:
+        """First generated token to the last."""
     @property
     def decode_tok_s(self) -> float: ...
+    @property
+    def total_s(self) -> float: ...
     def as_dict(self) -> dict[str, float]:
         """The timings as a plain dict (for JSON)."""
+    def __eq__(self, value: object, /) -> bool: ...
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]: ...
 
 @final
 class GenerationResult:
-    """One finished generation.
+    """One finished generation. Compares by value, pickles.
 
-    >>> r = gen.generate("1, 2, 3,", max_tokens=8, temperature=0)
-    >>> r.finish_reason, r.timings.decode_tok_s
+    >>> r = gen.generate("1, 2, 3,", max_tokens=8, temperature=0, logprobs=2)
+    >>> r.finish_reason, r.timings.decode_tok_s, r.top_logprobs[0]
     """
 
+    def __new__(
+        cls,
+        text: str,
+        token_ids: Sequence[int],
+        prompt_token_ids: Sequence[int],
+        finish_reason: str,
+        seed: int,
+        logprobs: Sequence[float] | None = None,
+        top_logprobs: Sequence[Sequence[tuple[int, float]]] | None = None,
+        error: str | None = None,
+        timings: Timings | None = None,
+    ) -> Self: ...
     @property
     def text(self) -> str:
         """The generated text, without the ending token's text or a stop string."""
@@ -468,17 +544,140 @@ class GenerationResult:
     @property
     def prompt_token_ids(self) -> list[int]: ...
     @property
-    def finish_reason(self) -> Literal["eos", "stop", "length"]: ...
-    @property
-    def timings(self) -> Timings: ...
+    def finish_reason(self) -> _FinishReason: ...
     @property
     def seed(self) -> int:
         """The seed actually used (taken from the clock when ``seed=None``)."""
+    @property
+    def logprobs(self) -> list[float] | None:
+        """Each generated token's log-probability, when asked for."""
+    @property
+    def top_logprobs(self) -> list[list[tuple[int, float]]] | None:
+        """Per generated token, the k best ``(token_id, logprob)``, best first, when k >= 1."""
+    @property
+    def error(self) -> str | None:
+        """Why it failed, when ``finish_reason == "error"``."""
+    @property
+    def timings(self) -> Timings: ...
+    def __eq__(self, value: object, /) -> bool: ...
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]: ...
+
+@final
+class RequestOutput:
+    """What one engine step produced for one request.
+
+    >>> out = req.next(); out.token_ids, out.text, out.finish_reason
+    """
+
+    @property
+    def request_id(self) -> int: ...
+    @property
+    def token_ids(self) -> list[int]:
+        """Tokens drawn in this step (normally one; none for a cancellation)."""
+    @property
+    def text(self) -> str:
+        """Text that became final: whole characters, never part of a stop string."""
+    @property
+    def logprobs(self) -> list[float] | None: ...
+    @property
+    def top_logprobs(self) -> list[list[tuple[int, float]]] | None: ...
+    @property
+    def finish_reason(self) -> _FinishReason | None:
+        """``None`` while the request runs."""
+    @property
+    def error(self) -> str | None: ...
+
+@final
+class Request:
+    """A submitted request: iterate it (or ``next()``) for its outputs, ``poll()`` without
+    waiting, ``result()`` once finished, ``cancel()`` to stop it (dropping it does too).
+
+    >>> req = engine.submit("The capital of France is", max_tokens=8, temperature=0)
+    >>> "".join(out.text for out in req); req.result().finish_reason
+    """
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def prompt_token_ids(self) -> list[int]: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def finished(self) -> bool: ...
+    def poll(self) -> list[RequestOutput]:
+        """The outputs produced since the last ``poll``/``next``, without waiting."""
+    def next(self, timeout: float | None = None) -> RequestOutput | None:
+        """The next output (driving the engine when no other thread does); ``None`` once every
+        output was taken or when ``timeout`` seconds pass. The GIL is released while waiting."""
+    def result(self) -> GenerationResult:
+        """The whole generation once finished; ``RuntimeError`` before."""
+    def cancel(self) -> None:
+        """Stops it and frees its KV room; its last output has ``finish_reason == "cancelled"``."""
+    def __iter__(self) -> Self: ...
+    def __next__(self) -> RequestOutput: ...
+
+@final
+class Engine:
+    """The generation engine of a ``Model``: requests in, tokens out, every request of every
+    thread batched together (continuous batching, paged KV cache with prefix reuse, sampling on
+    the model's device). One engine per model, shared by all its users.
+
+    >>> engine = ferrite.Engine(model, tokenizer)
+    >>> req = engine.submit([{"role": "user", "content": "Hi!"}], max_tokens=16, temperature=0)
+    """
+
+    def __new__(cls, model: Model, tokenizer: Tokenizer) -> Self: ...
+    def submit(
+        self,
+        prompt: _Prompt,
+        *,
+        max_tokens: int = 256,
+        temperature: float = 0.8,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        repetition_penalty: float = 1.0,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        stop_token_ids: Sequence[int] | None = None,
+        logprobs: int | None = None,
+        ignore_eos: bool = False,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+    ) -> Request:
+        """Queues one prompt; every argument is checked here (``ValueError``,
+        ``ContextLengthError``), never later inside a step."""
+    def step(self) -> list[int]:
+        """Runs one step if there is work; the ids of the requests that got output."""
+    def wait_for_work(self, timeout: float) -> bool:
+        """Waits until a request is queued or running, or ``timeout`` seconds pass."""
+    def has_work(self) -> bool: ...
+    def stats(self) -> dict[str, float]:
+        """``running``, ``waiting``, ``kv_blocks_total``, ``kv_blocks_used``, ``kv_block_tokens``,
+        ``kv_tokens_used``, ``steps``, ``last_step_s``, ``step_s_total``, ``prompt_tokens``,
+        ``cached_prompt_tokens``, ``generated_tokens``, ``preemptions``, ``requests_finished``."""
+    @property
+    def model(self) -> Model: ...
+    @property
+    def tokenizer(self) -> Tokenizer: ...
+    @property
+    def max_batch(self) -> int: ...
+    @property
+    def context_length(self) -> int: ...
+    @property
+    def vocab_size(self) -> int: ...
+    @property
+    def kv_cache_tokens(self) -> int: ...
+
+# ---------------------------------------------------------------------------------------------
+# Generation (src/python/generator.rs)
+# ---------------------------------------------------------------------------------------------
 
 @final
 class TextStream:
     """Iterator of text pieces returned by ``Generator.stream``; ``result`` is the
-    ``GenerationResult`` once it is exhausted. Closing or dropping it frees the KV cache.
+    ``GenerationResult`` once it is exhausted. Closing or dropping it cancels the request.
 
     >>> it = gen.stream("def fib(n):", max_tokens=32)
     >>> text = "".join(it); it.result.finish_reason
@@ -489,22 +688,44 @@ class TextStream:
     @property
     def result(self) -> GenerationResult | None:
         """The ``GenerationResult`` once the stream is exhausted; ``None`` before."""
+    @property
+    def last_output(self) -> RequestOutput | None:
+        """The ``RequestOutput`` behind the latest piece (its tokens and logprobs)."""
     def close(self) -> None:
         """Stops generating and frees the KV cache."""
 
 @final
 class Generator:
-    """Text generation with a ``Model`` and its ``Tokenizer``. A prompt is a str (raw text), a
-    list of message dicts (one conversation, rendered with the chat template), or a list of token
-    ids; a list of prompts is a batch and returns a list of results in order.
+    """Text generation with a ``Model`` and its ``Tokenizer``, over the model's engine. A prompt
+    is a str (raw text), a list of message dicts (one conversation, rendered with the chat
+    template), or a list of token ids; a list of prompts is a batch and returns a list of results
+    in order.
 
-    >>> gen = ferrite.Generator(ferrite.Model.load(path), ferrite.Tokenizer.from_gguf(path))
+    >>> gen = ferrite.Generator.from_gguf(path)
     >>> gen.generate([{"role": "user", "content": "Say hi"}], max_tokens=16, temperature=0).text
     """
 
-    def __new__(cls, model: Model, tokenizer: Tokenizer, *, max_batch: int = 64) -> Self: ...
+    def __new__(cls, model: Model, tokenizer: Tokenizer, *, max_batch: int | None = None) -> Self: ...
+    @staticmethod
+    def from_gguf(
+        path: _StrPath | GgufFile,
+        *,
+        device: _Device = "auto",
+        max_batch: int = 64,
+        kv_cache_tokens: int | None = None,
+        exact_matmul: bool = False,
+        max_step_tokens: int | None = None,
+        prefix_caching: bool = True,
+    ) -> Generator:
+        """``Model.load`` and ``Tokenizer.from_gguf`` of one file in one call."""
     @property
     def model(self) -> Model: ...
+    @property
+    def engine(self) -> Engine: ...
+    @property
+    def tokenizer(self) -> Tokenizer: ...
+    @property
+    def max_batch(self) -> int: ...
     # A str is also a Sequence[str]; the first overload wins for it (list and tuple prompts only,
     # as at run time).
     @overload
@@ -522,7 +743,10 @@ class Generator:
         frequency_penalty: float = 0.0,
         seed: int | None = None,
         stop: str | Sequence[str] | None = None,
-        stop_token_ids: Sequence[int] = ...,
+        stop_token_ids: Sequence[int] | None = None,
+        logprobs: int | None = None,
+        ignore_eos: bool = False,
+        tools: Sequence[Mapping[str, Any]] | None = None,
         progress: bool = False,
     ) -> GenerationResult: ...
     @overload
@@ -540,7 +764,10 @@ class Generator:
         frequency_penalty: float = 0.0,
         seed: int | None = None,
         stop: str | Sequence[str] | None = None,
-        stop_token_ids: Sequence[int] = ...,
+        stop_token_ids: Sequence[int] | None = None,
+        logprobs: int | None = None,
+        ignore_eos: bool = False,
+        tools: Sequence[Mapping[str, Any]] | None = None,
         progress: bool = False,
     ) -> list[GenerationResult]: ...
     def stream(
@@ -557,7 +784,10 @@ class Generator:
         frequency_penalty: float = 0.0,
         seed: int | None = None,
         stop: str | Sequence[str] | None = None,
-        stop_token_ids: Sequence[int] = ...,
+        stop_token_ids: Sequence[int] | None = None,
+        logprobs: int | None = None,
+        ignore_eos: bool = False,
+        tools: Sequence[Mapping[str, Any]] | None = None,
     ) -> TextStream:
         """Streams the generation of ONE prompt as text pieces (whole characters, never part of
         a stop string).

@@ -25,6 +25,7 @@ use std::sync::Arc;
 use crate::gguf::{GgufFile, TensorInfo};
 use crate::model::ModelError;
 use crate::quant::GgmlType;
+use crate::sampling::{SampleSpec, Sampled, SamplingError};
 
 /// A tensor to upload: its info and the file that holds its block bytes. The CPU backend keeps
 /// the `Arc` and computes straight from the memory map; a GPU backend copies `bytes()` once.
@@ -78,14 +79,23 @@ pub struct RopeParams {
     pub scale: f32,
 }
 
-/// Shape of the KV cache: one pool of `capacity_tokens` token slots per layer, shared by all
-/// sequences; each sequence owns a contiguous range of slots (see [`SeqSpan::kv_start`]).
+/// Shape of the KV cache: one pool of `n_blocks` blocks of `block_tokens` token slots per layer,
+/// shared by all sequences. A sequence owns a list of blocks (its block table): the token at
+/// position `p` lives in slot `table[p / block_tokens] * block_tokens + p % block_tokens`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KvLayout {
     pub n_layers: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,
-    pub capacity_tokens: usize,
+    pub n_blocks: usize,
+    pub block_tokens: usize,
+}
+
+impl KvLayout {
+    /// Token slots per layer.
+    pub fn capacity_tokens(&self) -> usize {
+        self.n_blocks * self.block_tokens
+    }
 }
 
 /// Grouped-query attention geometry: query head `h` reads KV head `h / (n_heads / n_kv_heads)`.
@@ -140,8 +150,8 @@ pub struct SeqSpan {
     pub n_new: u32,
     /// Tokens already in its cache; the new ones take positions `n_past..n_past + n_new`.
     pub n_past: u32,
-    /// First slot of its range in the KV pool: token at position `p` lives in slot `kv_start + p`.
-    pub kv_start: u32,
+    /// Where its block table starts in [`BatchPlan::block_tables`].
+    pub table_offset: u32,
 }
 
 /// The host-side description of a ragged batch, built by the model and uploaded once per
@@ -154,7 +164,14 @@ pub struct BatchPlan {
     pub positions: Vec<u32>,
     /// Index into `seqs` of each token's sequence.
     pub token_seq: Vec<u32>,
+    /// The KV slot each token's key and value are written to (see [`KvLayout`]).
+    pub slots: Vec<u32>,
     pub seqs: Vec<SeqSpan>,
+    /// Every sequence's block table, concatenated: attention of a token at position `p` reads
+    /// the slots of positions `0..=p` through its sequence's table.
+    pub block_tables: Vec<u32>,
+    /// Slots per KV block.
+    pub block_tokens: u32,
     /// Batch rows whose logits are wanted, in output order.
     pub logit_rows: Vec<u32>,
 }
@@ -162,6 +179,13 @@ pub struct BatchPlan {
 impl BatchPlan {
     pub fn n_tokens(&self) -> usize {
         self.tokens.len()
+    }
+
+    /// The KV slot of position `pos` of sequence `seq` (the caller has checked the table).
+    #[inline]
+    pub fn slot_of(&self, seq: &SeqSpan, pos: usize) -> usize {
+        let bt = self.block_tokens as usize;
+        self.block_tables[seq.table_offset as usize + pos / bt] as usize * bt + pos % bt
     }
 }
 
@@ -265,8 +289,19 @@ pub trait Backend: Send + 'static {
     ) -> Result<(), ModelError>;
 
     /// Copies the first `n_rows` rows of `x` to the host, row-major, into `out`
-    /// (`n_rows * width` floats). The one synchronizing op of a forward.
+    /// (`n_rows * width` floats). Synchronizes.
     fn read_rows(&mut self, x: &Self::Act, n_rows: usize, out: &mut [f32]) -> Result<(), ModelError>;
+
+    /// Draws a token from each of the first `specs.len()` rows of `logits` (`[rows][vocab]`) as
+    /// [`crate::sampling`] defines the draw, appending one result per row to `out`. Only the
+    /// chosen tokens (and log-probabilities when asked) reach the host. A row whose logits are
+    /// broken (NaN, +inf, all -inf) gets its own error; the others are still drawn. Synchronizes.
+    fn sample(
+        &mut self,
+        logits: &Self::Act,
+        specs: &[SampleSpec<'_>],
+        out: &mut Vec<Result<Sampled, SamplingError>>,
+    ) -> Result<(), ModelError>;
 
     /// Runs `ops`, which queue device work, or, when an earlier call with the same `key` was
     /// recorded, replays that recording instead of calling `ops` (CUDA: a graph, which removes

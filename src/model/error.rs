@@ -18,10 +18,10 @@ pub enum ModelError {
     MissingTensor(String),
     #[error("tensor {tensor:?}: {problem}")]
     BadTensor { tensor: String, problem: String },
-    #[error("sequence {seq_id}: {needed} tokens exceed its room of {capacity} (context length {context_length})")]
-    ContextLength { seq_id: usize, needed: usize, capacity: usize, context_length: usize },
-    #[error("KV cache full: a sequence of {requested} tokens does not fit (largest free range {largest_free} of {capacity} token slots; free sequences or load with a larger kv_cache_tokens)")]
-    KvCacheFull { requested: usize, largest_free: usize, capacity: usize },
+    #[error("a sequence of {needed} tokens exceeds the context length of {context_length}")]
+    ContextLength { needed: usize, context_length: usize },
+    #[error("KV cache full: {needed} more blocks of {block_tokens} tokens are needed but {free} of {total} are free (free sequences or load with a larger kv_cache_tokens)")]
+    KvCacheFull { needed: usize, free: usize, total: usize, block_tokens: usize },
     #[error("no sequence with id {0}")]
     NoSuchSequence(usize),
     #[error("token id {id} is out of range for a vocabulary of {vocab_size}")]

@@ -4,7 +4,6 @@
 
 pub mod config;
 mod error;
-pub mod kv_cache;
 pub mod qwen2;
 pub mod weights;
 
@@ -14,6 +13,7 @@ pub use error::ModelError;
 pub use qwen2::{LoadOptions, TransformerModel};
 
 use crate::gguf::GgufFile;
+use crate::sampling::{SampleSpec, Sampled, SamplingError};
 
 /// Hyperparameters read from `{arch}.*` GGUF metadata.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,12 +36,15 @@ pub struct ModelConfig {
     pub tied_embeddings: bool,
 }
 
-/// New tokens of one sequence in a forward batch. Their positions continue from the tokens the
-/// sequence already holds in its KV cache.
+/// New tokens of one sequence in a forward batch, and where its KV cache lives.
 #[derive(Debug, Clone, Copy)]
-pub struct SeqTokens<'a> {
-    pub seq_id: usize,
+pub struct SeqChunk<'a> {
+    /// The new tokens: they take positions `n_past..n_past + tokens.len()`.
     pub tokens: &'a [u32],
+    /// Tokens of the sequence already in its KV blocks.
+    pub n_past: usize,
+    /// The sequence's KV blocks in order; they must hold `n_past + tokens.len()` positions.
+    pub block_table: &'a [u32],
 }
 
 /// Which rows of logits `forward` returns.
@@ -53,27 +56,49 @@ pub enum LogitsFor {
     LastToken,
 }
 
-/// A loaded model with its KV cache, on some backend.
+/// A draw wanted from the logits of one sequence's last new token.
+#[derive(Debug, Clone, Copy)]
+pub struct RowSample<'a> {
+    /// Index of the sequence in the forward's batch.
+    pub seq: usize,
+    pub spec: SampleSpec<'a>,
+}
+
+/// The KV pool's geometry: `n_blocks` blocks of `block_tokens` positions, shared by every
+/// sequence. Who owns which block is the caller's business (the engine's block manager).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvPool {
+    pub n_blocks: usize,
+    pub block_tokens: usize,
+}
+
+/// A loaded model with its KV pool, on some backend. It keeps no per-sequence state: every
+/// forward names each sequence's blocks.
 pub trait LanguageModel: Send {
     fn config(&self) -> &ModelConfig;
 
     /// "cpu", "cuda:0", ...
     fn device(&self) -> String;
 
-    /// Reserves KV-cache room for a new sequence of up to `max_tokens` tokens (at most the
-    /// context length); returns its id.
-    fn new_sequence(&mut self, max_tokens: usize) -> Result<usize, ModelError>;
+    fn kv_pool(&self) -> KvPool;
 
-    /// Releases a sequence's KV cache.
-    fn free_sequence(&mut self, seq_id: usize) -> Result<(), ModelError>;
+    /// Most sequences one forward may hold.
+    fn max_batch(&self) -> usize;
 
-    /// Tokens the sequence holds in its KV cache.
-    fn sequence_len(&self, seq_id: usize) -> Result<usize, ModelError>;
-
-    /// Runs the new tokens of every sequence in `batch` through the model in one pass, appending
-    /// them to the sequences' KV caches. Returns row-major float32 logits,
+    /// Runs the new tokens of every sequence in `batch` through the model in one pass, writing
+    /// their keys and values into the sequences' blocks. Returns row-major float32 logits,
     /// `[rows][vocab_size]`, rows as `logits_for` says.
-    fn forward(&mut self, batch: &[SeqTokens<'_>], logits_for: LogitsFor) -> Result<Vec<f32>, ModelError>;
+    fn forward(&mut self, batch: &[SeqChunk<'_>], logits_for: LogitsFor) -> Result<Vec<f32>, ModelError>;
+
+    /// Like `forward`, but instead of returning logits, draws one token from the logits of the
+    /// last new token of each sequence named in `samples` (on the device that computed them),
+    /// one result per entry of `samples`, in order. A row whose logits are broken gets its own
+    /// error; a failure of the forward itself is the `Err`.
+    fn forward_sample(
+        &mut self,
+        batch: &[SeqChunk<'_>],
+        samples: &[RowSample<'_>],
+    ) -> Result<Vec<Result<Sampled, SamplingError>>, ModelError>;
 }
 
 /// Loads the model in `file` onto `device` ("cpu", "cuda", "cuda:N") with default [`LoadOptions`].

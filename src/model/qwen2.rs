@@ -8,20 +8,25 @@
 use std::sync::Arc;
 
 use super::config::rope_style;
-use super::kv_cache::SlotTable;
 use super::weights::{load_weights, Weights};
-use super::{LanguageModel, LogitsFor, ModelConfig, ModelError, SeqTokens};
+use super::{KvPool, LanguageModel, LogitsFor, ModelConfig, ModelError, RowSample, SeqChunk};
 use crate::backend::{AttnParams, Backend, BatchPlan, KvLayout, ReplayKey, RopeParams, SeqSpan};
 use crate::gguf::GgufFile;
+use crate::sampling::{Sampled, SamplingError};
 
 /// Logit rows computed per LM-head pass: bounds the device buffer of logits
 /// (`LOGIT_CHUNK_ROWS * vocab` floats) however long a prefill asking for every row is.
 const LOGIT_CHUNK_ROWS: usize = 64;
 
+/// Positions per KV block: small enough that a sequence wastes little of its last block, large
+/// enough that block tables stay short and attention reads contiguous runs of keys.
+pub const KV_BLOCK_TOKENS: usize = 16;
+
 /// Options fixed at load time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoadOptions {
-    /// Token slots of the KV pool shared by all sequences; `None`: the context length.
+    /// Token slots of the KV pool shared by all sequences (rounded up to whole blocks of
+    /// [`KV_BLOCK_TOKENS`]); `None`: the context length.
     pub kv_cache_tokens: Option<usize>,
     /// Most sequences one forward may hold (a hint a GPU backend may size graphs by).
     pub max_batch: usize,
@@ -85,7 +90,7 @@ pub struct TransformerModel<B: Backend> {
     backend: B,
     weights: Weights<B>,
     kv: B::KvCache,
-    slots: SlotTable,
+    pool: KvPool,
     buffers: Option<Buffers<B>>,
     /// Bumped whenever `buffers` is reallocated (see [`ReplayKey`]).
     buffers_generation: u64,
@@ -107,11 +112,16 @@ impl<B: Backend> TransformerModel<B> {
         if options.max_batch == 0 {
             return Err(ModelError::Invalid("max_batch must be at least 1".into()));
         }
+        let pool = KvPool { n_blocks: capacity_tokens.div_ceil(KV_BLOCK_TOKENS), block_tokens: KV_BLOCK_TOKENS };
+        if u32::try_from(pool.n_blocks * pool.block_tokens).is_err() {
+            return Err(ModelError::Invalid(format!("kv_cache_tokens = {capacity_tokens} exceeds the 32-bit slot indices")));
+        }
         let kv = backend.alloc_kv_cache(&KvLayout {
             n_layers: config.n_layers,
             n_kv_heads: config.n_kv_heads,
             head_dim: config.head_dim,
-            capacity_tokens,
+            n_blocks: pool.n_blocks,
+            block_tokens: pool.block_tokens,
         })?;
         let rope = RopeParams {
             style: rope_style(&config.arch),
@@ -123,7 +133,7 @@ impl<B: Backend> TransformerModel<B> {
         let rope_k = RopeParams { n_heads: config.n_kv_heads, ..rope };
         let attn = AttnParams { n_heads: config.n_heads, n_kv_heads: config.n_kv_heads, head_dim: config.head_dim };
         Ok(TransformerModel {
-            slots: SlotTable::new(capacity_tokens, config.context_length),
+            pool,
             config,
             options,
             backend,
@@ -142,12 +152,8 @@ impl<B: Backend> TransformerModel<B> {
         self.options
     }
 
-    pub fn kv_capacity_tokens(&self) -> usize {
-        self.slots.capacity_tokens()
-    }
-
-    /// Validates the batch against the sequences and lays it out for the backend.
-    fn plan(&self, batch: &[SeqTokens<'_>], logits_for: LogitsFor) -> Result<BatchPlan, ModelError> {
+    /// Validates the batch and lays it out for the backend; `logit_rows` are batch rows.
+    fn plan(&self, batch: &[SeqChunk<'_>], logit_rows: impl FnOnce(&[SeqSpan]) -> Vec<u32>) -> Result<BatchPlan, ModelError> {
         if batch.len() > self.options.max_batch {
             return Err(ModelError::Invalid(format!(
                 "{} sequences in one forward exceed max_batch = {}",
@@ -156,47 +162,65 @@ impl<B: Backend> TransformerModel<B> {
             )));
         }
         let n_tokens: usize = batch.iter().map(|s| s.tokens.len()).sum();
+        let bt = self.pool.block_tokens;
         let mut plan = BatchPlan {
             tokens: Vec::with_capacity(n_tokens),
             positions: Vec::with_capacity(n_tokens),
             token_seq: Vec::with_capacity(n_tokens),
+            slots: Vec::with_capacity(n_tokens),
             seqs: Vec::with_capacity(batch.len()),
+            block_tables: Vec::with_capacity(batch.iter().map(|s| s.block_table.len()).sum()),
+            block_tokens: bt as u32,
             logit_rows: Vec::new(),
         };
         for (i, s) in batch.iter().enumerate() {
-            if batch[..i].iter().any(|o| o.seq_id == s.seq_id) {
-                return Err(ModelError::Invalid(format!("sequence {} appears twice in one batch", s.seq_id)));
-            }
             if s.tokens.is_empty() {
-                return Err(ModelError::Invalid(format!("sequence {} has no new tokens", s.seq_id)));
+                return Err(ModelError::Invalid(format!("sequence {i} of the batch has no new tokens")));
             }
             if let Some(&id) = s.tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
                 return Err(ModelError::BadTokenId { id, vocab_size: self.config.vocab_size });
             }
-            let state = self.slots.check_room(s.seq_id, s.tokens.len())?;
-            let first = plan.tokens.len() as u32;
-            plan.seqs.push(SeqSpan {
-                first_token: first,
+            let end = s.n_past + s.tokens.len();
+            if end > self.config.context_length {
+                return Err(ModelError::ContextLength { needed: end, context_length: self.config.context_length });
+            }
+            if s.block_table.len() * bt < end {
+                return Err(ModelError::Invalid(format!(
+                    "sequence {i} of the batch needs {end} KV positions but its {} blocks hold {}",
+                    s.block_table.len(),
+                    s.block_table.len() * bt
+                )));
+            }
+            if let Some(&b) = s.block_table.iter().find(|&&b| b as usize >= self.pool.n_blocks) {
+                return Err(ModelError::Invalid(format!("KV block {b} of a pool of {} blocks", self.pool.n_blocks)));
+            }
+            let span = SeqSpan {
+                first_token: plan.tokens.len() as u32,
                 n_new: s.tokens.len() as u32,
-                n_past: state.len as u32,
-                kv_start: state.kv_start as u32,
-            });
+                n_past: s.n_past as u32,
+                table_offset: plan.block_tables.len() as u32,
+            };
+            plan.block_tables.extend_from_slice(s.block_table);
             for (j, &t) in s.tokens.iter().enumerate() {
+                let pos = s.n_past + j;
                 plan.tokens.push(t);
-                plan.positions.push((state.len + j) as u32);
+                plan.positions.push(pos as u32);
                 plan.token_seq.push(i as u32);
+                plan.slots.push(plan.slot_of(&span, pos) as u32);
             }
-            if logits_for == LogitsFor::LastToken {
-                plan.logit_rows.push(first + s.tokens.len() as u32 - 1);
-            }
+            plan.seqs.push(span);
         }
-        if logits_for == LogitsFor::AllTokens {
-            plan.logit_rows = (0..n_tokens as u32).collect();
-        }
+        plan.logit_rows = logit_rows(&plan.seqs);
         Ok(plan)
     }
 
-    fn run(&mut self, plan: &BatchPlan) -> Result<Vec<f32>, ModelError> {
+    /// Runs the forward pass of `plan`, then hands each chunk of at most [`LOGIT_CHUNK_ROWS`]
+    /// wanted rows of logits (still on the device) to `take(backend, logits, first, count)`.
+    fn run(
+        &mut self,
+        plan: &BatchPlan,
+        mut take: impl FnMut(&mut B, &B::Act, usize, usize) -> Result<(), ModelError>,
+    ) -> Result<(), ModelError> {
         let n = plan.n_tokens();
         if self.buffers.as_ref().map_or(true, |buf| buf.capacity_rows < n) {
             // Drop the old buffers first so a GPU backend can reuse their memory.
@@ -216,25 +240,22 @@ impl<B: Backend> TransformerModel<B> {
         let key = one_chunk.then_some(ReplayKey { n_tokens: n, n_logit_rows: n_out, buffers_generation: self.buffers_generation });
         b.replayable(key, |b| {
             layers.hidden_states(b, buf, kv, &batch, n)?;
-            if one_chunk {
+            if one_chunk && n_out > 0 {
                 layers.logits_chunk(b, buf, &batch, 0, n_out)?;
             }
             Ok(())
         })?;
-        let vocab = c.vocab_size;
-        let mut out = vec![0f32; n_out * vocab];
         if one_chunk {
-            b.read_rows(&buf.logits, n_out, &mut out)?;
-            return Ok(out);
+            return if n_out > 0 { take(b, &buf.logits, 0, n_out) } else { Ok(()) };
         }
         let mut first = 0;
         while first < n_out {
             let count = (n_out - first).min(LOGIT_CHUNK_ROWS);
             layers.logits_chunk(b, buf, &batch, first, count)?;
-            b.read_rows(&buf.logits, count, &mut out[first * vocab..(first + count) * vocab])?;
+            take(b, &buf.logits, first, count)?;
             first += count;
         }
-        Ok(out)
+        Ok(())
     }
 }
 
@@ -292,29 +313,43 @@ impl<B: Backend> LanguageModel for TransformerModel<B> {
         self.backend.device()
     }
 
-    fn new_sequence(&mut self, max_tokens: usize) -> Result<usize, ModelError> {
-        self.slots.allocate(max_tokens)
+    fn kv_pool(&self) -> KvPool {
+        self.pool
     }
 
-    fn free_sequence(&mut self, seq_id: usize) -> Result<(), ModelError> {
-        self.slots.release(seq_id)
+    fn max_batch(&self) -> usize {
+        self.options.max_batch
     }
 
-    fn sequence_len(&self, seq_id: usize) -> Result<usize, ModelError> {
-        Ok(self.slots.get(seq_id)?.len)
-    }
-
-    fn forward(&mut self, batch: &[SeqTokens<'_>], logits_for: LogitsFor) -> Result<Vec<f32>, ModelError> {
+    fn forward(&mut self, batch: &[SeqChunk<'_>], logits_for: LogitsFor) -> Result<Vec<f32>, ModelError> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let plan = self.plan(batch, logits_for)?;
-        let logits = self.run(&plan)?;
-        // Only a forward that completed extends the sequences; a failed one leaves their
-        // lengths as they were (the slots it wrote are overwritten next time).
-        for s in batch {
-            self.slots.advance(s.seq_id, s.tokens.len())?;
+        let plan = self.plan(batch, |seqs| match logits_for {
+            LogitsFor::AllTokens => (0..seqs.iter().map(|s| s.n_new).sum::<u32>()).collect(),
+            LogitsFor::LastToken => seqs.iter().map(|s| s.first_token + s.n_new - 1).collect(),
+        })?;
+        let vocab = self.config.vocab_size;
+        let mut out = vec![0f32; plan.logit_rows.len() * vocab];
+        self.run(&plan, |b, logits, first, count| b.read_rows(logits, count, &mut out[first * vocab..(first + count) * vocab]))?;
+        Ok(out)
+    }
+
+    fn forward_sample(
+        &mut self,
+        batch: &[SeqChunk<'_>],
+        samples: &[RowSample<'_>],
+    ) -> Result<Vec<Result<Sampled, SamplingError>>, ModelError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(logits)
+        if let Some(r) = samples.iter().find(|r| r.seq >= batch.len()) {
+            return Err(ModelError::Invalid(format!("a draw for sequence {} of a batch of {}", r.seq, batch.len())));
+        }
+        let plan = self.plan(batch, |seqs| samples.iter().map(|r| seqs[r.seq].first_token + seqs[r.seq].n_new - 1).collect())?;
+        let specs: Vec<_> = samples.iter().map(|r| r.spec).collect();
+        let mut out = Vec::with_capacity(samples.len());
+        self.run(&plan, |b, logits, first, count| b.sample(logits, &specs[first..first + count], &mut out))?;
+        Ok(out)
     }
 }

@@ -4,8 +4,8 @@
 use pyo3::prelude::*;
 use pyo3::types::PyType;
 
-use crate::generate::GenerateError;
 use crate::backend::cuda::CudaError;
+use crate::engine::EngineError;
 use crate::gguf::GgufError;
 use crate::model::ModelError;
 use crate::quant::QuantError;
@@ -61,7 +61,7 @@ impl From<TokenizerError> for PyErr {
 impl From<ModelError> for PyErr {
     fn from(e: ModelError) -> PyErr {
         match e {
-            ModelError::ContextLength { .. } | ModelError::KvCacheFull { .. } => raise("ContextLengthError", e.to_string()),
+            ModelError::ContextLength { .. } => raise("ContextLengthError", e.to_string()),
             ModelError::Cuda(c) => c.into(),
             ModelError::Quant(q) => q.into(),
             _ => raise("ModelError", e.to_string()),
@@ -78,14 +78,20 @@ impl From<SamplingError> for PyErr {
     }
 }
 
-impl From<GenerateError> for PyErr {
-    fn from(e: GenerateError) -> PyErr {
+impl From<EngineError> for PyErr {
+    fn from(e: EngineError) -> PyErr {
         match e {
-            GenerateError::Model(e) => e.into(),
-            GenerateError::Sampling(e) => e.into(),
-            GenerateError::Tokenizer(e) => e.into(),
-            GenerateError::PromptTooLong { .. } => raise("ContextLengthError", e.to_string()),
-            GenerateError::EmptyPrompt { .. } | GenerateError::EmptyStopString | GenerateError::ZeroMaxBatch => pyo3::exceptions::PyValueError::new_err(e.to_string()),
+            EngineError::Model(e) => e.into(),
+            EngineError::Sampling(e) => e.into(),
+            EngineError::Tokenizer(e) => e.into(),
+            EngineError::PromptTooLong { .. }
+            | EngineError::TooLongForCache { .. }
+            | EngineError::KvCacheFull { .. }
+            | EngineError::SequenceFull { .. } => raise("ContextLengthError", e.to_string()),
+            EngineError::NoSuchSequence(_) => raise("ModelError", e.to_string()),
+            EngineError::EmptyPrompt | EngineError::EmptyStopString | EngineError::TooManyLogprobs(_) | EngineError::BadLimits => {
+                pyo3::exceptions::PyValueError::new_err(e.to_string())
+            }
         }
     }
 }

@@ -1,253 +1,58 @@
-//! `ferrite.Generator`: batched generation and streaming over a `Model` and a `Tokenizer`.
-//!
-//! The loop itself is `crate::generate::BatchDecode`; this module turns Python prompts into token
-//! ids, steps the loop with the GIL released (one `forward` per step, so Ctrl-C is seen between
-//! steps), drives the optional progress bar, and wraps results.
+//! `ferrite.Generator`: generate from one prompt or a batch, or stream one, over the model's
+//! engine. A thin layer: it checks every prompt first, submits them (at most `max_batch` in
+//! flight), and waits on them with the GIL released, driving the engine when no other thread does.
 
 use std::collections::VecDeque;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::io::IsTerminal;
+use std::time::Instant;
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{PyDict, PyList, PyTuple};
 
+use super::engine::{prompt_ids, tools_json, CallArgs, PyEngine, PyRequest, PyRequestOutput};
 use super::model::PyModel;
-use super::sampling::token_id;
+use super::results::PyGenerationResult;
 use super::tokenizer::PyTokenizer;
-use crate::generate::{BatchDecode, GenerateError, GenerateOptions, Generation, Piece};
-use crate::sampling::SamplingParams;
-use crate::tokenizer::Tokenizer;
+use crate::engine::check_request;
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyGenerator>()?;
-    m.add_class::<PyGenerationResult>()?;
-    m.add_class::<PyTimings>()?;
     m.add_class::<PyTextStream>()?;
     Ok(())
 }
 
-/// Wall-clock timings of one generation. In a batch, steps are shared: ``prefill_s`` is the whole
-/// batch's prefill and ``decode_s`` runs from the end of prefill until this sequence finished, so
-/// the rates are this sequence's own throughput. ``decode_tokens`` counts the tokens fed through
-/// decode steps (every generated token but the last, which is never fed back).
-#[pyclass(name = "Timings", module = "ferrite", frozen, get_all)]
-#[derive(Clone)]
-pub struct PyTimings {
-    pub prefill_tokens: usize,
-    pub prefill_s: f64,
-    pub prefill_tok_s: f64,
-    pub decode_tokens: usize,
-    pub decode_s: f64,
-    pub decode_tok_s: f64,
-}
-
-fn rate(tokens: usize, seconds: f64) -> f64 {
-    if seconds > 0.0 { tokens as f64 / seconds } else { 0.0 }
-}
-
-#[pymethods]
-impl PyTimings {
-    /// The timings as a plain dict (for JSON).
-    ///
-    /// >>> result.timings.as_dict()["decode_tok_s"]
-    fn as_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let d = PyDict::new(py);
-        d.set_item("prefill_tokens", self.prefill_tokens)?;
-        d.set_item("prefill_s", self.prefill_s)?;
-        d.set_item("prefill_tok_s", self.prefill_tok_s)?;
-        d.set_item("decode_tokens", self.decode_tokens)?;
-        d.set_item("decode_s", self.decode_s)?;
-        d.set_item("decode_tok_s", self.decode_tok_s)?;
-        Ok(d)
-    }
-
-    fn __repr__(&self) -> String {
-        format!(
-            "Timings(prefill {} tok in {:.3} s = {:.1} tok/s, decode {} tok in {:.3} s = {:.1} tok/s)",
-            self.prefill_tokens, self.prefill_s, self.prefill_tok_s, self.decode_tokens, self.decode_s, self.decode_tok_s
-        )
-    }
-}
-
-/// One finished generation. ``finish_reason`` is ``"eos"`` (the tokenizer's end-of-generation
-/// token), ``"stop"`` (a stop string or stop token id) or ``"length"`` (``max_tokens`` or the
-/// context length). ``token_ids`` includes the token that ended it; ``text`` excludes that
-/// token's text and any stop string. ``seed`` is the seed actually used.
-#[pyclass(name = "GenerationResult", module = "ferrite", frozen, get_all)]
-pub struct PyGenerationResult {
-    pub text: String,
-    pub token_ids: Vec<u32>,
-    pub prompt_token_ids: Vec<u32>,
-    pub finish_reason: &'static str,
-    pub timings: Py<PyTimings>,
-    pub seed: u64,
-}
-
-#[pymethods]
-impl PyGenerationResult {
-    fn __repr__(&self) -> String {
-        let mut preview: String = self.text.chars().take(60).collect();
-        if preview.len() < self.text.len() {
-            preview.push('…');
-        }
-        format!(
-            "GenerationResult(text={:?}, {} tokens, finish_reason={:?})",
-            preview,
-            self.token_ids.len(),
-            self.finish_reason
-        )
-    }
-}
-
-fn wrap_result(py: Python<'_>, g: Generation, seed: u64) -> PyResult<PyGenerationResult> {
-    let t = g.timings;
-    let timings = PyTimings {
-        prefill_tokens: t.prefill_tokens,
-        prefill_s: t.prefill_s,
-        prefill_tok_s: rate(t.prefill_tokens, t.prefill_s),
-        decode_tokens: t.decode_tokens,
-        decode_s: t.decode_s,
-        decode_tok_s: rate(t.decode_tokens, t.decode_s),
-    };
-    Ok(PyGenerationResult {
-        text: g.text,
-        token_ids: g.token_ids,
-        prompt_token_ids: g.prompt_token_ids,
-        finish_reason: g.finish_reason.as_str(),
-        timings: Py::new(py, timings)?,
-        seed,
-    })
-}
-
-/// Renders one conversation (a list of ``{"role", "content"}`` dicts) with the model's chat
-/// template and a generation prompt.
-fn render_chat(py: Python<'_>, tok: &Tokenizer, messages: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
-    let dumped: String = py.import("json")?.call_method1("dumps", (messages,))?.extract().map_err(|_| {
-        PyTypeError::new_err("chat messages must be JSON-serializable dicts with \"role\" and \"content\"")
-    })?;
-    let json: Vec<serde_json::Value> = serde_json::from_str(&dumped)
-        .map_err(|e| PyTypeError::new_err(format!("chat messages must be a list of dicts: {e}")))?;
-    for (i, m) in json.iter().enumerate() {
-        if !m.is_object() || m.get("role").and_then(|r| r.as_str()).is_none() {
-            return Err(PyTypeError::new_err(format!("chat message {i} must be a dict with a string \"role\"")));
-        }
-    }
-    let text = py.detach(|| tok.apply_chat_template(&json, true, None))?;
-    Ok(py.detach(|| tok.encode(&text, true, true))?)
-}
-
-/// One prompt: a str (raw text), a list of message dicts (a conversation), or a list of ints.
-fn one_prompt(py: Python<'_>, tok: &Tokenizer, vocab_size: usize, p: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
-    if let Ok(s) = p.cast::<PyString>() {
-        let text: String = s.extract()?;
-        return Ok(py.detach(|| tok.encode(&text, true, true))?);
-    }
-    if p.is_instance_of::<PyList>() || p.is_instance_of::<PyTuple>() {
-        let first = p.get_item(0).ok();
-        match first {
-            Some(f) if f.is_instance_of::<PyDict>() => return render_chat(py, tok, p),
-            Some(_) => {
-                let ids: Vec<i64> = p.extract().map_err(|_| {
-                    PyTypeError::new_err("a prompt list must hold message dicts or token ids (ints)")
-                })?;
-                return ids.into_iter().map(|t| token_id(t, vocab_size)).collect();
-            }
-            None => return Err(PyValueError::new_err("prompt is an empty list")),
-        }
-    }
-    Err(PyTypeError::new_err(format!(
-        "a prompt must be a str, a list of chat message dicts, or a list of token ids, not {}",
-        p.get_type().name()?
-    )))
-}
-
 /// The prompts of a call, and whether the call was for a list (so it returns a list).
-fn parse_prompts(py: Python<'_>, tok: &Tokenizer, vocab_size: usize, prompt: &Bound<'_, PyAny>) -> PyResult<(Vec<Vec<u32>>, bool)> {
+fn parse_prompts(py: Python<'_>, engine: &PyEngine, prompt: &Bound<'_, PyAny>, tools: Option<&serde_json::Value>) -> PyResult<(Vec<Vec<u32>>, bool)> {
+    let (tok, vocab) = (engine.tok(), engine.vocab_size());
     let is_list = prompt.is_instance_of::<PyList>() || prompt.is_instance_of::<PyTuple>();
     if !is_list {
-        return Ok((vec![one_prompt(py, tok, vocab_size, prompt)?], false));
+        return Ok((vec![prompt_ids(py, tok, vocab, prompt, tools)?], false));
     }
-    let first = prompt
-        .get_item(0)
-        .map_err(|_| PyValueError::new_err("no prompts given (empty list)"))?;
+    let first = prompt.get_item(0).map_err(|_| PyValueError::new_err("no prompts given (empty list)"))?;
     // A list of dicts is one conversation and a list of ints one tokenized prompt; a list of
     // str, conversations or token lists is a batch.
     if first.is_instance_of::<PyDict>() || first.extract::<i64>().is_ok() {
-        return Ok((vec![one_prompt(py, tok, vocab_size, prompt)?], false));
+        return Ok((vec![prompt_ids(py, tok, vocab, prompt, tools)?], false));
     }
     let mut out = Vec::new();
     for p in prompt.try_iter()? {
-        out.push(one_prompt(py, tok, vocab_size, &p?)?);
+        out.push(prompt_ids(py, tok, vocab, &p?, tools)?);
     }
     Ok((out, true))
 }
 
-fn clock_seed() -> u64 {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    now.as_secs().wrapping_mul(1_000_000_007) ^ now.subsec_nanos() as u64
-}
-
-/// Everything a `generate`/`stream` call shares, checked.
-struct CallOptions {
-    options: GenerateOptions,
-    seed: u64,
-}
-
-#[allow(clippy::too_many_arguments)]
-fn call_options(
-    tok: &Tokenizer,
-    max_batch: usize,
-    vocab_size: usize,
-    max_tokens: usize,
-    temperature: f32,
-    top_k: usize,
-    top_p: f32,
-    min_p: f32,
-    repetition_penalty: f32,
-    presence_penalty: f32,
-    frequency_penalty: f32,
-    seed: Option<u64>,
-    stop: Option<&Bound<'_, PyAny>>,
-    stop_token_ids: Vec<i64>,
-) -> PyResult<CallOptions> {
-    let seed = seed.unwrap_or_else(clock_seed);
-    let sampling = SamplingParams {
-        temperature,
-        top_k,
-        top_p,
-        min_p,
-        repetition_penalty,
-        presence_penalty,
-        frequency_penalty,
-        seed,
-    };
-    sampling.validate()?;
-    let stop_strings: Vec<String> = match stop {
-        None => Vec::new(),
-        Some(s) if s.is_instance_of::<PyString>() => vec![s.extract()?],
-        Some(s) => s.extract().map_err(|_| PyTypeError::new_err("stop must be a str or a list of str"))?,
-    };
-    let stop_token_ids = stop_token_ids.into_iter().map(|t| token_id(t, vocab_size)).collect::<PyResult<Vec<u32>>>()?;
-    Ok(CallOptions {
-        options: GenerateOptions {
-            sampling,
-            max_tokens,
-            stop_strings,
-            stop_token_ids,
-            eog_token_ids: tok.eog_ids().to_vec(),
-            max_batch,
-        },
-        seed,
-    })
-}
-
-/// A progress bar over finished sequences: tqdm when installed, else one stderr line.
+/// Progress of a batch: tqdm when installed, else a plain line on stderr (redrawn in place only
+/// on a terminal). Counts finished sequences and generated tokens from the first step; the rate
+/// is over the time since the first token.
 struct Progress<'py> {
     bar: Option<Bound<'py, PyAny>>,
     total: usize,
     shown_finished: usize,
-    started: std::time::Instant,
-    last_line: std::time::Instant,
+    /// When the first token arrived, and how many had by then.
+    first_token: Option<(Instant, usize)>,
+    last_line: Instant,
+    terminal: bool,
 }
 
 impl<'py> Progress<'py> {
@@ -259,22 +64,40 @@ impl<'py> Progress<'py> {
             kwargs.set_item("unit", "seq")?;
             m.getattr("tqdm")?.call((), Some(&kwargs))
         });
-        let now = std::time::Instant::now();
-        Progress { bar: bar.ok(), total, shown_finished: 0, started: now, last_line: now }
+        let now = Instant::now();
+        Progress { bar: bar.ok(), total, shown_finished: 0, first_token: None, last_line: now, terminal: std::io::stderr().is_terminal() }
     }
 
     fn update(&mut self, finished: usize, generated: usize) -> PyResult<()> {
-        let rate = generated as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
+        if generated > 0 && self.first_token.is_none() {
+            self.first_token = Some((Instant::now(), generated));
+        }
+        let rate = match self.first_token {
+            Some((t, at_first)) if t.elapsed().as_secs_f64() > 0.05 => (generated - at_first) as f64 / t.elapsed().as_secs_f64(),
+            _ => 0.0,
+        };
         if let Some(bar) = &self.bar {
             if finished > self.shown_finished {
                 bar.call_method1("update", (finished - self.shown_finished,))?;
             }
-            bar.call_method1("set_postfix_str", (format!("{generated} tok, {rate:.1} tok/s"),))?;
-        } else if self.last_line.elapsed().as_secs_f64() > 0.2 || finished == self.total {
-            self.last_line = std::time::Instant::now();
-            eprint!("\rgenerate: {finished}/{} sequences, {generated} tokens, {rate:.1} tok/s", self.total);
-            if finished == self.total {
-                eprintln!();
+            if self.last_line.elapsed().as_secs_f64() > 0.1 || finished == self.total {
+                self.last_line = Instant::now();
+                bar.call_method1("set_postfix_str", (format!("{generated} tok, {rate:.1} tok/s"),))?;
+            }
+        } else {
+            let every = if self.terminal { 0.2 } else { 5.0 };
+            let done = finished == self.total;
+            if self.last_line.elapsed().as_secs_f64() > every || (done && finished > self.shown_finished) {
+                self.last_line = Instant::now();
+                let line = format!("generate: {finished}/{} sequences, {generated} tokens, {rate:.1} tok/s", self.total);
+                if self.terminal {
+                    eprint!("\r{line}");
+                    if done {
+                        eprintln!();
+                    }
+                } else {
+                    eprintln!("{line}");
+                }
             }
         }
         self.shown_finished = finished;
@@ -289,7 +112,7 @@ impl<'py> Progress<'py> {
     }
 }
 
-/// Text generation with a ``Model`` and its ``Tokenizer``.
+/// Text generation with a ``Model`` and its ``Tokenizer``, over the model's engine.
 ///
 /// ``generate`` takes a prompt in any of these forms and returns a ``GenerationResult`` (or a
 /// list of them, in order, for a list of prompts):
@@ -298,18 +121,19 @@ impl<'py> Progress<'py> {
 /// - a list of ``{"role", "content"}`` dicts: one conversation, rendered with the model's chat
 ///   template and a generation prompt;
 /// - a list of ints: token ids;
-/// - a list of any of the above: a batch, decoded together (one ``forward`` per step for all
-///   sequences still running; finished ones leave the batch and free their KV cache).
+/// - a list of any of the above: a batch, generated together (continuous batching: finished
+///   sequences leave at once and waiting ones take their place).
 ///
 /// Sampling applies penalties, then temperature, top-k, top-p and min-p, then a seeded draw
-/// (``temperature=0`` is greedy). Defaults are llama.cpp's. Every prompt of a call uses the same
-/// ``seed``, so a prompt gets the same tokens in a batch as alone; ``seed=None`` takes one from the
-/// clock (reported as ``result.seed``). Generation stops at the tokenizer's end-of-generation
-/// tokens, ``stop_token_ids``, ``stop`` strings, or after ``max_tokens`` new tokens.
+/// (``temperature=0`` is greedy); the draws happen on the model's device. Defaults are
+/// llama.cpp's. Every prompt of a call uses the same ``seed``, and a request draws the same
+/// tokens alone or in any batch; ``seed=None`` takes one from the clock (reported as
+/// ``result.seed``). Generation stops at the tokenizer's end-of-generation tokens (unless
+/// ``ignore_eos``), ``stop_token_ids``, ``stop`` strings, or after ``max_tokens`` new tokens.
+/// ``logprobs=k`` adds the chosen tokens' log-probabilities (and the k best, for k >= 1).
 ///
 /// >>> import ferrite
-/// >>> path = ferrite.fetch_test_model()
-/// >>> gen = ferrite.Generator(ferrite.Model.load(path), ferrite.Tokenizer.from_gguf(path))
+/// >>> gen = ferrite.Generator.from_gguf(ferrite.fetch_test_model())
 /// >>> r = gen.generate([{"role": "user", "content": "Say hi"}], max_tokens=16, temperature=0)
 /// >>> r.finish_reason, r.text
 /// ('eos', 'Hi! How can I assist you today?')
@@ -318,31 +142,113 @@ impl<'py> Progress<'py> {
 #[pyclass(name = "Generator", module = "ferrite", frozen)]
 pub struct PyGenerator {
     model: Py<PyModel>,
-    tokenizer: Tokenizer,
-    vocab_size: usize,
-    context_length: usize,
+    engine: Py<PyEngine>,
     max_batch: usize,
+}
+
+/// The sampling keyword arguments of `generate` and `stream`, collected.
+macro_rules! call_args {
+    ($max_tokens:expr, $temperature:expr, $top_k:expr, $top_p:expr, $min_p:expr, $rep:expr, $presence:expr,
+     $frequency:expr, $seed:expr, $stop:expr, $stop_ids:expr, $logprobs:expr, $ignore_eos:expr) => {
+        CallArgs {
+            max_tokens: $max_tokens,
+            temperature: $temperature,
+            top_k: $top_k,
+            top_p: $top_p,
+            min_p: $min_p,
+            repetition_penalty: $rep,
+            presence_penalty: $presence,
+            frequency_penalty: $frequency,
+            seed: $seed,
+            stop: $stop,
+            stop_token_ids: $stop_ids,
+            logprobs: $logprobs,
+            ignore_eos: $ignore_eos,
+        }
+    };
+}
+
+impl PyGenerator {
+    /// Every prompt of a call as a checked request template and token ids.
+    fn prepare(
+        &self,
+        py: Python<'_>,
+        prompt: &Bound<'_, PyAny>,
+        args: CallArgs<'_>,
+        tools: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<(Vec<crate::engine::Request>, bool)> {
+        let engine = self.engine.get();
+        let template = args.template(engine.vocab_size())?;
+        let tools = tools_json(py, tools.as_ref())?;
+        let (prompts, is_list) = parse_prompts(py, engine, prompt, tools.as_ref())?;
+        let limits = engine.shared().limits();
+        let mut reqs = Vec::with_capacity(prompts.len());
+        for (i, p) in prompts.into_iter().enumerate() {
+            let req = template.request(p, engine.tok());
+            // Checked all up front: a bad prompt fails the call before any work starts.
+            check_request(&req, &limits).map_err(|e| {
+                let err: PyErr = e.into();
+                if is_list {
+                    let msg = format!("prompt {i}: {}", err.value(py));
+                    PyErr::from_type(err.get_type(py), msg)
+                } else {
+                    err
+                }
+            })?;
+            reqs.push(req);
+        }
+        Ok((reqs, is_list))
+    }
 }
 
 #[pymethods]
 impl PyGenerator {
-    /// ``max_batch``: sequences decoded together at most (no more than the ``Model``'s own
-    /// ``max_batch``, 64 by default); further prompts of a call wait and start as others finish.
+    /// ``max_batch``: sequences of this generator's calls running together at most (default:
+    /// the model's ``max_batch``; larger is an error); further prompts of a call wait and start
+    /// as others finish.
     #[new]
-    #[pyo3(signature = (model, tokenizer, *, max_batch = 64))]
-    fn new(model: Bound<'_, PyModel>, tokenizer: Bound<'_, PyTokenizer>, max_batch: usize) -> PyResult<Self> {
-        if max_batch == 0 {
-            return Err(PyValueError::new_err("max_batch must be at least 1"));
-        }
-        let tok = tokenizer.get().tokenizer().clone();
-        let (vocab_size, context_length) = model.get().with_model(|m| (m.config().vocab_size, m.config().context_length));
-        if tok.vocab_size() > vocab_size {
-            return Err(PyValueError::new_err(format!(
-                "the tokenizer has {} tokens but the model's vocabulary has {vocab_size}: they are not from the same model",
-                tok.vocab_size()
-            )));
-        }
-        Ok(PyGenerator { model: model.unbind(), tokenizer: tok, vocab_size, context_length, max_batch })
+    #[pyo3(signature = (model, tokenizer, *, max_batch = None))]
+    fn new(model: Bound<'_, PyModel>, tokenizer: Bound<'_, PyTokenizer>, max_batch: Option<i64>) -> PyResult<Self> {
+        let py = model.py();
+        let engine = PyEngine::build(model.clone(), tokenizer)?;
+        let model_max = engine.shared().limits().max_batch;
+        let max_batch = match max_batch {
+            None => model_max,
+            Some(n) if n < 1 => return Err(PyValueError::new_err(format!("max_batch = {n}: expected at least 1"))),
+            Some(n) if n as usize > model_max => {
+                return Err(PyValueError::new_err(format!(
+                    "max_batch = {n} exceeds the model's max_batch = {model_max} (load the model with a larger max_batch)"
+                )))
+            }
+            Some(n) => n as usize,
+        };
+        Ok(PyGenerator { model: model.unbind(), engine: Py::new(py, engine)?, max_batch })
+    }
+
+    /// Loads a model and its tokenizer from one GGUF file: ``Model.load(path, device=device,
+    /// **load_options)`` and ``Tokenizer.from_gguf(path)`` in one call.
+    ///
+    /// >>> gen = ferrite.Generator.from_gguf("model.gguf")                 # device="auto"
+    /// >>> gen = ferrite.Generator.from_gguf("model.gguf", device="cpu", kv_cache_tokens=8192)
+    #[staticmethod]
+    #[pyo3(signature = (path, *, device = "auto", max_batch = 64, kv_cache_tokens = None, exact_matmul = false,
+        max_step_tokens = None, prefix_caching = true))]
+    #[allow(clippy::too_many_arguments)]
+    fn from_gguf(
+        py: Python<'_>,
+        path: &Bound<'_, PyAny>,
+        device: &str,
+        max_batch: i64,
+        kv_cache_tokens: Option<i64>,
+        exact_matmul: bool,
+        max_step_tokens: Option<i64>,
+        prefix_caching: bool,
+    ) -> PyResult<PyGenerator> {
+        let file = super::model::open_file(py, path)?;
+        let model = Bound::new(py, PyModel::load_file(py, file.clone(), device, max_batch, kv_cache_tokens, exact_matmul, max_step_tokens, prefix_caching)?)?;
+        let tok = py.detach(|| crate::tokenizer::Tokenizer::from_gguf(&file))?;
+        let tokenizer = Bound::new(py, PyTokenizer::new(tok))?;
+        PyGenerator::new(model, tokenizer, None)
     }
 
     /// The model this generator runs.
@@ -351,158 +257,171 @@ impl PyGenerator {
         self.model.clone_ref(py)
     }
 
+    /// The engine it submits to (shared with every other user of the model).
+    #[getter]
+    fn engine(&self, py: Python<'_>) -> Py<PyEngine> {
+        self.engine.clone_ref(py)
+    }
+
+    #[getter]
+    fn tokenizer(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        Ok(self.engine.bind(py).getattr("tokenizer")?.unbind())
+    }
+
+    #[getter]
+    fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+
     /// Generates from one prompt or a batch; see the class docstring for prompt forms.
     ///
     /// >>> results = gen.generate(["1, 2, 3,", "a, b, c,"], max_tokens=8, temperature=0, progress=True)
     /// >>> [r.text for r in results]
     #[pyo3(signature = (prompt, *, max_tokens = 256, temperature = 0.8, top_k = 40, top_p = 0.95, min_p = 0.05,
         repetition_penalty = 1.0, presence_penalty = 0.0, frequency_penalty = 0.0, seed = None, stop = None,
-        stop_token_ids = Vec::new(), progress = false))]
+        stop_token_ids = None, logprobs = None, ignore_eos = false, tools = None, progress = false))]
     #[allow(clippy::too_many_arguments)]
     fn generate<'py>(
         &self,
         py: Python<'py>,
         prompt: &Bound<'py, PyAny>,
-        max_tokens: usize,
-        temperature: f32,
-        top_k: usize,
-        top_p: f32,
-        min_p: f32,
-        repetition_penalty: f32,
-        presence_penalty: f32,
-        frequency_penalty: f32,
+        max_tokens: i64,
+        temperature: f64,
+        top_k: i64,
+        top_p: f64,
+        min_p: f64,
+        repetition_penalty: f64,
+        presence_penalty: f64,
+        frequency_penalty: f64,
         seed: Option<u64>,
-        stop: Option<&Bound<'py, PyAny>>,
-        stop_token_ids: Vec<i64>,
+        stop: Option<Bound<'py, PyAny>>,
+        stop_token_ids: Option<Vec<i64>>,
+        logprobs: Option<i64>,
+        ignore_eos: bool,
+        tools: Option<Bound<'py, PyAny>>,
         progress: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let call = call_options(
-            &self.tokenizer,
-            self.max_batch,
-            self.vocab_size,
-            max_tokens,
-            temperature,
-            top_k,
-            top_p,
-            min_p,
-            repetition_penalty,
-            presence_penalty,
-            frequency_penalty,
-            seed,
-            stop,
-            stop_token_ids,
-        )?;
-        let (prompts, is_list) = parse_prompts(py, &self.tokenizer, self.vocab_size, prompt)?;
-        let mut batch = BatchDecode::new(prompts, call.options, &self.tokenizer, self.vocab_size, self.context_length)?;
-        let mut bar = progress.then(|| Progress::new(py, batch.len()));
-        let model = self.model.get();
-        let tok = &self.tokenizer;
-        while !batch.is_done() {
-            let stepped = py.detach(|| model.with_model(|m| batch.step(m, tok)));
-            let checked = stepped.map_err(PyErr::from).and_then(|_| py.check_signals()).and_then(|_| match &mut bar {
-                Some(b) => b.update(batch.finished_count(), batch.generated_count()),
-                None => Ok(()),
-            });
-            if let Err(e) = checked {
-                py.detach(|| model.with_model(|m| batch.release(m)));
-                if let Some(b) = &bar {
-                    let _ = b.close();
+        let args = call_args!(max_tokens, temperature, top_k, top_p, min_p, repetition_penalty, presence_penalty,
+            frequency_penalty, seed, stop, stop_token_ids, logprobs, ignore_eos);
+        let (reqs, is_list) = self.prepare(py, prompt, args, tools)?;
+        let n = reqs.len();
+        let engine = self.engine.get();
+        let mut queue: VecDeque<(usize, crate::engine::Request)> = reqs.into_iter().enumerate().collect();
+        let mut in_flight: Vec<(usize, PyRequest)> = Vec::new();
+        let mut results: Vec<Option<PyGenerationResult>> = (0..n).map(|_| None).collect();
+        let mut bar = progress.then(|| Progress::new(py, n));
+        let mut generated = 0usize;
+        let mut finished = 0usize;
+        let outcome: PyResult<()> = (|| {
+            loop {
+                while in_flight.len() < self.max_batch {
+                    let Some((i, req)) = queue.pop_front() else { break };
+                    in_flight.push((i, engine.submit_request(req)?));
                 }
-                return Err(e);
+                let Some((_, first)) = in_flight.first() else { break };
+                // Wait on the oldest request in flight (driving the engine), then collect what
+                // every request got.
+                if let Some(out) = first.next_output(py, Some(0.5))? {
+                    generated += out.token_ids.len();
+                }
+                let mut k = 0;
+                while k < in_flight.len() {
+                    let (i, r) = &in_flight[k];
+                    if k > 0 {
+                        generated += r.poll_count();
+                    }
+                    if r.is_finished() {
+                        // Outputs not yet taken are in the result; the request can go.
+                        results[*i] = Some(r.generation_result()?);
+                        in_flight.remove(k);
+                        finished += 1;
+                    } else {
+                        k += 1;
+                    }
+                }
+                if let Some(b) = &mut bar {
+                    b.update(finished, generated)?;
+                }
             }
-        }
+            Ok(())
+        })();
         if let Some(b) = &bar {
-            b.close()?;
+            let _ = b.close();
         }
-        let results = batch
-            .into_generations()
-            .into_iter()
-            .map(|g| Py::new(py, wrap_result(py, g, call.seed)?))
-            .collect::<PyResult<Vec<_>>>()?;
+        if let Err(e) = outcome {
+            // Ctrl-C or a failure: stop what this call started, at once.
+            for (_, r) in &in_flight {
+                r.cancel_now();
+            }
+            return Err(e);
+        }
+        let results: Vec<PyGenerationResult> = results.into_iter().map(|r| r.expect("every request finished")).collect();
         if is_list {
             Ok(PyList::new(py, results)?.into_any())
         } else {
             let only = results.into_iter().next().ok_or_else(|| PyValueError::new_err("no prompt given"))?;
-            Ok(only.into_bound(py).into_any())
+            Ok(Bound::new(py, only)?.into_any())
         }
     }
 
     /// Streams the generation of ONE prompt as text pieces. Pieces are whole characters and never
     /// contain any part of a stop string (text that could start one is held back until it cannot).
-    /// After the iterator is exhausted, its ``result`` is the ``GenerationResult``.
+    /// After the iterator is exhausted, its ``result`` is the ``GenerationResult``;
+    /// ``last_output`` is the ``RequestOutput`` behind the latest piece (with its logprobs).
     ///
     /// >>> it = gen.stream([{"role": "user", "content": "Write a haiku"}], max_tokens=64)
     /// >>> text = "".join(it); it.result.finish_reason
     #[pyo3(signature = (prompt, *, max_tokens = 256, temperature = 0.8, top_k = 40, top_p = 0.95, min_p = 0.05,
         repetition_penalty = 1.0, presence_penalty = 0.0, frequency_penalty = 0.0, seed = None, stop = None,
-        stop_token_ids = Vec::new()))]
+        stop_token_ids = None, logprobs = None, ignore_eos = false, tools = None))]
     #[allow(clippy::too_many_arguments)]
-    fn stream(
+    fn stream<'py>(
         &self,
-        py: Python<'_>,
-        prompt: &Bound<'_, PyAny>,
-        max_tokens: usize,
-        temperature: f32,
-        top_k: usize,
-        top_p: f32,
-        min_p: f32,
-        repetition_penalty: f32,
-        presence_penalty: f32,
-        frequency_penalty: f32,
+        py: Python<'py>,
+        prompt: &Bound<'py, PyAny>,
+        max_tokens: i64,
+        temperature: f64,
+        top_k: i64,
+        top_p: f64,
+        min_p: f64,
+        repetition_penalty: f64,
+        presence_penalty: f64,
+        frequency_penalty: f64,
         seed: Option<u64>,
-        stop: Option<&Bound<'_, PyAny>>,
-        stop_token_ids: Vec<i64>,
+        stop: Option<Bound<'py, PyAny>>,
+        stop_token_ids: Option<Vec<i64>>,
+        logprobs: Option<i64>,
+        ignore_eos: bool,
+        tools: Option<Bound<'py, PyAny>>,
     ) -> PyResult<PyTextStream> {
-        let call = call_options(
-            &self.tokenizer,
-            self.max_batch,
-            self.vocab_size,
-            max_tokens,
-            temperature,
-            top_k,
-            top_p,
-            min_p,
-            repetition_penalty,
-            presence_penalty,
-            frequency_penalty,
-            seed,
-            stop,
-            stop_token_ids,
-        )?;
-        let (prompts, is_list) = parse_prompts(py, &self.tokenizer, self.vocab_size, prompt)?;
+        let args = call_args!(max_tokens, temperature, top_k, top_p, min_p, repetition_penalty, presence_penalty,
+            frequency_penalty, seed, stop, stop_token_ids, logprobs, ignore_eos);
+        let (reqs, is_list) = self.prepare(py, prompt, args, tools)?;
         if is_list {
             return Err(PyTypeError::new_err(
                 "stream() takes one prompt (a str, a conversation, or token ids); use generate() for a batch",
             ));
         }
-        let batch = BatchDecode::new(prompts, call.options, &self.tokenizer, self.vocab_size, self.context_length)?;
-        Ok(PyTextStream {
-            model: self.model.clone_ref(py),
-            tokenizer: self.tokenizer.clone(),
-            batch: Some(batch),
-            pending: VecDeque::new(),
-            result: None,
-            seed: call.seed,
-        })
+        let req = reqs.into_iter().next().ok_or_else(|| PyValueError::new_err("no prompt given"))?;
+        let logprobs = req.logprobs;
+        let request = self.engine.get().submit_request(req)?;
+        Ok(PyTextStream { request: Some(request), result: None, last: None, logprobs })
     }
 
-    fn __repr__(&self) -> String {
-        let device = self.model.get().with_model(|m| m.device());
-        format!("Generator(device={device:?}, vocab_size={})", self.vocab_size)
+    fn __repr__(&self, py: Python<'_>) -> String {
+        format!("Generator(device={:?}, max_batch={})", self.model.get().device_name(py), self.max_batch)
     }
 }
 
 /// The iterator ``Generator.stream`` returns: yields text pieces; ``result`` is the
-/// ``GenerationResult`` once it is exhausted (``None`` before). Abandoning it early frees the
-/// sequence's KV cache.
+/// ``GenerationResult`` once it is exhausted (``None`` before). Abandoning it early (or
+/// ``close()``) cancels the request and frees its KV room.
 #[pyclass(name = "TextStream", module = "ferrite")]
 pub struct PyTextStream {
-    model: Py<PyModel>,
-    tokenizer: Tokenizer,
-    batch: Option<BatchDecode<Tokenizer>>,
-    pending: VecDeque<String>,
-    result: Option<Py<PyGenerationResult>>,
-    seed: u64,
+    request: Option<PyRequest>,
+    result: Option<PyGenerationResult>,
+    last: Option<Py<PyRequestOutput>>,
+    logprobs: Option<usize>,
 }
 
 #[pymethods]
@@ -513,27 +432,23 @@ impl PyTextStream {
 
     fn __next__(&mut self, py: Python<'_>) -> PyResult<Option<String>> {
         loop {
-            if let Some(piece) = self.pending.pop_front() {
-                return Ok(Some(piece));
-            }
-            let Some(batch) = self.batch.as_mut() else {
-                return Ok(None);
-            };
-            if batch.is_done() {
-                let Some(batch) = self.batch.take() else { return Ok(None) };
-                if let Some(g) = batch.into_generations().into_iter().next() {
-                    self.result = Some(Py::new(py, wrap_result(py, g, self.seed)?)?);
+            let Some(req) = self.request.as_ref() else { return Ok(None) };
+            match req.next_output(py, None) {
+                Ok(Some(out)) => {
+                    let text = out.text.clone();
+                    self.last = Some(Py::new(py, PyRequestOutput::from_output(out, self.logprobs))?);
+                    if !text.is_empty() {
+                        return Ok(Some(text));
+                    }
                 }
-                return Ok(None);
-            }
-            let model = self.model.get();
-            let tok = &self.tokenizer;
-            let stepped: Result<Vec<Piece>, GenerateError> = py.detach(|| model.with_model(|m| batch.step(m, tok)));
-            match stepped.map_err(PyErr::from).and_then(|p| py.check_signals().map(|_| p)) {
-                Ok(pieces) => self.pending.extend(pieces.into_iter().map(|(_, text)| text)),
+                Ok(None) => {
+                    self.result = Some(req.generation_result()?);
+                    self.request = None;
+                    return Ok(None);
+                }
                 Err(e) => {
-                    py.detach(|| model.with_model(|m| batch.release(m)));
-                    self.batch = None;
+                    req.cancel_now();
+                    self.request = None;
                     return Err(e);
                 }
             }
@@ -542,23 +457,20 @@ impl PyTextStream {
 
     /// The ``GenerationResult``, once the stream is exhausted; ``None`` before.
     #[getter]
-    fn result(&self, py: Python<'_>) -> Option<Py<PyGenerationResult>> {
-        self.result.as_ref().map(|r| r.clone_ref(py))
+    fn result(&self) -> Option<PyGenerationResult> {
+        self.result.clone()
     }
 
-    /// Stops generating and frees the KV cache (also done when the iterator is dropped).
-    fn close(&mut self, py: Python<'_>) {
-        if let Some(mut batch) = self.batch.take() {
-            let model = self.model.get();
-            py.detach(|| model.with_model(|m| batch.release(m)));
-        }
+    /// The ``RequestOutput`` behind the latest piece (its tokens and log-probabilities).
+    #[getter]
+    fn last_output(&self, py: Python<'_>) -> Option<Py<PyRequestOutput>> {
+        self.last.as_ref().map(|o| o.clone_ref(py))
     }
-}
 
-impl Drop for PyTextStream {
-    fn drop(&mut self) {
-        if let Some(mut batch) = self.batch.take() {
-            self.model.get().with_model(|m| batch.release(m));
+    /// Stops generating and frees the KV room (also done when the iterator is dropped).
+    fn close(&mut self) {
+        if let Some(req) = self.request.take() {
+            req.cancel_now();
         }
     }
 }

@@ -2,10 +2,12 @@
 //! around long work.
 
 mod cuda;
+mod engine;
 mod errors;
 mod generator;
 mod gguf;
 mod model;
+mod results;
 mod sampling;
 mod tokenizer;
 
@@ -18,6 +20,8 @@ fn _ferrite(m: &Bound<'_, PyModule>) -> PyResult<()> {
     model::register(m)?;
     tokenizer::register(m)?;
     sampling::register(m)?;
+    engine::register(m)?;
+    results::register(m)?;
     generator::register(m)?;
     cuda::register(m)?;
     Ok(())

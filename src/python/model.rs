@@ -1,32 +1,35 @@
-//! `ferrite.Model`: a loaded model with its KV cache, for logits from Python.
+//! `ferrite.Model`: a loaded model with its engine, for logits from Python.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use numpy::{PyArray2, PyArrayMethods};
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use super::gguf::PyGgufFile;
+use crate::engine::shared::SharedEngine;
+use crate::engine::{Engine, EngineConfig};
 use crate::gguf::GgufFile;
-use crate::model::{load_model_with, LanguageModel, LoadOptions, LogitsFor, ModelConfig, ModelError, SeqTokens};
+use crate::model::{load_model_with, LoadOptions, LogitsFor, ModelConfig};
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyModel>()?;
     Ok(())
 }
 
-/// Room a `new_sequence()` reserves when no `max_tokens` is given (capped at the context length).
+/// Room a `new_sequence()` allows when no `max_tokens` is given (capped at the context length).
 const DEFAULT_SEQUENCE_TOKENS: usize = 4096;
 
-/// A Qwen2-family model loaded on a device, with a KV cache shared by its sequences.
+/// A Qwen2-family model loaded on a device, with its KV cache and generation engine.
 ///
 /// Load with ``Model.load``. ``forward`` returns float32 logits ``[rows, vocab]``; without a
 /// sequence it runs the tokens as a fresh sequence; with ``seq=`` (an id from ``new_sequence``)
 /// it appends them to that sequence's KV cache, so the sequence can be fed incrementally.
 ///
 /// >>> import ferrite
-/// >>> m = ferrite.Model.load(ferrite.fetch_test_model())
+/// >>> m = ferrite.Model.load(ferrite.fetch_test_model(), device="cpu")
 /// >>> m.forward([9707, 11, 1879], last_only=True).shape
 /// (1, 151936)
 /// >>> s = m.new_sequence()
@@ -35,64 +38,91 @@ const DEFAULT_SEQUENCE_TOKENS: usize = 4096;
 /// >>> m.free_sequence(s)
 #[pyclass(name = "Model", module = "ferrite", frozen)]
 pub struct PyModel {
-    model: Mutex<Box<dyn LanguageModel>>,
+    shared: Arc<SharedEngine>,
     config: ModelConfig,
     device: String,
     kv_cache_tokens: usize,
+    max_batch: usize,
+}
+
+/// A GGUF file from a path or an open `GgufFile`.
+pub(crate) fn open_file(py: Python<'_>, path_or_file: &Bound<'_, PyAny>) -> PyResult<Arc<GgufFile>> {
+    if let Ok(f) = path_or_file.cast::<PyGgufFile>() {
+        return f.get().file();
+    }
+    let path: PathBuf = path_or_file
+        .extract()
+        .map_err(|_| PyTypeError::new_err("path_or_file must be a path (str or os.PathLike) or a ferrite.GgufFile"))?;
+    Ok(Arc::new(py.detach(|| GgufFile::open(&path))?))
+}
+
+/// `device="auto"`: the first CUDA GPU when one is usable, else the CPU.
+fn resolve_device(device: &str) -> String {
+    if device != "auto" {
+        return device.to_string();
+    }
+    if crate::backend::cuda::cuda_available() {
+        "cuda:0".to_string()
+    } else {
+        "cpu".to_string()
+    }
+}
+
+fn positive(name: &str, v: i64) -> PyResult<usize> {
+    usize::try_from(v).ok().filter(|&n| n > 0).ok_or_else(|| PyValueError::new_err(format!("{name} = {v}: expected an integer >= 1")))
 }
 
 impl PyModel {
-    /// Runs `f` with exclusive access to the loaded model (for the generator bindings, which
-    /// drive the same model and its KV cache). Call it inside `py.detach` for long work.
-    pub(crate) fn with_model<R>(&self, f: impl FnOnce(&mut dyn LanguageModel) -> R) -> R {
-        // A panic while holding the lock leaves the model as the panic found it; the KV
-        // bookkeeping is only updated after a forward completes, so it stays consistent.
-        let mut guard = self.model.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        f(guard.as_mut())
+    pub(crate) fn shared(&self) -> Arc<SharedEngine> {
+        self.shared.clone()
     }
 
-    fn run(
-        &self,
-        py: Python<'_>,
-        batch: Vec<(Option<usize>, Vec<u32>)>,
-        logits_for: LogitsFor,
-    ) -> Result<Vec<f32>, ModelError> {
-        py.detach(|| {
-            self.with_model(|m| {
-                // Fresh sequences for the entries without one, freed whatever happens.
-                let mut fresh = Vec::new();
-                let mut ids = Vec::with_capacity(batch.len());
-                let mut result = Ok(());
-                for (seq, tokens) in &batch {
-                    match seq {
-                        Some(s) => ids.push(*s),
-                        None => match m.new_sequence(tokens.len().max(1)) {
-                            Ok(s) => {
-                                fresh.push(s);
-                                ids.push(s);
-                            }
-                            Err(e) => {
-                                result = Err(e);
-                                break;
-                            }
-                        },
-                    }
-                }
-                let out = result.and_then(|_| {
-                    let spans: Vec<SeqTokens<'_>> = ids
-                        .iter()
-                        .zip(&batch)
-                        .map(|(&seq_id, (_, tokens))| SeqTokens { seq_id, tokens })
-                        .collect();
-                    m.forward(&spans, logits_for)
-                });
-                for s in fresh {
-                    let _ = m.free_sequence(s);
-                }
-                out
-            })
-        })
+    pub(crate) fn device_name(&self, _py: Python<'_>) -> String {
+        self.device.clone()
     }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn load_file(
+        py: Python<'_>,
+        file: Arc<GgufFile>,
+        device: &str,
+        max_batch: i64,
+        kv_cache_tokens: Option<i64>,
+        exact_matmul: bool,
+        max_step_tokens: Option<i64>,
+        prefix_caching: bool,
+    ) -> PyResult<PyModel> {
+        let max_batch = positive("max_batch", max_batch)?;
+        let kv_cache_tokens = kv_cache_tokens.map(|n| positive("kv_cache_tokens", n)).transpose()?;
+        let max_step_tokens = max_step_tokens.map(|n| positive("max_step_tokens", n)).transpose()?;
+        let resolved = resolve_device(device);
+        let options = LoadOptions { kv_cache_tokens, max_batch, exact_matmul };
+        let shared = py.detach(|| -> Result<SharedEngine, PyErr> {
+            let model = load_model_with(file, &resolved, options)?;
+            let mut config = EngineConfig::for_model(model.as_ref());
+            if let Some(n) = max_step_tokens {
+                config.max_step_tokens = n;
+            }
+            config.prefix_caching = prefix_caching;
+            Ok(SharedEngine::new(Engine::new(model, config)?))
+        })?;
+        let (config, chosen, kv_cache_tokens) =
+            shared.with_engine(|e| (e.model().config().clone(), e.model().device(), e.capacity_tokens()));
+        if device == "auto" {
+            log(py, &format!("device=\"auto\": running on {chosen}"));
+        }
+        Ok(PyModel { shared: Arc::new(shared), config, device: chosen, kv_cache_tokens, max_batch })
+    }
+
+    fn logits(&self, py: Python<'_>, entries: Vec<(Option<usize>, Vec<u32>)>, which: LogitsFor) -> PyResult<Vec<f32>> {
+        let shared = &self.shared;
+        Ok(py.detach(|| shared.with_engine(|e| e.forward(&entries, which)))?)
+    }
+}
+
+/// One line on the `ferrite` logger (Python's logging): how a user sees what was chosen.
+fn log(py: Python<'_>, msg: &str) {
+    let _ = py.import("logging").and_then(|l| l.call_method1("getLogger", ("ferrite",))).and_then(|l| l.call_method1("info", (msg,)));
 }
 
 fn config_dict<'py>(py: Python<'py>, c: &ModelConfig) -> PyResult<Bound<'py, PyDict>> {
@@ -117,10 +147,7 @@ fn check_token_ids(ids: Vec<i64>, vocab_size: usize) -> PyResult<Vec<u32>> {
     ids.into_iter()
         .map(|id| {
             u32::try_from(id).ok().filter(|&t| (t as usize) < vocab_size).ok_or_else(|| {
-                super::errors::raise(
-                    "ModelError",
-                    format!("token id {id} is out of range for a vocabulary of {vocab_size}"),
-                )
+                super::errors::raise("ModelError", format!("token id {id} is out of range for a vocabulary of {vocab_size}"))
             })
         })
         .collect()
@@ -133,51 +160,40 @@ fn to_array<'py>(py: Python<'py>, logits: Vec<f32>, vocab: usize) -> PyResult<Bo
 
 #[pymethods]
 impl PyModel {
-    /// Loads a model from a path or an open ``GgufFile`` onto ``device``: ``"cpu"``, or
-    /// ``"cuda"``/``"cuda:N"`` for an NVIDIA GPU (kernels are compiled by NVRTC on first use and
-    /// cached under ``~/.cache/ferrite/kernels``; ``ferrite.CudaError`` says what is missing when
-    /// CUDA is not usable).
+    /// Loads a model from a path or an open ``GgufFile`` onto ``device``: ``"auto"`` (the first
+    /// CUDA GPU when one is usable, else the CPU; the choice is logged on the ``ferrite``
+    /// logger), ``"cpu"``, or ``"cuda"``/``"cuda:N"`` (kernels are compiled by NVRTC on first use
+    /// and cached under ``~/.cache/ferrite/kernels``; ``ferrite.CudaError`` says what is missing
+    /// when CUDA is not usable).
     ///
-    /// ``max_batch``: most sequences one ``forward_batch`` may hold. ``kv_cache_tokens``: token
-    /// slots of the KV cache shared by all sequences (default: the context length; on the GPU
-    /// it takes ``2 * n_layers * kv_cache_tokens * n_kv_heads * head_dim * 4`` bytes).
+    /// ``max_batch``: sequences running together at most. ``kv_cache_tokens``: token positions
+    /// of the paged KV cache shared by all sequences (default: the context length; blocks are
+    /// taken as sequences grow, nothing is reserved up front; on the GPU it takes
+    /// ``2 * n_layers * kv_cache_tokens * n_kv_heads * head_dim * 4`` bytes).
     /// ``exact_matmul`` (CPU): multiply dequantized float32 weights instead of quantizing
-    /// activations to 8 bits like llama.cpp does — slower, closest to a float reference. The GPU
-    /// always multiplies the dequantized float32 values, so it matches ``exact_matmul=True``.
+    /// activations to 8 bits like llama.cpp does — slower, closest to a float reference.
+    /// ``max_step_tokens``: tokens one engine step computes at most (default 2048 on a GPU, 256
+    /// on a CPU); ``prefix_caching``: reuse the KV of prompts that start alike.
     ///
-    /// >>> m = ferrite.Model.load(ferrite.fetch_test_model(), device="cpu")
+    /// >>> m = ferrite.Model.load(ferrite.fetch_test_model())
     /// >>> m.config["n_layers"]
     /// 24
-    /// >>> g = ferrite.Model.load(ferrite.fetch_test_model(), device="cuda")  # doctest: +SKIP
     #[staticmethod]
-    #[pyo3(signature = (path_or_file, device = "cpu", max_batch = 64, kv_cache_tokens = None, exact_matmul = false))]
+    #[pyo3(signature = (path_or_file, device = "auto", max_batch = 64, kv_cache_tokens = None, exact_matmul = false,
+        max_step_tokens = None, prefix_caching = true))]
+    #[allow(clippy::too_many_arguments)]
     fn load(
         py: Python<'_>,
         path_or_file: &Bound<'_, PyAny>,
         device: &str,
-        max_batch: usize,
-        kv_cache_tokens: Option<usize>,
+        max_batch: i64,
+        kv_cache_tokens: Option<i64>,
         exact_matmul: bool,
+        max_step_tokens: Option<i64>,
+        prefix_caching: bool,
     ) -> PyResult<PyModel> {
-        let file: Arc<GgufFile> = if let Ok(f) = path_or_file.cast::<PyGgufFile>() {
-            f.get().file()?
-        } else {
-            let path: PathBuf = path_or_file.extract().map_err(|_| {
-                pyo3::exceptions::PyTypeError::new_err("path_or_file must be a path (str or os.PathLike) or a ferrite.GgufFile")
-            })?;
-            Arc::new(py.detach(|| GgufFile::open(&path))?)
-        };
-        let device = device.to_string();
-        let options = LoadOptions { kv_cache_tokens, max_batch, exact_matmul };
-        let model = py.detach(|| load_model_with(file, &device, options))?;
-        let config = model.config().clone();
-        let device = model.device();
-        Ok(PyModel {
-            kv_cache_tokens: kv_cache_tokens.unwrap_or(config.context_length),
-            model: Mutex::new(model),
-            config,
-            device,
-        })
+        let file = open_file(py, path_or_file)?;
+        PyModel::load_file(py, file, device, max_batch, kv_cache_tokens, exact_matmul, max_step_tokens, prefix_caching)
     }
 
     /// The hyperparameters as a dict: ``arch``, ``n_layers``, ``hidden_size``, ``ffn_size``,
@@ -194,10 +210,16 @@ impl PyModel {
         self.device.clone()
     }
 
-    /// Token slots of the KV cache shared by all sequences.
+    /// Token positions of the KV cache shared by all sequences.
     #[getter]
     fn kv_cache_tokens(&self) -> usize {
         self.kv_cache_tokens
+    }
+
+    /// Sequences running together at most.
+    #[getter]
+    fn max_batch(&self) -> usize {
+        self.max_batch
     }
 
     /// Logits for ``token_ids``: float32 ``[len(token_ids), vocab]``, or ``[1, vocab]`` (the
@@ -208,19 +230,13 @@ impl PyModel {
     /// >>> logits.shape
     /// (3, 151936)
     #[pyo3(signature = (token_ids, last_only = false, seq = None))]
-    fn forward<'py>(
-        &self,
-        py: Python<'py>,
-        token_ids: Vec<i64>,
-        last_only: bool,
-        seq: Option<usize>,
-    ) -> PyResult<Bound<'py, PyArray2<f32>>> {
+    fn forward<'py>(&self, py: Python<'py>, token_ids: Vec<i64>, last_only: bool, seq: Option<usize>) -> PyResult<Bound<'py, PyArray2<f32>>> {
         let tokens = check_token_ids(token_ids, self.config.vocab_size)?;
         if tokens.is_empty() {
-            return Err(pyo3::exceptions::PyValueError::new_err("token_ids is empty"));
+            return Err(PyValueError::new_err("token_ids is empty"));
         }
         let which = if last_only { LogitsFor::LastToken } else { LogitsFor::AllTokens };
-        let logits = self.run(py, vec![(seq, tokens)], which)?;
+        let logits = self.logits(py, vec![(seq, tokens)], which)?;
         to_array(py, logits, self.config.vocab_size)
     }
 
@@ -241,24 +257,20 @@ impl PyModel {
     ) -> PyResult<Vec<Bound<'py, PyArray2<f32>>>> {
         let seqs = seqs.unwrap_or_else(|| vec![None; batch.len()]);
         if seqs.len() != batch.len() {
-            return Err(pyo3::exceptions::PyValueError::new_err(format!(
-                "seqs has {} entries for a batch of {}",
-                seqs.len(),
-                batch.len()
-            )));
+            return Err(PyValueError::new_err(format!("seqs has {} entries for a batch of {}", seqs.len(), batch.len())));
         }
         let mut entries = Vec::with_capacity(batch.len());
         let mut rows = Vec::with_capacity(batch.len());
         for (ids, seq) in batch.into_iter().zip(seqs) {
             let tokens = check_token_ids(ids, self.config.vocab_size)?;
             if tokens.is_empty() {
-                return Err(pyo3::exceptions::PyValueError::new_err("a sequence in the batch is empty"));
+                return Err(PyValueError::new_err("a sequence in the batch is empty"));
             }
             rows.push(if last_only { 1 } else { tokens.len() });
             entries.push((seq, tokens));
         }
         let which = if last_only { LogitsFor::LastToken } else { LogitsFor::AllTokens };
-        let logits = self.run(py, entries, which)?;
+        let logits = self.logits(py, entries, which)?;
         let vocab = self.config.vocab_size;
         let mut out = Vec::with_capacity(rows.len());
         let mut start = 0;
@@ -269,22 +281,25 @@ impl PyModel {
         Ok(out)
     }
 
-    /// Reserves KV-cache room for a sequence of up to ``max_tokens`` tokens (default
-    /// ``min(4096, context_length)``) and returns its id, for ``forward(..., seq=id)``.
-    /// Raises ``ContextLengthError`` past the context length or when the cache is full.
+    /// A sequence of up to ``max_tokens`` tokens (default ``min(4096, context_length)``) for
+    /// ``forward(..., seq=id)``; returns its id. Nothing is reserved: its KV blocks are taken as
+    /// its tokens are computed. Raises ``ContextLengthError`` past the context length.
     ///
     /// >>> s = m.new_sequence(max_tokens=256)
     #[pyo3(signature = (max_tokens = None))]
-    fn new_sequence(&self, max_tokens: Option<usize>) -> PyResult<usize> {
-        let n = max_tokens.unwrap_or(DEFAULT_SEQUENCE_TOKENS.min(self.config.context_length));
-        Ok(self.with_model(|m| m.new_sequence(n))?)
+    fn new_sequence(&self, max_tokens: Option<i64>) -> PyResult<usize> {
+        let n = match max_tokens {
+            Some(n) => positive("max_tokens", n)?,
+            None => DEFAULT_SEQUENCE_TOKENS.min(self.config.context_length),
+        };
+        Ok(self.shared.with_engine(|e| e.new_sequence(n))?)
     }
 
-    /// Releases a sequence's KV-cache room.
+    /// Releases a sequence's KV blocks.
     ///
     /// >>> m.free_sequence(s)
     fn free_sequence(&self, seq: usize) -> PyResult<()> {
-        Ok(self.with_model(|m| m.free_sequence(seq))?)
+        Ok(self.shared.with_engine(|e| e.free_sequence(seq))?)
     }
 
     /// Tokens a sequence holds in its KV cache.
@@ -292,7 +307,7 @@ impl PyModel {
     /// >>> m.sequence_len(s)
     /// 0
     fn sequence_len(&self, seq: usize) -> PyResult<usize> {
-        Ok(self.with_model(|m| m.sequence_len(seq))?)
+        Ok(self.shared.with_engine(|e| e.sequence_len(seq))?)
     }
 
     fn __repr__(&self) -> String {

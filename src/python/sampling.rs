@@ -8,6 +8,7 @@ use crate::sampling::{Sampler, SamplingParams};
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PySampler>()?;
+    m.add_function(wrap_pyfunction!(_sample_rows, m)?)?;
     Ok(())
 }
 
@@ -18,8 +19,9 @@ pub(crate) fn token_id(id: i64, vocab_size: usize) -> PyResult<u32> {
     })
 }
 
-/// The sampler the generator uses for each sequence, on its own: penalties, then greedy when
-/// ``temperature == 0``, else temperature, top-k, top-p, min-p and a seeded draw (xoshiro256**).
+/// The host sampler, on its own: penalties, then greedy when ``temperature == 0``, else
+/// temperature, top-k, top-p, min-p and a seeded draw (a Gumbel-max whose noise is a function of
+/// the seed, the draw's index and the token id, as the engine draws on every device).
 ///
 /// Defaults disable every processor (plain sampling at temperature 1). The repetition penalty
 /// reads ``prompt_token_ids`` and the accepted tokens; presence and frequency penalties read the
@@ -96,4 +98,85 @@ impl PySampler {
     fn accept(&mut self, token_id: i64) -> PyResult<()> {
         Ok(self.sampler.accept(self::token_id(token_id, self.vocab_size)?)?)
     }
+}
+
+/// Draws one token from each row of ``logits`` (float32 ``[rows, vocab]``) as the engine does on
+/// ``device`` (``"cpu"``: the host sampler; ``"cuda"``: the GPU sampler on a copy of the rows),
+/// row ``i`` with seed ``seeds[i]`` and draw index ``draw_indices[i]``; every row shares the
+/// sampling parameters and penalty history (``prompt_token_ids``, ``output_token_ids``).
+/// Returns ``(tokens, logprobs, top_logprobs)`` (``None``s unless ``logprobs`` is given). For
+/// tests that compare the samplers with each other and with NumPy.
+#[pyfunction]
+#[pyo3(signature = (logits, *, device = "cpu", seeds, draw_indices, temperature = 1.0, top_k = 0, top_p = 1.0,
+    min_p = 0.0, repetition_penalty = 1.0, presence_penalty = 0.0, frequency_penalty = 0.0,
+    prompt_token_ids = Vec::new(), output_token_ids = Vec::new(), logprobs = None))]
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+pub fn _sample_rows(
+    py: Python<'_>,
+    logits: numpy::PyReadonlyArray2<'_, f32>,
+    device: &str,
+    seeds: Vec<u64>,
+    draw_indices: Vec<u64>,
+    temperature: f32,
+    top_k: usize,
+    top_p: f32,
+    min_p: f32,
+    repetition_penalty: f32,
+    presence_penalty: f32,
+    frequency_penalty: f32,
+    prompt_token_ids: Vec<i64>,
+    output_token_ids: Vec<i64>,
+    logprobs: Option<usize>,
+) -> PyResult<(Vec<u32>, Option<Vec<f32>>, Option<Vec<Vec<(u32, f32)>>>)> {
+    use crate::sampling::penalties::PenaltyHistory;
+    use crate::sampling::{SampleSpec, MAX_TOP_LOGPROBS};
+    let shape = logits.as_array().shape().to_vec();
+    let (rows, vocab) = (shape[0], shape[1]);
+    if seeds.len() != rows || draw_indices.len() != rows {
+        return Err(pyo3::exceptions::PyValueError::new_err(format!("{rows} rows need {rows} seeds and draw indices")));
+    }
+    if logprobs.is_some_and(|k| k > MAX_TOP_LOGPROBS) {
+        return Err(pyo3::exceptions::PyValueError::new_err(format!("logprobs at most {MAX_TOP_LOGPROBS}")));
+    }
+    let data = logits.as_slice()?.to_vec();
+    let prompt = prompt_token_ids.into_iter().map(|t| token_id(t, vocab)).collect::<PyResult<Vec<u32>>>()?;
+    let mut history = PenaltyHistory::new(&prompt);
+    for t in output_token_ids {
+        history.record_output(token_id(t, vocab)?);
+    }
+    let params: Vec<SamplingParams> = seeds
+        .iter()
+        .map(|&seed| SamplingParams { temperature, top_k, top_p, min_p, repetition_penalty, presence_penalty, frequency_penalty, seed })
+        .collect();
+    params[0].validate()?;
+    let specs: Vec<SampleSpec<'_>> = params
+        .iter()
+        .zip(&draw_indices)
+        .map(|(p, &d)| SampleSpec { params: p, draw_index: d, history: Some(&history), logprobs })
+        .collect();
+    let mut out = Vec::with_capacity(rows);
+    match device {
+        "cpu" => py.detach(|| crate::sampling::sample_rows(&data, vocab, &specs, &mut out)),
+        d if d.starts_with("cuda") => {
+            let ctx = crate::backend::cuda::CudaContext::get(d)?;
+            let dev = ctx.upload(&data, "logits to sample")?;
+            let ptr = crate::backend::cuda::backend_addr(&dev, &ctx);
+            let mut sampler = crate::backend::cuda::DeviceSampler::new(ctx.clone())?;
+            py.detach(|| sampler.sample(ptr, data.len(), vocab, &specs, &mut out))?;
+            drop(dev);
+        }
+        other => return Err(pyo3::exceptions::PyValueError::new_err(format!("unknown device {other:?}"))),
+    }
+    let mut tokens = Vec::with_capacity(rows);
+    let mut lps = Vec::new();
+    let mut tops = Vec::new();
+    for r in out {
+        let s = r?;
+        tokens.push(s.token);
+        if let Some(lp) = s.logprob {
+            lps.push(lp);
+            tops.push(s.top_logprobs);
+        }
+    }
+    Ok((tokens, logprobs.map(|_| lps), logprobs.map(|_| tops)))
 }

@@ -1,4 +1,5 @@
-//! Turning a row of logits into the next token.
+//! Turning a row of logits into the next token: the host sampler (the CPU backend's, and the
+//! reference the CUDA sampler is tested against).
 //!
 //! The processors apply in the order llama.cpp and vLLM use:
 //!
@@ -6,25 +7,30 @@
 //! 2. if `temperature == 0`: greedy, the argmax of the penalized logits (lowest id on a tie), and
 //!    nothing else below applies;
 //! 3. temperature: logits divided by it;
-//! 4. top-k ([`top_k`]), 5. top-p ([`top_p`]), 6. min-p ([`min_p`]), each on what the previous
-//!    one kept, with probabilities renormalized over the kept candidates;
-//! 7. a draw from the softmax of what remains, with the seeded [`rng::Rng`].
+//! 4. top-k, 5. top-p over what top-k kept, 6. min-p ([`nucleus`]);
+//! 7. a seeded draw from the softmax of what remains: a Gumbel-max whose noise is a function of
+//!    (seed, draw index, token id) ([`noise`]), so a request draws the same tokens alone or in
+//!    any batch, and on any backend given the same logits.
+//!
+//! Log-probabilities, when asked, are the log-softmax over the whole vocabulary of the logits
+//! after penalties and temperature (temperature 1 for greedy), as vLLM reports them.
 //!
 //! A sampler checks its logits: a NaN or +inf (a broken model, not a distribution) is an error,
 //! never a silently chosen token.
 
-pub mod min_p;
+pub mod noise;
+pub mod nucleus;
 pub mod penalties;
-pub mod rng;
-pub mod top_k;
-pub mod top_p;
 
 use std::cmp::Ordering;
 
 use thiserror::Error;
 
+use nucleus::{nucleus, Kept, Scaled};
 use penalties::PenaltyHistory;
-use rng::Rng;
+
+/// Most alternatives `logprobs` may ask for per token (OpenAI's limit).
+pub const MAX_TOP_LOGPROBS: usize = 20;
 
 #[derive(Debug, Error, PartialEq)]
 pub enum SamplingError {
@@ -102,6 +108,15 @@ impl SamplingParams {
         }
         Ok(())
     }
+
+    /// Whether any penalty changes the logits.
+    pub fn has_penalties(&self) -> bool {
+        self.repetition_penalty != 1.0 || self.presence_penalty != 0.0 || self.frequency_penalty != 0.0
+    }
+
+    pub fn is_greedy(&self) -> bool {
+        self.temperature == 0.0
+    }
 }
 
 /// A token and its (processed) logit.
@@ -122,22 +137,157 @@ impl Candidate {
     }
 }
 
-/// The max logit and the sum of `exp(logit - max)` over the candidates, in f64.
-pub(crate) fn softmax_weights(candidates: &[Candidate]) -> (f32, f64) {
-    let max = candidates.iter().map(|c| c.logit).fold(f32::NEG_INFINITY, f32::max);
-    let total = candidates.iter().map(|c| ((c.logit - max) as f64).exp()).sum();
-    (max, total)
+/// One row's draw: its parameters, where it stands in its request, and what to report.
+#[derive(Debug, Clone, Copy)]
+pub struct SampleSpec<'a> {
+    pub params: &'a SamplingParams,
+    /// How many tokens the request has drawn before this one: the draw's index in its noise.
+    pub draw_index: u64,
+    /// The history the penalties read (`None`: no penalties apply).
+    pub history: Option<&'a PenaltyHistory>,
+    /// `None`: no log-probabilities; `Some(0)`: the chosen token's; `Some(k)`: also the k best.
+    pub logprobs: Option<usize>,
 }
 
-/// Chooses the tokens of one sequence: its parameters, its PRNG and its token history.
+/// What a draw chose.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampled {
+    pub token: u32,
+    /// The chosen token's log-probability, when asked.
+    pub logprob: Option<f32>,
+    /// The best `(token, logprob)` pairs, best first, when asked for k >= 1.
+    pub top_logprobs: Vec<(u32, f32)>,
+}
+
+/// Checks a row's length and values.
+pub fn check_row(logits: &[f32], vocab_size: usize) -> Result<(), SamplingError> {
+    if logits.len() != vocab_size {
+        return Err(SamplingError::WrongLength { found: logits.len(), vocab_size });
+    }
+    if let Some((i, &v)) = logits.iter().enumerate().find(|(_, v)| v.is_nan() || **v == f32::INFINITY) {
+        return Err(SamplingError::NonFinite { id: i as u32, value: v });
+    }
+    Ok(())
+}
+
+/// The penalized row: `logits` itself when no penalty applies, else a copy in `scratch`.
+fn penalized<'a>(logits: &'a [f32], spec: &SampleSpec<'_>, scratch: &'a mut Vec<f32>) -> &'a [f32] {
+    match spec.history {
+        Some(h) if spec.params.has_penalties() => {
+            let p = spec.params;
+            scratch.clear();
+            scratch.extend_from_slice(logits);
+            h.apply(scratch, p.repetition_penalty, p.presence_penalty, p.frequency_penalty);
+            scratch
+        }
+        _ => logits,
+    }
+}
+
+/// The tokens `spec` may draw from a checked row, after penalties; `None` when all are -inf.
+/// Greedy keeps exactly the argmax.
+pub fn kept(logits: &[f32], spec: &SampleSpec<'_>, scratch: &mut Vec<f32>) -> Option<(Kept, f32)> {
+    let row = penalized(logits, spec, scratch);
+    let p = spec.params;
+    let t = if p.is_greedy() { 1.0 } else { p.temperature };
+    let scaled = Scaled { logits: row, temperature: t };
+    let (best, finite) = scaled.best();
+    let best = best?;
+    if p.is_greedy() {
+        return Some((Kept::List(vec![best]), 1.0));
+    }
+    Some((nucleus(scaled, p, best, finite), t))
+}
+
+/// Samples one row of logits (already checked with [`check_row`]). `scratch` is reused between
+/// calls to hold a penalized copy.
+pub fn sample_row(logits: &[f32], spec: &SampleSpec<'_>, scratch: &mut Vec<f32>) -> Result<Sampled, SamplingError> {
+    let row = penalized(logits, spec, scratch);
+    let p = spec.params;
+    let t = if p.is_greedy() { 1.0 } else { p.temperature };
+    let scaled = Scaled { logits: row, temperature: t };
+    let (best, finite) = scaled.best();
+    let best = best.ok_or(SamplingError::NothingToSample)?;
+    let token = if p.is_greedy() {
+        best.id
+    } else {
+        let key = noise::draw_key(p.seed, spec.draw_index);
+        match nucleus(scaled, p, best, finite) {
+            Kept::List(list) => gumbel_max(list.iter().copied(), key).id,
+            Kept::Threshold { bound, floor } => draw_threshold(scaled, best, bound, floor, key).id,
+        }
+    };
+    let mut out = Sampled { token, logprob: None, top_logprobs: Vec::new() };
+    if let Some(k) = spec.logprobs {
+        let lse = best.logit + (scaled.mass(best.logit).ln() as f32);
+        out.logprob = Some(scaled.at(token as usize) - lse);
+        out.top_logprobs = scaled.top(k.min(MAX_TOP_LOGPROBS)).into_iter().map(|c| (c.id, c.logit - lse)).collect();
+    }
+    Ok(out)
+}
+
+/// Samples consecutive rows of `vocab_size` logits on the host, one spec per row, in parallel
+/// (the CPU backend's sampler, and any backend's fallback after copying its rows to the host).
+pub fn sample_rows(rows: &[f32], vocab_size: usize, specs: &[SampleSpec<'_>], out: &mut Vec<Result<Sampled, SamplingError>>) {
+    use rayon::prelude::*;
+    let one = |(row, spec): (&[f32], &SampleSpec<'_>)| {
+        check_row(row, vocab_size)?;
+        sample_row(row, spec, &mut Vec::new())
+    };
+    if specs.len() <= 1 {
+        out.extend(rows.chunks(vocab_size.max(1)).zip(specs).map(one));
+    } else {
+        let done: Vec<_> = rows.par_chunks(vocab_size.max(1)).zip(specs.par_iter()).map(one).collect();
+        out.extend(done);
+    }
+}
+
+/// The candidate with the largest `logit + gumbel(key, id)`; the lower id on a tie.
+fn gumbel_max(candidates: impl Iterator<Item = Candidate>, key: u64) -> Candidate {
+    let mut winner: Option<(f32, Candidate)> = None;
+    for c in candidates {
+        let score = c.logit + noise::gumbel(key, c.id);
+        if winner.map_or(true, |(s, w)| score > s || (score == s && c.id < w.id)) {
+            winner = Some((score, c));
+        }
+    }
+    winner.map(|(_, c)| c).expect("a kept set is never empty: the best token is always in it")
+}
+
+/// Gumbel-max over every finite token ranked no worse than `bound` with a scaled logit >= `floor`.
+/// Noise is only computed for tokens that can still win: one whose scaled logit is more than
+/// [`noise::GUMBEL_MAX`] below the best score so far cannot.
+fn draw_threshold(row: Scaled<'_>, best: Candidate, bound: Option<Candidate>, floor: f32, key: u64) -> Candidate {
+    let mut top = (best.logit + noise::gumbel(key, best.id), best);
+    for (i, &l) in row.logits.iter().enumerate() {
+        if l == f32::NEG_INFINITY {
+            continue;
+        }
+        let s = l / row.temperature;
+        if s + noise::GUMBEL_MAX < top.0 || s < floor {
+            continue;
+        }
+        let c = Candidate::new(i as u32, s);
+        if bound.is_some_and(|b| Candidate::better_first(&c, &b) == Ordering::Greater) {
+            continue;
+        }
+        let score = s + noise::gumbel(key, c.id);
+        if score > top.0 || (score == top.0 && c.id < top.1.id) {
+            top = (score, c);
+        }
+    }
+    top.1
+}
+
+/// A sampler for one sequence on the host, with its own history and draw counter: what
+/// `ferrite.Sampler` exposes, and a reference for tests.
 #[derive(Debug, Clone)]
 pub struct Sampler {
     params: SamplingParams,
     vocab_size: usize,
-    rng: Rng,
     history: PenaltyHistory,
-    penalized: Vec<f32>,
-    candidates: Vec<Candidate>,
+    draws: u64,
+    scratch: Vec<f32>,
 }
 
 impl Sampler {
@@ -147,14 +297,7 @@ impl Sampler {
         if let Some(&id) = prompt.iter().find(|&&id| id as usize >= vocab_size) {
             return Err(SamplingError::BadTokenId { id, vocab_size });
         }
-        Ok(Sampler {
-            params: params.clone(),
-            vocab_size,
-            rng: Rng::new(params.seed),
-            history: PenaltyHistory::new(prompt),
-            penalized: Vec::with_capacity(vocab_size),
-            candidates: Vec::with_capacity(vocab_size),
-        })
+        Ok(Sampler { params: params.clone(), vocab_size, history: PenaltyHistory::new(prompt), draws: 0, scratch: Vec::new() })
     }
 
     pub fn params(&self) -> &SamplingParams {
@@ -171,173 +314,47 @@ impl Sampler {
         Ok(())
     }
 
-    /// Runs every processor but the draw: the candidates left, with their logits after penalties
-    /// and temperature, best first. Greedy leaves exactly one.
-    pub fn candidates(&mut self, logits: &[f32]) -> Result<&[Candidate], SamplingError> {
-        if logits.len() != self.vocab_size {
-            return Err(SamplingError::WrongLength { found: logits.len(), vocab_size: self.vocab_size });
-        }
-        if let Some((i, &v)) = logits.iter().enumerate().find(|(_, v)| v.is_nan() || **v == f32::INFINITY) {
-            return Err(SamplingError::NonFinite { id: i as u32, value: v });
-        }
-        let p = &self.params;
-        self.penalized.clear();
-        self.penalized.extend_from_slice(logits);
-        self.history.apply(&mut self.penalized, p.repetition_penalty, p.presence_penalty, p.frequency_penalty);
+    fn spec(&self) -> SampleSpec<'_> {
+        SampleSpec { params: &self.params, draw_index: self.draws, history: Some(&self.history), logprobs: None }
+    }
 
-        self.candidates.clear();
-        if p.temperature == 0.0 {
-            let best = self
-                .penalized
-                .iter()
-                .enumerate()
-                .map(|(i, &l)| Candidate::new(i as u32, l))
-                .min_by(Candidate::better_first)
-                .ok_or(SamplingError::NothingToSample)?;
-            if best.logit == f32::NEG_INFINITY {
-                return Err(SamplingError::NothingToSample);
+    /// The candidates the filters keep, with their logits after penalties and temperature.
+    /// Greedy keeps exactly one.
+    pub fn candidates(&mut self, logits: &[f32]) -> Result<Vec<Candidate>, SamplingError> {
+        check_row(logits, self.vocab_size)?;
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let kept = kept(logits, &self.spec(), &mut scratch);
+        let out = match kept {
+            None => Err(SamplingError::NothingToSample),
+            Some((Kept::List(list), _)) => Ok(list),
+            Some((Kept::Threshold { bound, floor }, t)) => {
+                let row = penalized(logits, &self.spec(), &mut scratch);
+                let mut all = Vec::new();
+                for (i, &l) in row.iter().enumerate() {
+                    let c = Candidate::new(i as u32, l / t);
+                    if l != f32::NEG_INFINITY && c.logit >= floor && bound.map_or(true, |b| Candidate::better_first(&c, &b) != Ordering::Greater) {
+                        all.push(c);
+                    }
+                }
+                Ok(all)
             }
-            self.candidates.push(best);
-            return Ok(&self.candidates);
-        }
-
-        let t = p.temperature;
-        self.candidates.extend(
-            self.penalized
-                .iter()
-                .enumerate()
-                .filter(|(_, &l)| l != f32::NEG_INFINITY)
-                .map(|(i, &l)| Candidate::new(i as u32, l / t)),
-        );
-        if self.candidates.is_empty() {
-            return Err(SamplingError::NothingToSample);
-        }
-        let sorted = p.top_k > 0 && p.top_k < self.candidates.len();
-        top_k::top_k(&mut self.candidates, p.top_k);
-        // top_p leaves the candidates sorted whatever it keeps.
-        top_p::top_p(&mut self.candidates, p.top_p, sorted);
-        min_p::min_p(&mut self.candidates, p.min_p);
-        Ok(&self.candidates)
+        };
+        self.scratch = scratch;
+        out
     }
 
     /// Chooses the next token from a row of logits and records it in the history.
     pub fn sample(&mut self, logits: &[f32]) -> Result<u32, SamplingError> {
-        self.candidates(logits)?;
-        let token = if self.candidates.len() == 1 {
-            self.candidates[0].id
-        } else {
-            let (max, total) = softmax_weights(&self.candidates);
-            let mut target = self.rng.next_f64() * total;
-            let mut chosen = self.candidates[self.candidates.len() - 1].id;
-            for c in &self.candidates {
-                let w = ((c.logit - max) as f64).exp();
-                if target < w {
-                    chosen = c.id;
-                    break;
-                }
-                target -= w;
-            }
-            chosen
-        };
+        check_row(logits, self.vocab_size)?;
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let sampled = sample_row(logits, &self.spec(), &mut scratch);
+        self.scratch = scratch;
+        let token = sampled?.token;
         self.history.record_output(token);
+        self.draws += 1;
         Ok(token)
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn random_logits(n: usize, seed: u64) -> Vec<f32> {
-        let mut r = Rng::new(seed);
-        (0..n).map(|_| (r.next_f64() * 8.0 - 4.0) as f32).collect()
-    }
-
-    #[test]
-    fn greedy_is_argmax_of_penalized_logits() {
-        let logits = vec![1.0, 5.0, 4.9, -3.0];
-        let mut s = Sampler::new(&SamplingParams::greedy(), 4, &[]).unwrap();
-        assert_eq!(s.sample(&logits).unwrap(), 1);
-        // Token 1 is now in the history; a repetition penalty of 2 halves it below token 2.
-        let params = SamplingParams { repetition_penalty: 2.0, ..SamplingParams::greedy() };
-        let mut s = Sampler::new(&params, 4, &[1]).unwrap();
-        assert_eq!(s.sample(&logits).unwrap(), 2);
-    }
-
-    #[test]
-    fn same_seed_same_tokens() {
-        let params = SamplingParams { temperature: 1.0, seed: 99, ..Default::default() };
-        let draw = |params: &SamplingParams| {
-            let mut s = Sampler::new(params, 64, &[]).unwrap();
-            (0..50).map(|i| s.sample(&random_logits(64, i)).unwrap()).collect::<Vec<_>>()
-        };
-        assert_eq!(draw(&params), draw(&params));
-        assert_ne!(draw(&params), draw(&SamplingParams { seed: 100, ..params.clone() }));
-    }
-
-    #[test]
-    fn draws_follow_the_softmax() {
-        let logits = vec![0.0f32, 1.0, 2.0, -1.0];
-        let weights: Vec<f64> = logits.iter().map(|&l| (l as f64 / 0.7).exp()).collect();
-        let total: f64 = weights.iter().sum();
-        let params = SamplingParams { temperature: 0.7, seed: 5, ..Default::default() };
-        let mut s = Sampler::new(&params, 4, &[]).unwrap();
-        let n = 40_000;
-        let mut counts = [0usize; 4];
-        for _ in 0..n {
-            counts[s.sample(&logits).unwrap() as usize] += 1;
-        }
-        for i in 0..4 {
-            let p = weights[i] / total;
-            let sigma = (n as f64 * p * (1.0 - p)).sqrt();
-            assert!((counts[i] as f64 - n as f64 * p).abs() < 5.0 * sigma, "{counts:?} vs p={p}");
-        }
-    }
-
-    #[test]
-    fn filters_compose_in_order() {
-        // After top-k 3 the candidates are 2, 1, 0; top-p 0.6 keeps the best whose mass reaches
-        // 0.6 after renormalizing over those three.
-        let logits = vec![0.0f32, 1.0, 2.0, -1.0];
-        let params = SamplingParams { top_k: 3, top_p: 0.6, ..Default::default() };
-        let mut s = Sampler::new(&params, 4, &[]).unwrap();
-        let ids: Vec<u32> = s.candidates(&logits).unwrap().iter().map(|c| c.id).collect();
-        // Softmax of [2, 1, 0] is [0.665, 0.245, 0.090]: the first already reaches 0.6.
-        assert_eq!(ids, vec![2]);
-        let params = SamplingParams { top_k: 3, top_p: 0.7, ..Default::default() };
-        let mut s = Sampler::new(&params, 4, &[]).unwrap();
-        let ids: Vec<u32> = s.candidates(&logits).unwrap().iter().map(|c| c.id).collect();
-        assert_eq!(ids, vec![2, 1]);
-    }
-
-    #[test]
-    fn bad_input_is_an_error() {
-        assert!(matches!(
-            Sampler::new(&SamplingParams { temperature: -1.0, ..Default::default() }, 4, &[]),
-            Err(SamplingError::BadParam { name: "temperature", .. })
-        ));
-        assert!(matches!(
-            Sampler::new(&SamplingParams { top_p: 0.0, ..Default::default() }, 4, &[]),
-            Err(SamplingError::BadParam { name: "top_p", .. })
-        ));
-        assert!(matches!(Sampler::new(&SamplingParams::default(), 4, &[9]), Err(SamplingError::BadTokenId { .. })));
-        let mut s = Sampler::new(&SamplingParams::default(), 4, &[]).unwrap();
-        assert!(matches!(s.sample(&[0.0, f32::NAN, 0.0, 0.0]), Err(SamplingError::NonFinite { id: 1, .. })));
-        assert!(matches!(s.sample(&[0.0; 3]), Err(SamplingError::WrongLength { .. })));
-        assert_eq!(s.sample(&[f32::NEG_INFINITY; 4]), Err(SamplingError::NothingToSample));
-        let mut g = Sampler::new(&SamplingParams::greedy(), 4, &[]).unwrap();
-        assert_eq!(g.sample(&[f32::NEG_INFINITY; 4]), Err(SamplingError::NothingToSample));
-    }
-
-    #[test]
-    fn masked_tokens_are_never_drawn() {
-        let mut logits = random_logits(32, 1);
-        for l in logits.iter_mut().step_by(2) {
-            *l = f32::NEG_INFINITY;
-        }
-        let mut s = Sampler::new(&SamplingParams { temperature: 2.0, seed: 3, ..Default::default() }, 32, &[]).unwrap();
-        for _ in 0..500 {
-            assert_eq!(s.sample(&logits).unwrap() % 2, 1);
-        }
-    }
-}
+mod tests;

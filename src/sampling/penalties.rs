@@ -32,6 +32,18 @@ impl PenaltyHistory {
         *self.output_counts.entry(token).or_insert(0) += 1;
     }
 
+    /// Every token a penalty may touch, once: `(id, times generated, in the prompt)`, prompt
+    /// tokens first (what a device sampler uploads to apply [`PenaltyHistory::apply`] there).
+    pub fn entries(&self) -> impl Iterator<Item = (u32, u32, bool)> + '_ {
+        let prompt = self.prompt_ids.iter().map(|&id| (id, self.output_counts.get(&id).copied().unwrap_or(0), true));
+        let output_only = self
+            .output_counts
+            .iter()
+            .filter(|(id, _)| self.prompt_ids.binary_search(id).is_err())
+            .map(|(&id, &count)| (id, count, false));
+        prompt.chain(output_only)
+    }
+
     /// Applies the penalties to `logits` in place. Tokens outside the vocabulary are ignored (the
     /// sampler checks ids when they come in, so none should be here).
     pub fn apply(&self, logits: &mut [f32], repetition: f32, presence: f32, frequency: f32) {

@@ -6,6 +6,7 @@ use rayon::prelude::*;
 use super::{check_width, AttnParams, Backend, BatchPlan, KvLayout, RopeParams, RopeStyle, TensorSource};
 use crate::model::ModelError;
 use crate::quant::{self, GgmlType};
+use crate::sampling::{self, SampleSpec, Sampled, SamplingError};
 
 /// A tensor borrowed from the memory map. Vectors (norm weights, biases) are tiny and read on
 /// every token, so they are kept dequantized as well.
@@ -63,7 +64,8 @@ fn check_rows(a: &CpuAct, n_rows: usize) -> Result<(), ModelError> {
     Ok(())
 }
 
-/// K and V per layer: `[layer][slot][n_kv_heads * head_dim]`.
+/// K and V per layer: `[layer][slot][n_kv_heads * head_dim]`, slots grouped in blocks (see
+/// [`KvLayout`]).
 pub struct CpuKvCache {
     layout: KvLayout,
     k: Vec<f32>,
@@ -129,7 +131,7 @@ impl Backend for CpuBackend {
     fn alloc_kv_cache(&mut self, layout: &KvLayout) -> Result<CpuKvCache, ModelError> {
         let n = layout
             .n_layers
-            .checked_mul(layout.capacity_tokens)
+            .checked_mul(layout.capacity_tokens())
             .and_then(|n| n.checked_mul(layout.n_kv_heads * layout.head_dim))
             .ok_or_else(|| ModelError::Backend(format!("KV cache {layout:?} overflows")))?;
         // Zeroed allocation: the OS hands out pages lazily, so a large pool costs only what is used.
@@ -262,16 +264,16 @@ impl Backend for CpuBackend {
         let lay = cache.layout;
         let (q_width, kv_width) = p.check_shapes(q.width, k.width, v.width, out.width, &lay, layer)?;
         let n = batch.n_tokens();
-        let layer_base = layer * lay.capacity_tokens * kv_width;
-        let layer_len = lay.capacity_tokens * kv_width;
+        let capacity = lay.capacity_tokens();
+        let layer_base = layer * capacity * kv_width;
+        let layer_len = capacity * kv_width;
 
         // Append the new keys and values at their slots.
         let (ks, vs) = (k.rows(n)?, v.rows(n)?);
         for t in 0..n {
-            let s = batch.seqs[batch.token_seq[t] as usize];
-            let slot = (s.kv_start + batch.positions[t]) as usize;
-            if slot >= lay.capacity_tokens {
-                return Err(ModelError::Backend(format!("KV slot {slot} past capacity {}", lay.capacity_tokens)));
+            let slot = batch.slots[t] as usize;
+            if slot >= capacity {
+                return Err(ModelError::Backend(format!("KV slot {slot} past capacity {capacity}")));
             }
             let dst = layer_base + slot * kv_width;
             cache.k[dst..dst + kv_width].copy_from_slice(&ks[t * kv_width..(t + 1) * kv_width]);
@@ -287,14 +289,15 @@ impl Backend for CpuBackend {
         // One task per (token, query head): output chunks of head_dim floats.
         let head_task = |scores: &mut Vec<f32>, (idx, o): (usize, &mut [f32])| {
             let (t, h) = (idx / p.n_heads, idx % p.n_heads);
-            let s = batch.seqs[batch.token_seq[t] as usize];
+            let s = &batch.seqs[batch.token_seq[t] as usize];
             let n_ctx = batch.positions[t] as usize + 1;
             let qh = &qs[t * q_width + h * hd..t * q_width + (h + 1) * hd];
             let kvh = h / group;
+            let key_at = |j: usize| batch.slot_of(s, j) * kv_width + kvh * hd;
             scores.clear();
             let mut max = f32::NEG_INFINITY;
             for j in 0..n_ctx {
-                let off = (s.kv_start as usize + j) * kv_width + kvh * hd;
+                let off = key_at(j);
                 let kj = &kc[off..off + hd];
                 let dot: f32 = qh.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
                 max = max.max(dot);
@@ -308,7 +311,7 @@ impl Backend for CpuBackend {
             let inv = 1.0 / sum;
             o.fill(0.0);
             for (j, &w) in scores.iter().enumerate() {
-                let off = (s.kv_start as usize + j) * kv_width + kvh * hd;
+                let off = key_at(j);
                 let w = w * inv;
                 for (oo, &vv) in o.iter_mut().zip(&vc[off..off + hd]) {
                     *oo += w * vv;
@@ -364,6 +367,12 @@ impl Backend for CpuBackend {
         let xs = x.rows(n_rows)?;
         check_width("read_rows destination", out.len(), xs.len())?;
         out.copy_from_slice(xs);
+        Ok(())
+    }
+
+    fn sample(&mut self, logits: &CpuAct, specs: &[SampleSpec<'_>], out: &mut Vec<Result<Sampled, SamplingError>>) -> Result<(), ModelError> {
+        let rows = logits.rows(specs.len())?;
+        sampling::sample_rows(rows, logits.width, specs, out);
         Ok(())
     }
 }

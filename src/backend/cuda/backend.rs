@@ -25,6 +25,7 @@ use super::kernels::{self, ATTENTION_THREADS, NORM_THREADS};
 use crate::backend::{check_width, AttnParams, Backend, BatchPlan, KvLayout, ReplayKey, RopeParams, RopeStyle, TensorSource};
 use crate::model::ModelError;
 use crate::quant::{self, GgmlType, QuantError};
+use crate::sampling::{SampleSpec, Sampled, SamplingError};
 
 /// Kernels compiled once per weight type, resolved when the first weight of that type loads.
 pub(super) struct TypeKernels {
@@ -72,7 +73,8 @@ pub struct CudaAct {
     pub(super) capacity_rows: usize,
 }
 
-/// K and V of every layer: `[layer][slot][n_kv_heads * head_dim]` float32.
+/// K and V of every layer: `[layer][slot][n_kv_heads * head_dim]` float32, slots grouped in
+/// blocks (see [`KvLayout`]).
 pub struct CudaKvCache {
     layout: KvLayout,
     k: CudaSlice<f32>,
@@ -86,8 +88,12 @@ pub struct CudaBatch {
     n_logit_rows: usize,
     tokens: u64,
     positions: u64,
-    kv_base: u64,
+    slots: u64,
+    /// Per token: where its sequence's block table starts in `block_tables`.
+    table_offset: u64,
     logit_rows: u64,
+    block_tables: u64,
+    block_tokens: u32,
 }
 
 /// A recorded decode step.
@@ -102,8 +108,8 @@ pub(super) struct FixedKernels {
     rms_norm: CudaFunction,
     rope: CudaFunction,
     kv_append: CudaFunction,
-    /// `attention_hd<N>` by head dim N.
-    attention: Vec<(usize, CudaFunction)>,
+    /// `attention_heads` for the model's head dim, compiled when the KV cache is allocated.
+    attention: Option<(usize, CudaFunction)>,
     swiglu: CudaFunction,
     add_assign: CudaFunction,
     pub(super) add_bias: CudaFunction,
@@ -124,12 +130,15 @@ pub struct CudaBackend {
     graphs_enabled: bool,
     /// Float32 dequantized weight rows for the cuBLAS path; grows up to `matmul::SCRATCH_MAX_ELEMS`.
     pub(super) scratch: Option<CudaSlice<f32>>,
+    pub(super) sampler: super::sampling::DeviceSampler,
+    /// FERRITE_HOST_SAMPLING=1: copy logits to the host and sample there (for comparisons).
+    pub(super) host_sampling: bool,
     kv_capacity_tokens: usize,
 }
 
 /// Device address of a buffer, for kernel arguments that are plain pointers (an optional input
 /// passed as 0, an array inside the batch buffer).
-pub(super) fn addr<T>(buf: &impl DevicePtr<T>, ctx: &CudaContext) -> u64 {
+pub fn addr<T>(buf: &impl DevicePtr<T>, ctx: &CudaContext) -> u64 {
     // Event tracking is off (see CudaContext), so the returned guard records nothing.
     let (ptr, _guard) = buf.device_ptr(ctx.stream());
     ptr
@@ -170,6 +179,7 @@ impl CudaBackend {
     /// the cuBLAS handle, and compiles (or loads from the disk cache) the fixed kernels.
     pub fn new(device: &str) -> Result<CudaBackend, CudaError> {
         let ctx = CudaContext::get(device)?;
+        ctx.precompile(&kernels::FIXED.iter().map(|src| (*src, Vec::new())).collect::<Vec<_>>())?;
         if !cublas_library_present() {
             return Err(CudaError::MissingLibrary {
                 lib: "cuBLAS (libcublas)",
@@ -184,16 +194,14 @@ impl CudaBackend {
             rms_norm: f(&kernels::NORM, "rms_norm")?,
             rope: f(&kernels::ROPE, "rope")?,
             kv_append: f(&kernels::ATTENTION, "kv_append")?,
-            attention: kernels::ATTENTION_HEAD_DIMS
-                .iter()
-                .map(|&hd| Ok((hd, ctx.function(&kernels::ATTENTION, &format!("attention_hd{hd}"))?)))
-                .collect::<Result<_, CudaError>>()?,
+            attention: None,
             swiglu: f(&kernels::ELEMENTWISE, "swiglu")?,
             add_assign: f(&kernels::ELEMENTWISE, "add_assign")?,
             add_bias: f(&kernels::ELEMENTWISE, "add_bias")?,
             gather_rows: f(&kernels::ELEMENTWISE, "gather_rows")?,
         };
         // A graph would record the synchronizations FERRITE_CUDA_SYNC asks for, which capture forbids.
+        let sampler = super::sampling::DeviceSampler::new(ctx.clone())?;
         let graphs_enabled = !ctx.syncs_each_launch() && std::env::var("FERRITE_CUDA_GRAPHS").map_or(true, |v| v != "0");
         Ok(CudaBackend {
             ctx,
@@ -205,6 +213,8 @@ impl CudaBackend {
             graphs: HashMap::new(),
             graphs_enabled,
             scratch: None,
+            sampler,
+            host_sampling: std::env::var("FERRITE_HOST_SAMPLING").is_ok_and(|v| v == "1"),
             kv_capacity_tokens: 0,
         })
     }
@@ -268,13 +278,27 @@ impl Backend for CudaBackend {
     fn alloc_kv_cache(&mut self, layout: &KvLayout) -> Result<CudaKvCache, ModelError> {
         let n = layout
             .n_layers
-            .checked_mul(layout.capacity_tokens)
+            .checked_mul(layout.capacity_tokens())
             .and_then(|n| n.checked_mul(layout.n_kv_heads * layout.head_dim))
             .ok_or_else(|| ModelError::Backend(format!("KV cache {layout:?} overflows")))?;
-        let what = format!("the KV cache ({} layers x {} token slots)", layout.n_layers, layout.capacity_tokens);
+        if self.fixed.attention.as_ref().map_or(true, |(hd, _)| *hd != layout.head_dim) {
+            let defines = kernels::attention_defines(layout.head_dim).ok_or_else(|| {
+                ModelError::Backend(format!(
+                    "head_dim {} has no CUDA attention kernel (these do: {:?})",
+                    layout.head_dim,
+                    kernels::ATTENTION_HEAD_DIMS
+                ))
+            })?;
+            let f = self.ctx.function_with(&kernels::ATTENTION, &defines, "attention_heads")?;
+            self.fixed.attention = Some((layout.head_dim, f));
+        }
+        if !layout.block_tokens.is_power_of_two() {
+            return Err(ModelError::Backend(format!("KV blocks of {} tokens: the kernels need a power of two", layout.block_tokens)));
+        }
+        let what = format!("the KV cache ({} layers x {} token slots)", layout.n_layers, layout.capacity_tokens());
         let k = self.ctx.alloc_zeros::<f32>(n, &format!("K of {what}"))?;
         let v = self.ctx.alloc_zeros::<f32>(n, &format!("V of {what}"))?;
-        self.kv_capacity_tokens = layout.capacity_tokens;
+        self.kv_capacity_tokens = layout.capacity_tokens();
         Ok(CudaKvCache { layout: *layout, k, v })
     }
 
@@ -283,27 +307,40 @@ impl Backend for CudaBackend {
         if plan.positions.len() != n || plan.token_seq.len() != n {
             return Err(ModelError::Backend("batch plan arrays differ in length".into()));
         }
-        // Packed: tokens | positions | kv_base | logit_rows, all u32.
-        let mut packed: Vec<u32> = Vec::with_capacity(3 * n + plan.logit_rows.len());
+        // Packed, all u32: tokens | positions | slots | table_offset | logit_rows | block_tables.
+        // Every offset but the block tables' depends only on the token and logit-row counts,
+        // which a recorded decode step is keyed by; the tables, whose length varies, come last.
+        let mut packed: Vec<u32> = Vec::with_capacity(4 * n + plan.logit_rows.len() + plan.block_tables.len());
         packed.extend_from_slice(&plan.tokens);
         packed.extend_from_slice(&plan.positions);
+        for (t, &slot) in plan.slots.iter().enumerate() {
+            // The kernels index the cache with these; check them here, where an error can still
+            // say which token.
+            if slot as usize >= self.kv_capacity_tokens {
+                return Err(ModelError::Backend(format!("KV slot {slot} of token {t} past capacity {}", self.kv_capacity_tokens)));
+            }
+            packed.push(slot);
+        }
         for t in 0..n {
             let seq = plan
                 .seqs
                 .get(plan.token_seq[t] as usize)
                 .ok_or_else(|| ModelError::Backend(format!("token {t} names sequence {} of {}", plan.token_seq[t], plan.seqs.len())))?;
-            // The kernels index the cache with these; check them here, where an error can still
-            // say which token.
-            let slot = seq.kv_start as u64 + plan.positions[t] as u64;
-            if slot >= self.kv_capacity_tokens as u64 {
-                return Err(ModelError::Backend(format!("KV slot {slot} of token {t} past capacity {}", self.kv_capacity_tokens)));
+            let blocks_needed = (plan.positions[t] as usize / plan.block_tokens.max(1) as usize) + 1;
+            if seq.table_offset as usize + blocks_needed > plan.block_tables.len() {
+                return Err(ModelError::Backend(format!("token {t}: its block table is shorter than its position {}", plan.positions[t])));
             }
-            packed.push(seq.kv_start);
+            packed.push(seq.table_offset);
         }
         if let Some(&r) = plan.logit_rows.iter().find(|&&r| r as usize >= n) {
             return Err(ModelError::Backend(format!("logit row {r} of a batch of {n} tokens")));
         }
         packed.extend_from_slice(&plan.logit_rows);
+        let capacity_blocks = self.kv_capacity_tokens / plan.block_tokens.max(1) as usize;
+        if let Some(&b) = plan.block_tables.iter().find(|&&b| b as usize >= capacity_blocks) {
+            return Err(ModelError::Backend(format!("KV block {b} of a pool of {capacity_blocks}")));
+        }
+        packed.extend_from_slice(&plan.block_tables);
         let need = packed.len().max(1);
         if self.batch_buf.as_ref().map_or(true, |b| b.len() < need) {
             self.batch_buf = None;
@@ -319,8 +356,11 @@ impl Backend for CudaBackend {
             n_logit_rows: plan.logit_rows.len(),
             tokens: at(0),
             positions: at(n),
-            kv_base: at(2 * n),
-            logit_rows: at(3 * n),
+            slots: at(2 * n),
+            table_offset: at(3 * n),
+            logit_rows: at(4 * n),
+            block_tables: at(4 * n + plan.logit_rows.len()),
+            block_tokens: plan.block_tokens,
         })
     }
 
@@ -412,7 +452,7 @@ impl Backend for CudaBackend {
         if p.n_kv_heads == 0 || p.n_heads % p.n_kv_heads != 0 {
             return Err(ModelError::Backend(format!("{} query heads do not group over {} KV heads", p.n_heads, p.n_kv_heads)));
         }
-        let Some((_, attend)) = self.fixed.attention.iter().find(|(d, _)| *d == hd) else {
+        let Some((_, attend)) = self.fixed.attention.as_ref().filter(|(d, _)| *d == hd) else {
             return Err(ModelError::Backend(format!(
                 "head_dim {hd} has no CUDA attention kernel (these do: {:?})",
                 kernels::ATTENTION_HEAD_DIMS
@@ -421,21 +461,40 @@ impl Backend for CudaBackend {
         if n == 0 {
             return Ok(());
         }
-        let layer_len = lay.capacity_tokens * kv_width;
+        if batch.block_tokens as usize != lay.block_tokens {
+            return Err(ModelError::Backend(format!("batch of {}-token blocks on a cache of {}-token blocks", batch.block_tokens, lay.block_tokens)));
+        }
+        let layer_len = lay.capacity_tokens() * kv_width;
         let range = layer * layer_len..(layer + 1) * layer_len;
         let mut kc = cache.k.slice_mut(range.clone());
         let mut vc = cache.v.slice_mut(range.clone());
-        let (kv_width_u, capacity) = (to_u32("kv width", kv_width)?, to_u32("KV capacity", lay.capacity_tokens)?);
+        let (kv_width_u, capacity) = (to_u32("kv width", kv_width)?, to_u32("KV capacity", lay.capacity_tokens())?);
         let n_u = to_u32("tokens", n)?;
         let cfg = LaunchConfig { grid_dim: (n_u, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
-        launch!(self.ctx, &self.fixed.kv_append, "kv_append", cfg, &k.buf, &v.buf, &batch.positions, &batch.kv_base, &kv_width_u, &capacity, &mut kc, &mut vc)?;
+        launch!(self.ctx, &self.fixed.kv_append, "kv_append", cfg, &k.buf, &v.buf, &batch.slots, &kv_width_u, &capacity, &mut kc, &mut vc)?;
         let cfg = LaunchConfig { grid_dim: (n_u, to_u32("heads", p.n_heads)?, 1), block_dim: (ATTENTION_THREADS, 1, 1), shared_mem_bytes: 0 };
         let (n_heads, n_kv_heads) = (p.n_heads as u32, p.n_kv_heads as u32);
         let scale = 1.0 / (hd as f32).sqrt();
-        let name = if hd == 64 { "attention_hd64" } else { "attention_hd128" };
+        let name = "attention_heads";
         drop((kc, vc));
         let (kc, vc) = (cache.k.slice(range.clone()), cache.v.slice(range));
-        launch!(self.ctx, attend, name, cfg, &q.buf, &kc, &vc, &batch.positions, &batch.kv_base, &n_heads, &n_kv_heads, &scale, &mut out.buf)?;
+        launch!(
+            self.ctx,
+            attend,
+            name,
+            cfg,
+            &q.buf,
+            &kc,
+            &vc,
+            &batch.positions,
+            &batch.table_offset,
+            &batch.block_tables,
+            &batch.block_tokens,
+            &n_heads,
+            &n_kv_heads,
+            &scale,
+            &mut out.buf
+        )?;
         Ok(())
     }
 
@@ -498,6 +557,10 @@ impl Backend for CudaBackend {
             .map_err(|e| CudaError::KernelFault { op: format!("copying {what} device->host"), msg: super::error::describe(&e) })?;
         self.ctx.sync(&format!("copying {what} device->host"))?;
         Ok(())
+    }
+
+    fn sample(&mut self, logits: &CudaAct, specs: &[SampleSpec<'_>], out: &mut Vec<Result<Sampled, SamplingError>>) -> Result<(), ModelError> {
+        super::sampling::sample(self, logits, specs, out)
     }
 
     fn replayable(&mut self, key: Option<ReplayKey>, ops: impl FnOnce(&mut Self) -> Result<(), ModelError>) -> Result<(), ModelError> {

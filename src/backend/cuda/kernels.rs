@@ -15,11 +15,18 @@ pub const ATTENTION: KernelSource =
     KernelSource { file: "attention.cu", src: include_str!("../../../kernels/attention.cu"), options: &[] };
 pub const NORM: KernelSource = KernelSource { file: "norm.cu", src: include_str!("../../../kernels/norm.cu"), options: &[] };
 pub const ROPE: KernelSource = KernelSource { file: "rope.cu", src: include_str!("../../../kernels/rope.cu"), options: &[] };
+pub const SAMPLING: KernelSource =
+    KernelSource { file: "sampling.cu", src: include_str!("../../../kernels/sampling.cu"), options: &[] };
 pub const ELEMENTWISE: KernelSource =
     KernelSource { file: "elementwise.cu", src: include_str!("../../../kernels/elementwise.cu"), options: &[] };
 
-/// Every kernel file compiled without variant options.
-pub const FIXED: [&KernelSource; 5] = [&ATTENTION, &NORM, &ROPE, &ELEMENTWISE, &super::dequant::DEQUANT];
+/// Every kernel file compiled without variant options (attention.cu is compiled per head dim).
+pub const FIXED: [&KernelSource; 5] = [&NORM, &ROPE, &ELEMENTWISE, &SAMPLING, &super::dequant::DEQUANT];
+
+/// The options that compile attention.cu for `head_dim`, or `None` when it has no variant.
+pub fn attention_defines(head_dim: usize) -> Option<Vec<String>> {
+    ATTENTION_HEAD_DIMS.contains(&head_dim).then(|| vec![format!("-DATTN_HEAD_DIM={head_dim}")])
+}
 
 /// The options that compile a per-type kernel file for `ty`, or `None` when `ty` has no GPU
 /// decoder (then it has no CPU one either: see `dequant::kernel_name`).
@@ -46,13 +53,16 @@ pub fn matvec_kernel_name(n_x: usize) -> Option<&'static str> {
     }
 }
 
-/// Head dims the attention kernel is instantiated for (`attention_hd<N>` in attention.cu).
+/// Head dims attention.cu can be compiled for (`-DATTN_HEAD_DIM`; its per-lane arrays need a
+/// compile-time size).
 pub const ATTENTION_HEAD_DIMS: [usize; 7] = [16, 32, 64, 80, 96, 128, 256];
 
 /// Weight rows per matvec thread block (MATVEC_WARPS in matvec.cu).
 pub const MATVEC_ROWS_PER_BLOCK: u32 = 4;
 /// Warps per attention block (ATTN_WARPS in attention.cu).
 pub const ATTENTION_THREADS: u32 = 128;
+/// Threads per sampling block, one block per row (SAMPLE_THREADS in sampling.cu).
+pub const SAMPLE_THREADS: u32 = 1024;
 /// Threads per RMSNorm block (NORM_THREADS in norm.cu).
 pub const NORM_THREADS: u32 = 256;
 
@@ -67,14 +77,12 @@ mod tests {
         assert!(MATVEC.src.contains(&format!("#define MATVEC_WARPS {MATVEC_ROWS_PER_BLOCK}")));
         assert!(ATTENTION.src.contains(&format!("#define ATTN_WARPS {}", ATTENTION_THREADS / 32)));
         assert!(NORM.src.contains(&format!("#define NORM_THREADS {NORM_THREADS}")));
+        assert!(SAMPLING.src.contains(&format!("#define SAMPLE_THREADS {SAMPLE_THREADS}")));
         for n in 1..=MATVEC_MAX_ROWS {
             let name = matvec_kernel_name(n).unwrap();
             assert!(MATVEC.src.contains(&format!("MATVEC_KERNEL({})", &name["matvec_".len()..])), "{name}");
         }
         assert_eq!(matvec_kernel_name(MATVEC_MAX_ROWS + 1), None);
-        for hd in ATTENTION_HEAD_DIMS {
-            assert!(ATTENTION.src.contains(&format!("ATTENTION_KERNEL({hd})")), "attention_hd{hd}");
-        }
     }
 
     /// Compiles every kernel file, and every per-type file for every type, for sm_90 (no GPU
@@ -97,6 +105,9 @@ mod tests {
         };
         for src in FIXED {
             compile_one(src, &[]);
+        }
+        for hd in ATTENTION_HEAD_DIMS {
+            compile_one(&ATTENTION, &attention_defines(hd).unwrap());
         }
         for ty in GgmlType::ALL {
             if let Some(defines) = type_defines(ty) {

@@ -25,10 +25,12 @@ pub mod dequant;
 pub mod kernels;
 pub mod error;
 mod matmul;
+pub mod sampling;
 pub mod memory;
 pub mod nvrtc;
 
-pub use backend::CudaBackend;
+pub use backend::{addr as backend_addr, CudaBackend};
+pub use sampling::DeviceSampler;
 pub use context::{cuda_available, device_count, parse_device, CudaContext};
 pub use error::CudaError;
 pub use nvrtc::KernelSource;

@@ -153,6 +153,16 @@ fn write_cache(path: &PathBuf, cubin: &[u8]) {
     }
 }
 
+/// Whether the CUBIN of `source` with `extra` is in the disk cache (intact).
+pub fn is_cached(source: &KernelSource, extra: &[String], cc: (u32, u32), driver_version: i32) -> bool {
+    let Ok(nvrtc) = nvrtc_version() else { return false };
+    let opts = options_for(source, extra, cc);
+    cache_dir()
+        .map(|d| d.join(format!("{}-{}.cubin", source.file.trim_end_matches(".cu"), cache_key(source, &opts, driver_version, nvrtc))))
+        .and_then(|p| read_cache(&p))
+        .is_some()
+}
+
 /// The CUBIN of `source` (with the variant options `extra`) for compute capability `cc`: from the
 /// disk cache, else compiled (and then cached).
 pub fn compiled(source: &KernelSource, extra: &[String], cc: (u32, u32), driver_version: i32) -> Result<Vec<u8>, CudaError> {

@@ -1,0 +1,170 @@
+//! Drawing tokens from logits that are still on the GPU: kernels/sampling.cu, one block per row.
+//!
+//! Per call, one small upload (each row's parameters, and the token histories of the rows with
+//! penalties) and one small download (the chosen tokens, their log-probabilities and the k best
+//! alternatives when asked for): the logits themselves never leave the device.
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
+
+use super::backend::{launch, CudaAct, CudaBackend};
+use super::context::CudaContext;
+use super::error::CudaError;
+use super::kernels;
+use crate::model::ModelError;
+use crate::sampling::{noise, SampleSpec, Sampled, SamplingError};
+
+/// Words per row of parameters (`RowParams` in sampling.cu).
+const PARAM_WORDS: usize = 16;
+/// Words per row of output (`OUT_WORDS` in sampling.cu).
+const TOP_CAP: usize = 64;
+const OUT_WORDS: usize = 4 + 2 * TOP_CAP;
+const NO_LOGPROBS: u32 = u32::MAX;
+
+/// The sampling kernel and its buffers, which only grow.
+pub struct DeviceSampler {
+    ctx: Arc<CudaContext>,
+    func: CudaFunction,
+    input: Option<CudaSlice<u32>>,
+    output: Option<CudaSlice<u32>>,
+}
+
+impl DeviceSampler {
+    pub fn new(ctx: Arc<CudaContext>) -> Result<DeviceSampler, CudaError> {
+        let func = ctx.function(&kernels::SAMPLING, "sample_rows")?;
+        Ok(DeviceSampler { ctx, func, input: None, output: None })
+    }
+
+    /// Draws one token from each of the first `specs.len()` rows of the float32 buffer at
+    /// device address `logits` (`logits_len` floats; rows of `vocab`), which the penalties change
+    /// in place. Synchronizes.
+    pub fn sample(
+        &mut self,
+        logits: u64,
+        logits_len: usize,
+        vocab: usize,
+        specs: &[SampleSpec<'_>],
+        out: &mut Vec<Result<Sampled, SamplingError>>,
+    ) -> Result<(), CudaError> {
+        let n = specs.len();
+        if n == 0 {
+            return Ok(());
+        }
+        if logits_len < n * vocab {
+            return Err(CudaError::Invalid(format!("sampling {n} rows of {vocab} from a buffer of {logits_len}")));
+        }
+        let vocab_u = u32::try_from(vocab).map_err(|_| CudaError::Invalid(format!("a vocabulary of {vocab} tokens")))?;
+        // Packed: params [n][16] | penalty ids | penalty counts | penalty in-prompt flags.
+        let mut params = Vec::with_capacity(n * PARAM_WORDS);
+        let (mut ids, mut counts, mut in_prompt) = (Vec::new(), Vec::new(), Vec::new());
+        for spec in specs {
+            let p = spec.params;
+            let offset = ids.len() as u32;
+            if let Some(h) = spec.history.filter(|_| p.has_penalties()) {
+                for (id, count, prompt) in h.entries() {
+                    ids.push(id);
+                    counts.push(count);
+                    in_prompt.push(prompt as u32);
+                }
+            }
+            let key = noise::draw_key(p.seed, spec.draw_index);
+            let ln_min_p = if p.min_p > 0.0 { (p.min_p as f64).ln() as f32 } else { f32::NEG_INFINITY };
+            let logprobs = match spec.logprobs {
+                None => NO_LOGPROBS,
+                Some(k) => k.min(crate::sampling::MAX_TOP_LOGPROBS) as u32,
+            };
+            params.extend_from_slice(&[
+                p.temperature.to_bits(),
+                u32::try_from(p.top_k).unwrap_or(u32::MAX),
+                p.top_p.to_bits(),
+                p.min_p.to_bits(),
+                p.repetition_penalty.to_bits(),
+                p.presence_penalty.to_bits(),
+                p.frequency_penalty.to_bits(),
+                ids.len() as u32 - offset,
+                offset,
+                logprobs,
+                key as u32,
+                (key >> 32) as u32,
+                ln_min_p.to_bits(),
+                0,
+                0,
+                0,
+            ]);
+        }
+        let n_pen = ids.len();
+        let mut packed = params;
+        packed.extend_from_slice(&ids);
+        packed.extend_from_slice(&counts);
+        packed.extend_from_slice(&in_prompt);
+        grow(&self.ctx, &mut self.input, packed.len(), "the sampling parameters")?;
+        grow(&self.ctx, &mut self.output, n * OUT_WORDS, "the sampled tokens")?;
+        let (Some(input), Some(output)) = (self.input.as_mut(), self.output.as_mut()) else { unreachable!("grown above") };
+        self.ctx.copy_to_device(&packed, input, "the sampling parameters")?;
+        let base = super::backend::addr(input, &self.ctx);
+        let at = |words: usize| base + (words * 4) as u64;
+        let (params_ptr, ids_ptr) = (at(0), at(n * PARAM_WORDS));
+        let (counts_ptr, prompt_ptr) = (at(n * PARAM_WORDS + n_pen), at(n * PARAM_WORDS + 2 * n_pen));
+        let cfg = LaunchConfig { grid_dim: (n as u32, 1, 1), block_dim: (kernels::SAMPLE_THREADS, 1, 1), shared_mem_bytes: 0 };
+        launch!(self.ctx, &self.func, "sample_rows", cfg, &logits, &vocab_u, &params_ptr, &ids_ptr, &counts_ptr, &prompt_ptr, &mut *output)?;
+        let words = self.ctx.download(&output.slice(..n * OUT_WORDS), "the sampled tokens")?;
+        for (spec, o) in specs.iter().zip(words.chunks_exact(OUT_WORDS)) {
+            out.push(decode_row(spec, o, vocab));
+        }
+        Ok(())
+    }
+}
+
+fn grow(ctx: &CudaContext, buf: &mut Option<CudaSlice<u32>>, words: usize, what: &str) -> Result<(), CudaError> {
+    if buf.as_ref().map_or(true, |b| b.len() < words) {
+        *buf = None;
+        *buf = Some(ctx.alloc::<u32>(words.next_power_of_two().max(1024), what)?);
+    }
+    Ok(())
+}
+
+/// One row of the kernel's output as the host sampler would have reported it.
+fn decode_row(spec: &SampleSpec<'_>, o: &[u32], vocab: usize) -> Result<Sampled, SamplingError> {
+    match o[1] {
+        0 => {}
+        1 => return Err(SamplingError::NonFinite { id: o[0], value: f32::from_bits(o[2]) }),
+        _ => return Err(SamplingError::NothingToSample),
+    }
+    let token = o[0];
+    if token as usize >= vocab {
+        return Err(SamplingError::BadTokenId { id: token, vocab_size: vocab });
+    }
+    let mut sampled = Sampled { token, logprob: None, top_logprobs: Vec::new() };
+    if let Some(k) = spec.logprobs {
+        sampled.logprob = Some(f32::from_bits(o[2]));
+        let n_top = (o[3] as usize).min(TOP_CAP);
+        let mut top: Vec<(u32, f32)> = (0..n_top).map(|j| (o[4 + j], f32::from_bits(o[4 + TOP_CAP + j]))).collect();
+        top.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        top.truncate(k.min(crate::sampling::MAX_TOP_LOGPROBS));
+        sampled.top_logprobs = top;
+    }
+    Ok(sampled)
+}
+
+pub(super) fn sample(
+    be: &mut CudaBackend,
+    logits: &CudaAct,
+    specs: &[SampleSpec<'_>],
+    out: &mut Vec<Result<Sampled, SamplingError>>,
+) -> Result<(), ModelError> {
+    if specs.len() > logits.capacity_rows {
+        return Err(ModelError::Backend(format!("sampling {} rows of a buffer of {}", specs.len(), logits.capacity_rows)));
+    }
+    let vocab = logits.width;
+    if be.host_sampling {
+        let mut rows = vec![0f32; specs.len() * vocab];
+        crate::backend::Backend::read_rows(be, logits, specs.len(), &mut rows)?;
+        crate::sampling::sample_rows(&rows, vocab, specs, out);
+        return Ok(());
+    }
+    // The penalties change the rows in place: they are this step's scratch, read by nothing else.
+    let ptr = super::backend::addr(&logits.buf, &be.ctx);
+    be.sampler.sample(ptr, logits.capacity_rows * vocab, vocab, specs, out)?;
+    Ok(())
+}
