@@ -327,10 +327,18 @@ def _stream_text(client, model_id, max_tokens):
 
 
 def test_concurrent_streams_are_batched(server, client, model_id):
+    """16 concurrent streams share engine steps: the proof is the engine's step count (exact, not
+    timed): serially they would take 16 times the steps of one; batched, a few more than one
+    (requests arrive over a few steps). Wall time is printed, not asserted (on this 2-core CPU a
+    16-sequence decode step costs ~7x a 1-sequence one, so the wall-time gain is the backend's,
+    measured in benches/bench_server.py)."""
     n_tokens = 8
+    steps0 = server.metrics()["ferrite_engine_steps_total"]
     t0 = time.perf_counter()
     alone = _stream_text(client, model_id, n_tokens)
     one_s = time.perf_counter() - t0
+    steps1 = server.metrics()["ferrite_engine_steps_total"]
+    one_steps = steps1 - steps0
     seen_running = []
     done = threading.Event()
 
@@ -352,10 +360,12 @@ def test_concurrent_streams_are_batched(server, client, model_id):
     all_s = time.perf_counter() - t0
     done.set()
     watcher.join()
+    all_steps = server.metrics()["ferrite_engine_steps_total"] - steps1
+    print(f"one stream: {one_steps:g} steps, {one_s:.2f} s; 16 streams: {all_steps:g} steps, {all_s:.2f} s "
+          f"({all_s / one_s:.1f}x one)")
     assert results == [alone] * 16  # greedy: batching does not change the text
-    assert max(seen_running) > 1  # the engine ran several sequences in one step
-    # Batched, 16 requests take far less than 16 times one (measured ~3-4x here; 8x is the bound).
-    assert all_s < 8 * one_s, (all_s, one_s)
+    assert max(seen_running) >= 8  # most of them ran in the same steps
+    assert all_steps < 4 * one_steps, (all_steps, one_steps)  # serially: 16 x one_steps
 
 
 def test_a_client_that_disconnects_frees_its_sequence_and_the_server_goes_on(server, client, model_id):
