@@ -25,7 +25,7 @@ USAGE = "usage: ferrite serve (MODEL.gguf | --test-model) [options]"
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ferrite serve", usage=USAGE,
+    p = argparse.ArgumentParser(prog="ferrite serve", usage=USAGE.removeprefix("usage: "),
                                 description="Serve a GGUF model over the OpenAI HTTP API (chat, completions, SSE).")
     p.add_argument("model", nargs="?", help="the GGUF file to serve")
     p.add_argument("--test-model", action="store_true", help="serve the test model (ferrite.fetch_test_model())")
