@@ -1,8 +1,10 @@
-//! CPU matmul throughput: fused quantized kernels vs the dequantize-then-dot reference, on the
-//! shapes of Qwen2.5-0.5B's FFN (4864 x 896 elements).
+//! CPU matmul throughput on the shapes of Qwen2.5-0.5B: the packed kernels the CPU backend uses
+//! (`PackedMatrix`, weights repacked at load, run on `quant::pool::default_threads()` threads)
+//! against `quant::matmul`'s row kernels (weights read in GGUF layout) and the
+//! dequantize-then-dot reference.
 //!
-//!     cargo bench --bench matmul            # all cores rayon sees
-//!     RAYON_NUM_THREADS=2 cargo bench --bench matmul
+//!     cargo bench --bench matmul            # the physical cores
+//!     RAYON_NUM_THREADS=1 cargo bench --bench matmul
 //!
 //! Weights are random valid blocks (random bytes, finite f16 scales); speed does not depend
 //! on the values. "hot" repeats one matrix (it stays in the CPU caches); "cold" cycles through
@@ -11,7 +13,7 @@
 
 use std::time::Instant;
 
-use ferrite::quant::{matmul, matmul_reference, GgmlType};
+use ferrite::quant::{matmul, matmul_reference, pool, GgmlType, PackedMatrix};
 
 fn xorshift_bytes(n: usize, mut s: u64) -> Vec<u8> {
     (0..n)
@@ -28,7 +30,7 @@ fn weights(ty: GgmlType, n_elems: usize) -> Vec<u8> {
     let mut w = xorshift_bytes(n_elems / ty.block_elems() * ty.block_bytes(), 42);
     let scale = half::f16::from_f32(0.01).to_bits().to_le_bytes();
     let fields: &[usize] = match ty {
-        GgmlType::Q4_K => &[0, 2],
+        GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
         GgmlType::Q6_K => &[208],
         GgmlType::F32 => {
             for c in w.chunks_exact_mut(4) {
@@ -74,46 +76,67 @@ fn time_it(budget_s: f64, mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
-    let threads = rayon::current_num_threads();
-    println!("ferrite quant::matmul, {threads} rayon threads, best of repeated calls");
+    let threads = pool::default_threads();
+    let pool = pool::global_pool();
+    println!("ferrite matmul, {threads} threads (packed: ferrite's pool, row kernels: rayon), best of repeated calls");
     println!(
-        "{:<6} {:>11} {:>6} {:>10} {:>9} {:>11} {:>12} {:>9} {:>8}",
-        "type", "rows x cols", "tokens", "hot ms", "GFLOP/s", "hot GB/s", "cold GB/s", "ref ms", "speed-up"
+        "{:<6} {:>12} {:>6} {:>10} {:>9} {:>10} {:>11} {:>10} {:>9} {:>9}",
+        "type", "rows x cols", "tokens", "packed ms", "GFLOP/s", "GB/s", "cold GB/s", "rows ms", "vs rows", "vs ref"
     );
     let cases = [
+        (GgmlType::Q5_0, 896, 896),
+        (GgmlType::Q5_0, 4864, 896),
         (GgmlType::Q4_K, 896, 4864),
         (GgmlType::Q6_K, 896, 4864),
-        (GgmlType::Q5_0, 4864, 896),
+        (GgmlType::Q8_0, 151936, 896),
         (GgmlType::Q8_0, 4864, 896),
         (GgmlType::F16, 4864, 896),
-        (GgmlType::F32, 4864, 896),
     ];
     for (ty, n_rows, n_cols) in cases {
         let w = weights(ty, n_rows * n_cols);
-        let copies: Vec<Vec<u8>> = (0..(256_000_000 / w.len()).max(2)).map(|_| w.clone()).collect();
-        for n_tokens in [1usize, 16] {
+        let packed = PackedMatrix::new(ty, &w, n_rows, n_cols).unwrap();
+        // "cold": cycle through copies totalling >= 256 MB, as a forward pass streams its layers.
+        let copies: Vec<PackedMatrix> = match &packed {
+            Some(_) => (0..(256_000_000 / w.len()).max(2).min(64))
+                .map(|_| PackedMatrix::new(ty, &w, n_rows, n_cols).unwrap().unwrap())
+                .collect(),
+            None => Vec::new(),
+        };
+        for n_tokens in [1usize, 128] {
             let x: Vec<f32> = xorshift_bytes(n_tokens * n_cols, 7).iter().map(|&b| (b as f32 - 128.0) / 64.0).collect();
             let mut out = vec![0f32; n_rows * n_tokens];
-            let fused = time_it(0.5, || matmul(ty, &w, n_rows, n_cols, &x, n_tokens, &mut out).unwrap());
-            let mut next = 0;
-            let cold = time_it(0.5, || {
-                next = (next + 1) % copies.len();
-                matmul(ty, &copies[next], n_rows, n_cols, &x, n_tokens, &mut out).unwrap()
-            });
-            let reference =
-                time_it(0.5, || matmul_reference(ty, &w, n_rows, n_cols, &x, n_tokens, &mut out).unwrap());
+            let budget = if n_rows * n_tokens > 1 << 22 { 0.3 } else { 0.5 };
+            let rows = time_it(budget, || matmul(ty, &w, n_rows, n_cols, &x, n_tokens, &mut out).unwrap());
+            let (fast, cold) = match &packed {
+                Some(p) => {
+                    let hot = time_it(budget, || p.matmul(&x, n_tokens, &mut out, pool).unwrap());
+                    let mut next = 0;
+                    let cold = time_it(budget, || {
+                        next = (next + 1) % copies.len();
+                        copies[next].matmul(&x, n_tokens, &mut out, pool).unwrap()
+                    });
+                    (hot, cold)
+                }
+                None => (rows, f64::NAN),
+            };
+            let reference = if n_rows * n_tokens <= 1 << 20 {
+                time_it(budget, || matmul_reference(ty, &w, n_rows, n_cols, &x, n_tokens, &mut out).unwrap())
+            } else {
+                f64::NAN
+            };
             let flops = 2.0 * (n_rows * n_cols * n_tokens) as f64;
             println!(
-                "{:<6} {:>11} {:>6} {:>10.3} {:>9.1} {:>11.2} {:>12.2} {:>9.3} {:>7.1}x",
+                "{:<6} {:>12} {:>6} {:>10.3} {:>9.1} {:>10.2} {:>11.2} {:>10.3} {:>8.2}x {:>8.1}x",
                 ty.name(),
                 format!("{n_rows}x{n_cols}"),
                 n_tokens,
-                fused * 1e3,
-                flops / fused / 1e9,
-                w.len() as f64 / fused / 1e9,
+                fast * 1e3,
+                flops / fast / 1e9,
+                w.len() as f64 / fast / 1e9,
                 w.len() as f64 / cold / 1e9,
-                reference * 1e3,
-                reference / fused
+                rows * 1e3,
+                rows / fast,
+                reference / fast
             );
         }
     }

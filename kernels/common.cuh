@@ -73,44 +73,10 @@ __device__ __forceinline__ u16 f32_to_bf16(float f) {
     return (u16)(x >> 16);
 }
 
-// ---- ggml block layouts: elements per block, bytes per block, byte offsets of fields ----
-// (names as in ggml; `d` fields are f16 unless noted)
+// ---- ggml block layouts ----
+// Elements and bytes per block of every type are in FERRITE_BLOCK_TYPES (quant_blocks.cuh),
+// checked against src/quant/types.rs; the decoders there name each field's byte offset.
 #define QK_K 256
-
-#define Q4_0_QK 32
-#define Q4_0_BYTES 18   // d, qs[16]
-#define Q4_1_QK 32
-#define Q4_1_BYTES 20   // d, m, qs[16]
-#define Q5_0_QK 32
-#define Q5_0_BYTES 22   // d, qh[4], qs[16]
-#define Q5_1_QK 32
-#define Q5_1_BYTES 24   // d, m, qh[4], qs[16]
-#define Q8_0_QK 32
-#define Q8_0_BYTES 34   // d, qs[32] (int8)
-#define Q8_1_QK 32
-#define Q8_1_BYTES 36   // d, s, qs[32] (int8)
-#define Q2_K_BYTES 84   // scales[16], qs[64], d, dmin
-#define Q3_K_BYTES 110  // hmask[32], qs[64], scales[12], d
-#define Q4_K_BYTES 144  // d, dmin, scales[12], qs[128]
-#define Q5_K_BYTES 176  // d, dmin, scales[12], qh[32], qs[128]
-#define Q6_K_BYTES 210  // ql[128], qh[64], scales[16] (int8), d
-#define Q8_K_BYTES 292  // d (f32), qs[256] (int8), bsums[16] (int16)
-#define IQ2_XXS_BYTES 66  // d, qs[32] (u16)
-#define IQ2_XS_BYTES 74   // d, qs[32] (u16), scales[8]
-#define IQ2_S_BYTES 82    // d, qs[64], qh[8], scales[8]
-#define IQ3_XXS_BYTES 98  // d, qs[64], scales_and_signs[32]
-#define IQ3_S_BYTES 110   // d, qs[64], qh[8], signs[32], scales[4]
-#define IQ1_S_BYTES 50    // d, qs[32], qh[8] (u16)
-#define IQ1_M_BYTES 56    // qs[32], qh[16], scales[8] (the f16 scale is spread over scales' top nibbles)
-#define IQ4_NL_QK 32
-#define IQ4_NL_BYTES 18   // d, qs[16]
-#define IQ4_XS_BYTES 136  // d, scales_h (u16), scales_l[4], qs[128]
-#define TQ1_0_BYTES 54    // qs[48], qh[4], d
-#define TQ2_0_BYTES 66    // qs[64], d
-#define MXFP4_QK 32
-#define MXFP4_BYTES 17    // e (E8M0), qs[16]
-#define NVFP4_QK 64
-#define NVFP4_BYTES 36    // scales[4] (unsigned E4M3, one per 16 elements), qs[32]
 
 // Q4_K / Q5_K: 6-bit scale and min of sub-block j (0..7) from the 12 packed bytes.
 __device__ __forceinline__ void scale_min_k4(int j, const u8* q, u32* sc, u32* m) {
@@ -165,7 +131,8 @@ __device__ __forceinline__ float warp_max(float v) {
 }
 
 // Kernels that are compiled once per weight type (embed.cu, matvec.cu) get the type from the
-// host as -DQTYPE=<name> -DQ_BLOCK_ELEMS=<elements per block> -DQ_BLOCK_BYTES=<bytes per block>.
+// host as -DQTYPE=<snake name> -DQ_BLOCK_ELEMS=<elements per block> -DQ_BLOCK_BYTES=<bytes per
+// block>, all from the one table in src/quant/types.rs.
 #define FERRITE_CAT2(a, b) a##b
 #define FERRITE_CAT(a, b) FERRITE_CAT2(a, b)
 

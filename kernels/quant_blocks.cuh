@@ -10,6 +10,38 @@
 #include "common.cuh"
 #include "iq_tables.cuh"
 
+// The block types the kernels decode, in GGUF id order: X(snake name, elements per block, bytes
+// per block), with each block's fields (ggml's names; `d` fields are f16 unless noted). A Rust
+// test (kernels.rs) checks this list against the one table in src/quant/types.rs: the same
+// types as the CPU decodes, with the same geometry.
+#define FERRITE_BLOCK_TYPES(X)                                                                          \
+    X(f32, 1, 4)                                                                                        \
+    X(f16, 1, 2)                                                                                        \
+    X(q4_0, 32, 18)     /* d, qs[16] */                                                                 \
+    X(q4_1, 32, 20)     /* d, m, qs[16] */                                                              \
+    X(q5_0, 32, 22)     /* d, qh[4], qs[16] */                                                          \
+    X(q5_1, 32, 24)     /* d, m, qh[4], qs[16] */                                                       \
+    X(q8_0, 32, 34)     /* d, qs[32] (int8) */                                                          \
+    X(q2_k, 256, 84)    /* scales[16], qs[64], d, dmin */                                               \
+    X(q3_k, 256, 110)   /* hmask[32], qs[64], scales[12], d */                                          \
+    X(q4_k, 256, 144)   /* d, dmin, scales[12], qs[128] */                                              \
+    X(q5_k, 256, 176)   /* d, dmin, scales[12], qh[32], qs[128] */                                      \
+    X(q6_k, 256, 210)   /* ql[128], qh[64], scales[16] (int8), d */                                     \
+    X(iq2_xxs, 256, 66) /* d, qs[32] (u16) */                                                           \
+    X(iq2_xs, 256, 74)  /* d, qs[32] (u16), scales[8] */                                                \
+    X(iq3_xxs, 256, 98) /* d, qs[64], scales_and_signs[32] */                                           \
+    X(iq1_s, 256, 50)   /* d, qs[32], qh[8] (u16) */                                                    \
+    X(iq4_nl, 32, 18)   /* d, qs[16] */                                                                 \
+    X(iq3_s, 256, 110)  /* d, qs[64], qh[8], signs[32], scales[4] */                                    \
+    X(iq2_s, 256, 82)   /* d, qs[64], qh[8], scales[8] */                                               \
+    X(iq4_xs, 256, 136) /* d, scales_h (u16), scales_l[4], qs[128] */                                   \
+    X(iq1_m, 256, 56)   /* qs[32], qh[16], scales[8] (the f16 scale spread over scales' top nibbles) */ \
+    X(bf16, 1, 2)                                                                                       \
+    X(tq1_0, 256, 54)   /* qs[48], qh[4], d */                                                          \
+    X(tq2_0, 256, 66)   /* qs[64], d */                                                                 \
+    X(mxfp4, 32, 17)    /* e (E8M0), qs[16] */                                                          \
+    X(nvfp4, 64, 36)    /* scales[4] (unsigned E4M3, one per 16 elements), qs[32] */
+
 __device__ __forceinline__ float sign_of(u32 signs, int bit) { return (signs >> bit) & 1u ? -1.0f : 1.0f; }
 __device__ __forceinline__ float i2f(int v) { return __int2float_rn(v); }
 __device__ __forceinline__ float u2f(u32 v) { return __uint2float_rn(v); }

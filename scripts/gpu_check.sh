@@ -23,7 +23,11 @@
 #                cuda), the parity script and bench_cuda.py against transformers loading the same
 #                GGUF (FERRITE_HF=random skips transformers' ~75 s GGUF load);
 #     all:       synthetic + real (the default);
-#     final:     quick + real (when the synthetic numbers are already in hand).
+#     final:     quick + real (when the synthetic numbers are already in hand);
+#     matvec:    the matrix-vector kernels alone: tests/test_cuda_matvec.py (every type, 1..8
+#                rows, both paths, against the CPU's float64 reference) and
+#                benches/bench_cuda_matvec.py (old vs new kernels on the real and 7B shapes,
+#                GB/s beside the copy bandwidth); the bench also runs in synthetic and all.
 #   Logs, JSON reports and haiku artifacts go to one archive, $OUT/gpu_check.tar.gz (the device
 #   tool brings back at most 8 files), beside report.jsonl and table.txt. A table closes the
 #   output. Exit status 0 when every step passed.
@@ -37,7 +41,7 @@ if [ "$mode" = prepare ]; then
     set -e
     dest=.device/wheels
     mkdir -p "$dest"
-    rm -f "$dest"/ferrite-*.whl
+    rm -f "$dest"/ferrite-*.whl "$dest"/ferrite_llm-*.whl
     py=${PYTHON:-python3}
     [ -x .venv/bin/python ] && py=.venv/bin/python
     "$py" -m maturin build --release -o "$dest"
@@ -101,6 +105,13 @@ for mb in (64, 491):
     print(f'upload {mb} MiB: pinned staging {s:.2f} GB/s, pageable {p:.2f} GB/s')
     open(os.environ['FERRITE_GPU_REPORT'], 'a').write(json.dumps({'kind': 'upload', 'mib': mb, 'staged_gbps': s, 'pageable_gbps': p}) + '\n')
 "
+fi
+if [ "$what" = matvec ]; then
+    step pytest_matvec "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_matvec.py --junitxml="$out/junit_matvec.xml"
+fi
+if [ "$what" = matvec ] || [ "$what" = synthetic ] || [ "$what" = all ]; then
+    step bench_matvec "$py" benches/bench_cuda_matvec.py --json "$out/bench_matvec.json"
+    cp "$out/bench_matvec.log" "$dest/bench_matvec.txt" 2>/dev/null
 fi
 if [ "$what" = synthetic ] || [ "$what" = all ]; then
     step synth_model "$py" scripts/make_synthetic_model.py /tmp/synthetic.gguf

@@ -3,10 +3,12 @@
 
     python scripts/haiku_pass_rate.py --seeds 3 [--variant 2] [--device cpu] [--batch 20]
 
-Each (minute word, seed) is one run exactly as tests/test_haiku.py does it (same prompt, chat
-template, temperature 0.7, at most 100 new tokens, same check: the word exactly once), except
-that runs are decoded in batches (a prompt gets the same tokens in a batch as alone with the same
-seed). Writes every output to .test-results/haiku_pass_rate/<time>-v<variant>.json.
+Each (minute word, seed) is one attempt exactly as tests/test_haiku.py makes one (same prompt
+with a fresh nonce, chat template, temperature 0.7, at most 100 new tokens, same check: the word
+exactly once), except that attempts are decoded in batches (a prompt gets the same tokens in a
+batch as alone with the same seed). The summary gives the pass rate of one attempt, p, and what it
+implies for the test, which makes up to three independent attempts: it fails with probability
+(1 - p)^3. Writes every output to .test-results/haiku_pass_rate/<time>-v<variant>.json.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ def main() -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch", type=int, default=20, help="prompts decoded together (default 20)")
     ap.add_argument("--minutes", default="0-59", help="minute range, e.g. 0-59 or 5-9")
+    ap.add_argument("--max-tokens", type=int, default=100,
+                    help="new tokens at most (default 100, the test's; a haiku ends on EOS well before)")
     args = ap.parse_args()
 
     lo, hi = (int(x) for x in args.minutes.split("-"))
@@ -50,7 +54,7 @@ def main() -> int:
         for i in range(0, len(minutes), args.batch):
             chunk = minutes[i : i + args.batch]
             convs = [messages(minute_word(m), nonce(), args.variant) for m in chunk]
-            results = gen.generate(convs, max_tokens=100, temperature=0.7, seed=seed)
+            results = gen.generate(convs, max_tokens=args.max_tokens, temperature=0.7, seed=seed)
             for m, conv, r in zip(chunk, convs, results):
                 word = minute_word(m)
                 n = word_count(r.text, word)
@@ -66,7 +70,9 @@ def main() -> int:
             print(f"[{time.perf_counter() - started:7.0f} s] {done} runs, pass {passed}/{done} = {passed / done:.1%}",
                   file=sys.stderr, flush=True)
             out_file.write_text(json.dumps({"variant": args.variant, "system_prompt": SYSTEM_PROMPTS[args.variant],
-                                            "device": args.device, "runs": runs}, indent=1, ensure_ascii=False))
+                                            "device": args.device, "max_tokens": args.max_tokens,
+                                            "first_seed": args.first_seed, "runs": runs},
+                                           indent=1, ensure_ascii=False))
 
     n = len(runs)
     passed = sum(r["pass"] for r in runs)
@@ -74,6 +80,19 @@ def main() -> int:
     print(f"\nvariant {args.variant} on {args.device}: {n} runs ({hi - lo + 1} minute words x {args.seeds} seeds)")
     print(f"  pass (word exactly once): {passed}/{n} = {passed / n:.1%}")
     print(f"  word at least once:        {once_or_more}/{n} = {once_or_more / n:.1%}")
+    p = passed / n
+    # 95 % Wilson interval of the one-attempt pass rate, and the test's failure rate it implies.
+    z = 1.96
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
+    lo_p, hi_p = centre - half, centre + half
+    print(f"  one attempt, 95 % interval: {lo_p:.1%} .. {hi_p:.1%}")
+    print(f"  test failure rate with 3 attempts, (1 - p)^3: {(1 - p) ** 3:.2e} "
+          f"(interval {(1 - hi_p) ** 3:.1e} .. {(1 - lo_p) ** 3:.1e})")
+    by_end = {}
+    for r in runs:
+        by_end[r["finish_reason"]] = by_end.get(r["finish_reason"], 0) + 1
+    print(f"  finish reasons: {by_end}; longest output {max(r['tokens'] for r in runs)} tokens")
     failing = sorted({r["word"] for r in runs if not r["pass"]})
     print(f"  words that failed at least once: {', '.join(failing) or 'none'}")
     print(f"  outputs: {out_file}")

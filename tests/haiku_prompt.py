@@ -71,6 +71,12 @@ SYSTEM_PROMPTS = {
         "You are a haiku poet. Reply with only the haiku: three short lines, no title, no notes. "
         "Use the requested word exactly once, spelled exactly as given. Never repeat the nonce."
     ),
+    8: (
+        "You are a haiku poet. Reply with only the haiku: three short lines, no title, no notes. "
+        "Use the requested word exactly once, spelled exactly as given, in the first line only. "
+        "The second and third lines start with other words and contain no number at all. "
+        "Never repeat the nonce."
+    ),
 }
 # Worked examples placed before the user's message (a variant may have none).
 _EXAMPLES = [
@@ -91,6 +97,7 @@ FEW_SHOT = {
     5: _EXAMPLES,
     6: _EXAMPLES,
     7: _MORE_EXAMPLES,
+    8: _MORE_EXAMPLES,
 }
 PROMPT_VERSION = 5
 

@@ -172,7 +172,7 @@ def test_gpu_model_errors_are_clear(tmp_path):
     m = ferrite.Model.load(path, device="cuda")
     with pytest.raises(ferrite.ContextLengthError, match="context length 48"):
         m.forward([1] * 49)
-    with pytest.raises(ferrite.ModelError, match="token id 80"):
+    with pytest.raises(ferrite.InvalidTokenError, match="token id 80"):
         m.forward([1, 80])
     # The model is still usable after refused calls.
     assert np.isfinite(m.forward([1, 2, 3])).all()

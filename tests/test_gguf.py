@@ -112,8 +112,27 @@ def test_missing_names_raise_key_errors(tmp_path):
 
 
 def test_missing_file_is_file_not_found(tmp_path):
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="absent.gguf"):
         ferrite.GgufFile(tmp_path / "absent.gguf")
+
+
+def test_a_directory_or_a_special_file_is_a_clear_error(tmp_path):
+    with pytest.raises(OSError, match=f"^{tmp_path}: is a directory, not a GGUF file$"):
+        ferrite.GgufFile(tmp_path)
+    with pytest.raises(OSError, match="^/dev/null: is not a regular file"):
+        ferrite.GgufFile("/dev/null")
+
+
+@pytest.mark.parametrize("magic", [b"\x7fELF", b"# fe", b'P"\\\n', b"GGML"])
+def test_bad_magic_is_shown_as_a_bytes_literal_and_names_the_file(tmp_path, magic):
+    path = write(tmp_path, magic + valid_image()[4:])
+    with pytest.raises(ferrite.GgufError) as err:
+        ferrite.GgufFile(path)
+    # Python's own rendering of the bytes, in double quotes.
+    literal = "b" + '"' + repr(magic)[2:-1].replace('"', '\\"') + '"'
+    if "'" in repr(magic)[2:-1]:
+        pytest.fail("choose magics without a single quote")
+    assert str(err.value).startswith(f'{path}: not a GGUF file: it starts with {literal}, not b"GGUF"'), str(err.value)
 
 
 def test_version_2_is_read(tmp_path):
@@ -139,7 +158,7 @@ def valid_image() -> bytes:
 
 def malformed_cases():
     good = valid_image()
-    yield "bad magic", b"GGML" + good[4:], "magic"
+    yield "bad magic", b"GGML" + good[4:], 'it starts with b"GGML", not b"GGUF"'
     yield "empty file", b"", "truncated at byte 0"
     yield "version 1", good[:4] + struct.pack("<I", 1) + good[8:], "version 1"
     yield "version 4", good[:4] + struct.pack("<I", 4) + good[8:], "version 4"
@@ -186,6 +205,7 @@ def test_malformed_file_raises_clear_error(tmp_path, name, img, message):
     with pytest.raises(ferrite.GgufError) as err:
         ferrite.GgufFile(path)
     assert message in str(err.value), f"{name}: {err.value}"
+    assert str(err.value).startswith(f"{path}: "), "the error names the file"
     assert isinstance(err.value, ferrite.FerriteError) and isinstance(err.value, ValueError)
 
 

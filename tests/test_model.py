@@ -241,9 +241,9 @@ def test_kv_cache_full_raises_when_blocks_run_out(tmp_path):
 
 def test_bad_token_id_raises(tmp_path):
     m = ferrite.Model.load(write_tiny_model(tmp_path / "tiny.gguf"))
-    with pytest.raises(ferrite.ModelError, match=f"token id {VOCAB}"):
+    with pytest.raises(ferrite.InvalidTokenError, match=f"token id {VOCAB}"):
         m.forward([1, VOCAB])
-    with pytest.raises(ferrite.ModelError, match="token id -1"):
+    with pytest.raises(ferrite.InvalidTokenError, match="token id -1"):
         m.forward([-1])
 
 

@@ -32,7 +32,7 @@ LLAMA3_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
-CONTROL, USER_DEFINED, UNUSED = 3, 4, 5
+UNDEFINED, NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = range(7)
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,9 @@ def hf_reference(meta, split: str, nfc: bool, ignore_merges: bool = False):
     declare them: Qwen2 with NFC, Llama 3 with `ignore_merges`, GPT-2 plain."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
-    vocab = {t: i for i, t in enumerate(meta["tokens"])}
+    # UNUSED entries are padding slots of the embedding, not tokens: the original tokenizer.json
+    # has none (Qwen2.5's ends at id 151664), so HF decodes their ids to nothing.
+    vocab = {t: i for i, (t, ty) in enumerate(zip(meta["tokens"], meta["types"])) if ty != UNUSED}
     merges = [tuple(m.split(" ", 1)) for m in meta["merges"]]
     ref = Tokenizer(models.BPE(vocab=vocab, merges=merges, byte_fallback=False, ignore_merges=ignore_merges))
     if nfc:
@@ -225,6 +227,53 @@ def test_whole_vocabulary_round_trips(tok, hf, meta):
     assert not bad, [(i, ours[i], ref[i]) for i in bad[:5]]
 
 
+def gpt2_byte_decoder() -> dict[str, int]:
+    """GPT-2's printable stand-in for each byte (openai/gpt-2 encoder.py `bytes_to_unicode`), inverted."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars = keep[:]
+    n = 0
+    for b in range(256):
+        if b not in keep:
+            keep.append(b)
+            chars.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(keep, chars)}
+
+
+def llama_cpp_piece(text: str, ty: int, special: bool, byte_decoder: dict[str, int]) -> bytes:
+    """llama.cpp's `llama_vocab::token_to_piece` for a BPE vocabulary, rewritten from its rule:
+    UNKNOWN and CONTROL tokens give their text only when `special`, USER_DEFINED always, NORMAL
+    through the GPT-2 byte map, BYTE tokens (`<0xNN>`) their byte, anything else (UNUSED,
+    UNDEFINED) nothing."""
+    if ty in (UNKNOWN, CONTROL):
+        return text.encode() if special else b""
+    if ty == USER_DEFINED:
+        return text.encode()
+    if ty == NORMAL:
+        return bytes(byte_decoder[c] for c in text)
+    if ty == BYTE:
+        return bytes([int(text[3:5], 16)])
+    return b""
+
+
+@pytest.mark.parametrize("special", [True, False])
+def test_every_token_decodes_by_its_type_like_llama_cpp(tok, meta, special):
+    tokens, types = meta["tokens"], meta["types"]
+    assert {UNUSED, CONTROL, USER_DEFINED, NORMAL} <= set(types), "the real vocabulary has each of these"
+    byte_decoder = gpt2_byte_decoder()
+    skip = not special
+    bad = [i for i, (t, ty) in enumerate(zip(tokens, types))
+           if tok.decode_bytes([i], skip_special_tokens=skip) != llama_cpp_piece(t, ty, special, byte_decoder)]
+    assert not bad, [(i, tokens[i], types[i], tok.decode_bytes([i], skip_special_tokens=skip)) for i in bad[:5]]
+    # The padding slots in particular: nothing, alone or inside text, streamed or not.
+    pad = types.index(UNUSED)
+    assert tokens[pad] == f"[PAD{pad}]" and tok.decode([pad]) == ""
+    ids = tok.encode("a<|im_end|>b") + [pad]
+    d = tok.decoder(skip_special_tokens=skip)
+    streamed = "".join(d.push(i) for i in ids) + d.flush()
+    assert streamed == tok.decode(ids, skip_special_tokens=skip) == ("a<|im_end|>b" if special else "ab")
+
+
 def test_special_ids_follow_gguf_metadata(tok, meta):
     types = meta["types"]
     assert (tok.bos_id, tok.eos_id, tok.pad_id) == (meta["bos"], meta["eos"], meta["pad"])
@@ -276,11 +325,11 @@ def test_incremental_decoder_holds_partial_character(tok):
 
 def test_invalid_ids_raise_naming_the_id(tok):
     for bad in (-1, tok.vocab_size, 2**40):
-        with pytest.raises(ferrite.TokenizerError, match=str(bad)):
+        with pytest.raises(ferrite.InvalidTokenError, match=str(bad)):
             tok.decode([1, bad])
-        with pytest.raises(ferrite.TokenizerError, match=str(bad)):
+        with pytest.raises(ferrite.InvalidTokenError, match=str(bad)):
             tok.id_to_token(bad)
-        with pytest.raises(ferrite.TokenizerError, match=str(bad)):
+        with pytest.raises(ferrite.InvalidTokenError, match=str(bad)):
             tok.decoder().push(bad)
     assert tok.token_to_id("definitely not a token ☃☃") is None
     assert tok.decode(np.array([14990, 1879], dtype=np.int64)) == tok.decode([14990, 1879])
@@ -318,8 +367,9 @@ def _write_gguf(path, model, pre):
 def test_unsupported_tokenizers_are_clear_errors(tmp_path, model, pre, needle):
     path = tmp_path / "tok.gguf"
     _write_gguf(path, model, pre)
-    with pytest.raises(ferrite.TokenizerError, match=needle):
+    with pytest.raises(ferrite.TokenizerError, match=needle) as err:
         ferrite.Tokenizer.from_gguf(path)
+    assert str(err.value).startswith(f"{path}: "), "the error names the file"
 
 
 def test_byte_tokens_missing_is_an_error(tmp_path):

@@ -9,6 +9,7 @@ Qwen2-family inference on CPU and NVIDIA GPUs.
 
 from ferrite import _ferrite
 from ferrite._ferrite import (
+    DeviceTensor,
     Engine,
     GenerationResult,
     Generator,
@@ -32,11 +33,14 @@ from ferrite._fetch import fetch_test_model
 from ferrite.errors import (
     ContextLengthError,
     CudaError,
+    CudaOutOfMemoryError,
     FerriteError,
     GgufError,
+    InvalidTokenError,
     KeyNotFoundError,
     ModelError,
     QuantError,
+    SamplingParameterError,
     TokenizerError,
     UnsupportedTypeError,
 )
@@ -45,6 +49,7 @@ __version__ = _ferrite.__version__
 
 __all__ = [
     "GgufFile",
+    "DeviceTensor",
     "Model",
     "TensorInfo",
     "Tokenizer",
@@ -69,7 +74,10 @@ __all__ = [
     "QuantError",
     "UnsupportedTypeError",
     "TokenizerError",
+    "InvalidTokenError",
+    "SamplingParameterError",
     "ModelError",
     "ContextLengthError",
     "CudaError",
+    "CudaOutOfMemoryError",
 ]

@@ -52,6 +52,7 @@ __all__ = [
     "_cuda_upload_bandwidth",
     "_cuda_try_alloc",
     "_cuda_fault_selftest",
+    "DeviceTensor",
 ]
 
 _StrPath = Union[str, "os.PathLike[str]"]
@@ -76,7 +77,9 @@ _Prompt = Union[str, Sequence[_Message], Sequence[int]]
 class GgufFile:
     """A GGUF file (v2 or v3), memory-mapped. Metadata and tensor infos are parsed and validated
     at open; tensor data is read from the map on demand. Raises ``ferrite.GgufError`` for a
-    malformed file, ``FileNotFoundError`` for a missing one.
+    malformed file (the message starts with the path; a wrong magic is shown as a bytes literal,
+    ``b"\\x7fELF"``), ``FileNotFoundError`` for a missing one, ``OSError`` for a directory or
+    another file that is not a regular file.
 
     >>> with ferrite.GgufFile("model.gguf") as f:
     ...     w = f.tensor("blk.0.attn_q.weight")   # float32, shape (896, 896)
@@ -121,6 +124,8 @@ class GgufFile:
         >>> f.tensor("token_embd.weight").shape
         (151936, 896)
         """
+    def device_tensor(self, name: str, device: _Device = "cuda") -> DeviceTensor:
+        """Tensor ``name`` dequantized on a GPU and left there (DLPack, no copy to torch/CuPy)."""
     def raw(self, name: str) -> npt.NDArray[np.uint8]:
         """The block bytes of tensor ``name`` as a read-only 1-D uint8 view of the map (no copy);
         the view keeps the file mapped while it lives, even after ``close()``.
@@ -221,6 +226,7 @@ class Model:
         exact_matmul: bool = False,
         max_step_tokens: int | None = None,
         prefix_caching: bool = True,
+        threads: int | None = None,
     ) -> Model:
         """Loads a model from a path or an open ``GgufFile`` onto ``device`` (``"auto"``: the
         first CUDA GPU when usable, else the CPU; ``"cpu"``, ``"cuda"`` or ``"cuda:N"``).
@@ -229,7 +235,8 @@ class Model:
         as sequences grow). ``exact_matmul`` (CPU): multiply dequantized float32 weights instead
         of 8-bit-quantized activations (slower, closest to a float reference).
         ``max_step_tokens``: tokens one engine step computes at most (default 2048 on a GPU, 256
-        on a CPU). ``prefix_caching``: reuse the KV of prompts that start alike. Raises
+        on a CPU). ``prefix_caching``: reuse the KV of prompts that start alike. ``threads``
+        (CPU): threads for every op (default: the physical cores). Raises
         ``ModelError`` for an unknown architecture or a missing tensor, ``CudaError`` when the
         GPU cannot be used.
 
@@ -254,16 +261,30 @@ class Model:
     @property
     def max_batch(self) -> int:
         """Sequences running together at most."""
+    @overload
     def forward(
         self,
         token_ids: Sequence[int],
         last_only: bool = False,
         seq: int | None = None,
-    ) -> npt.NDArray[np.float32]:
+        *,
+        on_device: Literal[False] = False,
+    ) -> npt.NDArray[np.float32]: ...
+    @overload
+    def forward(
+        self,
+        token_ids: Sequence[int],
+        last_only: bool = False,
+        seq: int | None = None,
+        *,
+        on_device: bool,
+    ) -> npt.NDArray[np.float32] | DeviceTensor:
         """Logits for ``token_ids``: ``[len(token_ids), vocab]``, or ``[1, vocab]`` with
         ``last_only=True``. Without ``seq`` the tokens form a fresh sequence (positions from 0,
         nothing kept); with ``seq`` (from ``new_sequence``) they are appended to its KV cache.
         Raises ``ContextLengthError`` past the context length. The GIL is released.
+        ``on_device=True`` leaves the logits on the model's device: a ``DeviceTensor`` on a GPU,
+        a numpy array on the CPU.
 
         >>> s = m.new_sequence(); m.forward([9707, 11], seq=s); m.forward([1879], seq=s)
         """
@@ -307,8 +328,8 @@ class Tokenizer:
     @staticmethod
     def from_gguf(source: _StrPath | GgufFile) -> Tokenizer:
         """Builds the tokenizer from a GGUF path or an open ``GgufFile``. Raises
-        ``TokenizerError`` for a tokenizer ferrite does not implement (a non-``gpt2`` model, an
-        unknown ``tokenizer.ggml.pre``)."""
+        ``TokenizerError`` (its message starts with the file's path) for a tokenizer ferrite does
+        not implement (a non-``gpt2`` model, an unknown ``tokenizer.ggml.pre``)."""
     def encode(self, text: str, add_special_tokens: bool = True, parse_special: bool = True) -> list[int]:
         """Text to token ids. Special-token strings in the text (``<|im_start|>``) are matched
         whole unless ``parse_special=False``; ``add_special_tokens`` adds BOS/EOS only where the
@@ -329,8 +350,10 @@ class Tokenizer:
         [[14990], [14615]]
         """
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
-        """Token ids to text (an incomplete trailing character becomes U+FFFD).
-        ``skip_special_tokens`` drops CONTROL tokens such as ``<|im_end|>``."""
+        """Token ids to text (an incomplete trailing character becomes U+FFFD). Each GGUF token
+        type decodes as in llama.cpp: UNUSED padding slots (``[PAD151665]``) give no text;
+        CONTROL tokens such as ``<|im_end|>`` give theirs unless ``skip_special_tokens``;
+        USER_DEFINED ones always do."""
     def decode_bytes(self, ids: Sequence[int], skip_special_tokens: bool = False) -> bytes:
         """The exact bytes the ids stand for (lossless; may be invalid UTF-8)."""
     def id_to_token(self, id: int) -> str:
@@ -716,6 +739,7 @@ class Generator:
         exact_matmul: bool = False,
         max_step_tokens: int | None = None,
         prefix_caching: bool = True,
+        threads: int | None = None,
     ) -> Generator:
         """``Model.load`` and ``Tokenizer.from_gguf`` of one file in one call."""
     @property
@@ -799,6 +823,33 @@ class Generator:
 # ---------------------------------------------------------------------------------------------
 # CUDA (src/python/cuda.rs)
 # ---------------------------------------------------------------------------------------------
+
+@final
+class DeviceTensor:
+    """A float32 tensor in GPU memory; ``torch.from_dlpack(t)`` and ``cupy.from_dlpack(t)`` take
+    it without a copy and keep it alive; ``t.numpy()`` copies it to the host.
+
+    >>> w = torch.from_dlpack(f.device_tensor("blk.0.ffn_down.weight"))
+    """
+
+    @property
+    def shape(self) -> list[int]: ...
+    @property
+    def dtype(self) -> str: ...
+    @property
+    def device(self) -> str: ...
+    @property
+    def nbytes(self) -> int: ...
+    def __dlpack_device__(self) -> tuple[int, int]: ...
+    def __dlpack__(
+        self,
+        *,
+        stream: Any = None,
+        max_version: tuple[int, int] | None = None,
+        dl_device: tuple[int, int] | None = None,
+        copy: bool | None = None,
+    ) -> Any: ...
+    def numpy(self) -> npt.NDArray[np.float32]: ...
 
 def cuda_available() -> bool:
     """True when an NVIDIA driver is installed and a CUDA device is visible. Never raises."""

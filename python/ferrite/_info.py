@@ -8,10 +8,32 @@ from __future__ import annotations
 
 import argparse
 from collections import defaultdict
+from typing import Any
 
-import numpy as np
+from ferrite import _cli
 
-from ferrite._ferrite import GgufFile
+# llama.cpp's `llama_ftype` (general.file_type): what the file was quantized as, named the way
+# llama-quantize names it. Ids 4-6 and 33-35 are retired formats.
+FILE_TYPES = {
+    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1",
+    10: "Q2_K", 11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M",
+    16: "Q5_K_S", 17: "Q5_K_M", 18: "Q6_K", 19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S",
+    22: "IQ3_XS", 23: "IQ3_XXS", 24: "IQ1_S", 25: "IQ4_NL", 26: "IQ3_S", 27: "IQ3_M",
+    28: "IQ2_S", 29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M", 32: "BF16", 36: "TQ1_0",
+    37: "TQ2_0", 38: "MXFP4_MOE", 39: "NVFP4", 40: "Q1_0",
+}
+# Set on top of the id when the type was guessed from the tensors (llama.cpp LLAMA_FTYPE_GUESSED).
+FILE_TYPE_GUESSED = 1024
+
+
+def file_type_name(value: Any) -> str:
+    """``general.file_type`` as llama.cpp names it: ``15`` -> ``"Q4_K_M"``."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        return f"{value!r} (not a file type id)"
+    guessed = value >= FILE_TYPE_GUESSED and bool(value & FILE_TYPE_GUESSED)
+    base = value & ~FILE_TYPE_GUESSED if guessed else value
+    name = FILE_TYPES.get(base, f"unknown id {base}")
+    return name + (" (guessed)" if guessed else "")
 
 # Hyperparameters worth a line each, as `{arch}.<suffix>`.
 _HYPER = [
@@ -41,7 +63,10 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:,.1f} MB"
 
 
-def summarize(f: GgufFile) -> str:
+def summarize(f: Any) -> str:
+    """The summary of an open ``GgufFile``."""
+    import numpy as np
+
     md = f.metadata
     arch = md.get("general.architecture", "?")
     lines = [
@@ -53,7 +78,7 @@ def summarize(f: GgufFile) -> str:
     n_params = sum(t.n_elements for t in f.tensors.values())
     lines.append(f"parameters    {_human_count(n_params)} ({n_params:,}) in {len(f.tensors)} tensors")
     if "general.file_type" in md:
-        lines.append(f"file type     {md['general.file_type']}")
+        lines.append(f"file type     {file_type_name(md['general.file_type'])}")
 
     lines.append("")
     lines.append("hyperparameters")
@@ -102,10 +127,27 @@ def summarize(f: GgufFile) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ferrite info", description=__doc__.splitlines()[0])
-    parser.add_argument("model", help="path to a .gguf file")
-    args = parser.parse_args(argv)
-    with GgufFile(args.model) as f:
+def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = sub.add_parser("info", parents=parents, help="summarize a GGUF file",
+                       description="Summarize a GGUF file: metadata, tensor types, tokenizer.",
+                       usage="%(prog)s (MODEL.gguf | --test-model)")
+    p.add_argument("model", nargs="?", metavar="MODEL.gguf", help="path to a .gguf file")
+    _cli.add_model_arguments(p)
+    p.set_defaults(check=_check, run=main, subparser=p)
+    return p
+
+
+def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.test_model and args.model:
+        parser.error("give MODEL.gguf or --test-model, not both")
+    if not args.test_model and not args.model:
+        parser.error("give MODEL.gguf, or --test-model")
+
+
+def main(args: argparse.Namespace) -> int:
+    from ferrite._ferrite import GgufFile
+
+    path = _cli.resolve_model(args.model, args.test_model)
+    with GgufFile(path) as f:
         print(summarize(f))
     return 0

@@ -5,7 +5,7 @@
 ...     ferrite.GgufFile("README.md")
 ... except ferrite.GgufError as e:
 ...     print(e)
-not a GGUF file: magic bytes are [23, 20, 66, 65] (expected "GGUF")
+README.md: not a GGUF file: it starts with b"# fe", not b"GGUF"
 """
 
 
@@ -33,7 +33,17 @@ class UnsupportedTypeError(QuantError, NotImplementedError):
 
 
 class TokenizerError(FerriteError, ValueError):
-    """The GGUF's tokenizer cannot be built, or a token id/string is invalid."""
+    """The GGUF's tokenizer cannot be built, or text or a chat template cannot be rendered."""
+
+
+class InvalidTokenError(FerriteError, IndexError, ValueError):
+    """A token id outside the vocabulary, wherever it is passed: ``Model.forward``,
+    ``Tokenizer.decode``, ``Sampler``, a prompt of token ids, ``stop_token_ids``."""
+
+
+class SamplingParameterError(FerriteError, ValueError):
+    """A sampling parameter out of its range (``temperature < 0``, ``top_p`` outside (0, 1], a
+    negative ``max_tokens``, ...): raised when the call is made, before any work."""
 
 
 class ModelError(FerriteError, ValueError):
@@ -48,6 +58,10 @@ class CudaError(FerriteError, RuntimeError):
     """The CUDA driver, NVRTC or cuBLAS failed or is missing; the message says which."""
 
 
+class CudaOutOfMemoryError(CudaError, MemoryError):
+    """The GPU has too little free memory for an allocation; the message gives the sizes."""
+
+
 __all__ = [
     "FerriteError",
     "GgufError",
@@ -55,7 +69,10 @@ __all__ = [
     "QuantError",
     "UnsupportedTypeError",
     "TokenizerError",
+    "InvalidTokenError",
+    "SamplingParameterError",
     "ModelError",
     "ContextLengthError",
     "CudaError",
+    "CudaOutOfMemoryError",
 ]

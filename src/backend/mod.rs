@@ -27,6 +27,13 @@ use crate::model::ModelError;
 use crate::quant::GgmlType;
 use crate::sampling::{SampleSpec, Sampled, SamplingError};
 
+/// Rows of float32 values the caller keeps after the forward pass (logits handed out on the
+/// device that computed them): on the host, or in a CUDA buffer of their own.
+pub enum OwnedRows {
+    Host(Vec<f32>),
+    Cuda(cuda::DeviceTensor),
+}
+
 /// A tensor to upload: its info and the file that holds its block bytes. The CPU backend keeps
 /// the `Arc` and computes straight from the memory map; a GPU backend copies `bytes()` once.
 #[derive(Clone)]
@@ -291,6 +298,25 @@ pub trait Backend: Send + 'static {
     /// Copies the first `n_rows` rows of `x` to the host, row-major, into `out`
     /// (`n_rows * width` floats). Synchronizes.
     fn read_rows(&mut self, x: &Self::Act, n_rows: usize, out: &mut [f32]) -> Result<(), ModelError>;
+
+    /// A `[n_rows][width]` float32 buffer on this device that outlives the backend's own buffers
+    /// (the host, unless the backend has a device of its own).
+    fn alloc_owned_rows(&mut self, n_rows: usize, width: usize) -> Result<OwnedRows, ModelError> {
+        let n = n_rows.checked_mul(width).ok_or_else(|| ModelError::Backend(format!("{n_rows} x {width} rows overflow")))?;
+        Ok(OwnedRows::Host(vec![0f32; n]))
+    }
+
+    /// Copies the first `n_rows` rows of `x` (`width` floats each) into `dst` from row `dst_row`.
+    fn copy_rows(&mut self, x: &Self::Act, n_rows: usize, width: usize, dst: &mut OwnedRows, dst_row: usize) -> Result<(), ModelError> {
+        match dst {
+            OwnedRows::Host(v) => {
+                let range = dst_row * width..(dst_row + n_rows) * width;
+                let out = v.get_mut(range).ok_or_else(|| ModelError::Backend("copy_rows past the end of its destination".into()))?;
+                self.read_rows(x, n_rows, out)
+            }
+            OwnedRows::Cuda(_) => Err(ModelError::Backend(format!("{} cannot copy rows into a CUDA buffer", self.device()))),
+        }
+    }
 
     /// Draws a token from each of the first `specs.len()` rows of `logits` (`[rows][vocab]`) as
     /// [`crate::sampling`] defines the draw, appending one result per row to `out`. Only the

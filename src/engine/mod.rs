@@ -390,6 +390,19 @@ impl Engine {
     /// Logits for tokens appended to sequences made by [`Engine::new_sequence`] (`Some(id)`), or
     /// to fresh ones that are freed afterwards (`None`). Rows as `logits_for` says.
     pub fn forward(&mut self, entries: &[(Option<usize>, Vec<u32>)], logits_for: LogitsFor) -> Result<Vec<f32>, EngineError> {
+        self.forward_with(entries, |m, batch| m.forward(batch, logits_for))
+    }
+
+    /// [`Engine::forward`] with the logits left on the model's device.
+    pub fn forward_rows(&mut self, entries: &[(Option<usize>, Vec<u32>)], logits_for: LogitsFor) -> Result<crate::backend::OwnedRows, EngineError> {
+        self.forward_with(entries, |m, batch| m.forward_rows(batch, logits_for))
+    }
+
+    fn forward_with<T>(
+        &mut self,
+        entries: &[(Option<usize>, Vec<u32>)],
+        run: impl FnOnce(&mut dyn LanguageModel, &[SeqChunk<'_>]) -> Result<T, ModelError>,
+    ) -> Result<T, EngineError> {
         // Room first, then blocks for every entry at once, so a failure leaves nothing behind.
         let mut need_blocks = 0;
         for (i, (seq, tokens)) in entries.iter().enumerate() {
@@ -438,7 +451,7 @@ impl Engine {
             .zip(&pasts)
             .map(|(((_, tokens), table), &n_past)| SeqChunk { tokens, n_past, block_table: table })
             .collect();
-        let result = self.model.forward(&batch, logits_for);
+        let result = run(self.model.as_mut(), &batch);
         for (((seq, tokens), table), _) in entries.iter().zip(tables).zip(pasts) {
             match seq {
                 Some(id) => {

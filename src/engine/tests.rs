@@ -152,6 +152,9 @@ impl LanguageModel for FakeModel {
         let histories = self.run(batch)?;
         Ok(histories.iter().flat_map(|h| self.logits(h)).collect())
     }
+    fn forward_rows(&mut self, batch: &[SeqChunk<'_>], logits_for: LogitsFor) -> Result<crate::backend::OwnedRows, ModelError> {
+        Ok(crate::backend::OwnedRows::Host(self.forward(batch, logits_for)?))
+    }
     fn forward_sample(&mut self, batch: &[SeqChunk<'_>], samples: &[RowSample<'_>]) -> Result<Vec<Result<Sampled, SamplingError>>, ModelError> {
         let histories = self.run(batch)?;
         let rows: Vec<f32> = samples.iter().flat_map(|r| self.logits(&histories[r.seq])).collect();

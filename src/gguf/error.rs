@@ -7,8 +7,11 @@ use thiserror::Error;
 pub enum GgufError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("not a GGUF file: magic bytes are {found:02x?} (expected \"GGUF\")")]
+    #[error("not a GGUF file: it starts with {}, not b\"GGUF\"{}", bytes_literal(found), magic_hint(found))]
     BadMagic { found: [u8; 4] },
+    /// An error in the file at `path` (from `GgufFile::open`), so a message names the file.
+    #[error("{}: {source}", path.display())]
+    InFile { path: PathBuf, source: Box<GgufError> },
     #[error("GGUF version {version} is not supported (ferrite reads versions 2 and 3){hint}")]
     UnsupportedVersion { version: u32, hint: &'static str },
     #[error("file truncated at byte {offset}: reading {what} needs {needed} bytes, {available} remain")]
@@ -41,4 +44,59 @@ pub enum GgufError {
     NoSuchTensor(String),
     #[error("no metadata key {0:?}")]
     NoSuchKey(String),
+}
+
+impl GgufError {
+    /// The error itself, without the file it was found in.
+    pub fn without_path(&self) -> &GgufError {
+        match self {
+            GgufError::InFile { source, .. } => source.without_path(),
+            other => other,
+        }
+    }
+}
+
+/// Bytes the way Python writes a bytes literal (`b"\x7fELF"`), so a person can read them.
+pub fn bytes_literal(bytes: &[u8]) -> String {
+    let mut out = String::from("b\"");
+    for &b in bytes {
+        match b {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            0x20..=0x7e => out.push(b as char),
+            _ => out.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// What a few well-known first bytes mean.
+fn magic_hint(found: &[u8; 4]) -> &'static str {
+    match found {
+        // The pre-GGUF llama.cpp formats (ggml, ggmf, ggjt, ggla), magic stored as a little-endian u32.
+        b"lmgg" | b"fmgg" | b"tjgg" | b"algg" => " (a llama.cpp file from before GGUF, 2023: convert it again)",
+        [0x7f, b'E', b'L', b'F'] => " (an executable or shared library)",
+        [b'P', b'K', 3, 4] => " (a zip archive, e.g. a PyTorch checkpoint)",
+        _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_magic_is_shown_as_a_bytes_literal() {
+        assert_eq!(bytes_literal(b"\x7fELF"), r#"b"\x7fELF""#);
+        assert_eq!(bytes_literal(b"a\"\\\n"), r#"b"a\"\\\n""#);
+        let e = GgufError::BadMagic { found: *b"# fe" };
+        assert_eq!(e.to_string(), r##"not a GGUF file: it starts with b"# fe", not b"GGUF""##);
+        let wrapped = GgufError::InFile { path: "x/y.gguf".into(), source: Box::new(e) };
+        assert_eq!(wrapped.to_string(), r##"x/y.gguf: not a GGUF file: it starts with b"# fe", not b"GGUF""##);
+        assert!(matches!(wrapped.without_path(), GgufError::BadMagic { .. }));
+    }
 }

@@ -92,11 +92,19 @@ impl GgufFile {
     pub fn open(path: impl AsRef<Path>) -> Result<GgufFile, GgufError> {
         let path = path.as_ref().to_path_buf();
         let io = |source| GgufError::Io { path: path.clone(), source };
+        // Only a regular file can be mapped: a directory would fail at the map with "No such
+        // device", and opening a FIFO would block.
+        let kind = std::fs::metadata(&path).map_err(io)?.file_type();
+        if !kind.is_file() {
+            let what = if kind.is_dir() { "is a directory" } else { "is not a regular file" };
+            return Err(io(std::io::Error::other(format!("{what}, not a GGUF file"))));
+        }
         let file = File::open(&path).map_err(io)?;
         // SAFETY: the map is read-only; a file truncated by another process while mapped can
         // still fault, the same contract every mmap-based loader (llama.cpp, safetensors) has.
         let mmap = unsafe { Mmap::map(&file) }.map_err(io)?;
-        let mut parsed = GgufFile::parse(Storage::Mapped(mmap))?;
+        let mut parsed = GgufFile::parse(Storage::Mapped(mmap))
+            .map_err(|e| GgufError::InFile { path: path.clone(), source: Box::new(e) })?;
         parsed.path = Some(path);
         Ok(parsed)
     }

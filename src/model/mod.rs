@@ -90,6 +90,10 @@ pub trait LanguageModel: Send {
     /// `[rows][vocab_size]`, rows as `logits_for` says.
     fn forward(&mut self, batch: &[SeqChunk<'_>], logits_for: LogitsFor) -> Result<Vec<f32>, ModelError>;
 
+    /// Like `forward`, but the logits stay on the device that computed them (a buffer of their
+    /// own, for handing to other GPU libraries without a copy).
+    fn forward_rows(&mut self, batch: &[SeqChunk<'_>], logits_for: LogitsFor) -> Result<crate::backend::OwnedRows, ModelError>;
+
     /// Like `forward`, but instead of returning logits, draws one token from the logits of the
     /// last new token of each sequence named in `samples` (on the device that computed them),
     /// one result per entry of `samples`, in order. A row whose logits are broken gets its own
@@ -115,7 +119,11 @@ pub fn load_model_with(
 ) -> Result<Box<dyn LanguageModel>, ModelError> {
     match device {
         "cpu" => {
-            let backend = crate::backend::cpu::CpuBackend::new().with_exact_matmul(options.exact_matmul);
+            let backend = match options.threads {
+                Some(n) => crate::backend::cpu::CpuBackend::with_all_threads(n)?,
+                None => crate::backend::cpu::CpuBackend::new(),
+            }
+            .with_exact_matmul(options.exact_matmul);
             Ok(Box::new(TransformerModel::load(file, backend, options)?))
         }
         d if d.starts_with("cuda") => {

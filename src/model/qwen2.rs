@@ -33,11 +33,13 @@ pub struct LoadOptions {
     /// CPU: multiply dequantized weight rows by float32 activations (`quant::matmul_reference`)
     /// instead of quantizing activations to 8 bits. Slower; for logit comparisons.
     pub exact_matmul: bool,
+    /// CPU: threads for every op; `None`: the physical cores (or `RAYON_NUM_THREADS`).
+    pub threads: Option<usize>,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { kv_cache_tokens: None, max_batch: 64, exact_matmul: false }
+        LoadOptions { kv_cache_tokens: None, max_batch: 64, exact_matmul: false, threads: None }
     }
 }
 
@@ -332,6 +334,17 @@ impl<B: Backend> LanguageModel for TransformerModel<B> {
         let vocab = self.config.vocab_size;
         let mut out = vec![0f32; plan.logit_rows.len() * vocab];
         self.run(&plan, |b, logits, first, count| b.read_rows(logits, count, &mut out[first * vocab..(first + count) * vocab]))?;
+        Ok(out)
+    }
+
+    fn forward_rows(&mut self, batch: &[SeqChunk<'_>], logits_for: LogitsFor) -> Result<crate::backend::OwnedRows, ModelError> {
+        let plan = self.plan(batch, |seqs| match logits_for {
+            LogitsFor::AllTokens => (0..seqs.iter().map(|s| s.n_new).sum::<u32>()).collect(),
+            LogitsFor::LastToken => seqs.iter().map(|s| s.first_token + s.n_new - 1).collect(),
+        })?;
+        let vocab = self.config.vocab_size;
+        let mut out = self.backend.alloc_owned_rows(plan.logit_rows.len(), vocab)?;
+        self.run(&plan, |b, logits, first, count| b.copy_rows(logits, count, vocab, &mut out, first))?;
         Ok(out)
     }
 

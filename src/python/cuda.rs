@@ -4,6 +4,9 @@
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
+use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
+
+use crate::backend::cuda::matvec::{force_plan, path_for, time_device_copy, MatvecOp, MatvecPath};
 use crate::backend::cuda::{self, dequant, CudaContext, CudaError};
 use crate::quant::GgmlType;
 
@@ -15,6 +18,11 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_cuda_upload_bandwidth, m)?)?;
     m.add_function(wrap_pyfunction!(_cuda_try_alloc, m)?)?;
     m.add_function(wrap_pyfunction!(_cuda_fault_selftest, m)?)?;
+    m.add_function(wrap_pyfunction!(_cuda_matvec, m)?)?;
+    m.add_function(wrap_pyfunction!(_cuda_weight_rows, m)?)?;
+    m.add_function(wrap_pyfunction!(_cuda_matvec_time, m)?)?;
+    m.add_function(wrap_pyfunction!(_cuda_copy_time, m)?)?;
+    m.add_function(wrap_pyfunction!(_cuda_matvec_force_plan, m)?)?;
     Ok(())
 }
 
@@ -128,5 +136,157 @@ fn _cuda_try_alloc(py: Python<'_>, n_bytes: usize, device: &str) -> PyResult<()>
 #[pyo3(signature = (device = "cuda"))]
 fn _cuda_fault_selftest(py: Python<'_>, device: &str) -> PyResult<()> {
     py.detach(|| cuda::context::fault_selftest(device))?;
+    Ok(())
+}
+
+fn matvec_path(device: &str, ty: GgmlType, path: &str) -> PyResult<MatvecPath> {
+    match path {
+        "auto" => Ok(path_for(&*CudaContext::get(device)?, ty)),
+        "tiled" => Ok(MatvecPath::Tiled),
+        "generic" => Ok(MatvecPath::Generic),
+        _ => Err(pyo3::exceptions::PyValueError::new_err(format!("path must be 'auto', 'tiled' or 'generic', not {path:?}"))),
+    }
+}
+
+/// Test hook: one matrix-vector product on the GPU with the backend's own launch code.
+/// `raw` holds `n_rows` rows of `n_cols` elements of `ggml_type` (the file's blocks); `x` is
+/// float32 `(n_x, n_cols)` with 1 <= n_x <= 8; `path` picks the tensor-core kernels on repacked
+/// tiles ("tiled"), the generic kernels on the blocks ("generic") or what a model would use
+/// ("auto"). The output buffer holds `n_x + 1` rows, all first filled with `poison_bits`;
+/// it is returned whole, shape `(n_x + 1, n_rows)`.
+#[pyfunction]
+#[pyo3(signature = (raw, ggml_type, n_rows, n_cols, x, bias = None, path = "auto", poison_bits = 0x7FC0_DEAD, device = "cuda"))]
+#[allow(clippy::too_many_arguments)]
+fn _cuda_matvec<'py>(
+    py: Python<'py>,
+    raw: &Bound<'py, PyAny>,
+    ggml_type: &Bound<'py, PyAny>,
+    n_rows: usize,
+    n_cols: usize,
+    x: PyReadonlyArray2<'py, f32>,
+    bias: Option<PyReadonlyArray1<'py, f32>>,
+    path: &str,
+    poison_bits: u32,
+    device: &str,
+) -> PyResult<Bound<'py, numpy::PyArray2<f32>>> {
+    let ty = super::gguf::parse_ggml_type(ggml_type)?;
+    let path = matvec_path(device, ty, path)?;
+    let n_x = x.shape()[0];
+    if x.shape()[1] != n_cols {
+        return Err(pyo3::exceptions::PyValueError::new_err(format!("x has {} columns, the matrix {n_cols}", x.shape()[1])));
+    }
+    let xs = x.as_slice().map_err(|_| pyo3::exceptions::PyValueError::new_err("x must be C-contiguous"))?.to_vec();
+    let bias = match &bias {
+        Some(b) => Some(b.as_slice().map_err(|_| pyo3::exceptions::PyValueError::new_err("bias must be contiguous"))?.to_vec()),
+        None => None,
+    };
+    let out = super::gguf::with_raw_bytes(raw, |bytes| {
+        Ok(py.detach(|| MatvecOp::new(device, ty, bytes, n_rows, n_cols, path, 1)?.run(&xs, n_x, bias.as_deref(), poison_bits))?)
+    })?;
+    Ok(PyArray1::from_vec(py, out).reshape([n_x + 1, n_rows])?)
+}
+
+/// Test hook: rows `row0 .. row0 + n` of a matrix read back as float32 by the device (the
+/// prefill path's dequantization of the layout `path` stores), and the embedding gather of
+/// `tokens`. Returns `(rows (n, n_cols), embeddings (len(tokens), n_cols))`.
+#[pyfunction]
+#[pyo3(signature = (raw, ggml_type, n_rows, n_cols, row0, n, tokens, path = "auto", device = "cuda"))]
+#[allow(clippy::too_many_arguments)]
+fn _cuda_weight_rows<'py>(
+    py: Python<'py>,
+    raw: &Bound<'py, PyAny>,
+    ggml_type: &Bound<'py, PyAny>,
+    n_rows: usize,
+    n_cols: usize,
+    row0: usize,
+    n: usize,
+    tokens: Vec<u32>,
+    path: &str,
+    device: &str,
+) -> PyResult<(Bound<'py, numpy::PyArray2<f32>>, Bound<'py, numpy::PyArray2<f32>>)> {
+    let ty = super::gguf::parse_ggml_type(ggml_type)?;
+    let path = matvec_path(device, ty, path)?;
+    if row0.checked_add(n).is_none_or(|end| end > n_rows) {
+        return Err(pyo3::exceptions::PyValueError::new_err(format!("rows {row0}..+{n} of {n_rows}")));
+    }
+    let (rows, emb) = super::gguf::with_raw_bytes(raw, |bytes| {
+        Ok(py.detach(|| MatvecOp::new(device, ty, bytes, n_rows, n_cols, path, 1)?.read_rows(row0, n, &tokens))?)
+    })?;
+    let n_tokens = tokens.len();
+    Ok((PyArray1::from_vec(py, rows).reshape([n, n_cols])?, PyArray1::from_vec(py, emb).reshape([n_tokens, n_cols])?))
+}
+
+/// Benchmark hook: seconds per launch of the matrix-vector kernel of `path` for each count of x
+/// rows in `n_xs`, over `copies` copies of the matrix (rotated so that launches read DRAM, not
+/// L2), `iters` launches recorded as one CUDA graph and timed with events, `repeats` times.
+/// Returns a dict: ``seconds`` ({n_x: [seconds per launch of each repeat]}), ``device_bytes``
+/// (bytes of one copy on the device), ``plans`` ({n_x: (warps_m, warps_k, block_rows, splits,
+/// k_tiles_per_split)} on the tiled path, else None).
+#[pyfunction]
+#[pyo3(signature = (raw, ggml_type, n_rows, n_cols, n_xs, path, copies, iters, repeats = 5, device = "cuda"))]
+#[allow(clippy::too_many_arguments)]
+fn _cuda_matvec_time<'py>(
+    py: Python<'py>,
+    raw: &Bound<'py, PyAny>,
+    ggml_type: &Bound<'py, PyAny>,
+    n_rows: usize,
+    n_cols: usize,
+    n_xs: Vec<usize>,
+    path: &str,
+    copies: usize,
+    iters: usize,
+    repeats: usize,
+    device: &str,
+) -> PyResult<Bound<'py, PyDict>> {
+    let ty = super::gguf::parse_ggml_type(ggml_type)?;
+    let path = matvec_path(device, ty, path)?;
+    if copies == 0 || iters == 0 || repeats == 0 || iters > 1_000_000 {
+        return Err(pyo3::exceptions::PyValueError::new_err("copies, iters and repeats must be positive (iters at most 1e6)"));
+    }
+    let (seconds, device_bytes, plans) = super::gguf::with_raw_bytes(raw, |bytes| {
+        Ok(py.detach(|| -> Result<_, CudaError> {
+            let op = MatvecOp::new(device, ty, bytes, n_rows, n_cols, path, copies)?;
+            let plans: Vec<_> =
+                n_xs.iter().map(|&n_x| (n_x, op.plan(n_x).map(|p| (p.warps_m, p.warps_k, p.block_rows, p.splits, p.k_tiles_per_split)))).collect();
+            let seconds = n_xs.iter().map(|&n_x| Ok((n_x, op.time(n_x, iters, repeats)?))).collect::<Result<Vec<_>, CudaError>>()?;
+            Ok((seconds, op.bytes_per_copy(), plans))
+        })?)
+    })?;
+    let d = PyDict::new(py);
+    let by_rows = PyDict::new(py);
+    for (n_x, s) in seconds {
+        by_rows.set_item(n_x, s)?;
+    }
+    d.set_item("seconds", by_rows)?;
+    d.set_item("device_bytes", device_bytes)?;
+    let by_rows = PyDict::new(py);
+    for (n_x, p) in plans {
+        by_rows.set_item(n_x, p)?;
+    }
+    d.set_item("plans", by_rows)?;
+    Ok(d)
+}
+
+/// Benchmark hook: seconds per device-to-device copy of `n_bytes`, `repeats` times (events).
+#[pyfunction]
+#[pyo3(signature = (n_bytes = 1 << 30, repeats = 10, device = "cuda"))]
+fn _cuda_copy_time(py: Python<'_>, n_bytes: usize, repeats: usize, device: &str) -> PyResult<Vec<f64>> {
+    if n_bytes == 0 || n_bytes > 16 << 30 || repeats == 0 {
+        return Err(pyo3::exceptions::PyValueError::new_err("n_bytes must be 1 byte .. 16 GiB, repeats positive"));
+    }
+    Ok(py.detach(|| time_device_copy(device, n_bytes, repeats))?)
+}
+
+/// Benchmark hook: every tiled matvec planned after this call uses `warps_m` x `warps_k` warps
+/// per block and at most `splits` column splits (no arguments: back to the heuristic). For
+/// tuning only; set it before creating the matrix (the split-K scratch is sized then).
+#[pyfunction]
+#[pyo3(signature = (warps_m = None, warps_k = None, splits = None))]
+fn _cuda_matvec_force_plan(warps_m: Option<u32>, warps_k: Option<u32>, splits: Option<u32>) -> PyResult<()> {
+    match (warps_m, warps_k, splits) {
+        (Some(m), Some(k), Some(s)) if m >= 1 && k >= 1 && m * k <= 8 && s >= 1 => force_plan(Some((m, k, s))),
+        (None, None, None) => force_plan(None),
+        _ => return Err(pyo3::exceptions::PyValueError::new_err("give warps_m, warps_k (product 1..=8) and splits (>= 1), or nothing")),
+    }
     Ok(())
 }

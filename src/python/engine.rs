@@ -118,7 +118,7 @@ pub(crate) struct Template {
 impl CallArgs<'_> {
     pub fn template(&self, vocab_size: usize) -> PyResult<Template> {
         let nonneg = |name: &str, v: i64| {
-            usize::try_from(v).map_err(|_| PyValueError::new_err(format!("{name} = {v} is invalid: expected an integer >= 0")))
+            usize::try_from(v).map_err(|_| super::errors::raise("SamplingParameterError", format!("{name} = {v} is invalid: expected an integer >= 0")))
         };
         let max_tokens = nonneg("max_tokens", self.max_tokens)?;
         let top_k = nonneg("top_k", self.top_k)?;
@@ -257,7 +257,10 @@ impl PyRequest {
     /// The next output, waiting at most `timeout` (`None`: as long as it takes) in short slices
     /// with the GIL released, so Ctrl-C and other threads get through.
     pub(crate) fn next_output(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<RequestOutput>> {
-        let deadline = timeout.map(|t| std::time::Instant::now() + Duration::from_secs_f64(t.max(0.0)));
+        // An infinite (or absurdly long) timeout waits for as long as it takes.
+        let deadline = timeout
+            .and_then(|t| Duration::try_from_secs_f64(t.max(0.0)).ok())
+            .and_then(|d| std::time::Instant::now().checked_add(d));
         loop {
             let slice = match deadline {
                 Some(d) => d.saturating_duration_since(std::time::Instant::now()).min(Duration::from_millis(100)),
@@ -496,7 +499,9 @@ impl PyEngine {
             return Err(PyValueError::new_err(format!("timeout = {timeout}: expected a finite number of seconds >= 0")));
         }
         let shared = &self.shared;
-        Ok(py.detach(|| shared.wait_for_work(Duration::from_secs_f64(timeout))))
+        // Capped so that the deadline cannot overflow the clock: a billion seconds is forever here.
+        let wait = Duration::from_secs_f64(timeout.min(1e9));
+        Ok(py.detach(|| shared.wait_for_work(wait)))
     }
 
     /// Whether any request is queued or running.

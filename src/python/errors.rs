@@ -53,6 +53,7 @@ impl From<TokenizerError> for PyErr {
         match e {
             // A malformed file is the file's problem, reported like any other GGUF error.
             TokenizerError::Gguf(g) => g.into(),
+            TokenizerError::InvalidId { .. } => raise("InvalidTokenError", e.to_string()),
             other => raise("TokenizerError", other.to_string()),
         }
     }
@@ -62,6 +63,7 @@ impl From<ModelError> for PyErr {
     fn from(e: ModelError) -> PyErr {
         match e {
             ModelError::ContextLength { .. } => raise("ContextLengthError", e.to_string()),
+            ModelError::BadTokenId { .. } => raise("InvalidTokenError", e.to_string()),
             ModelError::Cuda(c) => c.into(),
             ModelError::Quant(q) => q.into(),
             _ => raise("ModelError", e.to_string()),
@@ -72,7 +74,8 @@ impl From<ModelError> for PyErr {
 impl From<SamplingError> for PyErr {
     fn from(e: SamplingError) -> PyErr {
         match e {
-            SamplingError::BadParam { .. } => pyo3::exceptions::PyValueError::new_err(e.to_string()),
+            SamplingError::BadParam { .. } => raise("SamplingParameterError", e.to_string()),
+            SamplingError::BadTokenId { .. } => raise("InvalidTokenError", e.to_string()),
             _ => raise("ModelError", e.to_string()),
         }
     }
@@ -89,7 +92,8 @@ impl From<EngineError> for PyErr {
             | EngineError::KvCacheFull { .. }
             | EngineError::SequenceFull { .. } => raise("ContextLengthError", e.to_string()),
             EngineError::NoSuchSequence(_) => raise("ModelError", e.to_string()),
-            EngineError::EmptyPrompt | EngineError::EmptyStopString | EngineError::TooManyLogprobs(_) | EngineError::BadLimits => {
+            EngineError::TooManyLogprobs(_) => raise("SamplingParameterError", e.to_string()),
+            EngineError::EmptyPrompt | EngineError::EmptyStopString | EngineError::BadLimits => {
                 pyo3::exceptions::PyValueError::new_err(e.to_string())
             }
         }
@@ -100,6 +104,7 @@ impl From<CudaError> for PyErr {
     fn from(e: CudaError) -> PyErr {
         match e {
             CudaError::Quant(q) => q.into(),
+            CudaError::OutOfMemory { .. } => raise("CudaOutOfMemoryError", e.to_string()),
             other => raise("CudaError", other.to_string()),
         }
     }

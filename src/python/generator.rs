@@ -232,7 +232,7 @@ impl PyGenerator {
     /// >>> gen = ferrite.Generator.from_gguf("model.gguf", device="cpu", kv_cache_tokens=8192)
     #[staticmethod]
     #[pyo3(signature = (path, *, device = "auto", max_batch = 64, kv_cache_tokens = None, exact_matmul = false,
-        max_step_tokens = None, prefix_caching = true))]
+        max_step_tokens = None, prefix_caching = true, threads = None))]
     #[allow(clippy::too_many_arguments)]
     fn from_gguf(
         py: Python<'_>,
@@ -243,9 +243,13 @@ impl PyGenerator {
         exact_matmul: bool,
         max_step_tokens: Option<i64>,
         prefix_caching: bool,
+        threads: Option<i64>,
     ) -> PyResult<PyGenerator> {
         let file = super::model::open_file(py, path)?;
-        let model = Bound::new(py, PyModel::load_file(py, file.clone(), device, max_batch, kv_cache_tokens, exact_matmul, max_step_tokens, prefix_caching)?)?;
+        let model = Bound::new(
+            py,
+            PyModel::load_file(py, file.clone(), device, max_batch, kv_cache_tokens, exact_matmul, max_step_tokens, prefix_caching, threads)?,
+        )?;
         let tok = py.detach(|| crate::tokenizer::Tokenizer::from_gguf(&file))?;
         let tokenizer = Bound::new(py, PyTokenizer::new(tok))?;
         PyGenerator::new(model, tokenizer, None)

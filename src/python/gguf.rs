@@ -20,6 +20,20 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     Ok(())
 }
 
+/// `err` with the file's path in front of its message, same exception class, so that an error
+/// about what a file holds names the file (errors from `GgufFile::open` already do).
+pub fn naming_file(py: Python<'_>, path: Option<&std::path::Path>, err: PyErr) -> PyErr {
+    let Some(path) = path else { return err };
+    let message = err.value(py).to_string();
+    let prefix = format!("{}: ", path.display());
+    if message.starts_with(&prefix) {
+        return err;
+    }
+    let named = PyErr::from_type(err.get_type(py), format!("{prefix}{message}"));
+    named.set_cause(py, err.cause(py));
+    named
+}
+
 /// A GGUF file, memory-mapped. Metadata and tensor infos are parsed at open; tensor data is read
 /// from the map on demand.
 #[pyclass(name = "GgufFile", module = "ferrite", frozen)]
@@ -126,6 +140,21 @@ impl PyGgufFile {
         let file = self.file()?;
         let info = file.tensor_info(name)?.clone();
         dequantize_on(py, device, info.ggml_type, file.tensor_bytes(&info), &info.shape(), &info.name)
+    }
+
+    /// Tensor ``name`` dequantized on a GPU and left there, as a ``DeviceTensor`` that torch and
+    /// CuPy take without a copy (``torch.from_dlpack(t)``); ``t.numpy()`` copies it back.
+    ///
+    /// >>> w = torch.from_dlpack(f.device_tensor("blk.0.ffn_down.weight"))
+    #[pyo3(signature = (name, device = "cuda"))]
+    fn device_tensor(&self, py: Python<'_>, name: &str, device: &str) -> PyResult<super::dlpack::PyDeviceTensor> {
+        let file = self.file()?;
+        let info = file.tensor_info(name)?.clone();
+        let ctx = crate::backend::cuda::CudaContext::get(device)?;
+        let n: usize = info.shape().iter().product();
+        let bytes = file.tensor_bytes(&info);
+        let t = py.detach(|| crate::backend::cuda::DeviceTensor::dequantize(ctx, info.ggml_type, bytes, n))?;
+        super::dlpack::PyDeviceTensor::new(t, info.shape())
     }
 
     /// The raw block bytes of tensor `name` as a read-only uint8 numpy view of the map (no copy).

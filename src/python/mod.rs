@@ -2,6 +2,7 @@
 //! around long work.
 
 mod cuda;
+mod dlpack;
 mod engine;
 mod errors;
 mod generator;
@@ -24,5 +25,6 @@ fn _ferrite(m: &Bound<'_, PyModule>) -> PyResult<()> {
     results::register(m)?;
     generator::register(m)?;
     cuda::register(m)?;
+    dlpack::register(m)?;
     Ok(())
 }

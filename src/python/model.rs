@@ -8,7 +8,9 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
+use super::dlpack::PyDeviceTensor;
 use super::gguf::PyGgufFile;
+use crate::backend::OwnedRows;
 use crate::engine::shared::SharedEngine;
 use crate::engine::{Engine, EngineConfig};
 use crate::gguf::GgufFile;
@@ -91,14 +93,21 @@ impl PyModel {
         exact_matmul: bool,
         max_step_tokens: Option<i64>,
         prefix_caching: bool,
+        threads: Option<i64>,
     ) -> PyResult<PyModel> {
         let max_batch = positive("max_batch", max_batch)?;
+        let threads = threads.map(|n| positive("threads", n)).transpose()?;
         let kv_cache_tokens = kv_cache_tokens.map(|n| positive("kv_cache_tokens", n)).transpose()?;
         let max_step_tokens = max_step_tokens.map(|n| positive("max_step_tokens", n)).transpose()?;
         let resolved = resolve_device(device);
-        let options = LoadOptions { kv_cache_tokens, max_batch, exact_matmul };
+        let options = LoadOptions { kv_cache_tokens, max_batch, exact_matmul, threads };
+        let path = file.path().map(|p| p.to_path_buf());
         let shared = py.detach(|| -> Result<SharedEngine, PyErr> {
-            let model = load_model_with(file, &resolved, options)?;
+            // A model the file cannot make (a missing tensor, an unknown architecture) names the file.
+            let model = load_model_with(file, &resolved, options).map_err(|e| match e {
+                crate::model::ModelError::Cuda(_) => PyErr::from(e),
+                e => Python::attach(|py| super::gguf::naming_file(py, path.as_deref(), e.into())),
+            })?;
             let mut config = EngineConfig::for_model(model.as_ref());
             if let Some(n) = max_step_tokens {
                 config.max_step_tokens = n;
@@ -147,7 +156,7 @@ fn check_token_ids(ids: Vec<i64>, vocab_size: usize) -> PyResult<Vec<u32>> {
     ids.into_iter()
         .map(|id| {
             u32::try_from(id).ok().filter(|&t| (t as usize) < vocab_size).ok_or_else(|| {
-                super::errors::raise("ModelError", format!("token id {id} is out of range for a vocabulary of {vocab_size}"))
+                super::errors::raise("InvalidTokenError", format!("token id {id} is out of range for a vocabulary of {vocab_size}"))
             })
         })
         .collect()
@@ -173,14 +182,15 @@ impl PyModel {
     /// ``exact_matmul`` (CPU): multiply dequantized float32 weights instead of quantizing
     /// activations to 8 bits like llama.cpp does — slower, closest to a float reference.
     /// ``max_step_tokens``: tokens one engine step computes at most (default 2048 on a GPU, 256
-    /// on a CPU); ``prefix_caching``: reuse the KV of prompts that start alike.
+    /// on a CPU); ``prefix_caching``: reuse the KV of prompts that start alike. ``threads`` (CPU):
+    /// threads for every op (default: the physical cores, or ``RAYON_NUM_THREADS``).
     ///
     /// >>> m = ferrite.Model.load(ferrite.fetch_test_model())
     /// >>> m.config["n_layers"]
     /// 24
     #[staticmethod]
     #[pyo3(signature = (path_or_file, device = "auto", max_batch = 64, kv_cache_tokens = None, exact_matmul = false,
-        max_step_tokens = None, prefix_caching = true))]
+        max_step_tokens = None, prefix_caching = true, threads = None))]
     #[allow(clippy::too_many_arguments)]
     fn load(
         py: Python<'_>,
@@ -191,9 +201,10 @@ impl PyModel {
         exact_matmul: bool,
         max_step_tokens: Option<i64>,
         prefix_caching: bool,
+        threads: Option<i64>,
     ) -> PyResult<PyModel> {
         let file = open_file(py, path_or_file)?;
-        PyModel::load_file(py, file, device, max_batch, kv_cache_tokens, exact_matmul, max_step_tokens, prefix_caching)
+        PyModel::load_file(py, file, device, max_batch, kv_cache_tokens, exact_matmul, max_step_tokens, prefix_caching, threads)
     }
 
     /// The hyperparameters as a dict: ``arch``, ``n_layers``, ``hidden_size``, ``ffn_size``,
@@ -225,19 +236,33 @@ impl PyModel {
     /// Logits for ``token_ids``: float32 ``[len(token_ids), vocab]``, or ``[1, vocab]`` (the
     /// last token) with ``last_only=True``. Without ``seq`` the tokens are a fresh sequence
     /// (positions from 0, nothing kept); with ``seq`` they are appended to that sequence.
+    /// ``on_device=True`` leaves the logits on the model's device: a ``DeviceTensor`` on a GPU
+    /// (``torch.from_dlpack`` takes it without a copy), a numpy array on the CPU.
     ///
     /// >>> logits = m.forward([9707, 11, 1879])
     /// >>> logits.shape
     /// (3, 151936)
-    #[pyo3(signature = (token_ids, last_only = false, seq = None))]
-    fn forward<'py>(&self, py: Python<'py>, token_ids: Vec<i64>, last_only: bool, seq: Option<usize>) -> PyResult<Bound<'py, PyArray2<f32>>> {
+    #[pyo3(signature = (token_ids, last_only = false, seq = None, *, on_device = false))]
+    fn forward<'py>(&self, py: Python<'py>, token_ids: Vec<i64>, last_only: bool, seq: Option<usize>, on_device: bool) -> PyResult<Bound<'py, PyAny>> {
         let tokens = check_token_ids(token_ids, self.config.vocab_size)?;
         if tokens.is_empty() {
             return Err(PyValueError::new_err("token_ids is empty"));
         }
         let which = if last_only { LogitsFor::LastToken } else { LogitsFor::AllTokens };
+        let vocab = self.config.vocab_size;
+        if on_device {
+            let shared = &self.shared;
+            let rows = py.detach(|| shared.with_engine(|e| e.forward_rows(&[(seq, tokens)], which)))?;
+            return match rows {
+                OwnedRows::Host(v) => Ok(to_array(py, v, vocab)?.into_any()),
+                OwnedRows::Cuda(t) => {
+                    let n_rows = t.len() / vocab.max(1);
+                    Ok(Bound::new(py, PyDeviceTensor::new(t, vec![n_rows, vocab])?)?.into_any())
+                }
+            };
+        }
         let logits = self.logits(py, vec![(seq, tokens)], which)?;
-        to_array(py, logits, self.config.vocab_size)
+        Ok(to_array(py, logits, vocab)?.into_any())
     }
 
     /// Runs several sequences in one batched pass; returns one float32 array per sequence:

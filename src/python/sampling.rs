@@ -15,7 +15,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
 /// A token id from Python, or a ValueError naming it.
 pub(crate) fn token_id(id: i64, vocab_size: usize) -> PyResult<u32> {
     u32::try_from(id).ok().filter(|&t| (t as usize) < vocab_size).ok_or_else(|| {
-        pyo3::exceptions::PyValueError::new_err(format!("token id {id} is out of range for a vocabulary of {vocab_size}"))
+        super::errors::raise("InvalidTokenError", format!("token id {id} is out of range for a vocabulary of {vocab_size}"))
     })
 }
 

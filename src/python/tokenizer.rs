@@ -50,7 +50,7 @@ fn to_ids(tok: &Tokenizer, ids: &[i64]) -> PyResult<Vec<u32>> {
             to_id(tok, id).map_err(|e| match e {
                 // Negative ids would print as huge unsigned values; name them as given.
                 TokenizerError::InvalidId { .. } => raise(
-                    "TokenizerError",
+                    "InvalidTokenError",
                     format!("token id {id} is out of range (vocabulary size {})", tok.vocab_size()),
                 ),
                 other => other.into(),
@@ -93,7 +93,9 @@ impl PyTokenizer {
             })?;
             Arc::new(py.detach(|| GgufFile::open(&path))?)
         };
-        let tokenizer = py.detach(|| Tokenizer::from_gguf(&file))?;
+        let tokenizer = py
+            .detach(|| Tokenizer::from_gguf(&file))
+            .map_err(|e| super::gguf::naming_file(py, file.path(), e.into()))?;
         Ok(PyTokenizer { tokenizer })
     }
 
@@ -124,8 +126,10 @@ impl PyTokenizer {
     }
 
     /// Token ids to text. Ids that end mid-character decode to U+FFFD there, as in HF
-    /// `tokenizers` (use `decode_bytes` for the exact bytes). `skip_special_tokens` drops
-    /// CONTROL tokens such as `<|im_end|>`. An id outside the vocabulary raises TokenizerError.
+    /// `tokenizers` (use `decode_bytes` for the exact bytes). Each GGUF token type decodes as
+    /// llama.cpp decodes it: UNUSED padding slots (`[PAD151665]`) give no text; CONTROL tokens
+    /// such as `<|im_end|>` give their text unless `skip_special_tokens`; USER_DEFINED ones
+    /// always do. An id outside the vocabulary raises TokenizerError.
     ///
     /// >>> tok.decode([151644, 872, 198, 6023])
     /// '<|im_start|>user\nhi'

@@ -86,7 +86,7 @@ pub(crate) struct UnpackedRow {
 }
 
 #[inline(always)]
-fn unpack_row(ty: GgmlType, row: &[u8], n_cols: usize, u: &mut UnpackedRow) {
+pub(crate) fn unpack_row(ty: GgmlType, row: &[u8], n_cols: usize, u: &mut UnpackedRow) {
     use GgmlType::*;
     u.q.resize(n_cols, 0);
     u.d.clear();
@@ -255,7 +255,7 @@ fn row_dot(s: Scheme, u: &UnpackedRow, acts: &QuantizedActs, n_cols: usize, t: u
     }
 }
 
-fn check_shapes(x_elems: usize, out_elems: usize, n_rows: usize, n_cols: usize, n_tokens: usize) -> Result<(), QuantError> {
+pub(crate) fn check_shapes(x_elems: usize, out_elems: usize, n_rows: usize, n_cols: usize, n_tokens: usize) -> Result<(), QuantError> {
     let want = |a: usize, b: usize| a.checked_mul(b).unwrap_or(usize::MAX);
     if x_elems != want(n_tokens, n_cols) {
         return Err(QuantError::BadShape { what: "activations (n_tokens x n_cols)", expected_elems: want(n_tokens, n_cols), got_elems: x_elems });
@@ -477,7 +477,7 @@ pub fn matmul_reference(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::quant::tests::random_bytes;
     use half::f16;
@@ -498,7 +498,7 @@ mod tests {
 
     /// Random valid weights: random bytes, with finite scales of magnitude ~2^-8..2^-4 (so the
     /// products stay in a realistic range) and, for float types, finite random values.
-    fn random_weights(ty: GgmlType, n_elems: usize, seed: u64) -> Vec<u8> {
+    pub(crate) fn random_weights(ty: GgmlType, n_elems: usize, seed: u64) -> Vec<u8> {
         let n_blocks = n_elems / ty.block_elems();
         let mut bytes = random_bytes(n_blocks * ty.block_bytes(), seed);
         let noise = random_bytes(n_blocks * 8, seed + 1);
@@ -537,7 +537,7 @@ mod tests {
     /// Roughly Gaussian values (sum of two uniforms); with `outliers`, every 97th is 20x larger,
     /// like the few huge channels of real transformer activations (the hard case for 8-bit
     /// block quantization, since one outlier sets its whole block's step).
-    fn random_acts_with(n: usize, seed: u64, outliers: bool) -> Vec<f32> {
+    pub(crate) fn random_acts_with(n: usize, seed: u64, outliers: bool) -> Vec<f32> {
         let r = random_bytes(2 * n, seed);
         (0..n)
             .map(|i| {

@@ -14,10 +14,18 @@ mod legacy;
 mod matmul;
 #[cfg(target_arch = "x86_64")]
 mod matmul_avx2;
+mod packed;
+#[cfg(target_arch = "x86_64")]
+mod packed_avx2;
+#[cfg(target_arch = "x86_64")]
+mod packed_avx512;
+pub mod pool;
 mod ternary;
 mod types;
 
 pub use matmul::{matmul, matmul_reference};
+pub use packed::{can_pack, PackedMatrix};
+pub use pool::ThreadPool;
 pub use types::GgmlType;
 
 use rayon::prelude::*;

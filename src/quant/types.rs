@@ -2,86 +2,95 @@
 
 use std::fmt;
 
-/// A ggml tensor type. The discriminant is the id stored in a GGUF file.
-#[allow(non_camel_case_types)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u32)]
-pub enum GgmlType {
-    F32 = 0,
-    F16 = 1,
-    Q4_0 = 2,
-    Q4_1 = 3,
-    Q5_0 = 6,
-    Q5_1 = 7,
-    Q8_0 = 8,
-    Q8_1 = 9,
-    Q2_K = 10,
-    Q3_K = 11,
-    Q4_K = 12,
-    Q5_K = 13,
-    Q6_K = 14,
-    Q8_K = 15,
-    IQ2_XXS = 16,
-    IQ2_XS = 17,
-    IQ3_XXS = 18,
-    IQ1_S = 19,
-    IQ4_NL = 20,
-    IQ3_S = 21,
-    IQ2_S = 22,
-    IQ4_XS = 23,
-    I8 = 24,
-    I16 = 25,
-    I32 = 26,
-    I64 = 27,
-    F64 = 28,
-    IQ1_M = 29,
-    BF16 = 30,
-    TQ1_0 = 34,
-    TQ2_0 = 35,
-    MXFP4 = 39,
-    NVFP4 = 40,
-    Q1_0 = 41,
+/// The one table of ggml types: variant (the name ggml and gguf-py use), GGUF id, the
+/// snake-case name of its decoder in ggml's C code and in kernels/ (`deq_q4_k`,
+/// `dequant_q4_k`), elements per block and bytes per block. Everything per-type that is only
+/// geometry or naming is derived from it; the GPU kernels' list of block types
+/// (`FERRITE_BLOCK_TYPES` in kernels/quant_blocks.cuh) is checked against it by a test.
+macro_rules! ggml_type_table {
+    ($( $variant:ident = $id:literal, $snake:literal, $elems:literal, $bytes:literal; )*) => {
+        /// A ggml tensor type. The discriminant is the id stored in a GGUF file.
+        #[allow(non_camel_case_types)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[repr(u32)]
+        pub enum GgmlType {
+            $( $variant = $id, )*
+        }
+
+        impl GgmlType {
+            /// Every type this crate knows, in id order.
+            pub const ALL: [GgmlType; [$( GgmlType::$variant ),*].len()] = [$( GgmlType::$variant ),*];
+
+            /// The name ggml and gguf-py use (`"Q4_K"`, `"IQ2_XXS"`, `"BF16"`).
+            pub fn name(self) -> &'static str {
+                match self {
+                    $( GgmlType::$variant => stringify!($variant), )*
+                }
+            }
+
+            /// The lower-case identifier of the type in ggml's C code and in kernels/
+            /// (`"q4_k"`, `"iq2_xxs"`, `"bf16"`).
+            pub fn snake_name(self) -> &'static str {
+                match self {
+                    $( GgmlType::$variant => $snake, )*
+                }
+            }
+
+            /// Elements per block.
+            pub fn block_elems(self) -> usize {
+                match self {
+                    $( GgmlType::$variant => $elems, )*
+                }
+            }
+
+            /// Bytes per block.
+            pub fn block_bytes(self) -> usize {
+                match self {
+                    $( GgmlType::$variant => $bytes, )*
+                }
+            }
+        }
+    };
+}
+
+ggml_type_table! {
+    F32 = 0, "f32", 1, 4;
+    F16 = 1, "f16", 1, 2;
+    Q4_0 = 2, "q4_0", 32, 18;
+    Q4_1 = 3, "q4_1", 32, 20;
+    Q5_0 = 6, "q5_0", 32, 22;
+    Q5_1 = 7, "q5_1", 32, 24;
+    Q8_0 = 8, "q8_0", 32, 34;
+    Q8_1 = 9, "q8_1", 32, 36;
+    Q2_K = 10, "q2_k", 256, 84;
+    Q3_K = 11, "q3_k", 256, 110;
+    Q4_K = 12, "q4_k", 256, 144;
+    Q5_K = 13, "q5_k", 256, 176;
+    Q6_K = 14, "q6_k", 256, 210;
+    Q8_K = 15, "q8_k", 256, 292;
+    IQ2_XXS = 16, "iq2_xxs", 256, 66;
+    IQ2_XS = 17, "iq2_xs", 256, 74;
+    IQ3_XXS = 18, "iq3_xxs", 256, 98;
+    IQ1_S = 19, "iq1_s", 256, 50;
+    IQ4_NL = 20, "iq4_nl", 32, 18;
+    IQ3_S = 21, "iq3_s", 256, 110;
+    IQ2_S = 22, "iq2_s", 256, 82;
+    IQ4_XS = 23, "iq4_xs", 256, 136;
+    I8 = 24, "i8", 1, 1;
+    I16 = 25, "i16", 1, 2;
+    I32 = 26, "i32", 1, 4;
+    I64 = 27, "i64", 1, 8;
+    F64 = 28, "f64", 1, 8;
+    IQ1_M = 29, "iq1_m", 256, 56;
+    BF16 = 30, "bf16", 1, 2;
+    TQ1_0 = 34, "tq1_0", 256, 54;
+    TQ2_0 = 35, "tq2_0", 256, 66;
+    MXFP4 = 39, "mxfp4", 32, 17;
+    NVFP4 = 40, "nvfp4", 64, 36;
+    Q1_0 = 41, "q1_0", 128, 18;
 }
 
 impl GgmlType {
-    /// Every type this crate knows, in id order.
-    pub const ALL: [GgmlType; 34] = [
-        GgmlType::F32,
-        GgmlType::F16,
-        GgmlType::Q4_0,
-        GgmlType::Q4_1,
-        GgmlType::Q5_0,
-        GgmlType::Q5_1,
-        GgmlType::Q8_0,
-        GgmlType::Q8_1,
-        GgmlType::Q2_K,
-        GgmlType::Q3_K,
-        GgmlType::Q4_K,
-        GgmlType::Q5_K,
-        GgmlType::Q6_K,
-        GgmlType::Q8_K,
-        GgmlType::IQ2_XXS,
-        GgmlType::IQ2_XS,
-        GgmlType::IQ3_XXS,
-        GgmlType::IQ1_S,
-        GgmlType::IQ4_NL,
-        GgmlType::IQ3_S,
-        GgmlType::IQ2_S,
-        GgmlType::IQ4_XS,
-        GgmlType::I8,
-        GgmlType::I16,
-        GgmlType::I32,
-        GgmlType::I64,
-        GgmlType::F64,
-        GgmlType::IQ1_M,
-        GgmlType::BF16,
-        GgmlType::TQ1_0,
-        GgmlType::TQ2_0,
-        GgmlType::MXFP4,
-        GgmlType::NVFP4,
-        GgmlType::Q1_0,
-    ];
-
     /// The type with GGUF id `id`; `None` for ids that were never assigned or were removed
     /// from ggml (4, 5, 31..=33 and 36..=38: old Q4_2/Q4_3 and the repacked ARM layouts).
     pub fn from_id(id: u32) -> Option<GgmlType> {
@@ -92,103 +101,9 @@ impl GgmlType {
         self as u32
     }
 
-    /// The name ggml and gguf-py use (`"Q4_K"`, `"IQ2_XXS"`, `"BF16"`).
-    pub fn name(self) -> &'static str {
-        use GgmlType::*;
-        match self {
-            F32 => "F32",
-            F16 => "F16",
-            Q4_0 => "Q4_0",
-            Q4_1 => "Q4_1",
-            Q5_0 => "Q5_0",
-            Q5_1 => "Q5_1",
-            Q8_0 => "Q8_0",
-            Q8_1 => "Q8_1",
-            Q2_K => "Q2_K",
-            Q3_K => "Q3_K",
-            Q4_K => "Q4_K",
-            Q5_K => "Q5_K",
-            Q6_K => "Q6_K",
-            Q8_K => "Q8_K",
-            IQ2_XXS => "IQ2_XXS",
-            IQ2_XS => "IQ2_XS",
-            IQ3_XXS => "IQ3_XXS",
-            IQ1_S => "IQ1_S",
-            IQ4_NL => "IQ4_NL",
-            IQ3_S => "IQ3_S",
-            IQ2_S => "IQ2_S",
-            IQ4_XS => "IQ4_XS",
-            I8 => "I8",
-            I16 => "I16",
-            I32 => "I32",
-            I64 => "I64",
-            F64 => "F64",
-            IQ1_M => "IQ1_M",
-            BF16 => "BF16",
-            TQ1_0 => "TQ1_0",
-            TQ2_0 => "TQ2_0",
-            MXFP4 => "MXFP4",
-            NVFP4 => "NVFP4",
-            Q1_0 => "Q1_0",
-        }
-    }
-
     /// The type named `name` (case-insensitive), as `name()` spells it.
     pub fn from_name(name: &str) -> Option<GgmlType> {
         GgmlType::ALL.iter().copied().find(|t| t.name().eq_ignore_ascii_case(name))
-    }
-
-    /// Elements per block.
-    pub fn block_elems(self) -> usize {
-        use GgmlType::*;
-        match self {
-            F32 | F16 | BF16 | I8 | I16 | I32 | I64 | F64 => 1,
-            Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 | IQ4_NL | MXFP4 => 32,
-            NVFP4 => 64,
-            Q1_0 => 128,
-            _ => 256,
-        }
-    }
-
-    /// Bytes per block.
-    pub fn block_bytes(self) -> usize {
-        use GgmlType::*;
-        match self {
-            F32 => 4,
-            F16 => 2,
-            BF16 => 2,
-            I8 => 1,
-            I16 => 2,
-            I32 => 4,
-            I64 => 8,
-            F64 => 8,
-            Q4_0 => 18,
-            Q4_1 => 20,
-            Q5_0 => 22,
-            Q5_1 => 24,
-            Q8_0 => 34,
-            Q8_1 => 36,
-            Q2_K => 84,
-            Q3_K => 110,
-            Q4_K => 144,
-            Q5_K => 176,
-            Q6_K => 210,
-            Q8_K => 292,
-            IQ2_XXS => 66,
-            IQ2_XS => 74,
-            IQ3_XXS => 98,
-            IQ1_S => 50,
-            IQ4_NL => 18,
-            IQ3_S => 110,
-            IQ2_S => 82,
-            IQ4_XS => 136,
-            IQ1_M => 56,
-            TQ1_0 => 54,
-            TQ2_0 => 66,
-            MXFP4 => 17,
-            NVFP4 => 36,
-            Q1_0 => 18,
-        }
     }
 
     /// Bytes that `n_elems` elements occupy, or `None` when `n_elems` is not a whole number of
@@ -221,6 +136,19 @@ mod tests {
         for removed in [4, 5, 31, 32, 33, 36, 37, 38, 42, 1000] {
             assert_eq!(GgmlType::from_id(removed), None);
         }
+    }
+
+    #[test]
+    fn table_is_in_id_order_with_consistent_names() {
+        assert_eq!(GgmlType::ALL.len(), 34);
+        for w in GgmlType::ALL.windows(2) {
+            assert!(w[0].id() < w[1].id(), "{} before {}", w[0], w[1]);
+        }
+        for t in GgmlType::ALL {
+            assert_eq!(t.snake_name(), t.name().to_ascii_lowercase());
+        }
+        assert_eq!((GgmlType::Q4_K.block_elems(), GgmlType::Q4_K.block_bytes()), (256, 144));
+        assert_eq!((GgmlType::Q5_0.block_elems(), GgmlType::Q5_0.block_bytes()), (32, 22));
     }
 
     #[test]

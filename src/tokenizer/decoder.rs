@@ -2,28 +2,44 @@
 //! added tokens as their literal text, and a streaming decoder that never splits a character.
 
 use super::byte_level::{byte_to_char_table, char_to_byte};
-use super::vocab::{TokenType, Vocab};
+use super::vocab::{Piece, Vocab};
 use super::{Tokenizer, TokenizerError};
 
-/// The bytes each id decodes to, precomputed so decoding is a concatenation.
+/// The bytes each id decodes to when special tokens are kept, precomputed so decoding is a
+/// concatenation (`TokenType::piece` says which rule applies).
 pub fn token_bytes_table(vocab: &Vocab) -> Vec<Box<[u8]>> {
     let table = byte_to_char_table();
+    let byte_level = |tok: &str| -> Box<[u8]> {
+        let bytes: Option<Vec<u8>> = tok.chars().map(|c| char_to_byte(c, &table)).collect();
+        // A token with characters outside the byte map is kept as its own UTF-8 text, as HF's
+        // ByteLevel decoder does; no real byte-level vocabulary has one.
+        bytes.map(Vec::into_boxed_slice).unwrap_or_else(|| tok.as_bytes().into())
+    };
     vocab
         .tokens()
         .iter()
         .zip(vocab.types())
-        .map(|(tok, ty)| {
-            if ty.is_added() || *ty == TokenType::Unused {
-                // Added tokens hold literal text, not byte-level characters (llama.cpp does the
-                // same; HF would push them through the byte map, which is the identity for ASCII).
-                return tok.as_bytes().into();
-            }
-            let bytes: Option<Vec<u8>> = tok.chars().map(|c| char_to_byte(c, &table)).collect();
-            // A token with characters outside the byte map is kept as its own UTF-8 text, as HF's
-            // ByteLevel decoder does; no real byte-level vocabulary has one.
-            bytes.map(Vec::into_boxed_slice).unwrap_or_else(|| tok.as_bytes().into())
+        .map(|(tok, ty)| match ty.piece() {
+            Piece::ByteLevel => byte_level(tok),
+            Piece::Byte => match parse_byte_token(tok) {
+                Some(b) => Box::new([b]),
+                None => byte_level(tok),
+            },
+            // Added tokens hold literal text, not byte-level characters (llama.cpp does the same;
+            // HF would push them through the byte map, which is the identity for ASCII).
+            Piece::Text | Piece::SpecialText => tok.as_bytes().into(),
+            Piece::Nothing => Box::new([]),
         })
         .collect()
+}
+
+/// `<0x0A>` -> 0x0A: the form of BYTE tokens (llama.cpp `token_to_byte`).
+pub(super) fn parse_byte_token(tok: &str) -> Option<u8> {
+    let hex = tok.strip_prefix("<0x")?.strip_suffix('>')?;
+    if hex.len() != 2 {
+        return None;
+    }
+    u8::from_str_radix(hex, 16).ok()
 }
 
 /// Streams text out of ids as they are generated: `push` returns only complete characters and

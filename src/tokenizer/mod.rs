@@ -262,8 +262,10 @@ impl Tokenizer {
     }
 
     /// Ids to text. Invalid UTF-8 (ids that end mid-character) becomes U+FFFD, as in HF
-    /// `tokenizers`; `decode_bytes` is the lossless form. `skip_special_tokens` drops CONTROL
-    /// (and unused padding) tokens, keeping USER_DEFINED ones, as HF skips only `special` tokens.
+    /// `tokenizers`; `decode_bytes` is the lossless form. Each token type decodes as llama.cpp
+    /// decodes it (`TokenType::piece`): UNUSED padding slots give no text; CONTROL (and UNKNOWN)
+    /// tokens give their text unless `skip_special_tokens`; USER_DEFINED ones always do, as HF
+    /// skips only `special` tokens.
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, TokenizerError> {
         let bytes = self.decode_bytes(ids, skip_special_tokens)?;
         Ok(match String::from_utf8(bytes) {
@@ -275,9 +277,7 @@ impl Tokenizer {
     fn token_bytes_for_decode(&self, id: u32, skip_special_tokens: bool) -> Result<&[u8], TokenizerError> {
         let inner = &*self.inner;
         let bytes = inner.token_bytes.get(id as usize).ok_or(self.invalid_id(id as u64))?;
-        if skip_special_tokens
-            && matches!(inner.vocab.token_type(id), Some(TokenType::Control | TokenType::Unused))
-        {
+        if skip_special_tokens && inner.vocab.token_type(id).map(TokenType::piece) == Some(vocab::Piece::SpecialText) {
             return Ok(&[]);
         }
         Ok(bytes)

@@ -76,6 +76,27 @@ fn control_tokens_only_with_parse_special_user_defined_always() {
 }
 
 #[test]
+fn each_token_type_decodes_as_llama_cpp_does() {
+    let t = toy();
+    let hello = t.token_to_id("hello").unwrap();
+    let im_end = t.token_to_id("<|im_end|>").unwrap();
+    let tool = t.token_to_id("<tool_call>").unwrap();
+    let pad = t.token_to_id("[PAD]").unwrap();
+    assert_eq!(t.token_type(pad).unwrap(), TokenType::Unused);
+    let ids = [hello, pad, im_end, tool, pad];
+    // UNUSED: nothing either way; CONTROL: its text only when special tokens are kept.
+    assert_eq!(t.decode(&ids, false).unwrap(), "hello<|im_end|><tool_call>");
+    assert_eq!(t.decode(&ids, true).unwrap(), "hello<tool_call>");
+    for skip in [false, true] {
+        let mut d = t.decoder(skip);
+        let streamed: String = ids.iter().map(|&i| d.push(i).unwrap()).collect::<String>() + &d.flush();
+        assert_eq!(streamed, t.decode(&ids, skip).unwrap());
+    }
+    assert_eq!(decoder::parse_byte_token("<0x0A>"), Some(b'\n'));
+    assert_eq!(decoder::parse_byte_token("<0x0AB>"), None);
+}
+
+#[test]
 fn nfc_normalizes_before_splitting() {
     let t = toy();
     assert_eq!(t.encode("cafe\u{301}", false, true).unwrap(), t.encode("caf\u{e9}", false, true).unwrap());

@@ -37,6 +37,34 @@ impl TokenType {
     pub fn is_added(self) -> bool {
         matches!(self, TokenType::Control | TokenType::UserDefined)
     }
+
+    /// What the token decodes to: llama.cpp's `token_to_piece` for BPE vocabularies, the one
+    /// table `decode` and the incremental decoder both read.
+    pub fn piece(self) -> Piece {
+        match self {
+            TokenType::Normal => Piece::ByteLevel,
+            TokenType::Byte => Piece::Byte,
+            TokenType::UserDefined => Piece::Text,
+            TokenType::Control | TokenType::Unknown => Piece::SpecialText,
+            // Padding slots (Qwen2.5's [PAD151665]...) and untyped entries are not text.
+            TokenType::Unused | TokenType::Undefined => Piece::Nothing,
+        }
+    }
+}
+
+/// How a token's vocabulary entry becomes bytes when decoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Piece {
+    /// GPT-2 byte-level characters mapped back to bytes.
+    ByteLevel,
+    /// A `<0xNN>` entry stands for that one byte.
+    Byte,
+    /// The entry's literal text, always.
+    Text,
+    /// The entry's literal text, unless special tokens are skipped.
+    SpecialText,
+    /// No bytes at all.
+    Nothing,
 }
 
 pub struct Vocab {

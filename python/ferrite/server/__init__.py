@@ -1,5 +1,5 @@
 """The OpenAI-compatible HTTP server (``ferrite serve``), on the engine. Needs the ``server``
-extra (``pip install 'ferrite[server]'``: Starlette and uvicorn); ``import ferrite`` never
+extra (``pip install 'ferrite-llm[server]'``: Starlette and uvicorn); ``import ferrite`` never
 imports this package.
 
 Modules, one concept each: ``protocol`` (request bodies: parsing, validation), ``responses``

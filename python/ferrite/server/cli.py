@@ -1,6 +1,6 @@
 """``ferrite serve MODEL.gguf`` (also ``python -m ferrite serve``): the OpenAI-compatible server.
 
-    ferrite serve MODEL.gguf [--host 127.0.0.1] [--port 8000] [--device cpu|cuda|cuda:N]
+    ferrite serve MODEL.gguf [--host 127.0.0.1] [--port 8000] [--device auto|cpu|cuda|cuda:N]
                   [--max-batch N] [--kv-cache-tokens N] [--max-queue N] [--api-key KEY]
 
 The server listens at once and answers ``/health`` with 503 while the model loads on a thread;
@@ -19,35 +19,54 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
-USAGE = "usage: ferrite serve (MODEL.gguf | --test-model) [options]"
+def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    """The ``serve`` subcommand of ``python -m ferrite``; builds no server until it runs."""
+    from ferrite import _cli
 
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ferrite serve", usage=USAGE.removeprefix("usage: "),
-                                description="Serve a GGUF model over the OpenAI HTTP API (chat, completions, SSE).")
-    p.add_argument("model", nargs="?", help="the GGUF file to serve")
-    p.add_argument("--test-model", action="store_true", help="serve the test model (ferrite.fetch_test_model())")
+    p: argparse.ArgumentParser = sub.add_parser(
+        "serve", parents=parents, help="OpenAI-compatible HTTP server (chat, completions, SSE streaming)",
+        description="Serve a GGUF model over the OpenAI HTTP API: /v1/chat/completions, /v1/completions "
+                    "(streamed as Server-Sent Events or not), /v1/models, /health, /metrics, /tokenize, "
+                    "/detokenize. Needs the server extra: pip install 'ferrite-llm[server]'.",
+        usage="%(prog)s (MODEL.gguf | --test-model) [options]")
+    p.add_argument("model", nargs="?", metavar="MODEL.gguf", help="the GGUF file to serve")
+    _cli.add_model_arguments(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0 picks a free one)")
-    p.add_argument("--device", default="cpu", help='"cpu" (default), "cuda", "cuda:N" or "auto"')
-    p.add_argument("--max-batch", type=int, default=64, help="sequences the engine runs together (default 64)")
-    p.add_argument("--kv-cache-tokens", type=int, default=None,
+    p.add_argument("--port", type=_cli.non_negative_int, default=8000,
+                   help="TCP port (default 8000; 0 picks a free one)")
+    p.add_argument("--device", type=_cli.device, default="auto",
+                   help='"auto" (default: the first CUDA GPU if usable, else the CPU), "cpu", "cuda" or "cuda:N"')
+    p.add_argument("--max-batch", type=_cli.non_negative_int, default=64,
+                   help="sequences the engine runs together (default 64)")
+    p.add_argument("--kv-cache-tokens", type=_cli.non_negative_int, default=None,
                    help="token slots of the KV cache shared by all sequences (default: the model's choice)")
-    p.add_argument("--max-queue", type=int, default=256,
+    p.add_argument("--max-queue", type=_cli.non_negative_int, default=256,
                    help="sequences allowed to wait beyond the running batch; past it requests get 503 (default 256)")
-    p.add_argument("--api-key", default=os.environ.get("FERRITE_API_KEY"),
+    p.add_argument("--api-key", default=os.environ.get("FERRITE_API_KEY") or None,
                    help="require 'Authorization: Bearer KEY' (default: $FERRITE_API_KEY, else none)")
     p.add_argument("--model-name", default=None, help="the model id clients send (default: the file's stem)")
-    p.add_argument("--max-body-bytes", type=int, default=4 << 20, help="largest request body (default 4 MiB)")
-    p.add_argument("--shutdown-timeout", type=float, default=10.0,
-                   help="seconds running requests get to finish on Ctrl-C/SIGTERM (default 10)")
+    p.add_argument("--max-body-bytes", type=_cli.non_negative_int, default=4 << 20,
+                   help="largest request body (default 4 MiB)")
     p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
                    help="let browser pages from ORIGIN call the API (CORS; repeat for more, '*' for any)")
+    p.add_argument("--shutdown-timeout", type=_cli.non_negative_float, default=10.0,
+                   help="seconds running requests get to finish on Ctrl-C/SIGTERM (default 10)")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
                    help="uvicorn's log level (default warning; info logs every request)")
+    p.set_defaults(check=_check, run=run, subparser=p)
     return p
+
+
+def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.test_model and args.model:
+        parser.error("give MODEL.gguf or --test-model, not both")
+    if not args.test_model and not args.model:
+        parser.error("give MODEL.gguf, or --test-model")
+    for name in ("max_batch", "max_body_bytes"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
 
 
 def _is_loopback(host: str) -> bool:
@@ -59,34 +78,19 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        import uvicorn  # noqa: F401
-        import starlette  # noqa: F401
-    except ImportError as e:
-        print(f"ferrite serve needs the server extra ({e.name} is missing): pip install 'ferrite[server]'",
-              file=sys.stderr)
-        return 1
-    for name in ("max_batch", "max_queue", "max_body_bytes"):
-        if getattr(args, name) < (1 if name != "max_queue" else 0):
-            print(f"ferrite serve: --{name.replace('_', '-')} must be positive", file=sys.stderr)
-            return 2
-    if args.test_model:
-        import ferrite
+def run(args: argparse.Namespace) -> int:
+    from ferrite import _cli
 
-        path = ferrite.fetch_test_model()
-    elif args.model:
-        path = args.model
-    else:
-        print(f"{USAGE}\nerror: give MODEL.gguf, or --test-model", file=sys.stderr)
-        return 2
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        raise _cli.CliError(f"the server extra is not installed ({e.name} is missing): "
+                            "pip install 'ferrite-llm[server]'") from None
     if not _is_loopback(args.host) and not args.api_key:
-        print(f"ferrite serve: WARNING: listening on {args.host} without --api-key: anyone who can reach "
-              "this address can use the model", file=sys.stderr)
-    if not os.path.isfile(path):
-        print(f"ferrite serve: no such file: {path}", file=sys.stderr)
-        return 1
+        _cli.note(f"ferrite serve: WARNING: listening on {args.host} without --api-key: anyone who can reach "
+                  "this address can use the model")
+    path = _cli.resolve_model(args.model, args.test_model)
     return _serve(args, str(path))
 
 

@@ -1,6 +1,8 @@
 //! CPU backend: weights stay quantized in the GGUF memory map; projections go through
 //! `quant::matmul`; activations and the KV cache are float32. Parallel with rayon.
 
+use std::sync::{Arc, OnceLock};
+
 use rayon::prelude::*;
 
 use super::{check_width, AttnParams, Backend, BatchPlan, KvLayout, RopeParams, RopeStyle, TensorSource};
@@ -14,6 +16,11 @@ pub struct CpuWeight {
     src: TensorSource,
     row_bytes: usize,
     dense: Option<Vec<f32>>,
+    /// The matrix repacked into the interleaved tiles of the integer kernels (types that have
+    /// them), made at load; for the token embedding, which most models only look rows up in,
+    /// at its first use as a matmul weight (a tied LM head). `None` inside: not packable, or
+    /// `exact_matmul`.
+    packed: OnceLock<Option<quant::PackedMatrix>>,
 }
 
 impl CpuWeight {
@@ -28,6 +35,14 @@ impl CpuWeight {
     }
     fn n_rows(&self) -> usize {
         self.src.n_rows()
+    }
+    /// The packed matrix, repacking on first use; `None` for types without packed kernels.
+    fn packed(&self) -> Result<Option<&quant::PackedMatrix>, ModelError> {
+        if self.packed.get().is_none() {
+            let p = quant::PackedMatrix::new(self.ty(), self.bytes(), self.n_rows(), self.n_cols())?;
+            let _ = self.packed.set(p);
+        }
+        Ok(self.packed.get().and_then(|p| p.as_ref()))
     }
     fn dense(&self) -> Result<&[f32], ModelError> {
         self.dense.as_deref().ok_or_else(|| ModelError::BadTensor {
@@ -72,14 +87,51 @@ pub struct CpuKvCache {
     v: Vec<f32>,
 }
 
-#[derive(Default)]
 pub struct CpuBackend {
     exact_matmul: bool,
+    /// The threads projections run on (the caller is one of them).
+    pool: Arc<quant::ThreadPool>,
+    /// With an explicit thread count, the other parallel ops (embedding, RoPE, attention,
+    /// sampling) run on a rayon pool of the same size instead of rayon's global one.
+    rayon: Option<Arc<rayon::ThreadPool>>,
+}
+
+impl Default for CpuBackend {
+    fn default() -> Self {
+        CpuBackend::new()
+    }
 }
 
 impl CpuBackend {
+    /// Matmuls on `quant::pool::default_threads()` threads: the physical cores, or
+    /// `RAYON_NUM_THREADS` when set.
     pub fn new() -> CpuBackend {
-        CpuBackend { exact_matmul: false }
+        CpuBackend::with_threads(quant::pool::default_threads())
+    }
+
+    /// Matmuls on `n_threads` threads (the calling thread included; 0 is taken as 1). The
+    /// other CPU ops (attention, norms) run on rayon's global pool.
+    pub fn with_threads(n_threads: usize) -> CpuBackend {
+        CpuBackend { exact_matmul: false, pool: Arc::new(quant::ThreadPool::new(n_threads.max(1))), rayon: None }
+    }
+
+    /// Every op on `n_threads` threads: the matmuls' pool and a rayon pool of the same size for
+    /// the rest (`Model.load(threads=n)`).
+    pub fn with_all_threads(n_threads: usize) -> Result<CpuBackend, ModelError> {
+        let mut b = CpuBackend::with_threads(n_threads);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(n_threads.max(1))
+            .build()
+            .map_err(|e| ModelError::Backend(format!("starting {n_threads} threads: {e}")))?;
+        b.rayon = Some(Arc::new(pool));
+        Ok(b)
+    }
+
+
+
+    /// Threads the matmuls run on.
+    pub fn threads(&self) -> usize {
+        self.pool.n_threads()
     }
 
     /// `true`: projections dequantize weight rows and multiply in float32
@@ -93,6 +145,13 @@ impl CpuBackend {
 /// Below this many multiply-adds an op runs on the calling thread: rayon's fork/join costs
 /// more than it saves on decode-sized work.
 const PAR_MIN_WORK: usize = 1 << 14;
+
+impl CpuBackend {
+    /// The pool to move to when this backend has its own rayon pool and the caller is not on it.
+    fn foreign_pool(&self) -> Option<Arc<rayon::ThreadPool>> {
+        self.rayon.as_ref().filter(|p| p.current_thread_index().is_none()).cloned()
+    }
+}
 
 impl Backend for CpuBackend {
     type Weight = CpuWeight;
@@ -118,7 +177,13 @@ impl Backend for CpuBackend {
             quant::dequantize(ty, &src.bytes()[..row_bytes], &mut probe)?;
             None
         };
-        Ok(CpuWeight { src: src.clone(), row_bytes, dense })
+        let w = CpuWeight { src: src.clone(), row_bytes, dense, packed: OnceLock::new() };
+        if w.dense.is_some() || self.exact_matmul {
+            let _ = w.packed.set(None);
+        } else if !src.name().ends_with("token_embd.weight") {
+            w.packed()?;
+        }
+        Ok(w)
     }
 
     fn alloc_act(&mut self, capacity_rows: usize, width: usize) -> Result<CpuAct, ModelError> {
@@ -149,6 +214,9 @@ impl Backend for CpuBackend {
     }
 
     fn embed(&mut self, table: &CpuWeight, batch: &BatchPlan, out: &mut CpuAct) -> Result<(), ModelError> {
+        if let Some(pool) = self.foreign_pool() {
+            return pool.install(|| self.embed(table, batch, out));
+        }
         let width = table.n_cols();
         check_width("embedding output", out.width, width)?;
         let n = batch.n_tokens();
@@ -197,6 +265,8 @@ impl Backend for CpuBackend {
         let os = out.rows_mut(n_rows)?;
         if self.exact_matmul {
             quant::matmul_reference(w.ty(), w.bytes(), n_out, n_in, xs, n_rows, os)?;
+        } else if let Some(p) = w.packed()? {
+            p.matmul(xs, n_rows, os, &self.pool)?;
         } else {
             quant::matmul(w.ty(), w.bytes(), n_out, n_in, xs, n_rows, os)?;
         }
@@ -213,6 +283,9 @@ impl Backend for CpuBackend {
     }
 
     fn rope(&mut self, x: &mut CpuAct, batch: &BatchPlan, p: &RopeParams) -> Result<(), ModelError> {
+        if let Some(pool) = self.foreign_pool() {
+            return pool.install(|| self.rope(x, batch, p));
+        }
         let hd = p.head_dim;
         check_width("rope input", x.width, p.n_heads * hd)?;
         let half = hd / 2;
@@ -260,6 +333,9 @@ impl Backend for CpuBackend {
         p: &AttnParams,
         out: &mut CpuAct,
     ) -> Result<(), ModelError> {
+        if let Some(pool) = self.foreign_pool() {
+            return pool.install(|| self.attention(q, k, v, cache, layer, batch, p, out));
+        }
         let hd = p.head_dim;
         let lay = cache.layout;
         let (q_width, kv_width) = p.check_shapes(q.width, k.width, v.width, out.width, &lay, layer)?;
@@ -371,6 +447,9 @@ impl Backend for CpuBackend {
     }
 
     fn sample(&mut self, logits: &CpuAct, specs: &[SampleSpec<'_>], out: &mut Vec<Result<Sampled, SamplingError>>) -> Result<(), ModelError> {
+        if let Some(pool) = self.foreign_pool() {
+            return pool.install(|| self.sample(logits, specs, out));
+        }
         let rows = logits.rows(specs.len())?;
         sampling::sample_rows(rows, logits.width, specs, out);
         Ok(())

@@ -22,25 +22,15 @@ use cudarc::driver::{sys, CudaFunction, CudaGraph, CudaSlice, DevicePtr, LaunchC
 use super::context::{cublas_library_present, CudaContext};
 use super::error::CudaError;
 use super::kernels::{self, ATTENTION_THREADS, NORM_THREADS};
-use crate::backend::{check_width, AttnParams, Backend, BatchPlan, KvLayout, ReplayKey, RopeParams, RopeStyle, TensorSource};
+use crate::backend::{check_width, AttnParams, Backend, BatchPlan, KvLayout, OwnedRows, ReplayKey, RopeParams, RopeStyle, TensorSource};
 use crate::model::ModelError;
 use crate::quant::{self, GgmlType, QuantError};
 use crate::sampling::{SampleSpec, Sampled, SamplingError};
 
-/// Kernels compiled once per weight type, resolved when the first weight of that type loads.
-pub(super) struct TypeKernels {
-    /// (rows of x it holds, `matvec_N`) for N = 1, 2, 4, 8.
-    pub matvec: Vec<(usize, CudaFunction)>,
-    /// `embed_rows` for a table of this type.
-    pub embed: CudaFunction,
-}
-
-impl TypeKernels {
-    /// The matvec variant for `n_x` rows of x.
-    pub fn matvec_for(&self, n_x: usize) -> Option<&CudaFunction> {
-        self.matvec.iter().find(|(cap, _)| n_x <= *cap).map(|(_, f)| f)
-    }
-}
+/// Kernels compiled once per weight type, resolved when the first weight of that type loads:
+/// the matvec variants and embedding gather of the type's layout (file blocks or repacked tiles,
+/// see `matvec::MatvecPath`), and for tiles the row reader and split-K scratch.
+pub(super) type TypeKernels = super::matvec::MatvecKernels;
 
 /// One GGUF tensor in device memory.
 pub struct CudaWeight {
@@ -49,8 +39,10 @@ pub struct CudaWeight {
     pub(super) n_cols: usize,
     pub(super) n_rows: usize,
     pub(super) row_bytes: usize,
-    /// The blocks exactly as in the file.
+    /// The blocks exactly as in the file (`Layout::Blocks`), or repacked into tiles for the
+    /// tensor-core kernels (`Layout::Tiles`, matrices of Q5_0, Q8_0, Q4_K, Q6_K).
     pub(super) blocks: CudaSlice<u8>,
+    pub(super) layout: super::matvec::Layout,
     /// Vectors (norm weights, biases: one row) dequantized to float32 at load.
     pub(super) dense: Option<CudaSlice<f32>>,
     /// The matvec kernels of its type (matrices only).
@@ -219,18 +211,11 @@ impl CudaBackend {
         })
     }
 
-    fn kernels_for(&mut self, ty: GgmlType) -> Result<Arc<TypeKernels>, CudaError> {
+    fn kernels_for(&mut self, ty: GgmlType, path: super::matvec::MatvecPath) -> Result<Arc<TypeKernels>, CudaError> {
         if let Some(k) = self.type_kernels.get(&ty) {
             return Ok(k.clone());
         }
-        let defines = kernels::type_defines(ty).ok_or(QuantError::Unsupported(ty))?;
-        let mut matvec = Vec::new();
-        for cap in [1usize, 2, 4, 8] {
-            let name = kernels::matvec_kernel_name(cap).expect("1, 2, 4 and 8 have variants");
-            matvec.push((cap, self.ctx.function_with(&kernels::MATVEC, &defines, name)?));
-        }
-        let embed = self.ctx.function_with(&kernels::EMBED, &defines, "embed_rows")?;
-        let k = Arc::new(TypeKernels { matvec, embed });
+        let k = Arc::new(TypeKernels::compile(&self.ctx, ty, path)?);
         self.type_kernels.insert(ty, k.clone());
         Ok(k)
     }
@@ -247,6 +232,7 @@ impl Backend for CudaBackend {
     }
 
     fn load_weight(&mut self, src: &TensorSource) -> Result<CudaWeight, ModelError> {
+        use super::matvec::{self, Layout};
         let ty = src.ggml_type();
         let (n_cols, n_rows) = (src.n_cols(), src.n_rows());
         let row_bytes = quant::row_bytes(ty, n_cols)?;
@@ -254,17 +240,26 @@ impl Backend for CudaBackend {
         if kernels::type_defines(ty).is_none() {
             return Err(QuantError::Unsupported(ty).into());
         }
-        let blocks = self.ctx.upload_weights(src.bytes(), src.name())?;
-        let (dense, kernels) = if n_rows == 1 {
+        let name = src.name().to_string();
+        if n_rows == 1 {
+            let blocks = self.ctx.upload_weights(src.bytes(), src.name())?;
             let mut v = vec![0f32; n_cols];
             quant::dequantize(ty, src.bytes(), &mut v)?;
-            (Some(self.ctx.upload(&v, src.name())?), None)
-        } else {
-            // Compiled (or loaded from the disk cache) now, so that load fails rather than the
-            // first token.
-            (None, Some(self.kernels_for(ty)?))
-        };
-        Ok(CudaWeight { name: src.name().to_string(), ty, n_cols, n_rows, row_bytes, blocks, dense, kernels })
+            let dense = Some(self.ctx.upload(&v, src.name())?);
+            return Ok(CudaWeight { name, ty, n_cols, n_rows, row_bytes, blocks, layout: Layout::Blocks, dense, kernels: None });
+        }
+        // Compiled (or loaded from the disk cache) now, so that load fails rather than the
+        // first token.
+        let path = matvec::path_for(&self.ctx, ty);
+        let kernels = self.kernels_for(ty, path)?;
+        let (layout, repacked) = matvec::device_bytes(ty, src.bytes(), n_rows, n_cols, path)?;
+        let blocks = self.ctx.upload_weights(repacked.as_deref().unwrap_or(src.bytes()), src.name())?;
+        if let (Layout::Tiles(grid), Some(tiled)) = (layout, &kernels.tiled) {
+            // Sized here, never during a forward: a recorded graph holds the scratch's address.
+            let mut scratch = tiled.scratch.lock().map_err(|_| ModelError::Backend("split-K scratch lock poisoned".into()))?;
+            scratch.reserve(&self.ctx, tiled.sms, &grid)?;
+        }
+        Ok(CudaWeight { name, ty, n_cols, n_rows, row_bytes, blocks, layout, dense: None, kernels: Some(kernels) })
     }
 
     fn alloc_act(&mut self, capacity_rows: usize, width: usize) -> Result<CudaAct, ModelError> {
@@ -557,6 +552,25 @@ impl Backend for CudaBackend {
             .map_err(|e| CudaError::KernelFault { op: format!("copying {what} device->host"), msg: super::error::describe(&e) })?;
         self.ctx.sync(&format!("copying {what} device->host"))?;
         Ok(())
+    }
+
+    fn alloc_owned_rows(&mut self, n_rows: usize, width: usize) -> Result<OwnedRows, ModelError> {
+        let n = n_rows.checked_mul(width).ok_or_else(|| ModelError::Backend(format!("{n_rows} x {width} rows overflow")))?;
+        Ok(OwnedRows::Cuda(super::device_tensor::DeviceTensor::alloc(self.ctx.clone(), n, &format!("{n_rows} rows of logits"))?))
+    }
+
+    fn copy_rows(&mut self, x: &CudaAct, n_rows: usize, width: usize, dst: &mut OwnedRows, dst_row: usize) -> Result<(), ModelError> {
+        check_rows("copy_rows", x, n_rows)?;
+        check_width("copy_rows", x.width, width)?;
+        match dst {
+            OwnedRows::Cuda(t) => Ok(t.copy_from(&x.buf, n_rows * width, dst_row * width)?),
+            OwnedRows::Host(v) => {
+                let out = v
+                    .get_mut(dst_row * width..(dst_row + n_rows) * width)
+                    .ok_or_else(|| ModelError::Backend("copy_rows past the end of its destination".into()))?;
+                self.read_rows(x, n_rows, out)
+            }
+        }
     }
 
     fn sample(&mut self, logits: &CudaAct, specs: &[SampleSpec<'_>], out: &mut Vec<Result<Sampled, SamplingError>>) -> Result<(), ModelError> {

@@ -16,43 +16,11 @@ pub const DEQUANT: KernelSource = KernelSource {
     options: &["--fmad=false"],
 };
 
-/// The kernel that dequantizes `ty`, or `None` when there is none. Exactly the types the CPU
-/// reference dequantizes: a GPU result always has a CPU result to be checked against.
-pub fn kernel_name(ty: GgmlType) -> Option<&'static str> {
-    use GgmlType::*;
-    if !crate::quant::can_dequantize(ty) {
-        return None;
-    }
-    Some(match ty {
-        F32 => "dequant_f32",
-        F16 => "dequant_f16",
-        BF16 => "dequant_bf16",
-        Q4_0 => "dequant_q4_0",
-        Q4_1 => "dequant_q4_1",
-        Q5_0 => "dequant_q5_0",
-        Q5_1 => "dequant_q5_1",
-        Q8_0 => "dequant_q8_0",
-        IQ4_NL => "dequant_iq4_nl",
-        MXFP4 => "dequant_mxfp4",
-        NVFP4 => "dequant_nvfp4",
-        Q2_K => "dequant_q2_k",
-        Q3_K => "dequant_q3_k",
-        Q4_K => "dequant_q4_k",
-        Q5_K => "dequant_q5_k",
-        Q6_K => "dequant_q6_k",
-        IQ2_XXS => "dequant_iq2_xxs",
-        IQ2_XS => "dequant_iq2_xs",
-        IQ2_S => "dequant_iq2_s",
-        IQ3_XXS => "dequant_iq3_xxs",
-        IQ3_S => "dequant_iq3_s",
-        IQ1_S => "dequant_iq1_s",
-        IQ1_M => "dequant_iq1_m",
-        IQ4_XS => "dequant_iq4_xs",
-        TQ1_0 => "dequant_tq1_0",
-        TQ2_0 => "dequant_tq2_0",
-        // No CPU reference (yet), so no kernel: UnsupportedTypeError on both devices.
-        Q8_1 | Q8_K | Q1_0 | I8 | I16 | I32 | I64 | F64 => return None,
-    })
+/// The kernel that dequantizes `ty` (`dequant_<snake name>`, one per entry of
+/// `FERRITE_BLOCK_TYPES`), or `None` when there is none. Exactly the types the CPU reference
+/// dequantizes: a GPU result always has a CPU result to be checked against.
+pub fn kernel_name(ty: GgmlType) -> Option<String> {
+    crate::quant::can_dequantize(ty).then(|| format!("dequant_{}", ty.snake_name()))
 }
 
 #[cfg(test)]
@@ -61,9 +29,11 @@ mod tests {
 
     #[test]
     fn every_cpu_type_has_a_kernel_that_exists_in_the_source() {
+        assert!(DEQUANT.src.contains("FERRITE_BLOCK_TYPES(DEQUANT_KERNEL)"), "dequant.cu instantiates one kernel per listed type");
+        let listed: Vec<String> = super::super::kernels::block_types_in_header().into_iter().map(|(name, _, _)| name).collect();
         for ty in GgmlType::ALL {
             match kernel_name(ty) {
-                Some(name) => assert!(DEQUANT.src.contains(&format!("DEQUANT_KERNEL({}, ", &name["dequant_".len()..])), "{name} missing in dequant.cu"),
+                Some(name) => assert!(listed.iter().any(|n| format!("dequant_{n}") == name), "{name} missing in FERRITE_BLOCK_TYPES"),
                 None => assert!(!crate::quant::can_dequantize(ty), "{ty} dequantizes on the CPU but has no GPU kernel"),
             }
         }
@@ -91,7 +61,7 @@ pub fn dequantize_into(
     if n_elems == 0 {
         return Ok(());
     }
-    let func = ctx.function(&DEQUANT, name)?;
+    let func = ctx.function(&DEQUANT, &name)?;
     let grid = (n_elems as u64).div_ceil(THREADS_PER_BLOCK as u64).min(MAX_GRID_BLOCKS) as u32;
     let cfg = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (THREADS_PER_BLOCK, 1, 1), shared_mem_bytes: 0 };
     let n = n_elems as u64;
@@ -100,7 +70,7 @@ pub fn dequantize_into(
     launch.arg(src).arg(dst).arg(&n);
     // SAFETY: the kernel reads n_elems / block_elems whole blocks from `src` (length checked
     // above) and writes n_elems floats to `dst` (length checked above).
-    ctx.check_launch(unsafe { launch.launch(cfg) }, name)
+    ctx.check_launch(unsafe { launch.launch(cfg) }, &name)
 }
 
 /// Uploads `bytes` (whole blocks of `ty`), dequantizes on the GPU and returns the floats.

@@ -11,6 +11,16 @@ use crate::quant::GgmlType;
 
 pub const EMBED: KernelSource = KernelSource { file: "embed.cu", src: include_str!("../../../kernels/embed.cu"), options: &[] };
 pub const MATVEC: KernelSource = KernelSource { file: "matvec.cu", src: include_str!("../../../kernels/matvec.cu"), options: &[] };
+/// The tensor-core matvec on repacked tiles (Q5_0, Q8_0, Q4_K, Q6_K): `matvec_mma_1/2/4/8`.
+pub const MATVEC_MMA: KernelSource =
+    KernelSource { file: "matvec_mma.cu", src: include_str!("../../../kernels/matvec_mma.cu"), options: &[] };
+/// Repacked tiles read back as rows (embedding, prefill). `--fmad=false` as for dequant.cu: the
+/// elements must be the CPU decoder's bits.
+pub const REPACKED_ROWS: KernelSource = KernelSource {
+    file: "repacked_rows.cu",
+    src: include_str!("../../../kernels/repacked_rows.cu"),
+    options: &["--fmad=false"],
+};
 pub const ATTENTION: KernelSource =
     KernelSource { file: "attention.cu", src: include_str!("../../../kernels/attention.cu"), options: &[] };
 pub const NORM: KernelSource = KernelSource { file: "norm.cu", src: include_str!("../../../kernels/norm.cu"), options: &[] };
@@ -28,12 +38,40 @@ pub fn attention_defines(head_dim: usize) -> Option<Vec<String>> {
     ATTENTION_HEAD_DIMS.contains(&head_dim).then(|| vec![format!("-DATTN_HEAD_DIM={head_dim}")])
 }
 
-/// The options that compile a per-type kernel file for `ty`, or `None` when `ty` has no GPU
-/// decoder (then it has no CPU one either: see `dequant::kernel_name`).
+/// The options that compile a per-type kernel file for `ty` (its entry in the one type table of
+/// src/quant/types.rs), or `None` when `ty` has no GPU decoder (then it has no CPU one either:
+/// see `dequant::kernel_name`).
 pub fn type_defines(ty: GgmlType) -> Option<Vec<String>> {
-    let kernel = super::dequant::kernel_name(ty)?;
-    let qtype = kernel.strip_prefix("dequant_")?;
-    Some(vec![format!("-DQTYPE={qtype}"), format!("-DQ_BLOCK_ELEMS={}", ty.block_elems()), format!("-DQ_BLOCK_BYTES={}", ty.block_bytes())])
+    crate::quant::can_dequantize(ty).then(|| {
+        vec![format!("-DQTYPE={}", ty.snake_name()), format!("-DQ_BLOCK_ELEMS={}", ty.block_elems()), format!("-DQ_BLOCK_BYTES={}", ty.block_bytes())]
+    })
+}
+
+/// The options that compile matvec_mma.cu and repacked_rows.cu for `ty`, or `None` when `ty` has
+/// no repacked tile format (see `repack::TILE_FORMATS`).
+pub fn tile_type_defines(ty: GgmlType) -> Option<Vec<String>> {
+    super::repack::tile_format(ty).map(|f| vec![format!("-DQTYPE={}", f.ty.snake_name())])
+}
+
+/// The `FERRITE_BLOCK_TYPES` list of kernels/quant_blocks.cuh as (snake name, elements per
+/// block, bytes per block), for the tests that hold it to the Rust table.
+#[cfg(test)]
+pub(super) fn block_types_in_header() -> Vec<(String, usize, usize)> {
+    let header = super::nvrtc::HEADERS.iter().find(|(n, _)| *n == "quant_blocks.cuh").expect("quant_blocks.cuh is a header").1;
+    let start = header.find("#define FERRITE_BLOCK_TYPES(X)").expect("FERRITE_BLOCK_TYPES in quant_blocks.cuh");
+    let mut out = Vec::new();
+    for line in header[start..].lines().skip(1) {
+        let entry = line.trim_start();
+        let Some(args) = entry.strip_prefix("X(") else { break };
+        let args = &args[..args.find(')').expect("X(...) closes")];
+        let parts: Vec<&str> = args.split(',').map(str::trim).collect();
+        assert_eq!(parts.len(), 3, "{line}");
+        out.push((parts[0].to_string(), parts[1].parse().expect("elements"), parts[2].parse().expect("bytes")));
+        if !line.trim_end().ends_with('\\') {
+            break;
+        }
+    }
+    out
 }
 
 /// Rows of x up to which a projection runs as matrix-vector kernels (`matvec_1/2/4/8`) that read
@@ -70,7 +108,18 @@ pub const NORM_THREADS: u32 = 256;
 mod tests {
     use super::*;
     use crate::backend::cuda::context::nvrtc_library_present;
-    use crate::backend::cuda::nvrtc::{compile, options_for};
+    use crate::backend::cuda::nvrtc::{compile_with_log, options_for};
+
+    #[test]
+    fn kernel_type_list_is_the_rust_table() {
+        let header = block_types_in_header();
+        let rust: Vec<(String, usize, usize)> = GgmlType::ALL
+            .iter()
+            .filter(|t| crate::quant::can_dequantize(**t))
+            .map(|t| (t.snake_name().to_string(), t.block_elems(), t.block_bytes()))
+            .collect();
+        assert_eq!(header, rust, "FERRITE_BLOCK_TYPES in quant_blocks.cuh must list the types the CPU decodes, in id order");
+    }
 
     #[test]
     fn launch_constants_match_the_sources() {
@@ -85,9 +134,22 @@ mod tests {
         assert_eq!(matvec_kernel_name(MATVEC_MAX_ROWS + 1), None);
     }
 
+    /// The tile geometry of each `Rp_<type>` struct in repacked.cuh is repack.rs's table.
+    #[test]
+    fn tile_formats_match_the_header() {
+        let header = super::super::nvrtc::HEADERS.iter().find(|(n, _)| *n == "repacked.cuh").expect("repacked.cuh is a header").1;
+        for f in super::super::repack::TILE_FORMATS {
+            let start = header.find(&format!("struct Rp_{} {{", f.ty.snake_name())).unwrap_or_else(|| panic!("Rp_{} missing", f.ty.snake_name()));
+            let body = &header[start..];
+            let line = body.lines().find(|l| l.contains("TILE_COLS =")).expect("TILE_COLS");
+            assert!(line.contains(&format!("TILE_COLS = {}, TILE_BYTES = {},", f.tile_cols, f.tile_bytes)), "{}: {line}", f.ty);
+        }
+    }
+
     /// Compiles every kernel file, and every per-type file for every type, for sm_90 (no GPU
     /// needed: NVRTC runs on the CPU). Needs libnvrtc on the loader path; without it there is
-    /// nothing to check and the test says so.
+    /// nothing to check and the test says so. FERRITE_PTXAS_LOG=1 prints ptxas's register,
+    /// spill and shared-memory report of the matvec kernels.
     #[test]
     fn every_kernel_compiles_with_nvrtc() {
         if !nvrtc_library_present() {
@@ -95,11 +157,22 @@ mod tests {
             return;
         }
         let cc = (9, 0);
+        let verbose = std::env::var("FERRITE_PTXAS_LOG").is_ok_and(|v| v == "1");
         let mut failures = Vec::new();
         let mut compile_one = |src: &KernelSource, extra: &[String]| {
             let t = std::time::Instant::now();
-            match compile(src, &options_for(src, extra, cc)) {
-                Ok(cubin) => eprintln!("{} {extra:?}: {} bytes in {:.2}s", src.file, cubin.len(), t.elapsed().as_secs_f64()),
+            let mut opts = options_for(src, extra, cc);
+            let report = verbose && (src.file.starts_with("matvec") || src.file == "repacked_rows.cu");
+            if report {
+                opts.push("--ptxas-options=-v".into());
+            }
+            match compile_with_log(src, &opts) {
+                Ok((cubin, log)) => {
+                    eprintln!("{} {extra:?}: {} bytes in {:.2}s", src.file, cubin.len(), t.elapsed().as_secs_f64());
+                    if report {
+                        eprintln!("{log}");
+                    }
+                }
                 Err(e) => failures.push(format!("{} {extra:?}: {e}", src.file)),
             }
         };
@@ -113,6 +186,10 @@ mod tests {
             if let Some(defines) = type_defines(ty) {
                 compile_one(&EMBED, &defines);
                 compile_one(&MATVEC, &defines);
+            }
+            if let Some(defines) = tile_type_defines(ty) {
+                compile_one(&MATVEC_MMA, &defines);
+                compile_one(&REPACKED_ROWS, &defines);
             }
         }
         assert!(failures.is_empty(), "{}", failures.join("\n\n"));

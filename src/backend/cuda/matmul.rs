@@ -1,21 +1,23 @@
 //! Projections on the GPU: `out[t][r] = Σ_c W[r][c] · x[t][c] (+ bias[r])` with W in its GGUF
 //! blocks.
 //!
-//! * Up to `MATVEC_MAX_ROWS` rows of x (decode: one row per sequence): `matvec.cu`, which reads
-//!   each weight byte once and dequantizes in registers. This is the bandwidth-bound case the
-//!   speed of generation depends on.
+//! * Up to `MATVEC_MAX_ROWS` rows of x (decode: one row per sequence): matrix-vector kernels that
+//!   read each weight byte once and dequantize in registers (`matvec.rs`: the tensor-core kernels
+//!   on repacked Q5_0/Q8_0/Q4_K/Q6_K tiles, matvec.cu on the file's blocks for the other types).
+//!   This is the bandwidth-bound case the speed of generation depends on.
 //! * More rows (prefill, large batches): W is dequantized to float32 (the bit-exact kernels of
 //!   `dequant.cu`) a chunk of rows at a time into a scratch buffer, and cuBLAS multiplies in
 //!   float32 (no TF32), so the result is the CPU's `matmul_reference` up to summation order.
 //!   Prefill is compute-bound, so the extra pass over the weight is a small part of it.
 
 use cudarc::cublas::{sys::cublasOperation_t, Gemm, GemmConfig};
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, PushKernelArg};
 
 use super::backend::{addr, grid_stride, launch, CudaAct, CudaBackend, CudaWeight};
 use super::dequant::dequantize_into;
 use super::error::CudaError;
-use super::kernels::{MATVEC_MAX_ROWS, MATVEC_ROWS_PER_BLOCK};
+use super::kernels::MATVEC_MAX_ROWS;
+use super::matvec::{dequant_tile_rows, launch_matvec, Layout, MatvecArgs};
 use crate::model::ModelError;
 
 /// Most float32 elements of dequantized weight rows held at once (128 MiB): bounds the scratch
@@ -39,22 +41,21 @@ pub(super) fn matmul(
 }
 
 fn matvec(be: &mut CudaBackend, w: &CudaWeight, bias: Option<&CudaSlice<f32>>, x: &CudaAct, n_x: usize, out: &mut CudaAct) -> Result<(), ModelError> {
-    let f = w
-        .kernels
-        .as_ref()
-        .and_then(|k| k.matvec_for(n_x))
-        .ok_or_else(|| ModelError::Backend(format!("{}: no matvec kernel for {n_x} rows", w.name)))?;
-    let n_rows = u32::try_from(w.n_rows).map_err(|_| ModelError::Backend(format!("{}: {} rows", w.name, w.n_rows)))?;
-    let cfg = LaunchConfig {
-        grid_dim: (n_rows.div_ceil(MATVEC_ROWS_PER_BLOCK), 1, 1),
-        block_dim: (32, MATVEC_ROWS_PER_BLOCK, 1),
-        shared_mem_bytes: 0,
+    let kernels = w.kernels.as_ref().ok_or_else(|| ModelError::Backend(format!("{}: a vector cannot be multiplied", w.name)))?;
+    let bias = bias.map_or(0, |b| addr(b, &be.ctx));
+    let args = MatvecArgs {
+        name: &w.name,
+        ty: w.ty,
+        n_rows: w.n_rows,
+        n_cols: w.n_cols,
+        layout: w.layout,
+        weights: w.blocks.slice(..),
+        x: &x.buf,
+        n_x,
+        bias,
+        out: &mut out.buf,
     };
-    let row_bytes = w.row_bytes as u64;
-    let n_cols = u32::try_from(w.n_cols).map_err(|_| ModelError::Backend(format!("{}: {} columns", w.name, w.n_cols)))?;
-    let n_x_u = n_x as u32; // <= MATVEC_MAX_ROWS
-    let bias_ptr: u64 = bias.map_or(0, |b| addr(b, &be.ctx));
-    launch!(be.ctx, f, "matvec", cfg, &w.blocks, &row_bytes, &n_cols, &n_rows, &x.buf, &n_x_u, &bias_ptr, &mut out.buf)?;
+    launch_matvec(&be.ctx, kernels, args)?;
     Ok(())
 }
 
@@ -79,8 +80,13 @@ fn dequant_gemm(be: &mut CudaBackend, w: &CudaWeight, bias: Option<&CudaSlice<f3
     while r0 < n_rows {
         let rows = chunk_rows.min(n_rows - r0);
         let elems = rows * n_cols;
-        let src = w.blocks.slice(r0 * w.row_bytes..(r0 + rows) * w.row_bytes);
-        dequantize_into(&be.ctx, w.ty, &src, elems, &mut scratch.slice_mut(..elems))?;
+        match (w.layout, w.kernels.as_ref()) {
+            (Layout::Tiles(grid), Some(kernels)) => dequant_tile_rows(&be.ctx, kernels, &grid, &w.blocks.slice(..), r0, rows, &mut scratch.slice_mut(..elems))?,
+            _ => {
+                let src = w.blocks.slice(r0 * w.row_bytes..(r0 + rows) * w.row_bytes);
+                dequantize_into(&be.ctx, w.ty, &src, elems, &mut scratch.slice_mut(..elems))?;
+            }
+        }
         // Column-major view: scratch is W_chunk^T (k x m, ld k), x is X^T (k x n, ld k) and
         // out + r0 is the m x n block of OUT^T (ld n_rows): OUT^T[r][t] = Σ_c W[r][c] X[t][c].
         let cfg = GemmConfig {

@@ -22,14 +22,18 @@
 pub mod backend;
 pub mod context;
 pub mod dequant;
+pub mod device_tensor;
 pub mod kernels;
 pub mod error;
 mod matmul;
+pub mod matvec;
 pub mod sampling;
 pub mod memory;
 pub mod nvrtc;
+pub mod repack;
 
 pub use backend::{addr as backend_addr, CudaBackend};
+pub use device_tensor::DeviceTensor;
 pub use sampling::DeviceSampler;
 pub use context::{cuda_available, device_count, parse_device, CudaContext};
 pub use error::CudaError;

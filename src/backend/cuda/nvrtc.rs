@@ -33,6 +33,7 @@ pub const HEADERS: &[(&str, &str)] = &[
     ("common.cuh", include_str!("../../../kernels/common.cuh")),
     ("iq_tables.cuh", include_str!("../../../kernels/iq_tables.cuh")),
     ("quant_blocks.cuh", include_str!("../../../kernels/quant_blocks.cuh")),
+    ("repacked.cuh", include_str!("../../../kernels/repacked.cuh")),
 ];
 
 /// Options every kernel is compiled with (the architecture is added per GPU).
@@ -209,6 +210,12 @@ fn cstring(what: &str, s: &str) -> Result<CString, CudaError> {
 
 /// Compiles `source` with `opts` (as [`options_for`] builds them) to a CUBIN, without the cache.
 pub fn compile(source: &KernelSource, opts: &[String]) -> Result<Vec<u8>, CudaError> {
+    compile_with_log(source, opts).map(|(cubin, _)| cubin)
+}
+
+/// As [`compile`], also returning NVRTC's log (with `--ptxas-options=-v` among `opts`, the
+/// registers, spills and shared memory of every kernel).
+pub fn compile_with_log(source: &KernelSource, opts: &[String]) -> Result<(Vec<u8>, String), CudaError> {
     if !nvrtc_library_present() {
         return Err(missing_nvrtc());
     }
@@ -250,7 +257,7 @@ pub fn compile(source: &KernelSource, opts: &[String]) -> Result<Vec<u8>, CudaEr
         }
         let mut cubin = vec![0u8; size];
         sys::nvrtcGetCUBIN(prog.0, cubin.as_mut_ptr() as *mut c_char).result().map_err(|e| nv_err("nvrtcGetCUBIN", e))?;
-        Ok(cubin)
+        Ok((cubin, program_log(&prog)))
     }
 }
 

@@ -1,0 +1,321 @@
+// Repacked quantized matrix times 1..NT activation rows, for decode, on the tensor cores:
+// y[t][r] = sum_c W[r][c] * x[t][c] (+ bias[r]) for t < n_x <= NT, W in the tiles of
+// repacked.cuh (Q5_0, Q8_0, Q4_K, Q6_K; compiled once per type with -DQTYPE=<snake name>).
+//
+// Exactness. No activation is quantized. Each x value is split into three bf16 parts,
+// hi = bf16(x), mid = bf16(x - hi), lo = bf16(x - hi - mid), whose sum is x exactly (8 + 8 + 8
+// significand bits); the weights' integer codes are exact in bf16; so every product the tensor
+// core forms, code * part, is exact, and it accumulates them in float32. The block scales
+// (exact float32 products of the file's f16 and integer scale fields, as the CPU computes them)
+// multiply the per-block sums afterwards in float32, and Q4_K's mins multiply per-block sums of
+// x: d1 * sum(q * x) - m1 * sum(x) is sum((d1 * q - m1) * x), the CPU's weights times x,
+// summed in another order.
+//
+// Work split. A warp owns one tile row (16 weight rows) and a set of column tiles. mma's 8
+// columns hold two x rows x three parts (the last two columns are zero), so NT rows take
+// NG = ceil(NT / 2) mmas per 16-column chunk. A block has warps_m x warps_k warps (at most 8):
+// warps_m tile rows, each with its columns dealt out to warps_k warps (tile wk, wk + warps_k,
+// ...), which add their sums through shared memory at the end. The block's warps share x, split
+// and staged in shared memory per phase of PHASE columns. blockIdx.y splits the columns further
+// (split-K) when that still leaves too few warps: each block then writes its partial sums, and
+// the last block of a block row to finish (a counter per block row, reset by that block) adds
+// the splits in order. Every sum is taken in a fixed order, so results do not depend on timing.
+#include "repacked.cuh"
+
+#ifndef QTYPE
+#error "matvec_mma.cu is compiled with -DQTYPE=<q5_0|q8_0|q4_k|q6_k>"
+#endif
+typedef FERRITE_CAT(Rp_, QTYPE) Tile;
+
+// Most warps per block (the host launches 2, 4 or 8).
+#define MMA_MAX_WARPS 8
+
+__device__ __forceinline__ void mma_bf16(float c[4], const u32 a[4], u32 b0, u32 b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// float -> bf16 bits, round to nearest even (exact conversion back: bits << 16).
+__device__ __forceinline__ u32 bf16_rn(float v) {
+    unsigned short h;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(v));
+    return h;
+}
+
+// Stages x[n][col0 .. col0 + len) for n < NT (rows n >= n_x and columns past n_cols as zeros)
+// into xs, split in three bf16 parts, and for Q4_K the 32-column sums of each part into xsum.
+// Four float4 loads in flight per thread. len is a multiple of 128, so every warp runs the same
+// iterations (the shuffles need all lanes).
+template <int NT, int XSTRIDE, int NG, int SUMS>
+__device__ __forceinline__ void stage_x(const float* __restrict__ x, u32 n_x, u32 n_cols, u32 col0, u32 len, u16* xs,
+                                        float (*xsum)[NG][8]) {
+    const int per_row = (int)len / 4;
+    const int total = NT * per_row;
+    for (int base = threadIdx.x; base < total; base += 4 * blockDim.x) {
+        float4 v[4];
+#pragma unroll
+        for (int r = 0; r < 4; r++) {
+            const int i = base + r * (int)blockDim.x;
+            const int n = i / per_row, e4 = i % per_row;
+            const u32 col = col0 + 4 * e4;
+            v[r] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            // n_cols is a multiple of 32, so col < n_cols means col + 3 < n_cols, and rows of x
+            // start 128-byte aligned: the float4 load is in bounds and aligned.
+            if (i < total && (u32)n < n_x && col < n_cols) v[r] = *reinterpret_cast<const float4*>(x + (u64)n * n_cols + col);
+        }
+#pragma unroll
+        for (int r = 0; r < 4; r++) {
+            const int i = base + r * (int)blockDim.x;
+            const int n = i / per_row, e4 = i % per_row;
+            const float vv[4] = {v[r].x, v[r].y, v[r].z, v[r].w};
+            u32 part[3][4];
+            float sum[3] = {0.0f, 0.0f, 0.0f};
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                const u32 hi = bf16_rn(vv[k]);
+                const float r1 = __fsub_rn(vv[k], __uint_as_float(hi << 16));
+                const u32 mid = bf16_rn(r1);
+                const float r2 = __fsub_rn(r1, __uint_as_float(mid << 16));
+                const u32 lo = bf16_rn(r2);
+                part[0][k] = hi, part[1][k] = mid, part[2][k] = lo;
+                sum[0] = __fadd_rn(sum[0], __uint_as_float(hi << 16));
+                sum[1] = __fadd_rn(sum[1], __uint_as_float(mid << 16));
+                sum[2] = __fadd_rn(sum[2], __uint_as_float(lo << 16));
+            }
+            if (i < total) {
+#pragma unroll
+                for (int s = 0; s < 3; s++) {
+                    *reinterpret_cast<uint2*>(&xs[(n * 3 + s) * XSTRIDE + 4 * e4]) =
+                        make_uint2(part[s][0] | (part[s][1] << 16), part[s][2] | (part[s][3] << 16));
+                }
+            }
+            if constexpr (SUMS > 1) {
+                // Eight consecutive lanes hold one 32-column sub-block of one row.
+#pragma unroll
+                for (int s = 0; s < 3; s++) {
+                    sum[s] = __fadd_rn(sum[s], __shfl_xor_sync(FULL_WARP, sum[s], 1));
+                    sum[s] = __fadd_rn(sum[s], __shfl_xor_sync(FULL_WARP, sum[s], 2));
+                    sum[s] = __fadd_rn(sum[s], __shfl_xor_sync(FULL_WARP, sum[s], 4));
+                }
+                if (i < total && (e4 & 7) == 0) {
+#pragma unroll
+                    for (int s = 0; s < 3; s++) xsum[e4 >> 3][n >> 1][(n & 1) * 3 + s] = sum[s];
+                }
+            }
+        }
+    }
+}
+
+// acc += this tile's products: chunk0 is the phase-local index of the tile's first chunk.
+template <int NT, int NG, int SUMS>
+__device__ __forceinline__ void tile_products(const Tile& w, const u16* xs, const float (*xsum)[NG][8], int chunk0,
+                                              const int b_off[NG], const bool b_valid[NG], int t, float acc[NG][4]) {
+#pragma unroll
+    for (int sb = 0; sb < Tile::CHUNKS / Tile::SCALE_CHUNKS; sb++) {
+        float c[NG][4];
+#pragma unroll
+        for (int j = 0; j < NG; j++) c[j][0] = c[j][1] = c[j][2] = c[j][3] = 0.0f;
+#pragma unroll
+        for (int cc = 0; cc < Tile::SCALE_CHUNKS; cc++) {
+            const int ch = sb * Tile::SCALE_CHUNKS + cc;
+            u32 a[4];
+            w.frag(ch, a);
+#pragma unroll
+            for (int j = 0; j < NG; j++) {
+                uint2 b = make_uint2(0u, 0u);
+                if (b_valid[j]) b = *reinterpret_cast<const uint2*>(&xs[b_off[j] + 16 * (chunk0 + ch)]);
+                mma_bf16(c[j], a, b.x, b.y);
+            }
+        }
+        float s[2], m[2];
+        w.scale(sb, s, m);
+#pragma unroll
+        for (int j = 0; j < NG; j++) {
+            acc[j][0] = fmaf(s[0], c[j][0], acc[j][0]);
+            acc[j][1] = fmaf(s[0], c[j][1], acc[j][1]);
+            acc[j][2] = fmaf(s[1], c[j][2], acc[j][2]);
+            acc[j][3] = fmaf(s[1], c[j][3], acc[j][3]);
+            if constexpr (Tile::HAS_MIN) {
+                const float2 xs2 = *reinterpret_cast<const float2*>(&xsum[(chunk0 + sb * Tile::SCALE_CHUNKS) / 2][j][2 * t]);
+                acc[j][0] = fmaf(-m[0], xs2.x, acc[j][0]);
+                acc[j][1] = fmaf(-m[0], xs2.y, acc[j][1]);
+                acc[j][2] = fmaf(-m[1], xs2.x, acc[j][2]);
+                acc[j][3] = fmaf(-m[1], xs2.y, acc[j][3]);
+            }
+        }
+    }
+}
+
+template <int NT>
+__device__ __forceinline__ void matvec_mma(const u8* __restrict__ tiles, u32 k_tiles, u32 m_tiles, u32 n_rows, u32 n_cols,
+                                           const float* __restrict__ x, u32 n_x, const float* __restrict__ bias,
+                                           float* __restrict__ y, float* __restrict__ partials, u32* __restrict__ counters,
+                                           u32 k_tiles_per_split, u32 warps_m) {
+    constexpr int NG = (NT + 1) / 2;                          // mma column groups
+    constexpr int PHASE = 4096 / NT;                          // x columns staged at once
+    constexpr int XSTRIDE = PHASE + 16;                       // bf16 per staged row: 32 bytes apart in banks
+    constexpr int PHASE_TILES = PHASE / Tile::TILE_COLS;
+    constexpr int SUMS = Tile::HAS_MIN ? PHASE / 32 : 1;      // 32-column sums of x (Q4_K's mins)
+    static_assert(PHASE % Tile::TILE_COLS == 0 && PHASE % 128 == 0, "phase holds whole tiles");
+
+    // Staged x: row (n * 3 + part) of bf16, part 0 = hi, 1 = mid, 2 = lo.
+    __shared__ __align__(16) u16 xs[3 * NT * XSTRIDE];
+    // xsum[s][j][col]: sum over the 32 columns of sub-block s of mma column col of group j.
+    __shared__ __align__(16) float xsum[SUMS][NG][8];
+    __shared__ u32 s_last;
+
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    // Warp (wm, wk): tile row wm of the block's warps_m, column tiles wk, wk + warps_k, ... of
+    // the split's range.
+    warps_m = max(warps_m, 1u);
+    const u32 warps_k = max((blockDim.x >> 5) / warps_m, 1u);
+    const u32 wm = (u32)warp % warps_m, wk = (u32)warp / warps_m;
+    const u32 mt = blockIdx.x * warps_m + wm;
+    const bool active = mt < m_tiles && wk < warps_k;
+    const u32 split = blockIdx.y, n_splits = gridDim.y;
+    const u32 kt_begin = split * k_tiles_per_split;
+    const u32 kt_end = min(kt_begin + k_tiles_per_split, k_tiles);
+    const u8* tile_row = tiles + (u64)mt * k_tiles * Tile::TILE_BYTES;
+
+    // The first tile's loads go out before x is staged: the two latencies overlap.
+    Tile cur;
+    if (active && kt_begin + wk < kt_end) cur.load(tile_row + (u64)(kt_begin + wk) * Tile::TILE_BYTES, lane);
+
+    // This lane's B column in each group: x row n = 2j + g/3, part g % 3 (columns 6, 7: zero).
+    int b_off[NG];
+    bool b_valid[NG];
+#pragma unroll
+    for (int j = 0; j < NG; j++) {
+        const int n = 2 * j + g / 3;
+        b_valid[j] = g < 6 && n < NT;
+        b_off[j] = b_valid[j] ? (n * 3 + g % 3) * XSTRIDE + 4 * t : 0;
+    }
+    if constexpr (Tile::HAS_MIN) {
+        for (int i = threadIdx.x; i < SUMS * NG * 8; i += blockDim.x) (&xsum[0][0][0])[i] = 0.0f;
+    }
+
+    float acc[NG][4];
+#pragma unroll
+    for (int j = 0; j < NG; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
+
+    for (u32 p = kt_begin; p < kt_end; p += PHASE_TILES) {
+        const u32 p_end = min(p + PHASE_TILES, kt_end);
+        __syncthreads();  // the previous phase's readers are done with xs / xsum
+        stage_x<NT, XSTRIDE, NG, SUMS>(x, n_x, n_cols, p * Tile::TILE_COLS, (p_end - p) * Tile::TILE_COLS, xs, xsum);
+        __syncthreads();
+        if (!active) continue;
+        // This warp's tiles of the phase (any warps_k is correct; the host keeps warps_k <=
+        // PHASE_TILES so that every warp has work in every phase).
+        for (u32 kt = p + (wk + warps_k - (p - kt_begin) % warps_k) % warps_k; kt < p_end; kt += warps_k) {
+            // The next tile's loads (maybe the next phase's) go out before this one's math.
+            const bool more = kt + warps_k < kt_end;
+            Tile nxt;
+            if (more) nxt.load(tile_row + (u64)(kt + warps_k) * Tile::TILE_BYTES, lane);
+            tile_products<NT, NG, SUMS>(cur, xs, xsum, (int)(kt - p) * Tile::CHUNKS, b_off, b_valid, t, acc);
+            if (more) cur = nxt;
+        }
+    }
+
+    // Warps that split the columns of one tile row add their sums in order, through the
+    // staging buffer (free now: every warp is past its last phase).
+    if (warps_k > 1) {
+        float* red = reinterpret_cast<float*>(xs);  // [warp][lane][NG * 4]: NG * 4 KiB <= sizeof xs
+        __syncthreads();
+#pragma unroll
+        for (int j = 0; j < NG; j++) {
+#pragma unroll
+            for (int i = 0; i < 4; i++) red[(warp * 32 + lane) * (NG * 4) + j * 4 + i] = acc[j][i];
+        }
+        __syncthreads();
+        if (wk == 0) {
+            for (u32 k = 1; k < warps_k; k++) {
+                const int w = (int)(k * warps_m + wm);
+#pragma unroll
+                for (int j = 0; j < NG; j++) {
+#pragma unroll
+                    for (int i = 0; i < 4; i++) acc[j][i] += red[(w * 32 + lane) * (NG * 4) + j * 4 + i];
+                }
+            }
+        }
+    }
+    const bool writer = active && wk == 0;
+
+    // Lane (g, t) holds, for rows g and g+8, mma columns 2t and 2t+1 of each group: add each x
+    // row's three parts (columns 0-2: row 2j, lanes t = 0, 1; columns 3-5: row 2j+1, t = 1, 2).
+    const u32 rows_pad = m_tiles * RP_TILE_ROWS;
+    const u32 r0 = mt * RP_TILE_ROWS + g, r1 = r0 + 8;
+#pragma unroll
+    for (int j = 0; j < NG; j++) {
+#pragma unroll
+        for (int u = 0; u < 2; u++) {
+            const u32 n = 2 * j + u;
+            float v0, v1;
+            if (u == 0) {
+                v0 = t == 0 ? acc[j][0] + acc[j][1] : t == 1 ? acc[j][0] : 0.0f;
+                v1 = t == 0 ? acc[j][2] + acc[j][3] : t == 1 ? acc[j][2] : 0.0f;
+            } else {
+                v0 = t == 1 ? acc[j][1] : t == 2 ? acc[j][0] + acc[j][1] : 0.0f;
+                v1 = t == 1 ? acc[j][3] : t == 2 ? acc[j][2] + acc[j][3] : 0.0f;
+            }
+            v0 += __shfl_xor_sync(FULL_WARP, v0, 1);
+            v1 += __shfl_xor_sync(FULL_WARP, v1, 1);
+            v0 += __shfl_xor_sync(FULL_WARP, v0, 2);
+            v1 += __shfl_xor_sync(FULL_WARP, v1, 2);
+            if (!writer || t != 0 || n >= n_x) continue;
+            if (n_splits == 1) {
+                if (r0 < n_rows) y[(u64)n * n_rows + r0] = v0 + (bias ? bias[r0] : 0.0f);
+                if (r1 < n_rows) y[(u64)n * n_rows + r1] = v1 + (bias ? bias[r1] : 0.0f);
+            } else {
+                float* dst = partials + ((u64)split * NT + n) * rows_pad;
+                dst[r0] = v0;
+                dst[r1] = v1;
+            }
+        }
+    }
+    if (n_splits == 1) return;
+
+    // Split-K: the last block of this block row to finish adds the splits in order.
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) s_last = atomicAdd(&counters[blockIdx.x], 1u) == n_splits - 1;
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence();
+    const u32 row_begin = blockIdx.x * warps_m * RP_TILE_ROWS;
+    const u32 row_end = min(row_begin + warps_m * RP_TILE_ROWS, n_rows);
+    const u32 nr = row_end > row_begin ? row_end - row_begin : 0;
+    for (u32 i = threadIdx.x; i < n_x * nr; i += blockDim.x) {
+        const u32 n = i / nr, row = row_begin + i % nr;
+        const float* src = partials + (u64)n * rows_pad + row;
+        const u64 stride = (u64)NT * rows_pad;
+        float sum = 0.0f;
+        u32 sp = 0;
+        for (; sp + 4 <= n_splits; sp += 4) {  // four loads in flight, added in split order
+            const float a0 = __ldcg(src + sp * stride), a1 = __ldcg(src + (sp + 1) * stride);
+            const float a2 = __ldcg(src + (sp + 2) * stride), a3 = __ldcg(src + (sp + 3) * stride);
+            sum += a0;
+            sum += a1;
+            sum += a2;
+            sum += a3;
+        }
+        for (; sp < n_splits; sp++) sum += __ldcg(src + sp * stride);
+        y[(u64)n * n_rows + row] = sum + (bias ? bias[row] : 0.0f);
+    }
+    if (threadIdx.x == 0) counters[blockIdx.x] = 0;  // ready for the next launch
+}
+
+#define MATVEC_MMA_KERNEL(nt)                                                                                         \
+    extern "C" __global__ void __launch_bounds__(32 * MMA_MAX_WARPS, 2)                                               \
+        matvec_mma_##nt(const u8* __restrict__ tiles, u32 k_tiles, u32 m_tiles, u32 n_rows, u32 n_cols,                \
+                        const float* __restrict__ x, u32 n_x, const float* __restrict__ bias, float* __restrict__ y,   \
+                        float* __restrict__ partials, u32* __restrict__ counters, u32 k_tiles_per_split,                \
+                        u32 warps_m) {                                                                                  \
+        matvec_mma<nt>(tiles, k_tiles, m_tiles, n_rows, n_cols, x, n_x, bias, y, partials, counters, k_tiles_per_split,  \
+                       warps_m);                                                                                        \
+    }
+
+MATVEC_MMA_KERNEL(1)
+MATVEC_MMA_KERNEL(2)
+MATVEC_MMA_KERNEL(4)
+MATVEC_MMA_KERNEL(8)

@@ -1,0 +1,292 @@
+// Weights repacked once at upload (src/backend/cuda/repack.rs documents and writes the layout):
+// 16-row tiles of Q5_0, Q8_0, Q4_K or Q6_K in which lane l = 4g + t of a warp finds, with one
+// aligned 16-byte load per plane, the quant codes of rows g and g + 8 at columns 4t .. 4t+3 of
+// every 16-column chunk: the A fragment of mma.m16n8k16 (with the columns of each chunk taken in
+// the order 4t, 4t+1 | 4t+2, 4t+3 instead of the fragment's 2t, 2t+1 | 2t+8, 2t+9, the same
+// permutation applied to x, which leaves the dot products unchanged).
+//
+// One struct per type, Rp_<snake name>:
+//   TILE_COLS, TILE_BYTES   tile geometry (checked against repack.rs's table by a Rust test)
+//   CHUNKS                  16-column chunks per tile
+//   SCALE_CHUNKS            chunks that share one scale (Q6_K: 1, others: 2)
+//   HAS_MIN                 the value has a per-block offset (Q4_K: d1 * q - m1)
+//   load(tile, lane)        this lane's registers of one tile
+//   frag(c, a)              the four bf16x2 A registers of chunk c: the codes as exact integers
+//   scale(sb, s, m)         the scales (and Q4_K's mins) of scale block sb for rows g and g+8
+//   value(tile, r, kc)      one element, computed exactly as the CPU decoder does (embedding,
+//                           prefill dequantization)
+//
+// The integer of a code goes to bf16 exactly: OR-ing a code c < 128 into the mantissa of 128.0
+// (0x4300) gives 128 + c, and one bf16x2 fma subtracts 128 plus the type's offset. Q8_0's bytes
+// (stored XOR 0x80) go through float32 (OR into 2^23) and keep their exact top halves.
+#pragma once
+#include "common.cuh"
+
+#define RP_TILE_ROWS 16
+
+// ---- loads: tiles are 16-byte aligned (256-byte aligned buffer, tile sizes multiples of 16);
+// weights are read once, so they bypass L1 ----
+__device__ __forceinline__ uint4 rp_ld16(const u8* p) {
+    uint4 v;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    return v;
+}
+__device__ __forceinline__ uint2 rp_ld8(const u8* p) {
+    uint2 v;
+    asm("ld.global.nc.L1::no_allocate.v2.u32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p));
+    return v;
+}
+__device__ __forceinline__ u32 rp_ld4(const u8* p) {
+    u32 v;
+    asm("ld.global.nc.L1::no_allocate.u32 %0, [%1];" : "=r"(v) : "l"(p));
+    return v;
+}
+__device__ __forceinline__ u32 rp_ld2(const u8* p) {
+    unsigned short v;
+    asm("ld.global.nc.L1::no_allocate.u16 %0, [%1];" : "=h"(v) : "l"(p));
+    return v;
+}
+
+// ---- exact conversions ----
+// f16 bits -> float, by the hardware (exact for every finite half, subnormals included).
+__device__ __forceinline__ float rp_half(u32 h) {
+    float f;
+    asm("{ .reg .f16 t; mov.b16 t, %1; cvt.f32.f16 %0, t; }" : "=f"(f) : "h"((unsigned short)h));
+    return f;
+}
+// An unsigned byte (0..255) -> float, exactly: 2^23 + b, minus 2^23.
+__device__ __forceinline__ float rp_u8f(u32 b) { return __fsub_rn(__uint_as_float(0x4B000000u | b), 8388608.0f); }
+// A signed byte -> float, exactly: 1.5 * 2^23 + v, minus the same.
+__device__ __forceinline__ float rp_i8f(u32 byte) {
+    int v = (int)(signed char)(unsigned char)byte;
+    return __fsub_rn(__uint_as_float(0x4B400000u + (u32)v), 12582912.0f);
+}
+// bf16x2: a * 1 + c, elementwise (the subtraction of the magic-number offset; exact here).
+__device__ __forceinline__ u32 rp_bf16x2_add(u32 a, u32 c) {
+    u32 d;
+    asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(0x3F803F80u), "r"(c));
+    return d;
+}
+#define RP_BF16X2_128 0x43004300u        // 128.0 in both halves
+#define RP_BF16X2_MINUS_128 0xC300C300u  // -128
+#define RP_BF16X2_MINUS_144 0xC310C310u  // -(128 + 16): Q5_0's codes are offset by 16
+#define RP_BF16X2_MINUS_160 0xC320C320u  // -(128 + 32): Q6_K's codes are offset by 32
+
+// Where an element of a tile lives (see repack.rs): row r (0..16), tile column kc.
+struct RpSlot {
+    int h, lane, chunk, pair, second, j;
+    __device__ __forceinline__ RpSlot(int r, int kc) {
+        const int g = r & 7, e = kc & 15, t = e >> 2;
+        h = r >> 3;
+        lane = 4 * g + t;
+        chunk = kc >> 4;
+        j = e & 3;
+        pair = 2 * chunk + (j >> 1);
+        second = j & 1;
+    }
+};
+// Byte offset of the nibble-plane word holding pair P of (h, lane), for `parts` 16-byte parts.
+__device__ __forceinline__ int rp_nibble_word_at(int parts, int h, int lane, int pair) {
+    const int w = pair >> 2;
+    return ((h * parts + (w >> 2)) * 32 + lane) * 16 + 4 * (w & 3);
+}
+// Code of pair P (the pair's two codes at bits 4*(P%4) and 16 + 4*(P%4)) of nibble words `q`.
+#define RP_NIBBLES(q, P) ((q[(P) >> 2] >> (4 * ((P) & 3))) & 0x000F000Fu)
+
+// ---------------------------------------------------------------- Q5_0
+struct Rp_q5_0 {
+    static constexpr int TILE_COLS = 128, TILE_BYTES = 1408, CHUNKS = 8, SCALE_CHUNKS = 2;
+    static constexpr bool HAS_MIN = false;
+    u32 q[2][4];  // nibble words of rows g, g+8
+    u32 qh[2];    // high bits
+    uint2 d[2];   // the four blocks' f16 scales
+
+    __device__ __forceinline__ void load(const u8* tile, int lane) {
+        const int g = lane >> 2;
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const uint4 v = rp_ld16(tile + (h * 32 + lane) * 16);
+            q[h][0] = v.x, q[h][1] = v.y, q[h][2] = v.z, q[h][3] = v.w;
+            qh[h] = rp_ld4(tile + 1024 + (h * 32 + lane) * 4);
+            d[h] = rp_ld8(tile + 1280 + (g + 8 * h) * 8);
+        }
+    }
+    __device__ __forceinline__ u32 pair(int h, int P) const {
+        const u32 v = RP_NIBBLES(q[h], P) | (((qh[h] >> P) & 0x00010001u) << 4) | RP_BF16X2_128;
+        return rp_bf16x2_add(v, RP_BF16X2_MINUS_144);
+    }
+    __device__ __forceinline__ void frag(int c, u32 a[4]) const {
+        a[0] = pair(0, 2 * c), a[1] = pair(1, 2 * c), a[2] = pair(0, 2 * c + 1), a[3] = pair(1, 2 * c + 1);
+    }
+    __device__ __forceinline__ void scale(int sb, float s[2], float m[2]) const {
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const u32 w = sb < 2 ? d[h].x : d[h].y;
+            s[h] = rp_half((sb & 1) ? (w >> 16) : (w & 0xffffu));
+            m[h] = 0.0f;
+        }
+    }
+    static __device__ __forceinline__ float value(const u8* tile, int r, int kc) {
+        const RpSlot s(r, kc);
+        const u32 sh = 4 * (s.pair & 3) + 16 * s.second;
+        const u32 lo = (ld_u32(tile + rp_nibble_word_at(1, s.h, s.lane, s.pair)) >> sh) & 15u;
+        const u32 hi = (ld_u32(tile + 1024 + (s.h * 32 + s.lane) * 4) >> (s.pair + 16 * s.second)) & 1u;
+        const float d = ld_f16(tile + 1280 + 8 * r + 2 * (kc >> 5));
+        return __fmul_rn(__int2float_rn((int)(lo | (hi << 4)) - 16), d);
+    }
+};
+
+// ---------------------------------------------------------------- Q8_0
+struct Rp_q8_0 {
+    static constexpr int TILE_COLS = 128, TILE_BYTES = 2176, CHUNKS = 8, SCALE_CHUNKS = 2;
+    static constexpr bool HAS_MIN = false;
+    u32 q[2][8];  // chunk c's four bytes (int8 XOR 0x80) of rows g, g+8
+    uint2 d[2];
+
+    __device__ __forceinline__ void load(const u8* tile, int lane) {
+        const int g = lane >> 2;
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+#pragma unroll
+            for (int part = 0; part < 2; part++) {
+                const uint4 v = rp_ld16(tile + ((h * 2 + part) * 32 + lane) * 16);
+                q[h][4 * part] = v.x, q[h][4 * part + 1] = v.y, q[h][4 * part + 2] = v.z, q[h][4 * part + 3] = v.w;
+            }
+            d[h] = rp_ld8(tile + 2048 + (g + 8 * h) * 8);
+        }
+    }
+    // Byte b of w as an exact float (the byte is the int8 XOR 0x80): 2^23 + byte - (2^23 + 128).
+    static __device__ __forceinline__ u32 code_bits(u32 w, int b) {
+        return __float_as_uint(__fsub_rn(__uint_as_float(__byte_perm(w, 0x4B000000u, 0x7440u | b)), 8388736.0f));
+    }
+    // Two integers in float32 have their low 16 bits zero: their top halves are the bf16.
+    static __device__ __forceinline__ u32 pair_of(u32 w, int b) { return __byte_perm(code_bits(w, b), code_bits(w, b + 1), 0x7632u); }
+    __device__ __forceinline__ void frag(int c, u32 a[4]) const {
+        a[0] = pair_of(q[0][c], 0), a[1] = pair_of(q[1][c], 0), a[2] = pair_of(q[0][c], 2), a[3] = pair_of(q[1][c], 2);
+    }
+    __device__ __forceinline__ void scale(int sb, float s[2], float m[2]) const {
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const u32 w = sb < 2 ? d[h].x : d[h].y;
+            s[h] = rp_half((sb & 1) ? (w >> 16) : (w & 0xffffu));
+            m[h] = 0.0f;
+        }
+    }
+    static __device__ __forceinline__ float value(const u8* tile, int r, int kc) {
+        const RpSlot s(r, kc);
+        const u32 b = tile[((s.h * 2 + (s.chunk >> 2)) * 32 + s.lane) * 16 + 4 * (s.chunk & 3) + s.j];
+        const float d = ld_f16(tile + 2048 + 8 * r + 2 * (kc >> 5));
+        return __fmul_rn(__int2float_rn((int)(signed char)(unsigned char)(b ^ 0x80u)), d);
+    }
+};
+
+// ---------------------------------------------------------------- Q4_K
+struct Rp_q4_k {
+    static constexpr int TILE_COLS = 256, TILE_BYTES = 2304, CHUNKS = 16, SCALE_CHUNKS = 2;
+    static constexpr bool HAS_MIN = true;
+    u32 q[2][8];     // nibble words of rows g, g+8
+    uint4 rec[2];    // d | dmin << 16, then the 12 packed scale bytes
+
+    __device__ __forceinline__ void load(const u8* tile, int lane) {
+        const int g = lane >> 2;
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+#pragma unroll
+            for (int part = 0; part < 2; part++) {
+                const uint4 v = rp_ld16(tile + ((h * 2 + part) * 32 + lane) * 16);
+                q[h][4 * part] = v.x, q[h][4 * part + 1] = v.y, q[h][4 * part + 2] = v.z, q[h][4 * part + 3] = v.w;
+            }
+            rec[h] = rp_ld16(tile + 2048 + (g + 8 * h) * 16);
+        }
+    }
+    __device__ __forceinline__ void frag(int c, u32 a[4]) const {
+        const int P0 = 2 * c, P1 = 2 * c + 1;
+        a[0] = rp_bf16x2_add(RP_NIBBLES(q[0], P0) | RP_BF16X2_128, RP_BF16X2_MINUS_128);
+        a[1] = rp_bf16x2_add(RP_NIBBLES(q[1], P0) | RP_BF16X2_128, RP_BF16X2_MINUS_128);
+        a[2] = rp_bf16x2_add(RP_NIBBLES(q[0], P1) | RP_BF16X2_128, RP_BF16X2_MINUS_128);
+        a[3] = rp_bf16x2_add(RP_NIBBLES(q[1], P1) | RP_BF16X2_128, RP_BF16X2_MINUS_128);
+    }
+    // Sub-block sb's 6-bit scale and min (scale_min_k4 in common.cuh, four sub-blocks per word):
+    // bytes 0..3 of the packed scales hold sc[0..3] (low 6 bits) and the top bits of sc[4..7],
+    // bytes 4..7 m[0..3] and the top bits of m[4..7], bytes 8..11 the low nibbles of sc/m[4..7].
+    __device__ __forceinline__ void scale(int sb, float s[2], float m[2]) const {
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const u32 s0 = rec[h].y, s1 = rec[h].z, s2 = rec[h].w;
+            const u32 scw = sb < 4 ? (s0 & 0x3F3F3F3Fu) : ((s2 & 0x0F0F0F0Fu) | ((s0 >> 2) & 0x30303030u));
+            const u32 mw = sb < 4 ? (s1 & 0x3F3F3F3Fu) : (((s2 >> 4) & 0x0F0F0F0Fu) | ((s1 >> 2) & 0x30303030u));
+            const int sh = 8 * (sb & 3);
+            s[h] = __fmul_rn(rp_half(rec[h].x & 0xffffu), rp_u8f((scw >> sh) & 0xffu));
+            m[h] = __fmul_rn(rp_half(rec[h].x >> 16), rp_u8f((mw >> sh) & 0xffu));
+        }
+    }
+    static __device__ __forceinline__ float value(const u8* tile, int r, int kc) {
+        const RpSlot s(r, kc);
+        const u32 sh = 4 * (s.pair & 3) + 16 * s.second;
+        const u32 q = (ld_u32(tile + rp_nibble_word_at(2, s.h, s.lane, s.pair)) >> sh) & 15u;
+        const u8* rec = tile + 2048 + 16 * r;
+        u32 sc, m;
+        scale_min_k4(kc >> 5, rec + 4, &sc, &m);
+        const float d1 = __fmul_rn(ld_f16(rec), __uint2float_rn(sc));
+        const float m1 = __fmul_rn(ld_f16(rec + 2), __uint2float_rn(m));
+        return __fsub_rn(__fmul_rn(d1, __uint2float_rn(q)), m1);
+    }
+};
+
+// ---------------------------------------------------------------- Q6_K
+struct Rp_q6_k {
+    static constexpr int TILE_COLS = 256, TILE_BYTES = 3360, CHUNKS = 16, SCALE_CHUNKS = 1;
+    static constexpr bool HAS_MIN = false;
+    u32 q[2][8];   // low nibbles
+    u32 qh[2][4];  // two high bits per code
+    u32 sc[2][4];  // the 16 int8 scales (chunk j's at byte j)
+    u32 d[2];      // f16 bits
+
+    __device__ __forceinline__ void load(const u8* tile, int lane) {
+        const int g = lane >> 2;
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+#pragma unroll
+            for (int part = 0; part < 2; part++) {
+                const uint4 v = rp_ld16(tile + ((h * 2 + part) * 32 + lane) * 16);
+                q[h][4 * part] = v.x, q[h][4 * part + 1] = v.y, q[h][4 * part + 2] = v.z, q[h][4 * part + 3] = v.w;
+            }
+            const uint4 hv = rp_ld16(tile + 2048 + (h * 32 + lane) * 16);
+            qh[h][0] = hv.x, qh[h][1] = hv.y, qh[h][2] = hv.z, qh[h][3] = hv.w;
+            const uint4 sv = rp_ld16(tile + 3072 + (g + 8 * h) * 16);
+            sc[h][0] = sv.x, sc[h][1] = sv.y, sc[h][2] = sv.z, sc[h][3] = sv.w;
+            d[h] = rp_ld2(tile + 3328 + (g + 8 * h) * 2);
+        }
+    }
+    __device__ __forceinline__ u32 pair(int h, int P) const {
+        const u32 hi = ((qh[h][P >> 3] >> (2 * (P & 7))) & 0x00030003u) << 4;
+        return rp_bf16x2_add(RP_NIBBLES(q[h], P) | hi | RP_BF16X2_128, RP_BF16X2_MINUS_160);
+    }
+    __device__ __forceinline__ void frag(int c, u32 a[4]) const {
+        a[0] = pair(0, 2 * c), a[1] = pair(1, 2 * c), a[2] = pair(0, 2 * c + 1), a[3] = pair(1, 2 * c + 1);
+    }
+    // The CPU computes (d * sc) * q; d * sc is exact (11 by 8 bits), so it is the scale here.
+    __device__ __forceinline__ void scale(int sb, float s[2], float m[2]) const {
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            s[h] = __fmul_rn(rp_half(d[h]), rp_i8f((sc[h][sb >> 2] >> (8 * (sb & 3))) & 0xffu));
+            m[h] = 0.0f;
+        }
+    }
+    static __device__ __forceinline__ float value(const u8* tile, int r, int kc) {
+        const RpSlot s(r, kc);
+        const u32 sh = 4 * (s.pair & 3) + 16 * s.second;
+        const u32 lo = (ld_u32(tile + rp_nibble_word_at(2, s.h, s.lane, s.pair)) >> sh) & 15u;
+        const u32 hb = (ld_u32(tile + 2048 + (s.h * 32 + s.lane) * 16 + 4 * (s.pair >> 3)) >> (2 * (s.pair & 7) + 16 * s.second)) & 3u;
+        const int sc = (int)(signed char)tile[3072 + 16 * r + (kc >> 4)];
+        const float d = ld_f16(tile + 3328 + 2 * r);
+        return __fmul_rn(__fmul_rn(d, __int2float_rn(sc)), __int2float_rn((int)(lo | (hb << 4)) - 32));
+    }
+};
+
+// The element at (row, col) of a repacked matrix with k_tiles column tiles.
+template <class T>
+__device__ __forceinline__ float rp_element(const u8* __restrict__ tiles, u32 k_tiles, u32 row, u32 col) {
+    const u8* tile = tiles + ((u64)(row / RP_TILE_ROWS) * k_tiles + col / T::TILE_COLS) * T::TILE_BYTES;
+    return T::value(tile, (int)(row % RP_TILE_ROWS), (int)(col % T::TILE_COLS));
+}

@@ -1,0 +1,592 @@
+//! Matrix times a few activation rows (decode): the launch of the two kernel families, the
+//! tensor-core kernels of matvec_mma.cu on repacked tiles (Q5_0, Q8_0, Q4_K, Q6_K: see
+//! `repack`) and the generic per-type kernels of matvec.cu on the file's blocks (every other
+//! type), plus [`MatvecOp`], one matrix on the device outside any model, for the per-op tests and
+//! the microbenchmark (benches/bench_cuda_matvec.py) to run exactly the code the backend runs.
+//!
+//! Work split of the tiled kernels ([`Plan`]): one warp per 16-row tile row and column range;
+//! when the matrix has too few tile rows to give every SM work, the columns are split over
+//! `blockIdx.y` (split-K) and the last block of each block row adds the partial sums in a fixed
+//! order. The partial sums and the per-block-row counters live in a scratch shared by every
+//! weight of a type ([`SplitScratch`]), sized at load (never during a forward, which may be
+//! recorded as a CUDA graph holding its address).
+
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cudarc::driver::{sys, CudaFunction, CudaSlice, CudaView, LaunchConfig, PushKernelArg};
+
+use super::backend::launch;
+use super::context::CudaContext;
+use super::error::CudaError;
+use super::kernels::{self, MATVEC_MAX_ROWS, MATVEC_ROWS_PER_BLOCK};
+use super::repack::{self, TileGrid, TILE_ROWS};
+use crate::quant::{self, GgmlType, QuantError};
+
+/// Most warps (tile rows) per block of matvec_mma.cu (`MMA_MAX_WARPS`).
+pub const MMA_MAX_WARPS: u32 = 8;
+/// Most column splits of one matrix.
+const MAX_SPLITS: usize = 64;
+
+/// Which kernels project with weights of a type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatvecPath {
+    /// Repacked tiles and matvec_mma.cu (types with a tile format, GPUs with bf16 mma: sm_80+).
+    Tiled,
+    /// The file's blocks and matvec.cu.
+    Generic,
+}
+
+/// `FERRITE_CUDA_MATVEC=generic` keeps every weight in its file blocks on the generic kernels
+/// (to compare whole-model speed and accuracy against the tiled path).
+fn generic_forced() -> bool {
+    static FORCED: OnceLock<bool> = OnceLock::new();
+    *FORCED.get_or_init(|| std::env::var("FERRITE_CUDA_MATVEC").is_ok_and(|v| v.eq_ignore_ascii_case("generic")))
+}
+
+/// The path weights of `ty` take on `ctx`'s GPU.
+pub fn path_for(ctx: &CudaContext, ty: GgmlType) -> MatvecPath {
+    let mma = ctx.compute_capability().0 >= 8;
+    if mma && !generic_forced() && repack::tile_format(ty).is_some() {
+        MatvecPath::Tiled
+    } else {
+        MatvecPath::Generic
+    }
+}
+
+/// The launch shape of one tiled matrix for the kernel of `nt` x rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    /// Tile rows per block.
+    pub warps_m: u32,
+    /// Warps that share the columns of one tile row inside a block (added in shared memory).
+    pub warps_k: u32,
+    /// Blocks along the rows: `ceil(m_tiles / warps_m)`.
+    pub block_rows: u32,
+    /// Column splits across blocks (`gridDim.y`); 1 = none.
+    pub splits: u32,
+    pub k_tiles_per_split: u32,
+}
+
+/// Warps the plans aim for per SM: loads in flight to cover DRAM latency.
+const WARPS_PER_SM: usize = 32;
+/// Tile rows from which a matrix counts as large (2048 rows): its tile rows alone give the GPU
+/// enough warps, so columns are split only across blocks, and only a little.
+const LARGE_M_TILES: usize = 128;
+/// Most column splits of a large matrix.
+const LARGE_MAX_SPLITS: usize = 8;
+
+/// Column tiles of x the kernel for `nt` rows stages at once (PHASE / TILE_COLS in
+/// matvec_mma.cu): more warps along the columns than this would idle.
+pub fn phase_tiles(format: &repack::TileFormat, nt: usize) -> usize {
+    (4096 / nt.max(1) / format.tile_cols).max(1)
+}
+
+/// A forced (warps_m, warps_k, splits) for every plan made after it, 0 = none: a benchmark hook
+/// ([`force_plan`]) to measure other shapes of the same launch.
+static FORCED_PLAN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Benchmarks only: makes every later [`Plan`] use these warps per block and (at most) these
+/// column splits; `None` restores the heuristic.
+pub fn force_plan(forced: Option<(u32, u32, u32)>) {
+    let v = forced.map_or(0, |(wm, wk, s)| ((wm as u64 & 0xff) << 40) | ((wk as u64 & 0xff) << 32) | s as u64);
+    FORCED_PLAN.store(v, std::sync::atomic::Ordering::Relaxed);
+}
+
+impl Plan {
+    /// For a matrix of `grid`'s shape, the kernel of `nt` rows of x, on a GPU with `sms` SMs.
+    /// Chosen from a sweep of every shape on an H200 (2026-12-02, benches/bench_cuda_matvec.py
+    /// measures the result; the best plan was within 10 % of this one on most shapes):
+    ///
+    /// * large matrices (>= 2048 rows): one warp per tile row and column range, 4 tile rows a
+    ///   block (8 when the columns are not split), columns split across blocks until there are
+    ///   about two tiles per warp or `WARPS_PER_SM` warps per SM, at most 8 ways;
+    /// * smaller ones, 1 or 2 rows of x: one tile row a block, its column tiles dealt to up to 8
+    ///   warps of the block (one tile each where possible: these are latency-bound);
+    /// * smaller ones, 4 or 8 rows (more math per tile): two warps a tile row, one tile each,
+    ///   columns split across blocks, as many tile rows a block as still leave a block for
+    ///   every other SM.
+    pub fn new(grid: &TileGrid, sms: usize, nt: usize) -> Plan {
+        let (m, k, sms) = (grid.m_tiles.max(1), grid.k_tiles.max(1), sms.max(1));
+        let max_warps = MMA_MAX_WARPS as usize;
+        let phase = phase_tiles(&grid.format, nt);
+        let forced = FORCED_PLAN.load(std::sync::atomic::Ordering::Relaxed);
+        let (wm, wk, splits) = if forced != 0 {
+            let wm = ((forced >> 40) as usize).clamp(1, max_warps);
+            let wk = ((forced >> 32) as usize & 0xff).clamp(1, max_warps / wm);
+            (wm, wk, (forced & 0xffff_ffff) as usize)
+        } else if m >= LARGE_M_TILES {
+            let k_ways = (m * k).div_ceil(2).min(WARPS_PER_SM * sms).div_ceil(m).clamp(1, k.min(LARGE_MAX_SPLITS));
+            (if k_ways == 1 { 8 } else { 4 }, 1, k_ways)
+        } else if nt <= 2 {
+            let k_ways = (m * k).min(WARPS_PER_SM * sms).div_ceil(m).clamp(1, k);
+            let wk = k_ways.min(max_warps).min(phase);
+            (1, wk, k_ways.div_ceil(wk))
+        } else {
+            let wk = 2.min(phase).min(k);
+            let splits = k.div_ceil(wk);
+            let wm = [4usize, 2, 1].into_iter().find(|w| 2 * m.div_ceil(*w) * splits >= sms).unwrap_or(1);
+            (wm, wk, splits)
+        };
+        let per = k.div_ceil(splits.clamp(1, k.min(MAX_SPLITS)));
+        let splits = k.div_ceil(per);
+        Plan { warps_m: wm as u32, warps_k: wk as u32, block_rows: m.div_ceil(wm) as u32, splits: splits as u32, k_tiles_per_split: per as u32 }
+    }
+
+    /// Floats of partial sums the plan needs (0 without a split).
+    pub fn partial_floats(&self, grid: &TileGrid) -> usize {
+        if self.splits > 1 {
+            self.splits as usize * MATVEC_MAX_ROWS * grid.m_tiles * TILE_ROWS
+        } else {
+            0
+        }
+    }
+
+    /// The plans of the four kernels (1, 2, 4 and 8 rows).
+    pub fn all(grid: &TileGrid, sms: usize) -> [Plan; 4] {
+        [1, 2, 4, 8].map(|nt| Plan::new(grid, sms, nt))
+    }
+}
+
+/// Partial sums and block-row counters of split-K launches, shared by all weights of a type
+/// (launches on the one stream never overlap). Counters are zero between launches: the last
+/// block of each block row resets its own.
+#[derive(Default)]
+pub struct SplitScratch {
+    partials: Option<CudaSlice<f32>>,
+    counters: Option<CudaSlice<u32>>,
+}
+
+impl SplitScratch {
+    /// Grows the buffers to hold what the plans of all four kernels need for `grid`. Call at
+    /// load only (see the module docs).
+    pub fn reserve(&mut self, ctx: &CudaContext, sms: usize, grid: &TileGrid) -> Result<(), CudaError> {
+        let plans = Plan::all(grid, sms);
+        let floats = plans.iter().map(|p| p.partial_floats(grid)).max().unwrap_or(0);
+        if floats == 0 {
+            return Ok(());
+        }
+        if self.partials.as_ref().map_or(true, |p| p.len() < floats) {
+            self.partials = None;
+            self.partials = Some(ctx.alloc::<f32>(floats, "split-K partial sums of the matrix-vector kernels")?);
+        }
+        let rows = plans.iter().filter(|p| p.splits > 1).map(|p| p.block_rows as usize).max().unwrap_or(0);
+        if self.counters.as_ref().map_or(true, |c| c.len() < rows) {
+            self.counters = None;
+            self.counters = Some(ctx.alloc_zeros::<u32>(rows, "split-K counters of the matrix-vector kernels")?);
+        }
+        Ok(())
+    }
+
+    /// Device addresses of (partials, counters) for a launch of `plan`: (0, 0) without a split;
+    /// an error if `reserve` was not called for it.
+    fn pointers(&self, ctx: &CudaContext, plan: &Plan, grid: &TileGrid) -> Result<(u64, u64), CudaError> {
+        if plan.splits <= 1 {
+            return Ok((0, 0));
+        }
+        match (&self.partials, &self.counters) {
+            (Some(p), Some(c)) if p.len() >= plan.partial_floats(grid) && c.len() >= plan.block_rows as usize => {
+                Ok((super::backend::addr(p, ctx), super::backend::addr(c, ctx)))
+            }
+            _ => Err(CudaError::Invalid(format!("split-K scratch was not reserved for a {}x{} matrix", grid.n_rows, grid.n_cols))),
+        }
+    }
+}
+
+/// Kernels of a type on the tiled path beyond the matvec variants.
+pub struct TiledKernels {
+    /// `dequant_rows` of repacked_rows.cu (the cuBLAS path of prefill).
+    pub dequant_rows: CudaFunction,
+    pub scratch: Mutex<SplitScratch>,
+    pub sms: usize,
+}
+
+/// The kernels of one weight type: `(rows of x it holds, kernel)` for 1, 2, 4 and 8 rows, the
+/// embedding gather, and for tiled types the row reader and split-K scratch.
+pub struct MatvecKernels {
+    pub matvec: Vec<(usize, CudaFunction)>,
+    pub embed: CudaFunction,
+    pub tiled: Option<TiledKernels>,
+}
+
+impl MatvecKernels {
+    /// Compiles (or loads from the disk cache) the kernels of `ty` for `path`.
+    pub fn compile(ctx: &CudaContext, ty: GgmlType, path: MatvecPath) -> Result<MatvecKernels, CudaError> {
+        let variants = |src: &super::nvrtc::KernelSource, defines: &[String], prefix: &str| -> Result<Vec<(usize, CudaFunction)>, CudaError> {
+            [1usize, 2, 4, 8].iter().map(|&cap| Ok((cap, ctx.function_with(src, defines, &format!("{prefix}{cap}"))?))).collect()
+        };
+        match path {
+            MatvecPath::Tiled => {
+                let defines = kernels::tile_type_defines(ty).ok_or(QuantError::Unsupported(ty))?;
+                let sms = ctx.raw().attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).map_err(|e| {
+                    CudaError::Driver { op: "querying the number of SMs".into(), msg: super::error::describe(&e) }
+                })?;
+                Ok(MatvecKernels {
+                    matvec: variants(&kernels::MATVEC_MMA, &defines, "matvec_mma_")?,
+                    embed: ctx.function_with(&kernels::REPACKED_ROWS, &defines, "embed_rows")?,
+                    tiled: Some(TiledKernels {
+                        dequant_rows: ctx.function_with(&kernels::REPACKED_ROWS, &defines, "dequant_rows")?,
+                        scratch: Mutex::new(SplitScratch::default()),
+                        sms: sms.max(1) as usize,
+                    }),
+                })
+            }
+            MatvecPath::Generic => {
+                let defines = kernels::type_defines(ty).ok_or(QuantError::Unsupported(ty))?;
+                Ok(MatvecKernels {
+                    matvec: variants(&kernels::MATVEC, &defines, "matvec_")?,
+                    embed: ctx.function_with(&kernels::EMBED, &defines, "embed_rows")?,
+                    tiled: None,
+                })
+            }
+        }
+    }
+
+    /// The variant for `n_x` rows of x (the smallest that holds them), with the rows it holds.
+    pub fn matvec_for(&self, n_x: usize) -> Option<(usize, &CudaFunction)> {
+        self.matvec.iter().find(|(cap, _)| n_x <= *cap).map(|(cap, f)| (*cap, f))
+    }
+}
+
+/// One matrix as a device holds it: the file's blocks, or repacked tiles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    Blocks,
+    Tiles(TileGrid),
+}
+
+/// The bytes to upload for a matrix on `path`: the file's blocks unchanged, or repacked tiles.
+pub fn device_bytes(ty: GgmlType, bytes: &[u8], n_rows: usize, n_cols: usize, path: MatvecPath) -> Result<(Layout, Option<Vec<u8>>), QuantError> {
+    match (path, repack::tile_format(ty)) {
+        (MatvecPath::Tiled, Some(f)) => Ok((Layout::Tiles(TileGrid::new(f, n_rows, n_cols)), Some(repack::repack(f, bytes, n_rows, n_cols)?))),
+        _ => Ok((Layout::Blocks, None)),
+    }
+}
+
+/// What one projection launch reads and writes. Sizes are checked by [`check`](Self::check)
+/// before any launch.
+pub struct MatvecArgs<'a> {
+    pub name: &'a str,
+    pub ty: GgmlType,
+    pub n_rows: usize,
+    pub n_cols: usize,
+    pub layout: Layout,
+    pub weights: CudaView<'a, u8>,
+    pub x: &'a CudaSlice<f32>,
+    pub n_x: usize,
+    /// Device address of `n_rows` floats, or 0.
+    pub bias: u64,
+    pub out: &'a mut CudaSlice<f32>,
+}
+
+impl MatvecArgs<'_> {
+    fn check(&self) -> Result<(), CudaError> {
+        let bad = |what: String| Err(CudaError::Invalid(format!("{}: {what}", self.name)));
+        if self.n_x == 0 || self.n_x > MATVEC_MAX_ROWS {
+            return bad(format!("{} rows of x (the matrix-vector kernels take 1..={MATVEC_MAX_ROWS})", self.n_x));
+        }
+        if self.n_cols % 32 != 0 || self.n_cols == 0 {
+            return bad(format!("{} columns: the matrix-vector kernels need a multiple of 32", self.n_cols));
+        }
+        if u32::try_from(self.n_rows).is_err() || u32::try_from(self.n_cols).is_err() {
+            return bad(format!("{} x {} exceeds the kernels' 32-bit sizes", self.n_rows, self.n_cols));
+        }
+        let want_bytes = match self.layout {
+            Layout::Blocks => quant::row_bytes(self.ty, self.n_cols)?.checked_mul(self.n_rows),
+            Layout::Tiles(g) => {
+                if (g.n_rows, g.n_cols, g.format.ty) != (self.n_rows, self.n_cols, self.ty) {
+                    return bad(format!("tile grid {g:?} is not of this {} x {} {}", self.n_rows, self.n_cols, self.ty));
+                }
+                Some(g.bytes())
+            }
+        };
+        if want_bytes != Some(self.weights.len()) {
+            return bad(format!("weight buffer of {} bytes, expected {want_bytes:?}", self.weights.len()));
+        }
+        if self.x.len() < self.n_x * self.n_cols {
+            return bad(format!("x holds {} floats, {} rows of {} need {}", self.x.len(), self.n_x, self.n_cols, self.n_x * self.n_cols));
+        }
+        if self.out.len() < self.n_x * self.n_rows {
+            return bad(format!("out holds {} floats, {} rows of {} need {}", self.out.len(), self.n_x, self.n_rows, self.n_x * self.n_rows));
+        }
+        Ok(())
+    }
+}
+
+/// Queues `out[t][r] = Σ_c W[r][c] x[t][c] (+ bias[r])` for `t < n_x` with `kernels` (which
+/// must be of `args.layout`'s path).
+pub fn launch_matvec(ctx: &CudaContext, kernels: &MatvecKernels, args: MatvecArgs<'_>) -> Result<(), CudaError> {
+    args.check()?;
+    let (nt, f) = kernels.matvec_for(args.n_x).ok_or_else(|| CudaError::Invalid(format!("{}: no kernel for {} rows", args.name, args.n_x)))?;
+    let (n_rows, n_cols, n_x) = (args.n_rows as u32, args.n_cols as u32, args.n_x as u32);
+    match (args.layout, &kernels.tiled) {
+        (Layout::Tiles(grid), Some(tiled)) => {
+            let plan = Plan::new(&grid, tiled.sms, nt);
+            let scratch = tiled.scratch.lock().map_err(|_| CudaError::Invalid("split-K scratch lock poisoned".into()))?;
+            let (partials, counters) = scratch.pointers(ctx, &plan, &grid)?;
+            let block = 32 * plan.warps_m * plan.warps_k;
+            let cfg = LaunchConfig { grid_dim: (plan.block_rows, plan.splits, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 };
+            let (k_tiles, m_tiles, per, wm) = (grid.k_tiles as u32, grid.m_tiles as u32, plan.k_tiles_per_split, plan.warps_m);
+            launch!(ctx, f, "matvec_mma", cfg, &args.weights, &k_tiles, &m_tiles, &n_rows, &n_cols, args.x, &n_x, &args.bias, args.out, &partials, &counters, &per, &wm)
+        }
+        (Layout::Blocks, None) => {
+            let row_bytes = quant::row_bytes(args.ty, args.n_cols)? as u64;
+            let cfg = LaunchConfig {
+                grid_dim: (n_rows.div_ceil(MATVEC_ROWS_PER_BLOCK), 1, 1),
+                block_dim: (32, MATVEC_ROWS_PER_BLOCK, 1),
+                shared_mem_bytes: 0,
+            };
+            launch!(ctx, f, "matvec", cfg, &args.weights, &row_bytes, &n_cols, &n_rows, args.x, &n_x, &args.bias, args.out)
+        }
+        _ => Err(CudaError::Invalid(format!("{}: kernels of the other layout", args.name))),
+    }
+}
+
+/// Queues the float32 values of rows `row0 .. row0 + n_rows_out` of a repacked matrix into `out`
+/// (bit-identical to the CPU decoders).
+pub fn dequant_tile_rows(
+    ctx: &CudaContext,
+    kernels: &MatvecKernels,
+    grid: &TileGrid,
+    tiles: &CudaView<'_, u8>,
+    row0: usize,
+    n_rows_out: usize,
+    out: &mut cudarc::driver::CudaViewMut<'_, f32>,
+) -> Result<(), CudaError> {
+    let tiled = kernels.tiled.as_ref().ok_or_else(|| CudaError::Invalid("dequant_tile_rows: kernels of the block layout".into()))?;
+    if tiles.len() != grid.bytes() || row0 + n_rows_out > grid.n_rows || out.len() < n_rows_out * grid.n_cols {
+        return Err(CudaError::Invalid(format!(
+            "dequant_tile_rows: rows {row0}..{} of {:?} into {} floats from {} bytes",
+            row0 + n_rows_out,
+            grid,
+            out.len(),
+            tiles.len()
+        )));
+    }
+    let n = (n_rows_out * grid.n_cols) as u64;
+    if n == 0 {
+        return Ok(());
+    }
+    let (k_tiles, row0, rows, cols) = (grid.k_tiles as u32, row0 as u32, n_rows_out as u32, grid.n_cols as u32);
+    launch!(ctx, &tiled.dequant_rows, "dequant_rows", super::backend::grid_stride(n), tiles, &k_tiles, &row0, &rows, &cols, out)
+}
+
+/// One matrix on a device outside any model, run with exactly the backend's launch code: for
+/// the per-op tests (through `ferrite._ferrite._cuda_matvec*`) and the microbenchmark.
+pub struct MatvecOp {
+    ctx: Arc<CudaContext>,
+    ty: GgmlType,
+    n_rows: usize,
+    n_cols: usize,
+    layout: Layout,
+    kernels: MatvecKernels,
+    /// `copies` copies of the weights, back to back (the benchmark rotates over them so that
+    /// each launch reads from DRAM, not L2).
+    weights: CudaSlice<u8>,
+    bytes_per_copy: usize,
+}
+
+impl MatvecOp {
+    /// Uploads `bytes` (`n_rows` rows of `n_cols` elements of `ty`) for `path`, `copies` times.
+    pub fn new(device: &str, ty: GgmlType, bytes: &[u8], n_rows: usize, n_cols: usize, path: MatvecPath, copies: usize) -> Result<MatvecOp, CudaError> {
+        quant::check_len(ty, bytes.len(), n_rows.checked_mul(n_cols).unwrap_or(usize::MAX))?;
+        if n_rows == 0 || copies == 0 {
+            return Err(CudaError::Invalid(format!("a matrix of {n_rows} rows in {copies} copies")));
+        }
+        let ctx = CudaContext::get(device)?;
+        if path == MatvecPath::Tiled && (repack::tile_format(ty).is_none() || ctx.compute_capability().0 < 8) {
+            return Err(CudaError::Invalid(format!("{ty} has no tiled kernels on {}", ctx.arch())));
+        }
+        let kernels = MatvecKernels::compile(&ctx, ty, path)?;
+        let (layout, repacked) = device_bytes(ty, bytes, n_rows, n_cols, path)?;
+        let host = repacked.as_deref().unwrap_or(bytes);
+        let total = host.len().checked_mul(copies).ok_or_else(|| CudaError::Invalid("weight copies overflow".into()))?;
+        let mut weights = ctx.alloc::<u8>(total, &format!("{copies} copies of a {n_rows} x {n_cols} {ty} matrix"))?;
+        ctx.upload_weights_into(host, &mut weights.slice_mut(..host.len()), "a test matrix")?;
+        for c in 1..copies {
+            let (first, mut rest) = weights.split_at_mut(host.len());
+            ctx.stream()
+                .memcpy_dtod(&first, &mut rest.slice_mut((c - 1) * host.len()..c * host.len()))
+                .map_err(|e| CudaError::Driver { op: "copying test weights".into(), msg: super::error::describe(&e) })?;
+        }
+        if let (Layout::Tiles(grid), Some(tiled)) = (layout, &kernels.tiled) {
+            tiled.scratch.lock().map_err(|_| CudaError::Invalid("lock poisoned".into()))?.reserve(&ctx, tiled.sms, &grid)?;
+        }
+        Ok(MatvecOp { ctx, ty, n_rows, n_cols, layout, kernels, weights, bytes_per_copy: host.len() })
+    }
+
+    pub fn bytes_per_copy(&self) -> usize {
+        self.bytes_per_copy
+    }
+
+    /// The launch plan of the tiled path for `n_x` rows (`None` on the generic path).
+    pub fn plan(&self, n_x: usize) -> Option<Plan> {
+        let (nt, _) = self.kernels.matvec_for(n_x)?;
+        match (self.layout, &self.kernels.tiled) {
+            (Layout::Tiles(g), Some(t)) => Some(Plan::new(&g, t.sms, nt)),
+            _ => None,
+        }
+    }
+
+    fn launch_on(&self, copy: usize, x: &CudaSlice<f32>, n_x: usize, bias: u64, out: &mut CudaSlice<f32>) -> Result<(), CudaError> {
+        let weights = self.weights.slice(copy * self.bytes_per_copy..(copy + 1) * self.bytes_per_copy);
+        let args = MatvecArgs { name: "test matrix", ty: self.ty, n_rows: self.n_rows, n_cols: self.n_cols, layout: self.layout, weights, x, n_x, bias, out };
+        launch_matvec(&self.ctx, &self.kernels, args)
+    }
+
+    /// `y = W x (+ bias)` for the `n_x` rows of `x` (row-major, `n_x * n_cols`). The output
+    /// buffer holds `n_x + 1` rows, all first filled with the bit pattern `poison_bits`; all of
+    /// it is returned, so a test sees both unwritten outputs and writes past the `n_x` rows.
+    pub fn run(&self, x: &[f32], n_x: usize, bias: Option<&[f32]>, poison_bits: u32) -> Result<Vec<f32>, CudaError> {
+        if x.len() != n_x * self.n_cols {
+            return Err(CudaError::Invalid(format!("x has {} floats, {n_x} rows of {} need {}", x.len(), self.n_cols, n_x * self.n_cols)));
+        }
+        if bias.is_some_and(|b| b.len() != self.n_rows) {
+            return Err(CudaError::Invalid(format!("bias must have {} floats", self.n_rows)));
+        }
+        let xd = self.ctx.upload(x, "test activations")?;
+        let bd = bias.map(|b| self.ctx.upload(b, "test bias")).transpose()?;
+        let bias_ptr = bd.as_ref().map_or(0, |b| super::backend::addr(b, &self.ctx));
+        let mut out = self.ctx.alloc::<f32>((n_x + 1) * self.n_rows, "test output")?;
+        self.ctx.fill_u32_bits(&mut out, poison_bits)?;
+        self.launch_on(0, &xd, n_x, bias_ptr, &mut out)?;
+        self.ctx.download(&out, "the test matrix-vector product")
+    }
+
+    /// Rows `row0 .. row0 + n` dequantized on the device through the layout's row reader (the
+    /// prefill path), and the embedding gather of `tokens` (ids past the table give NaN rows).
+    pub fn read_rows(&self, row0: usize, n: usize, tokens: &[u32]) -> Result<(Vec<f32>, Vec<f32>), CudaError> {
+        let w = self.weights.slice(..self.bytes_per_copy);
+        let mut rows = self.ctx.alloc::<f32>((n * self.n_cols).max(1), "test rows")?;
+        self.ctx.fill_u32_bits(&mut rows, 0x7FC0_DEAD)?;
+        match self.layout {
+            Layout::Tiles(grid) => dequant_tile_rows(&self.ctx, &self.kernels, &grid, &w, row0, n, &mut rows.slice_mut(..))?,
+            Layout::Blocks => {
+                let rb = quant::row_bytes(self.ty, self.n_cols)?;
+                super::dequant::dequantize_into(&self.ctx, self.ty, &w.slice(row0 * rb..(row0 + n) * rb), n * self.n_cols, &mut rows.slice_mut(..))?
+            }
+        }
+        let ids = self.ctx.upload(tokens, "test token ids")?;
+        let mut emb = self.ctx.alloc::<f32>((tokens.len() * self.n_cols).max(1), "test embeddings")?;
+        self.ctx.fill_u32_bits(&mut emb, 0x7FC0_DEAD)?;
+        if !tokens.is_empty() {
+            let n_elems = (tokens.len() * self.n_cols) as u64;
+            let row_bytes = quant::row_bytes(self.ty, self.n_cols)? as u64;
+            let (n_table, n_tok, width) = (self.n_rows as u32, tokens.len() as u32, self.n_cols as u32);
+            let ids_ptr = super::backend::addr(&ids, &self.ctx);
+            launch!(self.ctx, &self.kernels.embed, "embed_rows", super::backend::grid_stride(n_elems), &w, &row_bytes, &n_table, &ids_ptr, &n_tok, &width, &mut emb)?;
+        }
+        let mut rows = self.ctx.download(&rows, "test rows")?;
+        rows.truncate(n * self.n_cols);
+        let mut emb = self.ctx.download(&emb, "test embeddings")?;
+        emb.truncate(tokens.len() * self.n_cols);
+        Ok((rows, emb))
+    }
+
+    /// Device time per launch for `n_x` rows of random activations: `iters` launches rotating
+    /// over the weight copies, recorded once as a CUDA graph (as a decode step runs) and timed
+    /// with events over `repeats` replays; returns the seconds per launch of each replay.
+    pub fn time(&self, n_x: usize, iters: usize, repeats: usize) -> Result<Vec<f64>, CudaError> {
+        let copies = self.weights.len() / self.bytes_per_copy;
+        let x: Vec<f32> = (0..n_x * self.n_cols).map(|i| ((i * 2654435761usize) % 2001) as f32 / 1000.0 - 1.0).collect();
+        let xd = self.ctx.upload(&x, "benchmark activations")?;
+        let mut out = self.ctx.alloc::<f32>(n_x * self.n_rows, "benchmark output")?;
+        let drv = |op: &str, e: cudarc::driver::DriverError| CudaError::Driver { op: op.to_string(), msg: super::error::describe(&e) };
+        // Warm up (compiles nothing: the kernels are loaded; faults surface here).
+        self.launch_on(0, &xd, n_x, 0, &mut out)?;
+        self.ctx.sync("benchmark warm-up")?;
+        let stream = self.ctx.stream().clone();
+        stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).map_err(|e| drv("starting a benchmark capture", e))?;
+        let mut queued = Ok(());
+        for i in 0..iters {
+            queued = self.launch_on(i % copies, &xd, n_x, 0, &mut out);
+            if queued.is_err() {
+                break;
+            }
+        }
+        let graph = stream.end_capture(sys::CUgraphInstantiate_flags(0));
+        queued?;
+        let graph = graph.map_err(|e| drv("recording the benchmark", e))?.ok_or_else(|| CudaError::Invalid("benchmark captured nothing".into()))?;
+        graph.launch().map_err(|e| drv("launching the benchmark graph", e))?;
+        self.ctx.sync("benchmark graph warm-up")?;
+        let flags = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let mut out_times = Vec::with_capacity(repeats);
+        for _ in 0..repeats {
+            let start = stream.record_event(flags).map_err(|e| drv("recording an event", e))?;
+            graph.launch().map_err(|e| drv("launching the benchmark graph", e))?;
+            let end = stream.record_event(flags).map_err(|e| drv("recording an event", e))?;
+            let ms = start.elapsed_ms(&end).map_err(|e| drv("reading event times", e))?;
+            out_times.push(ms as f64 / 1e3 / iters as f64);
+        }
+        self.ctx.sync("the benchmark")?;
+        Ok(out_times)
+    }
+}
+
+/// Device-to-device copy of `n_bytes` on `device`, timed with events: seconds per copy for each
+/// of `repeats` copies after a warm-up. The microbenchmark's yardstick (a copy reads and writes
+/// every byte, so its bandwidth is `2 * n_bytes / seconds`).
+pub fn time_device_copy(device: &str, n_bytes: usize, repeats: usize) -> Result<Vec<f64>, CudaError> {
+    let ctx = CudaContext::get(device)?;
+    let src = ctx.alloc_zeros::<u8>(n_bytes, "copy benchmark source")?;
+    let mut dst = ctx.alloc::<u8>(n_bytes, "copy benchmark destination")?;
+    let stream = ctx.stream().clone();
+    let drv = |op: &str, e: cudarc::driver::DriverError| CudaError::Driver { op: op.to_string(), msg: super::error::describe(&e) };
+    stream.memcpy_dtod(&src, &mut dst).map_err(|e| drv("a device copy", e))?;
+    let flags = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
+    let mut times = Vec::with_capacity(repeats);
+    for _ in 0..repeats {
+        let start = stream.record_event(flags).map_err(|e| drv("recording an event", e))?;
+        stream.memcpy_dtod(&src, &mut dst).map_err(|e| drv("a device copy", e))?;
+        let end = stream.record_event(flags).map_err(|e| drv("recording an event", e))?;
+        times.push(start.elapsed_ms(&end).map_err(|e| drv("reading event times", e))? as f64 / 1e3);
+    }
+    ctx.sync("the copy benchmark")?;
+    Ok(times)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cuda::repack::tile_format;
+
+    fn grid(ty: GgmlType, n_rows: usize, n_cols: usize) -> TileGrid {
+        TileGrid::new(tile_format(ty).unwrap(), n_rows, n_cols)
+    }
+
+    #[test]
+    fn plans_fill_an_h200_and_never_make_empty_splits() {
+        let sms = 132;
+        for (ty, n_rows, n_cols) in [
+            (GgmlType::Q5_0, 896, 896),
+            (GgmlType::Q5_0, 128, 896),
+            (GgmlType::Q5_0, 4864, 896),
+            (GgmlType::Q4_K, 896, 4864),
+            (GgmlType::Q8_0, 151936, 896),
+            (GgmlType::Q4_K, 3584, 3584),
+            (GgmlType::Q4_K, 512, 3584),
+            (GgmlType::Q6_K, 3584, 18944),
+            (GgmlType::Q8_0, 152064, 3584),
+            (GgmlType::Q5_0, 1, 32),
+        ] {
+            let g = grid(ty, n_rows, n_cols);
+            for nt in [1, 2, 4, 8] {
+                let p = Plan::new(&g, sms, nt);
+                assert!(p.warps_m >= 1 && p.warps_k >= 1 && p.warps_m * p.warps_k <= MMA_MAX_WARPS, "{p:?}");
+                assert!(p.warps_k as usize <= phase_tiles(&g.format, nt), "{p:?}");
+                assert_eq!(p.block_rows as usize, g.m_tiles.div_ceil(p.warps_m as usize));
+                assert!(p.splits >= 1 && p.splits as usize <= g.k_tiles && p.splits as usize <= MAX_SPLITS, "{p:?}");
+                // Every split has columns, and together they cover the matrix.
+                assert!(((p.splits - 1) * p.k_tiles_per_split) < g.k_tiles as u32, "{ty} {n_rows}x{n_cols}: {p:?}");
+                assert!((p.splits * p.k_tiles_per_split) as usize >= g.k_tiles, "{p:?}");
+                // Matrices with enough work give every SM a warp at least.
+                let warps = (p.block_rows * p.splits * p.warps_m * p.warps_k) as usize;
+                if g.m_tiles * g.k_tiles >= 4 * sms {
+                    assert!(warps >= sms, "{ty} {n_rows}x{n_cols} nt={nt}: {warps} warps ({p:?})");
+                }
+            }
+        }
+        // The 896-wide outputs of the real model spread their columns over several warps.
+        let p = Plan::new(&grid(GgmlType::Q5_0, 896, 896), sms, 1);
+        assert!(p.warps_k * p.splits > 1, "{p:?}");
+    }
+}

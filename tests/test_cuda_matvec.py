@@ -1,0 +1,192 @@
+"""The CUDA matrix-vector product (decode's projections) against the CPU, op by op.
+
+Every type the GPU decodes, 1..8 rows of activations, odd row counts and widths that are not a
+multiple of a tile, through the backend's own launch code (``ferrite._ferrite._cuda_matvec``):
+the tensor-core kernels on repacked tiles (Q5_0, Q8_0, Q4_K, Q6_K: the "tiled" path) and the
+generic kernels on the file's blocks (every type, the "generic" path). The reference is the
+CPU's exact path in float64: the CPU's dequantized weights (bit-identical to gguf-py, see
+test_dequant.py) times x. The bound is on the normalized mean squared error per x row, as
+llama.cpp's test-backend-ops bounds its ops: sum((y - ref)^2) / sum(ref^2) <= 1e-9. float32
+summation over these widths gives about 1e-13; one wrong weight in a row gives about 1e-4.
+
+The output buffer is poisoned and one row longer than the result, so an output the kernel
+never writes and a write past the last row both fail. The repacked weights' row readers (the
+prefill path and the embedding gather) must return the CPU decoder's values bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import ferrite
+from block_layouts import F16_SCALE_FIELDS, set_iq1m_scale
+
+HAS_CUDA = ferrite.cuda_available()
+cuda = pytest.mark.cuda
+needs_gpu = pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
+
+TYPES = {name: (type_id, block_elems, block_bytes) for name, type_id, block_elems, block_bytes in ferrite.ggml_types()}
+TILED = ("Q5_0", "Q8_0", "Q4_K", "Q6_K")
+# Types the GPU computes with: the CPU's decoders (F64, the integer types, Q8_1, Q8_K, Q1_0
+# have none on either device).
+MATRIX_TYPES = [
+    "F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
+    "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M", "IQ4_NL", "IQ4_XS",
+    "TQ1_0", "TQ2_0", "MXFP4", "NVFP4",
+]
+NMSE_BOUND = 1e-9
+POISON = 0x7FC0DEAD
+
+
+def report(row: dict) -> None:
+    path = os.environ.get("FERRITE_GPU_REPORT")
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def random_blocks(name: str, n_blocks: int, rng: np.random.Generator) -> np.ndarray:
+    """Random valid blocks: random bytes, f16 scales set to finite values of a realistic range
+    (2^-10 .. 2^-4, both signs), float types to finite values."""
+    _, block_elems, block_bytes = TYPES[name]
+    raw = rng.integers(0, 256, size=(n_blocks, block_bytes), dtype=np.uint8)
+    scales = lambda: (rng.choice([-1.0, 1.0], n_blocks) * 2.0 ** rng.uniform(-10, -4, n_blocks)).astype(np.float16).view(np.uint16)
+    if name in ("F32", "F16", "BF16"):
+        v = rng.standard_normal(n_blocks).astype(np.float32)
+        raw = {"F32": v.view(np.uint8), "F16": v.astype(np.float16).view(np.uint8),
+               "BF16": (v.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8)}[name].reshape(n_blocks, block_bytes).copy()
+    elif name == "IQ1_M":
+        set_iq1m_scale(raw, scales())
+    elif name == "MXFP4":
+        raw[:, 0] = rng.integers(118, 130, n_blocks)  # E8M0 scale 2^-10 .. 2^1: finite products
+    for off in F16_SCALE_FIELDS.get(name, ()):
+        raw[:, off : off + 2] = scales().view(np.uint8).reshape(n_blocks, 2)
+    return raw.reshape(-1)
+
+
+def width_for(name: str, multiple: int) -> int:
+    """A row width of `multiple` 32-column groups that is a whole number of blocks."""
+    block_elems = TYPES[name][1]
+    step = max(block_elems, 32)
+    return -(-multiple * 32 // step) * step
+
+
+def nmse(y: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Normalized squared error of each row."""
+    return ((y.astype(np.float64) - ref) ** 2).sum(axis=-1) / np.maximum((ref**2).sum(axis=-1), 1e-300)
+
+
+def check_matvec(name: str, n_rows: int, n_cols: int, n_xs, path: str, seed: int, with_bias: bool = False) -> float:
+    rng = np.random.default_rng(seed)
+    block_elems = TYPES[name][1]
+    raw = random_blocks(name, n_rows * n_cols // block_elems, rng)
+    w = ferrite.dequantize(raw, name, (n_rows, n_cols)).astype(np.float64)  # the CPU's weights
+    worst = 0.0
+    for n_x in n_xs:
+        x = rng.standard_normal((n_x, n_cols)).astype(np.float32)
+        bias = rng.standard_normal(n_rows).astype(np.float32) if with_bias else None
+        out = ferrite._ferrite._cuda_matvec(raw, name, n_rows, n_cols, x, bias, path=path, poison_bits=POISON)
+        assert out.shape == (n_x + 1, n_rows)
+        label = f"{name} {n_rows}x{n_cols} n_x={n_x} path={path}"
+        assert (out[n_x].view(np.uint32) == POISON).all(), f"{label}: wrote past the last row"
+        y = out[:n_x]
+        assert not (y.view(np.uint32) == POISON).any(), f"{label}: {int((y.view(np.uint32) == POISON).sum())} outputs never written"
+        ref = x.astype(np.float64) @ w.T + (bias.astype(np.float64) if with_bias else 0.0)
+        err = nmse(y, ref)
+        assert np.isfinite(y).all(), f"{label}: non-finite outputs"
+        assert (err <= NMSE_BOUND).all(), f"{label}: NMSE per row {err} > {NMSE_BOUND}; max|diff| {np.abs(y - ref).max():.3e}"
+        worst = max(worst, float(err.max()))
+    return worst
+
+
+# ---------------------------------------------------------------- everywhere (CI included)
+
+
+def test_bad_arguments_are_value_errors():
+    raw = random_blocks("Q8_0", 4, np.random.default_rng(0))
+    x = np.zeros((1, 32), np.float32)
+    with pytest.raises(ValueError, match="path must be"):
+        ferrite._ferrite._cuda_matvec(raw, "Q8_0", 4, 32, x, path="fast")
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="checks the behaviour on machines without CUDA")
+def test_without_cuda_the_hook_raises_cuda_error():
+    raw = random_blocks("Q8_0", 4, np.random.default_rng(0))
+    with pytest.raises(ferrite.CudaError, match="CUDA is not available"):
+        ferrite._ferrite._cuda_matvec(raw, "Q8_0", 4, 32, np.zeros((1, 32), np.float32), path="tiled")
+
+
+# ---------------------------------------------------------------- with a GPU
+
+
+@cuda
+@needs_gpu
+@pytest.mark.parametrize("name", MATRIX_TYPES)
+def test_every_type_one_to_eight_rows(name):
+    """37 rows (a partial tile), a width of 5 or 9 32-column groups (not whole tiles) or three
+    super-blocks, every n_x from 1 to 8, on each path the type has."""
+    n_cols = width_for(name, 5 if TYPES[name][1] <= 32 else 3 * TYPES[name][1] // 32)
+    paths = ("tiled", "generic") if name in TILED else ("generic",)
+    for path in paths:
+        worst = check_matvec(name, 37, n_cols, range(1, 9), path, seed=TYPES[name][0] * 31 + len(path))
+        report({"kind": "matvec_op", "type": name, "path": path, "shape": [37, n_cols], "worst_nmse": worst})
+
+
+@cuda
+@needs_gpu
+@pytest.mark.parametrize("name", TILED)
+@pytest.mark.parametrize(
+    "n_rows, groups",
+    [
+        (300, 65),     # 2080 columns: a partial last tile, a column split per tile
+        (40000, 4),    # many tile rows, one column tile: no split, 8-warp blocks
+        (17000, 64),   # 2048 columns, two splits: x staged in two phases for 8 rows
+        (129, 576),    # 18432 columns: many splits of several tiles each
+    ],
+)
+def test_tiled_shapes_splits_and_bias(name, n_rows, groups):
+    n_cols = width_for(name, groups)
+    worst = check_matvec(name, n_rows, n_cols, (1, 2, 3, 5, 8), "tiled", seed=n_rows + groups, with_bias=True)
+    report({"kind": "matvec_op", "type": name, "path": "tiled", "shape": [n_rows, n_cols], "worst_nmse": worst})
+
+
+@cuda
+@needs_gpu
+@pytest.mark.parametrize("name", TILED)
+def test_repacked_rows_and_embedding_are_the_cpu_values_bitwise(name):
+    rng = np.random.default_rng(7)
+    n_rows, n_cols = 45, width_for(name, 13 if TYPES[name][1] == 32 else 16)
+    raw = random_blocks(name, n_rows * n_cols // TYPES[name][1], rng)
+    cpu = ferrite.dequantize(raw, name, (n_rows, n_cols))
+    tokens = [0, 44, 17, 3, 17, n_rows]  # the last id is past the table: a NaN row, no read past it
+    rows, emb = ferrite._ferrite._cuda_weight_rows(raw, name, n_rows, n_cols, 5, 31, tokens, path="tiled")
+    np.testing.assert_array_equal(rows.view(np.uint32), cpu[5:36].view(np.uint32), err_msg=f"{name} dequant_rows")
+    np.testing.assert_array_equal(emb[:-1].view(np.uint32), cpu[tokens[:-1]].view(np.uint32), err_msg=f"{name} embed_rows")
+    assert np.isnan(emb[-1]).all()
+
+
+@cuda
+@needs_gpu
+def test_tiled_and_generic_agree_on_the_real_shapes():
+    """The real model's q projection shape, 896 x 896, Q5_0, 1..8 rows: both paths are within
+    the bound of the reference, so within twice the bound of each other."""
+    for path in ("tiled", "generic"):
+        check_matvec("Q5_0", 896, 896, (1, 4, 8), path, seed=896)
+
+
+@cuda
+@needs_gpu
+def test_bad_shapes_are_errors_not_faults():
+    raw = random_blocks("Q4_K", 2, np.random.default_rng(1))
+    with pytest.raises(ferrite.CudaError, match="rows of x"):
+        ferrite._ferrite._cuda_matvec(raw, "Q4_K", 2, 256, np.zeros((9, 256), np.float32), path="tiled")
+    with pytest.raises(ValueError, match="columns"):
+        ferrite._ferrite._cuda_matvec(raw, "Q4_K", 2, 256, np.zeros((1, 255), np.float32), path="tiled")
+    with pytest.raises(ferrite.QuantError):
+        ferrite._ferrite._cuda_matvec(raw[:-1], "Q4_K", 2, 256, np.zeros((1, 256), np.float32), path="tiled")
+    with pytest.raises(ferrite.CudaError, match="no tiled kernels"):
+        ferrite._ferrite._cuda_matvec(random_blocks("Q4_0", 2, np.random.default_rng(1)), "Q4_0", 2, 32, np.zeros((1, 32), np.float32), path="tiled")
