@@ -139,6 +139,17 @@ def test_ready_line_health_and_models(server, client, model_id):
     assert client.models.retrieve(model_id).id == model_id
 
 
+def test_readme_client_example_runs_against_the_server(server):
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    serve = readme[readme.index("## Serve"):]
+    example = serve[serve.index("```py\n") + 6: serve.index("```", serve.index("```py\n") + 6)]
+    assert "http://127.0.0.1:8000/v1" in example and 'api_key="unused"' in example
+    code = example.replace("http://127.0.0.1:8000/v1", server.url + "/v1").replace('"unused"', repr(KEY))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip()
+
+
 def test_import_ferrite_does_not_import_the_server_stack():
     code = "import sys, ferrite; bad = [m for m in ('ferrite.server', 'starlette', 'uvicorn') if m in sys.modules]; print(bad)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
