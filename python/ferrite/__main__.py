@@ -5,6 +5,7 @@
     python -m ferrite generate MODEL.gguf "prompt"      # stream a completion to the terminal
     python -m ferrite generate --test-model "Write a haiku about GPU computing"
     python -m ferrite chat MODEL.gguf       # interactive multi-turn chat (/help inside)
+    python -m ferrite serve MODEL.gguf      # OpenAI-compatible HTTP server (the server extra)
 
 Every command parses and checks its arguments before doing any work, so ``--help`` never has a
 side effect. Errors are one line on stderr (``--debug`` adds the traceback); exit statuses: 0
@@ -24,7 +25,7 @@ from ferrite import _cli
 from ferrite._cli import EXIT_INPUT, EXIT_INTERRUPTED, CliError, CliParser
 
 PROG = "python -m ferrite"
-COMMANDS = ("fetch", "info", "generate", "chat")
+COMMANDS = ("fetch", "info", "generate", "chat", "serve")
 
 
 class _VersionAction(argparse.Action):
@@ -70,6 +71,9 @@ def build_parser() -> CliParser:
     _info.add_parser(sub, [common])
     _cli_generate.add_generate_parser(sub, [common])
     _cli_generate.add_chat_parser(sub, [common])
+    from ferrite.server import cli as _serve_cli  # argparse only: the server stack loads when it runs
+
+    _serve_cli.add_parser(sub, [common])
     return parser
 
 
