@@ -52,6 +52,11 @@ __all__ = [
     "_cuda_upload_bandwidth",
     "_cuda_try_alloc",
     "_cuda_fault_selftest",
+    "_cuda_matvec",
+    "_cuda_weight_rows",
+    "_cuda_matvec_time",
+    "_cuda_copy_time",
+    "_cuda_matvec_force_plan",
     "DeviceTensor",
 ]
 
@@ -879,3 +884,39 @@ def _cuda_dequantize_poisoned(
 def _cuda_upload_bandwidth(n_bytes: int = ..., device: _Device = "cuda") -> tuple[float, float]: ...  # n_bytes: 256 MiB
 def _cuda_try_alloc(n_bytes: int, device: _Device = "cuda") -> None: ...
 def _cuda_fault_selftest(device: _Device = "cuda") -> None: ...
+def _cuda_matvec(
+    raw: _RawBytes,
+    ggml_type: _GgmlType,
+    n_rows: int,
+    n_cols: int,
+    x: npt.NDArray[np.float32],
+    bias: npt.NDArray[np.float32] | None = None,
+    path: str = "auto",
+    poison_bits: int = ...,
+    device: _Device = "cuda",
+) -> npt.NDArray[np.float32]: ...
+def _cuda_weight_rows(
+    raw: _RawBytes,
+    ggml_type: _GgmlType,
+    n_rows: int,
+    n_cols: int,
+    row0: int,
+    n: int,
+    tokens: Sequence[int],
+    path: str = "auto",
+    device: _Device = "cuda",
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
+def _cuda_matvec_time(
+    raw: _RawBytes,
+    ggml_type: _GgmlType,
+    n_rows: int,
+    n_cols: int,
+    n_xs: Sequence[int],
+    path: str,
+    copies: int,
+    iters: int,
+    repeats: int = 5,
+    device: _Device = "cuda",
+) -> dict[str, Any]: ...
+def _cuda_copy_time(n_bytes: int = ..., repeats: int = 10, device: _Device = "cuda") -> list[float]: ...
+def _cuda_matvec_force_plan(warps_m: int | None = None, warps_k: int | None = None, splits: int | None = None) -> None: ...
