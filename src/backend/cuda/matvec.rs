@@ -103,8 +103,9 @@ impl Plan {
     ///   block (8 when the columns are not split), columns split across blocks until there are
     ///   about two tiles per warp or `WARPS_PER_SM` warps per SM, at most 8 ways;
     /// * smaller ones, 1 or 2 rows of x (latency-bound): one tile row a block, its column tiles
-    ///   dealt to up to 8 warps of the block, one tile each where possible, and at most two
-    ///   column splits across blocks (each split costs a round trip through L2);
+    ///   dealt to up to 8 warps of the block, one tile each where the matrix is under half the
+    ///   GPU's warps' worth, else two, and at most two column splits across blocks (each split
+    ///   costs a round trip through L2);
     /// * smaller ones, 4 or 8 rows (more math per tile): two warps a tile row, one tile each,
     ///   columns split across blocks, as many tile rows a block as still leave a block for
     ///   every other SM.
@@ -121,7 +122,11 @@ impl Plan {
             let k_ways = (m * k).div_ceil(2).min(WARPS_PER_SM * sms).div_ceil(m).clamp(1, k.min(LARGE_MAX_SPLITS));
             (if k_ways == 1 { 8 } else { 4 }, 1, k_ways)
         } else if nt <= 2 {
-            let k_ways = (m * k).min(WARPS_PER_SM * sms).div_ceil(m).clamp(1, k);
+            // One tile per warp while the whole matrix is a fraction of a full GPU's warps (the
+            // loads all go out at once); two when it is more (the second's loads overlap the
+            // first's math).
+            let per_warp = if m * k > WARPS_PER_SM * sms / 2 { 2 } else { 1 };
+            let k_ways = (m * k).div_ceil(per_warp).min(WARPS_PER_SM * sms).div_ceil(m).clamp(1, k);
             let wk = k_ways.min(max_warps).min(phase);
             (1, wk, k_ways.div_ceil(wk).min(2))
         } else {
