@@ -157,6 +157,23 @@ def test_tiled_shapes_splits_and_bias(name, n_rows, groups):
 @cuda
 @needs_gpu
 @pytest.mark.parametrize("name", TILED)
+def test_every_launch_shape_gives_the_same_products(name):
+    """The kernels are correct for any launch shape, not only the ones the planner picks:
+    warps along the columns that do not divide the tiles or outnumber a phase's tiles, tile
+    rows per block that leave warps idle, column splits of uneven length."""
+    n_rows, n_cols = 50, width_for(name, 36 if TYPES[name][1] == 32 else 80)  # 9 or 10 column tiles
+    plans = [(1, 1, 1), (1, 3, 1), (2, 3, 2), (1, 8, 3), (8, 1, 4), (3, 2, 5), (4, 2, 64)]
+    try:
+        for plan in plans:
+            ferrite._ferrite._cuda_matvec_force_plan(*plan)
+            check_matvec(name, n_rows, n_cols, (1, 3, 8), "tiled", seed=sum(plan), with_bias=True)
+    finally:
+        ferrite._ferrite._cuda_matvec_force_plan()
+
+
+@cuda
+@needs_gpu
+@pytest.mark.parametrize("name", TILED)
 def test_repacked_rows_and_embedding_are_the_cpu_values_bitwise(name):
     rng = np.random.default_rng(7)
     n_rows, n_cols = 45, width_for(name, 13 if TYPES[name][1] == 32 else 16)

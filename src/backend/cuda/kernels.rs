@@ -124,6 +124,12 @@ mod tests {
     #[test]
     fn launch_constants_match_the_sources() {
         assert!(MATVEC.src.contains(&format!("#define MATVEC_WARPS {MATVEC_ROWS_PER_BLOCK}")));
+        assert!(MATVEC_MMA.src.contains(&format!("#define MMA_MAX_WARPS {}", super::super::matvec::MMA_MAX_WARPS)));
+        // matvec::phase_tiles assumes this staging width.
+        assert!(MATVEC_MMA.src.contains("constexpr int PHASE = 4096 / NT;"));
+        for nt in [1, 2, 4, 8] {
+            assert!(MATVEC_MMA.src.contains(&format!("MATVEC_MMA_KERNEL({nt})")), "matvec_mma_{nt}");
+        }
         assert!(ATTENTION.src.contains(&format!("#define ATTN_WARPS {}", ATTENTION_THREADS / 32)));
         assert!(NORM.src.contains(&format!("#define NORM_THREADS {NORM_THREADS}")));
         assert!(SAMPLING.src.contains(&format!("#define SAMPLE_THREADS {SAMPLE_THREADS}")));

@@ -69,8 +69,9 @@ pub struct Plan {
 
 /// Warps the plans aim for per SM: loads in flight to cover DRAM latency.
 const WARPS_PER_SM: usize = 32;
-/// Tile rows from which a matrix counts as large (2048 rows): its tile rows alone give the GPU
-/// enough warps, so columns are split only across blocks, and only a little.
+/// Tile rows from which a matrix counts as large for the kernels of 4 and 8 rows (2048 rows):
+/// its tile rows alone give the GPU enough warps, so columns are split only across blocks, and
+/// only a little.
 const LARGE_M_TILES: usize = 128;
 /// Most column splits of a large matrix.
 const LARGE_MAX_SPLITS: usize = 8;
@@ -94,14 +95,17 @@ pub fn force_plan(forced: Option<(u32, u32, u32)>) {
 
 impl Plan {
     /// For a matrix of `grid`'s shape, the kernel of `nt` rows of x, on a GPU with `sms` SMs.
-    /// Chosen from a sweep of every shape on an H200 (2026-12-02, benches/bench_cuda_matvec.py
-    /// measures the result; the best plan was within 10 % of this one on most shapes):
+    /// Chosen from a sweep of every shape on an H200 (2026-12-02; benches/bench_cuda_matvec.py
+    /// measures the result):
     ///
-    /// * large matrices (>= 2048 rows): one warp per tile row and column range, 4 tile rows a
+    /// * large matrices (1 or 2 rows of x: enough tiles for two per warp at `WARPS_PER_SM`;
+    ///   4 or 8 rows: 2048 rows or more): one warp per tile row and column range, 4 tile rows a
     ///   block (8 when the columns are not split), columns split across blocks until there are
     ///   about two tiles per warp or `WARPS_PER_SM` warps per SM, at most 8 ways;
-    /// * smaller ones, 1 or 2 rows of x: one tile row a block, its column tiles dealt to up to 8
-    ///   warps of the block (one tile each where possible: these are latency-bound);
+    /// * smaller ones, 1 or 2 rows of x (latency-bound): one tile row a block, its column tiles
+    ///   dealt to up to 8 warps of the block, one tile each where the matrix is under half the
+    ///   GPU's warps' worth, else two, and at most two column splits across blocks (each split
+    ///   costs a round trip through L2);
     /// * smaller ones, 4 or 8 rows (more math per tile): two warps a tile row, one tile each,
     ///   columns split across blocks, as many tile rows a block as still leave a block for
     ///   every other SM.
@@ -114,13 +118,17 @@ impl Plan {
             let wm = ((forced >> 40) as usize).clamp(1, max_warps);
             let wk = ((forced >> 32) as usize & 0xff).clamp(1, max_warps / wm);
             (wm, wk, (forced & 0xffff_ffff) as usize)
-        } else if m >= LARGE_M_TILES {
+        } else if (nt <= 2 && m * k >= 2 * WARPS_PER_SM * sms) || (nt > 2 && m >= LARGE_M_TILES) {
             let k_ways = (m * k).div_ceil(2).min(WARPS_PER_SM * sms).div_ceil(m).clamp(1, k.min(LARGE_MAX_SPLITS));
             (if k_ways == 1 { 8 } else { 4 }, 1, k_ways)
         } else if nt <= 2 {
-            let k_ways = (m * k).min(WARPS_PER_SM * sms).div_ceil(m).clamp(1, k);
+            // One tile per warp while the whole matrix is a fraction of a full GPU's warps (the
+            // loads all go out at once); two when it is more (the second's loads overlap the
+            // first's math).
+            let per_warp = if m * k > WARPS_PER_SM * sms / 2 { 2 } else { 1 };
+            let k_ways = (m * k).div_ceil(per_warp).min(WARPS_PER_SM * sms).div_ceil(m).clamp(1, k);
             let wk = k_ways.min(max_warps).min(phase);
-            (1, wk, k_ways.div_ceil(wk))
+            (1, wk, k_ways.div_ceil(wk).min(2))
         } else {
             let wk = 2.min(phase).min(k);
             let splits = k.div_ceil(wk);
