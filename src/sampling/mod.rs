@@ -258,12 +258,19 @@ fn gumbel_max(candidates: impl Iterator<Item = Candidate>, key: u64) -> Candidat
 /// Noise is only computed for tokens that can still win: one whose scaled logit is more than
 /// [`noise::GUMBEL_MAX`] below the best score so far cannot.
 fn draw_threshold(row: Scaled<'_>, best: Candidate, bound: Option<Candidate>, floor: f32, key: u64) -> Candidate {
+    let t = row.temperature;
     let mut top = (best.logit + noise::gumbel(key, best.id), best);
+    // Raw logits below this cannot win (a margin below the exact bound keeps rounding safe).
+    let raw_floor = |top: f32| {
+        let x = (top - noise::GUMBEL_MAX) * t;
+        x - x.abs() * 1e-5 - 1e-5
+    };
+    let mut skip_below = raw_floor(top.0);
     for (i, &l) in row.logits.iter().enumerate() {
-        if l == f32::NEG_INFINITY {
+        if l < skip_below || l == f32::NEG_INFINITY {
             continue;
         }
-        let s = l / row.temperature;
+        let s = l / t;
         if s + noise::GUMBEL_MAX < top.0 || s < floor {
             continue;
         }
@@ -274,6 +281,7 @@ fn draw_threshold(row: Scaled<'_>, best: Candidate, bound: Option<Candidate>, fl
         let score = s + noise::gumbel(key, c.id);
         if score > top.0 || (score == top.0 && c.id < top.1.id) {
             top = (score, c);
+            skip_below = raw_floor(top.0);
         }
     }
     top.1

@@ -42,7 +42,8 @@ impl Scaled<'_> {
 
     /// The best candidate (`None` when every logit is -inf) and the number of finite tokens.
     pub fn best(&self) -> (Option<Candidate>, usize) {
-        let mut best: Option<Candidate> = None;
+        // On raw logits: dividing by a positive temperature keeps their order.
+        let mut best: Option<(usize, f32)> = None;
         let mut finite = 0;
         for (i, &l) in self.logits.iter().enumerate() {
             if l == f32::NEG_INFINITY {
@@ -50,11 +51,11 @@ impl Scaled<'_> {
             }
             finite += 1;
             // Strictly greater: the lower id wins a tie.
-            if best.map_or(true, |b| l > b.logit) {
-                best = Some(Candidate::new(i as u32, l));
+            if best.map_or(true, |(_, b)| l > b) {
+                best = Some((i, l));
             }
         }
-        (best.map(|b| Candidate::new(b.id, b.logit / self.temperature)), finite)
+        (best.map(|(i, l)| Candidate::new(i as u32, l / self.temperature)), finite)
     }
 
     /// `Σ exp(scaled - max)` in f64 over every finite token.
@@ -67,7 +68,9 @@ impl Scaled<'_> {
         if n == 0 {
             return Vec::new();
         }
-        // A max-heap under "worse first" keeps the worst kept candidate on top.
+        // A max-heap under "worse first" keeps the worst kept candidate on top. It holds raw
+        // logits (the temperature keeps their order) and almost every token is turned away by
+        // one float comparison with the worst kept.
         struct Worst(Candidate);
         impl PartialEq for Worst {
             fn eq(&self, o: &Self) -> bool {
@@ -86,11 +89,12 @@ impl Scaled<'_> {
             }
         }
         let mut heap: BinaryHeap<Worst> = BinaryHeap::with_capacity(n + 1);
+        let mut floor = f32::NEG_INFINITY;
         for (i, &l) in self.logits.iter().enumerate() {
-            if l == f32::NEG_INFINITY {
+            if l < floor || l == f32::NEG_INFINITY {
                 continue;
             }
-            let c = Candidate::new(i as u32, l / self.temperature);
+            let c = Candidate::new(i as u32, l);
             if heap.len() < n {
                 heap.push(Worst(c));
             } else if let Some(mut worst) = heap.peek_mut() {
@@ -98,8 +102,11 @@ impl Scaled<'_> {
                     *worst = Worst(c);
                 }
             }
+            if heap.len() == n {
+                floor = heap.peek().map_or(f32::NEG_INFINITY, |w| w.0.logit);
+            }
         }
-        let mut out: Vec<Candidate> = heap.into_iter().map(|w| w.0).collect();
+        let mut out: Vec<Candidate> = heap.into_iter().map(|w| Candidate::new(w.0.id, w.0.logit / self.temperature)).collect();
         out.sort_unstable_by(Candidate::better_first);
         out
     }
