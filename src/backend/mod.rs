@@ -19,11 +19,15 @@
 
 pub mod cpu;
 pub mod cuda;
+mod device;
+mod error;
+
+pub use device::{with_backend, BackendOptions, Device, WithBackend};
 
 use std::sync::Arc;
 
 use crate::gguf::{GgufFile, TensorInfo};
-use crate::model::ModelError;
+pub use error::BackendError;
 use crate::quant::GgmlType;
 use crate::sampling::{SampleSpec, Sampled, SamplingError};
 
@@ -125,7 +129,7 @@ impl AttnParams {
         out_width: usize,
         cache: &KvLayout,
         layer: usize,
-    ) -> Result<(usize, usize), ModelError> {
+    ) -> Result<(usize, usize), BackendError> {
         let want_q = self.n_heads * self.head_dim;
         let want_kv = self.n_kv_heads * self.head_dim;
         check_width("attention q", q_width, want_q)?;
@@ -134,16 +138,16 @@ impl AttnParams {
         check_width("attention out", out_width, want_q)?;
         check_width("KV cache", cache.n_kv_heads * cache.head_dim, want_kv)?;
         if layer >= cache.n_layers {
-            return Err(ModelError::Backend(format!("layer {layer} of a {}-layer KV cache", cache.n_layers)));
+            return Err(BackendError::Invalid(format!("layer {layer} of a {}-layer KV cache", cache.n_layers)));
         }
         Ok((want_q, want_kv))
     }
 }
 
 /// Errors unless a buffer's width (floats per row) is the one an op expects.
-pub(crate) fn check_width(what: &str, got: usize, expected: usize) -> Result<(), ModelError> {
+pub(crate) fn check_width(what: &str, got: usize, expected: usize) -> Result<(), BackendError> {
     if got != expected {
-        return Err(ModelError::Backend(format!("{what}: width {got}, expected {expected}")));
+        return Err(BackendError::Invalid(format!("{what}: width {got}, expected {expected}")));
     }
     Ok(())
 }
@@ -224,18 +228,18 @@ pub trait Backend: Send + 'static {
     fn device(&self) -> String;
 
     /// Uploads one tensor. Errors when its type cannot be computed with on this device.
-    fn load_weight(&mut self, src: &TensorSource) -> Result<Self::Weight, ModelError>;
+    fn load_weight(&mut self, src: &TensorSource) -> Result<Self::Weight, BackendError>;
 
     /// A buffer of `capacity_rows` rows of `width` floats. Contents unspecified.
-    fn alloc_act(&mut self, capacity_rows: usize, width: usize) -> Result<Self::Act, ModelError>;
+    fn alloc_act(&mut self, capacity_rows: usize, width: usize) -> Result<Self::Act, BackendError>;
 
-    fn alloc_kv_cache(&mut self, layout: &KvLayout) -> Result<Self::KvCache, ModelError>;
+    fn alloc_kv_cache(&mut self, layout: &KvLayout) -> Result<Self::KvCache, BackendError>;
 
     /// Copies the plan to the device; valid until the next call.
-    fn upload_batch(&mut self, plan: &BatchPlan) -> Result<Self::Batch, ModelError>;
+    fn upload_batch(&mut self, plan: &BatchPlan) -> Result<Self::Batch, BackendError>;
 
     /// `out[t] = dequantize(table row tokens[t])` for every token of the batch.
-    fn embed(&mut self, table: &Self::Weight, batch: &Self::Batch, out: &mut Self::Act) -> Result<(), ModelError>;
+    fn embed(&mut self, table: &Self::Weight, batch: &Self::Batch, out: &mut Self::Act) -> Result<(), BackendError>;
 
     /// `out[t] = x[t] / sqrt(mean(x[t]²) + eps) * weight` for the first `n_rows` rows.
     fn rms_norm(
@@ -245,7 +249,7 @@ pub trait Backend: Send + 'static {
         eps: f32,
         n_rows: usize,
         out: &mut Self::Act,
-    ) -> Result<(), ModelError>;
+    ) -> Result<(), BackendError>;
 
     /// `out[t][r] = Σ_c w[r][c] · x[t][c] + bias[r]` for the first `n_rows` rows of `x`.
     /// `x` has width `n_cols(w)`, `out` width `n_rows(w)`.
@@ -256,10 +260,10 @@ pub trait Backend: Send + 'static {
         x: &Self::Act,
         n_rows: usize,
         out: &mut Self::Act,
-    ) -> Result<(), ModelError>;
+    ) -> Result<(), BackendError>;
 
     /// Rotates every head of every batch token in place, by the token's position.
-    fn rope(&mut self, x: &mut Self::Act, batch: &Self::Batch, params: &RopeParams) -> Result<(), ModelError>;
+    fn rope(&mut self, x: &mut Self::Act, batch: &Self::Batch, params: &RopeParams) -> Result<(), BackendError>;
 
     /// Appends the batch's `k`, `v` rows (`[n_tokens][n_kv_heads*head_dim]`, already rotated) to
     /// layer `layer` of the cache at each token's slot, then computes causal attention of each
@@ -276,13 +280,13 @@ pub trait Backend: Send + 'static {
         batch: &Self::Batch,
         params: &AttnParams,
         out: &mut Self::Act,
-    ) -> Result<(), ModelError>;
+    ) -> Result<(), BackendError>;
 
     /// `out = silu(gate) * up` element-wise over the first `n_rows` rows.
-    fn swiglu(&mut self, gate: &Self::Act, up: &Self::Act, n_rows: usize, out: &mut Self::Act) -> Result<(), ModelError>;
+    fn swiglu(&mut self, gate: &Self::Act, up: &Self::Act, n_rows: usize, out: &mut Self::Act) -> Result<(), BackendError>;
 
     /// `x += y` over the first `n_rows` rows (the residual connection).
-    fn add_assign(&mut self, x: &mut Self::Act, y: &Self::Act, n_rows: usize) -> Result<(), ModelError>;
+    fn add_assign(&mut self, x: &mut Self::Act, y: &Self::Act, n_rows: usize) -> Result<(), BackendError>;
 
     /// `out[i] = x[logit_rows[first + i]]` for `i < count`: picks the rows whose logits are
     /// wanted (all tokens, or each sequence's last), a chunk at a time.
@@ -293,28 +297,28 @@ pub trait Backend: Send + 'static {
         first: usize,
         count: usize,
         out: &mut Self::Act,
-    ) -> Result<(), ModelError>;
+    ) -> Result<(), BackendError>;
 
     /// Copies the first `n_rows` rows of `x` to the host, row-major, into `out`
     /// (`n_rows * width` floats). Synchronizes.
-    fn read_rows(&mut self, x: &Self::Act, n_rows: usize, out: &mut [f32]) -> Result<(), ModelError>;
+    fn read_rows(&mut self, x: &Self::Act, n_rows: usize, out: &mut [f32]) -> Result<(), BackendError>;
 
     /// A `[n_rows][width]` float32 buffer on this device that outlives the backend's own buffers
     /// (the host, unless the backend has a device of its own).
-    fn alloc_owned_rows(&mut self, n_rows: usize, width: usize) -> Result<OwnedRows, ModelError> {
-        let n = n_rows.checked_mul(width).ok_or_else(|| ModelError::Backend(format!("{n_rows} x {width} rows overflow")))?;
+    fn alloc_owned_rows(&mut self, n_rows: usize, width: usize) -> Result<OwnedRows, BackendError> {
+        let n = n_rows.checked_mul(width).ok_or_else(|| BackendError::Invalid(format!("{n_rows} x {width} rows overflow")))?;
         Ok(OwnedRows::Host(vec![0f32; n]))
     }
 
     /// Copies the first `n_rows` rows of `x` (`width` floats each) into `dst` from row `dst_row`.
-    fn copy_rows(&mut self, x: &Self::Act, n_rows: usize, width: usize, dst: &mut OwnedRows, dst_row: usize) -> Result<(), ModelError> {
+    fn copy_rows(&mut self, x: &Self::Act, n_rows: usize, width: usize, dst: &mut OwnedRows, dst_row: usize) -> Result<(), BackendError> {
         match dst {
             OwnedRows::Host(v) => {
                 let range = dst_row * width..(dst_row + n_rows) * width;
-                let out = v.get_mut(range).ok_or_else(|| ModelError::Backend("copy_rows past the end of its destination".into()))?;
+                let out = v.get_mut(range).ok_or_else(|| BackendError::Invalid("copy_rows past the end of its destination".into()))?;
                 self.read_rows(x, n_rows, out)
             }
-            OwnedRows::Cuda(_) => Err(ModelError::Backend(format!("{} cannot copy rows into a CUDA buffer", self.device()))),
+            OwnedRows::Cuda(_) => Err(BackendError::Invalid(format!("{} cannot copy rows into a CUDA buffer", self.device()))),
         }
     }
 
@@ -327,7 +331,7 @@ pub trait Backend: Send + 'static {
         logits: &Self::Act,
         specs: &[SampleSpec<'_>],
         out: &mut Vec<Result<Sampled, SamplingError>>,
-    ) -> Result<(), ModelError>;
+    ) -> Result<(), BackendError>;
 
     /// Runs `ops`, which queue device work, or, when an earlier call with the same `key` was
     /// recorded, replays that recording instead of calling `ops` (CUDA: a graph, which removes
@@ -337,8 +341,8 @@ pub trait Backend: Send + 'static {
     fn replayable(
         &mut self,
         key: Option<ReplayKey>,
-        ops: impl FnOnce(&mut Self) -> Result<(), ModelError>,
-    ) -> Result<(), ModelError>
+        ops: impl FnOnce(&mut Self) -> Result<(), BackendError>,
+    ) -> Result<(), BackendError>
     where
         Self: Sized,
     {

@@ -101,7 +101,7 @@ impl FakeModel {
     fn run(&mut self, batch: &[SeqChunk<'_>]) -> Result<Vec<Vec<u32>>, ModelError> {
         self.n_calls += 1;
         if self.fail_on_call == Some(self.n_calls) {
-            return Err(ModelError::Backend("scripted failure".into()));
+            return Err(ModelError::Invalid("scripted failure".into()));
         }
         self.calls.lock().unwrap().push(batch.iter().map(|b| b.tokens.len()).collect());
         let bt = self.pool.block_tokens;

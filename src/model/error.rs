@@ -1,6 +1,6 @@
 use thiserror::Error;
 
-use crate::backend::cuda::CudaError;
+use crate::backend::BackendError;
 use crate::gguf::GgufError;
 use crate::quant::QuantError;
 
@@ -28,19 +28,19 @@ pub enum ModelError {
     BadTokenId { id: u32, vocab_size: usize },
     #[error("{0}")]
     Invalid(String),
-    #[error("backend: {0}")]
-    Backend(String),
-    /// The CUDA backend failed (driver, NVRTC, cuBLAS, out of memory, a kernel fault).
+    /// The device failed, or refused what it was given.
     #[error(transparent)]
-    Cuda(CudaError),
+    Backend(BackendError),
 }
 
-impl From<CudaError> for ModelError {
-    fn from(e: CudaError) -> ModelError {
+impl From<BackendError> for ModelError {
+    fn from(e: BackendError) -> ModelError {
         match e {
-            // A type without a kernel is the same error on every device.
-            CudaError::Quant(q) => ModelError::Quant(q),
-            other => ModelError::Cuda(other),
+            // One error per mistake whichever layer finds it.
+            BackendError::Quant(q) => ModelError::Quant(q),
+            BackendError::BadTokenId { id, vocab_size } => ModelError::BadTokenId { id, vocab_size },
+            BackendError::BadTensor { tensor, problem } => ModelError::BadTensor { tensor, problem },
+            other => ModelError::Backend(other),
         }
     }
 }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 pub use error::ModelError;
 pub use qwen2::{LoadOptions, TransformerModel};
 
+use crate::backend::{with_backend, Backend, BackendOptions, Device, WithBackend};
 use crate::gguf::GgufFile;
 use crate::sampling::{SampleSpec, Sampled, SamplingError};
 
@@ -105,31 +106,26 @@ pub trait LanguageModel: Send {
     ) -> Result<Vec<Result<Sampled, SamplingError>>, ModelError>;
 }
 
-/// Loads the model in `file` onto `device` ("cpu", "cuda", "cuda:N") with default [`LoadOptions`].
+/// Loads the model in `file` onto `device` ("auto", "cpu", "cuda", "cuda:N") with default
+/// [`LoadOptions`].
 pub fn load_model(file: Arc<GgufFile>, device: &str) -> Result<Box<dyn LanguageModel>, ModelError> {
     load_model_with(file, device, LoadOptions::default())
 }
 
-/// Loads the model in `file` onto `device`: picks the backend, reads the config, uploads the
+/// Loads the model in `file` onto `device`: makes the backend, reads the config, uploads the
 /// weights and allocates the KV pool.
-pub fn load_model_with(
-    file: Arc<GgufFile>,
-    device: &str,
-    options: LoadOptions,
-) -> Result<Box<dyn LanguageModel>, ModelError> {
-    match device {
-        "cpu" => {
-            let backend = match options.threads {
-                Some(n) => crate::backend::cpu::CpuBackend::with_all_threads(n)?,
-                None => crate::backend::cpu::CpuBackend::new(),
-            }
-            .with_exact_matmul(options.exact_matmul);
-            Ok(Box::new(TransformerModel::load(file, backend, options)?))
-        }
-        d if d.starts_with("cuda") => {
-            let backend = crate::backend::cuda::CudaBackend::new(d)?;
-            Ok(Box::new(TransformerModel::load(file, backend, options)?))
-        }
-        other => Err(ModelError::Invalid(format!("unknown device {other:?} (expected \"cpu\", \"cuda\" or \"cuda:N\")"))),
+pub fn load_model_with(file: Arc<GgufFile>, device: &str, options: LoadOptions) -> Result<Box<dyn LanguageModel>, ModelError> {
+    struct Load {
+        file: Arc<GgufFile>,
+        options: LoadOptions,
     }
+    impl WithBackend for Load {
+        type Output = Result<Box<dyn LanguageModel>, ModelError>;
+        fn run<B: Backend>(self, backend: B) -> Self::Output {
+            Ok(Box::new(TransformerModel::load(self.file, backend, self.options)?))
+        }
+    }
+    let device = Device::parse(device)?;
+    let backend_options = BackendOptions { exact_matmul: options.exact_matmul, threads: options.threads };
+    with_backend(device, backend_options, Load { file, options })?
 }

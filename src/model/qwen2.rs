@@ -10,7 +10,7 @@ use std::sync::Arc;
 use super::config::rope_style;
 use super::weights::{load_weights, Weights};
 use super::{KvPool, LanguageModel, LogitsFor, ModelConfig, ModelError, RowSample, SeqChunk};
-use crate::backend::{AttnParams, Backend, BatchPlan, KvLayout, ReplayKey, RopeParams, SeqSpan};
+use crate::backend::{AttnParams, Backend, BackendError, BatchPlan, KvLayout, ReplayKey, RopeParams, SeqSpan};
 use crate::gguf::GgufFile;
 use crate::sampling::{Sampled, SamplingError};
 
@@ -221,7 +221,7 @@ impl<B: Backend> TransformerModel<B> {
     fn run(
         &mut self,
         plan: &BatchPlan,
-        mut take: impl FnMut(&mut B, &B::Act, usize, usize) -> Result<(), ModelError>,
+        mut take: impl FnMut(&mut B, &B::Act, usize, usize) -> Result<(), BackendError>,
     ) -> Result<(), ModelError> {
         let n = plan.n_tokens();
         if self.buffers.as_ref().map_or(true, |buf| buf.capacity_rows < n) {
@@ -248,7 +248,7 @@ impl<B: Backend> TransformerModel<B> {
             Ok(())
         })?;
         if one_chunk {
-            return if n_out > 0 { take(b, &buf.logits, 0, n_out) } else { Ok(()) };
+            return if n_out > 0 { Ok(take(b, &buf.logits, 0, n_out)?) } else { Ok(()) };
         }
         let mut first = 0;
         while first < n_out {
@@ -273,7 +273,7 @@ struct Layers<'a, B: Backend> {
 
 impl<B: Backend> Layers<'_, B> {
     /// Embedding and every decoder layer: `buf.x` becomes the final hidden states.
-    fn hidden_states(&self, b: &mut B, buf: &mut Buffers<B>, kv: &mut B::KvCache, batch: &B::Batch, n: usize) -> Result<(), ModelError> {
+    fn hidden_states(&self, b: &mut B, buf: &mut Buffers<B>, kv: &mut B::KvCache, batch: &B::Batch, n: usize) -> Result<(), BackendError> {
         let (c, w) = (self.config, self.weights);
         b.embed(&w.token_embd, batch, &mut buf.x)?;
         for (layer, lw) in w.layers.iter().enumerate() {
@@ -299,7 +299,7 @@ impl<B: Backend> Layers<'_, B> {
     }
 
     /// Logits of the wanted rows `first..first + count` into `buf.logits`: final norm, LM head.
-    fn logits_chunk(&self, b: &mut B, buf: &mut Buffers<B>, batch: &B::Batch, first: usize, count: usize) -> Result<(), ModelError> {
+    fn logits_chunk(&self, b: &mut B, buf: &mut Buffers<B>, batch: &B::Batch, first: usize, count: usize) -> Result<(), BackendError> {
         b.gather_rows(&buf.x, batch, first, count, &mut buf.picked)?;
         b.rms_norm(&buf.picked, &self.weights.output_norm, self.config.rms_norm_eps, count, &mut buf.picked_norm)?;
         b.matmul(self.weights.lm_head(), None, &buf.picked_norm, count, &mut buf.logits)

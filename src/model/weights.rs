@@ -55,7 +55,8 @@ impl<B: Backend> Loader<'_, B> {
         }
         let src = TensorSource { file: Arc::clone(self.file), info: info.clone() };
         self.backend.load_weight(&src).map_err(|e| match e {
-            e @ (ModelError::BadTensor { .. } | ModelError::Cuda(_)) => e,
+            // The device's own failures are not the tensor's.
+            e @ (crate::backend::BackendError::BadTensor { .. } | crate::backend::BackendError::Cuda(_)) => e.into(),
             other => ModelError::BadTensor { tensor: name.to_string(), problem: other.to_string() },
         })
     }

@@ -5,6 +5,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyType;
 
 use crate::backend::cuda::CudaError;
+use crate::backend::BackendError;
 use crate::engine::EngineError;
 use crate::gguf::GgufError;
 use crate::model::ModelError;
@@ -64,7 +65,7 @@ impl From<ModelError> for PyErr {
         match e {
             ModelError::ContextLength { .. } => raise("ContextLengthError", e.to_string()),
             ModelError::BadTokenId { .. } => raise("InvalidTokenError", e.to_string()),
-            ModelError::Cuda(c) => c.into(),
+            ModelError::Backend(b) => b.into(),
             ModelError::Quant(q) => q.into(),
             _ => raise("ModelError", e.to_string()),
         }
@@ -96,6 +97,17 @@ impl From<EngineError> for PyErr {
             EngineError::EmptyPrompt | EngineError::EmptyStopString | EngineError::BadLimits => {
                 pyo3::exceptions::PyValueError::new_err(e.to_string())
             }
+        }
+    }
+}
+
+impl From<BackendError> for PyErr {
+    fn from(e: BackendError) -> PyErr {
+        match e {
+            BackendError::Cuda(c) => c.into(),
+            BackendError::Quant(q) => q.into(),
+            BackendError::BadTokenId { .. } => raise("InvalidTokenError", e.to_string()),
+            _ => raise("ModelError", e.to_string()),
         }
     }
 }

@@ -58,18 +58,6 @@ pub(crate) fn open_file(py: Python<'_>, path_or_file: &Bound<'_, PyAny>) -> PyRe
     Ok(Arc::new(py.detach(|| GgufFile::open(&path))?))
 }
 
-/// `device="auto"`: the first CUDA GPU when one is usable, else the CPU.
-fn resolve_device(device: &str) -> String {
-    if device != "auto" {
-        return device.to_string();
-    }
-    if crate::backend::cuda::cuda_available() {
-        "cuda:0".to_string()
-    } else {
-        "cpu".to_string()
-    }
-}
-
 fn positive(name: &str, v: i64) -> PyResult<usize> {
     usize::try_from(v).ok().filter(|&n| n > 0).ok_or_else(|| PyValueError::new_err(format!("{name} = {v}: expected an integer >= 1")))
 }
@@ -99,13 +87,12 @@ impl PyModel {
         let threads = threads.map(|n| positive("threads", n)).transpose()?;
         let kv_cache_tokens = kv_cache_tokens.map(|n| positive("kv_cache_tokens", n)).transpose()?;
         let max_step_tokens = max_step_tokens.map(|n| positive("max_step_tokens", n)).transpose()?;
-        let resolved = resolve_device(device);
         let options = LoadOptions { kv_cache_tokens, max_batch, exact_matmul, threads };
         let path = file.path().map(|p| p.to_path_buf());
         let shared = py.detach(|| -> Result<SharedEngine, PyErr> {
             // A model the file cannot make (a missing tensor, an unknown architecture) names the file.
-            let model = load_model_with(file, &resolved, options).map_err(|e| match e {
-                crate::model::ModelError::Cuda(_) => PyErr::from(e),
+            let model = load_model_with(file, device, options).map_err(|e| match e {
+                crate::model::ModelError::Backend(_) => PyErr::from(e),
                 e => Python::attach(|py| super::gguf::naming_file(py, path.as_deref(), e.into())),
             })?;
             let mut config = EngineConfig::for_model(model.as_ref());

@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 use rayon::prelude::*;
 
 use super::{check_width, AttnParams, Backend, BatchPlan, KvLayout, RopeParams, RopeStyle, TensorSource};
-use crate::model::ModelError;
+use crate::backend::BackendError;
 use crate::quant::{self, GgmlType};
 use crate::sampling::{self, SampleSpec, Sampled, SamplingError};
 
@@ -37,15 +37,15 @@ impl CpuWeight {
         self.src.n_rows()
     }
     /// The packed matrix, repacking on first use; `None` for types without packed kernels.
-    fn packed(&self) -> Result<Option<&quant::PackedMatrix>, ModelError> {
+    fn packed(&self) -> Result<Option<&quant::PackedMatrix>, BackendError> {
         if self.packed.get().is_none() {
             let p = quant::PackedMatrix::new(self.ty(), self.bytes(), self.n_rows(), self.n_cols())?;
             let _ = self.packed.set(p);
         }
         Ok(self.packed.get().and_then(|p| p.as_ref()))
     }
-    fn dense(&self) -> Result<&[f32], ModelError> {
-        self.dense.as_deref().ok_or_else(|| ModelError::BadTensor {
+    fn dense(&self) -> Result<&[f32], BackendError> {
+        self.dense.as_deref().ok_or_else(|| BackendError::BadTensor {
             tensor: self.src.name().to_string(),
             problem: "used as a vector but it is a matrix".into(),
         })
@@ -59,19 +59,19 @@ pub struct CpuAct {
 }
 
 impl CpuAct {
-    fn rows(&self, n_rows: usize) -> Result<&[f32], ModelError> {
+    fn rows(&self, n_rows: usize) -> Result<&[f32], BackendError> {
         check_rows(self, n_rows)?;
         Ok(&self.data[..n_rows * self.width])
     }
-    fn rows_mut(&mut self, n_rows: usize) -> Result<&mut [f32], ModelError> {
+    fn rows_mut(&mut self, n_rows: usize) -> Result<&mut [f32], BackendError> {
         check_rows(self, n_rows)?;
         Ok(&mut self.data[..n_rows * self.width])
     }
 }
 
-fn check_rows(a: &CpuAct, n_rows: usize) -> Result<(), ModelError> {
+fn check_rows(a: &CpuAct, n_rows: usize) -> Result<(), BackendError> {
     if n_rows > a.capacity_rows {
-        return Err(ModelError::Backend(format!(
+        return Err(BackendError::Invalid(format!(
             "{n_rows} rows requested from a buffer of {} rows",
             a.capacity_rows
         )));
@@ -117,12 +117,12 @@ impl CpuBackend {
 
     /// Every op on `n_threads` threads: the matmuls' pool and a rayon pool of the same size for
     /// the rest (`Model.load(threads=n)`).
-    pub fn with_all_threads(n_threads: usize) -> Result<CpuBackend, ModelError> {
+    pub fn with_all_threads(n_threads: usize) -> Result<CpuBackend, BackendError> {
         let mut b = CpuBackend::with_threads(n_threads);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(n_threads.max(1))
             .build()
-            .map_err(|e| ModelError::Backend(format!("starting {n_threads} threads: {e}")))?;
+            .map_err(|e| BackendError::Invalid(format!("starting {n_threads} threads: {e}")))?;
         b.rayon = Some(Arc::new(pool));
         Ok(b)
     }
@@ -163,7 +163,7 @@ impl Backend for CpuBackend {
         "cpu".to_string()
     }
 
-    fn load_weight(&mut self, src: &TensorSource) -> Result<CpuWeight, ModelError> {
+    fn load_weight(&mut self, src: &TensorSource) -> Result<CpuWeight, BackendError> {
         let ty = src.ggml_type();
         let row_bytes = quant::row_bytes(ty, src.n_cols())?;
         quant::check_len(ty, src.bytes().len(), src.n_cols() * src.n_rows())?;
@@ -186,34 +186,34 @@ impl Backend for CpuBackend {
         Ok(w)
     }
 
-    fn alloc_act(&mut self, capacity_rows: usize, width: usize) -> Result<CpuAct, ModelError> {
+    fn alloc_act(&mut self, capacity_rows: usize, width: usize) -> Result<CpuAct, BackendError> {
         let n = capacity_rows
             .checked_mul(width)
-            .ok_or_else(|| ModelError::Backend(format!("activation {capacity_rows} x {width} overflows")))?;
+            .ok_or_else(|| BackendError::Invalid(format!("activation {capacity_rows} x {width} overflows")))?;
         Ok(CpuAct { data: vec![0f32; n], width, capacity_rows })
     }
 
-    fn alloc_kv_cache(&mut self, layout: &KvLayout) -> Result<CpuKvCache, ModelError> {
+    fn alloc_kv_cache(&mut self, layout: &KvLayout) -> Result<CpuKvCache, BackendError> {
         let n = layout
             .n_layers
             .checked_mul(layout.capacity_tokens())
             .and_then(|n| n.checked_mul(layout.n_kv_heads * layout.head_dim))
-            .ok_or_else(|| ModelError::Backend(format!("KV cache {layout:?} overflows")))?;
+            .ok_or_else(|| BackendError::Invalid(format!("KV cache {layout:?} overflows")))?;
         // Zeroed allocation: the OS hands out pages lazily, so a large pool costs only what is used.
         let mut k = Vec::new();
         let mut v = Vec::new();
-        k.try_reserve_exact(n).map_err(|e| ModelError::Backend(format!("KV cache of {n} floats: {e}")))?;
-        v.try_reserve_exact(n).map_err(|e| ModelError::Backend(format!("KV cache of {n} floats: {e}")))?;
+        k.try_reserve_exact(n).map_err(|e| BackendError::Invalid(format!("KV cache of {n} floats: {e}")))?;
+        v.try_reserve_exact(n).map_err(|e| BackendError::Invalid(format!("KV cache of {n} floats: {e}")))?;
         k.resize(n, 0.0);
         v.resize(n, 0.0);
         Ok(CpuKvCache { layout: *layout, k, v })
     }
 
-    fn upload_batch(&mut self, plan: &BatchPlan) -> Result<BatchPlan, ModelError> {
+    fn upload_batch(&mut self, plan: &BatchPlan) -> Result<BatchPlan, BackendError> {
         Ok(plan.clone())
     }
 
-    fn embed(&mut self, table: &CpuWeight, batch: &BatchPlan, out: &mut CpuAct) -> Result<(), ModelError> {
+    fn embed(&mut self, table: &CpuWeight, batch: &BatchPlan, out: &mut CpuAct) -> Result<(), BackendError> {
         if let Some(pool) = self.foreign_pool() {
             return pool.install(|| self.embed(table, batch, out));
         }
@@ -225,14 +225,14 @@ impl Backend for CpuBackend {
         rows.par_chunks_mut(width).zip(batch.tokens.par_iter()).try_for_each(|(row, &tok)| {
             let t = tok as usize;
             if t >= table.n_rows() {
-                return Err(ModelError::BadTokenId { id: tok, vocab_size: table.n_rows() });
+                return Err(BackendError::BadTokenId { id: tok, vocab_size: table.n_rows() });
             }
             quant::dequantize(table.ty(), &bytes[t * table.row_bytes..(t + 1) * table.row_bytes], row)?;
             Ok(())
         })
     }
 
-    fn rms_norm(&mut self, x: &CpuAct, weight: &CpuWeight, eps: f32, n_rows: usize, out: &mut CpuAct) -> Result<(), ModelError> {
+    fn rms_norm(&mut self, x: &CpuAct, weight: &CpuWeight, eps: f32, n_rows: usize, out: &mut CpuAct) -> Result<(), BackendError> {
         let w = weight.dense()?;
         check_width("rms_norm input", x.width, w.len())?;
         check_width("rms_norm output", out.width, w.len())?;
@@ -257,7 +257,7 @@ impl Backend for CpuBackend {
         x: &CpuAct,
         n_rows: usize,
         out: &mut CpuAct,
-    ) -> Result<(), ModelError> {
+    ) -> Result<(), BackendError> {
         let (n_in, n_out) = (w.n_cols(), w.n_rows());
         check_width("matmul input", x.width, n_in)?;
         check_width("matmul output", out.width, n_out)?;
@@ -282,7 +282,7 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn rope(&mut self, x: &mut CpuAct, batch: &BatchPlan, p: &RopeParams) -> Result<(), ModelError> {
+    fn rope(&mut self, x: &mut CpuAct, batch: &BatchPlan, p: &RopeParams) -> Result<(), BackendError> {
         if let Some(pool) = self.foreign_pool() {
             return pool.install(|| self.rope(x, batch, p));
         }
@@ -332,7 +332,7 @@ impl Backend for CpuBackend {
         batch: &BatchPlan,
         p: &AttnParams,
         out: &mut CpuAct,
-    ) -> Result<(), ModelError> {
+    ) -> Result<(), BackendError> {
         if let Some(pool) = self.foreign_pool() {
             return pool.install(|| self.attention(q, k, v, cache, layer, batch, p, out));
         }
@@ -349,7 +349,7 @@ impl Backend for CpuBackend {
         for t in 0..n {
             let slot = batch.slots[t] as usize;
             if slot >= capacity {
-                return Err(ModelError::Backend(format!("KV slot {slot} past capacity {capacity}")));
+                return Err(BackendError::Invalid(format!("KV slot {slot} past capacity {capacity}")));
             }
             let dst = layer_base + slot * kv_width;
             cache.k[dst..dst + kv_width].copy_from_slice(&ks[t * kv_width..(t + 1) * kv_width]);
@@ -404,7 +404,7 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn swiglu(&mut self, gate: &CpuAct, up: &CpuAct, n_rows: usize, out: &mut CpuAct) -> Result<(), ModelError> {
+    fn swiglu(&mut self, gate: &CpuAct, up: &CpuAct, n_rows: usize, out: &mut CpuAct) -> Result<(), BackendError> {
         check_width("swiglu up", up.width, gate.width)?;
         check_width("swiglu out", out.width, gate.width)?;
         let (g, u) = (gate.rows(n_rows)?, up.rows(n_rows)?);
@@ -414,7 +414,7 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn add_assign(&mut self, x: &mut CpuAct, y: &CpuAct, n_rows: usize) -> Result<(), ModelError> {
+    fn add_assign(&mut self, x: &mut CpuAct, y: &CpuAct, n_rows: usize) -> Result<(), BackendError> {
         check_width("add", y.width, x.width)?;
         let ys = y.rows(n_rows)?;
         for (a, &b) in x.rows_mut(n_rows)?.iter_mut().zip(ys) {
@@ -423,13 +423,13 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn gather_rows(&mut self, x: &CpuAct, batch: &BatchPlan, first: usize, count: usize, out: &mut CpuAct) -> Result<(), ModelError> {
+    fn gather_rows(&mut self, x: &CpuAct, batch: &BatchPlan, first: usize, count: usize, out: &mut CpuAct) -> Result<(), BackendError> {
         check_width("gather", out.width, x.width)?;
         let w = x.width;
         let picks = batch
             .logit_rows
             .get(first..first + count)
-            .ok_or_else(|| ModelError::Backend(format!("logit rows {first}..{} out of range", first + count)))?;
+            .ok_or_else(|| BackendError::Invalid(format!("logit rows {first}..{} out of range", first + count)))?;
         let xs = x.rows(batch.n_tokens())?;
         let os = out.rows_mut(count)?;
         for (o, &r) in os.chunks_exact_mut(w).zip(picks) {
@@ -439,14 +439,14 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn read_rows(&mut self, x: &CpuAct, n_rows: usize, out: &mut [f32]) -> Result<(), ModelError> {
+    fn read_rows(&mut self, x: &CpuAct, n_rows: usize, out: &mut [f32]) -> Result<(), BackendError> {
         let xs = x.rows(n_rows)?;
         check_width("read_rows destination", out.len(), xs.len())?;
         out.copy_from_slice(xs);
         Ok(())
     }
 
-    fn sample(&mut self, logits: &CpuAct, specs: &[SampleSpec<'_>], out: &mut Vec<Result<Sampled, SamplingError>>) -> Result<(), ModelError> {
+    fn sample(&mut self, logits: &CpuAct, specs: &[SampleSpec<'_>], out: &mut Vec<Result<Sampled, SamplingError>>) -> Result<(), BackendError> {
         if let Some(pool) = self.foreign_pool() {
             return pool.install(|| self.sample(logits, specs, out));
         }

@@ -23,7 +23,7 @@ use super::context::{cublas_library_present, CudaContext};
 use super::error::CudaError;
 use super::kernels::{self, ATTENTION_THREADS, NORM_THREADS};
 use crate::backend::{check_width, AttnParams, Backend, BatchPlan, KvLayout, OwnedRows, ReplayKey, RopeParams, RopeStyle, TensorSource};
-use crate::model::ModelError;
+use crate::backend::BackendError;
 use crate::quant::{self, GgmlType, QuantError};
 use crate::sampling::{SampleSpec, Sampled, SamplingError};
 
@@ -50,8 +50,8 @@ pub struct CudaWeight {
 }
 
 impl CudaWeight {
-    fn dense(&self) -> Result<&CudaSlice<f32>, ModelError> {
-        self.dense.as_ref().ok_or_else(|| ModelError::BadTensor {
+    fn dense(&self) -> Result<&CudaSlice<f32>, BackendError> {
+        self.dense.as_ref().ok_or_else(|| BackendError::BadTensor {
             tensor: self.name.clone(),
             problem: "used as a vector but it is a matrix".into(),
         })
@@ -155,15 +155,15 @@ macro_rules! launch {
 }
 pub(super) use launch;
 
-fn check_rows(what: &str, a: &CudaAct, n_rows: usize) -> Result<(), ModelError> {
+fn check_rows(what: &str, a: &CudaAct, n_rows: usize) -> Result<(), BackendError> {
     if n_rows > a.capacity_rows {
-        return Err(ModelError::Backend(format!("{what}: {n_rows} rows requested from a buffer of {} rows", a.capacity_rows)));
+        return Err(BackendError::Invalid(format!("{what}: {n_rows} rows requested from a buffer of {} rows", a.capacity_rows)));
     }
     Ok(())
 }
 
-fn to_u32(what: &str, n: usize) -> Result<u32, ModelError> {
-    u32::try_from(n).map_err(|_| ModelError::Backend(format!("{what} = {n} does not fit the kernels' 32-bit counts")))
+fn to_u32(what: &str, n: usize) -> Result<u32, BackendError> {
+    u32::try_from(n).map_err(|_| BackendError::Invalid(format!("{what} = {n} does not fit the kernels' 32-bit counts")))
 }
 
 impl CudaBackend {
@@ -231,7 +231,7 @@ impl Backend for CudaBackend {
         self.ctx.device_name()
     }
 
-    fn load_weight(&mut self, src: &TensorSource) -> Result<CudaWeight, ModelError> {
+    fn load_weight(&mut self, src: &TensorSource) -> Result<CudaWeight, BackendError> {
         use super::matvec::{self, Layout};
         let ty = src.ggml_type();
         let (n_cols, n_rows) = (src.n_cols(), src.n_rows());
@@ -256,29 +256,29 @@ impl Backend for CudaBackend {
         let blocks = self.ctx.upload_weights(repacked.as_deref().unwrap_or(src.bytes()), src.name())?;
         if let (Layout::Tiles(grid), Some(tiled)) = (layout, &kernels.tiled) {
             // Sized here, never during a forward: a recorded graph holds the scratch's address.
-            let mut scratch = tiled.scratch.lock().map_err(|_| ModelError::Backend("split-K scratch lock poisoned".into()))?;
+            let mut scratch = tiled.scratch.lock().map_err(|_| BackendError::Invalid("split-K scratch lock poisoned".into()))?;
             scratch.reserve(&self.ctx, tiled.sms, &grid)?;
         }
         Ok(CudaWeight { name, ty, n_cols, n_rows, row_bytes, blocks, layout, dense: None, kernels: Some(kernels) })
     }
 
-    fn alloc_act(&mut self, capacity_rows: usize, width: usize) -> Result<CudaAct, ModelError> {
+    fn alloc_act(&mut self, capacity_rows: usize, width: usize) -> Result<CudaAct, BackendError> {
         let n = capacity_rows
             .checked_mul(width)
-            .ok_or_else(|| ModelError::Backend(format!("activation {capacity_rows} x {width} overflows")))?;
+            .ok_or_else(|| BackendError::Invalid(format!("activation {capacity_rows} x {width} overflows")))?;
         let buf = self.ctx.alloc::<f32>(n, &format!("an activation buffer of {capacity_rows} x {width}"))?;
         Ok(CudaAct { buf, width, capacity_rows })
     }
 
-    fn alloc_kv_cache(&mut self, layout: &KvLayout) -> Result<CudaKvCache, ModelError> {
+    fn alloc_kv_cache(&mut self, layout: &KvLayout) -> Result<CudaKvCache, BackendError> {
         let n = layout
             .n_layers
             .checked_mul(layout.capacity_tokens())
             .and_then(|n| n.checked_mul(layout.n_kv_heads * layout.head_dim))
-            .ok_or_else(|| ModelError::Backend(format!("KV cache {layout:?} overflows")))?;
+            .ok_or_else(|| BackendError::Invalid(format!("KV cache {layout:?} overflows")))?;
         if self.fixed.attention.as_ref().map_or(true, |(hd, _)| *hd != layout.head_dim) {
             let defines = kernels::attention_defines(layout.head_dim).ok_or_else(|| {
-                ModelError::Backend(format!(
+                BackendError::Invalid(format!(
                     "head_dim {} has no CUDA attention kernel (these do: {:?})",
                     layout.head_dim,
                     kernels::ATTENTION_HEAD_DIMS
@@ -288,7 +288,7 @@ impl Backend for CudaBackend {
             self.fixed.attention = Some((layout.head_dim, f));
         }
         if !layout.block_tokens.is_power_of_two() {
-            return Err(ModelError::Backend(format!("KV blocks of {} tokens: the kernels need a power of two", layout.block_tokens)));
+            return Err(BackendError::Invalid(format!("KV blocks of {} tokens: the kernels need a power of two", layout.block_tokens)));
         }
         let what = format!("the KV cache ({} layers x {} token slots)", layout.n_layers, layout.capacity_tokens());
         let k = self.ctx.alloc_zeros::<f32>(n, &format!("K of {what}"))?;
@@ -297,10 +297,10 @@ impl Backend for CudaBackend {
         Ok(CudaKvCache { layout: *layout, k, v })
     }
 
-    fn upload_batch(&mut self, plan: &BatchPlan) -> Result<CudaBatch, ModelError> {
+    fn upload_batch(&mut self, plan: &BatchPlan) -> Result<CudaBatch, BackendError> {
         let n = plan.n_tokens();
         if plan.positions.len() != n || plan.token_seq.len() != n {
-            return Err(ModelError::Backend("batch plan arrays differ in length".into()));
+            return Err(BackendError::Invalid("batch plan arrays differ in length".into()));
         }
         // Packed, all u32: tokens | positions | slots | table_offset | logit_rows | block_tables.
         // Every offset but the block tables' depends only on the token and logit-row counts,
@@ -312,7 +312,7 @@ impl Backend for CudaBackend {
             // The kernels index the cache with these; check them here, where an error can still
             // say which token.
             if slot as usize >= self.kv_capacity_tokens {
-                return Err(ModelError::Backend(format!("KV slot {slot} of token {t} past capacity {}", self.kv_capacity_tokens)));
+                return Err(BackendError::Invalid(format!("KV slot {slot} of token {t} past capacity {}", self.kv_capacity_tokens)));
             }
             packed.push(slot);
         }
@@ -320,20 +320,20 @@ impl Backend for CudaBackend {
             let seq = plan
                 .seqs
                 .get(plan.token_seq[t] as usize)
-                .ok_or_else(|| ModelError::Backend(format!("token {t} names sequence {} of {}", plan.token_seq[t], plan.seqs.len())))?;
+                .ok_or_else(|| BackendError::Invalid(format!("token {t} names sequence {} of {}", plan.token_seq[t], plan.seqs.len())))?;
             let blocks_needed = (plan.positions[t] as usize / plan.block_tokens.max(1) as usize) + 1;
             if seq.table_offset as usize + blocks_needed > plan.block_tables.len() {
-                return Err(ModelError::Backend(format!("token {t}: its block table is shorter than its position {}", plan.positions[t])));
+                return Err(BackendError::Invalid(format!("token {t}: its block table is shorter than its position {}", plan.positions[t])));
             }
             packed.push(seq.table_offset);
         }
         if let Some(&r) = plan.logit_rows.iter().find(|&&r| r as usize >= n) {
-            return Err(ModelError::Backend(format!("logit row {r} of a batch of {n} tokens")));
+            return Err(BackendError::Invalid(format!("logit row {r} of a batch of {n} tokens")));
         }
         packed.extend_from_slice(&plan.logit_rows);
         let capacity_blocks = self.kv_capacity_tokens / plan.block_tokens.max(1) as usize;
         if let Some(&b) = plan.block_tables.iter().find(|&&b| b as usize >= capacity_blocks) {
-            return Err(ModelError::Backend(format!("KV block {b} of a pool of {capacity_blocks}")));
+            return Err(BackendError::Invalid(format!("KV block {b} of a pool of {capacity_blocks}")));
         }
         packed.extend_from_slice(&plan.block_tables);
         let need = packed.len().max(1);
@@ -359,14 +359,14 @@ impl Backend for CudaBackend {
         })
     }
 
-    fn embed(&mut self, table: &CudaWeight, batch: &CudaBatch, out: &mut CudaAct) -> Result<(), ModelError> {
+    fn embed(&mut self, table: &CudaWeight, batch: &CudaBatch, out: &mut CudaAct) -> Result<(), BackendError> {
         check_width("embedding output", out.width, table.n_cols)?;
         check_rows("embedding output", out, batch.n_tokens)?;
         let f = table
             .kernels
             .as_ref()
             .map(|k| &k.embed)
-            .ok_or_else(|| ModelError::Backend(format!("{}: a vector cannot be an embedding table", table.name)))?;
+            .ok_or_else(|| BackendError::Invalid(format!("{}: a vector cannot be an embedding table", table.name)))?;
         let n = (batch.n_tokens * table.n_cols) as u64;
         let (row_bytes, n_table_rows) = (table.row_bytes as u64, to_u32("table rows", table.n_rows)?);
         let (n_tokens, width) = (to_u32("tokens", batch.n_tokens)?, to_u32("width", table.n_cols)?);
@@ -374,7 +374,7 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
-    fn rms_norm(&mut self, x: &CudaAct, weight: &CudaWeight, eps: f32, n_rows: usize, out: &mut CudaAct) -> Result<(), ModelError> {
+    fn rms_norm(&mut self, x: &CudaAct, weight: &CudaWeight, eps: f32, n_rows: usize, out: &mut CudaAct) -> Result<(), BackendError> {
         let w = weight.dense()?;
         check_width("rms_norm input", x.width, weight.n_cols)?;
         check_width("rms_norm output", out.width, weight.n_cols)?;
@@ -389,7 +389,7 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
-    fn matmul(&mut self, w: &CudaWeight, bias: Option<&CudaWeight>, x: &CudaAct, n_rows: usize, out: &mut CudaAct) -> Result<(), ModelError> {
+    fn matmul(&mut self, w: &CudaWeight, bias: Option<&CudaWeight>, x: &CudaAct, n_rows: usize, out: &mut CudaAct) -> Result<(), BackendError> {
         check_width("matmul input", x.width, w.n_cols)?;
         check_width("matmul output", out.width, w.n_rows)?;
         check_rows("matmul input", x, n_rows)?;
@@ -407,11 +407,11 @@ impl Backend for CudaBackend {
         super::matmul::matmul(self, w, bias, x, n_rows, out)
     }
 
-    fn rope(&mut self, x: &mut CudaAct, batch: &CudaBatch, p: &RopeParams) -> Result<(), ModelError> {
+    fn rope(&mut self, x: &mut CudaAct, batch: &CudaBatch, p: &RopeParams) -> Result<(), BackendError> {
         check_width("rope input", x.width, p.n_heads * p.head_dim)?;
         check_rows("rope input", x, batch.n_tokens)?;
         if p.head_dim % 2 != 0 {
-            return Err(ModelError::Backend(format!("rope: odd head_dim {}", p.head_dim)));
+            return Err(BackendError::Invalid(format!("rope: odd head_dim {}", p.head_dim)));
         }
         if batch.n_tokens == 0 {
             return Ok(());
@@ -435,7 +435,7 @@ impl Backend for CudaBackend {
         batch: &CudaBatch,
         p: &AttnParams,
         out: &mut CudaAct,
-    ) -> Result<(), ModelError> {
+    ) -> Result<(), BackendError> {
         let hd = p.head_dim;
         let lay = cache.layout;
         let (_, kv_width) = p.check_shapes(q.width, k.width, v.width, out.width, &lay, layer)?;
@@ -445,10 +445,10 @@ impl Backend for CudaBackend {
         }
         check_rows("attention out", out, n)?;
         if p.n_kv_heads == 0 || p.n_heads % p.n_kv_heads != 0 {
-            return Err(ModelError::Backend(format!("{} query heads do not group over {} KV heads", p.n_heads, p.n_kv_heads)));
+            return Err(BackendError::Invalid(format!("{} query heads do not group over {} KV heads", p.n_heads, p.n_kv_heads)));
         }
         let Some((_, attend)) = self.fixed.attention.as_ref().filter(|(d, _)| *d == hd) else {
-            return Err(ModelError::Backend(format!(
+            return Err(BackendError::Invalid(format!(
                 "head_dim {hd} has no CUDA attention kernel (these do: {:?})",
                 kernels::ATTENTION_HEAD_DIMS
             )));
@@ -457,7 +457,7 @@ impl Backend for CudaBackend {
             return Ok(());
         }
         if batch.block_tokens as usize != lay.block_tokens {
-            return Err(ModelError::Backend(format!("batch of {}-token blocks on a cache of {}-token blocks", batch.block_tokens, lay.block_tokens)));
+            return Err(BackendError::Invalid(format!("batch of {}-token blocks on a cache of {}-token blocks", batch.block_tokens, lay.block_tokens)));
         }
         let layer_len = lay.capacity_tokens() * kv_width;
         let range = layer * layer_len..(layer + 1) * layer_len;
@@ -493,7 +493,7 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
-    fn swiglu(&mut self, gate: &CudaAct, up: &CudaAct, n_rows: usize, out: &mut CudaAct) -> Result<(), ModelError> {
+    fn swiglu(&mut self, gate: &CudaAct, up: &CudaAct, n_rows: usize, out: &mut CudaAct) -> Result<(), BackendError> {
         check_width("swiglu up", up.width, gate.width)?;
         check_width("swiglu out", out.width, gate.width)?;
         for (what, a) in [("swiglu gate", gate), ("swiglu up", up)] {
@@ -508,7 +508,7 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
-    fn add_assign(&mut self, x: &mut CudaAct, y: &CudaAct, n_rows: usize) -> Result<(), ModelError> {
+    fn add_assign(&mut self, x: &mut CudaAct, y: &CudaAct, n_rows: usize) -> Result<(), BackendError> {
         check_width("add", y.width, x.width)?;
         check_rows("add", x, n_rows)?;
         check_rows("add", y, n_rows)?;
@@ -520,10 +520,10 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
-    fn gather_rows(&mut self, x: &CudaAct, batch: &CudaBatch, first: usize, count: usize, out: &mut CudaAct) -> Result<(), ModelError> {
+    fn gather_rows(&mut self, x: &CudaAct, batch: &CudaBatch, first: usize, count: usize, out: &mut CudaAct) -> Result<(), BackendError> {
         check_width("gather", out.width, x.width)?;
         if first + count > batch.n_logit_rows {
-            return Err(ModelError::Backend(format!("logit rows {first}..{} of {}", first + count, batch.n_logit_rows)));
+            return Err(BackendError::Invalid(format!("logit rows {first}..{} of {}", first + count, batch.n_logit_rows)));
         }
         check_rows("gather input", x, batch.n_tokens)?;
         check_rows("gather output", out, count)?;
@@ -537,7 +537,7 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
-    fn read_rows(&mut self, x: &CudaAct, n_rows: usize, out: &mut [f32]) -> Result<(), ModelError> {
+    fn read_rows(&mut self, x: &CudaAct, n_rows: usize, out: &mut [f32]) -> Result<(), BackendError> {
         check_rows("read_rows", x, n_rows)?;
         let n = n_rows * x.width;
         check_width("read_rows destination", out.len(), n)?;
@@ -554,12 +554,12 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
-    fn alloc_owned_rows(&mut self, n_rows: usize, width: usize) -> Result<OwnedRows, ModelError> {
-        let n = n_rows.checked_mul(width).ok_or_else(|| ModelError::Backend(format!("{n_rows} x {width} rows overflow")))?;
+    fn alloc_owned_rows(&mut self, n_rows: usize, width: usize) -> Result<OwnedRows, BackendError> {
+        let n = n_rows.checked_mul(width).ok_or_else(|| BackendError::Invalid(format!("{n_rows} x {width} rows overflow")))?;
         Ok(OwnedRows::Cuda(super::device_tensor::DeviceTensor::alloc(self.ctx.clone(), n, &format!("{n_rows} rows of logits"))?))
     }
 
-    fn copy_rows(&mut self, x: &CudaAct, n_rows: usize, width: usize, dst: &mut OwnedRows, dst_row: usize) -> Result<(), ModelError> {
+    fn copy_rows(&mut self, x: &CudaAct, n_rows: usize, width: usize, dst: &mut OwnedRows, dst_row: usize) -> Result<(), BackendError> {
         check_rows("copy_rows", x, n_rows)?;
         check_width("copy_rows", x.width, width)?;
         match dst {
@@ -567,17 +567,17 @@ impl Backend for CudaBackend {
             OwnedRows::Host(v) => {
                 let out = v
                     .get_mut(dst_row * width..(dst_row + n_rows) * width)
-                    .ok_or_else(|| ModelError::Backend("copy_rows past the end of its destination".into()))?;
+                    .ok_or_else(|| BackendError::Invalid("copy_rows past the end of its destination".into()))?;
                 self.read_rows(x, n_rows, out)
             }
         }
     }
 
-    fn sample(&mut self, logits: &CudaAct, specs: &[SampleSpec<'_>], out: &mut Vec<Result<Sampled, SamplingError>>) -> Result<(), ModelError> {
+    fn sample(&mut self, logits: &CudaAct, specs: &[SampleSpec<'_>], out: &mut Vec<Result<Sampled, SamplingError>>) -> Result<(), BackendError> {
         super::sampling::sample(self, logits, specs, out)
     }
 
-    fn replayable(&mut self, key: Option<ReplayKey>, ops: impl FnOnce(&mut Self) -> Result<(), ModelError>) -> Result<(), ModelError> {
+    fn replayable(&mut self, key: Option<ReplayKey>, ops: impl FnOnce(&mut Self) -> Result<(), BackendError>) -> Result<(), BackendError> {
         // Only matvec-sized batches: larger ones call cuBLAS, and their launch overhead is small
         // beside their work anyway.
         let Some(key) = key.filter(|k| self.graphs_enabled && k.n_tokens <= kernels::MATVEC_MAX_ROWS) else {

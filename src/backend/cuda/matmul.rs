@@ -18,7 +18,7 @@ use super::dequant::dequantize_into;
 use super::error::CudaError;
 use super::kernels::MATVEC_MAX_ROWS;
 use super::matvec::{dequant_tile_rows, launch_matvec, Layout, MatvecArgs};
-use crate::model::ModelError;
+use crate::backend::BackendError;
 
 /// Most float32 elements of dequantized weight rows held at once (128 MiB): bounds the scratch
 /// buffer whatever the matrix (the 151936 x 896 LM head goes in 5 chunks).
@@ -31,7 +31,7 @@ pub(super) fn matmul(
     x: &CudaAct,
     n_x: usize,
     out: &mut CudaAct,
-) -> Result<(), ModelError> {
+) -> Result<(), BackendError> {
     let direct = n_x <= MATVEC_MAX_ROWS && w.n_cols % 32 == 0;
     if direct {
         matvec(be, w, bias, x, n_x, out)
@@ -40,8 +40,8 @@ pub(super) fn matmul(
     }
 }
 
-fn matvec(be: &mut CudaBackend, w: &CudaWeight, bias: Option<&CudaSlice<f32>>, x: &CudaAct, n_x: usize, out: &mut CudaAct) -> Result<(), ModelError> {
-    let kernels = w.kernels.as_ref().ok_or_else(|| ModelError::Backend(format!("{}: a vector cannot be multiplied", w.name)))?;
+fn matvec(be: &mut CudaBackend, w: &CudaWeight, bias: Option<&CudaSlice<f32>>, x: &CudaAct, n_x: usize, out: &mut CudaAct) -> Result<(), BackendError> {
+    let kernels = w.kernels.as_ref().ok_or_else(|| BackendError::Invalid(format!("{}: a vector cannot be multiplied", w.name)))?;
     let bias = bias.map_or(0, |b| addr(b, &be.ctx));
     let args = MatvecArgs {
         name: &w.name,
@@ -59,12 +59,12 @@ fn matvec(be: &mut CudaBackend, w: &CudaWeight, bias: Option<&CudaSlice<f32>>, x
     Ok(())
 }
 
-fn dequant_gemm(be: &mut CudaBackend, w: &CudaWeight, bias: Option<&CudaSlice<f32>>, x: &CudaAct, n_x: usize, out: &mut CudaAct) -> Result<(), ModelError> {
+fn dequant_gemm(be: &mut CudaBackend, w: &CudaWeight, bias: Option<&CudaSlice<f32>>, x: &CudaAct, n_x: usize, out: &mut CudaAct) -> Result<(), BackendError> {
     let (n_cols, n_rows) = (w.n_cols, w.n_rows);
     if n_rows == 0 || n_cols == 0 {
         return Ok(());
     }
-    let too_big = |what: &str, v: usize| ModelError::Backend(format!("{}: {what} {v} exceeds cuBLAS's 32-bit sizes", w.name));
+    let too_big = |what: &str, v: usize| BackendError::Invalid(format!("{}: {what} {v} exceeds cuBLAS's 32-bit sizes", w.name));
     let as_i32 = |what: &str, v: usize| i32::try_from(v).map_err(|_| too_big(what, v));
     let chunk_rows = (SCRATCH_MAX_ELEMS / n_cols.max(1)).clamp(1, n_rows);
     let scratch_elems = chunk_rows * n_cols;

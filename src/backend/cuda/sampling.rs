@@ -12,7 +12,7 @@ use super::backend::{launch, CudaAct, CudaBackend};
 use super::context::CudaContext;
 use super::error::CudaError;
 use super::kernels;
-use crate::model::ModelError;
+use crate::backend::BackendError;
 use crate::sampling::{noise, SampleSpec, Sampled, SamplingError};
 
 /// Words per row of parameters (`RowParams` in sampling.cu).
@@ -152,9 +152,9 @@ pub(super) fn sample(
     logits: &CudaAct,
     specs: &[SampleSpec<'_>],
     out: &mut Vec<Result<Sampled, SamplingError>>,
-) -> Result<(), ModelError> {
+) -> Result<(), BackendError> {
     if specs.len() > logits.capacity_rows {
-        return Err(ModelError::Backend(format!("sampling {} rows of a buffer of {}", specs.len(), logits.capacity_rows)));
+        return Err(BackendError::Invalid(format!("sampling {} rows of a buffer of {}", specs.len(), logits.capacity_rows)));
     }
     let vocab = logits.width;
     if be.host_sampling {

@@ -1,0 +1,66 @@
+//! Which device runs a model, and building its backend.
+//!
+//! The model is generic over its backend; [`with_backend`] makes the backend a [`Device`] names
+//! and hands it to a [`WithBackend`] (the model's loader), so that nothing above this module
+//! names a backend type.
+
+use super::cpu::CpuBackend;
+use super::cuda::{self, CudaBackend};
+use super::{Backend, BackendError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    /// The CUDA device of this ordinal.
+    Cuda(usize),
+}
+
+impl Device {
+    /// `"cpu"`, `"cuda"` (device 0), `"cuda:N"`, or `"auto"`: the first CUDA device when one is
+    /// usable, else the CPU.
+    pub fn parse(name: &str) -> Result<Device, BackendError> {
+        match name {
+            "cpu" => Ok(Device::Cpu),
+            "auto" => Ok(if cuda::cuda_available() { Device::Cuda(0) } else { Device::Cpu }),
+            n if n.starts_with("cuda") => Ok(Device::Cuda(cuda::parse_device(n)?)),
+            other => Err(BackendError::UnknownDevice(other.to_string())),
+        }
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            Device::Cpu => "cpu".to_string(),
+            Device::Cuda(n) => format!("cuda:{n}"),
+        }
+    }
+}
+
+/// Options a backend takes when it is made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BackendOptions {
+    /// CPU: multiply dequantized weight rows by float32 activations instead of quantizing the
+    /// activations to 8 bits.
+    pub exact_matmul: bool,
+    /// CPU: threads for every op; `None`: the physical cores (or `RAYON_NUM_THREADS`).
+    pub threads: Option<usize>,
+}
+
+/// Something to do with a backend of any type (the model's loader).
+pub trait WithBackend {
+    type Output;
+    fn run<B: Backend>(self, backend: B) -> Self::Output;
+}
+
+/// Makes the backend of `device` and runs `w` with it.
+pub fn with_backend<W: WithBackend>(device: Device, options: BackendOptions, w: W) -> Result<W::Output, BackendError> {
+    Ok(match device {
+        Device::Cpu => {
+            let backend = match options.threads {
+                Some(n) => CpuBackend::with_all_threads(n)?,
+                None => CpuBackend::new(),
+            };
+            w.run(backend.with_exact_matmul(options.exact_matmul))
+        }
+        Device::Cuda(n) => w.run(CudaBackend::new(&Device::Cuda(n).name())?),
+    })
+}
