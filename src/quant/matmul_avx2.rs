@@ -51,7 +51,7 @@ unsafe fn hsum_ps(v: __m256) -> f32 {
 /// Bit j of `bits` -> byte j = 0xFF or 0x00, for j in 0..32.
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn bytes_from_bits(bits: u32) -> __m256i {
+pub(crate) unsafe fn bytes_from_bits(bits: u32) -> __m256i {
     // Byte j takes source byte j / 8 ...
     let spread = _mm256_shuffle_epi8(
         _mm256_set1_epi32(bits as i32),

@@ -22,17 +22,7 @@ unsafe fn load32(p: *const u8) -> __m256i {
     _mm256_loadu_si256(p as *const __m256i)
 }
 
-/// Bit j of `bits` -> byte j = 0xFF or 0x00, for j in 0..32.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn bytes_from_bits(bits: u32) -> __m256i {
-    let spread = _mm256_shuffle_epi8(
-        _mm256_set1_epi32(bits as i32),
-        _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0),
-    );
-    const OTHER_BITS: i64 = i64::from_le_bytes([!1, !2, !4, !8, !16, !32, !64, !128]);
-    _mm256_cmpeq_epi8(_mm256_or_si256(spread, _mm256_set1_epi64x(OTHER_BITS)), _mm256_set1_epi8(-1))
-}
+use super::matmul_avx2::bytes_from_bits;
 
 /// Half `h` (rows 8h..8h+8) of the block's weight vectors: unsigned bytes, or for the signed
 /// formats the signed values.
