@@ -138,7 +138,7 @@ pub fn _sample_rows(
     if logprobs.is_some_and(|k| k > MAX_TOP_LOGPROBS) {
         return Err(pyo3::exceptions::PyValueError::new_err(format!("logprobs at most {MAX_TOP_LOGPROBS}")));
     }
-    let data = logits.as_slice()?.to_vec();
+    let data = logits.as_slice()?;
     let prompt = prompt_token_ids.into_iter().map(|t| token_id(t, vocab)).collect::<PyResult<Vec<u32>>>()?;
     let mut history = PenaltyHistory::new(&prompt);
     for t in output_token_ids {
@@ -156,10 +156,10 @@ pub fn _sample_rows(
         .collect();
     let mut out = Vec::with_capacity(rows);
     match device {
-        "cpu" => py.detach(|| crate::sampling::sample_rows(&data, vocab, &specs, &mut out)),
+        "cpu" => crate::sampling::sample_rows(data, vocab, &specs, &mut out),
         d if d.starts_with("cuda") => {
             let ctx = crate::backend::cuda::CudaContext::get(d)?;
-            let dev = ctx.upload(&data, "logits to sample")?;
+            let dev = ctx.upload(data, "logits to sample")?;
             let ptr = crate::backend::cuda::backend_addr(&dev, &ctx);
             let mut sampler = crate::backend::cuda::DeviceSampler::new(ctx.clone())?;
             py.detach(|| sampler.sample(ptr, data.len(), vocab, &specs, &mut out))?;
