@@ -3,7 +3,10 @@
 which records every kernel of the process, ferrite's included) and the wall time of a step with
 and without CUDA graphs, split into the forward itself and the host-side logits handling.
 
-    python benches/profile_cuda_decode.py MODEL.gguf [--steps 64]
+    python benches/profile_cuda_decode.py MODEL.gguf [--steps 64] [--batch N]
+
+With --batch N > 1 the kernel table profiles N sequences through the Generator (the engine's
+decode steps with the device sampler) instead of one sequence through Model.forward.
 
 Needs torch (for the profiler) on the GPU machine; prints tables only.
 """
@@ -60,26 +63,38 @@ def main() -> int:
         import ferrite
 
         torch.cuda.init()
-        m = ferrite.Model.load(args.model, device="cuda", kv_cache_tokens=8192)
-        s = m.new_sequence(max_tokens=args.steps + 40)
-        m.forward([100, 200, 300, 400], seq=s)
-        for _ in range(3):
-            m.forward([500], seq=s)
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            for _ in range(args.steps):
+        if args.batch > 1:
+            # A batch through the Generator: the engine's step, the device sampler, the
+            # large-batch projections, 128-token prompts as in bench_generate.
+            m = ferrite.Model.load(args.model, device="cuda", max_batch=args.batch)
+            gen = ferrite.Generator(m, ferrite.Tokenizer.from_gguf(args.model))
+            ps = [[100 + i, 200, 300, 400] * 32 for i in range(args.batch)]
+            gen.generate(ps, max_tokens=8, ignore_eos=True)
+            t0 = time.perf_counter()
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                gen.generate(ps, max_tokens=args.steps, temperature=0.8, seed=1, ignore_eos=True)
+            print(f"Generator, {args.batch} sequences x {args.steps} tokens: {time.perf_counter() - t0:.3f} s under the profiler")
+        else:
+            m = ferrite.Model.load(args.model, device="cuda", kv_cache_tokens=8192)
+            s = m.new_sequence(max_tokens=args.steps + 40)
+            m.forward([100, 200, 300, 400], seq=s)
+            for _ in range(3):
                 m.forward([500], seq=s)
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                for _ in range(args.steps):
+                    m.forward([500], seq=s)
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25))
         return 0
 
     for graphs in ("1", "0"):
-        for batch in (1, 8):
+        for batch in sorted({1, 8, args.batch}):
             env = dict(os.environ, FERRITE_CUDA_GRAPHS=graphs)
             r = subprocess.run([sys.executable, __file__, args.model, "--child", "time", "--steps", str(args.steps),
                                 "--batch", str(batch)], env=env, capture_output=True, text=True)
             line = next((l for l in r.stdout.splitlines() if l.startswith("RESULT")), r.stderr[-500:])
             print(f"graphs={graphs} batch={batch}: {line}", flush=True)
     env = dict(os.environ, FERRITE_CUDA_GRAPHS="0")
-    r = subprocess.run([sys.executable, __file__, args.model, "--child", "kernels", "--steps", "16"], env=env,
+    r = subprocess.run([sys.executable, __file__, args.model, "--child", "kernels", "--steps", "16", "--batch", str(args.batch)], env=env,
                        capture_output=True, text=True)
     print(r.stdout[-6000:] or r.stderr[-2000:])
     return 0

@@ -24,6 +24,10 @@
 #                GGUF (FERRITE_HF=random skips transformers' ~75 s GGUF load);
 #     all:       synthetic + real (the default);
 #     final:     quick + real (when the synthetic numbers are already in hand);
+#     e2e:       the real model (uploaded) end to end beside llama.cpp (built in the background by
+#                .device/llamacpp/build.sh in an earlier call): engine/sampler/DLPack tests, the
+#                cuda+model tests, llama.cpp's benches, bench_generate with llama.cpp's S_TG
+#                beside, a kernel profile of a 64-sequence decode step;
 #     matvec:    the matrix-vector kernels alone: tests/test_cuda_matvec.py (every type, 1..8
 #                rows, both paths, against the CPU's float64 reference) and
 #                benches/bench_cuda_matvec.py (old vs new kernels on the real and 7B shapes,
@@ -116,6 +120,29 @@ if [ "$what" = engine ]; then
     STEP_TIMEOUT=60 step synth_model "$py" scripts/make_synthetic_model.py /tmp/synthetic.gguf
     STEP_TIMEOUT=${BENCH_S:-90} step bench_generate "$py" benches/bench_generate.py --model /tmp/synthetic.gguf --tokenizer "$FERRITE_TOKENIZER_GGUF" --device cuda --batches "${BENCH_BATCHES:-1,8,64}" --new-tokens "${BENCH_TOKENS:-64}" --json "$out/bench_generate.json"
     cp "$out/bench_generate.log" "$dest/bench_generate.txt" 2>/dev/null
+fi
+if [ "$what" = e2e ]; then
+    # The real model end to end, beside llama.cpp in the same lease: the engine, sampler and
+    # DLPack tests, the real-model tests (logits vs the float64 reference, greedy parity, the
+    # haiku on cuda), then llama.cpp's benches (built by .device/llamacpp/build.sh in an earlier
+    # call) and bench_generate with llama.cpp's S_TG beside, then a kernel profile at the largest batch.
+    if [ "$real" != 1 ]; then echo "e2e: upload the real model to /root/m/model.gguf first"; exit 1; fi
+    # E2E_PARTS=tests or =bench splits it over two calls (each call is at most 10 minutes).
+    parts=${E2E_PARTS:-tests,bench}
+    if [[ $parts == *tests* ]]; then
+    STEP_TIMEOUT=${ENGINE_PYTEST_S:-240} step pytest_engine "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_engine.py tests/test_cuda_dlpack.py tests/test_sampling.py -m cuda --junitxml="$out/junit_engine.xml"
+    STEP_TIMEOUT=${MODEL_PYTEST_S:-240} step pytest_cuda_model "$py" -m pytest -q -ra -p no:cacheprovider --ignore=tests/test_notebooks.py -m "cuda and model" tests --ignore=tests/test_readme.py --deselect tests/test_cuda_engine.py --deselect tests/test_cuda_dlpack.py --junitxml="$out/junit_cuda_model.xml"
+    fi
+    if [[ $parts == *bench* ]]; then
+    if [ -x .device/llamacpp/bench.sh ]; then
+        STEP_TIMEOUT=${LLAMA_S:-420} step llamacpp bash .device/llamacpp/bench.sh /root/m/model.gguf "${BENCH_BATCHES:-1,8,64}"
+        cp "$out/llamacpp.log" "$dest/llamacpp.txt" 2>/dev/null
+    fi
+    STEP_TIMEOUT=${BENCH_S:-240} step bench_generate "$py" benches/bench_generate.py --model /root/m/model.gguf --device cuda --batches "${BENCH_BATCHES:-1,8,64}" --new-tokens "${BENCH_TOKENS:-128}" --llamacpp "$out/llamacpp.log" --json "$out/bench_generate.json"
+    cp "$out/bench_generate.log" "$dest/bench_generate.txt" 2>/dev/null
+    STEP_TIMEOUT=120 step profile_b64 "$py" benches/profile_cuda_decode.py /root/m/model.gguf --batch 64 --steps 16
+    cp "$out/profile_b64.log" "$dest/profile_b64.txt" 2>/dev/null
+    fi
 fi
 if [ "$what" = matvec ]; then
     step pytest_matvec "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_matvec.py --junitxml="$out/junit_matvec.xml"

@@ -33,6 +33,11 @@ HAS_CUDA = ferrite.cuda_available()
 needs_gpu = pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
 
 RELATIVE_BOUND = 1e-4
+# The default GPU path for more than 8 rows (TF32 tensor cores), relative to the largest |logit|.
+TF32_RELATIVE_BOUND = 1e-2
+# The default path on the real model: at most this far from the float64 reference (llama.cpp's
+# own CUDA logits are about 0.45 away from it).
+REAL_DEFAULT_MAX_ABS = 0.05
 
 # Every type the CPU dequantizes, so every type a model may hold.
 MATRIX_TYPES = [
@@ -108,7 +113,7 @@ def test_gpu_model_matches_references_for_every_type(tmp_path, matrix_type):
     path = write_block_model(tmp_path / f"{matrix_type}.gguf", matrix_type, seed=MATRIX_TYPES.index(matrix_type))
     rng = np.random.default_rng(3)
     ids = [int(t) for t in rng.integers(0, 260, size=40)]
-    gpu = ferrite.Model.load(path, device="cuda", kv_cache_tokens=1024)
+    gpu = ferrite.Model.load(path, device="cuda", kv_cache_tokens=1024, exact_matmul=True)
     cpu = ferrite.Model.load(path, device="cpu", kv_cache_tokens=1024, exact_matmul=True)
     assert gpu.device == "cuda:0"
 
@@ -146,6 +151,12 @@ def test_gpu_model_matches_references_for_every_type(tmp_path, matrix_type):
         rel = relative(np.concatenate(got), want.astype(np.float64))
         row[f"batch{n_seq}_rel_vs_cpu"] = rel
         assert rel <= RELATIVE_BOUND, (n_seq, row)
+    # The default: more than 8 rows multiply in TF32 on the tensor cores (10-bit mantissas,
+    # float32 sums), so only a looser bound holds; the decode path above is the same either way.
+    fast = ferrite.Model.load(path, device="cuda", kv_cache_tokens=1024).forward(ids)
+    row["tf32_prefill_rel_vs_cpu"] = relative(fast, c.astype(np.float64))
+    assert row["tf32_prefill_rel_vs_cpu"] <= TF32_RELATIVE_BOUND, row
+    assert decisive_top1(fast, c) == 1.0
     report(row)
     print(row)
 
@@ -156,10 +167,32 @@ def test_gpu_llama_layout_and_tied_head(tmp_path):
     """Adjacent-pair RoPE (llama) and an LM head tied to the embedding, on the GPU."""
     path = write_tiny_model(tmp_path / "llama.gguf", arch="llama", matrix_type="Q8_0", tied=True)
     ids = list(np.random.default_rng(5).integers(0, 80, size=48))
-    g = ferrite.Model.load(path, device="cuda").forward(ids)
+    g = ferrite.Model.load(path, device="cuda", exact_matmul=True).forward(ids)
     ref = ReferenceModel(path).forward(ids)
     assert relative(g, ref) <= RELATIVE_BOUND
     assert decisive_top1(g, ref) == 1.0
+
+
+@pytest.mark.cuda
+@needs_gpu
+@pytest.mark.parametrize("matrix_type", ["Q5_0", "Q4_K", "IQ2_XXS"])
+def test_gpu_prefill_with_and_without_resident_float32_weights(tmp_path, matrix_type, monkeypatch):
+    """Large multiplies use a float32 copy of each weight kept on the device when there is room,
+    else re-dequantize chunks into a scratch buffer (FERRITE_CUDA_F32_WEIGHTS=1 / =0 force each):
+    the same logits both ways (tiled and block layouts), and both match the float64 reference."""
+    path = write_block_model(tmp_path / f"{matrix_type}.gguf", matrix_type, seed=11)
+    ids = [int(t) for t in np.random.default_rng(4).integers(0, 260, size=37)]
+    got = {}
+    for flag in ("0", "1"):
+        monkeypatch.setenv("FERRITE_CUDA_F32_WEIGHTS", flag)
+        m = ferrite.Model.load(path, device="cuda", kv_cache_tokens=256, exact_matmul=True)
+        got[flag] = (m.forward(ids), m.forward(ids[::-1]))
+    for a, b in zip(got["0"], got["1"]):
+        assert relative(a, b.astype(np.float64)) <= RELATIVE_BOUND
+    ref = reference_logits(path, ids)
+    if ref is not None:
+        assert relative(got["1"][0], ref) <= RELATIVE_BOUND
+        assert decisive_top1(got["1"][0], ref) == 1.0
 
 
 @pytest.mark.cuda
@@ -170,7 +203,7 @@ def test_gpu_model_errors_are_clear(tmp_path):
     with pytest.raises(ferrite.CudaError, match=f"no CUDA device {n}"):
         ferrite.Model.load(path, device=f"cuda:{n}")
     m = ferrite.Model.load(path, device="cuda")
-    with pytest.raises(ferrite.ContextLengthError, match="context length 48"):
+    with pytest.raises(ferrite.ContextLengthError, match="context length of 48"):
         m.forward([1] * 49)
     with pytest.raises(ferrite.InvalidTokenError, match="token id 80"):
         m.forward([1, 80])
@@ -188,9 +221,32 @@ def real_path():
 
 @pytest.fixture(scope="module")
 def real_models(real_path):
-    gpu = ferrite.Model.load(real_path, device="cuda", kv_cache_tokens=4096)
+    gpu = ferrite.Model.load(real_path, device="cuda", kv_cache_tokens=4096, exact_matmul=True)
     cpu = ferrite.Model.load(real_path, device="cpu", kv_cache_tokens=4096, exact_matmul=True)
     return gpu, cpu
+
+
+@pytest.mark.cuda
+@pytest.mark.model
+@needs_gpu
+def test_real_model_gpu_default_path_is_close_to_the_float64_reference(real_path):
+    """The default GPU model (TF32 for more than 8 rows): prefill, one token at a time, and 16
+    sequences decoding together, each within REAL_DEFAULT_MAX_ABS of the float64 forward pass."""
+    m = ferrite.Model.load(real_path, device="cuda", kv_cache_tokens=4096)
+    reference = ReferenceModel(real_path)
+    for name, text in PROMPTS.items():
+        ids = token_ids(real_path, text)
+        ref = reference.forward(ids)
+        seqs = [m.new_sequence(max_tokens=len(ids) + 1) for _ in range(16)]
+        batch = np.concatenate([m.forward_batch([[t]] + [[(t + 7 * j) % 5000] for j in range(1, 16)], seqs=seqs)[0] for t in ids])
+        for s in seqs:
+            m.free_sequence(s)
+        for path, got in (("prefill", m.forward(ids)), ("batch16", batch)):
+            diff = float(np.abs(got.astype(np.float64) - ref).max())
+            report({"kind": "real_default_vs_reference", "prompt": name, "path": path, "max_abs_diff": diff})
+            print(f"\n{name} {path}: max |diff| vs float64 {diff:.3e}")
+            assert diff <= REAL_DEFAULT_MAX_ABS, (name, path, diff)
+            assert decisive_top1(got, ref) == 1.0
 
 
 @pytest.mark.cuda

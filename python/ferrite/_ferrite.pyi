@@ -237,8 +237,11 @@ class Model:
         first CUDA GPU when usable, else the CPU; ``"cpu"``, ``"cuda"`` or ``"cuda:N"``).
         ``max_batch``: sequences running together at most. ``kv_cache_tokens``: token positions of
         the paged KV cache shared by all sequences (default: the context length; blocks are taken
-        as sequences grow). ``exact_matmul`` (CPU): multiply dequantized float32 weights instead
-        of 8-bit-quantized activations (slower, closest to a float reference).
+        as sequences grow). ``exact_matmul``: the float32 reference arithmetic, slower and
+        closest to a float64 forward pass (max |logit difference| ~1e-3 on the test model): on
+        the CPU dequantized float32 weights instead of 8-bit-quantized activations (~0.45 by
+        default, as llama.cpp); on a GPU float32 CUDA cores instead of TF32 tensor cores for
+        batches of more than 8 rows (~0.04 by default; one to eight rows are float32 either way).
         ``max_step_tokens``: tokens one engine step computes at most (default 2048 on a GPU, 256
         on a CPU). ``prefix_caching``: reuse the KV of prompts that start alike. ``threads``
         (CPU): threads for every op (default: the physical cores). Raises

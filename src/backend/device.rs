@@ -39,7 +39,8 @@ impl Device {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BackendOptions {
     /// CPU: multiply dequantized weight rows by float32 activations instead of quantizing the
-    /// activations to 8 bits.
+    /// activations to 8 bits. CUDA: multiplies of more than 8 rows in float32 on the CUDA cores
+    /// instead of TF32 on the tensor cores.
     pub exact_matmul: bool,
     /// CPU: threads for every op; `None`: the physical cores (or `RAYON_NUM_THREADS`).
     pub threads: Option<usize>,
@@ -61,6 +62,6 @@ pub fn with_backend<W: WithBackend>(device: Device, options: BackendOptions, w: 
             };
             w.run(backend.with_exact_matmul(options.exact_matmul))
         }
-        Device::Cuda(n) => w.run(CudaBackend::new(&Device::Cuda(n).name())?),
+        Device::Cuda(n) => w.run(CudaBackend::new(&Device::Cuda(n).name(), options.exact_matmul)?),
     })
 }

@@ -166,8 +166,11 @@ impl PyModel {
     /// of the paged KV cache shared by all sequences (default: the context length; blocks are
     /// taken as sequences grow, nothing is reserved up front; on the GPU it takes
     /// ``2 * n_layers * kv_cache_tokens * n_kv_heads * head_dim * 4`` bytes).
-    /// ``exact_matmul`` (CPU): multiply dequantized float32 weights instead of quantizing
-    /// activations to 8 bits like llama.cpp does — slower, closest to a float reference.
+    /// ``exact_matmul``: the float32 reference arithmetic, slower and closest to a float64
+    /// forward pass (max |logit difference| ~1e-3 on the test model): on the CPU dequantized
+    /// float32 weights instead of activations quantized to 8 bits as llama.cpp does (~0.45 by
+    /// default); on a GPU float32 CUDA cores instead of TF32 tensor cores for batches of more than
+    /// 8 rows (~0.04 by default; one to eight rows are float32 either way).
     /// ``max_step_tokens``: tokens one engine step computes at most (default 2048 on a GPU, 256
     /// on a CPU); ``prefix_caching``: reuse the KV of prompts that start alike. ``threads`` (CPU):
     /// threads for every op (default: the physical cores, or ``RAYON_NUM_THREADS``).

@@ -47,6 +47,10 @@ pub struct CudaWeight {
     pub(super) dense: Option<CudaSlice<f32>>,
     /// The matvec kernels of its type (matrices only).
     pub(super) kernels: Option<Arc<TypeKernels>>,
+    /// The whole matrix dequantized to float32 for cuBLAS, made the first time more rows than
+    /// a matvec takes go through it, when the device has room (`matmul::resident_f32`); `None`
+    /// inside once it was decided against.
+    pub(super) resident_f32: std::sync::OnceLock<Option<CudaSlice<f32>>>,
 }
 
 impl CudaWeight {
@@ -169,7 +173,9 @@ fn to_u32(what: &str, n: usize) -> Result<u32, BackendError> {
 impl CudaBackend {
     /// A backend on `device` ("cuda" or "cuda:N"): creates (or reuses) the device's context,
     /// the cuBLAS handle, and compiles (or loads from the disk cache) the fixed kernels.
-    pub fn new(device: &str) -> Result<CudaBackend, CudaError> {
+    /// `exact_matmul`: multiplies of more than 8 rows in float32 on the CUDA cores rather than
+    /// TF32 on the tensor cores (FERRITE_CUDA_TF32=0 / =1 overrides either way).
+    pub fn new(device: &str, exact_matmul: bool) -> Result<CudaBackend, CudaError> {
         let ctx = CudaContext::get(device)?;
         ctx.precompile(&kernels::FIXED.iter().map(|src| (*src, Vec::new())).collect::<Vec<_>>())?;
         if !cublas_library_present() {
@@ -181,6 +187,23 @@ impl CudaBackend {
         ctx.raw().bind_to_thread().map_err(|e| CudaError::Driver { op: "binding the CUDA context".into(), msg: super::error::describe(&e) })?;
         let blas = CudaBlas::new(ctx.stream().clone())
             .map_err(|e| CudaError::Driver { op: format!("creating a cuBLAS handle on {}", ctx.device_name()), msg: format!("{e:?}") })?;
+        // TF32 rounds both inputs of each product to 10 mantissa bits (float32 sums): on an
+        // H200 a 64-sequence decode runs 1.6x faster, and the test model's logits move up to
+        // 0.042 from the float64 reference instead of 8e-4 (docs/BENCHMARKS.md); matvec
+        // batches (<= 8 rows) stay float32 either way.
+        let tf32 = match std::env::var("FERRITE_CUDA_TF32").as_deref() {
+            Ok("0") => false,
+            Ok("1") => true,
+            _ => !exact_matmul,
+        };
+        if tf32 {
+            use cudarc::cublas::sys::{cublasMath_t, cublasSetMathMode, cublasStatus_t};
+            // SAFETY: the handle is valid for the life of `blas` and used only from this backend.
+            let status = unsafe { cublasSetMathMode(*blas.handle(), cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH) };
+            if status != cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+                return Err(CudaError::Driver { op: "cublasSetMathMode(TF32)".into(), msg: format!("{status:?}") });
+            }
+        }
         let f = |src, name| ctx.function(src, name);
         let fixed = FixedKernels {
             rms_norm: f(&kernels::NORM, "rms_norm")?,
@@ -246,7 +269,7 @@ impl Backend for CudaBackend {
             let mut v = vec![0f32; n_cols];
             quant::dequantize(ty, src.bytes(), &mut v)?;
             let dense = Some(self.ctx.upload(&v, src.name())?);
-            return Ok(CudaWeight { name, ty, n_cols, n_rows, row_bytes, blocks, layout: Layout::Blocks, dense, kernels: None });
+            return Ok(CudaWeight { name, ty, n_cols, n_rows, row_bytes, blocks, layout: Layout::Blocks, dense, kernels: None, resident_f32: Default::default() });
         }
         // Compiled (or loaded from the disk cache) now, so that load fails rather than the
         // first token.
@@ -259,7 +282,7 @@ impl Backend for CudaBackend {
             let mut scratch = tiled.scratch.lock().map_err(|_| BackendError::Invalid("split-K scratch lock poisoned".into()))?;
             scratch.reserve(&self.ctx, tiled.sms, &grid)?;
         }
-        Ok(CudaWeight { name, ty, n_cols, n_rows, row_bytes, blocks, layout, dense: None, kernels: Some(kernels) })
+        Ok(CudaWeight { name, ty, n_cols, n_rows, row_bytes, blocks, layout, dense: None, kernels: Some(kernels), resident_f32: Default::default() })
     }
 
     fn alloc_act(&mut self, capacity_rows: usize, width: usize) -> Result<CudaAct, BackendError> {
