@@ -204,6 +204,18 @@ def test_tiny_model_matches_reference(tmp_path, arch, matrix_type, tied, biases)
     assert p["decisive_top1"] == 1.0, p
 
 
+def test_all_logits_of_a_long_prompt_match_the_reference(tmp_path):
+    """More rows of logits than one LM-head pass computes (256) come in chunks, in order."""
+    path = write_tiny_model(tmp_path / "long.gguf", matrix_type="F32", context=600)
+    ids = list(np.random.default_rng(2).integers(0, VOCAB, size=555))
+    ours = ferrite.Model.load(path, exact_matmul=True).forward(ids)
+    ref = ReferenceModel(path).forward(ids)
+    assert ours.shape == (555, VOCAB)
+    p = parity(ours, ref)
+    assert p["relative"] <= 1e-5, p
+    assert p["decisive_top1"] == 1.0, p
+
+
 def test_context_length_overflow_raises(tmp_path):
     m = ferrite.Model.load(write_tiny_model(tmp_path / "tiny.gguf"))
     ids = [1] * (CONTEXT + 1)

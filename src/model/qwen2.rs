@@ -16,7 +16,7 @@ use crate::sampling::{Sampled, SamplingError};
 
 /// Logit rows computed per LM-head pass: bounds the device buffer of logits
 /// (`LOGIT_CHUNK_ROWS * vocab` floats) however long a prefill asking for every row is.
-const LOGIT_CHUNK_ROWS: usize = 64;
+const LOGIT_CHUNK_ROWS: usize = 256;
 
 /// Positions per KV block: small enough that a sequence wastes little of its last block, large
 /// enough that block tables stay short and attention reads contiguous runs of keys.
