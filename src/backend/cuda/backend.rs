@@ -124,6 +124,13 @@ pub struct CudaBackend {
     /// Recorded decode steps by key (see `Backend::replayable`). Off with FERRITE_CUDA_GRAPHS=0.
     graphs: HashMap<(ReplayKey, u64), Recorded>,
     graphs_enabled: bool,
+    /// Steps of more rows than this are never recorded (FERRITE_CUDA_GRAPH_MAX_ROWS).
+    graph_max_rows: usize,
+    /// How often each large-batch key has run unrecorded (see `replayable`).
+    sightings: HashMap<(ReplayKey, u64), u32>,
+    /// cuBLAS's workspace, given to it explicitly so that no GEMM allocates while a step is
+    /// being recorded. Declared after `blas`, so it is freed after the handle.
+    _blas_workspace: CudaSlice<u8>,
     /// Float32 dequantized weight rows for the cuBLAS path; grows up to `matmul::SCRATCH_MAX_ELEMS`.
     pub(super) scratch: Option<CudaSlice<f32>>,
     pub(super) sampler: super::sampling::DeviceSampler,
@@ -131,6 +138,16 @@ pub struct CudaBackend {
     pub(super) host_sampling: bool,
     kv_capacity_tokens: usize,
 }
+
+/// Steps of up to this many rows are recorded as CUDA graphs (the engine's default
+/// `max_batch` is 64; a step's launches cost the CPU ~2-4 ms whatever its size).
+const GRAPH_MAX_ROWS: usize = 512;
+/// Unrecorded runs of a large-batch key before it is recorded.
+const LARGE_RUNS_BEFORE_RECORDING: u32 = 3;
+/// Large-batch keys remembered at most (then forgotten all at once).
+const SIGHTINGS_MAX: usize = 4096;
+/// cuBLAS's workspace (NVIDIA's recommendation for Hopper).
+const BLAS_WORKSPACE_BYTES: usize = 32 << 20;
 
 /// Device address of a buffer, for kernel arguments that are plain pointers (an optional input
 /// passed as 0, an array inside the batch buffer).
@@ -218,6 +235,17 @@ impl CudaBackend {
         // A graph would record the synchronizations FERRITE_CUDA_SYNC asks for, which capture forbids.
         let sampler = super::sampling::DeviceSampler::new(ctx.clone())?;
         let graphs_enabled = !ctx.syncs_each_launch() && std::env::var("FERRITE_CUDA_GRAPHS").map_or(true, |v| v != "0");
+        let graph_max_rows = std::env::var("FERRITE_CUDA_GRAPH_MAX_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(GRAPH_MAX_ROWS);
+        let blas_workspace = ctx.alloc::<u8>(BLAS_WORKSPACE_BYTES, "the cuBLAS workspace")?;
+        {
+            use cudarc::cublas::sys::{cublasSetWorkspace_v2, cublasStatus_t};
+            let ptr = addr(&blas_workspace, &ctx) as *mut std::ffi::c_void;
+            // SAFETY: the buffer lives as long as the handle (field order) and is used by it alone.
+            let status = unsafe { cublasSetWorkspace_v2(*blas.handle(), ptr, BLAS_WORKSPACE_BYTES) };
+            if status != cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+                return Err(CudaError::Driver { op: "cublasSetWorkspace".into(), msg: format!("{status:?}") });
+            }
+        }
         Ok(CudaBackend {
             ctx,
             blas,
@@ -227,6 +255,9 @@ impl CudaBackend {
             batch_generation: 0,
             graphs: HashMap::new(),
             graphs_enabled,
+            graph_max_rows,
+            sightings: HashMap::new(),
+            _blas_workspace: blas_workspace,
             scratch: None,
             sampler,
             host_sampling: std::env::var("FERRITE_HOST_SAMPLING").is_ok_and(|v| v == "1"),
@@ -601,15 +632,27 @@ impl Backend for CudaBackend {
     }
 
     fn replayable(&mut self, key: Option<ReplayKey>, ops: impl FnOnce(&mut Self) -> Result<(), BackendError>) -> Result<(), BackendError> {
-        // Only matvec-sized batches: larger ones call cuBLAS, and their launch overhead is small
-        // beside their work anyway.
-        let Some(key) = key.filter(|k| self.graphs_enabled && k.n_tokens <= kernels::MATVEC_MAX_ROWS) else {
+        let Some(key) = key.filter(|k| self.graphs_enabled && k.n_tokens <= self.graph_max_rows) else {
             return ops(self);
         };
         let full_key = (key, self.batch_generation);
         if let Some(Recorded(graph)) = self.graphs.get(&full_key) {
             graph.launch().map_err(|e| CudaError::Driver { op: format!("launching the recorded decode step {key:?}"), msg: super::error::describe(&e) })?;
             return Ok(());
+        }
+        // A large batch is recorded only once its sizes come back (a steady decode), not for
+        // every size a changing batch passes through: recording costs about as much as a few
+        // steps. Its unrecorded runs also make what a large multiply allocates on first use
+        // (the weights' float32 copies, the scratch), which must not happen while recording.
+        if key.n_tokens > kernels::MATVEC_MAX_ROWS {
+            if self.sightings.len() > SIGHTINGS_MAX {
+                self.sightings.clear();
+            }
+            let seen = self.sightings.entry(full_key).or_insert(0);
+            *seen += 1;
+            if *seen < LARGE_RUNS_BEFORE_RECORDING {
+                return ops(self);
+            }
         }
         // Graphs of older buffers can never match again.
         self.graphs.retain(|(k, g), _| k.buffers_generation == key.buffers_generation && *g == self.batch_generation);
