@@ -117,7 +117,16 @@ def test_generate_returns_rows_in_input_order(cluster, model_path, gen):
                                temperature=0.0, progress=False)
     want = gen.generate(prompts, max_tokens=4, temperature=0.0)
     assert [r["text"] for r in got] == [w.text for w in want]
-    assert set(got[0]) == {"text", "finish_reason", "prompt_tokens", "completion_tokens", "error"}
+    assert all(set(r) == {"text", "finish_reason", "prompt_tokens", "completion_tokens", "error"} for r in got)
+    assert all(r["error"] is None for r in got)
+
+
+def test_generate_on_a_dataset_keeps_its_order_and_columns(cluster, model_path):
+    ds = ray.data.from_items([{"tag": f"t{i}", "prompt": PROMPTS[i], "seed": i} for i in range(6)])
+    got = ferrite.ray.generate(ds, model_path, num_actors=2, batch_size=1, threads=1, max_tokens=2, progress=False)
+    assert [r["tag"] for r in got] == [f"t{i}" for i in range(6)]
+    assert all(r["prompt"] == PROMPTS[i] and r["seed"] == i and r["completion_tokens"] == 2 for i, r in enumerate(got))
+    assert ds.context.execution_options.preserve_order is False  # the job's setting, undone
 
 
 FAKE_GPUS = textwrap.dedent("""

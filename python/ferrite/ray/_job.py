@@ -44,9 +44,10 @@ def generate(
     ``finish_reason``, ``prompt_tokens``, ``completion_tokens``, ``error`` (``None`` unless the
     row's input was refused; see ``Generate``).
 
-    ``prompts``: a list of prompts (strings, message lists or token-id lists), or a
-    ``ray.data.Dataset`` with a ``prompt`` column (and optional ``seed``, ``max_tokens``,
-    ``temperature`` columns), whose own columns come back too. ``num_gpus`` per actor: ``None``
+    ``prompts``: a list of prompts, all of one kind (strings, message lists or token-id lists:
+    they become one Arrow column), or a ``ray.data.Dataset`` with a ``prompt`` column (and
+    optional ``seed``, ``max_tokens``, ``temperature`` columns), whose rows come back in the
+    Dataset's order (Ray Data's ``preserve_order``, for this job) with their own columns. ``num_gpus`` per actor: ``None``
     takes one GPU each when the cluster has GPUs, else none. ``num_cpus`` per actor (a CPU actor
     computes with that many threads unless ``threads`` says otherwise). ``batch_size``: rows one
     actor gets at a time, generated together. ``sampling``: ``Engine.submit``'s keyword
@@ -67,42 +68,45 @@ def generate(
         progress = sys.stderr.isatty()
     tqdm = _tqdm() if progress else None
 
-    with _ray_progress_bars(bool(progress) and tqdm is None):
-        if isinstance(prompts, ray.data.Dataset):
-            n = prompts.count()
-            ds = prompts.zip(ray.data.range(n).rename_columns({"id": ROW}))
-            keep_input = True
-        else:
-            n = len(prompts)
-            ds = ray.data.from_items([{ROW: i, "prompt": p} for i, p in enumerate(prompts)])
-            keep_input = False
-        out = ds.map_batches(
-            Generate,
-            fn_constructor_kwargs=dict(model=os.fspath(model), device=device, threads=threads, max_batch=max_batch,
-                                       **sampling),
-            batch_size=batch_size,
-            batch_format="numpy",
-            num_gpus=num_gpus,
-            num_cpus=num_cpus,
-            compute=ray.data.ActorPoolStrategy(size=num_actors),
-        )
-        results: list[Optional[dict[str, Any]]] = [None] * n
-        bar = tqdm(total=n, unit="row", desc="ferrite.ray", file=sys.stderr) if tqdm is not None else None
+    if isinstance(prompts, ray.data.Dataset):
+        ds, total, from_list = prompts, None, False
+    else:
+        ds = ray.data.from_items([{ROW: i, "prompt": p} for i, p in enumerate(prompts)])
+        total, from_list = len(prompts), True
+    out = ds.map_batches(
+        Generate,
+        fn_constructor_kwargs=dict(model=os.fspath(model), device=device, threads=threads, max_batch=max_batch,
+                                   **sampling),
+        batch_size=batch_size,
+        batch_format="numpy",
+        num_gpus=num_gpus,
+        num_cpus=num_cpus,
+        compute=ray.data.ActorPoolStrategy(size=num_actors),
+    )
+    placed: list[Optional[dict[str, Any]]] = [None] * (total or 0)
+    streamed: list[dict[str, Any]] = []
+    # A Dataset has no row numbers to carry: Ray keeps its order when asked (preserve_order).
+    with _job_options(out.context, progress_bars=bool(progress) and tqdm is None, preserve_order=not from_list):
+        bar = tqdm(total=total, unit=" rows", desc="ferrite.ray", file=sys.stderr) if tqdm is not None else None
         try:
-            # Each row goes to the place its index names: the order batches arrive in is Ray's.
-            for batch in out.iter_batches(batch_size=None, batch_format="numpy"):
-                names = list(batch) if keep_input else list(OUTPUT_COLUMNS)
-                for j, i in enumerate(batch[ROW].tolist()):
-                    results[i] = {k: _plain(batch[k][j]) for k in names if k != ROW}
+            # Rows, not numpy batches: a batch whose `error` column is all null would give NaNs.
+            for row in out.iter_rows():
+                if from_list:
+                    # Each row goes to the place its index names: rows arrive in Ray's order.
+                    placed[row[ROW]] = {k: _plain(row[k]) for k in OUTPUT_COLUMNS}
+                else:
+                    streamed.append({k: _plain(v) for k, v in row.items()})
                 if bar is not None:
-                    bar.update(len(batch[ROW]))
+                    bar.update(1)
         finally:
             if bar is not None:
                 bar.close()
-    missing = [i for i, r in enumerate(results) if r is None]
+    if not from_list:
+        return streamed
+    missing = [i for i, r in enumerate(placed) if r is None]
     if missing:
         raise RuntimeError(f"ferrite.ray.generate: no result for rows {missing[:10]}")
-    return [r for r in results if r is not None]
+    return [r for r in placed if r is not None]
 
 
 def _plain(value: Any) -> Any:
@@ -118,12 +122,13 @@ def _tqdm() -> Any:
 
 
 @contextlib.contextmanager
-def _ray_progress_bars(enabled: bool) -> Iterator[None]:
-    """Ray Data's own progress bars on or off for this job (they are per-process settings)."""
-    ctx = ray.data.DataContext.get_current()
-    before = ctx.enable_progress_bars
-    ctx.enable_progress_bars = enabled
+def _job_options(ctx: "ray.data.DataContext", progress_bars: bool, preserve_order: bool) -> Iterator[None]:
+    """Ray Data's own progress bars on or off, and order kept when asked, for this job only: the
+    context may be the process's or the caller's Dataset's."""
+    before = ctx.enable_progress_bars, ctx.execution_options.preserve_order
+    ctx.enable_progress_bars = progress_bars
+    ctx.execution_options.preserve_order = preserve_order or before[1]
     try:
         yield
     finally:
-        ctx.enable_progress_bars = before
+        ctx.enable_progress_bars, ctx.execution_options.preserve_order = before
