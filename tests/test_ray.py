@@ -163,3 +163,11 @@ def test_ferrite_ray_passes_mypy_strict(tmp_path):
     out = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(tmp_path / ".mypy_cache"),
                           "-p", "ferrite.ray"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_a_bad_job_wide_option_fails_at_actor_start(model_path):
+    # In this process: the constructor is what each actor runs first.
+    with pytest.raises(ferrite.SamplingParameterError):
+        ferrite.ray.Generate(model_path, device="cpu", threads=1, temperature=-1.0)
+    with pytest.raises(TypeError, match="temprature"):
+        ferrite.ray.Generate(model_path, device="cpu", threads=1, temprature=0.5)

@@ -90,6 +90,9 @@ class Generate:
         self.engine: ferrite.Engine = gen.engine
         self.device: str = self.engine.model.device
         self.sampling: dict[str, Any] = sampling
+        # Engine.submit checks every argument: one probe, cancelled at once (no step runs), makes
+        # a bad job-wide value fail the actor here rather than every row one by one.
+        self.engine.submit([0], **sampling).cancel()
         self.device_columns = device_columns
         log.info("ferrite.ray: %s loaded on %s (device=%r, Ray GPU ids %s, threads %s)",
                  os.fspath(model), self.device, device, self.gpu_ids or "none", threads or "default")
@@ -98,11 +101,11 @@ class Generate:
                         "no tensor parallelism", self.gpu_ids, self.device)
 
     def __call__(self, batch: Batch) -> Batch:
-        columns = _columns(batch)
+        columns = _columns(batch, ("prompt",) + ROW_OPTIONS)
         if "prompt" not in columns:
-            raise KeyError(f"the batch has no 'prompt' column (columns: {sorted(columns)})")
-        prompts = columns["prompt"]
-        overrides = {name: columns[name] for name in ROW_OPTIONS if name in columns}
+            raise KeyError("the batch has no 'prompt' column")
+        prompts = columns.pop("prompt")
+        overrides = columns
         # Submit every row first: the engine then batches them, and one bad row costs only itself.
         submitted: list[Union[ferrite.Request, str]] = []
         for i, prompt in enumerate(prompts):
@@ -176,12 +179,12 @@ def _visible_ordinal(gpu_id: str) -> int:
     return ids.index(gpu_id) if gpu_id in ids else 0
 
 
-def _columns(batch: Batch) -> dict[str, list[Any]]:
-    """Each column as a list, from either batch format."""
+def _columns(batch: Batch, names: tuple[str, ...]) -> dict[str, list[Any]]:
+    """The columns ``names`` that the batch has, as lists, from either batch format."""
     if isinstance(batch, Mapping):
-        return {str(k): list(v) for k, v in batch.items()}
+        return {name: list(batch[name]) for name in names if name in batch}
     if hasattr(batch, "columns") and hasattr(batch, "to_dict"):  # a pandas DataFrame
-        return {str(k): batch[k].tolist() for k in batch.columns}
+        return {name: batch[name].tolist() for name in names if name in batch.columns}
     raise TypeError(f"ferrite.ray.Generate takes batch_format 'numpy' or 'pandas', got {type(batch).__name__}")
 
 
