@@ -60,6 +60,8 @@ def generate(
     """
     if isinstance(prompts, str):
         raise TypeError("prompts must be a list of prompts or a ray.data.Dataset, not one string")
+    if not isinstance(prompts, ray.data.Dataset) and len(prompts) == 0:
+        return []
     if not ray.is_initialized():
         ray.init()
     if num_gpus is None:
@@ -75,7 +77,8 @@ def generate(
         total, from_list = len(prompts), True
     out = ds.map_batches(
         Generate,
-        fn_constructor_kwargs=dict(model=os.fspath(model), device=device, threads=threads, max_batch=max_batch,
+        # An absolute path: the actors do not run in this directory.
+        fn_constructor_kwargs=dict(model=os.path.abspath(model), device=device, threads=threads, max_batch=max_batch,
                                    **sampling),
         batch_size=batch_size,
         batch_format="numpy",
