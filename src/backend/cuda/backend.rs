@@ -176,6 +176,26 @@ macro_rules! launch {
 }
 pub(super) use launch;
 
+/// Gives the cuBLAS handle its workspace (returned: it must outlive the handle) and, with
+/// `tf32`, the TF32 tensor-core math mode.
+fn configure_blas(ctx: &CudaContext, blas: &CudaBlas, tf32: bool) -> Result<CudaSlice<u8>, CudaError> {
+    use cudarc::cublas::sys::{cublasMath_t, cublasSetMathMode, cublasSetWorkspace_v2, cublasStatus_t};
+    let check = |op: &str, status: cublasStatus_t| match status {
+        cublasStatus_t::CUBLAS_STATUS_SUCCESS => Ok(()),
+        _ => Err(CudaError::Driver { op: op.into(), msg: format!("{status:?}") }),
+    };
+    let workspace = ctx.alloc::<u8>(BLAS_WORKSPACE_BYTES, "the cuBLAS workspace")?;
+    let ptr = addr(&workspace, ctx) as *mut std::ffi::c_void;
+    // SAFETY: the handle is valid while `blas` lives; the buffer is kept by the backend after
+    // the handle (field order) and used by it alone.
+    check("cublasSetWorkspace", unsafe { cublasSetWorkspace_v2(*blas.handle(), ptr, BLAS_WORKSPACE_BYTES) })?;
+    if tf32 {
+        // SAFETY: as above.
+        check("cublasSetMathMode(TF32)", unsafe { cublasSetMathMode(*blas.handle(), cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH) })?;
+    }
+    Ok(workspace)
+}
+
 fn check_rows(what: &str, a: &CudaAct, n_rows: usize) -> Result<(), BackendError> {
     if n_rows > a.capacity_rows {
         return Err(BackendError::Invalid(format!("{what}: {n_rows} rows requested from a buffer of {} rows", a.capacity_rows)));
@@ -213,14 +233,7 @@ impl CudaBackend {
             Ok("1") => true,
             _ => !exact_matmul,
         };
-        if tf32 {
-            use cudarc::cublas::sys::{cublasMath_t, cublasSetMathMode, cublasStatus_t};
-            // SAFETY: the handle is valid for the life of `blas` and used only from this backend.
-            let status = unsafe { cublasSetMathMode(*blas.handle(), cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH) };
-            if status != cublasStatus_t::CUBLAS_STATUS_SUCCESS {
-                return Err(CudaError::Driver { op: "cublasSetMathMode(TF32)".into(), msg: format!("{status:?}") });
-            }
-        }
+        let blas_workspace = configure_blas(&ctx, &blas, tf32)?;
         let f = |src, name| ctx.function(src, name);
         let fixed = FixedKernels {
             rms_norm: f(&kernels::NORM, "rms_norm")?,
@@ -236,16 +249,6 @@ impl CudaBackend {
         let sampler = super::sampling::DeviceSampler::new(ctx.clone())?;
         let graphs_enabled = !ctx.syncs_each_launch() && std::env::var("FERRITE_CUDA_GRAPHS").map_or(true, |v| v != "0");
         let graph_max_rows = std::env::var("FERRITE_CUDA_GRAPH_MAX_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(GRAPH_MAX_ROWS);
-        let blas_workspace = ctx.alloc::<u8>(BLAS_WORKSPACE_BYTES, "the cuBLAS workspace")?;
-        {
-            use cudarc::cublas::sys::{cublasSetWorkspace_v2, cublasStatus_t};
-            let ptr = addr(&blas_workspace, &ctx) as *mut std::ffi::c_void;
-            // SAFETY: the buffer lives as long as the handle (field order) and is used by it alone.
-            let status = unsafe { cublasSetWorkspace_v2(*blas.handle(), ptr, BLAS_WORKSPACE_BYTES) };
-            if status != cublasStatus_t::CUBLAS_STATUS_SUCCESS {
-                return Err(CudaError::Driver { op: "cublasSetWorkspace".into(), msg: format!("{status:?}") });
-            }
-        }
         Ok(CudaBackend {
             ctx,
             blas,

@@ -13,9 +13,10 @@
 //!   otherwise a chunk of rows at a time goes through a bounded scratch buffer.
 
 use cudarc::cublas::{sys::cublasOperation_t, Gemm, GemmConfig};
-use cudarc::driver::{CudaSlice, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaViewMut, PushKernelArg};
 
 use super::backend::{addr, grid_stride, launch, CudaAct, CudaBackend, CudaWeight};
+use super::context::CudaContext;
 use super::dequant::dequantize_into;
 use super::error::CudaError;
 use super::kernels::MATVEC_MAX_ROWS;
@@ -75,6 +76,18 @@ fn resident_allowed(be: &CudaBackend, bytes: usize) -> bool {
     }
 }
 
+/// Rows `r0..r0 + rows` of `w` dequantized to float32 into `out`, from its tiles or its blocks.
+fn dequant_rows(ctx: &CudaContext, w: &CudaWeight, r0: usize, rows: usize, out: &mut CudaViewMut<'_, f32>) -> Result<(), BackendError> {
+    match (w.layout, w.kernels.as_ref()) {
+        (Layout::Tiles(grid), Some(kernels)) => dequant_tile_rows(ctx, kernels, &grid, &w.blocks.slice(..), r0, rows, out)?,
+        _ => {
+            let src = w.blocks.slice(r0 * w.row_bytes..(r0 + rows) * w.row_bytes);
+            dequantize_into(ctx, w.ty, &src, rows * w.n_cols, out)?;
+        }
+    }
+    Ok(())
+}
+
 /// The weight's resident float32 copy, made now if this is its first large multiply and the
 /// device has room; `None` when it stays quantized only.
 fn resident_f32<'w>(be: &CudaBackend, w: &'w CudaWeight) -> Result<Option<&'w CudaSlice<f32>>, BackendError> {
@@ -85,10 +98,7 @@ fn resident_f32<'w>(be: &CudaBackend, w: &'w CudaWeight) -> Result<Option<&'w Cu
     let made = if resident_allowed(be, elems * std::mem::size_of::<f32>()) {
         match be.ctx.alloc::<f32>(elems, &format!("the float32 copy of {}", w.name)) {
             Ok(mut full) => {
-                match (w.layout, w.kernels.as_ref()) {
-                    (Layout::Tiles(grid), Some(kernels)) => dequant_tile_rows(&be.ctx, kernels, &grid, &w.blocks.slice(..), 0, w.n_rows, &mut full.slice_mut(..))?,
-                    _ => dequantize_into(&be.ctx, w.ty, &w.blocks.slice(..), elems, &mut full.slice_mut(..))?,
-                }
+                dequant_rows(&be.ctx, w, 0, w.n_rows, &mut full.slice_mut(..))?;
                 Some(full)
             }
             // No room after all (another model, fragmentation): the scratch path still works.
@@ -128,13 +138,7 @@ fn dequant_gemm(be: &mut CudaBackend, w: &CudaWeight, bias: Option<&CudaSlice<f3
             Some(full) => full.slice(..elems),
             None => {
                 let Some(scratch) = be.scratch.as_mut() else { unreachable!("allocated above") };
-                match (w.layout, w.kernels.as_ref()) {
-                    (Layout::Tiles(grid), Some(kernels)) => dequant_tile_rows(&be.ctx, kernels, &grid, &w.blocks.slice(..), r0, rows, &mut scratch.slice_mut(..elems))?,
-                    _ => {
-                        let src = w.blocks.slice(r0 * w.row_bytes..(r0 + rows) * w.row_bytes);
-                        dequantize_into(&be.ctx, w.ty, &src, elems, &mut scratch.slice_mut(..elems))?;
-                    }
-                }
+                dequant_rows(&be.ctx, w, r0, rows, &mut scratch.slice_mut(..elems))?;
                 scratch.slice(..elems)
             }
         };
