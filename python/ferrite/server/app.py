@@ -422,7 +422,6 @@ async def _until_disconnect(receive: Callable[[], Awaitable[dict]]) -> None:
 class _Run:
     """A submitted group and how its outputs become a response. Subclasses give the shapes."""
 
-    object_name = ""
     id_prefix = ""
 
     def __init__(self, server: Server, req: Any, group: Group, arrived: float) -> None:
@@ -443,18 +442,48 @@ class _Run:
             self.first_token_seen = True
             self.server.metrics.observe_ttft(time.perf_counter() - self.arrived)
 
-    def _finish_metrics(self, prompt_tokens: int, completion_tokens: int) -> None:
-        self.server.metrics.finish_request(time.perf_counter() - self.arrived, prompt_tokens, completion_tokens)
-
     def close(self, client_gone: bool) -> None:
         if self.group.close() and client_gone:
             self.server.metrics.add("client_cancelled")
 
-    # Subclasses:
-    async def body(self) -> dict:
+    async def body(self) -> dict[str, Any]:
+        async for i, out in self.group.outputs():
+            self._note(out)
+            self.choices[i].add(out)
+        return self._whole(self._finish())
+
+    async def events(self) -> AsyncIterator[bytes]:
+        with_usage = self.req.include_usage
+        async for i, out in self.group.outputs():
+            self._note(out)
+            choice = self.choices[i]
+            chars_before = choice.chars
+            choice.add(out)
+            for chunk in self._delta_chunks(choice, out, chars_before, with_usage):
+                yield sse.event(chunk)
+        usage = self._finish()
+        if with_usage:
+            yield sse.event(R.usage_chunk(self.rid, self.created, self.model, self.chunk_object, usage))
+
+    def _finish(self) -> dict[str, Any]:
+        """The usage of the finished choices, recorded in the metrics."""
+        usage = R.choices_usage(self.choices, self._prompt_tokens_per_prompt())
+        self.server.metrics.finish_request(time.perf_counter() - self.arrived, usage["prompt_tokens"],
+                                           usage["completion_tokens"])
+        return usage
+
+    # Subclasses: the choices, and the shapes of their responses.
+    choices: list[R.Choice]
+    pieces: Optional[Any]
+    chunk_object = ""
+
+    def _prompt_tokens_per_prompt(self) -> list[int]:
         raise NotImplementedError
 
-    def events(self) -> AsyncIterator[bytes]:
+    def _whole(self, usage: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _delta_chunks(self, choice: R.Choice, out: Any, chars_before: int, with_usage: bool) -> list[dict[str, Any]]:
         raise NotImplementedError
 
 
@@ -532,6 +561,7 @@ class _SSEResponse:
 
 class ChatRun(_Run):
     id_prefix = "chatcmpl"
+    chunk_object = "chat.completion.chunk"
 
     def __init__(self, server: Server, req: ChatRequest, group: Group, prompt_tokens: int, arrived: float) -> None:
         super().__init__(server, req, group, arrived)
@@ -539,33 +569,19 @@ class ChatRun(_Run):
         self.choices = [R.Choice(index=i, prompt_tokens=prompt_tokens) for i in range(req.n)]
         self.pieces = server.pieces if req.logprobs else None
 
-    def _usage(self) -> dict:
-        return R.choices_usage(self.choices, [self.prompt_tokens])
+    def _prompt_tokens_per_prompt(self) -> list[int]:
+        return [self.prompt_tokens]
 
-    async def body(self) -> dict:
-        async for i, out in self.group.outputs():
-            self._note(out)
-            self.choices[i].add(out)
-        usage = self._usage()
-        self._finish_metrics(usage["prompt_tokens"], usage["completion_tokens"])
+    def _whole(self, usage: dict[str, Any]) -> dict[str, Any]:
         return R.chat_completion(self.rid, self.created, self.model, self.choices, usage, self.pieces)
 
-    async def events(self) -> AsyncIterator[bytes]:
-        with_usage = self.req.include_usage
-        async for i, out in self.group.outputs():
-            self._note(out)
-            choice = self.choices[i]
-            choice.add(out)
-            for chunk in R.chat_delta_chunks(self.rid, self.created, self.model, choice, out, self.pieces, with_usage):
-                yield sse.event(chunk)
-        usage = self._usage()
-        self._finish_metrics(usage["prompt_tokens"], usage["completion_tokens"])
-        if with_usage:
-            yield sse.event(R.usage_chunk(self.rid, self.created, self.model, "chat.completion.chunk", usage))
+    def _delta_chunks(self, choice: R.Choice, out: Any, chars_before: int, with_usage: bool) -> list[dict[str, Any]]:
+        return R.chat_delta_chunks(self.rid, self.created, self.model, choice, out, self.pieces, with_usage)
 
 
 class CompletionRun(_Run):
     id_prefix = "cmpl"
+    chunk_object = "text_completion"
 
     def __init__(self, server: Server, req: CompletionRequest, group: Group, prompt_tokens: list[int],
                  arrived: float) -> None:
@@ -575,28 +591,12 @@ class CompletionRun(_Run):
         self.choices = [R.Choice(index=k, prompt_tokens=prompt_tokens[k // n]) for k in range(len(prompt_tokens) * n)]
         self.pieces = server.pieces if req.sampling.logprobs is not None else None
 
-    def _usage(self) -> dict:
-        return R.choices_usage(self.choices, self.prompt_tokens)
+    def _prompt_tokens_per_prompt(self) -> list[int]:
+        return self.prompt_tokens
 
-    async def body(self) -> dict:
-        async for i, out in self.group.outputs():
-            self._note(out)
-            self.choices[i].add(out)
-        usage = self._usage()
-        self._finish_metrics(usage["prompt_tokens"], usage["completion_tokens"])
+    def _whole(self, usage: dict[str, Any]) -> dict[str, Any]:
         return R.completion(self.rid, self.created, self.model, self.choices, usage, self.pieces)
 
-    async def events(self) -> AsyncIterator[bytes]:
-        with_usage = self.req.include_usage
-        async for i, out in self.group.outputs():
-            self._note(out)
-            choice = self.choices[i]
-            before = choice.chars
-            choice.add(out)
-            for chunk in R.completion_delta_chunks(self.rid, self.created, self.model, choice, out, self.pieces,
-                                                   with_usage, before):
-                yield sse.event(chunk)
-        usage = self._usage()
-        self._finish_metrics(usage["prompt_tokens"], usage["completion_tokens"])
-        if with_usage:
-            yield sse.event(R.usage_chunk(self.rid, self.created, self.model, "text_completion", usage))
+    def _delta_chunks(self, choice: R.Choice, out: Any, chars_before: int, with_usage: bool) -> list[dict[str, Any]]:
+        return R.completion_delta_chunks(self.rid, self.created, self.model, choice, out, self.pieces, with_usage,
+                                         chars_before)
