@@ -119,6 +119,14 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                              "instead of MODEL.gguf")
 
 
+def check_model_choice(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exactly one of a positional MODEL.gguf and ``--test-model``; else an argument error."""
+    if args.test_model and args.model:
+        parser.error("give MODEL.gguf or --test-model, not both")
+    if not args.test_model and not args.model:
+        parser.error("give MODEL.gguf, or --test-model")
+
+
 def check_model_file(path: str) -> str:
     """``path`` if it names a readable regular file; else a one-line input error."""
     if not os.path.exists(path):

@@ -138,10 +138,7 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> argparse.Arg
 
 
 def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    if args.test_model and args.model:
-        parser.error("give MODEL.gguf or --test-model, not both")
-    if not args.test_model and not args.model:
-        parser.error("give MODEL.gguf, or --test-model")
+    _cli.check_model_choice(parser, args)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -60,10 +60,9 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> argparse.Arg
 
 
 def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    if args.test_model and args.model:
-        parser.error("give MODEL.gguf or --test-model, not both")
-    if not args.test_model and not args.model:
-        parser.error("give MODEL.gguf, or --test-model")
+    from ferrite import _cli
+
+    _cli.check_model_choice(parser, args)
     for name in ("max_batch", "max_body_bytes"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
