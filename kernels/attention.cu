@@ -18,112 +18,181 @@ extern "C" __global__ void kv_append(const float* __restrict__ k, const float* _
     }
 }
 
-#define ATTN_WARPS 4
+// Warps per block: the host picks 1..ATTN_MAX_WARPS per launch (more when few rows have long
+// contexts, as in decode; 4 when many rows keep the GPU busy anyway, as in prefill).
+#define ATTN_MAX_WARPS 16
+// Value rows loaded together (see the value loop).
+#define ATTN_V_BATCH 8
 
-// One block per (token, query head). Each warp takes chunks of 32 keys (warp w: keys 32w ..,
-// then 32 * ATTN_WARPS further on): lane j scores key j of the chunk against q, the warp folds
-// the chunk into a running softmax (max m, sum l, output o; each lane owns HD/32 output dims),
-// and at the end the warps' partial results are merged in shared memory.
-template <int HD>
+// One block per (token, KV head, slice of the query heads sharing that KV head). Each warp takes
+// chunks of 32 keys (warp w: keys 32w .., then 32 * n_warps further on): lane j scores key j of
+// the chunk against every query of the slice, the warp folds the chunk into one running softmax
+// per head (max m, sum l, output o; each lane owns HD/32 output dims of each head), and at the
+// end the warps' partial results are merged in shared memory. Per head the float operations are
+// those of one head alone, in the same order, whatever the slice.
+//
+// Latency, not bandwidth, bounds decode attention (a few hundred keys per sequence): the heads of
+// a slice share each K and V load, the chunk's weights and slots go through shared memory so the
+// value loop has no dependent loads, and a decode step spreads its keys over up to 16 warps.
+template <int HD, int G>
 __device__ __forceinline__ void attention(const float* __restrict__ q, const float* __restrict__ k_cache,
                                           const float* __restrict__ v_cache, const u32* __restrict__ positions,
                                           const u32* __restrict__ table_offset, const u32* __restrict__ block_tables,
                                           u32 block_tokens, u32 n_heads, u32 n_kv_heads, float scale,
                                           float* __restrict__ out) {
     constexpr int PER_LANE = (HD + 31) / 32;  // output dims per lane; lanes past HD hold none
-    __shared__ float4 q_sh[HD / 4];
-    __shared__ float part_m[ATTN_WARPS], part_l[ATTN_WARPS];
-    __shared__ float part_o[ATTN_WARPS][HD];
+    // The chunk's softmax weights and slots while the warps run, their partial outputs after
+    // (a __syncthreads separates the two uses).
+    struct Chunk {
+        float p[ATTN_MAX_WARPS][G][32];
+        u32 slot[ATTN_MAX_WARPS][32];
+    };
+    union Scratch {
+        Chunk chunk;
+        float part_o[ATTN_MAX_WARPS][G][HD];
+    };
+    __shared__ Scratch sh;
+    __shared__ float4 q_sh[G][HD / 4];
+    __shared__ float part_m[ATTN_MAX_WARPS][G], part_l[ATTN_MAX_WARPS][G];
 
-    const u32 t = blockIdx.x, h = blockIdx.y;
+    const u32 t = blockIdx.x, kvh = blockIdx.y;
+    const u32 n_warps = blockDim.x / 32;
     const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const u32 q_width = n_heads * HD, kv_width = n_kv_heads * HD;
-    const u32 kvh = h / (n_heads / n_kv_heads);
+    const u32 group = n_heads / n_kv_heads;
+    const u32 h0 = kvh * group + blockIdx.z * G;
+    const u32 n_here = min((u32)G, group - blockIdx.z * G);
     const u32 n_ctx = positions[t] + 1;
     const u32* table = block_tables + table_offset[t];
     // The slot of key j: block_tokens is a power of two (the host checks), so shift and mask.
     const u32 bt_shift = __ffs(block_tokens) - 1, bt_mask = block_tokens - 1;
-#define KV_SLOT(j) ((u64)table[(j) >> bt_shift] * block_tokens + ((j) & bt_mask))
     const float* kc = k_cache + kvh * HD;
     const float* vc = v_cache + kvh * HD;
 
     float* q_f = reinterpret_cast<float*>(q_sh);
-    for (u32 i = threadIdx.x; i < HD; i += blockDim.x) q_f[i] = q[(u64)t * q_width + (u64)h * HD + i];
+    for (u32 i = threadIdx.x; i < G * HD; i += blockDim.x) {
+        const u32 g = i / HD;
+        q_f[i] = g < n_here ? q[(u64)t * q_width + (u64)(h0 + g) * HD + i % HD] : 0.0f;
+    }
     __syncthreads();
 
-    float m = NEG_INF, l = 0.0f;
-    float o[PER_LANE];
+    float m[G], l[G];
+    float o[G][PER_LANE];
 #pragma unroll
-    for (int i = 0; i < PER_LANE; i++) o[i] = 0.0f;
+    for (int g = 0; g < G; g++) {
+        m[g] = NEG_INF;
+        l[g] = 0.0f;
+#pragma unroll
+        for (int i = 0; i < PER_LANE; i++) o[g][i] = 0.0f;
+    }
 
-    for (u32 j0 = warp * 32; j0 < n_ctx; j0 += ATTN_WARPS * 32) {
+    for (u32 j0 = warp * 32; j0 < n_ctx; j0 += n_warps * 32) {
         const u32 j = j0 + lane;
-        float s = NEG_INF;
-        if (j < n_ctx) {
-            const float4* kp = reinterpret_cast<const float4*>(kc + KV_SLOT(j) * kv_width);
-            float d = 0.0f;
+        const bool valid = j < n_ctx;
+        // A lane past the end reads key j0's row (valid) and discards the result.
+        const u32 jr = valid ? j : j0;
+        const u32 slot = table[jr >> bt_shift] * block_tokens + (jr & bt_mask);
+        const float4* kp = reinterpret_cast<const float4*>(kc + (u64)slot * kv_width);
+        float d[G];
 #pragma unroll
-            for (int i = 0; i < HD / 4; i++) {
-                const float4 kk = kp[i], qq = q_sh[i];
-                d = fmaf(qq.x, kk.x, d);
-                d = fmaf(qq.y, kk.y, d);
-                d = fmaf(qq.z, kk.z, d);
-                d = fmaf(qq.w, kk.w, d);
+        for (int g = 0; g < G; g++) d[g] = 0.0f;
+#pragma unroll
+        for (int i = 0; i < HD / 4; i++) {
+            const float4 kk = kp[i];
+#pragma unroll
+            for (int g = 0; g < G; g++) {
+                if (g >= n_here) break;
+                const float4 qq = q_sh[g][i];
+                d[g] = fmaf(qq.x, kk.x, d[g]);
+                d[g] = fmaf(qq.y, kk.y, d[g]);
+                d[g] = fmaf(qq.z, kk.z, d[g]);
+                d[g] = fmaf(qq.w, kk.w, d[g]);
             }
-            s = d * scale;
         }
-        // The chunk holds key j0 < n_ctx, so m_new is finite; exp(-inf - m_new) = 0 on the first.
-        const float m_new = fmaxf(m, warp_max(s));
-        const float corr = expf(m - m_new);
-        const float p = j < n_ctx ? expf(s - m_new) : 0.0f;
-        l = l * corr + warp_sum(p);
+        sh.chunk.slot[warp][lane] = slot;
 #pragma unroll
-        for (int i = 0; i < PER_LANE; i++) o[i] *= corr;
+        for (int g = 0; g < G; g++) {
+            if (g >= n_here) break;
+            const float s = valid ? d[g] * scale : NEG_INF;
+            // The chunk holds key j0 < n_ctx, so m_new is finite; exp(-inf - m_new) = 0 on the first.
+            const float m_new = fmaxf(m[g], warp_max(s));
+            const float corr = expf(m[g] - m_new);
+            const float p = valid ? expf(s - m_new) : 0.0f;
+            l[g] = l[g] * corr + warp_sum(p);
+#pragma unroll
+            for (int i = 0; i < PER_LANE; i++) o[g][i] *= corr;
+            m[g] = m_new;
+            sh.chunk.p[warp][g][lane] = p;
+        }
+        __syncwarp();
+        // Values ATTN_V_BATCH keys at a time: all their loads are issued before the first is
+        // used, so a chunk waits for memory 32 / ATTN_V_BATCH times rather than 32 times.
         const u32 n_valid = min(32u, n_ctx - j0);
-        for (u32 jj = 0; jj < n_valid; jj++) {
-            const float pj = __shfl_sync(FULL_WARP, p, jj);
-            const float* vp = vc + KV_SLOT(j0 + jj) * kv_width;
+        for (u32 jb = 0; jb < n_valid; jb += ATTN_V_BATCH) {
+            float vv[ATTN_V_BATCH][PER_LANE];
 #pragma unroll
-            for (int i = 0; i < PER_LANE; i++)
-                if (HD % 32 == 0 || lane + 32 * i < HD) o[i] = fmaf(pj, vp[lane + 32 * i], o[i]);
+            for (int u = 0; u < ATTN_V_BATCH; u++) {
+                // Keys past the chunk's end read key jb's row (valid); their weights are 0.
+                const u32 jj = jb + u < n_valid ? jb + u : jb;
+                const float* vp = vc + (u64)sh.chunk.slot[warp][jj] * kv_width;
+#pragma unroll
+                for (int i = 0; i < PER_LANE; i++) vv[u][i] = (HD % 32 == 0 || lane + 32 * i < HD) ? vp[lane + 32 * i] : 0.0f;
+            }
+#pragma unroll
+            for (int u = 0; u < ATTN_V_BATCH; u++) {
+                if (jb + u >= n_valid) break;
+#pragma unroll
+                for (int g = 0; g < G; g++) {
+                    if (g >= n_here) break;
+                    const float pj = sh.chunk.p[warp][g][jb + u];
+#pragma unroll
+                    for (int i = 0; i < PER_LANE; i++) o[g][i] = fmaf(pj, vv[u][i], o[g][i]);
+                }
+            }
         }
-        m = m_new;
+        __syncwarp();  // the next chunk overwrites this warp's weights and slots
     }
 
-    if (lane == 0) {
-        part_m[warp] = m;
-        part_l[warp] = l;
-    }
+    __syncthreads();  // every warp is done with sh.chunk before part_o overwrites it
 #pragma unroll
-    for (int i = 0; i < PER_LANE; i++)
-        if (HD % 32 == 0 || lane + 32 * i < HD) part_o[warp][lane + 32 * i] = o[i];
-    __syncthreads();
-    for (u32 d = threadIdx.x; d < HD; d += blockDim.x) {
-        float mm = NEG_INF;
-#pragma unroll
-        for (int w = 0; w < ATTN_WARPS; w++) mm = fmaxf(mm, part_m[w]);
-        float ll = 0.0f, oo = 0.0f;
-#pragma unroll
-        for (int w = 0; w < ATTN_WARPS; w++) {
-            if (part_m[w] == NEG_INF) continue;  // a warp that saw no key
-            const float f = expf(part_m[w] - mm);
-            ll += part_l[w] * f;
-            oo += part_o[w][d] * f;
+    for (int g = 0; g < G; g++) {
+        if (g >= n_here) break;
+        if (lane == 0) {
+            part_m[warp][g] = m[g];
+            part_l[warp][g] = l[g];
         }
-        out[(u64)t * q_width + (u64)h * HD + d] = oo / ll;
+#pragma unroll
+        for (int i = 0; i < PER_LANE; i++)
+            if (HD % 32 == 0 || lane + 32 * i < HD) sh.part_o[warp][g][lane + 32 * i] = o[g][i];
     }
-#undef KV_SLOT
+    __syncthreads();
+    for (u32 e = threadIdx.x; e < n_here * HD; e += blockDim.x) {
+        const u32 g = e / HD, dd = e % HD;
+        float mm = NEG_INF;
+        for (u32 w = 0; w < n_warps; w++) mm = fmaxf(mm, part_m[w][g]);
+        float ll = 0.0f, oo = 0.0f;
+        for (u32 w = 0; w < n_warps; w++) {
+            if (part_m[w][g] == NEG_INF) continue;  // a warp that saw no key
+            const float f = expf(part_m[w][g] - mm);
+            ll += part_l[w][g] * f;
+            oo += sh.part_o[w][g][dd] * f;
+        }
+        out[(u64)t * q_width + (u64)(h0 + g) * HD + dd] = oo / ll;
+    }
 }
 
 // One head dim per module (-DATTN_HEAD_DIM=N), compiled for the model's head dim only; the module
 // compiled without it holds kv_append alone.
 #ifdef ATTN_HEAD_DIM
-extern "C" __global__ void __launch_bounds__(32 * ATTN_WARPS)
+// Query heads per block: up to 8, fewer for wide heads so that the warps' partial outputs fit
+// 32 KiB of shared memory (ATTN_MAX_WARPS x ATTN_GROUP x head dim floats).
+#define ATTN_GROUP (ATTN_HEAD_DIM <= 64 ? 8 : 512 / ATTN_HEAD_DIM)
+extern "C" __global__ void __launch_bounds__(32 * ATTN_MAX_WARPS, 1)
     attention_heads(const float* __restrict__ q, const float* __restrict__ k_cache, const float* __restrict__ v_cache,
                     const u32* __restrict__ positions, const u32* __restrict__ table_offset,
                     const u32* __restrict__ block_tables, u32 block_tokens, u32 n_heads, u32 n_kv_heads, float scale,
                     float* __restrict__ out) {
-    attention<ATTN_HEAD_DIM>(q, k_cache, v_cache, positions, table_offset, block_tables, block_tokens, n_heads, n_kv_heads,
-                             scale, out);
+    attention<ATTN_HEAD_DIM, ATTN_GROUP>(q, k_cache, v_cache, positions, table_offset, block_tables, block_tokens,
+                                         n_heads, n_kv_heads, scale, out);
 }
 #endif

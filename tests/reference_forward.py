@@ -38,6 +38,9 @@ class ReferenceModel:
         quantizer first: the float64 model of what an 8-bit-activation matmul does, used to size
         the error that rounding alone causes."""
         self.activation_quant = activation_quant
+        # The largest |x| any projection has multiplied so far (tests of reduced precisions
+        # check that their inputs really reach the range they claim to cover).
+        self.largest_input = 0.0
         self.reader = GGUFReader(str(path))
         self.tensors = {t.name: t for t in self.reader.tensors}
         self._cache: dict[str, np.ndarray] = {}
@@ -88,6 +91,7 @@ class ReferenceModel:
 
     def linear(self, x: np.ndarray, name: str, bias: str | None = None) -> np.ndarray:
         w = self.weight(name)
+        self.largest_input = max(self.largest_input, float(np.abs(x).max(initial=0.0)))
         if self.activation_quant is not None:
             qt = GGMLQuantizationType[self.activation_quant]
             x = np.asarray(dequantize(quantize(x.astype(np.float32), qt), qt), dtype=np.float64)

@@ -140,10 +140,12 @@ def write_block_model(
     vocab: int = 260,
     context: int = 160,
     seed: int = 0,
+    norm_gain: float = 1.0,
 ) -> str:
     """A small model whose every matrix (embedding and LM head too) is random blocks of
     ``matrix_type``; norms and q/k/v biases (qwen2) are F32. ``hidden`` must be a multiple of
-    the type's block size (256 for K- and I-quants)."""
+    the type's block size (256 for K- and I-quants). ``norm_gain`` multiplies the layers' norm
+    weights (large gains give the large activations some trained models have)."""
     import gguf
 
     rng = np.random.default_rng(seed)
@@ -165,16 +167,16 @@ def write_block_model(
         else:
             w.add_tensor(name, data, raw_dtype=gguf.GGMLQuantizationType[matrix_type])
 
-    def vector(name, n, norm=False):
+    def vector(name, n, norm=False, gain=1.0):
         v = rng.standard_normal(n) * (0.1 if norm else 0.05)
-        w.add_tensor(name, ((1.0 + v) if norm else v).astype(np.float32))
+        w.add_tensor(name, ((1.0 + v) * gain if norm else v).astype(np.float32))
 
     matrix("token_embd.weight", vocab, hidden, spread=0.5)
     vector("output_norm.weight", hidden, norm=True)
     matrix("output.weight", vocab, hidden)
     for i in range(n_layers):
         p = f"blk.{i}."
-        vector(p + "attn_norm.weight", hidden, norm=True)
+        vector(p + "attn_norm.weight", hidden, norm=True, gain=norm_gain)
         matrix(p + "attn_q.weight", n_heads * head_dim, hidden)
         matrix(p + "attn_k.weight", n_kv_heads * head_dim, hidden)
         matrix(p + "attn_v.weight", n_kv_heads * head_dim, hidden)
@@ -183,7 +185,7 @@ def write_block_model(
             vector(p + "attn_k.bias", n_kv_heads * head_dim)
             vector(p + "attn_v.bias", n_kv_heads * head_dim)
         matrix(p + "attn_output.weight", hidden, n_heads * head_dim)
-        vector(p + "ffn_norm.weight", hidden, norm=True)
+        vector(p + "ffn_norm.weight", hidden, norm=True, gain=norm_gain)
         matrix(p + "ffn_gate.weight", ffn, hidden)
         matrix(p + "ffn_up.weight", ffn, hidden)
         matrix(p + "ffn_down.weight", hidden, ffn)

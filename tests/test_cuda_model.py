@@ -197,6 +197,56 @@ def test_gpu_prefill_with_and_without_resident_float32_weights(tmp_path, matrix_
 
 @pytest.mark.cuda
 @needs_gpu
+@pytest.mark.parametrize("resident", ["1", "0"])
+@pytest.mark.parametrize("gemm", ["f32", "tf32", "f16"])
+def test_gpu_gemm_precisions_match_the_float64_reference(tmp_path, gemm, resident, monkeypatch):
+    """Each precision of the multiplies of more than 8 rows (FERRITE_CUDA_GEMM; f16 is the
+    default), with the weights' copies kept on the device or re-dequantized per multiply
+    (FERRITE_CUDA_F32_WEIGHTS), on a model whose layer norms have a gain of 30: the FFN's inner
+    activations reach ~4e5, beyond f16's 65504, which the f16 path must scale into range."""
+    monkeypatch.setenv("FERRITE_CUDA_GEMM", gemm)
+    monkeypatch.setenv("FERRITE_CUDA_F32_WEIGHTS", resident)
+    path = write_block_model(tmp_path / "Q4_K.gguf", "Q4_K", seed=21, norm_gain=30.0)
+    ids = [int(t) for t in np.random.default_rng(6).integers(0, 260, size=41)]
+    ref = ReferenceModel(path)
+    want = ref.forward(ids)
+    got = ferrite.Model.load(path, device="cuda", kv_cache_tokens=256).forward(ids)
+    bound = RELATIVE_BOUND if gemm == "f32" else TF32_RELATIVE_BOUND
+    row = {"test": "gemm_precision", "gemm": gemm, "resident": resident, "rel": relative(got, want), "largest_input": ref.largest_input}
+    report(row)
+    assert ref.largest_input > 65504, row  # the model does reach beyond f16's range
+    assert np.isfinite(got).all(), row
+    assert row["rel"] <= bound, row
+    assert decisive_top1(got, want) == 1.0, row
+
+
+@pytest.mark.cuda
+@needs_gpu
+@pytest.mark.parametrize(
+    "n_heads,n_kv_heads,hidden,n_tokens",
+    [(16, 1, 256, 45), (8, 8, 256, 45), (16, 2, 256, 45), (12, 4, 192, 45), (8, 1, 1024, 45), (14, 2, 896, 600)],
+)
+def test_gpu_attention_over_query_head_groups(tmp_path, n_heads, n_kv_heads, hidden, n_tokens):
+    """Attention handles the query heads that share a KV head together (up to 8 per block, 4 for
+    128-wide heads) and spreads a row's keys over up to 16 warps: groups of 16 (two slices), 1,
+    8 and 3 heads, 8 heads of 128 dims (two slices), and the test model's 14/2 heads over 600
+    positions (warps looping over several chunks each). A prefill and then 12 tokens one at a
+    time on the cached keys, against the float64 reference at every position."""
+    path = write_block_model(
+        tmp_path / "m.gguf", "Q8_0", hidden=hidden, ffn=256, n_heads=n_heads, n_kv_heads=n_kv_heads, context=1024, seed=8
+    )
+    ids = [int(t) for t in np.random.default_rng(2).integers(0, 260, size=n_tokens)]
+    m = ferrite.Model.load(path, device="cuda", kv_cache_tokens=1024, exact_matmul=True)
+    s = m.new_sequence(max_tokens=n_tokens + 16)
+    split = n_tokens - 12
+    got = np.concatenate([m.forward(ids[:split], seq=s)] + [m.forward([t], seq=s) for t in ids[split:]])
+    want = ReferenceModel(path).forward(ids)
+    assert relative(got, want) <= RELATIVE_BOUND
+    assert decisive_top1(got, want) == 1.0
+
+
+@pytest.mark.cuda
+@needs_gpu
 def test_gpu_recorded_large_batch_steps_replay_correctly(tmp_path):
     """A decode step of more than 8 rows is recorded as a CUDA graph once its sizes recur (the
     third step) and replayed after: 12 sequences decoding 10 steps together, each step's logits

@@ -21,7 +21,7 @@ use cudarc::driver::{sys, CudaFunction, CudaGraph, CudaSlice, DevicePtr, LaunchC
 
 use super::context::{cublas_library_present, CudaContext};
 use super::error::CudaError;
-use super::kernels::{self, ATTENTION_THREADS, NORM_THREADS};
+use super::kernels::{self, ATTENTION_MAX_WARPS, NORM_THREADS};
 use crate::backend::{check_width, AttnParams, Backend, BatchPlan, KvLayout, OwnedRows, ReplayKey, RopeParams, RopeStyle, TensorSource};
 use crate::backend::BackendError;
 use crate::quant::{self, GgmlType, QuantError};
@@ -47,10 +47,10 @@ pub struct CudaWeight {
     pub(super) dense: Option<CudaSlice<f32>>,
     /// The matvec kernels of its type (matrices only).
     pub(super) kernels: Option<Arc<TypeKernels>>,
-    /// The whole matrix dequantized to float32 for cuBLAS, made the first time more rows than
-    /// a matvec takes go through it, when the device has room (`matmul::resident_f32`); `None`
-    /// inside once it was decided against.
-    pub(super) resident_f32: std::sync::OnceLock<Option<CudaSlice<f32>>>,
+    /// The whole matrix dequantized for cuBLAS (float32, or f16 with a scale), made the first
+    /// time more rows than a matvec takes go through it, when the device has room
+    /// (`matmul::resident`); `None` inside once it was decided against.
+    pub(super) resident: std::sync::OnceLock<Option<super::matmul::Resident>>,
 }
 
 impl CudaWeight {
@@ -90,6 +90,23 @@ pub struct CudaBatch {
     logit_rows: u64,
     block_tables: u64,
     block_tokens: u32,
+    /// Warps per attention block for this batch (see `attention_warps`).
+    attn_warps: u32,
+}
+
+/// Batches of up to this many rows spread each row's keys over more warps (decode steps: few
+/// rows, long contexts); larger ones (prefill) fill the GPU with 4-warp blocks.
+const ATTENTION_SPREAD_MAX_ROWS: usize = 256;
+
+/// Warps per attention block: one per 32 keys of the longest context, up to ATTENTION_MAX_WARPS,
+/// for small batches; 4 for large ones. (A recorded decode step keeps the count it was recorded
+/// with as its contexts grow: the warps then loop over more chunks, which is only slower.)
+fn attention_warps(positions: &[u32]) -> u32 {
+    if positions.len() > ATTENTION_SPREAD_MAX_ROWS {
+        return 4;
+    }
+    let longest = positions.iter().copied().max().map_or(1, |p| p as u64 + 1);
+    longest.div_ceil(32).clamp(1, ATTENTION_MAX_WARPS as u64) as u32
 }
 
 /// A recorded decode step.
@@ -110,6 +127,8 @@ pub(super) struct FixedKernels {
     add_assign: CudaFunction,
     pub(super) add_bias: CudaFunction,
     gather_rows: CudaFunction,
+    pub(super) to_f16_scaled: CudaFunction,
+    pub(super) abs_max: CudaFunction,
 }
 
 pub struct CudaBackend {
@@ -119,8 +138,8 @@ pub struct CudaBackend {
     type_kernels: HashMap<GgmlType, Arc<TypeKernels>>,
     /// Where `upload_batch` puts the plan; grows, never shrinks.
     batch_buf: Option<CudaSlice<u32>>,
-    /// Bumped when `batch_buf` is reallocated: recorded graphs hold its address.
-    batch_generation: u64,
+    /// Bumped when `batch_buf` or `x_f16` is reallocated: recorded graphs hold their addresses.
+    pub(super) batch_generation: u64,
     /// Recorded decode steps by key (see `Backend::replayable`). Off with FERRITE_CUDA_GRAPHS=0.
     graphs: HashMap<(ReplayKey, u64), Recorded>,
     graphs_enabled: bool,
@@ -133,10 +152,52 @@ pub struct CudaBackend {
     _blas_workspace: CudaSlice<u8>,
     /// Float32 dequantized weight rows for the cuBLAS path; grows up to `matmul::SCRATCH_MAX_ELEMS`.
     pub(super) scratch: Option<CudaSlice<f32>>,
+    /// How multiplies of more than `MATVEC_MAX_ROWS` rows run (see `GemmPrecision`).
+    pub(super) gemm: GemmPrecision,
+    /// The activations of an f16 GEMM, as f16 bits; grows (bumping `batch_generation`).
+    pub(super) x_f16: Option<CudaSlice<u16>>,
     pub(super) sampler: super::sampling::DeviceSampler,
     /// FERRITE_HOST_SAMPLING=1: copy logits to the host and sample there (for comparisons).
     pub(super) host_sampling: bool,
     kv_capacity_tokens: usize,
+}
+
+/// How multiplies of more than `MATVEC_MAX_ROWS` rows (prefill, large batches) run on cuBLAS.
+/// Matvec batches (<= 8 rows, single-user decode) are float32 whatever this says.
+///
+/// Measured on an H200 with the test model (docs/BENCHMARKS.md): TF32 rounds both inputs of
+/// each product to 10 mantissa bits and ran a 64-sequence decode 1.6x faster than float32, the
+/// logits 0.042 from the float64 reference instead of 8e-4. F16 rounds the same 10 bits (to
+/// nearest, where TF32 truncates), but keeps the weight copy in 2 bytes instead of 4 and runs
+/// on the f16 tensor cores at twice TF32's rate; the range is kept by scaling (see matmul.rs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmPrecision {
+    /// Float32 on the CUDA cores (`exact_matmul=True`).
+    F32,
+    /// Float32 copies of the weights, TF32 tensor cores.
+    Tf32,
+    /// f16 copies of the weights, activations converted to f16, float32 sums (the default).
+    F16,
+}
+
+impl GemmPrecision {
+    /// `exact_matmul` picks F32, else F16; FERRITE_CUDA_GEMM=f32|tf32|f16 overrides either
+    /// (FERRITE_CUDA_TF32=0/1, the older switch, still means f32/tf32).
+    fn choose(exact_matmul: bool) -> Result<GemmPrecision, CudaError> {
+        match std::env::var("FERRITE_CUDA_GEMM").as_deref() {
+            Ok("f32") => return Ok(GemmPrecision::F32),
+            Ok("tf32") => return Ok(GemmPrecision::Tf32),
+            Ok("f16") => return Ok(GemmPrecision::F16),
+            Ok(other) => return Err(CudaError::Invalid(format!("FERRITE_CUDA_GEMM={other:?}: expected f32, tf32 or f16"))),
+            Err(_) => {}
+        }
+        Ok(match std::env::var("FERRITE_CUDA_TF32").as_deref() {
+            Ok("0") => GemmPrecision::F32,
+            Ok("1") => GemmPrecision::Tf32,
+            _ if exact_matmul => GemmPrecision::F32,
+            _ => GemmPrecision::F16,
+        })
+    }
 }
 
 /// Steps of up to this many rows are recorded as CUDA graphs (the engine's default
@@ -224,16 +285,10 @@ impl CudaBackend {
         ctx.raw().bind_to_thread().map_err(|e| CudaError::Driver { op: "binding the CUDA context".into(), msg: super::error::describe(&e) })?;
         let blas = CudaBlas::new(ctx.stream().clone())
             .map_err(|e| CudaError::Driver { op: format!("creating a cuBLAS handle on {}", ctx.device_name()), msg: format!("{e:?}") })?;
-        // TF32 rounds both inputs of each product to 10 mantissa bits (float32 sums): on an
-        // H200 a 64-sequence decode runs 1.6x faster, and the test model's logits move up to
-        // 0.042 from the float64 reference instead of 8e-4 (docs/BENCHMARKS.md); matvec
-        // batches (<= 8 rows) stay float32 either way.
-        let tf32 = match std::env::var("FERRITE_CUDA_TF32").as_deref() {
-            Ok("0") => false,
-            Ok("1") => true,
-            _ => !exact_matmul,
-        };
-        let blas_workspace = configure_blas(&ctx, &blas, tf32)?;
+        let gemm = GemmPrecision::choose(exact_matmul)?;
+        // The handle's math mode serves the float32 GEMMs: TF32 unless float32 was asked for
+        // (an f16 model still multiplies in float32 when its weight has no f16 copy).
+        let blas_workspace = configure_blas(&ctx, &blas, gemm != GemmPrecision::F32)?;
         let f = |src, name| ctx.function(src, name);
         let fixed = FixedKernels {
             rms_norm: f(&kernels::NORM, "rms_norm")?,
@@ -244,6 +299,8 @@ impl CudaBackend {
             add_assign: f(&kernels::ELEMENTWISE, "add_assign")?,
             add_bias: f(&kernels::ELEMENTWISE, "add_bias")?,
             gather_rows: f(&kernels::ELEMENTWISE, "gather_rows")?,
+            to_f16_scaled: f(&kernels::CONVERT, "to_f16_scaled")?,
+            abs_max: f(&kernels::CONVERT, "abs_max")?,
         };
         // A graph would record the synchronizations FERRITE_CUDA_SYNC asks for, which capture forbids.
         let sampler = super::sampling::DeviceSampler::new(ctx.clone())?;
@@ -262,6 +319,8 @@ impl CudaBackend {
             sightings: HashMap::new(),
             _blas_workspace: blas_workspace,
             scratch: None,
+            gemm,
+            x_f16: None,
             sampler,
             host_sampling: std::env::var("FERRITE_HOST_SAMPLING").is_ok_and(|v| v == "1"),
             kv_capacity_tokens: 0,
@@ -303,7 +362,7 @@ impl Backend for CudaBackend {
             let mut v = vec![0f32; n_cols];
             quant::dequantize(ty, src.bytes(), &mut v)?;
             let dense = Some(self.ctx.upload(&v, src.name())?);
-            return Ok(CudaWeight { name, ty, n_cols, n_rows, row_bytes, blocks, layout: Layout::Blocks, dense, kernels: None, resident_f32: Default::default() });
+            return Ok(CudaWeight { name, ty, n_cols, n_rows, row_bytes, blocks, layout: Layout::Blocks, dense, kernels: None, resident: Default::default() });
         }
         // Compiled (or loaded from the disk cache) now, so that load fails rather than the
         // first token.
@@ -316,7 +375,7 @@ impl Backend for CudaBackend {
             let mut scratch = tiled.scratch.lock().map_err(|_| BackendError::Invalid("split-K scratch lock poisoned".into()))?;
             scratch.reserve(&self.ctx, tiled.sms, &grid)?;
         }
-        Ok(CudaWeight { name, ty, n_cols, n_rows, row_bytes, blocks, layout, dense: None, kernels: Some(kernels), resident_f32: Default::default() })
+        Ok(CudaWeight { name, ty, n_cols, n_rows, row_bytes, blocks, layout, dense: None, kernels: Some(kernels), resident: Default::default() })
     }
 
     fn alloc_act(&mut self, capacity_rows: usize, width: usize) -> Result<CudaAct, BackendError> {
@@ -413,6 +472,7 @@ impl Backend for CudaBackend {
             logit_rows: at(4 * n),
             block_tables: at(4 * n + plan.logit_rows.len()),
             block_tokens: plan.block_tokens,
+            attn_warps: attention_warps(&plan.positions),
         })
     }
 
@@ -524,7 +584,10 @@ impl Backend for CudaBackend {
         let n_u = to_u32("tokens", n)?;
         let cfg = LaunchConfig { grid_dim: (n_u, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
         launch!(self.ctx, &self.fixed.kv_append, "kv_append", cfg, &k.buf, &v.buf, &batch.slots, &kv_width_u, &capacity, &mut kc, &mut vc)?;
-        let cfg = LaunchConfig { grid_dim: (n_u, to_u32("heads", p.n_heads)?, 1), block_dim: (ATTENTION_THREADS, 1, 1), shared_mem_bytes: 0 };
+        // One block per token, KV head and slice of its query heads.
+        let slices = to_u32("query heads per KV head", (p.n_heads / p.n_kv_heads).div_ceil(kernels::attention_group(hd)))?;
+        let grid = (n_u, to_u32("KV heads", p.n_kv_heads)?, slices);
+        let cfg = LaunchConfig { grid_dim: grid, block_dim: (32 * batch.attn_warps, 1, 1), shared_mem_bytes: 0 };
         let (n_heads, n_kv_heads) = (p.n_heads as u32, p.n_kv_heads as u32);
         let scale = 1.0 / (hd as f32).sqrt();
         let name = "attention_heads";

@@ -29,9 +29,10 @@ pub const SAMPLING: KernelSource =
     KernelSource { file: "sampling.cu", src: include_str!("../../../kernels/sampling.cu"), options: &[] };
 pub const ELEMENTWISE: KernelSource =
     KernelSource { file: "elementwise.cu", src: include_str!("../../../kernels/elementwise.cu"), options: &[] };
+pub const CONVERT: KernelSource = KernelSource { file: "convert.cu", src: include_str!("../../../kernels/convert.cu"), options: &[] };
 
 /// Every kernel file compiled without variant options (attention.cu is compiled per head dim).
-pub const FIXED: [&KernelSource; 5] = [&NORM, &ROPE, &ELEMENTWISE, &SAMPLING, &super::dequant::DEQUANT];
+pub const FIXED: [&KernelSource; 6] = [&NORM, &ROPE, &ELEMENTWISE, &CONVERT, &SAMPLING, &super::dequant::DEQUANT];
 
 /// The options that compile attention.cu for `head_dim`, or `None` when it has no variant.
 pub fn attention_defines(head_dim: usize) -> Option<Vec<String>> {
@@ -97,8 +98,17 @@ pub const ATTENTION_HEAD_DIMS: [usize; 7] = [16, 32, 64, 80, 96, 128, 256];
 
 /// Weight rows per matvec thread block (MATVEC_WARPS in matvec.cu).
 pub const MATVEC_ROWS_PER_BLOCK: u32 = 4;
-/// Warps per attention block (ATTN_WARPS in attention.cu).
-pub const ATTENTION_THREADS: u32 = 128;
+/// Most warps per attention block (ATTN_MAX_WARPS in attention.cu).
+pub const ATTENTION_MAX_WARPS: u32 = 16;
+
+/// Query heads handled by one attention block for `head_dim` (ATTN_GROUP in attention.cu).
+pub fn attention_group(head_dim: usize) -> usize {
+    if head_dim <= 64 {
+        8
+    } else {
+        512 / head_dim
+    }
+}
 /// Threads per sampling block, one block per row (SAMPLE_THREADS in sampling.cu).
 pub const SAMPLE_THREADS: u32 = 1024;
 /// Threads per RMSNorm block (NORM_THREADS in norm.cu).
@@ -130,7 +140,11 @@ mod tests {
         for nt in [1, 2, 4, 8] {
             assert!(MATVEC_MMA.src.contains(&format!("MATVEC_MMA_KERNEL({nt})")), "matvec_mma_{nt}");
         }
-        assert!(ATTENTION.src.contains(&format!("#define ATTN_WARPS {}", ATTENTION_THREADS / 32)));
+        assert!(ATTENTION.src.contains(&format!("#define ATTN_MAX_WARPS {ATTENTION_MAX_WARPS}")));
+        assert!(ATTENTION.src.contains("#define ATTN_GROUP (ATTN_HEAD_DIM <= 64 ? 8 : 512 / ATTN_HEAD_DIM)"));
+        for hd in ATTENTION_HEAD_DIMS {
+            assert!((1..=8).contains(&attention_group(hd)) && attention_group(hd) * hd.max(64) <= 512, "{hd}");
+        }
         assert!(NORM.src.contains(&format!("#define NORM_THREADS {NORM_THREADS}")));
         assert!(SAMPLING.src.contains(&format!("#define SAMPLE_THREADS {SAMPLE_THREADS}")));
         for n in 1..=MATVEC_MAX_ROWS {

@@ -15,7 +15,7 @@
 use cudarc::cublas::{sys::cublasOperation_t, Gemm, GemmConfig};
 use cudarc::driver::{CudaSlice, CudaViewMut, PushKernelArg};
 
-use super::backend::{addr, grid_stride, launch, CudaAct, CudaBackend, CudaWeight};
+use super::backend::{addr, grid_stride, launch, CudaAct, CudaBackend, CudaWeight, GemmPrecision};
 use super::context::CudaContext;
 use super::dequant::dequantize_into;
 use super::error::CudaError;
@@ -62,12 +62,31 @@ fn matvec(be: &mut CudaBackend, w: &CudaWeight, bias: Option<&CudaSlice<f32>>, x
     Ok(())
 }
 
-/// Device memory that must stay free after a resident float32 weight is made (auto policy): a
+/// Device memory that must stay free after a resident weight copy is made (auto policy): a
 /// quarter of the device, for the KV cache, activations and other models.
 const RESIDENT_KEEP_FREE_FRACTION: usize = 4;
 
-/// Whether to keep float32 copies of the weights on the device: FERRITE_CUDA_F32_WEIGHTS=0
-/// never, =1 whenever the allocation succeeds, unset while a quarter of the device stays free.
+/// Activations are multiplied by this before their f16 conversion (and the product divided by
+/// it through cuBLAS's alpha): f16 ends at 65504, and the inputs of ffn_down and attn_output are
+/// not normalized (models with "massive activations" reach 1e4-1e5 there); scaled, values up to
+/// 2^24 fit, while those under 2^-6 lose only absolute precision (f16 subnormals: steps of 2^-16
+/// after unscaling), negligible in a sum of products next to the 2^-11 relative rounding of the
+/// large terms.
+const X_F16_SCALE: f32 = 1.0 / 256.0;
+/// A weight's f16 copy is scaled so that its largest |w| lands near this power of two: trained
+/// weights (|w| ~ 0.02) would otherwise sit near the f16 subnormals, where precision is lost.
+const W_F16_TARGET_MAX: f32 = 16384.0;
+
+/// A weight kept on the device in a form cuBLAS multiplies directly.
+pub enum Resident {
+    F32(CudaSlice<f32>),
+    /// f16 bits of `w * scale` (scale a power of two).
+    F16 { bits: CudaSlice<u16>, scale: f32 },
+}
+
+/// Whether to keep copies of the weights on the device: FERRITE_CUDA_F32_WEIGHTS=0 never, =1
+/// whenever the allocation succeeds, unset while a quarter of the device stays free. (The name
+/// is older than the f16 copies; it governs both.)
 fn resident_allowed(be: &CudaBackend, bytes: usize) -> bool {
     match std::env::var("FERRITE_CUDA_F32_WEIGHTS").as_deref() {
         Ok("0") => false,
@@ -88,29 +107,87 @@ fn dequant_rows(ctx: &CudaContext, w: &CudaWeight, r0: usize, rows: usize, out: 
     Ok(())
 }
 
-/// The weight's resident float32 copy, made now if this is its first large multiply and the
-/// device has room; `None` when it stays quantized only.
-fn resident_f32<'w>(be: &CudaBackend, w: &'w CudaWeight) -> Result<Option<&'w CudaSlice<f32>>, BackendError> {
-    if let Some(made) = w.resident_f32.get() {
+/// Rows of `w` per chunk of the float32 scratch, and the scratch grown to hold one chunk.
+fn scratch_chunk_rows(be: &mut CudaBackend, w: &CudaWeight) -> Result<usize, BackendError> {
+    let chunk_rows = (SCRATCH_MAX_ELEMS / w.n_cols.max(1)).clamp(1, w.n_rows.max(1));
+    let elems = chunk_rows * w.n_cols;
+    if be.scratch.as_ref().map_or(true, |s| s.len() < elems) {
+        be.scratch = None;
+        be.scratch = Some(be.ctx.alloc::<f32>(elems, "dequantized weight rows for cuBLAS")?);
+    }
+    Ok(chunk_rows)
+}
+
+/// The f16 copy of `w`: the float32 rows pass through the scratch twice, once for the largest
+/// |w| (which sets the scale), once to convert.
+fn make_f16(be: &mut CudaBackend, w: &CudaWeight, mut bits: CudaSlice<u16>) -> Result<Resident, BackendError> {
+    let chunk_rows = scratch_chunk_rows(be, w)?;
+    let mut max_bits = be.ctx.upload(&[0u32], "the largest |w| of a weight")?;
+    let mut scale = 0.0f32;
+    for pass in 0..2 {
+        let mut r0 = 0;
+        while r0 < w.n_rows {
+            let rows = chunk_rows.min(w.n_rows - r0);
+            let n = (rows * w.n_cols) as u64;
+            let Some(scratch) = be.scratch.as_mut() else { unreachable!("allocated above") };
+            dequant_rows(&be.ctx, w, r0, rows, &mut scratch.slice_mut(..n as usize))?;
+            if pass == 0 {
+                launch!(be.ctx, &be.fixed.abs_max, "abs_max", grid_stride(n), &*scratch, &n, &mut max_bits)?;
+            } else {
+                let mut dst = bits.slice_mut(r0 * w.n_cols..(r0 + rows) * w.n_cols);
+                launch!(be.ctx, &be.fixed.to_f16_scaled, "to_f16_scaled", grid_stride(n), &*scratch, &mut dst, &n, &scale)?;
+            }
+            r0 += rows;
+        }
+        if pass == 0 {
+            let got = be.ctx.download(&max_bits, &format!("the largest |w| of {}", w.name))?;
+            scale = f16_scale(f32::from_bits(got[0]));
+        }
+    }
+    Ok(Resident::F16 { bits, scale })
+}
+
+/// The power of two that brings `max_abs` near `W_F16_TARGET_MAX` (1 for a zero or non-finite
+/// maximum: nothing to gain, and a NaN must stay visible).
+fn f16_scale(max_abs: f32) -> f32 {
+    if !(max_abs.is_finite() && max_abs > 0.0) {
+        return 1.0;
+    }
+    let exp = (W_F16_TARGET_MAX / max_abs).log2().floor().clamp(-60.0, 60.0);
+    2f32.powi(exp as i32)
+}
+
+/// The weight's resident copy, made now if this is its first large multiply and the device has
+/// room; `None` when it stays quantized only.
+fn resident<'w>(be: &mut CudaBackend, w: &'w CudaWeight) -> Result<Option<&'w Resident>, BackendError> {
+    if let Some(made) = w.resident.get() {
         return Ok(made.as_ref());
     }
     let elems = w.n_rows * w.n_cols;
-    let made = if resident_allowed(be, elems * std::mem::size_of::<f32>()) {
-        match be.ctx.alloc::<f32>(elems, &format!("the float32 copy of {}", w.name)) {
-            Ok(mut full) => {
-                dequant_rows(&be.ctx, w, 0, w.n_rows, &mut full.slice_mut(..))?;
-                Some(full)
-            }
+    let f16 = be.gemm == GemmPrecision::F16;
+    let bytes = elems * if f16 { 2 } else { 4 };
+    let made = if !resident_allowed(be, bytes) {
+        None
+    } else if f16 {
+        match be.ctx.alloc::<u16>(elems, &format!("the f16 copy of {}", w.name)) {
+            Ok(bits) => Some(make_f16(be, w, bits)?),
             // No room after all (another model, fragmentation): the scratch path still works.
             Err(CudaError::OutOfMemory { .. }) => None,
             Err(e) => return Err(e.into()),
         }
     } else {
-        None
+        match be.ctx.alloc::<f32>(elems, &format!("the float32 copy of {}", w.name)) {
+            Ok(mut full) => {
+                dequant_rows(&be.ctx, w, 0, w.n_rows, &mut full.slice_mut(..))?;
+                Some(Resident::F32(full))
+            }
+            Err(CudaError::OutOfMemory { .. }) => None,
+            Err(e) => return Err(e.into()),
+        }
     };
     // Only this thread reaches the weight (the backend is behind `&mut`), so the set succeeds.
-    let _ = w.resident_f32.set(made);
-    Ok(w.resident_f32.get().and_then(Option::as_ref))
+    let _ = w.resident.set(made);
+    Ok(w.resident.get().and_then(Option::as_ref))
 }
 
 fn dequant_gemm(be: &mut CudaBackend, w: &CudaWeight, bias: Option<&CudaSlice<f32>>, x: &CudaAct, n_x: usize, out: &mut CudaAct) -> Result<(), BackendError> {
@@ -120,31 +197,14 @@ fn dequant_gemm(be: &mut CudaBackend, w: &CudaWeight, bias: Option<&CudaSlice<f3
     }
     let too_big = |what: &str, v: usize| BackendError::Invalid(format!("{}: {what} {v} exceeds cuBLAS's 32-bit sizes", w.name));
     let as_i32 = |what: &str, v: usize| i32::try_from(v).map_err(|_| too_big(what, v));
-    let resident = resident_f32(be, w)?;
-    let chunk_rows = if resident.is_some() { n_rows } else { (SCRATCH_MAX_ELEMS / n_cols.max(1)).clamp(1, n_rows) };
-    let scratch_elems = chunk_rows * n_cols;
-    if resident.is_none() && be.scratch.as_ref().map_or(true, |s| s.len() < scratch_elems) {
-        be.scratch = None;
-        be.scratch = Some(be.ctx.alloc::<f32>(scratch_elems, "dequantized weight rows for cuBLAS")?);
-    }
     // cuBLAS is bound to the context's stream; the context must be current on this thread
     // (Python may call from any thread).
     be.ctx.raw().bind_to_thread().map_err(|e| CudaError::Driver { op: "binding the CUDA context".into(), msg: super::error::describe(&e) })?;
-    let mut r0 = 0;
-    while r0 < n_rows {
-        let rows = chunk_rows.min(n_rows - r0);
-        let elems = rows * n_cols;
-        let a = match resident {
-            Some(full) => full.slice(..elems),
-            None => {
-                let Some(scratch) = be.scratch.as_mut() else { unreachable!("allocated above") };
-                dequant_rows(&be.ctx, w, r0, rows, &mut scratch.slice_mut(..elems))?;
-                scratch.slice(..elems)
-            }
-        };
-        // Column-major view: scratch is W_chunk^T (k x m, ld k), x is X^T (k x n, ld k) and
-        // out + r0 is the m x n block of OUT^T (ld n_rows): OUT^T[r][t] = Σ_c W[r][c] X[t][c].
-        let cfg = GemmConfig {
+    let resident = resident(be, w)?;
+    // Column-major view: a weight chunk is W_chunk^T (k x m, ld k), x is X^T (k x n, ld k) and
+    // out + r0 is the m x n block of OUT^T (ld n_rows): OUT^T[r][t] = Σ_c W[r][c] X[t][c].
+    let cfg = |rows: usize| -> Result<GemmConfig<f32>, BackendError> {
+        Ok(GemmConfig {
             transa: cublasOperation_t::CUBLAS_OP_T,
             transb: cublasOperation_t::CUBLAS_OP_N,
             m: as_i32("rows", rows)?,
@@ -155,14 +215,39 @@ fn dequant_gemm(be: &mut CudaBackend, w: &CudaWeight, bias: Option<&CudaSlice<f3
             ldb: as_i32("columns", n_cols)?,
             beta: 0.0f32,
             ldc: as_i32("rows", n_rows)?,
-        };
-        let b = x.buf.slice(..n_x * n_cols);
-        let mut c = out.buf.slice_mut(r0..n_x * n_rows);
-        // SAFETY: a holds rows x n_cols, b n_x x n_cols, and c from r0 spans
-        // (n_x - 1) * n_rows + rows elements, all within the views (sizes checked by the caller).
-        unsafe { be.blas.gemm(cfg, &a, &b, &mut c) }
-            .map_err(|e| CudaError::Driver { op: format!("cublasSgemm for {} ({rows} x {n_cols} by {n_x} rows)", w.name), msg: format!("{e:?}") })?;
-        r0 += rows;
+        })
+    };
+    let gemm_err = |e: String| CudaError::Driver { op: format!("cuBLAS GEMM for {} ({n_rows} x {n_cols} by {n_x} rows)", w.name), msg: e };
+    match resident {
+        Some(Resident::F16 { bits, scale }) => {
+            let x_f16 = x_as_f16(be, x, n_x * n_cols)?;
+            let mut c = cfg(n_rows)?;
+            c.alpha = 1.0 / (scale * X_F16_SCALE);
+            gemm_f16(be, c, bits, x_f16, &mut out.buf).map_err(gemm_err)?;
+        }
+        Some(Resident::F32(full)) => {
+            let b = x.buf.slice(..n_x * n_cols);
+            let mut c = out.buf.slice_mut(..n_x * n_rows);
+            // SAFETY: full holds n_rows x n_cols, b n_x x n_cols, c n_x x n_rows.
+            unsafe { be.blas.gemm(cfg(n_rows)?, &full.slice(..), &b, &mut c) }.map_err(|e| gemm_err(format!("{e:?}")))?;
+        }
+        None => {
+            let chunk_rows = scratch_chunk_rows(be, w)?;
+            let mut r0 = 0;
+            while r0 < n_rows {
+                let rows = chunk_rows.min(n_rows - r0);
+                let elems = rows * n_cols;
+                let Some(scratch) = be.scratch.as_mut() else { unreachable!("allocated above") };
+                dequant_rows(&be.ctx, w, r0, rows, &mut scratch.slice_mut(..elems))?;
+                let a = scratch.slice(..elems);
+                let b = x.buf.slice(..n_x * n_cols);
+                let mut c = out.buf.slice_mut(r0..n_x * n_rows);
+                // SAFETY: a holds rows x n_cols, b n_x x n_cols, and c from r0 spans
+                // (n_x - 1) * n_rows + rows elements, all within the views (sizes checked by the caller).
+                unsafe { be.blas.gemm(cfg(rows)?, &a, &b, &mut c) }.map_err(|e| gemm_err(format!("{e:?}")))?;
+                r0 += rows;
+            }
+        }
     }
     if let Some(b) = bias {
         let n = (n_x * n_rows) as u64;
@@ -170,4 +255,74 @@ fn dequant_gemm(be: &mut CudaBackend, w: &CudaWeight, bias: Option<&CudaSlice<f3
         launch!(be.ctx, &be.fixed.add_bias, "add_bias", grid_stride(n), &mut out.buf, b, &width, &n)?;
     }
     Ok(())
+}
+
+/// The first `n` activations converted to f16 (times `X_F16_SCALE`) in the backend's buffer,
+/// which grows as needed; growing bumps `batch_generation`, since recorded steps hold its address.
+fn x_as_f16(be: &mut CudaBackend, x: &CudaAct, n: usize) -> Result<u64, BackendError> {
+    if be.x_f16.as_ref().map_or(true, |b| b.len() < n) {
+        be.x_f16 = None;
+        be.x_f16 = Some(be.ctx.alloc::<u16>(n.next_power_of_two().max(1 << 16), "f16 activations for cuBLAS")?);
+        be.batch_generation += 1;
+    }
+    let Some(buf) = be.x_f16.as_mut() else { unreachable!("allocated above") };
+    let n64 = n as u64;
+    launch!(be.ctx, &be.fixed.to_f16_scaled, "to_f16_scaled", grid_stride(n64), &x.buf, &mut *buf, &n64, &X_F16_SCALE)?;
+    Ok(addr(&*buf, &be.ctx))
+}
+
+/// C = alpha * op(A) op(B) with A and B f16 (A: the weight's bits, B: at device address `x_f16`),
+/// float32 sums and float32 C (cublasGemmEx, CUBLAS_COMPUTE_32F).
+fn gemm_f16(be: &CudaBackend, cfg: GemmConfig<f32>, a_bits: &CudaSlice<u16>, x_f16: u64, c: &mut CudaSlice<f32>) -> Result<(), String> {
+    use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasGemmEx, cublasStatus_t, cudaDataType};
+    let a = addr(a_bits, &be.ctx);
+    let c_ptr = addr(c, &be.ctx);
+    // SAFETY: a holds m x k f16 values (the whole weight), x_f16 at least n x k (converted just
+    // before), c n x ldc floats (the caller's output buffer, sized by the forward pass); alpha
+    // and beta are read during the call (host pointer mode; a recorded graph keeps the values).
+    let status = unsafe {
+        cublasGemmEx(
+            *be.blas.handle(),
+            cfg.transa,
+            cfg.transb,
+            cfg.m,
+            cfg.n,
+            cfg.k,
+            (&cfg.alpha as *const f32).cast(),
+            a as *const std::ffi::c_void,
+            cudaDataType::CUDA_R_16F,
+            cfg.lda,
+            x_f16 as *const std::ffi::c_void,
+            cudaDataType::CUDA_R_16F,
+            cfg.ldb,
+            (&cfg.beta as *const f32).cast(),
+            c_ptr as *mut std::ffi::c_void,
+            cudaDataType::CUDA_R_32F,
+            cfg.ldc,
+            cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        )
+    };
+    match status {
+        cublasStatus_t::CUBLAS_STATUS_SUCCESS => Ok(()),
+        other => Err(format!("{other:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::f16_scale;
+
+    #[test]
+    fn the_f16_scale_is_a_power_of_two_that_keeps_the_largest_weight_in_range() {
+        for max in [1e-6f32, 0.02, 0.5, 1.0, 3.0, 1000.0, 60000.0, 1e9] {
+            let s = f16_scale(max);
+            assert_eq!(s.log2().fract(), 0.0, "{max}: {s}");
+            let scaled = max * s;
+            assert!(scaled <= super::W_F16_TARGET_MAX && scaled > super::W_F16_TARGET_MAX / 2.0, "{max} -> {scaled}");
+        }
+        for bad in [0.0f32, f32::INFINITY, f32::NAN] {
+            assert_eq!(f16_scale(bad), 1.0);
+        }
+    }
 }
