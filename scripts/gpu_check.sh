@@ -127,7 +127,8 @@ if [ "$what" = e2e ]; then
     # haiku on cuda), then llama.cpp's benches (built by .device/llamacpp/build.sh in an earlier
     # call) and bench_generate with llama.cpp's S_TG beside, then a kernel profile at the largest batch.
     if [ "$real" != 1 ]; then echo "e2e: upload the real model to /root/m/model.gguf first"; exit 1; fi
-    # E2E_PARTS=tests or =bench splits it over two calls (each call is at most 10 minutes).
+    # E2E_PARTS=tests, =bench or =7b (a synthetic model of Qwen2.5-7B's shapes beside llama.cpp)
+    # splits it over calls (each call is at most 10 minutes); the default is tests,bench.
     parts=${E2E_PARTS:-tests,bench}
     if [[ $parts == *tests* ]]; then
     STEP_TIMEOUT=${ENGINE_PYTEST_S:-240} step pytest_engine "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_engine.py tests/test_cuda_dlpack.py tests/test_sampling.py -m cuda --junitxml="$out/junit_engine.xml"
@@ -142,6 +143,21 @@ if [ "$what" = e2e ]; then
     cp "$out/bench_generate.log" "$dest/bench_generate.txt" 2>/dev/null
     STEP_TIMEOUT=120 step profile_b64 "$py" benches/profile_cuda_decode.py /root/m/model.gguf --batch 64 --steps 16
     cp "$out/profile_b64.log" "$dest/profile_b64.txt" 2>/dev/null
+    STEP_TIMEOUT=120 step bench_prefill "$py" benches/bench_cuda.py /root/m/model.gguf --hf none --json "$out/bench_cuda.json"
+    cp "$out/bench_prefill.log" "$dest/bench_cuda.txt" 2>/dev/null
+    fi
+    if [[ $parts == *7b* ]]; then
+    # Qwen2.5-7B's shapes and Q4_K_M's types with random blocks and the real model's tokenizer,
+    # beside llama.cpp on the same file.
+    [ -f /root/m/syn7b.gguf ] || STEP_TIMEOUT=300 step synth_7b "$py" scripts/make_synthetic_model.py /root/m/syn7b.gguf --shape 7b --tokenizer-from /root/m/model.gguf
+    if [ -x .device/llamacpp/bench.sh ]; then
+        STEP_TIMEOUT=${LLAMA_S:-300} step llamacpp_7b bash .device/llamacpp/bench.sh /root/m/syn7b.gguf "${BENCH_BATCHES_7B:-1,8,64}"
+        cp "$out/llamacpp_7b.log" "$dest/llamacpp_7b.txt" 2>/dev/null
+    fi
+    STEP_TIMEOUT=${BENCH_S:-300} step bench_generate_7b "$py" benches/bench_generate.py --model /root/m/syn7b.gguf --device cuda --batches "${BENCH_BATCHES_7B:-1,8,64}" --new-tokens "${BENCH_TOKENS:-128}" --modes "${BENCH_MODES_7B:-t0.8+filters}" --llamacpp "$out/llamacpp_7b.log" --json "$out/bench_generate_7b.json"
+    cp "$out/bench_generate_7b.log" "$dest/bench_generate_7b.txt" 2>/dev/null
+    STEP_TIMEOUT=180 step bench_prefill_7b "$py" benches/bench_cuda.py /root/m/syn7b.gguf --hf none --json "$out/bench_cuda_7b.json"
+    cp "$out/bench_prefill_7b.log" "$dest/bench_cuda_7b.txt" 2>/dev/null
     fi
 fi
 if [ "$what" = matvec ]; then

@@ -62,6 +62,8 @@ def main() -> int:
     out_dir = Path(sys.argv[1]).parent
     for bench in sorted(out_dir.glob("bench_*.json")):
         b = json.loads(bench.read_text())
+        if not isinstance(b, dict) or "ferrite" not in b:
+            continue  # bench_generate's JSON: its table is in its own log
         fr, hf = b["ferrite"], b.get("transformers") or {}
         print(f"\n{bench.stem} ({b['gpu']}): ferrite vs transformers ({hf.get('mode', 'not measured')})")
         for label, key in (("load s", "load_s"), ("prefill tok/s", "prefill_tok_s"),

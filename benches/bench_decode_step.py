@@ -1,0 +1,47 @@
+"""The cost of one decode step of a large batch through the Generator, prefill excluded.
+
+    python benches/bench_decode_step.py MODEL.gguf [--batches 64,128] [--device cuda]
+
+For each batch size: the same prompts (128 tokens each) generated with 32 and with 160 new tokens
+(temperature 0.8, top-k 40, top-p 0.95, min-p 0.05, end of text ignored); the difference of the
+two wall times over the 128 extra steps is the time of a decode step alone, sampling included,
+without the prompt's prefill that bench_generate's figures also hold. Compare with llama.cpp's
+batched-bench S_TG, which also counts decode steps only (and samples nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import ferrite
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model")
+    ap.add_argument("--batches", default="64,128")
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args()
+    batches = [int(b) for b in args.batches.split(",")]
+    m = ferrite.Model.load(args.model, device=args.device, max_batch=max(batches))
+    gen = ferrite.Generator(m, ferrite.Tokenizer.from_gguf(args.model))
+    sampling = dict(temperature=0.8, top_k=40, top_p=0.95, min_p=0.05, seed=1, ignore_eos=True)
+    print(f"device {m.device}")
+    print("| sequences | 32 new tokens (ms) | 160 new tokens (ms) | one decode step (ms) | decode tok/s |")
+    print("| --- | --- | --- | --- | --- |")
+    for b in batches:
+        prompts = [[100 + i, 200, 300, 400] * 32 for i in range(b)]
+        gen.generate(prompts, max_tokens=16, ignore_eos=True)  # warm-up: kernels, weight copies, graphs
+        wall = {}
+        for n in (32, 160):
+            t0 = time.perf_counter()
+            gen.generate(prompts, max_tokens=n, **sampling)
+            wall[n] = time.perf_counter() - t0
+        step = (wall[160] - wall[32]) / 128
+        print(f"| {b} | {wall[32] * 1e3:.1f} | {wall[160] * 1e3:.1f} | {step * 1e3:.3f} | {b / step:,.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
