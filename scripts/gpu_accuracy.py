@@ -6,9 +6,10 @@ For each test prompt (tests/prompts.py), the float64 reference (tests/reference_
 weights from gguf-py) beside:
 - cuda exact:  ``Model.load(device="cuda", exact_matmul=True)``: projections of more than 8 rows
   in float32 on the CUDA cores;
-- cuda tf32:   the default: those projections in TF32 on the tensor cores;
+- cuda default: those projections on f16 copies of the weights with f16 activations (float32
+  sums) on the tensor cores (FERRITE_CUDA_GEMM picks another: f32, tf32);
 - cuda decode: the default model fed one token at a time (the matrix-vector kernels, float32);
-- cuda batch16: the default model, 16 sequences decoding together (more than 8 rows: TF32);
+- cuda batch16: the default model, 16 sequences decoding together (more than 8 rows: f16);
 - cpu default: the CPU's 8-bit-activation kernels (what llama.cpp also does on the CPU).
 Prints max |logit - reference| and top-1 agreement per prompt and path. Needs a GPU, gguf-py.
 """
@@ -67,7 +68,7 @@ def main() -> int:
         ref = ref_model.forward(ids)
         paths = {
             "cuda exact": exact.forward(ids),
-            "cuda tf32": fast.forward(ids),
+            "cuda default": fast.forward(ids),
             "cuda decode": decode_alone(fast, ids),
             "cuda batch16": decode_batch16(fast, ids),
             "cpu default": cpu.forward(ids),

@@ -5,7 +5,7 @@ The model is tiny and random with the real vocabulary (as in test_engine.py); on
 rows of a step go through different kernels depending on how many rows there are, so results
 are compared within rounding (greedy tokens exactly, log-probabilities to 1e-4) rather than bit
 for bit. The GPU models use ``exact_matmul=True`` (float32 for batches of more than 8 rows): the
-default's TF32 would move a large batch's logits by more than that bound, which is a precision
+default's f16 GEMM would move a large batch's logits by more than that bound, which is a precision
 question (test_cuda_model.py), not the engine's.
 """
 
