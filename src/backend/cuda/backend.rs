@@ -98,15 +98,17 @@ pub struct CudaBatch {
 /// rows, long contexts); larger ones (prefill) fill the GPU with 4-warp blocks.
 const ATTENTION_SPREAD_MAX_ROWS: usize = 256;
 
-/// Warps per attention block: one per 32 keys of the longest context, up to ATTENTION_MAX_WARPS,
-/// for small batches; 4 for large ones. (A recorded decode step keeps the count it was recorded
-/// with as its contexts grow: the warps then loop over more chunks, which is only slower.)
+/// Warps per attention block: for small batches one per 32 keys of the longest context, rounded
+/// up to a power of two, up to ATTENTION_MAX_WARPS; 4 for large ones. The count is part of a
+/// recorded step's key (`replayable`), so a decode step is recorded again when its contexts
+/// cross a power of two of 32 keys (at most 5 times) instead of replaying a count made for
+/// shorter contexts.
 fn attention_warps(positions: &[u32]) -> u32 {
     if positions.len() > ATTENTION_SPREAD_MAX_ROWS {
         return 4;
     }
     let longest = positions.iter().copied().max().map_or(1, |p| p as u64 + 1);
-    longest.div_ceil(32).clamp(1, ATTENTION_MAX_WARPS as u64) as u32
+    longest.div_ceil(32).next_power_of_two().clamp(1, ATTENTION_MAX_WARPS as u64) as u32
 }
 
 /// A recorded decode step.
@@ -138,15 +140,18 @@ pub struct CudaBackend {
     type_kernels: HashMap<GgmlType, Arc<TypeKernels>>,
     /// Where `upload_batch` puts the plan; grows, never shrinks.
     batch_buf: Option<CudaSlice<u32>>,
-    /// Bumped when `batch_buf` or `x_f16` is reallocated: recorded graphs hold their addresses.
+    /// Bumped when `batch_buf`, `x_f16` or `scratch` is reallocated: recorded graphs hold their
+    /// addresses.
     pub(super) batch_generation: u64,
     /// Recorded decode steps by key (see `Backend::replayable`). Off with FERRITE_CUDA_GRAPHS=0.
-    graphs: HashMap<(ReplayKey, u64), Recorded>,
+    graphs: HashMap<(ReplayKey, u64, u32), Recorded>,
+    /// `attn_warps` of the batch uploaded last (part of a recorded step's key).
+    attn_warps: u32,
     graphs_enabled: bool,
     /// Steps of more rows than this are never recorded (FERRITE_CUDA_GRAPH_MAX_ROWS).
     graph_max_rows: usize,
     /// How often each large-batch key has run unrecorded (see `replayable`).
-    sightings: HashMap<(ReplayKey, u64), u32>,
+    sightings: HashMap<(ReplayKey, u64, u32), u32>,
     /// cuBLAS's workspace, given to it explicitly so that no GEMM allocates while a step is
     /// being recorded. Declared after `blas`, so it is freed after the handle.
     _blas_workspace: CudaSlice<u8>,
@@ -314,6 +319,7 @@ impl CudaBackend {
             batch_buf: None,
             batch_generation: 0,
             graphs: HashMap::new(),
+            attn_warps: 4,
             graphs_enabled,
             graph_max_rows,
             sightings: HashMap::new(),
@@ -462,6 +468,8 @@ impl Backend for CudaBackend {
         self.ctx.copy_to_device(&packed, buf, "the batch description")?;
         let base = addr(buf, &self.ctx);
         let at = |i: usize| base + (i * std::mem::size_of::<u32>()) as u64;
+        let attn_warps = attention_warps(&plan.positions);
+        self.attn_warps = attn_warps;
         Ok(CudaBatch {
             n_tokens: n,
             n_logit_rows: plan.logit_rows.len(),
@@ -472,7 +480,7 @@ impl Backend for CudaBackend {
             logit_rows: at(4 * n),
             block_tables: at(4 * n + plan.logit_rows.len()),
             block_tokens: plan.block_tokens,
-            attn_warps: attention_warps(&plan.positions),
+            attn_warps,
         })
     }
 
@@ -701,7 +709,7 @@ impl Backend for CudaBackend {
         let Some(key) = key.filter(|k| self.graphs_enabled && k.n_tokens <= self.graph_max_rows) else {
             return ops(self);
         };
-        let full_key = (key, self.batch_generation);
+        let full_key = (key, self.batch_generation, self.attn_warps);
         if let Some(Recorded(graph)) = self.graphs.get(&full_key) {
             graph.launch().map_err(|e| CudaError::Driver { op: format!("launching the recorded decode step {key:?}"), msg: super::error::describe(&e) })?;
             return Ok(());
@@ -721,7 +729,7 @@ impl Backend for CudaBackend {
             }
         }
         // Graphs of older buffers can never match again.
-        self.graphs.retain(|(k, g), _| k.buffers_generation == key.buffers_generation && *g == self.batch_generation);
+        self.graphs.retain(|(k, g, _), _| k.buffers_generation == key.buffers_generation && *g == self.batch_generation);
         let stream = self.ctx.stream().clone();
         let capture_err = |op: &str, e: cudarc::driver::DriverError| CudaError::Driver { op: format!("{op} the decode step {key:?}"), msg: super::error::describe(&e) };
         stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).map_err(|e| capture_err("starting to record", e))?;
@@ -733,5 +741,20 @@ impl Backend for CudaBackend {
         graph.launch().map_err(|e| capture_err("launching", e))?;
         self.graphs.insert(full_key, Recorded(graph));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod attention_warps_tests {
+    use super::attention_warps;
+
+    #[test]
+    fn warps_follow_the_longest_context_in_powers_of_two_for_small_batches() {
+        // positions are 0-based: a context of p + 1 keys.
+        let cases: [(&[u32], u32); 7] = [(&[0], 1), (&[31], 1), (&[32], 2), (&[100, 3], 4), (&[5, 128], 8), (&[511], 16), (&[100_000], 16)];
+        for (positions, want) in cases {
+            assert_eq!(attention_warps(positions), want, "{positions:?}");
+        }
+        assert_eq!(attention_warps(&vec![2000; 300]), 4, "large batches keep 4-warp blocks");
     }
 }

@@ -5,12 +5,13 @@
 //!   read each weight byte once and dequantize in registers (`matvec.rs`: the tensor-core kernels
 //!   on repacked Q5_0/Q8_0/Q4_K/Q6_K tiles, matvec.cu on the file's blocks for the other types).
 //!   This is the bandwidth-bound case the speed of generation depends on.
-//! * More rows (prefill, large batches): W is dequantized to float32 (the bit-exact kernels of
-//!   `dequant.cu`) and cuBLAS multiplies in float32 (no TF32), so the result is the CPU's
-//!   `matmul_reference` up to summation order. The float32 copy is made once and kept on the
-//!   device when there is room (`resident_f32`: 4 bytes a weight, 2 GB for a 0.5B model), since
-//!   re-dequantizing every weight at every step of a large batch costs as much as the multiply;
-//!   otherwise a chunk of rows at a time goes through a bounded scratch buffer.
+//! * More rows (prefill, large batches): W is dequantized (the bit-exact kernels of `dequant.cu`)
+//!   and cuBLAS multiplies it. A copy is made once and kept on the device when there is room
+//!   (`resident`), since re-dequantizing every weight at every step of a large batch costs as
+//!   much as the multiply: by default f16 (2 bytes a weight, scaled into f16's range) multiplied
+//!   with f16 activations and float32 sums; with `exact_matmul`, float32 in float32, the CPU's
+//!   `matmul_reference` up to summation order (see `GemmPrecision`). Without room, a chunk of
+//!   rows at a time goes through a bounded float32 scratch buffer.
 
 use cudarc::cublas::{sys::cublasOperation_t, Gemm, GemmConfig};
 use cudarc::driver::{CudaSlice, CudaViewMut, PushKernelArg};
@@ -114,6 +115,8 @@ fn scratch_chunk_rows(be: &mut CudaBackend, w: &CudaWeight) -> Result<usize, Bac
     if be.scratch.as_ref().map_or(true, |s| s.len() < elems) {
         be.scratch = None;
         be.scratch = Some(be.ctx.alloc::<f32>(elems, "dequantized weight rows for cuBLAS")?);
+        // A step recorded while some weight had no copy holds the old scratch's address.
+        be.batch_generation += 1;
     }
     Ok(chunk_rows)
 }
