@@ -204,7 +204,9 @@ def test_gpu_gemm_precisions_match_the_float64_reference(tmp_path, gemm, residen
     """Each precision of the multiplies of more than 8 rows (FERRITE_CUDA_GEMM; f16 is the
     default), with the weights' copies kept on the device or re-dequantized per multiply
     (FERRITE_CUDA_F32_WEIGHTS), on a model whose layer norms have a gain of 30: the FFN's inner
-    activations reach ~4e5, beyond f16's 65504, which the f16 path must scale into range."""
+    activations reach ~4e5, beyond f16's 65504, which the f16 path must scale into range. (f16
+    without copies falls back to re-dequantized float32 rows in TF32: that case checks the
+    fallback.)"""
     monkeypatch.setenv("FERRITE_CUDA_GEMM", gemm)
     monkeypatch.setenv("FERRITE_CUDA_F32_WEIGHTS", resident)
     path = write_block_model(tmp_path / "Q4_K.gguf", "Q4_K", seed=21, norm_gain=30.0)
@@ -225,12 +227,12 @@ def test_gpu_gemm_precisions_match_the_float64_reference(tmp_path, gemm, residen
 @needs_gpu
 @pytest.mark.parametrize(
     "n_heads,n_kv_heads,hidden,n_tokens",
-    [(16, 1, 256, 45), (8, 8, 256, 45), (16, 2, 256, 45), (12, 4, 192, 45), (8, 1, 1024, 45), (14, 2, 896, 600)],
+    [(16, 1, 256, 45), (8, 8, 256, 45), (16, 2, 256, 45), (12, 4, 192, 45), (12, 1, 192, 45), (8, 1, 1024, 45), (14, 2, 896, 600)],
 )
 def test_gpu_attention_over_query_head_groups(tmp_path, n_heads, n_kv_heads, hidden, n_tokens):
     """Attention handles the query heads that share a KV head together (up to 8 per block, 4 for
     128-wide heads) and spreads a row's keys over up to 16 warps: groups of 16 (two slices), 1,
-    8 and 3 heads, 8 heads of 128 dims (two slices), and the test model's 14/2 heads over 600
+    8 and 3 heads, 12 (a full slice and a partial one), 8 heads of 128 dims (two slices), and the test model's 14/2 heads over 600
     positions (warps looping over several chunks each). A prefill and then 12 tokens one at a
     time on the cached keys, against the float64 reference at every position."""
     path = write_block_model(
