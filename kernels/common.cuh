@@ -114,6 +114,10 @@ __device__ __forceinline__ u32 ksigns_iq2xs(u32 i) { return i | ((__popc(i) & 1u
 
 // ---- warp reductions (all 32 lanes must take part) ----
 #define FULL_WARP 0xffffffffu
+
+// for (u64 i = ...) over 0..n, grid-stride: any launch size covers any n.
+#define GRID_STRIDE(i, n) \
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (u64)gridDim.x * blockDim.x)
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_WARP, v, o);

@@ -2,9 +2,6 @@
 // a power-of-two scale, and the largest |x| of a buffer (to choose a weight's scale).
 #include "common.cuh"
 
-#define GRID_STRIDE(i, n) \
-    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (u64)gridDim.x * blockDim.x)
-
 // Largest finite f16.
 #define F16_MAX 65504.0f
 

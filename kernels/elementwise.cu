@@ -3,9 +3,6 @@
 // Float operations are the CPU's, in its order (explicit round-to-nearest intrinsics).
 #include "common.cuh"
 
-#define GRID_STRIDE(i, n) \
-    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (u64)gridDim.x * blockDim.x)
-
 // out = silu(gate) * up = gate / (1 + exp(-gate)) * up
 extern "C" __global__ void swiglu(const float* __restrict__ gate, const float* __restrict__ up, u64 n,
                                   float* __restrict__ out) {

@@ -40,7 +40,7 @@ impl Device {
 pub struct BackendOptions {
     /// CPU: multiply dequantized weight rows by float32 activations instead of quantizing the
     /// activations to 8 bits. CUDA: multiplies of more than 8 rows in float32 on the CUDA cores
-    /// instead of TF32 on the tensor cores.
+    /// instead of f16 on the tensor cores.
     pub exact_matmul: bool,
     /// CPU: threads for every op; `None`: the physical cores (or `RAYON_NUM_THREADS`).
     pub threads: Option<usize>,

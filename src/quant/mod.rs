@@ -24,6 +24,7 @@ mod ternary;
 mod types;
 
 pub use matmul::{matmul, matmul_reference};
+pub(crate) use matmul::fdot;
 pub use packed::{can_pack, PackedMatrix};
 pub use pool::ThreadPool;
 pub use types::GgmlType;

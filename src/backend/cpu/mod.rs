@@ -375,7 +375,7 @@ impl Backend for CpuBackend {
             for j in 0..n_ctx {
                 let off = key_at(j);
                 let kj = &kc[off..off + hd];
-                let dot = dot_lanes(qh, kj) * scale;
+                let dot = quant::fdot(qh, kj) * scale;
                 max = max.max(dot);
                 scores.push(dot);
             }
@@ -456,52 +456,3 @@ impl Backend for CpuBackend {
     }
 }
 
-/// Σ a[i]·b[i] over 16 independent partial sums folded pairwise at the end. A single running sum
-/// is one dependent chain of adds that the compiler may not reorder (float addition does not
-/// associate), so it runs one element per add latency; 16 lanes vectorize, which made attention
-/// over long prompts several times faster. The order is fixed (not data- or thread-dependent):
-/// results stay deterministic whatever the batch.
-fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
-    const LANES: usize = 16;
-    let mut acc = [0f32; LANES];
-    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let mut tail = 0f32;
-    for (x, y) in a_chunks.remainder().iter().zip(b_chunks.remainder()) {
-        tail += x * y;
-    }
-    for (x, y) in a_chunks.zip(b_chunks) {
-        for i in 0..LANES {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let mut width = LANES;
-    while width > 1 {
-        width /= 2;
-        for i in 0..width {
-            acc[i] += acc[i + width];
-        }
-    }
-    acc[0] + tail
-}
-
-#[cfg(test)]
-mod tests {
-    use super::dot_lanes;
-
-    #[test]
-    fn dot_lanes_matches_a_float64_dot_at_every_length() {
-        let mut state = 0x2545_f491_u64;
-        let mut next = || {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        };
-        for n in [0usize, 1, 7, 15, 16, 17, 31, 33, 64, 80, 96, 128, 256] {
-            let a: Vec<f32> = (0..n).map(|_| next()).collect();
-            let b: Vec<f32> = (0..n).map(|_| next()).collect();
-            let exact: f64 = a.iter().zip(&b).map(|(&x, &y)| x as f64 * y as f64).sum();
-            let scale: f64 = a.iter().zip(&b).map(|(&x, &y)| (x as f64 * y as f64).abs()).sum::<f64>().max(1e-30);
-            let got = dot_lanes(&a, &b) as f64;
-            assert!((got - exact).abs() <= 4.0 * f32::EPSILON as f64 * scale, "n={n}: {got} vs {exact}");
-        }
-    }
-}

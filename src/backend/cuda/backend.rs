@@ -277,7 +277,7 @@ impl CudaBackend {
     /// A backend on `device` ("cuda" or "cuda:N"): creates (or reuses) the device's context,
     /// the cuBLAS handle, and compiles (or loads from the disk cache) the fixed kernels.
     /// `exact_matmul`: multiplies of more than 8 rows in float32 on the CUDA cores rather than
-    /// TF32 on the tensor cores (FERRITE_CUDA_TF32=0 / =1 overrides either way).
+    /// f16 on the tensor cores (see `GemmPrecision` for the overrides).
     pub fn new(device: &str, exact_matmul: bool) -> Result<CudaBackend, CudaError> {
         let ctx = CudaContext::get(device)?;
         ctx.precompile(&kernels::FIXED.iter().map(|src| (*src, Vec::new())).collect::<Vec<_>>())?;
