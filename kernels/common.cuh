@@ -142,3 +142,9 @@ __device__ __forceinline__ float warp_max(float v) {
 
 // -infinity (NVRTC has no <math.h> INFINITY).
 #define NEG_INF __uint_as_float(0xff800000u)
+
+// A projection's output: written, or added to what is there (the residual stream). The sum is
+// old + value, as the separate add it replaces computed it.
+__device__ __forceinline__ void put(float* y, float value, u32 accumulate) {
+    *y = accumulate ? *y + value : value;
+}

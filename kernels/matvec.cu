@@ -1,5 +1,5 @@
 // Quantized matrix times a few activation rows, for decode: y[t][r] = sum_c W[r][c] * x[t][c]
-// (+ bias[r]) for t < n_x <= NT, reading W's ggml blocks straight from device memory.
+// (+ bias[r]) (+ y[t][r] when accumulating) for t < n_x <= NT, reading W's ggml blocks straight from device memory.
 //
 // One warp per weight row. Each lane takes 32-element groups of the row (lane, lane + 32, ...),
 // dequantizes a group into registers with the same decoders as the CPU (quant_blocks.cuh, so the
@@ -26,7 +26,7 @@
 template <int NT>
 __device__ __forceinline__ void matvec(const u8* __restrict__ w, u64 row_bytes, u32 n_cols, u32 n_rows,
                                        const float* __restrict__ x, u32 n_x, const float* __restrict__ bias,
-                                       float* __restrict__ y) {
+                                       float* __restrict__ y, u32 accumulate) {
     const u32 row = blockIdx.x * MATVEC_WARPS + threadIdx.y;
     if (row >= n_rows) return;  // a whole warp leaves together; no block-wide barrier follows
     const u8* wr = w + (u64)row * row_bytes;
@@ -60,15 +60,15 @@ __device__ __forceinline__ void matvec(const u8* __restrict__ w, u64 row_bytes, 
         const float b = bias ? bias[row] : 0.0f;
 #pragma unroll
         for (int t = 0; t < NT; t++)
-            if (t < (int)n_x) y[(u64)t * n_rows + row] = acc[t] + b;
+            if (t < (int)n_x) put(y + (u64)t * n_rows + row, acc[t] + b, accumulate);
     }
 }
 
 #define MATVEC_KERNEL(nt)                                                                                   \
     extern "C" __global__ void __launch_bounds__(32 * MATVEC_WARPS)                                         \
         matvec_##nt(const u8* __restrict__ w, u64 row_bytes, u32 n_cols, u32 n_rows, const float* __restrict__ x, \
-                    u32 n_x, const float* __restrict__ bias, float* __restrict__ y) {                       \
-        matvec<nt>(w, row_bytes, n_cols, n_rows, x, n_x, bias, y);                                          \
+                    u32 n_x, const float* __restrict__ bias, float* __restrict__ y, u32 accumulate) {       \
+        matvec<nt>(w, row_bytes, n_cols, n_rows, x, n_x, bias, y, accumulate);                              \
     }
 
 MATVEC_KERNEL(1)

@@ -1,5 +1,6 @@
 // Repacked quantized matrix times 1..NT activation rows, for decode, on the tensor cores:
-// y[t][r] = sum_c W[r][c] * x[t][c] (+ bias[r]) for t < n_x <= NT, W in the tiles of
+// y[t][r] = sum_c W[r][c] * x[t][c] (+ bias[r]) (+ y[t][r] when accumulating: the residual
+// connection, added here instead of in a launch of its own) for t < n_x <= NT, W in the tiles of
 // repacked.cuh (Q5_0, Q8_0, Q4_K, Q6_K; compiled once per type with -DQTYPE=<snake name>).
 //
 // Exactness. No activation is quantized. Each x value is split into three bf16 parts,
@@ -151,7 +152,7 @@ template <int NT>
 __device__ __forceinline__ void matvec_mma(const u8* __restrict__ tiles, u32 k_tiles, u32 m_tiles, u32 n_rows, u32 n_cols,
                                            const float* __restrict__ x, u32 n_x, const float* __restrict__ bias,
                                            float* __restrict__ y, float* __restrict__ partials, u32* __restrict__ counters,
-                                           u32 k_tiles_per_split, u32 warps_m) {
+                                           u32 k_tiles_per_split, u32 warps_m, u32 accumulate) {
     constexpr int NG = (NT + 1) / 2;                          // mma column groups
     constexpr int PHASE = 4096 / NT;                          // x columns staged at once
     constexpr int XSTRIDE = PHASE + 16;                       // bf16 per staged row: 32 bytes apart in banks
@@ -264,8 +265,8 @@ __device__ __forceinline__ void matvec_mma(const u8* __restrict__ tiles, u32 k_t
             v1 += __shfl_xor_sync(FULL_WARP, v1, 2);
             if (!writer || t != 0 || n >= n_x) continue;
             if (n_splits == 1) {
-                if (r0 < n_rows) y[(u64)n * n_rows + r0] = v0 + (bias ? bias[r0] : 0.0f);
-                if (r1 < n_rows) y[(u64)n * n_rows + r1] = v1 + (bias ? bias[r1] : 0.0f);
+                if (r0 < n_rows) put(y + (u64)n * n_rows + r0, v0 + (bias ? bias[r0] : 0.0f), accumulate);
+                if (r1 < n_rows) put(y + (u64)n * n_rows + r1, v1 + (bias ? bias[r1] : 0.0f), accumulate);
             } else {
                 float* dst = partials + ((u64)split * NT + n) * rows_pad;
                 dst[r0] = v0;
@@ -300,7 +301,7 @@ __device__ __forceinline__ void matvec_mma(const u8* __restrict__ tiles, u32 k_t
             sum += a3;
         }
         for (; sp < n_splits; sp++) sum += __ldcg(src + sp * stride);
-        y[(u64)n * n_rows + row] = sum + (bias ? bias[row] : 0.0f);
+        put(y + (u64)n * n_rows + row, sum + (bias ? bias[row] : 0.0f), accumulate);
     }
     if (threadIdx.x == 0) counters[blockIdx.x] = 0;  // ready for the next launch
 }
@@ -310,9 +311,9 @@ __device__ __forceinline__ void matvec_mma(const u8* __restrict__ tiles, u32 k_t
         matvec_mma_##nt(const u8* __restrict__ tiles, u32 k_tiles, u32 m_tiles, u32 n_rows, u32 n_cols,                \
                         const float* __restrict__ x, u32 n_x, const float* __restrict__ bias, float* __restrict__ y,   \
                         float* __restrict__ partials, u32* __restrict__ counters, u32 k_tiles_per_split,                \
-                        u32 warps_m) {                                                                                  \
+                        u32 warps_m, u32 accumulate) {                                                                  \
         matvec_mma<nt>(tiles, k_tiles, m_tiles, n_rows, n_cols, x, n_x, bias, y, partials, counters, k_tiles_per_split,  \
-                       warps_m);                                                                                        \
+                       warps_m, accumulate);                                                                            \
     }
 
 MATVEC_MMA_KERNEL(1)

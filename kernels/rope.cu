@@ -6,13 +6,13 @@
 // long positions keep their precision; the rotation itself uses the CPU's float32 operations.
 #include "common.cuh"
 
-extern "C" __global__ void rope(float* __restrict__ x, const u32* __restrict__ positions, u32 n_heads,
-                                u32 head_dim, float freq_base, float scale, u32 neox) {
+// x holds x_heads heads a token, y y_heads (0: none): q and k of one layer rotate in one launch.
+extern "C" __global__ void rope(float* __restrict__ x, u32 x_heads, float* __restrict__ y, u32 y_heads,
+                                const u32* __restrict__ positions, u32 head_dim, float freq_base, float scale, u32 neox) {
     const u32 t = blockIdx.x;
     const u32 half = head_dim / 2;
     const double pos = (double)positions[t] / (double)scale;
-    float* row = x + (u64)t * n_heads * head_dim;
-    for (u32 idx = threadIdx.x; idx < n_heads * half; idx += blockDim.x) {
+    for (u32 idx = threadIdx.x; idx < (x_heads + y_heads) * half; idx += blockDim.x) {
         const u32 h = idx / half, i = idx % half;
         const double inv_freq = pow((double)freq_base, -2.0 * (double)i / (double)head_dim);
         double s, c;
@@ -20,7 +20,7 @@ extern "C" __global__ void rope(float* __restrict__ x, const u32* __restrict__ p
         const float sf = (float)s, cf = (float)c;
         const u32 a = neox ? i : 2 * i;
         const u32 b = neox ? i + half : 2 * i + 1;
-        float* hp = row + (u64)h * head_dim;
+        float* hp = h < x_heads ? x + ((u64)t * x_heads + h) * head_dim : y + ((u64)t * y_heads + (h - x_heads)) * head_dim;
         const float x0 = hp[a], x1 = hp[b];
         hp[a] = __fsub_rn(__fmul_rn(x0, cf), __fmul_rn(x1, sf));
         hp[b] = __fadd_rn(__fmul_rn(x0, sf), __fmul_rn(x1, cf));

@@ -55,4 +55,6 @@ def test_logits_stay_on_the_gpu(path):
     assert isinstance(on_gpu, ferrite.DeviceTensor) and on_gpu.shape == list(host.shape)
     np.testing.assert_array_equal(torch.from_dlpack(on_gpu).cpu().numpy(), host)
     last = m.forward(ids, last_only=True, on_device=True)
-    np.testing.assert_array_equal(last.numpy(), host[-1:])
+    np.testing.assert_array_equal(last.numpy(), m.forward(ids, last_only=True))
+    # One row of logits takes the float32 matrix-vector path, five the f16 GEMM: close, not equal.
+    np.testing.assert_allclose(last.numpy(), host[-1:], atol=2e-2)

@@ -4,7 +4,7 @@ device sampler, each against the same requests on the CPU engine or alone on the
 The model is tiny and random with the real vocabulary (as in test_engine.py); on the GPU the
 rows of a step go through different kernels depending on how many rows there are, so results
 are compared within rounding (greedy tokens exactly, log-probabilities to 1e-4) rather than bit
-for bit. The GPU models use ``exact_matmul=True`` (float32 for batches of more than 8 rows): the
+for bit. The GPU models use ``exact_matmul=True`` (float32 for batches of more than 4 rows): the
 default's f16 GEMM would move a large batch's logits by more than that bound, which is a precision
 question (test_cuda_model.py), not the engine's.
 """

@@ -188,6 +188,28 @@ def test_repacked_rows_and_embedding_are_the_cpu_values_bitwise(name):
 
 @cuda
 @needs_gpu
+@pytest.mark.parametrize("name, path", [(t, "tiled") for t in TILED] + [("Q5_0", "generic"), ("Q4_K", "generic")])
+@pytest.mark.parametrize("n_rows, groups", [(37, 5), (129, 576)])  # one block row; many column splits
+def test_accumulating_adds_the_products_to_what_the_output_holds(name, path, n_rows, groups):
+    """The residual connection's add, fused into the projection: out = start + W x, every row
+    written once (the split-K reduction adds the start once, not once per split)."""
+    rng = np.random.default_rng(n_rows * 7 + groups)
+    n_cols = width_for(name, groups)
+    raw = random_blocks(name, n_rows * n_cols // TYPES[name][1], rng)
+    w = ferrite.dequantize(raw, name, (n_rows, n_cols)).astype(np.float64)
+    for n_x in (1, 3, 8):
+        x = rng.standard_normal((n_x, n_cols)).astype(np.float32)
+        start = (rng.standard_normal((n_x, n_rows)) * 4).astype(np.float32)
+        out = ferrite._ferrite._cuda_matvec(raw, name, n_rows, n_cols, x, path=path, poison_bits=POISON, accumulate_onto=start)
+        label = f"{name} {n_rows}x{n_cols} n_x={n_x} path={path}"
+        assert (out[n_x].view(np.uint32) == POISON).all(), f"{label}: wrote past the last row"
+        ref = start.astype(np.float64) + x.astype(np.float64) @ w.T
+        err = nmse(out[:n_x], ref)
+        assert (err <= NMSE_BOUND).all(), f"{label}: NMSE per row {err}; max|diff| {np.abs(out[:n_x] - ref).max():.3e}"
+
+
+@cuda
+@needs_gpu
 def test_tiled_and_generic_agree_on_the_real_shapes():
     """The real model's q projection shape, 896 x 896, Q5_0, 1..8 rows: both paths are within
     the bound of the reference, so within twice the bound of each other."""

@@ -7,8 +7,8 @@
   against the same reference. The GPU computes projections from the same dequantized values as
   the CPU (its block decoders are bit-identical), in float32, so only summation order separates
   them: bound 1e-4 of the largest |logit|, and top-1 equal wherever it is decisive.
-* Both GPU projection paths: prefill (more than 8 rows: dequantize + cuBLAS) and decode
-  (1..8 rows: the matrix-vector kernels on the quantized blocks), with the KV cache carried across
+* Both GPU projection paths: prefill (more than 4 rows: dequantize + cuBLAS) and decode
+  (1..4 rows: the matrix-vector kernels on the quantized blocks), with the KV cache carried across
   forwards and ragged batches of sequences at different lengths.
 * The real model: logits at every position of several prompts, and greedy continuations, GPU
   against CPU.
@@ -33,7 +33,7 @@ HAS_CUDA = ferrite.cuda_available()
 needs_gpu = pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
 
 RELATIVE_BOUND = 1e-4
-# The reduced-precision GPU paths for more than 8 rows (f16, the default, and TF32: 10-bit
+# The reduced-precision GPU paths for more than 4 rows (f16, the default, and TF32: 10-bit
 # mantissas on the tensor cores), relative to the largest |logit|.
 TF32_RELATIVE_BOUND = 1e-2
 # The default path on the real model: at most this far from the float64 reference (llama.cpp's
@@ -152,7 +152,7 @@ def test_gpu_model_matches_references_for_every_type(tmp_path, matrix_type):
         rel = relative(np.concatenate(got), want.astype(np.float64))
         row[f"batch{n_seq}_rel_vs_cpu"] = rel
         assert rel <= RELATIVE_BOUND, (n_seq, row)
-    # The default: more than 8 rows multiply in f16 on the tensor cores (10-bit mantissas,
+    # The default: more than 4 rows multiply in f16 on the tensor cores (10-bit mantissas,
     # float32 sums), so only a looser bound holds; the decode path above is the same either way.
     fast = ferrite.Model.load(path, device="cuda", kv_cache_tokens=1024).forward(ids)
     row["default_prefill_rel_vs_cpu"] = relative(fast, c.astype(np.float64))
@@ -201,7 +201,7 @@ def test_gpu_prefill_with_and_without_resident_float32_weights(tmp_path, matrix_
 @pytest.mark.parametrize("resident", ["1", "0"])
 @pytest.mark.parametrize("gemm", ["f32", "tf32", "f16"])
 def test_gpu_gemm_precisions_match_the_float64_reference(tmp_path, gemm, resident, monkeypatch):
-    """Each precision of the multiplies of more than 8 rows (FERRITE_CUDA_GEMM; f16 is the
+    """Each precision of the multiplies of more than 4 rows (FERRITE_CUDA_GEMM; f16 is the
     default), with the weights' copies kept on the device or re-dequantized per multiply
     (FERRITE_CUDA_F32_WEIGHTS), on a model whose layer norms have a gain of 30: the FFN's inner
     activations reach ~4e5, beyond f16's 65504, which the f16 path must scale into range. (f16
@@ -251,7 +251,7 @@ def test_gpu_attention_over_query_head_groups(tmp_path, n_heads, n_kv_heads, hid
 @pytest.mark.cuda
 @needs_gpu
 def test_gpu_recorded_large_batch_steps_replay_correctly(tmp_path):
-    """A decode step of more than 8 rows is recorded as a CUDA graph once its sizes recur (the
+    """A decode step of more than 4 rows is recorded as a CUDA graph once its sizes recur (the
     third step) and replayed after: 12 sequences decoding 10 steps together, each step's logits
     equal to the same sequence decoded alone (1-row matvec), on new tokens and positions."""
     path = write_block_model(tmp_path / "Q8_0.gguf", "Q8_0", seed=5)
@@ -306,7 +306,7 @@ def real_models(real_path):
 @pytest.mark.model
 @needs_gpu
 def test_real_model_gpu_default_path_is_close_to_the_float64_reference(real_path):
-    """The default GPU model (f16 GEMM for more than 8 rows): prefill, one token at a time, and 16
+    """The default GPU model (f16 GEMM for more than 4 rows): prefill, one token at a time, and 16
     sequences decoding together, each within REAL_DEFAULT_MAX_ABS of the float64 forward pass."""
     m = ferrite.Model.load(real_path, device="cuda", kv_cache_tokens=4096)
     reference = ReferenceModel(real_path)

@@ -241,8 +241,8 @@ class Model:
         closest to a float64 forward pass (max |logit difference| ~1e-3 on the test model): on
         the CPU dequantized float32 weights instead of 8-bit-quantized activations (~0.45 by
         default, as llama.cpp); on a GPU float32 CUDA cores instead of f16 weights and
-        activations on the tensor cores for batches of more than 8 rows (~0.04 by default; one
-        to eight rows are float32 either way).
+        activations on the tensor cores for batches of more than 4 rows (~0.04 by default; one
+        to four rows are float32 either way).
         ``max_step_tokens``: tokens one engine step computes at most (default 2048 on a GPU, 256
         on a CPU). ``prefix_caching``: reuse the KV of prompts that start alike. ``threads``
         (CPU): threads for every op (default: the physical cores). Raises
@@ -898,6 +898,7 @@ def _cuda_matvec(
     path: str = "auto",
     poison_bits: int = ...,
     device: _Device = "cuda",
+    accumulate_onto: npt.NDArray[np.float32] | None = None,
 ) -> npt.NDArray[np.float32]: ...
 def _cuda_weight_rows(
     raw: _RawBytes,

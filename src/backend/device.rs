@@ -39,7 +39,7 @@ impl Device {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BackendOptions {
     /// CPU: multiply dequantized weight rows by float32 activations instead of quantizing the
-    /// activations to 8 bits. CUDA: multiplies of more than 8 rows in float32 on the CUDA cores
+    /// activations to 8 bits. CUDA: multiplies of more than 4 rows in float32 on the CUDA cores
     /// instead of f16 on the tensor cores.
     pub exact_matmul: bool,
     /// CPU: threads for every op; `None`: the physical cores (or `RAYON_NUM_THREADS`).

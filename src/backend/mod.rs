@@ -262,8 +262,44 @@ pub trait Backend: Send + 'static {
         out: &mut Self::Act,
     ) -> Result<(), BackendError>;
 
+    /// Several projections of one input, `outs[i] = w_i x (+ bias_i)` (q/k/v; gate/up). A
+    /// backend that converts `x` before multiplying (CUDA's f16 GEMM) converts it once.
+    fn matmuls<const N: usize>(
+        &mut self,
+        x: &Self::Act,
+        n_rows: usize,
+        projections: [(&Self::Weight, Option<&Self::Weight>, &mut Self::Act); N],
+    ) -> Result<(), BackendError> {
+        for (w, bias, out) in projections {
+            self.matmul(w, bias, x, n_rows, out)?;
+        }
+        Ok(())
+    }
+
+    /// `acc[t][r] += Σ_c w[r][c] · x[t][c]`: a projection added into the residual stream.
+    /// `scratch` (width `n_rows(w)`) holds the product on backends that do not add in place;
+    /// CUDA adds in the projection's own kernel and leaves it alone.
+    fn matmul_add(&mut self, w: &Self::Weight, x: &Self::Act, n_rows: usize, scratch: &mut Self::Act, acc: &mut Self::Act) -> Result<(), BackendError> {
+        self.matmul(w, None, x, n_rows, scratch)?;
+        self.add_assign(acc, scratch, n_rows)
+    }
+
     /// Rotates every head of every batch token in place, by the token's position.
     fn rope(&mut self, x: &mut Self::Act, batch: &Self::Batch, params: &RopeParams) -> Result<(), BackendError>;
+
+    /// [`rope`](Self::rope) on a layer's queries and keys (which differ only in their head
+    /// counts); a GPU backend rotates both in one launch.
+    fn rope_qk(
+        &mut self,
+        q: &mut Self::Act,
+        k: &mut Self::Act,
+        batch: &Self::Batch,
+        q_params: &RopeParams,
+        k_params: &RopeParams,
+    ) -> Result<(), BackendError> {
+        self.rope(q, batch, q_params)?;
+        self.rope(k, batch, k_params)
+    }
 
     /// Appends the batch's `k`, `v` rows (`[n_tokens][n_kv_heads*head_dim]`, already rotated) to
     /// layer `layer` of the cache at each token's slot, then computes causal attention of each

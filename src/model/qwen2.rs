@@ -279,21 +279,19 @@ impl<B: Backend> Layers<'_, B> {
         for (layer, lw) in w.layers.iter().enumerate() {
             // Attention block.
             b.rms_norm(&buf.x, &lw.attn_norm, c.rms_norm_eps, n, &mut buf.xn)?;
-            b.matmul(&lw.wq, lw.bq.as_ref(), &buf.xn, n, &mut buf.q)?;
-            b.matmul(&lw.wk, lw.bk.as_ref(), &buf.xn, n, &mut buf.k)?;
-            b.matmul(&lw.wv, lw.bv.as_ref(), &buf.xn, n, &mut buf.v)?;
-            b.rope(&mut buf.q, batch, self.rope)?;
-            b.rope(&mut buf.k, batch, self.rope_k)?;
+            b.matmuls(
+                &buf.xn,
+                n,
+                [(&lw.wq, lw.bq.as_ref(), &mut buf.q), (&lw.wk, lw.bk.as_ref(), &mut buf.k), (&lw.wv, lw.bv.as_ref(), &mut buf.v)],
+            )?;
+            b.rope_qk(&mut buf.q, &mut buf.k, batch, self.rope, self.rope_k)?;
             b.attention(&buf.q, &buf.k, &buf.v, kv, layer, batch, self.attn, &mut buf.attn)?;
-            b.matmul(&lw.wo, None, &buf.attn, n, &mut buf.proj)?;
-            b.add_assign(&mut buf.x, &buf.proj, n)?;
+            b.matmul_add(&lw.wo, &buf.attn, n, &mut buf.proj, &mut buf.x)?;
             // MLP block.
             b.rms_norm(&buf.x, &lw.ffn_norm, c.rms_norm_eps, n, &mut buf.xn)?;
-            b.matmul(&lw.ffn_gate, None, &buf.xn, n, &mut buf.gate)?;
-            b.matmul(&lw.ffn_up, None, &buf.xn, n, &mut buf.up)?;
+            b.matmuls(&buf.xn, n, [(&lw.ffn_gate, None, &mut buf.gate), (&lw.ffn_up, None, &mut buf.up)])?;
             b.swiglu(&buf.gate, &buf.up, n, &mut buf.ffn)?;
-            b.matmul(&lw.ffn_down, None, &buf.ffn, n, &mut buf.proj)?;
-            b.add_assign(&mut buf.x, &buf.proj, n)?;
+            b.matmul_add(&lw.ffn_down, &buf.ffn, n, &mut buf.proj, &mut buf.x)?;
         }
         Ok(())
     }

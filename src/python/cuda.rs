@@ -153,9 +153,11 @@ fn matvec_path(device: &str, ty: GgmlType, path: &str) -> PyResult<MatvecPath> {
 /// float32 `(n_x, n_cols)` with 1 <= n_x <= 8; `path` picks the tensor-core kernels on repacked
 /// tiles ("tiled"), the generic kernels on the blocks ("generic") or what a model would use
 /// ("auto"). The output buffer holds `n_x + 1` rows, all first filled with `poison_bits`;
-/// it is returned whole, shape `(n_x + 1, n_rows)`.
+/// it is returned whole, shape `(n_x + 1, n_rows)`. With `accumulate_onto` (float32
+/// `(n_x, n_rows)`) the first `n_x` rows start as those values and the kernel adds the products
+/// to them (the residual connection's fused add).
 #[pyfunction]
-#[pyo3(signature = (raw, ggml_type, n_rows, n_cols, x, bias = None, path = "auto", poison_bits = 0x7FC0_DEAD, device = "cuda"))]
+#[pyo3(signature = (raw, ggml_type, n_rows, n_cols, x, bias = None, path = "auto", poison_bits = 0x7FC0_DEAD, device = "cuda", accumulate_onto = None))]
 #[allow(clippy::too_many_arguments)]
 fn _cuda_matvec<'py>(
     py: Python<'py>,
@@ -168,6 +170,7 @@ fn _cuda_matvec<'py>(
     path: &str,
     poison_bits: u32,
     device: &str,
+    accumulate_onto: Option<PyReadonlyArray2<'py, f32>>,
 ) -> PyResult<Bound<'py, numpy::PyArray2<f32>>> {
     let ty = super::gguf::parse_ggml_type(ggml_type)?;
     let path = matvec_path(device, ty, path)?;
@@ -180,8 +183,15 @@ fn _cuda_matvec<'py>(
         Some(b) => Some(b.as_slice().map_err(|_| pyo3::exceptions::PyValueError::new_err("bias must be contiguous"))?.to_vec()),
         None => None,
     };
+    let start = match &accumulate_onto {
+        Some(a) if a.shape() != [n_x, n_rows] => {
+            return Err(pyo3::exceptions::PyValueError::new_err(format!("accumulate_onto has shape {:?}, expected ({n_x}, {n_rows})", a.shape())));
+        }
+        Some(a) => Some(a.as_slice().map_err(|_| pyo3::exceptions::PyValueError::new_err("accumulate_onto must be C-contiguous"))?.to_vec()),
+        None => None,
+    };
     let out = super::gguf::with_raw_bytes(raw, |bytes| {
-        Ok(py.detach(|| MatvecOp::new(device, ty, bytes, n_rows, n_cols, path, 1)?.run(&xs, n_x, bias.as_deref(), poison_bits))?)
+        Ok(py.detach(|| MatvecOp::new(device, ty, bytes, n_rows, n_cols, path, 1)?.run(&xs, n_x, bias.as_deref(), poison_bits, start.as_deref()))?)
     })?;
     Ok(PyArray1::from_vec(py, out).reshape([n_x + 1, n_rows])?)
 }

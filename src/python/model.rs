@@ -170,7 +170,7 @@ impl PyModel {
     /// forward pass (max |logit difference| ~1e-3 on the test model): on the CPU dequantized
     /// float32 weights instead of activations quantized to 8 bits as llama.cpp does (~0.45 by
     /// default); on a GPU float32 CUDA cores instead of f16 weights and activations on the tensor
-    /// cores for batches of more than 8 rows (~0.04 by default; one to eight rows are float32
+    /// cores for batches of more than 4 rows (~0.04 by default; one to four rows are float32
     /// either way).
     /// ``max_step_tokens``: tokens one engine step computes at most (default 2048 on a GPU, 256
     /// on a CPU); ``prefix_caching``: reuse the KV of prompts that start alike. ``threads`` (CPU):

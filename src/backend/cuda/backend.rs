@@ -3,10 +3,10 @@
 //! and the KV cache are float32; every op is queued on the context's one stream, and the only
 //! synchronization of a forward is the copy of the logits in [`Backend::read_rows`].
 //!
-//! Projections (`matmul`) take one of two paths (see `matmul.rs`): up to
-//! [`MATVEC_MAX_ROWS`](super::kernels::MATVEC_MAX_ROWS) rows of activations (decode) go through
-//! matrix-vector kernels that read the quantized blocks directly; larger batches (prefill)
-//! dequantize the weight to float32 in chunks and multiply with cuBLAS.
+//! Projections (`matmul`) take one of two paths (see `matmul.rs`): up to 4 rows of activations
+//! (decode of a few sequences) go through matrix-vector kernels that read the quantized blocks
+//! directly; larger batches (prefill, many sequences) multiply a copy of the weight made once
+//! (f16 by default) with cuBLAS.
 //!
 //! Nothing here allocates per token: activation buffers come from the model (once per batch
 //! size), the batch description is copied into a buffer that only grows, and the kernels and
@@ -22,6 +22,7 @@ use cudarc::driver::{sys, CudaFunction, CudaGraph, CudaSlice, DevicePtr, LaunchC
 use super::context::{cublas_library_present, CudaContext};
 use super::error::CudaError;
 use super::kernels::{self, ATTENTION_MAX_WARPS, NORM_THREADS};
+use super::matmul::Write;
 use crate::backend::{check_width, AttnParams, Backend, BatchPlan, KvLayout, OwnedRows, ReplayKey, RopeParams, RopeStyle, TensorSource};
 use crate::backend::BackendError;
 use crate::quant::{self, GgmlType, QuantError};
@@ -157,7 +158,7 @@ pub struct CudaBackend {
     _blas_workspace: CudaSlice<u8>,
     /// Float32 dequantized weight rows for the cuBLAS path; grows up to `matmul::SCRATCH_MAX_ELEMS`.
     pub(super) scratch: Option<CudaSlice<f32>>,
-    /// How multiplies of more than `MATVEC_MAX_ROWS` rows run (see `GemmPrecision`).
+    /// How multiplies past the matrix-vector kernels' rows run (see `GemmPrecision`).
     pub(super) gemm: GemmPrecision,
     /// The activations of an f16 GEMM, as f16 bits; grows (bumping `batch_generation`).
     pub(super) x_f16: Option<CudaSlice<u16>>,
@@ -167,8 +168,8 @@ pub struct CudaBackend {
     kv_capacity_tokens: usize,
 }
 
-/// How multiplies of more than `MATVEC_MAX_ROWS` rows (prefill, large batches) run on cuBLAS.
-/// Matvec batches (<= 8 rows, single-user decode) are float32 whatever this says.
+/// How multiplies of more than 4 rows (prefill, larger batches; `matmul::matvec_max_rows`) run on
+/// cuBLAS. Matvec batches (<= 4 rows, single-user decode) are float32 whatever this says.
 ///
 /// Measured on an H200 with the test model (docs/BENCHMARKS.md): TF32 rounds both inputs of
 /// each product to 10 mantissa bits and ran a 64-sequence decode 1.6x faster than float32, the
@@ -274,9 +275,69 @@ fn to_u32(what: &str, n: usize) -> Result<u32, BackendError> {
 }
 
 impl CudaBackend {
+    /// One projection, checked: `out = w x (+ bias)`, or `out += w x` with `Write::Accumulate`.
+    /// `x_f16` carries `x`'s f16 conversion between the projections of one input (`None` at
+    /// the first).
+    #[allow(clippy::too_many_arguments)]
+    fn project(
+        &mut self,
+        w: &CudaWeight,
+        bias: Option<&CudaWeight>,
+        x: &CudaAct,
+        n_rows: usize,
+        out: &mut CudaAct,
+        write: Write,
+        x_f16: &mut Option<u64>,
+    ) -> Result<(), BackendError> {
+        check_width("matmul input", x.width, w.n_cols)?;
+        check_width("matmul output", out.width, w.n_rows)?;
+        check_rows("matmul input", x, n_rows)?;
+        check_rows("matmul output", out, n_rows)?;
+        let bias = match bias {
+            Some(b) => {
+                check_width("matmul bias", b.n_cols, w.n_rows)?;
+                Some(b.dense()?)
+            }
+            None => None,
+        };
+        if n_rows == 0 {
+            return Ok(());
+        }
+        super::matmul::matmul(self, w, bias, x, n_rows, out, write, x_f16)
+    }
+
+    /// RoPE on `x` (`p.n_heads` heads a token) and, in the same launch, on `y` (`y_heads` heads
+    /// a token, otherwise the same parameters).
+    fn rotate(&mut self, x: &mut CudaAct, p: &RopeParams, y: Option<(&mut CudaAct, usize)>, batch: &CudaBatch) -> Result<(), BackendError> {
+        check_width("rope input", x.width, p.n_heads * p.head_dim)?;
+        check_rows("rope input", x, batch.n_tokens)?;
+        if let Some((y, y_heads)) = &y {
+            check_width("rope input", y.width, y_heads * p.head_dim)?;
+            check_rows("rope input", y, batch.n_tokens)?;
+        }
+        if p.head_dim % 2 != 0 {
+            return Err(BackendError::Invalid(format!("rope: odd head_dim {}", p.head_dim)));
+        }
+        if batch.n_tokens == 0 {
+            return Ok(());
+        }
+        let y_heads = y.as_ref().map_or(0, |(_, h)| *h);
+        let pairs = ((p.n_heads + y_heads) * p.head_dim / 2) as u32;
+        let threads = pairs.div_ceil(32).clamp(1, 8) * 32;
+        let cfg = LaunchConfig { grid_dim: (to_u32("tokens", batch.n_tokens)?, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+        let (x_heads, y_heads, head_dim) = (to_u32("heads", p.n_heads)?, to_u32("heads", y_heads)?, to_u32("head_dim", p.head_dim)?);
+        let neox: u32 = matches!(p.style, RopeStyle::Neox) as u32;
+        let (ctx, f) = (&self.ctx, &self.fixed.rope);
+        match y {
+            Some((y, _)) => launch!(ctx, f, "rope", cfg, &mut x.buf, &x_heads, &mut y.buf, &y_heads, &batch.positions, &head_dim, &p.freq_base, &p.scale, &neox)?,
+            None => launch!(ctx, f, "rope", cfg, &mut x.buf, &x_heads, &0u64, &y_heads, &batch.positions, &head_dim, &p.freq_base, &p.scale, &neox)?,
+        }
+        Ok(())
+    }
+
     /// A backend on `device` ("cuda" or "cuda:N"): creates (or reuses) the device's context,
     /// the cuBLAS handle, and compiles (or loads from the disk cache) the fixed kernels.
-    /// `exact_matmul`: multiplies of more than 8 rows in float32 on the CUDA cores rather than
+    /// `exact_matmul`: multiplies of more than 4 rows in float32 on the CUDA cores rather than
     /// f16 on the tensor cores (see `GemmPrecision` for the overrides).
     pub fn new(device: &str, exact_matmul: bool) -> Result<CudaBackend, CudaError> {
         let ctx = CudaContext::get(device)?;
@@ -515,39 +576,37 @@ impl Backend for CudaBackend {
     }
 
     fn matmul(&mut self, w: &CudaWeight, bias: Option<&CudaWeight>, x: &CudaAct, n_rows: usize, out: &mut CudaAct) -> Result<(), BackendError> {
-        check_width("matmul input", x.width, w.n_cols)?;
-        check_width("matmul output", out.width, w.n_rows)?;
-        check_rows("matmul input", x, n_rows)?;
-        check_rows("matmul output", out, n_rows)?;
-        let bias = match bias {
-            Some(b) => {
-                check_width("matmul bias", b.n_cols, w.n_rows)?;
-                Some(b.dense()?)
-            }
-            None => None,
-        };
-        if n_rows == 0 {
-            return Ok(());
+        self.project(w, bias, x, n_rows, out, Write::Overwrite, &mut None)
+    }
+
+    fn matmuls<const N: usize>(
+        &mut self,
+        x: &CudaAct,
+        n_rows: usize,
+        projections: [(&CudaWeight, Option<&CudaWeight>, &mut CudaAct); N],
+    ) -> Result<(), BackendError> {
+        let mut x_f16 = None;
+        for (w, bias, out) in projections {
+            self.project(w, bias, x, n_rows, out, Write::Overwrite, &mut x_f16)?;
         }
-        super::matmul::matmul(self, w, bias, x, n_rows, out)
+        Ok(())
+    }
+
+    fn matmul_add(&mut self, w: &CudaWeight, x: &CudaAct, n_rows: usize, _scratch: &mut CudaAct, acc: &mut CudaAct) -> Result<(), BackendError> {
+        self.project(w, None, x, n_rows, acc, Write::Accumulate, &mut None)
     }
 
     fn rope(&mut self, x: &mut CudaAct, batch: &CudaBatch, p: &RopeParams) -> Result<(), BackendError> {
-        check_width("rope input", x.width, p.n_heads * p.head_dim)?;
-        check_rows("rope input", x, batch.n_tokens)?;
-        if p.head_dim % 2 != 0 {
-            return Err(BackendError::Invalid(format!("rope: odd head_dim {}", p.head_dim)));
+        self.rotate(x, p, None, batch)
+    }
+
+    fn rope_qk(&mut self, q: &mut CudaAct, k: &mut CudaAct, batch: &CudaBatch, qp: &RopeParams, kp: &RopeParams) -> Result<(), BackendError> {
+        let same_but_heads = RopeParams { n_heads: qp.n_heads, ..*kp } == *qp;
+        if !same_but_heads {
+            self.rotate(q, qp, None, batch)?;
+            return self.rotate(k, kp, None, batch);
         }
-        if batch.n_tokens == 0 {
-            return Ok(());
-        }
-        let pairs = (p.n_heads * p.head_dim / 2) as u32;
-        let threads = pairs.div_ceil(32).clamp(1, 8) * 32;
-        let cfg = LaunchConfig { grid_dim: (to_u32("tokens", batch.n_tokens)?, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
-        let (n_heads, head_dim) = (to_u32("heads", p.n_heads)?, to_u32("head_dim", p.head_dim)?);
-        let neox: u32 = matches!(p.style, RopeStyle::Neox) as u32;
-        launch!(self.ctx, &self.fixed.rope, "rope", cfg, &mut x.buf, &batch.positions, &n_heads, &head_dim, &p.freq_base, &p.scale, &neox)?;
-        Ok(())
+        self.rotate(q, qp, Some((k, kp.n_heads)), batch)
     }
 
     fn attention(
@@ -718,7 +777,7 @@ impl Backend for CudaBackend {
         // every size a changing batch passes through: recording costs about as much as a few
         // steps. Its unrecorded runs also make what a large multiply allocates on first use
         // (the weights' float32 copies, the scratch), which must not happen while recording.
-        if key.n_tokens > kernels::MATVEC_MAX_ROWS {
+        if key.n_tokens > super::matmul::matvec_max_rows() {
             if self.sightings.len() > SIGHTINGS_MAX {
                 self.sightings.clear();
             }

@@ -1,7 +1,7 @@
 //! Projections on the GPU: `out[t][r] = Σ_c W[r][c] · x[t][c] (+ bias[r])` with W in its GGUF
 //! blocks.
 //!
-//! * Up to `MATVEC_MAX_ROWS` rows of x (decode: one row per sequence): matrix-vector kernels that
+//! * Up to 4 rows of x (decode of a few sequences; see `matvec_max_rows`): matrix-vector kernels that
 //!   read each weight byte once and dequantize in registers (`matvec.rs`: the tensor-core kernels
 //!   on repacked Q5_0/Q8_0/Q4_K/Q6_K tiles, matvec.cu on the file's blocks for the other types).
 //!   This is the bandwidth-bound case the speed of generation depends on.
@@ -28,6 +28,37 @@ use crate::backend::BackendError;
 /// buffer whatever the matrix (the 151936 x 896 LM head goes in 5 chunks).
 pub const SCRATCH_MAX_ELEMS: usize = 32 << 20;
 
+/// Rows of x up to which projections take the matrix-vector kernels by default. The kernels take
+/// up to `MATVEC_MAX_ROWS` (8), but from 5 rows the f16 GEMM on the resident copies is faster:
+/// a decode step of 8 sequences took 2.14 ms through cuBLAS against 2.31 ms through the 8-row
+/// kernels, while 2 and 4 rows were faster on the kernels (1.80 / 2.03 ms against 2.10 / 2.14;
+/// H200, synthetic model of the real shapes, benches/bench_decode_step.py, 2026-12-02).
+const MATVEC_PREFERRED_MAX_ROWS: usize = 4;
+
+/// Rows of x up to which projections take the matrix-vector kernels: `MATVEC_PREFERRED_MAX_ROWS`,
+/// or `FERRITE_CUDA_MATVEC_MAX_ROWS=N` (0 sends every multiply to cuBLAS, 8 keeps the kernels up
+/// to their limit), to compare the two paths on a batch size.
+pub(super) fn matvec_max_rows() -> usize {
+    static ROWS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *ROWS.get_or_init(|| {
+        std::env::var("FERRITE_CUDA_MATVEC_MAX_ROWS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(MATVEC_PREFERRED_MAX_ROWS, |n: usize| n.min(MATVEC_MAX_ROWS))
+    })
+}
+
+/// How a projection's result lands in its output buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Write {
+    Overwrite,
+    /// Added to what the buffer holds: the residual connection, without a launch of its own.
+    Accumulate,
+}
+
+/// `x_f16`: the device address of `x` already converted to f16 for an earlier projection of the
+/// same input, or `None` (set here when this call converts it).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn matmul(
     be: &mut CudaBackend,
     w: &CudaWeight,
@@ -35,16 +66,18 @@ pub(super) fn matmul(
     x: &CudaAct,
     n_x: usize,
     out: &mut CudaAct,
+    write: Write,
+    x_f16: &mut Option<u64>,
 ) -> Result<(), BackendError> {
-    let direct = n_x <= MATVEC_MAX_ROWS && w.n_cols % 32 == 0;
+    let direct = n_x <= matvec_max_rows() && w.n_cols % 32 == 0;
     if direct {
-        matvec(be, w, bias, x, n_x, out)
+        matvec(be, w, bias, x, n_x, out, write)
     } else {
-        dequant_gemm(be, w, bias, x, n_x, out)
+        dequant_gemm(be, w, bias, x, n_x, out, write, x_f16)
     }
 }
 
-fn matvec(be: &mut CudaBackend, w: &CudaWeight, bias: Option<&CudaSlice<f32>>, x: &CudaAct, n_x: usize, out: &mut CudaAct) -> Result<(), BackendError> {
+fn matvec(be: &mut CudaBackend, w: &CudaWeight, bias: Option<&CudaSlice<f32>>, x: &CudaAct, n_x: usize, out: &mut CudaAct, write: Write) -> Result<(), BackendError> {
     let kernels = w.kernels.as_ref().ok_or_else(|| BackendError::Invalid(format!("{}: a vector cannot be multiplied", w.name)))?;
     let bias = bias.map_or(0, |b| addr(b, &be.ctx));
     let args = MatvecArgs {
@@ -58,6 +91,7 @@ fn matvec(be: &mut CudaBackend, w: &CudaWeight, bias: Option<&CudaSlice<f32>>, x
         n_x,
         bias,
         out: &mut out.buf,
+        accumulate: write == Write::Accumulate,
     };
     launch_matvec(&be.ctx, kernels, args)?;
     Ok(())
@@ -193,7 +227,17 @@ fn resident<'w>(be: &mut CudaBackend, w: &'w CudaWeight) -> Result<Option<&'w Re
     Ok(w.resident.get().and_then(Option::as_ref))
 }
 
-fn dequant_gemm(be: &mut CudaBackend, w: &CudaWeight, bias: Option<&CudaSlice<f32>>, x: &CudaAct, n_x: usize, out: &mut CudaAct) -> Result<(), BackendError> {
+#[allow(clippy::too_many_arguments)]
+fn dequant_gemm(
+    be: &mut CudaBackend,
+    w: &CudaWeight,
+    bias: Option<&CudaSlice<f32>>,
+    x: &CudaAct,
+    n_x: usize,
+    out: &mut CudaAct,
+    write: Write,
+    x_f16: &mut Option<u64>,
+) -> Result<(), BackendError> {
     let (n_cols, n_rows) = (w.n_cols, w.n_rows);
     if n_rows == 0 || n_cols == 0 {
         return Ok(());
@@ -216,17 +260,20 @@ fn dequant_gemm(be: &mut CudaBackend, w: &CudaWeight, bias: Option<&CudaSlice<f3
             alpha: 1.0f32,
             lda: as_i32("columns", n_cols)?,
             ldb: as_i32("columns", n_cols)?,
-            beta: 0.0f32,
+            beta: if write == Write::Accumulate { 1.0f32 } else { 0.0f32 },
             ldc: as_i32("rows", n_rows)?,
         })
     };
     let gemm_err = |e: String| CudaError::Driver { op: format!("cuBLAS GEMM for {} ({n_rows} x {n_cols} by {n_x} rows)", w.name), msg: e };
     match resident {
         Some(Resident::F16 { bits, scale }) => {
-            let x_f16 = x_as_f16(be, x, n_x * n_cols)?;
+            let converted = match *x_f16 {
+                Some(addr) => addr,
+                None => *x_f16.insert(x_as_f16(be, x, n_x * n_cols)?),
+            };
             let mut c = cfg(n_rows)?;
             c.alpha = 1.0 / (scale * X_F16_SCALE);
-            gemm_f16(be, c, bits, x_f16, &mut out.buf).map_err(gemm_err)?;
+            gemm_f16(be, c, bits, converted, &mut out.buf).map_err(gemm_err)?;
         }
         Some(Resident::F32(full)) => {
             let b = x.buf.slice(..n_x * n_cols);
@@ -274,14 +321,14 @@ fn x_as_f16(be: &mut CudaBackend, x: &CudaAct, n: usize) -> Result<u64, BackendE
     Ok(addr(&*buf, &be.ctx))
 }
 
-/// C = alpha * op(A) op(B) with A and B f16 (A: the weight's bits, B: at device address `x_f16`),
-/// float32 sums and float32 C (cublasGemmEx, CUBLAS_COMPUTE_32F).
+/// C = alpha * op(A) op(B) + beta * C with A and B f16 (A: the weight's bits, B: at device
+/// address `x_f16`), float32 sums and float32 C (cublasGemmEx, CUBLAS_COMPUTE_32F).
 fn gemm_f16(be: &CudaBackend, cfg: GemmConfig<f32>, a_bits: &CudaSlice<u16>, x_f16: u64, c: &mut CudaSlice<f32>) -> Result<(), String> {
     use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasGemmEx, cublasStatus_t, cudaDataType};
     let a = addr(a_bits, &be.ctx);
     let c_ptr = addr(c, &be.ctx);
-    // SAFETY: a holds m x k f16 values (the whole weight), x_f16 at least n x k (converted just
-    // before), c n x ldc floats (the caller's output buffer, sized by the forward pass); alpha
+    // SAFETY: a holds m x k f16 values (the whole weight), x_f16 at least n x k (converted for
+    // this input), c n x ldc floats (the caller's output buffer, sized by the forward pass); alpha
     // and beta are read during the call (host pointer mode; a recorded graph keeps the values).
     let status = unsafe {
         cublasGemmEx(

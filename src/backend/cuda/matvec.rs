@@ -284,6 +284,8 @@ pub struct MatvecArgs<'a> {
     /// Device address of `n_rows` floats, or 0.
     pub bias: u64,
     pub out: &'a mut CudaSlice<f32>,
+    /// Add the products to what `out` holds (the residual connection) instead of overwriting.
+    pub accumulate: bool,
 }
 
 impl MatvecArgs<'_> {
@@ -320,12 +322,13 @@ impl MatvecArgs<'_> {
     }
 }
 
-/// Queues `out[t][r] = Σ_c W[r][c] x[t][c] (+ bias[r])` for `t < n_x` with `kernels` (which
-/// must be of `args.layout`'s path).
+/// Queues `out[t][r] = Σ_c W[r][c] x[t][c] (+ bias[r])` (or `+=` with `args.accumulate`) for
+/// `t < n_x` with `kernels` (which must be of `args.layout`'s path).
 pub fn launch_matvec(ctx: &CudaContext, kernels: &MatvecKernels, args: MatvecArgs<'_>) -> Result<(), CudaError> {
     args.check()?;
     let (nt, f) = kernels.matvec_for(args.n_x).ok_or_else(|| CudaError::Invalid(format!("{}: no kernel for {} rows", args.name, args.n_x)))?;
     let (n_rows, n_cols, n_x) = (args.n_rows as u32, args.n_cols as u32, args.n_x as u32);
+    let accumulate = args.accumulate as u32;
     match (args.layout, &kernels.tiled) {
         (Layout::Tiles(grid), Some(tiled)) => {
             let plan = Plan::new(&grid, tiled.sms, nt);
@@ -334,7 +337,7 @@ pub fn launch_matvec(ctx: &CudaContext, kernels: &MatvecKernels, args: MatvecArg
             let block = 32 * plan.warps_m * plan.warps_k;
             let cfg = LaunchConfig { grid_dim: (plan.block_rows, plan.splits, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 };
             let (k_tiles, m_tiles, per, wm) = (grid.k_tiles as u32, grid.m_tiles as u32, plan.k_tiles_per_split, plan.warps_m);
-            launch!(ctx, f, "matvec_mma", cfg, &args.weights, &k_tiles, &m_tiles, &n_rows, &n_cols, args.x, &n_x, &args.bias, args.out, &partials, &counters, &per, &wm)
+            launch!(ctx, f, "matvec_mma", cfg, &args.weights, &k_tiles, &m_tiles, &n_rows, &n_cols, args.x, &n_x, &args.bias, args.out, &partials, &counters, &per, &wm, &accumulate)
         }
         (Layout::Blocks, None) => {
             let row_bytes = quant::row_bytes(args.ty, args.n_cols)? as u64;
@@ -343,7 +346,7 @@ pub fn launch_matvec(ctx: &CudaContext, kernels: &MatvecKernels, args: MatvecArg
                 block_dim: (32, MATVEC_ROWS_PER_BLOCK, 1),
                 shared_mem_bytes: 0,
             };
-            launch!(ctx, f, "matvec", cfg, &args.weights, &row_bytes, &n_cols, &n_rows, args.x, &n_x, &args.bias, args.out)
+            launch!(ctx, f, "matvec", cfg, &args.weights, &row_bytes, &n_cols, &n_rows, args.x, &n_x, &args.bias, args.out, &accumulate)
         }
         _ => Err(CudaError::Invalid(format!("{}: kernels of the other layout", args.name))),
     }
@@ -435,16 +438,19 @@ impl MatvecOp {
         }
     }
 
-    fn launch_on(&self, copy: usize, x: &CudaSlice<f32>, n_x: usize, bias: u64, out: &mut CudaSlice<f32>) -> Result<(), CudaError> {
+    fn launch_on(&self, copy: usize, x: &CudaSlice<f32>, n_x: usize, bias: u64, out: &mut CudaSlice<f32>, accumulate: bool) -> Result<(), CudaError> {
         let weights = self.weights.slice(copy * self.bytes_per_copy..(copy + 1) * self.bytes_per_copy);
-        let args = MatvecArgs { name: "test matrix", ty: self.ty, n_rows: self.n_rows, n_cols: self.n_cols, layout: self.layout, weights, x, n_x, bias, out };
+        let (ty, n_rows, n_cols, layout) = (self.ty, self.n_rows, self.n_cols, self.layout);
+        let args = MatvecArgs { name: "test matrix", ty, n_rows, n_cols, layout, weights, x, n_x, bias, out, accumulate };
         launch_matvec(&self.ctx, &self.kernels, args)
     }
 
     /// `y = W x (+ bias)` for the `n_x` rows of `x` (row-major, `n_x * n_cols`). The output
     /// buffer holds `n_x + 1` rows, all first filled with the bit pattern `poison_bits`; all of
     /// it is returned, so a test sees both unwritten outputs and writes past the `n_x` rows.
-    pub fn run(&self, x: &[f32], n_x: usize, bias: Option<&[f32]>, poison_bits: u32) -> Result<Vec<f32>, CudaError> {
+    /// With `accumulate_onto` (`n_x * n_rows` floats) the first `n_x` rows start as those values
+    /// and the kernel adds to them, as the residual connection does.
+    pub fn run(&self, x: &[f32], n_x: usize, bias: Option<&[f32]>, poison_bits: u32, accumulate_onto: Option<&[f32]>) -> Result<Vec<f32>, CudaError> {
         if x.len() != n_x * self.n_cols {
             return Err(CudaError::Invalid(format!("x has {} floats, {n_x} rows of {} need {}", x.len(), self.n_cols, n_x * self.n_cols)));
         }
@@ -456,7 +462,13 @@ impl MatvecOp {
         let bias_ptr = bd.as_ref().map_or(0, |b| super::backend::addr(b, &self.ctx));
         let mut out = self.ctx.alloc::<f32>((n_x + 1) * self.n_rows, "test output")?;
         self.ctx.fill_u32_bits(&mut out, poison_bits)?;
-        self.launch_on(0, &xd, n_x, bias_ptr, &mut out)?;
+        if let Some(start) = accumulate_onto {
+            if start.len() != n_x * self.n_rows {
+                return Err(CudaError::Invalid(format!("accumulate_onto has {} floats, {n_x} rows of {} need {}", start.len(), self.n_rows, n_x * self.n_rows)));
+            }
+            self.ctx.copy_to_device(start, &mut out, "the values to accumulate onto")?;
+        }
+        self.launch_on(0, &xd, n_x, bias_ptr, &mut out, accumulate_onto.is_some())?;
         self.ctx.download(&out, "the test matrix-vector product")
     }
 
@@ -500,13 +512,13 @@ impl MatvecOp {
         let mut out = self.ctx.alloc::<f32>(n_x * self.n_rows, "benchmark output")?;
         let drv = |op: &str, e: cudarc::driver::DriverError| CudaError::Driver { op: op.to_string(), msg: super::error::describe(&e) };
         // Warm up (compiles nothing: the kernels are loaded; faults surface here).
-        self.launch_on(0, &xd, n_x, 0, &mut out)?;
+        self.launch_on(0, &xd, n_x, 0, &mut out, false)?;
         self.ctx.sync("benchmark warm-up")?;
         let stream = self.ctx.stream().clone();
         stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).map_err(|e| drv("starting a benchmark capture", e))?;
         let mut queued = Ok(());
         for i in 0..iters {
-            queued = self.launch_on(i % copies, &xd, n_x, 0, &mut out);
+            queued = self.launch_on(i % copies, &xd, n_x, 0, &mut out, false);
             if queued.is_err() {
                 break;
             }
