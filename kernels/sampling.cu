@@ -63,19 +63,83 @@ __device__ __forceinline__ float gumbel(u64 key, u32 id) {
     return (float)(-log(-log(u)));
 }
 
+// gumbel() in float, within GUMBEL_APPROX_TOL of it for every uniform: -ln(u) comes from logf
+// of u itself below 1/2 and from log1pf of u - 1 above (there -ln(u) is tiny and u - 1 keeps its
+// bits); both arguments are exact in float. (Measured error bound: a few 1e-6.)
+#define GUMBEL_APPROX_TOL 1e-3f
+__device__ __forceinline__ float gumbel_approx(u64 key, u32 id) {
+    const u64 h = mix64(key ^ ((u64)id * 0xD1B54A32D192ED03ull));
+    const u32 k = (u32)(h >> 40);
+    const float neg_ln_u = k < (1u << 23) ? -logf(((float)k + 0.5f) * (1.0f / 16777216.0f))
+                                          : -log1pf(-((float)(16777215u - k) + 0.5f) * (1.0f / 16777216.0f));
+    return -logf(neg_ln_u);
+}
+
+// ---- row scans
+
+// Calls f(i, l[i]) for every i < n, each thread taking its share: SCAN_BATCH float4 loads
+// (16 values) in flight per thread before any is used. One block reads a whole row (151,936
+// values for Qwen2) several times per draw; with one load at a time a pass was bound by load
+// latency (~40 us a pass on an H200), with 16 in flight by the SM's bandwidth. f runs with some
+// lanes of a warp inactive at a row's end: warp collectives inside it must use __activemask().
+#define SCAN_BATCH 4
+template <typename F>
+__device__ __forceinline__ void scan_row(const float* __restrict__ l, u32 n, F f) {
+    if ((reinterpret_cast<u64>(l) & 15) == 0) {
+        const float4* l4 = reinterpret_cast<const float4*>(l);
+        const u32 n4 = n / 4;
+        for (u32 base = 0; base < n4; base += SCAN_BATCH * SAMPLE_THREADS) {
+            float4 v[SCAN_BATCH];
+#pragma unroll
+            for (int u = 0; u < SCAN_BATCH; u++) {
+                const u32 j = base + u * SAMPLE_THREADS + threadIdx.x;
+                v[u] = j < n4 ? l4[j] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            }
+#pragma unroll
+            for (int u = 0; u < SCAN_BATCH; u++) {
+                const u32 j = base + u * SAMPLE_THREADS + threadIdx.x;
+                if (j < n4) {
+                    f(4 * j, v[u].x);
+                    f(4 * j + 1, v[u].y);
+                    f(4 * j + 2, v[u].z);
+                    f(4 * j + 3, v[u].w);
+                }
+            }
+        }
+        for (u32 i = 4 * n4 + threadIdx.x; i < n; i += SAMPLE_THREADS) f(i, l[i]);
+    } else {
+        // Rows of a vocabulary that is not a multiple of 4 floats: four scalar loads in flight.
+        for (u32 base = 0; base < n; base += 4 * SAMPLE_THREADS) {
+            float v[4];
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                const u32 i = base + u * SAMPLE_THREADS + threadIdx.x;
+                v[u] = i < n ? l[i] : 0.0f;
+            }
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                const u32 i = base + u * SAMPLE_THREADS + threadIdx.x;
+                if (i < n) f(i, v[u]);
+            }
+        }
+    }
+}
+
 // ---- block reductions (every thread calls, every thread gets the result) ----
 
+template <int NW = SAMPLE_WARPS>
 __device__ __forceinline__ double block_sum_f64(double v, double* scratch) {
     v = warp_sum_f64(v);
     const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     __syncthreads();
     if (lane == 0) scratch[warp] = v;
     __syncthreads();
-    double t = lane < SAMPLE_WARPS ? scratch[lane] : 0.0;
+    double t = lane < NW ? scratch[lane] : 0.0;
     t = warp_sum_f64(t);
     return t;
 }
 
+template <int NW = SAMPLE_WARPS>
 __device__ __forceinline__ u32 block_sum_u32(u32 v, u32* scratch) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_WARP, v, o);
@@ -83,12 +147,13 @@ __device__ __forceinline__ u32 block_sum_u32(u32 v, u32* scratch) {
     __syncthreads();
     if (lane == 0) scratch[warp] = v;
     __syncthreads();
-    u32 t = lane < SAMPLE_WARPS ? scratch[lane] : 0u;
+    u32 t = lane < NW ? scratch[lane] : 0u;
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(FULL_WARP, t, o);
     return t;
 }
 
+template <int NW = SAMPLE_WARPS>
 __device__ __forceinline__ u32 block_min_u32(u32 v, u32* scratch) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v = min(v, __shfl_xor_sync(FULL_WARP, v, o));
@@ -96,10 +161,15 @@ __device__ __forceinline__ u32 block_min_u32(u32 v, u32* scratch) {
     __syncthreads();
     if (lane == 0) scratch[warp] = v;
     __syncthreads();
-    u32 t = lane < SAMPLE_WARPS ? scratch[lane] : 0xffffffffu;
+    u32 t = lane < NW ? scratch[lane] : 0xffffffffu;
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) t = min(t, __shfl_xor_sync(FULL_WARP, t, o));
     return t;
+}
+
+template <int NW = SAMPLE_WARPS>
+__device__ __forceinline__ u32 block_max_u32(u32 v, u32* scratch) {
+    return ~block_min_u32<NW>(~v, scratch);
 }
 
 // The better of two (score, id) pairs: higher score, then lower id. An id of 0xffffffff is "none".
@@ -110,6 +180,7 @@ __device__ __forceinline__ void better(float& s, u32& id, float s2, u32 id2) {
     }
 }
 
+template <int NW = SAMPLE_WARPS>
 __device__ __forceinline__ void block_best(float& s, u32& id, float* sc_s, u32* sc_id) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) {
@@ -124,8 +195,8 @@ __device__ __forceinline__ void block_best(float& s, u32& id, float* sc_s, u32* 
         sc_id[warp] = id;
     }
     __syncthreads();
-    s = lane < SAMPLE_WARPS ? sc_s[lane] : 0.0f;
-    id = lane < SAMPLE_WARPS ? sc_id[lane] : 0xffffffffu;
+    s = lane < NW ? sc_s[lane] : 0.0f;
+    id = lane < NW ? sc_id[lane] : 0xffffffffu;
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) {
         const float s2 = __shfl_xor_sync(FULL_WARP, s, o);
@@ -148,34 +219,108 @@ struct Shared {
     u32 n_gathered;
 };
 
-// The key of the k-th largest key (1-based) among keys(i) >= floor_key, by radix selection:
+// Inclusive prefix sum of v over the block's threads in thread order. Call with every thread.
+__device__ __forceinline__ u32 block_inclusive_scan_u32(u32 v, u32* scratch) {
+    const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        const u32 up = __shfl_up_sync(FULL_WARP, v, o);
+        if (lane >= (u32)o) v += up;
+    }
+    __syncthreads();
+    if (lane == 31) scratch[warp] = v;
+    __syncthreads();
+    u32 before = 0;
+    for (u32 w = 0; w < warp; w++) before += scratch[w];
+    return v + before;
+}
+
+// Sorts sh.sort_s / sort_id[0..n) best first (n <= SORT_CAP): a bitonic sort of the next power
+// of two, padded with "none" entries, which sort last. Call with every thread.
+__device__ void sort_best_first(Shared& sh, u32 n) {
+    u32 size = 1;
+    while (size < n) size <<= 1;
+    for (u32 j = n + threadIdx.x; j < size; j += SAMPLE_THREADS) {
+        sh.sort_s[j] = NEG_INF;
+        sh.sort_id[j] = 0xffffffffu;
+    }
+    __syncthreads();
+    for (u32 k2 = 2; k2 <= size; k2 <<= 1) {
+        for (u32 j = k2 >> 1; j > 0; j >>= 1) {
+            for (u32 i = threadIdx.x; i < size; i += SAMPLE_THREADS) {
+                const u32 partner = i ^ j;
+                if (partner > i) {
+                    const float si = sh.sort_s[i], sp = sh.sort_s[partner];
+                    const u32 ii = sh.sort_id[i], ip = sh.sort_id[partner];
+                    // "i before partner" in best-first order.
+                    float bs = si;
+                    u32 bid = ii;
+                    better(bs, bid, sp, ip);
+                    const bool i_first = bid == ii && !(ii == 0xffffffffu && ip != 0xffffffffu);
+                    const bool ascending_block = (i & k2) == 0;
+                    if (i_first != ascending_block) {
+                        sh.sort_s[i] = sp;
+                        sh.sort_s[partner] = si;
+                        sh.sort_id[i] = ip;
+                        sh.sort_id[partner] = ii;
+                    }
+                }
+            }
+            __syncthreads();
+        }
+    }
+}
+
+// The key of the k-th largest key (1-based) among key_of(i, l[i]) >= floor_key, by radix selection:
 // digits of 11, 11 and 10 bits, one counting pass each. Call with every thread.
+//
+// Two things keep this fast on one block. A row's logits share a few exponents, so most of a
+// pass lands in a handful of bins: lanes of a warp that hit the same bin add their count once
+// (match_any), instead of queueing on one shared-memory address. And the bin holding the k-th
+// key is found by a prefix sum over the bins, not by one thread walking them.
 template <typename KeyOf>
-__device__ u32 kth_largest_key(u32 n, u32 k, u32 floor_key, KeyOf key_of, Shared& sh) {
+__device__ u32 kth_largest_key(const float* __restrict__ l, u32 n, u32 k, u32 floor_key, KeyOf key_of, Shared& sh) {
     u32 prefix = 0, mask = 0, remaining = k;
     const int shifts[3] = {21, 10, 0};
     const int bits[3] = {11, 11, 10};
+    const u32 lane = threadIdx.x % 32;
 #pragma unroll
     for (int level = 0; level < 3; level++) {
         const u32 nbins = 1u << bits[level];
         for (u32 b = threadIdx.x; b < nbins; b += SAMPLE_THREADS) sh.hist[b] = 0;
         __syncthreads();
-        for (u32 i = threadIdx.x; i < n; i += SAMPLE_THREADS) {
-            const u32 kk = key_of(i);
-            if (kk >= floor_key && (kk & mask) == prefix) atomicAdd(&sh.hist[(kk >> shifts[level]) & (nbins - 1)], 1u);
-        }
+        scan_row(l, n, [&](u32 i, float v) {
+            const u32 kk = key_of(i, v);
+            const u32 bin = kk >= floor_key && (kk & mask) == prefix ? (kk >> shifts[level]) & (nbins - 1) : 0xffffffffu;
+            const u32 peers = __match_any_sync(__activemask(), bin);
+            if (bin != 0xffffffffu && lane == (u32)(__ffs(peers) - 1)) atomicAdd(&sh.hist[bin], (u32)__popc(peers));
+        });
         __syncthreads();
-        if (threadIdx.x == 0) {
-            u32 cum = 0, chosen = 0;
-            for (int b = (int)nbins - 1; b >= 0; b--) {
+        // Thread t owns bins nbins-1-t*per .. nbins-per-t*per (descending), so the scan's order
+        // is the keys' order from the largest down.
+        const u32 per = (nbins + SAMPLE_THREADS - 1) / SAMPLE_THREADS;
+        u32 local = 0;
+        for (u32 j = 0; j < per; j++) {
+            const u32 r = threadIdx.x * per + j;
+            if (r < nbins) local += sh.hist[nbins - 1 - r];
+        }
+        const u32 incl = block_inclusive_scan_u32(local, sh.red_u32);
+        const u32 excl = incl - local;
+        if (local > 0 && excl < remaining && remaining <= incl) {
+            u32 cum = excl;
+            for (u32 j = 0; j < per; j++) {
+                const u32 b = nbins - 1 - (threadIdx.x * per + j);
                 if (cum + sh.hist[b] >= remaining) {
-                    chosen = (u32)b;
+                    sh.bcast[0] = b;
+                    sh.bcast[1] = remaining - cum;
                     break;
                 }
                 cum += sh.hist[b];
             }
-            sh.bcast[0] = chosen;
-            sh.bcast[1] = remaining - cum;
+        } else if (threadIdx.x == SAMPLE_THREADS - 1 && incl < remaining) {
+            // Fewer keys than k: the whole range (only reached on inconsistent counts).
+            sh.bcast[0] = 0;
+            sh.bcast[1] = remaining - incl;
         }
         __syncthreads();
         prefix |= sh.bcast[0] << shifts[level];
@@ -186,25 +331,404 @@ __device__ u32 kth_largest_key(u32 n, u32 k, u32 floor_key, KeyOf key_of, Shared
     return prefix;
 }
 
+// ---- the chunk pass: many blocks a row, so that common draws need not scan a row with one block
+
+// A row is cut into chunks of CHUNK_ELEMS values, one block of CHUNK_THREADS each (19 blocks for
+// Qwen2's 151,936). Each applies the penalties of its own tokens, then records the chunk's best
+// logit, finite count, first broken value, the sum of exp(s - chunk max) over its scaled logits s,
+// its CHUNK_LIST best tokens (exactly, by radix selection in shared memory) and, for a draw with
+// no filter, its Gumbel-max winner. sample_rows then draws from these records (draw_from_chunks)
+// whenever they settle the draw exactly; otherwise it scans the (already penalized) row itself.
+#define CHUNK_THREADS 256
+#define CHUNK_WARPS (CHUNK_THREADS / 32)
+#define CHUNK_ELEMS 8192
+#define CHUNK_LIST 64
+// Words per chunk record: best logit bits, best id, finite, broken, z (f64: 2 words), chunk max
+// of s (bits), listed_above (every key > it is listed), n_list, Gumbel winner score bits and id,
+// 5 pad, ids[CHUNK_LIST], s bits[CHUNK_LIST].
+#define CHUNK_WORDS (16 + 2 * CHUNK_LIST)
+// The lists of a row's chunks must fit the sort buffer.
+#define CHUNKS_MAX (SORT_CAP / CHUNK_LIST)
+#define NONE 0xffffffffu
+
+// fkey's inverse.
+__device__ __forceinline__ float fkey_inv(u32 k) {
+    return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
+}
+
+// A draw at temperature > 0 with no filter: the chunks find their Gumbel-max winners themselves.
+__device__ __forceinline__ bool plain_draw(const RowParams& p) {
+    return p.temperature != 0.0f && p.top_k == 0 && !(p.top_p < 1.0f) && !(p.min_p > 0.0f);
+}
+
+// What the chunk records must hold for a row's draw: the chunks' lists (a filter, or
+// alternatives asked for) and their sums of exp(s - max) (log-probabilities, or top-p without
+// top-k). A greedy or unfiltered draw needs neither, and its chunk pass is one read of the chunk.
+struct ChunkNeeds {
+    bool lists, z;
+};
+__device__ __forceinline__ ChunkNeeds chunk_needs(const RowParams& p) {
+    const bool greedy = p.temperature == 0.0f;
+    const bool want_lp = p.logprobs != NO_LOGPROBS;
+    const bool filtered = !greedy && !plain_draw(p);
+    return ChunkNeeds{filtered || (want_lp && p.logprobs > 0), want_lp || (filtered && p.top_p < 1.0f)};
+}
+
+// The penalties of the tokens in [lo, hi), in place, in the host's float order.
+__device__ __forceinline__ void apply_penalties(float* l, u32 lo, u32 hi, const RowParams& p, const u32* pen_ids,
+                                                const u32* pen_counts, const u32* pen_in_prompt, u32 threads) {
+    for (u32 e = threadIdx.x; e < p.n_penalty; e += threads) {
+        const u32 id = pen_ids[p.penalty_offset + e];
+        if (id < lo || id >= hi) continue;
+        const u32 count = pen_counts[p.penalty_offset + e];
+        float v = l[id];
+        if (p.repetition != 1.0f && (count > 0 || pen_in_prompt[p.penalty_offset + e])) v = v > 0.0f ? v / p.repetition : v * p.repetition;
+        if (count > 0 && (p.presence != 0.0f || p.frequency != 0.0f)) v -= p.presence + p.frequency * (float)count;
+        l[id] = v;
+    }
+}
+
+// The k-th largest of keys[0..n) (1-based; keys 0 excluded; k <= the count of nonzero keys), by
+// the radix selection of kth_largest_key on shared memory. Call with every thread of the block.
+__device__ u32 chunk_kth_key(const u32* keys, u32 n, u32 k, u32* hist, u32* scratch, u32* bcast) {
+    u32 prefix = 0, mask = 0, remaining = k;
+    const int shifts[3] = {21, 10, 0};
+    const int bits[3] = {11, 11, 10};
+    const u32 lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+#pragma unroll
+    for (int level = 0; level < 3; level++) {
+        const u32 nbins = 1u << bits[level];
+        for (u32 b = threadIdx.x; b < nbins; b += CHUNK_THREADS) hist[b] = 0;
+        __syncthreads();
+        for (u32 base = 0; base < n; base += CHUNK_THREADS) {
+            const u32 j = base + threadIdx.x;
+            const u32 kk = j < n ? keys[j] : 0u;
+            const u32 bin = kk != 0 && (kk & mask) == prefix ? (kk >> shifts[level]) & (nbins - 1) : NONE;
+            const u32 peers = __match_any_sync(FULL_WARP, bin);
+            if (bin != NONE && lane == (u32)(__ffs(peers) - 1)) atomicAdd(&hist[bin], (u32)__popc(peers));
+        }
+        __syncthreads();
+        // Thread t owns bins nbins-1-t*per .. (descending); an inclusive scan finds the k-th.
+        const u32 per = nbins / CHUNK_THREADS;
+        u32 local = 0;
+        for (u32 j = 0; j < per; j++) local += hist[nbins - 1 - (threadIdx.x * per + j)];
+        u32 incl = local;
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            const u32 up = __shfl_up_sync(FULL_WARP, incl, o);
+            if (lane >= (u32)o) incl += up;
+        }
+        if (lane == 31) scratch[warp] = incl;
+        __syncthreads();
+        for (u32 w = 0; w < warp; w++) incl += scratch[w];
+        const u32 excl = incl - local;
+        if (local > 0 && excl < remaining && remaining <= incl) {
+            u32 cum = excl;
+            for (u32 j = 0; j < per; j++) {
+                const u32 b = nbins - 1 - (threadIdx.x * per + j);
+                if (cum + hist[b] >= remaining) {
+                    bcast[0] = b;
+                    bcast[1] = remaining - cum;
+                    break;
+                }
+                cum += hist[b];
+            }
+        }
+        __syncthreads();
+        prefix |= bcast[0] << shifts[level];
+        mask |= (nbins - 1) << shifts[level];
+        remaining = bcast[1];
+        __syncthreads();
+    }
+    return prefix;
+}
+
+extern "C" __global__ void __launch_bounds__(CHUNK_THREADS)
+    sample_chunks(float* __restrict__ logits, u32 vocab, const RowParams* __restrict__ params,
+                  const u32* __restrict__ pen_ids, const u32* __restrict__ pen_counts, const u32* __restrict__ pen_in_prompt,
+                  u32* __restrict__ chunks) {
+    __shared__ u32 keys[CHUNK_ELEMS];  // fkey of each scaled logit; 0 for -inf and broken values
+    __shared__ u32 hist[2048];
+    __shared__ u32 red_u32[CHUNK_WARPS];
+    __shared__ float red_s[CHUNK_WARPS];
+    __shared__ u32 red_id[CHUNK_WARPS];
+    __shared__ double red_f64[CHUNK_WARPS];
+    __shared__ u32 bcast[2];
+    __shared__ u32 n_listed;
+    const u32 c = blockIdx.x, row = blockIdx.y;
+    const RowParams p = params[row];
+    float* l = logits + (u64)row * vocab;
+    u32* rec = chunks + ((u64)row * gridDim.x + c) * CHUNK_WORDS;
+    const u32 c0 = c * CHUNK_ELEMS;
+    const u32 n = min((u32)CHUNK_ELEMS, vocab - c0);
+
+    apply_penalties(l, c0, c0 + n, p, pen_ids, pen_counts, pen_in_prompt, CHUNK_THREADS);
+    __syncthreads();
+
+    const float t = p.temperature == 0.0f ? 1.0f : p.temperature;
+    float best_v = 0.0f;
+    u32 best_id = NONE, finite = 0, broken = NONE;
+#pragma unroll 8
+    for (u32 j = threadIdx.x; j < n; j += CHUNK_THREADS) {
+        const float v = l[c0 + j];
+        u32 kk = 0;
+        if (v != v || v == __uint_as_float(0x7f800000u)) {
+            broken = min(broken, c0 + j);
+        } else if (v != NEG_INF) {
+            finite++;
+            better(best_v, best_id, v, c0 + j);
+            kk = fkey(v / t);
+        }
+        keys[j] = kk;
+    }
+    block_best<CHUNK_WARPS>(best_v, best_id, red_s, red_id);
+    finite = block_sum_u32<CHUNK_WARPS>(finite, red_u32);
+    broken = block_min_u32<CHUNK_WARPS>(broken, red_u32);
+    const float cmax = best_id != NONE ? best_v / t : 0.0f;
+    const ChunkNeeds needs = chunk_needs(p);
+
+    double z = 0.0;
+    if (needs.z) {
+        for (u32 j = threadIdx.x; j < n; j += CHUNK_THREADS)
+            if (keys[j] != 0) z += (double)expf(fkey_inv(keys[j]) - cmax);
+        z = block_sum_f64<CHUNK_WARPS>(z, red_f64);
+    }
+
+    // The chunk's Gumbel-max winner for a draw with no filter (see step 5 of sample_rows).
+    float gs = 0.0f;
+    u32 gid = NONE;
+    if (plain_draw(p) && best_id != NONE) {
+        const u64 key = ((u64)p.key_hi << 32) | p.key_lo;
+        const float bound = cmax + gumbel(key, best_id);
+        const float tol = GUMBEL_APPROX_TOL + 1e-6f * (fabsf(cmax) + 2.0f * GUMBEL_MAX);
+        float seen = bound;
+        gs = bound;
+        gid = best_id;
+        for (u32 j = threadIdx.x; j < n; j += CHUNK_THREADS) {
+            if (keys[j] == 0) continue;
+            const float s = fkey_inv(keys[j]);
+            if (s + GUMBEL_MAX < bound) continue;
+            const float a = s + gumbel_approx(key, c0 + j);
+            if (a + 2.0f * tol < seen) continue;
+            seen = fmaxf(seen, a);
+            better(gs, gid, s + gumbel(key, c0 + j), c0 + j);
+        }
+        block_best<CHUNK_WARPS>(gs, gid, red_s, red_id);
+    }
+
+    // The chunk's CHUNK_LIST best keys: every key above the CHUNK_LIST-th, then its ties while
+    // slots remain. listed_above: every key above it is listed.
+    const u32 thr = needs.lists && finite > CHUNK_LIST ? chunk_kth_key(keys, n, CHUNK_LIST, hist, red_u32, bcast) : 1u;
+    if (threadIdx.x == 0) n_listed = 0;
+    __syncthreads();
+    for (int pass = 0; pass < (needs.lists ? 2 : 0); pass++) {
+        for (u32 j = threadIdx.x; j < n; j += CHUNK_THREADS) {
+            const u32 kk = keys[j];
+            if (pass == 0 ? kk > thr : kk == thr && kk != 0) {
+                const u32 slot = atomicAdd(&n_listed, 1u);
+                if (slot < CHUNK_LIST) {
+                    rec[16 + slot] = c0 + j;
+                    rec[16 + CHUNK_LIST + slot] = __float_as_uint(fkey_inv(kk));
+                }
+            }
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+        const u64 zb = (u64)__double_as_longlong(z);
+        rec[0] = __float_as_uint(best_v);
+        rec[1] = best_id;
+        rec[2] = finite;
+        rec[3] = broken;
+        rec[4] = (u32)zb;
+        rec[5] = (u32)(zb >> 32);
+        rec[6] = __float_as_uint(cmax);
+        rec[7] = n_listed <= CHUNK_LIST ? thr - 1 : thr;
+        rec[8] = min(n_listed, (u32)CHUNK_LIST);
+        rec[9] = __float_as_uint(gs);
+        rec[10] = gid;
+    }
+}
+
+// Writes the row's output: the token, its log-probability, and n_top alternatives.
+__device__ __forceinline__ void write_result(u32* o, u32 token, float logprob) {
+    o[0] = token;
+    o[1] = 0;
+    o[2] = __float_as_uint(logprob);
+}
+
+// The draw of sample_rows from the row's chunk records, when they settle it exactly: returns
+// false (having written nothing) when the row must be scanned instead -- a filter or a request
+// for alternatives reaching past the tokens the chunks listed. Call with every thread.
+__device__ bool draw_from_chunks(const float* __restrict__ l, const RowParams& p, const u32* __restrict__ recs,
+                                 u32 n_chunks, u32* __restrict__ o, Shared& sh) {
+    const bool greedy = p.temperature == 0.0f;
+    const float t = greedy ? 1.0f : p.temperature;
+    float best_v = 0.0f, gs = 0.0f;
+    u32 best_id = NONE, finite = 0, broken = NONE, tau = 0, gid = NONE;
+    for (u32 c = threadIdx.x; c < n_chunks; c += SAMPLE_THREADS) {
+        const u32* r = recs + (u64)c * CHUNK_WORDS;
+        finite += r[2];
+        broken = min(broken, r[3]);
+        if (r[1] != NONE) better(best_v, best_id, __uint_as_float(r[0]), r[1]);
+        if (r[10] != NONE) better(gs, gid, __uint_as_float(r[9]), r[10]);
+        tau = max(tau, r[7]);
+    }
+    block_best(best_v, best_id, sh.red_s, sh.red_id);
+    block_best(gs, gid, sh.red_s, sh.red_id);
+    finite = block_sum_u32(finite, sh.red_u32);
+    broken = block_min_u32(broken, sh.red_u32);
+    tau = block_max_u32(tau, sh.red_u32);
+    if (broken != NONE || best_id == NONE) {
+        if (threadIdx.x == 0) {
+            o[0] = broken != NONE ? broken : 0u;
+            o[1] = broken != NONE ? 1u : 2u;
+            o[2] = broken != NONE ? __float_as_uint(l[broken]) : 0u;
+            o[3] = 0;
+        }
+        return true;
+    }
+    const float max_s = best_v / t;
+    // Sum of exp(s - max_s) over the row, from the chunks' sums.
+    const ChunkNeeds needs = chunk_needs(p);
+    double z = 0.0;
+    for (u32 c = threadIdx.x; needs.z && c < n_chunks; c += SAMPLE_THREADS) {
+        const u32* r = recs + (u64)c * CHUNK_WORDS;
+        if (r[1] == NONE) continue;
+        const double zc = __longlong_as_double((long long)(((u64)r[5] << 32) | r[4]));
+        z += zc * exp((double)(__uint_as_float(r[6]) - max_s));
+    }
+    z = block_sum_f64(z, sh.red_f64);
+    const bool want_lp = p.logprobs != NO_LOGPROBS;
+    const float lse = want_lp ? max_s + (float)log(z) : 0.0f;
+    const bool want_top = want_lp && p.logprobs > 0;
+    const bool filtered = !greedy && !plain_draw(p);
+
+    if (!needs.lists) {
+        const u32 token = greedy ? best_id : gid;
+        if (threadIdx.x == 0) {
+            write_result(o, token, want_lp ? l[token] / t - lse : 0.0f);
+            o[3] = 0;
+        }
+        return true;
+    }
+    if (n_chunks > CHUNKS_MAX) return false;
+
+    // Every chunk's list, sorted best first. The leading n_S entries (keys above tau) are the
+    // row's n_S best tokens, every one of them.
+    for (u32 i = threadIdx.x; i < n_chunks * CHUNK_LIST; i += SAMPLE_THREADS) {
+        const u32* r = recs + (u64)(i / CHUNK_LIST) * CHUNK_WORDS;
+        const u32 j = i % CHUNK_LIST;
+        const bool here = j < r[8];
+        sh.sort_s[i] = here ? __uint_as_float(r[16 + CHUNK_LIST + j]) : NEG_INF;
+        sh.sort_id[i] = here ? r[16 + j] : NONE;
+    }
+    __syncthreads();
+    sort_best_first(sh, n_chunks * CHUNK_LIST);
+    u32 in_s = 0;
+    for (u32 i = threadIdx.x; i < n_chunks * CHUNK_LIST; i += SAMPLE_THREADS)
+        in_s += sh.sort_id[i] != NONE && fkey(sh.sort_s[i]) > tau;
+    const u32 n_s = block_sum_u32(in_s, sh.red_u32);
+
+    // The filters (thread 0, over few entries), as step 4a cuts them; ok = 0 sends the row to
+    // the full scan.
+    if (threadIdx.x == 0) {
+        u32 ok = 1, m = 0;
+        if (filtered) {
+            const bool has_k = p.top_k > 0 && p.top_k < finite;
+            // Survivors of top-k (ties at the boundary kept): all of them listed when k <= n_S.
+            u32 keep = n_s;
+            bool bounded = false;  // whether every survivor so far is among the n_S
+            if (has_k) {
+                if (p.top_k > n_s) ok = 0;
+                else {
+                    keep = p.top_k;
+                    while (keep < n_s && sh.sort_s[keep] == sh.sort_s[p.top_k - 1]) keep++;
+                    bounded = true;
+                }
+            }
+            if (ok && p.top_p < 1.0f) {
+                double total = 0.0;
+                if (bounded) {
+                    for (u32 j = 0; j < keep; j++) total += exp((double)(sh.sort_s[j] - max_s));
+                } else {
+                    total = z;  // no top-k: the whole row survives it
+                }
+                const double target = (double)p.top_p * total;
+                double before = 0.0;
+                bool cut = false;
+                for (u32 j = 0; j < keep; j++) {
+                    if (before >= target) {
+                        keep = j;
+                        cut = true;
+                        break;
+                    }
+                    before += exp((double)(sh.sort_s[j] - max_s));
+                }
+                if (!cut && !bounded) ok = 0;  // the nucleus reaches past the listed tokens
+                bounded = bounded || cut;
+            }
+            if (ok) {
+                const float floor_s = max_s + p.ln_min_p;
+                // Without a cut so far, min-p must be the cut: every token >= floor listed.
+                if (!bounded && !(p.min_p > 0.0f && fkey(floor_s) > tau)) ok = 0;
+                while (m < keep && sh.sort_s[m] >= floor_s) m++;
+                if (m == 0) m = 1;
+            }
+        }
+        u32 k_top = 0;
+        if (ok && want_top) {
+            k_top = min(p.logprobs, finite);
+            if (k_top > n_s) ok = 0;
+        }
+        sh.bcast[0] = ok;
+        sh.bcast[1] = m;
+        sh.bcast[2] = k_top;
+    }
+    __syncthreads();
+    if (!sh.bcast[0]) return false;
+    const u32 m = sh.bcast[1], k_top = sh.bcast[2];
+    u32 token = greedy ? best_id : gid;
+    if (filtered) {
+        const u64 key = ((u64)p.key_hi << 32) | p.key_lo;
+        float ws = 0.0f;
+        u32 wid = NONE;
+        for (u32 j = threadIdx.x; j < m; j += SAMPLE_THREADS) better(ws, wid, sh.sort_s[j] + gumbel(key, sh.sort_id[j]), sh.sort_id[j]);
+        block_best(ws, wid, sh.red_s, sh.red_id);
+        token = wid;
+    }
+    if (threadIdx.x == 0) {
+        u32 n_top = 0;
+        if (k_top > 0) {
+            const float last = sh.sort_s[k_top - 1];
+            while (n_top < TOP_CAP && n_top < n_s && sh.sort_s[n_top] >= last) {
+                o[4 + n_top] = sh.sort_id[n_top];
+                o[4 + TOP_CAP + n_top] = __float_as_uint(sh.sort_s[n_top] - lse);
+                n_top++;
+            }
+        }
+        write_result(o, token, want_lp ? l[token] / t - lse : 0.0f);
+        o[3] = n_top;
+    }
+    return true;
+}
+
 extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
     sample_rows(float* __restrict__ logits, u32 vocab, const RowParams* __restrict__ params,
                 const u32* __restrict__ pen_ids, const u32* __restrict__ pen_counts, const u32* __restrict__ pen_in_prompt,
-                u32* __restrict__ out) {
+                const u32* __restrict__ chunks, u32 n_chunks, u32* __restrict__ out) {
     __shared__ Shared sh;
     const u32 row = blockIdx.x;
     const RowParams p = params[row];
     float* l = logits + (u64)row * vocab;
     u32* o = out + (u64)row * OUT_WORDS;
 
-    // 1. Penalties, in place (entries are distinct tokens), in the host's float order.
-    for (u32 e = threadIdx.x; e < p.n_penalty; e += SAMPLE_THREADS) {
-        const u32 id = pen_ids[p.penalty_offset + e];
-        if (id >= vocab) continue;
-        const u32 count = pen_counts[p.penalty_offset + e];
-        float v = l[id];
-        if (p.repetition != 1.0f && (count > 0 || pen_in_prompt[p.penalty_offset + e])) v = v > 0.0f ? v / p.repetition : v * p.repetition;
-        if (count > 0 && (p.presence != 0.0f || p.frequency != 0.0f)) v -= p.presence + p.frequency * (float)count;
-        l[id] = v;
+    if (chunks != nullptr) {
+        // sample_chunks ran first: the penalties are applied, and its records may settle the draw.
+        if (draw_from_chunks(l, p, chunks + (u64)row * n_chunks * CHUNK_WORDS, n_chunks, o, sh)) return;
+    } else {
+        // 1. Penalties, in place (entries are distinct tokens), in the host's float order.
+        apply_penalties(l, 0, vocab, p, pen_ids, pen_counts, pen_in_prompt, SAMPLE_THREADS);
     }
     __syncthreads();
 
@@ -214,16 +738,14 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
     // 2. The best token (lowest id on a tie), finite count, and broken values.
     float best_s = 0.0f;
     u32 best_id = 0xffffffffu, finite = 0, broken = 0xffffffffu;
-    for (u32 i = threadIdx.x; i < vocab; i += SAMPLE_THREADS) {
-        const float v = l[i];
+    scan_row(l, vocab, [&](u32 i, float v) {
         if (v != v || v == __uint_as_float(0x7f800000u)) {
             broken = min(broken, i);
-            continue;
+        } else if (v != NEG_INF) {
+            finite++;
+            better(best_s, best_id, v, i);
         }
-        if (v == NEG_INF) continue;
-        finite++;
-        better(best_s, best_id, v, i);
-    }
+    });
     block_best(best_s, best_id, sh.red_s, sh.red_id);
     finite = block_sum_u32(finite, sh.red_u32);
     broken = block_min_u32(broken, sh.red_u32);
@@ -243,10 +765,9 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
     float lse = 0.0f;
     if (want_lp) {
         double z = 0.0;
-        for (u32 i = threadIdx.x; i < vocab; i += SAMPLE_THREADS) {
-            const float v = l[i];
-            if (v != NEG_INF) z += exp((double)(v / t - max_s));
-        }
+        scan_row(l, vocab, [&](u32, float v) {
+            if (v != NEG_INF) z += (double)expf(v / t - max_s);  // float exp, double sum: 1e-7 relative
+        });
         z = block_sum_f64(z, sh.red_f64);
         lse = max_s + (float)log(z);
     }
@@ -255,61 +776,30 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
     if (!greedy) {
         const u64 key = ((u64)p.key_hi << 32) | p.key_lo;
         const float floor_s = max_s + p.ln_min_p;  // min-p: scaled >= max + ln(min_p)
-        auto key_of = [&](u32 i) { return fkey(l[i] / t); };
+        auto key_of = [&](u32, float v) { return fkey(v / t); };
         const bool has_k = p.top_k > 0 && p.top_k < finite;
         u32 thr_key = 0;  // keep keys >= thr_key
         bool drawn = false;
-        if (has_k) thr_key = kth_largest_key(vocab, p.top_k, 0u, key_of, sh);
+        if (has_k) thr_key = kth_largest_key(l, vocab, p.top_k, 0u, key_of, sh);
 
         if (has_k && p.top_k <= SMALL_K) {
             // 4a. Gather the top-k survivors, sort them (best first), cut by top-p and min-p, draw.
             if (threadIdx.x == 0) sh.n_gathered = 0;
             __syncthreads();
-            for (u32 i = threadIdx.x; i < vocab; i += SAMPLE_THREADS) {
-                const float s = l[i] / t;
-                if (l[i] != NEG_INF && fkey(s) >= thr_key) {
+            scan_row(l, vocab, [&](u32 i, float v) {
+                const float s = v / t;
+                if (v != NEG_INF && fkey(s) >= thr_key) {
                     const u32 slot = atomicAdd(&sh.n_gathered, 1u);
                     if (slot < SORT_CAP) {
                         sh.sort_s[slot] = s;
                         sh.sort_id[slot] = i;
                     }
                 }
-            }
+            });
             __syncthreads();
             const u32 n = sh.n_gathered;
             if (n <= SORT_CAP) {
-                // Bitonic sort of the next power of two, padded with "none", best first.
-                u32 size = 1;
-                while (size < n) size <<= 1;
-                for (u32 j = n + threadIdx.x; j < size; j += SAMPLE_THREADS) {
-                    sh.sort_s[j] = NEG_INF;
-                    sh.sort_id[j] = 0xffffffffu;
-                }
-                __syncthreads();
-                for (u32 k2 = 2; k2 <= size; k2 <<= 1) {
-                    for (u32 j = k2 >> 1; j > 0; j >>= 1) {
-                        for (u32 i = threadIdx.x; i < size; i += SAMPLE_THREADS) {
-                            const u32 partner = i ^ j;
-                            if (partner > i) {
-                                const float si = sh.sort_s[i], sp = sh.sort_s[partner];
-                                const u32 ii = sh.sort_id[i], ip = sh.sort_id[partner];
-                                // "i before partner" in best-first order.
-                                float bs = si;
-                                u32 bid = ii;
-                                better(bs, bid, sp, ip);
-                                const bool i_first = bid == ii && !(ii == 0xffffffffu && ip != 0xffffffffu);
-                                const bool ascending_block = (i & k2) == 0;
-                                if (i_first != ascending_block) {
-                                    sh.sort_s[i] = sp;
-                                    sh.sort_s[partner] = si;
-                                    sh.sort_id[i] = ip;
-                                    sh.sort_id[partner] = ii;
-                                }
-                            }
-                        }
-                        __syncthreads();
-                    }
-                }
+                sort_best_first(sh, n);
                 // Keep the shortest prefix reaching top_p of the survivors' mass (the host's
                 // rule: keep while the mass ranked before is < p), then min-p; draw.
                 if (threadIdx.x == 0) {
@@ -351,12 +841,12 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
                     const int shift = 24 - 8 * level;
                     for (u32 b = threadIdx.x; b < 256; b += SAMPLE_THREADS) sh.mass[b] = 0.0;
                     __syncthreads();
-                    for (u32 i = threadIdx.x; i < vocab; i += SAMPLE_THREADS) {
-                        if (l[i] == NEG_INF) continue;
-                        const float s = l[i] / t;
+                    scan_row(l, vocab, [&](u32, float v) {
+                        if (v == NEG_INF) return;
+                        const float s = v / t;
                         const u32 kk = fkey(s);
                         if (kk >= thr_key && (kk & mask) == prefix) atomicAdd(&sh.mass[(kk >> shift) & 255u], exp((double)(s - max_s)));
-                    }
+                    });
                     __syncthreads();
                     if (threadIdx.x == 0) {
                         if (level == 0) {
@@ -384,16 +874,24 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
                 }
                 thr_key = max(thr_key, prefix);
             }
-            // 5. Gumbel-max over the kept tokens; noise only where it can still win.
+            // 5. Gumbel-max over the kept tokens; noise only where it can still win. A token's
+            // score is first taken with float noise (gumbel_approx, within tol of gumbel's
+            // score); its float64 noise is computed only when that comes within 2 tol of the
+            // best float score this thread has seen. The winner always does, so the draw is
+            // gumbel's exactly, for a few float64 logarithms a thread instead of two a token.
             const float bound = max_s + gumbel(key, best_id);
-            float ws = bound;
+            const float tol = GUMBEL_APPROX_TOL + 1e-6f * (fabsf(max_s) + 2.0f * GUMBEL_MAX);
+            float ws = bound, seen = bound;
             u32 wid = best_id;
-            for (u32 i = threadIdx.x; i < vocab; i += SAMPLE_THREADS) {
-                if (l[i] == NEG_INF) continue;
-                const float s = l[i] / t;
-                if (s + GUMBEL_MAX < bound || s < floor_s || fkey(s) < thr_key) continue;
+            scan_row(l, vocab, [&](u32 i, float v) {
+                if (v == NEG_INF) return;
+                const float s = v / t;
+                if (s + GUMBEL_MAX < bound || s < floor_s || fkey(s) < thr_key) return;
+                const float a = s + gumbel_approx(key, i);
+                if (a + 2.0f * tol < seen) return;
+                seen = fmaxf(seen, a);
                 better(ws, wid, s + gumbel(key, i), i);
-            }
+            });
             block_best(ws, wid, sh.red_s, sh.red_id);
             token = wid;
         }
@@ -402,21 +900,21 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
     // 6. Log-probabilities: the chosen token's, and the k best by radix selection.
     u32 n_top = 0;
     if (want_lp && p.logprobs > 0) {
-        auto key_all = [&](u32 i) { return fkey(l[i] / t); };
+        auto key_all = [&](u32, float v) { return fkey(v / t); };
         const u32 k = min(p.logprobs, finite);
-        const u32 thr = kth_largest_key(vocab, k, 0u, key_all, sh);
+        const u32 thr = kth_largest_key(l, vocab, k, 0u, key_all, sh);
         if (threadIdx.x == 0) sh.n_gathered = 0;
         __syncthreads();
-        for (u32 i = threadIdx.x; i < vocab; i += SAMPLE_THREADS) {
-            const float s = l[i] / t;
-            if (l[i] != NEG_INF && fkey(s) >= thr) {
+        scan_row(l, vocab, [&](u32 i, float v) {
+            const float s = v / t;
+            if (v != NEG_INF && fkey(s) >= thr) {
                 const u32 slot = atomicAdd(&sh.n_gathered, 1u);
                 if (slot < TOP_CAP) {
                     o[4 + slot] = i;
                     o[4 + TOP_CAP + slot] = __float_as_uint(s - lse);
                 }
             }
-        }
+        });
         __syncthreads();
         n_top = min(sh.n_gathered, (u32)TOP_CAP);
     }

@@ -310,15 +310,31 @@ def test_greedy_draw_is_the_argmax_and_logprobs_are_the_log_softmax(device):
 
 
 @pytest.mark.cuda
-def test_gpu_and_cpu_draw_the_same_tokens_from_the_same_logits():
+@pytest.mark.parametrize("logits", ["flat", "peaked"])
+def test_gpu_and_cpu_draw_the_same_tokens_from_the_same_logits(logits):
+    """64 rows of 151,936 logits. Flat rows (every token within reach) send top-p's nucleus past
+    the tokens the GPU's chunk pass lists, so those rows take the full scan; peaked rows (a few
+    dozen strong tokens, as a trained model's) are drawn from the chunk records. Penalties on
+    tokens spread over the whole vocabulary (every chunk applies its own)."""
     if not ferrite.cuda_available():
         pytest.skip("no CUDA device")
     rng = np.random.default_rng(5)
     rows = (rng.standard_normal((64, 151936)) * 2.5).astype(np.float32)
-    for kw in (dict(temperature=0.8), dict(temperature=0.8, top_k=40, top_p=0.95, min_p=0.05), dict(temperature=1.0, top_p=0.9)):
+    if logits == "peaked":
+        rows[:, rng.integers(0, 151936, 40)] += 12.0
+    pen = dict(repetition_penalty=1.3, presence_penalty=0.4, prompt_token_ids=[3, 8191, 8192, 70000], output_token_ids=[151935, 8192, 40000])
+    for kw in (
+        dict(temperature=0.8),
+        dict(temperature=0.8, top_k=40, top_p=0.95, min_p=0.05),
+        dict(temperature=1.0, top_p=0.9),
+        dict(temperature=1.0, min_p=0.1),
+        dict(temperature=0.7, top_k=20, **pen),
+    ):
         seeds, idx = list(range(64)), list(range(64))
         cpu, _, _ = _sample_rows(rows, device="cpu", seeds=seeds, draw_indices=idx, **kw)
         gpu, _, _ = _sample_rows(rows, device="cuda", seeds=seeds, draw_indices=idx, **kw)
         agree = np.mean(np.asarray(cpu) == np.asarray(gpu))
-        # The same noise on the same logits: only rounding at a filter boundary may differ.
-        assert agree >= 0.95, (kw, agree)
+        # The same noise on the same logits: only rounding at a filter boundary may differ, and
+        # without filters nothing may (the GPU screens tokens with float noise but scores the
+        # contenders with the host's float64 noise).
+        assert agree >= (1.0 if kw.keys() == {"temperature"} else 0.95), (kw, agree)

@@ -1,4 +1,7 @@
-//! Drawing tokens from logits that are still on the GPU: kernels/sampling.cu, one block per row.
+//! Drawing tokens from logits that are still on the GPU: kernels/sampling.cu. A chunk pass of
+//! many blocks a row (`sample_chunks`) records each chunk's statistics and best tokens; one block
+//! per row (`sample_rows`) then draws from those records, or scans the row itself when they do
+//! not settle the draw exactly (a filter reaching past the listed tokens).
 //!
 //! Per call, one small upload (each row's parameters, and the token histories of the rows with
 //! penalties) and one small download (the chosen tokens, their log-probabilities and the k best
@@ -21,19 +24,36 @@ const PARAM_WORDS: usize = 16;
 const TOP_CAP: usize = 64;
 const OUT_WORDS: usize = 4 + 2 * TOP_CAP;
 const NO_LOGPROBS: u32 = u32::MAX;
+/// Values per chunk of a row and words per chunk record (`CHUNK_ELEMS`, `CHUNK_WORDS` in
+/// sampling.cu), and the most chunks a row may have for the records to be drawn from
+/// (`CHUNKS_MAX`: 32, vocabularies up to 262,144 tokens; larger ones scan their rows).
+const CHUNK_ELEMS: usize = 8192;
+const CHUNK_WORDS: usize = 16 + 2 * 64;
+const CHUNKS_MAX: usize = 32;
+const CHUNK_THREADS: u32 = 256;
+
+/// `FERRITE_CUDA_SAMPLE_CHUNKS=0` skips the chunk pass: every row is scanned by one block (the
+/// path rows fall back to), to compare the two.
+fn chunks_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("FERRITE_CUDA_SAMPLE_CHUNKS").map_or(true, |v| v != "0"))
+}
 
 /// The sampling kernel and its buffers, which only grow.
 pub struct DeviceSampler {
     ctx: Arc<CudaContext>,
     func: CudaFunction,
+    chunk_func: CudaFunction,
     input: Option<CudaSlice<u32>>,
     output: Option<CudaSlice<u32>>,
+    chunks: Option<CudaSlice<u32>>,
 }
 
 impl DeviceSampler {
     pub fn new(ctx: Arc<CudaContext>) -> Result<DeviceSampler, CudaError> {
         let func = ctx.function(&kernels::SAMPLING, "sample_rows")?;
-        Ok(DeviceSampler { ctx, func, input: None, output: None })
+        let chunk_func = ctx.function(&kernels::SAMPLING, "sample_chunks")?;
+        Ok(DeviceSampler { ctx, func, chunk_func, input: None, output: None, chunks: None })
     }
 
     /// Draws one token from each of the first `specs.len()` rows of the float32 buffer at
@@ -106,8 +126,19 @@ impl DeviceSampler {
         let at = |words: usize| base + (words * 4) as u64;
         let (params_ptr, ids_ptr) = (at(0), at(n * PARAM_WORDS));
         let (counts_ptr, prompt_ptr) = (at(n * PARAM_WORDS + n_pen), at(n * PARAM_WORDS + 2 * n_pen));
+        let n_chunks = vocab.div_ceil(CHUNK_ELEMS);
+        let (mut chunks_ptr, mut n_chunks_u) = (0u64, 0u32);
+        if chunks_enabled() && n_chunks <= CHUNKS_MAX && n <= u16::MAX as usize {
+            grow(&self.ctx, &mut self.chunks, n * n_chunks * CHUNK_WORDS, "the sampler's chunk records")?;
+            let Some(chunks) = self.chunks.as_mut() else { unreachable!("grown above") };
+            n_chunks_u = n_chunks as u32;
+            let cfg = LaunchConfig { grid_dim: (n_chunks_u, n as u32, 1), block_dim: (CHUNK_THREADS, 1, 1), shared_mem_bytes: 0 };
+            launch!(self.ctx, &self.chunk_func, "sample_chunks", cfg, &logits, &vocab_u, &params_ptr, &ids_ptr, &counts_ptr, &prompt_ptr, &mut *chunks)?;
+            chunks_ptr = super::backend::addr(&*chunks, &self.ctx);
+        }
         let cfg = LaunchConfig { grid_dim: (n as u32, 1, 1), block_dim: (kernels::SAMPLE_THREADS, 1, 1), shared_mem_bytes: 0 };
-        launch!(self.ctx, &self.func, "sample_rows", cfg, &logits, &vocab_u, &params_ptr, &ids_ptr, &counts_ptr, &prompt_ptr, &mut *output)?;
+        let (func, ctx) = (&self.func, &self.ctx);
+        launch!(ctx, func, "sample_rows", cfg, &logits, &vocab_u, &params_ptr, &ids_ptr, &counts_ptr, &prompt_ptr, &chunks_ptr, &n_chunks_u, &mut *output)?;
         let words = self.ctx.download(&output.slice(..n * OUT_WORDS), "the sampled tokens")?;
         for (spec, o) in specs.iter().zip(words.chunks_exact(OUT_WORDS)) {
             out.push(decode_row(spec, o, vocab));
