@@ -28,6 +28,9 @@
 #                .device/llamacpp/build.sh in an earlier call): engine/sampler/DLPack tests, the
 #                cuda+model tests, llama.cpp's benches, bench_generate with llama.cpp's S_TG
 #                beside, a kernel profile of a 64-sequence decode step;
+#     engine:    no upload: the engine, sampler, DLPack, model and matvec GPU tests, then a synthetic
+#                model of the real shapes with the real tokenizer (.device/tok.gguf): the decode
+#                step at 1/8/64/128 sequences (bench_decode_step.py) and a 64-sequence profile;
 #     matvec:    the matrix-vector kernels alone: tests/test_cuda_matvec.py (every type, 1..8
 #                rows, both paths, against the CPU's float64 reference) and
 #                benches/bench_cuda_matvec.py (old vs new kernels on the real and 7B shapes,
@@ -112,14 +115,17 @@ for mb in (64, 491):
 "
 fi
 if [ "$what" = engine ]; then
-    # The engine, the device sampler, paged attention and DLPack, on tiny and synthetic models
-    # (no upload): the tokenizer comes from .device/vocab.gguf, the real model's metadata only.
-    export FERRITE_TOKENIZER_GGUF="$here/.device/vocab.gguf"
+    # The engine, the device sampler, paged attention and DLPack, then the decode step, with no
+    # upload: a synthetic model of the real shapes carrying the real tokenizer (TOKENIZER_GGUF,
+    # default .device/tok.gguf from make_synthetic_model.py --tokenizer-only), so the Generator runs.
+    export FERRITE_TOKENIZER_GGUF="$here/${TOKENIZER_GGUF:-.device/tok.gguf}"
     STEP_TIMEOUT=${ENGINE_PYTEST_S:-150} step pytest_engine "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_engine.py tests/test_cuda_dlpack.py tests/test_sampling.py -m cuda --junitxml="$out/junit_engine.xml"
-    STEP_TIMEOUT=${CUDA_PYTEST_S:-120} step pytest_cuda "$py" -m pytest -q -ra -x -p no:cacheprovider tests/test_cuda_model.py tests/test_cuda_matvec.py -m "cuda and not model" --junitxml="$out/junit_cuda.xml"
-    STEP_TIMEOUT=60 step synth_model "$py" scripts/make_synthetic_model.py /tmp/synthetic.gguf
-    STEP_TIMEOUT=${BENCH_S:-90} step bench_generate "$py" benches/bench_generate.py --model /tmp/synthetic.gguf --tokenizer "$FERRITE_TOKENIZER_GGUF" --device cuda --batches "${BENCH_BATCHES:-1,8,64}" --new-tokens "${BENCH_TOKENS:-64}" --json "$out/bench_generate.json"
-    cp "$out/bench_generate.log" "$dest/bench_generate.txt" 2>/dev/null
+    STEP_TIMEOUT=${CUDA_PYTEST_S:-150} step pytest_cuda "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_model.py tests/test_cuda_matvec.py -m "cuda and not model" --junitxml="$out/junit_cuda.xml"
+    STEP_TIMEOUT=90 step synth_model "$py" scripts/make_synthetic_model.py /tmp/synthetic.gguf --tokenizer-from "$FERRITE_TOKENIZER_GGUF"
+    STEP_TIMEOUT=${BENCH_S:-150} step decode_step "$py" benches/bench_decode_step.py /tmp/synthetic.gguf --device cuda --batches "${BENCH_BATCHES:-1,8,64,128}"
+    cp "$out/decode_step.log" "$dest/decode_step.txt" 2>/dev/null
+    STEP_TIMEOUT=120 step profile_b64 "$py" benches/profile_cuda_decode.py /tmp/synthetic.gguf --batch 64 --steps 16
+    cp "$out/profile_b64.log" "$dest/profile_b64.txt" 2>/dev/null
 fi
 if [ "$what" = e2e ]; then
     # The real model end to end, beside llama.cpp in the same lease: the engine, sampler and
