@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""The device sampler alone (kernels/sampling.cu), without ferrite's Rust side: the kernel file is
+compiled with NVRTC and launched through the CUDA driver API (ctypes), on buffers made by torch,
+so a change to the kernel can be timed on the GPU machine without rebuilding the wheel.
+
+    python benches/bench_cuda_sampler.py [kernels/sampling.cu] [-DNAME=VALUE ...]
+
+For each sampling configuration, 64 rows (and 1) of 151,936 logits: flat (N(0, 2)) and peaked (the
+same plus 12 on 50 tokens, as a trained model's few strong candidates); microseconds per call,
+mean of 20 launches, with the chunk pass (sample_chunks + sample_rows, what ferrite runs) and with
+rows scanned by one block each (the fallback path); and in how many rows the two drew the same
+token (they must agree: the chunk pass is used only where it settles the draw exactly).
+Needs torch, libnvrtc.so.13 and libcuda.so.1 (the GPU machine has all three).
+"""
+import ctypes, glob, os, sys, struct, time
+import numpy as np, torch
+
+src_path = sys.argv[1] if len(sys.argv) > 1 and not sys.argv[1].startswith("-") else os.path.join(os.path.dirname(__file__), "..", "kernels", "sampling.cu")
+extra = [a for a in sys.argv[1:] if a.startswith("-")]
+nvrtc = ctypes.CDLL("libnvrtc.so.13")
+cuda = ctypes.CDLL("libcuda.so.1")
+kdir = os.path.dirname(src_path)
+hdr = {os.path.basename(p): open(p).read() for p in glob.glob(os.path.join(kdir, "*.cuh"))}
+names = list(hdr)
+prog = ctypes.c_void_p()
+assert nvrtc.nvrtcCreateProgram(ctypes.byref(prog), open(src_path).read().encode(), b"s.cu", len(names),
+    (ctypes.c_char_p * len(names))(*[hdr[n].encode() for n in names]), (ctypes.c_char_p * len(names))(*[n.encode() for n in names])) == 0
+opts = ["--gpu-architecture=sm_90", "--std=c++17", "--ftz=false", "--prec-div=true", "--prec-sqrt=true", "-default-device", "-lineinfo"] + extra
+r = nvrtc.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*[o.encode() for o in opts]))
+n = ctypes.c_size_t(); nvrtc.nvrtcGetProgramLogSize(prog, ctypes.byref(n)); log = ctypes.create_string_buffer(n.value); nvrtc.nvrtcGetProgramLog(prog, log)
+if r != 0: print(log.value.decode()); sys.exit(1)
+nvrtc.nvrtcGetCUBINSize(prog, ctypes.byref(n)); cubin = ctypes.create_string_buffer(n.value); nvrtc.nvrtcGetCUBIN(prog, cubin)
+torch.cuda.init(); torch.zeros(1, device="cuda")
+mod = ctypes.c_void_p(); assert cuda.cuModuleLoadData(ctypes.byref(mod), cubin) == 0
+fn = ctypes.c_void_p(); assert cuda.cuModuleGetFunction(ctypes.byref(fn), mod, b"sample_rows") == 0
+fc = ctypes.c_void_p(); assert cuda.cuModuleGetFunction(ctypes.byref(fc), mod, b"sample_chunks") == 0
+regs = ctypes.c_int(); cuda.cuFuncGetAttribute(ctypes.byref(regs), 4, fn)  # NUM_REGS
+lmem = ctypes.c_int(); cuda.cuFuncGetAttribute(ctypes.byref(lmem), 3, fn)  # LOCAL_SIZE_BYTES
+print(f"sample_rows: {regs.value} registers, {lmem.value} bytes of local memory a thread")
+
+# Sizes of sampling.cu (OUT_WORDS, CHUNK_ELEMS, CHUNK_WORDS) and its RowParams layout (16 words).
+OUT_WORDS, CHUNK_ELEMS, CHUNK_WORDS = 4 + 2 * 64, 8192, 16 + 2 * 64
+
+
+def f32(x): return struct.unpack("<I", struct.pack("<f", x))[0]
+def params(rows, t, k=0, p=1.0, minp=0.0, logprobs=0xFFFFFFFF):
+    ln = f32(float(np.float32(np.log(minp)))) if minp > 0 else f32(float("-inf"))
+    one = [f32(t), k, f32(p), f32(minp), f32(1.0), f32(0.0), f32(0.0), 0, 0, logprobs, 12345 + 0, 678, ln, 0, 0, 0]
+    a = np.array([one] * rows, dtype=np.uint32)
+    a[:, 10] = np.arange(rows, dtype=np.uint32) * 7919 + 1
+    return torch.from_numpy(a.view(np.int32)).cuda()
+
+def run(logits, prm, iters=20, chunked=True):
+    rows, vocab = logits.shape
+    n_chunks = -(-vocab // CHUNK_ELEMS)
+    out = torch.zeros(rows * OUT_WORDS, dtype=torch.int32, device="cuda")
+    recs = torch.zeros(rows * n_chunks * CHUNK_WORDS, dtype=torch.int32, device="cuda")
+    dummy = torch.zeros(16, dtype=torch.int32, device="cuda")
+    work = logits.clone()
+    common = [ctypes.c_uint64(work.data_ptr()), ctypes.c_uint32(vocab), ctypes.c_uint64(prm.data_ptr()),
+              ctypes.c_uint64(dummy.data_ptr()), ctypes.c_uint64(dummy.data_ptr()), ctypes.c_uint64(dummy.data_ptr())]
+    cv = common + [ctypes.c_uint64(recs.data_ptr())]
+    rv = common + [ctypes.c_uint64(recs.data_ptr() if chunked else 0), ctypes.c_uint32(n_chunks if chunked else 0), ctypes.c_uint64(out.data_ptr())]
+    cargs = (ctypes.c_void_p * len(cv))(*[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in cv])
+    rargs = (ctypes.c_void_p * len(rv))(*[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in rv])
+    stream = torch.cuda.current_stream().cuda_stream
+    def launch():
+        if chunked:
+            assert cuda.cuLaunchKernel(fc, n_chunks, rows, 1, 256, 1, 1, 0, ctypes.c_void_p(stream), cargs, None) == 0  # CHUNK_THREADS
+        assert cuda.cuLaunchKernel(fn, rows, 1, 1, 1024, 1, 1, 0, ctypes.c_void_p(stream), rargs, None) == 0
+    launch(); torch.cuda.synchronize()
+    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    s.record()
+    for _ in range(iters): launch()
+    e.record(); torch.cuda.synchronize()
+    return s.elapsed_time(e) / iters * 1e3, out.view(rows, -1)[:, 0].cpu()
+
+vocab = 151936
+g = torch.Generator(device="cuda").manual_seed(0)
+flat = torch.randn(64, vocab, device="cuda", generator=g) * 2.0
+peaked = flat.clone(); peaked[:, :50] += 12.0   # a few strong candidates, like a trained model's
+configs = {"greedy": dict(t=0.0), "T0.8": dict(t=0.8), "T0.8 lp0": dict(t=0.8, logprobs=0), "T0.8 lp5": dict(t=0.8, logprobs=5),
+           "top-k40 p.95 minp.05": dict(t=0.8, k=40, p=0.95, minp=0.05), "top-p0.9": dict(t=0.7, p=0.9), "top-k40": dict(t=0.8, k=40)}
+print(f"| config | logits | 1 row (us) | 64 rows (us) | 64 rows, rows scanned (us) | same tokens |")
+for name, c in configs.items():
+    for lname, L in (("flat", flat), ("peaked", peaked)):
+        t1, _ = run(L[:1].contiguous(), params(1, **c))
+        t64, tok = run(L, params(64, **c))
+        t64r, tokr = run(L, params(64, **c), chunked=False)
+        print(f"| {name} | {lname} | {t1:.1f} | {t64:.1f} | {t64r:.1f} | {int((tok == tokr).sum())}/64 |", flush=True)
