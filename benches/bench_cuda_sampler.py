@@ -5,11 +5,12 @@ so a change to the kernel can be timed on the GPU machine without rebuilding the
 
     python benches/bench_cuda_sampler.py [kernels/sampling.cu] [-DNAME=VALUE ...]
 
-For each sampling configuration, 64 rows (and 1) of 151,936 logits: flat (N(0, 2)) and peaked (the
-same plus 12 on 50 tokens, as a trained model's few strong candidates); microseconds per call,
-mean of 20 launches, with the chunk pass (sample_chunks + sample_rows, what ferrite runs) and with
-rows scanned by one block each (the fallback path); and in how many rows the two drew the same
-token (they must agree: the chunk pass is used only where it settles the draw exactly).
+For each sampling configuration, 64 rows (and 1) of 151,936 logits: flat (N(0, 2)), peaked (the
+same plus 12 on 50 tokens, as a trained model's few strong candidates) and tied (40 equal
+leaders, so that filters cut inside ties); microseconds per call, mean of 20 launches, with the
+chunk pass (sample_chunks + sample_rows, what ferrite runs) and with rows scanned by one block
+each (the fallback path); and in how many rows the two drew the same token (they must agree:
+the chunk pass is used only where it settles the draw exactly).
 Needs torch, libnvrtc.so.13 and libcuda.so.1 (the GPU machine has all three).
 """
 import ctypes, glob, os, sys, struct, time
@@ -79,11 +80,12 @@ vocab = 151936
 g = torch.Generator(device="cuda").manual_seed(0)
 flat = torch.randn(64, vocab, device="cuda", generator=g) * 2.0
 peaked = flat.clone(); peaked[:, :50] += 12.0   # a few strong candidates, like a trained model's
+tied = torch.full_like(flat, -2.0); tied[:, 1000:1040] = 6.0   # 40 exactly equal leaders: filters cut inside ties
 configs = {"greedy": dict(t=0.0), "T0.8": dict(t=0.8), "T0.8 lp0": dict(t=0.8, logprobs=0), "T0.8 lp5": dict(t=0.8, logprobs=5),
-           "top-k40 p.95 minp.05": dict(t=0.8, k=40, p=0.95, minp=0.05), "top-p0.9": dict(t=0.7, p=0.9), "top-k40": dict(t=0.8, k=40)}
+           "top-k40 p.95 minp.05": dict(t=0.8, k=40, p=0.95, minp=0.05), "top-p0.9": dict(t=0.7, p=0.9), "top-p0.3": dict(t=1.0, p=0.3), "top-k40": dict(t=0.8, k=40)}
 print(f"| config | logits | 1 row (us) | 64 rows (us) | 64 rows, rows scanned (us) | same tokens |")
 for name, c in configs.items():
-    for lname, L in (("flat", flat), ("peaked", peaked)):
+    for lname, L in (("flat", flat), ("peaked", peaked), ("tied", tied)):
         t1, _ = run(L[:1].contiguous(), params(1, **c))
         t64, tok = run(L, params(64, **c))
         t64r, tokr = run(L, params(64, **c), chunked=False)

@@ -252,11 +252,10 @@ __device__ void sort_best_first(Shared& sh, u32 n) {
                 if (partner > i) {
                     const float si = sh.sort_s[i], sp = sh.sort_s[partner];
                     const u32 ii = sh.sort_id[i], ip = sh.sort_id[partner];
-                    // "i before partner" in best-first order.
-                    float bs = si;
-                    u32 bid = ii;
-                    better(bs, bid, sp, ip);
-                    const bool i_first = bid == ii && !(ii == 0xffffffffu && ip != 0xffffffffu);
+                    // "i before partner" in best-first order: the larger key (fkey's order, the
+                    // one top-k and the chunk lists rank by: -0 below +0), then the lower id.
+                    const u32 ki = fkey(si), kp = fkey(sp);
+                    const bool i_first = ii != 0xffffffffu && (ip == 0xffffffffu || ki > kp || (ki == kp && ii < ip));
                     const bool ascending_block = (i & k2) == 0;
                     if (i_first != ascending_block) {
                         sh.sort_s[i] = sp;
@@ -638,12 +637,12 @@ __device__ bool draw_from_chunks(const float* __restrict__ l, const RowParams& p
             const bool has_k = p.top_k > 0 && p.top_k < finite;
             // Survivors of top-k (ties at the boundary kept): all of them listed when k <= n_S.
             u32 keep = n_s;
-            bool bounded = false;  // whether every survivor so far is among the n_S
+            bool bounded = tau == 0;  // whether every survivor so far is among the n_S (tau 0: all are)
             if (has_k) {
                 if (p.top_k > n_s) ok = 0;
                 else {
                     keep = p.top_k;
-                    while (keep < n_s && sh.sort_s[keep] == sh.sort_s[p.top_k - 1]) keep++;
+                    while (keep < n_s && fkey(sh.sort_s[keep]) == fkey(sh.sort_s[p.top_k - 1])) keep++;
                     bounded = true;
                 }
             }
@@ -665,6 +664,12 @@ __device__ bool draw_from_chunks(const float* __restrict__ l, const RowParams& p
                     }
                     before += exp((double)(sh.sort_s[j] - max_s));
                 }
+                // The listed tokens' mass reaching the target ends the nucleus at them too.
+                if (!cut && before >= target) cut = true;
+                // Without top-k the full scan keeps every token tied with the last one kept
+                // (step 4b cuts at a key); ties share a key above tau, so they are listed.
+                if (cut && !has_k)
+                    while (keep > 0 && keep < n_s && fkey(sh.sort_s[keep]) == fkey(sh.sort_s[keep - 1])) keep++;
                 if (!cut && !bounded) ok = 0;  // the nucleus reaches past the listed tokens
                 bounded = bounded || cut;
             }

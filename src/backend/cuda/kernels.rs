@@ -147,6 +147,7 @@ mod tests {
         }
         assert!(NORM.src.contains(&format!("#define NORM_THREADS {NORM_THREADS}")));
         assert!(SAMPLING.src.contains(&format!("#define SAMPLE_THREADS {SAMPLE_THREADS}")));
+        super::super::sampling::assert_chunk_constants_match(SAMPLING.src);
         for n in 1..=MATVEC_MAX_ROWS {
             let name = matvec_kernel_name(n).unwrap();
             assert!(MATVEC.src.contains(&format!("MATVEC_KERNEL({})", &name["matvec_".len()..])), "{name}");

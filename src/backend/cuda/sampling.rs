@@ -32,6 +32,18 @@ const CHUNK_WORDS: usize = 16 + 2 * 64;
 const CHUNKS_MAX: usize = 32;
 const CHUNK_THREADS: u32 = 256;
 
+/// The chunk constants above are sampling.cu's (`src` is its text): the grid and the record
+/// buffer are sized from them.
+#[cfg(test)]
+pub(super) fn assert_chunk_constants_match(src: &str) {
+    assert!(src.contains(&format!("#define CHUNK_THREADS {CHUNK_THREADS}")));
+    assert!(src.contains(&format!("#define CHUNK_ELEMS {CHUNK_ELEMS}")));
+    assert!(src.contains("#define CHUNK_LIST 64") && CHUNK_WORDS == 16 + 2 * 64);
+    assert!(src.contains("#define CHUNK_WORDS (16 + 2 * CHUNK_LIST)"));
+    assert!(src.contains("#define CHUNKS_MAX (SORT_CAP / CHUNK_LIST)") && src.contains("#define SORT_CAP 2048") && CHUNKS_MAX == 2048 / 64);
+    assert!(src.contains(&format!("#define TOP_CAP {TOP_CAP}")));
+}
+
 /// `FERRITE_CUDA_SAMPLE_CHUNKS=0` skips the chunk pass: every row is scanned by one block (the
 /// path rows fall back to), to compare the two.
 fn chunks_enabled() -> bool {
