@@ -9,6 +9,7 @@
 extern "C" __global__ void kv_append(const float* __restrict__ k, const float* __restrict__ v,
                                      const u32* __restrict__ slots, u32 kv_width, u32 capacity,
                                      float* __restrict__ k_cache, float* __restrict__ v_cache) {
+    dependent_wait();
     const u32 t = blockIdx.x;
     const u32 slot = slots[t];
     if (slot >= capacity) return;  // the host checks every slot before the batch is uploaded
@@ -69,10 +70,25 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, const flo
     const float* kc = k_cache + kvh * HD;
     const float* vc = v_cache + kvh * HD;
 
-    float* q_f = reinterpret_cast<float*>(q_sh);
-    for (u32 i = threadIdx.x; i < G * HD; i += blockDim.x) {
-        const u32 g = i / HD;
-        q_f[i] = g < n_here ? q[(u64)t * q_width + (u64)(h0 + g) * HD + i % HD] : 0.0f;
+    // The slice's queries into shared memory, four float4 loads in flight per thread: in a
+    // decode step of one sequence this load is on the critical path of the whole kernel.
+    {
+        constexpr u32 Q4 = G * HD / 4;
+        const float4* q4 = reinterpret_cast<const float4*>(q + (u64)t * q_width + (u64)h0 * HD);
+        for (u32 base = threadIdx.x; base < Q4; base += 4 * blockDim.x) {
+            float4 v[4];
+#pragma unroll
+            for (int r = 0; r < 4; r++) {
+                const u32 i = base + r * blockDim.x;
+                v[r] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                if (i < Q4 && i / (HD / 4) < n_here) v[r] = q4[i];
+            }
+#pragma unroll
+            for (int r = 0; r < 4; r++) {
+                const u32 i = base + r * blockDim.x;
+                if (i < Q4) q_sh[i / (HD / 4)][i % (HD / 4)] = v[r];
+            }
+        }
     }
     __syncthreads();
 
@@ -192,6 +208,7 @@ extern "C" __global__ void __launch_bounds__(32 * ATTN_MAX_WARPS, 1)
                     const u32* __restrict__ positions, const u32* __restrict__ table_offset,
                     const u32* __restrict__ block_tables, u32 block_tokens, u32 n_heads, u32 n_kv_heads, float scale,
                     float* __restrict__ out) {
+    dependent_wait();
     attention<ATTN_HEAD_DIM, ATTN_GROUP>(q, k_cache, v_cache, positions, table_offset, block_tables, block_tokens,
                                          n_heads, n_kv_heads, scale, out);
 }

@@ -143,6 +143,20 @@ __device__ __forceinline__ float warp_max(float v) {
 // -infinity (NVRTC has no <math.h> INFINITY).
 #define NEG_INF __uint_as_float(0xff800000u)
 
+// Programmatic dependent launch (sm_90+; the host launches every kernel of kernels/ allowing
+// it, see CudaContext::launch_raw): a kernel's blocks may start while the kernel before it on
+// the stream still runs. Each kernel calls dependent_wait() before its first access to memory
+// that an earlier kernel writes or reads (activations, caches, scratch; weights are constant and
+// may be loaded before it). The wait returns once the previous kernel has completed and its
+// writes are visible; then this kernel lets the next one start launching, so at most one
+// kernel waits ahead of the running one.
+__device__ __forceinline__ void dependent_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 // A projection's output: written, or added to what is there (the residual stream). The sum is
 // old + value, as the separate add it replaces computed it.
 __device__ __forceinline__ void put(float* y, float value, u32 accumulate) {

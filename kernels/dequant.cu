@@ -19,6 +19,7 @@ __device__ __forceinline__ void dequant_all(const u8* __restrict__ src, float* _
 
 #define DEQUANT_KERNEL(name, qk, bytes) \
     extern "C" __global__ void dequant_##name(const u8* __restrict__ src, float* __restrict__ dst, u64 n_elems) { \
+        dependent_wait(); \
         dequant_all<deq_##name, qk, bytes>(src, dst, n_elems); \
     }
 

@@ -6,6 +6,7 @@
 // out = silu(gate) * up = gate / (1 + exp(-gate)) * up
 extern "C" __global__ void swiglu(const float* __restrict__ gate, const float* __restrict__ up, u64 n,
                                   float* __restrict__ out) {
+    dependent_wait();
     GRID_STRIDE(i, n) {
         const float g = gate[i];
         out[i] = __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), up[i]);
@@ -14,17 +15,20 @@ extern "C" __global__ void swiglu(const float* __restrict__ gate, const float* _
 
 // x += y
 extern "C" __global__ void add_assign(float* __restrict__ x, const float* __restrict__ y, u64 n) {
+    dependent_wait();
     GRID_STRIDE(i, n) { x[i] = __fadd_rn(x[i], y[i]); }
 }
 
 // y[t][r] += bias[r] over n_rows rows of width
 extern "C" __global__ void add_bias(float* __restrict__ y, const float* __restrict__ bias, u32 width, u64 n) {
+    dependent_wait();
     GRID_STRIDE(i, n) { y[i] = __fadd_rn(y[i], bias[i % width]); }
 }
 
 // out[i] = x[rows[i]] for i < count, rows of width floats
 extern "C" __global__ void gather_rows(const float* __restrict__ x, const u32* __restrict__ rows, u32 count,
                                        u32 width, float* __restrict__ out) {
+    dependent_wait();
     GRID_STRIDE(i, (u64)count * width) {
         const u64 r = i / width, c = i % width;
         out[i] = x[(u64)rows[r] * width + c];

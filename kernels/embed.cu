@@ -12,6 +12,7 @@
 extern "C" __global__ void embed_rows(const u8* __restrict__ table, u64 row_bytes, u32 n_table_rows,
                                       const u32* __restrict__ tokens, u32 n_tokens, u32 width,
                                       float* __restrict__ out) {
+    dependent_wait();
     const u64 n = (u64)n_tokens * width;
     const u64 stride = (u64)gridDim.x * blockDim.x;
     for (u64 e = (u64)blockIdx.x * blockDim.x + threadIdx.x; e < n; e += stride) {

@@ -27,6 +27,7 @@ template <int NT>
 __device__ __forceinline__ void matvec(const u8* __restrict__ w, u64 row_bytes, u32 n_cols, u32 n_rows,
                                        const float* __restrict__ x, u32 n_x, const float* __restrict__ bias,
                                        float* __restrict__ y, u32 accumulate) {
+    dependent_wait();
     const u32 row = blockIdx.x * MATVEC_WARPS + threadIdx.y;
     if (row >= n_rows) return;  // a whole warp leaves together; no block-wide barrier follows
     const u8* wr = w + (u64)row * row_bytes;

@@ -21,6 +21,16 @@
 // (split-K) when that still leaves too few warps: each block then writes its partial sums, and
 // the last block of a block row to finish (a counter per block row, reset by that block) adds
 // the splits in order. Every sum is taken in a fixed order, so results do not depend on timing.
+//
+// One launch, several matrices. Up to three matrices of the same type and width that multiply
+// the same x (q, k and v; gate and up) run as one grid: their block rows follow each other along
+// blockIdx.x, each writing its own output (and bias). A decode step is a chain of small
+// launches, so each launch saved is a few microseconds.
+//
+// What x is. Besides x itself, the kernel can stage rms_norm(x) * norm_w (norm_w != 0: the
+// RMSNorm before q/k/v and gate/up, with each row's 1/rms computed by every block, in float64
+// as norm.cu does) or silu(x) * x2 (x2 != 0: SwiGLU, gate and up in, before ffn_down), so that
+// neither needs a launch and a buffer of its own. The values are those of the separate kernels.
 #include "repacked.cuh"
 
 #ifndef QTYPE
@@ -49,8 +59,9 @@ __device__ __forceinline__ u32 bf16_rn(float v) {
 // Four float4 loads in flight per thread. len is a multiple of 128, so every warp runs the same
 // iterations (the shuffles need all lanes).
 template <int NT, int XSTRIDE, int NG, int SUMS>
-__device__ __forceinline__ void stage_x(const float* __restrict__ x, u32 n_x, u32 n_cols, u32 col0, u32 len, u16* xs,
-                                        float (*xsum)[NG][8]) {
+__device__ __forceinline__ void stage_x(const float* __restrict__ x, const float* __restrict__ x2,
+                                        const float* __restrict__ norm_w, const float* inv_rms, u32 n_x, u32 n_cols,
+                                        u32 col0, u32 len, u16* xs, float (*xsum)[NG][8]) {
     const int per_row = (int)len / 4;
     const int total = NT * per_row;
     for (int base = threadIdx.x; base < total; base += 4 * blockDim.x) {
@@ -63,7 +74,27 @@ __device__ __forceinline__ void stage_x(const float* __restrict__ x, u32 n_x, u3
             v[r] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
             // n_cols is a multiple of 32, so col < n_cols means col + 3 < n_cols, and rows of x
             // start 128-byte aligned: the float4 load is in bounds and aligned.
-            if (i < total && (u32)n < n_x && col < n_cols) v[r] = *reinterpret_cast<const float4*>(x + (u64)n * n_cols + col);
+            if (i < total && (u32)n < n_x && col < n_cols) {
+                float4 a = *reinterpret_cast<const float4*>(x + (u64)n * n_cols + col);
+                if (x2) {
+                    // SwiGLU as elementwise.cu's swiglu computes it.
+                    const float4 u = *reinterpret_cast<const float4*>(x2 + (u64)n * n_cols + col);
+                    a.x = __fmul_rn(__fdiv_rn(a.x, __fadd_rn(1.0f, expf(-a.x))), u.x);
+                    a.y = __fmul_rn(__fdiv_rn(a.y, __fadd_rn(1.0f, expf(-a.y))), u.y);
+                    a.z = __fmul_rn(__fdiv_rn(a.z, __fadd_rn(1.0f, expf(-a.z))), u.z);
+                    a.w = __fmul_rn(__fdiv_rn(a.w, __fadd_rn(1.0f, expf(-a.w))), u.w);
+                }
+                if (norm_w) {
+                    // RMSNorm as norm.cu computes it.
+                    const float4 w = *reinterpret_cast<const float4*>(norm_w + col);
+                    const float inv = inv_rms[n];
+                    a.x = __fmul_rn(__fmul_rn(a.x, inv), w.x);
+                    a.y = __fmul_rn(__fmul_rn(a.y, inv), w.y);
+                    a.z = __fmul_rn(__fmul_rn(a.z, inv), w.z);
+                    a.w = __fmul_rn(__fmul_rn(a.w, inv), w.w);
+                }
+                v[r] = a;
+            }
         }
 #pragma unroll
         for (int r = 0; r < 4; r++) {
@@ -148,10 +179,53 @@ __device__ __forceinline__ void tile_products(const Tile& w, const u16* xs, cons
     }
 }
 
+// inv_rms[n] = 1 / sqrt(mean(x[n]^2) + eps) for n < n_x, by the whole block: the squares summed
+// in float64 and the scale rounded to float once, as norm.cu does (the order of the float64
+// additions differs).
 template <int NT>
-__device__ __forceinline__ void matvec_mma(const u8* __restrict__ tiles, u32 k_tiles, u32 m_tiles, u32 n_rows, u32 n_cols,
-                                           const float* __restrict__ x, u32 n_x, const float* __restrict__ bias,
-                                           float* __restrict__ y, float* __restrict__ partials, u32* __restrict__ counters,
+__device__ __forceinline__ void block_inv_rms(const float* __restrict__ x, u32 n_x, u32 n_cols, float eps, float* inv_rms) {
+    __shared__ double red[MMA_MAX_WARPS][NT];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+    double ss[NT];
+#pragma unroll
+    for (int n = 0; n < NT; n++) ss[n] = 0.0;
+    for (u32 c4 = threadIdx.x; c4 < n_cols / 4; c4 += blockDim.x) {
+#pragma unroll
+        for (int n = 0; n < NT; n++) {
+            if ((u32)n < n_x) {
+                const float4 v = *reinterpret_cast<const float4*>(x + (u64)n * n_cols + 4 * c4);
+                ss[n] += (double)v.x * v.x + (double)v.y * v.y + (double)v.z * v.z + (double)v.w * v.w;
+            }
+        }
+    }
+#pragma unroll
+    for (int n = 0; n < NT; n++) {
+        const double w = warp_sum_f64(ss[n]);
+        if (lane == 0) red[warp][n] = w;
+    }
+    __syncthreads();
+    if (threadIdx.x < NT) {
+        double total = 0.0;
+        for (int w = 0; w < n_warps; w++) total += red[w][threadIdx.x];
+        inv_rms[threadIdx.x] = (float)(1.0 / sqrt(total / (double)n_cols + (double)eps));
+    }
+    // The callers' next __syncthreads (before staging x) publishes inv_rms.
+}
+
+// The matrices of one launch (see "One launch, several matrices"): segment s has m_tiles[s]
+// tile rows (0: unused) and takes the next ceil(m_tiles[s] / warps_m) block rows.
+struct Segments {
+    const u8* tiles[3];
+    const float* bias[3];
+    float* y[3];
+    u32 m_tiles[3];
+    u32 n_rows[3];
+};
+
+template <int NT>
+__device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u32 n_cols, const float* __restrict__ x,
+                                           const float* __restrict__ x2, const float* __restrict__ norm_w, float eps,
+                                           u32 n_x, float* __restrict__ partials, u32* __restrict__ counters,
                                            u32 k_tiles_per_split, u32 warps_m, u32 accumulate) {
     constexpr int NG = (NT + 1) / 2;                          // mma column groups
     constexpr int PHASE = 4096 / NT;                          // x columns staged at once
@@ -165,6 +239,7 @@ __device__ __forceinline__ void matvec_mma(const u8* __restrict__ tiles, u32 k_t
     // xsum[s][j][col]: sum over the 32 columns of sub-block s of mma column col of group j.
     __shared__ __align__(16) float xsum[SUMS][NG][8];
     __shared__ u32 s_last;
+    __shared__ float inv_rms[NT];
 
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     // Warp (wm, wk): tile row wm of the block's warps_m, column tiles wk, wk + warps_k, ... of
@@ -172,7 +247,18 @@ __device__ __forceinline__ void matvec_mma(const u8* __restrict__ tiles, u32 k_t
     warps_m = max(warps_m, 1u);
     const u32 warps_k = max((blockDim.x >> 5) / warps_m, 1u);
     const u32 wm = (u32)warp % warps_m, wk = (u32)warp / warps_m;
-    const u32 mt = blockIdx.x * warps_m + wm;
+    // This block's matrix (segment), its block row in it, and its first tile row among all the
+    // segments' (which places its partial sums).
+    const u32 blocks0 = (segs.m_tiles[0] + warps_m - 1) / warps_m, blocks1 = (segs.m_tiles[1] + warps_m - 1) / warps_m;
+    const int seg = blockIdx.x < blocks0 ? 0 : blockIdx.x < blocks0 + blocks1 ? 1 : 2;
+    const u32 block_row = blockIdx.x - (seg >= 1 ? blocks0 : 0) - (seg == 2 ? blocks1 : 0);
+    const u32 tile_base = (seg >= 1 ? segs.m_tiles[0] : 0) + (seg == 2 ? segs.m_tiles[1] : 0);
+    const u8* __restrict__ tiles = seg == 0 ? segs.tiles[0] : seg == 1 ? segs.tiles[1] : segs.tiles[2];
+    const float* __restrict__ bias = seg == 0 ? segs.bias[0] : seg == 1 ? segs.bias[1] : segs.bias[2];
+    float* __restrict__ y = seg == 0 ? segs.y[0] : seg == 1 ? segs.y[1] : segs.y[2];
+    const u32 m_tiles = seg == 0 ? segs.m_tiles[0] : seg == 1 ? segs.m_tiles[1] : segs.m_tiles[2];
+    const u32 n_rows = seg == 0 ? segs.n_rows[0] : seg == 1 ? segs.n_rows[1] : segs.n_rows[2];
+    const u32 mt = block_row * warps_m + wm;
     const bool active = mt < m_tiles && wk < warps_k;
     const u32 split = blockIdx.y, n_splits = gridDim.y;
     const u32 kt_begin = split * k_tiles_per_split;
@@ -182,6 +268,9 @@ __device__ __forceinline__ void matvec_mma(const u8* __restrict__ tiles, u32 k_t
     // The first tile's loads go out before x is staged: the two latencies overlap.
     Tile cur;
     if (active && kt_begin + wk < kt_end) cur.load(tile_row + (u64)(kt_begin + wk) * Tile::TILE_BYTES, lane);
+    // Weights are constant; everything from here on may be the previous kernel's output.
+    dependent_wait();
+    if (norm_w) block_inv_rms<NT>(x, n_x, n_cols, eps, inv_rms);
 
     // This lane's B column in each group: x row n = 2j + g/3, part g % 3 (columns 6, 7: zero).
     int b_off[NG];
@@ -203,7 +292,8 @@ __device__ __forceinline__ void matvec_mma(const u8* __restrict__ tiles, u32 k_t
     for (u32 p = kt_begin; p < kt_end; p += PHASE_TILES) {
         const u32 p_end = min(p + PHASE_TILES, kt_end);
         __syncthreads();  // the previous phase's readers are done with xs / xsum
-        stage_x<NT, XSTRIDE, NG, SUMS>(x, n_x, n_cols, p * Tile::TILE_COLS, (p_end - p) * Tile::TILE_COLS, xs, xsum);
+        stage_x<NT, XSTRIDE, NG, SUMS>(x, x2, norm_w, inv_rms, n_x, n_cols, p * Tile::TILE_COLS, (p_end - p) * Tile::TILE_COLS,
+                                       xs, xsum);
         __syncthreads();
         if (!active) continue;
         // This warp's tiles of the phase (any warps_k is correct; the host keeps warps_k <=
@@ -244,7 +334,9 @@ __device__ __forceinline__ void matvec_mma(const u8* __restrict__ tiles, u32 k_t
 
     // Lane (g, t) holds, for rows g and g+8, mma columns 2t and 2t+1 of each group: add each x
     // row's three parts (columns 0-2: row 2j, lanes t = 0, 1; columns 3-5: row 2j+1, t = 1, 2).
-    const u32 rows_pad = m_tiles * RP_TILE_ROWS;
+    // Partial sums of every segment, one after the other: rows_pad rows per split and x row.
+    const u32 rows_pad = (segs.m_tiles[0] + segs.m_tiles[1] + segs.m_tiles[2]) * RP_TILE_ROWS;
+    const u32 part0 = tile_base * RP_TILE_ROWS;
     const u32 r0 = mt * RP_TILE_ROWS + g, r1 = r0 + 8;
 #pragma unroll
     for (int j = 0; j < NG; j++) {
@@ -268,7 +360,7 @@ __device__ __forceinline__ void matvec_mma(const u8* __restrict__ tiles, u32 k_t
                 if (r0 < n_rows) put(y + (u64)n * n_rows + r0, v0 + (bias ? bias[r0] : 0.0f), accumulate);
                 if (r1 < n_rows) put(y + (u64)n * n_rows + r1, v1 + (bias ? bias[r1] : 0.0f), accumulate);
             } else {
-                float* dst = partials + ((u64)split * NT + n) * rows_pad;
+                float* dst = partials + ((u64)split * NT + n) * rows_pad + part0;
                 dst[r0] = v0;
                 dst[r1] = v1;
             }
@@ -283,12 +375,12 @@ __device__ __forceinline__ void matvec_mma(const u8* __restrict__ tiles, u32 k_t
     __syncthreads();
     if (!s_last) return;
     __threadfence();
-    const u32 row_begin = blockIdx.x * warps_m * RP_TILE_ROWS;
+    const u32 row_begin = block_row * warps_m * RP_TILE_ROWS;
     const u32 row_end = min(row_begin + warps_m * RP_TILE_ROWS, n_rows);
     const u32 nr = row_end > row_begin ? row_end - row_begin : 0;
     for (u32 i = threadIdx.x; i < n_x * nr; i += blockDim.x) {
         const u32 n = i / nr, row = row_begin + i % nr;
-        const float* src = partials + (u64)n * rows_pad + row;
+        const float* src = partials + (u64)n * rows_pad + part0 + row;
         const u64 stride = (u64)NT * rows_pad;
         float sum = 0.0f;
         u32 sp = 0;
@@ -306,14 +398,18 @@ __device__ __forceinline__ void matvec_mma(const u8* __restrict__ tiles, u32 k_t
     if (threadIdx.x == 0) counters[blockIdx.x] = 0;  // ready for the next launch
 }
 
+// Segments 1 and 2 unused: m_tiles1 = m_tiles2 = 0 (their pointers are then never read).
 #define MATVEC_MMA_KERNEL(nt)                                                                                         \
-    extern "C" __global__ void __launch_bounds__(32 * MMA_MAX_WARPS, 2)                                               \
-        matvec_mma_##nt(const u8* __restrict__ tiles, u32 k_tiles, u32 m_tiles, u32 n_rows, u32 n_cols,                \
-                        const float* __restrict__ x, u32 n_x, const float* __restrict__ bias, float* __restrict__ y,   \
-                        float* __restrict__ partials, u32* __restrict__ counters, u32 k_tiles_per_split,                \
-                        u32 warps_m, u32 accumulate) {                                                                  \
-        matvec_mma<nt>(tiles, k_tiles, m_tiles, n_rows, n_cols, x, n_x, bias, y, partials, counters, k_tiles_per_split,  \
-                       warps_m, accumulate);                                                                            \
+    extern "C" __global__ void __launch_bounds__(32 * MMA_MAX_WARPS, 2) matvec_mma_##nt(                              \
+        const u8* tiles0, const u8* tiles1, const u8* tiles2, const float* bias0, const float* bias1,                  \
+        const float* bias2, float* y0, float* y1, float* y2, u32 m_tiles0, u32 m_tiles1, u32 m_tiles2, u32 n_rows0,    \
+        u32 n_rows1, u32 n_rows2, u32 k_tiles, u32 n_cols, const float* __restrict__ x, const float* __restrict__ x2,  \
+        const float* __restrict__ norm_w, float eps, u32 n_x, float* __restrict__ partials, u32* __restrict__ counters, \
+        u32 k_tiles_per_split, u32 warps_m, u32 accumulate) {                                                          \
+        const Segments segs = {{tiles0, tiles1, tiles2}, {bias0, bias1, bias2}, {y0, y1, y2},                          \
+                               {m_tiles0, m_tiles1, m_tiles2}, {n_rows0, n_rows1, n_rows2}};                            \
+        matvec_mma<nt>(segs, k_tiles, n_cols, x, x2, norm_w, eps, n_x, partials, counters, k_tiles_per_split, warps_m, \
+                       accumulate);                                                                                     \
     }
 
 MATVEC_MMA_KERNEL(1)

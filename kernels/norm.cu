@@ -12,6 +12,7 @@ extern "C" __global__ void __launch_bounds__(NORM_THREADS)
              float* __restrict__ out) {
     __shared__ double partial[NORM_THREADS / 32];
     __shared__ float inv_sh;
+    dependent_wait();
     const float* xr = x + (u64)blockIdx.x * width;
     float* orow = out + (u64)blockIdx.x * width;
     double ss = 0.0;

@@ -16,6 +16,7 @@ extern "C" __global__ void embed_rows(const u8* __restrict__ tiles, u64 row_byte
                                       const u32* __restrict__ tokens, u32 n_tokens, u32 width,
                                       float* __restrict__ out) {
     (void)row_bytes;
+    dependent_wait();
     const u32 k_tiles = (width + Tile::TILE_COLS - 1) / Tile::TILE_COLS;
     const u64 n = (u64)n_tokens * width;
     const u64 stride = (u64)gridDim.x * blockDim.x;
@@ -29,6 +30,7 @@ extern "C" __global__ void embed_rows(const u8* __restrict__ tiles, u64 row_byte
 // out[(r - row0) * n_cols + c] = W[r][c] for row0 <= r < row0 + n_rows_out.
 extern "C" __global__ void dequant_rows(const u8* __restrict__ tiles, u32 k_tiles, u32 row0, u32 n_rows_out, u32 n_cols,
                                         float* __restrict__ out) {
+    dependent_wait();
     const u64 n = (u64)n_rows_out * n_cols;
     const u64 stride = (u64)gridDim.x * blockDim.x;
     for (u64 e = (u64)blockIdx.x * blockDim.x + threadIdx.x; e < n; e += stride) {

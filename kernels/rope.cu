@@ -6,9 +6,17 @@
 // long positions keep their precision; the rotation itself uses the CPU's float32 operations.
 #include "common.cuh"
 
+// The rotation of pair (a, b) of a head by (cf, sf), in the CPU's float32 operations.
+__device__ __forceinline__ void rotate_pair(const float* src, float* dst, u32 a, u32 b, float cf, float sf) {
+    const float x0 = src[a], x1 = src[b];
+    dst[a] = __fsub_rn(__fmul_rn(x0, cf), __fmul_rn(x1, sf));
+    dst[b] = __fadd_rn(__fmul_rn(x0, sf), __fmul_rn(x1, cf));
+}
+
 // x holds x_heads heads a token, y y_heads (0: none): q and k of one layer rotate in one launch.
 extern "C" __global__ void rope(float* __restrict__ x, u32 x_heads, float* __restrict__ y, u32 y_heads,
                                 const u32* __restrict__ positions, u32 head_dim, float freq_base, float scale, u32 neox) {
+    dependent_wait();
     const u32 t = blockIdx.x;
     const u32 half = head_dim / 2;
     const double pos = (double)positions[t] / (double)scale;
@@ -21,8 +29,49 @@ extern "C" __global__ void rope(float* __restrict__ x, u32 x_heads, float* __res
         const u32 a = neox ? i : 2 * i;
         const u32 b = neox ? i + half : 2 * i + 1;
         float* hp = h < x_heads ? x + ((u64)t * x_heads + h) * head_dim : y + ((u64)t * y_heads + (h - x_heads)) * head_dim;
-        const float x0 = hp[a], x1 = hp[b];
-        hp[a] = __fsub_rn(__fmul_rn(x0, cf), __fmul_rn(x1, sf));
-        hp[b] = __fadd_rn(__fmul_rn(x0, sf), __fmul_rn(x1, cf));
+        rotate_pair(hp, hp, a, b, cf, sf);
     }
+}
+
+// Most rotated pairs a head has (head_dim <= 512; the host checks).
+#define ROPE_MAX_PAIRS 256
+
+// A layer's RoPE and KV write in one launch, one block per token: q (q_heads heads) rotated in
+// place, k (kv_heads heads) rotated into the token's slot of k_cache, v copied into v_cache (both
+// caches of this layer, [slot][kv_heads * head_dim]). Each pair's angle is computed once per
+// token, as `rope` computes it, and the rotations are rope's, so the values are the same bits as
+// rope followed by kv_append.
+extern "C" __global__ void rope_store(float* __restrict__ q, u32 q_heads, const float* __restrict__ k,
+                                      const float* __restrict__ v, u32 kv_heads, const u32* __restrict__ positions,
+                                      const u32* __restrict__ slots, u32 capacity, u32 head_dim, float freq_base,
+                                      float scale, u32 neox, float* __restrict__ k_cache, float* __restrict__ v_cache) {
+    __shared__ float sin_sh[ROPE_MAX_PAIRS], cos_sh[ROPE_MAX_PAIRS];
+    dependent_wait();
+    const u32 t = blockIdx.x;
+    const u32 half = head_dim / 2;
+    const double pos = (double)positions[t] / (double)scale;
+    for (u32 i = threadIdx.x; i < half; i += blockDim.x) {
+        const double inv_freq = pow((double)freq_base, -2.0 * (double)i / (double)head_dim);
+        double s, c;
+        sincos(pos * inv_freq, &s, &c);
+        sin_sh[i] = (float)s;
+        cos_sh[i] = (float)c;
+    }
+    __syncthreads();
+    const u32 slot = slots[t];
+    if (slot >= capacity) return;  // the host checks every slot before the batch is uploaded
+    const u32 kv_width = kv_heads * head_dim;
+    for (u32 idx = threadIdx.x; idx < (q_heads + kv_heads) * half; idx += blockDim.x) {
+        const u32 h = idx / half, i = idx % half;
+        const u32 a = neox ? i : 2 * i;
+        const u32 b = neox ? i + half : 2 * i + 1;
+        if (h < q_heads) {
+            float* hp = q + ((u64)t * q_heads + h) * head_dim;
+            rotate_pair(hp, hp, a, b, cos_sh[i], sin_sh[i]);
+        } else {
+            const u64 off = (u64)(h - q_heads) * head_dim;
+            rotate_pair(k + (u64)t * kv_width + off, k_cache + (u64)slot * kv_width + off, a, b, cos_sh[i], sin_sh[i]);
+        }
+    }
+    for (u32 e = threadIdx.x; e < kv_width; e += blockDim.x) v_cache[(u64)slot * kv_width + e] = v[(u64)t * kv_width + e];
 }

@@ -454,6 +454,7 @@ extern "C" __global__ void __launch_bounds__(CHUNK_THREADS)
     __shared__ double red_f64[CHUNK_WARPS];
     __shared__ u32 bcast[2];
     __shared__ u32 n_listed;
+    dependent_wait();
     const u32 c = blockIdx.x, row = blockIdx.y;
     const RowParams p = params[row];
     float* l = logits + (u64)row * vocab;
@@ -723,6 +724,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
                 const u32* __restrict__ pen_ids, const u32* __restrict__ pen_counts, const u32* __restrict__ pen_in_prompt,
                 const u32* __restrict__ chunks, u32 n_chunks, u32* __restrict__ out) {
     __shared__ Shared sh;
+    dependent_wait();
     const u32 row = blockIdx.x;
     const RowParams p = params[row];
     float* l = logits + (u64)row * vocab;

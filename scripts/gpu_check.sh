@@ -125,6 +125,13 @@ if [ "$what" = engine ]; then
     STEP_TIMEOUT=90 step synth_model "$py" scripts/make_synthetic_model.py /tmp/synthetic.gguf --tokenizer-from "$FERRITE_TOKENIZER_GGUF"
     STEP_TIMEOUT=${BENCH_S:-150} step decode_step "$py" benches/bench_decode_step.py /tmp/synthetic.gguf --device cuda --batches "${BENCH_BATCHES:-1,8,64,128}"
     cp "$out/decode_step.log" "$dest/decode_step.txt" 2>/dev/null
+    # The same without programmatic dependent launch (kernels start only when the previous ends).
+    FERRITE_CUDA_PDL=0 STEP_TIMEOUT=${BENCH_S:-150} step decode_step_nopdl "$py" benches/bench_decode_step.py /tmp/synthetic.gguf --device cuda --batches "${BENCH_BATCHES_NOPDL:-1,8}"
+    cp "$out/decode_step_nopdl.log" "$dest/decode_step_nopdl.txt" 2>/dev/null
+    # Kernel times of one sequence's step, without dependent launch (with it, a kernel's time
+    # includes its wait for the one before).
+    FERRITE_CUDA_PDL=0 STEP_TIMEOUT=120 step profile_b1 "$py" benches/profile_cuda_decode.py /tmp/synthetic.gguf --batch 1 --steps 16
+    cp "$out/profile_b1.log" "$dest/profile_b1.txt" 2>/dev/null
     STEP_TIMEOUT=120 step profile_b64 "$py" benches/profile_cuda_decode.py /tmp/synthetic.gguf --batch 64 --steps 16
     cp "$out/profile_b64.log" "$dest/profile_b64.txt" 2>/dev/null
 fi

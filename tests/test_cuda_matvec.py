@@ -229,3 +229,41 @@ def test_bad_shapes_are_errors_not_faults():
         ferrite._ferrite._cuda_matvec(raw[:-1], "Q4_K", 2, 256, np.zeros((1, 256), np.float32), path="tiled")
     with pytest.raises(ferrite.CudaError, match="no tiled kernels"):
         ferrite._ferrite._cuda_matvec(random_blocks("Q4_0", 2, np.random.default_rng(1)), "Q4_0", 2, 32, np.zeros((1, 32), np.float32), path="tiled")
+
+
+@cuda
+@needs_gpu
+@pytest.mark.parametrize("name", TILED)
+@pytest.mark.parametrize("groups", [28, 152])  # 896 and 4864 columns: the real model's widths
+@pytest.mark.parametrize("x_as", ["x", "rms_norm", "swiglu"])
+def test_one_launch_over_several_matrices_and_fused_inputs(name, groups, x_as):
+    """q/k/v (or gate/up) in one launch, each matrix with its own rows, bias and output, and x
+    normalized (RMSNorm before the projections) or gated (SwiGLU before ffn_down) while it is
+    loaded, against the float64 reference of the separate ops: x' = x / rms(x) * w or silu(x) *
+    up, then W x' + bias for each matrix."""
+    rng = np.random.default_rng(groups * 31 + len(x_as))
+    n_cols = width_for(name, groups)
+    shapes = (37, 16, 129)  # odd, one tile, many tiles: each segment's block rows and split-K partials
+    raws = [random_blocks(name, r * n_cols // TYPES[name][1], rng) for r in shapes]
+    ws = [ferrite.dequantize(raw, name, (r, n_cols)).astype(np.float64) for raw, r in zip(raws, shapes)]
+    for n_x in (1, 2, 3, 4, 8):
+        x = (rng.standard_normal((n_x, n_cols)) * 3).astype(np.float32)
+        biases = [rng.standard_normal(r).astype(np.float32) if i != 1 else None for i, r in enumerate(shapes)]
+        kw, x64 = {}, x.astype(np.float64)
+        if x_as == "rms_norm":
+            norm_w = rng.standard_normal(n_cols).astype(np.float32)
+            kw = dict(norm_weight=norm_w, norm_eps=1e-6)
+            x64 = x64 / np.sqrt((x64**2).mean(axis=1, keepdims=True) + 1e-6) * norm_w
+        elif x_as == "swiglu":
+            up = rng.standard_normal((n_x, n_cols)).astype(np.float32)
+            kw = dict(swiglu_up=up)
+            x64 = x64 / (1.0 + np.exp(-x64)) * up
+        outs = ferrite._ferrite._cuda_matvecs(raws, name, list(shapes), n_cols, x, biases=biases, poison_bits=POISON, **kw)
+        assert len(outs) == len(shapes)
+        for i, (out, w, b) in enumerate(zip(outs, ws, biases)):
+            label = f"{name} matrix {i} ({shapes[i]}x{n_cols}) n_x={n_x} x as {x_as}"
+            assert out.shape == (n_x + 1, shapes[i])
+            assert (out[n_x].view(np.uint32) == POISON).all(), f"{label}: wrote past the last row"
+            ref = x64 @ w.T + (b.astype(np.float64) if b is not None else 0.0)
+            err = nmse(out[:n_x], ref)
+            assert (err <= NMSE_BOUND).all(), f"{label}: NMSE per row {err}; max|diff| {np.abs(out[:n_x] - ref).max():.3e}"

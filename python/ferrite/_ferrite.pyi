@@ -53,6 +53,7 @@ __all__ = [
     "_cuda_try_alloc",
     "_cuda_fault_selftest",
     "_cuda_matvec",
+    "_cuda_matvecs",
     "_cuda_weight_rows",
     "_cuda_matvec_time",
     "_cuda_copy_time",
@@ -900,6 +901,19 @@ def _cuda_matvec(
     device: _Device = "cuda",
     accumulate_onto: npt.NDArray[np.float32] | None = None,
 ) -> npt.NDArray[np.float32]: ...
+def _cuda_matvecs(
+    raws: Sequence[_RawBytes],
+    ggml_type: _GgmlType,
+    n_rows: Sequence[int],
+    n_cols: int,
+    x: npt.NDArray[np.float32],
+    biases: Sequence[npt.NDArray[np.float32] | None] | None = None,
+    norm_weight: npt.NDArray[np.float32] | None = None,
+    norm_eps: float = 1e-6,
+    swiglu_up: npt.NDArray[np.float32] | None = None,
+    poison_bits: int = ...,
+    device: _Device = "cuda",
+) -> list[npt.NDArray[np.float32]]: ...
 def _cuda_weight_rows(
     raw: _RawBytes,
     ggml_type: _GgmlType,

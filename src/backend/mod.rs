@@ -276,6 +276,49 @@ pub trait Backend: Send + 'static {
         Ok(())
     }
 
+    /// Told once, at load, that `weights` take the same input together (`matmuls`,
+    /// `norm_matmuls`), so that a backend running them as one launch can size what that needs.
+    fn prepare_group(&mut self, weights: &[&Self::Weight]) -> Result<(), BackendError> {
+        let _ = weights;
+        Ok(())
+    }
+
+    /// [`matmuls`](Self::matmuls) of `rms_norm(x)` ([`rms_norm`](Self::rms_norm) with `norm` and
+    /// `eps`): the normalization before q/k/v, gate/up and the LM head. `xn` receives the
+    /// normalized rows where the backend needs them in memory; CUDA normalizes inside the
+    /// projection kernels of a few rows and leaves it alone.
+    #[allow(clippy::too_many_arguments)]
+    fn norm_matmuls<const N: usize>(
+        &mut self,
+        x: &Self::Act,
+        norm: &Self::Weight,
+        eps: f32,
+        n_rows: usize,
+        xn: &mut Self::Act,
+        projections: [(&Self::Weight, Option<&Self::Weight>, &mut Self::Act); N],
+    ) -> Result<(), BackendError> {
+        self.rms_norm(x, norm, eps, n_rows, xn)?;
+        self.matmuls(xn, n_rows, projections)
+    }
+
+    /// `acc += w · (silu(gate) * up)`: SwiGLU and the down projection into the residual stream.
+    /// `ffn` (width `n_cols(w)`) and `scratch` (width `n_rows(w)`) hold intermediates where
+    /// the backend needs them.
+    #[allow(clippy::too_many_arguments)]
+    fn swiglu_matmul_add(
+        &mut self,
+        gate: &Self::Act,
+        up: &Self::Act,
+        w: &Self::Weight,
+        n_rows: usize,
+        ffn: &mut Self::Act,
+        scratch: &mut Self::Act,
+        acc: &mut Self::Act,
+    ) -> Result<(), BackendError> {
+        self.swiglu(gate, up, n_rows, ffn)?;
+        self.matmul_add(w, ffn, n_rows, scratch, acc)
+    }
+
     /// `acc[t][r] += Σ_c w[r][c] · x[t][c]`: a projection added into the residual stream.
     /// `scratch` (width `n_rows(w)`) holds the product on backends that do not add in place;
     /// CUDA adds in the projection's own kernel and leaves it alone.
@@ -317,6 +360,26 @@ pub trait Backend: Send + 'static {
         params: &AttnParams,
         out: &mut Self::Act,
     ) -> Result<(), BackendError>;
+
+    /// [`rope_qk`](Self::rope_qk) on `q` and `k`, then [`attention`](Self::attention): a layer's
+    /// attention with rotary position embeddings. A GPU backend rotates and writes the cache in
+    /// one launch.
+    #[allow(clippy::too_many_arguments)]
+    fn rope_attention(
+        &mut self,
+        q: &mut Self::Act,
+        k: &mut Self::Act,
+        v: &Self::Act,
+        cache: &mut Self::KvCache,
+        layer: usize,
+        batch: &Self::Batch,
+        rope: (&RopeParams, &RopeParams),
+        params: &AttnParams,
+        out: &mut Self::Act,
+    ) -> Result<(), BackendError> {
+        self.rope_qk(q, k, batch, rope.0, rope.1)?;
+        self.attention(q, k, v, cache, layer, batch, params, out)
+    }
 
     /// `out = silu(gate) * up` element-wise over the first `n_rows` rows.
     fn swiglu(&mut self, gate: &Self::Act, up: &Self::Act, n_rows: usize, out: &mut Self::Act) -> Result<(), BackendError>;

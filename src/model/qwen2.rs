@@ -278,20 +278,19 @@ impl<B: Backend> Layers<'_, B> {
         b.embed(&w.token_embd, batch, &mut buf.x)?;
         for (layer, lw) in w.layers.iter().enumerate() {
             // Attention block.
-            b.rms_norm(&buf.x, &lw.attn_norm, c.rms_norm_eps, n, &mut buf.xn)?;
-            b.matmuls(
-                &buf.xn,
+            b.norm_matmuls(
+                &buf.x,
+                &lw.attn_norm,
+                c.rms_norm_eps,
                 n,
+                &mut buf.xn,
                 [(&lw.wq, lw.bq.as_ref(), &mut buf.q), (&lw.wk, lw.bk.as_ref(), &mut buf.k), (&lw.wv, lw.bv.as_ref(), &mut buf.v)],
             )?;
-            b.rope_qk(&mut buf.q, &mut buf.k, batch, self.rope, self.rope_k)?;
-            b.attention(&buf.q, &buf.k, &buf.v, kv, layer, batch, self.attn, &mut buf.attn)?;
+            b.rope_attention(&mut buf.q, &mut buf.k, &buf.v, kv, layer, batch, (self.rope, self.rope_k), self.attn, &mut buf.attn)?;
             b.matmul_add(&lw.wo, &buf.attn, n, &mut buf.proj, &mut buf.x)?;
             // MLP block.
-            b.rms_norm(&buf.x, &lw.ffn_norm, c.rms_norm_eps, n, &mut buf.xn)?;
-            b.matmuls(&buf.xn, n, [(&lw.ffn_gate, None, &mut buf.gate), (&lw.ffn_up, None, &mut buf.up)])?;
-            b.swiglu(&buf.gate, &buf.up, n, &mut buf.ffn)?;
-            b.matmul_add(&lw.ffn_down, &buf.ffn, n, &mut buf.proj, &mut buf.x)?;
+            b.norm_matmuls(&buf.x, &lw.ffn_norm, c.rms_norm_eps, n, &mut buf.xn, [(&lw.ffn_gate, None, &mut buf.gate), (&lw.ffn_up, None, &mut buf.up)])?;
+            b.swiglu_matmul_add(&buf.gate, &buf.up, &lw.ffn_down, n, &mut buf.ffn, &mut buf.proj, &mut buf.x)?;
         }
         Ok(())
     }
@@ -299,8 +298,8 @@ impl<B: Backend> Layers<'_, B> {
     /// Logits of the wanted rows `first..first + count` into `buf.logits`: final norm, LM head.
     fn logits_chunk(&self, b: &mut B, buf: &mut Buffers<B>, batch: &B::Batch, first: usize, count: usize) -> Result<(), BackendError> {
         b.gather_rows(&buf.x, batch, first, count, &mut buf.picked)?;
-        b.rms_norm(&buf.picked, &self.weights.output_norm, self.config.rms_norm_eps, count, &mut buf.picked_norm)?;
-        b.matmul(self.weights.lm_head(), None, &buf.picked_norm, count, &mut buf.logits)
+        let (norm, eps) = (&self.weights.output_norm, self.config.rms_norm_eps);
+        b.norm_matmuls(&buf.picked, norm, eps, count, &mut buf.picked_norm, [(self.weights.lm_head(), None, &mut buf.logits)])
     }
 }
 

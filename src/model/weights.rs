@@ -106,6 +106,10 @@ pub fn load_weights<B: Backend>(
             ffn_up: l.load(&n("ffn_up.weight"), &[c.hidden_size, c.ffn_size])?,
             ffn_down: l.load(&n("ffn_down.weight"), &[c.ffn_size, c.hidden_size])?,
         });
+        // The projections the forward pass runs together on one input (`norm_matmuls`).
+        let lw = &layers[i];
+        l.backend.prepare_group(&[&lw.wq, &lw.wk, &lw.wv])?;
+        l.backend.prepare_group(&[&lw.ffn_gate, &lw.ffn_up])?;
     }
     Ok(Weights { token_embd, layers, output_norm, output })
 }

@@ -19,6 +19,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_cuda_try_alloc, m)?)?;
     m.add_function(wrap_pyfunction!(_cuda_fault_selftest, m)?)?;
     m.add_function(wrap_pyfunction!(_cuda_matvec, m)?)?;
+    m.add_function(wrap_pyfunction!(_cuda_matvecs, m)?)?;
     m.add_function(wrap_pyfunction!(_cuda_weight_rows, m)?)?;
     m.add_function(wrap_pyfunction!(_cuda_matvec_time, m)?)?;
     m.add_function(wrap_pyfunction!(_cuda_copy_time, m)?)?;
@@ -194,6 +195,73 @@ fn _cuda_matvec<'py>(
         Ok(py.detach(|| MatvecOp::new(device, ty, bytes, n_rows, n_cols, path, 1)?.run(&xs, n_x, bias.as_deref(), poison_bits, start.as_deref()))?)
     })?;
     Ok(PyArray1::from_vec(py, out).reshape([n_x + 1, n_rows])?)
+}
+
+/// Test hook: several matrices of one type and width multiplying the same `x` in one launch of
+/// the tiled kernels, as a model's q/k/v and gate/up run (`raws[i]` holds `n_rows[i]` rows of
+/// `n_cols`). `x` is taken as it is, as `rms_norm(x) * norm_weight` (eps `norm_eps`) or as
+/// `silu(x) * swiglu_up`. Returns one `(n_x + 1, n_rows[i])` array a matrix, poisoned first as
+/// `_cuda_matvec` does.
+#[pyfunction]
+#[pyo3(signature = (raws, ggml_type, n_rows, n_cols, x, biases = None, norm_weight = None, norm_eps = 1e-6, swiglu_up = None, poison_bits = 0x7FC0_DEAD, device = "cuda"))]
+#[allow(clippy::too_many_arguments)]
+fn _cuda_matvecs<'py>(
+    py: Python<'py>,
+    raws: Vec<Bound<'py, PyAny>>,
+    ggml_type: &Bound<'py, PyAny>,
+    n_rows: Vec<usize>,
+    n_cols: usize,
+    x: PyReadonlyArray2<'py, f32>,
+    biases: Option<Vec<Option<PyReadonlyArray1<'py, f32>>>>,
+    norm_weight: Option<PyReadonlyArray1<'py, f32>>,
+    norm_eps: f32,
+    swiglu_up: Option<PyReadonlyArray2<'py, f32>>,
+    poison_bits: u32,
+    device: &str,
+) -> PyResult<Vec<Bound<'py, numpy::PyArray2<f32>>>> {
+    use crate::backend::cuda::matvec::TestInput;
+    let value_err = |m: String| pyo3::exceptions::PyValueError::new_err(m);
+    let ty = super::gguf::parse_ggml_type(ggml_type)?;
+    if raws.len() != n_rows.len() || raws.is_empty() {
+        return Err(value_err(format!("{} matrices and {} row counts", raws.len(), n_rows.len())));
+    }
+    let n_x = x.shape()[0];
+    if x.shape()[1] != n_cols {
+        return Err(value_err(format!("x has {} columns, the matrices {n_cols}", x.shape()[1])));
+    }
+    let contiguous = |what: &str| value_err(format!("{what} must be C-contiguous"));
+    let xs = x.as_slice().map_err(|_| contiguous("x"))?.to_vec();
+    let biases: Vec<Option<Vec<f32>>> = match biases {
+        None => vec![None; raws.len()],
+        Some(b) => b.iter().map(|b| b.as_ref().map(|b| b.as_slice().map(<[f32]>::to_vec).map_err(|_| contiguous("a bias"))).transpose()).collect::<PyResult<_>>()?,
+    };
+    let norm = norm_weight.as_ref().map(|w| w.as_slice().map(<[f32]>::to_vec).map_err(|_| contiguous("norm_weight"))).transpose()?;
+    let up = match &swiglu_up {
+        Some(u) if u.shape() != x.shape() => return Err(value_err(format!("swiglu_up has shape {:?}, x {:?}", u.shape(), x.shape()))),
+        Some(u) => Some(u.as_slice().map_err(|_| contiguous("swiglu_up"))?.to_vec()),
+        None => None,
+    };
+    let input = match (&norm, &up) {
+        (Some(_), Some(_)) => return Err(value_err("norm_weight and swiglu_up are exclusive".into())),
+        (Some(w), None) => TestInput::Normed { weight: w, eps: norm_eps },
+        (None, Some(u)) => TestInput::Swiglu { up: u },
+        (None, None) => TestInput::X,
+    };
+    let mut all_bytes = Vec::with_capacity(raws.len());
+    for raw in &raws {
+        all_bytes.push(super::gguf::with_raw_bytes(raw, |b| Ok(b.to_vec()))?);
+    }
+    let outs = py.detach(|| -> Result<Vec<Vec<f32>>, crate::backend::cuda::CudaError> {
+        let ops = all_bytes
+            .iter()
+            .zip(&n_rows)
+            .map(|(bytes, &rows)| MatvecOp::new(device, ty, bytes, rows, n_cols, MatvecPath::Tiled, 1))
+            .collect::<Result<Vec<_>, _>>()?;
+        let refs: Vec<&MatvecOp> = ops.iter().collect();
+        let bias_refs: Vec<Option<&[f32]>> = biases.iter().map(|b| b.as_deref()).collect();
+        MatvecOp::run_group(&refs, &xs, n_x, &bias_refs, poison_bits, input)
+    })?;
+    outs.into_iter().zip(&n_rows).map(|(o, &rows)| Ok(PyArray1::from_vec(py, o).reshape([n_x + 1, rows])?)).collect()
 }
 
 /// Test hook: rows `row0 .. row0 + n` of a matrix read back as float32 by the device (the

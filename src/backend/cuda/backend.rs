@@ -17,12 +17,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use cudarc::cublas::CudaBlas;
-use cudarc::driver::{sys, CudaFunction, CudaGraph, CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{sys, CudaFunction, CudaGraph, CudaSlice, DevicePtr, LaunchConfig};
 
 use super::context::{cublas_library_present, CudaContext};
 use super::error::CudaError;
-use super::kernels::{self, ATTENTION_MAX_WARPS, NORM_THREADS};
+use super::kernels::{self, ATTENTION_MAX_WARPS, NORM_THREADS, ROPE_MAX_PAIRS};
 use super::matmul::Write;
+use super::matvec::Input;
 use crate::backend::{check_width, AttnParams, Backend, BatchPlan, KvLayout, OwnedRows, ReplayKey, RopeParams, RopeStyle, TensorSource};
 use crate::backend::BackendError;
 use crate::quant::{self, GgmlType, QuantError};
@@ -99,8 +100,13 @@ pub struct CudaBatch {
 /// rows, long contexts); larger ones (prefill) fill the GPU with 4-warp blocks.
 const ATTENTION_SPREAD_MAX_ROWS: usize = 256;
 
+/// Fewest warps per attention block: warps without keys still share loading the queries and
+/// merging the outputs, which bound a short context's attention (one sequence, 20 keys: 15.7 us a
+/// layer with one warp, H200, 2026-12-03).
+const ATTENTION_MIN_WARPS: u64 = 4;
+
 /// Warps per attention block: for small batches one per 32 keys of the longest context, rounded
-/// up to a power of two, up to ATTENTION_MAX_WARPS; 4 for large ones. The count is part of a
+/// up to a power of two, from ATTENTION_MIN_WARPS up to ATTENTION_MAX_WARPS; 4 for large ones. The count is part of a
 /// recorded step's key (`replayable`), so a decode step is recorded again when its contexts
 /// cross a power of two of 32 keys (at most 5 times) instead of replaying a count made for
 /// shorter contexts.
@@ -109,7 +115,7 @@ fn attention_warps(positions: &[u32]) -> u32 {
         return 4;
     }
     let longest = positions.iter().copied().max().map_or(1, |p| p as u64 + 1);
-    longest.div_ceil(32).next_power_of_two().clamp(1, ATTENTION_MAX_WARPS as u64) as u32
+    longest.div_ceil(32).next_power_of_two().clamp(ATTENTION_MIN_WARPS, ATTENTION_MAX_WARPS as u64) as u32
 }
 
 /// A recorded decode step.
@@ -123,6 +129,7 @@ unsafe impl Send for Recorded {}
 pub(super) struct FixedKernels {
     rms_norm: CudaFunction,
     rope: CudaFunction,
+    rope_store: CudaFunction,
     kv_append: CudaFunction,
     /// `attention_heads` for the model's head dim, compiled when the KV cache is allocated.
     attention: Option<(usize, CudaFunction)>,
@@ -231,17 +238,7 @@ pub(super) fn grid_stride(n: u64) -> LaunchConfig {
     LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
 }
 
-/// Queues `func` with the listed arguments on the context's stream and checks the launch.
-macro_rules! launch {
-    ($ctx:expr, $func:expr, $name:expr, $cfg:expr, $($arg:expr),+ $(,)?) => {{
-        let mut builder = $ctx.stream().launch_builder($func);
-        $( builder.arg($arg); )+
-        // SAFETY: each call site passes the argument list of the named kernel in kernels/, with
-        // buffer sizes checked against the element counts beforehand.
-        $ctx.check_launch(unsafe { builder.launch($cfg) }, $name)
-    }};
-}
-pub(super) use launch;
+pub(super) use super::launch::launch;
 
 /// Gives the cuBLAS handle its workspace (returned: it must outlive the handle) and, with
 /// `tf32`, the TF32 tensor-core math mode.
@@ -270,6 +267,21 @@ fn check_rows(what: &str, a: &CudaAct, n_rows: usize) -> Result<(), BackendError
     Ok(())
 }
 
+/// Checks one projection's shapes; returns the bias's values.
+fn check_projection<'b>(w: &CudaWeight, bias: Option<&'b CudaWeight>, x: &CudaAct, n_rows: usize, out: &CudaAct) -> Result<Option<&'b CudaSlice<f32>>, BackendError> {
+    check_width("matmul input", x.width, w.n_cols)?;
+    check_width("matmul output", out.width, w.n_rows)?;
+    check_rows("matmul input", x, n_rows)?;
+    check_rows("matmul output", out, n_rows)?;
+    match bias {
+        Some(b) => {
+            check_width("matmul bias", b.n_cols, w.n_rows)?;
+            Ok(Some(b.dense()?))
+        }
+        None => Ok(None),
+    }
+}
+
 fn to_u32(what: &str, n: usize) -> Result<u32, BackendError> {
     u32::try_from(n).map_err(|_| BackendError::Invalid(format!("{what} = {n} does not fit the kernels' 32-bit counts")))
 }
@@ -289,21 +301,103 @@ impl CudaBackend {
         write: Write,
         x_f16: &mut Option<u64>,
     ) -> Result<(), BackendError> {
-        check_width("matmul input", x.width, w.n_cols)?;
-        check_width("matmul output", out.width, w.n_rows)?;
-        check_rows("matmul input", x, n_rows)?;
-        check_rows("matmul output", out, n_rows)?;
-        let bias = match bias {
-            Some(b) => {
-                check_width("matmul bias", b.n_cols, w.n_rows)?;
-                Some(b.dense()?)
-            }
-            None => None,
-        };
+        let bias = check_projection(w, bias, x, n_rows, out)?;
         if n_rows == 0 {
             return Ok(());
         }
         super::matmul::matmul(self, w, bias, x, n_rows, out, write, x_f16)
+    }
+
+    /// Projections of `x` (taken as `input` says) on the tiled matrix-vector kernels, checked.
+    fn tiled_projections<const N: usize>(
+        &mut self,
+        projections: [(&CudaWeight, Option<&CudaWeight>, &mut CudaAct); N],
+        x: &CudaAct,
+        n_rows: usize,
+        write: Write,
+        input: Input,
+    ) -> Result<(), BackendError> {
+        let mut checked = Vec::with_capacity(N);
+        for (w, bias, out) in projections {
+            let bias = check_projection(w, bias, x, n_rows, out)?;
+            checked.push((w, bias, out));
+        }
+        super::matmul::tiled_matvecs(self, checked, x, n_rows, write, input)
+    }
+
+    /// Checks one layer's attention shapes; returns the KV row width.
+    #[allow(clippy::too_many_arguments)]
+    fn check_attention(
+        &self,
+        q: &CudaAct,
+        k: &CudaAct,
+        v: &CudaAct,
+        cache: &CudaKvCache,
+        layer: usize,
+        batch: &CudaBatch,
+        p: &AttnParams,
+        out: &CudaAct,
+    ) -> Result<usize, BackendError> {
+        let lay = cache.layout;
+        let (_, kv_width) = p.check_shapes(q.width, k.width, v.width, out.width, &lay, layer)?;
+        let n = batch.n_tokens;
+        for (what, a) in [("attention q", q), ("attention k", k), ("attention v", v)] {
+            check_rows(what, a, n)?;
+        }
+        check_rows("attention out", out, n)?;
+        if p.n_kv_heads == 0 || p.n_heads % p.n_kv_heads != 0 {
+            return Err(BackendError::Invalid(format!("{} query heads do not group over {} KV heads", p.n_heads, p.n_kv_heads)));
+        }
+        if !self.fixed.attention.as_ref().is_some_and(|(d, _)| *d == p.head_dim) {
+            return Err(BackendError::Invalid(format!(
+                "head_dim {} has no CUDA attention kernel (these do: {:?})",
+                p.head_dim,
+                kernels::ATTENTION_HEAD_DIMS
+            )));
+        }
+        if batch.block_tokens as usize != lay.block_tokens {
+            return Err(BackendError::Invalid(format!("batch of {}-token blocks on a cache of {}-token blocks", batch.block_tokens, lay.block_tokens)));
+        }
+        Ok(kv_width)
+    }
+
+    /// Attention of the batch's (rotated) queries over layer `layer` of the cache, which already
+    /// holds their own keys and values; shapes checked by `check_attention`.
+    fn attend(&mut self, q: &CudaAct, cache: &CudaKvCache, layer: usize, batch: &CudaBatch, p: &AttnParams, out: &mut CudaAct) -> Result<(), BackendError> {
+        let hd = p.head_dim;
+        let Some((_, attend)) = self.fixed.attention.as_ref().filter(|(d, _)| *d == hd) else {
+            return Err(BackendError::Invalid(format!("head_dim {hd} has no CUDA attention kernel")));
+        };
+        let lay = cache.layout;
+        let kv_width = p.n_kv_heads * hd;
+        let layer_len = lay.capacity_tokens() * kv_width;
+        let range = layer * layer_len..(layer + 1) * layer_len;
+        let n_u = to_u32("tokens", batch.n_tokens)?;
+        // One block per token, KV head and slice of its query heads.
+        let slices = to_u32("query heads per KV head", (p.n_heads / p.n_kv_heads).div_ceil(kernels::attention_group(hd)))?;
+        let grid = (n_u, to_u32("KV heads", p.n_kv_heads)?, slices);
+        let cfg = LaunchConfig { grid_dim: grid, block_dim: (32 * batch.attn_warps, 1, 1), shared_mem_bytes: 0 };
+        let (n_heads, n_kv_heads) = (p.n_heads as u32, p.n_kv_heads as u32);
+        let scale = 1.0 / (hd as f32).sqrt();
+        let (kc, vc) = (cache.k.slice(range.clone()), cache.v.slice(range));
+        launch!(
+            self.ctx,
+            attend,
+            "attention_heads",
+            cfg,
+            &q.buf,
+            &kc,
+            &vc,
+            &batch.positions,
+            &batch.table_offset,
+            &batch.block_tables,
+            &batch.block_tokens,
+            &n_heads,
+            &n_kv_heads,
+            &scale,
+            &mut out.buf
+        )?;
+        Ok(())
     }
 
     /// RoPE on `x` (`p.n_heads` heads a token) and, in the same launch, on `y` (`y_heads` heads
@@ -359,6 +453,7 @@ impl CudaBackend {
         let fixed = FixedKernels {
             rms_norm: f(&kernels::NORM, "rms_norm")?,
             rope: f(&kernels::ROPE, "rope")?,
+            rope_store: f(&kernels::ROPE, "rope_store")?,
             kv_append: f(&kernels::ATTENTION, "kv_append")?,
             attention: None,
             swiglu: f(&kernels::ELEMENTWISE, "swiglu")?,
@@ -585,11 +680,77 @@ impl Backend for CudaBackend {
         n_rows: usize,
         projections: [(&CudaWeight, Option<&CudaWeight>, &mut CudaAct); N],
     ) -> Result<(), BackendError> {
+        if super::matmul::tiled_matvec(&projections.each_ref().map(|p| p.0), n_rows) {
+            return self.tiled_projections(projections, x, n_rows, Write::Overwrite, Input::X);
+        }
         let mut x_f16 = None;
         for (w, bias, out) in projections {
             self.project(w, bias, x, n_rows, out, Write::Overwrite, &mut x_f16)?;
         }
         Ok(())
+    }
+
+    fn prepare_group(&mut self, weights: &[&CudaWeight]) -> Result<(), BackendError> {
+        // Launches of the tiled kernels over several matrices of one type need split-K scratch
+        // for all their rows at once; sized here, never during a (recorded) forward.
+        let mut types: Vec<GgmlType> = weights.iter().map(|w| w.ty).collect();
+        types.dedup();
+        for ty in types {
+            let grids: Vec<_> = weights
+                .iter()
+                .filter(|w| w.ty == ty)
+                .filter_map(|w| match (w.layout, &w.kernels) {
+                    (super::matvec::Layout::Tiles(g), Some(_)) => Some(g),
+                    _ => None,
+                })
+                .collect();
+            let Some(tiled) = weights.iter().find(|w| w.ty == ty).and_then(|w| w.kernels.as_ref()).and_then(|k| k.tiled.as_ref()) else {
+                continue;
+            };
+            for group in grids.chunks(super::matvec::MAX_SEGMENTS) {
+                let mut scratch = tiled.scratch.lock().map_err(|_| BackendError::Invalid("split-K scratch lock poisoned".into()))?;
+                scratch.reserve_group(&self.ctx, tiled.sms, group)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn norm_matmuls<const N: usize>(
+        &mut self,
+        x: &CudaAct,
+        norm: &CudaWeight,
+        eps: f32,
+        n_rows: usize,
+        xn: &mut CudaAct,
+        projections: [(&CudaWeight, Option<&CudaWeight>, &mut CudaAct); N],
+    ) -> Result<(), BackendError> {
+        if !super::matmul::tiled_matvec(&projections.each_ref().map(|p| p.0), n_rows) {
+            self.rms_norm(x, norm, eps, n_rows, xn)?;
+            return self.matmuls(xn, n_rows, projections);
+        }
+        check_width("rms_norm input", x.width, norm.n_cols)?;
+        let weight = addr(norm.dense()?, &self.ctx);
+        self.tiled_projections(projections, x, n_rows, Write::Overwrite, Input::Normed { weight, eps })
+    }
+
+    fn swiglu_matmul_add(
+        &mut self,
+        gate: &CudaAct,
+        up: &CudaAct,
+        w: &CudaWeight,
+        n_rows: usize,
+        ffn: &mut CudaAct,
+        scratch: &mut CudaAct,
+        acc: &mut CudaAct,
+    ) -> Result<(), BackendError> {
+        if !super::matmul::tiled_matvec(&[w], n_rows) {
+            self.swiglu(gate, up, n_rows, ffn)?;
+            return self.matmul_add(w, ffn, n_rows, scratch, acc);
+        }
+        check_width("swiglu up", up.width, gate.width)?;
+        check_rows("swiglu up", up, n_rows)?;
+        let up = addr(&up.buf, &self.ctx);
+        self.tiled_projections([(w, None, acc)], gate, n_rows, Write::Accumulate, Input::Swiglu { up })
     }
 
     fn matmul_add(&mut self, w: &CudaWeight, x: &CudaAct, n_rows: usize, _scratch: &mut CudaAct, acc: &mut CudaAct) -> Result<(), BackendError> {
@@ -620,64 +781,65 @@ impl Backend for CudaBackend {
         p: &AttnParams,
         out: &mut CudaAct,
     ) -> Result<(), BackendError> {
-        let hd = p.head_dim;
-        let lay = cache.layout;
-        let (_, kv_width) = p.check_shapes(q.width, k.width, v.width, out.width, &lay, layer)?;
-        let n = batch.n_tokens;
-        for (what, a) in [("attention q", q), ("attention k", k), ("attention v", v)] {
-            check_rows(what, a, n)?;
-        }
-        check_rows("attention out", out, n)?;
-        if p.n_kv_heads == 0 || p.n_heads % p.n_kv_heads != 0 {
-            return Err(BackendError::Invalid(format!("{} query heads do not group over {} KV heads", p.n_heads, p.n_kv_heads)));
-        }
-        let Some((_, attend)) = self.fixed.attention.as_ref().filter(|(d, _)| *d == hd) else {
-            return Err(BackendError::Invalid(format!(
-                "head_dim {hd} has no CUDA attention kernel (these do: {:?})",
-                kernels::ATTENTION_HEAD_DIMS
-            )));
-        };
-        if n == 0 {
+        let kv_width = self.check_attention(q, k, v, cache, layer, batch, p, out)?;
+        if batch.n_tokens == 0 {
             return Ok(());
         }
-        if batch.block_tokens as usize != lay.block_tokens {
-            return Err(BackendError::Invalid(format!("batch of {}-token blocks on a cache of {}-token blocks", batch.block_tokens, lay.block_tokens)));
-        }
+        let lay = cache.layout;
         let layer_len = lay.capacity_tokens() * kv_width;
         let range = layer * layer_len..(layer + 1) * layer_len;
         let mut kc = cache.k.slice_mut(range.clone());
-        let mut vc = cache.v.slice_mut(range.clone());
+        let mut vc = cache.v.slice_mut(range);
         let (kv_width_u, capacity) = (to_u32("kv width", kv_width)?, to_u32("KV capacity", lay.capacity_tokens())?);
-        let n_u = to_u32("tokens", n)?;
-        let cfg = LaunchConfig { grid_dim: (n_u, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+        let cfg = LaunchConfig { grid_dim: (to_u32("tokens", batch.n_tokens)?, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
         launch!(self.ctx, &self.fixed.kv_append, "kv_append", cfg, &k.buf, &v.buf, &batch.slots, &kv_width_u, &capacity, &mut kc, &mut vc)?;
-        // One block per token, KV head and slice of its query heads.
-        let slices = to_u32("query heads per KV head", (p.n_heads / p.n_kv_heads).div_ceil(kernels::attention_group(hd)))?;
-        let grid = (n_u, to_u32("KV heads", p.n_kv_heads)?, slices);
-        let cfg = LaunchConfig { grid_dim: grid, block_dim: (32 * batch.attn_warps, 1, 1), shared_mem_bytes: 0 };
-        let (n_heads, n_kv_heads) = (p.n_heads as u32, p.n_kv_heads as u32);
-        let scale = 1.0 / (hd as f32).sqrt();
-        let name = "attention_heads";
-        drop((kc, vc));
-        let (kc, vc) = (cache.k.slice(range.clone()), cache.v.slice(range));
+        self.attend(q, cache, layer, batch, p, out)
+    }
+
+    fn rope_attention(
+        &mut self,
+        q: &mut CudaAct,
+        k: &mut CudaAct,
+        v: &CudaAct,
+        cache: &mut CudaKvCache,
+        layer: usize,
+        batch: &CudaBatch,
+        rope: (&RopeParams, &RopeParams),
+        p: &AttnParams,
+        out: &mut CudaAct,
+    ) -> Result<(), BackendError> {
+        let (qp, kp) = rope;
+        let one_launch = RopeParams { n_heads: qp.n_heads, ..*kp } == *qp && qp.head_dim == p.head_dim && qp.head_dim <= 2 * ROPE_MAX_PAIRS;
+        if !one_launch {
+            self.rope_qk(q, k, batch, qp, kp)?;
+            return self.attention(q, k, v, cache, layer, batch, p, out);
+        }
+        let kv_width = self.check_attention(q, k, v, cache, layer, batch, p, out)?;
+        check_width("rope input", q.width, qp.n_heads * qp.head_dim)?;
+        check_width("rope input", k.width, kp.n_heads * kp.head_dim)?;
+        if qp.head_dim % 2 != 0 {
+            return Err(BackendError::Invalid(format!("rope: odd head_dim {}", qp.head_dim)));
+        }
+        if batch.n_tokens == 0 {
+            return Ok(());
+        }
+        let lay = cache.layout;
+        let layer_len = lay.capacity_tokens() * kv_width;
+        let range = layer * layer_len..(layer + 1) * layer_len;
+        let mut kc = cache.k.slice_mut(range.clone());
+        let mut vc = cache.v.slice_mut(range);
+        let capacity = to_u32("KV capacity", lay.capacity_tokens())?;
+        let pairs = ((qp.n_heads + kp.n_heads) * qp.head_dim / 2) as u32;
+        let threads = pairs.div_ceil(32).clamp(1, 8) * 32;
+        let cfg = LaunchConfig { grid_dim: (to_u32("tokens", batch.n_tokens)?, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+        let (q_heads, kv_heads, head_dim) = (to_u32("heads", qp.n_heads)?, to_u32("heads", kp.n_heads)?, to_u32("head_dim", qp.head_dim)?);
+        let neox: u32 = matches!(qp.style, RopeStyle::Neox) as u32;
         launch!(
-            self.ctx,
-            attend,
-            name,
-            cfg,
-            &q.buf,
-            &kc,
-            &vc,
-            &batch.positions,
-            &batch.table_offset,
-            &batch.block_tables,
-            &batch.block_tokens,
-            &n_heads,
-            &n_kv_heads,
-            &scale,
-            &mut out.buf
+            self.ctx, &self.fixed.rope_store, "rope_store", cfg,
+            &mut q.buf, &q_heads, &k.buf, &v.buf, &kv_heads, &batch.positions, &batch.slots, &capacity, &head_dim,
+            &qp.freq_base, &qp.scale, &neox, &mut kc, &mut vc
         )?;
-        Ok(())
+        self.attend(q, cache, layer, batch, p, out)
     }
 
     fn swiglu(&mut self, gate: &CudaAct, up: &CudaAct, n_rows: usize, out: &mut CudaAct) -> Result<(), BackendError> {
@@ -808,9 +970,9 @@ mod attention_warps_tests {
     use super::attention_warps;
 
     #[test]
-    fn warps_follow_the_longest_context_in_powers_of_two_for_small_batches() {
+    fn warps_follow_the_longest_context_in_powers_of_two_from_four_for_small_batches() {
         // positions are 0-based: a context of p + 1 keys.
-        let cases: [(&[u32], u32); 7] = [(&[0], 1), (&[31], 1), (&[32], 2), (&[100, 3], 4), (&[5, 128], 8), (&[511], 16), (&[100_000], 16)];
+        let cases: [(&[u32], u32); 7] = [(&[0], 4), (&[31], 4), (&[32], 4), (&[100, 3], 4), (&[5, 128], 8), (&[511], 16), (&[100_000], 16)];
         for (positions, want) in cases {
             assert_eq!(attention_warps(positions), want, "{positions:?}");
         }

@@ -118,6 +118,9 @@ pub struct CudaContext {
     pub(super) staging: Mutex<Option<Staging>>,
     /// FERRITE_CUDA_SYNC=1: synchronize after every launch so a fault names its kernel.
     sync_each_launch: bool,
+    /// Kernels launched through [`CudaContext::launch`] may start while the previous kernel
+    /// finishes (programmatic dependent launch; sm_90+, off with FERRITE_CUDA_PDL=0).
+    dependent_launch: bool,
 }
 
 impl std::fmt::Debug for CudaContext {
@@ -165,6 +168,7 @@ impl CudaContext {
             modules: Mutex::new(HashMap::new()),
             staging: Mutex::new(None),
             sync_each_launch: std::env::var("FERRITE_CUDA_SYNC").is_ok_and(|v| v == "1"),
+            dependent_launch: major >= 9 && std::env::var("FERRITE_CUDA_PDL").map_or(true, |v| v != "0"),
         })
     }
 
@@ -235,6 +239,41 @@ impl CudaContext {
             self.sync(&format!("kernel {kernel}"))?;
         }
         Ok(())
+    }
+
+    /// Queues `f` on the stream with the kernel arguments `params` (one pointer to each
+    /// argument's value, in order), as `cuLaunchKernelEx`. On sm_90+ the launch allows
+    /// programmatic dependent launch: the kernel's blocks may start before the previous kernel
+    /// has finished, so its launch latency and its loads of weights overlap that kernel's tail.
+    /// Every kernel in kernels/ therefore calls `dependent_wait()` (common.cuh) before it reads
+    /// or writes anything an earlier kernel may touch; the wait returns once that kernel has
+    /// finished and its writes are visible.
+    ///
+    /// # Safety
+    /// `params` must match the kernel's parameter list, and the kernel must wait as described.
+    pub unsafe fn launch_raw(&self, f: &CudaFunction, cfg: drv::LaunchConfig, params: &mut [*mut std::ffi::c_void]) -> Result<(), drv::DriverError> {
+        self.raw.bind_to_thread()?;
+        let mut attr: sys::CUlaunchAttribute = std::mem::zeroed();
+        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attr.value.programmaticStreamSerializationAllowed = 1;
+        let config = sys::CUlaunchConfig {
+            gridDimX: cfg.grid_dim.0,
+            gridDimY: cfg.grid_dim.1,
+            gridDimZ: cfg.grid_dim.2,
+            blockDimX: cfg.block_dim.0,
+            blockDimY: cfg.block_dim.1,
+            blockDimZ: cfg.block_dim.2,
+            sharedMemBytes: cfg.shared_mem_bytes,
+            hStream: self.stream.cu_stream(),
+            attrs: &mut attr,
+            numAttrs: self.dependent_launch as u32,
+        };
+        sys::cuLaunchKernelEx(&config, f.cu_function(), params.as_mut_ptr(), std::ptr::null_mut()).result()
+    }
+
+    /// Whether launches through [`CudaContext::launch_raw`] allow programmatic dependent launch.
+    pub fn dependent_launch(&self) -> bool {
+        self.dependent_launch
     }
 
     /// The kernel `function` from `source`, compiling (or loading from the disk cache) the

@@ -113,6 +113,8 @@ pub fn attention_group(head_dim: usize) -> usize {
 pub const SAMPLE_THREADS: u32 = 1024;
 /// Threads per RMSNorm block (NORM_THREADS in norm.cu).
 pub const NORM_THREADS: u32 = 256;
+/// Most pairs a head rotates in `rope_store` (ROPE_MAX_PAIRS in rope.cu): head dims up to twice this.
+pub const ROPE_MAX_PAIRS: usize = 256;
 
 #[cfg(test)]
 mod tests {
@@ -146,6 +148,7 @@ mod tests {
             assert!((1..=8).contains(&attention_group(hd)) && attention_group(hd) * hd.max(64) <= 512, "{hd}");
         }
         assert!(NORM.src.contains(&format!("#define NORM_THREADS {NORM_THREADS}")));
+        assert!(ROPE.src.contains(&format!("#define ROPE_MAX_PAIRS {ROPE_MAX_PAIRS}")));
         assert!(SAMPLING.src.contains(&format!("#define SAMPLE_THREADS {SAMPLE_THREADS}")));
         super::super::sampling::assert_chunk_constants_match(SAMPLING.src);
         for n in 1..=MATVEC_MAX_ROWS {

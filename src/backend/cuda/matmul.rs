@@ -14,14 +14,14 @@
 //!   rows at a time goes through a bounded float32 scratch buffer.
 
 use cudarc::cublas::{sys::cublasOperation_t, Gemm, GemmConfig};
-use cudarc::driver::{CudaSlice, CudaViewMut, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaViewMut};
 
 use super::backend::{addr, grid_stride, launch, CudaAct, CudaBackend, CudaWeight, GemmPrecision};
 use super::context::CudaContext;
 use super::dequant::dequantize_into;
 use super::error::CudaError;
 use super::kernels::MATVEC_MAX_ROWS;
-use super::matvec::{dequant_tile_rows, launch_matvec, Layout, MatvecArgs};
+use super::matvec::{dequant_tile_rows, launch_matvec, launch_matvecs, Input, Layout, MatvecArgs, MAX_SEGMENTS};
 use crate::backend::BackendError;
 
 /// Most float32 elements of dequantized weight rows held at once (128 MiB): bounds the scratch
@@ -75,6 +75,53 @@ pub(super) fn matmul(
     } else {
         dequant_gemm(be, w, bias, x, n_x, out, write, x_f16)
     }
+}
+
+/// Whether every one of `weights` multiplies `n_x` rows on the tiled matrix-vector kernels,
+/// which can also normalize x or apply SwiGLU to it while loading it (`Input`).
+pub(super) fn tiled_matvec(weights: &[&CudaWeight], n_x: usize) -> bool {
+    n_x > 0 && n_x <= matvec_max_rows() && weights.iter().all(|w| w.n_cols % 32 == 0 && matches!(w.layout, Layout::Tiles(_)))
+}
+
+/// `out_i = w_i x (+ bias_i)` (or `+=`) for projections that all pass [`tiled_matvec`], `x`
+/// taken as `input` says: the weights of one type in one launch (q and k, say, when v has
+/// another type), at most `MAX_SEGMENTS` a launch.
+pub(super) fn tiled_matvecs(
+    be: &CudaBackend,
+    projections: Vec<(&CudaWeight, Option<&CudaSlice<f32>>, &mut CudaAct)>,
+    x: &CudaAct,
+    n_x: usize,
+    write: Write,
+    input: Input,
+) -> Result<(), BackendError> {
+    let mut rest = projections;
+    while let Some((w0, _, _)) = rest.first() {
+        let ty = w0.ty;
+        let (mut group, others): (Vec<_>, Vec<_>) = rest.into_iter().partition(|(w, _, _)| w.ty == ty);
+        rest = others;
+        while !group.is_empty() {
+            let take: Vec<_> = group.drain(..group.len().min(MAX_SEGMENTS)).collect();
+            let kernels = take[0].0.kernels.clone().ok_or_else(|| BackendError::Invalid(format!("{}: a vector cannot be multiplied", take[0].0.name)))?;
+            let parts = take
+                .into_iter()
+                .map(|(w, bias, out)| MatvecArgs {
+                    name: &w.name,
+                    ty: w.ty,
+                    n_rows: w.n_rows,
+                    n_cols: w.n_cols,
+                    layout: w.layout,
+                    weights: w.blocks.slice(..),
+                    x: &x.buf,
+                    n_x,
+                    bias: bias.map_or(0, |b| addr(b, &be.ctx)),
+                    out: &mut out.buf,
+                    accumulate: write == Write::Accumulate,
+                })
+                .collect();
+            launch_matvecs(&be.ctx, &kernels, parts, input)?;
+        }
+    }
+    Ok(())
 }
 
 fn matvec(be: &mut CudaBackend, w: &CudaWeight, bias: Option<&CudaSlice<f32>>, x: &CudaAct, n_x: usize, out: &mut CudaAct, write: Write) -> Result<(), BackendError> {

@@ -13,7 +13,7 @@
 
 use std::sync::{Arc, Mutex, OnceLock};
 
-use cudarc::driver::{sys, CudaFunction, CudaSlice, CudaView, LaunchConfig, PushKernelArg};
+use cudarc::driver::{sys, CudaFunction, CudaSlice, CudaView, LaunchConfig};
 
 use super::backend::launch;
 use super::context::CudaContext;
@@ -153,7 +153,23 @@ impl Plan {
     pub fn all(grid: &TileGrid, sms: usize) -> [Plan; 4] {
         [1, 2, 4, 8].map(|nt| Plan::new(grid, sms, nt))
     }
+
+    /// The plan of one launch over several matrices of the same format and width (`grids`, at
+    /// most [`MAX_SEGMENTS`]): planned as one matrix of all their tile rows, each matrix then
+    /// taking whole block rows of its own. Returns the plan and that combined grid (which sizes
+    /// the partial sums).
+    pub fn for_group(grids: &[TileGrid], sms: usize, nt: usize) -> (Plan, TileGrid) {
+        let mut all = grids[0];
+        all.m_tiles = grids.iter().map(|g| g.m_tiles).sum();
+        all.n_rows = all.m_tiles * TILE_ROWS;
+        let mut plan = Plan::new(&all, sms, nt);
+        plan.block_rows = grids.iter().map(|g| g.m_tiles.div_ceil(plan.warps_m as usize) as u32).sum();
+        (plan, all)
+    }
 }
+
+/// Most matrices one launch of the tiled kernels multiplies (q, k and v).
+pub const MAX_SEGMENTS: usize = 3;
 
 /// Partial sums and block-row counters of split-K launches, shared by all weights of a type
 /// (launches on the one stream never overlap). Counters are zero between launches: the last
@@ -168,8 +184,14 @@ impl SplitScratch {
     /// Grows the buffers to hold what the plans of all four kernels need for `grid`. Call at
     /// load only (see the module docs).
     pub fn reserve(&mut self, ctx: &CudaContext, sms: usize, grid: &TileGrid) -> Result<(), CudaError> {
-        let plans = Plan::all(grid, sms);
-        let floats = plans.iter().map(|p| p.partial_floats(grid)).max().unwrap_or(0);
+        self.reserve_group(ctx, sms, std::slice::from_ref(grid))
+    }
+
+    /// As [`reserve`](Self::reserve), for launches that multiply `grids` together.
+    pub fn reserve_group(&mut self, ctx: &CudaContext, sms: usize, grids: &[TileGrid]) -> Result<(), CudaError> {
+        let plans = [1, 2, 4, 8].map(|nt| Plan::for_group(grids, sms, nt));
+        let floats = plans.iter().map(|(p, all)| p.partial_floats(all)).max().unwrap_or(0);
+        let plans = plans.map(|(p, _)| p);
         if floats == 0 {
             return Ok(());
         }
@@ -288,6 +310,17 @@ pub struct MatvecArgs<'a> {
     pub accumulate: bool,
 }
 
+/// What the kernel multiplies: `x` itself, or a function of it computed while staging it (tiled
+/// kernels only; see matvec_mma.cu's "What x is").
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Input {
+    X,
+    /// `rms_norm(x) * weight`: the device address of `n_cols` floats of norm weight, and eps.
+    Normed { weight: u64, eps: f32 },
+    /// `silu(x) * up`: the device address of `up`, shaped as x.
+    Swiglu { up: u64 },
+}
+
 impl MatvecArgs<'_> {
     fn check(&self) -> Result<(), CudaError> {
         let bad = |what: String| Err(CudaError::Invalid(format!("{}: {what}", self.name)));
@@ -325,21 +358,72 @@ impl MatvecArgs<'_> {
 /// Queues `out[t][r] = Σ_c W[r][c] x[t][c] (+ bias[r])` (or `+=` with `args.accumulate`) for
 /// `t < n_x` with `kernels` (which must be of `args.layout`'s path).
 pub fn launch_matvec(ctx: &CudaContext, kernels: &MatvecKernels, args: MatvecArgs<'_>) -> Result<(), CudaError> {
-    args.check()?;
-    let (nt, f) = kernels.matvec_for(args.n_x).ok_or_else(|| CudaError::Invalid(format!("{}: no kernel for {} rows", args.name, args.n_x)))?;
-    let (n_rows, n_cols, n_x) = (args.n_rows as u32, args.n_cols as u32, args.n_x as u32);
-    let accumulate = args.accumulate as u32;
-    match (args.layout, &kernels.tiled) {
-        (Layout::Tiles(grid), Some(tiled)) => {
-            let plan = Plan::new(&grid, tiled.sms, nt);
+    launch_matvecs(ctx, kernels, vec![args], Input::X)
+}
+
+/// [`launch_matvec`] for up to [`MAX_SEGMENTS`] matrices of one type and width multiplying the
+/// same `x` (same `n_x`, same `accumulate`), in one launch on the tiled path, and `x` taken as
+/// `input` says. The generic kernels take one matrix of plain `x`.
+pub fn launch_matvecs(ctx: &CudaContext, kernels: &MatvecKernels, parts: Vec<MatvecArgs<'_>>, input: Input) -> Result<(), CudaError> {
+    let n = parts.len();
+    let Some(head) = parts.first() else { return Ok(()) };
+    // What the parts share, copied out of the first.
+    let first = Shared { name: head.name, ty: head.ty, n_cols: head.n_cols, n_x: head.n_x, accumulate: head.accumulate, layout: head.layout, x: head.x };
+    for a in &parts {
+        a.check()?;
+        if (a.ty, a.n_cols, a.n_x, a.accumulate) != (first.ty, first.n_cols, first.n_x, first.accumulate) || !std::ptr::eq(a.x, first.x) {
+            return Err(CudaError::Invalid(format!("{} and {}: one launch needs one type, width, input and write mode", first.name, a.name)));
+        }
+    }
+    let (nt, f) = kernels.matvec_for(first.n_x).ok_or_else(|| CudaError::Invalid(format!("{}: no kernel for {} rows", first.name, first.n_x)))?;
+    let (n_cols, n_x, accumulate) = (first.n_cols as u32, first.n_x as u32, first.accumulate as u32);
+    match (first.layout, &kernels.tiled) {
+        (Layout::Tiles(_), Some(tiled)) => {
+            if n > MAX_SEGMENTS {
+                return Err(CudaError::Invalid(format!("{n} matrices in one launch (at most {MAX_SEGMENTS})")));
+            }
+            let mut grids = Vec::with_capacity(n);
+            let (mut tiles, mut bias, mut y, mut m_tiles, mut n_rows) = ([0u64; MAX_SEGMENTS], [0u64; MAX_SEGMENTS], [0u64; MAX_SEGMENTS], [0u32; MAX_SEGMENTS], [0u32; MAX_SEGMENTS]);
+            for (s, a) in parts.into_iter().enumerate() {
+                let Layout::Tiles(grid) = a.layout else {
+                    return Err(CudaError::Invalid(format!("{}: tiles and blocks in one launch", a.name)));
+                };
+                if grid.k_tiles != first_k_tiles(&grids, &grid) {
+                    return Err(CudaError::Invalid(format!("{}: tile grids of different widths in one launch", a.name)));
+                }
+                grids.push(grid);
+                tiles[s] = super::backend::addr(&a.weights, ctx);
+                bias[s] = a.bias;
+                y[s] = super::backend::addr(&*a.out, ctx);
+                (m_tiles[s], n_rows[s]) = (grid.m_tiles as u32, a.n_rows as u32);
+            }
+            let (plan, all) = Plan::for_group(&grids, tiled.sms, nt);
             let scratch = tiled.scratch.lock().map_err(|_| CudaError::Invalid("split-K scratch lock poisoned".into()))?;
-            let (partials, counters) = scratch.pointers(ctx, &plan, &grid)?;
+            let (partials, counters) = scratch.pointers(ctx, &plan, &all)?;
             let block = 32 * plan.warps_m * plan.warps_k;
             let cfg = LaunchConfig { grid_dim: (plan.block_rows, plan.splits, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 };
-            let (k_tiles, m_tiles, per, wm) = (grid.k_tiles as u32, grid.m_tiles as u32, plan.k_tiles_per_split, plan.warps_m);
-            launch!(ctx, f, "matvec_mma", cfg, &args.weights, &k_tiles, &m_tiles, &n_rows, &n_cols, args.x, &n_x, &args.bias, args.out, &partials, &counters, &per, &wm, &accumulate)
+            let (k_tiles, per, wm) = (all.k_tiles as u32, plan.k_tiles_per_split, plan.warps_m);
+            let (x2, norm_w, eps) = match input {
+                Input::X => (0u64, 0u64, 0f32),
+                Input::Normed { weight, eps } => (0, weight, eps),
+                Input::Swiglu { up } => (up, 0, 0.0),
+            };
+            launch!(
+                ctx, f, "matvec_mma", cfg,
+                &tiles[0], &tiles[1], &tiles[2], &bias[0], &bias[1], &bias[2], &y[0], &y[1], &y[2],
+                &m_tiles[0], &m_tiles[1], &m_tiles[2], &n_rows[0], &n_rows[1], &n_rows[2],
+                &k_tiles, &n_cols, first.x, &x2, &norm_w, &eps, &n_x, &partials, &counters, &per, &wm, &accumulate
+            )
         }
         (Layout::Blocks, None) => {
+            if n != 1 {
+                return Err(CudaError::Invalid(format!("{}: the generic kernels take one matrix a launch", first.name)));
+            }
+            let Some(args) = parts.into_iter().next() else { return Ok(()) };
+            if input != Input::X {
+                return Err(CudaError::Invalid(format!("{}: the generic kernels take x as it is", args.name)));
+            }
+            let n_rows = args.n_rows as u32;
             let row_bytes = quant::row_bytes(args.ty, args.n_cols)? as u64;
             let cfg = LaunchConfig {
                 grid_dim: (n_rows.div_ceil(MATVEC_ROWS_PER_BLOCK), 1, 1),
@@ -348,8 +432,24 @@ pub fn launch_matvec(ctx: &CudaContext, kernels: &MatvecKernels, args: MatvecArg
             };
             launch!(ctx, f, "matvec", cfg, &args.weights, &row_bytes, &n_cols, &n_rows, args.x, &n_x, &args.bias, args.out, &accumulate)
         }
-        _ => Err(CudaError::Invalid(format!("{}: kernels of the other layout", args.name))),
+        _ => Err(CudaError::Invalid(format!("{}: kernels of the other layout", first.name))),
     }
+}
+
+/// What the matrices of one launch have in common.
+struct Shared<'a> {
+    name: &'a str,
+    ty: GgmlType,
+    n_cols: usize,
+    n_x: usize,
+    accumulate: bool,
+    layout: Layout,
+    x: &'a CudaSlice<f32>,
+}
+
+/// The column tiles every grid of one launch must share: the first one's.
+fn first_k_tiles(grids: &[TileGrid], this: &TileGrid) -> usize {
+    grids.first().map_or(this.k_tiles, |g| g.k_tiles)
 }
 
 /// Queues the float32 values of rows `row0 .. row0 + n_rows_out` of a repacked matrix into `out`
@@ -379,6 +479,14 @@ pub fn dequant_tile_rows(
     }
     let (k_tiles, row0, rows, cols) = (grid.k_tiles as u32, row0 as u32, n_rows_out as u32, grid.n_cols as u32);
     launch!(ctx, &tiled.dequant_rows, "dequant_rows", super::backend::grid_stride(n), tiles, &k_tiles, &row0, &rows, &cols, out)
+}
+
+/// What [`MatvecOp::run_group`] multiplies, as host values (see [`Input`]).
+#[derive(Debug, Clone, Copy)]
+pub enum TestInput<'a> {
+    X,
+    Normed { weight: &'a [f32], eps: f32 },
+    Swiglu { up: &'a [f32] },
 }
 
 /// One matrix on a device outside any model, run with exactly the backend's launch code: for
@@ -470,6 +578,67 @@ impl MatvecOp {
         }
         self.launch_on(0, &xd, n_x, bias_ptr, &mut out, accumulate_onto.is_some())?;
         self.ctx.download(&out, "the test matrix-vector product")
+    }
+
+    /// Several matrices of one type and width (`ops`, all on the tiled path) multiplying the
+    /// same `x` in one launch, as the backend runs q/k/v and gate/up, with `x` taken as `input`
+    /// says. Each output as [`run`](Self::run) returns it: `n_x + 1` rows, poisoned first.
+    pub fn run_group(ops: &[&MatvecOp], x: &[f32], n_x: usize, biases: &[Option<&[f32]>], poison_bits: u32, input: TestInput<'_>) -> Result<Vec<Vec<f32>>, CudaError> {
+        let Some(first) = ops.first() else { return Ok(Vec::new()) };
+        let ctx = &first.ctx;
+        if biases.len() != ops.len() || x.len() != n_x * first.n_cols {
+            return Err(CudaError::Invalid(format!("{} matrices, {} biases, x of {} floats for {n_x} rows of {}", ops.len(), biases.len(), x.len(), first.n_cols)));
+        }
+        let grids: Vec<TileGrid> = ops.iter().filter_map(|op| if let Layout::Tiles(g) = op.layout { Some(g) } else { None }).collect();
+        let tiled = first.kernels.tiled.as_ref().filter(|_| grids.len() == ops.len()).ok_or_else(|| CudaError::Invalid("run_group: every matrix must be on the tiled path".into()))?;
+        tiled.scratch.lock().map_err(|_| CudaError::Invalid("lock poisoned".into()))?.reserve_group(ctx, tiled.sms, &grids)?;
+        let xd = ctx.upload(x, "test activations")?;
+        let extra = match input {
+            TestInput::X => None,
+            TestInput::Normed { weight, .. } if weight.len() == first.n_cols => Some(ctx.upload(weight, "test norm weight")?),
+            TestInput::Swiglu { up } if up.len() == x.len() => Some(ctx.upload(up, "test up rows")?),
+            _ => return Err(CudaError::Invalid("run_group: the norm weight must have n_cols floats, up as many as x".into())),
+        };
+        let extra_ptr = extra.as_ref().map_or(0, |e| super::backend::addr(e, ctx));
+        let input = match input {
+            TestInput::X => Input::X,
+            TestInput::Normed { eps, .. } => Input::Normed { weight: extra_ptr, eps },
+            TestInput::Swiglu { .. } => Input::Swiglu { up: extra_ptr },
+        };
+        let mut bias_bufs = Vec::with_capacity(ops.len());
+        for (op, b) in ops.iter().zip(biases) {
+            match b {
+                Some(b) if b.len() != op.n_rows => return Err(CudaError::Invalid(format!("bias of {} floats for {} rows", b.len(), op.n_rows))),
+                Some(b) => bias_bufs.push(Some(ctx.upload(b, "test bias")?)),
+                None => bias_bufs.push(None),
+            }
+        }
+        let mut outs = Vec::with_capacity(ops.len());
+        for op in ops {
+            let mut out = ctx.alloc::<f32>((n_x + 1) * op.n_rows, "test output")?;
+            ctx.fill_u32_bits(&mut out, poison_bits)?;
+            outs.push(out);
+        }
+        let parts = ops
+            .iter()
+            .zip(&bias_bufs)
+            .zip(outs.iter_mut())
+            .map(|((op, b), out)| MatvecArgs {
+                name: "test matrix",
+                ty: op.ty,
+                n_rows: op.n_rows,
+                n_cols: op.n_cols,
+                layout: op.layout,
+                weights: op.weights.slice(..op.bytes_per_copy),
+                x: &xd,
+                n_x,
+                bias: b.as_ref().map_or(0, |b| super::backend::addr(b, ctx)),
+                out,
+                accumulate: false,
+            })
+            .collect();
+        launch_matvecs(ctx, &first.kernels, parts, input)?;
+        outs.iter().map(|o| ctx.download(o, "the grouped test products")).collect()
     }
 
     /// Rows `row0 .. row0 + n` dequantized on the device through the layout's row reader (the

@@ -13,9 +13,8 @@
 //! let ctx = CudaContext::get("cuda:0")?;
 //! let w = ctx.upload_weights(file.tensor_bytes(&info), &info.name)?;  // blocks as-is
 //! let f = ctx.function(&MY_KERNELS, "my_kernel")?;                    // NVRTC, cached
-//! let mut launch = ctx.stream().launch_builder(&f);
-//! launch.arg(&w).arg(&mut out).arg(&n);
-//! ctx.check_launch(unsafe { launch.launch(cfg) }, "my_kernel")?;
+//! launch!(ctx, &f, "my_kernel", cfg, &w, &mut out, &n)?;             // launch.rs; the kernel
+//!                                                                     // starts with dependent_wait()
 //! let host = ctx.download(&out, "my output")?;                        // syncs; reports faults
 //! ```
 
@@ -24,6 +23,7 @@ pub mod context;
 pub mod dequant;
 pub mod device_tensor;
 pub mod kernels;
+pub mod launch;
 pub mod error;
 mod matmul;
 pub mod matvec;
