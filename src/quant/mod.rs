@@ -19,6 +19,8 @@ mod packed;
 mod packed_avx2;
 #[cfg(target_arch = "x86_64")]
 mod packed_avx512;
+#[cfg(target_arch = "aarch64")]
+mod packed_neon;
 pub mod pool;
 mod ternary;
 mod types;

@@ -17,7 +17,9 @@
 //! kernels compute the exact integer `Σ W·a - offset·Σa`, convert it to f32, multiply by `da`
 //! and accumulate `s ·` that (and `- mn · da·Σa` for the formats with mins) with one fused
 //! multiply-add per block. Every instruction-set build does exactly these f32 operations in this
-//! order per row, so they all give bit-identical results (`kernel_scalar` is the oracle).
+//! order per row, so they all give bit-identical results (`kernel_scalar` is the oracle). Builds:
+//! AVX-512 VNNI (packed_avx512.rs), AVX2 (packed_avx2.rs), NEON with dotprod on aarch64
+//! (packed_neon.rs), and the scalar one; `Isa::available` picks what the CPU runs.
 
 use super::matmul::{unpack_row, UnpackedRow};
 use super::pool::ThreadPool;
@@ -389,6 +391,9 @@ pub(crate) enum Isa {
     Avx2,
     #[cfg(target_arch = "x86_64")]
     Avx512Vnni,
+    /// NEON with the dot-product extension (`sdot`).
+    #[cfg(target_arch = "aarch64")]
+    NeonDot,
 }
 
 impl Isa {
@@ -414,6 +419,12 @@ impl Isa {
                 v.push(Isa::Avx512Vnni);
             }
         }
+        #[cfg(target_arch = "aarch64")]
+        {
+            if std::arch::is_aarch64_feature_detected!("neon") && std::arch::is_aarch64_feature_detected!("dotprod") {
+                v.push(Isa::NeonDot);
+            }
+        }
         v
     }
 }
@@ -429,6 +440,8 @@ unsafe fn run_group(isa: Isa, ty: GgmlType, job: &GroupJob<'_>, out: *mut f32) {
                 Isa::Avx2 => super::packed_avx2::kernel::<$f>($job, $out),
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx512Vnni => super::packed_avx512::kernel::<$f>($job, $out),
+                #[cfg(target_arch = "aarch64")]
+                Isa::NeonDot => super::packed_neon::kernel::<$f>($job, $out),
             }
             Some(())
         }};
