@@ -18,7 +18,7 @@
 //! and accumulate `s ·` that (and `- mn · da·Σa` for the formats with mins) with one fused
 //! multiply-add per block. Every instruction-set build does exactly these f32 operations in this
 //! order per row, so they all give bit-identical results (`kernel_scalar` is the oracle). Builds:
-//! AVX-512 VNNI (packed_avx512.rs), AVX2 (packed_avx2.rs), NEON with dotprod on aarch64
+//! AVX-512 VNNI (packed_avx512.rs), AVX-VNNI and AVX2 (packed_avx2.rs), NEON with dotprod on aarch64
 //! (packed_neon.rs), and the scalar one; `Isa::available` picks what the CPU runs.
 
 use super::matmul::{unpack_row, UnpackedRow};
@@ -389,6 +389,12 @@ pub(crate) enum Isa {
     Scalar,
     #[cfg(target_arch = "x86_64")]
     Avx2,
+    /// The 256-bit `vpdpbusd` (Intel client CPUs without AVX-512).
+    #[cfg(target_arch = "x86_64")]
+    AvxVnni,
+    /// Tests only: AVX-VNNI's arithmetic with AVX-512 VL's encoding (see packed_avx2.rs).
+    #[cfg(all(target_arch = "x86_64", test))]
+    Avx512Ymm,
     #[cfg(target_arch = "x86_64")]
     Avx512Vnni,
     /// NEON with the dot-product extension (`sdot`).
@@ -412,10 +418,19 @@ impl Isa {
         let mut v = vec![Isa::Scalar];
         #[cfg(target_arch = "x86_64")]
         {
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
+            let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c");
+            if avx2 {
                 v.push(Isa::Avx2);
             }
-            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vnni") {
+            if avx2 && is_x86_feature_detected!("avxvnni") {
+                v.push(Isa::AvxVnni);
+            }
+            let avx512 = is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vnni");
+            #[cfg(test)]
+            if avx2 && avx512 && is_x86_feature_detected!("avx512vl") {
+                v.push(Isa::Avx512Ymm);
+            }
+            if avx512 {
                 v.push(Isa::Avx512Vnni);
             }
         }
@@ -437,7 +452,11 @@ unsafe fn run_group(isa: Isa, ty: GgmlType, job: &GroupJob<'_>, out: *mut f32) {
             match $isa {
                 Isa::Scalar => kernel_scalar::<$f>($job, $out),
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 => super::packed_avx2::kernel::<$f>($job, $out),
+                Isa::Avx2 => super::packed_avx2::avx2::kernel::<$f>($job, $out),
+                #[cfg(target_arch = "x86_64")]
+                Isa::AvxVnni => super::packed_avx2::avx_vnni::kernel::<$f>($job, $out),
+                #[cfg(all(target_arch = "x86_64", test))]
+                Isa::Avx512Ymm => super::packed_avx2::avx512_ymm::kernel::<$f>($job, $out),
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx512Vnni => super::packed_avx512::kernel::<$f>($job, $out),
                 #[cfg(target_arch = "aarch64")]
