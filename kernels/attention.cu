@@ -19,7 +19,7 @@ extern "C" __global__ void kv_append(const float* __restrict__ k, const float* _
     }
 }
 
-// Warps per block: the host picks 1..ATTN_MAX_WARPS per launch (more when few rows have long
+// Warps per block: the host picks 4..ATTN_MAX_WARPS per launch (more when few rows have long
 // contexts, as in decode; 4 when many rows keep the GPU busy anyway, as in prefill).
 #define ATTN_MAX_WARPS 16
 // Value rows loaded together (see the value loop).

@@ -149,7 +149,9 @@ __device__ __forceinline__ float warp_max(float v) {
 // that an earlier kernel writes or reads (activations, caches, scratch; weights are constant and
 // may be loaded before it). The wait returns once the previous kernel has completed and its
 // writes are visible; then this kernel lets the next one start launching, so at most one
-// kernel waits ahead of the running one.
+// kernel waits ahead of the running one. A block may return without waiting only if it touched
+// nothing other kernels use, and at least one block of every grid must wait: the next kernel's
+// wait covers this kernel only, so this kernel's completion must imply its predecessor's.
 __device__ __forceinline__ void dependent_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");

@@ -54,8 +54,9 @@ __device__ __forceinline__ u32 bf16_rn(float v) {
     return h;
 }
 
-// Stages x[n][col0 .. col0 + len) for n < NT (rows n >= n_x and columns past n_cols as zeros)
-// into xs, split in three bf16 parts, and for Q4_K the 32-column sums of each part into xsum.
+// Stages x[n][col0 .. col0 + len) for n < NT (rows n >= n_x and columns past n_cols as zeros),
+// as silu(x) * x2 when x2 is given and as x * inv_rms[n] * norm_w when norm_w is, into xs, split
+// in three bf16 parts, and for Q4_K the 32-column sums of each part into xsum.
 // Four float4 loads in flight per thread. len is a multiple of 128, so every warp runs the same
 // iterations (the shuffles need all lanes).
 template <int NT, int XSTRIDE, int NG, int SUMS>

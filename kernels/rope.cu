@@ -59,7 +59,9 @@ extern "C" __global__ void rope_store(float* __restrict__ q, u32 q_heads, const 
     }
     __syncthreads();
     const u32 slot = slots[t];
-    if (slot >= capacity) return;  // the host checks every slot before the batch is uploaded
+    // The host checks every slot before the batch is uploaded: a block never returns here, so
+    // q is always rotated.
+    if (slot >= capacity) return;
     const u32 kv_width = kv_heads * head_dim;
     for (u32 idx = threadIdx.x; idx < (q_heads + kv_heads) * half; idx += blockDim.x) {
         const u32 h = idx / half, i = idx % half;

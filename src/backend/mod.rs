@@ -362,8 +362,9 @@ pub trait Backend: Send + 'static {
     ) -> Result<(), BackendError>;
 
     /// [`rope_qk`](Self::rope_qk) on `q` and `k`, then [`attention`](Self::attention): a layer's
-    /// attention with rotary position embeddings. A GPU backend rotates and writes the cache in
-    /// one launch.
+    /// attention with rotary position embeddings. Afterwards `q` holds the rotated queries; `k`
+    /// may hold the rotated keys or not (CUDA rotates them straight into the cache, in the same
+    /// launch that writes it).
     #[allow(clippy::too_many_arguments)]
     fn rope_attention(
         &mut self,

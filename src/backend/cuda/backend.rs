@@ -693,8 +693,12 @@ impl Backend for CudaBackend {
     fn prepare_group(&mut self, weights: &[&CudaWeight]) -> Result<(), BackendError> {
         // Launches of the tiled kernels over several matrices of one type need split-K scratch
         // for all their rows at once; sized here, never during a (recorded) forward.
-        let mut types: Vec<GgmlType> = weights.iter().map(|w| w.ty).collect();
-        types.dedup();
+        let mut types: Vec<GgmlType> = Vec::new();
+        for w in weights {
+            if !types.contains(&w.ty) {
+                types.push(w.ty);
+            }
+        }
         for ty in types {
             let grids: Vec<_> = weights
                 .iter()

@@ -118,8 +118,9 @@ pub struct CudaContext {
     pub(super) staging: Mutex<Option<Staging>>,
     /// FERRITE_CUDA_SYNC=1: synchronize after every launch so a fault names its kernel.
     sync_each_launch: bool,
-    /// Kernels launched through [`CudaContext::launch`] may start while the previous kernel
-    /// finishes (programmatic dependent launch; sm_90+, off with FERRITE_CUDA_PDL=0).
+    /// Kernels launched through [`CudaContext::launch_raw`] may start while the previous kernel
+    /// finishes (programmatic dependent launch; sm_90+ and a driver of CUDA 12.3 or later, which
+    /// records such launches into graphs; off with FERRITE_CUDA_PDL=0).
     dependent_launch: bool,
 }
 
@@ -157,18 +158,19 @@ impl CudaContext {
         let (major, minor) = raw.compute_capability().ctx(|| "querying compute capability".into())?;
         let name = raw.name().ctx(|| "querying device name".into())?;
         let total_mem_bytes = raw.total_mem().ctx(|| "querying device memory".into())?;
+        let driver = driver_version()?;
         Ok(CudaContext {
             raw,
             stream,
             ordinal,
             name,
             compute_capability: (major as u32, minor as u32),
-            driver_version: driver_version()?,
+            driver_version: driver,
             total_mem_bytes,
             modules: Mutex::new(HashMap::new()),
             staging: Mutex::new(None),
             sync_each_launch: std::env::var("FERRITE_CUDA_SYNC").is_ok_and(|v| v == "1"),
-            dependent_launch: major >= 9 && std::env::var("FERRITE_CUDA_PDL").map_or(true, |v| v != "0"),
+            dependent_launch: major >= 9 && driver >= 12030 && std::env::var("FERRITE_CUDA_PDL").map_or(true, |v| v != "0"),
         })
     }
 
@@ -269,11 +271,6 @@ impl CudaContext {
             numAttrs: self.dependent_launch as u32,
         };
         sys::cuLaunchKernelEx(&config, f.cu_function(), params.as_mut_ptr(), std::ptr::null_mut()).result()
-    }
-
-    /// Whether launches through [`CudaContext::launch_raw`] allow programmatic dependent launch.
-    pub fn dependent_launch(&self) -> bool {
-        self.dependent_launch
     }
 
     /// The kernel `function` from `source`, compiling (or loading from the disk cache) the

@@ -65,7 +65,7 @@ macro_rules! launch {
         let mut params = words.each_mut().map(|w| w as *mut u64 as *mut std::ffi::c_void);
         // SAFETY: each call site passes the argument list of the named kernel in kernels/, with
         // buffer sizes checked against the element counts beforehand; every kernel waits for its
-        // predecessor before touching shared memory (see `launch_raw`).
+        // predecessor before touching device memory that other kernels use (see `launch_raw`).
         ctx.check_launch(unsafe { ctx.launch_raw($func, $cfg, &mut params) }, $name)
     }};
 }

@@ -60,7 +60,8 @@ pub struct Plan {
     pub warps_m: u32,
     /// Warps that share the columns of one tile row inside a block (added in shared memory).
     pub warps_k: u32,
-    /// Blocks along the rows: `ceil(m_tiles / warps_m)`.
+    /// Blocks along the rows: `ceil(m_tiles / warps_m)`, summed over the matrices of a group
+    /// ([`Plan::for_group`]).
     pub block_rows: u32,
     /// Column splits across blocks (`gridDim.y`); 1 = none.
     pub splits: u32,
