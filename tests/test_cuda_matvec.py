@@ -111,6 +111,13 @@ def test_bad_arguments_are_value_errors():
     x = np.zeros((1, 32), np.float32)
     with pytest.raises(ValueError, match="path must be"):
         ferrite._ferrite._cuda_matvec(raw, "Q8_0", 4, 32, x, path="fast")
+    # The grouped hook checks its arguments before it touches a device.
+    with pytest.raises(ValueError, match="2 matrices and 1 row counts"):
+        ferrite._ferrite._cuda_matvecs([raw, raw], "Q8_0", [4], 32, x)
+    with pytest.raises(ValueError, match="exclusive"):
+        ferrite._ferrite._cuda_matvecs([raw], "Q8_0", [4], 32, x, norm_weight=np.ones(32, np.float32), swiglu_up=x)
+    with pytest.raises(ValueError, match="swiglu_up has shape"):
+        ferrite._ferrite._cuda_matvecs([raw], "Q8_0", [4], 32, x, swiglu_up=np.zeros((2, 32), np.float32))
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="checks the behaviour on machines without CUDA")
