@@ -79,6 +79,20 @@ pub struct CudaKvCache {
     v: CudaSlice<f32>,
 }
 
+impl CudaKvCache {
+    /// The elements of `k` and `v` that hold layer `layer`.
+    fn layer_range(&self, layer: usize) -> std::ops::Range<usize> {
+        let layer_len = self.layout.capacity_tokens() * self.layout.n_kv_heads * self.layout.head_dim;
+        layer * layer_len..(layer + 1) * layer_len
+    }
+}
+
+/// Launch shape of the RoPE kernels: one block per token, a thread per rotated pair up to 8 warps.
+fn rope_launch(n_tokens: usize, pairs: usize) -> Result<LaunchConfig, BackendError> {
+    let threads = (pairs as u32).div_ceil(32).clamp(1, 8) * 32;
+    Ok(LaunchConfig { grid_dim: (to_u32("tokens", n_tokens)?, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 })
+}
+
 /// A [`BatchPlan`] in the backend's device buffer: device addresses of its arrays (u32 each).
 /// Valid until the next `upload_batch`.
 pub struct CudaBatch {
@@ -368,10 +382,7 @@ impl CudaBackend {
         let Some((_, attend)) = self.fixed.attention.as_ref().filter(|(d, _)| *d == hd) else {
             return Err(BackendError::Invalid(format!("head_dim {hd} has no CUDA attention kernel")));
         };
-        let lay = cache.layout;
-        let kv_width = p.n_kv_heads * hd;
-        let layer_len = lay.capacity_tokens() * kv_width;
-        let range = layer * layer_len..(layer + 1) * layer_len;
+        let range = cache.layer_range(layer);
         let n_u = to_u32("tokens", batch.n_tokens)?;
         // One block per token, KV head and slice of its query heads.
         let slices = to_u32("query heads per KV head", (p.n_heads / p.n_kv_heads).div_ceil(kernels::attention_group(hd)))?;
@@ -416,9 +427,7 @@ impl CudaBackend {
             return Ok(());
         }
         let y_heads = y.as_ref().map_or(0, |(_, h)| *h);
-        let pairs = ((p.n_heads + y_heads) * p.head_dim / 2) as u32;
-        let threads = pairs.div_ceil(32).clamp(1, 8) * 32;
-        let cfg = LaunchConfig { grid_dim: (to_u32("tokens", batch.n_tokens)?, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+        let cfg = rope_launch(batch.n_tokens, (p.n_heads + y_heads) * p.head_dim / 2)?;
         let (x_heads, y_heads, head_dim) = (to_u32("heads", p.n_heads)?, to_u32("heads", y_heads)?, to_u32("head_dim", p.head_dim)?);
         let neox: u32 = matches!(p.style, RopeStyle::Neox) as u32;
         let (ctx, f) = (&self.ctx, &self.fixed.rope);
@@ -789,12 +798,10 @@ impl Backend for CudaBackend {
         if batch.n_tokens == 0 {
             return Ok(());
         }
-        let lay = cache.layout;
-        let layer_len = lay.capacity_tokens() * kv_width;
-        let range = layer * layer_len..(layer + 1) * layer_len;
+        let range = cache.layer_range(layer);
         let mut kc = cache.k.slice_mut(range.clone());
         let mut vc = cache.v.slice_mut(range);
-        let (kv_width_u, capacity) = (to_u32("kv width", kv_width)?, to_u32("KV capacity", lay.capacity_tokens())?);
+        let (kv_width_u, capacity) = (to_u32("kv width", kv_width)?, to_u32("KV capacity", cache.layout.capacity_tokens())?);
         let cfg = LaunchConfig { grid_dim: (to_u32("tokens", batch.n_tokens)?, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
         launch!(self.ctx, &self.fixed.kv_append, "kv_append", cfg, &k.buf, &v.buf, &batch.slots, &kv_width_u, &capacity, &mut kc, &mut vc)?;
         self.attend(q, cache, layer, batch, p, out)
@@ -818,7 +825,7 @@ impl Backend for CudaBackend {
             self.rope_qk(q, k, batch, qp, kp)?;
             return self.attention(q, k, v, cache, layer, batch, p, out);
         }
-        let kv_width = self.check_attention(q, k, v, cache, layer, batch, p, out)?;
+        self.check_attention(q, k, v, cache, layer, batch, p, out)?;
         check_width("rope input", q.width, qp.n_heads * qp.head_dim)?;
         check_width("rope input", k.width, kp.n_heads * kp.head_dim)?;
         if qp.head_dim % 2 != 0 {
@@ -827,15 +834,11 @@ impl Backend for CudaBackend {
         if batch.n_tokens == 0 {
             return Ok(());
         }
-        let lay = cache.layout;
-        let layer_len = lay.capacity_tokens() * kv_width;
-        let range = layer * layer_len..(layer + 1) * layer_len;
+        let range = cache.layer_range(layer);
         let mut kc = cache.k.slice_mut(range.clone());
         let mut vc = cache.v.slice_mut(range);
-        let capacity = to_u32("KV capacity", lay.capacity_tokens())?;
-        let pairs = ((qp.n_heads + kp.n_heads) * qp.head_dim / 2) as u32;
-        let threads = pairs.div_ceil(32).clamp(1, 8) * 32;
-        let cfg = LaunchConfig { grid_dim: (to_u32("tokens", batch.n_tokens)?, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+        let capacity = to_u32("KV capacity", cache.layout.capacity_tokens())?;
+        let cfg = rope_launch(batch.n_tokens, (qp.n_heads + kp.n_heads) * qp.head_dim / 2)?;
         let (q_heads, kv_heads, head_dim) = (to_u32("heads", qp.n_heads)?, to_u32("heads", kp.n_heads)?, to_u32("head_dim", qp.head_dim)?);
         let neox: u32 = matches!(qp.style, RopeStyle::Neox) as u32;
         launch!(

@@ -102,32 +102,24 @@ pub(super) fn tiled_matvecs(
         while !group.is_empty() {
             let take: Vec<_> = group.drain(..group.len().min(MAX_SEGMENTS)).collect();
             let kernels = take[0].0.kernels.clone().ok_or_else(|| BackendError::Invalid(format!("{}: a vector cannot be multiplied", take[0].0.name)))?;
-            let parts = take
-                .into_iter()
-                .map(|(w, bias, out)| MatvecArgs {
-                    name: &w.name,
-                    ty: w.ty,
-                    n_rows: w.n_rows,
-                    n_cols: w.n_cols,
-                    layout: w.layout,
-                    weights: w.blocks.slice(..),
-                    x: &x.buf,
-                    n_x,
-                    bias: bias.map_or(0, |b| addr(b, &be.ctx)),
-                    out: &mut out.buf,
-                    accumulate: write == Write::Accumulate,
-                })
-                .collect();
+            let parts = take.into_iter().map(|(w, bias, out)| matvec_args(be, w, bias, x, n_x, out, write)).collect();
             launch_matvecs(&be.ctx, &kernels, parts, input)?;
         }
     }
     Ok(())
 }
 
-fn matvec(be: &mut CudaBackend, w: &CudaWeight, bias: Option<&CudaSlice<f32>>, x: &CudaAct, n_x: usize, out: &mut CudaAct, write: Write) -> Result<(), BackendError> {
-    let kernels = w.kernels.as_ref().ok_or_else(|| BackendError::Invalid(format!("{}: a vector cannot be multiplied", w.name)))?;
-    let bias = bias.map_or(0, |b| addr(b, &be.ctx));
-    let args = MatvecArgs {
+/// One projection as the matrix-vector launch code takes it.
+fn matvec_args<'a>(
+    be: &CudaBackend,
+    w: &'a CudaWeight,
+    bias: Option<&CudaSlice<f32>>,
+    x: &'a CudaAct,
+    n_x: usize,
+    out: &'a mut CudaAct,
+    write: Write,
+) -> MatvecArgs<'a> {
+    MatvecArgs {
         name: &w.name,
         ty: w.ty,
         n_rows: w.n_rows,
@@ -136,11 +128,15 @@ fn matvec(be: &mut CudaBackend, w: &CudaWeight, bias: Option<&CudaSlice<f32>>, x
         weights: w.blocks.slice(..),
         x: &x.buf,
         n_x,
-        bias,
+        bias: bias.map_or(0, |b| addr(b, &be.ctx)),
         out: &mut out.buf,
         accumulate: write == Write::Accumulate,
-    };
-    launch_matvec(&be.ctx, kernels, args)?;
+    }
+}
+
+fn matvec(be: &mut CudaBackend, w: &CudaWeight, bias: Option<&CudaSlice<f32>>, x: &CudaAct, n_x: usize, out: &mut CudaAct, write: Write) -> Result<(), BackendError> {
+    let kernels = w.kernels.as_ref().ok_or_else(|| BackendError::Invalid(format!("{}: a vector cannot be multiplied", w.name)))?;
+    launch_matvec(&be.ctx, kernels, matvec_args(be, w, bias, x, n_x, out, write))?;
     Ok(())
 }
 

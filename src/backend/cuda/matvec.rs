@@ -389,7 +389,7 @@ pub fn launch_matvecs(ctx: &CudaContext, kernels: &MatvecKernels, parts: Vec<Mat
                 let Layout::Tiles(grid) = a.layout else {
                     return Err(CudaError::Invalid(format!("{}: tiles and blocks in one launch", a.name)));
                 };
-                if grid.k_tiles != first_k_tiles(&grids, &grid) {
+                if grids.first().is_some_and(|g: &TileGrid| g.k_tiles != grid.k_tiles) {
                     return Err(CudaError::Invalid(format!("{}: tile grids of different widths in one launch", a.name)));
                 }
                 grids.push(grid);
@@ -446,11 +446,6 @@ struct Shared<'a> {
     accumulate: bool,
     layout: Layout,
     x: &'a CudaSlice<f32>,
-}
-
-/// The column tiles every grid of one launch must share: the first one's.
-fn first_k_tiles(grids: &[TileGrid], this: &TileGrid) -> usize {
-    grids.first().map_or(this.k_tiles, |g| g.k_tiles)
 }
 
 /// Queues the float32 values of rows `row0 .. row0 + n_rows_out` of a repacked matrix into `out`
