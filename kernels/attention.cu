@@ -22,8 +22,6 @@ extern "C" __global__ void kv_append(const float* __restrict__ k, const float* _
 // Warps per block: the host picks 4..ATTN_MAX_WARPS per launch (more when few rows have long
 // contexts, as in decode; 4 when many rows keep the GPU busy anyway, as in prefill).
 #define ATTN_MAX_WARPS 16
-// Value rows loaded together (see the value loop).
-#define ATTN_V_BATCH 8
 
 // One block per (token, KV head, slice of the query heads sharing that KV head). Each warp takes
 // chunks of 32 keys (warp w: keys 32w .., then 32 * n_warps further on): lane j scores key j of
@@ -42,6 +40,8 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, const flo
                                           u32 block_tokens, u32 n_heads, u32 n_kv_heads, float scale,
                                           float* __restrict__ out) {
     constexpr int PER_LANE = (HD + 31) / 32;  // output dims per lane; lanes past HD hold none
+    // Value rows loaded together: 32 floats of registers a lane whatever the head dim.
+    constexpr int V_BATCH = 32 / PER_LANE;
     // The chunk's softmax weights and slots while the warps run, their partial outputs after
     // (a __syncthreads separates the two uses).
     struct Chunk {
@@ -108,6 +108,24 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, const flo
         // A lane past the end reads key j0's row (valid) and discards the result.
         const u32 jr = valid ? j : j0;
         const u32 slot = table[jr >> bt_shift] * block_tokens + (jr & bt_mask);
+        sh.chunk.slot[warp][lane] = slot;
+        __syncwarp();
+        const u32 n_valid = min(32u, n_ctx - j0);
+        // Values V_BATCH keys at a time, all their loads issued before the first is used; the
+        // first batch goes out before the keys' scores are computed, so its latency overlaps
+        // theirs (a short context's attention is a chain of memory round trips).
+        float vv[V_BATCH][PER_LANE];
+        auto load_values = [&](u32 jb) {
+#pragma unroll
+            for (int u = 0; u < V_BATCH; u++) {
+                // Keys past the chunk's end read key jb's row (valid); their weights are 0.
+                const u32 jj = jb + u < n_valid ? jb + u : jb;
+                const float* vp = vc + (u64)sh.chunk.slot[warp][jj] * kv_width;
+#pragma unroll
+                for (int i = 0; i < PER_LANE; i++) vv[u][i] = (HD % 32 == 0 || lane + 32 * i < HD) ? vp[lane + 32 * i] : 0.0f;
+            }
+        };
+        load_values(0);
         const float4* kp = reinterpret_cast<const float4*>(kc + (u64)slot * kv_width);
         float d[G];
 #pragma unroll
@@ -125,7 +143,6 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, const flo
                 d[g] = fmaf(qq.w, kk.w, d[g]);
             }
         }
-        sh.chunk.slot[warp][lane] = slot;
 #pragma unroll
         for (int g = 0; g < G; g++) {
             if (g >= n_here) break;
@@ -141,21 +158,10 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, const flo
             sh.chunk.p[warp][g][lane] = p;
         }
         __syncwarp();
-        // Values ATTN_V_BATCH keys at a time: all their loads are issued before the first is
-        // used, so a chunk waits for memory 32 / ATTN_V_BATCH times rather than 32 times.
-        const u32 n_valid = min(32u, n_ctx - j0);
-        for (u32 jb = 0; jb < n_valid; jb += ATTN_V_BATCH) {
-            float vv[ATTN_V_BATCH][PER_LANE];
+        for (u32 jb = 0; jb < n_valid; jb += V_BATCH) {
+            if (jb > 0) load_values(jb);
 #pragma unroll
-            for (int u = 0; u < ATTN_V_BATCH; u++) {
-                // Keys past the chunk's end read key jb's row (valid); their weights are 0.
-                const u32 jj = jb + u < n_valid ? jb + u : jb;
-                const float* vp = vc + (u64)sh.chunk.slot[warp][jj] * kv_width;
-#pragma unroll
-                for (int i = 0; i < PER_LANE; i++) vv[u][i] = (HD % 32 == 0 || lane + 32 * i < HD) ? vp[lane + 32 * i] : 0.0f;
-            }
-#pragma unroll
-            for (int u = 0; u < ATTN_V_BATCH; u++) {
+            for (int u = 0; u < V_BATCH; u++) {
                 if (jb + u >= n_valid) break;
 #pragma unroll
                 for (int g = 0; g < G; g++) {

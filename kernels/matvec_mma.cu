@@ -269,8 +269,23 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
     // The first tile's loads go out before x is staged: the two latencies overlap.
     Tile cur;
     if (active && kt_begin + wk < kt_end) cur.load(tile_row + (u64)(kt_begin + wk) * Tile::TILE_BYTES, lane);
+    // The bias this lane adds (rows g and g + 8 of its tile row) is constant too: for one or
+    // two x rows (latency-bound) it is loaded now; with more, the registers are worth more.
+    const u32 r0 = mt * RP_TILE_ROWS + g, r1 = r0 + 8;
+    const bool early_bias = NT <= 2 && bias != nullptr && active && wk == 0 && t == 0 && n_splits == 1;
+    const float b0 = early_bias && r0 < n_rows ? bias[r0] : 0.0f;
+    const float b1 = early_bias && r1 < n_rows ? bias[r1] : 0.0f;
     // Weights are constant; everything from here on may be the previous kernel's output.
     dependent_wait();
+    // What a one-row projection adds its products to (the residual stream), loaded before the
+    // work so that the epilogue does not wait for it.
+    float prev[2] = {0.0f, 0.0f};
+    if constexpr (NT == 1) {
+        if (accumulate && active && wk == 0 && t == 0 && n_splits == 1) {
+            if (r0 < n_rows) prev[0] = y[r0];
+            if (r1 < n_rows) prev[1] = y[r1];
+        }
+    }
     if (norm_w) block_inv_rms<NT>(x, n_x, n_cols, eps, inv_rms);
 
     // This lane's B column in each group: x row n = 2j + g/3, part g % 3 (columns 6, 7: zero).
@@ -338,7 +353,6 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
     // Partial sums of every segment, one after the other: rows_pad rows per split and x row.
     const u32 rows_pad = (segs.m_tiles[0] + segs.m_tiles[1] + segs.m_tiles[2]) * RP_TILE_ROWS;
     const u32 part0 = tile_base * RP_TILE_ROWS;
-    const u32 r0 = mt * RP_TILE_ROWS + g, r1 = r0 + 8;
 #pragma unroll
     for (int j = 0; j < NG; j++) {
 #pragma unroll
@@ -358,8 +372,17 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
             v1 += __shfl_xor_sync(FULL_WARP, v1, 2);
             if (!writer || t != 0 || n >= n_x) continue;
             if (n_splits == 1) {
-                if (r0 < n_rows) put(y + (u64)n * n_rows + r0, v0 + (bias ? bias[r0] : 0.0f), accumulate);
-                if (r1 < n_rows) put(y + (u64)n * n_rows + r1, v1 + (bias ? bias[r1] : 0.0f), accumulate);
+                if constexpr (NT == 1) {
+                    // put() with the bias and the old value loaded early: old + (sum + bias).
+                    if (r0 < n_rows) y[r0] = accumulate ? prev[0] + (v0 + b0) : v0 + b0;
+                    if (r1 < n_rows) y[r1] = accumulate ? prev[1] + (v1 + b1) : v1 + b1;
+                } else if constexpr (NT == 2) {
+                    if (r0 < n_rows) put(y + (u64)n * n_rows + r0, v0 + b0, accumulate);
+                    if (r1 < n_rows) put(y + (u64)n * n_rows + r1, v1 + b1, accumulate);
+                } else {
+                    if (r0 < n_rows) put(y + (u64)n * n_rows + r0, v0 + (bias ? bias[r0] : 0.0f), accumulate);
+                    if (r1 < n_rows) put(y + (u64)n * n_rows + r1, v1 + (bias ? bias[r1] : 0.0f), accumulate);
+                }
             } else {
                 float* dst = partials + ((u64)split * NT + n) * rows_pad + part0;
                 dst[r0] = v0;
