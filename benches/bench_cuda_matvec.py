@@ -2,6 +2,14 @@
 
     python benches/bench_cuda_matvec.py [--json OUT.json] [--types Q5_0,Q8_0,Q4_K,Q6_K]
                                         [--shapes real,7b] [--rows 1,2,4,8]
+    python benches/bench_cuda_matvec.py --sweep-plans [--types ...] [--shapes ...] [--rows ...]
+    ncu --clock-control none --kernel-name regex:matvec_mma --launch-skip 2 --launch-count 1 \
+        python benches/bench_cuda_matvec.py --launches Q4_K:18944x3584:1
+
+--sweep-plans times every plan of PLANS (forced through `_cuda_matvec_force_plan`) beside the
+heuristic's, for the tiled kernels only, and prints the four best per row count: how
+src/backend/cuda/matvec.rs's Plan was tuned. --launches runs a few launches of one matrix and
+exits, for a profiler.
 
 For each weight type, each matrix shape of the real test model (Qwen2.5 0.5B: 896x896 q/o,
 128x896 k/v, 4864x896 gate/up, 896x4864 down, 151936x896 LM head) and of a 7B model
@@ -52,16 +60,65 @@ def random_matrix(name: str, n_rows: int, n_cols: int, rng: np.random.Generator)
     return raw.reshape(-1)
 
 
+# (warps_m, warps_k, splits) the plan sweep forces.
+PLANS = [(4, 1, 1), (4, 1, 2), (4, 1, 4), (4, 1, 8), (2, 1, 1), (2, 1, 2), (2, 1, 4), (2, 1, 8), (8, 1, 1), (1, 1, 1),
+         (1, 1, 2), (1, 2, 1), (2, 2, 1), (4, 2, 4), (1, 4, 1), (1, 8, 1)]
+
+
+def sweep_plans(chosen: list, types: list[str], rows: list[int], copy_gbs: float) -> None:
+    """Each forced plan of PLANS beside the heuristic's, on every chosen shape and type."""
+    rng = np.random.default_rng(0)
+    force = ferrite._ferrite._cuda_matvec_force_plan
+    for _, label, n_rows, n_cols in chosen:
+        for name in types:
+            if n_cols % TYPES[name][0]:
+                continue
+            raw = random_matrix(name, n_rows, n_cols, rng)
+            copies = max(1, math.ceil(ROTATE_BYTES / raw.nbytes))
+            iters = int(min(2000, max(8, TARGET_SECONDS / 2 * 2e12 / raw.nbytes)))
+            timed = []
+            try:
+                for plan in [None, *PLANS]:
+                    if plan:
+                        force(*plan)
+                    else:
+                        force()
+                    r = ferrite._ferrite._cuda_matvec_time(raw, name, n_rows, n_cols, rows, "tiled", copies, iters)
+                    share = {n: raw.nbytes / statistics.median(r["seconds"][n]) / 1e9 / copy_gbs for n in rows}
+                    timed.append((plan, share, r["plans"]))
+            finally:
+                force()
+            for n in rows:
+                best = sorted(timed[1:], key=lambda o: -o[1][n])[:4]
+                print(f"{label} {name} n_x={n}: heuristic {timed[0][1][n]:.0%} {tuple(timed[0][2][n])}; best: "
+                      + ", ".join(f"{o[1][n]:.0%} {tuple(o[2][n])[:4]}" for o in best))
+            sys.stdout.flush()
+
+
+def launches(spec: str) -> None:
+    """A few launches of one matrix (TYPE:ROWSxCOLS:N_X), for a profiler."""
+    name, shape, n_x = spec.split(":")
+    n_rows, n_cols = (int(v) for v in shape.split("x"))
+    raw = random_matrix(name, n_rows, n_cols, np.random.default_rng(0))
+    r = ferrite._ferrite._cuda_matvec_time(raw, name, n_rows, n_cols, [int(n_x)], "tiled", 1, 4)
+    print(name, n_rows, n_cols, n_x, r["seconds"][int(n_x)], r["plans"][int(n_x)])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", help="write the measurements here")
     ap.add_argument("--types", default="Q5_0,Q8_0,Q4_K,Q6_K")
     ap.add_argument("--shapes", default="real,7b")
     ap.add_argument("--rows", default="1,2,4,8")
+    ap.add_argument("--sweep-plans", action="store_true", help="time every plan of PLANS beside the heuristic's")
+    ap.add_argument("--launches", metavar="TYPE:ROWSxCOLS:N_X", help="a few launches of one matrix, for ncu")
     args = ap.parse_args()
     if not ferrite.cuda_available():
         print("no CUDA device", file=sys.stderr)
         return 2
+    if args.launches:
+        launches(args.launches)
+        return 0
     info = ferrite.cuda_device_info()
     rows = [int(r) for r in args.rows.split(",")]
     shapes = {"real": REAL, "7b": SEVEN_B}
@@ -72,6 +129,9 @@ def main() -> int:
     copy_gbs = 2 * copy_bytes / copy_s / 1e9
     print(f"{info['name']} ({info['arch']}), ferrite {ferrite.__version__}")
     print(f"device-to-device copy of 1 GiB: {copy_gbs:,.0f} GB/s (read + write), median of 10\n")
+    if args.sweep_plans:
+        sweep_plans(chosen, args.types.split(","), rows, copy_gbs)
+        return 0
 
     results = []
     rng = np.random.default_rng(0)
