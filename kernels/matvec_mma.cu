@@ -3,18 +3,21 @@
 // connection, added here instead of in a launch of its own) for t < n_x <= NT, W in the tiles of
 // repacked.cuh (Q5_0, Q8_0, Q4_K, Q6_K; compiled once per type with -DQTYPE=<snake name>).
 //
-// Exactness. No activation is quantized. Each x value is split into three bf16 parts,
-// hi = bf16(x), mid = bf16(x - hi), lo = bf16(x - hi - mid), whose sum is x exactly (8 + 8 + 8
-// significand bits); the weights' integer codes are exact in bf16; so every product the tensor
-// core forms, code * part, is exact, and it accumulates them in float32. The block scales
+// Exactness. No activation is quantized to integers. For one or two rows of x (decode of one
+// or two sequences) each x value is split into three bf16 parts, hi = bf16(x), mid = bf16(x -
+// hi), lo = bf16(x - hi - mid), whose sum is x exactly (8 + 8 + 8 significand bits); the
+// weights' integer codes are exact in bf16; so every product the tensor core forms, code *
+// part, is exact, and it accumulates them in float32. For 3 to 8 rows, where the mma count per
+// chunk is the kernel's cost, x keeps two parts, hi + mid: 16 significand bits, a relative error
+// below 2^-16 per element (the cuBLAS path of larger batches rounds x to f16's 11). The block scales
 // (exact float32 products of the file's f16 and integer scale fields, as the CPU computes them)
 // multiply the per-block sums afterwards in float32, and Q4_K's mins multiply per-block sums of
 // x: d1 * sum(q * x) - m1 * sum(x) is sum((d1 * q - m1) * x), the CPU's weights times x,
 // summed in another order.
 //
 // Work split. A warp owns one tile row (16 weight rows) and a set of column tiles. mma's 8
-// columns hold two x rows x three parts (the last two columns are zero), so NT rows take
-// NG = ceil(NT / 2) mmas per 16-column chunk. A block has warps_m x warps_k warps (at most 8):
+// columns hold two x rows x three parts (the last two columns zero) or four x rows x two parts,
+// so NT rows take NG = ceil(NT / 2) or ceil(NT / 4) mmas per 16-column chunk. A block has warps_m x warps_k warps (at most 8):
 // warps_m tile rows, each with its columns dealt out to warps_k warps (tile wk, wk + warps_k,
 // ...), which add their sums through shared memory at the end. The block's warps share x, split
 // and staged in shared memory per phase of PHASE columns. blockIdx.y splits the columns further
@@ -40,6 +43,9 @@ typedef FERRITE_CAT(Rp_, QTYPE) Tile;
 
 // Most warps per block (the host launches 2, 4 or 8).
 #define MMA_MAX_WARPS 8
+#ifndef MMA_MIN_BLOCKS
+#define MMA_MIN_BLOCKS 2
+#endif
 
 __device__ __forceinline__ void mma_bf16(float c[4], const u32 a[4], u32 b0, u32 b1) {
     asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
@@ -56,10 +62,10 @@ __device__ __forceinline__ u32 bf16_rn(float v) {
 
 // Stages x[n][col0 .. col0 + len) for n < NT (rows n >= n_x and columns past n_cols as zeros),
 // as silu(x) * x2 when x2 is given and as x * inv_rms[n] * norm_w when norm_w is, into xs, split
-// in three bf16 parts, and for Q4_K the 32-column sums of each part into xsum.
+// in PARTS bf16 parts, and for Q4_K the 32-column sums of each part into xsum.
 // Four float4 loads in flight per thread. len is a multiple of 128, so every warp runs the same
 // iterations (the shuffles need all lanes).
-template <int NT, int XSTRIDE, int NG, int SUMS>
+template <int NT, int PARTS, int XSTRIDE, int NG, int SUMS>
 __device__ __forceinline__ void stage_x(const float* __restrict__ x, const float* __restrict__ x2,
                                         const float* __restrict__ norm_w, const float* inv_rms, u32 n_x, u32 n_cols,
                                         u32 col0, u32 len, u16* xs, float (*xsum)[NG][8]) {
@@ -102,7 +108,7 @@ __device__ __forceinline__ void stage_x(const float* __restrict__ x, const float
             const int i = base + r * (int)blockDim.x;
             const int n = i / per_row, e4 = i % per_row;
             const float vv[4] = {v[r].x, v[r].y, v[r].z, v[r].w};
-            u32 part[3][4];
+            u32 part[3][4];  // with PARTS = 2, lo is never stored (and compiled away)
             float sum[3] = {0.0f, 0.0f, 0.0f};
 #pragma unroll
             for (int k = 0; k < 4; k++) {
@@ -118,22 +124,22 @@ __device__ __forceinline__ void stage_x(const float* __restrict__ x, const float
             }
             if (i < total) {
 #pragma unroll
-                for (int s = 0; s < 3; s++) {
-                    *reinterpret_cast<uint2*>(&xs[(n * 3 + s) * XSTRIDE + 4 * e4]) =
+                for (int s = 0; s < PARTS; s++) {
+                    *reinterpret_cast<uint2*>(&xs[(n * PARTS + s) * XSTRIDE + 4 * e4]) =
                         make_uint2(part[s][0] | (part[s][1] << 16), part[s][2] | (part[s][3] << 16));
                 }
             }
             if constexpr (SUMS > 1) {
                 // Eight consecutive lanes hold one 32-column sub-block of one row.
 #pragma unroll
-                for (int s = 0; s < 3; s++) {
+                for (int s = 0; s < PARTS; s++) {
                     sum[s] = __fadd_rn(sum[s], __shfl_xor_sync(FULL_WARP, sum[s], 1));
                     sum[s] = __fadd_rn(sum[s], __shfl_xor_sync(FULL_WARP, sum[s], 2));
                     sum[s] = __fadd_rn(sum[s], __shfl_xor_sync(FULL_WARP, sum[s], 4));
                 }
                 if (i < total && (e4 & 7) == 0) {
 #pragma unroll
-                    for (int s = 0; s < 3; s++) xsum[e4 >> 3][n >> 1][(n & 1) * 3 + s] = sum[s];
+                    for (int s = 0; s < PARTS; s++) xsum[e4 >> 3][n / (8 / PARTS)][(n % (8 / PARTS)) * PARTS + s] = sum[s];
                 }
             }
         }
@@ -142,8 +148,13 @@ __device__ __forceinline__ void stage_x(const float* __restrict__ x, const float
 
 // acc += this tile's products: chunk0 is the phase-local index of the tile's first chunk.
 template <int NT, int NG, int SUMS>
-__device__ __forceinline__ void tile_products(const Tile& w, const u16* xs, const float (*xsum)[NG][8], int chunk0,
+__device__ __forceinline__ void tile_products(const Tile& w, const u16* xs, const float (*xsum)[NG][8], u32 chunk0,
                                               const int b_off[NG], const bool b_valid[NG], int t, float acc[NG][4]) {
+    // This tile's x: B columns and (Q4_K) 32-column sums; every offset below is then a constant.
+    const u16* xb[NG];
+#pragma unroll
+    for (int j = 0; j < NG; j++) xb[j] = xs + b_off[j] + 16 * chunk0;
+    const float* xsb = &xsum[chunk0 / 2][0][2 * t];
 #pragma unroll
     for (int sb = 0; sb < Tile::CHUNKS / Tile::SCALE_CHUNKS; sb++) {
         float c[NG][4];
@@ -157,7 +168,7 @@ __device__ __forceinline__ void tile_products(const Tile& w, const u16* xs, cons
 #pragma unroll
             for (int j = 0; j < NG; j++) {
                 uint2 b = make_uint2(0u, 0u);
-                if (b_valid[j]) b = *reinterpret_cast<const uint2*>(&xs[b_off[j] + 16 * (chunk0 + ch)]);
+                if (b_valid[j]) b = *reinterpret_cast<const uint2*>(xb[j] + 16 * ch);
                 mma_bf16(c[j], a, b.x, b.y);
             }
         }
@@ -170,7 +181,7 @@ __device__ __forceinline__ void tile_products(const Tile& w, const u16* xs, cons
             acc[j][2] = fmaf(s[1], c[j][2], acc[j][2]);
             acc[j][3] = fmaf(s[1], c[j][3], acc[j][3]);
             if constexpr (Tile::HAS_MIN) {
-                const float2 xs2 = *reinterpret_cast<const float2*>(&xsum[(chunk0 + sb * Tile::SCALE_CHUNKS) / 2][j][2 * t]);
+                const float2 xs2 = *reinterpret_cast<const float2*>(xsb + (sb * Tile::SCALE_CHUNKS / 2) * NG * 8 + j * 8);
                 acc[j][0] = fmaf(-m[0], xs2.x, acc[j][0]);
                 acc[j][1] = fmaf(-m[0], xs2.y, acc[j][1]);
                 acc[j][2] = fmaf(-m[1], xs2.x, acc[j][2]);
@@ -228,15 +239,17 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
                                            const float* __restrict__ x2, const float* __restrict__ norm_w, float eps,
                                            u32 n_x, float* __restrict__ partials, u32* __restrict__ counters,
                                            u32 k_tiles_per_split, u32 warps_m, u32 accumulate) {
-    constexpr int NG = (NT + 1) / 2;                          // mma column groups
+    constexpr int PARTS = NT <= 2 ? 3 : 2;                    // bf16 parts of each x value
+    constexpr int RPG = 8 / PARTS;                            // x rows per mma (column group)
+    constexpr int NG = (NT + RPG - 1) / RPG;                  // mma column groups
     constexpr int PHASE = 4096 / NT;                          // x columns staged at once
     constexpr int XSTRIDE = PHASE + 16;                       // bf16 per staged row: 32 bytes apart in banks
     constexpr int PHASE_TILES = PHASE / Tile::TILE_COLS;
     constexpr int SUMS = Tile::HAS_MIN ? PHASE / 32 : 1;      // 32-column sums of x (Q4_K's mins)
     static_assert(PHASE % Tile::TILE_COLS == 0 && PHASE % 128 == 0, "phase holds whole tiles");
 
-    // Staged x: row (n * 3 + part) of bf16, part 0 = hi, 1 = mid, 2 = lo.
-    __shared__ __align__(16) u16 xs[3 * NT * XSTRIDE];
+    // Staged x: row (n * PARTS + part) of bf16, part 0 = hi, 1 = mid, 2 = lo.
+    __shared__ __align__(16) u16 xs[PARTS * NT * XSTRIDE];
     // xsum[s][j][col]: sum over the 32 columns of sub-block s of mma column col of group j.
     __shared__ __align__(16) float xsum[SUMS][NG][8];
     __shared__ u32 s_last;
@@ -288,14 +301,15 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
     }
     if (norm_w) block_inv_rms<NT>(x, n_x, n_cols, eps, inv_rms);
 
-    // This lane's B column in each group: x row n = 2j + g/3, part g % 3 (columns 6, 7: zero).
+    // This lane's B column in each group: x row n = RPG * j + g / PARTS, part g % PARTS (with
+    // three parts, columns 6 and 7 are zero).
     int b_off[NG];
     bool b_valid[NG];
 #pragma unroll
     for (int j = 0; j < NG; j++) {
-        const int n = 2 * j + g / 3;
-        b_valid[j] = g < 6 && n < NT;
-        b_off[j] = b_valid[j] ? (n * 3 + g % 3) * XSTRIDE + 4 * t : 0;
+        const int n = RPG * j + g / PARTS;
+        b_valid[j] = g < RPG * PARTS && n < NT;
+        b_off[j] = b_valid[j] ? (n * PARTS + g % PARTS) * XSTRIDE + 4 * t : 0;
     }
     if constexpr (Tile::HAS_MIN) {
         for (int i = threadIdx.x; i < SUMS * NG * 8; i += blockDim.x) (&xsum[0][0][0])[i] = 0.0f;
@@ -308,7 +322,7 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
     for (u32 p = kt_begin; p < kt_end; p += PHASE_TILES) {
         const u32 p_end = min(p + PHASE_TILES, kt_end);
         __syncthreads();  // the previous phase's readers are done with xs / xsum
-        stage_x<NT, XSTRIDE, NG, SUMS>(x, x2, norm_w, inv_rms, n_x, n_cols, p * Tile::TILE_COLS, (p_end - p) * Tile::TILE_COLS,
+        stage_x<NT, PARTS, XSTRIDE, NG, SUMS>(x, x2, norm_w, inv_rms, n_x, n_cols, p * Tile::TILE_COLS, (p_end - p) * Tile::TILE_COLS,
                                        xs, xsum);
         __syncthreads();
         if (!active) continue;
@@ -319,7 +333,7 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
             const bool more = kt + warps_k < kt_end;
             Tile nxt;
             if (more) nxt.load(tile_row + (u64)(kt + warps_k) * Tile::TILE_BYTES, lane);
-            tile_products<NT, NG, SUMS>(cur, xs, xsum, (int)(kt - p) * Tile::CHUNKS, b_off, b_valid, t, acc);
+            tile_products<NT, NG, SUMS>(cur, xs, xsum, (kt - p) * Tile::CHUNKS, b_off, b_valid, t, acc);
             if (more) cur = nxt;
         }
     }
@@ -349,45 +363,53 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
     const bool writer = active && wk == 0;
 
     // Lane (g, t) holds, for rows g and g+8, mma columns 2t and 2t+1 of each group: add each x
-    // row's three parts (columns 0-2: row 2j, lanes t = 0, 1; columns 3-5: row 2j+1, t = 1, 2).
+    // row's parts. Three parts: columns 0-2 are row 2j (lanes t = 0, 1), columns 3-5 row 2j+1
+    // (t = 1, 2). Two parts: columns 2t, 2t+1 are row 4j + t, whole in one lane.
     // Partial sums of every segment, one after the other: rows_pad rows per split and x row.
     const u32 rows_pad = (segs.m_tiles[0] + segs.m_tiles[1] + segs.m_tiles[2]) * RP_TILE_ROWS;
     const u32 part0 = tile_base * RP_TILE_ROWS;
+    const auto emit = [&](u32 n, float v0, float v1) {
+        if (n_splits == 1) {
+            if constexpr (NT == 1) {
+                // put() with the bias and the old value loaded early: old + (sum + bias).
+                if (r0 < n_rows) y[r0] = accumulate ? prev[0] + (v0 + b0) : v0 + b0;
+                if (r1 < n_rows) y[r1] = accumulate ? prev[1] + (v1 + b1) : v1 + b1;
+            } else if constexpr (NT == 2) {
+                if (r0 < n_rows) put(y + (u64)n * n_rows + r0, v0 + b0, accumulate);
+                if (r1 < n_rows) put(y + (u64)n * n_rows + r1, v1 + b1, accumulate);
+            } else {
+                if (r0 < n_rows) put(y + (u64)n * n_rows + r0, v0 + (bias ? bias[r0] : 0.0f), accumulate);
+                if (r1 < n_rows) put(y + (u64)n * n_rows + r1, v1 + (bias ? bias[r1] : 0.0f), accumulate);
+            }
+        } else {
+            float* dst = partials + ((u64)split * NT + n) * rows_pad + part0;
+            dst[r0] = v0;
+            dst[r1] = v1;
+        }
+    };
 #pragma unroll
     for (int j = 0; j < NG; j++) {
+        if constexpr (PARTS == 3) {
 #pragma unroll
-        for (int u = 0; u < 2; u++) {
-            const u32 n = 2 * j + u;
-            float v0, v1;
-            if (u == 0) {
-                v0 = t == 0 ? acc[j][0] + acc[j][1] : t == 1 ? acc[j][0] : 0.0f;
-                v1 = t == 0 ? acc[j][2] + acc[j][3] : t == 1 ? acc[j][2] : 0.0f;
-            } else {
-                v0 = t == 1 ? acc[j][1] : t == 2 ? acc[j][0] + acc[j][1] : 0.0f;
-                v1 = t == 1 ? acc[j][3] : t == 2 ? acc[j][2] + acc[j][3] : 0.0f;
-            }
-            v0 += __shfl_xor_sync(FULL_WARP, v0, 1);
-            v1 += __shfl_xor_sync(FULL_WARP, v1, 1);
-            v0 += __shfl_xor_sync(FULL_WARP, v0, 2);
-            v1 += __shfl_xor_sync(FULL_WARP, v1, 2);
-            if (!writer || t != 0 || n >= n_x) continue;
-            if (n_splits == 1) {
-                if constexpr (NT == 1) {
-                    // put() with the bias and the old value loaded early: old + (sum + bias).
-                    if (r0 < n_rows) y[r0] = accumulate ? prev[0] + (v0 + b0) : v0 + b0;
-                    if (r1 < n_rows) y[r1] = accumulate ? prev[1] + (v1 + b1) : v1 + b1;
-                } else if constexpr (NT == 2) {
-                    if (r0 < n_rows) put(y + (u64)n * n_rows + r0, v0 + b0, accumulate);
-                    if (r1 < n_rows) put(y + (u64)n * n_rows + r1, v1 + b1, accumulate);
+            for (int u = 0; u < 2; u++) {
+                const u32 n = 2 * j + u;
+                float v0, v1;
+                if (u == 0) {
+                    v0 = t == 0 ? acc[j][0] + acc[j][1] : t == 1 ? acc[j][0] : 0.0f;
+                    v1 = t == 0 ? acc[j][2] + acc[j][3] : t == 1 ? acc[j][2] : 0.0f;
                 } else {
-                    if (r0 < n_rows) put(y + (u64)n * n_rows + r0, v0 + (bias ? bias[r0] : 0.0f), accumulate);
-                    if (r1 < n_rows) put(y + (u64)n * n_rows + r1, v1 + (bias ? bias[r1] : 0.0f), accumulate);
+                    v0 = t == 1 ? acc[j][1] : t == 2 ? acc[j][0] + acc[j][1] : 0.0f;
+                    v1 = t == 1 ? acc[j][3] : t == 2 ? acc[j][2] + acc[j][3] : 0.0f;
                 }
-            } else {
-                float* dst = partials + ((u64)split * NT + n) * rows_pad + part0;
-                dst[r0] = v0;
-                dst[r1] = v1;
+                v0 += __shfl_xor_sync(FULL_WARP, v0, 1);
+                v1 += __shfl_xor_sync(FULL_WARP, v1, 1);
+                v0 += __shfl_xor_sync(FULL_WARP, v0, 2);
+                v1 += __shfl_xor_sync(FULL_WARP, v1, 2);
+                if (writer && t == 0 && n < n_x) emit(n, v0, v1);
             }
+        } else {
+            const u32 n = RPG * j + t;
+            if (writer && n < n_x) emit(n, acc[j][0] + acc[j][1], acc[j][2] + acc[j][3]);
         }
     }
     if (n_splits == 1) return;
@@ -424,7 +446,7 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
 
 // Segments 1 and 2 unused: m_tiles1 = m_tiles2 = 0 (their pointers are then never read).
 #define MATVEC_MMA_KERNEL(nt)                                                                                         \
-    extern "C" __global__ void __launch_bounds__(32 * MMA_MAX_WARPS, 2) matvec_mma_##nt(                              \
+    extern "C" __global__ void __launch_bounds__(32 * MMA_MAX_WARPS, MMA_MIN_BLOCKS) matvec_mma_##nt(                              \
         const u8* tiles0, const u8* tiles1, const u8* tiles2, const float* bias0, const float* bias1,                  \
         const float* bias2, float* y0, float* y1, float* y2, u32 m_tiles0, u32 m_tiles1, u32 m_tiles2, u32 n_rows0,    \
         u32 n_rows1, u32 n_rows2, u32 k_tiles, u32 n_cols, const float* __restrict__ x, const float* __restrict__ x2,  \

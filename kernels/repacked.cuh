@@ -54,18 +54,28 @@ __device__ __forceinline__ float rp_half(u32 h) {
     asm("{ .reg .f16 t; mov.b16 t, %1; cvt.f32.f16 %0, t; }" : "=f"(f) : "h"((unsigned short)h));
     return f;
 }
-// An unsigned byte (0..255) -> float, exactly: 2^23 + b, minus 2^23.
-__device__ __forceinline__ float rp_u8f(u32 b) { return __fsub_rn(__uint_as_float(0x4B000000u | b), 8388608.0f); }
-// A signed byte -> float, exactly: 1.5 * 2^23 + v, minus the same.
-__device__ __forceinline__ float rp_i8f(u32 byte) {
-    int v = (int)(signed char)(unsigned char)byte;
-    return __fsub_rn(__uint_as_float(0x4B400000u + (u32)v), 12582912.0f);
-}
 // bf16x2: a * 1 + c, elementwise (the subtraction of the magic-number offset; exact here).
 __device__ __forceinline__ u32 rp_bf16x2_add(u32 a, u32 c) {
     u32 d;
     asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(0x3F803F80u), "r"(c));
     return d;
+}
+// v, as a value the compiler keeps in a register: the decoders' masks are used dozens of times
+// a tile, and ptxas otherwise rebuilds a constant with a move before each use (a shuffle's
+// result it cannot rebuild). One shuffle a tile.
+__device__ __forceinline__ u32 rp_keep(u32 v) { return __shfl_sync(FULL_WARP, v, 0); }
+// Byte b of w as an exact float, one byte permute and one subtraction: `magic` holds 2^23's
+// bits, 0x4B000000 (from rp_keep), and the permute puts byte b under its exponent.
+__device__ __forceinline__ float rp_byte_f(u32 w, int b, u32 magic) {
+    return __fsub_rn(__uint_as_float(__byte_perm(w, magic, 0x7440u | (u32)b)), 8388608.0f);
+}
+// Byte b of w, sign-extended, in one byte permute (a selector nibble with bit 3 set replicates
+// the sign of the byte it names).
+__device__ __forceinline__ int rp_sbyte(u32 w, int b) {
+    const u32 e = 8u | (u32)b, sel = (u32)b | (e << 4) | (e << 8) | (e << 12);
+    u32 v;
+    asm("prmt.b32 %0, %1, 0, %2;" : "=r"(v) : "r"(w), "r"(sel));
+    return (int)v;
 }
 #define RP_BF16X2_128 0x43004300u        // 128.0 in both halves
 #define RP_BF16X2_MINUS_128 0xC300C300u  // -128
@@ -90,8 +100,6 @@ __device__ __forceinline__ int rp_nibble_word_at(int parts, int h, int lane, int
     const int w = pair >> 2;
     return ((h * parts + (w >> 2)) * 32 + lane) * 16 + 4 * (w & 3);
 }
-// Code of pair P (the pair's two codes at bits 4*(P%4) and 16 + 4*(P%4)) of nibble words `q`.
-#define RP_NIBBLES(q, P) ((q[(P) >> 2] >> (4 * ((P) & 3))) & 0x000F000Fu)
 
 // ---------------------------------------------------------------- Q5_0
 struct Rp_q5_0 {
@@ -112,7 +120,7 @@ struct Rp_q5_0 {
         }
     }
     __device__ __forceinline__ u32 pair(int h, int P) const {
-        const u32 v = RP_NIBBLES(q[h], P) | (((qh[h] >> P) & 0x00010001u) << 4) | RP_BF16X2_128;
+        const u32 v = ((q[h][P >> 2] >> (4 * (P & 3))) & 0x000F000Fu) | (((qh[h] >> P) & 0x00010001u) << 4) | RP_BF16X2_128;
         return rp_bf16x2_add(v, RP_BF16X2_MINUS_144);
     }
     __device__ __forceinline__ void frag(int c, u32 a[4]) const {
@@ -186,6 +194,7 @@ struct Rp_q4_k {
     static constexpr bool HAS_MIN = true;
     u32 q[2][8];     // nibble words of rows g, g+8
     uint4 rec[2];    // d | dmin << 16, then the 12 packed scale bytes
+    u32 nib, magic;  // 0x000F000F and 0x4B000000 in registers (rp_keep)
 
     __device__ __forceinline__ void load(const u8* tile, int lane) {
         const int g = lane >> 2;
@@ -198,13 +207,15 @@ struct Rp_q4_k {
             }
             rec[h] = rp_ld16(tile + 2048 + (g + 8 * h) * 16);
         }
+        nib = rp_keep(0x000F000Fu);
+        magic = rp_keep(0x4B000000u);
+    }
+    __device__ __forceinline__ u32 code(int h, int P) const {
+        const u32 v = ((q[h][P >> 2] >> (4 * (P & 3))) & nib) | RP_BF16X2_128;
+        return rp_bf16x2_add(v, RP_BF16X2_MINUS_128);
     }
     __device__ __forceinline__ void frag(int c, u32 a[4]) const {
-        const int P0 = 2 * c, P1 = 2 * c + 1;
-        a[0] = rp_bf16x2_add(RP_NIBBLES(q[0], P0) | RP_BF16X2_128, RP_BF16X2_MINUS_128);
-        a[1] = rp_bf16x2_add(RP_NIBBLES(q[1], P0) | RP_BF16X2_128, RP_BF16X2_MINUS_128);
-        a[2] = rp_bf16x2_add(RP_NIBBLES(q[0], P1) | RP_BF16X2_128, RP_BF16X2_MINUS_128);
-        a[3] = rp_bf16x2_add(RP_NIBBLES(q[1], P1) | RP_BF16X2_128, RP_BF16X2_MINUS_128);
+        a[0] = code(0, 2 * c), a[1] = code(1, 2 * c), a[2] = code(0, 2 * c + 1), a[3] = code(1, 2 * c + 1);
     }
     // Sub-block sb's 6-bit scale and min (scale_min_k4 in common.cuh, four sub-blocks per word):
     // bytes 0..3 of the packed scales hold sc[0..3] (low 6 bits) and the top bits of sc[4..7],
@@ -215,9 +226,8 @@ struct Rp_q4_k {
             const u32 s0 = rec[h].y, s1 = rec[h].z, s2 = rec[h].w;
             const u32 scw = sb < 4 ? (s0 & 0x3F3F3F3Fu) : ((s2 & 0x0F0F0F0Fu) | ((s0 >> 2) & 0x30303030u));
             const u32 mw = sb < 4 ? (s1 & 0x3F3F3F3Fu) : (((s2 >> 4) & 0x0F0F0F0Fu) | ((s1 >> 2) & 0x30303030u));
-            const int sh = 8 * (sb & 3);
-            s[h] = __fmul_rn(rp_half(rec[h].x & 0xffffu), rp_u8f((scw >> sh) & 0xffu));
-            m[h] = __fmul_rn(rp_half(rec[h].x >> 16), rp_u8f((mw >> sh) & 0xffu));
+            s[h] = __fmul_rn(rp_half(rec[h].x & 0xffffu), rp_byte_f(scw, sb & 3, magic));
+            m[h] = __fmul_rn(rp_half(rec[h].x >> 16), rp_byte_f(mw, sb & 3, magic));
         }
     }
     static __device__ __forceinline__ float value(const u8* tile, int r, int kc) {
@@ -260,7 +270,7 @@ struct Rp_q6_k {
     }
     __device__ __forceinline__ u32 pair(int h, int P) const {
         const u32 hi = ((qh[h][P >> 3] >> (2 * (P & 7))) & 0x00030003u) << 4;
-        return rp_bf16x2_add(RP_NIBBLES(q[h], P) | hi | RP_BF16X2_128, RP_BF16X2_MINUS_160);
+        return rp_bf16x2_add(((q[h][P >> 2] >> (4 * (P & 3))) & 0x000F000Fu) | hi | RP_BF16X2_128, RP_BF16X2_MINUS_160);
     }
     __device__ __forceinline__ void frag(int c, u32 a[4]) const {
         a[0] = pair(0, 2 * c), a[1] = pair(1, 2 * c), a[2] = pair(0, 2 * c + 1), a[3] = pair(1, 2 * c + 1);
@@ -269,7 +279,7 @@ struct Rp_q6_k {
     __device__ __forceinline__ void scale(int sb, float s[2], float m[2]) const {
 #pragma unroll
         for (int h = 0; h < 2; h++) {
-            s[h] = __fmul_rn(rp_half(d[h]), rp_i8f((sc[h][sb >> 2] >> (8 * (sb & 3))) & 0xffu));
+            s[h] = __fmul_rn(rp_half(d[h]), __int2float_rn(rp_sbyte(sc[h][sb >> 2], sb & 3)));
             m[h] = 0.0f;
         }
     }

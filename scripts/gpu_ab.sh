@@ -4,10 +4,10 @@
 #
 # Here, for each build NAME (a branch or commit):
 #     git worktree add /tmp/ab-NAME NAME && (cd /tmp/ab-NAME && maturin build --release -o $PWD/.device/ab/NAME)
-# There (through the `run` tool, carrying .device/ab and .device/tok.gguf):
+# There (through the `run` tool, carrying .device/ab, .device/wheels and .device/tok.gguf):
 #     bash scripts/gpu_ab.sh [NAME ...]          (default: every folder under .device/ab)
 # For each build: the matrix-vector kernels on the 7B and real shapes (bench_cuda_matvec.py,
-# AB_TYPES / AB_ROWS, first round only) and, in two interleaved rounds, the decode step of
+# AB_TYPES / AB_ROWS, first round only, AB_MATVEC=0 skips it) and, in two interleaved rounds, the decode step of
 # synthetic models of the real 0.5B shapes and of Qwen2.5-7B's (bench_decode_step.py, AB_BATCHES
 # / AB_BATCHES_7B), each build with its own kernel cache. About 2.5 minutes a build. Nothing
 # else may run on the machine meanwhile (a llama.cpp build beside it slowed every host-bound figure
@@ -20,7 +20,9 @@ export PYTHONUNBUFFERED=1 FERRITE_TOKENIZER_GGUF=$PWD/${TOKENIZER_GGUF:-.device/
 out=${OUT:-/tmp/gpu_ab_out}; mkdir -p "$out" /root/m
 for n in "${names[@]}"; do
     rm -rf "/tmp/site-$n"
-    python3 -m pip install --quiet --no-index --no-deps --target "/tmp/site-$n" .device/ab/"$n"/ferrite*.whl || { echo "$n: install failed"; exit 1; }
+    # gguf-py makes the synthetic models (gpu_check.sh downloads its wheel into .device/wheels here)
+    python3 -m pip install --quiet --no-index --no-deps --target "/tmp/site-$n" .device/ab/"$n"/ferrite*.whl \
+        .device/wheels/gguf-*.whl || { echo "$n: install failed"; exit 1; }
 done
 first=/tmp/site-${names[0]}
 [ -f /root/m/syn05.gguf ] || PYTHONPATH=$first python3 scripts/make_synthetic_model.py /root/m/syn05.gguf --tokenizer-from "$FERRITE_TOKENIZER_GGUF" | tail -1
@@ -29,7 +31,7 @@ for round in 1 2; do
     for n in "${names[@]}"; do
         echo "######## $n (round $round)"
         run() { PYTHONPATH=/tmp/site-$n FERRITE_CACHE=/tmp/cache-$n timeout "${AB_STEP_S:-120}" python3 "$@"; }
-        [ "$round" = 1 ] && run benches/bench_cuda_matvec.py --shapes 7b,real --types "${AB_TYPES:-Q4_K,Q6_K,Q5_0}" --rows "${AB_ROWS:-1,8}" 2>&1 \
+        [ "$round" = 1 ] && [ "${AB_MATVEC:-1}" = 1 ] && run benches/bench_cuda_matvec.py --shapes 7b,real --types "${AB_TYPES:-Q4_K,Q6_K,Q5_0}" --rows "${AB_ROWS:-1,8}" 2>&1 \
             | grep -E "^(q/o|k/v|gate|down|lm_head)" | grep -v " - " | tee -a "$out/ab_matvec_$n.txt" | cut -c1-80
         run benches/bench_decode_step.py /root/m/syn05.gguf --device cuda --batches "${AB_BATCHES:-1,8,64}" 2>&1 | grep "^| [0-9]" | tee -a "$out/ab_step05_$n.txt"
         run benches/bench_decode_step.py /root/m/syn7b.gguf --device cuda --batches "${AB_BATCHES_7B:-1,8}" 2>&1 | grep "^| [0-9]" | tee -a "$out/ab_step7b_$n.txt"
