@@ -60,6 +60,35 @@ __device__ __forceinline__ u32 bf16_rn(float v) {
     return h;
 }
 
+// x[n][col .. col + 4) as the kernel multiplies it: silu(x) * x2 when x2 is given, x * inv_rms[n]
+// * norm_w when norm_w is; zeros for rows n >= n_x and columns past n_cols.
+__device__ __forceinline__ float4 load_x4(const float* __restrict__ x, const float* __restrict__ x2,
+                                          const float* __restrict__ norm_w, const float* inv_rms, u32 n_x, u32 n_cols,
+                                          u32 n, u32 col) {
+    // n_cols is a multiple of 32, so col < n_cols means col + 3 < n_cols, and rows of x start
+    // 128-byte aligned: the float4 load is in bounds and aligned.
+    if (n >= n_x || col >= n_cols) return make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    float4 a = *reinterpret_cast<const float4*>(x + (u64)n * n_cols + col);
+    if (x2) {
+        // SwiGLU as elementwise.cu's swiglu computes it.
+        const float4 u = *reinterpret_cast<const float4*>(x2 + (u64)n * n_cols + col);
+        a.x = __fmul_rn(__fdiv_rn(a.x, __fadd_rn(1.0f, expf(-a.x))), u.x);
+        a.y = __fmul_rn(__fdiv_rn(a.y, __fadd_rn(1.0f, expf(-a.y))), u.y);
+        a.z = __fmul_rn(__fdiv_rn(a.z, __fadd_rn(1.0f, expf(-a.z))), u.z);
+        a.w = __fmul_rn(__fdiv_rn(a.w, __fadd_rn(1.0f, expf(-a.w))), u.w);
+    }
+    if (norm_w) {
+        // RMSNorm as norm.cu computes it.
+        const float4 w = *reinterpret_cast<const float4*>(norm_w + col);
+        const float inv = inv_rms[n];
+        a.x = __fmul_rn(__fmul_rn(a.x, inv), w.x);
+        a.y = __fmul_rn(__fmul_rn(a.y, inv), w.y);
+        a.z = __fmul_rn(__fmul_rn(a.z, inv), w.z);
+        a.w = __fmul_rn(__fmul_rn(a.w, inv), w.w);
+    }
+    return a;
+}
+
 // Stages x[n][col0 .. col0 + len) for n < NT (rows n >= n_x and columns past n_cols as zeros),
 // as silu(x) * x2 when x2 is given and as x * inv_rms[n] * norm_w when norm_w is, into xs, split
 // in PARTS bf16 parts, and for Q4_K the 32-column sums of each part into xsum.
@@ -78,30 +107,7 @@ __device__ __forceinline__ void stage_x(const float* __restrict__ x, const float
             const int i = base + r * (int)blockDim.x;
             const int n = i / per_row, e4 = i % per_row;
             const u32 col = col0 + 4 * e4;
-            v[r] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-            // n_cols is a multiple of 32, so col < n_cols means col + 3 < n_cols, and rows of x
-            // start 128-byte aligned: the float4 load is in bounds and aligned.
-            if (i < total && (u32)n < n_x && col < n_cols) {
-                float4 a = *reinterpret_cast<const float4*>(x + (u64)n * n_cols + col);
-                if (x2) {
-                    // SwiGLU as elementwise.cu's swiglu computes it.
-                    const float4 u = *reinterpret_cast<const float4*>(x2 + (u64)n * n_cols + col);
-                    a.x = __fmul_rn(__fdiv_rn(a.x, __fadd_rn(1.0f, expf(-a.x))), u.x);
-                    a.y = __fmul_rn(__fdiv_rn(a.y, __fadd_rn(1.0f, expf(-a.y))), u.y);
-                    a.z = __fmul_rn(__fdiv_rn(a.z, __fadd_rn(1.0f, expf(-a.z))), u.z);
-                    a.w = __fmul_rn(__fdiv_rn(a.w, __fadd_rn(1.0f, expf(-a.w))), u.w);
-                }
-                if (norm_w) {
-                    // RMSNorm as norm.cu computes it.
-                    const float4 w = *reinterpret_cast<const float4*>(norm_w + col);
-                    const float inv = inv_rms[n];
-                    a.x = __fmul_rn(__fmul_rn(a.x, inv), w.x);
-                    a.y = __fmul_rn(__fmul_rn(a.y, inv), w.y);
-                    a.z = __fmul_rn(__fmul_rn(a.z, inv), w.z);
-                    a.w = __fmul_rn(__fmul_rn(a.w, inv), w.w);
-                }
-                v[r] = a;
-            }
+            v[r] = i < total ? load_x4(x, x2, norm_w, inv_rms, n_x, n_cols, (u32)n, col) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         }
 #pragma unroll
         for (int r = 0; r < 4; r++) {
@@ -191,6 +197,127 @@ __device__ __forceinline__ void tile_products(const Tile& w, const u16* xs, cons
     }
 }
 
+// ---- the int8 path: one or two x rows of a type with Tile::S8 (Q4_K) ----
+// x is kept as three int8 parts per 256 columns (one tile): q0 = rint(x / s0) with s0 = max|x|
+// / 127, then the remainder x - s0 q0 the same way, twice more; x = s0 q0 + s1 q1 + s2 q2 up to a
+// relative 2^-21 or so of the largest value (benches/precision_x_parts.py: 1.6e-13 normalized
+// squared error of W x on the real model's ffn_down, where the tests allow 1e-9). The tensor core
+// then forms exact integer sums of code * part per sub-block, the sub-block scales (and Q4_K's
+// mins, times the integer sums of x) multiply them in int32, exactly, and only each tile's total
+// goes to float: d * sum - dmin * sum_of_mins, times the part's scale. One mma a 32-column
+// sub-block holds both rows' three parts (mma columns 0-2 and 3-5, as in the bf16 path), and
+// decoding a code takes well under one instruction: the point of this path (the bf16 path spends
+// most of its instructions turning codes into bf16).
+
+__device__ __forceinline__ void mma_s8(int c[4], const u32 a[4], u32 b0, u32 b1) {
+    asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+        : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ u32 pack_s8(int a, int b, int c, int d) {
+    return ((u32)a & 0xffu) | (((u32)b & 0xffu) << 8) | (((u32)c & 0xffu) << 16) | ((u32)d << 24);
+}
+
+// Stages x[n][col0 .. col0 + len) (len a multiple of 256) for n < NT, rows past n_x as zeros,
+// as load_x4 computes it, into xq: row n * 3 + p holds part p, and in it sub-block s's 32 bytes,
+// for lane t of a quad, are b0 = x at columns [4t, 16+4t, 4t+1, 16+4t+1] and b1 = [4t+2, 16+4t+2,
+// 4t+3, 16+4t+3] of the sub-block: the order of Tile::frag_s8's codes. xsum[s][j][c] gets the
+// integer sum of mma column c's part over sub-block s, xscale[tile][j][c] the part's scale (NaN
+// when the tile's x has a value that is not finite, so that it reaches the output as the bf16
+// path's would). One warp a 256-column block of one row: lane (sub-block s = lane / 4, t = lane %
+// 4) holds the 8 values of its b0 and b1.
+template <int NT, int NG, int XSTRIDE_B>
+__device__ __forceinline__ void stage_x_s8(const float* __restrict__ x, const float* __restrict__ x2,
+                                           const float* __restrict__ norm_w, const float* inv_rms, u32 n_x, u32 n_cols,
+                                           u32 col0, u32 len, u8* xq, int (*xsum)[NG][8], float (*xscale)[NG][8]) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+    const int sb = lane >> 2, t = lane & 3;
+    const int blocks = (int)len / 256;
+    for (int job = warp; job < NT * blocks; job += n_warps) {
+        const int n = job / blocks, blk = job % blocks;
+        const u32 c = col0 + 256 * blk + 32 * sb + 4 * t;
+        const float4 a = load_x4(x, x2, norm_w, inv_rms, n_x, n_cols, (u32)n, c);
+        const float4 b = load_x4(x, x2, norm_w, inv_rms, n_x, n_cols, (u32)n, c + 16);
+        float r[8] = {a.x, b.x, a.y, b.y, a.z, b.z, a.w, b.w};
+        bool finite = true;
+#pragma unroll
+        for (int i = 0; i < 8; i++) finite = finite && isfinite(r[i]);
+        finite = __all_sync(FULL_WARP, finite);
+        const int j = n / 2;
+#pragma unroll
+        for (int p = 0; p < 3; p++) {
+            float amax = 0.0f;
+#pragma unroll
+            for (int i = 0; i < 8; i++) amax = fmaxf(amax, fabsf(r[i]));
+            amax = warp_max(amax);
+            const float scale = __fdiv_rn(amax, 127.0f);
+            const float inv = amax > 0.0f ? __fdiv_rn(127.0f, amax) : 0.0f;
+            int q[8], sum = 0;
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+                q[i] = min(max(__float2int_rn(r[i] * inv), -127), 127);
+                r[i] = fmaf(-(float)q[i], scale, r[i]);
+                sum += q[i];
+            }
+            *reinterpret_cast<uint2*>(xq + (n * 3 + p) * XSTRIDE_B + 256 * blk + 32 * sb + 8 * t) =
+                make_uint2(pack_s8(q[0], q[1], q[2], q[3]), pack_s8(q[4], q[5], q[6], q[7]));
+            sum += __shfl_xor_sync(FULL_WARP, sum, 1);
+            sum += __shfl_xor_sync(FULL_WARP, sum, 2);
+            const int col = (n % 2) * 3 + p;
+            if (t == 0) xsum[8 * blk + sb][j][col] = sum;
+            if (lane == 0) xscale[blk][j][col] = finite ? scale : __int_as_float(0x7fc00000);
+        }
+    }
+}
+
+// acc += tile `tile` (of the phase) times x, the int8 way (see above).
+template <class T, int NG>
+__device__ __forceinline__ void tile_products_s8(const T& w, const u8* xq, const int (*xsum)[NG][8],
+                                                 const float (*xscale)[NG][8], u32 tile, const int b_off[NG], int t,
+                                                 float acc[NG][4]) {
+    const u8* xb[NG];
+#pragma unroll
+    for (int j = 0; j < NG; j++) xb[j] = xq + b_off[j] + 256 * tile;
+    const int* xsb = &xsum[8 * tile][0][2 * t];
+    int dot[NG][4], mins[NG][4];
+#pragma unroll
+    for (int j = 0; j < NG; j++) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) dot[j][i] = mins[j][i] = 0;
+    }
+#pragma unroll
+    for (int sb = 0; sb < 8; sb++) {
+        u32 a[4];
+        w.frag_s8(sb, a);
+        int sc[2], m[2];
+        w.scale_s8(sb, sc, m);
+#pragma unroll
+        for (int j = 0; j < NG; j++) {
+            const uint2 b = *reinterpret_cast<const uint2*>(xb[j] + 32 * sb);
+            int c[4] = {0, 0, 0, 0};
+            mma_s8(c, a, b.x, b.y);
+            dot[j][0] += sc[0] * c[0], dot[j][1] += sc[0] * c[1];
+            dot[j][2] += sc[1] * c[2], dot[j][3] += sc[1] * c[3];
+            const int2 xs2 = *reinterpret_cast<const int2*>(xsb + sb * NG * 8 + j * 8);
+            mins[j][0] += m[0] * xs2.x, mins[j][1] += m[0] * xs2.y;
+            mins[j][2] += m[1] * xs2.x, mins[j][3] += m[1] * xs2.y;
+        }
+    }
+    float d[2], dmin[2];
+    w.super_scales(d, dmin);
+#pragma unroll
+    for (int j = 0; j < NG; j++) {
+        const float2 s = *reinterpret_cast<const float2*>(&xscale[tile][j][2 * t]);
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int h = i >> 1;
+            const float v = fmaf(d[h], (float)dot[j][i], -__fmul_rn(dmin[h], (float)mins[j][i]));
+            acc[j][i] = fmaf((i & 1) ? s.y : s.x, v, acc[j][i]);
+        }
+    }
+}
+
 // inv_rms[n] = 1 / sqrt(mean(x[n]^2) + eps) for n < n_x, by the whole block: the squares summed
 // in float64 and the scale rounded to float once, as norm.cu does (the order of the float64
 // additions differs).
@@ -239,19 +366,25 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
                                            const float* __restrict__ x2, const float* __restrict__ norm_w, float eps,
                                            u32 n_x, float* __restrict__ partials, u32* __restrict__ counters,
                                            u32 k_tiles_per_split, u32 warps_m, u32 accumulate) {
-    constexpr int PARTS = NT <= 2 ? 3 : 2;                    // bf16 parts of each x value
+    constexpr bool S8 = Tile::S8 && NT <= 2;                  // the int8 path (see above)
+    constexpr int PARTS = NT <= 2 ? 3 : 2;                    // bf16 (or int8) parts of each x value
     constexpr int RPG = 8 / PARTS;                            // x rows per mma (column group)
     constexpr int NG = (NT + RPG - 1) / RPG;                  // mma column groups
     constexpr int PHASE = 4096 / NT;                          // x columns staged at once
     constexpr int XSTRIDE = PHASE + 16;                       // bf16 per staged row: 32 bytes apart in banks
+    constexpr int XSTRIDE_B = PHASE + 32;                     // int8 path: bytes per staged row, likewise
     constexpr int PHASE_TILES = PHASE / Tile::TILE_COLS;
-    constexpr int SUMS = Tile::HAS_MIN ? PHASE / 32 : 1;      // 32-column sums of x (Q4_K's mins)
-    static_assert(PHASE % Tile::TILE_COLS == 0 && PHASE % 128 == 0, "phase holds whole tiles");
+    constexpr int SUMS = Tile::HAS_MIN || S8 ? PHASE / 32 : 1;  // 32-column sums of x (Q4_K's mins)
+    static_assert(PHASE % Tile::TILE_COLS == 0 && PHASE % 256 == 0, "phase holds whole tiles");
 
-    // Staged x: row (n * PARTS + part) of bf16, part 0 = hi, 1 = mid, 2 = lo.
-    __shared__ __align__(16) u16 xs[PARTS * NT * XSTRIDE];
-    // xsum[s][j][col]: sum over the 32 columns of sub-block s of mma column col of group j.
+    // Staged x. bf16: row (n * PARTS + part) of XSTRIDE bf16, part 0 = hi, 1 = mid, 2 = lo.
+    // int8: row (n * 3 + part) of XSTRIDE_B bytes, in stage_x_s8's order.
+    __shared__ __align__(16) u8 xs_bytes[S8 ? 3 * NT * XSTRIDE_B : 2 * PARTS * NT * XSTRIDE];
+    u16* const xs = reinterpret_cast<u16*>(xs_bytes);
+    // xsum[s][j][col]: sum over the 32 columns of sub-block s of mma column col of group j
+    // (int32 on the int8 path); xscale[tile][j][col]: that column's int8 scale.
     __shared__ __align__(16) float xsum[SUMS][NG][8];
+    __shared__ __align__(16) float xscale[S8 ? PHASE / 256 : 1][NG][8];
     __shared__ u32 s_last;
     __shared__ float inv_rms[NT];
 
@@ -281,7 +414,7 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
 
     // The first tile's loads go out before x is staged: the two latencies overlap.
     Tile cur;
-    if (active && kt_begin + wk < kt_end) cur.load(tile_row + (u64)(kt_begin + wk) * Tile::TILE_BYTES, lane);
+    if (active && kt_begin + wk < kt_end) cur.load(tile_row + (u64)(kt_begin + wk) * Tile::TILE_BYTES, lane, !S8);
     // The bias this lane adds (rows g and g + 8 of its tile row) is constant too: for one or
     // two x rows (latency-bound) it is loaded now; with more, the registers are worth more.
     const u32 r0 = mt * RP_TILE_ROWS + g, r1 = r0 + 8;
@@ -309,10 +442,17 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
     for (int j = 0; j < NG; j++) {
         const int n = RPG * j + g / PARTS;
         b_valid[j] = g < RPG * PARTS && n < NT;
-        b_off[j] = b_valid[j] ? (n * PARTS + g % PARTS) * XSTRIDE + 4 * t : 0;
+        b_off[j] = !b_valid[j] ? 0 : S8 ? (n * 3 + g % 3) * XSTRIDE_B + 8 * t : (n * PARTS + g % PARTS) * XSTRIDE + 4 * t;
+        // The int8 path loads B unpredicated: a column no x row fills reads row 0's part 0,
+        // whose products then meet a scale of zero (xscale) and a sum of zero (xsum).
+        if (S8 && !b_valid[j]) b_off[j] = 8 * t;
     }
-    if constexpr (Tile::HAS_MIN) {
+    // Columns no x row fills stay zero (on the int8 path their scales multiply the mma's zeros).
+    if constexpr (Tile::HAS_MIN || S8) {
         for (int i = threadIdx.x; i < SUMS * NG * 8; i += blockDim.x) (&xsum[0][0][0])[i] = 0.0f;
+    }
+    if constexpr (S8) {
+        for (int i = threadIdx.x; i < (PHASE / 256) * NG * 8; i += blockDim.x) (&xscale[0][0][0])[i] = 0.0f;
     }
 
     float acc[NG][4];
@@ -322,8 +462,13 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
     for (u32 p = kt_begin; p < kt_end; p += PHASE_TILES) {
         const u32 p_end = min(p + PHASE_TILES, kt_end);
         __syncthreads();  // the previous phase's readers are done with xs / xsum
-        stage_x<NT, PARTS, XSTRIDE, NG, SUMS>(x, x2, norm_w, inv_rms, n_x, n_cols, p * Tile::TILE_COLS, (p_end - p) * Tile::TILE_COLS,
-                                       xs, xsum);
+        if constexpr (S8) {
+            stage_x_s8<NT, NG, XSTRIDE_B>(x, x2, norm_w, inv_rms, n_x, n_cols, p * Tile::TILE_COLS, (p_end - p) * Tile::TILE_COLS,
+                                          xs_bytes, reinterpret_cast<int(*)[NG][8]>(xsum), xscale);
+        } else {
+            stage_x<NT, PARTS, XSTRIDE, NG, SUMS>(x, x2, norm_w, inv_rms, n_x, n_cols, p * Tile::TILE_COLS,
+                                                  (p_end - p) * Tile::TILE_COLS, xs, xsum);
+        }
         __syncthreads();
         if (!active) continue;
         // This warp's tiles of the phase (any warps_k is correct; the host keeps warps_k <=
@@ -332,8 +477,13 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
             // The next tile's loads (maybe the next phase's) go out before this one's math.
             const bool more = kt + warps_k < kt_end;
             Tile nxt;
-            if (more) nxt.load(tile_row + (u64)(kt + warps_k) * Tile::TILE_BYTES, lane);
-            tile_products<NT, NG, SUMS>(cur, xs, xsum, (kt - p) * Tile::CHUNKS, b_off, b_valid, t, acc);
+            if (more) nxt.load(tile_row + (u64)(kt + warps_k) * Tile::TILE_BYTES, lane, !S8);
+            if constexpr (S8) {
+                tile_products_s8<Tile, NG>(cur, xs_bytes, reinterpret_cast<const int(*)[NG][8]>(xsum), xscale, kt - p, b_off, t,
+                                           acc);
+            } else {
+                tile_products<NT, NG, SUMS>(cur, xs, xsum, (kt - p) * Tile::CHUNKS, b_off, b_valid, t, acc);
+            }
             if (more) cur = nxt;
         }
     }
@@ -341,7 +491,7 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
     // Warps that split the columns of one tile row add their sums in order, through the
     // staging buffer (free now: every warp is past its last phase).
     if (warps_k > 1) {
-        float* red = reinterpret_cast<float*>(xs);  // [warp][lane][NG * 4]: NG * 4 KiB <= sizeof xs
+        float* red = reinterpret_cast<float*>(xs_bytes);  // [warp][lane][NG * 4]: NG * 4 KiB <= sizeof xs_bytes
         __syncthreads();
 #pragma unroll
         for (int j = 0; j < NG; j++) {

@@ -10,9 +10,12 @@
 //   CHUNKS                  16-column chunks per tile
 //   SCALE_CHUNKS            chunks that share one scale (Q6_K: 1, others: 2)
 //   HAS_MIN                 the value has a per-block offset (Q4_K: d1 * q - m1)
-//   load(tile, lane)        this lane's registers of one tile
+//   load(tile, lane, for_bf16)  this lane's registers of one tile (for_bf16 = false: for the int8 path)
 //   frag(c, a)              the four bf16x2 A registers of chunk c: the codes as exact integers
 //   scale(sb, s, m)         the scales (and Q4_K's mins) of scale block sb for rows g and g+8
+//   S8                      has the int8 path below (matvec_mma.cu uses it for one or two x rows):
+//   frag_s8(sb, a)          the A registers of mma.m16n8k32.s8 for 32-column sub-block sb
+//   scale_s8(sb, sc, m)     its scale (and min) as integers, super_scales(d, dmin) the tile's
 //   value(tile, r, kc)      one element, computed exactly as the CPU decoder does (embedding,
 //                           prefill dequantization)
 //
@@ -104,12 +107,12 @@ __device__ __forceinline__ int rp_nibble_word_at(int parts, int h, int lane, int
 // ---------------------------------------------------------------- Q5_0
 struct Rp_q5_0 {
     static constexpr int TILE_COLS = 128, TILE_BYTES = 1408, CHUNKS = 8, SCALE_CHUNKS = 2;
-    static constexpr bool HAS_MIN = false;
+    static constexpr bool HAS_MIN = false, S8 = false;
     u32 q[2][4];  // nibble words of rows g, g+8
     u32 qh[2];    // high bits
     uint2 d[2];   // the four blocks' f16 scales
 
-    __device__ __forceinline__ void load(const u8* tile, int lane) {
+    __device__ __forceinline__ void load(const u8* tile, int lane, bool for_bf16 = true) {
         const int g = lane >> 2;
 #pragma unroll
         for (int h = 0; h < 2; h++) {
@@ -147,11 +150,11 @@ struct Rp_q5_0 {
 // ---------------------------------------------------------------- Q8_0
 struct Rp_q8_0 {
     static constexpr int TILE_COLS = 128, TILE_BYTES = 2176, CHUNKS = 8, SCALE_CHUNKS = 2;
-    static constexpr bool HAS_MIN = false;
+    static constexpr bool HAS_MIN = false, S8 = false;
     u32 q[2][8];  // chunk c's four bytes (int8 XOR 0x80) of rows g, g+8
     uint2 d[2];
 
-    __device__ __forceinline__ void load(const u8* tile, int lane) {
+    __device__ __forceinline__ void load(const u8* tile, int lane, bool for_bf16 = true) {
         const int g = lane >> 2;
 #pragma unroll
         for (int h = 0; h < 2; h++) {
@@ -196,7 +199,7 @@ struct Rp_q4_k {
     uint4 rec[2];    // d | dmin << 16, then the 12 packed scale bytes
     u32 nib, magic;  // 0x000F000F and 0x4B000000 in registers (rp_keep)
 
-    __device__ __forceinline__ void load(const u8* tile, int lane) {
+    __device__ __forceinline__ void load(const u8* tile, int lane, bool for_bf16 = true) {
         const int g = lane >> 2;
 #pragma unroll
         for (int h = 0; h < 2; h++) {
@@ -207,8 +210,10 @@ struct Rp_q4_k {
             }
             rec[h] = rp_ld16(tile + 2048 + (g + 8 * h) * 16);
         }
-        nib = rp_keep(0x000F000Fu);
-        magic = rp_keep(0x4B000000u);
+        if (for_bf16) {  // the int8 path needs neither (and the shuffles cost a few instructions a tile)
+            nib = rp_keep(0x000F000Fu);
+            magic = rp_keep(0x4B000000u);
+        }
     }
     __device__ __forceinline__ u32 code(int h, int P) const {
         const u32 v = ((q[h][P >> 2] >> (4 * (P & 3))) & nib) | RP_BF16X2_128;
@@ -230,6 +235,34 @@ struct Rp_q4_k {
             m[h] = __fmul_rn(rp_half(rec[h].x >> 16), rp_byte_f(mw, sb & 3, magic));
         }
     }
+    // ---- the int8 path (matvec_mma.cu, one or two x rows) ----
+    static constexpr bool S8 = true;
+    // Sub-block sb (32 columns) as the A fragment of mma.m16n8k32.s8, the codes 0..15 as bytes.
+    // Nibble word sb of a row holds, for column j of this lane's four in chunk c = 2 sb + u,
+    // the code at bit 4 (2u + (j >> 1)) + 16 (j & 1); masking the low and the high nibbles of
+    // its bytes gives bytes [c0 j0, c1 j0, c0 j1, c1 j1] and [c0 j2, c1 j2, c0 j3, c1 j3]. The
+    // fragment's columns 4t .. 4t+3 and 16+4t .. 16+4t+3 are taken in that order: stage_x_s8
+    // stages x the same way, so the dot products are unchanged.
+    __device__ __forceinline__ void frag_s8(int sb, u32 a[4]) const {
+        a[0] = q[0][sb] & 0x0F0F0F0Fu, a[1] = q[1][sb] & 0x0F0F0F0Fu;
+        a[2] = (q[0][sb] >> 4) & 0x0F0F0F0Fu, a[3] = (q[1][sb] >> 4) & 0x0F0F0F0Fu;
+    }
+    // Sub-block sb's 6-bit scale and min as integers, rows g and g+8 (the packing as in scale()).
+    __device__ __forceinline__ void scale_s8(int sb, int sc[2], int m[2]) const {
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const u32 s0 = rec[h].y, s1 = rec[h].z, s2 = rec[h].w;
+            const u32 scw = sb < 4 ? (s0 & 0x3F3F3F3Fu) : ((s2 & 0x0F0F0F0Fu) | ((s0 >> 2) & 0x30303030u));
+            const u32 mw = sb < 4 ? (s1 & 0x3F3F3F3Fu) : (((s2 >> 4) & 0x0F0F0F0Fu) | ((s1 >> 2) & 0x30303030u));
+            sc[h] = (int)__byte_perm(scw, 0u, 0x4440u | (u32)(sb & 3));
+            m[h] = (int)__byte_perm(mw, 0u, 0x4440u | (u32)(sb & 3));
+        }
+    }
+    // The tile's super-block scales d and dmin, rows g and g+8.
+    __device__ __forceinline__ void super_scales(float d[2], float dmin[2]) const {
+#pragma unroll
+        for (int h = 0; h < 2; h++) d[h] = rp_half(rec[h].x & 0xffffu), dmin[h] = rp_half(rec[h].x >> 16);
+    }
     static __device__ __forceinline__ float value(const u8* tile, int r, int kc) {
         const RpSlot s(r, kc);
         const u32 sh = 4 * (s.pair & 3) + 16 * s.second;
@@ -246,13 +279,13 @@ struct Rp_q4_k {
 // ---------------------------------------------------------------- Q6_K
 struct Rp_q6_k {
     static constexpr int TILE_COLS = 256, TILE_BYTES = 3360, CHUNKS = 16, SCALE_CHUNKS = 1;
-    static constexpr bool HAS_MIN = false;
+    static constexpr bool HAS_MIN = false, S8 = false;
     u32 q[2][8];   // low nibbles
     u32 qh[2][4];  // two high bits per code
     u32 sc[2][4];  // the 16 int8 scales (chunk j's at byte j)
     u32 d[2];      // f16 bits
 
-    __device__ __forceinline__ void load(const u8* tile, int lane) {
+    __device__ __forceinline__ void load(const u8* tile, int lane, bool for_bf16 = true) {
         const int g = lane >> 2;
 #pragma unroll
         for (int h = 0; h < 2; h++) {
