@@ -23,7 +23,7 @@ extern "C" __global__ void kv_append(const float* __restrict__ k, const float* _
 // contexts, as in decode; 4 when many rows keep the GPU busy anyway, as in prefill).
 #define ATTN_MAX_WARPS 16
 
-// One block per (token, KV head, slice of the query heads sharing that KV head). Each warp takes
+// One block per (token, KV head, slice of `slice` <= G of the query heads sharing that KV head). Each warp takes
 // chunks of 32 keys (warp w: keys 32w .., then 32 * n_warps further on): lane j scores key j of
 // the chunk against every query of the slice, the warp folds the chunk into one running softmax
 // per head (max m, sum l, output o; each lane owns HD/32 output dims of each head), and at the
@@ -37,7 +37,7 @@ template <int HD, int G>
 __device__ __forceinline__ void attention(const float* __restrict__ q, const float* __restrict__ k_cache,
                                           const float* __restrict__ v_cache, const u32* __restrict__ positions,
                                           const u32* __restrict__ table_offset, const u32* __restrict__ block_tables,
-                                          u32 block_tokens, u32 n_heads, u32 n_kv_heads, float scale,
+                                          u32 block_tokens, u32 n_heads, u32 n_kv_heads, u32 slice, float scale,
                                           float* __restrict__ out) {
     constexpr int PER_LANE = (HD + 31) / 32;  // output dims per lane; lanes past HD hold none
     // Value rows loaded together: 32 floats of registers a lane whatever the head dim.
@@ -61,8 +61,8 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, const flo
     const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const u32 q_width = n_heads * HD, kv_width = n_kv_heads * HD;
     const u32 group = n_heads / n_kv_heads;
-    const u32 h0 = kvh * group + blockIdx.z * G;
-    const u32 n_here = min((u32)G, group - blockIdx.z * G);
+    const u32 h0 = kvh * group + blockIdx.z * slice;
+    const u32 n_here = min(slice, group - blockIdx.z * slice);
     const u32 n_ctx = positions[t] + 1;
     const u32* table = block_tables + table_offset[t];
     // The slot of key j: block_tokens is a power of two (the host checks), so shift and mask.
@@ -212,10 +212,10 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, const flo
 extern "C" __global__ void __launch_bounds__(32 * ATTN_MAX_WARPS, 1)
     attention_heads(const float* __restrict__ q, const float* __restrict__ k_cache, const float* __restrict__ v_cache,
                     const u32* __restrict__ positions, const u32* __restrict__ table_offset,
-                    const u32* __restrict__ block_tables, u32 block_tokens, u32 n_heads, u32 n_kv_heads, float scale,
-                    float* __restrict__ out) {
+                    const u32* __restrict__ block_tables, u32 block_tokens, u32 n_heads, u32 n_kv_heads, u32 slice,
+                    float scale, float* __restrict__ out) {
     dependent_wait();
     attention<ATTN_HEAD_DIM, ATTN_GROUP>(q, k_cache, v_cache, positions, table_offset, block_tables, block_tokens,
-                                         n_heads, n_kv_heads, scale, out);
+                                         n_heads, n_kv_heads, min(max(slice, 1u), (u32)ATTN_GROUP), scale, out);
 }
 #endif

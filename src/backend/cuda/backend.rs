@@ -132,6 +132,22 @@ fn attention_warps(positions: &[u32]) -> u32 {
     longest.div_ceil(32).next_power_of_two().clamp(ATTENTION_MIN_WARPS, ATTENTION_MAX_WARPS as u64) as u32
 }
 
+/// Batches of up to this many rows give each attention block one query head.
+const ATTENTION_ONE_HEAD_MAX_ROWS: usize = 16;
+
+/// Query heads per attention block. A block's heads share its K and V loads, which is what a
+/// batch of many rows needs; for a few rows a decode step's attention is a chain of latencies
+/// (loads, then a max and a sum across the warp per head and chunk of keys), and one head a block
+/// shortens the chain and puts more blocks on the GPU (the other heads' blocks read the same K
+/// and V rows, from L2).
+fn attention_slice(n_rows: usize, head_dim: usize) -> usize {
+    if n_rows <= ATTENTION_ONE_HEAD_MAX_ROWS {
+        1
+    } else {
+        kernels::attention_group(head_dim)
+    }
+}
+
 /// A recorded decode step.
 struct Recorded(CudaGraph);
 
@@ -385,7 +401,9 @@ impl CudaBackend {
         let range = cache.layer_range(layer);
         let n_u = to_u32("tokens", batch.n_tokens)?;
         // One block per token, KV head and slice of its query heads.
-        let slices = to_u32("query heads per KV head", (p.n_heads / p.n_kv_heads).div_ceil(kernels::attention_group(hd)))?;
+        let slice = attention_slice(batch.n_tokens, hd);
+        let slices = to_u32("query heads per KV head", (p.n_heads / p.n_kv_heads).div_ceil(slice))?;
+        let slice = to_u32("query heads per block", slice)?;
         let grid = (n_u, to_u32("KV heads", p.n_kv_heads)?, slices);
         let cfg = LaunchConfig { grid_dim: grid, block_dim: (32 * batch.attn_warps, 1, 1), shared_mem_bytes: 0 };
         let (n_heads, n_kv_heads) = (p.n_heads as u32, p.n_kv_heads as u32);
@@ -405,6 +423,7 @@ impl CudaBackend {
             &batch.block_tokens,
             &n_heads,
             &n_kv_heads,
+            &slice,
             &scale,
             &mut out.buf
         )?;
