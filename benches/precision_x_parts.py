@@ -71,3 +71,39 @@ for name in ["blk.3.ffn_down.weight", "blk.3.ffn_gate.weight", "blk.3.attn_q.wei
                       ("int8x2", int8_parts(x, 2)), ("int8x3", int8_parts(x, 3)), ("f16", x.astype(np.float16).astype(np.float64))]:
         row.append(f"{label} {nmse(W @ xh, ref):.1e}")
     print(" | ".join(row))
+
+
+# The same on the model's own activations: every projection input of the float64 reference forward
+# (tests/reference_forward.py) over a short prompt, each row of x against its real weights. Three
+# int8 parts per 256 values is matvec_mma.cu's int8 path (Q4_K, one or two rows; widths that are
+# multiples of 256).
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent / "tests"))
+from reference_forward import ReferenceModel  # noqa: E402
+
+ref_model = ReferenceModel(path)
+captured: list[tuple[str, np.ndarray, np.ndarray]] = []
+plain_linear = ReferenceModel.linear
+
+
+def recording_linear(self, x, name, bias=None):
+    if name.startswith("blk."):
+        captured.append((name, np.asarray(x, dtype=np.float64), self.weight(name).astype(np.float64)))
+    return plain_linear(self, x, name, bias)
+
+
+ReferenceModel.linear = recording_linear
+tokens = ferrite.Tokenizer.from_gguf(path).encode("def quicksort(xs):\n    # sort a list of numbers in place\n")
+ref_model.hidden_states(tokens)
+print(f"\nThe reference forward's own projection inputs ({len(tokens)} tokens, every layer): worst NMSE per projection")
+worst: dict[str, dict[str, float]] = {}
+for name, x, W in captured:
+    kind = name.split(".", 2)[2]
+    ref = x @ W.T
+    reps = [("int8x3/32", int8_parts(x, 3)), ("bf16x3", bf16_parts(x, 3)), ("f16", x.astype(np.float16).astype(np.float64))]
+    if x.shape[1] % 256 == 0:  # the K-quants' widths (896 is not, 4864 is)
+        reps.insert(0, ("int8x3/256", int8_parts(x, 3, 256)))
+    for label, xh in reps:
+        err = ((xh @ W.T - ref) ** 2).sum(axis=1) / (ref**2).sum(axis=1)
+        worst.setdefault(kind, {})[label] = max(worst.get(kind, {}).get(label, 0.0), float(err.max()))
+for kind, row in worst.items():
+    print(f"{kind:22s} " + " | ".join(f"{label} {v:.1e}" for label, v in row.items()))
