@@ -3,8 +3,8 @@
 // connection, added here instead of in a launch of its own) for t < n_x <= NT, W in the tiles of
 // repacked.cuh (Q5_0, Q8_0, Q4_K, Q6_K; compiled once per type with -DQTYPE=<snake name>).
 //
-// Exactness. No activation is quantized to integers. For one or two rows of x (decode of one
-// or two sequences) each x value is split into three bf16 parts, hi = bf16(x), mid = bf16(x -
+// Exactness. For one or two rows of x (decode of one or two sequences) each x value is split
+// into three bf16 parts, hi = bf16(x), mid = bf16(x -
 // hi), lo = bf16(x - hi - mid), whose sum is x exactly (8 + 8 + 8 significand bits); the
 // weights' integer codes are exact in bf16; so every product the tensor core forms, code *
 // part, is exact, and it accumulates them in float32. For 3 to 8 rows, where the mma count per
@@ -13,7 +13,10 @@
 // (exact float32 products of the file's f16 and integer scale fields, as the CPU computes them)
 // multiply the per-block sums afterwards in float32, and Q4_K's mins multiply per-block sums of
 // x: d1 * sum(q * x) - m1 * sum(x) is sum((d1 * q - m1) * x), the CPU's weights times x,
-// summed in another order.
+// summed in another order. The exception is Q4_K at one or two rows, where decoding codes into
+// bf16 was most of the kernel's instructions: it keeps x as three int8 parts per 256 columns (a
+// relative error near 2^-21 of each tile's largest value, 1e-13 of W x on the model's own
+// activations) and multiplies on the int8 tensor cores (see "the int8 path" below).
 //
 // Work split. A warp owns one tile row (16 weight rows) and a set of column tiles. mma's 8
 // columns hold two x rows x three parts (the last two columns zero) or four x rows x two parts,

@@ -217,6 +217,54 @@ def test_accumulating_adds_the_products_to_what_the_output_holds(name, path, n_r
 
 @cuda
 @needs_gpu
+@pytest.mark.parametrize("name", TILED)
+def test_a_value_that_is_not_finite_reaches_its_rows_outputs_only(name):
+    """A NaN or an infinity in x makes every output of its row non-finite, as in the float64
+    reference, and leaves the other rows' outputs as they are. (The int8 path of Q4_K quantizes
+    x per 256 columns: a NaN must not vanish into a scale, nor an infinity into a clamp.)"""
+    rng = np.random.default_rng(11)
+    n_rows, n_cols = 40, width_for(name, 24)
+    raw = random_blocks(name, n_rows * n_cols // TYPES[name][1], rng)
+    w = ferrite.dequantize(raw, name, (n_rows, n_cols)).astype(np.float64)
+    for n_x in (1, 2, 8):
+        x = rng.standard_normal((n_x, n_cols)).astype(np.float32)
+        x[0, n_cols // 3] = np.nan
+        if n_x > 1:
+            x[1, n_cols - 5] = np.inf
+        out = ferrite._ferrite._cuda_matvec(raw, name, n_rows, n_cols, x, path="tiled", poison_bits=POISON)[:n_x]
+        with np.errstate(invalid="ignore"):
+            ref = x.astype(np.float64) @ w.T
+        label = f"{name} n_x={n_x}"
+        assert (~np.isfinite(out[: min(n_x, 2)])).all(), f"{label}: a row with a NaN or inf in x has finite outputs"
+        assert (~np.isfinite(ref[: min(n_x, 2)])).all()
+        if n_x > 2:
+            err = nmse(out[2:], ref[2:])
+            assert np.isfinite(out[2:]).all() and (err <= NMSE_BOUND).all(), f"{label}: other rows disturbed: {err}"
+
+
+@cuda
+@needs_gpu
+@pytest.mark.parametrize("name", TILED)
+def test_activations_with_outliers(name):
+    """x as a model's projections see it: a heavy-tailed bulk and a few values hundreds to ten
+    thousand times larger (the int8 path's scale per 256 columns follows the largest value;
+    benches/precision_x_parts.py puts its error near 1e-13 for such x)."""
+    rng = np.random.default_rng(12)
+    n_rows, n_cols = 64, width_for(name, 64)
+    raw = random_blocks(name, n_rows * n_cols // TYPES[name][1], rng)
+    w = ferrite.dequantize(raw, name, (n_rows, n_cols)).astype(np.float64)
+    for n_x in (1, 2, 5):
+        x = rng.standard_normal((n_x, n_cols)) * np.exp(rng.standard_normal((n_x, n_cols)))
+        for r in range(n_x):
+            x[r, rng.choice(n_cols, 4, replace=False)] *= 10.0 ** rng.uniform(2, 4, 4)
+        x = x.astype(np.float32)
+        out = ferrite._ferrite._cuda_matvec(raw, name, n_rows, n_cols, x, path="tiled", poison_bits=POISON)[:n_x]
+        err = nmse(out, x.astype(np.float64) @ w.T)
+        assert (err <= NMSE_BOUND).all(), f"{name} n_x={n_x}: NMSE per row {err}"
+
+
+@cuda
+@needs_gpu
 def test_tiled_and_generic_agree_on_the_real_shapes():
     """The real model's q projection shape, 896 x 896, Q5_0, 1..8 rows: both paths are within
     the bound of the reference, so within twice the bound of each other."""
