@@ -7,7 +7,10 @@ Measures, for ferrite (``Model.load(path, device="cuda")``):
 
 - load: wall time of ``Model.load`` (file open, weight upload, kernel load; kernels compiled by
   NVRTC on a first run are cached on disk, so the first-ever load is reported separately);
-- prefill: tokens/s of one forward over a 512-token prompt (median of 5 after a warm-up);
+- prefill: tokens/s of one forward over a 512-token prompt (median of 5 after a warm-up), and
+  over longer prompts with ``--prefill 512,4096``;
+- GPU memory: the device's used memory (total - free) before loading, after loading, and at
+  the end (after the longest prompt and the 64-sequence batch), as ``cuMemGetInfo`` reports it;
 - decode, batch 1: 128 greedy tokens, one ``forward`` per token, logits copied to the host and
   argmax'ed in NumPy each step, as a user loop would do (and through ``Generator``, which adds
   sampling and detokenization, when the file has a tokenizer);
@@ -56,19 +59,31 @@ def prompt_ids(vocab: int, n: int, seed: int = 0) -> list[int]:
     return [int(t) for t in np.random.default_rng(seed).integers(100, min(vocab, 150000), n)]
 
 
-def bench_ferrite(path: str) -> dict:
-    r: dict = {}
+def used_bytes() -> int:
+    info = ferrite.cuda_device_info()
+    return int(info["total_memory_bytes"] - info["free_memory_bytes"])
+
+
+def bench_ferrite(path: str, prefills: list[int]) -> dict:
+    r: dict = {"gpu_used_before_load_bytes": used_bytes()}
+    cache_tokens = max(BATCH * 256, max(prefills)) + 4096
     t0 = time.perf_counter()
-    m = ferrite.Model.load(path, device="cuda", kv_cache_tokens=BATCH * 256 + 4096)
+    m = ferrite.Model.load(path, device="cuda", kv_cache_tokens=cache_tokens)
     r["load_first_s"] = time.perf_counter() - t0
     del m
     t0 = time.perf_counter()
-    m = ferrite.Model.load(path, device="cuda", kv_cache_tokens=BATCH * 256 + 4096)
+    m = ferrite.Model.load(path, device="cuda", kv_cache_tokens=cache_tokens)
     r["load_s"] = time.perf_counter() - t0
+    r["gpu_used_after_load_bytes"] = used_bytes()
+    r["kv_cache_tokens"] = cache_tokens
     vocab = m.config["vocab_size"]
 
     ids = prompt_ids(vocab, PREFILL_TOKENS)
     r["prefill_tok_s"] = PREFILL_TOKENS / median_time(lambda: m.forward(ids, last_only=True))
+    for n in prefills:
+        if n != PREFILL_TOKENS:
+            long_ids = prompt_ids(vocab, n, seed=n)
+            r[f"prefill_{n}_tok_s"] = n / median_time(lambda: m.forward(long_ids, last_only=True), repeat=3)
 
     def decode_loop():
         s = m.new_sequence(max_tokens=16 + DECODE_TOKENS + 1)
@@ -94,6 +109,7 @@ def bench_ferrite(path: str) -> dict:
     r["decode_b64_tok_s"] = BATCH * (BATCH_STEPS - 1) / (time.perf_counter() - t0)
     for s in seqs:
         m.free_sequence(s)
+    r["gpu_used_end_bytes"] = used_bytes()
 
     try:
         tok = ferrite.Tokenizer.from_gguf(path)
@@ -170,11 +186,13 @@ def main() -> int:
     ap.add_argument("model")
     ap.add_argument("--hf", choices=["gguf", "random", "none"], default="random")
     ap.add_argument("--json")
+    ap.add_argument("--prefill", default=str(PREFILL_TOKENS), help="prompt lengths to prefill, e.g. 512,4096")
     args = ap.parse_args()
+    prefills = sorted({int(v) for v in args.prefill.split(",")} | {PREFILL_TOKENS})
 
     info = ferrite.cuda_device_info()
     print(f"GPU: {info['name']} ({info['arch']}), model {args.model}", flush=True)
-    fr = bench_ferrite(args.model)
+    fr = bench_ferrite(args.model, prefills)
     print("ferrite:", json.dumps(fr), flush=True)
     hf = None
     if args.hf != "none":
@@ -201,6 +219,13 @@ def main() -> int:
     if "generator_decode_tok_s" in fr:
         print(f"ferrite Generator decode: {fr['generator_decode_tok_s']:.1f} tok/s ({fr['generator_tokens']} tokens)")
     print(f"ferrite first load (NVRTC compile if uncached): {fr['load_first_s']:.2f} s")
+    for n in prefills:
+        if n != PREFILL_TOKENS:
+            print(f"ferrite prefill {n} tok: {fr[f'prefill_{n}_tok_s']:.0f} tok/s")
+    mib = lambda key: fr[key] / 2**20  # noqa: E731
+    print(f"GPU memory used (device-wide): before load {mib('gpu_used_before_load_bytes'):,.0f} MiB, after load "
+          f"{mib('gpu_used_after_load_bytes'):,.0f} MiB (KV cache of {fr['kv_cache_tokens']:,} tokens), at the end "
+          f"{mib('gpu_used_end_bytes'):,.0f} MiB")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"gpu": info["name"], "model": args.model, "ferrite": fr, "transformers": hf}, f, indent=2)

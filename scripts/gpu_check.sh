@@ -157,7 +157,7 @@ if [ "$what" = e2e ]; then
     cp "$out/bench_generate.log" "$dest/bench_generate.txt" 2>/dev/null
     STEP_TIMEOUT=120 step profile_b64 "$py" benches/profile_cuda_decode.py /root/m/model.gguf --batch 64 --steps 16
     cp "$out/profile_b64.log" "$dest/profile_b64.txt" 2>/dev/null
-    STEP_TIMEOUT=120 step bench_prefill "$py" benches/bench_cuda.py /root/m/model.gguf --hf none --json "$out/bench_cuda.json"
+    STEP_TIMEOUT=120 step bench_prefill "$py" benches/bench_cuda.py /root/m/model.gguf --hf none --prefill "${BENCH_PREFILL:-512,4096}" --json "$out/bench_cuda.json"
     cp "$out/bench_prefill.log" "$dest/bench_cuda.txt" 2>/dev/null
     STEP_TIMEOUT=120 step decode_step "$py" benches/bench_decode_step.py /root/m/model.gguf --device cuda --batches "${BENCH_BATCHES:-1,8,64}"
     cp "$out/decode_step.log" "$dest/decode_step.txt" 2>/dev/null
@@ -174,7 +174,7 @@ if [ "$what" = e2e ]; then
     fi
     STEP_TIMEOUT=${BENCH_S:-300} step bench_generate_7b "$py" benches/bench_generate.py --model /root/m/syn7b.gguf --device cuda --batches "${BENCH_BATCHES_7B:-1,8,64}" --new-tokens "${BENCH_TOKENS:-128}" --modes "${BENCH_MODES_7B:-t0.8+filters}" --llamacpp "$out/llamacpp_7b.log" --json "$out/bench_generate_7b.json"
     cp "$out/bench_generate_7b.log" "$dest/bench_generate_7b.txt" 2>/dev/null
-    STEP_TIMEOUT=180 step bench_prefill_7b "$py" benches/bench_cuda.py /root/m/syn7b.gguf --hf none --json "$out/bench_cuda_7b.json"
+    STEP_TIMEOUT=180 step bench_prefill_7b "$py" benches/bench_cuda.py /root/m/syn7b.gguf --hf none --prefill "${BENCH_PREFILL:-512,4096}" --json "$out/bench_cuda_7b.json"
     cp "$out/bench_prefill_7b.log" "$dest/bench_cuda_7b.txt" 2>/dev/null
     fi
 fi
