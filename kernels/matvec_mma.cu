@@ -15,12 +15,14 @@
 // x: d1 * sum(q * x) - m1 * sum(x) is sum((d1 * q - m1) * x), the CPU's weights times x,
 // summed in another order. The exception is Q4_K at one or two rows, where decoding codes into
 // bf16 was most of the kernel's instructions: it keeps x as three int8 parts per 256 columns (a
-// relative error near 2^-21 of each tile's largest value, 1e-13 of W x on the model's own
+// relative error near 2^-24 of each tile's largest value, 1e-13 of W x on the model's own
 // activations) and multiplies on the int8 tensor cores (see "the int8 path" below).
 //
 // Work split. A warp owns one tile row (16 weight rows) and a set of column tiles. mma's 8
 // columns hold two x rows x three parts (the last two columns zero) or four x rows x two parts,
-// so NT rows take NG = ceil(NT / 2) or ceil(NT / 4) mmas per 16-column chunk. A block has warps_m x warps_k warps (at most 8):
+// so NT rows take NG = ceil(NT / 2) or ceil(NT / 4) mmas per 16-column chunk (the int8 path:
+// one m16n8k32 per 32-column sub-block for its one or two rows). A block has warps_m x warps_k
+// warps (at most 8):
 // warps_m tile rows, each with its columns dealt out to warps_k warps (tile wk, wk + warps_k,
 // ...), which add their sums through shared memory at the end. The block's warps share x, split
 // and staged in shared memory per phase of PHASE columns. blockIdx.y splits the columns further
@@ -202,12 +204,12 @@ __device__ __forceinline__ void tile_products(const Tile& w, const u16* xs, cons
 
 // ---- the int8 path: one or two x rows of a type with Tile::S8 (Q4_K) ----
 // x is kept as three int8 parts per 256 columns (one tile): q0 = rint(x / s0) with s0 = max|x|
-// / 127, then the remainder x - s0 q0 the same way, twice more; x = s0 q0 + s1 q1 + s2 q2 up to a
-// relative 2^-21 or so of the largest value (benches/precision_x_parts.py: 1.6e-13 normalized
+// / 127, then the remainder x - s0 q0 the same way, twice more; x = s0 q0 + s1 q1 + s2 q2 up to
+// about 2^-24 of the largest value (max|x| / 254^3) (benches/precision_x_parts.py: 1.6e-13 normalized
 // squared error of W x on the real model's ffn_down, where the tests allow 1e-9). The tensor core
 // then forms exact integer sums of code * part per sub-block, the sub-block scales (and Q4_K's
 // mins, times the integer sums of x) multiply them in int32, exactly, and only each tile's total
-// goes to float: d * sum - dmin * sum_of_mins, times the part's scale. One mma a 32-column
+// goes to float (rounded to float32 there when above 2^24, as any float32 sum would be): d * sum - dmin * sum_of_mins, times the part's scale. One mma a 32-column
 // sub-block holds both rows' three parts (mma columns 0-2 and 3-5, as in the bf16 path), and
 // decoding a code takes well under one instruction: the point of this path (the bf16 path spends
 // most of its instructions turning codes into bf16).
@@ -255,7 +257,9 @@ __device__ __forceinline__ void stage_x_s8(const float* __restrict__ x, const fl
             for (int i = 0; i < 8; i++) amax = fmaxf(amax, fabsf(r[i]));
             amax = warp_max(amax);
             const float scale = __fdiv_rn(amax, 127.0f);
-            const float inv = amax > 0.0f ? __fdiv_rn(127.0f, amax) : 0.0f;
+            // Capped so that a tiny amax (below 127 / FLT_MAX) cannot make it infinite: the codes
+            // are then smaller than they could be, and the remainder below carries the rest.
+            const float inv = amax > 0.0f ? fminf(__fdiv_rn(127.0f, amax), 3.4028234e38f) : 0.0f;
             int q[8], sum = 0;
 #pragma unroll
             for (int i = 0; i < 8; i++) {
@@ -379,14 +383,19 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
     constexpr int PHASE_TILES = PHASE / Tile::TILE_COLS;
     constexpr int SUMS = Tile::HAS_MIN || S8 ? PHASE / 32 : 1;  // 32-column sums of x (Q4_K's mins)
     static_assert(PHASE % Tile::TILE_COLS == 0 && PHASE % 256 == 0, "phase holds whole tiles");
+    static_assert(!S8 || Tile::TILE_COLS == 256, "the int8 path takes one 256-column tile (8 sub-blocks) per x scale");
 
     // Staged x. bf16: row (n * PARTS + part) of XSTRIDE bf16, part 0 = hi, 1 = mid, 2 = lo.
     // int8: row (n * 3 + part) of XSTRIDE_B bytes, in stage_x_s8's order.
     __shared__ __align__(16) u8 xs_bytes[S8 ? 3 * NT * XSTRIDE_B : 2 * PARTS * NT * XSTRIDE];
     u16* const xs = reinterpret_cast<u16*>(xs_bytes);
     // xsum[s][j][col]: sum over the 32 columns of sub-block s of mma column col of group j
-    // (int32 on the int8 path); xscale[tile][j][col]: that column's int8 scale.
-    __shared__ __align__(16) float xsum[SUMS][NG][8];
+    // (float on the bf16 path, int32 on the int8 path); xscale[tile][j][col]: that column's
+    // int8 scale.
+    __shared__ __align__(16) union {
+        float f[SUMS][NG][8];
+        int i[SUMS][NG][8];
+    } xsums;
     __shared__ __align__(16) float xscale[S8 ? PHASE / 256 : 1][NG][8];
     __shared__ u32 s_last;
     __shared__ float inv_rms[NT];
@@ -446,13 +455,16 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
         const int n = RPG * j + g / PARTS;
         b_valid[j] = g < RPG * PARTS && n < NT;
         b_off[j] = !b_valid[j] ? 0 : S8 ? (n * 3 + g % 3) * XSTRIDE_B + 8 * t : (n * PARTS + g % PARTS) * XSTRIDE + 4 * t;
-        // The int8 path loads B unpredicated: a column no x row fills reads row 0's part 0,
-        // whose products then meet a scale of zero (xscale) and a sum of zero (xsum).
+        // The int8 path loads B unpredicated: a column no x row fills reads row 0's part 0, so
+        // its products are not zero; its scale in xscale (and its sum in xsum) is, which cancels them.
         if (S8 && !b_valid[j]) b_off[j] = 8 * t;
     }
-    // Columns no x row fills stay zero (on the int8 path their scales multiply the mma's zeros).
+    // The sums and scales of columns no x row fills stay zero.
     if constexpr (Tile::HAS_MIN || S8) {
-        for (int i = threadIdx.x; i < SUMS * NG * 8; i += blockDim.x) (&xsum[0][0][0])[i] = 0.0f;
+        for (int i = threadIdx.x; i < SUMS * NG * 8; i += blockDim.x) {
+            if constexpr (S8) (&xsums.i[0][0][0])[i] = 0;
+            else (&xsums.f[0][0][0])[i] = 0.0f;
+        }
     }
     if constexpr (S8) {
         for (int i = threadIdx.x; i < (PHASE / 256) * NG * 8; i += blockDim.x) (&xscale[0][0][0])[i] = 0.0f;
@@ -467,10 +479,10 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
         __syncthreads();  // the previous phase's readers are done with xs / xsum
         if constexpr (S8) {
             stage_x_s8<NT, NG, XSTRIDE_B>(x, x2, norm_w, inv_rms, n_x, n_cols, p * Tile::TILE_COLS, (p_end - p) * Tile::TILE_COLS,
-                                          xs_bytes, reinterpret_cast<int(*)[NG][8]>(xsum), xscale);
+                                          xs_bytes, xsums.i, xscale);
         } else {
             stage_x<NT, PARTS, XSTRIDE, NG, SUMS>(x, x2, norm_w, inv_rms, n_x, n_cols, p * Tile::TILE_COLS,
-                                                  (p_end - p) * Tile::TILE_COLS, xs, xsum);
+                                                  (p_end - p) * Tile::TILE_COLS, xs, xsums.f);
         }
         __syncthreads();
         if (!active) continue;
@@ -482,10 +494,10 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
             Tile nxt;
             if (more) nxt.load(tile_row + (u64)(kt + warps_k) * Tile::TILE_BYTES, lane, !S8);
             if constexpr (S8) {
-                tile_products_s8<Tile, NG>(cur, xs_bytes, reinterpret_cast<const int(*)[NG][8]>(xsum), xscale, kt - p, b_off, t,
+                tile_products_s8<Tile, NG>(cur, xs_bytes, xsums.i, xscale, kt - p, b_off, t,
                                            acc);
             } else {
-                tile_products<NT, NG, SUMS>(cur, xs, xsum, (kt - p) * Tile::CHUNKS, b_off, b_valid, t, acc);
+                tile_products<NT, NG, SUMS>(cur, xs, xsums.f, (kt - p) * Tile::CHUNKS, b_off, b_valid, t, acc);
             }
             if (more) cur = nxt;
         }

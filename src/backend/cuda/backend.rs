@@ -141,6 +141,7 @@ const ATTENTION_ONE_HEAD_MAX_ROWS: usize = 16;
 /// shortens the chain and puts more blocks on the GPU (the other heads' blocks read the same K
 /// and V rows, from L2).
 fn attention_slice(n_rows: usize, head_dim: usize) -> usize {
+    // At most ATTN_GROUP (the kernel's shared memory holds that many heads).
     if n_rows <= ATTENTION_ONE_HEAD_MAX_ROWS {
         1
     } else {
@@ -992,7 +993,7 @@ impl Backend for CudaBackend {
 }
 
 #[cfg(test)]
-mod attention_warps_tests {
+mod attention_launch_tests {
     use super::attention_warps;
 
     #[test]
@@ -1003,5 +1004,18 @@ mod attention_warps_tests {
             assert_eq!(attention_warps(positions), want, "{positions:?}");
         }
         assert_eq!(attention_warps(&vec![2000; 300]), 4, "large batches keep 4-warp blocks");
+    }
+
+    #[test]
+    fn heads_per_block_are_one_for_few_rows_and_never_above_the_kernels_group() {
+        for hd in crate::backend::cuda::kernels::ATTENTION_HEAD_DIMS {
+            let group = crate::backend::cuda::kernels::attention_group(hd);
+            assert_eq!(super::attention_slice(1, hd), 1);
+            assert_eq!(super::attention_slice(super::ATTENTION_ONE_HEAD_MAX_ROWS, hd), 1);
+            assert_eq!(super::attention_slice(super::ATTENTION_ONE_HEAD_MAX_ROWS + 1, hd), group);
+            for rows in [1, 7, 16, 17, 64, 4096] {
+                assert!((1..=group).contains(&super::attention_slice(rows, hd)), "{rows} rows, head dim {hd}");
+            }
+        }
     }
 }

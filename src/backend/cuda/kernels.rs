@@ -101,7 +101,8 @@ pub const MATVEC_ROWS_PER_BLOCK: u32 = 4;
 /// Most warps per attention block (ATTN_MAX_WARPS in attention.cu).
 pub const ATTENTION_MAX_WARPS: u32 = 16;
 
-/// Query heads handled by one attention block for `head_dim` (ATTN_GROUP in attention.cu).
+/// Most query heads one attention block handles for `head_dim` (ATTN_GROUP in attention.cu; the
+/// host may give a block fewer, see `attention_slice`).
 pub fn attention_group(head_dim: usize) -> usize {
     if head_dim <= 64 {
         8
