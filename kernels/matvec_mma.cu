@@ -4,10 +4,9 @@
 // repacked.cuh (Q5_0, Q8_0, Q4_K, Q6_K; compiled once per type with -DQTYPE=<snake name>).
 //
 // Exactness. For one or two rows of x (decode of one or two sequences) each x value is split
-// into three bf16 parts, hi = bf16(x), mid = bf16(x -
-// hi), lo = bf16(x - hi - mid), whose sum is x exactly (8 + 8 + 8 significand bits); the
-// weights' integer codes are exact in bf16; so every product the tensor core forms, code *
-// part, is exact, and it accumulates them in float32. For 3 to 8 rows, where the mma count per
+// into three bf16 parts, hi = bf16(x), mid = bf16(x - hi), lo = bf16(x - hi - mid), whose sum is
+// x exactly (8 + 8 + 8 significand bits); the weights' integer codes are exact in bf16; so every
+// product the tensor core forms, code * part, is exact, and it accumulates them in float32. For 3 to 8 rows, where the mma count per
 // chunk is the kernel's cost, x keeps two parts, hi + mid: 16 significand bits, a relative error
 // below 2^-16 per element (the cuBLAS path of larger batches rounds x to f16's 11). The block scales
 // (exact float32 products of the file's f16 and integer scale fields, as the CPU computes them)
@@ -205,12 +204,13 @@ __device__ __forceinline__ void tile_products(const Tile& w, const u16* xs, cons
 // ---- the int8 path: one or two x rows of a type with Tile::S8 (Q4_K) ----
 // x is kept as three int8 parts per 256 columns (one tile): q0 = rint(x / s0) with s0 = max|x|
 // / 127, then the remainder x - s0 q0 the same way, twice more; x = s0 q0 + s1 q1 + s2 q2 up to
-// about 2^-24 of the largest value (max|x| / 254^3) (benches/precision_x_parts.py: 1.6e-13 normalized
-// squared error of W x on the real model's ffn_down, where the tests allow 1e-9). The tensor core
-// then forms exact integer sums of code * part per sub-block, the sub-block scales (and Q4_K's
-// mins, times the integer sums of x) multiply them in int32, exactly, and only each tile's total
-// goes to float (rounded to float32 there when above 2^24, as any float32 sum would be): d * sum - dmin * sum_of_mins, times the part's scale. One mma a 32-column
-// sub-block holds both rows' three parts (mma columns 0-2 and 3-5, as in the bf16 path), and
+// about 2^-24 of the largest value (max|x| / 254^3) (benches/precision_x_parts.py: 2.1e-13
+// normalized squared error of W x on the real model's own ffn_down inputs, where the tests allow
+// 1e-9). The tensor core then forms exact integer sums of code * part per sub-block, the
+// sub-block scales (and Q4_K's mins, times the integer sums of x) multiply them in int32,
+// exactly, and only each tile's total goes to float (rounded to float32 there when above 2^24,
+// as any float32 sum would be): d * sum - dmin * sum_of_mins, times the part's scale. One mma a
+// 32-column sub-block holds both rows' three parts (mma columns 0-2 and 3-5, as in the bf16 path), and
 // decoding a code takes well under one instruction: the point of this path (the bf16 path spends
 // most of its instructions turning codes into bf16).
 

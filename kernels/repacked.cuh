@@ -85,6 +85,10 @@ __device__ __forceinline__ int rp_sbyte(u32 w, int b) {
 #define RP_BF16X2_MINUS_144 0xC310C310u  // -(128 + 16): Q5_0's codes are offset by 16
 #define RP_BF16X2_MINUS_160 0xC320C320u  // -(128 + 32): Q6_K's codes are offset by 32
 
+// The two codes of pair P of nibble words `q` (at bits 4 (P % 4) and 16 + 4 (P % 4) of word
+// P / 4), as the low and high halves; `mask` is 0x000F000F (Q4_K passes its kept register).
+__device__ __forceinline__ u32 rp_nibbles(const u32* q, int P, u32 mask) { return (q[P >> 2] >> (4 * (P & 3))) & mask; }
+
 // Where an element of a tile lives (see repack.rs): row r (0..16), tile column kc.
 struct RpSlot {
     int h, lane, chunk, pair, second, j;
@@ -123,7 +127,7 @@ struct Rp_q5_0 {
         }
     }
     __device__ __forceinline__ u32 pair(int h, int P) const {
-        const u32 v = ((q[h][P >> 2] >> (4 * (P & 3))) & 0x000F000Fu) | (((qh[h] >> P) & 0x00010001u) << 4) | RP_BF16X2_128;
+        const u32 v = rp_nibbles(q[h], P, 0x000F000Fu) | (((qh[h] >> P) & 0x00010001u) << 4) | RP_BF16X2_128;
         return rp_bf16x2_add(v, RP_BF16X2_MINUS_144);
     }
     __device__ __forceinline__ void frag(int c, u32 a[4]) const {
@@ -216,21 +220,27 @@ struct Rp_q4_k {
         }
     }
     __device__ __forceinline__ u32 code(int h, int P) const {
-        const u32 v = ((q[h][P >> 2] >> (4 * (P & 3))) & nib) | RP_BF16X2_128;
+        const u32 v = rp_nibbles(q[h], P, nib) | RP_BF16X2_128;
         return rp_bf16x2_add(v, RP_BF16X2_MINUS_128);
     }
     __device__ __forceinline__ void frag(int c, u32 a[4]) const {
         a[0] = code(0, 2 * c), a[1] = code(1, 2 * c), a[2] = code(0, 2 * c + 1), a[3] = code(1, 2 * c + 1);
     }
-    // Sub-block sb's 6-bit scale and min (scale_min_k4 in common.cuh, four sub-blocks per word):
-    // bytes 0..3 of the packed scales hold sc[0..3] (low 6 bits) and the top bits of sc[4..7],
-    // bytes 4..7 m[0..3] and the top bits of m[4..7], bytes 8..11 the low nibbles of sc/m[4..7].
+    // The 6-bit scales (scw) and mins (mw) of the four sub-blocks of sb's half, one a byte, for
+    // row g + 8h (scale_min_k4 in common.cuh): bytes 0..3 of the packed scales hold sc[0..3] (low
+    // 6 bits) and the top bits of sc[4..7], bytes 4..7 m[0..3] and the top bits of m[4..7], bytes
+    // 8..11 the low nibbles of sc/m[4..7].
+    __device__ __forceinline__ void scale_words(int h, int sb, u32& scw, u32& mw) const {
+        const u32 s0 = rec[h].y, s1 = rec[h].z, s2 = rec[h].w;
+        scw = sb < 4 ? (s0 & 0x3F3F3F3Fu) : ((s2 & 0x0F0F0F0Fu) | ((s0 >> 2) & 0x30303030u));
+        mw = sb < 4 ? (s1 & 0x3F3F3F3Fu) : (((s2 >> 4) & 0x0F0F0F0Fu) | ((s1 >> 2) & 0x30303030u));
+    }
+    // Sub-block sb's scale and min as floats (times d and dmin), rows g and g+8.
     __device__ __forceinline__ void scale(int sb, float s[2], float m[2]) const {
 #pragma unroll
         for (int h = 0; h < 2; h++) {
-            const u32 s0 = rec[h].y, s1 = rec[h].z, s2 = rec[h].w;
-            const u32 scw = sb < 4 ? (s0 & 0x3F3F3F3Fu) : ((s2 & 0x0F0F0F0Fu) | ((s0 >> 2) & 0x30303030u));
-            const u32 mw = sb < 4 ? (s1 & 0x3F3F3F3Fu) : (((s2 >> 4) & 0x0F0F0F0Fu) | ((s1 >> 2) & 0x30303030u));
+            u32 scw, mw;
+            scale_words(h, sb, scw, mw);
             s[h] = __fmul_rn(rp_half(rec[h].x & 0xffffu), rp_byte_f(scw, sb & 3, magic));
             m[h] = __fmul_rn(rp_half(rec[h].x >> 16), rp_byte_f(mw, sb & 3, magic));
         }
@@ -247,13 +257,12 @@ struct Rp_q4_k {
         a[0] = q[0][sb] & 0x0F0F0F0Fu, a[1] = q[1][sb] & 0x0F0F0F0Fu;
         a[2] = (q[0][sb] >> 4) & 0x0F0F0F0Fu, a[3] = (q[1][sb] >> 4) & 0x0F0F0F0Fu;
     }
-    // Sub-block sb's 6-bit scale and min as integers, rows g and g+8 (the packing as in scale()).
+    // Sub-block sb's 6-bit scale and min as integers, rows g and g+8.
     __device__ __forceinline__ void scale_s8(int sb, int sc[2], int m[2]) const {
 #pragma unroll
         for (int h = 0; h < 2; h++) {
-            const u32 s0 = rec[h].y, s1 = rec[h].z, s2 = rec[h].w;
-            const u32 scw = sb < 4 ? (s0 & 0x3F3F3F3Fu) : ((s2 & 0x0F0F0F0Fu) | ((s0 >> 2) & 0x30303030u));
-            const u32 mw = sb < 4 ? (s1 & 0x3F3F3F3Fu) : (((s2 >> 4) & 0x0F0F0F0Fu) | ((s1 >> 2) & 0x30303030u));
+            u32 scw, mw;
+            scale_words(h, sb, scw, mw);
             sc[h] = (int)__byte_perm(scw, 0u, 0x4440u | (u32)(sb & 3));
             m[h] = (int)__byte_perm(mw, 0u, 0x4440u | (u32)(sb & 3));
         }
@@ -303,7 +312,7 @@ struct Rp_q6_k {
     }
     __device__ __forceinline__ u32 pair(int h, int P) const {
         const u32 hi = ((qh[h][P >> 3] >> (2 * (P & 7))) & 0x00030003u) << 4;
-        return rp_bf16x2_add(((q[h][P >> 2] >> (4 * (P & 3))) & 0x000F000Fu) | hi | RP_BF16X2_128, RP_BF16X2_MINUS_160);
+        return rp_bf16x2_add(rp_nibbles(q[h], P, 0x000F000Fu) | hi | RP_BF16X2_128, RP_BF16X2_MINUS_160);
     }
     __device__ __forceinline__ void frag(int c, u32 a[4]) const {
         a[0] = pair(0, 2 * c), a[1] = pair(1, 2 * c), a[2] = pair(0, 2 * c + 1), a[3] = pair(1, 2 * c + 1);
