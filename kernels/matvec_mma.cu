@@ -6,9 +6,10 @@
 // Exactness. For one or two rows of x (decode of one or two sequences) each x value is split
 // into three bf16 parts, hi = bf16(x), mid = bf16(x - hi), lo = bf16(x - hi - mid), whose sum is
 // x exactly (8 + 8 + 8 significand bits); the weights' integer codes are exact in bf16; so every
-// product the tensor core forms, code * part, is exact, and it accumulates them in float32. For 3 to 8 rows, where the mma count per
-// chunk is the kernel's cost, x keeps two parts, hi + mid: 16 significand bits, a relative error
-// below 2^-16 per element (the cuBLAS path of larger batches rounds x to f16's 11). The block scales
+// product the tensor core forms, code * part, is exact, and it accumulates them in float32. For
+// 3 to 8 rows, where the mma count per chunk is the kernel's cost, x keeps two parts, hi + mid:
+// 16 significand bits, a relative error below 2^-16 per element (the cuBLAS path of larger
+// batches rounds x to f16's 11). The block scales
 // (exact float32 products of the file's f16 and integer scale fields, as the CPU computes them)
 // multiply the per-block sums afterwards in float32, and Q4_K's mins multiply per-block sums of
 // x: d1 * sum(q * x) - m1 * sum(x) is sum((d1 * q - m1) * x), the CPU's weights times x,
@@ -210,9 +211,9 @@ __device__ __forceinline__ void tile_products(const Tile& w, const u16* xs, cons
 // sub-block scales (and Q4_K's mins, times the integer sums of x) multiply them in int32,
 // exactly, and only each tile's total goes to float (rounded to float32 there when above 2^24,
 // as any float32 sum would be): d * sum - dmin * sum_of_mins, times the part's scale. One mma a
-// 32-column sub-block holds both rows' three parts (mma columns 0-2 and 3-5, as in the bf16 path), and
-// decoding a code takes well under one instruction: the point of this path (the bf16 path spends
-// most of its instructions turning codes into bf16).
+// 32-column sub-block holds both rows' three parts (mma columns 0-2 and 3-5, as in the bf16
+// path), and decoding a code takes well under one instruction: the point of this path (the bf16
+// path spends most of its instructions turning codes into bf16).
 
 __device__ __forceinline__ void mma_s8(int c[4], const u32 a[4], u32 b0, u32 b1) {
     asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
