@@ -186,7 +186,7 @@ mod tests {
         let mut failures = Vec::new();
         let mut compile_one = |src: &KernelSource, extra: &[String]| {
             let t = std::time::Instant::now();
-            let mut opts = options_for(src, extra, cc);
+            let mut opts = options_for(src, extra, cc).expect("FERRITE_CUDA_KERNEL_DEFINES");
             let report = verbose && (src.file.starts_with("matvec") || src.file == "repacked_rows.cu");
             if report {
                 opts.push("--ptxas-options=-v".into());

@@ -41,13 +41,36 @@ pub const HEADERS: &[(&str, &str)] = &[
 const BASE_OPTIONS: &[&str] = &["--std=c++17", "--ftz=false", "--prec-div=true", "--prec-sqrt=true", "-default-device"];
 
 /// `extra`: per-variant options, e.g. the `-DQTYPE=...` defines of a kernel compiled once per
-/// weight type.
-pub fn options_for(source: &KernelSource, extra: &[String], cc: (u32, u32)) -> Vec<String> {
+/// weight type. Then the defines of `FERRITE_CUDA_KERNEL_DEFINES` (see [`env_defines`]).
+pub fn options_for(source: &KernelSource, extra: &[String], cc: (u32, u32)) -> Result<Vec<String>, CudaError> {
     let mut opts: Vec<String> = vec![format!("--gpu-architecture=sm_{}{}", cc.0, cc.1)];
     opts.extend(BASE_OPTIONS.iter().map(|s| s.to_string()));
     opts.extend(source.options.iter().map(|s| s.to_string()));
     opts.extend(extra.iter().cloned());
-    opts
+    opts.extend(env_defines(std::env::var("FERRITE_CUDA_KERNEL_DEFINES").ok().as_deref())?);
+    Ok(opts)
+}
+
+/// `FERRITE_CUDA_KERNEL_DEFINES="-DNAME=VALUE ..."`: a benchmarking hook that compiles every
+/// kernel with these defines too (a tuning knob such as `-DMMA_MIN_BLOCKS=3`), so that one build
+/// can time several variants of a kernel in one lease of the GPU. They are part of the cache
+/// key. Only `-DNAME` and `-DNAME=VALUE` (letters, digits, `_`, and `.`/`-` in the value) are
+/// accepted: anything else is an error, not an option passed to NVRTC.
+pub fn env_defines(value: Option<&str>) -> Result<Vec<String>, CudaError> {
+    let Some(value) = value else { return Ok(Vec::new()) };
+    let word = |s: &str, extra: &[char]| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || extra.contains(&c));
+    value
+        .split_whitespace()
+        .map(|tok| {
+            let def = tok.strip_prefix("-D").unwrap_or("");
+            let (name, val) = def.split_once('=').unwrap_or((def, "1"));
+            if word(name, &[]) && !name.starts_with(|c: char| c.is_ascii_digit()) && word(val, &['.', '-']) {
+                Ok(tok.to_string())
+            } else {
+                Err(CudaError::Invalid(format!("FERRITE_CUDA_KERNEL_DEFINES: {tok:?} is not a define (-DNAME or -DNAME=VALUE)")))
+            }
+        })
+        .collect()
 }
 
 /// 128-bit FNV-1a (two 64-bit lanes with different offsets), stable across Rust versions unlike
@@ -157,7 +180,7 @@ fn write_cache(path: &PathBuf, cubin: &[u8]) {
 /// Whether the CUBIN of `source` with `extra` is in the disk cache (intact).
 pub fn is_cached(source: &KernelSource, extra: &[String], cc: (u32, u32), driver_version: i32) -> bool {
     let Ok(nvrtc) = nvrtc_version() else { return false };
-    let opts = options_for(source, extra, cc);
+    let Ok(opts) = options_for(source, extra, cc) else { return false };
     cache_dir()
         .map(|d| d.join(format!("{}-{}.cubin", source.file.trim_end_matches(".cu"), cache_key(source, &opts, driver_version, nvrtc))))
         .and_then(|p| read_cache(&p))
@@ -168,7 +191,7 @@ pub fn is_cached(source: &KernelSource, extra: &[String], cc: (u32, u32), driver
 /// disk cache, else compiled (and then cached).
 pub fn compiled(source: &KernelSource, extra: &[String], cc: (u32, u32), driver_version: i32) -> Result<Vec<u8>, CudaError> {
     let nvrtc = nvrtc_version()?;
-    let opts = options_for(source, extra, cc);
+    let opts = options_for(source, extra, cc)?;
     let path = cache_dir().map(|d| d.join(format!("{}-{}.cubin", source.file.trim_end_matches(".cu"), cache_key(source, &opts, driver_version, nvrtc))));
     if let Some(cubin) = path.as_ref().and_then(read_cache) {
         return Ok(cubin);
@@ -183,7 +206,7 @@ pub fn compiled(source: &KernelSource, extra: &[String], cc: (u32, u32), driver_
 /// Compiles ignoring the cache, and replaces the cache entry.
 pub fn compile_fresh(source: &KernelSource, extra: &[String], cc: (u32, u32), driver_version: i32) -> Result<Vec<u8>, CudaError> {
     let nvrtc = nvrtc_version()?;
-    let opts = options_for(source, extra, cc);
+    let opts = options_for(source, extra, cc)?;
     let cubin = compile(source, &opts)?;
     if let Some(dir) = cache_dir() {
         let key = cache_key(source, &opts, driver_version, nvrtc);
@@ -306,5 +329,16 @@ mod tests {
         assert_ne!(cache_key(&a, &o1, 13000, (13, 0)), cache_key(&a, &o2, 13000, (13, 0)));
         assert_ne!(cache_key(&a, &o1, 13000, (13, 0)), cache_key(&a, &o1, 12080, (13, 0)));
         assert_eq!(cache_key(&a, &o1, 13000, (13, 0)), cache_key(&a, &o1, 13000, (13, 0)));
+    }
+
+    #[test]
+    fn kernel_defines_from_the_environment_are_defines_or_an_error() {
+        assert_eq!(env_defines(None).unwrap(), Vec::<String>::new());
+        assert_eq!(env_defines(Some(" -DMMA_MIN_BLOCKS=3  -DFOO ")).unwrap(), vec!["-DMMA_MIN_BLOCKS=3", "-DFOO"]);
+        assert_eq!(env_defines(Some("-DX=-1.5")).unwrap(), vec!["-DX=-1.5"]);
+        for bad in ["--use_fast_math", "-D", "-D=3", "-D3X", "-DX=$(id)", "-DX=a b", "-I/tmp", "MMA=3"] {
+            let err = env_defines(Some(bad)).map(|v| v.join(" ")).unwrap_err().to_string();
+            assert!(err.contains("FERRITE_CUDA_KERNEL_DEFINES"), "{bad}: {err}");
+        }
     }
 }
