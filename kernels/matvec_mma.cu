@@ -205,16 +205,17 @@ __device__ __forceinline__ void tile_products(const Tile& w, const u16* xs, cons
 
 // ---- the int8 path: one or two x rows of a type with Tile::S8 (Q4_K, Q5_0, Q8_0) ----
 // x is kept as three int8 parts per 256 columns (one tile): q0 = rint(x / s0) with s0 = max|x|
-// / 127, then the remainder x - s0 q0 the same way, twice more; x = s0 q0 + s1 q1 + s2 q2 up to
-// about 2^-24 of the largest value (max|x| / 254^3) (benches/precision_x_parts.py: 2.1e-13
-// normalized squared error of W x on the real model's own ffn_down inputs, where the tests allow
-// 1e-9). The tensor core then forms exact integer sums of code * part per sub-block, the
-// sub-block scales (and Q4_K's mins, times the integer sums of x) multiply them in int32,
-// exactly, and only each tile's total goes to float (rounded to float32 there when above 2^24,
-// as any float32 sum would be): d * sum - dmin * sum_of_mins, times the part's scale. One mma a
-// 32-column sub-block holds both rows' three parts (mma columns 0-2 and 3-5, as in the bf16
-// path), and decoding a code takes well under one instruction: the point of this path (the bf16
-// path spends most of its instructions turning codes into bf16).
+// / 127, then the remainder x - s0 q0 with step s1 = s0 / 254 (it is at most s0 / 2), and once
+// more with s2 = s1 / 254; x = s0 q0 + s1 q1 + s2 q2 up to about 2^-24 of the largest value
+// (max|x| / 254^3) (benches/precision_x_parts.py: 2.1e-13 normalized squared error of W x on the
+// real model's own ffn_down inputs, where the tests allow 1e-9). The tensor core then forms
+// exact integer sums of code * part per sub-block, the sub-block scales (and Q4_K's mins, times
+// the integer sums of x) multiply them in int32, exactly, and only each tile's total goes to
+// float (rounded to float32 there when above 2^24, as any float32 sum would be): d * sum - dmin *
+// sum_of_mins, times the part's scale. One mma a 32-column sub-block holds both rows' three
+// parts (mma columns 0-2 and 3-5, as in the bf16 path), and
+// decoding a code takes well under one instruction: the point of this path (the bf16 path spends
+// most of its instructions turning codes into bf16).
 
 __device__ __forceinline__ void mma_s8(int c[4], const u32 a[4], u32 b0, u32 b1) {
     asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
@@ -254,16 +255,22 @@ __device__ __forceinline__ void stage_x_s8(const float* __restrict__ x, const fl
         for (int i = 0; i < 8; i++) finite = finite && isfinite(r[i]);
         finite = __all_sync(FULL_WARP, finite);
         const int j = n / 2;
+        // One reduction for the three parts: the remainder after part p is at most half its
+        // step, so part p + 1's step can be the step before it / 254 without measuring its
+        // maximum (the same 2^-24 of max|x| in the end; a reduction is five dependent shuffles,
+        // on the critical path of a small projection).
+        float amax = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 8; i++) amax = fmaxf(amax, fabsf(r[i]));
+        amax = warp_max(amax);
+        const float scale0 = __fdiv_rn(amax, 127.0f);
+        // Capped so that a tiny amax (below 127 / FLT_MAX) cannot make it infinite: the codes
+        // are then smaller than they could be (such a tile's x loses precision, not its sign).
+        const float inv0 = amax > 0.0f ? fminf(__fdiv_rn(127.0f, amax), 3.4028234e38f) : 0.0f;
 #pragma unroll
         for (int p = 0; p < 3; p++) {
-            float amax = 0.0f;
-#pragma unroll
-            for (int i = 0; i < 8; i++) amax = fmaxf(amax, fabsf(r[i]));
-            amax = warp_max(amax);
-            const float scale = __fdiv_rn(amax, 127.0f);
-            // Capped so that a tiny amax (below 127 / FLT_MAX) cannot make it infinite: the codes
-            // are then smaller than they could be, and the remainder below carries the rest.
-            const float inv = amax > 0.0f ? fminf(__fdiv_rn(127.0f, amax), 3.4028234e38f) : 0.0f;
+            const float scale = p == 0 ? scale0 : p == 1 ? scale0 * (1.0f / 254.0f) : scale0 * (1.0f / 64516.0f);
+            const float inv = p == 0 ? inv0 : fminf(inv0 * (p == 1 ? 254.0f : 64516.0f), 3.4028234e38f);
             int q[8], sum = 0;
 #pragma unroll
             for (int i = 0; i < 8; i++) {
