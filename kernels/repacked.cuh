@@ -137,12 +137,8 @@ struct Rp_q5_0 {
         a[0] = pair(0, 2 * c), a[1] = pair(1, 2 * c), a[2] = pair(0, 2 * c + 1), a[3] = pair(1, 2 * c + 1);
     }
     __device__ __forceinline__ void scale(int sb, float s[2], float m[2]) const {
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            const u32 w = sb < 2 ? d[h].x : d[h].y;
-            s[h] = rp_half((sb & 1) ? (w >> 16) : (w & 0xffffu));
-            m[h] = 0.0f;
-        }
+        block_scale(sb, s);
+        m[0] = m[1] = 0.0f;
     }
     // The int8 path: sub-block sb (one Q5_0 block) as Rp_q4_k::frag_s8 gives it, the fifth bit
     // of each code (qh bit P of pair P, bit P + 16 of its second element) moved to bit 4 of
@@ -204,12 +200,8 @@ struct Rp_q8_0 {
         a[0] = pair_of(q[0][c], 0), a[1] = pair_of(q[1][c], 0), a[2] = pair_of(q[0][c], 2), a[3] = pair_of(q[1][c], 2);
     }
     __device__ __forceinline__ void scale(int sb, float s[2], float m[2]) const {
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            const u32 w = sb < 2 ? d[h].x : d[h].y;
-            s[h] = rp_half((sb & 1) ? (w >> 16) : (w & 0xffffu));
-            m[h] = 0.0f;
-        }
+        block_scale(sb, s);
+        m[0] = m[1] = 0.0f;
     }
     // The int8 path: sub-block sb (one Q8_0 block, chunks 2 sb and 2 sb + 1) with its bytes
     // interleaved into the order stage_x_s8 stages x in ([c0 j0, c1 j0, c0 j1, c1 j1] and [c0 j2,
