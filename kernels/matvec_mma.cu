@@ -13,8 +13,9 @@
 // (exact float32 products of the file's f16 and integer scale fields, as the CPU computes them)
 // multiply the per-block sums afterwards in float32, and Q4_K's mins multiply per-block sums of
 // x: d1 * sum(q * x) - m1 * sum(x) is sum((d1 * q - m1) * x), the CPU's weights times x,
-// summed in another order. The exception is Q4_K at one or two rows, where decoding codes into
-// bf16 was most of the kernel's instructions: it keeps x as three int8 parts per 256 columns (a
+// summed in another order. The exception is one or two rows of Q4_K, Q5_0 and Q8_0 (the types
+// with an int8 path, Tile::S8), where decoding codes into bf16 was most of the kernel's
+// instructions: it keeps x as three int8 parts per 256 columns (a
 // relative error near 2^-24 of each tile's largest value, 1e-13 of W x on the model's own
 // activations) and multiplies on the int8 tensor cores (see "the int8 path" below).
 //
@@ -202,18 +203,19 @@ __device__ __forceinline__ void tile_products(const Tile& w, const u16* xs, cons
     }
 }
 
-// ---- the int8 path: one or two x rows of a type with Tile::S8 (Q4_K) ----
+// ---- the int8 path: one or two x rows of a type with Tile::S8 (Q4_K, Q5_0, Q8_0) ----
 // x is kept as three int8 parts per 256 columns (one tile): q0 = rint(x / s0) with s0 = max|x|
-// / 127, then the remainder x - s0 q0 the same way, twice more; x = s0 q0 + s1 q1 + s2 q2 up to
-// about 2^-24 of the largest value (max|x| / 254^3) (benches/precision_x_parts.py: 2.1e-13
-// normalized squared error of W x on the real model's own ffn_down inputs, where the tests allow
-// 1e-9). The tensor core then forms exact integer sums of code * part per sub-block, the
-// sub-block scales (and Q4_K's mins, times the integer sums of x) multiply them in int32,
-// exactly, and only each tile's total goes to float (rounded to float32 there when above 2^24,
-// as any float32 sum would be): d * sum - dmin * sum_of_mins, times the part's scale. One mma a
-// 32-column sub-block holds both rows' three parts (mma columns 0-2 and 3-5, as in the bf16
-// path), and decoding a code takes well under one instruction: the point of this path (the bf16
-// path spends most of its instructions turning codes into bf16).
+// / 127, then the remainder x - s0 q0 with step s1 = s0 / 254 (it is at most s0 / 2), and once
+// more with s2 = s1 / 254; x = s0 q0 + s1 q1 + s2 q2 up to about 2^-24 of the largest value
+// (max|x| / 254^3) (benches/precision_x_parts.py: 2.1e-13 normalized squared error of W x on the
+// real model's own ffn_down inputs, where the tests allow 1e-9). The tensor core then forms
+// exact integer sums of code * part per sub-block, the sub-block scales (and Q4_K's mins, times
+// the integer sums of x) multiply them in int32, exactly, and only each tile's total goes to
+// float (rounded to float32 there when above 2^24, as any float32 sum would be): d * sum - dmin *
+// sum_of_mins, times the part's scale. One mma a 32-column sub-block holds both rows' three
+// parts (mma columns 0-2 and 3-5, as in the bf16 path), and
+// decoding a code takes well under one instruction: the point of this path (the bf16 path spends
+// most of its instructions turning codes into bf16).
 
 __device__ __forceinline__ void mma_s8(int c[4], const u32 a[4], u32 b0, u32 b1) {
     asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
@@ -239,7 +241,9 @@ __device__ __forceinline__ void stage_x_s8(const float* __restrict__ x, const fl
                                            u32 col0, u32 len, u8* xq, int (*xsum)[NG][8], float (*xscale)[NG][8]) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
     const int sb = lane >> 2, t = lane & 3;
-    const int blocks = (int)len / 256;
+    // A phase of an odd number of 128-column tiles stages the next 128 columns too (PHASE is a
+    // multiple of 256; past n_cols load_x4 gives zeros): unused, and harmless to the scale.
+    const int blocks = ((int)len + 255) / 256;
     for (int job = warp; job < NT * blocks; job += n_warps) {
         const int n = job / blocks, blk = job % blocks;
         const u32 c = col0 + 256 * blk + 32 * sb + 4 * t;
@@ -251,16 +255,22 @@ __device__ __forceinline__ void stage_x_s8(const float* __restrict__ x, const fl
         for (int i = 0; i < 8; i++) finite = finite && isfinite(r[i]);
         finite = __all_sync(FULL_WARP, finite);
         const int j = n / 2;
+        // One reduction for the three parts: the remainder after part p is at most half its
+        // step, so part p + 1's step can be the step before it / 254 without measuring its
+        // maximum (the same 2^-24 of max|x| in the end; a reduction is five dependent shuffles,
+        // on the critical path of a small projection).
+        float amax = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 8; i++) amax = fmaxf(amax, fabsf(r[i]));
+        amax = warp_max(amax);
+        const float scale0 = __fdiv_rn(amax, 127.0f);
+        // Capped so that a tiny amax (below 127 / FLT_MAX) cannot make it infinite: the codes
+        // are then smaller than they could be (such a tile's x loses precision, not its sign).
+        const float inv0 = amax > 0.0f ? fminf(__fdiv_rn(127.0f, amax), 3.4028234e38f) : 0.0f;
 #pragma unroll
         for (int p = 0; p < 3; p++) {
-            float amax = 0.0f;
-#pragma unroll
-            for (int i = 0; i < 8; i++) amax = fmaxf(amax, fabsf(r[i]));
-            amax = warp_max(amax);
-            const float scale = __fdiv_rn(amax, 127.0f);
-            // Capped so that a tiny amax (below 127 / FLT_MAX) cannot make it infinite: the codes
-            // are then smaller than they could be, and the remainder below carries the rest.
-            const float inv = amax > 0.0f ? fminf(__fdiv_rn(127.0f, amax), 3.4028234e38f) : 0.0f;
+            const float scale = p == 0 ? scale0 : p == 1 ? scale0 * (1.0f / 254.0f) : scale0 * (1.0f / 64516.0f);
+            const float inv = p == 0 ? inv0 : fminf(inv0 * (p == 1 ? 254.0f : 64516.0f), 3.4028234e38f);
             int q[8], sum = 0;
 #pragma unroll
             for (int i = 0; i < 8; i++) {
@@ -279,7 +289,8 @@ __device__ __forceinline__ void stage_x_s8(const float* __restrict__ x, const fl
     }
 }
 
-// acc += tile `tile` (of the phase) times x, the int8 way (see above).
+// acc += tile `tile` (of the phase) times x, the int8 way (see above), for a K-quant (Q4_K:
+// integer sub-block scales and mins, float super-block scales).
 template <class T, int NG>
 __device__ __forceinline__ void tile_products_s8(const T& w, const u8* xq, const int (*xsum)[NG][8],
                                                  const float (*xscale)[NG][8], u32 tile, const int b_off[NG], int t,
@@ -323,6 +334,53 @@ __device__ __forceinline__ void tile_products_s8(const T& w, const u8* xq, const
             const float v = fmaf(d[h], (float)dot[j][i], -__fmul_rn(dmin[h], (float)mins[j][i]));
             acc[j][i] = fmaf((i & 1) ? s.y : s.x, v, acc[j][i]);
         }
+    }
+}
+
+// acc += tile `tile` (of the phase) times x, the int8 way, for a type with a float scale per
+// 32-column block (Q5_0, Q8_0: 128-column tiles, two to one 256-column x scale): each block's
+// integer sum (less the code offset times the integer sum of x) goes to float with its scale.
+template <class T, int NG>
+__device__ __forceinline__ void tile_products_s8_blocks(const T& w, const u8* xq, const int (*xsum)[NG][8],
+                                                        const float (*xscale)[NG][8], u32 tile, const int b_off[NG], int t,
+                                                        float acc[NG][4]) {
+    constexpr int SUBS = T::TILE_COLS / 32;
+    const u32 blk = tile * T::TILE_COLS / 256, sb0 = tile * SUBS % 8;
+    const u8* xb[NG];
+    float2 s[NG];
+#pragma unroll
+    for (int j = 0; j < NG; j++) {
+        xb[j] = xq + b_off[j] + 256 * blk + 32 * sb0;
+        s[j] = *reinterpret_cast<const float2*>(&xscale[blk][j][2 * t]);
+    }
+    const int* xsb = &xsum[8 * blk + sb0][0][2 * t];
+    float part[NG][4];  // the tile's sum of block scale times integer sum, per mma column
+#pragma unroll
+    for (int j = 0; j < NG; j++) part[j][0] = part[j][1] = part[j][2] = part[j][3] = 0.0f;
+#pragma unroll
+    for (int sb = 0; sb < SUBS; sb++) {
+        u32 a[4];
+        w.frag_s8(sb, a);
+        float d[2];
+        w.block_scale(sb, d);
+#pragma unroll
+        for (int j = 0; j < NG; j++) {
+            const uint2 b = *reinterpret_cast<const uint2*>(xb[j] + 32 * sb);
+            int c[4] = {0, 0, 0, 0};
+            mma_s8(c, a, b.x, b.y);
+            if constexpr (T::S8_OFFSET != 0) {
+                const int2 xs2 = *reinterpret_cast<const int2*>(xsb + sb * NG * 8 + j * 8);
+                c[0] -= T::S8_OFFSET * xs2.x, c[1] -= T::S8_OFFSET * xs2.y;
+                c[2] -= T::S8_OFFSET * xs2.x, c[3] -= T::S8_OFFSET * xs2.y;
+            }
+#pragma unroll
+            for (int i = 0; i < 4; i++) part[j][i] = fmaf((float)c[i], d[i >> 1], part[j][i]);
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < NG; j++) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) acc[j][i] = fmaf((i & 1) ? s[j].y : s[j].x, part[j][i], acc[j][i]);
     }
 }
 
@@ -384,7 +442,7 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
     constexpr int PHASE_TILES = PHASE / Tile::TILE_COLS;
     constexpr int SUMS = Tile::HAS_MIN || S8 ? PHASE / 32 : 1;  // 32-column sums of x (Q4_K's mins)
     static_assert(PHASE % Tile::TILE_COLS == 0 && PHASE % 256 == 0, "phase holds whole tiles");
-    static_assert(!S8 || Tile::TILE_COLS == 256, "the int8 path takes one 256-column tile (8 sub-blocks) per x scale");
+    static_assert(!S8 || Tile::TILE_COLS == 256 || Tile::TILE_COLS == 128, "the int8 path's x scales cover 256 columns: one tile or two");
 
     // Staged x. bf16: row (n * PARTS + part) of XSTRIDE bf16, part 0 = hi, 1 = mid, 2 = lo.
     // int8: row (n * 3 + part) of XSTRIDE_B bytes, in stage_x_s8's order.
@@ -494,9 +552,11 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
             const bool more = kt + warps_k < kt_end;
             Tile nxt;
             if (more) nxt.load(tile_row + (u64)(kt + warps_k) * Tile::TILE_BYTES, lane, !S8);
-            if constexpr (S8) {
+            if constexpr (S8 && Tile::HAS_MIN) {
                 tile_products_s8<Tile, NG>(cur, xs_bytes, xsums.i, xscale, kt - p, b_off, t,
                                            acc);
+            } else if constexpr (S8) {
+                tile_products_s8_blocks<Tile, NG>(cur, xs_bytes, xsums.i, xscale, kt - p, b_off, t, acc);
             } else {
                 tile_products<NT, NG, SUMS>(cur, xs, xsums.f, (kt - p) * Tile::CHUNKS, b_off, b_valid, t, acc);
             }

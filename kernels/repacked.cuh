@@ -16,6 +16,8 @@
 //   S8                      has the int8 path below (matvec_mma.cu uses it for one or two x rows):
 //   frag_s8(sb, a)          the A registers of mma.m16n8k32.s8 for 32-column sub-block sb
 //   scale_s8(sb, sc, m)     its scale (and min) as integers, super_scales(d, dmin) the tile's
+//                           (Q4_K); block_scale(sb, d) the float scale of sub-block sb (Q5_0,
+//                           Q8_0), whose codes are offset by S8_OFFSET
 //   value(tile, r, kc)      one element, computed exactly as the CPU decoder does (embedding,
 //                           prefill dequantization)
 //
@@ -111,7 +113,8 @@ __device__ __forceinline__ int rp_nibble_word_at(int parts, int h, int lane, int
 // ---------------------------------------------------------------- Q5_0
 struct Rp_q5_0 {
     static constexpr int TILE_COLS = 128, TILE_BYTES = 1408, CHUNKS = 8, SCALE_CHUNKS = 2;
-    static constexpr bool HAS_MIN = false, S8 = false;
+    static constexpr bool HAS_MIN = false, S8 = true;
+    static constexpr int S8_OFFSET = 16;  // the int8 path's codes are 0..31; the value is d * (code - 16)
     u32 q[2][4];  // nibble words of rows g, g+8
     u32 qh[2];    // high bits
     uint2 d[2];   // the four blocks' f16 scales
@@ -134,11 +137,27 @@ struct Rp_q5_0 {
         a[0] = pair(0, 2 * c), a[1] = pair(1, 2 * c), a[2] = pair(0, 2 * c + 1), a[3] = pair(1, 2 * c + 1);
     }
     __device__ __forceinline__ void scale(int sb, float s[2], float m[2]) const {
+        block_scale(sb, s);
+        m[0] = m[1] = 0.0f;
+    }
+    // The int8 path: sub-block sb (one Q5_0 block) as Rp_q4_k::frag_s8 gives it, the fifth bit
+    // of each code (qh bit P of pair P, bit P + 16 of its second element) moved to bit 4 of
+    // the code's byte: bytes [c0 j0, c1 j0, c0 j1, c1 j1] take bits 4sb, 4sb+2, 4sb+16, 4sb+18
+    // of qh, bytes [c0 j2, c1 j2, c0 j3, c1 j3] bits 4sb+1, 4sb+3, 4sb+17, 4sb+19.
+    __device__ __forceinline__ void frag_s8(int sb, u32 a[4]) const {
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const u32 hb = qh[h] >> (4 * sb);
+            a[h] = (q[h][sb] & 0x0F0F0F0Fu) | ((hb << 4) & 0x00100010u) | ((hb << 10) & 0x10001000u);
+            a[2 + h] = ((q[h][sb] >> 4) & 0x0F0F0F0Fu) | ((hb << 3) & 0x00100010u) | ((hb << 9) & 0x10001000u);
+        }
+    }
+    // Block sb's scale d, rows g and g+8.
+    __device__ __forceinline__ void block_scale(int sb, float d_out[2]) const {
 #pragma unroll
         for (int h = 0; h < 2; h++) {
             const u32 w = sb < 2 ? d[h].x : d[h].y;
-            s[h] = rp_half((sb & 1) ? (w >> 16) : (w & 0xffffu));
-            m[h] = 0.0f;
+            d_out[h] = rp_half((sb & 1) ? (w >> 16) : (w & 0xffffu));
         }
     }
     static __device__ __forceinline__ float value(const u8* tile, int r, int kc) {
@@ -154,7 +173,8 @@ struct Rp_q5_0 {
 // ---------------------------------------------------------------- Q8_0
 struct Rp_q8_0 {
     static constexpr int TILE_COLS = 128, TILE_BYTES = 2176, CHUNKS = 8, SCALE_CHUNKS = 2;
-    static constexpr bool HAS_MIN = false, S8 = false;
+    static constexpr bool HAS_MIN = false, S8 = true;
+    static constexpr int S8_OFFSET = 0;
     u32 q[2][8];  // chunk c's four bytes (int8 XOR 0x80) of rows g, g+8
     uint2 d[2];
 
@@ -180,11 +200,24 @@ struct Rp_q8_0 {
         a[0] = pair_of(q[0][c], 0), a[1] = pair_of(q[1][c], 0), a[2] = pair_of(q[0][c], 2), a[3] = pair_of(q[1][c], 2);
     }
     __device__ __forceinline__ void scale(int sb, float s[2], float m[2]) const {
+        block_scale(sb, s);
+        m[0] = m[1] = 0.0f;
+    }
+    // The int8 path: sub-block sb (one Q8_0 block, chunks 2 sb and 2 sb + 1) with its bytes
+    // interleaved into the order stage_x_s8 stages x in ([c0 j0, c1 j0, c0 j1, c1 j1] and [c0 j2,
+    // c1 j2, c0 j3, c1 j3], as the nibble types' codes come), signed again.
+    __device__ __forceinline__ void frag_s8(int sb, u32 a[4]) const {
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            a[h] = __byte_perm(q[h][2 * sb], q[h][2 * sb + 1], 0x5140u) ^ 0x80808080u;
+            a[2 + h] = __byte_perm(q[h][2 * sb], q[h][2 * sb + 1], 0x7362u) ^ 0x80808080u;
+        }
+    }
+    __device__ __forceinline__ void block_scale(int sb, float d_out[2]) const {
 #pragma unroll
         for (int h = 0; h < 2; h++) {
             const u32 w = sb < 2 ? d[h].x : d[h].y;
-            s[h] = rp_half((sb & 1) ? (w >> 16) : (w & 0xffffu));
-            m[h] = 0.0f;
+            d_out[h] = rp_half((sb & 1) ? (w >> 16) : (w & 0xffffu));
         }
     }
     static __device__ __forceinline__ float value(const u8* tile, int r, int kc) {
@@ -247,6 +280,7 @@ struct Rp_q4_k {
     }
     // ---- the int8 path (matvec_mma.cu, one or two x rows) ----
     static constexpr bool S8 = true;
+    static constexpr int S8_OFFSET = 0;
     // Sub-block sb (32 columns) as the A fragment of mma.m16n8k32.s8, the codes 0..15 as bytes.
     // Nibble word sb of a row holds, for column j of this lane's four in chunk c = 2 sb + u,
     // the code at bit 4 (2u + (j >> 1)) + 16 (j & 1); masking the low and the high nibbles of
