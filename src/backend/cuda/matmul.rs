@@ -1,7 +1,7 @@
 //! Projections on the GPU: `out[t][r] = Σ_c W[r][c] · x[t][c] (+ bias[r])` with W in its GGUF
 //! blocks.
 //!
-//! * Up to 4 rows of x (decode of a few sequences; see `matvec_max_rows`): matrix-vector kernels that
+//! * Up to 4 rows of x (8 for small weights; decode of a few sequences; see `takes_matvec`): matrix-vector kernels that
 //!   read each weight byte once and dequantize in registers (`matvec.rs`: the tensor-core kernels
 //!   on repacked Q5_0/Q8_0/Q4_K/Q6_K tiles, matvec.cu on the file's blocks for the other types).
 //!   This is the bandwidth-bound case the speed of generation depends on.
@@ -28,24 +28,43 @@ use crate::backend::BackendError;
 /// buffer whatever the matrix (the 151936 x 896 LM head goes in 5 chunks).
 pub const SCRATCH_MAX_ELEMS: usize = 32 << 20;
 
-/// Rows of x up to which projections take the matrix-vector kernels by default. The kernels take
-/// up to `MATVEC_MAX_ROWS` (8), but from 5 rows the f16 GEMM on the resident copies is faster:
-/// a decode step of 8 sequences took 2.14 ms through cuBLAS against 2.31 ms through the 8-row
-/// kernels, while 2 and 4 rows were faster on the kernels (1.80 / 2.03 ms against 2.10 / 2.14;
-/// H200, synthetic model of the real shapes, benches/bench_decode_step.py, 2026-12-02).
+/// Rows of x up to which every projection takes the matrix-vector kernels by default. The kernels
+/// take up to `MATVEC_MAX_ROWS` (8), but from 5 rows the f16 GEMM on the resident copies is
+/// faster for large weights: a decode step of 8 sequences took 2.14 ms through cuBLAS against
+/// 2.31 ms through the 8-row kernels, while 2 and 4 rows were faster on the kernels (1.80 / 2.03
+/// ms against 2.10 / 2.14; H200, synthetic model of the real shapes, benches/bench_decode_step.py,
+/// 2026-12-02).
 const MATVEC_PREFERRED_MAX_ROWS: usize = 4;
 
-/// Rows of x up to which projections take the matrix-vector kernels: `MATVEC_PREFERRED_MAX_ROWS`,
-/// or `FERRITE_CUDA_MATVEC_MAX_ROWS=N` (0 sends every multiply to cuBLAS, 8 keeps the kernels up
-/// to their limit), to compare the two paths on a batch size.
+/// Weights of at most this many elements (16 MiB as f16) multiply up to `MATVEC_MAX_ROWS` rows on
+/// the matrix-vector kernels: such a multiply is bound by latency, not bandwidth, and the kernels
+/// also take the RMSNorm, SwiGLU and residual add that the GEMM path launches apart. Since the
+/// int8 path and the two-part x of 3-8 rows, a decode step of 8 sequences of the 0.5B shapes
+/// took 1.46-1.47 ms with every weight on the kernels against 1.68-1.70 through cuBLAS, while
+/// Qwen2.5-7B's shapes took 6.88 against 5.87-5.96 (its 3584-wide and larger matrices are
+/// bandwidth-bound; H200, synthetic models, docs/results/h200-2026-12-03d).
+const MATVEC_SMALL_WEIGHT_ELEMS: usize = 8 << 20;
+
+/// `FERRITE_CUDA_MATVEC_MAX_ROWS=N`: every weight takes the matrix-vector kernels up to N rows
+/// (0 sends every multiply to cuBLAS, 8 keeps the kernels up to their limit), to compare the two
+/// paths on a batch size. Unset: [`takes_matvec`]'s rule.
+fn forced_max_rows() -> Option<usize> {
+    static ROWS: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    *ROWS.get_or_init(|| std::env::var("FERRITE_CUDA_MATVEC_MAX_ROWS").ok().and_then(|v| v.parse().ok()).map(|n: usize| n.min(MATVEC_MAX_ROWS)))
+}
+
+/// Rows of x up to which every projection takes the matrix-vector kernels (more may go to cuBLAS).
 pub(super) fn matvec_max_rows() -> usize {
-    static ROWS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *ROWS.get_or_init(|| {
-        std::env::var("FERRITE_CUDA_MATVEC_MAX_ROWS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .map_or(MATVEC_PREFERRED_MAX_ROWS, |n: usize| n.min(MATVEC_MAX_ROWS))
-    })
+    forced_max_rows().unwrap_or(MATVEC_PREFERRED_MAX_ROWS)
+}
+
+/// Whether `w` times `n_x` rows runs on the matrix-vector kernels: up to `MATVEC_PREFERRED_MAX_ROWS`
+/// rows, or `MATVEC_MAX_ROWS` for a weight of at most `MATVEC_SMALL_WEIGHT_ELEMS` elements
+/// (`FERRITE_CUDA_MATVEC_MAX_ROWS` overrides both).
+pub(super) fn takes_matvec(w: &CudaWeight, n_x: usize) -> bool {
+    let small = w.n_rows.saturating_mul(w.n_cols) <= MATVEC_SMALL_WEIGHT_ELEMS;
+    let max_rows = forced_max_rows().unwrap_or(if small { MATVEC_MAX_ROWS } else { MATVEC_PREFERRED_MAX_ROWS });
+    n_x > 0 && n_x <= max_rows && w.n_cols % 32 == 0
 }
 
 /// How a projection's result lands in its output buffer.
@@ -69,8 +88,7 @@ pub(super) fn matmul(
     write: Write,
     x_f16: &mut Option<u64>,
 ) -> Result<(), BackendError> {
-    let direct = n_x <= matvec_max_rows() && w.n_cols % 32 == 0;
-    if direct {
+    if takes_matvec(w, n_x) {
         matvec(be, w, bias, x, n_x, out, write)
     } else {
         dequant_gemm(be, w, bias, x, n_x, out, write, x_f16)
@@ -80,7 +98,7 @@ pub(super) fn matmul(
 /// Whether every one of `weights` multiplies `n_x` rows on the tiled matrix-vector kernels,
 /// which can also normalize x or apply SwiGLU to it while loading it (`Input`).
 pub(super) fn tiled_matvec(weights: &[&CudaWeight], n_x: usize) -> bool {
-    n_x > 0 && n_x <= matvec_max_rows() && weights.iter().all(|w| w.n_cols % 32 == 0 && matches!(w.layout, Layout::Tiles(_)))
+    weights.iter().all(|w| takes_matvec(w, n_x) && matches!(w.layout, Layout::Tiles(_)))
 }
 
 /// `out_i = w_i x (+ bias_i)` (or `+=`) for projections that all pass [`tiled_matvec`], `x`
