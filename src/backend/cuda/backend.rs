@@ -322,8 +322,11 @@ impl CudaBackend {
     /// `x_f16` carries `x`'s f16 conversion between the projections of one input (`None` at
     /// the first).
     #[allow(clippy::too_many_arguments)]
+    /// `group`: the weights projected from the same x, `w` among them.
+    #[allow(clippy::too_many_arguments)]
     fn project(
         &mut self,
+        group: &[&CudaWeight],
         w: &CudaWeight,
         bias: Option<&CudaWeight>,
         x: &CudaAct,
@@ -336,7 +339,7 @@ impl CudaBackend {
         if n_rows == 0 {
             return Ok(());
         }
-        super::matmul::matmul(self, w, bias, x, n_rows, out, write, x_f16)
+        super::matmul::matmul(self, group, w, bias, x, n_rows, out, write, x_f16)
     }
 
     /// Projections of `x` (taken as `input` says) on the tiled matrix-vector kernels, checked.
@@ -700,7 +703,7 @@ impl Backend for CudaBackend {
     }
 
     fn matmul(&mut self, w: &CudaWeight, bias: Option<&CudaWeight>, x: &CudaAct, n_rows: usize, out: &mut CudaAct) -> Result<(), BackendError> {
-        self.project(w, bias, x, n_rows, out, Write::Overwrite, &mut None)
+        self.project(&[w], w, bias, x, n_rows, out, Write::Overwrite, &mut None)
     }
 
     fn matmuls<const N: usize>(
@@ -712,9 +715,10 @@ impl Backend for CudaBackend {
         if super::matmul::tiled_matvec(&projections.each_ref().map(|p| p.0), n_rows) {
             return self.tiled_projections(projections, x, n_rows, Write::Overwrite, Input::X);
         }
+        let group = projections.each_ref().map(|p| p.0);
         let mut x_f16 = None;
         for (w, bias, out) in projections {
-            self.project(w, bias, x, n_rows, out, Write::Overwrite, &mut x_f16)?;
+            self.project(&group, w, bias, x, n_rows, out, Write::Overwrite, &mut x_f16)?;
         }
         Ok(())
     }
@@ -787,7 +791,7 @@ impl Backend for CudaBackend {
     }
 
     fn matmul_add(&mut self, w: &CudaWeight, x: &CudaAct, n_rows: usize, _scratch: &mut CudaAct, acc: &mut CudaAct) -> Result<(), BackendError> {
-        self.project(w, None, x, n_rows, acc, Write::Accumulate, &mut None)
+        self.project(&[w], w, None, x, n_rows, acc, Write::Accumulate, &mut None)
     }
 
     fn rope(&mut self, x: &mut CudaAct, batch: &CudaBatch, p: &RopeParams) -> Result<(), BackendError> {

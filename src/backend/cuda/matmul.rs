@@ -37,17 +37,19 @@ pub const SCRATCH_MAX_ELEMS: usize = 32 << 20;
 const MATVEC_PREFERRED_MAX_ROWS: usize = 4;
 
 /// Weights of at most this many elements (16 MiB as f16) multiply up to `MATVEC_MAX_ROWS` rows on
-/// the matrix-vector kernels: such a multiply is bound by latency, not bandwidth, and the kernels
-/// also take the RMSNorm, SwiGLU and residual add that the GEMM path launches apart. Since the
-/// int8 path and the two-part x of 3-8 rows, a decode step of 8 sequences of the 0.5B shapes
-/// took 1.46-1.47 ms with every weight on the kernels against 1.68-1.70 through cuBLAS, while
-/// Qwen2.5-7B's shapes took 6.88 against 5.87-5.96 (its 3584-wide and larger matrices are
-/// bandwidth-bound; H200, synthetic models, docs/results/h200-2026-12-03d).
+/// the matrix-vector kernels, when the other projections of the same x are as small: such a
+/// multiply is bound by latency, not bandwidth, and the kernels also take the RMSNorm, SwiGLU and
+/// residual add that the GEMM path launches apart. Measured on an H200 (synthetic models,
+/// bench_decode_step.py, docs/results/h200-2026-12-03d, two rounds each), a decode step of 8
+/// sequences: the 0.5B shapes (every layer weight under the bound) 1.582 / 1.599 ms this way
+/// against 1.769 / 1.765 ms with 5-8 rows on cuBLAS; Qwen2.5-7B's shapes 5.87-5.96 ms on cuBLAS,
+/// 6.88 with every weight on the kernels, and 5.94 / 5.98 when only its small k and v projections
+/// took them (next to a q on cuBLAS, each its own launch: hence the rule for the whole group).
 const MATVEC_SMALL_WEIGHT_ELEMS: usize = 8 << 20;
 
 /// `FERRITE_CUDA_MATVEC_MAX_ROWS=N`: every weight takes the matrix-vector kernels up to N rows
 /// (0 sends every multiply to cuBLAS, 8 keeps the kernels up to their limit), to compare the two
-/// paths on a batch size. Unset: [`takes_matvec`]'s rule.
+/// paths on a batch size. Unset: [`max_rows_for`]'s rule.
 fn forced_max_rows() -> Option<usize> {
     static ROWS: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
     *ROWS.get_or_init(|| std::env::var("FERRITE_CUDA_MATVEC_MAX_ROWS").ok().and_then(|v| v.parse().ok()).map(|n: usize| n.min(MATVEC_MAX_ROWS)))
@@ -58,12 +60,23 @@ pub(super) fn matvec_max_rows() -> usize {
     forced_max_rows().unwrap_or(MATVEC_PREFERRED_MAX_ROWS)
 }
 
-/// Whether `w` times `n_x` rows runs on the matrix-vector kernels: up to `MATVEC_PREFERRED_MAX_ROWS`
-/// rows, or `MATVEC_MAX_ROWS` for a weight of at most `MATVEC_SMALL_WEIGHT_ELEMS` elements
-/// (`FERRITE_CUDA_MATVEC_MAX_ROWS` overrides both).
-pub(super) fn takes_matvec(w: &CudaWeight, n_x: usize) -> bool {
-    let small = w.n_rows.saturating_mul(w.n_cols) <= MATVEC_SMALL_WEIGHT_ELEMS;
-    let max_rows = forced_max_rows().unwrap_or(if small { MATVEC_MAX_ROWS } else { MATVEC_PREFERRED_MAX_ROWS });
+/// Rows of x up to which projections with weights of these shapes `(rows, cols)`, all of the same
+/// x, take the matrix-vector kernels: `MATVEC_MAX_ROWS` when every weight has at most
+/// `MATVEC_SMALL_WEIGHT_ELEMS` elements, else `MATVEC_PREFERRED_MAX_ROWS`.
+pub(super) fn max_rows_for(shapes: impl IntoIterator<Item = (usize, usize)>) -> usize {
+    let small = shapes.into_iter().all(|(r, c)| r.saturating_mul(c) <= MATVEC_SMALL_WEIGHT_ELEMS);
+    if small {
+        MATVEC_MAX_ROWS
+    } else {
+        MATVEC_PREFERRED_MAX_ROWS
+    }
+}
+
+/// Whether `w` times `n_x` rows, projected together with `group` (the weights multiplying the same
+/// x, `w` among them), runs on the matrix-vector kernels ([`max_rows_for`]; `FERRITE_CUDA_MATVEC_MAX_ROWS`
+/// overrides it).
+pub(super) fn takes_matvec(group: &[&CudaWeight], w: &CudaWeight, n_x: usize) -> bool {
+    let max_rows = forced_max_rows().unwrap_or_else(|| max_rows_for(group.iter().map(|g| (g.n_rows, g.n_cols))));
     n_x > 0 && n_x <= max_rows && w.n_cols % 32 == 0
 }
 
@@ -76,10 +89,12 @@ pub enum Write {
 }
 
 /// `x_f16`: the device address of `x` already converted to f16 for an earlier projection of the
-/// same input, or `None` (set here when this call converts it).
+/// same input, or `None` (set here when this call converts it). `group`: the weights projected
+/// from the same x, `w` among them (see [`takes_matvec`]).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn matmul(
     be: &mut CudaBackend,
+    group: &[&CudaWeight],
     w: &CudaWeight,
     bias: Option<&CudaSlice<f32>>,
     x: &CudaAct,
@@ -88,7 +103,7 @@ pub(super) fn matmul(
     write: Write,
     x_f16: &mut Option<u64>,
 ) -> Result<(), BackendError> {
-    if takes_matvec(w, n_x) {
+    if takes_matvec(group, w, n_x) {
         matvec(be, w, bias, x, n_x, out, write)
     } else {
         dequant_gemm(be, w, bias, x, n_x, out, write, x_f16)
@@ -98,7 +113,7 @@ pub(super) fn matmul(
 /// Whether every one of `weights` multiplies `n_x` rows on the tiled matrix-vector kernels,
 /// which can also normalize x or apply SwiGLU to it while loading it (`Input`).
 pub(super) fn tiled_matvec(weights: &[&CudaWeight], n_x: usize) -> bool {
-    weights.iter().all(|w| takes_matvec(w, n_x) && matches!(w.layout, Layout::Tiles(_)))
+    weights.iter().all(|w| takes_matvec(weights, w, n_x) && matches!(w.layout, Layout::Tiles(_)))
 }
 
 /// `out_i = w_i x (+ bias_i)` (or `+=`) for projections that all pass [`tiled_matvec`], `x`
@@ -434,6 +449,30 @@ mod tests {
         }
         for bad in [0.0f32, f32::INFINITY, f32::NAN] {
             assert_eq!(f16_scale(bad), 1.0);
+        }
+    }
+
+    /// The 5-8 row rule gives the decisions the H200 measurements behind it were taken with: every
+    /// layer projection of the 0.5B shapes on the kernels, its LM head and every group of the 7B
+    /// shapes that holds a large weight on cuBLAS from 5 rows.
+    #[test]
+    fn five_to_eight_rows_take_the_kernels_only_in_groups_of_small_weights() {
+        use super::{max_rows_for, MATVEC_MAX_ROWS, MATVEC_PREFERRED_MAX_ROWS};
+        let small_05b: [&[(usize, usize)]; 4] =
+            [&[(896, 896), (128, 896), (128, 896)], &[(896, 896)], &[(4864, 896), (4864, 896)], &[(896, 4864)]];
+        for group in small_05b {
+            assert_eq!(max_rows_for(group.iter().copied()), MATVEC_MAX_ROWS, "{group:?}");
+        }
+        let large: [&[(usize, usize)]; 6] = [
+            &[(151936, 896)],
+            &[(3584, 3584), (512, 3584), (512, 3584)],
+            &[(3584, 3584)],
+            &[(18944, 3584), (18944, 3584)],
+            &[(3584, 18944)],
+            &[(152064, 3584)],
+        ];
+        for group in large {
+            assert_eq!(max_rows_for(group.iter().copied()), MATVEC_PREFERRED_MAX_ROWS, "{group:?}");
         }
     }
 }
