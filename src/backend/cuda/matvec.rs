@@ -106,7 +106,7 @@ impl Plan {
     /// * smaller ones, 1 or 2 rows of x (latency-bound): one tile row a block, its column tiles
     ///   dealt to up to 8 warps of the block, one tile each where the matrix is under half the
     ///   GPU's warps' worth, else two, and at most two column splits across blocks (each split
-    ///   costs a round trip through L2);
+    ///   costs a round trip through L2), none when there are as many tile rows as SMs;
     /// * smaller ones, 4 or 8 rows (more math per tile): two warps a tile row, one tile each,
     ///   columns split across blocks, as many tile rows a block as still leave a block for
     ///   every other SM.
@@ -129,7 +129,11 @@ impl Plan {
             let per_warp = if m * k > WARPS_PER_SM * sms / 2 { 2 } else { 1 };
             let k_ways = (m * k).div_ceil(per_warp).min(WARPS_PER_SM * sms).div_ceil(m).clamp(1, k);
             let wk = k_ways.min(max_warps).min(phase);
-            (1, wk, k_ways.div_ceil(wk).min(2))
+            // No column split once the tile rows alone give every SM a block: the split's round
+            // trip through L2 then costs more than the warps it adds (H200 sweep of the int8
+            // path, 3584x3584 Q5_0 / Q8_0: 17 -> 26 % and 29 -> 42 % of copy bandwidth at one row,
+            // 14 -> 19 % and 24 -> 33 % at two; docs/BENCHMARKS.md, tenth session).
+            (1, wk, if m >= sms { 1 } else { k_ways.div_ceil(wk).min(2) })
         } else {
             let wk = 2.min(phase).min(k);
             let splits = k.div_ceil(wk);
@@ -773,5 +777,15 @@ mod tests {
         // The 896-wide outputs of the real model spread their columns over several warps.
         let p = Plan::new(&grid(GgmlType::Q5_0, 896, 896), sms, 1);
         assert!(p.warps_k * p.splits > 1, "{p:?}");
+        // A matrix of as many tile rows as SMs takes no column split at one or two rows (the
+        // plan the tenth session's sweep measured best for 3584x3584 Q5_0 and Q8_0), and the
+        // real model's down projection (56 tile rows) still does.
+        for ty in [GgmlType::Q5_0, GgmlType::Q8_0] {
+            for nt in [1, 2] {
+                let p = Plan::new(&grid(ty, 3584, 3584), sms, nt);
+                assert_eq!((p.warps_m, p.warps_k, p.splits), (1, 8, 1), "{ty} nt={nt}: {p:?}");
+            }
+        }
+        assert_eq!(Plan::new(&grid(GgmlType::Q5_0, 896, 4864), sms, 1).splits, 2);
     }
 }
