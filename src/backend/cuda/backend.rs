@@ -206,8 +206,9 @@ pub struct CudaBackend {
     kv_capacity_tokens: usize,
 }
 
-/// How multiplies of more than 4 rows (prefill, larger batches; `matmul::matvec_max_rows`) run on
-/// cuBLAS. Matvec batches (<= 4 rows, single-user decode) are float32 whatever this says.
+/// How multiplies of more than 4 rows (prefill, larger batches; `matmul::takes_matvec`) run on
+/// cuBLAS, except 5-8 rows of small weights. Matvec multiplies (up to 4 rows, or 8 of small
+/// weights) keep float32 sums (x exact or in two bf16 parts) whatever this says.
 ///
 /// Measured on an H200 with the test model (docs/BENCHMARKS.md): TF32 rounds both inputs of
 /// each product to 10 mantissa bits and ran a 64-sequence decode 1.6x faster than float32, the
@@ -320,9 +321,8 @@ fn to_u32(what: &str, n: usize) -> Result<u32, BackendError> {
 impl CudaBackend {
     /// One projection, checked: `out = w x (+ bias)`, or `out += w x` with `Write::Accumulate`.
     /// `x_f16` carries `x`'s f16 conversion between the projections of one input (`None` at
-    /// the first).
-    #[allow(clippy::too_many_arguments)]
-    /// `group`: the weights projected from the same x, `w` among them.
+    /// the first). `group`: the weights projected from the same x, `w` among them (it decides
+    /// between the matrix-vector kernels and cuBLAS: `matmul::takes_matvec`).
     #[allow(clippy::too_many_arguments)]
     fn project(
         &mut self,
@@ -970,6 +970,9 @@ impl Backend for CudaBackend {
         // every size a changing batch passes through: recording costs about as much as a few
         // steps. Its unrecorded runs also make what a large multiply allocates on first use
         // (the weights' float32 copies, the scratch), which must not happen while recording.
+        // "Large" is more rows than every weight takes on the matrix-vector kernels: at 5-8 rows
+        // groups of small weights stay on the kernels, but a large one (the LM head) goes to
+        // cuBLAS and makes its copy on first use.
         if key.n_tokens > super::matmul::matvec_max_rows() {
             if self.sightings.len() > SIGHTINGS_MAX {
                 self.sightings.clear();

@@ -1,9 +1,10 @@
 //! Projections on the GPU: `out[t][r] = Σ_c W[r][c] · x[t][c] (+ bias[r])` with W in its GGUF
 //! blocks.
 //!
-//! * Up to 4 rows of x (8 for small weights; decode of a few sequences; see `takes_matvec`): matrix-vector kernels that
-//!   read each weight byte once and dequantize in registers (`matvec.rs`: the tensor-core kernels
-//!   on repacked Q5_0/Q8_0/Q4_K/Q6_K tiles, matvec.cu on the file's blocks for the other types).
+//! * Up to 4 rows of x, 8 for groups of small weights (decode of a few sequences; see
+//!   `takes_matvec`): matrix-vector kernels that read each weight byte once and dequantize in
+//!   registers (`matvec.rs`: the tensor-core kernels on repacked Q5_0/Q8_0/Q4_K/Q6_K tiles,
+//!   matvec.cu on the file's blocks for the other types).
 //!   This is the bandwidth-bound case the speed of generation depends on.
 //! * More rows (prefill, large batches): W is dequantized (the bit-exact kernels of `dequant.cu`)
 //!   and cuBLAS multiplies it. A copy is made once and kept on the device when there is room
@@ -28,12 +29,12 @@ use crate::backend::BackendError;
 /// buffer whatever the matrix (the 151936 x 896 LM head goes in 5 chunks).
 pub const SCRATCH_MAX_ELEMS: usize = 32 << 20;
 
-/// Rows of x up to which every projection takes the matrix-vector kernels by default. The kernels
-/// take up to `MATVEC_MAX_ROWS` (8), but from 5 rows the f16 GEMM on the resident copies is
-/// faster for large weights: a decode step of 8 sequences took 2.14 ms through cuBLAS against
-/// 2.31 ms through the 8-row kernels, while 2 and 4 rows were faster on the kernels (1.80 / 2.03
-/// ms against 2.10 / 2.14; H200, synthetic model of the real shapes, benches/bench_decode_step.py,
-/// 2026-12-02).
+/// Rows of x up to which every projection takes the matrix-vector kernels. The kernels take up to
+/// `MATVEC_MAX_ROWS` (8), but from 5 rows the f16 GEMM on the resident copies is faster for large
+/// weights: a decode step of 8 sequences of Qwen2.5-7B's shapes took 5.87-5.96 ms with 5-8 rows on
+/// cuBLAS against 6.88 on the kernels (H200, 2026-12-03; on 2026-12-02, before the kernels' int8
+/// path and two-part x, the 0.5B shapes had also been faster on cuBLAS, 2.14 against 2.31 ms,
+/// which no longer holds: see `MATVEC_SMALL_WEIGHT_ELEMS`).
 const MATVEC_PREFERRED_MAX_ROWS: usize = 4;
 
 /// Weights of at most this many elements (16 MiB as f16) multiply up to `MATVEC_MAX_ROWS` rows on

@@ -132,7 +132,8 @@ impl Plan {
             // No column split once the tile rows alone give every SM a block: the split's round
             // trip through L2 then costs more than the warps it adds (H200 sweep of the int8
             // path, 3584x3584 Q5_0 / Q8_0: 17 -> 26 % and 29 -> 42 % of copy bandwidth at one row,
-            // 14 -> 19 % and 24 -> 33 % at two; docs/BENCHMARKS.md, tenth session).
+            // 14 -> 19 % and 24 -> 33 % at two; docs/BENCHMARKS.md, tenth session). Measured on
+            // 132 SMs only: a GPU with fewer drops the split on smaller matrices too.
             (1, wk, if m >= sms { 1 } else { k_ways.div_ceil(wk).min(2) })
         } else {
             let wk = 2.min(phase).min(k);

@@ -55,7 +55,9 @@ pub fn options_for(source: &KernelSource, extra: &[String], cc: (u32, u32)) -> R
 /// kernel with these defines too (a tuning knob such as `-DMMA_MIN_BLOCKS=3`), so that one build
 /// can time several variants of a kernel in one lease of the GPU. They are part of the cache
 /// key. Only `-DNAME` and `-DNAME=VALUE` (letters, digits, `_`, and `.`/`-` in the value) are
-/// accepted: anything else is an error, not an option passed to NVRTC.
+/// accepted: anything else is an error, not an option passed to NVRTC. Read at each compile, but
+/// a process keeps the modules it has loaded (`CudaContext::module`): set it before the first
+/// model loads, one variant a process.
 pub fn env_defines(value: Option<&str>) -> Result<Vec<String>, CudaError> {
     let Some(value) = value else { return Ok(Vec::new()) };
     let word = |s: &str, extra: &[char]| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || extra.contains(&c));
