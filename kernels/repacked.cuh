@@ -91,6 +91,16 @@ __device__ __forceinline__ int rp_sbyte(u32 w, int b) {
 // P / 4), as the low and high halves; `mask` is 0x000F000F (Q4_K passes its kept register).
 __device__ __forceinline__ u32 rp_nibbles(const u32* q, int P, u32 mask) { return (q[P >> 2] >> (4 * (P & 3))) & mask; }
 
+// Block sb's f16 scale, rows g and g+8, of a 32-column-block type (Q5_0, Q8_0) whose tile holds
+// four scales a row in `d` (blocks 0 and 1 in .x, 2 and 3 in .y).
+__device__ __forceinline__ void rp_block_scales(const uint2 d[2], int sb, float d_out[2]) {
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        const u32 w = sb < 2 ? d[h].x : d[h].y;
+        d_out[h] = rp_half((sb & 1) ? (w >> 16) : (w & 0xffffu));
+    }
+}
+
 // Where an element of a tile lives (see repack.rs): row r (0..16), tile column kc.
 struct RpSlot {
     int h, lane, chunk, pair, second, j;
@@ -153,13 +163,7 @@ struct Rp_q5_0 {
         }
     }
     // Block sb's scale d, rows g and g+8.
-    __device__ __forceinline__ void block_scale(int sb, float d_out[2]) const {
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            const u32 w = sb < 2 ? d[h].x : d[h].y;
-            d_out[h] = rp_half((sb & 1) ? (w >> 16) : (w & 0xffffu));
-        }
-    }
+    __device__ __forceinline__ void block_scale(int sb, float d_out[2]) const { rp_block_scales(d, sb, d_out); }
     static __device__ __forceinline__ float value(const u8* tile, int r, int kc) {
         const RpSlot s(r, kc);
         const u32 sh = 4 * (s.pair & 3) + 16 * s.second;
@@ -213,13 +217,7 @@ struct Rp_q8_0 {
             a[2 + h] = __byte_perm(q[h][2 * sb], q[h][2 * sb + 1], 0x7362u) ^ 0x80808080u;
         }
     }
-    __device__ __forceinline__ void block_scale(int sb, float d_out[2]) const {
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            const u32 w = sb < 2 ? d[h].x : d[h].y;
-            d_out[h] = rp_half((sb & 1) ? (w >> 16) : (w & 0xffffu));
-        }
-    }
+    __device__ __forceinline__ void block_scale(int sb, float d_out[2]) const { rp_block_scales(d, sb, d_out); }
     static __device__ __forceinline__ float value(const u8* tile, int r, int kc) {
         const RpSlot s(r, kc);
         const u32 b = tile[((s.h * 2 + (s.chunk >> 2)) * 32 + s.lane) * 16 + 4 * (s.chunk & 3) + s.j];
