@@ -126,7 +126,12 @@ def main() -> None:
     batches = [int(b) for b in args.batches.split(",")]
     modes = args.modes.split(",")
     tok = ferrite.Tokenizer.from_gguf(args.tokenizer or path)
-    model = ferrite.Model.load(path, device=args.device, max_batch=max(batches), prefix_caching=args.prefix_caching)
+    # Room for every sequence of the largest batch at once (blocks of 16 tokens), at least the
+    # default cache: 256 sequences of 128 + 128 tokens do not fit the default 32,768 tokens.
+    per_seq = -(-(args.prompt_tokens + args.new_tokens + 1) // 16) * 16
+    kv_tokens = max(32768, max(batches) * per_seq)
+    model = ferrite.Model.load(path, device=args.device, max_batch=max(batches), kv_cache_tokens=kv_tokens,
+                               prefix_caching=args.prefix_caching)
     gen = ferrite.Generator(model, tok)
     llama = parse_llamacpp(args.llamacpp)
     print(f"device {model.device}, {args.prompt_tokens}-token prompts, {args.new_tokens} new tokens each")

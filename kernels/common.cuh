@@ -65,6 +65,20 @@ __device__ __forceinline__ u16 f32_to_f16(float f) {
     return (u16)h;
 }
 
+// Largest finite f16.
+#define F16_MAX 65504.0f
+
+// The f16 bits of v * scale, as the cuBLAS path's activations are stored (matmul.rs): the scale is
+// a power of two, so the product is exact and the only rounding is the f16's; finite values
+// beyond the f16 range saturate at +-65504 rather than becoming infinities that would turn a
+// whole output row into NaN, while an infinity or a NaN that came in stays one (an overflow
+// upstream must not be hidden).
+__device__ __forceinline__ u16 f16_scaled_bits(float v, float scale) {
+    v = v * scale;
+    if (fabsf(v) > F16_MAX && fabsf(v) < __int_as_float(0x7f800000)) v = copysignf(F16_MAX, v);
+    return f32_to_f16(v);
+}
+
 // float -> bfloat16 bits, round to nearest even; NaN stays NaN.
 __device__ __forceinline__ u16 f32_to_bf16(float f) {
     u32 x = __float_as_uint(f);

@@ -2,20 +2,11 @@
 // a power-of-two scale, and the largest |x| of a buffer (to choose a weight's scale).
 #include "common.cuh"
 
-// Largest finite f16.
-#define F16_MAX 65504.0f
-
-// out[i] = f16(x[i] * scale), round to nearest even. The scale is a power of two, so the product
-// is exact and the only rounding is the f16's; finite values beyond the f16 range saturate at
-// +-65504 rather than becoming infinities that would turn a whole output row into NaN, while an
-// infinity or a NaN that came in stays one (an overflow upstream must not be hidden).
+// out[i] = f16_scaled_bits(x[i], scale) (common.cuh). Producers that feed only the cuBLAS path
+// write these bits themselves (rms_norm_f16, swiglu_f16): this kernel serves the other inputs.
 extern "C" __global__ void to_f16_scaled(const float* __restrict__ x, u16* __restrict__ out, u64 n, float scale) {
     dependent_wait();
-    GRID_STRIDE(i, n) {
-        float v = x[i] * scale;
-        if (fabsf(v) > F16_MAX && fabsf(v) < __int_as_float(0x7f800000)) v = copysignf(F16_MAX, v);
-        out[i] = f32_to_f16(v);
-    }
+    GRID_STRIDE(i, n) { out[i] = f16_scaled_bits(x[i], scale); }
 }
 
 // *result = max(*result, max |x[i]|) as float bits: non-negative floats order as their bit

@@ -135,18 +135,37 @@ fn attention_warps(positions: &[u32]) -> u32 {
 /// Batches of up to this many rows give each attention block one query head.
 const ATTENTION_ONE_HEAD_MAX_ROWS: usize = 16;
 
-/// Query heads per attention block. A block's heads share its K and V loads, which is what a
-/// batch of many rows needs; for a few rows a decode step's attention is a chain of latencies
-/// (loads, then a max and a sum across the warp per head and chunk of keys), and one head a block
-/// shortens the chain and puts more blocks on the GPU (the other heads' blocks read the same K
-/// and V rows, from L2).
-fn attention_slice(n_rows: usize, head_dim: usize) -> usize {
+/// Attention blocks a launch of many rows aims for per SM (see `attention_slice`).
+const ATTENTION_BLOCKS_PER_SM: usize = 2;
+
+/// `FERRITE_CUDA_ATTN_SLICE=N`: N query heads per attention block whatever the batch (capped by
+/// the kernel's group and the model's), to compare against `attention_slice`'s rule on one
+/// build. Unset: the rule.
+fn forced_attention_slice() -> Option<usize> {
+    static SLICE: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    *SLICE.get_or_init(|| std::env::var("FERRITE_CUDA_ATTN_SLICE").ok().and_then(|v| v.parse().ok()).filter(|&n: &usize| n > 0))
+}
+
+/// Query heads per attention block, for `n_rows` rows of a model with `group_heads` query heads
+/// per KV head. A block's heads share its K and V loads, which is what a batch of many rows
+/// needs; for a few rows a decode step's attention is a chain of latencies (loads, then a max and
+/// a sum across the warp per head and chunk of keys), and one head a block shortens the chain and
+/// puts more blocks on the GPU (the other heads' blocks read the same K and V rows, from L2).
+/// Between the two, the heads are split just enough that the launch has
+/// `ATTENTION_BLOCKS_PER_SM` blocks an SM: 64 decode rows of the 0.5B (2 KV heads of 7) were 128
+/// one-block-an-SM blocks of 7 heads each.
+fn attention_slice(n_rows: usize, n_kv_heads: usize, group_heads: usize, head_dim: usize, sms: usize) -> usize {
     // At most ATTN_GROUP (the kernel's shared memory holds that many heads).
-    if n_rows <= ATTENTION_ONE_HEAD_MAX_ROWS {
-        1
-    } else {
-        kernels::attention_group(head_dim)
+    let most = kernels::attention_group(head_dim).min(group_heads).max(1);
+    if let Some(n) = forced_attention_slice() {
+        return n.min(most);
     }
+    if n_rows <= ATTENTION_ONE_HEAD_MAX_ROWS {
+        return 1;
+    }
+    let blocks_per_slice = n_rows.saturating_mul(n_kv_heads).max(1);
+    let slices = (ATTENTION_BLOCKS_PER_SM * sms).div_ceil(blocks_per_slice).clamp(1, group_heads.max(1));
+    group_heads.div_ceil(slices).clamp(1, most)
 }
 
 /// A recorded decode step.
@@ -159,12 +178,14 @@ unsafe impl Send for Recorded {}
 /// Kernels every model uses, resolved once.
 pub(super) struct FixedKernels {
     rms_norm: CudaFunction,
+    pub(super) rms_norm_f16: CudaFunction,
     rope: CudaFunction,
     rope_store: CudaFunction,
     kv_append: CudaFunction,
     /// `attention_heads` for the model's head dim, compiled when the KV cache is allocated.
     attention: Option<(usize, CudaFunction)>,
     swiglu: CudaFunction,
+    pub(super) swiglu_f16: CudaFunction,
     add_assign: CudaFunction,
     pub(super) add_bias: CudaFunction,
     gather_rows: CudaFunction,
@@ -208,7 +229,9 @@ pub struct CudaBackend {
 
 /// How multiplies of more than 4 rows (prefill, larger batches; `matmul::takes_matvec`) run on
 /// cuBLAS, except 5-8 rows of small weights. Matvec multiplies (up to 4 rows, or 8 of small
-/// weights) keep float32 sums (x exact or in two bf16 parts) whatever this says.
+/// weights) keep float32 sums of x in two bf16 parts (three, exact, for one or two rows); with
+/// F32 only the exact ones stay on the kernels, and from 3 rows every multiply is float32 on
+/// cuBLAS.
 ///
 /// Measured on an H200 with the test model (docs/BENCHMARKS.md): TF32 rounds both inputs of
 /// each product to 10 mantissa bits and ran a 64-sequence decode 1.6x faster than float32, the
@@ -217,7 +240,7 @@ pub struct CudaBackend {
 /// on the f16 tensor cores at twice TF32's rate; the range is kept by scaling (see matmul.rs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GemmPrecision {
-    /// Float32 on the CUDA cores (`exact_matmul=True`).
+    /// Float32 on the CUDA cores (`exact_matmul=True`), from 3 rows (see above).
     F32,
     /// Float32 copies of the weights, TF32 tensor cores.
     Tf32,
@@ -405,7 +428,7 @@ impl CudaBackend {
         let range = cache.layer_range(layer);
         let n_u = to_u32("tokens", batch.n_tokens)?;
         // One block per token, KV head and slice of its query heads.
-        let slice = attention_slice(batch.n_tokens, hd);
+        let slice = attention_slice(batch.n_tokens, p.n_kv_heads, p.n_heads / p.n_kv_heads.max(1), hd, self.ctx.sms());
         let slices = to_u32("query heads per KV head", (p.n_heads / p.n_kv_heads).div_ceil(slice))?;
         let slice = to_u32("query heads per block", slice)?;
         let grid = (n_u, to_u32("KV heads", p.n_kv_heads)?, slices);
@@ -484,11 +507,13 @@ impl CudaBackend {
         let f = |src, name| ctx.function(src, name);
         let fixed = FixedKernels {
             rms_norm: f(&kernels::NORM, "rms_norm")?,
+            rms_norm_f16: f(&kernels::NORM, "rms_norm_f16")?,
             rope: f(&kernels::ROPE, "rope")?,
             rope_store: f(&kernels::ROPE, "rope_store")?,
             kv_append: f(&kernels::ATTENTION, "kv_append")?,
             attention: None,
             swiglu: f(&kernels::ELEMENTWISE, "swiglu")?,
+            swiglu_f16: f(&kernels::ELEMENTWISE, "swiglu_f16")?,
             add_assign: f(&kernels::ELEMENTWISE, "add_assign")?,
             add_bias: f(&kernels::ELEMENTWISE, "add_bias")?,
             gather_rows: f(&kernels::ELEMENTWISE, "gather_rows")?,
@@ -712,7 +737,7 @@ impl Backend for CudaBackend {
         n_rows: usize,
         projections: [(&CudaWeight, Option<&CudaWeight>, &mut CudaAct); N],
     ) -> Result<(), BackendError> {
-        if super::matmul::tiled_matvec(&projections.each_ref().map(|p| p.0), n_rows) {
+        if super::matmul::tiled_matvec(self, &projections.each_ref().map(|p| p.0), n_rows) {
             return self.tiled_projections(projections, x, n_rows, Write::Overwrite, Input::X);
         }
         let group = projections.each_ref().map(|p| p.0);
@@ -761,7 +786,18 @@ impl Backend for CudaBackend {
         xn: &mut CudaAct,
         projections: [(&CudaWeight, Option<&CudaWeight>, &mut CudaAct); N],
     ) -> Result<(), BackendError> {
-        if !super::matmul::tiled_matvec(&projections.each_ref().map(|p| p.0), n_rows) {
+        let weights = projections.each_ref().map(|p| p.0);
+        if !super::matmul::tiled_matvec(self, &weights, n_rows) {
+            if n_rows > 0 && super::matmul::f16_gemm_inputs(self, &weights, n_rows)? {
+                // Only cuBLAS's f16 GEMMs read the normalized rows: written as f16 directly.
+                check_width("rms_norm input", x.width, norm.n_cols)?;
+                check_rows("rms_norm input", x, n_rows)?;
+                let mut x_f16 = Some(super::matmul::rms_norm_as_f16(self, x, norm.dense()?, eps, n_rows)?);
+                for (w, bias, out) in projections {
+                    self.project(&weights, w, bias, x, n_rows, out, Write::Overwrite, &mut x_f16)?;
+                }
+                return Ok(());
+            }
             self.rms_norm(x, norm, eps, n_rows, xn)?;
             return self.matmuls(xn, n_rows, projections);
         }
@@ -780,7 +816,16 @@ impl Backend for CudaBackend {
         scratch: &mut CudaAct,
         acc: &mut CudaAct,
     ) -> Result<(), BackendError> {
-        if !super::matmul::tiled_matvec(&[w], n_rows) {
+        if !super::matmul::tiled_matvec(self, &[w], n_rows) {
+            if n_rows > 0 && super::matmul::f16_gemm_inputs(self, &[w], n_rows)? {
+                // Only ffn_down's f16 GEMM reads SwiGLU's output: written as f16 directly.
+                check_width("swiglu up", up.width, gate.width)?;
+                for (what, a) in [("swiglu gate", gate), ("swiglu up", up)] {
+                    check_rows(what, a, n_rows)?;
+                }
+                let mut x_f16 = Some(super::matmul::swiglu_as_f16(self, gate, up, n_rows)?);
+                return self.project(&[w], w, None, gate, n_rows, acc, Write::Accumulate, &mut x_f16);
+            }
             self.swiglu(gate, up, n_rows, ffn)?;
             return self.matmul_add(w, ffn, n_rows, scratch, acc);
         }
@@ -973,7 +1018,7 @@ impl Backend for CudaBackend {
         // "Large" is more rows than every weight takes on the matrix-vector kernels: at 5-8 rows
         // groups of small weights stay on the kernels, but a large one (the LM head) goes to
         // cuBLAS and makes its copy on first use.
-        if key.n_tokens > super::matmul::matvec_max_rows() {
+        if key.n_tokens > super::matmul::matvec_max_rows(self.gemm == GemmPrecision::F32) {
             if self.sightings.len() > SIGHTINGS_MAX {
                 self.sightings.clear();
             }
@@ -1015,14 +1060,22 @@ mod attention_launch_tests {
 
     #[test]
     fn heads_per_block_are_one_for_few_rows_and_never_above_the_kernels_group() {
+        use super::attention_slice;
         for hd in crate::backend::cuda::kernels::ATTENTION_HEAD_DIMS {
             let group = crate::backend::cuda::kernels::attention_group(hd);
-            assert_eq!(super::attention_slice(1, hd), 1);
-            assert_eq!(super::attention_slice(super::ATTENTION_ONE_HEAD_MAX_ROWS, hd), 1);
-            assert_eq!(super::attention_slice(super::ATTENTION_ONE_HEAD_MAX_ROWS + 1, hd), group);
-            for rows in [1, 7, 16, 17, 64, 4096] {
-                assert!((1..=group).contains(&super::attention_slice(rows, hd)), "{rows} rows, head dim {hd}");
+            for (kv, heads) in [(2, 7), (4, 7), (8, 1), (1, 8), (4, 4)] {
+                assert_eq!(attention_slice(1, kv, heads, hd, 132), 1);
+                assert_eq!(attention_slice(super::ATTENTION_ONE_HEAD_MAX_ROWS, kv, heads, hd, 132), 1);
+                for rows in [1, 7, 16, 17, 64, 128, 256, 4096] {
+                    let s = attention_slice(rows, kv, heads, hd, 132);
+                    assert!((1..=group.min(heads)).contains(&s), "{rows} rows, head dim {hd}: {s}");
+                }
+                // A prefill's rows fill the GPU: every head of a group that fits shares a block.
+                assert_eq!(attention_slice(4096, kv, heads, hd, 132), group.min(heads));
             }
+            // 64 decode rows of the 0.5B (2 KV heads of 7): split so that 2 blocks an SM go out.
+            let s = attention_slice(64, 2, 7, hd, 132);
+            assert!(64 * 2 * 7usize.div_ceil(s) >= 2 * 132, "head dim {hd}: slice {s}");
         }
     }
 }

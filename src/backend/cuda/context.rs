@@ -113,6 +113,8 @@ pub struct CudaContext {
     compute_capability: (u32, u32),
     driver_version: i32,
     total_mem_bytes: usize,
+    /// Streaming multiprocessors (launch shapes are sized by them).
+    sms: usize,
     /// Loaded modules by file name and variant options.
     modules: Mutex<HashMap<String, Arc<CudaModule>>>,
     pub(super) staging: Mutex<Option<Staging>>,
@@ -158,6 +160,7 @@ impl CudaContext {
         let (major, minor) = raw.compute_capability().ctx(|| "querying compute capability".into())?;
         let name = raw.name().ctx(|| "querying device name".into())?;
         let total_mem_bytes = raw.total_mem().ctx(|| "querying device memory".into())?;
+        let sms = raw.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).ctx(|| "querying the number of SMs".into())?;
         let driver = driver_version()?;
         Ok(CudaContext {
             raw,
@@ -167,6 +170,7 @@ impl CudaContext {
             compute_capability: (major as u32, minor as u32),
             driver_version: driver,
             total_mem_bytes,
+            sms: sms.max(1) as usize,
             modules: Mutex::new(HashMap::new()),
             staging: Mutex::new(None),
             sync_each_launch: std::env::var("FERRITE_CUDA_SYNC").is_ok_and(|v| v == "1"),
@@ -208,6 +212,11 @@ impl CudaContext {
     }
 
     /// (free, total) device memory in bytes.
+    /// Streaming multiprocessors of the device.
+    pub fn sms(&self) -> usize {
+        self.sms
+    }
+
     pub fn mem_info(&self) -> Result<(usize, usize), CudaError> {
         self.raw.mem_get_info().ctx(|| "cuMemGetInfo".into())
     }

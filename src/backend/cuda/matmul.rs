@@ -56,9 +56,24 @@ fn forced_max_rows() -> Option<usize> {
     *ROWS.get_or_init(|| std::env::var("FERRITE_CUDA_MATVEC_MAX_ROWS").ok().and_then(|v| v.parse().ok()).map(|n: usize| n.min(MATVEC_MAX_ROWS)))
 }
 
-/// Rows of x up to which every projection takes the matrix-vector kernels (more may go to cuBLAS).
-pub(super) fn matvec_max_rows() -> usize {
-    forced_max_rows().unwrap_or(MATVEC_PREFERRED_MAX_ROWS)
+/// Rows of x up to which the matrix-vector kernels keep x exact (three bf16 or int8 parts, see
+/// matvec_mma.cu); from 3 rows they keep two bf16 parts, 16 significand bits. With
+/// `exact_matmul` (`GemmPrecision::F32`) more rows go to the float32 GEMM instead, so that the
+/// same sequence gives the same logits (within float32 rounding) whatever the batch around it:
+/// with 5-8 rows on the kernels' two parts, a greedy continuation generated beside nine others
+/// (with preemption and prefix reuse) drifted more than 1e-4 in logprob from the same prompt
+/// alone (test_gpu_prefix_reuse_and_preemption, H200, 2026-12-03).
+const MATVEC_EXACT_MAX_ROWS: usize = 2;
+
+/// Rows of x up to which every projection takes the matrix-vector kernels (more may go to
+/// cuBLAS). `exact`: the float32 GEMM precision is asked for (`MATVEC_EXACT_MAX_ROWS`).
+pub(super) fn matvec_max_rows(exact: bool) -> usize {
+    let rows = forced_max_rows().unwrap_or(MATVEC_PREFERRED_MAX_ROWS);
+    if exact {
+        rows.min(MATVEC_EXACT_MAX_ROWS)
+    } else {
+        rows
+    }
 }
 
 /// Rows of x up to which projections with weights of these shapes `(rows, cols)`, all of the same
@@ -75,9 +90,12 @@ pub(super) fn max_rows_for(shapes: impl IntoIterator<Item = (usize, usize)>) -> 
 
 /// Whether `w` times `n_x` rows, projected together with `group` (the weights multiplying the same
 /// x, `w` among them), runs on the matrix-vector kernels ([`max_rows_for`]; `FERRITE_CUDA_MATVEC_MAX_ROWS`
-/// overrides it).
-pub(super) fn takes_matvec(group: &[&CudaWeight], w: &CudaWeight, n_x: usize) -> bool {
-    let max_rows = forced_max_rows().unwrap_or_else(|| max_rows_for(group.iter().map(|g| (g.n_rows, g.n_cols))));
+/// overrides it; `exact` caps it at `MATVEC_EXACT_MAX_ROWS`).
+pub(super) fn takes_matvec(group: &[&CudaWeight], w: &CudaWeight, n_x: usize, exact: bool) -> bool {
+    let mut max_rows = forced_max_rows().unwrap_or_else(|| max_rows_for(group.iter().map(|g| (g.n_rows, g.n_cols))));
+    if exact {
+        max_rows = max_rows.min(MATVEC_EXACT_MAX_ROWS);
+    }
     n_x > 0 && n_x <= max_rows && w.n_cols % 32 == 0
 }
 
@@ -104,7 +122,7 @@ pub(super) fn matmul(
     write: Write,
     x_f16: &mut Option<u64>,
 ) -> Result<(), BackendError> {
-    if takes_matvec(group, w, n_x) {
+    if takes_matvec(group, w, n_x, be.gemm == GemmPrecision::F32) {
         matvec(be, w, bias, x, n_x, out, write)
     } else {
         dequant_gemm(be, w, bias, x, n_x, out, write, x_f16)
@@ -113,8 +131,9 @@ pub(super) fn matmul(
 
 /// Whether every one of `weights` multiplies `n_x` rows on the tiled matrix-vector kernels,
 /// which can also normalize x or apply SwiGLU to it while loading it (`Input`).
-pub(super) fn tiled_matvec(weights: &[&CudaWeight], n_x: usize) -> bool {
-    weights.iter().all(|w| takes_matvec(weights, w, n_x) && matches!(w.layout, Layout::Tiles(_)))
+pub(super) fn tiled_matvec(be: &CudaBackend, weights: &[&CudaWeight], n_x: usize) -> bool {
+    let exact = be.gemm == GemmPrecision::F32;
+    weights.iter().all(|w| takes_matvec(weights, w, n_x, exact) && matches!(w.layout, Layout::Tiles(_)))
 }
 
 /// `out_i = w_i x (+ bias_i)` (or `+=`) for projections that all pass [`tiled_matvec`], `x`
@@ -384,18 +403,71 @@ fn dequant_gemm(
     Ok(())
 }
 
-/// The first `n` activations converted to f16 (times `X_F16_SCALE`) in the backend's buffer,
-/// which grows as needed; growing bumps `batch_generation`, since recorded steps hold its address.
-fn x_as_f16(be: &mut CudaBackend, x: &CudaAct, n: usize) -> Result<u64, BackendError> {
+/// The backend's buffer of f16 activations, holding at least `n` values; growing it bumps
+/// `batch_generation`, since recorded steps hold its address.
+fn x_f16_buffer(be: &mut CudaBackend, n: usize) -> Result<&mut CudaSlice<u16>, BackendError> {
     if be.x_f16.as_ref().map_or(true, |b| b.len() < n) {
         be.x_f16 = None;
         be.x_f16 = Some(be.ctx.alloc::<u16>(n.next_power_of_two().max(1 << 16), "f16 activations for cuBLAS")?);
         be.batch_generation += 1;
     }
     let Some(buf) = be.x_f16.as_mut() else { unreachable!("allocated above") };
+    Ok(buf)
+}
+
+/// The first `n` activations converted to f16 (times `X_F16_SCALE`) in the backend's buffer;
+/// its device address.
+fn x_as_f16(be: &mut CudaBackend, x: &CudaAct, n: usize) -> Result<u64, BackendError> {
     let n64 = n as u64;
-    launch!(be.ctx, &be.fixed.to_f16_scaled, "to_f16_scaled", grid_stride(n64), &x.buf, &mut *buf, &n64, &X_F16_SCALE)?;
-    Ok(addr(&*buf, &be.ctx))
+    let ctx = be.ctx.clone();
+    let f = be.fixed.to_f16_scaled.clone();
+    let buf = x_f16_buffer(be, n)?;
+    launch!(ctx, &f, "to_f16_scaled", grid_stride(n64), &x.buf, &mut *buf, &n64, &X_F16_SCALE)?;
+    Ok(addr(&*buf, &ctx))
+}
+
+/// Whether every one of `weights` (projections of one x) multiplies `n_x` rows through cuBLAS's
+/// f16 GEMM on its resident f16 copy (made now if this is its first large multiply): then x is
+/// read only as f16, and its producer can write it so (`rms_norm_as_f16`, `swiglu_as_f16`).
+pub(super) fn f16_gemm_inputs(be: &mut CudaBackend, weights: &[&CudaWeight], n_x: usize) -> Result<bool, BackendError> {
+    if be.gemm != GemmPrecision::F16 {
+        return Ok(false);
+    }
+    for w in weights {
+        if takes_matvec(weights, w, n_x, false) || w.n_rows == 0 || w.n_cols == 0 {
+            return Ok(false);
+        }
+        be.ctx.raw().bind_to_thread().map_err(|e| CudaError::Driver { op: "binding the CUDA context".into(), msg: super::error::describe(&e) })?;
+        if !matches!(resident(be, w)?, Some(Resident::F16 { .. })) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// rms_norm(x) * weight of `n_rows` rows, as f16 (times `X_F16_SCALE`) in the backend's f16
+/// buffer, the bits `rms_norm` then `x_as_f16` would give; its device address.
+pub(super) fn rms_norm_as_f16(be: &mut CudaBackend, x: &CudaAct, weight: &CudaSlice<f32>, eps: f32, n_rows: usize) -> Result<u64, BackendError> {
+    let width = u32::try_from(x.width).map_err(|_| BackendError::Invalid(format!("rms_norm width {} does not fit 32 bits", x.width)))?;
+    let rows = u32::try_from(n_rows).map_err(|_| BackendError::Invalid(format!("rms_norm rows {n_rows} do not fit 32 bits")))?;
+    let cfg = cudarc::driver::LaunchConfig { grid_dim: (rows, 1, 1), block_dim: (super::kernels::NORM_THREADS, 1, 1), shared_mem_bytes: 0 };
+    let ctx = be.ctx.clone();
+    let f = be.fixed.rms_norm_f16.clone();
+    let buf = x_f16_buffer(be, n_rows * x.width)?;
+    launch!(ctx, &f, "rms_norm_f16", cfg, &x.buf, weight, &width, &eps, &X_F16_SCALE, &mut *buf)?;
+    Ok(addr(&*buf, &ctx))
+}
+
+/// silu(gate) * up of `n_rows` rows, as f16 (times `X_F16_SCALE`) in the backend's f16 buffer,
+/// the bits `swiglu` then `x_as_f16` would give; its device address.
+pub(super) fn swiglu_as_f16(be: &mut CudaBackend, gate: &CudaAct, up: &CudaAct, n_rows: usize) -> Result<u64, BackendError> {
+    let n = n_rows * gate.width;
+    let n64 = n as u64;
+    let ctx = be.ctx.clone();
+    let f = be.fixed.swiglu_f16.clone();
+    let buf = x_f16_buffer(be, n)?;
+    launch!(ctx, &f, "swiglu_f16", grid_stride(n64), &gate.buf, &up.buf, &n64, &X_F16_SCALE, &mut *buf)?;
+    Ok(addr(&*buf, &ctx))
 }
 
 /// C = alpha * op(A) op(B) + beta * C with A and B f16 (A: the weight's bits, B: at device

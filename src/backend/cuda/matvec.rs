@@ -253,16 +253,13 @@ impl MatvecKernels {
         match path {
             MatvecPath::Tiled => {
                 let defines = kernels::tile_type_defines(ty).ok_or(QuantError::Unsupported(ty))?;
-                let sms = ctx.raw().attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).map_err(|e| {
-                    CudaError::Driver { op: "querying the number of SMs".into(), msg: super::error::describe(&e) }
-                })?;
                 Ok(MatvecKernels {
                     matvec: variants(&kernels::MATVEC_MMA, &defines, "matvec_mma_")?,
                     embed: ctx.function_with(&kernels::REPACKED_ROWS, &defines, "embed_rows")?,
                     tiled: Some(TiledKernels {
                         dequant_rows: ctx.function_with(&kernels::REPACKED_ROWS, &defines, "dequant_rows")?,
                         scratch: Mutex::new(SplitScratch::default()),
-                        sms: sms.max(1) as usize,
+                        sms: ctx.sms(),
                     }),
                 })
             }
