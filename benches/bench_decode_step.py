@@ -24,7 +24,12 @@ def main() -> int:
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
-    m = ferrite.Model.load(args.model, device=args.device, max_batch=max(batches))
+    # Every sequence of the largest batch at once (128-token prompt + 160 new, blocks of 16), at
+    # least the default cache: with fewer slots the engine preempts and re-prefills, and the
+    # step no longer measures decode (256 sequences need 74k tokens).
+    per_seq = -(-(128 + 160 + 1) // 16) * 16
+    m = ferrite.Model.load(args.model, device=args.device, max_batch=max(batches),
+                           kv_cache_tokens=max(32768, max(batches) * per_seq))
     gen = ferrite.Generator(m, ferrite.Tokenizer.from_gguf(args.model))
     sampling = dict(temperature=0.8, top_k=40, top_p=0.95, min_p=0.05, seed=1, ignore_eos=True)
     print(f"device {m.device}")
