@@ -38,7 +38,7 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, const flo
                                           const float* __restrict__ v_cache, const u32* __restrict__ positions,
                                           const u32* __restrict__ table_offset, const u32* __restrict__ block_tables,
                                           u32 block_tokens, u32 n_heads, u32 n_kv_heads, u32 slice, float scale,
-                                          float* __restrict__ out) {
+                                          float* __restrict__ out, u16* __restrict__ out_f16, float f16_scale) {
     constexpr int PER_LANE = (HD + 31) / 32;  // output dims per lane; lanes past HD hold none
     // Value rows loaded together: 32 floats of registers a lane whatever the head dim.
     constexpr int V_BATCH = 32 / PER_LANE;
@@ -199,7 +199,10 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, const flo
             ll += part_l[w][g] * f;
             oo += sh.part_o[w][g][dd] * f;
         }
-        out[(u64)t * q_width + (u64)(h0 + g) * HD + dd] = oo / ll;
+        const u64 at = (u64)t * q_width + (u64)(h0 + g) * HD + dd;
+        // out_f16: the output goes only to cuBLAS's f16 GEMM (attn_output), as it takes it.
+        if (out_f16) out_f16[at] = f16_scaled_bits(oo / ll, f16_scale);
+        else out[at] = oo / ll;
     }
 }
 
@@ -213,9 +216,9 @@ extern "C" __global__ void __launch_bounds__(32 * ATTN_MAX_WARPS, 1)
     attention_heads(const float* __restrict__ q, const float* __restrict__ k_cache, const float* __restrict__ v_cache,
                     const u32* __restrict__ positions, const u32* __restrict__ table_offset,
                     const u32* __restrict__ block_tables, u32 block_tokens, u32 n_heads, u32 n_kv_heads, u32 slice,
-                    float scale, float* __restrict__ out) {
+                    float scale, float* __restrict__ out, u16* __restrict__ out_f16, float f16_scale) {
     dependent_wait();
     attention<ATTN_HEAD_DIM, ATTN_GROUP>(q, k_cache, v_cache, positions, table_offset, block_tables, block_tokens,
-                                         n_heads, n_kv_heads, min(max(slice, 1u), (u32)ATTN_GROUP), scale, out);
+                                         n_heads, n_kv_heads, min(max(slice, 1u), (u32)ATTN_GROUP), scale, out, out_f16, f16_scale);
 }
 #endif

@@ -382,6 +382,30 @@ pub trait Backend: Send + 'static {
         self.attention(q, k, v, cache, layer, batch, params, out)
     }
 
+    /// [`rope_attention`](Self::rope_attention) into `out`, then [`matmul_add`](Self::matmul_add)
+    /// of `wo` times it: a layer's attention added into the residual stream `acc`. CUDA writes
+    /// `out` as the f16 its GEMM reads when nothing else reads it, and leaves `out` alone then.
+    #[allow(clippy::too_many_arguments)]
+    fn rope_attention_matmul_add(
+        &mut self,
+        q: &mut Self::Act,
+        k: &mut Self::Act,
+        v: &Self::Act,
+        cache: &mut Self::KvCache,
+        layer: usize,
+        batch: &Self::Batch,
+        rope: (&RopeParams, &RopeParams),
+        params: &AttnParams,
+        out: &mut Self::Act,
+        wo: &Self::Weight,
+        n_rows: usize,
+        scratch: &mut Self::Act,
+        acc: &mut Self::Act,
+    ) -> Result<(), BackendError> {
+        self.rope_attention(q, k, v, cache, layer, batch, rope, params, out)?;
+        self.matmul_add(wo, out, n_rows, scratch, acc)
+    }
+
     /// `out = silu(gate) * up` element-wise over the first `n_rows` rows.
     fn swiglu(&mut self, gate: &Self::Act, up: &Self::Act, n_rows: usize, out: &mut Self::Act) -> Result<(), BackendError>;
 

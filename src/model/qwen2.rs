@@ -286,8 +286,8 @@ impl<B: Backend> Layers<'_, B> {
                 &mut buf.xn,
                 [(&lw.wq, lw.bq.as_ref(), &mut buf.q), (&lw.wk, lw.bk.as_ref(), &mut buf.k), (&lw.wv, lw.bv.as_ref(), &mut buf.v)],
             )?;
-            b.rope_attention(&mut buf.q, &mut buf.k, &buf.v, kv, layer, batch, (self.rope, self.rope_k), self.attn, &mut buf.attn)?;
-            b.matmul_add(&lw.wo, &buf.attn, n, &mut buf.proj, &mut buf.x)?;
+            let rope = (self.rope, self.rope_k);
+            b.rope_attention_matmul_add(&mut buf.q, &mut buf.k, &buf.v, kv, layer, batch, rope, self.attn, &mut buf.attn, &lw.wo, n, &mut buf.proj, &mut buf.x)?;
             // MLP block.
             b.norm_matmuls(&buf.x, &lw.ffn_norm, c.rms_norm_eps, n, &mut buf.xn, [(&lw.ffn_gate, None, &mut buf.gate), (&lw.ffn_up, None, &mut buf.up)])?;
             b.swiglu_matmul_add(&buf.gate, &buf.up, &lw.ffn_down, n, &mut buf.ffn, &mut buf.proj, &mut buf.x)?;

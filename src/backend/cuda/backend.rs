@@ -420,7 +420,10 @@ impl CudaBackend {
 
     /// Attention of the batch's (rotated) queries over layer `layer` of the cache, which already
     /// holds their own keys and values; shapes checked by `check_attention`.
-    fn attend(&mut self, q: &CudaAct, cache: &CudaKvCache, layer: usize, batch: &CudaBatch, p: &AttnParams, out: &mut CudaAct) -> Result<(), BackendError> {
+    /// `out_f16`: 0, or the device address of f16 activations (`matmul::X_F16_SCALE`) that take
+    /// the output instead of `out` (see `rope_attention_matmul_add`).
+    #[allow(clippy::too_many_arguments)]
+    fn attend(&mut self, q: &CudaAct, cache: &CudaKvCache, layer: usize, batch: &CudaBatch, p: &AttnParams, out: &mut CudaAct, out_f16: u64) -> Result<(), BackendError> {
         let hd = p.head_dim;
         let Some((_, attend)) = self.fixed.attention.as_ref().filter(|(d, _)| *d == hd) else {
             return Err(BackendError::Invalid(format!("head_dim {hd} has no CUDA attention kernel")));
@@ -452,9 +455,84 @@ impl CudaBackend {
             &n_kv_heads,
             &slice,
             &scale,
-            &mut out.buf
+            &mut out.buf,
+            &out_f16,
+            &super::matmul::X_F16_SCALE
         )?;
         Ok(())
+    }
+
+    /// [`Backend::rope_attention`], the output written to `out` or, when `out_f16` is not 0, as
+    /// f16 to that device address (see `attend`).
+    #[allow(clippy::too_many_arguments)]
+    fn rope_attention_to(
+        &mut self,
+        q: &mut CudaAct,
+        k: &mut CudaAct,
+        v: &CudaAct,
+        cache: &mut CudaKvCache,
+        layer: usize,
+        batch: &CudaBatch,
+        rope: (&RopeParams, &RopeParams),
+        p: &AttnParams,
+        out: &mut CudaAct,
+        out_f16: u64,
+    ) -> Result<(), BackendError> {
+        let (qp, kp) = rope;
+        let one_launch = RopeParams { n_heads: qp.n_heads, ..*kp } == *qp && qp.head_dim == p.head_dim && qp.head_dim <= 2 * ROPE_MAX_PAIRS;
+        if !one_launch {
+            self.rope_qk(q, k, batch, qp, kp)?;
+            return self.append_and_attend(q, k, v, cache, layer, batch, p, out, out_f16);
+        }
+        self.check_attention(q, k, v, cache, layer, batch, p, out)?;
+        check_width("rope input", q.width, qp.n_heads * qp.head_dim)?;
+        check_width("rope input", k.width, kp.n_heads * kp.head_dim)?;
+        if qp.head_dim % 2 != 0 {
+            return Err(BackendError::Invalid(format!("rope: odd head_dim {}", qp.head_dim)));
+        }
+        if batch.n_tokens == 0 {
+            return Ok(());
+        }
+        let range = cache.layer_range(layer);
+        let mut kc = cache.k.slice_mut(range.clone());
+        let mut vc = cache.v.slice_mut(range);
+        let capacity = to_u32("KV capacity", cache.layout.capacity_tokens())?;
+        let cfg = rope_launch(batch.n_tokens, (qp.n_heads + kp.n_heads) * qp.head_dim / 2)?;
+        let (q_heads, kv_heads, head_dim) = (to_u32("heads", qp.n_heads)?, to_u32("heads", kp.n_heads)?, to_u32("head_dim", qp.head_dim)?);
+        let neox: u32 = matches!(qp.style, RopeStyle::Neox) as u32;
+        launch!(
+            self.ctx, &self.fixed.rope_store, "rope_store", cfg,
+            &mut q.buf, &q_heads, &k.buf, &v.buf, &kv_heads, &batch.positions, &batch.slots, &capacity, &head_dim,
+            &qp.freq_base, &qp.scale, &neox, &mut kc, &mut vc
+        )?;
+        self.attend(q, cache, layer, batch, p, out, out_f16)
+    }
+
+    /// [`Backend::attention`], the output written as `attend` says.
+    #[allow(clippy::too_many_arguments)]
+    fn append_and_attend(
+        &mut self,
+        q: &CudaAct,
+        k: &CudaAct,
+        v: &CudaAct,
+        cache: &mut CudaKvCache,
+        layer: usize,
+        batch: &CudaBatch,
+        p: &AttnParams,
+        out: &mut CudaAct,
+        out_f16: u64,
+    ) -> Result<(), BackendError> {
+        let kv_width = self.check_attention(q, k, v, cache, layer, batch, p, out)?;
+        if batch.n_tokens == 0 {
+            return Ok(());
+        }
+        let range = cache.layer_range(layer);
+        let mut kc = cache.k.slice_mut(range.clone());
+        let mut vc = cache.v.slice_mut(range);
+        let (kv_width_u, capacity) = (to_u32("kv width", kv_width)?, to_u32("KV capacity", cache.layout.capacity_tokens())?);
+        let cfg = LaunchConfig { grid_dim: (to_u32("tokens", batch.n_tokens)?, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+        launch!(self.ctx, &self.fixed.kv_append, "kv_append", cfg, &k.buf, &v.buf, &batch.slots, &kv_width_u, &capacity, &mut kc, &mut vc)?;
+        self.attend(q, cache, layer, batch, p, out, out_f16)
     }
 
     /// RoPE on `x` (`p.n_heads` heads a token) and, in the same launch, on `y` (`y_heads` heads
@@ -863,17 +941,7 @@ impl Backend for CudaBackend {
         p: &AttnParams,
         out: &mut CudaAct,
     ) -> Result<(), BackendError> {
-        let kv_width = self.check_attention(q, k, v, cache, layer, batch, p, out)?;
-        if batch.n_tokens == 0 {
-            return Ok(());
-        }
-        let range = cache.layer_range(layer);
-        let mut kc = cache.k.slice_mut(range.clone());
-        let mut vc = cache.v.slice_mut(range);
-        let (kv_width_u, capacity) = (to_u32("kv width", kv_width)?, to_u32("KV capacity", cache.layout.capacity_tokens())?);
-        let cfg = LaunchConfig { grid_dim: (to_u32("tokens", batch.n_tokens)?, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
-        launch!(self.ctx, &self.fixed.kv_append, "kv_append", cfg, &k.buf, &v.buf, &batch.slots, &kv_width_u, &capacity, &mut kc, &mut vc)?;
-        self.attend(q, cache, layer, batch, p, out)
+        self.append_and_attend(q, k, v, cache, layer, batch, p, out, 0)
     }
 
     fn rope_attention(
@@ -888,34 +956,38 @@ impl Backend for CudaBackend {
         p: &AttnParams,
         out: &mut CudaAct,
     ) -> Result<(), BackendError> {
-        let (qp, kp) = rope;
-        let one_launch = RopeParams { n_heads: qp.n_heads, ..*kp } == *qp && qp.head_dim == p.head_dim && qp.head_dim <= 2 * ROPE_MAX_PAIRS;
-        if !one_launch {
-            self.rope_qk(q, k, batch, qp, kp)?;
-            return self.attention(q, k, v, cache, layer, batch, p, out);
+        self.rope_attention_to(q, k, v, cache, layer, batch, rope, p, out, 0)
+    }
+
+    fn rope_attention_matmul_add(
+        &mut self,
+        q: &mut CudaAct,
+        k: &mut CudaAct,
+        v: &CudaAct,
+        cache: &mut CudaKvCache,
+        layer: usize,
+        batch: &CudaBatch,
+        rope: (&RopeParams, &RopeParams),
+        p: &AttnParams,
+        out: &mut CudaAct,
+        wo: &CudaWeight,
+        n_rows: usize,
+        scratch: &mut CudaAct,
+        acc: &mut CudaAct,
+    ) -> Result<(), BackendError> {
+        let to_gemm = n_rows > 0
+            && n_rows == batch.n_tokens
+            && !super::matmul::tiled_matvec(self, &[wo], n_rows)
+            && super::matmul::f16_gemm_inputs(self, &[wo], n_rows)?;
+        if !to_gemm {
+            self.rope_attention_to(q, k, v, cache, layer, batch, rope, p, out, 0)?;
+            return self.matmul_add(wo, out, n_rows, scratch, acc);
         }
-        self.check_attention(q, k, v, cache, layer, batch, p, out)?;
-        check_width("rope input", q.width, qp.n_heads * qp.head_dim)?;
-        check_width("rope input", k.width, kp.n_heads * kp.head_dim)?;
-        if qp.head_dim % 2 != 0 {
-            return Err(BackendError::Invalid(format!("rope: odd head_dim {}", qp.head_dim)));
-        }
-        if batch.n_tokens == 0 {
-            return Ok(());
-        }
-        let range = cache.layer_range(layer);
-        let mut kc = cache.k.slice_mut(range.clone());
-        let mut vc = cache.v.slice_mut(range);
-        let capacity = to_u32("KV capacity", cache.layout.capacity_tokens())?;
-        let cfg = rope_launch(batch.n_tokens, (qp.n_heads + kp.n_heads) * qp.head_dim / 2)?;
-        let (q_heads, kv_heads, head_dim) = (to_u32("heads", qp.n_heads)?, to_u32("heads", kp.n_heads)?, to_u32("head_dim", qp.head_dim)?);
-        let neox: u32 = matches!(qp.style, RopeStyle::Neox) as u32;
-        launch!(
-            self.ctx, &self.fixed.rope_store, "rope_store", cfg,
-            &mut q.buf, &q_heads, &k.buf, &v.buf, &kv_heads, &batch.positions, &batch.slots, &capacity, &head_dim,
-            &qp.freq_base, &qp.scale, &neox, &mut kc, &mut vc
-        )?;
-        self.attend(q, cache, layer, batch, p, out)
+        // Only attn_output's f16 GEMM reads the attention's output: written as f16 directly.
+        check_width("attention output", out.width, wo.n_cols)?;
+        let out_f16 = super::matmul::f16_input(self, n_rows * wo.n_cols)?;
+        self.rope_attention_to(q, k, v, cache, layer, batch, rope, p, out, out_f16)?;
+        self.project(&[wo], wo, None, out, n_rows, acc, Write::Accumulate, &mut Some(out_f16))
     }
 
     fn swiglu(&mut self, gate: &CudaAct, up: &CudaAct, n_rows: usize, out: &mut CudaAct) -> Result<(), BackendError> {

@@ -203,7 +203,7 @@ const RESIDENT_KEEP_FREE_FRACTION: usize = 4;
 /// 2^24 fit, while those under 2^-6 lose only absolute precision (f16 subnormals: steps of 2^-16
 /// after unscaling), negligible in a sum of products next to the 2^-11 relative rounding of the
 /// large terms.
-const X_F16_SCALE: f32 = 1.0 / 256.0;
+pub(super) const X_F16_SCALE: f32 = 1.0 / 256.0;
 /// A weight's f16 copy is scaled so that its largest |w| lands near this power of two: trained
 /// weights (|w| ~ 0.02) would otherwise sit near the f16 subnormals, where precision is lost.
 const W_F16_TARGET_MAX: f32 = 16384.0;
@@ -413,6 +413,14 @@ fn x_f16_buffer(be: &mut CudaBackend, n: usize) -> Result<&mut CudaSlice<u16>, B
     }
     let Some(buf) = be.x_f16.as_mut() else { unreachable!("allocated above") };
     Ok(buf)
+}
+
+/// The device address of the backend's f16 activation buffer, grown to hold `n` values, for a
+/// producer that writes the f16 GEMM's input itself (the attention into attn_output).
+pub(super) fn f16_input(be: &mut CudaBackend, n: usize) -> Result<u64, BackendError> {
+    let ctx = be.ctx.clone();
+    let buf = x_f16_buffer(be, n)?;
+    Ok(addr(&*buf, &ctx))
 }
 
 /// The first `n` activations converted to f16 (times `X_F16_SCALE`) in the backend's buffer;
