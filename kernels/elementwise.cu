@@ -36,6 +36,26 @@ extern "C" __global__ void add_bias(float* __restrict__ y, const float* __restri
     GRID_STRIDE(i, n) { y[i] = __fadd_rn(y[i], bias[i % width]); }
 }
 
+// add_bias for up to three outputs of one input in one launch (q, k and v on the cuBLAS path):
+// y_s[t][r] += bias_s[r] over n_rows rows of width w_s; a segment of width 0 is unused.
+extern "C" __global__ void add_biases3(float* __restrict__ y0, const float* __restrict__ b0, u32 w0,
+                                       float* __restrict__ y1, const float* __restrict__ b1, u32 w1,
+                                       float* __restrict__ y2, const float* __restrict__ b2, u32 w2, u32 n_rows) {
+    dependent_wait();
+    const u64 n0 = (u64)n_rows * w0, n1 = (u64)n_rows * w1, n2 = (u64)n_rows * w2;
+    GRID_STRIDE(i, n0 + n1 + n2) {
+        if (i < n0) {
+            y0[i] = __fadd_rn(y0[i], b0[i % w0]);
+        } else if (i < n0 + n1) {
+            const u64 j = i - n0;
+            y1[j] = __fadd_rn(y1[j], b1[j % w1]);
+        } else {
+            const u64 j = i - n0 - n1;
+            y2[j] = __fadd_rn(y2[j], b2[j % w2]);
+        }
+    }
+}
+
 // out[i] = x[rows[i]] for i < count, rows of width floats
 extern "C" __global__ void gather_rows(const float* __restrict__ x, const u32* __restrict__ rows, u32 count,
                                        u32 width, float* __restrict__ out) {

@@ -188,6 +188,7 @@ pub(super) struct FixedKernels {
     pub(super) swiglu_f16: CudaFunction,
     add_assign: CudaFunction,
     pub(super) add_bias: CudaFunction,
+    pub(super) add_biases3: CudaFunction,
     gather_rows: CudaFunction,
     pub(super) to_f16_scaled: CudaFunction,
     pub(super) abs_max: CudaFunction,
@@ -594,6 +595,7 @@ impl CudaBackend {
             swiglu_f16: f(&kernels::ELEMENTWISE, "swiglu_f16")?,
             add_assign: f(&kernels::ELEMENTWISE, "add_assign")?,
             add_bias: f(&kernels::ELEMENTWISE, "add_bias")?,
+            add_biases3: f(&kernels::ELEMENTWISE, "add_biases3")?,
             gather_rows: f(&kernels::ELEMENTWISE, "gather_rows")?,
             to_f16_scaled: f(&kernels::CONVERT, "to_f16_scaled")?,
             abs_max: f(&kernels::CONVERT, "abs_max")?,
@@ -871,10 +873,16 @@ impl Backend for CudaBackend {
                 check_width("rms_norm input", x.width, norm.n_cols)?;
                 check_rows("rms_norm input", x, n_rows)?;
                 let mut x_f16 = Some(super::matmul::rms_norm_as_f16(self, x, norm.dense()?, eps, n_rows)?);
+                // The biases (q, k, v) go on in one launch after the GEMMs.
+                let mut biases = Vec::with_capacity(N);
                 for (w, bias, out) in projections {
-                    self.project(&weights, w, bias, x, n_rows, out, Write::Overwrite, &mut x_f16)?;
+                    let b = check_projection(w, bias, x, n_rows, out)?;
+                    self.project(&weights, w, None, x, n_rows, out, Write::Overwrite, &mut x_f16)?;
+                    if let Some(b) = b {
+                        biases.push((addr(&out.buf, &self.ctx), addr(b, &self.ctx), w.n_rows));
+                    }
                 }
-                return Ok(());
+                return super::matmul::add_biases(self, &biases, n_rows);
             }
             self.rms_norm(x, norm, eps, n_rows, xn)?;
             return self.matmuls(xn, n_rows, projections);

@@ -403,6 +403,27 @@ fn dequant_gemm(
     Ok(())
 }
 
+/// `y[t][r] += bias[r]` for each `(y, bias, width)` (device addresses) over `n_rows` rows, three
+/// outputs a launch: q, k and v after their GEMMs, one launch instead of three.
+pub(super) fn add_biases(be: &CudaBackend, outputs: &[(u64, u64, usize)], n_rows: usize) -> Result<(), BackendError> {
+    let rows = u32::try_from(n_rows).map_err(|_| BackendError::Invalid(format!("bias rows {n_rows} do not fit 32 bits")))?;
+    for chunk in outputs.chunks(3) {
+        let seg = |i: usize| -> Result<(u64, u64, u32), BackendError> {
+            Ok(match chunk.get(i) {
+                Some(&(y, b, w)) => (y, b, u32::try_from(w).map_err(|_| BackendError::Invalid(format!("bias width {w} does not fit 32 bits")))?),
+                None => (0, 0, 0),
+            })
+        };
+        let ((y0, b0, w0), (y1, b1, w1), (y2, b2, w2)) = (seg(0)?, seg(1)?, seg(2)?);
+        let n = n_rows as u64 * (w0 as u64 + w1 as u64 + w2 as u64);
+        if n == 0 {
+            continue;
+        }
+        launch!(be.ctx, &be.fixed.add_biases3, "add_biases3", grid_stride(n), &y0, &b0, &w0, &y1, &b1, &w1, &y2, &b2, &w2, &rows)?;
+    }
+    Ok(())
+}
+
 /// The backend's buffer of f16 activations, holding at least `n` values; growing it bumps
 /// `batch_generation`, since recorded steps hold its address.
 fn x_f16_buffer(be: &mut CudaBackend, n: usize) -> Result<&mut CudaSlice<u16>, BackendError> {
