@@ -135,9 +135,6 @@ fn attention_warps(positions: &[u32]) -> u32 {
 /// Batches of up to this many rows give each attention block one query head.
 const ATTENTION_ONE_HEAD_MAX_ROWS: usize = 16;
 
-/// Attention blocks a launch of many rows aims for per SM (see `attention_slice`).
-const ATTENTION_BLOCKS_PER_SM: usize = 2;
-
 /// `FERRITE_CUDA_ATTN_SLICE=N`: N query heads per attention block whatever the batch (capped by
 /// the kernel's group and the model's), to compare against `attention_slice`'s rule on one
 /// build. Unset: the rule.
@@ -151,21 +148,22 @@ fn forced_attention_slice() -> Option<usize> {
 /// needs; for a few rows a decode step's attention is a chain of latencies (loads, then a max and
 /// a sum across the warp per head and chunk of keys), and one head a block shortens the chain and
 /// puts more blocks on the GPU (the other heads' blocks read the same K and V rows, from L2).
-/// Between the two, the heads are split just enough that the launch has
-/// `ATTENTION_BLOCKS_PER_SM` blocks an SM: 64 decode rows of the 0.5B (2 KV heads of 7) were 128
-/// one-block-an-SM blocks of 7 heads each.
-fn attention_slice(n_rows: usize, n_kv_heads: usize, group_heads: usize, head_dim: usize, sms: usize) -> usize {
+/// Nothing between the two: splitting the 7 heads of a KV head into slices so that 64 or 128
+/// decode rows fill the SMs twice over was slower (synthetic 0.5B step at 64 / 128 sequences:
+/// 2.03 / 2.70 ms with all 7 heads a block, 2.04 / 2.91 with 4, 2.15 / 3.08 with 2, 2.54 / 3.73
+/// with 1; synthetic 7B at 64: 7.25 ms with 4 heads, 7.96 with 2; H200, 2026-12-03,
+/// FERRITE_CUDA_ATTN_SLICE).
+fn attention_slice(n_rows: usize, group_heads: usize, head_dim: usize) -> usize {
     // At most ATTN_GROUP (the kernel's shared memory holds that many heads).
     let most = kernels::attention_group(head_dim).min(group_heads).max(1);
     if let Some(n) = forced_attention_slice() {
         return n.min(most);
     }
     if n_rows <= ATTENTION_ONE_HEAD_MAX_ROWS {
-        return 1;
+        1
+    } else {
+        most
     }
-    let blocks_per_slice = n_rows.saturating_mul(n_kv_heads).max(1);
-    let slices = (ATTENTION_BLOCKS_PER_SM * sms).div_ceil(blocks_per_slice).clamp(1, group_heads.max(1));
-    group_heads.div_ceil(slices).clamp(1, most)
 }
 
 /// A recorded decode step.
@@ -432,7 +430,7 @@ impl CudaBackend {
         let range = cache.layer_range(layer);
         let n_u = to_u32("tokens", batch.n_tokens)?;
         // One block per token, KV head and slice of its query heads.
-        let slice = attention_slice(batch.n_tokens, p.n_kv_heads, p.n_heads / p.n_kv_heads.max(1), hd, self.ctx.sms());
+        let slice = attention_slice(batch.n_tokens, p.n_heads / p.n_kv_heads.max(1), hd);
         let slices = to_u32("query heads per KV head", (p.n_heads / p.n_kv_heads).div_ceil(slice))?;
         let slice = to_u32("query heads per block", slice)?;
         let grid = (n_u, to_u32("KV heads", p.n_kv_heads)?, slices);
@@ -1143,19 +1141,14 @@ mod attention_launch_tests {
         use super::attention_slice;
         for hd in crate::backend::cuda::kernels::ATTENTION_HEAD_DIMS {
             let group = crate::backend::cuda::kernels::attention_group(hd);
-            for (kv, heads) in [(2, 7), (4, 7), (8, 1), (1, 8), (4, 4)] {
-                assert_eq!(attention_slice(1, kv, heads, hd, 132), 1);
-                assert_eq!(attention_slice(super::ATTENTION_ONE_HEAD_MAX_ROWS, kv, heads, hd, 132), 1);
-                for rows in [1, 7, 16, 17, 64, 128, 256, 4096] {
-                    let s = attention_slice(rows, kv, heads, hd, 132);
-                    assert!((1..=group.min(heads)).contains(&s), "{rows} rows, head dim {hd}: {s}");
+            for heads in [1, 4, 7, 8] {
+                assert_eq!(attention_slice(1, heads, hd), 1);
+                assert_eq!(attention_slice(super::ATTENTION_ONE_HEAD_MAX_ROWS, heads, hd), 1);
+                // More rows: every head of the group that the kernel holds shares one block.
+                for rows in [super::ATTENTION_ONE_HEAD_MAX_ROWS + 1, 64, 4096] {
+                    assert_eq!(attention_slice(rows, heads, hd), group.min(heads), "{rows} rows, head dim {hd}");
                 }
-                // A prefill's rows fill the GPU: every head of a group that fits shares a block.
-                assert_eq!(attention_slice(4096, kv, heads, hd, 132), group.min(heads));
             }
-            // 64 decode rows of the 0.5B (2 KV heads of 7): split so that 2 blocks an SM go out.
-            let s = attention_slice(64, 2, 7, hd, 132);
-            assert!(64 * 2 * 7usize.div_ceil(s) >= 2 * 132, "head dim {hd}: slice {s}");
         }
     }
 }
