@@ -33,12 +33,33 @@ extern "C" __global__ void kv_append(const float* __restrict__ k, const float* _
 // Latency, not bandwidth, bounds decode attention (a few hundred keys per sequence): the heads of
 // a slice share each K and V load, the chunk's weights and slots go through shared memory so the
 // value loop has no dependent loads, and a decode step spreads its keys over up to 16 warps.
-template <int HD, int G>
+//
+// With ROPE (a decode step: one new token per sequence), the kernel also does rope_store's work
+// (rope.cu), so that a layer's attention is one launch: every block rotates its queries and its
+// KV head's new key in shared memory with rope_store's operations, the blocks of the first slice
+// write the new key and value into the cache, and every block takes the new token's key and value
+// (the last of its context) from shared memory, since another block may not have written them
+// yet. The cache reads of that one slot are discarded, so the results are the same bits as
+// rope_store followed by this kernel. One token per sequence is what makes this exact: no query
+// of the step reads another new token's slot.
+struct RopeIn {
+    const float* k;  // [token][n_kv_heads * HD], not rotated
+    const float* v;
+    const u32* slots;
+    u32 capacity;
+    float* k_cache;  // the caches again, to write the new key and value
+    float* v_cache;
+    float freq_base, scale;
+    u32 neox;
+};
+
+template <int HD, int G, bool ROPE>
 __device__ __forceinline__ void attention(const float* __restrict__ q, const float* __restrict__ k_cache,
                                           const float* __restrict__ v_cache, const u32* __restrict__ positions,
                                           const u32* __restrict__ table_offset, const u32* __restrict__ block_tables,
                                           u32 block_tokens, u32 n_heads, u32 n_kv_heads, u32 slice, float scale,
-                                          float* __restrict__ out, u16* __restrict__ out_f16, float f16_scale) {
+                                          float* __restrict__ out, u16* __restrict__ out_f16, float f16_scale,
+                                          const RopeIn& rope) {
     constexpr int PER_LANE = (HD + 31) / 32;  // output dims per lane; lanes past HD hold none
     // Value rows loaded together: 32 floats of registers a lane whatever the head dim.
     constexpr int V_BATCH = 32 / PER_LANE;
@@ -69,6 +90,24 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, const flo
     const u32 bt_shift = __ffs(block_tokens) - 1, bt_mask = block_tokens - 1;
     const float* kc = k_cache + kvh * HD;
     const float* vc = v_cache + kvh * HD;
+    // ROPE: the angles of the token's position (as rope_store computes them; the position is in
+    // the batch description, written before the step, so this runs before the wait), then its
+    // new key and value.
+    __shared__ float rope_sin[ROPE ? HD / 2 : 1], rope_cos[ROPE ? HD / 2 : 1];
+    __shared__ __align__(16) float k_new[ROPE ? HD : 4];
+    __shared__ float v_new[ROPE ? HD : 1];
+    const u32 last = n_ctx - 1;
+    if constexpr (ROPE) {
+        const double pos = (double)positions[t] / (double)rope.scale;
+        for (u32 i = threadIdx.x; i < HD / 2; i += blockDim.x) {
+            const double inv_freq = pow((double)rope.freq_base, -2.0 * (double)i / (double)HD);
+            double sn, cs;
+            sincos(pos * inv_freq, &sn, &cs);
+            rope_sin[i] = (float)sn;
+            rope_cos[i] = (float)cs;
+        }
+        dependent_wait();
+    }
 
     // The slice's queries into shared memory, four float4 loads in flight per thread: in a
     // decode step of one sequence this load is on the critical path of the whole kernel.
@@ -91,6 +130,26 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, const flo
         }
     }
     __syncthreads();
+    if constexpr (ROPE) {
+        constexpr u32 half = HD / 2;
+        float* qf = reinterpret_cast<float*>(q_sh);
+        for (u32 idx = threadIdx.x; idx < (n_here + 1) * half; idx += blockDim.x) {
+            const u32 g = idx / half, i = idx % half;
+            const u32 a = rope.neox ? i : 2 * i, b = rope.neox ? i + half : 2 * i + 1;
+            if (g < n_here) rotate_pair(qf + g * HD, qf + g * HD, a, b, rope_cos[i], rope_sin[i]);
+            else rotate_pair(rope.k + (u64)t * kv_width + kvh * HD, k_new, a, b, rope_cos[i], rope_sin[i]);
+        }
+        for (u32 e = threadIdx.x; e < HD; e += blockDim.x) v_new[e] = rope.v[(u64)t * kv_width + kvh * HD + e];
+        __syncthreads();
+        const u32 slot = rope.slots[t];
+        // The host checks every slot before the batch is uploaded.
+        if (blockIdx.z == 0 && slot < rope.capacity) {
+            for (u32 e = threadIdx.x; e < HD; e += blockDim.x) {
+                rope.k_cache[(u64)slot * kv_width + kvh * HD + e] = k_new[e];
+                rope.v_cache[(u64)slot * kv_width + kvh * HD + e] = v_new[e];
+            }
+        }
+    }
 
     float m[G], l[G];
     float o[G][PER_LANE];
@@ -123,6 +182,13 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, const flo
                 const float* vp = vc + (u64)sh.chunk.slot[warp][jj] * kv_width;
 #pragma unroll
                 for (int i = 0; i < PER_LANE; i++) vv[u][i] = (HD % 32 == 0 || lane + 32 * i < HD) ? vp[lane + 32 * i] : 0.0f;
+                if constexpr (ROPE) {
+                    // The new token's value (warp-uniform: jj is the same in every lane).
+                    if (j0 + jj == last) {
+#pragma unroll
+                        for (int i = 0; i < PER_LANE; i++) vv[u][i] = (HD % 32 == 0 || lane + 32 * i < HD) ? v_new[lane + 32 * i] : 0.0f;
+                    }
+                }
             }
         };
         load_values(0);
@@ -130,9 +196,11 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, const flo
         float d[G];
 #pragma unroll
         for (int g = 0; g < G; g++) d[g] = 0.0f;
+        // ROPE: the new key from shared memory (its cache slot may not be written yet).
+        const bool new_key = ROPE && valid && j == last;
 #pragma unroll
         for (int i = 0; i < HD / 4; i++) {
-            const float4 kk = kp[i];
+            const float4 kk = new_key ? reinterpret_cast<const float4*>(k_new)[i] : kp[i];
 #pragma unroll
             for (int g = 0; g < G; g++) {
                 if (g >= n_here) break;
@@ -218,7 +286,26 @@ extern "C" __global__ void __launch_bounds__(32 * ATTN_MAX_WARPS, 1)
                     const u32* __restrict__ block_tables, u32 block_tokens, u32 n_heads, u32 n_kv_heads, u32 slice,
                     float scale, float* __restrict__ out, u16* __restrict__ out_f16, float f16_scale) {
     dependent_wait();
-    attention<ATTN_HEAD_DIM, ATTN_GROUP>(q, k_cache, v_cache, positions, table_offset, block_tables, block_tokens,
-                                         n_heads, n_kv_heads, min(max(slice, 1u), (u32)ATTN_GROUP), scale, out, out_f16, f16_scale);
+    const RopeIn none = {};
+    attention<ATTN_HEAD_DIM, ATTN_GROUP, false>(q, k_cache, v_cache, positions, table_offset, block_tables, block_tokens,
+                                                n_heads, n_kv_heads, min(max(slice, 1u), (u32)ATTN_GROUP), scale, out,
+                                                out_f16, f16_scale, none);
+}
+
+// attention_heads with rope_store's work (see RopeIn): q and k not rotated yet, for a step of one
+// token per sequence. k_cache and v_cache are also written (through rope.k_cache / v_cache).
+extern "C" __global__ void __launch_bounds__(32 * ATTN_MAX_WARPS, 1)
+    attention_heads_rope(const float* q, const float* k_cache, const float* v_cache, const u32* __restrict__ positions,
+                         const u32* __restrict__ table_offset, const u32* __restrict__ block_tables, u32 block_tokens,
+                         u32 n_heads, u32 n_kv_heads, u32 slice, float scale, float* __restrict__ out,
+                         u16* __restrict__ out_f16, float f16_scale, const float* __restrict__ k_new,
+                         const float* __restrict__ v_new, const u32* __restrict__ slots, u32 capacity, float freq_base,
+                         float rope_scale, u32 neox) {
+    // attention() waits once the angles are computed.
+    const RopeIn rope = {k_new, v_new, slots, capacity, const_cast<float*>(k_cache), const_cast<float*>(v_cache),
+                         freq_base, rope_scale, neox};
+    attention<ATTN_HEAD_DIM, ATTN_GROUP, true>(q, k_cache, v_cache, positions, table_offset, block_tables, block_tokens,
+                                               n_heads, n_kv_heads, min(max(slice, 1u), (u32)ATTN_GROUP), scale, out,
+                                               out_f16, f16_scale, rope);
 }
 #endif

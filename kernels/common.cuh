@@ -65,6 +65,14 @@ __device__ __forceinline__ u16 f32_to_f16(float f) {
     return (u16)h;
 }
 
+// RoPE's rotation of pair (a, b) of a head by (cf, sf), in the CPU's float32 operations (rope.cu,
+// and attention.cu's decode variant).
+__device__ __forceinline__ void rotate_pair(const float* src, float* dst, u32 a, u32 b, float cf, float sf) {
+    const float x0 = src[a], x1 = src[b];
+    dst[a] = __fsub_rn(__fmul_rn(x0, cf), __fmul_rn(x1, sf));
+    dst[b] = __fadd_rn(__fmul_rn(x0, sf), __fmul_rn(x1, cf));
+}
+
 // Largest finite f16.
 #define F16_MAX 65504.0f
 

@@ -6,13 +6,6 @@
 // long positions keep their precision; the rotation itself uses the CPU's float32 operations.
 #include "common.cuh"
 
-// The rotation of pair (a, b) of a head by (cf, sf), in the CPU's float32 operations.
-__device__ __forceinline__ void rotate_pair(const float* src, float* dst, u32 a, u32 b, float cf, float sf) {
-    const float x0 = src[a], x1 = src[b];
-    dst[a] = __fsub_rn(__fmul_rn(x0, cf), __fmul_rn(x1, sf));
-    dst[b] = __fadd_rn(__fmul_rn(x0, sf), __fmul_rn(x1, cf));
-}
-
 // x holds x_heads heads a token, y y_heads (0: none): q and k of one layer rotate in one launch.
 extern "C" __global__ void rope(float* __restrict__ x, u32 x_heads, float* __restrict__ y, u32 y_heads,
                                 const u32* __restrict__ positions, u32 head_dim, float freq_base, float scale, u32 neox) {

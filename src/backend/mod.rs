@@ -362,9 +362,9 @@ pub trait Backend: Send + 'static {
     ) -> Result<(), BackendError>;
 
     /// [`rope_qk`](Self::rope_qk) on `q` and `k`, then [`attention`](Self::attention): a layer's
-    /// attention with rotary position embeddings. Afterwards `q` holds the rotated queries; `k`
-    /// may hold the rotated keys or not (CUDA rotates them straight into the cache, in the same
-    /// launch that writes it).
+    /// attention with rotary position embeddings. Afterwards `q` and `k` may hold the rotated
+    /// queries and keys or not (CUDA rotates the keys straight into the cache, in the launch
+    /// that writes it, and in a decode step rotates both inside the attention kernel).
     #[allow(clippy::too_many_arguments)]
     fn rope_attention(
         &mut self,

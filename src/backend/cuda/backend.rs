@@ -108,6 +108,9 @@ pub struct CudaBatch {
     block_tokens: u32,
     /// Warps per attention block for this batch (see `attention_warps`).
     attn_warps: u32,
+    /// Every token is the only one of its sequence (a decode step): no query reads another new
+    /// token's KV slot, so RoPE and the KV write can run inside the attention kernel.
+    one_token_per_seq: bool,
 }
 
 /// Batches of up to this many rows spread each row's keys over more warps (decode steps: few
@@ -166,6 +169,25 @@ fn attention_slice(n_rows: usize, group_heads: usize, head_dim: usize) -> usize 
     }
 }
 
+/// The attention kernels' launch for `batch`: one block per token, KV head and slice of its query
+/// heads (`attention_slice`), `batch.attn_warps` warps; with the slice, the head counts and the
+/// score scale 1/sqrt(head_dim) they take.
+fn attention_launch(batch: &CudaBatch, p: &AttnParams) -> Result<(LaunchConfig, u32, u32, u32, f32), BackendError> {
+    let slice = attention_slice(batch.n_tokens, p.n_heads / p.n_kv_heads.max(1), p.head_dim);
+    let slices = to_u32("query heads per KV head", (p.n_heads / p.n_kv_heads.max(1)).div_ceil(slice))?;
+    let grid = (to_u32("tokens", batch.n_tokens)?, to_u32("KV heads", p.n_kv_heads)?, slices);
+    let cfg = LaunchConfig { grid_dim: grid, block_dim: (32 * batch.attn_warps, 1, 1), shared_mem_bytes: 0 };
+    let scale = 1.0 / (p.head_dim as f32).sqrt();
+    Ok((cfg, to_u32("query heads per block", slice)?, to_u32("heads", p.n_heads)?, to_u32("KV heads", p.n_kv_heads)?, scale))
+}
+
+/// RoPE and the KV write inside the attention kernel for decode steps (`attention_heads_rope`);
+/// FERRITE_CUDA_ROPE_IN_ATTENTION=0 keeps them in `rope_store`, to compare the two.
+fn rope_in_attention() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("FERRITE_CUDA_ROPE_IN_ATTENTION").map_or(true, |v| v != "0"))
+}
+
 /// A recorded decode step.
 struct Recorded(CudaGraph);
 
@@ -180,8 +202,9 @@ pub(super) struct FixedKernels {
     rope: CudaFunction,
     rope_store: CudaFunction,
     kv_append: CudaFunction,
-    /// `attention_heads` for the model's head dim, compiled when the KV cache is allocated.
-    attention: Option<(usize, CudaFunction)>,
+    /// `attention_heads` and `attention_heads_rope` for the model's head dim, compiled when the
+    /// KV cache is allocated.
+    attention: Option<(usize, CudaFunction, CudaFunction)>,
     swiglu: CudaFunction,
     pub(super) swiglu_f16: CudaFunction,
     add_assign: CudaFunction,
@@ -203,14 +226,17 @@ pub struct CudaBackend {
     /// addresses.
     pub(super) batch_generation: u64,
     /// Recorded decode steps by key (see `Backend::replayable`). Off with FERRITE_CUDA_GRAPHS=0.
-    graphs: HashMap<(ReplayKey, u64, u32), Recorded>,
+    graphs: HashMap<(ReplayKey, u64, u32, bool), Recorded>,
     /// `attn_warps` of the batch uploaded last (part of a recorded step's key).
     attn_warps: u32,
+    /// `one_token_per_seq` of the batch uploaded last (part of a recorded step's key: it picks
+    /// the attention kernel).
+    one_token_per_seq: bool,
     graphs_enabled: bool,
     /// Steps of more rows than this are never recorded (FERRITE_CUDA_GRAPH_MAX_ROWS).
     graph_max_rows: usize,
     /// How often each large-batch key has run unrecorded (see `replayable`).
-    sightings: HashMap<(ReplayKey, u64, u32), u32>,
+    sightings: HashMap<(ReplayKey, u64, u32, bool), u32>,
     /// cuBLAS's workspace, given to it explicitly so that no GEMM allocates while a step is
     /// being recorded. Declared after `blas`, so it is freed after the handle.
     _blas_workspace: CudaSlice<u8>,
@@ -404,7 +430,7 @@ impl CudaBackend {
         if p.n_kv_heads == 0 || p.n_heads % p.n_kv_heads != 0 {
             return Err(BackendError::Invalid(format!("{} query heads do not group over {} KV heads", p.n_heads, p.n_kv_heads)));
         }
-        if !self.fixed.attention.as_ref().is_some_and(|(d, _)| *d == p.head_dim) {
+        if !self.fixed.attention.as_ref().is_some_and(|(d, _, _)| *d == p.head_dim) {
             return Err(BackendError::Invalid(format!(
                 "head_dim {} has no CUDA attention kernel (these do: {:?})",
                 p.head_dim,
@@ -423,20 +449,11 @@ impl CudaBackend {
     /// the output instead of `out` (see `rope_attention_matmul_add`).
     #[allow(clippy::too_many_arguments)]
     fn attend(&mut self, q: &CudaAct, cache: &CudaKvCache, layer: usize, batch: &CudaBatch, p: &AttnParams, out: &mut CudaAct, out_f16: u64) -> Result<(), BackendError> {
-        let hd = p.head_dim;
-        let Some((_, attend)) = self.fixed.attention.as_ref().filter(|(d, _)| *d == hd) else {
-            return Err(BackendError::Invalid(format!("head_dim {hd} has no CUDA attention kernel")));
+        let Some((_, attend, _)) = self.fixed.attention.as_ref().filter(|(d, _, _)| *d == p.head_dim) else {
+            return Err(BackendError::Invalid(format!("head_dim {} has no CUDA attention kernel", p.head_dim)));
         };
+        let (cfg, slice, n_heads, n_kv_heads, scale) = attention_launch(batch, p)?;
         let range = cache.layer_range(layer);
-        let n_u = to_u32("tokens", batch.n_tokens)?;
-        // One block per token, KV head and slice of its query heads.
-        let slice = attention_slice(batch.n_tokens, p.n_heads / p.n_kv_heads.max(1), hd);
-        let slices = to_u32("query heads per KV head", (p.n_heads / p.n_kv_heads).div_ceil(slice))?;
-        let slice = to_u32("query heads per block", slice)?;
-        let grid = (n_u, to_u32("KV heads", p.n_kv_heads)?, slices);
-        let cfg = LaunchConfig { grid_dim: grid, block_dim: (32 * batch.attn_warps, 1, 1), shared_mem_bytes: 0 };
-        let (n_heads, n_kv_heads) = (p.n_heads as u32, p.n_kv_heads as u32);
-        let scale = 1.0 / (hd as f32).sqrt();
         let (kc, vc) = (cache.k.slice(range.clone()), cache.v.slice(range));
         launch!(
             self.ctx,
@@ -496,9 +513,23 @@ impl CudaBackend {
         let mut kc = cache.k.slice_mut(range.clone());
         let mut vc = cache.v.slice_mut(range);
         let capacity = to_u32("KV capacity", cache.layout.capacity_tokens())?;
+        let neox: u32 = matches!(qp.style, RopeStyle::Neox) as u32;
+        if batch.one_token_per_seq && rope_in_attention() {
+            // A decode step: one launch rotates, writes the cache and attends.
+            let Some((_, _, attend_rope)) = self.fixed.attention.as_ref().filter(|(d, _, _)| *d == p.head_dim) else {
+                return Err(BackendError::Invalid(format!("head_dim {} has no CUDA attention kernel", p.head_dim)));
+            };
+            let (cfg, slice, n_heads, n_kv_heads, scale) = attention_launch(batch, p)?;
+            launch!(
+                self.ctx, attend_rope, "attention_heads_rope", cfg,
+                &q.buf, &mut kc, &mut vc, &batch.positions, &batch.table_offset, &batch.block_tables, &batch.block_tokens,
+                &n_heads, &n_kv_heads, &slice, &scale, &mut out.buf, &out_f16, &super::matmul::X_F16_SCALE,
+                &k.buf, &v.buf, &batch.slots, &capacity, &qp.freq_base, &qp.scale, &neox
+            )?;
+            return Ok(());
+        }
         let cfg = rope_launch(batch.n_tokens, (qp.n_heads + kp.n_heads) * qp.head_dim / 2)?;
         let (q_heads, kv_heads, head_dim) = (to_u32("heads", qp.n_heads)?, to_u32("heads", kp.n_heads)?, to_u32("head_dim", qp.head_dim)?);
-        let neox: u32 = matches!(qp.style, RopeStyle::Neox) as u32;
         launch!(
             self.ctx, &self.fixed.rope_store, "rope_store", cfg,
             &mut q.buf, &q_heads, &k.buf, &v.buf, &kv_heads, &batch.positions, &batch.slots, &capacity, &head_dim,
@@ -611,6 +642,7 @@ impl CudaBackend {
             batch_generation: 0,
             graphs: HashMap::new(),
             attn_warps: 4,
+            one_token_per_seq: false,
             graphs_enabled,
             graph_max_rows,
             sightings: HashMap::new(),
@@ -689,7 +721,7 @@ impl Backend for CudaBackend {
             .checked_mul(layout.capacity_tokens())
             .and_then(|n| n.checked_mul(layout.n_kv_heads * layout.head_dim))
             .ok_or_else(|| BackendError::Invalid(format!("KV cache {layout:?} overflows")))?;
-        if self.fixed.attention.as_ref().map_or(true, |(hd, _)| *hd != layout.head_dim) {
+        if self.fixed.attention.as_ref().map_or(true, |(hd, _, _)| *hd != layout.head_dim) {
             let defines = kernels::attention_defines(layout.head_dim).ok_or_else(|| {
                 BackendError::Invalid(format!(
                     "head_dim {} has no CUDA attention kernel (these do: {:?})",
@@ -698,7 +730,8 @@ impl Backend for CudaBackend {
                 ))
             })?;
             let f = self.ctx.function_with(&kernels::ATTENTION, &defines, "attention_heads")?;
-            self.fixed.attention = Some((layout.head_dim, f));
+            let f_rope = self.ctx.function_with(&kernels::ATTENTION, &defines, "attention_heads_rope")?;
+            self.fixed.attention = Some((layout.head_dim, f, f_rope));
         }
         if !layout.block_tokens.is_power_of_two() {
             return Err(BackendError::Invalid(format!("KV blocks of {} tokens: the kernels need a power of two", layout.block_tokens)));
@@ -761,6 +794,9 @@ impl Backend for CudaBackend {
         let at = |i: usize| base + (i * std::mem::size_of::<u32>()) as u64;
         let attn_warps = attention_warps(&plan.positions);
         self.attn_warps = attn_warps;
+        let mut seen = vec![false; plan.seqs.len()];
+        let one_token_per_seq = plan.token_seq.iter().all(|&s| !std::mem::replace(&mut seen[s as usize], true));
+        self.one_token_per_seq = one_token_per_seq;
         Ok(CudaBatch {
             n_tokens: n,
             n_logit_rows: plan.logit_rows.len(),
@@ -772,6 +808,7 @@ impl Backend for CudaBackend {
             block_tables: at(4 * n + plan.logit_rows.len()),
             block_tokens: plan.block_tokens,
             attn_warps,
+            one_token_per_seq,
         })
     }
 
@@ -1084,7 +1121,7 @@ impl Backend for CudaBackend {
         let Some(key) = key.filter(|k| self.graphs_enabled && k.n_tokens <= self.graph_max_rows) else {
             return ops(self);
         };
-        let full_key = (key, self.batch_generation, self.attn_warps);
+        let full_key = (key, self.batch_generation, self.attn_warps, self.one_token_per_seq);
         if let Some(Recorded(graph)) = self.graphs.get(&full_key) {
             graph.launch().map_err(|e| CudaError::Driver { op: format!("launching the recorded decode step {key:?}"), msg: super::error::describe(&e) })?;
             return Ok(());
@@ -1107,7 +1144,7 @@ impl Backend for CudaBackend {
             }
         }
         // Graphs of older buffers can never match again.
-        self.graphs.retain(|(k, g, _), _| k.buffers_generation == key.buffers_generation && *g == self.batch_generation);
+        self.graphs.retain(|(k, g, _, _), _| k.buffers_generation == key.buffers_generation && *g == self.batch_generation);
         let stream = self.ctx.stream().clone();
         let capture_err = |op: &str, e: cudarc::driver::DriverError| CudaError::Driver { op: format!("{op} the decode step {key:?}"), msg: super::error::describe(&e) };
         stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).map_err(|e| capture_err("starting to record", e))?;
