@@ -53,9 +53,14 @@ struct RopeIn {
     u32 neox;
 };
 
+// The caches as attention() reads them: restrict-qualified, except in the ROPE variant, which
+// also writes them (through RopeIn).
+template <bool ROPE> struct CacheIn { typedef const float* __restrict__ T; };
+template <> struct CacheIn<true> { typedef const float* T; };
+
 template <int HD, int G, bool ROPE>
-__device__ __forceinline__ void attention(const float* __restrict__ q, const float* __restrict__ k_cache,
-                                          const float* __restrict__ v_cache, const u32* __restrict__ positions,
+__device__ __forceinline__ void attention(const float* __restrict__ q, typename CacheIn<ROPE>::T k_cache,
+                                          typename CacheIn<ROPE>::T v_cache, const u32* __restrict__ positions,
                                           const u32* __restrict__ table_offset, const u32* __restrict__ block_tables,
                                           u32 block_tokens, u32 n_heads, u32 n_kv_heads, u32 slice, float scale,
                                           float* __restrict__ out, u16* __restrict__ out_f16, float f16_scale,
@@ -90,9 +95,9 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, const flo
     const u32 bt_shift = __ffs(block_tokens) - 1, bt_mask = block_tokens - 1;
     const float* kc = k_cache + kvh * HD;
     const float* vc = v_cache + kvh * HD;
-    // ROPE: the angles of the token's position (as rope_store computes them; the position is in
-    // the batch description, written before the step, so this runs before the wait), then its
-    // new key and value.
+    // ROPE: the angles of the token's position (as rope_store computes them; the position and
+    // the table offset read above are in the batch description, which a kernel may read before
+    // its wait, see dependent_wait), then its new key and value.
     __shared__ float rope_sin[ROPE ? HD / 2 : 1], rope_cos[ROPE ? HD / 2 : 1];
     __shared__ __align__(16) float k_new[ROPE ? HD : 4];
     __shared__ float v_new[ROPE ? HD : 1];

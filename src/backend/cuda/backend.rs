@@ -4,9 +4,9 @@
 //! synchronization of a forward is the copy of the logits in [`Backend::read_rows`].
 //!
 //! Projections (`matmul`) take one of two paths (see `matmul.rs`): up to 4 rows of activations
-//! (decode of a few sequences) go through matrix-vector kernels that read the quantized blocks
-//! directly; larger batches (prefill, many sequences) multiply a copy of the weight made once
-//! (f16 by default) with cuBLAS.
+//! (8 for small weights, 2 with `exact_matmul`; decode of a few sequences) go through
+//! matrix-vector kernels that read the quantized blocks directly; larger batches (prefill, many
+//! sequences) multiply a copy of the weight made once (f16 by default) with cuBLAS.
 //!
 //! Nothing here allocates per token: activation buffers come from the model (once per batch
 //! size), the batch description is copied into a buffer that only grows, and the kernels and
@@ -594,8 +594,9 @@ impl CudaBackend {
 
     /// A backend on `device` ("cuda" or "cuda:N"): creates (or reuses) the device's context,
     /// the cuBLAS handle, and compiles (or loads from the disk cache) the fixed kernels.
-    /// `exact_matmul`: multiplies of more than 4 rows in float32 on the CUDA cores rather than
-    /// f16 on the tensor cores (see `GemmPrecision` for the overrides).
+    /// `exact_matmul`: multiplies of more than 2 rows in float32 on the CUDA cores rather than
+    /// f16 on the tensor cores or two-part x on the matrix-vector kernels (see `GemmPrecision`
+    /// for the overrides).
     pub fn new(device: &str, exact_matmul: bool) -> Result<CudaBackend, CudaError> {
         let ctx = CudaContext::get(device)?;
         ctx.precompile(&kernels::FIXED.iter().map(|src| (*src, Vec::new())).collect::<Vec<_>>())?;
@@ -754,6 +755,9 @@ impl Backend for CudaBackend {
         let mut packed: Vec<u32> = Vec::with_capacity(4 * n + plan.logit_rows.len() + plan.block_tables.len());
         packed.extend_from_slice(&plan.tokens);
         packed.extend_from_slice(&plan.positions);
+        if plan.slots.len() != n {
+            return Err(BackendError::Invalid(format!("batch plan of {n} tokens has {} KV slots", plan.slots.len())));
+        }
         for (t, &slot) in plan.slots.iter().enumerate() {
             // The kernels index the cache with these; check them here, where an error can still
             // say which token.
@@ -770,6 +774,11 @@ impl Backend for CudaBackend {
             let blocks_needed = (plan.positions[t] as usize / plan.block_tokens.max(1) as usize) + 1;
             if seq.table_offset as usize + blocks_needed > plan.block_tables.len() {
                 return Err(BackendError::Invalid(format!("token {t}: its block table is shorter than its position {}", plan.positions[t])));
+            }
+            // Attention reads a token's own key through its block table, and the decode kernel
+            // (attention_heads_rope) takes it from where it writes it: the two must agree.
+            if plan.slots[t] as usize != plan.slot_of(seq, plan.positions[t] as usize) {
+                return Err(BackendError::Invalid(format!("token {t}: KV slot {} is not its position's slot in its block table", plan.slots[t])));
             }
             packed.push(seq.table_offset);
         }
@@ -904,9 +913,13 @@ impl Backend for CudaBackend {
         let weights = projections.each_ref().map(|p| p.0);
         if !super::matmul::tiled_matvec(self, &weights, n_rows) {
             if n_rows > 0 && super::matmul::f16_gemm_inputs(self, &weights, n_rows)? {
-                // Only cuBLAS's f16 GEMMs read the normalized rows: written as f16 directly.
+                // Only cuBLAS's f16 GEMMs read the normalized rows: written as f16 directly
+                // (every shape checked before the first launch).
                 check_width("rms_norm input", x.width, norm.n_cols)?;
                 check_rows("rms_norm input", x, n_rows)?;
+                for (w, bias, out) in &projections {
+                    check_projection(w, *bias, x, n_rows, out)?;
+                }
                 let mut x_f16 = Some(super::matmul::rms_norm_as_f16(self, x, norm.dense()?, eps, n_rows)?);
                 // The biases (q, k, v) go on in one launch after the GEMMs.
                 let mut biases = Vec::with_capacity(N);
@@ -1121,7 +1134,7 @@ impl Backend for CudaBackend {
         let Some(key) = key.filter(|k| self.graphs_enabled && k.n_tokens <= self.graph_max_rows) else {
             return ops(self);
         };
-        let full_key = (key, self.batch_generation, self.attn_warps, self.one_token_per_seq);
+        let full_key = (key, self.batch_generation, self.attn_warps, self.one_token_per_seq && rope_in_attention());
         if let Some(Recorded(graph)) = self.graphs.get(&full_key) {
             graph.launch().map_err(|e| CudaError::Driver { op: format!("launching the recorded decode step {key:?}"), msg: super::error::describe(&e) })?;
             return Ok(());

@@ -211,12 +211,12 @@ impl CudaContext {
         self.total_mem_bytes
     }
 
-    /// (free, total) device memory in bytes.
     /// Streaming multiprocessors of the device.
     pub fn sms(&self) -> usize {
         self.sms
     }
 
+    /// (free, total) device memory in bytes.
     pub fn mem_info(&self) -> Result<(usize, usize), CudaError> {
         self.raw.mem_get_info().ctx(|| "cuMemGetInfo".into())
     }

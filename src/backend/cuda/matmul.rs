@@ -1,8 +1,8 @@
 //! Projections on the GPU: `out[t][r] = Σ_c W[r][c] · x[t][c] (+ bias[r])` with W in its GGUF
 //! blocks.
 //!
-//! * Up to 4 rows of x, 8 for groups of small weights (decode of a few sequences; see
-//!   `takes_matvec`): matrix-vector kernels that read each weight byte once and dequantize in
+//! * Up to 4 rows of x, 8 for groups of small weights, 2 with `exact_matmul` (decode of a few
+//!   sequences; see `takes_matvec`): matrix-vector kernels that read each weight byte once and dequantize in
 //!   registers (`matvec.rs`: the tensor-core kernels on repacked Q5_0/Q8_0/Q4_K/Q6_K tiles,
 //!   matvec.cu on the file's blocks for the other types).
 //!   This is the bandwidth-bound case the speed of generation depends on.
@@ -56,8 +56,9 @@ fn forced_max_rows() -> Option<usize> {
     *ROWS.get_or_init(|| std::env::var("FERRITE_CUDA_MATVEC_MAX_ROWS").ok().and_then(|v| v.parse().ok()).map(|n: usize| n.min(MATVEC_MAX_ROWS)))
 }
 
-/// Rows of x up to which the matrix-vector kernels keep x exact (three bf16 or int8 parts, see
-/// matvec_mma.cu); from 3 rows they keep two bf16 parts, 16 significand bits. With
+/// Rows of x up to which the matrix-vector kernels keep x exactly (three bf16 parts) or to
+/// about 2^-24 of each tile's largest value (three int8 parts; see matvec_mma.cu); from 3 rows
+/// they keep two bf16 parts, 16 significand bits. With
 /// `exact_matmul` (`GemmPrecision::F32`) more rows go to the float32 GEMM instead, so that the
 /// same sequence gives the same logits (within float32 rounding) whatever the batch around it:
 /// with 5-8 rows on the kernels' two parts, a greedy continuation generated beside nine others
