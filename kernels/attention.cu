@@ -105,11 +105,7 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
     if constexpr (ROPE) {
         const double pos = (double)positions[t] / (double)rope.scale;
         for (u32 i = threadIdx.x; i < HD / 2; i += blockDim.x) {
-            const double inv_freq = pow((double)rope.freq_base, -2.0 * (double)i / (double)HD);
-            double sn, cs;
-            sincos(pos * inv_freq, &sn, &cs);
-            rope_sin[i] = (float)sn;
-            rope_cos[i] = (float)cs;
+            rope_sincos(pos, i, HD, rope.freq_base, &rope_sin[i], &rope_cos[i]);
         }
         dependent_wait();
     }

@@ -65,6 +65,17 @@ __device__ __forceinline__ u16 f32_to_f16(float f) {
     return (u16)h;
 }
 
+// RoPE's angle for pair i of a head of head_dim at position pos (already divided by the scale):
+// pos * freq_base^(-2i / head_dim), in float64 as on the CPU, its sine and cosine rounded to float
+// once (rope.cu, and attention.cu's decode variant).
+__device__ __forceinline__ void rope_sincos(double pos, u32 i, u32 head_dim, float freq_base, float* sf, float* cf) {
+    const double inv_freq = pow((double)freq_base, -2.0 * (double)i / (double)head_dim);
+    double s, c;
+    sincos(pos * inv_freq, &s, &c);
+    *sf = (float)s;
+    *cf = (float)c;
+}
+
 // RoPE's rotation of pair (a, b) of a head by (cf, sf), in the CPU's float32 operations (rope.cu,
 // and attention.cu's decode variant).
 __device__ __forceinline__ void rotate_pair(const float* src, float* dst, u32 a, u32 b, float cf, float sf) {

@@ -15,10 +15,8 @@ extern "C" __global__ void rope(float* __restrict__ x, u32 x_heads, float* __res
     const double pos = (double)positions[t] / (double)scale;
     for (u32 idx = threadIdx.x; idx < (x_heads + y_heads) * half; idx += blockDim.x) {
         const u32 h = idx / half, i = idx % half;
-        const double inv_freq = pow((double)freq_base, -2.0 * (double)i / (double)head_dim);
-        double s, c;
-        sincos(pos * inv_freq, &s, &c);
-        const float sf = (float)s, cf = (float)c;
+        float sf, cf;
+        rope_sincos(pos, i, head_dim, freq_base, &sf, &cf);
         const u32 a = neox ? i : 2 * i;
         const u32 b = neox ? i + half : 2 * i + 1;
         float* hp = h < x_heads ? x + ((u64)t * x_heads + h) * head_dim : y + ((u64)t * y_heads + (h - x_heads)) * head_dim;
@@ -44,11 +42,7 @@ extern "C" __global__ void rope_store(float* __restrict__ q, u32 q_heads, const 
     const u32 half = head_dim / 2;
     const double pos = (double)positions[t] / (double)scale;
     for (u32 i = threadIdx.x; i < half; i += blockDim.x) {
-        const double inv_freq = pow((double)freq_base, -2.0 * (double)i / (double)head_dim);
-        double s, c;
-        sincos(pos * inv_freq, &s, &c);
-        sin_sh[i] = (float)s;
-        cos_sh[i] = (float)c;
+        rope_sincos(pos, i, head_dim, freq_base, &sin_sh[i], &cos_sh[i]);
     }
     __syncthreads();
     const u32 slot = slots[t];

@@ -443,15 +443,21 @@ impl CudaBackend {
         Ok(kv_width)
     }
 
+    /// `attention_heads` and `attention_heads_rope` of `head_dim` (compiled with the KV cache).
+    fn attention_kernels(&self, head_dim: usize) -> Result<(&CudaFunction, &CudaFunction), BackendError> {
+        match self.fixed.attention.as_ref() {
+            Some((d, plain, rope)) if *d == head_dim => Ok((plain, rope)),
+            _ => Err(BackendError::Invalid(format!("head_dim {head_dim} has no CUDA attention kernel"))),
+        }
+    }
+
     /// Attention of the batch's (rotated) queries over layer `layer` of the cache, which already
     /// holds their own keys and values; shapes checked by `check_attention`.
     /// `out_f16`: 0, or the device address of f16 activations (`matmul::X_F16_SCALE`) that take
     /// the output instead of `out` (see `rope_attention_matmul_add`).
     #[allow(clippy::too_many_arguments)]
     fn attend(&mut self, q: &CudaAct, cache: &CudaKvCache, layer: usize, batch: &CudaBatch, p: &AttnParams, out: &mut CudaAct, out_f16: u64) -> Result<(), BackendError> {
-        let Some((_, attend, _)) = self.fixed.attention.as_ref().filter(|(d, _, _)| *d == p.head_dim) else {
-            return Err(BackendError::Invalid(format!("head_dim {} has no CUDA attention kernel", p.head_dim)));
-        };
+        let (attend, _) = self.attention_kernels(p.head_dim)?;
         let (cfg, slice, n_heads, n_kv_heads, scale) = attention_launch(batch, p)?;
         let range = cache.layer_range(layer);
         let (kc, vc) = (cache.k.slice(range.clone()), cache.v.slice(range));
@@ -516,9 +522,7 @@ impl CudaBackend {
         let neox: u32 = matches!(qp.style, RopeStyle::Neox) as u32;
         if batch.one_token_per_seq && rope_in_attention() {
             // A decode step: one launch rotates, writes the cache and attends.
-            let Some((_, _, attend_rope)) = self.fixed.attention.as_ref().filter(|(d, _, _)| *d == p.head_dim) else {
-                return Err(BackendError::Invalid(format!("head_dim {} has no CUDA attention kernel", p.head_dim)));
-            };
+            let (_, attend_rope) = self.attention_kernels(p.head_dim)?;
             let (cfg, slice, n_heads, n_kv_heads, scale) = attention_launch(batch, p)?;
             launch!(
                 self.ctx, attend_rope, "attention_heads_rope", cfg,

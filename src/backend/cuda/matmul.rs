@@ -291,6 +291,13 @@ fn f16_scale(max_abs: f32) -> f32 {
     2f32.powi(exp as i32)
 }
 
+/// Makes the device's context current on this thread: cuBLAS is bound to the context's stream
+/// (and a resident copy's kernels run on it), and Python may call from any thread.
+fn bind_context(be: &CudaBackend) -> Result<(), BackendError> {
+    be.ctx.raw().bind_to_thread().map_err(|e| CudaError::Driver { op: "binding the CUDA context".into(), msg: super::error::describe(&e) })?;
+    Ok(())
+}
+
 /// The weight's resident copy, made now if this is its first large multiply and the device has
 /// room; `None` when it stays quantized only.
 fn resident<'w>(be: &mut CudaBackend, w: &'w CudaWeight) -> Result<Option<&'w Resident>, BackendError> {
@@ -341,9 +348,7 @@ fn dequant_gemm(
     }
     let too_big = |what: &str, v: usize| BackendError::Invalid(format!("{}: {what} {v} exceeds cuBLAS's 32-bit sizes", w.name));
     let as_i32 = |what: &str, v: usize| i32::try_from(v).map_err(|_| too_big(what, v));
-    // cuBLAS is bound to the context's stream; the context must be current on this thread
-    // (Python may call from any thread).
-    be.ctx.raw().bind_to_thread().map_err(|e| CudaError::Driver { op: "binding the CUDA context".into(), msg: super::error::describe(&e) })?;
+    bind_context(be)?;
     let resident = resident(be, w)?;
     // Column-major view: a weight chunk is W_chunk^T (k x m, ld k), x is X^T (k x n, ld k) and
     // out + r0 is the m x n block of OUT^T (ld n_rows): OUT^T[r][t] = Σ_c W[r][c] X[t][c].
@@ -463,11 +468,11 @@ pub(super) fn f16_gemm_inputs(be: &mut CudaBackend, weights: &[&CudaWeight], n_x
     if be.gemm != GemmPrecision::F16 {
         return Ok(false);
     }
+    if weights.iter().any(|w| takes_matvec(weights, w, n_x, false) || w.n_rows == 0 || w.n_cols == 0) {
+        return Ok(false);
+    }
+    bind_context(be)?;
     for w in weights {
-        if takes_matvec(weights, w, n_x, false) || w.n_rows == 0 || w.n_cols == 0 {
-            return Ok(false);
-        }
-        be.ctx.raw().bind_to_thread().map_err(|e| CudaError::Driver { op: "binding the CUDA context".into(), msg: super::error::describe(&e) })?;
         if !matches!(resident(be, w)?, Some(Resident::F16 { .. })) {
             return Ok(false);
         }
