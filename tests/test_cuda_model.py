@@ -250,6 +250,42 @@ def test_gpu_attention_over_query_head_groups(tmp_path, n_heads, n_kv_heads, hid
 
 @pytest.mark.cuda
 @needs_gpu
+@pytest.mark.parametrize("flash", ["1", "0"])
+@pytest.mark.parametrize("n_heads,n_kv_heads,hidden", [(14, 2, 896), (8, 1, 1024), (12, 4, 192), (4, 2, 1024)])
+def test_gpu_prompt_chunks_attend_like_the_reference(tmp_path, monkeypatch, flash, n_heads, n_kv_heads, hidden):
+    """Prompts in chunks, the path of attention_prefill.cu (tiles of 16 query rows, keys in tiles
+    through shared memory, two-part f16 on the tensor cores) and, with
+    FERRITE_CUDA_FLASH_PREFILL=0, of attention.cu's kernel: head dims 64, 128, 16 and 256 (which
+    attention_prefill.cu does not take: the flag must not matter there), groups of 7, 8, 3 and 2
+    heads. One sequence in three chunks that start mid-tile (37, 163 and 100 tokens: partial
+    tiles, key tiles past the diagonal, a chunk whose first key tile holds no new key), then two
+    sequences in one batch (a 70-token chunk beside a 1-token step), against the float64
+    reference at every position."""
+    monkeypatch.setenv("FERRITE_CUDA_FLASH_PREFILL", flash)
+    path = write_block_model(
+        tmp_path / "m.gguf", "Q8_0", hidden=hidden, ffn=256, n_heads=n_heads, n_kv_heads=n_kv_heads, context=1024, seed=12
+    )
+    rng = np.random.default_rng(4)
+    ids = [int(t) for t in rng.integers(0, 260, size=300)]
+    other = [int(t) for t in rng.integers(0, 260, size=71)]
+    m = ferrite.Model.load(path, device="cuda", kv_cache_tokens=1024, exact_matmul=True)
+    ref = ReferenceModel(path)
+    s = m.new_sequence(max_tokens=400)
+    got = np.concatenate([m.forward(ids[a:b], seq=s) for a, b in [(0, 37), (37, 200), (200, 300)]])
+    assert relative(got, ref.forward(ids)) <= RELATIVE_BOUND
+    # Two sequences in one batch: ids continues by one token while `other` arrives as a chunk.
+    s2 = m.new_sequence(max_tokens=100)
+    m.forward(other[:1], seq=s2)
+    more = [int(t) for t in rng.integers(0, 260, size=1)]
+    step, chunk = m.forward_batch([more, other[1:]], last_only=False, seqs=[s, s2])
+    assert relative(step, ref.forward(ids + more)[-1:]) <= RELATIVE_BOUND
+    want_other = ref.forward(other)
+    assert relative(chunk, want_other[1:]) <= RELATIVE_BOUND
+    assert decisive_top1(chunk, want_other[1:]) == 1.0
+
+
+@pytest.mark.cuda
+@needs_gpu
 def test_gpu_recorded_large_batch_steps_replay_correctly(tmp_path):
     """A decode step of more than 4 rows is recorded as a CUDA graph once its sizes recur (the
     third step) and replayed after: 12 sequences decoding 10 steps together, each step's logits

@@ -111,6 +111,56 @@ pub struct CudaBatch {
     /// Every token is the only one of its sequence (a decode step): no query reads another new
     /// token's KV slot, so RoPE and the KV write can run inside the attention kernel.
     one_token_per_seq: bool,
+    /// The query tiles of `attention_prefill` (`prefill_tiles`), or 0 when attention.cu's kernel
+    /// takes the batch.
+    tiles: u64,
+    n_tiles: u32,
+}
+
+/// A batch goes to `attention_prefill` when some sequence has at least this many consecutive
+/// query rows in it (a prompt chunk: one full tile); decode steps and short appends keep
+/// attention.cu's kernel.
+const PREFILL_MIN_RUN: usize = kernels::PREFILL_TILE_ROWS;
+
+/// The query tiles of `attention_prefill` for a batch whose token t belongs to sequence
+/// `token_seq[t]` at `positions[t]`: runs of tokens of one sequence at consecutive positions, cut
+/// into pieces of at most `PREFILL_TILE_ROWS`, as (first token, rows), the tiles with the longest
+/// contexts first (so that the last wave of blocks is the shortest). `None` when no run reaches
+/// `PREFILL_MIN_RUN`.
+fn prefill_tiles(token_seq: &[u32], positions: &[u32]) -> Option<Vec<(u32, u32)>> {
+    let mut tiles: Vec<(u32, u32)> = Vec::new();
+    let (mut longest, mut run) = (0usize, 0usize);
+    for t in 0..token_seq.len() {
+        let continues = t > 0 && token_seq[t] == token_seq[t - 1] && positions[t] == positions[t - 1].wrapping_add(1);
+        run = if continues { run + 1 } else { 1 };
+        longest = longest.max(run);
+        match tiles.last_mut() {
+            Some((_, rows)) if continues && (*rows as usize) < kernels::PREFILL_TILE_ROWS => *rows += 1,
+            _ => tiles.push((t as u32, 1)),
+        }
+    }
+    if longest < PREFILL_MIN_RUN {
+        return None;
+    }
+    // The last row of a tile has the longest context of its tile.
+    tiles.sort_by_key(|&(first, rows)| std::cmp::Reverse(positions[first as usize] as u64 + rows as u64));
+    Some(tiles)
+}
+
+/// The launch of `attention_prefill` for `n_tiles` tiles: one block per tile, KV head and chunk of
+/// at most `PREFILL_MAX_WARPS` of its query heads (one warp each); with the heads per block.
+fn prefill_launch(n_tiles: u32, p: &AttnParams) -> Result<(LaunchConfig, u32), BackendError> {
+    let group = (p.n_heads / p.n_kv_heads.max(1)).max(1);
+    let chunks = group.div_ceil(kernels::PREFILL_MAX_WARPS);
+    let per_block = group.div_ceil(chunks);
+    let grid = (n_tiles, to_u32("KV heads", p.n_kv_heads * chunks)?, 1);
+    Ok((LaunchConfig { grid_dim: grid, block_dim: (32 * to_u32("heads per block", per_block)?, 1, 1), shared_mem_bytes: 0 }, to_u32("heads per block", per_block)?))
+}
+
+/// `attention_prefill` for prompt chunks (see `PREFILL_MIN_RUN`); FERRITE_CUDA_FLASH_PREFILL=0
+/// keeps attention.cu's kernel for them, to compare the two. Read when a backend is made.
+fn flash_prefill_enabled() -> bool {
+    std::env::var("FERRITE_CUDA_FLASH_PREFILL").map_or(true, |v| v != "0")
 }
 
 /// Batches of up to this many rows spread each row's keys over more warps (decode steps: few
@@ -188,12 +238,28 @@ fn rope_in_attention() -> bool {
     *ON.get_or_init(|| std::env::var("FERRITE_CUDA_ROPE_IN_ATTENTION").map_or(true, |v| v != "0"))
 }
 
+/// A recorded step's key: the model's [`ReplayKey`], then what of the batch (beyond its sizes)
+/// shapes the launches: `batch_generation`, the attention warps, whether RoPE runs inside the
+/// decode attention, the prefill attention's tiles.
+type StepKey = (ReplayKey, u64, u32, bool, u32);
+
 /// A recorded decode step.
 struct Recorded(CudaGraph);
 
 // SAFETY: CUDA graph objects are not internally synchronized but may be used from any thread as
 // long as calls on them are serialized; a `Recorded` is only reached through `&mut CudaBackend`.
 unsafe impl Send for Recorded {}
+
+/// The attention kernels of one head dim.
+struct AttentionKernels {
+    head_dim: usize,
+    /// `attention_heads` and `attention_heads_rope` (attention.cu).
+    heads: CudaFunction,
+    heads_rope: CudaFunction,
+    /// `attention_prefill` (attention_prefill.cu), for the head dims it takes and unless
+    /// FERRITE_CUDA_FLASH_PREFILL=0.
+    prefill: Option<CudaFunction>,
+}
 
 /// Kernels every model uses, resolved once.
 pub(super) struct FixedKernels {
@@ -202,9 +268,8 @@ pub(super) struct FixedKernels {
     rope: CudaFunction,
     rope_store: CudaFunction,
     kv_append: CudaFunction,
-    /// `attention_heads` and `attention_heads_rope` for the model's head dim, compiled when the
-    /// KV cache is allocated.
-    attention: Option<(usize, CudaFunction, CudaFunction)>,
+    /// The attention kernels of the model's head dim, compiled when the KV cache is allocated.
+    attention: Option<AttentionKernels>,
     swiglu: CudaFunction,
     pub(super) swiglu_f16: CudaFunction,
     add_assign: CudaFunction,
@@ -226,17 +291,20 @@ pub struct CudaBackend {
     /// addresses.
     pub(super) batch_generation: u64,
     /// Recorded decode steps by key (see `Backend::replayable`). Off with FERRITE_CUDA_GRAPHS=0.
-    graphs: HashMap<(ReplayKey, u64, u32, bool), Recorded>,
+    graphs: HashMap<StepKey, Recorded>,
     /// `attn_warps` of the batch uploaded last (part of a recorded step's key).
     attn_warps: u32,
     /// `one_token_per_seq` of the batch uploaded last (part of a recorded step's key: it picks
     /// the attention kernel).
     one_token_per_seq: bool,
+    /// `n_tiles` of the batch uploaded last (part of a recorded step's key: it picks the
+    /// attention kernel and sizes its grid).
+    prefill_tiles: u32,
     graphs_enabled: bool,
     /// Steps of more rows than this are never recorded (FERRITE_CUDA_GRAPH_MAX_ROWS).
     graph_max_rows: usize,
     /// How often each large-batch key has run unrecorded (see `replayable`).
-    sightings: HashMap<(ReplayKey, u64, u32, bool), u32>,
+    sightings: HashMap<StepKey, u32>,
     /// cuBLAS's workspace, given to it explicitly so that no GEMM allocates while a step is
     /// being recorded. Declared after `blas`, so it is freed after the handle.
     _blas_workspace: CudaSlice<u8>,
@@ -430,7 +498,7 @@ impl CudaBackend {
         if p.n_kv_heads == 0 || p.n_heads % p.n_kv_heads != 0 {
             return Err(BackendError::Invalid(format!("{} query heads do not group over {} KV heads", p.n_heads, p.n_kv_heads)));
         }
-        if !self.fixed.attention.as_ref().is_some_and(|(d, _, _)| *d == p.head_dim) {
+        if !self.fixed.attention.as_ref().is_some_and(|a| a.head_dim == p.head_dim) {
             return Err(BackendError::Invalid(format!(
                 "head_dim {} has no CUDA attention kernel (these do: {:?})",
                 p.head_dim,
@@ -443,10 +511,10 @@ impl CudaBackend {
         Ok(kv_width)
     }
 
-    /// `attention_heads` and `attention_heads_rope` of `head_dim` (compiled with the KV cache).
-    fn attention_kernels(&self, head_dim: usize) -> Result<(&CudaFunction, &CudaFunction), BackendError> {
+    /// The attention kernels of `head_dim` (compiled with the KV cache).
+    fn attention_kernels(&self, head_dim: usize) -> Result<&AttentionKernels, BackendError> {
         match self.fixed.attention.as_ref() {
-            Some((d, plain, rope)) if *d == head_dim => Ok((plain, rope)),
+            Some(a) if a.head_dim == head_dim => Ok(a),
             _ => Err(BackendError::Invalid(format!("head_dim {head_dim} has no CUDA attention kernel"))),
         }
     }
@@ -457,7 +525,37 @@ impl CudaBackend {
     /// the output instead of `out` (see `rope_attention_matmul_add`).
     #[allow(clippy::too_many_arguments)]
     fn attend(&mut self, q: &CudaAct, cache: &CudaKvCache, layer: usize, batch: &CudaBatch, p: &AttnParams, out: &mut CudaAct, out_f16: u64) -> Result<(), BackendError> {
-        let (attend, _) = self.attention_kernels(p.head_dim)?;
+        let kernels = self.attention_kernels(p.head_dim)?;
+        if let (Some(prefill), true) = (kernels.prefill.as_ref(), batch.n_tiles > 0) {
+            let (cfg, per_block) = prefill_launch(batch.n_tiles, p)?;
+            let (n_heads, n_kv_heads) = (to_u32("heads", p.n_heads)?, to_u32("KV heads", p.n_kv_heads)?);
+            let scale = 1.0 / (p.head_dim as f32).sqrt();
+            let range = cache.layer_range(layer);
+            let (kc, vc) = (cache.k.slice(range.clone()), cache.v.slice(range));
+            launch!(
+                self.ctx,
+                prefill,
+                "attention_prefill",
+                cfg,
+                &q.buf,
+                &kc,
+                &vc,
+                &batch.positions,
+                &batch.table_offset,
+                &batch.block_tables,
+                &batch.block_tokens,
+                &batch.tiles,
+                &n_heads,
+                &n_kv_heads,
+                &per_block,
+                &scale,
+                &mut out.buf,
+                &out_f16,
+                &super::matmul::X_F16_SCALE
+            )?;
+            return Ok(());
+        }
+        let attend = &kernels.heads;
         let (cfg, slice, n_heads, n_kv_heads, scale) = attention_launch(batch, p)?;
         let range = cache.layer_range(layer);
         let (kc, vc) = (cache.k.slice(range.clone()), cache.v.slice(range));
@@ -522,7 +620,7 @@ impl CudaBackend {
         let neox: u32 = matches!(qp.style, RopeStyle::Neox) as u32;
         if batch.one_token_per_seq && rope_in_attention() {
             // A decode step: one launch rotates, writes the cache and attends.
-            let (_, attend_rope) = self.attention_kernels(p.head_dim)?;
+            let attend_rope = &self.attention_kernels(p.head_dim)?.heads_rope;
             let (cfg, slice, n_heads, n_kv_heads, scale) = attention_launch(batch, p)?;
             launch!(
                 self.ctx, attend_rope, "attention_heads_rope", cfg,
@@ -648,6 +746,7 @@ impl CudaBackend {
             graphs: HashMap::new(),
             attn_warps: 4,
             one_token_per_seq: false,
+            prefill_tiles: 0,
             graphs_enabled,
             graph_max_rows,
             sightings: HashMap::new(),
@@ -726,7 +825,7 @@ impl Backend for CudaBackend {
             .checked_mul(layout.capacity_tokens())
             .and_then(|n| n.checked_mul(layout.n_kv_heads * layout.head_dim))
             .ok_or_else(|| BackendError::Invalid(format!("KV cache {layout:?} overflows")))?;
-        if self.fixed.attention.as_ref().map_or(true, |(hd, _, _)| *hd != layout.head_dim) {
+        if self.fixed.attention.as_ref().map_or(true, |a| a.head_dim != layout.head_dim) {
             let defines = kernels::attention_defines(layout.head_dim).ok_or_else(|| {
                 BackendError::Invalid(format!(
                     "head_dim {} has no CUDA attention kernel (these do: {:?})",
@@ -734,9 +833,18 @@ impl Backend for CudaBackend {
                     kernels::ATTENTION_HEAD_DIMS
                 ))
             })?;
-            let f = self.ctx.function_with(&kernels::ATTENTION, &defines, "attention_heads")?;
-            let f_rope = self.ctx.function_with(&kernels::ATTENTION, &defines, "attention_heads_rope")?;
-            self.fixed.attention = Some((layout.head_dim, f, f_rope));
+            let prefill_defines = kernels::prefill_attention_defines(layout.head_dim).filter(|_| flash_prefill_enabled());
+            // Both modules compile at once (in parallel) on a new machine.
+            let mut modules = vec![(&kernels::ATTENTION, defines.clone())];
+            modules.extend(prefill_defines.iter().map(|d| (&kernels::ATTENTION_PREFILL, d.clone())));
+            self.ctx.precompile(&modules)?;
+            let heads = self.ctx.function_with(&kernels::ATTENTION, &defines, "attention_heads")?;
+            let heads_rope = self.ctx.function_with(&kernels::ATTENTION, &defines, "attention_heads_rope")?;
+            let prefill = match prefill_defines {
+                Some(d) => Some(self.ctx.function_with(&kernels::ATTENTION_PREFILL, &d, "attention_prefill")?),
+                None => None,
+            };
+            self.fixed.attention = Some(AttentionKernels { head_dim: layout.head_dim, heads, heads_rope, prefill });
         }
         if !layout.block_tokens.is_power_of_two() {
             return Err(BackendError::Invalid(format!("KV blocks of {} tokens: the kernels need a power of two", layout.block_tokens)));
@@ -753,10 +861,11 @@ impl Backend for CudaBackend {
         if plan.positions.len() != n || plan.token_seq.len() != n {
             return Err(BackendError::Invalid("batch plan arrays differ in length".into()));
         }
-        // Packed, all u32: tokens | positions | slots | table_offset | logit_rows | block_tables.
-        // Every offset but the block tables' depends only on the token and logit-row counts,
-        // which a recorded decode step is keyed by; the tables, whose length varies, come last.
-        let mut packed: Vec<u32> = Vec::with_capacity(4 * n + plan.logit_rows.len() + plan.block_tables.len());
+        // Packed, all u32: tokens | positions | slots | table_offset | logit_rows | prefill tiles
+        // (2n) | block_tables. Every offset but the block tables' depends only on the token and
+        // logit-row counts, which a recorded decode step is keyed by; the tables, whose length
+        // varies, come last.
+        let mut packed: Vec<u32> = Vec::with_capacity(6 * n + plan.logit_rows.len() + plan.block_tables.len());
         packed.extend_from_slice(&plan.tokens);
         packed.extend_from_slice(&plan.positions);
         if plan.slots.len() != n {
@@ -790,6 +899,12 @@ impl Backend for CudaBackend {
             return Err(BackendError::Invalid(format!("logit row {r} of a batch of {n} tokens")));
         }
         packed.extend_from_slice(&plan.logit_rows);
+        let has_prefill_kernel = self.fixed.attention.as_ref().is_some_and(|a| a.prefill.is_some());
+        let tiles = if has_prefill_kernel { prefill_tiles(&plan.token_seq, &plan.positions) } else { None };
+        let n_tiles = tiles.as_ref().map_or(0, Vec::len);
+        let tiles_at = packed.len();
+        packed.extend(tiles.iter().flatten().flat_map(|&(first, rows)| [first, rows]));
+        packed.resize(tiles_at + 2 * n, 0);
         let capacity_blocks = self.kv_capacity_tokens / plan.block_tokens.max(1) as usize;
         if let Some(&b) = plan.block_tables.iter().find(|&&b| b as usize >= capacity_blocks) {
             return Err(BackendError::Invalid(format!("KV block {b} of a pool of {capacity_blocks}")));
@@ -810,6 +925,8 @@ impl Backend for CudaBackend {
         let mut seen = vec![false; plan.seqs.len()];
         let one_token_per_seq = plan.token_seq.iter().all(|&s| !std::mem::replace(&mut seen[s as usize], true));
         self.one_token_per_seq = one_token_per_seq;
+        let n_tiles = to_u32("prefill tiles", n_tiles)?;
+        self.prefill_tiles = n_tiles;
         Ok(CudaBatch {
             n_tokens: n,
             n_logit_rows: plan.logit_rows.len(),
@@ -818,10 +935,12 @@ impl Backend for CudaBackend {
             slots: at(2 * n),
             table_offset: at(3 * n),
             logit_rows: at(4 * n),
-            block_tables: at(4 * n + plan.logit_rows.len()),
+            block_tables: at(6 * n + plan.logit_rows.len()),
             block_tokens: plan.block_tokens,
             attn_warps,
             one_token_per_seq,
+            tiles: at(tiles_at),
+            n_tiles,
         })
     }
 
@@ -1138,7 +1257,7 @@ impl Backend for CudaBackend {
         let Some(key) = key.filter(|k| self.graphs_enabled && k.n_tokens <= self.graph_max_rows) else {
             return ops(self);
         };
-        let full_key = (key, self.batch_generation, self.attn_warps, self.one_token_per_seq && rope_in_attention());
+        let full_key = (key, self.batch_generation, self.attn_warps, self.one_token_per_seq && rope_in_attention(), self.prefill_tiles);
         if let Some(Recorded(graph)) = self.graphs.get(&full_key) {
             graph.launch().map_err(|e| CudaError::Driver { op: format!("launching the recorded decode step {key:?}"), msg: super::error::describe(&e) })?;
             return Ok(());
@@ -1161,7 +1280,7 @@ impl Backend for CudaBackend {
             }
         }
         // Graphs of older buffers can never match again.
-        self.graphs.retain(|(k, g, _, _), _| k.buffers_generation == key.buffers_generation && *g == self.batch_generation);
+        self.graphs.retain(|(k, g, _, _, _), _| k.buffers_generation == key.buffers_generation && *g == self.batch_generation);
         let stream = self.ctx.stream().clone();
         let capture_err = |op: &str, e: cudarc::driver::DriverError| CudaError::Driver { op: format!("{op} the decode step {key:?}"), msg: super::error::describe(&e) };
         stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).map_err(|e| capture_err("starting to record", e))?;
@@ -1179,6 +1298,58 @@ impl Backend for CudaBackend {
 #[cfg(test)]
 mod attention_launch_tests {
     use super::attention_warps;
+
+    /// Prompt chunks become tiles of at most 16 consecutive rows of one sequence, longest contexts
+    /// first; a batch without a run of 16 (decode, short appends) keeps attention.cu's kernel.
+    #[test]
+    fn prefill_tiles_cover_every_token_once_in_runs_of_one_sequence() {
+        use super::{prefill_tiles, PREFILL_MIN_RUN};
+        use crate::backend::cuda::kernels::PREFILL_TILE_ROWS;
+        // One prompt of 40 tokens: tiles of 16, 16 and 8, the last (longest contexts) first.
+        let seq = vec![0u32; 40];
+        let pos: Vec<u32> = (0..40).collect();
+        assert_eq!(prefill_tiles(&seq, &pos), Some(vec![(32, 8), (16, 16), (0, 16)]));
+        // A decode step, and a short append beside it: no run of 16.
+        assert_eq!(prefill_tiles(&[0, 1, 2, 3], &[10, 20, 30, 40]), None);
+        let short: Vec<u32> = (0..PREFILL_MIN_RUN as u32 - 1).collect();
+        assert_eq!(prefill_tiles(&vec![0; short.len()], &short), None);
+        // Random batches: decode rows, prompt chunks at any offset, one sequence's tokens split by
+        // a gap in positions. Every token in exactly one tile; a tile's tokens are one sequence's,
+        // at consecutive positions; tiles in order of their last position, descending.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |m: u32| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % m as u64) as u32
+        };
+        for _ in 0..200 {
+            let (mut seq, mut pos) = (Vec::new(), Vec::new());
+            for s in 0..1 + next(6) {
+                let (start, len) = (next(300), if next(2) == 0 { 1 } else { 1 + next(70) });
+                for i in 0..len {
+                    seq.push(s);
+                    pos.push(start + i + if i > 20 && next(30) == 0 { 5 } else { 0 });
+                }
+            }
+            let Some(tiles) = prefill_tiles(&seq, &pos) else { continue };
+            let mut covered = vec![0; seq.len()];
+            let mut last = u64::MAX;
+            for &(first, rows) in &tiles {
+                let (f, r) = (first as usize, rows as usize);
+                assert!((1..=PREFILL_TILE_ROWS).contains(&r));
+                for t in f..f + r {
+                    covered[t] += 1;
+                    assert_eq!(seq[t], seq[f]);
+                    assert_eq!(pos[t], pos[f] + (t - f) as u32);
+                }
+                let end = pos[f] as u64 + rows as u64;
+                assert!(end <= last);
+                last = end;
+            }
+            assert!(covered.iter().all(|&c| c == 1), "{seq:?} {pos:?} {tiles:?}");
+        }
+    }
 
     #[test]
     fn warps_follow_the_longest_context_in_powers_of_two_from_four_for_small_batches() {

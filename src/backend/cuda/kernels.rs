@@ -23,6 +23,10 @@ pub const REPACKED_ROWS: KernelSource = KernelSource {
 };
 pub const ATTENTION: KernelSource =
     KernelSource { file: "attention.cu", src: include_str!("../../../kernels/attention.cu"), options: &[] };
+/// Causal attention of prompt chunks on the tensor cores (flash attention), compiled per head dim
+/// like attention.cu (`prefill_attention_defines`).
+pub const ATTENTION_PREFILL: KernelSource =
+    KernelSource { file: "attention_prefill.cu", src: include_str!("../../../kernels/attention_prefill.cu"), options: &[] };
 pub const NORM: KernelSource = KernelSource { file: "norm.cu", src: include_str!("../../../kernels/norm.cu"), options: &[] };
 pub const ROPE: KernelSource = KernelSource { file: "rope.cu", src: include_str!("../../../kernels/rope.cu"), options: &[] };
 pub const SAMPLING: KernelSource =
@@ -37,6 +41,16 @@ pub const FIXED: [&KernelSource; 6] = [&NORM, &ROPE, &ELEMENTWISE, &CONVERT, &SA
 /// The options that compile attention.cu for `head_dim`, or `None` when it has no variant.
 pub fn attention_defines(head_dim: usize) -> Option<Vec<String>> {
     ATTENTION_HEAD_DIMS.contains(&head_dim).then(|| vec![format!("-DATTN_HEAD_DIM={head_dim}")])
+}
+
+/// The options that compile attention_prefill.cu for `head_dim`, or `None` for head dims it does
+/// not take (multiples of 16 up to 128; the others keep attention.cu's kernel for prompts too).
+pub fn prefill_attention_defines(head_dim: usize) -> Option<Vec<String>> {
+    if head_dim % 16 == 0 && head_dim <= 128 {
+        attention_defines(head_dim)
+    } else {
+        None
+    }
 }
 
 /// The options that compile a per-type kernel file for `ty` (its entry in the one type table of
@@ -110,6 +124,10 @@ pub fn attention_group(head_dim: usize) -> usize {
         512 / head_dim
     }
 }
+/// Query rows per prefill attention tile (PF_QROWS in attention_prefill.cu).
+pub const PREFILL_TILE_ROWS: usize = 16;
+/// Most query heads (warps) per prefill attention block (PF_MAX_WARPS in attention_prefill.cu).
+pub const PREFILL_MAX_WARPS: usize = 8;
 /// Threads per sampling block, one block per row (SAMPLE_THREADS in sampling.cu).
 pub const SAMPLE_THREADS: u32 = 1024;
 /// Threads per RMSNorm block (NORM_THREADS in norm.cu).
@@ -148,6 +166,8 @@ mod tests {
         for hd in ATTENTION_HEAD_DIMS {
             assert!((1..=8).contains(&attention_group(hd)) && attention_group(hd) * hd.max(64) <= 512, "{hd}");
         }
+        assert!(ATTENTION_PREFILL.src.contains(&format!("#define PF_QROWS {PREFILL_TILE_ROWS}")));
+        assert!(ATTENTION_PREFILL.src.contains(&format!("#define PF_MAX_WARPS {PREFILL_MAX_WARPS}")));
         assert!(NORM.src.contains(&format!("#define NORM_THREADS {NORM_THREADS}")));
         assert!(ROPE.src.contains(&format!("#define ROPE_MAX_PAIRS {ROPE_MAX_PAIRS}")));
         assert!(SAMPLING.src.contains(&format!("#define SAMPLE_THREADS {SAMPLE_THREADS}")));
@@ -206,6 +226,9 @@ mod tests {
         }
         for hd in ATTENTION_HEAD_DIMS {
             compile_one(&ATTENTION, &attention_defines(hd).unwrap());
+            if let Some(defines) = prefill_attention_defines(hd) {
+                compile_one(&ATTENTION_PREFILL, &defines);
+            }
         }
         for ty in GgmlType::ALL {
             if let Some(defines) = type_defines(ty) {
