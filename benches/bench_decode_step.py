@@ -1,8 +1,9 @@
 """The cost of one decode step of a large batch through the Generator, prefill excluded.
 
-    python benches/bench_decode_step.py MODEL.gguf [--batches 64,128] [--device cuda]
+    python benches/bench_decode_step.py MODEL.gguf [--batches 64,128] [--device cuda] [--prompt-tokens 128]
 
-For each batch size: the same prompts (128 tokens each) generated with 32 and with 160 new tokens
+For each batch size: the same prompts (128 tokens each, or --prompt-tokens: a step then attends
+to about that many keys a sequence) generated with 32 and with 160 new tokens
 (temperature 0.8, top-k 40, top-p 0.95, min-p 0.05, end of text ignored); the difference of the
 two wall times over the 128 extra steps is the time of a decode step alone, sampling included,
 without the prompt's prefill that bench_generate's figures also hold. Compare with llama.cpp's
@@ -22,12 +23,14 @@ def main() -> int:
     ap.add_argument("model")
     ap.add_argument("--batches", default="64,128")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--prompt-tokens", type=int, default=128)
     args = ap.parse_args()
+    n_prompt = args.prompt_tokens
     batches = [int(b) for b in args.batches.split(",")]
     # Every sequence of the largest batch at once (128-token prompt + 160 new, blocks of 16), at
     # least the default cache: with fewer slots the engine preempts and re-prefills, and the
     # step no longer measures decode (256 sequences need 74k tokens).
-    per_seq = -(-(128 + 160 + 1) // 16) * 16
+    per_seq = -(-(n_prompt + 160 + 1) // 16) * 16
     m = ferrite.Model.load(args.model, device=args.device, max_batch=max(batches),
                            kv_cache_tokens=max(32768, max(batches) * per_seq))
     gen = ferrite.Generator(m, ferrite.Tokenizer.from_gguf(args.model))
@@ -36,7 +39,7 @@ def main() -> int:
     print("| sequences | 32 new tokens (ms) | 160 new tokens (ms) | one decode step (ms) | decode tok/s |")
     print("| --- | --- | --- | --- | --- |")
     for b in batches:
-        prompts = [[100 + i, 200, 300, 400] * 32 for i in range(b)]
+        prompts = [([100 + i, 200, 300, 400] * (n_prompt // 4 + 1))[:n_prompt] for i in range(b)]
         gen.generate(prompts, max_tokens=16, ignore_eos=True)  # warm-up: kernels, weight copies, graphs
         wall = {}
         for n in (32, 160):

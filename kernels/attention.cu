@@ -23,7 +23,8 @@ extern "C" __global__ void kv_append(const float* __restrict__ k, const float* _
 // contexts, as in decode; 4 when many rows keep the GPU busy anyway, as in prefill).
 #define ATTN_MAX_WARPS 16
 
-// One block per (token, KV head, slice of `slice` <= G of the query heads sharing that KV head). Each warp takes
+// One block per (token, KV head, slice of `slice` <= G of the query heads sharing that KV head), or
+// per (token, split, KV head, slice) with flash-decoding (Splits below). Each warp takes
 // chunks of 32 keys (warp w: keys 32w .., then 32 * n_warps further on): lane j scores key j of
 // the chunk against every query of the slice, the warp folds the chunk into one running softmax
 // per head (max m, sum l, output o; each lane owns HD/32 output dims of each head), and at the
@@ -53,6 +54,18 @@ struct RopeIn {
     u32 neox;
 };
 
+// Flash-decoding: with n > 1, blockIdx.x / n is the token and blockIdx.x % n the split, and a
+// block attends only to its split of the token's keys (n ranges of whole 32-key chunks; some
+// may be empty), so that a few rows with long contexts still spread over every SM. Each block
+// writes its softmax state (max, sum, output) to `partials` ([token][head][split][2 + HD]), and
+// the last block of a (token, KV head, slice) to finish (a counter each, reset by that block)
+// merges the splits in order, as the warps of a block are merged.
+struct Splits {
+    u32 n;
+    float* partials;
+    u32* counters;
+};
+
 // The caches as attention() reads them: restrict-qualified, except in the ROPE variant, which
 // also writes them (through RopeIn).
 template <bool ROPE> struct CacheIn { typedef const float* __restrict__ T; };
@@ -64,7 +77,7 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
                                           const u32* __restrict__ table_offset, const u32* __restrict__ block_tables,
                                           u32 block_tokens, u32 n_heads, u32 n_kv_heads, u32 slice, float scale,
                                           float* __restrict__ out, u16* __restrict__ out_f16, float f16_scale,
-                                          const RopeIn& rope) {
+                                          const RopeIn& rope, const Splits& splits) {
     constexpr int PER_LANE = (HD + 31) / 32;  // output dims per lane; lanes past HD hold none
     // Value rows loaded together: 32 floats of registers a lane whatever the head dim.
     constexpr int V_BATCH = 32 / PER_LANE;
@@ -82,7 +95,8 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
     __shared__ float4 q_sh[G][HD / 4];
     __shared__ float part_m[ATTN_MAX_WARPS][G], part_l[ATTN_MAX_WARPS][G];
 
-    const u32 t = blockIdx.x, kvh = blockIdx.y;
+    const u32 n_splits = max(splits.n, 1u);
+    const u32 t = blockIdx.x / n_splits, split = blockIdx.x % n_splits, kvh = blockIdx.y;
     const u32 n_warps = blockDim.x / 32;
     const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const u32 q_width = n_heads * HD, kv_width = n_kv_heads * HD;
@@ -90,6 +104,9 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
     const u32 h0 = kvh * group + blockIdx.z * slice;
     const u32 n_here = min(slice, group - blockIdx.z * slice);
     const u32 n_ctx = positions[t] + 1;
+    // This block's keys: split `split` of n_splits ranges of whole 32-key chunks.
+    const u32 split_len = ((n_ctx + n_splits - 1) / n_splits + 31) & ~31u;
+    const u32 j_begin = min(split * split_len, n_ctx), j_end = min(j_begin + split_len, n_ctx);
     const u32* table = block_tables + table_offset[t];
     // The slot of key j: block_tokens is a power of two (the host checks), so shift and mask.
     const u32 bt_shift = __ffs(block_tokens) - 1, bt_mask = block_tokens - 1;
@@ -144,7 +161,7 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
         __syncthreads();
         const u32 slot = rope.slots[t];
         // The host checks every slot before the batch is uploaded.
-        if (blockIdx.z == 0 && slot < rope.capacity) {
+        if (blockIdx.z == 0 && split == 0 && slot < rope.capacity) {
             for (u32 e = threadIdx.x; e < HD; e += blockDim.x) {
                 rope.k_cache[(u64)slot * kv_width + kvh * HD + e] = k_new[e];
                 rope.v_cache[(u64)slot * kv_width + kvh * HD + e] = v_new[e];
@@ -162,15 +179,15 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
         for (int i = 0; i < PER_LANE; i++) o[g][i] = 0.0f;
     }
 
-    for (u32 j0 = warp * 32; j0 < n_ctx; j0 += n_warps * 32) {
+    for (u32 j0 = j_begin + warp * 32; j0 < j_end; j0 += n_warps * 32) {
         const u32 j = j0 + lane;
-        const bool valid = j < n_ctx;
+        const bool valid = j < j_end;
         // A lane past the end reads key j0's row (valid) and discards the result.
         const u32 jr = valid ? j : j0;
         const u32 slot = table[jr >> bt_shift] * block_tokens + (jr & bt_mask);
         sh.chunk.slot[warp][lane] = slot;
         __syncwarp();
-        const u32 n_valid = min(32u, n_ctx - j0);
+        const u32 n_valid = min(32u, j_end - j0);
         // Values V_BATCH keys at a time, all their loads issued before the first is used; the
         // first batch goes out before the keys' scores are computed, so its latency overlaps
         // theirs (a short context's attention is a chain of memory round trips).
@@ -268,11 +285,47 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
             ll += part_l[w][g] * f;
             oo += sh.part_o[w][g][dd] * f;
         }
+        if (n_splits > 1) {
+            // A split without keys leaves max -inf, sum 0: the merge skips it.
+            float* part = splits.partials + (((u64)t * n_heads + h0 + g) * n_splits + split) * (2 + HD);
+            if (dd == 0) part[0] = mm, part[1] = ll;
+            part[2 + dd] = oo;
+            continue;
+        }
         const u64 at = (u64)t * q_width + (u64)(h0 + g) * HD + dd;
         // out_f16: the output goes only to cuBLAS's f16 GEMM (attn_output), as it takes it.
         if (out_f16) out_f16[at] = f16_scaled_bits(oo / ll, f16_scale);
         else out[at] = oo / ll;
     }
+    if (n_splits == 1) return;
+
+    // The last split of this (token, KV head, slice) to finish merges them all, in split order.
+    __shared__ u32 s_last;
+    u32* counter = splits.counters + ((u64)t * gridDim.y + kvh) * gridDim.z + blockIdx.z;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) s_last = atomicAdd(counter, 1u) == n_splits - 1;
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence();
+    for (u32 e = threadIdx.x; e < n_here * HD; e += blockDim.x) {
+        const u32 g = e / HD, dd = e % HD;
+        const float* part = splits.partials + ((u64)t * n_heads + h0 + g) * n_splits * (2 + HD);
+        float mm = NEG_INF;
+        for (u32 sp = 0; sp < n_splits; sp++) mm = fmaxf(mm, __ldcg(part + sp * (2 + HD)));
+        float ll = 0.0f, oo = 0.0f;
+        for (u32 sp = 0; sp < n_splits; sp++) {
+            const float m = __ldcg(part + sp * (2 + HD));
+            if (m == NEG_INF) continue;
+            const float f = expf(m - mm);
+            ll += __ldcg(part + sp * (2 + HD) + 1) * f;
+            oo += __ldcg(part + sp * (2 + HD) + 2 + dd) * f;
+        }
+        const u64 at = (u64)t * q_width + (u64)(h0 + g) * HD + dd;
+        if (out_f16) out_f16[at] = f16_scaled_bits(oo / ll, f16_scale);
+        else out[at] = oo / ll;
+    }
+    if (threadIdx.x == 0) *counter = 0;  // ready for the next launch
 }
 
 // One head dim per module (-DATTN_HEAD_DIM=N), compiled for the model's head dim only; the module
@@ -285,12 +338,14 @@ extern "C" __global__ void __launch_bounds__(32 * ATTN_MAX_WARPS, 1)
     attention_heads(const float* __restrict__ q, const float* __restrict__ k_cache, const float* __restrict__ v_cache,
                     const u32* __restrict__ positions, const u32* __restrict__ table_offset,
                     const u32* __restrict__ block_tables, u32 block_tokens, u32 n_heads, u32 n_kv_heads, u32 slice,
-                    float scale, float* __restrict__ out, u16* __restrict__ out_f16, float f16_scale) {
+                    float scale, float* __restrict__ out, u16* __restrict__ out_f16, float f16_scale, u32 n_splits,
+                    float* __restrict__ partials, u32* __restrict__ counters) {
     dependent_wait();
     const RopeIn none = {};
+    const Splits splits = {n_splits, partials, counters};
     attention<ATTN_HEAD_DIM, ATTN_GROUP, false>(q, k_cache, v_cache, positions, table_offset, block_tables, block_tokens,
                                                 n_heads, n_kv_heads, min(max(slice, 1u), (u32)ATTN_GROUP), scale, out,
-                                                out_f16, f16_scale, none);
+                                                out_f16, f16_scale, none, splits);
 }
 
 // attention_heads with rope_store's work (see RopeIn): q and k not rotated yet, for a step of one
@@ -301,12 +356,14 @@ extern "C" __global__ void __launch_bounds__(32 * ATTN_MAX_WARPS, 1)
                          u32 n_heads, u32 n_kv_heads, u32 slice, float scale, float* __restrict__ out,
                          u16* __restrict__ out_f16, float f16_scale, const float* __restrict__ k_new,
                          const float* __restrict__ v_new, const u32* __restrict__ slots, u32 capacity, float freq_base,
-                         float rope_scale, u32 neox) {
+                         float rope_scale, u32 neox, u32 n_splits, float* __restrict__ partials,
+                         u32* __restrict__ counters) {
     // attention() waits once the angles are computed.
     const RopeIn rope = {k_new, v_new, slots, capacity, const_cast<float*>(k_cache), const_cast<float*>(v_cache),
                          freq_base, rope_scale, neox};
+    const Splits splits = {n_splits, partials, counters};
     attention<ATTN_HEAD_DIM, ATTN_GROUP, true>(q, k_cache, v_cache, positions, table_offset, block_tables, block_tokens,
                                                n_heads, n_kv_heads, min(max(slice, 1u), (u32)ATTN_GROUP), scale, out,
-                                               out_f16, f16_scale, rope);
+                                               out_f16, f16_scale, rope, splits);
 }
 #endif

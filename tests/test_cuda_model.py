@@ -229,12 +229,19 @@ def test_gpu_gemm_precisions_match_the_float64_reference(tmp_path, gemm, residen
     "n_heads,n_kv_heads,hidden,n_tokens",
     [(16, 1, 256, 45), (8, 8, 256, 45), (16, 2, 256, 45), (12, 4, 192, 45), (12, 1, 192, 45), (8, 1, 1024, 45), (14, 2, 896, 600)],
 )
-def test_gpu_attention_over_query_head_groups(tmp_path, n_heads, n_kv_heads, hidden, n_tokens):
+@pytest.mark.parametrize("splits,flash", [("auto", "1"), ("5", "0")])
+def test_gpu_attention_over_query_head_groups(tmp_path, monkeypatch, n_heads, n_kv_heads, hidden, n_tokens, splits, flash):
     """Attention handles the query heads that share a KV head together (up to 8 per block, 4 for
     128-wide heads) and spreads a row's keys over up to 16 warps: groups of 16 (two slices), 1,
     8 and 3 heads, 12 (a full slice and a partial one), 8 heads of 128 dims (two slices), and the test model's 14/2 heads over 600
-    positions (warps looping over several chunks each). A prefill and then 12 tokens one at a
-    time on the cached keys, against the float64 reference at every position."""
+    positions (warps looping over several chunks each; two flash-decoding splits from 512 keys).
+    A prefill and then 12 tokens one at a time on the cached keys, against the float64 reference
+    at every position. Also with every row's keys in 5 splits (FERRITE_CUDA_ATTN_SPLITS=5: empty
+    splits at short contexts, the merge of several) and the prompt on attention.cu's kernel
+    (FERRITE_CUDA_FLASH_PREFILL=0), so that both attention.cu kernels run split."""
+    if splits != "auto":
+        monkeypatch.setenv("FERRITE_CUDA_ATTN_SPLITS", splits)
+    monkeypatch.setenv("FERRITE_CUDA_FLASH_PREFILL", flash)
     path = write_block_model(
         tmp_path / "m.gguf", "Q8_0", hidden=hidden, ffn=256, n_heads=n_heads, n_kv_heads=n_kv_heads, context=1024, seed=8
     )
@@ -250,38 +257,50 @@ def test_gpu_attention_over_query_head_groups(tmp_path, n_heads, n_kv_heads, hid
 
 @pytest.mark.cuda
 @needs_gpu
-@pytest.mark.parametrize("flash", ["1", "0"])
-@pytest.mark.parametrize("n_heads,n_kv_heads,hidden", [(14, 2, 896), (8, 1, 1024), (12, 4, 192), (4, 2, 1024)])
-def test_gpu_prompt_chunks_attend_like_the_reference(tmp_path, monkeypatch, flash, n_heads, n_kv_heads, hidden):
+@pytest.mark.parametrize(
+    "n_heads,n_kv_heads,hidden",
+    [(14, 2, 896), (8, 1, 1024), (12, 4, 192), (16, 1, 1024), (8, 8, 256), (12, 2, 1152), (4, 2, 1024)],
+)
+def test_gpu_prompt_chunks_attend_like_the_reference(tmp_path, monkeypatch, n_heads, n_kv_heads, hidden):
     """Prompts in chunks, the path of attention_prefill.cu (tiles of 16 query rows, keys in tiles
     through shared memory, two-part f16 on the tensor cores) and, with
-    FERRITE_CUDA_FLASH_PREFILL=0, of attention.cu's kernel: head dims 64, 128, 16 and 256 (which
-    attention_prefill.cu does not take: the flag must not matter there), groups of 7, 8, 3 and 2
-    heads. One sequence in three chunks that start mid-tile (37, 163 and 100 tokens: partial
-    tiles, key tiles past the diagonal, a chunk whose first key tile holds no new key), then two
-    sequences in one batch (a 70-token chunk beside a 1-token step), against the float64
-    reference at every position."""
-    monkeypatch.setenv("FERRITE_CUDA_FLASH_PREFILL", flash)
+    FERRITE_CUDA_FLASH_PREFILL=0, of attention.cu's kernel: head dims 64 (groups of 7 heads, of
+    16: two blocks a KV head), 128 (8), 16 (3), 32 (1: a warp a block), 96 (6), and 256, which
+    attention_prefill.cu does not take. One sequence in three chunks that start mid-tile (37, 163
+    and 100 tokens: partial tiles, key tiles past the diagonal, a chunk whose first key tile holds
+    no new key), then two sequences in one batch (a 70-token chunk beside a 1-token step),
+    against the float64 reference at every position, with each kernel. Where the head dim has a
+    prefill kernel the two kernels' logits must differ somewhere (their float operations do), so
+    that a silent fall-back to attention.cu cannot pass as the new kernel; at 256 they are the
+    same bits."""
     path = write_block_model(
         tmp_path / "m.gguf", "Q8_0", hidden=hidden, ffn=256, n_heads=n_heads, n_kv_heads=n_kv_heads, context=1024, seed=12
     )
     rng = np.random.default_rng(4)
     ids = [int(t) for t in rng.integers(0, 260, size=300)]
     other = [int(t) for t in rng.integers(0, 260, size=71)]
-    m = ferrite.Model.load(path, device="cuda", kv_cache_tokens=1024, exact_matmul=True)
-    ref = ReferenceModel(path)
-    s = m.new_sequence(max_tokens=400)
-    got = np.concatenate([m.forward(ids[a:b], seq=s) for a, b in [(0, 37), (37, 200), (200, 300)]])
-    assert relative(got, ref.forward(ids)) <= RELATIVE_BOUND
-    # Two sequences in one batch: ids continues by one token while `other` arrives as a chunk.
-    s2 = m.new_sequence(max_tokens=100)
-    m.forward(other[:1], seq=s2)
     more = [int(t) for t in rng.integers(0, 260, size=1)]
-    step, chunk = m.forward_batch([more, other[1:]], last_only=False, seqs=[s, s2])
-    assert relative(step, ref.forward(ids + more)[-1:]) <= RELATIVE_BOUND
-    want_other = ref.forward(other)
-    assert relative(chunk, want_other[1:]) <= RELATIVE_BOUND
-    assert decisive_top1(chunk, want_other[1:]) == 1.0
+    ref = ReferenceModel(path)
+    want, want_step, want_other = ref.forward(ids), ref.forward(ids + more)[-1:], ref.forward(other)
+    got = {}
+    for flash in ["1", "0"]:
+        monkeypatch.setenv("FERRITE_CUDA_FLASH_PREFILL", flash)  # read when the model loads
+        m = ferrite.Model.load(path, device="cuda", kv_cache_tokens=1024, exact_matmul=True)
+        s = m.new_sequence(max_tokens=400)
+        chunks = np.concatenate([m.forward(ids[a:b], seq=s) for a, b in [(0, 37), (37, 200), (200, 300)]])
+        # Two sequences in one batch: ids goes on by one token while `other` arrives as a chunk.
+        s2 = m.new_sequence(max_tokens=100)
+        m.forward(other[:1], seq=s2)
+        step, chunk = m.forward_batch([more, other[1:]], last_only=False, seqs=[s, s2])
+        got[flash] = (chunks, step, chunk)
+        assert relative(chunks, want) <= RELATIVE_BOUND, flash
+        assert relative(step, want_step) <= RELATIVE_BOUND, flash
+        assert relative(chunk, want_other[1:]) <= RELATIVE_BOUND, flash
+        assert decisive_top1(chunk, want_other[1:]) == 1.0, flash
+        del m
+    same = np.array_equal(got["1"][0], got["0"][0]) and np.array_equal(got["1"][2], got["0"][2])
+    head_dim = hidden // n_heads
+    assert same == (head_dim > 128), f"head dim {head_dim}: the prefill kernel {'did not run' if same else 'ran'}"
 
 
 @pytest.mark.cuda

@@ -96,6 +96,8 @@ pub struct RopeParams {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KvLayout {
     pub n_layers: usize,
+    /// Query heads a layer (the cache holds none; a backend may size per-head attention scratch by it).
+    pub n_heads: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,
     pub n_blocks: usize,

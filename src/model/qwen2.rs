@@ -120,6 +120,7 @@ impl<B: Backend> TransformerModel<B> {
         }
         let kv = backend.alloc_kv_cache(&KvLayout {
             n_layers: config.n_layers,
+            n_heads: config.n_heads,
             n_kv_heads: config.n_kv_heads,
             head_dim: config.head_dim,
             n_blocks: pool.n_blocks,

@@ -106,8 +106,12 @@ pub struct CudaBatch {
     logit_rows: u64,
     block_tables: u64,
     block_tokens: u32,
-    /// Warps per attention block for this batch (see `attention_warps`).
+    /// Warps per attention block and flash-decoding splits for this batch (see `attention_shape`).
     attn_warps: u32,
+    attn_splits: u32,
+    /// The splits' softmax states and counters (device addresses; 0 without splits).
+    attn_partials: u64,
+    attn_counters: u64,
     /// Every token is the only one of its sequence (a decode step): no query reads another new
     /// token's KV slot, so RoPE and the KV write can run inside the attention kernel.
     one_token_per_seq: bool,
@@ -172,17 +176,43 @@ const ATTENTION_SPREAD_MAX_ROWS: usize = 256;
 /// layer with one warp, H200, 2026-12-03).
 const ATTENTION_MIN_WARPS: u64 = 4;
 
-/// Warps per attention block: for small batches one per 32 keys of the longest context, rounded
-/// up to a power of two, from ATTENTION_MIN_WARPS up to ATTENTION_MAX_WARPS; 4 for large ones. The count is part of a
-/// recorded step's key (`replayable`), so a decode step is recorded again when its contexts
-/// cross a power of two of 32 keys (at most 5 times) instead of replaying a count made for
-/// shorter contexts.
-fn attention_warps(positions: &[u32]) -> u32 {
+/// Keys per flash-decoding split, about (see `attention_shape`).
+const ATTENTION_SPLIT_KEYS: u64 = 512;
+/// Most splits of a row's keys.
+const ATTENTION_MAX_SPLITS: u64 = 16;
+/// Splits stop where the batch's blocks would pass this many: with 8 splits, 8 sequences at 4,096
+/// keys (896 blocks of the 0.5B shapes) were slower than unsplit (3.64 against 2.99 ms a step),
+/// one sequence faster (112 blocks: 1.02 against 2.36 ms; the 7B shapes, 224 blocks: 3.86
+/// against 6.12 ms; H200, 2026-12-03).
+const ATTENTION_SPLIT_MAX_BLOCKS: u64 = 256;
+
+/// Warps per attention block and splits of each row's keys (flash-decoding: attention.cu's
+/// `Splits`), for rows that take `blocks_per_row` blocks unsplit. Batches of up to
+/// ATTENTION_SPREAD_MAX_ROWS rows split the longest context into ranges of about
+/// ATTENTION_SPLIT_KEYS keys (at most ATTENTION_MAX_SPLITS, and no more than keep the batch
+/// within ATTENTION_SPLIT_MAX_BLOCKS blocks; `forced_splits` overrides the count), each its own block, so that one sequence at 4,096 keys runs 8 times the
+/// blocks (2 KV heads x 7 query heads: 14 blocks would leave 118 of an H200's 132 SMs idle); a
+/// block gets one warp per 32 keys of its range, rounded up to a power of two, from
+/// ATTENTION_MIN_WARPS up to ATTENTION_MAX_WARPS. Larger batches: 4 warps, no split. Both counts
+/// are part of a recorded step's key (`replayable`), so a decode step is recorded again when its
+/// contexts cross a power of two of 32 keys or a multiple of ATTENTION_SPLIT_KEYS instead of
+/// replaying counts made for shorter contexts.
+fn attention_shape(positions: &[u32], blocks_per_row: usize, forced_splits: Option<u32>) -> (u32, u32) {
     if positions.len() > ATTENTION_SPREAD_MAX_ROWS {
-        return 4;
+        return (4, 1);
     }
     let longest = positions.iter().copied().max().map_or(1, |p| p as u64 + 1);
-    longest.div_ceil(32).next_power_of_two().clamp(ATTENTION_MIN_WARPS, ATTENTION_MAX_WARPS as u64) as u32
+    let unsplit_blocks = (positions.len() as u64 * blocks_per_row as u64).max(1);
+    let by_rule = || longest.div_ceil(ATTENTION_SPLIT_KEYS).min(ATTENTION_SPLIT_MAX_BLOCKS / unsplit_blocks);
+    let splits = forced_splits.map_or_else(by_rule, u64::from).clamp(1, ATTENTION_MAX_SPLITS);
+    let warps = longest.div_ceil(splits).div_ceil(32).next_power_of_two().clamp(ATTENTION_MIN_WARPS, ATTENTION_MAX_WARPS as u64);
+    (warps as u32, splits as u32)
+}
+
+/// `FERRITE_CUDA_ATTN_SPLITS=N`: N flash-decoding splits for every batch `attention_shape` may
+/// split (1: none), read when a backend is made; unset: its rule.
+fn forced_attention_splits() -> Option<u32> {
+    std::env::var("FERRITE_CUDA_ATTN_SPLITS").ok().and_then(|v| v.parse().ok()).filter(|&n: &u32| n > 0)
 }
 
 /// Batches of up to this many rows give each attention block one query head.
@@ -225,7 +255,8 @@ fn attention_slice(n_rows: usize, group_heads: usize, head_dim: usize) -> usize 
 fn attention_launch(batch: &CudaBatch, p: &AttnParams) -> Result<(LaunchConfig, u32, u32, u32, f32), BackendError> {
     let slice = attention_slice(batch.n_tokens, p.n_heads / p.n_kv_heads.max(1), p.head_dim);
     let slices = to_u32("query heads per KV head", (p.n_heads / p.n_kv_heads.max(1)).div_ceil(slice))?;
-    let grid = (to_u32("tokens", batch.n_tokens)?, to_u32("KV heads", p.n_kv_heads)?, slices);
+    let blocks_x = batch.n_tokens.checked_mul(batch.attn_splits as usize).ok_or_else(|| BackendError::Invalid("attention grid overflows".into()))?;
+    let grid = (to_u32("tokens x splits", blocks_x)?, to_u32("KV heads", p.n_kv_heads)?, slices);
     let cfg = LaunchConfig { grid_dim: grid, block_dim: (32 * batch.attn_warps, 1, 1), shared_mem_bytes: 0 };
     let scale = 1.0 / (p.head_dim as f32).sqrt();
     Ok((cfg, to_u32("query heads per block", slice)?, to_u32("heads", p.n_heads)?, to_u32("KV heads", p.n_kv_heads)?, scale))
@@ -239,9 +270,9 @@ fn rope_in_attention() -> bool {
 }
 
 /// A recorded step's key: the model's [`ReplayKey`], then what of the batch (beyond its sizes)
-/// shapes the launches: `batch_generation`, the attention warps, whether RoPE runs inside the
+/// shapes the launches: `batch_generation`, the attention warps and splits, whether RoPE runs inside the
 /// decode attention, the prefill attention's tiles.
-type StepKey = (ReplayKey, u64, u32, bool, u32);
+type StepKey = (ReplayKey, u64, (u32, u32), bool, u32);
 
 /// A recorded decode step.
 struct Recorded(CudaGraph);
@@ -292,8 +323,19 @@ pub struct CudaBackend {
     pub(super) batch_generation: u64,
     /// Recorded decode steps by key (see `Backend::replayable`). Off with FERRITE_CUDA_GRAPHS=0.
     graphs: HashMap<StepKey, Recorded>,
-    /// `attn_warps` of the batch uploaded last (part of a recorded step's key).
+    /// `attn_warps` and `attn_splits` of the batch uploaded last (part of a recorded step's key).
     attn_warps: u32,
+    attn_splits: u32,
+    /// FERRITE_CUDA_ATTN_SPLITS (see `attention_shape`).
+    forced_splits: Option<u32>,
+    /// Query heads a layer and head dim of the KV cache's model (sizes the splits' scratch).
+    attn_heads: usize,
+    attn_kv_heads: usize,
+    attn_head_dim: usize,
+    /// Flash-decoding scratch: each split's softmax state, and a counter per (token, KV head,
+    /// slice) (zero between launches); grow in `upload_batch` (bumping `batch_generation`).
+    attn_partials: Option<CudaSlice<f32>>,
+    attn_counters: Option<CudaSlice<u32>>,
     /// `one_token_per_seq` of the batch uploaded last (part of a recorded step's key: it picks
     /// the attention kernel).
     one_token_per_seq: bool,
@@ -577,7 +619,10 @@ impl CudaBackend {
             &scale,
             &mut out.buf,
             &out_f16,
-            &super::matmul::X_F16_SCALE
+            &super::matmul::X_F16_SCALE,
+            &batch.attn_splits,
+            &batch.attn_partials,
+            &batch.attn_counters
         )?;
         Ok(())
     }
@@ -626,7 +671,8 @@ impl CudaBackend {
                 self.ctx, attend_rope, "attention_heads_rope", cfg,
                 &q.buf, &mut kc, &mut vc, &batch.positions, &batch.table_offset, &batch.block_tables, &batch.block_tokens,
                 &n_heads, &n_kv_heads, &slice, &scale, &mut out.buf, &out_f16, &super::matmul::X_F16_SCALE,
-                &k.buf, &v.buf, &batch.slots, &capacity, &qp.freq_base, &qp.scale, &neox
+                &k.buf, &v.buf, &batch.slots, &capacity, &qp.freq_base, &qp.scale, &neox,
+                &batch.attn_splits, &batch.attn_partials, &batch.attn_counters
             )?;
             return Ok(());
         }
@@ -745,6 +791,13 @@ impl CudaBackend {
             batch_generation: 0,
             graphs: HashMap::new(),
             attn_warps: 4,
+            attn_splits: 1,
+            forced_splits: forced_attention_splits(),
+            attn_heads: 0,
+            attn_kv_heads: 0,
+            attn_head_dim: 0,
+            attn_partials: None,
+            attn_counters: None,
             one_token_per_seq: false,
             prefill_tiles: 0,
             graphs_enabled,
@@ -758,6 +811,28 @@ impl CudaBackend {
             host_sampling: std::env::var("FERRITE_HOST_SAMPLING").is_ok_and(|v| v == "1"),
             kv_capacity_tokens: 0,
         })
+    }
+
+    /// The flash-decoding scratch for `n_tokens` rows in `splits` splits (grown if needed; see
+    /// attention.cu's `Splits`): device addresses of the partial softmax states and of the
+    /// counters.
+    fn attention_scratch(&mut self, n_tokens: usize, splits: u32) -> Result<(u64, u64), BackendError> {
+        let too_big = || BackendError::Invalid(format!("attention scratch for {n_tokens} rows in {splits} splits overflows"));
+        let heads = n_tokens.checked_mul(self.attn_heads).ok_or_else(too_big)?;
+        let partials = heads.checked_mul(splits as usize).and_then(|n| n.checked_mul(self.attn_head_dim + 2)).ok_or_else(too_big)?;
+        if self.attn_partials.as_ref().map_or(true, |b| b.len() < partials) {
+            self.attn_partials = None;
+            self.attn_partials = Some(self.ctx.alloc::<f32>(partials.next_power_of_two(), "the attention splits' partial results")?);
+            self.batch_generation += 1;
+        }
+        // One counter per (token, KV head, slice): at most one per query head.
+        if self.attn_counters.as_ref().map_or(true, |b| b.len() < heads) {
+            self.attn_counters = None;
+            self.attn_counters = Some(self.ctx.alloc_zeros::<u32>(heads.next_power_of_two(), "the attention splits' counters")?);
+            self.batch_generation += 1;
+        }
+        let (Some(p), Some(c)) = (self.attn_partials.as_ref(), self.attn_counters.as_ref()) else { unreachable!("allocated above") };
+        Ok((addr(p, &self.ctx), addr(c, &self.ctx)))
     }
 
     fn kernels_for(&mut self, ty: GgmlType, path: super::matvec::MatvecPath) -> Result<Arc<TypeKernels>, CudaError> {
@@ -853,6 +928,9 @@ impl Backend for CudaBackend {
         let k = self.ctx.alloc_zeros::<f32>(n, &format!("K of {what}"))?;
         let v = self.ctx.alloc_zeros::<f32>(n, &format!("V of {what}"))?;
         self.kv_capacity_tokens = layout.capacity_tokens();
+        self.attn_heads = layout.n_heads;
+        self.attn_kv_heads = layout.n_kv_heads;
+        self.attn_head_dim = layout.head_dim;
         Ok(CudaKvCache { layout: *layout, k, v })
     }
 
@@ -920,8 +998,16 @@ impl Backend for CudaBackend {
         self.ctx.copy_to_device(&packed, buf, "the batch description")?;
         let base = addr(buf, &self.ctx);
         let at = |i: usize| base + (i * std::mem::size_of::<u32>()) as u64;
-        let attn_warps = attention_warps(&plan.positions);
+        // Blocks a row of this batch takes unsplit: one per KV head and slice of its query heads.
+        let group = self.attn_heads / self.attn_kv_heads.max(1);
+        let blocks_per_row = self.attn_kv_heads * group.div_ceil(attention_slice(n, group, self.attn_head_dim).max(1));
+        let (attn_warps, mut attn_splits) = attention_shape(&plan.positions, blocks_per_row, self.forced_splits);
+        if n_tiles > 0 {
+            attn_splits = 1; // attention_prefill takes the batch
+        }
         self.attn_warps = attn_warps;
+        self.attn_splits = attn_splits;
+        let (attn_partials, attn_counters) = if attn_splits > 1 { self.attention_scratch(n, attn_splits)? } else { (0, 0) };
         let mut seen = vec![false; plan.seqs.len()];
         let one_token_per_seq = plan.token_seq.iter().all(|&s| !std::mem::replace(&mut seen[s as usize], true));
         self.one_token_per_seq = one_token_per_seq;
@@ -938,6 +1024,9 @@ impl Backend for CudaBackend {
             block_tables: at(6 * n + plan.logit_rows.len()),
             block_tokens: plan.block_tokens,
             attn_warps,
+            attn_splits,
+            attn_partials,
+            attn_counters,
             one_token_per_seq,
             tiles: at(tiles_at),
             n_tiles,
@@ -1257,7 +1346,7 @@ impl Backend for CudaBackend {
         let Some(key) = key.filter(|k| self.graphs_enabled && k.n_tokens <= self.graph_max_rows) else {
             return ops(self);
         };
-        let full_key = (key, self.batch_generation, self.attn_warps, self.one_token_per_seq && rope_in_attention(), self.prefill_tiles);
+        let full_key = (key, self.batch_generation, (self.attn_warps, self.attn_splits), self.one_token_per_seq && rope_in_attention(), self.prefill_tiles);
         if let Some(Recorded(graph)) = self.graphs.get(&full_key) {
             graph.launch().map_err(|e| CudaError::Driver { op: format!("launching the recorded decode step {key:?}"), msg: super::error::describe(&e) })?;
             return Ok(());
@@ -1297,7 +1386,40 @@ impl Backend for CudaBackend {
 
 #[cfg(test)]
 mod attention_launch_tests {
-    use super::attention_warps;
+    fn attention_warps(positions: &[u32]) -> u32 {
+        super::attention_shape(positions, 14, Some(1)).0
+    }
+
+    /// Flash-decoding splits: none up to ATTENTION_SPLIT_KEYS keys (the warps as before), then
+    /// about that many keys a split, at most ATTENTION_MAX_SPLITS and ATTENTION_SPLIT_MAX_BLOCKS
+    /// blocks; none for large batches; the FERRITE_CUDA_ATTN_SPLITS count wherever a batch may split.
+    #[test]
+    fn long_contexts_of_small_batches_split_into_ranges_of_about_512_keys() {
+        // One row takes 14 blocks unsplit in the 0.5B shapes (2 KV heads x 7 one-head slices).
+        let attention_shape = |p: &[u32], forced| super::attention_shape(p, 14, forced);
+        let cases: [(&[u32], (u32, u32)); 7] = [
+            (&[0], (4, 1)),
+            (&[511], (16, 1)),
+            (&[512], (16, 2)),
+            (&[599, 20], (16, 2)),
+            (&[4095], (16, 8)),
+            (&[4095, 100, 7], (16, 6)), // 3 rows x 14 blocks: 6 splits keep them within 256
+            (&[100_000], (16, 16)),
+        ];
+        for (positions, want) in cases {
+            assert_eq!(attention_shape(positions, None), want, "{positions:?}");
+        }
+        assert_eq!(attention_shape(&vec![5000; 300], None), (4, 1), "large batches do not split");
+        assert_eq!(attention_shape(&[44], Some(5)), (4, 5));
+        assert_eq!(attention_shape(&[4095], Some(1)), (16, 1));
+        assert_eq!(attention_shape(&[4095], Some(1000)), (8, 16), "at most 16 splits, of 256 keys here");
+        // The block cap: 8 rows of 14 blocks split in 2 (224 blocks), 24 rows not at all; the 7B
+        // shapes' one row (28 blocks) in 8.
+        assert_eq!(super::attention_shape(&[4095; 8], 14, None), (16, 2));
+        assert_eq!(super::attention_shape(&[4095; 24], 14, None), (16, 1));
+        assert_eq!(super::attention_shape(&[4095], 28, None), (16, 8));
+        assert_eq!(super::attention_shape(&[4095; 8], 14, Some(5)), (16, 5), "the override ignores the cap");
+    }
 
     /// Prompt chunks become tiles of at most 16 consecutive rows of one sequence, longest contexts
     /// first; a batch without a run of 16 (decode, short appends) keeps attention.cu's kernel.
