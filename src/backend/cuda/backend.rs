@@ -180,17 +180,23 @@ const ATTENTION_MIN_WARPS: u64 = 4;
 const ATTENTION_SPLIT_KEYS: u64 = 512;
 /// Most splits of a row's keys.
 const ATTENTION_MAX_SPLITS: u64 = 16;
-/// Splits stop where the batch's blocks would pass this many: with 8 splits, 8 sequences at 4,096
-/// keys (896 blocks of the 0.5B shapes) were slower than unsplit (3.64 against 2.99 ms a step),
-/// one sequence faster (112 blocks: 1.02 against 2.36 ms; the 7B shapes, 224 blocks: 3.86
-/// against 6.12 ms; H200, 2026-12-03).
+/// Splits stop where the batch's blocks would pass this many.
 const ATTENTION_SPLIT_MAX_BLOCKS: u64 = 256;
+/// Batches that take more blocks than this unsplit are not split. Measured on an H200
+/// (2026-12-03, synthetic models, decode step at 4,096 keys, split / unsplit): the 0.5B shapes'
+/// one sequence (14 blocks unsplit, 8 splits) 1.02-1.03 / 2.33-2.36 ms, two (28 blocks, 8
+/// splits) 1.67 / 2.62; the 7B shapes' one (28 blocks, 8 splits) 3.86 / 6.12; but eight 0.5B
+/// sequences (112 blocks) were slower split, 3.64 ms in 8 splits and 3.37 in 2 against 2.98-2.99
+/// unsplit: at that size the blocks already cover the SMs, and 7 one-head blocks a KV head read
+/// the same keys. Four sequences (56 blocks) were not measured.
+const ATTENTION_SPLIT_MAX_UNSPLIT_BLOCKS: u64 = 64;
 
 /// Warps per attention block and splits of each row's keys (flash-decoding: attention.cu's
 /// `Splits`), for rows that take `blocks_per_row` blocks unsplit. Batches of up to
 /// ATTENTION_SPREAD_MAX_ROWS rows split the longest context into ranges of about
 /// ATTENTION_SPLIT_KEYS keys (at most ATTENTION_MAX_SPLITS, and no more than keep the batch
-/// within ATTENTION_SPLIT_MAX_BLOCKS blocks; `forced_splits` overrides the count), each its own block, so that one sequence at 4,096 keys runs 8 times the
+/// within ATTENTION_SPLIT_MAX_BLOCKS blocks; none when it takes more than
+/// ATTENTION_SPLIT_MAX_UNSPLIT_BLOCKS blocks unsplit; `forced_splits` overrides the count), each its own block, so that one sequence at 4,096 keys runs 8 times the
 /// blocks (2 KV heads x 7 query heads: 14 blocks would leave 118 of an H200's 132 SMs idle); a
 /// block gets one warp per 32 keys of its range, rounded up to a power of two, from
 /// ATTENTION_MIN_WARPS up to ATTENTION_MAX_WARPS. Larger batches: 4 warps, no split. Both counts
@@ -203,7 +209,13 @@ fn attention_shape(positions: &[u32], blocks_per_row: usize, forced_splits: Opti
     }
     let longest = positions.iter().copied().max().map_or(1, |p| p as u64 + 1);
     let unsplit_blocks = (positions.len() as u64 * blocks_per_row as u64).max(1);
-    let by_rule = || longest.div_ceil(ATTENTION_SPLIT_KEYS).min(ATTENTION_SPLIT_MAX_BLOCKS / unsplit_blocks);
+    let by_rule = || {
+        if unsplit_blocks > ATTENTION_SPLIT_MAX_UNSPLIT_BLOCKS {
+            1
+        } else {
+            longest.div_ceil(ATTENTION_SPLIT_KEYS).min(ATTENTION_SPLIT_MAX_BLOCKS / unsplit_blocks)
+        }
+    };
     let splits = forced_splits.map_or_else(by_rule, u64::from).clamp(1, ATTENTION_MAX_SPLITS);
     let warps = longest.div_ceil(splits).div_ceil(32).next_power_of_two().clamp(ATTENTION_MIN_WARPS, ATTENTION_MAX_WARPS as u64);
     (warps as u32, splits as u32)
@@ -1413,10 +1425,11 @@ mod attention_launch_tests {
         assert_eq!(attention_shape(&[44], Some(5)), (4, 5));
         assert_eq!(attention_shape(&[4095], Some(1)), (16, 1));
         assert_eq!(attention_shape(&[4095], Some(1000)), (8, 16), "at most 16 splits, of 256 keys here");
-        // The block cap: 8 rows of 14 blocks split in 2 (224 blocks), 24 rows not at all; the 7B
-        // shapes' one row (28 blocks) in 8.
-        assert_eq!(super::attention_shape(&[4095; 8], 14, None), (16, 2));
-        assert_eq!(super::attention_shape(&[4095; 24], 14, None), (16, 1));
+        // The block caps: 2 rows of 14 blocks split in 8 (224 blocks), 4 rows in 4 (224), 8 rows
+        // (112 blocks unsplit) not at all; the 7B shapes' one row (28 blocks) in 8.
+        assert_eq!(super::attention_shape(&[4095; 2], 14, None), (16, 8));
+        assert_eq!(super::attention_shape(&[4095; 4], 14, None), (16, 4));
+        assert_eq!(super::attention_shape(&[4095; 8], 14, None), (16, 1));
         assert_eq!(super::attention_shape(&[4095], 28, None), (16, 8));
         assert_eq!(super::attention_shape(&[4095; 8], 14, Some(5)), (16, 5), "the override ignores the cap");
     }
