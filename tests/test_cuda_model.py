@@ -236,9 +236,11 @@ def test_gpu_attention_over_query_head_groups(tmp_path, monkeypatch, n_heads, n_
     8 and 3 heads, 12 (a full slice and a partial one), 8 heads of 128 dims (two slices), and the test model's 14/2 heads over 600
     positions (warps looping over several chunks each; two flash-decoding splits from 512 keys).
     A prefill and then 12 tokens one at a time on the cached keys, against the float64 reference
-    at every position. Also with every row's keys in 5 splits (FERRITE_CUDA_ATTN_SPLITS=5: empty
-    splits at short contexts, the merge of several) and the prompt on attention.cu's kernel
-    (FERRITE_CUDA_FLASH_PREFILL=0), so that both attention.cu kernels run split."""
+    at every position. Also with FERRITE_CUDA_ATTN_SPLITS=5 and the prompt on attention.cu's
+    kernel (FERRITE_CUDA_FLASH_PREFILL=0), so that both attention.cu kernels run split: the 45-token
+    models' prompts (33 rows, up to 256 rows split; empty splits, the last row merging two) and
+    every decode step (the 600-token model's merging five non-empty splits). Not covered here:
+    several sequences decoding split in one step."""
     if splits != "auto":
         monkeypatch.setenv("FERRITE_CUDA_ATTN_SPLITS", splits)
     monkeypatch.setenv("FERRITE_CUDA_FLASH_PREFILL", flash)

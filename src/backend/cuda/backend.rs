@@ -552,6 +552,13 @@ impl CudaBackend {
         if p.n_kv_heads == 0 || p.n_heads % p.n_kv_heads != 0 {
             return Err(BackendError::Invalid(format!("{} query heads do not group over {} KV heads", p.n_heads, p.n_kv_heads)));
         }
+        // The flash-decoding scratch is sized by the layout's heads (`attention_scratch`).
+        if (p.n_heads, p.head_dim) != (self.attn_heads, self.attn_head_dim) {
+            return Err(BackendError::Invalid(format!(
+                "attention of {} heads of {} on a KV cache made for {} heads of {}",
+                p.n_heads, p.head_dim, self.attn_heads, self.attn_head_dim
+            )));
+        }
         if !self.fixed.attention.as_ref().is_some_and(|a| a.head_dim == p.head_dim) {
             return Err(BackendError::Invalid(format!(
                 "head_dim {} has no CUDA attention kernel (these do: {:?})",
