@@ -307,6 +307,40 @@ def test_gpu_prompt_chunks_attend_like_the_reference(tmp_path, monkeypatch, n_he
 
 @pytest.mark.cuda
 @needs_gpu
+@pytest.mark.parametrize("splits", ["auto", "3"])
+def test_gpu_several_sequences_decode_split(tmp_path, monkeypatch, splits):
+    """Flash-decoding with several sequences a step: contexts of about 700, 300 and 40 keys
+    decoding together for 6 steps (recorded as a graph at the first, replayed after), the rule's
+    splits (2 here: the longest context over 512 keys) and 3 forced ones (empty ranges for the
+    short contexts). Each sequence's logits at every step against the float64 reference, and
+    different bits from the same steps unsplit (FERRITE_CUDA_ATTN_SPLITS=1), so the splits ran."""
+    path = write_block_model(tmp_path / "m.gguf", "Q8_0", hidden=896, ffn=256, n_heads=14, n_kv_heads=2, context=1024, seed=3)
+    rng = np.random.default_rng(11)
+    prompts = [[int(t) for t in rng.integers(0, 260, size=n)] for n in (700, 300, 40)]
+    steps = [[int(t) for t in rng.integers(0, 260, size=3)] for _ in range(6)]
+    ref = ReferenceModel(path)
+    got = {}
+    for mode in ["1", splits]:
+        if mode == "auto":
+            monkeypatch.delenv("FERRITE_CUDA_ATTN_SPLITS", raising=False)
+        else:
+            monkeypatch.setenv("FERRITE_CUDA_ATTN_SPLITS", mode)  # read when the model loads
+        m = ferrite.Model.load(path, device="cuda", kv_cache_tokens=2048, exact_matmul=True)
+        seqs = [m.new_sequence(max_tokens=len(p) + 8) for p in prompts]
+        for s, p in zip(seqs, prompts):
+            m.forward(p, seq=s, last_only=True)
+        got[mode] = [np.concatenate(m.forward_batch([[t] for t in step], seqs=seqs)) for step in steps]
+        del m
+    for i, p in enumerate(prompts):
+        want = ref.forward(p + [step[i] for step in steps])[len(p):]
+        for mode in got:
+            ours = np.stack([g[i] for g in got[mode]])
+            assert relative(ours, want) <= RELATIVE_BOUND, (mode, i)
+    assert not all(np.array_equal(a, b) for a, b in zip(got["1"], got[splits])), "the split steps gave the unsplit bits"
+
+
+@pytest.mark.cuda
+@needs_gpu
 def test_gpu_recorded_large_batch_steps_replay_correctly(tmp_path):
     """A decode step of more than 4 rows is recorded as a CUDA graph once its sizes recur (the
     third step) and replayed after: 12 sequences decoding 10 steps together, each step's logits
