@@ -156,9 +156,9 @@ fn prefill_tiles(token_seq: &[u32], positions: &[u32]) -> Option<Vec<(u32, u32)>
 fn prefill_launch(n_tiles: u32, p: &AttnParams) -> Result<(LaunchConfig, u32), BackendError> {
     let group = (p.n_heads / p.n_kv_heads.max(1)).max(1);
     let chunks = group.div_ceil(kernels::PREFILL_MAX_WARPS);
-    let per_block = group.div_ceil(chunks);
+    let per_block = to_u32("heads per block", group.div_ceil(chunks))?;
     let grid = (n_tiles, to_u32("KV heads", p.n_kv_heads * chunks)?, 1);
-    Ok((LaunchConfig { grid_dim: grid, block_dim: (32 * to_u32("heads per block", per_block)?, 1, 1), shared_mem_bytes: 0 }, to_u32("heads per block", per_block)?))
+    Ok((LaunchConfig { grid_dim: grid, block_dim: (32 * per_block, 1, 1), shared_mem_bytes: 0 }, per_block))
 }
 
 /// `attention_prefill` for prompt chunks (see `PREFILL_MIN_RUN`); FERRITE_CUDA_FLASH_PREFILL=0
@@ -270,8 +270,12 @@ fn attention_launch(batch: &CudaBatch, p: &AttnParams) -> Result<(LaunchConfig, 
     let blocks_x = batch.n_tokens.checked_mul(batch.attn_splits as usize).ok_or_else(|| BackendError::Invalid("attention grid overflows".into()))?;
     let grid = (to_u32("tokens x splits", blocks_x)?, to_u32("KV heads", p.n_kv_heads)?, slices);
     let cfg = LaunchConfig { grid_dim: grid, block_dim: (32 * batch.attn_warps, 1, 1), shared_mem_bytes: 0 };
-    let scale = 1.0 / (p.head_dim as f32).sqrt();
-    Ok((cfg, to_u32("query heads per block", slice)?, to_u32("heads", p.n_heads)?, to_u32("KV heads", p.n_kv_heads)?, scale))
+    Ok((cfg, to_u32("query heads per block", slice)?, to_u32("heads", p.n_heads)?, to_u32("KV heads", p.n_kv_heads)?, attention_scale(p)))
+}
+
+/// The scores' scale, 1/sqrt(head_dim), which every attention kernel takes.
+fn attention_scale(p: &AttnParams) -> f32 {
+    1.0 / (p.head_dim as f32).sqrt()
 }
 
 /// RoPE and the KV write inside the attention kernel for decode steps (`attention_heads_rope`);
@@ -587,12 +591,12 @@ impl CudaBackend {
     #[allow(clippy::too_many_arguments)]
     fn attend(&mut self, q: &CudaAct, cache: &CudaKvCache, layer: usize, batch: &CudaBatch, p: &AttnParams, out: &mut CudaAct, out_f16: u64) -> Result<(), BackendError> {
         let kernels = self.attention_kernels(p.head_dim)?;
+        let range = cache.layer_range(layer);
+        let (kc, vc) = (cache.k.slice(range.clone()), cache.v.slice(range));
         if let (Some(prefill), true) = (kernels.prefill.as_ref(), batch.n_tiles > 0) {
             let (cfg, per_block) = prefill_launch(batch.n_tiles, p)?;
             let (n_heads, n_kv_heads) = (to_u32("heads", p.n_heads)?, to_u32("KV heads", p.n_kv_heads)?);
-            let scale = 1.0 / (p.head_dim as f32).sqrt();
-            let range = cache.layer_range(layer);
-            let (kc, vc) = (cache.k.slice(range.clone()), cache.v.slice(range));
+            let scale = attention_scale(p);
             launch!(
                 self.ctx,
                 prefill,
@@ -618,8 +622,6 @@ impl CudaBackend {
         }
         let attend = &kernels.heads;
         let (cfg, slice, n_heads, n_kv_heads, scale) = attention_launch(batch, p)?;
-        let range = cache.layer_range(layer);
-        let (kc, vc) = (cache.k.slice(range.clone()), cache.v.slice(range));
         launch!(
             self.ctx,
             attend,
