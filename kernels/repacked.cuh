@@ -12,6 +12,7 @@
 //   HAS_MIN                 the value has a per-block offset (Q4_K: d1 * q - m1)
 //   load(tile, lane, for_bf16)  this lane's registers of one tile (for_bf16 = false: for the int8 path)
 //   frag(c, a)              the four bf16x2 A registers of chunk c: the codes as exact integers
+//   frag_f16(c, a)          the same as f16x2 (matmul_mma.cu, whose x is f16)
 //   scale(sb, s, m)         the scales (and Q4_K's mins) of scale block sb for rows g and g+8
 //   S8                      has the int8 path below (matvec_mma.cu uses it for one or two x rows):
 //   frag_s8(sb, a)          the A registers of mma.m16n8k32.s8 for 32-column sub-block sb
@@ -87,6 +88,19 @@ __device__ __forceinline__ int rp_sbyte(u32 w, int b) {
 #define RP_BF16X2_MINUS_144 0xC310C310u  // -(128 + 16): Q5_0's codes are offset by 16
 #define RP_BF16X2_MINUS_160 0xC320C320u  // -(128 + 32): Q6_K's codes are offset by 32
 
+// The f16 decoding (matmul_mma.cu): a code c < 1024 OR-ed into the mantissa of 1024.0 (0x6400)
+// gives 1024 + c, and one f16x2 fma subtracts 1024 plus the type's offset, exactly.
+__device__ __forceinline__ u32 rp_f16x2_add(u32 a, u32 c) {
+    u32 d;
+    asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(0x3C003C00u), "r"(c));
+    return d;
+}
+#define RP_F16X2_1024 0x64006400u
+#define RP_F16X2_MINUS_1024 0xE400E400u  // Q4_K's codes 0..15
+#define RP_F16X2_MINUS_1040 0xE410E410u  // Q5_0's, offset by 16
+#define RP_F16X2_MINUS_1056 0xE420E420u  // Q6_K's, offset by 32
+#define RP_F16X2_MINUS_1152 0xE480E480u  // Q8_0's bytes, stored XOR 0x80
+
 // The two codes of pair P of nibble words `q` (at bits 4 (P % 4) and 16 + 4 (P % 4) of word
 // P / 4), as the low and high halves; `mask` is 0x000F000F (Q4_K passes its kept register).
 __device__ __forceinline__ u32 rp_nibbles(const u32* q, int P, u32 mask) { return (q[P >> 2] >> (4 * (P & 3))) & mask; }
@@ -146,6 +160,13 @@ struct Rp_q5_0 {
     __device__ __forceinline__ void frag(int c, u32 a[4]) const {
         a[0] = pair(0, 2 * c), a[1] = pair(1, 2 * c), a[2] = pair(0, 2 * c + 1), a[3] = pair(1, 2 * c + 1);
     }
+    __device__ __forceinline__ u32 pair_f16(int h, int P) const {
+        const u32 v = rp_nibbles(q[h], P, 0x000F000Fu) | (((qh[h] >> P) & 0x00010001u) << 4) | RP_F16X2_1024;
+        return rp_f16x2_add(v, RP_F16X2_MINUS_1040);
+    }
+    __device__ __forceinline__ void frag_f16(int c, u32 a[4]) const {
+        a[0] = pair_f16(0, 2 * c), a[1] = pair_f16(1, 2 * c), a[2] = pair_f16(0, 2 * c + 1), a[3] = pair_f16(1, 2 * c + 1);
+    }
     __device__ __forceinline__ void scale(int sb, float s[2], float m[2]) const {
         block_scale(sb, s);
         m[0] = m[1] = 0.0f;
@@ -203,6 +224,13 @@ struct Rp_q8_0 {
     __device__ __forceinline__ void frag(int c, u32 a[4]) const {
         a[0] = pair_of(q[0][c], 0), a[1] = pair_of(q[1][c], 0), a[2] = pair_of(q[0][c], 2), a[3] = pair_of(q[1][c], 2);
     }
+    // Bytes b and b + 1 of w under 1024.0's exponent (0x64), then minus 1024 + 128.
+    static __device__ __forceinline__ u32 pair_f16_of(u32 w, int b) {
+        return rp_f16x2_add(__byte_perm(w, 0x64u, b == 0 ? 0x4140u : 0x4342u), RP_F16X2_MINUS_1152);
+    }
+    __device__ __forceinline__ void frag_f16(int c, u32 a[4]) const {
+        a[0] = pair_f16_of(q[0][c], 0), a[1] = pair_f16_of(q[1][c], 0), a[2] = pair_f16_of(q[0][c], 2), a[3] = pair_f16_of(q[1][c], 2);
+    }
     __device__ __forceinline__ void scale(int sb, float s[2], float m[2]) const {
         block_scale(sb, s);
         m[0] = m[1] = 0.0f;
@@ -256,6 +284,12 @@ struct Rp_q4_k {
     }
     __device__ __forceinline__ void frag(int c, u32 a[4]) const {
         a[0] = code(0, 2 * c), a[1] = code(1, 2 * c), a[2] = code(0, 2 * c + 1), a[3] = code(1, 2 * c + 1);
+    }
+    __device__ __forceinline__ u32 code_f16(int h, int P) const {
+        return rp_f16x2_add(rp_nibbles(q[h], P, 0x000F000Fu) | RP_F16X2_1024, RP_F16X2_MINUS_1024);
+    }
+    __device__ __forceinline__ void frag_f16(int c, u32 a[4]) const {
+        a[0] = code_f16(0, 2 * c), a[1] = code_f16(1, 2 * c), a[2] = code_f16(0, 2 * c + 1), a[3] = code_f16(1, 2 * c + 1);
     }
     // The 6-bit scales (scw) and mins (mw) of the four sub-blocks of sb's half, one a byte, for
     // row g + 8h (scale_min_k4 in common.cuh): bytes 0..3 of the packed scales hold sc[0..3] (low
@@ -348,6 +382,13 @@ struct Rp_q6_k {
     }
     __device__ __forceinline__ void frag(int c, u32 a[4]) const {
         a[0] = pair(0, 2 * c), a[1] = pair(1, 2 * c), a[2] = pair(0, 2 * c + 1), a[3] = pair(1, 2 * c + 1);
+    }
+    __device__ __forceinline__ u32 pair_f16(int h, int P) const {
+        const u32 hi = ((qh[h][P >> 3] >> (2 * (P & 7))) & 0x00030003u) << 4;
+        return rp_f16x2_add(rp_nibbles(q[h], P, 0x000F000Fu) | hi | RP_F16X2_1024, RP_F16X2_MINUS_1056);
+    }
+    __device__ __forceinline__ void frag_f16(int c, u32 a[4]) const {
+        a[0] = pair_f16(0, 2 * c), a[1] = pair_f16(1, 2 * c), a[2] = pair_f16(0, 2 * c + 1), a[3] = pair_f16(1, 2 * c + 1);
     }
     // The CPU computes (d * sc) * q; d * sc is exact (11 by 8 bits), so it is the scale here.
     __device__ __forceinline__ void scale(int sb, float s[2], float m[2]) const {

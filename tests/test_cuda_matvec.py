@@ -326,3 +326,54 @@ def test_one_launch_over_several_matrices_and_fused_inputs(name, groups, x_as):
             ref = x64 @ w.T + (b.astype(np.float64) if b is not None else 0.0)
             err = nmse(out[:n_x], ref)
             assert (err <= NMSE_BOUND).all(), f"{label}: NMSE per row {err}; max|diff| {np.abs(out[:n_x] - ref).max():.3e}"
+
+
+# ---------------------------------------------------------------- many rows: the quantized GEMM
+
+
+def as_gemm_input(x: np.ndarray) -> np.ndarray:
+    """x as the quantized GEMM reads it (matmul_mma.cu): rounded to f16 after the backend's
+    power-of-two scale (2^-8, undone on the products), in float64."""
+    return (x * np.float32(1 / 256)).astype(np.float16).astype(np.float64) * 256
+
+
+@cuda
+@needs_gpu
+@pytest.mark.parametrize("name", TILED)
+@pytest.mark.parametrize(
+    "n_rows, groups",
+    [
+        (37, 9),       # a partial tile row in one block; one or two phases of x
+        (300, 65),     # a partial last column tile, columns split across blocks
+        (129, 576),    # 18432 columns: many splits of several phases each
+        (2100, 28),    # 17 block rows, no split at 100 rows
+    ],
+)
+def test_many_rows_take_the_quantized_gemm(name, n_rows, groups):
+    """From 9 rows of x the tiled types multiply on the tensor-core GEMM of the quantized tiles,
+    with x in f16. Against float64 with x rounded the same way, the only error left is float32
+    summation (the same 1e-9 bound as the matrix-vector kernels); against x itself, f16's
+    rounding (about 2^-12 relative per element: an NMSE near 1e-8). Rows of x that end inside a
+    block of 32 (9, 33, 100) and with a bias and accumulating onto the output."""
+    rng = np.random.default_rng(n_rows * 3 + groups)
+    n_cols = width_for(name, groups)
+    raw = random_blocks(name, n_rows * n_cols // TYPES[name][1], rng)
+    w = ferrite.dequantize(raw, name, (n_rows, n_cols)).astype(np.float64)
+    worst = 0.0
+    for n_x, accumulate in ((9, False), (33, True), (100, False)):
+        x = rng.standard_normal((n_x, n_cols)).astype(np.float32)
+        bias = rng.standard_normal(n_rows).astype(np.float32)
+        start = (rng.standard_normal((n_x, n_rows)) * 4).astype(np.float32) if accumulate else None
+        out = ferrite._ferrite._cuda_matvec(raw, name, n_rows, n_cols, x, bias, path="tiled", poison_bits=POISON, accumulate_onto=start)
+        label = f"{name} {n_rows}x{n_cols} n_x={n_x} accumulate={accumulate}"
+        assert (out[n_x].view(np.uint32) == POISON).all(), f"{label}: wrote past the last row"
+        y = out[:n_x]
+        assert not (y.view(np.uint32) == POISON).any(), f"{label}: {int((y.view(np.uint32) == POISON).sum())} outputs never written"
+        base = (start.astype(np.float64) if accumulate else 0.0) + bias.astype(np.float64)
+        ref = base + as_gemm_input(x) @ w.T
+        err = nmse(y, ref)
+        assert (err <= NMSE_BOUND).all(), f"{label}: NMSE per row {err.max():.3e} > {NMSE_BOUND}; max|diff| {np.abs(y - ref).max():.3e}"
+        exact = nmse(y, base + x.astype(np.float64) @ w.T)
+        assert (exact <= 1e-6).all(), f"{label}: NMSE against unrounded x {exact.max():.3e}"
+        worst = max(worst, float(err.max()))
+    report({"kind": "gemm_op", "type": name, "shape": [n_rows, n_cols], "worst_nmse": worst})

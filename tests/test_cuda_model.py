@@ -341,6 +341,42 @@ def test_gpu_several_sequences_decode_split(tmp_path, monkeypatch, splits):
 
 @pytest.mark.cuda
 @needs_gpu
+@pytest.mark.parametrize("matrix_type", ["Q4_K", "Q5_0", "Q6_K", "Q8_0"])
+def test_gpu_quantized_gemm_in_a_model(tmp_path, monkeypatch, matrix_type):
+    """The quantized GEMM (matmul_mma.cu) in a whole model at the default (f16) precision: a
+    40-token prompt and then a decode step of 12 sequences, every projection of more than 8 rows
+    on it (FERRITE_CUDA_MMQ_MAX_ROWS=512, read when the model loads), against the float64
+    reference within the f16 paths' bound, and the same through cuBLAS's f16 copies (=0): both
+    within the bound, with different bits (so that each path ran)."""
+    path = write_block_model(tmp_path / "m.gguf", matrix_type, hidden=256, ffn=512, n_heads=4, n_kv_heads=2, context=256, seed=5)
+    rng = np.random.default_rng(7)
+    prompt = [int(t) for t in rng.integers(0, 260, size=40)]
+    starts = [[int(t) for t in rng.integers(0, 260, size=5)] for _ in range(12)]
+    step = [int(t) for t in rng.integers(0, 260, size=12)]
+    ref = ReferenceModel(path)
+    want_prompt = ref.forward(prompt)
+    want_step = np.stack([ref.forward(p + [t])[-1] for p, t in zip(starts, step)])
+    got = {}
+    for rows in ["512", "0"]:
+        monkeypatch.setenv("FERRITE_CUDA_MMQ_MAX_ROWS", rows)
+        m = ferrite.Model.load(path, device="cuda", kv_cache_tokens=1024)
+        s = m.new_sequence(max_tokens=48)
+        logits = m.forward(prompt, seq=s)
+        seqs = [m.new_sequence(max_tokens=8) for _ in starts]
+        for q, p in zip(seqs, starts):
+            m.forward(p, seq=q, last_only=True)
+        batch = np.concatenate(m.forward_batch([[t] for t in step], seqs=seqs))
+        for what, ours, want in (("prompt", logits, want_prompt), ("step", batch, want_step)):
+            assert relative(ours, want) <= TF32_RELATIVE_BOUND, (rows, what, relative(ours, want))
+            assert decisive_top1(ours, want) == 1.0, (rows, what)
+        got[rows] = (logits, batch)
+        del m
+    assert not np.array_equal(got["512"][0], got["0"][0]), "the prompt took the same path both times"
+    assert not np.array_equal(got["512"][1], got["0"][1]), "the decode step took the same path both times"
+
+
+@pytest.mark.cuda
+@needs_gpu
 def test_gpu_recorded_large_batch_steps_replay_correctly(tmp_path):
     """A decode step of more than 4 rows is recorded as a CUDA graph once its sizes recur (the
     third step) and replayed after: 12 sequences decoding 10 steps together, each step's logits

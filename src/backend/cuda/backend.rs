@@ -344,6 +344,8 @@ pub struct CudaBackend {
     attn_splits: u32,
     /// FERRITE_CUDA_ATTN_SPLITS (see `attention_shape`).
     forced_splits: Option<u32>,
+    /// FERRITE_CUDA_MMQ_MAX_ROWS (see `matmul::takes_gemm_mma`).
+    pub(super) gemm_mma_rows: Option<usize>,
     /// Query heads a layer and head dim of the KV cache's model (sizes the splits' scratch).
     attn_heads: usize,
     attn_kv_heads: usize,
@@ -814,6 +816,7 @@ impl CudaBackend {
             attn_warps: 4,
             attn_splits: 1,
             forced_splits: forced_attention_splits(),
+            gemm_mma_rows: super::matmul::forced_gemm_mma_rows(),
             attn_heads: 0,
             attn_kv_heads: 0,
             attn_head_dim: 0,
@@ -903,6 +906,7 @@ impl Backend for CudaBackend {
             // Sized here, never during a forward: a recorded graph holds the scratch's address.
             let mut scratch = tiled.scratch.lock().map_err(|_| BackendError::Invalid("split-K scratch lock poisoned".into()))?;
             scratch.reserve(&self.ctx, tiled.sms, &grid)?;
+            scratch.reserve_gemm(&self.ctx, tiled.sms, &grid)?;
         }
         Ok(CudaWeight { name, ty, n_cols, n_rows, row_bytes, blocks, layout, dense: None, kernels: Some(kernels), resident: Default::default() })
     }

@@ -14,6 +14,9 @@ pub const MATVEC: KernelSource = KernelSource { file: "matvec.cu", src: include_
 /// The tensor-core matvec on repacked tiles (Q5_0, Q8_0, Q4_K, Q6_K): `matvec_mma_1/2/4/8`.
 pub const MATVEC_MMA: KernelSource =
     KernelSource { file: "matvec_mma.cu", src: include_str!("../../../kernels/matvec_mma.cu"), options: &[] };
+/// The tensor-core GEMM on repacked tiles for many rows of f16 x: `matmul_mma` (see matmul_mma.rs).
+pub const MATMUL_MMA: KernelSource =
+    KernelSource { file: "matmul_mma.cu", src: include_str!("../../../kernels/matmul_mma.cu"), options: &[] };
 /// Repacked tiles read back as rows (embedding, prefill). `--fmad=false` as for dequant.cu: the
 /// elements must be the CPU decoder's bits.
 pub const REPACKED_ROWS: KernelSource = KernelSource {
@@ -161,6 +164,10 @@ mod tests {
         for nt in [1, 2, 4, 8] {
             assert!(MATVEC_MMA.src.contains(&format!("MATVEC_MMA_KERNEL({nt})")), "matvec_mma_{nt}");
         }
+        use super::super::matmul_mma::{MMQ_PHASE_COLS, MMQ_WARPS, MMQ_X_ROWS};
+        assert!(MATMUL_MMA.src.contains(&format!("#define MMQ_WARPS {MMQ_WARPS}\n")));
+        assert!(MATMUL_MMA.src.contains(&format!("#define MMQ_X_ROWS {MMQ_X_ROWS}\n")));
+        assert!(MATMUL_MMA.src.contains(&format!("#define MMQ_PHASE {MMQ_PHASE_COLS}\n")));
         assert!(ATTENTION.src.contains(&format!("#define ATTN_MAX_WARPS {ATTENTION_MAX_WARPS}")));
         assert!(ATTENTION.src.contains("#define ATTN_GROUP (ATTN_HEAD_DIM <= 64 ? 8 : 512 / ATTN_HEAD_DIM)"));
         for hd in ATTENTION_HEAD_DIMS {
@@ -237,6 +244,7 @@ mod tests {
             }
             if let Some(defines) = tile_type_defines(ty) {
                 compile_one(&MATVEC_MMA, &defines);
+                compile_one(&MATMUL_MMA, &defines);
                 compile_one(&REPACKED_ROWS, &defines);
             }
         }

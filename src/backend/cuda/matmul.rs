@@ -22,6 +22,7 @@ use super::context::CudaContext;
 use super::dequant::dequantize_into;
 use super::error::CudaError;
 use super::kernels::MATVEC_MAX_ROWS;
+use super::matmul_mma::{launch_matmul_mma, MmqArgs, MMQ_MAX_ROWS};
 use super::matvec::{dequant_tile_rows, launch_matvec, launch_matvecs, Input, Layout, MatvecArgs, MAX_SEGMENTS};
 use crate::backend::BackendError;
 
@@ -125,9 +126,78 @@ pub(super) fn matmul(
 ) -> Result<(), BackendError> {
     if takes_matvec(group, w, n_x, be.gemm == GemmPrecision::F32) {
         matvec(be, w, bias, x, n_x, out, write)
+    } else if takes_gemm_mma(be, w, n_x)? {
+        gemm_mma(be, w, bias, x, n_x, out, write, x_f16)
     } else {
         dequant_gemm(be, w, bias, x, n_x, out, write, x_f16)
     }
+}
+
+/// `FERRITE_CUDA_MMQ_MAX_ROWS=N`: every tiled weight multiplies up to N rows (beyond the
+/// matrix-vector kernels) on the quantized GEMM (0: never); read when a backend is made. Unset:
+/// only weights without an f16 copy take it (see [`takes_gemm_mma`]).
+pub(super) fn forced_gemm_mma_rows() -> Option<usize> {
+    std::env::var("FERRITE_CUDA_MMQ_MAX_ROWS").ok().and_then(|v| v.parse().ok()).map(|n: usize| n.min(MMQ_MAX_ROWS))
+}
+
+/// Whether `w` times `n_x` rows (more than a matrix-vector kernel takes) runs on the quantized
+/// GEMM (matmul_mma.rs): a tiled weight at f16 precision (`exact_matmul` keeps the float32
+/// GEMM), at most `MMQ_MAX_ROWS` rows, and by default only when the device had no room for the
+/// weight's f16 copy (made here otherwise, as the cuBLAS path needs it). The copy is the faster
+/// path where it fits (H200, 2026-12-03: a decode step of 64 sequences of Qwen2.5-7B's shapes
+/// took 7.28 ms on cuBLAS's f16 GEMMs against 15.2 on this kernel); without it, the alternative
+/// is dequantizing every weight to float32 at every step. `FERRITE_CUDA_MMQ_MAX_ROWS` overrides
+/// the rule (`forced_gemm_mma_rows`).
+pub(super) fn takes_gemm_mma(be: &mut CudaBackend, w: &CudaWeight, n_x: usize) -> Result<bool, BackendError> {
+    let capable = be.gemm == GemmPrecision::F16
+        && n_x <= MMQ_MAX_ROWS
+        && matches!(w.layout, Layout::Tiles(_))
+        && w.kernels.as_ref().is_some_and(|k| k.tiled.is_some());
+    if !capable {
+        return Ok(false);
+    }
+    match be.gemm_mma_rows {
+        Some(max) => Ok(n_x <= max),
+        None => {
+            bind_context(be)?;
+            Ok(resident(be, w)?.is_none())
+        }
+    }
+}
+
+/// `out = w x (+ bias)` (or `+=`) on the quantized GEMM, x read as f16 (converted now unless
+/// `x_f16` holds it already).
+#[allow(clippy::too_many_arguments)]
+fn gemm_mma(
+    be: &mut CudaBackend,
+    w: &CudaWeight,
+    bias: Option<&CudaSlice<f32>>,
+    x: &CudaAct,
+    n_x: usize,
+    out: &mut CudaAct,
+    write: Write,
+    x_f16: &mut Option<u64>,
+) -> Result<(), BackendError> {
+    let (Layout::Tiles(grid), Some(tiled)) = (w.layout, w.kernels.as_ref().and_then(|k| k.tiled.as_ref())) else {
+        return Err(BackendError::Invalid(format!("{}: the quantized GEMM needs repacked tiles", w.name)));
+    };
+    let converted = match *x_f16 {
+        Some(addr) => addr,
+        None => *x_f16.insert(x_as_f16(be, x, n_x * w.n_cols)?),
+    };
+    let args = MmqArgs {
+        name: &w.name,
+        grid,
+        tiles: addr(&w.blocks, &be.ctx),
+        x_f16: converted,
+        n_x,
+        bias: bias.map_or(0, |b| addr(b, &be.ctx)),
+        out: addr(&out.buf, &be.ctx),
+        out_scale: 1.0 / X_F16_SCALE,
+        accumulate: write == Write::Accumulate,
+    };
+    launch_matmul_mma(&be.ctx, tiled, &args)?;
+    Ok(())
 }
 
 /// Whether every one of `weights` multiplies `n_x` rows on the tiled matrix-vector kernels,
@@ -462,8 +532,8 @@ fn x_as_f16(be: &mut CudaBackend, x: &CudaAct, n: usize) -> Result<u64, BackendE
 }
 
 /// Whether every one of `weights` (projections of one x) multiplies `n_x` rows through cuBLAS's
-/// f16 GEMM on its resident f16 copy (made now if this is its first large multiply): then x is
-/// read only as f16, and its producer can write it so (`rms_norm_as_f16`, `swiglu_as_f16`).
+/// f16 GEMM on its resident f16 copy (made now if this is its first large multiply) or the
+/// quantized GEMM (`takes_gemm_mma`): then x is read only as f16, and its producer can write it so (`rms_norm_as_f16`, `swiglu_as_f16`).
 pub(super) fn f16_gemm_inputs(be: &mut CudaBackend, weights: &[&CudaWeight], n_x: usize) -> Result<bool, BackendError> {
     if be.gemm != GemmPrecision::F16 {
         return Ok(false);
@@ -473,6 +543,9 @@ pub(super) fn f16_gemm_inputs(be: &mut CudaBackend, weights: &[&CudaWeight], n_x
     }
     bind_context(be)?;
     for w in weights {
+        if takes_gemm_mma(be, w, n_x)? {
+            continue;
+        }
         if !matches!(resident(be, w)?, Some(Resident::F16 { .. })) {
             return Ok(false);
         }

@@ -198,19 +198,39 @@ impl SplitScratch {
         let plans = [1, 2, 4, 8].map(|nt| Plan::for_group(grids, sms, nt));
         let floats = plans.iter().map(|(p, all)| p.partial_floats(all)).max().unwrap_or(0);
         let plans = plans.map(|(p, _)| p);
-        if floats == 0 {
-            return Ok(());
-        }
-        if self.partials.as_ref().map_or(true, |p| p.len() < floats) {
-            self.partials = None;
-            self.partials = Some(ctx.alloc::<f32>(floats, "split-K partial sums of the matrix-vector kernels")?);
-        }
         let rows = plans.iter().filter(|p| p.splits > 1).map(|p| p.block_rows as usize).max().unwrap_or(0);
-        if self.counters.as_ref().map_or(true, |c| c.len() < rows) {
+        self.grow(ctx, floats, rows)
+    }
+
+    /// As [`reserve`](Self::reserve), for the quantized GEMM's plans of `grid` (matmul_mma.rs).
+    pub fn reserve_gemm(&mut self, ctx: &CudaContext, sms: usize, grid: &TileGrid) -> Result<(), CudaError> {
+        let (floats, counters) = super::matmul_mma::MmqPlan::scratch_bound(grid, sms);
+        self.grow(ctx, floats, counters)
+    }
+
+    /// Grows the buffers to at least `floats` partial sums and `counters` counters.
+    fn grow(&mut self, ctx: &CudaContext, floats: usize, counters: usize) -> Result<(), CudaError> {
+        if floats > 0 && self.partials.as_ref().map_or(true, |p| p.len() < floats) {
+            self.partials = None;
+            self.partials = Some(ctx.alloc::<f32>(floats, "split-K partial sums of the quantized kernels")?);
+        }
+        if counters > 0 && self.counters.as_ref().map_or(true, |c| c.len() < counters) {
             self.counters = None;
-            self.counters = Some(ctx.alloc_zeros::<u32>(rows, "split-K counters of the matrix-vector kernels")?);
+            self.counters = Some(ctx.alloc_zeros::<u32>(counters, "split-K counters of the quantized kernels")?);
         }
         Ok(())
+    }
+
+    /// Device addresses of (partials, counters) holding at least `floats` and `counters` of
+    /// them: (0, 0) when both are 0; an error if the scratch was not reserved for them.
+    pub fn pointers_for(&self, ctx: &CudaContext, floats: usize, counters: usize) -> Result<(u64, u64), CudaError> {
+        if floats == 0 && counters == 0 {
+            return Ok((0, 0));
+        }
+        match (&self.partials, &self.counters) {
+            (Some(p), Some(c)) if p.len() >= floats && c.len() >= counters => Ok((super::backend::addr(p, ctx), super::backend::addr(c, ctx))),
+            _ => Err(CudaError::Invalid(format!("split-K scratch of {floats} floats and {counters} counters was not reserved"))),
+        }
     }
 
     /// Device addresses of (partials, counters) for a launch of `plan`: (0, 0) without a split;
@@ -232,6 +252,8 @@ impl SplitScratch {
 pub struct TiledKernels {
     /// `dequant_rows` of repacked_rows.cu (the cuBLAS path of prefill).
     pub dequant_rows: CudaFunction,
+    /// `matmul_mma` of matmul_mma.cu (many rows of x: `matmul_mma.rs`).
+    pub matmul: CudaFunction,
     pub scratch: Mutex<SplitScratch>,
     pub sms: usize,
 }
@@ -258,6 +280,7 @@ impl MatvecKernels {
                     embed: ctx.function_with(&kernels::REPACKED_ROWS, &defines, "embed_rows")?,
                     tiled: Some(TiledKernels {
                         dequant_rows: ctx.function_with(&kernels::REPACKED_ROWS, &defines, "dequant_rows")?,
+                        matmul: ctx.function_with(&kernels::MATMUL_MMA, &defines, "matmul_mma")?,
                         scratch: Mutex::new(SplitScratch::default()),
                         sms: ctx.sms(),
                     }),
@@ -526,7 +549,9 @@ impl MatvecOp {
                 .map_err(|e| CudaError::Driver { op: "copying test weights".into(), msg: super::error::describe(&e) })?;
         }
         if let (Layout::Tiles(grid), Some(tiled)) = (layout, &kernels.tiled) {
-            tiled.scratch.lock().map_err(|_| CudaError::Invalid("lock poisoned".into()))?.reserve(&ctx, tiled.sms, &grid)?;
+            let mut scratch = tiled.scratch.lock().map_err(|_| CudaError::Invalid("lock poisoned".into()))?;
+            scratch.reserve(&ctx, tiled.sms, &grid)?;
+            scratch.reserve_gemm(&ctx, tiled.sms, &grid)?;
         }
         Ok(MatvecOp { ctx, ty, n_rows, n_cols, layout, kernels, weights, bytes_per_copy: host.len() })
     }
@@ -574,8 +599,41 @@ impl MatvecOp {
             }
             self.ctx.copy_to_device(start, &mut out, "the values to accumulate onto")?;
         }
-        self.launch_on(0, &xd, n_x, bias_ptr, &mut out, accumulate_onto.is_some())?;
+        if n_x > MATVEC_MAX_ROWS {
+            let xh = self.upload_f16(x)?;
+            self.launch_gemm(0, &xh, n_x, bias_ptr, &mut out, accumulate_onto.is_some())?;
+        } else {
+            self.launch_on(0, &xd, n_x, bias_ptr, &mut out, accumulate_onto.is_some())?;
+        }
         self.ctx.download(&out, "the test matrix-vector product")
+    }
+
+    /// x as the quantized GEMM reads it: f16 bits of x times the backend's `X_F16_SCALE`, as the
+    /// f16 producers write them.
+    fn upload_f16(&self, x: &[f32]) -> Result<CudaSlice<u16>, CudaError> {
+        let bits: Vec<u16> = x.iter().map(|&v| f16_scaled_bits(v, super::matmul::X_F16_SCALE)).collect();
+        self.ctx.upload(&bits, "test activations as f16")
+    }
+
+    /// More than `MATVEC_MAX_ROWS` rows on the tiled path: the quantized GEMM (matmul_mma.rs) of
+    /// weight copy `copy` with `x_f16` from [`upload_f16`](Self::upload_f16).
+    fn launch_gemm(&self, copy: usize, x_f16: &CudaSlice<u16>, n_x: usize, bias: u64, out: &mut CudaSlice<f32>, accumulate: bool) -> Result<(), CudaError> {
+        let (Layout::Tiles(grid), Some(tiled)) = (self.layout, &self.kernels.tiled) else {
+            return Err(CudaError::Invalid(format!("{n_x} rows of x: more than {MATVEC_MAX_ROWS} need the tiled path")));
+        };
+        let weights = self.weights.slice(copy * self.bytes_per_copy..(copy + 1) * self.bytes_per_copy);
+        let args = super::matmul_mma::MmqArgs {
+            name: "test matrix",
+            grid,
+            tiles: super::backend::addr(&weights, &self.ctx),
+            x_f16: super::backend::addr(x_f16, &self.ctx),
+            n_x,
+            bias,
+            out: super::backend::addr(&*out, &self.ctx),
+            out_scale: 1.0 / super::matmul::X_F16_SCALE,
+            accumulate,
+        };
+        super::matmul_mma::launch_matmul_mma(&self.ctx, tiled, &args)
     }
 
     /// Several matrices of one type and width (`ops`, all on the tiled path) multiplying the
@@ -669,23 +727,29 @@ impl MatvecOp {
         Ok((rows, emb))
     }
 
-    /// Device time per launch for `n_x` rows of random activations: `iters` launches rotating
+    /// Device time per launch for `n_x` rows of random activations (more than `MATVEC_MAX_ROWS`:
+    /// the quantized GEMM): `iters` launches rotating
     /// over the weight copies, recorded once as a CUDA graph (as a decode step runs) and timed
     /// with events over `repeats` replays; returns the seconds per launch of each replay.
     pub fn time(&self, n_x: usize, iters: usize, repeats: usize) -> Result<Vec<f64>, CudaError> {
         let copies = self.weights.len() / self.bytes_per_copy;
         let x: Vec<f32> = (0..n_x * self.n_cols).map(|i| ((i * 2654435761usize) % 2001) as f32 / 1000.0 - 1.0).collect();
         let xd = self.ctx.upload(&x, "benchmark activations")?;
+        let xh = if n_x > MATVEC_MAX_ROWS { Some(self.upload_f16(&x)?) } else { None };
         let mut out = self.ctx.alloc::<f32>(n_x * self.n_rows, "benchmark output")?;
+        let launch = |copy: usize, out: &mut CudaSlice<f32>| match &xh {
+            Some(xh) => self.launch_gemm(copy, xh, n_x, 0, out, false),
+            None => self.launch_on(copy, &xd, n_x, 0, out, false),
+        };
         let drv = |op: &str, e: cudarc::driver::DriverError| CudaError::Driver { op: op.to_string(), msg: super::error::describe(&e) };
         // Warm up (compiles nothing: the kernels are loaded; faults surface here).
-        self.launch_on(0, &xd, n_x, 0, &mut out, false)?;
+        launch(0, &mut out)?;
         self.ctx.sync("benchmark warm-up")?;
         let stream = self.ctx.stream().clone();
         stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).map_err(|e| drv("starting a benchmark capture", e))?;
         let mut queued = Ok(());
         for i in 0..iters {
-            queued = self.launch_on(i % copies, &xd, n_x, 0, &mut out, false);
+            queued = launch(i % copies, &mut out);
             if queued.is_err() {
                 break;
             }
@@ -786,4 +850,13 @@ mod tests {
         }
         assert_eq!(Plan::new(&grid(GgmlType::Q5_0, 896, 4864), sms, 1).splits, 2);
     }
+}
+
+/// f16 bits of `v * scale`, finite values beyond f16's range clamped to it: the bits
+/// `f16_scaled_bits` of common.cuh gives (round to nearest even).
+fn f16_scaled_bits(v: f32, scale: f32) -> u16 {
+    let s = v * scale;
+    let max = half::f16::MAX.to_f32();
+    let s = if s.is_finite() { s.clamp(-max, max) } else { s };
+    half::f16::from_f32(s).to_bits()
 }

@@ -26,6 +26,7 @@ pub mod kernels;
 pub mod launch;
 pub mod error;
 mod matmul;
+pub mod matmul_mma;
 pub mod matvec;
 pub mod sampling;
 pub mod memory;
