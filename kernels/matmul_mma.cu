@@ -10,9 +10,10 @@
 //
 // Exactness. The codes are small integers, exact in f16; the tensor core forms each code * x
 // product exactly and sums in float32. The scale of each scale block (the CPU's float32
-// product of the file's fields) multiplies the block's sums afterwards in float32, and Q4_K's
-// mins multiply 32-column sums of x: d1 * sum(q x) - m1 * sum(x) is sum((d1 q - m1) x), the CPU's
-// weights times x summed in another order. x itself is rounded to f16 (11 significand bits), as
+// product of the file's fields) multiplies the block's sums afterwards in float32. Q4_K folds
+// its integer scales into the codes instead and multiplies its mins with 32-column sums of x
+// (see tile_products_folded): d sum(sc q x) - dmin sum(m sum(x)) is sum((d sc q - dmin m) x),
+// the CPU's weights times x summed in another order. x itself is rounded to f16 (11 significand bits), as
 // for cuBLAS; the weights are exact (cuBLAS's copies round them to f16).
 //
 // Work split. A block is MMQ_WARPS warps, one 16-row tile row each (blockIdx.y: the block row),
@@ -78,11 +79,10 @@ __device__ __forceinline__ void stage_x(const u16* __restrict__ x, u16* xs, u32 
     }
 }
 
-// acc += this tile's products with the staged x: xt is the tile's first column in staged row 0,
-// sub0 its first 32-column sum in the phase. Every column group is multiplied, rows of x past
-// n_x included (zeros): a branch around an mma costs warp synchronizations.
-__device__ __forceinline__ void tile_products(const Tile& w, const u16* xt, const float (*xsum)[MMQ_X_ROWS], int sub0,
-                                              int g, int t, float acc[MMQ_GROUPS][4]) {
+// acc += this tile's products with the staged x (a type without mins): xt is the tile's first
+// column in staged row 0. Every column group is multiplied, rows of x past n_x included
+// (zeros): a branch around an mma costs warp synchronizations.
+__device__ __forceinline__ void tile_products(const Tile& w, const u16* xt, int g, int t, float acc[MMQ_GROUPS][4]) {
 #pragma unroll
     for (int sb = 0; sb < Tile::CHUNKS / Tile::SCALE_CHUNKS; sb++) {
         float c[MMQ_GROUPS][4];
@@ -107,14 +107,53 @@ __device__ __forceinline__ void tile_products(const Tile& w, const u16* xt, cons
             acc[j][1] = fmaf(s[0], c[j][1], acc[j][1]);
             acc[j][2] = fmaf(s[1], c[j][2], acc[j][2]);
             acc[j][3] = fmaf(s[1], c[j][3], acc[j][3]);
-            if constexpr (Tile::HAS_MIN) {
-                const float2 xs2 = *reinterpret_cast<const float2*>(&xsum[sub0 + sb * Tile::SCALE_CHUNKS / 2][8 * j + 2 * t]);
-                acc[j][0] = fmaf(-m[0], xs2.x, acc[j][0]);
-                acc[j][1] = fmaf(-m[0], xs2.y, acc[j][1]);
-                acc[j][2] = fmaf(-m[1], xs2.x, acc[j][2]);
-                acc[j][3] = fmaf(-m[1], xs2.y, acc[j][3]);
+        }
+    }
+}
+
+// The same for Q4_K, with its integer sub-block scales folded into the codes: A = sc * code
+// (exact in f16), so that one set of sums runs over the whole tile; the mins are one more mma,
+// of A = m per sub-block against B = x's 32-column sums as f16 [hi, lo] pairs (22 significand
+// bits; xsum_b is the tile's 16 of them a row). Then acc += d * sums - dmin * mins, the CPU's
+// (d sc) q - (dmin m) summed in another order: a quarter of the per-sub-block work.
+template <class T>
+__device__ __forceinline__ void tile_products_folded(const T& w, const u16* xt, const u16 (*xsum_b)[16], int g, int t,
+                                                     float acc[MMQ_GROUPS][4]) {
+    float c[MMQ_GROUPS][4];
+#pragma unroll
+    for (int j = 0; j < MMQ_GROUPS; j++) c[j][0] = c[j][1] = c[j][2] = c[j][3] = 0.0f;
+#pragma unroll
+    for (int sb = 0; sb < T::CHUNKS / 2; sb++) {
+        u32 sc2[2], neg2[2];
+        w.scale_pairs_f16(sb, sc2, neg2);
+#pragma unroll
+        for (int cc = 0; cc < 2; cc++) {
+            const int ch = 2 * sb + cc;
+            u32 a[4];
+            w.frag_f16_scaled(ch, sc2, neg2, a);
+#pragma unroll
+            for (int j = 0; j < MMQ_GROUPS; j++) {
+                const uint2 b = *reinterpret_cast<const uint2*>(xt + (8 * j + g) * MMQ_XSTRIDE + 16 * ch + 4 * t);
+                mma_f16(c[j], a, b.x, b.y);
             }
         }
+    }
+    float d[2], dmin[2];
+    w.super_scales(d, dmin);
+    u32 am[4];
+    w.mins_frag_f16(t, am);
+    // The sums' registers hold the mins' products next.
+#pragma unroll
+    for (int j = 0; j < MMQ_GROUPS; j++) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            acc[j][i] = fmaf(d[i >> 1], c[j][i], acc[j][i]);
+            c[j][i] = 0.0f;
+        }
+        const uint2 b = *reinterpret_cast<const uint2*>(&xsum_b[8 * j + g][4 * t]);
+        mma_f16(c[j], am, b.x, b.y);
+#pragma unroll
+        for (int i = 0; i < 4; i++) acc[j][i] = fmaf(-dmin[i >> 1], c[j][i], acc[j][i]);
     }
 }
 
@@ -123,7 +162,9 @@ extern "C" __global__ void __launch_bounds__(32 * MMQ_WARPS, MMQ_MIN_BLOCKS)
                u32 n_x, const float* __restrict__ bias, float* __restrict__ y, float out_scale, u32 accumulate,
                float* __restrict__ partials, u32* __restrict__ counters, u32 k_tiles_per_split) {
     __shared__ __align__(16) u16 xs[2][MMQ_X_ROWS * MMQ_XSTRIDE];
-    __shared__ __align__(16) float xsum[Tile::HAS_MIN ? PHASE_SUBS : 1][MMQ_X_ROWS];
+    // Q4_K: the phase's 32-column sums of x, split in f16 [hi, lo] pairs, 16 f16 a row and tile:
+    // the B operand of the mins' mma.
+    __shared__ __align__(16) u16 xsums[Tile::HAS_MIN ? PHASE_TILES : 1][MMQ_X_ROWS][16];
     __shared__ u32 s_last;
 
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
@@ -171,7 +212,9 @@ extern "C" __global__ void __launch_bounds__(32 * MMQ_WARPS, MMQ_MIN_BLOCKS)
                         sum += rp_half(ws[e] >> 16);
                     }
                 }
-                xsum[s][n] = sum;
+                const u32 hi = f32_to_f16(sum);
+                xsums[s / 8][n][2 * (s % 8)] = (u16)hi;
+                xsums[s / 8][n][2 * (s % 8) + 1] = f32_to_f16(__fsub_rn(sum, rp_half(hi)));
             }
             __syncthreads();
         }
@@ -180,7 +223,11 @@ extern "C" __global__ void __launch_bounds__(32 * MMQ_WARPS, MMQ_MIN_BLOCKS)
             const bool more = kt + 1 < kt_end;
             Tile nxt;
             if (more) nxt.load(tile_row + (u64)(kt + 1) * Tile::TILE_BYTES, lane);
-            tile_products(cur, xs[buf] + (kt - p) * Tile::TILE_COLS, xsum, (int)((kt - p) * Tile::TILE_COLS / 32), g, t, acc);
+            if constexpr (Tile::HAS_MIN) {
+                tile_products_folded(cur, xs[buf] + (kt - p) * Tile::TILE_COLS, xsums[kt - p], g, t, acc);
+            } else {
+                tile_products(cur, xs[buf] + (kt - p) * Tile::TILE_COLS, g, t, acc);
+            }
             if (more) cur = nxt;
         }
     }

@@ -300,6 +300,47 @@ struct Rp_q4_k {
         scw = sb < 4 ? (s0 & 0x3F3F3F3Fu) : ((s2 & 0x0F0F0F0Fu) | ((s0 >> 2) & 0x30303030u));
         mw = sb < 4 ? (s1 & 0x3F3F3F3Fu) : (((s2 >> 4) & 0x0F0F0F0Fu) | ((s1 >> 2) & 0x30303030u));
     }
+    // ---- the f16 GEMM's folded path (matmul_mma.cu) ----
+    // Sub-block sb's 6-bit scale sc as f16 in both halves (sc2) and -1024 * sc likewise (neg2),
+    // rows g and g+8: exact (sc * 1024 <= 64512).
+    __device__ __forceinline__ void scale_pairs_f16(int sb, u32 sc2[2], u32 neg2[2]) const {
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            u32 scw, mw;
+            scale_words(h, sb, scw, mw);
+            const u32 v = __byte_perm(scw, 0u, 0x4440u | (u32)(sb & 3)) * 0x00010001u;
+            sc2[h] = rp_f16x2_add(v | RP_F16X2_1024, RP_F16X2_MINUS_1024);
+            asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(neg2[h]) : "r"(sc2[h]), "r"(0xE400E400u));
+        }
+    }
+    // Chunk c's A registers as sc * code, exactly (at most 63 * 15 = 945): one f16x2 fma of
+    // 1024 + code (the OR into 1024.0's mantissa) times sc, plus -1024 * sc. (Needs `nib`:
+    // loaded with for_bf16.)
+    __device__ __forceinline__ void frag_f16_scaled(int c, const u32 sc2[2], const u32 neg2[2], u32 a[4]) const {
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int h = i & 1, P = 2 * c + (i >> 1);
+            const u32 v = rp_nibbles(q[h], P, nib) | RP_F16X2_1024;
+            asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(a[i]) : "r"(v), "r"(sc2[h]), "r"(neg2[h]));
+        }
+    }
+    // The A registers of the tile's mins as one 16-column chunk: column 2 sb + e (e = 0, 1) of
+    // row r holds m[r][sb], so that B columns [hi, lo] of x's 32-column sums give sum(m * xsum);
+    // lane t holds columns 4t .. 4t+3, the mins of sub-blocks 2t and 2t + 1.
+    __device__ __forceinline__ void mins_frag_f16(int t, u32 a[4]) const {
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int sb = 2 * t + e;
+                // Sub-blocks 0-3 and 4-7 keep their mins in different words (scale_words).
+                const u32 s1 = rec[h].z, s2 = rec[h].w;
+                const u32 mw = sb < 4 ? (s1 & 0x3F3F3F3Fu) : (((s2 >> 4) & 0x0F0F0F0Fu) | ((s1 >> 2) & 0x30303030u));
+                const u32 v = __byte_perm(mw, 0u, 0x4440u | (u32)(sb & 3)) * 0x00010001u;
+                a[2 * e + h] = rp_f16x2_add(v | RP_F16X2_1024, RP_F16X2_MINUS_1024);
+            }
+        }
+    }
     // Sub-block sb's scale and min as floats (times d and dmin), rows g and g+8.
     __device__ __forceinline__ void scale(int sb, float s[2], float m[2]) const {
 #pragma unroll
