@@ -280,8 +280,12 @@ def test_tiled_and_generic_agree_on_the_real_shapes():
 @needs_gpu
 def test_bad_shapes_are_errors_not_faults():
     raw = random_blocks("Q4_K", 2, np.random.default_rng(1))
-    with pytest.raises(ferrite.CudaError, match="rows of x"):
-        ferrite._ferrite._cuda_matvec(raw, "Q4_K", 2, 256, np.zeros((9, 256), np.float32), path="tiled")
+    # 9 rows and more take the quantized GEMM on the tiled path, up to 512; the generic kernels
+    # take at most 8.
+    with pytest.raises(ferrite.CudaError, match="513 rows of x"):
+        ferrite._ferrite._cuda_matvec(raw, "Q4_K", 2, 256, np.zeros((513, 256), np.float32), path="tiled")
+    with pytest.raises(ferrite.CudaError, match="9 rows of x"):
+        ferrite._ferrite._cuda_matvec(raw, "Q4_K", 2, 256, np.zeros((9, 256), np.float32), path="generic")
     with pytest.raises(ValueError, match="columns"):
         ferrite._ferrite._cuda_matvec(raw, "Q4_K", 2, 256, np.zeros((1, 255), np.float32), path="tiled")
     with pytest.raises(ferrite.QuantError):

@@ -151,9 +151,10 @@ fn matvec_path(device: &str, ty: GgmlType, path: &str) -> PyResult<MatvecPath> {
 
 /// Test hook: one matrix-vector product on the GPU with the backend's own launch code.
 /// `raw` holds `n_rows` rows of `n_cols` elements of `ggml_type` (the file's blocks); `x` is
-/// float32 `(n_x, n_cols)` with 1 <= n_x <= 8; `path` picks the tensor-core kernels on repacked
-/// tiles ("tiled"), the generic kernels on the blocks ("generic") or what a model would use
-/// ("auto"). The output buffer holds `n_x + 1` rows, all first filled with `poison_bits`;
+/// float32 `(n_x, n_cols)` with 1 <= n_x <= 8, or up to 512 on the tiled path (the quantized GEMM
+/// of matmul_mma.cu, x rounded to f16 after the backend's 2^-8 scale); `path` picks the
+/// tensor-core kernels on repacked tiles ("tiled"), the generic kernels on the blocks ("generic")
+/// or what a model would use ("auto"). The output buffer holds `n_x + 1` rows, all first filled with `poison_bits`;
 /// it is returned whole, shape `(n_x + 1, n_rows)`. With `accumulate_onto` (float32
 /// `(n_x, n_rows)`) the first `n_x` rows start as those values and the kernel adds the products
 /// to them (the residual connection's fused add).
