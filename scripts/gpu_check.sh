@@ -35,7 +35,8 @@
 #     matvec:    the matrix-vector kernels alone: tests/test_cuda_matvec.py (every type, 1..8
 #                rows, both paths, against the CPU's float64 reference) and
 #                benches/bench_cuda_matvec.py (old vs new kernels on the real and 7B shapes,
-#                GB/s beside the copy bandwidth); the bench also runs in synthetic and all.
+#                GB/s beside the copy bandwidth) and benches/bench_cuda_gemm.py (the quantized
+#                GEMM for 16-128 rows); the benches also run in synthetic and all.
 #   Logs, JSON reports and haiku artifacts go to one archive, $OUT/gpu_check.tar.gz (the device
 #   tool brings back at most 8 files), beside report.jsonl and table.txt. A table closes the
 #   output. Exit status 0 when every step passed.
@@ -184,6 +185,8 @@ fi
 if [ "$what" = matvec ] || [ "$what" = synthetic ] || [ "$what" = all ]; then
     step bench_matvec "$py" benches/bench_cuda_matvec.py --json "$out/bench_matvec.json"
     cp "$out/bench_matvec.log" "$dest/bench_matvec.txt" 2>/dev/null
+    step bench_gemm "$py" benches/bench_cuda_gemm.py
+    cp "$out/bench_gemm.log" "$dest/bench_gemm.txt" 2>/dev/null
 fi
 if [ "$what" = synthetic ] || [ "$what" = all ]; then
     step synth_model "$py" scripts/make_synthetic_model.py /tmp/synthetic.gguf
