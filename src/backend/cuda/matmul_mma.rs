@@ -28,6 +28,22 @@ const MMQ_BLOCKS_PER_SM: usize = 2;
 /// as much as a full one (ncu, H200: a 18944 x 3584 Q4_K at 64 rows, 296 blocks for 264 slots,
 /// ran 1.12 waves in about the time of two).
 const MMQ_TARGET_WAVES: usize = 4;
+/// Most column splits of a plan: the last block of each (block row, x block) adds all of them,
+/// so each split costs that block a round of loads. Swept on an H200 (2026-12-03,
+/// `FERRITE_CUDA_MMQ_MAX_SPLITS=64/8/4/2 benches/bench_cuda_gemm.py`, docs/results/h200-2026-12-03g/splits):
+/// at 64 rows of x, a 7B layer's Q4_K projections took 325 us with at most 4 splits, 336 with 8,
+/// 368 with 64 (q/o 25.5 against 38.4 us; gate/up unchanged, they need few), and 2 lost 27-84 %
+/// on the wide ffn_down.
+const MMQ_MAX_SPLITS: usize = 4;
+
+/// `FERRITE_CUDA_MMQ_MAX_SPLITS=N` caps the splits of every plan made after the first read (a
+/// benchmark hook, read once a process: benches/bench_cuda_gemm.py beside the same command without
+/// it); unset, `MMQ_MAX_SPLITS`.
+fn max_splits() -> usize {
+    static CAP: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CAP.get_or_init(|| std::env::var("FERRITE_CUDA_MMQ_MAX_SPLITS").ok().and_then(|v| v.parse().ok()).filter(|&n: &usize| n > 0).unwrap_or(MMQ_MAX_SPLITS))
+}
+
 /// Most rows of x a launch takes: plans (and their split-K scratch) are sized for up to this
 /// many. Larger prompt chunks go through cuBLAS (`matmul`), whose f16 GEMM is compute-bound there.
 pub const MMQ_MAX_ROWS: usize = 512;
@@ -54,7 +70,7 @@ impl MmqPlan {
         let k = grid.k_tiles.max(1);
         let phase_tiles = (MMQ_PHASE_COLS / grid.format.tile_cols).max(1);
         let target = MMQ_TARGET_WAVES * MMQ_BLOCKS_PER_SM * sms.max(1);
-        let splits = if blocks >= target { 1 } else { target.div_ceil(blocks).min((k / phase_tiles).max(1)) };
+        let splits = if blocks >= target { 1 } else { target.div_ceil(blocks).min((k / phase_tiles).max(1)).min(max_splits()) };
         let per = k.div_ceil(splits);
         MmqPlan { x_blocks: x_blocks as u32, block_rows: block_rows as u32, splits: k.div_ceil(per) as u32, k_tiles_per_split: per as u32 }
     }

@@ -275,6 +275,9 @@ impl MatvecKernels {
         match path {
             MatvecPath::Tiled => {
                 let defines = kernels::tile_type_defines(ty).ok_or(QuantError::Unsupported(ty))?;
+                // On a new machine the three modules compile at once (the GEMM's beside the
+                // longer matvec's: no wait of its own).
+                ctx.precompile(&[(&kernels::MATVEC_MMA, defines.clone()), (&kernels::REPACKED_ROWS, defines.clone()), (&kernels::MATMUL_MMA, defines.clone())])?;
                 Ok(MatvecKernels {
                     matvec: variants(&kernels::MATVEC_MMA, &defines, "matvec_mma_")?,
                     embed: ctx.function_with(&kernels::REPACKED_ROWS, &defines, "embed_rows")?,
