@@ -6,7 +6,7 @@
 //
 // Why: the cuBLAS path multiplies an f16 copy of each weight, 2 bytes a weight read at every
 // step (Q4_K is 0.56) and kept in device memory beside the quantized one; here the tiles are read
-// as they are, decoded in registers, once per block of 64 x rows.
+// as they are, decoded in registers, once per block of 32 x rows.
 //
 // Exactness. The codes are small integers, exact in f16; the tensor core forms each code * x
 // product exactly and sums in float32. The scale of each scale block (the CPU's float32
@@ -212,9 +212,13 @@ extern "C" __global__ void __launch_bounds__(32 * MMQ_WARPS, MMQ_MIN_BLOCKS)
                         sum += rp_half(ws[e] >> 16);
                     }
                 }
-                const u32 hi = f32_to_f16(sum);
+                // Saturated as f16_scaled_bits saturates x (a sum beyond f16's range would give
+                // hi = inf and lo = -inf, NaN for the whole row): only sums of x near 2^24 reach it.
+                const float clamped = fminf(fmaxf(sum, -F16_MAX), F16_MAX);
+                const u32 hi = f32_to_f16(isnan(sum) ? sum : clamped);
+                const float rest = __fsub_rn(sum, rp_half(hi));
                 xsums[s / 8][n][2 * (s % 8)] = (u16)hi;
-                xsums[s / 8][n][2 * (s % 8) + 1] = f32_to_f16(__fsub_rn(sum, rp_half(hi)));
+                xsums[s / 8][n][2 * (s % 8) + 1] = f32_to_f16(isnan(rest) ? rest : fminf(fmaxf(rest, -F16_MAX), F16_MAX));
             }
             __syncthreads();
         }

@@ -350,7 +350,8 @@ def as_gemm_input(x: np.ndarray) -> np.ndarray:
         (37, 9),       # a partial tile row in one block; one or two phases of x
         (300, 65),     # a partial last column tile, columns split across blocks
         (129, 576),    # 18432 columns: many splits of several phases each
-        (2100, 28),    # 17 block rows, no split at 100 rows
+        (2100, 28),    # 17 block rows, 3-4 splits on 132 SMs
+        (40000, 9),    # 313 block rows: no split (the direct bias and accumulate epilogue)
     ],
 )
 def test_many_rows_take_the_quantized_gemm(name, n_rows, groups):

@@ -906,7 +906,10 @@ impl Backend for CudaBackend {
             // Sized here, never during a forward: a recorded graph holds the scratch's address.
             let mut scratch = tiled.scratch.lock().map_err(|_| BackendError::Invalid("split-K scratch lock poisoned".into()))?;
             scratch.reserve(&self.ctx, tiled.sms, &grid)?;
-            scratch.reserve_gemm(&self.ctx, tiled.sms, &grid)?;
+            if self.gemm == GemmPrecision::F16 {
+                // The quantized GEMM's plans too (matmul::takes_gemm_mma: f16 precision only).
+                scratch.reserve_gemm(&self.ctx, tiled.sms, &grid)?;
+            }
         }
         Ok(CudaWeight { name, ty, n_cols, n_rows, row_bytes, blocks, layout, dense: None, kernels: Some(kernels), resident: Default::default() })
     }
