@@ -200,3 +200,34 @@ __device__ __forceinline__ void dependent_wait() {
 __device__ __forceinline__ void put(float* y, float value, u32 accumulate) {
     *y = accumulate ? *y + value : value;
 }
+
+// Split-K's hand-over (matvec_mma.cu, matmul_mma.cu): once a block has written its partial sums,
+// whether it is the last of n_splits blocks to finish on *counter (s_last: a __shared__ word of
+// the kernel's). Every thread of the block calls it. The last block then adds the splits
+// (sum_splits) and resets the counter for the next launch.
+__device__ __forceinline__ bool split_k_last(u32* counter, u32 n_splits, u32& s_last) {
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) s_last = atomicAdd(counter, 1u) == n_splits - 1;
+    __syncthreads();
+    if (!s_last) return false;
+    __threadfence();
+    return true;
+}
+
+// src[0] + src[stride] + ... over n_splits partial sums, added in split order (so results do not
+// depend on timing), four loads in flight, read through L2 (other blocks wrote them).
+__device__ __forceinline__ float sum_splits(const float* src, u64 stride, u32 n_splits) {
+    float sum = 0.0f;
+    u32 sp = 0;
+    for (; sp + 4 <= n_splits; sp += 4) {
+        const float a0 = __ldcg(src + sp * stride), a1 = __ldcg(src + (sp + 1) * stride);
+        const float a2 = __ldcg(src + (sp + 2) * stride), a3 = __ldcg(src + (sp + 3) * stride);
+        sum += a0;
+        sum += a1;
+        sum += a2;
+        sum += a3;
+    }
+    for (; sp < n_splits; sp++) sum += __ldcg(src + sp * stride);
+    return sum;
+}

@@ -641,12 +641,7 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
     if (n_splits == 1) return;
 
     // Split-K: the last block of this block row to finish adds the splits in order.
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) s_last = atomicAdd(&counters[blockIdx.x], 1u) == n_splits - 1;
-    __syncthreads();
-    if (!s_last) return;
-    __threadfence();
+    if (!split_k_last(&counters[blockIdx.x], n_splits, s_last)) return;
     const u32 row_begin = block_row * warps_m * RP_TILE_ROWS;
     const u32 row_end = min(row_begin + warps_m * RP_TILE_ROWS, n_rows);
     const u32 nr = row_end > row_begin ? row_end - row_begin : 0;
@@ -654,18 +649,7 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
         const u32 n = i / nr, row = row_begin + i % nr;
         const float* src = partials + (u64)n * rows_pad + part0 + row;
         const u64 stride = (u64)NT * rows_pad;
-        float sum = 0.0f;
-        u32 sp = 0;
-        for (; sp + 4 <= n_splits; sp += 4) {  // four loads in flight, added in split order
-            const float a0 = __ldcg(src + sp * stride), a1 = __ldcg(src + (sp + 1) * stride);
-            const float a2 = __ldcg(src + (sp + 2) * stride), a3 = __ldcg(src + (sp + 3) * stride);
-            sum += a0;
-            sum += a1;
-            sum += a2;
-            sum += a3;
-        }
-        for (; sp < n_splits; sp++) sum += __ldcg(src + sp * stride);
-        put(y + (u64)n * n_rows + row, sum + (bias ? bias[row] : 0.0f), accumulate);
+        put(y + (u64)n * n_rows + row, sum_splits(src, stride, n_splits) + (bias ? bias[row] : 0.0f), accumulate);
     }
     if (threadIdx.x == 0) counters[blockIdx.x] = 0;  // ready for the next launch
 }
