@@ -181,10 +181,7 @@ fn gemm_mma(
     let (Layout::Tiles(grid), Some(tiled)) = (w.layout, w.kernels.as_ref().and_then(|k| k.tiled.as_ref())) else {
         return Err(BackendError::Invalid(format!("{}: the quantized GEMM needs repacked tiles", w.name)));
     };
-    let converted = match *x_f16 {
-        Some(addr) => addr,
-        None => *x_f16.insert(x_as_f16(be, x, n_x * w.n_cols)?),
-    };
+    let converted = x_f16_of(be, x, n_x * w.n_cols, x_f16)?;
     let args = MmqArgs {
         name: &w.name,
         grid,
@@ -439,10 +436,7 @@ fn dequant_gemm(
     let gemm_err = |e: String| CudaError::Driver { op: format!("cuBLAS GEMM for {} ({n_rows} x {n_cols} by {n_x} rows)", w.name), msg: e };
     match resident {
         Some(Resident::F16 { bits, scale }) => {
-            let converted = match *x_f16 {
-                Some(addr) => addr,
-                None => *x_f16.insert(x_as_f16(be, x, n_x * n_cols)?),
-            };
+            let converted = x_f16_of(be, x, n_x * n_cols, x_f16)?;
             let mut c = cfg(n_rows)?;
             c.alpha = 1.0 / (scale * X_F16_SCALE);
             gemm_f16(be, c, bits, converted, &mut out.buf).map_err(gemm_err)?;
@@ -518,6 +512,15 @@ pub(super) fn f16_input(be: &mut CudaBackend, n: usize) -> Result<u64, BackendEr
     let ctx = be.ctx.clone();
     let buf = x_f16_buffer(be, n)?;
     Ok(addr(&*buf, &ctx))
+}
+
+/// The device address of x's first `n` values as f16: `x_f16`'s when an earlier projection of
+/// the same input (or its producer) wrote them, else converted now and remembered there.
+fn x_f16_of(be: &mut CudaBackend, x: &CudaAct, n: usize, x_f16: &mut Option<u64>) -> Result<u64, BackendError> {
+    match *x_f16 {
+        Some(addr) => Ok(addr),
+        None => Ok(*x_f16.insert(x_as_f16(be, x, n)?)),
+    }
 }
 
 /// The first `n` activations converted to f16 (times `X_F16_SCALE`) in the backend's buffer;
