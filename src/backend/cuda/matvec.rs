@@ -239,12 +239,8 @@ impl SplitScratch {
         if plan.splits <= 1 {
             return Ok((0, 0));
         }
-        match (&self.partials, &self.counters) {
-            (Some(p), Some(c)) if p.len() >= plan.partial_floats(grid) && c.len() >= plan.block_rows as usize => {
-                Ok((super::backend::addr(p, ctx), super::backend::addr(c, ctx)))
-            }
-            _ => Err(CudaError::Invalid(format!("split-K scratch was not reserved for a {}x{} matrix", grid.n_rows, grid.n_cols))),
-        }
+        self.pointers_for(ctx, plan.partial_floats(grid), plan.block_rows as usize)
+            .map_err(|e| CudaError::Invalid(format!("a {}x{} matrix: {e}", grid.n_rows, grid.n_cols)))
     }
 }
 
@@ -591,7 +587,6 @@ impl MatvecOp {
         if bias.is_some_and(|b| b.len() != self.n_rows) {
             return Err(CudaError::Invalid(format!("bias must have {} floats", self.n_rows)));
         }
-        let xd = self.ctx.upload(x, "test activations")?;
         let bd = bias.map(|b| self.ctx.upload(b, "test bias")).transpose()?;
         let bias_ptr = bd.as_ref().map_or(0, |b| super::backend::addr(b, &self.ctx));
         let mut out = self.ctx.alloc::<f32>((n_x + 1) * self.n_rows, "test output")?;
@@ -606,6 +601,7 @@ impl MatvecOp {
             let xh = self.upload_f16(x)?;
             self.launch_gemm(0, &xh, n_x, bias_ptr, &mut out, accumulate_onto.is_some())?;
         } else {
+            let xd = self.ctx.upload(x, "test activations")?;
             self.launch_on(0, &xd, n_x, bias_ptr, &mut out, accumulate_onto.is_some())?;
         }
         self.ctx.download(&out, "the test matrix-vector product")
@@ -798,6 +794,15 @@ pub fn time_device_copy(device: &str, n_bytes: usize, repeats: usize) -> Result<
     Ok(times)
 }
 
+/// f16 bits of `v * scale`, finite values beyond f16's range clamped to it: the bits
+/// `f16_scaled_bits` of common.cuh gives (round to nearest even).
+fn f16_scaled_bits(v: f32, scale: f32) -> u16 {
+    let s = v * scale;
+    let max = half::f16::MAX.to_f32();
+    let s = if s.is_finite() { s.clamp(-max, max) } else { s };
+    half::f16::from_f32(s).to_bits()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -853,13 +858,4 @@ mod tests {
         }
         assert_eq!(Plan::new(&grid(GgmlType::Q5_0, 896, 4864), sms, 1).splits, 2);
     }
-}
-
-/// f16 bits of `v * scale`, finite values beyond f16's range clamped to it: the bits
-/// `f16_scaled_bits` of common.cuh gives (round to nearest even).
-fn f16_scaled_bits(v: f32, scale: f32) -> u16 {
-    let s = v * scale;
-    let max = half::f16::MAX.to_f32();
-    let s = if s.is_finite() { s.clamp(-max, max) } else { s };
-    half::f16::from_f32(s).to_bits()
 }
