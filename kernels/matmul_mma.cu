@@ -13,21 +13,22 @@
 // product of the file's fields) multiplies the block's sums afterwards in float32. Q4_K folds
 // its integer scales into the codes instead and multiplies its mins with 32-column sums of x
 // (see tile_products_folded): d sum(sc q x) - dmin sum(m sum(x)) is sum((d sc q - dmin m) x),
-// the CPU's weights times x summed in another order. x itself is rounded to f16 (11 significand bits), as
-// for cuBLAS; the weights are exact (cuBLAS's copies round them to f16).
+// the CPU's weights times x summed in another order. x itself is rounded to f16 (11 significand
+// bits), as for cuBLAS; the weights are exact (cuBLAS's copies round them to f16).
 //
 // Work split. A block is MMQ_WARPS warps, one 16-row tile row each (blockIdx.y: the block row),
 // and MMQ_X_ROWS rows of x (blockIdx.x, the fastest, so that the blocks reading the same tiles
 // run together and all but the first find them in L2): a warp's mma columns are 8 rows of x,
-// MMQ_GROUPS column groups. (64 rows a block would halve the tile reads, but hold 64
-// accumulators and 64 partial sums a lane: 128 registers then spill for Q4_K and Q6_K.) The x rows are staged in
-// shared memory, a phase of MMQ_PHASE columns at a time (cp.async, the next phase's copies in
-// flight during this one's math, two buffers), and shared by the warps;
-// each warp loads its own tiles from global memory into registers (the next tile's loads go out
-// before the current one's math). blockIdx.z splits the columns (split-K) when the matrix has
-// too few block rows to fill the GPU: each split writes its partial sums, and the last block of
-// a (block row, x block) to finish adds them in split order (a counter each, reset by that
-// block), so results do not depend on timing.
+// MMQ_GROUPS column groups. (64 rows a block would halve the tile reads, but its two x buffers
+// take 71 KB of shared memory, beyond the static 48, and its accumulators more than the 128
+// registers of two blocks an SM.) The x rows are staged in shared memory, a phase of MMQ_PHASE
+// columns at a time (cp.async, the next phase's copies in flight during this one's math, two
+// buffers), and shared by the warps; each warp loads its own tiles from global memory into
+// registers (the next tile's loads go out before the current one's math). blockIdx.z splits the
+// columns (split-K) when the matrix has too few block rows to fill the GPU: each split writes its
+// partial sums, and the last block of a (block row, x block) to finish adds them in split order
+// (split_k_last, sum_splits: a counter each, reset by that block), so results do not depend on
+// timing.
 #include "repacked.cuh"
 
 #ifndef QTYPE
@@ -212,13 +213,11 @@ extern "C" __global__ void __launch_bounds__(32 * MMQ_WARPS, MMQ_MIN_BLOCKS)
                         sum += rp_half(ws[e] >> 16);
                     }
                 }
-                // Saturated as f16_scaled_bits saturates x (a sum beyond f16's range would give
-                // hi = inf and lo = -inf, NaN for the whole row): only sums of x near 2^24 reach it.
-                const float clamped = fminf(fmaxf(sum, -F16_MAX), F16_MAX);
-                const u32 hi = f32_to_f16(isnan(sum) ? sum : clamped);
-                const float rest = __fsub_rn(sum, rp_half(hi));
+                // Saturated as x itself is (a finite sum beyond f16's range would give hi = inf
+                // and lo = -inf, NaN for the whole row): only sums of x near 2^24 reach it.
+                const u32 hi = f16_scaled_bits(sum, 1.0f);
                 xsums[s / 8][n][2 * (s % 8)] = (u16)hi;
-                xsums[s / 8][n][2 * (s % 8) + 1] = f32_to_f16(isnan(rest) ? rest : fminf(fmaxf(rest, -F16_MAX), F16_MAX));
+                xsums[s / 8][n][2 * (s % 8) + 1] = f16_scaled_bits(__fsub_rn(sum, rp_half(hi)), 1.0f);
             }
             __syncthreads();
         }

@@ -536,7 +536,8 @@ fn x_as_f16(be: &mut CudaBackend, x: &CudaAct, n: usize) -> Result<u64, BackendE
 
 /// Whether every one of `weights` (projections of one x) multiplies `n_x` rows through cuBLAS's
 /// f16 GEMM on its resident f16 copy (made now if this is its first large multiply) or the
-/// quantized GEMM (`takes_gemm_mma`): then x is read only as f16, and its producer can write it so (`rms_norm_as_f16`, `swiglu_as_f16`).
+/// quantized GEMM (`takes_gemm_mma`): then x is read only as f16, and its producer can write it
+/// so (`rms_norm_as_f16`, `swiglu_as_f16`).
 pub(super) fn f16_gemm_inputs(be: &mut CudaBackend, weights: &[&CudaWeight], n_x: usize) -> Result<bool, BackendError> {
     if be.gemm != GemmPrecision::F16 {
         return Ok(false);
