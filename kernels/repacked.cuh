@@ -333,9 +333,8 @@ struct Rp_q4_k {
 #pragma unroll
             for (int e = 0; e < 2; e++) {
                 const int sb = 2 * t + e;
-                // Sub-blocks 0-3 and 4-7 keep their mins in different words (scale_words).
-                const u32 s1 = rec[h].z, s2 = rec[h].w;
-                const u32 mw = sb < 4 ? (s1 & 0x3F3F3F3Fu) : (((s2 >> 4) & 0x0F0F0F0Fu) | ((s1 >> 2) & 0x30303030u));
+                u32 scw, mw;
+                scale_words(h, sb, scw, mw);
                 const u32 v = __byte_perm(mw, 0u, 0x4440u | (u32)(sb & 3)) * 0x00010001u;
                 a[2 * e + h] = rp_f16x2_add(v | RP_F16X2_1024, RP_F16X2_MINUS_1024);
             }
