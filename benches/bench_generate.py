@@ -13,7 +13,10 @@ For each batch size B, B chat prompts of about --prompt-tokens tokens each gener
 - Generator, three ways: greedy; temperature 0.8 with the default top-k 40 / top-p 0.95 /
   min-p 0.05; temperature 0.8 alone (top_k=0, top_p=1, min_p=0).
 
-tokens/s = B x new tokens / wall time (prefill included, the same for both). The prefix cache is
+tokens/s = B x new tokens / wall time (prefill included, the same for both). Beside it, for the
+Generator, the decode-only rate that llama-batched-bench's S_TG reports: the same prompts run
+once more with one new token (prefill and first token), and decode tok/s = B x (new tokens - 1)
+/ (wall time - that run's time). The prefix cache is
 off (``--prefix-caching`` turns it on): every run repeats the same prompts, which the Generator
 would otherwise not recompute while the raw loop does. The ratio column is
 Generator / raw loop for the same B. ``--llamacpp`` takes the output of llama.cpp's
@@ -148,17 +151,20 @@ def main() -> None:
         for mode in modes:
             g_s = generator_run(gen, ps, args.new_tokens, mode)
             row[mode] = b * args.new_tokens / g_s
+            first_s = min(generator_run(gen, ps, 1, mode) for _ in range(2))
+            row[mode + " decode"] = b * (args.new_tokens - 1) / (g_s - first_s)
         rows.append(row)
         print(json.dumps(row), flush=True)
 
-    head = f"| prompts | raw forward_batch loop tok/s | " + " | ".join(f"Generator {m} tok/s (ratio)" for m in modes)
-    head += " | llama.cpp S_TG tok/s |" if llama else " |"
+    head = f"| prompts | raw forward_batch loop tok/s | " + " | ".join(f"Generator {m} tok/s (ratio) | decode only" for m in modes)
+    head += " | llama.cpp S_TG tok/s (decode only) |" if llama else " |"
     print()
     print(head)
-    print("|" + " --- |" * (2 + len(modes) + (1 if llama else 0)))
+    print("|" + " --- |" * (2 + 2 * len(modes) + (1 if llama else 0)))
     for r in rows:
         cells = [str(r["batch"]), f"{r['raw_tok_s']:,.0f}"]
-        cells += [f"{r[m]:,.0f} ({r[m] / r['raw_tok_s']:.2f}x)" for m in modes]
+        for m in modes:
+            cells += [f"{r[m]:,.0f} ({r[m] / r['raw_tok_s']:.2f}x)", f"{r[m + ' decode']:,.0f}"]
         if llama:
             cells.append(f"{r['llamacpp_s_tg']:,.0f}" if r["llamacpp_s_tg"] else "-")
         print("| " + " | ".join(cells) + " |")
