@@ -44,6 +44,11 @@ def step_times(path: str, steps: int, batch: int) -> dict:
     return {"forward_ms": 1e3 * statistics.median(fwd), "argmax_ms": 1e3 * statistics.median(argmax)}
 
 
+def device_us(evt) -> float:
+    """GPU microseconds of a profiler average (the attribute's name changed in torch 2.4)."""
+    return float(getattr(evt, "device_time_total", None) or getattr(evt, "cuda_time_total", 0.0))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("model")
@@ -70,10 +75,23 @@ def main() -> int:
             gen = ferrite.Generator(m, ferrite.Tokenizer.from_gguf(args.model))
             ps = [[100 + i, 200, 300, 400] * 32 for i in range(args.batch)]
             gen.generate(ps, max_tokens=8, ignore_eos=True)
-            t0 = time.perf_counter()
-            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-                gen.generate(ps, max_tokens=args.steps, temperature=0.8, seed=1, ignore_eos=True)
-            print(f"Generator, {args.batch} sequences x {args.steps} tokens: {time.perf_counter() - t0:.3f} s under the profiler")
+            # The decode steps alone: the same run with one new token (prefill and first token)
+            # is subtracted kernel by kernel, as llama-batched-bench's S_TG leaves the prompt out.
+            per_kernel = []
+            for n in (1, 1 + args.steps):
+                with profile(activities=[ProfilerActivity.CUDA]) as p:
+                    gen.generate(ps, max_tokens=n, temperature=0.8, seed=1, ignore_eos=True)
+                per_kernel.append({e.key: (device_us(e), e.count) for e in p.key_averages()})
+            first, both = per_kernel
+            rows = sorted(((k, (us - first.get(k, (0.0, 0))[0]) / args.steps, (c - first.get(k, (0.0, 0))[1]) / args.steps)
+                           for k, (us, c) in both.items()), key=lambda r: -r[1])
+            total = sum(us for _, us, _ in rows)
+            print(f"Generator, {args.batch} sequences: GPU time of one decode step (runs of {1 + args.steps} and 1 new tokens, "
+                  f"difference / {args.steps}): {total:.1f} us")
+            print("| kernel | us a step | launches a step | share |\n| --- | --- | --- | --- |")
+            for k, us, c in rows:
+                if us > 0.005 * total:
+                    print(f"| {k[:60]} | {us:.1f} | {c:.1f} | {100 * us / total:.1f} % |")
         else:
             m = ferrite.Model.load(args.model, device="cuda", kv_cache_tokens=8192)
             s = m.new_sequence(max_tokens=args.steps + 40)
@@ -83,7 +101,7 @@ def main() -> int:
             with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
                 for _ in range(args.steps):
                     m.forward([500], seq=s)
-        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25))
+            print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25))
         return 0
 
     for graphs in ("1", "0"):

@@ -18,10 +18,19 @@ use super::repack::{TileGrid, TILE_ROWS};
 
 /// Tile rows (warps) per block (MMQ_WARPS in matmul_mma.cu).
 pub const MMQ_WARPS: usize = 8;
-/// Rows of x per block (MMQ_X_ROWS).
+/// Rows of x per block (MMQ_X_ROWS): each warp's decoded tile feeds 4 mma columns of 8 rows.
+/// 64 (8 columns, half the decoding per product) took 170-190 registers a thread, one block an
+/// SM, and ran slower (H200, 2026-12-03, `benches/bench_cuda_gemm.py`, µs at 64 rows: 7B
+/// gate/up Q4_K 103.9 against 79.3, q/o 32.8 against 25.7, down Q6_K 80.5 against 79.1): the
+/// kernel is latency-bound, and half the warps an SM hid less of it.
 pub const MMQ_X_ROWS: usize = 32;
 /// Columns of x staged at once (MMQ_PHASE).
 pub const MMQ_PHASE_COLS: usize = 256;
+/// f16 values a staged row of x takes (MMQ_XSTRIDE: the phase and 16 of padding).
+const MMQ_X_STRIDE: usize = MMQ_PHASE_COLS + 16;
+/// Dynamic shared memory of a block: x's two phase buffers (35 KB; [`allow_dynamic_shared`]
+/// raises the function's limit for shapes past a launch's default 48 KB).
+pub const MMQ_DYNAMIC_SHARED_BYTES: usize = 2 * MMQ_X_ROWS * MMQ_X_STRIDE * 2;
 /// Blocks of the kernel an SM holds at once (MMQ_MIN_BLOCKS, its launch bound).
 const MMQ_BLOCKS_PER_SM: usize = 2;
 /// Waves of blocks a plan aims for: with one or two, a last wave that is barely begun costs
@@ -102,6 +111,14 @@ impl MmqPlan {
     }
 }
 
+/// Raises `matmul_mma`'s dynamic shared memory limit to what its launches ask for; called once
+/// when the function is loaded.
+pub fn allow_dynamic_shared(f: &cudarc::driver::CudaFunction) -> Result<(), CudaError> {
+    use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+    f.set_attribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, MMQ_DYNAMIC_SHARED_BYTES as i32)
+        .map_err(|e| CudaError::Driver { op: format!("cuFuncSetAttribute(matmul_mma, {MMQ_DYNAMIC_SHARED_BYTES} bytes of dynamic shared memory)"), msg: e.to_string() })
+}
+
 /// One projection as the kernel takes it. Device addresses; sizes are the caller's to check
 /// (`x_f16` holds `n_x * grid.n_cols` f16 values, `out` `n_x * grid.n_rows` floats).
 pub struct MmqArgs<'a> {
@@ -135,7 +152,7 @@ pub fn launch_matmul_mma(ctx: &CudaContext, tiled: &TiledKernels, a: &MmqArgs<'_
         .map_err(|_| CudaError::Invalid("split-K scratch lock poisoned".into()))?
         .pointers_for(ctx, plan.partial_floats(), plan.counters())
         .map_err(|e| CudaError::Invalid(format!("{}: {e}", a.name)))?;
-    let cfg = LaunchConfig { grid_dim: (plan.x_blocks, plan.block_rows, plan.splits), block_dim: (32 * MMQ_WARPS as u32, 1, 1), shared_mem_bytes: 0 };
+    let cfg = LaunchConfig { grid_dim: (plan.x_blocks, plan.block_rows, plan.splits), block_dim: (32 * MMQ_WARPS as u32, 1, 1), shared_mem_bytes: MMQ_DYNAMIC_SHARED_BYTES as u32 };
     let (m_tiles, n_rows, k_tiles, n_cols, n_x) = (g.m_tiles as u32, g.n_rows as u32, g.k_tiles as u32, g.n_cols as u32, a.n_x as u32);
     let accumulate = a.accumulate as u32;
     launch!(

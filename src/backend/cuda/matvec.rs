@@ -279,7 +279,11 @@ impl MatvecKernels {
                     embed: ctx.function_with(&kernels::REPACKED_ROWS, &defines, "embed_rows")?,
                     tiled: Some(TiledKernels {
                         dequant_rows: ctx.function_with(&kernels::REPACKED_ROWS, &defines, "dequant_rows")?,
-                        matmul: ctx.function_with(&kernels::MATMUL_MMA, &defines, "matmul_mma")?,
+                        matmul: {
+                            let f = ctx.function_with(&kernels::MATMUL_MMA, &defines, "matmul_mma")?;
+                            super::matmul_mma::allow_dynamic_shared(&f)?;
+                            f
+                        },
                         scratch: Mutex::new(SplitScratch::default()),
                         sms: ctx.sms(),
                     }),
