@@ -14,8 +14,8 @@
 //   frag(c, a)              the four bf16x2 A registers of chunk c: the codes as exact integers
 //   frag_f16(c, a)          the same as f16x2 (matmul_mma.cu, whose x is f16)
 //   FOLDS                   has frag_f16_folded(c, a): chunk c's codes times their integer
-//                           scale as f16, and super_scales(d, dmin), what multiplies a tile's
-//                           sums of them (Q4_K, Q6_K; matmul_mma.cu)
+//                           scale as f16, exactly, and super_scales(d, dmin), what multiplies a
+//                           tile's sums of them (Q4_K; matmul_mma.cu)
 //   scale(sb, s, m)         the scales (and Q4_K's mins) of scale block sb for rows g and g+8
 //   S8                      has the int8 path below (matvec_mma.cu uses it for one or two x rows):
 //   frag_s8(sb, a)          the A registers of mma.m16n8k32.s8 for 32-column sub-block sb
@@ -327,8 +327,8 @@ struct Rp_q4_k {
             asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(a[i]) : "r"(v), "r"(sc2[h]), "r"(neg2[h]));
         }
     }
-    // The same for chunk c with its sub-block's scales (frag_f16_folded, as Rp_q6_k has it; the
-    // two chunks of a sub-block compute the same scale pairs, which the compiler shares).
+    // The same for chunk c with its sub-block's scales (frag_f16_folded; the two chunks of a
+    // sub-block compute the same scale pairs, which the compiler shares).
     __device__ __forceinline__ void frag_f16_folded(int c, u32 a[4]) const {
         u32 sc2[2], neg2[2];
         scale_pairs_f16(c >> 1, sc2, neg2);
@@ -404,7 +404,7 @@ struct Rp_q4_k {
 // ---------------------------------------------------------------- Q6_K
 struct Rp_q6_k {
     static constexpr int TILE_COLS = 256, TILE_BYTES = 3360, CHUNKS = 16, SCALE_CHUNKS = 1;
-    static constexpr bool HAS_MIN = false, S8 = false, FOLDS = true;
+    static constexpr bool HAS_MIN = false, S8 = false, FOLDS = false;
     u32 q[2][8];   // low nibbles
     u32 qh[2][4];  // two high bits per code
     u32 sc[2][4];  // the 16 int8 scales (chunk j's at byte j)
@@ -439,26 +439,6 @@ struct Rp_q6_k {
     }
     __device__ __forceinline__ void frag_f16(int c, u32 a[4]) const {
         a[0] = pair_f16(0, 2 * c), a[1] = pair_f16(1, 2 * c), a[2] = pair_f16(0, 2 * c + 1), a[3] = pair_f16(1, 2 * c + 1);
-    }
-    // Chunk c's codes times its int8 scale, as f16 (the f16 GEMM's folded path): sc ^ 0x80 OR-ed
-    // under 1024.0's exponent, less 1152, is sc exactly; the product sc * (q - 32) is exact while
-    // its magnitude is at most 2048, and above that rounded to f16's 11 significant bits (at most
-    // 2^-12 of it: the rounding that cuBLAS's f16 copies apply to every weight).
-    __device__ __forceinline__ void frag_f16_folded(int c, u32 a[4]) const {
-        frag_f16(c, a);
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            const u32 b = __byte_perm(sc[h][c >> 2], 0u, 0x4040u | 0x0101u * (u32)(c & 3));
-            u32 s2;
-            asm("add.rn.f16x2 %0, %1, %2;" : "=r"(s2) : "r"(b ^ 0x64806480u), "r"(RP_F16X2_MINUS_1152));
-            asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(a[h]) : "r"(a[h]), "r"(s2));
-            asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(a[2 + h]) : "r"(a[2 + h]), "r"(s2));
-        }
-    }
-    // The tile's super-block scale d (dmin: 0), rows g and g+8.
-    __device__ __forceinline__ void super_scales(float d_out[2], float dmin[2]) const {
-#pragma unroll
-        for (int h = 0; h < 2; h++) d_out[h] = rp_half(d[h]), dmin[h] = 0.0f;
     }
     // The CPU computes (d * sc) * q; d * sc is exact (11 by 8 bits), so it is the scale here.
     __device__ __forceinline__ void scale(int sb, float s[2], float m[2]) const {

@@ -341,20 +341,6 @@ def as_gemm_input(x: np.ndarray) -> np.ndarray:
     return (x * np.float32(1 / 256)).astype(np.float16).astype(np.float64) * 256
 
 
-def as_gemm_weights(name: str, raw: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """The weights as the quantized GEMM multiplies them: exactly, except Q6_K's, whose codes
-    times their int8 scale are f16 there (Rp_q6_k::frag_f16_folded: rounded where the product
-    exceeds 2048) before d multiplies the sums. The CPU's Q6_K value (d * sc) * q is exact in
-    float32, so w / d recovers sc * q exactly."""
-    if name != "Q6_K":
-        return w
-    d = raw.reshape(-1, 210)[:, 208:210].copy().view(np.float16).astype(np.float64).reshape(-1)
-    d_el = np.repeat(d, 256).reshape(w.shape)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        products = np.where(d_el != 0, w / np.where(d_el != 0, d_el, 1.0), 0.0)
-    return d_el * products.astype(np.float16).astype(np.float64)
-
-
 @cuda
 @needs_gpu
 @pytest.mark.parametrize("name", TILED)
@@ -371,15 +357,13 @@ def as_gemm_weights(name: str, raw: np.ndarray, w: np.ndarray) -> np.ndarray:
 def test_many_rows_take_the_quantized_gemm(name, n_rows, groups):
     """From 9 rows of x the tiled types multiply on the tensor-core GEMM of the quantized tiles,
     with x in f16. Against float64 with x rounded the same way, the only error left is float32
-    summation (the same 1e-9 bound as the matrix-vector kernels), Q6_K's weights rounded as the
-    kernel rounds them (as_gemm_weights); against x and the weights themselves, f16's rounding
-    (about 2^-12 relative per element: an NMSE near 1e-8). Rows of x that end inside a block of
-    32 (9, 33, 100) and with a bias and accumulating onto the output."""
+    summation (the same 1e-9 bound as the matrix-vector kernels); against x itself, f16's
+    rounding (about 2^-12 relative per element: an NMSE near 1e-8). Rows of x that end inside a
+    block of 32 (9, 33, 100) and with a bias and accumulating onto the output."""
     rng = np.random.default_rng(n_rows * 3 + groups)
     n_cols = width_for(name, groups)
     raw = random_blocks(name, n_rows * n_cols // TYPES[name][1], rng)
-    w_exact = ferrite.dequantize(raw, name, (n_rows, n_cols)).astype(np.float64)
-    w = as_gemm_weights(name, raw, w_exact)
+    w = ferrite.dequantize(raw, name, (n_rows, n_cols)).astype(np.float64)
     worst = 0.0
     for n_x, accumulate in ((9, False), (33, True), (100, False)):
         x = rng.standard_normal((n_x, n_cols)).astype(np.float32)
@@ -394,7 +378,7 @@ def test_many_rows_take_the_quantized_gemm(name, n_rows, groups):
         ref = base + as_gemm_input(x) @ w.T
         err = nmse(y, ref)
         assert (err <= NMSE_BOUND).all(), f"{label}: NMSE per row {err.max():.3e} > {NMSE_BOUND}; max|diff| {np.abs(y - ref).max():.3e}"
-        exact = nmse(y, base + x.astype(np.float64) @ w_exact.T)
+        exact = nmse(y, base + x.astype(np.float64) @ w.T)
         assert (exact <= 1e-6).all(), f"{label}: NMSE against unrounded x {exact.max():.3e}"
         worst = max(worst, float(err.max()))
     report({"kind": "gemm_op", "type": name, "shape": [n_rows, n_cols], "worst_nmse": worst})
