@@ -81,23 +81,19 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
     constexpr int PER_LANE = (HD + 31) / 32;  // output dims per lane; lanes past HD hold none
     // Value rows loaded together: 32 floats of registers a lane whatever the head dim.
     constexpr int V_BATCH = 32 / PER_LANE;
-    // The chunk's softmax weights and slots while the warps run, their partial outputs after
-    // (a __syncthreads separates the two uses).
-    struct Chunk {
-        float p[ATTN_MAX_WARPS][G][32];
-        u32 slot[ATTN_MAX_WARPS][32];
-    };
-    union Scratch {
-        Chunk chunk;
-        float part_o[ATTN_MAX_WARPS][G][HD];
-    };
-    __shared__ Scratch sh;
+    // The chunk's softmax weights and slots while the warps run, their partial outputs after (a
+    // __syncthreads separates the two uses): dynamic shared memory, sized for the launch's warps
+    // (attention_shared_bytes in backend.rs; 64 KB for 16 warps of 8 heads of 128 dims).
+    extern __shared__ __align__(16) float attn_scratch[];
+    const u32 n_warps = blockDim.x / 32;
+    float (*const chunk_p)[G][32] = reinterpret_cast<float (*)[G][32]>(attn_scratch);                   // [warp][head][key]
+    u32 (*const chunk_slot)[32] = reinterpret_cast<u32 (*)[32]>(attn_scratch + n_warps * G * 32);      // [warp][key]
+    float (*const part_o)[G][HD] = reinterpret_cast<float (*)[G][HD]>(attn_scratch);                   // [warp][head][dim]
     __shared__ float4 q_sh[G][HD / 4];
     __shared__ float part_m[ATTN_MAX_WARPS][G], part_l[ATTN_MAX_WARPS][G];
 
     const u32 n_splits = max(splits.n, 1u);
     const u32 t = blockIdx.x / n_splits, split = blockIdx.x % n_splits, kvh = blockIdx.y;
-    const u32 n_warps = blockDim.x / 32;
     const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const u32 q_width = n_heads * HD, kv_width = n_kv_heads * HD;
     const u32 group = n_heads / n_kv_heads;
@@ -185,7 +181,7 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
         // A lane past the end reads key j0's row (valid) and discards the result.
         const u32 jr = valid ? j : j0;
         const u32 slot = table[jr >> bt_shift] * block_tokens + (jr & bt_mask);
-        sh.chunk.slot[warp][lane] = slot;
+        chunk_slot[warp][lane] = slot;
         __syncwarp();
         const u32 n_valid = min(32u, j_end - j0);
         // Values V_BATCH keys at a time, all their loads issued before the first is used; the
@@ -197,7 +193,7 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
             for (int u = 0; u < V_BATCH; u++) {
                 // Keys past the chunk's end read key jb's row (valid); their weights are 0.
                 const u32 jj = jb + u < n_valid ? jb + u : jb;
-                const float* vp = vc + (u64)sh.chunk.slot[warp][jj] * kv_width;
+                const float* vp = vc + (u64)chunk_slot[warp][jj] * kv_width;
 #pragma unroll
                 for (int i = 0; i < PER_LANE; i++) vv[u][i] = (HD % 32 == 0 || lane + 32 * i < HD) ? vp[lane + 32 * i] : 0.0f;
                 if constexpr (ROPE) {
@@ -241,7 +237,7 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
 #pragma unroll
             for (int i = 0; i < PER_LANE; i++) o[g][i] *= corr;
             m[g] = m_new;
-            sh.chunk.p[warp][g][lane] = p;
+            chunk_p[warp][g][lane] = p;
         }
         __syncwarp();
         for (u32 jb = 0; jb < n_valid; jb += V_BATCH) {
@@ -252,7 +248,7 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
 #pragma unroll
                 for (int g = 0; g < G; g++) {
                     if (g >= n_here) break;
-                    const float pj = sh.chunk.p[warp][g][jb + u];
+                    const float pj = chunk_p[warp][g][jb + u];
 #pragma unroll
                     for (int i = 0; i < PER_LANE; i++) o[g][i] = fmaf(pj, vv[u][i], o[g][i]);
                 }
@@ -261,7 +257,7 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
         __syncwarp();  // the next chunk overwrites this warp's weights and slots
     }
 
-    __syncthreads();  // every warp is done with sh.chunk before part_o overwrites it
+    __syncthreads();  // every warp is done with its chunk's weights before part_o overwrites them
 #pragma unroll
     for (int g = 0; g < G; g++) {
         if (g >= n_here) break;
@@ -271,7 +267,7 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
         }
 #pragma unroll
         for (int i = 0; i < PER_LANE; i++)
-            if (HD % 32 == 0 || lane + 32 * i < HD) sh.part_o[warp][g][lane + 32 * i] = o[g][i];
+            if (HD % 32 == 0 || lane + 32 * i < HD) part_o[warp][g][lane + 32 * i] = o[g][i];
     }
     __syncthreads();
     for (u32 e = threadIdx.x; e < n_here * HD; e += blockDim.x) {
@@ -283,7 +279,7 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
             if (part_m[w][g] == NEG_INF) continue;  // a warp that saw no key
             const float f = expf(part_m[w][g] - mm);
             ll += part_l[w][g] * f;
-            oo += sh.part_o[w][g][dd] * f;
+            oo += part_o[w][g][dd] * f;
         }
         if (n_splits > 1) {
             // A split without keys leaves max -inf, sum 0: the merge skips it.
@@ -331,9 +327,10 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
 // One head dim per module (-DATTN_HEAD_DIM=N), compiled for the model's head dim only; the module
 // compiled without it holds kv_append alone.
 #ifdef ATTN_HEAD_DIM
-// Query heads per block: up to 8, fewer for wide heads so that the warps' partial outputs fit
-// 32 KiB of shared memory (ATTN_MAX_WARPS x ATTN_GROUP x head dim floats).
-#define ATTN_GROUP (ATTN_HEAD_DIM <= 64 ? 8 : 512 / ATTN_HEAD_DIM)
+// Query heads per block: up to 8, fewer for heads wider than 128, whose registers (each lane's
+// outputs of every head) and partial outputs in shared memory (ATTN_MAX_WARPS x ATTN_GROUP x head
+// dim floats, 64 KiB at most) would grow past that.
+#define ATTN_GROUP (ATTN_HEAD_DIM <= 128 ? 8 : 1024 / ATTN_HEAD_DIM)
 extern "C" __global__ void __launch_bounds__(32 * ATTN_MAX_WARPS, 1)
     attention_heads(const float* __restrict__ q, const float* __restrict__ k_cache, const float* __restrict__ v_cache,
                     const u32* __restrict__ positions, const u32* __restrict__ table_offset,

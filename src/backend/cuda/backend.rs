@@ -269,7 +269,8 @@ fn attention_launch(batch: &CudaBatch, p: &AttnParams) -> Result<(LaunchConfig, 
     let slices = to_u32("query heads per KV head", (p.n_heads / p.n_kv_heads.max(1)).div_ceil(slice))?;
     let blocks_x = batch.n_tokens.checked_mul(batch.attn_splits as usize).ok_or_else(|| BackendError::Invalid("attention grid overflows".into()))?;
     let grid = (to_u32("tokens x splits", blocks_x)?, to_u32("KV heads", p.n_kv_heads)?, slices);
-    let cfg = LaunchConfig { grid_dim: grid, block_dim: (32 * batch.attn_warps, 1, 1), shared_mem_bytes: 0 };
+    let shared_mem_bytes = kernels::attention_shared_bytes(batch.attn_warps, p.head_dim);
+    let cfg = LaunchConfig { grid_dim: grid, block_dim: (32 * batch.attn_warps, 1, 1), shared_mem_bytes };
     Ok((cfg, to_u32("query heads per block", slice)?, to_u32("heads", p.n_heads)?, to_u32("KV heads", p.n_kv_heads)?, attention_scale(p)))
 }
 
@@ -943,6 +944,9 @@ impl Backend for CudaBackend {
             self.ctx.precompile(&modules)?;
             let heads = self.ctx.function_with(&kernels::ATTENTION, &defines, "attention_heads")?;
             let heads_rope = self.ctx.function_with(&kernels::ATTENTION, &defines, "attention_heads_rope")?;
+            for f in [&heads, &heads_rope] {
+                super::launch::allow_dynamic_shared(f, "attention_heads", kernels::attention_shared_bytes(kernels::ATTENTION_MAX_WARPS, layout.head_dim))?;
+            }
             let prefill = match prefill_defines {
                 Some(d) => Some(self.ctx.function_with(&kernels::ATTENTION_PREFILL, &d, "attention_prefill")?),
                 None => None,

@@ -121,11 +121,19 @@ pub const ATTENTION_MAX_WARPS: u32 = 16;
 /// Most query heads one attention block handles for `head_dim` (ATTN_GROUP in attention.cu; the
 /// host may give a block fewer, see `attention_slice`).
 pub fn attention_group(head_dim: usize) -> usize {
-    if head_dim <= 64 {
+    if head_dim <= 128 {
         8
     } else {
-        512 / head_dim
+        1024 / head_dim
     }
+}
+
+/// Dynamic shared memory of an attention block of `warps` warps (attention.cu's scratch): the
+/// chunk's weights and slots while the warps run, their partial outputs after, whichever is larger.
+pub fn attention_shared_bytes(warps: u32, head_dim: usize) -> u32 {
+    let group = attention_group(head_dim);
+    let floats = (group * head_dim).max(group * 32 + 32);
+    (4 * warps as usize * floats) as u32
 }
 /// Query rows per prefill attention tile (PF_QROWS in attention_prefill.cu).
 pub const PREFILL_TILE_ROWS: usize = 16;
@@ -169,9 +177,11 @@ mod tests {
         assert!(MATMUL_MMA.src.contains(&format!("#define MMQ_X_ROWS {MMQ_X_ROWS}\n")));
         assert!(MATMUL_MMA.src.contains(&format!("#define MMQ_PHASE {MMQ_PHASE_COLS}\n")));
         assert!(ATTENTION.src.contains(&format!("#define ATTN_MAX_WARPS {ATTENTION_MAX_WARPS}")));
-        assert!(ATTENTION.src.contains("#define ATTN_GROUP (ATTN_HEAD_DIM <= 64 ? 8 : 512 / ATTN_HEAD_DIM)"));
+        assert!(ATTENTION.src.contains("#define ATTN_GROUP (ATTN_HEAD_DIM <= 128 ? 8 : 1024 / ATTN_HEAD_DIM)"));
         for hd in ATTENTION_HEAD_DIMS {
-            assert!((1..=8).contains(&attention_group(hd)) && attention_group(hd) * hd.max(64) <= 512, "{hd}");
+            assert!((1..=8).contains(&attention_group(hd)) && attention_group(hd) * hd.max(128) <= 1024, "{hd}");
+            // Within what a block may take once the function's limit is raised (227 KB on sm_90).
+            assert!(attention_shared_bytes(ATTENTION_MAX_WARPS, hd) <= 64 * 1024, "{hd}");
         }
         assert!(ATTENTION_PREFILL.src.contains(&format!("#define PF_QROWS {PREFILL_TILE_ROWS}")));
         assert!(ATTENTION_PREFILL.src.contains(&format!("#define PF_MAX_WARPS {PREFILL_MAX_WARPS}")));

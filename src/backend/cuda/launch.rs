@@ -5,6 +5,15 @@
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr};
 
 use super::context::CudaContext;
+use super::error::CudaError;
+
+/// Raises the dynamic shared memory a launch of `f` may ask for to `bytes` (past 48 KB a launch
+/// fails unless the function allows it); called once when the function is loaded.
+pub fn allow_dynamic_shared(f: &cudarc::driver::CudaFunction, name: &str, bytes: u32) -> Result<(), CudaError> {
+    use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+    f.set_attribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes as i32)
+        .map_err(|e| CudaError::Driver { op: format!("cuFuncSetAttribute({name}, {bytes} bytes of dynamic shared memory)"), msg: e.to_string() })
+}
 
 /// A value a kernel takes as one argument.
 pub trait KernelArg {

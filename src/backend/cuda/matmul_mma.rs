@@ -28,8 +28,8 @@ pub const MMQ_X_ROWS: usize = 32;
 pub const MMQ_PHASE_COLS: usize = 256;
 /// f16 values a staged row of x takes (MMQ_XSTRIDE: the phase and 16 of padding).
 const MMQ_X_STRIDE: usize = MMQ_PHASE_COLS + 16;
-/// Dynamic shared memory of a block: x's two phase buffers (35 KB; [`allow_dynamic_shared`]
-/// raises the function's limit for shapes past a launch's default 48 KB).
+/// Dynamic shared memory of a block: x's two phase buffers (35 KB; the function's limit is
+/// raised to it when loaded, `launch::allow_dynamic_shared`, for shapes past a launch's default 48 KB).
 pub const MMQ_DYNAMIC_SHARED_BYTES: usize = 2 * MMQ_X_ROWS * MMQ_X_STRIDE * 2;
 /// Blocks of the kernel an SM holds at once (MMQ_MIN_BLOCKS, its launch bound).
 const MMQ_BLOCKS_PER_SM: usize = 2;
@@ -109,14 +109,6 @@ impl MmqPlan {
             .map(|b| MmqPlan::new(grid, sms, b * MMQ_X_ROWS))
             .fold((0, 0), |(f, c), p| (f.max(p.partial_floats()), c.max(p.counters())))
     }
-}
-
-/// Raises `matmul_mma`'s dynamic shared memory limit to what its launches ask for; called once
-/// when the function is loaded.
-pub fn allow_dynamic_shared(f: &cudarc::driver::CudaFunction) -> Result<(), CudaError> {
-    use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
-    f.set_attribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, MMQ_DYNAMIC_SHARED_BYTES as i32)
-        .map_err(|e| CudaError::Driver { op: format!("cuFuncSetAttribute(matmul_mma, {MMQ_DYNAMIC_SHARED_BYTES} bytes of dynamic shared memory)"), msg: e.to_string() })
 }
 
 /// One projection as the kernel takes it. Device addresses; sizes are the caller's to check

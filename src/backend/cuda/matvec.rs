@@ -281,7 +281,7 @@ impl MatvecKernels {
                         dequant_rows: ctx.function_with(&kernels::REPACKED_ROWS, &defines, "dequant_rows")?,
                         matmul: {
                             let f = ctx.function_with(&kernels::MATMUL_MMA, &defines, "matmul_mma")?;
-                            super::matmul_mma::allow_dynamic_shared(&f)?;
+                            super::launch::allow_dynamic_shared(&f, "matmul_mma", super::matmul_mma::MMQ_DYNAMIC_SHARED_BYTES as u32)?;
                             f
                         },
                         scratch: Mutex::new(SplitScratch::default()),
