@@ -331,36 +331,40 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
 // outputs of every head) and partial outputs in shared memory (ATTN_MAX_WARPS x ATTN_GROUP x head
 // dim floats, 64 KiB at most) would grow past that.
 #define ATTN_GROUP (ATTN_HEAD_DIM <= 128 ? 8 : 1024 / ATTN_HEAD_DIM)
-extern "C" __global__ void __launch_bounds__(32 * ATTN_MAX_WARPS, 1)
-    attention_heads(const float* __restrict__ q, const float* __restrict__ k_cache, const float* __restrict__ v_cache,
-                    const u32* __restrict__ positions, const u32* __restrict__ table_offset,
-                    const u32* __restrict__ block_tables, u32 block_tokens, u32 n_heads, u32 n_kv_heads, u32 slice,
-                    float scale, float* __restrict__ out, u16* __restrict__ out_f16, float f16_scale, u32 n_splits,
-                    float* __restrict__ partials, u32* __restrict__ counters) {
-    dependent_wait();
-    const RopeIn none = {};
-    const Splits splits = {n_splits, partials, counters};
-    attention<ATTN_HEAD_DIM, ATTN_GROUP, false>(q, k_cache, v_cache, positions, table_offset, block_tables, block_tokens,
-                                                n_heads, n_kv_heads, min(max(slice, 1u), (u32)ATTN_GROUP), scale, out,
-                                                out_f16, f16_scale, none, splits);
-}
-
-// attention_heads with rope_store's work (see RopeIn): q and k not rotated yet, for a step of one
-// token per sequence. k_cache and v_cache are also written (through rope.k_cache / v_cache).
-extern "C" __global__ void __launch_bounds__(32 * ATTN_MAX_WARPS, 1)
-    attention_heads_rope(const float* q, const float* k_cache, const float* v_cache, const u32* __restrict__ positions,
-                         const u32* __restrict__ table_offset, const u32* __restrict__ block_tables, u32 block_tokens,
-                         u32 n_heads, u32 n_kv_heads, u32 slice, float scale, float* __restrict__ out,
-                         u16* __restrict__ out_f16, float f16_scale, const float* __restrict__ k_new,
-                         const float* __restrict__ v_new, const u32* __restrict__ slots, u32 capacity, float freq_base,
-                         float rope_scale, u32 neox, u32 n_splits, float* __restrict__ partials,
-                         u32* __restrict__ counters) {
-    // attention() waits once the angles are computed.
-    const RopeIn rope = {k_new, v_new, slots, capacity, const_cast<float*>(k_cache), const_cast<float*>(v_cache),
-                         freq_base, rope_scale, neox};
-    const Splits splits = {n_splits, partials, counters};
-    attention<ATTN_HEAD_DIM, ATTN_GROUP, true>(q, k_cache, v_cache, positions, table_offset, block_tables, block_tokens,
-                                               n_heads, n_kv_heads, min(max(slice, 1u), (u32)ATTN_GROUP), scale, out,
-                                               out_f16, f16_scale, rope, splits);
-}
+// The kernels for blocks of up to ATTN_GROUP heads (SUFFIX empty) and of one head (_1: few
+// rows take one head a block, see attention_slice in backend.rs, and without the other heads'
+// registers that kernel holds more blocks an SM).
+#define ATTENTION_KERNELS(SUFFIX, GROUP)                                                                                 \
+    extern "C" __global__ void __launch_bounds__(32 * ATTN_MAX_WARPS, 1) attention_heads##SUFFIX(                         \
+        const float* __restrict__ q, const float* __restrict__ k_cache, const float* __restrict__ v_cache,              \
+        const u32* __restrict__ positions, const u32* __restrict__ table_offset, const u32* __restrict__ block_tables,  \
+        u32 block_tokens, u32 n_heads, u32 n_kv_heads, u32 slice, float scale, float* __restrict__ out,                 \
+        u16* __restrict__ out_f16, float f16_scale, u32 n_splits, float* __restrict__ partials,                        \
+        u32* __restrict__ counters) {                                                                                  \
+        dependent_wait();                                                                                              \
+        const RopeIn none = {};                                                                                        \
+        const Splits splits = {n_splits, partials, counters};                                                          \
+        attention<ATTN_HEAD_DIM, GROUP, false>(q, k_cache, v_cache, positions, table_offset, block_tables, block_tokens, \
+                                               n_heads, n_kv_heads, min(max(slice, 1u), (u32)(GROUP)), scale, out,     \
+                                               out_f16, f16_scale, none, splits);                                       \
+    }                                                                                                                  \
+    /* attention_heads with rope_store's work (see RopeIn): q and k not rotated yet, for a step of one token per      \
+       sequence. k_cache and v_cache are also written (through rope.k_cache / v_cache). */                             \
+    extern "C" __global__ void __launch_bounds__(32 * ATTN_MAX_WARPS, 1) attention_heads_rope##SUFFIX(                    \
+        const float* q, const float* k_cache, const float* v_cache, const u32* __restrict__ positions,                 \
+        const u32* __restrict__ table_offset, const u32* __restrict__ block_tables, u32 block_tokens, u32 n_heads,      \
+        u32 n_kv_heads, u32 slice, float scale, float* __restrict__ out, u16* __restrict__ out_f16, float f16_scale,   \
+        const float* __restrict__ k_new, const float* __restrict__ v_new, const u32* __restrict__ slots, u32 capacity, \
+        float freq_base, float rope_scale, u32 neox, u32 n_splits, float* __restrict__ partials,                       \
+        u32* __restrict__ counters) {                                                                                  \
+        /* attention() waits once the angles are computed. */                                                          \
+        const RopeIn rope = {k_new, v_new, slots, capacity, const_cast<float*>(k_cache), const_cast<float*>(v_cache),   \
+                             freq_base, rope_scale, neox};                                                             \
+        const Splits splits = {n_splits, partials, counters};                                                          \
+        attention<ATTN_HEAD_DIM, GROUP, true>(q, k_cache, v_cache, positions, table_offset, block_tables, block_tokens,  \
+                                              n_heads, n_kv_heads, min(max(slice, 1u), (u32)(GROUP)), scale, out,      \
+                                              out_f16, f16_scale, rope, splits);                                        \
+    }
+ATTENTION_KERNELS(, ATTN_GROUP)
+ATTENTION_KERNELS(_1, 1)
 #endif

@@ -270,7 +270,8 @@ fn attention_launch(batch: &CudaBatch, p: &AttnParams) -> Result<(LaunchConfig, 
     let slices = to_u32("query heads per KV head", (p.n_heads / p.n_kv_heads.max(1)).div_ceil(slice))?;
     let blocks_x = batch.n_tokens.checked_mul(batch.attn_splits as usize).ok_or_else(|| BackendError::Invalid("attention grid overflows".into()))?;
     let grid = (to_u32("tokens x splits", blocks_x)?, to_u32("KV heads", p.n_kv_heads)?, slices);
-    let shared_mem_bytes = kernels::attention_shared_bytes(batch.attn_warps, p.head_dim);
+    let group = if slice == 1 { 1 } else { kernels::attention_group(p.head_dim) };
+    let shared_mem_bytes = kernels::attention_shared_bytes(batch.attn_warps, p.head_dim, group);
     let cfg = LaunchConfig { grid_dim: grid, block_dim: (32 * batch.attn_warps, 1, 1), shared_mem_bytes };
     Ok((cfg, to_u32("query heads per block", slice)?, to_u32("heads", p.n_heads)?, to_u32("KV heads", p.n_kv_heads)?, attention_scale(p)))
 }
@@ -302,9 +303,12 @@ unsafe impl Send for Recorded {}
 /// The attention kernels of one head dim.
 struct AttentionKernels {
     head_dim: usize,
-    /// `attention_heads` and `attention_heads_rope` (attention.cu).
+    /// `attention_heads` and `attention_heads_rope` (attention.cu), and their one-head kernels
+    /// (`_1`) for launches of one head a block.
     heads: CudaFunction,
     heads_rope: CudaFunction,
+    heads_1: CudaFunction,
+    heads_rope_1: CudaFunction,
     /// `attention_prefill` (attention_prefill.cu), for the head dims it takes and unless
     /// FERRITE_CUDA_FLASH_PREFILL=0.
     prefill: Option<CudaFunction>,
@@ -624,8 +628,8 @@ impl CudaBackend {
             )?;
             return Ok(());
         }
-        let attend = &kernels.heads;
         let (cfg, slice, n_heads, n_kv_heads, scale) = attention_launch(batch, p)?;
+        let attend = if slice == 1 { &kernels.heads_1 } else { &kernels.heads };
         launch!(
             self.ctx,
             attend,
@@ -690,8 +694,9 @@ impl CudaBackend {
         let neox: u32 = matches!(qp.style, RopeStyle::Neox) as u32;
         if batch.one_token_per_seq && rope_in_attention() {
             // A decode step: one launch rotates, writes the cache and attends.
-            let attend_rope = &self.attention_kernels(p.head_dim)?.heads_rope;
+            let kernels = self.attention_kernels(p.head_dim)?;
             let (cfg, slice, n_heads, n_kv_heads, scale) = attention_launch(batch, p)?;
+            let attend_rope = if slice == 1 { &kernels.heads_rope_1 } else { &kernels.heads_rope };
             launch!(
                 self.ctx, attend_rope, "attention_heads_rope", cfg,
                 &q.buf, &mut kc, &mut vc, &batch.positions, &batch.table_offset, &batch.block_tables, &batch.block_tokens,
@@ -943,16 +948,17 @@ impl Backend for CudaBackend {
             let mut modules = vec![(&kernels::ATTENTION, defines.clone())];
             modules.extend(prefill_defines.iter().map(|d| (&kernels::ATTENTION_PREFILL, d.clone())));
             self.ctx.precompile(&modules)?;
-            let heads = self.ctx.function_with(&kernels::ATTENTION, &defines, "attention_heads")?;
-            let heads_rope = self.ctx.function_with(&kernels::ATTENTION, &defines, "attention_heads_rope")?;
-            for f in [&heads, &heads_rope] {
-                super::launch::allow_dynamic_shared(f, "attention_heads", kernels::attention_shared_bytes(kernels::ATTENTION_MAX_WARPS, layout.head_dim))?;
+            let f = |name| self.ctx.function_with(&kernels::ATTENTION, &defines, name);
+            let (heads, heads_rope, heads_1, heads_rope_1) = (f("attention_heads")?, f("attention_heads_rope")?, f("attention_heads_1")?, f("attention_heads_rope_1")?);
+            let most = kernels::attention_shared_bytes(kernels::ATTENTION_MAX_WARPS, layout.head_dim, kernels::attention_group(layout.head_dim));
+            for f in [&heads, &heads_rope, &heads_1, &heads_rope_1] {
+                super::launch::allow_dynamic_shared(f, "attention_heads", most)?;
             }
             let prefill = match prefill_defines {
                 Some(d) => Some(self.ctx.function_with(&kernels::ATTENTION_PREFILL, &d, "attention_prefill")?),
                 None => None,
             };
-            self.fixed.attention = Some(AttentionKernels { head_dim: layout.head_dim, heads, heads_rope, prefill });
+            self.fixed.attention = Some(AttentionKernels { head_dim: layout.head_dim, heads, heads_rope, heads_1, heads_rope_1, prefill });
         }
         if !layout.block_tokens.is_power_of_two() {
             return Err(BackendError::Invalid(format!("KV blocks of {} tokens: the kernels need a power of two", layout.block_tokens)));

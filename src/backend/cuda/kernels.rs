@@ -128,10 +128,10 @@ pub fn attention_group(head_dim: usize) -> usize {
     }
 }
 
-/// Dynamic shared memory of an attention block of `warps` warps (attention.cu's scratch): the
-/// chunk's weights and slots while the warps run, their partial outputs after, whichever is larger.
-pub fn attention_shared_bytes(warps: u32, head_dim: usize) -> u32 {
-    let group = attention_group(head_dim);
+/// Dynamic shared memory of an attention block of `warps` warps, of the kernel for `group` heads
+/// a block (`attention_group`, or 1 for the `_1` kernels): attention.cu's scratch, the chunk's
+/// weights and slots while the warps run, their partial outputs after, whichever is larger.
+pub fn attention_shared_bytes(warps: u32, head_dim: usize, group: usize) -> u32 {
     let floats = (group * head_dim).max(group * 32 + 32);
     (4 * warps as usize * floats) as u32
 }
@@ -181,7 +181,7 @@ mod tests {
         for hd in ATTENTION_HEAD_DIMS {
             assert!((1..=8).contains(&attention_group(hd)) && attention_group(hd) * hd.max(128) <= 1024, "{hd}");
             // Within what a block may take once the function's limit is raised (227 KB on sm_90).
-            assert!(attention_shared_bytes(ATTENTION_MAX_WARPS, hd) <= 64 * 1024, "{hd}");
+            assert!(attention_shared_bytes(ATTENTION_MAX_WARPS, hd, attention_group(hd)) <= 64 * 1024, "{hd}");
         }
         assert!(ATTENTION_PREFILL.src.contains(&format!("#define PF_QROWS {PREFILL_TILE_ROWS}")));
         assert!(ATTENTION_PREFILL.src.contains(&format!("#define PF_MAX_WARPS {PREFILL_MAX_WARPS}")));
