@@ -248,7 +248,7 @@ fn forced_attention_slice() -> Option<usize> {
 /// 2.03 / 2.70 ms with all 7 heads a block, 2.04 / 2.91 with 4, 2.15 / 3.08 with 2, 2.54 / 3.73
 /// with 1; synthetic 7B at 64: 7.25 ms with 4 heads, 7.96 with 2; H200, 2026-12-03,
 /// FERRITE_CUDA_ATTN_SLICE). Once the kernel held 8 heads of 128 dims, all 7 in one block made
-/// that 7.24 ms step 6.82.
+/// that 7.24 ms step 6.82. One head a block takes the `_1` kernels, compiled for one head.
 fn attention_slice(n_rows: usize, group_heads: usize, head_dim: usize) -> usize {
     // At most ATTN_GROUP (the kernel's shared memory holds that many heads).
     let most = kernels::attention_group(head_dim).min(group_heads).max(1);
