@@ -83,7 +83,7 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
     constexpr int V_BATCH = 32 / PER_LANE;
     // The chunk's softmax weights and slots while the warps run, their partial outputs after (a
     // __syncthreads separates the two uses): dynamic shared memory, sized for the launch's warps
-    // (attention_shared_bytes in backend.rs; 64 KB for 16 warps of 8 heads of 128 dims).
+    // (attention_shared_bytes in kernels.rs; 64 KB for 16 warps of 8 heads of 128 dims).
     extern __shared__ __align__(16) float attn_scratch[];
     const u32 n_warps = blockDim.x / 32;
     float (*const chunk_p)[G][32] = reinterpret_cast<float (*)[G][32]>(attn_scratch);                   // [warp][head][key]
