@@ -23,9 +23,10 @@
 // run together and all but the first find them in L2): a warp's mma columns are 8 rows of x,
 // MMQ_GROUPS column groups. (64 rows a block halves the decoding per product, but took 170-190
 // registers a thread, one block an SM, and ran slower: see MMQ_X_ROWS in matmul_mma.rs.) The x
-// rows are staged in shared memory, a phase of MMQ_PHASE columns at a time (cp.async, the next phase's copies in flight during this one's math, two
-// buffers), and shared by the warps; each warp loads its own tiles from global memory into
-// registers (the next tile's loads go out before the current one's math). blockIdx.z splits the
+// rows are staged in shared memory, a phase of MMQ_PHASE columns at a time (cp.async, the next
+// phase's copies in flight during this one's math, two buffers), and shared by the warps; each
+// warp loads its own tiles from global memory into registers (the next tile's loads go out
+// before the current one's math). blockIdx.z splits the
 // columns (split-K) when the matrix has too few block rows to fill the GPU: each split writes its
 // partial sums, and the last block of a (block row, x block) to finish adds them in split order
 // (split_k_last, sum_splits: a counter each, reset by that block), so results do not depend on
@@ -113,12 +114,11 @@ __device__ __forceinline__ void tile_products(const Tile& w, const u16* xt, int 
     }
 }
 
-// The same for the types whose integer scales fold into the codes (Tile::FOLDS): A = sc * code
-// in f16 (Q4_K: exact, at most 63 * 15 = 945), so that one
-// set of sums runs over the whole tile, then acc += d * sums, the CPU's (d sc) q summed in
-// another order. Q4_K's mins are one more mma, of A = m per sub-block against B = x's 32-column
-// sums as f16 [hi, lo] pairs (22 significand bits; xsum_b is the tile's 16 of them a row), and
-// acc -= dmin * those: the CPU's (d sc) q - (dmin m) summed in another order.
+// The same for Q4_K, with its integer sub-block scales folded into the codes: A = sc * code
+// (exact in f16), so that one set of sums runs over the whole tile; the mins are one more mma,
+// of A = m per sub-block against B = x's 32-column sums as f16 [hi, lo] pairs (22 significand
+// bits; xsum_b is the tile's 16 of them a row). Then acc += d * sums - dmin * mins, the CPU's
+// (d sc) q - (dmin m) summed in another order: a quarter of the per-sub-block work.
 template <class T>
 __device__ __forceinline__ void tile_products_folded(const T& w, const u16* xt, const u16 (*xsum_b)[16], int g, int t,
                                                      float acc[MMQ_GROUPS][4]) {
@@ -126,34 +126,37 @@ __device__ __forceinline__ void tile_products_folded(const T& w, const u16* xt, 
 #pragma unroll
     for (int j = 0; j < MMQ_GROUPS; j++) c[j][0] = c[j][1] = c[j][2] = c[j][3] = 0.0f;
 #pragma unroll
-    for (int ch = 0; ch < T::CHUNKS; ch++) {
-        u32 a[4];
-        w.frag_f16_folded(ch, a);
+    for (int sb = 0; sb < T::CHUNKS / 2; sb++) {
+        u32 sc2[2], neg2[2];
+        w.scale_pairs_f16(sb, sc2, neg2);
 #pragma unroll
-        for (int j = 0; j < MMQ_GROUPS; j++) {
-            const uint2 b = *reinterpret_cast<const uint2*>(xt + (8 * j + g) * MMQ_XSTRIDE + 16 * ch + 4 * t);
-            mma_f16(c[j], a, b.x, b.y);
+        for (int cc = 0; cc < 2; cc++) {
+            const int ch = 2 * sb + cc;
+            u32 a[4];
+            w.frag_f16_scaled(ch, sc2, neg2, a);
+#pragma unroll
+            for (int j = 0; j < MMQ_GROUPS; j++) {
+                const uint2 b = *reinterpret_cast<const uint2*>(xt + (8 * j + g) * MMQ_XSTRIDE + 16 * ch + 4 * t);
+                mma_f16(c[j], a, b.x, b.y);
+            }
         }
     }
     float d[2], dmin[2];
     w.super_scales(d, dmin);
+    u32 am[4];
+    w.mins_frag_f16(t, am);
+    // The sums' registers hold the mins' products next.
 #pragma unroll
     for (int j = 0; j < MMQ_GROUPS; j++) {
 #pragma unroll
-        for (int i = 0; i < 4; i++) acc[j][i] = fmaf(d[i >> 1], c[j][i], acc[j][i]);
-    }
-    if constexpr (T::HAS_MIN) {
-        u32 am[4];
-        w.mins_frag_f16(t, am);
-        // The sums' registers hold the mins' products next.
-#pragma unroll
-        for (int j = 0; j < MMQ_GROUPS; j++) {
-            c[j][0] = c[j][1] = c[j][2] = c[j][3] = 0.0f;
-            const uint2 b = *reinterpret_cast<const uint2*>(&xsum_b[8 * j + g][4 * t]);
-            mma_f16(c[j], am, b.x, b.y);
-#pragma unroll
-            for (int i = 0; i < 4; i++) acc[j][i] = fmaf(-dmin[i >> 1], c[j][i], acc[j][i]);
+        for (int i = 0; i < 4; i++) {
+            acc[j][i] = fmaf(d[i >> 1], c[j][i], acc[j][i]);
+            c[j][i] = 0.0f;
         }
+        const uint2 b = *reinterpret_cast<const uint2*>(&xsum_b[8 * j + g][4 * t]);
+        mma_f16(c[j], am, b.x, b.y);
+#pragma unroll
+        for (int i = 0; i < 4; i++) acc[j][i] = fmaf(-dmin[i >> 1], c[j][i], acc[j][i]);
     }
 }
 
@@ -161,11 +164,7 @@ extern "C" __global__ void __launch_bounds__(32 * MMQ_WARPS, MMQ_MIN_BLOCKS)
     matmul_mma(const u8* __restrict__ tiles, u32 m_tiles, u32 n_rows, u32 k_tiles, u32 n_cols, const u16* __restrict__ x,
                u32 n_x, const float* __restrict__ bias, float* __restrict__ y, float out_scale, u32 accumulate,
                float* __restrict__ partials, u32* __restrict__ counters, u32 k_tiles_per_split) {
-    // x's two phase buffers, MMQ_X_ROWS * MMQ_XSTRIDE f16 each, in dynamic shared memory (35 KB;
-    // 64 rows would take 71, beyond the 48 of a launch without the function's limit raised,
-    // which matmul_mma.rs raises).
-    extern __shared__ __align__(16) u16 xs_dynamic[];
-    const auto xs = [&](u32 b) { return xs_dynamic + b * (MMQ_X_ROWS * MMQ_XSTRIDE); };
+    __shared__ __align__(16) u16 xs[2][MMQ_X_ROWS * MMQ_XSTRIDE];
     // Q4_K: the phase's 32-column sums of x, split in f16 [hi, lo] pairs, 16 f16 a row and tile:
     // the B operand of the mins' mma.
     __shared__ __align__(16) u16 xsums[Tile::HAS_MIN ? PHASE_TILES : 1][MMQ_X_ROWS][16];
@@ -191,20 +190,20 @@ extern "C" __global__ void __launch_bounds__(32 * MMQ_WARPS, MMQ_MIN_BLOCKS)
     for (int j = 0; j < MMQ_GROUPS; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
 
     // Phase i's x is staged into buffer i % 2 while phase i - 1's is multiplied.
-    stage_x(x, xs(0), n0, rows_here, n_cols, kt_begin * Tile::TILE_COLS);
+    stage_x(x, xs[0], n0, rows_here, n_cols, kt_begin * Tile::TILE_COLS);
     u32 buf = 0;
     for (u32 p = kt_begin; p < kt_end; p += PHASE_TILES, buf ^= 1) {
         const u32 p_end = min(p + PHASE_TILES, kt_end);
         asm volatile("cp.async.wait_all;" ::: "memory");
         // This phase's x has landed, and every warp is done with the other buffer (and xsum).
         __syncthreads();
-        if (p_end < kt_end) stage_x(x, xs(buf ^ 1), n0, rows_here, n_cols, p_end * Tile::TILE_COLS);
+        if (p_end < kt_end) stage_x(x, xs[buf ^ 1], n0, rows_here, n_cols, p_end * Tile::TILE_COLS);
         if constexpr (Tile::HAS_MIN) {
             // Thread i sums sub-block i % PHASE_SUBS of row i / PHASE_SUBS: a warp reads whole
             // rows, without bank conflicts.
             for (int i = threadIdx.x; i < PHASE_SUBS * MMQ_X_ROWS; i += blockDim.x) {
                 const int s = i % PHASE_SUBS, n = i / PHASE_SUBS;
-                const u16* v = xs(buf) + n * MMQ_XSTRIDE + 32 * s;
+                const u16* v = &xs[buf][n * MMQ_XSTRIDE + 32 * s];
                 float sum = 0.0f;
 #pragma unroll
                 for (int k = 0; k < 32; k += 8) {
@@ -229,10 +228,10 @@ extern "C" __global__ void __launch_bounds__(32 * MMQ_WARPS, MMQ_MIN_BLOCKS)
             const bool more = kt + 1 < kt_end;
             Tile nxt;
             if (more) nxt.load(tile_row + (u64)(kt + 1) * Tile::TILE_BYTES, lane);
-            if constexpr (Tile::FOLDS) {
-                tile_products_folded(cur, xs(buf) + (kt - p) * Tile::TILE_COLS, xsums[Tile::HAS_MIN ? kt - p : 0], g, t, acc);
+            if constexpr (Tile::HAS_MIN) {
+                tile_products_folded(cur, xs[buf] + (kt - p) * Tile::TILE_COLS, xsums[kt - p], g, t, acc);
             } else {
-                tile_products(cur, xs(buf) + (kt - p) * Tile::TILE_COLS, g, t, acc);
+                tile_products(cur, xs[buf] + (kt - p) * Tile::TILE_COLS, g, t, acc);
             }
             if (more) cur = nxt;
         }

@@ -13,9 +13,6 @@
 //   load(tile, lane, for_bf16)  this lane's registers of one tile (for_bf16 = false: for the int8 path)
 //   frag(c, a)              the four bf16x2 A registers of chunk c: the codes as exact integers
 //   frag_f16(c, a)          the same as f16x2 (matmul_mma.cu, whose x is f16)
-//   FOLDS                   has frag_f16_folded(c, a): chunk c's codes times their integer
-//                           scale as f16, exactly, and super_scales(d, dmin), what multiplies a
-//                           tile's sums of them (Q4_K; matmul_mma.cu)
 //   scale(sb, s, m)         the scales (and Q4_K's mins) of scale block sb for rows g and g+8
 //   S8                      has the int8 path below (matvec_mma.cu uses it for one or two x rows):
 //   frag_s8(sb, a)          the A registers of mma.m16n8k32.s8 for 32-column sub-block sb
@@ -140,7 +137,7 @@ __device__ __forceinline__ int rp_nibble_word_at(int parts, int h, int lane, int
 // ---------------------------------------------------------------- Q5_0
 struct Rp_q5_0 {
     static constexpr int TILE_COLS = 128, TILE_BYTES = 1408, CHUNKS = 8, SCALE_CHUNKS = 2;
-    static constexpr bool HAS_MIN = false, S8 = true, FOLDS = false;
+    static constexpr bool HAS_MIN = false, S8 = true;
     static constexpr int S8_OFFSET = 16;  // the int8 path's codes are 0..31; the value is d * (code - 16)
     u32 q[2][4];  // nibble words of rows g, g+8
     u32 qh[2];    // high bits
@@ -201,7 +198,7 @@ struct Rp_q5_0 {
 // ---------------------------------------------------------------- Q8_0
 struct Rp_q8_0 {
     static constexpr int TILE_COLS = 128, TILE_BYTES = 2176, CHUNKS = 8, SCALE_CHUNKS = 2;
-    static constexpr bool HAS_MIN = false, S8 = true, FOLDS = false;
+    static constexpr bool HAS_MIN = false, S8 = true;
     static constexpr int S8_OFFSET = 0;
     u32 q[2][8];  // chunk c's four bytes (int8 XOR 0x80) of rows g, g+8
     uint2 d[2];
@@ -260,7 +257,7 @@ struct Rp_q8_0 {
 // ---------------------------------------------------------------- Q4_K
 struct Rp_q4_k {
     static constexpr int TILE_COLS = 256, TILE_BYTES = 2304, CHUNKS = 16, SCALE_CHUNKS = 2;
-    static constexpr bool HAS_MIN = true, FOLDS = true;
+    static constexpr bool HAS_MIN = true;
     u32 q[2][8];     // nibble words of rows g, g+8
     uint4 rec[2];    // d | dmin << 16, then the 12 packed scale bytes
     u32 nib, magic;  // 0x000F000F and 0x4B000000 in registers (rp_keep)
@@ -326,13 +323,6 @@ struct Rp_q4_k {
             const u32 v = rp_nibbles(q[h], P, nib) | RP_F16X2_1024;
             asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(a[i]) : "r"(v), "r"(sc2[h]), "r"(neg2[h]));
         }
-    }
-    // The same for chunk c with its sub-block's scales (frag_f16_folded; the two chunks of a
-    // sub-block compute the same scale pairs, which the compiler shares).
-    __device__ __forceinline__ void frag_f16_folded(int c, u32 a[4]) const {
-        u32 sc2[2], neg2[2];
-        scale_pairs_f16(c >> 1, sc2, neg2);
-        frag_f16_scaled(c, sc2, neg2, a);
     }
     // The A registers of the tile's mins as one 16-column chunk: column 2 sb + e (e = 0, 1) of
     // row r holds m[r][sb], so that B columns [hi, lo] of x's 32-column sums give sum(m * xsum);
@@ -404,7 +394,7 @@ struct Rp_q4_k {
 // ---------------------------------------------------------------- Q6_K
 struct Rp_q6_k {
     static constexpr int TILE_COLS = 256, TILE_BYTES = 3360, CHUNKS = 16, SCALE_CHUNKS = 1;
-    static constexpr bool HAS_MIN = false, S8 = false, FOLDS = false;
+    static constexpr bool HAS_MIN = false, S8 = false;
     u32 q[2][8];   // low nibbles
     u32 qh[2][4];  // two high bits per code
     u32 sc[2][4];  // the 16 int8 scales (chunk j's at byte j)

@@ -270,7 +270,7 @@ fn attention_launch(batch: &CudaBatch, p: &AttnParams) -> Result<(LaunchConfig, 
     let slices = to_u32("query heads per KV head", (p.n_heads / p.n_kv_heads.max(1)).div_ceil(slice))?;
     let blocks_x = batch.n_tokens.checked_mul(batch.attn_splits as usize).ok_or_else(|| BackendError::Invalid("attention grid overflows".into()))?;
     let grid = (to_u32("tokens x splits", blocks_x)?, to_u32("KV heads", p.n_kv_heads)?, slices);
-    let group = if slice == 1 { 1 } else { kernels::attention_group(p.head_dim) };
+    let group = if one_head_kernel(slice) { 1 } else { kernels::attention_group(p.head_dim) };
     let shared_mem_bytes = kernels::attention_shared_bytes(batch.attn_warps, p.head_dim, group);
     let cfg = LaunchConfig { grid_dim: grid, block_dim: (32 * batch.attn_warps, 1, 1), shared_mem_bytes };
     Ok((cfg, to_u32("query heads per block", slice)?, to_u32("heads", p.n_heads)?, to_u32("KV heads", p.n_kv_heads)?, attention_scale(p)))
@@ -300,6 +300,12 @@ struct Recorded(CudaGraph);
 // long as calls on them are serialized; a `Recorded` is only reached through `&mut CudaBackend`.
 unsafe impl Send for Recorded {}
 
+/// Whether a launch of `slice` heads a block takes the one-head kernels (`_1`, compiled for one
+/// head, whose scratch `attention_launch` sizes for one).
+fn one_head_kernel(slice: usize) -> bool {
+    slice == 1
+}
+
 /// The attention kernels of one head dim.
 struct AttentionKernels {
     head_dim: usize,
@@ -312,6 +318,18 @@ struct AttentionKernels {
     /// `attention_prefill` (attention_prefill.cu), for the head dims it takes and unless
     /// FERRITE_CUDA_FLASH_PREFILL=0.
     prefill: Option<CudaFunction>,
+}
+
+impl AttentionKernels {
+    /// The kernel for a launch of `slice` heads a block, with RoPE and the KV write or without.
+    fn for_slice(&self, slice: u32, rope: bool) -> &CudaFunction {
+        match (one_head_kernel(slice as usize), rope) {
+            (true, false) => &self.heads_1,
+            (true, true) => &self.heads_rope_1,
+            (false, false) => &self.heads,
+            (false, true) => &self.heads_rope,
+        }
+    }
 }
 
 /// Kernels every model uses, resolved once.
@@ -629,7 +647,7 @@ impl CudaBackend {
             return Ok(());
         }
         let (cfg, slice, n_heads, n_kv_heads, scale) = attention_launch(batch, p)?;
-        let attend = if slice == 1 { &kernels.heads_1 } else { &kernels.heads };
+        let attend = kernels.for_slice(slice, false);
         launch!(
             self.ctx,
             attend,
@@ -696,7 +714,7 @@ impl CudaBackend {
             // A decode step: one launch rotates, writes the cache and attends.
             let kernels = self.attention_kernels(p.head_dim)?;
             let (cfg, slice, n_heads, n_kv_heads, scale) = attention_launch(batch, p)?;
-            let attend_rope = if slice == 1 { &kernels.heads_rope_1 } else { &kernels.heads_rope };
+            let attend_rope = kernels.for_slice(slice, true);
             launch!(
                 self.ctx, attend_rope, "attention_heads_rope", cfg,
                 &q.buf, &mut kc, &mut vc, &batch.positions, &batch.table_offset, &batch.block_tables, &batch.block_tokens,

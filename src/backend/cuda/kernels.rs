@@ -178,6 +178,8 @@ mod tests {
         assert!(MATMUL_MMA.src.contains(&format!("#define MMQ_PHASE {MMQ_PHASE_COLS}\n")));
         assert!(ATTENTION.src.contains(&format!("#define ATTN_MAX_WARPS {ATTENTION_MAX_WARPS}")));
         assert!(ATTENTION.src.contains("#define ATTN_GROUP (ATTN_HEAD_DIM <= 128 ? 8 : 1024 / ATTN_HEAD_DIM)"));
+        // attention_shared_bytes sizes the `_1` kernels' scratch for one head.
+        assert!(ATTENTION.src.contains("ATTENTION_KERNELS(, ATTN_GROUP)\nATTENTION_KERNELS(_1, 1)\n"));
         for hd in ATTENTION_HEAD_DIMS {
             assert!((1..=8).contains(&attention_group(hd)) && attention_group(hd) * hd.max(128) <= 1024, "{hd}");
             // Within what a block may take once the function's limit is raised (227 KB on sm_90).

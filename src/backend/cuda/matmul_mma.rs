@@ -26,11 +26,6 @@ pub const MMQ_WARPS: usize = 8;
 pub const MMQ_X_ROWS: usize = 32;
 /// Columns of x staged at once (MMQ_PHASE).
 pub const MMQ_PHASE_COLS: usize = 256;
-/// f16 values a staged row of x takes (MMQ_XSTRIDE: the phase and 16 of padding).
-const MMQ_X_STRIDE: usize = MMQ_PHASE_COLS + 16;
-/// Dynamic shared memory of a block: x's two phase buffers (35 KB; the function's limit is
-/// raised to it when loaded, `launch::allow_dynamic_shared`, for shapes past a launch's default 48 KB).
-pub const MMQ_DYNAMIC_SHARED_BYTES: usize = 2 * MMQ_X_ROWS * MMQ_X_STRIDE * 2;
 /// Blocks of the kernel an SM holds at once (MMQ_MIN_BLOCKS, its launch bound).
 const MMQ_BLOCKS_PER_SM: usize = 2;
 /// Waves of blocks a plan aims for: with one or two, a last wave that is barely begun costs
@@ -144,7 +139,7 @@ pub fn launch_matmul_mma(ctx: &CudaContext, tiled: &TiledKernels, a: &MmqArgs<'_
         .map_err(|_| CudaError::Invalid("split-K scratch lock poisoned".into()))?
         .pointers_for(ctx, plan.partial_floats(), plan.counters())
         .map_err(|e| CudaError::Invalid(format!("{}: {e}", a.name)))?;
-    let cfg = LaunchConfig { grid_dim: (plan.x_blocks, plan.block_rows, plan.splits), block_dim: (32 * MMQ_WARPS as u32, 1, 1), shared_mem_bytes: MMQ_DYNAMIC_SHARED_BYTES as u32 };
+    let cfg = LaunchConfig { grid_dim: (plan.x_blocks, plan.block_rows, plan.splits), block_dim: (32 * MMQ_WARPS as u32, 1, 1), shared_mem_bytes: 0 };
     let (m_tiles, n_rows, k_tiles, n_cols, n_x) = (g.m_tiles as u32, g.n_rows as u32, g.k_tiles as u32, g.n_cols as u32, a.n_x as u32);
     let accumulate = a.accumulate as u32;
     launch!(

@@ -279,11 +279,7 @@ impl MatvecKernels {
                     embed: ctx.function_with(&kernels::REPACKED_ROWS, &defines, "embed_rows")?,
                     tiled: Some(TiledKernels {
                         dequant_rows: ctx.function_with(&kernels::REPACKED_ROWS, &defines, "dequant_rows")?,
-                        matmul: {
-                            let f = ctx.function_with(&kernels::MATMUL_MMA, &defines, "matmul_mma")?;
-                            super::launch::allow_dynamic_shared(&f, "matmul_mma", super::matmul_mma::MMQ_DYNAMIC_SHARED_BYTES as u32)?;
-                            f
-                        },
+                        matmul: ctx.function_with(&kernels::MATMUL_MMA, &defines, "matmul_mma")?,
                         scratch: Mutex::new(SplitScratch::default()),
                         sms: ctx.sms(),
                     }),
