@@ -932,3 +932,15 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
         o[3] = n_top;
     }
 }
+
+// A decode step queued before the host has seen the previous step's draws: its token ids come
+// from the sampler's output rows. pairs[2i] is the batch token, pairs[2i + 1] the output row; a
+// row whose draw failed feeds token 0 (its sequence fails when the host takes the draws, and
+// whatever this step computes for it is dropped).
+extern "C" __global__ void feed_drawn_tokens(u32* __restrict__ tokens, const u32* __restrict__ out, const u32* __restrict__ pairs, u32 n_pairs) {
+    dependent_wait();
+    for (u32 i = blockIdx.x * blockDim.x + threadIdx.x; i < n_pairs; i += gridDim.x * blockDim.x) {
+        const u32* o = out + (u64)pairs[2 * i + 1] * OUT_WORDS;
+        tokens[pairs[2 * i]] = o[1] == 0 ? o[0] : 0;
+    }
+}

@@ -84,3 +84,55 @@ def test_gpu_sampled_requests_reproduce_alone_and_in_a_batch(tiny_path, tokenize
     for p, r in zip(ps, batch):
         assert gen.generate(p, **kw).token_ids == r.token_ids
     assert len({tuple(r.token_ids) for r in batch}) > 1
+
+
+def test_gpu_steps_queued_ahead_of_their_draws_equal_the_engine_that_waits(tiny_path, tokenizer, monkeypatch):
+    # The GPU engine queues each step before taking the previous step's draws, feeding the drawn
+    # tokens on the device (FERRITE_ENGINE_OVERLAP=0 waits instead): same tokens, texts, finish
+    # reasons and logprobs, early ends and preemption included.
+    def run_all(overlap, kws):
+        monkeypatch.setenv("FERRITE_ENGINE_OVERLAP", overlap)
+        model = ferrite.Model.load(tiny_path, device="cuda", kv_cache_tokens=160, max_step_tokens=64, exact_matmul=True)
+        engine = ferrite.Engine(model, tokenizer)
+        reqs = [engine.submit(conv(i), ignore_eos=True, **kw) for i, kw in enumerate(kws)]
+        while engine.has_work():
+            engine.step()
+        assert engine.stats()["preemptions"] > 0
+        return [r.result() for r in reqs]
+
+    kws = [
+        dict(max_tokens=40, temperature=0.0, logprobs=2),
+        dict(max_tokens=30, temperature=0.9, seed=5, logprobs=0),
+        dict(max_tokens=30, temperature=0.0),
+        dict(max_tokens=30, temperature=0.0),
+        dict(max_tokens=25, temperature=0.7, seed=9, frequency_penalty=1.5, repetition_penalty=1.2),
+        dict(max_tokens=35, temperature=0.0),
+    ]
+    free = run_all("0", kws)
+    kws[2]["stop_token_ids"] = [free[2].token_ids[6]]
+    kws[3]["stop"] = [tokenizer.decode(free[3].token_ids[8:10])]
+    want = run_all("0", kws)
+    assert len(want[2].token_ids) <= 7 and want[2].finish_reason == "stop"
+    assert want[3].finish_reason == "stop"
+    got = run_all("1", kws)
+    for g, w in zip(got, want):
+        assert g.token_ids == w.token_ids
+        assert g.text == w.text
+        assert g.finish_reason == w.finish_reason
+        assert np.allclose(g.logprobs or [], w.logprobs or [], atol=1e-4)
+
+
+def test_gpu_queued_draws_of_more_rows_than_one_logits_chunk(tiny_path, tokenizer, monkeypatch):
+    # 300 sequences drawing in one step take two chunks of logits (256 rows at most each), both
+    # drawn into one set before the step's draws come back.
+    prompts = [[100 + i, 200 + i % 7, 300] for i in range(300)]
+
+    def run_all(overlap):
+        monkeypatch.setenv("FERRITE_ENGINE_OVERLAP", overlap)
+        gen = ferrite.Generator(ferrite.Model.load(tiny_path, device="cuda", max_batch=300, exact_matmul=True), tokenizer)
+        return gen.generate(prompts, max_tokens=4, temperature=0.8, seed=11, logprobs=0, ignore_eos=True)
+
+    want, got = run_all("0"), run_all("1")
+    for g, w in zip(got, want):
+        assert g.token_ids == w.token_ids
+        assert np.allclose(g.logprobs, w.logprobs, atol=1e-4)

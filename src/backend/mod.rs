@@ -20,6 +20,7 @@
 pub mod cpu;
 pub mod cuda;
 mod device;
+pub mod draws;
 mod error;
 
 pub use device::{with_backend, BackendOptions, Device, WithBackend};
@@ -187,6 +188,11 @@ pub struct BatchPlan {
     pub block_tokens: u32,
     /// Batch rows whose logits are wanted, in output order.
     pub logit_rows: Vec<u32>,
+    /// `(token, row)`: token `token` of the batch is the one drawn for row `row` of the last
+    /// closed draw set ([`Backend::close_draws`]), which the host may not have seen yet; its
+    /// entry in `tokens` is a placeholder. This lets a decode step be queued before the previous
+    /// one's draws come back.
+    pub fed: Vec<(u32, u32)>,
 }
 
 impl BatchPlan {
@@ -458,6 +464,26 @@ pub trait Backend: Send + 'static {
         specs: &[SampleSpec<'_>],
         out: &mut Vec<Result<Sampled, SamplingError>>,
     ) -> Result<(), BackendError>;
+
+    /// [`Backend::sample`] without waiting: the draws of `specs` (rows `0..specs.len()` of
+    /// `logits`) become rows `first_row..` of the draw set being queued (`first_row == 0` starts
+    /// a new one). The results come from [`Backend::take_draws`] once the set is closed.
+    fn queue_draws(&mut self, logits: &Self::Act, specs: &[SampleSpec<'_>], first_row: usize) -> Result<(), BackendError>;
+
+    /// Ends the draw set being queued, of `rows` rows. Its tokens can feed the next batch
+    /// ([`BatchPlan::fed`]) before the host has seen them. At most two closed sets may await
+    /// [`Backend::take_draws`].
+    fn close_draws(&mut self, rows: usize) -> Result<(), BackendError>;
+
+    /// Waits for the oldest closed draw set not yet taken and appends its results to `out`, in
+    /// row order (a broken row gets its own error, as in [`Backend::sample`]).
+    fn take_draws(&mut self, out: &mut Vec<Result<Sampled, SamplingError>>) -> Result<(), BackendError>;
+
+    /// Whether queued work runs while the host goes on (a GPU), so that the host can prepare the
+    /// next step meanwhile; on the CPU the host is the device.
+    fn queues_work(&self) -> bool {
+        false
+    }
 
     /// Runs `ops`, which queue device work, or, when an earlier call with the same `key` was
     /// recorded, replays that recording instead of calling `ops` (CUDA: a graph, which removes

@@ -30,7 +30,7 @@ use std::time::Instant;
 
 use thiserror::Error;
 
-use crate::model::{LanguageModel, LogitsFor, ModelError, RowSample, SeqChunk};
+use crate::model::{FedToken, LanguageModel, LogitsFor, ModelError, RowSample, SeqChunk};
 use crate::sampling::{Sampled, SamplingError, MAX_TOP_LOGPROBS};
 use crate::tokenizer::TokenizerError;
 use kv_blocks::BlockPool;
@@ -74,6 +74,10 @@ pub struct EngineConfig {
     /// Tokens one step computes at most (decode tokens plus prompt chunks).
     pub max_step_tokens: usize,
     pub prefix_caching: bool,
+    /// Queue each step before taking the previous step's draws, so that the host's work between
+    /// steps (the draws' text, stop checks, scheduling, the batch's upload) overlaps the device's.
+    /// Only where the model queues work (a GPU); `FERRITE_ENGINE_OVERLAP=0` turns it off.
+    pub overlap: bool,
 }
 
 impl EngineConfig {
@@ -81,7 +85,12 @@ impl EngineConfig {
     /// a CPU, where a long prompt chunk would stall the decoding sequences for seconds.
     pub fn for_model(model: &dyn LanguageModel) -> EngineConfig {
         let step = if model.device() == "cpu" { 256 } else { 2048 };
-        EngineConfig { max_batch: model.max_batch(), max_step_tokens: step, prefix_caching: true }
+        let overlap = match std::env::var("FERRITE_ENGINE_OVERLAP").as_deref() {
+            Ok("0") => false,
+            Ok("1") => true,
+            _ => model.queues_work(),
+        };
+        EngineConfig { max_batch: model.max_batch(), max_step_tokens: step, prefix_caching: true, overlap }
     }
 }
 
@@ -103,6 +112,16 @@ pub struct EngineStats {
     pub requests_finished: u64,
 }
 
+/// A step queued on the model whose draws the host has not taken yet.
+struct InFlight {
+    chunks: Vec<Chunk>,
+    /// Per chunk, the tokens its sequence has in the KV cache once the step has run.
+    computed_to: Vec<usize>,
+    /// The request of each draw, in draw order.
+    rows: Vec<RequestId>,
+    queued: Instant,
+}
+
 /// A sequence driven by hand through [`Engine::forward`].
 struct ManualSeq {
     blocks: Vec<u32>,
@@ -121,6 +140,8 @@ pub struct Engine {
     /// Outputs produced outside a step (cancellations, requests with nothing to generate).
     pending: Vec<RequestOutput>,
     stats: EngineStats,
+    /// With `config.overlap`: the step queued last, not yet taken.
+    in_flight: Option<InFlight>,
 }
 
 impl Engine {
@@ -140,6 +161,7 @@ impl Engine {
             next_manual: 0,
             pending: Vec::new(),
             stats: EngineStats::default(),
+            in_flight: None,
         })
     }
 
@@ -194,7 +216,7 @@ impl Engine {
     }
 
     pub fn has_work(&self) -> bool {
-        !self.seqs.is_empty() || !self.pending.is_empty()
+        !self.seqs.is_empty() || !self.pending.is_empty() || self.in_flight.is_some()
     }
 
     pub fn stats(&self) -> EngineStats {
@@ -212,8 +234,17 @@ impl Engine {
     /// whose known tokens are then all computed. Returns every output produced since the last
     /// step. A failure of the forward pass fails the requests of that step (each gets an output
     /// with the error); the engine itself goes on.
+    ///
+    /// With `config.overlap` the step is queued on the device and this returns the outputs of
+    /// the step queued by the previous call, taken while this one runs: the device is never idle
+    /// between steps. A sequence that the previous step's draw ends (end of text, stop string)
+    /// has been fed once more by this step; that draw is dropped. Sequences with penalties wait
+    /// for their last draw instead (the next draw depends on it).
     pub fn step(&mut self) -> Vec<RequestOutput> {
         let mut outputs = std::mem::take(&mut self.pending);
+        if self.in_flight.as_ref().is_some_and(|f| self.needs_seen_draws(f)) {
+            self.take_in_flight(&mut outputs);
+        }
         let plan = self.scheduler.schedule(&mut self.seqs, &mut self.pool);
         self.stats.preemptions += plan.preempted as u64;
         for (id, needed) in plan.unplaceable {
@@ -226,41 +257,130 @@ impl Engine {
             self.fail(id, &err, &mut outputs);
         }
         if plan.chunks.is_empty() {
+            self.take_in_flight(&mut outputs);
             return outputs;
         }
-        let started = Instant::now();
-        let result = run_chunks(self.model.as_mut(), &self.seqs, &plan.chunks);
-        self.stats.steps += 1;
-        self.stats.last_step_s = started.elapsed().as_secs_f64();
-        self.stats.step_s_total += self.stats.last_step_s;
-        match result {
-            Err(e) => {
-                let err = EngineError::Model(e);
-                for c in &plan.chunks {
-                    self.fail(c.id, &err, &mut outputs);
-                }
-            }
-            Ok(drawn) => {
-                for c in &plan.chunks {
-                    self.computed(c);
-                }
-                for (id, sampled) in drawn {
-                    match sampled {
-                        Ok(s) => self.accept(id, s, &mut outputs),
-                        Err(e) => self.fail(id, &EngineError::Sampling(e), &mut outputs),
+        if !self.config.overlap {
+            let started = Instant::now();
+            let result = run_chunks(self.model.as_mut(), &self.seqs, &plan.chunks);
+            self.count_step(started);
+            match result {
+                Err(e) => self.fail_chunks(&plan.chunks, &EngineError::Model(e), &mut outputs),
+                Ok(drawn) => {
+                    for c in &plan.chunks {
+                        if let Some(s) = self.seqs.get_mut(&c.id) {
+                            s.n_computed += c.n_new;
+                            let upto = s.n_computed;
+                            self.register_blocks(c.id, upto);
+                        }
+                    }
+                    for (id, sampled) in drawn {
+                        self.accept(id, sampled, &mut outputs);
                     }
                 }
             }
+            return outputs;
         }
+        let queued = self.queue(plan.chunks, &mut outputs);
+        self.take_in_flight(&mut outputs);
+        self.in_flight = queued;
         outputs
     }
 
-    /// Advances a sequence past a computed chunk and registers the blocks it filled.
-    fn computed(&mut self, c: &Chunk) {
-        let Some(s) = self.seqs.get_mut(&c.id) else { return };
-        s.n_computed += c.n_new;
+    /// Whether a sequence of the step in flight draws with penalties: its next draw needs the
+    /// token in flight in its history.
+    fn needs_seen_draws(&self, f: &InFlight) -> bool {
+        f.rows.iter().any(|id| self.seqs.get(id).is_some_and(|s| s.req.sampling.has_penalties()))
+    }
+
+    fn count_step(&mut self, started: Instant) {
+        self.stats.steps += 1;
+        self.stats.last_step_s = started.elapsed().as_secs_f64();
+        self.stats.step_s_total += self.stats.last_step_s;
+    }
+
+    fn fail_chunks(&mut self, chunks: &[Chunk], err: &EngineError, outputs: &mut Vec<RequestOutput>) {
+        for c in chunks {
+            self.fail(c.id, err, outputs);
+        }
+    }
+
+    /// Queues `chunks` on the model without waiting for their draws. Sequences whose last token
+    /// is the unseen draw of the step in flight are fed it on the device.
+    fn queue(&mut self, chunks: Vec<Chunk>, outputs: &mut Vec<RequestOutput>) -> Option<InFlight> {
+        let queued = Instant::now();
+        let mut batch = Vec::with_capacity(chunks.len());
+        let mut samples = Vec::new();
+        let mut rows = Vec::new();
+        let mut fed = Vec::new();
+        for (i, c) in chunks.iter().enumerate() {
+            let s = &self.seqs[&c.id];
+            let tokens = &s.tokens[s.n_computed..s.n_computed + c.n_new];
+            if tokens.contains(&request::UNSEEN) {
+                // Only the last drawn token can be unseen, and a step feeds it alone.
+                debug_assert!(c.n_new == 1 && s.n_unseen == 1);
+                fed.push(FedToken { seq: i, draw: s.unseen_row });
+            }
+            batch.push(SeqChunk { tokens, n_past: s.n_computed, block_table: &s.blocks });
+            if s.n_computed + c.n_new == s.tokens.len() {
+                samples.push(RowSample { seq: i, spec: s.sample_spec() });
+                rows.push(c.id);
+            }
+        }
+        if let Err(e) = self.model.queue_forward_sample(&batch, &samples, &fed) {
+            self.fail_chunks(&chunks, &EngineError::Model(e), outputs);
+            return None;
+        }
+        let mut computed_to = Vec::with_capacity(chunks.len());
+        for c in &chunks {
+            let s = self.seqs.get_mut(&c.id).expect("scheduled sequences exist");
+            s.n_computed += c.n_new;
+            computed_to.push(s.n_computed);
+        }
+        for (row, id) in rows.iter().enumerate() {
+            let s = self.seqs.get_mut(id).expect("scheduled sequences exist");
+            s.tokens.push(request::UNSEEN);
+            s.n_unseen += 1;
+            s.unseen_row = row;
+        }
+        Some(InFlight { chunks, computed_to, rows, queued })
+    }
+
+    /// Takes the draws of the step in flight, if any, and accepts them.
+    fn take_in_flight(&mut self, outputs: &mut Vec<RequestOutput>) {
+        let Some(f) = self.in_flight.take() else { return };
+        let drawn = self.model.take_draws();
+        self.count_step(f.queued);
+        match drawn {
+            Err(e) => self.fail_chunks(&f.chunks, &EngineError::Model(e), outputs),
+            Ok(drawn) => {
+                for (id, sampled) in f.rows.into_iter().zip(drawn) {
+                    let Some(s) = self.seqs.get_mut(&id) else { continue };
+                    // A failed draw's place gets token 0, which its next step was fed.
+                    s.see(sampled.as_ref().map_or(0, |d| d.token));
+                    self.accept(id, sampled, outputs);
+                }
+                // The blocks this step filled can serve other prompts now that it has run and
+                // their tokens are known.
+                for (c, upto) in f.chunks.iter().zip(f.computed_to) {
+                    self.register_blocks(c.id, upto);
+                }
+            }
+        }
+    }
+
+    /// Takes the step in flight into the pending outputs, so that the model can be used by hand.
+    fn settle(&mut self) {
+        let mut outputs = std::mem::take(&mut self.pending);
+        self.take_in_flight(&mut outputs);
+        self.pending = outputs;
+    }
+
+    /// Registers the full blocks of a sequence's first `upto` tokens with the pool.
+    fn register_blocks(&mut self, id: RequestId, upto: usize) {
+        let Some(s) = self.seqs.get_mut(&id) else { return };
         let bt = self.pool.block_tokens();
-        while (s.block_keys.len() + 1) * bt <= s.n_computed {
+        while (s.block_keys.len() + 1) * bt <= upto.min(s.n_computed) {
             let b = s.block_keys.len();
             let parent = s.block_keys.last().copied().unwrap_or(kv_blocks::ROOT);
             let key = self.pool.register(s.blocks[b], parent, &s.tokens[b * bt..(b + 1) * bt]);
@@ -269,12 +389,19 @@ impl Engine {
     }
 
     /// Takes a drawn token: records it, streams its text, and decides whether the request goes on.
-    fn accept(&mut self, id: RequestId, sampled: Sampled, outputs: &mut Vec<RequestOutput>) {
+    /// With overlap, the token is already in place (`Sequence::see`); else it is appended.
+    fn accept(&mut self, id: RequestId, sampled: Result<Sampled, SamplingError>, outputs: &mut Vec<RequestOutput>) {
+        let sampled = match sampled {
+            Ok(s) => s,
+            Err(e) => return self.fail(id, &EngineError::Sampling(e), outputs),
+        };
         let Some(s) = self.seqs.get_mut(&id) else { return };
         let token = sampled.token;
         let now = Instant::now();
         s.first_token.get_or_insert(now);
-        s.tokens.push(token);
+        if !self.config.overlap {
+            s.tokens.push(token);
+        }
         s.history.record_output(token);
         self.stats.generated_tokens += 1;
         let mut out = RequestOutput::new(id);
@@ -308,7 +435,7 @@ impl Engine {
                 }
             }
         }
-        if finish.is_none() && s.n_generated() >= s.max_new {
+        if finish.is_none() && s.n_seen_generated() >= s.max_new {
             finish = Some(FinishReason::Length);
         }
         if let Some(mut reason) = finish {
@@ -403,6 +530,7 @@ impl Engine {
         entries: &[(Option<usize>, Vec<u32>)],
         run: impl FnOnce(&mut dyn LanguageModel, &[SeqChunk<'_>]) -> Result<T, ModelError>,
     ) -> Result<T, EngineError> {
+        self.settle();
         // Room first, then blocks for every entry at once, so a failure leaves nothing behind.
         let mut need_blocks = 0;
         for (i, (seq, tokens)) in entries.iter().enumerate() {

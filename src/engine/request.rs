@@ -200,7 +200,15 @@ pub(crate) struct Sequence {
     pub admitted: Option<Instant>,
     pub first_token: Option<Instant>,
     pub cached_prompt_tokens: usize,
+    /// Drawn tokens at the end of `tokens` that the host has not seen yet ([`UNSEEN`] holds
+    /// their place): the engine queues a step before it takes the draws of the step before.
+    pub n_unseen: usize,
+    /// The row of the latest unseen draw in its step's draws, which feeds the next step.
+    pub unseen_row: usize,
 }
+
+/// The place of a drawn token not yet seen by the host in `Sequence::tokens`.
+pub(crate) const UNSEEN: u32 = u32::MAX;
 
 impl Sequence {
     pub fn new(id: RequestId, req: Request, max_new: usize) -> Sequence {
@@ -219,18 +227,36 @@ impl Sequence {
             admitted: None,
             first_token: None,
             cached_prompt_tokens: 0,
+            n_unseen: 0,
+            unseen_row: 0,
             req,
         }
     }
 
+    /// Tokens drawn, those not yet seen included.
     pub fn n_generated(&self) -> usize {
         self.tokens.len() - self.n_prompt
     }
 
-    /// Tokens known but not yet in the KV cache: the prompt (or what is left of it), or the last
-    /// sampled token.
+    /// Tokens drawn and seen by the host.
+    pub fn n_seen_generated(&self) -> usize {
+        self.n_generated() - self.n_unseen
+    }
+
+    /// Tokens drawn but not yet in the KV cache: the prompt (or what is left of it), or the last
+    /// drawn token; none once the last token allowed is drawn (it is never fed back).
     pub fn uncomputed(&self) -> usize {
+        if self.n_generated() >= self.max_new {
+            return 0;
+        }
         self.tokens.len() - self.n_computed
+    }
+
+    /// Records the token drawn for the oldest unseen place.
+    pub fn see(&mut self, token: u32) {
+        let at = self.tokens.len() - self.n_unseen;
+        self.tokens[at] = token;
+        self.n_unseen -= 1;
     }
 
     /// The draw for this sequence's next token.
@@ -252,7 +278,7 @@ impl Sequence {
             queue_s: since(self.submitted, self.admitted),
             time_to_first_token_s: since(self.submitted, first),
             prefill_s: self.admitted.map_or(0.0, |a| since(a, first)),
-            decode_tokens: self.n_generated().saturating_sub(1),
+            decode_tokens: self.n_seen_generated().saturating_sub(1),
             decode_s: first.map_or(0.0, |f| now.duration_since(f).as_secs_f64()),
             total_s: now.duration_since(self.submitted).as_secs_f64(),
         }

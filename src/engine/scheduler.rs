@@ -102,6 +102,11 @@ impl Scheduler {
                 self.waiting.pop_front();
                 continue;
             };
+            if s.n_unseen > 0 {
+                // Preempted while its last draw was in flight: it is recomputed once that token
+                // is known (the next step), and the queue keeps its order.
+                break;
+            }
             let reused = if s.n_computed == 0 { reuse_cached_prefix(s, pool) } else { 0 };
             let n_new = s.uncomputed().min(budget);
             let need = pool.blocks_for(s.n_computed + n_new).saturating_sub(s.blocks.len());

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::shared::{Next, SharedEngine};
 use super::*;
-use crate::model::{KvPool, ModelConfig};
+use crate::model::{FedToken, KvPool, ModelConfig};
 use crate::sampling::{self, SamplingParams};
 
 const VOCAB: usize = 16;
@@ -65,6 +65,9 @@ struct FakeModel {
     fail_on_call: Option<usize>,
     n_calls: usize,
     max_batch: usize,
+    /// Draw sets queued and not yet taken, and the tokens of the last one (what fed tokens are).
+    queued: std::collections::VecDeque<Vec<Result<Sampled, SamplingError>>>,
+    last_drawn: Vec<u32>,
 }
 
 impl FakeModel {
@@ -93,6 +96,8 @@ impl FakeModel {
             fail_on_call: None,
             n_calls: 0,
             max_batch: 64,
+            queued: Default::default(),
+            last_drawn: Vec::new(),
         }
     }
 
@@ -104,6 +109,7 @@ impl FakeModel {
             return Err(ModelError::Invalid("scripted failure".into()));
         }
         self.calls.lock().unwrap().push(batch.iter().map(|b| b.tokens.len()).collect());
+        assert!(batch.iter().all(|b| b.tokens.iter().all(|&t| (t as usize) < VOCAB)), "a token the host has not seen was fed as it is");
         let bt = self.pool.block_tokens;
         let slot = |table: &[u32], pos: usize| table[pos / bt] as usize * bt + pos % bt;
         for b in batch {
@@ -163,6 +169,25 @@ impl LanguageModel for FakeModel {
         sampling::sample_rows(&rows, VOCAB, &specs, &mut out);
         Ok(out)
     }
+    fn queues_work(&self) -> bool {
+        false
+    }
+    fn queue_forward_sample(&mut self, batch: &[SeqChunk<'_>], samples: &[RowSample<'_>], fed: &[FedToken]) -> Result<(), ModelError> {
+        assert!(self.queued.len() < 2, "at most two queued forwards await their draws");
+        let mut tokens: Vec<Vec<u32>> = batch.iter().map(|b| b.tokens.to_vec()).collect();
+        for f in fed {
+            assert_eq!(tokens[f.seq], [request::UNSEEN], "a fed sequence has one new token, the unseen one");
+            tokens[f.seq][0] = self.last_drawn[f.draw];
+        }
+        let batch: Vec<SeqChunk<'_>> = batch.iter().zip(&tokens).map(|(b, t)| SeqChunk { tokens: t, ..*b }).collect();
+        let drawn = self.forward_sample(&batch, samples)?;
+        self.last_drawn = drawn.iter().map(|d| d.as_ref().map_or(0, |d| d.token)).collect();
+        self.queued.push_back(drawn);
+        Ok(())
+    }
+    fn take_draws(&mut self) -> Result<Vec<Result<Sampled, SamplingError>>, ModelError> {
+        Ok(self.queued.pop_front().expect("a queued forward"))
+    }
 }
 
 fn request(prompt: Vec<u32>, max_tokens: usize) -> Request {
@@ -179,9 +204,17 @@ fn request(prompt: Vec<u32>, max_tokens: usize) -> Request {
     }
 }
 
+thread_local! {
+    /// Whether the engines this test thread makes queue each step before taking the last.
+    static OVERLAP: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn config(max_batch: usize, max_step_tokens: usize, prefix_caching: bool) -> EngineConfig {
+    EngineConfig { max_batch, max_step_tokens, prefix_caching, overlap: OVERLAP.with(|o| o.get()) }
+}
+
 fn engine(model: FakeModel) -> Engine {
-    let config = EngineConfig { max_batch: 64, max_step_tokens: 64, prefix_caching: true };
-    Engine::new(Box::new(model), config).unwrap()
+    Engine::new(Box::new(model), config(64, 64, true)).unwrap()
 }
 
 /// Runs the engine until every request finished; the generation of each, by id.
@@ -362,7 +395,7 @@ fn cancel_frees_blocks_at_once_and_ends_with_cancelled() {
 fn chunked_prefill_runs_beside_decoding_sequences() {
     let model = FakeModel::new(cycling, 256, 1024);
     let calls = model.calls.clone();
-    let mut e = Engine::new(Box::new(model), EngineConfig { max_batch: 8, max_step_tokens: 8, prefix_caching: false }).unwrap();
+    let mut e = Engine::new(Box::new(model), config(8, 8, false)).unwrap();
     let short = vec![1, 2];
     let long: Vec<u32> = (0..30).map(|i| (i % 10) as u32).collect();
     let gens = {
@@ -549,4 +582,81 @@ fn threads_submit_and_wait_together() {
     shared.forget(id);
     assert_eq!(shared.stats().kv_blocks_used, 0);
     assert!(!shared.has_work());
+}
+
+/// Every scenario above again with each step queued before the last one's draws are taken (what
+/// a GPU model does): the same tokens, texts, finish reasons and freed blocks.
+#[test]
+fn every_scenario_again_with_overlapped_steps() {
+    OVERLAP.with(|o| o.set(true));
+    batch_equals_each_prompt_alone_and_the_rule();
+    requests_joining_and_leaving_mid_flight_get_their_own_tokens();
+    a_small_cache_serves_more_than_it_could_reserve_and_equals_each_alone();
+    preemption_under_a_tiny_cache_completes_everything();
+    sampled_requests_draw_the_same_tokens_alone_and_in_a_batch();
+    prefix_reuse_gives_the_same_tokens_and_reports_reused_tokens();
+    cancel_frees_blocks_at_once_and_ends_with_cancelled();
+    chunked_prefill_runs_beside_decoding_sequences();
+    stop_strings_split_across_tokens_cut_the_text();
+    eos_stop_ids_and_split_characters();
+    limits_are_checked_at_submit();
+    a_request_that_can_never_get_room_fails_alone();
+    a_failed_forward_fails_that_steps_requests_and_the_engine_goes_on();
+    logprobs_come_with_each_token();
+    hand_driven_sequences_share_the_pool();
+    threads_submit_and_wait_together();
+}
+
+/// With overlap, a step is queued before the previous step's draws are seen: decode steps feed
+/// the unseen token on the device, and only a draw that ends its sequence costs a step that is
+/// dropped.
+#[test]
+fn overlapped_steps_feed_unseen_tokens_and_drop_the_step_after_an_end() {
+    OVERLAP.with(|o| o.set(true));
+    fn rule(h: &[u32]) -> u32 {
+        // Three letters, then end of text.
+        if h.len() >= 4 { EOS } else { h.len() as u32 }
+    }
+    let model = FakeModel::new(rule, 256, 1024);
+    let calls = model.calls.clone();
+    let mut e = engine(model);
+    e.submit(1, request(vec![0], 10)).unwrap();
+    // The first call queues the prompt and returns nothing: its draw is still on the device.
+    assert!(e.step().is_empty());
+    assert!(e.has_work());
+    let mut g = Generation::new(vec![0], 0, None);
+    let mut steps = 1;
+    while e.has_work() {
+        for out in e.step() {
+            g.absorb(&out);
+        }
+        steps += 1;
+    }
+    assert_eq!(g.token_ids, vec![1, 2, 3, EOS]);
+    assert_eq!(g.finish, Some(FinishReason::Eos));
+    // Prompt, three decode steps, and one more queued before the end of text was seen.
+    assert_eq!(calls.lock().unwrap().len(), 5);
+    // One call more than forwards: the last takes the dropped step's draws.
+    assert_eq!(steps, 6);
+    assert_eq!(e.stats().kv_blocks_used, 0);
+}
+
+/// Penalties make a draw depend on every token before it: such a sequence waits for its last
+/// draw, and its tokens equal those of an engine without overlap.
+#[test]
+fn overlapped_steps_wait_for_draws_that_penalties_need() {
+    let run = |overlap: bool| {
+        OVERLAP.with(|o| o.set(overlap));
+        let mut e = engine(FakeModel::new(cycling, 256, 1024));
+        let reqs = prompts(3, 6)
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| Request {
+                sampling: SamplingParams { temperature: 1.0, seed: 7 + i as u64, frequency_penalty: 4.0, ..Default::default() },
+                ..request(p, 12)
+            })
+            .collect();
+        run_all(&mut e, reqs).into_iter().map(|g| g.token_ids).collect::<Vec<_>>()
+    };
+    assert_eq!(run(true), run(false));
 }

@@ -65,6 +65,16 @@ pub struct RowSample<'a> {
     pub spec: SampleSpec<'a>,
 }
 
+/// A token of a queued forward that is the draw of the forward queued before it
+/// ([`LanguageModel::queue_forward_sample`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FedToken {
+    /// Index of the sequence in the batch; its one new token is the drawn one.
+    pub seq: usize,
+    /// Row of that draw among the previous forward's `samples`.
+    pub draw: usize,
+}
+
 /// The KV pool's geometry: `n_blocks` blocks of `block_tokens` positions, shared by every
 /// sequence. Who owns which block is the caller's business (the engine's block manager).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +114,20 @@ pub trait LanguageModel: Send {
         batch: &[SeqChunk<'_>],
         samples: &[RowSample<'_>],
     ) -> Result<Vec<Result<Sampled, SamplingError>>, ModelError>;
+
+    /// Whether [`LanguageModel::queue_forward_sample`] returns before the device has computed
+    /// (a GPU), so that the caller can prepare the next step meanwhile.
+    fn queues_work(&self) -> bool;
+
+    /// [`LanguageModel::forward_sample`] in two halves: queues the forward and its draws and
+    /// returns; [`LanguageModel::take_draws`] waits for them. Sequences named in `fed` have one
+    /// new token, the token drawn for row `draw` of the forward queued just before this one (its
+    /// id in `batch` is ignored), so a decode step can be queued before the host has seen the
+    /// draws it continues from. At most two queued forwards may await `take_draws`.
+    fn queue_forward_sample(&mut self, batch: &[SeqChunk<'_>], samples: &[RowSample<'_>], fed: &[FedToken]) -> Result<(), ModelError>;
+
+    /// The draws of the oldest queued forward not yet taken, one per entry of its `samples`.
+    fn take_draws(&mut self) -> Result<Vec<Result<Sampled, SamplingError>>, ModelError>;
 }
 
 /// Loads the model in `file` onto `device` ("auto", "cpu", "cuda", "cuda:N") with default

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::config::rope_style;
 use super::weights::{load_weights, Weights};
-use super::{KvPool, LanguageModel, LogitsFor, ModelConfig, ModelError, RowSample, SeqChunk};
+use super::{FedToken, KvPool, LanguageModel, LogitsFor, ModelConfig, ModelError, RowSample, SeqChunk};
 use crate::backend::{AttnParams, Backend, BackendError, BatchPlan, KvLayout, ReplayKey, RopeParams, SeqSpan};
 use crate::gguf::GgufFile;
 use crate::sampling::{Sampled, SamplingError};
@@ -99,6 +99,11 @@ pub struct TransformerModel<B: Backend> {
     rope: RopeParams,
     rope_k: RopeParams,
     attn: AttnParams,
+    /// Forwards queued by `queue_forward_sample` whose draws are not yet taken.
+    draws_in_flight: usize,
+    /// Rows of the last queued forward's draws, which the next may be fed from (0 after any
+    /// other forward).
+    feedable_rows: usize,
     /// Keeps the mapped file alive as long as a backend may compute from it.
     _file: Arc<GgufFile>,
 }
@@ -147,6 +152,8 @@ impl<B: Backend> TransformerModel<B> {
             rope,
             rope_k,
             attn,
+            draws_in_flight: 0,
+            feedable_rows: 0,
             _file: file,
         })
     }
@@ -156,7 +163,7 @@ impl<B: Backend> TransformerModel<B> {
     }
 
     /// Validates the batch and lays it out for the backend; `logit_rows` are batch rows.
-    fn plan(&self, batch: &[SeqChunk<'_>], logit_rows: impl FnOnce(&[SeqSpan]) -> Vec<u32>) -> Result<BatchPlan, ModelError> {
+    fn plan(&self, batch: &[SeqChunk<'_>], fed: &[FedToken], logit_rows: impl FnOnce(&[SeqSpan]) -> Vec<u32>) -> Result<BatchPlan, ModelError> {
         if batch.len() > self.options.max_batch {
             return Err(ModelError::Invalid(format!(
                 "{} sequences in one forward exceed max_batch = {}",
@@ -175,12 +182,28 @@ impl<B: Backend> TransformerModel<B> {
             block_tables: Vec::with_capacity(batch.iter().map(|s| s.block_table.len()).sum()),
             block_tokens: bt as u32,
             logit_rows: Vec::new(),
+            fed: Vec::with_capacity(fed.len()),
         };
+        let mut fed_seq = vec![None; batch.len()];
+        for f in fed {
+            let slot = fed_seq.get_mut(f.seq).ok_or_else(|| ModelError::Invalid(format!("a fed token for sequence {} of a batch of {}", f.seq, batch.len())))?;
+            if f.draw >= self.feedable_rows || slot.replace(f.draw).is_some() {
+                return Err(ModelError::Invalid(format!(
+                    "sequence {} fed from draw row {} (the last queued forward drew {} rows; one fed token a sequence)",
+                    f.seq, f.draw, self.feedable_rows
+                )));
+            }
+        }
         for (i, s) in batch.iter().enumerate() {
             if s.tokens.is_empty() {
                 return Err(ModelError::Invalid(format!("sequence {i} of the batch has no new tokens")));
             }
-            if let Some(&id) = s.tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
+            if let Some(draw) = fed_seq[i] {
+                if s.tokens.len() != 1 {
+                    return Err(ModelError::Invalid(format!("sequence {i} is fed a drawn token but has {} new tokens", s.tokens.len())));
+                }
+                plan.fed.push((plan.tokens.len() as u32, draw as u32));
+            } else if let Some(&id) = s.tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
                 return Err(ModelError::BadTokenId { id, vocab_size: self.config.vocab_size });
             }
             let end = s.n_past + s.tokens.len();
@@ -206,7 +229,8 @@ impl<B: Backend> TransformerModel<B> {
             plan.block_tables.extend_from_slice(s.block_table);
             for (j, &t) in s.tokens.iter().enumerate() {
                 let pos = s.n_past + j;
-                plan.tokens.push(t);
+                // A fed token's id is written on the device; 0 holds its place.
+                plan.tokens.push(if fed_seq[i].is_some() { 0 } else { t });
                 plan.positions.push(pos as u32);
                 plan.token_seq.push(i as u32);
                 plan.slots.push(plan.slot_of(&span, pos) as u32);
@@ -325,22 +349,24 @@ impl<B: Backend> LanguageModel for TransformerModel<B> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let plan = self.plan(batch, |seqs| match logits_for {
+        let plan = self.plan(batch, &[], |seqs| match logits_for {
             LogitsFor::AllTokens => (0..seqs.iter().map(|s| s.n_new).sum::<u32>()).collect(),
             LogitsFor::LastToken => seqs.iter().map(|s| s.first_token + s.n_new - 1).collect(),
         })?;
         let vocab = self.config.vocab_size;
+        self.feedable_rows = 0;
         let mut out = vec![0f32; plan.logit_rows.len() * vocab];
         self.run(&plan, |b, logits, first, count| b.read_rows(logits, count, &mut out[first * vocab..(first + count) * vocab]))?;
         Ok(out)
     }
 
     fn forward_rows(&mut self, batch: &[SeqChunk<'_>], logits_for: LogitsFor) -> Result<crate::backend::OwnedRows, ModelError> {
-        let plan = self.plan(batch, |seqs| match logits_for {
+        let plan = self.plan(batch, &[], |seqs| match logits_for {
             LogitsFor::AllTokens => (0..seqs.iter().map(|s| s.n_new).sum::<u32>()).collect(),
             LogitsFor::LastToken => seqs.iter().map(|s| s.first_token + s.n_new - 1).collect(),
         })?;
         let vocab = self.config.vocab_size;
+        self.feedable_rows = 0;
         let mut out = self.backend.alloc_owned_rows(plan.logit_rows.len(), vocab)?;
         self.run(&plan, |b, logits, first, count| b.copy_rows(logits, count, vocab, &mut out, first))?;
         Ok(out)
@@ -357,10 +383,42 @@ impl<B: Backend> LanguageModel for TransformerModel<B> {
         if let Some(r) = samples.iter().find(|r| r.seq >= batch.len()) {
             return Err(ModelError::Invalid(format!("a draw for sequence {} of a batch of {}", r.seq, batch.len())));
         }
-        let plan = self.plan(batch, |seqs| samples.iter().map(|r| seqs[r.seq].first_token + seqs[r.seq].n_new - 1).collect())?;
+        let plan = self.plan(batch, &[], |seqs| samples.iter().map(|r| seqs[r.seq].first_token + seqs[r.seq].n_new - 1).collect())?;
         let specs: Vec<_> = samples.iter().map(|r| r.spec).collect();
+        self.feedable_rows = 0;
         let mut out = Vec::with_capacity(samples.len());
         self.run(&plan, |b, logits, first, count| b.sample(logits, &specs[first..first + count], &mut out))?;
+        Ok(out)
+    }
+
+    fn queues_work(&self) -> bool {
+        self.backend.queues_work()
+    }
+
+    fn queue_forward_sample(&mut self, batch: &[SeqChunk<'_>], samples: &[RowSample<'_>], fed: &[FedToken]) -> Result<(), ModelError> {
+        if self.draws_in_flight >= crate::backend::draws::MAX_CLOSED_SETS {
+            return Err(ModelError::Invalid(format!("{} queued forwards already await take_draws", self.draws_in_flight)));
+        }
+        if let Some(r) = samples.iter().find(|r| r.seq >= batch.len()) {
+            return Err(ModelError::Invalid(format!("a draw for sequence {} of a batch of {}", r.seq, batch.len())));
+        }
+        let plan = self.plan(batch, fed, |seqs| samples.iter().map(|r| seqs[r.seq].first_token + seqs[r.seq].n_new - 1).collect())?;
+        let specs: Vec<_> = samples.iter().map(|r| r.spec).collect();
+        self.feedable_rows = 0;
+        self.run(&plan, |b, logits, first, count| b.queue_draws(logits, &specs[first..first + count], first))?;
+        self.backend.close_draws(specs.len())?;
+        self.draws_in_flight += 1;
+        self.feedable_rows = specs.len();
+        Ok(())
+    }
+
+    fn take_draws(&mut self) -> Result<Vec<Result<Sampled, SamplingError>>, ModelError> {
+        if self.draws_in_flight == 0 {
+            return Err(ModelError::Invalid("take_draws without a queued forward".into()));
+        }
+        self.draws_in_flight -= 1;
+        let mut out = Vec::new();
+        self.backend.take_draws(&mut out)?;
         Ok(out)
     }
 }

@@ -94,6 +94,7 @@ pub struct CpuBackend {
     /// With an explicit thread count, the other parallel ops (embedding, RoPE, attention,
     /// sampling) run on a rayon pool of the same size instead of rayon's global one.
     rayon: Option<Arc<rayon::ThreadPool>>,
+    draws: super::draws::HostDraws,
 }
 
 impl Default for CpuBackend {
@@ -112,7 +113,7 @@ impl CpuBackend {
     /// Matmuls on `n_threads` threads (the calling thread included; 0 is taken as 1). The
     /// other CPU ops (attention, norms) run on rayon's global pool.
     pub fn with_threads(n_threads: usize) -> CpuBackend {
-        CpuBackend { exact_matmul: false, pool: Arc::new(quant::ThreadPool::new(n_threads.max(1))), rayon: None }
+        CpuBackend { exact_matmul: false, pool: Arc::new(quant::ThreadPool::new(n_threads.max(1))), rayon: None, draws: Default::default() }
     }
 
     /// Every op on `n_threads` threads: the matmuls' pool and a rayon pool of the same size for
@@ -210,7 +211,9 @@ impl Backend for CpuBackend {
     }
 
     fn upload_batch(&mut self, plan: &BatchPlan) -> Result<BatchPlan, BackendError> {
-        Ok(plan.clone())
+        let mut batch = plan.clone();
+        self.draws.feed(plan, &mut batch.tokens)?;
+        Ok(batch)
     }
 
     fn embed(&mut self, table: &CpuWeight, batch: &BatchPlan, out: &mut CpuAct) -> Result<(), BackendError> {
@@ -452,7 +455,28 @@ impl Backend for CpuBackend {
         }
         let rows = logits.rows(specs.len())?;
         sampling::sample_rows(rows, logits.width, specs, out);
+        self.draws.forget_fed();
         Ok(())
+    }
+
+    fn queue_draws(&mut self, logits: &CpuAct, specs: &[SampleSpec<'_>], first_row: usize) -> Result<(), BackendError> {
+        let rows = logits.rows(specs.len())?;
+        let pool = self.foreign_pool();
+        self.draws.queue(first_row, |out| {
+            match pool {
+                Some(pool) => pool.install(|| sampling::sample_rows(rows, logits.width, specs, out)),
+                None => sampling::sample_rows(rows, logits.width, specs, out),
+            }
+            Ok(())
+        })
+    }
+
+    fn close_draws(&mut self, rows: usize) -> Result<(), BackendError> {
+        self.draws.close(rows)
+    }
+
+    fn take_draws(&mut self, out: &mut Vec<Result<Sampled, SamplingError>>) -> Result<(), BackendError> {
+        self.draws.take(out)
     }
 }
 

@@ -401,6 +401,8 @@ pub struct CudaBackend {
     pub(super) sampler: super::sampling::DeviceSampler,
     /// FERRITE_HOST_SAMPLING=1: copy logits to the host and sample there (for comparisons).
     pub(super) host_sampling: bool,
+    /// The draw sets of host sampling (`host_sampling`).
+    pub(super) host_draws: crate::backend::draws::HostDraws,
     kv_capacity_tokens: usize,
 }
 
@@ -858,6 +860,7 @@ impl CudaBackend {
             x_f16: None,
             sampler,
             host_sampling: std::env::var("FERRITE_HOST_SAMPLING").is_ok_and(|v| v == "1"),
+            host_draws: Default::default(),
             kv_capacity_tokens: 0,
         })
     }
@@ -1000,8 +1003,11 @@ impl Backend for CudaBackend {
         // (2n) | block_tables. Every offset but the block tables' depends only on the token and
         // logit-row counts, which a recorded decode step is keyed by; the tables, whose length
         // varies, come last.
-        let mut packed: Vec<u32> = Vec::with_capacity(6 * n + plan.logit_rows.len() + plan.block_tables.len());
+        let mut packed: Vec<u32> = Vec::with_capacity(6 * n + plan.logit_rows.len() + plan.block_tables.len() + 2 * plan.fed.len());
         packed.extend_from_slice(&plan.tokens);
+        if self.host_sampling {
+            self.host_draws.feed(plan, &mut packed[..n])?;
+        }
         packed.extend_from_slice(&plan.positions);
         if plan.slots.len() != n {
             return Err(BackendError::Invalid(format!("batch plan of {n} tokens has {} KV slots", plan.slots.len())));
@@ -1045,6 +1051,18 @@ impl Backend for CudaBackend {
             return Err(BackendError::Invalid(format!("KV block {b} of a pool of {capacity_blocks}")));
         }
         packed.extend_from_slice(&plan.block_tables);
+        // Tokens drawn by the last step, which the host has not seen: copied on the device.
+        let fed_at = packed.len();
+        let mut fed_max_row = 0;
+        if !self.host_sampling {
+            for &(t, row) in &plan.fed {
+                if t as usize >= n {
+                    return Err(BackendError::Invalid(format!("fed token {t} of a batch of {n}")));
+                }
+                fed_max_row = fed_max_row.max(row as usize);
+                packed.extend_from_slice(&[t, row]);
+            }
+        }
         let need = packed.len().max(1);
         if self.batch_buf.as_ref().map_or(true, |b| b.len() < need) {
             self.batch_buf = None;
@@ -1055,6 +1073,8 @@ impl Backend for CudaBackend {
         self.ctx.copy_to_device(&packed, buf, "the batch description")?;
         let base = addr(buf, &self.ctx);
         let at = |i: usize| base + (i * std::mem::size_of::<u32>()) as u64;
+        let n_fed = (packed.len() - fed_at) / 2;
+        self.sampler.feed(at(0), at(fed_at), n_fed, fed_max_row)?;
         // Blocks a row of this batch takes unsplit: one per KV head and slice of its query heads.
         let group = self.attn_heads / self.attn_kv_heads.max(1);
         let blocks_per_row = self.attn_kv_heads * group.div_ceil(attention_slice(n, group, self.attn_head_dim).max(1));
@@ -1397,6 +1417,22 @@ impl Backend for CudaBackend {
 
     fn sample(&mut self, logits: &CudaAct, specs: &[SampleSpec<'_>], out: &mut Vec<Result<Sampled, SamplingError>>) -> Result<(), BackendError> {
         super::sampling::sample(self, logits, specs, out)
+    }
+
+    fn queue_draws(&mut self, logits: &CudaAct, specs: &[SampleSpec<'_>], first_row: usize) -> Result<(), BackendError> {
+        super::sampling::queue_draws(self, logits, specs, first_row)
+    }
+
+    fn close_draws(&mut self, rows: usize) -> Result<(), BackendError> {
+        super::sampling::close_draws(self, rows)
+    }
+
+    fn take_draws(&mut self, out: &mut Vec<Result<Sampled, SamplingError>>) -> Result<(), BackendError> {
+        super::sampling::take_draws(self, out)
+    }
+
+    fn queues_work(&self) -> bool {
+        true
     }
 
     fn replayable(&mut self, key: Option<ReplayKey>, ops: impl FnOnce(&mut Self) -> Result<(), BackendError>) -> Result<(), BackendError> {

@@ -7,14 +7,16 @@
 //! penalties) and one small download (the chosen tokens, their log-probabilities and the k best
 //! alternatives when asked for): the logits themselves never leave the device.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
-use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig};
+use cudarc::driver::{CudaEvent, CudaFunction, CudaSlice, LaunchConfig, PinnedHostSlice};
 
 use super::backend::{launch, CudaAct, CudaBackend};
 use super::context::CudaContext;
 use super::error::CudaError;
 use super::kernels;
+use crate::backend::draws::MAX_CLOSED_SETS;
 use crate::backend::BackendError;
 use crate::sampling::{noise, SampleSpec, Sampled, SamplingError};
 
@@ -56,16 +58,50 @@ pub struct DeviceSampler {
     ctx: Arc<CudaContext>,
     func: CudaFunction,
     chunk_func: CudaFunction,
+    feed_func: CudaFunction,
     input: Option<CudaSlice<u32>>,
     output: Option<CudaSlice<u32>>,
     chunks: Option<CudaSlice<u32>>,
+    /// The draw set being queued: per row, the log-probabilities asked for (the rows' output
+    /// is decoded with them when the set is taken).
+    open: Vec<Option<usize>>,
+    open_vocab: usize,
+    /// Closed sets in queue order, each copied to its own pinned landing buffer.
+    closed: VecDeque<ClosedSet>,
+    landings: [Option<PinnedHostSlice<u32>>; MAX_CLOSED_SETS],
+    next_landing: usize,
+    /// Rows of the output buffer that the next batch may be fed from: the last closed set's
+    /// (0 once a plain `sample` has overwritten them).
+    feedable_rows: usize,
+}
+
+struct ClosedSet {
+    landing: usize,
+    logprobs: Vec<Option<usize>>,
+    vocab: usize,
+    copied: CudaEvent,
 }
 
 impl DeviceSampler {
     pub fn new(ctx: Arc<CudaContext>) -> Result<DeviceSampler, CudaError> {
         let func = ctx.function(&kernels::SAMPLING, "sample_rows")?;
         let chunk_func = ctx.function(&kernels::SAMPLING, "sample_chunks")?;
-        Ok(DeviceSampler { ctx, func, chunk_func, input: None, output: None, chunks: None })
+        let feed_func = ctx.function(&kernels::SAMPLING, "feed_drawn_tokens")?;
+        Ok(DeviceSampler {
+            ctx,
+            func,
+            chunk_func,
+            feed_func,
+            input: None,
+            output: None,
+            chunks: None,
+            open: Vec::new(),
+            open_vocab: 0,
+            closed: VecDeque::new(),
+            landings: [None, None],
+            next_landing: 0,
+            feedable_rows: 0,
+        })
     }
 
     /// Draws one token from each of the first `specs.len()` rows of the float32 buffer at
@@ -79,6 +115,106 @@ impl DeviceSampler {
         specs: &[SampleSpec<'_>],
         out: &mut Vec<Result<Sampled, SamplingError>>,
     ) -> Result<(), CudaError> {
+        let n = specs.len();
+        if n == 0 {
+            return Ok(());
+        }
+        self.launch(logits, logits_len, vocab, specs, 0)?;
+        self.feedable_rows = 0;
+        let Some(output) = self.output.as_ref() else { unreachable!("grown by launch") };
+        let words = self.ctx.download(&output.slice(..n * OUT_WORDS), "the sampled tokens")?;
+        for (spec, o) in specs.iter().zip(words.chunks_exact(OUT_WORDS)) {
+            out.push(decode_row(spec.logprobs, o, vocab));
+        }
+        Ok(())
+    }
+
+    /// [`DeviceSampler::sample`] without waiting: the rows become rows `first_row..` of the draw
+    /// set being queued (`first_row == 0` starts a new one).
+    pub fn queue(&mut self, logits: u64, logits_len: usize, vocab: usize, specs: &[SampleSpec<'_>], first_row: usize) -> Result<(), CudaError> {
+        if first_row == 0 {
+            self.open.clear();
+        }
+        if first_row != self.open.len() || (first_row > 0 && vocab != self.open_vocab) {
+            return Err(CudaError::Invalid(format!("draws queued as row {first_row} of a set of {} rows", self.open.len())));
+        }
+        self.launch(logits, logits_len, vocab, specs, first_row)?;
+        self.open.extend(specs.iter().map(|s| s.logprobs));
+        self.open_vocab = vocab;
+        Ok(())
+    }
+
+    /// Ends the set being queued (`rows` rows): queues the copy of its output to a pinned
+    /// landing buffer and marks its end, so that `take` waits for this set alone.
+    pub fn close(&mut self, rows: usize) -> Result<(), CudaError> {
+        if rows != self.open.len() {
+            return Err(CudaError::Invalid(format!("closing a draw set of {rows} rows with {} queued", self.open.len())));
+        }
+        if self.closed.len() >= MAX_CLOSED_SETS {
+            return Err(CudaError::Invalid(format!("{MAX_CLOSED_SETS} draw sets already await take_draws")));
+        }
+        // Sets are taken in order, so with at most two waiting the landings alternate.
+        let slot = self.next_landing;
+        self.next_landing = (slot + 1) % MAX_CLOSED_SETS;
+        let words = rows * OUT_WORDS;
+        if self.landings[slot].as_ref().map_or(true, |l| l.len() < words) {
+            self.landings[slot] = None;
+            let len = words.next_power_of_two().max(4096);
+            // Not write-combined (cudarc's default): the host reads these.
+            // SAFETY: only the rows a copy has filled are read.
+            let pinned = unsafe { self.ctx.raw().alloc_pinned_with_flags::<u32>(len, 0) }
+                .map_err(|e| CudaError::Driver { op: format!("allocating {} bytes of pinned host memory for the drawn tokens", len * 4), msg: e.to_string() })?;
+            self.landings[slot] = Some(pinned);
+        }
+        let (Some(landing), Some(output)) = (self.landings[slot].as_mut(), self.output.as_ref()) else {
+            return Err(CudaError::Invalid("closing a draw set before any draw was queued".into()));
+        };
+        if rows > 0 {
+            let driver = |op: &str, e: cudarc::driver::DriverError| CudaError::Driver { op: op.to_string(), msg: e.to_string() };
+            self.ctx.stream().memcpy_dtoh(&output.slice(..words), &mut *landing).map_err(|e| driver("copying the drawn tokens device->host", e))?;
+        }
+        let copied = self.ctx.raw().new_event(None).map_err(|e| CudaError::Driver { op: "creating an event".into(), msg: e.to_string() })?;
+        copied.record(self.ctx.stream()).map_err(|e| CudaError::Driver { op: "recording the end of a draw set".into(), msg: e.to_string() })?;
+        self.feedable_rows = rows;
+        let logprobs = std::mem::take(&mut self.open);
+        self.closed.push_back(ClosedSet { landing: slot, logprobs, vocab: self.open_vocab, copied });
+        Ok(())
+    }
+
+    /// Waits for the oldest closed set and appends its draws to `out`. A kernel fault queued
+    /// before surfaces here.
+    pub fn take(&mut self, out: &mut Vec<Result<Sampled, SamplingError>>) -> Result<(), CudaError> {
+        let set = self.closed.pop_front().ok_or_else(|| CudaError::Invalid("take_draws without a closed draw set".into()))?;
+        set.copied.synchronize().map_err(|e| CudaError::KernelFault { op: "waiting for a draw set".into(), msg: super::error::describe(&e) })?;
+        if set.logprobs.is_empty() {
+            return Ok(());
+        }
+        let Some(landing) = self.landings[set.landing].as_ref() else { unreachable!("allocated by close") };
+        let words = landing.as_slice().map_err(|e| CudaError::Driver { op: "reading the drawn tokens".into(), msg: e.to_string() })?;
+        for (logprobs, o) in set.logprobs.iter().zip(words.chunks_exact(OUT_WORDS)) {
+            out.push(decode_row(*logprobs, o, set.vocab));
+        }
+        Ok(())
+    }
+
+    /// Queues `tokens[pairs[2i]] = token drawn for row pairs[2i + 1]` of the last closed set, for
+    /// `n_pairs` pairs at device address `pairs`, into the batch's token ids at `tokens`.
+    /// `max_row` is the largest row named (checked by the caller against the plan).
+    pub fn feed(&self, tokens: u64, pairs: u64, n_pairs: usize, max_row: usize) -> Result<(), CudaError> {
+        if n_pairs == 0 {
+            return Ok(());
+        }
+        if max_row >= self.feedable_rows {
+            return Err(CudaError::Invalid(format!("a token fed from draw row {max_row} of a set of {} rows", self.feedable_rows)));
+        }
+        let Some(output) = self.output.as_ref() else { unreachable!("feedable rows exist") };
+        let n = u32::try_from(n_pairs).map_err(|_| CudaError::Invalid(format!("{n_pairs} fed tokens")))?;
+        let cfg = super::backend::grid_stride(n as u64);
+        launch!(self.ctx, &self.feed_func, "feed_drawn_tokens", cfg, &tokens, &*output, &pairs, &n)
+    }
+
+    /// Launches the draws of `specs` into rows `first_row..` of the output buffer.
+    fn launch(&mut self, logits: u64, logits_len: usize, vocab: usize, specs: &[SampleSpec<'_>], first_row: usize) -> Result<(), CudaError> {
         let n = specs.len();
         if n == 0 {
             return Ok(());
@@ -131,13 +267,14 @@ impl DeviceSampler {
         packed.extend_from_slice(&counts);
         packed.extend_from_slice(&in_prompt);
         grow(&self.ctx, &mut self.input, packed.len(), "the sampling parameters")?;
-        grow(&self.ctx, &mut self.output, n * OUT_WORDS, "the sampled tokens")?;
+        grow_keeping(&self.ctx, &mut self.output, (first_row + n) * OUT_WORDS, first_row * OUT_WORDS, "the sampled tokens")?;
         let (Some(input), Some(output)) = (self.input.as_mut(), self.output.as_mut()) else { unreachable!("grown above") };
         self.ctx.copy_to_device(&packed, input, "the sampling parameters")?;
         let base = super::backend::addr(input, &self.ctx);
         let at = |words: usize| base + (words * 4) as u64;
         let (params_ptr, ids_ptr) = (at(0), at(n * PARAM_WORDS));
         let (counts_ptr, prompt_ptr) = (at(n * PARAM_WORDS + n_pen), at(n * PARAM_WORDS + 2 * n_pen));
+        let out_ptr = super::backend::addr(&*output, &self.ctx) + (first_row * OUT_WORDS * 4) as u64;
         let n_chunks = vocab.div_ceil(CHUNK_ELEMS);
         let (mut chunks_ptr, mut n_chunks_u) = (0u64, 0u32);
         if chunks_enabled() && n_chunks <= CHUNKS_MAX && n <= u16::MAX as usize {
@@ -150,12 +287,7 @@ impl DeviceSampler {
         }
         let cfg = LaunchConfig { grid_dim: (n as u32, 1, 1), block_dim: (kernels::SAMPLE_THREADS, 1, 1), shared_mem_bytes: 0 };
         let (func, ctx) = (&self.func, &self.ctx);
-        launch!(ctx, func, "sample_rows", cfg, &logits, &vocab_u, &params_ptr, &ids_ptr, &counts_ptr, &prompt_ptr, &chunks_ptr, &n_chunks_u, &mut *output)?;
-        let words = self.ctx.download(&output.slice(..n * OUT_WORDS), "the sampled tokens")?;
-        for (spec, o) in specs.iter().zip(words.chunks_exact(OUT_WORDS)) {
-            out.push(decode_row(spec, o, vocab));
-        }
-        Ok(())
+        launch!(ctx, func, "sample_rows", cfg, &logits, &vocab_u, &params_ptr, &ids_ptr, &counts_ptr, &prompt_ptr, &chunks_ptr, &n_chunks_u, &out_ptr)
     }
 }
 
@@ -167,8 +299,22 @@ fn grow(ctx: &CudaContext, buf: &mut Option<CudaSlice<u32>>, words: usize, what:
     Ok(())
 }
 
+/// [`grow`], keeping the first `keep` words (the rows of a draw set queued so far).
+fn grow_keeping(ctx: &CudaContext, buf: &mut Option<CudaSlice<u32>>, words: usize, keep: usize, what: &str) -> Result<(), CudaError> {
+    if buf.as_ref().map_or(true, |b| b.len() < words) {
+        let mut bigger = ctx.alloc::<u32>(words.next_power_of_two().max(1024), what)?;
+        if let Some(old) = buf.as_ref().filter(|_| keep > 0) {
+            ctx.stream()
+                .memcpy_dtod(&old.slice(..keep), &mut bigger.slice_mut(..keep))
+                .map_err(|e| CudaError::Driver { op: format!("keeping {what} while growing its buffer"), msg: e.to_string() })?;
+        }
+        *buf = Some(bigger);
+    }
+    Ok(())
+}
+
 /// One row of the kernel's output as the host sampler would have reported it.
-fn decode_row(spec: &SampleSpec<'_>, o: &[u32], vocab: usize) -> Result<Sampled, SamplingError> {
+fn decode_row(logprobs: Option<usize>, o: &[u32], vocab: usize) -> Result<Sampled, SamplingError> {
     match o[1] {
         0 => {}
         1 => return Err(SamplingError::NonFinite { id: o[0], value: f32::from_bits(o[2]) }),
@@ -179,7 +325,7 @@ fn decode_row(spec: &SampleSpec<'_>, o: &[u32], vocab: usize) -> Result<Sampled,
         return Err(SamplingError::BadTokenId { id: token, vocab_size: vocab });
     }
     let mut sampled = Sampled { token, logprob: None, top_logprobs: Vec::new() };
-    if let Some(k) = spec.logprobs {
+    if let Some(k) = logprobs {
         sampled.logprob = Some(f32::from_bits(o[2]));
         let n_top = (o[3] as usize).min(TOP_CAP);
         let mut top: Vec<(u32, f32)> = (0..n_top).map(|j| (o[4 + j], f32::from_bits(o[4 + TOP_CAP + j]))).collect();
@@ -204,10 +350,43 @@ pub(super) fn sample(
         let mut rows = vec![0f32; specs.len() * vocab];
         crate::backend::Backend::read_rows(be, logits, specs.len(), &mut rows)?;
         crate::sampling::sample_rows(&rows, vocab, specs, out);
+        be.host_draws.forget_fed();
         return Ok(());
     }
     // The penalties change the rows in place: they are this step's scratch, read by nothing else.
     let ptr = super::backend::addr(&logits.buf, &be.ctx);
     be.sampler.sample(ptr, logits.capacity_rows * vocab, vocab, specs, out)?;
     Ok(())
+}
+
+pub(super) fn queue_draws(be: &mut CudaBackend, logits: &CudaAct, specs: &[SampleSpec<'_>], first_row: usize) -> Result<(), BackendError> {
+    if specs.len() > logits.capacity_rows {
+        return Err(BackendError::Invalid(format!("sampling {} rows of a buffer of {}", specs.len(), logits.capacity_rows)));
+    }
+    let vocab = logits.width;
+    if be.host_sampling {
+        let mut rows = vec![0f32; specs.len() * vocab];
+        crate::backend::Backend::read_rows(be, logits, specs.len(), &mut rows)?;
+        return be.host_draws.queue(first_row, |out| {
+            crate::sampling::sample_rows(&rows, vocab, specs, out);
+            Ok(())
+        });
+    }
+    let ptr = super::backend::addr(&logits.buf, &be.ctx);
+    be.sampler.queue(ptr, logits.capacity_rows * vocab, vocab, specs, first_row)?;
+    Ok(())
+}
+
+pub(super) fn close_draws(be: &mut CudaBackend, rows: usize) -> Result<(), BackendError> {
+    if be.host_sampling {
+        return be.host_draws.close(rows);
+    }
+    Ok(be.sampler.close(rows)?)
+}
+
+pub(super) fn take_draws(be: &mut CudaBackend, out: &mut Vec<Result<Sampled, SamplingError>>) -> Result<(), BackendError> {
+    if be.host_sampling {
+        return be.host_draws.take(out);
+    }
+    Ok(be.sampler.take(out)?)
 }
