@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use cudarc::driver::{CudaEvent, CudaFunction, CudaSlice, LaunchConfig, PinnedHostSlice};
+use cudarc::driver::{sys, CudaEvent, CudaFunction, CudaSlice, LaunchConfig, PinnedHostSlice};
 
 use super::backend::{launch, CudaAct, CudaBackend};
 use super::context::CudaContext;
@@ -171,7 +171,16 @@ impl DeviceSampler {
         };
         if rows > 0 {
             let driver = |op: &str, e: cudarc::driver::DriverError| CudaError::Driver { op: op.to_string(), msg: e.to_string() };
-            self.ctx.stream().memcpy_dtoh(&output.slice(..words), &mut *landing).map_err(|e| driver("copying the drawn tokens device->host", e))?;
+            // Not cudarc's memcpy_dtoh, which copies the whole destination: the landing is
+            // larger than the rows.
+            let dst = landing.as_mut_ptr().map_err(|e| driver("the drawn tokens' landing buffer", e))?;
+            let src = super::backend::addr(output, &self.ctx);
+            // SAFETY: the landing holds at least `words` u32 (grown above) and the output buffer
+            // at least `words` (grown by `launch` for these rows); the copy is queued on our
+            // stream, and the host reads the landing only after `copied` has completed.
+            unsafe { sys::cuMemcpyDtoHAsync_v2(dst as *mut std::ffi::c_void, src, words * 4, self.ctx.stream().cu_stream()) }
+                .result()
+                .map_err(|e| driver("copying the drawn tokens device->host", e))?;
         }
         let copied = self.ctx.raw().new_event(None).map_err(|e| CudaError::Driver { op: "creating an event".into(), msg: e.to_string() })?;
         copied.record(self.ctx.stream()).map_err(|e| CudaError::Driver { op: "recording the end of a draw set".into(), msg: e.to_string() })?;
