@@ -1070,7 +1070,7 @@ impl Backend for CudaBackend {
             self.batch_generation += 1;
         }
         let Some(buf) = self.batch_buf.as_mut() else { unreachable!("allocated above") };
-        self.ctx.copy_to_device(&packed, buf, "the batch description")?;
+        self.ctx.upload_small(&packed, buf, "the batch description")?;
         let base = addr(buf, &self.ctx);
         let at = |i: usize| base + (i * std::mem::size_of::<u32>()) as u64;
         let n_fed = (packed.len() - fed_at) / 2;

@@ -118,6 +118,8 @@ pub struct CudaContext {
     /// Loaded modules by file name and variant options.
     modules: Mutex<HashMap<String, Arc<CudaModule>>>,
     pub(super) staging: Mutex<Option<Staging>>,
+    /// Pinned buffers of the small uploads a step makes (see `upload_small`).
+    pub(super) small_staging: Mutex<super::memory::SmallStaging>,
     /// FERRITE_CUDA_SYNC=1: synchronize after every launch so a fault names its kernel.
     sync_each_launch: bool,
     /// Kernels launched through [`CudaContext::launch_raw`] may start while the previous kernel
@@ -173,6 +175,7 @@ impl CudaContext {
             sms: sms.max(1) as usize,
             modules: Mutex::new(HashMap::new()),
             staging: Mutex::new(None),
+            small_staging: Mutex::new(Default::default()),
             sync_each_launch: std::env::var("FERRITE_CUDA_SYNC").is_ok_and(|v| v == "1"),
             dependent_launch: major >= 9 && driver >= 12030 && std::env::var("FERRITE_CUDA_PDL").map_or(true, |v| v != "0"),
         })

@@ -28,7 +28,63 @@ pub struct Staging {
     done: [Option<CudaEvent>; 2],
 }
 
+/// Pinned buffers that a step's small uploads pass through, used in turn.
+#[derive(Default)]
+pub struct SmallStaging {
+    slots: [Option<(PinnedHostSlice<u32>, Option<CudaEvent>)>; SMALL_SLOTS],
+    next: usize,
+}
+
+/// Small uploads in flight at once: a step makes two (its batch, the sampler's parameters), and
+/// the engine queues a step while the one before runs.
+const SMALL_SLOTS: usize = 8;
+
 impl CudaContext {
+    /// Copies `host` into the start of `dst` through a pinned buffer and returns once the copy is
+    /// queued. A copy from pageable memory may make the driver wait for the stream's queued work
+    /// first, which would hold the host while the previous step runs instead of preparing the
+    /// next one.
+    pub fn upload_small(&self, host: &[u32], dst: &mut CudaSlice<u32>, what: &str) -> Result<(), CudaError> {
+        if dst.len() < host.len() {
+            return Err(CudaError::Invalid(format!("{what}: device buffer holds {} elements, host data {}", dst.len(), host.len())));
+        }
+        if host.is_empty() {
+            return Ok(());
+        }
+        let mut ring = self.small_staging.lock().map_err(|_| CudaError::Invalid("staging buffer lock poisoned".into()))?;
+        let slot = ring.next;
+        ring.next = (slot + 1) % SMALL_SLOTS;
+        let entry = &mut ring.slots[slot];
+        if let Some((_, Some(done))) = entry.as_ref() {
+            // The copy that last read this buffer, SMALL_SLOTS uploads ago.
+            done.synchronize().ctx(|| format!("waiting for a staging buffer while uploading {what}"))?;
+        }
+        if entry.as_ref().map_or(true, |(buf, _)| buf.len() < host.len()) {
+            *entry = None;
+            let len = host.len().next_power_of_two().max(4096);
+            // SAFETY: only the prefix written below is copied.
+            let buf = unsafe { self.raw().alloc_pinned::<u32>(len) }.ctx(|| format!("allocating {} bytes of pinned host memory", len * 4))?;
+            *entry = Some((buf, None));
+        }
+        let Some((buf, done)) = entry.as_mut() else { unreachable!("allocated above") };
+        let ptr = buf.as_mut_ptr().ctx(|| "a staging buffer".into())?;
+        // SAFETY: the buffer holds at least host.len() u32, and no copy reads it now (waited above).
+        unsafe { std::ptr::copy_nonoverlapping(host.as_ptr(), ptr, host.len()) };
+        let (dst_ptr, _guard) = dst.device_ptr_mut(self.stream());
+        // SAFETY: `dst` holds at least host.len() u32 (checked above); the source stays untouched
+        // until `done` has completed.
+        unsafe { sys::cuMemcpyHtoDAsync_v2(dst_ptr, ptr as *const std::ffi::c_void, std::mem::size_of_val(host), self.stream().cu_stream()) }
+            .result()
+            .ctx(|| format!("copying {} bytes host->device for {what}", std::mem::size_of_val(host)))?;
+        let ev = match done.take() {
+            Some(ev) => ev,
+            None => self.raw().new_event(None).ctx(|| "creating a staging event".into())?,
+        };
+        ev.record(self.stream()).ctx(|| "recording a staging event".into())?;
+        *done = Some(ev);
+        Ok(())
+    }
+
     /// `len` uninitialized elements on this device. Out of memory reports `what` and the sizes.
     pub fn alloc<T: DeviceRepr>(&self, len: usize, what: &str) -> Result<CudaSlice<T>, CudaError> {
         let bytes = len.checked_mul(std::mem::size_of::<T>()).ok_or_else(|| CudaError::Invalid(format!("{what}: {len} elements overflow a byte count")))?;

@@ -278,7 +278,7 @@ impl DeviceSampler {
         grow(&self.ctx, &mut self.input, packed.len(), "the sampling parameters")?;
         grow_keeping(&self.ctx, &mut self.output, (first_row + n) * OUT_WORDS, first_row * OUT_WORDS, "the sampled tokens")?;
         let (Some(input), Some(output)) = (self.input.as_mut(), self.output.as_mut()) else { unreachable!("grown above") };
-        self.ctx.copy_to_device(&packed, input, "the sampling parameters")?;
+        self.ctx.upload_small(&packed, input, "the sampling parameters")?;
         let base = super::backend::addr(input, &self.ctx);
         let at = |words: usize| base + (words * 4) as u64;
         let (params_ptr, ids_ptr) = (at(0), at(n * PARAM_WORDS));
