@@ -136,3 +136,17 @@ def test_gpu_queued_draws_of_more_rows_than_one_logits_chunk(tiny_path, tokenize
     for g, w in zip(got, want):
         assert g.token_ids == w.token_ids
         assert np.allclose(g.logprobs, w.logprobs, atol=1e-4)
+
+
+def test_gpu_a_first_step_that_draws_nothing(tiny_path, tokenizer, monkeypatch):
+    # A prompt longer than a step's tokens: the engine's first queued step computes part of it and
+    # draws nothing; generation goes on as without overlap.
+    def run(overlap):
+        monkeypatch.setenv("FERRITE_ENGINE_OVERLAP", overlap)
+        gen = ferrite.Generator(ferrite.Model.load(tiny_path, device="cuda", max_step_tokens=16, exact_matmul=True), tokenizer)
+        return gen.generate(conv(3), max_tokens=8, logprobs=0, **GREEDY)
+
+    want, got = run("0"), run("1")
+    assert len(want.prompt_token_ids) > 16 and len(want.token_ids) == 8
+    assert got.token_ids == want.token_ids
+    assert np.allclose(got.logprobs, want.logprobs, atol=1e-4)

@@ -34,6 +34,10 @@ impl HostDraws {
     }
 
     pub fn close(&mut self, rows: usize) -> Result<(), BackendError> {
+        if rows == 0 {
+            // A step that draws nothing (a prompt chunk); rows a failed forward left are void.
+            self.open.clear();
+        }
         if rows != self.open.len() {
             return Err(BackendError::Invalid(format!("closing a draw set of {rows} rows with {} queued", self.open.len())));
         }

@@ -142,6 +142,7 @@ pub struct Engine {
     stats: EngineStats,
     /// With `config.overlap`: the step queued last, not yet taken.
     in_flight: Option<InFlight>,
+    last_take: Option<Instant>,
 }
 
 impl Engine {
@@ -162,6 +163,7 @@ impl Engine {
             pending: Vec::new(),
             stats: EngineStats::default(),
             in_flight: None,
+            last_take: None,
         })
     }
 
@@ -284,6 +286,11 @@ impl Engine {
         let queued = self.queue(plan.chunks, &mut outputs);
         self.take_in_flight(&mut outputs);
         self.in_flight = queued;
+        // A step whose sequences all ended meanwhile has nothing left to give: taken now, an idle
+        // engine holds no step.
+        if self.in_flight.as_ref().is_some_and(|f| f.chunks.iter().all(|c| !self.seqs.contains_key(&c.id))) {
+            self.take_in_flight(&mut outputs);
+        }
         outputs
     }
 
@@ -350,20 +357,24 @@ impl Engine {
     fn take_in_flight(&mut self, outputs: &mut Vec<RequestOutput>) {
         let Some(f) = self.in_flight.take() else { return };
         let drawn = self.model.take_draws();
-        self.count_step(f.queued);
+        // A step runs once the one before it is taken: its time counts from the later of the two.
+        let started = self.last_take.map_or(f.queued, |t| t.max(f.queued));
+        self.count_step(started);
+        self.last_take = Some(Instant::now());
         match drawn {
             Err(e) => self.fail_chunks(&f.chunks, &EngineError::Model(e), outputs),
             Ok(drawn) => {
+                // The blocks this step filled can serve other prompts now that it has run (their
+                // tokens were all seen before it was queued). Before the draws: a sequence they
+                // end releases its blocks, and registered blocks stay cached.
+                for (c, &upto) in f.chunks.iter().zip(&f.computed_to) {
+                    self.register_blocks(c.id, upto);
+                }
                 for (id, sampled) in f.rows.into_iter().zip(drawn) {
                     let Some(s) = self.seqs.get_mut(&id) else { continue };
                     // A failed draw's place gets token 0, which its next step was fed.
                     s.see(sampled.as_ref().map_or(0, |d| d.token));
                     self.accept(id, sampled, outputs);
-                }
-                // The blocks this step filled can serve other prompts now that it has run and
-                // their tokens are known.
-                for (c, upto) in f.chunks.iter().zip(f.computed_to) {
-                    self.register_blocks(c.id, upto);
                 }
             }
         }

@@ -68,8 +68,14 @@ impl Scheduler {
                 continue;
             }
             let need = pool.blocks_for(s.n_computed + n_new).saturating_sub(s.blocks.len());
-            // Preempt from the back until the blocks fit, this sequence itself last.
             let mut fits = pool.available() >= need;
+            if !fits && s.n_unseen > 0 {
+                // Its last draw, still on the device, may end it: nothing is preempted or failed
+                // for it until that draw is seen (the next step).
+                i += 1;
+                continue;
+            }
+            // Preempt from the back until the blocks fit, this sequence itself last.
             while !fits && self.running.len() > i + 1 {
                 let victim = self.running.pop().expect("running has more than i + 1 entries");
                 preempt(seqs, pool, victim);

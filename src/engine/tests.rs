@@ -366,6 +366,17 @@ fn prefix_reuse_gives_the_same_tokens_and_reports_reused_tokens() {
 }
 
 #[test]
+fn a_request_ended_by_its_first_draw_leaves_its_prompt_cached() {
+    // Two full blocks of 4 and one token more; one new token, so the prefill is the last step.
+    let prompt: Vec<u32> = (0..9).map(|i| (i * 3 % 10) as u32).collect();
+    let mut e = engine(FakeModel::new(cycling, 256, 1024));
+    let first = run_all(&mut e, vec![request(prompt.clone(), 1)]);
+    let again = run_all(&mut e, vec![request(prompt.clone(), 1)]);
+    assert_eq!(again[0].timings.cached_prompt_tokens, 8);
+    assert_eq!(again[0].token_ids, first[0].token_ids);
+}
+
+#[test]
 fn cancel_frees_blocks_at_once_and_ends_with_cancelled() {
     let mut e = engine(FakeModel::new(cycling, 256, 1024));
     let mut gens = HashMap::from([(2, Generation::new(vec![2; 10], 0, None))]);
@@ -595,6 +606,7 @@ fn every_scenario_again_with_overlapped_steps() {
     preemption_under_a_tiny_cache_completes_everything();
     sampled_requests_draw_the_same_tokens_alone_and_in_a_batch();
     prefix_reuse_gives_the_same_tokens_and_reports_reused_tokens();
+    a_request_ended_by_its_first_draw_leaves_its_prompt_cached();
     cancel_frees_blocks_at_once_and_ends_with_cancelled();
     chunked_prefill_runs_beside_decoding_sequences();
     stop_strings_split_across_tokens_cut_the_text();
@@ -625,19 +637,18 @@ fn overlapped_steps_feed_unseen_tokens_and_drop_the_step_after_an_end() {
     assert!(e.step().is_empty());
     assert!(e.has_work());
     let mut g = Generation::new(vec![0], 0, None);
-    let mut steps = 1;
-    while e.has_work() {
+    while g.finish.is_none() {
         for out in e.step() {
             g.absorb(&out);
         }
-        steps += 1;
     }
     assert_eq!(g.token_ids, vec![1, 2, 3, EOS]);
     assert_eq!(g.finish, Some(FinishReason::Eos));
-    // Prompt, three decode steps, and one more queued before the end of text was seen.
+    // Prompt, three decode steps, and one more queued before the end of text was seen, which the
+    // call that saw it took at once: the engine holds nothing.
     assert_eq!(calls.lock().unwrap().len(), 5);
-    // One call more than forwards: the last takes the dropped step's draws.
-    assert_eq!(steps, 6);
+    assert!(!e.has_work());
+    assert_eq!(e.stats().steps, 5);
     assert_eq!(e.stats().kv_blocks_used, 0);
 }
 

@@ -147,6 +147,10 @@ impl DeviceSampler {
     /// Ends the set being queued (`rows` rows): queues the copy of its output to a pinned
     /// landing buffer and marks its end, so that `take` waits for this set alone.
     pub fn close(&mut self, rows: usize) -> Result<(), CudaError> {
+        if rows == 0 {
+            // A step that draws nothing (a prompt chunk); rows a failed forward left are void.
+            self.open.clear();
+        }
         if rows != self.open.len() {
             return Err(CudaError::Invalid(format!("closing a draw set of {rows} rows with {} queued", self.open.len())));
         }
@@ -166,10 +170,8 @@ impl DeviceSampler {
                 .map_err(|e| CudaError::Driver { op: format!("allocating {} bytes of pinned host memory for the drawn tokens", len * 4), msg: e.to_string() })?;
             self.landings[slot] = Some(pinned);
         }
-        let (Some(landing), Some(output)) = (self.landings[slot].as_mut(), self.output.as_ref()) else {
-            return Err(CudaError::Invalid("closing a draw set before any draw was queued".into()));
-        };
-        if rows > 0 {
+        let Some(landing) = self.landings[slot].as_mut() else { unreachable!("allocated above") };
+        if let Some(output) = self.output.as_ref().filter(|_| rows > 0) {
             let driver = |op: &str, e: cudarc::driver::DriverError| CudaError::Driver { op: op.to_string(), msg: e.to_string() };
             // Not cudarc's memcpy_dtoh, which copies the whole destination: the landing is
             // larger than the rows.
