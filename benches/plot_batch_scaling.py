@@ -41,7 +41,7 @@ def main() -> int:
     ap.add_argument("bench_generate")
     ap.add_argument("llamacpp")
     ap.add_argument("out")
-    ap.add_argument("--mode", default="t0.8+filters", help="the Generator column to plot")
+    ap.add_argument("--mode", default="t0.8+filters", help="the Generator column to plot ('t0.8+filters decode': decode only)")
     ap.add_argument("--title", default="Aggregate decode tokens/s, one H200")
     args = ap.parse_args()
     ours, theirs = ferrite_rows(args.bench_generate, args.mode), llamacpp_rows(args.llamacpp)
@@ -55,7 +55,8 @@ def main() -> int:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     xs = sorted(ours)
-    ax.plot(xs, [ours[b] for b in xs], "o-", label=f"ferrite Generator ({args.mode}, prefill included)")
+    counted = "decode only" if args.mode.endswith(" decode") else "prefill included"
+    ax.plot(xs, [ours[b] for b in xs], "o-", label=f"ferrite Generator ({args.mode.removesuffix(' decode')}, {counted})")
     ls = sorted(theirs)
     ax.plot(ls, [theirs[b] for b in ls], "s--", label="llama.cpp batched-bench S_TG (decode only, no sampling)")
     for b in xs:
