@@ -316,25 +316,10 @@ impl Engine {
     /// is the unseen draw of the step in flight are fed it on the device.
     fn queue(&mut self, chunks: Vec<Chunk>, outputs: &mut Vec<RequestOutput>) -> Option<InFlight> {
         let queued = Instant::now();
-        let mut batch = Vec::with_capacity(chunks.len());
-        let mut samples = Vec::new();
-        let mut rows = Vec::new();
-        let mut fed = Vec::new();
-        for (i, c) in chunks.iter().enumerate() {
-            let s = &self.seqs[&c.id];
-            let tokens = &s.tokens[s.n_computed..s.n_computed + c.n_new];
-            if tokens.contains(&request::UNSEEN) {
-                // Only the last drawn token can be unseen, and a step feeds it alone.
-                debug_assert!(c.n_new == 1 && s.n_unseen == 1);
-                fed.push(FedToken { seq: i, draw: s.unseen_row });
-            }
-            batch.push(SeqChunk { tokens, n_past: s.n_computed, block_table: &s.blocks });
-            if s.n_computed + c.n_new == s.tokens.len() {
-                samples.push(RowSample { seq: i, spec: s.sample_spec() });
-                rows.push(c.id);
-            }
-        }
-        if let Err(e) = self.model.queue_forward_sample(&batch, &samples, &fed) {
+        let b = StepBatch::of(&self.seqs, &chunks);
+        let result = self.model.queue_forward_sample(&b.batch, &b.samples, &b.fed);
+        let rows = b.rows;
+        if let Err(e) = result {
             self.fail_chunks(&chunks, &EngineError::Model(e), outputs);
             return None;
         }
@@ -607,27 +592,47 @@ impl Engine {
     }
 }
 
-/// Runs the chunks of a step through the model and draws for every sequence whose known tokens
-/// are all computed after it. Returns the draws by request.
+/// A step's chunks as the model takes them: the batch, the draws (for every sequence whose known
+/// tokens are all computed after it) with the request of each, and the tokens to feed from the
+/// step in flight (a sequence's last drawn token, unseen yet, which a step feeds alone).
+struct StepBatch<'a> {
+    batch: Vec<SeqChunk<'a>>,
+    samples: Vec<RowSample<'a>>,
+    rows: Vec<RequestId>,
+    fed: Vec<FedToken>,
+}
+
+impl<'a> StepBatch<'a> {
+    fn of(seqs: &'a HashMap<RequestId, Sequence>, chunks: &[Chunk]) -> StepBatch<'a> {
+        let mut b = StepBatch { batch: Vec::with_capacity(chunks.len()), samples: Vec::new(), rows: Vec::new(), fed: Vec::new() };
+        for (i, c) in chunks.iter().enumerate() {
+            let s = &seqs[&c.id];
+            let tokens = &s.tokens[s.n_computed..s.n_computed + c.n_new];
+            if tokens.contains(&request::UNSEEN) {
+                debug_assert!(c.n_new == 1 && s.n_unseen == 1);
+                b.fed.push(FedToken { seq: i, draw: s.unseen_row });
+            }
+            b.batch.push(SeqChunk { tokens, n_past: s.n_computed, block_table: &s.blocks });
+            if s.n_computed + c.n_new == s.tokens.len() {
+                b.samples.push(RowSample { seq: i, spec: s.sample_spec() });
+                b.rows.push(c.id);
+            }
+        }
+        b
+    }
+}
+
+/// Runs the chunks of a step through the model and waits for their draws. Returns the draws by
+/// request.
 #[allow(clippy::type_complexity)]
 fn run_chunks(
     model: &mut dyn LanguageModel,
     seqs: &HashMap<RequestId, Sequence>,
     chunks: &[Chunk],
 ) -> Result<Vec<(RequestId, Result<Sampled, SamplingError>)>, ModelError> {
-    let mut batch = Vec::with_capacity(chunks.len());
-    let mut rows = Vec::new();
-    let mut row_ids = Vec::new();
-    for (i, c) in chunks.iter().enumerate() {
-        let s = &seqs[&c.id];
-        batch.push(SeqChunk { tokens: &s.tokens[s.n_computed..s.n_computed + c.n_new], n_past: s.n_computed, block_table: &s.blocks });
-        if s.n_computed + c.n_new == s.tokens.len() {
-            rows.push(RowSample { seq: i, spec: s.sample_spec() });
-            row_ids.push(c.id);
-        }
-    }
-    let drawn = model.forward_sample(&batch, &rows)?;
-    Ok(row_ids.into_iter().zip(drawn).collect())
+    let b = StepBatch::of(seqs, chunks);
+    let drawn = model.forward_sample(&b.batch, &b.samples)?;
+    Ok(b.rows.into_iter().zip(drawn).collect())
 }
 
 /// What a request is checked against.

@@ -221,7 +221,7 @@ impl DeviceSampler {
         let Some(output) = self.output.as_ref() else { unreachable!("feedable rows exist") };
         let n = u32::try_from(n_pairs).map_err(|_| CudaError::Invalid(format!("{n_pairs} fed tokens")))?;
         let cfg = super::backend::grid_stride(n as u64);
-        launch!(self.ctx, &self.feed_func, "feed_drawn_tokens", cfg, &tokens, &*output, &pairs, &n)
+        launch!(self.ctx, &self.feed_func, "feed_drawn_tokens", cfg, &tokens, output, &pairs, &n)
     }
 
     /// Launches the draws of `specs` into rows `first_row..` of the output buffer.
