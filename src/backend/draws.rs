@@ -11,6 +11,34 @@ use crate::sampling::{Sampled, SamplingError};
 /// it is queuing).
 pub const MAX_CLOSED_SETS: usize = 2;
 
+/// Rows `first_row..` of the open set come next (`first_row == 0` starts a new one): the
+/// queuing rule every backend's draw sets follow. `open` holds one entry per row queued so far.
+pub fn continue_open<T>(open: &mut Vec<T>, first_row: usize) -> Result<(), String> {
+    if first_row == 0 {
+        open.clear();
+    }
+    if first_row != open.len() {
+        return Err(format!("draws queued as row {first_row} of a set of {} rows", open.len()));
+    }
+    Ok(())
+}
+
+/// Whether the open set may close with `rows` rows while `n_closed` sets await their take. A
+/// step that draws nothing (a prompt chunk) closes an empty set: rows a failed forward left
+/// are void.
+pub fn check_close<T>(open: &mut Vec<T>, rows: usize, n_closed: usize) -> Result<(), String> {
+    if rows == 0 {
+        open.clear();
+    }
+    if rows != open.len() {
+        return Err(format!("closing a draw set of {rows} rows with {} queued", open.len()));
+    }
+    if n_closed >= MAX_CLOSED_SETS {
+        return Err(format!("{MAX_CLOSED_SETS} draw sets already await take_draws"));
+    }
+    Ok(())
+}
+
 #[derive(Default)]
 pub struct HostDraws {
     open: Vec<Result<Sampled, SamplingError>>,
@@ -24,26 +52,12 @@ impl HostDraws {
     /// Appends the rows that `draw` computes as rows `first_row..` of the open set
     /// (`first_row == 0` starts a new one).
     pub fn queue(&mut self, first_row: usize, draw: impl FnOnce(&mut Vec<Result<Sampled, SamplingError>>) -> Result<(), BackendError>) -> Result<(), BackendError> {
-        if first_row == 0 {
-            self.open.clear();
-        }
-        if first_row != self.open.len() {
-            return Err(BackendError::Invalid(format!("draws queued as row {first_row} of a set of {} rows", self.open.len())));
-        }
+        continue_open(&mut self.open, first_row).map_err(BackendError::Invalid)?;
         draw(&mut self.open)
     }
 
     pub fn close(&mut self, rows: usize) -> Result<(), BackendError> {
-        if rows == 0 {
-            // A step that draws nothing (a prompt chunk); rows a failed forward left are void.
-            self.open.clear();
-        }
-        if rows != self.open.len() {
-            return Err(BackendError::Invalid(format!("closing a draw set of {rows} rows with {} queued", self.open.len())));
-        }
-        if self.closed.len() >= MAX_CLOSED_SETS {
-            return Err(BackendError::Invalid(format!("{MAX_CLOSED_SETS} draw sets already await take_draws")));
-        }
+        check_close(&mut self.open, rows, self.closed.len()).map_err(BackendError::Invalid)?;
         self.last_tokens = self.open.iter().map(|r| r.as_ref().map_or(0, |s| s.token)).collect();
         self.closed.push_back(std::mem::take(&mut self.open));
         Ok(())
@@ -63,10 +77,5 @@ impl HostDraws {
             *tokens.get_mut(t as usize).ok_or_else(|| BackendError::Invalid(format!("fed token {t} of a batch of {n}")))? = *token;
         }
         Ok(())
-    }
-
-    /// A draw outside the sets (a plain `sample`) ends what the last set may feed.
-    pub fn forget_fed(&mut self) {
-        self.last_tokens.clear();
     }
 }

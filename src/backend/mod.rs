@@ -454,20 +454,10 @@ pub trait Backend: Send + 'static {
         }
     }
 
-    /// Draws a token from each of the first `specs.len()` rows of `logits` (`[rows][vocab]`) as
-    /// [`crate::sampling`] defines the draw, appending one result per row to `out`. Only the
-    /// chosen tokens (and log-probabilities when asked) reach the host. A row whose logits are
-    /// broken (NaN, +inf, all -inf) gets its own error; the others are still drawn. Synchronizes.
-    fn sample(
-        &mut self,
-        logits: &Self::Act,
-        specs: &[SampleSpec<'_>],
-        out: &mut Vec<Result<Sampled, SamplingError>>,
-    ) -> Result<(), BackendError>;
-
-    /// [`Backend::sample`] without waiting: the draws of `specs` (rows `0..specs.len()` of
-    /// `logits`) become rows `first_row..` of the draw set being queued (`first_row == 0` starts
-    /// a new one). The results come from [`Backend::take_draws`] once the set is closed.
+    /// Queues a draw from each of the first `specs.len()` rows of `logits` (`[rows][vocab]`) as
+    /// [`crate::sampling`] defines the draw; they become rows `first_row..` of the draw set being
+    /// queued (`first_row == 0` starts a new one). Only the chosen tokens (and log-probabilities
+    /// when asked) reach the host, through [`Backend::take_draws`] once the set is closed.
     fn queue_draws(&mut self, logits: &Self::Act, specs: &[SampleSpec<'_>], first_row: usize) -> Result<(), BackendError>;
 
     /// Ends the draw set being queued, of `rows` rows. Its tokens can feed the next batch
@@ -476,7 +466,8 @@ pub trait Backend: Send + 'static {
     fn close_draws(&mut self, rows: usize) -> Result<(), BackendError>;
 
     /// Waits for the oldest closed draw set not yet taken and appends its results to `out`, in
-    /// row order (a broken row gets its own error, as in [`Backend::sample`]).
+    /// row order. A row whose logits are broken (NaN, +inf, all -inf) gets its own error; the
+    /// others are still drawn.
     fn take_draws(&mut self, out: &mut Vec<Result<Sampled, SamplingError>>) -> Result<(), BackendError>;
 
     /// Whether queued work runs while the host goes on (a GPU), so that the host can prepare the

@@ -140,7 +140,7 @@ pub struct Engine {
     /// Outputs produced outside a step (cancellations, requests with nothing to generate).
     pending: Vec<RequestOutput>,
     stats: EngineStats,
-    /// With `config.overlap`: the step queued last, not yet taken.
+    /// The step queued last, not yet taken (between calls only with `config.overlap`).
     in_flight: Option<InFlight>,
     last_take: Option<Instant>,
 }
@@ -237,9 +237,9 @@ impl Engine {
     /// step. A failure of the forward pass fails the requests of that step (each gets an output
     /// with the error); the engine itself goes on.
     ///
-    /// With `config.overlap` the step is queued on the device and this returns the outputs of
-    /// the step queued by the previous call, taken while this one runs: the device is never idle
-    /// between steps. A sequence that the previous step's draw ends (end of text, stop string)
+    /// Every step is queued on the model and its draws taken afterwards. With `config.overlap`
+    /// a call takes the draws of the step the previous call queued only after queuing its own, and
+    /// returns their outputs: the device is never idle between steps. A sequence that the previous step's draw ends (end of text, stop string)
     /// has been fed once more by this step; that draw is dropped. Sequences with penalties wait
     /// for their last draw instead (the next draw depends on it).
     pub fn step(&mut self) -> Vec<RequestOutput> {
@@ -262,33 +262,12 @@ impl Engine {
             self.take_in_flight(&mut outputs);
             return outputs;
         }
-        if !self.config.overlap {
-            let started = Instant::now();
-            let result = run_chunks(self.model.as_mut(), &self.seqs, &plan.chunks);
-            self.count_step(started);
-            match result {
-                Err(e) => self.fail_chunks(&plan.chunks, &EngineError::Model(e), &mut outputs),
-                Ok(drawn) => {
-                    for c in &plan.chunks {
-                        if let Some(s) = self.seqs.get_mut(&c.id) {
-                            s.n_computed += c.n_new;
-                            let upto = s.n_computed;
-                            self.register_blocks(c.id, upto);
-                        }
-                    }
-                    for (id, sampled) in drawn {
-                        self.accept(id, sampled, &mut outputs);
-                    }
-                }
-            }
-            return outputs;
-        }
         let queued = self.queue(plan.chunks, &mut outputs);
         self.take_in_flight(&mut outputs);
         self.in_flight = queued;
-        // A step whose sequences all ended meanwhile has nothing left to give: taken now, an idle
-        // engine holds no step.
-        if self.in_flight.as_ref().is_some_and(|f| f.chunks.iter().all(|c| !self.seqs.contains_key(&c.id))) {
+        // Without overlap the step is taken now. With it, a step whose sequences all ended
+        // meanwhile has nothing left to give: taken now too, an idle engine holds no step.
+        if !self.config.overlap || self.in_flight.as_ref().is_some_and(|f| f.chunks.iter().all(|c| !self.seqs.contains_key(&c.id))) {
             self.take_in_flight(&mut outputs);
         }
         outputs
@@ -316,10 +295,26 @@ impl Engine {
     /// is the unseen draw of the step in flight are fed it on the device.
     fn queue(&mut self, chunks: Vec<Chunk>, outputs: &mut Vec<RequestOutput>) -> Option<InFlight> {
         let queued = Instant::now();
-        let b = StepBatch::of(&self.seqs, &chunks);
-        let result = self.model.queue_forward_sample(&b.batch, &b.samples, &b.fed);
-        let rows = b.rows;
-        if let Err(e) = result {
+        let mut batch = Vec::with_capacity(chunks.len());
+        let mut samples = Vec::new();
+        let mut rows = Vec::new();
+        let mut fed = Vec::new();
+        for (i, c) in chunks.iter().enumerate() {
+            let s = &self.seqs[&c.id];
+            let tokens = &s.tokens[s.n_computed..s.n_computed + c.n_new];
+            if tokens.contains(&request::UNSEEN) {
+                // Only the last drawn token can be unseen, and a step feeds it alone.
+                debug_assert!(c.n_new == 1 && s.n_unseen == 1);
+                fed.push(FedToken { seq: i, draw: s.unseen_row });
+            }
+            batch.push(SeqChunk { tokens, n_past: s.n_computed, block_table: &s.blocks });
+            // A draw for every sequence whose known tokens are all computed after this step.
+            if s.n_computed + c.n_new == s.tokens.len() {
+                samples.push(RowSample { seq: i, spec: s.sample_spec() });
+                rows.push(c.id);
+            }
+        }
+        if let Err(e) = self.model.queue_forward_sample(&batch, &samples, &fed) {
             self.fail_chunks(&chunks, &EngineError::Model(e), outputs);
             return None;
         }
@@ -384,8 +379,8 @@ impl Engine {
         }
     }
 
-    /// Takes a drawn token: records it, streams its text, and decides whether the request goes on.
-    /// With overlap, the token is already in place (`Sequence::see`); else it is appended.
+    /// Takes a drawn token, already in its place (`Sequence::see`): records it, streams its text,
+    /// and decides whether the request goes on.
     fn accept(&mut self, id: RequestId, sampled: Result<Sampled, SamplingError>, outputs: &mut Vec<RequestOutput>) {
         let sampled = match sampled {
             Ok(s) => s,
@@ -395,9 +390,6 @@ impl Engine {
         let token = sampled.token;
         let now = Instant::now();
         s.first_token.get_or_insert(now);
-        if !self.config.overlap {
-            s.tokens.push(token);
-        }
         s.history.record_output(token);
         self.stats.generated_tokens += 1;
         let mut out = RequestOutput::new(id);
@@ -590,49 +582,6 @@ impl Engine {
         }
         Ok(result?)
     }
-}
-
-/// A step's chunks as the model takes them: the batch, the draws (for every sequence whose known
-/// tokens are all computed after it) with the request of each, and the tokens to feed from the
-/// step in flight (a sequence's last drawn token, unseen yet, which a step feeds alone).
-struct StepBatch<'a> {
-    batch: Vec<SeqChunk<'a>>,
-    samples: Vec<RowSample<'a>>,
-    rows: Vec<RequestId>,
-    fed: Vec<FedToken>,
-}
-
-impl<'a> StepBatch<'a> {
-    fn of(seqs: &'a HashMap<RequestId, Sequence>, chunks: &[Chunk]) -> StepBatch<'a> {
-        let mut b = StepBatch { batch: Vec::with_capacity(chunks.len()), samples: Vec::new(), rows: Vec::new(), fed: Vec::new() };
-        for (i, c) in chunks.iter().enumerate() {
-            let s = &seqs[&c.id];
-            let tokens = &s.tokens[s.n_computed..s.n_computed + c.n_new];
-            if tokens.contains(&request::UNSEEN) {
-                debug_assert!(c.n_new == 1 && s.n_unseen == 1);
-                b.fed.push(FedToken { seq: i, draw: s.unseen_row });
-            }
-            b.batch.push(SeqChunk { tokens, n_past: s.n_computed, block_table: &s.blocks });
-            if s.n_computed + c.n_new == s.tokens.len() {
-                b.samples.push(RowSample { seq: i, spec: s.sample_spec() });
-                b.rows.push(c.id);
-            }
-        }
-        b
-    }
-}
-
-/// Runs the chunks of a step through the model and waits for their draws. Returns the draws by
-/// request.
-#[allow(clippy::type_complexity)]
-fn run_chunks(
-    model: &mut dyn LanguageModel,
-    seqs: &HashMap<RequestId, Sequence>,
-    chunks: &[Chunk],
-) -> Result<Vec<(RequestId, Result<Sampled, SamplingError>)>, ModelError> {
-    let b = StepBatch::of(seqs, chunks);
-    let drawn = model.forward_sample(&b.batch, &b.samples)?;
-    Ok(b.rows.into_iter().zip(drawn).collect())
 }
 
 /// What a request is checked against.

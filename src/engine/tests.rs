@@ -133,6 +133,16 @@ impl FakeModel {
             .collect())
     }
 
+    /// The forward of `batch` and a draw for each of `samples`.
+    fn draw(&mut self, batch: &[SeqChunk<'_>], samples: &[RowSample<'_>]) -> Result<Vec<Result<Sampled, SamplingError>>, ModelError> {
+        let histories = self.run(batch)?;
+        let rows: Vec<f32> = samples.iter().flat_map(|r| self.logits(&histories[r.seq])).collect();
+        let specs: Vec<_> = samples.iter().map(|r| r.spec).collect();
+        let mut out = Vec::new();
+        sampling::sample_rows(&rows, VOCAB, &specs, &mut out);
+        Ok(out)
+    }
+
     fn logits(&self, history: &[u32]) -> Vec<f32> {
         let mut row = vec![0.0f32; VOCAB];
         row[(self.rule)(history) as usize] = 10.0;
@@ -161,14 +171,6 @@ impl LanguageModel for FakeModel {
     fn forward_rows(&mut self, batch: &[SeqChunk<'_>], logits_for: LogitsFor) -> Result<crate::backend::OwnedRows, ModelError> {
         Ok(crate::backend::OwnedRows::Host(self.forward(batch, logits_for)?))
     }
-    fn forward_sample(&mut self, batch: &[SeqChunk<'_>], samples: &[RowSample<'_>]) -> Result<Vec<Result<Sampled, SamplingError>>, ModelError> {
-        let histories = self.run(batch)?;
-        let rows: Vec<f32> = samples.iter().flat_map(|r| self.logits(&histories[r.seq])).collect();
-        let specs: Vec<_> = samples.iter().map(|r| r.spec).collect();
-        let mut out = Vec::new();
-        sampling::sample_rows(&rows, VOCAB, &specs, &mut out);
-        Ok(out)
-    }
     fn queues_work(&self) -> bool {
         false
     }
@@ -180,7 +182,7 @@ impl LanguageModel for FakeModel {
             tokens[f.seq][0] = self.last_drawn[f.draw];
         }
         let batch: Vec<SeqChunk<'_>> = batch.iter().zip(&tokens).map(|(b, t)| SeqChunk { tokens: t, ..*b }).collect();
-        let drawn = self.forward_sample(&batch, samples)?;
+        let drawn = self.draw(&batch, samples)?;
         self.last_drawn = drawn.iter().map(|d| d.as_ref().map_or(0, |d| d.token)).collect();
         self.queued.push_back(drawn);
         Ok(())

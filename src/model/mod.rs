@@ -105,22 +105,15 @@ pub trait LanguageModel: Send {
     /// own, for handing to other GPU libraries without a copy).
     fn forward_rows(&mut self, batch: &[SeqChunk<'_>], logits_for: LogitsFor) -> Result<crate::backend::OwnedRows, ModelError>;
 
-    /// Like `forward`, but instead of returning logits, draws one token from the logits of the
-    /// last new token of each sequence named in `samples` (on the device that computed them),
-    /// one result per entry of `samples`, in order. A row whose logits are broken gets its own
-    /// error; a failure of the forward itself is the `Err`.
-    fn forward_sample(
-        &mut self,
-        batch: &[SeqChunk<'_>],
-        samples: &[RowSample<'_>],
-    ) -> Result<Vec<Result<Sampled, SamplingError>>, ModelError>;
-
     /// Whether [`LanguageModel::queue_forward_sample`] returns before the device has computed
     /// (a GPU), so that the caller can prepare the next step meanwhile.
     fn queues_work(&self) -> bool;
 
-    /// [`LanguageModel::forward_sample`] in two halves: queues the forward and its draws and
-    /// returns; [`LanguageModel::take_draws`] waits for them. Sequences named in `fed` have one
+    /// Like `forward`, but instead of returning logits, draws one token from the logits of the
+    /// last new token of each sequence named in `samples` (on the device that computed them).
+    /// Queues the forward and its draws and returns; [`LanguageModel::take_draws`] waits for them
+    /// (one result per entry of `samples`, in order: a row whose logits are broken gets its own
+    /// error, a failure of the forward itself is the `Err`). Sequences named in `fed` have one
     /// new token, the token drawn for row `draw` of the forward queued just before this one (its
     /// id in `batch` is ignored), so a decode step can be queued before the host has seen the
     /// draws it continues from. At most two queued forwards may await `take_draws`.

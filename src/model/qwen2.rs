@@ -372,25 +372,6 @@ impl<B: Backend> LanguageModel for TransformerModel<B> {
         Ok(out)
     }
 
-    fn forward_sample(
-        &mut self,
-        batch: &[SeqChunk<'_>],
-        samples: &[RowSample<'_>],
-    ) -> Result<Vec<Result<Sampled, SamplingError>>, ModelError> {
-        if batch.is_empty() {
-            return Ok(Vec::new());
-        }
-        if let Some(r) = samples.iter().find(|r| r.seq >= batch.len()) {
-            return Err(ModelError::Invalid(format!("a draw for sequence {} of a batch of {}", r.seq, batch.len())));
-        }
-        let plan = self.plan(batch, &[], |seqs| samples.iter().map(|r| seqs[r.seq].first_token + seqs[r.seq].n_new - 1).collect())?;
-        let specs: Vec<_> = samples.iter().map(|r| r.spec).collect();
-        self.feedable_rows = 0;
-        let mut out = Vec::with_capacity(samples.len());
-        self.run(&plan, |b, logits, first, count| b.sample(logits, &specs[first..first + count], &mut out))?;
-        Ok(out)
-    }
-
     fn queues_work(&self) -> bool {
         self.backend.queues_work()
     }

@@ -449,16 +449,6 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn sample(&mut self, logits: &CpuAct, specs: &[SampleSpec<'_>], out: &mut Vec<Result<Sampled, SamplingError>>) -> Result<(), BackendError> {
-        if let Some(pool) = self.foreign_pool() {
-            return pool.install(|| self.sample(logits, specs, out));
-        }
-        let rows = logits.rows(specs.len())?;
-        sampling::sample_rows(rows, logits.width, specs, out);
-        self.draws.forget_fed();
-        Ok(())
-    }
-
     fn queue_draws(&mut self, logits: &CpuAct, specs: &[SampleSpec<'_>], first_row: usize) -> Result<(), BackendError> {
         let rows = logits.rows(specs.len())?;
         let pool = self.foreign_pool();

@@ -1415,10 +1415,6 @@ impl Backend for CudaBackend {
         }
     }
 
-    fn sample(&mut self, logits: &CudaAct, specs: &[SampleSpec<'_>], out: &mut Vec<Result<Sampled, SamplingError>>) -> Result<(), BackendError> {
-        super::sampling::sample(self, logits, specs, out)
-    }
-
     fn queue_draws(&mut self, logits: &CudaAct, specs: &[SampleSpec<'_>], first_row: usize) -> Result<(), BackendError> {
         super::sampling::queue_draws(self, logits, specs, first_row)
     }

@@ -16,7 +16,7 @@ use super::backend::{launch, CudaAct, CudaBackend};
 use super::context::CudaContext;
 use super::error::CudaError;
 use super::kernels;
-use crate::backend::draws::MAX_CLOSED_SETS;
+use crate::backend::draws::{check_close, continue_open, MAX_CLOSED_SETS};
 use crate::backend::BackendError;
 use crate::sampling::{noise, SampleSpec, Sampled, SamplingError};
 
@@ -132,11 +132,9 @@ impl DeviceSampler {
     /// [`DeviceSampler::sample`] without waiting: the rows become rows `first_row..` of the draw
     /// set being queued (`first_row == 0` starts a new one).
     pub fn queue(&mut self, logits: u64, logits_len: usize, vocab: usize, specs: &[SampleSpec<'_>], first_row: usize) -> Result<(), CudaError> {
-        if first_row == 0 {
-            self.open.clear();
-        }
-        if first_row != self.open.len() || (first_row > 0 && vocab != self.open_vocab) {
-            return Err(CudaError::Invalid(format!("draws queued as row {first_row} of a set of {} rows", self.open.len())));
+        continue_open(&mut self.open, first_row).map_err(CudaError::Invalid)?;
+        if first_row > 0 && vocab != self.open_vocab {
+            return Err(CudaError::Invalid(format!("draws of a vocabulary of {vocab} queued into a set of {}", self.open_vocab)));
         }
         self.launch(logits, logits_len, vocab, specs, first_row)?;
         self.open.extend(specs.iter().map(|s| s.logprobs));
@@ -147,16 +145,7 @@ impl DeviceSampler {
     /// Ends the set being queued (`rows` rows): queues the copy of its output to a pinned
     /// landing buffer and marks its end, so that `take` waits for this set alone.
     pub fn close(&mut self, rows: usize) -> Result<(), CudaError> {
-        if rows == 0 {
-            // A step that draws nothing (a prompt chunk); rows a failed forward left are void.
-            self.open.clear();
-        }
-        if rows != self.open.len() {
-            return Err(CudaError::Invalid(format!("closing a draw set of {rows} rows with {} queued", self.open.len())));
-        }
-        if self.closed.len() >= MAX_CLOSED_SETS {
-            return Err(CudaError::Invalid(format!("{MAX_CLOSED_SETS} draw sets already await take_draws")));
-        }
+        check_close(&mut self.open, rows, self.closed.len()).map_err(CudaError::Invalid)?;
         // Sets are taken in order, so with at most two waiting the landings alternate.
         let slot = self.next_landing;
         self.next_landing = (slot + 1) % MAX_CLOSED_SETS;
@@ -347,29 +336,6 @@ fn decode_row(logprobs: Option<usize>, o: &[u32], vocab: usize) -> Result<Sample
     Ok(sampled)
 }
 
-pub(super) fn sample(
-    be: &mut CudaBackend,
-    logits: &CudaAct,
-    specs: &[SampleSpec<'_>],
-    out: &mut Vec<Result<Sampled, SamplingError>>,
-) -> Result<(), BackendError> {
-    if specs.len() > logits.capacity_rows {
-        return Err(BackendError::Invalid(format!("sampling {} rows of a buffer of {}", specs.len(), logits.capacity_rows)));
-    }
-    let vocab = logits.width;
-    if be.host_sampling {
-        let mut rows = vec![0f32; specs.len() * vocab];
-        crate::backend::Backend::read_rows(be, logits, specs.len(), &mut rows)?;
-        crate::sampling::sample_rows(&rows, vocab, specs, out);
-        be.host_draws.forget_fed();
-        return Ok(());
-    }
-    // The penalties change the rows in place: they are this step's scratch, read by nothing else.
-    let ptr = super::backend::addr(&logits.buf, &be.ctx);
-    be.sampler.sample(ptr, logits.capacity_rows * vocab, vocab, specs, out)?;
-    Ok(())
-}
-
 pub(super) fn queue_draws(be: &mut CudaBackend, logits: &CudaAct, specs: &[SampleSpec<'_>], first_row: usize) -> Result<(), BackendError> {
     if specs.len() > logits.capacity_rows {
         return Err(BackendError::Invalid(format!("sampling {} rows of a buffer of {}", specs.len(), logits.capacity_rows)));
@@ -383,6 +349,7 @@ pub(super) fn queue_draws(be: &mut CudaBackend, logits: &CudaAct, specs: &[Sampl
             Ok(())
         });
     }
+    // The penalties change the rows in place: they are this step's scratch, read by nothing else.
     let ptr = super::backend::addr(&logits.buf, &be.ctx);
     be.sampler.queue(ptr, logits.capacity_rows * vocab, vocab, specs, first_row)?;
     Ok(())
