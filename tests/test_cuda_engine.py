@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import ferrite
+from engine_overlap import REQUESTS, overlapped_and_waiting
 from synthetic_model import write_tiny_model
 
 pytestmark = [pytest.mark.cuda, pytest.mark.model]
@@ -88,37 +89,14 @@ def test_gpu_sampled_requests_reproduce_alone_and_in_a_batch(tiny_path, tokenize
 
 def test_gpu_steps_queued_ahead_of_their_draws_equal_the_engine_that_waits(tiny_path, tokenizer, monkeypatch):
     # The GPU engine queues each step before taking the previous step's draws, feeding the drawn
-    # tokens on the device (FERRITE_ENGINE_OVERLAP=0 waits instead): same tokens, texts, finish
-    # reasons and logprobs, early ends and preemption included.
-    def run_all(overlap, kws):
-        monkeypatch.setenv("FERRITE_ENGINE_OVERLAP", overlap)
+    # tokens on the device (FERRITE_ENGINE_OVERLAP=0 waits instead): the same results
+    # (engine_overlap.py), early ends and preemption included.
+    def make():
         model = ferrite.Model.load(tiny_path, device="cuda", kv_cache_tokens=160, max_step_tokens=64, exact_matmul=True)
-        engine = ferrite.Engine(model, tokenizer)
-        reqs = [engine.submit(conv(i), ignore_eos=True, **kw) for i, kw in enumerate(kws)]
-        while engine.has_work():
-            engine.step()
-        assert engine.stats()["preemptions"] > 0
-        return [r.result() for r in reqs]
+        return ferrite.Engine(model, tokenizer)
 
-    kws = [
-        dict(max_tokens=40, temperature=0.0, logprobs=2),
-        dict(max_tokens=30, temperature=0.9, seed=5, logprobs=0),
-        dict(max_tokens=30, temperature=0.0),
-        dict(max_tokens=30, temperature=0.0),
-        dict(max_tokens=25, temperature=0.7, seed=9, frequency_penalty=1.5, repetition_penalty=1.2),
-        dict(max_tokens=35, temperature=0.0),
-    ]
-    free = run_all("0", kws)
-    kws[2]["stop_token_ids"] = [free[2].token_ids[6]]
-    kws[3]["stop"] = [tokenizer.decode(free[3].token_ids[8:10])]
-    want = run_all("0", kws)
-    assert len(want[2].token_ids) <= 7 and want[2].finish_reason == "stop"
-    assert want[3].finish_reason == "stop"
-    got = run_all("1", kws)
+    got, want = overlapped_and_waiting(make, [conv(i) for i in range(len(REQUESTS))], tokenizer, monkeypatch)
     for g, w in zip(got, want):
-        assert g.token_ids == w.token_ids
-        assert g.text == w.text
-        assert g.finish_reason == w.finish_reason
         assert np.allclose(g.logprobs or [], w.logprobs or [], atol=1e-4)
 
 

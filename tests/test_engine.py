@@ -14,6 +14,7 @@ import threading
 import pytest
 
 import ferrite
+from engine_overlap import REQUESTS, overlapped_and_waiting
 from synthetic_model import write_tiny_model
 
 pytestmark = pytest.mark.model  # the real tokenizer comes from the real model file
@@ -237,37 +238,12 @@ def test_per_result_timings_are_their_own(tiny_path, tokenizer):
 def test_steps_queued_ahead_of_their_draws_give_the_same_results(tiny_path, tokenizer, monkeypatch):
     # On a GPU the engine queues each step before it takes the previous step's draws (the next
     # step is fed the drawn tokens on the device); FERRITE_ENGINE_OVERLAP=1 does the same on the
-    # CPU. Every result must equal the engine that waits: early ends (a stop token, a stop string)
-    # whose next step was already queued, seeded draws, penalties, logprobs, preemption.
-    def run_all(overlap, kws):
-        monkeypatch.setenv("FERRITE_ENGINE_OVERLAP", overlap)
-        engine = ferrite.Engine(load(tiny_path, kv_cache_tokens=160, max_step_tokens=64), tokenizer)
-        reqs = [engine.submit(p, ignore_eos=True, **kw) for p, kw in zip(prompts(tokenizer, len(kws)), kws)]
-        while engine.has_work():
-            engine.step()
-        assert engine.stats()["preemptions"] > 0
-        return [r.result() for r in reqs]
+    # CPU. Every result must equal the engine that waits (engine_overlap.py).
+    def make():
+        return ferrite.Engine(load(tiny_path, kv_cache_tokens=160, max_step_tokens=64), tokenizer)
 
-    kws = [
-        dict(max_tokens=40, temperature=0.0, logprobs=2),
-        dict(max_tokens=30, temperature=0.9, seed=5, logprobs=0),
-        dict(max_tokens=30, temperature=0.0),
-        dict(max_tokens=30, temperature=0.0),
-        dict(max_tokens=25, temperature=0.7, seed=9, frequency_penalty=1.5, repetition_penalty=1.2),
-        dict(max_tokens=35, temperature=0.0),
-    ]
-    free = run_all("0", kws)
-    # Early ends taken from the free-running results: a stop token and a stop string.
-    kws[2]["stop_token_ids"] = [free[2].token_ids[6]]
-    kws[3]["stop"] = [tokenizer.decode(free[3].token_ids[8:10])]
-    want = run_all("0", kws)
-    assert len(want[2].token_ids) <= 7 and want[2].finish_reason == "stop"
-    assert want[3].finish_reason == "stop"
-    got = run_all("1", kws)
+    got, want = overlapped_and_waiting(make, prompts(tokenizer, len(REQUESTS)), tokenizer, monkeypatch)
     for g, w in zip(got, want):
-        assert g.token_ids == w.token_ids
-        assert g.text == w.text
-        assert g.finish_reason == w.finish_reason
         # Batches differ (a dropped step, a later readmission), and a row's sums with them.
         assert g.logprobs == pytest.approx(w.logprobs, abs=1e-5)
         tops = [[[t for t, _ in top] for top in r.top_logprobs or []] for r in (g, w)]
