@@ -58,6 +58,7 @@ __all__ = [
     "_cuda_matvec_time",
     "_cuda_copy_time",
     "_cuda_matvec_force_plan",
+    "_cuda_row_op",
     "DeviceTensor",
 ]
 
@@ -940,3 +941,10 @@ def _cuda_matvec_time(
 ) -> dict[str, Any]: ...
 def _cuda_copy_time(n_bytes: int = ..., repeats: int = 10, device: _Device = "cuda") -> list[float]: ...
 def _cuda_matvec_force_plan(warps_m: int | None = None, warps_k: int | None = None, splits: int | None = None) -> None: ...
+def _cuda_row_op(
+    op: str,
+    a: npt.NDArray[np.float32],
+    b: npt.NDArray[np.float32],
+    eps: float = 1e-6,
+    device: _Device = "cuda",
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.uint16], float]: ...

@@ -24,6 +24,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_cuda_matvec_time, m)?)?;
     m.add_function(wrap_pyfunction!(_cuda_copy_time, m)?)?;
     m.add_function(wrap_pyfunction!(_cuda_matvec_force_plan, m)?)?;
+    m.add_function(wrap_pyfunction!(_cuda_row_op, m)?)?;
     Ok(())
 }
 
@@ -293,6 +294,40 @@ fn _cuda_weight_rows<'py>(
     })?;
     let n_tokens = tokens.len();
     Ok((PyArray1::from_vec(py, rows).reshape([n, n_cols])?, PyArray1::from_vec(py, emb).reshape([n_tokens, n_cols])?))
+}
+
+/// Test hook: one row kernel of the batch path alone, `op` "rms_norm" (rows `a` of shape
+/// (n_rows, width), weight `b` of shape (width,), epsilon `eps`) or "swiglu" (gate `a`, up `b`,
+/// both (n_rows, width)). Returns `(float32 rows, f16 bits as uint16, scale)`: the kernel's
+/// float32 output and the f16 form the cuBLAS path takes, `f16(value * scale)`.
+#[pyfunction]
+#[pyo3(signature = (op, a, b, eps = 1e-6, device = "cuda"))]
+fn _cuda_row_op<'py>(
+    py: Python<'py>,
+    op: &str,
+    a: PyReadonlyArray2<'py, f32>,
+    b: &Bound<'py, PyAny>,
+    eps: f32,
+    device: &str,
+) -> PyResult<(Bound<'py, numpy::PyArray2<f32>>, Bound<'py, numpy::PyArray2<u16>>, f32)> {
+    use crate::backend::cuda::backend::{test_row_op, RowOp};
+    let value_err = |m: String| pyo3::exceptions::PyValueError::new_err(m);
+    let op = match op {
+        "rms_norm" => RowOp::RmsNorm { eps },
+        "swiglu" => RowOp::Swiglu,
+        other => return Err(value_err(format!("op {other:?}: expected \"rms_norm\" or \"swiglu\""))),
+    };
+    let (n_rows, width) = (a.shape()[0], a.shape()[1]);
+    let a = a.as_slice().map_err(|_| value_err("a must be C-contiguous".into()))?.to_vec();
+    let b: Vec<f32> = b.extract::<PyReadonlyArray1<'py, f32>>().map(|b| b.as_slice().map(<[f32]>::to_vec)).or_else(|_| {
+        b.extract::<PyReadonlyArray2<'py, f32>>().map(|b| b.as_slice().map(<[f32]>::to_vec))
+    }).map_err(|_| value_err("b must be a float32 array".into()))?.map_err(|_| value_err("b must be C-contiguous".into()))?;
+    let b_len = if matches!(op, RowOp::RmsNorm { .. }) { width } else { a.len() };
+    if a.is_empty() || b.len() != b_len {
+        return Err(value_err(format!("{op:?} on a of shape ({n_rows}, {width}): b has {} values, need {b_len} (and a must not be empty)", b.len())));
+    }
+    let (rows, bits, scale) = py.detach(|| test_row_op(device, op, &a, &b, n_rows, width))?;
+    Ok((PyArray1::from_vec(py, rows).reshape([n_rows, width])?, PyArray1::from_vec(py, bits).reshape([n_rows, width])?, scale))
 }
 
 /// Benchmark hook: seconds per launch of the matrix-vector kernel of `path` for each count of x

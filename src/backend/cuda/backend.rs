@@ -53,6 +53,9 @@ pub struct CudaWeight {
     /// time more rows than a matvec takes go through it, when the device has room
     /// (`matmul::resident`); `None` inside once it was decided against.
     pub(super) resident: std::sync::OnceLock<Option<super::matmul::Resident>>,
+    /// As the first weight of a group projected together (q of q/k/v), the group's stacked f16
+    /// copy (`matmul::stacked_copy`), made and decided as `resident` is.
+    pub(super) stacked: std::sync::OnceLock<Option<super::matmul::StackedCopy>>,
 }
 
 impl CudaWeight {
@@ -346,6 +349,7 @@ pub(super) struct FixedKernels {
     add_assign: CudaFunction,
     pub(super) add_bias: CudaFunction,
     pub(super) add_biases3: CudaFunction,
+    pub(super) split_rows3: CudaFunction,
     gather_rows: CudaFunction,
     pub(super) to_f16_scaled: CudaFunction,
     pub(super) abs_max: CudaFunction,
@@ -370,6 +374,8 @@ pub struct CudaBackend {
     forced_splits: Option<u32>,
     /// FERRITE_CUDA_MMQ_MAX_ROWS (see `matmul::takes_gemm_mma`).
     pub(super) gemm_mma_rows: Option<usize>,
+    /// Whether projections of one x may run as one GEMM on a stacked copy (`matmul::stacks`).
+    pub(super) stacking: bool,
     /// Query heads a layer and head dim of the KV cache's model (sizes the splits' scratch).
     attn_heads: usize,
     attn_kv_heads: usize,
@@ -398,6 +404,8 @@ pub struct CudaBackend {
     pub(super) gemm: GemmPrecision,
     /// The activations of an f16 GEMM, as f16 bits; grows (bumping `batch_generation`).
     pub(super) x_f16: Option<CudaSlice<u16>>,
+    /// A stacked GEMM's float32 output (`matmul::stacked_gemm`); grows (bumping `batch_generation`).
+    pub(super) stacked_out: Option<CudaSlice<f32>>,
     pub(super) sampler: super::sampling::DeviceSampler,
     /// FERRITE_HOST_SAMPLING=1: copy logits to the host and sample there (for comparisons).
     pub(super) host_sampling: bool,
@@ -472,6 +480,12 @@ pub(super) fn grid_stride(n: u64) -> LaunchConfig {
     LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
 }
 
+/// [`grid_stride`] for kernels that take four elements a thread where they can (`swiglu`,
+/// `swiglu_f16`: elementwise.cu's `as_float4s`).
+pub(super) fn grid_stride_float4s(n: u64) -> LaunchConfig {
+    grid_stride(n.div_ceil(4))
+}
+
 pub(super) use super::launch::launch;
 
 /// Gives the cuBLAS handle its workspace (returned: it must outlive the handle) and, with
@@ -518,6 +532,49 @@ fn check_projection<'b>(w: &CudaWeight, bias: Option<&'b CudaWeight>, x: &CudaAc
 
 fn to_u32(what: &str, n: usize) -> Result<u32, BackendError> {
     u32::try_from(n).map_err(|_| BackendError::Invalid(format!("{what} = {n} does not fit the kernels' 32-bit counts")))
+}
+
+/// A row kernel of the batch path that [`test_row_op`] runs alone.
+#[derive(Clone, Copy, Debug)]
+pub enum RowOp {
+    /// `rms_norm` / `rms_norm_f16` with this epsilon: rows `a`, weight `b` (one row).
+    RmsNorm { eps: f32 },
+    /// `swiglu` / `swiglu_f16`: gate `a`, up `b` (as many rows).
+    Swiglu,
+}
+
+/// Test hook: `op` on `n_rows` rows of `width`, in both of its forms: the float32 rows and the
+/// f16 bits (times the returned `X_F16_SCALE`) that the cuBLAS path takes, so that a test can
+/// hold each kernel against a reference and the two forms against each other.
+pub fn test_row_op(device: &str, op: RowOp, a: &[f32], b: &[f32], n_rows: usize, width: usize) -> Result<(Vec<f32>, Vec<u16>, f32), BackendError> {
+    let n = n_rows.checked_mul(width).ok_or_else(|| BackendError::Invalid(format!("{n_rows} rows of {width} overflow")))?;
+    let b_len = if matches!(op, RowOp::RmsNorm { .. }) { width } else { n };
+    if a.len() != n || b.len() != b_len || n == 0 {
+        return Err(BackendError::Invalid(format!("{op:?} on {n_rows} rows of {width}: got {} and {} values (need {n} and {b_len}, not 0)", a.len(), b.len())));
+    }
+    let mut be = CudaBackend::new(device, false)?;
+    let ctx = be.ctx.clone();
+    let act = |buf| CudaAct { buf, width, capacity_rows: n_rows };
+    let x = act(ctx.upload(a, "test rows")?);
+    let y = ctx.upload(b, "test weight or up rows")?;
+    let mut out = ctx.alloc::<f32>(n, "test output")?;
+    match op {
+        RowOp::RmsNorm { eps } => {
+            let cfg = LaunchConfig { grid_dim: (to_u32("rows", n_rows)?, 1, 1), block_dim: (NORM_THREADS, 1, 1), shared_mem_bytes: 0 };
+            let w32 = to_u32("width", width)?;
+            launch!(ctx, &be.fixed.rms_norm, "rms_norm", cfg, &x.buf, &y, &w32, &eps, &mut out)?;
+            super::matmul::rms_norm_as_f16(&mut be, &x, &y, eps, n_rows)?;
+        }
+        RowOp::Swiglu => {
+            let up = act(y);
+            let n64 = n as u64;
+            launch!(ctx, &be.fixed.swiglu, "swiglu", grid_stride_float4s(n64), &x.buf, &up.buf, &n64, &mut out)?;
+            super::matmul::swiglu_as_f16(&mut be, &x, &up, n_rows)?;
+        }
+    }
+    let f32_rows = ctx.download(&out, "test output")?;
+    let f16_all = ctx.download(be.x_f16.as_ref().ok_or_else(|| BackendError::Invalid("no f16 output".into()))?, "test f16 output")?;
+    Ok((f32_rows, f16_all[..n].to_vec(), super::matmul::X_F16_SCALE))
 }
 
 impl CudaBackend {
@@ -824,6 +881,7 @@ impl CudaBackend {
             add_assign: f(&kernels::ELEMENTWISE, "add_assign")?,
             add_bias: f(&kernels::ELEMENTWISE, "add_bias")?,
             add_biases3: f(&kernels::ELEMENTWISE, "add_biases3")?,
+            split_rows3: f(&kernels::ELEMENTWISE, "split_rows3")?,
             gather_rows: f(&kernels::ELEMENTWISE, "gather_rows")?,
             to_f16_scaled: f(&kernels::CONVERT, "to_f16_scaled")?,
             abs_max: f(&kernels::CONVERT, "abs_max")?,
@@ -844,6 +902,7 @@ impl CudaBackend {
             attn_splits: 1,
             forced_splits: forced_attention_splits(),
             gemm_mma_rows: super::matmul::forced_gemm_mma_rows(),
+            stacking: super::matmul::stacking_enabled(),
             attn_heads: 0,
             attn_kv_heads: 0,
             attn_head_dim: 0,
@@ -858,6 +917,7 @@ impl CudaBackend {
             scratch: None,
             gemm,
             x_f16: None,
+            stacked_out: None,
             sampler,
             host_sampling: std::env::var("FERRITE_HOST_SAMPLING").is_ok_and(|v| v == "1"),
             host_draws: Default::default(),
@@ -922,7 +982,7 @@ impl Backend for CudaBackend {
             let mut v = vec![0f32; n_cols];
             quant::dequantize(ty, src.bytes(), &mut v)?;
             let dense = Some(self.ctx.upload(&v, src.name())?);
-            return Ok(CudaWeight { name, ty, n_cols, n_rows, row_bytes, blocks, layout: Layout::Blocks, dense, kernels: None, resident: Default::default() });
+            return Ok(CudaWeight { name, ty, n_cols, n_rows, row_bytes, blocks, layout: Layout::Blocks, dense, kernels: None, resident: Default::default(), stacked: Default::default() });
         }
         // Compiled (or loaded from the disk cache) now, so that load fails rather than the
         // first token.
@@ -939,7 +999,7 @@ impl Backend for CudaBackend {
                 scratch.reserve_gemm(&self.ctx, tiled.sms, &grid)?;
             }
         }
-        Ok(CudaWeight { name, ty, n_cols, n_rows, row_bytes, blocks, layout, dense: None, kernels: Some(kernels), resident: Default::default() })
+        Ok(CudaWeight { name, ty, n_cols, n_rows, row_bytes, blocks, layout, dense: None, kernels: Some(kernels), resident: Default::default(), stacked: Default::default() })
     }
 
     fn alloc_act(&mut self, capacity_rows: usize, width: usize) -> Result<CudaAct, BackendError> {
@@ -1201,6 +1261,20 @@ impl Backend for CudaBackend {
     ) -> Result<(), BackendError> {
         let weights = projections.each_ref().map(|p| p.0);
         if !super::matmul::tiled_matvec(self, &weights, n_rows) {
+            if n_rows > 0 && N > 1 {
+                // q/k/v as one GEMM on their stacked copy where it pays (`matmul::stacks`).
+                check_width("rms_norm input", x.width, norm.n_cols)?;
+                check_rows("rms_norm input", x, n_rows)?;
+                let mut outs = Vec::with_capacity(N);
+                for (w, bias, out) in &projections {
+                    let b = check_projection(w, *bias, x, n_rows, out)?;
+                    outs.push(super::matmul::StackedOut { weight: w, out: addr(&out.buf, &self.ctx), bias: b.map_or(0, |b| addr(b, &self.ctx)) });
+                }
+                let norm_w = norm.dense()?;
+                if super::matmul::stacked_gemm(self, &outs, n_rows, |be| super::matmul::rms_norm_as_f16(be, x, norm_w, eps, n_rows))? {
+                    return Ok(());
+                }
+            }
             if n_rows > 0 && super::matmul::f16_gemm_inputs(self, &weights, n_rows)? {
                 // Only cuBLAS's f16 GEMMs read the normalized rows: written as f16 directly
                 // (every shape checked before the first launch).
@@ -1346,7 +1420,7 @@ impl Backend for CudaBackend {
         if n == 0 {
             return Ok(());
         }
-        launch!(self.ctx, &self.fixed.swiglu, "swiglu", grid_stride(n), &gate.buf, &up.buf, &n, &mut out.buf)?;
+        launch!(self.ctx, &self.fixed.swiglu, "swiglu", grid_stride_float4s(n), &gate.buf, &up.buf, &n, &mut out.buf)?;
         Ok(())
     }
 

@@ -319,32 +319,61 @@ fn scratch_chunk_rows(be: &mut CudaBackend, w: &CudaWeight) -> Result<usize, Bac
     Ok(chunk_rows)
 }
 
-/// The f16 copy of `w`: the float32 rows pass through the scratch twice, once for the largest
-/// |w| (which sets the scale), once to convert.
-fn make_f16(be: &mut CudaBackend, w: &CudaWeight, mut bits: CudaSlice<u16>) -> Result<Resident, BackendError> {
+/// The largest |w| of `w`'s float32 rows, folded into `max_bits` (float bits; atomic max), one
+/// chunk of rows at a time through the scratch.
+fn abs_max_into(be: &mut CudaBackend, w: &CudaWeight, max_bits: &mut CudaSlice<u32>) -> Result<(), BackendError> {
     let chunk_rows = scratch_chunk_rows(be, w)?;
-    let mut max_bits = be.ctx.upload(&[0u32], "the largest |w| of a weight")?;
-    let mut scale = 0.0f32;
-    for pass in 0..2 {
-        let mut r0 = 0;
-        while r0 < w.n_rows {
-            let rows = chunk_rows.min(w.n_rows - r0);
-            let n = (rows * w.n_cols) as u64;
-            let Some(scratch) = be.scratch.as_mut() else { unreachable!("allocated above") };
-            dequant_rows(&be.ctx, w, r0, rows, &mut scratch.slice_mut(..n as usize))?;
-            if pass == 0 {
-                launch!(be.ctx, &be.fixed.abs_max, "abs_max", grid_stride(n), &*scratch, &n, &mut max_bits)?;
-            } else {
-                let mut dst = bits.slice_mut(r0 * w.n_cols..(r0 + rows) * w.n_cols);
-                launch!(be.ctx, &be.fixed.to_f16_scaled, "to_f16_scaled", grid_stride(n), &*scratch, &mut dst, &n, &scale)?;
-            }
-            r0 += rows;
-        }
-        if pass == 0 {
-            let got = be.ctx.download(&max_bits, &format!("the largest |w| of {}", w.name))?;
-            scale = f16_scale(f32::from_bits(got[0]));
-        }
+    let mut r0 = 0;
+    while r0 < w.n_rows {
+        let rows = chunk_rows.min(w.n_rows - r0);
+        let n = (rows * w.n_cols) as u64;
+        let Some(scratch) = be.scratch.as_mut() else { unreachable!("allocated by scratch_chunk_rows") };
+        dequant_rows(&be.ctx, w, r0, rows, &mut scratch.slice_mut(..n as usize))?;
+        launch!(be.ctx, &be.fixed.abs_max, "abs_max", grid_stride(n), &*scratch, &n, &mut *max_bits)?;
+        r0 += rows;
     }
+    Ok(())
+}
+
+/// `w` times `scale` as f16 bits into `bits` (its rows from element `offset` on), one chunk of
+/// rows at a time through the scratch.
+fn write_f16(be: &mut CudaBackend, w: &CudaWeight, scale: f32, bits: &mut CudaSlice<u16>, offset: usize) -> Result<(), BackendError> {
+    let chunk_rows = scratch_chunk_rows(be, w)?;
+    let mut r0 = 0;
+    while r0 < w.n_rows {
+        let rows = chunk_rows.min(w.n_rows - r0);
+        let n = (rows * w.n_cols) as u64;
+        let Some(scratch) = be.scratch.as_mut() else { unreachable!("allocated by scratch_chunk_rows") };
+        dequant_rows(&be.ctx, w, r0, rows, &mut scratch.slice_mut(..n as usize))?;
+        let mut dst = bits.slice_mut(offset + r0 * w.n_cols..offset + (r0 + rows) * w.n_cols);
+        launch!(be.ctx, &be.fixed.to_f16_scaled, "to_f16_scaled", grid_stride(n), &*scratch, &mut dst, &n, &scale)?;
+        r0 += rows;
+    }
+    Ok(())
+}
+
+/// The f16 copy of `weights` stacked in `bits` (the rows of the first, then of the next...)
+/// under one scale, set by their largest |w|: the float32 rows pass through the scratch twice,
+/// once for that maximum, once to convert. Returns the scale.
+fn make_f16_stack(be: &mut CudaBackend, weights: &[&CudaWeight], bits: &mut CudaSlice<u16>) -> Result<f32, BackendError> {
+    let mut max_bits = be.ctx.upload(&[0u32], "the largest |w| of a weight")?;
+    for w in weights {
+        abs_max_into(be, w, &mut max_bits)?;
+    }
+    let names: Vec<&str> = weights.iter().map(|w| w.name.as_str()).collect();
+    let got = be.ctx.download(&max_bits, &format!("the largest |w| of {}", names.join(", ")))?;
+    let scale = f16_scale(f32::from_bits(got[0]));
+    let mut offset = 0;
+    for w in weights {
+        write_f16(be, w, scale, bits, offset)?;
+        offset += w.n_rows * w.n_cols;
+    }
+    Ok(scale)
+}
+
+/// The f16 copy of `w` (see `make_f16_stack`).
+fn make_f16(be: &mut CudaBackend, w: &CudaWeight, mut bits: CudaSlice<u16>) -> Result<Resident, BackendError> {
+    let scale = make_f16_stack(be, &[w], &mut bits)?;
     Ok(Resident::F16 { bits, scale })
 }
 
@@ -396,6 +425,143 @@ fn resident<'w>(be: &mut CudaBackend, w: &'w CudaWeight) -> Result<Option<&'w Re
     // Only this thread reaches the weight (the backend is behind `&mut`), so the set succeeds.
     let _ = w.resident.set(made);
     Ok(w.resident.get().and_then(Option::as_ref))
+}
+
+/// Several weights of one width in one f16 copy, stacked (the rows of the first, then of the
+/// next...) under one scale, so that their projections of one x are one cuBLAS GEMM
+/// ([`stacked_gemm`]). Held by the group's first weight.
+pub struct StackedCopy {
+    /// The members' names and row counts, in order: a group uses the copy only if it is the same.
+    members: Vec<(String, usize)>,
+    bits: CudaSlice<u16>,
+    scale: f32,
+}
+
+/// `FERRITE_CUDA_STACK=0`: no stacked GEMMs (see `stacks`), read when a backend is made.
+pub(super) fn stacking_enabled() -> bool {
+    std::env::var("FERRITE_CUDA_STACK").map_or(true, |v| v != "0")
+}
+
+/// Most weights a stacked GEMM takes: its outputs go out through `split_rows3`.
+const STACK_MAX_MEMBERS: usize = 3;
+
+/// Whether the projections of one x by `weights` (more rows than a matrix-vector kernel takes)
+/// run as one GEMM on a stacked copy: f16 precision, two or three weights of one width, one of
+/// them small (at most `MATVEC_SMALL_WEIGHT_ELEMS`), none sent to the quantized GEMM by
+/// `FERRITE_CUDA_MMQ_MAX_ROWS`. The small weights are what a GEMM of their own wastes: a 7B's k
+/// and v (512 x 3584) took a split-K GEMM and its reduction each, about 7.7 us, at 64 rows
+/// (H200, 2026-12-04), for 3.7 MB; stacked under q they add their bytes to one GEMM.
+/// `FERRITE_CUDA_STACK=0` turns stacking off (`stacking_enabled`).
+fn stacks(be: &CudaBackend, weights: &[&CudaWeight], n_x: usize) -> bool {
+    let Some(first) = weights.first() else { return false };
+    be.stacking && be.gemm == GemmPrecision::F16
+        && (2..=STACK_MAX_MEMBERS).contains(&weights.len())
+        && weights.iter().all(|w| w.n_cols == first.n_cols && w.n_rows > 0 && w.n_cols > 0 && !takes_matvec(weights, w, n_x, false))
+        && weights.iter().any(|w| w.n_rows.saturating_mul(w.n_cols) <= MATVEC_SMALL_WEIGHT_ELEMS)
+        && !weights.iter().any(|w| {
+            be.gemm_mma_rows.is_some_and(|max| n_x <= max.min(MMQ_MAX_ROWS)) && matches!(w.layout, Layout::Tiles(_)) && w.kernels.as_ref().is_some_and(|k| k.tiled.is_some())
+        })
+}
+
+/// The stacked copy of `weights`, made now (held by the first) if this is the group's first large
+/// multiply and the device has room; `None` when it was decided against or the first weight
+/// holds a copy of another group.
+fn stacked_copy<'w>(be: &mut CudaBackend, weights: &[&'w CudaWeight]) -> Result<Option<&'w StackedCopy>, BackendError> {
+    let first = weights[0];
+    let members: Vec<(String, usize)> = weights.iter().map(|w| (w.name.clone(), w.n_rows)).collect();
+    if first.stacked.get().is_none() {
+        let elems: usize = weights.iter().map(|w| w.n_rows * w.n_cols).sum();
+        let made = if resident_allowed(be, elems * 2) {
+            match be.ctx.alloc::<u16>(elems, &format!("the stacked f16 copy of {}", members.iter().map(|m| m.0.as_str()).collect::<Vec<_>>().join(", "))) {
+                Ok(mut bits) => {
+                    let scale = make_f16_stack(be, weights, &mut bits)?;
+                    Some(StackedCopy { members: members.clone(), bits, scale })
+                }
+                Err(CudaError::OutOfMemory { .. }) => None,
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            None
+        };
+        // Only this thread reaches the weight (the backend is behind `&mut`), so the set succeeds.
+        let _ = first.stacked.set(made);
+    }
+    Ok(first.stacked.get().and_then(Option::as_ref).filter(|c| c.members == members))
+}
+
+/// The backend's float32 buffer for a stacked GEMM's output, holding at least `n` values; growing
+/// it bumps `batch_generation`, since recorded steps hold its address.
+fn stacked_out(be: &mut CudaBackend, n: usize) -> Result<&mut CudaSlice<f32>, BackendError> {
+    if be.stacked_out.as_ref().map_or(true, |b| b.len() < n) {
+        be.stacked_out = None;
+        be.stacked_out = Some(be.ctx.alloc::<f32>(n.next_power_of_two().max(1 << 16), "stacked projections' output")?);
+        be.batch_generation += 1;
+    }
+    let Some(buf) = be.stacked_out.as_mut() else { unreachable!("allocated above") };
+    Ok(buf)
+}
+
+/// One stacked projection's output: where it goes, the device addresses of its output rows and
+/// bias (0: none).
+pub(super) struct StackedOut<'w> {
+    pub weight: &'w CudaWeight,
+    pub out: u64,
+    pub bias: u64,
+}
+
+/// `out_i = w_i x (+ bias_i)` for the projections of one x as one f16 GEMM on their stacked copy
+/// ([`stacks`], [`stacked_copy`]), then one launch that splits the stacked rows into the outputs
+/// and adds the biases (`split_rows3`, in place of `add_biases3`). `x_f16`: called once the
+/// GEMM is known to run, returning the device address of x as f16 (the producer writes it).
+/// Returns false, having launched nothing, when the group does not stack.
+pub(super) fn stacked_gemm(
+    be: &mut CudaBackend,
+    outs: &[StackedOut<'_>],
+    n_x: usize,
+    x_f16: impl FnOnce(&mut CudaBackend) -> Result<u64, BackendError>,
+) -> Result<bool, BackendError> {
+    let weights: Vec<&CudaWeight> = outs.iter().map(|o| o.weight).collect();
+    if n_x == 0 || !stacks(be, &weights, n_x) {
+        return Ok(false);
+    }
+    bind_context(be)?;
+    let Some(copy) = stacked_copy(be, &weights)? else { return Ok(false) };
+    let n_cols = weights[0].n_cols;
+    let total_rows: usize = weights.iter().map(|w| w.n_rows).sum();
+    let as_u32 = |what: &str, v: usize| u32::try_from(v).map_err(|_| BackendError::Invalid(format!("stacked projections: {what} {v} exceeds 32 bits")));
+    let n_out = n_x.checked_mul(total_rows).ok_or_else(|| BackendError::Invalid("stacked projections' output overflows".into()))?;
+    as_u32("outputs", n_out)?;
+    let converted = x_f16(be)?;
+    let ctx = be.ctx.clone();
+    let stacked = addr(&*stacked_out(be, n_out)?, &ctx);
+    let cfg = GemmConfig {
+        transa: cublasOperation_t::CUBLAS_OP_T,
+        transb: cublasOperation_t::CUBLAS_OP_N,
+        m: as_u32("rows", total_rows)? as i32,
+        n: as_u32("tokens", n_x)? as i32,
+        k: as_u32("columns", n_cols)? as i32,
+        alpha: 1.0 / (copy.scale * X_F16_SCALE),
+        lda: as_u32("columns", n_cols)? as i32,
+        ldb: as_u32("columns", n_cols)? as i32,
+        beta: 0.0,
+        ldc: as_u32("rows", total_rows)? as i32,
+    };
+    if [cfg.m, cfg.n, cfg.k].iter().any(|&v| v < 0) {
+        return Err(BackendError::Invalid("stacked projections exceed cuBLAS's 32-bit sizes".into()));
+    }
+    let names: Vec<&str> = weights.iter().map(|w| w.name.as_str()).collect();
+    gemm_f16_raw(be, cfg, addr(&copy.bits, &ctx), converted, stacked)
+        .map_err(|e| CudaError::Driver { op: format!("cuBLAS GEMM for {} ({total_rows} x {n_cols} by {n_x} rows)", names.join(", ")), msg: e })?;
+    let seg = |i: usize| -> Result<(u64, u64, u32), BackendError> {
+        Ok(match outs.get(i) {
+            Some(o) => (o.out, o.bias, as_u32("rows", o.weight.n_rows)?),
+            None => (0, 0, 0),
+        })
+    };
+    let ((y0, b0, w0), (y1, b1, w1), (y2, b2, w2)) = (seg(0)?, seg(1)?, seg(2)?);
+    let rows = as_u32("tokens", n_x)?;
+    launch!(ctx, &be.fixed.split_rows3, "split_rows3", grid_stride(n_out as u64), &stacked, &y0, &b0, &w0, &y1, &b1, &w1, &y2, &b2, &w2, &rows)?;
+    Ok(true)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -578,19 +744,24 @@ pub(super) fn swiglu_as_f16(be: &mut CudaBackend, gate: &CudaAct, up: &CudaAct, 
     let ctx = be.ctx.clone();
     let f = be.fixed.swiglu_f16.clone();
     let buf = x_f16_buffer(be, n)?;
-    launch!(ctx, &f, "swiglu_f16", grid_stride(n64), &gate.buf, &up.buf, &n64, &X_F16_SCALE, &mut *buf)?;
+    launch!(ctx, &f, "swiglu_f16", super::backend::grid_stride_float4s(n64), &gate.buf, &up.buf, &n64, &X_F16_SCALE, &mut *buf)?;
     Ok(addr(&*buf, &ctx))
 }
 
 /// C = alpha * op(A) op(B) + beta * C with A and B f16 (A: the weight's bits, B: at device
 /// address `x_f16`), float32 sums and float32 C (cublasGemmEx, CUBLAS_COMPUTE_32F).
 fn gemm_f16(be: &CudaBackend, cfg: GemmConfig<f32>, a_bits: &CudaSlice<u16>, x_f16: u64, c: &mut CudaSlice<f32>) -> Result<(), String> {
+    gemm_f16_raw(be, cfg, addr(a_bits, &be.ctx), x_f16, addr(c, &be.ctx))
+}
+
+/// [`gemm_f16`] on device addresses: `a` of m x k f16 values, `x_f16` of n x k, `c_ptr` of n x
+/// ldc floats (the callers size them).
+fn gemm_f16_raw(be: &CudaBackend, cfg: GemmConfig<f32>, a: u64, x_f16: u64, c_ptr: u64) -> Result<(), String> {
     use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasGemmEx, cublasStatus_t, cudaDataType};
-    let a = addr(a_bits, &be.ctx);
-    let c_ptr = addr(c, &be.ctx);
-    // SAFETY: a holds m x k f16 values (the whole weight), x_f16 at least n x k (converted for
-    // this input), c n x ldc floats (the caller's output buffer, sized by the forward pass); alpha
-    // and beta are read during the call (host pointer mode; a recorded graph keeps the values).
+    // SAFETY: a holds m x k f16 values (a whole weight or a stack of them), x_f16 at least n x k
+    // (converted for this input), c n x ldc floats (the caller's output buffer, sized by the forward
+    // pass or `stacked_out`); alpha and beta are read during the call (host pointer mode; a
+    // recorded graph keeps the values).
     let status = unsafe {
         cublasGemmEx(
             *be.blas.handle(),
