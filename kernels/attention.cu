@@ -334,16 +334,8 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
 // The kernels for blocks of up to ATTN_GROUP heads (SUFFIX empty) and of one head (_1: few
 // rows take one head a block, see attention_slice in backend.rs, and without the other heads'
 // registers that kernel holds more blocks an SM).
-// The launch bounds: up to ATTN_MAX_WARPS warps, one block an SM (128 registers a thread), unless
-// the host compiles for smaller blocks and more of them (ATTN_LAUNCH_THREADS, ATTN_MIN_BLOCKS).
-#ifndef ATTN_LAUNCH_THREADS
-#define ATTN_LAUNCH_THREADS (32 * ATTN_MAX_WARPS)
-#endif
-#ifndef ATTN_MIN_BLOCKS
-#define ATTN_MIN_BLOCKS 1
-#endif
 #define ATTENTION_KERNELS(SUFFIX, GROUP)                                                                                 \
-    extern "C" __global__ void __launch_bounds__(ATTN_LAUNCH_THREADS, ATTN_MIN_BLOCKS) attention_heads##SUFFIX(                         \
+    extern "C" __global__ void __launch_bounds__(32 * ATTN_MAX_WARPS, 1) attention_heads##SUFFIX(                         \
         const float* __restrict__ q, const float* __restrict__ k_cache, const float* __restrict__ v_cache,              \
         const u32* __restrict__ positions, const u32* __restrict__ table_offset, const u32* __restrict__ block_tables,  \
         u32 block_tokens, u32 n_heads, u32 n_kv_heads, u32 slice, float scale, float* __restrict__ out,                 \
@@ -358,7 +350,7 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
     }                                                                                                                  \
     /* attention_heads with rope_store's work (see RopeIn): q and k not rotated yet, for a step of one token per      \
        sequence. k_cache and v_cache are also written (through rope.k_cache / v_cache). */                             \
-    extern "C" __global__ void __launch_bounds__(ATTN_LAUNCH_THREADS, ATTN_MIN_BLOCKS) attention_heads_rope##SUFFIX(                    \
+    extern "C" __global__ void __launch_bounds__(32 * ATTN_MAX_WARPS, 1) attention_heads_rope##SUFFIX(                    \
         const float* q, const float* k_cache, const float* v_cache, const u32* __restrict__ positions,                 \
         const u32* __restrict__ table_offset, const u32* __restrict__ block_tables, u32 block_tokens, u32 n_heads,      \
         u32 n_kv_heads, u32 slice, float scale, float* __restrict__ out, u16* __restrict__ out_f16, float f16_scale,   \

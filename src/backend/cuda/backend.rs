@@ -376,9 +376,6 @@ pub struct CudaBackend {
     pub(super) gemm_mma_rows: Option<usize>,
     /// Whether projections of one x may run as one GEMM on a stacked copy (`matmul::stacks`).
     pub(super) stacking: bool,
-    /// FERRITE_CUDA_ATTN_MIN_BLOCKS=N (N > 1): attention kernels compiled for N blocks of 8 warps
-    /// an SM (registers capped to fit), and no launch of more than 8 warps. An experiment.
-    attn_min_blocks: u32,
     /// Query heads a layer and head dim of the KV cache's model (sizes the splits' scratch).
     attn_heads: usize,
     attn_kv_heads: usize,
@@ -906,7 +903,6 @@ impl CudaBackend {
             forced_splits: forced_attention_splits(),
             gemm_mma_rows: super::matmul::forced_gemm_mma_rows(),
             stacking: super::matmul::stacking_enabled(),
-            attn_min_blocks: std::env::var("FERRITE_CUDA_ATTN_MIN_BLOCKS").ok().and_then(|v| v.parse().ok()).unwrap_or(1),
             attn_heads: 0,
             attn_kv_heads: 0,
             attn_head_dim: 0,
@@ -1021,17 +1017,13 @@ impl Backend for CudaBackend {
             .and_then(|n| n.checked_mul(layout.n_kv_heads * layout.head_dim))
             .ok_or_else(|| BackendError::Invalid(format!("KV cache {layout:?} overflows")))?;
         if self.fixed.attention.as_ref().map_or(true, |a| a.head_dim != layout.head_dim) {
-            let mut defines = kernels::attention_defines(layout.head_dim).ok_or_else(|| {
+            let defines = kernels::attention_defines(layout.head_dim).ok_or_else(|| {
                 BackendError::Invalid(format!(
                     "head_dim {} has no CUDA attention kernel (these do: {:?})",
                     layout.head_dim,
                     kernels::ATTENTION_HEAD_DIMS
                 ))
             })?;
-            if self.attn_min_blocks > 1 {
-                defines.push("-DATTN_LAUNCH_THREADS=256".into());
-                defines.push(format!("-DATTN_MIN_BLOCKS={}", self.attn_min_blocks));
-            }
             let prefill_defines = kernels::prefill_attention_defines(layout.head_dim).filter(|_| flash_prefill_enabled());
             // Both modules compile at once (in parallel) on a new machine.
             let mut modules = vec![(&kernels::ATTENTION, defines.clone())];
@@ -1146,10 +1138,7 @@ impl Backend for CudaBackend {
         // Blocks a row of this batch takes unsplit: one per KV head and slice of its query heads.
         let group = self.attn_heads / self.attn_kv_heads.max(1);
         let blocks_per_row = self.attn_kv_heads * group.div_ceil(attention_slice(n, group, self.attn_head_dim).max(1));
-        let (mut attn_warps, mut attn_splits) = attention_shape(&plan.positions, blocks_per_row, self.forced_splits);
-        if self.attn_min_blocks > 1 {
-            attn_warps = attn_warps.min(8); // compiled for blocks of at most 8 warps
-        }
+        let (attn_warps, mut attn_splits) = attention_shape(&plan.positions, blocks_per_row, self.forced_splits);
         if n_tiles > 0 {
             attn_splits = 1; // attention_prefill takes the batch
         }
