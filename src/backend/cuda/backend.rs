@@ -585,7 +585,6 @@ impl CudaBackend {
     #[allow(clippy::too_many_arguments)]
     fn project(
         &mut self,
-        group: &[&CudaWeight],
         w: &CudaWeight,
         bias: Option<&CudaWeight>,
         x: &CudaAct,
@@ -598,7 +597,7 @@ impl CudaBackend {
         if n_rows == 0 {
             return Ok(());
         }
-        super::matmul::matmul(self, group, w, bias, x, n_rows, out, write, x_f16)
+        super::matmul::matmul(self, w, bias, x, n_rows, out, write, x_f16)
     }
 
     /// Projections of `x` (taken as `input` says) on the tiled matrix-vector kernels, checked.
@@ -1201,7 +1200,7 @@ impl Backend for CudaBackend {
     }
 
     fn matmul(&mut self, w: &CudaWeight, bias: Option<&CudaWeight>, x: &CudaAct, n_rows: usize, out: &mut CudaAct) -> Result<(), BackendError> {
-        self.project(&[w], w, bias, x, n_rows, out, Write::Overwrite, &mut None)
+        self.project(w, bias, x, n_rows, out, Write::Overwrite, &mut None)
     }
 
     fn matmuls<const N: usize>(
@@ -1213,10 +1212,9 @@ impl Backend for CudaBackend {
         if super::matmul::tiled_matvec(self, &projections.each_ref().map(|p| p.0), n_rows) {
             return self.tiled_projections(projections, x, n_rows, Write::Overwrite, Input::X);
         }
-        let group = projections.each_ref().map(|p| p.0);
         let mut x_f16 = None;
         for (w, bias, out) in projections {
-            self.project(&group, w, bias, x, n_rows, out, Write::Overwrite, &mut x_f16)?;
+            self.project(w, bias, x, n_rows, out, Write::Overwrite, &mut x_f16)?;
         }
         Ok(())
     }
@@ -1288,7 +1286,7 @@ impl Backend for CudaBackend {
                 let mut biases = Vec::with_capacity(N);
                 for (w, bias, out) in projections {
                     let b = check_projection(w, bias, x, n_rows, out)?;
-                    self.project(&weights, w, None, x, n_rows, out, Write::Overwrite, &mut x_f16)?;
+                    self.project(w, None, x, n_rows, out, Write::Overwrite, &mut x_f16)?;
                     if let Some(b) = b {
                         biases.push((addr(&out.buf, &self.ctx), addr(b, &self.ctx), w.n_rows));
                     }
@@ -1321,7 +1319,7 @@ impl Backend for CudaBackend {
                     check_rows(what, a, n_rows)?;
                 }
                 let mut x_f16 = Some(super::matmul::swiglu_as_f16(self, gate, up, n_rows)?);
-                return self.project(&[w], w, None, gate, n_rows, acc, Write::Accumulate, &mut x_f16);
+                return self.project(w, None, gate, n_rows, acc, Write::Accumulate, &mut x_f16);
             }
             self.swiglu(gate, up, n_rows, ffn)?;
             return self.matmul_add(w, ffn, n_rows, scratch, acc);
@@ -1333,7 +1331,7 @@ impl Backend for CudaBackend {
     }
 
     fn matmul_add(&mut self, w: &CudaWeight, x: &CudaAct, n_rows: usize, _scratch: &mut CudaAct, acc: &mut CudaAct) -> Result<(), BackendError> {
-        self.project(&[w], w, None, x, n_rows, acc, Write::Accumulate, &mut None)
+        self.project(w, None, x, n_rows, acc, Write::Accumulate, &mut None)
     }
 
     fn rope(&mut self, x: &mut CudaAct, batch: &CudaBatch, p: &RopeParams) -> Result<(), BackendError> {
@@ -1406,7 +1404,7 @@ impl Backend for CudaBackend {
         check_width("attention output", out.width, wo.n_cols)?;
         let out_f16 = super::matmul::f16_input(self, n_rows * wo.n_cols)?;
         self.rope_attention_to(q, k, v, cache, layer, batch, rope, p, out, out_f16)?;
-        self.project(&[wo], wo, None, out, n_rows, acc, Write::Accumulate, &mut Some(out_f16))
+        self.project(wo, None, out, n_rows, acc, Write::Accumulate, &mut Some(out_f16))
     }
 
     fn swiglu(&mut self, gate: &CudaAct, up: &CudaAct, n_rows: usize, out: &mut CudaAct) -> Result<(), BackendError> {
@@ -1518,9 +1516,7 @@ impl Backend for CudaBackend {
         // every size a changing batch passes through: recording costs about as much as a few
         // steps. Its unrecorded runs also make what a large multiply allocates on first use
         // (the weights' float32 copies, the scratch), which must not happen while recording.
-        // "Large" is more rows than every weight takes on the matrix-vector kernels: at 5-8 rows
-        // groups of small weights stay on the kernels, but a large one (the LM head) goes to
-        // cuBLAS and makes its copy on first use.
+        // "Large" is more rows than the matrix-vector kernels take.
         if key.n_tokens > super::matmul::matvec_max_rows(self.gemm == GemmPrecision::F32) {
             if self.sightings.len() > SIGHTINGS_MAX {
                 self.sightings.clear();

@@ -31,27 +31,24 @@ use crate::backend::BackendError;
 pub const SCRATCH_MAX_ELEMS: usize = 32 << 20;
 
 /// Rows of x up to which every projection takes the matrix-vector kernels. The kernels take up to
-/// `MATVEC_MAX_ROWS` (8), but from 5 rows the f16 GEMM on the resident copies is faster for large
-/// weights: a decode step of 8 sequences of Qwen2.5-7B's shapes took 5.87-5.96 ms with 5-8 rows on
-/// cuBLAS against 6.88 on the kernels (H200, 2026-12-03; on 2026-12-02, before the kernels' int8
-/// path and two-part x, the 0.5B shapes had also been faster on cuBLAS, 2.14 against 2.31 ms,
-/// which no longer holds: see `MATVEC_SMALL_WEIGHT_ELEMS`).
+/// `MATVEC_MAX_ROWS` (8), but from 5 rows the f16 GEMM on the resident copies is faster, since q/k/v
+/// (and small gate/up pairs) became one stacked GEMM and the batch path's RMSNorm one read of its
+/// row. A decode step of 8 sequences, H200, 2026-12-04 (docs/results/h200-2026-12-04b/matvec_rows.txt):
+/// the 0.5B shapes 1.401 ms with 5-8 rows on the kernels against 1.076 on cuBLAS (6 sequences: 1.322
+/// against 1.079; until then their small weights had stayed on the kernels up to 8 rows: 1.58
+/// against 1.77 ms on 2026-12-03); Qwen2.5-7B's shapes had gone to cuBLAS from 5 rows already
+/// (5.87-5.96 ms against 6.88 on the kernels, 2026-12-03). At 3-4 rows the kernels stay ahead:
+/// 1.047 / 4.384 ms at 4 sequences (0.5B / 7B) against 1.085 / 4.712 on cuBLAS.
 const MATVEC_PREFERRED_MAX_ROWS: usize = 4;
 
-/// Weights of at most this many elements (16 MiB as f16) multiply up to `MATVEC_MAX_ROWS` rows on
-/// the matrix-vector kernels, when the other projections of the same x are as small: such a
-/// multiply is bound by latency, not bandwidth, and the kernels also take the RMSNorm, SwiGLU and
-/// residual add that the GEMM path launches apart. Measured on an H200 (synthetic models,
-/// bench_decode_step.py, docs/results/h200-2026-12-03d, two rounds each), a decode step of 8
-/// sequences: the 0.5B shapes (every layer weight under the bound) 1.582 / 1.599 ms this way
-/// against 1.769 / 1.765 ms with 5-8 rows on cuBLAS; Qwen2.5-7B's shapes 5.87-5.96 ms on cuBLAS,
-/// 6.88 with every weight on the kernels, and 5.94 / 5.98 when only its small k and v projections
-/// took them (next to a q on cuBLAS, each its own launch: hence the rule for the whole group).
-const MATVEC_SMALL_WEIGHT_ELEMS: usize = 8 << 20;
+/// Weights of at most this many elements (16 MiB as f16) are small: a GEMM of their own is bound
+/// by its launch and reduction, not by their bytes, so they stack with the other projections of
+/// their x (`stacks`).
+const STACK_SMALL_WEIGHT_ELEMS: usize = 8 << 20;
 
 /// `FERRITE_CUDA_MATVEC_MAX_ROWS=N`: every weight takes the matrix-vector kernels up to N rows
 /// (0 sends every multiply to cuBLAS, 8 keeps the kernels up to their limit), to compare the two
-/// paths on a batch size. Unset: [`max_rows_for`]'s rule.
+/// paths on a batch size. Unset: `MATVEC_PREFERRED_MAX_ROWS`.
 fn forced_max_rows() -> Option<usize> {
     static ROWS: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
     *ROWS.get_or_init(|| std::env::var("FERRITE_CUDA_MATVEC_MAX_ROWS").ok().and_then(|v| v.parse().ok()).map(|n: usize| n.min(MATVEC_MAX_ROWS)))
@@ -78,26 +75,10 @@ pub(super) fn matvec_max_rows(exact: bool) -> usize {
     }
 }
 
-/// Rows of x up to which projections with weights of these shapes `(rows, cols)`, all of the same
-/// x, take the matrix-vector kernels: `MATVEC_MAX_ROWS` when every weight has at most
-/// `MATVEC_SMALL_WEIGHT_ELEMS` elements, else `MATVEC_PREFERRED_MAX_ROWS`.
-pub(super) fn max_rows_for(shapes: impl IntoIterator<Item = (usize, usize)>) -> usize {
-    let small = shapes.into_iter().all(|(r, c)| r.saturating_mul(c) <= MATVEC_SMALL_WEIGHT_ELEMS);
-    if small {
-        MATVEC_MAX_ROWS
-    } else {
-        MATVEC_PREFERRED_MAX_ROWS
-    }
-}
-
-/// Whether `w` times `n_x` rows, projected together with `group` (the weights multiplying the same
-/// x, `w` among them), runs on the matrix-vector kernels ([`max_rows_for`]; `FERRITE_CUDA_MATVEC_MAX_ROWS`
-/// overrides it; `exact` caps it at `MATVEC_EXACT_MAX_ROWS`).
-pub(super) fn takes_matvec(group: &[&CudaWeight], w: &CudaWeight, n_x: usize, exact: bool) -> bool {
-    let mut max_rows = forced_max_rows().unwrap_or_else(|| max_rows_for(group.iter().map(|g| (g.n_rows, g.n_cols))));
-    if exact {
-        max_rows = max_rows.min(MATVEC_EXACT_MAX_ROWS);
-    }
+/// Whether `w` times `n_x` rows runs on the matrix-vector kernels ([`matvec_max_rows`]:
+/// `FERRITE_CUDA_MATVEC_MAX_ROWS` overrides it; `exact` caps it at `MATVEC_EXACT_MAX_ROWS`).
+pub(super) fn takes_matvec(w: &CudaWeight, n_x: usize, exact: bool) -> bool {
+    let max_rows = matvec_max_rows(exact);
     n_x > 0 && n_x <= max_rows && w.n_cols % 32 == 0
 }
 
@@ -110,12 +91,10 @@ pub enum Write {
 }
 
 /// `x_f16`: the device address of `x` already converted to f16 for an earlier projection of the
-/// same input, or `None` (set here when this call converts it). `group`: the weights projected
-/// from the same x, `w` among them (see [`takes_matvec`]).
+/// same input, or `None` (set here when this call converts it).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn matmul(
     be: &mut CudaBackend,
-    group: &[&CudaWeight],
     w: &CudaWeight,
     bias: Option<&CudaSlice<f32>>,
     x: &CudaAct,
@@ -124,7 +103,7 @@ pub(super) fn matmul(
     write: Write,
     x_f16: &mut Option<u64>,
 ) -> Result<(), BackendError> {
-    if takes_matvec(group, w, n_x, be.gemm == GemmPrecision::F32) {
+    if takes_matvec(w, n_x, be.gemm == GemmPrecision::F32) {
         matvec(be, w, bias, x, n_x, out, write)
     } else if takes_gemm_mma(be, w, n_x)? {
         gemm_mma(be, w, bias, x, n_x, out, write, x_f16)
@@ -201,7 +180,7 @@ fn gemm_mma(
 /// which can also normalize x or apply SwiGLU to it while loading it (`Input`).
 pub(super) fn tiled_matvec(be: &CudaBackend, weights: &[&CudaWeight], n_x: usize) -> bool {
     let exact = be.gemm == GemmPrecision::F32;
-    weights.iter().all(|w| takes_matvec(weights, w, n_x, exact) && matches!(w.layout, Layout::Tiles(_)))
+    weights.iter().all(|w| takes_matvec(w, n_x, exact) && matches!(w.layout, Layout::Tiles(_)))
 }
 
 /// `out_i = w_i x (+ bias_i)` (or `+=`) for projections that all pass [`tiled_matvec`], `x`
@@ -447,20 +426,28 @@ const STACK_MAX_MEMBERS: usize = 3;
 
 /// Whether the projections of one x by `weights` (more rows than a matrix-vector kernel takes)
 /// run as one GEMM on a stacked copy: f16 precision, two or three weights of one width, one of
-/// them small (at most `MATVEC_SMALL_WEIGHT_ELEMS`), none sent to the quantized GEMM by
+/// them small (at most `STACK_SMALL_WEIGHT_ELEMS`), none sent to the quantized GEMM by
 /// `FERRITE_CUDA_MMQ_MAX_ROWS`. The small weights are what a GEMM of their own wastes: a 7B's k
 /// and v (512 x 3584) took a split-K GEMM and its reduction each, about 7.7 us, at 64 rows
 /// (H200, 2026-12-04), for 3.7 MB; stacked under q they add their bytes to one GEMM.
 /// `FERRITE_CUDA_STACK=0` turns stacking off (`stacking_enabled`).
 fn stacks(be: &CudaBackend, weights: &[&CudaWeight], n_x: usize) -> bool {
-    let Some(first) = weights.first() else { return false };
+    let shapes: Vec<(usize, usize)> = weights.iter().map(|w| (w.n_rows, w.n_cols)).collect();
     be.stacking && be.gemm == GemmPrecision::F16
-        && (2..=STACK_MAX_MEMBERS).contains(&weights.len())
-        && weights.iter().all(|w| w.n_cols == first.n_cols && w.n_rows > 0 && w.n_cols > 0 && !takes_matvec(weights, w, n_x, false))
-        && weights.iter().any(|w| w.n_rows.saturating_mul(w.n_cols) <= MATVEC_SMALL_WEIGHT_ELEMS)
+        && stack_shapes_qualify(&shapes)
+        && !weights.iter().any(|w| takes_matvec(w, n_x, false))
         && !weights.iter().any(|w| {
             be.gemm_mma_rows.is_some_and(|max| n_x <= max.min(MMQ_MAX_ROWS)) && matches!(w.layout, Layout::Tiles(_)) && w.kernels.as_ref().is_some_and(|k| k.tiled.is_some())
         })
+}
+
+/// Whether weights of these shapes `(rows, cols)` stack: two or three of one width, none empty,
+/// one of them small (`STACK_SMALL_WEIGHT_ELEMS`).
+fn stack_shapes_qualify(shapes: &[(usize, usize)]) -> bool {
+    let Some(&(_, cols)) = shapes.first() else { return false };
+    (2..=STACK_MAX_MEMBERS).contains(&shapes.len())
+        && shapes.iter().all(|&(r, c)| c == cols && r > 0 && c > 0)
+        && shapes.iter().any(|&(r, c)| r.saturating_mul(c) <= STACK_SMALL_WEIGHT_ELEMS)
 }
 
 /// The stacked copy of `weights`, made now (held by the first) if this is the group's first large
@@ -708,7 +695,7 @@ pub(super) fn f16_gemm_inputs(be: &mut CudaBackend, weights: &[&CudaWeight], n_x
     if be.gemm != GemmPrecision::F16 {
         return Ok(false);
     }
-    if weights.iter().any(|w| takes_matvec(weights, w, n_x, false) || w.n_rows == 0 || w.n_cols == 0) {
+    if weights.iter().any(|w| takes_matvec(w, n_x, false) || w.n_rows == 0 || w.n_cols == 0) {
         return Ok(false);
     }
     bind_context(be)?;
@@ -808,27 +795,26 @@ mod tests {
         }
     }
 
-    /// The 5-8 row rule gives the decisions the H200 measurements behind it were taken with: every
-    /// layer projection of the 0.5B shapes on the kernels, its LM head and every group of the 7B
-    /// shapes that holds a large weight on cuBLAS from 5 rows.
+    /// Which groups stack, on the shapes the H200 measurements behind the rule were taken with:
+    /// q/k/v of both models and the 0.5B's gate/up (small weights next to them), not the 7B's
+    /// gate/up (stacked, cuBLAS took 72.4 us against 72.9 apart at 64 rows) nor single weights.
     #[test]
-    fn five_to_eight_rows_take_the_kernels_only_in_groups_of_small_weights() {
-        use super::{max_rows_for, MATVEC_MAX_ROWS, MATVEC_PREFERRED_MAX_ROWS};
-        let small_05b: [&[(usize, usize)]; 4] =
-            [&[(896, 896), (128, 896), (128, 896)], &[(896, 896)], &[(4864, 896), (4864, 896)], &[(896, 4864)]];
-        for group in small_05b {
-            assert_eq!(max_rows_for(group.iter().copied()), MATVEC_MAX_ROWS, "{group:?}");
+    fn groups_with_a_small_weight_stack() {
+        use super::stack_shapes_qualify;
+        let stack: [&[(usize, usize)]; 3] = [&[(896, 896), (128, 896), (128, 896)], &[(3584, 3584), (512, 3584), (512, 3584)], &[(4864, 896), (4864, 896)]];
+        for group in stack {
+            assert!(stack_shapes_qualify(group), "{group:?}");
         }
-        let large: [&[(usize, usize)]; 6] = [
-            &[(151936, 896)],
-            &[(3584, 3584), (512, 3584), (512, 3584)],
-            &[(3584, 3584)],
+        let apart: [&[(usize, usize)]; 6] = [
             &[(18944, 3584), (18944, 3584)],
-            &[(3584, 18944)],
-            &[(152064, 3584)],
+            &[(896, 896)],
+            &[(151936, 896)],
+            &[],
+            &[(128, 896), (128, 896), (128, 896), (128, 896)],
+            &[(896, 896), (128, 448)],
         ];
-        for group in large {
-            assert_eq!(max_rows_for(group.iter().copied()), MATVEC_PREFERRED_MAX_ROWS, "{group:?}");
+        for group in apart {
+            assert!(!stack_shapes_qualify(group), "{group:?}");
         }
     }
 }
