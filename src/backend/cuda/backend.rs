@@ -415,8 +415,7 @@ pub struct CudaBackend {
 }
 
 /// How multiplies of more than 4 rows (prefill, larger batches; `matmul::takes_matvec`) run on
-/// cuBLAS, except 5-8 rows of small weights. Matvec multiplies (up to 4 rows, or 8 of small
-/// weights) keep float32 sums of x in two bf16 parts (three, exact, for one or two rows); with
+/// cuBLAS. Matvec multiplies (up to 4 rows) keep float32 sums of x in two bf16 parts (three, exact, for one or two rows); with
 /// F32 only the exact ones stay on the kernels, and from 3 rows every multiply is float32 on
 /// cuBLAS.
 ///
