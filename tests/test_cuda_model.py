@@ -230,19 +230,29 @@ def test_gpu_stacked_projections_match_separate_ones(tmp_path, matrix_type, monk
     """q/k/v (and gate/up, whose weights are small here) of more rows than the matrix-vector
     kernels take run as one f16 GEMM on a stacked copy, split into their outputs with the biases
     added (FERRITE_CUDA_STACK=0: a GEMM each, then add_biases3): the same products summed in
-    another order, so the logits of a prompt and of a 12-sequence decode step agree closely both
-    ways and both match the float64 reference."""
+    another order, so the logits of a prompt and of 12-sequence decode steps (the first run
+    directly, the last replayed from a recorded graph) agree closely both
+    ways (the process's count of stacked GEMMs shows which path ran) and both match the float64
+    reference."""
     path = write_block_model(tmp_path / f"{matrix_type}.gguf", matrix_type, seed=23)
     ids = [int(t) for t in np.random.default_rng(8).integers(0, 260, size=43)]
     got = {}
+    stacked = {}
     for flag in ("0", "1"):
         monkeypatch.setenv("FERRITE_CUDA_STACK", flag)
+        before = ferrite._ferrite._cuda_counters()["stacked_gemms"]
         m = ferrite.Model.load(path, device="cuda", kv_cache_tokens=1024)
         prompt = m.forward(ids)
         seqs = [m.new_sequence(max_tokens=64) for _ in range(12)]
         m.forward_batch([ids[i : i + 5] for i in range(12)], seqs=seqs)
-        step = m.forward_batch([[7 + i] for i in range(12)], seqs=seqs)
-        got[flag] = (prompt, np.stack([o[-1] for o in step]))
+        # Six steps of the same shape: the later ones replay a recorded graph (stacked_out's
+        # address inside it).
+        steps = [np.stack([o[-1] for o in m.forward_batch([[7 + i + s] for i in range(12)], seqs=seqs)]) for s in range(6)]
+        got[flag] = (prompt, steps[0], steps[-1])
+        stacked[flag] = ferrite._ferrite._cuda_counters()["stacked_gemms"] - before
+        del m
+    # Each path ran: the prompt and the unrecorded steps stack q/k/v and gate/up in every layer.
+    assert stacked["0"] == 0 and stacked["1"] >= 2 * 2, stacked
     for a, b in zip(got["0"], got["1"]):
         assert relative(b, a.astype(np.float64)) <= RELATIVE_BOUND
     ref = reference_logits(path, ids)
@@ -372,7 +382,7 @@ def test_gpu_several_sequences_decode_split(tmp_path, monkeypatch, splits):
 @pytest.mark.parametrize("matrix_type", ["Q4_K", "Q5_0", "Q6_K", "Q8_0"])
 def test_gpu_quantized_gemm_in_a_model(tmp_path, monkeypatch, matrix_type):
     """The quantized GEMM (matmul_mma.cu) in a whole model at the default (f16) precision: a
-    40-token prompt and then a decode step of 12 sequences, every projection of more than 8 rows
+    40-token prompt and then a decode step of 12 sequences, every projection of more than 4 rows
     on it (FERRITE_CUDA_MMQ_MAX_ROWS=512, read when the model loads), against the float64
     reference within the f16 paths' bound, and the same through cuBLAS's f16 copies (=0): both
     within the bound, with different bits (so that each path ran)."""

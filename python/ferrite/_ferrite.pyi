@@ -59,6 +59,7 @@ __all__ = [
     "_cuda_copy_time",
     "_cuda_matvec_force_plan",
     "_cuda_row_op",
+    "_cuda_counters",
     "DeviceTensor",
 ]
 
@@ -243,9 +244,8 @@ class Model:
         closest to a float64 forward pass (max |logit difference| ~1e-3 on the test model): on
         the CPU dequantized float32 weights instead of 8-bit-quantized activations (~0.45 by
         default, as llama.cpp); on a GPU float32 CUDA cores from 3 rows, where the default
-        multiplies f16 weights and activations on the tensor cores (more than 4 rows, 8 for small
-        weights; ~0.04) or keeps 16 bits of each activation (3-8 rows); one or two rows are exact
-        either way.
+        multiplies f16 weights and activations on the tensor cores (more than 4 rows; ~0.04) or
+        keeps 16 bits of each activation (3-4 rows); one or two rows are exact either way.
         ``max_step_tokens``: tokens one engine step computes at most (default 2048 on a GPU, 256
         on a CPU). ``prefix_caching``: reuse the KV of prompts that start alike. ``threads``
         (CPU): threads for every op (default: the physical cores). Raises
@@ -941,6 +941,7 @@ def _cuda_matvec_time(
 ) -> dict[str, Any]: ...
 def _cuda_copy_time(n_bytes: int = ..., repeats: int = 10, device: _Device = "cuda") -> list[float]: ...
 def _cuda_matvec_force_plan(warps_m: int | None = None, warps_k: int | None = None, splits: int | None = None) -> None: ...
+def _cuda_counters() -> dict[str, int]: ...
 def _cuda_row_op(
     op: str,
     a: npt.NDArray[np.float32],

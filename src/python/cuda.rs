@@ -25,6 +25,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_cuda_copy_time, m)?)?;
     m.add_function(wrap_pyfunction!(_cuda_matvec_force_plan, m)?)?;
     m.add_function(wrap_pyfunction!(_cuda_row_op, m)?)?;
+    m.add_function(wrap_pyfunction!(_cuda_counters, m)?)?;
     Ok(())
 }
 
@@ -294,6 +295,15 @@ fn _cuda_weight_rows<'py>(
     })?;
     let n_tokens = tokens.len();
     Ok((PyArray1::from_vec(py, rows).reshape([n, n_cols])?, PyArray1::from_vec(py, emb).reshape([n_tokens, n_cols])?))
+}
+
+/// Test hook: counts of this process's CUDA path decisions, as a dict: ``stacked_gemms``
+/// (projections of one x run as one GEMM on a stacked copy; graph replays not counted).
+#[pyfunction]
+fn _cuda_counters(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("stacked_gemms", cuda::STACKED_GEMMS.load(std::sync::atomic::Ordering::Relaxed))?;
+    Ok(d)
 }
 
 /// Test hook: one row kernel of the batch path alone, `op` "rms_norm" (rows `a` of shape

@@ -170,8 +170,8 @@ impl PyModel {
     /// forward pass (max |logit difference| ~1e-3 on the test model): on the CPU dequantized
     /// float32 weights instead of activations quantized to 8 bits as llama.cpp does (~0.45 by
     /// default); on a GPU float32 CUDA cores from 3 rows, where the default multiplies f16
-    /// weights and activations on the tensor cores (more than 4 rows, 8 for small weights; ~0.04)
-    /// or keeps 16 bits of each activation (3-8 rows); one or two rows are exact either way.
+    /// weights and activations on the tensor cores (more than 4 rows; ~0.04) or keeps 16 bits of
+    /// each activation (3-4 rows); one or two rows are exact either way.
     /// ``max_step_tokens``: tokens one engine step computes at most (default 2048 on a GPU, 256
     /// on a CPU); ``prefix_caching``: reuse the KV of prompts that start alike. ``threads`` (CPU):
     /// threads for every op (default: the physical cores, or ``RAYON_NUM_THREADS``).

@@ -4,7 +4,7 @@
 //! synchronization of a forward is the copy of the logits in [`Backend::read_rows`].
 //!
 //! Projections (`matmul`) take one of two paths (see `matmul.rs`): up to 4 rows of activations
-//! (8 for small weights, 2 with `exact_matmul`; decode of a few sequences) go through
+//! (2 with `exact_matmul`; decode of a few sequences) go through
 //! matrix-vector kernels that read the quantized blocks directly; larger batches (prefill, many
 //! sequences) multiply a copy of the weight made once (f16 by default) with cuBLAS.
 //!
@@ -1514,7 +1514,8 @@ impl Backend for CudaBackend {
         // A large batch is recorded only once its sizes come back (a steady decode), not for
         // every size a changing batch passes through: recording costs about as much as a few
         // steps. Its unrecorded runs also make what a large multiply allocates on first use
-        // (the weights' float32 copies, the scratch), which must not happen while recording.
+        // (the weights' f16 or float32 copies, stacked or single, the scratch, the stacked GEMM's
+        // output), which must not happen while recording.
         // "Large" is more rows than the matrix-vector kernels take.
         if key.n_tokens > super::matmul::matvec_max_rows(self.gemm == GemmPrecision::F32) {
             if self.sightings.len() > SIGHTINGS_MAX {

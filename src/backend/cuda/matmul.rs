@@ -1,7 +1,7 @@
 //! Projections on the GPU: `out[t][r] = Σ_c W[r][c] · x[t][c] (+ bias[r])` with W in its GGUF
 //! blocks.
 //!
-//! * Up to 4 rows of x, 8 for groups of small weights, 2 with `exact_matmul` (decode of a few
+//! * Up to 4 rows of x, 2 with `exact_matmul` (decode of a few
 //!   sequences; see `takes_matvec`): matrix-vector kernels that read each weight byte once and dequantize in
 //!   registers (`matvec.rs`: the tensor-core kernels on repacked Q5_0/Q8_0/Q4_K/Q6_K tiles,
 //!   matvec.cu on the file's blocks for the other types).
@@ -416,6 +416,10 @@ pub struct StackedCopy {
     scale: f32,
 }
 
+/// Stacked GEMMs launched by this process (directly, not counting graph replays), for tests to
+/// see which path ran (`_cuda_counters`).
+pub static STACKED_GEMMS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// `FERRITE_CUDA_STACK=0`: no stacked GEMMs (see `stacks`), read when a backend is made.
 pub(super) fn stacking_enabled() -> bool {
     std::env::var("FERRITE_CUDA_STACK").map_or(true, |v| v != "0")
@@ -476,16 +480,20 @@ fn stacked_copy<'w>(be: &mut CudaBackend, weights: &[&'w CudaWeight]) -> Result<
     Ok(first.stacked.get().and_then(Option::as_ref).filter(|c| c.members == members))
 }
 
-/// The backend's float32 buffer for a stacked GEMM's output, holding at least `n` values; growing
-/// it bumps `batch_generation`, since recorded steps hold its address.
-fn stacked_out(be: &mut CudaBackend, n: usize) -> Result<&mut CudaSlice<f32>, BackendError> {
+/// The device address of the backend's float32 buffer for a stacked GEMM's output, grown to hold
+/// at least `n` values (growing bumps `batch_generation`, since recorded steps hold its address);
+/// `None` when the device has no room for it (the projections then run apart).
+fn stacked_out(be: &mut CudaBackend, n: usize) -> Result<Option<u64>, BackendError> {
     if be.stacked_out.as_ref().map_or(true, |b| b.len() < n) {
         be.stacked_out = None;
-        be.stacked_out = Some(be.ctx.alloc::<f32>(n.next_power_of_two().max(1 << 16), "stacked projections' output")?);
         be.batch_generation += 1;
+        match be.ctx.alloc::<f32>(n.next_power_of_two().max(1 << 16), "stacked projections' output") {
+            Ok(buf) => be.stacked_out = Some(buf),
+            Err(CudaError::OutOfMemory { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
     }
-    let Some(buf) = be.stacked_out.as_mut() else { unreachable!("allocated above") };
-    Ok(buf)
+    Ok(be.stacked_out.as_ref().map(|b| addr(b, &be.ctx)))
 }
 
 /// One stacked projection's output: where it goes, the device addresses of its output rows and
@@ -518,9 +526,10 @@ pub(super) fn stacked_gemm(
     let as_u32 = |what: &str, v: usize| u32::try_from(v).map_err(|_| BackendError::Invalid(format!("stacked projections: {what} {v} exceeds 32 bits")));
     let n_out = n_x.checked_mul(total_rows).ok_or_else(|| BackendError::Invalid("stacked projections' output overflows".into()))?;
     as_u32("outputs", n_out)?;
+    // Before x's producer runs, so that without room nothing has been launched.
+    let Some(stacked) = stacked_out(be, n_out)? else { return Ok(false) };
     let converted = x_f16(be)?;
     let ctx = be.ctx.clone();
-    let stacked = addr(&*stacked_out(be, n_out)?, &ctx);
     let cfg = GemmConfig {
         transa: cublasOperation_t::CUBLAS_OP_T,
         transb: cublasOperation_t::CUBLAS_OP_N,
@@ -548,6 +557,7 @@ pub(super) fn stacked_gemm(
     let ((y0, b0, w0), (y1, b1, w1), (y2, b2, w2)) = (seg(0)?, seg(1)?, seg(2)?);
     let rows = as_u32("tokens", n_x)?;
     launch!(ctx, &be.fixed.split_rows3, "split_rows3", grid_stride(n_out as u64), &stacked, &y0, &b0, &w0, &y1, &b1, &w1, &y2, &b2, &w2, &rows)?;
+    STACKED_GEMMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok(true)
 }
 
