@@ -1258,39 +1258,31 @@ impl Backend for CudaBackend {
     ) -> Result<(), BackendError> {
         let weights = projections.each_ref().map(|p| p.0);
         if !super::matmul::tiled_matvec(self, &weights, n_rows) {
-            if n_rows > 0 && N > 1 {
-                // q/k/v as one GEMM on their stacked copy where it pays (`matmul::stacks`).
+            if n_rows > 0 {
+                // Every shape checked before the first launch; the checked outputs and biases serve
+                // both GEMM paths below.
                 check_width("rms_norm input", x.width, norm.n_cols)?;
                 check_rows("rms_norm input", x, n_rows)?;
                 let mut outs = Vec::with_capacity(N);
                 for (w, bias, out) in &projections {
                     let b = check_projection(w, *bias, x, n_rows, out)?;
-                    outs.push(super::matmul::StackedOut { weight: w, out: addr(&out.buf, &self.ctx), bias: b.map_or(0, |b| addr(b, &self.ctx)) });
+                    outs.push(super::matmul::StackedOut { weight: *w, out: addr(&out.buf, &self.ctx), bias: b.map_or(0, |b| addr(b, &self.ctx)) });
                 }
                 let norm_w = norm.dense()?;
+                // q/k/v as one GEMM on their stacked copy where it pays (`matmul::stacks`).
                 if super::matmul::stacked_gemm(self, &outs, n_rows, |be| super::matmul::rms_norm_as_f16(be, x, norm_w, eps, n_rows))? {
                     return Ok(());
                 }
-            }
-            if n_rows > 0 && super::matmul::f16_gemm_inputs(self, &weights, n_rows)? {
-                // Only cuBLAS's f16 GEMMs read the normalized rows: written as f16 directly
-                // (every shape checked before the first launch).
-                check_width("rms_norm input", x.width, norm.n_cols)?;
-                check_rows("rms_norm input", x, n_rows)?;
-                for (w, bias, out) in &projections {
-                    check_projection(w, *bias, x, n_rows, out)?;
-                }
-                let mut x_f16 = Some(super::matmul::rms_norm_as_f16(self, x, norm.dense()?, eps, n_rows)?);
-                // The biases (q, k, v) go on in one launch after the GEMMs.
-                let mut biases = Vec::with_capacity(N);
-                for (w, bias, out) in projections {
-                    let b = check_projection(w, bias, x, n_rows, out)?;
-                    self.project(w, None, x, n_rows, out, Write::Overwrite, &mut x_f16)?;
-                    if let Some(b) = b {
-                        biases.push((addr(&out.buf, &self.ctx), addr(b, &self.ctx), w.n_rows));
+                if super::matmul::f16_gemm_inputs(self, &weights, n_rows)? {
+                    // Only cuBLAS's f16 GEMMs read the normalized rows: written as f16 directly.
+                    let mut x_f16 = Some(super::matmul::rms_norm_as_f16(self, x, norm_w, eps, n_rows)?);
+                    for (w, _, out) in projections {
+                        self.project(w, None, x, n_rows, out, Write::Overwrite, &mut x_f16)?;
                     }
+                    // The biases (q, k, v) go on in one launch after the GEMMs.
+                    let biases: Vec<_> = outs.iter().filter(|o| o.bias != 0).map(|o| (o.out, o.bias, o.weight.n_rows)).collect();
+                    return super::matmul::add_biases(self, &biases, n_rows);
                 }
-                return super::matmul::add_biases(self, &biases, n_rows);
             }
             self.rms_norm(x, norm, eps, n_rows, xn)?;
             return self.matmuls(xn, n_rows, projections);

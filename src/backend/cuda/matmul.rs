@@ -17,7 +17,7 @@
 use cudarc::cublas::{sys::cublasOperation_t, Gemm, GemmConfig};
 use cudarc::driver::{CudaSlice, CudaViewMut};
 
-use super::backend::{addr, grid_stride, launch, CudaAct, CudaBackend, CudaWeight, GemmPrecision};
+use super::backend::{addr, grid_stride, launch, CudaAct, CudaBackend, CudaWeight, FixedKernels, GemmPrecision};
 use super::context::CudaContext;
 use super::dequant::dequantize_into;
 use super::error::CudaError;
@@ -128,11 +128,7 @@ pub(super) fn forced_gemm_mma_rows() -> Option<usize> {
 /// is dequantizing every weight to float32 at every step. `FERRITE_CUDA_MMQ_MAX_ROWS` overrides
 /// the rule (`forced_gemm_mma_rows`).
 pub(super) fn takes_gemm_mma(be: &mut CudaBackend, w: &CudaWeight, n_x: usize) -> Result<bool, BackendError> {
-    let capable = be.gemm == GemmPrecision::F16
-        && n_x <= MMQ_MAX_ROWS
-        && matches!(w.layout, Layout::Tiles(_))
-        && w.kernels.as_ref().is_some_and(|k| k.tiled.is_some());
-    if !capable {
+    if !gemm_mma_capable(be, w, n_x) {
         return Ok(false);
     }
     match be.gemm_mma_rows {
@@ -142,6 +138,12 @@ pub(super) fn takes_gemm_mma(be: &mut CudaBackend, w: &CudaWeight, n_x: usize) -
             Ok(resident(be, w)?.is_none())
         }
     }
+}
+
+/// Whether the quantized GEMM can multiply `w` by `n_x` rows: a tiled weight at f16 precision, at
+/// most `MMQ_MAX_ROWS` rows.
+fn gemm_mma_capable(be: &CudaBackend, w: &CudaWeight, n_x: usize) -> bool {
+    be.gemm == GemmPrecision::F16 && n_x <= MMQ_MAX_ROWS && matches!(w.layout, Layout::Tiles(_)) && w.kernels.as_ref().is_some_and(|k| k.tiled.is_some())
 }
 
 /// `out = w x (+ bias)` (or `+=`) on the quantized GEMM, x read as f16 (converted now unless
@@ -298,37 +300,42 @@ fn scratch_chunk_rows(be: &mut CudaBackend, w: &CudaWeight) -> Result<usize, Bac
     Ok(chunk_rows)
 }
 
-/// The largest |w| of `w`'s float32 rows, folded into `max_bits` (float bits; atomic max), one
-/// chunk of rows at a time through the scratch.
-fn abs_max_into(be: &mut CudaBackend, w: &CudaWeight, max_bits: &mut CudaSlice<u32>) -> Result<(), BackendError> {
+/// `w`'s rows dequantized to float32 one chunk at a time into the scratch, each chunk handed to
+/// `each(ctx, kernels, scratch, first row, rows)`.
+fn for_each_f32_chunk(
+    be: &mut CudaBackend,
+    w: &CudaWeight,
+    mut each: impl FnMut(&CudaContext, &FixedKernels, &CudaSlice<f32>, usize, usize) -> Result<(), BackendError>,
+) -> Result<(), BackendError> {
     let chunk_rows = scratch_chunk_rows(be, w)?;
+    let Some(scratch) = be.scratch.as_mut() else { unreachable!("allocated by scratch_chunk_rows") };
     let mut r0 = 0;
     while r0 < w.n_rows {
         let rows = chunk_rows.min(w.n_rows - r0);
-        let n = (rows * w.n_cols) as u64;
-        let Some(scratch) = be.scratch.as_mut() else { unreachable!("allocated by scratch_chunk_rows") };
-        dequant_rows(&be.ctx, w, r0, rows, &mut scratch.slice_mut(..n as usize))?;
-        launch!(be.ctx, &be.fixed.abs_max, "abs_max", grid_stride(n), &*scratch, &n, &mut *max_bits)?;
+        dequant_rows(&be.ctx, w, r0, rows, &mut scratch.slice_mut(..rows * w.n_cols))?;
+        each(&be.ctx, &be.fixed, scratch, r0, rows)?;
         r0 += rows;
     }
     Ok(())
 }
 
-/// `w` times `scale` as f16 bits into `bits` (its rows from element `offset` on), one chunk of
-/// rows at a time through the scratch.
-fn write_f16(be: &mut CudaBackend, w: &CudaWeight, scale: f32, bits: &mut CudaSlice<u16>, offset: usize) -> Result<(), BackendError> {
-    let chunk_rows = scratch_chunk_rows(be, w)?;
-    let mut r0 = 0;
-    while r0 < w.n_rows {
-        let rows = chunk_rows.min(w.n_rows - r0);
+/// The largest |w| of `w`'s float32 rows, folded into `max_bits` (float bits; atomic max).
+fn abs_max_into(be: &mut CudaBackend, w: &CudaWeight, max_bits: &mut CudaSlice<u32>) -> Result<(), BackendError> {
+    for_each_f32_chunk(be, w, |ctx, fixed, scratch, _, rows| {
         let n = (rows * w.n_cols) as u64;
-        let Some(scratch) = be.scratch.as_mut() else { unreachable!("allocated by scratch_chunk_rows") };
-        dequant_rows(&be.ctx, w, r0, rows, &mut scratch.slice_mut(..n as usize))?;
+        launch!(ctx, &fixed.abs_max, "abs_max", grid_stride(n), scratch, &n, &mut *max_bits)?;
+        Ok(())
+    })
+}
+
+/// `w` times `scale` as f16 bits into `bits` (its rows from element `offset` on).
+fn write_f16(be: &mut CudaBackend, w: &CudaWeight, scale: f32, bits: &mut CudaSlice<u16>, offset: usize) -> Result<(), BackendError> {
+    for_each_f32_chunk(be, w, |ctx, fixed, scratch, r0, rows| {
+        let n = (rows * w.n_cols) as u64;
         let mut dst = bits.slice_mut(offset + r0 * w.n_cols..offset + (r0 + rows) * w.n_cols);
-        launch!(be.ctx, &be.fixed.to_f16_scaled, "to_f16_scaled", grid_stride(n), &*scratch, &mut dst, &n, &scale)?;
-        r0 += rows;
-    }
-    Ok(())
+        launch!(ctx, &fixed.to_f16_scaled, "to_f16_scaled", grid_stride(n), scratch, &mut dst, &n, &scale)?;
+        Ok(())
+    })
 }
 
 /// The f16 copy of `weights` stacked in `bits` (the rows of the first, then of the next...)
@@ -440,9 +447,7 @@ fn stacks(be: &CudaBackend, weights: &[&CudaWeight], n_x: usize) -> bool {
     be.stacking && be.gemm == GemmPrecision::F16
         && stack_shapes_qualify(&shapes)
         && !weights.iter().any(|w| takes_matvec(w, n_x, false))
-        && !weights.iter().any(|w| {
-            be.gemm_mma_rows.is_some_and(|max| n_x <= max.min(MMQ_MAX_ROWS)) && matches!(w.layout, Layout::Tiles(_)) && w.kernels.as_ref().is_some_and(|k| k.tiled.is_some())
-        })
+        && !weights.iter().any(|w| be.gemm_mma_rows.is_some_and(|max| n_x <= max) && gemm_mma_capable(be, w, n_x))
 }
 
 /// Whether weights of these shapes `(rows, cols)` stack: two or three of one width, none empty,
@@ -459,14 +464,14 @@ fn stack_shapes_qualify(shapes: &[(usize, usize)]) -> bool {
 /// holds a copy of another group.
 fn stacked_copy<'w>(be: &mut CudaBackend, weights: &[&'w CudaWeight]) -> Result<Option<&'w StackedCopy>, BackendError> {
     let first = weights[0];
-    let members: Vec<(String, usize)> = weights.iter().map(|w| (w.name.clone(), w.n_rows)).collect();
     if first.stacked.get().is_none() {
         let elems: usize = weights.iter().map(|w| w.n_rows * w.n_cols).sum();
         let made = if resident_allowed(be, elems * 2) {
-            match be.ctx.alloc::<u16>(elems, &format!("the stacked f16 copy of {}", members.iter().map(|m| m.0.as_str()).collect::<Vec<_>>().join(", "))) {
+            let names: Vec<&str> = weights.iter().map(|w| w.name.as_str()).collect();
+            match be.ctx.alloc::<u16>(elems, &format!("the stacked f16 copy of {}", names.join(", "))) {
                 Ok(mut bits) => {
                     let scale = make_f16_stack(be, weights, &mut bits)?;
-                    Some(StackedCopy { members: members.clone(), bits, scale })
+                    Some(StackedCopy { members: weights.iter().map(|w| (w.name.clone(), w.n_rows)).collect(), bits, scale })
                 }
                 Err(CudaError::OutOfMemory { .. }) => None,
                 Err(e) => return Err(e.into()),
@@ -477,7 +482,8 @@ fn stacked_copy<'w>(be: &mut CudaBackend, weights: &[&'w CudaWeight]) -> Result<
         // Only this thread reaches the weight (the backend is behind `&mut`), so the set succeeds.
         let _ = first.stacked.set(made);
     }
-    Ok(first.stacked.get().and_then(Option::as_ref).filter(|c| c.members == members))
+    let same_group = |c: &&StackedCopy| c.members.len() == weights.len() && c.members.iter().zip(weights).all(|((name, rows), w)| *name == w.name && *rows == w.n_rows);
+    Ok(first.stacked.get().and_then(Option::as_ref).filter(same_group))
 }
 
 /// The device address of the backend's float32 buffer for a stacked GEMM's output, grown to hold
@@ -530,24 +536,11 @@ pub(super) fn stacked_gemm(
     let Some(stacked) = stacked_out(be, n_out)? else { return Ok(false) };
     let converted = x_f16(be)?;
     let ctx = be.ctx.clone();
-    let cfg = GemmConfig {
-        transa: cublasOperation_t::CUBLAS_OP_T,
-        transb: cublasOperation_t::CUBLAS_OP_N,
-        m: as_u32("rows", total_rows)? as i32,
-        n: as_u32("tokens", n_x)? as i32,
-        k: as_u32("columns", n_cols)? as i32,
-        alpha: 1.0 / (copy.scale * X_F16_SCALE),
-        lda: as_u32("columns", n_cols)? as i32,
-        ldb: as_u32("columns", n_cols)? as i32,
-        beta: 0.0,
-        ldc: as_u32("rows", total_rows)? as i32,
-    };
-    if [cfg.m, cfg.n, cfg.k].iter().any(|&v| v < 0) {
-        return Err(BackendError::Invalid("stacked projections exceed cuBLAS's 32-bit sizes".into()));
-    }
-    let names: Vec<&str> = weights.iter().map(|w| w.name.as_str()).collect();
+    let names = || weights.iter().map(|w| w.name.as_str()).collect::<Vec<_>>().join(", ");
+    let mut cfg = gemm_config(&names(), total_rows, n_x, n_cols, total_rows, Write::Overwrite)?;
+    cfg.alpha = 1.0 / (copy.scale * X_F16_SCALE);
     gemm_f16_raw(be, cfg, addr(&copy.bits, &ctx), converted, stacked)
-        .map_err(|e| CudaError::Driver { op: format!("cuBLAS GEMM for {} ({total_rows} x {n_cols} by {n_x} rows)", names.join(", ")), msg: e })?;
+        .map_err(|e| CudaError::Driver { op: format!("cuBLAS GEMM for {} ({total_rows} x {n_cols} by {n_x} rows)", names()), msg: e })?;
     let seg = |i: usize| -> Result<(u64, u64, u32), BackendError> {
         Ok(match outs.get(i) {
             Some(o) => (o.out, o.bias, as_u32("rows", o.weight.n_rows)?),
@@ -576,26 +569,9 @@ fn dequant_gemm(
     if n_rows == 0 || n_cols == 0 {
         return Ok(());
     }
-    let too_big = |what: &str, v: usize| BackendError::Invalid(format!("{}: {what} {v} exceeds cuBLAS's 32-bit sizes", w.name));
-    let as_i32 = |what: &str, v: usize| i32::try_from(v).map_err(|_| too_big(what, v));
     bind_context(be)?;
     let resident = resident(be, w)?;
-    // Column-major view: a weight chunk is W_chunk^T (k x m, ld k), x is X^T (k x n, ld k) and
-    // out + r0 is the m x n block of OUT^T (ld n_rows): OUT^T[r][t] = Σ_c W[r][c] X[t][c].
-    let cfg = |rows: usize| -> Result<GemmConfig<f32>, BackendError> {
-        Ok(GemmConfig {
-            transa: cublasOperation_t::CUBLAS_OP_T,
-            transb: cublasOperation_t::CUBLAS_OP_N,
-            m: as_i32("rows", rows)?,
-            n: as_i32("tokens", n_x)?,
-            k: as_i32("columns", n_cols)?,
-            alpha: 1.0f32,
-            lda: as_i32("columns", n_cols)?,
-            ldb: as_i32("columns", n_cols)?,
-            beta: if write == Write::Accumulate { 1.0f32 } else { 0.0f32 },
-            ldc: as_i32("rows", n_rows)?,
-        })
-    };
+    let cfg = |rows: usize| gemm_config(&w.name, rows, n_x, n_cols, n_rows, write);
     let gemm_err = |e: String| CudaError::Driver { op: format!("cuBLAS GEMM for {} ({n_rows} x {n_cols} by {n_x} rows)", w.name), msg: e };
     match resident {
         Some(Resident::F16 { bits, scale }) => {
@@ -743,6 +719,26 @@ pub(super) fn swiglu_as_f16(be: &mut CudaBackend, gate: &CudaAct, up: &CudaAct, 
     let buf = x_f16_buffer(be, n)?;
     launch!(ctx, &f, "swiglu_f16", super::backend::grid_stride_float4s(n64), &gate.buf, &up.buf, &n64, &X_F16_SCALE, &mut *buf)?;
     Ok(addr(&*buf, &ctx))
+}
+
+/// The cuBLAS configuration of `rows` weight rows (of `n_cols`) times `n_x` rows of x, into an
+/// output of `ldc` values a row of x, alpha 1. Column-major view: the weight rows are W^T (k x m,
+/// ld k), x is X^T (k x n, ld k) and the output the m x n block of OUT^T (ld ldc):
+/// OUT^T[r][t] = Σ_c W[r][c] X[t][c].
+fn gemm_config(name: &str, rows: usize, n_x: usize, n_cols: usize, ldc: usize, write: Write) -> Result<GemmConfig<f32>, BackendError> {
+    let as_i32 = |what: &str, v: usize| i32::try_from(v).map_err(|_| BackendError::Invalid(format!("{name}: {what} {v} exceeds cuBLAS's 32-bit sizes")));
+    Ok(GemmConfig {
+        transa: cublasOperation_t::CUBLAS_OP_T,
+        transb: cublasOperation_t::CUBLAS_OP_N,
+        m: as_i32("rows", rows)?,
+        n: as_i32("tokens", n_x)?,
+        k: as_i32("columns", n_cols)?,
+        alpha: 1.0f32,
+        lda: as_i32("columns", n_cols)?,
+        ldb: as_i32("columns", n_cols)?,
+        beta: if write == Write::Accumulate { 1.0f32 } else { 0.0f32 },
+        ldc: as_i32("rows", ldc)?,
+    })
 }
 
 /// C = alpha * op(A) op(B) + beta * C with A and B f16 (A: the weight's bits, B: at device
