@@ -13,8 +13,8 @@
 // (exact float32 products of the file's f16 and integer scale fields, as the CPU computes them)
 // multiply the per-block sums afterwards in float32, and Q4_K's mins multiply per-block sums of
 // x: d1 * sum(q * x) - m1 * sum(x) is sum((d1 * q - m1) * x), the CPU's weights times x,
-// summed in another order. The exception is one or two rows of Q4_K, Q5_0 and Q8_0 (the types
-// with an int8 path, Tile::S8), where decoding codes into bf16 was most of the kernel's
+// summed in another order. The exception is one or two rows of Q4_K, Q5_0, Q8_0 and Q6_K (the
+// types with an int8 path, Tile::S8), where decoding codes into bf16 was most of the kernel's
 // instructions: it keeps x as three int8 parts per 256 columns (a
 // relative error near 2^-24 of each tile's largest value, 1e-13 of W x on the model's own
 // activations) and multiplies on the int8 tensor cores (see "the int8 path" below).
@@ -203,7 +203,7 @@ __device__ __forceinline__ void tile_products(const Tile& w, const u16* xs, cons
     }
 }
 
-// ---- the int8 path: one or two x rows of a type with Tile::S8 (Q4_K, Q5_0, Q8_0) ----
+// ---- the int8 path: one or two x rows of a type with Tile::S8 (Q4_K, Q5_0, Q8_0, Q6_K) ----
 // x is kept as three int8 parts per 256 columns (one tile): q0 = rint(x / s0) with s0 = max|x|
 // / 127, then the remainder x - s0 q0 with step s1 = s0 / 254 (it is at most s0 / 2), and once
 // more with s2 = s1 / 254; x = s0 q0 + s1 q1 + s2 q2 up to about 2^-24 of the largest value
@@ -384,6 +384,47 @@ __device__ __forceinline__ void tile_products_s8_blocks(const T& w, const u8* xq
     }
 }
 
+// acc += tile `tile` (of the phase) times x, the int8 way, for Q6_K: a signed int8 scale per
+// 16-column chunk, so each 32-column sub-block takes two mmas, one with each chunk's codes
+// (the other's bytes masked to zero), whose integer sums the two scales multiply; the tile's
+// total goes to float once, times the super-block scale d.
+template <class T, int NG>
+__device__ __forceinline__ void tile_products_s8_chunks(const T& w, const u8* xq, const float (*xscale)[NG][8], u32 tile,
+                                                        const int b_off[NG], int t, float acc[NG][4]) {
+    const u8* xb[NG];
+#pragma unroll
+    for (int j = 0; j < NG; j++) xb[j] = xq + b_off[j] + 256 * tile;
+    int dot[NG][4];
+#pragma unroll
+    for (int j = 0; j < NG; j++) dot[j][0] = dot[j][1] = dot[j][2] = dot[j][3] = 0;
+#pragma unroll
+    for (int sb = 0; sb < 8; sb++) {
+        u32 a[4], a0[4], a1[4];
+        w.frag_s8(sb, a);
+#pragma unroll
+        for (int i = 0; i < 4; i++) a0[i] = a[i] & 0x00FF00FFu, a1[i] = a[i] & 0xFF00FF00u;
+        int sc0[2], sc1[2];
+        w.scale_s8_chunks(sb, sc0, sc1);
+#pragma unroll
+        for (int j = 0; j < NG; j++) {
+            const uint2 b = *reinterpret_cast<const uint2*>(xb[j] + 32 * sb);
+            int c0[4] = {0, 0, 0, 0}, c1[4] = {0, 0, 0, 0};
+            mma_s8(c0, a0, b.x, b.y);
+            mma_s8(c1, a1, b.x, b.y);
+#pragma unroll
+            for (int i = 0; i < 4; i++) dot[j][i] += sc0[i >> 1] * c0[i] + sc1[i >> 1] * c1[i];
+        }
+    }
+    float d[2];
+    w.super_scale(d);
+#pragma unroll
+    for (int j = 0; j < NG; j++) {
+        const float2 s = *reinterpret_cast<const float2*>(&xscale[tile][j][2 * t]);
+#pragma unroll
+        for (int i = 0; i < 4; i++) acc[j][i] = fmaf((i & 1) ? s.y : s.x, __fmul_rn(d[i >> 1], (float)dot[j][i]), acc[j][i]);
+    }
+}
+
 // inv_rms[n] = 1 / sqrt(mean(x[n]^2) + eps) for n < n_x, by the whole block: the squares summed
 // in float64 and the scale rounded to float once, as norm.cu does (the order of the float64
 // additions differs).
@@ -555,6 +596,8 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
             if constexpr (S8 && Tile::HAS_MIN) {
                 tile_products_s8<Tile, NG>(cur, xs_bytes, xsums.i, xscale, kt - p, b_off, t,
                                            acc);
+            } else if constexpr (S8 && Tile::SCALE_CHUNKS == 1) {
+                tile_products_s8_chunks<Tile, NG>(cur, xs_bytes, xscale, kt - p, b_off, t, acc);
             } else if constexpr (S8) {
                 tile_products_s8_blocks<Tile, NG>(cur, xs_bytes, xsums.i, xscale, kt - p, b_off, t, acc);
             } else {

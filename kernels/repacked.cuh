@@ -14,7 +14,7 @@
 //   frag(c, a)              the four bf16x2 A registers of chunk c: the codes as exact integers
 //   frag_f16(c, a)          the same as f16x2 (matmul_mma.cu, whose x is f16)
 //   scale(sb, s, m)         the scales (and Q4_K's mins) of scale block sb for rows g and g+8
-//   S8                      has the int8 path below (matvec_mma.cu uses it for one or two x rows):
+//   S8                      has the int8 path below (matvec_mma.cu):
 //   frag_s8(sb, a)          the A registers of mma.m16n8k32.s8 for 32-column sub-block sb
 //   scale_s8(sb, sc, m)     its scale (and min) as integers, super_scales(d, dmin) the tile's
 //                           (Q4_K); block_scale(sb, d) the float scale of sub-block sb (Q5_0,
@@ -392,9 +392,14 @@ struct Rp_q4_k {
 };
 
 // ---------------------------------------------------------------- Q6_K
+// RP_Q6_K_S8=0 keeps Q6_K on the bf16 path of matvec_mma.cu (for comparison).
+#ifndef RP_Q6_K_S8
+#define RP_Q6_K_S8 1
+#endif
 struct Rp_q6_k {
     static constexpr int TILE_COLS = 256, TILE_BYTES = 3360, CHUNKS = 16, SCALE_CHUNKS = 1;
-    static constexpr bool HAS_MIN = false, S8 = false;
+    static constexpr bool HAS_MIN = false, S8 = RP_Q6_K_S8;
+    static constexpr int S8_OFFSET = 0;
     u32 q[2][8];   // low nibbles
     u32 qh[2][4];  // two high bits per code
     u32 sc[2][4];  // the 16 int8 scales (chunk j's at byte j)
@@ -437,6 +442,43 @@ struct Rp_q6_k {
             s[h] = __fmul_rn(rp_half(d[h]), __int2float_rn(rp_sbyte(sc[h][sb >> 2], sb & 3)));
             m[h] = 0.0f;
         }
+    }
+    // ---- the int8 path (matvec_mma.cu) ----
+    // Sub-block sb (32 columns: chunks 2 sb and 2 sb + 1) as the A fragment of
+    // mma.m16n8k32.s8 in Rp_q4_k::frag_s8's column order, each code as the signed byte code - 32:
+    // bytes [c0 j0, c1 j0, c0 j1, c1 j1] and [c0 j2, c1 j2, c0 j3, c1 j3], so chunk 2 sb's codes
+    // are bytes 0 and 2 of every register and chunk 2 sb + 1's bytes 1 and 3 (the two chunks
+    // have scales of their own: tile_products_s8_chunks masks one or the other). The high bits
+    // of pair P = 4 sb + k sit at bit 8 (sb & 1) + 2k of word sb / 2 (+16 for its second
+    // element) and move to bits 4-5 of their code's byte.
+    __device__ __forceinline__ void frag_s8(int sb, u32 a[4]) const {
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const u32 w = qh[h][sb >> 1] >> (8 * (sb & 1));
+            const u32 lo = (q[h][sb] & 0x0F0F0F0Fu) | ((w << 4) & 0x00300030u) | ((w << 8) & 0x30003000u);
+            const u32 hi = ((q[h][sb] >> 4) & 0x0F0F0F0Fu) | ((w << 2) & 0x00300030u) | ((w << 6) & 0x30003000u);
+            a[h] = signed6(lo), a[2 + h] = signed6(hi);
+        }
+    }
+    // Four 6-bit codes c (one a byte) as the signed bytes c - 32: c ^ 32 is c - 32 modulo 64,
+    // and bit 5 (its sign) copied into bits 6 and 7 (times 6: no carry leaves a byte).
+    static __device__ __forceinline__ u32 signed6(u32 v) {
+        v ^= 0x20202020u;
+        return v | ((v & 0x20202020u) * 6u);
+    }
+    // The signed scales of chunks 2 sb (sc0) and 2 sb + 1 (sc1), rows g and g+8.
+    __device__ __forceinline__ void scale_s8_chunks(int sb, int sc0[2], int sc1[2]) const {
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const u32 w = sc[h][sb >> 1];
+            sc0[h] = rp_sbyte(w, 2 * (sb & 1));
+            sc1[h] = rp_sbyte(w, 2 * (sb & 1) + 1);
+        }
+    }
+    // The tile's super-block scale d, rows g and g+8.
+    __device__ __forceinline__ void super_scale(float d_out[2]) const {
+#pragma unroll
+        for (int h = 0; h < 2; h++) d_out[h] = rp_half(d[h]);
     }
     static __device__ __forceinline__ float value(const u8* tile, int r, int kc) {
         const RpSlot s(r, kc);
