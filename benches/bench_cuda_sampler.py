@@ -5,10 +5,11 @@ so a change to the kernel can be timed on the GPU machine without rebuilding the
 
     python benches/bench_cuda_sampler.py [kernels/sampling.cu] [-DNAME=VALUE ...]
 
-For each sampling configuration, 64 rows (and 1) of 151,936 logits: flat (N(0, 2)), peaked (the
+For each sampling configuration, 64 rows (and 1 and 8) of 151,936 logits: flat (N(0, 2)), peaked (the
 same plus 12 on 50 tokens, as a trained model's few strong candidates) and tied (40 equal
 leaders, so that filters cut inside ties); microseconds per call, mean of 20 launches, with the
-chunk pass (sample_chunks + sample_rows, what ferrite runs) and with rows scanned by one block
+chunk pass (sample_chunks + sample_rows, what ferrite runs; at 8 rows also sample_chunks
+alone) and with rows scanned by one block
 each (the fallback path); and in how many rows the two drew the same token (they must agree:
 the chunk pass is used only where it settles the draw exactly).
 Needs torch, libnvrtc.so.13 and libcuda.so.1 (the GPU machine has all three).
@@ -39,6 +40,12 @@ regs = ctypes.c_int(); cuda.cuFuncGetAttribute(ctypes.byref(regs), 4, fn)  # NUM
 lmem = ctypes.c_int(); cuda.cuFuncGetAttribute(ctypes.byref(lmem), 3, fn)  # LOCAL_SIZE_BYTES
 print(f"sample_rows: {regs.value} registers, {lmem.value} bytes of local memory a thread")
 
+# Block sizes as the kernel file defines them (a variant file may change them).
+import re
+_src = open(src_path).read()
+SAMPLE_THREADS = int(re.search(r"#define SAMPLE_THREADS (\d+)", _src).group(1))
+CHUNK_THREADS = int(re.search(r"#define CHUNK_THREADS (\d+)", _src).group(1))
+print(f"sample_rows: {SAMPLE_THREADS} threads a block; sample_chunks: {CHUNK_THREADS}")
 # Sizes of sampling.cu (OUT_WORDS, CHUNK_ELEMS, CHUNK_WORDS) and its RowParams layout (16 words).
 OUT_WORDS, CHUNK_ELEMS, CHUNK_WORDS = 4 + 2 * 64, 8192, 16 + 2 * 64
 
@@ -51,7 +58,7 @@ def params(rows, t, k=0, p=1.0, minp=0.0, logprobs=0xFFFFFFFF):
     a[:, 10] = np.arange(rows, dtype=np.uint32) * 7919 + 1
     return torch.from_numpy(a.view(np.int32)).cuda()
 
-def run(logits, prm, iters=20, chunked=True):
+def run(logits, prm, iters=20, chunked=True, rows_kernel=True):
     rows, vocab = logits.shape
     n_chunks = -(-vocab // CHUNK_ELEMS)
     out = torch.zeros(rows * OUT_WORDS, dtype=torch.int32, device="cuda")
@@ -67,8 +74,9 @@ def run(logits, prm, iters=20, chunked=True):
     stream = torch.cuda.current_stream().cuda_stream
     def launch():
         if chunked:
-            assert cuda.cuLaunchKernel(fc, n_chunks, rows, 1, 256, 1, 1, 0, ctypes.c_void_p(stream), cargs, None) == 0  # CHUNK_THREADS
-        assert cuda.cuLaunchKernel(fn, rows, 1, 1, 1024, 1, 1, 0, ctypes.c_void_p(stream), rargs, None) == 0
+            assert cuda.cuLaunchKernel(fc, n_chunks, rows, 1, CHUNK_THREADS, 1, 1, 0, ctypes.c_void_p(stream), cargs, None) == 0
+        if rows_kernel:
+            assert cuda.cuLaunchKernel(fn, rows, 1, 1, SAMPLE_THREADS, 1, 1, 0, ctypes.c_void_p(stream), rargs, None) == 0
     launch(); torch.cuda.synchronize()
     s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     s.record()
@@ -83,10 +91,12 @@ peaked = flat.clone(); peaked[:, :50] += 12.0   # a few strong candidates, like 
 tied = torch.full_like(flat, -2.0); tied[:, 1000:1040] = 6.0   # 40 exactly equal leaders: filters cut inside ties
 configs = {"greedy": dict(t=0.0), "T0.8": dict(t=0.8), "T0.8 lp0": dict(t=0.8, logprobs=0), "T0.8 lp5": dict(t=0.8, logprobs=5),
            "top-k40 p.95 minp.05": dict(t=0.8, k=40, p=0.95, minp=0.05), "top-p0.9": dict(t=0.7, p=0.9), "top-p0.3": dict(t=1.0, p=0.3), "top-k40": dict(t=0.8, k=40)}
-print(f"| config | logits | 1 row (us) | 64 rows (us) | 64 rows, rows scanned (us) | same tokens |")
+print(f"| config | logits | 1 row (us) | 8 rows (us) | 8 rows, sample_chunks alone (us) | 64 rows (us) | 64 rows, rows scanned (us) | same tokens |")
 for name, c in configs.items():
     for lname, L in (("flat", flat), ("peaked", peaked), ("tied", tied)):
         t1, _ = run(L[:1].contiguous(), params(1, **c))
+        t8, _ = run(L[:8].contiguous(), params(8, **c))
+        t8c, _ = run(L[:8].contiguous(), params(8, **c), rows_kernel=False)
         t64, tok = run(L, params(64, **c))
         t64r, tokr = run(L, params(64, **c), chunked=False)
-        print(f"| {name} | {lname} | {t1:.1f} | {t64:.1f} | {t64r:.1f} | {int((tok == tokr).sum())}/64 |", flush=True)
+        print(f"| {name} | {lname} | {t1:.1f} | {t8:.1f} | {t8c:.1f} | {t64:.1f} | {t64r:.1f} | {int((tok == tokr).sum())}/64 |", flush=True)

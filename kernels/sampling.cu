@@ -273,16 +273,16 @@ __device__ void sort_best_first(Shared& sh, u32 n) {
 // The key of the k-th largest key (1-based) among key_of(i, l[i]) >= floor_key, by radix selection:
 // digits of 11, 11 and 10 bits, one counting pass each. Call with every thread.
 //
-// Two things keep this fast on one block. A row's logits share a few exponents, so most of a
-// pass lands in a handful of bins: lanes of a warp that hit the same bin add their count once
-// (match_any), instead of queueing on one shared-memory address. And the bin holding the k-th
-// key is found by a prefix sum over the bins, not by one thread walking them.
+// The bin holding the k-th key is found by a prefix sum over the bins, not by one thread walking
+// them. Lanes that hit the same bin each add to it: a row's logits share a few exponents, so
+// they often do, yet aggregating them first (match_any) was slower (H200, 2026-12-04: the chunk
+// pass 39.6 -> 26.5 us and a row scanned by one block 220 -> 101 us without it;
+// benches/bench_cuda_sampler.py).
 template <typename KeyOf>
 __device__ u32 kth_largest_key(const float* __restrict__ l, u32 n, u32 k, u32 floor_key, KeyOf key_of, Shared& sh) {
     u32 prefix = 0, mask = 0, remaining = k;
     const int shifts[3] = {21, 10, 0};
     const int bits[3] = {11, 11, 10};
-    const u32 lane = threadIdx.x % 32;
 #pragma unroll
     for (int level = 0; level < 3; level++) {
         const u32 nbins = 1u << bits[level];
@@ -291,8 +291,7 @@ __device__ u32 kth_largest_key(const float* __restrict__ l, u32 n, u32 k, u32 fl
         scan_row(l, n, [&](u32 i, float v) {
             const u32 kk = key_of(i, v);
             const u32 bin = kk >= floor_key && (kk & mask) == prefix ? (kk >> shifts[level]) & (nbins - 1) : 0xffffffffu;
-            const u32 peers = __match_any_sync(__activemask(), bin);
-            if (bin != 0xffffffffu && lane == (u32)(__ffs(peers) - 1)) atomicAdd(&sh.hist[bin], (u32)__popc(peers));
+            if (bin != 0xffffffffu) atomicAdd(&sh.hist[bin], 1u);
         });
         __syncthreads();
         // Thread t owns bins nbins-1-t*per .. nbins-per-t*per (descending), so the scan's order
@@ -387,9 +386,11 @@ __device__ __forceinline__ void apply_penalties(float* l, u32 lo, u32 hi, const 
     }
 }
 
-// The k-th largest of keys[0..n) (1-based; keys 0 excluded; k <= the count of nonzero keys), by
-// the radix selection of kth_largest_key on shared memory. Call with every thread of the block.
-__device__ u32 chunk_kth_key(const u32* keys, u32 n, u32 k, u32* hist, u32* scratch, u32* bcast) {
+// The k-th largest of key_at(0..n) (1-based; keys 0 excluded; k <= the count of nonzero keys),
+// by the radix selection of kth_largest_key on keys the block already holds (in shared memory),
+// with THREADS threads (at most 1024). Call with every thread of the block.
+template <u32 THREADS, typename KeyAt>
+__device__ u32 block_kth_key(KeyAt key_at, u32 n, u32 k, u32* hist, u32* scratch, u32* bcast) {
     u32 prefix = 0, mask = 0, remaining = k;
     const int shifts[3] = {21, 10, 0};
     const int bits[3] = {11, 11, 10};
@@ -397,18 +398,15 @@ __device__ u32 chunk_kth_key(const u32* keys, u32 n, u32 k, u32* hist, u32* scra
 #pragma unroll
     for (int level = 0; level < 3; level++) {
         const u32 nbins = 1u << bits[level];
-        for (u32 b = threadIdx.x; b < nbins; b += CHUNK_THREADS) hist[b] = 0;
+        for (u32 b = threadIdx.x; b < nbins; b += THREADS) hist[b] = 0;
         __syncthreads();
-        for (u32 base = 0; base < n; base += CHUNK_THREADS) {
-            const u32 j = base + threadIdx.x;
-            const u32 kk = j < n ? keys[j] : 0u;
-            const u32 bin = kk != 0 && (kk & mask) == prefix ? (kk >> shifts[level]) & (nbins - 1) : NONE;
-            const u32 peers = __match_any_sync(FULL_WARP, bin);
-            if (bin != NONE && lane == (u32)(__ffs(peers) - 1)) atomicAdd(&hist[bin], (u32)__popc(peers));
+        for (u32 j = threadIdx.x; j < n; j += THREADS) {
+            const u32 kk = key_at(j);
+            if (kk != 0 && (kk & mask) == prefix) atomicAdd(&hist[(kk >> shifts[level]) & (nbins - 1)], 1u);
         }
         __syncthreads();
         // Thread t owns bins nbins-1-t*per .. (descending); an inclusive scan finds the k-th.
-        const u32 per = nbins / CHUNK_THREADS;
+        const u32 per = nbins / THREADS;
         u32 local = 0;
         for (u32 j = 0; j < per; j++) local += hist[nbins - 1 - (threadIdx.x * per + j)];
         u32 incl = local;
@@ -518,7 +516,9 @@ extern "C" __global__ void __launch_bounds__(CHUNK_THREADS)
 
     // The chunk's CHUNK_LIST best keys: every key above the CHUNK_LIST-th, then its ties while
     // slots remain. listed_above: every key above it is listed.
-    const u32 thr = needs.lists && finite > CHUNK_LIST ? chunk_kth_key(keys, n, CHUNK_LIST, hist, red_u32, bcast) : 1u;
+    const u32 thr = needs.lists && finite > CHUNK_LIST
+                        ? block_kth_key<CHUNK_THREADS>([&](u32 j) { return keys[j]; }, n, CHUNK_LIST, hist, red_u32, bcast)
+                        : 1u;
     if (threadIdx.x == 0) n_listed = 0;
     __syncthreads();
     for (int pass = 0; pass < (needs.lists ? 2 : 0); pass++) {
@@ -548,6 +548,46 @@ extern "C" __global__ void __launch_bounds__(CHUNK_THREADS)
         rec[9] = __float_as_uint(gs);
         rec[10] = gid;
     }
+}
+
+// Sorts sh.sort_s / sort_id[0..n) best first where the caller reads only the first `need`
+// entries and the entries tied with the last of them (`valid` of the n are not "none"): the
+// entries whose key is at least the need-th best are moved to the front (into the free tail of
+// the buffer, then back) and sorted there, with "none" entries after them. The whole list is
+// sorted when need covers most of it or the selected entries do not fit the tail. Call with every
+// thread.
+__device__ void sort_prefix_best_first(Shared& sh, u32 n, u32 valid, u32 need) {
+    if (need == 0 || need > valid || 4 * need > n) {
+        if (need > 0) sort_best_first(sh, n);
+        return;
+    }
+    u32 thr = block_kth_key<SAMPLE_THREADS>(
+        [&](u32 j) { return sh.sort_id[j] != NONE ? fkey(sh.sort_s[j]) : 0u; }, n, need, sh.hist, sh.red_u32, sh.bcast);
+    // -0 sorts just below +0 but compares equal to it: a tie the readers may count.
+    if (thr == fkey(0.0f)) thr = fkey(-0.0f);
+    if (threadIdx.x == 0) sh.n_gathered = 0;
+    __syncthreads();
+    for (u32 j = threadIdx.x; j < n; j += SAMPLE_THREADS) {
+        if (sh.sort_id[j] != NONE && fkey(sh.sort_s[j]) >= thr) {
+            const u32 slot = atomicAdd(&sh.n_gathered, 1u);
+            if (n + slot < SORT_CAP) {
+                sh.sort_s[n + slot] = sh.sort_s[j];
+                sh.sort_id[n + slot] = sh.sort_id[j];
+            }
+        }
+    }
+    __syncthreads();
+    const u32 m = sh.n_gathered;
+    // No room for them in the tail, or the way back would overlap them.
+    if (n + m > SORT_CAP || m >= n) {
+        sort_best_first(sh, n);
+        return;
+    }
+    for (u32 j = threadIdx.x; j < m; j += SAMPLE_THREADS) sh.sort_s[j] = sh.sort_s[n + j], sh.sort_id[j] = sh.sort_id[n + j];
+    // A "none" after them stops the readers' tie scans (sort_best_first pads only up to a power of two).
+    if (threadIdx.x == 0) sh.sort_s[m] = NEG_INF, sh.sort_id[m] = NONE;
+    __syncthreads();
+    sort_best_first(sh, m);
 }
 
 // Writes the row's output: the token, its log-probability, and n_top alternatives.
@@ -616,19 +656,28 @@ __device__ bool draw_from_chunks(const float* __restrict__ l, const RowParams& p
 
     // Every chunk's list, sorted best first. The leading n_S entries (keys above tau) are the
     // row's n_S best tokens, every one of them.
-    for (u32 i = threadIdx.x; i < n_chunks * CHUNK_LIST; i += SAMPLE_THREADS) {
+    const u32 n_listed = n_chunks * CHUNK_LIST;
+    u32 in_s = 0, valid = 0;
+    for (u32 i = threadIdx.x; i < n_listed; i += SAMPLE_THREADS) {
         const u32* r = recs + (u64)(i / CHUNK_LIST) * CHUNK_WORDS;
         const u32 j = i % CHUNK_LIST;
         const bool here = j < r[8];
-        sh.sort_s[i] = here ? __uint_as_float(r[16 + CHUNK_LIST + j]) : NEG_INF;
+        const float v = __uint_as_float(r[16 + CHUNK_LIST + j]);
+        sh.sort_s[i] = here ? v : NEG_INF;
         sh.sort_id[i] = here ? r[16 + j] : NONE;
+        valid += here;
+        in_s += here && fkey(v) > tau;
     }
-    __syncthreads();
-    sort_best_first(sh, n_chunks * CHUNK_LIST);
-    u32 in_s = 0;
-    for (u32 i = threadIdx.x; i < n_chunks * CHUNK_LIST; i += SAMPLE_THREADS)
-        in_s += sh.sort_id[i] != NONE && fkey(sh.sort_s[i]) > tau;
     const u32 n_s = block_sum_u32(in_s, sh.red_u32);
+    valid = block_sum_u32(valid, sh.red_u32);
+    // What the draw reads of the sorted list is its first `need` entries and their ties: the
+    // top-k survivors, the alternatives asked for. Unless that is the whole list (a top-p or
+    // min-p cut without a small top-k), only the entries at or above the need-th best key are
+    // sorted, which is most of the sampler's time saved (H200, 2026-12-04, 8 rows of 151,936
+    // logits, top-k 40 + top-p + min-p: the full sort of 19 x 64 entries took 29 of 85 us).
+    const bool small_k = p.top_k > 0 && p.top_k < finite && p.top_k <= CHUNK_LIST;
+    const u32 need = max(filtered ? (small_k ? p.top_k : SORT_CAP) : 0u, want_top ? min(p.logprobs, finite) : 0u);
+    sort_prefix_best_first(sh, n_listed, valid, need);
 
     // The filters (thread 0, over few entries), as step 4a cuts them; ok = 0 sends the row to
     // the full scan.

@@ -5,6 +5,8 @@ presence/frequency over output), greedy at temperature 0, else logits / temperat
 top-p (keep a token while the mass ranked before it is < p), min-p (p_i >= min_p * p_max), draw.
 """
 
+import os
+
 import numpy as np
 import pytest
 
@@ -338,3 +340,55 @@ def test_gpu_and_cpu_draw_the_same_tokens_from_the_same_logits(logits):
         # without filters nothing may (the GPU screens tokens with float noise but scores the
         # contenders with the host's float64 noise).
         assert agree >= (1.0 if kw.keys() == {"temperature"} else 0.95), (kw, agree)
+
+
+@pytest.mark.cuda
+def test_gpu_chunk_records_and_row_scans_agree_on_ties(tmp_path):
+    """The device draws from its chunk records only where they settle the draw exactly, sorting
+    only the listed entries at or above the k-th best key when a small top-k or only alternatives
+    are asked for. Ties are where that could go wrong: 40 equal leaders (a top-k of 20 or 40 cuts
+    inside or at them) and a second group of 30, spread over every chunk. The same rows scanned
+    whole by one block each (FERRITE_CUDA_SAMPLE_CHUNKS=0, another process) must give the same
+    tokens, alternatives and log-probabilities."""
+    if not ferrite.cuda_available():
+        pytest.skip("no CUDA device")
+    import json
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(11)
+    rows = (rng.standard_normal((12, 151936)) * 0.5 - 2.0).astype(np.float32)
+    for r in rows:
+        ids = rng.permutation(151936)[:70]
+        r[ids[:40]] = 6.0
+        r[ids[40:]] = 5.0
+    np.save(tmp_path / "rows.npy", rows)
+    configs = [
+        dict(temperature=0.8, top_k=20),
+        dict(temperature=0.8, top_k=40, top_p=0.9, min_p=0.05),
+        dict(temperature=1.0, top_k=50, logprobs=5),
+        dict(temperature=0.0, logprobs=5),
+        dict(temperature=0.8, logprobs=3),
+    ]
+    script = (
+        "import json, sys, numpy as np\n"
+        "from ferrite._ferrite import _sample_rows\n"
+        "rows = np.load(sys.argv[1]); out = []\n"
+        "for kw in json.loads(sys.argv[2]):\n"
+        "    t, lp, top = _sample_rows(rows, device='cuda', seeds=list(range(12)), draw_indices=[3] * 12, **kw)\n"
+        "    out.append([list(map(int, t)), lp, top])\n"
+        "print(json.dumps(out))\n"
+    )
+    env = dict(os.environ, FERRITE_CUDA_SAMPLE_CHUNKS="0")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "rows.npy"), json.dumps(configs)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    scanned = json.loads(done.stdout.strip().splitlines()[-1])
+    for kw, (s_tokens, s_lps, s_tops) in zip(configs, scanned):
+        tokens, lps, tops = _sample_rows(rows, device="cuda", seeds=list(range(12)), draw_indices=[3] * 12, **kw)
+        assert list(map(int, tokens)) == s_tokens, kw
+        if "logprobs" in kw:
+            np.testing.assert_allclose(lps, s_lps, atol=1e-5, err_msg=str(kw))
+            for top, s_top in zip(tops, s_tops):
+                assert [i for i, _ in top] == [i for i, _ in s_top], kw
+                np.testing.assert_allclose([v for _, v in top], [v for _, v in s_top], atol=1e-5, err_msg=str(kw))
