@@ -18,7 +18,9 @@
 //   frag_s8(sb, a)          the A registers of mma.m16n8k32.s8 for 32-column sub-block sb
 //   scale_s8(sb, sc, m)     its scale (and min) as integers, super_scales(d, dmin) the tile's
 //                           (Q4_K); block_scale(sb, d) the float scale of sub-block sb (Q5_0,
-//                           Q8_0), whose codes are offset by S8_OFFSET
+//                           Q8_0), whose codes are offset by S8_OFFSET; scale_s8_chunks(sb, sc0,
+//                           sc1) the integer scales of its two 16-column chunks and super_scale(d)
+//                           the tile's (Q6_K, whose codes frag_s8 makes signed: S8_OFFSET 0)
 //   value(tile, r, kc)      one element, computed exactly as the CPU decoder does (embedding,
 //                           prefill dequantization)
 //

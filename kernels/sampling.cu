@@ -557,7 +557,8 @@ extern "C" __global__ void __launch_bounds__(CHUNK_THREADS)
 // sorted when need covers most of it or the selected entries do not fit the tail. Call with every
 // thread.
 __device__ void sort_prefix_best_first(Shared& sh, u32 n, u32 valid, u32 need) {
-    if (need == 0 || need > valid || 4 * need > n) {
+    // (A list that fills the buffer leaves no tail to gather into: the whole sort at once.)
+    if (need == 0 || need > valid || 4 * need > n || n + need > SORT_CAP) {
         if (need > 0) sort_best_first(sh, n);
         return;
     }
