@@ -7,6 +7,7 @@
 use super::cpu::CpuBackend;
 use super::cuda::{self, CudaBackend};
 use super::{Backend, BackendError};
+use crate::quant::GgmlType;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Device {
@@ -44,6 +45,41 @@ pub struct BackendOptions {
     pub exact_matmul: bool,
     /// CPU: threads for every op; `None`: the physical cores (or `RAYON_NUM_THREADS`).
     pub threads: Option<usize>,
+    /// What the model will compute, for a backend that compiles its kernels (CUDA) to compile
+    /// them all at once.
+    pub needs: KernelNeeds,
+}
+
+/// What a model computes with, read from its file before any weight uploads: the types of its
+/// matrices and its attention head width. A backend that compiles kernels on first use compiles
+/// every one these need at once (in parallel) instead of one group as each first comes up: on a
+/// new machine the compiles are the wait before the first token. The default (nothing known)
+/// leaves every kernel to its first use.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelNeeds {
+    /// Bit `id` for each GGUF type id of a matrix (ids below 64; a larger one is left to its
+    /// first use).
+    matrix_type_bits: u64,
+    /// The attention head width; 0: unknown.
+    pub head_dim: usize,
+}
+
+impl KernelNeeds {
+    pub fn with_matrix_type(mut self, ty: GgmlType) -> KernelNeeds {
+        if ty.id() < 64 {
+            self.matrix_type_bits |= 1u64 << ty.id();
+        }
+        self
+    }
+
+    pub fn with_head_dim(self, head_dim: usize) -> KernelNeeds {
+        KernelNeeds { head_dim, ..self }
+    }
+
+    /// The matrix types, in `GgmlType::ALL`'s order.
+    pub fn matrix_types(&self) -> impl Iterator<Item = GgmlType> + '_ {
+        GgmlType::ALL.into_iter().filter(|t| t.id() < 64 && self.matrix_type_bits & (1u64 << t.id()) != 0)
+    }
 }
 
 /// Something to do with a backend of any type (the model's loader).
@@ -62,6 +98,6 @@ pub fn with_backend<W: WithBackend>(device: Device, options: BackendOptions, w: 
             };
             w.run(backend.with_exact_matmul(options.exact_matmul))
         }
-        Device::Cuda(n) => w.run(CudaBackend::new(&Device::Cuda(n).name(), options.exact_matmul)?),
+        Device::Cuda(n) => w.run(CudaBackend::with_needs(&Device::Cuda(n).name(), options.exact_matmul, &options.needs)?),
     })
 }

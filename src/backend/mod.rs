@@ -23,7 +23,7 @@ mod device;
 pub mod draws;
 mod error;
 
-pub use device::{with_backend, BackendOptions, Device, WithBackend};
+pub use device::{with_backend, BackendOptions, Device, KernelNeeds, WithBackend};
 
 use std::sync::Arc;
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 pub use error::ModelError;
 pub use qwen2::{LoadOptions, TransformerModel};
 
-use crate::backend::{with_backend, Backend, BackendOptions, Device, WithBackend};
+use crate::backend::{with_backend, Backend, BackendOptions, Device, KernelNeeds, WithBackend};
 use crate::gguf::GgufFile;
 use crate::sampling::{SampleSpec, Sampled, SamplingError};
 
@@ -129,6 +129,13 @@ pub fn load_model(file: Arc<GgufFile>, device: &str) -> Result<Box<dyn LanguageM
     load_model_with(file, device, LoadOptions::default())
 }
 
+/// The matrix types and head width of the model in `file`, as far as the file says them (a file
+/// the loader will reject still gives what it can: the loader reports the problem).
+fn kernel_needs(file: &GgufFile) -> KernelNeeds {
+    let needs = file.tensors().iter().filter(|t| t.dims.len() >= 2).fold(KernelNeeds::default(), |n, t| n.with_matrix_type(t.ggml_type));
+    needs.with_head_dim(ModelConfig::from_gguf(file).map_or(0, |c| c.head_dim))
+}
+
 /// Loads the model in `file` onto `device`: makes the backend, reads the config, uploads the
 /// weights and allocates the KV pool.
 pub fn load_model_with(file: Arc<GgufFile>, device: &str, options: LoadOptions) -> Result<Box<dyn LanguageModel>, ModelError> {
@@ -143,6 +150,27 @@ pub fn load_model_with(file: Arc<GgufFile>, device: &str, options: LoadOptions) 
         }
     }
     let device = Device::parse(device)?;
-    let backend_options = BackendOptions { exact_matmul: options.exact_matmul, threads: options.threads };
+    let backend_options = BackendOptions { exact_matmul: options.exact_matmul, threads: options.threads, needs: kernel_needs(&file) };
     with_backend(device, backend_options, Load { file, options })?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::writer::GgufWriter;
+    use crate::quant::GgmlType;
+
+    /// Matrices count, vectors do not; a file without a model config gives no head width.
+    #[test]
+    fn kernel_needs_are_the_files_matrix_types() {
+        let bytes = GgufWriter::new()
+            .tensor("a.weight", &[32, 2], GgmlType::Q8_0, vec![0; 2 * 34])
+            .tensor("b.weight", &[256, 1], GgmlType::Q6_K, vec![0; 210])
+            .tensor("norm.weight", &[4], GgmlType::F16, vec![0; 8])
+            .to_bytes();
+        let file = GgufFile::from_bytes(bytes).unwrap();
+        let needs = kernel_needs(&file);
+        assert_eq!(needs.matrix_types().collect::<Vec<_>>(), vec![GgmlType::Q8_0, GgmlType::Q6_K]);
+        assert_eq!(needs.head_dim, 0);
+    }
 }

@@ -23,8 +23,8 @@ use super::context::{cublas_library_present, CudaContext};
 use super::error::CudaError;
 use super::kernels::{self, ATTENTION_MAX_WARPS, NORM_THREADS, ROPE_MAX_PAIRS};
 use super::matmul::Write;
-use super::matvec::Input;
-use crate::backend::{check_width, AttnParams, Backend, BatchPlan, KvLayout, OwnedRows, ReplayKey, RopeParams, RopeStyle, TensorSource};
+use super::matvec::{Input, MatvecPath};
+use crate::backend::{check_width, AttnParams, Backend, BatchPlan, KernelNeeds, KvLayout, OwnedRows, ReplayKey, RopeParams, RopeStyle, TensorSource};
 use crate::backend::BackendError;
 use crate::quant::{self, GgmlType, QuantError};
 use crate::sampling::{SampleSpec, Sampled, SamplingError};
@@ -851,8 +851,14 @@ impl CudaBackend {
     /// f16 on the tensor cores or two-part x on the matrix-vector kernels (see `GemmPrecision`
     /// for the overrides).
     pub fn new(device: &str, exact_matmul: bool) -> Result<CudaBackend, CudaError> {
+        Self::with_needs(device, exact_matmul, &KernelNeeds::default())
+    }
+
+    /// As [`CudaBackend::new`], compiling at once every kernel a model with `needs` will run
+    /// (`kernels::modules_for`), not only the fixed ones.
+    pub fn with_needs(device: &str, exact_matmul: bool, needs: &KernelNeeds) -> Result<CudaBackend, CudaError> {
         let ctx = CudaContext::get(device)?;
-        ctx.precompile(&kernels::FIXED.iter().map(|src| (*src, Vec::new())).collect::<Vec<_>>())?;
+        ctx.precompile(&kernels::modules_for(needs, |ty| super::matvec::path_for(&ctx, ty) == MatvecPath::Tiled, flash_prefill_enabled()))?;
         if !cublas_library_present() {
             return Err(CudaError::MissingLibrary {
                 lib: "cuBLAS (libcublas)",

@@ -304,12 +304,16 @@ impl CudaContext {
     }
 
     /// Makes sure every `(source, extra options)` module is compiled, compiling the ones missing
-    /// from the disk cache all at once on separate threads (NVRTC is thread-safe), with one line
-    /// on stderr saying so: on a new machine this is the wait before the first token, and run one
-    /// after another the compiles took ~10 s.
+    /// from the disk cache at once on worker threads (NVRTC is thread-safe), with one line on
+    /// stderr saying so: on a new machine this is the wait before the first token, and run one
+    /// after another the compiles took ~10 s. As many workers as the machine has threads (each
+    /// compile holds its own memory), the longest sources first, so that the wait is about the
+    /// longest compile.
     pub fn precompile(&self, jobs: &[(&KernelSource, Vec<String>)]) -> Result<(), CudaError> {
         let (cc, driver) = (self.compute_capability, self.driver_version);
-        let missing: Vec<&(&KernelSource, Vec<String>)> = jobs.iter().filter(|(src, extra)| !nvrtc::is_cached(src, extra, cc, driver)).collect();
+        let mut missing: Vec<&(&KernelSource, Vec<String>)> = jobs.iter().filter(|(src, extra)| !nvrtc::is_cached(src, extra, cc, driver)).collect();
+        missing.sort_by(|a, b| b.0.src.len().cmp(&a.0.src.len()).then(a.0.file.cmp(b.0.file)).then(a.1.cmp(&b.1)));
+        missing.dedup_by(|a, b| a.0.file == b.0.file && a.1 == b.1);
         if !missing.is_empty() {
             let started = std::time::Instant::now();
             eprintln!(
@@ -318,8 +322,18 @@ impl CudaContext {
                 self.arch(),
                 nvrtc::cache_dir().map_or("no cache directory".into(), |d| d.display().to_string())
             );
-            let results: Vec<Result<Vec<u8>, CudaError>> = std::thread::scope(|scope| {
-                let handles: Vec<_> = missing.iter().map(|(src, extra)| scope.spawn(move || nvrtc::compiled(src, extra, cc, driver))).collect();
+            let workers = std::thread::available_parallelism().map_or(4, |n| n.get()).min(missing.len());
+            let next = std::sync::atomic::AtomicUsize::new(0);
+            let results: Vec<Result<(), CudaError>> = std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..workers)
+                    .map(|_| {
+                        scope.spawn(|| loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some((src, extra)) = missing.get(i) else { return Ok(()) };
+                            nvrtc::compiled(src, extra, cc, driver)?;
+                        })
+                    })
+                    .collect();
                 handles
                     .into_iter()
                     .map(|h| h.join().unwrap_or_else(|_| Err(CudaError::Invalid("a kernel compile thread panicked".into()))))

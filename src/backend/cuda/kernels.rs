@@ -7,6 +7,7 @@
 //! minutes on first use.
 
 use super::nvrtc::KernelSource;
+use crate::backend::KernelNeeds;
 use crate::quant::GgmlType;
 
 pub const EMBED: KernelSource = KernelSource { file: "embed.cu", src: include_str!("../../../kernels/embed.cu"), options: &[] };
@@ -40,6 +41,33 @@ pub const CONVERT: KernelSource = KernelSource { file: "convert.cu", src: includ
 
 /// Every kernel file compiled without variant options (attention.cu is compiled per head dim).
 pub const FIXED: [&KernelSource; 6] = [&NORM, &ROPE, &ELEMENTWISE, &CONVERT, &SAMPLING, &super::dequant::DEQUANT];
+
+/// Every module a model with `needs` runs, each once: the fixed kernels, the per-type kernels of
+/// each matrix type (`tiled(ty)`: the type takes the repacked tiles, see `matvec::path_for`;
+/// types the GPU cannot compute with are left out: their load reports it), and attention for
+/// the head width (with the prefill kernel when `flash_prefill`). Compiled at once when the
+/// backend is made, so that a new machine waits for the longest compile instead of the sum of
+/// the groups' (each group compiled as its first use came up: ~22 s for the test model on the
+/// H200, 2026-12-04, sampling.cu alone ~9 s).
+pub fn modules_for(needs: &KernelNeeds, tiled: impl Fn(GgmlType) -> bool, flash_prefill: bool) -> Vec<(&'static KernelSource, Vec<String>)> {
+    let mut jobs: Vec<(&'static KernelSource, Vec<String>)> = FIXED.iter().map(|src| (*src, Vec::new())).collect();
+    for ty in needs.matrix_types() {
+        if tiled(ty) {
+            if let Some(d) = tile_type_defines(ty) {
+                jobs.extend([(&MATVEC_MMA, d.clone()), (&REPACKED_ROWS, d.clone()), (&MATMUL_MMA, d)]);
+            }
+        } else if let Some(d) = type_defines(ty) {
+            jobs.extend([(&MATVEC, d.clone()), (&EMBED, d)]);
+        }
+    }
+    if let Some(d) = attention_defines(needs.head_dim) {
+        jobs.push((&ATTENTION, d));
+        if flash_prefill {
+            jobs.extend(prefill_attention_defines(needs.head_dim).map(|d| (&ATTENTION_PREFILL, d)));
+        }
+    }
+    jobs
+}
 
 /// The options that compile attention.cu for `head_dim`, or `None` when it has no variant.
 pub fn attention_defines(head_dim: usize) -> Option<Vec<String>> {
@@ -148,6 +176,35 @@ pub const ROPE_MAX_PAIRS: usize = 256;
 
 #[cfg(test)]
 mod tests {
+    /// The test model's kernels: the fixed ones, three per tiled type, attention for 64; a
+    /// generic type's two; nothing for an unsupported head width; each module once.
+    #[test]
+    fn a_model_compiles_each_module_it_runs_once() {
+        use super::super::repack::tile_format;
+        let real = [GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K];
+        let needs = real.iter().fold(KernelNeeds::default(), |n, t| n.with_matrix_type(*t)).with_head_dim(64);
+        assert_eq!(needs.matrix_types().collect::<Vec<_>>().len(), 4);
+        let tiled = |ty: GgmlType| tile_format(ty).is_some();
+        let jobs = modules_for(&needs, tiled, true);
+        assert_eq!(jobs.len(), FIXED.len() + 4 * 3 + 2);
+        let keys: std::collections::HashSet<String> = jobs.iter().map(|(s, d)| format!("{} {d:?}", s.file)).collect();
+        assert_eq!(keys.len(), jobs.len(), "a module twice");
+        for ty in real {
+            let d = tile_type_defines(ty).unwrap();
+            for src in [&MATVEC_MMA, &REPACKED_ROWS, &MATMUL_MMA] {
+                assert!(jobs.iter().any(|(s, e)| s.file == src.file && *e == d), "{} for {ty:?}", src.file);
+            }
+        }
+        assert!(jobs.iter().any(|(s, e)| s.file == "attention.cu" && *e == attention_defines(64).unwrap()));
+        assert_eq!(modules_for(&needs, tiled, false).len(), jobs.len() - 1, "no prefill kernel when it is off");
+        // A generic type; a head width attention.cu has no variant for; nothing known.
+        let other = KernelNeeds::default().with_matrix_type(GgmlType::Q4_0).with_head_dim(48);
+        let jobs = modules_for(&other, tiled, true);
+        assert_eq!(jobs.len(), FIXED.len() + 2);
+        assert!(jobs.iter().any(|(s, e)| s.file == "matvec.cu" && *e == type_defines(GgmlType::Q4_0).unwrap()));
+        assert_eq!(modules_for(&KernelNeeds::default(), tiled, true).len(), FIXED.len());
+    }
+
     use super::*;
     use crate::backend::cuda::context::nvrtc_library_present;
     use crate::backend::cuda::nvrtc::{compile_with_log, options_for};
