@@ -19,6 +19,10 @@ extern "C" __global__ void kv_append(const float* __restrict__ k, const float* _
     }
 }
 
+__device__ __forceinline__ float4 add4(float4 a, float4 b) {
+    return make_float4(__fadd_rn(a.x, b.x), __fadd_rn(a.y, b.y), __fadd_rn(a.z, b.z), __fadd_rn(a.w, b.w));
+}
+
 // Warps per block: the host picks 4..ATTN_MAX_WARPS per launch (more when few rows have long
 // contexts, as in decode; 4 when many rows keep the GPU busy anyway, as in prefill).
 #define ATTN_MAX_WARPS 16
@@ -43,8 +47,13 @@ extern "C" __global__ void kv_append(const float* __restrict__ k, const float* _
 // yet. The cache reads of that one slot are discarded, so the results are the same bits as
 // rope_store followed by this kernel. One token per sequence is what makes this exact: no query
 // of the step reads another new token's slot.
+//
+// The new token's q, k and v rows may also be the three parts of one stacked q/k/v GEMM's output
+// row (matmul.rs's stacked_gemm_unsplit): q_stride = kv_stride floats a token apart, with each projection's
+// bias (null: none) added as they are read, the operations of split_rows3, which the kernel then
+// replaces (one launch fewer a layer).
 struct RopeIn {
-    const float* k;  // [token][n_kv_heads * HD], not rotated
+    const float* k;  // the token's new key at k + token * kv_stride, not rotated
     const float* v;
     const u32* slots;
     u32 capacity;
@@ -52,6 +61,8 @@ struct RopeIn {
     float* v_cache;
     float freq_base, scale;
     u32 neox;
+    u32 q_stride, kv_stride;    // floats from one token's q (k, v) row to the next
+    const float *bq, *bk, *bv;  // biases added to q, k and v as they are read (null: none)
 };
 
 // Flash-decoding: with n > 1, blockIdx.x / n is the token and blockIdx.x % n the split, and a
@@ -127,19 +138,32 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
     // decode step of one sequence this load is on the critical path of the whole kernel.
     {
         constexpr u32 Q4 = G * HD / 4;
-        const float4* q4 = reinterpret_cast<const float4*>(q + (u64)t * q_width + (u64)h0 * HD);
+        const u32 q_stride = ROPE ? rope.q_stride : q_width;
+        const float4* q4 = reinterpret_cast<const float4*>(q + (u64)t * q_stride + (u64)h0 * HD);
+        const float4* bq4 = ROPE && rope.bq ? reinterpret_cast<const float4*>(rope.bq + (u64)h0 * HD) : nullptr;
         for (u32 base = threadIdx.x; base < Q4; base += 4 * blockDim.x) {
             float4 v[4];
 #pragma unroll
             for (int r = 0; r < 4; r++) {
                 const u32 i = base + r * blockDim.x;
                 v[r] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-                if (i < Q4 && i / (HD / 4) < n_here) v[r] = q4[i];
+                if (i < Q4 && i / (HD / 4) < n_here) {
+                    v[r] = q4[i];
+                    if (bq4) v[r] = add4(v[r], bq4[i]);
+                }
             }
 #pragma unroll
             for (int r = 0; r < 4; r++) {
                 const u32 i = base + r * blockDim.x;
                 if (i < Q4) q_sh[i / (HD / 4)][i % (HD / 4)] = v[r];
+            }
+        }
+        if constexpr (ROPE) {
+            // The new key (rotated in place below) and value, biases added.
+            const u64 row = (u64)t * rope.kv_stride + kvh * HD;
+            for (u32 e = threadIdx.x; e < HD; e += blockDim.x) {
+                k_new[e] = rope.bk ? __fadd_rn(rope.k[row + e], rope.bk[kvh * HD + e]) : rope.k[row + e];
+                v_new[e] = rope.bv ? __fadd_rn(rope.v[row + e], rope.bv[kvh * HD + e]) : rope.v[row + e];
             }
         }
     }
@@ -151,9 +175,8 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
             const u32 g = idx / half, i = idx % half;
             const u32 a = rope.neox ? i : 2 * i, b = rope.neox ? i + half : 2 * i + 1;
             if (g < n_here) rotate_pair(qf + g * HD, qf + g * HD, a, b, rope_cos[i], rope_sin[i]);
-            else rotate_pair(rope.k + (u64)t * kv_width + kvh * HD, k_new, a, b, rope_cos[i], rope_sin[i]);
+            else rotate_pair(k_new, k_new, a, b, rope_cos[i], rope_sin[i]);
         }
-        for (u32 e = threadIdx.x; e < HD; e += blockDim.x) v_new[e] = rope.v[(u64)t * kv_width + kvh * HD + e];
         __syncthreads();
         const u32 slot = rope.slots[t];
         // The host checks every slot before the batch is uploaded.
@@ -349,17 +372,19 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
                                                out_f16, f16_scale, none, splits);                                       \
     }                                                                                                                  \
     /* attention_heads with rope_store's work (see RopeIn): q and k not rotated yet, for a step of one token per      \
-       sequence. k_cache and v_cache are also written (through rope.k_cache / v_cache). */                             \
+       sequence, their rows q_stride and kv_stride floats apart, biases bq, bk, bv (null: none) still to add.         \
+       k_cache and v_cache are also written (through rope.k_cache / v_cache). */                                       \
     extern "C" __global__ void __launch_bounds__(32 * ATTN_MAX_WARPS, 1) attention_heads_rope##SUFFIX(                    \
         const float* q, const float* k_cache, const float* v_cache, const u32* __restrict__ positions,                 \
         const u32* __restrict__ table_offset, const u32* __restrict__ block_tables, u32 block_tokens, u32 n_heads,      \
         u32 n_kv_heads, u32 slice, float scale, float* __restrict__ out, u16* __restrict__ out_f16, float f16_scale,   \
         const float* __restrict__ k_new, const float* __restrict__ v_new, const u32* __restrict__ slots, u32 capacity, \
         float freq_base, float rope_scale, u32 neox, u32 n_splits, float* __restrict__ partials,                       \
-        u32* __restrict__ counters) {                                                                                  \
+        u32* __restrict__ counters, u32 q_stride, u32 kv_stride, const float* __restrict__ bq,                         \
+        const float* __restrict__ bk, const float* __restrict__ bv) {                                                 \
         /* attention() waits once the angles are computed. */                                                          \
         const RopeIn rope = {k_new, v_new, slots, capacity, const_cast<float*>(k_cache), const_cast<float*>(v_cache),   \
-                             freq_base, rope_scale, neox};                                                             \
+                             freq_base, rope_scale, neox, q_stride, kv_stride, bq, bk, bv};                          \
         const Splits splits = {n_splits, partials, counters};                                                          \
         attention<ATTN_HEAD_DIM, GROUP, true>(q, k_cache, v_cache, positions, table_offset, block_tables, block_tokens,  \
                                               n_heads, n_kv_heads, min(max(slice, 1u), (u32)(GROUP)), scale, out,      \

@@ -27,20 +27,29 @@ extern "C" __global__ void swiglu(const float* __restrict__ gate, const float* _
 }
 
 // swiglu's values as the cuBLAS path takes them, f16_scaled_bits(value, scale), when only
-// ffn_down's f16 GEMM reads them: one launch and a float32 buffer fewer, the same bits.
-extern "C" __global__ void swiglu_f16(const float* __restrict__ gate, const float* __restrict__ up, u64 n, float scale,
-                                      u16* __restrict__ out) {
+// ffn_down's f16 GEMM reads them: one launch and a float32 buffer fewer, the same bits. out has
+// n_rows rows of width; the rows of gate and up are `stride` floats apart, so that they can be
+// the two halves of each row of one stacked gate/up GEMM's output (stride 2 * width: no launch
+// to split it first) as well as rows of their own (stride = width).
+extern "C" __global__ void swiglu_f16(const float* __restrict__ gate, const float* __restrict__ up, u32 width, u32 stride,
+                                      u32 n_rows, float scale, u16* __restrict__ out) {
     dependent_wait();
-    if (as_float4s(n, gate, up, out)) {
+    const u64 n = (u64)n_rows * width;
+    if (width % 4 == 0 && stride % 4 == 0 && as_float4s(n, gate, up, out)) {
+        const u32 w4 = width / 4, s4 = stride / 4;
         GRID_STRIDE(i, n / 4) {
-            const float4 g = reinterpret_cast<const float4*>(gate)[i], u = reinterpret_cast<const float4*>(up)[i];
+            const u64 j = (i / w4) * s4 + i % w4;
+            const float4 g = reinterpret_cast<const float4*>(gate)[j], u = reinterpret_cast<const float4*>(up)[j];
             const u32 lo = f16_scaled_bits(silu_times(g.x, u.x), scale) | (u32)f16_scaled_bits(silu_times(g.y, u.y), scale) << 16;
             const u32 hi = f16_scaled_bits(silu_times(g.z, u.z), scale) | (u32)f16_scaled_bits(silu_times(g.w, u.w), scale) << 16;
             reinterpret_cast<uint2*>(out)[i] = make_uint2(lo, hi);
         }
         return;
     }
-    GRID_STRIDE(i, n) { out[i] = f16_scaled_bits(silu_times(gate[i], up[i]), scale); }
+    GRID_STRIDE(i, n) {
+        const u64 j = (i / width) * stride + i % width;
+        out[i] = f16_scaled_bits(silu_times(gate[j], up[j]), scale);
+    }
 }
 
 // x += y

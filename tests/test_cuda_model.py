@@ -263,6 +263,33 @@ def test_gpu_stacked_projections_match_separate_ones(tmp_path, matrix_type, monk
 
 @pytest.mark.cuda
 @needs_gpu
+@pytest.mark.parametrize("matrix_type", ["Q4_K", "Q5_0"])
+def test_gpu_stacked_outputs_read_in_place_give_the_bits_of_split_ones(tmp_path, matrix_type, monkeypatch):
+    """SwiGLU reads the stacked gate/up GEMM's output rows in place, and decode attention reads
+    the stacked q/k/v rows and adds their biases itself, instead of a launch that splits them
+    first (FERRITE_CUDA_STACK=split keeps that launch): the same float operations on the same
+    values, so a prompt's logits and 12-sequence decode steps (the first run directly, the last
+    replayed from a recorded graph) are the same bits both ways."""
+    path = write_block_model(tmp_path / f"{matrix_type}.gguf", matrix_type, seed=29)
+    ids = [int(t) for t in np.random.default_rng(9).integers(0, 260, size=37)]
+    got = {}
+    for flag in ("split", "1"):
+        monkeypatch.setenv("FERRITE_CUDA_STACK", flag)
+        before = ferrite._ferrite._cuda_counters()["stacked_gemms"]
+        m = ferrite.Model.load(path, device="cuda", kv_cache_tokens=1024)
+        prompt = m.forward(ids)
+        seqs = [m.new_sequence(max_tokens=64) for _ in range(12)]
+        m.forward_batch([ids[i : i + 4] for i in range(12)], seqs=seqs)
+        steps = [np.stack([o[-1] for o in m.forward_batch([[5 + i + s] for i in range(12)], seqs=seqs)]) for s in range(4)]
+        got[flag] = (prompt, steps[0], steps[-1])
+        assert ferrite._ferrite._cuda_counters()["stacked_gemms"] - before >= 2 * 2, flag
+        del m
+    for a, b in zip(got["split"], got["1"]):
+        np.testing.assert_array_equal(b, a)
+
+
+@pytest.mark.cuda
+@needs_gpu
 @pytest.mark.parametrize(
     "n_heads,n_kv_heads,hidden,n_tokens",
     [(16, 1, 256, 45), (8, 8, 256, 45), (16, 2, 256, 45), (12, 4, 192, 45), (12, 1, 192, 45), (8, 1, 1024, 45), (14, 2, 896, 600)],

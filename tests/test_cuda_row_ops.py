@@ -63,6 +63,19 @@ def test_swiglu_kernels_match_float64(rows, width):
     np.testing.assert_array_equal(bits, f16_bits(got, scale))
 
 
+@pytest.mark.parametrize("rows,width", [(1, 4864), (8, 4864), (5, 4099), (3, 130)])
+def test_swiglu_f16_reads_a_stacked_gate_up_output_as_separate_rows(rows, width):
+    # The cuBLAS path's MLP feeds swiglu_f16 the stacked gate/up GEMM's output rows [gate | up]
+    # (stride twice the width) instead of splitting them first: the same bits as separate rows.
+    rng = np.random.default_rng(rows * 31 + width)
+    gate = (rng.standard_normal((rows, width)) * 4.0).astype(np.float32)
+    up = rng.standard_normal((rows, width)).astype(np.float32)
+    got, bits, scale = ferrite._ferrite._cuda_row_op("swiglu_stacked", gate, up)
+    _, separate_bits, _ = ferrite._ferrite._cuda_row_op("swiglu", gate, up)
+    np.testing.assert_array_equal(bits, separate_bits)
+    np.testing.assert_array_equal(bits, f16_bits(got, scale))
+
+
 def test_row_op_rejects_bad_shapes():
     x = np.ones((2, 8), np.float32)
     with pytest.raises(ValueError, match="op"):

@@ -220,6 +220,40 @@ pub struct ReplayKey {
     pub buffers_generation: u64,
 }
 
+/// A layer's attention weights as [`Backend::attention_add`] takes them: the RMSNorm before it,
+/// the q, k, v and output projections, q, k and v's biases.
+pub struct AttnWeights<'a, W> {
+    pub norm: &'a W,
+    pub q: &'a W,
+    pub k: &'a W,
+    pub v: &'a W,
+    pub o: &'a W,
+    pub bq: Option<&'a W>,
+    pub bk: Option<&'a W>,
+    pub bv: Option<&'a W>,
+}
+
+/// The intermediates of [`Backend::attention_add`]: the normalized rows, q, k and v, the
+/// attention's output, the output projection's.
+pub struct AttnBuffers<'a, A> {
+    pub xn: &'a mut A,
+    pub q: &'a mut A,
+    pub k: &'a mut A,
+    pub v: &'a mut A,
+    pub out: &'a mut A,
+    pub proj: &'a mut A,
+}
+
+/// The intermediates of [`Backend::mlp_add`]: the normalized rows (width `n_cols(gate)`), gate
+/// and up's outputs and SwiGLU's (width `n_rows(gate)`), the down projection's (width `n_rows(down)`).
+pub struct MlpBuffers<'a, A> {
+    pub xn: &'a mut A,
+    pub gate: &'a mut A,
+    pub up: &'a mut A,
+    pub ffn: &'a mut A,
+    pub proj: &'a mut A,
+}
+
 /// A compute device. All methods take `&mut self` so a backend may hold a stream, scratch
 /// space and handles without interior locking; the model is driven by one thread at a time.
 pub trait Backend: Send + 'static {
@@ -325,6 +359,48 @@ pub trait Backend: Send + 'static {
     ) -> Result<(), BackendError> {
         self.swiglu(gate, up, n_rows, ffn)?;
         self.matmul_add(w, ffn, n_rows, scratch, acc)
+    }
+
+    /// The attention block, `x += o · attention(rope(q), rope(k), v)` with `q = w.q · x̂ + w.bq`
+    /// (k and v likewise) and `x̂ = rms_norm(x)` (`w.norm`, `eps`):
+    /// [`norm_matmuls`](Self::norm_matmuls) of q, k and v, then
+    /// [`rope_attention_matmul_add`](Self::rope_attention_matmul_add). `bufs` hold the
+    /// intermediates where the backend needs them; CUDA's decode attention reads q, k and v (and
+    /// adds their biases) straight from a stacked q/k/v GEMM's output.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_add(
+        &mut self,
+        x: &mut Self::Act,
+        w: AttnWeights<'_, Self::Weight>,
+        eps: f32,
+        n_rows: usize,
+        cache: &mut Self::KvCache,
+        layer: usize,
+        batch: &Self::Batch,
+        rope: (&RopeParams, &RopeParams),
+        params: &AttnParams,
+        bufs: AttnBuffers<'_, Self::Act>,
+    ) -> Result<(), BackendError> {
+        let projections = [(w.q, w.bq, &mut *bufs.q), (w.k, w.bk, &mut *bufs.k), (w.v, w.bv, &mut *bufs.v)];
+        self.norm_matmuls(x, w.norm, eps, n_rows, bufs.xn, projections)?;
+        self.rope_attention_matmul_add(bufs.q, bufs.k, bufs.v, cache, layer, batch, rope, params, bufs.out, w.o, n_rows, bufs.proj, x)
+    }
+
+    /// The MLP block, `x += down · (silu(gate · x̂) * (up · x̂))` with `x̂ = rms_norm(x)` (`norm`,
+    /// `eps`): [`norm_matmuls`](Self::norm_matmuls) of gate and up, then
+    /// [`swiglu_matmul_add`](Self::swiglu_matmul_add). `bufs` hold the intermediates where the
+    /// backend needs them; CUDA's stacked gate/up GEMM feeds SwiGLU straight from its output.
+    fn mlp_add(
+        &mut self,
+        x: &mut Self::Act,
+        norm: &Self::Weight,
+        eps: f32,
+        n_rows: usize,
+        [gate, up, down]: [&Self::Weight; 3],
+        bufs: MlpBuffers<'_, Self::Act>,
+    ) -> Result<(), BackendError> {
+        self.norm_matmuls(x, norm, eps, n_rows, bufs.xn, [(gate, None, &mut *bufs.gate), (up, None, &mut *bufs.up)])?;
+        self.swiglu_matmul_add(bufs.gate, bufs.up, down, n_rows, bufs.ffn, bufs.proj, x)
     }
 
     /// `acc[t][r] += Σ_c w[r][c] · x[t][c]`: a projection added into the residual stream.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use super::config::rope_style;
 use super::weights::{load_weights, Weights};
 use super::{FedToken, KvPool, LanguageModel, LogitsFor, ModelConfig, ModelError, RowSample, SeqChunk};
-use crate::backend::{AttnParams, Backend, BackendError, BatchPlan, KvLayout, ReplayKey, RopeParams, SeqSpan};
+use crate::backend::{AttnBuffers, AttnParams, AttnWeights, Backend, BackendError, BatchPlan, KvLayout, MlpBuffers, ReplayKey, RopeParams, SeqSpan};
 use crate::gguf::GgufFile;
 use crate::sampling::{Sampled, SamplingError};
 
@@ -303,19 +303,12 @@ impl<B: Backend> Layers<'_, B> {
         b.embed(&w.token_embd, batch, &mut buf.x)?;
         for (layer, lw) in w.layers.iter().enumerate() {
             // Attention block.
-            b.norm_matmuls(
-                &buf.x,
-                &lw.attn_norm,
-                c.rms_norm_eps,
-                n,
-                &mut buf.xn,
-                [(&lw.wq, lw.bq.as_ref(), &mut buf.q), (&lw.wk, lw.bk.as_ref(), &mut buf.k), (&lw.wv, lw.bv.as_ref(), &mut buf.v)],
-            )?;
-            let rope = (self.rope, self.rope_k);
-            b.rope_attention_matmul_add(&mut buf.q, &mut buf.k, &buf.v, kv, layer, batch, rope, self.attn, &mut buf.attn, &lw.wo, n, &mut buf.proj, &mut buf.x)?;
+            let w_attn = AttnWeights { norm: &lw.attn_norm, q: &lw.wq, k: &lw.wk, v: &lw.wv, o: &lw.wo, bq: lw.bq.as_ref(), bk: lw.bk.as_ref(), bv: lw.bv.as_ref() };
+            let attn = AttnBuffers { xn: &mut buf.xn, q: &mut buf.q, k: &mut buf.k, v: &mut buf.v, out: &mut buf.attn, proj: &mut buf.proj };
+            b.attention_add(&mut buf.x, w_attn, c.rms_norm_eps, n, kv, layer, batch, (self.rope, self.rope_k), self.attn, attn)?;
             // MLP block.
-            b.norm_matmuls(&buf.x, &lw.ffn_norm, c.rms_norm_eps, n, &mut buf.xn, [(&lw.ffn_gate, None, &mut buf.gate), (&lw.ffn_up, None, &mut buf.up)])?;
-            b.swiglu_matmul_add(&buf.gate, &buf.up, &lw.ffn_down, n, &mut buf.ffn, &mut buf.proj, &mut buf.x)?;
+            let mlp = MlpBuffers { xn: &mut buf.xn, gate: &mut buf.gate, up: &mut buf.up, ffn: &mut buf.ffn, proj: &mut buf.proj };
+            b.mlp_add(&mut buf.x, &lw.ffn_norm, c.rms_norm_eps, n, [&lw.ffn_gate, &lw.ffn_up, &lw.ffn_down], mlp)?;
         }
         Ok(())
     }

@@ -308,7 +308,8 @@ fn _cuda_counters(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
 
 /// Test hook: one row kernel of the batch path alone, `op` "rms_norm" (rows `a` of shape
 /// (n_rows, width), weight `b` of shape (width,), epsilon `eps`) or "swiglu" (gate `a`, up `b`,
-/// both (n_rows, width)). Returns `(float32 rows, f16 bits as uint16, scale)`: the kernel's
+/// both (n_rows, width)); "swiglu_stacked" is "swiglu" with the f16 form reading gate and up as
+/// the halves of one buffer's rows, as it reads a stacked gate/up GEMM's output. Returns `(float32 rows, f16 bits as uint16, scale)`: the kernel's
 /// float32 output and the f16 form the cuBLAS path takes, `f16(value * scale)`.
 #[pyfunction]
 #[pyo3(signature = (op, a, b, eps = 1e-6, device = "cuda"))]
@@ -325,7 +326,8 @@ fn _cuda_row_op<'py>(
     let op = match op {
         "rms_norm" => RowOp::RmsNorm { eps },
         "swiglu" => RowOp::Swiglu,
-        other => return Err(value_err(format!("op {other:?}: expected \"rms_norm\" or \"swiglu\""))),
+        "swiglu_stacked" => RowOp::SwigluStacked,
+        other => return Err(value_err(format!("op {other:?}: expected \"rms_norm\", \"swiglu\" or \"swiglu_stacked\""))),
     };
     let (n_rows, width) = (a.shape()[0], a.shape()[1]);
     let a = a.as_slice().map_err(|_| value_err("a must be C-contiguous".into()))?.to_vec();

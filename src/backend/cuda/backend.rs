@@ -24,7 +24,7 @@ use super::error::CudaError;
 use super::kernels::{self, ATTENTION_MAX_WARPS, NORM_THREADS, ROPE_MAX_PAIRS};
 use super::matmul::Write;
 use super::matvec::{Input, MatvecPath};
-use crate::backend::{check_width, AttnParams, Backend, BatchPlan, KernelNeeds, KvLayout, OwnedRows, ReplayKey, RopeParams, RopeStyle, TensorSource};
+use crate::backend::{check_width, AttnBuffers, AttnParams, AttnWeights, Backend, BatchPlan, KernelNeeds, KvLayout, MlpBuffers, OwnedRows, ReplayKey, RopeParams, RopeStyle, TensorSource};
 use crate::backend::BackendError;
 use crate::quant::{self, GgmlType, QuantError};
 use crate::sampling::{SampleSpec, Sampled, SamplingError};
@@ -376,6 +376,8 @@ pub struct CudaBackend {
     pub(super) gemm_mma_rows: Option<usize>,
     /// Whether projections of one x may run as one GEMM on a stacked copy (`matmul::stacks`).
     pub(super) stacking: bool,
+    /// Whether SwiGLU and decode attention read stacked outputs in place (`matmul::stacked_in_place`).
+    stack_in_place: bool,
     /// Query heads a layer and head dim of the KV cache's model (sizes the splits' scratch).
     attn_heads: usize,
     attn_kv_heads: usize,
@@ -533,6 +535,18 @@ fn to_u32(what: &str, n: usize) -> Result<u32, BackendError> {
     u32::try_from(n).map_err(|_| BackendError::Invalid(format!("{what} = {n} does not fit the kernels' 32-bit counts")))
 }
 
+/// Where a decode step's attention reads the new tokens' q, k and v (device addresses): rows of
+/// their own, or the three parts of a stacked q/k/v GEMM's output rows, with the biases (0: none)
+/// still to add.
+struct QkvRows {
+    q: u64,
+    k: u64,
+    v: u64,
+    q_stride: u32,
+    kv_stride: u32,
+    biases: [u64; 3],
+}
+
 /// A row kernel of the batch path that [`test_row_op`] runs alone.
 #[derive(Clone, Copy, Debug)]
 pub enum RowOp {
@@ -540,6 +554,9 @@ pub enum RowOp {
     RmsNorm { eps: f32 },
     /// `swiglu` / `swiglu_f16`: gate `a`, up `b` (as many rows).
     Swiglu,
+    /// `swiglu`, and `swiglu_f16` reading gate and up as the two halves of each row of one
+    /// buffer, as it reads a stacked gate/up GEMM's output.
+    SwigluStacked,
 }
 
 /// Test hook: `op` on `n_rows` rows of `width`, in both of its forms: the float32 rows and the
@@ -564,11 +581,20 @@ pub fn test_row_op(device: &str, op: RowOp, a: &[f32], b: &[f32], n_rows: usize,
             launch!(ctx, &be.fixed.rms_norm, "rms_norm", cfg, &x.buf, &y, &w32, &eps, &mut out)?;
             super::matmul::rms_norm_as_f16(&mut be, &x, &y, eps, n_rows)?;
         }
-        RowOp::Swiglu => {
+        RowOp::Swiglu | RowOp::SwigluStacked => {
             let up = act(y);
             let n64 = n as u64;
             launch!(ctx, &be.fixed.swiglu, "swiglu", grid_stride_float4s(n64), &x.buf, &up.buf, &n64, &mut out)?;
-            super::matmul::swiglu_as_f16(&mut be, &x, &up, n_rows)?;
+            if matches!(op, RowOp::Swiglu) {
+                let (g, u) = (addr(&x.buf, &ctx), addr(&up.buf, &ctx));
+                super::matmul::swiglu_as_f16(&mut be, g, u, width, width, n_rows)?;
+            } else {
+                let stacked: Vec<f32> = a.chunks(width).zip(b.chunks(width)).flat_map(|(g, u)| g.iter().chain(u).copied()).collect();
+                let stacked = ctx.upload(&stacked, "test stacked gate/up rows")?;
+                let g = addr(&stacked, &ctx);
+                let u = g + (width * std::mem::size_of::<f32>()) as u64;
+                super::matmul::swiglu_as_f16(&mut be, g, u, width, 2 * width, n_rows)?;
+            }
         }
     }
     let f32_rows = ctx.download(&out, "test output")?;
@@ -769,17 +795,9 @@ impl CudaBackend {
         let neox: u32 = matches!(qp.style, RopeStyle::Neox) as u32;
         if batch.one_token_per_seq && rope_in_attention() {
             // A decode step: one launch rotates, writes the cache and attends.
-            let kernels = self.attention_kernels(p.head_dim)?;
-            let (cfg, slice, n_heads, n_kv_heads, scale) = attention_launch(batch, p)?;
-            let attend_rope = kernels.for_slice(slice, true);
-            launch!(
-                self.ctx, attend_rope, "attention_heads_rope", cfg,
-                &q.buf, &mut kc, &mut vc, &batch.positions, &batch.table_offset, &batch.block_tables, &batch.block_tokens,
-                &n_heads, &n_kv_heads, &slice, &scale, &mut out.buf, &out_f16, &super::matmul::X_F16_SCALE,
-                &k.buf, &v.buf, &batch.slots, &capacity, &qp.freq_base, &qp.scale, &neox,
-                &batch.attn_splits, &batch.attn_partials, &batch.attn_counters
-            )?;
-            return Ok(());
+            let a = |buf: &CudaSlice<f32>| addr(buf, &self.ctx);
+            let rows = QkvRows { q: a(&q.buf), k: a(&k.buf), v: a(&v.buf), q_stride: to_u32("q width", q.width)?, kv_stride: to_u32("kv width", k.width)?, biases: [0; 3] };
+            return self.attend_rope(rows, cache, layer, batch, qp, p, out, out_f16);
         }
         let cfg = rope_launch(batch.n_tokens, (qp.n_heads + kp.n_heads) * qp.head_dim / 2)?;
         let (q_heads, kv_heads, head_dim) = (to_u32("heads", qp.n_heads)?, to_u32("heads", kp.n_heads)?, to_u32("head_dim", qp.head_dim)?);
@@ -789,6 +807,40 @@ impl CudaBackend {
             &qp.freq_base, &qp.scale, &neox, &mut kc, &mut vc
         )?;
         self.attend(q, cache, layer, batch, p, out, out_f16)
+    }
+
+    /// A decode step's attention in one launch (`attention_heads_rope`): rotates q and the new
+    /// keys, writes the new keys and values into the cache and attends, q, k and v read from
+    /// `rows`. The caller has checked the shapes and that the batch has one token a sequence.
+    #[allow(clippy::too_many_arguments)]
+    fn attend_rope(
+        &mut self,
+        rows: QkvRows,
+        cache: &mut CudaKvCache,
+        layer: usize,
+        batch: &CudaBatch,
+        qp: &RopeParams,
+        p: &AttnParams,
+        out: &mut CudaAct,
+        out_f16: u64,
+    ) -> Result<(), BackendError> {
+        let range = cache.layer_range(layer);
+        let mut kc = cache.k.slice_mut(range.clone());
+        let mut vc = cache.v.slice_mut(range);
+        let capacity = to_u32("KV capacity", cache.layout.capacity_tokens())?;
+        let neox: u32 = matches!(qp.style, RopeStyle::Neox) as u32;
+        let kernels = self.attention_kernels(p.head_dim)?;
+        let (cfg, slice, n_heads, n_kv_heads, scale) = attention_launch(batch, p)?;
+        let attend_rope = kernels.for_slice(slice, true);
+        let [bq, bk, bv] = rows.biases;
+        launch!(
+            self.ctx, attend_rope, "attention_heads_rope", cfg,
+            &rows.q, &mut kc, &mut vc, &batch.positions, &batch.table_offset, &batch.block_tables, &batch.block_tokens,
+            &n_heads, &n_kv_heads, &slice, &scale, &mut out.buf, &out_f16, &super::matmul::X_F16_SCALE,
+            &rows.k, &rows.v, &batch.slots, &capacity, &qp.freq_base, &qp.scale, &neox,
+            &batch.attn_splits, &batch.attn_partials, &batch.attn_counters, &rows.q_stride, &rows.kv_stride, &bq, &bk, &bv
+        )?;
+        Ok(())
     }
 
     /// [`Backend::attention`], the output written as `attend` says.
@@ -907,6 +959,7 @@ impl CudaBackend {
             forced_splits: forced_attention_splits(),
             gemm_mma_rows: super::matmul::forced_gemm_mma_rows(),
             stacking: super::matmul::stacking_enabled(),
+            stack_in_place: super::matmul::stacked_in_place(),
             attn_heads: 0,
             attn_kv_heads: 0,
             attn_head_dim: 0,
@@ -1298,6 +1351,109 @@ impl Backend for CudaBackend {
         self.tiled_projections(projections, x, n_rows, Write::Overwrite, Input::Normed { weight, eps })
     }
 
+    fn attention_add(
+        &mut self,
+        x: &mut CudaAct,
+        w: AttnWeights<'_, CudaWeight>,
+        eps: f32,
+        n_rows: usize,
+        cache: &mut CudaKvCache,
+        layer: usize,
+        batch: &CudaBatch,
+        rope: (&RopeParams, &RopeParams),
+        p: &AttnParams,
+        bufs: AttnBuffers<'_, CudaAct>,
+    ) -> Result<(), BackendError> {
+        // A decode step on the cuBLAS path with q/k/v stacked (`matmul::stacks`): attention reads
+        // the stacked GEMM's output rows and adds the biases itself, no launch to split them.
+        let (qp, kp) = rope;
+        let decode = n_rows > 0
+            && n_rows == batch.n_tokens
+            && batch.one_token_per_seq
+            && rope_in_attention()
+            && RopeParams { n_heads: qp.n_heads, ..*kp } == *qp
+            && qp.head_dim == p.head_dim
+            && qp.head_dim <= 2 * ROPE_MAX_PAIRS
+            && qp.head_dim % 2 == 0;
+        let stacked = decode
+            && self.stack_in_place
+            && !super::matmul::tiled_matvec(self, &[w.q, w.k, w.v], n_rows)
+            && !super::matmul::tiled_matvec(self, &[w.o], n_rows)
+            && super::matmul::f16_gemm_inputs(self, &[w.o], n_rows)?;
+        if stacked {
+            check_width("rms_norm input", x.width, w.norm.n_cols)?;
+            check_rows("rms_norm input", x, n_rows)?;
+            self.check_attention(bufs.q, bufs.k, bufs.v, cache, layer, batch, p, bufs.out)?;
+            check_width("rope input", bufs.q.width, qp.n_heads * qp.head_dim)?;
+            check_width("rope input", bufs.k.width, kp.n_heads * kp.head_dim)?;
+            let mut biases = [0u64; 3];
+            for (i, (proj, bias, out)) in [(w.q, w.bq, &*bufs.q), (w.k, w.bk, &*bufs.k), (w.v, w.bv, &*bufs.v)].into_iter().enumerate() {
+                check_width(&format!("{} input", proj.name), proj.n_cols, x.width)?;
+                check_width(&format!("{} output", proj.name), out.width, proj.n_rows)?;
+                if let Some(b) = bias {
+                    check_width(&format!("{} bias", proj.name), b.n_cols, proj.n_rows)?;
+                    biases[i] = addr(b.dense()?, &self.ctx);
+                }
+            }
+            check_width("attention output", bufs.out.width, w.o.n_cols)?;
+            let norm_w = w.norm.dense()?;
+            let x_read: &CudaAct = x;
+            let normed = |be: &mut CudaBackend| super::matmul::rms_norm_as_f16(be, x_read, norm_w, eps, n_rows);
+            if let Some(qkv) = super::matmul::stacked_gemm_unsplit(self, &[w.q, w.k, w.v], n_rows, normed)? {
+                let f = std::mem::size_of::<f32>() as u64;
+                let (q_rows, k_rows) = (w.q.n_rows as u64, w.k.n_rows as u64);
+                let stride = to_u32("stacked q/k/v width", w.q.n_rows + w.k.n_rows + w.v.n_rows)?;
+                let rows = QkvRows { q: qkv, k: qkv + q_rows * f, v: qkv + (q_rows + k_rows) * f, q_stride: stride, kv_stride: stride, biases };
+                let out_f16 = super::matmul::f16_input(self, n_rows * w.o.n_cols)?;
+                self.attend_rope(rows, cache, layer, batch, qp, p, bufs.out, out_f16)?;
+                return self.project(w.o, None, bufs.out, n_rows, x, Write::Accumulate, &mut Some(out_f16));
+            }
+        }
+        let projections = [(w.q, w.bq, &mut *bufs.q), (w.k, w.bk, &mut *bufs.k), (w.v, w.bv, &mut *bufs.v)];
+        self.norm_matmuls(x, w.norm, eps, n_rows, bufs.xn, projections)?;
+        self.rope_attention_matmul_add(bufs.q, bufs.k, bufs.v, cache, layer, batch, rope, p, bufs.out, w.o, n_rows, bufs.proj, x)
+    }
+
+    fn mlp_add(
+        &mut self,
+        x: &mut CudaAct,
+        norm: &CudaWeight,
+        eps: f32,
+        n_rows: usize,
+        [gate, up, down]: [&CudaWeight; 3],
+        bufs: MlpBuffers<'_, CudaAct>,
+    ) -> Result<(), BackendError> {
+        // On the cuBLAS path with gate and up stacked (`matmul::stacks`), SwiGLU reads the two
+        // halves of the stacked GEMM's output rows: no launch to split them first.
+        let stacked = n_rows > 0
+            && self.stack_in_place
+            && !super::matmul::tiled_matvec(self, &[gate, up], n_rows)
+            && !super::matmul::tiled_matvec(self, &[down], n_rows)
+            && gate.n_rows == up.n_rows
+            && super::matmul::f16_gemm_inputs(self, &[down], n_rows)?;
+        if stacked {
+            check_width("rms_norm input", x.width, norm.n_cols)?;
+            check_rows("rms_norm input", x, n_rows)?;
+            for w in [gate, up] {
+                check_width(&format!("{} input", w.name), w.n_cols, x.width)?;
+            }
+            check_width(&format!("{} input", down.name), down.n_cols, gate.n_rows)?;
+            check_width(&format!("{} output", down.name), down.n_rows, x.width)?;
+            check_width("mlp gate buffer", bufs.gate.width, gate.n_rows)?;
+            let norm_w = norm.dense()?;
+            let x_read: &CudaAct = x;
+            let normed = |be: &mut CudaBackend| super::matmul::rms_norm_as_f16(be, x_read, norm_w, eps, n_rows);
+            if let Some(out) = super::matmul::stacked_gemm_unsplit(self, &[gate, up], n_rows, normed)? {
+                let width = gate.n_rows;
+                let up_out = out + (width * std::mem::size_of::<f32>()) as u64;
+                let mut x_f16 = Some(super::matmul::swiglu_as_f16(self, out, up_out, width, 2 * width, n_rows)?);
+                return self.project(down, None, bufs.gate, n_rows, x, Write::Accumulate, &mut x_f16);
+            }
+        }
+        self.norm_matmuls(x, norm, eps, n_rows, bufs.xn, [(gate, None, &mut *bufs.gate), (up, None, &mut *bufs.up)])?;
+        self.swiglu_matmul_add(bufs.gate, bufs.up, down, n_rows, bufs.ffn, bufs.proj, x)
+    }
+
     fn swiglu_matmul_add(
         &mut self,
         gate: &CudaAct,
@@ -1315,7 +1471,8 @@ impl Backend for CudaBackend {
                 for (what, a) in [("swiglu gate", gate), ("swiglu up", up)] {
                     check_rows(what, a, n_rows)?;
                 }
-                let mut x_f16 = Some(super::matmul::swiglu_as_f16(self, gate, up, n_rows)?);
+                let (g, u) = (addr(&gate.buf, &self.ctx), addr(&up.buf, &self.ctx));
+                let mut x_f16 = Some(super::matmul::swiglu_as_f16(self, g, u, gate.width, gate.width, n_rows)?);
                 return self.project(w, None, gate, n_rows, acc, Write::Accumulate, &mut x_f16);
             }
             self.swiglu(gate, up, n_rows, ffn)?;

@@ -432,6 +432,13 @@ pub(super) fn stacking_enabled() -> bool {
     std::env::var("FERRITE_CUDA_STACK").map_or(true, |v| v != "0")
 }
 
+/// Whether SwiGLU and decode attention read a stacked GEMM's output in place (see
+/// `CudaBackend::mlp_add`, `attention_add`); `FERRITE_CUDA_STACK=split` splits it into rows of
+/// their own first, as before they did (for comparison). Read when a backend is made.
+pub(super) fn stacked_in_place() -> bool {
+    std::env::var("FERRITE_CUDA_STACK").map_or(true, |v| v != "split")
+}
+
 /// Most weights a stacked GEMM takes: its outputs go out through `split_rows3`.
 const STACK_MAX_MEMBERS: usize = 3;
 
@@ -510,30 +517,28 @@ pub(super) struct StackedOut<'w> {
     pub bias: u64,
 }
 
-/// `out_i = w_i x (+ bias_i)` for the projections of one x as one f16 GEMM on their stacked copy
-/// ([`stacks`], [`stacked_copy`]), then one launch that splits the stacked rows into the outputs
-/// and adds the biases (`split_rows3`, in place of `add_biases3`). `x_f16`: called once the
-/// GEMM is known to run, returning the device address of x as f16 (the producer writes it).
-/// Returns false, having launched nothing, when the group does not stack.
-pub(super) fn stacked_gemm(
+/// The projections of one x (`weights`) as one f16 GEMM on their stacked copy ([`stacks`],
+/// [`stacked_copy`]), into the backend's stacked output: `n_x` rows of all the weights' rows, the
+/// first weight's outputs first. `x_f16`: called once the GEMM is known to run, returning the
+/// device address of x as f16 (the producer writes it). Returns that output's device address,
+/// or None, having launched nothing, when the group does not stack.
+pub(super) fn stacked_gemm_unsplit(
     be: &mut CudaBackend,
-    outs: &[StackedOut<'_>],
+    weights: &[&CudaWeight],
     n_x: usize,
     x_f16: impl FnOnce(&mut CudaBackend) -> Result<u64, BackendError>,
-) -> Result<bool, BackendError> {
-    let weights: Vec<&CudaWeight> = outs.iter().map(|o| o.weight).collect();
-    if n_x == 0 || !stacks(be, &weights, n_x) {
-        return Ok(false);
+) -> Result<Option<u64>, BackendError> {
+    if n_x == 0 || !stacks(be, weights, n_x) {
+        return Ok(None);
     }
     bind_context(be)?;
-    let Some(copy) = stacked_copy(be, &weights)? else { return Ok(false) };
+    let Some(copy) = stacked_copy(be, weights)? else { return Ok(None) };
     let n_cols = weights[0].n_cols;
     let total_rows: usize = weights.iter().map(|w| w.n_rows).sum();
-    let as_u32 = |what: &str, v: usize| u32::try_from(v).map_err(|_| BackendError::Invalid(format!("stacked projections: {what} {v} exceeds 32 bits")));
     let n_out = n_x.checked_mul(total_rows).ok_or_else(|| BackendError::Invalid("stacked projections' output overflows".into()))?;
-    as_u32("outputs", n_out)?;
+    u32::try_from(n_out).map_err(|_| BackendError::Invalid(format!("stacked projections: outputs {n_out} exceed 32 bits")))?;
     // Before x's producer runs, so that without room nothing has been launched.
-    let Some(stacked) = stacked_out(be, n_out)? else { return Ok(false) };
+    let Some(stacked) = stacked_out(be, n_out)? else { return Ok(None) };
     let converted = x_f16(be)?;
     let ctx = be.ctx.clone();
     let names = || weights.iter().map(|w| w.name.as_str()).collect::<Vec<_>>().join(", ");
@@ -541,6 +546,23 @@ pub(super) fn stacked_gemm(
     cfg.alpha = 1.0 / (copy.scale * X_F16_SCALE);
     gemm_f16_raw(be, cfg, addr(&copy.bits, &ctx), converted, stacked)
         .map_err(|e| CudaError::Driver { op: format!("cuBLAS GEMM for {} ({total_rows} x {n_cols} by {n_x} rows)", names()), msg: e })?;
+    STACKED_GEMMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Ok(Some(stacked))
+}
+
+/// `out_i = w_i x (+ bias_i)` for the projections of one x as one f16 GEMM on their stacked copy
+/// ([`stacked_gemm_unsplit`]), then one launch that splits the stacked rows into the outputs and
+/// adds the biases (`split_rows3`, in place of `add_biases3`). Returns false, having launched
+/// nothing, when the group does not stack.
+pub(super) fn stacked_gemm(
+    be: &mut CudaBackend,
+    outs: &[StackedOut<'_>],
+    n_x: usize,
+    x_f16: impl FnOnce(&mut CudaBackend) -> Result<u64, BackendError>,
+) -> Result<bool, BackendError> {
+    let weights: Vec<&CudaWeight> = outs.iter().map(|o| o.weight).collect();
+    let Some(stacked) = stacked_gemm_unsplit(be, &weights, n_x, x_f16)? else { return Ok(false) };
+    let as_u32 = |what: &str, v: usize| u32::try_from(v).map_err(|_| BackendError::Invalid(format!("stacked projections: {what} {v} exceeds 32 bits")));
     let seg = |i: usize| -> Result<(u64, u64, u32), BackendError> {
         Ok(match outs.get(i) {
             Some(o) => (o.out, o.bias, as_u32("rows", o.weight.n_rows)?),
@@ -549,8 +571,9 @@ pub(super) fn stacked_gemm(
     };
     let ((y0, b0, w0), (y1, b1, w1), (y2, b2, w2)) = (seg(0)?, seg(1)?, seg(2)?);
     let rows = as_u32("tokens", n_x)?;
+    let n_out = n_x * weights.iter().map(|w| w.n_rows).sum::<usize>();
+    let ctx = be.ctx.clone();
     launch!(ctx, &be.fixed.split_rows3, "split_rows3", grid_stride(n_out as u64), &stacked, &y0, &b0, &w0, &y1, &b1, &w1, &y2, &b2, &w2, &rows)?;
-    STACKED_GEMMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok(true)
 }
 
@@ -709,15 +732,18 @@ pub(super) fn rms_norm_as_f16(be: &mut CudaBackend, x: &CudaAct, weight: &CudaSl
     Ok(addr(&*buf, &ctx))
 }
 
-/// silu(gate) * up of `n_rows` rows, as f16 (times `X_F16_SCALE`) in the backend's f16 buffer,
-/// the bits `swiglu` then `x_as_f16` would give; its device address.
-pub(super) fn swiglu_as_f16(be: &mut CudaBackend, gate: &CudaAct, up: &CudaAct, n_rows: usize) -> Result<u64, BackendError> {
-    let n = n_rows * gate.width;
-    let n64 = n as u64;
+/// silu(gate) * up of `n_rows` rows of `width`, as f16 (times `X_F16_SCALE`) in the backend's
+/// f16 buffer, the bits `swiglu` then `x_as_f16` would give; its device address. `gate` and `up`
+/// are device addresses whose rows are `stride` floats apart: `width` for rows of their own,
+/// `2 * width` for the two halves of a stacked gate/up GEMM's output ([`stacked_gemm_unsplit`]).
+pub(super) fn swiglu_as_f16(be: &mut CudaBackend, gate: u64, up: u64, width: usize, stride: usize, n_rows: usize) -> Result<u64, BackendError> {
+    let as_u32 = |what: &str, v: usize| u32::try_from(v).map_err(|_| BackendError::Invalid(format!("swiglu {what} {v} does not fit 32 bits")));
+    let (width_u, stride_u, rows_u) = (as_u32("width", width)?, as_u32("row stride", stride)?, as_u32("rows", n_rows)?);
+    let n = n_rows * width;
     let ctx = be.ctx.clone();
     let f = be.fixed.swiglu_f16.clone();
     let buf = x_f16_buffer(be, n)?;
-    launch!(ctx, &f, "swiglu_f16", super::backend::grid_stride_float4s(n64), &gate.buf, &up.buf, &n64, &X_F16_SCALE, &mut *buf)?;
+    launch!(ctx, &f, "swiglu_f16", super::backend::grid_stride_float4s(n as u64), &gate, &up, &width_u, &stride_u, &rows_u, &X_F16_SCALE, &mut *buf)?;
     Ok(addr(&*buf, &ctx))
 }
 
