@@ -45,10 +45,53 @@ const BASE_OPTIONS: &[&str] = &["--std=c++17", "--ftz=false", "--prec-div=true",
 pub fn options_for(source: &KernelSource, extra: &[String], cc: (u32, u32)) -> Result<Vec<String>, CudaError> {
     let mut opts: Vec<String> = vec![format!("--gpu-architecture=sm_{}{}", cc.0, cc.1)];
     opts.extend(BASE_OPTIONS.iter().map(|s| s.to_string()));
-    opts.extend(source.options.iter().map(|s| s.to_string()));
+    let fast_env = std::env::var("FERRITE_CUDA_FAST_COMPILE").ok();
+    let fast = fast_compile_override(fast_env.as_deref(), source.file)?;
+    // NVRTC before 12.8 does not know --Ofast-compile: such a module compiles at full optimization.
+    let knows_fast = nvrtc_version().is_ok_and(|v| v >= (12, 8));
+    for opt in source.options {
+        if !opt.starts_with(FAST_COMPILE) {
+            opts.push(opt.to_string());
+        } else if fast.is_none() && knows_fast {
+            opts.push(opt.to_string());
+        }
+    }
+    if let Some(level) = fast.filter(|l| *l != "0" && knows_fast) {
+        opts.push(format!("{FAST_COMPILE}{level}"));
+    }
     opts.extend(extra.iter().cloned());
     opts.extend(env_defines(std::env::var("FERRITE_CUDA_KERNEL_DEFINES").ok().as_deref())?);
     Ok(opts)
+}
+
+/// NVRTC's option trading a kernel's speed for its compile time (`min`, `mid`, `max`), which a
+/// module's [`KernelSource::options`] may hold.
+const FAST_COMPILE: &str = "--Ofast-compile=";
+
+/// `FERRITE_CUDA_FAST_COMPILE=LEVEL` (`0`, `min`, `mid` or `max`): every module at that NVRTC
+/// `--Ofast-compile` level (`0`: none) in place of its own; `FILE=LEVEL,...` (`sampling.cu=mid`):
+/// those modules only. A hook to measure what a level costs a kernel and saves a first load.
+/// Part of the cache key, like every option. The level for module `file`, if the value sets one.
+pub fn fast_compile_override<'v>(value: Option<&'v str>, file: &str) -> Result<Option<&'v str>, CudaError> {
+    let Some(value) = value else { return Ok(None) };
+    let level = |l: &'v str| match l {
+        "0" | "min" | "mid" | "max" => Ok(l),
+        _ => Err(CudaError::Invalid(format!("FERRITE_CUDA_FAST_COMPILE: {value:?}: {l:?} is not 0, min, mid or max"))),
+    };
+    if !value.contains('=') {
+        return level(value).map(Some);
+    }
+    let mut found = None;
+    for item in value.split(',') {
+        let Some((name, l)) = item.split_once('=') else {
+            return Err(CudaError::Invalid(format!("FERRITE_CUDA_FAST_COMPILE: {value:?}: {item:?} is not FILE=LEVEL")));
+        };
+        let l = level(l)?;
+        if name == file {
+            found = Some(l);
+        }
+    }
+    Ok(found)
 }
 
 /// `FERRITE_CUDA_KERNEL_DEFINES="-DNAME=VALUE ..."`: a benchmarking hook that compiles every
@@ -341,6 +384,22 @@ mod tests {
         for bad in ["--use_fast_math", "-D", "-D=3", "-D3X", "-DX=$(id)", "-DX=a b", "-I/tmp", "MMA=3"] {
             let err = env_defines(Some(bad)).map(|v| v.join(" ")).unwrap_err().to_string();
             assert!(err.contains("FERRITE_CUDA_KERNEL_DEFINES"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn fast_compile_levels_from_the_environment_are_levels_or_an_error() {
+        assert_eq!(fast_compile_override(None, "a.cu").unwrap(), None);
+        for level in ["0", "min", "mid", "max"] {
+            assert_eq!(fast_compile_override(Some(level), "a.cu").unwrap(), Some(level));
+        }
+        let per_file = Some("sampling.cu=mid,attention.cu=0");
+        assert_eq!(fast_compile_override(per_file, "sampling.cu").unwrap(), Some("mid"));
+        assert_eq!(fast_compile_override(per_file, "attention.cu").unwrap(), Some("0"));
+        assert_eq!(fast_compile_override(per_file, "norm.cu").unwrap(), None);
+        for bad in ["", "fast", "MID", "1", "-Xptxas=-O0", "sampling.cu=fast", "sampling.cu=mid,x"] {
+            let err = fast_compile_override(Some(bad), "sampling.cu").unwrap_err().to_string();
+            assert!(err.contains("FERRITE_CUDA_FAST_COMPILE"), "{bad}: {err}");
         }
     }
 }
