@@ -32,7 +32,7 @@ const NO_LOGPROBS: u32 = u32::MAX;
 const CHUNK_ELEMS: usize = 8192;
 const CHUNK_WORDS: usize = 16 + 2 * 64;
 const CHUNKS_MAX: usize = 32;
-const CHUNK_THREADS: u32 = 256;
+const CHUNK_THREADS: u32 = 512;
 
 /// The chunk constants above are sampling.cu's (`src` is its text): the grid and the record
 /// buffer are sized from them.
