@@ -62,7 +62,7 @@ def random_matrix(name: str, n_rows: int, n_cols: int, rng: np.random.Generator)
 
 # (warps_m, warps_k, splits) the plan sweep forces.
 PLANS = [(4, 1, 1), (4, 1, 2), (4, 1, 4), (4, 1, 8), (2, 1, 1), (2, 1, 2), (2, 1, 4), (2, 1, 8), (8, 1, 1), (1, 1, 1),
-         (1, 1, 2), (1, 2, 1), (2, 2, 1), (4, 2, 4), (1, 4, 1), (1, 8, 1)]
+         (1, 1, 2), (1, 2, 1), (2, 2, 1), (4, 2, 4), (1, 4, 1), (1, 8, 1), (8, 1, 2), (8, 1, 4)]
 
 
 def sweep_plans(chosen: list, types: list[str], rows: list[int], copy_gbs: float) -> None:
