@@ -223,7 +223,7 @@ impl SharedEngine {
             // Someone else is stepping: sleep until a step ends (checking again under the lock, so
             // a step that ended in between is not missed).
             let mail = lock(&self.mail);
-            let ready = mail.outboxes.get(&id).map_or(true, |o| !o.pending.is_empty() || o.finished);
+            let ready = mail.outboxes.get(&id).is_none_or(|o| !o.pending.is_empty() || o.finished);
             if ready {
                 continue;
             }

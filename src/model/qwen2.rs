@@ -249,7 +249,7 @@ impl<B: Backend> TransformerModel<B> {
         mut take: impl FnMut(&mut B, &B::Act, usize, usize) -> Result<(), BackendError>,
     ) -> Result<(), ModelError> {
         let n = plan.n_tokens();
-        if self.buffers.as_ref().map_or(true, |buf| buf.capacity_rows < n) {
+        if self.buffers.as_ref().is_none_or(|buf| buf.capacity_rows < n) {
             // Drop the old buffers first so a GPU backend can reuse their memory.
             self.buffers = None;
             self.buffers = Some(Buffers::new(&mut self.backend, &self.config, n)?);

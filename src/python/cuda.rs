@@ -197,7 +197,7 @@ fn _cuda_matvec<'py>(
     let out = super::gguf::with_raw_bytes(raw, |bytes| {
         Ok(py.detach(|| MatvecOp::new(device, ty, bytes, n_rows, n_cols, path, 1)?.run(&xs, n_x, bias.as_deref(), poison_bits, start.as_deref()))?)
     })?;
-    Ok(PyArray1::from_vec(py, out).reshape([n_x + 1, n_rows])?)
+    PyArray1::from_vec(py, out).reshape([n_x + 1, n_rows])
 }
 
 /// Test hook: several matrices of one type and width multiplying the same `x` in one launch of
@@ -264,7 +264,7 @@ fn _cuda_matvecs<'py>(
         let bias_refs: Vec<Option<&[f32]>> = biases.iter().map(|b| b.as_deref()).collect();
         MatvecOp::run_group(&refs, &xs, n_x, &bias_refs, poison_bits, input)
     })?;
-    outs.into_iter().zip(&n_rows).map(|(o, &rows)| Ok(PyArray1::from_vec(py, o).reshape([n_x + 1, rows])?)).collect()
+    outs.into_iter().zip(&n_rows).map(|(o, &rows)| PyArray1::from_vec(py, o).reshape([n_x + 1, rows])).collect()
 }
 
 /// Test hook: rows `row0 .. row0 + n` of a matrix read back as float32 by the device (the

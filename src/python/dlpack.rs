@@ -241,7 +241,7 @@ impl PyDeviceTensor {
         use numpy::PyArrayMethods;
         let t = self.tensor.clone();
         let host = py.detach(|| t.to_host())?;
-        Ok(numpy::PyArray1::from_vec(py, host).reshape(self.shape.clone())?)
+        numpy::PyArray1::from_vec(py, host).reshape(self.shape.clone())
     }
 
     fn __repr__(&self) -> String {

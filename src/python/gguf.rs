@@ -312,7 +312,7 @@ pub fn dequantize_on<'py>(
     let n_elems: usize = shape.iter().product();
     if device.starts_with("cuda") {
         let values = super::cuda::dequantize_on_gpu(py, device, ty, bytes, n_elems).map_err(|e| named(e.into()))?;
-        return Ok(PyArray1::from_vec(py, values).reshape(shape)?);
+        return PyArray1::from_vec(py, values).reshape(shape);
     }
     if device != "cpu" {
         return Err(pyo3::exceptions::PyValueError::new_err(format!(

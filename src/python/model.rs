@@ -151,7 +151,7 @@ fn check_token_ids(ids: Vec<i64>, vocab_size: usize) -> PyResult<Vec<u32>> {
 
 fn to_array<'py>(py: Python<'py>, logits: Vec<f32>, vocab: usize) -> PyResult<Bound<'py, PyArray2<f32>>> {
     let rows = logits.len() / vocab.max(1);
-    Ok(numpy::PyArray1::from_vec(py, logits).reshape([rows, vocab])?)
+    numpy::PyArray1::from_vec(py, logits).reshape([rows, vocab])
 }
 
 #[pymethods]

@@ -258,7 +258,7 @@ fn row_dot(s: Scheme, u: &UnpackedRow, acts: &QuantizedActs, n_cols: usize, t: u
 }
 
 pub(crate) fn check_shapes(x_elems: usize, out_elems: usize, n_rows: usize, n_cols: usize, n_tokens: usize) -> Result<(), QuantError> {
-    let want = |a: usize, b: usize| a.checked_mul(b).unwrap_or(usize::MAX);
+    let want = |a: usize, b: usize| a.saturating_mul(b);
     if x_elems != want(n_tokens, n_cols) {
         return Err(QuantError::BadShape { what: "activations (n_tokens x n_cols)", expected_elems: want(n_tokens, n_cols), got_elems: x_elems });
     }

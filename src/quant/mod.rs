@@ -49,7 +49,7 @@ pub enum QuantError {
 /// Checks that `data` holds exactly `n_elems` elements of `ty`; returns the number of blocks.
 pub fn check_len(ty: GgmlType, data_bytes: usize, n_elems: usize) -> Result<usize, QuantError> {
     let block_elems = ty.block_elems();
-    if n_elems % block_elems != 0 {
+    if !n_elems.is_multiple_of(block_elems) {
         return Err(QuantError::PartialBlock { ty, n_elems, block_elems });
     }
     let n_blocks = n_elems / block_elems;
@@ -209,7 +209,7 @@ pub(crate) fn f16_at(b: &[u8], at: usize) -> f32 {
 /// Bytes of one row of `n_cols` elements of `ty`.
 pub fn row_bytes(ty: GgmlType, n_cols: usize) -> Result<usize, QuantError> {
     let block_elems = ty.block_elems();
-    if n_cols % block_elems != 0 {
+    if !n_cols.is_multiple_of(block_elems) {
         return Err(QuantError::PartialBlock { ty, n_elems: n_cols, block_elems });
     }
     Ok(n_cols / block_elems * ty.block_bytes())

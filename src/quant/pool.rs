@@ -168,7 +168,7 @@ fn worker(s: &Shared) {
                 break;
             }
             spins += 1;
-            if spins % 64 != 0 || t0.elapsed() < SPIN {
+            if !spins.is_multiple_of(64) || t0.elapsed() < SPIN {
                 std::hint::spin_loop();
                 continue;
             }

@@ -61,7 +61,7 @@ mod tests {
     /// the base-3 number as a fraction of 243, rounded up to 8 bits.
     fn pack5(trits: [i32; 5]) -> u8 {
         let v = trits.iter().fold(0u32, |acc, t| acc * 3 + (t + 1) as u32);
-        ((v * 256 + 242) / 243) as u8
+        (v * 256).div_ceil(243) as u8
     }
 
     #[test]

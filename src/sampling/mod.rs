@@ -247,7 +247,7 @@ fn gumbel_max(candidates: impl Iterator<Item = Candidate>, key: u64) -> Candidat
     let mut winner: Option<(f32, Candidate)> = None;
     for c in candidates {
         let score = c.logit + noise::gumbel(key, c.id);
-        if winner.map_or(true, |(s, w)| score > s || (score == s && c.id < w.id)) {
+        if winner.is_none_or(|(s, w)| score > s || (score == s && c.id < w.id)) {
             winner = Some((score, c));
         }
     }
@@ -340,7 +340,7 @@ impl Sampler {
                 let mut all = Vec::new();
                 for (i, &l) in row.iter().enumerate() {
                     let c = Candidate::new(i as u32, l / t);
-                    if l != f32::NEG_INFINITY && c.logit >= floor && bound.map_or(true, |b| Candidate::better_first(&c, &b) != Ordering::Greater) {
+                    if l != f32::NEG_INFINITY && c.logit >= floor && bound.is_none_or(|b| Candidate::better_first(&c, &b) != Ordering::Greater) {
                         all.push(c);
                     }
                 }

@@ -51,7 +51,7 @@ impl Scaled<'_> {
             }
             finite += 1;
             // Strictly greater: the lower id wins a tie.
-            if best.map_or(true, |(_, b)| l > b) {
+            if best.is_none_or(|(_, b)| l > b) {
                 best = Some((i, l));
             }
         }
@@ -161,7 +161,7 @@ pub fn nucleus(row: Scaled<'_>, params: &SamplingParams, best: Candidate, finite
             let mut z = 0f64;
             for (i, &l) in row.logits.iter().enumerate() {
                 let c = Candidate::new(i as u32, l / row.temperature);
-                if l != f32::NEG_INFINITY && bound.map_or(true, |b| Candidate::better_first(&c, &b) != Ordering::Greater) {
+                if l != f32::NEG_INFINITY && bound.is_none_or(|b| Candidate::better_first(&c, &b) != Ordering::Greater) {
                     z += ((c.logit - max) as f64).exp();
                 }
             }

@@ -227,7 +227,7 @@ mod tests {
                 let word: Vec<u8> = (0..len)
                     .map(|_| {
                         state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                        if (state >> 33) % 3 == 0 { b'b' } else { b'a' }
+                        if (state >> 33).is_multiple_of(3) { b'b' } else { b'a' }
                     })
                     .collect();
                 let (mut a, mut b) = (vec![], vec![]);

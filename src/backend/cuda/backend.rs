@@ -662,7 +662,7 @@ impl CudaBackend {
             check_rows(what, a, n)?;
         }
         check_rows("attention out", out, n)?;
-        if p.n_kv_heads == 0 || p.n_heads % p.n_kv_heads != 0 {
+        if p.n_kv_heads == 0 || !p.n_heads.is_multiple_of(p.n_kv_heads) {
             return Err(BackendError::Invalid(format!("{} query heads do not group over {} KV heads", p.n_heads, p.n_kv_heads)));
         }
         // The flash-decoding scratch is sized by the layout's heads (`attention_scratch`).
@@ -672,7 +672,7 @@ impl CudaBackend {
                 p.n_heads, p.head_dim, self.attn_heads, self.attn_head_dim
             )));
         }
-        if !self.fixed.attention.as_ref().is_some_and(|a| a.head_dim == p.head_dim) {
+        if self.fixed.attention.as_ref().is_none_or(|a| a.head_dim != p.head_dim) {
             return Err(BackendError::Invalid(format!(
                 "head_dim {} has no CUDA attention kernel (these do: {:?})",
                 p.head_dim,
@@ -879,7 +879,7 @@ impl CudaBackend {
             check_width("rope input", y.width, y_heads * p.head_dim)?;
             check_rows("rope input", y, batch.n_tokens)?;
         }
-        if p.head_dim % 2 != 0 {
+        if !p.head_dim.is_multiple_of(2) {
             return Err(BackendError::Invalid(format!("rope: odd head_dim {}", p.head_dim)));
         }
         if batch.n_tokens == 0 {
@@ -989,13 +989,13 @@ impl CudaBackend {
         let too_big = || BackendError::Invalid(format!("attention scratch for {n_tokens} rows in {splits} splits overflows"));
         let heads = n_tokens.checked_mul(self.attn_heads).ok_or_else(too_big)?;
         let partials = heads.checked_mul(splits as usize).and_then(|n| n.checked_mul(self.attn_head_dim + 2)).ok_or_else(too_big)?;
-        if self.attn_partials.as_ref().map_or(true, |b| b.len() < partials) {
+        if self.attn_partials.as_ref().is_none_or(|b| b.len() < partials) {
             self.attn_partials = None;
             self.attn_partials = Some(self.ctx.alloc::<f32>(partials.next_power_of_two(), "the attention splits' partial results")?);
             self.batch_generation += 1;
         }
         // One counter per (token, KV head, slice): at most one per query head.
-        if self.attn_counters.as_ref().map_or(true, |b| b.len() < heads) {
+        if self.attn_counters.as_ref().is_none_or(|b| b.len() < heads) {
             self.attn_counters = None;
             self.attn_counters = Some(self.ctx.alloc_zeros::<u32>(heads.next_power_of_two(), "the attention splits' counters")?);
             self.batch_generation += 1;
@@ -1073,7 +1073,7 @@ impl Backend for CudaBackend {
             .checked_mul(layout.capacity_tokens())
             .and_then(|n| n.checked_mul(layout.n_kv_heads * layout.head_dim))
             .ok_or_else(|| BackendError::Invalid(format!("KV cache {layout:?} overflows")))?;
-        if self.fixed.attention.as_ref().map_or(true, |a| a.head_dim != layout.head_dim) {
+        if self.fixed.attention.as_ref().is_none_or(|a| a.head_dim != layout.head_dim) {
             let defines = kernels::attention_defines(layout.head_dim).ok_or_else(|| {
                 BackendError::Invalid(format!(
                     "head_dim {} has no CUDA attention kernel (these do: {:?})",
@@ -1181,7 +1181,7 @@ impl Backend for CudaBackend {
             }
         }
         let need = packed.len().max(1);
-        if self.batch_buf.as_ref().map_or(true, |b| b.len() < need) {
+        if self.batch_buf.as_ref().is_none_or(|b| b.len() < need) {
             self.batch_buf = None;
             self.batch_buf = Some(self.ctx.alloc::<u32>(need.next_power_of_two().max(1024), "the batch description")?);
             self.batch_generation += 1;
@@ -1325,7 +1325,7 @@ impl Backend for CudaBackend {
                 let mut outs = Vec::with_capacity(N);
                 for (w, bias, out) in &projections {
                     let b = check_projection(w, *bias, x, n_rows, out)?;
-                    outs.push(super::matmul::StackedOut { weight: *w, out: addr(&out.buf, &self.ctx), bias: b.map_or(0, |b| addr(b, &self.ctx)) });
+                    outs.push(super::matmul::StackedOut { weight: w, out: addr(&out.buf, &self.ctx), bias: b.map_or(0, |b| addr(b, &self.ctx)) });
                 }
                 let norm_w = norm.dense()?;
                 // q/k/v as one GEMM on their stacked copy where it pays (`matmul::stacks`).

@@ -23,23 +23,6 @@ pub fn kernel_name(ty: GgmlType) -> Option<String> {
     crate::quant::can_dequantize(ty).then(|| format!("dequant_{}", ty.snake_name()))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_cpu_type_has_a_kernel_that_exists_in_the_source() {
-        assert!(DEQUANT.src.contains("FERRITE_BLOCK_TYPES(DEQUANT_KERNEL)"), "dequant.cu instantiates one kernel per listed type");
-        let listed: Vec<String> = super::super::kernels::block_types_in_header().into_iter().map(|(name, _, _)| name).collect();
-        for ty in GgmlType::ALL {
-            match kernel_name(ty) {
-                Some(name) => assert!(listed.iter().any(|n| format!("dequant_{n}") == name), "{name} missing in FERRITE_BLOCK_TYPES"),
-                None => assert!(!crate::quant::can_dequantize(ty), "{ty} dequantizes on the CPU but has no GPU kernel"),
-            }
-        }
-    }
-}
-
 const THREADS_PER_BLOCK: u32 = 256;
 /// Enough blocks to fill any current GPU several times over; the kernels loop beyond that.
 const MAX_GRID_BLOCKS: u64 = 1 << 16;
@@ -107,4 +90,21 @@ pub fn dequantize_checked(
     let mut out = ctx.download(&dst, &format!("dequantizing a {what}"))?;
     out.truncate(n_elems);
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_cpu_type_has_a_kernel_that_exists_in_the_source() {
+        assert!(DEQUANT.src.contains("FERRITE_BLOCK_TYPES(DEQUANT_KERNEL)"), "dequant.cu instantiates one kernel per listed type");
+        let listed: Vec<String> = super::super::kernels::block_types_in_header().into_iter().map(|(name, _, _)| name).collect();
+        for ty in GgmlType::ALL {
+            match kernel_name(ty) {
+                Some(name) => assert!(listed.iter().any(|n| format!("dequant_{n}") == name), "{name} missing in FERRITE_BLOCK_TYPES"),
+                None => assert!(!crate::quant::can_dequantize(ty), "{ty} dequantizes on the CPU but has no GPU kernel"),
+            }
+        }
+    }
 }

@@ -77,7 +77,7 @@ pub fn attention_defines(head_dim: usize) -> Option<Vec<String>> {
 /// The options that compile attention_prefill.cu for `head_dim`, or `None` for head dims it does
 /// not take (multiples of 16 up to 128; the others keep attention.cu's kernel for prompts too).
 pub fn prefill_attention_defines(head_dim: usize) -> Option<Vec<String>> {
-    if head_dim % 16 == 0 && head_dim <= 128 {
+    if head_dim.is_multiple_of(16) && head_dim <= 128 {
         attention_defines(head_dim)
     } else {
         None

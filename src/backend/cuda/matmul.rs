@@ -79,7 +79,7 @@ pub(super) fn matvec_max_rows(exact: bool) -> usize {
 /// `FERRITE_CUDA_MATVEC_MAX_ROWS` overrides it; `exact` caps it at `MATVEC_EXACT_MAX_ROWS`).
 pub(super) fn takes_matvec(w: &CudaWeight, n_x: usize, exact: bool) -> bool {
     let max_rows = matvec_max_rows(exact);
-    n_x > 0 && n_x <= max_rows && w.n_cols % 32 == 0
+    n_x > 0 && n_x <= max_rows && w.n_cols.is_multiple_of(32)
 }
 
 /// How a projection's result lands in its output buffer.
@@ -291,7 +291,7 @@ fn dequant_rows(ctx: &CudaContext, w: &CudaWeight, r0: usize, rows: usize, out: 
 fn scratch_chunk_rows(be: &mut CudaBackend, w: &CudaWeight) -> Result<usize, BackendError> {
     let chunk_rows = (SCRATCH_MAX_ELEMS / w.n_cols.max(1)).clamp(1, w.n_rows.max(1));
     let elems = chunk_rows * w.n_cols;
-    if be.scratch.as_ref().map_or(true, |s| s.len() < elems) {
+    if be.scratch.as_ref().is_none_or(|s| s.len() < elems) {
         be.scratch = None;
         be.scratch = Some(be.ctx.alloc::<f32>(elems, "dequantized weight rows for cuBLAS")?);
         // A step recorded while some weight had no copy holds the old scratch's address.
@@ -497,7 +497,7 @@ fn stacked_copy<'w>(be: &mut CudaBackend, weights: &[&'w CudaWeight]) -> Result<
 /// at least `n` values (growing bumps `batch_generation`, since recorded steps hold its address);
 /// `None` when the device has no room for it (the projections then run apart).
 fn stacked_out(be: &mut CudaBackend, n: usize) -> Result<Option<u64>, BackendError> {
-    if be.stacked_out.as_ref().map_or(true, |b| b.len() < n) {
+    if be.stacked_out.as_ref().is_none_or(|b| b.len() < n) {
         be.stacked_out = None;
         be.batch_generation += 1;
         match be.ctx.alloc::<f32>(n.next_power_of_two().max(1 << 16), "stacked projections' output") {
@@ -659,7 +659,7 @@ pub(super) fn add_biases(be: &CudaBackend, outputs: &[(u64, u64, usize)], n_rows
 /// The backend's buffer of f16 activations, holding at least `n` values; growing it bumps
 /// `batch_generation`, since recorded steps hold its address.
 fn x_f16_buffer(be: &mut CudaBackend, n: usize) -> Result<&mut CudaSlice<u16>, BackendError> {
-    if be.x_f16.as_ref().map_or(true, |b| b.len() < n) {
+    if be.x_f16.as_ref().is_none_or(|b| b.len() < n) {
         be.x_f16 = None;
         be.x_f16 = Some(be.ctx.alloc::<u16>(n.next_power_of_two().max(1 << 16), "f16 activations for cuBLAS")?);
         be.batch_generation += 1;

@@ -129,7 +129,7 @@ pub fn launch_matmul_mma(ctx: &CudaContext, tiled: &TiledKernels, a: &MmqArgs<'_
     if a.n_x == 0 || a.n_x > MMQ_MAX_ROWS {
         return Err(CudaError::Invalid(format!("{}: {} rows of x (the quantized GEMM takes 1..={MMQ_MAX_ROWS})", a.name, a.n_x)));
     }
-    if g.n_cols % 32 != 0 || u32::try_from(g.n_rows).is_err() || u32::try_from(g.n_cols).is_err() {
+    if !g.n_cols.is_multiple_of(32) || u32::try_from(g.n_rows).is_err() || u32::try_from(g.n_cols).is_err() {
         return Err(CudaError::Invalid(format!("{}: a {} x {} matrix does not fit the quantized GEMM", a.name, g.n_rows, g.n_cols)));
     }
     let plan = MmqPlan::new(g, tiled.sms, a.n_x);

@@ -210,11 +210,11 @@ impl SplitScratch {
 
     /// Grows the buffers to at least `floats` partial sums and `counters` counters.
     fn grow(&mut self, ctx: &CudaContext, floats: usize, counters: usize) -> Result<(), CudaError> {
-        if floats > 0 && self.partials.as_ref().map_or(true, |p| p.len() < floats) {
+        if floats > 0 && self.partials.as_ref().is_none_or(|p| p.len() < floats) {
             self.partials = None;
             self.partials = Some(ctx.alloc::<f32>(floats, "split-K partial sums of the quantized kernels")?);
         }
-        if counters > 0 && self.counters.as_ref().map_or(true, |c| c.len() < counters) {
+        if counters > 0 && self.counters.as_ref().is_none_or(|c| c.len() < counters) {
             self.counters = None;
             self.counters = Some(ctx.alloc_zeros::<u32>(counters, "split-K counters of the quantized kernels")?);
         }
@@ -352,7 +352,7 @@ impl MatvecArgs<'_> {
         if self.n_x == 0 || self.n_x > MATVEC_MAX_ROWS {
             return bad(format!("{} rows of x (the matrix-vector kernels take 1..={MATVEC_MAX_ROWS})", self.n_x));
         }
-        if self.n_cols % 32 != 0 || self.n_cols == 0 {
+        if !self.n_cols.is_multiple_of(32) || self.n_cols == 0 {
             return bad(format!("{} columns: the matrix-vector kernels need a multiple of 32", self.n_cols));
         }
         if u32::try_from(self.n_rows).is_err() || u32::try_from(self.n_cols).is_err() {
@@ -527,7 +527,7 @@ pub struct MatvecOp {
 impl MatvecOp {
     /// Uploads `bytes` (`n_rows` rows of `n_cols` elements of `ty`) for `path`, `copies` times.
     pub fn new(device: &str, ty: GgmlType, bytes: &[u8], n_rows: usize, n_cols: usize, path: MatvecPath, copies: usize) -> Result<MatvecOp, CudaError> {
-        quant::check_len(ty, bytes.len(), n_rows.checked_mul(n_cols).unwrap_or(usize::MAX))?;
+        quant::check_len(ty, bytes.len(), n_rows.saturating_mul(n_cols))?;
         if n_rows == 0 || copies == 0 {
             return Err(CudaError::Invalid(format!("a matrix of {n_rows} rows in {copies} copies")));
         }

@@ -59,7 +59,7 @@ impl CudaContext {
             // The copy that last read this buffer, SMALL_SLOTS uploads ago.
             done.synchronize().ctx(|| format!("waiting for a staging buffer while uploading {what}"))?;
         }
-        if entry.as_ref().map_or(true, |(buf, _)| buf.len() < host.len()) {
+        if entry.as_ref().is_none_or(|(buf, _)| buf.len() < host.len()) {
             *entry = None;
             let len = host.len().next_power_of_two().max(4096);
             // SAFETY: only the prefix written below is copied.

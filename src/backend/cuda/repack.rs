@@ -212,7 +212,7 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
 /// into tiles. Fails (never panics) when `bytes` does not hold exactly that matrix.
 pub fn repack(format: TileFormat, bytes: &[u8], n_rows: usize, n_cols: usize) -> Result<Vec<u8>, crate::quant::QuantError> {
     let ty = format.ty;
-    check_len(ty, bytes.len(), n_rows.checked_mul(n_cols).unwrap_or(usize::MAX))?;
+    check_len(ty, bytes.len(), n_rows.saturating_mul(n_cols))?;
     let grid = TileGrid::new(format, n_rows, n_cols);
     let (qk, block_bytes) = (ty.block_elems(), ty.block_bytes());
     let row_bytes = n_cols / qk * block_bytes;
@@ -364,7 +364,7 @@ mod tests {
                 }
             }
             let bits: u32 = tile.iter().map(|b| b.count_ones()).sum();
-            let per_code = (ones as u32).count_ones();
+            let per_code = ones.count_ones();
             assert_eq!(bits, (TILE_ROWS * f.tile_cols) as u32 * per_code, "{}", f.ty);
         }
     }

@@ -150,7 +150,7 @@ impl DeviceSampler {
         let slot = self.next_landing;
         self.next_landing = (slot + 1) % MAX_CLOSED_SETS;
         let words = rows * OUT_WORDS;
-        if self.landings[slot].as_ref().map_or(true, |l| l.len() < words) {
+        if self.landings[slot].as_ref().is_none_or(|l| l.len() < words) {
             self.landings[slot] = None;
             let len = words.next_power_of_two().max(4096);
             // Not write-combined (cudarc's default): the host reads these.
@@ -292,7 +292,7 @@ impl DeviceSampler {
 }
 
 fn grow(ctx: &CudaContext, buf: &mut Option<CudaSlice<u32>>, words: usize, what: &str) -> Result<(), CudaError> {
-    if buf.as_ref().map_or(true, |b| b.len() < words) {
+    if buf.as_ref().is_none_or(|b| b.len() < words) {
         *buf = None;
         *buf = Some(ctx.alloc::<u32>(words.next_power_of_two().max(1024), what)?);
     }
@@ -301,7 +301,7 @@ fn grow(ctx: &CudaContext, buf: &mut Option<CudaSlice<u32>>, words: usize, what:
 
 /// [`grow`], keeping the first `keep` words (the rows of a draw set queued so far).
 fn grow_keeping(ctx: &CudaContext, buf: &mut Option<CudaSlice<u32>>, words: usize, keep: usize, what: &str) -> Result<(), CudaError> {
-    if buf.as_ref().map_or(true, |b| b.len() < words) {
+    if buf.as_ref().is_none_or(|b| b.len() < words) {
         let mut bigger = ctx.alloc::<u32>(words.next_power_of_two().max(1024), what)?;
         if let Some(old) = buf.as_ref().filter(|_| keep > 0) {
             ctx.stream()
