@@ -284,6 +284,12 @@ fn attention_scale(p: &AttnParams) -> f32 {
     1.0 / (p.head_dim as f32).sqrt()
 }
 
+/// Whether `attention_heads_rope` can rotate q and k itself (`rope_attention_to`): q and k
+/// differ only in their head counts, at the attention's head width, within the kernel's pairs.
+fn rope_in_one_launch(qp: &RopeParams, kp: &RopeParams, p: &AttnParams) -> bool {
+    RopeParams { n_heads: qp.n_heads, ..*kp } == *qp && qp.head_dim == p.head_dim && qp.head_dim <= 2 * ROPE_MAX_PAIRS
+}
+
 /// RoPE and the KV write inside the attention kernel for decode steps (`attention_heads_rope`);
 /// FERRITE_CUDA_ROPE_IN_ATTENTION=0 keeps them in `rope_store`, to compare the two.
 fn rope_in_attention() -> bool {
@@ -774,8 +780,7 @@ impl CudaBackend {
         out_f16: u64,
     ) -> Result<(), BackendError> {
         let (qp, kp) = rope;
-        let one_launch = RopeParams { n_heads: qp.n_heads, ..*kp } == *qp && qp.head_dim == p.head_dim && qp.head_dim <= 2 * ROPE_MAX_PAIRS;
-        if !one_launch {
+        if !rope_in_one_launch(qp, kp, p) {
             self.rope_qk(q, k, batch, qp, kp)?;
             return self.append_and_attend(q, k, v, cache, layer, batch, p, out, out_f16);
         }
@@ -1371,9 +1376,7 @@ impl Backend for CudaBackend {
             && n_rows == batch.n_tokens
             && batch.one_token_per_seq
             && rope_in_attention()
-            && RopeParams { n_heads: qp.n_heads, ..*kp } == *qp
-            && qp.head_dim == p.head_dim
-            && qp.head_dim <= 2 * ROPE_MAX_PAIRS
+            && rope_in_one_launch(qp, kp, p)
             && qp.head_dim % 2 == 0;
         let stacked = decode
             && self.stack_in_place
@@ -1388,12 +1391,7 @@ impl Backend for CudaBackend {
             check_width("rope input", bufs.k.width, kp.n_heads * kp.head_dim)?;
             let mut biases = [0u64; 3];
             for (i, (proj, bias, out)) in [(w.q, w.bq, &*bufs.q), (w.k, w.bk, &*bufs.k), (w.v, w.bv, &*bufs.v)].into_iter().enumerate() {
-                check_width(&format!("{} input", proj.name), proj.n_cols, x.width)?;
-                check_width(&format!("{} output", proj.name), out.width, proj.n_rows)?;
-                if let Some(b) = bias {
-                    check_width(&format!("{} bias", proj.name), b.n_cols, proj.n_rows)?;
-                    biases[i] = addr(b.dense()?, &self.ctx);
-                }
+                biases[i] = check_projection(proj, bias, x, n_rows, out)?.map_or(0, |b| addr(b, &self.ctx));
             }
             check_width("attention output", bufs.out.width, w.o.n_cols)?;
             let norm_w = w.norm.dense()?;
@@ -1434,12 +1432,10 @@ impl Backend for CudaBackend {
         if stacked {
             check_width("rms_norm input", x.width, norm.n_cols)?;
             check_rows("rms_norm input", x, n_rows)?;
-            for w in [gate, up] {
-                check_width(&format!("{} input", w.name), w.n_cols, x.width)?;
-            }
-            check_width(&format!("{} input", down.name), down.n_cols, gate.n_rows)?;
-            check_width(&format!("{} output", down.name), down.n_rows, x.width)?;
-            check_width("mlp gate buffer", bufs.gate.width, gate.n_rows)?;
+            check_projection(gate, None, x, n_rows, bufs.gate)?;
+            check_projection(up, None, x, n_rows, bufs.up)?;
+            // SwiGLU's output takes gate's place as down's input.
+            check_projection(down, None, bufs.gate, n_rows, x)?;
             let norm_w = norm.dense()?;
             let x_read: &CudaAct = x;
             let normed = |be: &mut CudaBackend| super::matmul::rms_norm_as_f16(be, x_read, norm_w, eps, n_rows);
