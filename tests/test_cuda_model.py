@@ -223,6 +223,21 @@ def test_gpu_gemm_precisions_match_the_float64_reference(tmp_path, gemm, residen
     assert decisive_top1(got, want) == 1.0, row
 
 
+def prompt_and_twelve_sequence_steps(path, ids, stack_flag, monkeypatch):
+    """With FERRITE_CUDA_STACK=stack_flag: the logits of `ids` as one prompt, then of 12
+    sequences' first and sixth decode steps (after 5-token prompts; the later steps of the same
+    shape replay a recorded graph, with stacked_out's address inside it), and how many stacked
+    GEMMs the process launched meanwhile."""
+    monkeypatch.setenv("FERRITE_CUDA_STACK", stack_flag)
+    before = ferrite._ferrite._cuda_counters()["stacked_gemms"]
+    m = ferrite.Model.load(path, device="cuda", kv_cache_tokens=1024)
+    prompt = m.forward(ids)
+    seqs = [m.new_sequence(max_tokens=64) for _ in range(12)]
+    m.forward_batch([ids[i : i + 5] for i in range(12)], seqs=seqs)
+    steps = [np.stack([o[-1] for o in m.forward_batch([[7 + i + s] for i in range(12)], seqs=seqs)]) for s in range(6)]
+    return (prompt, steps[0], steps[-1]), ferrite._ferrite._cuda_counters()["stacked_gemms"] - before
+
+
 @pytest.mark.cuda
 @needs_gpu
 @pytest.mark.parametrize("matrix_type", ["Q4_K", "Q5_0", "IQ2_XXS"])
@@ -239,18 +254,7 @@ def test_gpu_stacked_projections_match_separate_ones(tmp_path, matrix_type, monk
     got = {}
     stacked = {}
     for flag in ("0", "1"):
-        monkeypatch.setenv("FERRITE_CUDA_STACK", flag)
-        before = ferrite._ferrite._cuda_counters()["stacked_gemms"]
-        m = ferrite.Model.load(path, device="cuda", kv_cache_tokens=1024)
-        prompt = m.forward(ids)
-        seqs = [m.new_sequence(max_tokens=64) for _ in range(12)]
-        m.forward_batch([ids[i : i + 5] for i in range(12)], seqs=seqs)
-        # Six steps of the same shape: the later ones replay a recorded graph (stacked_out's
-        # address inside it).
-        steps = [np.stack([o[-1] for o in m.forward_batch([[7 + i + s] for i in range(12)], seqs=seqs)]) for s in range(6)]
-        got[flag] = (prompt, steps[0], steps[-1])
-        stacked[flag] = ferrite._ferrite._cuda_counters()["stacked_gemms"] - before
-        del m
+        got[flag], stacked[flag] = prompt_and_twelve_sequence_steps(path, ids, flag, monkeypatch)
     # Each path ran: the prompt and the unrecorded steps stack q/k/v and gate/up in every layer.
     assert stacked["0"] == 0 and stacked["1"] >= 2 * 2, stacked
     for a, b in zip(got["0"], got["1"]):
@@ -274,16 +278,8 @@ def test_gpu_stacked_outputs_read_in_place_give_the_bits_of_split_ones(tmp_path,
     ids = [int(t) for t in np.random.default_rng(9).integers(0, 260, size=37)]
     got = {}
     for flag in ("split", "1"):
-        monkeypatch.setenv("FERRITE_CUDA_STACK", flag)
-        before = ferrite._ferrite._cuda_counters()["stacked_gemms"]
-        m = ferrite.Model.load(path, device="cuda", kv_cache_tokens=1024)
-        prompt = m.forward(ids)
-        seqs = [m.new_sequence(max_tokens=64) for _ in range(12)]
-        m.forward_batch([ids[i : i + 4] for i in range(12)], seqs=seqs)
-        steps = [np.stack([o[-1] for o in m.forward_batch([[5 + i + s] for i in range(12)], seqs=seqs)]) for s in range(4)]
-        got[flag] = (prompt, steps[0], steps[-1])
-        assert ferrite._ferrite._cuda_counters()["stacked_gemms"] - before >= 2 * 2, flag
-        del m
+        got[flag], stacked = prompt_and_twelve_sequence_steps(path, ids, flag, monkeypatch)
+        assert stacked >= 2 * 2, flag
     for a, b in zip(got["split"], got["1"]):
         np.testing.assert_array_equal(b, a)
 
