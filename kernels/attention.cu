@@ -48,10 +48,10 @@ __device__ __forceinline__ float4 add4(float4 a, float4 b) {
 // rope_store followed by this kernel. One token per sequence is what makes this exact: no query
 // of the step reads another new token's slot.
 //
-// The new token's q, k and v rows may also be the three parts of one stacked q/k/v GEMM's output
-// row (matmul.rs's stacked_gemm_unsplit): q_stride = kv_stride floats a token apart, with each projection's
-// bias (null: none) added as they are read, the operations of split_rows3, which the kernel then
-// replaces (one launch fewer a layer).
+// The new token's q, k and v rows may also be the three parts of one stacked q/k/v GEMM's
+// output row (matmul.rs's stacked_gemm_unsplit): q_stride = kv_stride floats a token apart, with
+// each projection's bias (null: none) added as they are read, the operations of split_rows3,
+// which the kernel then replaces (one launch fewer a layer).
 struct RopeIn {
     const float* k;  // the token's new key at k + token * kv_stride, not rotated
     const float* v;
