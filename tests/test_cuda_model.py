@@ -402,6 +402,43 @@ def test_gpu_several_sequences_decode_split(tmp_path, monkeypatch, splits):
 
 @pytest.mark.cuda
 @needs_gpu
+@pytest.mark.parametrize("matrix_type", ["Q5_0", "Q4_K"])
+def test_gpu_rows_gemm_in_a_model(tmp_path, monkeypatch, matrix_type):
+    """gemm_f16_rows.cu, the f16 GEMM of 5-16 rows that decode steps take instead of cuBLAS, in
+    a whole model: decode steps of 6 and of 13 sequences (the two kernel variants; the later
+    steps replay recorded graphs) against the float64 reference within the f16 paths' bound, and
+    the same through cuBLAS (FERRITE_CUDA_GEMM_ROWS=0): both within the bound, with different
+    bits (so that each path ran)."""
+    path = write_block_model(tmp_path / "m.gguf", matrix_type, hidden=256, ffn=512, n_heads=4, n_kv_heads=2, context=256, seed=9)
+    rng = np.random.default_rng(11)
+    starts = [[int(t) for t in rng.integers(0, 260, size=4)] for _ in range(13)]
+    steps = [[int(t) for t in rng.integers(0, 260, size=13)] for _ in range(3)]
+    ref = ReferenceModel(path)
+    got = {}
+    for flag in ["default", "0"]:
+        if flag == "default":
+            monkeypatch.delenv("FERRITE_CUDA_GEMM_ROWS", raising=False)
+        else:
+            monkeypatch.setenv("FERRITE_CUDA_GEMM_ROWS", flag)
+        m = ferrite.Model.load(path, device="cuda", kv_cache_tokens=1024)
+        outs = []
+        for n_seqs in (6, 13):
+            seqs = [m.new_sequence(max_tokens=16) for _ in range(n_seqs)]
+            m.forward_batch([p for p in starts[:n_seqs]], seqs=seqs)
+            for s, step in enumerate(steps):
+                batch = np.stack([o[-1] for o in m.forward_batch([[t] for t in step[:n_seqs]], seqs=seqs)])
+                want = np.stack([ref.forward(p + [st[i] for st in steps[: s + 1]])[-1] for i, p in enumerate(starts[:n_seqs])])
+                assert relative(batch, want) <= TF32_RELATIVE_BOUND, (flag, n_seqs, s, relative(batch, want))
+                assert decisive_top1(batch, want) == 1.0, (flag, n_seqs, s)
+                outs.append(batch)
+        got[flag] = outs
+        del m
+    for i, (a, b) in enumerate(zip(got["default"], got["0"])):
+        assert not np.array_equal(a, b), f"step {i} took the same path both times"
+
+
+@pytest.mark.cuda
+@needs_gpu
 @pytest.mark.parametrize("matrix_type", ["Q4_K", "Q5_0", "Q6_K", "Q8_0"])
 def test_gpu_quantized_gemm_in_a_model(tmp_path, monkeypatch, matrix_type):
     """The quantized GEMM (matmul_mma.cu) in a whole model at the default (f16) precision: a

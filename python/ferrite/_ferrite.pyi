@@ -59,6 +59,7 @@ __all__ = [
     "_cuda_copy_time",
     "_cuda_matvec_force_plan",
     "_cuda_row_op",
+    "_cuda_gemm_f16",
     "_cuda_counters",
     "DeviceTensor",
 ]
@@ -949,3 +950,11 @@ def _cuda_row_op(
     eps: float = 1e-6,
     device: _Device = "cuda",
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.uint16], float]: ...
+def _cuda_gemm_f16(
+    w: npt.NDArray[np.uint16],
+    x: npt.NDArray[np.uint16],
+    alpha: float = 1.0,
+    accumulate_onto: npt.NDArray[np.float32] | None = None,
+    path: str = "rows",
+    device: _Device = "cuda",
+) -> npt.NDArray[np.float32]: ...

@@ -25,6 +25,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_cuda_copy_time, m)?)?;
     m.add_function(wrap_pyfunction!(_cuda_matvec_force_plan, m)?)?;
     m.add_function(wrap_pyfunction!(_cuda_row_op, m)?)?;
+    m.add_function(wrap_pyfunction!(_cuda_gemm_f16, m)?)?;
     m.add_function(wrap_pyfunction!(_cuda_counters, m)?)?;
     Ok(())
 }
@@ -340,6 +341,42 @@ fn _cuda_row_op<'py>(
     }
     let (rows, bits, scale) = py.detach(|| test_row_op(device, op, &a, &b, n_rows, width))?;
     Ok((PyArray1::from_vec(py, rows).reshape([n_rows, width])?, PyArray1::from_vec(py, bits).reshape([n_rows, width])?, scale))
+}
+
+/// Test hook: the f16 GEMM of the decode path, `alpha * w @ x.T` as float32 of shape
+/// `(n, m)` (plus `accumulate_onto`, float32 `(n, m)`, when given: the residual add), for f16
+/// bits `w` (uint16 `(m, k)`) and `x` (uint16 `(n, k)`), on gemm_f16_rows.cu (`path="rows"`) or
+/// cuBLAS (`path="cublas"`).
+#[pyfunction]
+#[pyo3(signature = (w, x, alpha = 1.0, accumulate_onto = None, path = "rows", device = "cuda"))]
+fn _cuda_gemm_f16<'py>(
+    py: Python<'py>,
+    w: PyReadonlyArray2<'py, u16>,
+    x: PyReadonlyArray2<'py, u16>,
+    alpha: f32,
+    accumulate_onto: Option<PyReadonlyArray2<'py, f32>>,
+    path: &str,
+    device: &str,
+) -> PyResult<Bound<'py, numpy::PyArray2<f32>>> {
+    let value_err = |m: String| pyo3::exceptions::PyValueError::new_err(m);
+    let rows_kernel = match path {
+        "rows" => true,
+        "cublas" => false,
+        other => return Err(value_err(format!("path {other:?}: expected \"rows\" or \"cublas\""))),
+    };
+    let ((m, k), (n, kx)) = ((w.shape()[0], w.shape()[1]), (x.shape()[0], x.shape()[1]));
+    if k != kx {
+        return Err(value_err(format!("w has {k} columns, x {kx}")));
+    }
+    let start = match &accumulate_onto {
+        Some(a) if a.shape() != [n, m] => return Err(value_err(format!("accumulate_onto has shape {:?}, expected ({n}, {m})", a.shape()))),
+        Some(a) => Some(a.as_slice().map_err(|_| value_err("accumulate_onto must be C-contiguous".into()))?.to_vec()),
+        None => None,
+    };
+    let w = w.as_slice().map_err(|_| value_err("w must be C-contiguous".into()))?.to_vec();
+    let x = x.as_slice().map_err(|_| value_err("x must be C-contiguous".into()))?.to_vec();
+    let out = py.detach(|| crate::backend::cuda::test_gemm_f16(device, &w, m, k, &x, n, start.as_deref(), alpha, rows_kernel))?;
+    PyArray1::from_vec(py, out).reshape([n, m])
 }
 
 /// Benchmark hook: seconds per launch of the matrix-vector kernel of `path` for each count of x

@@ -359,6 +359,8 @@ pub(super) struct FixedKernels {
     gather_rows: CudaFunction,
     pub(super) to_f16_scaled: CudaFunction,
     pub(super) abs_max: CudaFunction,
+    /// gemm_f16_rows.cu's kernels for up to 8 and up to 16 rows of x.
+    pub(super) gemm_f16_rows: [CudaFunction; 2],
 }
 
 pub struct CudaBackend {
@@ -384,6 +386,11 @@ pub struct CudaBackend {
     pub(super) stacking: bool,
     /// Whether SwiGLU and decode attention read stacked outputs in place (`matmul::stacked_in_place`).
     stack_in_place: bool,
+    /// The largest f16 copy (bytes) that multiplies 1-16 rows on gemm_f16_rows.cu instead of
+    /// cuBLAS (`matmul::gemm_rows_max_bytes`; 0: never).
+    pub(super) gemm_rows_max_bytes: usize,
+    /// gemm_f16_rows.cu's work split: chunks a warp, most warps a block (`matmul::gemm_rows_plan`).
+    pub(super) gemm_rows_plan: (u32, u32),
     /// Query heads a layer and head dim of the KV cache's model (sizes the splits' scratch).
     attn_heads: usize,
     attn_kv_heads: usize,
@@ -946,6 +953,7 @@ impl CudaBackend {
             gather_rows: f(&kernels::ELEMENTWISE, "gather_rows")?,
             to_f16_scaled: f(&kernels::CONVERT, "to_f16_scaled")?,
             abs_max: f(&kernels::CONVERT, "abs_max")?,
+            gemm_f16_rows: [f(&kernels::GEMM_F16_ROWS, "gemm_f16_rows_8")?, f(&kernels::GEMM_F16_ROWS, "gemm_f16_rows_16")?],
         };
         // A graph would record the synchronizations FERRITE_CUDA_SYNC asks for, which capture forbids.
         let sampler = super::sampling::DeviceSampler::new(ctx.clone())?;
@@ -965,6 +973,8 @@ impl CudaBackend {
             gemm_mma_rows: super::matmul::forced_gemm_mma_rows(),
             stacking: super::matmul::stacking_enabled(),
             stack_in_place: super::matmul::stacked_in_place(),
+            gemm_rows_max_bytes: super::matmul::gemm_rows_max_bytes(),
+            gemm_rows_plan: super::matmul::gemm_rows_plan(),
             attn_heads: 0,
             attn_kv_heads: 0,
             attn_head_dim: 0,

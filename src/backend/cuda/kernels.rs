@@ -31,6 +31,10 @@ pub const ATTENTION: KernelSource =
 /// like attention.cu (`prefill_attention_defines`).
 pub const ATTENTION_PREFILL: KernelSource =
     KernelSource { file: "attention_prefill.cu", src: include_str!("../../../kernels/attention_prefill.cu"), options: &[] };
+/// A weight's f16 copy times 1-16 rows of f16 x on the tensor cores (the decode step's small
+/// GEMMs, in cuBLAS's place: matmul.rs, `gemm_rows`).
+pub const GEMM_F16_ROWS: KernelSource =
+    KernelSource { file: "gemm_f16_rows.cu", src: include_str!("../../../kernels/gemm_f16_rows.cu"), options: &[] };
 pub const NORM: KernelSource = KernelSource { file: "norm.cu", src: include_str!("../../../kernels/norm.cu"), options: &[] };
 pub const ROPE: KernelSource = KernelSource { file: "rope.cu", src: include_str!("../../../kernels/rope.cu"), options: &[] };
 pub const SAMPLING: KernelSource =
@@ -40,7 +44,7 @@ pub const ELEMENTWISE: KernelSource =
 pub const CONVERT: KernelSource = KernelSource { file: "convert.cu", src: include_str!("../../../kernels/convert.cu"), options: &[] };
 
 /// Every kernel file compiled without variant options (attention.cu is compiled per head dim).
-pub const FIXED: [&KernelSource; 6] = [&NORM, &ROPE, &ELEMENTWISE, &CONVERT, &SAMPLING, &super::dequant::DEQUANT];
+pub const FIXED: [&KernelSource; 7] = [&NORM, &ROPE, &ELEMENTWISE, &CONVERT, &SAMPLING, &super::dequant::DEQUANT, &GEMM_F16_ROWS];
 
 /// Every module a model with `needs` runs, each once: the fixed kernels, the per-type kernels of
 /// each matrix type (`tiled(ty)`: the type takes the repacked tiles, see `matvec::path_for`;

@@ -539,13 +539,13 @@ pub(super) fn stacked_gemm_unsplit(
     u32::try_from(n_out).map_err(|_| BackendError::Invalid(format!("stacked projections: outputs {n_out} exceed 32 bits")))?;
     // Before x's producer runs, so that without room nothing has been launched.
     let Some(stacked) = stacked_out(be, n_out)? else { return Ok(None) };
-    let converted = x_f16(be)?;
     let ctx = be.ctx.clone();
     let names = || weights.iter().map(|w| w.name.as_str()).collect::<Vec<_>>().join(", ");
     let mut cfg = gemm_config(&names(), total_rows, n_x, n_cols, total_rows, Write::Overwrite)?;
     cfg.alpha = 1.0 / (copy.scale * X_F16_SCALE);
-    gemm_f16_raw(be, cfg, addr(&copy.bits, &ctx), converted, stacked)
-        .map_err(|e| CudaError::Driver { op: format!("cuBLAS GEMM for {} ({total_rows} x {n_cols} by {n_x} rows)", names()), msg: e })?;
+    let gemm_err = |e: String| CudaError::Driver { op: format!("f16 GEMM for {} ({total_rows} x {n_cols} by {n_x} rows)", names()), msg: e };
+    let converted = x_f16(be)?;
+    gemm_f16_raw(be, cfg, addr(&copy.bits, &ctx), converted, stacked).map_err(gemm_err)?;
     STACKED_GEMMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok(Some(stacked))
 }
@@ -767,6 +767,103 @@ fn gemm_config(name: &str, rows: usize, n_x: usize, n_cols: usize, ldc: usize, w
     })
 }
 
+/// Below this many bytes an f16 copy times 1-16 rows runs on gemm_f16_rows.cu, not cuBLAS
+/// (`FERRITE_CUDA_GEMM_ROWS` overrides it: [`gemm_rows_max_bytes`]). H200, 2026-12-04
+/// (bench_decode_step.py, the same lease): every projection of the 0.5B's shapes (2-17 MB) at 8
+/// sequences took the step 1.118 -> 1.021 ms; the 7B's q/k/v (33 MB) and o (26 MB) were slower
+/// on the kernel (4.831 -> 4.997 ms), its 136 MB gate/up/down and the LM heads much slower.
+const GEMM_ROWS_MAX_BYTES: usize = 24 << 20;
+/// The kernel's most rows of x (two groups of the mma's 8).
+const GEMM_ROWS_MAX_X_ROWS: i32 = 16;
+
+/// `FERRITE_CUDA_GEMM_ROWS=0`: every f16 GEMM on cuBLAS; `=all`: every f16 copy of any size
+/// that fits gemm_f16_rows.cu's shapes on it; `=N`: copies up to N MiB. Unset:
+/// `GEMM_ROWS_MAX_BYTES`. Read when a backend is made.
+pub(super) fn gemm_rows_max_bytes() -> usize {
+    match std::env::var("FERRITE_CUDA_GEMM_ROWS").ok().as_deref() {
+        Some("all") => usize::MAX,
+        Some(v) => v.parse::<usize>().map_or(GEMM_ROWS_MAX_BYTES, |mib| mib.saturating_mul(1 << 20)),
+        None => GEMM_ROWS_MAX_BYTES,
+    }
+}
+
+/// `FERRITE_CUDA_GEMM_ROWS_PLAN=CHUNKS,WARPS`: about CHUNKS 32-column chunks a warp, at most
+/// WARPS warps a block (1-16); unset: 4 and 16. Read when a backend is made.
+pub(super) fn gemm_rows_plan() -> (u32, u32) {
+    let parsed = std::env::var("FERRITE_CUDA_GEMM_ROWS_PLAN").ok().and_then(|v| {
+        let (c, w) = v.split_once(',')?;
+        Some((c.trim().parse::<u32>().ok()?.max(1), w.trim().parse::<u32>().ok()?.clamp(1, 16)))
+    });
+    parsed.unwrap_or((4, 16))
+}
+
+/// `cfg`'s GEMM on gemm_f16_rows.cu when it takes it (1-16 rows of x, k a multiple of 32, W and
+/// x contiguous and 16-byte aligned, beta 0 or 1, a copy of at most `gemm_rows_max_bytes`):
+/// whether it launched. Same problem as cublasGemmEx's (A the weight's rows, OUT^T[r][t] at
+/// `c_ptr + (t * ldc + r) * 4`), summed in float32 in another order.
+fn gemm_rows(be: &CudaBackend, cfg: &GemmConfig<f32>, a: u64, x_f16: u64, c_ptr: u64) -> Result<bool, String> {
+    let weight_bytes = cfg.m as usize * cfg.k as usize * 2;
+    let fits = cfg.transa == cublasOperation_t::CUBLAS_OP_T
+        && cfg.transb == cublasOperation_t::CUBLAS_OP_N
+        && (1..=GEMM_ROWS_MAX_X_ROWS).contains(&cfg.n)
+        && cfg.m > 0
+        && cfg.k > 0
+        && cfg.k % 32 == 0
+        && cfg.lda == cfg.k
+        && cfg.ldb == cfg.k
+        && cfg.ldc >= cfg.m
+        && (cfg.beta == 0.0 || cfg.beta == 1.0)
+        && (a | x_f16) % 16 == 0
+        && weight_bytes <= be.gemm_rows_max_bytes;
+    if !fits {
+        return Ok(false);
+    }
+    // About four 32-column chunks a warp (`gemm_rows_plan`): the first ones load before the
+    // dependent wait.
+    let (chunks_target, max_warps) = be.gemm_rows_plan;
+    let n_chunks = cfg.k as u32 / 32;
+    let n_warps = n_chunks.div_ceil(chunks_target).clamp(1, max_warps);
+    let chunks_per_warp = n_chunks.div_ceil(n_warps);
+    let lc = cudarc::driver::LaunchConfig { grid_dim: ((cfg.m as u32).div_ceil(16), 1, 1), block_dim: (32 * n_warps, 1, 1), shared_mem_bytes: 0 };
+    let f = &be.fixed.gemm_f16_rows[usize::from(cfg.n > 8)];
+    let (m, k, n, ldc) = (cfg.m as u32, cfg.k as u32, cfg.n as u32, cfg.ldc as u32);
+    let accumulate = u32::from(cfg.beta == 1.0);
+    launch!(be.ctx, f, "gemm_f16_rows", lc, &a, &x_f16, &c_ptr, &m, &k, &n, &ldc, &cfg.alpha, &accumulate, &chunks_per_warp)
+        .map_err(|e| e.to_string())?;
+    Ok(true)
+}
+
+/// Test hook: `out[t][r] = alpha * Σ_c w[r][c] x[t][c]` (`+ start[t][r]` with `start`) for f16
+/// bits `w` (m x k) and `x` (n x k), on gemm_f16_rows.cu (`rows_kernel`; an error if it does
+/// not take the shape) or cuBLAS, as the f16 GEMM path poses them; returns `out` (n x m).
+#[allow(clippy::too_many_arguments)]
+pub fn test_gemm_f16(device: &str, w: &[u16], m: usize, k: usize, x: &[u16], n: usize, start: Option<&[f32]>, alpha: f32, rows_kernel: bool) -> Result<Vec<f32>, BackendError> {
+    let invalid = |msg: String| BackendError::Invalid(msg);
+    let (w_len, x_len, out_len) = (m.checked_mul(k), n.checked_mul(k), n.checked_mul(m));
+    if w_len != Some(w.len()) || x_len != Some(x.len()) || start.is_some_and(|s| Some(s.len()) != out_len) || w.is_empty() || x.is_empty() {
+        return Err(invalid(format!("gemm of {m} x {k} by {n} rows: got {} weights, {} x values, {:?} start values", w.len(), x.len(), start.map(<[f32]>::len))));
+    }
+    let mut be = CudaBackend::new(device, false)?;
+    be.gemm_rows_max_bytes = if rows_kernel { usize::MAX } else { 0 };
+    let ctx = be.ctx.clone();
+    let (w_dev, x_dev) = (ctx.upload(w, "test f16 weights")?, ctx.upload(x, "test f16 x")?);
+    let out = match start {
+        Some(s) => ctx.upload(s, "test output")?,
+        None => ctx.alloc_zeros::<f32>(n * m, "test output")?,
+    };
+    let write = if start.is_some() { Write::Accumulate } else { Write::Overwrite };
+    let mut cfg = gemm_config("test", m, n, k, m, write)?;
+    cfg.alpha = alpha;
+    let (a, b, c) = (addr(&w_dev, &ctx), addr(&x_dev, &ctx), addr(&out, &ctx));
+    if rows_kernel && !gemm_rows(&be, &cfg, a, b, c).map_err(invalid)? {
+        return Err(invalid(format!("gemm_f16_rows does not take {m} x {k} by {n} rows (1-16 rows, k a multiple of 32)")));
+    }
+    if !rows_kernel {
+        gemm_f16_raw(&be, cfg, a, b, c).map_err(invalid)?;
+    }
+    Ok(ctx.download(&out, "test output")?)
+}
+
 /// C = alpha * op(A) op(B) + beta * C with A and B f16 (A: the weight's bits, B: at device
 /// address `x_f16`), float32 sums and float32 C (cublasGemmEx, CUBLAS_COMPUTE_32F).
 fn gemm_f16(be: &CudaBackend, cfg: GemmConfig<f32>, a_bits: &CudaSlice<u16>, x_f16: u64, c: &mut CudaSlice<f32>) -> Result<(), String> {
@@ -777,6 +874,9 @@ fn gemm_f16(be: &CudaBackend, cfg: GemmConfig<f32>, a_bits: &CudaSlice<u16>, x_f
 /// ldc floats (the callers size them).
 fn gemm_f16_raw(be: &CudaBackend, cfg: GemmConfig<f32>, a: u64, x_f16: u64, c_ptr: u64) -> Result<(), String> {
     use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasGemmEx, cublasStatus_t, cudaDataType};
+    if gemm_rows(be, &cfg, a, x_f16, c_ptr)? {
+        return Ok(());
+    }
     // SAFETY: a holds m x k f16 values (a whole weight or a stack of them), x_f16 at least n x k
     // (converted for this input), c n x ldc floats (the caller's output buffer, sized by the forward
     // pass or `stacked_out`); alpha and beta are read during the call (host pointer mode; a

@@ -1,0 +1,140 @@
+// A weight's resident f16 copy times a few rows of f16 x (decode of 5-16 sequences), on the
+// tensor cores: out[t][r] = alpha * sum_c W[r][c] * x[t][c] (+ out[t][r] when accumulating: the
+// residual connection), W m x k and x n x k (n <= 8 * NB), both f16 with rows k values apart,
+// sums in float32: cublasGemmEx's problem as the cuBLAS path poses it (matmul.rs, gemm_f16_raw),
+// in a kernel of ferrite's own for the shapes where cuBLAS took ~4.3 us whatever the size
+// (q/k/v, o: 2 MB of f16, 0.6 us of bandwidth) and split the long-k ones (ffn_down) into a
+// second reduction launch (H200, 2026-12-04: bench_cublaslt_algos.py; no cuBLASLt algorithm
+// did better than 5 %).
+//
+// Why it can be short: at 8 rows of x the weights are the bytes, and the m16n8k16 mma takes
+// exactly 16 weight rows by 8 x rows. A sum over k may take the columns in any order as long
+// as W and x take the same one, so each lane loads 8 consecutive columns (16 bytes) of weight
+// rows g and g + 8 and of x row g (g = lane / 4, at column 8 * (lane % 4) of a 32-column
+// chunk), and feeds them to two mmas as the fragments' k slots: no shuffles, no shared memory
+// on the way in, and a warp's load of a chunk is 8 rows x 64 contiguous bytes.
+//
+// Work split. A block owns one tile of 16 weight rows and all of k, dealt out to its warps in
+// contiguous runs of chunks; the warps add their sums through shared memory in warp order, so
+// the result does not depend on timing. A warp's first weight loads are issued before the
+// dependent wait (weights are constant, see common.cuh), which hides the DRAM latency of a
+// small matrix behind the previous kernel's tail.
+
+#include "common.cuh"
+
+// Most warps a block (the host picks 1 to this many, about 4 chunks a warp).
+#define GEMM_ROWS_MAX_WARPS 16
+// 32-column chunks a warp loads at once (per weight row pair: 2 x 16 bytes per lane each).
+#define GEMM_ROWS_CHUNKS 4
+// Shared-memory row of one x row's 16 partial sums, padded so that the lanes' stores of an
+// mma's accumulators fall in distinct banks (8 * t + g).
+#define GEMM_ROWS_PAD 20
+
+__device__ __forceinline__ uint4 ld_weights(const uint4* p) {
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+    return v;
+}
+
+__device__ __forceinline__ void mma_f16(float c[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// k % 32 == 0, w and x 16-byte aligned, m >= 1, 1 <= n <= 8 * NB (the host checks); a grid of
+// ceil(m / 16) blocks of 32 to 32 * GEMM_ROWS_MAX_WARPS threads; warp i takes chunks
+// [i * chunks_per_warp, (i + 1) * chunks_per_warp) of the k / 32.
+template <int NB>
+__device__ __forceinline__ void gemm_f16_rows(const u16* __restrict__ w, const u16* __restrict__ x, float* __restrict__ out, u32 m,
+                                              u32 k, u32 n, u32 ldc, float alpha, u32 accumulate, u32 chunks_per_warp) {
+    __shared__ float part[GEMM_ROWS_MAX_WARPS][8 * NB * GEMM_ROWS_PAD];
+    const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+    const u32 g = lane >> 2, t = lane & 3;
+    const u32 row0 = blockIdx.x * 16;
+    const u32 n_chunks = k / 32;
+    const u32 c_begin = min(warp * chunks_per_warp, n_chunks), c_end = min(c_begin + chunks_per_warp, n_chunks);
+    // Rows past m (the last tile of a ragged m) read row m - 1 and their sums are dropped.
+    const uint4* wa = reinterpret_cast<const uint4*>(w + (u64)min(row0 + g, m - 1) * k) + t;
+    const uint4* wb = reinterpret_cast<const uint4*>(w + (u64)min(row0 + g + 8, m - 1) * k) + t;
+    uint4 a[GEMM_ROWS_CHUNKS], b[GEMM_ROWS_CHUNKS];
+#pragma unroll
+    for (u32 u = 0; u < GEMM_ROWS_CHUNKS; u++) {
+        if (c_begin + u < c_end) {
+            a[u] = ld_weights(wa + (c_begin + u) * 4);
+            b[u] = ld_weights(wb + (c_begin + u) * 4);
+        }
+    }
+    dependent_wait();
+    // x rows past n likewise read row n - 1 and their sums are dropped.
+    const uint4* xr[NB];
+#pragma unroll
+    for (int j = 0; j < NB; j++) xr[j] = reinterpret_cast<const uint4*>(x + (u64)min(g + 8 * j, n - 1) * k) + t;
+    float acc[NB][4];
+#pragma unroll
+    for (int j = 0; j < NB; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
+    for (u32 c = c_begin; c < c_end; c += GEMM_ROWS_CHUNKS) {
+        if (c != c_begin) {
+#pragma unroll
+            for (u32 u = 0; u < GEMM_ROWS_CHUNKS; u++) {
+                if (c + u < c_end) {
+                    a[u] = ld_weights(wa + (c + u) * 4);
+                    b[u] = ld_weights(wb + (c + u) * 4);
+                }
+            }
+        }
+        uint4 xv[NB][GEMM_ROWS_CHUNKS];
+#pragma unroll
+        for (u32 u = 0; u < GEMM_ROWS_CHUNKS; u++) {
+#pragma unroll
+            for (int j = 0; j < NB; j++) {
+                if (c + u < c_end) xv[j][u] = __ldg(xr[j] + (c + u) * 4);
+            }
+        }
+#pragma unroll
+        for (u32 u = 0; u < GEMM_ROWS_CHUNKS; u++) {
+            if (c + u < c_end) {
+#pragma unroll
+                for (int j = 0; j < NB; j++) {
+                    // k slots 2t, 2t+1 | 2t+8, 2t+9 of the first mma are columns 8t+0,1 | 8t+2,3
+                    // of the chunk, of the second 8t+4,5 | 8t+6,7: the same for W and x.
+                    mma_f16(acc[j], a[u].x, b[u].x, a[u].y, b[u].y, xv[j][u].x, xv[j][u].y);
+                    mma_f16(acc[j], a[u].z, b[u].z, a[u].w, b[u].w, xv[j][u].z, xv[j][u].w);
+                }
+            }
+        }
+    }
+    // Accumulators: acc[j][0] row g, x row 8j + 2t; [1] row g, 8j + 2t + 1; [2] and [3] row g + 8.
+    float* p = part[warp];
+#pragma unroll
+    for (int j = 0; j < NB; j++) {
+        const u32 t0 = 8 * j + 2 * t;
+        p[t0 * GEMM_ROWS_PAD + g] = acc[j][0];
+        p[(t0 + 1) * GEMM_ROWS_PAD + g] = acc[j][1];
+        p[t0 * GEMM_ROWS_PAD + g + 8] = acc[j][2];
+        p[(t0 + 1) * GEMM_ROWS_PAD + g + 8] = acc[j][3];
+    }
+    __syncthreads();
+    for (u32 i = threadIdx.x; i < 16 * 8 * NB; i += blockDim.x) {
+        const u32 xrow = i / 16, r = i % 16;
+        if (xrow < n && row0 + r < m) {
+            float sum = part[0][xrow * GEMM_ROWS_PAD + r];
+            for (u32 wi = 1; wi < n_warps; wi++) sum += part[wi][xrow * GEMM_ROWS_PAD + r];
+            put(out + (u64)xrow * ldc + row0 + r, alpha * sum, accumulate);
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(32 * GEMM_ROWS_MAX_WARPS)
+    gemm_f16_rows_8(const u16* __restrict__ w, const u16* __restrict__ x, float* __restrict__ out, u32 m, u32 k, u32 n, u32 ldc,
+                    float alpha, u32 accumulate, u32 chunks_per_warp) {
+    gemm_f16_rows<1>(w, x, out, m, k, n, ldc, alpha, accumulate, chunks_per_warp);
+}
+
+extern "C" __global__ void __launch_bounds__(32 * GEMM_ROWS_MAX_WARPS)
+    gemm_f16_rows_16(const u16* __restrict__ w, const u16* __restrict__ x, float* __restrict__ out, u32 m, u32 k, u32 n, u32 ldc,
+                     float alpha, u32 accumulate, u32 chunks_per_warp) {
+    gemm_f16_rows<2>(w, x, out, m, k, n, ldc, alpha, accumulate, chunks_per_warp);
+}

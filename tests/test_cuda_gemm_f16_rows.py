@@ -1,0 +1,94 @@
+"""The decode path's f16 GEMM of 1-16 rows (gemm_f16_rows.cu) against NumPy and cuBLAS.
+
+``ferrite._ferrite._cuda_gemm_f16`` runs ``alpha * w @ x.T`` (plus a start, the residual add) on
+f16 bits as the cuBLAS path poses it, on ferrite's kernel (``path="rows"``) or on cuBLAS. The
+reference is the float64 product of the same f16 values: both must land within float32
+summation's error of it, which any misplaced column, row or x row would exceed by orders of
+magnitude. The shapes are the real model's and a 7B's decode projections (stacked q/k/v,
+gate/up, the long-k ffn_down), ragged row counts (the last 16-row tile part empty), every count
+of x rows the two kernel variants take (1-8, 9-16), and the shortest k (one 32-column chunk).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import ferrite
+
+HAS_CUDA = ferrite.cuda_available()
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")]
+
+# (weight rows m, columns k, x rows n)
+SHAPES = [
+    (1152, 896, 8),  # 0.5B q/k/v stacked, 8 sequences
+    (9728, 896, 8),  # 0.5B gate/up stacked
+    (896, 4864, 8),  # 0.5B ffn_down: the long k, dealt to 16 warps
+    (896, 896, 5),
+    (896, 896, 16),
+    (4608, 3584, 12),  # 7B q/k/v stacked
+    (37, 64, 1),  # ragged: one partial tile
+    (100, 32, 9),  # one chunk of k, ragged, the 16-row variant
+    (16, 2048, 7),
+]
+# float32 sums of the exact f16 products: well inside this share of sum(|w x|); a misplaced
+# operand moves the result by the order of the sum itself.
+BOUND = 2.0**-14
+
+
+def f16(rng, shape, scale):
+    return (rng.standard_normal(shape) * scale).astype(np.float16)
+
+
+def check(got, want, magnitude, what):
+    err = np.abs(got.astype(np.float64) - want)
+    worst = float((err / (magnitude + 1e-30)).max())
+    assert np.isfinite(got).all(), what
+    assert worst <= BOUND, (what, worst)
+    return worst
+
+
+@pytest.mark.parametrize("m,k,n", SHAPES)
+def test_rows_kernel_matches_the_float64_product_and_cublas(m, k, n):
+    rng = np.random.default_rng(m * 7 + k * 3 + n)
+    # The weights' f16 copies are scaled into range (~1e3), x holds activations times a scale:
+    # values of both signs and mixed magnitudes, as the model's are.
+    w, x = f16(rng, (m, k), 300.0), f16(rng, (n, k), 4.0)
+    alpha = 1.0 / 1024.0
+    want = alpha * (w.astype(np.float64) @ x.astype(np.float64).T).T
+    magnitude = alpha * (np.abs(w.astype(np.float64)) @ np.abs(x.astype(np.float64)).T).T
+    got_rows = ferrite._ferrite._cuda_gemm_f16(w.view(np.uint16), x.view(np.uint16), alpha=alpha, path="rows")
+    got_blas = ferrite._ferrite._cuda_gemm_f16(w.view(np.uint16), x.view(np.uint16), alpha=alpha, path="cublas")
+    assert got_rows.shape == (n, m)
+    check(got_rows, want, magnitude, "rows")
+    check(got_blas, want, magnitude, "cublas")
+
+
+@pytest.mark.parametrize("m,k,n", [(896, 4864, 8), (37, 64, 13)])
+def test_rows_kernel_adds_onto_the_residual_stream(m, k, n):
+    """accumulate_onto: out = start + alpha * w x, as cuBLAS's beta = 1 gives, every value
+    written exactly once (a start of large values shows a dropped or doubled add)."""
+    rng = np.random.default_rng(k + n)
+    w, x = f16(rng, (m, k), 1.0), f16(rng, (n, k), 1.0)
+    start = (rng.standard_normal((n, m)) * 50.0).astype(np.float32)
+    alpha = 0.375
+    product = alpha * (w.astype(np.float64) @ x.astype(np.float64).T).T
+    magnitude = alpha * (np.abs(w.astype(np.float64)) @ np.abs(x.astype(np.float64)).T).T + np.abs(start) * 2.0**-10
+    got = ferrite._ferrite._cuda_gemm_f16(w.view(np.uint16), x.view(np.uint16), alpha=alpha, accumulate_onto=start, path="rows")
+    check(got, start.astype(np.float64) + product, magnitude, "accumulate")
+    blas = ferrite._ferrite._cuda_gemm_f16(w.view(np.uint16), x.view(np.uint16), alpha=alpha, accumulate_onto=start, path="cublas")
+    check(blas, start.astype(np.float64) + product, magnitude, "cublas accumulate")
+
+
+@pytest.mark.parametrize("m,k,n", [(64, 48, 4), (64, 64, 17)])
+def test_rows_kernel_refuses_shapes_it_does_not_take(m, k, n):
+    """k not a multiple of 32, or more than 16 rows of x: the model's path falls back to cuBLAS
+    for these; the hook, asked for the kernel, says why instead."""
+    rng = np.random.default_rng(0)
+    w, x = f16(rng, (m, k), 1.0), f16(rng, (n, k), 1.0)
+    with pytest.raises(ferrite.FerriteError, match="gemm_f16_rows does not take"):
+        ferrite._ferrite._cuda_gemm_f16(w.view(np.uint16), x.view(np.uint16), path="rows")
+    got = ferrite._ferrite._cuda_gemm_f16(w.view(np.uint16), x.view(np.uint16), path="cublas")
+    want = (w.astype(np.float64) @ x.astype(np.float64).T).T
+    check(got, want, (np.abs(w.astype(np.float64)) @ np.abs(x.astype(np.float64)).T).T, "cublas fallback shape")
+
