@@ -14,7 +14,11 @@ Measures, for ferrite (``Model.load(path, device="cuda")``):
 - decode, batch 1: 128 greedy tokens, one ``forward`` per token, logits copied to the host and
   argmax'ed in NumPy each step, as a user loop would do (and through ``Generator``, which adds
   sampling and detokenization, when the file has a tokenizer);
-- decode, batch 64: 64 sequences advanced one token per ``forward_batch`` (tokens/s over all).
+- decode, batch 64: 64 sequences advanced one token per ``forward_batch`` (tokens/s over all);
+- decode at ``--batches`` (default 1,2,4,8: issue 9's range) both ways a user runs them: a
+  ``forward_batch`` loop with the host's argmax, and the ``Generator`` sampling on the GPU
+  (temperature 0.8, top-p 0.95), decode only (the run of 64 new tokens minus the best of two
+  1-token runs, as benches/bench_generate.py takes it).
 
 and the same for transformers (PyTorch eager, bfloat16, SDPA attention):
 
@@ -43,6 +47,7 @@ PREFILL_TOKENS = 512
 DECODE_TOKENS = 128
 BATCH = 64
 BATCH_STEPS = 32
+SWEEP_STEPS = 64
 
 
 def median_time(fn, repeat: int = 5) -> float:
@@ -64,7 +69,42 @@ def used_bytes() -> int:
     return int(info["total_memory_bytes"] - info["free_memory_bytes"])
 
 
-def bench_ferrite(path: str, prefills: list[int]) -> dict:
+def decode_sweep(m, gen, vocab: int, batches: list[int]) -> dict:
+    """Decode tok/s at each batch size: a forward_batch loop (greedy, argmax on the host), and the
+    Generator (T 0.8, top-p 0.95, sampled on the device; decode only) when there is one."""
+    r: dict = {}
+    for b in batches:
+        prompts = [prompt_ids(vocab, 16, seed=100 + i) for i in range(b)]
+
+        def loop() -> float:
+            seqs = [m.new_sequence(max_tokens=16 + SWEEP_STEPS + 1) for _ in range(b)]
+            nxt = [[int(np.argmax(l[0]))] for l in m.forward_batch(prompts, seqs=seqs)]
+            t0 = time.perf_counter()
+            for _ in range(SWEEP_STEPS):
+                nxt = [[int(np.argmax(l[0]))] for l in m.forward_batch(nxt, seqs=seqs)]
+            dt = time.perf_counter() - t0
+            for s in seqs:
+                m.free_sequence(s)
+            return dt
+
+        loop()  # warm-up: graphs recorded for this batch size
+        r[f"sweep_b{b}_forward_tok_s"] = b * SWEEP_STEPS / min(loop() for _ in range(2))
+        if gen is not None:
+            sampling = dict(temperature=0.8, top_p=0.95, seed=1, ignore_eos=True)
+
+            def run(n: int) -> float:
+                t0 = time.perf_counter()
+                results = gen.generate(prompts, max_tokens=n, **sampling)
+                assert all(len(res.token_ids) == n for res in results)
+                return time.perf_counter() - t0
+
+            run(4)
+            first = min(run(1) for _ in range(2))
+            r[f"sweep_b{b}_generator_tok_s"] = b * (SWEEP_STEPS - 1) / (run(SWEEP_STEPS) - first)
+    return r
+
+
+def bench_ferrite(path: str, prefills: list[int], batches: list[int]) -> dict:
     r: dict = {"gpu_used_before_load_bytes": used_bytes()}
     cache_tokens = max(BATCH * 256, max(prefills)) + 4096
     t0 = time.perf_counter()
@@ -121,6 +161,9 @@ def bench_ferrite(path: str, prefills: list[int]) -> dict:
         res = gen.generate("Write a long story about a GPU.", max_tokens=DECODE_TOKENS, temperature=0.0)
         r["generator_decode_tok_s"] = res.timings.decode_tok_s
         r["generator_tokens"] = len(res.token_ids)
+    else:
+        gen = None
+    r.update(decode_sweep(m, gen, vocab, batches))
     return r
 
 
@@ -187,12 +230,14 @@ def main() -> int:
     ap.add_argument("--hf", choices=["gguf", "random", "none"], default="random")
     ap.add_argument("--json")
     ap.add_argument("--prefill", default=str(PREFILL_TOKENS), help="prompt lengths to prefill, e.g. 512,4096")
+    ap.add_argument("--batches", default="1,2,4,8", help="sequences decoded at once for the sweep, e.g. 1,2,4,8")
     args = ap.parse_args()
     prefills = sorted({int(v) for v in args.prefill.split(",")} | {PREFILL_TOKENS})
+    batches = [int(v) for v in args.batches.split(",") if v]
 
     info = ferrite.cuda_device_info()
     print(f"GPU: {info['name']} ({info['arch']}), model {args.model}", flush=True)
-    fr = bench_ferrite(args.model, prefills)
+    fr = bench_ferrite(args.model, prefills, batches)
     print("ferrite:", json.dumps(fr), flush=True)
     hf = None
     if args.hf != "none":
@@ -216,6 +261,11 @@ def main() -> int:
         fa = f"{a:.2f}" if isinstance(a, float) else "-"
         fb = f"{b:.2f}" if isinstance(b, float) else "-"
         print(f"{label:<26} {fa:>10} {fb:>13} {ratio:>7}")
+    print(f"\n| sequences | forward_batch loop, greedy (tok/s) | Generator, T 0.8 top-p 0.95, decode only (tok/s) |")
+    print("| --- | --- | --- |")
+    for b in batches:
+        g = fr.get(f"sweep_b{b}_generator_tok_s")
+        print(f"| {b} | {fr[f'sweep_b{b}_forward_tok_s']:,.0f} | {f'{g:,.0f}' if g else '-'} |")
     if "generator_decode_tok_s" in fr:
         print(f"ferrite Generator decode: {fr['generator_decode_tok_s']:.1f} tok/s ({fr['generator_tokens']} tokens)")
     print(f"ferrite first load (NVRTC compile if uncached): {fr['load_first_s']:.2f} s")
