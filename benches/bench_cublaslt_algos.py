@@ -49,32 +49,23 @@ class Heuristic(ctypes.Structure):
                 ("reserved", ctypes.c_int * 4)]
 
 
-def load_cublaslt() -> ctypes.CDLL:
-    torch.zeros(1, device="cuda") @ torch.zeros(1, device="cuda")  # torch loads its cuBLAS first
-    for path in ["libcublasLt.so.13", *glob.glob("/usr/local/cuda*/lib64/libcublasLt.so.13"),
-                 *glob.glob(os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "cu13", "lib", "libcublasLt.so.13"))]:
+def load_library(soname: str) -> ctypes.CDLL:
+    """The CUDA library `soname` (libcublas.so.13, libcublasLt.so.13): the loader's path first,
+    then the toolkit's and torch's wheel copies."""
+    for path in [soname, *glob.glob(f"/usr/local/cuda*/lib64/{soname}"),
+                 *glob.glob(os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "cu13", "lib", soname))]:
         try:
             return ctypes.CDLL(path)
         except OSError:
             continue
-    raise SystemExit("libcublasLt.so.13 not found")
-
-
-def load_cublas() -> ctypes.CDLL:
-    for path in ["libcublas.so.13", *glob.glob("/usr/local/cuda*/lib64/libcublas.so.13"),
-                 *glob.glob(os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "cu13", "lib", "libcublas.so.13"))]:
-        try:
-            return ctypes.CDLL(path)
-        except OSError:
-            continue
-    raise SystemExit("libcublas.so.13 not found")
+    raise SystemExit(f"{soname} not found")
 
 
 class GemmEx:
     """cublasGemmEx as ferrite calls it (src/backend/cuda/matmul.rs): the reference column."""
 
     def __init__(self) -> None:
-        self.lib = load_cublas()
+        self.lib = load_library("libcublas.so.13")
         self.handle = ctypes.c_void_p()
         check(self.lib.cublasCreate_v2(ctypes.byref(self.handle)), "cublasCreate")
         self.workspace = torch.empty(WORKSPACE_BYTES, dtype=torch.uint8, device="cuda")
@@ -97,7 +88,8 @@ def check(status: int, what: str) -> None:
 
 class Lt:
     def __init__(self) -> None:
-        self.lib = load_cublaslt()
+        torch.zeros(1, device="cuda") @ torch.zeros(1, device="cuda")  # torch loads its cuBLAS first
+        self.lib = load_library("libcublasLt.so.13")
         self.handle = ctypes.c_void_p()
         check(self.lib.cublasLtCreate(ctypes.byref(self.handle)), "cublasLtCreate")
         self.workspace = torch.empty(WORKSPACE_BYTES, dtype=torch.uint8, device="cuda")
