@@ -800,17 +800,17 @@ impl CudaBackend {
         if batch.n_tokens == 0 {
             return Ok(());
         }
-        let range = cache.layer_range(layer);
-        let mut kc = cache.k.slice_mut(range.clone());
-        let mut vc = cache.v.slice_mut(range);
-        let capacity = to_u32("KV capacity", cache.layout.capacity_tokens())?;
-        let neox: u32 = matches!(qp.style, RopeStyle::Neox) as u32;
         if batch.one_token_per_seq && rope_in_attention() {
             // A decode step: one launch rotates, writes the cache and attends.
             let a = |buf: &CudaSlice<f32>| addr(buf, &self.ctx);
             let rows = QkvRows { q: a(&q.buf), k: a(&k.buf), v: a(&v.buf), q_stride: to_u32("q width", q.width)?, kv_stride: to_u32("kv width", k.width)?, biases: [0; 3] };
             return self.attend_rope(rows, cache, layer, batch, qp, p, out, out_f16);
         }
+        let range = cache.layer_range(layer);
+        let mut kc = cache.k.slice_mut(range.clone());
+        let mut vc = cache.v.slice_mut(range);
+        let capacity = to_u32("KV capacity", cache.layout.capacity_tokens())?;
+        let neox: u32 = matches!(qp.style, RopeStyle::Neox) as u32;
         let cfg = rope_launch(batch.n_tokens, (qp.n_heads + kp.n_heads) * qp.head_dim / 2)?;
         let (q_heads, kv_heads, head_dim) = (to_u32("heads", qp.n_heads)?, to_u32("heads", kp.n_heads)?, to_u32("head_dim", qp.head_dim)?);
         launch!(
