@@ -595,19 +595,20 @@ fn dequant_gemm(
     bind_context(be)?;
     let resident = resident(be, w)?;
     let cfg = |rows: usize| gemm_config(&w.name, rows, n_x, n_cols, n_rows, write);
-    let gemm_err = |e: String| CudaError::Driver { op: format!("cuBLAS GEMM for {} ({n_rows} x {n_cols} by {n_x} rows)", w.name), msg: e };
+    // gemm_f16 names the kernel that failed (gemm_f16_rows.cu or cuBLAS) in its message.
+    let gemm_err = |path: &str, e: String| CudaError::Driver { op: format!("{path} for {} ({n_rows} x {n_cols} by {n_x} rows)", w.name), msg: e };
     match resident {
         Some(Resident::F16 { bits, scale }) => {
             let converted = x_f16_of(be, x, n_x * n_cols, x_f16)?;
             let mut c = cfg(n_rows)?;
             c.alpha = 1.0 / (scale * X_F16_SCALE);
-            gemm_f16(be, c, bits, converted, &mut out.buf).map_err(gemm_err)?;
+            gemm_f16(be, c, bits, converted, &mut out.buf).map_err(|e| gemm_err("f16 GEMM", e))?;
         }
         Some(Resident::F32(full)) => {
             let b = x.buf.slice(..n_x * n_cols);
             let mut c = out.buf.slice_mut(..n_x * n_rows);
             // SAFETY: full holds n_rows x n_cols, b n_x x n_cols, c n_x x n_rows.
-            unsafe { be.blas.gemm(cfg(n_rows)?, &full.slice(..), &b, &mut c) }.map_err(|e| gemm_err(format!("{e:?}")))?;
+            unsafe { be.blas.gemm(cfg(n_rows)?, &full.slice(..), &b, &mut c) }.map_err(|e| gemm_err("cuBLAS GEMM", format!("{e:?}")))?;
         }
         None => {
             let chunk_rows = scratch_chunk_rows(be, w)?;
@@ -622,7 +623,7 @@ fn dequant_gemm(
                 let mut c = out.buf.slice_mut(r0..n_x * n_rows);
                 // SAFETY: a holds rows x n_cols, b n_x x n_cols, and c from r0 spans
                 // (n_x - 1) * n_rows + rows elements, all within the views (sizes checked by the caller).
-                unsafe { be.blas.gemm(cfg(rows)?, &a, &b, &mut c) }.map_err(|e| gemm_err(format!("{e:?}")))?;
+                unsafe { be.blas.gemm(cfg(rows)?, &a, &b, &mut c) }.map_err(|e| gemm_err("cuBLAS GEMM", format!("{e:?}")))?;
                 r0 += rows;
             }
         }
@@ -829,7 +830,7 @@ fn gemm_rows(be: &CudaBackend, cfg: &GemmConfig<f32>, a: u64, x_f16: u64, c_ptr:
     let (m, k, n, ldc) = (cfg.m as u32, cfg.k as u32, cfg.n as u32, cfg.ldc as u32);
     let accumulate = u32::from(cfg.beta == 1.0);
     launch!(be.ctx, f, "gemm_f16_rows", lc, &a, &x_f16, &c_ptr, &m, &k, &n, &ldc, &cfg.alpha, &accumulate, &chunks_per_warp)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("gemm_f16_rows.cu: {e}"))?;
     Ok(true)
 }
 
@@ -906,7 +907,7 @@ fn gemm_f16_raw(be: &CudaBackend, cfg: GemmConfig<f32>, a: u64, x_f16: u64, c_pt
     };
     match status {
         cublasStatus_t::CUBLAS_STATUS_SUCCESS => Ok(()),
-        other => Err(format!("{other:?}")),
+        other => Err(format!("cublasGemmEx: {other:?}")),
     }
 }
 
