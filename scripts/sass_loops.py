@@ -6,9 +6,10 @@ instructions, per kernel, with its instruction count and the most frequent opcod
 
     python scripts/sass_loops.py kernels/matvec_mma.cu -DQTYPE=q4_k [--arch sm_90] [--kernel matvec_mma_1]
 
-The one-row matrix-vector kernels are bound by their instruction issue (docs/BENCHMARKS.md,
-twentieth session), so the instructions a tile is the figure to watch between GPU runs; only a
-GPU says what they cost. Needs NVRTC and cuobjdump, which the GPU machine has and a machine
+The one-row matrix-vector kernels are bound by how fast their warps issue instructions (each
+waits on its own dependencies, about 3.5 warps a scheduler; more loads in flight did not help:
+docs/BENCHMARKS.md, twentieth session), so the instructions a tile is the figure to watch between
+GPU runs; only a GPU says what they cost. Needs NVRTC and cuobjdump, which the GPU machine has and a machine
 without CUDA gets from pip (nothing here downloads them):
 
     pip install nvidia-cuda-nvrtc nvidia-cuda-cuobjdump     # or point FERRITE_NVRTC / CUOBJDUMP at them
