@@ -14,24 +14,18 @@ each (the fallback path); and in how many rows the two drew the same token (they
 the chunk pass is used only where it settles the draw exactly).
 Needs torch, libnvrtc.so.13 and libcuda.so.1 (the GPU machine has all three).
 """
-import ctypes, glob, os, sys, struct, time
+import ctypes, os, sys, struct, time
+from pathlib import Path
 import numpy as np, torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
+from nvrtc_cubin import BASE_OPTIONS, compile_cubin  # noqa: E402
 
 src_path = sys.argv[1] if len(sys.argv) > 1 and not sys.argv[1].startswith("-") else os.path.join(os.path.dirname(__file__), "..", "kernels", "sampling.cu")
 extra = [a for a in sys.argv[1:] if a.startswith("-")]
-nvrtc = ctypes.CDLL("libnvrtc.so.13")
 cuda = ctypes.CDLL("libcuda.so.1")
-kdir = os.path.dirname(src_path)
-hdr = {os.path.basename(p): open(p).read() for p in glob.glob(os.path.join(kdir, "*.cuh"))}
-names = list(hdr)
-prog = ctypes.c_void_p()
-assert nvrtc.nvrtcCreateProgram(ctypes.byref(prog), open(src_path).read().encode(), b"s.cu", len(names),
-    (ctypes.c_char_p * len(names))(*[hdr[n].encode() for n in names]), (ctypes.c_char_p * len(names))(*[n.encode() for n in names])) == 0
-opts = ["--gpu-architecture=sm_90", "--std=c++17", "--ftz=false", "--prec-div=true", "--prec-sqrt=true", "-default-device", "-lineinfo"] + extra
-r = nvrtc.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*[o.encode() for o in opts]))
-n = ctypes.c_size_t(); nvrtc.nvrtcGetProgramLogSize(prog, ctypes.byref(n)); log = ctypes.create_string_buffer(n.value); nvrtc.nvrtcGetProgramLog(prog, log)
-if r != 0: print(log.value.decode()); sys.exit(1)
-nvrtc.nvrtcGetCUBINSize(prog, ctypes.byref(n)); cubin = ctypes.create_string_buffer(n.value); nvrtc.nvrtcGetCUBIN(prog, cubin)
+# Headers beside the kernel file (a variant file may come with variant headers).
+cubin = compile_cubin(Path(src_path), ["--gpu-architecture=sm_90", *BASE_OPTIONS, "-lineinfo", *extra], headers_dir=Path(src_path).parent)
 torch.cuda.init(); torch.zeros(1, device="cuda")
 mod = ctypes.c_void_p(); assert cuda.cuModuleLoadData(ctypes.byref(mod), cubin) == 0
 fn = ctypes.c_void_p(); assert cuda.cuModuleGetFunction(ctypes.byref(fn), mod, b"sample_rows") == 0

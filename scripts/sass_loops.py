@@ -9,8 +9,9 @@ instructions, per kernel, with its instruction count and the most frequent opcod
 The one-row matrix-vector kernels are bound by how fast their warps issue instructions (each
 waits on its own dependencies, about 3.5 warps a scheduler; more loads in flight did not help:
 docs/BENCHMARKS.md, twentieth session), so the instructions a tile is the figure to watch between
-GPU runs; only a GPU says what they cost. Needs NVRTC and cuobjdump, which the GPU machine has and a machine
-without CUDA gets from pip (nothing here downloads them):
+GPU runs; only a GPU says what they cost. Needs NVRTC (through scripts/nvrtc_cubin.py) and
+cuobjdump, which the GPU machine has and a machine without CUDA gets from pip (nothing here
+downloads them):
 
     pip install nvidia-cuda-nvrtc nvidia-cuda-cuobjdump     # or point FERRITE_NVRTC / CUOBJDUMP at them
 """
@@ -18,8 +19,6 @@ without CUDA gets from pip (nothing here downloads them):
 from __future__ import annotations
 
 import argparse
-import ctypes
-import glob
 import os
 import re
 import shutil
@@ -28,31 +27,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-# As src/backend/cuda/nvrtc.rs's BASE_OPTIONS.
-BASE_OPTIONS = ["--std=c++17", "--ftz=false", "--prec-div=true", "--prec-sqrt=true", "-default-device"]
-
-
-def site_file(pattern: str) -> str | None:
-    """A file of a pip-installed NVIDIA package (nvidia/cu13/...) on sys.path, if any."""
-    for base in sys.path:
-        hits = sorted(glob.glob(os.path.join(base, "nvidia", "cu1*", pattern)))
-        if hits:
-            return hits[-1]
-    return None
-
-
-def find_nvrtc() -> str:
-    path = os.environ.get("FERRITE_NVRTC") or site_file("lib/libnvrtc.so.*")
-    if path:
-        return path
-    for name in ("libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so"):
-        try:
-            ctypes.CDLL(name)
-            return name
-        except OSError:
-            continue
-    raise SystemExit("no NVRTC: set FERRITE_NVRTC to libnvrtc.so, or pip install nvidia-cuda-nvrtc")
+from nvrtc_cubin import BASE_OPTIONS, compile_cubin, site_file
 
 
 def find_cuobjdump() -> str:
@@ -60,30 +35,6 @@ def find_cuobjdump() -> str:
     if not path:
         raise SystemExit("no cuobjdump: set CUOBJDUMP, or pip install nvidia-cuda-cuobjdump")
     return path
-
-
-def compile_cubin(src: Path, options: list[str]) -> bytes:
-    nvrtc = ctypes.CDLL(find_nvrtc())
-    headers = {p.name: p.read_bytes() for p in (ROOT / "kernels").glob("*.cuh")}
-    names = list(headers)
-    prog = ctypes.c_void_p()
-    status = nvrtc.nvrtcCreateProgram(
-        ctypes.byref(prog), src.read_bytes(), src.name.encode(), len(names),
-        (ctypes.c_char_p * len(names))(*[headers[n] for n in names]), (ctypes.c_char_p * len(names))(*[n.encode() for n in names]))
-    if status != 0:
-        raise SystemExit(f"nvrtcCreateProgram failed ({status})")
-    opts = [o.encode() for o in options]
-    status = nvrtc.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
-    size = ctypes.c_size_t()
-    nvrtc.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
-    log = ctypes.create_string_buffer(size.value)
-    nvrtc.nvrtcGetProgramLog(prog, log)
-    if status != 0:
-        raise SystemExit(f"{src.name} does not compile:\n{log.value.decode(errors='replace')}")
-    nvrtc.nvrtcGetCUBINSize(prog, ctypes.byref(size))
-    cubin = ctypes.create_string_buffer(size.value)
-    nvrtc.nvrtcGetCUBIN(prog, cubin)
-    return cubin.raw
 
 
 def loops(sass: str, only: str | None) -> list[str]:
