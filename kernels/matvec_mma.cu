@@ -52,6 +52,13 @@ typedef FERRITE_CAT(Rp_, QTYPE) Tile;
 #ifndef MMA_MIN_BLOCKS
 #define MMA_MIN_BLOCKS 2
 #endif
+// Rows of x up to which the tile loop reloads the warp's last tile and is unrolled twice (see
+// there); above it, one tile at a time with a conditional hand-over. H200, 2026-12-04: at one
+// row the reload took the synthetic 7B's decode from 320 to 334 tok/s; at two rows it cost the
+// 0.5B's Q5_0 gate/up 5.6 -> 6.4 us a launch (1,790 -> 1,660 tok/s at two sequences), so 1.
+#ifndef MMA_SELF_RELOAD_MAX_NT
+#define MMA_SELF_RELOAD_MAX_NT 1
+#endif
 
 __device__ __forceinline__ void mma_bf16(float c[4], const u32 a[4], u32 b0, u32 b1) {
     asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
@@ -385,8 +392,8 @@ __device__ __forceinline__ void tile_products_s8_blocks(const T& w, const u8* xq
 }
 
 // acc += tile `tile` (of the phase) times x, the int8 way, for Q6_K: a signed int8 scale per
-// 16-column chunk, so each 32-column sub-block takes two mmas, one with each chunk's codes
-// (the other's bytes masked to zero), whose integer sums the two scales multiply; the tile's
+// 16-column chunk, so each 32-column sub-block takes two mmas, one with each chunk's columns
+// of x (the other's bytes masked to zero), whose integer sums the two scales multiply; the tile's
 // total goes to float once, times the super-block scale d.
 template <class T, int NG>
 __device__ __forceinline__ void tile_products_s8_chunks(const T& w, const u8* xq, const float (*xscale)[NG][8], u32 tile,
@@ -399,18 +406,18 @@ __device__ __forceinline__ void tile_products_s8_chunks(const T& w, const u8* xq
     for (int j = 0; j < NG; j++) dot[j][0] = dot[j][1] = dot[j][2] = dot[j][3] = 0;
 #pragma unroll
     for (int sb = 0; sb < 8; sb++) {
-        u32 a[4], a0[4], a1[4];
+        u32 a[4];
         w.frag_s8(sb, a);
-#pragma unroll
-        for (int i = 0; i < 4; i++) a0[i] = a[i] & 0x00FF00FFu, a1[i] = a[i] & 0xFF00FF00u;
         int sc0[2], sc1[2];
         w.scale_s8_chunks(sb, sc0, sc1);
 #pragma unroll
         for (int j = 0; j < NG; j++) {
+            // x's bytes are masked instead of the codes' (a code times a zero byte adds nothing
+            // either way): two registers a chunk instead of four.
             const uint2 b = *reinterpret_cast<const uint2*>(xb[j] + 32 * sb);
             int c0[4] = {0, 0, 0, 0}, c1[4] = {0, 0, 0, 0};
-            mma_s8(c0, a0, b.x, b.y);
-            mma_s8(c1, a1, b.x, b.y);
+            mma_s8(c0, a, b.x & 0x00FF00FFu, b.y & 0x00FF00FFu);
+            mma_s8(c1, a, b.x & 0xFF00FF00u, b.y & 0xFF00FF00u);
 #pragma unroll
             for (int i = 0; i < 4; i++) dot[j][i] += sc0[i >> 1] * c0[i] + sc1[i >> 1] * c1[i];
         }
@@ -482,6 +489,7 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
     constexpr int XSTRIDE_B = PHASE + 32;                     // int8 path: bytes per staged row, likewise
     constexpr int PHASE_TILES = PHASE / Tile::TILE_COLS;
     constexpr int SUMS = Tile::HAS_MIN || S8 ? PHASE / 32 : 1;  // 32-column sums of x (Q4_K's mins)
+    constexpr bool SELF_RELOAD = NT <= MMA_SELF_RELOAD_MAX_NT;    // the tile loop's hand-over (below)
     static_assert(PHASE % Tile::TILE_COLS == 0 && PHASE % 256 == 0, "phase holds whole tiles");
     static_assert(!S8 || Tile::TILE_COLS == 256 || Tile::TILE_COLS == 128, "the int8 path's x scales cover 256 columns: one tile or two");
 
@@ -588,11 +596,16 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
         if (!active) continue;
         // This warp's tiles of the phase (any warps_k is correct; the host keeps warps_k <=
         // PHASE_TILES so that every warp has work in every phase).
+#pragma unroll(SELF_RELOAD ? 2 : 1)
         for (u32 kt = p + (wk + warps_k - (p - kt_begin) % warps_k) % warps_k; kt < p_end; kt += warps_k) {
-            // The next tile's loads (maybe the next phase's) go out before this one's math.
+            // The next tile's loads (maybe the next phase's) go out before this one's math. The
+            // last tile loads itself again (a valid address, read once more from L2) instead of
+            // loading nothing, so that the hand-over below is a plain copy: a conditional one
+            // took a select per register, 24 to 34 instructions a tile.
             const bool more = kt + warps_k < kt_end;
             Tile nxt;
-            if (more) nxt.load(tile_row + (u64)(kt + warps_k) * Tile::TILE_BYTES, lane, !S8);
+            if (SELF_RELOAD) nxt.load(tile_row + (u64)(more ? kt + warps_k : kt) * Tile::TILE_BYTES, lane, !S8);
+            else if (more) nxt.load(tile_row + (u64)(kt + warps_k) * Tile::TILE_BYTES, lane, !S8);
             if constexpr (S8 && Tile::HAS_MIN) {
                 tile_products_s8<Tile, NG>(cur, xs_bytes, xsums.i, xscale, kt - p, b_off, t,
                                            acc);
@@ -603,7 +616,7 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
             } else {
                 tile_products<NT, NG, SUMS>(cur, xs, xsums.f, (kt - p) * Tile::CHUNKS, b_off, b_valid, t, acc);
             }
-            if (more) cur = nxt;
+            if (SELF_RELOAD || more) cur = nxt;
         }
     }
 
