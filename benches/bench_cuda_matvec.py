@@ -7,12 +7,13 @@
         python benches/bench_cuda_matvec.py --launches Q4_K:18944x3584:1
 
 --sweep-plans times every plan of PLANS (forced through `_cuda_matvec_force_plan`) beside the
-heuristic's, for the tiled kernels only, and prints the four best per row count: how
+heuristic's, for the tiled kernels only, and prints the six best per row count: how
 src/backend/cuda/matvec.rs's Plan was tuned. --launches runs a few launches of one matrix and
 exits, for a profiler.
 
 For each weight type, each matrix shape of the real test model (Qwen2.5 0.5B: 896x896 q/o,
-128x896 k/v, 4864x896 gate/up, 896x4864 down, 151936x896 LM head) and of a 7B model
+128x896 k/v, 4864x896 gate/up and the 9728 rows of both in one launch, 896x4864 down, 151936x896
+LM head) and of a 7B model
 (3584x3584, 512x3584, 18944x3584, 3584x18944, 152064x3584), and 1, 2, 4 and 8 activation rows,
 it times the generic kernels on the file's blocks ("old", matvec.cu) and the tensor-core kernels
 on repacked tiles ("new", matvec_mma.cu), on random valid blocks (not zeros). Each measurement
@@ -39,8 +40,9 @@ import numpy as np
 
 import ferrite
 
+# "gate+up": decode launches gate and up as one grid over both matrices' rows (Plan::for_group).
 REAL = [("q/o 896x896", 896, 896), ("k/v 128x896", 128, 896), ("gate/up 4864x896", 4864, 896),
-        ("down 896x4864", 896, 4864), ("lm_head 151936x896", 151936, 896)]
+        ("gate+up 9728x896", 9728, 896), ("down 896x4864", 896, 4864), ("lm_head 151936x896", 151936, 896)]
 SEVEN_B = [("q/o 3584x3584", 3584, 3584), ("k/v 512x3584", 512, 3584), ("gate/up 18944x3584", 18944, 3584),
            ("down 3584x18944", 3584, 18944), ("lm_head 152064x3584", 152064, 3584)]
 TYPES = {name: (block_elems, block_bytes) for name, _, block_elems, block_bytes in ferrite.ggml_types()}
@@ -62,7 +64,8 @@ def random_matrix(name: str, n_rows: int, n_cols: int, rng: np.random.Generator)
 
 # (warps_m, warps_k, splits) the plan sweep forces.
 PLANS = [(4, 1, 1), (4, 1, 2), (4, 1, 4), (4, 1, 8), (2, 1, 1), (2, 1, 2), (2, 1, 4), (2, 1, 8), (8, 1, 1), (1, 1, 1),
-         (1, 1, 2), (1, 2, 1), (2, 2, 1), (4, 2, 4), (1, 4, 1), (1, 8, 1), (8, 1, 2), (8, 1, 4)]
+         (1, 1, 2), (1, 2, 1), (2, 2, 1), (4, 2, 4), (1, 4, 1), (1, 8, 1), (8, 1, 2), (8, 1, 4), (1, 3, 1), (2, 4, 1),
+         (4, 2, 1), (1, 8, 2), (1, 8, 3), (1, 8, 4)]
 
 
 def sweep_plans(chosen: list, types: list[str], rows: list[int], copy_gbs: float) -> None:
@@ -89,7 +92,7 @@ def sweep_plans(chosen: list, types: list[str], rows: list[int], copy_gbs: float
             finally:
                 force()
             for n in rows:
-                best = sorted(timed[1:], key=lambda o: -o[1][n])[:4]
+                best = sorted(timed[1:], key=lambda o: -o[1][n])[:6]
                 print(f"{label} {name} n_x={n}: heuristic {timed[0][1][n]:.0%} {tuple(timed[0][2][n])}; best: "
                       + ", ".join(f"{o[1][n]:.0%} {tuple(o[2][n])[:4]}" for o in best))
             sys.stdout.flush()

@@ -70,6 +70,16 @@ pub struct Plan {
 
 /// Warps the plans aim for per SM: loads in flight to cover DRAM latency.
 const WARPS_PER_SM: usize = 32;
+/// Warps of matvec_mma.cu an SM holds at once: its launch bounds (8 warps, 2 blocks an SM) cap
+/// its registers so that 16 fit.
+const RESIDENT_WARPS_PER_SM: usize = 16;
+
+/// FERRITE_CUDA_MATVEC_WAVE=0: the one- and two-row plans of smaller matrices as before the
+/// 21st session (blocks of one tile row, whatever the waves), to compare on one build.
+fn one_wave_rule() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("FERRITE_CUDA_MATVEC_WAVE").map_or(true, |v| v != "0"))
+}
 /// Tile rows from which a matrix counts as large for the kernels of 4 and 8 rows (2048 rows):
 /// its tile rows alone give the GPU enough warps, so columns are split only across blocks, and
 /// only a little.
@@ -103,10 +113,11 @@ impl Plan {
     ///   4 or 8 rows: 2048 rows or more): one warp per tile row and column range, 4 tile rows a
     ///   block (8 when the columns are not split), columns split across blocks until there are
     ///   about two tiles per warp or `WARPS_PER_SM` warps per SM, at most 8 ways;
-    /// * smaller ones, 1 or 2 rows of x (latency-bound): one tile row a block, its column tiles
-    ///   dealt to up to 8 warps of the block, one tile each where the matrix is under half the
-    ///   GPU's warps' worth, else two, and at most two column splits across blocks (each split
-    ///   costs a round trip through L2), none when there are as many tile rows as SMs;
+    /// * smaller ones, 1 or 2 rows of x (latency-bound): blocks of 8 warps, as many of them
+    ///   along a tile row's columns as it has tiles and the rest on more tile rows a block, so
+    ///   that the blocks fit one wave; then columns split across blocks (one tile a warp at
+    ///   least, at most four splits, none when there are as many tile rows as SMs) while they
+    ///   still fit (`FERRITE_CUDA_MATVEC_WAVE=0`: the rule before, one tile row a block);
     /// * smaller ones, 4 or 8 rows (more math per tile): two warps a tile row, one tile each,
     ///   columns split across blocks, as many tile rows a block as still leave a block for
     ///   every other SM.
@@ -122,6 +133,28 @@ impl Plan {
         } else if (nt <= 2 && m * k >= 2 * WARPS_PER_SM * sms) || (nt > 2 && m >= LARGE_M_TILES) {
             let k_ways = (m * k).div_ceil(2).min(WARPS_PER_SM * sms).div_ceil(m).clamp(1, k.min(LARGE_MAX_SPLITS));
             (if k_ways == 1 { 8 } else { 4 }, 1, k_ways)
+        } else if nt <= 2 && one_wave_rule() {
+            // Latency-bound: every block stages all of x (and its norm) before its first mma, so
+            // a block row wants all 8 warps to share that, and a second wave of blocks would pay
+            // for it again. Eight warps a block, as many along the columns as the matrix has
+            // tiles, trading warps along the columns for tile rows a block until the blocks fit
+            // one wave; then columns split across blocks, up to one tile a warp and four splits,
+            // while the blocks still fit (none once the tile rows alone give every SM a block:
+            // each split costs a round trip through L2). H200 sweep, one and two rows, 0.5B
+            // shapes (benches/bench_cuda_matvec.py --sweep-plans, docs/BENCHMARKS.md, 21st
+            // session): gate and up as one launch (9728x896 Q5_0) 21 -> 24 % and 15 -> 22 % of
+            // the copy bandwidth, down (896x4864) 9-17 -> 10-19 %.
+            let wave_blocks = |warps: usize| sms * (RESIDENT_WARPS_PER_SM / warps).max(1);
+            let (mut wm, mut wk) = (1, k.min(max_warps).min(phase));
+            while wk > 1 && m.div_ceil(wm) > wave_blocks(wm * wk) && wm * 2 <= max_warps {
+                wm *= 2;
+                wk = wk.div_ceil(2);
+            }
+            let mut splits = if m >= sms { 1 } else { k.div_ceil(wk).min(4) };
+            while splits > 1 && m.div_ceil(wm) * splits > wave_blocks(wm * wk) {
+                splits -= 1;
+            }
+            (wm, wk, splits)
         } else if nt <= 2 {
             // One tile per warp while the whole matrix is a fraction of a full GPU's warps (the
             // loads all go out at once); two when it is more (the second's loads overlap the
@@ -856,6 +889,14 @@ mod tests {
                 assert_eq!((p.warps_m, p.warps_k, p.splits), (1, 8, 1), "{ty} nt={nt}: {p:?}");
             }
         }
-        assert_eq!(Plan::new(&grid(GgmlType::Q5_0, 896, 4864), sms, 1).splits, 2);
+        assert!(Plan::new(&grid(GgmlType::Q5_0, 896, 4864), sms, 1).splits > 1);
+        // Gate and up of the real model as one launch (608 tile rows) fit one wave of blocks of
+        // 8 warps at one and two rows: 4 tile rows a block, 2 warps each (the 21st session's
+        // sweep, against 608 blocks of 3 or 4 warps).
+        for nt in [1, 2] {
+            let p = Plan::new(&grid(GgmlType::Q5_0, 9728, 896), sms, nt);
+            assert_eq!((p.warps_m, p.warps_k, p.splits), (4, 2, 1), "nt={nt}: {p:?}");
+            assert!(p.block_rows as usize <= sms * RESIDENT_WARPS_PER_SM / 8, "{p:?}");
+        }
     }
 }
