@@ -4,9 +4,17 @@ which records every kernel of the process, ferrite's included) and the wall time
 and without CUDA graphs, split into the forward itself and the host-side logits handling.
 
     python benches/profile_cuda_decode.py MODEL.gguf [--steps 64] [--batch N]
+    python benches/profile_cuda_decode.py MODEL.gguf --child timeline [--batch N] [--steps 32]
 
 With --batch N > 1 the kernel table profiles N sequences through the Generator (the engine's
 decode steps with the device sampler) instead of one sequence through Model.forward.
+
+The kernel table sums each kernel's own GPU time, which only adds up to a step with CUDA graphs
+and dependent launch off (a kernel that starts early and waits for the one before would count
+its wait). `--child timeline` keeps both on, as a decode step runs, and charges each kernel the
+time by which it moves the step's end past the kernels before it (its end minus the latest end
+so far), and each gap in which no kernel runs to the kernel after it: the columns add up to the
+step. Launches are told apart by kernel and grid (q/k/v, o, gate/up and down differ in grid). The Generator with T 0.8, top-k 40, top-p 0.95, min-p 0.05, as bench_generate's mode.
 
 Needs torch (for the profiler) on the GPU machine; prints tables only.
 """
@@ -15,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -49,17 +58,73 @@ def device_us(evt) -> float:
     return float(getattr(evt, "device_time_total", None) or getattr(evt, "cuda_time_total", 0.0))
 
 
+def timeline(path: str, steps: int, batch: int) -> None:
+    """Each kernel's share of a decode step as it runs (graphs and dependent launch as set)."""
+    import json
+    import tempfile
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    import ferrite
+
+    torch.cuda.init()
+    m = ferrite.Model.load(path, device="cuda", max_batch=max(batch, 1))
+    gen = ferrite.Generator(m, ferrite.Tokenizer.from_gguf(path))
+    ps = [[100 + i, 200, 300, 400] * 32 for i in range(batch)]
+    opts = dict(temperature=0.8, top_k=40, top_p=0.95, min_p=0.05, seed=1, ignore_eos=True)
+    gen.generate(ps, max_tokens=steps + 2, **opts)  # graphs recorded, kernels loaded
+    with profile(activities=[ProfilerActivity.CUDA]) as p:
+        gen.generate(ps, max_tokens=steps + 2, **opts)
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        p.export_chrome_trace(f.name)
+        events = json.load(open(f.name))["traceEvents"]
+    kernels = sorted((e for e in events if e.get("cat") == "kernel"), key=lambda e: float(e["ts"]))
+    # A step ends with the sampler's last kernel: keep whole decode steps, after the prompt's
+    # step and the first decode step.
+    ends = [i for i, e in enumerate(kernels) if e["name"].startswith("sample_rows")]
+    if len(ends) < 4:
+        print(f"timeline: {len(ends)} sampler launches found; kernel names: {sorted({e['name'][:40] for e in kernels})[:20]}")
+        return
+    first, last = ends[1] + 1, ends[-1]
+    n_steps = len(ends) - 2
+    charged: dict[str, list[float]] = {}
+    latest = float(kernels[first - 1]["ts"]) + float(kernels[first - 1]["dur"])
+    start = latest
+    for e in kernels[first : last + 1]:
+        ts, dur = float(e["ts"]), float(e["dur"])
+        grid = (e.get("args") or {}).get("grid")
+        name = re.sub(r"\(.*", "", e["name"])[:48] + (f" {tuple(grid)}" if grid else "")
+        c = charged.setdefault(name, [0.0, 0.0, 0])
+        c[0] += max(0.0, ts - latest)  # idle before it
+        c[1] += max(0.0, ts + dur - max(latest, ts))  # its own extension of the step
+        c[2] += 1
+        latest = max(latest, ts + dur)
+    span = latest - start
+    print(f"{batch} sequence(s), {n_steps} decode steps: {span / n_steps:.1f} us a step on the GPU's clock "
+          f"({1e6 * batch * n_steps / span:,.0f} tok/s)")
+    print("| kernel | launches a step | us a step (its own) | us a step (idle before it) | us a launch, both |")
+    print("| --- | --- | --- | --- | --- |")
+    for name, (idle, own, count) in sorted(charged.items(), key=lambda kv: -(kv[1][0] + kv[1][1])):
+        print(f"| {name} | {count / n_steps:.1f} | {own / n_steps:.1f} | {idle / n_steps:.1f} | {(own + idle) / count:.2f} |")
+    idle = sum(c[0] for c in charged.values())
+    print(f"idle (no kernel running) {idle / n_steps:.1f} us a step, {100 * idle / span:.1f} %")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("model")
     ap.add_argument("--steps", type=int, default=64)
-    ap.add_argument("--child", choices=["time", "kernels"])
+    ap.add_argument("--child", choices=["time", "kernels", "timeline"])
     ap.add_argument("--batch", type=int, default=1)
     args = ap.parse_args()
 
     if args.child == "time":
         r = step_times(args.model, args.steps, args.batch)
         print(f"RESULT forward {r['forward_ms']:.3f} ms, host argmax {r['argmax_ms']:.3f} ms")
+        return 0
+    if args.child == "timeline":
+        timeline(args.model, args.steps, args.batch)
         return 0
     if args.child == "kernels":
         import torch
