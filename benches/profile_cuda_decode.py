@@ -14,7 +14,8 @@ and dependent launch off (a kernel that starts early and waits for the one befor
 its wait). `--child timeline` keeps both on, as a decode step runs, and charges each kernel the
 time by which it moves the step's end past the kernels before it (its end minus the latest end
 so far), and each gap in which no kernel runs to the kernel after it: the columns add up to the
-step. Launches are told apart by kernel and grid (q/k/v, o, gate/up and down differ in grid). The Generator with T 0.8, top-k 40, top-p 0.95, min-p 0.05, as bench_generate's mode.
+step. Launches are told apart by kernel and grid (q/k/v, o, gate/up and down differ in grid).
+It runs the Generator with T 0.8, top-k 40, top-p 0.95, min-p 0.05, as bench_generate's mode.
 
 Needs torch (for the profiler) on the GPU machine; prints tables only.
 """
