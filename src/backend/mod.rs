@@ -272,6 +272,24 @@ pub trait Backend: Send + 'static {
     /// Uploads one tensor. Errors when its type cannot be computed with on this device.
     fn load_weight(&mut self, src: &TensorSource) -> Result<Self::Weight, BackendError>;
 
+    /// The one type that projections taking the same input together (see
+    /// [`prepare_group`](Self::prepare_group)), of `types`, are to be uploaded as: where a
+    /// backend runs such a group as one launch only when their types agree, and the types it
+    /// names hold the others' values exactly. `None` (the default): each keeps its own type.
+    fn group_type(&self, types: &[GgmlType]) -> Option<GgmlType> {
+        let _ = types;
+        None
+    }
+
+    /// Uploads one tensor converted to `ty`, a type [`group_type`](Self::group_type) named for
+    /// it. The default takes only the tensor's own type.
+    fn load_weight_as(&mut self, src: &TensorSource, ty: GgmlType) -> Result<Self::Weight, BackendError> {
+        if ty != src.ggml_type() {
+            return Err(BackendError::Invalid(format!("{}: this backend does not convert {} to {ty}", src.name(), src.ggml_type())));
+        }
+        self.load_weight(src)
+    }
+
     /// A buffer of `capacity_rows` rows of `width` floats. Contents unspecified.
     fn alloc_act(&mut self, capacity_rows: usize, width: usize) -> Result<Self::Act, BackendError>;
 

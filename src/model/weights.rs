@@ -6,6 +6,7 @@ use super::config::requires_qkv_bias;
 use super::{ModelConfig, ModelError};
 use crate::backend::{Backend, TensorSource};
 use crate::gguf::GgufFile;
+use crate::quant::GgmlType;
 
 pub struct LayerWeights<B: Backend> {
     pub attn_norm: B::Weight,
@@ -45,6 +46,19 @@ impl<B: Backend> Loader<'_, B> {
     /// Looks up `name`, checks its ggml dims (`[n_cols, n_rows]`, or `[len]` for a vector) and
     /// uploads it.
     fn load(&mut self, name: &str, dims: &[usize]) -> Result<B::Weight, ModelError> {
+        self.load_as(name, dims, None)
+    }
+
+    /// The type the backend wants a group of projections (`names`, taking the same input
+    /// together) uploaded as ([`Backend::group_type`]); `None` when it keeps each one's own, or
+    /// a tensor is missing (its load then says so).
+    fn group_type(&self, names: &[&str]) -> Option<GgmlType> {
+        let types: Option<Vec<GgmlType>> = names.iter().map(|n| self.file.tensor_info(n).ok().map(|i| i.ggml_type)).collect();
+        self.backend.group_type(&types?)
+    }
+
+    /// [`load`](Self::load), converted to `ty` when given and not the tensor's own type.
+    fn load_as(&mut self, name: &str, dims: &[usize], ty: Option<GgmlType>) -> Result<B::Weight, ModelError> {
         let info = self.file.tensor_info(name).map_err(|_| ModelError::MissingTensor(name.to_string()))?;
         let got: Vec<usize> = info.dims.iter().map(|&d| d as usize).collect();
         if got != dims {
@@ -54,7 +68,11 @@ impl<B: Backend> Loader<'_, B> {
             });
         }
         let src = TensorSource { file: Arc::clone(self.file), info: info.clone() };
-        self.backend.load_weight(&src).map_err(|e| match e {
+        let loaded = match ty {
+            Some(ty) if ty != src.ggml_type() => self.backend.load_weight_as(&src, ty),
+            _ => self.backend.load_weight(&src),
+        };
+        loaded.map_err(|e| match e {
             // The device's own failures are not the tensor's.
             e @ (crate::backend::BackendError::BadTensor { .. } | crate::backend::BackendError::Cuda(_)) => e.into(),
             other => ModelError::BadTensor { tensor: name.to_string(), problem: other.to_string() },
@@ -92,21 +110,24 @@ pub fn load_weights<B: Backend>(
                 l.load_optional(&name, &[len])
             }
         };
+        // The projections the forward pass runs together on one input (`norm_matmuls`), in the
+        // one type the backend may want them in to run them as one launch.
+        let qkv_type = l.group_type(&[&n("attn_q.weight"), &n("attn_k.weight"), &n("attn_v.weight")]);
+        let gate_up_type = l.group_type(&[&n("ffn_gate.weight"), &n("ffn_up.weight")]);
         layers.push(LayerWeights {
             attn_norm: l.load(&n("attn_norm.weight"), &[c.hidden_size])?,
-            wq: l.load(&n("attn_q.weight"), &[c.hidden_size, q_width])?,
-            wk: l.load(&n("attn_k.weight"), &[c.hidden_size, kv_width])?,
-            wv: l.load(&n("attn_v.weight"), &[c.hidden_size, kv_width])?,
+            wq: l.load_as(&n("attn_q.weight"), &[c.hidden_size, q_width], qkv_type)?,
+            wk: l.load_as(&n("attn_k.weight"), &[c.hidden_size, kv_width], qkv_type)?,
+            wv: l.load_as(&n("attn_v.weight"), &[c.hidden_size, kv_width], qkv_type)?,
             bq: bias(&mut l, n("attn_q.bias"), q_width)?,
             bk: bias(&mut l, n("attn_k.bias"), kv_width)?,
             bv: bias(&mut l, n("attn_v.bias"), kv_width)?,
             wo: l.load(&n("attn_output.weight"), &[q_width, c.hidden_size])?,
             ffn_norm: l.load(&n("ffn_norm.weight"), &[c.hidden_size])?,
-            ffn_gate: l.load(&n("ffn_gate.weight"), &[c.hidden_size, c.ffn_size])?,
-            ffn_up: l.load(&n("ffn_up.weight"), &[c.hidden_size, c.ffn_size])?,
+            ffn_gate: l.load_as(&n("ffn_gate.weight"), &[c.hidden_size, c.ffn_size], gate_up_type)?,
+            ffn_up: l.load_as(&n("ffn_up.weight"), &[c.hidden_size, c.ffn_size], gate_up_type)?,
             ffn_down: l.load(&n("ffn_down.weight"), &[c.ffn_size, c.hidden_size])?,
         });
-        // The projections the forward pass runs together on one input (`norm_matmuls`).
         let lw = &layers[i];
         l.backend.prepare_group(&[&lw.wq, &lw.wk, &lw.wv])?;
         l.backend.prepare_group(&[&lw.ffn_gate, &lw.ffn_up])?;

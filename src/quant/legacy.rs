@@ -6,6 +6,7 @@
 //! in its high nibble.
 
 use super::f16_at;
+use super::GgmlType;
 
 pub fn q4_0_block(b: &[u8], out: &mut [f32]) {
     let d = f16_at(b, 0);
@@ -61,6 +62,29 @@ pub fn q8_0_block(b: &[u8], out: &mut [f32]) {
     let d = f16_at(b, 0);
     for (o, &q) in out.iter_mut().zip(&b[2..34]) {
         *o = d * (q as i8) as f32;
+    }
+}
+
+/// One Q4_0 or Q5_0 block (`ty`'s `b`) as the Q8_0 block of the same values, into `out` (34
+/// bytes): each code less its offset (8 or 16) is an int8 under the same f16 scale, so every
+/// element dequantizes to the same float (`d * code`, the same product). Q8_0 is copied.
+pub fn widen_block_to_q8_0(ty: GgmlType, b: &[u8], out: &mut [u8]) {
+    out[..2].copy_from_slice(&b[..2]);
+    match ty {
+        GgmlType::Q4_0 => {
+            for j in 0..16 {
+                out[2 + j] = ((b[2 + j] & 0x0F) as i8 - 8) as u8;
+                out[2 + j + 16] = ((b[2 + j] >> 4) as i8 - 8) as u8;
+            }
+        }
+        GgmlType::Q5_0 => {
+            let h = fifth_bits(u32::from_le_bytes([b[2], b[3], b[4], b[5]]));
+            for j in 0..16 {
+                out[2 + j] = (((b[6 + j] & 0x0F) | h[j]) as i8 - 16) as u8;
+                out[2 + j + 16] = (((b[6 + j] >> 4) | h[j + 16]) as i8 - 16) as u8;
+            }
+        }
+        _ => out[2..34].copy_from_slice(&b[2..34]),
     }
 }
 

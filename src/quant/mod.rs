@@ -61,6 +61,23 @@ pub fn check_len(ty: GgmlType, data_bytes: usize, n_elems: usize) -> Result<usiz
     Ok(n_blocks)
 }
 
+/// `data` (`n_elems` elements of `ty`: Q4_0, Q5_0 or Q8_0) as Q8_0 blocks of the same values,
+/// every element dequantizing to the same float ([`legacy::widen_block_to_q8_0`]); other types
+/// are an error. A backend that runs projections taking the same input as one launch of one type
+/// loads a group of these types so (`Backend::group_type`).
+pub fn widen_to_q8_0(ty: GgmlType, data: &[u8], n_elems: usize) -> Result<Vec<u8>, QuantError> {
+    if !matches!(ty, GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0) {
+        return Err(QuantError::Unsupported(ty));
+    }
+    let n_blocks = check_len(ty, data.len(), n_elems)?;
+    let out_bytes = GgmlType::Q8_0.block_bytes();
+    let mut out = vec![0u8; n_blocks * out_bytes];
+    for (b, o) in data.chunks_exact(ty.block_bytes()).zip(out.chunks_exact_mut(out_bytes)) {
+        legacy::widen_block_to_q8_0(ty, b, o);
+    }
+    Ok(out)
+}
+
 /// The decoder of one block of `ty`, or `None` where ferrite has none (Q8_1, Q8_K, Q1_0, the
 /// integer types and F64: gguf-py does not dequantize those either).
 pub(crate) fn block_decoder(ty: GgmlType) -> Option<fn(&[u8], &mut [f32])> {
@@ -230,6 +247,22 @@ pub(crate) mod tests {
                 (state >> 24) as u8
             })
             .collect()
+    }
+
+    #[test]
+    fn q4_0_and_q5_0_widen_to_q8_0_blocks_of_the_same_values() {
+        for ty in [GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q8_0] {
+            let n_elems = 64 * ty.block_elems();
+            let data = random_bytes(64 * ty.block_bytes(), 7 + ty as u64);
+            let wide = widen_to_q8_0(ty, &data, n_elems).unwrap();
+            let (mut a, mut b) = (vec![0f32; n_elems], vec![0f32; n_elems]);
+            dequantize(ty, &data, &mut a).unwrap();
+            dequantize(GgmlType::Q8_0, &wide, &mut b).unwrap();
+            // Bit for bit, NaN scales included (random bytes make some).
+            assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{ty}");
+        }
+        assert!(matches!(widen_to_q8_0(GgmlType::Q4_1, &[0; 20], 32), Err(QuantError::Unsupported(GgmlType::Q4_1))));
+        assert!(matches!(widen_to_q8_0(GgmlType::Q5_0, &[0; 21], 32), Err(QuantError::SizeMismatch { .. })));
     }
 
     #[test]

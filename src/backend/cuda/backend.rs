@@ -1027,6 +1027,39 @@ impl CudaBackend {
         self.type_kernels.insert(ty, k.clone());
         Ok(k)
     }
+
+    /// Uploads `bytes` (`n_rows` x `n_cols` elements of `ty`) as the weight `name`.
+    fn upload_weight(&mut self, name: &str, ty: GgmlType, bytes: &[u8], n_rows: usize, n_cols: usize) -> Result<CudaWeight, BackendError> {
+        use super::matvec::{self, Layout};
+        let row_bytes = quant::row_bytes(ty, n_cols)?;
+        quant::check_len(ty, bytes.len(), n_cols * n_rows)?;
+        if kernels::type_defines(ty).is_none() {
+            return Err(QuantError::Unsupported(ty).into());
+        }
+        if n_rows == 1 {
+            let blocks = self.ctx.upload_weights(bytes, name)?;
+            let mut v = vec![0f32; n_cols];
+            quant::dequantize(ty, bytes, &mut v)?;
+            let dense = Some(self.ctx.upload(&v, name)?);
+            return Ok(CudaWeight { name: name.to_string(), ty, n_cols, n_rows, row_bytes, blocks, layout: Layout::Blocks, dense, kernels: None, resident: Default::default(), stacked: Default::default() });
+        }
+        // Compiled (or loaded from the disk cache) now, so that load fails rather than the
+        // first token.
+        let path = matvec::path_for(&self.ctx, ty);
+        let kernels = self.kernels_for(ty, path)?;
+        let (layout, repacked) = matvec::device_bytes(ty, bytes, n_rows, n_cols, path)?;
+        let blocks = self.ctx.upload_weights(repacked.as_deref().unwrap_or(bytes), name)?;
+        if let (Layout::Tiles(grid), Some(tiled)) = (layout, &kernels.tiled) {
+            // Sized here, never during a forward: a recorded graph holds the scratch's address.
+            let mut scratch = tiled.scratch.lock().map_err(|_| BackendError::Invalid("split-K scratch lock poisoned".into()))?;
+            scratch.reserve(&self.ctx, tiled.sms, &grid)?;
+            if self.gemm == GemmPrecision::F16 {
+                // The quantized GEMM's plans too (matmul::takes_gemm_mma: f16 precision only).
+                scratch.reserve_gemm(&self.ctx, tiled.sms, &grid)?;
+            }
+        }
+        Ok(CudaWeight { name: name.to_string(), ty, n_cols, n_rows, row_bytes, blocks, layout, dense: None, kernels: Some(kernels), resident: Default::default(), stacked: Default::default() })
+    }
 }
 
 impl Backend for CudaBackend {
@@ -1040,38 +1073,29 @@ impl Backend for CudaBackend {
     }
 
     fn load_weight(&mut self, src: &TensorSource) -> Result<CudaWeight, BackendError> {
-        use super::matvec::{self, Layout};
-        let ty = src.ggml_type();
-        let (n_cols, n_rows) = (src.n_cols(), src.n_rows());
-        let row_bytes = quant::row_bytes(ty, n_cols)?;
-        quant::check_len(ty, src.bytes().len(), n_cols * n_rows)?;
-        if kernels::type_defines(ty).is_none() {
-            return Err(QuantError::Unsupported(ty).into());
+        self.upload_weight(src.name(), src.ggml_type(), src.bytes(), src.n_rows(), src.n_cols())
+    }
+
+    fn group_type(&self, types: &[GgmlType]) -> Option<GgmlType> {
+        // The tiled kernels run a group as one launch when its types agree (one kernel a type).
+        // Q4_0 and Q5_0 widen to Q8_0 exactly (`quant::widen_to_q8_0`): a projection then reads
+        // 1.5-1.9 times its bytes (a fraction of a microsecond for the real model's q and k) and
+        // a launch goes (about 4 us in its 12 layers whose v is Q8_0 and q, k Q5_0).
+        let widens = |t: &GgmlType| matches!(t, GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0);
+        let mixed = types.iter().any(|t| *t != types[0]);
+        let tiled = super::matvec::path_for(&self.ctx, GgmlType::Q8_0) == super::matvec::MatvecPath::Tiled;
+        (mixed && tiled && types.iter().all(widens)).then_some(GgmlType::Q8_0)
+    }
+
+    fn load_weight_as(&mut self, src: &TensorSource, ty: GgmlType) -> Result<CudaWeight, BackendError> {
+        if ty == src.ggml_type() {
+            return self.load_weight(src);
         }
-        let name = src.name().to_string();
-        if n_rows == 1 {
-            let blocks = self.ctx.upload_weights(src.bytes(), src.name())?;
-            let mut v = vec![0f32; n_cols];
-            quant::dequantize(ty, src.bytes(), &mut v)?;
-            let dense = Some(self.ctx.upload(&v, src.name())?);
-            return Ok(CudaWeight { name, ty, n_cols, n_rows, row_bytes, blocks, layout: Layout::Blocks, dense, kernels: None, resident: Default::default(), stacked: Default::default() });
+        if ty != GgmlType::Q8_0 {
+            return Err(BackendError::Invalid(format!("{}: the CUDA backend converts weights to Q8_0 only, not {ty}", src.name())));
         }
-        // Compiled (or loaded from the disk cache) now, so that load fails rather than the
-        // first token.
-        let path = matvec::path_for(&self.ctx, ty);
-        let kernels = self.kernels_for(ty, path)?;
-        let (layout, repacked) = matvec::device_bytes(ty, src.bytes(), n_rows, n_cols, path)?;
-        let blocks = self.ctx.upload_weights(repacked.as_deref().unwrap_or(src.bytes()), src.name())?;
-        if let (Layout::Tiles(grid), Some(tiled)) = (layout, &kernels.tiled) {
-            // Sized here, never during a forward: a recorded graph holds the scratch's address.
-            let mut scratch = tiled.scratch.lock().map_err(|_| BackendError::Invalid("split-K scratch lock poisoned".into()))?;
-            scratch.reserve(&self.ctx, tiled.sms, &grid)?;
-            if self.gemm == GemmPrecision::F16 {
-                // The quantized GEMM's plans too (matmul::takes_gemm_mma: f16 precision only).
-                scratch.reserve_gemm(&self.ctx, tiled.sms, &grid)?;
-            }
-        }
-        Ok(CudaWeight { name, ty, n_cols, n_rows, row_bytes, blocks, layout, dense: None, kernels: Some(kernels), resident: Default::default(), stacked: Default::default() })
+        let wide = quant::widen_to_q8_0(src.ggml_type(), src.bytes(), src.n_rows() * src.n_cols())?;
+        self.upload_weight(src.name(), ty, &wide, src.n_rows(), src.n_cols())
     }
 
     fn alloc_act(&mut self, capacity_rows: usize, width: usize) -> Result<CudaAct, BackendError> {
