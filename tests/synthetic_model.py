@@ -141,11 +141,15 @@ def write_block_model(
     context: int = 160,
     seed: int = 0,
     norm_gain: float = 1.0,
+    layer_types: dict[str, str] | None = None,
 ) -> str:
     """A small model whose every matrix (embedding and LM head too) is random blocks of
     ``matrix_type``; norms and q/k/v biases (qwen2) are F32. ``hidden`` must be a multiple of
     the type's block size (256 for K- and I-quants). ``norm_gain`` multiplies the layers' norm
-    weights (large gains give the large activations some trained models have)."""
+    weights (large gains give the large activations some trained models have). ``layer_types``
+    gives some layer matrices (by name within the layer, e.g. ``{"attn_v.weight": "Q8_0"}``)
+    another type, as real files mix them."""
+    layer_types = layer_types or {}
     import gguf
 
     rng = np.random.default_rng(seed)
@@ -161,11 +165,12 @@ def write_block_model(
     w.add_rope_freq_base(1e6 if arch == "qwen2" else 10000.0)
 
     def matrix(name, n_rows, n_cols, spread=0.05):
-        data = random_matrix(matrix_type, n_rows, n_cols, rng, spread)
-        if matrix_type in FLOAT_TYPES:
+        ty = layer_types.get(name.split(".", 2)[-1], matrix_type) if name.startswith("blk.") else matrix_type
+        data = random_matrix(ty, n_rows, n_cols, rng, spread)
+        if ty in FLOAT_TYPES:
             w.add_tensor(name, data)
         else:
-            w.add_tensor(name, data, raw_dtype=gguf.GGMLQuantizationType[matrix_type])
+            w.add_tensor(name, data, raw_dtype=gguf.GGMLQuantizationType[ty])
 
     def vector(name, n, norm=False, gain=1.0):
         v = rng.standard_normal(n) * (0.1 if norm else 0.05)

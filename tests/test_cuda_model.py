@@ -164,6 +164,39 @@ def test_gpu_model_matches_references_for_every_type(tmp_path, matrix_type):
 
 @pytest.mark.cuda
 @needs_gpu
+@pytest.mark.parametrize("layer_types", [
+    {"attn_v.weight": "Q8_0", "ffn_gate.weight": "Q4_0", "ffn_up.weight": "Q8_0"},
+    {"attn_k.weight": "Q4_0", "attn_v.weight": "Q8_0"},
+])
+def test_gpu_projections_of_mixed_types_match_the_references(tmp_path, layer_types):
+    """q/k/v (and gate/up) of mixed Q4_0 / Q5_0 / Q8_0, as the real model's layers whose v is
+    Q8_0: the GPU loads such a group as Q8_0 to run it as one launch, which must give the file's
+    values (the CPU keeps each type; the float64 reference reads the file through gguf-py)."""
+    path = write_block_model(tmp_path / "mixed.gguf", "Q5_0", seed=21, layer_types=layer_types)
+    rng = np.random.default_rng(4)
+    ids = [int(t) for t in rng.integers(0, 260, size=24)]
+    gpu = ferrite.Model.load(path, device="cuda", kv_cache_tokens=512, exact_matmul=True)
+    cpu = ferrite.Model.load(path, device="cpu", kv_cache_tokens=512, exact_matmul=True)
+    c = cpu.forward(ids).astype(np.float64)
+    ref = reference_logits(path, ids)
+    assert ref is not None
+    assert relative(c, ref) <= RELATIVE_BOUND
+    assert relative(gpu.forward(ids), ref) <= RELATIVE_BOUND
+    # Decode of one and of two sequences: the matrix-vector kernels, q/k/v as one launch.
+    seq = gpu.new_sequence(max_tokens=64)
+    gpu.forward(ids[:16], seq=seq)
+    steps = np.concatenate([gpu.forward([t], seq=seq) for t in ids[16:]])
+    assert relative(steps, ref[16:]) <= RELATIVE_BOUND
+    seqs = [gpu.new_sequence(max_tokens=32) for _ in range(2)]
+    for s_, n in zip(seqs, (9, 12)):
+        gpu.forward(ids[: n - 1], seq=s_)
+    got = np.concatenate(gpu.forward_batch([[ids[8]], [ids[11]]], seqs=seqs))
+    want = np.stack([ref[8], ref[11]])
+    assert relative(got, want) <= RELATIVE_BOUND
+
+
+@pytest.mark.cuda
+@needs_gpu
 def test_gpu_llama_layout_and_tied_head(tmp_path):
     """Adjacent-pair RoPE (llama) and an LM head tied to the embedding, on the GPU."""
     path = write_tiny_model(tmp_path / "llama.gguf", arch="llama", matrix_type="Q8_0", tied=True)
