@@ -165,13 +165,15 @@ def test_gpu_model_matches_references_for_every_type(tmp_path, matrix_type):
 @pytest.mark.cuda
 @needs_gpu
 @pytest.mark.parametrize("layer_types", [
-    {"attn_v.weight": "Q8_0", "ffn_gate.weight": "Q4_0", "ffn_up.weight": "Q8_0"},
-    {"attn_k.weight": "Q4_0", "attn_v.weight": "Q8_0"},
+    {"attn_v.weight": "Q8_0", "ffn_up.weight": "Q8_0"},
+    {"attn_k.weight": "Q4_0", "attn_v.weight": "Q8_0", "ffn_gate.weight": "Q4_0"},
 ])
 def test_gpu_projections_of_mixed_types_match_the_references(tmp_path, layer_types):
-    """q/k/v (and gate/up) of mixed Q4_0 / Q5_0 / Q8_0, as the real model's layers whose v is
-    Q8_0: the GPU loads such a group as Q8_0 to run it as one launch, which must give the file's
-    values (the CPU keeps each type; the float64 reference reads the file through gguf-py)."""
+    """q/k/v and gate/up of mixed types, as the real model's layers whose v is Q8_0 and q, k
+    Q5_0. The GPU loads a group of Q5_0 and Q8_0 as Q8_0 to run it as one launch (the first
+    case), which must give the file's values; a group with Q4_0 keeps each type, and its
+    matrices take different kernels (the second). The CPU keeps every type; the float64
+    reference reads the file through gguf-py."""
     path = write_block_model(tmp_path / "mixed.gguf", "Q5_0", seed=21, layer_types=layer_types)
     rng = np.random.default_rng(4)
     ids = [int(t) for t in rng.integers(0, 260, size=24)]

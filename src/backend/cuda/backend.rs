@@ -297,6 +297,19 @@ fn rope_in_attention() -> bool {
     *ON.get_or_init(|| std::env::var("FERRITE_CUDA_ROPE_IN_ATTENTION").map_or(true, |v| v != "0"))
 }
 
+/// The type a group of projections taking one input is loaded as on the tiled path (`tiled`):
+/// Q8_0 for a group that mixes Q5_0 and Q8_0, whose Q5_0 blocks widen to Q8_0 exactly
+/// (`quant::widen_to_q8_0`), so that the group runs as one launch (the tiled kernels are
+/// compiled one type a module). Widening costs the Q5_0 matrices 1.5 times their bytes, a
+/// fraction of a microsecond for the real model's q and k, and saves a launch of about 4 us in
+/// its 12 layers whose v is Q8_0 (H200, 2026-12-04). Q4_0 would widen exactly too, but it has no
+/// tile format: its groups keep the generic kernels, whose cost was not measured against it.
+fn widened_group_type(types: &[GgmlType], tiled: bool) -> Option<GgmlType> {
+    let mixed = types.windows(2).any(|w| w[0] != w[1]);
+    let widens = types.iter().all(|t| matches!(t, GgmlType::Q5_0 | GgmlType::Q8_0));
+    (tiled && mixed && widens).then_some(GgmlType::Q8_0)
+}
+
 /// A recorded step's key: the model's [`ReplayKey`], then what of the batch (beyond its sizes)
 /// shapes the launches: `batch_generation`, the attention warps and splits, whether RoPE runs inside the
 /// decode attention, the prefill attention's tiles.
@@ -1077,14 +1090,8 @@ impl Backend for CudaBackend {
     }
 
     fn group_type(&self, types: &[GgmlType]) -> Option<GgmlType> {
-        // The tiled kernels run a group as one launch when its types agree (one kernel a type).
-        // Q4_0 and Q5_0 widen to Q8_0 exactly (`quant::widen_to_q8_0`): a projection then reads
-        // 1.5-1.9 times its bytes (a fraction of a microsecond for the real model's q and k) and
-        // a launch goes (about 4 us in its 12 layers whose v is Q8_0 and q, k Q5_0).
-        let widens = |t: &GgmlType| matches!(t, GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0);
-        let mixed = types.iter().any(|t| *t != types[0]);
         let tiled = super::matvec::path_for(&self.ctx, GgmlType::Q8_0) == super::matvec::MatvecPath::Tiled;
-        (mixed && tiled && types.iter().all(widens)).then_some(GgmlType::Q8_0)
+        widened_group_type(types, tiled)
     }
 
     fn load_weight_as(&mut self, src: &TensorSource, ty: GgmlType) -> Result<CudaWeight, BackendError> {
@@ -1842,5 +1849,22 @@ mod attention_launch_tests {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod group_type_tests {
+    #[test]
+    fn groups_mixing_q5_0_and_q8_0_load_as_q8_0_on_the_tiled_path_only() {
+        use crate::quant::GgmlType::*;
+        use super::widened_group_type;
+        assert_eq!(widened_group_type(&[Q5_0, Q5_0, Q8_0], true), Some(Q8_0));
+        assert_eq!(widened_group_type(&[Q8_0, Q5_0], true), Some(Q8_0));
+        // One type already: nothing to widen; another type in the group, or no tiles: each keeps its own.
+        assert_eq!(widened_group_type(&[Q5_0, Q5_0, Q5_0], true), None);
+        assert_eq!(widened_group_type(&[Q5_0, Q4_0, Q8_0], true), None);
+        assert_eq!(widened_group_type(&[Q4_K, Q6_K], true), None);
+        assert_eq!(widened_group_type(&[Q5_0, Q8_0], false), None);
+        assert_eq!(widened_group_type(&[], true), None);
     }
 }
