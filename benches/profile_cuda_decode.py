@@ -79,14 +79,16 @@ def timeline(path: str, steps: int, batch: int) -> None:
         gen.generate(ps, max_tokens=steps + 2, **opts)
     with tempfile.NamedTemporaryFile(suffix=".json") as f:
         p.export_chrome_trace(f.name)
-        events = json.load(open(f.name))["traceEvents"]
+        with open(f.name) as trace:
+            events = json.load(trace)["traceEvents"]
     kernels = sorted((e for e in events if e.get("cat") == "kernel"), key=lambda e: float(e["ts"]))
     # A step ends with the sampler's last kernel: keep whole decode steps, after the prompt's
     # step and the first decode step.
     ends = [i for i, e in enumerate(kernels) if e["name"].startswith("sample_rows")]
     if len(ends) < 4:
-        print(f"timeline: {len(ends)} sampler launches found; kernel names: {sorted({e['name'][:40] for e in kernels})[:20]}")
-        return
+        # The host sampler (FERRITE_HOST_SAMPLING=1) launches no sample_rows to mark the steps.
+        sys.exit(f"timeline: {len(ends)} sampler launches found, too few to mark steps; kernels: "
+                 f"{sorted({e['name'][:40] for e in kernels})[:20]}")
     first, last = ends[1] + 1, ends[-1]
     n_steps = len(ends) - 2
     charged: dict[str, list[float]] = {}

@@ -115,8 +115,8 @@ impl Plan {
     ///   about two tiles per warp or `WARPS_PER_SM` warps per SM, at most 8 ways;
     /// * smaller ones, 1 or 2 rows of x (latency-bound): blocks of 8 warps, as many of them
     ///   along a tile row's columns as it has tiles and the rest on more tile rows a block, so
-    ///   that the blocks fit one wave; then columns split across blocks (one tile a warp at
-    ///   least, at most four splits, none when there are as many tile rows as SMs) while they
+    ///   that the blocks fit one wave; then columns split across blocks (about one tile a warp,
+    ///   at most four splits, none when there are as many tile rows as SMs) while they
     ///   still fit (`FERRITE_CUDA_MATVEC_WAVE=0`: the rule before, one tile row a block);
     /// * smaller ones, 4 or 8 rows (more math per tile): two warps a tile row, one tile each,
     ///   columns split across blocks, as many tile rows a block as still leave a block for
@@ -138,9 +138,9 @@ impl Plan {
             // a block row wants all 8 warps to share that, and a second wave of blocks would pay
             // for it again. Eight warps a block, as many along the columns as the matrix has
             // tiles, trading warps along the columns for tile rows a block until the blocks fit
-            // one wave; then columns split across blocks, up to one tile a warp and four splits,
-            // while the blocks still fit (none once the tile rows alone give every SM a block:
-            // each split costs a round trip through L2). H200 sweep, one and two rows, 0.5B
+            // one wave; then columns split across blocks, ceil(k / warps_k) ways (about one tile
+            // a warp) and at most four, while the blocks still fit (none once the tile rows alone
+            // give every SM a block: each split costs a round trip through L2). H200 sweep, one and two rows, 0.5B
             // shapes (benches/bench_cuda_matvec.py --sweep-plans, docs/BENCHMARKS.md, 21st
             // session): gate and up as one launch (9728x896 Q5_0) at one / two rows took 21 % /
             // 15-19 % of the copy bandwidth in 608 blocks of 3 or 4 warps, 24 % / 22 % in 152 of
