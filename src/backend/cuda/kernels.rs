@@ -271,9 +271,10 @@ mod tests {
         }
     }
 
-    /// Compiles every kernel file, and every per-type file for every type, for sm_90 (no GPU
-    /// needed: NVRTC runs on the CPU). Needs libnvrtc on the loader path; without it there is
-    /// nothing to check and the test says so. FERRITE_PTXAS_LOG=1 prints ptxas's register,
+    /// Compiles every kernel file, and every per-type file for every type, for sm_80 (the oldest
+    /// GPUs the tensor-core kernels take: an sm_90-only instruction must stay behind its guard)
+    /// and sm_90, with no GPU (NVRTC runs on the CPU). Needs libnvrtc on the loader path; without
+    /// it there is nothing to check and the test says so. FERRITE_PTXAS_LOG=1 prints ptxas's register,
     /// spill and shared-memory report of the matvec kernels.
     #[test]
     fn every_kernel_compiles_with_nvrtc() {
@@ -281,44 +282,45 @@ mod tests {
             eprintln!("libnvrtc not found: kernel compilation not checked here");
             return;
         }
-        let cc = (9, 0);
         let verbose = std::env::var("FERRITE_PTXAS_LOG").is_ok_and(|v| v == "1");
         let mut failures = Vec::new();
-        let mut compile_one = |src: &KernelSource, extra: &[String]| {
-            let t = std::time::Instant::now();
-            let mut opts = options_for(src, extra, cc).expect("FERRITE_CUDA_KERNEL_DEFINES");
-            let report = verbose && (src.file.starts_with("matvec") || src.file == "repacked_rows.cu");
-            if report {
-                opts.push("--ptxas-options=-v".into());
-            }
-            match compile_with_log(src, &opts) {
-                Ok((cubin, log)) => {
-                    eprintln!("{} {extra:?}: {} bytes in {:.2}s", src.file, cubin.len(), t.elapsed().as_secs_f64());
-                    if report {
-                        eprintln!("{log}");
-                    }
+        for cc in [(8, 0), (9, 0)] {
+            let mut compile_one = |src: &KernelSource, extra: &[String]| {
+                let t = std::time::Instant::now();
+                let mut opts = options_for(src, extra, cc).expect("FERRITE_CUDA_KERNEL_DEFINES");
+                let report = verbose && (src.file.starts_with("matvec") || src.file == "repacked_rows.cu");
+                if report {
+                    opts.push("--ptxas-options=-v".into());
                 }
-                Err(e) => failures.push(format!("{} {extra:?}: {e}", src.file)),
+                match compile_with_log(src, &opts) {
+                    Ok((cubin, log)) => {
+                        eprintln!("{} {extra:?}: {} bytes in {:.2}s", src.file, cubin.len(), t.elapsed().as_secs_f64());
+                        if report {
+                            eprintln!("{log}");
+                        }
+                    }
+                    Err(e) => failures.push(format!("{} {extra:?} (sm_{}{}): {e}", src.file, cc.0, cc.1)),
+                }
+            };
+            for src in FIXED {
+                compile_one(src, &[]);
             }
-        };
-        for src in FIXED {
-            compile_one(src, &[]);
-        }
-        for hd in ATTENTION_HEAD_DIMS {
-            compile_one(&ATTENTION, &attention_defines(hd).unwrap());
-            if let Some(defines) = prefill_attention_defines(hd) {
-                compile_one(&ATTENTION_PREFILL, &defines);
+            for hd in ATTENTION_HEAD_DIMS {
+                compile_one(&ATTENTION, &attention_defines(hd).unwrap());
+                if let Some(defines) = prefill_attention_defines(hd) {
+                    compile_one(&ATTENTION_PREFILL, &defines);
+                }
             }
-        }
-        for ty in GgmlType::ALL {
-            if let Some(defines) = type_defines(ty) {
-                compile_one(&EMBED, &defines);
-                compile_one(&MATVEC, &defines);
-            }
-            if let Some(defines) = tile_type_defines(ty) {
-                compile_one(&MATVEC_MMA, &defines);
-                compile_one(&MATMUL_MMA, &defines);
-                compile_one(&REPACKED_ROWS, &defines);
+            for ty in GgmlType::ALL {
+                if let Some(defines) = type_defines(ty) {
+                    compile_one(&EMBED, &defines);
+                    compile_one(&MATVEC, &defines);
+                }
+                if let Some(defines) = tile_type_defines(ty) {
+                    compile_one(&MATVEC_MMA, &defines);
+                    compile_one(&MATMUL_MMA, &defines);
+                    compile_one(&REPACKED_ROWS, &defines);
+                }
             }
         }
         assert!(failures.is_empty(), "{}", failures.join("\n\n"));
