@@ -281,8 +281,9 @@ pub trait Backend: Send + 'static {
         None
     }
 
-    /// Uploads one tensor converted to `ty`, a type [`group_type`](Self::group_type) named for
-    /// it. The default takes only the tensor's own type.
+    /// Uploads one tensor converted to `ty`, the type [`group_type`](Self::group_type) named for
+    /// its group, which may be its own (then as [`load_weight`](Self::load_weight)). The default
+    /// takes only the tensor's own type.
     fn load_weight_as(&mut self, src: &TensorSource, ty: GgmlType) -> Result<Self::Weight, BackendError> {
         if ty != src.ggml_type() {
             return Err(BackendError::Invalid(format!("{}: this backend does not convert {} to {ty}", src.name(), src.ggml_type())));

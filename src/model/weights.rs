@@ -57,7 +57,8 @@ impl<B: Backend> Loader<'_, B> {
         self.backend.group_type(&types?)
     }
 
-    /// [`load`](Self::load), converted to `ty` when given and not the tensor's own type.
+    /// [`load`](Self::load), converted to `ty` when given (the backend's `load_weight_as` takes
+    /// the tensor's own type as it is).
     fn load_as(&mut self, name: &str, dims: &[usize], ty: Option<GgmlType>) -> Result<B::Weight, ModelError> {
         let info = self.file.tensor_info(name).map_err(|_| ModelError::MissingTensor(name.to_string()))?;
         let got: Vec<usize> = info.dims.iter().map(|&d| d as usize).collect();
@@ -69,8 +70,8 @@ impl<B: Backend> Loader<'_, B> {
         }
         let src = TensorSource { file: Arc::clone(self.file), info: info.clone() };
         let loaded = match ty {
-            Some(ty) if ty != src.ggml_type() => self.backend.load_weight_as(&src, ty),
-            _ => self.backend.load_weight(&src),
+            Some(ty) => self.backend.load_weight_as(&src, ty),
+            None => self.backend.load_weight(&src),
         };
         loaded.map_err(|e| match e {
             // The device's own failures are not the tensor's.

@@ -140,9 +140,9 @@ impl Plan {
             // tiles, trading warps along the columns for tile rows a block until the blocks fit
             // one wave; then columns split across blocks, ceil(k / warps_k) ways (about one tile
             // a warp) and at most four, while the blocks still fit (none once the tile rows alone
-            // give every SM a block: each split costs a round trip through L2). H200 sweep, one and two rows, 0.5B
-            // shapes (benches/bench_cuda_matvec.py --sweep-plans, docs/BENCHMARKS.md, 21st
-            // session): gate and up as one launch (9728x896 Q5_0) at one / two rows took 21 % /
+            // give every SM a block: each split costs a round trip through L2). H200 sweep, one
+            // and two rows, 0.5B shapes (benches/bench_cuda_matvec.py --sweep-plans,
+            // docs/BENCHMARKS.md, 21st session): gate and up as one launch (9728x896 Q5_0) at one / two rows took 21 % /
             // 15-19 % of the copy bandwidth in 608 blocks of 3 or 4 warps, 24 % / 22 % in 152 of
             // 8; down (896x4864) 9-17 % with two splits, 10-19 % with three or four.
             let wave_blocks = |warps: usize| sms * (RESIDENT_WARPS_PER_SM / warps).max(1);
