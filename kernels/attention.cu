@@ -141,9 +141,12 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
             rope_sincos(pos, i, HD, rope.freq_base, &rope_sin[i], &rope_cos[i]);
         }
 #if ATTN_L2_PREFETCH
-        for (u32 j = j_begin + warp * 32 + lane; j < j_end; j += n_warps * 32) {
-            if (j == last) continue;  // this step's own key and value: written below
-            const u32 slot = table[j >> bt_shift] * block_tokens + (j & bt_mask);
+        // The warp's first chunk only: the one on the critical path after the wait (a long
+        // context's later chunks would ask L2 for more than it holds, ahead of the q load). This
+        // step's own key and value are written below instead.
+        const u32 j_first = j_begin + warp * 32 + lane;
+        if (j_first < j_end && j_first != last) {
+            const u32 slot = table[j_first >> bt_shift] * block_tokens + (j_first & bt_mask);
             // 128-byte lines: 32 floats each.
             for (u32 e = 0; e < HD; e += 32) {
                 asm volatile("prefetch.global.L2 [%0];" ::"l"(kc + (u64)slot * kv_width + e));

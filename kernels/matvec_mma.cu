@@ -618,9 +618,10 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
     const bool early_bias = NT <= 2 && bias != nullptr && active && wk == 0 && t == 0 && n_splits == 1;
     const float b0 = early_bias && r0 < n_rows ? bias[r0] : 0.0f;
     const float b1 = early_bias && r1 < n_rows ? bias[r1] : 0.0f;
-#if MMA_L2_PREFETCH
+#if MMA_L2_PREFETCH && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     if (active && wk == 0 && lane == 0 && kt_end > kt_begin + warps_k) {
-        // Tiles are 16-byte multiples from a 256-byte aligned base: the bulk prefetch's terms.
+        // Tiles are 16-byte multiples from a 16-byte aligned base: the bulk prefetch's terms
+        // (sm_90 and later).
         const u8* first = tile_row + (u64)kt_begin * Tile::TILE_BYTES;
         const u32 bytes = (kt_end - kt_begin) * Tile::TILE_BYTES;
         asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(first), "r"(bytes) : "memory");
