@@ -27,6 +27,15 @@ __device__ __forceinline__ float4 add4(float4 a, float4 b) {
 // contexts, as in decode; 4 when many rows keep the GPU busy anyway, as in prefill).
 #define ATTN_MAX_WARPS 16
 
+// 1: a decode step's attention (the ROPE variant) asks L2 for the K and V rows of its warps'
+// keys before it waits for the kernel before it (q/k/v): their slots come from the batch
+// description, which may be read before the wait, and a prefetch returns no data, so whatever
+// the cache holds then cannot be read too early. The rows' DRAM latency then overlaps the
+// projection's tail instead of following the wait.
+#ifndef ATTN_L2_PREFETCH
+#define ATTN_L2_PREFETCH 1
+#endif
+
 // One block per (token, KV head, slice of `slice` <= G of the query heads sharing that KV head), or
 // per (token, split, KV head, slice) with flash-decoding (Splits below). Each warp takes
 // chunks of 32 keys (warp w: keys 32w .., then 32 * n_warps further on): lane j scores key j of
@@ -131,6 +140,20 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
         for (u32 i = threadIdx.x; i < HD / 2; i += blockDim.x) {
             rope_sincos(pos, i, HD, rope.freq_base, &rope_sin[i], &rope_cos[i]);
         }
+#if ATTN_L2_PREFETCH
+        // The warp's first chunk only: the one on the critical path after the wait (a long
+        // context's later chunks would ask L2 for more than it holds, ahead of the q load). This
+        // step's own key and value are written below instead.
+        const u32 j_first = j_begin + warp * 32 + lane;
+        if (j_first < j_end && j_first != last) {
+            const u32 slot = table[j_first >> bt_shift] * block_tokens + (j_first & bt_mask);
+            // 128-byte lines: 32 floats each.
+            for (u32 e = 0; e < HD; e += 32) {
+                asm volatile("prefetch.global.L2 [%0];" ::"l"(kc + (u64)slot * kv_width + e));
+                asm volatile("prefetch.global.L2 [%0];" ::"l"(vc + (u64)slot * kv_width + e));
+            }
+        }
+#endif
         dependent_wait();
     }
 

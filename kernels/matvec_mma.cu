@@ -40,6 +40,8 @@
 // RMSNorm before q/k/v and gate/up, with each row's 1/rms computed by every block, in float64
 // as norm.cu does) or silu(x) * x2 (x2 != 0: SwiGLU, gate and up in, before ffn_down), so that
 // neither needs a launch and a buffer of its own. The values are those of the separate kernels.
+// (Where a block stages the whole row at once on the int8 path, the norm's sum of squares comes
+// from the values staging loads: stage_x_s8_normed.)
 #include "repacked.cuh"
 
 #ifndef QTYPE
@@ -51,6 +53,19 @@ typedef FERRITE_CAT(Rp_, QTYPE) Tile;
 #define MMA_MAX_WARPS 8
 #ifndef MMA_MIN_BLOCKS
 #define MMA_MIN_BLOCKS 2
+#endif
+// 1: before waiting for the previous kernel, one lane of each tile row's first warp asks L2 for
+// the row's tiles in this block's column range (one bulk prefetch), so that a warp's tiles after
+// its first (which it loads into registers) come from L2 rather than DRAM. Small launches give a
+// warp 2-4 tiles; the weights are constant, so this may run before the wait.
+#ifndef MMA_L2_PREFETCH
+#define MMA_L2_PREFETCH 1
+#endif
+// 1: where a block stages the whole row of x in one phase (no column split) with at most one
+// 256-column job a warp, the RMSNorm's sum of squares is taken from the values staging loads
+// anyway, instead of a pass of its own over x before it (one round trip to L2 and a barrier less).
+#ifndef MMA_FUSED_NORM
+#define MMA_FUSED_NORM 1
 #endif
 // Rows of x up to which the tile loop reloads the warp's last tile and is unrolled twice (see
 // there); above it, one tile at a time with a conditional hand-over. H200, 2026-12-04: at one
@@ -242,6 +257,52 @@ __device__ __forceinline__ u32 pack_s8(int a, int b, int c, int d) {
 // when the tile's x has a value that is not finite, so that it reaches the output as the bf16
 // path's would). One warp a 256-column block of one row: lane (sub-block s = lane / 4, t = lane %
 // 4) holds the 8 values of its b0 and b1.
+// One 256-column job of stage_x_s8: lane (sub-block sb = lane / 4, t = lane % 4) holds the 8
+// values r of x row n in block blk of the phase, in b0 / b1 order; they go into xq, xsum and
+// xscale as stage_x_s8 says. Every lane of the warp calls it (shuffles, __all_sync).
+template <int NG, int XSTRIDE_B>
+__device__ __forceinline__ void quantize_job_s8(float r[8], int n, int blk, u8* xq, int (*xsum)[NG][8],
+                                                float (*xscale)[NG][8]) {
+    const int lane = threadIdx.x & 31;
+    const int sb = lane >> 2, t = lane & 3;
+    bool finite = true;
+#pragma unroll
+    for (int i = 0; i < 8; i++) finite = finite && isfinite(r[i]);
+    finite = __all_sync(FULL_WARP, finite);
+    const int j = n / 2;
+    // One reduction for the three parts: the remainder after part p is at most half its
+    // step, so part p + 1's step can be the step before it / 254 without measuring its
+    // maximum (the same 2^-24 of max|x| in the end; a reduction is five dependent shuffles,
+    // on the critical path of a small projection).
+    float amax = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 8; i++) amax = fmaxf(amax, fabsf(r[i]));
+    amax = warp_max(amax);
+    const float scale0 = __fdiv_rn(amax, 127.0f);
+    // Capped so that a tiny amax (below 127 / FLT_MAX) cannot make it infinite: the codes
+    // are then smaller than they could be (such a tile's x loses precision, not its sign).
+    const float inv0 = amax > 0.0f ? fminf(__fdiv_rn(127.0f, amax), 3.4028234e38f) : 0.0f;
+#pragma unroll
+    for (int p = 0; p < 3; p++) {
+        const float scale = p == 0 ? scale0 : p == 1 ? scale0 * (1.0f / 254.0f) : scale0 * (1.0f / 64516.0f);
+        const float inv = p == 0 ? inv0 : fminf(inv0 * (p == 1 ? 254.0f : 64516.0f), 3.4028234e38f);
+        int q[8], sum = 0;
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            q[i] = min(max(__float2int_rn(r[i] * inv), -127), 127);
+            r[i] = fmaf(-(float)q[i], scale, r[i]);
+            sum += q[i];
+        }
+        *reinterpret_cast<uint2*>(xq + (n * 3 + p) * XSTRIDE_B + 256 * blk + 32 * sb + 8 * t) =
+            make_uint2(pack_s8(q[0], q[1], q[2], q[3]), pack_s8(q[4], q[5], q[6], q[7]));
+        sum += __shfl_xor_sync(FULL_WARP, sum, 1);
+        sum += __shfl_xor_sync(FULL_WARP, sum, 2);
+        const int col = (n % 2) * 3 + p;
+        if (t == 0) xsum[8 * blk + sb][j][col] = sum;
+        if (lane == 0) xscale[blk][j][col] = finite ? scale : __int_as_float(0x7fc00000);
+    }
+}
+
 template <int NT, int NG, int XSTRIDE_B>
 __device__ __forceinline__ void stage_x_s8(const float* __restrict__ x, const float* __restrict__ x2,
                                            const float* __restrict__ norm_w, const float* inv_rms, u32 n_x, u32 n_cols,
@@ -257,43 +318,59 @@ __device__ __forceinline__ void stage_x_s8(const float* __restrict__ x, const fl
         const float4 a = load_x4(x, x2, norm_w, inv_rms, n_x, n_cols, (u32)n, c);
         const float4 b = load_x4(x, x2, norm_w, inv_rms, n_x, n_cols, (u32)n, c + 16);
         float r[8] = {a.x, b.x, a.y, b.y, a.z, b.z, a.w, b.w};
-        bool finite = true;
-#pragma unroll
-        for (int i = 0; i < 8; i++) finite = finite && isfinite(r[i]);
-        finite = __all_sync(FULL_WARP, finite);
-        const int j = n / 2;
-        // One reduction for the three parts: the remainder after part p is at most half its
-        // step, so part p + 1's step can be the step before it / 254 without measuring its
-        // maximum (the same 2^-24 of max|x| in the end; a reduction is five dependent shuffles,
-        // on the critical path of a small projection).
-        float amax = 0.0f;
-#pragma unroll
-        for (int i = 0; i < 8; i++) amax = fmaxf(amax, fabsf(r[i]));
-        amax = warp_max(amax);
-        const float scale0 = __fdiv_rn(amax, 127.0f);
-        // Capped so that a tiny amax (below 127 / FLT_MAX) cannot make it infinite: the codes
-        // are then smaller than they could be (such a tile's x loses precision, not its sign).
-        const float inv0 = amax > 0.0f ? fminf(__fdiv_rn(127.0f, amax), 3.4028234e38f) : 0.0f;
-#pragma unroll
-        for (int p = 0; p < 3; p++) {
-            const float scale = p == 0 ? scale0 : p == 1 ? scale0 * (1.0f / 254.0f) : scale0 * (1.0f / 64516.0f);
-            const float inv = p == 0 ? inv0 : fminf(inv0 * (p == 1 ? 254.0f : 64516.0f), 3.4028234e38f);
-            int q[8], sum = 0;
-#pragma unroll
-            for (int i = 0; i < 8; i++) {
-                q[i] = min(max(__float2int_rn(r[i] * inv), -127), 127);
-                r[i] = fmaf(-(float)q[i], scale, r[i]);
-                sum += q[i];
-            }
-            *reinterpret_cast<uint2*>(xq + (n * 3 + p) * XSTRIDE_B + 256 * blk + 32 * sb + 8 * t) =
-                make_uint2(pack_s8(q[0], q[1], q[2], q[3]), pack_s8(q[4], q[5], q[6], q[7]));
-            sum += __shfl_xor_sync(FULL_WARP, sum, 1);
-            sum += __shfl_xor_sync(FULL_WARP, sum, 2);
-            const int col = (n % 2) * 3 + p;
-            if (t == 0) xsum[8 * blk + sb][j][col] = sum;
-            if (lane == 0) xscale[blk][j][col] = finite ? scale : __int_as_float(0x7fc00000);
-        }
+        quantize_job_s8<NG, XSTRIDE_B>(r, n, blk, xq, xsum, xscale);
     }
+}
+
+// stage_x_s8 of a whole row of x (columns from 0; the caller checks that every job fits one a
+// warp: NT * ceil(len / 256) <= warps) with the RMSNorm folded in: each warp loads its job's
+// values once, the block sums their squares in float64 and rounds each row's 1 / rms to float
+// once (as block_inv_rms does, adding in another order) into inv_rms, and the values are then
+// scaled as load_x4 scales them. It saves block_inv_rms's pass over x and its barrier.
+template <int NT, int NG, int XSTRIDE_B>
+__device__ __forceinline__ void stage_x_s8_normed(const float* __restrict__ x, const float* __restrict__ norm_w, float eps,
+                                                  u32 n_x, u32 n_cols, u32 len, u8* xq, int (*xsum)[NG][8],
+                                                  float (*xscale)[NG][8], float* inv_rms) {
+    __shared__ double red[MMA_MAX_WARPS][NT];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+    const int sb = lane >> 2, t = lane & 3;
+    const int blocks = ((int)len + 255) / 256;
+    const int n = warp / blocks, blk = warp % blocks;
+    const bool has_job = warp < NT * blocks;  // the whole warp, or none of it
+    const u32 c = 256 * blk + 32 * sb + 4 * t;
+    // Zeros for rows n >= n_x and columns past n_cols, as load_x4 gives them (n_cols is a
+    // multiple of 32, so c < n_cols means c + 19 < n_cols too).
+    const bool in = has_job && (u32)n < n_x && c < n_cols;
+    const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    float4 a = in ? *reinterpret_cast<const float4*>(x + (u64)n * n_cols + c) : zero;
+    float4 b = in ? *reinterpret_cast<const float4*>(x + (u64)n * n_cols + c + 16) : zero;
+    const float4 wa = in ? *reinterpret_cast<const float4*>(norm_w + c) : zero;
+    const float4 wb = in ? *reinterpret_cast<const float4*>(norm_w + c + 16) : zero;
+    const double sq = (double)a.x * a.x + (double)a.y * a.y + (double)a.z * a.z + (double)a.w * a.w + (double)b.x * b.x +
+                      (double)b.y * b.y + (double)b.z * b.z + (double)b.w * b.w;
+#pragma unroll
+    for (int i = 0; i < NT; i++) {
+        const double w = warp_sum_f64(i == n ? sq : 0.0);
+        if (lane == 0) red[warp][i] = w;
+    }
+    __syncthreads();
+    if (threadIdx.x < NT) {
+        double total = 0.0;
+        for (int w = 0; w < n_warps; w++) total += red[w][threadIdx.x];
+        inv_rms[threadIdx.x] = (float)(1.0 / sqrt(total / (double)n_cols + (double)eps));
+    }
+    __syncthreads();
+    if (!has_job) return;
+    if (in) {
+        // RMSNorm as norm.cu computes it (load_x4's operations).
+        const float inv = inv_rms[n];
+        a.x = __fmul_rn(__fmul_rn(a.x, inv), wa.x), a.y = __fmul_rn(__fmul_rn(a.y, inv), wa.y);
+        a.z = __fmul_rn(__fmul_rn(a.z, inv), wa.z), a.w = __fmul_rn(__fmul_rn(a.w, inv), wa.w);
+        b.x = __fmul_rn(__fmul_rn(b.x, inv), wb.x), b.y = __fmul_rn(__fmul_rn(b.y, inv), wb.y);
+        b.z = __fmul_rn(__fmul_rn(b.z, inv), wb.z), b.w = __fmul_rn(__fmul_rn(b.w, inv), wb.w);
+    }
+    float r[8] = {a.x, b.x, a.y, b.y, a.z, b.z, a.w, b.w};
+    quantize_job_s8<NG, XSTRIDE_B>(r, n, blk, xq, xsum, xscale);
 }
 
 // acc += tile `tile` (of the phase) times x, the int8 way (see above), for a K-quant (Q4_K:
@@ -541,6 +618,15 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
     const bool early_bias = NT <= 2 && bias != nullptr && active && wk == 0 && t == 0 && n_splits == 1;
     const float b0 = early_bias && r0 < n_rows ? bias[r0] : 0.0f;
     const float b1 = early_bias && r1 < n_rows ? bias[r1] : 0.0f;
+#if MMA_L2_PREFETCH && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (active && wk == 0 && lane == 0 && kt_end > kt_begin + warps_k) {
+        // Tiles are 16-byte multiples from a 16-byte aligned base: the bulk prefetch's terms
+        // (sm_90 and later).
+        const u8* first = tile_row + (u64)kt_begin * Tile::TILE_BYTES;
+        const u32 bytes = (kt_end - kt_begin) * Tile::TILE_BYTES;
+        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(first), "r"(bytes) : "memory");
+    }
+#endif
     // Weights are constant; everything from here on may be the previous kernel's output.
     dependent_wait();
     // What a one-row projection adds its products to (the residual stream), loaded before the
@@ -552,7 +638,11 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
             if (r1 < n_rows) prev[1] = y[r1];
         }
     }
-    if (norm_w) block_inv_rms<NT>(x, n_x, n_cols, eps, inv_rms);
+    // The RMSNorm inside staging (stage_x_s8_normed) where the block stages the whole row in one
+    // phase with at most one job a warp; otherwise its own pass first.
+    const bool fused_norm = MMA_FUSED_NORM && S8 && norm_w != nullptr && x2 == nullptr && n_splits == 1 && k_tiles <= (u32)PHASE_TILES &&
+                            NT * ((k_tiles * Tile::TILE_COLS + 255) / 256) <= (blockDim.x >> 5);
+    if (norm_w && !fused_norm) block_inv_rms<NT>(x, n_x, n_cols, eps, inv_rms);
 
     // This lane's B column in each group: x row n = RPG * j + g / PARTS, part g % PARTS (with
     // three parts, columns 6 and 7 are zero).
@@ -586,8 +676,13 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
         const u32 p_end = min(p + PHASE_TILES, kt_end);
         __syncthreads();  // the previous phase's readers are done with xs / xsum
         if constexpr (S8) {
-            stage_x_s8<NT, NG, XSTRIDE_B>(x, x2, norm_w, inv_rms, n_x, n_cols, p * Tile::TILE_COLS, (p_end - p) * Tile::TILE_COLS,
-                                          xs_bytes, xsums.i, xscale);
+            if (fused_norm) {
+                stage_x_s8_normed<NT, NG, XSTRIDE_B>(x, norm_w, eps, n_x, n_cols, k_tiles * Tile::TILE_COLS, xs_bytes, xsums.i,
+                                                     xscale, inv_rms);
+            } else {
+                stage_x_s8<NT, NG, XSTRIDE_B>(x, x2, norm_w, inv_rms, n_x, n_cols, p * Tile::TILE_COLS,
+                                              (p_end - p) * Tile::TILE_COLS, xs_bytes, xsums.i, xscale);
+            }
         } else {
             stage_x<NT, PARTS, XSTRIDE, NG, SUMS>(x, x2, norm_w, inv_rms, n_x, n_cols, p * Tile::TILE_COLS,
                                                   (p_end - p) * Tile::TILE_COLS, xs, xsums.f);
