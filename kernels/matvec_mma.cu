@@ -57,13 +57,17 @@ typedef FERRITE_CAT(Rp_, QTYPE) Tile;
 // 1: before waiting for the previous kernel, one lane of each tile row's first warp asks L2 for
 // the row's tiles in this block's column range (one bulk prefetch), so that a warp's tiles after
 // its first (which it loads into registers) come from L2 rather than DRAM. Small launches give a
-// warp 2-4 tiles; the weights are constant, so this may run before the wait.
+// warp 2-4 tiles; the weights are constant, so this may run before the wait. Off by default:
+// H200, 2026-12-04, the 0.5B's decode step took 803 us with it and 780 without (the o projection
+// 3.3 -> 3.9 us, the LM head 45 -> 50; only gate/up gained, 6.8 -> 6.4), and the 7B's 337 tok/s
+// at one sequence fell to 323. Kept for A/B on other GPUs.
 #ifndef MMA_L2_PREFETCH
-#define MMA_L2_PREFETCH 1
+#define MMA_L2_PREFETCH 0
 #endif
 // 1: where a block stages the whole row of x in one phase (no column split) with at most one
 // 256-column job a warp, the RMSNorm's sum of squares is taken from the values staging loads
 // anyway, instead of a pass of its own over x before it (one round trip to L2 and a barrier less).
+// H200, 2026-12-04: the 0.5B's decode step 855 -> 803 us (gate/up 7.3 -> 6.4 us, q/k/v 5.1 -> 4.5).
 #ifndef MMA_FUSED_NORM
 #define MMA_FUSED_NORM 1
 #endif
