@@ -456,9 +456,11 @@ extern "C" __global__ void __launch_bounds__(CHUNK_THREADS)
     __shared__ double red_f64[CHUNK_WARPS];
     __shared__ u32 bcast[2];
     __shared__ u32 n_listed;
-    dependent_wait();
     const u32 c = blockIdx.x, row = blockIdx.y;
+    // The parameters come from a copy that the stream waited for before this launch
+    // (sampling.rs): they may be read before the wait.
     const RowParams p = params[row];
+    dependent_wait();
     float* l = logits + (u64)row * vocab;
     u32* rec = chunks + ((u64)row * gridDim.x + c) * CHUNK_WORDS;
     const u32 c0 = c * CHUNK_ELEMS;
@@ -778,9 +780,9 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
                 const u32* __restrict__ pen_ids, const u32* __restrict__ pen_counts, const u32* __restrict__ pen_in_prompt,
                 const u32* __restrict__ chunks, u32 n_chunks, u32* __restrict__ out) {
     __shared__ Shared sh;
-    dependent_wait();
     const u32 row = blockIdx.x;
-    const RowParams p = params[row];
+    const RowParams p = params[row];  // before the wait, as in sample_chunks
+    dependent_wait();
     float* l = logits + (u64)row * vocab;
     u32* o = out + (u64)row * OUT_WORDS;
 

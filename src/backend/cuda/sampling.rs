@@ -5,12 +5,16 @@
 //!
 //! Per call, one small upload (each row's parameters, and the token histories of the rows with
 //! penalties) and one small download (the chosen tokens, their log-probabilities and the k best
-//! alternatives when asked for): the logits themselves never leave the device.
+//! alternatives when asked for): the logits themselves never leave the device. Neither copy is on
+//! the compute stream, where each left the GPU idle for a few microseconds of a decode step: both
+//! run on a copy stream of the sampler's own, the upload while the forward pass runs (the draws
+//! wait for it with an event, long since recorded when they start) and a queued draw set's
+//! download after the draws, beside the next step.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use cudarc::driver::{sys, CudaEvent, CudaFunction, CudaSlice, LaunchConfig, PinnedHostSlice};
+use cudarc::driver::{sys, CudaEvent, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PinnedHostSlice};
 
 use super::backend::{launch, CudaAct, CudaBackend};
 use super::context::CudaContext;
@@ -53,14 +57,29 @@ fn chunks_enabled() -> bool {
     *ON.get_or_init(|| std::env::var("FERRITE_CUDA_SAMPLE_CHUNKS").map_or(true, |v| v != "0"))
 }
 
+/// Parameter buffers (pinned host staging and its device copy), used in turn: a slot is rewritten
+/// only once the kernels of its launch PARAM_SLOTS launches ago are done (an event).
+const PARAM_SLOTS: usize = 4;
+
+struct ParamSlot {
+    host: PinnedHostSlice<u32>,
+    device: CudaSlice<u32>,
+    done: Option<CudaEvent>,
+}
+
 /// The sampling kernel and its buffers, which only grow.
 pub struct DeviceSampler {
     ctx: Arc<CudaContext>,
     func: CudaFunction,
     chunk_func: CudaFunction,
     feed_func: CudaFunction,
-    input: Option<CudaSlice<u32>>,
+    params: [Option<ParamSlot>; PARAM_SLOTS],
+    next_params: usize,
     output: Option<CudaSlice<u32>>,
+    /// The stream that uploads the parameters and downloads closed sets, and the end of the last
+    /// download queued on it: the next launch, which overwrites the output buffer, waits for it.
+    copy_stream: Option<Arc<CudaStream>>,
+    output_read: Option<CudaEvent>,
     chunks: Option<CudaSlice<u32>>,
     /// The draw set being queued: per row, the log-probabilities asked for (the rows' output
     /// is decoded with them when the set is taken).
@@ -92,8 +111,11 @@ impl DeviceSampler {
             func,
             chunk_func,
             feed_func,
-            input: None,
+            params: Default::default(),
+            next_params: 0,
             output: None,
+            copy_stream: None,
+            output_read: None,
             chunks: None,
             open: Vec::new(),
             open_vocab: 0,
@@ -159,22 +181,34 @@ impl DeviceSampler {
                 .map_err(|e| CudaError::Driver { op: format!("allocating {} bytes of pinned host memory for the drawn tokens", len * 4), msg: e.to_string() })?;
             self.landings[slot] = Some(pinned);
         }
-        let Some(landing) = self.landings[slot].as_mut() else { unreachable!("allocated above") };
+        let driver = |op: &str, e: cudarc::driver::DriverError| CudaError::Driver { op: op.to_string(), msg: e.to_string() };
+        let event = |ctx: &CudaContext| ctx.raw().new_event(None).map_err(|e| driver("creating an event", e));
+        let copied = event(&self.ctx)?;
         if let Some(output) = self.output.as_ref().filter(|_| rows > 0) {
-            let driver = |op: &str, e: cudarc::driver::DriverError| CudaError::Driver { op: op.to_string(), msg: e.to_string() };
+            let copy = copy_stream(&self.ctx, &mut self.copy_stream)?;
+            // The copy waits for the draws, the compute stream not for the copy.
+            let drawn = event(&self.ctx)?;
+            drawn.record(self.ctx.stream()).map_err(|e| driver("recording the end of the draws", e))?;
+            copy.wait(&drawn).map_err(|e| driver("ordering the draws' copy after them", e))?;
+            let Some(landing) = self.landings[slot].as_mut() else { unreachable!("allocated above") };
             // Not cudarc's memcpy_dtoh, which copies the whole destination: the landing is
             // larger than the rows.
             let dst = landing.as_mut_ptr().map_err(|e| driver("the drawn tokens' landing buffer", e))?;
             let src = super::backend::addr(output, &self.ctx);
             // SAFETY: the landing holds at least `words` u32 (grown above) and the output buffer
-            // at least `words` (grown by `launch` for these rows); the copy is queued on our
-            // stream, and the host reads the landing only after `copied` has completed.
-            unsafe { sys::cuMemcpyDtoHAsync_v2(dst as *mut std::ffi::c_void, src, words * 4, self.ctx.stream().cu_stream()) }
+            // at least `words` (grown by `launch` for these rows); the copy follows the draws
+            // (`drawn`), the next launch waits for it (`output_read`) before it overwrites or
+            // frees the output buffer, and the host reads the landing only after `copied`.
+            unsafe { sys::cuMemcpyDtoHAsync_v2(dst as *mut std::ffi::c_void, src, words * 4, copy.cu_stream()) }
                 .result()
                 .map_err(|e| driver("copying the drawn tokens device->host", e))?;
+            copied.record(&copy).map_err(|e| driver("recording the end of a draw set", e))?;
+            let read = event(&self.ctx)?;
+            read.record(&copy).map_err(|e| driver("recording the end of a draw set", e))?;
+            self.output_read = Some(read);
+        } else {
+            copied.record(self.ctx.stream()).map_err(|e| driver("recording the end of a draw set", e))?;
         }
-        let copied = self.ctx.raw().new_event(None).map_err(|e| CudaError::Driver { op: "creating an event".into(), msg: e.to_string() })?;
-        copied.record(self.ctx.stream()).map_err(|e| CudaError::Driver { op: "recording the end of a draw set".into(), msg: e.to_string() })?;
         self.feedable_rows = rows;
         let logprobs = std::mem::take(&mut self.open);
         self.closed.push_back(ClosedSet { landing: slot, logprobs, vocab: self.open_vocab, copied });
@@ -266,11 +300,47 @@ impl DeviceSampler {
         packed.extend_from_slice(&ids);
         packed.extend_from_slice(&counts);
         packed.extend_from_slice(&in_prompt);
-        grow(&self.ctx, &mut self.input, packed.len(), "the sampling parameters")?;
+        let driver = |op: &str, e: cudarc::driver::DriverError| CudaError::Driver { op: op.to_string(), msg: e.to_string() };
+        // The last set's download reads the output buffer, which this launch overwrites (or
+        // frees, growing it).
+        if let Some(read) = self.output_read.take() {
+            self.ctx.stream().wait(&read).map_err(|e| driver("ordering the draws after the last set's copy", e))?;
+        }
         grow_keeping(&self.ctx, &mut self.output, (first_row + n) * OUT_WORDS, first_row * OUT_WORDS, "the sampled tokens")?;
-        let (Some(input), Some(output)) = (self.input.as_mut(), self.output.as_mut()) else { unreachable!("grown above") };
-        self.ctx.upload_small(&packed, input, "the sampling parameters")?;
-        let base = super::backend::addr(input, &self.ctx);
+        let Some(output) = self.output.as_mut() else { unreachable!("grown above") };
+        let copy = copy_stream(&self.ctx, &mut self.copy_stream)?;
+        let slot = self.next_params;
+        self.next_params = (slot + 1) % PARAM_SLOTS;
+        let entry = &mut self.params[slot];
+        if let Some(ParamSlot { done: Some(done), .. }) = entry.as_ref() {
+            // The kernels that read this slot (after its copy), PARAM_SLOTS launches ago.
+            done.synchronize().map_err(|e| CudaError::KernelFault { op: "waiting for a sampling parameter buffer".into(), msg: super::error::describe(&e) })?;
+        }
+        if entry.as_ref().is_none_or(|p| p.host.len() < packed.len()) {
+            *entry = None;
+            let len = packed.len().next_power_of_two().max(1024);
+            // Not write-combined (cudarc's default): plain stores, read once by the copy.
+            // SAFETY: only the prefix written below is copied.
+            let host = unsafe { self.ctx.raw().alloc_pinned_with_flags::<u32>(len, 0) }
+                .map_err(|e| CudaError::Driver { op: format!("allocating {} bytes of pinned host memory for the sampling parameters", len * 4), msg: e.to_string() })?;
+            let device = self.ctx.alloc::<u32>(len, "the sampling parameters")?;
+            *entry = Some(ParamSlot { host, device, done: None });
+        }
+        let Some(ParamSlot { host, device, done }) = entry.as_mut() else { unreachable!("allocated above") };
+        let host_ptr = host.as_mut_ptr().map_err(|e| driver("a sampling parameter buffer", e))?;
+        // SAFETY: the buffer holds at least packed.len() u32, and neither the copy nor a kernel
+        // reads it now (waited above).
+        unsafe { std::ptr::copy_nonoverlapping(packed.as_ptr(), host_ptr, packed.len()) };
+        let base = super::backend::addr(&*device, &self.ctx);
+        // SAFETY: both buffers hold at least packed.len() u32; the host buffer stays untouched
+        // and the device buffer unread by other work until `done` (recorded after this launch's
+        // kernels, which wait for the copy) has completed.
+        unsafe { sys::cuMemcpyHtoDAsync_v2(base, host_ptr as *const std::ffi::c_void, packed.len() * 4, copy.cu_stream()) }
+            .result()
+            .map_err(|e| driver("copying the sampling parameters host->device", e))?;
+        let uploaded = self.ctx.raw().new_event(None).map_err(|e| driver("creating an event", e))?;
+        uploaded.record(&copy).map_err(|e| driver("recording the end of the parameters' copy", e))?;
+        self.ctx.stream().wait(&uploaded).map_err(|e| driver("ordering the draws after their parameters' copy", e))?;
         let at = |words: usize| base + (words * 4) as u64;
         let (params_ptr, ids_ptr) = (at(0), at(n * PARAM_WORDS));
         let (counts_ptr, prompt_ptr) = (at(n * PARAM_WORDS + n_pen), at(n * PARAM_WORDS + 2 * n_pen));
@@ -287,8 +357,25 @@ impl DeviceSampler {
         }
         let cfg = LaunchConfig { grid_dim: (n as u32, 1, 1), block_dim: (kernels::SAMPLE_THREADS, 1, 1), shared_mem_bytes: 0 };
         let (func, ctx) = (&self.func, &self.ctx);
-        launch!(ctx, func, "sample_rows", cfg, &logits, &vocab_u, &params_ptr, &ids_ptr, &counts_ptr, &prompt_ptr, &chunks_ptr, &n_chunks_u, &out_ptr)
+        launch!(ctx, func, "sample_rows", cfg, &logits, &vocab_u, &params_ptr, &ids_ptr, &counts_ptr, &prompt_ptr, &chunks_ptr, &n_chunks_u, &out_ptr)?;
+        let read = match done.take() {
+            Some(ev) => ev,
+            None => self.ctx.raw().new_event(None).map_err(|e| driver("creating an event", e))?,
+        };
+        read.record(self.ctx.stream()).map_err(|e| driver("recording the end of a sampling launch", e))?;
+        *done = Some(read);
+        Ok(())
     }
+}
+
+/// The sampler's copy stream, made on first use.
+fn copy_stream(ctx: &CudaContext, stream: &mut Option<Arc<CudaStream>>) -> Result<Arc<CudaStream>, CudaError> {
+    if let Some(s) = stream.as_ref() {
+        return Ok(s.clone());
+    }
+    let s = ctx.raw().new_stream().map_err(|e| CudaError::Driver { op: "creating the sampler's copy stream".into(), msg: e.to_string() })?;
+    *stream = Some(s.clone());
+    Ok(s)
 }
 
 fn grow(ctx: &CudaContext, buf: &mut Option<CudaSlice<u32>>, words: usize, what: &str) -> Result<(), CudaError> {
