@@ -1,0 +1,3 @@
+#!/usr/bin/env bash
+# Session 22, E (second call, same lease): a syn7b file beside llama.cpp 0c1e57098 (s22d wheel).
+cd /work/main 2>/dev/null; export PYTHONPATH=/tmp/site FERRITE_CACHE=/tmp/cache PYTHONUNBUFFERED=1; mkdir -p $OUT; t0=$SECONDS; python3 scripts/make_synthetic_model.py /root/m/syn7b.gguf --shape 7b --tokenizer-from /root/m/model.gguf | tail -1; b=/root/llamacpp/build/bin; { timeout 60 $b/llama-batched-bench -m /root/m/syn7b.gguf -ngl 99 -c 33280 -npp 128 -ntg 128 -npl 1,2,8 2>&1 | grep -E '^\|'; } | tee $OUT/llamacpp_syn7b.txt; timeout 90 python3 benches/bench_generate.py --model /root/m/syn7b.gguf --device cuda --batches 1,2,8 --modes t0.8+filters 2>&1 | grep -E "^\|" | tee $OUT/generate_syn7b.txt
