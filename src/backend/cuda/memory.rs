@@ -35,8 +35,8 @@ pub struct SmallStaging {
     next: usize,
 }
 
-/// Small uploads in flight at once: a step makes one (its batch; the sampler reads its parameters
-/// from host memory, sampling.rs), and the engine queues a step while the one before runs.
+/// Small uploads in flight at once: a step makes one (its batch; the sampler uploads its
+/// parameters itself, sampling.rs), and the engine queues a step while the one before runs.
 const SMALL_SLOTS: usize = 8;
 
 impl CudaContext {

@@ -76,10 +76,8 @@ pub struct DeviceSampler {
     params: [Option<ParamSlot>; PARAM_SLOTS],
     next_params: usize,
     output: Option<CudaSlice<u32>>,
-    /// The stream that uploads the parameters and downloads closed sets, and the end of the last
-    /// download queued on it: the next launch, which overwrites the output buffer, waits for it.
+    /// The stream that uploads the parameters and downloads closed sets.
     copy_stream: Option<Arc<CudaStream>>,
-    output_read: Option<CudaEvent>,
     chunks: Option<CudaSlice<u32>>,
     /// The draw set being queued: per row, the log-probabilities asked for (the rows' output
     /// is decoded with them when the set is taken).
@@ -115,7 +113,6 @@ impl DeviceSampler {
             next_params: 0,
             output: None,
             copy_stream: None,
-            output_read: None,
             chunks: None,
             open: Vec::new(),
             open_vocab: 0,
@@ -197,15 +194,13 @@ impl DeviceSampler {
             let src = super::backend::addr(output, &self.ctx);
             // SAFETY: the landing holds at least `words` u32 (grown above) and the output buffer
             // at least `words` (grown by `launch` for these rows); the copy follows the draws
-            // (`drawn`), the next launch waits for it (`output_read`) before it overwrites or
-            // frees the output buffer, and the host reads the landing only after `copied`.
+            // (`drawn`), the next launch waits for it (`copied`, while the set is not taken)
+            // before it overwrites or frees the output buffer, and the host reads the landing
+            // only after `copied`.
             unsafe { sys::cuMemcpyDtoHAsync_v2(dst as *mut std::ffi::c_void, src, words * 4, copy.cu_stream()) }
                 .result()
                 .map_err(|e| driver("copying the drawn tokens device->host", e))?;
             copied.record(&copy).map_err(|e| driver("recording the end of a draw set", e))?;
-            let read = event(&self.ctx)?;
-            read.record(&copy).map_err(|e| driver("recording the end of a draw set", e))?;
-            self.output_read = Some(read);
         } else {
             copied.record(self.ctx.stream()).map_err(|e| driver("recording the end of a draw set", e))?;
         }
@@ -301,10 +296,11 @@ impl DeviceSampler {
         packed.extend_from_slice(&counts);
         packed.extend_from_slice(&in_prompt);
         let driver = |op: &str, e: cudarc::driver::DriverError| CudaError::Driver { op: op.to_string(), msg: e.to_string() };
-        // The last set's download reads the output buffer, which this launch overwrites (or
-        // frees, growing it).
-        if let Some(read) = self.output_read.take() {
-            self.ctx.stream().wait(&read).map_err(|e| driver("ordering the draws after the last set's copy", e))?;
+        // A closed set's download reads the output buffer, which this launch overwrites (or
+        // frees, growing it): the last one's end covers the others (one stream, in order); a set
+        // taken was waited for.
+        if let Some(set) = self.closed.back() {
+            self.ctx.stream().wait(&set.copied).map_err(|e| driver("ordering the draws after the last set's copy", e))?;
         }
         grow_keeping(&self.ctx, &mut self.output, (first_row + n) * OUT_WORDS, first_row * OUT_WORDS, "the sampled tokens")?;
         let Some(output) = self.output.as_mut() else { unreachable!("grown above") };
@@ -324,6 +320,11 @@ impl DeviceSampler {
             let host = unsafe { self.ctx.raw().alloc_pinned_with_flags::<u32>(len, 0) }
                 .map_err(|e| CudaError::Driver { op: format!("allocating {} bytes of pinned host memory for the sampling parameters", len * 4), msg: e.to_string() })?;
             let device = self.ctx.alloc::<u32>(len, "the sampling parameters")?;
+            // The allocation is ordered on the compute stream only (cuMemAllocAsync); the copy
+            // stream writes the buffer next.
+            let allocated = self.ctx.raw().new_event(None).map_err(|e| driver("creating an event", e))?;
+            allocated.record(self.ctx.stream()).map_err(|e| driver("ordering a new parameter buffer", e))?;
+            copy.wait(&allocated).map_err(|e| driver("ordering a new parameter buffer", e))?;
             *entry = Some(ParamSlot { host, device, done: None });
         }
         let Some(ParamSlot { host, device, done }) = entry.as_mut() else { unreachable!("allocated above") };
@@ -345,26 +346,41 @@ impl DeviceSampler {
         let (params_ptr, ids_ptr) = (at(0), at(n * PARAM_WORDS));
         let (counts_ptr, prompt_ptr) = (at(n * PARAM_WORDS + n_pen), at(n * PARAM_WORDS + 2 * n_pen));
         let out_ptr = super::backend::addr(&*output, &self.ctx) + (first_row * OUT_WORDS * 4) as u64;
-        let n_chunks = vocab.div_ceil(CHUNK_ELEMS);
-        let (mut chunks_ptr, mut n_chunks_u) = (0u64, 0u32);
-        if chunks_enabled() && n_chunks <= CHUNKS_MAX && n <= u16::MAX as usize {
-            grow(&self.ctx, &mut self.chunks, n * n_chunks * CHUNK_WORDS, "the sampler's chunk records")?;
-            let Some(chunks) = self.chunks.as_mut() else { unreachable!("grown above") };
-            n_chunks_u = n_chunks as u32;
-            let cfg = LaunchConfig { grid_dim: (n_chunks_u, n as u32, 1), block_dim: (CHUNK_THREADS, 1, 1), shared_mem_bytes: 0 };
-            launch!(self.ctx, &self.chunk_func, "sample_chunks", cfg, &logits, &vocab_u, &params_ptr, &ids_ptr, &counts_ptr, &prompt_ptr, &mut *chunks)?;
-            chunks_ptr = super::backend::addr(&*chunks, &self.ctx);
-        }
-        let cfg = LaunchConfig { grid_dim: (n as u32, 1, 1), block_dim: (kernels::SAMPLE_THREADS, 1, 1), shared_mem_bytes: 0 };
-        let (func, ctx) = (&self.func, &self.ctx);
-        launch!(ctx, func, "sample_rows", cfg, &logits, &vocab_u, &params_ptr, &ids_ptr, &counts_ptr, &prompt_ptr, &chunks_ptr, &n_chunks_u, &out_ptr)?;
+        let (ctx, chunk_func, func) = (&self.ctx, &self.chunk_func, &self.func);
+        let chunks = &mut self.chunks;
+        let launched = (|| -> Result<(), CudaError> {
+            let n_chunks = vocab.div_ceil(CHUNK_ELEMS);
+            let (mut chunks_ptr, mut n_chunks_u) = (0u64, 0u32);
+            if chunks_enabled() && n_chunks <= CHUNKS_MAX && n <= u16::MAX as usize {
+                grow(ctx, chunks, n * n_chunks * CHUNK_WORDS, "the sampler's chunk records")?;
+                let Some(chunks) = chunks.as_mut() else { unreachable!("grown above") };
+                n_chunks_u = n_chunks as u32;
+                let cfg = LaunchConfig { grid_dim: (n_chunks_u, n as u32, 1), block_dim: (CHUNK_THREADS, 1, 1), shared_mem_bytes: 0 };
+                launch!(ctx, chunk_func, "sample_chunks", cfg, &logits, &vocab_u, &params_ptr, &ids_ptr, &counts_ptr, &prompt_ptr, &mut *chunks)?;
+                chunks_ptr = super::backend::addr(&*chunks, ctx);
+            }
+            let cfg = LaunchConfig { grid_dim: (n as u32, 1, 1), block_dim: (kernels::SAMPLE_THREADS, 1, 1), shared_mem_bytes: 0 };
+            launch!(ctx, func, "sample_rows", cfg, &logits, &vocab_u, &params_ptr, &ids_ptr, &counts_ptr, &prompt_ptr, &chunks_ptr, &n_chunks_u, &out_ptr)
+        })();
+        // Whatever the launches did: the slot's copy is queued, and its buffers must outlive it.
         let read = match done.take() {
             Some(ev) => ev,
             None => self.ctx.raw().new_event(None).map_err(|e| driver("creating an event", e))?,
         };
         read.record(self.ctx.stream()).map_err(|e| driver("recording the end of a sampling launch", e))?;
         *done = Some(read);
-        Ok(())
+        launched
+    }
+}
+
+impl Drop for DeviceSampler {
+    /// The copies in flight read and write buffers dropped with the sampler (the landings, the
+    /// parameter slots, the output), which nothing else orders them with.
+    fn drop(&mut self) {
+        if let Some(copy) = self.copy_stream.as_ref() {
+            let _ = copy.synchronize();
+        }
+        let _ = self.ctx.stream().synchronize();
     }
 }
 
