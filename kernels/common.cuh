@@ -198,6 +198,13 @@ __device__ __forceinline__ void dependent_wait() {
 #endif
 }
 
+// One RMSNorm output: x times the row's 1 / rms, times the weight, each product rounded (norm.cu,
+// and the matrix-vector kernels that fold the norm into their staging of x).
+__device__ __forceinline__ float normed(float x, float inv, float w) { return __fmul_rn(__fmul_rn(x, inv), w); }
+__device__ __forceinline__ float4 normed4(float4 x, float inv, float4 w) {
+    return make_float4(normed(x.x, inv, w.x), normed(x.y, inv, w.y), normed(x.z, inv, w.z), normed(x.w, inv, w.w));
+}
+
 // A projection's output: written, or added to what is there (the residual stream). The sum is
 // old + value, as the separate add it replaces computed it.
 __device__ __forceinline__ void put(float* y, float value, u32 accumulate) {

@@ -109,15 +109,7 @@ __device__ __forceinline__ float4 load_x4(const float* __restrict__ x, const flo
         a.z = __fmul_rn(__fdiv_rn(a.z, __fadd_rn(1.0f, expf(-a.z))), u.z);
         a.w = __fmul_rn(__fdiv_rn(a.w, __fadd_rn(1.0f, expf(-a.w))), u.w);
     }
-    if (norm_w) {
-        // RMSNorm as norm.cu computes it.
-        const float4 w = *reinterpret_cast<const float4*>(norm_w + col);
-        const float inv = inv_rms[n];
-        a.x = __fmul_rn(__fmul_rn(a.x, inv), w.x);
-        a.y = __fmul_rn(__fmul_rn(a.y, inv), w.y);
-        a.z = __fmul_rn(__fmul_rn(a.z, inv), w.z);
-        a.w = __fmul_rn(__fmul_rn(a.w, inv), w.w);
-    }
+    if (norm_w) a = normed4(a, inv_rms[n], *reinterpret_cast<const float4*>(norm_w + col));  // as norm.cu
     return a;
 }
 
@@ -326,6 +318,26 @@ __device__ __forceinline__ void stage_x_s8(const float* __restrict__ x, const fl
     }
 }
 
+// inv_rms[n] = 1 / sqrt(mean(x[n]^2) + eps) for n < NT from each thread's float64 share of row
+// n's sum of squares (ss[n]): summed by warp, then over the warps through `red` in warp order, and
+// rounded to float once, as norm.cu does (the order of the float64 additions differs). Call with
+// every thread; inv_rms is read only after the next __syncthreads.
+template <int NT>
+__device__ __forceinline__ void inv_rms_of_shares(const double (&ss)[NT], double (*red)[NT], u32 n_cols, float eps, float* inv_rms) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+#pragma unroll
+    for (int n = 0; n < NT; n++) {
+        const double w = warp_sum_f64(ss[n]);
+        if (lane == 0) red[warp][n] = w;
+    }
+    __syncthreads();
+    if (threadIdx.x < NT) {
+        double total = 0.0;
+        for (int w = 0; w < n_warps; w++) total += red[w][threadIdx.x];
+        inv_rms[threadIdx.x] = (float)(1.0 / sqrt(total / (double)n_cols + (double)eps));
+    }
+}
+
 // stage_x_s8 of a whole row of x (columns from 0; the caller checks that every job fits one a
 // warp: NT * ceil(len / 256) <= warps) with the RMSNorm folded in: each warp loads its job's
 // values once, the block sums their squares in float64 and rounds each row's 1 / rms to float
@@ -336,7 +348,7 @@ __device__ __forceinline__ void stage_x_s8_normed(const float* __restrict__ x, c
                                                   u32 n_x, u32 n_cols, u32 len, u8* xq, int (*xsum)[NG][8],
                                                   float (*xscale)[NG][8], float* inv_rms) {
     __shared__ double red[MMA_MAX_WARPS][NT];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int sb = lane >> 2, t = lane & 3;
     const int blocks = ((int)len + 255) / 256;
     const int n = warp / blocks, blk = warp % blocks;
@@ -352,26 +364,16 @@ __device__ __forceinline__ void stage_x_s8_normed(const float* __restrict__ x, c
     const float4 wb = in ? *reinterpret_cast<const float4*>(norm_w + c + 16) : zero;
     const double sq = (double)a.x * a.x + (double)a.y * a.y + (double)a.z * a.z + (double)a.w * a.w + (double)b.x * b.x +
                       (double)b.y * b.y + (double)b.z * b.z + (double)b.w * b.w;
+    double ss[NT];
 #pragma unroll
-    for (int i = 0; i < NT; i++) {
-        const double w = warp_sum_f64(i == n ? sq : 0.0);
-        if (lane == 0) red[warp][i] = w;
-    }
-    __syncthreads();
-    if (threadIdx.x < NT) {
-        double total = 0.0;
-        for (int w = 0; w < n_warps; w++) total += red[w][threadIdx.x];
-        inv_rms[threadIdx.x] = (float)(1.0 / sqrt(total / (double)n_cols + (double)eps));
-    }
+    for (int i = 0; i < NT; i++) ss[i] = i == n ? sq : 0.0;
+    inv_rms_of_shares<NT>(ss, red, n_cols, eps, inv_rms);
     __syncthreads();
     if (!has_job) return;
     if (in) {
         // RMSNorm as norm.cu computes it (load_x4's operations).
-        const float inv = inv_rms[n];
-        a.x = __fmul_rn(__fmul_rn(a.x, inv), wa.x), a.y = __fmul_rn(__fmul_rn(a.y, inv), wa.y);
-        a.z = __fmul_rn(__fmul_rn(a.z, inv), wa.z), a.w = __fmul_rn(__fmul_rn(a.w, inv), wa.w);
-        b.x = __fmul_rn(__fmul_rn(b.x, inv), wb.x), b.y = __fmul_rn(__fmul_rn(b.y, inv), wb.y);
-        b.z = __fmul_rn(__fmul_rn(b.z, inv), wb.z), b.w = __fmul_rn(__fmul_rn(b.w, inv), wb.w);
+        a = normed4(a, inv_rms[n], wa);
+        b = normed4(b, inv_rms[n], wb);
     }
     float r[8] = {a.x, b.x, a.y, b.y, a.z, b.z, a.w, b.w};
     quantize_job_s8<NG, XSTRIDE_B>(r, n, blk, xq, xsum, xscale);
@@ -519,7 +521,6 @@ __device__ __forceinline__ void tile_products_s8_chunks(const T& w, const u8* xq
 template <int NT>
 __device__ __forceinline__ void block_inv_rms(const float* __restrict__ x, u32 n_x, u32 n_cols, float eps, float* inv_rms) {
     __shared__ double red[MMA_MAX_WARPS][NT];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
     double ss[NT];
 #pragma unroll
     for (int n = 0; n < NT; n++) ss[n] = 0.0;
@@ -532,17 +533,7 @@ __device__ __forceinline__ void block_inv_rms(const float* __restrict__ x, u32 n
             }
         }
     }
-#pragma unroll
-    for (int n = 0; n < NT; n++) {
-        const double w = warp_sum_f64(ss[n]);
-        if (lane == 0) red[warp][n] = w;
-    }
-    __syncthreads();
-    if (threadIdx.x < NT) {
-        double total = 0.0;
-        for (int w = 0; w < n_warps; w++) total += red[w][threadIdx.x];
-        inv_rms[threadIdx.x] = (float)(1.0 / sqrt(total / (double)n_cols + (double)eps));
-    }
+    inv_rms_of_shares<NT>(ss, red, n_cols, eps, inv_rms);
     // The callers' next __syncthreads (before staging x) publishes inv_rms.
 }
 

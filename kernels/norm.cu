@@ -63,10 +63,6 @@ __device__ __forceinline__ float row_inv_rms(const float* __restrict__ xr, const
     return inv_sh;
 }
 
-__device__ __forceinline__ float normed(float x, float inv, float w) { return __fmul_rn(__fmul_rn(x, inv), w); }
-__device__ __forceinline__ float4 normed4(float4 x, float inv, float4 w) {
-    return make_float4(normed(x.x, inv, w.x), normed(x.y, inv, w.y), normed(x.z, inv, w.z), normed(x.w, inv, w.w));
-}
 
 // Where the normalized row goes: float32 as it is, or the f16 bits the cuBLAS path takes.
 struct ToF32 {
