@@ -18,7 +18,7 @@ use cudarc::driver::{sys, CudaEvent, CudaFunction, CudaSlice, CudaStream, Launch
 
 use super::backend::{launch, CudaAct, CudaBackend};
 use super::context::CudaContext;
-use super::error::CudaError;
+use super::error::{CudaError, DriverResultExt};
 use super::kernels;
 use crate::backend::draws::{check_close, continue_open, MAX_CLOSED_SETS};
 use crate::backend::BackendError;
@@ -175,22 +175,21 @@ impl DeviceSampler {
             // Not write-combined (cudarc's default): the host reads these.
             // SAFETY: only the rows a copy has filled are read.
             let pinned = unsafe { self.ctx.raw().alloc_pinned_with_flags::<u32>(len, 0) }
-                .map_err(|e| CudaError::Driver { op: format!("allocating {} bytes of pinned host memory for the drawn tokens", len * 4), msg: e.to_string() })?;
+                .ctx(|| format!("allocating {} bytes of pinned host memory for the drawn tokens", len * 4))?;
             self.landings[slot] = Some(pinned);
         }
-        let driver = |op: &str, e: cudarc::driver::DriverError| CudaError::Driver { op: op.to_string(), msg: e.to_string() };
-        let event = |ctx: &CudaContext| ctx.raw().new_event(None).map_err(|e| driver("creating an event", e));
+        let event = |ctx: &CudaContext| ctx.raw().new_event(None).ctx(|| "creating an event".into());
         let copied = event(&self.ctx)?;
         if let Some(output) = self.output.as_ref().filter(|_| rows > 0) {
             let copy = copy_stream(&self.ctx, &mut self.copy_stream)?;
             // The copy waits for the draws, the compute stream not for the copy.
             let drawn = event(&self.ctx)?;
-            drawn.record(self.ctx.stream()).map_err(|e| driver("recording the end of the draws", e))?;
-            copy.wait(&drawn).map_err(|e| driver("ordering the draws' copy after them", e))?;
+            drawn.record(self.ctx.stream()).ctx(|| "recording the end of the draws".into())?;
+            copy.wait(&drawn).ctx(|| "ordering the draws' copy after them".into())?;
             let Some(landing) = self.landings[slot].as_mut() else { unreachable!("allocated above") };
             // Not cudarc's memcpy_dtoh, which copies the whole destination: the landing is
             // larger than the rows.
-            let dst = landing.as_mut_ptr().map_err(|e| driver("the drawn tokens' landing buffer", e))?;
+            let dst = landing.as_mut_ptr().ctx(|| "the drawn tokens' landing buffer".into())?;
             let src = super::backend::addr(output, &self.ctx);
             // SAFETY: the landing holds at least `words` u32 (grown above) and the output buffer
             // at least `words` (grown by `launch` for these rows); the copy follows the draws
@@ -199,10 +198,10 @@ impl DeviceSampler {
             // only after `copied`.
             unsafe { sys::cuMemcpyDtoHAsync_v2(dst as *mut std::ffi::c_void, src, words * 4, copy.cu_stream()) }
                 .result()
-                .map_err(|e| driver("copying the drawn tokens device->host", e))?;
-            copied.record(&copy).map_err(|e| driver("recording the end of a draw set", e))?;
+                .ctx(|| "copying the drawn tokens device->host".into())?;
+            copied.record(&copy).ctx(|| "recording the end of a draw set".into())?;
         } else {
-            copied.record(self.ctx.stream()).map_err(|e| driver("recording the end of a draw set", e))?;
+            copied.record(self.ctx.stream()).ctx(|| "recording the end of a draw set".into())?;
         }
         self.feedable_rows = rows;
         let logprobs = std::mem::take(&mut self.open);
@@ -219,7 +218,7 @@ impl DeviceSampler {
             return Ok(());
         }
         let Some(landing) = self.landings[set.landing].as_ref() else { unreachable!("allocated by close") };
-        let words = landing.as_slice().map_err(|e| CudaError::Driver { op: "reading the drawn tokens".into(), msg: e.to_string() })?;
+        let words = landing.as_slice().ctx(|| "reading the drawn tokens".into())?;
         for (logprobs, o) in set.logprobs.iter().zip(words.chunks_exact(OUT_WORDS)) {
             out.push(decode_row(*logprobs, o, set.vocab));
         }
@@ -295,12 +294,11 @@ impl DeviceSampler {
         packed.extend_from_slice(&ids);
         packed.extend_from_slice(&counts);
         packed.extend_from_slice(&in_prompt);
-        let driver = |op: &str, e: cudarc::driver::DriverError| CudaError::Driver { op: op.to_string(), msg: e.to_string() };
         // A closed set's download reads the output buffer, which this launch overwrites (or
         // frees, growing it): the last one's end covers the others (one stream, in order); a set
         // taken was waited for.
         if let Some(set) = self.closed.back() {
-            self.ctx.stream().wait(&set.copied).map_err(|e| driver("ordering the draws after the last set's copy", e))?;
+            self.ctx.stream().wait(&set.copied).ctx(|| "ordering the draws after the last set's copy".into())?;
         }
         grow_keeping(&self.ctx, &mut self.output, (first_row + n) * OUT_WORDS, first_row * OUT_WORDS, "the sampled tokens")?;
         let Some(output) = self.output.as_mut() else { unreachable!("grown above") };
@@ -318,17 +316,17 @@ impl DeviceSampler {
             // Not write-combined (cudarc's default): plain stores, read once by the copy.
             // SAFETY: only the prefix written below is copied.
             let host = unsafe { self.ctx.raw().alloc_pinned_with_flags::<u32>(len, 0) }
-                .map_err(|e| CudaError::Driver { op: format!("allocating {} bytes of pinned host memory for the sampling parameters", len * 4), msg: e.to_string() })?;
+                .ctx(|| format!("allocating {} bytes of pinned host memory for the sampling parameters", len * 4))?;
             let device = self.ctx.alloc::<u32>(len, "the sampling parameters")?;
             // The allocation is ordered on the compute stream only (cuMemAllocAsync); the copy
             // stream writes the buffer next.
-            let allocated = self.ctx.raw().new_event(None).map_err(|e| driver("creating an event", e))?;
-            allocated.record(self.ctx.stream()).map_err(|e| driver("ordering a new parameter buffer", e))?;
-            copy.wait(&allocated).map_err(|e| driver("ordering a new parameter buffer", e))?;
+            let allocated = self.ctx.raw().new_event(None).ctx(|| "creating an event".into())?;
+            allocated.record(self.ctx.stream()).ctx(|| "ordering a new parameter buffer".into())?;
+            copy.wait(&allocated).ctx(|| "ordering a new parameter buffer".into())?;
             *entry = Some(ParamSlot { host, device, done: None });
         }
         let Some(ParamSlot { host, device, done }) = entry.as_mut() else { unreachable!("allocated above") };
-        let host_ptr = host.as_mut_ptr().map_err(|e| driver("a sampling parameter buffer", e))?;
+        let host_ptr = host.as_mut_ptr().ctx(|| "a sampling parameter buffer".into())?;
         // SAFETY: the buffer holds at least packed.len() u32, and neither the copy nor a kernel
         // reads it now (waited above).
         unsafe { std::ptr::copy_nonoverlapping(packed.as_ptr(), host_ptr, packed.len()) };
@@ -338,10 +336,10 @@ impl DeviceSampler {
         // kernels, which wait for the copy) has completed.
         unsafe { sys::cuMemcpyHtoDAsync_v2(base, host_ptr as *const std::ffi::c_void, packed.len() * 4, copy.cu_stream()) }
             .result()
-            .map_err(|e| driver("copying the sampling parameters host->device", e))?;
-        let uploaded = self.ctx.raw().new_event(None).map_err(|e| driver("creating an event", e))?;
-        uploaded.record(&copy).map_err(|e| driver("recording the end of the parameters' copy", e))?;
-        self.ctx.stream().wait(&uploaded).map_err(|e| driver("ordering the draws after their parameters' copy", e))?;
+            .ctx(|| "copying the sampling parameters host->device".into())?;
+        let uploaded = self.ctx.raw().new_event(None).ctx(|| "creating an event".into())?;
+        uploaded.record(&copy).ctx(|| "recording the end of the parameters' copy".into())?;
+        self.ctx.stream().wait(&uploaded).ctx(|| "ordering the draws after their parameters' copy".into())?;
         let at = |words: usize| base + (words * 4) as u64;
         let (params_ptr, ids_ptr) = (at(0), at(n * PARAM_WORDS));
         let (counts_ptr, prompt_ptr) = (at(n * PARAM_WORDS + n_pen), at(n * PARAM_WORDS + 2 * n_pen));
@@ -365,9 +363,9 @@ impl DeviceSampler {
         // Whatever the launches did: the slot's copy is queued, and its buffers must outlive it.
         let read = match done.take() {
             Some(ev) => ev,
-            None => self.ctx.raw().new_event(None).map_err(|e| driver("creating an event", e))?,
+            None => self.ctx.raw().new_event(None).ctx(|| "creating an event".into())?,
         };
-        read.record(self.ctx.stream()).map_err(|e| driver("recording the end of a sampling launch", e))?;
+        read.record(self.ctx.stream()).ctx(|| "recording the end of a sampling launch".into())?;
         *done = Some(read);
         launched
     }
@@ -389,7 +387,7 @@ fn copy_stream(ctx: &CudaContext, stream: &mut Option<Arc<CudaStream>>) -> Resul
     if let Some(s) = stream.as_ref() {
         return Ok(s.clone());
     }
-    let s = ctx.raw().new_stream().map_err(|e| CudaError::Driver { op: "creating the sampler's copy stream".into(), msg: e.to_string() })?;
+    let s = ctx.raw().new_stream().ctx(|| "creating the sampler's copy stream".into())?;
     *stream = Some(s.clone());
     Ok(s)
 }
@@ -409,7 +407,7 @@ fn grow_keeping(ctx: &CudaContext, buf: &mut Option<CudaSlice<u32>>, words: usiz
         if let Some(old) = buf.as_ref().filter(|_| keep > 0) {
             ctx.stream()
                 .memcpy_dtod(&old.slice(..keep), &mut bigger.slice_mut(..keep))
-                .map_err(|e| CudaError::Driver { op: format!("keeping {what} while growing its buffer"), msg: e.to_string() })?;
+                .ctx(|| format!("keeping {what} while growing its buffer"))?;
         }
         *buf = Some(bigger);
     }
