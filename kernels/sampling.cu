@@ -216,6 +216,8 @@ struct Shared {
     double bcast_f64[2];
     float sort_s[SORT_CAP];
     u32 sort_id[SORT_CAP];
+    // exp(sort_s[j] - max_s) in float64, for the top-p sums (mass_terms).
+    double term[SORT_CAP];
     u32 n_gathered;
 };
 
@@ -556,6 +558,15 @@ extern "C" __global__ void __launch_bounds__(CHUNK_THREADS)
     }
 }
 
+// sh.term[j] = exp(sort_s[j] - max_s) in float64 for j < n, by every thread, for the top-p cut
+// that one thread then takes over the sorted entries in order: the sums are those of that thread
+// alone, but a float64 exp is a few hundred cycles of dependent instructions, and forty to eighty
+// of them in one thread were most of a one-row draw's time. Call with every thread.
+__device__ __forceinline__ void mass_terms(Shared& sh, u32 n, float max_s) {
+    for (u32 j = threadIdx.x; j < n; j += SAMPLE_THREADS) sh.term[j] = exp((double)(sh.sort_s[j] - max_s));
+    __syncthreads();
+}
+
 // Sorts sh.sort_s / sort_id[0..n) best first where the caller reads only the first `need`
 // entries and the entries tied with the last of them (`valid` of the n are not "none"): the
 // entries whose key is at least the need-th best are moved to the front (into the free tail of
@@ -685,6 +696,8 @@ __device__ bool draw_from_chunks(const float* __restrict__ l, const RowParams& p
     const bool small_k = p.top_k > 0 && p.top_k < finite && p.top_k <= CHUNK_LIST;
     const u32 need = max(filtered ? (small_k ? p.top_k : SORT_CAP) : 0u, want_top ? min(p.logprobs, finite) : 0u);
     sort_prefix_best_first(sh, n_listed, valid, need);
+    // The top-p cut below reads entries before n_S (every survivor of top-k is among them).
+    if (filtered && p.top_p < 1.0f) mass_terms(sh, n_s, max_s);
 
     // The filters (thread 0, over few entries), as step 4a cuts them; ok = 0 sends the row to
     // the full scan.
@@ -706,7 +719,7 @@ __device__ bool draw_from_chunks(const float* __restrict__ l, const RowParams& p
             if (ok && p.top_p < 1.0f) {
                 double total = 0.0;
                 if (bounded) {
-                    for (u32 j = 0; j < keep; j++) total += exp((double)(sh.sort_s[j] - max_s));
+                    for (u32 j = 0; j < keep; j++) total += sh.term[j];
                 } else {
                     total = z;  // no top-k: the whole row survives it
                 }
@@ -719,7 +732,7 @@ __device__ bool draw_from_chunks(const float* __restrict__ l, const RowParams& p
                         cut = true;
                         break;
                     }
-                    before += exp((double)(sh.sort_s[j] - max_s));
+                    before += sh.term[j];
                 }
                 // The listed tokens' mass reaching the target ends the nucleus at them too.
                 if (!cut && before >= target) cut = true;
@@ -863,13 +876,14 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
             const u32 n = sh.n_gathered;
             if (n <= SORT_CAP) {
                 sort_best_first(sh, n);
+                if (p.top_p < 1.0f) mass_terms(sh, n, max_s);
                 // Keep the shortest prefix reaching top_p of the survivors' mass (the host's
                 // rule: keep while the mass ranked before is < p), then min-p; draw.
                 if (threadIdx.x == 0) {
                     u32 keep = n;
                     if (p.top_p < 1.0f) {
                         double total = 0.0;
-                        for (u32 j = 0; j < n; j++) total += exp((double)(sh.sort_s[j] - max_s));
+                        for (u32 j = 0; j < n; j++) total += sh.term[j];
                         const double target = (double)p.top_p * total;
                         double before = 0.0;
                         for (u32 j = 0; j < n; j++) {
@@ -877,7 +891,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
                                 keep = j;
                                 break;
                             }
-                            before += exp((double)(sh.sort_s[j] - max_s));
+                            before += sh.term[j];
                         }
                     }
                     u32 m = 0;
