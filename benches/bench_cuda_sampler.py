@@ -3,7 +3,7 @@
 compiled with NVRTC and launched through the CUDA driver API (ctypes), on buffers made by torch,
 so a change to the kernel can be timed on the GPU machine without rebuilding the wheel.
 
-    python benches/bench_cuda_sampler.py [kernels/sampling.cu] [-DNAME=VALUE ...]
+    python benches/bench_cuda_sampler.py [kernels/sampling.cu] [-DNAME=VALUE ...] [--configs=NAME,NAME]
 
 For each sampling configuration, 64 rows (and 1 and 8) of 151,936 logits: flat (N(0, 2)), peaked (the
 same plus 12 on 50 tokens, as a trained model's few strong candidates) and tied (40 equal
@@ -22,7 +22,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
 from nvrtc_cubin import BASE_OPTIONS, compile_cubin  # noqa: E402
 
 src_path = sys.argv[1] if len(sys.argv) > 1 and not sys.argv[1].startswith("-") else os.path.join(os.path.dirname(__file__), "..", "kernels", "sampling.cu")
-extra = [a for a in sys.argv[1:] if a.startswith("-")]
+only = [a.split("=", 1)[1].split(",") for a in sys.argv[1:] if a.startswith("--configs=")]
+extra = [a for a in sys.argv[1:] if a.startswith("-") and not a.startswith("--configs=")]
 cuda = ctypes.CDLL("libcuda.so.1")
 # Headers beside the kernel file (a variant file may come with variant headers).
 cubin = compile_cubin(Path(src_path), ["--gpu-architecture=sm_90", *BASE_OPTIONS, "-lineinfo", *extra], headers_dir=Path(src_path).parent)
@@ -87,6 +88,8 @@ configs = {"greedy": dict(t=0.0), "T0.8": dict(t=0.8), "T0.8 lp0": dict(t=0.8, l
            "top-k40 p.95 minp.05": dict(t=0.8, k=40, p=0.95, minp=0.05), "top-p0.9": dict(t=0.7, p=0.9), "top-p0.3": dict(t=1.0, p=0.3), "top-k40": dict(t=0.8, k=40)}
 print(f"| config | logits | 1 row (us) | 8 rows (us) | 8 rows, sample_chunks alone (us) | 64 rows (us) | 64 rows, rows scanned (us) | same tokens |")
 for name, c in configs.items():
+    if only and name not in only[0]:
+        continue
     for lname, L in (("flat", flat), ("peaked", peaked), ("tied", tied)):
         t1, _ = run(L[:1].contiguous(), params(1, **c))
         t8, _ = run(L[:8].contiguous(), params(8, **c))
