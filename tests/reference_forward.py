@@ -33,11 +33,15 @@ class ReferenceModel:
         cache_weights: bool = True,
         rope_style: str | None = None,
         activation_quant: str | None = None,
+        kv_dtype: str | None = None,
     ):
         """``activation_quant="Q8_0"`` rounds every matmul input through gguf-py's Q8_0
         quantizer first: the float64 model of what an 8-bit-activation matmul does, used to size
-        the error that rounding alone causes."""
+        the error that rounding alone causes. ``kv_dtype="float16"`` rounds every key (after
+        RoPE) and value to NumPy's float16 before attention reads them: what a KV cache of that
+        type stores."""
         self.activation_quant = activation_quant
+        self.kv_dtype = kv_dtype
         # The largest |x| any projection has multiplied so far (tests of reduced precisions
         # check that their inputs really reach the range they claim to cover).
         self.largest_input = 0.0
@@ -145,6 +149,9 @@ class ReferenceModel:
             q = self.rope(self.linear(n, p + "attn_q.weight", p + "attn_q.bias"), positions, self.n_heads)
             k = self.rope(self.linear(n, p + "attn_k.weight", p + "attn_k.bias"), positions, self.n_kv_heads)
             v = self.linear(n, p + "attn_v.weight", p + "attn_v.bias")
+            if self.kv_dtype is not None:
+                k = k.astype(self.kv_dtype).astype(np.float64)
+                v = v.astype(self.kv_dtype).astype(np.float64)
             h = x + self.linear(self.attention(q, k, v), p + "attn_output.weight")
             m = self.rms_norm(h, p + "ffn_norm.weight")
             gate = self.linear(m, p + "ffn_gate.weight")

@@ -102,6 +102,32 @@ def test_real_model_exact_matmul_matches_reference_tightly(exact_model, referenc
 
 
 @pytest.mark.model
+@pytest.mark.parametrize("name", list(PROMPTS))
+def test_real_model_f16_kv_cache_costs_what_rounding_k_and_v_costs(path, reference, prompt_ids, name):
+    """The f16 KV cache on the real model, exact matmuls: the float64 reference that rounds every
+    key and value to float16 is the target. Rounding them moves the reference's logits by
+    0.027-0.040 (max abs, this model's three prompts), a cost worth keeping float32 the default
+    for; ferrite is 0.0025-0.006 from the rounding reference (keys and values whose float32 and
+    float64 values round to neighbouring f16 numbers), well inside that and far from the
+    float32 cache's answer."""
+    ids = prompt_ids[name]
+    m = ferrite.Model.load(path, device="cpu", kv_cache_tokens=1024, exact_matmul=True, kv_cache_dtype="float16")
+    ours = m.forward(ids)
+    plain = reference.forward(ids)
+    reference.kv_dtype = "float16"
+    try:
+        rounded = reference.forward(ids)
+    finally:
+        reference.kv_dtype = None
+    cost = np.abs(rounded - plain).max()
+    p = parity(ours, rounded)
+    print(f"\nf16 KV {name}: rounding K and V costs {cost:.3e}; ferrite against the rounding reference {p}")
+    assert cost > 5 * EXACT_RELATIVE_BOUND * np.abs(plain).max(), "rounding K and V to f16 should be visible here"
+    assert p["max_abs_diff"] <= 0.25 * cost, p
+    assert p["top1"] == 1.0 or p["decisive_top1"] == 1.0, p
+
+
+@pytest.mark.model
 def test_reference_rope_layout_is_neox_for_qwen2(path, reference, prompt_ids):
     """The RoPE pairing is a guess unless checked: with the halves (NeoX) pairing the real
     model predicts real code and text far better than with adjacent pairs."""
@@ -214,6 +240,51 @@ def test_all_logits_of_a_long_prompt_match_the_reference(tmp_path):
     p = parity(ours, ref)
     assert p["relative"] <= 1e-5, p
     assert p["decisive_top1"] == 1.0, p
+
+
+# ---- the f16 KV cache
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+def test_f16_kv_cache_matches_a_reference_that_rounds_keys_and_values(tmp_path, arch):
+    """``kv_cache_dtype="float16"`` stores each key (after RoPE) and value rounded to f16. The
+    float64 reference that rounds them the same way (NumPy's float16) is what it must match,
+    both for a prompt in one forward and for tokens decoded one at a time. Weights of a wide
+    spread make the rounding move the logits by about 1 % of their range, so that the check can
+    tell the caches apart; what may remain against the rounding reference is float32 arithmetic
+    (the float32 cache's 2-3e-5 against the plain reference here) and keys or values whose
+    float32 and float64 values round to neighbouring f16 numbers (measured: at most 0.5 % of the
+    rounding's own effect)."""
+    path = write_tiny_model(tmp_path / "tiny.gguf", arch=arch, matrix_type="F32", tied=arch == "llama", biases=arch == "qwen2", spread=1.0)
+    ids = list(np.random.default_rng(3).integers(0, VOCAB, size=CONTEXT))
+    m = ferrite.Model.load(path, exact_matmul=True, kv_cache_dtype="float16")
+    assert m.kv_cache_dtype == "float16"
+    ref16 = ReferenceModel(path, kv_dtype="float16").forward(ids)
+    rounding = parity(ref16, ReferenceModel(path).forward(ids))["relative"]
+    prefill = m.forward(ids)
+    seq = m.new_sequence(max_tokens=len(ids))
+    try:
+        decode = np.concatenate([m.forward(ids[:3], seq=seq)] + [m.forward([t], seq=seq) for t in ids[3:]])
+    finally:
+        m.free_sequence(seq)
+    print(f"\n{arch}: rounding K and V to f16 moves the reference by {rounding:.2e} of its range")
+    assert rounding > 1e-3, "the synthetic model hides the f16 rounding: not a useful check"
+    for what, got in (("prefill", prefill), ("decode", decode)):
+        p = parity(got, ref16)
+        print(f"{what}: {p}")
+        assert p["relative"] <= 0.02 * rounding, (what, p)
+        assert p["decisive_top1"] == 1.0, (what, p)
+
+
+def test_kv_cache_dtype_is_checked_and_reported(tmp_path):
+    path = write_tiny_model(tmp_path / "tiny.gguf")
+    assert ferrite.Model.load(path).kv_cache_dtype == "float32"
+    with pytest.raises(ValueError, match="kv_cache_dtype.*bfloat16.*float32.*float16"):
+        ferrite.Model.load(path, kv_cache_dtype="bfloat16")
+    if ferrite.cuda_available():
+        # Not on the GPU yet: a clear error, not a float32 cache that says it is f16.
+        with pytest.raises(ferrite.CudaError, match="kv_cache_dtype.*float16.*not supported on CUDA"):
+            ferrite.Model.load(path, device="cuda", kv_cache_dtype="float16")
 
 
 def test_context_length_overflow_raises(tmp_path):

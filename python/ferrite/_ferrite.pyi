@@ -73,6 +73,7 @@ _GgmlType = Union[str, int]
 _RawBytes = Union[bytes, npt.NDArray[np.uint8]]
 # A device string: "cpu", "cuda" or "cuda:N".
 _Device = str
+_KvDtype = Literal["float32", "float16"]
 # One chat message: {"role": ..., "content": ..., optional "tool_calls": [...]}.
 _Message = Mapping[str, Any]
 # A prompt for Generator: raw text, one conversation, or token ids.
@@ -236,6 +237,7 @@ class Model:
         max_step_tokens: int | None = None,
         prefix_caching: bool = True,
         threads: int | None = None,
+        kv_cache_dtype: _KvDtype = "float32",
     ) -> Model:
         """Loads a model from a path or an open ``GgufFile`` onto ``device`` (``"auto"``: the
         first CUDA GPU when usable, else the CPU; ``"cpu"``, ``"cuda"`` or ``"cuda:N"``).
@@ -249,9 +251,11 @@ class Model:
         keeps 16 bits of each activation (3-4 rows); one or two rows are exact either way.
         ``max_step_tokens``: tokens one engine step computes at most (default 2048 on a GPU, 256
         on a CPU). ``prefix_caching``: reuse the KV of prompts that start alike. ``threads``
-        (CPU): threads for every op (default: the physical cores). Raises
-        ``ModelError`` for an unknown architecture or a missing tensor, ``CudaError`` when the
-        GPU cannot be used.
+        (CPU): threads for every op (default: the physical cores). ``kv_cache_dtype``: what the
+        KV cache stores keys and values as, ``"float32"`` or ``"float16"`` (rounded to nearest,
+        half the memory; attention still computes in float32; CPU only for now: a GPU raises
+        ``CudaError``). Raises ``ModelError`` for an unknown architecture or a missing tensor,
+        ``CudaError`` when the GPU cannot be used, ``ValueError`` for an option out of range.
 
         >>> m = ferrite.Model.load("model.gguf", device="cuda:0")
         """
@@ -271,6 +275,9 @@ class Model:
     @property
     def kv_cache_tokens(self) -> int:
         """Token positions of the KV cache shared by all sequences."""
+    @property
+    def kv_cache_dtype(self) -> _KvDtype:
+        """What the KV cache stores keys and values as: ``"float32"`` or ``"float16"``."""
     @property
     def max_batch(self) -> int:
         """Sequences running together at most."""
@@ -753,6 +760,7 @@ class Generator:
         max_step_tokens: int | None = None,
         prefix_caching: bool = True,
         threads: int | None = None,
+        kv_cache_dtype: _KvDtype = "float32",
     ) -> Generator:
         """``Model.load`` and ``Tokenizer.from_gguf`` of one file in one call."""
     @property

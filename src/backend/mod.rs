@@ -103,12 +103,47 @@ pub struct KvLayout {
     pub head_dim: usize,
     pub n_blocks: usize,
     pub block_tokens: usize,
+    /// What one cached key or value element is stored as.
+    pub dtype: KvDtype,
 }
 
 impl KvLayout {
     /// Token slots per layer.
     pub fn capacity_tokens(&self) -> usize {
         self.n_blocks * self.block_tokens
+    }
+}
+
+/// The element type of the KV cache. Attention computes in float32 either way; `F16` rounds each
+/// key and value to IEEE half precision (round to nearest even) as it is stored, which halves the
+/// cache's memory. Values past f16's range become infinite, as in any f16 cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvDtype {
+    #[default]
+    F32,
+    F16,
+}
+
+impl KvDtype {
+    /// Bytes of one element.
+    pub fn bytes(self) -> usize {
+        match self {
+            KvDtype::F32 => 4,
+            KvDtype::F16 => 2,
+        }
+    }
+
+    /// The name the Python API uses: "float32" or "float16".
+    pub fn name(self) -> &'static str {
+        match self {
+            KvDtype::F32 => "float32",
+            KvDtype::F16 => "float16",
+        }
+    }
+
+    /// The dtype of a [`name`](Self::name), or `None`.
+    pub fn from_name(name: &str) -> Option<KvDtype> {
+        [KvDtype::F32, KvDtype::F16].into_iter().find(|d| d.name() == name)
     }
 }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use super::config::rope_style;
 use super::weights::{load_weights, Weights};
 use super::{FedToken, KvPool, LanguageModel, LogitsFor, ModelConfig, ModelError, RowSample, SeqChunk};
-use crate::backend::{AttnBuffers, AttnParams, AttnWeights, Backend, BackendError, BatchPlan, KvLayout, MlpBuffers, ReplayKey, RopeParams, SeqSpan};
+use crate::backend::{AttnBuffers, AttnParams, AttnWeights, Backend, BackendError, BatchPlan, KvDtype, KvLayout, MlpBuffers, ReplayKey, RopeParams, SeqSpan};
 use crate::gguf::GgufFile;
 use crate::sampling::{Sampled, SamplingError};
 
@@ -35,11 +35,13 @@ pub struct LoadOptions {
     pub exact_matmul: bool,
     /// CPU: threads for every op; `None`: the physical cores (or `RAYON_NUM_THREADS`).
     pub threads: Option<usize>,
+    /// What the KV cache stores its keys and values as.
+    pub kv_cache_dtype: KvDtype,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { kv_cache_tokens: None, max_batch: 64, exact_matmul: false, threads: None }
+        LoadOptions { kv_cache_tokens: None, max_batch: 64, exact_matmul: false, threads: None, kv_cache_dtype: KvDtype::F32 }
     }
 }
 
@@ -130,6 +132,7 @@ impl<B: Backend> TransformerModel<B> {
             head_dim: config.head_dim,
             n_blocks: pool.n_blocks,
             block_tokens: pool.block_tokens,
+            dtype: options.kv_cache_dtype,
         })?;
         let rope = RopeParams {
             style: rope_style(&config.arch),

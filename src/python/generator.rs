@@ -232,7 +232,7 @@ impl PyGenerator {
     /// >>> gen = ferrite.Generator.from_gguf("model.gguf", device="cpu", kv_cache_tokens=8192)
     #[staticmethod]
     #[pyo3(signature = (path, *, device = "auto", max_batch = 64, kv_cache_tokens = None, exact_matmul = false,
-        max_step_tokens = None, prefix_caching = true, threads = None))]
+        max_step_tokens = None, prefix_caching = true, threads = None, kv_cache_dtype = "float32"))]
     #[allow(clippy::too_many_arguments)]
     fn from_gguf(
         py: Python<'_>,
@@ -244,11 +244,12 @@ impl PyGenerator {
         max_step_tokens: Option<i64>,
         prefix_caching: bool,
         threads: Option<i64>,
+        kv_cache_dtype: &str,
     ) -> PyResult<PyGenerator> {
         let file = super::model::open_file(py, path)?;
         let model = Bound::new(
             py,
-            PyModel::load_file(py, file.clone(), device, max_batch, kv_cache_tokens, exact_matmul, max_step_tokens, prefix_caching, threads)?,
+            PyModel::load_file(py, file.clone(), device, max_batch, kv_cache_tokens, exact_matmul, max_step_tokens, prefix_caching, threads, kv_cache_dtype)?,
         )?;
         let tok = py.detach(|| crate::tokenizer::Tokenizer::from_gguf(&file))?;
         let tokenizer = Bound::new(py, PyTokenizer::new(tok))?;

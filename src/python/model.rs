@@ -10,7 +10,7 @@ use pyo3::types::PyDict;
 
 use super::dlpack::PyDeviceTensor;
 use super::gguf::PyGgufFile;
-use crate::backend::OwnedRows;
+use crate::backend::{KvDtype, OwnedRows};
 use crate::engine::shared::SharedEngine;
 use crate::engine::{Engine, EngineConfig};
 use crate::gguf::GgufFile;
@@ -44,6 +44,7 @@ pub struct PyModel {
     config: ModelConfig,
     device: String,
     kv_cache_tokens: usize,
+    kv_cache_dtype: KvDtype,
     max_batch: usize,
 }
 
@@ -56,6 +57,17 @@ pub(crate) fn open_file(py: Python<'_>, path_or_file: &Bound<'_, PyAny>) -> PyRe
         .extract()
         .map_err(|_| PyTypeError::new_err("path_or_file must be a path (str or os.PathLike) or a ferrite.GgufFile"))?;
     Ok(Arc::new(py.detach(|| GgufFile::open(&path))?))
+}
+
+/// The KV cache's element type from its Python name.
+pub(crate) fn kv_dtype(name: &str) -> PyResult<KvDtype> {
+    KvDtype::from_name(name).ok_or_else(|| {
+        PyValueError::new_err(format!(
+            "kv_cache_dtype = {name:?}: expected {:?} or {:?}",
+            KvDtype::F32.name(),
+            KvDtype::F16.name()
+        ))
+    })
 }
 
 fn positive(name: &str, v: i64) -> PyResult<usize> {
@@ -82,12 +94,14 @@ impl PyModel {
         max_step_tokens: Option<i64>,
         prefix_caching: bool,
         threads: Option<i64>,
+        kv_cache_dtype: &str,
     ) -> PyResult<PyModel> {
+        let kv_cache_dtype = kv_dtype(kv_cache_dtype)?;
         let max_batch = positive("max_batch", max_batch)?;
         let threads = threads.map(|n| positive("threads", n)).transpose()?;
         let kv_cache_tokens = kv_cache_tokens.map(|n| positive("kv_cache_tokens", n)).transpose()?;
         let max_step_tokens = max_step_tokens.map(|n| positive("max_step_tokens", n)).transpose()?;
-        let options = LoadOptions { kv_cache_tokens, max_batch, exact_matmul, threads };
+        let options = LoadOptions { kv_cache_tokens, max_batch, exact_matmul, threads, kv_cache_dtype };
         let path = file.path().map(|p| p.to_path_buf());
         let shared = py.detach(|| -> Result<SharedEngine, PyErr> {
             // A model the file cannot make (a missing tensor, an unknown architecture) names the file.
@@ -107,7 +121,7 @@ impl PyModel {
         if device == "auto" {
             log(py, &format!("device=\"auto\": running on {chosen}"));
         }
-        Ok(PyModel { shared: Arc::new(shared), config, device: chosen, kv_cache_tokens, max_batch })
+        Ok(PyModel { shared: Arc::new(shared), config, device: chosen, kv_cache_tokens, kv_cache_dtype, max_batch })
     }
 
     fn logits(&self, py: Python<'_>, entries: Vec<(Option<usize>, Vec<u32>)>, which: LogitsFor) -> PyResult<Vec<f32>> {
@@ -165,7 +179,8 @@ impl PyModel {
     /// ``max_batch``: sequences running together at most. ``kv_cache_tokens``: token positions
     /// of the paged KV cache shared by all sequences (default: the context length; blocks are
     /// taken as sequences grow, nothing is reserved up front; on the GPU it takes
-    /// ``2 * n_layers * kv_cache_tokens * n_kv_heads * head_dim * 4`` bytes).
+    /// ``2 * n_layers * kv_cache_tokens * n_kv_heads * head_dim * 4`` bytes, half that with
+    /// ``kv_cache_dtype="float16"``).
     /// ``exact_matmul``: the float32 reference arithmetic, slower and closest to a float64
     /// forward pass (max |logit difference| ~1e-3 on the test model): on the CPU dequantized
     /// float32 weights instead of activations quantized to 8 bits as llama.cpp does (~0.45 by
@@ -175,13 +190,16 @@ impl PyModel {
     /// ``max_step_tokens``: tokens one engine step computes at most (default 2048 on a GPU, 256
     /// on a CPU); ``prefix_caching``: reuse the KV of prompts that start alike. ``threads`` (CPU):
     /// threads for every op (default: the physical cores, or ``RAYON_NUM_THREADS``).
+    /// ``kv_cache_dtype``: what the KV cache stores keys and values as, ``"float32"`` (the
+    /// default) or ``"float16"`` (rounded to nearest, half the memory; attention still computes
+    /// in float32; CPU only for now: a GPU raises ``CudaError``).
     ///
     /// >>> m = ferrite.Model.load(ferrite.fetch_test_model())
     /// >>> m.config["n_layers"]
     /// 24
     #[staticmethod]
     #[pyo3(signature = (path_or_file, device = "auto", max_batch = 64, kv_cache_tokens = None, exact_matmul = false,
-        max_step_tokens = None, prefix_caching = true, threads = None))]
+        max_step_tokens = None, prefix_caching = true, threads = None, kv_cache_dtype = "float32"))]
     #[allow(clippy::too_many_arguments)]
     fn load(
         py: Python<'_>,
@@ -193,9 +211,10 @@ impl PyModel {
         max_step_tokens: Option<i64>,
         prefix_caching: bool,
         threads: Option<i64>,
+        kv_cache_dtype: &str,
     ) -> PyResult<PyModel> {
         let file = open_file(py, path_or_file)?;
-        PyModel::load_file(py, file, device, max_batch, kv_cache_tokens, exact_matmul, max_step_tokens, prefix_caching, threads)
+        PyModel::load_file(py, file, device, max_batch, kv_cache_tokens, exact_matmul, max_step_tokens, prefix_caching, threads, kv_cache_dtype)
     }
 
     /// The hyperparameters as a dict: ``arch``, ``n_layers``, ``hidden_size``, ``ffn_size``,
@@ -216,6 +235,12 @@ impl PyModel {
     #[getter]
     fn kv_cache_tokens(&self) -> usize {
         self.kv_cache_tokens
+    }
+
+    /// What the KV cache stores keys and values as: ``"float32"`` or ``"float16"``.
+    #[getter]
+    fn kv_cache_dtype(&self) -> &'static str {
+        self.kv_cache_dtype.name()
     }
 
     /// Sequences running together at most.

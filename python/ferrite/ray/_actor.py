@@ -74,6 +74,7 @@ class Generate:
         threads: Optional[int] = None,
         max_batch: int = 64,
         kv_cache_tokens: Optional[int] = None,
+        kv_cache_dtype: str = "float32",
         device_columns: bool = False,
         **sampling: Any,
     ) -> None:
@@ -86,7 +87,7 @@ class Generate:
         if threads is None and in_ray and load_device == "cpu":
             threads = _ray_cpus()
         gen = ferrite.Generator.from_gguf(model, device=load_device, threads=threads, max_batch=max_batch,
-                                          kv_cache_tokens=kv_cache_tokens)
+                                          kv_cache_tokens=kv_cache_tokens, kv_cache_dtype=kv_cache_dtype)
         self.engine: ferrite.Engine = gen.engine
         self.device: str = self.engine.model.device
         self.sampling: dict[str, Any] = sampling

@@ -1,7 +1,7 @@
 """``ferrite serve MODEL.gguf`` (also ``python -m ferrite serve``): the OpenAI-compatible server.
 
     ferrite serve MODEL.gguf [--host 127.0.0.1] [--port 8000] [--device auto|cpu|cuda|cuda:N]
-                  [--max-batch N] [--kv-cache-tokens N] [--max-queue N] [--api-key KEY]
+                  [--max-batch N] [--kv-cache-tokens N] [--kv-cache-dtype T] [--max-queue N] [--api-key KEY]
 
 The server listens at once and answers ``/health`` with 503 while the model loads on a thread;
 the URL is printed when it is ready. Ctrl-C or SIGTERM stops taking connections, lets running
@@ -42,6 +42,8 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> argparse.Arg
                    help="sequences the engine runs together (default 64)")
     p.add_argument("--kv-cache-tokens", type=_cli.non_negative_int, default=None,
                    help="token slots of the KV cache shared by all sequences (default: the model's choice)")
+    p.add_argument("--kv-cache-dtype", default="float32", choices=["float32", "float16"],
+                   help="what the KV cache stores keys and values as (default float32; float16 halves its memory, CPU only for now)")
     p.add_argument("--max-queue", type=_cli.non_negative_int, default=256,
                    help="sequences allowed to wait beyond the running batch; past it requests get 503 (default 256)")
     p.add_argument("--api-key", default=os.environ.get("FERRITE_API_KEY") or None,
@@ -102,7 +104,7 @@ def _serve(args: argparse.Namespace, path: str) -> int:
         import ferrite
 
         model = ferrite.Model.load(path, device=args.device, max_batch=args.max_batch,
-                                   kv_cache_tokens=args.kv_cache_tokens)
+                                   kv_cache_tokens=args.kv_cache_tokens, kv_cache_dtype=args.kv_cache_dtype)
         tokenizer = ferrite.Tokenizer.from_gguf(path)
         return Loaded(engine=ferrite.Engine(model, tokenizer), tokenizer=tokenizer, device=model.device)
 

@@ -1,9 +1,14 @@
 //! CPU backend: weights stay quantized in the GGUF memory map; projections go through
-//! `quant::matmul`; activations and the KV cache are float32. Parallel with rayon.
+//! `quant::matmul`; activations are float32, the KV cache float32 or f16 (`kv_cache`). Parallel
+//! with rayon.
+
+mod kv_cache;
 
 use std::sync::{Arc, OnceLock};
 
 use rayon::prelude::*;
+
+pub use kv_cache::CpuKvCache;
 
 use super::{check_width, AttnParams, Backend, BatchPlan, KvLayout, RopeParams, RopeStyle, TensorSource};
 use crate::backend::BackendError;
@@ -79,13 +84,6 @@ fn check_rows(a: &CpuAct, n_rows: usize) -> Result<(), BackendError> {
     Ok(())
 }
 
-/// K and V per layer: `[layer][slot][n_kv_heads * head_dim]`, slots grouped in blocks (see
-/// [`KvLayout`]).
-pub struct CpuKvCache {
-    layout: KvLayout,
-    k: Vec<f32>,
-    v: Vec<f32>,
-}
 
 pub struct CpuBackend {
     exact_matmul: bool,
@@ -195,19 +193,7 @@ impl Backend for CpuBackend {
     }
 
     fn alloc_kv_cache(&mut self, layout: &KvLayout) -> Result<CpuKvCache, BackendError> {
-        let n = layout
-            .n_layers
-            .checked_mul(layout.capacity_tokens())
-            .and_then(|n| n.checked_mul(layout.n_kv_heads * layout.head_dim))
-            .ok_or_else(|| BackendError::Invalid(format!("KV cache {layout:?} overflows")))?;
-        // Zeroed allocation: the OS hands out pages lazily, so a large pool costs only what is used.
-        let mut k = Vec::new();
-        let mut v = Vec::new();
-        k.try_reserve_exact(n).map_err(|e| BackendError::Invalid(format!("KV cache of {n} floats: {e}")))?;
-        v.try_reserve_exact(n).map_err(|e| BackendError::Invalid(format!("KV cache of {n} floats: {e}")))?;
-        k.resize(n, 0.0);
-        v.resize(n, 0.0);
-        Ok(CpuKvCache { layout: *layout, k, v })
+        CpuKvCache::new(layout)
     }
 
     fn upload_batch(&mut self, plan: &BatchPlan) -> Result<BatchPlan, BackendError> {
@@ -355,18 +341,19 @@ impl Backend for CpuBackend {
                 return Err(BackendError::Invalid(format!("KV slot {slot} past capacity {capacity}")));
             }
             let dst = layer_base + slot * kv_width;
-            cache.k[dst..dst + kv_width].copy_from_slice(&ks[t * kv_width..(t + 1) * kv_width]);
-            cache.v[dst..dst + kv_width].copy_from_slice(&vs[t * kv_width..(t + 1) * kv_width]);
+            cache.k.write(dst, &ks[t * kv_width..(t + 1) * kv_width]);
+            cache.v.write(dst, &vs[t * kv_width..(t + 1) * kv_width]);
         }
 
-        let kc = &cache.k[layer_base..layer_base + layer_len];
-        let vc = &cache.v[layer_base..layer_base + layer_len];
+        let kc = cache.k.rows(layer_base..layer_base + layer_len);
+        let vc = cache.v.rows(layer_base..layer_base + layer_len);
         let qs = q.rows(n)?;
         let os = out.rows_mut(n)?;
         let group = p.n_heads / p.n_kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
-        // One task per (token, query head): output chunks of head_dim floats.
-        let head_task = |scores: &mut Vec<f32>, (idx, o): (usize, &mut [f32])| {
+        // One task per (token, query head): output chunks of head_dim floats. `row` receives a
+        // key or value row widened from an f16 cache.
+        let head_task = |(scores, row): &mut (Vec<f32>, Vec<f32>), (idx, o): (usize, &mut [f32])| {
             let (t, h) = (idx / p.n_heads, idx % p.n_heads);
             let s = &batch.seqs[batch.token_seq[t] as usize];
             let n_ctx = batch.positions[t] as usize + 1;
@@ -376,8 +363,7 @@ impl Backend for CpuBackend {
             scores.clear();
             let mut max = f32::NEG_INFINITY;
             for j in 0..n_ctx {
-                let off = key_at(j);
-                let kj = &kc[off..off + hd];
+                let kj = kc.row(key_at(j), row);
                 let dot = quant::fdot(qh, kj) * scale;
                 max = max.max(dot);
                 scores.push(dot);
@@ -390,19 +376,19 @@ impl Backend for CpuBackend {
             let inv = 1.0 / sum;
             o.fill(0.0);
             for (j, &w) in scores.iter().enumerate() {
-                let off = key_at(j);
                 let w = w * inv;
-                for (oo, &vv) in o.iter_mut().zip(&vc[off..off + hd]) {
+                for (oo, &vv) in o.iter_mut().zip(vc.row(key_at(j), row)) {
                     *oo += w * vv;
                 }
             }
         };
         let work: usize = batch.positions.iter().map(|&p| p as usize + 1).sum::<usize>() * q_width;
+        let scratch = || (Vec::new(), vec![0f32; hd]);
         if work < PAR_MIN_WORK {
-            let mut scores = Vec::new();
-            os.chunks_exact_mut(hd).enumerate().for_each(|item| head_task(&mut scores, item));
+            let mut s = scratch();
+            os.chunks_exact_mut(hd).enumerate().for_each(|item| head_task(&mut s, item));
         } else {
-            os.par_chunks_exact_mut(hd).enumerate().for_each_init(Vec::new, head_task);
+            os.par_chunks_exact_mut(hd).enumerate().for_each_init(scratch, head_task);
         }
         Ok(())
     }

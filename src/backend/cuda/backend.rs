@@ -24,7 +24,7 @@ use super::error::CudaError;
 use super::kernels::{self, ATTENTION_MAX_WARPS, NORM_THREADS, ROPE_MAX_PAIRS};
 use super::matmul::Write;
 use super::matvec::{Input, MatvecPath};
-use crate::backend::{check_width, AttnBuffers, AttnParams, AttnWeights, Backend, BatchPlan, KernelNeeds, KvLayout, MlpBuffers, OwnedRows, ReplayKey, RopeParams, RopeStyle, TensorSource};
+use crate::backend::{check_width, AttnBuffers, AttnParams, AttnWeights, Backend, BatchPlan, KernelNeeds, KvDtype, KvLayout, MlpBuffers, OwnedRows, ReplayKey, RopeParams, RopeStyle, TensorSource};
 use crate::backend::BackendError;
 use crate::quant::{self, GgmlType, QuantError};
 use crate::sampling::{SampleSpec, Sampled, SamplingError};
@@ -1114,6 +1114,13 @@ impl Backend for CudaBackend {
     }
 
     fn alloc_kv_cache(&mut self, layout: &KvLayout) -> Result<CudaKvCache, BackendError> {
+        if layout.dtype != KvDtype::F32 {
+            return Err(CudaError::Invalid(format!(
+                "kv_cache_dtype = {:?} is not supported on CUDA yet (the CPU backend has it); load with kv_cache_dtype = \"float32\"",
+                layout.dtype.name()
+            ))
+            .into());
+        }
         let n = layout
             .n_layers
             .checked_mul(layout.capacity_tokens())
