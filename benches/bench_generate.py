@@ -123,6 +123,7 @@ def main() -> None:
     ap.add_argument("--llamacpp", default=None, help="llama-batched-bench output from the same run")
     ap.add_argument("--json", default=None)
     ap.add_argument("--prefix-caching", action="store_true")
+    ap.add_argument("--kv-cache-dtype", default="float32", choices=["float32", "float16"])
     ap.add_argument("--tokenizer", default=None, help="a GGUF whose tokenizer to use (default: the model's)")
     args = ap.parse_args()
     path = args.model or ferrite.fetch_test_model()
@@ -134,15 +135,16 @@ def main() -> None:
     per_seq = -(-(args.prompt_tokens + args.new_tokens + 1) // 16) * 16
     kv_tokens = max(32768, max(batches) * per_seq)
     model = ferrite.Model.load(path, device=args.device, max_batch=max(batches), kv_cache_tokens=kv_tokens,
-                               prefix_caching=args.prefix_caching)
+                               prefix_caching=args.prefix_caching, kv_cache_dtype=args.kv_cache_dtype)
     gen = ferrite.Generator(model, tok)
     llama = parse_llamacpp(args.llamacpp)
-    print(f"device {model.device}, {args.prompt_tokens}-token prompts, {args.new_tokens} new tokens each")
+    print(f"device {model.device}, {args.prompt_tokens}-token prompts, {args.new_tokens} new tokens each, {model.kv_cache_dtype} KV cache")
 
     rows = []
     # Warm-up: kernels compiled, buffers and graphs made.
-    raw_loop(model, prompts(tok, 2, args.prompt_tokens), 4)
-    generator_run(gen, prompts(tok, 2, args.prompt_tokens), 4, "greedy")
+    warm = min(2, max(batches))  # within max_batch
+    raw_loop(model, prompts(tok, warm, args.prompt_tokens), 4)
+    generator_run(gen, prompts(tok, warm, args.prompt_tokens), 4, "greedy")
     for b in batches:
         ps = prompts(tok, b, args.prompt_tokens)
         raw_s = raw_loop(model, ps, args.new_tokens)
