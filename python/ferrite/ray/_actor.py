@@ -14,7 +14,7 @@ import logging
 import math
 import os
 from collections.abc import Mapping
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import numpy as np
 import ray
@@ -74,7 +74,7 @@ class Generate:
         threads: Optional[int] = None,
         max_batch: int = 64,
         kv_cache_tokens: Optional[int] = None,
-        kv_cache_dtype: str = "float32",
+        kv_cache_dtype: Literal["float32", "float16"] = "float32",
         device_columns: bool = False,
         **sampling: Any,
     ) -> None:
