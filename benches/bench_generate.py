@@ -149,7 +149,7 @@ def main() -> None:
         ps = prompts(tok, b, args.prompt_tokens)
         raw_s = raw_loop(model, ps, args.new_tokens)
         raw_tps = b * args.new_tokens / raw_s
-        row = {"batch": b, "raw_tok_s": raw_tps, "llamacpp_s_tg": llama.get(b)}
+        row = {"batch": b, "raw_tok_s": raw_tps, "llamacpp_s_tg": llama.get(b), "kv_cache_dtype": model.kv_cache_dtype}
         for mode in modes:
             g_s = generator_run(gen, ps, args.new_tokens, mode)
             row[mode] = b * args.new_tokens / g_s

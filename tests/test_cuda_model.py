@@ -545,6 +545,9 @@ def test_gpu_model_errors_are_clear(tmp_path):
         m.forward([1, 80])
     # The model is still usable after refused calls.
     assert np.isfinite(m.forward([1, 2, 3])).all()
+    # An f16 KV cache is the CPU's only, for now: refused before any weight uploads, by name.
+    with pytest.raises(ferrite.ModelError, match="kv_cache_dtype.*float16.*not supported on cuda"):
+        ferrite.Model.load(path, device="cuda", kv_cache_dtype="float16")
 
 
 # ---------------------------------------------------------------- the real model on the GPU

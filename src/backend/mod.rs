@@ -125,13 +125,7 @@ pub enum KvDtype {
 }
 
 impl KvDtype {
-    /// Bytes of one element.
-    pub fn bytes(self) -> usize {
-        match self {
-            KvDtype::F32 => 4,
-            KvDtype::F16 => 2,
-        }
-    }
+    pub const ALL: [KvDtype; 2] = [KvDtype::F32, KvDtype::F16];
 
     /// The name the Python API uses: "float32" or "float16".
     pub fn name(self) -> &'static str {
@@ -143,7 +137,7 @@ impl KvDtype {
 
     /// The dtype of a [`name`](Self::name), or `None`.
     pub fn from_name(name: &str) -> Option<KvDtype> {
-        [KvDtype::F32, KvDtype::F16].into_iter().find(|d| d.name() == name)
+        KvDtype::ALL.into_iter().find(|d| d.name() == name)
     }
 }
 
@@ -328,6 +322,13 @@ pub trait Backend: Send + 'static {
 
     /// A buffer of `capacity_rows` rows of `width` floats. Contents unspecified.
     fn alloc_act(&mut self, capacity_rows: usize, width: usize) -> Result<Self::Act, BackendError>;
+
+    /// Whether [`alloc_kv_cache`](Self::alloc_kv_cache) takes a cache of `dtype` elements (asked
+    /// before any weight uploads, so that a load this device cannot finish fails at once).
+    fn supports_kv_dtype(&self, dtype: KvDtype) -> bool {
+        let _ = dtype;
+        true
+    }
 
     fn alloc_kv_cache(&mut self, layout: &KvLayout) -> Result<Self::KvCache, BackendError>;
 

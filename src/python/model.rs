@@ -60,13 +60,10 @@ pub(crate) fn open_file(py: Python<'_>, path_or_file: &Bound<'_, PyAny>) -> PyRe
 }
 
 /// The KV cache's element type from its Python name.
-pub(crate) fn kv_dtype(name: &str) -> PyResult<KvDtype> {
+fn kv_dtype(name: &str) -> PyResult<KvDtype> {
     KvDtype::from_name(name).ok_or_else(|| {
-        PyValueError::new_err(format!(
-            "kv_cache_dtype = {name:?}: expected {:?} or {:?}",
-            KvDtype::F32.name(),
-            KvDtype::F16.name()
-        ))
+        let names: Vec<String> = KvDtype::ALL.iter().map(|d| format!("{:?}", d.name())).collect();
+        PyValueError::new_err(format!("kv_cache_dtype = {name:?}: expected one of {}", names.join(", ")))
     })
 }
 
@@ -179,8 +176,7 @@ impl PyModel {
     /// ``max_batch``: sequences running together at most. ``kv_cache_tokens``: token positions
     /// of the paged KV cache shared by all sequences (default: the context length; blocks are
     /// taken as sequences grow, nothing is reserved up front; on the GPU it takes
-    /// ``2 * n_layers * kv_cache_tokens * n_kv_heads * head_dim * 4`` bytes, half that with
-    /// ``kv_cache_dtype="float16"``).
+    /// ``2 * n_layers * kv_cache_tokens * n_kv_heads * head_dim * 4`` bytes).
     /// ``exact_matmul``: the float32 reference arithmetic, slower and closest to a float64
     /// forward pass (max |logit difference| ~1e-3 on the test model): on the CPU dequantized
     /// float32 weights instead of activations quantized to 8 bits as llama.cpp does (~0.45 by
@@ -192,7 +188,7 @@ impl PyModel {
     /// threads for every op (default: the physical cores, or ``RAYON_NUM_THREADS``).
     /// ``kv_cache_dtype``: what the KV cache stores keys and values as, ``"float32"`` (the
     /// default) or ``"float16"`` (rounded to nearest, half the memory; attention still computes
-    /// in float32; CPU only for now: a GPU raises ``CudaError``).
+    /// in float32; the CPU only for now: on a GPU it raises ``ModelError`` before loading).
     ///
     /// >>> m = ferrite.Model.load(ferrite.fetch_test_model())
     /// >>> m.config["n_layers"]

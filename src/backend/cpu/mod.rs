@@ -84,7 +84,6 @@ fn check_rows(a: &CpuAct, n_rows: usize) -> Result<(), BackendError> {
     Ok(())
 }
 
-
 pub struct CpuBackend {
     exact_matmul: bool,
     /// The threads projections run on (the caller is one of them).

@@ -1113,13 +1113,13 @@ impl Backend for CudaBackend {
         Ok(CudaAct { buf, width, capacity_rows })
     }
 
+    fn supports_kv_dtype(&self, dtype: KvDtype) -> bool {
+        dtype == KvDtype::F32
+    }
+
     fn alloc_kv_cache(&mut self, layout: &KvLayout) -> Result<CudaKvCache, BackendError> {
-        if layout.dtype != KvDtype::F32 {
-            return Err(CudaError::Invalid(format!(
-                "kv_cache_dtype = {:?} is not supported on CUDA yet (the CPU backend has it); load with kv_cache_dtype = \"float32\"",
-                layout.dtype.name()
-            ))
-            .into());
+        if !self.supports_kv_dtype(layout.dtype) {
+            return Err(BackendError::Invalid(format!("a {} KV cache on CUDA (float32 only)", layout.dtype.name())));
         }
         let n = layout
             .n_layers
