@@ -276,6 +276,35 @@ def test_f16_kv_cache_matches_a_reference_that_rounds_keys_and_values(tmp_path, 
         assert p["decisive_top1"] == 1.0, (what, p)
 
 
+def test_f16_kv_cache_ragged_batch_in_groups_gives_the_same_bits(tmp_path, monkeypatch):
+    """The CPU widens an f16 cache's rows to float32 once per layer and sequence, a group of
+    sequences at a time (at most 64 MiB of rows): sequences at different lengths in one batch,
+    continuing cached contexts, give the same bits whether they share a group or each has its
+    own (FERRITE_CPU_WIDEN_MAX_BYTES=1), and each matches its own forward alone to float32
+    rounding."""
+    path = write_tiny_model(tmp_path / "tiny.gguf", arch="qwen2", matrix_type="F32", tied=False, biases=True, spread=1.0)
+    rng = np.random.default_rng(8)
+    heads = [list(rng.integers(0, VOCAB, size=n)) for n in (5, 17, 30)]
+    steps = [list(rng.integers(0, VOCAB, size=n)) for n in (1, 3, 2)]
+
+    def run() -> list[np.ndarray]:
+        m = ferrite.Model.load(path, device="cpu", exact_matmul=True, kv_cache_dtype="float16", kv_cache_tokens=256)
+        seqs = [m.new_sequence(max_tokens=40) for _ in heads]
+        for s, h in zip(seqs, heads):
+            m.forward(h, seq=s)
+        return m.forward_batch(steps, seqs=seqs, last_only=False)
+
+    together = run()
+    monkeypatch.setenv("FERRITE_CPU_WIDEN_MAX_BYTES", "1")  # read when the backend is made
+    apart = run()
+    for a, b in zip(together, apart):
+        assert np.array_equal(a, b)
+    alone = ferrite.Model.load(path, device="cpu", exact_matmul=True, kv_cache_dtype="float16")
+    for h, st, got in zip(heads, steps, together):
+        want = alone.forward(h + st)[len(h):]
+        assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
 def test_kv_cache_dtype_is_checked_and_reported(tmp_path):
     path = write_tiny_model(tmp_path / "tiny.gguf")
     assert ferrite.Model.load(path, device="cpu").kv_cache_dtype == "float32"

@@ -71,15 +71,11 @@ pub(super) enum KvRows<'a> {
 }
 
 impl KvRows<'_> {
-    /// Elements `[at, at + buf.len())` as float32: borrowed when stored so, else widened
-    /// (exactly) into `buf`.
-    pub(super) fn row<'b>(&'b self, at: usize, buf: &'b mut [f32]) -> &'b [f32] {
+    /// Elements `[at, at + dst.len())` into `dst` as float32 (exactly).
+    pub(super) fn widen(&self, at: usize, dst: &mut [f32]) {
         match *self {
-            KvRows::F32(d) => &d[at..at + buf.len()],
-            KvRows::F16(d) => {
-                d[at..at + buf.len()].convert_to_f32_slice(buf);
-                buf
-            }
+            KvRows::F32(d) => dst.copy_from_slice(&d[at..at + dst.len()]),
+            KvRows::F16(d) => d[at..at + dst.len()].convert_to_f32_slice(dst),
         }
     }
 }

@@ -9,6 +9,7 @@ use std::sync::{Arc, OnceLock};
 use rayon::prelude::*;
 
 pub use kv_cache::CpuKvCache;
+use kv_cache::KvRows;
 
 use super::{check_width, AttnParams, Backend, BatchPlan, KvLayout, RopeParams, RopeStyle, TensorSource};
 use crate::backend::BackendError;
@@ -92,6 +93,11 @@ pub struct CpuBackend {
     /// sampling) run on a rayon pool of the same size instead of rayon's global one.
     rayon: Option<Arc<rayon::ThreadPool>>,
     draws: super::draws::HostDraws,
+    /// An f16 KV cache's rows widened to float32 for one layer's attention (reused), at most
+    /// `widen_max_bytes` of them at once.
+    widened_k: Vec<f32>,
+    widened_v: Vec<f32>,
+    widen_max_bytes: usize,
 }
 
 impl Default for CpuBackend {
@@ -110,7 +116,15 @@ impl CpuBackend {
     /// Matmuls on `n_threads` threads (the calling thread included; 0 is taken as 1). The
     /// other CPU ops (attention, norms) run on rayon's global pool.
     pub fn with_threads(n_threads: usize) -> CpuBackend {
-        CpuBackend { exact_matmul: false, pool: Arc::new(quant::ThreadPool::new(n_threads.max(1))), rayon: None, draws: Default::default() }
+        CpuBackend {
+            exact_matmul: false,
+            pool: Arc::new(quant::ThreadPool::new(n_threads.max(1))),
+            rayon: None,
+            draws: Default::default(),
+            widened_k: Vec::new(),
+            widened_v: Vec::new(),
+            widen_max_bytes: widen_max_bytes(),
+        }
     }
 
     /// Every op on `n_threads` threads: the matmuls' pool and a rayon pool of the same size for
@@ -148,6 +162,79 @@ impl CpuBackend {
     /// The pool to move to when this backend has its own rayon pool and the caller is not on it.
     fn foreign_pool(&self) -> Option<Arc<rayon::ThreadPool>> {
         self.rayon.as_ref().filter(|p| p.current_thread_index().is_none()).cloned()
+    }
+}
+
+/// Most bytes of float32 keys and values an f16 cache's rows are widened into at once (see
+/// `attention`): 64 MiB, or `FERRITE_CPU_WIDEN_MAX_BYTES` (a test hook: a small value puts each
+/// sequence of a batch in a group of its own).
+fn widen_max_bytes() -> usize {
+    std::env::var("FERRITE_CPU_WIDEN_MAX_BYTES").ok().and_then(|v| v.parse().ok()).unwrap_or(64 << 20)
+}
+
+/// Positions of sequence `seq`'s context that the batch's tokens attend to: up to its last
+/// token's, inclusive (0 when it has no token here).
+fn seq_context(batch: &BatchPlan, seq: usize) -> usize {
+    let t1 = batch.token_seq.partition_point(|&s| (s as usize) <= seq);
+    let t0 = batch.token_seq.partition_point(|&s| (s as usize) < seq);
+    batch.positions[t0..t1].iter().map(|&p| p as usize + 1).max().unwrap_or(0)
+}
+
+/// Causal attention of the rows of `os` (tokens `t0..` of the batch, `[token][n_heads *
+/// head_dim]`) over keys and values in `kc` / `vc`, where position `j` of sequence `seq` starts
+/// at `row_of(seq, j)` (all KV heads, `kv_width` floats). One task per (token, query head).
+#[allow(clippy::too_many_arguments)]
+fn attend(
+    qs: &[f32],
+    os: &mut [f32],
+    t0: usize,
+    batch: &BatchPlan,
+    p: &AttnParams,
+    q_width: usize,
+    kc: &[f32],
+    vc: &[f32],
+    row_of: impl Fn(usize, usize) -> usize + Sync,
+) {
+    let hd = p.head_dim;
+    let group = p.n_heads / p.n_kv_heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let head_task = |scores: &mut Vec<f32>, (idx, o): (usize, &mut [f32])| {
+        let (t, h) = (t0 + idx / p.n_heads, idx % p.n_heads);
+        let seq = batch.token_seq[t] as usize;
+        let n_ctx = batch.positions[t] as usize + 1;
+        let qh = &qs[t * q_width + h * hd..t * q_width + (h + 1) * hd];
+        let kvh = h / group;
+        let key_at = |j: usize| row_of(seq, j) + kvh * hd;
+        scores.clear();
+        let mut max = f32::NEG_INFINITY;
+        for j in 0..n_ctx {
+            let off = key_at(j);
+            let dot = quant::fdot(qh, &kc[off..off + hd]) * scale;
+            max = max.max(dot);
+            scores.push(dot);
+        }
+        let mut sum = 0f32;
+        for sc in scores.iter_mut() {
+            *sc = (*sc - max).exp();
+            sum += *sc;
+        }
+        let inv = 1.0 / sum;
+        o.fill(0.0);
+        for (j, &w) in scores.iter().enumerate() {
+            let off = key_at(j);
+            let w = w * inv;
+            for (oo, &vv) in o.iter_mut().zip(&vc[off..off + hd]) {
+                *oo += w * vv;
+            }
+        }
+    };
+    let n_tokens = os.len() / q_width;
+    let work: usize = batch.positions[t0..t0 + n_tokens].iter().map(|&p| p as usize + 1).sum::<usize>() * q_width;
+    if work < PAR_MIN_WORK {
+        let mut scores = Vec::new();
+        os.chunks_exact_mut(hd).enumerate().for_each(|item| head_task(&mut scores, item));
+    } else {
+        os.par_chunks_exact_mut(hd).enumerate().for_each_init(Vec::new, head_task);
     }
 }
 
@@ -324,7 +411,6 @@ impl Backend for CpuBackend {
         if let Some(pool) = self.foreign_pool() {
             return pool.install(|| self.attention(q, k, v, cache, layer, batch, p, out));
         }
-        let hd = p.head_dim;
         let lay = cache.layout;
         let (q_width, kv_width) = p.check_shapes(q.width, k.width, v.width, out.width, &lay, layer)?;
         let n = batch.n_tokens();
@@ -344,50 +430,55 @@ impl Backend for CpuBackend {
             cache.v.write(dst, &vs[t * kv_width..(t + 1) * kv_width]);
         }
 
-        let kc = cache.k.rows(layer_base..layer_base + layer_len);
-        let vc = cache.v.rows(layer_base..layer_base + layer_len);
         let qs = q.rows(n)?;
         let os = out.rows_mut(n)?;
-        let group = p.n_heads / p.n_kv_heads;
-        let scale = 1.0 / (hd as f32).sqrt();
-        // One task per (token, query head): output chunks of head_dim floats. `row` receives a
-        // key or value row widened from an f16 cache.
-        let head_task = |(scores, row): &mut (Vec<f32>, Vec<f32>), (idx, o): (usize, &mut [f32])| {
-            let (t, h) = (idx / p.n_heads, idx % p.n_heads);
-            let s = &batch.seqs[batch.token_seq[t] as usize];
-            let n_ctx = batch.positions[t] as usize + 1;
-            let qh = &qs[t * q_width + h * hd..t * q_width + (h + 1) * hd];
-            let kvh = h / group;
-            let key_at = |j: usize| batch.slot_of(s, j) * kv_width + kvh * hd;
-            scores.clear();
-            let mut max = f32::NEG_INFINITY;
-            for j in 0..n_ctx {
-                let kj = kc.row(key_at(j), row);
-                let dot = quant::fdot(qh, kj) * scale;
-                max = max.max(dot);
-                scores.push(dot);
+        let layer_range = layer_base..layer_base + layer_len;
+        match (cache.k.rows(layer_range.clone()), cache.v.rows(layer_range)) {
+            (KvRows::F32(kc), KvRows::F32(vc)) => {
+                let row_of = |seq: usize, j: usize| batch.slot_of(&batch.seqs[seq], j) * kv_width;
+                attend(qs, os, 0, batch, p, q_width, kc, vc, row_of);
             }
-            let mut sum = 0f32;
-            for sc in scores.iter_mut() {
-                *sc = (*sc - max).exp();
-                sum += *sc;
-            }
-            let inv = 1.0 / sum;
-            o.fill(0.0);
-            for (j, &w) in scores.iter().enumerate() {
-                let w = w * inv;
-                for (oo, &vv) in o.iter_mut().zip(vc.row(key_at(j), row)) {
-                    *oo += w * vv;
+            (kc, vc) => {
+                // An f16 cache: each sequence's rows of this layer widened once into float32,
+                // which every query head of a KV head then reads. Widening per head and key
+                // instead did it `n_heads / n_kv_heads` times over: a token at 1,500 positions
+                // of context took 36-40 ms on 2 cores against float32's 28-30 (Qwen2-0.5B).
+                // Sequences go in groups whose rows fit `widen_max_bytes` (a long one alone).
+                let ctx: Vec<usize> = (0..batch.seqs.len()).map(|s| seq_context(batch, s)).collect();
+                let max_rows = (self.widen_max_bytes / (2 * kv_width * std::mem::size_of::<f32>())).max(1);
+                let mut first = 0;
+                while first < batch.seqs.len() {
+                    let mut last = first + 1;
+                    let mut rows = ctx[first];
+                    while last < batch.seqs.len() && rows + ctx[last] <= max_rows {
+                        rows += ctx[last];
+                        last += 1;
+                    }
+                    // Row `base[s] + j` holds position j of sequence first + s.
+                    let base: Vec<usize> = ctx[first..last].iter().scan(0, |acc, &c| Some(std::mem::replace(acc, *acc + c))).collect();
+                    let slots: Vec<usize> =
+                        (first..last).flat_map(|s| (0..ctx[s]).map(move |j| batch.slot_of(&batch.seqs[s], j) * kv_width)).collect();
+                    let (wk, wv) = (&mut self.widened_k, &mut self.widened_v);
+                    wk.resize(rows * kv_width, 0.0);
+                    wv.resize(rows * kv_width, 0.0);
+                    let widen = |((dk, dv), &at): ((&mut [f32], &mut [f32]), &usize)| {
+                        kc.widen(at, dk);
+                        vc.widen(at, dv);
+                    };
+                    let pairs = wk.chunks_exact_mut(kv_width).zip(wv.chunks_exact_mut(kv_width));
+                    if rows * kv_width < PAR_MIN_WORK {
+                        pairs.zip(&slots).for_each(widen);
+                    } else {
+                        wk.par_chunks_exact_mut(kv_width).zip(wv.par_chunks_exact_mut(kv_width)).zip(&slots).for_each(widen);
+                    }
+                    // The group's tokens: sequences' tokens are consecutive, in sequence order.
+                    let t0 = batch.token_seq.partition_point(|&s| (s as usize) < first);
+                    let t1 = batch.token_seq.partition_point(|&s| (s as usize) < last);
+                    let row_of = |seq: usize, j: usize| (base[seq - first] + j) * kv_width;
+                    attend(qs, &mut os[t0 * q_width..t1 * q_width], t0, batch, p, q_width, wk, wv, row_of);
+                    first = last;
                 }
             }
-        };
-        let work: usize = batch.positions.iter().map(|&p| p as usize + 1).sum::<usize>() * q_width;
-        let scratch = || (Vec::new(), vec![0f32; hd]);
-        if work < PAR_MIN_WORK {
-            let mut s = scratch();
-            os.chunks_exact_mut(hd).enumerate().for_each(|item| head_task(&mut s, item));
-        } else {
-            os.par_chunks_exact_mut(hd).enumerate().for_each_init(scratch, head_task);
         }
         Ok(())
     }
