@@ -234,6 +234,11 @@ impl CudaContext {
         &self.raw
     }
 
+    /// A new event (default flags), `what` naming it in the error.
+    pub fn new_event(&self, what: &str) -> Result<drv::CudaEvent, CudaError> {
+        self.raw.new_event(None).ctx(|| format!("creating {what}"))
+    }
+
     /// Waits for all queued work. A kernel fault queued earlier surfaces here as
     /// `CudaError::KernelFault` naming `what`.
     pub fn sync(&self, what: &str) -> Result<(), CudaError> {

@@ -78,7 +78,7 @@ impl CudaContext {
             .ctx(|| format!("copying {} bytes host->device for {what}", std::mem::size_of_val(host)))?;
         let ev = match done.take() {
             Some(ev) => ev,
-            None => self.raw().new_event(None).ctx(|| "creating a staging event".into())?,
+            None => self.new_event("a staging event")?,
         };
         ev.record(self.stream()).ctx(|| "recording a staging event".into())?;
         *done = Some(ev);
@@ -190,7 +190,7 @@ impl CudaContext {
                 .ctx(|| format!("copying {} bytes host->device for {what}", chunk.len()))?;
             let ev = match staging.done[slot].take() {
                 Some(ev) => ev,
-                None => self.raw().new_event(None).ctx(|| "creating a staging event".into())?,
+                None => self.new_event("a staging event")?,
             };
             ev.record(self.stream()).ctx(|| "recording a staging event".into())?;
             staging.done[slot] = Some(ev);

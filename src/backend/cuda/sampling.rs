@@ -178,12 +178,11 @@ impl DeviceSampler {
                 .ctx(|| format!("allocating {} bytes of pinned host memory for the drawn tokens", len * 4))?;
             self.landings[slot] = Some(pinned);
         }
-        let event = |ctx: &CudaContext| ctx.raw().new_event(None).ctx(|| "creating an event".into());
-        let copied = event(&self.ctx)?;
+        let copied = self.ctx.new_event("an event")?;
         if let Some(output) = self.output.as_ref().filter(|_| rows > 0) {
             let copy = copy_stream(&self.ctx, &mut self.copy_stream)?;
             // The copy waits for the draws, the compute stream not for the copy.
-            let drawn = event(&self.ctx)?;
+            let drawn = self.ctx.new_event("an event")?;
             drawn.record(self.ctx.stream()).ctx(|| "recording the end of the draws".into())?;
             copy.wait(&drawn).ctx(|| "ordering the draws' copy after them".into())?;
             let Some(landing) = self.landings[slot].as_mut() else { unreachable!("allocated above") };
@@ -320,7 +319,7 @@ impl DeviceSampler {
             let device = self.ctx.alloc::<u32>(len, "the sampling parameters")?;
             // The allocation is ordered on the compute stream only (cuMemAllocAsync); the copy
             // stream writes the buffer next.
-            let allocated = self.ctx.raw().new_event(None).ctx(|| "creating an event".into())?;
+            let allocated = self.ctx.new_event("an event")?;
             allocated.record(self.ctx.stream()).ctx(|| "ordering a new parameter buffer".into())?;
             copy.wait(&allocated).ctx(|| "ordering a new parameter buffer".into())?;
             *entry = Some(ParamSlot { host, device, done: None });
@@ -337,7 +336,7 @@ impl DeviceSampler {
         unsafe { sys::cuMemcpyHtoDAsync_v2(base, host_ptr as *const std::ffi::c_void, packed.len() * 4, copy.cu_stream()) }
             .result()
             .ctx(|| "copying the sampling parameters host->device".into())?;
-        let uploaded = self.ctx.raw().new_event(None).ctx(|| "creating an event".into())?;
+        let uploaded = self.ctx.new_event("an event")?;
         uploaded.record(&copy).ctx(|| "recording the end of the parameters' copy".into())?;
         self.ctx.stream().wait(&uploaded).ctx(|| "ordering the draws after their parameters' copy".into())?;
         let at = |words: usize| base + (words * 4) as u64;
@@ -363,7 +362,7 @@ impl DeviceSampler {
         // Whatever the launches did: the slot's copy is queued, and its buffers must outlive it.
         let read = match done.take() {
             Some(ev) => ev,
-            None => self.ctx.raw().new_event(None).ctx(|| "creating an event".into())?,
+            None => self.ctx.new_event("an event")?,
         };
         read.record(self.ctx.stream()).ctx(|| "recording the end of a sampling launch".into())?;
         *done = Some(read);
