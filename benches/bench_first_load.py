@@ -1,19 +1,41 @@
 """Where the seconds of a first `Model.load` go: importing ferrite, the first CUDA call, and the
 load itself with the kernel cache as it is (empty: NVRTC compiles every module the model runs).
 
-    python benches/bench_first_load.py MODEL.gguf --cache DIR [--label TEXT]
+    python benches/bench_first_load.py MODEL.gguf --cache DIR [--label TEXT] [--evict]
 
 One process, one load, so each phase is what a user's first run sees. Run it first thing on a
 fresh machine (the CUDA, cuBLAS and NVRTC libraries are then read from disk), again with another
 empty --cache (libraries in the page cache, kernels compiled again), and once more with the same
 --cache (kernels cached): the three rows of docs/BENCHMARKS.md's first-load table.
+
+--evict first drops the CUDA libraries' files (libcuda, libnvrtc*, libcublas*) from the page
+cache (posix_fadvise DONTNEED, no root needed), which stands in for a fresh machine's cold disk
+on a machine that has run CUDA before; with FERRITE_CUDA_READAHEAD=0 / nvrtc / 1 it measures
+what reading the libraries ahead (src/backend/cuda/readahead.rs) buys.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import time
+
+LIBRARY_DIRS = ["/usr/local/cuda*/targets/*/lib", "/usr/local/cuda*/lib64", "/usr/local/nvidia/lib64", "/usr/lib/x86_64-linux-gnu"]
+LIBRARY_NAMES = ["libcuda.so*", "libnvrtc*.so*", "libcublas*.so*"]
+
+
+def evict_libraries() -> list[str]:
+    """Drops the CUDA libraries' pages from the page cache; the real files it dropped."""
+    dirs = [d for pattern in LIBRARY_DIRS + os.environ.get("LD_LIBRARY_PATH", "").split(":") if pattern for d in glob.glob(pattern)]
+    files = sorted({os.path.realpath(f) for d in dirs for name in LIBRARY_NAMES for f in glob.glob(os.path.join(d, name))})
+    for f in files:
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    return files
 
 
 def main() -> None:
@@ -21,7 +43,11 @@ def main() -> None:
     ap.add_argument("model")
     ap.add_argument("--cache", required=True, help="FERRITE_CACHE for this run (an empty folder: nothing compiled yet)")
     ap.add_argument("--label", default="")
+    ap.add_argument("--evict", action="store_true", help="drop the CUDA libraries from the page cache first")
     args = ap.parse_args()
+    if args.evict:
+        for f in evict_libraries():
+            print(f"# evicted: {f}")
     os.environ["FERRITE_CACHE"] = args.cache
     cached = os.path.isdir(os.path.join(args.cache, "kernels")) and bool(os.listdir(os.path.join(args.cache, "kernels")))
 
@@ -43,8 +69,9 @@ def main() -> None:
     libs = sorted({line.split()[-1] for line in open("/proc/self/maps") if any(k in line for k in ("nvrtc", "cublas", "libcuda"))})
     for lib in libs:
         print(f"# loaded: {lib} ({os.path.getsize(lib) / 2**20:.0f} MiB)")
+    readahead = os.environ.get("FERRITE_CUDA_READAHEAD", "1")
     print(
-        f"| {args.label or ('kernels cached' if cached else 'empty kernel cache')} | {t_import:.2f} | {t_cuda:.2f} | "
+        f"| {args.label or ('kernels cached' if cached else 'empty kernel cache')}{', evicted' if args.evict else ''}, readahead {readahead} | {t_import:.2f} | {t_cuda:.2f} | "
         f"{t_load:.2f} | {t_import + t_cuda + t_load:.2f} | {t_forward * 1e3:.0f} |",
         flush=True,
     )

@@ -150,6 +150,8 @@ impl CudaContext {
     }
 
     fn create(ordinal: usize) -> Result<CudaContext, CudaError> {
+        // NVRTC's and cuBLAS's files stream in from disk while the driver sets up the context.
+        super::readahead::start();
         let count = device_count()?;
         if ordinal >= count {
             return Err(CudaError::NoSuchDevice { ordinal, count });

@@ -1,6 +1,7 @@
 //! CUDA backend: device selection and streams (`context`), errors (`error`), run-time kernel
-//! compilation with a disk cache (`nvrtc`) of the sources in kernels/ (`kernels`), device memory
-//! and weight upload (`memory`), the dequantization kernels (`dequant`), and on top of them the
+//! compilation with a disk cache (`nvrtc`) of the sources in kernels/ (`kernels`), the CUDA
+//! libraries read into memory ahead of use on a cold machine (`readahead`), device memory and
+//! weight upload (`memory`), the dequantization kernels (`dequant`), and on top of them the
 //! model's ops (`backend`: [`CudaBackend`] implements `crate::backend::Backend`; its projections
 //! are in `matmul`).
 //!
@@ -32,6 +33,7 @@ pub mod matvec;
 pub mod sampling;
 pub mod memory;
 pub mod nvrtc;
+mod readahead;
 pub mod repack;
 
 pub use backend::{addr as backend_addr, CudaBackend};
