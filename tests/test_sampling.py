@@ -291,6 +291,48 @@ def test_draws_follow_the_chain_by_chi_square(device, case):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("row", ["flat", "ties"])
+def test_top_p_without_top_k_on_a_large_flat_row_draws_from_the_whole_nucleus(device, row):
+    """top-p alone (what OpenAI clients send) on rows of 151,936 logits where about half the
+    vocabulary makes the nucleus: the GPU cuts it by radix selection over probability mass (step
+    4b of sampling.cu), the CPU by sorting. 400 draws with different seeds must all lie inside
+    NumPy's nucleus, and the draws' share outside its upper half (by probability) must match
+    the mass there within 5 standard deviations: a cut that kept too little (or too
+    much) of the nucleus fails one or the other. "ties": values from 16 levels only, so that the
+    cut falls inside a run of equal logits; NumPy's nucleus takes the run's first tokens by id,
+    the GPU's radix cut (which selects by value) all of it, so there a draw may also be any
+    token of that run, and the share may be either rule's."""
+    skip_without_cuda(device)
+    rng = np.random.default_rng(21)
+    vocab, n = 151_936, 400
+    logits = (rng.standard_normal(vocab) * 0.6).astype(np.float32)
+    if row == "ties":
+        logits = np.round(logits * 4) / 4
+    top_p = 0.6
+    probs = np_chain_probs(logits, 1.0, top_p=top_p)
+    kept = np.flatnonzero(probs)
+    assert 0.2 * vocab < len(kept) < 0.8 * vocab, len(kept)
+    with_ties = np.flatnonzero(logits >= logits[kept].min())
+    assert (len(with_ties) > len(kept)) == (row == "ties"), "the row does not test what it says"
+    # The upper half of NumPy's nucleus by probability; the draws' share outside it against the
+    # mass there under either rule.
+    upper = kept[np.argsort(-probs[kept], kind="stable")][: len(kept) // 2]
+    shares = []
+    for nucleus in (kept, with_ties):
+        p_nucleus = np.exp(logits[nucleus].astype(np.float64) - logits.max())
+        shares.append(p_nucleus[~np.isin(nucleus, upper)].sum() / p_nucleus.sum())
+    rows = np.repeat(logits[None, :], n, axis=0)
+    tokens, _, _ = _sample_rows(rows, device=device, seeds=list(range(n)), draw_indices=[1] * n, temperature=1.0, top_p=top_p)
+    tokens = np.asarray(tokens)
+    outside = tokens[~np.isin(tokens, with_ties)]
+    assert len(outside) == 0, f"{len(outside)} draws outside the nucleus, e.g. token {outside[0]}"
+    got = (~np.isin(tokens, upper)).mean()
+    lo, hi = min(shares), max(shares)
+    sigma = np.sqrt(max(hi * (1 - hi), lo * (1 - lo)) / n)
+    assert lo - 5 * sigma < got < hi + 5 * sigma, (got, shares, sigma)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_greedy_draw_is_the_argmax_and_logprobs_are_the_log_softmax(device):
     skip_without_cuda(device)
     rng = np.random.default_rng(11)
