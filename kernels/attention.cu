@@ -1,23 +1,33 @@
 // Causal grouped-query attention over the paged KV cache, and the append of new keys and values.
 //
-// Cache layout, per layer: [slot][n_kv_heads * head_dim] float32 for K and for V, slots grouped
-// in blocks of block_tokens. A sequence's block table lists its blocks in order: position p lives
-// in slot table[p / block_tokens] * block_tokens + p % block_tokens.
+// Cache layout, per layer: [slot][n_kv_heads * head_dim] elements for K and for V (float32, or
+// f16 bits: kv_t, see common.cuh), slots grouped in blocks of block_tokens. A sequence's block
+// table lists its blocks in order: position p lives in slot table[p / block_tokens] *
+// block_tokens + p % block_tokens.
 #include "common.cuh"
 
 // k/v rows of the batch ([n_tokens][kv_width]) into their slots. One block per token.
-extern "C" __global__ void kv_append(const float* __restrict__ k, const float* __restrict__ v,
-                                     const u32* __restrict__ slots, u32 kv_width, u32 capacity,
-                                     float* __restrict__ k_cache, float* __restrict__ v_cache) {
+template <typename C>
+__device__ __forceinline__ void kv_append_into(const float* __restrict__ k, const float* __restrict__ v,
+                                               const u32* __restrict__ slots, u32 kv_width, u32 capacity,
+                                               C* __restrict__ k_cache, C* __restrict__ v_cache) {
     dependent_wait();
     const u32 t = blockIdx.x;
     const u32 slot = slots[t];
     if (slot >= capacity) return;  // the host checks every slot before the batch is uploaded
     for (u32 e = threadIdx.x; e < kv_width; e += blockDim.x) {
-        k_cache[(u64)slot * kv_width + e] = k[(u64)t * kv_width + e];
-        v_cache[(u64)slot * kv_width + e] = v[(u64)t * kv_width + e];
+        kv_store(k_cache + (u64)slot * kv_width + e, k[(u64)t * kv_width + e]);
+        kv_store(v_cache + (u64)slot * kv_width + e, v[(u64)t * kv_width + e]);
     }
 }
+#define KV_APPEND_KERNEL(NAME, C)                                                                                   \
+    extern "C" __global__ void NAME(const float* __restrict__ k, const float* __restrict__ v,                      \
+                                    const u32* __restrict__ slots, u32 kv_width, u32 capacity,                     \
+                                    C* __restrict__ k_cache, C* __restrict__ v_cache) {                            \
+        kv_append_into<C>(k, v, slots, kv_width, capacity, k_cache, v_cache);                                       \
+    }
+KV_APPEND_KERNEL(kv_append, float)
+KV_APPEND_KERNEL(kv_append_f16, u16)
 
 __device__ __forceinline__ float4 add4(float4 a, float4 b) {
     return make_float4(__fadd_rn(a.x, b.x), __fadd_rn(a.y, b.y), __fadd_rn(a.z, b.z), __fadd_rn(a.w, b.w));
@@ -67,8 +77,8 @@ struct RopeIn {
     const float* v;
     const u32* slots;
     u32 capacity;
-    float* k_cache;  // the caches again, to write the new key and value
-    float* v_cache;
+    kv_t* k_cache;  // the caches again, to write the new key and value
+    kv_t* v_cache;
     float freq_base, scale;
     u32 neox;
     u32 q_stride, kv_stride;    // floats from one token's q (k, v) row to the next
@@ -89,8 +99,8 @@ struct Splits {
 
 // The caches as attention() reads them: restrict-qualified, except in the ROPE variant, which
 // also writes them (through RopeIn).
-template <bool ROPE> struct CacheIn { typedef const float* __restrict__ T; };
-template <> struct CacheIn<true> { typedef const float* T; };
+template <bool ROPE> struct CacheIn { typedef const kv_t* __restrict__ T; };
+template <> struct CacheIn<true> { typedef const kv_t* T; };
 
 template <int HD, int G, bool ROPE>
 __device__ __forceinline__ void attention(const float* __restrict__ q, typename CacheIn<ROPE>::T k_cache,
@@ -127,8 +137,8 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
     const u32* table = block_tables + table_offset[t];
     // The slot of key j: block_tokens is a power of two (the host checks), so shift and mask.
     const u32 bt_shift = __ffs(block_tokens) - 1, bt_mask = block_tokens - 1;
-    const float* kc = k_cache + kvh * HD;
-    const float* vc = v_cache + kvh * HD;
+    const kv_t* kc = k_cache + kvh * HD;
+    const kv_t* vc = v_cache + kvh * HD;
     // ROPE: the angles of the token's position (as rope_store computes them; the position and
     // the table offset read above are in the batch description, which a kernel may read before
     // its wait, see dependent_wait), then its new key and value.
@@ -148,8 +158,8 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
         const u32 j_first = j_begin + warp * 32 + lane;
         if (j_first < j_end && j_first != last) {
             const u32 slot = table[j_first >> bt_shift] * block_tokens + (j_first & bt_mask);
-            // 128-byte lines: 32 floats each.
-            for (u32 e = 0; e < HD; e += 32) {
+            // 128-byte lines.
+            for (u32 e = 0; e < HD; e += 128 / sizeof(kv_t)) {
                 asm volatile("prefetch.global.L2 [%0];" ::"l"(kc + (u64)slot * kv_width + e));
                 asm volatile("prefetch.global.L2 [%0];" ::"l"(vc + (u64)slot * kv_width + e));
             }
@@ -183,11 +193,12 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
             }
         }
         if constexpr (ROPE) {
-            // The new key (rotated in place below) and value, biases added.
+            // The new key (rotated in place below) and value, biases added; the value as the
+            // cache will hold it (the key once rotated).
             const u64 row = (u64)t * rope.kv_stride + kvh * HD;
             for (u32 e = threadIdx.x; e < HD; e += blockDim.x) {
                 k_new[e] = rope.bk ? __fadd_rn(rope.k[row + e], rope.bk[kvh * HD + e]) : rope.k[row + e];
-                v_new[e] = rope.bv ? __fadd_rn(rope.v[row + e], rope.bv[kvh * HD + e]) : rope.v[row + e];
+                v_new[e] = kv_stored<kv_t>(rope.bv ? __fadd_rn(rope.v[row + e], rope.bv[kvh * HD + e]) : rope.v[row + e]);
             }
         }
     }
@@ -198,16 +209,22 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
         for (u32 idx = threadIdx.x; idx < (n_here + 1) * half; idx += blockDim.x) {
             const u32 g = idx / half, i = idx % half;
             const u32 a = rope.neox ? i : 2 * i, b = rope.neox ? i + half : 2 * i + 1;
-            if (g < n_here) rotate_pair(qf + g * HD, qf + g * HD, a, b, rope_cos[i], rope_sin[i]);
-            else rotate_pair(k_new, k_new, a, b, rope_cos[i], rope_sin[i]);
+            if (g < n_here) {
+                rotate_pair(qf + g * HD, qf + g * HD, a, b, rope_cos[i], rope_sin[i]);
+            } else {
+                // The new key as the cache will hold it: every query of the step reads it so.
+                const float2 r = rotated(k_new[a], k_new[b], rope_cos[i], rope_sin[i]);
+                k_new[a] = kv_stored<kv_t>(r.x);
+                k_new[b] = kv_stored<kv_t>(r.y);
+            }
         }
         __syncthreads();
         const u32 slot = rope.slots[t];
         // The host checks every slot before the batch is uploaded.
         if (blockIdx.z == 0 && split == 0 && slot < rope.capacity) {
             for (u32 e = threadIdx.x; e < HD; e += blockDim.x) {
-                rope.k_cache[(u64)slot * kv_width + kvh * HD + e] = k_new[e];
-                rope.v_cache[(u64)slot * kv_width + kvh * HD + e] = v_new[e];
+                kv_store(rope.k_cache + (u64)slot * kv_width + kvh * HD + e, k_new[e]);
+                kv_store(rope.v_cache + (u64)slot * kv_width + kvh * HD + e, v_new[e]);
             }
         }
     }
@@ -240,9 +257,9 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
             for (int u = 0; u < V_BATCH; u++) {
                 // Keys past the chunk's end read key jb's row (valid); their weights are 0.
                 const u32 jj = jb + u < n_valid ? jb + u : jb;
-                const float* vp = vc + (u64)chunk_slot[warp][jj] * kv_width;
+                const kv_t* vp = vc + (u64)chunk_slot[warp][jj] * kv_width;
 #pragma unroll
-                for (int i = 0; i < PER_LANE; i++) vv[u][i] = (HD % 32 == 0 || lane + 32 * i < HD) ? vp[lane + 32 * i] : 0.0f;
+                for (int i = 0; i < PER_LANE; i++) vv[u][i] = (HD % 32 == 0 || lane + 32 * i < HD) ? kv_load(vp, lane + 32 * i) : 0.0f;
                 if constexpr (ROPE) {
                     // The new token's value (warp-uniform: jj is the same in every lane).
                     if (j0 + jj == last) {
@@ -253,7 +270,7 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
             }
         };
         load_values(0);
-        const float4* kp = reinterpret_cast<const float4*>(kc + (u64)slot * kv_width);
+        const kv_t* kp = kc + (u64)slot * kv_width;
         float d[G];
 #pragma unroll
         for (int g = 0; g < G; g++) d[g] = 0.0f;
@@ -261,7 +278,7 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
         const bool new_key = ROPE && valid && j == last;
 #pragma unroll
         for (int i = 0; i < HD / 4; i++) {
-            const float4 kk = new_key ? reinterpret_cast<const float4*>(k_new)[i] : kp[i];
+            const float4 kk = new_key ? reinterpret_cast<const float4*>(k_new)[i] : kv_load4(kp, i);
 #pragma unroll
             for (int g = 0; g < G; g++) {
                 if (g >= n_here) break;
@@ -371,8 +388,9 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
     if (threadIdx.x == 0) *counter = 0;  // ready for the next launch
 }
 
-// One head dim per module (-DATTN_HEAD_DIM=N), compiled for the model's head dim only; the module
-// compiled without it holds kv_append alone.
+// One head dim and cache element type per module (-DATTN_HEAD_DIM=N, -DATTN_KV_F16=1 for an f16
+// cache), compiled for the model's only; the module compiled without them holds the kv_append
+// kernels alone.
 #ifdef ATTN_HEAD_DIM
 // Query heads per block: up to 8, fewer for heads wider than 128, whose registers (each lane's
 // outputs of every head) and partial outputs in shared memory (ATTN_MAX_WARPS x ATTN_GROUP x head
@@ -383,7 +401,7 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
 // registers that kernel holds more blocks an SM).
 #define ATTENTION_KERNELS(SUFFIX, GROUP)                                                                                 \
     extern "C" __global__ void __launch_bounds__(32 * ATTN_MAX_WARPS, 1) attention_heads##SUFFIX(                         \
-        const float* __restrict__ q, const float* __restrict__ k_cache, const float* __restrict__ v_cache,              \
+        const float* __restrict__ q, const kv_t* __restrict__ k_cache, const kv_t* __restrict__ v_cache,                \
         const u32* __restrict__ positions, const u32* __restrict__ table_offset, const u32* __restrict__ block_tables,  \
         u32 block_tokens, u32 n_heads, u32 n_kv_heads, u32 slice, float scale, float* __restrict__ out,                 \
         u16* __restrict__ out_f16, float f16_scale, u32 n_splits, float* __restrict__ partials,                        \
@@ -399,7 +417,7 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
        sequence, their rows q_stride and kv_stride floats apart, biases bq, bk, bv (null: none) still to add.         \
        k_cache and v_cache are also written (through rope.k_cache / v_cache). */                                       \
     extern "C" __global__ void __launch_bounds__(32 * ATTN_MAX_WARPS, 1) attention_heads_rope##SUFFIX(                    \
-        const float* q, const float* k_cache, const float* v_cache, const u32* __restrict__ positions,                 \
+        const float* q, const kv_t* k_cache, const kv_t* v_cache, const u32* __restrict__ positions,                   \
         const u32* __restrict__ table_offset, const u32* __restrict__ block_tables, u32 block_tokens, u32 n_heads,      \
         u32 n_kv_heads, u32 slice, float scale, float* __restrict__ out, u16* __restrict__ out_f16, float f16_scale,   \
         const float* __restrict__ k_new, const float* __restrict__ v_new, const u32* __restrict__ slots, u32 capacity, \
@@ -407,7 +425,7 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
         u32* __restrict__ counters, u32 q_stride, u32 kv_stride, const float* __restrict__ bq,                         \
         const float* __restrict__ bk, const float* __restrict__ bv) {                                                 \
         /* attention() waits once the angles are computed. */                                                          \
-        const RopeIn rope = {k_new, v_new, slots, capacity, const_cast<float*>(k_cache), const_cast<float*>(v_cache),   \
+        const RopeIn rope = {k_new, v_new, slots, capacity, const_cast<kv_t*>(k_cache), const_cast<kv_t*>(v_cache),     \
                              freq_base, rope_scale, neox, q_stride, kv_stride, bq, bk, bv};                          \
         const Splits splits = {n_splits, partials, counters};                                                          \
         attention<ATTN_HEAD_DIM, GROUP, true>(q, k_cache, v_cache, positions, table_offset, block_tables, block_tokens,  \

@@ -1,7 +1,8 @@
 // Causal grouped-query attention of prompt chunks on the tensor cores (flash attention), over the
 // paged KV cache of attention.cu (whose kv_append / rope_store have written the chunk's own keys
 // and values before this runs). Compiled per head dim (-DATTN_HEAD_DIM=N, a multiple of 16 up to
-// 128), beside attention.cu's kernels, which keep decode steps (one query row per sequence).
+// 128) and cache element type (-DATTN_KV_F16=1: f16, see common.cuh), beside attention.cu's
+// kernels, which keep decode steps (one query row per sequence).
 //
 // Why: attention.cu gives each query row its own block, which reads every key of its context and
 // forms the scores one float32 FMA at a time. A prompt of n tokens then reads n^2 / 2 key rows
@@ -75,7 +76,7 @@ __device__ __forceinline__ void ldmatrix_x4_trans(u32 r[4], const u16* p) {
 // One block: tile blockIdx.x, KV head blockIdx.y / chunks and its query heads heads_per_block *
 // (blockIdx.y % chunks) .. (one warp each; warps past the group only help stage the keys).
 extern "C" __global__ void __launch_bounds__(32 * PF_MAX_WARPS)
-    attention_prefill(const float* __restrict__ q, const float* __restrict__ k_cache, const float* __restrict__ v_cache,
+    attention_prefill(const float* __restrict__ q, const kv_t* __restrict__ k_cache, const kv_t* __restrict__ v_cache,
                       const u32* __restrict__ positions, const u32* __restrict__ table_offset,
                       const u32* __restrict__ block_tables, u32 block_tokens, const u32* __restrict__ tiles,
                       u32 n_heads, u32 n_kv_heads, u32 heads_per_block, float scale, float* __restrict__ out,
@@ -132,8 +133,8 @@ extern "C" __global__ void __launch_bounds__(32 * PF_MAX_WARPS)
 #pragma unroll
     for (int dt = 0; dt < NDT; dt++) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
 
-    const float* kc = k_cache + kvh * HD;
-    const float* vc = v_cache + kvh * HD;
+    const kv_t* kc = k_cache + kvh * HD;
+    const kv_t* vc = v_cache + kvh * HD;
     for (u32 kb0 = 0; kb0 < n_keys; kb0 += KB) {
         __syncthreads();  // every warp is done with the previous tile
         for (u32 i = threadIdx.x; i < KB; i += blockDim.x) {
@@ -147,8 +148,8 @@ extern "C" __global__ void __launch_bounds__(32 * PF_MAX_WARPS)
         for (u32 i = threadIdx.x; i < KB * HD / 4; i += blockDim.x) {
             const u32 key = i / (HD / 4), d4 = i % (HD / 4);
             const u64 at = (u64)slot_of[key] * kv_width + 4 * d4;
-            const float4 kk = *reinterpret_cast<const float4*>(kc + at);
-            const float4 vv = *reinterpret_cast<const float4*>(vc + at);
+            const float4 kk = kv_load4(kc + at, 0);
+            const float4 vv = kv_load4(vc + at, 0);
             uint2 hi, lo;
             split_f16x2(kk.x, kk.y, hi.x, lo.x);
             split_f16x2(kk.z, kk.w, hi.y, lo.y);

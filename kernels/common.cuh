@@ -76,13 +76,60 @@ __device__ __forceinline__ void rope_sincos(double pos, u32 i, u32 head_dim, flo
     *cf = (float)c;
 }
 
-// RoPE's rotation of pair (a, b) of a head by (cf, sf), in the CPU's float32 operations (rope.cu,
+// RoPE's rotation of the pair (x0, x1) by (cf, sf), in the CPU's float32 operations (rope.cu,
 // and attention.cu's decode variant).
-__device__ __forceinline__ void rotate_pair(const float* src, float* dst, u32 a, u32 b, float cf, float sf) {
-    const float x0 = src[a], x1 = src[b];
-    dst[a] = __fsub_rn(__fmul_rn(x0, cf), __fmul_rn(x1, sf));
-    dst[b] = __fadd_rn(__fmul_rn(x0, sf), __fmul_rn(x1, cf));
+__device__ __forceinline__ float2 rotated(float x0, float x1, float cf, float sf) {
+    return make_float2(__fsub_rn(__fmul_rn(x0, cf), __fmul_rn(x1, sf)), __fadd_rn(__fmul_rn(x0, sf), __fmul_rn(x1, cf)));
 }
+// Pair (a, b) of a head rotated from src into dst.
+__device__ __forceinline__ void rotate_pair(const float* src, float* dst, u32 a, u32 b, float cf, float sf) {
+    const float2 r = rotated(src[a], src[b], cf, sf);
+    dst[a] = r.x;
+    dst[b] = r.y;
+}
+
+// ---- KV cache elements ----
+// The KV cache holds float32, or f16 bits (kv_cache_dtype="float16": half the memory): keys
+// after RoPE and values are rounded to nearest even as they are stored, and widened exactly as
+// they are read, as the CPU's cache (src/backend/cpu/kv_cache.rs) does, so attention computes in
+// float32 either way. Kernels that read the cache are compiled per element type (-DATTN_KV_F16=1
+// makes kv_t the f16 one); those that only write it come in both (rope_store, kv_append).
+// f16 bits -> float (the conversion instruction: exact, as f16_to_f32 but for NaN payloads).
+__device__ __forceinline__ float f16_widen(u16 h) {
+    float f;
+    asm("{ .reg .f16 x; mov.b16 x, %1; cvt.f32.f16 %0, x; }" : "=f"(f) : "h"(h));
+    return f;
+}
+// Element i of a row.
+__device__ __forceinline__ float kv_load(const float* p, u32 i) { return p[i]; }
+__device__ __forceinline__ float kv_load(const u16* p, u32 i) { return f16_widen(p[i]); }
+// Elements 4i .. 4i + 3 of a row (16- or 8-byte aligned).
+__device__ __forceinline__ float4 kv_load4(const float* p, u32 i) { return reinterpret_cast<const float4*>(p)[i]; }
+__device__ __forceinline__ float4 kv_load4(const u16* p, u32 i) {
+    const uint2 b = reinterpret_cast<const uint2*>(p)[i];
+    float4 f;
+    asm("{ .reg .f16 a, b, c, d; mov.b32 {a, b}, %4; mov.b32 {c, d}, %5;\n\t"
+        "cvt.f32.f16 %0, a; cvt.f32.f16 %1, b; cvt.f32.f16 %2, c; cvt.f32.f16 %3, d; }"
+        : "=f"(f.x), "=f"(f.y), "=f"(f.z), "=f"(f.w)
+        : "r"(b.x), "r"(b.y));
+    return f;
+}
+__device__ __forceinline__ u16 f16_rn(float v) {
+    u16 h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));
+    return h;
+}
+__device__ __forceinline__ void kv_store(float* p, float v) { *p = v; }
+__device__ __forceinline__ void kv_store(u16* p, float v) { *p = f16_rn(v); }
+// v as a cache of element type T reads it back after storing it.
+template <typename T> __device__ __forceinline__ float kv_stored(float v);
+template <> __device__ __forceinline__ float kv_stored<float>(float v) { return v; }
+template <> __device__ __forceinline__ float kv_stored<u16>(float v) { return f16_widen(f16_rn(v)); }
+#if defined(ATTN_KV_F16) && ATTN_KV_F16
+typedef u16 kv_t;
+#else
+typedef float kv_t;
+#endif
 
 // Largest finite f16.
 #define F16_MAX 65504.0f

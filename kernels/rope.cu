@@ -29,13 +29,14 @@ extern "C" __global__ void rope(float* __restrict__ x, u32 x_heads, float* __res
 
 // A layer's RoPE and KV write in one launch, one block per token: q (q_heads heads) rotated in
 // place, k (kv_heads heads) rotated into the token's slot of k_cache, v copied into v_cache (both
-// caches of this layer, [slot][kv_heads * head_dim]). Each pair's angle is computed once per
-// token, as `rope` computes it, and the rotations are rope's, so the values are the same bits as
-// rope followed by kv_append.
-extern "C" __global__ void rope_store(float* __restrict__ q, u32 q_heads, const float* __restrict__ k,
-                                      const float* __restrict__ v, u32 kv_heads, const u32* __restrict__ positions,
-                                      const u32* __restrict__ slots, u32 capacity, u32 head_dim, float freq_base,
-                                      float scale, u32 neox, float* __restrict__ k_cache, float* __restrict__ v_cache) {
+// caches of this layer, [slot][kv_heads * head_dim] of C: float, or f16 bits for rope_store_f16).
+// Each pair's angle is computed once per token, as `rope` computes it, and the rotations are
+// rope's, so the values are the same bits as rope followed by kv_append.
+template <typename C>
+__device__ __forceinline__ void rope_store_into(float* __restrict__ q, u32 q_heads, const float* __restrict__ k,
+                                                const float* __restrict__ v, u32 kv_heads, const u32* __restrict__ positions,
+                                                const u32* __restrict__ slots, u32 capacity, u32 head_dim, float freq_base,
+                                                float scale, u32 neox, C* __restrict__ k_cache, C* __restrict__ v_cache) {
     __shared__ float sin_sh[ROPE_MAX_PAIRS], cos_sh[ROPE_MAX_PAIRS];
     dependent_wait();
     const u32 t = blockIdx.x;
@@ -59,8 +60,23 @@ extern "C" __global__ void rope_store(float* __restrict__ q, u32 q_heads, const 
             rotate_pair(hp, hp, a, b, cos_sh[i], sin_sh[i]);
         } else {
             const u64 off = (u64)(h - q_heads) * head_dim;
-            rotate_pair(k + (u64)t * kv_width + off, k_cache + (u64)slot * kv_width + off, a, b, cos_sh[i], sin_sh[i]);
+            const float* src = k + (u64)t * kv_width + off;
+            C* dst = k_cache + (u64)slot * kv_width + off;
+            const float2 r = rotated(src[a], src[b], cos_sh[i], sin_sh[i]);
+            kv_store(dst + a, r.x);
+            kv_store(dst + b, r.y);
         }
     }
-    for (u32 e = threadIdx.x; e < kv_width; e += blockDim.x) v_cache[(u64)slot * kv_width + e] = v[(u64)t * kv_width + e];
+    for (u32 e = threadIdx.x; e < kv_width; e += blockDim.x) kv_store(v_cache + (u64)slot * kv_width + e, v[(u64)t * kv_width + e]);
 }
+
+#define ROPE_STORE_KERNEL(NAME, C)                                                                                    \
+    extern "C" __global__ void NAME(float* __restrict__ q, u32 q_heads, const float* __restrict__ k,                 \
+                                    const float* __restrict__ v, u32 kv_heads, const u32* __restrict__ positions,    \
+                                    const u32* __restrict__ slots, u32 capacity, u32 head_dim, float freq_base,       \
+                                    float scale, u32 neox, C* __restrict__ k_cache, C* __restrict__ v_cache) {        \
+        rope_store_into<C>(q, q_heads, k, v, kv_heads, positions, slots, capacity, head_dim, freq_base, scale, neox,   \
+                           k_cache, v_cache);                                                                         \
+    }
+ROPE_STORE_KERNEL(rope_store, float)
+ROPE_STORE_KERNEL(rope_store_f16, u16)

@@ -10,7 +10,11 @@ weights from gguf-py) beside:
   sums) on the tensor cores (FERRITE_CUDA_GEMM picks another: f32, tf32);
 - cuda decode: the default model fed one token at a time (the matrix-vector kernels, float32);
 - cuda batch16: the default model, 16 sequences decoding together (more than 8 rows: f16);
-- cpu default: the CPU's 8-bit-activation kernels (what llama.cpp also does on the CPU).
+- cpu default: the CPU's 8-bit-activation kernels (what llama.cpp also does on the CPU);
+- with --kv-f16, the default model with ``kv_cache_dtype="float16"`` (FERRITE_CUDA_KV_F16=1 is
+  set for it), a prompt at once and one token at a time: "cuda f16kv" against the reference,
+  and "f16kv vs rounding" against the reference that rounds K and V to f16 the same way
+  (what the f16 cache must match; the gap between the two is the rounding's own cost).
 Prints max |logit - reference| and top-1 agreement per prompt and path. Needs a GPU, gguf-py.
 """
 
@@ -57,8 +61,13 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("model")
     ap.add_argument("--json")
+    ap.add_argument("--kv-f16", action="store_true", help="also the f16 KV cache (see above)")
     args = ap.parse_args()
     ref_model = ReferenceModel(args.model)
+    if args.kv_f16:
+        os.environ["FERRITE_CUDA_KV_F16"] = "1"
+        f16kv = ferrite.Model.load(args.model, device="cuda", kv_cache_dtype="float16")
+        ref16_model = ReferenceModel(args.model, kv_dtype="float16")
     exact = ferrite.Model.load(args.model, device="cuda", exact_matmul=True)
     fast = ferrite.Model.load(args.model, device="cuda")
     cpu = ferrite.Model.load(args.model, device="cpu")
@@ -73,6 +82,12 @@ def main() -> int:
             "cuda batch16": decode_batch16(fast, ids),
             "cpu default": cpu.forward(ids),
         }
+        if args.kv_f16:
+            ref16 = ref16_model.forward(ids)
+            prefill16, decode16 = f16kv.forward(ids), decode_alone(f16kv, ids)
+            paths.update({"cuda f16kv": prefill16, "cuda f16kv decode": decode16})
+            for path, logits in (("f16kv vs rounding", prefill16), ("f16kv decode vs rounding", decode16)):
+                rows.append({"prompt": name, "tokens": len(ids), "path": path, **compare(logits, ref16)})
         for path, logits in paths.items():
             row = {"prompt": name, "tokens": len(ids), "path": path, **compare(logits, ref)}
             rows.append(row)

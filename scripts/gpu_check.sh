@@ -37,6 +37,13 @@
 #                benches/bench_cuda_matvec.py (old vs new kernels on the real and 7B shapes,
 #                GB/s beside the copy bandwidth) and benches/bench_cuda_gemm.py (the quantized
 #                GEMM for 16-128 rows); the benches also run in synthetic and all.
+#     pending:   no upload, first thing on a fresh machine: what landed without a GPU run
+#                (docs/BENCHMARKS.md says which). The first load on the cold machine, then with the
+#                CUDA libraries evicted from the page cache, reading them ahead off / NVRTC only /
+#                all (FERRITE_CUDA_READAHEAD), then cached; the f16 KV cache's GPU tests
+#                (FERRITE_CUDA_KV_F16=1, set by the tests) and its decode speed beside float32;
+#                the sampler tests with the fixed-point top-p masses (-DSAMPLE_FIXED_MASS=1) and
+#                bench_cuda_sampler.py with and without them.
 #   Logs, JSON reports and haiku artifacts go to one archive, $OUT/gpu_check.tar.gz (the device
 #   tool brings back at most 8 files), beside report.jsonl and table.txt. A table closes the
 #   output. Exit status 0 when every step passed.
@@ -115,6 +122,27 @@ for mb in (64, 491):
     print(f'upload {mb} MiB: pinned staging {s:.2f} GB/s, pageable {p:.2f} GB/s')
     open(os.environ['FERRITE_GPU_REPORT'], 'a').write(json.dumps({'kind': 'upload', 'mib': mb, 'staged_gbps': s, 'pageable_gbps': p}) + '\n')
 "
+fi
+if [ "$what" = pending ]; then
+    export FERRITE_TOKENIZER_GGUF="$here/${TOKENIZER_GGUF:-.device/tok.gguf}"
+    STEP_TIMEOUT=90 step synth_model "$py" scripts/make_synthetic_model.py /tmp/synthetic.gguf --tokenizer-from "$FERRITE_TOKENIZER_GGUF"
+    # First: the cold machine's first load (nothing has read the CUDA libraries yet but the
+    # `python -c` above, which does not load NVRTC or cuBLAS).
+    STEP_TIMEOUT=120 step first_load_fresh "$py" benches/bench_first_load.py /tmp/synthetic.gguf --cache /tmp/fl-fresh --label "fresh machine"
+    for ra in 0 nvrtc 1; do
+        FERRITE_CUDA_READAHEAD=$ra STEP_TIMEOUT=120 step "first_load_evicted_$ra" "$py" benches/bench_first_load.py /tmp/synthetic.gguf --cache "/tmp/fl-evicted-$ra" --evict
+    done
+    STEP_TIMEOUT=120 step first_load_cached "$py" benches/bench_first_load.py /tmp/synthetic.gguf --cache /tmp/fl-fresh
+    cat "$out"/first_load_*.log > "$dest/first_load.txt" 2>/dev/null
+    STEP_TIMEOUT=${CUDA_PYTEST_S:-240} step pytest_kv_f16 "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_model.py -m cuda \
+        -k "f16_kv or rope_store or errors_are_clear or attention_over or prompt_chunks or several_sequences" --junitxml="$out/junit_kv_f16.xml"
+    FERRITE_CUDA_KV_F16=1 STEP_TIMEOUT=${BENCH_S:-150} step kv_dtype_speed "$py" benches/bench_kv_cache_dtype.py --model /tmp/synthetic.gguf --device cuda --context 2048 --tokens 64
+    cp "$out/kv_dtype_speed.log" "$dest/kv_dtype_speed.txt" 2>/dev/null
+    FERRITE_CUDA_KERNEL_DEFINES=-DSAMPLE_FIXED_MASS=1 STEP_TIMEOUT=${ENGINE_PYTEST_S:-150} step pytest_sampler_fixed_mass "$py" -m pytest -q -ra -p no:cacheprovider tests/test_sampling.py tests/test_cuda_engine.py -m cuda --junitxml="$out/junit_sampler_fixed_mass.xml"
+    for v in 0 1; do
+        STEP_TIMEOUT=150 step "bench_sampler_fixed_mass_$v" "$py" benches/bench_cuda_sampler.py kernels/sampling.cu "-DSAMPLE_FIXED_MASS=$v" "--configs=top-p0.9,top-p0.3,top-k40 p.95 minp.05"
+    done
+    cat "$out"/bench_sampler_fixed_mass_*.log > "$dest/bench_sampler.txt" 2>/dev/null
 fi
 if [ "$what" = engine ]; then
     # The engine, the device sampler, paged attention and DLPack, then the decode step, with no

@@ -27,7 +27,7 @@ import pytest
 import ferrite
 from prompts import PROMPTS, token_ids
 from reference_forward import ReferenceModel
-from synthetic_model import write_block_model, write_tiny_model
+from synthetic_model import CONTEXT, VOCAB, write_block_model, write_tiny_model
 
 HAS_CUDA = ferrite.cuda_available()
 needs_gpu = pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
@@ -533,7 +533,7 @@ def test_gpu_recorded_large_batch_steps_replay_correctly(tmp_path):
 
 @pytest.mark.cuda
 @needs_gpu
-def test_gpu_model_errors_are_clear(tmp_path):
+def test_gpu_model_errors_are_clear(tmp_path, monkeypatch):
     path = write_tiny_model(tmp_path / "tiny.gguf")
     n = ferrite.cuda_device_count()
     with pytest.raises(ferrite.CudaError, match=f"no CUDA device {n}"):
@@ -545,9 +545,110 @@ def test_gpu_model_errors_are_clear(tmp_path):
         m.forward([1, 80])
     # The model is still usable after refused calls.
     assert np.isfinite(m.forward([1, 2, 3])).all()
-    # An f16 KV cache is the CPU's only, for now: refused before any weight uploads, by name.
+    # An f16 KV cache on CUDA waits for its first GPU run (FERRITE_CUDA_KV_F16=1 asks for it):
+    # until then refused before any weight uploads, by name.
+    monkeypatch.delenv("FERRITE_CUDA_KV_F16", raising=False)
     with pytest.raises(ferrite.ModelError, match="kv_cache_dtype.*float16.*not supported on cuda"):
         ferrite.Model.load(path, device="cuda", kv_cache_dtype="float16")
+
+
+# ---------------------------------------------------------------- the f16 KV cache
+
+
+def rounding_parity(ours: np.ndarray, ref16: np.ndarray) -> tuple[float, float]:
+    """(max |diff| over the largest |logit|, decisive top-1 agreement) against the reference that
+    rounds K and V to f16."""
+    return relative(ours, ref16), decisive_top1(ours, ref16)
+
+
+@pytest.mark.cuda
+@needs_gpu
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+@pytest.mark.parametrize("flash,rope_in_attention", [("1", "1"), ("0", "0")])
+def test_gpu_f16_kv_cache_rounds_keys_and_values(tmp_path, monkeypatch, arch, flash, rope_in_attention):
+    """``kv_cache_dtype="float16"`` on the GPU stores each key (after RoPE) and value rounded to
+    f16, as the CPU's cache does: against the float64 reference that rounds them the same way
+    (NumPy's float16), a prompt in one forward and then tokens one at a time, within 2 % of what
+    the rounding itself moves the logits (weights of a wide spread make that about 1 % of their
+    range; the CPU's cache is within 0.5 % of it, see test_model.py). A float32 cache would be a
+    whole rounding away, so the test fails if the f16 kernels did not run. Both prompt kernels
+    (attention_prefill.cu, and attention.cu's with FERRITE_CUDA_FLASH_PREFILL=0), and both
+    decode paths (RoPE and the cache write inside the attention kernel, and rope_store before
+    it with FERRITE_CUDA_ROPE_IN_ATTENTION=0)."""
+    monkeypatch.setenv("FERRITE_CUDA_KV_F16", "1")
+    monkeypatch.setenv("FERRITE_CUDA_FLASH_PREFILL", flash)  # read when the model loads
+    monkeypatch.setenv("FERRITE_CUDA_ROPE_IN_ATTENTION", rope_in_attention)  # read when the model loads
+    path = write_tiny_model(tmp_path / "tiny.gguf", arch=arch, matrix_type="F32", tied=arch == "llama", biases=arch == "qwen2", spread=1.0)
+    ids = [int(t) for t in np.random.default_rng(3).integers(0, VOCAB, size=CONTEXT)]
+    m = ferrite.Model.load(path, device="cuda", exact_matmul=True, kv_cache_dtype="float16")
+    assert m.kv_cache_dtype == "float16"
+    ref16 = ReferenceModel(path, kv_dtype="float16").forward(ids)
+    rounding = relative(ref16, ReferenceModel(path).forward(ids))
+    assert rounding > 1e-3, "the synthetic model hides the f16 rounding: not a useful check"
+    prefill = m.forward(ids)
+    seq = m.new_sequence(max_tokens=len(ids))
+    decode = np.concatenate([m.forward(ids[:3], seq=seq)] + [m.forward([t], seq=seq) for t in ids[3:]])
+    m.free_sequence(seq)
+    for what, got in (("prefill", prefill), ("decode", decode)):
+        rel, top1 = rounding_parity(got, ref16)
+        print(f"{arch} {what}: {rel:.2e} against the rounding reference; the rounding moves it {rounding:.2e}")
+        assert rel <= 0.02 * rounding, what
+        assert top1 == 1.0, what
+
+
+@pytest.mark.cuda
+@needs_gpu
+@pytest.mark.parametrize("kv_cache_dtype", ["float32", "float16"])
+def test_gpu_decode_attention_with_rope_gives_the_bits_of_rope_store_then_attention(tmp_path, monkeypatch, kv_cache_dtype):
+    """A decode step's attention kernel also rotates q and the new key and writes the new key and
+    value into the cache (attention_heads_rope), reading this step's own key and value from
+    shared memory as the cache will hold them: the same bits as rope_store followed by the
+    attention kernel (FERRITE_CUDA_ROPE_IN_ATTENTION=0), for either cache type, over two
+    sequences decoding together for 5 steps after their prompts (two rows: the projections take
+    the matrix-vector kernels either way, so only the attention's path differs)."""
+    monkeypatch.setenv("FERRITE_CUDA_KV_F16", "1")
+    path = write_tiny_model(tmp_path / "tiny.gguf", arch="qwen2", matrix_type="F32", tied=False, biases=True, spread=1.0)
+    rng = np.random.default_rng(5)
+    prompts = [[int(t) for t in rng.integers(0, VOCAB, size=n)] for n in (9, 20)]
+    steps = [[int(t) for t in rng.integers(0, VOCAB, size=2)] for _ in range(5)]
+    got = {}
+    for inside in ["1", "0"]:
+        monkeypatch.setenv("FERRITE_CUDA_ROPE_IN_ATTENTION", inside)  # read when the model loads
+        m = ferrite.Model.load(path, device="cuda", exact_matmul=True, kv_cache_dtype=kv_cache_dtype)
+        seqs = [m.new_sequence(max_tokens=len(p) + 8) for p in prompts]
+        for s, p in zip(seqs, prompts):
+            m.forward(p, seq=s)
+        got[inside] = [np.concatenate(m.forward_batch([[t] for t in step], seqs=seqs)) for step in steps]
+        del m
+    for a, b in zip(got["1"], got["0"]):
+        assert np.array_equal(a, b)
+
+
+@pytest.mark.cuda
+@needs_gpu
+@pytest.mark.parametrize("splits", ["1", "3"])
+def test_gpu_f16_kv_cache_several_sequences_and_long_contexts(tmp_path, monkeypatch, splits):
+    """An f16 cache with the test model's head shape (14 query heads over 2 KV heads of 64):
+    contexts of about 700, 300 and 40 keys from prompts on the prefill kernel, then decoding
+    together for 4 steps, unsplit and with 3 flash-decoding splits (empty ranges for the short
+    contexts). Each sequence's logits at every step against the float64 reference that rounds K
+    and V to f16, to float32 rounding (1e-4 of the largest logit)."""
+    monkeypatch.setenv("FERRITE_CUDA_KV_F16", "1")
+    monkeypatch.setenv("FERRITE_CUDA_ATTN_SPLITS", splits)  # read when the model loads
+    path = write_block_model(tmp_path / "m.gguf", "Q8_0", hidden=896, ffn=256, n_heads=14, n_kv_heads=2, context=1024, seed=3)
+    rng = np.random.default_rng(11)
+    prompts = [[int(t) for t in rng.integers(0, 260, size=n)] for n in (700, 300, 40)]
+    steps = [[int(t) for t in rng.integers(0, 260, size=3)] for _ in range(4)]
+    m = ferrite.Model.load(path, device="cuda", kv_cache_tokens=2048, exact_matmul=True, kv_cache_dtype="float16")
+    seqs = [m.new_sequence(max_tokens=len(p) + 8) for p in prompts]
+    for s, p in zip(seqs, prompts):
+        m.forward(p, seq=s, last_only=True)
+    got = [np.concatenate(m.forward_batch([[t] for t in step], seqs=seqs)) for step in steps]
+    ref16 = ReferenceModel(path, kv_dtype="float16")
+    for i, p in enumerate(prompts):
+        want = ref16.forward(p + [step[i] for step in steps])[len(p):]
+        ours = np.stack([g[i] for g in got])
+        assert relative(ours, want) <= RELATIVE_BOUND, i
 
 
 # ---------------------------------------------------------------- the real model on the GPU

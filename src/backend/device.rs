@@ -6,7 +6,7 @@
 
 use super::cpu::CpuBackend;
 use super::cuda::{self, CudaBackend};
-use super::{Backend, BackendError};
+use super::{Backend, BackendError, KvDtype};
 use crate::quant::GgmlType;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +62,8 @@ pub struct KernelNeeds {
     matrix_type_bits: u64,
     /// The attention head width; 0: unknown.
     pub head_dim: usize,
+    /// The KV cache's element type (attention is compiled per type).
+    pub kv_dtype: KvDtype,
 }
 
 impl KernelNeeds {
@@ -74,6 +76,10 @@ impl KernelNeeds {
 
     pub fn with_head_dim(self, head_dim: usize) -> KernelNeeds {
         KernelNeeds { head_dim, ..self }
+    }
+
+    pub fn with_kv_dtype(self, kv_dtype: KvDtype) -> KernelNeeds {
+        KernelNeeds { kv_dtype, ..self }
     }
 
     /// The matrix types, in `GgmlType::ALL`'s order.

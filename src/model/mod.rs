@@ -130,10 +130,11 @@ pub fn load_model(file: Arc<GgufFile>, device: &str) -> Result<Box<dyn LanguageM
 }
 
 /// The matrix types and head width of the model in `file`, as far as the file says them (a file
-/// the loader will reject still gives what it can: the loader reports the problem).
-fn kernel_needs(file: &GgufFile) -> KernelNeeds {
+/// the loader will reject still gives what it can: the loader reports the problem), and the KV
+/// cache type the options ask for.
+fn kernel_needs(file: &GgufFile, options: &LoadOptions) -> KernelNeeds {
     let needs = file.tensors().iter().filter(|t| t.dims.len() >= 2).fold(KernelNeeds::default(), |n, t| n.with_matrix_type(t.ggml_type));
-    needs.with_head_dim(ModelConfig::from_gguf(file).map_or(0, |c| c.head_dim))
+    needs.with_head_dim(ModelConfig::from_gguf(file).map_or(0, |c| c.head_dim)).with_kv_dtype(options.kv_cache_dtype)
 }
 
 /// Loads the model in `file` onto `device`: makes the backend, reads the config, uploads the
@@ -150,7 +151,7 @@ pub fn load_model_with(file: Arc<GgufFile>, device: &str, options: LoadOptions) 
         }
     }
     let device = Device::parse(device)?;
-    let backend_options = BackendOptions { exact_matmul: options.exact_matmul, threads: options.threads, needs: kernel_needs(&file) };
+    let backend_options = BackendOptions { exact_matmul: options.exact_matmul, threads: options.threads, needs: kernel_needs(&file, &options) };
     with_backend(device, backend_options, Load { file, options })?
 }
 
@@ -169,7 +170,7 @@ mod tests {
             .tensor("norm.weight", &[4], GgmlType::F16, vec![0; 8])
             .to_bytes();
         let file = GgufFile::from_bytes(bytes).unwrap();
-        let needs = kernel_needs(&file);
+        let needs = kernel_needs(&file, &LoadOptions::default());
         assert_eq!(needs.matrix_types().collect::<Vec<_>>(), vec![GgmlType::Q8_0, GgmlType::Q6_K]);
         assert_eq!(needs.head_dim, 0);
     }

@@ -7,7 +7,7 @@
 //! minutes on first use.
 
 use super::nvrtc::KernelSource;
-use crate::backend::KernelNeeds;
+use crate::backend::{KernelNeeds, KvDtype};
 use crate::quant::GgmlType;
 
 pub const EMBED: KernelSource = KernelSource { file: "embed.cu", src: include_str!("../../../kernels/embed.cu"), options: &[] };
@@ -49,7 +49,7 @@ pub const FIXED: [&KernelSource; 7] = [&NORM, &ROPE, &ELEMENTWISE, &CONVERT, &SA
 /// Every module a model with `needs` runs, each once: the fixed kernels, the per-type kernels of
 /// each matrix type (`tiled(ty)`: the type takes the repacked tiles, see `matvec::path_for`;
 /// types the GPU cannot compute with are left out: their load reports it), and attention for
-/// the head width (with the prefill kernel when `flash_prefill`). Compiled at once when the
+/// the head width and KV cache type (with the prefill kernel when `flash_prefill`). Compiled at once when the
 /// backend is made, so that a new machine waits for the longest compile instead of the sum of
 /// the groups' (each group compiled as its first use came up: ~22 s for the test model on the
 /// H200, 2026-12-04, sampling.cu alone ~9 s).
@@ -64,25 +64,33 @@ pub fn modules_for(needs: &KernelNeeds, tiled: impl Fn(GgmlType) -> bool, flash_
             jobs.extend([(&MATVEC, d.clone()), (&EMBED, d)]);
         }
     }
-    if let Some(d) = attention_defines(needs.head_dim) {
+    if let Some(d) = attention_defines(needs.head_dim, needs.kv_dtype) {
         jobs.push((&ATTENTION, d));
         if flash_prefill {
-            jobs.extend(prefill_attention_defines(needs.head_dim).map(|d| (&ATTENTION_PREFILL, d)));
+            jobs.extend(prefill_attention_defines(needs.head_dim, needs.kv_dtype).map(|d| (&ATTENTION_PREFILL, d)));
         }
     }
     jobs
 }
 
-/// The options that compile attention.cu for `head_dim`, or `None` when it has no variant.
-pub fn attention_defines(head_dim: usize) -> Option<Vec<String>> {
-    ATTENTION_HEAD_DIMS.contains(&head_dim).then(|| vec![format!("-DATTN_HEAD_DIM={head_dim}")])
+/// The options that compile attention.cu for `head_dim` and a cache of `kv_dtype`, or `None`
+/// when it has no variant.
+pub fn attention_defines(head_dim: usize, kv_dtype: KvDtype) -> Option<Vec<String>> {
+    ATTENTION_HEAD_DIMS.contains(&head_dim).then(|| {
+        let mut d = vec![format!("-DATTN_HEAD_DIM={head_dim}")];
+        match kv_dtype {
+            KvDtype::F32 => {}
+            KvDtype::F16 => d.push("-DATTN_KV_F16=1".into()),
+        }
+        d
+    })
 }
 
 /// The options that compile attention_prefill.cu for `head_dim`, or `None` for head dims it does
 /// not take (multiples of 16 up to 128; the others keep attention.cu's kernel for prompts too).
-pub fn prefill_attention_defines(head_dim: usize) -> Option<Vec<String>> {
+pub fn prefill_attention_defines(head_dim: usize, kv_dtype: KvDtype) -> Option<Vec<String>> {
     if head_dim.is_multiple_of(16) && head_dim <= 128 {
-        attention_defines(head_dim)
+        attention_defines(head_dim, kv_dtype)
     } else {
         None
     }
@@ -199,7 +207,14 @@ mod tests {
                 assert!(jobs.iter().any(|(s, e)| s.file == src.file && *e == d), "{} for {ty:?}", src.file);
             }
         }
-        assert!(jobs.iter().any(|(s, e)| s.file == "attention.cu" && *e == attention_defines(64).unwrap()));
+        assert!(jobs.iter().any(|(s, e)| s.file == "attention.cu" && *e == attention_defines(64, KvDtype::F32).unwrap()));
+        // An f16 cache: the attention modules of that type instead.
+        let f16_jobs = modules_for(&needs.with_kv_dtype(KvDtype::F16), tiled, true);
+        assert_eq!(f16_jobs.len(), jobs.len());
+        for src in [&ATTENTION, &ATTENTION_PREFILL] {
+            let d: Vec<_> = f16_jobs.iter().filter(|(s, _)| s.file == src.file).map(|(_, d)| d.clone()).collect();
+            assert_eq!(d, [vec!["-DATTN_HEAD_DIM=64".to_string(), "-DATTN_KV_F16=1".to_string()]], "{}", src.file);
+        }
         assert_eq!(modules_for(&needs, tiled, false).len(), jobs.len() - 1, "no prefill kernel when it is off");
         // A generic type; a head width attention.cu has no variant for; nothing known.
         let other = KernelNeeds::default().with_matrix_type(GgmlType::Q4_0).with_head_dim(48);
@@ -306,9 +321,11 @@ mod tests {
                 compile_one(src, &[]);
             }
             for hd in ATTENTION_HEAD_DIMS {
-                compile_one(&ATTENTION, &attention_defines(hd).unwrap());
-                if let Some(defines) = prefill_attention_defines(hd) {
-                    compile_one(&ATTENTION_PREFILL, &defines);
+                for kv in KvDtype::ALL {
+                    compile_one(&ATTENTION, &attention_defines(hd, kv).unwrap());
+                    if let Some(defines) = prefill_attention_defines(hd, kv) {
+                        compile_one(&ATTENTION_PREFILL, &defines);
+                    }
                 }
             }
             for ty in GgmlType::ALL {
