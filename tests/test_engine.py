@@ -62,6 +62,14 @@ def run(req):
 GREEDY = dict(temperature=0.0, ignore_eos=True)
 
 
+@pytest.mark.parametrize("kv_cache_dtype", ["float32", "float16"])
+def test_the_engine_reports_its_models_cache(tiny_path, tokenizer, kv_cache_dtype):
+    model = load(tiny_path, kv_cache_tokens=96, max_batch=5, kv_cache_dtype=kv_cache_dtype)
+    engine = ferrite.Engine(model, tokenizer)
+    assert (engine.kv_cache_dtype, engine.kv_cache_tokens, engine.max_batch) == (kv_cache_dtype, model.kv_cache_tokens, 5)
+    assert model.kv_cache_tokens >= 96
+
+
 def test_requests_joining_and_leaving_mid_flight_equal_each_alone(tiny_path, tokenizer):
     engine = ferrite.Engine(load(tiny_path), tokenizer)
     ps = prompts(tokenizer, 6)

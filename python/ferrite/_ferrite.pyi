@@ -712,6 +712,9 @@ class Engine:
     def vocab_size(self) -> int: ...
     @property
     def kv_cache_tokens(self) -> int: ...
+    @property
+    def kv_cache_dtype(self) -> _KvDtype:
+        """What the KV cache stores keys and values as: the model's ``kv_cache_dtype``."""
 
 # ---------------------------------------------------------------------------------------------
 # Generation (src/python/generator.rs)

@@ -549,6 +549,12 @@ impl PyEngine {
         self.shared.limits().capacity_tokens
     }
 
+    /// What the KV cache stores keys and values as: the model's ``kv_cache_dtype``.
+    #[getter]
+    fn kv_cache_dtype(&self, py: Python<'_>) -> &'static str {
+        self.model.borrow(py).kv_cache_dtype.name()
+    }
+
     fn __repr__(&self) -> String {
         let s = self.shared.stats();
         format!("Engine(running={}, waiting={}, kv_blocks_used={}/{})", s.running, s.waiting, s.kv_blocks_used, s.kv_blocks_total)

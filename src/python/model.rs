@@ -44,7 +44,7 @@ pub struct PyModel {
     config: ModelConfig,
     device: String,
     kv_cache_tokens: usize,
-    kv_cache_dtype: KvDtype,
+    pub(crate) kv_cache_dtype: KvDtype,
     max_batch: usize,
 }
 
