@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import glob
 import os
+import sys
 import time
 
 LIBRARY_DIRS = ["/usr/local/cuda*/targets/*/lib", "/usr/local/cuda*/lib64", "/usr/local/nvidia/lib64", "/usr/lib/x86_64-linux-gnu"]
@@ -26,16 +27,25 @@ LIBRARY_NAMES = ["libcuda.so*", "libnvrtc*.so*", "libcublas*.so*"]
 
 
 def evict_libraries() -> list[str]:
-    """Drops the CUDA libraries' pages from the page cache; the real files it dropped."""
-    dirs = [d for pattern in LIBRARY_DIRS + os.environ.get("LD_LIBRARY_PATH", "").split(":") if pattern for d in glob.glob(pattern)]
+    """Drops the CUDA libraries' pages from the page cache (the system's, LD_LIBRARY_PATH's and
+    pip's nvidia/cu*/lib on sys.path); the real files it dropped. Pages another process has
+    mapped stay."""
+    patterns = LIBRARY_DIRS + os.environ.get("LD_LIBRARY_PATH", "").split(":") + [os.path.join(p, "nvidia", "cu1*", "lib") for p in sys.path if p]
+    dirs = [d for pattern in patterns if pattern for d in glob.glob(pattern)]
     files = sorted({os.path.realpath(f) for d in dirs for name in LIBRARY_NAMES for f in glob.glob(os.path.join(d, name))})
+    dropped = []
     for f in files:
-        fd = os.open(f, os.O_RDONLY)
+        try:
+            fd = os.open(f, os.O_RDONLY)
+        except OSError as e:
+            print(f"# not evicted: {f}: {e}")
+            continue
         try:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            dropped.append(f)
         finally:
             os.close(fd)
-    return files
+    return dropped
 
 
 def main() -> None:

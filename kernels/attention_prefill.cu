@@ -85,7 +85,12 @@ extern "C" __global__ void __launch_bounds__(32 * PF_MAX_WARPS)
     constexpr int KSTEPS = HD / 16;  // 16-dim steps of a score
     constexpr int NKT = KB / 8;      // 8-key column tiles of the scores
     constexpr int NDT = HD / 8;      // 8-dim column tiles of the output
+#if ATTN_KV_F16
+    // An f16 cache's elements are their own hi parts; their lo parts are zero and left out.
+    __shared__ __align__(16) u16 k_hi[KB * S], v_hi[KB * S];
+#else
     __shared__ __align__(16) u16 k_hi[KB * S], k_lo[KB * S], v_hi[KB * S], v_lo[KB * S];
+#endif
     __shared__ u32 slot_of[KB];
 
     const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
@@ -148,6 +153,10 @@ extern "C" __global__ void __launch_bounds__(32 * PF_MAX_WARPS)
         for (u32 i = threadIdx.x; i < KB * HD / 4; i += blockDim.x) {
             const u32 key = i / (HD / 4), d4 = i % (HD / 4);
             const u64 at = (u64)slot_of[key] * kv_width + 4 * d4;
+#if ATTN_KV_F16
+            *reinterpret_cast<uint2*>(&k_hi[key * S + 4 * d4]) = *reinterpret_cast<const uint2*>(kc + at);
+            *reinterpret_cast<uint2*>(&v_hi[key * S + 4 * d4]) = *reinterpret_cast<const uint2*>(vc + at);
+#else
             const float4 kk = kv_load4(kc + at, 0);
             const float4 vv = kv_load4(vc + at, 0);
             uint2 hi, lo;
@@ -159,6 +168,7 @@ extern "C" __global__ void __launch_bounds__(32 * PF_MAX_WARPS)
             split_f16x2(vv.z, vv.w, hi.y, lo.y);
             *reinterpret_cast<uint2*>(&v_hi[key * S + 4 * d4]) = hi;
             *reinterpret_cast<uint2*>(&v_lo[key * S + 4 * d4]) = lo;
+#endif
         }
         __syncthreads();
         if (!active) continue;
@@ -169,14 +179,18 @@ extern "C" __global__ void __launch_bounds__(32 * PF_MAX_WARPS)
         for (int j = 0; j < NKT; j++) {
             s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
             const u16* kh = k_hi + (8 * j + g) * S + 2 * t;
+#if !ATTN_KV_F16
             const u16* kl = k_lo + (8 * j + g) * S + 2 * t;
+#endif
 #pragma unroll
             for (int ks = 0; ks < KSTEPS; ks++) {
                 const u32 bh0 = *reinterpret_cast<const u32*>(kh + 16 * ks), bh1 = *reinterpret_cast<const u32*>(kh + 16 * ks + 8);
-                const u32 bl0 = *reinterpret_cast<const u32*>(kl + 16 * ks), bl1 = *reinterpret_cast<const u32*>(kl + 16 * ks + 8);
                 // The small terms first.
                 mma_f16(s[j], qa_lo[ks], bh0, bh1);
+#if !ATTN_KV_F16
+                const u32 bl0 = *reinterpret_cast<const u32*>(kl + 16 * ks), bl1 = *reinterpret_cast<const u32*>(kl + 16 * ks + 8);
                 mma_f16(s[j], qa_hi[ks], bl0, bl1);
+#endif
                 mma_f16(s[j], qa_hi[ks], bh0, bh1);
             }
         }
@@ -226,8 +240,15 @@ extern "C" __global__ void __launch_bounds__(32 * PF_MAX_WARPS)
             const int at = (16 * kk + vrow) * S + vcol;
 #pragma unroll
             for (int dp = 0; dp < HD / 16; dp++) {
-                u32 bh[4], bl[4];
+                u32 bh[4];
                 ldmatrix_x4_trans(bh, v_hi + at + 16 * dp);
+#if ATTN_KV_F16
+                mma_f16(o[2 * dp], pl, bh[0], bh[1]);
+                mma_f16(o[2 * dp], ph, bh[0], bh[1]);
+                mma_f16(o[2 * dp + 1], pl, bh[2], bh[3]);
+                mma_f16(o[2 * dp + 1], ph, bh[2], bh[3]);
+#else
+                u32 bl[4];
                 ldmatrix_x4_trans(bl, v_lo + at + 16 * dp);
                 mma_f16(o[2 * dp], pl, bh[0], bh[1]);
                 mma_f16(o[2 * dp], ph, bl[0], bl[1]);
@@ -235,6 +256,7 @@ extern "C" __global__ void __launch_bounds__(32 * PF_MAX_WARPS)
                 mma_f16(o[2 * dp + 1], pl, bh[2], bh[3]);
                 mma_f16(o[2 * dp + 1], ph, bl[2], bl[3]);
                 mma_f16(o[2 * dp + 1], ph, bh[2], bh[3]);
+#endif
             }
         }
     }

@@ -125,7 +125,10 @@ __device__ __forceinline__ void kv_store(u16* p, float v) { *p = f16_rn(v); }
 template <typename T> __device__ __forceinline__ float kv_stored(float v);
 template <> __device__ __forceinline__ float kv_stored<float>(float v) { return v; }
 template <> __device__ __forceinline__ float kv_stored<u16>(float v) { return f16_widen(f16_rn(v)); }
-#if defined(ATTN_KV_F16) && ATTN_KV_F16
+#ifndef ATTN_KV_F16
+#define ATTN_KV_F16 0
+#endif
+#if ATTN_KV_F16
 typedef u16 kv_t;
 #else
 typedef float kv_t;

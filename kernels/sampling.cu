@@ -935,14 +935,14 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
                 // 63 - bits(vocab) fraction bits (45 for 151,936 tokens): a term is kept to
                 // 2^-46, the sums exactly.
                 const int frac_bits = 63 - (32 - __clz(vocab));
-                const double unit = ldexp(1.0, frac_bits);
+                const double unit = ldexp(1.0, frac_bits), inv_unit = ldexp(1.0, -frac_bits);  // exact powers of two
                 auto add_mass = [&](u32 b, u64 x) {
                     if (x == 0) return;
                     const u32 lo = (u32)x, old = atomicAdd(&sh.mass_lo[b], lo);
                     const u32 hi = (u32)(x >> 32) + (old + lo < old ? 1u : 0u);
                     if (hi != 0) atomicAdd(&sh.mass_hi[b], hi);
                 };
-                auto mass = [&](int b) { return (double)(((u64)sh.mass_hi[b] << 32) | sh.mass_lo[b]) / unit; };
+                auto mass = [&](int b) { return (double)(((u64)sh.mass_hi[b] << 32) | sh.mass_lo[b]) * inv_unit; };
 #else
                 auto mass = [&](int b) { return sh.mass[b]; };
 #endif

@@ -615,6 +615,7 @@ def test_gpu_decode_attention_with_rope_gives_the_bits_of_rope_store_then_attent
     for inside in ["1", "0"]:
         monkeypatch.setenv("FERRITE_CUDA_ROPE_IN_ATTENTION", inside)  # read when the model loads
         m = ferrite.Model.load(path, device="cuda", exact_matmul=True, kv_cache_dtype=kv_cache_dtype)
+        assert m.kv_cache_dtype == kv_cache_dtype
         seqs = [m.new_sequence(max_tokens=len(p) + 8) for p in prompts]
         for s, p in zip(seqs, prompts):
             m.forward(p, seq=s)
@@ -632,7 +633,9 @@ def test_gpu_f16_kv_cache_several_sequences_and_long_contexts(tmp_path, monkeypa
     contexts of about 700, 300 and 40 keys from prompts on the prefill kernel, then decoding
     together for 4 steps, unsplit and with 3 flash-decoding splits (empty ranges for the short
     contexts). Each sequence's logits at every step against the float64 reference that rounds K
-    and V to f16, to float32 rounding (1e-4 of the largest logit)."""
+    and V to f16, within 30 % of what the rounding itself moves them: the CPU's f16 cache is 11-16
+    % of it away here (keys and values whose float32 and float64 values round to neighbouring f16
+    numbers), a float32 cache all of it."""
     monkeypatch.setenv("FERRITE_CUDA_KV_F16", "1")
     monkeypatch.setenv("FERRITE_CUDA_ATTN_SPLITS", splits)  # read when the model loads
     path = write_block_model(tmp_path / "m.gguf", "Q8_0", hidden=896, ffn=256, n_heads=14, n_kv_heads=2, context=1024, seed=3)
@@ -644,11 +647,14 @@ def test_gpu_f16_kv_cache_several_sequences_and_long_contexts(tmp_path, monkeypa
     for s, p in zip(seqs, prompts):
         m.forward(p, seq=s, last_only=True)
     got = [np.concatenate(m.forward_batch([[t] for t in step], seqs=seqs)) for step in steps]
-    ref16 = ReferenceModel(path, kv_dtype="float16")
+    ref, ref16 = ReferenceModel(path), ReferenceModel(path, kv_dtype="float16")
     for i, p in enumerate(prompts):
-        want = ref16.forward(p + [step[i] for step in steps])[len(p):]
+        ids = p + [step[i] for step in steps]
+        want = ref16.forward(ids)[len(p):]
+        rounding = relative(want, ref.forward(ids)[len(p):])
         ours = np.stack([g[i] for g in got])
-        assert relative(ours, want) <= RELATIVE_BOUND, i
+        print(f"sequence {i}: {relative(ours, want):.2e} against the rounding reference; the rounding moves it {rounding:.2e}")
+        assert relative(ours, want) <= 0.3 * rounding, i
 
 
 # ---------------------------------------------------------------- the real model on the GPU

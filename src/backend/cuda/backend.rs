@@ -754,6 +754,14 @@ impl CudaBackend {
                 kernels::ATTENTION_HEAD_DIMS
             )));
         }
+        // The kernels are those of the cache allocated last: another cache type would be misread.
+        if let Some(a) = self.fixed.attention.as_ref().filter(|a| a.kv_dtype != lay.dtype) {
+            return Err(BackendError::Invalid(format!(
+                "a {} KV cache, but the attention kernels are compiled for {} (one cache type a backend)",
+                lay.dtype.name(),
+                a.kv_dtype.name()
+            )));
+        }
         if batch.block_tokens as usize != lay.block_tokens {
             return Err(BackendError::Invalid(format!("batch of {}-token blocks on a cache of {}-token blocks", batch.block_tokens, lay.block_tokens)));
         }
@@ -978,6 +986,8 @@ impl CudaBackend {
     /// (`kernels::modules_for`), not only the fixed ones.
     pub fn with_needs(device: &str, exact_matmul: bool, needs: &KernelNeeds) -> Result<CudaBackend, CudaError> {
         let ctx = CudaContext::get(device)?;
+        // A cache type this backend refuses (the model's load says so) compiles nothing for it.
+        let needs = &needs.with_kv_dtype(if f16_kv_cache_enabled() { needs.kv_dtype } else { KvDtype::F32 });
         ctx.precompile(&kernels::modules_for(needs, |ty| super::matvec::path_for(&ctx, ty) == MatvecPath::Tiled, flash_prefill_enabled()))?;
         if !cublas_library_present() {
             return Err(CudaError::MissingLibrary {

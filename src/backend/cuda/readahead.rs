@@ -1,17 +1,20 @@
-//! Reading the CUDA libraries' files into the page cache ahead of their use, on a machine whose
-//! disk cache is cold.
+//! Asking the kernel to read the CUDA libraries' files into the page cache ahead of their use, on
+//! a machine whose disk cache is cold.
 //!
 //! A first load on a fresh H200 machine took 9.0 s, of which NVRTC 7.0 s, against 1.9 s (0.9 s)
 //! with the same files already read once (docs/BENCHMARKS.md, 2026-12-04): the compile threads
-//! page-fault libnvrtc's 104 MiB one small read at a time. Reading each library front to back in
-//! large sequential reads, in the background from the moment the CUDA context is created, lets
-//! the disk stream it while the driver initializes; the compile threads then find it in memory.
-//! cuBLAS (52 + 517 MiB), whose handle is created after the compiles, is read on a second thread.
+//! page-fault libnvrtc's 104 MiB one small read at a time. When the first CUDA context is made, a
+//! thread locates NVRTC (loading it, as cudarc will anyway, and holding it while it looks: a
+//! library that is only probed is closed again), and asks for its files and then cuBLAS's from
+//! the same directory (the toolkit's lib folder, or pip's nvidia/cu13/lib) with
+//! `posix_fadvise(WILLNEED)`: the reads go out in large requests, NVRTC's first, while the driver
+//! sets the context up, and nothing is copied. (The eighteenth session measured that reading
+//! every library first took only 0.7 s off a fresh machine's 6.7 s of compiles; this is here to be
+//! measured again, `benches/bench_first_load.py --evict`.)
 //!
-//! `FERRITE_CUDA_READAHEAD=0` turns it off, `=nvrtc` reads NVRTC's files only (to measure what
-//! each part buys). Errors are ignored: this only ever makes later reads faster.
+//! `FERRITE_CUDA_READAHEAD=0` turns it off, `=nvrtc` asks for NVRTC's files only. Errors are
+//! ignored: this only ever makes later reads faster.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// What `FERRITE_CUDA_READAHEAD` asks for.
@@ -30,7 +33,7 @@ fn scope(value: Option<&str>) -> Scope {
     }
 }
 
-/// Starts the background reads, once a process.
+/// Starts the background requests, once a process.
 pub fn start() {
     static STARTED: std::sync::Once = std::sync::Once::new();
     STARTED.call_once(|| {
@@ -38,33 +41,35 @@ pub fn start() {
         if scope == Scope::Off {
             return;
         }
-        // Loading a library (cudarc keeps it loaded) maps it, so /proc/self/maps then names the
-        // file the loader picked, whichever of the candidate names and paths it was.
-        let _ = std::thread::Builder::new().name("ferrite-readahead-nvrtc".into()).spawn(|| {
-            if super::context::nvrtc_library_present() {
-                let mut files = mapped_libraries(&["libnvrtc.so"]);
-                let builtins: Vec<PathBuf> = files.iter().flat_map(|f| builtins_beside(f)).collect();
-                files.extend(builtins);
-                read_all(&files);
-            }
-        });
-        if scope == Scope::All {
-            let _ = std::thread::Builder::new().name("ferrite-readahead-cublas".into()).spawn(|| {
-                if super::context::cublas_library_present() {
-                    read_all(&mapped_libraries(&["libcublas.so", "libcublasLt.so"]));
-                }
-            });
-        }
+        let _ = std::thread::Builder::new().name("ferrite-readahead".into()).spawn(move || ask_ahead(scope));
     });
 }
 
-/// The files of this process's mappings whose names start with one of `prefixes`, in the order
-/// of `prefixes`, each once.
-fn mapped_libraries(prefixes: &[&str]) -> Vec<PathBuf> {
-    std::fs::read_to_string("/proc/self/maps").map_or_else(|_| Vec::new(), |maps| libraries_in_maps(&maps, prefixes))
+/// Asks for NVRTC's files, and with [`Scope::All`] cuBLAS's beside them; the files asked for.
+fn ask_ahead(scope: Scope) -> Vec<PathBuf> {
+    // SAFETY: loads the library cudarc will load by the same name; no symbol is called.
+    let Some(nvrtc) = cudarc::get_lib_name_candidates("nvrtc").iter().find_map(|name| unsafe { libloading::Library::new(name) }.ok()) else {
+        return Vec::new();
+    };
+    let maps = std::fs::read("/proc/self/maps").unwrap_or_default();
+    let libs = libraries_in_maps(&String::from_utf8_lossy(&maps), &["libnvrtc.so"]);
+    let mut files: Vec<PathBuf> = Vec::new();
+    for lib in &libs {
+        files.push(lib.clone());
+        files.extend(siblings(lib, &["libnvrtc-builtins.so"]));
+    }
+    if scope == Scope::All {
+        for lib in &libs {
+            files.extend(siblings(lib, &["libcublas.so", "libcublasLt.so"]));
+        }
+    }
+    files.retain(|f| will_need(f).is_ok());
+    drop(nvrtc);
+    files
 }
 
-/// [`mapped_libraries`] over the text of a maps file.
+/// The files of a maps file's mappings whose names start with one of `prefixes`, in the order of
+/// `prefixes`, each once.
 fn libraries_in_maps(maps: &str, prefixes: &[&str]) -> Vec<PathBuf> {
     let mut found = Vec::new();
     for prefix in prefixes {
@@ -92,39 +97,35 @@ fn maps_path(line: &str) -> Option<&str> {
     (!path.is_empty() && !path.ends_with(" (deleted)")).then_some(path)
 }
 
-/// NVRTC's builtins library, which libnvrtc loads from its own directory at the first compile:
-/// the files there named `libnvrtc-builtins.so*`, each real file once.
-fn builtins_beside(nvrtc: &Path) -> Vec<PathBuf> {
-    let Some(dir) = nvrtc.parent() else { return Vec::new() };
+/// The files in `lib`'s directory whose names start with one of `prefixes` (in that order),
+/// each real file once (the versioned names are symlinks to one file).
+fn siblings(lib: &Path, prefixes: &[&str]) -> Vec<PathBuf> {
+    let Some(dir) = lib.parent() else { return Vec::new() };
     let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
-    let mut files: Vec<PathBuf> = entries
-        .flatten()
-        .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with("libnvrtc-builtins.so")))
-        .filter_map(|e| std::fs::canonicalize(e.path()).ok())
-        .collect();
-    files.sort();
-    files.dedup();
+    let names: Vec<(String, PathBuf)> = entries.flatten().filter_map(|e| Some((e.file_name().to_str()?.to_string(), e.path()))).collect();
+    let mut files: Vec<PathBuf> = Vec::new();
+    for prefix in prefixes {
+        let mut these: Vec<PathBuf> = names.iter().filter(|(n, _)| n.starts_with(prefix)).filter_map(|(_, p)| std::fs::canonicalize(p).ok()).collect();
+        these.sort();
+        for f in these {
+            if !files.contains(&f) {
+                files.push(f);
+            }
+        }
+    }
     files
 }
 
-fn read_all(files: &[PathBuf]) {
-    let mut buf = vec![0u8; 4 << 20];
-    for f in files {
-        let _ = read_through(f, &mut buf);
-    }
-}
-
-/// Reads `path` to its end through `buf`, returning the bytes read.
-fn read_through(path: &Path, buf: &mut [u8]) -> std::io::Result<u64> {
-    let mut file = std::fs::File::open(path)?;
-    let mut total = 0u64;
-    loop {
-        match file.read(buf) {
-            Ok(0) => return Ok(total),
-            Ok(n) => total += n as u64,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
+/// Asks the kernel to read all of `path` into the page cache, in the background.
+fn will_need(path: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(path)?;
+    // SAFETY: a valid open descriptor; offset 0 and length 0 mean the whole file.
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_WILLNEED) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::from_raw_os_error(rc))
     }
 }
 
@@ -151,21 +152,38 @@ mod tests {
     }
 
     #[test]
-    fn builtins_are_found_beside_nvrtc_and_read_to_the_end() {
+    fn the_files_beside_nvrtc_are_found_once_each_and_can_be_asked_for() {
         let dir = std::env::temp_dir().join(format!("ferrite-readahead-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let real = dir.join("libnvrtc-builtins.so.13.0.88");
-        let body: Vec<u8> = (0..10_000_000u32).map(|i| (i % 251) as u8).collect();
-        std::fs::write(&real, &body).unwrap();
-        std::os::unix::fs::symlink(&real, dir.join("libnvrtc-builtins.so.13.0")).unwrap();
-        std::fs::write(dir.join("libnvrtc.so.13"), b"x").unwrap();
-        std::fs::write(dir.join("libcublas.so.13"), b"x").unwrap();
-        let found = builtins_beside(&dir.join("libnvrtc.so.13"));
-        assert_eq!(found, [std::fs::canonicalize(&real).unwrap()], "the symlink and the file are one file");
-        let mut buf = vec![0u8; 1 << 20];
-        assert_eq!(read_through(&found[0], &mut buf).unwrap(), body.len() as u64);
-        assert!(read_through(&dir.join("missing"), &mut buf).is_err());
+        let builtins = dir.join("libnvrtc-builtins.so.13.0.88");
+        std::fs::write(&builtins, vec![7u8; 1 << 20]).unwrap();
+        std::os::unix::fs::symlink(&builtins, dir.join("libnvrtc-builtins.so.13.0")).unwrap();
+        for name in ["libnvrtc.so.13", "libcublasLt.so.13", "libcublas.so.13", "libcudart.so.13"] {
+            std::fs::write(dir.join(name), b"x").unwrap();
+        }
+        let real = |n: &str| std::fs::canonicalize(dir.join(n)).unwrap();
+        let nvrtc = dir.join("libnvrtc.so.13");
+        assert_eq!(siblings(&nvrtc, &["libnvrtc-builtins.so"]), [real("libnvrtc-builtins.so.13.0.88")], "the symlink and the file are one file");
+        // "libcublas.so" is not a prefix of "libcublasLt.so.13": each prefix finds its own.
+        assert_eq!(siblings(&nvrtc, &["libcublas.so", "libcublasLt.so"]), [real("libcublas.so.13"), real("libcublasLt.so.13")]);
+        will_need(&builtins).unwrap();
+        assert!(will_need(&dir.join("missing")).is_err());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Where libnvrtc can be loaded (not in CI: LD_LIBRARY_PATH=.../nvidia/cu13/lib here), the
+    /// thread finds it and its builtins, though nothing else has loaded it.
+    #[test]
+    fn nvrtc_and_its_builtins_are_asked_for_where_nvrtc_loads() {
+        if !crate::backend::cuda::context::nvrtc_library_present() {
+            eprintln!("libnvrtc not found: nothing to ask for here");
+            return;
+        }
+        let files = ask_ahead(Scope::Nvrtc);
+        let names: Vec<String> = files.iter().map(|f| f.file_name().unwrap().to_string_lossy().into_owned()).collect();
+        assert!(names.first().is_some_and(|n| n.starts_with("libnvrtc.so")), "{names:?}");
+        assert!(names.iter().any(|n| n.starts_with("libnvrtc-builtins.so")), "{names:?}");
+        assert!(!names.iter().any(|n| n.starts_with("libcublas")), "{names:?}");
     }
 
     #[test]
