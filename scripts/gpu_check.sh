@@ -28,7 +28,8 @@
 #                .device/llamacpp/build.sh in an earlier call): engine/sampler/DLPack tests, the
 #                cuda+model tests, llama.cpp's benches, bench_generate with llama.cpp's S_TG
 #                beside, a kernel profile of a 64-sequence decode step, the 512-token prompt,
-#                the decode step alone and the accuracy against float64 (scripts/gpu_accuracy.py);
+#                the decode step alone and the accuracy against float64 (scripts/gpu_accuracy.py, the
+#                f16 KV cache's too);
 #     engine:    no upload: the engine, sampler, DLPack, model and matvec GPU tests, then a synthetic
 #                model of the real shapes with the real tokenizer (.device/tok.gguf): the decode
 #                step at 1/8/64/128 sequences (bench_decode_step.py) and a 64-sequence profile;
@@ -190,7 +191,7 @@ if [ "$what" = e2e ]; then
     cp "$out/bench_prefill.log" "$dest/bench_cuda.txt" 2>/dev/null
     STEP_TIMEOUT=120 step decode_step "$py" benches/bench_decode_step.py /root/m/model.gguf --device cuda --batches "${BENCH_BATCHES:-1,8,64}"
     cp "$out/decode_step.log" "$dest/decode_step.txt" 2>/dev/null
-    STEP_TIMEOUT=120 step accuracy "$py" scripts/gpu_accuracy.py /root/m/model.gguf
+    STEP_TIMEOUT=150 step accuracy "$py" scripts/gpu_accuracy.py /root/m/model.gguf --kv-f16
     cp "$out/accuracy.log" "$dest/accuracy.txt" 2>/dev/null
     fi
     if [[ $parts == *7b* ]]; then
