@@ -73,6 +73,30 @@ pub fn modules_for(needs: &KernelNeeds, tiled: impl Fn(GgmlType) -> bool, flash_
     jobs
 }
 
+/// Every module any model may run: the fixed files, attention.cu without defines (kv_append)
+/// and for every head dim and cache type (with its prompt kernel where it has one), and each
+/// type's generic and tiled kernels. What `prebuilt` holds, and what every_kernel_compiles
+/// compiles.
+pub fn every_module() -> Vec<(&'static KernelSource, Vec<String>)> {
+    let mut jobs: Vec<(&'static KernelSource, Vec<String>)> = FIXED.iter().map(|src| (*src, Vec::new())).collect();
+    jobs.push((&ATTENTION, Vec::new()));
+    for hd in ATTENTION_HEAD_DIMS {
+        for kv in KvDtype::ALL {
+            jobs.extend(attention_defines(hd, kv).map(|d| (&ATTENTION, d)));
+            jobs.extend(prefill_attention_defines(hd, kv).map(|d| (&ATTENTION_PREFILL, d)));
+        }
+    }
+    for ty in GgmlType::ALL {
+        if let Some(d) = type_defines(ty) {
+            jobs.extend([(&EMBED, d.clone()), (&MATVEC, d)]);
+        }
+        if let Some(d) = tile_type_defines(ty) {
+            jobs.extend([(&MATVEC_MMA, d.clone()), (&MATMUL_MMA, d.clone()), (&REPACKED_ROWS, d)]);
+        }
+    }
+    jobs
+}
+
 /// The options that compile attention.cu for `head_dim` and a cache of `kv_dtype`, or `None`
 /// when it has no variant.
 pub fn attention_defines(head_dim: usize, kv_dtype: KvDtype) -> Option<Vec<String>> {
@@ -216,6 +240,10 @@ mod tests {
             assert_eq!(d, [vec!["-DATTN_HEAD_DIM=64".to_string(), "-DATTN_KV_F16=1".to_string()]], "{}", src.file);
         }
         assert_eq!(modules_for(&needs, tiled, false).len(), jobs.len() - 1, "no prefill kernel when it is off");
+        // every_module (what is prebuilt and what every_kernel_compiles checks) holds them all.
+        let every: std::collections::HashSet<String> = every_module().iter().map(|(s, d)| format!("{} {d:?}", s.file)).collect();
+        assert!(keys.iter().chain(f16_jobs.iter().map(|(s, d)| format!("{} {d:?}", s.file)).collect::<Vec<_>>().iter()).all(|k| every.contains(k)));
+        assert_eq!(every.len(), every_module().len(), "a module twice in every_module");
         // A generic type; a head width attention.cu has no variant for; nothing known.
         let other = KernelNeeds::default().with_matrix_type(GgmlType::Q4_0).with_head_dim(48);
         let jobs = modules_for(&other, tiled, true);
@@ -317,27 +345,8 @@ mod tests {
                     Err(e) => failures.push(format!("{} {extra:?} (sm_{}{}): {e}", src.file, cc.0, cc.1)),
                 }
             };
-            for src in FIXED {
-                compile_one(src, &[]);
-            }
-            for hd in ATTENTION_HEAD_DIMS {
-                for kv in KvDtype::ALL {
-                    compile_one(&ATTENTION, &attention_defines(hd, kv).unwrap());
-                    if let Some(defines) = prefill_attention_defines(hd, kv) {
-                        compile_one(&ATTENTION_PREFILL, &defines);
-                    }
-                }
-            }
-            for ty in GgmlType::ALL {
-                if let Some(defines) = type_defines(ty) {
-                    compile_one(&EMBED, &defines);
-                    compile_one(&MATVEC, &defines);
-                }
-                if let Some(defines) = tile_type_defines(ty) {
-                    compile_one(&MATVEC_MMA, &defines);
-                    compile_one(&MATMUL_MMA, &defines);
-                    compile_one(&REPACKED_ROWS, &defines);
-                }
+            for (src, defines) in every_module() {
+                compile_one(src, &defines);
             }
         }
         assert!(failures.is_empty(), "{}", failures.join("\n\n"));

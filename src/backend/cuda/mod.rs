@@ -1,5 +1,6 @@
 //! CUDA backend: device selection and streams (`context`), errors (`error`), run-time kernel
-//! compilation with a disk cache (`nvrtc`) of the sources in kernels/ (`kernels`), the CUDA
+//! compilation with a disk cache (`nvrtc`) of the sources in kernels/ (`kernels`), modules
+//! compiled ahead of time for the common GPU (`prebuilt`), the CUDA
 //! libraries read into memory ahead of use on a cold machine (`readahead`), device memory and
 //! weight upload (`memory`), the dequantization kernels (`dequant`), and on top of them the
 //! model's ops (`backend`: [`CudaBackend`] implements `crate::backend::Backend`; its projections
@@ -33,6 +34,7 @@ pub mod matvec;
 pub mod sampling;
 pub mod memory;
 pub mod nvrtc;
+mod prebuilt;
 mod readahead;
 pub mod repack;
 

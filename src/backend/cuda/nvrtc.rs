@@ -38,17 +38,30 @@ pub const HEADERS: &[(&str, &str)] = &[
 
 /// Options every kernel is compiled with (the architecture is added per GPU).
 // IEEE float semantics (no flush-to-zero, exact division), as the CPU computes.
-const BASE_OPTIONS: &[&str] = &["--std=c++17", "--ftz=false", "--prec-div=true", "--prec-sqrt=true", "-default-device"];
+pub(super) const BASE_OPTIONS: &[&str] = &["--std=c++17", "--ftz=false", "--prec-div=true", "--prec-sqrt=true", "-default-device"];
 
 /// `extra`: per-variant options, e.g. the `-DQTYPE=...` defines of a kernel compiled once per
 /// weight type. Then the defines of `FERRITE_CUDA_KERNEL_DEFINES` (see [`env_defines`]).
 pub fn options_for(source: &KernelSource, extra: &[String], cc: (u32, u32)) -> Result<Vec<String>, CudaError> {
+    let fast_env = std::env::var("FERRITE_CUDA_FAST_COMPILE").ok();
+    let defines_env = std::env::var("FERRITE_CUDA_KERNEL_DEFINES").ok();
+    options_with(source, extra, cc, nvrtc_version()?, fast_env.as_deref(), defines_env.as_deref())
+}
+
+/// [`options_for`] for NVRTC `nvrtc` and the given values of the two environment variables.
+pub fn options_with(
+    source: &KernelSource,
+    extra: &[String],
+    cc: (u32, u32),
+    nvrtc: (i32, i32),
+    fast_env: Option<&str>,
+    defines_env: Option<&str>,
+) -> Result<Vec<String>, CudaError> {
     let mut opts: Vec<String> = vec![format!("--gpu-architecture=sm_{}{}", cc.0, cc.1)];
     opts.extend(BASE_OPTIONS.iter().map(|s| s.to_string()));
-    let fast_env = std::env::var("FERRITE_CUDA_FAST_COMPILE").ok();
-    let fast = fast_compile_override(fast_env.as_deref(), source.file)?;
+    let fast = fast_compile_override(fast_env, source.file)?;
     // NVRTC before 12.8 does not know --Ofast-compile: such a module compiles at full optimization.
-    let knows_fast = nvrtc_version().is_ok_and(|v| v >= (12, 8));
+    let knows_fast = nvrtc >= (12, 8);
     for opt in source.options {
         if !opt.starts_with(FAST_COMPILE) {
             opts.push(opt.to_string());
@@ -60,7 +73,7 @@ pub fn options_for(source: &KernelSource, extra: &[String], cc: (u32, u32)) -> R
         opts.push(format!("{FAST_COMPILE}{level}"));
     }
     opts.extend(extra.iter().cloned());
-    opts.extend(env_defines(std::env::var("FERRITE_CUDA_KERNEL_DEFINES").ok().as_deref())?);
+    opts.extend(env_defines(defines_env)?);
     Ok(opts)
 }
 
@@ -174,7 +187,7 @@ pub fn cache_dir() -> Option<PathBuf> {
     Some(root.join("kernels"))
 }
 
-fn cache_key(source: &KernelSource, opts: &[String], driver_version: i32, nvrtc: (i32, i32)) -> String {
+pub(super) fn cache_key(source: &KernelSource, opts: &[String], driver_version: i32, nvrtc: (i32, i32)) -> String {
     let mut h = Fnv2::new();
     h.bytes(source.file.as_bytes());
     h.bytes(source.src.as_bytes());
@@ -222,24 +235,29 @@ fn write_cache(path: &PathBuf, cubin: &[u8]) {
     }
 }
 
-/// Whether the CUBIN of `source` with `extra` is in the disk cache (intact).
+/// Whether the CUBIN of `source` with `extra` is in the disk cache (intact) or prebuilt.
 pub fn is_cached(source: &KernelSource, extra: &[String], cc: (u32, u32), driver_version: i32) -> bool {
     let Ok(nvrtc) = nvrtc_version() else { return false };
     let Ok(opts) = options_for(source, extra, cc) else { return false };
-    cache_dir()
-        .map(|d| d.join(format!("{}-{}.cubin", source.file.trim_end_matches(".cu"), cache_key(source, &opts, driver_version, nvrtc))))
-        .and_then(|p| read_cache(&p))
-        .is_some()
+    super::prebuilt::find(source, &opts, cc, nvrtc).is_some()
+        || cache_dir()
+            .map(|d| d.join(format!("{}-{}.cubin", source.file.trim_end_matches(".cu"), cache_key(source, &opts, driver_version, nvrtc))))
+            .and_then(|p| read_cache(&p))
+            .is_some()
 }
 
 /// The CUBIN of `source` (with the variant options `extra`) for compute capability `cc`: from the
-/// disk cache, else compiled (and then cached).
+/// disk cache, else prebuilt (`prebuilt`: what this NVRTC would compile), else compiled (and then
+/// cached).
 pub fn compiled(source: &KernelSource, extra: &[String], cc: (u32, u32), driver_version: i32) -> Result<Vec<u8>, CudaError> {
     let nvrtc = nvrtc_version()?;
     let opts = options_for(source, extra, cc)?;
     let path = cache_dir().map(|d| d.join(format!("{}-{}.cubin", source.file.trim_end_matches(".cu"), cache_key(source, &opts, driver_version, nvrtc))));
     if let Some(cubin) = path.as_ref().and_then(read_cache) {
         return Ok(cubin);
+    }
+    if let Some(cubin) = super::prebuilt::find(source, &opts, cc, nvrtc) {
+        return Ok(cubin.to_vec());
     }
     let cubin = compile(source, &opts)?;
     if let Some(path) = &path {
