@@ -39,9 +39,10 @@
 #                GB/s beside the copy bandwidth) and benches/bench_cuda_gemm.py (the quantized
 #                GEMM for 16-128 rows); the benches also run in synthetic and all.
 #     pending:   no upload, first thing on a fresh machine: what landed without a GPU run
-#                (docs/BENCHMARKS.md says which). The first load on the cold machine, then with the
-#                CUDA libraries evicted from the page cache, reading them ahead off / NVRTC only /
-#                all (FERRITE_CUDA_READAHEAD), then cached; the f16 KV cache's GPU tests
+#                (docs/BENCHMARKS.md says which). The first load on the cold machine (the
+#                prebuilt kernels), then with the CUDA libraries evicted from the page cache,
+#                reading them ahead off / cuBLAS only / all (FERRITE_CUDA_READAHEAD), the same
+#                with NVRTC compiling, then cached; the f16 KV cache's GPU tests
 #                (FERRITE_CUDA_KV_F16=1, set by the tests) and its decode speed beside float32;
 #                the sampler tests with the fixed-point top-p masses (-DSAMPLE_FIXED_MASS=1) and
 #                bench_cuda_sampler.py with and without them.
@@ -130,8 +131,13 @@ if [ "$what" = pending ]; then
     # First: the cold machine's first load (nothing has read the CUDA libraries yet but the
     # `python -c` above, which does not load NVRTC or cuBLAS).
     STEP_TIMEOUT=120 step first_load_fresh "$py" benches/bench_first_load.py /tmp/synthetic.gguf --cache /tmp/fl-fresh --label "fresh machine"
-    for ra in 0 nvrtc 1; do
+    for ra in 0 cublas 1; do
         FERRITE_CUDA_READAHEAD=$ra STEP_TIMEOUT=120 step "first_load_evicted_$ra" "$py" benches/bench_first_load.py /tmp/synthetic.gguf --cache "/tmp/fl-evicted-$ra" --evict
+    done
+    # The same when NVRTC must compile (a define no kernel reads makes the prebuilt modules' keys
+    # miss): as on a GPU or an NVRTC the prebuilt file does not cover.
+    for ra in 0 1; do
+        FERRITE_CUDA_KERNEL_DEFINES=-DFERRITE_NO_PREBUILT=1 FERRITE_CUDA_READAHEAD=$ra STEP_TIMEOUT=120 step "first_load_compiled_evicted_$ra" "$py" benches/bench_first_load.py /tmp/synthetic.gguf --cache "/tmp/fl-compiled-$ra" --evict --label "NVRTC compiles"
     done
     STEP_TIMEOUT=120 step first_load_cached "$py" benches/bench_first_load.py /tmp/synthetic.gguf --cache /tmp/fl-fresh
     cat "$out"/first_load_*.log > "$dest/first_load.txt" 2>/dev/null

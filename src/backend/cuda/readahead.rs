@@ -2,18 +2,19 @@
 //! a machine whose disk cache is cold.
 //!
 //! A first load on a fresh H200 machine took 9.0 s, of which NVRTC 7.0 s, against 1.9 s (0.9 s)
-//! with the same files already read once (docs/BENCHMARKS.md, 2026-12-04): the compile threads
-//! page-fault libnvrtc's 104 MiB one small read at a time. When the first CUDA context is made, a
+//! with the same files already read once (docs/BENCHMARKS.md, 2026-12-04). Where the kernels come
+//! prebuilt (`prebuilt`) NVRTC does not run, and cuBLAS (52 + 517 MiB, its handle made after the
+//! kernels load) is the large library left to read. When the first CUDA context is made, a
 //! thread locates NVRTC (loading it, as cudarc will anyway, and holding it while it looks: a
-//! library that is only probed is closed again), and asks for its files and then cuBLAS's from
-//! the same directory (the toolkit's lib folder, or pip's nvidia/cu13/lib) with
-//! `posix_fadvise(WILLNEED)`: the reads go out in large requests, NVRTC's first, while the driver
-//! sets the context up, and nothing is copied. (The eighteenth session measured that reading
-//! every library first took only 0.7 s off a fresh machine's 6.7 s of compiles; this is here to be
-//! measured again, `benches/bench_first_load.py --evict`.)
+//! library that is only probed is closed again) and asks, with `posix_fadvise(WILLNEED)`, for
+//! cuBLAS's files beside it (the toolkit's lib folder, or pip's nvidia/cu13/lib) and then NVRTC's:
+//! the reads go out in large requests while the driver sets the context up, and nothing is
+//! copied. (The eighteenth session measured that reading every library first took only 0.7 s off
+//! a fresh machine's 6.7 s of compiles; this is here to be measured again,
+//! `benches/bench_first_load.py --evict`.)
 //!
-//! `FERRITE_CUDA_READAHEAD=0` turns it off, `=nvrtc` asks for NVRTC's files only. Errors are
-//! ignored: this only ever makes later reads faster.
+//! `FERRITE_CUDA_READAHEAD=0` turns it off, `=cublas` or `=nvrtc` asks for those files only.
+//! Errors are ignored: this only ever makes later reads faster.
 
 use std::path::{Path, PathBuf};
 
@@ -21,6 +22,7 @@ use std::path::{Path, PathBuf};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Scope {
     Off,
+    Cublas,
     Nvrtc,
     All,
 }
@@ -28,6 +30,7 @@ enum Scope {
 fn scope(value: Option<&str>) -> Scope {
     match value.map(str::trim) {
         Some("0") => Scope::Off,
+        Some("cublas") => Scope::Cublas,
         Some("nvrtc") => Scope::Nvrtc,
         _ => Scope::All,
     }
@@ -45,7 +48,7 @@ pub fn start() {
     });
 }
 
-/// Asks for NVRTC's files, and with [`Scope::All`] cuBLAS's beside them; the files asked for.
+/// Asks for cuBLAS's files (beside NVRTC) and NVRTC's, as `scope` says; the files asked for.
 fn ask_ahead(scope: Scope) -> Vec<PathBuf> {
     // SAFETY: loads the library cudarc will load by the same name; no symbol is called.
     let Some(nvrtc) = cudarc::get_lib_name_candidates("nvrtc").iter().find_map(|name| unsafe { libloading::Library::new(name) }.ok()) else {
@@ -54,13 +57,15 @@ fn ask_ahead(scope: Scope) -> Vec<PathBuf> {
     let maps = std::fs::read("/proc/self/maps").unwrap_or_default();
     let libs = libraries_in_maps(&String::from_utf8_lossy(&maps), &["libnvrtc.so"]);
     let mut files: Vec<PathBuf> = Vec::new();
-    for lib in &libs {
-        files.push(lib.clone());
-        files.extend(siblings(lib, &["libnvrtc-builtins.so"]));
-    }
-    if scope == Scope::All {
+    if matches!(scope, Scope::All | Scope::Cublas) {
         for lib in &libs {
             files.extend(siblings(lib, &["libcublas.so", "libcublasLt.so"]));
+        }
+    }
+    if matches!(scope, Scope::All | Scope::Nvrtc) {
+        for lib in &libs {
+            files.push(lib.clone());
+            files.extend(siblings(lib, &["libnvrtc-builtins.so"]));
         }
     }
     files.retain(|f| will_need(f).is_ok());
@@ -172,7 +177,8 @@ mod tests {
     }
 
     /// Where libnvrtc can be loaded (not in CI: LD_LIBRARY_PATH=.../nvidia/cu13/lib here), the
-    /// thread finds it and its builtins, though nothing else has loaded it.
+    /// thread finds it and its builtins, though nothing else has loaded it, and with
+    /// `Scope::Nvrtc` nothing else.
     #[test]
     fn nvrtc_and_its_builtins_are_asked_for_where_nvrtc_loads() {
         if !crate::backend::cuda::context::nvrtc_library_present() {
@@ -192,5 +198,6 @@ mod tests {
         assert_eq!(scope(Some("1")), Scope::All);
         assert_eq!(scope(Some("0")), Scope::Off);
         assert_eq!(scope(Some("nvrtc")), Scope::Nvrtc);
+        assert_eq!(scope(Some("cublas")), Scope::Cublas);
     }
 }
