@@ -1,5 +1,7 @@
 """Where the seconds of a first `Model.load` go: importing ferrite, the first CUDA call, and the
-load itself with the kernel cache as it is (empty: NVRTC compiles every module the model runs).
+load itself with the kernel cache as it is (empty: NVRTC compiles every module the model runs
+that the prebuilt kernels do not hold; the last column says how many it compiled, and whether the
+prebuilt kernels serve this GPU and NVRTC).
 
     python benches/bench_first_load.py MODEL.gguf --cache DIR [--label TEXT] [--evict]
 
@@ -10,8 +12,9 @@ empty --cache (libraries in the page cache, kernels compiled again), and once mo
 
 --evict first drops the CUDA libraries' files (libcuda, libnvrtc*, libcublas*) from the page
 cache (posix_fadvise DONTNEED, no root needed), which stands in for a fresh machine's cold disk
-on a machine that has run CUDA before; with FERRITE_CUDA_READAHEAD=0 / nvrtc / 1 it measures
-what reading the libraries ahead (src/backend/cuda/readahead.rs) buys.
+on a machine that has run CUDA before; with FERRITE_CUDA_READAHEAD=0 / cublas / nvrtc / 1 it
+measures what reading the libraries ahead (src/backend/cuda/readahead.rs) buys, and with
+FERRITE_CUDA_PREBUILT=0 what the prebuilt kernels do.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ def main() -> None:
             print(f"# evicted: {f}")
     os.environ["FERRITE_CACHE"] = args.cache
     cached = os.path.isdir(os.path.join(args.cache, "kernels")) and bool(os.listdir(os.path.join(args.cache, "kernels")))
+    prebuilt_off = os.environ.get("FERRITE_CUDA_PREBUILT") == "0"
 
     t0 = time.perf_counter()
     import ferrite
@@ -80,14 +84,16 @@ def main() -> None:
     for lib in libs:
         print(f"# loaded: {lib} ({os.path.getsize(lib) / 2**20:.0f} MiB)")
     readahead = os.environ.get("FERRITE_CUDA_READAHEAD", "1")
+    info = ferrite.cuda_device_info()
+    label = args.label or ("kernel cache not empty" if cached else "empty kernel cache")
     print(
-        f"| {args.label or ('kernels cached' if cached else 'empty kernel cache')}{', evicted' if args.evict else ''}, readahead {readahead} | {t_import:.2f} | {t_cuda:.2f} | "
-        f"{t_load:.2f} | {t_import + t_cuda + t_load:.2f} | {t_forward * 1e3:.0f} |",
+        f"| {label}{', evicted' if args.evict else ''}, readahead {readahead}{', prebuilt off' if prebuilt_off else ''} | {t_import:.2f} | {t_cuda:.2f} | "
+        f"{t_load:.2f} | {t_import + t_cuda + t_load:.2f} | {t_forward * 1e3:.0f} | {info['kernels_compiled']} ({'prebuilt serve' if info['prebuilt_kernels'] else 'no prebuilt'}) |",
         flush=True,
     )
 
 
 if __name__ == "__main__":
-    print("| run | import ferrite (s) | first CUDA call (s) | Model.load (s) | total (s) | first forward, 3 tokens (ms) |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| run | import ferrite (s) | first CUDA call (s) | Model.load (s) | total (s) | first forward, 3 tokens (ms) | modules compiled |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     main()

@@ -134,15 +134,14 @@ if [ "$what" = pending ]; then
     for ra in 0 cublas 1; do
         FERRITE_CUDA_READAHEAD=$ra STEP_TIMEOUT=120 step "first_load_evicted_$ra" "$py" benches/bench_first_load.py /tmp/synthetic.gguf --cache "/tmp/fl-evicted-$ra" --evict
     done
-    # The same when NVRTC must compile (a define no kernel reads makes the prebuilt modules' keys
-    # miss): as on a GPU or an NVRTC the prebuilt file does not cover.
+    # The same when NVRTC must compile, as on a GPU or an NVRTC the prebuilt file does not cover.
     for ra in 0 1; do
-        FERRITE_CUDA_KERNEL_DEFINES=-DFERRITE_NO_PREBUILT=1 FERRITE_CUDA_READAHEAD=$ra STEP_TIMEOUT=120 step "first_load_compiled_evicted_$ra" "$py" benches/bench_first_load.py /tmp/synthetic.gguf --cache "/tmp/fl-compiled-$ra" --evict --label "NVRTC compiles"
+        FERRITE_CUDA_PREBUILT=0 FERRITE_CUDA_READAHEAD=$ra STEP_TIMEOUT=120 step "first_load_compiled_evicted_$ra" "$py" benches/bench_first_load.py /tmp/synthetic.gguf --cache "/tmp/fl-compiled-$ra" --evict --label "NVRTC compiles"
     done
     STEP_TIMEOUT=120 step first_load_cached "$py" benches/bench_first_load.py /tmp/synthetic.gguf --cache /tmp/fl-fresh
     cat "$out"/first_load_*.log > "$dest/first_load.txt" 2>/dev/null
-    STEP_TIMEOUT=${CUDA_PYTEST_S:-240} step pytest_kv_f16 "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_model.py -m cuda \
-        -k "f16_kv or rope_store or errors_are_clear or attention_over or prompt_chunks or several_sequences" --junitxml="$out/junit_kv_f16.xml"
+    STEP_TIMEOUT=${CUDA_PYTEST_S:-240} step pytest_kv_f16 "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_model.py tests/test_cuda_dequant.py -m cuda \
+        -k "f16_kv or rope_store or errors_are_clear or attention_over or prompt_chunks or several_sequences or prebuilt or kernel_cache" --junitxml="$out/junit_kv_f16.xml"
     FERRITE_CUDA_KV_F16=1 STEP_TIMEOUT=${BENCH_S:-150} step kv_dtype_speed "$py" benches/bench_kv_cache_dtype.py --model /tmp/synthetic.gguf --device cuda --context 2048 --tokens 64
     cp "$out/kv_dtype_speed.log" "$dest/kv_dtype_speed.txt" 2>/dev/null
     FERRITE_CUDA_KERNEL_DEFINES=-DSAMPLE_FIXED_MASS=1 STEP_TIMEOUT=${ENGINE_PYTEST_S:-150} step pytest_sampler_fixed_mass "$py" -m pytest -q -ra -p no:cacheprovider tests/test_sampling.py tests/test_cuda_engine.py -m cuda --junitxml="$out/junit_sampler_fixed_mass.xml"

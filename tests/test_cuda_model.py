@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -550,6 +552,45 @@ def test_gpu_model_errors_are_clear(tmp_path, monkeypatch):
     monkeypatch.delenv("FERRITE_CUDA_KV_F16", raising=False)
     with pytest.raises(ferrite.ModelError, match="kv_cache_dtype.*float16.*not supported on cuda"):
         ferrite.Model.load(path, device="cuda", kv_cache_dtype="float16")
+
+
+@pytest.mark.cuda
+@needs_gpu
+def test_gpu_prebuilt_kernels_compile_nothing_and_compute_what_nvrtc_compiles(tmp_path):
+    """A model of the prebuilt types and head width (Q8_0 and Q4_K, heads of 64, as the test
+    model's) loaded in a fresh process with an empty kernel cache: where the prebuilt kernels serve
+    this GPU and NVRTC (sm_90, NVRTC 13.0), NVRTC compiles nothing and writes no cache file;
+    elsewhere it compiles. With FERRITE_CUDA_PREBUILT=0 it compiles everywhere. The two
+    processes' logits, a prompt and decode steps, are the same bits: the prebuilt modules are
+    what NVRTC makes."""
+    path = write_block_model(tmp_path / "m.gguf", "Q4_K", hidden=256, ffn=256, n_heads=4, n_kv_heads=2, context=256, seed=6)
+    code = (
+        "import json, sys, numpy as np, ferrite\n"
+        "m = ferrite.Model.load(sys.argv[1], device='cuda')\n"
+        "s = m.new_sequence(max_tokens=40)\n"
+        "rows = [m.forward(list(range(3, 30)), seq=s)] + [m.forward([t], seq=s) for t in (5, 9, 11)]\n"
+        "np.save(sys.argv[2], np.concatenate(rows))\n"
+        "info = ferrite.cuda_device_info()\n"
+        "print(json.dumps({k: info[k] for k in ('prebuilt_kernels', 'kernels_compiled')}))\n"
+    )
+    runs = {}
+    for prebuilt in ("1", "0"):
+        cache = tmp_path / f"cache{prebuilt}"
+        env = dict(os.environ, FERRITE_CACHE=str(cache), FERRITE_CUDA_PREBUILT=prebuilt)
+        env.pop("FERRITE_CUDA_KERNEL_DEFINES", None)
+        env.pop("FERRITE_CUDA_FAST_COMPILE", None)
+        out = subprocess.run([sys.executable, "-c", code, path, str(tmp_path / f"l{prebuilt}.npy")], env=env, check=True, capture_output=True, text=True)
+        info = json.loads(out.stdout.strip().splitlines()[-1])
+        cubins = list((cache / "kernels").glob("*.cubin")) if (cache / "kernels").exists() else []
+        runs[prebuilt] = (info, len(cubins), np.load(tmp_path / f"l{prebuilt}.npy"))
+    (on, on_files, on_logits), (off, off_files, off_logits) = runs["1"], runs["0"]
+    print(on, on_files, off, off_files)
+    assert not off["prebuilt_kernels"] and off["kernels_compiled"] > 0 and off_files == off["kernels_compiled"]
+    if on["prebuilt_kernels"]:
+        assert (on["kernels_compiled"], on_files) == (0, 0)
+    else:
+        assert on["kernels_compiled"] > 0
+    assert np.array_equal(on_logits, off_logits)
 
 
 # ---------------------------------------------------------------- the f16 KV cache

@@ -884,8 +884,10 @@ def cuda_device_count() -> int:
 def cuda_device_info(device: _Device = "cuda") -> dict[str, Any]:
     """Facts about a CUDA device: ``name``, ``device``, ``compute_capability`` (tuple), ``arch``
     (``"sm_90"``), ``total_memory_bytes``, ``free_memory_bytes``, ``driver_version``,
-    ``nvrtc_version`` (tuple or None), ``kernel_cache_dir``. Raises ``CudaError`` when there is
-    no such device.
+    ``nvrtc_version`` (tuple or None), ``kernel_cache_dir``, ``prebuilt_kernels`` (whether the
+    kernels compiled ahead of time serve this device and NVRTC), ``kernels_compiled`` (kernel
+    modules NVRTC has compiled in this process). Raises ``CudaError`` when there is no such
+    device.
 
     >>> ferrite.cuda_device_info("cuda:0")["arch"]
     'sm_90'

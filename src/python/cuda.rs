@@ -69,8 +69,11 @@ fn cuda_device_info<'py>(py: Python<'py>, device: &str) -> PyResult<Bound<'py, P
     d.set_item("total_memory_bytes", total)?;
     d.set_item("free_memory_bytes", free)?;
     d.set_item("driver_version", ctx.driver_version())?;
-    d.set_item("nvrtc_version", cuda::nvrtc::nvrtc_version().ok())?;
+    let nvrtc = cuda::nvrtc::nvrtc_version().ok();
+    d.set_item("nvrtc_version", nvrtc)?;
     d.set_item("kernel_cache_dir", cuda::nvrtc::cache_dir())?;
+    d.set_item("prebuilt_kernels", nvrtc.is_some_and(|v| cuda::prebuilt::applies(ctx.compute_capability(), v)))?;
+    d.set_item("kernels_compiled", cuda::nvrtc::modules_compiled())?;
     Ok(d)
 }
 

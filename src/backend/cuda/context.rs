@@ -150,8 +150,6 @@ impl CudaContext {
     }
 
     fn create(ordinal: usize) -> Result<CudaContext, CudaError> {
-        // NVRTC's and cuBLAS's files stream in from disk while the driver sets up the context.
-        super::readahead::start();
         let count = device_count()?;
         if ordinal >= count {
             return Err(CudaError::NoSuchDevice { ordinal, count });
@@ -162,6 +160,8 @@ impl CudaContext {
         unsafe { raw.disable_event_tracking() };
         let stream = raw.new_stream().ctx(|| format!("creating a stream on device {ordinal}"))?;
         let (major, minor) = raw.compute_capability().ctx(|| "querying compute capability".into())?;
+        // cuBLAS's (and NVRTC's) files stream in from disk while the kernels load.
+        super::readahead::start((major as u32, minor as u32));
         let name = raw.name().ctx(|| "querying device name".into())?;
         let total_mem_bytes = raw.total_mem().ctx(|| "querying device memory".into())?;
         let sms = raw.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).ctx(|| "querying the number of SMs".into())?;

@@ -330,7 +330,7 @@ mod tests {
         for cc in [(8, 0), (9, 0)] {
             let mut compile_one = |src: &KernelSource, extra: &[String]| {
                 let t = std::time::Instant::now();
-                let mut opts = options_for(src, extra, cc).expect("FERRITE_CUDA_KERNEL_DEFINES");
+                let mut opts = options_for(src, extra, cc).expect("NVRTC's version, FERRITE_CUDA_KERNEL_DEFINES and FERRITE_CUDA_FAST_COMPILE");
                 let report = verbose && (src.file.starts_with("matvec") || src.file == "repacked_rows.cu");
                 if report {
                     opts.push("--ptxas-options=-v".into());

@@ -34,7 +34,7 @@ pub mod matvec;
 pub mod sampling;
 pub mod memory;
 pub mod nvrtc;
-mod prebuilt;
+pub mod prebuilt;
 mod readahead;
 pub mod repack;
 

@@ -299,6 +299,14 @@ pub fn compile(source: &KernelSource, opts: &[String]) -> Result<Vec<u8>, CudaEr
     compile_with_log(source, opts).map(|(cubin, _)| cubin)
 }
 
+/// Modules NVRTC has compiled in this process (`ferrite.cuda_device_info()["kernels_compiled"]`:
+/// 0 after a load whose modules all came from the disk cache or the prebuilt file).
+static COMPILED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+pub fn modules_compiled() -> usize {
+    COMPILED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// As [`compile`], also returning NVRTC's log (with `--ptxas-options=-v` among `opts`, the
 /// registers, spills and shared memory of every kernel).
 pub fn compile_with_log(source: &KernelSource, opts: &[String]) -> Result<(Vec<u8>, String), CudaError> {
@@ -343,6 +351,7 @@ pub fn compile_with_log(source: &KernelSource, opts: &[String]) -> Result<(Vec<u
         }
         let mut cubin = vec![0u8; size];
         sys::nvrtcGetCUBIN(prog.0, cubin.as_mut_ptr() as *mut c_char).result().map_err(|e| nv_err("nvrtcGetCUBIN", e))?;
+        COMPILED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok((cubin, program_log(&prog)))
     }
 }

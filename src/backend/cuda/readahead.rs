@@ -7,9 +7,9 @@
 //! kernels load) is the large library left to read. When the first CUDA context is made, a
 //! thread locates NVRTC (loading it, as cudarc will anyway, and holding it while it looks: a
 //! library that is only probed is closed again) and asks, with `posix_fadvise(WILLNEED)`, for
-//! cuBLAS's files beside it (the toolkit's lib folder, or pip's nvidia/cu13/lib) and then NVRTC's:
-//! the reads go out in large requests while the driver sets the context up, and nothing is
-//! copied. (The eighteenth session measured that reading every library first took only 0.7 s off
+//! NVRTC's files and cuBLAS's beside them (the toolkit's lib folder, or pip's nvidia/cu13/lib):
+//! cuBLAS's first where the prebuilt kernels serve the GPU, NVRTC's first where it will compile.
+//! The reads go out in large requests while the kernels load, and nothing is copied. (The eighteenth session measured that reading every library first took only 0.7 s off
 //! a fresh machine's 6.7 s of compiles; this is here to be measured again,
 //! `benches/bench_first_load.py --evict`.)
 //!
@@ -36,38 +36,42 @@ fn scope(value: Option<&str>) -> Scope {
     }
 }
 
-/// Starts the background requests, once a process.
-pub fn start() {
+/// Starts the background requests, once a process, for a GPU of compute capability `cc`.
+pub fn start(cc: (u32, u32)) {
     static STARTED: std::sync::Once = std::sync::Once::new();
     STARTED.call_once(|| {
         let scope = scope(std::env::var("FERRITE_CUDA_READAHEAD").ok().as_deref());
         if scope == Scope::Off {
             return;
         }
-        let _ = std::thread::Builder::new().name("ferrite-readahead".into()).spawn(move || ask_ahead(scope));
+        let _ = std::thread::Builder::new().name("ferrite-readahead".into()).spawn(move || ask_ahead(scope, cc));
     });
 }
 
-/// Asks for cuBLAS's files (beside NVRTC) and NVRTC's, as `scope` says; the files asked for.
-fn ask_ahead(scope: Scope) -> Vec<PathBuf> {
+/// Asks for NVRTC's files and cuBLAS's beside them, as `scope` says, cuBLAS's first where the
+/// prebuilt kernels serve a GPU of compute capability `cc`; the files asked for, in order.
+fn ask_ahead(scope: Scope, cc: (u32, u32)) -> Vec<PathBuf> {
     // SAFETY: loads the library cudarc will load by the same name; no symbol is called.
     let Some(nvrtc) = cudarc::get_lib_name_candidates("nvrtc").iter().find_map(|name| unsafe { libloading::Library::new(name) }.ok()) else {
         return Vec::new();
     };
     let maps = std::fs::read("/proc/self/maps").unwrap_or_default();
     let libs = libraries_in_maps(&String::from_utf8_lossy(&maps), &["libnvrtc.so"]);
-    let mut files: Vec<PathBuf> = Vec::new();
-    if matches!(scope, Scope::All | Scope::Cublas) {
-        for lib in &libs {
-            files.extend(siblings(lib, &["libcublas.so", "libcublasLt.so"]));
-        }
+    let mut cublas: Vec<PathBuf> = Vec::new();
+    let mut nvrtc_files: Vec<PathBuf> = Vec::new();
+    for lib in &libs {
+        cublas.extend(siblings(lib, &["libcublas.so", "libcublasLt.so"]));
+        nvrtc_files.push(lib.clone());
+        nvrtc_files.extend(siblings(lib, &["libnvrtc-builtins.so"]));
     }
-    if matches!(scope, Scope::All | Scope::Nvrtc) {
-        for lib in &libs {
-            files.push(lib.clone());
-            files.extend(siblings(lib, &["libnvrtc-builtins.so"]));
-        }
+    if !matches!(scope, Scope::All | Scope::Cublas) {
+        cublas.clear();
     }
+    if !matches!(scope, Scope::All | Scope::Nvrtc) {
+        nvrtc_files.clear();
+    }
+    let prebuilt = super::nvrtc::nvrtc_version().is_ok_and(|v| super::prebuilt::applies(cc, v));
+    let mut files = if prebuilt { [cublas, nvrtc_files].concat() } else { [nvrtc_files, cublas].concat() };
     files.retain(|f| will_need(f).is_ok());
     drop(nvrtc);
     files
@@ -185,7 +189,7 @@ mod tests {
             eprintln!("libnvrtc not found: nothing to ask for here");
             return;
         }
-        let files = ask_ahead(Scope::Nvrtc);
+        let files = ask_ahead(Scope::Nvrtc, (8, 0));
         let names: Vec<String> = files.iter().map(|f| f.file_name().unwrap().to_string_lossy().into_owned()).collect();
         assert!(names.first().is_some_and(|n| n.starts_with("libnvrtc.so")), "{names:?}");
         assert!(names.iter().any(|n| n.starts_with("libnvrtc-builtins.so")), "{names:?}");
