@@ -43,8 +43,10 @@ pub const ELEMENTWISE: KernelSource =
     KernelSource { file: "elementwise.cu", src: include_str!("../../../kernels/elementwise.cu"), options: &[] };
 pub const CONVERT: KernelSource = KernelSource { file: "convert.cu", src: include_str!("../../../kernels/convert.cu"), options: &[] };
 
-/// Every kernel file compiled without variant options (attention.cu is compiled per head dim).
-pub const FIXED: [&KernelSource; 7] = [&NORM, &ROPE, &ELEMENTWISE, &CONVERT, &SAMPLING, &super::dequant::DEQUANT, &GEMM_F16_ROWS];
+/// Every module compiled without variant options: the kernel files every model runs, and
+/// attention.cu's kv_append kernels (attention.cu is also compiled per head dim), so that a new
+/// machine compiles them together (`CudaBackend::with_needs`).
+pub const FIXED: [&KernelSource; 8] = [&NORM, &ROPE, &ELEMENTWISE, &CONVERT, &SAMPLING, &super::dequant::DEQUANT, &GEMM_F16_ROWS, &ATTENTION];
 
 /// Every module a model with `needs` runs, each once: the fixed kernels, the per-type kernels of
 /// each matrix type (`tiled(ty)`: the type takes the repacked tiles, see `matvec::path_for`;
@@ -73,13 +75,11 @@ pub fn modules_for(needs: &KernelNeeds, tiled: impl Fn(GgmlType) -> bool, flash_
     jobs
 }
 
-/// Every module any model may run: the fixed files, attention.cu without defines (kv_append)
-/// and for every head dim and cache type (with its prompt kernel where it has one), and each
-/// type's generic and tiled kernels. What `prebuilt` holds, and what every_kernel_compiles
-/// compiles.
+/// Every module any model may run: the fixed ones, attention.cu for every head dim and cache
+/// type (with its prompt kernel where it has one), and each type's generic and tiled kernels.
+/// What every_kernel_compiles compiles; `prebuilt` holds a part of it.
 pub fn every_module() -> Vec<(&'static KernelSource, Vec<String>)> {
     let mut jobs: Vec<(&'static KernelSource, Vec<String>)> = FIXED.iter().map(|src| (*src, Vec::new())).collect();
-    jobs.push((&ATTENTION, Vec::new()));
     for hd in ATTENTION_HEAD_DIMS {
         for kv in KvDtype::ALL {
             jobs.extend(attention_defines(hd, kv).map(|d| (&ATTENTION, d)));
@@ -236,7 +236,8 @@ mod tests {
         let f16_jobs = modules_for(&needs.with_kv_dtype(KvDtype::F16), tiled, true);
         assert_eq!(f16_jobs.len(), jobs.len());
         for src in [&ATTENTION, &ATTENTION_PREFILL] {
-            let d: Vec<_> = f16_jobs.iter().filter(|(s, _)| s.file == src.file).map(|(_, d)| d.clone()).collect();
+            // (attention.cu without defines, the kv_append module, is among the fixed ones.)
+            let d: Vec<_> = f16_jobs.iter().filter(|(s, d)| s.file == src.file && !d.is_empty()).map(|(_, d)| d.clone()).collect();
             assert_eq!(d, [vec!["-DATTN_HEAD_DIM=64".to_string(), "-DATTN_KV_F16=1".to_string()]], "{}", src.file);
         }
         assert_eq!(modules_for(&needs, tiled, false).len(), jobs.len() - 1, "no prefill kernel when it is off");
