@@ -71,10 +71,20 @@ fn ask_ahead(scope: Scope, cc: (u32, u32)) -> Vec<PathBuf> {
         nvrtc_files.clear();
     }
     let prebuilt = super::nvrtc::nvrtc_version().is_ok_and(|v| super::prebuilt::applies(cc, v));
-    let mut files = if prebuilt { [cublas, nvrtc_files].concat() } else { [nvrtc_files, cublas].concat() };
+    let mut files = in_order(prebuilt, nvrtc_files, cublas);
     files.retain(|f| will_need(f).is_ok());
     drop(nvrtc);
     files
+}
+
+/// The order of the requests: what the load needs first. Where the prebuilt kernels serve the
+/// GPU NVRTC will not compile, and cuBLAS's handle is the next thing loaded.
+fn in_order(prebuilt: bool, nvrtc: Vec<PathBuf>, cublas: Vec<PathBuf>) -> Vec<PathBuf> {
+    if prebuilt {
+        [cublas, nvrtc].concat()
+    } else {
+        [nvrtc, cublas].concat()
+    }
 }
 
 /// The files of a maps file's mappings whose names start with one of `prefixes`, in the order of
@@ -194,6 +204,13 @@ mod tests {
         assert!(names.first().is_some_and(|n| n.starts_with("libnvrtc.so")), "{names:?}");
         assert!(names.iter().any(|n| n.starts_with("libnvrtc-builtins.so")), "{names:?}");
         assert!(!names.iter().any(|n| n.starts_with("libcublas")), "{names:?}");
+    }
+
+    #[test]
+    fn cublas_comes_first_only_where_nvrtc_will_not_compile() {
+        let (n, c) = (vec![PathBuf::from("/l/libnvrtc.so.13")], vec![PathBuf::from("/l/libcublas.so.13")]);
+        assert_eq!(in_order(true, n.clone(), c.clone()), [c[0].clone(), n[0].clone()]);
+        assert_eq!(in_order(false, n.clone(), c.clone()), [n[0].clone(), c[0].clone()]);
     }
 
     #[test]
