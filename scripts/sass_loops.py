@@ -37,14 +37,31 @@ def find_cuobjdump() -> str:
     return path
 
 
+def disassemble(cubin: bytes) -> str:
+    """cuobjdump -sass of a cubin (nvdisasm, which it runs, is looked for beside it first)."""
+    cuobjdump = find_cuobjdump()
+    env = dict(os.environ, PATH=os.pathsep.join([str(Path(cuobjdump).parent), os.environ.get("PATH", "")]))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "k.cubin"
+        path.write_bytes(cubin)
+        return subprocess.run([cuobjdump, "-sass", str(path)], check=True, capture_output=True, text=True, env=env).stdout
+
+
+def kernels(sass: str) -> dict[str, list[tuple[int, str]]]:
+    """Each kernel's instructions in `sass`, as (address, text without the encoding)."""
+    out = {}
+    for fn in re.split(r"\n\s*Function : ", sass)[1:]:
+        name = fn.split("\n", 1)[0].strip()
+        out[name] = [(int(a, 16), t.strip()) for a, t in re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", fn)]
+    return out
+
+
 def loops(sass: str, only: str | None) -> list[str]:
     """One line per loop with a tensor-core instruction, innermost first within each kernel."""
     lines = []
-    for fn in re.split(r"\n\s*Function : ", sass)[1:]:
-        name = fn.split("\n", 1)[0].strip()
+    for name, code in kernels(sass).items():
         if only and name != only:
             continue
-        code = [(int(a, 16), t.strip()) for a, t in re.findall(r"/\*([0-9a-f]{4,6})\*/\s+([^;]*);", fn)]
         found = []
         for i, (addr, text) in enumerate(code):
             m = re.search(r"\bBRA (?:\S+, )?0x([0-9a-f]+)", text)
@@ -76,11 +93,7 @@ def main() -> int:
     if bad:
         raise SystemExit(f"not a define: {bad[0]}")
     cubin = compile_cubin(args.source, [f"--gpu-architecture={args.arch}", *BASE_OPTIONS, *defines])
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "k.cubin"
-        path.write_bytes(cubin)
-        sass = subprocess.run([find_cuobjdump(), "-sass", str(path)], check=True, capture_output=True, text=True).stdout
-    found = loops(sass, args.kernel)
+    found = loops(disassemble(cubin), args.kernel)
     print("\n".join(found) if found else "no loop with a tensor-core instruction")
     return 0
 

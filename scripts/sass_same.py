@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 
 from nvrtc_cubin import BASE_OPTIONS, compile_cubin
-from sass_loops import find_cuobjdump
+from sass_loops import disassemble, kernels
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,18 +44,9 @@ def kernels_at(rev: str, dest: Path) -> Path:
     return out
 
 
-def functions(cubin: bytes, workdir: Path, tag: str) -> dict[str, list[str]]:
+def functions(cubin: bytes) -> dict[str, list[str]]:
     """Each kernel's instructions (addresses and encodings dropped)."""
-    path = workdir / f"{tag}.cubin"
-    path.write_bytes(cubin)
-    cuobjdump = find_cuobjdump()
-    env = {"PATH": str(Path(cuobjdump).parent)}  # cuobjdump runs nvdisasm from beside itself
-    sass = subprocess.run([cuobjdump, "-sass", str(path)], check=True, capture_output=True, text=True, env=env).stdout
-    out: dict[str, list[str]] = {}
-    for fn in re.split(r"\n\s*Function : ", sass)[1:]:
-        name = fn.split("\n", 1)[0].strip()
-        out[name] = [t.strip() for t in re.findall(r"/\*[0-9a-f]{4,}\*/\s+([^;]*);", fn)]
-    return out
+    return {name: [text for _, text in code] for name, code in kernels(disassemble(cubin)).items()}
 
 
 def renumbered(code: list[str]) -> list[str]:
@@ -84,10 +75,9 @@ def main() -> int:
     name = Path(args.file).name
     options = [f"--gpu-architecture={args.arch}", *BASE_OPTIONS, *defines]
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        old_dir = kernels_at(args.rev, work / "old")
-        old = functions(compile_cubin(old_dir / name, options, old_dir), work, "old")
-        new = functions(compile_cubin(ROOT / "kernels" / name, options, ROOT / "kernels"), work, "new")
+        old_dir = kernels_at(args.rev, Path(tmp))
+        old = functions(compile_cubin(old_dir / name, options, old_dir))
+    new = functions(compile_cubin(ROOT / "kernels" / name, options, ROOT / "kernels"))
     changed = 0
     for fn, code in old.items():
         if fn not in new:
