@@ -75,23 +75,28 @@ pub fn modules_for(needs: &KernelNeeds, tiled: impl Fn(GgmlType) -> bool, flash_
     jobs
 }
 
-/// Every module any model may run: the fixed ones, attention.cu for every head dim and cache
-/// type (with its prompt kernel where it has one), and each type's generic and tiled kernels.
-/// What every_kernel_compiles compiles; `prebuilt` holds a part of it.
+/// Every module any model may run: [`modules_for`] a model of every type, for every head dim and
+/// cache type, with each type's generic kernels and, where it has them, its tiled ones. What
+/// every_kernel_compiles compiles; `prebuilt` holds a part of it.
 pub fn every_module() -> Vec<(&'static KernelSource, Vec<String>)> {
-    let mut jobs: Vec<(&'static KernelSource, Vec<String>)> = FIXED.iter().map(|src| (*src, Vec::new())).collect();
+    let every_type = GgmlType::ALL.iter().fold(KernelNeeds::default(), |n, t| n.with_matrix_type(*t));
+    let mut sets = Vec::new();
     for hd in ATTENTION_HEAD_DIMS {
         for kv in KvDtype::ALL {
-            jobs.extend(attention_defines(hd, kv).map(|d| (&ATTENTION, d)));
-            jobs.extend(prefill_attention_defines(hd, kv).map(|d| (&ATTENTION_PREFILL, d)));
+            let needs = every_type.with_head_dim(hd).with_kv_dtype(kv);
+            sets.push(modules_for(&needs, |_| false, true));
+            sets.push(modules_for(&needs, |ty| tile_type_defines(ty).is_some(), true));
         }
     }
-    for ty in GgmlType::ALL {
-        if let Some(d) = type_defines(ty) {
-            jobs.extend([(&EMBED, d.clone()), (&MATVEC, d)]);
-        }
-        if let Some(d) = tile_type_defines(ty) {
-            jobs.extend([(&MATVEC_MMA, d.clone()), (&MATMUL_MMA, d.clone()), (&REPACKED_ROWS, d)]);
+    union_of_modules(sets)
+}
+
+/// The modules of several sets, each once, in the order first seen.
+pub fn union_of_modules(sets: impl IntoIterator<Item = Vec<(&'static KernelSource, Vec<String>)>>) -> Vec<(&'static KernelSource, Vec<String>)> {
+    let mut jobs: Vec<(&'static KernelSource, Vec<String>)> = Vec::new();
+    for job in sets.into_iter().flatten() {
+        if !jobs.iter().any(|(s, d)| s.file == job.0.file && *d == job.1) {
+            jobs.push(job);
         }
     }
     jobs

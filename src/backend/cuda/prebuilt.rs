@@ -91,15 +91,7 @@ const HEAD_DIMS: [usize; 2] = [64, 128];
 #[cfg(test)]
 pub fn modules() -> Vec<(&'static KernelSource, Vec<String>)> {
     let needs = TYPES.iter().fold(KernelNeeds::default(), |n, t| n.with_matrix_type(*t));
-    let mut jobs: Vec<(&'static KernelSource, Vec<String>)> = Vec::new();
-    for hd in HEAD_DIMS {
-        for job in kernels::modules_for(&needs.with_head_dim(hd), |ty| super::repack::tile_format(ty).is_some(), true) {
-            if !jobs.iter().any(|(s, d)| s.file == job.0.file && *d == job.1) {
-                jobs.push(job);
-            }
-        }
-    }
-    jobs
+    kernels::union_of_modules(HEAD_DIMS.map(|hd| kernels::modules_for(&needs.with_head_dim(hd), |ty| super::repack::tile_format(ty).is_some(), true)))
 }
 
 /// The key of `source` compiled with `opts` (as `nvrtc::options_for` makes them) by NVRTC `nvrtc`.
