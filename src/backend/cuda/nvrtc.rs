@@ -239,11 +239,12 @@ fn write_cache(path: &PathBuf, cubin: &[u8]) {
 pub fn is_cached(source: &KernelSource, extra: &[String], cc: (u32, u32), driver_version: i32) -> bool {
     let Ok(nvrtc) = nvrtc_version() else { return false };
     let Ok(opts) = options_for(source, extra, cc) else { return false };
-    super::prebuilt::find(source, &opts, cc, nvrtc).is_some()
-        || cache_dir()
-            .map(|d| d.join(format!("{}-{}.cubin", source.file.trim_end_matches(".cu"), cache_key(source, &opts, driver_version, nvrtc))))
-            .and_then(|p| read_cache(&p))
-            .is_some()
+    super::prebuilt::find(source, &opts, cc, nvrtc).is_some() || cache_path(source, &opts, driver_version, nvrtc).and_then(|p| read_cache(&p)).is_some()
+}
+
+/// Where the disk cache keeps the CUBIN of `source` compiled with `opts`, if there is a cache.
+fn cache_path(source: &KernelSource, opts: &[String], driver_version: i32, nvrtc: (i32, i32)) -> Option<PathBuf> {
+    cache_dir().map(|d| d.join(format!("{}-{}.cubin", source.file.trim_end_matches(".cu"), cache_key(source, opts, driver_version, nvrtc))))
 }
 
 /// The CUBIN of `source` (with the variant options `extra`) for compute capability `cc`: from the
@@ -252,7 +253,7 @@ pub fn is_cached(source: &KernelSource, extra: &[String], cc: (u32, u32), driver
 pub fn compiled(source: &KernelSource, extra: &[String], cc: (u32, u32), driver_version: i32) -> Result<Vec<u8>, CudaError> {
     let nvrtc = nvrtc_version()?;
     let opts = options_for(source, extra, cc)?;
-    let path = cache_dir().map(|d| d.join(format!("{}-{}.cubin", source.file.trim_end_matches(".cu"), cache_key(source, &opts, driver_version, nvrtc))));
+    let path = cache_path(source, &opts, driver_version, nvrtc);
     if let Some(cubin) = path.as_ref().and_then(read_cache) {
         return Ok(cubin);
     }
@@ -271,9 +272,8 @@ pub fn compile_fresh(source: &KernelSource, extra: &[String], cc: (u32, u32), dr
     let nvrtc = nvrtc_version()?;
     let opts = options_for(source, extra, cc)?;
     let cubin = compile(source, &opts)?;
-    if let Some(dir) = cache_dir() {
-        let key = cache_key(source, &opts, driver_version, nvrtc);
-        write_cache(&dir.join(format!("{}-{key}.cubin", source.file.trim_end_matches(".cu"))), &cubin);
+    if let Some(path) = cache_path(source, &opts, driver_version, nvrtc) {
+        write_cache(&path, &cubin);
     }
     Ok(cubin)
 }
