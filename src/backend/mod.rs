@@ -112,6 +112,14 @@ impl KvLayout {
     pub fn capacity_tokens(&self) -> usize {
         self.n_blocks * self.block_tokens
     }
+
+    /// Elements of K (and as many of V) over every layer, or an error when that overflows.
+    pub fn elements(&self) -> Result<usize, BackendError> {
+        self.n_layers
+            .checked_mul(self.capacity_tokens())
+            .and_then(|n| n.checked_mul(self.n_kv_heads * self.head_dim))
+            .ok_or_else(|| BackendError::Invalid(format!("KV cache {self:?} overflows")))
+    }
 }
 
 /// The element type of the KV cache. Attention computes in float32 either way; `F16` rounds each

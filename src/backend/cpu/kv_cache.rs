@@ -14,11 +14,7 @@ pub struct CpuKvCache {
 
 impl CpuKvCache {
     pub(super) fn new(layout: &KvLayout) -> Result<CpuKvCache, BackendError> {
-        let n = layout
-            .n_layers
-            .checked_mul(layout.capacity_tokens())
-            .and_then(|n| n.checked_mul(layout.n_kv_heads * layout.head_dim))
-            .ok_or_else(|| BackendError::Invalid(format!("KV cache {layout:?} overflows")))?;
+        let n = layout.elements()?;
         Ok(CpuKvCache { layout: *layout, k: KvStore::zeroed(n, layout.dtype)?, v: KvStore::zeroed(n, layout.dtype)? })
     }
 }

@@ -1175,11 +1175,7 @@ impl Backend for CudaBackend {
         if !self.supports_kv_dtype(layout.dtype) {
             return Err(BackendError::Invalid(format!("a {} KV cache on CUDA (float32 only)", layout.dtype.name())));
         }
-        let n = layout
-            .n_layers
-            .checked_mul(layout.capacity_tokens())
-            .and_then(|n| n.checked_mul(layout.n_kv_heads * layout.head_dim))
-            .ok_or_else(|| BackendError::Invalid(format!("KV cache {layout:?} overflows")))?;
+        let n = layout.elements()?;
         if self.fixed.attention.as_ref().is_none_or(|a| (a.head_dim, a.kv_dtype) != (layout.head_dim, layout.dtype)) {
             let defines = kernels::attention_defines(layout.head_dim, layout.dtype).ok_or_else(|| {
                 BackendError::Invalid(format!(
