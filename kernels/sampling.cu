@@ -205,25 +205,15 @@ __device__ __forceinline__ void block_best(float& s, u32& id, float* sc_s, u32* 
     }
 }
 
-// 1: step 4b (top-p without a small top-k) adds each radix bin's probability mass in fixed point,
-// two u32 words a bin (low word's carry into the high one), with the shared memory's native
-// 32-bit atomics, each thread first adding its run of tokens that fall in one bin. 0: float64
-// atomicAdd into the bins, which sm_90 runs as a compare-and-swap loop: on a flat row nearly every
-// token lands in a few bins, and a draw took about 2 ms (H200, 2026-12-04; 4.9 ms on a row of
-// ties). Integer sums are also exact and independent of the order the threads add in. Off until
-// it has run on a GPU: FERRITE_CUDA_KERNEL_DEFINES=-DSAMPLE_FIXED_MASS=1 (or
-// bench_cuda_sampler.py -DSAMPLE_FIXED_MASS=1) compiles it.
-#ifndef SAMPLE_FIXED_MASS
-#define SAMPLE_FIXED_MASS 0
-#endif
-
+// Step 4b (top-p without a small top-k) adds each radix bin's probability mass in fixed point,
+// two u32 words a bin (the low word's carry into the high one), with the shared memory's native
+// 32-bit atomics, each thread first adding its run of tokens that fall in one bin. float64
+// atomicAdd into the bins runs on sm_90 as a compare-and-swap loop; a flat row's tokens land in a
+// few bins, and such a draw took 2.0 ms against 0.40 now (H200, 2026-12-05,
+// bench_cuda_sampler.py). Integer sums are also exact and independent of the threads' order.
 struct Shared {
     u32 hist[2048];
-#if SAMPLE_FIXED_MASS
     u32 mass_lo[256], mass_hi[256];
-#else
-    double mass[256];
-#endif
     double red_f64[SAMPLE_WARPS];
     u32 red_u32[SAMPLE_WARPS];
     float red_s[SAMPLE_WARPS];
@@ -930,7 +920,6 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
             if (p.top_p < 1.0f) {
                 u32 prefix = 0, mask = 0;
                 double above = 0.0, target = 0.0;
-#if SAMPLE_FIXED_MASS
                 // A term exp(s - max_s) is at most 1, so vocab terms fit below 2^63 with
                 // 63 - bits(vocab) fraction bits (45 for 151,936 tokens): a term is kept to
                 // 2^-46, the sums exactly.
@@ -943,12 +932,8 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
                     if (hi != 0) atomicAdd(&sh.mass_hi[b], hi);
                 };
                 auto mass = [&](int b) { return (double)(((u64)sh.mass_hi[b] << 32) | sh.mass_lo[b]) * inv_unit; };
-#else
-                auto mass = [&](int b) { return sh.mass[b]; };
-#endif
                 for (int level = 0; level < 4; level++) {
                     const int shift = 24 - 8 * level;
-#if SAMPLE_FIXED_MASS
                     for (u32 b = threadIdx.x; b < 256; b += SAMPLE_THREADS) sh.mass_lo[b] = sh.mass_hi[b] = 0u;
                     __syncthreads();
                     // This thread's tokens of one bin in a row add up before one pair of atomics.
@@ -969,16 +954,6 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
                         }
                     });
                     add_mass(run_bin, run);
-#else
-                    for (u32 b = threadIdx.x; b < 256; b += SAMPLE_THREADS) sh.mass[b] = 0.0;
-                    __syncthreads();
-                    scan_row(l, vocab, [&](u32, float v) {
-                        if (v == NEG_INF) return;
-                        const float s = v / t;
-                        const u32 kk = fkey(s);
-                        if (kk >= thr_key && (kk & mask) == prefix) atomicAdd(&sh.mass[(kk >> shift) & 255u], exp((double)(s - max_s)));
-                    });
-#endif
                     __syncthreads();
                     if (threadIdx.x == 0) {
                         if (level == 0) {
