@@ -39,13 +39,12 @@
 #                GB/s beside the copy bandwidth) and benches/bench_cuda_gemm.py (the quantized
 #                GEMM for 16-128 rows); the benches also run in synthetic and all.
 #     pending:   no upload, first thing on a fresh machine: what landed without a GPU run
-#                (docs/BENCHMARKS.md says which). The first load on the cold machine (the
-#                prebuilt kernels), then with the CUDA libraries evicted from the page cache,
-#                reading them ahead off / cuBLAS only / all (FERRITE_CUDA_READAHEAD), the same
-#                with NVRTC compiling, then cached; the f16 KV cache's GPU tests
-#                (FERRITE_CUDA_KV_F16=1, set by the tests) and its decode speed beside float32;
-#                the sampler tests with the fixed-point top-p masses (-DSAMPLE_FIXED_MASS=1) and
-#                bench_cuda_sampler.py with and without them.
+#                (docs/BENCHMARKS.md says which; PENDING_PARTS picks parts). load: the first load
+#                on the cold machine (the prebuilt kernels), then with the CUDA libraries evicted
+#                from the page cache, reading them ahead off / cuBLAS only / all
+#                (FERRITE_CUDA_READAHEAD), the same with NVRTC compiling, then cached; kv: the f16
+#                KV cache's GPU tests and its decode speed beside float32; sampler: the sampler
+#                tests and bench_cuda_sampler.py.
 #   Logs, JSON reports and haiku artifacts go to one archive, $OUT/gpu_check.tar.gz (the device
 #   tool brings back at most 8 files), beside report.jsonl and table.txt. A table closes the
 #   output. Exit status 0 when every step passed.
@@ -107,7 +106,13 @@ rm -rf "$site"
 "$py" -m pip install --quiet --no-index --no-deps --no-compile --upgrade --target "$site" .device/wheels/*.whl || { echo "wheel install failed"; exit 1; }
 export PYTHONPATH="$site"
 nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used,clocks.sm --format=csv,noheader || true
-"$py" -c "import ferrite; print('ferrite', ferrite.__version__, ferrite.cuda_device_info())" || { echo "ferrite does not import"; exit 1; }
+if [ "$what" = pending ]; then
+    # No CUDA call yet: the device info creates a context, which loads NVRTC and reads the CUDA
+    # libraries ahead, and the pending run's first step measures a cold first load.
+    "$py" -c "import ferrite; print('ferrite', ferrite.__version__)" || { echo "ferrite does not import"; exit 1; }
+else
+    "$py" -c "import ferrite; print('ferrite', ferrite.__version__, ferrite.cuda_device_info())" || { echo "ferrite does not import"; exit 1; }
+fi
 
 real=0
 if [ -f /root/m/model.gguf ]; then
@@ -127,7 +132,10 @@ for mb in (64, 491):
 fi
 if [ "$what" = pending ]; then
     export FERRITE_TOKENIZER_GGUF="$here/${TOKENIZER_GGUF:-.device/tok.gguf}"
-    STEP_TIMEOUT=90 step synth_model "$py" scripts/make_synthetic_model.py /tmp/synthetic.gguf --tokenizer-from "$FERRITE_TOKENIZER_GGUF"
+    # PENDING_PARTS (default load,kv,sampler) splits the run over calls of at most 10 minutes.
+    parts=${PENDING_PARTS:-load,kv,sampler}
+    [ -f /tmp/synthetic.gguf ] || STEP_TIMEOUT=90 step synth_model "$py" scripts/make_synthetic_model.py /tmp/synthetic.gguf --tokenizer-from "$FERRITE_TOKENIZER_GGUF"
+    if [[ $parts == *load* ]]; then
     # First: the cold machine's first load (nothing has read the CUDA libraries yet but the
     # `python -c` above, which does not load NVRTC or cuBLAS).
     STEP_TIMEOUT=120 step first_load_fresh "$py" benches/bench_first_load.py /tmp/synthetic.gguf --cache /tmp/fl-fresh --label "fresh machine"
@@ -140,15 +148,19 @@ if [ "$what" = pending ]; then
     done
     STEP_TIMEOUT=120 step first_load_cached "$py" benches/bench_first_load.py /tmp/synthetic.gguf --cache /tmp/fl-fresh
     cat "$out"/first_load_*.log > "$dest/first_load.txt" 2>/dev/null
+    "$py" -c "import ferrite; print(ferrite.cuda_device_info())"
+    fi
+    if [[ $parts == *kv* ]]; then
     STEP_TIMEOUT=${CUDA_PYTEST_S:-240} step pytest_kv_f16 "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_model.py tests/test_cuda_dequant.py -m cuda \
         -k "f16_kv or rope_store or errors_are_clear or attention_over or prompt_chunks or several_sequences or prebuilt or kernel_cache" --junitxml="$out/junit_kv_f16.xml"
-    FERRITE_CUDA_KV_F16=1 STEP_TIMEOUT=${BENCH_S:-150} step kv_dtype_speed "$py" benches/bench_kv_cache_dtype.py --model /tmp/synthetic.gguf --device cuda --context 2048 --tokens 64
+    STEP_TIMEOUT=${BENCH_S:-150} step kv_dtype_speed "$py" benches/bench_kv_cache_dtype.py --model /tmp/synthetic.gguf --device cuda --context 2048 --tokens 64
     cp "$out/kv_dtype_speed.log" "$dest/kv_dtype_speed.txt" 2>/dev/null
-    FERRITE_CUDA_KERNEL_DEFINES=-DSAMPLE_FIXED_MASS=1 STEP_TIMEOUT=${ENGINE_PYTEST_S:-150} step pytest_sampler_fixed_mass "$py" -m pytest -q -ra -p no:cacheprovider tests/test_sampling.py tests/test_cuda_engine.py -m cuda --junitxml="$out/junit_sampler_fixed_mass.xml"
-    for v in 0 1; do
-        STEP_TIMEOUT=150 step "bench_sampler_fixed_mass_$v" "$py" benches/bench_cuda_sampler.py kernels/sampling.cu "-DSAMPLE_FIXED_MASS=$v" "--configs=top-p0.9,top-p0.3,top-k40 p.95 minp.05"
-    done
-    cat "$out"/bench_sampler_fixed_mass_*.log > "$dest/bench_sampler.txt" 2>/dev/null
+    fi
+    if [[ $parts == *sampler* ]]; then
+    STEP_TIMEOUT=${ENGINE_PYTEST_S:-150} step pytest_sampler "$py" -m pytest -q -ra -p no:cacheprovider tests/test_sampling.py tests/test_cuda_engine.py -m cuda --junitxml="$out/junit_sampler.xml"
+    STEP_TIMEOUT=150 step bench_sampler "$py" benches/bench_cuda_sampler.py kernels/sampling.cu "--configs=top-p0.9,top-p0.3,top-k40 p.95 minp.05"
+    cp "$out/bench_sampler.log" "$dest/bench_sampler.txt" 2>/dev/null
+    fi
 fi
 if [ "$what" = engine ]; then
     # The engine, the device sampler, paged attention and DLPack, then the decode step, with no
