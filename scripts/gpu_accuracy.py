@@ -11,8 +11,7 @@ weights from gguf-py) beside:
 - cuda decode: the default model fed one token at a time (the matrix-vector kernels, float32);
 - cuda batch16: the default model, 16 sequences decoding together (more than 8 rows: f16);
 - cpu default: the CPU's 8-bit-activation kernels (what llama.cpp also does on the CPU);
-- with --kv-f16, the default model with ``kv_cache_dtype="float16"`` (FERRITE_CUDA_KV_F16=1 is
-  set for it), a prompt at once and one token at a time: "cuda f16kv" against the reference,
+- with --kv-f16, the default model with ``kv_cache_dtype="float16"``, a prompt at once and one token at a time: "cuda f16kv" against the reference,
   and "f16kv vs rounding" against the reference that rounds K and V to f16 the same way
   (what the f16 cache must match; the gap between the two is the rounding's own cost).
 Prints max |logit - reference| and top-1 agreement per prompt and path. Needs a GPU, gguf-py.
@@ -65,7 +64,6 @@ def main() -> int:
     args = ap.parse_args()
     ref_model = ReferenceModel(args.model)
     if args.kv_f16:
-        os.environ["FERRITE_CUDA_KV_F16"] = "1"
         f16kv = ferrite.Model.load(args.model, device="cuda", kv_cache_dtype="float16")
         ref16_model = ReferenceModel(args.model, kv_dtype="float16")
     exact = ferrite.Model.load(args.model, device="cuda", exact_matmul=True)

@@ -535,7 +535,7 @@ def test_gpu_recorded_large_batch_steps_replay_correctly(tmp_path):
 
 @pytest.mark.cuda
 @needs_gpu
-def test_gpu_model_errors_are_clear(tmp_path, monkeypatch):
+def test_gpu_model_errors_are_clear(tmp_path):
     path = write_tiny_model(tmp_path / "tiny.gguf")
     n = ferrite.cuda_device_count()
     with pytest.raises(ferrite.CudaError, match=f"no CUDA device {n}"):
@@ -547,11 +547,6 @@ def test_gpu_model_errors_are_clear(tmp_path, monkeypatch):
         m.forward([1, 80])
     # The model is still usable after refused calls.
     assert np.isfinite(m.forward([1, 2, 3])).all()
-    # An f16 KV cache on CUDA waits for its first GPU run (FERRITE_CUDA_KV_F16=1 asks for it):
-    # until then refused before any weight uploads, by name.
-    monkeypatch.delenv("FERRITE_CUDA_KV_F16", raising=False)
-    with pytest.raises(ferrite.ModelError, match="kv_cache_dtype.*float16.*not supported on cuda"):
-        ferrite.Model.load(path, device="cuda", kv_cache_dtype="float16")
 
 
 @pytest.mark.cuda
@@ -610,7 +605,6 @@ def test_gpu_f16_kv_cache_rounds_keys_and_values(tmp_path, monkeypatch, arch, fl
     (attention_prefill.cu, and attention.cu's with FERRITE_CUDA_FLASH_PREFILL=0), and both
     decode paths (RoPE and the cache write inside the attention kernel, and rope_store before
     it with FERRITE_CUDA_ROPE_IN_ATTENTION=0)."""
-    monkeypatch.setenv("FERRITE_CUDA_KV_F16", "1")
     monkeypatch.setenv("FERRITE_CUDA_FLASH_PREFILL", flash)  # read when the model loads
     monkeypatch.setenv("FERRITE_CUDA_ROPE_IN_ATTENTION", rope_in_attention)  # read when the model loads
     path = write_tiny_model(tmp_path / "tiny.gguf", arch=arch, matrix_type="F32", tied=arch == "llama", biases=arch == "qwen2", spread=1.0)
@@ -641,7 +635,6 @@ def test_gpu_decode_attention_with_rope_gives_the_bits_of_rope_store_then_attent
     attention kernel (FERRITE_CUDA_ROPE_IN_ATTENTION=0), for either cache type, over two
     sequences decoding together for 5 steps after their prompts (two rows: the projections take
     the matrix-vector kernels either way, so only the attention's path differs)."""
-    monkeypatch.setenv("FERRITE_CUDA_KV_F16", "1")
     path = write_tiny_model(tmp_path / "tiny.gguf", arch="qwen2", matrix_type="F32", tied=False, biases=True, spread=1.0)
     rng = np.random.default_rng(5)
     prompts = [[int(t) for t in rng.integers(0, VOCAB, size=n)] for n in (9, 20)]
@@ -671,7 +664,6 @@ def test_gpu_f16_kv_cache_several_sequences_and_long_contexts(tmp_path, monkeypa
     and V to f16, within 30 % of what the rounding itself moves them: the CPU's f16 cache is 11-16
     % of it away here (keys and values whose float32 and float64 values round to neighbouring f16
     numbers), a float32 cache all of it."""
-    monkeypatch.setenv("FERRITE_CUDA_KV_F16", "1")
     monkeypatch.setenv("FERRITE_CUDA_ATTN_SPLITS", splits)  # read when the model loads
     path = write_block_model(tmp_path / "m.gguf", "Q8_0", hidden=896, ffn=256, n_heads=14, n_kv_heads=2, context=1024, seed=3)
     rng = np.random.default_rng(11)

@@ -253,8 +253,7 @@ class Model:
         on a CPU). ``prefix_caching``: reuse the KV of prompts that start alike. ``threads``
         (CPU): threads for every op (default: the physical cores). ``kv_cache_dtype``: what the
         KV cache stores keys and values as, ``"float32"`` or ``"float16"`` (rounded to nearest,
-        half the memory; attention still computes in float32; the CPU only for now: on a GPU it
-        raises ``ModelError`` before loading). Raises ``ModelError`` for an unknown architecture or a missing tensor,
+        half the memory; attention still computes in float32). Raises ``ModelError`` for an unknown architecture or a missing tensor,
         ``CudaError`` when the GPU cannot be used, ``ValueError`` for an option out of range.
 
         >>> m = ferrite.Model.load("model.gguf", device="cuda:0")

@@ -331,13 +331,6 @@ pub trait Backend: Send + 'static {
     /// A buffer of `capacity_rows` rows of `width` floats. Contents unspecified.
     fn alloc_act(&mut self, capacity_rows: usize, width: usize) -> Result<Self::Act, BackendError>;
 
-    /// Whether [`alloc_kv_cache`](Self::alloc_kv_cache) takes a cache of `dtype` elements (asked
-    /// before any weight uploads, so that a load this device cannot finish fails at once).
-    fn supports_kv_dtype(&self, dtype: KvDtype) -> bool {
-        let _ = dtype;
-        true
-    }
-
     fn alloc_kv_cache(&mut self, layout: &KvLayout) -> Result<Self::KvCache, BackendError>;
 
     /// Copies the plan to the device; valid until the next call.

@@ -112,14 +112,6 @@ pub struct TransformerModel<B: Backend> {
 
 impl<B: Backend> TransformerModel<B> {
     pub fn load(file: Arc<GgufFile>, mut backend: B, options: LoadOptions) -> Result<Self, ModelError> {
-        if !backend.supports_kv_dtype(options.kv_cache_dtype) {
-            return Err(ModelError::Invalid(format!(
-                "kv_cache_dtype = {:?} is not supported on {} yet; load with kv_cache_dtype = {:?}",
-                options.kv_cache_dtype.name(),
-                backend.device(),
-                KvDtype::F32.name()
-            )));
-        }
         let config = ModelConfig::from_gguf(&file)?;
         let weights = load_weights(&file, &config, &mut backend)?;
         let capacity_tokens = options.kv_cache_tokens.unwrap_or(config.context_length);

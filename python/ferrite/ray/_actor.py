@@ -55,7 +55,7 @@ class Generate:
     ``device="auto"`` takes the GPU Ray assigned to the actor (``num_gpus=1``), else the CPU:
     a GPU Ray did not assign belongs to another actor. On the CPU, ``threads=None`` computes with
     as many threads as Ray assigned CPUs (``num_cpus``). ``kv_cache_dtype="float16"`` halves the
-    KV cache's memory (``Model.load``'s option; the CPU only for now). Outside Ray, ``"auto"`` is
+    KV cache's memory (``Model.load``'s option). Outside Ray, ``"auto"`` is
     ``Model.load``'s. ``sampling``: ``Engine.submit``'s keyword arguments, the same for every
     row; with ``seed=None`` and no ``seed`` column each row draws from the clock, so give seeds
     when a retried task must reproduce its rows.

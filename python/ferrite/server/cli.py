@@ -43,7 +43,7 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> argparse.Arg
     p.add_argument("--kv-cache-tokens", type=_cli.non_negative_int, default=None,
                    help="token slots of the KV cache shared by all sequences (default: the model's choice)")
     p.add_argument("--kv-cache-dtype", default="float32", choices=["float32", "float16"],
-                   help="what the KV cache stores keys and values as (default float32; float16 halves its memory; the CPU only for now)")
+                   help="what the KV cache stores keys and values as (default float32; float16 halves its memory)")
     p.add_argument("--max-queue", type=_cli.non_negative_int, default=256,
                    help="sequences allowed to wait beyond the running batch; past it requests get 503 (default 256)")
     p.add_argument("--api-key", default=os.environ.get("FERRITE_API_KEY") or None,

@@ -307,13 +307,6 @@ fn attention_scale(p: &AttnParams) -> f32 {
     1.0 / (p.head_dim as f32).sqrt()
 }
 
-/// Whether a float16 KV cache may be allocated: its kernels compile (every_kernel_compiles) and
-/// keep the float32 cache's code as it was, but they have not yet run on a GPU, so for now
-/// FERRITE_CUDA_KV_F16=1 asks for them (the GPU tests set it).
-fn f16_kv_cache_enabled() -> bool {
-    std::env::var("FERRITE_CUDA_KV_F16").is_ok_and(|v| v == "1")
-}
-
 /// Whether `attention_heads_rope` can rotate q and k itself (`rope_attention_to`): q and k
 /// differ only in their head counts, at the attention's head width, within the kernel's pairs.
 fn rope_in_one_launch(qp: &RopeParams, kp: &RopeParams, p: &AttnParams) -> bool {
@@ -986,8 +979,6 @@ impl CudaBackend {
     /// (`kernels::modules_for`), not only the fixed ones.
     pub fn with_needs(device: &str, exact_matmul: bool, needs: &KernelNeeds) -> Result<CudaBackend, CudaError> {
         let ctx = CudaContext::get(device)?;
-        // A cache type this backend refuses (the model's load says so) compiles nothing for it.
-        let needs = &needs.with_kv_dtype(if f16_kv_cache_enabled() { needs.kv_dtype } else { KvDtype::F32 });
         ctx.precompile(&kernels::modules_for(needs, |ty| super::matvec::path_for(&ctx, ty) == MatvecPath::Tiled, flash_prefill_enabled()))?;
         if !cublas_library_present() {
             return Err(CudaError::MissingLibrary {
@@ -1167,14 +1158,7 @@ impl Backend for CudaBackend {
         Ok(CudaAct { buf, width, capacity_rows })
     }
 
-    fn supports_kv_dtype(&self, dtype: KvDtype) -> bool {
-        dtype == KvDtype::F32 || f16_kv_cache_enabled()
-    }
-
     fn alloc_kv_cache(&mut self, layout: &KvLayout) -> Result<CudaKvCache, BackendError> {
-        if !self.supports_kv_dtype(layout.dtype) {
-            return Err(BackendError::Invalid(format!("a {} KV cache on CUDA (float32 only)", layout.dtype.name())));
-        }
         let n = layout.elements()?;
         if self.fixed.attention.as_ref().is_none_or(|a| (a.head_dim, a.kv_dtype) != (layout.head_dim, layout.dtype)) {
             let defines = kernels::attention_defines(layout.head_dim, layout.dtype).ok_or_else(|| {
