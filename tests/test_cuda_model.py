@@ -551,9 +551,10 @@ def test_gpu_model_errors_are_clear(tmp_path):
 
 @pytest.mark.cuda
 @needs_gpu
-def test_gpu_prebuilt_kernels_compile_nothing_and_compute_what_nvrtc_compiles(tmp_path):
+@pytest.mark.parametrize("kv_cache_dtype", ["float32", "float16"])
+def test_gpu_prebuilt_kernels_compile_nothing_and_compute_what_nvrtc_compiles(tmp_path, kv_cache_dtype):
     """A model of the prebuilt types and head width (Q8_0 and Q4_K, heads of 64, as the test
-    model's) loaded in a fresh process with an empty kernel cache: where the prebuilt kernels serve
+    model's), with either KV cache type, loaded in a fresh process with an empty kernel cache: where the prebuilt kernels serve
     this GPU and NVRTC (sm_90, NVRTC 13.0), NVRTC compiles nothing and writes no cache file;
     elsewhere it compiles. With FERRITE_CUDA_PREBUILT=0 it compiles everywhere. The two
     processes' logits, a prompt and decode steps, are the same bits: the prebuilt modules are
@@ -561,7 +562,7 @@ def test_gpu_prebuilt_kernels_compile_nothing_and_compute_what_nvrtc_compiles(tm
     path = write_block_model(tmp_path / "m.gguf", "Q4_K", hidden=256, ffn=256, n_heads=4, n_kv_heads=2, context=256, seed=6)
     code = (
         "import json, sys, numpy as np, ferrite\n"
-        "m = ferrite.Model.load(sys.argv[1], device='cuda')\n"
+        "m = ferrite.Model.load(sys.argv[1], device='cuda', kv_cache_dtype=sys.argv[3])\n"
         "s = m.new_sequence(max_tokens=40)\n"
         "rows = [m.forward(list(range(3, 30)), seq=s)] + [m.forward([t], seq=s) for t in (5, 9, 11)]\n"
         "np.save(sys.argv[2], np.concatenate(rows))\n"
@@ -574,7 +575,7 @@ def test_gpu_prebuilt_kernels_compile_nothing_and_compute_what_nvrtc_compiles(tm
         env = dict(os.environ, FERRITE_CACHE=str(cache), FERRITE_CUDA_PREBUILT=prebuilt)
         env.pop("FERRITE_CUDA_KERNEL_DEFINES", None)
         env.pop("FERRITE_CUDA_FAST_COMPILE", None)
-        out = subprocess.run([sys.executable, "-c", code, path, str(tmp_path / f"l{prebuilt}.npy")], env=env, check=True, capture_output=True, text=True)
+        out = subprocess.run([sys.executable, "-c", code, path, str(tmp_path / f"l{prebuilt}.npy"), kv_cache_dtype], env=env, check=True, capture_output=True, text=True)
         info = json.loads(out.stdout.strip().splitlines()[-1])
         cubins = list((cache / "kernels").glob("*.cubin")) if (cache / "kernels").exists() else []
         runs[prebuilt] = (info, len(cubins), np.load(tmp_path / f"l{prebuilt}.npy"))

@@ -3,7 +3,7 @@
 //!
 //! A first load on a fresh H200 machine spent 7.0 of its 9.0 s in NVRTC (docs/BENCHMARKS.md,
 //! 2026-12-04). kernels/prebuilt/sm_90.cubins holds the modules of [`modules`] (what models of
-//! the common GGUF types with 64- or 128-wide heads and a float32 KV cache run: every Qwen2.5
+//! the common GGUF types with 64- or 128-wide heads and either KV cache type run: every Qwen2.5
 //! size) compiled for sm_90 by NVRTC 13.0 with the backend's options: the bytes that NVRTC 13.0
 //! makes of them on any machine (its output depends on the source, the options and its version
 //! only), so on a machine whose NVRTC is 13.0 (the lent H200s') a module found here is the one it
@@ -26,7 +26,7 @@ use std::sync::OnceLock;
 
 use super::nvrtc::{cache_key, KernelSource};
 #[cfg(test)]
-use {super::kernels, crate::backend::KernelNeeds, crate::quant::GgmlType};
+use {super::kernels, crate::backend::KernelNeeds, crate::backend::KvDtype, crate::quant::GgmlType};
 
 /// The architecture and NVRTC version the modules were compiled for and by.
 pub const ARCH: (u32, u32) = (9, 0);
@@ -87,11 +87,13 @@ const TYPES: [GgmlType; 13] = [
 const HEAD_DIMS: [usize; 2] = [64, 128];
 
 /// The prebuilt modules: what `kernels::modules_for` asks of a model of any of [`TYPES`] with
-/// one of [`HEAD_DIMS`] and a float32 cache on sm_90 (flash prefill on), each once.
+/// one of [`HEAD_DIMS`] and a float32 or f16 cache on sm_90 (flash prefill on), each once.
 #[cfg(test)]
 pub fn modules() -> Vec<(&'static KernelSource, Vec<String>)> {
     let needs = TYPES.iter().fold(KernelNeeds::default(), |n, t| n.with_matrix_type(*t));
-    kernels::union_of_modules(HEAD_DIMS.map(|hd| kernels::modules_for(&needs.with_head_dim(hd), |ty| super::repack::tile_format(ty).is_some(), true)))
+    let tiled = |ty| super::repack::tile_format(ty).is_some();
+    let per_model = HEAD_DIMS.iter().flat_map(|&hd| [KvDtype::F32, KvDtype::F16].map(|kv| kernels::modules_for(&needs.with_head_dim(hd).with_kv_dtype(kv), tiled, true)));
+    kernels::union_of_modules(per_model)
 }
 
 /// The key of `source` compiled with `opts` (as `nvrtc::options_for` makes them) by NVRTC `nvrtc`.
@@ -132,7 +134,6 @@ fn image_of(entries: &[(String, Vec<u8>)]) -> Vec<u8> {
 mod tests {
     use super::*;
     use crate::backend::cuda::kernels::every_module;
-    use crate::backend::KvDtype;
     use crate::backend::cuda::nvrtc::{compile, nvrtc_version, options_with};
 
     /// Every prebuilt module's options for the prebuilt architecture, with no environment overrides.
@@ -163,7 +164,8 @@ mod tests {
     }
 
     /// The prebuilt set: the real test model's modules (all four tiled types, head dim 64) and the
-    /// 7B's (head dim 128) are in it, only modules every_kernel_compiles knows, each once.
+    /// 7B's (head dim 128), with either cache type, are in it, only modules every_kernel_compiles
+    /// knows, each once.
     #[test]
     fn the_prebuilt_set_holds_the_test_models_modules() {
         let set: Vec<String> = modules().iter().map(|(s, d)| format!("{} {d:?}", s.file)).collect();
@@ -172,8 +174,10 @@ mod tests {
         assert_eq!(set.iter().collect::<std::collections::HashSet<_>>().len(), set.len(), "a module twice");
         let real = [GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K].iter().fold(KernelNeeds::default(), |n, t| n.with_matrix_type(*t));
         for hd in [64, 128] {
-            for (s, d) in kernels::modules_for(&real.with_head_dim(hd).with_kv_dtype(KvDtype::F32), |ty| super::super::repack::tile_format(ty).is_some(), true) {
-                assert!(set.contains(&format!("{} {d:?}", s.file)), "{} {d:?}", s.file);
+            for kv in [KvDtype::F32, KvDtype::F16] {
+                for (s, d) in kernels::modules_for(&real.with_head_dim(hd).with_kv_dtype(kv), |ty| super::super::repack::tile_format(ty).is_some(), true) {
+                    assert!(set.contains(&format!("{} {d:?}", s.file)), "{} {d:?}", s.file);
+                }
             }
         }
     }
