@@ -192,6 +192,9 @@ if [ "$what" = e2e ]; then
     # splits it over calls (each call is at most 10 minutes); the default is tests,bench.
     parts=${E2E_PARTS:-tests,bench}
     if [[ $parts == *tests* ]]; then
+    # The real model's first load with an empty kernel cache and the CUDA libraries evicted.
+    STEP_TIMEOUT=120 step first_load_real "$py" benches/bench_first_load.py /root/m/model.gguf --cache /tmp/fl-real --evict --label "real model, evicted"
+    cp "$out/first_load_real.log" "$dest/first_load_real.txt" 2>/dev/null
     STEP_TIMEOUT=${ENGINE_PYTEST_S:-240} step pytest_engine "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_engine.py tests/test_cuda_dlpack.py tests/test_sampling.py -m cuda --junitxml="$out/junit_engine.xml"
     STEP_TIMEOUT=${MODEL_PYTEST_S:-240} step pytest_cuda_model "$py" -m pytest -q -ra -p no:cacheprovider --ignore=tests/test_notebooks.py -m "cuda and model" tests --ignore=tests/test_readme.py --deselect tests/test_cuda_engine.py --deselect tests/test_cuda_dlpack.py --junitxml="$out/junit_cuda_model.xml"
     fi
