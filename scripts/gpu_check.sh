@@ -25,7 +25,8 @@
 #     all:       synthetic + real (the default);
 #     final:     quick + real (when the synthetic numbers are already in hand);
 #     e2e:       the real model (uploaded) end to end beside llama.cpp (built in the background by
-#                .device/llamacpp/build.sh in an earlier call): engine/sampler/DLPack tests, the
+#                .device/llamacpp/build.sh in an earlier call): its first load with the CUDA
+#                libraries evicted and an empty kernel cache, engine/sampler/DLPack tests, the
 #                cuda+model tests, llama.cpp's benches, bench_generate with llama.cpp's S_TG
 #                beside, a kernel profile of a 64-sequence decode step, the 512-token prompt,
 #                the decode step alone and the accuracy against float64 (scripts/gpu_accuracy.py, the
@@ -39,7 +40,8 @@
 #                GB/s beside the copy bandwidth) and benches/bench_cuda_gemm.py (the quantized
 #                GEMM for 16-128 rows); the benches also run in synthetic and all.
 #     pending:   no upload, first thing on a fresh machine: what landed without a GPU run
-#                (docs/BENCHMARKS.md says which; PENDING_PARTS picks parts). load: the first load
+#                (docs/BENCHMARKS.md says which; PENDING_PARTS picks parts; load must be in the
+#                machine's first call to be a cold load). load: the first load
 #                on the cold machine (the prebuilt kernels), then with the CUDA libraries evicted
 #                from the page cache, reading them ahead off / cuBLAS only / all
 #                (FERRITE_CUDA_READAHEAD), the same with NVRTC compiling, then cached; kv: the f16
@@ -193,7 +195,8 @@ if [ "$what" = e2e ]; then
     parts=${E2E_PARTS:-tests,bench}
     if [[ $parts == *tests* ]]; then
     # The real model's first load with an empty kernel cache and the CUDA libraries evicted.
-    STEP_TIMEOUT=120 step first_load_real "$py" benches/bench_first_load.py /root/m/model.gguf --cache /tmp/fl-real --evict --label "real model, evicted"
+    rm -rf /tmp/fl-real
+    STEP_TIMEOUT=120 step first_load_real "$py" benches/bench_first_load.py /root/m/model.gguf --cache /tmp/fl-real --evict --label "real model"
     cp "$out/first_load_real.log" "$dest/first_load_real.txt" 2>/dev/null
     STEP_TIMEOUT=${ENGINE_PYTEST_S:-240} step pytest_engine "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_engine.py tests/test_cuda_dlpack.py tests/test_sampling.py -m cuda --junitxml="$out/junit_engine.xml"
     STEP_TIMEOUT=${MODEL_PYTEST_S:-240} step pytest_cuda_model "$py" -m pytest -q -ra -p no:cacheprovider --ignore=tests/test_notebooks.py -m "cuda and model" tests --ignore=tests/test_readme.py --deselect tests/test_cuda_engine.py --deselect tests/test_cuda_dlpack.py --junitxml="$out/junit_cuda_model.xml"

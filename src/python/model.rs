@@ -188,7 +188,7 @@ impl PyModel {
     /// threads for every op (default: the physical cores, or ``RAYON_NUM_THREADS``).
     /// ``kv_cache_dtype``: what the KV cache stores keys and values as, ``"float32"`` (the
     /// default) or ``"float16"`` (rounded to nearest, half the memory; attention still computes
-    /// in float32; the CPU only for now: on a GPU it raises ``ModelError`` before loading).
+    /// in float32).
     ///
     /// >>> m = ferrite.Model.load(ferrite.fetch_test_model())
     /// >>> m.config["n_layers"]
