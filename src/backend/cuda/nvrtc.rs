@@ -10,6 +10,7 @@
 //! NVRTC is given our headers by name and no system include path, so kernels include nothing
 //! but kernels/*.cuh (no <cuda_fp16.h>: half/bf16 conversions are done by bit manipulation).
 
+use std::borrow::Cow;
 use std::ffi::{c_char, c_int, CString};
 use std::path::PathBuf;
 
@@ -239,7 +240,7 @@ fn write_cache(path: &PathBuf, cubin: &[u8]) {
 pub fn is_cached(source: &KernelSource, extra: &[String], cc: (u32, u32), driver_version: i32) -> bool {
     let Ok(nvrtc) = nvrtc_version() else { return false };
     let Ok(opts) = options_for(source, extra, cc) else { return false };
-    super::prebuilt::find(source, &opts, cc, nvrtc).is_some() || cache_path(source, &opts, driver_version, nvrtc).and_then(|p| read_cache(&p)).is_some()
+    stored(source, &opts, cc, driver_version, nvrtc).is_some()
 }
 
 /// Where the disk cache keeps the CUBIN of `source` compiled with `opts`, if there is a cache.
@@ -247,35 +248,42 @@ fn cache_path(source: &KernelSource, opts: &[String], driver_version: i32, nvrtc
     cache_dir().map(|d| d.join(format!("{}-{}.cubin", source.file.trim_end_matches(".cu"), cache_key(source, opts, driver_version, nvrtc))))
 }
 
+/// The CUBIN of `source` with `opts` that needs no compile: the disk cache's (intact), else the
+/// prebuilt one (`prebuilt`: what this NVRTC would compile). The disk cache first, so that a
+/// module compiled afresh after the driver refused the prebuilt one (`CudaContext::module`) is
+/// the one found next time.
+fn stored(source: &KernelSource, opts: &[String], cc: (u32, u32), driver_version: i32, nvrtc: (i32, i32)) -> Option<Cow<'static, [u8]>> {
+    if let Some(cubin) = cache_path(source, opts, driver_version, nvrtc).as_ref().and_then(read_cache) {
+        return Some(Cow::Owned(cubin));
+    }
+    super::prebuilt::find(source, opts, cc, nvrtc).map(Cow::Borrowed)
+}
+
+/// Compiles `source` with `opts` and puts the CUBIN in the disk cache (replacing an entry).
+fn compile_into_cache(source: &KernelSource, opts: &[String], driver_version: i32, nvrtc: (i32, i32)) -> Result<Vec<u8>, CudaError> {
+    let cubin = compile(source, opts)?;
+    if let Some(path) = cache_path(source, opts, driver_version, nvrtc) {
+        write_cache(&path, &cubin);
+    }
+    Ok(cubin)
+}
+
 /// The CUBIN of `source` (with the variant options `extra`) for compute capability `cc`: from the
-/// disk cache, else prebuilt (`prebuilt`: what this NVRTC would compile), else compiled (and then
-/// cached).
+/// disk cache, else prebuilt, else compiled (and then cached).
 pub fn compiled(source: &KernelSource, extra: &[String], cc: (u32, u32), driver_version: i32) -> Result<Vec<u8>, CudaError> {
     let nvrtc = nvrtc_version()?;
     let opts = options_for(source, extra, cc)?;
-    let path = cache_path(source, &opts, driver_version, nvrtc);
-    if let Some(cubin) = path.as_ref().and_then(read_cache) {
-        return Ok(cubin);
+    match stored(source, &opts, cc, driver_version, nvrtc) {
+        Some(cubin) => Ok(cubin.into_owned()),
+        None => compile_into_cache(source, &opts, driver_version, nvrtc),
     }
-    if let Some(cubin) = super::prebuilt::find(source, &opts, cc, nvrtc) {
-        return Ok(cubin.to_vec());
-    }
-    let cubin = compile(source, &opts)?;
-    if let Some(path) = &path {
-        write_cache(path, &cubin);
-    }
-    Ok(cubin)
 }
 
 /// Compiles ignoring the cache, and replaces the cache entry.
 pub fn compile_fresh(source: &KernelSource, extra: &[String], cc: (u32, u32), driver_version: i32) -> Result<Vec<u8>, CudaError> {
     let nvrtc = nvrtc_version()?;
     let opts = options_for(source, extra, cc)?;
-    let cubin = compile(source, &opts)?;
-    if let Some(path) = cache_path(source, &opts, driver_version, nvrtc) {
-        write_cache(&path, &cubin);
-    }
-    Ok(cubin)
+    compile_into_cache(source, &opts, driver_version, nvrtc)
 }
 
 /// Owns an nvrtcProgram and destroys it on every exit path.
