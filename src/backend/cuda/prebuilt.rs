@@ -233,28 +233,16 @@ mod tests {
     #[ignore]
     fn write_prebuilt_kernels() {
         assert_eq!(nvrtc_version().expect("NVRTC on the loader path"), NVRTC, "the prebuilt kernels are NVRTC 13.0's");
-        let jobs = modules_with_options();
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let mut done: Vec<(usize, String, Vec<u8>)> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..workers)
-                .map(|_| {
-                    scope.spawn(|| {
-                        let mut out = Vec::new();
-                        loop {
-                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            let Some((src, opts, key)) = jobs.get(i) else { return out };
-                            let cubin = compile(src, opts).unwrap_or_else(|e| panic!("{}: {e}", src.file));
-                            eprintln!("{} {:?}: {} bytes", src.file, &opts[1 + super::super::nvrtc::BASE_OPTIONS.len()..], cubin.len());
-                            out.push((i, key.clone(), cubin));
-                        }
-                    })
-                })
-                .collect();
-            handles.into_iter().flat_map(|h| h.join().expect("a compile thread panicked")).collect()
-        });
-        done.sort_by_key(|(i, _, _)| *i);
-        let entries: Vec<(String, Vec<u8>)> = done.into_iter().map(|(_, k, c)| (k, c)).collect();
+        use rayon::prelude::*;
+        // In the jobs' order, whichever thread compiles each.
+        let entries: Vec<(String, Vec<u8>)> = modules_with_options()
+            .par_iter()
+            .map(|(src, opts, key)| {
+                let cubin = compile(src, opts).unwrap_or_else(|e| panic!("{}: {e}", src.file));
+                eprintln!("{} {:?}: {} bytes", src.file, &opts[1 + super::super::nvrtc::BASE_OPTIONS.len()..], cubin.len());
+                (key.clone(), cubin)
+            })
+            .collect();
         let path = std::env::var_os("FERRITE_PREBUILT_OUT")
             .map(std::path::PathBuf::from)
             .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels/prebuilt/sm_90.cubins"));
