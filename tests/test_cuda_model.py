@@ -554,11 +554,11 @@ def test_gpu_model_errors_are_clear(tmp_path):
 @pytest.mark.parametrize("kv_cache_dtype", ["float32", "float16"])
 def test_gpu_prebuilt_kernels_compile_nothing_and_compute_what_nvrtc_compiles(tmp_path, kv_cache_dtype):
     """A model of the prebuilt types and head width (Q8_0 and Q4_K, heads of 64, as the test
-    model's), with either KV cache type, loaded in a fresh process with an empty kernel cache: where the prebuilt kernels serve
-    this GPU and NVRTC (sm_90, NVRTC 13.0), NVRTC compiles nothing and writes no cache file;
-    elsewhere it compiles. With FERRITE_CUDA_PREBUILT=0 it compiles everywhere. The two
-    processes' logits, a prompt and decode steps, are the same bits: the prebuilt modules are
-    what NVRTC makes."""
+    model's), with either KV cache type, loaded in a fresh process with an empty kernel cache:
+    where the prebuilt kernels serve this GPU and NVRTC (sm_90, NVRTC 13.0), NVRTC compiles
+    nothing and writes no cache file; elsewhere it compiles. With FERRITE_CUDA_PREBUILT=0 it
+    compiles everywhere. The two processes' logits, a prompt and decode steps, are the same bits:
+    the prebuilt modules are what NVRTC makes."""
     path = write_block_model(tmp_path / "m.gguf", "Q4_K", hidden=256, ffn=256, n_heads=4, n_kv_heads=2, context=256, seed=6)
     code = (
         "import json, sys, numpy as np, ferrite\n"

