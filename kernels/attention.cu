@@ -47,6 +47,30 @@ __device__ __forceinline__ float4 add4(float4 a, float4 b) {
 #define ATTN_L2_PREFETCH 1
 #endif
 
+// Weights read ahead: a decode step's attention is a chain of round trips to memory during which
+// DRAM idles, so before its wait it asks L2 for the weights the step reads next (the host's
+// table: the layer's o, gate, up and down, then the next layer's q, k and v or the LM head, up to
+// a byte budget, see plan_weight_prefetch in backend.rs). The matrix-vector kernels after it then
+// find them in L2. Weights are constant, so this may run before the wait; a prefetch returns no
+// data. The table's ranges are 16-byte aligned multiples of 16 bytes, split over every thread of
+// the grid in chunks of this many bytes, one bulk prefetch (the TMA unit's) each.
+#ifndef ATTN_WEIGHT_PREFETCH_CHUNK
+#define ATTN_WEIGHT_PREFETCH_CHUNK 4096
+#endif
+__device__ __forceinline__ void prefetch_weights(const u64* __restrict__ ranges, u32 n_ranges) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    const u64 n_threads = (u64)gridDim.x * gridDim.y * gridDim.z * blockDim.x;
+    const u64 id = (((u64)blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x) * blockDim.x + threadIdx.x;
+    for (u32 r = 0; r < n_ranges; r++) {
+        const u64 base = ranges[2 * r], bytes = ranges[2 * r + 1];
+        for (u64 off = id * ATTN_WEIGHT_PREFETCH_CHUNK; off < bytes; off += n_threads * ATTN_WEIGHT_PREFETCH_CHUNK) {
+            const u32 len = (u32)min((u64)ATTN_WEIGHT_PREFETCH_CHUNK, bytes - off);
+            asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(base + off), "r"(len) : "memory");
+        }
+    }
+#endif
+}
+
 // One block per (token, KV head, slice of `slice` <= G of the query heads sharing that KV head), or
 // per (token, split, KV head, slice) with flash-decoding (Splits below). Each warp takes
 // chunks of 32 keys (warp w: keys 32w .., then 32 * n_warps further on): lane j scores key j of
@@ -83,6 +107,8 @@ struct RopeIn {
     u32 neox;
     u32 q_stride, kv_stride;    // floats from one token's q (k, v) row to the next
     const float *bq, *bk, *bv;  // biases added to q, k and v as they are read (null: none)
+    const u64* prefetch;        // weights read ahead: n_prefetch (address, bytes) pairs
+    u32 n_prefetch;
 };
 
 // Flash-decoding: with n > 1, blockIdx.x / n is the token and blockIdx.x % n the split, and a
@@ -147,6 +173,7 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
     __shared__ float v_new[ROPE ? HD : 1];
     const u32 last = n_ctx - 1;
     if constexpr (ROPE) {
+        prefetch_weights(rope.prefetch, rope.n_prefetch);
         const double pos = (double)positions[t] / (double)rope.scale;
         for (u32 i = threadIdx.x; i < HD / 2; i += blockDim.x) {
             rope_sincos(pos, i, HD, rope.freq_base, &rope_sin[i], &rope_cos[i]);
@@ -415,7 +442,8 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
     }                                                                                                                  \
     /* attention_heads with rope_store's work (see RopeIn): q and k not rotated yet, for a step of one token per      \
        sequence, their rows q_stride and kv_stride floats apart, biases bq, bk, bv (null: none) still to add.         \
-       k_cache and v_cache are also written (through rope.k_cache / v_cache). */                                       \
+       k_cache and v_cache are also written (through rope.k_cache / v_cache). prefetch: n_prefetch (address, bytes)  \
+       pairs of weights the step reads next, asked of L2 before the wait (prefetch_weights). */                        \
     extern "C" __global__ void __launch_bounds__(32 * ATTN_MAX_WARPS, 1) attention_heads_rope##SUFFIX(                    \
         const float* q, const kv_t* k_cache, const kv_t* v_cache, const u32* __restrict__ positions,                   \
         const u32* __restrict__ table_offset, const u32* __restrict__ block_tables, u32 block_tokens, u32 n_heads,      \
@@ -423,10 +451,11 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
         const float* __restrict__ k_new, const float* __restrict__ v_new, const u32* __restrict__ slots, u32 capacity, \
         float freq_base, float rope_scale, u32 neox, u32 n_splits, float* __restrict__ partials,                       \
         u32* __restrict__ counters, u32 q_stride, u32 kv_stride, const float* __restrict__ bq,                         \
-        const float* __restrict__ bk, const float* __restrict__ bv) {                                                 \
+        const float* __restrict__ bk, const float* __restrict__ bv, const u64* __restrict__ prefetch,                 \
+        u32 n_prefetch) {                                                                                              \
         /* attention() waits once the angles are computed. */                                                          \
         const RopeIn rope = {k_new, v_new, slots, capacity, const_cast<kv_t*>(k_cache), const_cast<kv_t*>(v_cache),     \
-                             freq_base, rope_scale, neox, q_stride, kv_stride, bq, bk, bv};                          \
+                             freq_base, rope_scale, neox, q_stride, kv_stride, bq, bk, bv, prefetch, n_prefetch};    \
         const Splits splits = {n_splits, partials, counters};                                                          \
         attention<ATTN_HEAD_DIM, GROUP, true>(q, k_cache, v_cache, positions, table_offset, block_tables, block_tokens,  \
                                               n_heads, n_kv_heads, min(max(slice, 1u), (u32)(GROUP)), scale, out,      \

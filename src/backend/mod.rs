@@ -333,6 +333,16 @@ pub trait Backend: Send + 'static {
 
     fn alloc_kv_cache(&mut self, layout: &KvLayout) -> Result<Self::KvCache, BackendError>;
 
+    /// Per decoder layer, the matrices a decode step reads once that layer's attention has begun,
+    /// in the order it reads them: the layer's o, gate, up and down, then the next layer's q, k
+    /// and v (the LM head after the last layer). A backend whose decode attention waits on memory
+    /// may have its cache fetch them meanwhile (CUDA: L2). Called once, after the weights are
+    /// loaded; the default ignores it.
+    fn plan_weight_prefetch(&mut self, per_layer: &[Vec<&Self::Weight>]) -> Result<(), BackendError> {
+        let _ = per_layer;
+        Ok(())
+    }
+
     /// Copies the plan to the device; valid until the next call.
     fn upload_batch(&mut self, plan: &BatchPlan) -> Result<Self::Batch, BackendError>;
 

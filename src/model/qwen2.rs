@@ -114,6 +114,18 @@ impl<B: Backend> TransformerModel<B> {
     pub fn load(file: Arc<GgufFile>, mut backend: B, options: LoadOptions) -> Result<Self, ModelError> {
         let config = ModelConfig::from_gguf(&file)?;
         let weights = load_weights(&file, &config, &mut backend)?;
+        let read_next: Vec<Vec<&B::Weight>> = (0..weights.layers.len())
+            .map(|i| {
+                let l = &weights.layers[i];
+                let mut next = vec![&l.wo, &l.ffn_gate, &l.ffn_up, &l.ffn_down];
+                match weights.layers.get(i + 1) {
+                    Some(n) => next.extend([&n.wq, &n.wk, &n.wv]),
+                    None => next.push(weights.lm_head()),
+                }
+                next
+            })
+            .collect();
+        backend.plan_weight_prefetch(&read_next)?;
         let capacity_tokens = options.kv_cache_tokens.unwrap_or(config.context_length);
         if capacity_tokens == 0 {
             return Err(ModelError::Invalid("kv_cache_tokens must be at least 1".into()));

@@ -307,6 +307,33 @@ fn attention_scale(p: &AttnParams) -> f32 {
     1.0 / (p.head_dim as f32).sqrt()
 }
 
+/// How many bytes of weights a decode step's attention asks L2 for (attention.cu's
+/// prefetch_weights; FERRITE_CUDA_PREFETCH_MB overrides, 0: none). Off until measured on the
+/// H200 (24 MB, under half of its 50 MB L2, is the candidate).
+const WEIGHT_PREFETCH_BUDGET_BYTES: u64 = 0;
+
+fn weight_prefetch_budget_bytes() -> u64 {
+    std::env::var("FERRITE_CUDA_PREFETCH_MB").ok().and_then(|v| v.parse::<u64>().ok()).map_or(WEIGHT_PREFETCH_BUDGET_BYTES, |mb| mb << 20)
+}
+
+/// The (address, bytes) pairs of `buffers`, in order, until `budget_bytes` are covered (the
+/// last one cut short), each shrunk to whole 16-byte units inside the buffer, as the bulk
+/// prefetch requires; empty buffers are left out.
+fn prefetch_table(buffers: &[(u64, u64)], budget_bytes: u64) -> Vec<u64> {
+    let mut table = Vec::new();
+    let mut left = budget_bytes;
+    for &(address, bytes) in buffers {
+        let start = address.next_multiple_of(16);
+        let usable = bytes.saturating_sub(start - address).min(left) & !15;
+        if usable == 0 {
+            continue;
+        }
+        table.extend([start, usable]);
+        left -= usable;
+    }
+    table
+}
+
 /// Whether `attention_heads_rope` can rotate q and k itself (`rope_attention_to`): q and k
 /// differ only in their head counts, at the attention's head width, within the kernel's pairs.
 fn rope_in_one_launch(qp: &RopeParams, kp: &RopeParams, p: &AttnParams) -> bool {
@@ -482,6 +509,9 @@ pub struct CudaBackend {
     /// The draw sets of host sampling (`host_sampling`).
     pub(super) host_draws: crate::backend::draws::HostDraws,
     kv_capacity_tokens: usize,
+    /// Per decoder layer, the (address, bytes) pairs of weights its decode attention asks L2
+    /// for (`plan_weight_prefetch`), and how many pairs; empty: none.
+    weight_prefetch: Vec<(CudaSlice<u64>, u32)>,
 }
 
 /// How multiplies of more than 4 rows (prefill, larger batches; `matmul::takes_matvec`) run on
@@ -903,12 +933,20 @@ impl CudaBackend {
         let (cfg, slice, n_heads, n_kv_heads, scale) = attention_launch(batch, p)?;
         let attend_rope = kernels.for_slice(slice, true);
         let [bq, bk, bv] = rows.biases;
+        // The weights read next, where the step's projections run on the matrix-vector kernels
+        // (which read the tiles the table names; cuBLAS reads copies).
+        let matvec = batch.n_tokens <= super::matmul::matvec_max_rows(self.gemm == GemmPrecision::F32);
+        let (prefetch, n_prefetch) = match self.weight_prefetch.get(layer) {
+            Some((table, n)) if matvec => (addr(table, &self.ctx), *n),
+            _ => (0, 0),
+        };
         launch!(
             self.ctx, attend_rope, "attention_heads_rope", cfg,
             &rows.q, &kc, &vc, &batch.positions, &batch.table_offset, &batch.block_tables, &batch.block_tokens,
             &n_heads, &n_kv_heads, &slice, &scale, &mut out.buf, &out_f16, &super::matmul::X_F16_SCALE,
             &rows.k, &rows.v, &batch.slots, &capacity, &qp.freq_base, &qp.scale, &neox,
-            &batch.attn_splits, &batch.attn_partials, &batch.attn_counters, &rows.q_stride, &rows.kv_stride, &bq, &bk, &bv
+            &batch.attn_splits, &batch.attn_partials, &batch.attn_counters, &rows.q_stride, &rows.kv_stride, &bq, &bk, &bv,
+            &prefetch, &n_prefetch
         )?;
         Ok(())
     }
@@ -1052,6 +1090,7 @@ impl CudaBackend {
             host_sampling: std::env::var("FERRITE_HOST_SAMPLING").is_ok_and(|v| v == "1"),
             host_draws: Default::default(),
             kv_capacity_tokens: 0,
+            weight_prefetch: Vec::new(),
         })
     }
 
@@ -1156,6 +1195,22 @@ impl Backend for CudaBackend {
             .ok_or_else(|| BackendError::Invalid(format!("activation {capacity_rows} x {width} overflows")))?;
         let buf = self.ctx.alloc::<f32>(n, &format!("an activation buffer of {capacity_rows} x {width}"))?;
         Ok(CudaAct { buf, width, capacity_rows })
+    }
+
+    fn plan_weight_prefetch(&mut self, per_layer: &[Vec<&CudaWeight>]) -> Result<(), BackendError> {
+        let budget = weight_prefetch_budget_bytes();
+        self.weight_prefetch.clear();
+        if budget == 0 {
+            return Ok(());
+        }
+        for weights in per_layer {
+            let buffers: Vec<(u64, u64)> = weights.iter().map(|w| (addr(&w.blocks, &self.ctx), w.blocks.len() as u64)).collect();
+            let table = prefetch_table(&buffers, budget);
+            let n = to_u32("prefetch ranges", table.len() / 2)?;
+            let on_device = self.ctx.upload(&table, "the weights' prefetch table")?;
+            self.weight_prefetch.push((on_device, n));
+        }
+        Ok(())
     }
 
     fn alloc_kv_cache(&mut self, layout: &KvLayout) -> Result<CudaKvCache, BackendError> {
@@ -1774,6 +1829,22 @@ impl Backend for CudaBackend {
         graph.launch().map_err(|e| capture_err("launching", e))?;
         self.graphs.insert(full_key, Recorded(graph));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod prefetch_tests {
+    use super::prefetch_table;
+
+    /// Ranges stay inside their buffers in whole aligned 16-byte units, in order, and stop at the
+    /// budget; nothing is asked for past it.
+    #[test]
+    fn prefetch_table_covers_buffers_in_order_up_to_the_budget() {
+        let buffers = [(0x1000, 100), (0x2008, 64), (0x3000, 0), (0x4000, 1 << 20)];
+        assert_eq!(prefetch_table(&buffers, 1 << 30), vec![0x1000, 96, 0x2010, 48, 0x4000, 1 << 20]);
+        assert_eq!(prefetch_table(&buffers, 200), vec![0x1000, 96, 0x2010, 48, 0x4000, 48]);
+        assert_eq!(prefetch_table(&buffers, 50), vec![0x1000, 48]);
+        assert!(prefetch_table(&buffers, 0).is_empty());
     }
 }
 
