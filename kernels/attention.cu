@@ -53,19 +53,29 @@ __device__ __forceinline__ float4 add4(float4 a, float4 b) {
 // a byte budget, see plan_weight_prefetch in backend.rs). The matrix-vector kernels after it then
 // find them in L2. Weights are constant, so this may run before the wait; a prefetch returns no
 // data. The table's ranges are 16-byte aligned multiples of 16 bytes, split over every thread of
-// the grid in chunks of this many bytes, one bulk prefetch (the TMA unit's) each.
-#ifndef ATTN_WEIGHT_PREFETCH_CHUNK
-#define ATTN_WEIGHT_PREFETCH_CHUNK 4096
+// the grid in chunks of this many bytes, one bulk prefetch (the TMA unit's) each. The table (like
+// the weights, constant after load) is read whole first: its round trips then overlap.
+#ifndef ATTN_WEIGHT_PREFETCH_CHUNK_BYTES
+#define ATTN_WEIGHT_PREFETCH_CHUNK_BYTES 4096
 #endif
+#define ATTN_WEIGHT_PREFETCH_MAX_RANGES 8
+static_assert(ATTN_WEIGHT_PREFETCH_CHUNK_BYTES > 0 && ATTN_WEIGHT_PREFETCH_CHUNK_BYTES % 16 == 0, "bulk prefetch sizes are 16-byte multiples");
 __device__ __forceinline__ void prefetch_weights(const u64* __restrict__ ranges, u32 n_ranges) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     const u64 n_threads = (u64)gridDim.x * gridDim.y * gridDim.z * blockDim.x;
     const u64 id = (((u64)blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x) * blockDim.x + threadIdx.x;
-    for (u32 r = 0; r < n_ranges; r++) {
-        const u64 base = ranges[2 * r], bytes = ranges[2 * r + 1];
-        for (u64 off = id * ATTN_WEIGHT_PREFETCH_CHUNK; off < bytes; off += n_threads * ATTN_WEIGHT_PREFETCH_CHUNK) {
-            const u32 len = (u32)min((u64)ATTN_WEIGHT_PREFETCH_CHUNK, bytes - off);
-            asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(base + off), "r"(len) : "memory");
+    u64 base[ATTN_WEIGHT_PREFETCH_MAX_RANGES], bytes[ATTN_WEIGHT_PREFETCH_MAX_RANGES];
+#pragma unroll
+    for (u32 r = 0; r < ATTN_WEIGHT_PREFETCH_MAX_RANGES; r++) {
+        base[r] = r < n_ranges ? ranges[2 * r] : 0;
+        bytes[r] = r < n_ranges ? ranges[2 * r + 1] : 0;
+    }
+#pragma unroll
+    for (u32 r = 0; r < ATTN_WEIGHT_PREFETCH_MAX_RANGES; r++) {
+        for (u64 off = id * ATTN_WEIGHT_PREFETCH_CHUNK_BYTES; off < bytes[r]; off += n_threads * ATTN_WEIGHT_PREFETCH_CHUNK_BYTES) {
+            const u32 chunk_bytes = (u32)min((u64)ATTN_WEIGHT_PREFETCH_CHUNK_BYTES, bytes[r] - off);
+            // No "memory" clobber: a prefetch changes nothing a later load could see.
+            asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(base[r] + off), "r"(chunk_bytes));
         }
     }
 #endif
@@ -173,7 +183,6 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
     __shared__ float v_new[ROPE ? HD : 1];
     const u32 last = n_ctx - 1;
     if constexpr (ROPE) {
-        prefetch_weights(rope.prefetch, rope.n_prefetch);
         const double pos = (double)positions[t] / (double)rope.scale;
         for (u32 i = threadIdx.x; i < HD / 2; i += blockDim.x) {
             rope_sincos(pos, i, HD, rope.freq_base, &rope_sin[i], &rope_cos[i]);
@@ -192,6 +201,8 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
             }
         }
 #endif
+        // After the step's own K/V rows, which the kernel reads first.
+        prefetch_weights(rope.prefetch, rope.n_prefetch);
         dependent_wait();
     }
 

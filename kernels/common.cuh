@@ -235,7 +235,8 @@ __device__ __forceinline__ float warp_max(float v) {
 // kernel waits ahead of the running one. The one exception to "first access": the batch
 // description (positions, slots, block tables, table offsets) is written only by a host copy that
 // completes before the step's first kernel starts, so a kernel may read it before waiting
-// (attention_heads_rope does, to compute its angles early), as may the sampler's kernels their
+// (attention_heads_rope does, to compute its angles early; so is the table of weights it asks L2
+// for, uploaded at load), as may the sampler's kernels their
 // parameters, whose copy the stream waits for before the first of them starts. The batch
 // description's token ids are the exception to the exception: feed_drawn_tokens (sampling.cu)
 // may write them, so they are read after waiting. A block may return without waiting only if it touched

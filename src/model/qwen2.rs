@@ -114,9 +114,11 @@ impl<B: Backend> TransformerModel<B> {
     pub fn load(file: Arc<GgufFile>, mut backend: B, options: LoadOptions) -> Result<Self, ModelError> {
         let config = ModelConfig::from_gguf(&file)?;
         let weights = load_weights(&file, &config, &mut backend)?;
-        let read_next: Vec<Vec<&B::Weight>> = (0..weights.layers.len())
-            .map(|i| {
-                let l = &weights.layers[i];
+        let read_next: Vec<Vec<&B::Weight>> = weights
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
                 let mut next = vec![&l.wo, &l.ffn_gate, &l.ffn_up, &l.ffn_down];
                 match weights.layers.get(i + 1) {
                     Some(n) => next.extend([&n.wq, &n.wk, &n.wv]),

@@ -307,13 +307,13 @@ fn attention_scale(p: &AttnParams) -> f32 {
     1.0 / (p.head_dim as f32).sqrt()
 }
 
-/// How many bytes of weights a decode step's attention asks L2 for (attention.cu's
+/// How many bytes of weights each layer's decode attention asks L2 for (attention.cu's
 /// prefetch_weights; FERRITE_CUDA_PREFETCH_MB overrides, 0: none). Off until measured on the
 /// H200 (24 MB, under half of its 50 MB L2, is the candidate).
 const WEIGHT_PREFETCH_BUDGET_BYTES: u64 = 0;
 
 fn weight_prefetch_budget_bytes() -> u64 {
-    std::env::var("FERRITE_CUDA_PREFETCH_MB").ok().and_then(|v| v.parse::<u64>().ok()).map_or(WEIGHT_PREFETCH_BUDGET_BYTES, |mb| mb << 20)
+    std::env::var("FERRITE_CUDA_PREFETCH_MB").ok().and_then(|v| v.parse::<u64>().ok()).map_or(WEIGHT_PREFETCH_BUDGET_BYTES, |mb| mb.saturating_mul(1 << 20))
 }
 
 /// The (address, bytes) pairs of `buffers`, in order, until `budget_bytes` are covered (the
@@ -321,18 +321,21 @@ fn weight_prefetch_budget_bytes() -> u64 {
 /// prefetch requires; empty buffers are left out.
 fn prefetch_table(buffers: &[(u64, u64)], budget_bytes: u64) -> Vec<u64> {
     let mut table = Vec::new();
-    let mut left = budget_bytes;
-    for &(address, bytes) in buffers {
+    let mut left_bytes = budget_bytes;
+    for &(address, bytes) in buffers.iter().take(WEIGHT_PREFETCH_MAX_RANGES) {
         let start = address.next_multiple_of(16);
-        let usable = bytes.saturating_sub(start - address).min(left) & !15;
-        if usable == 0 {
+        let usable_bytes = bytes.saturating_sub(start - address).min(left_bytes) & !15;
+        if usable_bytes == 0 {
             continue;
         }
-        table.extend([start, usable]);
-        left -= usable;
+        table.extend([start, usable_bytes]);
+        left_bytes -= usable_bytes;
     }
     table
 }
+
+/// attention.cu's ATTN_WEIGHT_PREFETCH_MAX_RANGES: the most ranges a table may hold.
+const WEIGHT_PREFETCH_MAX_RANGES: usize = 8;
 
 /// Whether `attention_heads_rope` can rotate q and k itself (`rope_attention_to`): q and k
 /// differ only in their head counts, at the attention's head width, within the kernel's pairs.
@@ -933,8 +936,9 @@ impl CudaBackend {
         let (cfg, slice, n_heads, n_kv_heads, scale) = attention_launch(batch, p)?;
         let attend_rope = kernels.for_slice(slice, true);
         let [bq, bk, bv] = rows.biases;
-        // The weights read next, where the step's projections run on the matrix-vector kernels
-        // (which read the tiles the table names; cuBLAS reads copies).
+        // The weights read next, where the step's projections run on the matrix-vector kernels,
+        // which read the buffers the table names (with more rows most projections read a
+        // dequantized copy, which it does not name).
         let matvec = batch.n_tokens <= super::matmul::matvec_max_rows(self.gemm == GemmPrecision::F32);
         let (prefetch, n_prefetch) = match self.weight_prefetch.get(layer) {
             Some((table, n)) if matvec => (addr(table, &self.ctx), *n),
@@ -1198,14 +1202,16 @@ impl Backend for CudaBackend {
     }
 
     fn plan_weight_prefetch(&mut self, per_layer: &[Vec<&CudaWeight>]) -> Result<(), BackendError> {
-        let budget = weight_prefetch_budget_bytes();
+        let budget_bytes = weight_prefetch_budget_bytes();
+        // Recorded steps hold the old tables' addresses.
+        self.graphs.clear();
         self.weight_prefetch.clear();
-        if budget == 0 {
+        if budget_bytes == 0 {
             return Ok(());
         }
         for weights in per_layer {
             let buffers: Vec<(u64, u64)> = weights.iter().map(|w| (addr(&w.blocks, &self.ctx), w.blocks.len() as u64)).collect();
-            let table = prefetch_table(&buffers, budget);
+            let table = prefetch_table(&buffers, budget_bytes);
             let n = to_u32("prefetch ranges", table.len() / 2)?;
             let on_device = self.ctx.upload(&table, "the weights' prefetch table")?;
             self.weight_prefetch.push((on_device, n));
