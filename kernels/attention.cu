@@ -47,6 +47,10 @@ __device__ __forceinline__ float4 add4(float4 a, float4 b) {
 #define ATTN_L2_PREFETCH 1
 #endif
 
+#ifndef ATTN_V_BATCH_FLOATS
+#define ATTN_V_BATCH_FLOATS 32
+#endif
+
 // Weights read ahead: a decode step's attention is a chain of round trips to memory during which
 // DRAM idles, so before its wait it asks L2 for the weights the step reads next (the host's
 // table: the layer's o, gate, up and down, then the next layer's q, k and v or the LM head, up to
@@ -146,8 +150,10 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
                                           float* __restrict__ out, u16* __restrict__ out_f16, float f16_scale,
                                           const RopeIn& rope, const Splits& splits) {
     constexpr int PER_LANE = (HD + 31) / 32;  // output dims per lane; lanes past HD hold none
-    // Value rows loaded together: 32 floats of registers a lane whatever the head dim.
-    constexpr int V_BATCH = 32 / PER_LANE;
+    // Value rows loaded together: ATTN_V_BATCH_FLOATS floats of registers a lane whatever the
+    // head dim (64: a chunk's 32 rows at once for head dims up to 64, one round trip to memory
+    // fewer after the softmax).
+    constexpr int V_BATCH = ATTN_V_BATCH_FLOATS / PER_LANE;
     // The chunk's softmax weights and slots while the warps run, their partial outputs after (a
     // __syncthreads separates the two uses): dynamic shared memory, sized for the launch's warps
     // (attention_shared_bytes in kernels.rs; 64 KB for 16 warps of 8 heads of 128 dims).
