@@ -46,7 +46,8 @@
 #                from the page cache, reading them ahead off / cuBLAS only / all
 #                (FERRITE_CUDA_READAHEAD), the same with NVRTC compiling, then cached; kv: the f16
 #                KV cache's GPU tests and its decode speed beside float32; sampler: the sampler
-#                tests and bench_cuda_sampler.py.
+#                tests and bench_cuda_sampler.py; prefetch (the default): decode attention asking
+#                L2 for the weights read next, its tests, then decode steps with it off and on.
 #   Logs, JSON reports and haiku artifacts go to one archive, $OUT/gpu_check.tar.gz (the device
 #   tool brings back at most 8 files), beside report.jsonl and table.txt. A table closes the
 #   output. Exit status 0 when every step passed.
@@ -134,8 +135,8 @@ for mb in (64, 491):
 fi
 if [ "$what" = pending ]; then
     export FERRITE_TOKENIZER_GGUF="$here/${TOKENIZER_GGUF:-.device/tok.gguf}"
-    # PENDING_PARTS (default load,kv,sampler) splits the run over calls of at most 10 minutes.
-    parts=${PENDING_PARTS:-load,kv,sampler}
+    # PENDING_PARTS (default prefetch) splits the run over calls of at most 10 minutes.
+    parts=${PENDING_PARTS:-prefetch}
     [ -f /tmp/synthetic.gguf ] || STEP_TIMEOUT=90 step synth_model "$py" scripts/make_synthetic_model.py /tmp/synthetic.gguf --tokenizer-from "$FERRITE_TOKENIZER_GGUF"
     if [[ $parts == *load* ]]; then
     # First: the cold machine's first load (nothing has read the CUDA libraries yet but the
@@ -157,6 +158,39 @@ if [ "$what" = pending ]; then
         -k "f16_kv or rope_store or errors_are_clear or attention_over or prompt_chunks or several_sequences or prebuilt or kernel_cache" --junitxml="$out/junit_kv_f16.xml"
     STEP_TIMEOUT=${BENCH_S:-150} step kv_dtype_speed "$py" benches/bench_kv_cache_dtype.py --model /tmp/synthetic.gguf --device cuda --context 2048 --tokens 64
     cp "$out/kv_dtype_speed.log" "$dest/kv_dtype_speed.txt" 2>/dev/null
+    fi
+    if [[ $parts == *prefetch* ]]; then
+    # Decode attention asking L2 for the weights read next (FERRITE_CUDA_PREFETCH_MB, off by
+    # default until this runs): the GPU tests with it on, then decode steps of syn05 (1 and 4
+    # sequences: the matrix-vector path it serves) and syn7b (1) with it off / 24 / 48 MB / 24 MB in
+    # 32 KB prefetches / 24 MB with a chunk's 32 value rows loaded at once, two interleaved rounds,
+    # then step timelines off and at 24 MB.
+    STEP_TIMEOUT=${CUDA_PYTEST_S:-240} FERRITE_CUDA_PREFETCH_MB=24 step pytest_prefetch "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_model.py tests/test_cuda_engine.py -m "cuda and not model" --junitxml="$out/junit_prefetch.xml"
+    STEP_TIMEOUT=${CUDA_PYTEST_S:-240} FERRITE_CUDA_PREFETCH_MB=24 FERRITE_CUDA_KERNEL_DEFINES=-DATTN_V_BATCH_FLOATS=64 FERRITE_CACHE=/tmp/ferrite-cache-v64 \
+        step pytest_v64 "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_model.py -m "cuda and not model" --junitxml="$out/junit_v64.xml"
+    [ -f /root/m/syn7b.gguf ] || { mkdir -p /root/m; STEP_TIMEOUT=120 step synth_7b "$py" scripts/make_synthetic_model.py /root/m/syn7b.gguf --shape 7b --tokenizer-from "$FERRITE_TOKENIZER_GGUF"; }
+    prefetch_ab() {
+        for round in 1 2; do
+            for v in "pf0|0|" "pf24|24|" "pf48|48|" "pf24c32k|24|-DATTN_WEIGHT_PREFETCH_CHUNK_BYTES=32768" "pf24v64|24|-DATTN_V_BATCH_FLOATS=64"; do
+                IFS='|' read -r name mb defines <<< "$v"
+                for m in /tmp/synthetic.gguf:1,4 /root/m/syn7b.gguf:1; do
+                    FERRITE_CUDA_PREFETCH_MB=$mb FERRITE_CUDA_KERNEL_DEFINES=$defines FERRITE_CACHE=/tmp/ferrite-cache-$name timeout 100 \
+                        "$py" benches/bench_decode_step.py "${m%%:*}" --device cuda --batches "${m#*:}" 2>&1 | grep "^| [0-9]" | sed "s|^|$name $(basename "${m%%:*}") |"
+                done
+            done
+        done
+    }
+    export -f prefetch_ab
+    export py
+    STEP_TIMEOUT=480 step prefetch_ab bash -c prefetch_ab
+    cp "$out/prefetch_ab.log" "$dest/prefetch_ab.txt" 2>/dev/null
+    for mb in 0 24; do
+        for m in /tmp/synthetic.gguf /root/m/syn7b.gguf; do
+            n=$(basename "$m" .gguf)
+            FERRITE_CUDA_PREFETCH_MB=$mb STEP_TIMEOUT=100 step "timeline_${n}_pf$mb" "$py" benches/profile_cuda_decode.py "$m" --child timeline --batch 1 --steps 32
+            cp "$out/timeline_${n}_pf$mb.log" "$dest/timeline_${n}_pf$mb.txt" 2>/dev/null
+        done
+    done
     fi
     if [[ $parts == *sampler* ]]; then
     STEP_TIMEOUT=${ENGINE_PYTEST_S:-150} step pytest_sampler "$py" -m pytest -q -ra -p no:cacheprovider tests/test_sampling.py tests/test_cuda_engine.py -m cuda --junitxml="$out/junit_sampler.xml"
