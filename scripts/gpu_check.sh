@@ -140,7 +140,9 @@ if [ "$what" = pending ]; then
     [ -f /tmp/synthetic.gguf ] || STEP_TIMEOUT=90 step synth_model "$py" scripts/make_synthetic_model.py /tmp/synthetic.gguf --tokenizer-from "$FERRITE_TOKENIZER_GGUF"
     if [[ $parts == *load* ]]; then
     # First: the cold machine's first load (nothing has read the CUDA libraries yet but the
-    # `python -c` above, which does not load NVRTC or cuBLAS).
+    # `python -c` above, which does not load NVRTC or cuBLAS). The kernel caches of an earlier
+    # run on this machine would make every load below a warm one.
+    rm -rf /tmp/fl-*
     STEP_TIMEOUT=120 step first_load_fresh "$py" benches/bench_first_load.py /tmp/synthetic.gguf --cache /tmp/fl-fresh --label "fresh machine"
     for ra in 0 cublas 1; do
         FERRITE_CUDA_READAHEAD=$ra STEP_TIMEOUT=120 step "first_load_evicted_$ra" "$py" benches/bench_first_load.py /tmp/synthetic.gguf --cache "/tmp/fl-evicted-$ra" --evict
