@@ -205,6 +205,12 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
                 asm volatile("prefetch.global.L2 [%0];" ::"l"(kc + (u64)slot * kv_width + e));
                 asm volatile("prefetch.global.L2 [%0];" ::"l"(vc + (u64)slot * kv_width + e));
             }
+            if constexpr ((HD * sizeof(kv_t)) % 128 != 0) {
+                // Rows then start off a line boundary (the cache is 256-byte aligned, rows HD
+                // elements apart), and the loop above may stop a line short of the row's end.
+                asm volatile("prefetch.global.L2 [%0];" ::"l"(kc + (u64)slot * kv_width + HD - 1));
+                asm volatile("prefetch.global.L2 [%0];" ::"l"(vc + (u64)slot * kv_width + HD - 1));
+            }
         }
 #endif
         // After the step's own K/V rows, which the kernel reads first.
