@@ -51,40 +51,6 @@ __device__ __forceinline__ float4 add4(float4 a, float4 b) {
 #define ATTN_V_BATCH_FLOATS 32
 #endif
 
-// Weights read ahead: a decode step's attention is a chain of round trips to memory during which
-// DRAM idles, so before its wait it asks L2 for the weights the step reads next (the host's
-// table: the layer's o, gate, up and down, then the next layer's q, k and v or the LM head, up to
-// a byte budget, see plan_weight_prefetch in backend.rs). The matrix-vector kernels after it then
-// find them in L2. Weights are constant, so this may run before the wait; a prefetch returns no
-// data. The table's ranges are 16-byte aligned multiples of 16 bytes, split over every thread of
-// the grid in chunks of this many bytes, one bulk prefetch (the TMA unit's) each. The table (like
-// the weights, constant after load) is read whole first: its round trips then overlap.
-#ifndef ATTN_WEIGHT_PREFETCH_CHUNK_BYTES
-#define ATTN_WEIGHT_PREFETCH_CHUNK_BYTES 4096
-#endif
-#define ATTN_WEIGHT_PREFETCH_MAX_RANGES 8
-static_assert(ATTN_WEIGHT_PREFETCH_CHUNK_BYTES > 0 && ATTN_WEIGHT_PREFETCH_CHUNK_BYTES % 16 == 0, "bulk prefetch sizes are 16-byte multiples");
-__device__ __forceinline__ void prefetch_weights(const u64* __restrict__ ranges, u32 n_ranges) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    const u64 n_threads = (u64)gridDim.x * gridDim.y * gridDim.z * blockDim.x;
-    const u64 id = (((u64)blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x) * blockDim.x + threadIdx.x;
-    u64 base[ATTN_WEIGHT_PREFETCH_MAX_RANGES], bytes[ATTN_WEIGHT_PREFETCH_MAX_RANGES];
-#pragma unroll
-    for (u32 r = 0; r < ATTN_WEIGHT_PREFETCH_MAX_RANGES; r++) {
-        base[r] = r < n_ranges ? ranges[2 * r] : 0;
-        bytes[r] = r < n_ranges ? ranges[2 * r + 1] : 0;
-    }
-#pragma unroll
-    for (u32 r = 0; r < ATTN_WEIGHT_PREFETCH_MAX_RANGES; r++) {
-        for (u64 off = id * ATTN_WEIGHT_PREFETCH_CHUNK_BYTES; off < bytes[r]; off += n_threads * ATTN_WEIGHT_PREFETCH_CHUNK_BYTES) {
-            const u32 chunk_bytes = (u32)min((u64)ATTN_WEIGHT_PREFETCH_CHUNK_BYTES, bytes[r] - off);
-            // No "memory" clobber: a prefetch changes nothing a later load could see.
-            asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(base[r] + off), "r"(chunk_bytes));
-        }
-    }
-#endif
-}
-
 // One block per (token, KV head, slice of `slice` <= G of the query heads sharing that KV head), or
 // per (token, split, KV head, slice) with flash-decoding (Splits below). Each warp takes
 // chunks of 32 keys (warp w: keys 32w .., then 32 * n_warps further on): lane j scores key j of
@@ -121,8 +87,7 @@ struct RopeIn {
     u32 neox;
     u32 q_stride, kv_stride;    // floats from one token's q (k, v) row to the next
     const float *bq, *bk, *bv;  // biases added to q, k and v as they are read (null: none)
-    const u64* prefetch;        // weights read ahead: n_prefetch (address, bytes) pairs
-    u32 n_prefetch;
+    PrefetchWindow prefetch;    // weights read ahead (prefetch_window)
 };
 
 // Flash-decoding: with n > 1, blockIdx.x / n is the token and blockIdx.x % n the split, and a
@@ -213,8 +178,12 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
             }
         }
 #endif
-        // After the step's own K/V rows, which the kernel reads first.
-        prefetch_weights(rope.prefetch, rope.n_prefetch);
+        // Weights read ahead: a decode step's attention is a chain of round trips to memory
+        // during which DRAM idles, so it asks L2 for the weights the step reads next (the layer's
+        // o, gate, up and down, then the next layer's q/k/v or the LM head, up to a byte budget),
+        // which the matrix-vector kernels after it then find there. After the step's own K/V
+        // rows, which this kernel reads first.
+        prefetch_window(rope.prefetch);
         dependent_wait();
     }
 
@@ -465,8 +434,8 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
     }                                                                                                                  \
     /* attention_heads with rope_store's work (see RopeIn): q and k not rotated yet, for a step of one token per      \
        sequence, their rows q_stride and kv_stride floats apart, biases bq, bk, bv (null: none) still to add.         \
-       k_cache and v_cache are also written (through rope.k_cache / v_cache). prefetch: n_prefetch (address, bytes)  \
-       pairs of weights the step reads next, asked of L2 before the wait (prefetch_weights). */                        \
+       k_cache and v_cache are also written (through rope.k_cache / v_cache). pf_*: the window of weights the step \
+       reads next, asked of L2 before the wait (prefetch_window). */                                                   \
     extern "C" __global__ void __launch_bounds__(32 * ATTN_MAX_WARPS, 1) attention_heads_rope##SUFFIX(                    \
         const float* q, const kv_t* k_cache, const kv_t* v_cache, const u32* __restrict__ positions,                   \
         const u32* __restrict__ table_offset, const u32* __restrict__ block_tables, u32 block_tokens, u32 n_heads,      \
@@ -474,11 +443,12 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
         const float* __restrict__ k_new, const float* __restrict__ v_new, const u32* __restrict__ slots, u32 capacity, \
         float freq_base, float rope_scale, u32 neox, u32 n_splits, float* __restrict__ partials,                       \
         u32* __restrict__ counters, u32 q_stride, u32 kv_stride, const float* __restrict__ bq,                         \
-        const float* __restrict__ bk, const float* __restrict__ bv, const u64* __restrict__ prefetch,                 \
-        u32 n_prefetch) {                                                                                              \
+        const float* __restrict__ bk, const float* __restrict__ bv, const u64* __restrict__ pf_ranges,                \
+        u32 pf_n_ranges, u32 pf_first, u64 pf_offset, u64 pf_len_bytes) {                                              \
         /* attention() waits once the angles are computed. */                                                          \
         const RopeIn rope = {k_new, v_new, slots, capacity, const_cast<kv_t*>(k_cache), const_cast<kv_t*>(v_cache),     \
-                             freq_base, rope_scale, neox, q_stride, kv_stride, bq, bk, bv, prefetch, n_prefetch};    \
+                             freq_base, rope_scale, neox, q_stride, kv_stride, bq, bk, bv,                             \
+                             {pf_ranges, pf_n_ranges, pf_first, pf_offset, pf_len_bytes}};                              \
         const Splits splits = {n_splits, partials, counters};                                                          \
         attention<ATTN_HEAD_DIM, GROUP, true>(q, k_cache, v_cache, positions, table_offset, block_tables, block_tokens,  \
                                               n_heads, n_kv_heads, min(max(slice, 1u), (u32)(GROUP)), scale, out,      \

@@ -249,6 +249,47 @@ __device__ __forceinline__ void dependent_wait() {
 #endif
 }
 
+// Weights asked of L2 ahead of their use: a window of the decode step's weights in the order it
+// reads them (plan_weight_prefetch in backend.rs), `len_bytes` bytes from byte `offset` of range
+// `first` of the table's (address, bytes) pairs, wrapping from the last range to the first (the
+// next step reads the first layer again). The host makes every range 16-byte aligned and a
+// multiple of 16 bytes, and the window's offset and length multiples of 16 too. The window is split
+// over every thread of the grid in chunks of PREFETCH_CHUNK_BYTES, one bulk prefetch (the TMA
+// unit's) each. Weights are constant, so a kernel may do this before dependent_wait (the table
+// is uploaded at load); a prefetch returns no data.
+#ifndef PREFETCH_CHUNK_BYTES
+#define PREFETCH_CHUNK_BYTES 4096
+#endif
+static_assert(PREFETCH_CHUNK_BYTES > 0 && PREFETCH_CHUNK_BYTES % 16 == 0, "bulk prefetch sizes are 16-byte multiples");
+struct PrefetchWindow {
+    const u64* ranges;  // n_ranges (address, bytes) pairs; null: no window
+    u32 n_ranges, first;
+    u64 offset, len_bytes;
+};
+__device__ __forceinline__ void prefetch_window(const PrefetchWindow& w) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (w.ranges == nullptr || w.n_ranges == 0 || w.first >= w.n_ranges) return;
+    const u64 n_threads = (u64)gridDim.x * gridDim.y * gridDim.z * blockDim.x * blockDim.y * blockDim.z;
+    const u64 block = ((u64)blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
+    const u64 id = block * blockDim.x * blockDim.y * blockDim.z + ((u64)threadIdx.z * blockDim.y + threadIdx.y) * blockDim.x + threadIdx.x;
+    u64 left = w.len_bytes, off = w.offset;
+    u32 r = w.first;
+    // At most every range once, and the first again (a window that starts inside it and wraps).
+    for (u32 step = 0; left > 0 && step <= w.n_ranges; step++) {
+        const u64 base = w.ranges[2 * r], bytes = w.ranges[2 * r + 1];
+        const u64 part = min(bytes - min(off, bytes), left);
+        for (u64 o = id * PREFETCH_CHUNK_BYTES; o < part; o += n_threads * PREFETCH_CHUNK_BYTES) {
+            const u32 chunk_bytes = (u32)min((u64)PREFETCH_CHUNK_BYTES, part - o);
+            // No "memory" clobber: a prefetch changes nothing a later load could see.
+            asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(base + off + o), "r"(chunk_bytes));
+        }
+        left -= part;
+        off = 0;
+        r = r + 1 == w.n_ranges ? 0 : r + 1;
+    }
+#endif
+}
+
 // One RMSNorm output: x times the row's 1 / rms, times the weight, each product rounded (norm.cu,
 // and the matrix-vector kernels that fold the norm into their staging of x).
 __device__ __forceinline__ float normed(float x, float inv, float w) { return __fmul_rn(__fmul_rn(x, inv), w); }

@@ -551,7 +551,7 @@ template <int NT>
 __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u32 n_cols, const float* __restrict__ x,
                                            const float* __restrict__ x2, const float* __restrict__ norm_w, float eps,
                                            u32 n_x, float* __restrict__ partials, u32* __restrict__ counters,
-                                           u32 k_tiles_per_split, u32 warps_m, u32 accumulate) {
+                                           u32 k_tiles_per_split, u32 warps_m, u32 accumulate, const PrefetchWindow& ahead) {
     constexpr bool S8 = Tile::S8 && NT <= 2;                  // the int8 path (see above)
     constexpr int PARTS = NT <= 2 ? 3 : 2;                    // bf16 (or int8) parts of each x value
     constexpr int RPG = 8 / PARTS;                            // x rows per mma (column group)
@@ -622,6 +622,9 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
         asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(first), "r"(bytes) : "memory");
     }
 #endif
+    // The step's weights ahead of this launch's (the window the host gives: the bytes this
+    // launch reads, a fixed distance further on in the step's order; none unless asked for).
+    prefetch_window(ahead);
     // Weights are constant; everything from here on may be the previous kernel's output.
     dependent_wait();
     // What a one-row projection adds its products to (the residual stream), loaded before the
@@ -807,11 +810,13 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
         const float* bias2, float* y0, float* y1, float* y2, u32 m_tiles0, u32 m_tiles1, u32 m_tiles2, u32 n_rows0,    \
         u32 n_rows1, u32 n_rows2, u32 k_tiles, u32 n_cols, const float* __restrict__ x, const float* __restrict__ x2,  \
         const float* __restrict__ norm_w, float eps, u32 n_x, float* __restrict__ partials, u32* __restrict__ counters, \
-        u32 k_tiles_per_split, u32 warps_m, u32 accumulate) {                                                          \
+        u32 k_tiles_per_split, u32 warps_m, u32 accumulate, const u64* __restrict__ pf_ranges, u32 pf_n_ranges,        \
+        u32 pf_first, u64 pf_offset, u64 pf_len_bytes) {                                                               \
         const Segments segs = {{tiles0, tiles1, tiles2}, {bias0, bias1, bias2}, {y0, y1, y2},                          \
                                {m_tiles0, m_tiles1, m_tiles2}, {n_rows0, n_rows1, n_rows2}};                            \
+        const PrefetchWindow ahead = {pf_ranges, pf_n_ranges, pf_first, pf_offset, pf_len_bytes};                       \
         matvec_mma<nt>(segs, k_tiles, n_cols, x, x2, norm_w, eps, n_x, partials, counters, k_tiles_per_split, warps_m, \
-                       accumulate);                                                                                     \
+                       accumulate, ahead);                                                                              \
     }
 
 MATVEC_MMA_KERNEL(1)

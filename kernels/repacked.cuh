@@ -33,25 +33,43 @@
 #define RP_TILE_ROWS 16
 
 // ---- loads: tiles are 16-byte aligned (256-byte aligned buffer, tile sizes multiples of 16);
-// weights are read once, so they bypass L1 ----
+// weights are read once, so they bypass L1. RP_EVICT_FIRST=1 also marks them first to go from
+// L2, so that a weight streaming through does not push out the next kernels' weights that the
+// step asked L2 for ahead of time (prefetch_window; an experiment, off by default) ----
+#ifndef RP_EVICT_FIRST
+#define RP_EVICT_FIRST 0
+#endif
+#if RP_EVICT_FIRST
+// Before sm_100 only a cache policy says it (the .L2::evict_first qualifier needs 256-bit loads).
+__device__ __forceinline__ u64 rp_policy() {
+    u64 policy;
+    asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+    return policy;
+}
+#define RP_LD(TYPE, OUTS, ADDR, POLICY) "ld.global.nc.L1::no_allocate.L2::cache_hint" TYPE " " OUTS ", [" ADDR "], " POLICY ";"
+#define RP_POLICY , "l"(rp_policy())
+#else
+#define RP_LD(TYPE, OUTS, ADDR, POLICY) "ld.global.nc.L1::no_allocate" TYPE " " OUTS ", [" ADDR "];"
+#define RP_POLICY
+#endif
 __device__ __forceinline__ uint4 rp_ld16(const u8* p) {
     uint4 v;
-    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    asm(RP_LD(".v4.u32", "{%0, %1, %2, %3}", "%4", "%5") : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p) RP_POLICY);
     return v;
 }
 __device__ __forceinline__ uint2 rp_ld8(const u8* p) {
     uint2 v;
-    asm("ld.global.nc.L1::no_allocate.v2.u32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p));
+    asm(RP_LD(".v2.u32", "{%0, %1}", "%2", "%3") : "=r"(v.x), "=r"(v.y) : "l"(p) RP_POLICY);
     return v;
 }
 __device__ __forceinline__ u32 rp_ld4(const u8* p) {
     u32 v;
-    asm("ld.global.nc.L1::no_allocate.u32 %0, [%1];" : "=r"(v) : "l"(p));
+    asm(RP_LD(".u32", "%0", "%1", "%2") : "=r"(v) : "l"(p) RP_POLICY);
     return v;
 }
 __device__ __forceinline__ u32 rp_ld2(const u8* p) {
     unsigned short v;
-    asm("ld.global.nc.L1::no_allocate.u16 %0, [%1];" : "=h"(v) : "l"(p));
+    asm(RP_LD(".u16", "%0", "%1", "%2") : "=h"(v) : "l"(p) RP_POLICY);
     return v;
 }
 

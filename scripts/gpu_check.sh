@@ -46,8 +46,9 @@
 #                from the page cache, reading them ahead off / cuBLAS only / all
 #                (FERRITE_CUDA_READAHEAD), the same with NVRTC compiling, then cached; kv: the f16
 #                KV cache's GPU tests and its decode speed beside float32; sampler: the sampler
-#                tests and bench_cuda_sampler.py; prefetch (the default): decode attention asking
-#                L2 for the weights read next, its tests, then decode steps with it off and on.
+#                tests and bench_cuda_sampler.py; prefetch (the default): weights asked of L2
+#                ahead of their use (decode attention's window, the matrix-vector launches'
+#                sliding window), the tests with both on, then decode steps with them off and on.
 #   Logs, JSON reports and haiku artifacts go to one archive, $OUT/gpu_check.tar.gz (the device
 #   tool brings back at most 8 files), beside report.jsonl and table.txt. A table closes the
 #   output. Exit status 0 when every step passed.
@@ -162,21 +163,22 @@ if [ "$what" = pending ]; then
     cp "$out/kv_dtype_speed.log" "$dest/kv_dtype_speed.txt" 2>/dev/null
     fi
     if [[ $parts == *prefetch* ]]; then
-    # Decode attention asking L2 for the weights read next (FERRITE_CUDA_PREFETCH_MB, off by
-    # default until this runs): the GPU tests with it on, then decode steps of syn05 (1 and 4
-    # sequences: the matrix-vector path it serves) and syn7b (1) with it off / 24 / 48 MB / 24 MB in
-    # 32 KB prefetches / 24 MB with a chunk's 32 value rows loaded at once, two interleaved rounds,
-    # then step timelines off and at 24 MB.
-    STEP_TIMEOUT=${CUDA_PYTEST_S:-240} FERRITE_CUDA_PREFETCH_MB=24 step pytest_prefetch "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_model.py tests/test_cuda_engine.py -m "cuda and not model" --junitxml="$out/junit_prefetch.xml"
-    STEP_TIMEOUT=${CUDA_PYTEST_S:-240} FERRITE_CUDA_PREFETCH_MB=24 FERRITE_CUDA_KERNEL_DEFINES=-DATTN_V_BATCH_FLOATS=64 FERRITE_CACHE=/tmp/ferrite-cache-v64 \
-        step pytest_v64 "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_model.py -m "cuda and not model" --junitxml="$out/junit_v64.xml"
+    # Weights asked of L2 ahead of their use (src/backend/cuda/prefetch.rs, off by default until
+    # this runs): decode attention's window (FERRITE_CUDA_PREFETCH_MB) and the matrix-vector
+    # launches' sliding window (FERRITE_CUDA_PREFETCH_AHEAD_MB), with the weights' own loads marked
+    # evict-first (-DRP_EVICT_FIRST=1) or not. The GPU tests with both windows on, then decode steps
+    # of syn05 (1 and 4 sequences: the matrix-vector path they serve) and syn7b (1), two
+    # interleaved rounds, then step timelines.
+    STEP_TIMEOUT=${CUDA_PYTEST_S:-200} FERRITE_CUDA_PREFETCH_MB=24 FERRITE_CUDA_PREFETCH_AHEAD_MB=16 FERRITE_CUDA_KERNEL_DEFINES=-DRP_EVICT_FIRST=1 \
+        FERRITE_CACHE=/tmp/ferrite-cache-ef step pytest_prefetch "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_model.py tests/test_cuda_engine.py -m "cuda and not model" --junitxml="$out/junit_prefetch.xml"
     [ -f /root/m/syn7b.gguf ] || { mkdir -p /root/m; STEP_TIMEOUT=120 step synth_7b "$py" scripts/make_synthetic_model.py /root/m/syn7b.gguf --shape 7b --tokenizer-from "$FERRITE_TOKENIZER_GGUF"; }
     prefetch_ab() {
         for round in 1 2; do
-            for v in "pf0|0|" "pf24|24|" "pf48|48|" "pf24c32k|24|-DATTN_WEIGHT_PREFETCH_CHUNK_BYTES=32768" "pf24v64|24|-DATTN_V_BATCH_FLOATS=64"; do
-                IFS='|' read -r name mb defines <<< "$v"
+            # name|attention MB|ahead MB|kernel defines
+            for v in "off|0|0|" "att24|24|0|" "ahead16|0|16|" "ahead16ef|0|16|-DRP_EVICT_FIRST=1" "att24ahead16ef|24|16|-DRP_EVICT_FIRST=1" "att24v64|24|0|-DATTN_V_BATCH_FLOATS=64"; do
+                IFS='|' read -r name att ahead defines <<< "$v"
                 for m in /tmp/synthetic.gguf:1,4 /root/m/syn7b.gguf:1; do
-                    FERRITE_CUDA_PREFETCH_MB=$mb FERRITE_CUDA_KERNEL_DEFINES=$defines FERRITE_CACHE=/tmp/ferrite-cache-$name timeout 100 \
+                    FERRITE_CUDA_PREFETCH_MB=$att FERRITE_CUDA_PREFETCH_AHEAD_MB=$ahead FERRITE_CUDA_KERNEL_DEFINES=$defines FERRITE_CACHE=/tmp/ferrite-cache-$name timeout 60 \
                         "$py" benches/bench_decode_step.py "${m%%:*}" --device cuda --batches "${m#*:}" 2>&1 | grep "^| [0-9]" | sed "s|^|$name $(basename "${m%%:*}") |"
                 done
             done
@@ -184,13 +186,15 @@ if [ "$what" = pending ]; then
     }
     export -f prefetch_ab
     export py
-    STEP_TIMEOUT=480 step prefetch_ab bash -c prefetch_ab
+    STEP_TIMEOUT=330 step prefetch_ab bash -c prefetch_ab
     cp "$out/prefetch_ab.log" "$dest/prefetch_ab.txt" 2>/dev/null
-    for mb in 0 24; do
+    for v in "off|0|0|" "att24ahead16ef|24|16|-DRP_EVICT_FIRST=1"; do
+        IFS='|' read -r name att ahead defines <<< "$v"
         for m in /tmp/synthetic.gguf /root/m/syn7b.gguf; do
             n=$(basename "$m" .gguf)
-            FERRITE_CUDA_PREFETCH_MB=$mb STEP_TIMEOUT=100 step "timeline_${n}_pf$mb" "$py" benches/profile_cuda_decode.py "$m" --child timeline --batch 1 --steps 32
-            cp "$out/timeline_${n}_pf$mb.log" "$dest/timeline_${n}_pf$mb.txt" 2>/dev/null
+            FERRITE_CUDA_PREFETCH_MB=$att FERRITE_CUDA_PREFETCH_AHEAD_MB=$ahead FERRITE_CUDA_KERNEL_DEFINES=$defines FERRITE_CACHE=/tmp/ferrite-cache-$name \
+                STEP_TIMEOUT=60 step "timeline_${n}_$name" "$py" benches/profile_cuda_decode.py "$m" --child timeline --batch 1 --steps 32
+            cp "$out/timeline_${n}_$name.log" "$dest/timeline_${n}_$name.txt" 2>/dev/null
         done
     done
     fi

@@ -333,13 +333,13 @@ pub trait Backend: Send + 'static {
 
     fn alloc_kv_cache(&mut self, layout: &KvLayout) -> Result<Self::KvCache, BackendError>;
 
-    /// Per decoder layer, the matrices a decode step reads once that layer's attention has begun,
-    /// in the order it reads them: the layer's o, gate, up and down, then the next layer's q, k
-    /// and v (the LM head after the last layer). A backend whose decode attention waits on memory
-    /// may have its cache fetch them meanwhile (CUDA: L2). Called once, after the weights are
-    /// loaded; the default ignores it.
-    fn plan_weight_prefetch(&mut self, per_layer: &[Vec<&Self::Weight>]) -> Result<(), BackendError> {
-        let _ = per_layer;
+    /// The matrices a decode step reads, in the order it reads them (per layer q, k, v, o, gate,
+    /// up, down; then the LM head), and per layer the index in `read_order` of the first one read
+    /// after its attention (its o). A backend whose kernels leave memory idle may have its cache
+    /// fetch weights ahead of their use (CUDA: L2, see cuda/prefetch.rs). Called once, after the
+    /// weights are loaded and before the first forward; the default ignores it.
+    fn plan_weight_prefetch(&mut self, read_order: &[&Self::Weight], after_attention: &[usize]) -> Result<(), BackendError> {
+        let _ = (read_order, after_attention);
         Ok(())
     }
 

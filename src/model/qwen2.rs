@@ -114,20 +114,15 @@ impl<B: Backend> TransformerModel<B> {
     pub fn load(file: Arc<GgufFile>, mut backend: B, options: LoadOptions) -> Result<Self, ModelError> {
         let config = ModelConfig::from_gguf(&file)?;
         let weights = load_weights(&file, &config, &mut backend)?;
-        let read_next: Vec<Vec<&B::Weight>> = weights
-            .layers
-            .iter()
-            .enumerate()
-            .map(|(i, l)| {
-                let mut next = vec![&l.wo, &l.ffn_gate, &l.ffn_up, &l.ffn_down];
-                match weights.layers.get(i + 1) {
-                    Some(n) => next.extend([&n.wq, &n.wk, &n.wv]),
-                    None => next.push(weights.lm_head()),
-                }
-                next
-            })
-            .collect();
-        backend.plan_weight_prefetch(&read_next)?;
+        let mut read_order: Vec<&B::Weight> = Vec::with_capacity(7 * weights.layers.len() + 1);
+        let mut after_attention = Vec::with_capacity(weights.layers.len());
+        for l in &weights.layers {
+            read_order.extend([&l.wq, &l.wk, &l.wv]);
+            after_attention.push(read_order.len());
+            read_order.extend([&l.wo, &l.ffn_gate, &l.ffn_up, &l.ffn_down]);
+        }
+        read_order.push(weights.lm_head());
+        backend.plan_weight_prefetch(&read_order, &after_attention)?;
         let capacity_tokens = options.kv_cache_tokens.unwrap_or(config.context_length);
         if capacity_tokens == 0 {
             return Err(ModelError::Invalid("kv_cache_tokens must be at least 1".into()));

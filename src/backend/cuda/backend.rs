@@ -307,35 +307,19 @@ fn attention_scale(p: &AttnParams) -> f32 {
     1.0 / (p.head_dim as f32).sqrt()
 }
 
-/// How many bytes of weights each layer's decode attention asks L2 for (attention.cu's
-/// prefetch_weights; FERRITE_CUDA_PREFETCH_MB overrides, 0: none). Off until measured on the
-/// H200 (24 MB, under half of its 50 MB L2, is the candidate).
-const WEIGHT_PREFETCH_BUDGET_BYTES: u64 = 0;
+/// How many bytes of weights each layer's decode attention asks L2 for (`prefetch::PrefetchPlan`;
+/// FERRITE_CUDA_PREFETCH_MB overrides, 0: none). Off until measured on the H200 (24 MB, under
+/// half of its 50 MB L2, is the candidate).
+const ATTENTION_PREFETCH_BYTES: u64 = 0;
+/// How far ahead of its own weights a matrix-vector launch of a decode step asks L2 for the
+/// step's next ones (the sliding window of `prefetch::PrefetchPlan`; FERRITE_CUDA_PREFETCH_AHEAD_MB
+/// overrides, 0: none). Off until measured.
+const PREFETCH_AHEAD_BYTES: u64 = 0;
 
-fn weight_prefetch_budget_bytes() -> u64 {
-    std::env::var("FERRITE_CUDA_PREFETCH_MB").ok().and_then(|v| v.parse::<u64>().ok()).map_or(WEIGHT_PREFETCH_BUDGET_BYTES, |mb| mb.saturating_mul(1 << 20))
+/// `default`, or the environment variable `name` in MiB.
+fn bytes_from_mb_env(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok()).map_or(default, |mb| mb.saturating_mul(1 << 20))
 }
-
-/// The (address, bytes) pairs of `buffers`, in order, until `budget_bytes` are covered (the
-/// last one cut short), each shrunk to whole 16-byte units inside the buffer, as the bulk
-/// prefetch requires; empty buffers are left out.
-fn prefetch_table(buffers: &[(u64, u64)], budget_bytes: u64) -> Vec<u64> {
-    let mut table = Vec::new();
-    let mut left_bytes = budget_bytes;
-    for &(address, bytes) in buffers.iter().take(WEIGHT_PREFETCH_MAX_RANGES) {
-        let start = address.next_multiple_of(16);
-        let usable_bytes = bytes.saturating_sub(start - address).min(left_bytes) & !15;
-        if usable_bytes == 0 {
-            continue;
-        }
-        table.extend([start, usable_bytes]);
-        left_bytes -= usable_bytes;
-    }
-    table
-}
-
-/// attention.cu's ATTN_WEIGHT_PREFETCH_MAX_RANGES: the most ranges a table may hold.
-const WEIGHT_PREFETCH_MAX_RANGES: usize = 8;
 
 /// Whether `attention_heads_rope` can rotate q and k itself (`rope_attention_to`): q and k
 /// differ only in their head counts, at the attention's head width, within the kernel's pairs.
@@ -512,9 +496,9 @@ pub struct CudaBackend {
     /// The draw sets of host sampling (`host_sampling`).
     pub(super) host_draws: crate::backend::draws::HostDraws,
     kv_capacity_tokens: usize,
-    /// Per decoder layer, the (address, bytes) pairs of weights its decode attention asks L2
-    /// for (`plan_weight_prefetch`), and how many pairs; empty: none.
-    weight_prefetch: Vec<(CudaSlice<u64>, u32)>,
+    /// The decode step's weights in read order, for the kernels' L2 prefetches
+    /// (`plan_weight_prefetch`); `None`: no prefetches.
+    pub(super) prefetch: Option<super::prefetch::PrefetchPlan>,
 }
 
 /// How multiplies of more than 4 rows (prefill, larger batches; `matmul::takes_matvec`) run on
@@ -937,12 +921,12 @@ impl CudaBackend {
         let attend_rope = kernels.for_slice(slice, true);
         let [bq, bk, bv] = rows.biases;
         // The weights read next, where the step's projections run on the matrix-vector kernels,
-        // which read the buffers the table names (with more rows most projections read a
+        // which read the buffers the plan names (with more rows most projections read a
         // dequantized copy, which it does not name).
         let matvec = batch.n_tokens <= super::matmul::matvec_max_rows(self.gemm == GemmPrecision::F32);
-        let (prefetch, n_prefetch) = match self.weight_prefetch.get(layer) {
-            Some((table, n)) if matvec => (addr(table, &self.ctx), *n),
-            _ => (0, 0),
+        let pf = match &self.prefetch {
+            Some(plan) if matvec => plan.attention(&self.ctx, layer),
+            _ => Default::default(),
         };
         launch!(
             self.ctx, attend_rope, "attention_heads_rope", cfg,
@@ -950,7 +934,7 @@ impl CudaBackend {
             &n_heads, &n_kv_heads, &slice, &scale, &mut out.buf, &out_f16, &super::matmul::X_F16_SCALE,
             &rows.k, &rows.v, &batch.slots, &capacity, &qp.freq_base, &qp.scale, &neox,
             &batch.attn_splits, &batch.attn_partials, &batch.attn_counters, &rows.q_stride, &rows.kv_stride, &bq, &bk, &bv,
-            &prefetch, &n_prefetch
+            &pf.ranges, &pf.n_ranges, &pf.first, &pf.offset, &pf.len_bytes
         )?;
         Ok(())
     }
@@ -1094,7 +1078,7 @@ impl CudaBackend {
             host_sampling: std::env::var("FERRITE_HOST_SAMPLING").is_ok_and(|v| v == "1"),
             host_draws: Default::default(),
             kv_capacity_tokens: 0,
-            weight_prefetch: Vec::new(),
+            prefetch: None,
         })
     }
 
@@ -1201,21 +1185,18 @@ impl Backend for CudaBackend {
         Ok(CudaAct { buf, width, capacity_rows })
     }
 
-    fn plan_weight_prefetch(&mut self, per_layer: &[Vec<&CudaWeight>]) -> Result<(), BackendError> {
-        let budget_bytes = weight_prefetch_budget_bytes();
-        // Recorded steps hold the old tables' addresses.
+    fn plan_weight_prefetch(&mut self, read_order: &[&CudaWeight], after_attention: &[usize]) -> Result<(), BackendError> {
+        let attention_bytes = bytes_from_mb_env("FERRITE_CUDA_PREFETCH_MB", ATTENTION_PREFETCH_BYTES);
+        let ahead_bytes = bytes_from_mb_env("FERRITE_CUDA_PREFETCH_AHEAD_MB", PREFETCH_AHEAD_BYTES);
+        // Recorded steps hold the old table's address.
         self.graphs.clear();
-        self.weight_prefetch.clear();
-        if budget_bytes == 0 {
+        self.prefetch = None;
+        if attention_bytes == 0 && ahead_bytes == 0 {
             return Ok(());
         }
-        for weights in per_layer {
-            let buffers: Vec<(u64, u64)> = weights.iter().map(|w| (addr(&w.blocks, &self.ctx), w.blocks.len() as u64)).collect();
-            let table = prefetch_table(&buffers, budget_bytes);
-            let n = to_u32("prefetch ranges", table.len() / 2)?;
-            let on_device = self.ctx.upload(&table, "the weights' prefetch table")?;
-            self.weight_prefetch.push((on_device, n));
-        }
+        let buffers: Vec<(u64, u64)> = read_order.iter().map(|w| (addr(&w.blocks, &self.ctx), w.blocks.len() as u64)).collect();
+        let order = super::prefetch::ReadOrder::new(&buffers);
+        self.prefetch = Some(super::prefetch::PrefetchPlan::new(&self.ctx, order, after_attention.to_vec(), attention_bytes, ahead_bytes)?);
         Ok(())
     }
 
@@ -1835,22 +1816,6 @@ impl Backend for CudaBackend {
         graph.launch().map_err(|e| capture_err("launching", e))?;
         self.graphs.insert(full_key, Recorded(graph));
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod prefetch_tests {
-    use super::prefetch_table;
-
-    /// Ranges stay inside their buffers in whole aligned 16-byte units, in order, and stop at the
-    /// budget; nothing is asked for past it.
-    #[test]
-    fn prefetch_table_covers_buffers_in_order_up_to_the_budget() {
-        let buffers = [(0x1000, 100), (0x2008, 64), (0x3000, 0), (0x4000, 1 << 20)];
-        assert_eq!(prefetch_table(&buffers, 1 << 30), vec![0x1000, 96, 0x2010, 48, 0x4000, 1 << 20]);
-        assert_eq!(prefetch_table(&buffers, 200), vec![0x1000, 96, 0x2010, 48, 0x4000, 48]);
-        assert_eq!(prefetch_table(&buffers, 50), vec![0x1000, 48]);
-        assert!(prefetch_table(&buffers, 0).is_empty());
     }
 }
 

@@ -204,11 +204,21 @@ pub(super) fn tiled_matvecs(
         while !group.is_empty() {
             let take: Vec<_> = group.drain(..group.len().min(MAX_SEGMENTS)).collect();
             let kernels = take[0].0.kernels.clone().ok_or_else(|| BackendError::Invalid(format!("{}: a vector cannot be multiplied", take[0].0.name)))?;
+            let weights: Vec<&CudaWeight> = take.iter().map(|(w, _, _)| *w).collect();
+            let ahead = window_ahead(be, &weights);
             let parts = take.into_iter().map(|(w, bias, out)| matvec_args(be, w, bias, x, n_x, out, write)).collect();
-            launch_matvecs(&be.ctx, &kernels, parts, input)?;
+            launch_matvecs(&be.ctx, &kernels, parts, input, ahead)?;
         }
     }
     Ok(())
+}
+
+/// The window of the step's weights a matrix-vector launch of `weights` asks L2 for ahead
+/// (`prefetch::PrefetchPlan::ahead_of`); none without a plan or for weights outside it.
+fn window_ahead(be: &CudaBackend, weights: &[&CudaWeight]) -> super::prefetch::WindowArgs {
+    let Some(plan) = be.prefetch.as_ref() else { return Default::default() };
+    let addresses: Vec<u64> = weights.iter().map(|w| super::backend::addr(&w.blocks, &be.ctx)).collect();
+    plan.ahead_of(&be.ctx, &addresses)
 }
 
 /// One projection as the matrix-vector launch code takes it.
@@ -238,7 +248,8 @@ fn matvec_args<'a>(
 
 fn matvec(be: &mut CudaBackend, w: &CudaWeight, bias: Option<&CudaSlice<f32>>, x: &CudaAct, n_x: usize, out: &mut CudaAct, write: Write) -> Result<(), BackendError> {
     let kernels = w.kernels.as_ref().ok_or_else(|| BackendError::Invalid(format!("{}: a vector cannot be multiplied", w.name)))?;
-    launch_matvec(&be.ctx, kernels, matvec_args(be, w, bias, x, n_x, out, write))?;
+    let ahead = window_ahead(be, &[w]);
+    launch_matvec(&be.ctx, kernels, matvec_args(be, w, bias, x, n_x, out, write), ahead)?;
     Ok(())
 }
 

@@ -19,6 +19,7 @@ use super::backend::launch;
 use super::context::CudaContext;
 use super::error::CudaError;
 use super::kernels::{self, MATVEC_MAX_ROWS, MATVEC_ROWS_PER_BLOCK};
+use super::prefetch::WindowArgs;
 use super::repack::{self, TileGrid, TILE_ROWS};
 use crate::quant::{self, GgmlType, QuantError};
 
@@ -416,14 +417,16 @@ impl MatvecArgs<'_> {
 
 /// Queues `out[t][r] = Σ_c W[r][c] x[t][c] (+ bias[r])` (or `+=` with `args.accumulate`) for
 /// `t < n_x` with `kernels` (which must be of `args.layout`'s path).
-pub fn launch_matvec(ctx: &CudaContext, kernels: &MatvecKernels, args: MatvecArgs<'_>) -> Result<(), CudaError> {
-    launch_matvecs(ctx, kernels, vec![args], Input::X)
+/// `ahead`: the window of the step's weights the tiled kernel asks L2 for before it waits
+/// (`prefetch::PrefetchPlan::ahead_of`; the default: none).
+pub fn launch_matvec(ctx: &CudaContext, kernels: &MatvecKernels, args: MatvecArgs<'_>, ahead: WindowArgs) -> Result<(), CudaError> {
+    launch_matvecs(ctx, kernels, vec![args], Input::X, ahead)
 }
 
 /// [`launch_matvec`] for up to [`MAX_SEGMENTS`] matrices of one type and width multiplying the
 /// same `x` (same `n_x`, same `accumulate`), in one launch on the tiled path, and `x` taken as
 /// `input` says. The generic kernels take one matrix of plain `x`.
-pub fn launch_matvecs(ctx: &CudaContext, kernels: &MatvecKernels, parts: Vec<MatvecArgs<'_>>, input: Input) -> Result<(), CudaError> {
+pub fn launch_matvecs(ctx: &CudaContext, kernels: &MatvecKernels, parts: Vec<MatvecArgs<'_>>, input: Input, ahead: WindowArgs) -> Result<(), CudaError> {
     let n = parts.len();
     let Some(head) = parts.first() else { return Ok(()) };
     // What the parts share, copied out of the first.
@@ -471,7 +474,8 @@ pub fn launch_matvecs(ctx: &CudaContext, kernels: &MatvecKernels, parts: Vec<Mat
                 ctx, f, "matvec_mma", cfg,
                 &tiles[0], &tiles[1], &tiles[2], &bias[0], &bias[1], &bias[2], &y[0], &y[1], &y[2],
                 &m_tiles[0], &m_tiles[1], &m_tiles[2], &n_rows[0], &n_rows[1], &n_rows[2],
-                &k_tiles, &n_cols, first.x, &x2, &norm_w, &eps, &n_x, &partials, &counters, &per, &wm, &accumulate
+                &k_tiles, &n_cols, first.x, &x2, &norm_w, &eps, &n_x, &partials, &counters, &per, &wm, &accumulate,
+                &ahead.ranges, &ahead.n_ranges, &ahead.first, &ahead.offset, &ahead.len_bytes
             )
         }
         (Layout::Blocks, None) => {
@@ -606,7 +610,7 @@ impl MatvecOp {
         let weights = self.weights.slice(copy * self.bytes_per_copy..(copy + 1) * self.bytes_per_copy);
         let (ty, n_rows, n_cols, layout) = (self.ty, self.n_rows, self.n_cols, self.layout);
         let args = MatvecArgs { name: "test matrix", ty, n_rows, n_cols, layout, weights, x, n_x, bias, out, accumulate };
-        launch_matvec(&self.ctx, &self.kernels, args)
+        launch_matvec(&self.ctx, &self.kernels, args, WindowArgs::default())
     }
 
     /// `y = W x (+ bias)` for the `n_x` rows of `x` (row-major, `n_x * n_cols`). The output
@@ -726,7 +730,7 @@ impl MatvecOp {
                 accumulate: false,
             })
             .collect();
-        launch_matvecs(ctx, &first.kernels, parts, input)?;
+        launch_matvecs(ctx, &first.kernels, parts, input, WindowArgs::default())?;
         outs.iter().map(|o| ctx.download(o, "the grouped test products")).collect()
     }
 

@@ -35,6 +35,7 @@ pub mod sampling;
 pub mod memory;
 pub mod nvrtc;
 pub mod prebuilt;
+pub mod prefetch;
 mod readahead;
 pub mod repack;
 
