@@ -180,7 +180,7 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
 #endif
         // Weights read ahead: a decode step's attention is a chain of round trips to memory
         // during which DRAM idles, so it asks L2 for the weights the step reads next (the layer's
-        // o, gate, up and down, then the next layer's q/k/v or the LM head, up to a byte budget),
+        // o, gate, up and down, then the next layer's q/k/v and on, up to a byte budget),
         // which the matrix-vector kernels after it then find there. After the step's own K/V
         // rows, which this kernel reads first.
         prefetch_window(rope.prefetch);
@@ -444,11 +444,11 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
         float freq_base, float rope_scale, u32 neox, u32 n_splits, float* __restrict__ partials,                       \
         u32* __restrict__ counters, u32 q_stride, u32 kv_stride, const float* __restrict__ bq,                         \
         const float* __restrict__ bk, const float* __restrict__ bv, const u64* __restrict__ pf_ranges,                \
-        u32 pf_n_ranges, u32 pf_first, u64 pf_offset, u64 pf_len_bytes) {                                              \
+        u32 pf_n_ranges, u32 pf_first, u64 pf_offset_bytes, u64 pf_len_bytes) {                                              \
         /* attention() waits once the angles are computed. */                                                          \
         const RopeIn rope = {k_new, v_new, slots, capacity, const_cast<kv_t*>(k_cache), const_cast<kv_t*>(v_cache),     \
                              freq_base, rope_scale, neox, q_stride, kv_stride, bq, bk, bv,                             \
-                             {pf_ranges, pf_n_ranges, pf_first, pf_offset, pf_len_bytes}};                              \
+                             {pf_ranges, pf_n_ranges, pf_first, pf_offset_bytes, pf_len_bytes}};                              \
         const Splits splits = {n_splits, partials, counters};                                                          \
         attention<ATTN_HEAD_DIM, GROUP, true>(q, k_cache, v_cache, positions, table_offset, block_tables, block_tokens,  \
                                               n_heads, n_kv_heads, min(max(slice, 1u), (u32)(GROUP)), scale, out,      \

@@ -235,8 +235,8 @@ __device__ __forceinline__ float warp_max(float v) {
 // kernel waits ahead of the running one. The one exception to "first access": the batch
 // description (positions, slots, block tables, table offsets) is written only by a host copy that
 // completes before the step's first kernel starts, so a kernel may read it before waiting
-// (attention_heads_rope does, to compute its angles early; so is the table of weights it asks L2
-// for, uploaded at load), as may the sampler's kernels their
+// (attention_heads_rope does, to compute its angles early; so is the table of weights that it and
+// matvec_mma ask L2 for, uploaded at load), as may the sampler's kernels their
 // parameters, whose copy the stream waits for before the first of them starts. The batch
 // description's token ids are the exception to the exception: feed_drawn_tokens (sampling.cu)
 // may write them, so they are read after waiting. A block may return without waiting only if it touched
@@ -250,7 +250,7 @@ __device__ __forceinline__ void dependent_wait() {
 }
 
 // Weights asked of L2 ahead of their use: a window of the decode step's weights in the order it
-// reads them (plan_weight_prefetch in backend.rs), `len_bytes` bytes from byte `offset` of range
+// reads them (src/backend/cuda/prefetch.rs), `len_bytes` bytes from byte `offset_bytes` of range
 // `first` of the table's (address, bytes) pairs, wrapping from the last range to the first (the
 // next step reads the first layer again). The host makes every range 16-byte aligned and a
 // multiple of 16 bytes, and the window's offset and length multiples of 16 too. The window is split
@@ -264,7 +264,7 @@ static_assert(PREFETCH_CHUNK_BYTES > 0 && PREFETCH_CHUNK_BYTES % 16 == 0, "bulk 
 struct PrefetchWindow {
     const u64* ranges;  // n_ranges (address, bytes) pairs; null: no window
     u32 n_ranges, first;
-    u64 offset, len_bytes;
+    u64 offset_bytes, len_bytes;
 };
 __device__ __forceinline__ void prefetch_window(const PrefetchWindow& w) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -272,11 +272,17 @@ __device__ __forceinline__ void prefetch_window(const PrefetchWindow& w) {
     const u64 n_threads = (u64)gridDim.x * gridDim.y * gridDim.z * blockDim.x * blockDim.y * blockDim.z;
     const u64 block = ((u64)blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
     const u64 id = block * blockDim.x * blockDim.y * blockDim.z + ((u64)threadIdx.z * blockDim.y + threadIdx.y) * blockDim.x + threadIdx.x;
-    u64 left = w.len_bytes, off = w.offset;
+    // A thread past the window's chunks would issue nothing (each range's part is at most the window).
+    if (id * PREFETCH_CHUNK_BYTES >= w.len_bytes) return;
+    u64 left = w.len_bytes, off = w.offset_bytes;
     u32 r = w.first;
+    // The next range's entry is loaded before this one's prefetches go out, so that the table's
+    // round trips overlap instead of adding up.
+    u64 base = w.ranges[2 * r], bytes = w.ranges[2 * r + 1];
     // At most every range once, and the first again (a window that starts inside it and wraps).
     for (u32 step = 0; left > 0 && step <= w.n_ranges; step++) {
-        const u64 base = w.ranges[2 * r], bytes = w.ranges[2 * r + 1];
+        const u32 next = r + 1 == w.n_ranges ? 0 : r + 1;
+        const u64 next_base = w.ranges[2 * next], next_bytes = w.ranges[2 * next + 1];
         const u64 part = min(bytes - min(off, bytes), left);
         for (u64 o = id * PREFETCH_CHUNK_BYTES; o < part; o += n_threads * PREFETCH_CHUNK_BYTES) {
             const u32 chunk_bytes = (u32)min((u64)PREFETCH_CHUNK_BYTES, part - o);
@@ -285,7 +291,7 @@ __device__ __forceinline__ void prefetch_window(const PrefetchWindow& w) {
         }
         left -= part;
         off = 0;
-        r = r + 1 == w.n_ranges ? 0 : r + 1;
+        r = next, base = next_base, bytes = next_bytes;
     }
 #endif
 }

@@ -42,6 +42,13 @@
 // neither needs a launch and a buffer of its own. The values are those of the separate kernels.
 // (Where a block stages the whole row at once on the int8 path, the norm's sum of squares comes
 // from the values staging loads: stage_x_s8_normed.)
+// 1: the weights' loads are marked first to go from L2 (repacked.cuh's RP_EVICT_FIRST), so
+// that a matrix streaming through does not push out the windows of weights the step asked L2 for
+// ahead (prefetch_window). Only here: the prefill GEMM reads each tile once per block of rows,
+// and wants them kept. An experiment, off by default.
+#if defined(MMA_EVICT_FIRST) && MMA_EVICT_FIRST
+#define RP_EVICT_FIRST 1
+#endif
 #include "repacked.cuh"
 
 #ifndef QTYPE
@@ -811,10 +818,10 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
         u32 n_rows1, u32 n_rows2, u32 k_tiles, u32 n_cols, const float* __restrict__ x, const float* __restrict__ x2,  \
         const float* __restrict__ norm_w, float eps, u32 n_x, float* __restrict__ partials, u32* __restrict__ counters, \
         u32 k_tiles_per_split, u32 warps_m, u32 accumulate, const u64* __restrict__ pf_ranges, u32 pf_n_ranges,        \
-        u32 pf_first, u64 pf_offset, u64 pf_len_bytes) {                                                               \
+        u32 pf_first, u64 pf_offset_bytes, u64 pf_len_bytes) {                                                               \
         const Segments segs = {{tiles0, tiles1, tiles2}, {bias0, bias1, bias2}, {y0, y1, y2},                          \
                                {m_tiles0, m_tiles1, m_tiles2}, {n_rows0, n_rows1, n_rows2}};                            \
-        const PrefetchWindow ahead = {pf_ranges, pf_n_ranges, pf_first, pf_offset, pf_len_bytes};                       \
+        const PrefetchWindow ahead = {pf_ranges, pf_n_ranges, pf_first, pf_offset_bytes, pf_len_bytes};                       \
         matvec_mma<nt>(segs, k_tiles, n_cols, x, x2, norm_w, eps, n_x, partials, counters, k_tiles_per_split, warps_m, \
                        accumulate, ahead);                                                                              \
     }

@@ -33,9 +33,8 @@
 #define RP_TILE_ROWS 16
 
 // ---- loads: tiles are 16-byte aligned (256-byte aligned buffer, tile sizes multiples of 16);
-// weights are read once, so they bypass L1. RP_EVICT_FIRST=1 also marks them first to go from
-// L2, so that a weight streaming through does not push out the next kernels' weights that the
-// step asked L2 for ahead of time (prefetch_window; an experiment, off by default) ----
+// weights are read once, so they bypass L1. RP_EVICT_FIRST=1 (matvec_mma.cu's MMA_EVICT_FIRST)
+// also marks them first to go from L2 ----
 #ifndef RP_EVICT_FIRST
 #define RP_EVICT_FIRST 0
 #endif

@@ -162,24 +162,25 @@ if [ "$what" = pending ]; then
     STEP_TIMEOUT=${BENCH_S:-150} step kv_dtype_speed "$py" benches/bench_kv_cache_dtype.py --model /tmp/synthetic.gguf --device cuda --context 2048 --tokens 64
     cp "$out/kv_dtype_speed.log" "$dest/kv_dtype_speed.txt" 2>/dev/null
     fi
-    if [[ $parts == *prefetch* ]]; then
+    if [[ ,$parts, == *,prefetch,* ]]; then
     # Weights asked of L2 ahead of their use (src/backend/cuda/prefetch.rs, off by default until
     # this runs): decode attention's window (FERRITE_CUDA_PREFETCH_MB) and the matrix-vector
     # launches' sliding window (FERRITE_CUDA_PREFETCH_AHEAD_MB), with the weights' own loads marked
-    # evict-first (-DRP_EVICT_FIRST=1) or not. The GPU tests with both windows on, then decode steps
+    # evict-first (-DMMA_EVICT_FIRST=1) or not. The GPU tests with both windows on, then decode steps
     # of syn05 (1 and 4 sequences: the matrix-vector path they serve) and syn7b (1), two
-    # interleaved rounds, then step timelines.
-    STEP_TIMEOUT=${CUDA_PYTEST_S:-200} FERRITE_CUDA_PREFETCH_MB=24 FERRITE_CUDA_PREFETCH_AHEAD_MB=16 FERRITE_CUDA_KERNEL_DEFINES=-DRP_EVICT_FIRST=1 \
-        FERRITE_CACHE=/tmp/ferrite-cache-ef step pytest_prefetch "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_model.py tests/test_cuda_engine.py -m "cuda and not model" --junitxml="$out/junit_prefetch.xml"
+    # interleaved rounds. One kernel cache for all: its files are keyed by the defines.
+    # PENDING_PARTS=prefetch_timeline: step timelines with them off and on.
+    STEP_TIMEOUT=${CUDA_PYTEST_S:-180} FERRITE_CUDA_PREFETCH_MB=24 FERRITE_CUDA_PREFETCH_AHEAD_MB=16 FERRITE_CUDA_KERNEL_DEFINES=-DMMA_EVICT_FIRST=1 \
+        step pytest_prefetch "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_model.py tests/test_cuda_engine.py -m "cuda and not model" --junitxml="$out/junit_prefetch.xml"
     [ -f /root/m/syn7b.gguf ] || { mkdir -p /root/m; STEP_TIMEOUT=120 step synth_7b "$py" scripts/make_synthetic_model.py /root/m/syn7b.gguf --shape 7b --tokenizer-from "$FERRITE_TOKENIZER_GGUF"; }
     prefetch_ab() {
         for round in 1 2; do
             # name|attention MB|ahead MB|kernel defines
-            for v in "off|0|0|" "att24|24|0|" "ahead16|0|16|" "ahead16ef|0|16|-DRP_EVICT_FIRST=1" "att24ahead16ef|24|16|-DRP_EVICT_FIRST=1" "att24v64|24|0|-DATTN_V_BATCH_FLOATS=64"; do
+            for v in "off|0|0|" "att24|24|0|" "ahead16|0|16|" "ahead16ef|0|16|-DMMA_EVICT_FIRST=1" "att24ahead16ef|24|16|-DMMA_EVICT_FIRST=1" "att24v64|24|0|-DATTN_V_BATCH_FLOATS=64"; do
                 IFS='|' read -r name att ahead defines <<< "$v"
                 for m in /tmp/synthetic.gguf:1,4 /root/m/syn7b.gguf:1; do
-                    FERRITE_CUDA_PREFETCH_MB=$att FERRITE_CUDA_PREFETCH_AHEAD_MB=$ahead FERRITE_CUDA_KERNEL_DEFINES=$defines FERRITE_CACHE=/tmp/ferrite-cache-$name timeout 60 \
-                        "$py" benches/bench_decode_step.py "${m%%:*}" --device cuda --batches "${m#*:}" 2>&1 | grep "^| [0-9]" | sed "s|^|$name $(basename "${m%%:*}") |"
+                    FERRITE_CUDA_PREFETCH_MB=$att FERRITE_CUDA_PREFETCH_AHEAD_MB=$ahead FERRITE_CUDA_KERNEL_DEFINES=$defines timeout 60 \
+                        "$py" benches/bench_decode_step.py "${m%%:*}" --device cuda --batches "${m#*:}" 2>&1 | grep --line-buffered "^| [0-9]" | sed "s|^|$name $(basename "${m%%:*}") |"
                 done
             done
         done
@@ -188,11 +189,14 @@ if [ "$what" = pending ]; then
     export py
     STEP_TIMEOUT=330 step prefetch_ab bash -c prefetch_ab
     cp "$out/prefetch_ab.log" "$dest/prefetch_ab.txt" 2>/dev/null
-    for v in "off|0|0|" "att24ahead16ef|24|16|-DRP_EVICT_FIRST=1"; do
+    fi
+    if [[ $parts == *prefetch_timeline* ]]; then
+    [ -f /root/m/syn7b.gguf ] || { mkdir -p /root/m; STEP_TIMEOUT=120 step synth_7b "$py" scripts/make_synthetic_model.py /root/m/syn7b.gguf --shape 7b --tokenizer-from "$FERRITE_TOKENIZER_GGUF"; }
+    for v in "off|0|0|" "att24ahead16ef|24|16|-DMMA_EVICT_FIRST=1"; do
         IFS='|' read -r name att ahead defines <<< "$v"
         for m in /tmp/synthetic.gguf /root/m/syn7b.gguf; do
             n=$(basename "$m" .gguf)
-            FERRITE_CUDA_PREFETCH_MB=$att FERRITE_CUDA_PREFETCH_AHEAD_MB=$ahead FERRITE_CUDA_KERNEL_DEFINES=$defines FERRITE_CACHE=/tmp/ferrite-cache-$name \
+            FERRITE_CUDA_PREFETCH_MB=$att FERRITE_CUDA_PREFETCH_AHEAD_MB=$ahead FERRITE_CUDA_KERNEL_DEFINES=$defines \
                 STEP_TIMEOUT=60 step "timeline_${n}_$name" "$py" benches/profile_cuda_decode.py "$m" --child timeline --batch 1 --steps 32
             cp "$out/timeline_${n}_$name.log" "$dest/timeline_${n}_$name.txt" 2>/dev/null
         done

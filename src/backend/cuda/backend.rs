@@ -307,20 +307,6 @@ fn attention_scale(p: &AttnParams) -> f32 {
     1.0 / (p.head_dim as f32).sqrt()
 }
 
-/// How many bytes of weights each layer's decode attention asks L2 for (`prefetch::PrefetchPlan`;
-/// FERRITE_CUDA_PREFETCH_MB overrides, 0: none). Off until measured on the H200 (24 MB, under
-/// half of its 50 MB L2, is the candidate).
-const ATTENTION_PREFETCH_BYTES: u64 = 0;
-/// How far ahead of its own weights a matrix-vector launch of a decode step asks L2 for the
-/// step's next ones (the sliding window of `prefetch::PrefetchPlan`; FERRITE_CUDA_PREFETCH_AHEAD_MB
-/// overrides, 0: none). Off until measured.
-const PREFETCH_AHEAD_BYTES: u64 = 0;
-
-/// `default`, or the environment variable `name` in MiB.
-fn bytes_from_mb_env(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok()).map_or(default, |mb| mb.saturating_mul(1 << 20))
-}
-
 /// Whether `attention_heads_rope` can rotate q and k itself (`rope_attention_to`): q and k
 /// differ only in their head counts, at the attention's head width, within the kernel's pairs.
 fn rope_in_one_launch(qp: &RopeParams, kp: &RopeParams, p: &AttnParams) -> bool {
@@ -934,7 +920,7 @@ impl CudaBackend {
             &n_heads, &n_kv_heads, &slice, &scale, &mut out.buf, &out_f16, &super::matmul::X_F16_SCALE,
             &rows.k, &rows.v, &batch.slots, &capacity, &qp.freq_base, &qp.scale, &neox,
             &batch.attn_splits, &batch.attn_partials, &batch.attn_counters, &rows.q_stride, &rows.kv_stride, &bq, &bk, &bv,
-            &pf.ranges, &pf.n_ranges, &pf.first, &pf.offset, &pf.len_bytes
+            &pf.ranges, &pf.n_ranges, &pf.first, &pf.offset_bytes, &pf.len_bytes
         )?;
         Ok(())
     }
@@ -1186,8 +1172,7 @@ impl Backend for CudaBackend {
     }
 
     fn plan_weight_prefetch(&mut self, read_order: &[&CudaWeight], after_attention: &[usize]) -> Result<(), BackendError> {
-        let attention_bytes = bytes_from_mb_env("FERRITE_CUDA_PREFETCH_MB", ATTENTION_PREFETCH_BYTES);
-        let ahead_bytes = bytes_from_mb_env("FERRITE_CUDA_PREFETCH_AHEAD_MB", PREFETCH_AHEAD_BYTES);
+        let (attention_bytes, ahead_bytes) = super::prefetch::PrefetchPlan::sizes_from_env();
         // Recorded steps hold the old table's address.
         self.graphs.clear();
         self.prefetch = None;

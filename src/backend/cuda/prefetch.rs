@@ -8,25 +8,44 @@
 //!
 //! - decode attention: the `attention_bytes` after its layer's attention (o, gate, up, down, the
 //!   next layer's q/k/v, ...);
-//! - a matrix-vector launch: as many bytes as it reads itself, `ahead_bytes` further on in the
-//!   order, so that a window of that many bytes slides ahead of the step's reads (each launch
-//!   adds what it consumes) and wraps to the first layer for the next step.
+//! - a matrix-vector launch: what lies in the `ahead_bytes` after its own weights and was not asked
+//!   for yet, so that a window of that many bytes slides ahead of the step's reads (each launch
+//!   adds about what it consumes) and wraps to the first layer for the next step.
+//!
+//! Both sizes come from the environment (`PrefetchPlan::sizes_from_env`) and are 0, off, until
+//! measured on the H200.
 
 use cudarc::driver::CudaSlice;
 
 use super::context::CudaContext;
 use super::error::CudaError;
 
+/// How many bytes of weights each layer's decode attention asks L2 for
+/// (FERRITE_CUDA_PREFETCH_MB overrides, 0: none). Off until measured on the H200 (24 MB, under
+/// half of its 50 MB L2, is the candidate).
+const ATTENTION_BYTES: u64 = 0;
+/// How far past its own weights a matrix-vector launch of a decode step asks L2 for the step's
+/// next ones (FERRITE_CUDA_PREFETCH_AHEAD_MB overrides, 0: none). Off until measured.
+const AHEAD_BYTES: u64 = 0;
+
+/// `default`, or the environment variable `name` in MiB.
+fn bytes_from_mb_env(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok()).map_or(default, |mb| mb.saturating_mul(1 << 20))
+}
+
 /// What a kernel takes as its window (the `pf_*` arguments of the kernels that prefetch):
-/// `len_bytes` bytes from byte `offset` of range `first` of the table at `ranges`.
+/// `len_bytes` bytes from byte `offset_bytes` of range `first` of the table at `ranges`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WindowArgs {
     pub ranges: u64,
     pub n_ranges: u32,
     pub first: u32,
-    pub offset: u64,
+    pub offset_bytes: u64,
     pub len_bytes: u64,
 }
+
+/// A window as the order places it: (first range, byte offset in it, bytes).
+type Window = (u32, u64, u64);
 
 /// The step's weight buffers in read order, each cut to whole aligned 16-byte units (the bulk
 /// prefetch's terms), and where each starts when they are laid end to end.
@@ -36,23 +55,24 @@ pub struct ReadOrder {
     buffers: Vec<u64>,
     /// (address, bytes) of each buffer, in order; buffers too small for one unit have 0 bytes.
     ranges: Vec<(u64, u64)>,
-    starts: Vec<u64>,
+    /// Where each range starts with the ranges laid end to end (bytes).
+    start_bytes: Vec<u64>,
     total_bytes: u64,
 }
 
 impl ReadOrder {
     pub fn new(buffers: &[(u64, u64)]) -> Self {
         let mut ranges = Vec::with_capacity(buffers.len());
-        let mut starts = Vec::with_capacity(buffers.len());
+        let mut start_bytes = Vec::with_capacity(buffers.len());
         let mut total_bytes = 0;
         for &(address, bytes) in buffers {
             let start = address.next_multiple_of(16);
             let usable_bytes = bytes.saturating_sub(start - address) & !15;
             ranges.push((start, usable_bytes));
-            starts.push(total_bytes);
+            start_bytes.push(total_bytes);
             total_bytes += usable_bytes;
         }
-        ReadOrder { buffers: buffers.iter().map(|&(a, _)| a).collect(), ranges, starts, total_bytes }
+        ReadOrder { buffers: buffers.iter().map(|&(a, _)| a).collect(), ranges, start_bytes, total_bytes }
     }
 
     /// The table the kernels read: (address, bytes) pairs.
@@ -60,9 +80,9 @@ impl ReadOrder {
         self.ranges.iter().flat_map(|&(a, b)| [a, b]).collect()
     }
 
-    /// Where buffer `index` starts in the order.
+    /// Where buffer `index` starts in the order (bytes).
     pub fn start_of(&self, index: usize) -> Option<u64> {
-        self.starts.get(index).copied()
+        self.start_bytes.get(index).copied()
     }
 
     /// The span of the order covered by the buffers at these addresses (from the first one's
@@ -71,7 +91,7 @@ impl ReadOrder {
         let mut span: Option<(u64, u64)> = None;
         for &address in addresses {
             let i = self.buffers.iter().position(|&a| a == address)?;
-            let (s, e) = (self.starts[i], self.starts[i] + self.ranges[i].1);
+            let (s, e) = (self.start_bytes[i], self.start_bytes[i] + self.ranges[i].1);
             span = Some(span.map_or((s, e), |(s0, e0)| (s0.min(s), e0.max(e))));
         }
         span
@@ -80,7 +100,7 @@ impl ReadOrder {
     /// `len_bytes` bytes of the order from byte `start` on (both taken modulo the order's length,
     /// the length capped at it and both rounded down to 16 bytes), as (first range, offset in it,
     /// length); `None` when that is empty.
-    pub fn window(&self, start: u64, len_bytes: u64) -> Option<(u32, u64, u64)> {
+    pub fn window(&self, start: u64, len_bytes: u64) -> Option<Window> {
         if self.total_bytes == 0 {
             return None;
         }
@@ -90,14 +110,25 @@ impl ReadOrder {
             return None;
         }
         // The range holding byte `start` (one does: start < total_bytes).
-        let first = (0..self.ranges.len()).find(|&i| self.starts[i] <= start && start < self.starts[i] + self.ranges[i].1)?;
-        Some((u32::try_from(first).ok()?, start - self.starts[first], len_bytes))
+        let first = (0..self.ranges.len()).find(|&i| self.start_bytes[i] <= start && start < self.start_bytes[i] + self.ranges[i].1)?;
+        Some((u32::try_from(first).ok()?, start - self.start_bytes[first], len_bytes))
+    }
+
+    /// The window a launch reading the span `[s, e)` of the order asks for, `ahead_bytes` ahead:
+    /// `[max(e, s + ahead), e + ahead)`, what lies in the `ahead_bytes` past its own weights and
+    /// the launch before it (which ended at s) has not asked for. At most `ahead_bytes`, so that
+    /// a matrix larger than L2 does not ask for itself again.
+    pub fn ahead(&self, (s, e): (u64, u64), ahead_bytes: u64) -> Option<Window> {
+        let ahead_bytes = ahead_bytes.min(self.total_bytes);
+        let from = e.max(s + ahead_bytes);
+        self.window(from, e + ahead_bytes - from)
     }
 }
 
 /// The device table of a [`ReadOrder`] and the windows the step's kernels are given.
 pub struct PrefetchPlan {
     table: CudaSlice<u64>,
+    n_ranges: u32,
     order: ReadOrder,
     /// Per layer, the index in the order of the first buffer read after its attention.
     after_attention: Vec<usize>,
@@ -106,20 +137,23 @@ pub struct PrefetchPlan {
 }
 
 impl PrefetchPlan {
-    pub fn new(ctx: &CudaContext, order: ReadOrder, after_attention: Vec<usize>, attention_bytes: u64, ahead_bytes: u64) -> Result<Self, CudaError> {
-        let table = ctx.upload(&order.table(), "the weights' prefetch table")?;
-        Ok(PrefetchPlan { table, order, after_attention, attention_bytes, ahead_bytes })
+    /// (attention bytes, ahead bytes): FERRITE_CUDA_PREFETCH_MB and FERRITE_CUDA_PREFETCH_AHEAD_MB,
+    /// or the defaults (off).
+    pub fn sizes_from_env() -> (u64, u64) {
+        (bytes_from_mb_env("FERRITE_CUDA_PREFETCH_MB", ATTENTION_BYTES), bytes_from_mb_env("FERRITE_CUDA_PREFETCH_AHEAD_MB", AHEAD_BYTES))
     }
 
-    fn args(&self, ctx: &CudaContext, window: Option<(u32, u64, u64)>) -> WindowArgs {
+    pub fn new(ctx: &CudaContext, order: ReadOrder, after_attention: Vec<usize>, attention_bytes: u64, ahead_bytes: u64) -> Result<Self, CudaError> {
+        let n_ranges = u32::try_from(order.ranges.len()).map_err(|_| CudaError::Invalid(format!("{} weights to prefetch", order.ranges.len())))?;
+        let table = ctx.upload(&order.table(), "the weights' prefetch table")?;
+        Ok(PrefetchPlan { table, n_ranges, order, after_attention, attention_bytes, ahead_bytes })
+    }
+
+    fn args(&self, ctx: &CudaContext, window: Option<Window>) -> WindowArgs {
         match window {
-            Some((first, offset, len_bytes)) => WindowArgs {
-                ranges: super::backend::addr(&self.table, ctx),
-                n_ranges: self.order.ranges.len() as u32,
-                first,
-                offset,
-                len_bytes,
-            },
+            Some((first, offset_bytes, len_bytes)) => {
+                WindowArgs { ranges: super::backend::addr(&self.table, ctx), n_ranges: self.n_ranges, first, offset_bytes, len_bytes }
+            }
             None => WindowArgs::default(),
         }
     }
@@ -135,7 +169,7 @@ impl PrefetchPlan {
         if self.ahead_bytes == 0 {
             return WindowArgs::default();
         }
-        let window = self.order.span_of(addresses).and_then(|(s, e)| self.order.window(s + self.ahead_bytes, e - s));
+        let window = self.order.span_of(addresses).and_then(|span| self.order.ahead(span, self.ahead_bytes));
         self.args(ctx, window)
     }
 }
@@ -165,6 +199,32 @@ mod tests {
         assert_eq!(order.window(total + 16, 32), Some((0, 16, 32)));
         assert_eq!(order.window(0, 8), None);
         assert_eq!(ReadOrder::new(&[]).window(0, 64), None);
+    }
+
+    /// A launch asks for what lies in the `ahead` bytes past its own weights that the launch
+    /// before it did not: the windows of consecutive launches tile the order, `ahead` bytes
+    /// ahead of each launch's end, wrapping, and none is longer than `ahead`.
+    #[test]
+    fn ahead_windows_slide_without_overlap() {
+        let sizes = [96u64, 48, 160, 4096, 32, 64];
+        let buffers: Vec<(u64, u64)> = sizes.iter().enumerate().map(|(i, &b)| (0x10000 * (i as u64 + 1), b)).collect();
+        let order = ReadOrder::new(&buffers);
+        let total = order.total_bytes;
+        for ahead in [16u64, 64, 256, 1024, total, 10 * total] {
+            let mut covered = vec![0u32; total as usize / 16];
+            for (i, &(address, _)) in buffers.iter().enumerate() {
+                let (s, e) = order.span_of(&[address]).unwrap();
+                let Some((first, offset, len)) = order.ahead((s, e), ahead) else { continue };
+                assert!(len <= ahead.min(total) && len % 16 == 0 && offset % 16 == 0, "launch {i} ahead {ahead}");
+                let from = order.start_of(first as usize).unwrap() + offset;
+                assert_eq!(from, e.max(s + ahead.min(total)) % total, "launch {i} ahead {ahead}");
+                for u in 0..len / 16 {
+                    covered[((from / 16 + u) % (total / 16)) as usize] += 1;
+                }
+            }
+            // One pass over the order asks for every byte at most once.
+            assert!(covered.iter().all(|&c| c <= 1), "ahead {ahead}: {covered:?}");
+        }
     }
 
     /// A launch's span runs from its first buffer's start to its last one's end; a buffer not in
