@@ -180,7 +180,7 @@ if [ "$what" = pending ]; then
                 IFS='|' read -r name att ahead defines <<< "$v"
                 for m in /tmp/synthetic.gguf:1,4 /root/m/syn7b.gguf:1; do
                     FERRITE_CUDA_PREFETCH_MB=$att FERRITE_CUDA_PREFETCH_AHEAD_MB=$ahead FERRITE_CUDA_KERNEL_DEFINES=$defines timeout 60 \
-                        "$py" benches/bench_decode_step.py "${m%%:*}" --device cuda --batches "${m#*:}" 2>&1 | grep --line-buffered "^| [0-9]" | sed "s|^|$name $(basename "${m%%:*}") |"
+                        "$py" benches/bench_decode_step.py "${m%%:*}" --device cuda --batches "${m#*:}" 2>&1 | grep --line-buffered -E "^\| [0-9]|Error|error:" | sed "s|^|$name $(basename "${m%%:*}") |"
                 done
             done
         done
