@@ -162,6 +162,10 @@ if [ "$what" = pending ]; then
     STEP_TIMEOUT=${BENCH_S:-150} step kv_dtype_speed "$py" benches/bench_kv_cache_dtype.py --model /tmp/synthetic.gguf --device cuda --context 2048 --tokens 64
     cp "$out/kv_dtype_speed.log" "$dest/kv_dtype_speed.txt" 2>/dev/null
     fi
+    # Qwen2.5-7B's shapes with the real tokenizer, made once a machine.
+    need_syn7b() {
+        [ -f /root/m/syn7b.gguf ] || { mkdir -p /root/m; STEP_TIMEOUT=120 step synth_7b "$py" scripts/make_synthetic_model.py /root/m/syn7b.gguf --shape 7b --tokenizer-from "$FERRITE_TOKENIZER_GGUF"; }
+    }
     if [[ ,$parts, == *,prefetch,* ]]; then
     # Weights asked of L2 ahead of their use (src/backend/cuda/prefetch.rs, off by default until
     # this runs): decode attention's window (FERRITE_CUDA_PREFETCH_MB) and the matrix-vector
@@ -172,7 +176,7 @@ if [ "$what" = pending ]; then
     # PENDING_PARTS=prefetch_timeline: step timelines with them off and on.
     STEP_TIMEOUT=${CUDA_PYTEST_S:-180} FERRITE_CUDA_PREFETCH_MB=24 FERRITE_CUDA_PREFETCH_AHEAD_MB=16 FERRITE_CUDA_KERNEL_DEFINES=-DMMA_EVICT_FIRST=1 \
         step pytest_prefetch "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_model.py tests/test_cuda_engine.py -m "cuda and not model" --junitxml="$out/junit_prefetch.xml"
-    [ -f /root/m/syn7b.gguf ] || { mkdir -p /root/m; STEP_TIMEOUT=120 step synth_7b "$py" scripts/make_synthetic_model.py /root/m/syn7b.gguf --shape 7b --tokenizer-from "$FERRITE_TOKENIZER_GGUF"; }
+    need_syn7b
     prefetch_ab() {
         for round in 1 2; do
             # name|attention MB|ahead MB|kernel defines
@@ -191,7 +195,7 @@ if [ "$what" = pending ]; then
     cp "$out/prefetch_ab.log" "$dest/prefetch_ab.txt" 2>/dev/null
     fi
     if [[ $parts == *prefetch_timeline* ]]; then
-    [ -f /root/m/syn7b.gguf ] || { mkdir -p /root/m; STEP_TIMEOUT=120 step synth_7b "$py" scripts/make_synthetic_model.py /root/m/syn7b.gguf --shape 7b --tokenizer-from "$FERRITE_TOKENIZER_GGUF"; }
+    need_syn7b
     for v in "off|0|0|" "att24ahead16ef|24|16|-DMMA_EVICT_FIRST=1"; do
         IFS='|' read -r name att ahead defines <<< "$v"
         for m in /tmp/synthetic.gguf /root/m/syn7b.gguf; do
