@@ -30,6 +30,8 @@
 // (split-K) when that still leaves too few warps: each block then writes its partial sums, and
 // the last block of a block row to finish (a counter per block row, reset by that block) adds
 // the splits in order. Every sum is taken in a fixed order, so results do not depend on timing.
+// (Compiled with -DMMA_STREAM=1, the file holds instead matvec_mma_stream_1, which deals a
+// one-row launch's tiles out to the warps in equal shares: see "Stream-K" below.)
 //
 // One launch, several matrices. Up to three matrices of the same type and width that multiply
 // the same x (q, k and v; gate and up) run as one grid: their block rows follow each other along
@@ -522,6 +524,20 @@ __device__ __forceinline__ void tile_products_s8_chunks(const T& w, const u8* xq
     }
 }
 
+// acc += tile `tile` (of the phase) times x on the int8 path, as the type's scales are laid out.
+template <int NG>
+__device__ __forceinline__ void tile_products_s8_of_type(const Tile& w, const u8* xq, const int (*xsum)[NG][8],
+                                                         const float (*xscale)[NG][8], u32 tile, const int b_off[NG], int t,
+                                                         float acc[NG][4]) {
+    if constexpr (Tile::HAS_MIN) {
+        tile_products_s8<Tile, NG>(w, xq, xsum, xscale, tile, b_off, t, acc);
+    } else if constexpr (Tile::SCALE_CHUNKS == 1) {
+        tile_products_s8_chunks<Tile, NG>(w, xq, xscale, tile, b_off, t, acc);
+    } else {
+        tile_products_s8_blocks<Tile, NG>(w, xq, xsum, xscale, tile, b_off, t, acc);
+    }
+}
+
 // inv_rms[n] = 1 / sqrt(mean(x[n]^2) + eps) for n < n_x, by the whole block: the squares summed
 // in float64 and the scale rounded to float once, as norm.cu does (the order of the float64
 // additions differs).
@@ -826,7 +842,186 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
                        accumulate, ahead);                                                                              \
     }
 
+#if !MMA_STREAM
 MATVEC_MMA_KERNEL(1)
 MATVEC_MMA_KERNEL(2)
 MATVEC_MMA_KERNEL(4)
 MATVEC_MMA_KERNEL(8)
+#endif
+
+#if MMA_STREAM
+// ---- Stream-K: one row of x, matrices of many tiles ----
+// The kernel above gives each warp the tiles of one tile row (or a column range of one), so a
+// launch's speed depends on how its block rows fall into waves: with a few waves, the last one
+// runs part-empty, and every block pays for staging x (and its norm) again; the alternatives, more
+// tile rows a block or column splits, leave SMs short of warps or add split-K round trips. (H200,
+// the same tile loop on 3584 columns of Q4_K at one row, docs/BENCHMARKS.md, nineteenth session's
+// sweep: 78 % of the copy bandwidth on the 152064-row LM head, 36 waves of blocks; at most 48 %
+// on the 18944-row gate/up, whatever the plan.)
+//
+// Here the grid is as many blocks as the GPU holds at once; each stages all of x once (the host
+// takes this kernel only where x fits one phase), and warp w of W takes the launch's tiles
+// [w U / W, (w + 1) U / W) of the U in row-major order (tile row, column tile), over every
+// segment's tile rows (W: the grid's warps, at most U): equal shares whatever the shape
+// (Stream-K, Osama et al., PPoPP 2023). A warp multiplies its tiles in order, one tile ahead in
+// registers as above. A tile row whose tiles all fell to one warp is written by it. A row shared
+// by several warps (at most the first and last of each warp's range) is written by the last of
+// them to finish: each writes its piece of the row's sums to `partials` (two slots a warp: 2w
+// for the row its range begins in, 2w + 1 for the one it ends in), counts itself on the row's
+// counter, and the one that completes the count adds the pieces in warp order, so results do not
+// depend on timing; it resets the counter. partials holds 2 W x 16 floats, counters one per tile
+// row (zero between launches).
+
+// The first tile of warp w's share of `units` tiles over `warps` warps.
+__device__ __forceinline__ u64 stream_first_unit(u64 w, u64 units, u64 warps) { return w * units / warps; }
+// The warp whose share holds tile u: the last w with stream_first_unit(w) <= u.
+__device__ __forceinline__ u64 stream_owner(u64 u, u64 units, u64 warps) { return ((u + 1) * warps - 1) / units; }
+
+// Tile row r's sums (acc0..3: this warp's mma sums, one x row) are complete, or this warp's
+// piece of them is: writes the row (rows row0 .. row0 + 15 of y, those below n_rows), or the piece, and adds
+// the pieces if it is the last of the row's warps to finish (see above). first: r is the row
+// this warp's share begins in. Every lane calls it; out of line, since a warp finishes a row
+// every k_tiles tiles at most (the tile loop stays short).
+__device__ __noinline__ void stream_finish_row(float acc0, float acc1, float acc2, float acc3, float* y, const float* bias,
+                                               u32 n_rows, u32 row0, u32 r, bool first, u64 w, u64 units, u64 n_warps, u32 k_tiles, float* partials,
+                                               u32* counters, u32 accumulate) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    // x's three parts are mma columns 0-2: lanes t = 0 (columns 0, 1) and 1 (column 2).
+    float v0 = t == 0 ? acc0 + acc1 : t == 1 ? acc0 : 0.0f;
+    float v1 = t == 0 ? acc2 + acc3 : t == 1 ? acc2 : 0.0f;
+    v0 += __shfl_xor_sync(FULL_WARP, v0, 1);
+    v1 += __shfl_xor_sync(FULL_WARP, v1, 1);
+    v0 += __shfl_xor_sync(FULL_WARP, v0, 2);
+    v1 += __shfl_xor_sync(FULL_WARP, v1, 2);
+    const u64 w_first = stream_owner((u64)r * k_tiles, units, n_warps);
+    const u64 w_last = stream_owner((u64)(r + 1) * k_tiles - 1, units, n_warps);
+    if (w_first == w_last) {
+        if (t == 0) {
+            if (row0 + g < n_rows) put(y + row0 + g, v0 + (bias ? bias[row0 + g] : 0.0f), accumulate);
+            if (row0 + g + 8 < n_rows) put(y + row0 + g + 8, v1 + (bias ? bias[row0 + g + 8] : 0.0f), accumulate);
+        }
+        return;
+    }
+    float* piece = partials + (2 * w + (first ? 0 : 1)) * RP_TILE_ROWS;
+    if (t == 0) {
+        piece[g] = v0;
+        piece[g + 8] = v1;
+    }
+    __threadfence();
+    __syncwarp();
+    u32 last = 0;
+    if (lane == 0) last = atomicAdd(&counters[r], 1u) == (u32)(w_last - w_first);
+    if (!__shfl_sync(FULL_WARP, last, 0)) return;
+    __threadfence();
+    if (lane < RP_TILE_ROWS) {
+        float sum = 0.0f;
+        for (u64 v = w_first; v <= w_last; v++) {
+            const u64 slot = 2 * v + (stream_first_unit(v, units, n_warps) / k_tiles == r ? 0 : 1);
+            sum += __ldcg(partials + slot * RP_TILE_ROWS + lane);
+        }
+        if (row0 + lane < n_rows) put(y + row0 + lane, sum + (bias ? bias[row0 + lane] : 0.0f), accumulate);
+    }
+    if (lane == 0) counters[r] = 0;  // ready for the next launch
+}
+
+__device__ __forceinline__ void matvec_mma_stream(const Segments& segs, u32 k_tiles, u32 n_cols, const float* __restrict__ x,
+                                                  const float* __restrict__ x2, const float* __restrict__ norm_w, float eps,
+                                                  u32 n_x, float* __restrict__ partials, u32* __restrict__ counters,
+                                                  u32 accumulate, const PrefetchWindow& ahead) {
+    static_assert(Tile::S8, "the stream kernel runs the int8 path");
+    constexpr int NT = 1, NG = 1;
+    constexpr int PHASE = 4096 / NT, XSTRIDE_B = PHASE + 32, PHASE_TILES = PHASE / Tile::TILE_COLS, SUMS = PHASE / 32;
+    __shared__ __align__(16) u8 xs_bytes[3 * NT * XSTRIDE_B];
+    __shared__ __align__(16) int xsums[SUMS][NG][8];
+    __shared__ __align__(16) float xscale[PHASE / 256][NG][8];
+    __shared__ float inv_rms[NT];
+
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const u64 warps_here = blockDim.x >> 5, w = blockIdx.x * warps_here + (threadIdx.x >> 5);
+    const u32 m0 = segs.m_tiles[0], m01 = m0 + segs.m_tiles[1];
+    const u64 units = (u64)(m01 + segs.m_tiles[2]) * k_tiles;
+    // Shares are taken over at most one warp a tile, so that none is empty (a row's pieces then
+    // come from every warp between its first tile's and its last's); warps past them idle.
+    const u64 n_warps = max(min((u64)gridDim.x * warps_here, units), (u64)1);
+    const u64 u_begin = w < n_warps ? stream_first_unit(w, units, n_warps) : units;
+    const u64 u_end = w < n_warps ? stream_first_unit(w + 1, units, n_warps) : units;
+    // Tile row r (over all segments) in its segment's buffer.
+    const auto row_tiles = [&](u32 r) {
+        const u8* base = r < m0 ? segs.tiles[0] : r < m01 ? segs.tiles[1] : segs.tiles[2];
+        const u32 local = r < m0 ? r : r < m01 ? r - m0 : r - m01;
+        return base + (u64)local * k_tiles * Tile::TILE_BYTES;
+    };
+    u32 r = (u32)(u_begin / k_tiles), kt = (u32)(u_begin % k_tiles);
+    const u32 r_first = r;
+    // The first tile's loads go out before x is staged (weights are constant).
+    Tile cur;
+    if (u_begin < u_end) cur.load(row_tiles(r) + (u64)kt * Tile::TILE_BYTES, lane, false);
+    prefetch_window(ahead);
+    dependent_wait();
+
+    // The RMSNorm inside staging where each warp has at most one 256-column job (as in matvec_mma;
+    // the host takes this kernel only where x fits one phase).
+    const bool fused_norm = MMA_FUSED_NORM && norm_w != nullptr && x2 == nullptr && k_tiles * Tile::TILE_COLS <= 256 * (blockDim.x >> 5);
+    if (norm_w && !fused_norm) block_inv_rms<NT>(x, n_x, n_cols, eps, inv_rms);
+    // Columns no x row fills keep zero sums and scales (see matvec_mma).
+    for (int i = threadIdx.x; i < SUMS * NG * 8; i += blockDim.x) (&xsums[0][0][0])[i] = 0;
+    for (int i = threadIdx.x; i < (PHASE / 256) * NG * 8; i += blockDim.x) (&xscale[0][0][0])[i] = 0.0f;
+    __syncthreads();
+    if (fused_norm) {
+        stage_x_s8_normed<NT, NG, XSTRIDE_B>(x, norm_w, eps, n_x, n_cols, k_tiles * Tile::TILE_COLS, xs_bytes, xsums, xscale, inv_rms);
+    } else {
+        stage_x_s8<NT, NG, XSTRIDE_B>(x, x2, norm_w, inv_rms, n_x, n_cols, 0, k_tiles * Tile::TILE_COLS, xs_bytes, xsums, xscale);
+    }
+    __syncthreads();
+    if (u_begin >= u_end) return;
+
+    // B columns 0-2 are x's three parts (lanes g < 3); the others read part 0 again, which their
+    // zero scales cancel (see b_off in matvec_mma).
+    const int b_off[NG] = {g < 3 ? g * XSTRIDE_B + 8 * t : 8 * t};
+    float acc[NG][4] = {{0.0f, 0.0f, 0.0f, 0.0f}};
+    const u8* tile = row_tiles(r) + (u64)kt * Tile::TILE_BYTES;
+    const u32 n_tiles = (u32)(u_end - u_begin);
+#pragma unroll 2
+    for (u32 i = 0; i < n_tiles; i++) {
+        // The next tile's loads go out before this one's math; the last tile loads itself again
+        // (a plain hand-over, as in matvec_mma).
+        const bool more = i + 1 < n_tiles, row_end = kt + 1 == k_tiles;
+        const u8* next = !more ? tile : row_end ? row_tiles(r + 1) : tile + Tile::TILE_BYTES;
+        Tile nxt;
+        nxt.load(next, lane, false);
+        tile_products_s8_of_type<NG>(cur, xs_bytes, xsums, xscale, kt, b_off, t, acc);
+        if (row_end || !more) {
+            const int seg = r < m0 ? 0 : r < m01 ? 1 : 2;
+            const u32 row0 = (r < m0 ? r : r < m01 ? r - m0 : r - m01) * RP_TILE_ROWS;
+            // Selects, not an index: an indexed struct member would go to local memory.
+            float* y = seg == 0 ? segs.y[0] : seg == 1 ? segs.y[1] : segs.y[2];
+            const float* bias = seg == 0 ? segs.bias[0] : seg == 1 ? segs.bias[1] : segs.bias[2];
+            const u32 n_rows = seg == 0 ? segs.n_rows[0] : seg == 1 ? segs.n_rows[1] : segs.n_rows[2];
+            stream_finish_row(acc[0][0], acc[0][1], acc[0][2], acc[0][3], y, bias, n_rows, row0, r, r == r_first, w, units,
+                              n_warps, k_tiles, partials, counters, accumulate);
+            acc[0][0] = acc[0][1] = acc[0][2] = acc[0][3] = 0.0f;
+        }
+        cur = nxt;
+        tile = next;
+        if (row_end) {
+            r++;
+            kt = 0;
+        } else {
+            kt++;
+        }
+    }
+}
+
+// The stream kernel (see above), with matvec_mma_1's arguments (k_tiles_per_split and warps_m
+// unused: the grid and block sizes are its plan).
+extern "C" __global__ void __launch_bounds__(32 * MMA_MAX_WARPS, MMA_MIN_BLOCKS) matvec_mma_stream_1(
+    const u8* tiles0, const u8* tiles1, const u8* tiles2, const float* bias0, const float* bias1, const float* bias2,
+    float* y0, float* y1, float* y2, u32 m_tiles0, u32 m_tiles1, u32 m_tiles2, u32 n_rows0, u32 n_rows1, u32 n_rows2,
+    u32 k_tiles, u32 n_cols, const float* __restrict__ x, const float* __restrict__ x2, const float* __restrict__ norm_w,
+    float eps, u32 n_x, float* __restrict__ partials, u32* __restrict__ counters, u32 k_tiles_per_split, u32 warps_m,
+    u32 accumulate, const u64* __restrict__ pf_ranges, u32 pf_n_ranges, u32 pf_first, u64 pf_offset_bytes, u64 pf_len_bytes) {
+    const Segments segs = {{tiles0, tiles1, tiles2}, {bias0, bias1, bias2}, {y0, y1, y2}, {m_tiles0, m_tiles1, m_tiles2}, {n_rows0, n_rows1, n_rows2}};
+    const PrefetchWindow ahead = {pf_ranges, pf_n_ranges, pf_first, pf_offset_bytes, pf_len_bytes};
+    matvec_mma_stream(segs, k_tiles, n_cols, x, x2, norm_w, eps, n_x, partials, counters, accumulate, ahead);
+}
+#endif  // MMA_STREAM

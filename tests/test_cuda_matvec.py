@@ -304,12 +304,18 @@ def test_one_launch_over_several_matrices_and_fused_inputs(name, groups, x_as):
     normalized (RMSNorm before the projections) or gated (SwiGLU before ffn_down) while it is
     loaded, against the float64 reference of the separate ops: x' = x / rms(x) * w or silu(x) *
     up, then W x' + bias for each matrix."""
+    check_several_matrices(name, groups, x_as, (1, 2, 3, 4, 8))
+
+
+def check_several_matrices(name: str, groups: int, x_as: str, n_xs) -> None:
+    """Three matrices of `groups` 32-column groups in one launch, x taken as `x_as` says, against
+    float64 (see test_one_launch_over_several_matrices_and_fused_inputs)."""
     rng = np.random.default_rng(groups * 31 + len(x_as))
     n_cols = width_for(name, groups)
     shapes = (37, 16, 129)  # odd, one tile, many tiles: each segment's block rows and split-K partials
     raws = [random_blocks(name, r * n_cols // TYPES[name][1], rng) for r in shapes]
     ws = [ferrite.dequantize(raw, name, (r, n_cols)).astype(np.float64) for raw, r in zip(raws, shapes)]
-    for n_x in (1, 2, 3, 4, 8):
+    for n_x in n_xs:
         x = (rng.standard_normal((n_x, n_cols)) * 3).astype(np.float32)
         biases = [rng.standard_normal(r).astype(np.float32) if i != 1 else None for i, r in enumerate(shapes)]
         kw, x64 = {}, x.astype(np.float64)
@@ -330,6 +336,44 @@ def test_one_launch_over_several_matrices_and_fused_inputs(name, groups, x_as):
             ref = x64 @ w.T + (b.astype(np.float64) if b is not None else 0.0)
             err = nmse(out[:n_x], ref)
             assert (err <= NMSE_BOUND).all(), f"{label}: NMSE per row {err}; max|diff| {np.abs(out[:n_x] - ref).max():.3e}"
+
+
+@cuda
+@needs_gpu
+@pytest.mark.parametrize("name", TILED)
+def test_stream_kernel_gives_the_products_of_every_share(name):
+    """matvec_mma.cu's stream kernel (one row of x; each warp an equal share of the launch's
+    tiles; a tile row shared by several warps added by the last of them to finish), forced onto
+    every one-row launch whose x fits its phase: matrices so small that most warps idle and a
+    row's tiles spread over many warps, one column tile (whole rows a warp), the 7B's width
+    (3,584 columns) at a few rows and at gate/up's 18,944; three matrices in one launch with the
+    RMSNorm or SwiGLU folded in; the residual add. Two rows of x, and x wider than a phase
+    (4,864 columns), keep the planned kernels in the same calls."""
+    try:
+        ferrite._ferrite._cuda_matvec_stream("always")
+        for n_rows, groups in [(37, 9), (300, 65), (40000, 4), (2100, 112), (18944, 112)]:
+            check_matvec(name, n_rows, width_for(name, groups), (1, 2), "tiled", seed=n_rows + 7 * groups, with_bias=True)
+        for groups in (28, 112, 152):
+            for x_as in ("x", "rms_norm", "swiglu"):
+                check_several_matrices(name, groups, x_as, (1, 2))
+        rng = np.random.default_rng(5)
+        n_rows, n_cols = 300, width_for(name, 112)
+        raw = random_blocks(name, n_rows * n_cols // TYPES[name][1], rng)
+        w = ferrite.dequantize(raw, name, (n_rows, n_cols)).astype(np.float64)
+        x = rng.standard_normal((1, n_cols)).astype(np.float32)
+        start = (rng.standard_normal((1, n_rows)) * 4).astype(np.float32)
+        out = ferrite._ferrite._cuda_matvec(raw, name, n_rows, n_cols, x, path="tiled", poison_bits=POISON, accumulate_onto=start)
+        assert (out[1].view(np.uint32) == POISON).all(), f"{name}: wrote past the last row"
+        ref = start.astype(np.float64) + x.astype(np.float64) @ w.T
+        err = nmse(out[:1], ref)
+        assert (err <= NMSE_BOUND).all(), f"{name} accumulate: NMSE {err}; max|diff| {np.abs(out[:1] - ref).max():.3e}"
+    finally:
+        ferrite._ferrite._cuda_matvec_stream("off")
+
+
+def test_stream_mode_hook_rejects_unknown_modes():
+    with pytest.raises(ValueError, match="stream mode"):
+        ferrite._ferrite._cuda_matvec_stream("sometimes")
 
 
 # ---------------------------------------------------------------- many rows: the quantized GEMM

@@ -6,7 +6,7 @@ use pyo3::types::PyDict;
 
 use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 
-use crate::backend::cuda::matvec::{force_plan, path_for, time_device_copy, MatvecOp, MatvecPath};
+use crate::backend::cuda::matvec::{force_plan, path_for, set_stream_mode, time_device_copy, MatvecOp, MatvecPath, StreamMode};
 use crate::backend::cuda::{self, dequant, CudaContext, CudaError};
 use crate::quant::GgmlType;
 
@@ -24,6 +24,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_cuda_matvec_time, m)?)?;
     m.add_function(wrap_pyfunction!(_cuda_copy_time, m)?)?;
     m.add_function(wrap_pyfunction!(_cuda_matvec_force_plan, m)?)?;
+    m.add_function(wrap_pyfunction!(_cuda_matvec_stream, m)?)?;
     m.add_function(wrap_pyfunction!(_cuda_row_op, m)?)?;
     m.add_function(wrap_pyfunction!(_cuda_gemm_f16, m)?)?;
     m.add_function(wrap_pyfunction!(_cuda_counters, m)?)?;
@@ -441,6 +442,20 @@ fn _cuda_copy_time(py: Python<'_>, n_bytes: usize, repeats: usize, device: &str)
         return Err(pyo3::exceptions::PyValueError::new_err("n_bytes must be 1 byte .. 16 GiB, repeats positive"));
     }
     Ok(py.detach(|| time_device_copy(device, n_bytes, repeats))?)
+}
+
+/// Test and benchmark hook: which one-row launches take matvec_mma.cu's stream kernel ("off",
+/// "large": matrices of many tiles, "always": wherever x fits its one phase), as
+/// `FERRITE_CUDA_MATVEC_STREAM` sets it for a model. Matrices made after the call get the kernel.
+#[pyfunction]
+fn _cuda_matvec_stream(mode: &str) -> PyResult<()> {
+    set_stream_mode(match mode {
+        "off" => StreamMode::Off,
+        "large" => StreamMode::Large,
+        "always" => StreamMode::Always,
+        other => return Err(pyo3::exceptions::PyValueError::new_err(format!("stream mode {other:?}: one of off, large, always"))),
+    });
+    Ok(())
 }
 
 /// Benchmark hook: every tiled matvec planned after this call uses `warps_m` x `warps_k` warps

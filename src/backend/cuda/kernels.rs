@@ -88,6 +88,8 @@ pub fn every_module() -> Vec<(&'static KernelSource, Vec<String>)> {
             sets.push(modules_for(&needs, |ty| tile_type_defines(ty).is_some(), true));
         }
     }
+    // The stream kernels, which a model compiles only when asked for (`matvec::StreamMode`).
+    sets.push(GgmlType::ALL.iter().filter_map(|t| stream_defines(*t)).map(|d| (&MATVEC_MMA, d)).collect());
     union_of_modules(sets)
 }
 
@@ -100,6 +102,15 @@ pub fn union_of_modules(sets: impl IntoIterator<Item = Vec<(&'static KernelSourc
         }
     }
     jobs
+}
+
+/// The options that compile matvec_mma.cu's stream kernel alone for `ty` (`matvec::StreamMode`),
+/// or `None` when `ty` has no tiles.
+pub fn stream_defines(ty: GgmlType) -> Option<Vec<String>> {
+    tile_type_defines(ty).map(|mut d| {
+        d.push("-DMMA_STREAM=1".into());
+        d
+    })
 }
 
 /// The options that compile attention.cu for `head_dim` and a cache of `kv_dtype`, or `None`

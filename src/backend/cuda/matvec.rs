@@ -200,12 +200,87 @@ impl Plan {
     /// taking whole block rows of its own. Returns the plan and that combined grid (which sizes
     /// the partial sums).
     pub fn for_group(grids: &[TileGrid], sms: usize, nt: usize) -> (Plan, TileGrid) {
-        let mut all = grids[0];
-        all.m_tiles = grids.iter().map(|g| g.m_tiles).sum();
-        all.n_rows = all.m_tiles * TILE_ROWS;
+        let all = combined(grids);
         let mut plan = Plan::new(&all, sms, nt);
         plan.block_rows = grids.iter().map(|g| g.m_tiles.div_ceil(plan.warps_m as usize) as u32).sum();
         (plan, all)
+    }
+}
+
+/// The tile rows of `grids` (one launch's matrices, of one format and width) as one grid.
+fn combined(grids: &[TileGrid]) -> TileGrid {
+    let mut all = grids[0];
+    all.m_tiles = grids.iter().map(|g| g.m_tiles).sum();
+    all.n_rows = all.m_tiles * TILE_ROWS;
+    all
+}
+
+/// Which one-row launches take matvec_mma.cu's stream kernel (`matvec_mma_stream_1`, its module
+/// compiled with `-DMMA_STREAM=1`: every warp an equal share of the launch's tiles, x staged once
+/// a block; see the kernel's notes). An experiment, off by default until it has run on a GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamMode {
+    Off,
+    /// Matrices of at least `STREAM_MIN_TILES_PER_WARP` tiles a warp of the stream grid (the
+    /// LM heads, a 7B's gate/up), x one phase wide.
+    Large,
+    /// Every one-row launch whose x fits one phase (for the per-op tests).
+    Always,
+}
+
+/// The mode (`StreamMode as u8`), or `u8::MAX` before the first read.
+static STREAM_MODE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(u8::MAX);
+
+/// The stream mode: as last set by [`set_stream_mode`], else `FERRITE_CUDA_MATVEC_STREAM`
+/// (`1` or `large`: [`StreamMode::Large`]; `always`; unset or anything else: off). Kernels are
+/// compiled for it when a weight type's kernels are (at load), so set it before.
+pub fn stream_mode() -> StreamMode {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mode = match STREAM_MODE.load(Relaxed) {
+        u8::MAX => {
+            let from_env = match std::env::var("FERRITE_CUDA_MATVEC_STREAM").as_deref() {
+                Ok("1" | "large") => StreamMode::Large,
+                Ok("always") => StreamMode::Always,
+                _ => StreamMode::Off,
+            };
+            let _ = STREAM_MODE.compare_exchange(u8::MAX, from_env as u8, Relaxed, Relaxed);
+            return stream_mode();
+        }
+        v => v,
+    };
+    [StreamMode::Off, StreamMode::Large, StreamMode::Always].into_iter().find(|m| *m as u8 == mode).unwrap_or(StreamMode::Off)
+}
+
+/// Sets the stream mode for kernels compiled and launches made after it (the per-op tests' hook).
+pub fn set_stream_mode(mode: StreamMode) {
+    STREAM_MODE.store(mode as u8, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Tiles a warp of the stream grid gets on average from which [`StreamMode::Large`] takes the
+/// stream kernel: with fewer, most tile rows would be shared by several warps (a round trip
+/// through L2 each), where the planned kernels' one wave of blocks does as well.
+const STREAM_MIN_TILES_PER_WARP: usize = 4;
+
+/// Blocks of the stream kernel: as many as the GPU holds at once (its launch bounds: 8 warps, two
+/// blocks an SM).
+pub fn stream_blocks(sms: usize) -> usize {
+    sms.max(1) * (RESIDENT_WARPS_PER_SM / MMA_MAX_WARPS as usize)
+}
+
+/// Floats of the stream kernel's row pieces: two slots of a tile row's 16 sums a warp.
+pub fn stream_partial_floats(sms: usize) -> usize {
+    2 * stream_blocks(sms) * MMA_MAX_WARPS as usize * TILE_ROWS
+}
+
+/// Whether a one-row launch over `all` (the launch's tile rows as one grid, see
+/// [`Plan::for_group`]) takes the stream kernel in `mode`: x must fit the kernel's one phase.
+pub fn takes_stream(mode: StreamMode, all: &TileGrid, sms: usize) -> bool {
+    let fits = all.k_tiles <= phase_tiles(&all.format, 1);
+    let tiles = all.m_tiles * all.k_tiles;
+    match mode {
+        StreamMode::Off => false,
+        StreamMode::Large => fits && tiles >= STREAM_MIN_TILES_PER_WARP * stream_blocks(sms) * MMA_MAX_WARPS as usize,
+        StreamMode::Always => fits,
     }
 }
 
@@ -234,6 +309,13 @@ impl SplitScratch {
         let floats = plans.iter().map(|(p, all)| p.partial_floats(all)).max().unwrap_or(0);
         let plans = plans.map(|(p, _)| p);
         let rows = plans.iter().filter(|p| p.splits > 1).map(|p| p.block_rows as usize).max().unwrap_or(0);
+        // The stream kernel's row pieces and a counter a tile row, where it may run.
+        let all = combined(grids);
+        let (floats, rows) = if stream_mode() != StreamMode::Off && takes_stream(StreamMode::Always, &all, sms) {
+            (floats.max(stream_partial_floats(sms)), rows.max(all.m_tiles))
+        } else {
+            (floats, rows)
+        };
         self.grow(ctx, floats, rows)
     }
 
@@ -285,6 +367,8 @@ pub struct TiledKernels {
     pub dequant_rows: CudaFunction,
     /// `matmul_mma` of matmul_mma.cu (many rows of x: `matmul_mma.rs`).
     pub matmul: CudaFunction,
+    /// `matvec_mma_stream_1` (see [`StreamMode`]), compiled when the mode was on.
+    pub stream: Option<CudaFunction>,
     pub scratch: Mutex<SplitScratch>,
     pub sms: usize,
 }
@@ -308,13 +392,19 @@ impl MatvecKernels {
                 let defines = kernels::tile_type_defines(ty).ok_or(QuantError::Unsupported(ty))?;
                 // On a new machine the three modules compile at once (the GEMM's beside the
                 // longer matvec's: no wait of its own).
-                ctx.precompile(&[(&kernels::MATVEC_MMA, defines.clone()), (&kernels::REPACKED_ROWS, defines.clone()), (&kernels::MATMUL_MMA, defines.clone())])?;
+                let mut modules = vec![(&kernels::MATVEC_MMA, defines.clone()), (&kernels::REPACKED_ROWS, defines.clone()), (&kernels::MATMUL_MMA, defines.clone())];
+                let stream_defines = (stream_mode() != StreamMode::Off).then(|| kernels::stream_defines(ty)).flatten();
+                if let Some(d) = &stream_defines {
+                    modules.push((&kernels::MATVEC_MMA, d.clone()));
+                }
+                ctx.precompile(&modules)?;
                 Ok(MatvecKernels {
                     matvec: variants(&kernels::MATVEC_MMA, &defines, "matvec_mma_")?,
                     embed: ctx.function_with(&kernels::REPACKED_ROWS, &defines, "embed_rows")?,
                     tiled: Some(TiledKernels {
                         dequant_rows: ctx.function_with(&kernels::REPACKED_ROWS, &defines, "dequant_rows")?,
                         matmul: ctx.function_with(&kernels::MATMUL_MMA, &defines, "matmul_mma")?,
+                        stream: stream_defines.map(|d| ctx.function_with(&kernels::MATVEC_MMA, &d, "matvec_mma_stream_1")).transpose()?,
                         scratch: Mutex::new(SplitScratch::default()),
                         sms: ctx.sms(),
                     }),
@@ -461,9 +551,19 @@ pub fn launch_matvecs(ctx: &CudaContext, kernels: &MatvecKernels, parts: Vec<Mat
             }
             let (plan, all) = Plan::for_group(&grids, tiled.sms, nt);
             let scratch = tiled.scratch.lock().map_err(|_| CudaError::Invalid("split-K scratch lock poisoned".into()))?;
-            let (partials, counters) = scratch.pointers(ctx, &plan, &all)?;
-            let block = 32 * plan.warps_m * plan.warps_k;
-            let cfg = LaunchConfig { grid_dim: (plan.block_rows, plan.splits, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 };
+            let stream = tiled.stream.as_ref().filter(|_| nt == 1 && takes_stream(stream_mode(), &all, tiled.sms));
+            let (f, cfg, (partials, counters)) = match stream {
+                // The stream kernel takes the same arguments; its grid is its plan.
+                Some(sf) => (
+                    sf,
+                    LaunchConfig { grid_dim: (stream_blocks(tiled.sms) as u32, 1, 1), block_dim: (32 * MMA_MAX_WARPS, 1, 1), shared_mem_bytes: 0 },
+                    scratch.pointers_for(ctx, stream_partial_floats(tiled.sms), all.m_tiles).map_err(|e| CudaError::Invalid(format!("{}: {e}", first.name)))?,
+                ),
+                None => {
+                    let block = 32 * plan.warps_m * plan.warps_k;
+                    (f, LaunchConfig { grid_dim: (plan.block_rows, plan.splits, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 }, scratch.pointers(ctx, &plan, &all)?)
+                }
+            };
             let (k_tiles, per, wm) = (all.k_tiles as u32, plan.k_tiles_per_split, plan.warps_m);
             let (x2, norm_w, eps) = match input {
                 Input::X => (0u64, 0u64, 0f32),
@@ -903,5 +1003,90 @@ mod tests {
             assert_eq!((p.warps_m, p.warps_k, p.splits), (4, 2, 1), "nt={nt}: {p:?}");
             assert!(p.block_rows as usize <= sms * RESIDENT_WARPS_PER_SM / 8, "{p:?}");
         }
+    }
+
+    /// matvec_mma.cu's stream kernel, its share arithmetic transcribed (the test below holds the
+    /// source to these lines): the first tile of warp `w` of `warps`, and the warp of tile `u`.
+    fn stream_first_unit(w: u64, units: u64, warps: u64) -> u64 {
+        w * units / warps
+    }
+    fn stream_owner(u: u64, units: u64, warps: u64) -> u64 {
+        ((u + 1) * warps - 1) / units
+    }
+
+    /// Every tile falls to exactly one warp, no warp's share is empty, and every row's pieces are
+    /// what its last warp adds: the warps from its first tile's owner to its last tile's each
+    /// wrote one piece of it, in the slot the adding warp reads (2w for the row a share begins
+    /// in, 2w + 1 for the row it ends in), no slot holding two pieces; rows that one warp holds
+    /// whole are written directly. Shapes from a few tiles on the whole grid to more tiles than
+    /// warps, on the H200's 264 blocks of 8 warps.
+    #[test]
+    fn stream_shares_cover_every_tile_once_and_pieces_meet_their_reader() {
+        let src = crate::backend::cuda::kernels::MATVEC_MMA.src;
+        assert!(src.contains("u64 stream_first_unit(u64 w, u64 units, u64 warps) { return w * units / warps; }"));
+        assert!(src.contains("u64 stream_owner(u64 u, u64 units, u64 warps) { return ((u + 1) * warps - 1) / units; }"));
+        assert!(src.contains("const u64 n_warps = max(min((u64)gridDim.x * warps_here, units), (u64)1);"));
+        assert!(src.contains("const u64 slot = 2 * v + (stream_first_unit(v, units, n_warps) / k_tiles == r ? 0 : 1);"));
+        assert!(src.contains("float* piece = partials + (2 * w + (first ? 0 : 1)) * RP_TILE_ROWS;"));
+        let grid_warps = stream_blocks(132) as u64 * MMA_MAX_WARPS as u64;
+        assert_eq!(2 * grid_warps as usize * TILE_ROWS, stream_partial_floats(132));
+        for (m_tiles, k_tiles) in [(1u64, 1u64), (3, 3), (3, 17), (19, 7), (132, 14), (1184, 14), (2368, 14), (9504, 14), (700, 32), (5000, 1)] {
+            let units = m_tiles * k_tiles;
+            let warps = grid_warps.min(units).max(1);
+            let share = |w: u64| stream_first_unit(w, units, warps)..stream_first_unit(w + 1, units, warps);
+            assert_eq!(share(0).start, 0);
+            assert_eq!(share(warps - 1).end, units);
+            let mut slots = std::collections::HashMap::new();
+            for w in 0..warps {
+                let s = share(w);
+                assert!(s.start < s.end, "{m_tiles}x{k_tiles}: warp {w} has no tile");
+                assert_eq!(share(w + 1).start, s.end);
+                for u in s.clone() {
+                    assert_eq!(stream_owner(u, units, warps), w, "{m_tiles}x{k_tiles}: tile {u}");
+                }
+                // The rows this warp touches, and the slot of each it writes a piece of.
+                let first_row = s.start / k_tiles;
+                for r in first_row..=(s.end - 1) / k_tiles {
+                    let (w_first, w_last) = (stream_owner(r * k_tiles, units, warps), stream_owner((r + 1) * k_tiles - 1, units, warps));
+                    assert!((w_first..=w_last).contains(&w));
+                    if w_first == w_last {
+                        continue; // written directly
+                    }
+                    let slot = 2 * w + u64::from(r != first_row);
+                    assert!(slots.insert(slot, r).is_none(), "{m_tiles}x{k_tiles}: slot {slot} twice");
+                }
+            }
+            // The adding warp's reads: one slot per warp of the row, each holding this row's piece.
+            for r in 0..m_tiles {
+                let (w_first, w_last) = (stream_owner(r * k_tiles, units, warps), stream_owner((r + 1) * k_tiles - 1, units, warps));
+                if w_first == w_last {
+                    continue;
+                }
+                for v in w_first..=w_last {
+                    let slot = 2 * v + u64::from(stream_first_unit(v, units, warps) / k_tiles != r);
+                    assert_eq!(slots.get(&slot), Some(&r), "{m_tiles}x{k_tiles}: row {r} reads slot {slot}");
+                    assert!(slot < 2 * grid_warps);
+                }
+            }
+        }
+    }
+
+    /// `Large` takes the stream kernel for the matrices of many tiles whose x fits its phase (the
+    /// 7B's gate/up launch, both LM heads), not for the 0.5B's layers or any ffn_down; `Always`
+    /// wherever x fits.
+    #[test]
+    fn stream_mode_takes_large_matrices_of_one_phase() {
+        let sms = 132;
+        let gate_up = |ty, rows, cols| combined(&[grid(ty, rows, cols), grid(ty, rows, cols)]);
+        assert!(takes_stream(StreamMode::Large, &gate_up(GgmlType::Q4_K, 18944, 3584), sms));
+        assert!(takes_stream(StreamMode::Large, &grid(GgmlType::Q6_K, 152064, 3584), sms));
+        assert!(takes_stream(StreamMode::Large, &grid(GgmlType::Q8_0, 151936, 896), sms));
+        assert!(!takes_stream(StreamMode::Large, &gate_up(GgmlType::Q5_0, 4864, 896), sms));
+        assert!(!takes_stream(StreamMode::Large, &grid(GgmlType::Q4_K, 3584, 3584), sms));
+        assert!(!takes_stream(StreamMode::Large, &grid(GgmlType::Q4_K, 3584, 18944), sms));
+        assert!(takes_stream(StreamMode::Always, &grid(GgmlType::Q5_0, 896, 896), sms));
+        assert!(takes_stream(StreamMode::Always, &grid(GgmlType::Q8_0, 16, 4096), sms));
+        assert!(!takes_stream(StreamMode::Always, &grid(GgmlType::Q4_K, 896, 4864), sms));
+        assert!(!takes_stream(StreamMode::Off, &grid(GgmlType::Q8_0, 151936, 896), sms));
     }
 }
