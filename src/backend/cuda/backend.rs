@@ -674,6 +674,12 @@ pub fn test_row_op(device: &str, op: RowOp, a: &[f32], b: &[f32], n_rows: usize,
 }
 
 impl CudaBackend {
+    /// Rows of x up to which every projection of this backend takes the matrix-vector kernels
+    /// (`matmul::matvec_max_rows` at its GEMM precision).
+    fn matvec_rows(&self) -> usize {
+        super::matmul::matvec_max_rows(self.gemm == GemmPrecision::F32)
+    }
+
     /// One projection, checked: `out = w x (+ bias)`, or `out += w x` with `Write::Accumulate`.
     /// `x_f16` carries `x`'s f16 conversion between the projections of one input (`None` at
     /// the first). `group`: the weights projected from the same x, `w` among them (it decides
@@ -909,7 +915,7 @@ impl CudaBackend {
         // The weights read next, where the step's projections run on the matrix-vector kernels,
         // which read the buffers the plan names (with more rows most projections read a
         // dequantized copy, which it does not name).
-        let matvec = batch.n_tokens <= super::matmul::matvec_max_rows(self.gemm == GemmPrecision::F32);
+        let matvec = batch.n_tokens <= self.matvec_rows();
         let pf = match &self.prefetch {
             Some(plan) if matvec => plan.attention(&self.ctx, layer),
             _ => Default::default(),
@@ -1778,7 +1784,7 @@ impl Backend for CudaBackend {
         // (the weights' f16 or float32 copies, stacked or single, the scratch, the stacked GEMM's
         // output), which must not happen while recording.
         // "Large" is more rows than the matrix-vector kernels take.
-        if key.n_tokens > super::matmul::matvec_max_rows(self.gemm == GemmPrecision::F32) {
+        if key.n_tokens > self.matvec_rows() {
             if self.sightings.len() > SIGHTINGS_MAX {
                 self.sightings.clear();
             }
