@@ -48,7 +48,8 @@
 #                KV cache's GPU tests and its decode speed beside float32; sampler: the sampler
 #                tests and bench_cuda_sampler.py; prefetch (the default): weights asked of L2
 #                ahead of their use (decode attention's window, the matrix-vector launches'
-#                sliding window), the tests with both on, then decode steps with them off and on.
+#                sliding window), the tests with both on, then decode steps with them off and on;
+#                stream: the one-row stream kernel's tests, its bandwidth and decode steps off and on.
 #   Logs, JSON reports and haiku artifacts go to one archive, $OUT/gpu_check.tar.gz (the device
 #   tool brings back at most 8 files), beside report.jsonl and table.txt. A table closes the
 #   output. Exit status 0 when every step passed.
@@ -205,6 +206,35 @@ if [ "$what" = pending ]; then
             cp "$out/timeline_${n}_$name.log" "$dest/timeline_${n}_$name.txt" 2>/dev/null
         done
     done
+    fi
+    if [[ ,$parts, == *,stream,* ]]; then
+    # matvec_mma.cu's stream kernel for one row of x (src/backend/cuda/matvec.rs, StreamMode; off by
+    # default until this runs): its per-op tests (forced onto every shape x fits), the model and
+    # engine tests with it on every one-row launch it can take (always), the one-row kernels'
+    # bandwidth off / large / always on the real and 7B shapes, then decode steps of syn05 and
+    # syn7b at one sequence, off and large, two interleaved rounds.
+    STEP_TIMEOUT=${CUDA_PYTEST_S:-240} step pytest_stream_op "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_matvec.py -m cuda -k stream --junitxml="$out/junit_stream_op.xml"
+    STEP_TIMEOUT=${CUDA_PYTEST_S:-180} FERRITE_CUDA_MATVEC_STREAM=always \
+        step pytest_stream "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_model.py tests/test_cuda_engine.py -m "cuda and not model" --junitxml="$out/junit_stream.xml"
+    for sm in off large always; do
+        FERRITE_CUDA_MATVEC_STREAM=$sm STEP_TIMEOUT=150 step "matvec_stream_$sm" "$py" benches/bench_cuda_matvec.py --tiled-only --rows 1 --shapes real,7b
+        cp "$out/matvec_stream_$sm.log" "$dest/matvec_stream_$sm.txt" 2>/dev/null
+    done
+    need_syn7b
+    stream_ab() {
+        for round in 1 2; do
+            for sm in off large; do
+                for m in /tmp/synthetic.gguf /root/m/syn7b.gguf; do
+                    FERRITE_CUDA_MATVEC_STREAM=$sm timeout 60 "$py" benches/bench_decode_step.py "$m" --device cuda --batches 1 2>&1 \
+                        | grep --line-buffered -E "^\| [0-9]|Error|error:" | sed "s|^|$sm $(basename "$m") |"
+                done
+            done
+        done
+    }
+    export -f stream_ab
+    export py
+    STEP_TIMEOUT=300 step stream_ab bash -c stream_ab
+    cp "$out/stream_ab.log" "$dest/stream_ab.txt" 2>/dev/null
     fi
     if [[ $parts == *sampler* ]]; then
     STEP_TIMEOUT=${ENGINE_PYTEST_S:-150} step pytest_sampler "$py" -m pytest -q -ra -p no:cacheprovider tests/test_sampling.py tests/test_cuda_engine.py -m cuda --junitxml="$out/junit_sampler.xml"
