@@ -912,7 +912,9 @@ __device__ __noinline__ void stream_finish_row(float acc0, float acc1, float acc
     u32 last = 0;
     if (lane == 0) last = atomicAdd(&counters[r], 1u) == (u32)(w_last - w_first);
     if (!__shfl_sync(FULL_WARP, last, 0)) return;
+    // Every lane orders its reads after lane 0's count (a shuffle is no memory ordering).
     __threadfence();
+    __syncwarp();
     if (lane < RP_TILE_ROWS) {
         float sum = 0.0f;
         for (u64 v = w_first; v <= w_last; v++) {
@@ -928,7 +930,7 @@ __device__ __forceinline__ void matvec_mma_stream(const Segments& segs, u32 k_ti
                                                   const float* __restrict__ x2, const float* __restrict__ norm_w, float eps,
                                                   u32 n_x, float* __restrict__ partials, u32* __restrict__ counters,
                                                   u32 accumulate, const PrefetchWindow& ahead) {
-    static_assert(Tile::S8, "the stream kernel runs the int8 path");
+    static_assert(Tile::S8, "the stream kernel runs the int8 path (not with -DRP_Q6_K_S8=0)");
     constexpr int NT = 1, NG = 1;
     constexpr int PHASE = 4096 / NT, XSTRIDE_B = PHASE + 32, PHASE_TILES = PHASE / Tile::TILE_COLS, SUMS = PHASE / 32;
     __shared__ __align__(16) u8 xs_bytes[3 * NT * XSTRIDE_B];
@@ -958,9 +960,14 @@ __device__ __forceinline__ void matvec_mma_stream(const Segments& segs, u32 k_ti
     if (u_begin < u_end) cur.load(row_tiles(r) + (u64)kt * Tile::TILE_BYTES, lane, false);
     prefetch_window(ahead);
     dependent_wait();
+    // The host takes this kernel only where x fits one phase: anything else would stage past the
+    // shared buffers.
+    if (k_tiles > (u32)PHASE_TILES) __trap();
+    // Blocks without a share (a launch of fewer tiles than warps) have nothing to stage.
+    if (blockIdx.x * warps_here >= n_warps) return;
 
-    // The RMSNorm inside staging where each warp has at most one 256-column job (as in matvec_mma;
-    // the host takes this kernel only where x fits one phase).
+    // The RMSNorm inside staging where each warp has at most one 256-column job (as in
+    // matvec_mma).
     const bool fused_norm = MMA_FUSED_NORM && norm_w != nullptr && x2 == nullptr && k_tiles * Tile::TILE_COLS <= 256 * (blockDim.x >> 5);
     if (norm_w && !fused_norm) block_inv_rms<NT>(x, n_x, n_cols, eps, inv_rms);
     // Columns no x row fills keep zero sums and scales (see matvec_mma).

@@ -307,12 +307,12 @@ def test_one_launch_over_several_matrices_and_fused_inputs(name, groups, x_as):
     check_several_matrices(name, groups, x_as, (1, 2, 3, 4, 8))
 
 
-def check_several_matrices(name: str, groups: int, x_as: str, n_xs) -> None:
-    """Three matrices of `groups` 32-column groups in one launch, x taken as `x_as` says, against
-    float64 (see test_one_launch_over_several_matrices_and_fused_inputs)."""
-    rng = np.random.default_rng(groups * 31 + len(x_as))
+def check_several_matrices(name: str, groups: int, x_as: str, n_xs, shapes=(37, 16, 129)) -> None:
+    """Matrices of `shapes` rows and `groups` 32-column groups in one launch (by default odd, one
+    tile, many tiles: each segment's block rows and split-K partials), x taken as `x_as` says,
+    against float64 (see test_one_launch_over_several_matrices_and_fused_inputs)."""
+    rng = np.random.default_rng(groups * 31 + len(x_as) + sum(shapes))
     n_cols = width_for(name, groups)
-    shapes = (37, 16, 129)  # odd, one tile, many tiles: each segment's block rows and split-K partials
     raws = [random_blocks(name, r * n_cols // TYPES[name][1], rng) for r in shapes]
     ws = [ferrite.dequantize(raw, name, (r, n_cols)).astype(np.float64) for raw, r in zip(raws, shapes)]
     for n_x in n_xs:
@@ -345,35 +345,49 @@ def test_stream_kernel_gives_the_products_of_every_share(name):
     """matvec_mma.cu's stream kernel (one row of x; each warp an equal share of the launch's
     tiles; a tile row shared by several warps added by the last of them to finish), forced onto
     every one-row launch whose x fits its phase: matrices so small that most warps idle and a
-    row's tiles spread over many warps, one column tile (whole rows a warp), the 7B's width
-    (3,584 columns) at a few rows and at gate/up's 18,944; three matrices in one launch with the
-    RMSNorm or SwiGLU folded in; the residual add. Two rows of x, and x wider than a phase
-    (4,864 columns), keep the planned kernels in the same calls."""
+    row's tiles spread over many warps; one column tile (whole rows a warp); shares of several
+    rows, some written whole by one warp, with a partial last tile row; the 7B's width (3,584
+    columns) at a few rows and at gate/up's 18,944; matrices in one launch with the RMSNorm or
+    SwiGLU folded in, among them shares that cross from one matrix into the next; the residual
+    add on shared and on whole rows. Two rows of x, and x wider than a phase (4,864 columns),
+    keep the planned kernels in the same calls."""
+    before = ferrite._ferrite._cuda_matvec_stream("always")
+    launches = ferrite._ferrite._cuda_counters()["stream_matvecs"]
     try:
-        ferrite._ferrite._cuda_matvec_stream("always")
-        for n_rows, groups in [(37, 9), (300, 65), (40000, 4), (2100, 112), (18944, 112)]:
+        for n_rows, groups in [(37, 9), (300, 65), (40000, 4), (40007, 28), (2100, 112), (18944, 112)]:
             check_matvec(name, n_rows, width_for(name, groups), (1, 2), "tiled", seed=n_rows + 7 * groups, with_bias=True)
         for groups in (28, 112, 152):
             for x_as in ("x", "rms_norm", "swiglu"):
                 check_several_matrices(name, groups, x_as, (1, 2))
+        for x_as in ("x", "rms_norm"):
+            check_several_matrices(name, 28, x_as, (1,), shapes=(18944, 37, 18945))
         rng = np.random.default_rng(5)
-        n_rows, n_cols = 300, width_for(name, 112)
-        raw = random_blocks(name, n_rows * n_cols // TYPES[name][1], rng)
-        w = ferrite.dequantize(raw, name, (n_rows, n_cols)).astype(np.float64)
-        x = rng.standard_normal((1, n_cols)).astype(np.float32)
-        start = (rng.standard_normal((1, n_rows)) * 4).astype(np.float32)
-        out = ferrite._ferrite._cuda_matvec(raw, name, n_rows, n_cols, x, path="tiled", poison_bits=POISON, accumulate_onto=start)
-        assert (out[1].view(np.uint32) == POISON).all(), f"{name}: wrote past the last row"
-        ref = start.astype(np.float64) + x.astype(np.float64) @ w.T
-        err = nmse(out[:1], ref)
-        assert (err <= NMSE_BOUND).all(), f"{name} accumulate: NMSE {err}; max|diff| {np.abs(out[:1] - ref).max():.3e}"
+        for n_rows, groups in [(300, 112), (40007, 28)]:
+            n_cols = width_for(name, groups)
+            raw = random_blocks(name, n_rows * n_cols // TYPES[name][1], rng)
+            w = ferrite.dequantize(raw, name, (n_rows, n_cols)).astype(np.float64)
+            x = rng.standard_normal((1, n_cols)).astype(np.float32)
+            start = (rng.standard_normal((1, n_rows)) * 4).astype(np.float32)
+            out = ferrite._ferrite._cuda_matvec(raw, name, n_rows, n_cols, x, path="tiled", poison_bits=POISON, accumulate_onto=start)
+            label = f"{name} {n_rows}x{n_cols} accumulate"
+            assert (out[1].view(np.uint32) == POISON).all(), f"{label}: wrote past the last row"
+            ref = start.astype(np.float64) + x.astype(np.float64) @ w.T
+            err = nmse(out[:1], ref)
+            assert (err <= NMSE_BOUND).all(), f"{label}: NMSE {err}; max|diff| {np.abs(out[:1] - ref).max():.3e}"
+        # The products above came from the stream kernel, not from the planned kernels.
+        assert ferrite._ferrite._cuda_counters()["stream_matvecs"] > launches
     finally:
-        ferrite._ferrite._cuda_matvec_stream("off")
+        ferrite._ferrite._cuda_matvec_stream(before)
 
 
-def test_stream_mode_hook_rejects_unknown_modes():
+def test_stream_mode_hook_rejects_unknown_modes_and_returns_the_mode_before():
     with pytest.raises(ValueError, match="stream mode"):
         ferrite._ferrite._cuda_matvec_stream("sometimes")
+    before = ferrite._ferrite._cuda_matvec_stream("large")
+    try:
+        assert ferrite._ferrite._cuda_matvec_stream("always") == "large"
+    finally:
+        ferrite._ferrite._cuda_matvec_stream(before)
 
 
 # ---------------------------------------------------------------- many rows: the quantized GEMM

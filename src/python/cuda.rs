@@ -6,7 +6,7 @@ use pyo3::types::PyDict;
 
 use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 
-use crate::backend::cuda::matvec::{force_plan, path_for, set_stream_mode, time_device_copy, MatvecOp, MatvecPath, StreamMode};
+use crate::backend::cuda::matvec::{force_plan, path_for, set_stream_mode, stream_mode, time_device_copy, MatvecOp, MatvecPath, StreamMode, STREAM_MATVECS};
 use crate::backend::cuda::{self, dequant, CudaContext, CudaError};
 use crate::quant::GgmlType;
 
@@ -303,11 +303,13 @@ fn _cuda_weight_rows<'py>(
 }
 
 /// Test hook: counts of this process's CUDA path decisions, as a dict: ``stacked_gemms``
-/// (projections of one x run as one GEMM on a stacked copy; graph replays not counted).
+/// (projections of one x run as one GEMM on a stacked copy) and ``stream_matvecs`` (one-row
+/// launches on the stream kernel); graph replays not counted.
 #[pyfunction]
 fn _cuda_counters(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     let d = PyDict::new(py);
     d.set_item("stacked_gemms", cuda::STACKED_GEMMS.load(std::sync::atomic::Ordering::Relaxed))?;
+    d.set_item("stream_matvecs", STREAM_MATVECS.load(std::sync::atomic::Ordering::Relaxed))?;
     Ok(d)
 }
 
@@ -446,16 +448,17 @@ fn _cuda_copy_time(py: Python<'_>, n_bytes: usize, repeats: usize, device: &str)
 
 /// Test and benchmark hook: which one-row launches take matvec_mma.cu's stream kernel ("off",
 /// "large": matrices of many tiles, "always": wherever x fits its one phase), as
-/// `FERRITE_CUDA_MATVEC_STREAM` sets it for a model. Matrices made after the call get the kernel.
+/// `FERRITE_CUDA_MATVEC_STREAM` sets it for a model; returns the mode before (so that a test
+/// can put it back). Matrices made after the call get the kernel.
 #[pyfunction]
-fn _cuda_matvec_stream(mode: &str) -> PyResult<()> {
-    set_stream_mode(match mode {
-        "off" => StreamMode::Off,
-        "large" => StreamMode::Large,
-        "always" => StreamMode::Always,
-        other => return Err(pyo3::exceptions::PyValueError::new_err(format!("stream mode {other:?}: one of off, large, always"))),
-    });
-    Ok(())
+fn _cuda_matvec_stream(mode: &str) -> PyResult<&'static str> {
+    let mode = [StreamMode::Off, StreamMode::Large, StreamMode::Always]
+        .into_iter()
+        .find(|m| m.name() == mode)
+        .ok_or_else(|| pyo3::exceptions::PyValueError::new_err(format!("stream mode {mode:?}: one of off, large, always")))?;
+    let before = stream_mode();
+    set_stream_mode(mode);
+    Ok(before.name())
 }
 
 /// Benchmark hook: every tiled matvec planned after this call uses `warps_m` x `warps_k` warps

@@ -251,6 +251,17 @@ pub fn stream_mode() -> StreamMode {
     [StreamMode::Off, StreamMode::Large, StreamMode::Always].into_iter().find(|m| *m as u8 == mode).unwrap_or(StreamMode::Off)
 }
 
+impl StreamMode {
+    /// The mode's name as `FERRITE_CUDA_MATVEC_STREAM` and the test hook spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            StreamMode::Off => "off",
+            StreamMode::Large => "large",
+            StreamMode::Always => "always",
+        }
+    }
+}
+
 /// Sets the stream mode for kernels compiled and launches made after it (the per-op tests' hook).
 pub fn set_stream_mode(mode: StreamMode) {
     STREAM_MODE.store(mode as u8, std::sync::atomic::Ordering::Relaxed);
@@ -266,6 +277,10 @@ const STREAM_MIN_TILES_PER_WARP: usize = 4;
 pub fn stream_blocks(sms: usize) -> usize {
     sms.max(1) * (RESIDENT_WARPS_PER_SM / MMA_MAX_WARPS as usize)
 }
+
+/// Launches of the stream kernel by this process (directly, not counting graph replays), for
+/// tests to see that it ran (`_cuda_counters`).
+pub static STREAM_MATVECS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Floats of the stream kernel's row pieces: two slots of a tile row's 16 sums a warp.
 pub fn stream_partial_floats(sms: usize) -> usize {
@@ -555,7 +570,10 @@ pub fn launch_matvecs(ctx: &CudaContext, kernels: &MatvecKernels, parts: Vec<Mat
             let (f, cfg, (partials, counters)) = match stream {
                 // The stream kernel takes the same arguments; its grid is its plan.
                 Some(sf) => (
-                    sf,
+                    {
+                        STREAM_MATVECS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        sf
+                    },
                     LaunchConfig { grid_dim: (stream_blocks(tiled.sms) as u32, 1, 1), block_dim: (32 * MMA_MAX_WARPS, 1, 1), shared_mem_bytes: 0 },
                     scratch.pointers_for(ctx, stream_partial_floats(tiled.sms), all.m_tiles).map_err(|e| CudaError::Invalid(format!("{}: {e}", first.name)))?,
                 ),
@@ -1028,6 +1046,8 @@ mod tests {
         assert!(src.contains("const u64 n_warps = max(min((u64)gridDim.x * warps_here, units), (u64)1);"));
         assert!(src.contains("const u64 slot = 2 * v + (stream_first_unit(v, units, n_warps) / k_tiles == r ? 0 : 1);"));
         assert!(src.contains("float* piece = partials + (2 * w + (first ? 0 : 1)) * RP_TILE_ROWS;"));
+        assert!(src.contains("stream_finish_row(acc[0][0], acc[0][1], acc[0][2], acc[0][3], y, bias, n_rows, row0, r, r == r_first, w, units,"));
+        assert!(src.contains("last = atomicAdd(&counters[r], 1u) == (u32)(w_last - w_first);"));
         let grid_warps = stream_blocks(132) as u64 * MMA_MAX_WARPS as u64;
         assert_eq!(2 * grid_warps as usize * TILE_ROWS, stream_partial_floats(132));
         for (m_tiles, k_tiles) in [(1u64, 1u64), (3, 3), (3, 17), (19, 7), (132, 14), (1184, 14), (2368, 14), (9504, 14), (700, 32), (5000, 1)] {
