@@ -49,7 +49,8 @@
 #                tests and bench_cuda_sampler.py; prefetch (the default): weights asked of L2
 #                ahead of their use (decode attention's window, the matrix-vector launches'
 #                sliding window), the tests with both on, then decode steps with them off and on;
-#                stream: the one-row stream kernel's tests, its bandwidth and decode steps off and on.
+#                stream: the one-row stream kernel's tests; stream_ab: its bandwidth and decode
+#                steps off and on.
 #   Logs, JSON reports and haiku artifacts go to one archive, $OUT/gpu_check.tar.gz (the device
 #   tool brings back at most 8 files), beside report.jsonl and table.txt. A table closes the
 #   output. Exit status 0 when every step passed.
@@ -209,13 +210,17 @@ if [ "$what" = pending ]; then
     fi
     if [[ ,$parts, == *,stream,* ]]; then
     # matvec_mma.cu's stream kernel for one row of x (src/backend/cuda/matvec.rs, StreamMode; off by
-    # default until this runs): its per-op tests (forced onto every shape x fits), the model and
-    # engine tests with it on every one-row launch it can take (always), the one-row kernels'
-    # bandwidth off / large / always on the real and 7B shapes, then decode steps of syn05 and
-    # syn7b at one sequence, off and large, two interleaved rounds.
+    # default until this runs): its per-op test (forced onto every shape x fits), then the whole
+    # matrix-vector file and the model and engine GPU tests with it on every one-row launch it
+    # can take (always). PENDING_PARTS=stream_ab: its speed.
     STEP_TIMEOUT=${CUDA_PYTEST_S:-240} step pytest_stream_op "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_matvec.py -m cuda -k stream --junitxml="$out/junit_stream_op.xml"
-    STEP_TIMEOUT=${CUDA_PYTEST_S:-180} FERRITE_CUDA_MATVEC_STREAM=always \
-        step pytest_stream "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_model.py tests/test_cuda_engine.py -m "cuda and not model" --junitxml="$out/junit_stream.xml"
+    STEP_TIMEOUT=${CUDA_PYTEST_S:-300} FERRITE_CUDA_MATVEC_STREAM=always \
+        step pytest_stream "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_matvec.py tests/test_cuda_model.py tests/test_cuda_engine.py -m "cuda and not model" --junitxml="$out/junit_stream.xml"
+    fi
+    if [[ ,$parts, == *,stream_ab,* ]]; then
+    # The one-row kernels' share of the copy bandwidth off / large / always on the real and 7B
+    # shapes, then decode steps of syn05 and syn7b at one sequence, off and large, two
+    # interleaved rounds.
     for sm in off large always; do
         FERRITE_CUDA_MATVEC_STREAM=$sm STEP_TIMEOUT=150 step "matvec_stream_$sm" "$py" benches/bench_cuda_matvec.py --tiled-only --rows 1 --shapes real,7b
         cp "$out/matvec_stream_$sm.log" "$dest/matvec_stream_$sm.txt" 2>/dev/null
