@@ -168,6 +168,26 @@ if [ "$what" = pending ]; then
     need_syn7b() {
         [ -f /root/m/syn7b.gguf ] || { mkdir -p /root/m; STEP_TIMEOUT=120 step synth_7b "$py" scripts/make_synthetic_model.py /root/m/syn7b.gguf --shape 7b --tokenizer-from "$FERRITE_TOKENIZER_GGUF"; }
     }
+    # decode_ab "NAME|VAR=VALUE ..." ... -- MODEL:BATCHES ...: bench_decode_step.py's rows for each
+    # model under each variant's environment, two interleaved rounds, each row prefixed with the
+    # variant's and the model's names. Run as `step NAME bash -c 'decode_ab "$@"' _ ARGS...`.
+    decode_ab() {
+        local variants=() models v m
+        while [ "$1" != -- ]; do variants+=("$1"); shift; done
+        shift
+        models=("$@")
+        for round in 1 2; do
+            for v in "${variants[@]}"; do
+                for m in "${models[@]}"; do
+                    # shellcheck disable=SC2086  # the variables, one word each
+                    env ${v#*|} timeout 60 "$py" benches/bench_decode_step.py "${m%%:*}" --device cuda --batches "${m#*:}" 2>&1 \
+                        | grep --line-buffered -E "^\| [0-9]|Error|error:" | sed "s|^|${v%%|*} $(basename "${m%%:*}") |"
+                done
+            done
+        done
+    }
+    export -f decode_ab
+    export py
     if [[ ,$parts, == *,prefetch,* ]]; then
     # Weights asked of L2 ahead of their use (src/backend/cuda/prefetch.rs, off by default until
     # this runs): decode attention's window (FERRITE_CUDA_PREFETCH_MB) and the matrix-vector
@@ -179,21 +199,14 @@ if [ "$what" = pending ]; then
     STEP_TIMEOUT=${CUDA_PYTEST_S:-180} FERRITE_CUDA_PREFETCH_MB=24 FERRITE_CUDA_PREFETCH_AHEAD_MB=16 FERRITE_CUDA_KERNEL_DEFINES=-DMMA_EVICT_FIRST=1 \
         step pytest_prefetch "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_model.py tests/test_cuda_engine.py -m "cuda and not model" --junitxml="$out/junit_prefetch.xml"
     need_syn7b
-    prefetch_ab() {
-        for round in 1 2; do
-            # name|attention MB|ahead MB|kernel defines
-            for v in "off|0|0|" "att24|24|0|" "ahead16|0|16|" "ahead16ef|0|16|-DMMA_EVICT_FIRST=1" "att24ahead16ef|24|16|-DMMA_EVICT_FIRST=1" "att24v64|24|0|-DATTN_V_BATCH_FLOATS=64"; do
-                IFS='|' read -r name att ahead defines <<< "$v"
-                for m in /tmp/synthetic.gguf:1,4 /root/m/syn7b.gguf:1; do
-                    FERRITE_CUDA_PREFETCH_MB=$att FERRITE_CUDA_PREFETCH_AHEAD_MB=$ahead FERRITE_CUDA_KERNEL_DEFINES=$defines timeout 60 \
-                        "$py" benches/bench_decode_step.py "${m%%:*}" --device cuda --batches "${m#*:}" 2>&1 | grep --line-buffered -E "^\| [0-9]|Error|error:" | sed "s|^|$name $(basename "${m%%:*}") |"
-                done
-            done
-        done
-    }
-    export -f prefetch_ab
-    export py
-    STEP_TIMEOUT=330 step prefetch_ab bash -c prefetch_ab
+    # The variants: prefetches off / attention 24 MB / ahead 16 MB / ahead 16 MB evict-first / both
+    # evict-first / attention 24 MB with 64-float value batches.
+    STEP_TIMEOUT=330 step prefetch_ab bash -c 'decode_ab "$@"' _ \
+        "off|FERRITE_CUDA_PREFETCH_MB=0" "att24|FERRITE_CUDA_PREFETCH_MB=24" "ahead16|FERRITE_CUDA_PREFETCH_AHEAD_MB=16" \
+        "ahead16ef|FERRITE_CUDA_PREFETCH_AHEAD_MB=16 FERRITE_CUDA_KERNEL_DEFINES=-DMMA_EVICT_FIRST=1" \
+        "att24ahead16ef|FERRITE_CUDA_PREFETCH_MB=24 FERRITE_CUDA_PREFETCH_AHEAD_MB=16 FERRITE_CUDA_KERNEL_DEFINES=-DMMA_EVICT_FIRST=1" \
+        "att24v64|FERRITE_CUDA_PREFETCH_MB=24 FERRITE_CUDA_KERNEL_DEFINES=-DATTN_V_BATCH_FLOATS=64" \
+        -- /tmp/synthetic.gguf:1,4 /root/m/syn7b.gguf:1
     cp "$out/prefetch_ab.log" "$dest/prefetch_ab.txt" 2>/dev/null
     fi
     if [[ $parts == *prefetch_timeline* ]]; then
@@ -226,19 +239,8 @@ if [ "$what" = pending ]; then
         cp "$out/matvec_stream_$sm.log" "$dest/matvec_stream_$sm.txt" 2>/dev/null
     done
     need_syn7b
-    stream_ab() {
-        for round in 1 2; do
-            for sm in off large; do
-                for m in /tmp/synthetic.gguf /root/m/syn7b.gguf; do
-                    FERRITE_CUDA_MATVEC_STREAM=$sm timeout 60 "$py" benches/bench_decode_step.py "$m" --device cuda --batches 1 2>&1 \
-                        | grep --line-buffered -E "^\| [0-9]|Error|error:" | sed "s|^|$sm $(basename "$m") |"
-                done
-            done
-        done
-    }
-    export -f stream_ab
-    export py
-    STEP_TIMEOUT=300 step stream_ab bash -c stream_ab
+    STEP_TIMEOUT=300 step stream_ab bash -c 'decode_ab "$@"' _ "off|FERRITE_CUDA_MATVEC_STREAM=off" "large|FERRITE_CUDA_MATVEC_STREAM=large" \
+        -- /tmp/synthetic.gguf:1 /root/m/syn7b.gguf:1
     cp "$out/stream_ab.log" "$dest/stream_ab.txt" 2>/dev/null
     fi
     if [[ $parts == *sampler* ]]; then
