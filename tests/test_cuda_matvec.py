@@ -200,11 +200,16 @@ def test_repacked_rows_and_embedding_are_the_cpu_values_bitwise(name):
 def test_accumulating_adds_the_products_to_what_the_output_holds(name, path, n_rows, groups):
     """The residual connection's add, fused into the projection: out = start + W x, every row
     written once (the split-K reduction adds the start once, not once per split)."""
-    rng = np.random.default_rng(n_rows * 7 + groups)
+    check_accumulate(name, n_rows, groups, (1, 3, 8), path, np.random.default_rng(n_rows * 7 + groups))
+
+
+def check_accumulate(name: str, n_rows: int, groups: int, n_xs, path: str, rng: np.random.Generator) -> None:
+    """out = start + W x for a random `start` (the residual add), against float64, nothing
+    written past the last row (see test_accumulating_adds_the_products_to_what_the_output_holds)."""
     n_cols = width_for(name, groups)
     raw = random_blocks(name, n_rows * n_cols // TYPES[name][1], rng)
     w = ferrite.dequantize(raw, name, (n_rows, n_cols)).astype(np.float64)
-    for n_x in (1, 3, 8):
+    for n_x in n_xs:
         x = rng.standard_normal((n_x, n_cols)).astype(np.float32)
         start = (rng.standard_normal((n_x, n_rows)) * 4).astype(np.float32)
         out = ferrite._ferrite._cuda_matvec(raw, name, n_rows, n_cols, x, path=path, poison_bits=POISON, accumulate_onto=start)
@@ -363,17 +368,7 @@ def test_stream_kernel_gives_the_products_of_every_share(name):
             check_several_matrices(name, 28, x_as, (1,), shapes=(18944, 37, 18945))
         rng = np.random.default_rng(5)
         for n_rows, groups in [(300, 112), (40007, 28)]:
-            n_cols = width_for(name, groups)
-            raw = random_blocks(name, n_rows * n_cols // TYPES[name][1], rng)
-            w = ferrite.dequantize(raw, name, (n_rows, n_cols)).astype(np.float64)
-            x = rng.standard_normal((1, n_cols)).astype(np.float32)
-            start = (rng.standard_normal((1, n_rows)) * 4).astype(np.float32)
-            out = ferrite._ferrite._cuda_matvec(raw, name, n_rows, n_cols, x, path="tiled", poison_bits=POISON, accumulate_onto=start)
-            label = f"{name} {n_rows}x{n_cols} accumulate"
-            assert (out[1].view(np.uint32) == POISON).all(), f"{label}: wrote past the last row"
-            ref = start.astype(np.float64) + x.astype(np.float64) @ w.T
-            err = nmse(out[:1], ref)
-            assert (err <= NMSE_BOUND).all(), f"{label}: NMSE {err}; max|diff| {np.abs(out[:1] - ref).max():.3e}"
+            check_accumulate(name, n_rows, groups, (1,), "tiled", rng)
         # The products above came from the stream kernel, not from the planned kernels.
         assert ferrite._ferrite._cuda_counters()["stream_matvecs"] > launches
     finally:

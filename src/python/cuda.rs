@@ -452,10 +452,7 @@ fn _cuda_copy_time(py: Python<'_>, n_bytes: usize, repeats: usize, device: &str)
 /// can put it back). Matrices made after the call get the kernel.
 #[pyfunction]
 fn _cuda_matvec_stream(mode: &str) -> PyResult<&'static str> {
-    let mode = [StreamMode::Off, StreamMode::Large, StreamMode::Always]
-        .into_iter()
-        .find(|m| m.name() == mode)
-        .ok_or_else(|| pyo3::exceptions::PyValueError::new_err(format!("stream mode {mode:?}: one of off, large, always")))?;
+    let mode = StreamMode::from_name(mode).ok_or_else(|| pyo3::exceptions::PyValueError::new_err(format!("stream mode {mode:?}: one of off, large, always")))?;
     let before = stream_mode();
     set_stream_mode(mode);
     Ok(before.name())

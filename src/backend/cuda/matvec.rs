@@ -236,22 +236,22 @@ static STREAM_MODE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::n
 /// compiled for it when a weight type's kernels are (at load), so set it before.
 pub fn stream_mode() -> StreamMode {
     use std::sync::atomic::Ordering::Relaxed;
-    let mode = match STREAM_MODE.load(Relaxed) {
-        u8::MAX => {
-            let from_env = match std::env::var("FERRITE_CUDA_MATVEC_STREAM").as_deref() {
-                Ok("1" | "large") => StreamMode::Large,
-                Ok("always") => StreamMode::Always,
-                _ => StreamMode::Off,
-            };
-            let _ = STREAM_MODE.compare_exchange(u8::MAX, from_env as u8, Relaxed, Relaxed);
-            return stream_mode();
-        }
-        v => v,
-    };
-    [StreamMode::Off, StreamMode::Large, StreamMode::Always].into_iter().find(|m| *m as u8 == mode).unwrap_or(StreamMode::Off)
+    if STREAM_MODE.load(Relaxed) == u8::MAX {
+        let from_env = match std::env::var("FERRITE_CUDA_MATVEC_STREAM").as_deref() {
+            Ok("1") => StreamMode::Large,
+            Ok(name) => StreamMode::from_name(name).unwrap_or(StreamMode::Off),
+            Err(_) => StreamMode::Off,
+        };
+        // A hook's setting made meanwhile stays.
+        let _ = STREAM_MODE.compare_exchange(u8::MAX, from_env as u8, Relaxed, Relaxed);
+    }
+    let mode = STREAM_MODE.load(Relaxed);
+    StreamMode::ALL.into_iter().find(|m| *m as u8 == mode).unwrap_or(StreamMode::Off)
 }
 
 impl StreamMode {
+    pub const ALL: [StreamMode; 3] = [StreamMode::Off, StreamMode::Large, StreamMode::Always];
+
     /// The mode's name as `FERRITE_CUDA_MATVEC_STREAM` and the test hook spell it.
     pub fn name(self) -> &'static str {
         match self {
@@ -259,6 +259,11 @@ impl StreamMode {
             StreamMode::Large => "large",
             StreamMode::Always => "always",
         }
+    }
+
+    /// The mode of that name.
+    pub fn from_name(name: &str) -> Option<StreamMode> {
+        StreamMode::ALL.into_iter().find(|m| m.name() == name)
     }
 }
 
@@ -322,10 +327,11 @@ impl SplitScratch {
     pub fn reserve_group(&mut self, ctx: &CudaContext, sms: usize, grids: &[TileGrid]) -> Result<(), CudaError> {
         let plans = [1, 2, 4, 8].map(|nt| Plan::for_group(grids, sms, nt));
         let floats = plans.iter().map(|(p, all)| p.partial_floats(all)).max().unwrap_or(0);
+        // The launch's tile rows as one grid (the same for every plan).
+        let all = plans[0].1;
         let plans = plans.map(|(p, _)| p);
         let rows = plans.iter().filter(|p| p.splits > 1).map(|p| p.block_rows as usize).max().unwrap_or(0);
         // The stream kernel's row pieces and a counter a tile row, where it may run.
-        let all = combined(grids);
         let (floats, rows) = if stream_mode() != StreamMode::Off && takes_stream(StreamMode::Always, &all, sms) {
             (floats.max(stream_partial_floats(sms)), rows.max(all.m_tiles))
         } else {
@@ -567,13 +573,13 @@ pub fn launch_matvecs(ctx: &CudaContext, kernels: &MatvecKernels, parts: Vec<Mat
             let (plan, all) = Plan::for_group(&grids, tiled.sms, nt);
             let scratch = tiled.scratch.lock().map_err(|_| CudaError::Invalid("split-K scratch lock poisoned".into()))?;
             let stream = tiled.stream.as_ref().filter(|_| nt == 1 && takes_stream(stream_mode(), &all, tiled.sms));
+            if stream.is_some() {
+                STREAM_MATVECS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             let (f, cfg, (partials, counters)) = match stream {
                 // The stream kernel takes the same arguments; its grid is its plan.
                 Some(sf) => (
-                    {
-                        STREAM_MATVECS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        sf
-                    },
+                    sf,
                     LaunchConfig { grid_dim: (stream_blocks(tiled.sms) as u32, 1, 1), block_dim: (32 * MMA_MAX_WARPS, 1, 1), shared_mem_bytes: 0 },
                     scratch.pointers_for(ctx, stream_partial_floats(tiled.sms), all.m_tiles).map_err(|e| CudaError::Invalid(format!("{}: {e}", first.name)))?,
                 ),
