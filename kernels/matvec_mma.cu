@@ -87,6 +87,14 @@ typedef FERRITE_CAT(Rp_, QTYPE) Tile;
 #ifndef MMA_SELF_RELOAD_MAX_NT
 #define MMA_SELF_RELOAD_MAX_NT 1
 #endif
+// 1: on the int8 path, Q4_K's mins times x's 32-column sums are two mmas a tile (tile_products_s8)
+// instead of four multiply-adds and a shared load a sub-block; the sums are the same integers.
+// Without a GPU (scripts/sass_loops.py, sm_90): the one-row tile loop 534 -> 460 instructions a
+// pair of tiles, two rows 283 -> 241 a tile, the stream kernel's 657 -> 577. Off until it has run
+// on a GPU (scripts/gpu_check.sh run pending, parts mins and stream_ab).
+#ifndef MMA_S8_MINS_MMA
+#define MMA_S8_MINS_MMA 0
+#endif
 
 __device__ __forceinline__ void mma_bf16(float c[4], const u32 a[4], u32 b0, u32 b1) {
     asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
@@ -237,8 +245,8 @@ __device__ __forceinline__ void tile_products(const Tile& w, const u16* xs, cons
 // (max|x| / 254^3) (benches/precision_x_parts.py: 2.1e-13 normalized squared error of W x on the
 // real model's own ffn_down inputs, where the tests allow 1e-9). The tensor core then forms
 // exact integer sums of code * part per sub-block, the sub-block scales (and Q4_K's mins, times
-// the integer sums of x) multiply them in int32, exactly, and only each tile's total goes to
-// float (rounded to float32 there when above 2^24, as any float32 sum would be): d * sum - dmin *
+// the integer sums of x, on the tensor cores too) multiply them in int32, exactly, and only each
+// tile's total goes to float (rounded to float32 there when above 2^24, as any float32 sum would be): d * sum - dmin *
 // sum_of_mins, times the part's scale. One mma a 32-column sub-block holds both rows' three
 // parts (mma columns 0-2 and 3-5, as in the bf16 path), and
 // decoding a code takes well under one instruction: the point of this path (the bf16 path spends
@@ -252,6 +260,17 @@ __device__ __forceinline__ void mma_s8(int c[4], const u32 a[4], u32 b0, u32 b1)
 
 __device__ __forceinline__ u32 pack_s8(int a, int b, int c, int d) {
     return ((u32)a & 0xffu) | (((u32)b & 0xffu) << 8) | (((u32)c & 0xffu) << 16) | ((u32)d << 24);
+}
+
+// Q4_K's int8 path keeps the 32-column sums of x as bytes, in the order of the B fragments of
+// the mma that multiplies them by the tile's mins (Rp_q4_k::mins_frag_s8, k = the sub-block):
+// for 256-column block blk, half 0 (lo) or 1 (hi) and group j, mma column c's sums of sub-blocks
+// 0..7 are 8 consecutive bytes, so lane (g, t) reads its b0 (k = 4t .. 4t+3, column g) as one
+// word at 8 g + 4 (t & 1) (lanes t = 2, 3 read what the zero A columns ignore). They take half of
+// the int array they live in; this is the byte offset in it of (blk, half, j)'s 64 bytes.
+template <int NG>
+__device__ __forceinline__ int xsum_bytes_at(int blk, int half, int j) {
+    return ((blk * 2 + half) * NG + j) * 64;
 }
 
 // Stages x[n][col0 .. col0 + len) (len a multiple of 256) for n < NT, rows past n_x as zeros,
@@ -303,7 +322,18 @@ __device__ __forceinline__ void quantize_job_s8(float r[8], int n, int blk, u8* 
         sum += __shfl_xor_sync(FULL_WARP, sum, 1);
         sum += __shfl_xor_sync(FULL_WARP, sum, 2);
         const int col = (n % 2) * 3 + p;
-        if (t == 0) xsum[8 * blk + sb][j][col] = sum;
+        if constexpr (Tile::HAS_MIN && MMA_S8_MINS_MMA) {
+            // As the B fragment of the mins mma (see xsum_bytes_at): sum = lo + 128 hi, both int8
+            // (|sum| <= 32 * 127 = 4064, so hi is within +-32 and lo within -64 .. 63).
+            if (t == 0) {
+                const int hi = (sum + 64) >> 7;
+                u8* b = reinterpret_cast<u8*>(&xsum[0][0][0]) + xsum_bytes_at<NG>(blk, 0, j) + 8 * col + sb;
+                b[0] = (u8)(sum - 128 * hi);
+                b[NG * 64] = (u8)hi;
+            }
+        } else {
+            if (t == 0) xsum[8 * blk + sb][j][col] = sum;
+        }
         if (lane == 0) xscale[blk][j][col] = finite ? scale : __int_as_float(0x7fc00000);
     }
 }
@@ -397,13 +427,15 @@ __device__ __forceinline__ void tile_products_s8(const T& w, const u8* xq, const
     const u8* xb[NG];
 #pragma unroll
     for (int j = 0; j < NG; j++) xb[j] = xq + b_off[j] + 256 * tile;
-    const int* xsb = &xsum[8 * tile][0][2 * t];
     int dot[NG][4], mins[NG][4];
 #pragma unroll
     for (int j = 0; j < NG; j++) {
 #pragma unroll
         for (int i = 0; i < 4; i++) dot[j][i] = mins[j][i] = 0;
     }
+#if !MMA_S8_MINS_MMA
+    const int* xsb = &xsum[8 * tile][0][2 * t];
+#endif
 #pragma unroll
     for (int sb = 0; sb < 8; sb++) {
         u32 a[4];
@@ -417,11 +449,30 @@ __device__ __forceinline__ void tile_products_s8(const T& w, const u8* xq, const
             mma_s8(c, a, b.x, b.y);
             dot[j][0] += sc[0] * c[0], dot[j][1] += sc[0] * c[1];
             dot[j][2] += sc[1] * c[2], dot[j][3] += sc[1] * c[3];
+#if !MMA_S8_MINS_MMA
             const int2 xs2 = *reinterpret_cast<const int2*>(xsb + sb * NG * 8 + j * 8);
             mins[j][0] += m[0] * xs2.x, mins[j][1] += m[0] * xs2.y;
             mins[j][2] += m[1] * xs2.x, mins[j][3] += m[1] * xs2.y;
+#endif
         }
     }
+#if MMA_S8_MINS_MMA
+    // sum over sub-blocks of m * sum(x), for the whole tile: two mmas (x's sums as lo + 128 hi).
+    {
+        u32 am[4];
+        w.mins_frag_s8(t, am);
+        const int g = (threadIdx.x & 31) >> 2;
+#pragma unroll
+        for (int j = 0; j < NG; j++) {
+            const u8* lo = reinterpret_cast<const u8*>(&xsum[0][0][0]) + xsum_bytes_at<NG>((int)tile, 0, j) + 8 * g + 4 * (t & 1);
+            int cl[4] = {0, 0, 0, 0}, ch[4] = {0, 0, 0, 0};
+            mma_s8(cl, am, *reinterpret_cast<const u32*>(lo), 0u);
+            mma_s8(ch, am, *reinterpret_cast<const u32*>(lo + NG * 64), 0u);
+#pragma unroll
+            for (int i = 0; i < 4; i++) mins[j][i] = cl[i] + 128 * ch[i];
+        }
+    }
+#endif
     float d[2], dmin[2];
     w.super_scales(d, dmin);
 #pragma unroll

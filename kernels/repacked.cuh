@@ -392,6 +392,19 @@ struct Rp_q4_k {
             m[h] = (int)__byte_perm(mw, 0u, 0x4440u | (u32)(sb & 3));
         }
     }
+    // The tile's mins as the A fragment of one mma.m16n8k32.s8 whose k is the sub-block: lane t
+    // holds k = 4t .. 4t+3 of rows g and g+8, so t = 0 the mins of sub-blocks 0-3 and t = 1 those
+    // of 4-7 (a byte each, as scale_words packs them); k >= 8 is zero. Times B = x's 32-column
+    // sums by sub-block, it gives sum(m * sum(x)) for the whole tile in one instruction.
+    __device__ __forceinline__ void mins_frag_s8(int t, u32 a[4]) const {
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            u32 scw, mw;
+            scale_words(h, t == 1 ? 4 : 0, scw, mw);
+            a[h] = t < 2 ? mw : 0u;
+        }
+        a[2] = a[3] = 0u;
+    }
     // The tile's super-block scales d and dmin, rows g and g+8.
     __device__ __forceinline__ void super_scales(float d[2], float dmin[2]) const {
 #pragma unroll

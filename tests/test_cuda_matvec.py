@@ -274,6 +274,28 @@ def test_activations_with_outliers(name):
 
 @cuda
 @needs_gpu
+@pytest.mark.parametrize("name", TILED)
+def test_x_at_the_ends_of_the_int8_range(name):
+    """x whose 32-column blocks are constant, each +-its 256-column maximum: every int8 code of x
+    is +-127, so x's 32-column sums reach +-4064, the ends of what the int8 path holds (Q4_K keeps
+    them as two int8 digits for its mins, Q5_0 subtracts 16 times them)."""
+    rng = np.random.default_rng(4064)
+    n_rows, n_cols = 48, width_for(name, 24)
+    raw = random_blocks(name, n_rows * n_cols // TYPES[name][1], rng)
+    w = ferrite.dequantize(raw, name, (n_rows, n_cols)).astype(np.float64)
+    signs = rng.choice([-1.0, 1.0], (3, n_cols // 32))
+    signs[0], signs[1] = 1.0, -1.0  # all +max and all -max, then mixed
+    scale = 2.0 ** rng.uniform(-3, 3, (3, 1))
+    x = (np.repeat(signs, 32, axis=1) * scale).astype(np.float32)
+    for rows in ([0], [1], [2, 0], x.shape[0] * [2]):
+        xr = x[rows]
+        out = ferrite._ferrite._cuda_matvec(raw, name, n_rows, n_cols, xr, path="tiled", poison_bits=POISON)[: len(rows)]
+        err = nmse(out, xr.astype(np.float64) @ w.T)
+        assert (err <= NMSE_BOUND).all(), f"{name} x rows {rows}: NMSE per row {err}"
+
+
+@cuda
+@needs_gpu
 def test_tiled_and_generic_agree_on_the_real_shapes():
     """The real model's q projection shape, 896 x 896, Q5_0, 1..8 rows: both paths are within
     the bound of the reference, so within twice the bound of each other."""
