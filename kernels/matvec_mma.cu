@@ -87,13 +87,18 @@ typedef FERRITE_CAT(Rp_, QTYPE) Tile;
 #ifndef MMA_SELF_RELOAD_MAX_NT
 #define MMA_SELF_RELOAD_MAX_NT 1
 #endif
-// 1: on the int8 path, Q4_K's mins times x's 32-column sums are two mmas a tile (tile_products_s8)
-// instead of four multiply-adds and a shared load a sub-block; the sums are the same integers.
-// Without a GPU (scripts/sass_loops.py, sm_90): the one-row tile loop 534 -> 460 instructions a
-// pair of tiles, two rows 283 -> 241 a tile, the stream kernel's 657 -> 577. Off until it has run
-// on a GPU (scripts/gpu_check.sh run pending, parts mins and stream_ab).
-#ifndef MMA_S8_MINS_MMA
-#define MMA_S8_MINS_MMA 0
+// 1: on the int8 path, the terms of a tile that are small integers times x's sums go to the
+// tensor cores as one mma each (two: x's sums as two int8 digits) instead of a few integer
+// instructions a sub-block: Q4_K's mins (four multiply-adds and a shared load a sub-block and
+// group, tile_products_s8), and Q6_K's code offset, so that its codes go to the tensor cores as
+// unsigned bytes 0..63 (mma's u8 x s8 form) instead of being made signed (twelve instructions a
+// sub-block), the -32 coming back as 32 times the chunk scales times x's 16-column sums
+// (tile_products_s8_chunks). The same integers, so the same results. Without a GPU
+// (scripts/sass_loops.py, sm_90), instructions of the tile loops: Q4_K one row 534 -> 460 a pair
+// of tiles, two rows 283 -> 241 a tile, the stream kernel 657 -> 577; Q6_K one row 1058 -> 862,
+// two rows 575 -> 473, stream 1208 -> 1036. Off until it has run on a GPU.
+#ifndef MMA_S8_SUMS_MMA
+#define MMA_S8_SUMS_MMA 0
 #endif
 
 __device__ __forceinline__ void mma_bf16(float c[4], const u32 a[4], u32 b0, u32 b1) {
@@ -258,6 +263,13 @@ __device__ __forceinline__ void mma_s8(int c[4], const u32 a[4], u32 b0, u32 b1)
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// The same with A's bytes unsigned (0..255).
+__device__ __forceinline__ void mma_u8s8(int c[4], const u32 a[4], u32 b0, u32 b1) {
+    asm("mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+        : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
 __device__ __forceinline__ u32 pack_s8(int a, int b, int c, int d) {
     return ((u32)a & 0xffu) | (((u32)b & 0xffu) << 8) | (((u32)c & 0xffu) << 16) | ((u32)d << 24);
 }
@@ -271,6 +283,19 @@ __device__ __forceinline__ u32 pack_s8(int a, int b, int c, int d) {
 template <int NG>
 __device__ __forceinline__ int xsum_bytes_at(int blk, int half, int j) {
     return ((blk * 2 + half) * NG + j) * 64;
+}
+// Q6_K's likewise with MMA_S8_SUMS_MMA, for its 16-column chunks (Rp_q6_k::scales_frag_s8, k = the
+// chunk): mma column c's sums of chunks 0..15 are 16 consecutive bytes, lane (g, t) reads chunks
+// 4t .. 4t+3 at 16 g + 4 t. |sum| <= 16 * 127 = 2032, so hi is within +-16.
+template <int NG>
+__device__ __forceinline__ int xsum_chunk_bytes_at(int blk, int half, int j) {
+    return ((blk * 2 + half) * NG + j) * 128;
+}
+// sum as two int8 digits, lo + 128 hi (lo within -64 .. 63).
+__device__ __forceinline__ void put_digits(u8* lo, int half_stride, int sum) {
+    const int hi = (sum + 64) >> 7;
+    lo[0] = (u8)(sum - 128 * hi);
+    lo[half_stride] = (u8)hi;
 }
 
 // Stages x[n][col0 .. col0 + len) (len a multiple of 256) for n < NT, rows past n_x as zeros,
@@ -317,21 +342,30 @@ __device__ __forceinline__ void quantize_job_s8(float r[8], int n, int blk, u8* 
             r[i] = fmaf(-(float)q[i], scale, r[i]);
             sum += q[i];
         }
+        if constexpr (Tile::SCALE_CHUNKS == 1 && MMA_S8_SUMS_MMA) {
+            // The two 16-column chunks' sums: r's even entries are columns of the first, the
+            // odd ones of the second (see above).
+            int c0 = q[0] + q[2] + q[4] + q[6], c1 = q[1] + q[3] + q[5] + q[7];
+            c0 += __shfl_xor_sync(FULL_WARP, c0, 1);
+            c1 += __shfl_xor_sync(FULL_WARP, c1, 1);
+            c0 += __shfl_xor_sync(FULL_WARP, c0, 2);
+            c1 += __shfl_xor_sync(FULL_WARP, c1, 2);
+            if (t == 0) {
+                u8* b = reinterpret_cast<u8*>(&xsum[0][0][0]) + xsum_chunk_bytes_at<NG>(blk, 0, j) + 16 * ((n % 2) * 3 + p) + 2 * sb;
+                put_digits(b, NG * 128, c0);
+                put_digits(b + 1, NG * 128, c1);
+            }
+        }
         *reinterpret_cast<uint2*>(xq + (n * 3 + p) * XSTRIDE_B + 256 * blk + 32 * sb + 8 * t) =
             make_uint2(pack_s8(q[0], q[1], q[2], q[3]), pack_s8(q[4], q[5], q[6], q[7]));
         sum += __shfl_xor_sync(FULL_WARP, sum, 1);
         sum += __shfl_xor_sync(FULL_WARP, sum, 2);
         const int col = (n % 2) * 3 + p;
-        if constexpr (Tile::HAS_MIN && MMA_S8_MINS_MMA) {
+        if constexpr (Tile::HAS_MIN && MMA_S8_SUMS_MMA) {
             // As the B fragment of the mins mma (see xsum_bytes_at): sum = lo + 128 hi, both int8
             // (|sum| <= 32 * 127 = 4064, so hi is within +-32 and lo within -64 .. 63).
-            if (t == 0) {
-                const int hi = (sum + 64) >> 7;
-                u8* b = reinterpret_cast<u8*>(&xsum[0][0][0]) + xsum_bytes_at<NG>(blk, 0, j) + 8 * col + sb;
-                b[0] = (u8)(sum - 128 * hi);
-                b[NG * 64] = (u8)hi;
-            }
-        } else {
+            if (t == 0) put_digits(reinterpret_cast<u8*>(&xsum[0][0][0]) + xsum_bytes_at<NG>(blk, 0, j) + 8 * col + sb, NG * 64, sum);
+        } else if constexpr (!(Tile::SCALE_CHUNKS == 1 && MMA_S8_SUMS_MMA)) {
             if (t == 0) xsum[8 * blk + sb][j][col] = sum;
         }
         if (lane == 0) xscale[blk][j][col] = finite ? scale : __int_as_float(0x7fc00000);
@@ -433,7 +467,7 @@ __device__ __forceinline__ void tile_products_s8(const T& w, const u8* xq, const
 #pragma unroll
         for (int i = 0; i < 4; i++) dot[j][i] = mins[j][i] = 0;
     }
-#if !MMA_S8_MINS_MMA
+#if !MMA_S8_SUMS_MMA
     const int* xsb = &xsum[8 * tile][0][2 * t];
 #endif
 #pragma unroll
@@ -449,14 +483,14 @@ __device__ __forceinline__ void tile_products_s8(const T& w, const u8* xq, const
             mma_s8(c, a, b.x, b.y);
             dot[j][0] += sc[0] * c[0], dot[j][1] += sc[0] * c[1];
             dot[j][2] += sc[1] * c[2], dot[j][3] += sc[1] * c[3];
-#if !MMA_S8_MINS_MMA
+#if !MMA_S8_SUMS_MMA
             const int2 xs2 = *reinterpret_cast<const int2*>(xsb + sb * NG * 8 + j * 8);
             mins[j][0] += m[0] * xs2.x, mins[j][1] += m[0] * xs2.y;
             mins[j][2] += m[1] * xs2.x, mins[j][3] += m[1] * xs2.y;
 #endif
         }
     }
-#if MMA_S8_MINS_MMA
+#if MMA_S8_SUMS_MMA
     // sum over sub-blocks of m * sum(x), for the whole tile: two mmas (x's sums as lo + 128 hi).
     {
         u32 am[4];
@@ -539,8 +573,9 @@ __device__ __forceinline__ void tile_products_s8_blocks(const T& w, const u8* xq
 // of x (the other's bytes masked to zero), whose integer sums the two scales multiply; the tile's
 // total goes to float once, times the super-block scale d.
 template <class T, int NG>
-__device__ __forceinline__ void tile_products_s8_chunks(const T& w, const u8* xq, const float (*xscale)[NG][8], u32 tile,
-                                                        const int b_off[NG], int t, float acc[NG][4]) {
+__device__ __forceinline__ void tile_products_s8_chunks(const T& w, const u8* xq, const int (*xsum)[NG][8],
+                                                        const float (*xscale)[NG][8], u32 tile, const int b_off[NG], int t,
+                                                        float acc[NG][4]) {
     const u8* xb[NG];
 #pragma unroll
     for (int j = 0; j < NG; j++) xb[j] = xq + b_off[j] + 256 * tile;
@@ -550,7 +585,11 @@ __device__ __forceinline__ void tile_products_s8_chunks(const T& w, const u8* xq
 #pragma unroll
     for (int sb = 0; sb < 8; sb++) {
         u32 a[4];
+#if MMA_S8_SUMS_MMA
+        w.frag_u8(sb, a);
+#else
         w.frag_s8(sb, a);
+#endif
         int sc0[2], sc1[2];
         w.scale_s8_chunks(sb, sc0, sc1);
 #pragma unroll
@@ -559,12 +598,34 @@ __device__ __forceinline__ void tile_products_s8_chunks(const T& w, const u8* xq
             // either way): two registers a chunk instead of four.
             const uint2 b = *reinterpret_cast<const uint2*>(xb[j] + 32 * sb);
             int c0[4] = {0, 0, 0, 0}, c1[4] = {0, 0, 0, 0};
+#if MMA_S8_SUMS_MMA
+            mma_u8s8(c0, a, b.x & 0x00FF00FFu, b.y & 0x00FF00FFu);
+            mma_u8s8(c1, a, b.x & 0xFF00FF00u, b.y & 0xFF00FF00u);
+#else
             mma_s8(c0, a, b.x & 0x00FF00FFu, b.y & 0x00FF00FFu);
             mma_s8(c1, a, b.x & 0xFF00FF00u, b.y & 0xFF00FF00u);
+#endif
 #pragma unroll
             for (int i = 0; i < 4; i++) dot[j][i] += sc0[i >> 1] * c0[i] + sc1[i >> 1] * c1[i];
         }
     }
+#if MMA_S8_SUMS_MMA
+    // The codes' -32: dot -= 32 * sum over chunks of sc * sum(x), two mmas (x's sums as lo + 128 hi).
+    {
+        u32 as[4];
+        w.scales_frag_s8(t, as);
+        const int g = (threadIdx.x & 31) >> 2;
+#pragma unroll
+        for (int j = 0; j < NG; j++) {
+            const u8* lo = reinterpret_cast<const u8*>(&xsum[0][0][0]) + xsum_chunk_bytes_at<NG>((int)tile, 0, j) + 16 * g + 4 * t;
+            int cl[4] = {0, 0, 0, 0}, ch[4] = {0, 0, 0, 0};
+            mma_s8(cl, as, *reinterpret_cast<const u32*>(lo), 0u);
+            mma_s8(ch, as, *reinterpret_cast<const u32*>(lo + NG * 128), 0u);
+#pragma unroll
+            for (int i = 0; i < 4; i++) dot[j][i] -= 32 * (cl[i] + 128 * ch[i]);
+        }
+    }
+#endif
     float d[2];
     w.super_scale(d);
 #pragma unroll
@@ -583,7 +644,7 @@ __device__ __forceinline__ void tile_products_s8_of_type(const Tile& w, const u8
     if constexpr (Tile::HAS_MIN) {
         tile_products_s8<Tile, NG>(w, xq, xsum, xscale, tile, b_off, t, acc);
     } else if constexpr (Tile::SCALE_CHUNKS == 1) {
-        tile_products_s8_chunks<Tile, NG>(w, xq, xscale, tile, b_off, t, acc);
+        tile_products_s8_chunks<Tile, NG>(w, xq, xsum, xscale, tile, b_off, t, acc);
     } else {
         tile_products_s8_blocks<Tile, NG>(w, xq, xsum, xscale, tile, b_off, t, acc);
     }
@@ -777,7 +838,7 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
                 tile_products_s8<Tile, NG>(cur, xs_bytes, xsums.i, xscale, kt - p, b_off, t,
                                            acc);
             } else if constexpr (S8 && Tile::SCALE_CHUNKS == 1) {
-                tile_products_s8_chunks<Tile, NG>(cur, xs_bytes, xscale, kt - p, b_off, t, acc);
+                tile_products_s8_chunks<Tile, NG>(cur, xs_bytes, xsums.i, xscale, kt - p, b_off, t, acc);
             } else if constexpr (S8) {
                 tile_products_s8_blocks<Tile, NG>(cur, xs_bytes, xsums.i, xscale, kt - p, b_off, t, acc);
             } else {

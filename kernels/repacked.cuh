@@ -492,6 +492,26 @@ struct Rp_q6_k {
             a[h] = signed6(lo), a[2 + h] = signed6(hi);
         }
     }
+    // The same codes as unsigned bytes 0..63 (frag_s8 before signed6; written out again, since
+    // sharing the code moved the default kernels' scheduling), for mma's u8 x s8 form
+    // (matvec_mma.cu, MMA_S8_SUMS_MMA: the -32 then comes back through x's chunk sums, see
+    // scales_frag_s8).
+    __device__ __forceinline__ void frag_u8(int sb, u32 a[4]) const {
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const u32 w = qh[h][sb >> 1] >> (8 * (sb & 1));
+            a[h] = (q[h][sb] & 0x0F0F0F0Fu) | ((w << 4) & 0x00300030u) | ((w << 8) & 0x30003000u);
+            a[2 + h] = ((q[h][sb] >> 4) & 0x0F0F0F0Fu) | ((w << 2) & 0x00300030u) | ((w << 6) & 0x30003000u);
+        }
+    }
+    // The tile's 16 chunk scales as the A fragment of one mma.m16n8k32.s8 whose k is the chunk:
+    // lane t holds k = 4t .. 4t+3 of rows g and g+8, the scales of chunks 4t .. 4t+3 (word t of
+    // sc); k >= 16 is zero. Times B = x's 16-column sums by chunk, it gives sum(sc * sum(x)).
+    __device__ __forceinline__ void scales_frag_s8(int t, u32 a[4]) const {
+#pragma unroll
+        for (int h = 0; h < 2; h++) a[h] = t == 0 ? sc[h][0] : t == 1 ? sc[h][1] : t == 2 ? sc[h][2] : sc[h][3];
+        a[2] = a[3] = 0u;
+    }
     // Four 6-bit codes c (one a byte) as the signed bytes c - 32: c ^ 32 is c - 32 modulo 64,
     // and bit 5 (its sign) copied into bits 6 and 7 (times 6: no carry leaves a byte).
     static __device__ __forceinline__ u32 signed6(u32 v) {

@@ -49,9 +49,10 @@
 #                tests and bench_cuda_sampler.py; prefetch (the default): weights asked of L2
 #                ahead of their use (decode attention's window, the matrix-vector launches'
 #                sliding window), the tests with both on, then decode steps with them off and on;
-#                stream: the one-row stream kernel's tests; mins: the matrix-vector tests as they
-#                run with Q4_K's mins on the tensor cores; stream_ab: the stream kernel's
-#                bandwidth, and decode steps with it on and with those mins.
+#                stream: the one-row stream kernel's tests; sums: the matrix-vector tests with
+#                the int8 path's sums on the tensor cores (Q4_K's mins, Q6_K's offsets);
+#                stream_ab: the stream kernel's bandwidth, and decode steps with it on and with
+#                those sums.
 #   Logs, JSON reports and haiku artifacts go to one archive, $OUT/gpu_check.tar.gz (the device
 #   tool brings back at most 8 files), beside report.jsonl and table.txt. A table closes the
 #   output. Exit status 0 when every step passed.
@@ -231,24 +232,25 @@ if [ "$what" = pending ]; then
     STEP_TIMEOUT=${CUDA_PYTEST_S:-300} FERRITE_CUDA_MATVEC_STREAM=always \
         step pytest_stream "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_matvec.py tests/test_cuda_model.py tests/test_cuda_engine.py -m "cuda and not model" --junitxml="$out/junit_stream.xml"
     fi
-    if [[ ,$parts, == *,mins,* ]]; then
-    # Q4_K's mins on the tensor cores (-DMMA_S8_MINS_MMA=1, off by default until this runs): the
-    # matrix-vector tests with it on (the stream kernel's among them), then the model's.
-    STEP_TIMEOUT=${CUDA_PYTEST_S:-240} FERRITE_CUDA_KERNEL_DEFINES=-DMMA_S8_MINS_MMA=1 \
-        step pytest_mins "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_matvec.py tests/test_cuda_model.py -m "cuda and not model" --junitxml="$out/junit_mins.xml"
+    if [[ ,$parts, == *,sums,* ]]; then
+    # The int8 path's sums on the tensor cores (Q4_K's mins, Q6_K's offsets; -DMMA_S8_SUMS_MMA=1,
+    # off by default until this runs): the matrix-vector tests (the stream kernel's among them)
+    # and the model's with it on.
+    STEP_TIMEOUT=${CUDA_PYTEST_S:-240} FERRITE_CUDA_KERNEL_DEFINES=-DMMA_S8_SUMS_MMA=1 \
+        step pytest_sums "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_matvec.py tests/test_cuda_model.py -m "cuda and not model" --junitxml="$out/junit_sums.xml"
     fi
     if [[ ,$parts, == *,stream_ab,* ]]; then
     # The one-row kernels' share of the copy bandwidth off / large on the real and 7B shapes,
     # then decode steps of syn05 and syn7b at one and two sequences: the default, the stream
-    # kernel on its large matrices, and Q4_K's mins on the tensor cores (MMA_S8_MINS_MMA=1), two
-    # interleaved rounds.
+    # kernel on its large matrices, and the int8 path's sums on the tensor cores
+    # (MMA_S8_SUMS_MMA=1), two interleaved rounds.
     for sm in off large; do
         FERRITE_CUDA_MATVEC_STREAM=$sm STEP_TIMEOUT=150 step "matvec_stream_$sm" "$py" benches/bench_cuda_matvec.py --tiled-only --rows 1 --shapes real,7b
         cp "$out/matvec_stream_$sm.log" "$dest/matvec_stream_$sm.txt" 2>/dev/null
     done
     need_syn7b
     STEP_TIMEOUT=330 step stream_ab bash -c 'decode_ab "$@"' _ "default|FERRITE_CUDA_MATVEC_STREAM=off" "large|FERRITE_CUDA_MATVEC_STREAM=large" \
-        "mins|FERRITE_CUDA_KERNEL_DEFINES=-DMMA_S8_MINS_MMA=1" -- /tmp/synthetic.gguf:1,2 /root/m/syn7b.gguf:1,2
+        "sums|FERRITE_CUDA_KERNEL_DEFINES=-DMMA_S8_SUMS_MMA=1" -- /tmp/synthetic.gguf:1,2 /root/m/syn7b.gguf:1,2
     cp "$out/stream_ab.log" "$dest/stream_ab.txt" 2>/dev/null
     fi
     if [[ $parts == *sampler* ]]; then
