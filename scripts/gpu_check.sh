@@ -52,7 +52,8 @@
 #                stream: the one-row stream kernel's tests; sums: the matrix-vector tests with
 #                the int8 path's sums on the tensor cores (Q4_K's mins, Q6_K's offsets);
 #                stream_ab: the stream kernel's bandwidth, and decode steps with it on and with
-#                those sums.
+#                those sums; tests: every GPU test without the real model; timeline: where a
+#                one-sequence step goes (syn05, syn7b); ab: decode steps under AB_VARIANTS.
 #   Logs, JSON reports and haiku artifacts go to one archive, $OUT/gpu_check.tar.gz (the device
 #   tool brings back at most 8 files), beside report.jsonl and table.txt. A table closes the
 #   output. Exit status 0 when every step passed.
@@ -252,6 +253,28 @@ if [ "$what" = pending ]; then
     STEP_TIMEOUT=330 step stream_ab bash -c 'decode_ab "$@"' _ "default|FERRITE_CUDA_MATVEC_STREAM=off" "large|FERRITE_CUDA_MATVEC_STREAM=large" \
         "sums|FERRITE_CUDA_KERNEL_DEFINES=-DMMA_S8_SUMS_MMA=1" -- /tmp/synthetic.gguf:1,2 /root/m/syn7b.gguf:1,2
     cp "$out/stream_ab.log" "$dest/stream_ab.txt" 2>/dev/null
+    fi
+    if [[ ,$parts, == *,tests,* ]]; then
+    # Every GPU test that needs no real model, as the wheel runs by default.
+    STEP_TIMEOUT=${CUDA_PYTEST_S:-300} step pytest_cuda "$py" -m pytest -q -ra -p no:cacheprovider --ignore=tests/test_notebooks.py -m "cuda and not model" tests --junitxml="$out/junit_cuda.xml"
+    fi
+    if [[ ,$parts, == *,timeline,* ]]; then
+    # Where a one-sequence step goes now, syn05 and syn7b.
+    need_syn7b
+    for m in /tmp/synthetic.gguf /root/m/syn7b.gguf; do
+        n=$(basename "$m" .gguf)
+        STEP_TIMEOUT=60 step "timeline_$n" "$py" benches/profile_cuda_decode.py "$m" --child timeline --batch 1 --steps 32
+        cp "$out/timeline_$n.log" "$dest/timeline_$n.txt" 2>/dev/null
+    done
+    fi
+    if [[ ,$parts, == *,ab,* ]]; then
+    # Any A/B of decode steps: AB_VARIANTS "NAME|VAR=VALUE ...;NAME|..." and AB_MODELS "PATH:BATCHES ..."
+    # (syn7b is made first), as decode_ab runs them.
+    need_syn7b
+    IFS=';' read -ra ab_variants <<< "${AB_VARIANTS:?AB_VARIANTS}"
+    # shellcheck disable=SC2086  # the models, one word each
+    STEP_TIMEOUT=${AB_S:-400} step ab bash -c 'decode_ab "$@"' _ "${ab_variants[@]}" -- ${AB_MODELS:?AB_MODELS}
+    cp "$out/ab.log" "$dest/ab.txt" 2>/dev/null
     fi
     if [[ $parts == *sampler* ]]; then
     STEP_TIMEOUT=${ENGINE_PYTEST_S:-150} step pytest_sampler "$py" -m pytest -q -ra -p no:cacheprovider tests/test_sampling.py tests/test_cuda_engine.py -m cuda --junitxml="$out/junit_sampler.xml"

@@ -447,7 +447,7 @@ fn _cuda_copy_time(py: Python<'_>, n_bytes: usize, repeats: usize, device: &str)
 }
 
 /// Test and benchmark hook: which one-row launches take matvec_mma.cu's stream kernel ("off",
-/// "large": matrices of many tiles, "always": wherever x fits its one phase), as
+/// "large": matrices of many tiles, the default; "always": wherever x fits its one phase), as
 /// `FERRITE_CUDA_MATVEC_STREAM` sets it for a model; returns the mode before (so that a test
 /// can put it back). Matrices made after the call get the kernel.
 #[pyfunction]

@@ -217,7 +217,9 @@ fn combined(grids: &[TileGrid]) -> TileGrid {
 
 /// Which one-row launches take matvec_mma.cu's stream kernel (`matvec_mma_stream_1`, its module
 /// compiled with `-DMMA_STREAM=1`: every warp an equal share of the launch's tiles, x staged once
-/// a block; see the kernel's notes). An experiment, off by default until it has run on a GPU.
+/// a block; see the kernel's notes). `Large` by default: H200, 2026-12-05, the synthetic 7B's
+/// one-sequence step 2.835 -> 2.560 ms (its gate/up launch and LM head), the 0.5B shapes' 0.781
+/// -> 0.772 (the LM head), two sequences unchanged (docs/BENCHMARKS.md, twenty-eighth session).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamMode {
     Off,
@@ -232,16 +234,12 @@ pub enum StreamMode {
 static STREAM_MODE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(u8::MAX);
 
 /// The stream mode: as last set by [`set_stream_mode`], else `FERRITE_CUDA_MATVEC_STREAM`
-/// (`1` or `large`: [`StreamMode::Large`]; `always`; unset or anything else: off). Kernels are
-/// compiled for it when a weight type's kernels are (at load), so set it before.
+/// (`0` or `off`; `always`; unset or anything else: [`StreamMode::Large`]). Kernels are compiled
+/// for it when a weight type's kernels are (at load), so set it before.
 pub fn stream_mode() -> StreamMode {
     use std::sync::atomic::Ordering::Relaxed;
     if STREAM_MODE.load(Relaxed) == u8::MAX {
-        let from_env = match std::env::var("FERRITE_CUDA_MATVEC_STREAM").as_deref() {
-            Ok("1") => StreamMode::Large,
-            Ok(name) => StreamMode::from_name(name).unwrap_or(StreamMode::Off),
-            Err(_) => StreamMode::Off,
-        };
+        let from_env = StreamMode::from_env(std::env::var("FERRITE_CUDA_MATVEC_STREAM").ok().as_deref());
         // A hook's setting made meanwhile stays.
         let _ = STREAM_MODE.compare_exchange(u8::MAX, from_env as u8, Relaxed, Relaxed);
     }
@@ -264,6 +262,15 @@ impl StreamMode {
     /// The mode of that name.
     pub fn from_name(name: &str) -> Option<StreamMode> {
         StreamMode::ALL.into_iter().find(|m| m.name() == name)
+    }
+
+    /// The mode `FERRITE_CUDA_MATVEC_STREAM`'s value asks for (see [`stream_mode`]).
+    fn from_env(value: Option<&str>) -> StreamMode {
+        match value {
+            Some("0") => StreamMode::Off,
+            Some(name) => StreamMode::from_name(name).unwrap_or(StreamMode::Large),
+            None => StreamMode::Large,
+        }
     }
 }
 
@@ -1094,6 +1101,13 @@ mod tests {
                     assert!(slot < 2 * grid_warps);
                 }
             }
+        }
+    }
+
+    #[test]
+    fn stream_mode_is_large_unless_the_environment_says_off_or_always() {
+        for (value, mode) in [(None, StreamMode::Large), (Some("off"), StreamMode::Off), (Some("0"), StreamMode::Off), (Some("always"), StreamMode::Always), (Some("large"), StreamMode::Large), (Some("1"), StreamMode::Large)] {
+            assert_eq!(StreamMode::from_env(value), mode, "{value:?}");
         }
     }
 
