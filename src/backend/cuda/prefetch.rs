@@ -12,8 +12,11 @@
 //!   for yet, so that a window of that many bytes slides ahead of the step's reads (each launch
 //!   adds about what it consumes) and wraps to the first layer for the next step.
 //!
-//! Both sizes come from the environment (`PrefetchPlan::sizes_from_env`) and are 0, off, until
-//! measured on the H200.
+//! Both sizes come from the environment (`PrefetchPlan::sizes_from_env`) and are 0, off: on the
+//! H200 (2026-12-05, docs/BENCHMARKS.md, twenty-eighth session) the attention window of 24 MB made
+//! the 0.5B shapes' one-sequence step 0.78 -> 2.0 ms, the sliding window of 16 MB with evict-first
+//! weights 0.78 -> 1.06 (the synthetic 7B's gained under 1 %, 2.833 -> 2.810).
+//! Kept for other GPUs' A/B; a candidate for removal.
 
 use cudarc::driver::CudaSlice;
 
@@ -21,11 +24,10 @@ use super::context::CudaContext;
 use super::error::CudaError;
 
 /// How many bytes of weights each layer's decode attention asks L2 for
-/// (FERRITE_CUDA_PREFETCH_MB overrides, 0: none). Off until measured on the H200 (24 MB, under
-/// half of its 50 MB L2, is the candidate).
+/// (FERRITE_CUDA_PREFETCH_MB overrides, 0: none). Off: slower on the H200 (see above).
 const ATTENTION_BYTES: u64 = 0;
 /// How far past its own weights a matrix-vector launch of a decode step asks L2 for the step's
-/// next ones (FERRITE_CUDA_PREFETCH_AHEAD_MB overrides, 0: none). Off until measured.
+/// next ones (FERRITE_CUDA_PREFETCH_AHEAD_MB overrides, 0: none). Off: slower on the H200.
 const AHEAD_BYTES: u64 = 0;
 
 /// `default`, or the environment variable `name` in MiB.
