@@ -292,6 +292,12 @@ template <int NG>
 __device__ __forceinline__ int xsum_chunk_bytes_at(int blk, int half, int j) {
     return ((blk * 2 + half) * NG + j) * 128;
 }
+// Bytes these layouts take for `blocks` 256-column blocks of x (Q6_K's; Q4_K's half), which the
+// kernels' int array of 32-column sums (PHASE / 32 x NG x 8 ints) holds exactly.
+template <int NG>
+__host__ __device__ constexpr int xsum_bytes_needed(int blocks) {
+    return blocks * 2 * NG * 128;
+}
 // sum as two int8 digits, lo + 128 hi (lo within -64 .. 63).
 __device__ __forceinline__ void put_digits(u8* lo, int half_stride, int sum) {
     const int hi = (sum + 64) >> 7;
@@ -303,7 +309,8 @@ __device__ __forceinline__ void put_digits(u8* lo, int half_stride, int sum) {
 // as load_x4 computes it, into xq: row n * 3 + p holds part p, and in it sub-block s's 32 bytes,
 // for lane t of a quad, are b0 = x at columns [4t, 16+4t, 4t+1, 16+4t+1] and b1 = [4t+2, 16+4t+2,
 // 4t+3, 16+4t+3] of the sub-block: the order of Tile::frag_s8's codes. xsum[s][j][c] gets the
-// integer sum of mma column c's part over sub-block s, xscale[tile][j][c] the part's scale (NaN
+// integer sum of mma column c's part over sub-block s (with MMA_S8_SUMS_MMA, Q4_K's and Q6_K's
+// sums go into the same array as bytes instead, see xsum_bytes_at), xscale[tile][j][c] the part's scale (NaN
 // when the tile's x has a value that is not finite, so that it reaches the output as the bf16
 // path's would). One warp a 256-column block of one row: lane (sub-block s = lane / 4, t = lane %
 // 4) holds the 8 values of its b0 and b1.
@@ -696,7 +703,7 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
     constexpr int XSTRIDE = PHASE + 16;                       // bf16 per staged row: 32 bytes apart in banks
     constexpr int XSTRIDE_B = PHASE + 32;                     // int8 path: bytes per staged row, likewise
     constexpr int PHASE_TILES = PHASE / Tile::TILE_COLS;
-    constexpr int SUMS = Tile::HAS_MIN || S8 ? PHASE / 32 : 1;  // 32-column sums of x (Q4_K's mins)
+    constexpr int SUMS = Tile::HAS_MIN || S8 ? PHASE / 32 : 1;  // 32-column sums of x (Q4_K's mins, the int8 path)
     constexpr bool SELF_RELOAD = NT <= MMA_SELF_RELOAD_MAX_NT;    // the tile loop's hand-over (below)
     static_assert(PHASE % Tile::TILE_COLS == 0 && PHASE % 256 == 0, "phase holds whole tiles");
     static_assert(!S8 || Tile::TILE_COLS == 256 || Tile::TILE_COLS == 128, "the int8 path's x scales cover 256 columns: one tile or two");
@@ -706,13 +713,14 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
     __shared__ __align__(16) u8 xs_bytes[S8 ? 3 * NT * XSTRIDE_B : 2 * PARTS * NT * XSTRIDE];
     u16* const xs = reinterpret_cast<u16*>(xs_bytes);
     // xsum[s][j][col]: sum over the 32 columns of sub-block s of mma column col of group j
-    // (float on the bf16 path, int32 on the int8 path); xscale[tile][j][col]: that column's
-    // int8 scale.
+    // (float on the bf16 path, int32 on the int8 path, or bytes: see xsum_bytes_at);
+    // xscale[tile][j][col]: that column's int8 scale.
     __shared__ __align__(16) union {
         float f[SUMS][NG][8];
         int i[SUMS][NG][8];
     } xsums;
     __shared__ __align__(16) float xscale[S8 ? PHASE / 256 : 1][NG][8];
+    static_assert(!S8 || xsum_bytes_needed<NG>(PHASE / 256) <= (int)sizeof(xsums.i), "x's sums as bytes fit the array");
     __shared__ u32 s_last;
     __shared__ float inv_rms[NT];
 
@@ -1048,6 +1056,7 @@ __device__ __forceinline__ void matvec_mma_stream(const Segments& segs, u32 k_ti
     constexpr int PHASE = 4096 / NT, XSTRIDE_B = PHASE + 32, PHASE_TILES = PHASE / Tile::TILE_COLS, SUMS = PHASE / 32;
     __shared__ __align__(16) u8 xs_bytes[3 * NT * XSTRIDE_B];
     __shared__ __align__(16) int xsums[SUMS][NG][8];
+    static_assert(xsum_bytes_needed<NG>(PHASE / 256) <= (int)sizeof(xsums), "x's sums as bytes fit the array");
     __shared__ __align__(16) float xscale[PHASE / 256][NG][8];
     __shared__ float inv_rms[NT];
 

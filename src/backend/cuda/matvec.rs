@@ -234,8 +234,9 @@ pub enum StreamMode {
 static STREAM_MODE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(u8::MAX);
 
 /// The stream mode: as last set by [`set_stream_mode`], else `FERRITE_CUDA_MATVEC_STREAM`
-/// (`0` or `off`; `always`; unset or anything else: [`StreamMode::Large`]). Kernels are compiled
-/// for it when a weight type's kernels are (at load), so set it before.
+/// (`0`, `off`, `false` or `no`, any case; `always`; unset or anything else:
+/// [`StreamMode::Large`]). Kernels are compiled for it when a weight type's kernels are (at
+/// load), so set it before.
 pub fn stream_mode() -> StreamMode {
     use std::sync::atomic::Ordering::Relaxed;
     if STREAM_MODE.load(Relaxed) == u8::MAX {
@@ -244,7 +245,7 @@ pub fn stream_mode() -> StreamMode {
         let _ = STREAM_MODE.compare_exchange(u8::MAX, from_env as u8, Relaxed, Relaxed);
     }
     let mode = STREAM_MODE.load(Relaxed);
-    StreamMode::ALL.into_iter().find(|m| *m as u8 == mode).unwrap_or(StreamMode::Off)
+    StreamMode::ALL.into_iter().find(|m| *m as u8 == mode).unwrap_or(StreamMode::Large)
 }
 
 impl StreamMode {
@@ -266,10 +267,10 @@ impl StreamMode {
 
     /// The mode `FERRITE_CUDA_MATVEC_STREAM`'s value asks for (see [`stream_mode`]).
     fn from_env(value: Option<&str>) -> StreamMode {
-        match value {
-            Some("0") => StreamMode::Off,
-            Some(name) => StreamMode::from_name(name).unwrap_or(StreamMode::Large),
-            None => StreamMode::Large,
+        let Some(value) = value.map(|v| v.trim().to_ascii_lowercase()) else { return StreamMode::Large };
+        match value.as_str() {
+            "0" | "off" | "false" | "no" => StreamMode::Off,
+            name => StreamMode::from_name(name).unwrap_or(StreamMode::Large),
         }
     }
 }
@@ -1106,7 +1107,7 @@ mod tests {
 
     #[test]
     fn stream_mode_is_large_unless_the_environment_says_off_or_always() {
-        for (value, mode) in [(None, StreamMode::Large), (Some("off"), StreamMode::Off), (Some("0"), StreamMode::Off), (Some("always"), StreamMode::Always), (Some("large"), StreamMode::Large), (Some("1"), StreamMode::Large)] {
+        for (value, mode) in [(None, StreamMode::Large), (Some("off"), StreamMode::Off), (Some("0"), StreamMode::Off), (Some("OFF"), StreamMode::Off), (Some("false"), StreamMode::Off), (Some("always"), StreamMode::Always), (Some("large"), StreamMode::Large), (Some("1"), StreamMode::Large)] {
             assert_eq!(StreamMode::from_env(value), mode, "{value:?}");
         }
     }
