@@ -292,6 +292,15 @@ template <int NG>
 __device__ __forceinline__ int xsum_chunk_bytes_at(int blk, int half, int j) {
     return ((blk * 2 + half) * NG + j) * 128;
 }
+// out = sum over k of A[row][k] * s[k][col] for this lane's four C values, s (k < 32, column g)
+// given as two int8 digits, lo at `lo` and hi `hi_stride` bytes on (put_digits): two mmas.
+__device__ __forceinline__ void mma_digits(const u32 a[4], const u8* lo, int hi_stride, int out[4]) {
+    int cl[4] = {0, 0, 0, 0}, ch[4] = {0, 0, 0, 0};
+    mma_s8(cl, a, *reinterpret_cast<const u32*>(lo), 0u);
+    mma_s8(ch, a, *reinterpret_cast<const u32*>(lo + hi_stride), 0u);
+#pragma unroll
+    for (int i = 0; i < 4; i++) out[i] = cl[i] + 128 * ch[i];
+}
 // Bytes these layouts take for `blocks` 256-column blocks of x (Q6_K's; Q4_K's half), which the
 // kernels' int array of 32-column sums (PHASE / 32 x NG x 8 ints) holds exactly.
 template <int NG>
@@ -507,11 +516,7 @@ __device__ __forceinline__ void tile_products_s8(const T& w, const u8* xq, const
 #pragma unroll
         for (int j = 0; j < NG; j++) {
             const u8* lo = reinterpret_cast<const u8*>(&xsum[0][0][0]) + xsum_bytes_at<NG>((int)tile, 0, j) + 8 * g + 4 * (t & 1);
-            int cl[4] = {0, 0, 0, 0}, ch[4] = {0, 0, 0, 0};
-            mma_s8(cl, am, *reinterpret_cast<const u32*>(lo), 0u);
-            mma_s8(ch, am, *reinterpret_cast<const u32*>(lo + NG * 64), 0u);
-#pragma unroll
-            for (int i = 0; i < 4; i++) mins[j][i] = cl[i] + 128 * ch[i];
+            mma_digits(am, lo, NG * 64, mins[j]);
         }
     }
 #endif
@@ -626,11 +631,10 @@ __device__ __forceinline__ void tile_products_s8_chunks(const T& w, const u8* xq
 #pragma unroll
         for (int j = 0; j < NG; j++) {
             const u8* lo = reinterpret_cast<const u8*>(&xsum[0][0][0]) + xsum_chunk_bytes_at<NG>((int)tile, 0, j) + 16 * g + 4 * t;
-            int cl[4] = {0, 0, 0, 0}, ch[4] = {0, 0, 0, 0};
-            mma_s8(cl, as, *reinterpret_cast<const u32*>(lo), 0u);
-            mma_s8(ch, as, *reinterpret_cast<const u32*>(lo + NG * 128), 0u);
+            int offsets[4];
+            mma_digits(as, lo, NG * 128, offsets);
 #pragma unroll
-            for (int i = 0; i < 4; i++) dot[j][i] -= 32 * (cl[i] + 128 * ch[i]);
+            for (int i = 0; i < 4; i++) dot[j][i] -= 32 * offsets[i];
         }
     }
 #endif
