@@ -50,9 +50,9 @@
 #                ahead of their use (decode attention's window, the matrix-vector launches'
 #                sliding window), the tests with both on, then decode steps with them off and on;
 #                stream: the one-row stream kernel's tests; sums: the matrix-vector tests with
-#                the int8 path's sums on the tensor cores (Q4_K's mins, Q6_K's offsets);
-#                stream_ab: the stream kernel's bandwidth, and decode steps with it on and with
-#                those sums; tests: every GPU test without the real model; timeline: where a
+#                the int8 path's sums the old way (Q4_K's mins, Q6_K's offsets; the tensor
+#                cores' way is the default); stream_ab: the stream kernel's bandwidth, and
+#                decode steps with it and those sums off, each alone and both; tests: every GPU test without the real model; timeline: where a
 #                one-sequence step goes (syn05, syn7b); ab: decode steps under AB_VARIANTS.
 #   Logs, JSON reports and haiku artifacts go to one archive, $OUT/gpu_check.tar.gz (the device
 #   tool brings back at most 8 files), beside report.jsonl and table.txt. A table closes the
@@ -225,8 +225,8 @@ if [ "$what" = pending ]; then
     done
     fi
     if [[ ,$parts, == *,stream,* ]]; then
-    # matvec_mma.cu's stream kernel for one row of x (src/backend/cuda/matvec.rs, StreamMode; off by
-    # default until this runs): its per-op test (forced onto every shape x fits), then the whole
+    # matvec_mma.cu's stream kernel for one row of x (src/backend/cuda/matvec.rs, StreamMode; on
+    # for large launches by default): its per-op test (forced onto every shape x fits), then the whole
     # matrix-vector file and the model and engine GPU tests with it on every one-row launch it
     # can take (always). PENDING_PARTS=stream_ab: its speed.
     STEP_TIMEOUT=${CUDA_PYTEST_S:-240} step pytest_stream_op "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_matvec.py -m cuda -k stream --junitxml="$out/junit_stream_op.xml"
@@ -234,24 +234,25 @@ if [ "$what" = pending ]; then
         step pytest_stream "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_matvec.py tests/test_cuda_model.py tests/test_cuda_engine.py -m "cuda and not model" --junitxml="$out/junit_stream.xml"
     fi
     if [[ ,$parts, == *,sums,* ]]; then
-    # The int8 path's sums on the tensor cores (Q4_K's mins, Q6_K's offsets; -DMMA_S8_SUMS_MMA=1,
-    # off by default until this runs): the matrix-vector tests (the stream kernel's among them)
-    # and the model's with it on.
-    STEP_TIMEOUT=${CUDA_PYTEST_S:-240} FERRITE_CUDA_KERNEL_DEFINES=-DMMA_S8_SUMS_MMA=1 \
+    # The int8 path's sums the old way (Q4_K's mins, Q6_K's offsets as integer instructions,
+    # -DMMA_S8_SUMS_MMA=0, kept for A/B; on the tensor cores by default): the matrix-vector tests
+    # (the stream kernel's among them) and the model's with it so.
+    STEP_TIMEOUT=${CUDA_PYTEST_S:-240} FERRITE_CUDA_KERNEL_DEFINES=-DMMA_S8_SUMS_MMA=0 \
         step pytest_sums "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_matvec.py tests/test_cuda_model.py -m "cuda and not model" --junitxml="$out/junit_sums.xml"
     fi
     if [[ ,$parts, == *,stream_ab,* ]]; then
     # The one-row kernels' share of the copy bandwidth off / large on the real and 7B shapes,
-    # then decode steps of syn05 and syn7b at one and two sequences: the default, the stream
-    # kernel on its large matrices, and the int8 path's sums on the tensor cores
-    # (MMA_S8_SUMS_MMA=1), two interleaved rounds.
+    # then decode steps of syn05 and syn7b at one and two sequences: neither the stream kernel
+    # nor the int8 path's sums on the tensor cores (MMA_S8_SUMS_MMA=0), each alone, and both
+    # (the default), two interleaved rounds.
     for sm in off large; do
         FERRITE_CUDA_MATVEC_STREAM=$sm STEP_TIMEOUT=150 step "matvec_stream_$sm" "$py" benches/bench_cuda_matvec.py --tiled-only --rows 1 --shapes real,7b
         cp "$out/matvec_stream_$sm.log" "$dest/matvec_stream_$sm.txt" 2>/dev/null
     done
     need_syn7b
-    STEP_TIMEOUT=330 step stream_ab bash -c 'decode_ab "$@"' _ "default|FERRITE_CUDA_MATVEC_STREAM=off" "large|FERRITE_CUDA_MATVEC_STREAM=large" \
-        "sums|FERRITE_CUDA_KERNEL_DEFINES=-DMMA_S8_SUMS_MMA=1" -- /tmp/synthetic.gguf:1,2 /root/m/syn7b.gguf:1,2
+    STEP_TIMEOUT=400 step stream_ab bash -c 'decode_ab "$@"' _ "neither|FERRITE_CUDA_MATVEC_STREAM=off FERRITE_CUDA_KERNEL_DEFINES=-DMMA_S8_SUMS_MMA=0" \
+        "large|FERRITE_CUDA_KERNEL_DEFINES=-DMMA_S8_SUMS_MMA=0" "sums|FERRITE_CUDA_MATVEC_STREAM=off" "both|FERRITE_CUDA_MATVEC_STREAM=large" \
+        -- /tmp/synthetic.gguf:1,2 /root/m/syn7b.gguf:1,2
     cp "$out/stream_ab.log" "$dest/stream_ab.txt" 2>/dev/null
     fi
     if [[ ,$parts, == *,tests,* ]]; then
