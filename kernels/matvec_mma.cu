@@ -30,8 +30,8 @@
 // (split-K) when that still leaves too few warps: each block then writes its partial sums, and
 // the last block of a block row to finish (a counter per block row, reset by that block) adds
 // the splits in order. Every sum is taken in a fixed order, so results do not depend on timing.
-// (Compiled with -DMMA_STREAM=1, the file holds instead matvec_mma_stream_1, which deals a
-// one-row launch's tiles out to the warps in equal shares: see "Stream-K" below.)
+// (Compiled with -DMMA_STREAM=1, the file holds instead matvec_mma_stream_1 and _2, which deal a
+// one- or two-row launch's tiles out to the warps in equal shares: see "Stream-K" below.)
 //
 // One launch, several matrices. Up to three matrices of the same type and width that multiply
 // the same x (q, k and v; gate and up) run as one grid: their block rows follow each other along
@@ -73,13 +73,23 @@ typedef FERRITE_CAT(Rp_, QTYPE) Tile;
 #ifndef MMA_L2_PREFETCH
 #define MMA_L2_PREFETCH 0
 #endif
-// 1: where a block stages the whole row of x in one phase (no column split) with at most one
-// 256-column job a warp, the RMSNorm's sum of squares is taken from the values staging loads
+// 1: where a block stages the whole row of x in one phase (no column split) with at most
+// MMA_STAGE_JOBS 256-column jobs a warp, the RMSNorm's sum of squares is taken from the values staging loads
 // anyway, instead of a pass of its own over x before it (one round trip to L2 and a barrier less).
 // H200, 2026-12-04: the 0.5B's decode step 855 -> 803 us (gate/up 7.3 -> 6.4 us, q/k/v 5.1 -> 4.5).
 #ifndef MMA_FUSED_NORM
 #define MMA_FUSED_NORM 1
 #endif
+// The int8 path's staging: jobs (256 columns of one row of x) a warp loads at once, and so the
+// jobs a warp may have where the RMSNorm is folded into staging (stage_x_s8_normed). With 1, a
+// 7B's 3,584 columns (14 jobs) take a pass of their own for the norm and two L2 round trips, one
+// after the other, to stage; 2 does both in one. 1 by default until 2 has run on a GPU (twenty-
+// ninth session: written without one); with 1 the kernels are the twenty-eighth session's but
+// for one float64 addition of zero (scripts/sass_same.py).
+#ifndef MMA_STAGE_JOBS
+#define MMA_STAGE_JOBS 1
+#endif
+static_assert(MMA_STAGE_JOBS >= 1 && MMA_STAGE_JOBS <= 4, "jobs a warp stages at once");
 // Rows of x up to which the tile loop reloads the warp's last tile and is unrolled twice (see
 // there); above it, one tile at a time with a conditional hand-over. H200, 2026-12-04: at one
 // row the reload took the synthetic 7B's decode from 320 to 334 tok/s; at two rows it cost the
@@ -398,13 +408,26 @@ __device__ __forceinline__ void stage_x_s8(const float* __restrict__ x, const fl
     // A phase of an odd number of 128-column tiles stages the next 128 columns too (PHASE is a
     // multiple of 256; past n_cols load_x4 gives zeros): unused, and harmless to the scale.
     const int blocks = ((int)len + 255) / 256;
-    for (int job = warp; job < NT * blocks; job += n_warps) {
-        const int n = job / blocks, blk = job % blocks;
-        const u32 c = col0 + 256 * blk + 32 * sb + 4 * t;
-        const float4 a = load_x4(x, x2, norm_w, inv_rms, n_x, n_cols, (u32)n, c);
-        const float4 b = load_x4(x, x2, norm_w, inv_rms, n_x, n_cols, (u32)n, c + 16);
-        float r[8] = {a.x, b.x, a.y, b.y, a.z, b.z, a.w, b.w};
-        quantize_job_s8<NG, XSTRIDE_B>(r, n, blk, xq, xsum, xscale);
+    const int jobs = NT * blocks;
+    // MMA_STAGE_JOBS of a warp's jobs at a time: their loads go out together (one round trip to
+    // L2 for them all, instead of one a job).
+    for (int job0 = warp; job0 < jobs; job0 += MMA_STAGE_JOBS * n_warps) {
+        float r[MMA_STAGE_JOBS][8];
+#pragma unroll
+        for (int u = 0; u < MMA_STAGE_JOBS; u++) {
+            const int job = job0 + u * n_warps;
+            const int n = job / blocks, blk = job % blocks;
+            const u32 c = col0 + 256 * blk + 32 * sb + 4 * t;
+            // Rows n >= NT (a job past the last) load zeros, as rows past n_x do.
+            const float4 a = load_x4(x, x2, norm_w, inv_rms, job < jobs ? n_x : 0u, n_cols, (u32)n, c);
+            const float4 b = load_x4(x, x2, norm_w, inv_rms, job < jobs ? n_x : 0u, n_cols, (u32)n, c + 16);
+            r[u][0] = a.x, r[u][1] = b.x, r[u][2] = a.y, r[u][3] = b.y, r[u][4] = a.z, r[u][5] = b.z, r[u][6] = a.w, r[u][7] = b.w;
+        }
+#pragma unroll
+        for (int u = 0; u < MMA_STAGE_JOBS; u++) {
+            const int job = job0 + u * n_warps;  // the same for the whole warp
+            if (job < jobs) quantize_job_s8<NG, XSTRIDE_B>(r[u], job / blocks, job % blocks, xq, xsum, xscale);
+        }
     }
 }
 
@@ -428,45 +451,63 @@ __device__ __forceinline__ void inv_rms_of_shares(const double (&ss)[NT], double
     }
 }
 
-// stage_x_s8 of a whole row of x (columns from 0; the caller checks that every job fits one a
-// warp: NT * ceil(len / 256) <= warps) with the RMSNorm folded in: each warp loads its job's
-// values once, the block sums their squares in float64 and rounds each row's 1 / rms to float
-// once (as block_inv_rms does, adding in another order) into inv_rms, and the values are then
-// scaled as load_x4 scales them. It saves block_inv_rms's pass over x and its barrier.
+// stage_x_s8 of a whole row of x (columns from 0; the caller checks that every job fits one of
+// a warp's MMA_STAGE_JOBS: NT * ceil(len / 256) <= MMA_STAGE_JOBS * warps) with the RMSNorm folded
+// in: each warp loads its jobs' values once, the block sums their squares in float64 and rounds
+// each row's 1 / rms to float once (as block_inv_rms does, adding in another order) into inv_rms,
+// and the values are then scaled as load_x4 scales them. It saves block_inv_rms's pass over x and
+// its barrier.
 template <int NT, int NG, int XSTRIDE_B>
 __device__ __forceinline__ void stage_x_s8_normed(const float* __restrict__ x, const float* __restrict__ norm_w, float eps,
                                                   u32 n_x, u32 n_cols, u32 len, u8* xq, int (*xsum)[NG][8],
                                                   float (*xscale)[NG][8], float* inv_rms) {
     __shared__ double red[MMA_MAX_WARPS][NT];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
     const int sb = lane >> 2, t = lane & 3;
     const int blocks = ((int)len + 255) / 256;
-    const int n = warp / blocks, blk = warp % blocks;
-    const bool has_job = warp < NT * blocks;  // the whole warp, or none of it
-    const u32 c = 256 * blk + 32 * sb + 4 * t;
-    // Zeros for rows n >= n_x and columns past n_cols, as load_x4 gives them (n_cols is a
-    // multiple of 32, so c < n_cols means c + 19 < n_cols too).
-    const bool in = has_job && (u32)n < n_x && c < n_cols;
     const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    float4 a = in ? *reinterpret_cast<const float4*>(x + (u64)n * n_cols + c) : zero;
-    float4 b = in ? *reinterpret_cast<const float4*>(x + (u64)n * n_cols + c + 16) : zero;
-    const float4 wa = in ? *reinterpret_cast<const float4*>(norm_w + c) : zero;
-    const float4 wb = in ? *reinterpret_cast<const float4*>(norm_w + c + 16) : zero;
-    const double sq = (double)a.x * a.x + (double)a.y * a.y + (double)a.z * a.z + (double)a.w * a.w + (double)b.x * b.x +
-                      (double)b.y * b.y + (double)b.z * b.z + (double)b.w * b.w;
+    float4 a[MMA_STAGE_JOBS], b[MMA_STAGE_JOBS], wa[MMA_STAGE_JOBS], wb[MMA_STAGE_JOBS];
+    bool in[MMA_STAGE_JOBS];
     double ss[NT];
 #pragma unroll
-    for (int i = 0; i < NT; i++) ss[i] = i == n ? sq : 0.0;
+    for (int i = 0; i < NT; i++) ss[i] = 0.0;
+#pragma unroll
+    for (int u = 0; u < MMA_STAGE_JOBS; u++) {
+        const int job = warp + u * n_warps;
+        const int n = job / blocks, blk = job % blocks;
+        const bool has_job = job < NT * blocks;  // the whole warp, or none of it
+        const u32 c = 256 * blk + 32 * sb + 4 * t;
+        // Zeros for rows n >= n_x and columns past n_cols, as load_x4 gives them (n_cols is a
+        // multiple of 32, so c < n_cols means c + 19 < n_cols too).
+        in[u] = has_job && (u32)n < n_x && c < n_cols;
+        a[u] = in[u] ? *reinterpret_cast<const float4*>(x + (u64)n * n_cols + c) : zero;
+        b[u] = in[u] ? *reinterpret_cast<const float4*>(x + (u64)n * n_cols + c + 16) : zero;
+        wa[u] = in[u] ? *reinterpret_cast<const float4*>(norm_w + c) : zero;
+        wb[u] = in[u] ? *reinterpret_cast<const float4*>(norm_w + c + 16) : zero;
+    }
+#pragma unroll
+    for (int u = 0; u < MMA_STAGE_JOBS; u++) {
+        const int n = (warp + u * n_warps) / blocks;
+        const double sq = (double)a[u].x * a[u].x + (double)a[u].y * a[u].y + (double)a[u].z * a[u].z + (double)a[u].w * a[u].w +
+                          (double)b[u].x * b[u].x + (double)b[u].y * b[u].y + (double)b[u].z * b[u].z + (double)b[u].w * b[u].w;
+#pragma unroll
+        for (int i = 0; i < NT; i++) ss[i] += i == n ? sq : 0.0;
+    }
     inv_rms_of_shares<NT>(ss, red, n_cols, eps, inv_rms);
     __syncthreads();
-    if (!has_job) return;
-    if (in) {
-        // RMSNorm as norm.cu computes it (load_x4's operations).
-        a = normed4(a, inv_rms[n], wa);
-        b = normed4(b, inv_rms[n], wb);
+#pragma unroll
+    for (int u = 0; u < MMA_STAGE_JOBS; u++) {
+        const int job = warp + u * n_warps;
+        if (job >= NT * blocks) break;  // the whole warp
+        const int n = job / blocks;
+        if (in[u]) {
+            // RMSNorm as norm.cu computes it (load_x4's operations).
+            a[u] = normed4(a[u], inv_rms[n], wa[u]);
+            b[u] = normed4(b[u], inv_rms[n], wb[u]);
+        }
+        float r[8] = {a[u].x, b[u].x, a[u].y, b[u].y, a[u].z, b[u].z, a[u].w, b[u].w};
+        quantize_job_s8<NG, XSTRIDE_B>(r, n, job % blocks, xq, xsum, xscale);
     }
-    float r[8] = {a.x, b.x, a.y, b.y, a.z, b.z, a.w, b.w};
-    quantize_job_s8<NG, XSTRIDE_B>(r, n, blk, xq, xsum, xscale);
 }
 
 // acc += tile `tile` (of the phase) times x, the int8 way (see above), for a K-quant (Q4_K:
@@ -785,9 +826,9 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
         }
     }
     // The RMSNorm inside staging (stage_x_s8_normed) where the block stages the whole row in one
-    // phase with at most one job a warp; otherwise its own pass first.
+    // phase with at most MMA_STAGE_JOBS jobs a warp; otherwise its own pass first.
     const bool fused_norm = MMA_FUSED_NORM && S8 && norm_w != nullptr && x2 == nullptr && n_splits == 1 && k_tiles <= (u32)PHASE_TILES &&
-                            NT * ((k_tiles * Tile::TILE_COLS + 255) / 256) <= (blockDim.x >> 5);
+                            NT * ((k_tiles * Tile::TILE_COLS + 255) / 256) <= MMA_STAGE_JOBS * (blockDim.x >> 5);
     if (norm_w && !fused_norm) block_inv_rms<NT>(x, n_x, n_cols, eps, inv_rms);
 
     // This lane's B column in each group: x row n = RPG * j + g / PARTS, part g % PARTS (with
@@ -975,7 +1016,7 @@ MATVEC_MMA_KERNEL(8)
 #endif
 
 #if MMA_STREAM
-// ---- Stream-K: one row of x, matrices of many tiles ----
+// ---- Stream-K: one or two rows of x, matrices of many tiles ----
 // The kernel above gives each warp the tiles of one tile row (or a column range of one), so a
 // launch's speed depends on how its block rows fall into waves: with a few waves, the last one
 // runs part-empty, and every block pays for staging x (and its norm) again; the alternatives, more
@@ -984,80 +1025,169 @@ MATVEC_MMA_KERNEL(8)
 // sweep: 78 % of the copy bandwidth on the 152064-row LM head, 36 waves of blocks; at most 48 %
 // on the 18944-row gate/up, whatever the plan.)
 //
-// Here the grid is as many blocks as the GPU holds at once; each stages all of x once (the host
-// takes this kernel only where x fits one phase), and warp w of W takes the launch's tiles
-// [w U / W, (w + 1) U / W) of the U in row-major order (tile row, column tile), over every
-// segment's tile rows (W: the grid's warps, at most U): equal shares whatever the shape
-// (Stream-K, Osama et al., PPoPP 2023). A warp multiplies its tiles in order, one tile ahead in
-// registers as above. A tile row whose tiles all fell to one warp is written by it. A row shared
-// by several warps (at most the first and last of each warp's range) is written by the last of
-// them to finish: each writes its piece of the row's sums to `partials` (two slots a warp: 2w
-// for the row its range begins in, 2w + 1 for the one it ends in), counts itself on the row's
-// counter, and the one that completes the count adds the pieces in warp order, so results do not
-// depend on timing; it resets the counter. partials holds 2 W x 16 floats, counters one per tile
-// row (zero between launches).
+// Here the grid is as many blocks as the GPU holds at once, and the launch's U tiles, over every
+// segment's tile rows, are dealt out to its W warps (at most U) in equal shares whatever the shape
+// (Stream-K, Osama et al., PPoPP 2023): warp w takes the tiles [first(w), first(w + 1)) in this
+// order: phase by phase (STREAM_PHASE columns of x, the most a block stages at once), and within
+// a phase tile row by tile row. A tile row's tiles within one phase are a slice; x one phase wide
+// (the LM heads, a 7B's gate/up) makes every slice a whole row. A block stages the phases its
+// warps' shares touch (one, sometimes two), one after the other, and its warps multiply their tiles
+// of each phase in order, one tile ahead in registers as above.
+//
+// A tile row whose tiles all fell to one warp is written by it. Any other row is written by the
+// last of its warps to finish: each writes its piece of the row's sums (one slice, or the part of
+// one in its share) to `partials`, adds the piece's tiles to the row's counter, and the one that
+// brings the count to the row's tiles adds the pieces in (phase, warp) order, so results do not
+// depend on timing, and resets the counter. A piece's slot (NT x 16 floats: x rows, tile rows):
+// 2w for the slice warp w's share begins in, 2w + 1 for the one it ends in, 2 W + s for a whole
+// slice s between them (only with several phases, where a whole slice is not a whole row).
+// partials holds (2 W + S) x NT x 16 floats (S: the slices, phases x tile rows, with several
+// phases; none with one), counters one per tile row (zero between launches). The host takes this
+// kernel only where its counts fit 32 bits with room to spare.
 
-// The first tile of warp w's share of `units` tiles over `warps` warps.
-__device__ __forceinline__ u64 stream_first_unit(u64 w, u64 units, u64 warps) { return w * units / warps; }
-// The warp whose share holds tile u: the last w with stream_first_unit(w) <= u.
-__device__ __forceinline__ u64 stream_owner(u64 u, u64 units, u64 warps) { return ((u + 1) * warps - 1) / units; }
+constexpr int STREAM_PHASE = 4096;
+// The tile loop unrolled twice (no hand-over copies) except for Q6_K, whose two tiles in flight
+// leave too few registers for the loop's bookkeeping across phases: unrolled, it spilled 28
+// values a pair of tiles (sm_90); once, it spills none, at 523 instructions a tile against 515.
+#ifndef STREAM_UNROLL
+#define STREAM_UNROLL (Tile::SCALE_CHUNKS == 1 ? 1 : 2)
+#endif
+constexpr u32 STREAM_PHASE_TILES = STREAM_PHASE / Tile::TILE_COLS;
 
-// Tile row r's sums (acc0..3: this warp's mma sums, one x row) are complete, or this warp's
-// piece of them is: writes the row (rows row0 .. row0 + 15 of y, those below n_rows), or the piece, and adds
-// the pieces if it is the last of the row's warps to finish (see above). first: r is the row
-// this warp's share begins in. Every lane calls it; out of line, since a warp finishes a row
-// every k_tiles tiles at most (the tile loop stays short).
-__device__ __noinline__ void stream_finish_row(float acc0, float acc1, float acc2, float acc3, float* y, const float* bias,
-                                               u32 n_rows, u32 row0, u32 r, bool first, u64 w, u64 units, u64 n_warps, u32 k_tiles, float* partials,
-                                               u32* counters, u32 accumulate) {
+// The order of a launch's tiles (above), and the warps' equal shares of it: the first `rem`
+// warps take q + 1 tiles, the others q.
+struct StreamOrder {
+    u32 m_all, k_tiles, n_phases, phase_units;  // tile rows, column tiles, phases, tiles a phase (all rows)
+    u32 units, warps, q, rem;
+
+    __device__ u32 width(u32 ph) const { return min(STREAM_PHASE_TILES, k_tiles - ph * STREAM_PHASE_TILES); }
+    // The first tile of warp w's share; first(warps) == units.
+    __device__ u32 first(u32 w) const { return w * q + min(w, rem); }
+    // The warp whose share holds tile u.
+    __device__ u32 owner(u32 u) const { return u < rem * (q + 1) ? u / (q + 1) : rem + (u - rem * (q + 1)) / q; }
+    // Tile u's phase, tile row and column tile.
+    __device__ void locate(u32 u, u32& ph, u32& r, u32& kt) const {
+        ph = u / phase_units;
+        const u32 local = u - ph * phase_units, w = width(ph);
+        r = local / w;
+        kt = ph * STREAM_PHASE_TILES + local % w;
+    }
+    __device__ u32 slice_of(u32 u) const {
+        u32 ph, r, kt;
+        locate(u, ph, r, kt);
+        return ph * m_all + r;
+    }
+    __device__ u32 slice_begin(u32 ph, u32 r) const { return ph * phase_units + r * width(ph); }
+    // The slot of warp w's piece of slice s, whose share's first and last slices are s_first and
+    // s_last (see above).
+    __device__ u32 slot(u32 s, u32 w, u32 s_first, u32 s_last) const {
+        return s == s_first ? 2 * w : s == s_last ? 2 * w + 1 : 2 * warps + s;
+    }
+};
+
+// The order of m_all tile rows of k_tiles column tiles over this grid's warps (blocks of
+// warps_here warps).
+__device__ __forceinline__ StreamOrder stream_order(u32 m_all, u32 k_tiles, u32 warps_here) {
+    StreamOrder ord;
+    ord.m_all = m_all;
+    ord.k_tiles = max(k_tiles, 1u);
+    ord.n_phases = (ord.k_tiles + STREAM_PHASE_TILES - 1) / STREAM_PHASE_TILES;
+    ord.phase_units = ord.m_all * STREAM_PHASE_TILES;
+    ord.units = ord.m_all * ord.k_tiles;
+    // Shares are taken over at most one warp a tile, so that none is empty; warps past them idle.
+    ord.warps = max(min(gridDim.x * warps_here, ord.units), 1u);
+    ord.q = ord.units / ord.warps;
+    ord.rem = ord.units % ord.warps;
+    return ord;
+}
+
+// This warp's sums of `piece_tiles` tiles of tile row r in phase ph (acc0..3: its mma sums, NT
+// rows of x, n_x of them real) are done: writes the row (rows row0 .. row0 + 15 of each y row,
+// those below n_rows) if they are all of its tiles, else the piece, and adds the pieces if it is
+// the last of the row's warps to finish (see above). Every lane calls it; out of line, since a
+// warp finishes a slice every STREAM_PHASE_TILES tiles at most (the tile loop stays short). (What
+// it needs beyond that is recomputed here from the launch's shape: the tile loop is short of
+// registers.)
+template <int NT>
+__device__ __noinline__ void stream_finish_slice(float acc0, float acc1, float acc2, float acc3, float* y, const float* bias,
+                                                 u32 n_rows, u32 row0, u32 r, u32 ph, u32 piece_tiles, u32 m_all, u32 k_tiles,
+                                                 u32 n_x, float* partials, u32* counters, u32 accumulate) {
     const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    // x's three parts are mma columns 0-2: lanes t = 0 (columns 0, 1) and 1 (column 2).
-    float v0 = t == 0 ? acc0 + acc1 : t == 1 ? acc0 : 0.0f;
-    float v1 = t == 0 ? acc2 + acc3 : t == 1 ? acc2 : 0.0f;
-    v0 += __shfl_xor_sync(FULL_WARP, v0, 1);
-    v1 += __shfl_xor_sync(FULL_WARP, v1, 1);
-    v0 += __shfl_xor_sync(FULL_WARP, v0, 2);
-    v1 += __shfl_xor_sync(FULL_WARP, v1, 2);
-    const u64 w_first = stream_owner((u64)r * k_tiles, units, n_warps);
-    const u64 w_last = stream_owner((u64)(r + 1) * k_tiles - 1, units, n_warps);
-    if (w_first == w_last) {
+    const StreamOrder ord = stream_order(m_all, k_tiles, blockDim.x >> 5);
+    // x row 0's three parts are mma columns 0-2 (lanes t = 0: columns 0, 1; t = 1: column 2),
+    // row 1's columns 3-5 (t = 1: column 3; t = 2: columns 4, 5), as in matvec_mma's emit.
+    float v[NT][2];
+#pragma unroll
+    for (int n = 0; n < NT; n++) {
+        if (n == 0) {
+            v[n][0] = t == 0 ? acc0 + acc1 : t == 1 ? acc0 : 0.0f;
+            v[n][1] = t == 0 ? acc2 + acc3 : t == 1 ? acc2 : 0.0f;
+        } else {
+            v[n][0] = t == 1 ? acc1 : t == 2 ? acc0 + acc1 : 0.0f;
+            v[n][1] = t == 1 ? acc3 : t == 2 ? acc2 + acc3 : 0.0f;
+        }
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            v[n][h] += __shfl_xor_sync(FULL_WARP, v[n][h], 1);
+            v[n][h] += __shfl_xor_sync(FULL_WARP, v[n][h], 2);
+        }
+    }
+    if (piece_tiles == ord.k_tiles) {
         if (t == 0) {
-            if (row0 + g < n_rows) put(y + row0 + g, v0 + (bias ? bias[row0 + g] : 0.0f), accumulate);
-            if (row0 + g + 8 < n_rows) put(y + row0 + g + 8, v1 + (bias ? bias[row0 + g + 8] : 0.0f), accumulate);
+#pragma unroll
+            for (int n = 0; n < NT; n++) {
+                if ((u32)n >= n_x) break;
+                if (row0 + g < n_rows) put(y + (u64)n * n_rows + row0 + g, v[n][0] + (bias ? bias[row0 + g] : 0.0f), accumulate);
+                if (row0 + g + 8 < n_rows) put(y + (u64)n * n_rows + row0 + g + 8, v[n][1] + (bias ? bias[row0 + g + 8] : 0.0f), accumulate);
+            }
         }
         return;
     }
-    float* piece = partials + (2 * w + (first ? 0 : 1)) * RP_TILE_ROWS;
+    const u32 w = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    const u32 slot = ord.slot(ph * m_all + r, w, ord.slice_of(ord.first(w)), ord.slice_of(ord.first(w + 1) - 1));
+    float* piece = partials + slot * (NT * RP_TILE_ROWS);
     if (t == 0) {
-        piece[g] = v0;
-        piece[g + 8] = v1;
+#pragma unroll
+        for (int n = 0; n < NT; n++) {
+            piece[n * RP_TILE_ROWS + g] = v[n][0];
+            piece[n * RP_TILE_ROWS + g + 8] = v[n][1];
+        }
     }
     __threadfence();
     __syncwarp();
     u32 last = 0;
-    if (lane == 0) last = atomicAdd(&counters[r], 1u) == (u32)(w_last - w_first);
+    if (lane == 0) last = atomicAdd(&counters[r], piece_tiles) + piece_tiles == ord.k_tiles;
     if (!__shfl_sync(FULL_WARP, last, 0)) return;
     // Every lane orders its reads after lane 0's count (a shuffle is no memory ordering).
     __threadfence();
     __syncwarp();
-    if (lane < RP_TILE_ROWS) {
+    if (lane < NT * RP_TILE_ROWS) {
+        // Lane (n, row): x row n = lane / 16, tile row's row lane % 16.
         float sum = 0.0f;
-        for (u64 v = w_first; v <= w_last; v++) {
-            const u64 slot = 2 * v + (stream_first_unit(v, units, n_warps) / k_tiles == r ? 0 : 1);
-            sum += __ldcg(partials + slot * RP_TILE_ROWS + lane);
+        for (u32 p = 0; p < ord.n_phases; p++) {
+            const u32 s = p * ord.m_all + r, begin = ord.slice_begin(p, r);
+            const u32 v_last = ord.owner(begin + ord.width(p) - 1);
+            for (u32 vw = ord.owner(begin); vw <= v_last; vw++) {
+                const u32 v_slot = ord.slot(s, vw, ord.slice_of(ord.first(vw)), ord.slice_of(ord.first(vw + 1) - 1));
+                sum += __ldcg(partials + v_slot * (NT * RP_TILE_ROWS) + lane);
+            }
         }
-        if (row0 + lane < n_rows) put(y + row0 + lane, sum + (bias ? bias[row0 + lane] : 0.0f), accumulate);
+        const u32 n = (u32)lane / RP_TILE_ROWS, row = row0 + (u32)lane % RP_TILE_ROWS;
+        if (n < n_x && row < n_rows) put(y + (u64)n * n_rows + row, sum + (bias ? bias[row] : 0.0f), accumulate);
     }
     if (lane == 0) counters[r] = 0;  // ready for the next launch
 }
 
+template <int NT>
 __device__ __forceinline__ void matvec_mma_stream(const Segments& segs, u32 k_tiles, u32 n_cols, const float* __restrict__ x,
                                                   const float* __restrict__ x2, const float* __restrict__ norm_w, float eps,
                                                   u32 n_x, float* __restrict__ partials, u32* __restrict__ counters,
                                                   u32 accumulate, const PrefetchWindow& ahead) {
     static_assert(Tile::S8, "the stream kernel runs the int8 path (not with -DRP_Q6_K_S8=0)");
-    constexpr int NT = 1, NG = 1;
-    constexpr int PHASE = 4096 / NT, XSTRIDE_B = PHASE + 32, PHASE_TILES = PHASE / Tile::TILE_COLS, SUMS = PHASE / 32;
+    // One or two rows of x: one mma column group holds both rows' three parts (as in matvec_mma).
+    static_assert(NT == 1 || NT == 2, "the stream kernel takes one or two rows of x");
+    constexpr int NG = 1;
+    constexpr int PHASE = STREAM_PHASE, XSTRIDE_B = PHASE + 32, SUMS = PHASE / 32;
     __shared__ __align__(16) u8 xs_bytes[3 * NT * XSTRIDE_B];
     __shared__ __align__(16) int xsums[SUMS][NG][8];
     static_assert(xsum_bytes_needed<NG>(PHASE / 256) <= (int)sizeof(xsums), "x's sums as bytes fit the array");
@@ -1065,96 +1195,120 @@ __device__ __forceinline__ void matvec_mma_stream(const Segments& segs, u32 k_ti
     __shared__ float inv_rms[NT];
 
     const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const u64 warps_here = blockDim.x >> 5, w = blockIdx.x * warps_here + (threadIdx.x >> 5);
-    const u32 m0 = segs.m_tiles[0], m01 = m0 + segs.m_tiles[1];
-    const u64 units = (u64)(m01 + segs.m_tiles[2]) * k_tiles;
-    // Shares are taken over at most one warp a tile, so that none is empty (a row's pieces then
-    // come from every warp between its first tile's and its last's); warps past them idle.
-    const u64 n_warps = max(min((u64)gridDim.x * warps_here, units), (u64)1);
-    const u64 u_begin = w < n_warps ? stream_first_unit(w, units, n_warps) : units;
-    const u64 u_end = w < n_warps ? stream_first_unit(w + 1, units, n_warps) : units;
+    const u32 warps_here = blockDim.x >> 5, w = blockIdx.x * warps_here + (threadIdx.x >> 5);
+    const u32 m0 = segs.m_tiles[0], m01 = m0 + segs.m_tiles[1], m_all = m01 + segs.m_tiles[2];
+    const StreamOrder ord = stream_order(m_all, k_tiles, warps_here);
+    const u32 u_begin = w < ord.warps ? ord.first(w) : ord.units;
+    const u32 u_end = w < ord.warps ? ord.first(w + 1) : ord.units;
     // Tile row r (over all segments) in its segment's buffer.
     const auto row_tiles = [&](u32 r) {
         const u8* base = r < m0 ? segs.tiles[0] : r < m01 ? segs.tiles[1] : segs.tiles[2];
         const u32 local = r < m0 ? r : r < m01 ? r - m0 : r - m01;
         return base + (u64)local * k_tiles * Tile::TILE_BYTES;
     };
-    u32 r = (u32)(u_begin / k_tiles), kt = (u32)(u_begin % k_tiles);
-    const u32 r_first = r;
+    u32 ph = 0, r = 0, kt = 0;
+    if (u_begin < u_end) ord.locate(u_begin, ph, r, kt);
     // The first tile's loads go out before x is staged (weights are constant).
     Tile cur;
     if (u_begin < u_end) cur.load(row_tiles(r) + (u64)kt * Tile::TILE_BYTES, lane, false);
     prefetch_window(ahead);
     dependent_wait();
-    // The host takes this kernel only where x fits one phase: anything else would stage past the
-    // shared buffers.
-    if (k_tiles > (u32)PHASE_TILES) __trap();
     // Blocks without a share (a launch of fewer tiles than warps) have nothing to stage.
-    if (blockIdx.x * warps_here >= n_warps) return;
+    const u32 w0 = blockIdx.x * warps_here;
+    if (w0 >= ord.warps) return;
+    // The phases this block's shares touch.
+    const u32 ph_lo = ord.first(w0) / ord.phase_units;
+    const u32 ph_hi = (ord.first(min(w0 + warps_here, ord.warps)) - 1) / ord.phase_units;
 
-    // The RMSNorm inside staging where each warp has at most one 256-column job (as in
-    // matvec_mma).
-    const bool fused_norm = MMA_FUSED_NORM && norm_w != nullptr && x2 == nullptr && k_tiles * Tile::TILE_COLS <= 256 * (blockDim.x >> 5);
+    // The RMSNorm inside staging where x is one phase and each warp has at most MMA_STAGE_JOBS
+    // 256-column jobs (as in matvec_mma); otherwise its own pass over the whole row first.
+    const bool fused_norm = MMA_FUSED_NORM && norm_w != nullptr && x2 == nullptr && ord.n_phases == 1 &&
+                            NT * ((k_tiles * Tile::TILE_COLS + 255) / 256) <= MMA_STAGE_JOBS * warps_here;
     if (norm_w && !fused_norm) block_inv_rms<NT>(x, n_x, n_cols, eps, inv_rms);
-    // Columns no x row fills keep zero sums and scales (see matvec_mma).
+    // Columns no x row fills keep zero sums and scales (see matvec_mma); staging writes only
+    // the others, so once is enough for every phase.
     for (int i = threadIdx.x; i < SUMS * NG * 8; i += blockDim.x) (&xsums[0][0][0])[i] = 0;
     for (int i = threadIdx.x; i < (PHASE / 256) * NG * 8; i += blockDim.x) (&xscale[0][0][0])[i] = 0.0f;
-    __syncthreads();
-    if (fused_norm) {
-        stage_x_s8_normed<NT, NG, XSTRIDE_B>(x, norm_w, eps, n_x, n_cols, k_tiles * Tile::TILE_COLS, xs_bytes, xsums, xscale, inv_rms);
-    } else {
-        stage_x_s8<NT, NG, XSTRIDE_B>(x, x2, norm_w, inv_rms, n_x, n_cols, 0, k_tiles * Tile::TILE_COLS, xs_bytes, xsums, xscale);
-    }
-    __syncthreads();
-    if (u_begin >= u_end) return;
 
-    // B columns 0-2 are x's three parts (lanes g < 3); the others read part 0 again, which their
-    // zero scales cancel (see b_off in matvec_mma).
-    const int b_off[NG] = {g < 3 ? g * XSTRIDE_B + 8 * t : 8 * t};
+    // B columns 0-2 are x row 0's three parts, 3-5 row 1's (lanes g < 3 NT: staged row g); the
+    // others read row 0's part 0 again, which their zero scales cancel (see b_off in matvec_mma).
+    const int b_off[NG] = {g < 3 * NT ? g * XSTRIDE_B + 8 * t : 8 * t};
     float acc[NG][4] = {{0.0f, 0.0f, 0.0f, 0.0f}};
     const u8* tile = row_tiles(r) + (u64)kt * Tile::TILE_BYTES;
-    const u32 n_tiles = (u32)(u_end - u_begin);
-#pragma unroll 2
-    for (u32 i = 0; i < n_tiles; i++) {
-        // The next tile's loads go out before this one's math; the last tile loads itself again
-        // (a plain hand-over, as in matvec_mma).
-        const bool more = i + 1 < n_tiles, row_end = kt + 1 == k_tiles;
-        const u8* next = !more ? tile : row_end ? row_tiles(r + 1) : tile + Tile::TILE_BYTES;
-        Tile nxt;
-        nxt.load(next, lane, false);
-        tile_products_s8_of_type<NG>(cur, xs_bytes, xsums, xscale, kt, b_off, t, acc);
-        if (row_end || !more) {
-            const int seg = r < m0 ? 0 : r < m01 ? 1 : 2;
-            const u32 row0 = (r < m0 ? r : r < m01 ? r - m0 : r - m01) * RP_TILE_ROWS;
-            // Selects, not an index: an indexed struct member would go to local memory.
-            float* y = seg == 0 ? segs.y[0] : seg == 1 ? segs.y[1] : segs.y[2];
-            const float* bias = seg == 0 ? segs.bias[0] : seg == 1 ? segs.bias[1] : segs.bias[2];
-            const u32 n_rows = seg == 0 ? segs.n_rows[0] : seg == 1 ? segs.n_rows[1] : segs.n_rows[2];
-            stream_finish_row(acc[0][0], acc[0][1], acc[0][2], acc[0][3], y, bias, n_rows, row0, r, r == r_first, w, units,
-                              n_warps, k_tiles, partials, counters, accumulate);
-            acc[0][0] = acc[0][1] = acc[0][2] = acc[0][3] = 0.0f;
-        }
-        cur = nxt;
-        tile = next;
-        if (row_end) {
-            r++;
-            kt = 0;
+    u32 u = u_begin, piece_tiles = 0;
+    for (u32 p = ph_lo; p <= ph_hi; p++) {
+        __syncthreads();  // the zeros above, or the previous phase's readers done with xs / xsums
+        const u32 p_col_tile = p * STREAM_PHASE_TILES, p_end_tile = p_col_tile + min(STREAM_PHASE_TILES, k_tiles - p_col_tile);
+        if (fused_norm) {
+            stage_x_s8_normed<NT, NG, XSTRIDE_B>(x, norm_w, eps, n_x, n_cols, k_tiles * Tile::TILE_COLS, xs_bytes, xsums, xscale, inv_rms);
         } else {
-            kt++;
+            stage_x_s8<NT, NG, XSTRIDE_B>(x, x2, norm_w, inv_rms, n_x, n_cols, p_col_tile * Tile::TILE_COLS,
+                                          (p_end_tile - p_col_tile) * Tile::TILE_COLS, xs_bytes, xsums, xscale);
+        }
+        __syncthreads();
+        // This warp's tiles of phase p (none if its share lies in another of the block's phases);
+        // its share goes on past them unless it ends in this phase.
+        const u32 u_stop = min(u_end, (p + 1) * m_all * STREAM_PHASE_TILES);
+        const u32 n_here = u_stop > u ? u_stop - u : 0;
+        const bool ends_here = u_stop == u_end;
+        u = max(u, u_stop);
+#pragma unroll(STREAM_UNROLL)
+        for (u32 i = 0; i < n_here; i++) {
+            // The next tile's loads go out before this one's math; the last tile loads itself again
+            // (a plain hand-over, as in matvec_mma). After a slice's last tile: the next row's
+            // first in this phase, or the next phase's first row.
+            const bool more = i + 1 < n_here || !ends_here, slice_end = kt + 1 == p_end_tile;
+            const bool row_next = r + 1 < m_all;
+            const u8* next = !more ? tile
+                             : !slice_end ? tile + Tile::TILE_BYTES
+                             : row_next ? row_tiles(r + 1) + (u64)p_col_tile * Tile::TILE_BYTES
+                                        : row_tiles(0) + (u64)p_end_tile * Tile::TILE_BYTES;
+            Tile nxt;
+            nxt.load(next, lane, false);
+            tile_products_s8_of_type<NG>(cur, xs_bytes, xsums, xscale, kt - p_col_tile, b_off, t, acc);
+            piece_tiles++;
+            if (slice_end || !more) {
+                const int seg = r < m0 ? 0 : r < m01 ? 1 : 2;
+                const u32 row0 = (r < m0 ? r : r < m01 ? r - m0 : r - m01) * RP_TILE_ROWS;
+                // Selects, not an index: an indexed struct member would go to local memory.
+                float* y = seg == 0 ? segs.y[0] : seg == 1 ? segs.y[1] : segs.y[2];
+                const float* bias = seg == 0 ? segs.bias[0] : seg == 1 ? segs.bias[1] : segs.bias[2];
+                const u32 n_rows = seg == 0 ? segs.n_rows[0] : seg == 1 ? segs.n_rows[1] : segs.n_rows[2];
+                stream_finish_slice<NT>(acc[0][0], acc[0][1], acc[0][2], acc[0][3], y, bias, n_rows, row0, r, p, piece_tiles, m_all,
+                                        k_tiles, n_x, partials, counters, accumulate);
+                acc[0][0] = acc[0][1] = acc[0][2] = acc[0][3] = 0.0f;
+                piece_tiles = 0;
+            }
+            cur = nxt;
+            tile = next;
+            if (!slice_end) {
+                kt++;
+            } else if (row_next) {
+                r++;
+                kt = p_col_tile;
+            } else {
+                r = 0;
+                kt = p_end_tile;
+            }
         }
     }
 }
 
-// The stream kernel (see above), with matvec_mma_1's arguments (k_tiles_per_split and warps_m
-// unused: the grid and block sizes are its plan).
-extern "C" __global__ void __launch_bounds__(32 * MMA_MAX_WARPS, MMA_MIN_BLOCKS) matvec_mma_stream_1(
-    const u8* tiles0, const u8* tiles1, const u8* tiles2, const float* bias0, const float* bias1, const float* bias2,
-    float* y0, float* y1, float* y2, u32 m_tiles0, u32 m_tiles1, u32 m_tiles2, u32 n_rows0, u32 n_rows1, u32 n_rows2,
-    u32 k_tiles, u32 n_cols, const float* __restrict__ x, const float* __restrict__ x2, const float* __restrict__ norm_w,
-    float eps, u32 n_x, float* __restrict__ partials, u32* __restrict__ counters, u32 k_tiles_per_split, u32 warps_m,
-    u32 accumulate, const u64* __restrict__ pf_ranges, u32 pf_n_ranges, u32 pf_first, u64 pf_offset_bytes, u64 pf_len_bytes) {
-    const Segments segs = {{tiles0, tiles1, tiles2}, {bias0, bias1, bias2}, {y0, y1, y2}, {m_tiles0, m_tiles1, m_tiles2}, {n_rows0, n_rows1, n_rows2}};
-    const PrefetchWindow ahead = {pf_ranges, pf_n_ranges, pf_first, pf_offset_bytes, pf_len_bytes};
-    matvec_mma_stream(segs, k_tiles, n_cols, x, x2, norm_w, eps, n_x, partials, counters, accumulate, ahead);
-}
+// The stream kernels (see above), with matvec_mma_1's arguments (k_tiles_per_split and warps_m
+// unused: the grid and block sizes are their plan).
+#define MATVEC_MMA_STREAM_KERNEL(nt)                                                                                          \
+    extern "C" __global__ void __launch_bounds__(32 * MMA_MAX_WARPS, MMA_MIN_BLOCKS) matvec_mma_stream_##nt(                 \
+        const u8* tiles0, const u8* tiles1, const u8* tiles2, const float* bias0, const float* bias1, const float* bias2,   \
+        float* y0, float* y1, float* y2, u32 m_tiles0, u32 m_tiles1, u32 m_tiles2, u32 n_rows0, u32 n_rows1, u32 n_rows2,    \
+        u32 k_tiles, u32 n_cols, const float* __restrict__ x, const float* __restrict__ x2, const float* __restrict__ norm_w, \
+        float eps, u32 n_x, float* __restrict__ partials, u32* __restrict__ counters, u32 k_tiles_per_split, u32 warps_m,   \
+        u32 accumulate, const u64* __restrict__ pf_ranges, u32 pf_n_ranges, u32 pf_first, u64 pf_offset_bytes,              \
+        u64 pf_len_bytes) {                                                                                                   \
+        const Segments segs = {{tiles0, tiles1, tiles2}, {bias0, bias1, bias2}, {y0, y1, y2}, {m_tiles0, m_tiles1, m_tiles2}, \
+                               {n_rows0, n_rows1, n_rows2}};                                                                   \
+        const PrefetchWindow ahead = {pf_ranges, pf_n_ranges, pf_first, pf_offset_bytes, pf_len_bytes};                      \
+        matvec_mma_stream<nt>(segs, k_tiles, n_cols, x, x2, norm_w, eps, n_x, partials, counters, accumulate, ahead);      \
+    }
+MATVEC_MMA_STREAM_KERNEL(1)
+MATVEC_MMA_STREAM_KERNEL(2)
 #endif  // MMA_STREAM

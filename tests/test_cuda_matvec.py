@@ -369,32 +369,36 @@ def check_several_matrices(name: str, groups: int, x_as: str, n_xs, shapes=(37, 
 @needs_gpu
 @pytest.mark.parametrize("name", TILED)
 def test_stream_kernel_gives_the_products_of_every_share(name):
-    """matvec_mma.cu's stream kernel (one row of x; each warp an equal share of the launch's
+    """matvec_mma.cu's stream kernel (one or two rows of x; each warp an equal share of the launch's
     tiles; a tile row shared by several warps added by the last of them to finish), forced onto
-    every one-row launch whose x fits its phase: matrices so small that most warps idle and a
+    every one- and two-row launch: matrices so small that most warps idle and a
     row's tiles spread over many warps; one column tile (whole rows a warp); shares of several
     rows, some written whole by one warp, with a partial last tile row; the 7B's width (3,584
     columns) at a few rows and at gate/up's 18,944; matrices in one launch with the RMSNorm or
     SwiGLU folded in, among them shares that cross from one matrix into the next; the residual
-    add on shared and on whole rows. Two rows of x, and x wider than a phase (4,864 columns),
-    keep the planned kernels in the same calls."""
+    add on shared and on whole rows. x wider than one phase (4,096 columns): a 7B's ffn_down
+    (18,944 columns, five phases, the last narrower) and 4,864 columns (two), where a row's pieces
+    come from several phases and a block stages each phase its warps' shares touch, with SwiGLU
+    folded in and the residual add. One and two rows of x (matvec_mma_stream_1 and _2)."""
     before = ferrite._ferrite._cuda_matvec_stream("always")
+    rows_before = ferrite._ferrite._cuda_matvec_stream_rows(2)
     launches = ferrite._ferrite._cuda_counters()["stream_matvecs"]
     try:
-        for n_rows, groups in [(37, 9), (300, 65), (40000, 4), (40007, 28), (2100, 112), (18944, 112)]:
+        for n_rows, groups in [(37, 9), (300, 65), (40000, 4), (40007, 28), (2100, 112), (18944, 112), (300, 592), (3584, 592), (5, 152)]:
             check_matvec(name, n_rows, width_for(name, groups), (1, 2), "tiled", seed=n_rows + 7 * groups, with_bias=True)
         for groups in (28, 112, 152):
             for x_as in ("x", "rms_norm", "swiglu"):
                 check_several_matrices(name, groups, x_as, (1, 2))
         for x_as in ("x", "rms_norm"):
-            check_several_matrices(name, 28, x_as, (1,), shapes=(18944, 37, 18945))
+            check_several_matrices(name, 28, x_as, (1, 2), shapes=(18944, 37, 18945))
         rng = np.random.default_rng(5)
-        for n_rows, groups in [(300, 112), (40007, 28)]:
-            check_accumulate(name, n_rows, groups, (1,), "tiled", rng)
+        for n_rows, groups in [(300, 112), (40007, 28), (300, 592), (2100, 152)]:
+            check_accumulate(name, n_rows, groups, (1, 2), "tiled", rng)
         # The products above came from the stream kernel, not from the planned kernels.
         assert ferrite._ferrite._cuda_counters()["stream_matvecs"] > launches
     finally:
         ferrite._ferrite._cuda_matvec_stream(before)
+        ferrite._ferrite._cuda_matvec_stream_rows(rows_before)
 
 
 def test_stream_mode_hook_rejects_unknown_modes_and_returns_the_mode_before():
@@ -405,6 +409,18 @@ def test_stream_mode_hook_rejects_unknown_modes_and_returns_the_mode_before():
         assert ferrite._ferrite._cuda_matvec_stream("always") == "large"
     finally:
         ferrite._ferrite._cuda_matvec_stream(before)
+
+
+def test_stream_rows_hook_takes_one_or_two_and_returns_the_rows_before():
+    for bad in (0, 3):
+        with pytest.raises(ValueError, match="stream rows"):
+            ferrite._ferrite._cuda_matvec_stream_rows(bad)
+    before = ferrite._ferrite._cuda_matvec_stream_rows(2)
+    try:
+        assert ferrite._ferrite._cuda_matvec_stream_rows(1) == 2
+        assert ferrite._ferrite._cuda_matvec_stream_rows(2) == 1
+    finally:
+        ferrite._ferrite._cuda_matvec_stream_rows(before)
 
 
 # ---------------------------------------------------------------- many rows: the quantized GEMM

@@ -6,7 +6,7 @@ use pyo3::types::PyDict;
 
 use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 
-use crate::backend::cuda::matvec::{force_plan, path_for, set_stream_mode, stream_mode, time_device_copy, MatvecOp, MatvecPath, StreamMode, STREAM_MATVECS};
+use crate::backend::cuda::matvec::{force_plan, path_for, set_stream_mode, set_stream_rows, stream_mode, stream_rows, time_device_copy, MatvecOp, MatvecPath, StreamMode, STREAM_MATVECS, STREAM_MAX_ROWS};
 use crate::backend::cuda::{self, dequant, CudaContext, CudaError};
 use crate::quant::GgmlType;
 
@@ -25,6 +25,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_cuda_copy_time, m)?)?;
     m.add_function(wrap_pyfunction!(_cuda_matvec_force_plan, m)?)?;
     m.add_function(wrap_pyfunction!(_cuda_matvec_stream, m)?)?;
+    m.add_function(wrap_pyfunction!(_cuda_matvec_stream_rows, m)?)?;
     m.add_function(wrap_pyfunction!(_cuda_row_op, m)?)?;
     m.add_function(wrap_pyfunction!(_cuda_gemm_f16, m)?)?;
     m.add_function(wrap_pyfunction!(_cuda_counters, m)?)?;
@@ -447,15 +448,29 @@ fn _cuda_copy_time(py: Python<'_>, n_bytes: usize, repeats: usize, device: &str)
 }
 
 /// Test and benchmark hook: which one-row launches take matvec_mma.cu's stream kernel ("off",
-/// "large": matrices of many tiles, the default; "always": wherever x fits its one phase), as
+/// "large": matrices of many tiles; "one-phase": those of them whose x fits one phase, the default;
+/// "always": every one), as
 /// `FERRITE_CUDA_MATVEC_STREAM` sets it for a model; returns the mode before (so that a test
 /// can put it back). Matrices made after the call get the kernel.
 #[pyfunction]
 fn _cuda_matvec_stream(mode: &str) -> PyResult<&'static str> {
-    let mode = StreamMode::from_name(mode).ok_or_else(|| pyo3::exceptions::PyValueError::new_err(format!("stream mode {mode:?}: one of off, large, always")))?;
+    let mode = StreamMode::from_name(mode).ok_or_else(|| pyo3::exceptions::PyValueError::new_err(format!("stream mode {mode:?}: one of off, large, one-phase, always")))?;
     let before = stream_mode();
     set_stream_mode(mode);
     Ok(before.name())
+}
+
+/// Test and benchmark hook: the most rows of x (1 or 2) for which launches take the stream kernel
+/// where the stream mode says so, as `FERRITE_CUDA_MATVEC_STREAM_ROWS` sets it; returns the rows
+/// before (so that a test can put them back).
+#[pyfunction]
+fn _cuda_matvec_stream_rows(rows: usize) -> PyResult<usize> {
+    if !(1..=STREAM_MAX_ROWS).contains(&rows) {
+        return Err(pyo3::exceptions::PyValueError::new_err(format!("stream rows {rows}: 1 to {STREAM_MAX_ROWS}")));
+    }
+    let before = stream_rows();
+    set_stream_rows(rows);
+    Ok(before)
 }
 
 /// Benchmark hook: every tiled matvec planned after this call uses `warps_m` x `warps_k` warps

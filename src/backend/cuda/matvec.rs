@@ -215,18 +215,23 @@ fn combined(grids: &[TileGrid]) -> TileGrid {
     all
 }
 
-/// Which one-row launches take matvec_mma.cu's stream kernel (`matvec_mma_stream_1`, its module
-/// compiled with `-DMMA_STREAM=1`: every warp an equal share of the launch's tiles, x staged once
-/// a block; see the kernel's notes). `Large` by default: H200, 2026-12-05, the synthetic 7B's
-/// one-sequence step 2.835 -> 2.560 ms (its gate/up launch and LM head), the 0.5B shapes' 0.781
-/// -> 0.772 (the LM head), two sequences unchanged (docs/BENCHMARKS.md, twenty-eighth session).
+/// Which launches of one or two rows of x (up to [`stream_rows`]) take matvec_mma.cu's stream
+/// kernel (`matvec_mma_stream_1` and `_2`, their module compiled with `-DMMA_STREAM=1`: every
+/// warp an equal share of the launch's tiles, x staged a phase at a time; see the kernel's
+/// notes). `OnePhase` by default: H200, 2026-12-05, the synthetic 7B's one-sequence step 2.835 ->
+/// 2.560 ms with it (its gate/up launch and LM head), the 0.5B shapes' 0.781 -> 0.772 (the LM
+/// head), two sequences unchanged (docs/BENCHMARKS.md, twenty-eighth session). `Large` (x of
+/// several phases too: a 7B's ffn_down) was written in the twenty-ninth without a GPU run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamMode {
     Off,
     /// Matrices of at least `STREAM_MIN_TILES_PER_WARP` tiles a warp of the stream grid (the
-    /// LM heads, a 7B's gate/up), x one phase wide.
+    /// LM heads, a 7B's gate/up and down).
     Large,
-    /// Every one-row launch whose x fits one phase (for the per-op tests).
+    /// As `Large`, x one phase wide only (not a 7B's ffn_down): the twenty-eighth session's
+    /// choice, the default.
+    OnePhase,
+    /// Every one-row launch (for the per-op tests).
     Always,
 }
 
@@ -234,8 +239,8 @@ pub enum StreamMode {
 static STREAM_MODE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(u8::MAX);
 
 /// The stream mode: as last set by [`set_stream_mode`], else `FERRITE_CUDA_MATVEC_STREAM`
-/// (`0`, `off`, `false` or `no`, any case; `always`; unset or anything else:
-/// [`StreamMode::Large`]). Kernels are compiled for it when a weight type's kernels are (at
+/// (`0`, `off`, `false` or `no`, any case; `large`; `always`; unset or anything else:
+/// [`StreamMode::OnePhase`]). Kernels are compiled for it when a weight type's kernels are (at
 /// load), so set it before.
 pub fn stream_mode() -> StreamMode {
     use std::sync::atomic::Ordering::Relaxed;
@@ -245,17 +250,18 @@ pub fn stream_mode() -> StreamMode {
         let _ = STREAM_MODE.compare_exchange(u8::MAX, from_env as u8, Relaxed, Relaxed);
     }
     let mode = STREAM_MODE.load(Relaxed);
-    StreamMode::ALL.into_iter().find(|m| *m as u8 == mode).unwrap_or(StreamMode::Large)
+    StreamMode::ALL.into_iter().find(|m| *m as u8 == mode).unwrap_or(StreamMode::OnePhase)
 }
 
 impl StreamMode {
-    pub const ALL: [StreamMode; 3] = [StreamMode::Off, StreamMode::Large, StreamMode::Always];
+    pub const ALL: [StreamMode; 4] = [StreamMode::Off, StreamMode::Large, StreamMode::OnePhase, StreamMode::Always];
 
     /// The mode's name as `FERRITE_CUDA_MATVEC_STREAM` and the test hook spell it.
     pub fn name(self) -> &'static str {
         match self {
             StreamMode::Off => "off",
             StreamMode::Large => "large",
+            StreamMode::OnePhase => "one-phase",
             StreamMode::Always => "always",
         }
     }
@@ -267,10 +273,10 @@ impl StreamMode {
 
     /// The mode `FERRITE_CUDA_MATVEC_STREAM`'s value asks for (see [`stream_mode`]).
     fn from_env(value: Option<&str>) -> StreamMode {
-        let Some(value) = value.map(|v| v.trim().to_ascii_lowercase()) else { return StreamMode::Large };
+        let Some(value) = value.map(|v| v.trim().to_ascii_lowercase()) else { return StreamMode::OnePhase };
         match value.as_str() {
             "0" | "off" | "false" | "no" => StreamMode::Off,
-            name => StreamMode::from_name(name).unwrap_or(StreamMode::Large),
+            name => StreamMode::from_name(name).unwrap_or(StreamMode::OnePhase),
         }
     }
 }
@@ -295,20 +301,61 @@ pub fn stream_blocks(sms: usize) -> usize {
 /// tests to see that it ran (`_cuda_counters`).
 pub static STREAM_MATVECS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// Floats of the stream kernel's row pieces: two slots of a tile row's 16 sums a warp.
-pub fn stream_partial_floats(sms: usize) -> usize {
-    2 * stream_blocks(sms) * MMA_MAX_WARPS as usize * TILE_ROWS
+/// Phases (the columns of x a block stages at once) of a one-row launch over `all`.
+fn stream_phases(all: &TileGrid) -> usize {
+    all.k_tiles.div_ceil(phase_tiles(&all.format, 1)).max(1)
 }
 
-/// Whether a one-row launch over `all` (the launch's tile rows as one grid, see
-/// [`Plan::for_group`]) takes the stream kernel in `mode`: x must fit the kernel's one phase.
+/// Most rows of x the stream kernel takes (`matvec_mma_stream_1` and `_2`).
+pub const STREAM_MAX_ROWS: usize = 2;
+
+/// Rows of x up to which launches take the stream kernel where [`StreamMode`] says so:
+/// `FERRITE_CUDA_MATVEC_STREAM_ROWS` (1 or 2; default 1, the twenty-eighth session's: two rows,
+/// `matvec_mma_stream_2`, were written in the twenty-ninth without a GPU run).
+/// As last set by [`set_stream_rows`], else from the environment.
+pub fn stream_rows() -> usize {
+    use std::sync::atomic::Ordering::Relaxed;
+    if STREAM_ROWS.load(Relaxed) == 0 {
+        let from_env = std::env::var("FERRITE_CUDA_MATVEC_STREAM_ROWS").ok().and_then(|v| v.trim().parse().ok()).filter(|r| (1..=STREAM_MAX_ROWS).contains(r)).unwrap_or(1);
+        // A hook's setting made meanwhile stays.
+        let _ = STREAM_ROWS.compare_exchange(0, from_env, Relaxed, Relaxed);
+    }
+    STREAM_ROWS.load(Relaxed)
+}
+
+/// The rows (1 or 2), or 0 before the first read.
+static STREAM_ROWS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Sets [`stream_rows`] (1 or 2) for launches made after it (the per-op tests' hook).
+pub fn set_stream_rows(rows: usize) {
+    STREAM_ROWS.store(rows.clamp(1, STREAM_MAX_ROWS), std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Floats of the stream kernel's row pieces over `all` (for its most rows of x): two slots a
+/// warp, and with x of several phases one a slice (a tile row's tiles in one phase), each of a
+/// tile row's 16 sums per row of x.
+pub fn stream_partial_floats(sms: usize, all: &TileGrid) -> usize {
+    let phases = stream_phases(all);
+    let slices = if phases > 1 { phases * all.m_tiles } else { 0 };
+    (2 * stream_blocks(sms) * MMA_MAX_WARPS as usize + slices) * STREAM_MAX_ROWS * TILE_ROWS
+}
+
+/// Whether a launch of one or two rows of x over `all` (the launch's tile rows as one grid, see
+/// [`Plan::for_group`]) takes the stream kernel in `mode`. The kernel counts tiles (up to a whole
+/// phase past the last: `m_tiles x max(k_tiles, phase tiles)` each time) and slots in 32 bits,
+/// so larger launches keep the planned kernels.
 pub fn takes_stream(mode: StreamMode, all: &TileGrid, sms: usize) -> bool {
-    let fits = all.k_tiles <= phase_tiles(&all.format, 1);
     let tiles = all.m_tiles * all.k_tiles;
+    let counted = all.m_tiles * (all.k_tiles.max(phase_tiles(&all.format, 1)) + phase_tiles(&all.format, 1));
+    if tiles == 0 || counted >= 1 << 30 || stream_partial_floats(sms, all) >= 1 << 30 {
+        return false;
+    }
+    let large = tiles >= STREAM_MIN_TILES_PER_WARP * stream_blocks(sms) * MMA_MAX_WARPS as usize;
     match mode {
         StreamMode::Off => false,
-        StreamMode::Large => fits && tiles >= STREAM_MIN_TILES_PER_WARP * stream_blocks(sms) * MMA_MAX_WARPS as usize,
-        StreamMode::Always => fits,
+        StreamMode::Large => large,
+        StreamMode::OnePhase => large && stream_phases(all) == 1,
+        StreamMode::Always => true,
     }
 }
 
@@ -341,7 +388,7 @@ impl SplitScratch {
         let rows = plans.iter().filter(|p| p.splits > 1).map(|p| p.block_rows as usize).max().unwrap_or(0);
         // The stream kernel's row pieces and a counter a tile row, where it may run.
         let (floats, rows) = if stream_mode() != StreamMode::Off && takes_stream(StreamMode::Always, &all, sms) {
-            (floats.max(stream_partial_floats(sms)), rows.max(all.m_tiles))
+            (floats.max(stream_partial_floats(sms, &all)), rows.max(all.m_tiles))
         } else {
             (floats, rows)
         };
@@ -396,8 +443,9 @@ pub struct TiledKernels {
     pub dequant_rows: CudaFunction,
     /// `matmul_mma` of matmul_mma.cu (many rows of x: `matmul_mma.rs`).
     pub matmul: CudaFunction,
-    /// `matvec_mma_stream_1` (see [`StreamMode`]), compiled when the mode was on.
-    pub stream: Option<CudaFunction>,
+    /// `(rows of x, matvec_mma_stream_<rows>)` for one and two rows (see [`StreamMode`]),
+    /// compiled when the mode was on; empty otherwise.
+    pub stream: Vec<(usize, CudaFunction)>,
     pub scratch: Mutex<SplitScratch>,
     pub sms: usize,
 }
@@ -433,7 +481,10 @@ impl MatvecKernels {
                     tiled: Some(TiledKernels {
                         dequant_rows: ctx.function_with(&kernels::REPACKED_ROWS, &defines, "dequant_rows")?,
                         matmul: ctx.function_with(&kernels::MATMUL_MMA, &defines, "matmul_mma")?,
-                        stream: stream_defines.map(|d| ctx.function_with(&kernels::MATVEC_MMA, &d, "matvec_mma_stream_1")).transpose()?,
+                        stream: match &stream_defines {
+                            Some(d) => (1..=STREAM_MAX_ROWS).map(|nt| Ok((nt, ctx.function_with(&kernels::MATVEC_MMA, d, &format!("matvec_mma_stream_{nt}"))?))).collect::<Result<_, CudaError>>()?,
+                            None => Vec::new(),
+                        },
                         scratch: Mutex::new(SplitScratch::default()),
                         sms: ctx.sms(),
                     }),
@@ -580,7 +631,7 @@ pub fn launch_matvecs(ctx: &CudaContext, kernels: &MatvecKernels, parts: Vec<Mat
             }
             let (plan, all) = Plan::for_group(&grids, tiled.sms, nt);
             let scratch = tiled.scratch.lock().map_err(|_| CudaError::Invalid("split-K scratch lock poisoned".into()))?;
-            let stream = tiled.stream.as_ref().filter(|_| nt == 1 && takes_stream(stream_mode(), &all, tiled.sms));
+            let stream = tiled.stream.iter().find(|(rows, _)| *rows == nt).map(|(_, f)| f).filter(|_| nt <= stream_rows() && takes_stream(stream_mode(), &all, tiled.sms));
             if stream.is_some() {
                 STREAM_MATVECS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
@@ -589,7 +640,7 @@ pub fn launch_matvecs(ctx: &CudaContext, kernels: &MatvecKernels, parts: Vec<Mat
                 Some(sf) => (
                     sf,
                     LaunchConfig { grid_dim: (stream_blocks(tiled.sms) as u32, 1, 1), block_dim: (32 * MMA_MAX_WARPS, 1, 1), shared_mem_bytes: 0 },
-                    scratch.pointers_for(ctx, stream_partial_floats(tiled.sms), all.m_tiles).map_err(|e| CudaError::Invalid(format!("{}: {e}", first.name)))?,
+                    scratch.pointers_for(ctx, stream_partial_floats(tiled.sms, &all), all.m_tiles).map_err(|e| CudaError::Invalid(format!("{}: {e}", first.name)))?,
                 ),
                 None => {
                     let block = 32 * plan.warps_m * plan.warps_k;
@@ -1037,86 +1088,169 @@ mod tests {
         }
     }
 
-    /// matvec_mma.cu's stream kernel, its share arithmetic transcribed (the test below holds the
-    /// source to these lines): the first tile of warp `w` of `warps`, and the warp of tile `u`.
-    fn stream_first_unit(w: u64, units: u64, warps: u64) -> u64 {
-        w * units / warps
-    }
-    fn stream_owner(u: u64, units: u64, warps: u64) -> u64 {
-        ((u + 1) * warps - 1) / units
+    /// matvec_mma.cu's stream kernel, its order of tiles and shares transcribed (`StreamOrder`;
+    /// the test below holds the source to these lines).
+    struct StreamOrder {
+        m_all: u32,
+        k_tiles: u32,
+        n_phases: u32,
+        phase_units: u32,
+        phase_tiles: u32,
+        units: u32,
+        warps: u32,
+        q: u32,
+        rem: u32,
     }
 
-    /// Every tile falls to exactly one warp, no warp's share is empty, and every row's pieces are
-    /// what its last warp adds: the warps from its first tile's owner to its last tile's each
-    /// wrote one piece of it, in the slot the adding warp reads (2w for the row a share begins
-    /// in, 2w + 1 for the row it ends in), no slot holding two pieces; rows that one warp holds
-    /// whole are written directly. Shapes from a few tiles on the whole grid to more tiles than
-    /// warps, on the H200's 264 blocks of 8 warps.
-    #[test]
-    fn stream_shares_cover_every_tile_once_and_pieces_meet_their_reader() {
-        let src = crate::backend::cuda::kernels::MATVEC_MMA.src;
-        assert!(src.contains("u64 stream_first_unit(u64 w, u64 units, u64 warps) { return w * units / warps; }"));
-        assert!(src.contains("u64 stream_owner(u64 u, u64 units, u64 warps) { return ((u + 1) * warps - 1) / units; }"));
-        assert!(src.contains("const u64 n_warps = max(min((u64)gridDim.x * warps_here, units), (u64)1);"));
-        assert!(src.contains("const u64 slot = 2 * v + (stream_first_unit(v, units, n_warps) / k_tiles == r ? 0 : 1);"));
-        assert!(src.contains("float* piece = partials + (2 * w + (first ? 0 : 1)) * RP_TILE_ROWS;"));
-        assert!(src.contains("stream_finish_row(acc[0][0], acc[0][1], acc[0][2], acc[0][3], y, bias, n_rows, row0, r, r == r_first, w, units,"));
-        assert!(src.contains("last = atomicAdd(&counters[r], 1u) == (u32)(w_last - w_first);"));
-        let grid_warps = stream_blocks(132) as u64 * MMA_MAX_WARPS as u64;
-        assert_eq!(2 * grid_warps as usize * TILE_ROWS, stream_partial_floats(132));
-        for (m_tiles, k_tiles) in [(1u64, 1u64), (3, 3), (3, 17), (19, 7), (132, 14), (1184, 14), (2368, 14), (9504, 14), (700, 32), (5000, 1)] {
-            let units = m_tiles * k_tiles;
+    impl StreamOrder {
+        fn new(m_all: u32, k_tiles: u32, phase_tiles: u32, grid_warps: u32) -> Self {
+            let units = m_all * k_tiles;
             let warps = grid_warps.min(units).max(1);
-            let share = |w: u64| stream_first_unit(w, units, warps)..stream_first_unit(w + 1, units, warps);
-            assert_eq!(share(0).start, 0);
-            assert_eq!(share(warps - 1).end, units);
-            let mut slots = std::collections::HashMap::new();
-            for w in 0..warps {
-                let s = share(w);
-                assert!(s.start < s.end, "{m_tiles}x{k_tiles}: warp {w} has no tile");
-                assert_eq!(share(w + 1).start, s.end);
-                for u in s.clone() {
-                    assert_eq!(stream_owner(u, units, warps), w, "{m_tiles}x{k_tiles}: tile {u}");
-                }
-                // The rows this warp touches, and the slot of each it writes a piece of.
-                let first_row = s.start / k_tiles;
-                for r in first_row..=(s.end - 1) / k_tiles {
-                    let (w_first, w_last) = (stream_owner(r * k_tiles, units, warps), stream_owner((r + 1) * k_tiles - 1, units, warps));
-                    assert!((w_first..=w_last).contains(&w));
-                    if w_first == w_last {
-                        continue; // written directly
-                    }
-                    let slot = 2 * w + u64::from(r != first_row);
-                    assert!(slots.insert(slot, r).is_none(), "{m_tiles}x{k_tiles}: slot {slot} twice");
-                }
-            }
-            // The adding warp's reads: one slot per warp of the row, each holding this row's piece.
-            for r in 0..m_tiles {
-                let (w_first, w_last) = (stream_owner(r * k_tiles, units, warps), stream_owner((r + 1) * k_tiles - 1, units, warps));
-                if w_first == w_last {
-                    continue;
-                }
-                for v in w_first..=w_last {
-                    let slot = 2 * v + u64::from(stream_first_unit(v, units, warps) / k_tiles != r);
-                    assert_eq!(slots.get(&slot), Some(&r), "{m_tiles}x{k_tiles}: row {r} reads slot {slot}");
-                    assert!(slot < 2 * grid_warps);
-                }
+            let n_phases = k_tiles.div_ceil(phase_tiles);
+            StreamOrder { m_all, k_tiles, n_phases, phase_units: m_all * phase_tiles, phase_tiles, units, warps, q: units / warps, rem: units % warps }
+        }
+        fn width(&self, ph: u32) -> u32 {
+            self.phase_tiles.min(self.k_tiles - ph * self.phase_tiles)
+        }
+        fn first(&self, w: u32) -> u32 {
+            w * self.q + w.min(self.rem)
+        }
+        fn owner(&self, u: u32) -> u32 {
+            if u < self.rem * (self.q + 1) { u / (self.q + 1) } else { self.rem + (u - self.rem * (self.q + 1)) / self.q }
+        }
+        /// (phase, tile row, column tile) of tile u.
+        fn locate(&self, u: u32) -> (u32, u32, u32) {
+            let ph = u / self.phase_units;
+            let local = u - ph * self.phase_units;
+            let w = self.width(ph);
+            (ph, local / w, ph * self.phase_tiles + local % w)
+        }
+        fn slice_of(&self, u: u32) -> u32 {
+            let (ph, r, _) = self.locate(u);
+            ph * self.m_all + r
+        }
+        fn slice_begin(&self, ph: u32, r: u32) -> u32 {
+            ph * self.phase_units + r * self.width(ph)
+        }
+        fn slot(&self, s: u32, w: u32, s_first: u32, s_last: u32) -> u32 {
+            if s == s_first {
+                2 * w
+            } else if s == s_last {
+                2 * w + 1
+            } else {
+                2 * self.warps + s
             }
         }
     }
 
+    /// Every tile falls to exactly one warp, in the kernel's order (phase, tile row, column
+    /// tile), no warp's share is empty, and every row's pieces are what its last warp adds: each
+    /// warp walking its share writes a piece per slice it touches (or the row itself, when it
+    /// holds the whole row), in a slot no other piece takes, within the partial sums the host
+    /// allocates; the pieces' tiles add up to the row's, so exactly one of them completes the
+    /// count; and the adding warp's reads, phase by phase and warp by warp, are exactly the slots
+    /// the row's pieces went to. Shapes from a few tiles on the whole grid to more tiles than
+    /// warps, x of one phase and of several (a 7B's ffn_down, 74 or 148 column tiles), on the
+    /// H200's 264 blocks of 8 warps.
     #[test]
-    fn stream_mode_is_large_unless_the_environment_says_off_or_always() {
-        for (value, mode) in [(None, StreamMode::Large), (Some("off"), StreamMode::Off), (Some("0"), StreamMode::Off), (Some("OFF"), StreamMode::Off), (Some("false"), StreamMode::Off), (Some("always"), StreamMode::Always), (Some("large"), StreamMode::Large), (Some("1"), StreamMode::Large)] {
+    fn stream_shares_cover_every_tile_once_and_pieces_meet_their_reader() {
+        let src = crate::backend::cuda::kernels::MATVEC_MMA.src;
+        for line in [
+            "__device__ u32 first(u32 w) const { return w * q + min(w, rem); }",
+            "__device__ u32 owner(u32 u) const { return u < rem * (q + 1) ? u / (q + 1) : rem + (u - rem * (q + 1)) / q; }",
+            "__device__ u32 width(u32 ph) const { return min(STREAM_PHASE_TILES, k_tiles - ph * STREAM_PHASE_TILES); }",
+            "ph = u / phase_units;",
+            "const u32 local = u - ph * phase_units, w = width(ph);",
+            "kt = ph * STREAM_PHASE_TILES + local % w;",
+            "__device__ u32 slice_begin(u32 ph, u32 r) const { return ph * phase_units + r * width(ph); }",
+            "return s == s_first ? 2 * w : s == s_last ? 2 * w + 1 : 2 * warps + s;",
+            "ord.warps = max(min(gridDim.x * warps_here, ord.units), 1u);",
+            "const u32 slot = ord.slot(ph * m_all + r, w, ord.slice_of(ord.first(w)), ord.slice_of(ord.first(w + 1) - 1));",
+            "stream_finish_slice<NT>(acc[0][0], acc[0][1], acc[0][2], acc[0][3], y, bias, n_rows, row0, r, p, piece_tiles, m_all,",
+            "const u32 u_stop = min(u_end, (p + 1) * m_all * STREAM_PHASE_TILES);",
+            "const bool more = i + 1 < n_here || !ends_here, slice_end = kt + 1 == p_end_tile;",
+            "if (lane == 0) last = atomicAdd(&counters[r], piece_tiles) + piece_tiles == ord.k_tiles;",
+            "const u32 v_slot = ord.slot(s, vw, ord.slice_of(ord.first(vw)), ord.slice_of(ord.first(vw + 1) - 1));",
+            "constexpr int STREAM_PHASE = 4096;",
+        ] {
+            assert!(src.contains(line), "matvec_mma.cu no longer has: {line}");
+        }
+        let sms = 132;
+        let grid_warps = (stream_blocks(sms) * MMA_MAX_WARPS as usize) as u32;
+        let q4_k = |m_tiles: usize, k_tiles: usize| TileGrid { m_tiles, k_tiles, n_rows: m_tiles * TILE_ROWS, ..grid(GgmlType::Q4_K, 16, 256) };
+        let shapes = [(1u32, 1u32), (3, 3), (3, 17), (19, 7), (132, 14), (1184, 14), (2368, 14), (9504, 14), (700, 32), (5000, 1), (3, 19), (37, 33), (224, 74), (224, 148), (2, 74), (1, 40)];
+        for (m_tiles, k_tiles) in shapes {
+            let ord = StreamOrder::new(m_tiles, k_tiles, 16, grid_warps);
+            let label = format!("{m_tiles}x{k_tiles}");
+            let slot_bound = (stream_partial_floats(sms, &q4_k(m_tiles as usize, k_tiles as usize)) / (STREAM_MAX_ROWS * TILE_ROWS)) as u32;
+            assert_eq!(ord.first(0), 0);
+            assert_eq!(ord.first(ord.warps), ord.units, "{label}");
+            // Each warp's walk: the tiles of each slice it touches, and where they go.
+            let mut seen = vec![false; ord.units as usize];
+            let mut slots: std::collections::HashMap<u32, u32> = std::collections::HashMap::new();
+            let mut tiles_of_row = vec![0u32; m_tiles as usize];
+            let mut whole_rows = 0;
+            for w in 0..ord.warps {
+                let (begin, end) = (ord.first(w), ord.first(w + 1));
+                assert!(begin < end, "{label}: warp {w} has no tile");
+                let (s_first, s_last) = (ord.slice_of(begin), ord.slice_of(end - 1));
+                let mut piece = 0;
+                for u in begin..end {
+                    let (ph, r, kt) = ord.locate(u);
+                    assert!(kt < k_tiles && r < m_tiles && kt / 16 == ph, "{label}: tile {u}");
+                    assert!(!std::mem::replace(&mut seen[(r * k_tiles + kt) as usize], true), "{label}: tile {r},{kt} twice");
+                    assert_eq!(ord.owner(u), w, "{label}: tile {u}");
+                    piece += 1;
+                    let slice_end = kt + 1 == ph * 16 + ord.width(ph);
+                    if slice_end || u + 1 == end {
+                        tiles_of_row[r as usize] += piece;
+                        if piece == k_tiles {
+                            whole_rows += 1; // written directly
+                        } else {
+                            let slot = ord.slot(ph * m_tiles + r, w, s_first, s_last);
+                            assert!(slot < slot_bound, "{label}: slot {slot} past {slot_bound}");
+                            assert!(slots.insert(slot, r).is_none(), "{label}: slot {slot} twice");
+                        }
+                        piece = 0;
+                    }
+                }
+            }
+            assert!(seen.iter().all(|&s| s), "{label}: a tile no warp took");
+            assert!(tiles_of_row.iter().all(|&t| t == k_tiles), "{label}: {tiles_of_row:?}");
+            // The adding warp's reads: each slot of the row's pieces once, and nothing else.
+            let mut read = 0usize;
+            for r in 0..m_tiles {
+                let mut pieces = 0;
+                for ph in 0..ord.n_phases {
+                    let begin = ord.slice_begin(ph, r);
+                    let s = ph * m_tiles + r;
+                    for v in ord.owner(begin)..=ord.owner(begin + ord.width(ph) - 1) {
+                        let slot = ord.slot(s, v, ord.slice_of(ord.first(v)), ord.slice_of(ord.first(v + 1) - 1));
+                        if ord.n_phases > 1 || ord.owner(begin) != ord.owner(begin + k_tiles - 1) {
+                            assert_eq!(slots.get(&slot), Some(&r), "{label}: row {r} reads slot {slot}");
+                            pieces += 1;
+                        }
+                    }
+                }
+                read += pieces;
+            }
+            assert_eq!(read, slots.len(), "{label}: pieces written and read");
+            assert!(ord.n_phases == 1 || whole_rows == 0, "{label}: a whole row with x of several phases");
+        }
+    }
+
+    #[test]
+    fn stream_mode_is_one_phase_unless_the_environment_says_otherwise() {
+        for (value, mode) in [(None, StreamMode::OnePhase), (Some("off"), StreamMode::Off), (Some("0"), StreamMode::Off), (Some("OFF"), StreamMode::Off), (Some("false"), StreamMode::Off), (Some("always"), StreamMode::Always), (Some("large"), StreamMode::Large), (Some("One-Phase"), StreamMode::OnePhase), (Some("1"), StreamMode::OnePhase)] {
             assert_eq!(StreamMode::from_env(value), mode, "{value:?}");
         }
     }
 
-    /// `Large` takes the stream kernel for the matrices of many tiles whose x fits its phase (the
-    /// 7B's gate/up launch, both LM heads), not for the 0.5B's layers or any ffn_down; `Always`
-    /// wherever x fits.
+    /// `Large` takes the stream kernel for the matrices of many tiles (the 7B's gate/up launch
+    /// and ffn_down, both LM heads), not for the 0.5B's layers; `OnePhase` only where x fits one
+    /// phase; `Always` everywhere.
     #[test]
-    fn stream_mode_takes_large_matrices_of_one_phase() {
+    fn stream_mode_takes_large_matrices() {
         let sms = 132;
         let gate_up = |ty, rows, cols| combined(&[grid(ty, rows, cols), grid(ty, rows, cols)]);
         assert!(takes_stream(StreamMode::Large, &gate_up(GgmlType::Q4_K, 18944, 3584), sms));
@@ -1124,10 +1258,19 @@ mod tests {
         assert!(takes_stream(StreamMode::Large, &grid(GgmlType::Q8_0, 151936, 896), sms));
         assert!(!takes_stream(StreamMode::Large, &gate_up(GgmlType::Q5_0, 4864, 896), sms));
         assert!(!takes_stream(StreamMode::Large, &grid(GgmlType::Q4_K, 3584, 3584), sms));
-        assert!(!takes_stream(StreamMode::Large, &grid(GgmlType::Q4_K, 3584, 18944), sms));
+        // A 7B's ffn_down: x of five phases, which OnePhase (the twenty-eighth session's) leaves.
+        assert!(takes_stream(StreamMode::Large, &grid(GgmlType::Q4_K, 3584, 18944), sms));
+        assert!(takes_stream(StreamMode::Large, &grid(GgmlType::Q6_K, 3584, 18944), sms));
+        assert!(!takes_stream(StreamMode::OnePhase, &grid(GgmlType::Q4_K, 3584, 18944), sms));
+        assert!(takes_stream(StreamMode::OnePhase, &gate_up(GgmlType::Q4_K, 18944, 3584), sms));
+        assert!(!takes_stream(StreamMode::Large, &grid(GgmlType::Q4_K, 896, 4864), sms));
         assert!(takes_stream(StreamMode::Always, &grid(GgmlType::Q5_0, 896, 896), sms));
         assert!(takes_stream(StreamMode::Always, &grid(GgmlType::Q8_0, 16, 4096), sms));
-        assert!(!takes_stream(StreamMode::Always, &grid(GgmlType::Q4_K, 896, 4864), sms));
+        assert!(takes_stream(StreamMode::Always, &grid(GgmlType::Q4_K, 896, 4864), sms));
         assert!(!takes_stream(StreamMode::Off, &grid(GgmlType::Q8_0, 151936, 896), sms));
+        // Two slots a warp, and with several phases one a slice.
+        let warps = stream_blocks(sms) * MMA_MAX_WARPS as usize;
+        assert_eq!(stream_partial_floats(sms, &grid(GgmlType::Q8_0, 151936, 896)), 2 * warps * 2 * TILE_ROWS);
+        assert_eq!(stream_partial_floats(sms, &grid(GgmlType::Q4_K, 3584, 18944)), (2 * warps + 5 * 224) * 2 * TILE_ROWS);
     }
 }
