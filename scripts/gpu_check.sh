@@ -52,7 +52,11 @@
 #                stream: the one-row stream kernel's tests; sums: the matrix-vector tests with
 #                the int8 path's sums the old way (Q4_K's mins, Q6_K's offsets; the tensor
 #                cores' way is the default); stream_ab: the stream kernel's bandwidth, and
-#                decode steps with it and those sums off, each alone and both; tests: every GPU test without the real model; timeline: where a
+#                decode steps with it and those sums off, each alone and both; phases_ab: the stream kernel
+#                on x of several phases and on two rows, two staging jobs a warp: decode steps with
+#                none, then one at a time on; on29: the GPU tests with those three on (then the
+#                stream kernel forced everywhere); beside: syn05 and syn7b beside llama.cpp (its build
+#                started earlier in the lease); tests: every GPU test without the real model; timeline: where a
 #                one-sequence step goes (syn05, syn7b); ab: decode steps under AB_VARIANTS.
 #   Logs, JSON reports and haiku artifacts go to one archive, $OUT/gpu_check.tar.gz (the device
 #   tool brings back at most 8 files), beside report.jsonl and table.txt. A table closes the
@@ -254,6 +258,52 @@ if [ "$what" = pending ]; then
         "large|FERRITE_CUDA_KERNEL_DEFINES=-DMMA_S8_SUMS_MMA=0" "sums|FERRITE_CUDA_MATVEC_STREAM=off" "both|FERRITE_CUDA_MATVEC_STREAM=large" \
         -- /tmp/synthetic.gguf:1,2 /root/m/syn7b.gguf:1,2
     cp "$out/stream_ab.log" "$dest/stream_ab.txt" 2>/dev/null
+    fi
+    if [[ ,$parts, == *,phases_ab,* ]]; then
+    # The twenty-ninth session's three changes to the one- and two-row kernels, each on its switch
+    # (all off by default until this has run): the stream kernel on x of several phases (a 7B's
+    # ffn_down; FERRITE_CUDA_MATVEC_STREAM=large), on two rows of x (FERRITE_CUDA_MATVEC_STREAM_ROWS=2)
+    # and staging two jobs a warp at once (-DMMA_STAGE_JOBS=2). Decode steps of syn05 and syn7b at
+    # one and two sequences: all three off (the twenty-eighth session's kernels), the first on,
+    # the first two, all three; two interleaved rounds. PHASES_MATVEC=1 adds the
+    # one-row kernels' share of the copy bandwidth on the 7B shapes, one-phase against large.
+    if [ "${PHASES_MATVEC:-0}" = 1 ]; then
+        for sm in one-phase large; do
+            FERRITE_CUDA_MATVEC_STREAM=$sm STEP_TIMEOUT=150 step "matvec_stream_$sm" "$py" benches/bench_cuda_matvec.py --tiled-only --rows 1 --shapes 7b
+            cp "$out/matvec_stream_$sm.log" "$dest/matvec_stream_$sm.txt" 2>/dev/null
+        done
+    fi
+    need_syn7b
+    # shellcheck disable=SC2086  # the models, one word each
+    STEP_TIMEOUT=${AB_S:-400} step phases_ab bash -c 'decode_ab "$@"' _ \
+        "s28|FERRITE_CUDA_MATVEC_STREAM=one-phase FERRITE_CUDA_MATVEC_STREAM_ROWS=1 FERRITE_CUDA_KERNEL_DEFINES=-DMMA_STAGE_JOBS=1" \
+        "phases|FERRITE_CUDA_MATVEC_STREAM=large FERRITE_CUDA_MATVEC_STREAM_ROWS=1 FERRITE_CUDA_KERNEL_DEFINES=-DMMA_STAGE_JOBS=1" \
+        "rows2|FERRITE_CUDA_MATVEC_STREAM=large FERRITE_CUDA_MATVEC_STREAM_ROWS=2 FERRITE_CUDA_KERNEL_DEFINES=-DMMA_STAGE_JOBS=1" \
+        "all|FERRITE_CUDA_MATVEC_STREAM=large FERRITE_CUDA_MATVEC_STREAM_ROWS=2 FERRITE_CUDA_KERNEL_DEFINES=-DMMA_STAGE_JOBS=2" \
+        -- ${AB_MODELS:-/tmp/synthetic.gguf:1,2 /root/m/syn7b.gguf:1,2}
+    cp "$out/phases_ab.log" "$dest/phases_ab.txt" 2>/dev/null
+    fi
+    if [[ ,$parts, == *,beside,* ]]; then
+    # syn05 and syn7b beside llama.cpp in the same lease (started earlier in it by
+    # .device/llamacpp/build.sh; bench.sh waits for it): llama-bench tg128 and batched-bench S_TG
+    # at 1, 2 and 8 sequences, then the Generator (T 0.8 with top-k, top-p and min-p) with
+    # llama.cpp's S_TG beside.
+    need_syn7b
+    for m in /tmp/synthetic.gguf /root/m/syn7b.gguf; do
+        n=$(basename "$m" .gguf)
+        STEP_TIMEOUT=${LLAMA_S:-240} step "llamacpp_$n" bash .device/llamacpp/bench.sh "$m" "${BESIDE_BATCHES:-1,2,8}"
+        cp "$out/llamacpp_$n.log" "$dest/llamacpp_$n.txt" 2>/dev/null
+        STEP_TIMEOUT=${BENCH_S:-180} step "generate_$n" "$py" benches/bench_generate.py --model "$m" --device cuda --batches "${BESIDE_BATCHES:-1,2,8}" --modes t0.8+filters --llamacpp "$out/llamacpp_$n.log" --json "$out/generate_$n.json"
+        cp "$out/generate_$n.log" "$dest/generate_$n.txt" 2>/dev/null
+    done
+    fi
+    if [[ ,$parts, == *,on29,* ]]; then
+    # The same three switched on: every GPU test that needs no real model, then the matrix-vector,
+    # model and engine tests with the stream kernel forced onto every one- and two-row launch.
+    STEP_TIMEOUT=${CUDA_PYTEST_S:-300} FERRITE_CUDA_MATVEC_STREAM_ROWS=2 FERRITE_CUDA_KERNEL_DEFINES=-DMMA_STAGE_JOBS=2 FERRITE_CUDA_MATVEC_STREAM=large \
+        step pytest_on29 "$py" -m pytest -q -ra -p no:cacheprovider --ignore=tests/test_notebooks.py -m "cuda and not model" tests --junitxml="$out/junit_on29.xml"
+    STEP_TIMEOUT=${CUDA_PYTEST_S:-300} FERRITE_CUDA_MATVEC_STREAM_ROWS=2 FERRITE_CUDA_KERNEL_DEFINES=-DMMA_STAGE_JOBS=2 FERRITE_CUDA_MATVEC_STREAM=always \
+        step pytest_on29_always "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_matvec.py tests/test_cuda_model.py tests/test_cuda_engine.py -m "cuda and not model" --junitxml="$out/junit_on29_always.xml"
     fi
     if [[ ,$parts, == *,tests,* ]]; then
     # Every GPU test that needs no real model, as the wheel runs by default.
