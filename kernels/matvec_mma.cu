@@ -1085,6 +1085,13 @@ struct StreamOrder {
     }
 };
 
+// Whether a launch's x has several phases, as a type (the stream kernel's tile loop is compiled
+// for each).
+template <bool B>
+struct StreamPhases {
+    static constexpr bool value = B;
+};
+
 // The order of m_all tile rows of k_tiles column tiles over this grid's warps (blocks of
 // warps_here warps).
 __device__ __forceinline__ StreamOrder stream_order(u32 m_all, u32 k_tiles, u32 warps_here) {
@@ -1235,34 +1242,31 @@ __device__ __forceinline__ void matvec_mma_stream(const Segments& segs, u32 k_ti
     const int b_off[NG] = {g < 3 * NT ? g * XSTRIDE_B + 8 * t : 8 * t};
     float acc[NG][4] = {{0.0f, 0.0f, 0.0f, 0.0f}};
     const u8* tile = row_tiles(r) + (u64)kt * Tile::TILE_BYTES;
-    u32 u = u_begin, piece_tiles = 0;
-    for (u32 p = ph_lo; p <= ph_hi; p++) {
-        __syncthreads();  // the zeros above, or the previous phase's readers done with xs / xsums
-        const u32 p_col_tile = p * STREAM_PHASE_TILES, p_end_tile = p_col_tile + min(STREAM_PHASE_TILES, k_tiles - p_col_tile);
-        if (fused_norm) {
-            stage_x_s8_normed<NT, NG, XSTRIDE_B>(x, norm_w, eps, n_x, n_cols, k_tiles * Tile::TILE_COLS, xs_bytes, xsums, xscale, inv_rms);
-        } else {
-            stage_x_s8<NT, NG, XSTRIDE_B>(x, x2, norm_w, inv_rms, n_x, n_cols, p_col_tile * Tile::TILE_COLS,
-                                          (p_end_tile - p_col_tile) * Tile::TILE_COLS, xs_bytes, xsums, xscale);
-        }
-        __syncthreads();
-        // This warp's tiles of phase p (none if its share lies in another of the block's phases);
-        // its share goes on past them unless it ends in this phase.
-        const u32 u_stop = min(u_end, (p + 1) * m_all * STREAM_PHASE_TILES);
-        const u32 n_here = u_stop > u ? u_stop - u : 0;
-        const bool ends_here = u_stop == u_end;
-        u = max(u, u_stop);
+    u32 piece_tiles = 0;
+    // The warp's n_here tiles of phase p, from (r, kt) on; ends_here: its share ends with them.
+    // Compiled twice: x of one phase (the LM heads, a 7B's gate/up) needs none of the phase
+    // bookkeeping, which costs a few instructions a tile.
+    const auto multiply = [&](auto several, u32 p, u32 n_here, bool ends_here) {
+        constexpr bool PHASES = decltype(several)::value;
+        const u32 p_col_tile = PHASES ? p * STREAM_PHASE_TILES : 0;
+        const u32 p_end_tile = PHASES ? p_col_tile + min(STREAM_PHASE_TILES, k_tiles - p_col_tile) : k_tiles;
 #pragma unroll(STREAM_UNROLL)
         for (u32 i = 0; i < n_here; i++) {
             // The next tile's loads go out before this one's math; the last tile loads itself again
             // (a plain hand-over, as in matvec_mma). After a slice's last tile: the next row's
-            // first in this phase, or the next phase's first row.
+            // first in this phase, or the next phase's first row (with one phase, the last row's
+            // last tile is the launch's last: no next).
             const bool more = i + 1 < n_here || !ends_here, slice_end = kt + 1 == p_end_tile;
             const bool row_next = r + 1 < m_all;
-            const u8* next = !more ? tile
-                             : !slice_end ? tile + Tile::TILE_BYTES
-                             : row_next ? row_tiles(r + 1) + (u64)p_col_tile * Tile::TILE_BYTES
-                                        : row_tiles(0) + (u64)p_end_tile * Tile::TILE_BYTES;
+            const u8* next;
+            if constexpr (PHASES) {
+                next = !more ? tile
+                       : !slice_end ? tile + Tile::TILE_BYTES
+                       : row_next ? row_tiles(r + 1) + (u64)p_col_tile * Tile::TILE_BYTES
+                                  : row_tiles(0) + (u64)p_end_tile * Tile::TILE_BYTES;
+            } else {
+                next = !more ? tile : slice_end ? row_tiles(r + 1) : tile + Tile::TILE_BYTES;
+            }
             Tile nxt;
             nxt.load(next, lane, false);
             tile_products_s8_of_type<NG>(cur, xs_bytes, xsums, xscale, kt - p_col_tile, b_off, t, acc);
@@ -1283,7 +1287,7 @@ __device__ __forceinline__ void matvec_mma_stream(const Segments& segs, u32 k_ti
             tile = next;
             if (!slice_end) {
                 kt++;
-            } else if (row_next) {
+            } else if (!PHASES || row_next) {
                 r++;
                 kt = p_col_tile;
             } else {
@@ -1291,6 +1295,31 @@ __device__ __forceinline__ void matvec_mma_stream(const Segments& segs, u32 k_ti
                 kt = p_end_tile;
             }
         }
+    };
+    if (ord.n_phases == 1) {
+        __syncthreads();  // the zeros above
+        if (fused_norm) {
+            stage_x_s8_normed<NT, NG, XSTRIDE_B>(x, norm_w, eps, n_x, n_cols, k_tiles * Tile::TILE_COLS, xs_bytes, xsums, xscale, inv_rms);
+        } else {
+            stage_x_s8<NT, NG, XSTRIDE_B>(x, x2, norm_w, inv_rms, n_x, n_cols, 0, k_tiles * Tile::TILE_COLS, xs_bytes, xsums, xscale);
+        }
+        __syncthreads();
+        multiply(StreamPhases<false>{}, 0, u_end - u_begin, true);
+        return;
+    }
+    u32 u = u_begin;
+    for (u32 p = ph_lo; p <= ph_hi; p++) {
+        __syncthreads();  // the zeros above, or the previous phase's readers done with xs / xsums
+        const u32 p_col_tile = p * STREAM_PHASE_TILES;
+        stage_x_s8<NT, NG, XSTRIDE_B>(x, x2, norm_w, inv_rms, n_x, n_cols, p_col_tile * Tile::TILE_COLS,
+                                      min(STREAM_PHASE_TILES, k_tiles - p_col_tile) * Tile::TILE_COLS, xs_bytes, xsums, xscale);
+        __syncthreads();
+        // This warp's tiles of phase p (none if its share lies in another of the block's phases);
+        // its share goes on past them unless it ends in this phase.
+        const u32 u_stop = min(u_end, (p + 1) * m_all * STREAM_PHASE_TILES);
+        const u32 n_here = u_stop > u ? u_stop - u : 0;
+        multiply(StreamPhases<true>{}, p, n_here, u_stop == u_end);
+        u = max(u, u_stop);
     }
 }
 
