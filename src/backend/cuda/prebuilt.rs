@@ -87,13 +87,17 @@ const TYPES: [GgmlType; 13] = [
 const HEAD_DIMS: [usize; 2] = [64, 128];
 
 /// The prebuilt modules: what `kernels::modules_for` asks of a model of any of [`TYPES`] with
-/// one of [`HEAD_DIMS`] and a float32 or f16 cache on sm_90 (flash prefill on), each once.
+/// one of [`HEAD_DIMS`] and a float32 or f16 cache on sm_90 (flash prefill on), and the stream
+/// kernels of its tiled types (a model loads them too unless `FERRITE_CUDA_MATVEC_STREAM` is
+/// off: without them, a first load compiled one module a tiled type, the twenty-ninth session
+/// found), each once.
 #[cfg(test)]
 pub fn modules() -> Vec<(&'static KernelSource, Vec<String>)> {
     let needs = TYPES.iter().fold(KernelNeeds::default(), |n, t| n.with_matrix_type(*t));
     let tiled = |ty| super::repack::tile_format(ty).is_some();
     let per_model = HEAD_DIMS.iter().flat_map(|&hd| [KvDtype::F32, KvDtype::F16].map(|kv| kernels::modules_for(&needs.with_head_dim(hd).with_kv_dtype(kv), tiled, true)));
-    kernels::union_of_modules(per_model)
+    let stream = vec![TYPES.iter().filter(|t| tiled(**t)).filter_map(|t| kernels::stream_defines(*t)).map(|d| (&kernels::MATVEC_MMA, d)).collect::<Vec<_>>()];
+    kernels::union_of_modules(per_model.chain(stream))
 }
 
 /// The key of `source` compiled with `opts` (as `nvrtc::options_for` makes them) by NVRTC `nvrtc`.
@@ -179,6 +183,11 @@ mod tests {
                     assert!(set.contains(&format!("{} {d:?}", s.file)), "{} {d:?}", s.file);
                 }
             }
+        }
+        // The stream kernels the test model's types load by default (matvec::StreamMode).
+        for ty in [GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K] {
+            let d = kernels::stream_defines(ty).expect("a tiled type");
+            assert!(set.contains(&format!("{} {d:?}", kernels::MATVEC_MMA.file)), "the stream kernel of {ty}");
         }
     }
 
