@@ -220,8 +220,9 @@ fn combined(grids: &[TileGrid]) -> TileGrid {
 /// warp an equal share of the launch's tiles, x staged a phase at a time; see the kernel's
 /// notes). `OnePhase` by default: H200, 2026-12-05, the synthetic 7B's one-sequence step 2.835 ->
 /// 2.560 ms with it (its gate/up launch and LM head), the 0.5B shapes' 0.781 -> 0.772 (the LM
-/// head), two sequences unchanged (docs/BENCHMARKS.md, twenty-eighth session). `Large` (x of
-/// several phases too: a 7B's ffn_down) was written in the twenty-ninth without a GPU run.
+/// head; docs/BENCHMARKS.md, twenty-eighth session). `Large` (x of several phases too: a 7B's
+/// ffn_down) cost time: H100, 2026-12-05, the synthetic 7B's one-sequence step 2.784 -> 2.95 ms
+/// (twenty-ninth session).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamMode {
     Off,
@@ -310,13 +311,15 @@ fn stream_phases(all: &TileGrid) -> usize {
 pub const STREAM_MAX_ROWS: usize = 2;
 
 /// Rows of x up to which launches take the stream kernel where [`StreamMode`] says so:
-/// `FERRITE_CUDA_MATVEC_STREAM_ROWS` (1 or 2; default 1, the twenty-eighth session's: two rows,
-/// `matvec_mma_stream_2`, were written in the twenty-ninth without a GPU run).
+/// `FERRITE_CUDA_MATVEC_STREAM_ROWS` (1 or 2; default 2). H100, 2026-12-05, two rounds: the
+/// synthetic 7B's two-sequence step 3.662 -> 3.256 / 3.265 ms with two (`matvec_mma_stream_2` on
+/// its gate/up launch and LM head), one sequence and the 0.5B shapes unchanged (docs/BENCHMARKS.md,
+/// twenty-ninth session).
 /// As last set by [`set_stream_rows`], else from the environment.
 pub fn stream_rows() -> usize {
     use std::sync::atomic::Ordering::Relaxed;
     if STREAM_ROWS.load(Relaxed) == 0 {
-        let from_env = std::env::var("FERRITE_CUDA_MATVEC_STREAM_ROWS").ok().and_then(|v| v.trim().parse().ok()).filter(|r| (1..=STREAM_MAX_ROWS).contains(r)).unwrap_or(1);
+        let from_env = std::env::var("FERRITE_CUDA_MATVEC_STREAM_ROWS").ok().and_then(|v| v.trim().parse().ok()).filter(|r| (1..=STREAM_MAX_ROWS).contains(r)).unwrap_or(STREAM_MAX_ROWS);
         // A hook's setting made meanwhile stays.
         let _ = STREAM_ROWS.compare_exchange(0, from_env, Relaxed, Relaxed);
     }
