@@ -134,7 +134,7 @@ if [ -f /root/m/model.gguf ]; then
 fi
 
 if [ "$what" = quick ] || [ "$what" = synthetic ] || [ "$what" = all ] || [ "$what" = final ]; then
-    step pytest_cuda "$py" -m pytest -q -ra -p no:cacheprovider --ignore=tests/test_notebooks.py -m "cuda and not model" tests --junitxml="$out/junit_cuda.xml"
+    step pytest_cuda "$py" -m pytest -q -ra -p no:cacheprovider --ignore=tests/test_notebooks.py --ignore=tests/test_readme.py -m "cuda and not model" tests --junitxml="$out/junit_cuda.xml"
     step upload "$py" -c "
 import json, os, ferrite
 for mb in (64, 491):
@@ -301,13 +301,13 @@ if [ "$what" = pending ]; then
     # The same three switched on: every GPU test that needs no real model, then the matrix-vector,
     # model and engine tests with the stream kernel forced onto every one- and two-row launch.
     STEP_TIMEOUT=${CUDA_PYTEST_S:-300} FERRITE_CUDA_MATVEC_STREAM_ROWS=2 FERRITE_CUDA_KERNEL_DEFINES=-DMMA_STAGE_JOBS=2 FERRITE_CUDA_MATVEC_STREAM=large \
-        step pytest_on29 "$py" -m pytest -q -ra -p no:cacheprovider --ignore=tests/test_notebooks.py -m "cuda and not model" tests --junitxml="$out/junit_on29.xml"
+        step pytest_on29 "$py" -m pytest -q -ra -p no:cacheprovider --ignore=tests/test_notebooks.py --ignore=tests/test_readme.py -m "cuda and not model" tests --junitxml="$out/junit_on29.xml"
     STEP_TIMEOUT=${CUDA_PYTEST_S:-300} FERRITE_CUDA_MATVEC_STREAM_ROWS=2 FERRITE_CUDA_KERNEL_DEFINES=-DMMA_STAGE_JOBS=2 FERRITE_CUDA_MATVEC_STREAM=always \
         step pytest_on29_always "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_matvec.py tests/test_cuda_model.py tests/test_cuda_engine.py -m "cuda and not model" --junitxml="$out/junit_on29_always.xml"
     fi
     if [[ ,$parts, == *,tests,* ]]; then
     # Every GPU test that needs no real model, as the wheel runs by default.
-    STEP_TIMEOUT=${CUDA_PYTEST_S:-300} step pytest_cuda "$py" -m pytest -q -ra -p no:cacheprovider --ignore=tests/test_notebooks.py -m "cuda and not model" tests --junitxml="$out/junit_cuda.xml"
+    STEP_TIMEOUT=${CUDA_PYTEST_S:-300} step pytest_cuda "$py" -m pytest -q -ra -p no:cacheprovider --ignore=tests/test_notebooks.py --ignore=tests/test_readme.py -m "cuda and not model" tests --junitxml="$out/junit_cuda.xml"
     fi
     if [[ ,$parts, == *,timeline,* ]]; then
     # Where a one-sequence step goes now, syn05 and syn7b.
