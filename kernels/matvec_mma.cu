@@ -83,9 +83,10 @@ typedef FERRITE_CAT(Rp_, QTYPE) Tile;
 // The int8 path's staging: jobs (256 columns of one row of x) a warp loads at once, and so the
 // jobs a warp may have where the RMSNorm is folded into staging (stage_x_s8_normed). With 1, a
 // 7B's 3,584 columns (14 jobs) take a pass of their own for the norm and two L2 round trips, one
-// after the other, to stage; 2 does both in one. 1 by default until 2 has run on a GPU (twenty-
-// ninth session: written without one); with 1 the kernels are the twenty-eighth session's but
-// for one float64 addition of zero (scripts/sass_same.py).
+// after the other, to stage; 2 does both in one. 1 by default: H100, 2026-12-05, 2 made the 0.5B
+// shapes' one-sequence step 0.768 -> 0.80 ms and the 7B's two-sequence one 3.26 -> 3.30, the 7B's
+// one-sequence one 0.5 % faster (docs/BENCHMARKS.md, twenty-ninth session). With 1 the kernels
+// are the twenty-eighth session's but for one float64 addition of zero (scripts/sass_same.py).
 #ifndef MMA_STAGE_JOBS
 #define MMA_STAGE_JOBS 1
 #endif
@@ -1047,8 +1048,9 @@ MATVEC_MMA_KERNEL(8)
 
 constexpr int STREAM_PHASE = 4096;
 // The tile loop unrolled twice (no hand-over copies) except for Q6_K, whose two tiles in flight
-// leave too few registers for the loop's bookkeeping across phases: unrolled, it spilled 28
-// values a pair of tiles (sm_90); once, it spills none, at 523 instructions a tile against 515.
+// leave too few registers for the loop's bookkeeping: unrolled twice, the one-phase loop spilled
+// 20 values a pair of tiles (sm_90); once, it spills none, at 532 instructions a tile against the
+// twenty-eighth session's 518 (unrolled twice, before the phases).
 #ifndef STREAM_UNROLL
 #define STREAM_UNROLL (Tile::SCALE_CHUNKS == 1 ? 1 : 2)
 #endif

@@ -49,7 +49,7 @@
 #                tests and bench_cuda_sampler.py; prefetch (the default): weights asked of L2
 #                ahead of their use (decode attention's window, the matrix-vector launches'
 #                sliding window), the tests with both on, then decode steps with them off and on;
-#                stream: the one-row stream kernel's tests; sums: the matrix-vector tests with
+#                stream: the stream kernel's tests; sums: the matrix-vector tests with
 #                the int8 path's sums the old way (Q4_K's mins, Q6_K's offsets; the tensor
 #                cores' way is the default); stream_ab: the stream kernel's bandwidth, and
 #                decode steps with it and those sums off, each alone and both; phases_ab: the stream kernel
@@ -229,10 +229,10 @@ if [ "$what" = pending ]; then
     done
     fi
     if [[ ,$parts, == *,stream,* ]]; then
-    # matvec_mma.cu's stream kernel for one row of x (src/backend/cuda/matvec.rs, StreamMode; on
-    # for large launches by default): its per-op test (forced onto every shape x fits), then the whole
-    # matrix-vector file and the model and engine GPU tests with it on every one-row launch it
-    # can take (always). PENDING_PARTS=stream_ab: its speed.
+    # matvec_mma.cu's stream kernel for one or two rows of x (src/backend/cuda/matvec.rs,
+    # StreamMode; on for large launches by default): its per-op test (forced onto every shape),
+    # then the whole matrix-vector file and the model and engine GPU tests with it on every one-
+    # and two-row launch (always). PENDING_PARTS=stream_ab: its speed.
     STEP_TIMEOUT=${CUDA_PYTEST_S:-240} step pytest_stream_op "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_matvec.py -m cuda -k stream --junitxml="$out/junit_stream_op.xml"
     STEP_TIMEOUT=${CUDA_PYTEST_S:-300} FERRITE_CUDA_MATVEC_STREAM=always \
         step pytest_stream "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_matvec.py tests/test_cuda_model.py tests/test_cuda_engine.py -m "cuda and not model" --junitxml="$out/junit_stream.xml"
@@ -261,7 +261,7 @@ if [ "$what" = pending ]; then
     fi
     if [[ ,$parts, == *,phases_ab,* ]]; then
     # The twenty-ninth session's three changes to the one- and two-row kernels, each on its switch
-    # (all off by default until this has run): the stream kernel on x of several phases (a 7B's
+    # (measured on an H100 that session: two rows on by default since, the other two off): the stream kernel on x of several phases (a 7B's
     # ffn_down; FERRITE_CUDA_MATVEC_STREAM=large), on two rows of x (FERRITE_CUDA_MATVEC_STREAM_ROWS=2)
     # and staging two jobs a warp at once (-DMMA_STAGE_JOBS=2). Decode steps of syn05 and syn7b at
     # one and two sequences: all three off (the twenty-eighth session's kernels), the first on,

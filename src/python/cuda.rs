@@ -304,8 +304,8 @@ fn _cuda_weight_rows<'py>(
 }
 
 /// Test hook: counts of this process's CUDA path decisions, as a dict: ``stacked_gemms``
-/// (projections of one x run as one GEMM on a stacked copy) and ``stream_matvecs`` (one-row
-/// launches on the stream kernel); graph replays not counted.
+/// (projections of one x run as one GEMM on a stacked copy) and ``stream_matvecs`` (one- and
+/// two-row launches on the stream kernel); graph replays not counted.
 #[pyfunction]
 fn _cuda_counters(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     let d = PyDict::new(py);
@@ -447,7 +447,7 @@ fn _cuda_copy_time(py: Python<'_>, n_bytes: usize, repeats: usize, device: &str)
     Ok(py.detach(|| time_device_copy(device, n_bytes, repeats))?)
 }
 
-/// Test and benchmark hook: which one-row launches take matvec_mma.cu's stream kernel ("off",
+/// Test and benchmark hook: which launches of one or two rows take matvec_mma.cu's stream kernel ("off",
 /// "large": matrices of many tiles; "one-phase": those of them whose x fits one phase, the default;
 /// "always": every one), as
 /// `FERRITE_CUDA_MATVEC_STREAM` sets it for a model; returns the mode before (so that a test

@@ -88,7 +88,7 @@ pub fn every_module() -> Vec<(&'static KernelSource, Vec<String>)> {
             sets.push(modules_for(&needs, |ty| tile_type_defines(ty).is_some(), true));
         }
     }
-    // The stream kernels, which a model compiles only when asked for (`matvec::StreamMode`).
+    // The stream kernels, which a model compiles unless `matvec::StreamMode` is off.
     sets.push(GgmlType::ALL.iter().filter_map(|t| stream_defines(*t)).map(|d| (&MATVEC_MMA, d)).collect());
     union_of_modules(sets)
 }

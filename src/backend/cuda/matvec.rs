@@ -221,8 +221,8 @@ fn combined(grids: &[TileGrid]) -> TileGrid {
 /// notes). `OnePhase` by default: H200, 2026-12-05, the synthetic 7B's one-sequence step 2.835 ->
 /// 2.560 ms with it (its gate/up launch and LM head), the 0.5B shapes' 0.781 -> 0.772 (the LM
 /// head; docs/BENCHMARKS.md, twenty-eighth session). `Large` (x of several phases too: a 7B's
-/// ffn_down) cost time: H100, 2026-12-05, the synthetic 7B's one-sequence step 2.784 -> 2.95 ms
-/// (twenty-ninth session).
+/// ffn_down) cost time: H100, 2026-12-05, the synthetic 7B's one-sequence step 2.823 / 2.799 ->
+/// 2.944 / 2.956 ms, two rounds (twenty-ninth session).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamMode {
     Off,
@@ -232,7 +232,7 @@ pub enum StreamMode {
     /// As `Large`, x one phase wide only (not a 7B's ffn_down): the twenty-eighth session's
     /// choice, the default.
     OnePhase,
-    /// Every one-row launch (for the per-op tests).
+    /// Every launch of one or two rows of x, up to [`stream_rows`] (for the per-op tests).
     Always,
 }
 
@@ -311,7 +311,7 @@ fn stream_phases(all: &TileGrid) -> usize {
 pub const STREAM_MAX_ROWS: usize = 2;
 
 /// Rows of x up to which launches take the stream kernel where [`StreamMode`] says so:
-/// `FERRITE_CUDA_MATVEC_STREAM_ROWS` (1 or 2; default 2). H100, 2026-12-05, two rounds: the
+/// `FERRITE_CUDA_MATVEC_STREAM_ROWS` (1 or 2; unset or anything else: 2). H100, 2026-12-05, two rounds: the
 /// synthetic 7B's two-sequence step 3.662 -> 3.256 / 3.265 ms with two (`matvec_mma_stream_2` on
 /// its gate/up launch and LM head), one sequence and the 0.5B shapes unchanged (docs/BENCHMARKS.md,
 /// twenty-ninth session).
