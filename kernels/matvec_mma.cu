@@ -1080,10 +1080,9 @@ struct StreamOrder {
         return ph * m_all + r;
     }
     __device__ u32 slice_begin(u32 ph, u32 r) const { return ph * phase_units + r * width(ph); }
-    // The slot of warp w's piece of slice s, whose share's first and last slices are s_first and
-    // s_last (see above).
-    __device__ u32 slot(u32 s, u32 w, u32 s_first, u32 s_last) const {
-        return s == s_first ? 2 * w : s == s_last ? 2 * w + 1 : 2 * warps + s;
+    // The slot of warp w's piece of slice s (see above): by where s lies in w's share.
+    __device__ u32 slot(u32 s, u32 w) const {
+        return s == slice_of(first(w)) ? 2 * w : s == slice_of(first(w + 1) - 1) ? 2 * w + 1 : 2 * warps + s;
     }
 };
 
@@ -1153,7 +1152,7 @@ __device__ __noinline__ void stream_finish_slice(float acc0, float acc1, float a
         return;
     }
     const u32 w = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    const u32 slot = ord.slot(ph * m_all + r, w, ord.slice_of(ord.first(w)), ord.slice_of(ord.first(w + 1) - 1));
+    const u32 slot = ord.slot(ph * m_all + r, w);
     float* piece = partials + slot * (NT * RP_TILE_ROWS);
     if (t == 0) {
 #pragma unroll
@@ -1177,7 +1176,7 @@ __device__ __noinline__ void stream_finish_slice(float acc0, float acc1, float a
             const u32 s = p * ord.m_all + r, begin = ord.slice_begin(p, r);
             const u32 v_last = ord.owner(begin + ord.width(p) - 1);
             for (u32 vw = ord.owner(begin); vw <= v_last; vw++) {
-                const u32 v_slot = ord.slot(s, vw, ord.slice_of(ord.first(vw)), ord.slice_of(ord.first(vw + 1) - 1));
+                const u32 v_slot = ord.slot(s, vw);
                 sum += __ldcg(partials + v_slot * (NT * RP_TILE_ROWS) + lane);
             }
         }

@@ -314,8 +314,7 @@ pub const STREAM_MAX_ROWS: usize = 2;
 /// `FERRITE_CUDA_MATVEC_STREAM_ROWS` (1 or 2; unset or anything else: 2). H100, 2026-12-05, two rounds: the
 /// synthetic 7B's two-sequence step 3.662 -> 3.256 / 3.265 ms with two (`matvec_mma_stream_2` on
 /// its gate/up launch and LM head), one sequence and the 0.5B shapes unchanged (docs/BENCHMARKS.md,
-/// twenty-ninth session).
-/// As last set by [`set_stream_rows`], else from the environment.
+/// twenty-ninth session). A setting made by [`set_stream_rows`] comes first.
 pub fn stream_rows() -> usize {
     use std::sync::atomic::Ordering::Relaxed;
     if STREAM_ROWS.load(Relaxed) == 0 {
@@ -1135,10 +1134,10 @@ mod tests {
         fn slice_begin(&self, ph: u32, r: u32) -> u32 {
             ph * self.phase_units + r * self.width(ph)
         }
-        fn slot(&self, s: u32, w: u32, s_first: u32, s_last: u32) -> u32 {
-            if s == s_first {
+        fn slot(&self, s: u32, w: u32) -> u32 {
+            if s == self.slice_of(self.first(w)) {
                 2 * w
-            } else if s == s_last {
+            } else if s == self.slice_of(self.first(w + 1) - 1) {
                 2 * w + 1
             } else {
                 2 * self.warps + s
@@ -1166,14 +1165,14 @@ mod tests {
             "const u32 local = u - ph * phase_units, w = width(ph);",
             "kt = ph * STREAM_PHASE_TILES + local % w;",
             "__device__ u32 slice_begin(u32 ph, u32 r) const { return ph * phase_units + r * width(ph); }",
-            "return s == s_first ? 2 * w : s == s_last ? 2 * w + 1 : 2 * warps + s;",
+            "return s == slice_of(first(w)) ? 2 * w : s == slice_of(first(w + 1) - 1) ? 2 * w + 1 : 2 * warps + s;",
             "ord.warps = max(min(gridDim.x * warps_here, ord.units), 1u);",
-            "const u32 slot = ord.slot(ph * m_all + r, w, ord.slice_of(ord.first(w)), ord.slice_of(ord.first(w + 1) - 1));",
+            "const u32 slot = ord.slot(ph * m_all + r, w);",
             "stream_finish_slice<NT>(acc[0][0], acc[0][1], acc[0][2], acc[0][3], y, bias, n_rows, row0, r, p, piece_tiles, m_all,",
             "const u32 u_stop = min(u_end, (p + 1) * m_all * STREAM_PHASE_TILES);",
             "const bool more = i + 1 < n_here || !ends_here, slice_end = kt + 1 == p_end_tile;",
             "if (lane == 0) last = atomicAdd(&counters[r], piece_tiles) + piece_tiles == ord.k_tiles;",
-            "const u32 v_slot = ord.slot(s, vw, ord.slice_of(ord.first(vw)), ord.slice_of(ord.first(vw + 1) - 1));",
+            "const u32 v_slot = ord.slot(s, vw);",
             "constexpr int STREAM_PHASE = 4096;",
         ] {
             assert!(src.contains(line), "matvec_mma.cu no longer has: {line}");
@@ -1196,7 +1195,6 @@ mod tests {
             for w in 0..ord.warps {
                 let (begin, end) = (ord.first(w), ord.first(w + 1));
                 assert!(begin < end, "{label}: warp {w} has no tile");
-                let (s_first, s_last) = (ord.slice_of(begin), ord.slice_of(end - 1));
                 let mut piece = 0;
                 for u in begin..end {
                     let (ph, r, kt) = ord.locate(u);
@@ -1210,7 +1208,7 @@ mod tests {
                         if piece == k_tiles {
                             whole_rows += 1; // written directly
                         } else {
-                            let slot = ord.slot(ph * m_tiles + r, w, s_first, s_last);
+                            let slot = ord.slot(ph * m_tiles + r, w);
                             assert!(slot < slot_bound, "{label}: slot {slot} past {slot_bound}");
                             assert!(slots.insert(slot, r).is_none(), "{label}: slot {slot} twice");
                         }
@@ -1228,7 +1226,7 @@ mod tests {
                     let begin = ord.slice_begin(ph, r);
                     let s = ph * m_tiles + r;
                     for v in ord.owner(begin)..=ord.owner(begin + ord.width(ph) - 1) {
-                        let slot = ord.slot(s, v, ord.slice_of(ord.first(v)), ord.slice_of(ord.first(v + 1) - 1));
+                        let slot = ord.slot(s, v);
                         if ord.n_phases > 1 || ord.owner(begin) != ord.owner(begin + k_tiles - 1) {
                             assert_eq!(slots.get(&slot), Some(&r), "{label}: row {r} reads slot {slot}");
                             pieces += 1;
