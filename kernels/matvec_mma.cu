@@ -109,6 +109,15 @@ static_assert(MMA_STAGE_JOBS >= 1 && MMA_STAGE_JOBS <= 4, "jobs a warp stages at
 // of tiles, two rows 283 -> 241 a tile, the stream kernel 657 -> 577; Q6_K one row 1058 -> 862,
 // two rows 575 -> 473, stream 1208 -> 1036. H200, 2026-12-05: the synthetic 7B's decode step
 // 2.835 -> 2.794 ms at one sequence, 3.542 -> 3.466 at two; the 0.5B shapes' within 0.3 %.
+// Rows of x up to which the types with an int8 path take it. From 3 rows x is kept as two int8
+// parts (to about 2^-16 of each 256 columns' largest |x|, where bf16's two parts keep 16 bits of
+// each value; cuBLAS's f16 from 5 rows keeps 11): at 8 rows, without a GPU (sm_90), a Q4_K tile
+// costs 323 instructions instead of bf16's 599, Q6_K 657 instead of 751, Q5_0 294 instead of 322,
+// Q8_0 197 instead of 303 (the thirtieth session's experiment; tests/test_cuda_matvec.py models
+// the rounding).
+#ifndef MMA_S8_MAX_NT
+#define MMA_S8_MAX_NT 2
+#endif
 #ifndef MMA_S8_SUMS_MMA
 #define MMA_S8_SUMS_MMA 1
 #endif
@@ -337,7 +346,7 @@ __device__ __forceinline__ void put_digits(u8* lo, int half_stride, int sum) {
 // One 256-column job of stage_x_s8: lane (sub-block sb = lane / 4, t = lane % 4) holds the 8
 // values r of x row n in block blk of the phase, in b0 / b1 order; they go into xq, xsum and
 // xscale as stage_x_s8 says. Every lane of the warp calls it (shuffles, __all_sync).
-template <int NG, int XSTRIDE_B>
+template <int NG, int XSTRIDE_B, int PARTS = 3>
 __device__ __forceinline__ void quantize_job_s8(float r[8], int n, int blk, u8* xq, int (*xsum)[NG][8],
                                                 float (*xscale)[NG][8]) {
     const int lane = threadIdx.x & 31;
@@ -346,7 +355,8 @@ __device__ __forceinline__ void quantize_job_s8(float r[8], int n, int blk, u8* 
 #pragma unroll
     for (int i = 0; i < 8; i++) finite = finite && isfinite(r[i]);
     finite = __all_sync(FULL_WARP, finite);
-    const int j = n / 2;
+    constexpr int RPG = 8 / PARTS;  // x rows per mma column group
+    const int j = n / RPG;
     // One reduction for the three parts: the remainder after part p is at most half its
     // step, so part p + 1's step can be the step before it / 254 without measuring its
     // maximum (the same 2^-24 of max|x| in the end; a reduction is five dependent shuffles,
@@ -360,7 +370,7 @@ __device__ __forceinline__ void quantize_job_s8(float r[8], int n, int blk, u8* 
     // are then smaller than they could be (such a tile's x loses precision, not its sign).
     const float inv0 = amax > 0.0f ? fminf(__fdiv_rn(127.0f, amax), 3.4028234e38f) : 0.0f;
 #pragma unroll
-    for (int p = 0; p < 3; p++) {
+    for (int p = 0; p < PARTS; p++) {
         const float scale = p == 0 ? scale0 : p == 1 ? scale0 * (1.0f / 254.0f) : scale0 * (1.0f / 64516.0f);
         const float inv = p == 0 ? inv0 : fminf(inv0 * (p == 1 ? 254.0f : 64516.0f), 3.4028234e38f);
         int q[8], sum = 0;
@@ -379,16 +389,16 @@ __device__ __forceinline__ void quantize_job_s8(float r[8], int n, int blk, u8* 
             c0 += __shfl_xor_sync(FULL_WARP, c0, 2);
             c1 += __shfl_xor_sync(FULL_WARP, c1, 2);
             if (t == 0) {
-                u8* b = reinterpret_cast<u8*>(&xsum[0][0][0]) + xsum_chunk_bytes_at<NG>(blk, 0, j) + 16 * ((n % 2) * 3 + p) + 2 * sb;
+                u8* b = reinterpret_cast<u8*>(&xsum[0][0][0]) + xsum_chunk_bytes_at<NG>(blk, 0, j) + 16 * ((n % RPG) * PARTS + p) + 2 * sb;
                 put_digits(b, NG * 128, c0);
                 put_digits(b + 1, NG * 128, c1);
             }
         }
-        *reinterpret_cast<uint2*>(xq + (n * 3 + p) * XSTRIDE_B + 256 * blk + 32 * sb + 8 * t) =
+        *reinterpret_cast<uint2*>(xq + (n * PARTS + p) * XSTRIDE_B + 256 * blk + 32 * sb + 8 * t) =
             make_uint2(pack_s8(q[0], q[1], q[2], q[3]), pack_s8(q[4], q[5], q[6], q[7]));
         sum += __shfl_xor_sync(FULL_WARP, sum, 1);
         sum += __shfl_xor_sync(FULL_WARP, sum, 2);
-        const int col = (n % 2) * 3 + p;
+        const int col = (n % RPG) * PARTS + p;
         if constexpr (Tile::HAS_MIN && MMA_S8_SUMS_MMA) {
             // As the B fragment of the mins mma (see xsum_bytes_at): sum = lo + 128 hi, both int8
             // (|sum| <= 32 * 127 = 4064, so hi is within +-32 and lo within -64 .. 63).
@@ -400,7 +410,7 @@ __device__ __forceinline__ void quantize_job_s8(float r[8], int n, int blk, u8* 
     }
 }
 
-template <int NT, int NG, int XSTRIDE_B>
+template <int NT, int NG, int XSTRIDE_B, int PARTS = 3>
 __device__ __forceinline__ void stage_x_s8(const float* __restrict__ x, const float* __restrict__ x2,
                                            const float* __restrict__ norm_w, const float* inv_rms, u32 n_x, u32 n_cols,
                                            u32 col0, u32 len, u8* xq, int (*xsum)[NG][8], float (*xscale)[NG][8]) {
@@ -427,7 +437,7 @@ __device__ __forceinline__ void stage_x_s8(const float* __restrict__ x, const fl
 #pragma unroll
         for (int u = 0; u < MMA_STAGE_JOBS; u++) {
             const int job = job0 + u * n_warps;  // the same for the whole warp
-            if (job < jobs) quantize_job_s8<NG, XSTRIDE_B>(r[u], job / blocks, job % blocks, xq, xsum, xscale);
+            if (job < jobs) quantize_job_s8<NG, XSTRIDE_B, PARTS>(r[u], job / blocks, job % blocks, xq, xsum, xscale);
         }
     }
 }
@@ -458,7 +468,7 @@ __device__ __forceinline__ void inv_rms_of_shares(const double (&ss)[NT], double
 // each row's 1 / rms to float once (as block_inv_rms does, adding in another order) into inv_rms,
 // and the values are then scaled as load_x4 scales them. It saves block_inv_rms's pass over x and
 // its barrier.
-template <int NT, int NG, int XSTRIDE_B>
+template <int NT, int NG, int XSTRIDE_B, int PARTS = 3>
 __device__ __forceinline__ void stage_x_s8_normed(const float* __restrict__ x, const float* __restrict__ norm_w, float eps,
                                                   u32 n_x, u32 n_cols, u32 len, u8* xq, int (*xsum)[NG][8],
                                                   float (*xscale)[NG][8], float* inv_rms) {
@@ -507,7 +517,7 @@ __device__ __forceinline__ void stage_x_s8_normed(const float* __restrict__ x, c
             b[u] = normed4(b[u], inv_rms[n], wb[u]);
         }
         float r[8] = {a[u].x, b[u].x, a[u].y, b[u].y, a[u].z, b[u].z, a[u].w, b[u].w};
-        quantize_job_s8<NG, XSTRIDE_B>(r, n, job % blocks, xq, xsum, xscale);
+        quantize_job_s8<NG, XSTRIDE_B, PARTS>(r, n, job % blocks, xq, xsum, xscale);
     }
 }
 
@@ -741,7 +751,7 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
                                            const float* __restrict__ x2, const float* __restrict__ norm_w, float eps,
                                            u32 n_x, float* __restrict__ partials, u32* __restrict__ counters,
                                            u32 k_tiles_per_split, u32 warps_m, u32 accumulate, const PrefetchWindow& ahead) {
-    constexpr bool S8 = Tile::S8 && NT <= 2;                  // the int8 path (see above)
+    constexpr bool S8 = Tile::S8 && NT <= MMA_S8_MAX_NT;      // the int8 path (see above)
     constexpr int PARTS = NT <= 2 ? 3 : 2;                    // bf16 (or int8) parts of each x value
     constexpr int RPG = 8 / PARTS;                            // x rows per mma (column group)
     constexpr int NG = (NT + RPG - 1) / RPG;                  // mma column groups
@@ -756,7 +766,7 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
 
     // Staged x. bf16: row (n * PARTS + part) of XSTRIDE bf16, part 0 = hi, 1 = mid, 2 = lo.
     // int8: row (n * 3 + part) of XSTRIDE_B bytes, in stage_x_s8's order.
-    __shared__ __align__(16) u8 xs_bytes[S8 ? 3 * NT * XSTRIDE_B : 2 * PARTS * NT * XSTRIDE];
+    __shared__ __align__(16) u8 xs_bytes[S8 ? PARTS * NT * XSTRIDE_B : 2 * PARTS * NT * XSTRIDE];
     u16* const xs = reinterpret_cast<u16*>(xs_bytes);
     // xsum[s][j][col]: sum over the 32 columns of sub-block s of mma column col of group j
     // (float on the bf16 path, int32 on the int8 path, or bytes: see xsum_bytes_at);
@@ -840,7 +850,7 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
     for (int j = 0; j < NG; j++) {
         const int n = RPG * j + g / PARTS;
         b_valid[j] = g < RPG * PARTS && n < NT;
-        b_off[j] = !b_valid[j] ? 0 : S8 ? (n * 3 + g % 3) * XSTRIDE_B + 8 * t : (n * PARTS + g % PARTS) * XSTRIDE + 4 * t;
+        b_off[j] = !b_valid[j] ? 0 : S8 ? (n * PARTS + g % PARTS) * XSTRIDE_B + 8 * t : (n * PARTS + g % PARTS) * XSTRIDE + 4 * t;
         // The int8 path loads B unpredicated: a column no x row fills reads row 0's part 0, so
         // its products are not zero; its scale in xscale (and its sum in xsum) is, which cancels them.
         if (S8 && !b_valid[j]) b_off[j] = 8 * t;
@@ -865,10 +875,10 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
         __syncthreads();  // the previous phase's readers are done with xs / xsum
         if constexpr (S8) {
             if (fused_norm) {
-                stage_x_s8_normed<NT, NG, XSTRIDE_B>(x, norm_w, eps, n_x, n_cols, k_tiles * Tile::TILE_COLS, xs_bytes, xsums.i,
+                stage_x_s8_normed<NT, NG, XSTRIDE_B, PARTS>(x, norm_w, eps, n_x, n_cols, k_tiles * Tile::TILE_COLS, xs_bytes, xsums.i,
                                                      xscale, inv_rms);
             } else {
-                stage_x_s8<NT, NG, XSTRIDE_B>(x, x2, norm_w, inv_rms, n_x, n_cols, p * Tile::TILE_COLS,
+                stage_x_s8<NT, NG, XSTRIDE_B, PARTS>(x, x2, norm_w, inv_rms, n_x, n_cols, p * Tile::TILE_COLS,
                                               (p_end - p) * Tile::TILE_COLS, xs_bytes, xsums.i, xscale);
             }
         } else {
