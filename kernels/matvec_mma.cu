@@ -109,12 +109,13 @@ static_assert(MMA_STAGE_JOBS >= 1 && MMA_STAGE_JOBS <= 4, "jobs a warp stages at
 // of tiles, two rows 283 -> 241 a tile, the stream kernel 657 -> 577; Q6_K one row 1058 -> 862,
 // two rows 575 -> 473, stream 1208 -> 1036. H200, 2026-12-05: the synthetic 7B's decode step
 // 2.835 -> 2.794 ms at one sequence, 3.542 -> 3.466 at two; the 0.5B shapes' within 0.3 %.
-// Rows of x up to which the types with an int8 path take it. From 3 rows x is kept as two int8
-// parts (to about 2^-16 of each 256 columns' largest |x|, where bf16's two parts keep 16 bits of
-// each value; cuBLAS's f16 from 5 rows keeps 11): at 8 rows, without a GPU (sm_90), a Q4_K tile
-// costs 323 instructions instead of bf16's 599, Q6_K 657 instead of 751, Q5_0 294 instead of 322,
-// Q8_0 197 instead of 303 (the thirtieth session's experiment; tests/test_cuda_matvec.py models
-// the rounding).
+// Rows of x up to which the types with an int8 path take it: each type's comes from the Rust tile
+// table (src/backend/cuda/repack.rs, int8_max_rows, with the measurements); 2 where a module is
+// compiled without it (scripts/sass_loops.py). From 3 rows x is kept as two int8 parts (to about
+// 2^-16 of each 256 columns' largest |x|, where two bf16 parts keep 16 bits of each value and
+// cuBLAS's f16 from 5 rows 11): at 8 rows, without a GPU (sm_90), a Q4_K tile costs 323
+// instructions instead of bf16's 599, Q6_K 657 instead of 751, Q5_0 294 instead of 322, Q8_0 197
+// instead of 303. tests/test_cuda_matvec.py models the rounding (as_int8_two_parts).
 #ifndef MMA_S8_MAX_NT
 #define MMA_S8_MAX_NT 2
 #endif

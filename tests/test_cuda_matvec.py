@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -81,16 +79,6 @@ def width_for(name: str, multiple: int) -> int:
     return -(-multiple * 32 // step) * step
 
 
-def int8_two_part_max_rows() -> int:
-    """Rows of x up to which the tiled kernels take their int8 path (matvec_mma.cu's
-    MMA_S8_MAX_NT: the kernel source's default, or FERRITE_CUDA_KERNEL_DEFINES's)."""
-    m = re.search(r"-DMMA_S8_MAX_NT=(\d+)", os.environ.get("FERRITE_CUDA_KERNEL_DEFINES", ""))
-    if m is None:
-        src = (Path(__file__).resolve().parents[1] / "kernels" / "matvec_mma.cu").read_text()
-        m = re.search(r"#define MMA_S8_MAX_NT (\d+)", src)
-    return int(m.group(1))
-
-
 def as_int8_two_parts(x: np.ndarray) -> np.ndarray:
     """x as the int8 path keeps it from 3 rows (matvec_mma.cu's quantize_job_s8), in float64:
     per row and 256 columns, q0 = rint(x * 127 / max|x|), then the remainder's q1 at a step 254
@@ -117,7 +105,7 @@ def as_kernel_input(x: np.ndarray, name: str, path: str) -> np.ndarray:
     """x (float64) as the matrix-vector kernels multiply it: exactly (one or two rows, or two
     bf16 parts: within float32 summation of exact), or as_int8_two_parts on a tiled type's int8
     path from 3 rows."""
-    if path == "tiled" and name in TILED and 3 <= x.shape[0] <= int8_two_part_max_rows():
+    if path == "tiled" and name in TILED and 3 <= x.shape[0] <= ferrite._ferrite._cuda_int8_max_rows(name):
         return as_int8_two_parts(x)
     return x.astype(np.float64)
 
@@ -153,6 +141,16 @@ def check_matvec(name: str, n_rows: int, n_cols: int, n_xs, path: str, seed: int
 
 
 # ---------------------------------------------------------------- everywhere (CI included)
+
+
+def test_int8_rows_are_known_for_the_tiled_types_only():
+    """The rows the tests model as two int8 parts (as_kernel_input) come from the tile table."""
+    for name in TILED:
+        assert 2 <= ferrite._ferrite._cuda_int8_max_rows(name) <= 8
+    with pytest.raises(ValueError, match="no tensor-core tiles"):
+        ferrite._ferrite._cuda_int8_max_rows("Q4_0")
+    with pytest.raises(ValueError, match="unknown ggml type"):
+        ferrite._ferrite._cuda_int8_max_rows("Q9_9")
 
 
 def test_bad_arguments_are_value_errors():

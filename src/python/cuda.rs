@@ -26,6 +26,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_cuda_matvec_force_plan, m)?)?;
     m.add_function(wrap_pyfunction!(_cuda_matvec_stream, m)?)?;
     m.add_function(wrap_pyfunction!(_cuda_matvec_stream_rows, m)?)?;
+    m.add_function(wrap_pyfunction!(_cuda_int8_max_rows, m)?)?;
     m.add_function(wrap_pyfunction!(_cuda_row_op, m)?)?;
     m.add_function(wrap_pyfunction!(_cuda_gemm_f16, m)?)?;
     m.add_function(wrap_pyfunction!(_cuda_counters, m)?)?;
@@ -471,6 +472,16 @@ fn _cuda_matvec_stream_rows(rows: usize) -> PyResult<usize> {
     let before = stream_rows();
     set_stream_rows(rows);
     Ok(before)
+}
+
+/// Test hook: the rows of x up to which the tensor-core matrix-vector kernels of tiled type
+/// `ty` keep x in int8 parts (the tile table's, or FERRITE_CUDA_KERNEL_DEFINES's
+/// `-DMMA_S8_MAX_NT=N`); from 3 rows that is two parts, which tests/test_cuda_matvec.py models.
+/// Needs no GPU.
+#[pyfunction]
+fn _cuda_int8_max_rows(ty: &str) -> PyResult<usize> {
+    let t = GgmlType::from_name(ty).ok_or_else(|| pyo3::exceptions::PyValueError::new_err(format!("unknown ggml type {ty:?}")))?;
+    cuda::kernels::int8_max_rows(t).ok_or_else(|| pyo3::exceptions::PyValueError::new_err(format!("{ty} has no tensor-core tiles")))
 }
 
 /// Benchmark hook: every tiled matvec planned after this call uses `warps_m` x `warps_k` warps

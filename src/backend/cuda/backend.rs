@@ -488,7 +488,7 @@ pub struct CudaBackend {
 }
 
 /// How multiplies of more than 4 rows (prefill, larger batches; `matmul::takes_matvec`) run on
-/// cuBLAS. Matvec multiplies (up to 4 rows) keep float32 sums of x in two bf16 parts (three, exact, for one or two rows); with
+/// cuBLAS. Matvec multiplies (up to 4 rows) keep float32 sums of x in two bf16 or int8 parts (three, exact or nearly, for one or two rows; see `matmul::MATVEC_EXACT_MAX_ROWS`); with
 /// F32 only the exact ones stay on the kernels, and from 3 rows every multiply is float32 on
 /// cuBLAS.
 ///

@@ -148,7 +148,21 @@ pub fn type_defines(ty: GgmlType) -> Option<Vec<String>> {
 /// The options that compile matvec_mma.cu and repacked_rows.cu for `ty`, or `None` when `ty` has
 /// no repacked tile format (see `repack::TILE_FORMATS`).
 pub fn tile_type_defines(ty: GgmlType) -> Option<Vec<String>> {
-    super::repack::tile_format(ty).map(|f| vec![format!("-DQTYPE={}", f.ty.snake_name())])
+    let rows = int8_max_rows(ty)?;
+    Some(vec![format!("-DQTYPE={}", ty.snake_name()), format!("-DMMA_S8_MAX_NT={rows}")])
+}
+
+/// Rows of x up to which matvec_mma.cu takes the int8 path for `ty` (`None`: no tiles): the
+/// table's `int8_max_rows`, or `-DMMA_S8_MAX_NT=N` of `FERRITE_CUDA_KERNEL_DEFINES` for every
+/// type (a comparison hook; the same define then comes twice, which C allows).
+pub fn int8_max_rows(ty: GgmlType) -> Option<usize> {
+    let table = super::repack::tile_format(ty)?.int8_max_rows;
+    Some(int8_rows_override(std::env::var("FERRITE_CUDA_KERNEL_DEFINES").ok().as_deref()).unwrap_or(table))
+}
+
+/// `MMA_S8_MAX_NT`'s value in a `FERRITE_CUDA_KERNEL_DEFINES` value, if it sets one.
+fn int8_rows_override(defines: Option<&str>) -> Option<usize> {
+    defines?.split_whitespace().filter_map(|d| d.strip_prefix("-DMMA_S8_MAX_NT=")).last()?.parse().ok()
 }
 
 /// The `FERRITE_BLOCK_TYPES` list of kernels/quant_blocks.cuh as (snake name, elements per
@@ -267,6 +281,21 @@ mod tests {
         assert_eq!(jobs.len(), FIXED.len() + 2);
         assert!(jobs.iter().any(|(s, e)| s.file == "matvec.cu" && *e == type_defines(GgmlType::Q4_0).unwrap()));
         assert_eq!(modules_for(&KernelNeeds::default(), tiled, true).len(), FIXED.len());
+    }
+
+    /// Each tiled type's int8 rows reach its kernels as MMA_S8_MAX_NT; a FERRITE_CUDA_KERNEL_DEFINES
+    /// value overrides them only where it sets that define.
+    #[test]
+    fn int8_rows_go_to_the_kernels_as_a_define() {
+        for f in super::super::repack::TILE_FORMATS {
+            let d = tile_type_defines(f.ty).unwrap();
+            assert!(d.contains(&format!("-DMMA_S8_MAX_NT={}", f.int8_max_rows)) || std::env::var("FERRITE_CUDA_KERNEL_DEFINES").is_ok(), "{d:?}");
+        }
+        assert_eq!(tile_type_defines(GgmlType::Q4_0), None);
+        assert_eq!(int8_rows_override(None), None);
+        assert_eq!(int8_rows_override(Some("-DMMA_STAGE_JOBS=2")), None);
+        assert_eq!(int8_rows_override(Some("-DMMA_S8_MAX_NT=8 -DX=1")), Some(8));
+        assert_eq!(int8_rows_override(Some("-DMMA_S8_MAX_NT=8 -DMMA_S8_MAX_NT=2")), Some(2));
     }
 
     use super::*;

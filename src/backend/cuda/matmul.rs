@@ -56,7 +56,8 @@ fn forced_max_rows() -> Option<usize> {
 
 /// Rows of x up to which the matrix-vector kernels keep x exactly (three bf16 parts) or to
 /// about 2^-24 of each tile's largest value (three int8 parts; see matvec_mma.cu); from 3 rows
-/// they keep two bf16 parts, 16 significand bits. With
+/// they keep two bf16 parts, 16 significand bits, or two int8 parts, about 2^-16 of the tile's
+/// largest value (the types whose `repack::TileFormat::int8_max_rows` say so). With
 /// `exact_matmul` (`GemmPrecision::F32`) more rows go to the float32 GEMM instead, so that the
 /// same sequence gives the same logits (within float32 rounding) whatever the batch around it:
 /// with 5-8 rows on the kernels' two parts, a greedy continuation generated beside nine others

@@ -52,15 +52,24 @@ pub struct TileFormat {
     pub tile_cols: usize,
     /// Bytes per tile: exactly 16 rows' worth of the type's blocks.
     pub tile_bytes: usize,
+    /// Rows of x up to which matvec_mma.cu multiplies on the int8 tensor cores (x in three int8
+    /// parts for one or two rows, two from three; more rows keep two bf16 parts), its
+    /// `MMA_S8_MAX_NT` (see `kernels::tile_type_defines`). From 3 rows on an H100, 2026-12-05
+    /// (docs/results/h100-2026-12-05b/a): Q4_K's 3584 x 3584 at 4 rows 9.9 -> 8.5 us, its
+    /// 896 x 4864 6.7 -> 5.5, Q6_K's 10.6 -> 10.1 and 6.7 -> 6.3, Q8_0 the same or up to 7 %
+    /// faster; Q5_0's 9728 x 896 (the 0.5B's gate and up) 8.4 -> 9.1, so Q5_0 stays on bf16.
+    /// A decode step with this table against bf16 for every type (d/ab.txt): Qwen2.5-7B's shapes
+    /// at 3 / 4 sequences 4.50 -> 4.06 / 4.59 -> 4.16 ms, the 0.5B's 0.998 -> 0.979 / 0.981.
+    pub int8_max_rows: usize,
 }
 
 /// The types with repacked tiles and tensor-core matvec kernels. Every other type keeps the
 /// file's blocks and the generic kernels of matvec.cu.
 pub const TILE_FORMATS: [TileFormat; 4] = [
-    TileFormat { ty: GgmlType::Q5_0, tile_cols: 128, tile_bytes: 1408 },
-    TileFormat { ty: GgmlType::Q8_0, tile_cols: 128, tile_bytes: 2176 },
-    TileFormat { ty: GgmlType::Q4_K, tile_cols: 256, tile_bytes: 2304 },
-    TileFormat { ty: GgmlType::Q6_K, tile_cols: 256, tile_bytes: 3360 },
+    TileFormat { ty: GgmlType::Q5_0, tile_cols: 128, tile_bytes: 1408, int8_max_rows: 2 },
+    TileFormat { ty: GgmlType::Q8_0, tile_cols: 128, tile_bytes: 2176, int8_max_rows: 8 },
+    TileFormat { ty: GgmlType::Q4_K, tile_cols: 256, tile_bytes: 2304, int8_max_rows: 8 },
+    TileFormat { ty: GgmlType::Q6_K, tile_cols: 256, tile_bytes: 3360, int8_max_rows: 8 },
 ];
 
 /// The tile format of `ty`, if it has one.
