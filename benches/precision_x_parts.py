@@ -75,8 +75,8 @@ for name in ["blk.3.ffn_down.weight", "blk.3.ffn_gate.weight", "blk.3.attn_q.wei
 
 # The same on the model's own activations: every projection input of the float64 reference forward
 # (tests/reference_forward.py) over a short prompt, each row of x against its real weights. Three
-# int8 parts per 256 values is matvec_mma.cu's int8 path (Q4_K, one or two rows; widths that are
-# multiples of 256).
+# int8 parts per 256 values is matvec_mma.cu's int8 path at one or two rows (Q4_K; widths that are
+# multiples of 256); two, its path from three rows (tests/test_cuda_matvec.py's as_int8_two_parts).
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent / "tests"))
 from reference_forward import ReferenceModel  # noqa: E402
 

@@ -9,7 +9,7 @@
 // product the tensor core forms, code * part, is exact, and it accumulates them in float32. For
 // 3 to 8 rows, where the mma count per chunk is the kernel's cost, x keeps two parts, hi + mid:
 // 16 significand bits, a relative error below 2^-16 per element (the cuBLAS path of larger
-// batches rounds x to f16's 11). The block scales
+// batches rounds x to f16's 11), or on the int8 path two int8 parts (below). The block scales
 // (exact float32 products of the file's f16 and integer scale fields, as the CPU computes them)
 // multiply the per-block sums afterwards in float32, and Q4_K's mins multiply per-block sums of
 // x: d1 * sum(q * x) - m1 * sum(x) is sum((d1 * q - m1) * x), the CPU's weights times x,
@@ -17,12 +17,14 @@
 // types with an int8 path, Tile::S8), where decoding codes into bf16 was most of the kernel's
 // instructions: it keeps x as three int8 parts per 256 columns (a
 // relative error near 2^-24 of each tile's largest value, 1e-13 of W x on the model's own
-// activations) and multiplies on the int8 tensor cores (see "the int8 path" below).
+// activations) and multiplies on the int8 tensor cores (see "the int8 path" below); from 3 rows,
+// up to each type's MMA_S8_MAX_NT (the Rust tile table: Q4_K to 8 rows, Q6_K and Q8_0 to 4), two
+// int8 parts.
 //
 // Work split. A warp owns one tile row (16 weight rows) and a set of column tiles. mma's 8
 // columns hold two x rows x three parts (the last two columns zero) or four x rows x two parts,
 // so NT rows take NG = ceil(NT / 2) or ceil(NT / 4) mmas per 16-column chunk (the int8 path:
-// one m16n8k32 per 32-column sub-block for its one or two rows). A block has warps_m x warps_k
+// one m16n8k32 per 32-column sub-block and column group). A block has warps_m x warps_k
 // warps (at most 8):
 // warps_m tile rows, each with its columns dealt out to warps_k warps (tile wk, wk + warps_k,
 // ...), which add their sums through shared memory at the end. The block's warps share x, split
@@ -30,8 +32,8 @@
 // (split-K) when that still leaves too few warps: each block then writes its partial sums, and
 // the last block of a block row to finish (a counter per block row, reset by that block) adds
 // the splits in order. Every sum is taken in a fixed order, so results do not depend on timing.
-// (Compiled with -DMMA_STREAM=1, the file holds instead matvec_mma_stream_1 and _2, which deal a
-// one- or two-row launch's tiles out to the warps in equal shares: see "Stream-K" below.)
+// (Compiled with -DMMA_STREAM=1, the file holds instead matvec_mma_stream_1, _2 and _4, which deal
+// a launch's tiles out to the warps in equal shares: see "Stream-K" below.)
 //
 // One launch, several matrices. Up to three matrices of the same type and width that multiply
 // the same x (q, k and v; gate and up) run as one grid: their block rows follow each other along
@@ -265,7 +267,8 @@ __device__ __forceinline__ void tile_products(const Tile& w, const u16* xs, cons
     }
 }
 
-// ---- the int8 path: one or two x rows of a type with Tile::S8 (Q4_K, Q5_0, Q8_0, Q6_K) ----
+// ---- the int8 path: one or two x rows of a type with Tile::S8 (Q4_K, Q5_0, Q8_0, Q6_K), and 3 to
+// MMA_S8_MAX_NT rows in two parts (q0 and q1 below: about 2^-16 of the largest value) ----
 // x is kept as three int8 parts per 256 columns (one tile): q0 = rint(x / s0) with s0 = max|x|
 // / 127, then the remainder x - s0 q0 with step s1 = s0 / 254 (it is at most s0 / 2), and once
 // more with s2 = s1 / 254; x = s0 q0 + s1 q1 + s2 q2 up to about 2^-24 of the largest value
@@ -336,7 +339,7 @@ __device__ __forceinline__ void put_digits(u8* lo, int half_stride, int sum) {
 }
 
 // Stages x[n][col0 .. col0 + len) (len a multiple of 256) for n < NT, rows past n_x as zeros,
-// as load_x4 computes it, into xq: row n * 3 + p holds part p, and in it sub-block s's 32 bytes,
+// as load_x4 computes it, into xq: row n * PARTS + p holds part p, and in it sub-block s's 32 bytes,
 // for lane t of a quad, are b0 = x at columns [4t, 16+4t, 4t+1, 16+4t+1] and b1 = [4t+2, 16+4t+2,
 // 4t+3, 16+4t+3] of the sub-block: the order of Tile::frag_s8's codes. xsum[s][j][c] gets the
 // integer sum of mma column c's part over sub-block s (with MMA_S8_SUMS_MMA, Q4_K's and Q6_K's
@@ -358,7 +361,7 @@ __device__ __forceinline__ void quantize_job_s8(float r[8], int n, int blk, u8* 
     finite = __all_sync(FULL_WARP, finite);
     constexpr int RPG = 8 / PARTS;  // x rows per mma column group
     const int j = n / RPG;
-    // One reduction for the three parts: the remainder after part p is at most half its
+    // One reduction for every part: the remainder after part p is at most half its
     // step, so part p + 1's step can be the step before it / 254 without measuring its
     // maximum (the same 2^-24 of max|x| in the end; a reduction is five dependent shuffles,
     // on the critical path of a small projection).
@@ -766,7 +769,7 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
     static_assert(!S8 || Tile::TILE_COLS == 256 || Tile::TILE_COLS == 128, "the int8 path's x scales cover 256 columns: one tile or two");
 
     // Staged x. bf16: row (n * PARTS + part) of XSTRIDE bf16, part 0 = hi, 1 = mid, 2 = lo.
-    // int8: row (n * 3 + part) of XSTRIDE_B bytes, in stage_x_s8's order.
+    // int8: row (n * PARTS + part) of XSTRIDE_B bytes, in stage_x_s8's order.
     __shared__ __align__(16) u8 xs_bytes[S8 ? PARTS * NT * XSTRIDE_B : 2 * PARTS * NT * XSTRIDE];
     u16* const xs = reinterpret_cast<u16*>(xs_bytes);
     // xsum[s][j][col]: sum over the 32 columns of sub-block s of mma column col of group j
@@ -1028,7 +1031,7 @@ MATVEC_MMA_KERNEL(8)
 #endif
 
 #if MMA_STREAM
-// ---- Stream-K: one or two rows of x, matrices of many tiles ----
+// ---- Stream-K: one, two or four rows of x (three and four), matrices of many tiles ----
 // The kernel above gives each warp the tiles of one tile row (or a column range of one), so a
 // launch's speed depends on how its block rows fall into waves: with a few waves, the last one
 // runs part-empty, and every block pays for staging x (and its norm) again; the alternatives, more
@@ -1133,12 +1136,17 @@ __device__ __noinline__ void stream_finish_slice(float acc0, float acc1, float a
                                                  u32 n_x, float* partials, u32* counters, u32 accumulate) {
     const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const StreamOrder ord = stream_order(m_all, k_tiles, blockDim.x >> 5);
-    // x row 0's three parts are mma columns 0-2 (lanes t = 0: columns 0, 1; t = 1: column 2),
-    // row 1's columns 3-5 (t = 1: column 3; t = 2: columns 4, 5), as in matvec_mma's emit.
+    // One or two rows, three parts: x row 0's are mma columns 0-2 (lanes t = 0: columns 0, 1;
+    // t = 1: column 2), row 1's columns 3-5 (t = 1: column 3; t = 2: columns 4, 5). Four rows, two
+    // parts: row n's are columns 2n and 2n + 1, lane t = n's. As in matvec_mma's emit.
+    constexpr int PARTS = NT <= 2 ? 3 : 2;
     float v[NT][2];
 #pragma unroll
     for (int n = 0; n < NT; n++) {
-        if (n == 0) {
+        if (PARTS == 2) {
+            v[n][0] = t == n ? acc0 + acc1 : 0.0f;
+            v[n][1] = t == n ? acc2 + acc3 : 0.0f;
+        } else if (n == 0) {
             v[n][0] = t == 0 ? acc0 + acc1 : t == 1 ? acc0 : 0.0f;
             v[n][1] = t == 0 ? acc2 + acc3 : t == 1 ? acc2 : 0.0f;
         } else {
@@ -1180,18 +1188,18 @@ __device__ __noinline__ void stream_finish_slice(float acc0, float acc1, float a
     // Every lane orders its reads after lane 0's count (a shuffle is no memory ordering).
     __threadfence();
     __syncwarp();
-    if (lane < NT * RP_TILE_ROWS) {
-        // Lane (n, row): x row n = lane / 16, tile row's row lane % 16.
+    for (u32 i = lane; i < NT * RP_TILE_ROWS; i += 32) {
+        // Entry i: x row n = i / 16, the tile row's row i % 16 (four rows: two entries a lane).
         float sum = 0.0f;
         for (u32 p = 0; p < ord.n_phases; p++) {
             const u32 s = p * ord.m_all + r, begin = ord.slice_begin(p, r);
             const u32 v_last = ord.owner(begin + ord.width(p) - 1);
             for (u32 vw = ord.owner(begin); vw <= v_last; vw++) {
                 const u32 v_slot = ord.slot(s, vw);
-                sum += __ldcg(partials + v_slot * (NT * RP_TILE_ROWS) + lane);
+                sum += __ldcg(partials + v_slot * (NT * RP_TILE_ROWS) + i);
             }
         }
-        const u32 n = (u32)lane / RP_TILE_ROWS, row = row0 + (u32)lane % RP_TILE_ROWS;
+        const u32 n = i / RP_TILE_ROWS, row = row0 + i % RP_TILE_ROWS;
         if (n < n_x && row < n_rows) put(y + (u64)n * n_rows + row, sum + (bias ? bias[row] : 0.0f), accumulate);
     }
     if (lane == 0) counters[r] = 0;  // ready for the next launch
@@ -1203,11 +1211,13 @@ __device__ __forceinline__ void matvec_mma_stream(const Segments& segs, u32 k_ti
                                                   u32 n_x, float* __restrict__ partials, u32* __restrict__ counters,
                                                   u32 accumulate, const PrefetchWindow& ahead) {
     static_assert(Tile::S8, "the stream kernel runs the int8 path (not with -DRP_Q6_K_S8=0)");
-    // One or two rows of x: one mma column group holds both rows' three parts (as in matvec_mma).
-    static_assert(NT == 1 || NT == 2, "the stream kernel takes one or two rows of x");
+    // One or two rows of x in three int8 parts, or four in two: one mma column group holds every
+    // row's parts (as in matvec_mma).
+    static_assert(NT == 1 || NT == 2 || NT == 4, "the stream kernel takes one, two or four rows of x");
+    constexpr int PARTS = NT <= 2 ? 3 : 2;
     constexpr int NG = 1;
     constexpr int PHASE = STREAM_PHASE, XSTRIDE_B = PHASE + 32, SUMS = PHASE / 32;
-    __shared__ __align__(16) u8 xs_bytes[3 * NT * XSTRIDE_B];
+    __shared__ __align__(16) u8 xs_bytes[PARTS * NT * XSTRIDE_B];
     __shared__ __align__(16) int xsums[SUMS][NG][8];
     static_assert(xsum_bytes_needed<NG>(PHASE / 256) <= (int)sizeof(xsums), "x's sums as bytes fit the array");
     __shared__ __align__(16) float xscale[PHASE / 256][NG][8];
@@ -1249,9 +1259,9 @@ __device__ __forceinline__ void matvec_mma_stream(const Segments& segs, u32 k_ti
     for (int i = threadIdx.x; i < SUMS * NG * 8; i += blockDim.x) (&xsums[0][0][0])[i] = 0;
     for (int i = threadIdx.x; i < (PHASE / 256) * NG * 8; i += blockDim.x) (&xscale[0][0][0])[i] = 0.0f;
 
-    // B columns 0-2 are x row 0's three parts, 3-5 row 1's (lanes g < 3 NT: staged row g); the
+    // B column g is x row g / PARTS's part g % PARTS, staged row g (lanes g < PARTS NT); the
     // others read row 0's part 0 again, which their zero scales cancel (see b_off in matvec_mma).
-    const int b_off[NG] = {g < 3 * NT ? g * XSTRIDE_B + 8 * t : 8 * t};
+    const int b_off[NG] = {g < PARTS * NT ? g * XSTRIDE_B + 8 * t : 8 * t};
     float acc[NG][4] = {{0.0f, 0.0f, 0.0f, 0.0f}};
     const u8* tile = row_tiles(r) + (u64)kt * Tile::TILE_BYTES;
     u32 piece_tiles = 0;
@@ -1311,9 +1321,11 @@ __device__ __forceinline__ void matvec_mma_stream(const Segments& segs, u32 k_ti
     if (ord.n_phases == 1) {
         __syncthreads();  // the zeros above
         if (fused_norm) {
-            stage_x_s8_normed<NT, NG, XSTRIDE_B>(x, norm_w, eps, n_x, n_cols, k_tiles * Tile::TILE_COLS, xs_bytes, xsums, xscale, inv_rms);
+            stage_x_s8_normed<NT, NG, XSTRIDE_B, PARTS>(x, norm_w, eps, n_x, n_cols, k_tiles * Tile::TILE_COLS, xs_bytes, xsums, xscale,
+                                                        inv_rms);
         } else {
-            stage_x_s8<NT, NG, XSTRIDE_B>(x, x2, norm_w, inv_rms, n_x, n_cols, 0, k_tiles * Tile::TILE_COLS, xs_bytes, xsums, xscale);
+            stage_x_s8<NT, NG, XSTRIDE_B, PARTS>(x, x2, norm_w, inv_rms, n_x, n_cols, 0, k_tiles * Tile::TILE_COLS, xs_bytes, xsums,
+                                                 xscale);
         }
         __syncthreads();
         multiply(StreamPhases<false>{}, 0, u_end - u_begin, true);
@@ -1323,8 +1335,8 @@ __device__ __forceinline__ void matvec_mma_stream(const Segments& segs, u32 k_ti
     for (u32 p = ph_lo; p <= ph_hi; p++) {
         __syncthreads();  // the zeros above, or the previous phase's readers done with xs / xsums
         const u32 p_col_tile = p * STREAM_PHASE_TILES;
-        stage_x_s8<NT, NG, XSTRIDE_B>(x, x2, norm_w, inv_rms, n_x, n_cols, p_col_tile * Tile::TILE_COLS,
-                                      min(STREAM_PHASE_TILES, k_tiles - p_col_tile) * Tile::TILE_COLS, xs_bytes, xsums, xscale);
+        stage_x_s8<NT, NG, XSTRIDE_B, PARTS>(x, x2, norm_w, inv_rms, n_x, n_cols, p_col_tile * Tile::TILE_COLS,
+                                             min(STREAM_PHASE_TILES, k_tiles - p_col_tile) * Tile::TILE_COLS, xs_bytes, xsums, xscale);
         __syncthreads();
         // This warp's tiles of phase p (none if its share lies in another of the block's phases);
         // its share goes on past them unless it ends in this phase.
@@ -1352,4 +1364,5 @@ __device__ __forceinline__ void matvec_mma_stream(const Segments& segs, u32 k_ti
     }
 MATVEC_MMA_STREAM_KERNEL(1)
 MATVEC_MMA_STREAM_KERNEL(2)
+MATVEC_MMA_STREAM_KERNEL(4)
 #endif  // MMA_STREAM

@@ -369,7 +369,7 @@ struct Rp_q4_k {
             m[h] = __fmul_rn(rp_half(rec[h].x >> 16), rp_byte_f(mw, sb & 3, magic));
         }
     }
-    // ---- the int8 path (matvec_mma.cu, one or two x rows) ----
+    // ---- the int8 path (matvec_mma.cu: one or two x rows, and from three up to MMA_S8_MAX_NT) ----
     static constexpr bool S8 = true;
     static constexpr int S8_OFFSET = 0;
     // Sub-block sb (32 columns) as the A fragment of mma.m16n8k32.s8, the codes 0..15 as bytes.

@@ -56,7 +56,8 @@
 #                on x of several phases and on two rows, two staging jobs a warp: decode steps with
 #                none, then one at a time on; on29: the GPU tests with those three on (then the
 #                stream kernel forced everywhere); s8rows: the int8 path for 3-8 rows (tests,
-#                bandwidth, decode steps against the default); beside: syn05 and syn7b beside llama.cpp (its build
+#                bandwidth, decode steps against the default); stream4: the stream kernel on 3-4
+#                rows (tests, decode steps against two rows); beside: syn05 and syn7b beside llama.cpp (its build
 #                started earlier in the lease); tests: every GPU test without the real model; timeline: where a
 #                one-sequence step goes (syn05, syn7b); ab: decode steps under AB_VARIANTS.
 #   Logs, JSON reports and haiku artifacts go to one archive, $OUT/gpu_check.tar.gz (the device
@@ -285,12 +286,13 @@ if [ "$what" = pending ]; then
     cp "$out/phases_ab.log" "$dest/phases_ab.txt" 2>/dev/null
     fi
     if [[ ,$parts, == *,s8rows,* ]]; then
-    # The int8 path for 3-8 rows of x (-DMMA_S8_MAX_NT=8: x in two int8 parts; the default keeps
-    # two bf16 parts from 3 rows): the matrix-vector tests with it (they model its rounding) and
+    # The int8 path for 3-8 rows of x for every tiled type (-DMMA_S8_MAX_NT=8: x in two int8
+    # parts; the thirtieth session measured it so, and the tile table keeps each type's rows
+    # since): the matrix-vector tests with it (they model its rounding) and
     # the model tests with every multiply up to 8 rows on the kernels, the kernels' bandwidth
-    # at 4 and 8 rows with and without it, then decode steps of syn05 and syn7b at 3-8 sequences:
-    # the default (the kernels up to 4 rows, cuBLAS's f16 from 5), the int8 path, the kernels up
-    # to 8 rows, both; two interleaved rounds.
+    # at 4 and 8 rows with bf16 everywhere (=2) and int8 everywhere, then decode steps of syn05 and
+    # syn7b at 3-8 sequences: the default (the kernels up to 4 rows, cuBLAS's f16 from 5), the int8
+    # path, the kernels up to 8 rows, both; two interleaved rounds.
     STEP_TIMEOUT=${CUDA_PYTEST_S:-300} FERRITE_CUDA_KERNEL_DEFINES=-DMMA_S8_MAX_NT=8 FERRITE_CUDA_MATVEC_MAX_ROWS=8 \
         step pytest_s8rows "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_matvec.py tests/test_cuda_model.py -m "cuda and not model" --junitxml="$out/junit_s8rows.xml"
     for d in 2 8; do
@@ -306,6 +308,21 @@ if [ "$what" = pending ]; then
         "s8rows8|FERRITE_CUDA_KERNEL_DEFINES=-DMMA_S8_MAX_NT=8 FERRITE_CUDA_MATVEC_MAX_ROWS=8" \
         -- ${AB_MODELS:-/tmp/synthetic.gguf:3,4,8 /root/m/syn7b.gguf:4,8}
     cp "$out/s8rows_ab.log" "$dest/s8rows_ab.txt" 2>/dev/null
+    fi
+    if [[ ,$parts, == *,stream4,* ]]; then
+    # The stream kernel on three and four rows of x (matvec_mma_stream_4, two int8 parts, for the
+    # types whose int8 path goes that far; FERRITE_CUDA_MATVEC_STREAM_ROWS=4; not yet run on a
+    # GPU when written): its op tests (they force it onto every launch up to four rows), the
+    # matrix-vector, model and engine tests with it on, then decode steps of syn05 and syn7b at 3
+    # and 4 sequences (and 1 and 2, which must not move), two interleaved rounds.
+    STEP_TIMEOUT=${CUDA_PYTEST_S:-300} FERRITE_CUDA_MATVEC_STREAM_ROWS=4 \
+        step pytest_stream4 "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_matvec.py tests/test_cuda_model.py tests/test_cuda_engine.py -m "cuda and not model" --junitxml="$out/junit_stream4.xml"
+    need_syn7b
+    # shellcheck disable=SC2086  # the models, one word each
+    STEP_TIMEOUT=${AB_S:-300} step stream4_ab bash -c 'decode_ab "$@"' _ \
+        "rows2|FERRITE_CUDA_MATVEC_STREAM_ROWS=2" "rows4|FERRITE_CUDA_MATVEC_STREAM_ROWS=4" \
+        -- ${AB_MODELS:-/tmp/synthetic.gguf:1,2,3,4 /root/m/syn7b.gguf:1,2,3,4}
+    cp "$out/stream4_ab.log" "$dest/stream4_ab.txt" 2>/dev/null
     fi
     if [[ ,$parts, == *,beside,* ]]; then
     # syn05 and syn7b beside llama.cpp in the same lease (started earlier in it by

@@ -428,21 +428,23 @@ def test_stream_kernel_gives_the_products_of_every_share(name):
     add on shared and on whole rows. x wider than one phase (4,096 columns): a 7B's ffn_down
     (18,944 columns, five phases, the last narrower) and 4,864 columns (two), where a row's pieces
     come from several phases and a block stages each phase its warps' shares touch, with SwiGLU
-    folded in and the residual add. One and two rows of x (matvec_mma_stream_1 and _2)."""
+    folded in and the residual add. One and two rows of x (matvec_mma_stream_1 and _2), and three
+    and four (matvec_mma_stream_4, two int8 parts) for the types whose int8 path goes that far."""
     before = ferrite._ferrite._cuda_matvec_stream("always")
-    rows_before = ferrite._ferrite._cuda_matvec_stream_rows(2)
+    rows_before = ferrite._ferrite._cuda_matvec_stream_rows(4)
     launches = ferrite._ferrite._cuda_counters()["stream_matvecs"]
+    n_xs = (1, 2, 3, 4) if ferrite._ferrite._cuda_int8_max_rows(name) >= 4 else (1, 2)
     try:
         for n_rows, groups in [(37, 9), (300, 65), (40000, 4), (40007, 28), (2100, 112), (18944, 112), (300, 592), (3584, 592), (5, 152)]:
-            check_matvec(name, n_rows, width_for(name, groups), (1, 2), "tiled", seed=n_rows + 7 * groups, with_bias=True)
+            check_matvec(name, n_rows, width_for(name, groups), n_xs, "tiled", seed=n_rows + 7 * groups, with_bias=True)
         for groups in (28, 112, 152):
             for x_as in ("x", "rms_norm", "swiglu"):
-                check_several_matrices(name, groups, x_as, (1, 2))
+                check_several_matrices(name, groups, x_as, n_xs)
         for x_as in ("x", "rms_norm"):
-            check_several_matrices(name, 28, x_as, (1, 2), shapes=(18944, 37, 18945))
+            check_several_matrices(name, 28, x_as, n_xs, shapes=(18944, 37, 18945))
         rng = np.random.default_rng(5)
         for n_rows, groups in [(300, 112), (40007, 28), (300, 592), (2100, 152)]:
-            check_accumulate(name, n_rows, groups, (1, 2), "tiled", rng)
+            check_accumulate(name, n_rows, groups, n_xs, "tiled", rng)
         # The products above came from the stream kernel, not from the planned kernels.
         assert ferrite._ferrite._cuda_counters()["stream_matvecs"] > launches
     finally:
@@ -460,14 +462,15 @@ def test_stream_mode_hook_rejects_unknown_modes_and_returns_the_mode_before():
         ferrite._ferrite._cuda_matvec_stream(before)
 
 
-def test_stream_rows_hook_takes_one_or_two_and_returns_the_rows_before():
-    for bad in (0, 3):
+def test_stream_rows_hook_takes_one_two_or_four_and_returns_the_rows_before():
+    for bad in (0, 3, 5):
         with pytest.raises(ValueError, match="stream rows"):
             ferrite._ferrite._cuda_matvec_stream_rows(bad)
     before = ferrite._ferrite._cuda_matvec_stream_rows(2)
     try:
         assert ferrite._ferrite._cuda_matvec_stream_rows(1) == 2
-        assert ferrite._ferrite._cuda_matvec_stream_rows(2) == 1
+        assert ferrite._ferrite._cuda_matvec_stream_rows(4) == 1
+        assert ferrite._ferrite._cuda_matvec_stream_rows(2) == 4
     finally:
         ferrite._ferrite._cuda_matvec_stream_rows(before)
 

@@ -6,7 +6,7 @@ use pyo3::types::PyDict;
 
 use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 
-use crate::backend::cuda::matvec::{force_plan, path_for, set_stream_mode, set_stream_rows, stream_mode, stream_rows, time_device_copy, MatvecOp, MatvecPath, StreamMode, STREAM_MATVECS, STREAM_MAX_ROWS};
+use crate::backend::cuda::matvec::{force_plan, path_for, set_stream_mode, set_stream_rows, stream_mode, stream_rows, time_device_copy, MatvecOp, MatvecPath, StreamMode, STREAM_KERNEL_ROWS, STREAM_MATVECS};
 use crate::backend::cuda::{self, dequant, CudaContext, CudaError};
 use crate::quant::GgmlType;
 
@@ -461,13 +461,13 @@ fn _cuda_matvec_stream(mode: &str) -> PyResult<&'static str> {
     Ok(before.name())
 }
 
-/// Test and benchmark hook: the most rows of x (1 or 2) for which launches take the stream kernel
+/// Test and benchmark hook: the most rows of x (1, 2 or 4) for which launches take the stream kernel
 /// where the stream mode says so, as `FERRITE_CUDA_MATVEC_STREAM_ROWS` sets it; returns the rows
 /// before (so that a test can put them back).
 #[pyfunction]
 fn _cuda_matvec_stream_rows(rows: usize) -> PyResult<usize> {
-    if !(1..=STREAM_MAX_ROWS).contains(&rows) {
-        return Err(pyo3::exceptions::PyValueError::new_err(format!("stream rows {rows}: 1 to {STREAM_MAX_ROWS}")));
+    if !STREAM_KERNEL_ROWS.contains(&rows) {
+        return Err(pyo3::exceptions::PyValueError::new_err(format!("stream rows {rows}: one of {STREAM_KERNEL_ROWS:?}")));
     }
     let before = stream_rows();
     set_stream_rows(rows);

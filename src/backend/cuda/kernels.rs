@@ -154,15 +154,21 @@ pub fn tile_type_defines(ty: GgmlType) -> Option<Vec<String>> {
 
 /// Rows of x up to which matvec_mma.cu takes the int8 path for `ty` (`None`: no tiles): the
 /// table's `int8_max_rows`, or `-DMMA_S8_MAX_NT=N` of `FERRITE_CUDA_KERNEL_DEFINES` for every
-/// type (a comparison hook; the same define then comes twice, which C allows).
+/// type (a comparison hook, read once a process; the same define then comes twice, which C allows).
 pub fn int8_max_rows(ty: GgmlType) -> Option<usize> {
+    static OVERRIDE: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
     let table = super::repack::tile_format(ty)?.int8_max_rows;
-    Some(int8_rows_override(std::env::var("FERRITE_CUDA_KERNEL_DEFINES").ok().as_deref()).unwrap_or(table))
+    Some(OVERRIDE.get_or_init(|| int8_rows_override(std::env::var("FERRITE_CUDA_KERNEL_DEFINES").ok().as_deref())).unwrap_or(table))
 }
 
-/// `MMA_S8_MAX_NT`'s value in a `FERRITE_CUDA_KERNEL_DEFINES` value, if it sets one.
+/// The rows of x a `FERRITE_CUDA_KERNEL_DEFINES` value's last `-DMMA_S8_MAX_NT` gives the int8
+/// path, if it has one: the kernels have 1, 2, 4 and 8 rows (3 rows run the 4-row kernel), so
+/// the most of those not above its value (`-DMMA_S8_MAX_NT` alone is 1, as in C; 0 below 1). A
+/// value that is not a number does not compile (NVRTC's error names it).
 fn int8_rows_override(defines: Option<&str>) -> Option<usize> {
-    defines?.split_whitespace().filter_map(|d| d.strip_prefix("-DMMA_S8_MAX_NT=")).last()?.parse().ok()
+    let def = defines?.split_whitespace().filter(|d| *d == "-DMMA_S8_MAX_NT" || d.starts_with("-DMMA_S8_MAX_NT=")).last()?;
+    let value: i64 = def.strip_prefix("-DMMA_S8_MAX_NT=").map_or(Some(1), |v| v.parse().ok())?;
+    Some([8, 4, 2, 1].into_iter().find(|&r| r as i64 <= value).unwrap_or(0))
 }
 
 /// The `FERRITE_BLOCK_TYPES` list of kernels/quant_blocks.cuh as (snake name, elements per
@@ -296,6 +302,13 @@ mod tests {
         assert_eq!(int8_rows_override(Some("-DMMA_STAGE_JOBS=2")), None);
         assert_eq!(int8_rows_override(Some("-DMMA_S8_MAX_NT=8 -DX=1")), Some(8));
         assert_eq!(int8_rows_override(Some("-DMMA_S8_MAX_NT=8 -DMMA_S8_MAX_NT=2")), Some(2));
+        // The kernels' rows: 3 runs the 4-row kernel (on bf16 then), 7 the 8-row one.
+        assert_eq!(int8_rows_override(Some("-DMMA_S8_MAX_NT=3")), Some(2));
+        assert_eq!(int8_rows_override(Some("-DMMA_S8_MAX_NT=7")), Some(4));
+        assert_eq!(int8_rows_override(Some("-DMMA_S8_MAX_NT=100")), Some(8));
+        assert_eq!(int8_rows_override(Some("-DMMA_S8_MAX_NT")), Some(1));
+        assert_eq!(int8_rows_override(Some("-DMMA_S8_MAX_NT=-1")), Some(0));
+        assert_eq!(int8_rows_override(Some("-DMMA_S8_MAX_NT_X=4")), None);
     }
 
     use super::*;

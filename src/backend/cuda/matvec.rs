@@ -176,7 +176,14 @@ impl Plan {
             let wm = [4usize, 2, 1].into_iter().find(|w| 2 * m.div_ceil(*w) * splits >= sms).unwrap_or(1);
             (wm, wk, splits)
         };
-        let per = k.div_ceil(splits.clamp(1, k.min(MAX_SPLITS)));
+        let mut per = k.div_ceil(splits.clamp(1, k.min(MAX_SPLITS)));
+        // The int8 path stages x in 256-column jobs from each split's first column: with tiles
+        // of 128 columns, an odd split would start its jobs off the 256-column grid (from 3 rows,
+        // two int8 parts, the rounding then follows other blocks' largest values than
+        // tests/test_cuda_matvec.py's model of it; the same precision either way).
+        if nt > 2 && grid.format.tile_cols < 256 && kernels::int8_max_rows(grid.format.ty).is_some_and(|r| nt <= r) {
+            per = per.next_multiple_of(2).min(k.next_multiple_of(2));
+        }
         let splits = k.div_ceil(per);
         Plan { warps_m: wm as u32, warps_k: wk as u32, block_rows: m.div_ceil(wm) as u32, splits: splits as u32, k_tiles_per_split: per as u32 }
     }
@@ -215,8 +222,8 @@ fn combined(grids: &[TileGrid]) -> TileGrid {
     all
 }
 
-/// Which launches of one or two rows of x (up to [`stream_rows`]) take matvec_mma.cu's stream
-/// kernel (`matvec_mma_stream_1` and `_2`, their module compiled with `-DMMA_STREAM=1`: every
+/// Which launches of one, two or four rows of x (up to [`stream_rows`]) take matvec_mma.cu's stream
+/// kernel (`matvec_mma_stream_1`, `_2` and `_4`, their module compiled with `-DMMA_STREAM=1`: every
 /// warp an equal share of the launch's tiles, x staged a phase at a time; see the kernel's
 /// notes). `OnePhase` by default: H200, 2026-12-05, the synthetic 7B's one-sequence step 2.835 ->
 /// 2.560 ms with it (its gate/up launch and LM head), the 0.5B shapes' 0.781 -> 0.772 (the LM
@@ -232,7 +239,7 @@ pub enum StreamMode {
     /// As `Large`, x one phase wide only (not a 7B's ffn_down): the twenty-eighth session's
     /// choice, the default.
     OnePhase,
-    /// Every launch of one or two rows of x, up to [`stream_rows`] (for the per-op tests).
+    /// Every launch up to [`stream_rows`] rows of x (for the per-op tests).
     Always,
 }
 
@@ -307,28 +314,36 @@ fn stream_phases(all: &TileGrid) -> usize {
     all.k_tiles.div_ceil(phase_tiles(&all.format, 1)).max(1)
 }
 
-/// Most rows of x the stream kernel takes (`matvec_mma_stream_1` and `_2`).
-pub const STREAM_MAX_ROWS: usize = 2;
+/// The stream kernels' rows of x (`matvec_mma_stream_1`, `_2` and `_4`; the last takes three and
+/// four rows, in two int8 parts, so only for types whose int8 path goes that far:
+/// `kernels::int8_max_rows`).
+pub const STREAM_KERNEL_ROWS: [usize; 3] = [1, 2, 4];
+/// Most rows of x the stream kernel takes (what its scratch is sized for).
+pub const STREAM_MAX_ROWS: usize = 4;
 
 /// Rows of x up to which launches take the stream kernel where [`StreamMode`] says so:
-/// `FERRITE_CUDA_MATVEC_STREAM_ROWS` (1 or 2; unset or anything else: 2). H100, 2026-12-05, two rounds: the
+/// `FERRITE_CUDA_MATVEC_STREAM_ROWS` (1, 2 or 4; unset or anything else: 2). H100, 2026-12-05, two rounds: the
 /// synthetic 7B's two-sequence step 3.662 -> 3.256 / 3.265 ms with two (`matvec_mma_stream_2` on
 /// its gate/up launch and LM head), one sequence and the 0.5B shapes unchanged (docs/BENCHMARKS.md,
-/// twenty-ninth session). A setting made by [`set_stream_rows`] comes first.
+/// twenty-ninth session). Four (`matvec_mma_stream_4`, thirtieth session) has not run on a GPU
+/// yet: off until it has. A setting made by [`set_stream_rows`] comes first.
 pub fn stream_rows() -> usize {
     use std::sync::atomic::Ordering::Relaxed;
     if STREAM_ROWS.load(Relaxed) == 0 {
-        let from_env = std::env::var("FERRITE_CUDA_MATVEC_STREAM_ROWS").ok().and_then(|v| v.trim().parse().ok()).filter(|r| (1..=STREAM_MAX_ROWS).contains(r)).unwrap_or(STREAM_MAX_ROWS);
+        let from_env = std::env::var("FERRITE_CUDA_MATVEC_STREAM_ROWS").ok().and_then(|v| v.trim().parse().ok()).filter(|r| STREAM_KERNEL_ROWS.contains(r)).unwrap_or(STREAM_DEFAULT_ROWS);
         // A hook's setting made meanwhile stays.
         let _ = STREAM_ROWS.compare_exchange(0, from_env, Relaxed, Relaxed);
     }
     STREAM_ROWS.load(Relaxed)
 }
 
-/// The rows (1 or 2), or 0 before the first read.
+/// [`stream_rows`] when neither the environment nor a hook sets it.
+const STREAM_DEFAULT_ROWS: usize = 2;
+
+/// The rows (1, 2 or 4), or 0 before the first read.
 static STREAM_ROWS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-/// Sets [`stream_rows`] (1 or 2) for launches made after it (the per-op tests' hook).
+/// Sets [`stream_rows`] (1, 2 or 4) for launches made after it (the per-op tests' hook).
 pub fn set_stream_rows(rows: usize) {
     STREAM_ROWS.store(rows.clamp(1, STREAM_MAX_ROWS), std::sync::atomic::Ordering::Relaxed);
 }
@@ -342,7 +357,7 @@ pub fn stream_partial_floats(sms: usize, all: &TileGrid) -> usize {
     (2 * stream_blocks(sms) * MMA_MAX_WARPS as usize + slices) * STREAM_MAX_ROWS * TILE_ROWS
 }
 
-/// Whether a launch of one or two rows of x over `all` (the launch's tile rows as one grid, see
+/// Whether a launch of up to [`STREAM_MAX_ROWS`] rows of x over `all` (the launch's tile rows as one grid, see
 /// [`Plan::for_group`]) takes the stream kernel in `mode`. The kernel counts tiles (up to a whole
 /// phase past the last: `m_tiles x max(k_tiles, phase tiles)` each time) and slots in 32 bits,
 /// so larger launches keep the planned kernels.
@@ -445,7 +460,7 @@ pub struct TiledKernels {
     pub dequant_rows: CudaFunction,
     /// `matmul_mma` of matmul_mma.cu (many rows of x: `matmul_mma.rs`).
     pub matmul: CudaFunction,
-    /// `(rows of x, matvec_mma_stream_<rows>)` for one and two rows (see [`StreamMode`]),
+    /// `(rows of x, matvec_mma_stream_<rows>)` for one, two and four rows (see [`StreamMode`]),
     /// compiled when the mode was on; empty otherwise.
     pub stream: Vec<(usize, CudaFunction)>,
     pub scratch: Mutex<SplitScratch>,
@@ -484,7 +499,7 @@ impl MatvecKernels {
                         dequant_rows: ctx.function_with(&kernels::REPACKED_ROWS, &defines, "dequant_rows")?,
                         matmul: ctx.function_with(&kernels::MATMUL_MMA, &defines, "matmul_mma")?,
                         stream: match &stream_defines {
-                            Some(d) => (1..=STREAM_MAX_ROWS).map(|nt| Ok((nt, ctx.function_with(&kernels::MATVEC_MMA, d, &format!("matvec_mma_stream_{nt}"))?))).collect::<Result<_, CudaError>>()?,
+                            Some(d) => STREAM_KERNEL_ROWS.iter().map(|&nt| Ok((nt, ctx.function_with(&kernels::MATVEC_MMA, d, &format!("matvec_mma_stream_{nt}"))?))).collect::<Result<_, CudaError>>()?,
                             None => Vec::new(),
                         },
                         scratch: Mutex::new(SplitScratch::default()),
@@ -633,7 +648,9 @@ pub fn launch_matvecs(ctx: &CudaContext, kernels: &MatvecKernels, parts: Vec<Mat
             }
             let (plan, all) = Plan::for_group(&grids, tiled.sms, nt);
             let scratch = tiled.scratch.lock().map_err(|_| CudaError::Invalid("split-K scratch lock poisoned".into()))?;
-            let stream = tiled.stream.iter().find(|(rows, _)| *rows == nt).map(|(_, f)| f).filter(|_| nt <= stream_rows() && takes_stream(stream_mode(), &all, tiled.sms));
+            // The stream kernel has the int8 path only: from 3 rows, where the planned kernels take it too.
+            let int8_rows = kernels::int8_max_rows(all.format.ty).unwrap_or(0);
+            let stream = tiled.stream.iter().find(|(rows, _)| *rows == nt).map(|(_, f)| f).filter(|_| nt <= stream_rows() && nt <= int8_rows.max(2) && takes_stream(stream_mode(), &all, tiled.sms));
             if stream.is_some() {
                 STREAM_MATVECS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
@@ -1271,7 +1288,7 @@ mod tests {
         assert!(!takes_stream(StreamMode::Off, &grid(GgmlType::Q8_0, 151936, 896), sms));
         // Two slots a warp, and with several phases one a slice.
         let warps = stream_blocks(sms) * MMA_MAX_WARPS as usize;
-        assert_eq!(stream_partial_floats(sms, &grid(GgmlType::Q8_0, 151936, 896)), 2 * warps * 2 * TILE_ROWS);
-        assert_eq!(stream_partial_floats(sms, &grid(GgmlType::Q4_K, 3584, 18944)), (2 * warps + 5 * 224) * 2 * TILE_ROWS);
+        assert_eq!(stream_partial_floats(sms, &grid(GgmlType::Q8_0, 151936, 896)), 2 * warps * STREAM_MAX_ROWS * TILE_ROWS);
+        assert_eq!(stream_partial_floats(sms, &grid(GgmlType::Q4_K, 3584, 18944)), (2 * warps + 5 * 224) * STREAM_MAX_ROWS * TILE_ROWS);
     }
 }

@@ -57,7 +57,10 @@ pub struct TileFormat {
     /// `MMA_S8_MAX_NT` (see `kernels::tile_type_defines`). From 3 rows on an H100, 2026-12-05
     /// (docs/results/h100-2026-12-05b/a): Q4_K's 3584 x 3584 at 4 rows 9.9 -> 8.5 us, its
     /// 896 x 4864 6.7 -> 5.5, Q6_K's 10.6 -> 10.1 and 6.7 -> 6.3, Q8_0 the same or up to 7 %
-    /// faster; Q5_0's 9728 x 896 (the 0.5B's gate and up) 8.4 -> 9.1, so Q5_0 stays on bf16.
+    /// faster; Q5_0's 9728 x 896 (the 0.5B's gate and up) 8.4 -> 9.1, so Q5_0 stays on bf16. At 8
+    /// rows only Q4_K gained everywhere (14.6 -> 12.9, 9.0 -> 8.0); Q6_K's 896 x 4864 lost
+    /// (8.8 -> 9.5), as did Q8_0's 9728 x 896 (10.5 -> 11.9), so those two stop at 4. (From 5
+    /// rows the decode step multiplies on cuBLAS anyway: `matmul::MATVEC_PREFERRED_MAX_ROWS`.)
     /// A decode step with this table against bf16 for every type (d/ab.txt): Qwen2.5-7B's shapes
     /// at 3 / 4 sequences 4.50 -> 4.06 / 4.59 -> 4.16 ms, the 0.5B's 0.998 -> 0.979 / 0.981.
     pub int8_max_rows: usize,
@@ -67,9 +70,9 @@ pub struct TileFormat {
 /// file's blocks and the generic kernels of matvec.cu.
 pub const TILE_FORMATS: [TileFormat; 4] = [
     TileFormat { ty: GgmlType::Q5_0, tile_cols: 128, tile_bytes: 1408, int8_max_rows: 2 },
-    TileFormat { ty: GgmlType::Q8_0, tile_cols: 128, tile_bytes: 2176, int8_max_rows: 8 },
+    TileFormat { ty: GgmlType::Q8_0, tile_cols: 128, tile_bytes: 2176, int8_max_rows: 4 },
     TileFormat { ty: GgmlType::Q4_K, tile_cols: 256, tile_bytes: 2304, int8_max_rows: 8 },
-    TileFormat { ty: GgmlType::Q6_K, tile_cols: 256, tile_bytes: 3360, int8_max_rows: 8 },
+    TileFormat { ty: GgmlType::Q6_K, tile_cols: 256, tile_bytes: 3360, int8_max_rows: 4 },
 ];
 
 /// The tile format of `ty`, if it has one.
