@@ -146,19 +146,30 @@ pub fn type_defines(ty: GgmlType) -> Option<Vec<String>> {
 }
 
 /// The options that compile matvec_mma.cu and repacked_rows.cu for `ty`, or `None` when `ty` has
-/// no repacked tile format (see `repack::TILE_FORMATS`).
+/// no repacked tile format (see `repack::TILE_FORMATS`): its name, and its int8 rows unless
+/// `FERRITE_CUDA_KERNEL_DEFINES` sets them (its define, appended after these, then decides alone).
 pub fn tile_type_defines(ty: GgmlType) -> Option<Vec<String>> {
-    let rows = int8_max_rows(ty)?;
-    Some(vec![format!("-DQTYPE={}", ty.snake_name()), format!("-DMMA_S8_MAX_NT={rows}")])
+    let rows = super::repack::tile_format(ty)?.int8_max_rows;
+    let mut defines = vec![format!("-DQTYPE={}", ty.snake_name())];
+    if env_int8_rows().is_none() {
+        defines.push(format!("-DMMA_S8_MAX_NT={rows}"));
+    }
+    Some(defines)
 }
 
 /// Rows of x up to which matvec_mma.cu takes the int8 path for `ty` (`None`: no tiles): the
-/// table's `int8_max_rows`, or `-DMMA_S8_MAX_NT=N` of `FERRITE_CUDA_KERNEL_DEFINES` for every
-/// type (a comparison hook, read once a process; the same define then comes twice, which C allows).
+/// table's `int8_max_rows`, or what `-DMMA_S8_MAX_NT=N` of `FERRITE_CUDA_KERNEL_DEFINES` gives
+/// every type (a comparison hook).
 pub fn int8_max_rows(ty: GgmlType) -> Option<usize> {
-    static OVERRIDE: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
     let table = super::repack::tile_format(ty)?.int8_max_rows;
-    Some(OVERRIDE.get_or_init(|| int8_rows_override(std::env::var("FERRITE_CUDA_KERNEL_DEFINES").ok().as_deref())).unwrap_or(table))
+    Some(env_int8_rows().unwrap_or(table))
+}
+
+/// [`int8_rows_override`] of the environment, read once a process (as the kernels are compiled
+/// once a process).
+fn env_int8_rows() -> Option<usize> {
+    static OVERRIDE: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    *OVERRIDE.get_or_init(|| int8_rows_override(std::env::var("FERRITE_CUDA_KERNEL_DEFINES").ok().as_deref()))
 }
 
 /// The rows of x a `FERRITE_CUDA_KERNEL_DEFINES` value's last `-DMMA_S8_MAX_NT` gives the int8
