@@ -319,7 +319,7 @@ if [ "$what" = pending ]; then
         step pytest_stream4 "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_matvec.py tests/test_cuda_model.py tests/test_cuda_engine.py -m "cuda and not model" --junitxml="$out/junit_stream4.xml"
     need_syn7b
     # shellcheck disable=SC2086  # the models, one word each
-    STEP_TIMEOUT=${AB_S:-300} step stream4_ab bash -c 'decode_ab "$@"' _ \
+    STEP_TIMEOUT=${AB_S:-400} step stream4_ab bash -c 'decode_ab "$@"' _ \
         "rows2|FERRITE_CUDA_MATVEC_STREAM_ROWS=2" "rows4|FERRITE_CUDA_MATVEC_STREAM_ROWS=4" \
         -- ${AB_MODELS:-/tmp/synthetic.gguf:1,2,3,4 /root/m/syn7b.gguf:1,2,3,4}
     cp "$out/stream4_ab.log" "$dest/stream4_ab.txt" 2>/dev/null

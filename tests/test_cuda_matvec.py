@@ -442,11 +442,18 @@ def test_stream_kernel_gives_the_products_of_every_share(name):
                 check_several_matrices(name, groups, x_as, n_xs)
         for x_as in ("x", "rms_norm"):
             check_several_matrices(name, 28, x_as, n_xs, shapes=(18944, 37, 18945))
+        # 512 columns: few enough jobs that the RMSNorm folds into staging at every row count.
+        check_several_matrices(name, 16, "rms_norm", n_xs)
         rng = np.random.default_rng(5)
         for n_rows, groups in [(300, 112), (40007, 28), (300, 592), (2100, 152)]:
             check_accumulate(name, n_rows, groups, n_xs, "tiled", rng)
-        # The products above came from the stream kernel, not from the planned kernels.
+        # The products above came from the stream kernel, not from the planned kernels; three and
+        # four rows too (matvec_mma_stream_4) where the type's int8 path goes that far.
         assert ferrite._ferrite._cuda_counters()["stream_matvecs"] > launches
+        for n_x in n_xs[2:]:
+            launches = ferrite._ferrite._cuda_counters()["stream_matvecs"]
+            check_matvec(name, 300, width_for(name, 65), (n_x,), "tiled", seed=n_x)
+            assert ferrite._ferrite._cuda_counters()["stream_matvecs"] > launches, f"{n_x} rows did not take the stream kernel"
     finally:
         ferrite._ferrite._cuda_matvec_stream(before)
         ferrite._ferrite._cuda_matvec_stream_rows(rows_before)

@@ -305,8 +305,8 @@ fn _cuda_weight_rows<'py>(
 }
 
 /// Test hook: counts of this process's CUDA path decisions, as a dict: ``stacked_gemms``
-/// (projections of one x run as one GEMM on a stacked copy) and ``stream_matvecs`` (one- and
-/// two-row launches on the stream kernel); graph replays not counted.
+/// (projections of one x run as one GEMM on a stacked copy) and ``stream_matvecs`` (launches
+/// on the stream kernel); graph replays not counted.
 #[pyfunction]
 fn _cuda_counters(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     let d = PyDict::new(py);

@@ -174,8 +174,8 @@ fn env_int8_rows() -> Option<usize> {
 
 /// The rows of x a `FERRITE_CUDA_KERNEL_DEFINES` value's last `-DMMA_S8_MAX_NT` gives the int8
 /// path, if it has one: the kernels have 1, 2, 4 and 8 rows (3 rows run the 4-row kernel), so
-/// the most of those not above its value (`-DMMA_S8_MAX_NT` alone is 1, as in C; 0 below 1). A
-/// value that is not a number does not compile (NVRTC's error names it).
+/// the most of those not above its value (`-DMMA_S8_MAX_NT` alone is 1, as in C; 0 below 1).
+/// `nvrtc::env_defines` refuses a value that is not a decimal number, before any compile.
 fn int8_rows_override(defines: Option<&str>) -> Option<usize> {
     let def = defines?.split_whitespace().filter(|d| *d == "-DMMA_S8_MAX_NT" || d.starts_with("-DMMA_S8_MAX_NT=")).last()?;
     let value: i64 = def.strip_prefix("-DMMA_S8_MAX_NT=").map_or(Some(1), |v| v.parse().ok())?;

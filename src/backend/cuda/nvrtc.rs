@@ -123,7 +123,11 @@ pub fn env_defines(value: Option<&str>) -> Result<Vec<String>, CudaError> {
         .map(|tok| {
             let def = tok.strip_prefix("-D").unwrap_or("");
             let (name, val) = def.split_once('=').unwrap_or((def, "1"));
-            if word(name, &[]) && !name.starts_with(|c: char| c.is_ascii_digit()) && word(val, &['.', '-']) {
+            // The host reads MMA_S8_MAX_NT too (`kernels::int8_max_rows`): a decimal number only,
+            // so that both read the same value.
+            if name == "MMA_S8_MAX_NT" && val.parse::<i64>().is_err() {
+                Err(CudaError::Invalid(format!("FERRITE_CUDA_KERNEL_DEFINES: {tok:?}: MMA_S8_MAX_NT takes a decimal number")))
+            } else if word(name, &[]) && !name.starts_with(|c: char| c.is_ascii_digit()) && word(val, &['.', '-']) {
                 Ok(tok.to_string())
             } else {
                 Err(CudaError::Invalid(format!("FERRITE_CUDA_KERNEL_DEFINES: {tok:?} is not a define (-DNAME or -DNAME=VALUE)")))
@@ -416,7 +420,8 @@ mod tests {
         assert_eq!(env_defines(None).unwrap(), Vec::<String>::new());
         assert_eq!(env_defines(Some(" -DMMA_MIN_BLOCKS=3  -DFOO ")).unwrap(), vec!["-DMMA_MIN_BLOCKS=3", "-DFOO"]);
         assert_eq!(env_defines(Some("-DX=-1.5")).unwrap(), vec!["-DX=-1.5"]);
-        for bad in ["--use_fast_math", "-D", "-D=3", "-D3X", "-DX=$(id)", "-DX=a b", "-I/tmp", "MMA=3"] {
+        assert_eq!(env_defines(Some("-DMMA_S8_MAX_NT=8 -DMMA_S8_MAX_NT")).unwrap(), vec!["-DMMA_S8_MAX_NT=8", "-DMMA_S8_MAX_NT"]);
+        for bad in ["--use_fast_math", "-D", "-D=3", "-D3X", "-DX=$(id)", "-DX=a b", "-I/tmp", "MMA=3", "-DMMA_S8_MAX_NT=0x8", "-DMMA_S8_MAX_NT=8u"] {
             let err = env_defines(Some(bad)).map(|v| v.join(" ")).unwrap_err().to_string();
             assert!(err.contains("FERRITE_CUDA_KERNEL_DEFINES"), "{bad}: {err}");
         }
