@@ -179,7 +179,7 @@ if [ "$what" = pending ]; then
     }
     # decode_ab "NAME|VAR=VALUE ..." ... -- MODEL:BATCHES ...: bench_decode_step.py's rows for each
     # model under each variant's environment, two interleaved rounds, each row prefixed with the
-    # variant's and the model's names. Run as `step NAME bash -c 'decode_ab "$@"' _ ARGS...`.
+    # variant's and the model's names. Run as a step by ab_step.
     decode_ab() {
         local variants=() models v m
         while [ "$1" != -- ]; do variants+=("$1"); shift; done
@@ -197,6 +197,14 @@ if [ "$what" = pending ]; then
     }
     export -f decode_ab
     export py
+    # ab_step NAME SECONDS ARGS...: decode_ab ARGS as step NAME within SECONDS, its table kept
+    # beside the archive as NAME.txt.
+    ab_step() {
+        local name=$1 seconds=$2
+        shift 2
+        STEP_TIMEOUT=$seconds step "$name" bash -c 'decode_ab "$@"' _ "$@"
+        cp "$out/$name.log" "$dest/$name.txt" 2>/dev/null
+    }
     if [[ ,$parts, == *,prefetch,* ]]; then
     # Weights asked of L2 ahead of their use (src/backend/cuda/prefetch.rs, off by default until
     # this runs): decode attention's window (FERRITE_CUDA_PREFETCH_MB) and the matrix-vector
@@ -210,13 +218,12 @@ if [ "$what" = pending ]; then
     need_syn7b
     # The variants: prefetches off / attention 24 MB / ahead 16 MB / ahead 16 MB evict-first / both
     # evict-first / attention 24 MB with 64-float value batches.
-    STEP_TIMEOUT=330 step prefetch_ab bash -c 'decode_ab "$@"' _ \
+    ab_step prefetch_ab 330 \
         "off|FERRITE_CUDA_PREFETCH_MB=0" "att24|FERRITE_CUDA_PREFETCH_MB=24" "ahead16|FERRITE_CUDA_PREFETCH_AHEAD_MB=16" \
         "ahead16ef|FERRITE_CUDA_PREFETCH_AHEAD_MB=16 FERRITE_CUDA_KERNEL_DEFINES=-DMMA_EVICT_FIRST=1" \
         "att24ahead16ef|FERRITE_CUDA_PREFETCH_MB=24 FERRITE_CUDA_PREFETCH_AHEAD_MB=16 FERRITE_CUDA_KERNEL_DEFINES=-DMMA_EVICT_FIRST=1" \
         "att24v64|FERRITE_CUDA_PREFETCH_MB=24 FERRITE_CUDA_KERNEL_DEFINES=-DATTN_V_BATCH_FLOATS=64" \
         -- /tmp/synthetic.gguf:1,4 /root/m/syn7b.gguf:1
-    cp "$out/prefetch_ab.log" "$dest/prefetch_ab.txt" 2>/dev/null
     fi
     if [[ $parts == *prefetch_timeline* ]]; then
     need_syn7b
@@ -256,10 +263,9 @@ if [ "$what" = pending ]; then
         cp "$out/matvec_stream_$sm.log" "$dest/matvec_stream_$sm.txt" 2>/dev/null
     done
     need_syn7b
-    STEP_TIMEOUT=400 step stream_ab bash -c 'decode_ab "$@"' _ "neither|FERRITE_CUDA_MATVEC_STREAM=off FERRITE_CUDA_KERNEL_DEFINES=-DMMA_S8_SUMS_MMA=0" \
+    ab_step stream_ab 400 "neither|FERRITE_CUDA_MATVEC_STREAM=off FERRITE_CUDA_KERNEL_DEFINES=-DMMA_S8_SUMS_MMA=0" \
         "large|FERRITE_CUDA_KERNEL_DEFINES=-DMMA_S8_SUMS_MMA=0" "sums|FERRITE_CUDA_MATVEC_STREAM=off" "both|FERRITE_CUDA_MATVEC_STREAM=large" \
         -- /tmp/synthetic.gguf:1,2 /root/m/syn7b.gguf:1,2
-    cp "$out/stream_ab.log" "$dest/stream_ab.txt" 2>/dev/null
     fi
     if [[ ,$parts, == *,phases_ab,* ]]; then
     # The twenty-ninth session's three changes to the one- and two-row kernels, each on its switch
@@ -277,13 +283,12 @@ if [ "$what" = pending ]; then
     fi
     need_syn7b
     # shellcheck disable=SC2086  # the models, one word each
-    STEP_TIMEOUT=${AB_S:-400} step phases_ab bash -c 'decode_ab "$@"' _ \
+    ab_step phases_ab ${AB_S:-400} \
         "s28|FERRITE_CUDA_MATVEC_STREAM=one-phase FERRITE_CUDA_MATVEC_STREAM_ROWS=1 FERRITE_CUDA_KERNEL_DEFINES=-DMMA_STAGE_JOBS=1" \
         "phases|FERRITE_CUDA_MATVEC_STREAM=large FERRITE_CUDA_MATVEC_STREAM_ROWS=1 FERRITE_CUDA_KERNEL_DEFINES=-DMMA_STAGE_JOBS=1" \
         "rows2|FERRITE_CUDA_MATVEC_STREAM=large FERRITE_CUDA_MATVEC_STREAM_ROWS=2 FERRITE_CUDA_KERNEL_DEFINES=-DMMA_STAGE_JOBS=1" \
         "all|FERRITE_CUDA_MATVEC_STREAM=large FERRITE_CUDA_MATVEC_STREAM_ROWS=2 FERRITE_CUDA_KERNEL_DEFINES=-DMMA_STAGE_JOBS=2" \
         -- ${AB_MODELS:-/tmp/synthetic.gguf:1,2 /root/m/syn7b.gguf:1,2}
-    cp "$out/phases_ab.log" "$dest/phases_ab.txt" 2>/dev/null
     fi
     if [[ ,$parts, == *,s8rows,* ]]; then
     # The int8 path for 3-8 rows of x for every tiled type (-DMMA_S8_MAX_NT=8: x in two int8
@@ -301,13 +306,12 @@ if [ "$what" = pending ]; then
     done
     need_syn7b
     # shellcheck disable=SC2086  # the models, one word each
-    STEP_TIMEOUT=${AB_S:-400} step s8rows_ab bash -c 'decode_ab "$@"' _ \
+    ab_step s8rows_ab ${AB_S:-400} \
         "default|FERRITE_CUDA_MATVEC_MAX_ROWS=4" \
         "s8|FERRITE_CUDA_KERNEL_DEFINES=-DMMA_S8_MAX_NT=8" \
         "rows8|FERRITE_CUDA_MATVEC_MAX_ROWS=8" \
         "s8rows8|FERRITE_CUDA_KERNEL_DEFINES=-DMMA_S8_MAX_NT=8 FERRITE_CUDA_MATVEC_MAX_ROWS=8" \
         -- ${AB_MODELS:-/tmp/synthetic.gguf:3,4,8 /root/m/syn7b.gguf:4,8}
-    cp "$out/s8rows_ab.log" "$dest/s8rows_ab.txt" 2>/dev/null
     fi
     if [[ ,$parts, == *,stream4,* ]]; then
     # The stream kernel on three and four rows of x (matvec_mma_stream_4, two int8 parts, for the
@@ -319,10 +323,9 @@ if [ "$what" = pending ]; then
         step pytest_stream4 "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_matvec.py tests/test_cuda_model.py tests/test_cuda_engine.py -m "cuda and not model" --junitxml="$out/junit_stream4.xml"
     need_syn7b
     # shellcheck disable=SC2086  # the models, one word each
-    STEP_TIMEOUT=${AB_S:-400} step stream4_ab bash -c 'decode_ab "$@"' _ \
+    ab_step stream4_ab ${AB_S:-400} \
         "rows2|FERRITE_CUDA_MATVEC_STREAM_ROWS=2" "rows4|FERRITE_CUDA_MATVEC_STREAM_ROWS=4" \
         -- ${AB_MODELS:-/tmp/synthetic.gguf:1,2,3,4 /root/m/syn7b.gguf:1,2,3,4}
-    cp "$out/stream4_ab.log" "$dest/stream4_ab.txt" 2>/dev/null
     fi
     if [[ ,$parts, == *,beside,* ]]; then
     # syn05 and syn7b beside llama.cpp in the same lease (started earlier in it by
@@ -365,8 +368,7 @@ if [ "$what" = pending ]; then
     need_syn7b
     IFS=';' read -ra ab_variants <<< "${AB_VARIANTS:?AB_VARIANTS}"
     # shellcheck disable=SC2086  # the models, one word each
-    STEP_TIMEOUT=${AB_S:-400} step ab bash -c 'decode_ab "$@"' _ "${ab_variants[@]}" -- ${AB_MODELS:?AB_MODELS}
-    cp "$out/ab.log" "$dest/ab.txt" 2>/dev/null
+    ab_step ab ${AB_S:-400} "${ab_variants[@]}" -- ${AB_MODELS:?AB_MODELS}
     fi
     if [[ $parts == *sampler* ]]; then
     STEP_TIMEOUT=${ENGINE_PYTEST_S:-150} step pytest_sampler "$py" -m pytest -q -ra -p no:cacheprovider tests/test_sampling.py tests/test_cuda_engine.py -m cuda --junitxml="$out/junit_sampler.xml"
