@@ -476,6 +476,41 @@ def test_gpu_rows_gemm_in_a_model(tmp_path, monkeypatch, matrix_type):
 
 @pytest.mark.cuda
 @needs_gpu
+@pytest.mark.parametrize("matrix_type", ["Q4_K", "Q6_K"])
+def test_gpu_wide_weights_on_the_matrix_vector_kernels_at_six_rows(tmp_path, monkeypatch, matrix_type):
+    """Weights of 2048 columns or more (a 7B's) may take the matrix-vector kernels beyond the
+    rows the others do (FERRITE_CUDA_MATVEC_WIDE_ROWS): decode steps of 5 and 6 sequences of a
+    model that wide, with the rule at 6 rows and off (4, cuBLAS's f16 from 5 rows), both
+    against the float64 reference, with different bits (so that each path ran)."""
+    path = write_block_model(tmp_path / "wide.gguf", matrix_type, hidden=2048, ffn=2048, n_heads=16, n_kv_heads=2, n_layers=1, context=64, seed=5)
+    rng = np.random.default_rng(21)
+    starts = [[int(t) for t in rng.integers(0, 260, size=3)] for _ in range(6)]
+    steps = [[int(t) for t in rng.integers(0, 260, size=6)] for _ in range(2)]
+    ref = ReferenceModel(path)
+    got = {}
+    for rows in ("6", "4"):
+        monkeypatch.setenv("FERRITE_CUDA_MATVEC_WIDE_ROWS", rows)
+        m = ferrite.Model.load(path, device="cuda", kv_cache_tokens=256)
+        outs = []
+        for n_seqs in (5, 6):
+            seqs = [m.new_sequence(max_tokens=8) for _ in range(n_seqs)]
+            m.forward_batch(starts[:n_seqs], seqs=seqs)
+            for s, step in enumerate(steps):
+                batch = np.stack([o[-1] for o in m.forward_batch([[t] for t in step[:n_seqs]], seqs=seqs)])
+                want = np.stack([ref.forward(p + [st[i] for st in steps[: s + 1]])[-1] for i, p in enumerate(starts[:n_seqs])])
+                assert relative(batch, want) <= TF32_RELATIVE_BOUND, (rows, n_seqs, s, relative(batch, want))
+                assert decisive_top1(batch, want) == 1.0, (rows, n_seqs, s)
+                outs.append(batch)
+            for q in seqs:
+                m.free_sequence(q)
+        got[rows] = outs
+        del m
+    for i, (a, b) in enumerate(zip(got["6"], got["4"])):
+        assert not np.array_equal(a, b), f"step {i} took the same path both times"
+
+
+@pytest.mark.cuda
+@needs_gpu
 @pytest.mark.parametrize("matrix_type", ["Q4_K", "Q5_0", "Q6_K", "Q8_0"])
 def test_gpu_quantized_gemm_in_a_model(tmp_path, monkeypatch, matrix_type):
     """The quantized GEMM (matmul_mma.cu) in a whole model at the default (f16) precision: a

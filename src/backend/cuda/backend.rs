@@ -435,6 +435,8 @@ pub struct CudaBackend {
     forced_splits: Option<u32>,
     /// FERRITE_CUDA_MMQ_MAX_ROWS (see `matmul::takes_gemm_mma`).
     pub(super) gemm_mma_rows: Option<usize>,
+    /// Rows up to which wide weights take the matrix-vector kernels (`matmul::takes_matvec`).
+    pub(super) matvec_wide_rows: usize,
     /// Whether projections of one x may run as one GEMM on a stacked copy (`matmul::stacks`).
     pub(super) stacking: bool,
     /// Whether SwiGLU and decode attention read stacked outputs in place (`matmul::stacked_in_place`).
@@ -1046,6 +1048,7 @@ impl CudaBackend {
             attn_splits: 1,
             forced_splits: forced_attention_splits(),
             gemm_mma_rows: super::matmul::forced_gemm_mma_rows(),
+            matvec_wide_rows: super::matmul::matvec_wide_rows(),
             stacking: super::matmul::stacking_enabled(),
             stack_in_place: super::matmul::stacked_in_place(),
             gemm_rows_max_bytes: super::matmul::gemm_rows_max_bytes(),

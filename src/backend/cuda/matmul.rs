@@ -76,11 +76,43 @@ pub(super) fn matvec_max_rows(exact: bool) -> usize {
     }
 }
 
-/// Whether `w` times `n_x` rows runs on the matrix-vector kernels ([`matvec_max_rows`]:
-/// `FERRITE_CUDA_MATVEC_MAX_ROWS` overrides it; `exact` caps it at `MATVEC_EXACT_MAX_ROWS`).
-pub(super) fn takes_matvec(w: &CudaWeight, n_x: usize, exact: bool) -> bool {
-    let max_rows = matvec_max_rows(exact);
+/// Columns from which a weight is wide: a 7B's (3584 and 18,944 columns) rather than a 0.5B's
+/// (896 and 4864). Its rows cost the matrix-vector kernels little next to its bytes, which
+/// cuBLAS reads twice over as f16 (`MATVEC_WIDE_MAX_ROWS`).
+const MATVEC_WIDE_MIN_COLS: usize = 2048;
+
+/// Rows of x up to which wide weights (`MATVEC_WIDE_MIN_COLS`) take the matrix-vector kernels,
+/// where the others go to cuBLAS from `MATVEC_PREFERRED_MAX_ROWS`. H100, 2026-12-05 (every
+/// weight on the kernels up to 6 rows): Qwen2.5-7B's shapes 6.58 -> 6.15 ms a decode step of 6
+/// sequences, the 0.5B's 1.03 -> 1.25, so the rule goes by width. A weight's group (q/k/v,
+/// gate/up) shares its x and so its width, and so its path.
+const MATVEC_WIDE_MAX_ROWS: usize = 4;
+
+/// `FERRITE_CUDA_MATVEC_WIDE_ROWS=N` (read when a backend is made): wide weights take the
+/// matrix-vector kernels up to N rows (at most `MATVEC_PREFERRED_MAX_ROWS`: none beyond the
+/// others). Unset: `MATVEC_WIDE_MAX_ROWS`.
+pub(super) fn matvec_wide_rows() -> usize {
+    let env = std::env::var("FERRITE_CUDA_MATVEC_WIDE_ROWS").ok().and_then(|v| v.parse().ok());
+    env.unwrap_or(MATVEC_WIDE_MAX_ROWS).min(MATVEC_MAX_ROWS)
+}
+
+/// Whether `w` times `n_x` rows runs on the matrix-vector kernels ([`matvec_max_rows`] at the
+/// backend's GEMM precision, or the backend's `matvec_wide_rows` for a wide weight;
+/// `FERRITE_CUDA_MATVEC_MAX_ROWS` and the float32 GEMM's `MATVEC_EXACT_MAX_ROWS` override both).
+pub(super) fn takes_matvec(be: &CudaBackend, w: &CudaWeight, n_x: usize) -> bool {
+    let exact = be.gemm == GemmPrecision::F32;
+    let max_rows = max_rows_for_width(matvec_max_rows(exact), be.matvec_wide_rows, w.n_cols, exact);
     n_x > 0 && n_x <= max_rows && w.n_cols.is_multiple_of(32)
+}
+
+/// `rows` (the rows every weight takes the kernels to), or `wide_rows` if more for a weight of
+/// `n_cols` columns, unless the float32 GEMM or `FERRITE_CUDA_MATVEC_MAX_ROWS` rules.
+fn max_rows_for_width(rows: usize, wide_rows: usize, n_cols: usize, exact: bool) -> usize {
+    if exact || forced_max_rows().is_some() || n_cols < MATVEC_WIDE_MIN_COLS {
+        rows
+    } else {
+        rows.max(wide_rows)
+    }
 }
 
 /// How a projection's result lands in its output buffer.
@@ -104,7 +136,7 @@ pub(super) fn matmul(
     write: Write,
     x_f16: &mut Option<u64>,
 ) -> Result<(), BackendError> {
-    if takes_matvec(w, n_x, be.gemm == GemmPrecision::F32) {
+    if takes_matvec(be, w, n_x) {
         matvec(be, w, bias, x, n_x, out, write)
     } else if takes_gemm_mma(be, w, n_x)? {
         gemm_mma(be, w, bias, x, n_x, out, write, x_f16)
@@ -182,8 +214,7 @@ fn gemm_mma(
 /// Whether every one of `weights` multiplies `n_x` rows on the tiled matrix-vector kernels,
 /// which can also normalize x or apply SwiGLU to it while loading it (`Input`).
 pub(super) fn tiled_matvec(be: &CudaBackend, weights: &[&CudaWeight], n_x: usize) -> bool {
-    let exact = be.gemm == GemmPrecision::F32;
-    weights.iter().all(|w| takes_matvec(w, n_x, exact) && matches!(w.layout, Layout::Tiles(_)))
+    weights.iter().all(|w| takes_matvec(be, w, n_x) && matches!(w.layout, Layout::Tiles(_)))
 }
 
 /// `out_i = w_i x (+ bias_i)` (or `+=`) for projections that all pass [`tiled_matvec`], `x`
@@ -465,7 +496,7 @@ fn stacks(be: &CudaBackend, weights: &[&CudaWeight], n_x: usize) -> bool {
     let shapes: Vec<(usize, usize)> = weights.iter().map(|w| (w.n_rows, w.n_cols)).collect();
     be.stacking && be.gemm == GemmPrecision::F16
         && stack_shapes_qualify(&shapes)
-        && !weights.iter().any(|w| takes_matvec(w, n_x, false))
+        && !weights.iter().any(|w| takes_matvec(be, w, n_x))
         && !weights.iter().any(|w| be.gemm_mma_rows.is_some_and(|max| n_x <= max) && gemm_mma_capable(be, w, n_x))
 }
 
@@ -717,7 +748,7 @@ pub(super) fn f16_gemm_inputs(be: &mut CudaBackend, weights: &[&CudaWeight], n_x
     if be.gemm != GemmPrecision::F16 {
         return Ok(false);
     }
-    if weights.iter().any(|w| takes_matvec(w, n_x, false) || w.n_rows == 0 || w.n_cols == 0) {
+    if weights.iter().any(|w| takes_matvec(be, w, n_x) || w.n_rows == 0 || w.n_cols == 0) {
         return Ok(false);
     }
     bind_context(be)?;
