@@ -319,9 +319,11 @@ if [ "$what" = pending ]; then
     # types whose int8 path goes that far; FERRITE_CUDA_MATVEC_STREAM_ROWS=4; not yet run on a
     # GPU when written): its op tests (they force it onto every launch up to four rows), the
     # matrix-vector, model and engine tests with it on, then decode steps of syn05 and syn7b at 3
-    # and 4 sequences (and 1 and 2, which must not move), two interleaved rounds.
+    # and 4 sequences (and 1 and 2, which must not move), two interleaved rounds. STREAM4_TESTS
+    # names the test files (default: those three).
+    # shellcheck disable=SC2086  # the files, one word each
     STEP_TIMEOUT=${CUDA_PYTEST_S:-300} FERRITE_CUDA_MATVEC_STREAM_ROWS=4 \
-        step pytest_stream4 "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_matvec.py tests/test_cuda_model.py tests/test_cuda_engine.py -m "cuda and not model" --junitxml="$out/junit_stream4.xml"
+        step pytest_stream4 "$py" -m pytest -q -ra -p no:cacheprovider ${STREAM4_TESTS:-tests/test_cuda_matvec.py tests/test_cuda_model.py tests/test_cuda_engine.py} -m "cuda and not model" --junitxml="$out/junit_stream4.xml"
     need_syn7b
     # shellcheck disable=SC2086  # the models, one word each
     ab_step stream4_ab ${AB_S:-400} \
