@@ -148,6 +148,10 @@ __device__ __forceinline__ u16 f16_scaled_bits(float v, float scale) {
     return f32_to_f16(v);
 }
 
+// silu(g) * u = g / (1 + exp(-g)) * u in the CPU's float operations and order: SwiGLU, for
+// swiglu and swiglu_f16 (elementwise.cu) and gemm_f16_rows_swiglu (gemm_f16_rows.cu).
+__device__ __forceinline__ float silu_times(float g, float u) { return __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), u); }
+
 // float -> bfloat16 bits, round to nearest even; NaN stays NaN.
 __device__ __forceinline__ u16 f32_to_bf16(float f) {
     u32 x = __float_as_uint(f);

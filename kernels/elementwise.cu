@@ -3,8 +3,6 @@
 // Float operations are the CPU's, in its order (explicit round-to-nearest intrinsics).
 #include "common.cuh"
 
-__device__ __forceinline__ float silu_times(float g, float u) { return __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), u); }
-
 // Whether n elements of each array go as float4s: n a multiple of 4 and every array 16-byte
 // aligned (the backend's buffers always are). Four elements a thread keep a batch's 1.2 M
 // gate values (64 rows of a 7B's 18,944) in one wave of the GPU, with four loads in flight each.

@@ -148,12 +148,8 @@ __device__ __forceinline__ float4 load_x4(const float* __restrict__ x, const flo
     if (n >= n_x || col >= n_cols) return make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     float4 a = *reinterpret_cast<const float4*>(x + (u64)n * n_cols + col);
     if (x2) {
-        // SwiGLU as elementwise.cu's swiglu computes it.
         const float4 u = *reinterpret_cast<const float4*>(x2 + (u64)n * n_cols + col);
-        a.x = __fmul_rn(__fdiv_rn(a.x, __fadd_rn(1.0f, expf(-a.x))), u.x);
-        a.y = __fmul_rn(__fdiv_rn(a.y, __fadd_rn(1.0f, expf(-a.y))), u.y);
-        a.z = __fmul_rn(__fdiv_rn(a.z, __fadd_rn(1.0f, expf(-a.z))), u.z);
-        a.w = __fmul_rn(__fdiv_rn(a.w, __fadd_rn(1.0f, expf(-a.w))), u.w);
+        a = make_float4(silu_times(a.x, u.x), silu_times(a.y, u.y), silu_times(a.z, u.z), silu_times(a.w, u.w));
     }
     if (norm_w) a = normed4(a, inv_rms[n], *reinterpret_cast<const float4*>(norm_w + col));  // as norm.cu
     return a;

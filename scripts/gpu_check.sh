@@ -58,7 +58,9 @@
 #                stream kernel forced everywhere); s8rows: the int8 path for 3-8 rows (tests,
 #                bandwidth, decode steps against the default); stream4: the stream kernel on 3-4
 #                rows (tests, decode steps against two rows); wide: a 7B's wide weights on the
-#                kernels to 6 or 8 rows (its test, decode steps at 5-8 sequences); beside: syn05 and syn7b beside llama.cpp (its build
+#                kernels to 6 or 8 rows (its test, decode steps at 5-8 sequences); swiglu:
+#                SwiGLU inside the stacked gate/up GEMM of 5-16 rows (tests, decode steps on and
+#                off); beside: syn05 and syn7b beside llama.cpp (its build
 #                started earlier in the lease); tests: every GPU test without the real model; timeline: where a
 #                one-sequence step goes (syn05, syn7b); ab: decode steps under AB_VARIANTS.
 #   Logs, JSON reports and haiku artifacts go to one archive, $OUT/gpu_check.tar.gz (the device
@@ -329,6 +331,17 @@ if [ "$what" = pending ]; then
     ab_step stream4_ab ${AB_S:-400} \
         "rows2|FERRITE_CUDA_MATVEC_STREAM_ROWS=2" "rows4|FERRITE_CUDA_MATVEC_STREAM_ROWS=4" \
         -- ${AB_MODELS:-/tmp/synthetic.gguf:1,2,3,4 /root/m/syn7b.gguf:1,2,3,4}
+    fi
+    if [[ ,$parts, == *,swiglu,* ]]; then
+    # The stacked gate/up GEMM of 5-16 rows on gemm_f16_rows.cu writing SwiGLU's f16 output
+    # (FERRITE_CUDA_SWIGLU_GEMM, on by default when written, not yet run on a GPU): the kernel's
+    # and the models' tests, then decode steps of syn05 at 6, 8 and 16 sequences (a 7B's gate and
+    # up do not stack: unchanged) with it on and off, two interleaved rounds.
+    STEP_TIMEOUT=${CUDA_PYTEST_S:-300} step pytest_swiglu "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_gemm_f16_rows.py tests/test_cuda_model.py -k "gemm or swiglu" -m "cuda and not model" --junitxml="$out/junit_swiglu.xml"
+    # shellcheck disable=SC2086  # the models, one word each
+    ab_step swiglu_ab ${AB_S:-300} \
+        "fused|FERRITE_CUDA_SWIGLU_GEMM=1" "apart|FERRITE_CUDA_SWIGLU_GEMM=0" \
+        -- ${AB_MODELS:-/tmp/synthetic.gguf:6,8,16}
     fi
     if [[ ,$parts, == *,wide,* ]]; then
     # Wide weights (2048 columns or more: a 7B's) on the matrix-vector kernels beyond 4 rows

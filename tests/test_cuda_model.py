@@ -476,6 +476,44 @@ def test_gpu_rows_gemm_in_a_model(tmp_path, monkeypatch, matrix_type):
 
 @pytest.mark.cuda
 @needs_gpu
+@pytest.mark.parametrize("matrix_type", ["Q5_0", "Q4_K"])
+def test_gpu_swiglu_inside_the_stacked_rows_gemm_gives_the_bits_of_its_own_launch(tmp_path, monkeypatch, matrix_type):
+    """The stacked gate/up GEMM of 5-16 rows on gemm_f16_rows.cu writes silu(gate) * up as f16
+    for ffn_down, as swiglu_f16 would from its float32 output: decode steps of 6 and 13
+    sequences (the two kernel variants; the later steps replay recorded graphs) give the same
+    bits as with SwiGLU's own launch (FERRITE_CUDA_SWIGLU_GEMM=0), the process's count shows
+    that the fused kernel ran only when on, and the steps stay within the f16 paths' bound of
+    the float64 reference."""
+    path = write_block_model(tmp_path / "m.gguf", matrix_type, hidden=256, ffn=512, n_heads=4, n_kv_heads=2, context=256, seed=13)
+    rng = np.random.default_rng(17)
+    starts = [[int(t) for t in rng.integers(0, 260, size=4)] for _ in range(13)]
+    steps = [[int(t) for t in rng.integers(0, 260, size=13)] for _ in range(3)]
+    got, fused = {}, {}
+    for flag in ("1", "0"):
+        monkeypatch.setenv("FERRITE_CUDA_SWIGLU_GEMM", flag)
+        before = ferrite._ferrite._cuda_counters()["swiglu_gemms"]
+        m = ferrite.Model.load(path, device="cuda", kv_cache_tokens=1024)
+        outs = []
+        for n_seqs in (6, 13):
+            seqs = [m.new_sequence(max_tokens=16) for _ in range(n_seqs)]
+            m.forward_batch(starts[:n_seqs], seqs=seqs)
+            for step in steps:
+                outs.append(np.stack([o[-1] for o in m.forward_batch([[t] for t in step[:n_seqs]], seqs=seqs)]))
+        fused[flag] = ferrite._ferrite._cuda_counters()["swiglu_gemms"] - before
+        got[flag] = outs
+        del m
+    # Every layer's gate/up of the unrecorded 6- and 13-row steps (the prompts go to cuBLAS).
+    assert fused["0"] == 0 and fused["1"] >= 2 * 2, fused
+    for i, (a, b) in enumerate(zip(got["1"], got["0"])):
+        assert np.array_equal(a, b), f"step {i}: {np.abs(a - b).max()}"
+    ref = ReferenceModel(path)
+    want = np.stack([ref.forward(p + [st[i] for st in steps])[-1] for i, p in enumerate(starts)])
+    assert relative(got["1"][-1], want) <= TF32_RELATIVE_BOUND
+    assert decisive_top1(got["1"][-1], want) == 1.0
+
+
+@pytest.mark.cuda
+@needs_gpu
 @pytest.mark.parametrize("matrix_type", ["Q4_K", "Q6_K"])
 def test_gpu_wide_weights_on_the_matrix_vector_kernels_at_six_rows(tmp_path, monkeypatch, matrix_type):
     """Weights of 2048 columns or more (a 7B's) may take the matrix-vector kernels beyond the

@@ -305,12 +305,14 @@ fn _cuda_weight_rows<'py>(
 }
 
 /// Test hook: counts of this process's CUDA path decisions, as a dict: ``stacked_gemms``
-/// (projections of one x run as one GEMM on a stacked copy) and ``stream_matvecs`` (launches
-/// on the stream kernel); graph replays not counted.
+/// (projections of one x run as one GEMM on a stacked copy), ``swiglu_gemms`` (ffn_down's
+/// GEMMs of 1-16 rows that did SwiGLU as they loaded x) and ``stream_matvecs`` (launches on the
+/// stream kernel); graph replays not counted.
 #[pyfunction]
 fn _cuda_counters(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     let d = PyDict::new(py);
     d.set_item("stacked_gemms", cuda::STACKED_GEMMS.load(std::sync::atomic::Ordering::Relaxed))?;
+    d.set_item("swiglu_gemms", cuda::SWIGLU_GEMMS.load(std::sync::atomic::Ordering::Relaxed))?;
     d.set_item("stream_matvecs", STREAM_MATVECS.load(std::sync::atomic::Ordering::Relaxed))?;
     Ok(d)
 }

@@ -412,8 +412,10 @@ pub(super) struct FixedKernels {
     gather_rows: CudaFunction,
     pub(super) to_f16_scaled: CudaFunction,
     pub(super) abs_max: CudaFunction,
-    /// gemm_f16_rows.cu's kernels for up to 8 and up to 16 rows of x.
+    /// gemm_f16_rows.cu's kernels for up to 8 and up to 16 rows of x, writing float32 rows, and
+    /// on a stacked gate/up copy writing SwiGLU's f16 output (`matmul::stacked_swiglu_rows`).
     pub(super) gemm_f16_rows: [CudaFunction; 2],
+    pub(super) gemm_f16_rows_swiglu: [CudaFunction; 2],
 }
 
 pub struct CudaBackend {
@@ -437,6 +439,9 @@ pub struct CudaBackend {
     pub(super) gemm_mma_rows: Option<usize>,
     /// Rows up to which wide weights take the matrix-vector kernels (`matmul::takes_matvec`).
     pub(super) matvec_wide_rows: usize,
+    /// Whether the stacked gate/up GEMM of 1-16 rows applies SwiGLU as it writes
+    /// (`matmul::stacked_swiglu_rows`).
+    pub(super) swiglu_gemm: bool,
     /// Whether projections of one x may run as one GEMM on a stacked copy (`matmul::stacks`).
     pub(super) stacking: bool,
     /// Whether SwiGLU and decode attention read stacked outputs in place (`matmul::stacked_in_place`).
@@ -478,6 +483,9 @@ pub struct CudaBackend {
     pub(super) x_f16: Option<CudaSlice<u16>>,
     /// A stacked GEMM's float32 output (`matmul::stacked_gemm`); grows (bumping `batch_generation`).
     pub(super) stacked_out: Option<CudaSlice<f32>>,
+    /// SwiGLU's f16 output where the stacked gate/up GEMM writes it (`matmul::stacked_swiglu_rows`),
+    /// beside `x_f16`, which that GEMM reads; grows (bumping `batch_generation`).
+    pub(super) swiglu_f16: Option<CudaSlice<u16>>,
     pub(super) sampler: super::sampling::DeviceSampler,
     /// FERRITE_HOST_SAMPLING=1: copy logits to the host and sample there (for comparisons).
     pub(super) host_sampling: bool,
@@ -1031,6 +1039,7 @@ impl CudaBackend {
             to_f16_scaled: f(&kernels::CONVERT, "to_f16_scaled")?,
             abs_max: f(&kernels::CONVERT, "abs_max")?,
             gemm_f16_rows: [f(&kernels::GEMM_F16_ROWS, "gemm_f16_rows_8")?, f(&kernels::GEMM_F16_ROWS, "gemm_f16_rows_16")?],
+            gemm_f16_rows_swiglu: [f(&kernels::GEMM_F16_ROWS, "gemm_f16_rows_swiglu_8")?, f(&kernels::GEMM_F16_ROWS, "gemm_f16_rows_swiglu_16")?],
         };
         // A graph would record the synchronizations FERRITE_CUDA_SYNC asks for, which capture forbids.
         let sampler = super::sampling::DeviceSampler::new(ctx.clone())?;
@@ -1049,6 +1058,7 @@ impl CudaBackend {
             forced_splits: forced_attention_splits(),
             gemm_mma_rows: super::matmul::forced_gemm_mma_rows(),
             matvec_wide_rows: super::matmul::matvec_wide_rows(),
+            swiglu_gemm: super::matmul::swiglu_gemm_enabled(),
             stacking: super::matmul::stacking_enabled(),
             stack_in_place: super::matmul::stacked_in_place(),
             gemm_rows_max_bytes: super::matmul::gemm_rows_max_bytes(),
@@ -1069,6 +1079,7 @@ impl CudaBackend {
             gemm,
             x_f16: None,
             stacked_out: None,
+            swiglu_f16: None,
             sampler,
             host_sampling: std::env::var("FERRITE_HOST_SAMPLING").is_ok_and(|v| v == "1"),
             host_draws: Default::default(),
@@ -1558,6 +1569,9 @@ impl Backend for CudaBackend {
             let norm_w = norm.dense()?;
             let x_read: &CudaAct = x;
             let normed = |be: &mut CudaBackend| super::matmul::rms_norm_as_f16(be, x_read, norm_w, eps, n_rows);
+            if let Some(swiglu) = super::matmul::stacked_swiglu_rows(self, gate, up, n_rows, normed)? {
+                return self.project(down, None, bufs.gate, n_rows, x, Write::Accumulate, &mut Some(swiglu));
+            }
             if let Some(out) = super::matmul::stacked_gemm_unsplit(self, &[gate, up], n_rows, normed)? {
                 let width = gate.n_rows;
                 let up_out = out + (width * std::mem::size_of::<f32>()) as u64;

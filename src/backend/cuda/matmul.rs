@@ -841,13 +841,28 @@ pub(super) fn gemm_rows_plan() -> (u32, u32) {
     parsed.unwrap_or((4, 16))
 }
 
-/// `cfg`'s GEMM on gemm_f16_rows.cu when it takes it (1-16 rows of x, k a multiple of 32, W and
-/// x contiguous and 16-byte aligned, beta 0 or 1, a copy of at most `gemm_rows_max_bytes`):
-/// whether it launched. Same problem as cublasGemmEx's (A the weight's rows, OUT^T[r][t] at
-/// `c_ptr + (t * ldc + r) * 4`), summed in float32 in another order.
+/// `cfg`'s GEMM on gemm_f16_rows.cu when it takes it ([`gemm_rows_fits`]): whether it launched.
+/// Same problem as cublasGemmEx's (A the weight's rows, OUT^T[r][t] at `c_ptr + (t * ldc + r) *
+/// 4`), summed in float32 in another order.
 fn gemm_rows(be: &CudaBackend, cfg: &GemmConfig<f32>, a: u64, x_f16: u64, c_ptr: u64) -> Result<bool, String> {
+    if !gemm_rows_fits(be, cfg, a, x_f16) {
+        return Ok(false);
+    }
+    let (lc, chunks_per_warp) = gemm_rows_grid(be, cfg);
+    let f = &be.fixed.gemm_f16_rows[usize::from(cfg.n > 8)];
+    let (m, k, n, ldc) = (cfg.m as u32, cfg.k as u32, cfg.n as u32, cfg.ldc as u32);
+    let accumulate = u32::from(cfg.beta == 1.0);
+    launch!(be.ctx, f, "gemm_f16_rows", lc, &a, &x_f16, &c_ptr, &m, &k, &n, &ldc, &cfg.alpha, &accumulate, &chunks_per_warp)
+        .map_err(|e| format!("gemm_f16_rows.cu: {e}"))?;
+    Ok(true)
+}
+
+/// Whether gemm_f16_rows.cu takes `cfg`'s GEMM of the weight rows at `a` by the f16 x at
+/// `x_f16`: 1-16 rows of x, k a multiple of 32, W and x contiguous and 16-byte aligned, beta 0
+/// or 1, a copy of at most `gemm_rows_max_bytes`.
+fn gemm_rows_fits(be: &CudaBackend, cfg: &GemmConfig<f32>, a: u64, x_f16: u64) -> bool {
     let weight_bytes = cfg.m as usize * cfg.k as usize * 2;
-    let fits = cfg.transa == cublasOperation_t::CUBLAS_OP_T
+    cfg.transa == cublasOperation_t::CUBLAS_OP_T
         && cfg.transb == cublasOperation_t::CUBLAS_OP_N
         && (1..=GEMM_ROWS_MAX_X_ROWS).contains(&cfg.n)
         && cfg.m > 0
@@ -858,23 +873,79 @@ fn gemm_rows(be: &CudaBackend, cfg: &GemmConfig<f32>, a: u64, x_f16: u64, c_ptr:
         && cfg.ldc >= cfg.m
         && (cfg.beta == 0.0 || cfg.beta == 1.0)
         && (a | x_f16) % 16 == 0
-        && weight_bytes <= be.gemm_rows_max_bytes;
-    if !fits {
-        return Ok(false);
-    }
-    // About four 32-column chunks a warp (`gemm_rows_plan`): the first ones load before the
-    // dependent wait.
+        && weight_bytes <= be.gemm_rows_max_bytes
+}
+
+/// gemm_f16_rows.cu's grid for `cfg` (a block of 16 weight rows) and its chunks a warp: about
+/// four 32-column chunks a warp (`gemm_rows_plan`), the first ones loaded before the dependent
+/// wait.
+fn gemm_rows_grid(be: &CudaBackend, cfg: &GemmConfig<f32>) -> (cudarc::driver::LaunchConfig, u32) {
     let (chunks_target, max_warps) = be.gemm_rows_plan;
     let n_chunks = cfg.k as u32 / 32;
     let n_warps = n_chunks.div_ceil(chunks_target).clamp(1, max_warps);
-    let chunks_per_warp = n_chunks.div_ceil(n_warps);
     let lc = cudarc::driver::LaunchConfig { grid_dim: ((cfg.m as u32).div_ceil(16), 1, 1), block_dim: (32 * n_warps, 1, 1), shared_mem_bytes: 0 };
-    let f = &be.fixed.gemm_f16_rows[usize::from(cfg.n > 8)];
-    let (m, k, n, ldc) = (cfg.m as u32, cfg.k as u32, cfg.n as u32, cfg.ldc as u32);
-    let accumulate = u32::from(cfg.beta == 1.0);
-    launch!(be.ctx, f, "gemm_f16_rows", lc, &a, &x_f16, &c_ptr, &m, &k, &n, &ldc, &cfg.alpha, &accumulate, &chunks_per_warp)
-        .map_err(|e| format!("gemm_f16_rows.cu: {e}"))?;
-    Ok(true)
+    (lc, n_chunks.div_ceil(n_warps))
+}
+
+/// gate and up of `n_x` rows as one GEMM on their stacked f16 copy ([`stacks`]) on
+/// gemm_f16_rows.cu, which writes silu(gate) * up as f16 (times `X_F16_SCALE`): the bits that
+/// [`stacked_gemm_unsplit`] then [`swiglu_as_f16`] give, in one launch instead of two. Returns
+/// the device address of that f16 output (the backend's `swiglu_f16` buffer, `n_x` rows of
+/// gate's width), or None, having launched nothing, when the pair does not stack, the kernel
+/// does not take the GEMM (more than 16 rows, a copy over `gemm_rows_max_bytes`) or
+/// `FERRITE_CUDA_SWIGLU_GEMM=0` (read when a backend is made). `x_f16` as for
+/// [`stacked_gemm_unsplit`].
+pub(super) fn stacked_swiglu_rows(
+    be: &mut CudaBackend,
+    gate: &CudaWeight,
+    up: &CudaWeight,
+    n_x: usize,
+    x_f16: impl FnOnce(&mut CudaBackend) -> Result<u64, BackendError>,
+) -> Result<Option<u64>, BackendError> {
+    let weights = [gate, up];
+    if !be.swiglu_gemm || n_x == 0 || gate.n_rows != up.n_rows || !stacks(be, &weights, n_x) {
+        return Ok(None);
+    }
+    bind_context(be)?;
+    let Some(copy) = stacked_copy(be, &weights)? else { return Ok(None) };
+    let (width, n_cols) = (gate.n_rows, gate.n_cols);
+    let names = || format!("{}, {}", gate.name, up.name);
+    // The stacked GEMM as gemm_f16_rows poses it: all 2 * width rows (the fit's size and shape).
+    let mut cfg = gemm_config(&names(), 2 * width, n_x, n_cols, 2 * width, Write::Overwrite)?;
+    cfg.alpha = 1.0 / (copy.scale * X_F16_SCALE);
+    let ctx = be.ctx.clone();
+    let a = addr(&copy.bits, &ctx);
+    // x's address is known only once its producer runs; the buffer is 16-byte aligned.
+    if !gemm_rows_fits(be, &cfg, a, 0) {
+        return Ok(None);
+    }
+    let n_out = n_x * width;
+    if be.swiglu_f16.as_ref().is_none_or(|b| b.len() < n_out) {
+        be.swiglu_f16 = None;
+        be.swiglu_f16 = Some(ctx.alloc::<u16>(n_out.next_power_of_two().max(1 << 16), "SwiGLU's f16 output")?);
+        be.batch_generation += 1;
+    }
+    let Some(out) = be.swiglu_f16.as_ref().map(|b| addr(b, &ctx)) else { unreachable!("allocated above") };
+    let converted = x_f16(be)?;
+    // One block a tile of gate's rows and the same tile of up's: the grid of gate's rows.
+    let (lc, chunks_per_warp) = gemm_rows_grid(be, &GemmConfig { m: cfg.m / 2, ..cfg });
+    let f = &be.fixed.gemm_f16_rows_swiglu[usize::from(n_x > 8)];
+    let (m, k, n) = (width as u32, n_cols as u32, n_x as u32);
+    launch!(ctx, f, "gemm_f16_rows_swiglu", lc, &a, &converted, &out, &m, &k, &n, &cfg.alpha, &X_F16_SCALE, &chunks_per_warp)
+        .map_err(|e| CudaError::Driver { op: format!("the stacked GEMM with SwiGLU for {names} ({} x {n_cols} by {n_x} rows)", 2 * width, names = names()), msg: e.to_string() })?;
+    STACKED_GEMMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    SWIGLU_GEMMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Ok(Some(out))
+}
+
+/// Stacked gate/up GEMMs with SwiGLU in them ([`stacked_swiglu_rows`]) launched by this process
+/// (directly, not counting graph replays), for the tests (`_cuda_counters`).
+pub static SWIGLU_GEMMS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// `FERRITE_CUDA_SWIGLU_GEMM=0`: the stacked gate/up GEMM of 1-16 rows writes float32 and
+/// SwiGLU keeps a launch of its own ([`stacked_swiglu_rows`]). Read when a backend is made.
+pub(super) fn swiglu_gemm_enabled() -> bool {
+    std::env::var("FERRITE_CUDA_SWIGLU_GEMM").map_or(true, |v| v != "0")
 }
 
 /// Test hook: `out[t][r] = alpha * Σ_c w[r][c] x[t][c]` (`+ start[t][r]` with `start`) for f16
