@@ -305,8 +305,8 @@ fn _cuda_weight_rows<'py>(
 }
 
 /// Test hook: counts of this process's CUDA path decisions, as a dict: ``stacked_gemms``
-/// (projections of one x run as one GEMM on a stacked copy), ``swiglu_gemms`` (ffn_down's
-/// GEMMs of 1-16 rows that did SwiGLU as they loaded x) and ``stream_matvecs`` (launches on the
+/// (projections of one x run as one GEMM on a stacked copy), ``swiglu_gemms`` (stacked gate/up
+/// GEMMs of 1-16 rows that wrote SwiGLU's output) and ``stream_matvecs`` (launches on the
 /// stream kernel); graph replays not counted.
 #[pyfunction]
 fn _cuda_counters(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {

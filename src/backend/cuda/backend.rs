@@ -437,7 +437,7 @@ pub struct CudaBackend {
     forced_splits: Option<u32>,
     /// FERRITE_CUDA_MMQ_MAX_ROWS (see `matmul::takes_gemm_mma`).
     pub(super) gemm_mma_rows: Option<usize>,
-    /// Rows up to which wide weights take the matrix-vector kernels (`matmul::takes_matvec`).
+    /// Rows up to which a wide model's weights take the matrix-vector kernels (`matmul::takes_matvec`).
     pub(super) matvec_wide_rows: usize,
     /// Whether the stacked gate/up GEMM of 1-16 rows applies SwiGLU as it writes
     /// (`matmul::stacked_swiglu_rows`).
@@ -684,6 +684,12 @@ pub fn test_row_op(device: &str, op: RowOp, a: &[f32], b: &[f32], n_rows: usize,
 }
 
 impl CudaBackend {
+    /// The model's hidden width as its attention sees it (query heads x head dim, set with the
+    /// KV cache; 0 before): Qwen2's and llama's hidden size.
+    pub(super) fn model_width(&self) -> usize {
+        self.attn_heads * self.attn_head_dim
+    }
+
     /// Rows of x up to which every projection of this backend takes the matrix-vector kernels
     /// (`matmul::matvec_max_rows` at its GEMM precision).
     fn matvec_rows(&self) -> usize {

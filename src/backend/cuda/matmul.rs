@@ -76,39 +76,40 @@ pub(super) fn matvec_max_rows(exact: bool) -> usize {
     }
 }
 
-/// Columns from which a weight is wide: a 7B's (3584 and 18,944 columns) rather than a 0.5B's
-/// (896 and 4864). Its rows cost the matrix-vector kernels little next to its bytes, which
-/// cuBLAS reads twice over as f16 (`MATVEC_WIDE_MAX_ROWS`).
-const MATVEC_WIDE_MIN_COLS: usize = 2048;
+/// The hidden width from which a model is wide: a 7B's 3584 rather than a 0.5B's 896. Its
+/// weights are large enough that rows cost the matrix-vector kernels little next to their bytes,
+/// which cuBLAS reads twice over as f16 (`MATVEC_WIDE_MAX_ROWS`). A rule by the model, not by the
+/// weight: a weight's columns cannot tell (a 0.5B's ffn_down has 4864, a 7B's q 3584), and a
+/// group projected together (q/k/v, gate/up) must take one path.
+const MATVEC_WIDE_MIN_WIDTH: usize = 2048;
 
-/// Rows of x up to which wide weights (`MATVEC_WIDE_MIN_COLS`) take the matrix-vector kernels,
-/// where the others go to cuBLAS from `MATVEC_PREFERRED_MAX_ROWS`. H100, 2026-12-05 (every
-/// weight on the kernels up to 6 rows): Qwen2.5-7B's shapes 6.58 -> 6.15 ms a decode step of 6
-/// sequences, the 0.5B's 1.03 -> 1.25, so the rule goes by width. A weight's group (q/k/v,
-/// gate/up) shares its x and so its width, and so its path.
+/// Rows of x up to which a wide model's weights (`MATVEC_WIDE_MIN_WIDTH`) take the
+/// matrix-vector kernels, where others go to cuBLAS from `MATVEC_PREFERRED_MAX_ROWS`. H100,
+/// 2026-12-05 (every weight on the kernels up to 6 rows): Qwen2.5-7B's shapes 6.58 -> 6.15 ms a
+/// decode step of 6 sequences, the 0.5B's 1.03 -> 1.25, so the rule goes by the model.
 const MATVEC_WIDE_MAX_ROWS: usize = 4;
 
-/// `FERRITE_CUDA_MATVEC_WIDE_ROWS=N` (read when a backend is made): wide weights take the
-/// matrix-vector kernels up to N rows (at most `MATVEC_PREFERRED_MAX_ROWS`: none beyond the
-/// others). Unset: `MATVEC_WIDE_MAX_ROWS`.
+/// `FERRITE_CUDA_MATVEC_WIDE_ROWS=N` (read when a backend is made): a wide model's weights take
+/// the matrix-vector kernels up to N rows (at most `MATVEC_MAX_ROWS`; `MATVEC_PREFERRED_MAX_ROWS`
+/// or less: no further than other models'). Unset: `MATVEC_WIDE_MAX_ROWS`.
 pub(super) fn matvec_wide_rows() -> usize {
     let env = std::env::var("FERRITE_CUDA_MATVEC_WIDE_ROWS").ok().and_then(|v| v.parse().ok());
     env.unwrap_or(MATVEC_WIDE_MAX_ROWS).min(MATVEC_MAX_ROWS)
 }
 
 /// Whether `w` times `n_x` rows runs on the matrix-vector kernels ([`matvec_max_rows`] at the
-/// backend's GEMM precision, or the backend's `matvec_wide_rows` for a wide weight;
+/// backend's GEMM precision, or the backend's `matvec_wide_rows` in a wide model;
 /// `FERRITE_CUDA_MATVEC_MAX_ROWS` and the float32 GEMM's `MATVEC_EXACT_MAX_ROWS` override both).
 pub(super) fn takes_matvec(be: &CudaBackend, w: &CudaWeight, n_x: usize) -> bool {
     let exact = be.gemm == GemmPrecision::F32;
-    let max_rows = max_rows_for_width(matvec_max_rows(exact), be.matvec_wide_rows, w.n_cols, exact);
+    let max_rows = max_rows_for_model(matvec_max_rows(exact), be.matvec_wide_rows, be.model_width(), exact);
     n_x > 0 && n_x <= max_rows && w.n_cols.is_multiple_of(32)
 }
 
-/// `rows` (the rows every weight takes the kernels to), or `wide_rows` if more for a weight of
-/// `n_cols` columns, unless the float32 GEMM or `FERRITE_CUDA_MATVEC_MAX_ROWS` rules.
-fn max_rows_for_width(rows: usize, wide_rows: usize, n_cols: usize, exact: bool) -> usize {
-    if exact || forced_max_rows().is_some() || n_cols < MATVEC_WIDE_MIN_COLS {
+/// `rows` (the rows every model's weights take the kernels to), or `wide_rows` if more in a
+/// model of hidden width `width`, unless the float32 GEMM or `FERRITE_CUDA_MATVEC_MAX_ROWS` rules.
+fn max_rows_for_model(rows: usize, wide_rows: usize, width: usize, exact: bool) -> usize {
+    if exact || forced_max_rows().is_some() || width < MATVEC_WIDE_MIN_WIDTH {
         rows
     } else {
         rows.max(wide_rows)
@@ -922,8 +923,13 @@ pub(super) fn stacked_swiglu_rows(
     let n_out = n_x * width;
     if be.swiglu_f16.as_ref().is_none_or(|b| b.len() < n_out) {
         be.swiglu_f16 = None;
-        be.swiglu_f16 = Some(ctx.alloc::<u16>(n_out.next_power_of_two().max(1 << 16), "SwiGLU's f16 output")?);
         be.batch_generation += 1;
+        match ctx.alloc::<u16>(n_out.next_power_of_two().max(1 << 16), "SwiGLU's f16 output") {
+            Ok(buf) => be.swiglu_f16 = Some(buf),
+            // Without room the two launches run instead (nothing launched yet).
+            Err(CudaError::OutOfMemory { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
     }
     let Some(out) = be.swiglu_f16.as_ref().map(|b| addr(b, &ctx)) else { unreachable!("allocated above") };
     let converted = x_f16(be)?;
