@@ -57,7 +57,7 @@
 #                none, then one at a time on; on29: the GPU tests with those three on (then the
 #                stream kernel forced everywhere); s8rows: the int8 path for 3-8 rows (tests,
 #                bandwidth, decode steps against the default); stream4: the stream kernel on 3-4
-#                rows (tests, decode steps against two rows); wide: a 7B's wide weights on the
+#                rows (tests, decode steps against two rows); wide: a 7B's weights on the
 #                kernels to 6 or 8 rows (its test, decode steps at 5-8 sequences); swiglu:
 #                SwiGLU inside the stacked gate/up GEMM of 5-16 rows (tests, decode steps on and
 #                off); beside: syn05 and syn7b beside llama.cpp (its build
@@ -344,16 +344,16 @@ if [ "$what" = pending ]; then
         -- ${AB_MODELS:-/tmp/synthetic.gguf:6,8,16}
     fi
     if [[ ,$parts, == *,wide,* ]]; then
-    # Wide weights (2048 columns or more: a 7B's) on the matrix-vector kernels beyond 4 rows
-    # (FERRITE_CUDA_MATVEC_WIDE_ROWS; matmul.rs): its model test, then decode steps of syn05
-    # (only ffn_down is wide there) and syn7b (every weight) at 5, 6 and 8 sequences with the
-    # rule off (4), at 6 and at 8, two interleaved rounds.
+    # A wide model's weights (hidden width 2048 or more: a 7B's) on the matrix-vector kernels
+    # beyond 4 rows (FERRITE_CUDA_MATVEC_WIDE_ROWS; matmul.rs): its model test, then decode steps
+    # of syn7b (syn05 is not wide) at 5, 6 and 8 sequences with the rule off (4), at 6 and at 8,
+    # two interleaved rounds.
     STEP_TIMEOUT=120 step pytest_wide "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_model.py -k wide_weights --junitxml="$out/junit_wide.xml"
     need_syn7b
     # shellcheck disable=SC2086  # the models, one word each
     ab_step wide_ab ${AB_S:-400} \
         "wide4|FERRITE_CUDA_MATVEC_WIDE_ROWS=4" "wide6|FERRITE_CUDA_MATVEC_WIDE_ROWS=6" "wide8|FERRITE_CUDA_MATVEC_WIDE_ROWS=8" \
-        -- ${AB_MODELS:-/tmp/synthetic.gguf:5,6,8 /root/m/syn7b.gguf:5,6,8}
+        -- ${AB_MODELS:-/root/m/syn7b.gguf:5,6,8}
     fi
     if [[ ,$parts, == *,beside,* ]]; then
     # syn05 and syn7b beside llama.cpp in the same lease (started earlier in it by
