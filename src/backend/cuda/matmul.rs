@@ -86,8 +86,10 @@ const MATVEC_WIDE_MIN_WIDTH: usize = 2048;
 /// Rows of x up to which a wide model's weights (`MATVEC_WIDE_MIN_WIDTH`) take the
 /// matrix-vector kernels, where others go to cuBLAS from `MATVEC_PREFERRED_MAX_ROWS`. H100,
 /// 2026-12-05 (every weight on the kernels up to 6 rows): Qwen2.5-7B's shapes 6.58 -> 6.15 ms a
-/// decode step of 6 sequences, the 0.5B's 1.03 -> 1.25, so the rule goes by the model.
-const MATVEC_WIDE_MAX_ROWS: usize = 4;
+/// decode step of 6 sequences, the 0.5B's 1.03 -> 1.25, so the rule goes by the model. With the
+/// rule (thirty-first session, two rounds), Qwen2.5-7B's shapes at 5 / 6 / 8 sequences: 6.54 /
+/// 6.58 / 6.65 ms off, 6.05 / 6.13 / 6.65 to 6 rows, 6.05 / 6.14 / 6.45 to 8.
+const MATVEC_WIDE_MAX_ROWS: usize = 8;
 
 /// `FERRITE_CUDA_MATVEC_WIDE_ROWS=N` (read when a backend is made): a wide model's weights take
 /// the matrix-vector kernels up to N rows (at most `MATVEC_MAX_ROWS`; `MATVEC_PREFERRED_MAX_ROWS`

@@ -322,11 +322,12 @@ pub const STREAM_KERNEL_ROWS: [usize; 3] = [1, 2, 4];
 pub const STREAM_MAX_ROWS: usize = 4;
 
 /// Rows of x up to which launches take the stream kernel where [`StreamMode`] says so:
-/// `FERRITE_CUDA_MATVEC_STREAM_ROWS` (1, 2 or 4; unset or anything else: 2). H100, 2026-12-05, two rounds: the
+/// `FERRITE_CUDA_MATVEC_STREAM_ROWS` (1, 2 or 4; unset or anything else: 4). H100, 2026-12-05, two rounds: the
 /// synthetic 7B's two-sequence step 3.662 -> 3.256 / 3.265 ms with two (`matvec_mma_stream_2` on
 /// its gate/up launch and LM head), one sequence and the 0.5B shapes unchanged (docs/BENCHMARKS.md,
-/// twenty-ninth session). Four (`matvec_mma_stream_4`, thirtieth session) has not run on a GPU
-/// yet: off until it has. A setting made by [`set_stream_rows`] comes first.
+/// twenty-ninth session); with four (`matvec_mma_stream_4`) its three- and four-sequence steps
+/// 4.051 -> 3.591 / 3.588 and 4.118 / 4.139 -> 3.636 / 3.647 ms, the 0.5B's within 0.4 %
+/// (thirty-first session). A setting made by [`set_stream_rows`] comes first.
 pub fn stream_rows() -> usize {
     use std::sync::atomic::Ordering::Relaxed;
     if STREAM_ROWS.load(Relaxed) == 0 {
@@ -338,7 +339,7 @@ pub fn stream_rows() -> usize {
 }
 
 /// [`stream_rows`] when neither the environment nor a hook sets it.
-const STREAM_DEFAULT_ROWS: usize = 2;
+const STREAM_DEFAULT_ROWS: usize = 4;
 
 /// The rows (1, 2 or 4), or 0 before the first read.
 static STREAM_ROWS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
