@@ -20,13 +20,14 @@
 // dependent wait (weights are constant, see common.cuh), which hides the DRAM latency of a
 // small matrix behind the previous kernel's tail.
 //
-// SwiGLU in the epilogue (the _swiglu kernels): on the stacked copy of gate and up (gate's m
-// rows, then up's), block i's 16 weight rows are gate's rows 8i .. 8i + 7 and up's same rows, so
-// that each lane's accumulators hold gate and up of the same features and x rows. It writes
-// silu(gate) * up as f16 for ffn_down's GEMM with the operations of swiglu_f16 (elementwise.cu)
-// on the values the plain kernel would have written (a row's sum does not depend on the rows
-// beside it in the tile): the same bits, one launch and a float32 round trip fewer a layer, and
-// as many blocks as the plain kernel.
+// SwiGLU in the epilogue (the _swiglu kernels): on the stacked copy of gate and up (gate's rows,
+// then up's), a block owns tile i of gate's rows and tile i of up's, so that it holds both
+// halves of its 16 features and writes silu(gate) * up as f16 for ffn_down's GEMM, with the
+// operations of swiglu_f16 (elementwise.cu) on the values the plain kernel would have written:
+// the same bits, one launch (and a float32 round trip) fewer a layer. Each x fragment then feeds
+// both tiles' mmas. (Taking 8 rows of each in one tile instead keeps the plain kernel's grid,
+// twice as many blocks: 10.46 us a launch against this one's 9.66, and a decode step of 8
+// sequences no faster than the launches apart; H100, 2026-12-05.)
 
 #include "common.cuh"
 
@@ -63,29 +64,36 @@ struct RowsOut {
 };
 
 // k % 32 == 0, w and x 16-byte aligned, m >= 1, 1 <= n <= 8 * NB (the host checks); a grid of
-// ceil(m / 16) blocks (SWIGLU: ceil(m / 8), w holding gate's m rows then up's) of 32 to 32 *
-// GEMM_ROWS_MAX_WARPS threads; warp i takes chunks [i * chunks_per_warp, (i + 1) *
-// chunks_per_warp) of the k / 32.
+// ceil(m / 16) blocks of 32 to 32 * GEMM_ROWS_MAX_WARPS threads; warp i takes chunks
+// [i * chunks_per_warp, (i + 1) * chunks_per_warp) of the k / 32. SWIGLU: w holds 2m rows (gate's
+// m, then up's), and block i takes tile i of each (TILES = 2).
 template <int NB, bool SWIGLU>
 __device__ __forceinline__ void gemm_f16_rows(const u16* __restrict__ w, const u16* __restrict__ x, const RowsOut& o, u32 m,
                                               u32 k, u32 n, float alpha, u32 chunks_per_warp) {
-    __shared__ float part[GEMM_ROWS_MAX_WARPS][8 * NB * GEMM_ROWS_PAD];
+    constexpr int TILES = SWIGLU ? 2 : 1;
+    __shared__ float part[GEMM_ROWS_MAX_WARPS][TILES * 8 * NB * GEMM_ROWS_PAD];
     const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
     const u32 g = lane >> 2, t = lane & 3;
-    // The tile's first row; SWIGLU: its first feature (rows g: gate's, g + 8: up's).
-    const u32 row0 = blockIdx.x * (SWIGLU ? 8 : 16);
+    const u32 row0 = blockIdx.x * 16;
     const u32 n_chunks = k / 32;
     const u32 c_begin = min(warp * chunks_per_warp, n_chunks), c_end = min(c_begin + chunks_per_warp, n_chunks);
     // Rows past m (the last tile of a ragged m) read row m - 1 and their sums are dropped.
-    const u32 row_a = min(row0 + g, m - 1), row_b = SWIGLU ? m + row_a : min(row0 + g + 8, m - 1);
-    const uint4* wa = reinterpret_cast<const uint4*>(w + (u64)row_a * k) + t;
-    const uint4* wb = reinterpret_cast<const uint4*>(w + (u64)row_b * k) + t;
-    uint4 a[GEMM_ROWS_CHUNKS], b[GEMM_ROWS_CHUNKS];
+    const uint4* wa[TILES];
+    const uint4* wb[TILES];
+#pragma unroll
+    for (int q = 0; q < TILES; q++) {
+        wa[q] = reinterpret_cast<const uint4*>(w + ((u64)q * m + min(row0 + g, m - 1)) * k) + t;
+        wb[q] = reinterpret_cast<const uint4*>(w + ((u64)q * m + min(row0 + g + 8, m - 1)) * k) + t;
+    }
+    uint4 a[TILES][GEMM_ROWS_CHUNKS], b[TILES][GEMM_ROWS_CHUNKS];
 #pragma unroll
     for (u32 u = 0; u < GEMM_ROWS_CHUNKS; u++) {
         if (c_begin + u < c_end) {
-            a[u] = ld_weights(wa + (c_begin + u) * 4);
-            b[u] = ld_weights(wb + (c_begin + u) * 4);
+#pragma unroll
+            for (int q = 0; q < TILES; q++) {
+                a[q][u] = ld_weights(wa[q] + (c_begin + u) * 4);
+                b[q][u] = ld_weights(wb[q] + (c_begin + u) * 4);
+            }
         }
     }
     dependent_wait();
@@ -93,16 +101,21 @@ __device__ __forceinline__ void gemm_f16_rows(const u16* __restrict__ w, const u
     const uint4* xr[NB];
 #pragma unroll
     for (int j = 0; j < NB; j++) xr[j] = reinterpret_cast<const uint4*>(x + (u64)min(g + 8 * j, n - 1) * k) + t;
-    float acc[NB][4];
+    float acc[TILES][NB][4];
 #pragma unroll
-    for (int j = 0; j < NB; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
+    for (int q = 0; q < TILES; q++)
+#pragma unroll
+        for (int j = 0; j < NB; j++) acc[q][j][0] = acc[q][j][1] = acc[q][j][2] = acc[q][j][3] = 0.0f;
     for (u32 c = c_begin; c < c_end; c += GEMM_ROWS_CHUNKS) {
         if (c != c_begin) {
 #pragma unroll
             for (u32 u = 0; u < GEMM_ROWS_CHUNKS; u++) {
                 if (c + u < c_end) {
-                    a[u] = ld_weights(wa + (c + u) * 4);
-                    b[u] = ld_weights(wb + (c + u) * 4);
+#pragma unroll
+                    for (int q = 0; q < TILES; q++) {
+                        a[q][u] = ld_weights(wa[q] + (c + u) * 4);
+                        b[q][u] = ld_weights(wb[q] + (c + u) * 4);
+                    }
                 }
             }
         }
@@ -118,45 +131,50 @@ __device__ __forceinline__ void gemm_f16_rows(const u16* __restrict__ w, const u
         for (u32 u = 0; u < GEMM_ROWS_CHUNKS; u++) {
             if (c + u < c_end) {
 #pragma unroll
-                for (int j = 0; j < NB; j++) {
-                    // k slots 2t, 2t+1 | 2t+8, 2t+9 of the first mma are columns 8t+0,1 | 8t+2,3
-                    // of the chunk, of the second 8t+4,5 | 8t+6,7: the same for W and x.
-                    mma_f16(acc[j], a[u].x, b[u].x, a[u].y, b[u].y, xv[j][u].x, xv[j][u].y);
-                    mma_f16(acc[j], a[u].z, b[u].z, a[u].w, b[u].w, xv[j][u].z, xv[j][u].w);
+                for (int q = 0; q < TILES; q++) {
+#pragma unroll
+                    for (int j = 0; j < NB; j++) {
+                        // k slots 2t, 2t+1 | 2t+8, 2t+9 of the first mma are columns 8t+0,1 |
+                        // 8t+2,3 of the chunk, of the second 8t+4,5 | 8t+6,7: the same for W and x.
+                        mma_f16(acc[q][j], a[q][u].x, b[q][u].x, a[q][u].y, b[q][u].y, xv[j][u].x, xv[j][u].y);
+                        mma_f16(acc[q][j], a[q][u].z, b[q][u].z, a[q][u].w, b[q][u].w, xv[j][u].z, xv[j][u].w);
+                    }
                 }
             }
         }
     }
-    // Accumulators: acc[j][0] row g, x row 8j + 2t; [1] row g, 8j + 2t + 1; [2] and [3] row g + 8.
+    // Accumulators: acc[q][j][0] row g, x row 8j + 2t; [1] row g, 8j + 2t + 1; [2] and [3] row
+    // g + 8. Tile q's rows sit 8 * NB * GEMM_ROWS_PAD floats after tile q - 1's.
     float* p = part[warp];
 #pragma unroll
-    for (int j = 0; j < NB; j++) {
-        const u32 t0 = 8 * j + 2 * t;
-        p[t0 * GEMM_ROWS_PAD + g] = acc[j][0];
-        p[(t0 + 1) * GEMM_ROWS_PAD + g] = acc[j][1];
-        p[t0 * GEMM_ROWS_PAD + g + 8] = acc[j][2];
-        p[(t0 + 1) * GEMM_ROWS_PAD + g + 8] = acc[j][3];
+    for (int q = 0; q < TILES; q++) {
+#pragma unroll
+        for (int j = 0; j < NB; j++) {
+            const u32 t0 = q * 8 * NB + 8 * j + 2 * t;
+            p[t0 * GEMM_ROWS_PAD + g] = acc[q][j][0];
+            p[(t0 + 1) * GEMM_ROWS_PAD + g] = acc[q][j][1];
+            p[t0 * GEMM_ROWS_PAD + g + 8] = acc[q][j][2];
+            p[(t0 + 1) * GEMM_ROWS_PAD + g + 8] = acc[q][j][3];
+        }
     }
     __syncthreads();
-    // Row r's sum for x row xrow, over the warps in warp order.
-    auto sum_of = [&](u32 xrow, u32 r) {
-        float sum = part[0][xrow * GEMM_ROWS_PAD + r];
-        for (u32 wi = 1; wi < n_warps; wi++) sum += part[wi][xrow * GEMM_ROWS_PAD + r];
+    // Tile q's sum of output row r for x row xrow, over the warps in warp order.
+    auto sum_of = [&](u32 q, u32 xrow, u32 r) {
+        const u32 i = (q * 8 * NB + xrow) * GEMM_ROWS_PAD + r;
+        float sum = part[0][i];
+        for (u32 wi = 1; wi < n_warps; wi++) sum += part[wi][i];
         return sum;
     };
-    if constexpr (SWIGLU) {
-        for (u32 i = threadIdx.x; i < 8 * 8 * NB; i += blockDim.x) {
-            const u32 xrow = i / 8, r = i % 8;
-            if (xrow < n && row0 + r < m) {
+    for (u32 i = threadIdx.x; i < 16 * 8 * NB; i += blockDim.x) {
+        const u32 xrow = i / 16, r = i % 16;
+        if (xrow < n && row0 + r < m) {
+            if constexpr (SWIGLU) {
                 // The values the plain kernel writes for gate and up (alpha * sum), then swiglu_f16's.
-                const float gate = alpha * sum_of(xrow, r), up = alpha * sum_of(xrow, r + 8);
+                const float gate = alpha * sum_of(0, xrow, r), up = alpha * sum_of(1, xrow, r);
                 o.out_f16[(u64)xrow * m + row0 + r] = f16_scaled_bits(silu_times(gate, up), o.scale);
+            } else {
+                put(o.out + (u64)xrow * o.ldc + row0 + r, alpha * sum_of(0, xrow, r), o.accumulate);
             }
-        }
-    } else {
-        for (u32 i = threadIdx.x; i < 16 * 8 * NB; i += blockDim.x) {
-            const u32 xrow = i / 16, r = i % 16;
-            if (xrow < n && row0 + r < m) put(o.out + (u64)xrow * o.ldc + row0 + r, alpha * sum_of(xrow, r), o.accumulate);
         }
     }
 }

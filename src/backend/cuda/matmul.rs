@@ -891,8 +891,7 @@ fn gemm_rows_grid(be: &CudaBackend, cfg: &GemmConfig<f32>) -> (cudarc::driver::L
 }
 
 /// gate and up of `n_x` rows as one GEMM on their stacked f16 copy ([`stacks`]) on
-/// gemm_f16_rows.cu, whose blocks each take 8 rows of gate and the same 8 of up and write
-/// silu(gate) * up as f16 (times `X_F16_SCALE`): the bits that
+/// gemm_f16_rows.cu, which writes silu(gate) * up as f16 (times `X_F16_SCALE`): the bits that
 /// [`stacked_gemm_unsplit`] then [`swiglu_as_f16`] give, in one launch instead of two. Returns
 /// the device address of that f16 output (the backend's `swiglu_f16` buffer, `n_x` rows of
 /// gate's width), or None, having launched nothing, when the pair does not stack, the kernel
@@ -936,9 +935,8 @@ pub(super) fn stacked_swiglu_rows(
     }
     let Some(out) = be.swiglu_f16.as_ref().map(|b| addr(b, &ctx)) else { unreachable!("allocated above") };
     let converted = x_f16(be)?;
-    // A block takes 8 of gate's rows and up's same 8: the plain kernel's grid for the 2 * width
-    // rows, and its warp split (k's), so each row's sum is the same.
-    let (lc, chunks_per_warp) = gemm_rows_grid(be, &cfg);
+    // One block a tile of gate's rows and the same tile of up's: the grid of gate's rows.
+    let (lc, chunks_per_warp) = gemm_rows_grid(be, &GemmConfig { m: cfg.m / 2, ..cfg });
     let f = &be.fixed.gemm_f16_rows_swiglu[usize::from(n_x > 8)];
     let (m, k, n) = (width as u32, n_cols as u32, n_x as u32);
     launch!(ctx, f, "gemm_f16_rows_swiglu", lc, &a, &converted, &out, &m, &k, &n, &cfg.alpha, &X_F16_SCALE, &chunks_per_warp)
