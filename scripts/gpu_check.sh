@@ -60,7 +60,7 @@
 #                rows (tests, decode steps against two rows); wide: a 7B's weights on the
 #                kernels to 6 or 8 rows (its test, decode steps at 5-8 sequences); swiglu:
 #                SwiGLU inside the stacked gate/up GEMM of 5-16 rows (tests, decode steps on and
-#                off); beside: syn05 and syn7b beside llama.cpp (its build
+#                off); huge: an LM head on the kernels to 8 rows (its test, decode steps); beside: syn05 and syn7b beside llama.cpp (its build
 #                started earlier in the lease); tests: every GPU test without the real model; timeline: where a
 #                one-sequence step goes (syn05, syn7b); ab: decode steps under AB_VARIANTS.
 #   Logs, JSON reports and haiku artifacts go to one archive, $OUT/gpu_check.tar.gz (the device
@@ -331,6 +331,17 @@ if [ "$what" = pending ]; then
     ab_step stream4_ab ${AB_S:-400} \
         "rows2|FERRITE_CUDA_MATVEC_STREAM_ROWS=2" "rows4|FERRITE_CUDA_MATVEC_STREAM_ROWS=4" \
         -- ${AB_MODELS:-/tmp/synthetic.gguf:1,2,3,4 /root/m/syn7b.gguf:1,2,3,4}
+    fi
+    if [[ ,$parts, == *,huge,* ]]; then
+    # Huge weights (2^25 elements or more: a small model's LM head) on the matrix-vector kernels
+    # beyond 4 rows (FERRITE_CUDA_MATVEC_HUGE_ROWS; matmul.rs; off when written): its model test,
+    # then decode steps of syn05 at 5, 6 and 8 sequences with the rule off (4) and at 8, two
+    # interleaved rounds.
+    STEP_TIMEOUT=180 step pytest_huge "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_model.py -k huge_lm_head --junitxml="$out/junit_huge.xml"
+    # shellcheck disable=SC2086  # the models, one word each
+    ab_step huge_ab ${AB_S:-300} \
+        "huge4|FERRITE_CUDA_MATVEC_HUGE_ROWS=4" "huge8|FERRITE_CUDA_MATVEC_HUGE_ROWS=8" \
+        -- ${AB_MODELS:-/tmp/synthetic.gguf:5,6,8}
     fi
     if [[ ,$parts, == *,swiglu,* ]]; then
     # The stacked gate/up GEMM of 5-16 rows on gemm_f16_rows.cu writing SwiGLU's f16 output

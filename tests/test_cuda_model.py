@@ -524,6 +524,38 @@ def test_gpu_swiglu_inside_the_stacked_rows_gemm_gives_the_bits_of_its_own_launc
 @pytest.mark.cuda
 @needs_gpu
 @rows_not_forced
+def test_gpu_huge_lm_head_on_the_matrix_vector_kernels_at_six_rows(tmp_path, monkeypatch):
+    """A weight of 2^25 elements or more (a small model's LM head) may take the matrix-vector
+    kernels beyond the rows the others do (FERRITE_CUDA_MATVEC_HUGE_ROWS): decode steps of 6
+    sequences of a model whose Q8_0 LM head is 32768 x 1024, with the rule at 8 rows and off,
+    both against the float64 reference, with different bits (so that each path ran)."""
+    path = write_block_model(tmp_path / "huge.gguf", "Q8_0", hidden=1024, ffn=512, n_heads=8, n_kv_heads=2, n_layers=1, vocab=32768, context=64, seed=7)
+    rng = np.random.default_rng(29)
+    starts = [[int(t) for t in rng.integers(0, 32768, size=3)] for _ in range(6)]
+    steps = [[int(t) for t in rng.integers(0, 32768, size=6)] for _ in range(2)]
+    ref = ReferenceModel(path)
+    got = {}
+    for rows in ("8", "4"):
+        monkeypatch.setenv("FERRITE_CUDA_MATVEC_HUGE_ROWS", rows)
+        m = ferrite.Model.load(path, device="cuda", kv_cache_tokens=256)
+        seqs = [m.new_sequence(max_tokens=8) for _ in range(6)]
+        m.forward_batch(starts, seqs=seqs)
+        outs = []
+        for s, step in enumerate(steps):
+            batch = np.stack([o[-1] for o in m.forward_batch([[t] for t in step], seqs=seqs)])
+            want = np.stack([ref.forward(p + [st[i] for st in steps[: s + 1]])[-1] for i, p in enumerate(starts)])
+            assert relative(batch, want) <= TF32_RELATIVE_BOUND, (rows, s, relative(batch, want))
+            assert decisive_top1(batch, want) == 1.0, (rows, s)
+            outs.append(batch)
+        got[rows] = outs
+        del m
+    for i, (a, b) in enumerate(zip(got["8"], got["4"])):
+        assert not np.array_equal(a, b), f"step {i} took the same path both times"
+
+
+@pytest.mark.cuda
+@needs_gpu
+@rows_not_forced
 @pytest.mark.parametrize("matrix_type", ["Q4_K", "Q6_K"])
 def test_gpu_wide_weights_on_the_matrix_vector_kernels_at_six_rows(tmp_path, monkeypatch, matrix_type):
     """Weights of 2048 columns or more (a 7B's) may take the matrix-vector kernels beyond the

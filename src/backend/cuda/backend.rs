@@ -439,6 +439,8 @@ pub struct CudaBackend {
     pub(super) gemm_mma_rows: Option<usize>,
     /// Rows up to which a wide model's weights take the matrix-vector kernels (`matmul::takes_matvec`).
     pub(super) matvec_wide_rows: usize,
+    /// Rows up to which huge weights (an LM head) take the matrix-vector kernels (`matmul::takes_matvec`).
+    pub(super) matvec_huge_rows: usize,
     /// Whether the stacked gate/up GEMM of 1-16 rows applies SwiGLU as it writes
     /// (`matmul::stacked_swiglu_rows`).
     pub(super) swiglu_gemm: bool,
@@ -1064,6 +1066,7 @@ impl CudaBackend {
             forced_splits: forced_attention_splits(),
             gemm_mma_rows: super::matmul::forced_gemm_mma_rows(),
             matvec_wide_rows: super::matmul::matvec_wide_rows(),
+            matvec_huge_rows: super::matmul::matvec_huge_rows(),
             swiglu_gemm: super::matmul::swiglu_gemm_enabled(),
             stacking: super::matmul::stacking_enabled(),
             stack_in_place: super::matmul::stacked_in_place(),

@@ -99,23 +99,39 @@ pub(super) fn matvec_wide_rows() -> usize {
     env.unwrap_or(MATVEC_WIDE_MAX_ROWS).min(MATVEC_MAX_ROWS)
 }
 
-/// Whether `w` times `n_x` rows runs on the matrix-vector kernels ([`matvec_max_rows`] at the
-/// backend's GEMM precision, or the backend's `matvec_wide_rows` in a wide model;
-/// `FERRITE_CUDA_MATVEC_MAX_ROWS` and the float32 GEMM's `MATVEC_EXACT_MAX_ROWS` override both).
-pub(super) fn takes_matvec(be: &CudaBackend, w: &CudaWeight, n_x: usize) -> bool {
-    let exact = be.gemm == GemmPrecision::F32;
-    let max_rows = max_rows_for_model(matvec_max_rows(exact), be.matvec_wide_rows, be.model_width(), exact);
-    n_x > 0 && n_x <= max_rows && w.n_cols.is_multiple_of(32)
+/// Elements from which a weight is huge: a small model's LM head (the 0.5B's 136 M, a 1.5B's
+/// 233 M), alone in its group and read as f16 by cuBLAS at twice its quantized bytes (272 MB
+/// against 145 MB for the 0.5B's Q8_0). A 7B's MLP weights (68 M) are wide anyway.
+const MATVEC_HUGE_MIN_ELEMS: usize = 1 << 25;
+
+/// Rows of x up to which huge weights take the matrix-vector kernels: not measured yet, so
+/// no further than the others (`FERRITE_CUDA_MATVEC_HUGE_ROWS=N` sets it).
+const MATVEC_HUGE_MAX_ROWS: usize = 4;
+
+/// `FERRITE_CUDA_MATVEC_HUGE_ROWS=N` (read when a backend is made): huge weights
+/// (`MATVEC_HUGE_MIN_ELEMS`) take the matrix-vector kernels up to N rows (at most
+/// `MATVEC_MAX_ROWS`). Unset: `MATVEC_HUGE_MAX_ROWS`.
+pub(super) fn matvec_huge_rows() -> usize {
+    let env = std::env::var("FERRITE_CUDA_MATVEC_HUGE_ROWS").ok().and_then(|v| v.parse().ok());
+    env.unwrap_or(MATVEC_HUGE_MAX_ROWS).min(MATVEC_MAX_ROWS)
 }
 
-/// `rows` (the rows every model's weights take the kernels to), or `wide_rows` if more in a
-/// model of hidden width `width`, unless the float32 GEMM or `FERRITE_CUDA_MATVEC_MAX_ROWS` rules.
-fn max_rows_for_model(rows: usize, wide_rows: usize, width: usize, exact: bool) -> usize {
-    if exact || forced_max_rows().is_some() || width < MATVEC_WIDE_MIN_WIDTH {
-        rows
-    } else {
-        rows.max(wide_rows)
+/// Whether `w` times `n_x` rows runs on the matrix-vector kernels ([`matvec_max_rows`] at the
+/// backend's GEMM precision, or further: the backend's `matvec_wide_rows` in a wide model, its
+/// `matvec_huge_rows` for a huge weight; `FERRITE_CUDA_MATVEC_MAX_ROWS` and the float32 GEMM's
+/// `MATVEC_EXACT_MAX_ROWS` override those).
+pub(super) fn takes_matvec(be: &CudaBackend, w: &CudaWeight, n_x: usize) -> bool {
+    let exact = be.gemm == GemmPrecision::F32;
+    let mut max_rows = matvec_max_rows(exact);
+    if !exact && forced_max_rows().is_none() {
+        if be.model_width() >= MATVEC_WIDE_MIN_WIDTH {
+            max_rows = max_rows.max(be.matvec_wide_rows);
+        }
+        if w.n_rows.saturating_mul(w.n_cols) >= MATVEC_HUGE_MIN_ELEMS {
+            max_rows = max_rows.max(be.matvec_huge_rows);
+        }
     }
+    n_x > 0 && n_x <= max_rows && w.n_cols.is_multiple_of(32)
 }
 
 /// How a projection's result lands in its output buffer.
