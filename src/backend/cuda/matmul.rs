@@ -104,9 +104,11 @@ pub(super) fn matvec_wide_rows() -> usize {
 /// against 145 MB for the 0.5B's Q8_0). A 7B's MLP weights (68 M) are wide anyway.
 const MATVEC_HUGE_MIN_ELEMS: usize = 1 << 25;
 
-/// Rows of x up to which huge weights take the matrix-vector kernels: not measured yet, so
-/// no further than the others (`FERRITE_CUDA_MATVEC_HUGE_ROWS=N` sets it).
-const MATVEC_HUGE_MAX_ROWS: usize = 4;
+/// Rows of x up to which huge weights take the matrix-vector kernels
+/// (`FERRITE_CUDA_MATVEC_HUGE_ROWS=N` sets it). H100, 2026-12-05, the 0.5B's shapes, two rounds:
+/// a decode step of 6 / 8 sequences 1.011 / 1.033 ms with the LM head on cuBLAS's f16 copy, 0.999
+/// / 1.018 with it on the kernels; 5 sequences 0.964-0.990 against 0.981-0.985 (within noise).
+const MATVEC_HUGE_MAX_ROWS: usize = 8;
 
 /// `FERRITE_CUDA_MATVEC_HUGE_ROWS=N` (read when a backend is made): huge weights
 /// (`MATVEC_HUGE_MIN_ELEMS`) take the matrix-vector kernels up to N rows (at most
