@@ -334,7 +334,7 @@ if [ "$what" = pending ]; then
     fi
     if [[ ,$parts, == *,huge,* ]]; then
     # Huge weights (2^25 elements or more: a small model's LM head) on the matrix-vector kernels
-    # beyond 4 rows (FERRITE_CUDA_MATVEC_HUGE_ROWS; matmul.rs; off when written): its model test,
+    # beyond 4 rows (FERRITE_CUDA_MATVEC_HUGE_ROWS; matmul.rs; on at 8 since 2026-12-05): its model test,
     # then decode steps of syn05 at 5, 6 and 8 sequences with the rule off (4) and at 8, two
     # interleaved rounds.
     STEP_TIMEOUT=180 step pytest_huge "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_model.py -k huge_lm_head --junitxml="$out/junit_huge.xml"
@@ -345,7 +345,7 @@ if [ "$what" = pending ]; then
     fi
     if [[ ,$parts, == *,swiglu,* ]]; then
     # The stacked gate/up GEMM of 5-16 rows on gemm_f16_rows.cu writing SwiGLU's f16 output
-    # (FERRITE_CUDA_SWIGLU_GEMM, on by default when written, not yet run on a GPU): the kernel's
+    # (FERRITE_CUDA_SWIGLU_GEMM=0 turns it off): the kernel's
     # and the models' tests, then decode steps of syn05 at 6, 8 and 16 sequences (a 7B's gate and
     # up do not stack: unchanged) with it on and off, two interleaved rounds.
     STEP_TIMEOUT=${CUDA_PYTEST_S:-300} step pytest_swiglu "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_gemm_f16_rows.py tests/test_cuda_model.py -k "gemm or swiglu" -m "cuda and not model" --junitxml="$out/junit_swiglu.xml"

@@ -1,8 +1,8 @@
 //! Projections on the GPU: `out[t][r] = Σ_c W[r][c] · x[t][c] (+ bias[r])` with W in its GGUF
 //! blocks.
 //!
-//! * Up to 4 rows of x, 2 with `exact_matmul` (decode of a few
-//!   sequences; see `takes_matvec`): matrix-vector kernels that read each weight byte once and dequantize in
+//! * Up to 4 rows of x, 2 with `exact_matmul` (decode of a few sequences; up to 8 for a wide
+//!   model's weights and a huge LM head: see `takes_matvec`): matrix-vector kernels that read each weight byte once and dequantize in
 //!   registers (`matvec.rs`: the tensor-core kernels on repacked Q5_0/Q8_0/Q4_K/Q6_K tiles,
 //!   matvec.cu on the file's blocks for the other types).
 //!   This is the bandwidth-bound case the speed of generation depends on.
@@ -99,7 +99,7 @@ pub(super) fn matvec_wide_rows() -> usize {
     env.unwrap_or(MATVEC_WIDE_MAX_ROWS).min(MATVEC_MAX_ROWS)
 }
 
-/// Elements from which a weight is huge: a small model's LM head (the 0.5B's 136 M, a 1.5B's
+/// Elements from which a tiled weight is huge: a small model's LM head (the 0.5B's 136 M, a 1.5B's
 /// 233 M), alone in its group and read as f16 by cuBLAS at twice its quantized bytes (272 MB
 /// against 145 MB for the 0.5B's Q8_0). A 7B's MLP weights (68 M) are wide anyway.
 const MATVEC_HUGE_MIN_ELEMS: usize = 1 << 25;
@@ -129,7 +129,8 @@ pub(super) fn takes_matvec(be: &CudaBackend, w: &CudaWeight, n_x: usize) -> bool
         if be.model_width() >= MATVEC_WIDE_MIN_WIDTH {
             max_rows = max_rows.max(be.matvec_wide_rows);
         }
-        if w.n_rows.saturating_mul(w.n_cols) >= MATVEC_HUGE_MIN_ELEMS {
+        // Tiled only: measured on a Q8_0 head, and an F16 head gains no bytes over cuBLAS's copy.
+        if w.n_rows.saturating_mul(w.n_cols) >= MATVEC_HUGE_MIN_ELEMS && matches!(w.layout, Layout::Tiles(_)) {
             max_rows = max_rows.max(be.matvec_huge_rows);
         }
     }
