@@ -177,7 +177,7 @@ fn env_int8_rows() -> Option<usize> {
 /// the most of those not above its value (`-DMMA_S8_MAX_NT` alone is 1, as in C; 0 below 1).
 /// `nvrtc::env_defines` refuses a value that is not a decimal number, before any compile.
 fn int8_rows_override(defines: Option<&str>) -> Option<usize> {
-    let def = defines?.split_whitespace().filter(|d| *d == "-DMMA_S8_MAX_NT" || d.starts_with("-DMMA_S8_MAX_NT=")).last()?;
+    let def = defines?.split_whitespace().rfind(|d| *d == "-DMMA_S8_MAX_NT" || d.starts_with("-DMMA_S8_MAX_NT="))?;
     let value: i64 = def.strip_prefix("-DMMA_S8_MAX_NT=").map_or(Some(1), |v| v.parse().ok())?;
     Some([8, 4, 2, 1].into_iter().find(|&r| r as i64 <= value).unwrap_or(0))
 }

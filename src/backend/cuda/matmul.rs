@@ -124,17 +124,42 @@ pub(super) fn matvec_huge_rows() -> usize {
 /// `MATVEC_EXACT_MAX_ROWS` override those).
 pub(super) fn takes_matvec(be: &CudaBackend, w: &CudaWeight, n_x: usize) -> bool {
     let exact = be.gemm == GemmPrecision::F32;
-    let mut max_rows = matvec_max_rows(exact);
-    if !exact && forced_max_rows().is_none() {
-        if be.model_width() >= MATVEC_WIDE_MIN_WIDTH {
-            max_rows = max_rows.max(be.matvec_wide_rows);
+    let rules = RowRules { wide_rows: be.matvec_wide_rows, huge_rows: be.matvec_huge_rows, forced: forced_max_rows().is_some() };
+    let tiled = matches!(w.layout, Layout::Tiles(_));
+    let max_rows = rules.max_rows(matvec_max_rows(exact), exact, be.model_width(), w.n_rows.saturating_mul(w.n_cols), tiled);
+    n_x > 0 && n_x <= max_rows && w.n_cols.is_multiple_of(32)
+}
+
+/// The rules that take some weights to the matrix-vector kernels beyond the rows every weight
+/// takes them to ([`takes_matvec`]), apart from the device, so that they can be tested anywhere.
+#[derive(Debug, Clone, Copy)]
+struct RowRules {
+    /// A wide model's rows (`MATVEC_WIDE_MIN_WIDTH`).
+    wide_rows: usize,
+    /// A huge tiled weight's rows (`MATVEC_HUGE_MIN_ELEMS`).
+    huge_rows: usize,
+    /// `FERRITE_CUDA_MATVEC_MAX_ROWS` is set: it alone decides.
+    forced: bool,
+}
+
+impl RowRules {
+    /// Rows up to which a weight of `elems` elements (`tiled` or not) in a model of hidden width
+    /// `width` takes the kernels, where every weight takes them up to `rows`. `exact` (the float32
+    /// GEMM) keeps `rows`.
+    fn max_rows(self, rows: usize, exact: bool, width: usize, elems: usize, tiled: bool) -> usize {
+        if exact || self.forced {
+            return rows;
+        }
+        let mut max_rows = rows;
+        if width >= MATVEC_WIDE_MIN_WIDTH {
+            max_rows = max_rows.max(self.wide_rows);
         }
         // Tiled only: measured on a Q8_0 head, and an F16 head gains no bytes over cuBLAS's copy.
-        if w.n_rows.saturating_mul(w.n_cols) >= MATVEC_HUGE_MIN_ELEMS && matches!(w.layout, Layout::Tiles(_)) {
-            max_rows = max_rows.max(be.matvec_huge_rows);
+        if tiled && elems >= MATVEC_HUGE_MIN_ELEMS {
+            max_rows = max_rows.max(self.huge_rows);
         }
+        max_rows
     }
-    n_x > 0 && n_x <= max_rows && w.n_cols.is_multiple_of(32)
 }
 
 /// How a projection's result lands in its output buffer.
@@ -894,7 +919,7 @@ fn gemm_rows_fits(be: &CudaBackend, cfg: &GemmConfig<f32>, a: u64, x_f16: u64) -
         && cfg.ldb == cfg.k
         && cfg.ldc >= cfg.m
         && (cfg.beta == 0.0 || cfg.beta == 1.0)
-        && (a | x_f16) % 16 == 0
+        && (a | x_f16).is_multiple_of(16)
         && weight_bytes <= be.gemm_rows_max_bytes
 }
 
@@ -1055,6 +1080,27 @@ fn gemm_f16_raw(be: &CudaBackend, cfg: GemmConfig<f32>, a: u64, x_f16: u64, c_pt
 #[cfg(test)]
 mod tests {
     use super::f16_scale;
+
+    /// The rows rules on the real models' shapes: the 0.5B (width 896) keeps every weight at 4
+    /// rows but its Q8_0 LM head (151,936 x 896) at 8; a 7B (width 3584) takes every weight to 8;
+    /// an untiled head, the float32 GEMM and `FERRITE_CUDA_MATVEC_MAX_ROWS` keep the plain rows.
+    #[test]
+    fn wide_models_and_huge_tiled_heads_take_the_kernels_further() {
+        let rules = super::RowRules { wide_rows: 8, huge_rows: 8, forced: false };
+        let head_05 = 151_936 * 896;
+        assert_eq!(rules.max_rows(4, false, 896, 4864 * 896, true), 4, "0.5B gate");
+        assert_eq!(rules.max_rows(4, false, 896, 896 * 4864, true), 4, "0.5B down");
+        assert_eq!(rules.max_rows(4, false, 896, head_05, true), 8, "0.5B Q8_0 head");
+        assert_eq!(rules.max_rows(4, false, 896, head_05, false), 4, "an untiled (F16) head");
+        assert_eq!(rules.max_rows(4, false, 3584, 512 * 3584, true), 8, "7B k");
+        assert_eq!(rules.max_rows(4, false, 3584, 18_944 * 3584, true), 8, "7B gate");
+        assert_eq!(rules.max_rows(2, true, 3584, head_05, true), 2, "float32 GEMM");
+        let forced = super::RowRules { forced: true, ..rules };
+        assert_eq!(forced.max_rows(6, false, 3584, head_05, true), 6, "forced rows decide alone");
+        let off = super::RowRules { wide_rows: 4, huge_rows: 0, forced: false };
+        assert_eq!(off.max_rows(4, false, 3584, head_05, true), 4, "rules at 4 or less change nothing");
+        assert_eq!(rules.max_rows(4, false, 0, 0, true), 4, "before the KV cache the width is unknown (0)");
+    }
 
     #[test]
     fn the_f16_scale_is_a_power_of_two_that_keeps_the_largest_weight_in_range() {
