@@ -442,6 +442,33 @@ def test_gpu_several_sequences_decode_split(tmp_path, monkeypatch, splits):
     assert not all(np.array_equal(a, b) for a, b in zip(got["1"], got[splits])), "the split steps gave the unsplit bits"
 
 
+def decode_steps_under(path, monkeypatch, var, value, starts, steps, seq_counts, kv_cache_tokens, max_tokens, ref=None):
+    """With `var` set to `value` (unset when None) as the model loads: for each count n of
+    `seq_counts`, n sequences prompted with `starts[:n]`, then decode steps `steps` (each a token
+    a sequence); the last position's logits of every step, in order. With `ref` (the float64
+    reference), each step is held to the f16 paths' bound of it and its decisive top-1."""
+    if value is None:
+        monkeypatch.delenv(var, raising=False)
+    else:
+        monkeypatch.setenv(var, value)
+    m = ferrite.Model.load(path, device="cuda", kv_cache_tokens=kv_cache_tokens)
+    outs = []
+    for n_seqs in seq_counts:
+        seqs = [m.new_sequence(max_tokens=max_tokens) for _ in range(n_seqs)]
+        m.forward_batch(starts[:n_seqs], seqs=seqs)
+        for s, step in enumerate(steps):
+            batch = np.stack([o[-1] for o in m.forward_batch([[t] for t in step[:n_seqs]], seqs=seqs)])
+            if ref is not None:
+                want = np.stack([ref.forward(p + [st[i] for st in steps[: s + 1]])[-1] for i, p in enumerate(starts[:n_seqs])])
+                assert relative(batch, want) <= TF32_RELATIVE_BOUND, (var, value, n_seqs, s, relative(batch, want))
+                assert decisive_top1(batch, want) == 1.0, (var, value, n_seqs, s)
+            outs.append(batch)
+        for q in seqs:
+            m.free_sequence(q)
+    del m
+    return outs
+
+
 @pytest.mark.cuda
 @needs_gpu
 @rows_not_forced
@@ -457,26 +484,8 @@ def test_gpu_rows_gemm_in_a_model(tmp_path, monkeypatch, matrix_type):
     starts = [[int(t) for t in rng.integers(0, 260, size=4)] for _ in range(13)]
     steps = [[int(t) for t in rng.integers(0, 260, size=13)] for _ in range(3)]
     ref = ReferenceModel(path)
-    got = {}
-    for flag in ["default", "0"]:
-        if flag == "default":
-            monkeypatch.delenv("FERRITE_CUDA_GEMM_ROWS", raising=False)
-        else:
-            monkeypatch.setenv("FERRITE_CUDA_GEMM_ROWS", flag)
-        m = ferrite.Model.load(path, device="cuda", kv_cache_tokens=1024)
-        outs = []
-        for n_seqs in (6, 13):
-            seqs = [m.new_sequence(max_tokens=16) for _ in range(n_seqs)]
-            m.forward_batch([p for p in starts[:n_seqs]], seqs=seqs)
-            for s, step in enumerate(steps):
-                batch = np.stack([o[-1] for o in m.forward_batch([[t] for t in step[:n_seqs]], seqs=seqs)])
-                want = np.stack([ref.forward(p + [st[i] for st in steps[: s + 1]])[-1] for i, p in enumerate(starts[:n_seqs])])
-                assert relative(batch, want) <= TF32_RELATIVE_BOUND, (flag, n_seqs, s, relative(batch, want))
-                assert decisive_top1(batch, want) == 1.0, (flag, n_seqs, s)
-                outs.append(batch)
-        got[flag] = outs
-        del m
-    for i, (a, b) in enumerate(zip(got["default"], got["0"])):
+    got = {flag: decode_steps_under(path, monkeypatch, "FERRITE_CUDA_GEMM_ROWS", flag, starts, steps, (6, 13), 1024, 16, ref) for flag in (None, "0")}
+    for i, (a, b) in enumerate(zip(got[None], got["0"])):
         assert not np.array_equal(a, b), f"step {i} took the same path both times"
 
 
@@ -499,18 +508,9 @@ def test_gpu_swiglu_inside_the_stacked_rows_gemm_gives_the_bits_of_its_own_launc
     steps = [[int(t) for t in rng.integers(0, 260, size=13)] for _ in range(3)]
     got, fused = {}, {}
     for flag in ("1", "0"):
-        monkeypatch.setenv("FERRITE_CUDA_SWIGLU_GEMM", flag)
         before = ferrite._ferrite._cuda_counters()["swiglu_gemms"]
-        m = ferrite.Model.load(path, device="cuda", kv_cache_tokens=1024)
-        outs = []
-        for n_seqs in (6, 13):
-            seqs = [m.new_sequence(max_tokens=16) for _ in range(n_seqs)]
-            m.forward_batch(starts[:n_seqs], seqs=seqs)
-            for step in steps:
-                outs.append(np.stack([o[-1] for o in m.forward_batch([[t] for t in step[:n_seqs]], seqs=seqs)]))
+        got[flag] = decode_steps_under(path, monkeypatch, "FERRITE_CUDA_SWIGLU_GEMM", flag, starts, steps, (6, 13), 1024, 16)
         fused[flag] = ferrite._ferrite._cuda_counters()["swiglu_gemms"] - before
-        got[flag] = outs
-        del m
     # Every layer's gate/up of the unrecorded 6- and 13-row steps (the prompts go to cuBLAS).
     assert fused["0"] == 0 and fused["1"] >= 2 * 2, fused
     for i, (a, b) in enumerate(zip(got["1"], got["0"])):
@@ -534,21 +534,7 @@ def test_gpu_huge_lm_head_on_the_matrix_vector_kernels_at_six_rows(tmp_path, mon
     starts = [[int(t) for t in rng.integers(0, 32768, size=3)] for _ in range(6)]
     steps = [[int(t) for t in rng.integers(0, 32768, size=6)] for _ in range(2)]
     ref = ReferenceModel(path)
-    got = {}
-    for rows in ("8", "4"):
-        monkeypatch.setenv("FERRITE_CUDA_MATVEC_HUGE_ROWS", rows)
-        m = ferrite.Model.load(path, device="cuda", kv_cache_tokens=256)
-        seqs = [m.new_sequence(max_tokens=8) for _ in range(6)]
-        m.forward_batch(starts, seqs=seqs)
-        outs = []
-        for s, step in enumerate(steps):
-            batch = np.stack([o[-1] for o in m.forward_batch([[t] for t in step], seqs=seqs)])
-            want = np.stack([ref.forward(p + [st[i] for st in steps[: s + 1]])[-1] for i, p in enumerate(starts)])
-            assert relative(batch, want) <= TF32_RELATIVE_BOUND, (rows, s, relative(batch, want))
-            assert decisive_top1(batch, want) == 1.0, (rows, s)
-            outs.append(batch)
-        got[rows] = outs
-        del m
+    got = {rows: decode_steps_under(path, monkeypatch, "FERRITE_CUDA_MATVEC_HUGE_ROWS", rows, starts, steps, (6,), 256, 8, ref) for rows in ("8", "4")}
     for i, (a, b) in enumerate(zip(got["8"], got["4"])):
         assert not np.array_equal(a, b), f"step {i} took the same path both times"
 
@@ -567,24 +553,7 @@ def test_gpu_wide_weights_on_the_matrix_vector_kernels_at_six_rows(tmp_path, mon
     starts = [[int(t) for t in rng.integers(0, 260, size=3)] for _ in range(6)]
     steps = [[int(t) for t in rng.integers(0, 260, size=6)] for _ in range(2)]
     ref = ReferenceModel(path)
-    got = {}
-    for rows in ("6", "4"):
-        monkeypatch.setenv("FERRITE_CUDA_MATVEC_WIDE_ROWS", rows)
-        m = ferrite.Model.load(path, device="cuda", kv_cache_tokens=256)
-        outs = []
-        for n_seqs in (5, 6):
-            seqs = [m.new_sequence(max_tokens=8) for _ in range(n_seqs)]
-            m.forward_batch(starts[:n_seqs], seqs=seqs)
-            for s, step in enumerate(steps):
-                batch = np.stack([o[-1] for o in m.forward_batch([[t] for t in step[:n_seqs]], seqs=seqs)])
-                want = np.stack([ref.forward(p + [st[i] for st in steps[: s + 1]])[-1] for i, p in enumerate(starts[:n_seqs])])
-                assert relative(batch, want) <= TF32_RELATIVE_BOUND, (rows, n_seqs, s, relative(batch, want))
-                assert decisive_top1(batch, want) == 1.0, (rows, n_seqs, s)
-                outs.append(batch)
-            for q in seqs:
-                m.free_sequence(q)
-        got[rows] = outs
-        del m
+    got = {rows: decode_steps_under(path, monkeypatch, "FERRITE_CUDA_MATVEC_WIDE_ROWS", rows, starts, steps, (5, 6), 256, 8, ref) for rows in ("6", "4")}
     for i, (a, b) in enumerate(zip(got["6"], got["4"])):
         assert not np.array_equal(a, b), f"step {i} took the same path both times"
 
