@@ -437,10 +437,9 @@ pub struct CudaBackend {
     forced_splits: Option<u32>,
     /// FERRITE_CUDA_MMQ_MAX_ROWS (see `matmul::takes_gemm_mma`).
     pub(super) gemm_mma_rows: Option<usize>,
-    /// Rows up to which a wide model's weights take the matrix-vector kernels (`matmul::takes_matvec`).
-    pub(super) matvec_wide_rows: usize,
-    /// Rows up to which huge weights (an LM head) take the matrix-vector kernels (`matmul::takes_matvec`).
-    pub(super) matvec_huge_rows: usize,
+    /// How far beyond the usual rows a wide model's weights and huge weights take the
+    /// matrix-vector kernels (`matmul::takes_matvec`).
+    pub(super) row_rules: super::matmul::RowRules,
     /// Whether the stacked gate/up GEMM of 1-16 rows applies SwiGLU as it writes
     /// (`matmul::stacked_swiglu_rows`).
     pub(super) swiglu_gemm: bool,
@@ -1065,8 +1064,7 @@ impl CudaBackend {
             attn_splits: 1,
             forced_splits: forced_attention_splits(),
             gemm_mma_rows: super::matmul::forced_gemm_mma_rows(),
-            matvec_wide_rows: super::matmul::matvec_wide_rows(),
-            matvec_huge_rows: super::matmul::matvec_huge_rows(),
+            row_rules: super::matmul::RowRules::from_env(),
             swiglu_gemm: super::matmul::swiglu_gemm_enabled(),
             stacking: super::matmul::stacking_enabled(),
             stack_in_place: super::matmul::stacked_in_place(),

@@ -91,14 +91,6 @@ const MATVEC_WIDE_MIN_WIDTH: usize = 2048;
 /// 6.58 / 6.65 ms off, 6.05 / 6.13 / 6.65 to 6 rows, 6.05 / 6.14 / 6.45 to 8.
 const MATVEC_WIDE_MAX_ROWS: usize = 8;
 
-/// `FERRITE_CUDA_MATVEC_WIDE_ROWS=N` (read when a backend is made): a wide model's weights take
-/// the matrix-vector kernels up to N rows (at most `MATVEC_MAX_ROWS`; `MATVEC_PREFERRED_MAX_ROWS`
-/// or less: no further than other models'). Unset: `MATVEC_WIDE_MAX_ROWS`.
-pub(super) fn matvec_wide_rows() -> usize {
-    let env = std::env::var("FERRITE_CUDA_MATVEC_WIDE_ROWS").ok().and_then(|v| v.parse().ok());
-    env.unwrap_or(MATVEC_WIDE_MAX_ROWS).min(MATVEC_MAX_ROWS)
-}
-
 /// Elements from which a tiled weight is huge: a small model's LM head (the 0.5B's 136 M, a 1.5B's
 /// 233 M), alone in its group and read as f16 by cuBLAS at twice its quantized bytes (272 MB
 /// against 145 MB for the 0.5B's Q8_0). A 7B's MLP weights (68 M) are wide anyway.
@@ -110,30 +102,22 @@ const MATVEC_HUGE_MIN_ELEMS: usize = 1 << 25;
 /// / 1.018 with it on the kernels; 5 sequences 0.964-0.990 against 0.981-0.985 (within noise).
 const MATVEC_HUGE_MAX_ROWS: usize = 8;
 
-/// `FERRITE_CUDA_MATVEC_HUGE_ROWS=N` (read when a backend is made): huge weights
-/// (`MATVEC_HUGE_MIN_ELEMS`) take the matrix-vector kernels up to N rows (at most
-/// `MATVEC_MAX_ROWS`). Unset: `MATVEC_HUGE_MAX_ROWS`.
-pub(super) fn matvec_huge_rows() -> usize {
-    let env = std::env::var("FERRITE_CUDA_MATVEC_HUGE_ROWS").ok().and_then(|v| v.parse().ok());
-    env.unwrap_or(MATVEC_HUGE_MAX_ROWS).min(MATVEC_MAX_ROWS)
-}
-
 /// Whether `w` times `n_x` rows runs on the matrix-vector kernels ([`matvec_max_rows`] at the
-/// backend's GEMM precision, or further: the backend's `matvec_wide_rows` in a wide model, its
-/// `matvec_huge_rows` for a huge weight; `FERRITE_CUDA_MATVEC_MAX_ROWS` and the float32 GEMM's
+/// backend's GEMM precision, or further as the backend's [`RowRules`] say for a wide model's
+/// weights and huge weights; `FERRITE_CUDA_MATVEC_MAX_ROWS` and the float32 GEMM's
 /// `MATVEC_EXACT_MAX_ROWS` override those).
 pub(super) fn takes_matvec(be: &CudaBackend, w: &CudaWeight, n_x: usize) -> bool {
     let exact = be.gemm == GemmPrecision::F32;
-    let rules = RowRules { wide_rows: be.matvec_wide_rows, huge_rows: be.matvec_huge_rows, forced: forced_max_rows().is_some() };
     let tiled = matches!(w.layout, Layout::Tiles(_));
-    let max_rows = rules.max_rows(matvec_max_rows(exact), exact, be.model_width(), w.n_rows.saturating_mul(w.n_cols), tiled);
+    let max_rows = be.row_rules.max_rows(matvec_max_rows(exact), exact, be.model_width(), w.n_rows.saturating_mul(w.n_cols), tiled);
     n_x > 0 && n_x <= max_rows && w.n_cols.is_multiple_of(32)
 }
 
 /// The rules that take some weights to the matrix-vector kernels beyond the rows every weight
 /// takes them to ([`takes_matvec`]), apart from the device, so that they can be tested anywhere.
+/// A backend reads them once, as it is made ([`RowRules::from_env`]).
 #[derive(Debug, Clone, Copy)]
-struct RowRules {
+pub(super) struct RowRules {
     /// A wide model's rows (`MATVEC_WIDE_MIN_WIDTH`).
     wide_rows: usize,
     /// A huge tiled weight's rows (`MATVEC_HUGE_MIN_ELEMS`).
@@ -143,6 +127,19 @@ struct RowRules {
 }
 
 impl RowRules {
+    /// `FERRITE_CUDA_MATVEC_WIDE_ROWS=N` and `FERRITE_CUDA_MATVEC_HUGE_ROWS=N`: a wide model's
+    /// weights and huge weights take the kernels up to N rows (at most `MATVEC_MAX_ROWS`;
+    /// `MATVEC_PREFERRED_MAX_ROWS` or less: no further than the others). Unset:
+    /// `MATVEC_WIDE_MAX_ROWS` and `MATVEC_HUGE_MAX_ROWS`.
+    pub(super) fn from_env() -> RowRules {
+        let rows = |var: &str, default: usize| std::env::var(var).ok().and_then(|v| v.parse().ok()).unwrap_or(default).min(MATVEC_MAX_ROWS);
+        RowRules {
+            wide_rows: rows("FERRITE_CUDA_MATVEC_WIDE_ROWS", MATVEC_WIDE_MAX_ROWS),
+            huge_rows: rows("FERRITE_CUDA_MATVEC_HUGE_ROWS", MATVEC_HUGE_MAX_ROWS),
+            forced: forced_max_rows().is_some(),
+        }
+    }
+
     /// Rows up to which a weight of `elems` elements (`tiled` or not) in a model of hidden width
     /// `width` takes the kernels, where every weight takes them up to `rows`. `exact` (the float32
     /// GEMM) keeps `rows`.
@@ -587,16 +584,29 @@ fn stacked_copy<'w>(be: &mut CudaBackend, weights: &[&'w CudaWeight]) -> Result<
 /// at least `n` values (growing bumps `batch_generation`, since recorded steps hold its address);
 /// `None` when the device has no room for it (the projections then run apart).
 fn stacked_out(be: &mut CudaBackend, n: usize) -> Result<Option<u64>, BackendError> {
-    if be.stacked_out.as_ref().is_none_or(|b| b.len() < n) {
-        be.stacked_out = None;
-        be.batch_generation += 1;
-        match be.ctx.alloc::<f32>(n.next_power_of_two().max(1 << 16), "stacked projections' output") {
-            Ok(buf) => be.stacked_out = Some(buf),
+    grown(&be.ctx, &mut be.stacked_out, &mut be.batch_generation, n, "stacked projections' output")
+}
+
+/// The device address of `buf`, grown first to hold at least `n` values (a power of two, at
+/// least 64 Ki) if it holds fewer; growing bumps `generation` (the backend's `batch_generation`:
+/// recorded steps hold the address). `None` when the device has no room for it.
+fn grown<T: cudarc::driver::DeviceRepr>(
+    ctx: &CudaContext,
+    buf: &mut Option<CudaSlice<T>>,
+    generation: &mut u64,
+    n: usize,
+    what: &str,
+) -> Result<Option<u64>, BackendError> {
+    if buf.as_ref().is_none_or(|b| b.len() < n) {
+        *buf = None;
+        *generation += 1;
+        match ctx.alloc::<T>(n.next_power_of_two().max(1 << 16), what) {
+            Ok(b) => *buf = Some(b),
             Err(CudaError::OutOfMemory { .. }) => return Ok(None),
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(be.stacked_out.as_ref().map(|b| addr(b, &be.ctx)))
+    Ok(buf.as_ref().map(|b| addr(b, ctx)))
 }
 
 /// One stacked projection's output: where it goes, the device addresses of its output rows and
@@ -966,18 +976,8 @@ pub(super) fn stacked_swiglu_rows(
     if !gemm_rows_fits(be, &cfg, a, 0) {
         return Ok(None);
     }
-    let n_out = n_x * width;
-    if be.swiglu_f16.as_ref().is_none_or(|b| b.len() < n_out) {
-        be.swiglu_f16 = None;
-        be.batch_generation += 1;
-        match ctx.alloc::<u16>(n_out.next_power_of_two().max(1 << 16), "SwiGLU's f16 output") {
-            Ok(buf) => be.swiglu_f16 = Some(buf),
-            // Without room the two launches run instead (nothing launched yet).
-            Err(CudaError::OutOfMemory { .. }) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        }
-    }
-    let Some(out) = be.swiglu_f16.as_ref().map(|b| addr(b, &ctx)) else { unreachable!("allocated above") };
+    // Without room the two launches run instead (nothing launched yet).
+    let Some(out) = grown(&ctx, &mut be.swiglu_f16, &mut be.batch_generation, n_x * width, "SwiGLU's f16 output")? else { return Ok(None) };
     let converted = x_f16(be)?;
     // One block a tile of gate's rows and the same tile of up's: the grid of gate's rows.
     let (lc, chunks_per_warp) = gemm_rows_grid(be, &GemmConfig { m: cfg.m / 2, ..cfg });
