@@ -628,26 +628,38 @@ pub(super) fn stacked_gemm_unsplit(
     n_x: usize,
     x_f16: impl FnOnce(&mut CudaBackend) -> Result<u64, BackendError>,
 ) -> Result<Option<u64>, BackendError> {
-    if n_x == 0 || !stacks(be, weights, n_x) {
-        return Ok(None);
-    }
-    bind_context(be)?;
-    let Some(copy) = stacked_copy(be, weights)? else { return Ok(None) };
-    let n_cols = weights[0].n_cols;
-    let total_rows: usize = weights.iter().map(|w| w.n_rows).sum();
+    let Some((copy, cfg)) = stacked_gemm_config(be, weights, n_x)? else { return Ok(None) };
+    let (total_rows, n_cols) = (cfg.m as usize, cfg.k as usize);
     let n_out = n_x.checked_mul(total_rows).ok_or_else(|| BackendError::Invalid("stacked projections' output overflows".into()))?;
     u32::try_from(n_out).map_err(|_| BackendError::Invalid(format!("stacked projections: outputs {n_out} exceed 32 bits")))?;
     // Before x's producer runs, so that without room nothing has been launched.
     let Some(stacked) = stacked_out(be, n_out)? else { return Ok(None) };
     let ctx = be.ctx.clone();
-    let names = || weights.iter().map(|w| w.name.as_str()).collect::<Vec<_>>().join(", ");
-    let mut cfg = gemm_config(&names(), total_rows, n_x, n_cols, total_rows, Write::Overwrite)?;
-    cfg.alpha = 1.0 / (copy.scale * X_F16_SCALE);
-    let gemm_err = |e: String| CudaError::Driver { op: format!("f16 GEMM for {} ({total_rows} x {n_cols} by {n_x} rows)", names()), msg: e };
+    let gemm_err = |e: String| CudaError::Driver { op: format!("f16 GEMM for {} ({total_rows} x {n_cols} by {n_x} rows)", member_names(weights)), msg: e };
     let converted = x_f16(be)?;
     gemm_f16_raw(be, cfg, addr(&copy.bits, &ctx), converted, stacked).map_err(gemm_err)?;
     STACKED_GEMMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok(Some(stacked))
+}
+
+/// The stacked copy of `weights` and cuBLAS's configuration of its GEMM by `n_x` rows of x (all
+/// the members' rows at once, alpha undoing the copy's and x's f16 scales), when the group
+/// stacks ([`stacks`]) and its copy is there or made now ([`stacked_copy`]); `None` otherwise.
+fn stacked_gemm_config<'w>(be: &mut CudaBackend, weights: &[&'w CudaWeight], n_x: usize) -> Result<Option<(&'w StackedCopy, GemmConfig<f32>)>, BackendError> {
+    if n_x == 0 || !stacks(be, weights, n_x) {
+        return Ok(None);
+    }
+    bind_context(be)?;
+    let Some(copy) = stacked_copy(be, weights)? else { return Ok(None) };
+    let total_rows: usize = weights.iter().map(|w| w.n_rows).sum();
+    let mut cfg = gemm_config(&member_names(weights), total_rows, n_x, weights[0].n_cols, total_rows, Write::Overwrite)?;
+    cfg.alpha = 1.0 / (copy.scale * X_F16_SCALE);
+    Ok(Some((copy, cfg)))
+}
+
+/// The names of a stacked group's weights, for messages.
+fn member_names(weights: &[&CudaWeight]) -> String {
+    weights.iter().map(|w| w.name.as_str()).collect::<Vec<_>>().join(", ")
 }
 
 /// `out_i = w_i x (+ bias_i)` for the projections of one x as one f16 GEMM on their stacked copy
@@ -960,16 +972,12 @@ pub(super) fn stacked_swiglu_rows(
     x_f16: impl FnOnce(&mut CudaBackend) -> Result<u64, BackendError>,
 ) -> Result<Option<u64>, BackendError> {
     let weights = [gate, up];
-    if !be.swiglu_gemm || n_x == 0 || gate.n_rows != up.n_rows || !stacks(be, &weights, n_x) {
+    if !be.swiglu_gemm || gate.n_rows != up.n_rows {
         return Ok(None);
     }
-    bind_context(be)?;
-    let Some(copy) = stacked_copy(be, &weights)? else { return Ok(None) };
-    let (width, n_cols) = (gate.n_rows, gate.n_cols);
-    let names = || format!("{}, {}", gate.name, up.name);
     // The stacked GEMM as gemm_f16_rows poses it: all 2 * width rows (the fit's size and shape).
-    let mut cfg = gemm_config(&names(), 2 * width, n_x, n_cols, 2 * width, Write::Overwrite)?;
-    cfg.alpha = 1.0 / (copy.scale * X_F16_SCALE);
+    let Some((copy, cfg)) = stacked_gemm_config(be, &weights, n_x)? else { return Ok(None) };
+    let (width, n_cols) = (gate.n_rows, gate.n_cols);
     let ctx = be.ctx.clone();
     let a = addr(&copy.bits, &ctx);
     // x's address is known only once its producer runs; the buffer is 16-byte aligned.
@@ -984,7 +992,7 @@ pub(super) fn stacked_swiglu_rows(
     let f = &be.fixed.gemm_f16_rows_swiglu[usize::from(n_x > 8)];
     let (m, k, n) = (width as u32, n_cols as u32, n_x as u32);
     launch!(ctx, f, "gemm_f16_rows_swiglu", lc, &a, &converted, &out, &m, &k, &n, &cfg.alpha, &X_F16_SCALE, &chunks_per_warp)
-        .map_err(|e| CudaError::Driver { op: format!("the stacked GEMM with SwiGLU for {names} ({} x {n_cols} by {n_x} rows)", 2 * width, names = names()), msg: e.to_string() })?;
+        .map_err(|e| CudaError::Driver { op: format!("the stacked GEMM with SwiGLU for {} ({} x {n_cols} by {n_x} rows)", member_names(&weights), 2 * width), msg: e.to_string() })?;
     STACKED_GEMMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     SWIGLU_GEMMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok(Some(out))
