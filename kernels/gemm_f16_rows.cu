@@ -105,9 +105,10 @@ __device__ __forceinline__ uint4 normed_f16x8(const float4* xp, const float4* wp
 }
 
 // k % 32 == 0, w and x 16-byte aligned, m >= 1, 1 <= n <= 8 * NB (the host checks); a grid of
-// ceil(m / 16) blocks of 32 to 32 * GEMM_ROWS_MAX_WARPS threads; warp i takes chunks
-// [i * chunks_per_warp, (i + 1) * chunks_per_warp) of the k / 32. SWIGLU: w holds 2m rows (gate's
-// m, then up's), and block i takes tile i of each (TILES = 2).
+// ceil(m / 16) blocks of 32 to 32 * GEMM_ROWS_MAX_WARPS threads (SPLIT: times gridDim.y splits);
+// warp i takes chunks [s0 + i * chunks_per_warp, s0 + (i + 1) * chunks_per_warp) of the k / 32,
+// within its split's [s0, s0 + chunks_per_split) (s0 = 0 and all of k without SPLIT). SWIGLU: w
+// holds 2m rows (gate's m, then up's), and block i takes tile i of each (TILES = 2).
 template <int NB, bool SWIGLU, bool NORM, bool SPLIT>
 __device__ __forceinline__ void gemm_f16_rows(const u16* __restrict__ w, const RowsIn& in, const RowsOut& o, const RowsSplit& sp,
                                               u32 m, u32 k, u32 n, float alpha, u32 chunks_per_warp) {

@@ -958,17 +958,18 @@ pub static ROWS_SPLIT_GEMMS: std::sync::atomic::AtomicU64 = std::sync::atomic::A
 /// Fewest 32-column chunks a split of gemm_f16_rows.cu's split-K takes: k of 1,024 columns.
 const ROWS_SPLIT_MIN_CHUNKS: u32 = 32;
 
-/// How many blocks share each tile's k in gemm_f16_rows.cu (split-K, the _split kernels): where
-/// the tiles are fewer than the SMs, enough splits to give every SM one (a 0.5B's ffn_down: 56
-/// tiles, 3 splits), none shorter than `ROWS_SPLIT_MIN_CHUNKS`; 1 without the scratch (split-K
-/// off, see [`rows_split_scratch`]). The splits times the tiles stay under twice the SMs, the
-/// scratch's bound.
+/// How many blocks share each tile's k in gemm_f16_rows.cu (split-K, the _split kernels): as
+/// many as keep the blocks within one per SM (a block of 13-16 warps takes an SM's registers:
+/// a second wave would run on a few SMs), none shorter than `ROWS_SPLIT_MIN_CHUNKS` (a 0.5B's
+/// ffn_down: 56 tiles, 2 splits, 112 blocks); 1 without the scratch (split-K off, see
+/// [`rows_split_scratch`]). The splits times the tiles stay within the SMs, under the scratch's
+/// bound.
 fn gemm_rows_splits(be: &CudaBackend, cfg: &GemmConfig<f32>) -> u32 {
     let (tiles, sms) = ((cfg.m as u32).div_ceil(16), be.ctx.sms() as u32);
     if be.rows_split.is_none() || tiles >= sms {
         return 1;
     }
-    sms.div_ceil(tiles).min(cfg.k as u32 / 32 / ROWS_SPLIT_MIN_CHUNKS).max(1)
+    (sms / tiles).min(cfg.k as u32 / 32 / ROWS_SPLIT_MIN_CHUNKS).max(1)
 }
 
 /// gemm_f16_rows.cu's split-K scratch: the blocks' partial sums and a counter a tile (zero
@@ -978,10 +979,10 @@ pub(super) struct RowsSplitScratch {
     counters: CudaSlice<u32>,
 }
 
-/// The split-K scratch for `sms` SMs, sized for [`gemm_rows_splits`]'s bound (splits x tiles < 2
-/// x SMs, 16 rows by up to 16 x rows a tile, a counter a tile), made with the backend (about a
-/// quarter of a MB) when `FERRITE_CUDA_GEMM_ROWS_SPLIT=1`; None, split-K off, otherwise. Off by
-/// default until a GPU has timed it (docs/BENCHMARKS.md, pending).
+/// The split-K scratch for `sms` SMs, sized with room over [`gemm_rows_splits`]'s bound (splits
+/// x tiles <= SMs; 2 x SMs tiles of 16 rows by up to 16 x rows, a counter a tile), made with the
+/// backend (about a quarter of a MB) when `FERRITE_CUDA_GEMM_ROWS_SPLIT=1`; None, split-K off,
+/// otherwise. Off by default until a GPU has timed it (docs/BENCHMARKS.md, pending).
 pub(super) fn rows_split_scratch(ctx: &CudaContext, sms: usize) -> Result<Option<RowsSplitScratch>, CudaError> {
     if std::env::var("FERRITE_CUDA_GEMM_ROWS_SPLIT").map_or(true, |v| v != "1") {
         return Ok(None);
