@@ -369,6 +369,9 @@ if [ "$what" = pending ]; then
         "neither|FERRITE_CUDA_NORM_GEMM=0 FERRITE_CUDA_GEMM_ROWS_SPLIT=0" "norm|FERRITE_CUDA_NORM_GEMM=1 FERRITE_CUDA_GEMM_ROWS_SPLIT=0" \
         "split|FERRITE_CUDA_NORM_GEMM=0 FERRITE_CUDA_GEMM_ROWS_SPLIT=1" "both|FERRITE_CUDA_NORM_GEMM=1 FERRITE_CUDA_GEMM_ROWS_SPLIT=1" \
         -- ${AB_MODELS:-/tmp/synthetic.gguf:6,8,16}
+    # Where an 8-sequence step goes with both on (the thirty-first session's is the baseline).
+    FERRITE_CUDA_NORM_GEMM=1 FERRITE_CUDA_GEMM_ROWS_SPLIT=1 STEP_TIMEOUT=90 step timeline_norm_b8 "$py" benches/profile_cuda_decode.py /tmp/synthetic.gguf --child timeline --batch 8 --steps 32
+    cp "$out/timeline_norm_b8.log" "$dest/timeline_norm_b8.txt" 2>/dev/null
     fi
     if [[ ,$parts, == *,wide,* ]]; then
     # A wide model's weights (hidden width 2048 or more: a 7B's) on the matrix-vector kernels
