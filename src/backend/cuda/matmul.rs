@@ -619,8 +619,8 @@ pub(super) struct StackedOut<'w> {
 
 /// What a stacked projection multiplies: the RMSNorm of the residual stream's rows `x` with
 /// `weight` and `eps` (every stacked group is the first projection of a block). gemm_f16_rows.cu's
-/// _norm kernels normalize the rows as they load them ([`gemm_rows_normed`]); the other paths
-/// multiply the f16 rows that [`rms_norm_as_f16`] writes first.
+/// _norm kernels normalize the rows as they load them; the other paths multiply the f16 rows
+/// that [`rms_norm_as_f16`] writes first ([`NormedX::rows_input`] picks).
 #[derive(Clone, Copy)]
 pub(super) struct NormedX<'a> {
     pub x: &'a CudaAct,
@@ -628,10 +628,22 @@ pub(super) struct NormedX<'a> {
     pub eps: f32,
 }
 
-impl NormedX<'_> {
-    /// The normalized rows as f16 in the backend's f16 buffer (one launch); their address.
-    fn as_f16(&self, be: &mut CudaBackend, n_x: usize) -> Result<u64, BackendError> {
-        rms_norm_as_f16(be, self.x, self.weight, self.eps, n_x)
+/// What gemm_f16_rows.cu's kernels multiply: f16 rows at a device address, or rows they
+/// normalize as they load them (the _norm kernels: the bits `rms_norm_as_f16` writes).
+#[derive(Clone, Copy)]
+enum RowsX<'a> {
+    F16(u64),
+    Normed(NormedX<'a>),
+}
+
+impl<'a> NormedX<'a> {
+    /// The rows as `cfg`'s GEMM of the stacked weight rows at `a` takes them: left to the _norm
+    /// kernels where they take it (the norm on, [`norm_gemm_enabled`]; beta 0; x as wide as k;
+    /// a shape [`gemm_rows_fits`] takes), else normalized now as f16 in the backend's f16 buffer
+    /// (one launch). `cfg` poses all of the stacked copy's rows.
+    fn rows_input(self, be: &mut CudaBackend, cfg: &GemmConfig<f32>, a: u64, n_x: usize) -> Result<RowsX<'a>, BackendError> {
+        let fused = be.norm_gemm && cfg.beta == 0.0 && self.x.width == cfg.k as usize && gemm_rows_fits(be, cfg, a, addr(&self.x.buf, &be.ctx));
+        Ok(if fused { RowsX::Normed(self) } else { RowsX::F16(rms_norm_as_f16(be, self.x, self.weight, self.eps, n_x)?) })
     }
 }
 
@@ -649,9 +661,9 @@ pub(super) fn stacked_gemm_unsplit(be: &mut CudaBackend, weights: &[&CudaWeight]
     let ctx = be.ctx.clone();
     let gemm_err = |e: String| CudaError::Driver { op: format!("f16 GEMM for {} ({total_rows} x {n_cols} by {n_x} rows)", member_names(weights)), msg: e };
     let a = addr(&copy.bits, &ctx);
-    if !gemm_rows_normed(be, &cfg, a, x, RowsOutput::F32(stacked)).map_err(gemm_err)? {
-        let converted = x.as_f16(be, n_x)?;
-        gemm_f16_raw(be, cfg, a, converted, stacked).map_err(gemm_err)?;
+    match x.rows_input(be, &cfg, a, n_x)? {
+        RowsX::Normed(normed) => gemm_rows_normed(be, &cfg, a, normed, stacked).map_err(gemm_err)?,
+        RowsX::F16(converted) => gemm_f16_raw(be, cfg, a, converted, stacked).map_err(gemm_err)?,
     }
     STACKED_GEMMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok(Some(stacked))
@@ -992,54 +1004,50 @@ pub(super) fn rows_split_scratch(ctx: &CudaContext, sms: usize) -> Result<Option
     Ok(Some(RowsSplitScratch { partials, counters }))
 }
 
-/// Where gemm_f16_rows.cu's sums go: float32 rows `ldc` floats apart at an address (alpha times
-/// the sum), or SwiGLU's f16 output of a stacked gate/up copy (`gemm_f16_rows_swiglu`).
-#[derive(Clone, Copy)]
-enum RowsOutput {
-    F32(u64),
-    SwigluF16(u64),
-}
-
-/// `cfg`'s GEMM (beta 0) of the stacked weight rows at `a` by the RMSNorm of `x`, on
-/// gemm_f16_rows.cu's _norm kernels, which normalize the rows as they load them (the bits that
-/// `rms_norm_as_f16` writes): whether it launched. It does not when the norm is off
-/// ([`norm_gemm_enabled`]) or the kernel does not take the
-/// GEMM ([`gemm_rows_fits`]); then nothing was launched. For SwigluF16, `cfg` poses all of the
-/// stacked copy's rows, as for [`gemm_rows_fits`], and the grid is gate's.
-fn gemm_rows_normed(be: &CudaBackend, cfg: &GemmConfig<f32>, a: u64, x: NormedX<'_>, out: RowsOutput) -> Result<bool, String> {
-    let x_addr = addr(&x.x.buf, &be.ctx);
-    if !be.norm_gemm || cfg.beta != 0.0 || x.x.width != cfg.k as usize || !gemm_rows_fits(be, cfg, a, x_addr) {
-        return Ok(false);
-    }
-    let w_addr = addr(x.weight, &be.ctx);
-    let wide = usize::from(cfg.n > 8);
-    let (k, n) = (cfg.k as u32, cfg.n as u32);
-    match out {
-        RowsOutput::F32(c_ptr) => {
-            let (lc, chunks_per_warp) = gemm_rows_grid(be, cfg);
-            let (m, ldc, accumulate) = (cfg.m as u32, cfg.ldc as u32, 0u32);
-            let f = &be.fixed.gemm_f16_rows_norm[wide];
-            launch!(be.ctx, f, "gemm_f16_rows_norm", lc, &a, &x_addr, &w_addr, &x.eps, &X_F16_SCALE, &c_ptr, &m, &k, &n, &ldc, &cfg.alpha, &accumulate, &chunks_per_warp)
-                .map_err(|e| format!("gemm_f16_rows.cu: {e}"))?;
-        }
-        RowsOutput::SwigluF16(out_f16) => {
-            let (lc, chunks_per_warp) = gemm_rows_grid(be, &GemmConfig { m: cfg.m / 2, ..*cfg });
-            let m = cfg.m as u32 / 2;
-            let f = &be.fixed.gemm_f16_rows_swiglu_norm[wide];
-            launch!(be.ctx, f, "gemm_f16_rows_swiglu_norm", lc, &a, &x_addr, &w_addr, &x.eps, &X_F16_SCALE, &out_f16, &m, &k, &n, &cfg.alpha, &X_F16_SCALE, &chunks_per_warp)
-                .map_err(|e| format!("gemm_f16_rows.cu: {e}"))?;
-        }
-    }
+/// `cfg`'s GEMM (beta 0, float32 rows at `c_ptr`) of the stacked weight rows at `a` by the
+/// RMSNorm of `x`, on gemm_f16_rows.cu's _norm kernels, where [`NormedX::rows_input`] found that
+/// they take it.
+fn gemm_rows_normed(be: &CudaBackend, cfg: &GemmConfig<f32>, a: u64, x: NormedX<'_>, c_ptr: u64) -> Result<(), String> {
+    let (x_addr, w_addr) = (addr(&x.x.buf, &be.ctx), addr(x.weight, &be.ctx));
+    let (lc, chunks_per_warp) = gemm_rows_grid(be, cfg);
+    let (m, k, n, ldc, accumulate) = (cfg.m as u32, cfg.k as u32, cfg.n as u32, cfg.ldc as u32, 0u32);
+    let f = &be.fixed.gemm_f16_rows_norm[usize::from(cfg.n > 8)];
+    launch!(be.ctx, f, "gemm_f16_rows_norm", lc, &a, &x_addr, &w_addr, &x.eps, &X_F16_SCALE, &c_ptr, &m, &k, &n, &ldc, &cfg.alpha, &accumulate, &chunks_per_warp)
+        .map_err(|e| format!("gemm_f16_rows.cu: {e}"))?;
     NORM_GEMMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    Ok(true)
+    Ok(())
 }
 
-/// Launches of gemm_f16_rows.cu's _norm kernels ([`gemm_rows_normed`]) by this process (directly,
-/// not counting graph replays), for the tests (`_cuda_counters`).
+/// `cfg`'s GEMM of a stacked gate/up copy at `a` (`cfg` poses all of its rows) by `x`, writing
+/// silu(gate) * up as f16 (times `X_F16_SCALE`) at `out_f16`: one block a tile of gate's rows and
+/// the same tile of up's, so the grid is gate's rows'.
+fn gemm_rows_swiglu(be: &CudaBackend, cfg: &GemmConfig<f32>, a: u64, x: RowsX<'_>, out_f16: u64) -> Result<(), String> {
+    let (lc, chunks_per_warp) = gemm_rows_grid(be, &GemmConfig { m: cfg.m / 2, ..*cfg });
+    let (m, k, n) = (cfg.m as u32 / 2, cfg.k as u32, cfg.n as u32);
+    let wide = usize::from(cfg.n > 8);
+    let err = |e: CudaError| format!("gemm_f16_rows.cu: {e}");
+    match x {
+        RowsX::F16(x_f16) => {
+            let f = &be.fixed.gemm_f16_rows_swiglu[wide];
+            launch!(be.ctx, f, "gemm_f16_rows_swiglu", lc, &a, &x_f16, &out_f16, &m, &k, &n, &cfg.alpha, &X_F16_SCALE, &chunks_per_warp).map_err(err)?;
+        }
+        RowsX::Normed(normed) => {
+            let (x_addr, w_addr) = (addr(&normed.x.buf, &be.ctx), addr(normed.weight, &be.ctx));
+            let f = &be.fixed.gemm_f16_rows_swiglu_norm[wide];
+            launch!(be.ctx, f, "gemm_f16_rows_swiglu_norm", lc, &a, &x_addr, &w_addr, &normed.eps, &X_F16_SCALE, &out_f16, &m, &k, &n, &cfg.alpha, &X_F16_SCALE, &chunks_per_warp)
+                .map_err(err)?;
+            NORM_GEMMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    Ok(())
+}
+
+/// Launches of gemm_f16_rows.cu's _norm kernels ([`NormedX::rows_input`]) by this process
+/// (directly, not counting graph replays), for the tests (`_cuda_counters`).
 pub static NORM_GEMMS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// `FERRITE_CUDA_NORM_GEMM=1`: the stacked GEMMs of 1-16 rows normalize x as they load it
-/// ([`gemm_rows_normed`]); otherwise they multiply f16 rows that rms_norm_f16 writes in a launch
+/// ([`NormedX::rows_input`]); otherwise they multiply f16 rows that rms_norm_f16 writes in a launch
 /// of its own. Off by default until a GPU has timed it (docs/BENCHMARKS.md, pending). Read when a
 /// backend is made.
 pub(super) fn norm_gemm_enabled() -> bool {
@@ -1101,15 +1109,8 @@ pub(super) fn stacked_swiglu_rows(be: &mut CudaBackend, gate: &CudaWeight, up: &
     // Without room the two launches run instead (nothing launched yet).
     let Some(out) = grown(&ctx, &mut be.swiglu_f16, &mut be.batch_generation, n_x * width, "SwiGLU's f16 output")? else { return Ok(None) };
     let gemm_err = |e: String| CudaError::Driver { op: format!("the stacked GEMM with SwiGLU for {} ({} x {n_cols} by {n_x} rows)", member_names(&weights), 2 * width), msg: e };
-    if !gemm_rows_normed(be, &cfg, a, x, RowsOutput::SwigluF16(out)).map_err(gemm_err)? {
-        let converted = x.as_f16(be, n_x)?;
-        // One block a tile of gate's rows and the same tile of up's: the grid of gate's rows.
-        let (lc, chunks_per_warp) = gemm_rows_grid(be, &GemmConfig { m: cfg.m / 2, ..cfg });
-        let f = &be.fixed.gemm_f16_rows_swiglu[usize::from(n_x > 8)];
-        let (m, k, n) = (width as u32, n_cols as u32, n_x as u32);
-        launch!(ctx, f, "gemm_f16_rows_swiglu", lc, &a, &converted, &out, &m, &k, &n, &cfg.alpha, &X_F16_SCALE, &chunks_per_warp)
-            .map_err(|e| gemm_err(e.to_string()))?;
-    }
+    let input = x.rows_input(be, &cfg, a, n_x)?;
+    gemm_rows_swiglu(be, &cfg, a, input, out).map_err(gemm_err)?;
     STACKED_GEMMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     SWIGLU_GEMMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok(Some(out))
