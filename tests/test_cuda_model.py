@@ -469,6 +469,32 @@ def decode_steps_under(path, monkeypatch, var, value, starts, steps, seq_counts,
     return outs
 
 
+def fused_kernel_gives_the_bits_apart(tmp_path, monkeypatch, matrix_type, var, counter, min_fused, seeds):
+    """A two-layer model of `matrix_type` (hidden 896 or 1024: 7 and 8 warps a gemm_f16_rows
+    block, the real model's 896 taking 7), decode steps of 6 and 13 sequences (both kernel
+    variants; the later steps replay recorded graphs) with the fusion switch `var` at "1" and at
+    "0": the same bits both ways; the process's count `counter` grew by at least `min_fused`
+    with it on and not at all with it off; the last step within the f16 paths' bound of the
+    float64 reference, with its decisive top-1. `seeds`: the model's and the tokens'."""
+    hidden, n_heads = {"Q5_0": (896, 14), "Q4_K": (1024, 8)}[matrix_type]
+    path = write_block_model(tmp_path / "m.gguf", matrix_type, hidden=hidden, ffn=512, n_heads=n_heads, n_kv_heads=2, context=256, seed=seeds[0])
+    rng = np.random.default_rng(seeds[1])
+    starts = [[int(t) for t in rng.integers(0, 260, size=4)] for _ in range(13)]
+    steps = [[int(t) for t in rng.integers(0, 260, size=13)] for _ in range(3)]
+    got, fused = {}, {}
+    for flag in ("1", "0"):
+        before = ferrite._ferrite._cuda_counters()[counter]
+        got[flag] = decode_steps_under(path, monkeypatch, var, flag, starts, steps, (6, 13), 1024, 16)
+        fused[flag] = ferrite._ferrite._cuda_counters()[counter] - before
+    assert fused["0"] == 0 and fused["1"] >= min_fused, fused
+    for i, (a, b) in enumerate(zip(got["1"], got["0"])):
+        assert np.array_equal(a, b), f"step {i}: {np.abs(a - b).max()}"
+    ref = ReferenceModel(path)
+    want = np.stack([ref.forward(p + [st[i] for st in steps])[-1] for i, p in enumerate(starts)])
+    assert relative(got["1"][-1], want) <= TF32_RELATIVE_BOUND
+    assert decisive_top1(got["1"][-1], want) == 1.0
+
+
 @pytest.mark.cuda
 @needs_gpu
 @rows_not_forced
@@ -524,25 +550,8 @@ def test_gpu_swiglu_inside_the_stacked_rows_gemm_gives_the_bits_of_its_own_launc
     bits as with SwiGLU's own launch (FERRITE_CUDA_SWIGLU_GEMM=0), the process's count shows
     that the fused kernel ran only when on, and the steps stay within the f16 paths' bound of
     the float64 reference."""
-    # k of 896 and 1024 columns: 7 and 8 warps a block (the real model's 896 takes 7).
-    hidden, n_heads = {"Q5_0": (896, 14), "Q4_K": (1024, 8)}[matrix_type]
-    path = write_block_model(tmp_path / "m.gguf", matrix_type, hidden=hidden, ffn=512, n_heads=n_heads, n_kv_heads=2, context=256, seed=13)
-    rng = np.random.default_rng(17)
-    starts = [[int(t) for t in rng.integers(0, 260, size=4)] for _ in range(13)]
-    steps = [[int(t) for t in rng.integers(0, 260, size=13)] for _ in range(3)]
-    got, fused = {}, {}
-    for flag in ("1", "0"):
-        before = ferrite._ferrite._cuda_counters()["swiglu_gemms"]
-        got[flag] = decode_steps_under(path, monkeypatch, "FERRITE_CUDA_SWIGLU_GEMM", flag, starts, steps, (6, 13), 1024, 16)
-        fused[flag] = ferrite._ferrite._cuda_counters()["swiglu_gemms"] - before
     # Every layer's gate/up of the unrecorded 6- and 13-row steps (the prompts go to cuBLAS).
-    assert fused["0"] == 0 and fused["1"] >= 2 * 2, fused
-    for i, (a, b) in enumerate(zip(got["1"], got["0"])):
-        assert np.array_equal(a, b), f"step {i}: {np.abs(a - b).max()}"
-    ref = ReferenceModel(path)
-    want = np.stack([ref.forward(p + [st[i] for st in steps])[-1] for i, p in enumerate(starts)])
-    assert relative(got["1"][-1], want) <= TF32_RELATIVE_BOUND
-    assert decisive_top1(got["1"][-1], want) == 1.0
+    fused_kernel_gives_the_bits_apart(tmp_path, monkeypatch, matrix_type, "FERRITE_CUDA_SWIGLU_GEMM", "swiglu_gemms", 2 * 2, seeds=(13, 17))
 
 
 @pytest.mark.cuda
@@ -556,26 +565,9 @@ def test_gpu_rmsnorm_inside_the_rows_gemms_gives_the_bits_of_its_own_launch(tmp_
     replay recorded graphs) give the same bits as with the norm's own launch
     (FERRITE_CUDA_NORM_GEMM=0), the process's count shows that the fused kernels ran only when
     on, and the steps stay within the f16 paths' bound of the float64 reference."""
-    # k of 896 and 1024 columns: 7 and 8 warps a block (the real model's 896 takes 7).
-    hidden, n_heads = {"Q5_0": (896, 14), "Q4_K": (1024, 8)}[matrix_type]
-    path = write_block_model(tmp_path / "m.gguf", matrix_type, hidden=hidden, ffn=512, n_heads=n_heads, n_kv_heads=2, context=256, seed=19)
-    rng = np.random.default_rng(23)
-    starts = [[int(t) for t in rng.integers(0, 260, size=4)] for _ in range(13)]
-    steps = [[int(t) for t in rng.integers(0, 260, size=13)] for _ in range(3)]
-    got, fused = {}, {}
-    for flag in ("1", "0"):
-        before = ferrite._ferrite._cuda_counters()["norm_gemms"]
-        got[flag] = decode_steps_under(path, monkeypatch, "FERRITE_CUDA_NORM_GEMM", flag, starts, steps, (6, 13), 1024, 16)
-        fused[flag] = ferrite._ferrite._cuda_counters()["norm_gemms"] - before
     # q/k/v and gate/up of every layer of the unrecorded 6- and 13-row steps (the prompts go to
     # cuBLAS).
-    assert fused["0"] == 0 and fused["1"] >= 2 * 2 * 2, fused
-    for i, (a, b) in enumerate(zip(got["1"], got["0"])):
-        assert np.array_equal(a, b), f"step {i}: {np.abs(a - b).max()}"
-    ref = ReferenceModel(path)
-    want = np.stack([ref.forward(p + [st[i] for st in steps])[-1] for i, p in enumerate(starts)])
-    assert relative(got["1"][-1], want) <= TF32_RELATIVE_BOUND
-    assert decisive_top1(got["1"][-1], want) == 1.0
+    fused_kernel_gives_the_bits_apart(tmp_path, monkeypatch, matrix_type, "FERRITE_CUDA_NORM_GEMM", "norm_gemms", 2 * 2 * 2, seeds=(19, 23))
 
 
 @pytest.mark.cuda
