@@ -418,7 +418,7 @@ pub(super) struct FixedKernels {
     pub(super) gemm_f16_rows_swiglu: [CudaFunction; 2],
     /// The float32 pair with k split over several blocks a tile (`matmul::gemm_rows_splits`).
     pub(super) gemm_f16_rows_split: [CudaFunction; 2],
-    /// The same two pairs normalizing x (RMSNorm) as they load it (`matmul::gemm_rows_normed`).
+    /// The same two pairs normalizing x (RMSNorm) as they load it (`matmul::NormedX::rows_input`).
     pub(super) gemm_f16_rows_norm: [CudaFunction; 2],
     pub(super) gemm_f16_rows_swiglu_norm: [CudaFunction; 2],
 }
@@ -449,7 +449,7 @@ pub struct CudaBackend {
     /// (`matmul::stacked_swiglu_rows`).
     pub(super) swiglu_gemm: bool,
     /// Whether the stacked GEMMs of 1-16 rows normalize x as they load it
-    /// (`matmul::gemm_rows_normed`).
+    /// (`matmul::NormedX::rows_input`).
     pub(super) norm_gemm: bool,
     /// Whether projections of one x may run as one GEMM on a stacked copy (`matmul::stacks`).
     pub(super) stacking: bool,
