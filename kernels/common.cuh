@@ -306,10 +306,6 @@ __device__ __forceinline__ float normed(float x, float inv, float w) { return __
 __device__ __forceinline__ float4 normed4(float4 x, float inv, float4 w) {
     return make_float4(normed(x.x, inv, w.x), normed(x.y, inv, w.y), normed(x.z, inv, w.z), normed(x.w, inv, w.w));
 }
-// A float4's squares summed in float64, RMSNorm's sum of squares (norm.cu, gemm_f16_rows.cu).
-__device__ __forceinline__ double squares(float4 v) {
-    return (double)v.x * v.x + (double)v.y * v.y + (double)v.z * v.z + (double)v.w * v.w;
-}
 
 // A projection's output: written, or added to what is there (the residual stream). The sum is
 // old + value, as the separate add it replaces computed it.

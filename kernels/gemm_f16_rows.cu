@@ -18,10 +18,7 @@
 // contiguous runs of chunks; the warps add their sums through shared memory in warp order, so
 // the result does not depend on timing. A warp's first weight loads are issued before the
 // dependent wait (weights are constant, see common.cuh), which hides the DRAM latency of a
-// small matrix behind the previous kernel's tail. Where the tiles are fewer than the SMs and k
-// is long (a 0.5B's ffn_down: 56 tiles of 4,864 columns), the _split kernels also split k over
-// blocks (split-K, see RowsSplit), so that every SM reads weights and each warp's share is loaded
-// before the wait.
+// small matrix behind the previous kernel's tail.
 //
 // SwiGLU in the epilogue (the _swiglu kernels): on the stacked copy of gate and up (gate's rows,
 // then up's), a block owns tile i of gate's rows and tile i of up's, so that it holds both
@@ -31,15 +28,6 @@
 // both tiles' mmas. (Taking 8 rows of each in one tile instead keeps the plain kernel's grid,
 // twice as many blocks: 10.46 us a launch where the plain GEMM and swiglu_f16 took 9.81 + 1.86,
 // and a decode step of 8 sequences no faster than the launches apart; H100, 2026-12-05.)
-
-//
-// RMSNorm in the prologue (the _norm kernels): x is then the float32 residual stream, and each
-// block normalizes the rows it multiplies itself, with rms_norm_f16's operations (norm.cu): its
-// warps sum the squares of the columns they multiply (the loads the GEMM makes anyway, kept in
-// L1 for the second read), the block adds the warps' sums in float64 and rounds 1 / rms to float
-// once, and each lane then scales its 8 columns and rounds them to f16 as rms_norm_f16 does. The
-// same bits but for the order of the float64 additions (a flip of the float32 1 / rms is about a
-// 2^-28 chance a row), and one launch a stacked projection fewer: q/k/v and gate/up, two a layer.
 
 #include "common.cuh"
 
@@ -75,53 +63,20 @@ struct RowsOut {
     float scale;
 };
 
-// Split-K (the _split kernels, float32 rows only; gridDim.y splits): block (i, s) takes chunks
-// [s * chunks_per_split, (s + 1) * chunks_per_split) of tile i, writes its 16 x 8NB sums to
-// `partials` (split s's tiles, then s + 1's), and the last block of the tile to finish
-// (split_k_last on counters[i]) adds the splits in split order and writes alpha * that: the same
-// result whatever the timing.
-struct RowsSplit {
-    float* partials;
-    u32* counters;
-    u32 chunks_per_split;
-};
-
-// What the GEMM multiplies: f16 rows as they are (`x`), or (NORM) float32 rows (`x`, k values
-// apart) normalized on the way in: f16_scaled_bits(normed(x, 1 / rms, norm_w), scale).
-struct RowsIn {
-    const void* x;
-    const float* norm_w;
-    float eps, scale;
-};
-
-// 8 columns of a row of x normalized and rounded as rms_norm_f16 writes them (ToF16 in norm.cu),
-// packed as 8 f16 values the way the f16 rows hold them: the lane's mma fragments.
-__device__ __forceinline__ u32 f16_pair(float lo, float hi, float scale) {
-    return f16_scaled_bits(lo, scale) | (u32)f16_scaled_bits(hi, scale) << 16;
-}
-__device__ __forceinline__ uint4 normed_f16x8(const float4* xp, const float4* wp, float inv, float scale) {
-    const float4 a = normed4(__ldg(xp), inv, __ldg(wp)), b = normed4(__ldg(xp + 1), inv, __ldg(wp + 1));
-    return make_uint4(f16_pair(a.x, a.y, scale), f16_pair(a.z, a.w, scale), f16_pair(b.x, b.y, scale), f16_pair(b.z, b.w, scale));
-}
-
 // k % 32 == 0, w and x 16-byte aligned, m >= 1, 1 <= n <= 8 * NB (the host checks); a grid of
-// ceil(m / 16) blocks of 32 to 32 * GEMM_ROWS_MAX_WARPS threads (SPLIT: times gridDim.y splits);
-// warp i takes chunks [s0 + i * chunks_per_warp, s0 + (i + 1) * chunks_per_warp) of the k / 32,
-// within its split's [s0, s0 + chunks_per_split) (s0 = 0 and all of k without SPLIT). SWIGLU: w
-// holds 2m rows (gate's m, then up's), and block i takes tile i of each (TILES = 2).
-template <int NB, bool SWIGLU, bool NORM, bool SPLIT>
-__device__ __forceinline__ void gemm_f16_rows(const u16* __restrict__ w, const RowsIn& in, const RowsOut& o, const RowsSplit& sp,
-                                              u32 m, u32 k, u32 n, float alpha, u32 chunks_per_warp) {
-    static_assert(!(SPLIT && (SWIGLU || NORM)), "split-K writes float32 rows and sums the squares of a part of k only");
+// ceil(m / 16) blocks of 32 to 32 * GEMM_ROWS_MAX_WARPS threads; warp i takes chunks
+// [i * chunks_per_warp, (i + 1) * chunks_per_warp) of the k / 32. SWIGLU: w holds 2m rows (gate's
+// m, then up's), and block i takes tile i of each (TILES = 2).
+template <int NB, bool SWIGLU>
+__device__ __forceinline__ void gemm_f16_rows(const u16* __restrict__ w, const u16* __restrict__ x, const RowsOut& o, u32 m,
+                                              u32 k, u32 n, float alpha, u32 chunks_per_warp) {
     constexpr int TILES = SWIGLU ? 2 : 1;
     __shared__ float part[GEMM_ROWS_MAX_WARPS][TILES * 8 * NB * GEMM_ROWS_PAD];
     const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
     const u32 g = lane >> 2, t = lane & 3;
     const u32 row0 = blockIdx.x * 16;
     const u32 n_chunks = k / 32;
-    const u32 s_begin = SPLIT ? min(blockIdx.y * sp.chunks_per_split, n_chunks) : 0;
-    const u32 s_end = SPLIT ? min(s_begin + sp.chunks_per_split, n_chunks) : n_chunks;
-    const u32 c_begin = min(s_begin + warp * chunks_per_warp, s_end), c_end = min(c_begin + chunks_per_warp, s_end);
+    const u32 c_begin = min(warp * chunks_per_warp, n_chunks), c_end = min(c_begin + chunks_per_warp, n_chunks);
     // Rows past m (the last tile of a ragged m) read row m - 1 and their sums are dropped.
     const uint4* wa[TILES];
     const uint4* wb[TILES];
@@ -142,40 +97,10 @@ __device__ __forceinline__ void gemm_f16_rows(const u16* __restrict__ w, const R
         }
     }
     dependent_wait();
-    // x rows past n likewise read row n - 1 and their sums are dropped. A lane's 8 columns of a
-    // chunk: one uint4 of f16 rows, two float4s of float32 ones.
+    // x rows past n likewise read row n - 1 and their sums are dropped.
     const uint4* xr[NB];
-    const float4* xf[NB];
 #pragma unroll
-    for (int j = 0; j < NB; j++) {
-        const u64 row = min(g + 8 * j, n - 1);
-        xr[j] = reinterpret_cast<const uint4*>(static_cast<const u16*>(in.x) + row * k) + t;
-        xf[j] = reinterpret_cast<const float4*>(static_cast<const float*>(in.x) + row * k) + 2 * t;
-    }
-    const float4* nw = NORM ? reinterpret_cast<const float4*>(in.norm_w) + 2 * t : nullptr;
-    float inv[NB];
-    if constexpr (NORM) {
-        __shared__ double ss_part[GEMM_ROWS_MAX_WARPS][8 * NB];
-        __shared__ float inv_sh[8 * NB];
-        double ss[NB];
-#pragma unroll
-        for (int j = 0; j < NB; j++) {
-            ss[j] = 0.0;
-            for (u32 c = c_begin; c < c_end; c++) ss[j] += squares(__ldg(xf[j] + 8 * c)) + squares(__ldg(xf[j] + 8 * c + 1));
-            ss[j] += __shfl_xor_sync(FULL_WARP, ss[j], 1);
-            ss[j] += __shfl_xor_sync(FULL_WARP, ss[j], 2);
-            if (t == 0) ss_part[warp][g + 8 * j] = ss[j];
-        }
-        __syncthreads();
-        if (threadIdx.x < 8 * NB) {
-            double total = 0.0;
-            for (u32 wi = 0; wi < n_warps; wi++) total += ss_part[wi][threadIdx.x];
-            inv_sh[threadIdx.x] = (float)(1.0 / sqrt(total / (double)k + (double)in.eps));  // as norm.cu
-        }
-        __syncthreads();
-#pragma unroll
-        for (int j = 0; j < NB; j++) inv[j] = inv_sh[g + 8 * j];
-    }
+    for (int j = 0; j < NB; j++) xr[j] = reinterpret_cast<const uint4*>(x + (u64)min(g + 8 * j, n - 1) * k) + t;
     float acc[TILES][NB][4];
 #pragma unroll
     for (int q = 0; q < TILES; q++)
@@ -199,10 +124,7 @@ __device__ __forceinline__ void gemm_f16_rows(const u16* __restrict__ w, const R
         for (u32 u = 0; u < GEMM_ROWS_CHUNKS; u++) {
 #pragma unroll
             for (int j = 0; j < NB; j++) {
-                if (c + u < c_end) {
-                    if constexpr (NORM) xv[j][u] = normed_f16x8(xf[j] + 8 * (c + u), nw + 8 * (c + u), inv[j], in.scale);
-                    else xv[j][u] = __ldg(xr[j] + (c + u) * 4);
-                }
+                if (c + u < c_end) xv[j][u] = __ldg(xr[j] + (c + u) * 4);
             }
         }
 #pragma unroll
@@ -243,22 +165,6 @@ __device__ __forceinline__ void gemm_f16_rows(const u16* __restrict__ w, const R
         for (u32 wi = 1; wi < n_warps; wi++) sum += part[wi][i];
         return sum;
     };
-    if constexpr (SPLIT) {
-        constexpr u32 TILE = 16 * 8 * NB;
-        float* mine = sp.partials + ((u64)blockIdx.y * gridDim.x + blockIdx.x) * TILE;
-        for (u32 i = threadIdx.x; i < TILE; i += blockDim.x) mine[i] = sum_of(0, i / 16, i % 16);
-        __shared__ u32 s_last;
-        if (!split_k_last(&sp.counters[blockIdx.x], gridDim.y, s_last)) return;
-        for (u32 i = threadIdx.x; i < TILE; i += blockDim.x) {
-            const u32 xrow = i / 16, r = i % 16;
-            if (xrow < n && row0 + r < m) {
-                const float sum = sum_splits(sp.partials + (u64)blockIdx.x * TILE + i, (u64)gridDim.x * TILE, gridDim.y);
-                put(o.out + (u64)xrow * o.ldc + row0 + r, alpha * sum, o.accumulate);
-            }
-        }
-        if (threadIdx.x == 0) sp.counters[blockIdx.x] = 0;  // ready for the next launch
-        return;
-    }
     for (u32 i = threadIdx.x; i < 16 * 8 * NB; i += blockDim.x) {
         const u32 xrow = i / 16, r = i % 16;
         if (xrow < n && row0 + r < m) {
@@ -278,38 +184,10 @@ __device__ __forceinline__ void gemm_f16_rows(const u16* __restrict__ w, const R
         NAME(const u16* __restrict__ w, const u16* __restrict__ x, float* __restrict__ out, u32 m, u32 k, u32 n, u32 ldc,   \
              float alpha, u32 accumulate, u32 chunks_per_warp) {                                                          \
         const RowsOut o = {out, ldc, accumulate, nullptr, 0.0f};                                                        \
-        gemm_f16_rows<NB, false, false, false>(w, RowsIn{x, nullptr, 0.0f, 0.0f}, o, RowsSplit{}, m, k, n, alpha,       \
-                                               chunks_per_warp);                                                         \
+        gemm_f16_rows<NB, false>(w, x, o, m, k, n, alpha, chunks_per_warp);                                              \
     }
 GEMM_F16_ROWS_KERNEL(gemm_f16_rows_8, 1)
 GEMM_F16_ROWS_KERNEL(gemm_f16_rows_16, 2)
-
-// Split-K over gridDim.y blocks a tile (see RowsSplit); counters zero between launches.
-#define GEMM_F16_ROWS_SPLIT_KERNEL(NAME, NB)                                                                               \
-    extern "C" __global__ void __launch_bounds__(32 * GEMM_ROWS_MAX_WARPS)                                                \
-        NAME(const u16* __restrict__ w, const u16* __restrict__ x, float* __restrict__ out, u32 m, u32 k, u32 n, u32 ldc,   \
-             float alpha, u32 accumulate, u32 chunks_per_warp, float* __restrict__ partials, u32* __restrict__ counters,  \
-             u32 chunks_per_split) {                                                                                      \
-        const RowsOut o = {out, ldc, accumulate, nullptr, 0.0f};                                                        \
-        gemm_f16_rows<NB, false, false, true>(w, RowsIn{x, nullptr, 0.0f, 0.0f}, o, RowsSplit{partials, counters, chunks_per_split}, \
-                                              m, k, n, alpha, chunks_per_warp);                                          \
-    }
-GEMM_F16_ROWS_SPLIT_KERNEL(gemm_f16_rows_split_8, 1)
-GEMM_F16_ROWS_SPLIT_KERNEL(gemm_f16_rows_split_16, 2)
-
-// x: float32 rows of the residual stream, normalized with norm_w and eps and scaled by x_scale
-// (RMSNorm in the prologue, see the top of the file).
-#define GEMM_F16_ROWS_NORM_KERNEL(NAME, NB)                                                                                \
-    extern "C" __global__ void __launch_bounds__(32 * GEMM_ROWS_MAX_WARPS)                                                \
-        NAME(const u16* __restrict__ w, const float* __restrict__ x, const float* __restrict__ norm_w, float eps,         \
-             float x_scale, float* __restrict__ out, u32 m, u32 k, u32 n, u32 ldc, float alpha, u32 accumulate,          \
-             u32 chunks_per_warp) {                                                                                       \
-        const RowsOut o = {out, ldc, accumulate, nullptr, 0.0f};                                                        \
-        gemm_f16_rows<NB, false, true, false>(w, RowsIn{x, norm_w, eps, x_scale}, o, RowsSplit{}, m, k, n, alpha,       \
-                                              chunks_per_warp);                                                          \
-    }
-GEMM_F16_ROWS_NORM_KERNEL(gemm_f16_rows_norm_8, 1)
-GEMM_F16_ROWS_NORM_KERNEL(gemm_f16_rows_norm_16, 2)
 
 // w: the stacked copy of gate (m rows) and up (m rows); out_f16: n rows of the m features.
 #define GEMM_F16_ROWS_SWIGLU_KERNEL(NAME, NB)                                                                              \
@@ -317,21 +195,7 @@ GEMM_F16_ROWS_NORM_KERNEL(gemm_f16_rows_norm_16, 2)
         NAME(const u16* __restrict__ w, const u16* __restrict__ x, u16* __restrict__ out_f16, u32 m, u32 k, u32 n,        \
              float alpha, float scale, u32 chunks_per_warp) {                                                             \
         const RowsOut o = {nullptr, 0, 0, out_f16, scale};                                                              \
-        gemm_f16_rows<NB, true, false, false>(w, RowsIn{x, nullptr, 0.0f, 0.0f}, o, RowsSplit{}, m, k, n, alpha,        \
-                                              chunks_per_warp);                                                          \
+        gemm_f16_rows<NB, true>(w, x, o, m, k, n, alpha, chunks_per_warp);                                               \
     }
 GEMM_F16_ROWS_SWIGLU_KERNEL(gemm_f16_rows_swiglu_8, 1)
 GEMM_F16_ROWS_SWIGLU_KERNEL(gemm_f16_rows_swiglu_16, 2)
-
-// Both: x normalized on the way in, silu(gate) * up out.
-#define GEMM_F16_ROWS_SWIGLU_NORM_KERNEL(NAME, NB)                                                                         \
-    extern "C" __global__ void __launch_bounds__(32 * GEMM_ROWS_MAX_WARPS)                                                \
-        NAME(const u16* __restrict__ w, const float* __restrict__ x, const float* __restrict__ norm_w, float eps,         \
-             float x_scale, u16* __restrict__ out_f16, u32 m, u32 k, u32 n, float alpha, float scale,                    \
-             u32 chunks_per_warp) {                                                                                       \
-        const RowsOut o = {nullptr, 0, 0, out_f16, scale};                                                              \
-        gemm_f16_rows<NB, true, true, false>(w, RowsIn{x, norm_w, eps, x_scale}, o, RowsSplit{}, m, k, n, alpha,        \
-                                             chunks_per_warp);                                                           \
-    }
-GEMM_F16_ROWS_SWIGLU_NORM_KERNEL(gemm_f16_rows_swiglu_norm_8, 1)
-GEMM_F16_ROWS_SWIGLU_NORM_KERNEL(gemm_f16_rows_swiglu_norm_16, 2)

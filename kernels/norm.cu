@@ -33,6 +33,10 @@ __device__ __forceinline__ RowPart load_row_part(const float* __restrict__ row, 
     return p;
 }
 
+__device__ __forceinline__ double squares(float4 v) {
+    return (double)v.x * v.x + (double)v.y * v.y + (double)v.z * v.z + (double)v.w * v.w;
+}
+
 // 1 / sqrt(mean(x^2) + eps) of the row `xr`, whose first float4s this thread holds in `xp`, in
 // every thread.
 __device__ __forceinline__ float row_inv_rms(const float* __restrict__ xr, const RowPart& xp, u32 width, float eps) {

@@ -60,8 +60,7 @@
 #                rows (tests, decode steps against two rows); wide: a 7B's weights on the
 #                kernels to 6 or 8 rows (its test, decode steps at 5-8 sequences); swiglu:
 #                SwiGLU inside the stacked gate/up GEMM of 5-16 rows (tests, decode steps on and
-#                off); huge: an LM head on the kernels to 8 rows (its test, decode steps); norm: RMSNorm inside
-#                the stacked GEMMs of 5-16 rows and their split-K (tests, decode steps); beside: syn05 and syn7b beside llama.cpp (its build
+#                off); huge: an LM head on the kernels to 8 rows (its test, decode steps); beside: syn05 and syn7b beside llama.cpp (its build
 #                started earlier in the lease); tests: every GPU test without the real model; timeline: where a
 #                one-sequence step goes (syn05, syn7b); ab: decode steps under AB_VARIANTS.
 #   Logs, JSON reports and haiku artifacts go to one archive, $OUT/gpu_check.tar.gz (the device
@@ -354,24 +353,6 @@ if [ "$what" = pending ]; then
     ab_step swiglu_ab ${AB_S:-300} \
         "fused|FERRITE_CUDA_SWIGLU_GEMM=1" "apart|FERRITE_CUDA_SWIGLU_GEMM=0" \
         -- ${AB_MODELS:-/tmp/synthetic.gguf:6,8,16}
-    fi
-    if [[ ,$parts, == *,norm,* ]]; then
-    # RMSNorm in the prologue of the stacked q/k/v and gate/up GEMMs of 5-16 rows
-    # (gemm_f16_rows.cu's _norm kernels; FERRITE_CUDA_NORM_GEMM=0 turns it off): the kernel's and
-    # the models' tests, then decode steps of syn05 at 6, 8 and 16 sequences with it on and off,
-    # two interleaved rounds.
-    # The same part runs gemm_f16_rows.cu's split-K (a 0.5B's ffn_down; FERRITE_CUDA_GEMM_ROWS_SPLIT=0
-    # turns it off): its tests are among those, and decode steps with neither, with each alone and
-    # with both.
-    STEP_TIMEOUT=${CUDA_PYTEST_S:-300} step pytest_norm "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_gemm_f16_rows.py tests/test_cuda_model.py -k "gemm or swiglu or rmsnorm" -m "cuda and not model" --junitxml="$out/junit_norm.xml"
-    # shellcheck disable=SC2086  # the models, one word each
-    ab_step norm_ab ${AB_S:-300} \
-        "neither|FERRITE_CUDA_NORM_GEMM=0 FERRITE_CUDA_GEMM_ROWS_SPLIT=0" "norm|FERRITE_CUDA_NORM_GEMM=1 FERRITE_CUDA_GEMM_ROWS_SPLIT=0" \
-        "split|FERRITE_CUDA_NORM_GEMM=0 FERRITE_CUDA_GEMM_ROWS_SPLIT=1" "both|FERRITE_CUDA_NORM_GEMM=1 FERRITE_CUDA_GEMM_ROWS_SPLIT=1" \
-        -- ${AB_MODELS:-/tmp/synthetic.gguf:6,8,16}
-    # Where an 8-sequence step goes with both on (the thirty-first session's is the baseline).
-    FERRITE_CUDA_NORM_GEMM=1 FERRITE_CUDA_GEMM_ROWS_SPLIT=1 STEP_TIMEOUT=90 step timeline_norm_b8 "$py" benches/profile_cuda_decode.py /tmp/synthetic.gguf --child timeline --batch 8 --steps 32
-    cp "$out/timeline_norm_b8.log" "$dest/timeline_norm_b8.txt" 2>/dev/null
     fi
     if [[ ,$parts, == *,wide,* ]]; then
     # A wide model's weights (hidden width 2048 or more: a 7B's) on the matrix-vector kernels

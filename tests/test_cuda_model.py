@@ -469,32 +469,6 @@ def decode_steps_under(path, monkeypatch, var, value, starts, steps, seq_counts,
     return outs
 
 
-def fused_kernel_gives_the_bits_apart(tmp_path, monkeypatch, matrix_type, var, counter, min_fused, seeds):
-    """A two-layer model of `matrix_type` (hidden 896 or 1024: 7 and 8 warps a gemm_f16_rows
-    block, the real model's 896 taking 7), decode steps of 6 and 13 sequences (both kernel
-    variants; the later steps replay recorded graphs) with the fusion switch `var` at "1" and at
-    "0": the same bits both ways; the process's count `counter` grew by at least `min_fused`
-    with it on and not at all with it off; the last step within the f16 paths' bound of the
-    float64 reference, with its decisive top-1. `seeds`: the model's and the tokens'."""
-    hidden, n_heads = {"Q5_0": (896, 14), "Q4_K": (1024, 8)}[matrix_type]
-    path = write_block_model(tmp_path / "m.gguf", matrix_type, hidden=hidden, ffn=512, n_heads=n_heads, n_kv_heads=2, context=256, seed=seeds[0])
-    rng = np.random.default_rng(seeds[1])
-    starts = [[int(t) for t in rng.integers(0, 260, size=4)] for _ in range(13)]
-    steps = [[int(t) for t in rng.integers(0, 260, size=13)] for _ in range(3)]
-    got, fused = {}, {}
-    for flag in ("1", "0"):
-        before = ferrite._ferrite._cuda_counters()[counter]
-        got[flag] = decode_steps_under(path, monkeypatch, var, flag, starts, steps, (6, 13), 1024, 16)
-        fused[flag] = ferrite._ferrite._cuda_counters()[counter] - before
-    assert fused["0"] == 0 and fused["1"] >= min_fused, fused
-    for i, (a, b) in enumerate(zip(got["1"], got["0"])):
-        assert np.array_equal(a, b), f"step {i}: {np.abs(a - b).max()}"
-    ref = ReferenceModel(path)
-    want = np.stack([ref.forward(p + [st[i] for st in steps])[-1] for i, p in enumerate(starts)])
-    assert relative(got["1"][-1], want) <= TF32_RELATIVE_BOUND
-    assert decisive_top1(got["1"][-1], want) == 1.0
-
-
 @pytest.mark.cuda
 @needs_gpu
 @rows_not_forced
@@ -518,30 +492,6 @@ def test_gpu_rows_gemm_in_a_model(tmp_path, monkeypatch, matrix_type):
 @pytest.mark.cuda
 @needs_gpu
 @rows_not_forced
-def test_gpu_split_k_rows_gemm_in_a_model(tmp_path, monkeypatch):
-    """gemm_f16_rows.cu's split-K (FERRITE_CUDA_GEMM_ROWS_SPLIT=1), taken where a weight's 16-row
-    tiles are fewer than the SMs and its k long (here ffn_down: 16 tiles of 2,048 columns, two
-    splits): decode steps of 6 and 13 sequences (both kernel variants; the later steps replay
-    recorded graphs, whose counters the last block resets) against the float64 reference within
-    the f16 paths' bound, and the same without it: both within the bound, the process's count
-    showing that the split kernels ran only when on."""
-    path = write_block_model(tmp_path / "m.gguf", "Q4_K", hidden=256, ffn=2048, n_heads=4, n_kv_heads=2, context=256, seed=31)
-    rng = np.random.default_rng(37)
-    starts = [[int(t) for t in rng.integers(0, 260, size=4)] for _ in range(13)]
-    steps = [[int(t) for t in rng.integers(0, 260, size=13)] for _ in range(3)]
-    ref = ReferenceModel(path)
-    split = {}
-    for flag in ("1", "0"):
-        before = ferrite._ferrite._cuda_counters()["rows_split_gemms"]
-        decode_steps_under(path, monkeypatch, "FERRITE_CUDA_GEMM_ROWS_SPLIT", flag, starts, steps, (6, 13), 1024, 16, ref)
-        split[flag] = ferrite._ferrite._cuda_counters()["rows_split_gemms"] - before
-    # ffn_down of every layer of the unrecorded 6- and 13-row steps.
-    assert split["0"] == 0 and split["1"] >= 2 * 2, split
-
-
-@pytest.mark.cuda
-@needs_gpu
-@rows_not_forced
 @pytest.mark.parametrize("matrix_type", ["Q5_0", "Q4_K"])
 def test_gpu_swiglu_inside_the_stacked_rows_gemm_gives_the_bits_of_its_own_launch(tmp_path, monkeypatch, matrix_type):
     """The stacked gate/up GEMM of 5-16 rows on gemm_f16_rows.cu writes silu(gate) * up as f16
@@ -550,24 +500,25 @@ def test_gpu_swiglu_inside_the_stacked_rows_gemm_gives_the_bits_of_its_own_launc
     bits as with SwiGLU's own launch (FERRITE_CUDA_SWIGLU_GEMM=0), the process's count shows
     that the fused kernel ran only when on, and the steps stay within the f16 paths' bound of
     the float64 reference."""
+    # k of 896 and 1024 columns: 7 and 8 warps a block (the real model's 896 takes 7).
+    hidden, n_heads = {"Q5_0": (896, 14), "Q4_K": (1024, 8)}[matrix_type]
+    path = write_block_model(tmp_path / "m.gguf", matrix_type, hidden=hidden, ffn=512, n_heads=n_heads, n_kv_heads=2, context=256, seed=13)
+    rng = np.random.default_rng(17)
+    starts = [[int(t) for t in rng.integers(0, 260, size=4)] for _ in range(13)]
+    steps = [[int(t) for t in rng.integers(0, 260, size=13)] for _ in range(3)]
+    got, fused = {}, {}
+    for flag in ("1", "0"):
+        before = ferrite._ferrite._cuda_counters()["swiglu_gemms"]
+        got[flag] = decode_steps_under(path, monkeypatch, "FERRITE_CUDA_SWIGLU_GEMM", flag, starts, steps, (6, 13), 1024, 16)
+        fused[flag] = ferrite._ferrite._cuda_counters()["swiglu_gemms"] - before
     # Every layer's gate/up of the unrecorded 6- and 13-row steps (the prompts go to cuBLAS).
-    fused_kernel_gives_the_bits_apart(tmp_path, monkeypatch, matrix_type, "FERRITE_CUDA_SWIGLU_GEMM", "swiglu_gemms", 2 * 2, seeds=(13, 17))
-
-
-@pytest.mark.cuda
-@needs_gpu
-@rows_not_forced
-@pytest.mark.parametrize("matrix_type", ["Q5_0", "Q4_K"])
-def test_gpu_rmsnorm_inside_the_rows_gemms_gives_the_bits_of_its_own_launch(tmp_path, monkeypatch, matrix_type):
-    """The stacked q/k/v and gate/up GEMMs of 5-16 rows on gemm_f16_rows.cu normalize the
-    residual stream as they load it (RMSNorm in their prologue), as rms_norm_f16 would in a
-    launch of its own: decode steps of 6 and 13 sequences (both kernel variants; the later steps
-    replay recorded graphs) give the same bits as with the norm's own launch
-    (FERRITE_CUDA_NORM_GEMM=0), the process's count shows that the fused kernels ran only when
-    on, and the steps stay within the f16 paths' bound of the float64 reference."""
-    # q/k/v and gate/up of every layer of the unrecorded 6- and 13-row steps (the prompts go to
-    # cuBLAS).
-    fused_kernel_gives_the_bits_apart(tmp_path, monkeypatch, matrix_type, "FERRITE_CUDA_NORM_GEMM", "norm_gemms", 2 * 2 * 2, seeds=(19, 23))
+    assert fused["0"] == 0 and fused["1"] >= 2 * 2, fused
+    for i, (a, b) in enumerate(zip(got["1"], got["0"])):
+        assert np.array_equal(a, b), f"step {i}: {np.abs(a - b).max()}"
+    ref = ReferenceModel(path)
+    want = np.stack([ref.forward(p + [st[i] for st in steps])[-1] for i, p in enumerate(starts)])
+    assert relative(got["1"][-1], want) <= TF32_RELATIVE_BOUND
+    assert decisive_top1(got["1"][-1], want) == 1.0
 
 
 @pytest.mark.cuda

@@ -306,17 +306,13 @@ fn _cuda_weight_rows<'py>(
 
 /// Test hook: counts of this process's CUDA path decisions, as a dict: ``stacked_gemms``
 /// (projections of one x run as one GEMM on a stacked copy), ``swiglu_gemms`` (stacked gate/up
-/// GEMMs of 1-16 rows that wrote SwiGLU's output), ``norm_gemms`` (GEMMs of 1-16 rows that
-/// applied RMSNorm to x as they loaded it), ``rows_split_gemms`` (GEMMs of 1-16 rows split over
-/// several blocks a tile) and ``stream_matvecs`` (launches on the stream kernel); graph replays
-/// not counted.
+/// GEMMs of 1-16 rows that wrote SwiGLU's output) and ``stream_matvecs`` (launches on the
+/// stream kernel); graph replays not counted.
 #[pyfunction]
 fn _cuda_counters(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     let d = PyDict::new(py);
     d.set_item("stacked_gemms", cuda::STACKED_GEMMS.load(std::sync::atomic::Ordering::Relaxed))?;
     d.set_item("swiglu_gemms", cuda::SWIGLU_GEMMS.load(std::sync::atomic::Ordering::Relaxed))?;
-    d.set_item("norm_gemms", cuda::NORM_GEMMS.load(std::sync::atomic::Ordering::Relaxed))?;
-    d.set_item("rows_split_gemms", cuda::ROWS_SPLIT_GEMMS.load(std::sync::atomic::Ordering::Relaxed))?;
     d.set_item("stream_matvecs", STREAM_MATVECS.load(std::sync::atomic::Ordering::Relaxed))?;
     Ok(d)
 }

@@ -416,11 +416,6 @@ pub(super) struct FixedKernels {
     /// on a stacked gate/up copy writing SwiGLU's f16 output (`matmul::stacked_swiglu_rows`).
     pub(super) gemm_f16_rows: [CudaFunction; 2],
     pub(super) gemm_f16_rows_swiglu: [CudaFunction; 2],
-    /// The float32 pair with k split over several blocks a tile (`matmul::gemm_rows_splits`).
-    pub(super) gemm_f16_rows_split: [CudaFunction; 2],
-    /// The same two pairs normalizing x (RMSNorm) as they load it (`matmul::NormedX::rows_input`).
-    pub(super) gemm_f16_rows_norm: [CudaFunction; 2],
-    pub(super) gemm_f16_rows_swiglu_norm: [CudaFunction; 2],
 }
 
 pub struct CudaBackend {
@@ -448,9 +443,6 @@ pub struct CudaBackend {
     /// Whether the stacked gate/up GEMM of 1-16 rows applies SwiGLU as it writes
     /// (`matmul::stacked_swiglu_rows`).
     pub(super) swiglu_gemm: bool,
-    /// Whether the stacked GEMMs of 1-16 rows normalize x as they load it
-    /// (`matmul::NormedX::rows_input`).
-    pub(super) norm_gemm: bool,
     /// Whether projections of one x may run as one GEMM on a stacked copy (`matmul::stacks`).
     pub(super) stacking: bool,
     /// Whether SwiGLU and decode attention read stacked outputs in place (`matmul::stacked_in_place`).
@@ -460,8 +452,6 @@ pub struct CudaBackend {
     pub(super) gemm_rows_max_bytes: usize,
     /// gemm_f16_rows.cu's work split: chunks a warp, most warps a block (`matmul::gemm_rows_plan`).
     pub(super) gemm_rows_plan: (u32, u32),
-    /// gemm_f16_rows.cu's split-K scratch (`matmul::rows_split_scratch`).
-    pub(super) rows_split: Option<super::matmul::RowsSplitScratch>,
     /// Query heads a layer and head dim of the KV cache's model (sizes the splits' scratch).
     attn_heads: usize,
     attn_kv_heads: usize,
@@ -1057,18 +1047,11 @@ impl CudaBackend {
             abs_max: f(&kernels::CONVERT, "abs_max")?,
             gemm_f16_rows: [f(&kernels::GEMM_F16_ROWS, "gemm_f16_rows_8")?, f(&kernels::GEMM_F16_ROWS, "gemm_f16_rows_16")?],
             gemm_f16_rows_swiglu: [f(&kernels::GEMM_F16_ROWS, "gemm_f16_rows_swiglu_8")?, f(&kernels::GEMM_F16_ROWS, "gemm_f16_rows_swiglu_16")?],
-            gemm_f16_rows_split: [f(&kernels::GEMM_F16_ROWS, "gemm_f16_rows_split_8")?, f(&kernels::GEMM_F16_ROWS, "gemm_f16_rows_split_16")?],
-            gemm_f16_rows_norm: [f(&kernels::GEMM_F16_ROWS, "gemm_f16_rows_norm_8")?, f(&kernels::GEMM_F16_ROWS, "gemm_f16_rows_norm_16")?],
-            gemm_f16_rows_swiglu_norm: [
-                f(&kernels::GEMM_F16_ROWS, "gemm_f16_rows_swiglu_norm_8")?,
-                f(&kernels::GEMM_F16_ROWS, "gemm_f16_rows_swiglu_norm_16")?,
-            ],
         };
         // A graph would record the synchronizations FERRITE_CUDA_SYNC asks for, which capture forbids.
         let sampler = super::sampling::DeviceSampler::new(ctx.clone())?;
         let graphs_enabled = !ctx.syncs_each_launch() && std::env::var("FERRITE_CUDA_GRAPHS").map_or(true, |v| v != "0");
         let graph_max_rows = std::env::var("FERRITE_CUDA_GRAPH_MAX_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(GRAPH_MAX_ROWS);
-        let rows_split = super::matmul::rows_split_scratch(&ctx, ctx.sms())?;
         Ok(CudaBackend {
             ctx,
             blas,
@@ -1083,12 +1066,10 @@ impl CudaBackend {
             gemm_mma_rows: super::matmul::forced_gemm_mma_rows(),
             row_rules: super::matmul::RowRules::from_env(),
             swiglu_gemm: super::matmul::swiglu_gemm_enabled(),
-            norm_gemm: super::matmul::norm_gemm_enabled(),
             stacking: super::matmul::stacking_enabled(),
             stack_in_place: super::matmul::stacked_in_place(),
             gemm_rows_max_bytes: super::matmul::gemm_rows_max_bytes(),
             gemm_rows_plan: super::matmul::gemm_rows_plan(),
-            rows_split,
             attn_heads: 0,
             attn_kv_heads: 0,
             attn_head_dim: 0,
@@ -1490,7 +1471,7 @@ impl Backend for CudaBackend {
                 }
                 let norm_w = norm.dense()?;
                 // q/k/v as one GEMM on their stacked copy where it pays (`matmul::stacks`).
-                if super::matmul::stacked_gemm(self, &outs, n_rows, super::matmul::NormedX { x, weight: norm_w, eps })? {
+                if super::matmul::stacked_gemm(self, &outs, n_rows, |be| super::matmul::rms_norm_as_f16(be, x, norm_w, eps, n_rows))? {
                     return Ok(());
                 }
                 if super::matmul::f16_gemm_inputs(self, &weights, n_rows)? {
@@ -1551,7 +1532,8 @@ impl Backend for CudaBackend {
             }
             check_width("attention output", bufs.out.width, w.o.n_cols)?;
             let norm_w = w.norm.dense()?;
-            let normed = super::matmul::NormedX { x, weight: norm_w, eps };
+            let x_read: &CudaAct = x;
+            let normed = |be: &mut CudaBackend| super::matmul::rms_norm_as_f16(be, x_read, norm_w, eps, n_rows);
             if let Some(qkv) = super::matmul::stacked_gemm_unsplit(self, &[w.q, w.k, w.v], n_rows, normed)? {
                 let f = std::mem::size_of::<f32>() as u64;
                 let (q_rows, k_rows) = (w.q.n_rows as u64, w.k.n_rows as u64);
@@ -1592,7 +1574,8 @@ impl Backend for CudaBackend {
             // SwiGLU's output takes gate's place as down's input.
             check_projection(down, None, bufs.gate, n_rows, x)?;
             let norm_w = norm.dense()?;
-            let normed = super::matmul::NormedX { x, weight: norm_w, eps };
+            let x_read: &CudaAct = x;
+            let normed = |be: &mut CudaBackend| super::matmul::rms_norm_as_f16(be, x_read, norm_w, eps, n_rows);
             if let Some(swiglu) = super::matmul::stacked_swiglu_rows(self, gate, up, n_rows, normed)? {
                 return self.project(down, None, bufs.gate, n_rows, x, Write::Accumulate, &mut Some(swiglu));
             }

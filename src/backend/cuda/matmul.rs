@@ -617,41 +617,17 @@ pub(super) struct StackedOut<'w> {
     pub bias: u64,
 }
 
-/// What a stacked projection multiplies: the RMSNorm of the residual stream's rows `x` with
-/// `weight` and `eps` (every stacked group is the first projection of a block). gemm_f16_rows.cu's
-/// _norm kernels normalize the rows as they load them; the other paths multiply the f16 rows
-/// that [`rms_norm_as_f16`] writes first ([`NormedX::rows_input`] picks).
-#[derive(Clone, Copy)]
-pub(super) struct NormedX<'a> {
-    pub x: &'a CudaAct,
-    pub weight: &'a CudaSlice<f32>,
-    pub eps: f32,
-}
-
-/// What gemm_f16_rows.cu's kernels multiply: f16 rows at a device address, or rows they
-/// normalize as they load them (the _norm kernels: the bits `rms_norm_as_f16` writes).
-#[derive(Clone, Copy)]
-enum RowsX<'a> {
-    F16(u64),
-    Normed(NormedX<'a>),
-}
-
-impl<'a> NormedX<'a> {
-    /// The rows as `cfg`'s GEMM of the stacked weight rows at `a` takes them: left to the _norm
-    /// kernels where they take it (the norm on, [`norm_gemm_enabled`]; beta 0; x as wide as k;
-    /// a shape [`gemm_rows_fits`] takes), else normalized now as f16 in the backend's f16 buffer
-    /// (one launch). `cfg` poses all of the stacked copy's rows.
-    fn rows_input(self, be: &mut CudaBackend, cfg: &GemmConfig<f32>, a: u64, n_x: usize) -> Result<RowsX<'a>, BackendError> {
-        let fused = be.norm_gemm && cfg.beta == 0.0 && self.x.width == cfg.k as usize && gemm_rows_fits(be, cfg, a, addr(&self.x.buf, &be.ctx));
-        Ok(if fused { RowsX::Normed(self) } else { RowsX::F16(rms_norm_as_f16(be, self.x, self.weight, self.eps, n_x)?) })
-    }
-}
-
 /// The projections of one x (`weights`) as one f16 GEMM on their stacked copy ([`stacks`],
 /// [`stacked_copy`]), into the backend's stacked output: `n_x` rows of all the weights' rows, the
-/// first weight's outputs first. Returns that output's device address, or None, having launched
-/// nothing, when the group does not stack.
-pub(super) fn stacked_gemm_unsplit(be: &mut CudaBackend, weights: &[&CudaWeight], n_x: usize, x: NormedX<'_>) -> Result<Option<u64>, BackendError> {
+/// first weight's outputs first. `x_f16`: called once the GEMM is known to run, returning the
+/// device address of x as f16 (the producer writes it). Returns that output's device address,
+/// or None, having launched nothing, when the group does not stack.
+pub(super) fn stacked_gemm_unsplit(
+    be: &mut CudaBackend,
+    weights: &[&CudaWeight],
+    n_x: usize,
+    x_f16: impl FnOnce(&mut CudaBackend) -> Result<u64, BackendError>,
+) -> Result<Option<u64>, BackendError> {
     let Some((copy, cfg)) = stacked_gemm_config(be, weights, n_x)? else { return Ok(None) };
     let (total_rows, n_cols) = (cfg.m as usize, cfg.k as usize);
     let n_out = n_x.checked_mul(total_rows).ok_or_else(|| BackendError::Invalid("stacked projections' output overflows".into()))?;
@@ -660,11 +636,8 @@ pub(super) fn stacked_gemm_unsplit(be: &mut CudaBackend, weights: &[&CudaWeight]
     let Some(stacked) = stacked_out(be, n_out)? else { return Ok(None) };
     let ctx = be.ctx.clone();
     let gemm_err = |e: String| CudaError::Driver { op: format!("f16 GEMM for {} ({total_rows} x {n_cols} by {n_x} rows)", member_names(weights)), msg: e };
-    let a = addr(&copy.bits, &ctx);
-    match x.rows_input(be, &cfg, a, n_x)? {
-        RowsX::Normed(normed) => gemm_rows_normed(be, &cfg, a, normed, stacked).map_err(gemm_err)?,
-        RowsX::F16(converted) => gemm_f16_raw(be, cfg, a, converted, stacked).map_err(gemm_err)?,
-    }
+    let converted = x_f16(be)?;
+    gemm_f16_raw(be, cfg, addr(&copy.bits, &ctx), converted, stacked).map_err(gemm_err)?;
     STACKED_GEMMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok(Some(stacked))
 }
@@ -693,9 +666,14 @@ fn member_names(weights: &[&CudaWeight]) -> String {
 /// ([`stacked_gemm_unsplit`]), then one launch that splits the stacked rows into the outputs and
 /// adds the biases (`split_rows3`, in place of `add_biases3`). Returns false, having launched
 /// nothing, when the group does not stack.
-pub(super) fn stacked_gemm(be: &mut CudaBackend, outs: &[StackedOut<'_>], n_x: usize, x: NormedX<'_>) -> Result<bool, BackendError> {
+pub(super) fn stacked_gemm(
+    be: &mut CudaBackend,
+    outs: &[StackedOut<'_>],
+    n_x: usize,
+    x_f16: impl FnOnce(&mut CudaBackend) -> Result<u64, BackendError>,
+) -> Result<bool, BackendError> {
     let weights: Vec<&CudaWeight> = outs.iter().map(|o| o.weight).collect();
-    let Some(stacked) = stacked_gemm_unsplit(be, &weights, n_x, x)? else { return Ok(false) };
+    let Some(stacked) = stacked_gemm_unsplit(be, &weights, n_x, x_f16)? else { return Ok(false) };
     let as_u32 = |what: &str, v: usize| u32::try_from(v).map_err(|_| BackendError::Invalid(format!("stacked projections: {what} {v} exceeds 32 bits")));
     let seg = |i: usize| -> Result<(u64, u64, u32), BackendError> {
         Ok(match outs.get(i) {
@@ -939,119 +917,13 @@ fn gemm_rows(be: &CudaBackend, cfg: &GemmConfig<f32>, a: u64, x_f16: u64, c_ptr:
     if !gemm_rows_fits(be, cfg, a, x_f16) {
         return Ok(false);
     }
+    let (lc, chunks_per_warp) = gemm_rows_grid(be, cfg);
+    let f = &be.fixed.gemm_f16_rows[usize::from(cfg.n > 8)];
     let (m, k, n, ldc) = (cfg.m as u32, cfg.k as u32, cfg.n as u32, cfg.ldc as u32);
     let accumulate = u32::from(cfg.beta == 1.0);
-    let wide = usize::from(cfg.n > 8);
-    let err = |e: CudaError| format!("gemm_f16_rows.cu: {e}");
-    match (&be.rows_split, gemm_rows_splits(be, cfg)) {
-        (Some(scratch), splits) if splits > 1 => {
-            let chunks_per_split = (k / 32).div_ceil(splits);
-            // A split's block is planned as a whole block of its share of k.
-            let (mut lc, chunks_per_warp) = gemm_rows_grid(be, &GemmConfig { k: (chunks_per_split * 32) as i32, ..*cfg });
-            lc.grid_dim.1 = splits;
-            let (partials, counters) = (addr(&scratch.partials, &be.ctx), addr(&scratch.counters, &be.ctx));
-            let f = &be.fixed.gemm_f16_rows_split[wide];
-            launch!(be.ctx, f, "gemm_f16_rows_split", lc, &a, &x_f16, &c_ptr, &m, &k, &n, &ldc, &cfg.alpha, &accumulate, &chunks_per_warp, &partials, &counters, &chunks_per_split).map_err(err)?;
-            ROWS_SPLIT_GEMMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        _ => {
-            let (lc, chunks_per_warp) = gemm_rows_grid(be, cfg);
-            let f = &be.fixed.gemm_f16_rows[wide];
-            launch!(be.ctx, f, "gemm_f16_rows", lc, &a, &x_f16, &c_ptr, &m, &k, &n, &ldc, &cfg.alpha, &accumulate, &chunks_per_warp).map_err(err)?;
-        }
-    }
-    Ok(true)
-}
-
-/// Launches of gemm_f16_rows.cu's split-K kernels ([`gemm_rows_splits`]) by this process
-/// (directly, not counting graph replays), for the tests (`_cuda_counters`).
-pub static ROWS_SPLIT_GEMMS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// Fewest 32-column chunks a split of gemm_f16_rows.cu's split-K takes: k of 1,024 columns.
-const ROWS_SPLIT_MIN_CHUNKS: u32 = 32;
-
-/// How many blocks share each tile's k in gemm_f16_rows.cu (split-K, the _split kernels): as
-/// many as keep the blocks within one per SM (a block of 13-16 warps takes an SM's registers:
-/// a second wave would run on a few SMs), none shorter than `ROWS_SPLIT_MIN_CHUNKS` (a 0.5B's
-/// ffn_down: 56 tiles, 2 splits, 112 blocks); 1 without the scratch (split-K off, see
-/// [`rows_split_scratch`]). The splits times the tiles stay within the SMs, under the scratch's
-/// bound.
-fn gemm_rows_splits(be: &CudaBackend, cfg: &GemmConfig<f32>) -> u32 {
-    let (tiles, sms) = ((cfg.m as u32).div_ceil(16), be.ctx.sms() as u32);
-    if be.rows_split.is_none() || tiles >= sms {
-        return 1;
-    }
-    (sms / tiles).min(cfg.k as u32 / 32 / ROWS_SPLIT_MIN_CHUNKS).max(1)
-}
-
-/// gemm_f16_rows.cu's split-K scratch: the blocks' partial sums and a counter a tile (zero
-/// between launches: the last block of a tile resets its own).
-pub(super) struct RowsSplitScratch {
-    partials: CudaSlice<f32>,
-    counters: CudaSlice<u32>,
-}
-
-/// The split-K scratch for `sms` SMs, sized with room over [`gemm_rows_splits`]'s bound (splits
-/// x tiles <= SMs; 2 x SMs tiles of 16 rows by up to 16 x rows, a counter a tile), made with the
-/// backend (about a quarter of a MB) when `FERRITE_CUDA_GEMM_ROWS_SPLIT=1`; None, split-K off,
-/// otherwise. Off by default until a GPU has timed it (docs/BENCHMARKS.md, pending).
-pub(super) fn rows_split_scratch(ctx: &CudaContext, sms: usize) -> Result<Option<RowsSplitScratch>, CudaError> {
-    if std::env::var("FERRITE_CUDA_GEMM_ROWS_SPLIT").map_or(true, |v| v != "1") {
-        return Ok(None);
-    }
-    let partials = ctx.alloc::<f32>(2 * sms * 16 * GEMM_ROWS_MAX_X_ROWS as usize, "gemm_f16_rows split-K partial sums")?;
-    let counters = ctx.alloc_zeros::<u32>(sms, "gemm_f16_rows split-K counters")?;
-    Ok(Some(RowsSplitScratch { partials, counters }))
-}
-
-/// `cfg`'s GEMM (beta 0, float32 rows at `c_ptr`) of the stacked weight rows at `a` by the
-/// RMSNorm of `x`, on gemm_f16_rows.cu's _norm kernels, where [`NormedX::rows_input`] found that
-/// they take it.
-fn gemm_rows_normed(be: &CudaBackend, cfg: &GemmConfig<f32>, a: u64, x: NormedX<'_>, c_ptr: u64) -> Result<(), String> {
-    let (x_addr, w_addr) = (addr(&x.x.buf, &be.ctx), addr(x.weight, &be.ctx));
-    let (lc, chunks_per_warp) = gemm_rows_grid(be, cfg);
-    let (m, k, n, ldc, accumulate) = (cfg.m as u32, cfg.k as u32, cfg.n as u32, cfg.ldc as u32, 0u32);
-    let f = &be.fixed.gemm_f16_rows_norm[usize::from(cfg.n > 8)];
-    launch!(be.ctx, f, "gemm_f16_rows_norm", lc, &a, &x_addr, &w_addr, &x.eps, &X_F16_SCALE, &c_ptr, &m, &k, &n, &ldc, &cfg.alpha, &accumulate, &chunks_per_warp)
+    launch!(be.ctx, f, "gemm_f16_rows", lc, &a, &x_f16, &c_ptr, &m, &k, &n, &ldc, &cfg.alpha, &accumulate, &chunks_per_warp)
         .map_err(|e| format!("gemm_f16_rows.cu: {e}"))?;
-    NORM_GEMMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    Ok(())
-}
-
-/// `cfg`'s GEMM of a stacked gate/up copy at `a` (`cfg` poses all of its rows) by `x`, writing
-/// silu(gate) * up as f16 (times `X_F16_SCALE`) at `out_f16`: one block a tile of gate's rows and
-/// the same tile of up's, so the grid is gate's rows'.
-fn gemm_rows_swiglu(be: &CudaBackend, cfg: &GemmConfig<f32>, a: u64, x: RowsX<'_>, out_f16: u64) -> Result<(), String> {
-    let (lc, chunks_per_warp) = gemm_rows_grid(be, &GemmConfig { m: cfg.m / 2, ..*cfg });
-    let (m, k, n) = (cfg.m as u32 / 2, cfg.k as u32, cfg.n as u32);
-    let wide = usize::from(cfg.n > 8);
-    let err = |e: CudaError| format!("gemm_f16_rows.cu: {e}");
-    match x {
-        RowsX::F16(x_f16) => {
-            let f = &be.fixed.gemm_f16_rows_swiglu[wide];
-            launch!(be.ctx, f, "gemm_f16_rows_swiglu", lc, &a, &x_f16, &out_f16, &m, &k, &n, &cfg.alpha, &X_F16_SCALE, &chunks_per_warp).map_err(err)?;
-        }
-        RowsX::Normed(normed) => {
-            let (x_addr, w_addr) = (addr(&normed.x.buf, &be.ctx), addr(normed.weight, &be.ctx));
-            let f = &be.fixed.gemm_f16_rows_swiglu_norm[wide];
-            launch!(be.ctx, f, "gemm_f16_rows_swiglu_norm", lc, &a, &x_addr, &w_addr, &normed.eps, &X_F16_SCALE, &out_f16, &m, &k, &n, &cfg.alpha, &X_F16_SCALE, &chunks_per_warp)
-                .map_err(err)?;
-            NORM_GEMMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-    }
-    Ok(())
-}
-
-/// Launches of gemm_f16_rows.cu's _norm kernels ([`NormedX::rows_input`]) by this process
-/// (directly, not counting graph replays), for the tests (`_cuda_counters`).
-pub static NORM_GEMMS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// `FERRITE_CUDA_NORM_GEMM=1`: the stacked GEMMs of 1-16 rows normalize x as they load it
-/// ([`NormedX::rows_input`]); otherwise they multiply f16 rows that rms_norm_f16 writes in a launch
-/// of its own. Off by default until a GPU has timed it (docs/BENCHMARKS.md, pending). Read when a
-/// backend is made.
-pub(super) fn norm_gemm_enabled() -> bool {
-    std::env::var("FERRITE_CUDA_NORM_GEMM").is_ok_and(|v| v == "1")
+    Ok(true)
 }
 
 /// Whether gemm_f16_rows.cu takes `cfg`'s GEMM of the weight rows at `a` by the f16 x at
@@ -1090,9 +962,15 @@ fn gemm_rows_grid(be: &CudaBackend, cfg: &GemmConfig<f32>) -> (cudarc::driver::L
 /// the device address of that f16 output (the backend's `swiglu_f16` buffer, `n_x` rows of
 /// gate's width), or None, having launched nothing, when the pair does not stack, the kernel
 /// does not take the GEMM (more than 16 rows, a copy over `gemm_rows_max_bytes`) or
-/// `FERRITE_CUDA_SWIGLU_GEMM=0` (read when a backend is made). `x` as for
+/// `FERRITE_CUDA_SWIGLU_GEMM=0` (read when a backend is made). `x_f16` as for
 /// [`stacked_gemm_unsplit`].
-pub(super) fn stacked_swiglu_rows(be: &mut CudaBackend, gate: &CudaWeight, up: &CudaWeight, n_x: usize, x: NormedX<'_>) -> Result<Option<u64>, BackendError> {
+pub(super) fn stacked_swiglu_rows(
+    be: &mut CudaBackend,
+    gate: &CudaWeight,
+    up: &CudaWeight,
+    n_x: usize,
+    x_f16: impl FnOnce(&mut CudaBackend) -> Result<u64, BackendError>,
+) -> Result<Option<u64>, BackendError> {
     let weights = [gate, up];
     if !be.swiglu_gemm || gate.n_rows != up.n_rows {
         return Ok(None);
@@ -1108,9 +986,13 @@ pub(super) fn stacked_swiglu_rows(be: &mut CudaBackend, gate: &CudaWeight, up: &
     }
     // Without room the two launches run instead (nothing launched yet).
     let Some(out) = grown(&ctx, &mut be.swiglu_f16, &mut be.batch_generation, n_x * width, "SwiGLU's f16 output")? else { return Ok(None) };
-    let gemm_err = |e: String| CudaError::Driver { op: format!("the stacked GEMM with SwiGLU for {} ({} x {n_cols} by {n_x} rows)", member_names(&weights), 2 * width), msg: e };
-    let input = x.rows_input(be, &cfg, a, n_x)?;
-    gemm_rows_swiglu(be, &cfg, a, input, out).map_err(gemm_err)?;
+    let converted = x_f16(be)?;
+    // One block a tile of gate's rows and the same tile of up's: the grid of gate's rows.
+    let (lc, chunks_per_warp) = gemm_rows_grid(be, &GemmConfig { m: cfg.m / 2, ..cfg });
+    let f = &be.fixed.gemm_f16_rows_swiglu[usize::from(n_x > 8)];
+    let (m, k, n) = (width as u32, n_cols as u32, n_x as u32);
+    launch!(ctx, f, "gemm_f16_rows_swiglu", lc, &a, &converted, &out, &m, &k, &n, &cfg.alpha, &X_F16_SCALE, &chunks_per_warp)
+        .map_err(|e| CudaError::Driver { op: format!("the stacked GEMM with SwiGLU for {} ({} x {n_cols} by {n_x} rows)", member_names(&weights), 2 * width), msg: e.to_string() })?;
     STACKED_GEMMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     SWIGLU_GEMMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok(Some(out))
