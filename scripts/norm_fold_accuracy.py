@@ -51,18 +51,32 @@ def f16_input(x: np.ndarray, scale: float = X_F16_SCALE) -> np.ndarray:
     return (np.asarray(x, np.float32) * np.float32(scale)).astype(np.float16).astype(np.float64) / scale
 
 
+# The matrices that multiply one normalized x and share one stacked f16 copy (matmul.rs's stacks).
+STACKS = (("attn_q", "attn_k", "attn_v"), ("ffn_gate", "ffn_up"))
+
+
+def stack_of(name: str) -> tuple[tuple[str, ...], int] | None:
+    """The stack `name` (blk.N.KIND.weight) belongs to, as its members' names, and its index."""
+    block, _, rest = name.rpartition(".weight")[0].rpartition(".")
+    for kinds in STACKS:
+        if rest in kinds:
+            return tuple(f"{block}.{k}.weight" for k in kinds), kinds.index(rest)
+    return None
+
+
 class F16Path(ReferenceModel):
-    """The reference's math with every projection on f16 copies and f16 inputs. `fold` places
-    the norm's factors as the launch-free design does (g in the weights, 1/rms after the sum)."""
+    """The reference's math with every projection on f16 copies and f16 inputs (the layer loop
+    is the reference's own). `fold` places the norm's factors as the launch-free design does:
+    g in the stacked weights, 1/rms after the sum."""
 
     def __init__(self, path, fold: bool, x_scale: float = X_F16_SCALE):
         super().__init__(path)
         self.fold = fold
         self.x_scale = x_scale
         self._f16: dict[tuple, np.ndarray] = {}
-        self._normed: np.ndarray | None = None  # (x, r, g) of the last rms_norm when folding
+        self._normed: tuple | None = None  # (x, 1/rms, g) of the last rms_norm
 
-    def stacked(self, names: tuple[str, ...], g: np.ndarray | None) -> np.ndarray:
+    def f16_weights(self, names: tuple[str, ...], g: np.ndarray | None) -> np.ndarray:
         key = (names, g is not None)
         if key not in self._f16:
             w = np.concatenate([self.weight(n).astype(np.float64) for n in names], axis=0)
@@ -73,44 +87,25 @@ class F16Path(ReferenceModel):
         g = self.weight(name).astype(np.float32)
         # As rms_norm_f16: 1/rms in float64 rounded to float once, then (x * r) * g in float32.
         r = (1.0 / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + self.eps)).astype(np.float32)
-        self._normed = (x, r, g, name)
+        self._normed = (x, r, g)
         return (np.asarray(x, np.float32) * r) * g
 
-    def projections(self, n: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
-        x, r, g, _ = self._normed
-        if self.fold:
-            y = (f16_input(x, self.x_scale) @ self.stacked(names, g.astype(np.float64)).T) * r.astype(np.float64)
+    def linear(self, x, name, bias=None):
+        stack = stack_of(name)
+        if stack is None:  # o and ffn_down: unnormalized inputs, a copy of their own
+            y = f16_input(x) @ self.f16_weights((name,), None).T
         else:
-            y = f16_input(n) @ self.stacked(names, None).T
-        return y
-
-    def linear(self, x, name, bias=None):  # the unnormalized inputs: o and ffn_down
-        y = f16_input(x) @ self.stacked((name,), None).T
+            names, member = stack
+            first = sum(self.weight(n).shape[0] for n in names[:member])
+            rows = slice(first, first + self.weight(name).shape[0])
+            if self.fold:
+                x_raw, r, g = self._normed
+                y = (f16_input(x_raw, self.x_scale) @ self.f16_weights(names, g.astype(np.float64))[rows].T) * r.astype(np.float64)
+            else:
+                y = f16_input(x) @ self.f16_weights(names, None)[rows].T
         if bias is not None and self.has(bias):
             y = y + self.weight(bias).astype(np.float64)
         return y
-
-    def hidden_states(self, tokens) -> np.ndarray:
-        tokens = [int(t) for t in tokens]
-        positions = np.arange(len(tokens), dtype=np.float64)
-        x = self.embed_rows(tokens)
-        for i in range(self.n_layers):
-            p = f"blk.{i}."
-            n = self.rms_norm(x, p + "attn_norm.weight")
-            names = (p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight")
-            qkv = self.projections(n, names)
-            nq, nk = self.weight(names[0]).shape[0], self.weight(names[1]).shape[0]
-            q = qkv[:, :nq] + self.weight(p + "attn_q.bias")
-            k = qkv[:, nq : nq + nk] + self.weight(p + "attn_k.bias")
-            v = qkv[:, nq + nk :] + self.weight(p + "attn_v.bias")
-            q, k = self.rope(q, positions, self.n_heads), self.rope(k, positions, self.n_kv_heads)
-            h = x + self.linear(self.attention(q, k, v), p + "attn_output.weight")
-            m = self.rms_norm(h, p + "ffn_norm.weight")
-            gu = self.projections(m, (p + "ffn_gate.weight", p + "ffn_up.weight"))
-            width = gu.shape[1] // 2
-            gate, up = gu[:, :width], gu[:, width:]
-            x = h + self.linear(gate / (1.0 + np.exp(-gate)) * up, p + "ffn_down.weight")
-        return x
 
     def forward(self, tokens) -> np.ndarray:
         # The LM head takes float32 x with its own norm on the GPU (the matrix-vector kernels
