@@ -1,5 +1,6 @@
 // Conversions for the half-precision GEMM path (src/backend/cuda/matmul.rs): float32 -> f16 with
-// a power-of-two scale, and the largest |x| of a buffer (to choose a weight's scale).
+// a power-of-two scale, the largest |x| of a buffer (to choose a weight's scale), and a weight's
+// columns times the RMSNorm weight before it (a stacked copy with the norm folded in).
 #include "common.cuh"
 
 // out[i] = f16_scaled_bits(x[i], scale) (common.cuh). Producers that feed only the cuBLAS path
@@ -18,4 +19,11 @@ extern "C" __global__ void abs_max(const float* __restrict__ x, u64 n, u32* __re
     GRID_STRIDE(i, n) { m = max(m, __float_as_uint(fabsf(x[i]))); }
     for (int off = 16; off > 0; off >>= 1) m = max(m, __shfl_xor_sync(FULL_WARP, m, off));
     if ((threadIdx.x & 31) == 0) atomicMax(result, m);
+}
+
+// x[i] *= g[i % width] over n values (rows of `width`): a weight's float32 rows times the
+// RMSNorm weight of its input, folded into its f16 copy (matmul.rs, `make_f16_stack`).
+extern "C" __global__ void scale_columns(float* __restrict__ x, const float* __restrict__ g, u32 width, u64 n) {
+    dependent_wait();
+    GRID_STRIDE(i, n) { x[i] = __fmul_rn(x[i], g[i % width]); }
 }

@@ -29,6 +29,18 @@
 // twice as many blocks: 10.46 us a launch where the plain GEMM and swiglu_f16 took 9.81 + 1.86,
 // and a decode step of 8 sequences no faster than the launches apart; H100, 2026-12-05.)
 
+//
+// The RMSNorm around the GEMMs (the norm_ arguments; matmul.rs, `NormSource`). In a decode step
+// of 5-16 sequences x is normalized twice a layer, once before q/k/v and once before gate/up, a
+// launch each that only rounds x * (1 / rms) * g to f16. Instead the o and ffn_down GEMMs, which
+// add into x and so hold its final values, also write f16(x * src_scale) and the sum of squares of
+// their 16 values of each x row (one double a block and row: `out_parts[row * gridDim.x +
+// block]`); the stacked q/k/v and gate/up copies hold W * g (the norm weight folded in when the
+// copy is made), and their GEMM multiplies its sums by the row's 1 / rms, from those parts added
+// in a fixed order (`in_parts`, ceil(k / 16) doubles a row), as norm.cu computes it: the same
+// product with the rounding moved from x * r * g to x and W * g (scripts/norm_fold_accuracy.py
+// measures what that costs: nothing beyond today's error on the real model).
+
 #include "common.cuh"
 
 // Most warps a block (the host picks 1 to this many, about 4 chunks a warp).
@@ -63,15 +75,61 @@ struct RowsOut {
     float scale;
 };
 
+// The norm moved around the GEMM (see the top): as a consumer, `in_parts` (null: none) holds the
+// producer's sums of squares of x, ceil(k / 16) a row, and the sums are multiplied by 1 / rms; as
+// a producer (the plain kernel), `src_f16` (null: none) takes f16_scaled_bits(new value,
+// src_scale) of the output, rows m apart, and `out_parts` the sums of squares of the new values,
+// gridDim.x a row.
+struct RowsNorm {
+    const double* in_parts;
+    float eps;
+    u16* src_f16;
+    float src_scale;
+    double* out_parts;
+};
+
+// Rows of x whose sums of squares a warp loads before it stores its partial products (rows warp,
+// warp + n_warps, ...), so that the loads' latency overlaps the stores; rows beyond (fewer warps
+// than n / NORM_EARLY_ROWS) are added after. The loads wait until the epilogue, where the main
+// loop's registers are free.
+#define NORM_EARLY_ROWS 2
+// Parts a lane loads at once (a row of up to 128 parts, k <= 2048, in one round trip).
+#define NORM_PARTS_LANE 4
+
+// This lane's share of row `xrow`'s sums of squares: parts lane, lane + 32, ... added in that
+// order (absent ones as zeros, which change no sum).
+__device__ __forceinline__ double norm_parts_share(const double* parts, u32 n_parts, u32 xrow, u32 lane) {
+    const double* row = parts + (u64)xrow * n_parts;
+    double v[NORM_PARTS_LANE];
+#pragma unroll
+    for (int c = 0; c < NORM_PARTS_LANE; c++) {
+        const u32 b = lane + 32 * c;
+        v[c] = b < n_parts ? row[b] : 0.0;
+    }
+    double s = v[0];
+#pragma unroll
+    for (int c = 1; c < NORM_PARTS_LANE; c++) s += v[c];
+    for (u32 b = lane + 32 * NORM_PARTS_LANE; b < n_parts; b += 32) s += row[b];
+    return s;
+}
+
+// 1 / rms of a row of `width` from the lanes' shares (all lanes call; lane 0's tree order is the
+// result's), as norm.cu's row_inv_rms rounds it.
+__device__ __forceinline__ float norm_inv_rms(double share, u32 width, float eps) {
+    const double total = __shfl_sync(FULL_WARP, warp_sum_f64(share), 0);
+    return (float)(1.0 / sqrt(total / (double)width + (double)eps));
+}
+
 // k % 32 == 0, w and x 16-byte aligned, m >= 1, 1 <= n <= 8 * NB (the host checks); a grid of
 // ceil(m / 16) blocks of 32 to 32 * GEMM_ROWS_MAX_WARPS threads; warp i takes chunks
 // [i * chunks_per_warp, (i + 1) * chunks_per_warp) of the k / 32. SWIGLU: w holds 2m rows (gate's
 // m, then up's), and block i takes tile i of each (TILES = 2).
 template <int NB, bool SWIGLU>
 __device__ __forceinline__ void gemm_f16_rows(const u16* __restrict__ w, const u16* __restrict__ x, const RowsOut& o, u32 m,
-                                              u32 k, u32 n, float alpha, u32 chunks_per_warp) {
+                                              u32 k, u32 n, float alpha, u32 chunks_per_warp, const RowsNorm& nrm) {
     constexpr int TILES = SWIGLU ? 2 : 1;
     __shared__ float part[GEMM_ROWS_MAX_WARPS][TILES * 8 * NB * GEMM_ROWS_PAD];
+    __shared__ float inv_rms[8 * NB];
     const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
     const u32 g = lane >> 2, t = lane & 3;
     const u32 row0 = blockIdx.x * 16;
@@ -145,6 +203,13 @@ __device__ __forceinline__ void gemm_f16_rows(const u16* __restrict__ w, const u
     }
     // Accumulators: acc[q][j][0] row g, x row 8j + 2t; [1] row g, 8j + 2t + 1; [2] and [3] row
     // g + 8. Tile q's rows sit 8 * NB * GEMM_ROWS_PAD floats after tile q - 1's.
+    const u32 n_in_parts = (k + 15) / 16;
+    double norm_share[NORM_EARLY_ROWS];
+#pragma unroll
+    for (int j = 0; j < NORM_EARLY_ROWS; j++) {
+        const u32 xrow = warp + j * n_warps;
+        norm_share[j] = nrm.in_parts && xrow < n ? norm_parts_share(nrm.in_parts, n_in_parts, xrow, lane) : 0.0;
+    }
     float* p = part[warp];
 #pragma unroll
     for (int q = 0; q < TILES; q++) {
@@ -157,6 +222,21 @@ __device__ __forceinline__ void gemm_f16_rows(const u16* __restrict__ w, const u
             p[(t0 + 1) * GEMM_ROWS_PAD + g + 8] = acc[q][j][3];
         }
     }
+    if (nrm.in_parts) {
+        // Warp-uniform conditions: every lane of a warp takes the same branches.
+#pragma unroll
+        for (int j = 0; j < NORM_EARLY_ROWS; j++) {
+            const u32 xrow = warp + j * n_warps;
+            if (xrow < n) {
+                const float inv = norm_inv_rms(norm_share[j], k, nrm.eps);
+                if (lane == 0) inv_rms[xrow] = inv;
+            }
+        }
+        for (u32 xrow = warp + NORM_EARLY_ROWS * n_warps; xrow < n; xrow += n_warps) {
+            const float inv = norm_inv_rms(norm_parts_share(nrm.in_parts, n_in_parts, xrow, lane), k, nrm.eps);
+            if (lane == 0) inv_rms[xrow] = inv;
+        }
+    }
     __syncthreads();
     // Tile q's sum of output row r for x row xrow, over the warps in warp order.
     auto sum_of = [&](u32 q, u32 xrow, u32 r) {
@@ -165,16 +245,34 @@ __device__ __forceinline__ void gemm_f16_rows(const u16* __restrict__ w, const u
         for (u32 wi = 1; wi < n_warps; wi++) sum += part[wi][i];
         return sum;
     };
+    // The loop's trip count is the same for the 32 lanes of a warp (16 * 8 * NB and blockDim.x
+    // are multiples of 32), and the 16 outputs of one x row are 16 lanes of one half-warp: the
+    // producer's sum of squares is a shuffle over them.
     for (u32 i = threadIdx.x; i < 16 * 8 * NB; i += blockDim.x) {
         const u32 xrow = i / 16, r = i % 16;
-        if (xrow < n && row0 + r < m) {
+        const bool live = xrow < n && row0 + r < m;
+        const float inv = nrm.in_parts && xrow < n ? inv_rms[xrow] : 1.0f;
+        float value = 0.0f;
+        if (live) {
             if constexpr (SWIGLU) {
                 // The values the plain kernel writes for gate and up (alpha * sum), then swiglu_f16's.
                 const float gate = alpha * sum_of(0, xrow, r), up = alpha * sum_of(1, xrow, r);
-                o.out_f16[(u64)xrow * m + row0 + r] = f16_scaled_bits(silu_times(gate, up), o.scale);
+                const float g = nrm.in_parts ? gate * inv : gate, u = nrm.in_parts ? up * inv : up;
+                o.out_f16[(u64)xrow * m + row0 + r] = f16_scaled_bits(silu_times(g, u), o.scale);
             } else {
-                put(o.out + (u64)xrow * o.ldc + row0 + r, alpha * sum_of(0, xrow, r), o.accumulate);
+                float* y = o.out + (u64)xrow * o.ldc + row0 + r;
+                const float product = nrm.in_parts ? alpha * sum_of(0, xrow, r) * inv : alpha * sum_of(0, xrow, r);
+                // put()'s sum, kept for the norm's producer outputs.
+                value = o.accumulate ? *y + product : product;
+                *y = value;
+                if (nrm.src_f16) nrm.src_f16[(u64)xrow * m + row0 + r] = f16_scaled_bits(value, nrm.src_scale);
             }
+        }
+        if (!SWIGLU && nrm.out_parts) {
+            double sq = (double)value * value;
+#pragma unroll
+            for (int off = 8; off > 0; off >>= 1) sq += __shfl_xor_sync(FULL_WARP, sq, off);
+            if (r == 0 && xrow < n) nrm.out_parts[(u64)xrow * gridDim.x + blockIdx.x] = sq;
         }
     }
 }
@@ -182,9 +280,11 @@ __device__ __forceinline__ void gemm_f16_rows(const u16* __restrict__ w, const u
 #define GEMM_F16_ROWS_KERNEL(NAME, NB)                                                                                     \
     extern "C" __global__ void __launch_bounds__(32 * GEMM_ROWS_MAX_WARPS)                                                \
         NAME(const u16* __restrict__ w, const u16* __restrict__ x, float* __restrict__ out, u32 m, u32 k, u32 n, u32 ldc,   \
-             float alpha, u32 accumulate, u32 chunks_per_warp) {                                                          \
+             float alpha, u32 accumulate, u32 chunks_per_warp, const double* __restrict__ in_parts, float eps,           \
+             u16* __restrict__ src_f16, float src_scale, double* __restrict__ out_parts) {                               \
         const RowsOut o = {out, ldc, accumulate, nullptr, 0.0f};                                                        \
-        gemm_f16_rows<NB, false>(w, x, o, m, k, n, alpha, chunks_per_warp);                                              \
+        const RowsNorm nrm = {in_parts, eps, src_f16, src_scale, out_parts};                                            \
+        gemm_f16_rows<NB, false>(w, x, o, m, k, n, alpha, chunks_per_warp, nrm);                                         \
     }
 GEMM_F16_ROWS_KERNEL(gemm_f16_rows_8, 1)
 GEMM_F16_ROWS_KERNEL(gemm_f16_rows_16, 2)
@@ -193,9 +293,10 @@ GEMM_F16_ROWS_KERNEL(gemm_f16_rows_16, 2)
 #define GEMM_F16_ROWS_SWIGLU_KERNEL(NAME, NB)                                                                              \
     extern "C" __global__ void __launch_bounds__(32 * GEMM_ROWS_MAX_WARPS)                                                \
         NAME(const u16* __restrict__ w, const u16* __restrict__ x, u16* __restrict__ out_f16, u32 m, u32 k, u32 n,        \
-             float alpha, float scale, u32 chunks_per_warp) {                                                             \
+             float alpha, float scale, u32 chunks_per_warp, const double* __restrict__ in_parts, float eps) {            \
         const RowsOut o = {nullptr, 0, 0, out_f16, scale};                                                              \
-        gemm_f16_rows<NB, true>(w, x, o, m, k, n, alpha, chunks_per_warp);                                               \
+        const RowsNorm nrm = {in_parts, eps, nullptr, 0.0f, nullptr};                                                   \
+        gemm_f16_rows<NB, true>(w, x, o, m, k, n, alpha, chunks_per_warp, nrm);                                          \
     }
 GEMM_F16_ROWS_SWIGLU_KERNEL(gemm_f16_rows_swiglu_8, 1)
 GEMM_F16_ROWS_SWIGLU_KERNEL(gemm_f16_rows_swiglu_16, 2)

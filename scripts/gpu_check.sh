@@ -392,6 +392,14 @@ if [ "$what" = pending ]; then
     # Every GPU test that needs no real model, as the wheel runs by default.
     STEP_TIMEOUT=${CUDA_PYTEST_S:-300} step pytest_cuda "$py" -m pytest -q -ra -p no:cacheprovider --ignore=tests/test_notebooks.py --ignore=tests/test_readme.py -m "cuda and not model" tests --junitxml="$out/junit_cuda.xml"
     fi
+    if [[ ,$parts, == *,fold,* ]]; then
+    # The RMSNorm moved around the f16 GEMMs of 5-16 rows (matmul.rs, NormSource;
+    # FERRITE_CUDA_NORM_FOLD, off by default until this runs): the kernel's op tests, the model and
+    # row-op GPU tests with it on, then decode steps of syn05 at 1, 5, 8 and 16 sequences with it
+    # on and off, two interleaved rounds.
+    STEP_TIMEOUT=${CUDA_PYTEST_S:-300} FERRITE_CUDA_NORM_FOLD=1 step pytest_fold "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_gemm_f16_rows.py tests/test_cuda_row_ops.py tests/test_cuda_model.py -m "cuda and not model" --junitxml="$out/junit_fold.xml"
+    ab_step fold_ab ${AB_S:-200} "fold|FERRITE_CUDA_NORM_FOLD=1" "nofold|FERRITE_CUDA_NORM_FOLD=0" -- /tmp/synthetic.gguf:1,5,8,16
+    fi
     if [[ ,$parts, == *,timeline,* ]]; then
     # Where a one-sequence step goes now, syn05 and syn7b.
     need_syn7b
@@ -403,8 +411,8 @@ if [ "$what" = pending ]; then
     fi
     if [[ ,$parts, == *,ab,* ]]; then
     # Any A/B of decode steps: AB_VARIANTS "NAME|VAR=VALUE ...;NAME|..." and AB_MODELS "PATH:BATCHES ..."
-    # (syn7b is made first), as decode_ab runs them.
-    need_syn7b
+    # (syn7b is made first when a model is it), as decode_ab runs them.
+    [[ ${AB_MODELS:?AB_MODELS} == *syn7b* ]] && need_syn7b
     IFS=';' read -ra ab_variants <<< "${AB_VARIANTS:?AB_VARIANTS}"
     # shellcheck disable=SC2086  # the models, one word each
     ab_step ab ${AB_S:-400} "${ab_variants[@]}" -- ${AB_MODELS:?AB_MODELS}

@@ -69,10 +69,14 @@ class F16Path(ReferenceModel):
     is the reference's own). `fold` places the norm's factors as the launch-free design does:
     g in the stacked weights, 1/rms after the sum."""
 
-    def __init__(self, path, fold: bool, x_scale: float = X_F16_SCALE):
+    def __init__(self, path, fold: bool, x_scale: float = X_F16_SCALE, unit: str = "none"):
         super().__init__(path)
         self.fold = fold
         self.x_scale = x_scale
+        # Where the folded copies take rms_norm(x) without g (f16 at scale 1, no 1/rms after)
+        # instead of x: "none", "first" (layer 0's q/k/v: no GEMM wrote that x, as in the GPU's
+        # decode of 5-16 rows) or "all" (the GPU's prompts, on cuBLAS).
+        self.unit = unit
         self._f16: dict[tuple, np.ndarray] = {}
         self._normed: tuple | None = None  # (x, 1/rms, g) of the last rms_norm
 
@@ -98,7 +102,11 @@ class F16Path(ReferenceModel):
             names, member = stack
             first = sum(self.weight(n).shape[0] for n in names[:member])
             rows = slice(first, first + self.weight(name).shape[0])
-            if self.fold:
+            unit = self.unit == "all" or (self.unit == "first" and name.startswith("blk.0.attn_"))
+            if self.fold and unit:
+                x_raw, r, g = self._normed
+                y = f16_input(np.asarray(x_raw, np.float32) * r, 1.0) @ self.f16_weights(names, g.astype(np.float64))[rows].T
+            elif self.fold:
                 x_raw, r, g = self._normed
                 y = (f16_input(x_raw, self.x_scale) @ self.f16_weights(names, g.astype(np.float64))[rows].T) * r.astype(np.float64)
             else:
@@ -119,13 +127,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("model")
     ap.add_argument("--prompts", default="code,chat", help="names from tests/prompts.py")
-    ap.add_argument("--x-scales", default="1/256,1/16", help="scales of the folded path's x before f16")
+    ap.add_argument("--x-scales", default="1/256,1/16", help="scales of the folded path's x before f16 (empty: none)")
+    ap.add_argument("--as-landed", action="store_true", help="also the two placements the GPU path uses")
     args = ap.parse_args()
     ref = ReferenceModel(args.model)
     paths = {"f16, norm apart (today)": F16Path(args.model, fold=False)}
-    for text in args.x_scales.split(","):
+    for text in filter(None, args.x_scales.split(",")):
         num, _, den = text.partition("/")
         paths[f"f16, norm folded, x * {text}"] = F16Path(args.model, fold=True, x_scale=float(num) / float(den or 1))
+    if args.as_landed:
+        # What the GPU does with FERRITE_CUDA_NORM_FOLD on (matmul.rs, NormSource).
+        paths["as landed: 5-16 rows (x * 1/16, layer 0's q/k/v normalized)"] = F16Path(args.model, fold=True, x_scale=1 / 16, unit="first")
+        paths["as landed: prompts (normalized without g, at 1)"] = F16Path(args.model, fold=True, unit="all")
     print("| prompt | path | max abs diff vs float64 | top-1 agreement |")
     print("| --- | --- | --- | --- |")
     for name in args.prompts.split(","):

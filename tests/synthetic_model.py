@@ -142,11 +142,14 @@ def write_block_model(
     seed: int = 0,
     norm_gain: float = 1.0,
     layer_types: dict[str, str] | None = None,
+    norm_spread: float = 0.1,
 ) -> str:
     """A small model whose every matrix (embedding and LM head too) is random blocks of
     ``matrix_type``; norms and q/k/v biases (qwen2) are F32. ``hidden`` must be a multiple of
     the type's block size (256 for K- and I-quants). ``norm_gain`` multiplies the layers' norm
-    weights (large gains give the large activations some trained models have). ``layer_types``
+    weights (large gains give the large activations some trained models have), whose values are
+    ``1 + norm_spread * N(0, 1)`` before it (a spread near 1 gives weights of both signs and
+    mixed magnitudes, as some trained norms have). ``layer_types``
     gives some layer matrices (by name within the layer, e.g. ``{"attn_v.weight": "Q8_0"}``)
     another type, as real files mix them."""
     layer_types = layer_types or {}
@@ -173,7 +176,7 @@ def write_block_model(
             w.add_tensor(name, data, raw_dtype=gguf.GGMLQuantizationType[ty])
 
     def vector(name, n, norm=False, gain=1.0):
-        v = rng.standard_normal(n) * (0.1 if norm else 0.05)
+        v = rng.standard_normal(n) * (norm_spread if norm else 0.05)
         w.add_tensor(name, ((1.0 + v) * gain if norm else v).astype(np.float32))
 
     matrix("token_embd.weight", vocab, hidden, spread=0.5)

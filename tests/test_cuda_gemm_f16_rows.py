@@ -92,3 +92,28 @@ def test_rows_kernel_refuses_shapes_it_does_not_take(m, k, n):
     want = (w.astype(np.float64) @ x.astype(np.float64).T).T
     check(got, want, (np.abs(w.astype(np.float64)) @ np.abs(x.astype(np.float64)).T).T, "cublas fallback shape")
 
+
+
+@pytest.mark.parametrize("m,k,n,m_next", [(896, 4864, 8, 1152), (896, 896, 5, 9728), (256, 512, 13, 512), (96, 64, 16, 64)])
+def test_rows_kernel_moves_the_norm_to_the_producer_and_the_consumer(m, k, n, m_next):
+    """The norm around the kernel (matmul.rs, NormSource): a producer that adds onto the residual
+    rows also writes them as f16 times 1/16 (the bits NumPy's rounding gives) and their sums of
+    squares; a consumer multiplies its sums by each row's 1 / sqrt(mean(x^2) + eps) from those
+    sums, as a norm launch before it would (float64 reference from the producer's x). Rows of
+    x of very different sizes (a row's scale is what 1 / rms undoes), 56 and more sums a row
+    (two and more a lane), and 13 and 16 rows (more than two a warp)."""
+    rng = np.random.default_rng(m + k + n)
+    w, x = f16(rng, (m, k), 1.0), f16(rng, (n, k), 1.0)
+    start = (rng.standard_normal((n, m)) * np.geomspace(0.01, 300.0, n)[:, None]).astype(np.float32)
+    w_next = f16(rng, (m_next, m), 300.0)
+    alpha, alpha_next, eps = 0.25, 1.0 / 4096.0, 1e-6
+    x_new, src, out = ferrite._ferrite._cuda_gemm_f16_norm(w.view(np.uint16), x.view(np.uint16), start, alpha, w_next.view(np.uint16), alpha_next, eps)
+    product = alpha * (w.astype(np.float64) @ x.astype(np.float64).T).T
+    magnitude = alpha * (np.abs(w.astype(np.float64)) @ np.abs(x.astype(np.float64)).T).T + np.abs(start) * 2.0**-10
+    check(x_new, start.astype(np.float64) + product, magnitude, "producer")
+    assert np.array_equal(src, (x_new / np.float32(16.0)).astype(np.float16).view(np.uint16)), "source bits"
+    inv = 1.0 / np.sqrt(np.mean(x_new.astype(np.float64) ** 2, axis=1) + eps)
+    h = src.view(np.float16).astype(np.float64)
+    want = alpha_next * (w_next.astype(np.float64) @ h.T).T * inv[:, None]
+    scale = alpha_next * (np.abs(w_next.astype(np.float64)) @ np.abs(h).T).T * inv[:, None]
+    check(out, want, scale, "consumer")

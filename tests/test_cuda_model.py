@@ -524,6 +524,36 @@ def test_gpu_swiglu_inside_the_stacked_rows_gemm_gives_the_bits_of_its_own_launc
 @pytest.mark.cuda
 @needs_gpu
 @rows_not_forced
+@pytest.mark.parametrize("hidden,n_heads,norm_gain", [(896, 14, 1.0), (256, 4, 30.0)])
+def test_gpu_norm_folded_around_the_rows_gemms_matches_the_float64_reference(tmp_path, monkeypatch, hidden, n_heads, norm_gain):
+    """In decode steps of 5-16 sequences the o and ffn_down GEMMs (gemm_f16_rows.cu), which add
+    into x, also write x as f16 and its sums of squares, and the stacked q/k/v and gate/up GEMMs,
+    whose copies hold the norm weight, take 1 / rms from those sums: no norm launch
+    (FERRITE_CUDA_NORM_FOLD=0 keeps the launch). Decode steps of 6 and 13 sequences (the two
+    kernel variants; the later steps replay recorded graphs) of a 3-layer model whose norm
+    weights take both signs and mixed magnitudes (a norm weight applied twice, or not at all,
+    moves every logit), both ways within the f16 paths' bound of the float64 reference, with
+    different bits; the process's count shows the stacked GEMMs read the sources only when on.
+    Widths of 896 (56 sums a row: two a lane) and 256 with gains of 30 (large activations)."""
+    path = write_block_model(tmp_path / "m.gguf", "Q5_0", hidden=hidden, ffn=512, n_heads=n_heads, n_kv_heads=2, n_layers=3, context=256, seed=31, norm_gain=norm_gain, norm_spread=1.0)
+    rng = np.random.default_rng(37)
+    starts = [[int(t) for t in rng.integers(0, 260, size=4)] for _ in range(13)]
+    steps = [[int(t) for t in rng.integers(0, 260, size=13)] for _ in range(3)]
+    ref = ReferenceModel(path)
+    got, sourced = {}, {}
+    for flag in ("1", "0"):
+        before = ferrite._ferrite._cuda_counters()["norm_source_gemms"]
+        got[flag] = decode_steps_under(path, monkeypatch, "FERRITE_CUDA_NORM_FOLD", flag, starts, steps, (6, 13), 1024, 16, ref)
+        sourced[flag] = ferrite._ferrite._cuda_counters()["norm_source_gemms"] - before
+    # The unrecorded 6- and 13-row steps: every layer's gate/up, and q/k/v after the first layer.
+    assert sourced["0"] == 0 and sourced["1"] >= 2 * (3 + 2), sourced
+    for i, (a, b) in enumerate(zip(got["1"], got["0"])):
+        assert not np.array_equal(a, b), f"step {i} took the same path both times"
+
+
+@pytest.mark.cuda
+@needs_gpu
+@rows_not_forced
 def test_gpu_huge_lm_head_on_the_matrix_vector_kernels_at_six_rows(tmp_path, monkeypatch):
     """A weight of 2^25 elements or more (a small model's LM head) may take the matrix-vector
     kernels beyond the rows the others do (FERRITE_CUDA_MATVEC_HUGE_ROWS): decode steps of 6

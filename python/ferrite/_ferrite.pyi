@@ -63,6 +63,7 @@ __all__ = [
     "_cuda_int8_max_rows",
     "_cuda_row_op",
     "_cuda_gemm_f16",
+    "_cuda_gemm_f16_norm",
     "_cuda_counters",
     "DeviceTensor",
 ]
@@ -976,3 +977,13 @@ def _cuda_gemm_f16(
     path: str = "rows",
     device: _Device = "cuda",
 ) -> npt.NDArray[np.float32]: ...
+def _cuda_gemm_f16_norm(
+    w: npt.NDArray[np.uint16],
+    x: npt.NDArray[np.uint16],
+    start: npt.NDArray[np.float32],
+    alpha: float,
+    w_next: npt.NDArray[np.uint16],
+    alpha_next: float,
+    eps: float,
+    device: _Device = "cuda",
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.uint16], npt.NDArray[np.float32]]: ...

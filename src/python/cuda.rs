@@ -29,6 +29,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_cuda_int8_max_rows, m)?)?;
     m.add_function(wrap_pyfunction!(_cuda_row_op, m)?)?;
     m.add_function(wrap_pyfunction!(_cuda_gemm_f16, m)?)?;
+    m.add_function(wrap_pyfunction!(_cuda_gemm_f16_norm, m)?)?;
     m.add_function(wrap_pyfunction!(_cuda_counters, m)?)?;
     Ok(())
 }
@@ -306,13 +307,15 @@ fn _cuda_weight_rows<'py>(
 
 /// Test hook: counts of this process's CUDA path decisions, as a dict: ``stacked_gemms``
 /// (projections of one x run as one GEMM on a stacked copy), ``swiglu_gemms`` (stacked gate/up
-/// GEMMs of 1-16 rows that wrote SwiGLU's output) and ``stream_matvecs`` (launches on the
-/// stream kernel); graph replays not counted.
+/// GEMMs of 1-16 rows that wrote SwiGLU's output), ``norm_source_gemms`` (stacked GEMMs that
+/// read x's norm source from the GEMM that wrote x, no norm launch) and ``stream_matvecs``
+/// (launches on the stream kernel); graph replays not counted.
 #[pyfunction]
 fn _cuda_counters(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     let d = PyDict::new(py);
     d.set_item("stacked_gemms", cuda::STACKED_GEMMS.load(std::sync::atomic::Ordering::Relaxed))?;
     d.set_item("swiglu_gemms", cuda::SWIGLU_GEMMS.load(std::sync::atomic::Ordering::Relaxed))?;
+    d.set_item("norm_source_gemms", cuda::NORM_SOURCE_GEMMS.load(std::sync::atomic::Ordering::Relaxed))?;
     d.set_item("stream_matvecs", STREAM_MATVECS.load(std::sync::atomic::Ordering::Relaxed))?;
     Ok(d)
 }
@@ -387,6 +390,37 @@ fn _cuda_gemm_f16<'py>(
     let x = x.as_slice().map_err(|_| value_err("x must be C-contiguous".into()))?.to_vec();
     let out = py.detach(|| crate::backend::cuda::test_gemm_f16(device, &w, m, k, &x, n, start.as_deref(), alpha, rows_kernel))?;
     PyArray1::from_vec(py, out).reshape([n, m])
+}
+
+/// Test hook: the RMSNorm moved around gemm_f16_rows.cu. ``x_new = start + alpha * w @ x.T``
+/// (transposed: n x m) on the kernel, which also writes x_new as f16 (times 1/16) and its sums
+/// of squares; then ``alpha_next * w_next @ source.T`` times each row's 1 / rms(x_new) (``eps``),
+/// the kernel reading those sums. Returns ``(x_new, source bits, output)``.
+#[pyfunction]
+#[pyo3(signature = (w, x, start, alpha, w_next, alpha_next, eps, device = "cuda"))]
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+fn _cuda_gemm_f16_norm<'py>(
+    py: Python<'py>,
+    w: PyReadonlyArray2<'py, u16>,
+    x: PyReadonlyArray2<'py, u16>,
+    start: PyReadonlyArray2<'py, f32>,
+    alpha: f32,
+    w_next: PyReadonlyArray2<'py, u16>,
+    alpha_next: f32,
+    eps: f32,
+    device: &str,
+) -> PyResult<(Bound<'py, numpy::PyArray2<f32>>, Bound<'py, numpy::PyArray2<u16>>, Bound<'py, numpy::PyArray2<f32>>)> {
+    let value_err = |m: String| pyo3::exceptions::PyValueError::new_err(m);
+    let ((m, k), n, m_next) = ((w.shape()[0], w.shape()[1]), x.shape()[0], w_next.shape()[0]);
+    if x.shape()[1] != k || start.shape() != [n, m] || w_next.shape()[1] != m {
+        return Err(value_err(format!("shapes w {:?}, x {:?}, start {:?}, w_next {:?} do not chain", w.shape(), x.shape(), start.shape(), w_next.shape())));
+    }
+    let contiguous = |what: &str| value_err(format!("{what} must be C-contiguous"));
+    let (w, x) = (w.as_slice().map_err(|_| contiguous("w"))?.to_vec(), x.as_slice().map_err(|_| contiguous("x"))?.to_vec());
+    let start = start.as_slice().map_err(|_| contiguous("start"))?.to_vec();
+    let w_next = w_next.as_slice().map_err(|_| contiguous("w_next"))?.to_vec();
+    let (acc, src, out) = py.detach(|| crate::backend::cuda::test_gemm_f16_norm(device, &w, (m, k), &x, n, &start, alpha, &w_next, m_next, alpha_next, eps))?;
+    Ok((PyArray1::from_vec(py, acc).reshape([n, m])?, PyArray1::from_vec(py, src).reshape([n, m])?, PyArray1::from_vec(py, out).reshape([n, m_next])?))
 }
 
 /// Benchmark hook: seconds per launch of the matrix-vector kernel of `path` for each count of x

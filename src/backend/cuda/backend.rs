@@ -412,6 +412,7 @@ pub(super) struct FixedKernels {
     gather_rows: CudaFunction,
     pub(super) to_f16_scaled: CudaFunction,
     pub(super) abs_max: CudaFunction,
+    pub(super) scale_columns: CudaFunction,
     /// gemm_f16_rows.cu's kernels for up to 8 and up to 16 rows of x, writing float32 rows, and
     /// on a stacked gate/up copy writing SwiGLU's f16 output (`matmul::stacked_swiglu_rows`).
     pub(super) gemm_f16_rows: [CudaFunction; 2],
@@ -487,6 +488,16 @@ pub struct CudaBackend {
     /// SwiGLU's f16 output where the stacked gate/up GEMM writes it (`matmul::stacked_swiglu_rows`),
     /// beside `x_f16`, which that GEMM reads; grows (bumping `batch_generation`).
     pub(super) swiglu_f16: Option<CudaSlice<u16>>,
+    /// Whether stacked copies hold their input's norm weight and the o and ffn_down GEMMs of
+    /// 5-16 rows write x's norm source for them (`matmul::NormSource`; FERRITE_CUDA_NORM_FOLD).
+    pub(super) norm_fold: bool,
+    /// The norm source of the residual rows that the last `attention_add` or `mlp_add` left, for
+    /// the next one's stacked GEMM; taken by each of them, cleared by `embed` (x's only other
+    /// writer in a forward pass).
+    norm_source: Option<super::matmul::NormSource>,
+    /// A norm source's f16 rows and sums of squares; grow (bumping `batch_generation`).
+    pub(super) norm_src_f16: Option<CudaSlice<u16>>,
+    pub(super) norm_parts: Option<CudaSlice<f64>>,
     pub(super) sampler: super::sampling::DeviceSampler,
     /// FERRITE_HOST_SAMPLING=1: copy logits to the host and sample there (for comparisons).
     pub(super) host_sampling: bool,
@@ -661,7 +672,7 @@ pub fn test_row_op(device: &str, op: RowOp, a: &[f32], b: &[f32], n_rows: usize,
             let cfg = LaunchConfig { grid_dim: (to_u32("rows", n_rows)?, 1, 1), block_dim: (NORM_THREADS, 1, 1), shared_mem_bytes: 0 };
             let w32 = to_u32("width", width)?;
             launch!(ctx, &be.fixed.rms_norm, "rms_norm", cfg, &x.buf, &y, &w32, &eps, &mut out)?;
-            super::matmul::rms_norm_as_f16(&mut be, &x, &y, eps, n_rows)?;
+            super::matmul::rms_norm_as_f16(&mut be, &x, &y, eps, n_rows, super::matmul::X_F16_SCALE)?;
         }
         RowOp::Swiglu | RowOp::SwigluStacked => {
             let up = act(y);
@@ -1045,6 +1056,7 @@ impl CudaBackend {
             gather_rows: f(&kernels::ELEMENTWISE, "gather_rows")?,
             to_f16_scaled: f(&kernels::CONVERT, "to_f16_scaled")?,
             abs_max: f(&kernels::CONVERT, "abs_max")?,
+            scale_columns: f(&kernels::CONVERT, "scale_columns")?,
             gemm_f16_rows: [f(&kernels::GEMM_F16_ROWS, "gemm_f16_rows_8")?, f(&kernels::GEMM_F16_ROWS, "gemm_f16_rows_16")?],
             gemm_f16_rows_swiglu: [f(&kernels::GEMM_F16_ROWS, "gemm_f16_rows_swiglu_8")?, f(&kernels::GEMM_F16_ROWS, "gemm_f16_rows_swiglu_16")?],
         };
@@ -1087,6 +1099,10 @@ impl CudaBackend {
             x_f16: None,
             stacked_out: None,
             swiglu_f16: None,
+            norm_fold: super::matmul::norm_fold_enabled(),
+            norm_source: None,
+            norm_src_f16: None,
+            norm_parts: None,
             sampler,
             host_sampling: std::env::var("FERRITE_HOST_SAMPLING").is_ok_and(|v| v == "1"),
             host_draws: Default::default(),
@@ -1370,6 +1386,7 @@ impl Backend for CudaBackend {
     }
 
     fn embed(&mut self, table: &CudaWeight, batch: &CudaBatch, out: &mut CudaAct) -> Result<(), BackendError> {
+        self.norm_source = None;
         check_width("embedding output", out.width, table.n_cols)?;
         check_rows("embedding output", out, batch.n_tokens)?;
         let f = table
@@ -1471,12 +1488,13 @@ impl Backend for CudaBackend {
                 }
                 let norm_w = norm.dense()?;
                 // q/k/v as one GEMM on their stacked copy where it pays (`matmul::stacks`).
-                if super::matmul::stacked_gemm(self, &outs, n_rows, |be| super::matmul::rms_norm_as_f16(be, x, norm_w, eps, n_rows))? {
+                let input = super::matmul::NormedInput { x, weight: norm_w, eps, source: None };
+                if super::matmul::stacked_gemm(self, &outs, n_rows, &input)? {
                     return Ok(());
                 }
                 if super::matmul::f16_gemm_inputs(self, &weights, n_rows)? {
                     // Only cuBLAS's f16 GEMMs read the normalized rows: written as f16 directly.
-                    let mut x_f16 = Some(super::matmul::rms_norm_as_f16(self, x, norm_w, eps, n_rows)?);
+                    let mut x_f16 = Some(super::matmul::rms_norm_as_f16(self, x, norm_w, eps, n_rows, super::matmul::X_F16_SCALE)?);
                     for (w, _, out) in projections {
                         self.project(w, None, x, n_rows, out, Write::Overwrite, &mut x_f16)?;
                     }
@@ -1508,6 +1526,7 @@ impl Backend for CudaBackend {
     ) -> Result<(), BackendError> {
         // A decode step on the cuBLAS path with q/k/v stacked (`matmul::stacks`): attention reads
         // the stacked GEMM's output rows and adds the biases itself, no launch to split them.
+        let source = self.norm_source.take();
         let (qp, kp) = rope;
         let decode = n_rows > 0
             && n_rows == batch.n_tokens
@@ -1531,16 +1550,20 @@ impl Backend for CudaBackend {
                 biases[i] = check_projection(proj, bias, x, n_rows, out)?.map_or(0, |b| addr(b, &self.ctx));
             }
             check_width("attention output", bufs.out.width, w.o.n_cols)?;
-            let norm_w = w.norm.dense()?;
-            let x_read: &CudaAct = x;
-            let normed = |be: &mut CudaBackend| super::matmul::rms_norm_as_f16(be, x_read, norm_w, eps, n_rows);
-            if let Some(qkv) = super::matmul::stacked_gemm_unsplit(self, &[w.q, w.k, w.v], n_rows, normed)? {
+            let input = super::matmul::NormedInput { x, weight: w.norm.dense()?, eps, source };
+            if let Some(qkv) = super::matmul::stacked_gemm_unsplit(self, &[w.q, w.k, w.v], n_rows, &input)? {
                 let f = std::mem::size_of::<f32>() as u64;
                 let (q_rows, k_rows) = (w.q.n_rows as u64, w.k.n_rows as u64);
                 let stride = to_u32("stacked q/k/v width", w.q.n_rows + w.k.n_rows + w.v.n_rows)?;
                 let rows = QkvRows { q: qkv, k: qkv + q_rows * f, v: qkv + (q_rows + k_rows) * f, q_stride: stride, kv_stride: stride, biases };
                 let out_f16 = super::matmul::f16_input(self, n_rows * w.o.n_cols)?;
                 self.attend_rope(rows, cache, layer, batch, qp, p, bufs.out, out_f16)?;
+                check_projection(w.o, None, bufs.out, n_rows, x)?;
+                // x += o · attention, writing x's norm source for gate/up where the GEMM can.
+                self.norm_source = super::matmul::gemm_rows_add_norm_source(self, w.o, out_f16, n_rows, x)?;
+                if self.norm_source.is_some() {
+                    return Ok(());
+                }
                 return self.project(w.o, None, bufs.out, n_rows, x, Write::Accumulate, &mut Some(out_f16));
             }
         }
@@ -1560,6 +1583,7 @@ impl Backend for CudaBackend {
     ) -> Result<(), BackendError> {
         // On the cuBLAS path with gate and up stacked (`matmul::stacks`), SwiGLU reads the two
         // halves of the stacked GEMM's output rows: no launch to split them first.
+        let source = self.norm_source.take();
         let stacked = n_rows > 0
             && self.stack_in_place
             && !super::matmul::tiled_matvec(self, &[gate, up], n_rows)
@@ -1573,17 +1597,26 @@ impl Backend for CudaBackend {
             check_projection(up, None, x, n_rows, bufs.up)?;
             // SwiGLU's output takes gate's place as down's input.
             check_projection(down, None, bufs.gate, n_rows, x)?;
-            let norm_w = norm.dense()?;
-            let x_read: &CudaAct = x;
-            let normed = |be: &mut CudaBackend| super::matmul::rms_norm_as_f16(be, x_read, norm_w, eps, n_rows);
-            if let Some(swiglu) = super::matmul::stacked_swiglu_rows(self, gate, up, n_rows, normed)? {
+            let input = super::matmul::NormedInput { x, weight: norm.dense()?, eps, source };
+            let swiglu = match super::matmul::stacked_swiglu_rows(self, gate, up, n_rows, &input)? {
+                Some(swiglu) => Some(swiglu),
+                None => match super::matmul::stacked_gemm_unsplit(self, &[gate, up], n_rows, &input)? {
+                    Some(out) => {
+                        let width = gate.n_rows;
+                        let up_out = out + (width * std::mem::size_of::<f32>()) as u64;
+                        Some(super::matmul::swiglu_as_f16(self, out, up_out, width, 2 * width, n_rows)?)
+                    }
+                    None => None,
+                },
+            };
+            if let Some(swiglu) = swiglu {
+                // x += down · swiglu, writing x's norm source for the next layer's q/k/v where
+                // the GEMM can.
+                self.norm_source = super::matmul::gemm_rows_add_norm_source(self, down, swiglu, n_rows, x)?;
+                if self.norm_source.is_some() {
+                    return Ok(());
+                }
                 return self.project(down, None, bufs.gate, n_rows, x, Write::Accumulate, &mut Some(swiglu));
-            }
-            if let Some(out) = super::matmul::stacked_gemm_unsplit(self, &[gate, up], n_rows, normed)? {
-                let width = gate.n_rows;
-                let up_out = out + (width * std::mem::size_of::<f32>()) as u64;
-                let mut x_f16 = Some(super::matmul::swiglu_as_f16(self, out, up_out, width, 2 * width, n_rows)?);
-                return self.project(down, None, bufs.gate, n_rows, x, Write::Accumulate, &mut x_f16);
             }
         }
         self.norm_matmuls(x, norm, eps, n_rows, bufs.xn, [(gate, None, &mut *bufs.gate), (up, None, &mut *bufs.up)])?;

@@ -343,6 +343,15 @@ pub(super) const X_F16_SCALE: f32 = 1.0 / 256.0;
 /// A weight's f16 copy is scaled so that its largest |w| lands near this power of two: trained
 /// weights (|w| ~ 0.02) would otherwise sit near the f16 subnormals, where precision is lost.
 const W_F16_TARGET_MAX: f32 = 16384.0;
+/// The scale of x where the o and ffn_down GEMMs write it as the next norm's source
+/// ([`NormSource`]): x is not normalized there, and at 1/256 the small values of early layers fall
+/// into f16's subnormals (the real model's chat logits 2.62e-2 from float64 against 1.46e-2
+/// today; at 1/16, 1.33e-2: scripts/norm_fold_accuracy.py, docs/BENCHMARKS.md). Its largest |x|,
+/// 2,183, is far from 16 * 65504.
+pub(super) const NORM_SOURCE_F16_SCALE: f32 = 1.0 / 16.0;
+/// The scale of rms_norm(x) without its weight (a stacked copy that holds the weight, with no
+/// norm source at hand): |value| <= sqrt(width), so 1 keeps the small ones out of the subnormals.
+const UNIT_NORMED_F16_SCALE: f32 = 1.0;
 
 /// A weight kept on the device in a form cuBLAS multiplies directly.
 pub enum Resident {
@@ -406,18 +415,31 @@ fn for_each_f32_chunk(
     Ok(())
 }
 
-/// The largest |w| of `w`'s float32 rows, folded into `max_bits` (float bits; atomic max).
-fn abs_max_into(be: &mut CudaBackend, w: &CudaWeight, max_bits: &mut CudaSlice<u32>) -> Result<(), BackendError> {
+/// The largest |w| of `w`'s float32 rows (times `fold` column by column), folded into
+/// `max_bits` (float bits; atomic max).
+fn abs_max_into(be: &mut CudaBackend, w: &CudaWeight, fold: Option<&CudaSlice<f32>>, max_bits: &mut CudaSlice<u32>) -> Result<(), BackendError> {
     for_each_f32_chunk(be, w, |ctx, fixed, scratch, _, rows| {
+        fold_columns(ctx, fixed, w, scratch, rows, fold)?;
         let n = (rows * w.n_cols) as u64;
         launch!(ctx, &fixed.abs_max, "abs_max", grid_stride(n), scratch, &n, &mut *max_bits)?;
         Ok(())
     })
 }
 
-/// `w` times `scale` as f16 bits into `bits` (its rows from element `offset` on).
-fn write_f16(be: &mut CudaBackend, w: &CudaWeight, scale: f32, bits: &mut CudaSlice<u16>, offset: usize) -> Result<(), BackendError> {
+/// The columns of a chunk of `w`'s float32 rows times the norm weight `fold` (of `w`'s width),
+/// when the copy folds it in (`make_f16_stack`).
+fn fold_columns(ctx: &CudaContext, fixed: &FixedKernels, w: &CudaWeight, scratch: &CudaSlice<f32>, rows: usize, fold: Option<&CudaSlice<f32>>) -> Result<(), BackendError> {
+    let Some(g) = fold else { return Ok(()) };
+    let (n, width) = ((rows * w.n_cols) as u64, w.n_cols as u32);
+    launch!(ctx, &fixed.scale_columns, "scale_columns", grid_stride(n), scratch, g, &width, &n)?;
+    Ok(())
+}
+
+/// `w` (times `fold` column by column) times `scale` as f16 bits into `bits` (its rows from
+/// element `offset` on).
+fn write_f16(be: &mut CudaBackend, w: &CudaWeight, fold: Option<&CudaSlice<f32>>, scale: f32, bits: &mut CudaSlice<u16>, offset: usize) -> Result<(), BackendError> {
     for_each_f32_chunk(be, w, |ctx, fixed, scratch, r0, rows| {
+        fold_columns(ctx, fixed, w, scratch, rows, fold)?;
         let n = (rows * w.n_cols) as u64;
         let mut dst = bits.slice_mut(offset + r0 * w.n_cols..offset + (r0 + rows) * w.n_cols);
         launch!(ctx, &fixed.to_f16_scaled, "to_f16_scaled", grid_stride(n), scratch, &mut dst, &n, &scale)?;
@@ -427,18 +449,19 @@ fn write_f16(be: &mut CudaBackend, w: &CudaWeight, scale: f32, bits: &mut CudaSl
 
 /// The f16 copy of `weights` stacked in `bits` (the rows of the first, then of the next...)
 /// under one scale, set by their largest |w|: the float32 rows pass through the scratch twice,
-/// once for that maximum, once to convert. Returns the scale.
-fn make_f16_stack(be: &mut CudaBackend, weights: &[&CudaWeight], bits: &mut CudaSlice<u16>) -> Result<f32, BackendError> {
+/// once for that maximum, once to convert. With `fold` (the RMSNorm weight of their input),
+/// every row is first multiplied by it column by column. Returns the scale.
+fn make_f16_stack(be: &mut CudaBackend, weights: &[&CudaWeight], fold: Option<&CudaSlice<f32>>, bits: &mut CudaSlice<u16>) -> Result<f32, BackendError> {
     let mut max_bits = be.ctx.upload(&[0u32], "the largest |w| of a weight")?;
     for w in weights {
-        abs_max_into(be, w, &mut max_bits)?;
+        abs_max_into(be, w, fold, &mut max_bits)?;
     }
     let names: Vec<&str> = weights.iter().map(|w| w.name.as_str()).collect();
     let got = be.ctx.download(&max_bits, &format!("the largest |w| of {}", names.join(", ")))?;
     let scale = f16_scale(f32::from_bits(got[0]));
     let mut offset = 0;
     for w in weights {
-        write_f16(be, w, scale, bits, offset)?;
+        write_f16(be, w, fold, scale, bits, offset)?;
         offset += w.n_rows * w.n_cols;
     }
     Ok(scale)
@@ -446,7 +469,7 @@ fn make_f16_stack(be: &mut CudaBackend, weights: &[&CudaWeight], bits: &mut Cuda
 
 /// The f16 copy of `w` (see `make_f16_stack`).
 fn make_f16(be: &mut CudaBackend, w: &CudaWeight, mut bits: CudaSlice<u16>) -> Result<Resident, BackendError> {
-    let scale = make_f16_stack(be, &[w], &mut bits)?;
+    let scale = make_f16_stack(be, &[w], None, &mut bits)?;
     Ok(Resident::F16 { bits, scale })
 }
 
@@ -508,6 +531,10 @@ pub struct StackedCopy {
     members: Vec<(String, usize)>,
     bits: CudaSlice<u16>,
     scale: f32,
+    /// Some when the copy holds the rows times their input's RMSNorm weight (the backend's
+    /// `norm_fold`): its x is then rms_norm(x) times these ones (of the width), or a
+    /// [`NormSource`] with 1 / rms applied after the sum.
+    ones: Option<CudaSlice<f32>>,
 }
 
 /// Stacked GEMMs launched by this process (directly, not counting graph replays), for tests to
@@ -555,8 +582,9 @@ fn stack_shapes_qualify(shapes: &[(usize, usize)]) -> bool {
 
 /// The stacked copy of `weights`, made now (held by the first) if this is the group's first large
 /// multiply and the device has room; `None` when it was decided against or the first weight
-/// holds a copy of another group.
-fn stacked_copy<'w>(be: &mut CudaBackend, weights: &[&'w CudaWeight]) -> Result<Option<&'w StackedCopy>, BackendError> {
+/// holds a copy of another group. `norm_w`: the RMSNorm weight of their input, folded into a new
+/// copy when the backend's `norm_fold` is on.
+fn stacked_copy<'w>(be: &mut CudaBackend, weights: &[&'w CudaWeight], norm_w: &CudaSlice<f32>) -> Result<Option<&'w StackedCopy>, BackendError> {
     let first = weights[0];
     if first.stacked.get().is_none() {
         let elems: usize = weights.iter().map(|w| w.n_rows * w.n_cols).sum();
@@ -564,8 +592,14 @@ fn stacked_copy<'w>(be: &mut CudaBackend, weights: &[&'w CudaWeight]) -> Result<
             let names: Vec<&str> = weights.iter().map(|w| w.name.as_str()).collect();
             match be.ctx.alloc::<u16>(elems, &format!("the stacked f16 copy of {}", names.join(", "))) {
                 Ok(mut bits) => {
-                    let scale = make_f16_stack(be, weights, &mut bits)?;
-                    Some(StackedCopy { members: weights.iter().map(|w| (w.name.clone(), w.n_rows)).collect(), bits, scale })
+                    let width = first.n_cols;
+                    if norm_w.len() != width {
+                        return Err(BackendError::Invalid(format!("the norm before {}: {} values for a width of {width}", names.join(", "), norm_w.len())));
+                    }
+                    let fold = be.norm_fold.then_some(norm_w);
+                    let scale = make_f16_stack(be, weights, fold, &mut bits)?;
+                    let ones = if be.norm_fold { Some(be.ctx.upload(&vec![1.0f32; width], "a norm weight of ones")?) } else { None };
+                    Some(StackedCopy { members: weights.iter().map(|w| (w.name.clone(), w.n_rows)).collect(), bits, scale, ones })
                 }
                 Err(CudaError::OutOfMemory { .. }) => None,
                 Err(e) => return Err(e.into()),
@@ -609,6 +643,56 @@ fn grown<T: cudarc::driver::DeviceRepr>(
     Ok(buf.as_ref().map(|b| addr(b, ctx)))
 }
 
+/// Where the o or ffn_down GEMM of 5-16 rows, adding into x, also wrote what the next RMSNorm's
+/// consumers read instead of a normalized x (gemm_f16_rows.cu's norm arguments): x's rows as
+/// f16 (times `NORM_SOURCE_F16_SCALE`) and the sums of squares of each 16 of a row's values
+/// (ceil(width / 16) doubles a row). Valid until x is next written (the backend keeps it for the
+/// next `attention_add` or `mlp_add` only).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) struct NormSource {
+    /// The device address of x (the residual rows it describes).
+    pub x: u64,
+    pub n_rows: usize,
+    pub width: usize,
+    h16: u64,
+    parts: u64,
+}
+
+/// The input of a stacked GEMM: rms_norm(x) times `weight`, or (with the weight folded into the
+/// copy) what `source` holds of x when it describes these rows.
+pub(super) struct NormedInput<'a> {
+    pub x: &'a CudaAct,
+    pub weight: &'a CudaSlice<f32>,
+    pub eps: f32,
+    pub source: Option<NormSource>,
+}
+
+/// Stacked GEMMs that took their x from a [`NormSource`] (directly, not counting graph replays),
+/// for the tests (`_cuda_counters`).
+pub static NORM_SOURCE_GEMMS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// `FERRITE_CUDA_NORM_FOLD=1`: stacked copies with the norm weight folded in, and no norm launch
+/// before the stacked GEMMs of 5-16 rows whose x a GEMM wrote ([`NormSource`]); unset or 0: the
+/// copies without it, x normalized in a launch of its own before every stacked GEMM. Off until
+/// measured on a GPU (written without one). Read when a backend is made.
+pub(super) fn norm_fold_enabled() -> bool {
+    std::env::var("FERRITE_CUDA_NORM_FOLD").is_ok_and(|v| v == "1")
+}
+
+/// x as the stacked GEMM on `copy` of `n_x` rows takes it: the device address of its f16 rows,
+/// their scale, and the sums of squares the rows kernel turns into 1 / rms (0: none, x is
+/// normalized). A source goes only to the rows kernel (`rows_kernel`); without one x is
+/// normalized now, in the backend's f16 buffer.
+fn stacked_input(be: &mut CudaBackend, copy: &StackedCopy, input: &NormedInput<'_>, n_x: usize, rows_kernel: bool) -> Result<(u64, f32, u64), BackendError> {
+    let x_addr = addr(&input.x.buf, &be.ctx);
+    let source = input.source.filter(|s| rows_kernel && s.x == x_addr && s.n_rows == n_x && s.width == input.x.width);
+    match (&copy.ones, source) {
+        (Some(_), Some(s)) => Ok((s.h16, NORM_SOURCE_F16_SCALE, s.parts)),
+        (Some(ones), None) => Ok((rms_norm_as_f16(be, input.x, ones, input.eps, n_x, UNIT_NORMED_F16_SCALE)?, UNIT_NORMED_F16_SCALE, 0)),
+        (None, _) => Ok((rms_norm_as_f16(be, input.x, input.weight, input.eps, n_x, X_F16_SCALE)?, X_F16_SCALE, 0)),
+    }
+}
+
 /// One stacked projection's output: where it goes, the device addresses of its output rows and
 /// bias (0: none).
 pub(super) struct StackedOut<'w> {
@@ -619,41 +703,45 @@ pub(super) struct StackedOut<'w> {
 
 /// The projections of one x (`weights`) as one f16 GEMM on their stacked copy ([`stacks`],
 /// [`stacked_copy`]), into the backend's stacked output: `n_x` rows of all the weights' rows, the
-/// first weight's outputs first. `x_f16`: called once the GEMM is known to run, returning the
-/// device address of x as f16 (the producer writes it). Returns that output's device address,
-/// or None, having launched nothing, when the group does not stack.
-pub(super) fn stacked_gemm_unsplit(
-    be: &mut CudaBackend,
-    weights: &[&CudaWeight],
-    n_x: usize,
-    x_f16: impl FnOnce(&mut CudaBackend) -> Result<u64, BackendError>,
-) -> Result<Option<u64>, BackendError> {
-    let Some((copy, cfg)) = stacked_gemm_config(be, weights, n_x)? else { return Ok(None) };
+/// first weight's outputs first. `input`: x and its norm, normalized once the GEMM is known to
+/// run (or read from its source: [`stacked_input`]). Returns that output's device address, or
+/// None, having launched nothing, when the group does not stack.
+pub(super) fn stacked_gemm_unsplit(be: &mut CudaBackend, weights: &[&CudaWeight], n_x: usize, input: &NormedInput<'_>) -> Result<Option<u64>, BackendError> {
+    let Some((copy, mut cfg)) = stacked_gemm_config(be, weights, n_x, input.weight)? else { return Ok(None) };
     let (total_rows, n_cols) = (cfg.m as usize, cfg.k as usize);
     let n_out = n_x.checked_mul(total_rows).ok_or_else(|| BackendError::Invalid("stacked projections' output overflows".into()))?;
     u32::try_from(n_out).map_err(|_| BackendError::Invalid(format!("stacked projections: outputs {n_out} exceed 32 bits")))?;
     // Before x's producer runs, so that without room nothing has been launched.
     let Some(stacked) = stacked_out(be, n_out)? else { return Ok(None) };
     let ctx = be.ctx.clone();
+    let a = addr(&copy.bits, &ctx);
     let gemm_err = |e: String| CudaError::Driver { op: format!("f16 GEMM for {} ({total_rows} x {n_cols} by {n_x} rows)", member_names(weights)), msg: e };
-    let converted = x_f16(be)?;
-    gemm_f16_raw(be, cfg, addr(&copy.bits, &ctx), converted, stacked).map_err(gemm_err)?;
+    // The backend's f16 buffers are 16-byte aligned: x's address does not change the fit.
+    let rows_kernel = gemm_rows_fits(be, &cfg, a, 0);
+    let (converted, x_scale, parts) = stacked_input(be, copy, input, n_x, rows_kernel)?;
+    cfg.alpha = 1.0 / (copy.scale * x_scale);
+    if parts == 0 {
+        gemm_f16_raw(be, cfg, a, converted, stacked).map_err(gemm_err)?;
+    } else {
+        gemm_rows(be, &cfg, a, converted, stacked, &RowsNorm::consumer(parts, input.eps)).map_err(gemm_err)?;
+        NORM_SOURCE_GEMMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     STACKED_GEMMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok(Some(stacked))
 }
 
 /// The stacked copy of `weights` and cuBLAS's configuration of its GEMM by `n_x` rows of x (all
-/// the members' rows at once, alpha undoing the copy's and x's f16 scales), when the group
-/// stacks ([`stacks`]) and its copy is there or made now ([`stacked_copy`]); `None` otherwise.
-fn stacked_gemm_config<'w>(be: &mut CudaBackend, weights: &[&'w CudaWeight], n_x: usize) -> Result<Option<(&'w StackedCopy, GemmConfig<f32>)>, BackendError> {
+/// the members' rows at once, alpha 1 until x's scale is known), when the group stacks
+/// ([`stacks`]) and its copy is there or made now ([`stacked_copy`], `norm_w` the RMSNorm weight
+/// of x); `None` otherwise.
+fn stacked_gemm_config<'w>(be: &mut CudaBackend, weights: &[&'w CudaWeight], n_x: usize, norm_w: &CudaSlice<f32>) -> Result<Option<(&'w StackedCopy, GemmConfig<f32>)>, BackendError> {
     if n_x == 0 || !stacks(be, weights, n_x) {
         return Ok(None);
     }
     bind_context(be)?;
-    let Some(copy) = stacked_copy(be, weights)? else { return Ok(None) };
+    let Some(copy) = stacked_copy(be, weights, norm_w)? else { return Ok(None) };
     let total_rows: usize = weights.iter().map(|w| w.n_rows).sum();
-    let mut cfg = gemm_config(&member_names(weights), total_rows, n_x, weights[0].n_cols, total_rows, Write::Overwrite)?;
-    cfg.alpha = 1.0 / (copy.scale * X_F16_SCALE);
+    let cfg = gemm_config(&member_names(weights), total_rows, n_x, weights[0].n_cols, total_rows, Write::Overwrite)?;
     Ok(Some((copy, cfg)))
 }
 
@@ -666,14 +754,9 @@ fn member_names(weights: &[&CudaWeight]) -> String {
 /// ([`stacked_gemm_unsplit`]), then one launch that splits the stacked rows into the outputs and
 /// adds the biases (`split_rows3`, in place of `add_biases3`). Returns false, having launched
 /// nothing, when the group does not stack.
-pub(super) fn stacked_gemm(
-    be: &mut CudaBackend,
-    outs: &[StackedOut<'_>],
-    n_x: usize,
-    x_f16: impl FnOnce(&mut CudaBackend) -> Result<u64, BackendError>,
-) -> Result<bool, BackendError> {
+pub(super) fn stacked_gemm(be: &mut CudaBackend, outs: &[StackedOut<'_>], n_x: usize, input: &NormedInput<'_>) -> Result<bool, BackendError> {
     let weights: Vec<&CudaWeight> = outs.iter().map(|o| o.weight).collect();
-    let Some(stacked) = stacked_gemm_unsplit(be, &weights, n_x, x_f16)? else { return Ok(false) };
+    let Some(stacked) = stacked_gemm_unsplit(be, &weights, n_x, input)? else { return Ok(false) };
     let as_u32 = |what: &str, v: usize| u32::try_from(v).map_err(|_| BackendError::Invalid(format!("stacked projections: {what} {v} exceeds 32 bits")));
     let seg = |i: usize| -> Result<(u64, u64, u32), BackendError> {
         Ok(match outs.get(i) {
@@ -832,16 +915,17 @@ pub(super) fn f16_gemm_inputs(be: &mut CudaBackend, weights: &[&CudaWeight], n_x
     Ok(true)
 }
 
-/// rms_norm(x) * weight of `n_rows` rows, as f16 (times `X_F16_SCALE`) in the backend's f16
-/// buffer, the bits `rms_norm` then `x_as_f16` would give; its device address.
-pub(super) fn rms_norm_as_f16(be: &mut CudaBackend, x: &CudaAct, weight: &CudaSlice<f32>, eps: f32, n_rows: usize) -> Result<u64, BackendError> {
+/// rms_norm(x) * weight of `n_rows` rows, as f16 (times `scale`: `X_F16_SCALE` where the weight
+/// is the norm's) in the backend's f16 buffer, the bits `rms_norm` then `x_as_f16` would give;
+/// its device address.
+pub(super) fn rms_norm_as_f16(be: &mut CudaBackend, x: &CudaAct, weight: &CudaSlice<f32>, eps: f32, n_rows: usize, scale: f32) -> Result<u64, BackendError> {
     let width = u32::try_from(x.width).map_err(|_| BackendError::Invalid(format!("rms_norm width {} does not fit 32 bits", x.width)))?;
     let rows = u32::try_from(n_rows).map_err(|_| BackendError::Invalid(format!("rms_norm rows {n_rows} do not fit 32 bits")))?;
     let cfg = cudarc::driver::LaunchConfig { grid_dim: (rows, 1, 1), block_dim: (super::kernels::NORM_THREADS, 1, 1), shared_mem_bytes: 0 };
     let ctx = be.ctx.clone();
     let f = be.fixed.rms_norm_f16.clone();
     let buf = x_f16_buffer(be, n_rows * x.width)?;
-    launch!(ctx, &f, "rms_norm_f16", cfg, &x.buf, weight, &width, &eps, &X_F16_SCALE, &mut *buf)?;
+    launch!(ctx, &f, "rms_norm_f16", cfg, &x.buf, weight, &width, &eps, &scale, &mut *buf)?;
     Ok(addr(&*buf, &ctx))
 }
 
@@ -910,10 +994,29 @@ pub(super) fn gemm_rows_plan() -> (u32, u32) {
     parsed.unwrap_or((4, 16))
 }
 
+/// gemm_f16_rows.cu's norm arguments (device addresses, 0: none): the sums of squares a
+/// consumer turns into 1 / rms (`in_parts`, with `eps`), and where a producer writes x's norm
+/// source (`src_f16` at `src_scale`, `out_parts`). See [`NormSource`].
+#[derive(Clone, Copy, Default)]
+pub(super) struct RowsNorm {
+    in_parts: u64,
+    eps: f32,
+    src_f16: u64,
+    src_scale: f32,
+    out_parts: u64,
+}
+
+impl RowsNorm {
+    fn consumer(in_parts: u64, eps: f32) -> RowsNorm {
+        RowsNorm { in_parts, eps, ..RowsNorm::default() }
+    }
+}
+
 /// `cfg`'s GEMM on gemm_f16_rows.cu when it takes it ([`gemm_rows_fits`]): whether it launched.
 /// Same problem as cublasGemmEx's (A the weight's rows, OUT^T[r][t] at `c_ptr + (t * ldc + r) *
-/// 4`), summed in float32 in another order.
-fn gemm_rows(be: &CudaBackend, cfg: &GemmConfig<f32>, a: u64, x_f16: u64, c_ptr: u64) -> Result<bool, String> {
+/// 4`), summed in float32 in another order; with `norm`'s arguments, the sums times 1 / rms, or
+/// x's norm source written beside it.
+fn gemm_rows(be: &CudaBackend, cfg: &GemmConfig<f32>, a: u64, x_f16: u64, c_ptr: u64, norm: &RowsNorm) -> Result<bool, String> {
     if !gemm_rows_fits(be, cfg, a, x_f16) {
         return Ok(false);
     }
@@ -921,9 +1024,37 @@ fn gemm_rows(be: &CudaBackend, cfg: &GemmConfig<f32>, a: u64, x_f16: u64, c_ptr:
     let f = &be.fixed.gemm_f16_rows[usize::from(cfg.n > 8)];
     let (m, k, n, ldc) = (cfg.m as u32, cfg.k as u32, cfg.n as u32, cfg.ldc as u32);
     let accumulate = u32::from(cfg.beta == 1.0);
-    launch!(be.ctx, f, "gemm_f16_rows", lc, &a, &x_f16, &c_ptr, &m, &k, &n, &ldc, &cfg.alpha, &accumulate, &chunks_per_warp)
+    let RowsNorm { in_parts, eps, src_f16, src_scale, out_parts } = *norm;
+    launch!(be.ctx, f, "gemm_f16_rows", lc, &a, &x_f16, &c_ptr, &m, &k, &n, &ldc, &cfg.alpha, &accumulate, &chunks_per_warp, &in_parts, &eps, &src_f16, &src_scale, &out_parts)
         .map_err(|e| format!("gemm_f16_rows.cu: {e}"))?;
     Ok(true)
+}
+
+/// `acc += w x` for `n_x` rows (x as f16 at `x_f16`, times `X_F16_SCALE`) on gemm_f16_rows.cu,
+/// which also writes x's [`NormSource`] for the next norm's stacked GEMMs; None, having launched
+/// nothing, when the GEMM does not run there (the backend's `norm_fold` off, w without an f16
+/// copy, more than 16 rows, a copy over `gemm_rows_max_bytes`) or the device has no room for the
+/// source. The caller has checked the shapes (w's rows are acc's width).
+pub(super) fn gemm_rows_add_norm_source(be: &mut CudaBackend, w: &CudaWeight, x_f16: u64, n_x: usize, acc: &CudaAct) -> Result<Option<NormSource>, BackendError> {
+    if !be.norm_fold || n_x == 0 || w.n_rows == 0 || takes_matvec(be, w, n_x) || takes_gemm_mma(be, w, n_x)? {
+        return Ok(None);
+    }
+    bind_context(be)?;
+    let Some(Resident::F16 { bits, scale }) = resident(be, w)? else { return Ok(None) };
+    let mut cfg = gemm_config(&w.name, w.n_rows, n_x, w.n_cols, w.n_rows, Write::Accumulate)?;
+    cfg.alpha = 1.0 / (scale * X_F16_SCALE);
+    let ctx = be.ctx.clone();
+    let a = addr(bits, &ctx);
+    if !gemm_rows_fits(be, &cfg, a, x_f16) {
+        return Ok(None);
+    }
+    let n_parts = w.n_rows.div_ceil(16);
+    let Some(h16) = grown(&ctx, &mut be.norm_src_f16, &mut be.batch_generation, n_x * w.n_rows, "x as the next norm's source")? else { return Ok(None) };
+    let Some(parts) = grown(&ctx, &mut be.norm_parts, &mut be.batch_generation, n_x * n_parts, "x's sums of squares for the next norm")? else { return Ok(None) };
+    let out = addr(&acc.buf, &ctx);
+    let norm = RowsNorm { src_f16: h16, src_scale: NORM_SOURCE_F16_SCALE, out_parts: parts, ..RowsNorm::default() };
+    gemm_rows(be, &cfg, a, x_f16, out, &norm).map_err(|e| CudaError::Driver { op: format!("f16 GEMM for {} ({} x {} by {n_x} rows)", w.name, w.n_rows, w.n_cols), msg: e })?;
+    Ok(Some(NormSource { x: out, n_rows: n_x, width: w.n_rows, h16, parts }))
 }
 
 /// Whether gemm_f16_rows.cu takes `cfg`'s GEMM of the weight rows at `a` by the f16 x at
@@ -964,19 +1095,13 @@ fn gemm_rows_grid(be: &CudaBackend, cfg: &GemmConfig<f32>) -> (cudarc::driver::L
 /// does not take the GEMM (more than 16 rows, a copy over `gemm_rows_max_bytes`) or
 /// `FERRITE_CUDA_SWIGLU_GEMM=0` (read when a backend is made). `x_f16` as for
 /// [`stacked_gemm_unsplit`].
-pub(super) fn stacked_swiglu_rows(
-    be: &mut CudaBackend,
-    gate: &CudaWeight,
-    up: &CudaWeight,
-    n_x: usize,
-    x_f16: impl FnOnce(&mut CudaBackend) -> Result<u64, BackendError>,
-) -> Result<Option<u64>, BackendError> {
+pub(super) fn stacked_swiglu_rows(be: &mut CudaBackend, gate: &CudaWeight, up: &CudaWeight, n_x: usize, input: &NormedInput<'_>) -> Result<Option<u64>, BackendError> {
     let weights = [gate, up];
     if !be.swiglu_gemm || gate.n_rows != up.n_rows {
         return Ok(None);
     }
     // The stacked GEMM as gemm_f16_rows poses it: all 2 * width rows (the fit's size and shape).
-    let Some((copy, cfg)) = stacked_gemm_config(be, &weights, n_x)? else { return Ok(None) };
+    let Some((copy, mut cfg)) = stacked_gemm_config(be, &weights, n_x, input.weight)? else { return Ok(None) };
     let (width, n_cols) = (gate.n_rows, gate.n_cols);
     let ctx = be.ctx.clone();
     let a = addr(&copy.bits, &ctx);
@@ -986,12 +1111,16 @@ pub(super) fn stacked_swiglu_rows(
     }
     // Without room the two launches run instead (nothing launched yet).
     let Some(out) = grown(&ctx, &mut be.swiglu_f16, &mut be.batch_generation, n_x * width, "SwiGLU's f16 output")? else { return Ok(None) };
-    let converted = x_f16(be)?;
+    let (converted, x_scale, parts) = stacked_input(be, copy, input, n_x, true)?;
+    cfg.alpha = 1.0 / (copy.scale * x_scale);
     // One block a tile of gate's rows and the same tile of up's: the grid of gate's rows.
     let (lc, chunks_per_warp) = gemm_rows_grid(be, &GemmConfig { m: cfg.m / 2, ..cfg });
     let f = &be.fixed.gemm_f16_rows_swiglu[usize::from(n_x > 8)];
     let (m, k, n) = (width as u32, n_cols as u32, n_x as u32);
-    launch!(ctx, f, "gemm_f16_rows_swiglu", lc, &a, &converted, &out, &m, &k, &n, &cfg.alpha, &X_F16_SCALE, &chunks_per_warp)
+    if parts != 0 {
+        NORM_SOURCE_GEMMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    launch!(ctx, f, "gemm_f16_rows_swiglu", lc, &a, &converted, &out, &m, &k, &n, &cfg.alpha, &X_F16_SCALE, &chunks_per_warp, &parts, &input.eps)
         .map_err(|e| CudaError::Driver { op: format!("the stacked GEMM with SwiGLU for {} ({} x {n_cols} by {n_x} rows)", member_names(&weights), 2 * width), msg: e.to_string() })?;
     STACKED_GEMMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     SWIGLU_GEMMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -1030,13 +1159,60 @@ pub fn test_gemm_f16(device: &str, w: &[u16], m: usize, k: usize, x: &[u16], n: 
     let mut cfg = gemm_config("test", m, n, k, m, write)?;
     cfg.alpha = alpha;
     let (a, b, c) = (addr(&w_dev, &ctx), addr(&x_dev, &ctx), addr(&out, &ctx));
-    if rows_kernel && !gemm_rows(&be, &cfg, a, b, c).map_err(invalid)? {
+    if rows_kernel && !gemm_rows(&be, &cfg, a, b, c, &RowsNorm::default()).map_err(invalid)? {
         return Err(invalid(format!("gemm_f16_rows does not take {m} x {k} by {n} rows (1-16 rows, k a multiple of 32)")));
     }
     if !rows_kernel {
         gemm_f16_raw(&be, cfg, a, b, c).map_err(invalid)?;
     }
     Ok(ctx.download(&out, "test output")?)
+}
+
+/// Test hook: the norm moved around gemm_f16_rows.cu ([`NormSource`]) on f16 bits. The
+/// producer adds `alpha * w x` onto `start` (n x m) and writes x's source; the consumer then
+/// multiplies `w_next` (m_next x m) by that source, times `alpha_next` and the rows' 1 / rms
+/// (`eps`). Returns the new x (n x m), the source's f16 bits (times `NORM_SOURCE_F16_SCALE`, n x
+/// m) and the consumer's output (n x m_next).
+#[allow(clippy::too_many_arguments)]
+pub fn test_gemm_f16_norm(
+    device: &str,
+    w: &[u16],
+    (m, k): (usize, usize),
+    x: &[u16],
+    n: usize,
+    start: &[f32],
+    alpha: f32,
+    w_next: &[u16],
+    m_next: usize,
+    alpha_next: f32,
+    eps: f32,
+) -> Result<(Vec<f32>, Vec<u16>, Vec<f32>), BackendError> {
+    let invalid = |msg: String| BackendError::Invalid(msg);
+    let sizes = [(w.len(), m.checked_mul(k)), (x.len(), n.checked_mul(k)), (start.len(), n.checked_mul(m)), (w_next.len(), m_next.checked_mul(m))];
+    if sizes.iter().any(|&(got, want)| Some(got) != want) || w.is_empty() || x.is_empty() || w_next.is_empty() {
+        return Err(invalid(format!("norm source test of {m} x {k} by {n} rows, then {m_next} rows: the arrays' sizes do not match")));
+    }
+    let mut be = CudaBackend::new(device, false)?;
+    be.gemm_rows_max_bytes = usize::MAX;
+    let ctx = be.ctx.clone();
+    let (w_dev, x_dev, next_dev) = (ctx.upload(w, "test f16 weights")?, ctx.upload(x, "test f16 x")?, ctx.upload(w_next, "test next f16 weights")?);
+    let acc = ctx.upload(start, "test residual rows")?;
+    let out = ctx.alloc_zeros::<f32>(n * m_next, "test consumer output")?;
+    let n_parts = m.div_ceil(16);
+    let src = ctx.alloc_zeros::<u16>(n * m, "test norm source rows")?;
+    let parts = ctx.alloc_zeros::<f64>(n * n_parts, "test norm source sums")?;
+    let mut cfg = gemm_config("test producer", m, n, k, m, Write::Accumulate)?;
+    cfg.alpha = alpha;
+    let producer = RowsNorm { src_f16: addr(&src, &ctx), src_scale: NORM_SOURCE_F16_SCALE, out_parts: addr(&parts, &ctx), ..RowsNorm::default() };
+    let taken = gemm_rows(&be, &cfg, addr(&w_dev, &ctx), addr(&x_dev, &ctx), addr(&acc, &ctx), &producer).map_err(invalid)?;
+    let mut next = gemm_config("test consumer", m_next, n, m, m_next, Write::Overwrite)?;
+    next.alpha = alpha_next;
+    let consumer = RowsNorm::consumer(addr(&parts, &ctx), eps);
+    let taken_next = taken && gemm_rows(&be, &next, addr(&next_dev, &ctx), addr(&src, &ctx), addr(&out, &ctx), &consumer).map_err(invalid)?;
+    if !taken_next {
+        return Err(invalid(format!("gemm_f16_rows does not take {m} x {k} then {m_next} x {m} by {n} rows (1-16 rows, k a multiple of 32)")));
+    }
+    Ok((ctx.download(&acc, "test residual rows")?, ctx.download(&src, "test norm source rows")?, ctx.download(&out, "test consumer output")?))
 }
 
 /// C = alpha * op(A) op(B) + beta * C with A and B f16 (A: the weight's bits, B: at device
@@ -1049,7 +1225,7 @@ fn gemm_f16(be: &CudaBackend, cfg: GemmConfig<f32>, a_bits: &CudaSlice<u16>, x_f
 /// ldc floats (the callers size them).
 fn gemm_f16_raw(be: &CudaBackend, cfg: GemmConfig<f32>, a: u64, x_f16: u64, c_ptr: u64) -> Result<(), String> {
     use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasGemmEx, cublasStatus_t, cudaDataType};
-    if gemm_rows(be, &cfg, a, x_f16, c_ptr)? {
+    if gemm_rows(be, &cfg, a, x_f16, c_ptr, &RowsNorm::default())? {
         return Ok(());
     }
     // SAFETY: a holds m x k f16 values (a whole weight or a stack of them), x_f16 at least n x k
