@@ -39,7 +39,8 @@
 // copy is made), and their GEMM multiplies its sums by the row's 1 / rms, from those parts added
 // in a fixed order (`in_parts`, ceil(k / 16) doubles a row), as norm.cu computes it: the same
 // product with the rounding moved from x * r * g to x and W * g (scripts/norm_fold_accuracy.py
-// measures what that costs: nothing beyond today's error on the real model).
+// measures what that costs: nothing beyond today's error on the real model). The first layer's
+// x, which the embedding wrote, gets its source from norm.cu's norm_source, with the same sums.
 
 #include "common.cuh"
 

@@ -121,3 +121,25 @@ extern "C" __global__ void __launch_bounds__(NORM_THREADS)
                  u16* __restrict__ out) {
     rms_norm_row(x, weight, width, eps, out, ToF16{out + (u64)blockIdx.x * width, scale});
 }
+
+// x's norm source (matmul.rs, NormSource; gemm_f16_rows.cu) where no GEMM wrote x (the first
+// layer's, after the embedding): f16_scaled_bits(x, scale) of the block's row, and the sum of
+// squares of each 16 of its values, added as the producer GEMM adds them (a shuffle over a
+// half-warp, offsets 8, 4, 2, 1), into parts[row * ceil(width / 16) + group]. Rows of a width
+// that is a multiple of 16 (the host checks).
+extern "C" __global__ void __launch_bounds__(NORM_THREADS)
+    norm_source(const float* __restrict__ x, u32 width, float scale, u16* __restrict__ out, double* __restrict__ parts) {
+    dependent_wait();
+    const float* xr = x + (u64)blockIdx.x * width;
+    const u32 n_parts = width / 16;
+    // NORM_THREADS is a multiple of 16: each half-warp takes one group of 16 values a pass.
+    for (u32 base = 0; base < width; base += NORM_THREADS) {
+        const u32 i = base + threadIdx.x;
+        const float v = i < width ? xr[i] : 0.0f;
+        if (i < width) out[(u64)blockIdx.x * width + i] = f16_scaled_bits(v, scale);
+        double sq = (double)v * v;
+#pragma unroll
+        for (int off = 8; off > 0; off >>= 1) sq += __shfl_xor_sync(FULL_WARP, sq, off);
+        if (i % 16 == 0 && i < width) parts[(u64)blockIdx.x * n_parts + i / 16] = sq;
+    }
+}

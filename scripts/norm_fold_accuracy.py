@@ -137,7 +137,7 @@ def main() -> None:
         paths[f"f16, norm folded, x * {text}"] = F16Path(args.model, fold=True, x_scale=float(num) / float(den or 1))
     if args.as_landed:
         # What the GPU does with FERRITE_CUDA_NORM_FOLD on (matmul.rs, NormSource).
-        paths["as landed: 5-16 rows (x * 1/16, layer 0's q/k/v normalized)"] = F16Path(args.model, fold=True, x_scale=1 / 16, unit="first")
+        paths["as landed: 5-16 rows (x * 1/16 in every layer)"] = F16Path(args.model, fold=True, x_scale=1 / 16)
         paths["as landed: prompts (normalized without g, at 1)"] = F16Path(args.model, fold=True, unit="all")
     print("| prompt | path | max abs diff vs float64 | top-1 agreement |")
     print("| --- | --- | --- | --- |")

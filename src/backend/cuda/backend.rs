@@ -413,6 +413,7 @@ pub(super) struct FixedKernels {
     pub(super) to_f16_scaled: CudaFunction,
     pub(super) abs_max: CudaFunction,
     pub(super) scale_columns: CudaFunction,
+    pub(super) norm_source: CudaFunction,
     /// gemm_f16_rows.cu's kernels for up to 8 and up to 16 rows of x, writing float32 rows, and
     /// on a stacked gate/up copy writing SwiGLU's f16 output (`matmul::stacked_swiglu_rows`).
     pub(super) gemm_f16_rows: [CudaFunction; 2],
@@ -1057,6 +1058,7 @@ impl CudaBackend {
             to_f16_scaled: f(&kernels::CONVERT, "to_f16_scaled")?,
             abs_max: f(&kernels::CONVERT, "abs_max")?,
             scale_columns: f(&kernels::CONVERT, "scale_columns")?,
+            norm_source: f(&kernels::NORM, "norm_source")?,
             gemm_f16_rows: [f(&kernels::GEMM_F16_ROWS, "gemm_f16_rows_8")?, f(&kernels::GEMM_F16_ROWS, "gemm_f16_rows_16")?],
             gemm_f16_rows_swiglu: [f(&kernels::GEMM_F16_ROWS, "gemm_f16_rows_swiglu_8")?, f(&kernels::GEMM_F16_ROWS, "gemm_f16_rows_swiglu_16")?],
         };

@@ -349,8 +349,9 @@ const W_F16_TARGET_MAX: f32 = 16384.0;
 /// today; at 1/16, 1.33e-2: scripts/norm_fold_accuracy.py, docs/BENCHMARKS.md). Its largest |x|,
 /// 2,183, is far from 16 * 65504.
 pub(super) const NORM_SOURCE_F16_SCALE: f32 = 1.0 / 16.0;
-/// The scale of rms_norm(x) without its weight (a stacked copy that holds the weight, with no
-/// norm source at hand): |value| <= sqrt(width), so 1 keeps the small ones out of the subnormals.
+/// The scale of rms_norm(x) without its weight (a stacked copy that holds the weight, multiplying
+/// more rows than the rows kernel takes: prompts): |value| <= sqrt(width), so 1 keeps the small
+/// ones out of the subnormals.
 const UNIT_NORMED_F16_SCALE: f32 = 1.0;
 
 /// A weight kept on the device in a form cuBLAS multiplies directly.
@@ -681,16 +682,39 @@ pub(super) fn norm_fold_enabled() -> bool {
 
 /// x as the stacked GEMM on `copy` of `n_x` rows takes it: the device address of its f16 rows,
 /// their scale, and the sums of squares the rows kernel turns into 1 / rms (0: none, x is
-/// normalized). A source goes only to the rows kernel (`rows_kernel`); without one x is
-/// normalized now, in the backend's f16 buffer.
+/// normalized). A source goes only to the rows kernel (`rows_kernel`): the one a GEMM wrote, or
+/// one made now (the first layer's x, from the embedding), so that every layer's rows take the
+/// same rounding. Otherwise x is normalized now, in the backend's f16 buffer.
 fn stacked_input(be: &mut CudaBackend, copy: &StackedCopy, input: &NormedInput<'_>, n_x: usize, rows_kernel: bool) -> Result<(u64, f32, u64), BackendError> {
     let x_addr = addr(&input.x.buf, &be.ctx);
     let source = input.source.filter(|s| rows_kernel && s.x == x_addr && s.n_rows == n_x && s.width == input.x.width);
+    let source = match (&copy.ones, source) {
+        (Some(_), None) if rows_kernel => norm_source(be, input.x, n_x)?,
+        _ => source,
+    };
     match (&copy.ones, source) {
         (Some(_), Some(s)) => Ok((s.h16, NORM_SOURCE_F16_SCALE, s.parts)),
         (Some(ones), None) => Ok((rms_norm_as_f16(be, input.x, ones, input.eps, n_x, UNIT_NORMED_F16_SCALE)?, UNIT_NORMED_F16_SCALE, 0)),
         (None, _) => Ok((rms_norm_as_f16(be, input.x, input.weight, input.eps, n_x, X_F16_SCALE)?, X_F16_SCALE, 0)),
     }
+}
+
+/// The norm source of `n_x` rows of x made by a launch of its own (norm.cu's `norm_source`,
+/// the sums as a producer GEMM adds them), in the backend's source buffers; None when the
+/// width is not a multiple of 16 or the device has no room.
+fn norm_source(be: &mut CudaBackend, x: &CudaAct, n_x: usize) -> Result<Option<NormSource>, BackendError> {
+    let width = x.width;
+    if width == 0 || !width.is_multiple_of(16) || n_x == 0 {
+        return Ok(None);
+    }
+    let (rows, width_u) = (u32::try_from(n_x), u32::try_from(width));
+    let (Ok(rows), Ok(width_u)) = (rows, width_u) else { return Ok(None) };
+    let ctx = be.ctx.clone();
+    let Some(h16) = grown(&ctx, &mut be.norm_src_f16, &mut be.batch_generation, n_x * width, "x as the next norm's source")? else { return Ok(None) };
+    let Some(parts) = grown(&ctx, &mut be.norm_parts, &mut be.batch_generation, n_x * (width / 16), "x's sums of squares for the next norm")? else { return Ok(None) };
+    let cfg = cudarc::driver::LaunchConfig { grid_dim: (rows, 1, 1), block_dim: (super::kernels::NORM_THREADS, 1, 1), shared_mem_bytes: 0 };
+    launch!(ctx, &be.fixed.norm_source, "norm_source", cfg, &x.buf, &width_u, &NORM_SOURCE_F16_SCALE, &h16, &parts)?;
+    Ok(Some(NormSource { x: addr(&x.buf, &ctx), n_rows: n_x, width, h16, parts }))
 }
 
 /// One stacked projection's output: where it goes, the device addresses of its output rows and
