@@ -89,13 +89,18 @@ struct RowsNorm {
     double* out_parts;
 };
 
-// Rows of x whose sums of squares a warp loads before it stores its partial products (rows warp,
-// warp + n_warps, ...), so that the loads' latency overlaps the stores; rows beyond (fewer warps
-// than n / NORM_EARLY_ROWS) are added after. The loads wait until the epilogue, where the main
-// loop's registers are free.
-#define NORM_EARLY_ROWS 2
-// Parts a lane loads at once (a row of up to 128 parts, k <= 2048, in one round trip).
+// Sums of squares a row that the block copies into shared memory (cp.async, issued right after
+// the dependent wait, so that their latency hides behind the main loop; k <= 896, the real
+// model's width): 8 * NB rows of them fit beside `part` under 48 KB. Wider rows are read from
+// global memory in the epilogue.
+#define NORM_PARTS_SHARED_ROW 56
+// Parts a lane adds at once (a row of up to 128 parts in one round trip when read from global).
 #define NORM_PARTS_LANE 4
+
+__device__ __forceinline__ void cp_async8(void* dst, const void* src) {
+    const u32 s = (u32)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 8;" ::"r"(s), "l"(src) : "memory");
+}
 
 // This lane's share of row `xrow`'s sums of squares: parts lane, lane + 32, ... added in that
 // order (absent ones as zeros, which change no sum).
@@ -131,6 +136,7 @@ __device__ __forceinline__ void gemm_f16_rows(const u16* __restrict__ w, const u
     constexpr int TILES = SWIGLU ? 2 : 1;
     __shared__ float part[GEMM_ROWS_MAX_WARPS][TILES * 8 * NB * GEMM_ROWS_PAD];
     __shared__ float inv_rms[8 * NB];
+    __shared__ double parts_sh[8 * NB * NORM_PARTS_SHARED_ROW];
     const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
     const u32 g = lane >> 2, t = lane & 3;
     const u32 row0 = blockIdx.x * 16;
@@ -156,6 +162,12 @@ __device__ __forceinline__ void gemm_f16_rows(const u16* __restrict__ w, const u
         }
     }
     dependent_wait();
+    const u32 n_in_parts = (k + 15) / 16;
+    const bool parts_shared = nrm.in_parts && n_in_parts <= NORM_PARTS_SHARED_ROW;
+    if (parts_shared) {
+        for (u32 i = threadIdx.x; i < n * n_in_parts; i += blockDim.x) cp_async8(&parts_sh[i], nrm.in_parts + i);
+        asm volatile("cp.async.commit_group;" ::: "memory");
+    }
     // x rows past n likewise read row n - 1 and their sums are dropped.
     const uint4* xr[NB];
 #pragma unroll
@@ -204,13 +216,6 @@ __device__ __forceinline__ void gemm_f16_rows(const u16* __restrict__ w, const u
     }
     // Accumulators: acc[q][j][0] row g, x row 8j + 2t; [1] row g, 8j + 2t + 1; [2] and [3] row
     // g + 8. Tile q's rows sit 8 * NB * GEMM_ROWS_PAD floats after tile q - 1's.
-    const u32 n_in_parts = (k + 15) / 16;
-    double norm_share[NORM_EARLY_ROWS];
-#pragma unroll
-    for (int j = 0; j < NORM_EARLY_ROWS; j++) {
-        const u32 xrow = warp + j * n_warps;
-        norm_share[j] = nrm.in_parts && xrow < n ? norm_parts_share(nrm.in_parts, n_in_parts, xrow, lane) : 0.0;
-    }
     float* p = part[warp];
 #pragma unroll
     for (int q = 0; q < TILES; q++) {
@@ -224,17 +229,16 @@ __device__ __forceinline__ void gemm_f16_rows(const u16* __restrict__ w, const u
         }
     }
     if (nrm.in_parts) {
-        // Warp-uniform conditions: every lane of a warp takes the same branches.
-#pragma unroll
-        for (int j = 0; j < NORM_EARLY_ROWS; j++) {
-            const u32 xrow = warp + j * n_warps;
-            if (xrow < n) {
-                const float inv = norm_inv_rms(norm_share[j], k, nrm.eps);
-                if (lane == 0) inv_rms[xrow] = inv;
-            }
+        // The sums in shared memory once every thread's copies have landed; the same order of
+        // additions from either place. Warp-uniform loop: every lane takes the same branches.
+        const double* parts = nrm.in_parts;
+        if (parts_shared) {
+            asm volatile("cp.async.wait_all;" ::: "memory");
+            __syncthreads();
+            parts = parts_sh;
         }
-        for (u32 xrow = warp + NORM_EARLY_ROWS * n_warps; xrow < n; xrow += n_warps) {
-            const float inv = norm_inv_rms(norm_parts_share(nrm.in_parts, n_in_parts, xrow, lane), k, nrm.eps);
+        for (u32 xrow = warp; xrow < n; xrow += n_warps) {
+            const float inv = norm_inv_rms(norm_parts_share(parts, n_in_parts, xrow, lane), k, nrm.eps);
             if (lane == 0) inv_rms[xrow] = inv;
         }
     }

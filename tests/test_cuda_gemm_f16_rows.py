@@ -94,14 +94,15 @@ def test_rows_kernel_refuses_shapes_it_does_not_take(m, k, n):
 
 
 
-@pytest.mark.parametrize("m,k,n,m_next", [(896, 4864, 8, 1152), (896, 896, 5, 9728), (256, 512, 13, 512), (96, 64, 16, 64)])
+@pytest.mark.parametrize("m,k,n,m_next", [(896, 4864, 8, 1152), (896, 896, 5, 9728), (896, 512, 16, 512), (256, 512, 13, 512), (96, 64, 16, 64), (1024, 256, 11, 256)])
 def test_rows_kernel_moves_the_norm_to_the_producer_and_the_consumer(m, k, n, m_next):
     """The norm around the kernel (matmul.rs, NormSource): a producer that adds onto the residual
     rows also writes them as f16 times 1/16 (the bits NumPy's rounding gives) and their sums of
     squares; a consumer multiplies its sums by each row's 1 / sqrt(mean(x^2) + eps) from those
     sums, as a norm launch before it would (float64 reference from the producer's x). Rows of
-    x of very different sizes (a row's scale is what 1 / rms undoes), 56 and more sums a row
-    (two and more a lane), and 13 and 16 rows (more than two a warp)."""
+    x of very different sizes (a row's scale is what 1 / rms undoes), 56 sums a row at 5, 16
+    and 8 rows (the consumer's copy of them in shared memory, two a lane), 64 (read from global
+    memory), and rows of several warps each."""
     rng = np.random.default_rng(m + k + n)
     w, x = f16(rng, (m, k), 1.0), f16(rng, (n, k), 1.0)
     start = (rng.standard_normal((n, m)) * np.geomspace(0.01, 300.0, n)[:, None]).astype(np.float32)
