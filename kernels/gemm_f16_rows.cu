@@ -94,6 +94,10 @@ struct RowsNorm {
 // model's width): 8 * NB rows of them fit beside `part` under 48 KB. Wider rows are read from
 // global memory in the epilogue.
 #define NORM_PARTS_SHARED_ROW 56
+// The largest kernel's static shared memory (SwiGLU, 16 rows: `part`, `inv_rms`, `parts_sh`)
+// within the 48 KB a block may declare.
+static_assert(4 * GEMM_ROWS_MAX_WARPS * 2 * 16 * GEMM_ROWS_PAD + 4 * 16 + 8 * 16 * NORM_PARTS_SHARED_ROW <= 48 * 1024,
+              "gemm_f16_rows.cu's shared arrays exceed 48 KB");
 // Parts a lane adds at once (a row of up to 128 parts in one round trip when read from global).
 #define NORM_PARTS_LANE 4
 

@@ -547,14 +547,18 @@ def test_gpu_norm_folded_around_the_rows_gemms_matches_the_float64_reference(tmp
     starts = [[int(t) for t in rng.integers(0, 260, size=4)] for _ in range(13)]
     steps = [[int(t) for t in rng.integers(0, 260, size=13)] for _ in range(3)]
     ref = ReferenceModel(path)
-    got, sourced = {}, {}
+    got, sourced, made = {}, {}, {}
     for flag in ("1", "0"):
-        before = ferrite._ferrite._cuda_counters()["norm_source_gemms"]
+        before = ferrite._ferrite._cuda_counters()
         got[flag] = decode_steps_under(path, monkeypatch, "FERRITE_CUDA_NORM_FOLD", flag, starts, steps, (6, 13), 1024, 16, ref)
-        sourced[flag] = ferrite._ferrite._cuda_counters()["norm_source_gemms"] - before
-    # Every stacked GEMM of the 6- and 13-row steps (the first layer's q/k/v from a launch that
-    # makes the source from the embedding), two a layer.
-    assert sourced["0"] == 0 and sourced["1"] >= 2 * 2 * 3, sourced
+        after = ferrite._ferrite._cuda_counters()
+        sourced[flag] = after["norm_source_gemms"] - before["norm_source_gemms"]
+        made[flag] = after["norm_source_launches"] - before["norm_source_launches"]
+    # Every stacked GEMM of the counted 6- and 13-row steps (two a layer) read a source, and only
+    # the first layer's was made by a launch of its own: the others came from the o and ffn_down
+    # GEMMs that wrote x.
+    assert sourced["0"] == 0 and made["0"] == 0, (sourced, made)
+    assert made["1"] >= 2 and sourced["1"] == 2 * 3 * made["1"], (sourced, made)
     for i, (a, b) in enumerate(zip(got["1"], got["0"])):
         assert not np.array_equal(a, b), f"step {i} took the same path both times"
 

@@ -594,13 +594,27 @@ fn stacked_copy<'w>(be: &mut CudaBackend, weights: &[&'w CudaWeight], norm_w: &C
             match be.ctx.alloc::<u16>(elems, &format!("the stacked f16 copy of {}", names.join(", "))) {
                 Ok(mut bits) => {
                     let width = first.n_cols;
-                    if norm_w.len() != width {
-                        return Err(BackendError::Invalid(format!("the norm before {}: {} values for a width of {width}", names.join(", "), norm_w.len())));
+                    let ones = if be.norm_fold {
+                        if norm_w.len() != width {
+                            return Err(BackendError::Invalid(format!("the norm before {}: {} values for a width of {width}", names.join(", "), norm_w.len())));
+                        }
+                        // No room for the ones: no copy, as for its bits.
+                        match be.ctx.upload(&vec![1.0f32; width], "a norm weight of ones") {
+                            Ok(ones) => Some(Some(ones)),
+                            Err(CudaError::OutOfMemory { .. }) => None,
+                            Err(e) => return Err(e.into()),
+                        }
+                    } else {
+                        Some(None)
+                    };
+                    match ones {
+                        Some(ones) => {
+                            let fold = ones.as_ref().map(|_| norm_w);
+                            let scale = make_f16_stack(be, weights, fold, &mut bits)?;
+                            Some(StackedCopy { members: weights.iter().map(|w| (w.name.clone(), w.n_rows)).collect(), bits, scale, ones })
+                        }
+                        None => None,
                     }
-                    let fold = be.norm_fold.then_some(norm_w);
-                    let scale = make_f16_stack(be, weights, fold, &mut bits)?;
-                    let ones = if be.norm_fold { Some(be.ctx.upload(&vec![1.0f32; width], "a norm weight of ones")?) } else { None };
-                    Some(StackedCopy { members: weights.iter().map(|w| (w.name.clone(), w.n_rows)).collect(), bits, scale, ones })
                 }
                 Err(CudaError::OutOfMemory { .. }) => None,
                 Err(e) => return Err(e.into()),
@@ -668,9 +682,11 @@ pub(super) struct NormedInput<'a> {
     pub source: Option<NormSource>,
 }
 
-/// Stacked GEMMs that took their x from a [`NormSource`] (directly, not counting graph replays),
-/// for the tests (`_cuda_counters`).
+/// Stacked GEMMs that took their x from a [`NormSource`], and the sources made by a launch of
+/// their own (`norm_source`: no GEMM wrote that x) rather than by the GEMM that wrote x (directly,
+/// not counting graph replays), for the tests (`_cuda_counters`).
 pub static NORM_SOURCE_GEMMS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+pub static NORM_SOURCE_LAUNCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// `FERRITE_CUDA_NORM_FOLD=1`: stacked copies with the norm weight folded in, and no norm launch
 /// before the stacked GEMMs of 5-16 rows whose x a GEMM wrote ([`NormSource`]); unset or 0: the
@@ -714,6 +730,7 @@ fn norm_source(be: &mut CudaBackend, x: &CudaAct, n_x: usize) -> Result<Option<N
     let Some(parts) = grown(&ctx, &mut be.norm_parts, &mut be.batch_generation, n_x * (width / 16), "x's sums of squares for the next norm")? else { return Ok(None) };
     let cfg = cudarc::driver::LaunchConfig { grid_dim: (rows, 1, 1), block_dim: (super::kernels::NORM_THREADS, 1, 1), shared_mem_bytes: 0 };
     launch!(ctx, &be.fixed.norm_source, "norm_source", cfg, &x.buf, &width_u, &NORM_SOURCE_F16_SCALE, &h16, &parts)?;
+    NORM_SOURCE_LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok(Some(NormSource { x: addr(&x.buf, &ctx), n_rows: n_x, width, h16, parts }))
 }
 
@@ -747,7 +764,10 @@ pub(super) fn stacked_gemm_unsplit(be: &mut CudaBackend, weights: &[&CudaWeight]
     if parts == 0 {
         gemm_f16_raw(be, cfg, a, converted, stacked).map_err(gemm_err)?;
     } else {
-        gemm_rows(be, &cfg, a, converted, stacked, &RowsNorm::consumer(parts, input.eps)).map_err(gemm_err)?;
+        // The source is made for the rows kernel only (its fit checked above).
+        if !gemm_rows(be, &cfg, a, converted, stacked, &RowsNorm::consumer(parts, input.eps)).map_err(gemm_err)? {
+            return Err(BackendError::Invalid(format!("stacked GEMM of {}: the rows kernel refused the normalized input it was given", member_names(weights))));
+        }
         NORM_SOURCE_GEMMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
     STACKED_GEMMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -28,7 +28,7 @@ pub mod kernels;
 pub mod launch;
 pub mod error;
 mod matmul;
-pub use matmul::{test_gemm_f16, test_gemm_f16_norm, NORM_SOURCE_GEMMS, STACKED_GEMMS, SWIGLU_GEMMS};
+pub use matmul::{test_gemm_f16, test_gemm_f16_norm, NORM_SOURCE_GEMMS, NORM_SOURCE_LAUNCHES, STACKED_GEMMS, SWIGLU_GEMMS};
 pub mod matmul_mma;
 pub mod matvec;
 pub mod sampling;
