@@ -1217,7 +1217,7 @@ pub fn test_gemm_f16(device: &str, w: &[u16], m: usize, k: usize, x: &[u16], n: 
 /// multiplies `w_next` (m_next x m) by that source, times `alpha_next` and the rows' 1 / rms
 /// (`eps`). Returns the new x (n x m), the source's f16 bits (times `NORM_SOURCE_F16_SCALE`, n x
 /// m) and the consumer's output (n x m_next).
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
 pub fn test_gemm_f16_norm(
     device: &str,
     w: &[u16],
