@@ -731,6 +731,19 @@ impl CudaBackend {
         super::matmul::matmul(self, w, bias, x, n_rows, out, write, x_f16)
     }
 
+    /// `x += w · input` of a decode step's stacked path, whose input only its f16 rows at
+    /// `input_f16` hold (`input` is its buffer, for the checks): on gemm_f16_rows.cu writing x's
+    /// norm source for the next stacked GEMM where it can (`matmul::gemm_rows_add_norm_source`,
+    /// kept in `norm_source`), else as any projection.
+    fn project_add_with_norm_source(&mut self, w: &CudaWeight, input: &CudaAct, input_f16: u64, n_rows: usize, x: &mut CudaAct) -> Result<(), BackendError> {
+        check_projection(w, None, input, n_rows, x)?;
+        self.norm_source = super::matmul::gemm_rows_add_norm_source(self, w, input_f16, n_rows, x)?;
+        if self.norm_source.is_some() {
+            return Ok(());
+        }
+        self.project(w, None, input, n_rows, x, Write::Accumulate, &mut Some(input_f16))
+    }
+
     /// Projections of `x` (taken as `input` says) on the tiled matrix-vector kernels, checked.
     fn tiled_projections<const N: usize>(
         &mut self,
@@ -1560,13 +1573,8 @@ impl Backend for CudaBackend {
                 let rows = QkvRows { q: qkv, k: qkv + q_rows * f, v: qkv + (q_rows + k_rows) * f, q_stride: stride, kv_stride: stride, biases };
                 let out_f16 = super::matmul::f16_input(self, n_rows * w.o.n_cols)?;
                 self.attend_rope(rows, cache, layer, batch, qp, p, bufs.out, out_f16)?;
-                check_projection(w.o, None, bufs.out, n_rows, x)?;
-                // x += o · attention, writing x's norm source for gate/up where the GEMM can.
-                self.norm_source = super::matmul::gemm_rows_add_norm_source(self, w.o, out_f16, n_rows, x)?;
-                if self.norm_source.is_some() {
-                    return Ok(());
-                }
-                return self.project(w.o, None, bufs.out, n_rows, x, Write::Accumulate, &mut Some(out_f16));
+                // x += o · attention, with x's norm source for gate/up.
+                return self.project_add_with_norm_source(w.o, bufs.out, out_f16, n_rows, x);
             }
         }
         let projections = [(w.q, w.bq, &mut *bufs.q), (w.k, w.bk, &mut *bufs.k), (w.v, w.bv, &mut *bufs.v)];
@@ -1612,13 +1620,8 @@ impl Backend for CudaBackend {
                 },
             };
             if let Some(swiglu) = swiglu {
-                // x += down · swiglu, writing x's norm source for the next layer's q/k/v where
-                // the GEMM can.
-                self.norm_source = super::matmul::gemm_rows_add_norm_source(self, down, swiglu, n_rows, x)?;
-                if self.norm_source.is_some() {
-                    return Ok(());
-                }
-                return self.project(down, None, bufs.gate, n_rows, x, Write::Accumulate, &mut Some(swiglu));
+                // x += down · swiglu, with x's norm source for the next layer's q/k/v.
+                return self.project_add_with_norm_source(down, bufs.gate, swiglu, n_rows, x);
             }
         }
         self.norm_matmuls(x, norm, eps, n_rows, bufs.xn, [(gate, None, &mut *bufs.gate), (up, None, &mut *bufs.up)])?;

@@ -598,23 +598,21 @@ fn stacked_copy<'w>(be: &mut CudaBackend, weights: &[&'w CudaWeight], norm_w: &C
                         if norm_w.len() != width {
                             return Err(BackendError::Invalid(format!("the norm before {}: {} values for a width of {width}", names.join(", "), norm_w.len())));
                         }
-                        // No room for the ones: no copy, as for its bits.
                         match be.ctx.upload(&vec![1.0f32; width], "a norm weight of ones") {
-                            Ok(ones) => Some(Some(ones)),
-                            Err(CudaError::OutOfMemory { .. }) => None,
+                            Ok(ones) => Some(ones),
+                            // No room for the ones: no copy, as for its bits.
+                            Err(CudaError::OutOfMemory { .. }) => {
+                                let _ = first.stacked.set(None);
+                                return Ok(None);
+                            }
                             Err(e) => return Err(e.into()),
                         }
                     } else {
-                        Some(None)
+                        None
                     };
-                    match ones {
-                        Some(ones) => {
-                            let fold = ones.as_ref().map(|_| norm_w);
-                            let scale = make_f16_stack(be, weights, fold, &mut bits)?;
-                            Some(StackedCopy { members: weights.iter().map(|w| (w.name.clone(), w.n_rows)).collect(), bits, scale, ones })
-                        }
-                        None => None,
-                    }
+                    let fold = ones.as_ref().map(|_| norm_w);
+                    let scale = make_f16_stack(be, weights, fold, &mut bits)?;
+                    Some(StackedCopy { members: weights.iter().map(|w| (w.name.clone(), w.n_rows)).collect(), bits, scale, ones })
                 }
                 Err(CudaError::OutOfMemory { .. }) => None,
                 Err(e) => return Err(e.into()),
@@ -702,16 +700,18 @@ pub(super) fn norm_fold_enabled() -> bool {
 /// one made now (the first layer's x, from the embedding), so that every layer's rows take the
 /// same rounding. Otherwise x is normalized now, in the backend's f16 buffer.
 fn stacked_input(be: &mut CudaBackend, copy: &StackedCopy, input: &NormedInput<'_>, n_x: usize, rows_kernel: bool) -> Result<(u64, f32, u64), BackendError> {
-    let x_addr = addr(&input.x.buf, &be.ctx);
-    let source = input.source.filter(|s| rows_kernel && s.x == x_addr && s.n_rows == n_x && s.width == input.x.width);
-    let source = match (&copy.ones, source) {
-        (Some(_), None) if rows_kernel => norm_source(be, input.x, n_x)?,
-        _ => source,
+    let Some(ones) = &copy.ones else {
+        return Ok((rms_norm_as_f16(be, input.x, input.weight, input.eps, n_x, X_F16_SCALE)?, X_F16_SCALE, 0));
     };
-    match (&copy.ones, source) {
-        (Some(_), Some(s)) => Ok((s.h16, NORM_SOURCE_F16_SCALE, s.parts)),
-        (Some(ones), None) => Ok((rms_norm_as_f16(be, input.x, ones, input.eps, n_x, UNIT_NORMED_F16_SCALE)?, UNIT_NORMED_F16_SCALE, 0)),
-        (None, _) => Ok((rms_norm_as_f16(be, input.x, input.weight, input.eps, n_x, X_F16_SCALE)?, X_F16_SCALE, 0)),
+    let x_addr = addr(&input.x.buf, &be.ctx);
+    let source = match input.source.filter(|s| s.x == x_addr && s.n_rows == n_x && s.width == input.x.width) {
+        Some(given) if rows_kernel => Some(given),
+        _ if rows_kernel => norm_source(be, input.x, n_x)?,
+        _ => None,
+    };
+    match source {
+        Some(s) => Ok((s.h16, NORM_SOURCE_F16_SCALE, s.parts)),
+        None => Ok((rms_norm_as_f16(be, input.x, ones, input.eps, n_x, UNIT_NORMED_F16_SCALE)?, UNIT_NORMED_F16_SCALE, 0)),
     }
 }
 
@@ -726,12 +726,20 @@ fn norm_source(be: &mut CudaBackend, x: &CudaAct, n_x: usize) -> Result<Option<N
     let (rows, width_u) = (u32::try_from(n_x), u32::try_from(width));
     let (Ok(rows), Ok(width_u)) = (rows, width_u) else { return Ok(None) };
     let ctx = be.ctx.clone();
-    let Some(h16) = grown(&ctx, &mut be.norm_src_f16, &mut be.batch_generation, n_x * width, "x as the next norm's source")? else { return Ok(None) };
-    let Some(parts) = grown(&ctx, &mut be.norm_parts, &mut be.batch_generation, n_x * (width / 16), "x's sums of squares for the next norm")? else { return Ok(None) };
+    let Some((h16, parts)) = norm_source_buffers(be, n_x, width)? else { return Ok(None) };
     let cfg = cudarc::driver::LaunchConfig { grid_dim: (rows, 1, 1), block_dim: (super::kernels::NORM_THREADS, 1, 1), shared_mem_bytes: 0 };
     launch!(ctx, &be.fixed.norm_source, "norm_source", cfg, &x.buf, &width_u, &NORM_SOURCE_F16_SCALE, &h16, &parts)?;
     NORM_SOURCE_LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok(Some(NormSource { x: addr(&x.buf, &ctx), n_rows: n_x, width, h16, parts }))
+}
+
+/// The device addresses of the backend's norm source buffers (f16 rows, sums of squares), grown
+/// to hold `n_x` rows of `width` ([`grown`]); None when the device has no room.
+fn norm_source_buffers(be: &mut CudaBackend, n_x: usize, width: usize) -> Result<Option<(u64, u64)>, BackendError> {
+    let ctx = be.ctx.clone();
+    let Some(h16) = grown(&ctx, &mut be.norm_src_f16, &mut be.batch_generation, n_x * width, "x as the next norm's source")? else { return Ok(None) };
+    let Some(parts) = grown(&ctx, &mut be.norm_parts, &mut be.batch_generation, n_x * width.div_ceil(16), "x's sums of squares for the next norm")? else { return Ok(None) };
+    Ok(Some((h16, parts)))
 }
 
 /// One stacked projection's output: where it goes, the device addresses of its output rows and
@@ -1092,9 +1100,7 @@ pub(super) fn gemm_rows_add_norm_source(be: &mut CudaBackend, w: &CudaWeight, x_
     if !gemm_rows_fits(be, &cfg, a, x_f16) {
         return Ok(None);
     }
-    let n_parts = w.n_rows.div_ceil(16);
-    let Some(h16) = grown(&ctx, &mut be.norm_src_f16, &mut be.batch_generation, n_x * w.n_rows, "x as the next norm's source")? else { return Ok(None) };
-    let Some(parts) = grown(&ctx, &mut be.norm_parts, &mut be.batch_generation, n_x * n_parts, "x's sums of squares for the next norm")? else { return Ok(None) };
+    let Some((h16, parts)) = norm_source_buffers(be, n_x, w.n_rows)? else { return Ok(None) };
     let out = addr(&acc.buf, &ctx);
     let norm = RowsNorm { src_f16: h16, src_scale: NORM_SOURCE_F16_SCALE, out_parts: parts, ..RowsNorm::default() };
     gemm_rows(be, &cfg, a, x_f16, out, &norm).map_err(|e| CudaError::Driver { op: format!("f16 GEMM for {} ({} x {} by {n_x} rows)", w.name, w.n_rows, w.n_cols), msg: e })?;
@@ -1137,7 +1143,7 @@ fn gemm_rows_grid(be: &CudaBackend, cfg: &GemmConfig<f32>) -> (cudarc::driver::L
 /// the device address of that f16 output (the backend's `swiglu_f16` buffer, `n_x` rows of
 /// gate's width), or None, having launched nothing, when the pair does not stack, the kernel
 /// does not take the GEMM (more than 16 rows, a copy over `gemm_rows_max_bytes`) or
-/// `FERRITE_CUDA_SWIGLU_GEMM=0` (read when a backend is made). `x_f16` as for
+/// `FERRITE_CUDA_SWIGLU_GEMM=0` (read when a backend is made). `input` as for
 /// [`stacked_gemm_unsplit`].
 pub(super) fn stacked_swiglu_rows(be: &mut CudaBackend, gate: &CudaWeight, up: &CudaWeight, n_x: usize, input: &NormedInput<'_>) -> Result<Option<u64>, BackendError> {
     let weights = [gate, up];
