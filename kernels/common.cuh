@@ -215,6 +215,14 @@ __device__ __forceinline__ double warp_sum_f64(double v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_WARP, v, o);
     return v;
 }
+// The sum over each half-warp (lanes 0-15, 16-31), every lane getting its half's, added as
+// offsets 8, 4, 2, 1 pair them: the norm fold's sums of 16 squares (norm.cu's norm_source and
+// gemm_f16_rows.cu's producers must add them alike, so that either can feed a consumer).
+__device__ __forceinline__ double half_warp_sum_f64(double v) {
+#pragma unroll
+    for (int o = 8; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_WARP, v, o);
+    return v;
+}
 __device__ __forceinline__ float warp_max(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_WARP, v, o));

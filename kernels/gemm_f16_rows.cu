@@ -278,9 +278,7 @@ __device__ __forceinline__ void gemm_f16_rows(const u16* __restrict__ w, const u
             }
         }
         if (!SWIGLU && nrm.out_parts) {
-            double sq = (double)value * value;
-#pragma unroll
-            for (int off = 8; off > 0; off >>= 1) sq += __shfl_xor_sync(FULL_WARP, sq, off);
+            const double sq = half_warp_sum_f64((double)value * value);
             if (r == 0 && xrow < n) nrm.out_parts[(u64)xrow * gridDim.x + blockIdx.x] = sq;
         }
     }

@@ -137,9 +137,7 @@ extern "C" __global__ void __launch_bounds__(NORM_THREADS)
         const u32 i = base + threadIdx.x;
         const float v = i < width ? xr[i] : 0.0f;
         if (i < width) out[(u64)blockIdx.x * width + i] = f16_scaled_bits(v, scale);
-        double sq = (double)v * v;
-#pragma unroll
-        for (int off = 8; off > 0; off >>= 1) sq += __shfl_xor_sync(FULL_WARP, sq, off);
+        const double sq = half_warp_sum_f64((double)v * v);
         if (i % 16 == 0 && i < width) parts[(u64)blockIdx.x * n_parts + i / 16] = sq;
     }
 }

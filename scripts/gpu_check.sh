@@ -398,7 +398,7 @@ if [ "$what" = pending ]; then
     # row-op GPU tests with it on, then decode steps of syn05 at 1, 5, 8 and 16 sequences with it
     # on and off, two interleaved rounds.
     STEP_TIMEOUT=${CUDA_PYTEST_S:-300} FERRITE_CUDA_NORM_FOLD=1 step pytest_fold "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_gemm_f16_rows.py tests/test_cuda_row_ops.py tests/test_cuda_model.py -m "cuda and not model" --junitxml="$out/junit_fold.xml"
-    ab_step fold_ab ${AB_S:-200} "fold|FERRITE_CUDA_NORM_FOLD=1" "nofold|FERRITE_CUDA_NORM_FOLD=0" -- /tmp/synthetic.gguf:1,5,8,16
+    ab_step fold_ab ${AB_S:-200} "fold|FERRITE_CUDA_NORM_FOLD=1" "fold8|FERRITE_CUDA_NORM_FOLD=1 FERRITE_CUDA_NORM_FOLD_ROWS=8" "nofold|FERRITE_CUDA_NORM_FOLD=0" -- /tmp/synthetic.gguf:1,5,8,16
     fi
     if [[ ,$parts, == *,fold_real,* ]]; then
     # The same on the real model (uploaded to /root/m/model.gguf): its logits against float64 with
@@ -407,7 +407,7 @@ if [ "$what" = pending ]; then
     # sampled; llama.cpp's S_TG beside when FOLD_LLAMACPP names its batched-bench output).
     FERRITE_CUDA_NORM_FOLD=1 STEP_TIMEOUT=200 step accuracy_fold "$py" scripts/gpu_accuracy.py /root/m/model.gguf
     cp "$out/accuracy_fold.log" "$dest/accuracy_fold.txt" 2>/dev/null
-    ab_step fold_real_ab ${AB_S:-150} "fold|FERRITE_CUDA_NORM_FOLD=1" "nofold|FERRITE_CUDA_NORM_FOLD=0" -- /root/m/model.gguf:8,16
+    ab_step fold_real_ab ${AB_S:-150} "fold|FERRITE_CUDA_NORM_FOLD=1" "fold8|FERRITE_CUDA_NORM_FOLD=1 FERRITE_CUDA_NORM_FOLD_ROWS=8" "nofold|FERRITE_CUDA_NORM_FOLD=0" -- /root/m/model.gguf:5,8,16
     for v in 1 0; do
         FERRITE_CUDA_NORM_FOLD=$v STEP_TIMEOUT=120 step "generate_fold$v" "$py" benches/bench_generate.py --model /root/m/model.gguf --device cuda --batches 8 \
             --modes greedy,t0.8+filters ${FOLD_LLAMACPP:+--llamacpp "$FOLD_LLAMACPP"} --json "$out/generate_fold$v.json"

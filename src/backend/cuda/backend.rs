@@ -492,6 +492,8 @@ pub struct CudaBackend {
     /// Whether stacked copies hold their input's norm weight and the o and ffn_down GEMMs of
     /// 5-16 rows write x's norm source for them (`matmul::NormSource`; FERRITE_CUDA_NORM_FOLD).
     pub(super) norm_fold: bool,
+    /// The most rows of a step whose GEMMs take and make norm sources (`matmul::norm_fold_max_rows`).
+    pub(super) norm_fold_rows: usize,
     /// The norm source of the residual rows that the last `attention_add` or `mlp_add` left, for
     /// the next one's stacked GEMM; taken by each of them, cleared by `embed` (x's only other
     /// writer in a forward pass).
@@ -1115,6 +1117,7 @@ impl CudaBackend {
             stacked_out: None,
             swiglu_f16: None,
             norm_fold: super::matmul::norm_fold_enabled(),
+            norm_fold_rows: super::matmul::norm_fold_max_rows(),
             norm_source: None,
             norm_src_f16: None,
             norm_parts: None,

@@ -694,6 +694,13 @@ pub(super) fn norm_fold_enabled() -> bool {
     std::env::var("FERRITE_CUDA_NORM_FOLD").is_ok_and(|v| v == "1")
 }
 
+/// With the fold on, the most rows a step may have for its GEMMs to take and make norm sources
+/// (`FERRITE_CUDA_NORM_FOLD_ROWS`, 5-16; default 16, the rows kernel's limit). Steps of more rows
+/// normalize x in a launch of its own, as prompts do. Read when a backend is made.
+pub(super) fn norm_fold_max_rows() -> usize {
+    std::env::var("FERRITE_CUDA_NORM_FOLD_ROWS").ok().and_then(|v| v.parse::<usize>().ok()).map_or(16, |n| n.min(16))
+}
+
 /// x as the stacked GEMM on `copy` of `n_x` rows takes it: the device address of its f16 rows,
 /// their scale, and the sums of squares the rows kernel turns into 1 / rms (0: none, x is
 /// normalized). A source goes only to the rows kernel (`rows_kernel`): the one a GEMM wrote, or
@@ -706,7 +713,7 @@ fn stacked_input(be: &mut CudaBackend, copy: &StackedCopy, input: &NormedInput<'
     let x_addr = addr(&input.x.buf, &be.ctx);
     let source = match input.source.filter(|s| s.x == x_addr && s.n_rows == n_x && s.width == input.x.width) {
         Some(given) if rows_kernel => Some(given),
-        _ if rows_kernel => norm_source(be, input.x, n_x)?,
+        _ if rows_kernel && n_x <= be.norm_fold_rows => norm_source(be, input.x, n_x)?,
         _ => None,
     };
     match source {
@@ -1088,7 +1095,7 @@ fn gemm_rows(be: &CudaBackend, cfg: &GemmConfig<f32>, a: u64, x_f16: u64, c_ptr:
 /// copy, more than 16 rows, a copy over `gemm_rows_max_bytes`) or the device has no room for the
 /// source. The caller has checked the shapes (w's rows are acc's width).
 pub(super) fn gemm_rows_add_norm_source(be: &mut CudaBackend, w: &CudaWeight, x_f16: u64, n_x: usize, acc: &CudaAct) -> Result<Option<NormSource>, BackendError> {
-    if !be.norm_fold || n_x == 0 || w.n_rows == 0 || takes_matvec(be, w, n_x) || takes_gemm_mma(be, w, n_x)? {
+    if !be.norm_fold || n_x == 0 || n_x > be.norm_fold_rows || w.n_rows == 0 || takes_matvec(be, w, n_x) || takes_gemm_mma(be, w, n_x)? {
         return Ok(None);
     }
     bind_context(be)?;
