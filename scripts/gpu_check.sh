@@ -407,7 +407,8 @@ if [ "$what" = pending ]; then
     # sampled; llama.cpp's S_TG beside when FOLD_LLAMACPP names its batched-bench output).
     FERRITE_CUDA_NORM_FOLD=1 STEP_TIMEOUT=200 step accuracy_fold "$py" scripts/gpu_accuracy.py /root/m/model.gguf
     cp "$out/accuracy_fold.log" "$dest/accuracy_fold.txt" 2>/dev/null
-    ab_step fold_real_ab ${AB_S:-150} "fold|FERRITE_CUDA_NORM_FOLD=1" "fold8|FERRITE_CUDA_NORM_FOLD=1 FERRITE_CUDA_NORM_FOLD_ROWS=8" "nofold|FERRITE_CUDA_NORM_FOLD=0" -- /root/m/model.gguf:5,8,16
+    # (The fold to 16 rows and to 8 differ only in steps of 9-16 rows: fold_ab times both.)
+    ab_step fold_real_ab ${AB_S:-150} "fold8|FERRITE_CUDA_NORM_FOLD=1 FERRITE_CUDA_NORM_FOLD_ROWS=8" "nofold|FERRITE_CUDA_NORM_FOLD=0" -- /root/m/model.gguf:5,8,16
     for v in 1 0; do
         FERRITE_CUDA_NORM_FOLD=$v STEP_TIMEOUT=120 step "generate_fold$v" "$py" benches/bench_generate.py --model /root/m/model.gguf --device cuda --batches 8 \
             --modes greedy,t0.8+filters ${FOLD_LLAMACPP:+--llamacpp "$FOLD_LLAMACPP"} --json "$out/generate_fold$v.json"
