@@ -537,6 +537,8 @@ def test_gpu_norm_folded_around_the_rows_gemms_matches_the_float64_reference(tmp
     weights take both signs and mixed magnitudes (a norm weight applied twice, or not at all,
     moves every logit), both ways within the f16 paths' bound of the float64 reference, with
     different bits; the process's count shows the stacked GEMMs read the sources only when on.
+    With FERRITE_CUDA_NORM_FOLD_ROWS=8 the 6-row steps keep their bits and the 13-row steps take
+    a norm launch against the folded copies, also within the bound.
     Widths of 896 (56 sums a row: two a lane) and 256 (two warps a block: rows past the fourth
     take the kernel's second loop). (Norm gains of 30 are left out: there the folded placement
     is 2-7 times farther from float64 than the norm launch in NumPy's emulation, and one step of
@@ -561,6 +563,21 @@ def test_gpu_norm_folded_around_the_rows_gemms_matches_the_float64_reference(tmp
     assert made["1"] >= 2 and sourced["1"] == 2 * 3 * made["1"], (sourced, made)
     for i, (a, b) in enumerate(zip(got["1"], got["0"])):
         assert not np.array_equal(a, b), f"step {i} took the same path both times"
+    # FERRITE_CUDA_NORM_FOLD_ROWS=8: the 6-row steps as before, bit for bit; the 13-row steps
+    # normalize x in a launch of their own (against the same folded copies), a third path.
+    monkeypatch.setenv("FERRITE_CUDA_NORM_FOLD_ROWS", "8")
+    before = ferrite._ferrite._cuda_counters()
+    capped = decode_steps_under(path, monkeypatch, "FERRITE_CUDA_NORM_FOLD", "1", starts, steps, (6, 13), 1024, 16, ref)
+    after = ferrite._ferrite._cuda_counters()
+    capped_sourced = after["norm_source_gemms"] - before["norm_source_gemms"]
+    capped_made = after["norm_source_launches"] - before["norm_source_launches"]
+    assert 1 <= capped_made < made["1"] and capped_sourced == 2 * 3 * capped_made, (capped_sourced, capped_made, sourced, made)
+    n6 = len(steps)
+    for i, (a, b, c) in enumerate(zip(capped, got["1"], got["0"])):
+        if i < n6:
+            assert np.array_equal(a, b), f"6-row step {i} changed under the cap"
+        else:
+            assert not np.array_equal(a, b) and not np.array_equal(a, c), f"13-row step {i - n6} took the fold's or the unfolded path"
 
 
 @pytest.mark.cuda
