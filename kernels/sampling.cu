@@ -12,6 +12,40 @@
 // another order (a token within rounding of the top-p boundary may go either way).
 #include "common.cuh"
 
+// -DSAMPLE_PROBE=1 (benches/probe_cuda_sampler.py only): the first block of each kernel writes
+// clock64() at the end of each phase into g_probe[kernel][stamp] (0: sample_chunks, 1:
+// sample_rows), after a __syncthreads, so that a draw's time can be taken apart. Compiled out
+// otherwise: the kernels ferrite runs are the same instructions either way.
+#ifndef SAMPLE_PROBE
+#define SAMPLE_PROBE 0
+#endif
+#if SAMPLE_PROBE
+__device__ unsigned long long g_probe[2][40];
+#define PROBE(K, I)                                                                                  \
+    do {                                                                                             \
+        __syncthreads();                                                                             \
+        if (threadIdx.x == 0 && blockIdx.x == 0 && blockIdx.y == 0) g_probe[K][I] = clock64();       \
+    } while (0)
+#define PROBE_NOSYNC(K, I)                                                                           \
+    do {                                                                                             \
+        if (threadIdx.x == 0 && blockIdx.x == 0 && blockIdx.y == 0) g_probe[K][I] = clock64();       \
+    } while (0)
+#else
+#define PROBE(K, I) \
+    do {            \
+    } while (0)
+#define PROBE_NOSYNC(K, I) \
+    do {                   \
+    } while (0)
+#endif
+
+// -DSAMPLE_MASS_EXPF=1: the one-block scan's top-p passes (step 4b) take each token's term from
+// float expf instead of float64 exp (a few hundred cycles a token, over the whole row at the first
+// pass), to time against the default (bench_cuda_sampler.py). Off: float64, as landed.
+#ifndef SAMPLE_MASS_EXPF
+#define SAMPLE_MASS_EXPF 0
+#endif
+
 #define SAMPLE_THREADS 1024
 #define SAMPLE_WARPS (SAMPLE_THREADS / 32)
 // Top-k up to this takes the shared-memory path (its survivors are sorted in shared memory).
@@ -456,6 +490,7 @@ extern "C" __global__ void __launch_bounds__(CHUNK_THREADS)
     sample_chunks(float* __restrict__ logits, u32 vocab, const RowParams* __restrict__ params,
                   const u32* __restrict__ pen_ids, const u32* __restrict__ pen_counts, const u32* __restrict__ pen_in_prompt,
                   u32* __restrict__ chunks) {
+    PROBE_NOSYNC(0, 0);
     __shared__ u32 keys[CHUNK_ELEMS];  // fkey of each scaled logit; 0 for -inf and broken values
     __shared__ u32 hist[2048];
     __shared__ u32 red_u32[CHUNK_WARPS];
@@ -476,6 +511,7 @@ extern "C" __global__ void __launch_bounds__(CHUNK_THREADS)
 
     apply_penalties(l, c0, c0 + n, p, pen_ids, pen_counts, pen_in_prompt, CHUNK_THREADS);
     __syncthreads();
+    PROBE(0, 1);
 
     const float t = p.temperature == 0.0f ? 1.0f : p.temperature;
     float best_v = 0.0f;
@@ -493,11 +529,13 @@ extern "C" __global__ void __launch_bounds__(CHUNK_THREADS)
         }
         keys[j] = kk;
     }
+    PROBE(0, 2);
     block_best<CHUNK_WARPS>(best_v, best_id, red_s, red_id);
     finite = block_sum_u32<CHUNK_WARPS>(finite, red_u32);
     broken = block_min_u32<CHUNK_WARPS>(broken, red_u32);
     const float cmax = best_id != NONE ? best_v / t : 0.0f;
     const ChunkNeeds needs = chunk_needs(p);
+    PROBE(0, 3);
 
     double z = 0.0;
     if (needs.z) {
@@ -505,6 +543,7 @@ extern "C" __global__ void __launch_bounds__(CHUNK_THREADS)
             if (keys[j] != 0) z += (double)expf(fkey_inv(keys[j]) - cmax);
         z = block_sum_f64<CHUNK_WARPS>(z, red_f64);
     }
+    PROBE(0, 4);
 
     // The chunk's Gumbel-max winner for a draw with no filter (see step 5 of sample_rows).
     float gs = 0.0f;
@@ -527,6 +566,7 @@ extern "C" __global__ void __launch_bounds__(CHUNK_THREADS)
         }
         block_best<CHUNK_WARPS>(gs, gid, red_s, red_id);
     }
+    PROBE(0, 5);
 
     // The chunk's CHUNK_LIST best keys: every key above the CHUNK_LIST-th, then its ties while
     // slots remain. listed_above: every key above it is listed.
@@ -535,6 +575,7 @@ extern "C" __global__ void __launch_bounds__(CHUNK_THREADS)
                         : 1u;
     if (threadIdx.x == 0) n_listed = 0;
     __syncthreads();
+    PROBE(0, 6);
     for (int pass = 0; pass < (needs.lists ? 2 : 0); pass++) {
         for (u32 j = threadIdx.x; j < n; j += CHUNK_THREADS) {
             const u32 kk = keys[j];
@@ -562,6 +603,7 @@ extern "C" __global__ void __launch_bounds__(CHUNK_THREADS)
         rec[9] = __float_as_uint(gs);
         rec[10] = gid;
     }
+    PROBE(0, 7);
 }
 
 // sh.term[j] = exp(sort_s[j] - max_s) in float64 for j < n, by every thread, for the top-p cut
@@ -643,6 +685,7 @@ __device__ bool draw_from_chunks(const float* __restrict__ l, const RowParams& p
     finite = block_sum_u32(finite, sh.red_u32);
     broken = block_min_u32(broken, sh.red_u32);
     tau = block_max_u32(tau, sh.red_u32);
+    PROBE(1, 2);
     if (broken != NONE || best_id == NONE) {
         if (threadIdx.x == 0) {
             o[0] = broken != NONE ? broken : 0u;
@@ -663,6 +706,7 @@ __device__ bool draw_from_chunks(const float* __restrict__ l, const RowParams& p
         z += zc * exp((double)(__uint_as_float(r[6]) - max_s));
     }
     z = block_sum_f64(z, sh.red_f64);
+    PROBE(1, 3);
     const bool want_lp = p.logprobs != NO_LOGPROBS;
     const float lse = want_lp ? max_s + (float)log(z) : 0.0f;
     const bool want_top = want_lp && p.logprobs > 0;
@@ -694,6 +738,7 @@ __device__ bool draw_from_chunks(const float* __restrict__ l, const RowParams& p
     }
     const u32 n_s = block_sum_u32(in_s, sh.red_u32);
     valid = block_sum_u32(valid, sh.red_u32);
+    PROBE(1, 4);
     // What the draw reads of the sorted list is its first `need` entries and their ties: the
     // top-k survivors, the alternatives asked for. Unless that is the whole list (a top-p or
     // min-p cut without a small top-k), only the entries at or above the need-th best key are
@@ -702,8 +747,10 @@ __device__ bool draw_from_chunks(const float* __restrict__ l, const RowParams& p
     const bool small_k = p.top_k > 0 && p.top_k < finite && p.top_k <= CHUNK_LIST;
     const u32 need = max(filtered ? (small_k ? p.top_k : SORT_CAP) : 0u, want_top ? min(p.logprobs, finite) : 0u);
     sort_prefix_best_first(sh, n_listed, valid, need);
+    PROBE(1, 5);
     // The top-p cut below reads entries before n_S (every survivor of top-k is among them).
     if (filtered && p.top_p < 1.0f) mass_terms(sh, n_s, max_s);
+    PROBE(1, 6);
 
     // The filters (thread 0, over few entries), as step 4a cuts them; ok = 0 sends the row to
     // the full scan.
@@ -768,6 +815,7 @@ __device__ bool draw_from_chunks(const float* __restrict__ l, const RowParams& p
     }
     __syncthreads();
     if (!sh.bcast[0]) return false;
+    PROBE(1, 7);
     const u32 m = sh.bcast[1], k_top = sh.bcast[2];
     u32 token = greedy ? best_id : gid;
     if (filtered) {
@@ -778,6 +826,7 @@ __device__ bool draw_from_chunks(const float* __restrict__ l, const RowParams& p
         block_best(ws, wid, sh.red_s, sh.red_id);
         token = wid;
     }
+    PROBE(1, 8);
     if (threadIdx.x == 0) {
         u32 n_top = 0;
         if (k_top > 0) {
@@ -791,6 +840,7 @@ __device__ bool draw_from_chunks(const float* __restrict__ l, const RowParams& p
         write_result(o, token, want_lp ? l[token] / t - lse : 0.0f);
         o[3] = n_top;
     }
+    PROBE(1, 9);
     return true;
 }
 
@@ -798,10 +848,12 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
     sample_rows(float* __restrict__ logits, u32 vocab, const RowParams* __restrict__ params,
                 const u32* __restrict__ pen_ids, const u32* __restrict__ pen_counts, const u32* __restrict__ pen_in_prompt,
                 const u32* __restrict__ chunks, u32 n_chunks, u32* __restrict__ out) {
+    PROBE_NOSYNC(1, 0);
     __shared__ Shared sh;
     const u32 row = blockIdx.x;
     const RowParams p = params[row];  // before the wait, as in sample_chunks
     dependent_wait();
+    PROBE(1, 1);
     float* l = logits + (u64)row * vocab;
     u32* o = out + (u64)row * OUT_WORDS;
 
@@ -814,6 +866,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
     }
     __syncthreads();
 
+    PROBE(1, 10);
     const bool greedy = p.temperature == 0.0f;
     const float t = greedy ? 1.0f : p.temperature;
 
@@ -841,6 +894,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
         return;
     }
     const float max_s = best_s / t;  // the host scales the best logit the same way
+    PROBE(1, 11);
 
     // 3. Log-sum-exp over the whole row when log-probabilities are wanted.
     const bool want_lp = p.logprobs != NO_LOGPROBS;
@@ -950,7 +1004,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
                                 run_bin = b;
                                 run = 0;
                             }
-                            run += __double2ull_rn(exp((double)(s - max_s)) * unit);
+                            run += __double2ull_rn((SAMPLE_MASS_EXPF ? (double)expf(s - max_s) : exp((double)(s - max_s))) * unit);
                         }
                     });
                     add_mass(run_bin, run);
@@ -978,6 +1032,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
                     above = sh.bcast_f64[0];
                     target = sh.bcast_f64[1];
                     __syncthreads();
+                    PROBE(1, 12 + level);
                 }
                 thr_key = max(thr_key, prefix);
             }
@@ -1001,6 +1056,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
             });
             block_best(ws, wid, sh.red_s, sh.red_id);
             token = wid;
+            PROBE(1, 16);
         }
     }
 

@@ -60,7 +60,8 @@
 #                rows (tests, decode steps against two rows); wide: a 7B's weights on the
 #                kernels to 6 or 8 rows (its test, decode steps at 5-8 sequences); swiglu:
 #                SwiGLU inside the stacked gate/up GEMM of 5-16 rows (tests, decode steps on and
-#                off); huge: an LM head on the kernels to 8 rows (its test, decode steps); beside: syn05 and syn7b beside llama.cpp (its build
+#                off); huge: an LM head on the kernels to 8 rows (its test, decode steps); sampler_probe: where
+#                a draw's time goes, and the scan's top-p passes on float terms against float64; beside: syn05 and syn7b beside llama.cpp (its build
 #                started earlier in the lease); tests: every GPU test without the real model; timeline: where a
 #                one-sequence step goes (syn05, syn7b); ab: decode steps under AB_VARIANTS.
 #   Logs, JSON reports and haiku artifacts go to one archive, $OUT/gpu_check.tar.gz (the device
@@ -399,6 +400,16 @@ if [ "$what" = pending ]; then
     # on and off, two interleaved rounds.
     STEP_TIMEOUT=${CUDA_PYTEST_S:-300} FERRITE_CUDA_NORM_FOLD=1 step pytest_fold "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_gemm_f16_rows.py tests/test_cuda_row_ops.py tests/test_cuda_model.py -m "cuda and not model" --junitxml="$out/junit_fold.xml"
     ab_step fold_ab ${AB_S:-200} "fold|FERRITE_CUDA_NORM_FOLD=1" "fold8|FERRITE_CUDA_NORM_FOLD=1 FERRITE_CUDA_NORM_FOLD_ROWS=8" "nofold|FERRITE_CUDA_NORM_FOLD=0" -- /tmp/synthetic.gguf:1,5,8,16
+    fi
+    if [[ ,$parts, == *,sampler_probe,* ]]; then
+    # Where a draw's time goes (benches/probe_cuda_sampler.py: sampling.cu with -DSAMPLE_PROBE=1),
+    # then the one-block scan's top-p passes with float terms (-DSAMPLE_MASS_EXPF=1) against the
+    # default on the top-p configurations, which fall to that scan on flat rows (thirty-fifth
+    # session: a quarter of the real model's draws at T 1, top-p 0.95).
+    STEP_TIMEOUT=120 step sampler_probe "$py" benches/probe_cuda_sampler.py
+    cp "$out/sampler_probe.log" "$dest/sampler_probe.txt" 2>/dev/null
+    STEP_TIMEOUT=150 step sampler_expf bash -c '"$0" benches/bench_cuda_sampler.py --configs=top-p0.9,top-p0.3 && "$0" benches/bench_cuda_sampler.py -DSAMPLE_MASS_EXPF=1 --configs=top-p0.9,top-p0.3' "$py"
+    cp "$out/sampler_expf.log" "$dest/sampler_expf.txt" 2>/dev/null
     fi
     if [[ ,$parts, == *,fold_real,* ]]; then
     # The same on the real model (uploaded to /root/m/model.gguf): its logits against float64 with
