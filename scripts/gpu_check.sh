@@ -61,7 +61,8 @@
 #                kernels to 6 or 8 rows (its test, decode steps at 5-8 sequences); swiglu:
 #                SwiGLU inside the stacked gate/up GEMM of 5-16 rows (tests, decode steps on and
 #                off); huge: an LM head on the kernels to 8 rows (its test, decode steps); sampler_probe: where
-#                a draw's time goes, and the scan's top-p passes on float terms against float64; beside: syn05 and syn7b beside llama.cpp (its build
+#                a draw's time goes, and the scan's top-p passes on float terms against float64
+#                (its name also runs the sampler part: the tests and bench_cuda_sampler.py); beside: syn05 and syn7b beside llama.cpp (its build
 #                started earlier in the lease); tests: every GPU test without the real model; timeline: where a
 #                one-sequence step goes (syn05, syn7b); ab: decode steps under AB_VARIANTS.
 #   Logs, JSON reports and haiku artifacts go to one archive, $OUT/gpu_check.tar.gz (the device
