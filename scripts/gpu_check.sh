@@ -411,6 +411,14 @@ if [ "$what" = pending ]; then
     cp "$out/sampler_probe.log" "$dest/sampler_probe.txt" 2>/dev/null
     STEP_TIMEOUT=150 step sampler_expf bash -c '"$0" benches/bench_cuda_sampler.py --configs=top-p0.9,top-p0.3 && "$0" benches/bench_cuda_sampler.py -DSAMPLE_MASS_EXPF=1 --configs=top-p0.9,top-p0.3' "$py"
     cp "$out/sampler_expf.log" "$dest/sampler_expf.txt" 2>/dev/null
+    # The chunk records reduced by one warp (-DSAMPLE_WARP_RECORDS=1, the same bits): the sampler
+    # and engine tests with it, the sampler alone and its phases with it against without, and
+    # decode steps of syn05 (both compiled at run time, so that neither takes the prebuilt set).
+    FERRITE_CUDA_KERNEL_DEFINES=-DSAMPLE_WARP_RECORDS=1 STEP_TIMEOUT=150 step pytest_sampler_warp "$py" -m pytest -q -ra -p no:cacheprovider \
+        tests/test_sampling.py tests/test_cuda_engine.py -m cuda --junitxml="$out/junit_sampler_warp.xml"
+    STEP_TIMEOUT=150 step sampler_warp bash -c 'for d in -DSAMPLE_WARP_RECORDS=0 -DSAMPLE_WARP_RECORDS=1; do "$0" benches/bench_cuda_sampler.py $d "--configs=greedy,T0.8,top-k40 p.95 minp.05"; done; "$0" benches/probe_cuda_sampler.py -DSAMPLE_WARP_RECORDS=1' "$py"
+    cp "$out/sampler_warp.log" "$dest/sampler_warp.txt" 2>/dev/null
+    ab_step sampler_warp_ab ${AB_S:-150} "warp|FERRITE_CUDA_KERNEL_DEFINES=-DSAMPLE_WARP_RECORDS=1" "blocks|FERRITE_CUDA_KERNEL_DEFINES=-DSAMPLE_WARP_RECORDS=0" -- /tmp/synthetic.gguf:1,8
     fi
     if [[ ,$parts, == *,fold_real,* ]]; then
     # The same on the real model (uploaded to /root/m/model.gguf): its logits against float64 with
