@@ -1091,9 +1091,10 @@ fn gemm_rows(be: &CudaBackend, cfg: &GemmConfig<f32>, a: u64, x_f16: u64, c_ptr:
 
 /// `acc += w x` for `n_x` rows (x as f16 at `x_f16`, times `X_F16_SCALE`) on gemm_f16_rows.cu,
 /// which also writes x's [`NormSource`] for the next norm's stacked GEMMs; None, having launched
-/// nothing, when the GEMM does not run there (the backend's `norm_fold` off, w without an f16
-/// copy, more than 16 rows, a copy over `gemm_rows_max_bytes`) or the device has no room for the
-/// source. The caller has checked the shapes (w's rows are acc's width).
+/// nothing, when the GEMM does not run there (the backend's `norm_fold` off, more rows than its
+/// `norm_fold_rows`, w without an f16 copy, more than 16 rows, a copy over
+/// `gemm_rows_max_bytes`) or the device has no room for the source. The caller has checked the
+/// shapes (w's rows are acc's width).
 pub(super) fn gemm_rows_add_norm_source(be: &mut CudaBackend, w: &CudaWeight, x_f16: u64, n_x: usize, acc: &CudaAct) -> Result<Option<NormSource>, BackendError> {
     if !be.norm_fold || n_x == 0 || n_x > be.norm_fold_rows || w.n_rows == 0 || takes_matvec(be, w, n_x) || takes_gemm_mma(be, w, n_x)? {
         return Ok(None);
