@@ -678,13 +678,13 @@ __device__ bool draw_from_chunks(const float* __restrict__ l, const RowParams& p
                                  u32 n_chunks, u32* __restrict__ o, Shared& sh) {
     const bool greedy = p.temperature == 0.0f;
     const float t = greedy ? 1.0f : p.temperature;
+    float best_v = 0.0f, gs = 0.0f;
+    u32 best_id = NONE, finite = 0, broken = NONE, tau = 0, gid = NONE;
 #if SAMPLE_WARP_RECORDS
     // Warp 0 alone, a lane a chunk, then one barrier: with at most 32 chunks (the host sends no
     // more than CHUNKS_MAX) the same results, bit for bit, as the block reductions of the default
     // build, where the other warps only add "none" and zeros.
     const ChunkNeeds needs = chunk_needs(p);
-    float best_v = 0.0f, gs = 0.0f;
-    u32 best_id = NONE, finite = 0, broken = NONE, tau = 0, gid = NONE;
     double z = 0.0;
     if (threadIdx.x < 32) {
         for (u32 c = threadIdx.x; c < n_chunks; c += 32) {
@@ -703,7 +703,6 @@ __device__ bool draw_from_chunks(const float* __restrict__ l, const RowParams& p
             broken = min(broken, __shfl_xor_sync(FULL_WARP, broken, off));
             tau = max(tau, __shfl_xor_sync(FULL_WARP, tau, off));
         }
-        // Sum of exp(s - max_s) over the row, from the chunks' sums.
         for (u32 c = threadIdx.x; needs.z && broken == NONE && best_id != NONE && c < n_chunks; c += 32) {
             const u32* r = recs + (u64)c * CHUNK_WORDS;
             if (r[1] == NONE) continue;
@@ -721,21 +720,7 @@ __device__ bool draw_from_chunks(const float* __restrict__ l, const RowParams& p
     best_v = sh.red_s[0], best_id = sh.red_id[0], gs = sh.red_s[1], gid = sh.red_id[1];
     finite = sh.red_u32[0], broken = sh.red_u32[1], tau = sh.red_u32[2];
     z = sh.red_f64[0];
-    PROBE(1, 2);
-    if (broken != NONE || best_id == NONE) {
-        if (threadIdx.x == 0) {
-            o[0] = broken != NONE ? broken : 0u;
-            o[1] = broken != NONE ? 1u : 2u;
-            o[2] = broken != NONE ? __float_as_uint(l[broken]) : 0u;
-            o[3] = 0;
-        }
-        return true;
-    }
-    const float max_s = best_v / t;
-    PROBE(1, 3);
 #else
-    float best_v = 0.0f, gs = 0.0f;
-    u32 best_id = NONE, finite = 0, broken = NONE, tau = 0, gid = NONE;
     for (u32 c = threadIdx.x; c < n_chunks; c += SAMPLE_THREADS) {
         const u32* r = recs + (u64)c * CHUNK_WORDS;
         finite += r[2];
@@ -749,6 +734,7 @@ __device__ bool draw_from_chunks(const float* __restrict__ l, const RowParams& p
     finite = block_sum_u32(finite, sh.red_u32);
     broken = block_min_u32(broken, sh.red_u32);
     tau = block_max_u32(tau, sh.red_u32);
+#endif
     PROBE(1, 2);
     if (broken != NONE || best_id == NONE) {
         if (threadIdx.x == 0) {
@@ -760,6 +746,7 @@ __device__ bool draw_from_chunks(const float* __restrict__ l, const RowParams& p
         return true;
     }
     const float max_s = best_v / t;
+#if !SAMPLE_WARP_RECORDS
     // Sum of exp(s - max_s) over the row, from the chunks' sums.
     const ChunkNeeds needs = chunk_needs(p);
     double z = 0.0;
@@ -770,8 +757,8 @@ __device__ bool draw_from_chunks(const float* __restrict__ l, const RowParams& p
         z += zc * exp((double)(__uint_as_float(r[6]) - max_s));
     }
     z = block_sum_f64(z, sh.red_f64);
-    PROBE(1, 3);
 #endif
+    PROBE(1, 3);
     const bool want_lp = p.logprobs != NO_LOGPROBS;
     const float lse = want_lp ? max_s + (float)log(z) : 0.0f;
     const bool want_top = want_lp && p.logprobs > 0;
