@@ -46,14 +46,6 @@ __device__ unsigned long long g_probe[2][40];
 #define SAMPLE_MASS_EXPF 0
 #endif
 
-// -DSAMPLE_WARP_RECORDS=1: sample_rows reduces the chunk records in one warp (a lane a chunk)
-// behind one barrier, instead of five block reductions and a sixth for the sum of exponentials
-// (2.6 us of a default-filtered draw's 33.5, and of a greedy draw's 6.3 after the chunk pass, on
-// an H100; benches/probe_cuda_sampler.py): the same results, bit for bit. Off until timed.
-#ifndef SAMPLE_WARP_RECORDS
-#define SAMPLE_WARP_RECORDS 0
-#endif
-
 #define SAMPLE_THREADS 1024
 #define SAMPLE_WARPS (SAMPLE_THREADS / 32)
 // Top-k up to this takes the shared-memory path (its survivors are sorted in shared memory).
@@ -207,11 +199,6 @@ __device__ __forceinline__ u32 block_min_u32(u32 v, u32* scratch) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) t = min(t, __shfl_xor_sync(FULL_WARP, t, o));
     return t;
-}
-
-template <int NW = SAMPLE_WARPS>
-__device__ __forceinline__ u32 block_max_u32(u32 v, u32* scratch) {
-    return ~block_min_u32<NW>(~v, scratch);
 }
 
 // The better of two (score, id) pairs: higher score, then lower id. An id of 0xffffffff is "none".
@@ -680,10 +667,9 @@ __device__ bool draw_from_chunks(const float* __restrict__ l, const RowParams& p
     const float t = greedy ? 1.0f : p.temperature;
     float best_v = 0.0f, gs = 0.0f;
     u32 best_id = NONE, finite = 0, broken = NONE, tau = 0, gid = NONE;
-#if SAMPLE_WARP_RECORDS
-    // Warp 0 alone, a lane a chunk, then one barrier: with at most 32 chunks (the host sends no
-    // more than CHUNKS_MAX) the same results, bit for bit, as the block reductions of the default
-    // build, where the other warps only add "none" and zeros.
+    // The chunk records in warp 0 alone, a lane a chunk, then one barrier (the host sends at most
+    // CHUNKS_MAX = 32 chunks), instead of six block reductions: 2.6 us of a filtered draw's 33.5
+    // became 1.7 on an H100 (benches/probe_cuda_sampler.py, 2026-12-06).
     const ChunkNeeds needs = chunk_needs(p);
     double z = 0.0;
     if (threadIdx.x < 32) {
@@ -720,21 +706,6 @@ __device__ bool draw_from_chunks(const float* __restrict__ l, const RowParams& p
     best_v = sh.red_s[0], best_id = sh.red_id[0], gs = sh.red_s[1], gid = sh.red_id[1];
     finite = sh.red_u32[0], broken = sh.red_u32[1], tau = sh.red_u32[2];
     z = sh.red_f64[0];
-#else
-    for (u32 c = threadIdx.x; c < n_chunks; c += SAMPLE_THREADS) {
-        const u32* r = recs + (u64)c * CHUNK_WORDS;
-        finite += r[2];
-        broken = min(broken, r[3]);
-        if (r[1] != NONE) better(best_v, best_id, __uint_as_float(r[0]), r[1]);
-        if (r[10] != NONE) better(gs, gid, __uint_as_float(r[9]), r[10]);
-        tau = max(tau, r[7]);
-    }
-    block_best(best_v, best_id, sh.red_s, sh.red_id);
-    block_best(gs, gid, sh.red_s, sh.red_id);
-    finite = block_sum_u32(finite, sh.red_u32);
-    broken = block_min_u32(broken, sh.red_u32);
-    tau = block_max_u32(tau, sh.red_u32);
-#endif
     PROBE(1, 2);
     if (broken != NONE || best_id == NONE) {
         if (threadIdx.x == 0) {
@@ -746,18 +717,6 @@ __device__ bool draw_from_chunks(const float* __restrict__ l, const RowParams& p
         return true;
     }
     const float max_s = best_v / t;
-#if !SAMPLE_WARP_RECORDS
-    // Sum of exp(s - max_s) over the row, from the chunks' sums.
-    const ChunkNeeds needs = chunk_needs(p);
-    double z = 0.0;
-    for (u32 c = threadIdx.x; needs.z && c < n_chunks; c += SAMPLE_THREADS) {
-        const u32* r = recs + (u64)c * CHUNK_WORDS;
-        if (r[1] == NONE) continue;
-        const double zc = __longlong_as_double((long long)(((u64)r[5] << 32) | r[4]));
-        z += zc * exp((double)(__uint_as_float(r[6]) - max_s));
-    }
-    z = block_sum_f64(z, sh.red_f64);
-#endif
     PROBE(1, 3);
     const bool want_lp = p.logprobs != NO_LOGPROBS;
     const float lse = want_lp ? max_s + (float)log(z) : 0.0f;
