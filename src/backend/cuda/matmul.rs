@@ -686,17 +686,20 @@ pub(super) struct NormedInput<'a> {
 pub static NORM_SOURCE_GEMMS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 pub static NORM_SOURCE_LAUNCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// `FERRITE_CUDA_NORM_FOLD=1`: stacked copies with the norm weight folded in, and no norm launch
-/// before the stacked GEMMs of 5-16 rows whose x a GEMM wrote ([`NormSource`]); unset or 0: the
-/// copies without it, x normalized in a launch of its own before every stacked GEMM. Off until
-/// measured on a GPU (written without one). Read when a backend is made.
+/// Stacked copies with the norm weight folded in, and no norm launch before the stacked GEMMs of
+/// 5-[`norm_fold_max_rows`] rows whose x a GEMM wrote ([`NormSource`]); `FERRITE_CUDA_NORM_FOLD=0`:
+/// the copies without it, x normalized in a launch of its own before every stacked GEMM. On since
+/// the thirty-sixth session: decode steps of 5 and 8 sequences 3.5 and 1.5 % faster on an H100,
+/// and the real model's logits 2.61e-2 from float64 at worst, against 4.34e-2 off (its chat
+/// prompt of 15 rows takes a norm source; docs/BENCHMARKS.md). Read when a backend is made.
 pub(super) fn norm_fold_enabled() -> bool {
-    std::env::var("FERRITE_CUDA_NORM_FOLD").is_ok_and(|v| v == "1")
+    std::env::var("FERRITE_CUDA_NORM_FOLD").map_or(true, |v| v != "0")
 }
 
 /// With the fold on, the most rows a step may have for its GEMMs to take and make norm sources
-/// (`FERRITE_CUDA_NORM_FOLD_ROWS`, 5-16; default 16, the rows kernel's limit). Steps of more rows
-/// normalize x in a launch of its own, as prompts do. Read when a backend is made.
+/// (`FERRITE_CUDA_NORM_FOLD_ROWS`, 5-16; default 16, the rows kernel's limit: at 8 the real
+/// model's chat logits were 4.52e-2 from float64 against 1.34e-2, and 16-row steps no faster).
+/// Steps of more rows normalize x in a launch of its own, as prompts do. Read when a backend is made.
 pub(super) fn norm_fold_max_rows() -> usize {
     std::env::var("FERRITE_CUDA_NORM_FOLD_ROWS").ok().and_then(|v| v.parse::<usize>().ok()).map_or(16, |n| n.min(16))
 }
