@@ -8,10 +8,12 @@ so a change to the kernel can be timed on the GPU machine without rebuilding the
 For each sampling configuration, 64 rows (and 1 and 8) of 151,936 logits: flat (N(0, 2)), peaked (the
 same plus 12 on 50 tokens, as a trained model's few strong candidates) and tied (40 equal
 leaders, so that filters cut inside ties); microseconds per call, mean of 20 launches, with the
-chunk pass (sample_chunks + sample_rows, what ferrite runs; at 8 rows also sample_chunks
-alone) and with rows scanned by one block
-each (the fallback path); and in how many rows the two drew the same token (they must agree:
-the chunk pass is used only where it settles the draw exactly).
+chunk pass (sample_chunks + sample_rows, and for rows without top-k but with top-p or min-p the
+mass pass, sample_mass and a second sample_rows: what ferrite runs; at 8 rows also
+sample_chunks alone, and without the mass pass, where the rows the records do not settle are
+scanned by one block each) and with rows scanned by one block each (the fallback path); and in
+how many rows the chunk path and the scan drew the same token (they must agree: the chunk pass
+is used only where it settles the draw exactly, and the mass pass adds the scan's sums).
 Needs torch, libnvrtc.so.13 and libcuda.so.1 (the GPU machine has all three).
 """
 import ctypes, os, sys, struct, time
@@ -31,6 +33,7 @@ torch.cuda.init(); torch.zeros(1, device="cuda")
 mod = ctypes.c_void_p(); assert cuda.cuModuleLoadData(ctypes.byref(mod), cubin) == 0
 fn = ctypes.c_void_p(); assert cuda.cuModuleGetFunction(ctypes.byref(fn), mod, b"sample_rows") == 0
 fc = ctypes.c_void_p(); assert cuda.cuModuleGetFunction(ctypes.byref(fc), mod, b"sample_chunks") == 0
+fm = ctypes.c_void_p(); assert cuda.cuModuleGetFunction(ctypes.byref(fm), mod, b"sample_mass") == 0
 regs = ctypes.c_int(); cuda.cuFuncGetAttribute(ctypes.byref(regs), 4, fn)  # NUM_REGS
 lmem = ctypes.c_int(); cuda.cuFuncGetAttribute(ctypes.byref(lmem), 3, fn)  # LOCAL_SIZE_BYTES
 print(f"sample_rows: {regs.value} registers, {lmem.value} bytes of local memory a thread")
@@ -43,6 +46,7 @@ CHUNK_THREADS = int(re.search(r"#define CHUNK_THREADS (\d+)", _src).group(1))
 print(f"sample_rows: {SAMPLE_THREADS} threads a block; sample_chunks: {CHUNK_THREADS}")
 # Sizes of sampling.cu (OUT_WORDS, CHUNK_ELEMS, CHUNK_WORDS) and its RowParams layout (16 words).
 OUT_WORDS, CHUNK_ELEMS, CHUNK_WORDS = 4 + 2 * 64, 8192, 16 + 2 * 64
+MASS_WORDS = 4 * int(re.search(r"#define MASS_BINS_0 (\d+)", _src).group(1))
 
 
 def f32(x): return struct.unpack("<I", struct.pack("<f", x))[0]
@@ -53,25 +57,35 @@ def params(rows, t, k=0, p=1.0, minp=0.0, logprobs=0xFFFFFFFF):
     a[:, 10] = np.arange(rows, dtype=np.uint32) * 7919 + 1
     return torch.from_numpy(a.view(np.int32)).cuda()
 
-def run(logits, prm, iters=20, chunked=True, rows_kernel=True):
+def run(logits, prm, iters=20, chunked=True, rows_kernel=True, mass=False):
     rows, vocab = logits.shape
     n_chunks = -(-vocab // CHUNK_ELEMS)
     out = torch.zeros(rows * OUT_WORDS, dtype=torch.int32, device="cuda")
     recs = torch.zeros(rows * n_chunks * CHUNK_WORDS, dtype=torch.int32, device="cuda")
+    bins = torch.zeros(rows * n_chunks * MASS_WORDS if mass and chunked else 1, dtype=torch.int32, device="cuda")
     dummy = torch.zeros(16, dtype=torch.int32, device="cuda")
     work = logits.clone()
     common = [ctypes.c_uint64(work.data_ptr()), ctypes.c_uint32(vocab), ctypes.c_uint64(prm.data_ptr()),
               ctypes.c_uint64(dummy.data_ptr()), ctypes.c_uint64(dummy.data_ptr()), ctypes.c_uint64(dummy.data_ptr())]
     cv = common + [ctypes.c_uint64(recs.data_ptr())]
-    rv = common + [ctypes.c_uint64(recs.data_ptr() if chunked else 0), ctypes.c_uint32(n_chunks if chunked else 0), ctypes.c_uint64(out.data_ptr())]
+    mass = mass and chunked
+    rv = common + [ctypes.c_uint64(recs.data_ptr() if chunked else 0), ctypes.c_uint32(n_chunks if chunked else 0), ctypes.c_uint64(out.data_ptr()),
+                   ctypes.c_uint64(bins.data_ptr() if mass else 0)]
+    rv1, rv2 = rv + [ctypes.c_uint32(1 if mass else 0)], rv + [ctypes.c_uint32(2)]
+    mv = [common[0], common[1], common[2], ctypes.c_uint64(out.data_ptr()), ctypes.c_uint64(bins.data_ptr())]
     cargs = (ctypes.c_void_p * len(cv))(*[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in cv])
-    rargs = (ctypes.c_void_p * len(rv))(*[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in rv])
+    rargs = (ctypes.c_void_p * len(rv1))(*[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in rv1])
+    rargs2 = (ctypes.c_void_p * len(rv2))(*[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in rv2])
+    margs = (ctypes.c_void_p * len(mv))(*[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in mv])
     stream = torch.cuda.current_stream().cuda_stream
     def launch():
         if chunked:
             assert cuda.cuLaunchKernel(fc, n_chunks, rows, 1, CHUNK_THREADS, 1, 1, 0, ctypes.c_void_p(stream), cargs, None) == 0
         if rows_kernel:
             assert cuda.cuLaunchKernel(fn, rows, 1, 1, SAMPLE_THREADS, 1, 1, 0, ctypes.c_void_p(stream), rargs, None) == 0
+        if rows_kernel and mass:
+            assert cuda.cuLaunchKernel(fm, n_chunks, rows, 1, CHUNK_THREADS, 1, 1, 0, ctypes.c_void_p(stream), margs, None) == 0
+            assert cuda.cuLaunchKernel(fn, rows, 1, 1, SAMPLE_THREADS, 1, 1, 0, ctypes.c_void_p(stream), rargs2, None) == 0
     launch(); torch.cuda.synchronize()
     s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     s.record()
@@ -85,15 +99,21 @@ flat = torch.randn(64, vocab, device="cuda", generator=g) * 2.0
 peaked = flat.clone(); peaked[:, :50] += 12.0   # a few strong candidates, like a trained model's
 tied = torch.full_like(flat, -2.0); tied[:, 1000:1040] = 6.0   # 40 exactly equal leaders: filters cut inside ties
 configs = {"greedy": dict(t=0.0), "T0.8": dict(t=0.8), "T0.8 lp0": dict(t=0.8, logprobs=0), "T0.8 lp5": dict(t=0.8, logprobs=5),
-           "top-k40 p.95 minp.05": dict(t=0.8, k=40, p=0.95, minp=0.05), "top-p0.9": dict(t=0.7, p=0.9), "top-p0.3": dict(t=1.0, p=0.3), "top-k40": dict(t=0.8, k=40)}
-print(f"| config | logits | 1 row (us) | 8 rows (us) | 8 rows, sample_chunks alone (us) | 64 rows (us) | 64 rows, rows scanned (us) | same tokens |")
+           "top-k40 p.95 minp.05": dict(t=0.8, k=40, p=0.95, minp=0.05), "top-p0.9": dict(t=0.7, p=0.9), "top-p0.3": dict(t=1.0, p=0.3), "top-k40": dict(t=0.8, k=40),
+           "T1 top-p0.95": dict(t=1.0, p=0.95), "T1 min-p0.02": dict(t=1.0, minp=0.02), "T1 top-p0.95 lp5": dict(t=1.0, p=0.95, logprobs=5)}
+def may_defer(c):
+    """ferrite's rule (sampling.rs may_defer): rows the mass pass may take."""
+    return c.get("t", 0) > 0 and c.get("k", 0) == 0 and (c.get("p", 1.0) < 1.0 or c.get("minp", 0.0) > 0)
+print(f"| config | logits | 1 row (us) | 8 rows (us) | 8 rows, sample_chunks alone (us) | 8 rows, no mass pass (us) | 64 rows (us) | 64 rows, rows scanned (us) | same tokens |")
 for name, c in configs.items():
     if only and name not in only[0]:
         continue
     for lname, L in (("flat", flat), ("peaked", peaked), ("tied", tied)):
-        t1, _ = run(L[:1].contiguous(), params(1, **c))
-        t8, _ = run(L[:8].contiguous(), params(8, **c))
+        m = may_defer(c)
+        t1, _ = run(L[:1].contiguous(), params(1, **c), mass=m)
+        t8, _ = run(L[:8].contiguous(), params(8, **c), mass=m)
         t8c, _ = run(L[:8].contiguous(), params(8, **c), rows_kernel=False)
-        t64, tok = run(L, params(64, **c))
+        t8n, _ = run(L[:8].contiguous(), params(8, **c))
+        t64, tok = run(L, params(64, **c), mass=m)
         t64r, tokr = run(L, params(64, **c), chunked=False)
-        print(f"| {name} | {lname} | {t1:.1f} | {t8:.1f} | {t8c:.1f} | {t64:.1f} | {t64r:.1f} | {int((tok == tokr).sum())}/64 |", flush=True)
+        print(f"| {name} | {lname} | {t1:.1f} | {t8:.1f} | {t8c:.1f} | {t8n:.1f} | {t64:.1f} | {t64r:.1f} | {int((tok == tokr).sum())}/64 |", flush=True)

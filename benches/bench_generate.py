@@ -67,7 +67,11 @@ MODES = {
     "greedy": dict(temperature=0.0),
     "t0.8+filters": dict(temperature=0.8, top_k=40, top_p=0.95, min_p=0.05),
     "t0.8 only": dict(temperature=0.8, top_k=0, top_p=1.0, min_p=0.0),
+    # What an OpenAI client sends with top_p=0.95 (not in the default list): the rows whose
+    # nucleus reaches past the device sampler's chunk lists take its mass pass.
+    "t1 top-p0.95": dict(temperature=1.0, top_k=0, top_p=0.95, min_p=0.0),
 }
+DEFAULT_MODES = ("greedy", "t0.8+filters", "t0.8 only")
 
 
 def generator_run(gen, ps, new_tokens: int, mode: str) -> float:
@@ -119,7 +123,7 @@ def main() -> None:
     ap.add_argument("--batches", default="1,16,64,256")
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--prompt-tokens", type=int, default=128)
-    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--modes", default=",".join(DEFAULT_MODES), help="comma-separated, of: " + ", ".join(MODES))
     ap.add_argument("--llamacpp", default=None, help="llama-batched-bench output from the same run")
     ap.add_argument("--json", default=None)
     ap.add_argument("--prefix-caching", action="store_true")

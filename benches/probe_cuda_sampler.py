@@ -53,7 +53,8 @@ def probe(logits, prm, iters=30):
         common = [ctypes.c_uint64(work.data_ptr()), ctypes.c_uint32(vocab), ctypes.c_uint64(prm.data_ptr()),
                   ctypes.c_uint64(dummy.data_ptr()), ctypes.c_uint64(dummy.data_ptr()), ctypes.c_uint64(dummy.data_ptr())]
         cv = common + [ctypes.c_uint64(recs.data_ptr())]
-        rv = common + [ctypes.c_uint64(recs.data_ptr()), ctypes.c_uint32(n_chunks), ctypes.c_uint64(out.data_ptr())]
+        # No mass bins, phase 0: rows the records do not settle are scanned by the same block.
+        rv = common + [ctypes.c_uint64(recs.data_ptr()), ctypes.c_uint32(n_chunks), ctypes.c_uint64(out.data_ptr()), ctypes.c_uint64(0), ctypes.c_uint32(0)]
         cargs = (ctypes.c_void_p * len(cv))(*[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in cv])
         rargs = (ctypes.c_void_p * len(rv))(*[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in rv])
         torch.cuda.synchronize()
@@ -77,7 +78,7 @@ flat = torch.randn(8, vocab, device="cuda", generator=g) * 2.0
 peaked = flat.clone(); peaked[:, :50] += 12.0
 names0 = ["entry", "wait+penalties", "load pass", "reductions", "z", "gumbel", "kth_key", "lists+record"]
 names1 = ["entry", "wait", "record reductions", "z", "lists filled", "sort_prefix", "mass_terms", "filters (thread 0)", "gumbel draw", "write",
-          "chunks declined", "scan: best", "4b level 0", "4b level 1", "4b level 2", "4b level 3", "scan: gumbel"]
+          "chunks declined", "scan: best", "4b level 0", "4b level 1", "4b level 2", "(none)", "scan: gumbel"]
 for cname, c in {"top-k40 p.95 minp.05": dict(t=0.8, k=40, p=0.95, minp=0.05), "greedy": dict(t=0.0), "T0.8": dict(t=0.8), "T1 top-p0.95": dict(t=1.0, p=0.95)}.items():
     for lname, L in (("flat", flat), ("peaked", peaked)):
         for rows in (1, 8):

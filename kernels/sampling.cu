@@ -239,22 +239,128 @@ __device__ __forceinline__ void block_best(float& s, u32& id, float* sc_s, u32* 
 // 32-bit atomics, each thread first adding its run of tokens that fall in one bin. float64
 // atomicAdd into the bins runs on sm_90 as a compare-and-swap loop; a flat row's tokens land in a
 // few bins, and such a draw took 2.0 ms against 0.40 now (H200, 2026-12-05,
-// bench_cuda_sampler.py). Integer sums are also exact and independent of the threads' order.
+// bench_cuda_sampler.py). Integer sums are also exact and independent of the threads' order, and
+// of how the tokens are split among blocks (sample_mass adds the first level's bins of a row's
+// chunks in blocks of their own).
+//
+// The digits of a key that the levels select, high to low: 10, 11 and 11 bits. The first level's
+// 1,024 bins are what sample_mass keeps per chunk.
+#define MASS_SHIFT_0 22
+#define MASS_BINS_0 1024
+#define MASS_BINS_MAX 2048
+#define NONE_BIN 0xffffffffu
+
 struct Shared {
     u32 hist[2048];
-    u32 mass_lo[256], mass_hi[256];
     double red_f64[SAMPLE_WARPS];
+    u64 red_u64[SAMPLE_WARPS];
     u32 red_u32[SAMPLE_WARPS];
     float red_s[SAMPLE_WARPS];
     u32 red_id[SAMPLE_WARPS];
     u32 bcast[4];
     double bcast_f64[2];
+    u64 bcast_u64;
     float sort_s[SORT_CAP];
     u32 sort_id[SORT_CAP];
-    // exp(sort_s[j] - max_s) in float64, for the top-p sums (mass_terms).
-    double term[SORT_CAP];
+    union {
+        // exp(sort_s[j] - max_s) in float64, for the top-p sums (mass_terms).
+        double term[SORT_CAP];
+        // Step 4b's bins, never in use at the same time as term.
+        struct {
+            u32 lo[MASS_BINS_MAX], hi[MASS_BINS_MAX];
+        } mass;
+    };
     u32 n_gathered;
 };
+
+// Fraction bits of a token's fixed-point mass term: a term exp(s - max_s) is at most 1, so vocab
+// terms fit below 2^63 with 63 - bits(vocab) fraction bits (45 for 151,936 tokens): a term is kept
+// to 2^-46, the sums exactly.
+__device__ __forceinline__ int mass_frac_bits(u32 vocab) {
+    return 63 - (32 - __clz(vocab));
+}
+__device__ __forceinline__ u64 mass_term(float s, float max_s, double unit) {
+    return __double2ull_rn((SAMPLE_MASS_EXPF ? (double)expf(s - max_s) : exp((double)(s - max_s))) * unit);
+}
+// Adds x into the fixed-point bin b (lo / hi words) with two 32-bit atomics.
+__device__ __forceinline__ void add_mass(u32* lo, u32* hi, u32 b, u64 x) {
+    if (x == 0) return;
+    const u32 xl = (u32)x, old = atomicAdd(&lo[b], xl);
+    const u32 xh = (u32)(x >> 32) + (old + xl < old ? 1u : 0u);
+    if (xh != 0) atomicAdd(&hi[b], xh);
+}
+__device__ __forceinline__ u64 bin_mass(const u32* lo, const u32* hi, u32 b) {
+    return ((u64)hi[b] << 32) | lo[b];
+}
+
+// A Gumbel score and its token packed so that the larger u64 is `better`'s better pair (higher
+// score, then lower id); 0 is "none". -0 counts as +0, as in a float comparison.
+__device__ __forceinline__ u64 pack_score(float a, u32 id) {
+    return ((u64)fkey(a + 0.0f) << 32) | (u64)(~id);
+}
+
+// The largest u64 over the block. Call with every thread.
+__device__ __forceinline__ u64 block_max_u64(u64 v, u64* scratch) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = max(v, (u64)__shfl_xor_sync(FULL_WARP, (unsigned long long)v, o));
+    const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    u64 t = lane < SAMPLE_WARPS ? scratch[lane] : 0;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) t = max(t, (u64)__shfl_xor_sync(FULL_WARP, (unsigned long long)t, o));
+    return t;
+}
+
+// One level of step 4b's selection: the bin where the mass summed from the top bin down (after
+// `above`, the mass of the keys above this level's prefix) first reaches the target. Thread j
+// holds the masses m[0..per) of bins nbins - 1 - per * j - i (per = nbins / SAMPLE_THREADS, 1 or
+// 2), whose exclusive prefix sums in that order come from one block scan of exact integers; the
+// one bin whose sums before and after it straddle the target in float64 is chosen (the sums are
+// monotone, so there is one). On the first level the target is set to top_p of the total. Returns
+// the bin and updates `above` to the mass above it; no bin (the target out of reach, which exact
+// sums rule out) keeps everything below: bin 0, `above` unchanged. Call with every thread.
+__device__ u32 select_mass_bin(const u64* m, int per, u32 nbins, bool first, float top_p, double inv_unit,
+                               u64& above, double& target, Shared& sh) {
+    u64 own = 0;
+    for (int i = 0; i < per; i++) own += m[i];
+    const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    u64 incl = own;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        const u64 up = __shfl_up_sync(FULL_WARP, (unsigned long long)incl, o);
+        if (lane >= (u32)o) incl += up;
+    }
+    __syncthreads();
+    if (lane == 31) sh.red_u64[warp] = incl;
+    if (threadIdx.x == 0) sh.bcast[3] = NONE_BIN;
+    __syncthreads();
+    u64 before = 0, total = 0;
+    for (u32 w = 0; w < SAMPLE_WARPS; w++) {
+        if (w < warp) before += sh.red_u64[w];
+        total += sh.red_u64[w];
+    }
+    if (first) target = (double)top_p * ((double)total * inv_unit);
+    u64 cum = above + before + incl - own;
+    for (int i = 0; i < per; i++) {
+        const u64 next = cum + m[i];
+        if ((double)cum * inv_unit < target && (double)next * inv_unit >= target) {
+            sh.bcast[3] = nbins - 1 - per * threadIdx.x - i;
+            sh.bcast_u64 = cum;
+        }
+        cum = next;
+    }
+    __syncthreads();
+    u32 b = sh.bcast[3];
+    if (b != NONE_BIN) {
+        above = sh.bcast_u64;
+    } else {
+        b = 0;
+    }
+    __syncthreads();
+    return b;
+}
 
 // Inclusive prefix sum of v over the block's threads in thread order. Call with every thread.
 __device__ __forceinline__ u32 block_inclusive_scan_u32(u32 v, u32* scratch) {
@@ -855,10 +961,181 @@ __device__ bool draw_from_chunks(const float* __restrict__ l, const RowParams& p
     return true;
 }
 
+// A row's draw taken over by sample_mass and a second sample_rows launch (the host's `phase`
+// argument): out[1] holds DEFERRED, out[2] the bits of max_s and out[3] the best token until the
+// second launch writes the draw.
+#define DEFERRED 3u
+// Words per (row, chunk) of sample_mass's output: the first level's bins of mass (low words, then
+// high words) and each bin's best Gumbel score (pack_score, two words a bin).
+#define MASS_WORDS (4 * MASS_BINS_0)
+
+// Step 2 from the chunk records: the best token (lowest id on a tie) and the finite count. Call
+// with every thread.
+__device__ void records_best(const u32* __restrict__ recs, u32 n_chunks, float& best_v, u32& best_id, u32& finite, Shared& sh) {
+    if (threadIdx.x < 32) {
+        float v = 0.0f;
+        u32 id = NONE, f = 0;
+        for (u32 c = threadIdx.x; c < n_chunks; c += 32) {
+            const u32* r = recs + (u64)c * CHUNK_WORDS;
+            f += r[2];
+            if (r[1] != NONE) better(v, id, __uint_as_float(r[0]), r[1]);
+        }
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1) {
+            better(v, id, __shfl_xor_sync(FULL_WARP, v, off), __shfl_xor_sync(FULL_WARP, id, off));
+            f += __shfl_xor_sync(FULL_WARP, f, off);
+        }
+        if (threadIdx.x == 0) sh.red_s[0] = v, sh.red_id[0] = id, sh.red_u32[0] = f;
+    }
+    __syncthreads();
+    best_v = sh.red_s[0], best_id = sh.red_id[0], finite = sh.red_u32[0];
+    __syncthreads();
+}
+
+// Step 3: log-sum-exp over the whole row. Call with every thread.
+__device__ __noinline__ float row_lse(const float* __restrict__ l, u32 vocab, float t, float max_s, Shared& sh) {
+    double z = 0.0;
+    scan_row(l, vocab, [&](u32, float v) {
+        if (v != NEG_INF) z += (double)expf(v / t - max_s);  // float exp, double sum: 1e-7 relative
+    });
+    z = block_sum_f64(z, sh.red_f64);
+    return max_s + (float)log(z);
+}
+
+// Step 4b: the key at which top-p cuts the tokens with keys >= thr_key, by radix selection over
+// their probability mass (the level digits above MASS_BINS_0; a pass over the row per level).
+// With `bins` (sample_mass's output for this row, thr_key 0) the first level's masses are the sums
+// of its chunks' bins instead of a pass. Call with every thread.
+__device__ __noinline__ u32 top_p_key(const float* __restrict__ l, u32 vocab, float top_p, float t, float max_s, u32 thr_key,
+                         const u32* __restrict__ bins, u32 n_chunks, Shared& sh) {
+    const int shifts[3] = {MASS_SHIFT_0, 11, 0};
+    const int bits[3] = {10, 11, 11};
+    const double unit = ldexp(1.0, mass_frac_bits(vocab)), inv_unit = ldexp(1.0, -mass_frac_bits(vocab));  // exact powers of two
+    u32 prefix = 0, mask = 0;
+    u64 above = 0;
+    double target = 0.0;
+#pragma unroll 1
+    for (int level = 0; level < 3; level++) {
+        const int shift = shifts[level];
+        const u32 nbins = 1u << bits[level];
+        const int per = (int)(nbins / SAMPLE_THREADS);
+        u64 m[2] = {0, 0};
+        if (level == 0 && bins != nullptr) {
+            const u32 bin = nbins - 1 - threadIdx.x;
+            for (u32 c = 0; c < n_chunks; c++) {
+                const u32* cb = bins + (u64)c * MASS_WORDS;
+                m[0] += bin_mass(cb, cb + MASS_BINS_0, bin);
+            }
+        } else {
+            for (u32 b = threadIdx.x; b < nbins; b += SAMPLE_THREADS) sh.mass.lo[b] = sh.mass.hi[b] = 0u;
+            __syncthreads();
+            // This thread's tokens of one bin in a row add up before one pair of atomics.
+            u32 run_bin = 0;
+            u64 run = 0;
+            scan_row(l, vocab, [&](u32, float v) {
+                if (v == NEG_INF) return;
+                const float s = v / t;
+                const u32 kk = fkey(s);
+                if (kk >= thr_key && (kk & mask) == prefix) {
+                    const u32 b = (kk >> shift) & (nbins - 1);
+                    if (b != run_bin) {
+                        add_mass(sh.mass.lo, sh.mass.hi, run_bin, run);
+                        run_bin = b;
+                        run = 0;
+                    }
+                    run += mass_term(s, max_s, unit);
+                }
+            });
+            add_mass(sh.mass.lo, sh.mass.hi, run_bin, run);
+            __syncthreads();
+            for (int i = 0; i < per; i++) m[i] = bin_mass(sh.mass.lo, sh.mass.hi, nbins - 1 - per * threadIdx.x - i);
+        }
+        const u32 chosen = select_mass_bin(m, per, nbins, level == 0, top_p, inv_unit, above, target, sh);
+        prefix |= chosen << shift;
+        mask |= (nbins - 1) << shift;
+        PROBE(1, 12 + level);
+    }
+    return max(thr_key, prefix);
+}
+
+// Step 5: Gumbel-max over the kept tokens (finite, key >= thr_key, s >= floor_s); noise only
+// where it can still win. A token's score is first taken with float noise (gumbel_approx, within
+// tol of gumbel's score); its float64 noise is computed only when that comes within 2 tol of the
+// best float score this thread has seen. The winner always does, so the draw is gumbel's exactly,
+// for a few float64 logarithms a thread instead of two a token. With `bins` (sample_mass's output
+// for this row) the first-level bins wholly above the cut give their chunks' winners, and the
+// pass scores only the tokens of the bin the cut falls in. Call with every thread.
+__device__ __noinline__ u32 gumbel_pick(const float* __restrict__ l, u32 vocab, const RowParams& p, float t, float max_s, u32 best_id,
+                           float floor_s, u32 thr_key, const u32* __restrict__ bins, u32 n_chunks, Shared& sh) {
+    const u64 key = ((u64)p.key_hi << 32) | p.key_lo;
+    const float bound = max_s + gumbel(key, best_id);
+    const float tol = GUMBEL_APPROX_TOL + 1e-6f * (fabsf(max_s) + 2.0f * GUMBEL_MAX);
+    float ws = bound;
+    u32 wid = best_id;
+    // The cut as a key: -0 compares equal to a floor of +0, and keys below fkey(+0).
+    const u32 cut = max(thr_key, fkey(floor_s == 0.0f ? -0.0f : floor_s));
+    const u32 cut_bin = bins != nullptr ? cut >> MASS_SHIFT_0 : 0u;
+    if (bins != nullptr) {
+        u64 best = 0;
+        for (u32 b = cut_bin + 1 + threadIdx.x; b < MASS_BINS_0; b += SAMPLE_THREADS)
+            for (u32 c = 0; c < n_chunks; c++) {
+                const u32* cb = bins + (u64)c * MASS_WORDS + 2 * MASS_BINS_0;
+                best = max(best, ((u64)cb[2 * b + 1] << 32) | cb[2 * b]);
+            }
+        best = block_max_u64(best, sh.red_u64);
+        if (best != 0) better(ws, wid, fkey_inv((u32)(best >> 32)), ~(u32)best);
+    }
+    float seen = ws;
+    scan_row(l, vocab, [&](u32 i, float v) {
+        if (v == NEG_INF) return;
+        const float s = v / t;
+        const u32 kk = fkey(s);
+        if (s + GUMBEL_MAX < bound || s < floor_s || kk < cut) return;
+        if (bins != nullptr && (kk >> MASS_SHIFT_0) != cut_bin) return;
+        const float a = s + gumbel_approx(key, i);
+        if (a + 2.0f * tol < seen) return;
+        seen = fmaxf(seen, a);
+        better(ws, wid, s + gumbel(key, i), i);
+    });
+    block_best(ws, wid, sh.red_s, sh.red_id);
+    return wid;
+}
+
+// Step 6: the k best alternatives (and their log-probabilities) into o, by radix selection.
+// Returns how many. Call with every thread.
+__device__ __noinline__ u32 top_alternatives(const float* __restrict__ l, u32 vocab, const RowParams& p, float t, float lse, u32 finite,
+                                u32* __restrict__ o, Shared& sh) {
+    auto key_all = [&](u32, float v) { return fkey(v / t); };
+    const u32 k = min(p.logprobs, finite);
+    const u32 thr = kth_largest_key(l, vocab, k, 0u, key_all, sh);
+    if (threadIdx.x == 0) sh.n_gathered = 0;
+    __syncthreads();
+    scan_row(l, vocab, [&](u32 i, float v) {
+        const float s = v / t;
+        if (v != NEG_INF && fkey(s) >= thr) {
+            const u32 slot = atomicAdd(&sh.n_gathered, 1u);
+            if (slot < TOP_CAP) {
+                o[4 + slot] = i;
+                o[4 + TOP_CAP + slot] = __float_as_uint(s - lse);
+            }
+        }
+    });
+    __syncthreads();
+    return min(sh.n_gathered, (u32)TOP_CAP);
+}
+
+// One block per row. phase 0: every row drawn here, from its chunk records or by scanning the
+// row. phase 1: as 0, except that a row whose records do not settle its draw and which has no
+// top-k filter (top-p, min-p, or both: what OpenAI clients send) is left DEFERRED for sample_mass
+// to bin its chunks in blocks of their own; phase 2 (after sample_mass): only those rows, drawn
+// from sample_mass's bins and passes over the tokens of one bin. The draw is the same as the
+// scan's, bit for bit; a flat row at T 1 and top-p 0.95 took 410 us scanned by one block (H100,
+// 2026-12-06, benches/probe_cuda_sampler.py).
 extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
     sample_rows(float* __restrict__ logits, u32 vocab, const RowParams* __restrict__ params,
                 const u32* __restrict__ pen_ids, const u32* __restrict__ pen_counts, const u32* __restrict__ pen_in_prompt,
-                const u32* __restrict__ chunks, u32 n_chunks, u32* __restrict__ out) {
+                const u32* __restrict__ chunks, u32 n_chunks, u32* __restrict__ out, const u32* __restrict__ mass_bins,
+                u32 phase) {
     PROBE_NOSYNC(1, 0);
     __shared__ Shared sh;
     const u32 row = blockIdx.x;
@@ -867,10 +1144,46 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
     PROBE(1, 1);
     float* l = logits + (u64)row * vocab;
     u32* o = out + (u64)row * OUT_WORDS;
+    const bool greedy = p.temperature == 0.0f;
+    const float t = greedy ? 1.0f : p.temperature;
+    const bool want_lp = p.logprobs != NO_LOGPROBS;
+
+    if (phase == 2) {
+        if (o[1] != DEFERRED) return;
+        const u32* recs = chunks + (u64)row * n_chunks * CHUNK_WORDS;
+        const u32* bins = mass_bins + (u64)row * n_chunks * MASS_WORDS;
+        float best_v;
+        u32 best_id, finite;
+        records_best(recs, n_chunks, best_v, best_id, finite, sh);
+        const float max_s = best_v / t;
+        const float lse = want_lp ? row_lse(l, vocab, t, max_s, sh) : 0.0f;
+        const u32 thr_key = p.top_p < 1.0f ? top_p_key(l, vocab, p.top_p, t, max_s, 0u, bins, n_chunks, sh) : 0u;
+        const u32 token = gumbel_pick(l, vocab, p, t, max_s, best_id, max_s + p.ln_min_p, thr_key, bins, n_chunks, sh);
+        const u32 n_top = want_lp && p.logprobs > 0 ? top_alternatives(l, vocab, p, t, lse, finite, o, sh) : 0u;
+        if (threadIdx.x == 0) {
+            write_result(o, token, want_lp ? l[token] / t - lse : 0.0f);
+            o[3] = n_top;
+        }
+        return;
+    }
 
     if (chunks != nullptr) {
         // sample_chunks ran first: the penalties are applied, and its records may settle the draw.
-        if (draw_from_chunks(l, p, chunks + (u64)row * n_chunks * CHUNK_WORDS, n_chunks, o, sh)) return;
+        const u32* recs = chunks + (u64)row * n_chunks * CHUNK_WORDS;
+        if (draw_from_chunks(l, p, recs, n_chunks, o, sh)) return;
+        if (phase == 1 && !greedy) {
+            float best_v;
+            u32 best_id, finite;
+            records_best(recs, n_chunks, best_v, best_id, finite, sh);
+            if (!(p.top_k > 0 && p.top_k < finite)) {
+                if (threadIdx.x == 0) {
+                    o[1] = DEFERRED;
+                    o[2] = __float_as_uint(best_v / t);
+                    o[3] = best_id;
+                }
+                return;
+            }
+        }
     } else {
         // 1. Penalties, in place (entries are distinct tokens), in the host's float order.
         apply_penalties(l, 0, vocab, p, pen_ids, pen_counts, pen_in_prompt, SAMPLE_THREADS);
@@ -878,8 +1191,6 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
     __syncthreads();
 
     PROBE(1, 10);
-    const bool greedy = p.temperature == 0.0f;
-    const float t = greedy ? 1.0f : p.temperature;
 
     // 2. The best token (lowest id on a tie), finite count, and broken values.
     float best_s = 0.0f;
@@ -908,16 +1219,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
     PROBE(1, 11);
 
     // 3. Log-sum-exp over the whole row when log-probabilities are wanted.
-    const bool want_lp = p.logprobs != NO_LOGPROBS;
-    float lse = 0.0f;
-    if (want_lp) {
-        double z = 0.0;
-        scan_row(l, vocab, [&](u32, float v) {
-            if (v != NEG_INF) z += (double)expf(v / t - max_s);  // float exp, double sum: 1e-7 relative
-        });
-        z = block_sum_f64(z, sh.red_f64);
-        lse = max_s + (float)log(z);
-    }
+    const float lse = want_lp ? row_lse(l, vocab, t, max_s, sh) : 0.0f;
 
     u32 token = best_id;
     if (!greedy) {
@@ -982,121 +1284,82 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
 
         if (!drawn) {
             // 4b. Without a small top-k: top-p by radix selection over probability mass.
-            if (p.top_p < 1.0f) {
-                u32 prefix = 0, mask = 0;
-                double above = 0.0, target = 0.0;
-                // A term exp(s - max_s) is at most 1, so vocab terms fit below 2^63 with
-                // 63 - bits(vocab) fraction bits (45 for 151,936 tokens): a term is kept to
-                // 2^-46, the sums exactly.
-                const int frac_bits = 63 - (32 - __clz(vocab));
-                const double unit = ldexp(1.0, frac_bits), inv_unit = ldexp(1.0, -frac_bits);  // exact powers of two
-                auto add_mass = [&](u32 b, u64 x) {
-                    if (x == 0) return;
-                    const u32 lo = (u32)x, old = atomicAdd(&sh.mass_lo[b], lo);
-                    const u32 hi = (u32)(x >> 32) + (old + lo < old ? 1u : 0u);
-                    if (hi != 0) atomicAdd(&sh.mass_hi[b], hi);
-                };
-                auto mass = [&](int b) { return (double)(((u64)sh.mass_hi[b] << 32) | sh.mass_lo[b]) * inv_unit; };
-                for (int level = 0; level < 4; level++) {
-                    const int shift = 24 - 8 * level;
-                    for (u32 b = threadIdx.x; b < 256; b += SAMPLE_THREADS) sh.mass_lo[b] = sh.mass_hi[b] = 0u;
-                    __syncthreads();
-                    // This thread's tokens of one bin in a row add up before one pair of atomics.
-                    u32 run_bin = 0;
-                    u64 run = 0;
-                    scan_row(l, vocab, [&](u32, float v) {
-                        if (v == NEG_INF) return;
-                        const float s = v / t;
-                        const u32 kk = fkey(s);
-                        if (kk >= thr_key && (kk & mask) == prefix) {
-                            const u32 b = (kk >> shift) & 255u;
-                            if (b != run_bin) {
-                                add_mass(run_bin, run);
-                                run_bin = b;
-                                run = 0;
-                            }
-                            run += __double2ull_rn((SAMPLE_MASS_EXPF ? (double)expf(s - max_s) : exp((double)(s - max_s))) * unit);
-                        }
-                    });
-                    add_mass(run_bin, run);
-                    __syncthreads();
-                    if (threadIdx.x == 0) {
-                        if (level == 0) {
-                            double z = 0.0;
-                            for (int b = 0; b < 256; b++) z += mass(b);
-                            target = (double)p.top_p * z;
-                        }
-                        int chosen = -1, lowest = 0;
-                        for (int b = 255; b >= 0; b--) {
-                            if (mass(b) > 0.0) lowest = b;
-                            if (chosen < 0 && above + mass(b) >= target) chosen = b;
-                            if (chosen < 0) above += mass(b);
-                        }
-                        // Rounding kept the total below the target: keep everything left.
-                        sh.bcast[0] = chosen >= 0 ? (u32)chosen : (u32)lowest;
-                        sh.bcast_f64[0] = above;
-                        sh.bcast_f64[1] = target;
-                    }
-                    __syncthreads();
-                    prefix |= sh.bcast[0] << shift;
-                    mask |= 0xffu << shift;
-                    above = sh.bcast_f64[0];
-                    target = sh.bcast_f64[1];
-                    __syncthreads();
-                    PROBE(1, 12 + level);
-                }
-                thr_key = max(thr_key, prefix);
-            }
-            // 5. Gumbel-max over the kept tokens; noise only where it can still win. A token's
-            // score is first taken with float noise (gumbel_approx, within tol of gumbel's
-            // score); its float64 noise is computed only when that comes within 2 tol of the
-            // best float score this thread has seen. The winner always does, so the draw is
-            // gumbel's exactly, for a few float64 logarithms a thread instead of two a token.
-            const float bound = max_s + gumbel(key, best_id);
-            const float tol = GUMBEL_APPROX_TOL + 1e-6f * (fabsf(max_s) + 2.0f * GUMBEL_MAX);
-            float ws = bound, seen = bound;
-            u32 wid = best_id;
-            scan_row(l, vocab, [&](u32 i, float v) {
-                if (v == NEG_INF) return;
-                const float s = v / t;
-                if (s + GUMBEL_MAX < bound || s < floor_s || fkey(s) < thr_key) return;
-                const float a = s + gumbel_approx(key, i);
-                if (a + 2.0f * tol < seen) return;
-                seen = fmaxf(seen, a);
-                better(ws, wid, s + gumbel(key, i), i);
-            });
-            block_best(ws, wid, sh.red_s, sh.red_id);
-            token = wid;
+            if (p.top_p < 1.0f) thr_key = top_p_key(l, vocab, p.top_p, t, max_s, thr_key, nullptr, 0, sh);
+            // 5. Gumbel-max over the kept tokens.
+            token = gumbel_pick(l, vocab, p, t, max_s, best_id, floor_s, thr_key, nullptr, 0, sh);
             PROBE(1, 16);
         }
     }
 
     // 6. Log-probabilities: the chosen token's, and the k best by radix selection.
-    u32 n_top = 0;
-    if (want_lp && p.logprobs > 0) {
-        auto key_all = [&](u32, float v) { return fkey(v / t); };
-        const u32 k = min(p.logprobs, finite);
-        const u32 thr = kth_largest_key(l, vocab, k, 0u, key_all, sh);
-        if (threadIdx.x == 0) sh.n_gathered = 0;
-        __syncthreads();
-        scan_row(l, vocab, [&](u32 i, float v) {
-            const float s = v / t;
-            if (v != NEG_INF && fkey(s) >= thr) {
-                const u32 slot = atomicAdd(&sh.n_gathered, 1u);
-                if (slot < TOP_CAP) {
-                    o[4 + slot] = i;
-                    o[4 + TOP_CAP + slot] = __float_as_uint(s - lse);
-                }
-            }
-        });
-        __syncthreads();
-        n_top = min(sh.n_gathered, (u32)TOP_CAP);
-    }
+    const u32 n_top = want_lp && p.logprobs > 0 ? top_alternatives(l, vocab, p, t, lse, finite, o, sh) : 0u;
     if (threadIdx.x == 0) {
         o[0] = token;
         o[1] = 0;
         o[2] = __float_as_uint(want_lp ? l[token] / t - lse : 0.0f);
         o[3] = n_top;
+    }
+}
+
+// sample_rows's phase between its two launches: for every DEFERRED row, a block per chunk of the
+// row adds the first level of step 4b's fixed-point mass bins (when top-p is on) and finds each
+// bin's Gumbel-max winner among its tokens at or above the min-p floor, with the scan's float
+// screening (a bin's best score only grows, so a token whose float score is 2 tol below it cannot
+// win), into MASS_WORDS words of `bins` per (row, chunk). The same integer sums, and the same
+// winners, as one block scanning the row.
+extern "C" __global__ void __launch_bounds__(CHUNK_THREADS)
+    sample_mass(const float* __restrict__ logits, u32 vocab, const RowParams* __restrict__ params,
+                const u32* __restrict__ out, u32* __restrict__ bins) {
+    __shared__ u32 lo[MASS_BINS_0], hi[MASS_BINS_0];
+    __shared__ u64 best[MASS_BINS_0];
+    const u32 c = blockIdx.x, row = blockIdx.y;
+    const RowParams p = params[row];  // before the wait, as in sample_chunks
+    dependent_wait();
+    const u32* o = out + (u64)row * OUT_WORDS;
+    if (o[1] != DEFERRED) return;
+    const float max_s = __uint_as_float(o[2]);
+    const u32 best_id = o[3];
+    const float t = p.temperature;
+    const float* l = logits + (u64)row * vocab;
+    const u32 c0 = c * CHUNK_ELEMS;
+    const u32 n = min((u32)CHUNK_ELEMS, vocab - c0);
+    for (u32 b = threadIdx.x; b < MASS_BINS_0; b += CHUNK_THREADS) lo[b] = hi[b] = 0u, best[b] = 0;
+    __syncthreads();
+
+    const bool want_mass = p.top_p < 1.0f;
+    const double unit = ldexp(1.0, mass_frac_bits(vocab));
+    const u64 key = ((u64)p.key_hi << 32) | p.key_lo;
+    const float bound = max_s + gumbel(key, best_id);
+    const float tol = GUMBEL_APPROX_TOL + 1e-6f * (fabsf(max_s) + 2.0f * GUMBEL_MAX);
+    const float floor_s = max_s + p.ln_min_p;
+    u32 run_bin = 0;
+    u64 run = 0;
+    for (u32 j = threadIdx.x; j < n; j += CHUNK_THREADS) {
+        const float v = l[c0 + j];
+        if (v == NEG_INF) continue;
+        const float s = v / t;
+        const u32 b = fkey(s) >> MASS_SHIFT_0;
+        if (want_mass) {
+            if (b != run_bin) {
+                add_mass(lo, hi, run_bin, run);
+                run_bin = b;
+                run = 0;
+            }
+            run += mass_term(s, max_s, unit);
+        }
+        if (s + GUMBEL_MAX < bound || s < floor_s) continue;
+        const u64 now = *(volatile u64*)&best[b];
+        if (now != 0 && s + gumbel_approx(key, c0 + j) + 2.0f * tol < fkey_inv((u32)(now >> 32))) continue;
+        atomicMax((unsigned long long*)&best[b], (unsigned long long)pack_score(s + gumbel(key, c0 + j), c0 + j));
+    }
+    add_mass(lo, hi, run_bin, run);
+    __syncthreads();
+    u32* dst = bins + ((u64)row * gridDim.x + c) * MASS_WORDS;
+    for (u32 b = threadIdx.x; b < MASS_BINS_0; b += CHUNK_THREADS) {
+        dst[b] = lo[b];
+        dst[MASS_BINS_0 + b] = hi[b];
+        dst[2 * MASS_BINS_0 + 2 * b] = (u32)best[b];
+        dst[2 * MASS_BINS_0 + 2 * b + 1] = (u32)(best[b] >> 32);
     }
 }
 

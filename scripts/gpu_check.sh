@@ -62,7 +62,9 @@
 #                SwiGLU inside the stacked gate/up GEMM of 5-16 rows (tests, decode steps on and
 #                off); huge: an LM head on the kernels to 8 rows (its test, decode steps); sampler_probe: where
 #                a draw's time goes, and the scan's top-p passes on float terms against float64
-#                (its name also runs the sampler part: the tests and bench_cuda_sampler.py); beside: syn05 and syn7b beside llama.cpp (its build
+#                (its name also runs the sampler part: the tests and bench_cuda_sampler.py); mass: the
+#                sampler's mass pass (tests, the sampler alone, the Generator at T 1 top-p 0.95 on
+#                and off); beside: syn05 and syn7b beside llama.cpp (its build
 #                started earlier in the lease); tests: every GPU test without the real model; timeline: where a
 #                one-sequence step goes (syn05, syn7b); ab: decode steps under AB_VARIANTS.
 #   Logs, JSON reports and haiku artifacts go to one archive, $OUT/gpu_check.tar.gz (the device
@@ -446,6 +448,22 @@ if [ "$what" = pending ]; then
     IFS=';' read -ra ab_variants <<< "${AB_VARIANTS:?AB_VARIANTS}"
     # shellcheck disable=SC2086  # the models, one word each
     ab_step ab ${AB_S:-400} "${ab_variants[@]}" -- ${AB_MODELS:?AB_MODELS}
+    fi
+    if [[ ,$parts, == *,mass,* ]]; then
+    # The sampler's mass pass (sampling.cu's sample_mass and a second sample_rows launch, for rows
+    # without top-k that the chunk records do not settle): the sampler and engine GPU tests (among
+    # them the pass against one block scanning the row), the sampler alone on the configurations
+    # that may take it (with and without it), and the Generator on syn05 at 1 and 8 sequences at
+    # T 1 with top-p 0.95 (what an OpenAI client sends) and with the default filters, the pass on
+    # and off (FERRITE_CUDA_SAMPLE_MASS).
+    STEP_TIMEOUT=${ENGINE_PYTEST_S:-150} step pytest_mass "$py" -m pytest -q -ra -p no:cacheprovider tests/test_sampling.py tests/test_cuda_engine.py -m cuda --junitxml="$out/junit_mass.xml"
+    STEP_TIMEOUT=200 step bench_mass "$py" benches/bench_cuda_sampler.py kernels/sampling.cu "--configs=T1 top-p0.95,T1 min-p0.02,T1 top-p0.95 lp5,top-p0.9,top-p0.3,top-k40 p.95 minp.05,greedy"
+    cp "$out/bench_mass.log" "$dest/bench_mass.txt" 2>/dev/null
+    for v in 1 0 1 0; do
+        FERRITE_CUDA_SAMPLE_MASS=$v STEP_TIMEOUT=120 step "generate_mass$v" "$py" benches/bench_generate.py --model /tmp/synthetic.gguf --device cuda --batches 1,8 \
+            --modes "t1 top-p0.95,t0.8+filters" --json "$out/generate_mass$v.json"
+        cat "$out/generate_mass$v.log" >> "$dest/generate_mass.txt" 2>/dev/null
+    done
     fi
     if [[ $parts == *sampler* ]]; then
     STEP_TIMEOUT=${ENGINE_PYTEST_S:-150} step pytest_sampler "$py" -m pytest -q -ra -p no:cacheprovider tests/test_sampling.py tests/test_cuda_engine.py -m cuda --junitxml="$out/junit_sampler.xml"

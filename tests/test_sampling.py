@@ -393,6 +393,77 @@ def test_gpu_and_cpu_draw_the_same_tokens_from_the_same_logits(logits):
 
 
 @pytest.mark.cuda
+def test_gpu_mass_pass_draws_what_one_block_scanning_the_row_draws(tmp_path):
+    """Rows without top-k whose chunk records cannot settle the draw go to the mass pass:
+    sample_mass bins each chunk's probability mass (fixed point) and Gumbel winners in blocks of
+    their own, and a second sample_rows launch draws from those bins. Its draws must be the
+    one-block scan's, bit for bit (the same integer sums, the same float64 noise): against
+    FERRITE_CUDA_SAMPLE_MASS=0 (those rows scanned by the block that read their records) and
+    FERRITE_CUDA_SAMPLE_CHUNKS=0 (every row scanned), each in another process. Flat rows, whose
+    nucleus is over a fifth of the vocabulary (the records list at most 19 x 64 tokens, so these
+    rows cannot be settled and must take the pass), rows of 16 levels (the cut inside a run of
+    ties), and peaked rows in the same launches (settled by their records); top-p alone, min-p
+    alone, both, top-p with penalties, and top-p with log-probabilities and alternatives. The
+    process's count shows that each launch took the pass."""
+    if not ferrite.cuda_available():
+        pytest.skip("no CUDA device")
+    import json
+    import subprocess
+    import sys
+
+    from ferrite._ferrite import _cuda_counters, _sample_rows
+
+    rng = np.random.default_rng(31)
+    vocab = 151_936
+    flat = (rng.standard_normal((4, vocab)) * 0.6).astype(np.float32)
+    tied = np.round(flat * 4) / 4
+    peaked = flat.copy()
+    peaked[:, rng.integers(0, vocab, 30)] += 12.0
+    rows = np.concatenate([flat, tied, peaked]).astype(np.float32)
+    # The premise: top-p 0.6 at T 1 keeps over a fifth of a flat row (NumPy's nucleus).
+    probs = np_chain_probs(flat[0], 1.0, top_p=0.6)
+    assert np.count_nonzero(probs) > 0.2 * vocab
+    np.save(tmp_path / "rows.npy", rows)
+    n = len(rows)
+    configs = [
+        dict(temperature=1.0, top_p=0.6),
+        dict(temperature=0.7, top_p=0.95),
+        dict(temperature=1.0, min_p=0.05),
+        dict(temperature=1.0, top_p=0.9, min_p=0.3),
+        dict(temperature=0.9, top_p=0.8, repetition_penalty=1.3, presence_penalty=0.4,
+             prompt_token_ids=[3, 8191, 8192, 70000], output_token_ids=[151935, 8192, 40000]),
+        dict(temperature=1.0, top_p=0.95, logprobs=5),
+    ]
+    script = (
+        "import json, sys, numpy as np\n"
+        "from ferrite._ferrite import _sample_rows\n"
+        "rows = np.load(sys.argv[1]); out = []\n"
+        "for kw in json.loads(sys.argv[2]):\n"
+        "    t, lp, top = _sample_rows(rows, device='cuda', seeds=list(range(len(rows))), draw_indices=[5] * len(rows), **kw)\n"
+        "    out.append([list(map(int, t)), lp, top])\n"
+        "print(json.dumps(out))\n"
+    )
+    before = _cuda_counters()["sample_mass_launches"]
+    got = [_sample_rows(rows, device="cuda", seeds=list(range(n)), draw_indices=[5] * n, **kw) for kw in configs]
+    assert _cuda_counters()["sample_mass_launches"] - before == len(configs)
+    for var in ("FERRITE_CUDA_SAMPLE_MASS", "FERRITE_CUDA_SAMPLE_CHUNKS"):
+        env = dict(os.environ, **{var: "0"})
+        done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "rows.npy"), json.dumps(configs)],
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        scanned = json.loads(done.stdout.strip().splitlines()[-1])
+        for kw, (tokens, lps, tops), (s_tokens, s_lps, s_tops) in zip(configs, got, scanned):
+            assert list(map(int, tokens)) == s_tokens, (var, kw)
+            if "logprobs" in kw:
+                # (Rows settled by their records take the log-sum-exp from the chunks' sums, a
+                # scanned row from its own: the same within float rounding.)
+                np.testing.assert_allclose(lps, s_lps, atol=1e-5, err_msg=f"{var} {kw}")
+                for top, s_top in zip(tops, s_tops):
+                    assert [i for i, _ in top] == [i for i, _ in s_top], (var, kw)
+                    np.testing.assert_allclose([v for _, v in top], [v for _, v in s_top], atol=1e-5, err_msg=f"{var} {kw}")
+
+
+@pytest.mark.cuda
 def test_gpu_chunk_records_and_row_scans_agree_on_ties(tmp_path):
     """The device draws from its chunk records only where they settle the draw exactly, sorting
     only the listed entries at or above the k-th best key when a small top-k or only alternatives

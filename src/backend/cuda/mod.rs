@@ -41,7 +41,7 @@ pub mod repack;
 
 pub use backend::{addr as backend_addr, CudaBackend};
 pub use device_tensor::DeviceTensor;
-pub use sampling::DeviceSampler;
+pub use sampling::{DeviceSampler, SAMPLE_MASS_LAUNCHES};
 pub use context::{cuda_available, device_count, parse_device, CudaContext};
 pub use error::CudaError;
 pub use nvrtc::KernelSource;

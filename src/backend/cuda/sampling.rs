@@ -1,7 +1,10 @@
 //! Drawing tokens from logits that are still on the GPU: kernels/sampling.cu. A chunk pass of
 //! many blocks a row (`sample_chunks`) records each chunk's statistics and best tokens; one block
 //! per row (`sample_rows`) then draws from those records, or scans the row itself when they do
-//! not settle the draw exactly (a filter reaching past the listed tokens).
+//! not settle the draw exactly (a filter reaching past the listed tokens). Rows without a top-k
+//! filter that the records do not settle (a flat distribution's top-p or min-p nucleus) are left
+//! to a second pass of many blocks a row (`sample_mass`) and a second `sample_rows` launch, when a
+//! launch holds such rows at all.
 //!
 //! Per call, one small upload (each row's parameters, and the token histories of the rows with
 //! penalties) and one small download (the chosen tokens, their log-probabilities and the k best
@@ -37,6 +40,10 @@ const CHUNK_ELEMS: usize = 8192;
 const CHUNK_WORDS: usize = 16 + 2 * 64;
 const CHUNKS_MAX: usize = 32;
 const CHUNK_THREADS: u32 = 512;
+/// Words per (row, chunk) of `sample_mass`'s output (`MASS_WORDS` in sampling.cu), and the most
+/// bytes of them a launch may use: larger launches scan such rows with one block each.
+const MASS_WORDS: usize = 4 * 1024;
+const MASS_BYTES_MAX: usize = 64 << 20;
 
 /// The chunk constants above are sampling.cu's (`src` is its text): the grid and the record
 /// buffer are sized from them.
@@ -48,6 +55,24 @@ pub(super) fn assert_chunk_constants_match(src: &str) {
     assert!(src.contains("#define CHUNK_WORDS (16 + 2 * CHUNK_LIST)"));
     assert!(src.contains("#define CHUNKS_MAX (SORT_CAP / CHUNK_LIST)") && src.contains("#define SORT_CAP 2048") && CHUNKS_MAX == 2048 / 64);
     assert!(src.contains(&format!("#define TOP_CAP {TOP_CAP}")));
+    assert!(src.contains("#define MASS_BINS_0 1024") && src.contains("#define MASS_WORDS (4 * MASS_BINS_0)") && MASS_WORDS == 4 * 1024);
+}
+
+/// `FERRITE_CUDA_SAMPLE_MASS=0`: rows the chunk records do not settle are scanned by one block
+/// each, as before the mass pass, to compare the two.
+fn mass_pass_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("FERRITE_CUDA_SAMPLE_MASS").map_or(true, |v| v != "0"))
+}
+
+/// Launches that took the mass pass (`sample_mass` and a second `sample_rows`), for the tests
+/// (`_cuda_counters`).
+pub static SAMPLE_MASS_LAUNCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Whether a row's draw may be left to the mass pass: sampled, without a top-k below the
+/// vocabulary, with top-p or min-p (what the chunk records may fail to settle).
+fn may_defer(p: &crate::sampling::SamplingParams, vocab: usize) -> bool {
+    p.temperature > 0.0 && (p.top_k == 0 || p.top_k >= vocab) && (p.top_p < 1.0 || p.min_p > 0.0)
 }
 
 /// `FERRITE_CUDA_SAMPLE_CHUNKS=0` skips the chunk pass: every row is scanned by one block (the
@@ -72,6 +97,7 @@ pub struct DeviceSampler {
     ctx: Arc<CudaContext>,
     func: CudaFunction,
     chunk_func: CudaFunction,
+    mass_func: CudaFunction,
     feed_func: CudaFunction,
     params: [Option<ParamSlot>; PARAM_SLOTS],
     next_params: usize,
@@ -79,6 +105,7 @@ pub struct DeviceSampler {
     /// The stream that uploads the parameters and downloads closed sets.
     copy_stream: Option<Arc<CudaStream>>,
     chunks: Option<CudaSlice<u32>>,
+    mass_bins: Option<CudaSlice<u32>>,
     /// The draw set being queued: per row, the log-probabilities asked for (the rows' output
     /// is decoded with them when the set is taken).
     open: Vec<Option<usize>>,
@@ -103,17 +130,20 @@ impl DeviceSampler {
     pub fn new(ctx: Arc<CudaContext>) -> Result<DeviceSampler, CudaError> {
         let func = ctx.function(&kernels::SAMPLING, "sample_rows")?;
         let chunk_func = ctx.function(&kernels::SAMPLING, "sample_chunks")?;
+        let mass_func = ctx.function(&kernels::SAMPLING, "sample_mass")?;
         let feed_func = ctx.function(&kernels::SAMPLING, "feed_drawn_tokens")?;
         Ok(DeviceSampler {
             ctx,
             func,
             chunk_func,
+            mass_func,
             feed_func,
             params: Default::default(),
             next_params: 0,
             output: None,
             copy_stream: None,
             chunks: None,
+            mass_bins: None,
             open: Vec::new(),
             open_vocab: 0,
             closed: VecDeque::new(),
@@ -343,11 +373,12 @@ impl DeviceSampler {
         let (params_ptr, ids_ptr) = (at(0), at(n * PARAM_WORDS));
         let (counts_ptr, prompt_ptr) = (at(n * PARAM_WORDS + n_pen), at(n * PARAM_WORDS + 2 * n_pen));
         let out_ptr = super::backend::addr(&*output, &self.ctx) + (first_row * OUT_WORDS * 4) as u64;
-        let (ctx, chunk_func, func) = (&self.ctx, &self.chunk_func, &self.func);
-        let chunks = &mut self.chunks;
+        let (ctx, chunk_func, func, mass_func) = (&self.ctx, &self.chunk_func, &self.func, &self.mass_func);
+        let (chunks, mass_bins) = (&mut self.chunks, &mut self.mass_bins);
         let launched = (|| -> Result<(), CudaError> {
             let n_chunks = vocab.div_ceil(CHUNK_ELEMS);
             let (mut chunks_ptr, mut n_chunks_u) = (0u64, 0u32);
+            let mut mass_ptr = 0u64;
             if chunks_enabled() && n_chunks <= CHUNKS_MAX && n <= u16::MAX as usize {
                 grow(ctx, chunks, n * n_chunks * CHUNK_WORDS, "the sampler's chunk records")?;
                 let Some(chunks) = chunks.as_mut() else { unreachable!("grown above") };
@@ -355,9 +386,24 @@ impl DeviceSampler {
                 let cfg = LaunchConfig { grid_dim: (n_chunks_u, n as u32, 1), block_dim: (CHUNK_THREADS, 1, 1), shared_mem_bytes: 0 };
                 launch!(ctx, chunk_func, "sample_chunks", cfg, &logits, &vocab_u, &params_ptr, &ids_ptr, &counts_ptr, &prompt_ptr, &mut *chunks)?;
                 chunks_ptr = super::backend::addr(&*chunks, ctx);
+                let mass_words = n * n_chunks * MASS_WORDS;
+                if mass_pass_enabled() && mass_words * 4 <= MASS_BYTES_MAX && specs.iter().any(|s| may_defer(s.params, vocab)) {
+                    grow(ctx, mass_bins, mass_words, "the sampler's mass bins")?;
+                    let Some(bins) = mass_bins.as_ref() else { unreachable!("grown above") };
+                    mass_ptr = super::backend::addr(bins, ctx);
+                }
             }
             let cfg = LaunchConfig { grid_dim: (n as u32, 1, 1), block_dim: (kernels::SAMPLE_THREADS, 1, 1), shared_mem_bytes: 0 };
-            launch!(ctx, func, "sample_rows", cfg, &logits, &vocab_u, &params_ptr, &ids_ptr, &counts_ptr, &prompt_ptr, &chunks_ptr, &n_chunks_u, &out_ptr)
+            let phase: u32 = if mass_ptr != 0 { 1 } else { 0 };
+            launch!(ctx, func, "sample_rows", cfg, &logits, &vocab_u, &params_ptr, &ids_ptr, &counts_ptr, &prompt_ptr, &chunks_ptr, &n_chunks_u, &out_ptr, &mass_ptr, &phase)?;
+            if mass_ptr != 0 {
+                SAMPLE_MASS_LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let mass_cfg = LaunchConfig { grid_dim: (n_chunks_u, n as u32, 1), block_dim: (CHUNK_THREADS, 1, 1), shared_mem_bytes: 0 };
+                launch!(ctx, mass_func, "sample_mass", mass_cfg, &logits, &vocab_u, &params_ptr, &out_ptr, &mass_ptr)?;
+                let phase: u32 = 2;
+                launch!(ctx, func, "sample_rows", cfg, &logits, &vocab_u, &params_ptr, &ids_ptr, &counts_ptr, &prompt_ptr, &chunks_ptr, &n_chunks_u, &out_ptr, &mass_ptr, &phase)?;
+            }
+            Ok(())
         })();
         // Whatever the launches did: the slot's copy is queued, and its buffers must outlive it.
         let read = match done.take() {
