@@ -459,6 +459,11 @@ if [ "$what" = pending ]; then
     STEP_TIMEOUT=${ENGINE_PYTEST_S:-150} step pytest_mass "$py" -m pytest -q -ra -p no:cacheprovider tests/test_sampling.py tests/test_cuda_engine.py -m cuda --junitxml="$out/junit_mass.xml"
     STEP_TIMEOUT=200 step bench_mass "$py" benches/bench_cuda_sampler.py kernels/sampling.cu "--configs=T1 top-p0.95,T1 min-p0.02,T1 top-p0.95 lp5,top-p0.9,top-p0.3,top-k40 p.95 minp.05,greedy"
     cp "$out/bench_mass.log" "$dest/bench_mass.txt" 2>/dev/null
+    # MASS_AB_KERNEL=DIR/sampling.cu (headers beside it): the same bench on another version, to compare.
+    if [ -n "${MASS_AB_KERNEL:-}" ]; then
+        STEP_TIMEOUT=200 step bench_mass_ab "$py" benches/bench_cuda_sampler.py "$MASS_AB_KERNEL" "--configs=T1 top-p0.95,T1 min-p0.02,top-p0.9"
+        cp "$out/bench_mass_ab.log" "$dest/bench_mass_ab.txt" 2>/dev/null
+    fi
     for v in 1 0 1 0; do
         FERRITE_CUDA_SAMPLE_MASS=$v STEP_TIMEOUT=120 step "generate_mass$v" "$py" benches/bench_generate.py --model /tmp/synthetic.gguf --device cuda --batches 1,8 \
             --modes "t1 top-p0.95,t0.8+filters" --json "$out/generate_mass$v.json"
