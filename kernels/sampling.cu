@@ -14,13 +14,13 @@
 
 // -DSAMPLE_PROBE=1 (benches/probe_cuda_sampler.py only): the first block of each kernel writes
 // clock64() at the end of each phase into g_probe[kernel][stamp] (0: sample_chunks, 1:
-// sample_rows), after a __syncthreads, so that a draw's time can be taken apart. Compiled out
+// sample_rows, its second launch from stamp 20 on, 2: sample_mass), after a __syncthreads, so that a draw's time can be taken apart. Compiled out
 // otherwise: the kernels ferrite runs are the same instructions either way.
 #ifndef SAMPLE_PROBE
 #define SAMPLE_PROBE 0
 #endif
 #if SAMPLE_PROBE
-__device__ unsigned long long g_probe[2][40];
+__device__ unsigned long long g_probe[3][40];
 #define PROBE(K, I)                                                                                  \
     do {                                                                                             \
         __syncthreads();                                                                             \
@@ -44,6 +44,16 @@ __device__ unsigned long long g_probe[2][40];
 // pass), to time against the default (bench_cuda_sampler.py). Off: float64, as landed.
 #ifndef SAMPLE_MASS_EXPF
 #define SAMPLE_MASS_EXPF 0
+#endif
+
+// -DSAMPLE_EARLY_DECLINE=1: draw_from_chunks tells a row its lists cannot settle before it sorts
+// them (the sort of a whole list, 28 us on an H100, is most of such a row's time in it): the
+// listed mass short of top-p's target by more than any summation order could change (a sum in
+// another order, over at most 2,048 terms, moves by ~1e-13 of itself), min-p's floor at or below
+// tau, or more alternatives asked for than listed: the same decisions as after the sort. Off
+// until timed (written without a GPU).
+#ifndef SAMPLE_EARLY_DECLINE
+#define SAMPLE_EARLY_DECLINE 0
 #endif
 
 #define SAMPLE_THREADS 1024
@@ -856,6 +866,25 @@ __device__ bool draw_from_chunks(const float* __restrict__ l, const RowParams& p
     const u32 n_s = block_sum_u32(in_s, sh.red_u32);
     valid = block_sum_u32(valid, sh.red_u32);
     PROBE(1, 4);
+#if SAMPLE_EARLY_DECLINE
+    // (Every warp past its last read of the reductions' scratch before any returns: the caller's
+    // next reduction writes it.)
+    __syncthreads();
+    if (want_top && min(p.logprobs, finite) > n_s) return false;
+    if (filtered && !(p.top_k > 0 && p.top_k < finite) && tau != 0) {
+        bool short_of = false;
+        if (p.top_p < 1.0f) {
+            double listed = 0.0;
+            for (u32 i = threadIdx.x; i < n_listed; i += SAMPLE_THREADS)
+                if (sh.sort_id[i] != NONE && fkey(sh.sort_s[i]) > tau) listed += exp((double)(sh.sort_s[i] - max_s));
+            listed = block_sum_f64(listed, sh.red_f64);
+            short_of = listed < (double)p.top_p * z * (1.0 - 1e-9);
+        } else {
+            short_of = !(p.min_p > 0.0f && fkey(max_s + p.ln_min_p) > tau);
+        }
+        if (short_of) return false;
+    }
+#endif
     // What the draw reads of the sorted list is its first `need` entries and their ties: the
     // top-k survivors, the alternatives asked for. Unless that is the whole list (a top-p or
     // min-p cut without a small top-k), only the entries at or above the need-th best key are
@@ -1136,12 +1165,12 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
                 const u32* __restrict__ pen_ids, const u32* __restrict__ pen_counts, const u32* __restrict__ pen_in_prompt,
                 const u32* __restrict__ chunks, u32 n_chunks, u32* __restrict__ out, const u32* __restrict__ mass_bins,
                 u32 phase) {
-    PROBE_NOSYNC(1, 0);
+    PROBE_NOSYNC(1, phase == 2 ? 20 : 0);
     __shared__ Shared sh;
     const u32 row = blockIdx.x;
     const RowParams p = params[row];  // before the wait, as in sample_chunks
     dependent_wait();
-    PROBE(1, 1);
+    PROBE(1, phase == 2 ? 21 : 1);
     float* l = logits + (u64)row * vocab;
     u32* o = out + (u64)row * OUT_WORDS;
     const bool greedy = p.temperature == 0.0f;
@@ -1155,11 +1184,15 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
         float best_v;
         u32 best_id, finite;
         records_best(recs, n_chunks, best_v, best_id, finite, sh);
+        PROBE(1, 22);
         const float max_s = best_v / t;
         const float lse = want_lp ? row_lse(l, vocab, t, max_s, sh) : 0.0f;
+        PROBE(1, 23);
         const u32 thr_key = p.top_p < 1.0f ? top_p_key(l, vocab, p.top_p, t, max_s, 0u, bins, n_chunks, sh) : 0u;
         const u32 token = gumbel_pick(l, vocab, p, t, max_s, best_id, max_s + p.ln_min_p, thr_key, bins, n_chunks, sh);
+        PROBE(1, 24);
         const u32 n_top = want_lp && p.logprobs > 0 ? top_alternatives(l, vocab, p, t, lse, finite, o, sh) : 0u;
+        PROBE(1, 25);
         if (threadIdx.x == 0) {
             write_result(o, token, want_lp ? l[token] / t - lse : 0.0f);
             o[3] = n_top;
@@ -1310,6 +1343,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
 extern "C" __global__ void __launch_bounds__(CHUNK_THREADS)
     sample_mass(const float* __restrict__ logits, u32 vocab, const RowParams* __restrict__ params,
                 const u32* __restrict__ out, u32* __restrict__ bins) {
+    PROBE_NOSYNC(2, 0);
     __shared__ u32 lo[MASS_BINS_0], hi[MASS_BINS_0];
     __shared__ u64 best[MASS_BINS_0];
     const u32 c = blockIdx.x, row = blockIdx.y;
@@ -1317,6 +1351,7 @@ extern "C" __global__ void __launch_bounds__(CHUNK_THREADS)
     dependent_wait();
     const u32* o = out + (u64)row * OUT_WORDS;
     if (o[1] != DEFERRED) return;
+    PROBE(2, 1);
     const float max_s = __uint_as_float(o[2]);
     const u32 best_id = o[3];
     const float t = p.temperature;
@@ -1325,6 +1360,7 @@ extern "C" __global__ void __launch_bounds__(CHUNK_THREADS)
     const u32 n = min((u32)CHUNK_ELEMS, vocab - c0);
     for (u32 b = threadIdx.x; b < MASS_BINS_0; b += CHUNK_THREADS) lo[b] = hi[b] = 0u, best[b] = 0;
     __syncthreads();
+    PROBE(2, 2);
 
     const bool want_mass = p.top_p < 1.0f;
     const double unit = ldexp(1.0, mass_frac_bits(vocab));
@@ -1354,6 +1390,7 @@ extern "C" __global__ void __launch_bounds__(CHUNK_THREADS)
     }
     add_mass(lo, hi, run_bin, run);
     __syncthreads();
+    PROBE(2, 3);
     u32* dst = bins + ((u64)row * gridDim.x + c) * MASS_WORDS;
     for (u32 b = threadIdx.x; b < MASS_BINS_0; b += CHUNK_THREADS) {
         dst[b] = lo[b];
@@ -1361,6 +1398,7 @@ extern "C" __global__ void __launch_bounds__(CHUNK_THREADS)
         dst[2 * MASS_BINS_0 + 2 * b] = (u32)best[b];
         dst[2 * MASS_BINS_0 + 2 * b + 1] = (u32)(best[b] >> 32);
     }
+    PROBE(2, 4);
 }
 
 // A decode step queued before the host has seen the previous step's draws: its token ids come

@@ -63,8 +63,8 @@
 #                off); huge: an LM head on the kernels to 8 rows (its test, decode steps); sampler_probe: where
 #                a draw's time goes, and the scan's top-p passes on float terms against float64
 #                (its name also runs the sampler part: the tests and bench_cuda_sampler.py); mass: the
-#                sampler's mass pass (tests, the sampler alone, the Generator at T 1 top-p 0.95 on
-#                and off); beside: syn05 and syn7b beside llama.cpp (its build
+#                sampler's mass pass (tests, the sampler alone, its probe, -DSAMPLE_EARLY_DECLINE=1's
+#                tests and speed, the Generator at T 1 top-p 0.95 on and off); beside: syn05 and syn7b beside llama.cpp (its build
 #                started earlier in the lease); tests: every GPU test without the real model; timeline: where a
 #                one-sequence step goes (syn05, syn7b); ab: decode steps under AB_VARIANTS.
 #   Logs, JSON reports and haiku artifacts go to one archive, $OUT/gpu_check.tar.gz (the device
@@ -459,6 +459,15 @@ if [ "$what" = pending ]; then
     STEP_TIMEOUT=${ENGINE_PYTEST_S:-150} step pytest_mass "$py" -m pytest -q -ra -p no:cacheprovider tests/test_sampling.py tests/test_cuda_engine.py -m cuda --junitxml="$out/junit_mass.xml"
     STEP_TIMEOUT=200 step bench_mass "$py" benches/bench_cuda_sampler.py kernels/sampling.cu "--configs=T1 top-p0.95,T1 min-p0.02,T1 top-p0.95 lp5,top-p0.9,top-p0.3,top-k40 p.95 minp.05,greedy"
     cp "$out/bench_mass.log" "$dest/bench_mass.txt" 2>/dev/null
+    # Where the pass's time goes (probe_cuda_sampler.py stamps its launches), and
+    # -DSAMPLE_EARLY_DECLINE=1 (rows the chunk lists cannot settle told before their sort): the
+    # sampler and engine tests with it, the sampler alone and the probe with it.
+    STEP_TIMEOUT=150 step probe_mass bash -c '"$0" benches/probe_cuda_sampler.py && "$0" benches/probe_cuda_sampler.py -DSAMPLE_EARLY_DECLINE=1' "$py"
+    cp "$out/probe_mass.log" "$dest/probe_mass.txt" 2>/dev/null
+    FERRITE_CUDA_KERNEL_DEFINES=-DSAMPLE_EARLY_DECLINE=1 STEP_TIMEOUT=${ENGINE_PYTEST_S:-150} step pytest_early "$py" -m pytest -q -ra -p no:cacheprovider \
+        tests/test_sampling.py tests/test_cuda_engine.py -m cuda --junitxml="$out/junit_early.xml"
+    STEP_TIMEOUT=200 step bench_early "$py" benches/bench_cuda_sampler.py kernels/sampling.cu -DSAMPLE_EARLY_DECLINE=1 "--configs=T1 top-p0.95,T1 min-p0.02,T1 top-p0.95 lp5,top-p0.9,top-k40 p.95 minp.05"
+    cp "$out/bench_early.log" "$dest/bench_early.txt" 2>/dev/null
     # MASS_AB_KERNEL=DIR/sampling.cu (headers beside it): the same bench on another version, to compare.
     if [ -n "${MASS_AB_KERNEL:-}" ]; then
         STEP_TIMEOUT=200 step bench_mass_ab "$py" benches/bench_cuda_sampler.py "$MASS_AB_KERNEL" "--configs=T1 top-p0.95,T1 min-p0.02,top-p0.9"
