@@ -7,9 +7,13 @@
 // over probability mass. Only the chosen token, its log-probability and the k best alternatives
 // go back to the host.
 //
-// One block of SAMPLE_THREADS threads per row. Differences from the host sampler: ties exactly at
-// a top-k or top-p boundary keep every tied token (the host keeps the lower ids), and sums run in
-// another order (a token within rounding of the top-p boundary may go either way).
+// The kernels, in launch order: sample_chunks (CHUNK_ELEMS logits a block: penalties, each
+// chunk's statistics and best tokens), sample_rows (one block of SAMPLE_THREADS threads a row:
+// the draw from the chunk records, or a scan of the row), and for rows without top-k that the
+// records do not settle, sample_mass (a block a chunk again) and a second sample_rows launch (the
+// mass pass). Differences from the host sampler: ties exactly at a top-k or top-p boundary keep
+// every tied token (the host keeps the lower ids), and sums run in another order (a token within
+// rounding of the top-p boundary may go either way).
 #include "common.cuh"
 
 // -DSAMPLE_PROBE=1 (benches/probe_cuda_sampler.py only): the first block of each kernel writes
