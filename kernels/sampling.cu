@@ -18,8 +18,9 @@
 
 // -DSAMPLE_PROBE=1 (benches/probe_cuda_sampler.py only): the first block of each kernel writes
 // clock64() at the end of each phase into g_probe[kernel][stamp] (0: sample_chunks, 1:
-// sample_rows, its second launch from stamp 20 on, 2: sample_mass), after a __syncthreads, so that a draw's time can be taken apart. Compiled out
-// otherwise: the kernels ferrite runs are the same instructions either way.
+// sample_rows, its second launch from stamp 20 on, 2: sample_mass), after a __syncthreads, so
+// that a draw's time can be taken apart. Compiled out otherwise: the kernels ferrite runs are the
+// same instructions either way.
 #ifndef SAMPLE_PROBE
 #define SAMPLE_PROBE 0
 #endif
@@ -272,7 +273,6 @@ struct Shared {
     float red_s[SAMPLE_WARPS];
     u32 red_id[SAMPLE_WARPS];
     u32 bcast[4];
-    double bcast_f64[2];
     u64 bcast_u64;
     float sort_s[SORT_CAP];
     u32 sort_id[SORT_CAP];
@@ -778,19 +778,21 @@ __device__ __forceinline__ void write_result(u32* o, u32 token, float logprob) {
     o[2] = __float_as_uint(logprob);
 }
 
-// The draw of sample_rows from the row's chunk records, when they settle it exactly: returns
-// false (having written nothing) when the row must be scanned instead -- a filter or a request
-// for alternatives reaching past the tokens the chunks listed. Call with every thread.
-__device__ bool draw_from_chunks(const float* __restrict__ l, const RowParams& p, const u32* __restrict__ recs,
-                                 u32 n_chunks, u32* __restrict__ o, Shared& sh) {
-    const bool greedy = p.temperature == 0.0f;
-    const float t = greedy ? 1.0f : p.temperature;
+// A row's chunk records reduced: the best token (lowest id on a tie) and its logit, the unfiltered
+// Gumbel winner, the finite count, the first broken token, tau (every key above it is listed) and,
+// when `with_z`, the sum of exp(s - max_s) over the row.
+struct RecordSums {
+    float best_v, gs;
+    u32 best_id, gid, finite, broken, tau;
+    double z;
+};
+
+// The chunk records in warp 0 alone, a lane a chunk, then one barrier (the host sends at most
+// CHUNKS_MAX = 32 chunks), instead of six block reductions: 2.6 us of a filtered draw's 33.5
+// became 1.7 on an H100 (benches/probe_cuda_sampler.py, 2026-12-06). Call with every thread.
+__device__ __forceinline__ RecordSums reduce_records(const u32* __restrict__ recs, u32 n_chunks, float t, bool with_z, Shared& sh) {
     float best_v = 0.0f, gs = 0.0f;
     u32 best_id = NONE, finite = 0, broken = NONE, tau = 0, gid = NONE;
-    // The chunk records in warp 0 alone, a lane a chunk, then one barrier (the host sends at most
-    // CHUNKS_MAX = 32 chunks), instead of six block reductions: 2.6 us of a filtered draw's 33.5
-    // became 1.7 on an H100 (benches/probe_cuda_sampler.py, 2026-12-06).
-    const ChunkNeeds needs = chunk_needs(p);
     double z = 0.0;
     if (threadIdx.x < 32) {
         for (u32 c = threadIdx.x; c < n_chunks; c += 32) {
@@ -809,7 +811,7 @@ __device__ bool draw_from_chunks(const float* __restrict__ l, const RowParams& p
             broken = min(broken, __shfl_xor_sync(FULL_WARP, broken, off));
             tau = max(tau, __shfl_xor_sync(FULL_WARP, tau, off));
         }
-        for (u32 c = threadIdx.x; needs.z && broken == NONE && best_id != NONE && c < n_chunks; c += 32) {
+        for (u32 c = threadIdx.x; with_z && broken == NONE && best_id != NONE && c < n_chunks; c += 32) {
             const u32* r = recs + (u64)c * CHUNK_WORDS;
             if (r[1] == NONE) continue;
             const double zc = __longlong_as_double((long long)(((u64)r[5] << 32) | r[4]));
@@ -823,9 +825,21 @@ __device__ bool draw_from_chunks(const float* __restrict__ l, const RowParams& p
         }
     }
     __syncthreads();
-    best_v = sh.red_s[0], best_id = sh.red_id[0], gs = sh.red_s[1], gid = sh.red_id[1];
-    finite = sh.red_u32[0], broken = sh.red_u32[1], tau = sh.red_u32[2];
-    z = sh.red_f64[0];
+    return RecordSums{sh.red_s[0], sh.red_s[1], sh.red_id[0], sh.red_id[1], sh.red_u32[0], sh.red_u32[1], sh.red_u32[2], sh.red_f64[0]};
+}
+
+// The draw of sample_rows from the row's chunk records, when they settle it exactly: returns
+// false (having written nothing) when the row must be scanned instead -- a filter or a request
+// for alternatives reaching past the tokens the chunks listed. Call with every thread.
+__device__ bool draw_from_chunks(const float* __restrict__ l, const RowParams& p, const u32* __restrict__ recs,
+                                 u32 n_chunks, u32* __restrict__ o, Shared& sh) {
+    const bool greedy = p.temperature == 0.0f;
+    const float t = greedy ? 1.0f : p.temperature;
+    const ChunkNeeds needs = chunk_needs(p);
+    const RecordSums rs = reduce_records(recs, n_chunks, t, needs.z, sh);
+    const float best_v = rs.best_v, gs = rs.gs;
+    const u32 best_id = rs.best_id, gid = rs.gid, finite = rs.finite, broken = rs.broken, tau = rs.tau;
+    const double z = rs.z;
     PROBE(1, 2);
     if (broken != NONE || best_id == NONE) {
         if (threadIdx.x == 0) {
@@ -1002,29 +1016,6 @@ __device__ bool draw_from_chunks(const float* __restrict__ l, const RowParams& p
 // high words) and each bin's best Gumbel score (pack_score, two words a bin).
 #define MASS_WORDS (4 * MASS_BINS_0)
 
-// Step 2 from the chunk records: the best token (lowest id on a tie) and the finite count. Call
-// with every thread.
-__device__ void records_best(const u32* __restrict__ recs, u32 n_chunks, float& best_v, u32& best_id, u32& finite, Shared& sh) {
-    if (threadIdx.x < 32) {
-        float v = 0.0f;
-        u32 id = NONE, f = 0;
-        for (u32 c = threadIdx.x; c < n_chunks; c += 32) {
-            const u32* r = recs + (u64)c * CHUNK_WORDS;
-            f += r[2];
-            if (r[1] != NONE) better(v, id, __uint_as_float(r[0]), r[1]);
-        }
-#pragma unroll
-        for (int off = 16; off > 0; off >>= 1) {
-            better(v, id, __shfl_xor_sync(FULL_WARP, v, off), __shfl_xor_sync(FULL_WARP, id, off));
-            f += __shfl_xor_sync(FULL_WARP, f, off);
-        }
-        if (threadIdx.x == 0) sh.red_s[0] = v, sh.red_id[0] = id, sh.red_u32[0] = f;
-    }
-    __syncthreads();
-    best_v = sh.red_s[0], best_id = sh.red_id[0], finite = sh.red_u32[0];
-    __syncthreads();
-}
-
 // Step 3: log-sum-exp over the whole row. Call with every thread.
 __device__ __noinline__ float row_lse(const float* __restrict__ l, u32 vocab, float t, float max_s, Shared& sh) {
     double z = 0.0;
@@ -1185,11 +1176,10 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
         if (o[1] != DEFERRED) return;
         const u32* recs = chunks + (u64)row * n_chunks * CHUNK_WORDS;
         const u32* bins = mass_bins + (u64)row * n_chunks * MASS_WORDS;
-        float best_v;
-        u32 best_id, finite;
-        records_best(recs, n_chunks, best_v, best_id, finite, sh);
+        const RecordSums rs = reduce_records(recs, n_chunks, t, false, sh);
+        const u32 best_id = rs.best_id, finite = rs.finite;
         PROBE(1, 22);
-        const float max_s = best_v / t;
+        const float max_s = rs.best_v / t;
         const float lse = want_lp ? row_lse(l, vocab, t, max_s, sh) : 0.0f;
         PROBE(1, 23);
         const u32 thr_key = p.top_p < 1.0f ? top_p_key(l, vocab, p.top_p, t, max_s, 0u, bins, n_chunks, sh) : 0u;
@@ -1209,14 +1199,12 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
         const u32* recs = chunks + (u64)row * n_chunks * CHUNK_WORDS;
         if (draw_from_chunks(l, p, recs, n_chunks, o, sh)) return;
         if (phase == 1 && !greedy) {
-            float best_v;
-            u32 best_id, finite;
-            records_best(recs, n_chunks, best_v, best_id, finite, sh);
-            if (!(p.top_k > 0 && p.top_k < finite)) {
+            const RecordSums rs = reduce_records(recs, n_chunks, t, false, sh);
+            if (!(p.top_k > 0 && p.top_k < rs.finite)) {
                 if (threadIdx.x == 0) {
                     o[1] = DEFERRED;
-                    o[2] = __float_as_uint(best_v / t);
-                    o[3] = best_id;
+                    o[2] = __float_as_uint(rs.best_v / t);
+                    o[3] = rs.best_id;
                 }
                 return;
             }

@@ -379,12 +379,13 @@ impl DeviceSampler {
             let n_chunks = vocab.div_ceil(CHUNK_ELEMS);
             let (mut chunks_ptr, mut n_chunks_u) = (0u64, 0u32);
             let mut mass_ptr = 0u64;
+            // A block a chunk of a row: sample_chunks and sample_mass.
+            let chunk_cfg = LaunchConfig { grid_dim: (n_chunks as u32, n as u32, 1), block_dim: (CHUNK_THREADS, 1, 1), shared_mem_bytes: 0 };
             if chunks_enabled() && n_chunks <= CHUNKS_MAX && n <= u16::MAX as usize {
                 grow(ctx, chunks, n * n_chunks * CHUNK_WORDS, "the sampler's chunk records")?;
                 let Some(chunks) = chunks.as_mut() else { unreachable!("grown above") };
                 n_chunks_u = n_chunks as u32;
-                let cfg = LaunchConfig { grid_dim: (n_chunks_u, n as u32, 1), block_dim: (CHUNK_THREADS, 1, 1), shared_mem_bytes: 0 };
-                launch!(ctx, chunk_func, "sample_chunks", cfg, &logits, &vocab_u, &params_ptr, &ids_ptr, &counts_ptr, &prompt_ptr, &mut *chunks)?;
+                launch!(ctx, chunk_func, "sample_chunks", chunk_cfg, &logits, &vocab_u, &params_ptr, &ids_ptr, &counts_ptr, &prompt_ptr, &mut *chunks)?;
                 chunks_ptr = super::backend::addr(&*chunks, ctx);
                 let mass_words = n * n_chunks * MASS_WORDS;
                 if mass_pass_enabled() && mass_words * 4 <= MASS_BYTES_MAX && specs.iter().any(|s| may_defer(s.params, vocab)) {
@@ -398,8 +399,7 @@ impl DeviceSampler {
             launch!(ctx, func, "sample_rows", cfg, &logits, &vocab_u, &params_ptr, &ids_ptr, &counts_ptr, &prompt_ptr, &chunks_ptr, &n_chunks_u, &out_ptr, &mass_ptr, &phase)?;
             if mass_ptr != 0 {
                 SAMPLE_MASS_LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let mass_cfg = LaunchConfig { grid_dim: (n_chunks_u, n as u32, 1), block_dim: (CHUNK_THREADS, 1, 1), shared_mem_bytes: 0 };
-                launch!(ctx, mass_func, "sample_mass", mass_cfg, &logits, &vocab_u, &params_ptr, &out_ptr, &mass_ptr)?;
+                launch!(ctx, mass_func, "sample_mass", chunk_cfg, &logits, &vocab_u, &params_ptr, &out_ptr, &mass_ptr)?;
                 let phase: u32 = 2;
                 launch!(ctx, func, "sample_rows", cfg, &logits, &vocab_u, &params_ptr, &ids_ptr, &counts_ptr, &prompt_ptr, &chunks_ptr, &n_chunks_u, &out_ptr, &mass_ptr, &phase)?;
             }
