@@ -269,8 +269,14 @@ __device__ __forceinline__ void dependent_wait() {
 // over every thread of the grid in chunks of PREFETCH_CHUNK_BYTES, one bulk prefetch (the TMA
 // unit's) each. Weights are constant, so a kernel may do this before dependent_wait (the table
 // is uploaded at load); a prefetch returns no data.
+//
+// PREFETCH_LINES=1: one prefetch.global.L2 a 128-byte line instead (chunks of 128 bytes), no
+// bulk prefetches; for A/B (the bulk prefetch from few SMs measured slow, twenty-eighth session).
+#ifndef PREFETCH_LINES
+#define PREFETCH_LINES 0
+#endif
 #ifndef PREFETCH_CHUNK_BYTES
-#define PREFETCH_CHUNK_BYTES 4096
+#define PREFETCH_CHUNK_BYTES (PREFETCH_LINES ? 128 : 4096)
 #endif
 static_assert(PREFETCH_CHUNK_BYTES > 0 && PREFETCH_CHUNK_BYTES % 16 == 0, "bulk prefetch sizes are 16-byte multiples");
 struct PrefetchWindow {
@@ -297,9 +303,13 @@ __device__ __forceinline__ void prefetch_window(const PrefetchWindow& w) {
         const u64 next_base = w.ranges[2 * next], next_bytes = w.ranges[2 * next + 1];
         const u64 part = min(bytes - min(off, bytes), left);
         for (u64 o = id * PREFETCH_CHUNK_BYTES; o < part; o += n_threads * PREFETCH_CHUNK_BYTES) {
-            const u32 chunk_bytes = (u32)min((u64)PREFETCH_CHUNK_BYTES, part - o);
             // No "memory" clobber: a prefetch changes nothing a later load could see.
+#if PREFETCH_LINES
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(base + off + o));
+#else
+            const u32 chunk_bytes = (u32)min((u64)PREFETCH_CHUNK_BYTES, part - o);
             asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(base + off + o), "r"(chunk_bytes));
+#endif
         }
         left -= part;
         off = 0;

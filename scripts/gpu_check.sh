@@ -63,10 +63,12 @@
 #                off); huge: an LM head on the kernels to 8 rows (its test, decode steps); sampler_probe: where
 #                a draw's time goes, and the scan's top-p passes on float terms against float64
 #                (its name also runs the sampler part: the tests and bench_cuda_sampler.py); mass: the
-#                sampler's mass pass (tests, the sampler alone, its probe, -DSAMPLE_EARLY_DECLINE=1's
-#                tests and speed, the Generator at T 1 top-p 0.95 on and off); beside: syn05 and syn7b beside llama.cpp (its build
+#                sampler's mass pass (tests, the sampler alone, its probe, the Generator at T 1
+#                top-p 0.95 on and off); beside: syn05 and syn7b beside llama.cpp (its build
 #                started earlier in the lease); tests: every GPU test without the real model; timeline: where a
-#                one-sequence step goes (syn05, syn7b); ab: decode steps under AB_VARIANTS.
+#                one-sequence step goes (syn05, syn7b); ab: decode steps under AB_VARIANTS; barrier:
+#                a phase boundary's cost, chained launches against a persistent kernel's grid barrier;
+#                prefetch_lines: the L2 prefetch windows at a phase's or a layer's size, bulk and by lines.
 #   Logs, JSON reports and haiku artifacts go to one archive, $OUT/gpu_check.tar.gz (the device
 #   tool brings back at most 8 files), beside report.jsonl and table.txt. A table closes the
 #   output. Exit status 0 when every step passed.
@@ -459,15 +461,9 @@ if [ "$what" = pending ]; then
     STEP_TIMEOUT=${ENGINE_PYTEST_S:-150} step pytest_mass "$py" -m pytest -q -ra -p no:cacheprovider tests/test_sampling.py tests/test_cuda_engine.py -m cuda --junitxml="$out/junit_mass.xml"
     STEP_TIMEOUT=200 step bench_mass "$py" benches/bench_cuda_sampler.py kernels/sampling.cu "--configs=T1 top-p0.95,T1 min-p0.02,T1 top-p0.95 lp5,top-p0.9,top-p0.3,top-k40 p.95 minp.05,greedy"
     cp "$out/bench_mass.log" "$dest/bench_mass.txt" 2>/dev/null
-    # Where the pass's time goes (probe_cuda_sampler.py stamps its launches), and
-    # -DSAMPLE_EARLY_DECLINE=1 (rows the chunk lists cannot settle told before their sort): the
-    # sampler and engine tests with it, the sampler alone and the probe with it.
-    STEP_TIMEOUT=150 step probe_mass bash -c '"$0" benches/probe_cuda_sampler.py && "$0" benches/probe_cuda_sampler.py -DSAMPLE_EARLY_DECLINE=1' "$py"
+    # Where the pass's time goes (probe_cuda_sampler.py stamps its launches).
+    STEP_TIMEOUT=150 step probe_mass "$py" benches/probe_cuda_sampler.py
     cp "$out/probe_mass.log" "$dest/probe_mass.txt" 2>/dev/null
-    FERRITE_CUDA_KERNEL_DEFINES=-DSAMPLE_EARLY_DECLINE=1 STEP_TIMEOUT=${ENGINE_PYTEST_S:-150} step pytest_early "$py" -m pytest -q -ra -p no:cacheprovider \
-        tests/test_sampling.py tests/test_cuda_engine.py -m cuda --junitxml="$out/junit_early.xml"
-    STEP_TIMEOUT=200 step bench_early "$py" benches/bench_cuda_sampler.py kernels/sampling.cu -DSAMPLE_EARLY_DECLINE=1 "--configs=T1 top-p0.95,T1 min-p0.02,T1 top-p0.95 lp5,top-p0.9,top-k40 p.95 minp.05"
-    cp "$out/bench_early.log" "$dest/bench_early.txt" 2>/dev/null
     # MASS_AB_KERNEL=DIR/sampling.cu (headers beside it): the same bench on another version, to compare.
     if [ -n "${MASS_AB_KERNEL:-}" ]; then
         STEP_TIMEOUT=200 step bench_mass_ab "$py" benches/bench_cuda_sampler.py "$MASS_AB_KERNEL" "--configs=T1 top-p0.95,T1 min-p0.02,top-p0.9"
@@ -478,6 +474,28 @@ if [ "$what" = pending ]; then
             --modes "t1 top-p0.95,t0.8+filters" --json "$out/generate_mass$v.json"
         cat "$out/generate_mass$v.log" >> "$dest/generate_mass.txt" 2>/dev/null
     done
+    fi
+    if [[ ,$parts, == *,prefetch_lines,* ]]; then
+    # The weights' L2 prefetch windows again (prefetch.rs; off by default since the twenty-eighth
+    # session, whose windows of 16-24 MB cost the 0.5B shapes 0.3-1.2 ms a step), at the sizes of one
+    # phase or layer ahead, by bulk prefetches (the default build) and by one prefetch.global.L2 a
+    # line (-DPREFETCH_LINES=1): the model and engine tests with lines on, then decode steps.
+    STEP_TIMEOUT=${CUDA_PYTEST_S:-180} FERRITE_CUDA_PREFETCH_MB=10 FERRITE_CUDA_PREFETCH_AHEAD_MB=4 FERRITE_CUDA_KERNEL_DEFINES=-DPREFETCH_LINES=1 \
+        step pytest_prefetch_lines "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_model.py tests/test_cuda_engine.py -m "cuda and not model" --junitxml="$out/junit_prefetch_lines.xml"
+    ab_step prefetch_lines_ab ${AB_S:-300} \
+        "off|FERRITE_CUDA_PREFETCH_MB=0" "ahead4|FERRITE_CUDA_PREFETCH_AHEAD_MB=4" \
+        "ahead2l|FERRITE_CUDA_PREFETCH_AHEAD_MB=2 FERRITE_CUDA_KERNEL_DEFINES=-DPREFETCH_LINES=1" \
+        "ahead4l|FERRITE_CUDA_PREFETCH_AHEAD_MB=4 FERRITE_CUDA_KERNEL_DEFINES=-DPREFETCH_LINES=1" \
+        "ahead8l|FERRITE_CUDA_PREFETCH_AHEAD_MB=8 FERRITE_CUDA_KERNEL_DEFINES=-DPREFETCH_LINES=1" \
+        "att10l|FERRITE_CUDA_PREFETCH_MB=10 FERRITE_CUDA_KERNEL_DEFINES=-DPREFETCH_LINES=1" \
+        -- ${PREFETCH_MODELS:-/tmp/synthetic.gguf:1,4}
+    fi
+    if [[ ,$parts, == *,barrier,* ]]; then
+    # What a phase boundary costs (benches/bench_grid_barrier.py, no ferrite code): a chain of
+    # launches in a graph, with and without programmatic dependent launch, against one persistent
+    # kernel whose phases meet at a grid barrier; the question behind a persistent decode layer.
+    STEP_TIMEOUT=120 step grid_barrier "$py" benches/bench_grid_barrier.py
+    cp "$out/grid_barrier.log" "$dest/grid_barrier.txt" 2>/dev/null
     fi
     if [[ $parts == *sampler* ]]; then
     STEP_TIMEOUT=${ENGINE_PYTEST_S:-150} step pytest_sampler "$py" -m pytest -q -ra -p no:cacheprovider tests/test_sampling.py tests/test_cuda_engine.py -m cuda --junitxml="$out/junit_sampler.xml"
