@@ -345,37 +345,6 @@ __device__ __forceinline__ bool split_k_last(u32* counter, u32 n_splits, u32& s_
     return true;
 }
 
-// Thread block clusters (sm_90): the blocks in this block's cluster (1 without clusters, or
-// before sm_90), a barrier across the cluster's threads that orders their shared-memory writes
-// before the reads after it, and a float of another block's shared memory (`rank` in the cluster,
-// at the address `p` has in this block).
-__device__ __forceinline__ u32 cluster_blocks() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    u32 n;
-    asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(n));
-    return n;
-#else
-    return 1;
-#endif
-}
-__device__ __forceinline__ void cluster_barrier() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("barrier.cluster.arrive.release;\n\tbarrier.cluster.wait.acquire;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ float ld_cluster_peer(const float* p, u32 rank) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    const u32 local = (u32)__cvta_generic_to_shared(p);
-    u32 remote;
-    float v;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(rank));
-    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote) : "memory");
-    return v;
-#else
-    return *p;
-#endif
-}
-
 // src[0] + src[stride] + ... over n_splits partial sums, added in split order (so results do not
 // depend on timing), four loads in flight, read through L2 (other blocks wrote them).
 __device__ __forceinline__ float sum_splits(const float* src, u64 stride, u32 n_splits) {

@@ -828,17 +828,24 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
     // Weights are constant; everything from here on may be the previous kernel's output.
     dependent_wait();
     // What a one- or two-row projection adds its products to (the residual stream), loaded
-    // before the work so that the epilogue does not wait for it.
-    // Rows of x whose old values load early: one, or two but for Q6_K (SCALE_CHUNKS 1), whose
-    // two-row kernel has no registers to spare (it spilled ten more words).
+    // before the work so that the epilogue does not wait for it. Two rows but for Q6_K
+    // (SCALE_CHUNKS 1), whose two-row kernel has no registers to spare (it spilled ten words).
     constexpr int NPREV = NT == 2 && Tile::SCALE_CHUNKS != 1 ? 2 : 1;
     float prev[NPREV][2];
 #pragma unroll
-    for (int n = 0; n < NPREV; n++) {
-        prev[n][0] = prev[n][1] = 0.0f;
-        if (NT <= NPREV && accumulate && active && wk == 0 && t == 0 && n_splits == 1 && (u32)n < n_x) {
-            if (r0 < n_rows) prev[n][0] = y[(u64)n * n_rows + r0];
-            if (r1 < n_rows) prev[n][1] = y[(u64)n * n_rows + r1];
+    for (int n = 0; n < NPREV; n++) prev[n][0] = prev[n][1] = 0.0f;
+    if constexpr (NT == 1) {
+        if (accumulate && active && wk == 0 && t == 0 && n_splits == 1) {
+            if (r0 < n_rows) prev[0][0] = y[r0];
+            if (r1 < n_rows) prev[0][1] = y[r1];
+        }
+    } else if constexpr (NT == NPREV) {
+#pragma unroll
+        for (int n = 0; n < NPREV; n++) {
+            if (accumulate && active && wk == 0 && t == 0 && n_splits == 1 && (u32)n < n_x) {
+                if (r0 < n_rows) prev[n][0] = y[(u64)n * n_rows + r0];
+                if (r1 < n_rows) prev[n][1] = y[(u64)n * n_rows + r1];
+            }
         }
     }
     // The RMSNorm inside staging (stage_x_s8_normed) where the block stages the whole row in one
@@ -941,14 +948,6 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
         }
     }
     const bool writer = active && wk == 0;
-    // Split-K in a cluster (the host launches a split grid as clusters of its n_splits blocks
-    // along y: FERRITE_CUDA_SPLIT_CLUSTER=1): each block keeps its partial sums in shared memory,
-    // the staging buffer's first NT x warps_m x 16 floats, once every warp is done reading it.
-    const bool in_cluster = n_splits > 1 && cluster_blocks() == n_splits;
-    static_assert(sizeof(xs_bytes) >= NT * MMA_MAX_WARPS * RP_TILE_ROWS * sizeof(float), "the partial sums fit the staging buffer");
-    float* const cl_part = reinterpret_cast<float*>(xs_bytes);  // [n][row in the block row]
-    const u32 cl_rows = warps_m * RP_TILE_ROWS;
-    if (in_cluster) __syncthreads();
 
     // Lane (g, t) holds, for rows g and g+8, mma columns 2t and 2t+1 of each group: add each x
     // row's parts. Three parts: columns 0-2 are row 2j (lanes t = 0, 1), columns 3-5 row 2j+1
@@ -958,10 +957,13 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
     const u32 part0 = tile_base * RP_TILE_ROWS;
     const auto emit = [&](u32 n, float v0, float v1) {
         if (n_splits == 1) {
-            if constexpr (NT <= NPREV) {
+            if constexpr (NT == 1) {
                 // put() with the bias and the old value loaded early: old + (sum + bias).
-                // (Row n's, selected without indexing registers by a variable.)
-                const float p0 = n == 0 ? prev[0][0] : prev[NPREV - 1][0], p1 = n == 0 ? prev[0][1] : prev[NPREV - 1][1];
+                if (r0 < n_rows) y[r0] = accumulate ? prev[0][0] + (v0 + b0) : v0 + b0;
+                if (r1 < n_rows) y[r1] = accumulate ? prev[0][1] + (v1 + b1) : v1 + b1;
+            } else if constexpr (NT == NPREV) {
+                // The same for two rows (row n's, selected without indexing registers by a variable).
+                const float p0 = n == 0 ? prev[0][0] : prev[1][0], p1 = n == 0 ? prev[0][1] : prev[1][1];
                 if (r0 < n_rows) y[(u64)n * n_rows + r0] = accumulate ? p0 + (v0 + b0) : v0 + b0;
                 if (r1 < n_rows) y[(u64)n * n_rows + r1] = accumulate ? p1 + (v1 + b1) : v1 + b1;
             } else if constexpr (NT == 2) {
@@ -971,9 +973,6 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
                 if (r0 < n_rows) put(y + (u64)n * n_rows + r0, v0 + (bias ? bias[r0] : 0.0f), accumulate);
                 if (r1 < n_rows) put(y + (u64)n * n_rows + r1, v1 + (bias ? bias[r1] : 0.0f), accumulate);
             }
-        } else if (in_cluster) {
-            cl_part[n * cl_rows + wm * RP_TILE_ROWS + g] = v0;
-            cl_part[n * cl_rows + wm * RP_TILE_ROWS + g + 8] = v1;
         } else {
             float* dst = partials + ((u64)split * NT + n) * rows_pad + part0;
             dst[r0] = v0;
@@ -1006,28 +1005,12 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
         }
     }
     if (n_splits == 1) return;
-    const u32 row_begin = block_row * warps_m * RP_TILE_ROWS;
-    const u32 row_end = min(row_begin + warps_m * RP_TILE_ROWS, n_rows);
-    const u32 nr = row_end > row_begin ? row_end - row_begin : 0;
-    if (in_cluster) {
-        // Split 0's block (rank 0: the cluster spans y) adds every block's sums in split order,
-        // the order and operations of sum_splits below; the others keep their shared memory
-        // until it has (the second barrier).
-        cluster_barrier();
-        if (split == 0) {
-            for (u32 i = threadIdx.x; i < n_x * nr; i += blockDim.x) {
-                const u32 n = i / nr, lr = i % nr, row = row_begin + lr;
-                float sum = 0.0f;
-                for (u32 sp = 0; sp < n_splits; sp++) sum += ld_cluster_peer(cl_part + n * cl_rows + lr, sp);
-                put(y + (u64)n * n_rows + row, sum + (bias ? bias[row] : 0.0f), accumulate);
-            }
-        }
-        cluster_barrier();
-        return;
-    }
 
     // Split-K: the last block of this block row to finish adds the splits in order.
     if (!split_k_last(&counters[blockIdx.x], n_splits, s_last)) return;
+    const u32 row_begin = block_row * warps_m * RP_TILE_ROWS;
+    const u32 row_end = min(row_begin + warps_m * RP_TILE_ROWS, n_rows);
+    const u32 nr = row_end > row_begin ? row_end - row_begin : 0;
     for (u32 i = threadIdx.x; i < n_x * nr; i += blockDim.x) {
         const u32 n = i / nr, row = row_begin + i % nr;
         const float* src = partials + (u64)n * rows_pad + part0 + row;

@@ -9,7 +9,8 @@
 # For each build: the matrix-vector kernels on the 7B and real shapes (bench_cuda_matvec.py,
 # AB_TYPES / AB_ROWS, first round only, AB_MATVEC=0 skips it) and, in two interleaved rounds, the decode step of
 # synthetic models of the real 0.5B shapes and of Qwen2.5-7B's (bench_decode_step.py, AB_BATCHES
-# / AB_BATCHES_7B), each build with its own kernel cache. About 2.5 minutes a build. Nothing
+# / AB_BATCHES_7B, `none`: no 7B), each build with its own kernel cache and the settings in
+# .device/ab/NAME/env if there is one (one wheel under two names compares two settings). About 2.5 minutes a build. Nothing
 # else may run on the machine meanwhile (a llama.cpp build beside it slowed every host-bound figure
 # by up to a quarter in one run). Outputs: $OUT/ab_<what>_<name>.txt.
 set -uo pipefail
@@ -26,14 +27,15 @@ for n in "${names[@]}"; do
 done
 first=/tmp/site-${names[0]}
 [ -f /root/m/syn05.gguf ] || PYTHONPATH=$first python3 scripts/make_synthetic_model.py /root/m/syn05.gguf --tokenizer-from "$FERRITE_TOKENIZER_GGUF" | tail -1
-[ -f /root/m/syn7b.gguf ] || PYTHONPATH=$first python3 scripts/make_synthetic_model.py /root/m/syn7b.gguf --shape 7b --tokenizer-from "$FERRITE_TOKENIZER_GGUF" | tail -1
+[ "${AB_BATCHES_7B:-1,8}" = none ] || [ -f /root/m/syn7b.gguf ] || PYTHONPATH=$first python3 scripts/make_synthetic_model.py /root/m/syn7b.gguf --shape 7b --tokenizer-from "$FERRITE_TOKENIZER_GGUF" | tail -1
 for round in 1 2; do
     for n in "${names[@]}"; do
         echo "######## $n (round $round)"
-        run() { PYTHONPATH=/tmp/site-$n FERRITE_CACHE=/tmp/cache-$n timeout "${AB_STEP_S:-120}" python3 "$@"; }
+        # .device/ab/NAME/env (optional): VAR=VALUE words for this build's runs (one wheel, two settings).
+        run() { env $(cat .device/ab/"$n"/env 2>/dev/null) PYTHONPATH=/tmp/site-$n FERRITE_CACHE=/tmp/cache-$n timeout "${AB_STEP_S:-120}" python3 "$@"; }
         [ "$round" = 1 ] && [ "${AB_MATVEC:-1}" = 1 ] && run benches/bench_cuda_matvec.py --shapes 7b,real --types "${AB_TYPES:-Q4_K,Q6_K,Q5_0}" --rows "${AB_ROWS:-1,8}" 2>&1 \
             | grep -E "^(q/o|k/v|gate|down|lm_head)" | grep -v " - " | tee -a "$out/ab_matvec_$n.txt" | cut -c1-80
         run benches/bench_decode_step.py /root/m/syn05.gguf --device cuda --batches "${AB_BATCHES:-1,8,64}" 2>&1 | grep "^| [0-9]" | tee -a "$out/ab_step05_$n.txt"
-        run benches/bench_decode_step.py /root/m/syn7b.gguf --device cuda --batches "${AB_BATCHES_7B:-1,8}" 2>&1 | grep "^| [0-9]" | tee -a "$out/ab_step7b_$n.txt"
+        [ "${AB_BATCHES_7B:-1,8}" = none ] || run benches/bench_decode_step.py /root/m/syn7b.gguf --device cuda --batches "${AB_BATCHES_7B:-1,8}" 2>&1 | grep "^| [0-9]" | tee -a "$out/ab_step7b_$n.txt"
     done
 done

@@ -68,8 +68,7 @@
 #                started earlier in the lease); tests: every GPU test without the real model; timeline: where a
 #                one-sequence step goes (syn05, syn7b); ab: decode steps under AB_VARIANTS; barrier:
 #                a phase boundary's cost, chained launches against a persistent kernel's grid barrier;
-#                prefetch_lines: the L2 prefetch windows at a phase's or a layer's size, bulk and by lines;
-#                cluster: split-K through thread block clusters (tests, decode steps off and on).
+#                prefetch_lines: the L2 prefetch windows at a phase's or a layer's size, bulk and by lines.
 #   Logs, JSON reports and haiku artifacts go to one archive, $OUT/gpu_check.tar.gz (the device
 #   tool brings back at most 8 files), beside report.jsonl and table.txt. A table closes the
 #   output. Exit status 0 when every step passed.
@@ -493,18 +492,6 @@ if [ "$what" = pending ]; then
         "ahead8l|FERRITE_CUDA_PREFETCH_AHEAD_MB=8 FERRITE_CUDA_KERNEL_DEFINES=-DPREFETCH_LINES=1" \
         "att10l|FERRITE_CUDA_PREFETCH_MB=10 FERRITE_CUDA_KERNEL_DEFINES=-DPREFETCH_LINES=1" \
         -- ${PREFETCH_MODELS:-/tmp/synthetic.gguf:1,4}
-    fi
-    if [[ ,$parts, == *,cluster,* ]]; then
-    # Split-K through thread block clusters (FERRITE_CUDA_SPLIT_CLUSTER=1: a split launch's blocks
-    # of one block row add their partial sums through distributed shared memory): the
-    # matrix-vector, model and engine GPU tests with it, then decode steps with it off and on
-    # (CLUSTER_MODELS, default syn05 at 1, 2, 4 and 8 sequences), two interleaved rounds.
-    STEP_TIMEOUT=${CUDA_PYTEST_S:-240} FERRITE_CUDA_SPLIT_CLUSTER=1 step pytest_cluster "$py" -m pytest -q -ra -p no:cacheprovider \
-        tests/test_cuda_matvec.py tests/test_cuda_model.py tests/test_cuda_engine.py -m "cuda and not model" --junitxml="$out/junit_cluster.xml"
-    models=${CLUSTER_MODELS:-/tmp/synthetic.gguf:1,2,4,8}
-    [[ $models == *syn7b* ]] && need_syn7b
-    # shellcheck disable=SC2086  # the models, one word each
-    ab_step cluster_ab ${AB_S:-300} "off|FERRITE_CUDA_SPLIT_CLUSTER=0" "cluster|FERRITE_CUDA_SPLIT_CLUSTER=1" -- $models
     fi
     if [[ ,$parts, == *,barrier,* ]]; then
     # What a phase boundary costs (benches/bench_grid_barrier.py, no ferrite code): a chain of

@@ -583,7 +583,7 @@ pub(super) fn grid_stride_float4s(n: u64) -> LaunchConfig {
     grid_stride(n.div_ceil(4))
 }
 
-pub(super) use super::launch::{launch, launch_in_clusters};
+pub(super) use super::launch::launch;
 
 /// Gives the cuBLAS handle its workspace (returned: it must outlive the handle) and, with
 /// `tf32`, the TF32 tensor-core math mode.

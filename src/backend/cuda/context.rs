@@ -273,37 +273,10 @@ impl CudaContext {
     /// # Safety
     /// `params` must match the kernel's parameter list, and the kernel must wait as described.
     pub unsafe fn launch_raw(&self, f: &CudaFunction, cfg: drv::LaunchConfig, params: &mut [*mut std::ffi::c_void]) -> Result<(), drv::DriverError> {
-        self.launch_raw_in_clusters(f, cfg, 1, params)
-    }
-
-    /// [`CudaContext::launch_raw`] with the grid's blocks in clusters of `cluster_y` along y
-    /// (sm_90: co-scheduled, each able to read the others' shared memory; 1: no clusters).
-    /// `cluster_y` must divide the grid's y and be at most 8.
-    ///
-    /// # Safety
-    /// As [`CudaContext::launch_raw`].
-    pub unsafe fn launch_raw_in_clusters(
-        &self,
-        f: &CudaFunction,
-        cfg: drv::LaunchConfig,
-        cluster_y: u32,
-        params: &mut [*mut std::ffi::c_void],
-    ) -> Result<(), drv::DriverError> {
         self.raw.bind_to_thread()?;
-        let mut attrs: [sys::CUlaunchAttribute; 2] = std::mem::zeroed();
-        let mut n_attrs = 0;
-        if self.dependent_launch {
-            attrs[n_attrs].id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-            attrs[n_attrs].value.programmaticStreamSerializationAllowed = 1;
-            n_attrs += 1;
-        }
-        if cluster_y > 1 {
-            attrs[n_attrs].id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
-            attrs[n_attrs].value.clusterDim.x = 1;
-            attrs[n_attrs].value.clusterDim.y = cluster_y;
-            attrs[n_attrs].value.clusterDim.z = 1;
-            n_attrs += 1;
-        }
+        let mut attr: sys::CUlaunchAttribute = std::mem::zeroed();
+        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attr.value.programmaticStreamSerializationAllowed = 1;
         let config = sys::CUlaunchConfig {
             gridDimX: cfg.grid_dim.0,
             gridDimY: cfg.grid_dim.1,
@@ -313,8 +286,8 @@ impl CudaContext {
             blockDimZ: cfg.block_dim.2,
             sharedMemBytes: cfg.shared_mem_bytes,
             hStream: self.stream.cu_stream(),
-            attrs: attrs.as_mut_ptr(),
-            numAttrs: n_attrs as u32,
+            attrs: &mut attr,
+            numAttrs: self.dependent_launch as u32,
         };
         sys::cuLaunchKernelEx(&config, f.cu_function(), params.as_mut_ptr(), std::ptr::null_mut()).result()
     }

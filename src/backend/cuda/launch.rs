@@ -79,16 +79,3 @@ macro_rules! launch {
     }};
 }
 pub(crate) use launch;
-
-/// [`launch!`] with the grid's blocks in clusters of `$cluster_y` along y
-/// (`CudaContext::launch_raw_in_clusters`).
-macro_rules! launch_in_clusters {
-    ($ctx:expr, $func:expr, $name:expr, $cfg:expr, $cluster_y:expr, $($arg:expr),+ $(,)?) => {{
-        let ctx: &$crate::backend::cuda::context::CudaContext = &$ctx;
-        let mut words = [$( $crate::backend::cuda::launch::KernelArg::word(&$arg, ctx) ),+];
-        let mut params = words.each_mut().map(|w| w as *mut u64 as *mut std::ffi::c_void);
-        // SAFETY: as in launch!; the host checks that the clusters divide the grid.
-        ctx.check_launch(unsafe { ctx.launch_raw_in_clusters($func, $cfg, $cluster_y, &mut params) }, $name)
-    }};
-}
-pub(crate) use launch_in_clusters;

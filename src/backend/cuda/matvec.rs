@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::driver::{sys, CudaFunction, CudaSlice, CudaView, LaunchConfig};
 
-use super::backend::{launch, launch_in_clusters};
+use super::backend::launch;
 use super::context::CudaContext;
 use super::error::CudaError;
 use super::kernels::{self, MATVEC_MAX_ROWS, MATVEC_ROWS_PER_BLOCK};
@@ -81,26 +81,6 @@ fn one_wave_rule() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("FERRITE_CUDA_MATVEC_WAVE").map_or(true, |v| v != "0"))
 }
-/// Most blocks in a cluster that every sm_90 launch may ask for (CUDA's portable limit).
-const MAX_CLUSTER: u32 = 8;
-
-/// FERRITE_CUDA_SPLIT_CLUSTER=1: a split launch's blocks of one block row (2 to 8 splits) run
-/// as one cluster and add their partial sums through distributed shared memory, instead of
-/// through global memory and a counter that elects the last block (matvec_mma.cu, split-K).
-fn split_cluster() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("FERRITE_CUDA_SPLIT_CLUSTER").is_ok_and(|v| v == "1"))
-}
-
-/// Blocks per cluster for a tiled launch of `splits` column splits on `ctx` (1: no clusters).
-fn cluster_for(ctx: &CudaContext, splits: u32) -> u32 {
-    if split_cluster() && ctx.compute_capability().0 >= 9 && (2..=MAX_CLUSTER).contains(&splits) {
-        splits
-    } else {
-        1
-    }
-}
-
 /// Tile rows from which a matrix counts as large for the kernels of 4 and 8 rows (2048 rows):
 /// its tile rows alone give the GPU enough warps, so columns are split only across blocks, and
 /// only a little.
@@ -675,7 +655,6 @@ pub fn launch_matvecs(ctx: &CudaContext, kernels: &MatvecKernels, parts: Vec<Mat
             if stream.is_some() {
                 STREAM_MATVECS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
-            let mut cluster_y = 1;
             let (f, cfg, (partials, counters)) = match stream {
                 // The stream kernel takes the same arguments; its grid is its plan.
                 Some(sf) => (
@@ -685,7 +664,6 @@ pub fn launch_matvecs(ctx: &CudaContext, kernels: &MatvecKernels, parts: Vec<Mat
                 ),
                 None => {
                     let block = 32 * plan.warps_m * plan.warps_k;
-                    cluster_y = cluster_for(ctx, plan.splits);
                     (f, LaunchConfig { grid_dim: (plan.block_rows, plan.splits, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 }, scratch.pointers(ctx, &plan, &all)?)
                 }
             };
@@ -695,8 +673,8 @@ pub fn launch_matvecs(ctx: &CudaContext, kernels: &MatvecKernels, parts: Vec<Mat
                 Input::Normed { weight, eps } => (0, weight, eps),
                 Input::Swiglu { up } => (up, 0, 0.0),
             };
-            launch_in_clusters!(
-                ctx, f, "matvec_mma", cfg, cluster_y,
+            launch!(
+                ctx, f, "matvec_mma", cfg,
                 &tiles[0], &tiles[1], &tiles[2], &bias[0], &bias[1], &bias[2], &y[0], &y[1], &y[2],
                 &m_tiles[0], &m_tiles[1], &m_tiles[2], &n_rows[0], &n_rows[1], &n_rows[2],
                 &k_tiles, &n_cols, first.x, &x2, &norm_w, &eps, &n_x, &partials, &counters, &per, &wm, &accumulate,
