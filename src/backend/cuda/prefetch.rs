@@ -15,8 +15,11 @@
 //! Both sizes come from the environment (`PrefetchPlan::sizes_from_env`) and are 0, off: on the
 //! H200 (2026-12-05, docs/BENCHMARKS.md, twenty-eighth session) the attention window of 24 MB made
 //! the 0.5B shapes' one-sequence step 0.78 -> 2.0 ms, the sliding window of 16 MB with evict-first
-//! weights 0.78 -> 1.06 (the synthetic 7B's gained under 1 %, 2.833 -> 2.810).
-//! Kept for other GPUs' A/B; a candidate for removal.
+//! weights 0.78 -> 1.06 (the synthetic 7B's gained under 1 %, 2.833 -> 2.810). On the H100
+//! (thirty-seventh session) windows of a phase or a layer were slower too, by bulk prefetches
+//! (4 MB ahead: 0.77 -> 0.95 ms) or a line at a time (`-DPREFETCH_LINES=1`: 0.79-0.81 ms), and
+//! benches/bench_grid_barrier.py found a 6 MB phase no faster with its weights already in L2:
+//! fetching them is bound on the SMs' side. Kept for other GPUs' A/B; a candidate for removal.
 
 use cudarc::driver::CudaSlice;
 
