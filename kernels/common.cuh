@@ -271,7 +271,8 @@ __device__ __forceinline__ void dependent_wait() {
 // is uploaded at load); a prefetch returns no data.
 //
 // PREFETCH_LINES=1: one prefetch.global.L2 a 128-byte line instead (chunks of 128 bytes), no
-// bulk prefetches; for A/B (the bulk prefetch from few SMs measured slow, twenty-eighth session).
+// bulk prefetches; for A/B (windows of either kind made the H100's decode steps slower,
+// docs/BENCHMARKS.md, thirty-seventh session).
 #ifndef PREFETCH_LINES
 #define PREFETCH_LINES 0
 #endif
