@@ -818,15 +818,15 @@ __device__ __forceinline__ RecordSums reduce_records(const u32* __restrict__ rec
     return RecordSums{sh.red_s[0], sh.red_s[1], sh.red_id[0], sh.red_id[1], sh.red_u32[0], sh.red_u32[1], sh.red_u32[2], sh.red_f64[0]};
 }
 
-// The draw of sample_rows from the row's chunk records, when they settle it exactly: returns
-// false (having written nothing) when the row must be scanned instead -- a filter or a request
-// for alternatives reaching past the tokens the chunks listed. Call with every thread.
-__device__ bool draw_from_chunks(const float* __restrict__ l, const RowParams& p, const u32* __restrict__ recs,
+// The draw of sample_rows from the row's chunk records (`rs`, their reduce_records with the z
+// that chunk_needs asks for), when they settle it exactly: returns false (having written nothing)
+// when the row must be scanned instead -- a filter or a request for alternatives reaching past
+// the tokens the chunks listed. Call with every thread.
+__device__ bool draw_from_chunks(const float* __restrict__ l, const RowParams& p, const RecordSums& rs, const u32* __restrict__ recs,
                                  u32 n_chunks, u32* __restrict__ o, Shared& sh) {
     const bool greedy = p.temperature == 0.0f;
     const float t = greedy ? 1.0f : p.temperature;
     const ChunkNeeds needs = chunk_needs(p);
-    const RecordSums rs = reduce_records(recs, n_chunks, t, needs.z, sh);
     const float best_v = rs.best_v, gs = rs.gs;
     const u32 best_id = rs.best_id, gid = rs.gid, finite = rs.finite, broken = rs.broken, tau = rs.tau;
     const double z = rs.z;
@@ -1191,9 +1191,10 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
     if (chunks != nullptr) {
         // sample_chunks ran first: the penalties are applied, and its records may settle the draw.
         const u32* recs = chunks + (u64)row * n_chunks * CHUNK_WORDS;
-        if (draw_from_chunks(l, p, recs, n_chunks, o, sh)) return;
+        // Reduced once: the draw from them and the deferral below both read the sums.
+        const RecordSums rs = reduce_records(recs, n_chunks, t, chunk_needs(p).z, sh);
+        if (draw_from_chunks(l, p, rs, recs, n_chunks, o, sh)) return;
         if (phase == 1 && !greedy) {
-            const RecordSums rs = reduce_records(recs, n_chunks, t, false, sh);
             if (!(p.top_k > 0 && p.top_k < rs.finite)) {
                 if (threadIdx.x == 0) {
                     o[1] = DEFERRED;
