@@ -17,8 +17,8 @@ each launch asking L2 for the weights of the next phase (or the one after) befor
 (`cp.async.bulk.prefetch.L2` of 4 KB, or `prefetch.global.L2` a 128-byte line, spread over the
 grid's threads), the same chain with weights that L2 holds (two phases' alternating), `persistent`
 (one launch, an atomic-counter grid barrier between phases; every block of the grid resident at
-once, which the bench checks by occupancy). Needs only the CUDA driver and NVRTC (the one
-ferrite uses: FERRITE_NVRTC, or the nvidia-cuda-nvrtc wheel beside torch); no ferrite code.
+once, which the bench checks by occupancy). Needs only the CUDA driver and NVRTC (found as
+scripts/nvrtc_cubin.py finds it); no ferrite code.
 
 On an H100 (docs/BENCHMARKS.md, thirty-seventh session) a phase cost about 2.5 us handed over
 either way, and a 6 MB phase 5.5 us whether its weights came from DRAM or from L2.
@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import argparse
 import ctypes as C
-import glob
 import os
 import statistics
 import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
+from nvrtc_cubin import BASE_OPTIONS, compile_source  # noqa: E402
 
 SOURCE = r"""
 typedef unsigned int u32;
@@ -47,14 +49,13 @@ __device__ __forceinline__ float block_sum(float v, float* red) {
 }
 #define MAX_W4 16
 // This block's share of phase p's weights: w4_per_thread float4 a thread, in registers.
-__device__ __forceinline__ float4 load_weights(const float4* __restrict__ w, unsigned long long phase_off4,
-                                               int w4_per_thread, float4 (&r)[MAX_W4]) {
+__device__ __forceinline__ void load_weights(const float4* __restrict__ w, unsigned long long phase_off4,
+                                             int w4_per_thread, float4 (&r)[MAX_W4]) {
     const unsigned long long base = phase_off4 + ((unsigned long long)blockIdx.x * blockDim.x + threadIdx.x) * w4_per_thread;
 #pragma unroll
     for (int i = 0; i < MAX_W4; i++)
         if (i < w4_per_thread) asm volatile("ld.global.nc.L1::no_allocate.v4.f32 {%0,%1,%2,%3}, [%4];"
                                             : "=f"(r[i].x), "=f"(r[i].y), "=f"(r[i].z), "=f"(r[i].w) : "l"(w + base + i));
-    return make_float4(0, 0, 0, 0);
 }
 __device__ __forceinline__ float use_weights(int w4_per_thread, const float4 (&r)[MAX_W4]) {
     float s = 0.0f;
@@ -137,40 +138,6 @@ extern "C" __global__ void persistent_kernel(float* bufs, int n, int phases, u32
 """
 
 
-def find_nvrtc() -> str:
-    env = os.environ.get("FERRITE_NVRTC")
-    if env:
-        return env
-    pats = [p + "/nvidia/*/lib/libnvrtc.so*" for p in sys.path if "site-packages" in p]
-    pats += [p + "/nvidia/cuda_nvrtc/lib/libnvrtc.so*" for p in sys.path if "site-packages" in p]
-    pats += ["/usr/local/cuda/lib64/libnvrtc.so*", "/usr/lib/x86_64-linux-gnu/libnvrtc.so*"]
-    for pat in pats:
-        hits = sorted(h for h in glob.glob(pat) if "builtins" not in h and "alt" not in h)
-        if hits:
-            return hits[-1]
-    raise SystemExit("no libnvrtc found: set FERRITE_NVRTC")
-
-
-def compile_cubin(arch: str = "sm_90") -> bytes:
-    nv = C.CDLL(find_nvrtc())
-    prog = C.c_void_p()
-    src = SOURCE.encode()
-    assert nv.nvrtcCreateProgram(C.byref(prog), src, b"grid_barrier.cu", 0, None, None) == 0
-    opts = [f"--gpu-architecture={arch}".encode(), b"-std=c++17"]
-    arr = (C.c_char_p * len(opts))(*opts)
-    rc = nv.nvrtcCompileProgram(prog, len(opts), arr)
-    size = C.c_size_t()
-    nv.nvrtcGetProgramLogSize(prog, C.byref(size))
-    log = C.create_string_buffer(size.value)
-    nv.nvrtcGetProgramLog(prog, log)
-    if rc != 0:
-        raise SystemExit("NVRTC: " + log.value.decode())
-    nv.nvrtcGetCUBINSize(prog, C.byref(size))
-    cubin = C.create_string_buffer(size.value)
-    assert nv.nvrtcGetCUBIN(prog, cubin) == 0
-    return cubin.raw
-
-
 class LaunchAttr(C.Structure):
     _fields_ = [("id", C.c_int), ("pad", C.c_char * 4), ("value", C.c_char * 64)]
 
@@ -225,7 +192,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--compile-only", action="store_true")
     args = ap.parse_args()
-    cubin = compile_cubin()
+    cubin = compile_source("grid_barrier.cu", SOURCE.encode(), ["--gpu-architecture=sm_90", *BASE_OPTIONS])
     if args.compile_only:
         print(f"compiled: {len(cubin)} bytes of cubin")
         return

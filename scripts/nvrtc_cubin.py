@@ -43,12 +43,17 @@ def compile_cubin(src: Path, options: list[str], headers_dir: Path | None = None
     """The cubin of `src` compiled with `options` (the architecture, BASE_OPTIONS, defines), its
     `#include`s served from the headers of `headers_dir` (default kernels/); exits with NVRTC's
     log when it does not compile."""
+    return compile_source(src.name, src.read_bytes(), options, headers_dir)
+
+
+def compile_source(name: str, text: bytes, options: list[str], headers_dir: Path | None = None) -> bytes:
+    """compile_cubin for source `text` that is in no file (`name` names it in NVRTC's log)."""
     nvrtc = ctypes.CDLL(find_nvrtc())
     headers = {p.name: p.read_bytes() for p in (headers_dir or ROOT / "kernels").glob("*.cuh")}
     names = list(headers)
     prog = ctypes.c_void_p()
     status = nvrtc.nvrtcCreateProgram(
-        ctypes.byref(prog), src.read_bytes(), src.name.encode(), len(names),
+        ctypes.byref(prog), text, name.encode(), len(names),
         (ctypes.c_char_p * len(names))(*[headers[n] for n in names]), (ctypes.c_char_p * len(names))(*[n.encode() for n in names]))
     if status != 0:
         raise SystemExit(f"nvrtcCreateProgram failed ({status})")
@@ -59,7 +64,7 @@ def compile_cubin(src: Path, options: list[str], headers_dir: Path | None = None
     log = ctypes.create_string_buffer(size.value)
     nvrtc.nvrtcGetProgramLog(prog, log)
     if status != 0:
-        raise SystemExit(f"{src.name} does not compile:\n{log.value.decode(errors='replace')}")
+        raise SystemExit(f"{name} does not compile:\n{log.value.decode(errors='replace')}")
     nvrtc.nvrtcGetCUBINSize(prog, ctypes.byref(size))
     cubin = ctypes.create_string_buffer(size.value)
     nvrtc.nvrtcGetCUBIN(prog, cubin)
