@@ -139,19 +139,31 @@ __device__ __forceinline__ u32 bf16_rn(float v) {
 }
 
 // x[n][col .. col + 4) as the kernel multiplies it: silu(x) * x2 when x2 is given, x * inv_rms[n]
-// * norm_w when norm_w is; zeros for rows n >= n_x and columns past n_cols.
-__device__ __forceinline__ float4 load_x4(const float* __restrict__ x, const float* __restrict__ x2,
-                                          const float* __restrict__ norm_w, const float* inv_rms, u32 n_x, u32 n_cols,
-                                          u32 n, u32 col) {
+// * norm_w when norm_w is; zeros for rows n >= n_x and columns past n_cols. In two steps: the
+// loads (X4In), then the arithmetic (x4_of). Callers issue every load of a batch before the first
+// x4_of: SwiGLU's division has a slow path that the compiler calls, and it does not move loads
+// across a call, so load-compute-load would wait out one round trip to L2 per load.
+struct X4In {
+    float4 x, x2, w;
+    bool in;
+};
+__device__ __forceinline__ X4In load_x4_in(const float* __restrict__ x, const float* __restrict__ x2,
+                                           const float* __restrict__ norm_w, u32 n_x, u32 n_cols, u32 n, u32 col) {
     // n_cols is a multiple of 32, so col < n_cols means col + 3 < n_cols, and rows of x start
     // 128-byte aligned: the float4 load is in bounds and aligned.
-    if (n >= n_x || col >= n_cols) return make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    float4 a = *reinterpret_cast<const float4*>(x + (u64)n * n_cols + col);
-    if (x2) {
-        const float4 u = *reinterpret_cast<const float4*>(x2 + (u64)n * n_cols + col);
-        a = make_float4(silu_times(a.x, u.x), silu_times(a.y, u.y), silu_times(a.z, u.z), silu_times(a.w, u.w));
-    }
-    if (norm_w) a = normed4(a, inv_rms[n], *reinterpret_cast<const float4*>(norm_w + col));  // as norm.cu
+    X4In r;
+    r.in = n < n_x && col < n_cols;
+    const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    r.x = r.in ? *reinterpret_cast<const float4*>(x + (u64)n * n_cols + col) : zero;
+    r.x2 = r.in && x2 ? *reinterpret_cast<const float4*>(x2 + (u64)n * n_cols + col) : zero;
+    r.w = r.in && norm_w ? *reinterpret_cast<const float4*>(norm_w + col) : zero;
+    return r;
+}
+__device__ __forceinline__ float4 x4_of(const X4In& r, bool swiglu, bool norm, const float* inv_rms, u32 n) {
+    if (!r.in) return make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    float4 a = r.x;
+    if (swiglu) a = make_float4(silu_times(a.x, r.x2.x), silu_times(a.y, r.x2.y), silu_times(a.z, r.x2.z), silu_times(a.w, r.x2.w));
+    if (norm) a = normed4(a, inv_rms[n], r.w);  // as norm.cu
     return a;
 }
 
@@ -167,14 +179,17 @@ __device__ __forceinline__ void stage_x(const float* __restrict__ x, const float
     const int per_row = (int)len / 4;
     const int total = NT * per_row;
     for (int base = threadIdx.x; base < total; base += 4 * blockDim.x) {
-        float4 v[4];
+        X4In in[4];
 #pragma unroll
         for (int r = 0; r < 4; r++) {
             const int i = base + r * (int)blockDim.x;
             const int n = i / per_row, e4 = i % per_row;
             const u32 col = col0 + 4 * e4;
-            v[r] = i < total ? load_x4(x, x2, norm_w, inv_rms, n_x, n_cols, (u32)n, col) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            in[r] = load_x4_in(x, x2, norm_w, i < total ? n_x : 0u, n_cols, (u32)n, col);
         }
+        float4 v[4];
+#pragma unroll
+        for (int r = 0; r < 4; r++) v[r] = x4_of(in[r], x2 != nullptr, norm_w != nullptr, inv_rms, (u32)((base + r * (int)blockDim.x) / per_row));
 #pragma unroll
         for (int r = 0; r < 4; r++) {
             const int i = base + r * (int)blockDim.x;
@@ -335,7 +350,7 @@ __device__ __forceinline__ void put_digits(u8* lo, int half_stride, int sum) {
 }
 
 // Stages x[n][col0 .. col0 + len) (len a multiple of 256) for n < NT, rows past n_x as zeros,
-// as load_x4 computes it, into xq: row n * PARTS + p holds part p, and in it sub-block s's 32 bytes,
+// as x4_of computes it, into xq: row n * PARTS + p holds part p, and in it sub-block s's 32 bytes,
 // for lane t of a quad, are b0 = x at columns [4t, 16+4t, 4t+1, 16+4t+1] and b1 = [4t+2, 16+4t+2,
 // 4t+3, 16+4t+3] of the sub-block: the order of Tile::frag_s8's codes. xsum[s][j][c] gets the
 // integer sum of mma column c's part over sub-block s (with MMA_S8_SUMS_MMA, Q4_K's and Q6_K's
@@ -417,21 +432,28 @@ __device__ __forceinline__ void stage_x_s8(const float* __restrict__ x, const fl
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
     const int sb = lane >> 2, t = lane & 3;
     // A phase of an odd number of 128-column tiles stages the next 128 columns too (PHASE is a
-    // multiple of 256; past n_cols load_x4 gives zeros): unused, and harmless to the scale.
+    // multiple of 256; past n_cols load_x4_in gives zeros): unused, and harmless to the scale.
     const int blocks = ((int)len + 255) / 256;
     const int jobs = NT * blocks;
     // MMA_STAGE_JOBS of a warp's jobs at a time: their loads go out together (one round trip to
     // L2 for them all, instead of one a job).
     for (int job0 = warp; job0 < jobs; job0 += MMA_STAGE_JOBS * n_warps) {
-        float r[MMA_STAGE_JOBS][8];
+        X4In in_a[MMA_STAGE_JOBS], in_b[MMA_STAGE_JOBS];
 #pragma unroll
         for (int u = 0; u < MMA_STAGE_JOBS; u++) {
             const int job = job0 + u * n_warps;
             const int n = job / blocks, blk = job % blocks;
             const u32 c = col0 + 256 * blk + 32 * sb + 4 * t;
             // Rows n >= NT (a job past the last) load zeros, as rows past n_x do.
-            const float4 a = load_x4(x, x2, norm_w, inv_rms, job < jobs ? n_x : 0u, n_cols, (u32)n, c);
-            const float4 b = load_x4(x, x2, norm_w, inv_rms, job < jobs ? n_x : 0u, n_cols, (u32)n, c + 16);
+            in_a[u] = load_x4_in(x, x2, norm_w, job < jobs ? n_x : 0u, n_cols, (u32)n, c);
+            in_b[u] = load_x4_in(x, x2, norm_w, job < jobs ? n_x : 0u, n_cols, (u32)n, c + 16);
+        }
+        float r[MMA_STAGE_JOBS][8];
+#pragma unroll
+        for (int u = 0; u < MMA_STAGE_JOBS; u++) {
+            const u32 n = (u32)((job0 + u * n_warps) / blocks);
+            const float4 a = x4_of(in_a[u], x2 != nullptr, norm_w != nullptr, inv_rms, n);
+            const float4 b = x4_of(in_b[u], x2 != nullptr, norm_w != nullptr, inv_rms, n);
             r[u][0] = a.x, r[u][1] = b.x, r[u][2] = a.y, r[u][3] = b.y, r[u][4] = a.z, r[u][5] = b.z, r[u][6] = a.w, r[u][7] = b.w;
         }
 #pragma unroll
@@ -466,7 +488,7 @@ __device__ __forceinline__ void inv_rms_of_shares(const double (&ss)[NT], double
 // a warp's MMA_STAGE_JOBS: NT * ceil(len / 256) <= MMA_STAGE_JOBS * warps) with the RMSNorm folded
 // in: each warp loads its jobs' values once, the block sums their squares in float64 and rounds
 // each row's 1 / rms to float once (as block_inv_rms does, adding in another order) into inv_rms,
-// and the values are then scaled as load_x4 scales them. It saves block_inv_rms's pass over x and
+// and the values are then scaled as x4_of scales them. It saves block_inv_rms's pass over x and
 // its barrier.
 template <int NT, int NG, int XSTRIDE_B, int PARTS = 3>
 __device__ __forceinline__ void stage_x_s8_normed(const float* __restrict__ x, const float* __restrict__ norm_w, float eps,
@@ -488,7 +510,7 @@ __device__ __forceinline__ void stage_x_s8_normed(const float* __restrict__ x, c
         const int n = job / blocks, blk = job % blocks;
         const bool has_job = job < NT * blocks;  // the whole warp, or none of it
         const u32 c = 256 * blk + 32 * sb + 4 * t;
-        // Zeros for rows n >= n_x and columns past n_cols, as load_x4 gives them (n_cols is a
+        // Zeros for rows n >= n_x and columns past n_cols, as load_x4_in gives them (n_cols is a
         // multiple of 32, so c < n_cols means c + 19 < n_cols too).
         in[u] = has_job && (u32)n < n_x && c < n_cols;
         a[u] = in[u] ? *reinterpret_cast<const float4*>(x + (u64)n * n_cols + c) : zero;
@@ -512,7 +534,7 @@ __device__ __forceinline__ void stage_x_s8_normed(const float* __restrict__ x, c
         if (job >= NT * blocks) break;  // the whole warp
         const int n = job / blocks;
         if (in[u]) {
-            // RMSNorm as norm.cu computes it (load_x4's operations).
+            // RMSNorm as norm.cu computes it (x4_of's operations).
             a[u] = normed4(a[u], inv_rms[n], wa[u]);
             b[u] = normed4(b[u], inv_rms[n], wb[u]);
         }

@@ -591,6 +591,37 @@ __device__ u32 block_kth_key(KeyAt key_at, u32 n, u32 k, u32* hist, u32* scratch
     return prefix;
 }
 
+// block_best, block_sum_u32 and block_min_u32 of a chunk's best (value, id), finite count and
+// first broken id at once, through one barrier instead of three (each scratch its own array).
+// Call with every thread.
+__device__ __forceinline__ void chunk_stats_over_block(float& best_v, u32& best_id, u32& finite, u32& broken, float* sc_s,
+                                                      u32* sc_id, u32* sc_sum, u32* sc_min) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const float s2 = __shfl_xor_sync(FULL_WARP, best_v, o);
+        const u32 id2 = __shfl_xor_sync(FULL_WARP, best_id, o);
+        better(best_v, best_id, s2, id2);
+        finite += __shfl_xor_sync(FULL_WARP, finite, o);
+        broken = min(broken, __shfl_xor_sync(FULL_WARP, broken, o));
+    }
+    const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    __syncthreads();
+    if (lane == 0) sc_s[warp] = best_v, sc_id[warp] = best_id, sc_sum[warp] = finite, sc_min[warp] = broken;
+    __syncthreads();
+    best_v = lane < CHUNK_WARPS ? sc_s[lane] : 0.0f;
+    best_id = lane < CHUNK_WARPS ? sc_id[lane] : NONE;
+    finite = lane < CHUNK_WARPS ? sc_sum[lane] : 0u;
+    broken = lane < CHUNK_WARPS ? sc_min[lane] : NONE;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const float s2 = __shfl_xor_sync(FULL_WARP, best_v, o);
+        const u32 id2 = __shfl_xor_sync(FULL_WARP, best_id, o);
+        better(best_v, best_id, s2, id2);
+        finite += __shfl_xor_sync(FULL_WARP, finite, o);
+        broken = min(broken, __shfl_xor_sync(FULL_WARP, broken, o));
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(CHUNK_THREADS)
     sample_chunks(float* __restrict__ logits, u32 vocab, const RowParams* __restrict__ params,
                   const u32* __restrict__ pen_ids, const u32* __restrict__ pen_counts, const u32* __restrict__ pen_in_prompt,
@@ -598,7 +629,7 @@ extern "C" __global__ void __launch_bounds__(CHUNK_THREADS)
     PROBE_NOSYNC(0, 0);
     __shared__ u32 keys[CHUNK_ELEMS];  // fkey of each scaled logit; 0 for -inf and broken values
     __shared__ u32 hist[2048];
-    __shared__ u32 red_u32[CHUNK_WARPS];
+    __shared__ u32 red_u32[CHUNK_WARPS], red_min[CHUNK_WARPS];
     __shared__ float red_s[CHUNK_WARPS];
     __shared__ u32 red_id[CHUNK_WARPS];
     __shared__ double red_f64[CHUNK_WARPS];
@@ -621,9 +652,22 @@ extern "C" __global__ void __launch_bounds__(CHUNK_THREADS)
     const float t = p.temperature == 0.0f ? 1.0f : p.temperature;
     float best_v = 0.0f;
     u32 best_id = NONE, finite = 0, broken = NONE;
-#pragma unroll 8
-    for (u32 j = threadIdx.x; j < n; j += CHUNK_THREADS) {
-        const float v = l[c0 + j];
+    // Every load of the thread's share issued before the first value is used: the division
+    // below calls a slow path that the compiler does not move loads across, so a loop of load
+    // and use waited out one round trip a value (H100: 8,800 cycles, 4.4 us, of a 15 us chunk pass).
+    constexpr u32 PER_THREAD = CHUNK_ELEMS / CHUNK_THREADS;
+    static_assert(CHUNK_ELEMS % CHUNK_THREADS == 0, "whole shares");
+    float vals[PER_THREAD];
+#pragma unroll
+    for (u32 u = 0; u < PER_THREAD; u++) {
+        const u32 j = threadIdx.x + u * CHUNK_THREADS;
+        vals[u] = j < n ? l[c0 + j] : 0.0f;
+    }
+#pragma unroll
+    for (u32 u = 0; u < PER_THREAD; u++) {
+        const u32 j = threadIdx.x + u * CHUNK_THREADS;
+        if (j >= n) break;
+        const float v = vals[u];
         u32 kk = 0;
         if (v != v || v == __uint_as_float(0x7f800000u)) {
             broken = min(broken, c0 + j);
@@ -635,9 +679,7 @@ extern "C" __global__ void __launch_bounds__(CHUNK_THREADS)
         keys[j] = kk;
     }
     PROBE(0, 2);
-    block_best<CHUNK_WARPS>(best_v, best_id, red_s, red_id);
-    finite = block_sum_u32<CHUNK_WARPS>(finite, red_u32);
-    broken = block_min_u32<CHUNK_WARPS>(broken, red_u32);
+    chunk_stats_over_block(best_v, best_id, finite, broken, red_s, red_id, red_u32, red_min);
     const float cmax = best_id != NONE ? best_v / t : 0.0f;
     const ChunkNeeds needs = chunk_needs(p);
     PROBE(0, 3);
@@ -761,6 +803,111 @@ __device__ void sort_prefix_best_first(Shared& sh, u32 n, u32 valid, u32 need) {
     sort_best_first(sh, m);
 }
 
+// ---- the best of the chunks' lists in registers: warp bitonic networks instead of a block sort
+//
+// An entry's place in best-first order as one u64 (the order sort_best_first sorts by: fkey's,
+// -0 below +0, then the lower id), 0 for "none", which sorts last.
+__device__ __forceinline__ u64 rank_of(float s, u32 id) {
+    return id == NONE ? 0ull : ((u64)fkey(s) << 32) | (u64)(~id);
+}
+
+// One step of a bitonic network over a warp's 64 entries, two a lane (entry `lane` in a,
+// `lane + 32` in b): entries e and e ^ j are compared, and the lower one keeps the larger where
+// its half (desc_a, desc_b) is descending. Call with every lane.
+__device__ __forceinline__ void bitonic_step64(u64& a, u64& b, u32 j, bool desc_a, bool desc_b) {
+    if (j == 32) {
+        const u64 hi = max(a, b), lo = min(a, b);
+        a = desc_a ? hi : lo;
+        b = desc_a ? lo : hi;
+        return;
+    }
+    const u64 pa = __shfl_xor_sync(FULL_WARP, a, j), pb = __shfl_xor_sync(FULL_WARP, b, j);
+    const bool lower = (threadIdx.x & j) == 0;
+    a = lower == desc_a ? max(a, pa) : min(a, pa);
+    b = lower == desc_b ? max(b, pb) : min(b, pb);
+}
+
+// Sorts a warp's 64 entries largest first. Call with every lane.
+__device__ __forceinline__ void warp_sort64(u64& a, u64& b) {
+    const u32 lane = threadIdx.x % 32;
+#pragma unroll
+    for (u32 k2 = 2; k2 <= 64; k2 <<= 1) {
+#pragma unroll
+        for (u32 j = k2 >> 1; j > 0; j >>= 1) bitonic_step64(a, b, j, (lane & k2) == 0, ((lane + 32) & k2) == 0);
+    }
+}
+
+// The 64 largest of the warp's sorted entries and `other`'s (64, sorted largest first), sorted:
+// the larger of entry i and other's entry 63 - i is a bitonic sequence holding them, which one
+// merge network sorts. Call with every lane.
+__device__ __forceinline__ void warp_merge64(u64& a, u64& b, const u64* other) {
+    const u32 lane = threadIdx.x % 32;
+    a = max(a, other[63 - lane]);
+    b = max(b, other[31 - lane]);
+#pragma unroll
+    for (u32 j = 32; j > 0; j >>= 1) bitonic_step64(a, b, j, true, true);
+}
+
+// sort_prefix_best_first's result for need <= CHUNK_LIST, from the chunks' lists as the fill loop
+// left them in sort_s / sort_id (chunk c's at c * CHUNK_LIST): warp c sorts chunk c's list in
+// registers, pairs of warps merge theirs through shared memory (sh.term, free until mass_terms)
+// until warp 0 holds the 64 best, and warp 0 writes those at or above the need-th best key (ties
+// included) sorted to the front, with a "none" after them, and returns their count. Returns 0,
+// having written nothing, when the 64 best are all at or above it (more ties may follow): the
+// caller then sorts the usual way. The same entries in the same order as sort_prefix_best_first, which took 8.3 us of a
+// 17 us draw (H100, T 0.8, top-k 40, top-p 0.95, min-p 0.05) in three radix passes over the lists
+// and a block-wide bitonic sort, each step a __syncthreads. Call with every thread; need >= 1 and
+// at most the count of valid entries.
+static_assert(CHUNK_LIST == 64, "a warp holds one chunk's list, two entries a lane");
+static_assert(CHUNKS_MAX <= 32 && 2 * (CHUNKS_MAX / 2) * CHUNK_LIST * sizeof(u64) <= SORT_CAP * sizeof(double),
+              "every chunk's list in a warp of its own; two rounds' lists fit sh.term");
+__device__ u32 best_of_lists(Shared& sh, u32 n_chunks, u32 need) {
+    const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    u64 a = 0, b = 0;
+    if (warp < n_chunks) {
+        const u32 i = warp * CHUNK_LIST + lane;
+        a = rank_of(sh.sort_s[i], sh.sort_id[i]);
+        b = rank_of(sh.sort_s[i + 32], sh.sort_id[i + 32]);
+        warp_sort64(a, b);
+    }
+    // Each round, the upper half of the warps holding lists hands them to the lower half. Two
+    // buffers by turns: a round's writes cannot overwrite lists the round before is still reading.
+    u64* const scratch = reinterpret_cast<u64*>(sh.term);
+    u32 round = 0;
+    for (u32 held = n_chunks; held > 1; round++) {
+        const u32 keep = (held + 1) / 2;
+        u64* const slots = scratch + (round & 1) * (CHUNKS_MAX / 2) * CHUNK_LIST;
+        if (warp >= keep && warp < held) {
+            slots[(warp - keep) * CHUNK_LIST + lane] = a;
+            slots[(warp - keep) * CHUNK_LIST + 32 + lane] = b;
+        }
+        __syncthreads();
+        if (warp < held - keep) warp_merge64(a, b, slots + warp * CHUNK_LIST);
+        held = keep;
+    }
+    if (warp == 0) {
+        const u32 e = need - 1;
+        const u64 at_need = __shfl_sync(FULL_WARP, e < 32 ? a : b, e % 32);
+        u32 thr = (u32)(at_need >> 32);
+        // -0 sorts just below +0 but compares equal to it: a tie the readers may count.
+        if (thr == fkey(0.0f)) thr = fkey(-0.0f);
+        const bool in_a = a != 0 && (u32)(a >> 32) >= thr, in_b = b != 0 && (u32)(b >> 32) >= thr;
+        const u32 m = __popc(__ballot_sync(FULL_WARP, in_a)) + __popc(__ballot_sync(FULL_WARP, in_b));
+        // Sorted, so the m entries at or above thr are entries 0 .. m - 1.
+        if (m < 64) {
+            if (in_a) sh.sort_s[lane] = fkey_inv((u32)(a >> 32)), sh.sort_id[lane] = ~(u32)a;
+            if (in_b) sh.sort_s[lane + 32] = fkey_inv((u32)(b >> 32)), sh.sort_id[lane + 32] = ~(u32)b;
+            // A "none" after them stops the readers' tie scans.
+            if (lane == 0) sh.sort_s[m] = NEG_INF, sh.sort_id[m] = NONE;
+        }
+        // (In n_gathered, not bcast, which the caller may write again before every thread has
+        // read this.)
+        if (lane == 0) sh.n_gathered = m < 64 ? m : 0u;
+    }
+    __syncthreads();
+    return sh.n_gathered;
+}
+
 // Writes the row's output: the token, its log-probability, and n_top alternatives.
 __device__ __forceinline__ void write_result(u32* o, u32 token, float logprob) {
     o[0] = token;
@@ -785,6 +932,12 @@ __device__ __forceinline__ RecordSums reduce_records(const u32* __restrict__ rec
     u32 best_id = NONE, finite = 0, broken = NONE, tau = 0, gid = NONE;
     double z = 0.0;
     if (threadIdx.x < 32) {
+        // The lane's first chunk's sum and max, loaded with the rest of its record (one round trip
+        // to L2 for the whole reduction where the chunks are at most 32, as the host sends them).
+        const u32* r0 = recs + (u64)threadIdx.x * CHUNK_WORDS;
+        const bool one_each = n_chunks <= 32;
+        u32 z_lo = 0, z_hi = 0, cmax_bits = 0, best_of_c = NONE;
+        if (one_each && threadIdx.x < n_chunks) best_of_c = r0[1], z_lo = r0[4], z_hi = r0[5], cmax_bits = r0[6];
         for (u32 c = threadIdx.x; c < n_chunks; c += 32) {
             const u32* r = recs + (u64)c * CHUNK_WORDS;
             finite += r[2];
@@ -803,9 +956,10 @@ __device__ __forceinline__ RecordSums reduce_records(const u32* __restrict__ rec
         }
         for (u32 c = threadIdx.x; with_z && broken == NONE && best_id != NONE && c < n_chunks; c += 32) {
             const u32* r = recs + (u64)c * CHUNK_WORDS;
-            if (r[1] == NONE) continue;
-            const double zc = __longlong_as_double((long long)(((u64)r[5] << 32) | r[4]));
-            z += zc * exp((double)(__uint_as_float(r[6]) - best_v / t));
+            if (!one_each) best_of_c = r[1], z_lo = r[4], z_hi = r[5], cmax_bits = r[6];
+            if (best_of_c == NONE) continue;
+            const double zc = __longlong_as_double((long long)(((u64)z_hi << 32) | z_lo));
+            z += zc * exp((double)(__uint_as_float(cmax_bits) - best_v / t));
         }
         z = warp_sum_f64(z);
         if (threadIdx.x == 0) {
@@ -871,8 +1025,11 @@ __device__ bool draw_from_chunks(const float* __restrict__ l, const RowParams& p
         valid += here;
         in_s += here && fkey(v) > tau;
     }
-    const u32 n_s = block_sum_u32(in_s, sh.red_u32);
-    valid = block_sum_u32(valid, sh.red_u32);
+    // Both counts in one reduction: each is at most SORT_CAP.
+    static_assert(SORT_CAP < 65536, "two counts a word");
+    const u32 counts = block_sum_u32((valid << 16) | in_s, sh.red_u32);
+    const u32 n_s = counts & 0xffffu;
+    valid = counts >> 16;
     PROBE(1, 4);
     // A row its lists cannot settle is told before they are sorted (the sort of a whole list, 28
     // us on an H100, was most of such a row's time here): the listed mass short of top-p's target
@@ -904,15 +1061,24 @@ __device__ bool draw_from_chunks(const float* __restrict__ l, const RowParams& p
     // logits, top-k 40 + top-p + min-p: the full sort of 19 x 64 entries took 29 of 85 us).
     const bool small_k = p.top_k > 0 && p.top_k < finite && p.top_k <= CHUNK_LIST;
     const u32 need = max(filtered ? (small_k ? p.top_k : SORT_CAP) : 0u, want_top ? min(p.logprobs, finite) : 0u);
-    sort_prefix_best_first(sh, n_listed, valid, need);
+    // The few best entries (a small top-k, alternatives) by warps in registers; the whole list
+    // (a cut without a small top-k), or ties reaching past the 64 best, by the block.
+    const u32 n_best = need > 0 && need <= CHUNK_LIST && need <= valid ? best_of_lists(sh, n_chunks, need) : 0u;
+    if (n_best == 0) sort_prefix_best_first(sh, n_listed, valid, need);
     PROBE(1, 5);
-    // The top-p cut below reads entries before n_S (every survivor of top-k is among them).
-    if (filtered && p.top_p < 1.0f) mass_terms(sh, n_s, max_s);
+    // The top-p cut below reads entries before n_S (every survivor of top-k is among them), and
+    // none past the n_best sorted (the top-k survivors are among them).
+    if (filtered && p.top_p < 1.0f) mass_terms(sh, n_best > 0 ? min(n_s, n_best) : n_s, max_s);
     PROBE(1, 6);
 
-    // The filters (thread 0, over few entries), as step 4a cuts them; ok = 0 sends the row to
-    // the full scan.
-    if (threadIdx.x == 0) {
+    // The filters, as step 4a cuts them, by warp 0 over the sorted entries (the scalar decisions
+    // in every lane alike, the walks over entries 32 at a time: one thread walking them took 3.4
+    // us of a 17 us draw, H100, T 0.8, top-k 40, top-p 0.95, min-p 0.05); ok = 0 sends the row to
+    // the full scan. The top-p sums are the lanes' partial sums added by the warp, an order of
+    // their own (step 4a's differs too; see the file's head).
+    const u64 key = ((u64)p.key_hi << 32) | p.key_lo;
+    if (threadIdx.x < 32) {
+        const u32 lane = threadIdx.x;
         u32 ok = 1, m = 0;
         if (filtered) {
             const bool has_k = p.top_k > 0 && p.top_k < finite;
@@ -928,22 +1094,35 @@ __device__ bool draw_from_chunks(const float* __restrict__ l, const RowParams& p
                 }
             }
             if (ok && p.top_p < 1.0f) {
-                double total = 0.0;
+                double total = z;  // no top-k: the whole row survives it
                 if (bounded) {
-                    for (u32 j = 0; j < keep; j++) total += sh.term[j];
-                } else {
-                    total = z;  // no top-k: the whole row survives it
+                    double part = 0.0;
+                    for (u32 j = lane; j < keep; j += 32) part += sh.term[j];
+                    total = warp_sum_f64(part);
                 }
                 const double target = (double)p.top_p * total;
+                // The nucleus ends before the first entry whose predecessors' mass reaches the
+                // target: `before` is the mass of the entries before this group of 32, and each
+                // lane adds the lanes below it (an exclusive scan).
                 double before = 0.0;
                 bool cut = false;
-                for (u32 j = 0; j < keep; j++) {
-                    if (before >= target) {
-                        keep = j;
+                for (u32 base = 0; base < keep; base += 32) {
+                    const u32 j = base + lane;
+                    const double t = j < keep ? sh.term[j] : 0.0;
+                    double incl = t;
+#pragma unroll
+                    for (int o = 1; o < 32; o <<= 1) {
+                        const double up = __shfl_up_sync(FULL_WARP, incl, o);
+                        if (lane >= (u32)o) incl += up;
+                    }
+                    const double below = __shfl_up_sync(FULL_WARP, incl, 1);
+                    const u32 hit = __ballot_sync(FULL_WARP, j < keep && before + (lane == 0 ? 0.0 : below) >= target);
+                    if (hit != 0) {
+                        keep = base + __ffs(hit) - 1;
                         cut = true;
                         break;
                     }
-                    before += sh.term[j];
+                    before += __shfl_sync(FULL_WARP, incl, 31);
                 }
                 // The listed tokens' mass reaching the target ends the nucleus at them too.
                 if (!cut && before >= target) cut = true;
@@ -958,7 +1137,13 @@ __device__ bool draw_from_chunks(const float* __restrict__ l, const RowParams& p
                 const float floor_s = max_s + p.ln_min_p;
                 // Without a cut so far, min-p must be the cut: every token >= floor listed.
                 if (!bounded && !(p.min_p > 0.0f && fkey(floor_s) > tau)) ok = 0;
-                while (m < keep && sh.sort_s[m] >= floor_s) m++;
+                // The leading entries at or above the floor (sorted, so the run from entry 0).
+                for (u32 base = 0; base < keep; base += 32) {
+                    const u32 above = __ballot_sync(FULL_WARP, base + lane < keep && sh.sort_s[base + lane] >= floor_s);
+                    const u32 run = ~above == 0 ? 32u : (u32)__ffs(~above) - 1;
+                    m += run;
+                    if (run < 32) break;
+                }
                 if (m == 0) m = 1;
             }
         }
@@ -967,17 +1152,33 @@ __device__ bool draw_from_chunks(const float* __restrict__ l, const RowParams& p
             k_top = min(p.logprobs, finite);
             if (k_top > n_s) ok = 0;
         }
-        sh.bcast[0] = ok;
-        sh.bcast[1] = m;
-        sh.bcast[2] = k_top;
+        // Few survivors (a small top-k's): their Gumbel-max draw here too, without the block.
+        u32 wid = NONE;
+        if (ok && filtered && m <= 64) {
+            float ws = 0.0f;
+            for (u32 j = lane; j < m; j += 32) better(ws, wid, sh.sort_s[j] + gumbel(key, sh.sort_id[j]), sh.sort_id[j]);
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) {
+                const float s2 = __shfl_xor_sync(FULL_WARP, ws, o);
+                const u32 id2 = __shfl_xor_sync(FULL_WARP, wid, o);
+                better(ws, wid, s2, id2);
+            }
+        }
+        if (lane == 0) {
+            sh.bcast[0] = ok;
+            sh.bcast[1] = m;
+            sh.bcast[2] = k_top;
+            sh.bcast[3] = wid;
+        }
     }
     __syncthreads();
     if (!sh.bcast[0]) return false;
     PROBE(1, 7);
     const u32 m = sh.bcast[1], k_top = sh.bcast[2];
     u32 token = greedy ? best_id : gid;
-    if (filtered) {
-        const u64 key = ((u64)p.key_hi << 32) | p.key_lo;
+    if (filtered && m <= 64) {
+        token = sh.bcast[3];
+    } else if (filtered) {
         float ws = 0.0f;
         u32 wid = NONE;
         for (u32 j = threadIdx.x; j < m; j += SAMPLE_THREADS) better(ws, wid, sh.sort_s[j] + gumbel(key, sh.sort_id[j]), sh.sort_id[j]);
@@ -1357,23 +1558,40 @@ extern "C" __global__ void __launch_bounds__(CHUNK_THREADS)
     const float floor_s = max_s + p.ln_min_p;
     u32 run_bin = 0;
     u64 run = 0;
-    for (u32 j = threadIdx.x; j < n; j += CHUNK_THREADS) {
-        const float v = l[c0 + j];
-        if (v == NEG_INF) continue;
-        const float s = v / t;
-        const u32 b = fkey(s) >> MASS_SHIFT_0;
-        if (want_mass) {
-            if (b != run_bin) {
-                add_mass(lo, hi, run_bin, run);
-                run_bin = b;
-                run = 0;
-            }
-            run += mass_term(s, max_s, unit);
+    // The thread's share in batches of MASS_BATCH values, each batch loaded before any of it is
+    // used, as in sample_chunks (the division's slow path would otherwise hold each load until
+    // the value before it is done); batches rather than the whole share keep the unrolled loop
+    // (two Gumbel draws and a float64 exp a value) to a few thousand instructions.
+    constexpr u32 MASS_BATCH = 8;
+    static_assert(CHUNK_ELEMS % (MASS_BATCH * CHUNK_THREADS) == 0, "whole batches");
+#pragma unroll 1
+    for (u32 base = 0; base < CHUNK_ELEMS; base += MASS_BATCH * CHUNK_THREADS) {
+        float vals[MASS_BATCH];
+#pragma unroll
+        for (u32 u = 0; u < MASS_BATCH; u++) {
+            const u32 j = base + threadIdx.x + u * CHUNK_THREADS;
+            vals[u] = j < n ? l[c0 + j] : NEG_INF;
         }
-        if (s + GUMBEL_MAX < bound || s < floor_s) continue;
-        const u64 now = *(volatile u64*)&best[b];
-        if (now != 0 && s + gumbel_approx(key, c0 + j) + 2.0f * tol < fkey_inv((u32)(now >> 32))) continue;
-        atomicMax((unsigned long long*)&best[b], (unsigned long long)pack_score(s + gumbel(key, c0 + j), c0 + j));
+#pragma unroll
+        for (u32 u = 0; u < MASS_BATCH; u++) {
+            const u32 j = base + threadIdx.x + u * CHUNK_THREADS;
+            const float v = vals[u];
+            if (j >= n || v == NEG_INF) continue;
+            const float s = v / t;
+            const u32 b = fkey(s) >> MASS_SHIFT_0;
+            if (want_mass) {
+                if (b != run_bin) {
+                    add_mass(lo, hi, run_bin, run);
+                    run_bin = b;
+                    run = 0;
+                }
+                run += mass_term(s, max_s, unit);
+            }
+            if (s + GUMBEL_MAX < bound || s < floor_s) continue;
+            const u64 now = *(volatile u64*)&best[b];
+            if (now != 0 && s + gumbel_approx(key, c0 + j) + 2.0f * tol < fkey_inv((u32)(now >> 32))) continue;
+            atomicMax((unsigned long long*)&best[b], (unsigned long long)pack_score(s + gumbel(key, c0 + j), c0 + j));
+        }
     }
     add_mass(lo, hi, run_bin, run);
     __syncthreads();
