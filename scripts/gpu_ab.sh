@@ -10,7 +10,8 @@
 # AB_TYPES / AB_ROWS, first round only, AB_MATVEC=0 skips it) and, in two interleaved rounds, the decode step of
 # synthetic models of the real 0.5B shapes and of Qwen2.5-7B's (bench_decode_step.py, AB_BATCHES
 # / AB_BATCHES_7B, `none`: no 7B), each build with its own kernel cache and the settings in
-# .device/ab/NAME/env if there is one (one wheel under two names compares two settings). About 2.5 minutes a build. Nothing
+# .device/ab/NAME/env if there is one (one wheel under two names compares two settings); with
+# AB_GENERATE=1 also the Generator (sampling included) on the 0.5B shapes. About 2.5 minutes a build. Nothing
 # else may run on the machine meanwhile (a llama.cpp build beside it slowed every host-bound figure
 # by up to a quarter in one run). Outputs: $OUT/ab_<what>_<name>.txt.
 set -uo pipefail
@@ -37,5 +38,9 @@ for round in 1 2; do
             | grep -E "^(q/o|k/v|gate|down|lm_head)" | grep -v " - " | tee -a "$out/ab_matvec_$n.txt" | cut -c1-80
         run benches/bench_decode_step.py /root/m/syn05.gguf --device cuda --batches "${AB_BATCHES:-1,8,64}" 2>&1 | grep "^| [0-9]" | tee -a "$out/ab_step05_$n.txt"
         [ "${AB_BATCHES_7B:-1,8}" = none ] || run benches/bench_decode_step.py /root/m/syn7b.gguf --device cuda --batches "${AB_BATCHES_7B:-1,8}" 2>&1 | grep "^| [0-9]" | tee -a "$out/ab_step7b_$n.txt"
+        # AB_GENERATE=1: the Generator on syn05 too (sampler included; bench_generate.py, AB_GEN_MODES
+        # at AB_GEN_BATCHES), its table rows.
+        [ "${AB_GENERATE:-0}" = 1 ] && run benches/bench_generate.py --model /root/m/syn05.gguf --device cuda --batches "${AB_GEN_BATCHES:-1,8}" \
+            --modes "${AB_GEN_MODES:-t0.8+filters}" 2>&1 | grep "^| [0-9]" | tee -a "$out/ab_generate_$n.txt"
     done
 done
