@@ -140,9 +140,9 @@ __device__ __forceinline__ u32 bf16_rn(float v) {
 
 // x[n][col .. col + 4) as the kernel multiplies it: silu(x) * x2 when x2 is given, x * inv_rms[n]
 // * norm_w when norm_w is; zeros for rows n >= n_x and columns past n_cols. In two steps: the
-// loads (X4In), then the arithmetic (x4_of). Callers issue every load of a batch before the first
-// x4_of: SwiGLU's division has a slow path that the compiler calls, and it does not move loads
-// across a call, so load-compute-load would wait out one round trip to L2 per load.
+// loads (X4In), then the arithmetic (x4_of), so that a caller can issue every load of a batch
+// before the first x4_of: SwiGLU's division has a slow path that the compiler calls, and it does
+// not move loads across a call, so load-compute-load waits out one round trip to L2 per load.
 struct X4In {
     float4 x, x2, w;
     bool in;
@@ -166,6 +166,20 @@ __device__ __forceinline__ float4 x4_of(const X4In& r, bool swiglu, bool norm, c
     if (norm) a = normed4(a, inv_rms[n], r.w);  // as norm.cu
     return a;
 }
+// The same values in one step, loads and arithmetic interleaved as the compiler likes (where
+// three or more rows of x are staged: measured faster so, see stage_x_s8).
+__device__ __forceinline__ float4 load_x4(const float* __restrict__ x, const float* __restrict__ x2,
+                                          const float* __restrict__ norm_w, const float* inv_rms, u32 n_x, u32 n_cols,
+                                          u32 n, u32 col) {
+    if (n >= n_x || col >= n_cols) return make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    float4 a = *reinterpret_cast<const float4*>(x + (u64)n * n_cols + col);
+    if (x2) {
+        const float4 u = *reinterpret_cast<const float4*>(x2 + (u64)n * n_cols + col);
+        a = make_float4(silu_times(a.x, u.x), silu_times(a.y, u.y), silu_times(a.z, u.z), silu_times(a.w, u.w));
+    }
+    if (norm_w) a = normed4(a, inv_rms[n], *reinterpret_cast<const float4*>(norm_w + col));  // as norm.cu
+    return a;
+}
 
 // Stages x[n][col0 .. col0 + len) for n < NT (rows n >= n_x and columns past n_cols as zeros),
 // as silu(x) * x2 when x2 is given and as x * inv_rms[n] * norm_w when norm_w is, into xs, split
@@ -179,17 +193,14 @@ __device__ __forceinline__ void stage_x(const float* __restrict__ x, const float
     const int per_row = (int)len / 4;
     const int total = NT * per_row;
     for (int base = threadIdx.x; base < total; base += 4 * blockDim.x) {
-        X4In in[4];
+        float4 v[4];
 #pragma unroll
         for (int r = 0; r < 4; r++) {
             const int i = base + r * (int)blockDim.x;
             const int n = i / per_row, e4 = i % per_row;
             const u32 col = col0 + 4 * e4;
-            in[r] = load_x4_in(x, x2, norm_w, i < total ? n_x : 0u, n_cols, (u32)n, col);
+            v[r] = i < total ? load_x4(x, x2, norm_w, inv_rms, n_x, n_cols, (u32)n, col) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         }
-        float4 v[4];
-#pragma unroll
-        for (int r = 0; r < 4; r++) v[r] = x4_of(in[r], x2 != nullptr, norm_w != nullptr, inv_rms, (u32)((base + r * (int)blockDim.x) / per_row));
 #pragma unroll
         for (int r = 0; r < 4; r++) {
             const int i = base + r * (int)blockDim.x;
@@ -432,29 +443,47 @@ __device__ __forceinline__ void stage_x_s8(const float* __restrict__ x, const fl
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
     const int sb = lane >> 2, t = lane & 3;
     // A phase of an odd number of 128-column tiles stages the next 128 columns too (PHASE is a
-    // multiple of 256; past n_cols load_x4_in gives zeros): unused, and harmless to the scale.
+    // multiple of 256; past n_cols load_x4 / load_x4_in give zeros): unused, and harmless to the scale.
     const int blocks = ((int)len + 255) / 256;
     const int jobs = NT * blocks;
     // MMA_STAGE_JOBS of a warp's jobs at a time: their loads go out together (one round trip to
     // L2 for them all, instead of one a job).
     for (int job0 = warp; job0 < jobs; job0 += MMA_STAGE_JOBS * n_warps) {
-        X4In in_a[MMA_STAGE_JOBS], in_b[MMA_STAGE_JOBS];
-#pragma unroll
-        for (int u = 0; u < MMA_STAGE_JOBS; u++) {
-            const int job = job0 + u * n_warps;
-            const int n = job / blocks, blk = job % blocks;
-            const u32 c = col0 + 256 * blk + 32 * sb + 4 * t;
-            // Rows n >= NT (a job past the last) load zeros, as rows past n_x do.
-            in_a[u] = load_x4_in(x, x2, norm_w, job < jobs ? n_x : 0u, n_cols, (u32)n, c);
-            in_b[u] = load_x4_in(x, x2, norm_w, job < jobs ? n_x : 0u, n_cols, (u32)n, c + 16);
-        }
+        // One or two rows (x in three int8 parts): every load of the batch before the first
+        // x4_of (H100, thirty-eighth session: the synthetic 7B's one-sequence step 2.733 -> 2.709
+        // ms, the 0.5B shapes' within noise). From three rows, load_x4 as before: the loads
+        // before all arithmetic measured 0.5-0.8 % slower at four and eight sequences of the
+        // 0.5B shapes.
         float r[MMA_STAGE_JOBS][8];
+        if constexpr (NT > 2) {
 #pragma unroll
-        for (int u = 0; u < MMA_STAGE_JOBS; u++) {
-            const u32 n = (u32)((job0 + u * n_warps) / blocks);
-            const float4 a = x4_of(in_a[u], x2 != nullptr, norm_w != nullptr, inv_rms, n);
-            const float4 b = x4_of(in_b[u], x2 != nullptr, norm_w != nullptr, inv_rms, n);
-            r[u][0] = a.x, r[u][1] = b.x, r[u][2] = a.y, r[u][3] = b.y, r[u][4] = a.z, r[u][5] = b.z, r[u][6] = a.w, r[u][7] = b.w;
+            for (int u = 0; u < MMA_STAGE_JOBS; u++) {
+                const int job = job0 + u * n_warps;
+                const int n = job / blocks, blk = job % blocks;
+                const u32 c = col0 + 256 * blk + 32 * sb + 4 * t;
+                // Rows n >= NT (a job past the last) load zeros, as rows past n_x do.
+                const float4 a = load_x4(x, x2, norm_w, inv_rms, job < jobs ? n_x : 0u, n_cols, (u32)n, c);
+                const float4 b = load_x4(x, x2, norm_w, inv_rms, job < jobs ? n_x : 0u, n_cols, (u32)n, c + 16);
+                r[u][0] = a.x, r[u][1] = b.x, r[u][2] = a.y, r[u][3] = b.y, r[u][4] = a.z, r[u][5] = b.z, r[u][6] = a.w, r[u][7] = b.w;
+            }
+        }
+        if constexpr (NT <= 2) {
+            X4In in_a[MMA_STAGE_JOBS], in_b[MMA_STAGE_JOBS];
+#pragma unroll
+            for (int u = 0; u < MMA_STAGE_JOBS; u++) {
+                const int job = job0 + u * n_warps;
+                const int n = job / blocks, blk = job % blocks;
+                const u32 c = col0 + 256 * blk + 32 * sb + 4 * t;
+                in_a[u] = load_x4_in(x, x2, norm_w, job < jobs ? n_x : 0u, n_cols, (u32)n, c);
+                in_b[u] = load_x4_in(x, x2, norm_w, job < jobs ? n_x : 0u, n_cols, (u32)n, c + 16);
+            }
+#pragma unroll
+            for (int u = 0; u < MMA_STAGE_JOBS; u++) {
+                const u32 n = (u32)((job0 + u * n_warps) / blocks);
+                const float4 a = x4_of(in_a[u], x2 != nullptr, norm_w != nullptr, inv_rms, n);
+                const float4 b = x4_of(in_b[u], x2 != nullptr, norm_w != nullptr, inv_rms, n);
+                r[u][0] = a.x, r[u][1] = b.x, r[u][2] = a.y, r[u][3] = b.y, r[u][4] = a.z, r[u][5] = b.z, r[u][6] = a.w, r[u][7] = b.w;
+            }
         }
 #pragma unroll
         for (int u = 0; u < MMA_STAGE_JOBS; u++) {

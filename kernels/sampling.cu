@@ -275,6 +275,7 @@ struct Shared {
         } mass;
     };
     u32 n_gathered;
+    u32 n_cand;  // best_of_lists's gathered entries
 };
 
 // Fraction bits of a token's fixed-point mass term: a term exp(s - max_s) is at most 1, so vocab
@@ -849,40 +850,56 @@ __device__ __forceinline__ void warp_merge64(u64& a, u64& b, const u64* other) {
 }
 
 // sort_prefix_best_first's result for need <= CHUNK_LIST, from the chunks' lists as the fill loop
-// left them in sort_s / sort_id (chunk c's at c * CHUNK_LIST): warp c sorts chunk c's list in
-// registers, pairs of warps merge theirs through shared memory (sh.term, free until mass_terms)
-// until warp 0 holds the 64 best, and warp 0 writes those at or above the need-th best key (ties
+// left them in sort_s / sort_id (n_listed entries): the need-th best key is above tau (the caller
+// has declined the row otherwise), so only the n_s entries above tau can be among them or tie with
+// it. Those are gathered into sh.term (as rank_of's u64, in any order; sh.term is free until
+// mass_terms), warp w sorts entries 64w .. 64w + 63 of them in registers, pairs of warps merge
+// their 64 best through shared memory (sh.term again, past the gathered entries' reads) until
+// warp 0 holds the 64 best, and warp 0 writes those at or above the need-th best key (ties
 // included) sorted to the front, with a "none" after them, and returns their count. Returns 0,
-// having written nothing, when the 64 best are all at or above it (more ties may follow): the
-// caller then sorts the usual way. The same entries in the same order as sort_prefix_best_first, which took 8.3 us of a
-// 17 us draw (H100, T 0.8, top-k 40, top-p 0.95, min-p 0.05) in three radix passes over the lists
-// and a block-wide bitonic sort, each step a __syncthreads. Call with every thread; need >= 1 and
-// at most the count of valid entries.
-static_assert(CHUNK_LIST == 64, "a warp holds one chunk's list, two entries a lane");
-static_assert(CHUNKS_MAX <= 32 && 2 * (CHUNKS_MAX / 2) * CHUNK_LIST * sizeof(u64) <= SORT_CAP * sizeof(double),
-              "every chunk's list in a warp of its own; two rounds' lists fit sh.term");
-__device__ u32 best_of_lists(Shared& sh, u32 n_chunks, u32 need) {
+// having written nothing, when ties at the need-th key may reach past the 64 best: the caller then
+// sorts the usual way. The same entries in the same order as sort_prefix_best_first, whose radix
+// passes over every listed entry and block-wide sort (each step a __syncthreads) took 8.3 us of a
+// 17 us draw (H100, T 0.8, top-k 40, top-p 0.95, min-p 0.05). sh.n_cand must be 0 and every
+// entry written before the call. Call with every thread; 1 <= need <= n_s.
+static_assert(CHUNK_LIST == 64, "two entries a lane");
+static_assert(SORT_CAP % 64 == 0 && 2 * (SORT_CAP / 128) * 64 * sizeof(u64) <= SORT_CAP * sizeof(double),
+              "every entry gathered into sh.term, and two rounds' lists of 64 too");
+__device__ u32 best_of_lists(Shared& sh, u32 n_listed, u32 tau, u32 need) {
     const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    u64* const scratch = reinterpret_cast<u64*>(sh.term);
+    // The entries above tau, gathered (a warp's at once: one atomic a warp).
+    for (u32 i = threadIdx.x; i < n_listed; i += SAMPLE_THREADS) {
+        const bool above = sh.sort_id[i] != NONE && fkey(sh.sort_s[i]) > tau;
+        const u32 active = __activemask(), took = __ballot_sync(active, above);
+        const u32 leader = __ffs(active) - 1;
+        u32 base = 0;
+        if (lane == leader && took != 0) base = atomicAdd(&sh.n_cand, __popc(took));
+        base = __shfl_sync(active, base, leader);
+        if (above) scratch[base + __popc(took & ((1u << lane) - 1))] = rank_of(sh.sort_s[i], sh.sort_id[i]);
+    }
+    __syncthreads();
+    const u32 n_cand = sh.n_cand;
+    u32 held = (n_cand + 63) / 64;
     u64 a = 0, b = 0;
-    if (warp < n_chunks) {
-        const u32 i = warp * CHUNK_LIST + lane;
-        a = rank_of(sh.sort_s[i], sh.sort_id[i]);
-        b = rank_of(sh.sort_s[i + 32], sh.sort_id[i + 32]);
+    if (warp < held) {
+        a = 64 * warp + lane < n_cand ? scratch[64 * warp + lane] : 0ull;
+        b = 64 * warp + 32 + lane < n_cand ? scratch[64 * warp + 32 + lane] : 0ull;
         warp_sort64(a, b);
     }
     // Each round, the upper half of the warps holding lists hands them to the lower half. Two
     // buffers by turns: a round's writes cannot overwrite lists the round before is still reading.
-    u64* const scratch = reinterpret_cast<u64*>(sh.term);
+    if (held > 1) __syncthreads();  // every gathered entry read before the first round writes
     u32 round = 0;
-    for (u32 held = n_chunks; held > 1; round++) {
+    for (; held > 1; round++) {
         const u32 keep = (held + 1) / 2;
-        u64* const slots = scratch + (round & 1) * (CHUNKS_MAX / 2) * CHUNK_LIST;
+        u64* const slots = scratch + (round & 1) * (SORT_CAP / 2);
         if (warp >= keep && warp < held) {
-            slots[(warp - keep) * CHUNK_LIST + lane] = a;
-            slots[(warp - keep) * CHUNK_LIST + 32 + lane] = b;
+            slots[(warp - keep) * 64 + lane] = a;
+            slots[(warp - keep) * 64 + 32 + lane] = b;
         }
         __syncthreads();
-        if (warp < held - keep) warp_merge64(a, b, slots + warp * CHUNK_LIST);
+        if (warp < held - keep) warp_merge64(a, b, slots + warp * 64);
         held = keep;
     }
     if (warp == 0) {
@@ -893,16 +910,18 @@ __device__ u32 best_of_lists(Shared& sh, u32 n_chunks, u32 need) {
         if (thr == fkey(0.0f)) thr = fkey(-0.0f);
         const bool in_a = a != 0 && (u32)(a >> 32) >= thr, in_b = b != 0 && (u32)(b >> 32) >= thr;
         const u32 m = __popc(__ballot_sync(FULL_WARP, in_a)) + __popc(__ballot_sync(FULL_WARP, in_b));
-        // Sorted, so the m entries at or above thr are entries 0 .. m - 1.
-        if (m < 64) {
+        // Sorted, so the m entries at or above thr are entries 0 .. m - 1; all of them unless the
+        // 64 best are (more above tau may tie) or thr is not above tau (a -0 at tau ties a +0).
+        const bool all = (m < 64 || n_cand <= 64) && thr > tau;
+        if (all) {
             if (in_a) sh.sort_s[lane] = fkey_inv((u32)(a >> 32)), sh.sort_id[lane] = ~(u32)a;
             if (in_b) sh.sort_s[lane + 32] = fkey_inv((u32)(b >> 32)), sh.sort_id[lane + 32] = ~(u32)b;
             // A "none" after them stops the readers' tie scans.
-            if (lane == 0) sh.sort_s[m] = NEG_INF, sh.sort_id[m] = NONE;
+            if (lane == 0 && m < SORT_CAP) sh.sort_s[m] = NEG_INF, sh.sort_id[m] = NONE;
         }
         // (In n_gathered, not bcast, which the caller may write again before every thread has
         // read this.)
-        if (lane == 0) sh.n_gathered = m < 64 ? m : 0u;
+        if (lane == 0) sh.n_gathered = all ? m : 0u;
     }
     __syncthreads();
     return sh.n_gathered;
@@ -1015,6 +1034,7 @@ __device__ bool draw_from_chunks(const float* __restrict__ l, const RowParams& p
     // row's n_S best tokens, every one of them.
     const u32 n_listed = n_chunks * CHUNK_LIST;
     u32 in_s = 0, valid = 0;
+    if (threadIdx.x == 0) sh.n_cand = 0;  // for best_of_lists (block_sum_u32's barrier comes first)
     for (u32 i = threadIdx.x; i < n_listed; i += SAMPLE_THREADS) {
         const u32* r = recs + (u64)(i / CHUNK_LIST) * CHUNK_WORDS;
         const u32 j = i % CHUNK_LIST;
@@ -1063,7 +1083,11 @@ __device__ bool draw_from_chunks(const float* __restrict__ l, const RowParams& p
     const u32 need = max(filtered ? (small_k ? p.top_k : SORT_CAP) : 0u, want_top ? min(p.logprobs, finite) : 0u);
     // The few best entries (a small top-k, alternatives) by warps in registers; the whole list
     // (a cut without a small top-k), or ties reaching past the 64 best, by the block.
-    const u32 n_best = need > 0 && need <= CHUNK_LIST && need <= valid ? best_of_lists(sh, n_chunks, need) : 0u;
+    const bool few = need > 0 && need <= CHUNK_LIST && need <= valid;
+    // The need-th best below tau: the filters below would decline the row (top-k's survivors or
+    // the alternatives reaching past the tokens surely listed).
+    if (few && need > n_s) return false;
+    const u32 n_best = few ? best_of_lists(sh, n_listed, tau, need) : 0u;
     if (n_best == 0) sort_prefix_best_first(sh, n_listed, valid, need);
     PROBE(1, 5);
     // The top-p cut below reads entries before n_S (every survivor of top-k is among them), and
@@ -1152,11 +1176,26 @@ __device__ bool draw_from_chunks(const float* __restrict__ l, const RowParams& p
             k_top = min(p.logprobs, finite);
             if (k_top > n_s) ok = 0;
         }
-        // Few survivors (a small top-k's): their Gumbel-max draw here too, without the block.
+        // Few survivors (a small top-k's): their Gumbel-max draw here too, without the block,
+        // the float64 noise only for the contenders that float noise leaves within reach of the
+        // best (as the chunk pass screens its tokens; the same winner: no score moves by more
+        // than tol).
         u32 wid = NONE;
         if (ok && filtered && m <= 64) {
+            const float tol = GUMBEL_APPROX_TOL + 1e-6f * (fabsf(max_s) + 2.0f * GUMBEL_MAX);
+            float approx[2];
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const u32 j = lane + 32 * h;
+                approx[h] = j < m ? sh.sort_s[j] + gumbel_approx(key, sh.sort_id[j]) : NEG_INF;
+            }
+            const float reach = warp_max(fmaxf(approx[0], approx[1])) - 2.0f * tol;
             float ws = 0.0f;
-            for (u32 j = lane; j < m; j += 32) better(ws, wid, sh.sort_s[j] + gumbel(key, sh.sort_id[j]), sh.sort_id[j]);
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const u32 j = lane + 32 * h;
+                if (j < m && approx[h] >= reach) better(ws, wid, sh.sort_s[j] + gumbel(key, sh.sort_id[j]), sh.sort_id[j]);
+            }
 #pragma unroll
             for (int o = 16; o > 0; o >>= 1) {
                 const float s2 = __shfl_xor_sync(FULL_WARP, ws, o);

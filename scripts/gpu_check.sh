@@ -548,7 +548,8 @@ if [ "$what" = e2e ]; then
         STEP_TIMEOUT=${LLAMA_S:-420} step llamacpp bash .device/llamacpp/bench.sh /root/m/model.gguf "${BENCH_BATCHES:-1,8,64}"
         cp "$out/llamacpp.log" "$dest/llamacpp.txt" 2>/dev/null
     fi
-    STEP_TIMEOUT=${BENCH_S:-240} step bench_generate "$py" benches/bench_generate.py --model /root/m/model.gguf --device cuda --batches "${BENCH_BATCHES:-1,8,64}" --new-tokens "${BENCH_TOKENS:-128}" --llamacpp "$out/llamacpp.log" --json "$out/bench_generate.json"
+    # BENCH_MODES: bench_generate.py's --modes (default: its own list).
+    STEP_TIMEOUT=${BENCH_S:-240} step bench_generate "$py" benches/bench_generate.py --model /root/m/model.gguf --device cuda --batches "${BENCH_BATCHES:-1,8,64}" --new-tokens "${BENCH_TOKENS:-128}" ${BENCH_MODES:+--modes "$BENCH_MODES"} --llamacpp "$out/llamacpp.log" --json "$out/bench_generate.json"
     cp "$out/bench_generate.log" "$dest/bench_generate.txt" 2>/dev/null
     STEP_TIMEOUT=120 step profile_b64 "$py" benches/profile_cuda_decode.py /root/m/model.gguf --batch 64 --steps 16
     cp "$out/profile_b64.log" "$dest/profile_b64.txt" 2>/dev/null
