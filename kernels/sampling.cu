@@ -538,9 +538,12 @@ __device__ __forceinline__ void apply_penalties(float* l, u32 lo, u32 hi, const 
     }
 }
 
-// The k-th largest of key_at(0..n) (1-based; keys 0 excluded; k <= the count of nonzero keys),
-// by the radix selection of kth_largest_key on keys the block already holds (in shared memory),
-// with THREADS threads (at most 1024). Call with every thread of the block.
+// A key t such that exactly the k largest of key_at(0..n) are >= t, ties with the k-th
+// included (1-based; keys 0 excluded; k <= the count of nonzero keys): the k-th largest itself,
+// or the lowest key of a radix bin that holds only wanted keys, whichever the selection reaches
+// first. By the radix selection of kth_largest_key on keys the block already holds (in shared
+// memory), with THREADS threads (at most 1024); bcast holds 3 words. Call with every thread of the
+// block.
 template <u32 THREADS, typename KeyAt>
 __device__ u32 block_kth_key(KeyAt key_at, u32 n, u32 k, u32* hist, u32* scratch, u32* bcast) {
     u32 prefix = 0, mask = 0, remaining = k;
@@ -551,6 +554,7 @@ __device__ u32 block_kth_key(KeyAt key_at, u32 n, u32 k, u32* hist, u32* scratch
     for (int level = 0; level < 3; level++) {
         const u32 nbins = 1u << bits[level];
         for (u32 b = threadIdx.x; b < nbins; b += THREADS) hist[b] = 0;
+        if (threadIdx.x == 0) bcast[2] = 0;
         __syncthreads();
         for (u32 j = threadIdx.x; j < n; j += THREADS) {
             const u32 kk = key_at(j);
@@ -578,6 +582,7 @@ __device__ u32 block_kth_key(KeyAt key_at, u32 n, u32 k, u32* hist, u32* scratch
                 if (cum + hist[b] >= remaining) {
                     bcast[0] = b;
                     bcast[1] = remaining - cum;
+                    bcast[2] = hist[b] == remaining - cum;
                     break;
                 }
                 cum += hist[b];
@@ -587,7 +592,13 @@ __device__ u32 block_kth_key(KeyAt key_at, u32 n, u32 k, u32* hist, u32* scratch
         prefix |= bcast[0] << shifts[level];
         mask |= (nbins - 1) << shifts[level];
         remaining = bcast[1];
+        const bool whole_bin = bcast[2] && level < 2 && prefix != 0;
         __syncthreads();
+        // Every key of the bin is wanted: the k keys at or above its lowest key are the k best,
+        // so that key serves as the k-th (no other key lies between it and the k-th: the bin
+        // holds only wanted keys); the remaining passes are skipped (for the chunk lists of a
+        // trained model's logits, the second level's bins mostly hold one key each).
+        if (whole_bin) return prefix;
     }
     return prefix;
 }
@@ -634,7 +645,7 @@ extern "C" __global__ void __launch_bounds__(CHUNK_THREADS)
     __shared__ float red_s[CHUNK_WARPS];
     __shared__ u32 red_id[CHUNK_WARPS];
     __shared__ double red_f64[CHUNK_WARPS];
-    __shared__ u32 bcast[2];
+    __shared__ u32 bcast[3];
     __shared__ u32 n_listed;
     const u32 c = blockIdx.x, row = blockIdx.y;
     // The parameters come from a copy that the stream waited for before this launch

@@ -11,7 +11,8 @@
 # synthetic models of the real 0.5B shapes and of Qwen2.5-7B's (bench_decode_step.py, AB_BATCHES
 # / AB_BATCHES_7B, `none`: no 7B), each build with its own kernel cache and the settings in
 # .device/ab/NAME/env if there is one (one wheel under two names compares two settings); with
-# AB_GENERATE=1 also the Generator (sampling included) on the 0.5B shapes. About 2.5 minutes a build. Nothing
+# AB_GENERATE=1 also the Generator (sampling included) on the 0.5B shapes, with AB_TIMELINE (batch
+# sizes) each build's per-kernel timeline of its decode step. About 2.5 minutes a build. Nothing
 # else may run on the machine meanwhile (a llama.cpp build beside it slowed every host-bound figure
 # by up to a quarter in one run). Outputs: $OUT/ab_<what>_<name>.txt.
 set -uo pipefail
@@ -38,6 +39,14 @@ for round in 1 2; do
             | grep -E "^(q/o|k/v|gate|down|lm_head)" | grep -v " - " | tee -a "$out/ab_matvec_$n.txt" | cut -c1-80
         run benches/bench_decode_step.py /root/m/syn05.gguf --device cuda --batches "${AB_BATCHES:-1,8,64}" 2>&1 | grep "^| [0-9]" | tee -a "$out/ab_step05_$n.txt"
         [ "${AB_BATCHES_7B:-1,8}" = none ] || run benches/bench_decode_step.py /root/m/syn7b.gguf --device cuda --batches "${AB_BATCHES_7B:-1,8}" 2>&1 | grep "^| [0-9]" | tee -a "$out/ab_step7b_$n.txt"
+        # AB_TIMELINE="1 4": each build's per-kernel timeline of syn05's decode step at those
+        # batches (profile_cuda_decode.py, torch's profiler), first round only.
+        if [ "$round" = 1 ]; then
+            for b in ${AB_TIMELINE:-}; do
+                run benches/profile_cuda_decode.py /root/m/syn05.gguf --child timeline --batch "$b" --steps 32 > "$out/ab_timeline_${n}_b$b.txt" 2>&1
+                grep -E "us a step on|^\| (matvec|attention|sample)" "$out/ab_timeline_${n}_b$b.txt" | cut -c1-110
+            done
+        fi
         # AB_GENERATE=1: the Generator on syn05 too (sampler included; bench_generate.py, AB_GEN_MODES
         # at AB_GEN_BATCHES), its table rows.
         [ "${AB_GENERATE:-0}" = 1 ] && run benches/bench_generate.py --model /root/m/syn05.gguf --device cuda --batches "${AB_GEN_BATCHES:-1,8}" \
