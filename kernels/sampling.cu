@@ -275,7 +275,6 @@ struct Shared {
         } mass;
     };
     u32 n_gathered;
-    u32 n_cand;  // best_of_lists's gathered entries
 };
 
 // Fraction bits of a token's fixed-point mass term: a term exp(s - max_s) is at most 1, so vocab
@@ -506,6 +505,54 @@ __device__ __forceinline__ float fkey_inv(u32 k) {
     return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
 }
 
+// Sorting 64 entries in a warp's registers, two a lane, by bitonic networks (a chunk's list in
+// sample_chunks, the merge of the chunks' lists in sample_rows: no __syncthreads, unlike a
+// block-wide sort).
+//
+// An entry's place in best-first order as one u64 (the order sort_best_first sorts by: fkey's,
+// -0 below +0, then the lower id), 0 for "none", which sorts last.
+__device__ __forceinline__ u64 rank_of(float s, u32 id) {
+    return id == NONE ? 0ull : ((u64)fkey(s) << 32) | (u64)(~id);
+}
+
+// One step of a bitonic network over a warp's 64 entries, two a lane (entry `lane` in a,
+// `lane + 32` in b): entries e and e ^ j are compared, and the lower one keeps the larger where
+// its half (desc_a, desc_b) is descending. Call with every lane.
+__device__ __forceinline__ void bitonic_step64(u64& a, u64& b, u32 j, bool desc_a, bool desc_b) {
+    if (j == 32) {
+        const u64 hi = max(a, b), lo = min(a, b);
+        a = desc_a ? hi : lo;
+        b = desc_a ? lo : hi;
+        return;
+    }
+    const u64 pa = __shfl_xor_sync(FULL_WARP, a, j), pb = __shfl_xor_sync(FULL_WARP, b, j);
+    const bool lower = (threadIdx.x & j) == 0;
+    a = lower == desc_a ? max(a, pa) : min(a, pa);
+    b = lower == desc_b ? max(b, pb) : min(b, pb);
+}
+
+// Sorts a warp's 64 entries largest first. Call with every lane.
+__device__ __forceinline__ void warp_sort64(u64& a, u64& b) {
+    const u32 lane = threadIdx.x % 32;
+#pragma unroll
+    for (u32 k2 = 2; k2 <= 64; k2 <<= 1) {
+#pragma unroll
+        for (u32 j = k2 >> 1; j > 0; j >>= 1) bitonic_step64(a, b, j, (lane & k2) == 0, ((lane + 32) & k2) == 0);
+    }
+}
+
+// The 64 largest of the warp's sorted entries and `other`'s (64, sorted largest first), sorted:
+// the larger of entry i and other's entry 63 - i is a bitonic sequence holding them, which one
+// merge network sorts. Call with every lane.
+__device__ __forceinline__ void warp_merge64(u64& a, u64& b, const u64* other) {
+    const u32 lane = threadIdx.x % 32;
+    a = max(a, other[63 - lane]);
+    b = max(b, other[31 - lane]);
+#pragma unroll
+    for (u32 j = 32; j > 0; j >>= 1) bitonic_step64(a, b, j, true, true);
+}
+
+
 // A draw at temperature > 0 with no filter: the chunks find their Gumbel-max winners themselves.
 __device__ __forceinline__ bool plain_draw(const RowParams& p) {
     return p.temperature != 0.0f && p.top_k == 0 && !(p.top_p < 1.0f) && !(p.min_p > 0.0f);
@@ -735,18 +782,30 @@ extern "C" __global__ void __launch_bounds__(CHUNK_THREADS)
     if (threadIdx.x == 0) n_listed = 0;
     __syncthreads();
     PROBE(0, 6);
+    // Gathered into shared memory (one atomic a warp), then sorted best first by warp 0 as
+    // they go out: sample_rows merges the sorted lists instead of sorting their union.
+    __shared__ u64 listed[CHUNK_LIST];  // rank_of's u64, in slot order
     for (int pass = 0; pass < (needs.lists ? 2 : 0); pass++) {
         for (u32 j = threadIdx.x; j < n; j += CHUNK_THREADS) {
             const u32 kk = keys[j];
-            if (pass == 0 ? kk > thr : kk == thr && kk != 0) {
-                const u32 slot = atomicAdd(&n_listed, 1u);
-                if (slot < CHUNK_LIST) {
-                    rec[16 + slot] = c0 + j;
-                    rec[16 + CHUNK_LIST + slot] = __float_as_uint(fkey_inv(kk));
-                }
-            }
+            const bool take = pass == 0 ? kk > thr : kk == thr && kk != 0;
+            const u32 active = __activemask(), took = __ballot_sync(active, take);
+            if (took == 0) continue;
+            const u32 lane = threadIdx.x % 32, leader = __ffs(took) - 1;
+            u32 base = 0;
+            if (lane == leader) base = atomicAdd(&n_listed, __popc(took));
+            base = __shfl_sync(active, base, leader);
+            const u32 slot = base + __popc(took & ((1u << lane) - 1));
+            if (take && slot < CHUNK_LIST) listed[slot] = ((u64)kk << 32) | (u64)(~(c0 + j));
         }
         __syncthreads();
+    }
+    if (needs.lists && threadIdx.x < 32) {
+        const u32 lane = threadIdx.x, cnt = min(n_listed, (u32)CHUNK_LIST);
+        u64 a = lane < cnt ? listed[lane] : 0ull, b = lane + 32 < cnt ? listed[lane + 32] : 0ull;
+        warp_sort64(a, b);
+        if (lane < cnt) rec[16 + lane] = ~(u32)a, rec[16 + CHUNK_LIST + lane] = __float_as_uint(fkey_inv((u32)(a >> 32)));
+        if (lane + 32 < cnt) rec[16 + 32 + lane] = ~(u32)b, rec[16 + CHUNK_LIST + 32 + lane] = __float_as_uint(fkey_inv((u32)(b >> 32)));
     }
     if (threadIdx.x == 0) {
         const u64 zb = (u64)__double_as_longlong(z);
@@ -815,102 +874,40 @@ __device__ void sort_prefix_best_first(Shared& sh, u32 n, u32 valid, u32 need) {
     sort_best_first(sh, m);
 }
 
-// ---- the best of the chunks' lists in registers: warp bitonic networks instead of a block sort
-//
-// An entry's place in best-first order as one u64 (the order sort_best_first sorts by: fkey's,
-// -0 below +0, then the lower id), 0 for "none", which sorts last.
-__device__ __forceinline__ u64 rank_of(float s, u32 id) {
-    return id == NONE ? 0ull : ((u64)fkey(s) << 32) | (u64)(~id);
-}
-
-// One step of a bitonic network over a warp's 64 entries, two a lane (entry `lane` in a,
-// `lane + 32` in b): entries e and e ^ j are compared, and the lower one keeps the larger where
-// its half (desc_a, desc_b) is descending. Call with every lane.
-__device__ __forceinline__ void bitonic_step64(u64& a, u64& b, u32 j, bool desc_a, bool desc_b) {
-    if (j == 32) {
-        const u64 hi = max(a, b), lo = min(a, b);
-        a = desc_a ? hi : lo;
-        b = desc_a ? lo : hi;
-        return;
-    }
-    const u64 pa = __shfl_xor_sync(FULL_WARP, a, j), pb = __shfl_xor_sync(FULL_WARP, b, j);
-    const bool lower = (threadIdx.x & j) == 0;
-    a = lower == desc_a ? max(a, pa) : min(a, pa);
-    b = lower == desc_b ? max(b, pb) : min(b, pb);
-}
-
-// Sorts a warp's 64 entries largest first. Call with every lane.
-__device__ __forceinline__ void warp_sort64(u64& a, u64& b) {
-    const u32 lane = threadIdx.x % 32;
-#pragma unroll
-    for (u32 k2 = 2; k2 <= 64; k2 <<= 1) {
-#pragma unroll
-        for (u32 j = k2 >> 1; j > 0; j >>= 1) bitonic_step64(a, b, j, (lane & k2) == 0, ((lane + 32) & k2) == 0);
-    }
-}
-
-// The 64 largest of the warp's sorted entries and `other`'s (64, sorted largest first), sorted:
-// the larger of entry i and other's entry 63 - i is a bitonic sequence holding them, which one
-// merge network sorts. Call with every lane.
-__device__ __forceinline__ void warp_merge64(u64& a, u64& b, const u64* other) {
-    const u32 lane = threadIdx.x % 32;
-    a = max(a, other[63 - lane]);
-    b = max(b, other[31 - lane]);
-#pragma unroll
-    for (u32 j = 32; j > 0; j >>= 1) bitonic_step64(a, b, j, true, true);
-}
-
 // sort_prefix_best_first's result for need <= CHUNK_LIST, from the chunks' lists as the fill loop
-// left them in sort_s / sort_id (n_listed entries): the need-th best key is above tau (the caller
-// has declined the row otherwise), so only the n_s entries above tau can be among them or tie with
-// it. Those are gathered into sh.term (as rank_of's u64, in any order; sh.term is free until
-// mass_terms), warp w sorts entries 64w .. 64w + 63 of them in registers, pairs of warps merge
-// their 64 best through shared memory (sh.term again, past the gathered entries' reads) until
-// warp 0 holds the 64 best, and warp 0 writes those at or above the need-th best key (ties
-// included) sorted to the front, with a "none" after them, and returns their count. Returns 0,
-// having written nothing, when ties at the need-th key may reach past the 64 best: the caller then
-// sorts the usual way. The same entries in the same order as sort_prefix_best_first, whose radix
-// passes over every listed entry and block-wide sort (each step a __syncthreads) took 8.3 us of a
-// 17 us draw (H100, T 0.8, top-k 40, top-p 0.95, min-p 0.05). sh.n_cand must be 0 and every
-// entry written before the call. Call with every thread; 1 <= need <= n_s.
+// left them in sort_s / sort_id (chunk c's at c * CHUNK_LIST, each sorted best first by
+// sample_chunks, "none" entries last): warp c holds chunk c's list in registers, pairs of warps
+// merge theirs through shared memory (sh.term, free until mass_terms) until warp 0 holds the 64
+// best, and warp 0 writes those at or above the need-th best key (ties included) sorted to the
+// front, with a "none" after them, and returns their count. Returns 0, having written nothing,
+// when the 64 best are all at or above it (more ties may follow): the caller then sorts the usual
+// way. The same entries in the same order as sort_prefix_best_first, whose radix passes over the
+// lists and block-wide sort (each step a __syncthreads) took 8.3 us of a 17 us draw (H100, T 0.8,
+// top-k 40, top-p 0.95, min-p 0.05). Call with every thread; 1 <= need <= the valid entries.
 static_assert(CHUNK_LIST == 64, "two entries a lane");
-static_assert(SORT_CAP % 64 == 0 && 2 * (SORT_CAP / 128) * 64 * sizeof(u64) <= SORT_CAP * sizeof(double),
-              "every entry gathered into sh.term, and two rounds' lists of 64 too");
-__device__ u32 best_of_lists(Shared& sh, u32 n_listed, u32 tau, u32 need) {
+static_assert(CHUNKS_MAX <= 32 && 2 * (CHUNKS_MAX / 2) * CHUNK_LIST * sizeof(u64) <= SORT_CAP * sizeof(double),
+              "every chunk's list in a warp of its own; two rounds' lists fit sh.term");
+__device__ u32 best_of_lists(Shared& sh, u32 n_chunks, u32 need) {
     const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    u64* const scratch = reinterpret_cast<u64*>(sh.term);
-    // The entries above tau, gathered (a warp's at once: one atomic a warp).
-    for (u32 i = threadIdx.x; i < n_listed; i += SAMPLE_THREADS) {
-        const bool above = sh.sort_id[i] != NONE && fkey(sh.sort_s[i]) > tau;
-        const u32 active = __activemask(), took = __ballot_sync(active, above);
-        const u32 leader = __ffs(active) - 1;
-        u32 base = 0;
-        if (lane == leader && took != 0) base = atomicAdd(&sh.n_cand, __popc(took));
-        base = __shfl_sync(active, base, leader);
-        if (above) scratch[base + __popc(took & ((1u << lane) - 1))] = rank_of(sh.sort_s[i], sh.sort_id[i]);
-    }
-    __syncthreads();
-    const u32 n_cand = sh.n_cand;
-    u32 held = (n_cand + 63) / 64;
     u64 a = 0, b = 0;
-    if (warp < held) {
-        a = 64 * warp + lane < n_cand ? scratch[64 * warp + lane] : 0ull;
-        b = 64 * warp + 32 + lane < n_cand ? scratch[64 * warp + 32 + lane] : 0ull;
-        warp_sort64(a, b);
+    if (warp < n_chunks) {
+        const u32 i = warp * CHUNK_LIST + lane;
+        a = rank_of(sh.sort_s[i], sh.sort_id[i]);
+        b = rank_of(sh.sort_s[i + 32], sh.sort_id[i + 32]);
     }
     // Each round, the upper half of the warps holding lists hands them to the lower half. Two
     // buffers by turns: a round's writes cannot overwrite lists the round before is still reading.
-    if (held > 1) __syncthreads();  // every gathered entry read before the first round writes
+    u64* const scratch = reinterpret_cast<u64*>(sh.term);
     u32 round = 0;
-    for (; held > 1; round++) {
+    for (u32 held = n_chunks; held > 1; round++) {
         const u32 keep = (held + 1) / 2;
-        u64* const slots = scratch + (round & 1) * (SORT_CAP / 2);
+        u64* const slots = scratch + (round & 1) * (CHUNKS_MAX / 2) * CHUNK_LIST;
         if (warp >= keep && warp < held) {
-            slots[(warp - keep) * 64 + lane] = a;
-            slots[(warp - keep) * 64 + 32 + lane] = b;
+            slots[(warp - keep) * CHUNK_LIST + lane] = a;
+            slots[(warp - keep) * CHUNK_LIST + 32 + lane] = b;
         }
         __syncthreads();
-        if (warp < held - keep) warp_merge64(a, b, slots + warp * 64);
+        if (warp < held - keep) warp_merge64(a, b, slots + warp * CHUNK_LIST);
         held = keep;
     }
     if (warp == 0) {
@@ -921,18 +918,16 @@ __device__ u32 best_of_lists(Shared& sh, u32 n_listed, u32 tau, u32 need) {
         if (thr == fkey(0.0f)) thr = fkey(-0.0f);
         const bool in_a = a != 0 && (u32)(a >> 32) >= thr, in_b = b != 0 && (u32)(b >> 32) >= thr;
         const u32 m = __popc(__ballot_sync(FULL_WARP, in_a)) + __popc(__ballot_sync(FULL_WARP, in_b));
-        // Sorted, so the m entries at or above thr are entries 0 .. m - 1; all of them unless the
-        // 64 best are (more above tau may tie) or thr is not above tau (a -0 at tau ties a +0).
-        const bool all = (m < 64 || n_cand <= 64) && thr > tau;
-        if (all) {
+        // Sorted, so the m entries at or above thr are entries 0 .. m - 1.
+        if (m < 64) {
             if (in_a) sh.sort_s[lane] = fkey_inv((u32)(a >> 32)), sh.sort_id[lane] = ~(u32)a;
             if (in_b) sh.sort_s[lane + 32] = fkey_inv((u32)(b >> 32)), sh.sort_id[lane + 32] = ~(u32)b;
             // A "none" after them stops the readers' tie scans.
-            if (lane == 0 && m < SORT_CAP) sh.sort_s[m] = NEG_INF, sh.sort_id[m] = NONE;
+            if (lane == 0) sh.sort_s[m] = NEG_INF, sh.sort_id[m] = NONE;
         }
         // (In n_gathered, not bcast, which the caller may write again before every thread has
         // read this.)
-        if (lane == 0) sh.n_gathered = all ? m : 0u;
+        if (lane == 0) sh.n_gathered = m < 64 ? m : 0u;
     }
     __syncthreads();
     return sh.n_gathered;
@@ -1045,7 +1040,6 @@ __device__ bool draw_from_chunks(const float* __restrict__ l, const RowParams& p
     // row's n_S best tokens, every one of them.
     const u32 n_listed = n_chunks * CHUNK_LIST;
     u32 in_s = 0, valid = 0;
-    if (threadIdx.x == 0) sh.n_cand = 0;  // for best_of_lists (block_sum_u32's barrier comes first)
     for (u32 i = threadIdx.x; i < n_listed; i += SAMPLE_THREADS) {
         const u32* r = recs + (u64)(i / CHUNK_LIST) * CHUNK_WORDS;
         const u32 j = i % CHUNK_LIST;
@@ -1098,7 +1092,7 @@ __device__ bool draw_from_chunks(const float* __restrict__ l, const RowParams& p
     // The need-th best below tau: the filters below would decline the row (top-k's survivors or
     // the alternatives reaching past the tokens surely listed).
     if (few && need > n_s) return false;
-    const u32 n_best = few ? best_of_lists(sh, n_listed, tau, need) : 0u;
+    const u32 n_best = few ? best_of_lists(sh, n_chunks, need) : 0u;
     if (n_best == 0) sort_prefix_best_first(sh, n_listed, valid, need);
     PROBE(1, 5);
     // The top-p cut below reads entries before n_S (every survivor of top-k is among them), and
@@ -1201,11 +1195,16 @@ __device__ bool draw_from_chunks(const float* __restrict__ l, const RowParams& p
                 approx[h] = j < m ? sh.sort_s[j] + gumbel_approx(key, sh.sort_id[j]) : NEG_INF;
             }
             const float reach = warp_max(fmaxf(approx[0], approx[1])) - 2.0f * tol;
+            const u32 in0 = __ballot_sync(FULL_WARP, lane < m && approx[0] >= reach);
+            const u32 in1 = __ballot_sync(FULL_WARP, lane + 32 < m && approx[1] >= reach);
+            // One contender is the winner whatever its exact noise.
+            const bool alone = __popc(in0) + __popc(in1) == 1;
             float ws = 0.0f;
 #pragma unroll
             for (int h = 0; h < 2; h++) {
                 const u32 j = lane + 32 * h;
-                if (j < m && approx[h] >= reach) better(ws, wid, sh.sort_s[j] + gumbel(key, sh.sort_id[j]), sh.sort_id[j]);
+                if (((h == 0 ? in0 : in1) >> lane) & 1)
+                    better(ws, wid, alone ? 0.0f : sh.sort_s[j] + gumbel(key, sh.sort_id[j]), sh.sort_id[j]);
             }
 #pragma unroll
             for (int o = 16; o > 0; o >>= 1) {
