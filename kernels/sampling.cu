@@ -481,8 +481,8 @@ __device__ u32 kth_largest_key(const float* __restrict__ l, u32 n, u32 k, u32 fl
 // A row is cut into chunks of CHUNK_ELEMS values, one block of CHUNK_THREADS each (19 blocks for
 // Qwen2's 151,936). Each applies the penalties of its own tokens, then records the chunk's best
 // logit, finite count, first broken value, the sum of exp(s - chunk max) over its scaled logits s,
-// its CHUNK_LIST best tokens (exactly, by radix selection in shared memory) and, for a draw with
-// no filter, its Gumbel-max winner. sample_rows then draws from these records (draw_from_chunks)
+// its CHUNK_LIST best tokens (exactly, by radix selection in shared memory; sorted best first) and,
+// for a draw with no filter, its Gumbel-max winner. sample_rows then draws from these records (draw_from_chunks)
 // whenever they settle the draw exactly; otherwise it scans the (already penalized) row itself.
 // 512 threads a chunk rather than 256: each thread's share of a chunk's loads and histogram is
 // half as long, which is what bounds one to eight rows (H200, 2026-12-04, bench_cuda_sampler.py:
