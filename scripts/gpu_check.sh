@@ -68,6 +68,8 @@
 #                started earlier in the lease); tests: every GPU test without the real model; timeline: where a
 #                one-sequence step goes (syn05, syn7b); ab: decode steps under AB_VARIANTS; barrier:
 #                a phase boundary's cost, chained launches against a persistent kernel's grid barrier;
+#                cluster_handover: two chained launches against one launch of clusters handing over
+#                through distributed shared memory (the o projection folded into attention);
 #                prefetch_lines: the L2 prefetch windows at a phase's or a layer's size, bulk and by lines.
 #   Logs, JSON reports and haiku artifacts go to one archive, $OUT/gpu_check.tar.gz (the device
 #   tool brings back at most 8 files), beside report.jsonl and table.txt. A table closes the
@@ -499,6 +501,13 @@ if [ "$what" = pending ]; then
     # kernel whose phases meet at a grid barrier; the question behind a persistent decode layer.
     STEP_TIMEOUT=120 step grid_barrier "$py" benches/bench_grid_barrier.py
     cp "$out/grid_barrier.log" "$dest/grid_barrier.txt" 2>/dev/null
+    fi
+    if [[ ,$parts, == *,cluster_handover,* ]]; then
+    # What folding the o projection into attention would save in hand-over alone
+    # (benches/bench_cluster_handover.py, no ferrite code): two chained launches against one
+    # launch of thread block clusters handing over through distributed shared memory.
+    STEP_TIMEOUT=120 step cluster_handover "$py" benches/bench_cluster_handover.py
+    cp "$out/cluster_handover.log" "$dest/cluster_handover.txt" 2>/dev/null
     fi
     if [[ $parts == *sampler* ]]; then
     STEP_TIMEOUT=${ENGINE_PYTEST_S:-150} step pytest_sampler "$py" -m pytest -q -ra -p no:cacheprovider tests/test_sampling.py tests/test_cuda_engine.py -m cuda --junitxml="$out/junit_sampler.xml"

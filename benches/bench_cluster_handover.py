@@ -1,0 +1,286 @@
+"""What folding one decode phase into the one before it saves, through a thread block cluster:
+two chained launches (attention, then the o projection) against one launch whose blocks form a
+cluster and hand over through distributed shared memory.
+
+At one sequence, a layer's attention is 14 blocks (one a query head of the 0.5B model) and its o
+projection a launch of its own that waits for all of them. Folded, the 14 blocks of a token would
+form one cluster: each leaves its head's output in shared memory, `barrier.cluster` orders those
+writes, and each block then reads all 14 outputs from its peers (`mapa` + `ld.shared::cluster`)
+and computes its share of o's rows. No launch boundary and no round trip through L2 between the
+two. This bench isolates that hand-over, as bench_grid_barrier.py isolates a launch boundary:
+
+- `two launches`: phase A (C blocks a token; each reads the token's vector of n floats from L2,
+  reduces it, writes its slice of n / C floats) then phase B (--blocks-b blocks a token, as the
+  o projection's launch has; each reads the whole vector phase A wrote, reduces it, writes its
+  slice), chained with programmatic dependent launch, each kernel loading its weights before its
+  wait (phase B's bytes a token the same as the cluster's);
+- `cluster`: one kernel doing A, the cluster barrier, B from the peers' shared memory, a second
+  barrier (a block's shared memory must outlive its peers' reads), launched with cluster
+  dimensions (C, 1, 1) and the same dependent-launch attribute, loading both phases' weights
+  before its wait.
+
+A grid is T clusters of C blocks (T tokens). Prints microseconds a pair of phases, chained P
+times in a CUDA graph (median of --reps replays). Needs only the CUDA driver and NVRTC (as
+scripts/nvrtc_cubin.py finds them); no ferrite code.
+
+    python benches/bench_cluster_handover.py [--clusters 14,7,4] [--tokens 1,4,8]
+        [--weight-kb-a 8] [--weight-kb-b 39] [--pairs 48]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes as C
+import os
+import statistics
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
+from nvrtc_cubin import BASE_OPTIONS, compile_source  # noqa: E402
+
+SOURCE = r"""
+typedef unsigned int u32;
+typedef unsigned long long u64;
+#define MAX_W4 8
+__device__ __forceinline__ float block_sum(float v, float* red) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    float s = 0.0f;
+    for (int w = 0; w < (int)(blockDim.x >> 5); w++) s += red[w];
+    __syncthreads();
+    return s;
+}
+// This block's weights: w4 float4 a thread at `off4` + the block's share, in registers.
+__device__ __forceinline__ void load_weights(const float4* __restrict__ w, u64 off4, int w4, float4 (&r)[MAX_W4]) {
+    const u64 base = off4 + ((u64)blockIdx.x * blockDim.x + threadIdx.x) * w4;
+#pragma unroll
+    for (int i = 0; i < MAX_W4; i++)
+        if (i < w4) asm volatile("ld.global.nc.L1::no_allocate.v4.f32 {%0,%1,%2,%3}, [%4];"
+                                 : "=f"(r[i].x), "=f"(r[i].y), "=f"(r[i].z), "=f"(r[i].w) : "l"(w + base + i));
+}
+__device__ __forceinline__ float use_weights(int w4, const float4 (&r)[MAX_W4]) {
+    float s = 0.0f;
+#pragma unroll
+    for (int i = 0; i < MAX_W4; i++)
+        if (i < w4) s += r[i].x + r[i].y + r[i].z + r[i].w;
+    return s;
+}
+__device__ __forceinline__ void wait_previous() {
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+}
+// The C blocks of a token: blockIdx.x / C is the token, blockIdx.x % C the block's rank.
+// Phase A: the token's vector in, this block's slice out.
+extern "C" __global__ void phase_a(const float* xin, float* mid, int n, int C, const float4* __restrict__ w, u64 off4, int w4) {
+    __shared__ float red[32];
+    float4 r[MAX_W4];
+    load_weights(w, off4, w4, r);
+    wait_previous();
+    const int t = blockIdx.x / C, rank = blockIdx.x % C, per = n / C;
+    float s = use_weights(w4, r) * 1e-30f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) s += __ldcg(xin + (u64)t * n + i);
+    s = block_sum(s, red);
+    for (int i = threadIdx.x; i < per; i += blockDim.x) mid[(u64)t * n + rank * per + i] = s * 1e-3f + (float)i;
+}
+// Phase B: the whole of phase A's vector in, this block's slice out.
+extern "C" __global__ void phase_b(const float* mid, float* xout, int n, int C, const float4* __restrict__ w, u64 off4, int w4) {
+    __shared__ float red[32];
+    float4 r[MAX_W4];
+    load_weights(w, off4, w4, r);
+    wait_previous();
+    const int t = blockIdx.x / C, rank = blockIdx.x % C, per = n / C;
+    float s = use_weights(w4, r) * 1e-30f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) s += __ldcg(mid + (u64)t * n + i);
+    s = block_sum(s, red);
+    for (int i = threadIdx.x; i < per; i += blockDim.x) xout[(u64)t * n + rank * per + i] = s * 1e-3f + (float)i;
+}
+__device__ __forceinline__ void cluster_barrier() {
+    asm volatile("barrier.cluster.arrive.release;\n\tbarrier.cluster.wait.acquire;" ::: "memory");
+}
+__device__ __forceinline__ float ld_peer(const float* p, u32 rank) {
+    const u32 local = (u32)__cvta_generic_to_shared(p);
+    u32 remote;
+    float v;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(rank));
+    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote) : "memory");
+    return v;
+}
+// Both phases in one launch of clusters of C blocks: A's slice stays in shared memory, B reads
+// every peer's. Launched with cluster dimensions (C, 1, 1), so a cluster is one token's blocks
+// and a block's rank in it is blockIdx.x % C.
+extern "C" __global__ void fused_ab(const float* xin, float* xout, int n, int C, const float4* __restrict__ w, u64 off_a4,
+                                    u64 off_b4, int w4a, int w4b) {
+    __shared__ float red[32];
+    __shared__ float slice[1024];
+    float4 ra[MAX_W4], rb[MAX_W4];
+    load_weights(w, off_a4, w4a, ra);
+    load_weights(w, off_b4, w4b, rb);
+    wait_previous();
+    const int t = blockIdx.x / C, per = n / C;
+    float s = use_weights(w4a, ra) * 1e-30f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) s += __ldcg(xin + (u64)t * n + i);
+    s = block_sum(s, red);
+    for (int i = threadIdx.x; i < per; i += blockDim.x) slice[i] = s * 1e-3f + (float)i;
+    cluster_barrier();
+    float s2 = use_weights(w4b, rb) * 1e-30f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) s2 += ld_peer(slice + i % per, (u32)(i / per));
+    s2 = block_sum(s2, red);
+    const int rank = blockIdx.x % C;
+    for (int i = threadIdx.x; i < per; i += blockDim.x) xout[(u64)t * n + rank * per + i] = s2 * 1e-3f + (float)i;
+    cluster_barrier();  // peers may still be reading this block's slice
+}
+"""
+
+
+class LaunchAttr(C.Structure):
+    _fields_ = [("id", C.c_int), ("pad", C.c_char * 4), ("value", C.c_char * 64)]
+
+
+class LaunchConfig(C.Structure):
+    _fields_ = [
+        ("gx", C.c_uint), ("gy", C.c_uint), ("gz", C.c_uint),
+        ("bx", C.c_uint), ("by", C.c_uint), ("bz", C.c_uint),
+        ("smem", C.c_uint), ("stream", C.c_void_p), ("attrs", C.POINTER(LaunchAttr)), ("n_attrs", C.c_uint),
+    ]
+
+
+CLUSTER_DIMENSION = 4
+PROGRAMMATIC_STREAM_SERIALIZATION = 6
+FUNC_NON_PORTABLE_CLUSTER_SIZE_ALLOWED = 14
+
+
+def check(cu, rc: int, what: str) -> None:
+    if rc != 0:
+        msg = C.c_char_p()
+        cu.cuGetErrorString(rc, C.byref(msg))
+        raise RuntimeError(f"{what}: CUDA error {rc} {msg.value!r}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--clusters", default="14,7,4", help="blocks a token (a cluster's size)")
+    ap.add_argument("--tokens", default="1,4,8", help="tokens (clusters) a launch")
+    ap.add_argument("--n", type=int, default=896, help="floats of a token's vector")
+    ap.add_argument("--threads", type=int, default=512)
+    ap.add_argument("--weight-kb-a", type=int, default=8, help="phase A's weights a block (KB)")
+    ap.add_argument("--weight-kb-b", type=int, default=39, help="phase B's weights a cluster block (KB; o's 64 rows of Q5_0: 39)")
+    ap.add_argument("--blocks-b", type=int, default=56, help="phase B's blocks a token when launched alone (o's: 56 of 16 rows)")
+    ap.add_argument("--pairs", type=int, default=48)
+    ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--compile-only", action="store_true")
+    args = ap.parse_args()
+    cubin = compile_source("cluster_handover.cu", SOURCE.encode(), ["--gpu-architecture=sm_90", *BASE_OPTIONS])
+    if args.compile_only:
+        print(f"compiled: {len(cubin)} bytes of cubin")
+        return
+    cu = C.CDLL("libcuda.so.1")
+    check(cu, cu.cuInit(0), "cuInit")
+    dev, ctx = C.c_int(), C.c_void_p()
+    check(cu, cu.cuDeviceGet(C.byref(dev), 0), "cuDeviceGet")
+    check(cu, cu.cuDevicePrimaryCtxRetain(C.byref(ctx), dev), "ctx")
+    check(cu, cu.cuCtxSetCurrent(ctx), "ctx")
+    name = C.create_string_buffer(256)
+    cu.cuDeviceGetName(name, 256, dev)
+    mod = C.c_void_p()
+    check(cu, cu.cuModuleLoadData(C.byref(mod), cubin), "cuModuleLoadData")
+    fns = {}
+    for k in ("phase_a", "phase_b", "fused_ab"):
+        f = C.c_void_p()
+        check(cu, cu.cuModuleGetFunction(C.byref(f), mod, k.encode()), k)
+        fns[k] = f
+    check(cu, cu.cuFuncSetAttribute(fns["fused_ab"], FUNC_NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1), "non-portable clusters")
+    stream, ev0, ev1 = C.c_void_p(), C.c_void_p(), C.c_void_p()
+    check(cu, cu.cuStreamCreate(C.byref(stream), 1), "stream")
+    check(cu, cu.cuEventCreate(C.byref(ev0), 0), "ev")
+    check(cu, cu.cuEventCreate(C.byref(ev1), 0), "ev")
+
+    def alloc(nbytes: int) -> int:
+        p = C.c_uint64()
+        check(cu, cu.cuMemAlloc_v2(C.byref(p), C.c_size_t(nbytes)), "cuMemAlloc")
+        check(cu, cu.cuMemsetD8_v2(p, 0, C.c_size_t(nbytes)), "memset")
+        return p.value
+
+    n, max_tokens = args.n, max(int(t) for t in args.tokens.split(","))
+    bufs = [alloc(max_tokens * n * 4) for _ in range(3)]
+    w_total = 256 << 20  # more than L2: weights rotate through DRAM as a decode step's do
+    w = alloc(w_total)
+
+    def launch(fn, grid, params, cluster=0):
+        attrs = (LaunchAttr * 2)()
+        attrs[0].id = PROGRAMMATIC_STREAM_SERIALIZATION
+        C.memmove(attrs[0].value, (C.c_int * 1)(1), 4)
+        n_attrs = 1
+        if cluster:
+            attrs[1].id = CLUSTER_DIMENSION
+            C.memmove(attrs[1].value, (C.c_uint * 3)(cluster, 1, 1), 12)
+            n_attrs = 2
+        cfg = LaunchConfig(grid, 1, 1, args.threads, 1, 1, 0, stream, attrs, n_attrs)
+        ptrs = (C.c_void_p * len(params))(*[C.cast(C.pointer(p), C.c_void_p) for p in params])
+        check(cu, cu.cuLaunchKernelEx(C.byref(cfg), fn, ptrs, None), "launch")
+
+    def time_graph(build) -> float:
+        graph, exe = C.c_void_p(), C.c_void_p()
+        check(cu, cu.cuStreamBeginCapture_v2(stream, 0), "capture")
+        build()
+        check(cu, cu.cuStreamEndCapture(stream, C.byref(graph)), "end capture")
+        check(cu, cu.cuGraphInstantiateWithFlags(C.byref(exe), graph, C.c_ulonglong(0)), "instantiate")
+        times = []
+        for rep in range(args.reps + 3):
+            check(cu, cu.cuEventRecord(ev0, stream), "rec")
+            check(cu, cu.cuGraphLaunch(exe, stream), "graph launch")
+            check(cu, cu.cuEventRecord(ev1, stream), "rec")
+            check(cu, cu.cuEventSynchronize(ev1), "sync")
+            ms = C.c_float()
+            check(cu, cu.cuEventElapsedTime(C.byref(ms), ev0, ev1), "elapsed")
+            if rep >= 3:
+                times.append(ms.value * 1000.0 / args.pairs)
+        cu.cuGraphExecDestroy(exe)
+        cu.cuGraphDestroy(graph)
+        return statistics.median(times)
+
+    print(f"# {name.value.decode()}; {args.pairs} pairs of phases a graph, {args.threads} threads a block, vectors of {n} "
+          f"floats, weights a block: A {args.weight_kb_a} KB, B {args.weight_kb_b} KB (rotating through 256 MB)")
+    print("| blocks a token (cluster) | tokens | two launches (us a pair) | cluster, one launch | saved (us a pair) |")
+    print("| ---: | ---: | ---: | ---: | ---: |")
+    for c in [int(x) for x in args.clusters.split(",")]:
+        for t in [int(x) for x in args.tokens.split(",")]:
+            grid = c * t
+            cb = args.blocks_b
+            # Phase B's weights a token are the same bytes either way: C blocks of --weight-kb-b in
+            # the cluster, spread over --blocks-b blocks when B is a launch of its own.
+            w4a = min(8, -(-args.weight_kb_a * 1024 // (16 * args.threads)))
+            w4b = min(8, -(-args.weight_kb_b * 1024 // (16 * args.threads)))
+            w4b_alone = min(8, -(-args.weight_kb_b * c * 1024 // (16 * args.threads * cb)))
+            stride_a, stride_b = grid * args.threads * w4a, max(grid * w4b, t * cb * w4b_alone) * args.threads
+            wrap = (w_total // 16) // max(stride_a + stride_b, 1) * max(stride_a + stride_b, 1)
+
+            def offsets(p):
+                base = (p * (stride_a + stride_b)) % wrap
+                return C.c_ulonglong(base), C.c_ulonglong(base + stride_a)
+
+            def two():
+                for p in range(args.pairs):
+                    oa, ob = offsets(p)
+                    x, mid = C.c_uint64(bufs[p % 2]), C.c_uint64(bufs[2])
+                    launch(fns["phase_a"], grid, [x, mid, C.c_int(n), C.c_int(c), C.c_uint64(w), oa, C.c_int(w4a)])
+                    launch(fns["phase_b"], t * cb, [mid, C.c_uint64(bufs[(p + 1) % 2]), C.c_int(n), C.c_int(cb), C.c_uint64(w), ob, C.c_int(w4b_alone)])
+
+            def fused():
+                for p in range(args.pairs):
+                    oa, ob = offsets(p)
+                    launch(fns["fused_ab"], grid, [C.c_uint64(bufs[p % 2]), C.c_uint64(bufs[(p + 1) % 2]), C.c_int(n), C.c_int(c),
+                                                   C.c_uint64(w), oa, ob, C.c_int(w4a), C.c_int(w4b)], cluster=c)
+
+            t_two = time_graph(two)
+            try:
+                t_fused = time_graph(fused)
+                fused_s, saved = f"{t_fused:.2f}", f"{t_two - t_fused:.2f}"
+            except RuntimeError as e:
+                fused_s, saved = f"(refused: {e})", "-"
+            print(f"| {c} | {t} | {t_two:.2f} | {fused_s} | {saved} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
