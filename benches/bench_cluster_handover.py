@@ -24,7 +24,11 @@ times in a CUDA graph (median of --reps replays). Needs only the CUDA driver and
 scripts/nvrtc_cubin.py finds them); no ferrite code.
 
     python benches/bench_cluster_handover.py [--clusters 14,7,4] [--tokens 1,4,8]
-        [--weight-kb-a 8] [--weight-kb-b 39] [--pairs 48]
+        [--weight-kb-a 8] [--weight-kb-b 39] [--pairs 48] [--direct]
+
+On an H100 (docs/BENCHMARKS.md, thirty-eighth session) the cluster launch lost at one token: 4.05
+us a pair against 3.49 for two launches with no weights, 5.03 against 4.05 with o's weights; it
+won only with small clusters at eight tokens (clusters of 4: 4.55 against 6.38).
 """
 
 from __future__ import annotations
@@ -110,6 +114,12 @@ __device__ __forceinline__ float ld_peer(const float* p, u32 rank) {
 // Both phases in one launch of clusters of C blocks: A's slice stays in shared memory, B reads
 // every peer's. Launched with cluster dimensions (C, 1, 1), so a cluster is one token's blocks
 // and a block's rank in it is blockIdx.x % C.
+// The cluster size a block sees (a check of the launch's cluster dimensions).
+extern "C" __global__ void cluster_size(u32* out) {
+    u32 nc;
+    asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(nc));
+    if (threadIdx.x == 0) out[blockIdx.x] = nc;
+}
 extern "C" __global__ void fused_ab(const float* xin, float* xout, int n, int C, const float4* __restrict__ w, u64 off_a4,
                                     u64 off_b4, int w4a, int w4b) {
     __shared__ float red[32];
@@ -135,7 +145,10 @@ extern "C" __global__ void fused_ab(const float* xin, float* xout, int n, int C,
 
 
 class LaunchAttr(C.Structure):
-    _fields_ = [("id", C.c_int), ("pad", C.c_char * 4), ("value", C.c_char * 64)]
+    # c_ubyte, not c_char: a c_char array field reads back as a bytes copy, so writing into it
+    # changed nothing and every attribute went out as zeros (before 2026-12-06's thirty-eighth
+    # session, this file's dependent launches were plain ones).
+    _fields_ = [("id", C.c_int), ("pad", C.c_ubyte * 4), ("value", C.c_ubyte * 64)]
 
 
 class LaunchConfig(C.Structure):
@@ -170,6 +183,7 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=48)
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--compile-only", action="store_true")
+    ap.add_argument("--direct", action="store_true", help="one fused launch outside a graph, synchronized (a check)")
     args = ap.parse_args()
     cubin = compile_source("cluster_handover.cu", SOURCE.encode(), ["--gpu-architecture=sm_90", *BASE_OPTIONS])
     if args.compile_only:
@@ -186,7 +200,7 @@ def main() -> None:
     mod = C.c_void_p()
     check(cu, cu.cuModuleLoadData(C.byref(mod), cubin), "cuModuleLoadData")
     fns = {}
-    for k in ("phase_a", "phase_b", "fused_ab"):
+    for k in ("phase_a", "phase_b", "fused_ab", "cluster_size"):
         f = C.c_void_p()
         check(cu, cu.cuModuleGetFunction(C.byref(f), mod, k.encode()), k)
         fns[k] = f
@@ -207,16 +221,18 @@ def main() -> None:
     w_total = 256 << 20  # more than L2: weights rotate through DRAM as a decode step's do
     w = alloc(w_total)
 
-    def launch(fn, grid, params, cluster=0):
+    def launch(fn, grid, params, cluster=0, pdl=True):
         attrs = (LaunchAttr * 2)()
-        attrs[0].id = PROGRAMMATIC_STREAM_SERIALIZATION
-        C.memmove(attrs[0].value, (C.c_int * 1)(1), 4)
-        n_attrs = 1
+        n_attrs = 0
         if cluster:
-            attrs[1].id = CLUSTER_DIMENSION
-            C.memmove(attrs[1].value, (C.c_uint * 3)(cluster, 1, 1), 12)
-            n_attrs = 2
-        cfg = LaunchConfig(grid, 1, 1, args.threads, 1, 1, 0, stream, attrs, n_attrs)
+            attrs[n_attrs].id = CLUSTER_DIMENSION
+            C.memmove(attrs[n_attrs].value, (C.c_uint * 3)(cluster, 1, 1), 12)
+            n_attrs += 1
+        if pdl:
+            attrs[n_attrs].id = PROGRAMMATIC_STREAM_SERIALIZATION
+            C.memmove(attrs[n_attrs].value, (C.c_int * 1)(1), 4)
+            n_attrs += 1
+        cfg = LaunchConfig(grid, 1, 1, args.threads, 1, 1, 0, stream, C.cast(attrs, C.POINTER(LaunchAttr)), n_attrs)
         ptrs = (C.c_void_p * len(params))(*[C.cast(C.pointer(p), C.c_void_p) for p in params])
         check(cu, cu.cuLaunchKernelEx(C.byref(cfg), fn, ptrs, None), "launch")
 
@@ -240,6 +256,25 @@ def main() -> None:
         cu.cuGraphDestroy(graph)
         return statistics.median(times)
 
+    if args.direct:
+        # The cluster size blocks see for each launch size, then one fused launch outside a
+        # graph, with and without the dependent-launch attribute.
+        check(cu, cu.cuFuncSetAttribute(fns["cluster_size"], FUNC_NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1), "non-portable clusters")
+        for c in (2, 4, 8, 14, 16):
+            try:
+                launch(fns["cluster_size"], 2 * c, [C.c_uint64(bufs[2])], cluster=c, pdl=False)
+                check(cu, cu.cuStreamSynchronize(stream), "sync")
+                seen = (C.c_uint * (2 * c))()
+                check(cu, cu.cuMemcpyDtoH_v2(seen, C.c_uint64(bufs[2]), C.c_size_t(8 * c)), "copy")
+                print(f"clusters of {c}: blocks see {sorted(set(seen))}")
+            except RuntimeError as e:
+                print(f"clusters of {c}: {e}")
+        for pdl in (False, True):
+            launch(fns["fused_ab"], 14, [C.c_uint64(bufs[0]), C.c_uint64(bufs[1]), C.c_int(n), C.c_int(14), C.c_uint64(w),
+                                         C.c_ulonglong(0), C.c_ulonglong(1 << 20), C.c_int(1), C.c_int(1)], cluster=14, pdl=pdl)
+            check(cu, cu.cuStreamSynchronize(stream), f"direct fused launch, pdl={pdl}")
+            print(f"direct fused launch (clusters of 14, pdl={pdl}): ok")
+        return
     print(f"# {name.value.decode()}; {args.pairs} pairs of phases a graph, {args.threads} threads a block, vectors of {n} "
           f"floats, weights a block: A {args.weight_kb_a} KB, B {args.weight_kb_b} KB (rotating through 256 MB)")
     print("| blocks a token (cluster) | tokens | two launches (us a pair) | cluster, one launch | saved (us a pair) |")

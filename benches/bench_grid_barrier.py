@@ -20,8 +20,11 @@ grid's threads), the same chain with weights that L2 holds (two phases' alternat
 once, which the bench checks by occupancy). Needs only the CUDA driver and NVRTC (found as
 scripts/nvrtc_cubin.py finds it); no ferrite code.
 
-On an H100 (docs/BENCHMARKS.md, thirty-seventh session) a phase cost about 2.5 us handed over
-either way, and a 6 MB phase 5.5 us whether its weights came from DRAM or from L2.
+On an H100 (docs/BENCHMARKS.md, thirty-eighth session) a phase is handed over in 1.7-2.0 us with
+dependent launch and 2.5-2.9 us without; the persistent kernel's grid barrier costs 1.35-1.9
+times the dependent chain; a 6 MB phase takes 4.35 us, 4.24 with its weights already in L2.
+(The thirty-seventh session's figures had dependent launch off in every column: the launch
+attributes never reached the driver, see LaunchAttr.)
 """
 
 from __future__ import annotations
@@ -139,7 +142,10 @@ extern "C" __global__ void persistent_kernel(float* bufs, int n, int phases, u32
 
 
 class LaunchAttr(C.Structure):
-    _fields_ = [("id", C.c_int), ("pad", C.c_char * 4), ("value", C.c_char * 64)]
+    # c_ubyte, not c_char: a c_char array field reads back as a bytes copy, so writing into it
+    # changed nothing and every attribute went out as zeros (before 2026-12-06's thirty-eighth
+    # session, this file's dependent launches were plain ones).
+    _fields_ = [("id", C.c_int), ("pad", C.c_ubyte * 4), ("value", C.c_ubyte * 64)]
 
 
 class LaunchConfig(C.Structure):
