@@ -11,9 +11,9 @@ two. This bench isolates that hand-over, as bench_grid_barrier.py isolates a lau
 
 - `two launches`: phase A (C blocks a token; each reads the token's vector of n floats from L2,
   reduces it, writes its slice of n / C floats) then phase B (--blocks-b blocks a token, as the
-  o projection's launch has; each reads the whole vector phase A wrote, reduces it, writes its
-  slice), chained with programmatic dependent launch, each kernel loading its weights before its
-  wait (phase B's bytes a token the same as the cluster's);
+  o projection's launch has; the same kernel: each reads the whole vector phase A wrote, reduces
+  it, writes its slice), chained with programmatic dependent launch, each launch loading its
+  weights before its wait (phase B's bytes a token the same as the cluster's);
 - `cluster`: one kernel doing A, the cluster barrier, B from the peers' shared memory, a second
   barrier (a block's shared memory must outlive its peers' reads), launched with cluster
   dimensions (C, 1, 1) and the same dependent-launch attribute, loading both phases' weights
@@ -36,48 +36,21 @@ from __future__ import annotations
 import argparse
 import ctypes as C
 import os
-import statistics
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
+from cuda_driver import FUNC_NON_PORTABLE_CLUSTER_SIZE_ALLOWED, PHASE_HELPERS, Driver  # noqa: E402
 from nvrtc_cubin import BASE_OPTIONS, compile_source  # noqa: E402
 
-SOURCE = r"""
-typedef unsigned int u32;
-typedef unsigned long long u64;
-#define MAX_W4 8
-__device__ __forceinline__ float block_sum(float v, float* red) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    if (lane == 0) red[warp] = v;
-    __syncthreads();
-    float s = 0.0f;
-    for (int w = 0; w < (int)(blockDim.x >> 5); w++) s += red[w];
-    __syncthreads();
-    return s;
-}
-// This block's weights: w4 float4 a thread at `off4` + the block's share, in registers.
-__device__ __forceinline__ void load_weights(const float4* __restrict__ w, u64 off4, int w4, float4 (&r)[MAX_W4]) {
-    const u64 base = off4 + ((u64)blockIdx.x * blockDim.x + threadIdx.x) * w4;
-#pragma unroll
-    for (int i = 0; i < MAX_W4; i++)
-        if (i < w4) asm volatile("ld.global.nc.L1::no_allocate.v4.f32 {%0,%1,%2,%3}, [%4];"
-                                 : "=f"(r[i].x), "=f"(r[i].y), "=f"(r[i].z), "=f"(r[i].w) : "l"(w + base + i));
-}
-__device__ __forceinline__ float use_weights(int w4, const float4 (&r)[MAX_W4]) {
-    float s = 0.0f;
-#pragma unroll
-    for (int i = 0; i < MAX_W4; i++)
-        if (i < w4) s += r[i].x + r[i].y + r[i].z + r[i].w;
-    return s;
-}
+SOURCE = "#define MAX_W4 8\n" + PHASE_HELPERS + r"""
 __device__ __forceinline__ void wait_previous() {
     asm volatile("griddepcontrol.wait;" ::: "memory");
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 }
-// The C blocks of a token: blockIdx.x / C is the token, blockIdx.x % C the block's rank.
-// Phase A: the token's vector in, this block's slice out.
-extern "C" __global__ void phase_a(const float* xin, float* mid, int n, int C, const float4* __restrict__ w, u64 off4, int w4) {
+// One phase launched alone, C blocks a token (blockIdx.x / C the token, blockIdx.x % C the
+// block's rank): the token's whole vector in (from L2), a block reduction, this block's slice
+// of n / C floats out. Phase A and phase B are both this kernel.
+extern "C" __global__ void phase(const float* xin, float* xout, int n, int C, const float4* __restrict__ w, u64 off4, int w4) {
     __shared__ float red[32];
     float4 r[MAX_W4];
     load_weights(w, off4, w4, r);
@@ -85,18 +58,6 @@ extern "C" __global__ void phase_a(const float* xin, float* mid, int n, int C, c
     const int t = blockIdx.x / C, rank = blockIdx.x % C, per = n / C;
     float s = use_weights(w4, r) * 1e-30f;
     for (int i = threadIdx.x; i < n; i += blockDim.x) s += __ldcg(xin + (u64)t * n + i);
-    s = block_sum(s, red);
-    for (int i = threadIdx.x; i < per; i += blockDim.x) mid[(u64)t * n + rank * per + i] = s * 1e-3f + (float)i;
-}
-// Phase B: the whole of phase A's vector in, this block's slice out.
-extern "C" __global__ void phase_b(const float* mid, float* xout, int n, int C, const float4* __restrict__ w, u64 off4, int w4) {
-    __shared__ float red[32];
-    float4 r[MAX_W4];
-    load_weights(w, off4, w4, r);
-    wait_previous();
-    const int t = blockIdx.x / C, rank = blockIdx.x % C, per = n / C;
-    float s = use_weights(w4, r) * 1e-30f;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) s += __ldcg(mid + (u64)t * n + i);
     s = block_sum(s, red);
     for (int i = threadIdx.x; i < per; i += blockDim.x) xout[(u64)t * n + rank * per + i] = s * 1e-3f + (float)i;
 }
@@ -111,15 +72,15 @@ __device__ __forceinline__ float ld_peer(const float* p, u32 rank) {
     asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote) : "memory");
     return v;
 }
-// Both phases in one launch of clusters of C blocks: A's slice stays in shared memory, B reads
-// every peer's. Launched with cluster dimensions (C, 1, 1), so a cluster is one token's blocks
-// and a block's rank in it is blockIdx.x % C.
 // The cluster size a block sees (a check of the launch's cluster dimensions).
 extern "C" __global__ void cluster_size(u32* out) {
     u32 nc;
     asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(nc));
     if (threadIdx.x == 0) out[blockIdx.x] = nc;
 }
+// Both phases in one launch of clusters of C blocks: A's slice stays in shared memory, B reads
+// every peer's. Launched with cluster dimensions (C, 1, 1), so a cluster is one token's blocks
+// and a block's rank in it is blockIdx.x % C.
 extern "C" __global__ void fused_ab(const float* xin, float* xout, int n, int C, const float4* __restrict__ w, u64 off_a4,
                                     u64 off_b4, int w4a, int w4b) {
     __shared__ float red[32];
@@ -144,33 +105,6 @@ extern "C" __global__ void fused_ab(const float* xin, float* xout, int n, int C,
 """
 
 
-class LaunchAttr(C.Structure):
-    # c_ubyte, not c_char: a c_char array field reads back as a bytes copy, so writing into it
-    # changed nothing and every attribute went out as zeros (before 2026-12-06's thirty-eighth
-    # session, this file's dependent launches were plain ones).
-    _fields_ = [("id", C.c_int), ("pad", C.c_ubyte * 4), ("value", C.c_ubyte * 64)]
-
-
-class LaunchConfig(C.Structure):
-    _fields_ = [
-        ("gx", C.c_uint), ("gy", C.c_uint), ("gz", C.c_uint),
-        ("bx", C.c_uint), ("by", C.c_uint), ("bz", C.c_uint),
-        ("smem", C.c_uint), ("stream", C.c_void_p), ("attrs", C.POINTER(LaunchAttr)), ("n_attrs", C.c_uint),
-    ]
-
-
-CLUSTER_DIMENSION = 4
-PROGRAMMATIC_STREAM_SERIALIZATION = 6
-FUNC_NON_PORTABLE_CLUSTER_SIZE_ALLOWED = 14
-
-
-def check(cu, rc: int, what: str) -> None:
-    if rc != 0:
-        msg = C.c_char_p()
-        cu.cuGetErrorString(rc, C.byref(msg))
-        raise RuntimeError(f"{what}: CUDA error {rc} {msg.value!r}")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--clusters", default="14,7,4", help="blocks a token (a cluster's size)")
@@ -189,93 +123,36 @@ def main() -> None:
     if args.compile_only:
         print(f"compiled: {len(cubin)} bytes of cubin")
         return
-    cu = C.CDLL("libcuda.so.1")
-    check(cu, cu.cuInit(0), "cuInit")
-    dev, ctx = C.c_int(), C.c_void_p()
-    check(cu, cu.cuDeviceGet(C.byref(dev), 0), "cuDeviceGet")
-    check(cu, cu.cuDevicePrimaryCtxRetain(C.byref(ctx), dev), "ctx")
-    check(cu, cu.cuCtxSetCurrent(ctx), "ctx")
-    name = C.create_string_buffer(256)
-    cu.cuDeviceGetName(name, 256, dev)
-    mod = C.c_void_p()
-    check(cu, cu.cuModuleLoadData(C.byref(mod), cubin), "cuModuleLoadData")
-    fns = {}
-    for k in ("phase_a", "phase_b", "fused_ab", "cluster_size"):
-        f = C.c_void_p()
-        check(cu, cu.cuModuleGetFunction(C.byref(f), mod, k.encode()), k)
-        fns[k] = f
-    check(cu, cu.cuFuncSetAttribute(fns["fused_ab"], FUNC_NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1), "non-portable clusters")
-    stream, ev0, ev1 = C.c_void_p(), C.c_void_p(), C.c_void_p()
-    check(cu, cu.cuStreamCreate(C.byref(stream), 1), "stream")
-    check(cu, cu.cuEventCreate(C.byref(ev0), 0), "ev")
-    check(cu, cu.cuEventCreate(C.byref(ev1), 0), "ev")
-
-    def alloc(nbytes: int) -> int:
-        p = C.c_uint64()
-        check(cu, cu.cuMemAlloc_v2(C.byref(p), C.c_size_t(nbytes)), "cuMemAlloc")
-        check(cu, cu.cuMemsetD8_v2(p, 0, C.c_size_t(nbytes)), "memset")
-        return p.value
+    cu = Driver()
+    fns = cu.functions(cubin, ["phase", "fused_ab", "cluster_size"])
+    for k in ("fused_ab", "cluster_size"):
+        cu.check(cu.cu.cuFuncSetAttribute(fns[k], FUNC_NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1), "non-portable clusters")
 
     n, max_tokens = args.n, max(int(t) for t in args.tokens.split(","))
-    bufs = [alloc(max_tokens * n * 4) for _ in range(3)]
+    bufs = [cu.alloc(max_tokens * n * 4) for _ in range(3)]
     w_total = 256 << 20  # more than L2: weights rotate through DRAM as a decode step's do
-    w = alloc(w_total)
-
-    def launch(fn, grid, params, cluster=0, pdl=True):
-        attrs = (LaunchAttr * 2)()
-        n_attrs = 0
-        if cluster:
-            attrs[n_attrs].id = CLUSTER_DIMENSION
-            C.memmove(attrs[n_attrs].value, (C.c_uint * 3)(cluster, 1, 1), 12)
-            n_attrs += 1
-        if pdl:
-            attrs[n_attrs].id = PROGRAMMATIC_STREAM_SERIALIZATION
-            C.memmove(attrs[n_attrs].value, (C.c_int * 1)(1), 4)
-            n_attrs += 1
-        cfg = LaunchConfig(grid, 1, 1, args.threads, 1, 1, 0, stream, C.cast(attrs, C.POINTER(LaunchAttr)), n_attrs)
-        ptrs = (C.c_void_p * len(params))(*[C.cast(C.pointer(p), C.c_void_p) for p in params])
-        check(cu, cu.cuLaunchKernelEx(C.byref(cfg), fn, ptrs, None), "launch")
-
-    def time_graph(build) -> float:
-        graph, exe = C.c_void_p(), C.c_void_p()
-        check(cu, cu.cuStreamBeginCapture_v2(stream, 0), "capture")
-        build()
-        check(cu, cu.cuStreamEndCapture(stream, C.byref(graph)), "end capture")
-        check(cu, cu.cuGraphInstantiateWithFlags(C.byref(exe), graph, C.c_ulonglong(0)), "instantiate")
-        times = []
-        for rep in range(args.reps + 3):
-            check(cu, cu.cuEventRecord(ev0, stream), "rec")
-            check(cu, cu.cuGraphLaunch(exe, stream), "graph launch")
-            check(cu, cu.cuEventRecord(ev1, stream), "rec")
-            check(cu, cu.cuEventSynchronize(ev1), "sync")
-            ms = C.c_float()
-            check(cu, cu.cuEventElapsedTime(C.byref(ms), ev0, ev1), "elapsed")
-            if rep >= 3:
-                times.append(ms.value * 1000.0 / args.pairs)
-        cu.cuGraphExecDestroy(exe)
-        cu.cuGraphDestroy(graph)
-        return statistics.median(times)
+    w = cu.alloc(w_total)
 
     if args.direct:
         # The cluster size blocks see for each launch size, then one fused launch outside a
         # graph, with and without the dependent-launch attribute.
-        check(cu, cu.cuFuncSetAttribute(fns["cluster_size"], FUNC_NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1), "non-portable clusters")
         for c in (2, 4, 8, 14, 16):
             try:
-                launch(fns["cluster_size"], 2 * c, [C.c_uint64(bufs[2])], cluster=c, pdl=False)
-                check(cu, cu.cuStreamSynchronize(stream), "sync")
+                cu.launch(fns["cluster_size"], 2 * c, args.threads, [C.c_uint64(bufs[2])], cluster=c)
+                cu.check(cu.cu.cuStreamSynchronize(cu.stream), "sync")
                 seen = (C.c_uint * (2 * c))()
-                check(cu, cu.cuMemcpyDtoH_v2(seen, C.c_uint64(bufs[2]), C.c_size_t(8 * c)), "copy")
+                cu.check(cu.cu.cuMemcpyDtoH_v2(seen, C.c_uint64(bufs[2]), C.c_size_t(8 * c)), "copy")
                 print(f"clusters of {c}: blocks see {sorted(set(seen))}")
             except RuntimeError as e:
                 print(f"clusters of {c}: {e}")
         for pdl in (False, True):
-            launch(fns["fused_ab"], 14, [C.c_uint64(bufs[0]), C.c_uint64(bufs[1]), C.c_int(n), C.c_int(14), C.c_uint64(w),
-                                         C.c_ulonglong(0), C.c_ulonglong(1 << 20), C.c_int(1), C.c_int(1)], cluster=14, pdl=pdl)
-            check(cu, cu.cuStreamSynchronize(stream), f"direct fused launch, pdl={pdl}")
+            cu.launch(fns["fused_ab"], 14, args.threads, [C.c_uint64(bufs[0]), C.c_uint64(bufs[1]), C.c_int(n), C.c_int(14), C.c_uint64(w),
+                                                          C.c_ulonglong(0), C.c_ulonglong(1 << 20), C.c_int(1), C.c_int(1)], pdl=pdl, cluster=14)
+            cu.check(cu.cu.cuStreamSynchronize(cu.stream), f"direct fused launch, pdl={pdl}")
             print(f"direct fused launch (clusters of 14, pdl={pdl}): ok")
         return
-    print(f"# {name.value.decode()}; {args.pairs} pairs of phases a graph, {args.threads} threads a block, vectors of {n} "
+
+    print(f"# {cu.name}; {args.pairs} pairs of phases a graph, {args.threads} threads a block, vectors of {n} "
           f"floats, weights a block: A {args.weight_kb_a} KB, B {args.weight_kb_b} KB (rotating through 256 MB)")
     print("| blocks a token (cluster) | tokens | two launches (us a pair) | cluster, one launch | saved (us a pair) |")
     print("| ---: | ---: | ---: | ---: | ---: |")
@@ -299,18 +176,19 @@ def main() -> None:
                 for p in range(args.pairs):
                     oa, ob = offsets(p)
                     x, mid = C.c_uint64(bufs[p % 2]), C.c_uint64(bufs[2])
-                    launch(fns["phase_a"], grid, [x, mid, C.c_int(n), C.c_int(c), C.c_uint64(w), oa, C.c_int(w4a)])
-                    launch(fns["phase_b"], t * cb, [mid, C.c_uint64(bufs[(p + 1) % 2]), C.c_int(n), C.c_int(cb), C.c_uint64(w), ob, C.c_int(w4b_alone)])
+                    cu.launch(fns["phase"], grid, args.threads, [x, mid, C.c_int(n), C.c_int(c), C.c_uint64(w), oa, C.c_int(w4a)], pdl=True)
+                    cu.launch(fns["phase"], t * cb, args.threads,
+                              [mid, C.c_uint64(bufs[(p + 1) % 2]), C.c_int(n), C.c_int(cb), C.c_uint64(w), ob, C.c_int(w4b_alone)], pdl=True)
 
             def fused():
                 for p in range(args.pairs):
                     oa, ob = offsets(p)
-                    launch(fns["fused_ab"], grid, [C.c_uint64(bufs[p % 2]), C.c_uint64(bufs[(p + 1) % 2]), C.c_int(n), C.c_int(c),
-                                                   C.c_uint64(w), oa, ob, C.c_int(w4a), C.c_int(w4b)], cluster=c)
+                    cu.launch(fns["fused_ab"], grid, args.threads, [C.c_uint64(bufs[p % 2]), C.c_uint64(bufs[(p + 1) % 2]), C.c_int(n), C.c_int(c),
+                                                                    C.c_uint64(w), oa, ob, C.c_int(w4a), C.c_int(w4b)], pdl=True, cluster=c)
 
-            t_two = time_graph(two)
+            t_two = cu.time_graph(two, args.reps, args.pairs)
             try:
-                t_fused = time_graph(fused)
+                t_fused = cu.time_graph(fused, args.reps, args.pairs)
                 fused_s, saved = f"{t_fused:.2f}", f"{t_two - t_fused:.2f}"
             except RuntimeError as e:
                 fused_s, saved = f"(refused: {e})", "-"

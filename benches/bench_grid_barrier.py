@@ -24,7 +24,7 @@ On an H100 (docs/BENCHMARKS.md, thirty-eighth session) a phase is handed over in
 dependent launch and 2.5-2.9 us without; the persistent kernel's grid barrier costs 1.35-1.9
 times the dependent chain; a 6 MB phase takes 4.35 us, 4.24 with its weights already in L2.
 (The thirty-seventh session's figures had dependent launch off in every column: the launch
-attributes never reached the driver, see LaunchAttr.)
+attributes never reached the driver, see scripts/cuda_driver.py's LaunchAttr.)
 """
 
 from __future__ import annotations
@@ -32,41 +32,13 @@ from __future__ import annotations
 import argparse
 import ctypes as C
 import os
-import statistics
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
+from cuda_driver import PHASE_HELPERS, Driver  # noqa: E402
 from nvrtc_cubin import BASE_OPTIONS, compile_source  # noqa: E402
 
-SOURCE = r"""
-typedef unsigned int u32;
-__device__ __forceinline__ float block_sum(float v, float* red) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    if (lane == 0) red[warp] = v;
-    __syncthreads();
-    float s = 0.0f;
-    for (int w = 0; w < (int)(blockDim.x >> 5); w++) s += red[w];
-    __syncthreads();
-    return s;
-}
-#define MAX_W4 16
-// This block's share of phase p's weights: w4_per_thread float4 a thread, in registers.
-__device__ __forceinline__ void load_weights(const float4* __restrict__ w, unsigned long long phase_off4,
-                                             int w4_per_thread, float4 (&r)[MAX_W4]) {
-    const unsigned long long base = phase_off4 + ((unsigned long long)blockIdx.x * blockDim.x + threadIdx.x) * w4_per_thread;
-#pragma unroll
-    for (int i = 0; i < MAX_W4; i++)
-        if (i < w4_per_thread) asm volatile("ld.global.nc.L1::no_allocate.v4.f32 {%0,%1,%2,%3}, [%4];"
-                                            : "=f"(r[i].x), "=f"(r[i].y), "=f"(r[i].z), "=f"(r[i].w) : "l"(w + base + i));
-}
-__device__ __forceinline__ float use_weights(int w4_per_thread, const float4 (&r)[MAX_W4]) {
-    float s = 0.0f;
-#pragma unroll
-    for (int i = 0; i < MAX_W4; i++)
-        if (i < w4_per_thread) s += r[i].x + r[i].y + r[i].z + r[i].w;
-    return s;
-}
+SOURCE = PHASE_HELPERS + r"""
 // One phase of the chain: weights before the wait, then x, a block reduction, this block's share.
 extern "C" __global__ void phase_kernel(const float* __restrict__ xin, float* __restrict__ xout, int n,
                                         const float4* __restrict__ w, unsigned long long phase_off4, int w4_per_thread,
@@ -141,53 +113,6 @@ extern "C" __global__ void persistent_kernel(float* bufs, int n, int phases, u32
 """
 
 
-class LaunchAttr(C.Structure):
-    # c_ubyte, not c_char: a c_char array field reads back as a bytes copy, so writing into it
-    # changed nothing and every attribute went out as zeros (before 2026-12-06's thirty-eighth
-    # session, this file's dependent launches were plain ones).
-    _fields_ = [("id", C.c_int), ("pad", C.c_ubyte * 4), ("value", C.c_ubyte * 64)]
-
-
-class LaunchConfig(C.Structure):
-    _fields_ = [
-        ("gx", C.c_uint), ("gy", C.c_uint), ("gz", C.c_uint),
-        ("bx", C.c_uint), ("by", C.c_uint), ("bz", C.c_uint),
-        ("smem", C.c_uint), ("stream", C.c_void_p), ("attrs", C.POINTER(LaunchAttr)), ("n_attrs", C.c_uint),
-    ]
-
-
-PROGRAMMATIC_STREAM_SERIALIZATION = 6
-
-
-class Cuda:
-    def __init__(self) -> None:
-        self.cu = C.CDLL("libcuda.so.1")
-        self.check(self.cu.cuInit(0), "cuInit")
-        dev = C.c_int()
-        self.check(self.cu.cuDeviceGet(C.byref(dev), 0), "cuDeviceGet")
-        self.ctx = C.c_void_p()
-        self.check(self.cu.cuDevicePrimaryCtxRetain(C.byref(self.ctx), dev), "ctx")
-        self.check(self.cu.cuCtxSetCurrent(self.ctx), "ctx")
-        sms = C.c_int()
-        self.check(self.cu.cuDeviceGetAttribute(C.byref(sms), 16, dev), "sms")  # MULTIPROCESSOR_COUNT
-        self.sms = sms.value
-        name = C.create_string_buffer(256)
-        self.cu.cuDeviceGetName(name, 256, dev)
-        self.name = name.value.decode()
-
-    def check(self, rc: int, what: str) -> None:
-        if rc != 0:
-            msg = C.c_char_p()
-            self.cu.cuGetErrorString(rc, C.byref(msg))
-            raise RuntimeError(f"{what}: CUDA error {rc} {msg.value!r}")
-
-    def alloc(self, nbytes: int) -> int:
-        p = C.c_uint64()
-        self.check(self.cu.cuMemAlloc_v2(C.byref(p), C.c_size_t(nbytes)), "cuMemAlloc")
-        self.check(self.cu.cuMemsetD8_v2(p, 0, C.c_size_t(nbytes)), "memset")
-        return p.value
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--phases", type=int, default=120)
@@ -202,19 +127,11 @@ def main() -> None:
     if args.compile_only:
         print(f"compiled: {len(cubin)} bytes of cubin")
         return
-    cu = Cuda()
-    mod = C.c_void_p()
-    cu.check(cu.cu.cuModuleLoadData(C.byref(mod), cubin), "cuModuleLoadData")
-    f_phase, f_pers = C.c_void_p(), C.c_void_p()
-    cu.check(cu.cu.cuModuleGetFunction(C.byref(f_phase), mod, b"phase_kernel"), "fn")
-    cu.check(cu.cu.cuModuleGetFunction(C.byref(f_pers), mod, b"persistent_kernel"), "fn")
+    cu = Driver()
+    fns = cu.functions(cubin, ["phase_kernel", "persistent_kernel"])
+    f_phase, f_pers = fns["phase_kernel"], fns["persistent_kernel"]
     blocks_per_sm = C.c_int()
     cu.check(cu.cu.cuOccupancyMaxActiveBlocksPerMultiprocessor(C.byref(blocks_per_sm), f_pers, args.threads, C.c_size_t(0)), "occ")
-    stream = C.c_void_p()
-    cu.check(cu.cu.cuStreamCreate(C.byref(stream), 1), "stream")  # non-blocking
-    ev0, ev1 = C.c_void_p(), C.c_void_p()
-    cu.check(cu.cu.cuEventCreate(C.byref(ev0), 0), "ev")
-    cu.check(cu.cu.cuEventCreate(C.byref(ev1), 0), "ev")
 
     n = args.n
     bufs = cu.alloc(2 * n * 4)
@@ -228,24 +145,7 @@ def main() -> None:
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 
     def time_graph(build) -> float:
-        graph, exe = C.c_void_p(), C.c_void_p()
-        cu.check(cu.cu.cuStreamBeginCapture_v2(stream, 0), "capture")  # global mode
-        build()
-        cu.check(cu.cu.cuStreamEndCapture(stream, C.byref(graph)), "end capture")
-        cu.check(cu.cu.cuGraphInstantiateWithFlags(C.byref(exe), graph, C.c_ulonglong(0)), "instantiate")
-        times = []
-        for rep in range(args.reps + 3):
-            cu.check(cu.cu.cuEventRecord(ev0, stream), "rec")
-            cu.check(cu.cu.cuGraphLaunch(exe, stream), "graph launch")
-            cu.check(cu.cu.cuEventRecord(ev1, stream), "rec")
-            cu.check(cu.cu.cuEventSynchronize(ev1), "sync")
-            ms = C.c_float()
-            cu.check(cu.cu.cuEventElapsedTime(C.byref(ms), ev0, ev1), "elapsed")
-            if rep >= 3:
-                times.append(ms.value * 1000.0 / args.phases)
-        cu.cu.cuGraphExecDestroy(exe)
-        cu.cu.cuGraphDestroy(graph)
-        return statistics.median(times)
+        return cu.time_graph(build, args.reps, args.phases)
 
     for grid in [int(g) for g in args.grids.split(",")]:
         for kb in [int(k) for k in args.weight_kb.split(",")]:
@@ -255,12 +155,7 @@ def main() -> None:
             wrap4 = max(w_total // 16 // max(phase_stride4, 1), 1) * max(phase_stride4, 1)
 
             def launch(fn, params, pdl, g=grid):
-                attr = LaunchAttr()
-                attr.id = PROGRAMMATIC_STREAM_SERIALIZATION
-                C.memmove(attr.value, (C.c_int * 1)(1), 4)
-                cfg = LaunchConfig(g, 1, 1, args.threads, 1, 1, 0, stream, C.pointer(attr) if pdl else None, 1 if pdl else 0)
-                ptrs = (C.c_void_p * len(params))(*[C.cast(C.pointer(p), C.c_void_p) for p in params])
-                cu.check(cu.cu.cuLaunchKernelEx(C.byref(cfg), fn, ptrs, None), "launch")
+                cu.launch(fn, g, args.threads, params, pdl=pdl)
 
             def chain(pdl, prefetch=0, line=0, wrap=wrap4):
                 def build():
@@ -274,7 +169,7 @@ def main() -> None:
                 return build
 
             def persistent():
-                cu.check(cu.cu.cuMemsetD32Async(C.c_uint64(counter), 0, C.c_size_t(1), stream), "memset")
+                cu.check(cu.cu.cuMemsetD32Async(C.c_uint64(counter), 0, C.c_size_t(1), cu.stream), "memset")
                 launch(f_pers, [C.c_uint64(bufs), C.c_int(n), C.c_int(args.phases), C.c_uint64(counter), C.c_uint64(w),
                                 C.c_ulonglong(phase_stride4), C.c_ulonglong(wrap4), C.c_int(w4)], False)
 

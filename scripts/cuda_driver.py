@@ -1,0 +1,162 @@
+"""The CUDA driver API through ctypes, for the benches that time kernels of their own without
+ferrite's Rust side (benches/bench_grid_barrier.py, benches/bench_cluster_handover.py): a device,
+a stream and two events, launches with their attributes (programmatic dependent launch, thread
+block clusters), and a chain of launches recorded as a CUDA graph and timed by replays. The
+kernels come from scripts/nvrtc_cubin.py's compile_source; PHASE_HELPERS is the device code both
+benches' phases share.
+"""
+
+from __future__ import annotations
+
+import ctypes as C
+import statistics
+from typing import Callable
+
+# Device code for a bench's phases: a block sum, and the block's share of a phase's weights in
+# registers (w4 float4 a thread at float4 offset `off4`, for at most MAX_W4, which the including
+# source may define first), loaded before the phase waits and folded into its result.
+PHASE_HELPERS = r"""
+typedef unsigned int u32;
+typedef unsigned long long u64;
+#ifndef MAX_W4
+#define MAX_W4 16
+#endif
+__device__ __forceinline__ float block_sum(float v, float* red) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    float s = 0.0f;
+    for (int w = 0; w < (int)(blockDim.x >> 5); w++) s += red[w];
+    __syncthreads();
+    return s;
+}
+__device__ __forceinline__ void load_weights(const float4* __restrict__ w, u64 off4, int w4, float4 (&r)[MAX_W4]) {
+    const u64 base = off4 + ((u64)blockIdx.x * blockDim.x + threadIdx.x) * w4;
+#pragma unroll
+    for (int i = 0; i < MAX_W4; i++)
+        if (i < w4) asm volatile("ld.global.nc.L1::no_allocate.v4.f32 {%0,%1,%2,%3}, [%4];"
+                                 : "=f"(r[i].x), "=f"(r[i].y), "=f"(r[i].z), "=f"(r[i].w) : "l"(w + base + i));
+}
+__device__ __forceinline__ float use_weights(int w4, const float4 (&r)[MAX_W4]) {
+    float s = 0.0f;
+#pragma unroll
+    for (int i = 0; i < MAX_W4; i++)
+        if (i < w4) s += r[i].x + r[i].y + r[i].z + r[i].w;
+    return s;
+}
+"""
+
+
+class LaunchAttr(C.Structure):
+    # c_ubyte, not c_char: a c_char array field reads back as a bytes copy, so writing into it
+    # changed nothing and every attribute went out as zeros (before the thirty-eighth session,
+    # bench_grid_barrier's dependent launches were plain ones).
+    _fields_ = [("id", C.c_int), ("pad", C.c_ubyte * 4), ("value", C.c_ubyte * 64)]
+
+
+class LaunchConfig(C.Structure):
+    _fields_ = [
+        ("gx", C.c_uint), ("gy", C.c_uint), ("gz", C.c_uint),
+        ("bx", C.c_uint), ("by", C.c_uint), ("bz", C.c_uint),
+        ("smem", C.c_uint), ("stream", C.c_void_p), ("attrs", C.POINTER(LaunchAttr)), ("n_attrs", C.c_uint),
+    ]
+
+
+CLUSTER_DIMENSION = 4  # CUlaunchAttributeID
+PROGRAMMATIC_STREAM_SERIALIZATION = 6
+FUNC_NON_PORTABLE_CLUSTER_SIZE_ALLOWED = 14  # CUfunction_attribute
+DEVICE_MULTIPROCESSOR_COUNT = 16  # CUdevice_attribute
+
+
+def launch_attrs(pdl: bool, cluster: int) -> tuple[C.Array, int]:
+    """The attributes of one launch: clusters of `cluster` blocks along x (0: none), dependent
+    launch when `pdl`."""
+    attrs = (LaunchAttr * 2)()
+    n = 0
+    if cluster:
+        attrs[n].id = CLUSTER_DIMENSION
+        C.memmove(attrs[n].value, (C.c_uint * 3)(cluster, 1, 1), 12)
+        n += 1
+    if pdl:
+        attrs[n].id = PROGRAMMATIC_STREAM_SERIALIZATION
+        C.memmove(attrs[n].value, (C.c_int * 1)(1), 4)
+        n += 1
+    return attrs, n
+
+
+class Driver:
+    """Device 0's primary context, a non-blocking stream and two events for timing."""
+
+    def __init__(self) -> None:
+        self.cu = C.CDLL("libcuda.so.1")
+        self.check(self.cu.cuInit(0), "cuInit")
+        dev = C.c_int()
+        self.check(self.cu.cuDeviceGet(C.byref(dev), 0), "cuDeviceGet")
+        self.ctx = C.c_void_p()
+        self.check(self.cu.cuDevicePrimaryCtxRetain(C.byref(self.ctx), dev), "ctx")
+        self.check(self.cu.cuCtxSetCurrent(self.ctx), "ctx")
+        sms = C.c_int()
+        self.check(self.cu.cuDeviceGetAttribute(C.byref(sms), DEVICE_MULTIPROCESSOR_COUNT, dev), "sms")
+        self.sms = sms.value
+        name = C.create_string_buffer(256)
+        self.cu.cuDeviceGetName(name, 256, dev)
+        self.name = name.value.decode()
+        self.stream, self.ev0, self.ev1 = C.c_void_p(), C.c_void_p(), C.c_void_p()
+        self.check(self.cu.cuStreamCreate(C.byref(self.stream), 1), "stream")  # non-blocking
+        self.check(self.cu.cuEventCreate(C.byref(self.ev0), 0), "event")
+        self.check(self.cu.cuEventCreate(C.byref(self.ev1), 0), "event")
+
+    def check(self, rc: int, what: str) -> None:
+        if rc != 0:
+            msg = C.c_char_p()
+            self.cu.cuGetErrorString(rc, C.byref(msg))
+            raise RuntimeError(f"{what}: CUDA error {rc} {msg.value!r}")
+
+    def alloc(self, nbytes: int) -> int:
+        """A zeroed device buffer of `nbytes` bytes, by address."""
+        p = C.c_uint64()
+        self.check(self.cu.cuMemAlloc_v2(C.byref(p), C.c_size_t(nbytes)), "cuMemAlloc")
+        self.check(self.cu.cuMemsetD8_v2(p, 0, C.c_size_t(nbytes)), "memset")
+        return p.value
+
+    def functions(self, cubin: bytes, names: list[str]) -> dict[str, C.c_void_p]:
+        """The named kernels of a cubin."""
+        mod = C.c_void_p()
+        self.check(self.cu.cuModuleLoadData(C.byref(mod), cubin), "cuModuleLoadData")
+        fns = {}
+        for name in names:
+            f = C.c_void_p()
+            self.check(self.cu.cuModuleGetFunction(C.byref(f), mod, name.encode()), name)
+            fns[name] = f
+        return fns
+
+    def launch(self, fn: C.c_void_p, grid: int, threads: int, params: list, pdl: bool = False, cluster: int = 0) -> None:
+        """`fn` on a 1-D grid of `grid` blocks of `threads` threads on the stream, its
+        parameters ctypes values."""
+        attrs, n_attrs = launch_attrs(pdl, cluster)
+        cfg = LaunchConfig(grid, 1, 1, threads, 1, 1, 0, self.stream, C.cast(attrs, C.POINTER(LaunchAttr)), n_attrs)
+        ptrs = (C.c_void_p * len(params))(*[C.cast(C.pointer(p), C.c_void_p) for p in params])
+        self.check(self.cu.cuLaunchKernelEx(C.byref(cfg), fn, ptrs, None), "launch")
+
+    def time_graph(self, build: Callable[[], None], reps: int, per: int) -> float:
+        """What `build` queues on the stream, recorded as a graph: the median over `reps`
+        replays (after three more) of microseconds a replay over `per`."""
+        graph, exe = C.c_void_p(), C.c_void_p()
+        self.check(self.cu.cuStreamBeginCapture_v2(self.stream, 0), "capture")  # global mode
+        build()
+        self.check(self.cu.cuStreamEndCapture(self.stream, C.byref(graph)), "end capture")
+        self.check(self.cu.cuGraphInstantiateWithFlags(C.byref(exe), graph, C.c_ulonglong(0)), "instantiate")
+        times = []
+        for rep in range(reps + 3):
+            self.check(self.cu.cuEventRecord(self.ev0, self.stream), "record")
+            self.check(self.cu.cuGraphLaunch(exe, self.stream), "graph launch")
+            self.check(self.cu.cuEventRecord(self.ev1, self.stream), "record")
+            self.check(self.cu.cuEventSynchronize(self.ev1), "sync")
+            ms = C.c_float()
+            self.check(self.cu.cuEventElapsedTime(C.byref(ms), self.ev0, self.ev1), "elapsed")
+            if rep >= 3:
+                times.append(ms.value * 1000.0 / per)
+        self.cu.cuGraphExecDestroy(exe)
+        self.cu.cuGraphDestroy(graph)
+        return statistics.median(times)
