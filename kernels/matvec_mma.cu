@@ -455,28 +455,24 @@ __device__ __forceinline__ void stage_x_s8(const float* __restrict__ x, const fl
         // before all arithmetic measured 0.5-0.8 % slower at four and eight sequences of the
         // 0.5B shapes.
         float r[MMA_STAGE_JOBS][8];
-        if constexpr (NT > 2) {
+        X4In in_a[MMA_STAGE_JOBS], in_b[MMA_STAGE_JOBS];
 #pragma unroll
-            for (int u = 0; u < MMA_STAGE_JOBS; u++) {
-                const int job = job0 + u * n_warps;
-                const int n = job / blocks, blk = job % blocks;
-                const u32 c = col0 + 256 * blk + 32 * sb + 4 * t;
-                // Rows n >= NT (a job past the last) load zeros, as rows past n_x do.
-                const float4 a = load_x4(x, x2, norm_w, inv_rms, job < jobs ? n_x : 0u, n_cols, (u32)n, c);
-                const float4 b = load_x4(x, x2, norm_w, inv_rms, job < jobs ? n_x : 0u, n_cols, (u32)n, c + 16);
+        for (int u = 0; u < MMA_STAGE_JOBS; u++) {
+            const int job = job0 + u * n_warps;
+            const int n = job / blocks, blk = job % blocks;
+            const u32 c = col0 + 256 * blk + 32 * sb + 4 * t;
+            // Rows n >= NT (a job past the last) load zeros, as rows past n_x do.
+            const u32 rows = job < jobs ? n_x : 0u;
+            if constexpr (NT > 2) {
+                const float4 a = load_x4(x, x2, norm_w, inv_rms, rows, n_cols, (u32)n, c);
+                const float4 b = load_x4(x, x2, norm_w, inv_rms, rows, n_cols, (u32)n, c + 16);
                 r[u][0] = a.x, r[u][1] = b.x, r[u][2] = a.y, r[u][3] = b.y, r[u][4] = a.z, r[u][5] = b.z, r[u][6] = a.w, r[u][7] = b.w;
+            } else {
+                in_a[u] = load_x4_in(x, x2, norm_w, rows, n_cols, (u32)n, c);
+                in_b[u] = load_x4_in(x, x2, norm_w, rows, n_cols, (u32)n, c + 16);
             }
         }
         if constexpr (NT <= 2) {
-            X4In in_a[MMA_STAGE_JOBS], in_b[MMA_STAGE_JOBS];
-#pragma unroll
-            for (int u = 0; u < MMA_STAGE_JOBS; u++) {
-                const int job = job0 + u * n_warps;
-                const int n = job / blocks, blk = job % blocks;
-                const u32 c = col0 + 256 * blk + 32 * sb + 4 * t;
-                in_a[u] = load_x4_in(x, x2, norm_w, job < jobs ? n_x : 0u, n_cols, (u32)n, c);
-                in_b[u] = load_x4_in(x, x2, norm_w, job < jobs ? n_x : 0u, n_cols, (u32)n, c + 16);
-            }
 #pragma unroll
             for (int u = 0; u < MMA_STAGE_JOBS; u++) {
                 const u32 n = (u32)((job0 + u * n_warps) / blocks);

@@ -510,10 +510,13 @@ __device__ __forceinline__ float fkey_inv(u32 k) {
 // block-wide sort).
 //
 // An entry's place in best-first order as one u64 (the order sort_best_first sorts by: fkey's,
-// -0 below +0, then the lower id), 0 for "none", which sorts last.
-__device__ __forceinline__ u64 rank_of(float s, u32 id) {
-    return id == NONE ? 0ull : ((u64)fkey(s) << 32) | (u64)(~id);
-}
+// -0 below +0, then the lower id), from its key (fkey of its value) or its value; 0 for "none",
+// which sorts last.
+__device__ __forceinline__ u64 rank_of_key(u32 key, u32 id) { return ((u64)key << 32) | (u64)(~id); }
+__device__ __forceinline__ u64 rank_of(float s, u32 id) { return id == NONE ? 0ull : rank_of_key(fkey(s), id); }
+// A rank's entry back: its value (fkey_inv of the key) and its id.
+__device__ __forceinline__ float rank_value(u64 r) { return fkey_inv((u32)(r >> 32)); }
+__device__ __forceinline__ u32 rank_id(u64 r) { return ~(u32)r; }
 
 // One step of a bitonic network over a warp's 64 entries, two a lane (entry `lane` in a,
 // `lane + 32` in b): entries e and e ^ j are compared, and the lower one keeps the larger where
@@ -651,10 +654,10 @@ __device__ u32 block_kth_key(KeyAt key_at, u32 n, u32 k, u32* hist, u32* scratch
 }
 
 // block_best, block_sum_u32 and block_min_u32 of a chunk's best (value, id), finite count and
-// first broken id at once, through one barrier instead of three (each scratch its own array).
-// Call with every thread.
-__device__ __forceinline__ void chunk_stats_over_block(float& best_v, u32& best_id, u32& finite, u32& broken, float* sc_s,
-                                                      u32* sc_id, u32* sc_sum, u32* sc_min) {
+// first broken id at once, through one barrier instead of three (each scratch its own array):
+// each warp folds its lanes' (chunk_stats_over_warp), then every warp the warps'. Call with every
+// thread.
+__device__ __forceinline__ void chunk_stats_over_warp(float& best_v, u32& best_id, u32& finite, u32& broken) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) {
         const float s2 = __shfl_xor_sync(FULL_WARP, best_v, o);
@@ -663,6 +666,10 @@ __device__ __forceinline__ void chunk_stats_over_block(float& best_v, u32& best_
         finite += __shfl_xor_sync(FULL_WARP, finite, o);
         broken = min(broken, __shfl_xor_sync(FULL_WARP, broken, o));
     }
+}
+__device__ __forceinline__ void chunk_stats_over_block(float& best_v, u32& best_id, u32& finite, u32& broken, float* sc_s,
+                                                      u32* sc_id, u32* sc_sum, u32* sc_min) {
+    chunk_stats_over_warp(best_v, best_id, finite, broken);
     const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     __syncthreads();
     if (lane == 0) sc_s[warp] = best_v, sc_id[warp] = best_id, sc_sum[warp] = finite, sc_min[warp] = broken;
@@ -671,14 +678,7 @@ __device__ __forceinline__ void chunk_stats_over_block(float& best_v, u32& best_
     best_id = lane < CHUNK_WARPS ? sc_id[lane] : NONE;
     finite = lane < CHUNK_WARPS ? sc_sum[lane] : 0u;
     broken = lane < CHUNK_WARPS ? sc_min[lane] : NONE;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        const float s2 = __shfl_xor_sync(FULL_WARP, best_v, o);
-        const u32 id2 = __shfl_xor_sync(FULL_WARP, best_id, o);
-        better(best_v, best_id, s2, id2);
-        finite += __shfl_xor_sync(FULL_WARP, finite, o);
-        broken = min(broken, __shfl_xor_sync(FULL_WARP, broken, o));
-    }
+    chunk_stats_over_warp(best_v, best_id, finite, broken);
 }
 
 extern "C" __global__ void __launch_bounds__(CHUNK_THREADS)
@@ -796,7 +796,7 @@ extern "C" __global__ void __launch_bounds__(CHUNK_THREADS)
             if (lane == leader) base = atomicAdd(&n_listed, __popc(took));
             base = __shfl_sync(active, base, leader);
             const u32 slot = base + __popc(took & ((1u << lane) - 1));
-            if (take && slot < CHUNK_LIST) listed[slot] = ((u64)kk << 32) | (u64)(~(c0 + j));
+            if (take && slot < CHUNK_LIST) listed[slot] = rank_of_key(kk, c0 + j);
         }
         __syncthreads();
     }
@@ -804,8 +804,8 @@ extern "C" __global__ void __launch_bounds__(CHUNK_THREADS)
         const u32 lane = threadIdx.x, cnt = min(n_listed, (u32)CHUNK_LIST);
         u64 a = lane < cnt ? listed[lane] : 0ull, b = lane + 32 < cnt ? listed[lane + 32] : 0ull;
         warp_sort64(a, b);
-        if (lane < cnt) rec[16 + lane] = ~(u32)a, rec[16 + CHUNK_LIST + lane] = __float_as_uint(fkey_inv((u32)(a >> 32)));
-        if (lane + 32 < cnt) rec[16 + 32 + lane] = ~(u32)b, rec[16 + CHUNK_LIST + 32 + lane] = __float_as_uint(fkey_inv((u32)(b >> 32)));
+        if (lane < cnt) rec[16 + lane] = rank_id(a), rec[16 + CHUNK_LIST + lane] = __float_as_uint(rank_value(a));
+        if (lane + 32 < cnt) rec[16 + 32 + lane] = rank_id(b), rec[16 + CHUNK_LIST + 32 + lane] = __float_as_uint(rank_value(b));
     }
     if (threadIdx.x == 0) {
         const u64 zb = (u64)__double_as_longlong(z);
@@ -920,8 +920,8 @@ __device__ u32 best_of_lists(Shared& sh, u32 n_chunks, u32 need) {
         const u32 m = __popc(__ballot_sync(FULL_WARP, in_a)) + __popc(__ballot_sync(FULL_WARP, in_b));
         // Sorted, so the m entries at or above thr are entries 0 .. m - 1.
         if (m < 64) {
-            if (in_a) sh.sort_s[lane] = fkey_inv((u32)(a >> 32)), sh.sort_id[lane] = ~(u32)a;
-            if (in_b) sh.sort_s[lane + 32] = fkey_inv((u32)(b >> 32)), sh.sort_id[lane + 32] = ~(u32)b;
+            if (in_a) sh.sort_s[lane] = rank_value(a), sh.sort_id[lane] = rank_id(a);
+            if (in_b) sh.sort_s[lane + 32] = rank_value(b), sh.sort_id[lane + 32] = rank_id(b);
             // A "none" after them stops the readers' tie scans.
             if (lane == 0) sh.sort_s[m] = NEG_INF, sh.sort_id[m] = NONE;
         }
