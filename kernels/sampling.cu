@@ -957,12 +957,6 @@ __device__ __forceinline__ RecordSums reduce_records(const u32* __restrict__ rec
     u32 best_id = NONE, finite = 0, broken = NONE, tau = 0, gid = NONE;
     double z = 0.0;
     if (threadIdx.x < 32) {
-        // The lane's first chunk's sum and max, loaded with the rest of its record (one round trip
-        // to L2 for the whole reduction where the chunks are at most 32, as the host sends them).
-        const u32* r0 = recs + (u64)threadIdx.x * CHUNK_WORDS;
-        const bool one_each = n_chunks <= 32;
-        u32 z_lo = 0, z_hi = 0, cmax_bits = 0, best_of_c = NONE;
-        if (one_each && threadIdx.x < n_chunks) best_of_c = r0[1], z_lo = r0[4], z_hi = r0[5], cmax_bits = r0[6];
         for (u32 c = threadIdx.x; c < n_chunks; c += 32) {
             const u32* r = recs + (u64)c * CHUNK_WORDS;
             finite += r[2];
@@ -981,10 +975,9 @@ __device__ __forceinline__ RecordSums reduce_records(const u32* __restrict__ rec
         }
         for (u32 c = threadIdx.x; with_z && broken == NONE && best_id != NONE && c < n_chunks; c += 32) {
             const u32* r = recs + (u64)c * CHUNK_WORDS;
-            if (!one_each) best_of_c = r[1], z_lo = r[4], z_hi = r[5], cmax_bits = r[6];
-            if (best_of_c == NONE) continue;
-            const double zc = __longlong_as_double((long long)(((u64)z_hi << 32) | z_lo));
-            z += zc * exp((double)(__uint_as_float(cmax_bits) - best_v / t));
+            if (r[1] == NONE) continue;
+            const double zc = __longlong_as_double((long long)(((u64)r[5] << 32) | r[4]));
+            z += zc * exp((double)(__uint_as_float(r[6]) - best_v / t));
         }
         z = warp_sum_f64(z);
         if (threadIdx.x == 0) {
