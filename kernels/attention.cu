@@ -51,6 +51,45 @@ __device__ __forceinline__ float4 add4(float4 a, float4 b) {
 #define ATTN_V_BATCH_FLOATS 32
 #endif
 
+// 1: a decode step's attention of one query head a block (the ROPE variant of the `_1` kernels)
+// loads each warp's first chunk of keys into registers before it waits: the chunk's slots (block
+// tables are batch description), the K row of each lane's key and the chunk's first batch of
+// value rows. Those rows were written by earlier steps, whose kernels have all completed once
+// this one runs (see dependent_wait: only the kernel before it, q/k/v, may still run, and it
+// writes no cache); the new token's row, which this launch writes, is read too and replaced from
+// shared memory after the wait, as the loop does with it anyway. After the wait such a chunk
+// (a short context's warps have one each) needs no round trip to L2 of its own. It replaces
+// ATTN_L2_PREFETCH's prefetch of the same rows. Not for blocks of several heads, whose registers
+// would spill.
+#ifndef ATTN_PRELOAD
+#define ATTN_PRELOAD 0
+#endif
+
+// 1: a probe build for benches/bench_attention_chain.py: the kernels take one more parameter,
+// `probe` (u64*, null: none), and thread 0 of each block writes %globaltimer and clock64 at
+// eight points of the kernel to probe[16 * block + point] and probe[16 * block + 8 + point]
+// (ATTN_STAMP). Never compiled by the backend.
+#ifndef ATTN_PROBE
+#define ATTN_PROBE 0
+#endif
+#if ATTN_PROBE
+__device__ __forceinline__ void attn_stamp(u64* probe, int point) {
+    if (probe == nullptr || threadIdx.x != 0) return;
+    u64 t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    const u64 block = ((u64)blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
+    probe[16 * block + point] = t;
+    probe[16 * block + 8 + point] = clock64();
+}
+#define ATTN_PROBE_PARAM , u64* __restrict__ probe
+#define ATTN_PROBE_ARG , probe
+#define ATTN_STAMP(point) attn_stamp(probe, point)
+#else
+#define ATTN_PROBE_PARAM
+#define ATTN_PROBE_ARG
+#define ATTN_STAMP(point)
+#endif
+
 // One block per (token, KV head, slice of `slice` <= G of the query heads sharing that KV head), or
 // per (token, split, KV head, slice) with flash-decoding (Splits below). Each warp takes
 // chunks of 32 keys (warp w: keys 32w .., then 32 * n_warps further on): lane j scores key j of
@@ -96,6 +135,9 @@ struct RopeIn {
 // writes its softmax state (max, sum, output) to `partials` ([token][head][split][2 + HD]), and
 // the last block of a (token, KV head, slice) to finish (a counter each, reset by that block)
 // merges the splits in order, as the warps of a block are merged.
+// A compile-time flag passed to a generic lambda.
+template <bool B> struct Flag { static constexpr bool value = B; };
+
 struct Splits {
     u32 n;
     float* partials;
@@ -113,7 +155,8 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
                                           const u32* __restrict__ table_offset, const u32* __restrict__ block_tables,
                                           u32 block_tokens, u32 n_heads, u32 n_kv_heads, u32 slice, float scale,
                                           float* __restrict__ out, u16* __restrict__ out_f16, float f16_scale,
-                                          const RopeIn& rope, const Splits& splits) {
+                                          const RopeIn& rope, const Splits& splits ATTN_PROBE_PARAM) {
+    ATTN_STAMP(0);
     constexpr int PER_LANE = (HD + 31) / 32;  // output dims per lane; lanes past HD hold none
     // Value rows loaded together: ATTN_V_BATCH_FLOATS floats of registers a lane whatever the
     // head dim (64: a chunk's 32 rows at once for head dims up to 64, one round trip to memory
@@ -153,17 +196,41 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
     __shared__ __align__(16) float k_new[ROPE ? HD : 4];
     __shared__ float v_new[ROPE ? HD : 1];
     const u32 last = n_ctx - 1;
+    // PRELOAD: the warp's first chunk (keys j0_first ..), its lane's key row as stored and the
+    // first V_BATCH value rows, loaded before the wait.
+    constexpr bool PRELOAD = ROPE && ATTN_PRELOAD && G == 1;
+    constexpr int V_PRE = PRELOAD ? V_BATCH : 1;
+    const u32 j0_first = j_begin + warp * 32;
+    typename KvRaw4<kv_t>::T k_pre[PRELOAD ? HD / 4 : 1];
+    float v_pre[V_PRE][PER_LANE];
     if constexpr (ROPE) {
         const double pos = (double)positions[t] / (double)rope.scale;
         for (u32 i = threadIdx.x; i < HD / 2; i += blockDim.x) {
             rope_sincos(pos, i, HD, rope.freq_base, &rope_sin[i], &rope_cos[i]);
+        }
+        if constexpr (PRELOAD) {
+            if (j0_first < j_end) {
+                const u32 jr = j0_first + lane < j_end ? j0_first + lane : j0_first;
+                const u32 slot = table[jr >> bt_shift] * block_tokens + (jr & bt_mask);
+                chunk_slot[warp][lane] = slot;
+                __syncwarp();
+                const u32 n_valid = min(32u, j_end - j0_first);
+#pragma unroll
+                for (int u = 0; u < V_PRE; u++) {
+                    const kv_t* vp = vc + (u64)chunk_slot[warp][u < n_valid ? u : 0] * kv_width;
+#pragma unroll
+                    for (int i = 0; i < PER_LANE; i++) v_pre[u][i] = (HD % 32 == 0 || lane + 32 * i < HD) ? kv_load(vp, lane + 32 * i) : 0.0f;
+                }
+#pragma unroll
+                for (int i = 0; i < (PRELOAD ? HD / 4 : 1); i++) k_pre[i] = kv_raw4(kc + (u64)slot * kv_width, i);
+            }
         }
 #if ATTN_L2_PREFETCH
         // The warp's first chunk only: the one on the critical path after the wait (a long
         // context's later chunks would ask L2 for more than it holds, ahead of the q load). This
         // step's own key and value are written below instead.
         const u32 j_first = j_begin + warp * 32 + lane;
-        if (j_first < j_end && j_first != last) {
+        if (!PRELOAD && j_first < j_end && j_first != last) {
             const u32 slot = table[j_first >> bt_shift] * block_tokens + (j_first & bt_mask);
             // 128-byte lines.
             for (u32 e = 0; e < HD; e += 128 / sizeof(kv_t)) {
@@ -184,7 +251,9 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
         // which the matrix-vector kernels after it then find there. After the step's own K/V
         // rows, which this kernel reads first.
         prefetch_window(rope.prefetch);
+        ATTN_STAMP(1);
         dependent_wait();
+        ATTN_STAMP(2);
     }
 
     // The slice's queries into shared memory, four float4 loads in flight per thread: in a
@@ -222,6 +291,7 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
         }
     }
     __syncthreads();
+    ATTN_STAMP(3);
     if constexpr (ROPE) {
         constexpr u32 half = HD / 2;
         float* qf = reinterpret_cast<float*>(q_sh);
@@ -238,6 +308,7 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
             }
         }
         __syncthreads();
+        ATTN_STAMP(4);
         const u32 slot = rope.slots[t];
         // The host checks every slot before the batch is uploaded.
         if (blockIdx.z == 0 && split == 0 && slot < rope.capacity) {
@@ -258,14 +329,20 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
         for (int i = 0; i < PER_LANE; i++) o[g][i] = 0.0f;
     }
 
-    for (u32 j0 = j_begin + warp * 32; j0 < j_end; j0 += n_warps * 32) {
+    // One chunk of 32 keys from j0; `preloaded`: its slots, key rows and first values were
+    // loaded before the wait (PRELOAD's first chunk, run apart from the loop so that the
+    // preloaded registers end there).
+    const auto chunk = [&](u32 j0, auto preloaded) {
+        constexpr bool pre = decltype(preloaded)::value;
         const u32 j = j0 + lane;
         const bool valid = j < j_end;
         // A lane past the end reads key j0's row (valid) and discards the result.
         const u32 jr = valid ? j : j0;
-        const u32 slot = table[jr >> bt_shift] * block_tokens + (jr & bt_mask);
-        chunk_slot[warp][lane] = slot;
-        __syncwarp();
+        const u32 slot = pre ? 0u : table[jr >> bt_shift] * block_tokens + (jr & bt_mask);
+        if constexpr (!pre) {
+            chunk_slot[warp][lane] = slot;
+            __syncwarp();
+        }
         const u32 n_valid = min(32u, j_end - j0);
         // Values V_BATCH keys at a time, all their loads issued before the first is used; the
         // first batch goes out before the keys' scores are computed, so its latency overlaps
@@ -276,9 +353,14 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
             for (int u = 0; u < V_BATCH; u++) {
                 // Keys past the chunk's end read key jb's row (valid); their weights are 0.
                 const u32 jj = jb + u < n_valid ? jb + u : jb;
-                const kv_t* vp = vc + (u64)chunk_slot[warp][jj] * kv_width;
+                if (pre && jb == 0) {
 #pragma unroll
-                for (int i = 0; i < PER_LANE; i++) vv[u][i] = (HD % 32 == 0 || lane + 32 * i < HD) ? kv_load(vp, lane + 32 * i) : 0.0f;
+                    for (int i = 0; i < PER_LANE; i++) vv[u][i] = v_pre[u < V_PRE ? u : 0][i];  // (u < V_PRE when pre)
+                } else {
+                    const kv_t* vp = vc + (u64)chunk_slot[warp][jj] * kv_width;
+#pragma unroll
+                    for (int i = 0; i < PER_LANE; i++) vv[u][i] = (HD % 32 == 0 || lane + 32 * i < HD) ? kv_load(vp, lane + 32 * i) : 0.0f;
+                }
                 if constexpr (ROPE) {
                     // The new token's value (warp-uniform: jj is the same in every lane).
                     if (j0 + jj == last) {
@@ -297,7 +379,9 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
         const bool new_key = ROPE && valid && j == last;
 #pragma unroll
         for (int i = 0; i < HD / 4; i++) {
-            const float4 kk = new_key ? reinterpret_cast<const float4*>(k_new)[i] : kv_load4(kp, i);
+            const float4 kk = new_key ? reinterpret_cast<const float4*>(k_new)[i]
+                              : pre   ? kv_widen4(k_pre[PRELOAD ? i : 0])
+                                      : kv_load4(kp, i);
 #pragma unroll
             for (int g = 0; g < G; g++) {
                 if (g >= n_here) break;
@@ -338,9 +422,16 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
             }
         }
         __syncwarp();  // the next chunk overwrites this warp's weights and slots
+    };
+    if constexpr (PRELOAD) {
+        if (j0_first < j_end) chunk(j0_first, Flag<true>());
+        for (u32 j0 = j0_first + n_warps * 32; j0 < j_end; j0 += n_warps * 32) chunk(j0, Flag<false>());
+    } else {
+        for (u32 j0 = j_begin + warp * 32; j0 < j_end; j0 += n_warps * 32) chunk(j0, Flag<false>());
     }
 
     __syncthreads();  // every warp is done with its chunk's weights before part_o overwrites them
+    ATTN_STAMP(5);
 #pragma unroll
     for (int g = 0; g < G; g++) {
         if (g >= n_here) break;
@@ -353,6 +444,7 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
             if (HD % 32 == 0 || lane + 32 * i < HD) part_o[warp][g][lane + 32 * i] = o[g][i];
     }
     __syncthreads();
+    ATTN_STAMP(6);
     for (u32 e = threadIdx.x; e < n_here * HD; e += blockDim.x) {
         const u32 g = e / HD, dd = e % HD;
         float mm = NEG_INF;
@@ -376,6 +468,10 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
         if (out_f16) out_f16[at] = f16_scaled_bits(oo / ll, f16_scale);
         else out[at] = oo / ll;
     }
+#if ATTN_PROBE
+    __syncthreads();
+    ATTN_STAMP(7);
+#endif
     if (n_splits == 1) return;
 
     // The last split of this (token, KV head, slice) to finish merges them all, in split order.
@@ -424,13 +520,13 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
         const u32* __restrict__ positions, const u32* __restrict__ table_offset, const u32* __restrict__ block_tables,  \
         u32 block_tokens, u32 n_heads, u32 n_kv_heads, u32 slice, float scale, float* __restrict__ out,                 \
         u16* __restrict__ out_f16, float f16_scale, u32 n_splits, float* __restrict__ partials,                        \
-        u32* __restrict__ counters) {                                                                                  \
+        u32* __restrict__ counters ATTN_PROBE_PARAM) {                                                                 \
         dependent_wait();                                                                                              \
         const RopeIn none = {};                                                                                        \
         const Splits splits = {n_splits, partials, counters};                                                          \
         attention<ATTN_HEAD_DIM, GROUP, false>(q, k_cache, v_cache, positions, table_offset, block_tables, block_tokens, \
                                                n_heads, n_kv_heads, min(max(slice, 1u), (u32)(GROUP)), scale, out,     \
-                                               out_f16, f16_scale, none, splits);                                       \
+                                               out_f16, f16_scale, none, splits ATTN_PROBE_ARG);                        \
     }                                                                                                                  \
     /* attention_heads with rope_store's work (see RopeIn): q and k not rotated yet, for a step of one token per      \
        sequence, their rows q_stride and kv_stride floats apart, biases bq, bk, bv (null: none) still to add.         \
@@ -444,7 +540,7 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
         float freq_base, float rope_scale, u32 neox, u32 n_splits, float* __restrict__ partials,                       \
         u32* __restrict__ counters, u32 q_stride, u32 kv_stride, const float* __restrict__ bq,                         \
         const float* __restrict__ bk, const float* __restrict__ bv, const u64* __restrict__ pf_ranges,                \
-        u32 pf_n_ranges, u32 pf_first, u64 pf_offset_bytes, u64 pf_len_bytes) {                                              \
+        u32 pf_n_ranges, u32 pf_first, u64 pf_offset_bytes, u64 pf_len_bytes ATTN_PROBE_PARAM) {                             \
         /* attention() waits once the angles are computed. */                                                          \
         const RopeIn rope = {k_new, v_new, slots, capacity, const_cast<kv_t*>(k_cache), const_cast<kv_t*>(v_cache),     \
                              freq_base, rope_scale, neox, q_stride, kv_stride, bq, bk, bv,                             \
@@ -452,7 +548,7 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
         const Splits splits = {n_splits, partials, counters};                                                          \
         attention<ATTN_HEAD_DIM, GROUP, true>(q, k_cache, v_cache, positions, table_offset, block_tables, block_tokens,  \
                                               n_heads, n_kv_heads, min(max(slice, 1u), (u32)(GROUP)), scale, out,      \
-                                              out_f16, f16_scale, rope, splits);                                        \
+                                              out_f16, f16_scale, rope, splits ATTN_PROBE_ARG);                         \
     }
 ATTENTION_KERNELS(, ATTN_GROUP)
 ATTENTION_KERNELS(_1, 1)

@@ -103,10 +103,15 @@ __device__ __forceinline__ float f16_widen(u16 h) {
 // Element i of a row.
 __device__ __forceinline__ float kv_load(const float* p, u32 i) { return p[i]; }
 __device__ __forceinline__ float kv_load(const u16* p, u32 i) { return f16_widen(p[i]); }
-// Elements 4i .. 4i + 3 of a row (16- or 8-byte aligned).
-__device__ __forceinline__ float4 kv_load4(const float* p, u32 i) { return reinterpret_cast<const float4*>(p)[i]; }
-__device__ __forceinline__ float4 kv_load4(const u16* p, u32 i) {
-    const uint2 b = reinterpret_cast<const uint2*>(p)[i];
+// Elements 4i .. 4i + 3 of a row (16- or 8-byte aligned), as stored (kv_raw4: a kernel holding
+// rows before it uses them keeps f16 ones in half the registers) and widened (kv_load4).
+template <typename C> struct KvRaw4;
+template <> struct KvRaw4<float> { typedef float4 T; };
+template <> struct KvRaw4<u16> { typedef uint2 T; };
+__device__ __forceinline__ float4 kv_raw4(const float* p, u32 i) { return reinterpret_cast<const float4*>(p)[i]; }
+__device__ __forceinline__ uint2 kv_raw4(const u16* p, u32 i) { return reinterpret_cast<const uint2*>(p)[i]; }
+__device__ __forceinline__ float4 kv_widen4(float4 r) { return r; }
+__device__ __forceinline__ float4 kv_widen4(uint2 b) {
     float4 f;
     asm("{ .reg .f16 a, b, c, d; mov.b32 {a, b}, %4; mov.b32 {c, d}, %5;\n\t"
         "cvt.f32.f16 %0, a; cvt.f32.f16 %1, b; cvt.f32.f16 %2, c; cvt.f32.f16 %3, d; }"
@@ -114,6 +119,8 @@ __device__ __forceinline__ float4 kv_load4(const u16* p, u32 i) {
         : "r"(b.x), "r"(b.y));
     return f;
 }
+__device__ __forceinline__ float4 kv_load4(const float* p, u32 i) { return kv_widen4(kv_raw4(p, i)); }
+__device__ __forceinline__ float4 kv_load4(const u16* p, u32 i) { return kv_widen4(kv_raw4(p, i)); }
 __device__ __forceinline__ u16 f16_rn(float v) {
     u16 h;
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));

@@ -131,13 +131,26 @@ class Driver:
             fns[name] = f
         return fns
 
-    def launch(self, fn: C.c_void_p, grid: int, threads: int, params: list, pdl: bool = False, cluster: int = 0) -> None:
-        """`fn` on a 1-D grid of `grid` blocks of `threads` threads on the stream, its
-        parameters ctypes values."""
+    def launch(self, fn: C.c_void_p, grid: int | tuple[int, int, int], threads: int, params: list, pdl: bool = False,
+               cluster: int = 0, smem: int = 0) -> None:
+        """`fn` on a grid of `grid` blocks (a count along x, or x, y, z) of `threads` threads on
+        the stream, with `smem` bytes of dynamic shared memory, its parameters ctypes values."""
         attrs, n_attrs = launch_attrs(pdl, cluster)
-        cfg = LaunchConfig(grid, 1, 1, threads, 1, 1, 0, self.stream, C.cast(attrs, C.POINTER(LaunchAttr)), n_attrs)
+        gx, gy, gz = (grid, 1, 1) if isinstance(grid, int) else grid
+        cfg = LaunchConfig(gx, gy, gz, threads, 1, 1, smem, self.stream, C.cast(attrs, C.POINTER(LaunchAttr)), n_attrs)
         ptrs = (C.c_void_p * len(params))(*[C.cast(C.pointer(p), C.c_void_p) for p in params])
         self.check(self.cu.cuLaunchKernelEx(C.byref(cfg), fn, ptrs, None), "launch")
+
+    def copy_to(self, dst: int, data: bytes) -> None:
+        """`data` into device memory at address `dst`."""
+        self.check(self.cu.cuMemcpyHtoD_v2(C.c_uint64(dst), data, C.c_size_t(len(data))), "copy to device")
+
+    def copy_from(self, src: int, nbytes: int) -> bytes:
+        """`nbytes` bytes of device memory from address `src` (after the stream's work)."""
+        self.check(self.cu.cuStreamSynchronize(self.stream), "sync")
+        buf = C.create_string_buffer(nbytes)
+        self.check(self.cu.cuMemcpyDtoH_v2(buf, C.c_uint64(src), C.c_size_t(nbytes)), "copy from device")
+        return buf.raw
 
     def time_graph(self, build: Callable[[], None], reps: int, per: int) -> float:
         """What `build` queues on the stream, recorded as a graph: the median over `reps`

@@ -70,7 +70,9 @@
 #                a phase boundary's cost, chained launches against a persistent kernel's grid barrier;
 #                cluster_handover: two chained launches against one launch of clusters handing over
 #                through distributed shared memory (the o projection folded into attention);
-#                prefetch_lines: the L2 prefetch windows at a phase's or a layer's size, bulk and by lines.
+#                prefetch_lines: the L2 prefetch windows at a phase's or a layer's size, bulk and by lines;
+#                attention_chain: where a one-sequence step's attention launch spends its time
+#                (benches/bench_attention_chain.py, its probe build; ATTN_CHAIN_VARIANTS).
 #   Logs, JSON reports and haiku artifacts go to one archive, $OUT/gpu_check.tar.gz (the device
 #   tool brings back at most 8 files), beside report.jsonl and table.txt. A table closes the
 #   output. Exit status 0 when every step passed.
@@ -508,6 +510,12 @@ if [ "$what" = pending ]; then
     # launch of thread block clusters handing over through distributed shared memory.
     STEP_TIMEOUT=120 step cluster_handover "$py" benches/bench_cluster_handover.py
     cp "$out/cluster_handover.log" "$dest/cluster_handover.txt" 2>/dev/null
+    fi
+    if [[ ,$parts, == *,attention_chain,* ]]; then
+    # A one-sequence step's attention launch after a q/k/v stand-in, timed in a chain and stamped
+    # at its phases (benches/bench_attention_chain.py, kernels/attention.cu built by NVRTC here).
+    STEP_TIMEOUT=120 step attention_chain "$py" benches/bench_attention_chain.py --variants "${ATTN_CHAIN_VARIANTS:-,-DATTN_PRELOAD=1}"
+    cp "$out/attention_chain.log" "$dest/attention_chain.txt" 2>/dev/null
     fi
     if [[ $parts == *sampler* ]]; then
     STEP_TIMEOUT=${ENGINE_PYTEST_S:-150} step pytest_sampler "$py" -m pytest -q -ra -p no:cacheprovider tests/test_sampling.py tests/test_cuda_engine.py -m cuda --junitxml="$out/junit_sampler.xml"

@@ -1,0 +1,201 @@
+"""Where a one-sequence decode step's attention launch spends its time: kernels/attention.cu's
+`attention_heads_rope_1` (one query head a block, RoPE and the KV write inside, f16 cache, the
+0.5B model's 14 heads over 2 KV heads of 64 dims), timed in a chain as the decode step runs it.
+
+A decode step's attention follows the layer's q/k/v projection, launched with programmatic
+dependent launch: its blocks start while the projection runs, do what needs no q/k/v (the RoPE
+angles; the K/V rows' prefetch or, with -DATTN_PRELOAD=1, their loads), wait for it, then attend.
+The bench chains P pairs of [producer, attention] in a CUDA graph: the producer stands in for q/k/v
+(72 blocks loading --producer-kb KB of weights each before their wait, then reading a vector
+from L2, reducing it and writing the q/k/v row the attention reads). It prints, per variant
+(a set of defines) and context length:
+
+- us a pair, and the producer's chain alone: their difference is the attention launch's cost in
+  the chain;
+- with -DATTN_PROBE=1 (thread 0 of each block stamps %globaltimer at eight points, see
+  attention.cu), the medians over the chain of: the producer's last block end to the attention's
+  release from its wait, and each phase after it (q loaded, RoPE, the chunks of keys, the warps'
+  partial results, the merge), and when the blocks started and finished their pre-wait work
+  relative to the producer's end.
+
+Needs only the CUDA driver and NVRTC (scripts/nvrtc_cubin.py); no ferrite code.
+
+    python benches/bench_attention_chain.py [--ctx 160,512] [--variants ",-DATTN_PRELOAD=1"]
+        [--pairs 48] [--reps 30] [--producer-kb 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes as C
+import os
+import random
+import statistics
+import struct
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
+from cuda_driver import PHASE_HELPERS, Driver  # noqa: E402
+from nvrtc_cubin import BASE_OPTIONS, compile_cubin, compile_source  # noqa: E402
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+HEAD_DIM, N_HEADS, N_KV_HEADS, BLOCK_TOKENS = 64, 14, 2, 16
+Q_WIDTH, KV_WIDTH = N_HEADS * HEAD_DIM, N_KV_HEADS * HEAD_DIM
+QKV_WIDTH = Q_WIDTH + 2 * KV_WIDTH
+PRODUCER_BLOCKS, PRODUCER_THREADS = 72, 256
+
+PRODUCER = "#define MAX_W4 8\n" + PHASE_HELPERS + r"""
+// q/k/v's stand-in: weights loaded before the wait, then the hidden vector (n floats) from L2,
+// a block sum, and this block's share of the q/k/v row written. Thread 0 stamps its block's end.
+extern "C" __global__ void producer(const float* xin, float* qkv, int n, int n_out, const float4* __restrict__ w, u64 off4,
+                                    int w4, u64* probe) {
+    __shared__ float red[32];
+    float4 r[MAX_W4];
+    load_weights(w, off4, w4, r);
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    float s = use_weights(w4, r) * 1e-30f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) s += __ldcg(xin + i);
+    s = block_sum(s, red);
+    const int per = (n_out + gridDim.x - 1) / gridDim.x;
+    for (int i = threadIdx.x; i < per; i += blockDim.x) {
+        const int o = blockIdx.x * per + i;
+        // Bounded values: the attention's scores stay finite whatever the chain does.
+        if (o < n_out) qkv[o] = __sinf(s * 1e-3f + (float)o);
+    }
+    __syncthreads();
+    if (probe != nullptr && threadIdx.x == 0) {
+        u64 t;
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+        probe[blockIdx.x] = t;
+    }
+}
+"""
+
+POINTS = ["entry", "pre-wait done", "released", "q loaded", "rope done", "chunks done", "partials written", "merged"]
+
+
+def f16_bits(v: float) -> int:
+    return struct.unpack("<H", struct.pack("<e", v))[0]
+
+
+def warps_for(ctx: int) -> int:
+    """The backend's rule (attention_shape): one warp a 32 keys, a power of two, 4..16."""
+    w = 1
+    while w < -(-ctx // 32):
+        w *= 2
+    return min(max(w, 4), 16)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--ctx", default="160,512", help="keys a sequence (its position + 1)")
+    ap.add_argument("--variants", default=",-DATTN_PRELOAD=1", help="comma-separated define sets (space-separated defines; empty: the default build)")
+    ap.add_argument("--pairs", type=int, default=48)
+    ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--producer-kb", type=int, default=10, help="weights a producer block loads before its wait (KB; q/k/v's 0.7 MB over 72 blocks: 10)")
+    ap.add_argument("--compile-only", action="store_true")
+    args = ap.parse_args()
+    variants = [v.split() for v in args.variants.split(",")]
+    base = ["--gpu-architecture=sm_90", *BASE_OPTIONS, f"-DATTN_HEAD_DIM={HEAD_DIM}", "-DATTN_KV_F16=1"]
+    src = os.path.join(ROOT, "kernels", "attention.cu")
+    from pathlib import Path
+
+    cubins = {(tuple(v), probe): compile_cubin(Path(src), base + v + (["-DATTN_PROBE=1"] if probe else [])) for v in variants for probe in (False, True)}
+    producer_cubin = compile_source("producer.cu", PRODUCER.encode(), ["--gpu-architecture=sm_90", *BASE_OPTIONS])
+    if args.compile_only:
+        print(f"compiled {len(cubins)} attention builds and the producer")
+        return
+
+    cu = Driver()
+    rate_khz = C.c_int()
+    cu.check(cu.cu.cuDeviceGetAttribute(C.byref(rate_khz), 13, 0), "clock rate")  # CU_DEVICE_ATTRIBUTE_CLOCK_RATE
+    producer = cu.functions(producer_cubin, ["producer"])["producer"]
+    rng = random.Random(1)
+    max_ctx = max(int(c) for c in args.ctx.split(","))
+    n_blocks = -(-max_ctx // BLOCK_TOKENS) + 1
+    capacity = n_blocks * BLOCK_TOKENS
+    table = list(range(n_blocks))
+    rng.shuffle(table)  # a sequence's blocks are scattered in the pool
+    k_cache, v_cache = cu.alloc(capacity * KV_WIDTH * 2), cu.alloc(capacity * KV_WIDTH * 2)
+    for buf in (k_cache, v_cache):
+        cu.copy_to(buf, struct.pack(f"<{capacity * KV_WIDTH}H", *(f16_bits(rng.uniform(-1, 1)) for _ in range(capacity * KV_WIDTH))))
+    x, qkv, out = cu.alloc(4096 * 4), cu.alloc(QKV_WIDTH * 4), cu.alloc(Q_WIDTH * 4)
+    cu.copy_to(x, struct.pack("<4096f", *(rng.uniform(-1, 1) for _ in range(4096))))
+    cu.copy_to(qkv, struct.pack(f"<{QKV_WIDTH}f", *(rng.uniform(-1, 1) for _ in range(QKV_WIDTH))))
+    bias = cu.alloc(QKV_WIDTH * 4)
+    cu.copy_to(bias, struct.pack(f"<{QKV_WIDTH}f", *(rng.uniform(-0.1, 0.1) for _ in range(QKV_WIDTH))))
+    tables, offsets, positions, slots = cu.alloc(4 * n_blocks), cu.alloc(4), cu.alloc(4), cu.alloc(4)
+    cu.copy_to(tables, struct.pack(f"<{n_blocks}I", *table))
+    cu.copy_to(offsets, struct.pack("<I", 0))
+    w_total = 256 << 20  # more than L2: the producer's weights come from DRAM, as a step's do
+    w = cu.alloc(w_total)
+    w4 = min(8, -(-args.producer_kb * 1024 // (16 * PRODUCER_THREADS)))
+    stride = PRODUCER_BLOCKS * PRODUCER_THREADS * w4
+    wrap = (w_total // 16) // stride * stride
+    grid = (1, N_KV_HEADS, N_HEADS // N_KV_HEADS)
+    n_attn_blocks = grid[0] * grid[1] * grid[2]
+    probe_attn = cu.alloc(args.pairs * n_attn_blocks * 16 * 8)
+    probe_prod = cu.alloc(args.pairs * PRODUCER_BLOCKS * 8)
+
+    print(f"# {cu.name}, SM clock {rate_khz.value / 1e3:.0f} MHz (max); attention_heads_rope_1, grid {grid}, f16 cache, "
+          f"{BLOCK_TOKENS}-token blocks; producer {PRODUCER_BLOCKS} blocks x {w4 * 16 * PRODUCER_THREADS // 1024} KB of weights; "
+          f"{args.pairs} pairs a graph, median of {args.reps} replays")
+    for ctx in [int(c) for c in args.ctx.split(",")]:
+        warps = warps_for(ctx)
+        pos = ctx - 1
+        cu.copy_to(positions, struct.pack("<I", pos))
+        cu.copy_to(slots, struct.pack("<I", table[pos // BLOCK_TOKENS] * BLOCK_TOKENS + pos % BLOCK_TOKENS))
+        smem = 4 * warps * max(HEAD_DIM, 32 + 32)
+        print(f"\n## {ctx} keys, {warps} warps a block\n")
+        print("| variant | us a pair | producer alone (us) | attention's share (us) | " + " | ".join(POINTS[1:]) + " |")
+        print("| --- " * (4 + len(POINTS) - 1) + "|")
+        for v in variants:
+            fns = {probe: cu.functions(cubins[(tuple(v), probe)], ["attention_heads_rope_1"])["attention_heads_rope_1"] for probe in (False, True)}
+
+            def params(probe_at: int | None) -> list:
+                p = [C.c_uint64(qkv), C.c_uint64(k_cache), C.c_uint64(v_cache), C.c_uint64(positions), C.c_uint64(offsets),
+                     C.c_uint64(tables), C.c_uint(BLOCK_TOKENS), C.c_uint(N_HEADS), C.c_uint(N_KV_HEADS), C.c_uint(1),
+                     C.c_float(HEAD_DIM ** -0.5), C.c_uint64(out), C.c_uint64(0), C.c_float(1.0),
+                     C.c_uint64(qkv + 4 * Q_WIDTH), C.c_uint64(qkv + 4 * (Q_WIDTH + KV_WIDTH)), C.c_uint64(slots), C.c_uint(capacity),
+                     C.c_float(1e6), C.c_float(1.0), C.c_uint(1), C.c_uint(1), C.c_uint64(0), C.c_uint64(0),
+                     C.c_uint(QKV_WIDTH), C.c_uint(QKV_WIDTH), C.c_uint64(bias), C.c_uint64(bias + 4 * Q_WIDTH),
+                     C.c_uint64(bias + 4 * (Q_WIDTH + KV_WIDTH)), C.c_uint64(0), C.c_uint(0), C.c_uint(0), C.c_ulonglong(0), C.c_ulonglong(0)]
+                if probe_at is not None:
+                    p.append(C.c_uint64(probe_at))
+                return p
+
+            def producer_launch(i: int, probe: bool) -> None:
+                cu.launch(producer, PRODUCER_BLOCKS, PRODUCER_THREADS,
+                          [C.c_uint64(x), C.c_uint64(qkv), C.c_int(896), C.c_int(QKV_WIDTH), C.c_uint64(w), C.c_ulonglong((i * stride) % wrap),
+                           C.c_int(w4), C.c_uint64(probe_prod + 8 * PRODUCER_BLOCKS * i if probe else 0)], pdl=True)
+
+            def chain(probe: bool, with_attention: bool = True) -> None:
+                for i in range(args.pairs):
+                    producer_launch(i, probe)
+                    if with_attention:
+                        cu.launch(fns[probe], grid, 32 * warps, params(probe_attn + 8 * 16 * n_attn_blocks * i if probe else None),
+                                  pdl=True, smem=smem)
+
+            t_pair = cu.time_graph(lambda: chain(False), args.reps, args.pairs)
+            t_prod = cu.time_graph(lambda: chain(False, False), args.reps, args.pairs)
+            cu.time_graph(lambda: chain(True), 1, args.pairs)
+            stamps = struct.unpack(f"<{args.pairs * n_attn_blocks * 16}Q", cu.copy_from(probe_attn, args.pairs * n_attn_blocks * 16 * 8))
+            ends = struct.unpack(f"<{args.pairs * PRODUCER_BLOCKS}Q", cu.copy_from(probe_prod, args.pairs * PRODUCER_BLOCKS * 8))
+            cols = {p: [] for p in range(1, len(POINTS))}
+            for i in range(2, args.pairs):  # the first launches warm up
+                prod_end = max(ends[i * PRODUCER_BLOCKS:(i + 1) * PRODUCER_BLOCKS])
+                blocks = [stamps[(i * n_attn_blocks + b) * 16:(i * n_attn_blocks + b) * 16 + 8] for b in range(n_attn_blocks)]
+                # Each point as the last block reaches it, relative to the producer's last block's end
+                # (pre-wait points: relative, negative when done before it).
+                for p in range(1, len(POINTS)):
+                    cols[p].append((max(b[p] for b in blocks) - prod_end) / 1000.0)
+            med = [statistics.median(cols[p]) for p in range(1, len(POINTS))]
+            name = " ".join(v) or "default"
+            print(f"| {name} | {t_pair:.2f} | {t_prod:.2f} | {t_pair - t_prod:.2f} | " + " | ".join(f"{m:+.2f}" for m in med) + " |", flush=True)
+    print("\nPoint columns: us from the producer's last block end to the last attention block reaching the point "
+          "(median over the chain; globaltimer, so steps of its resolution).")
+
+
+if __name__ == "__main__":
+    main()
