@@ -1,5 +1,5 @@
 """Where a one-sequence decode step's attention launch spends its time: kernels/attention.cu's
-`attention_heads_rope_1` (one query head a block, RoPE and the KV write inside, f16 cache, the
+`attention_heads_rope_1` (one query head a block, RoPE and the KV write inside, float32 or f16 cache, the
 0.5B model's 14 heads over 2 KV heads of 64 dims), timed in a chain as the decode step runs it.
 
 A decode step's attention follows the layer's q/k/v projection, launched with programmatic
@@ -48,12 +48,16 @@ PRODUCER = "#define MAX_W4 8\n" + PHASE_HELPERS + r"""
 // q/k/v's stand-in: weights loaded before the wait, then the hidden vector (n floats) from L2,
 // a block sum, and this block's share of the q/k/v row written. Thread 0 stamps its block's end.
 extern "C" __global__ void producer(const float* xin, float* qkv, int n, int n_out, const float4* __restrict__ w, u64 off4,
-                                    int w4, u64* probe) {
+                                    int w4, u64* probe, u64 spin_ns) {
     __shared__ float red[32];
     float4 r[MAX_W4];
     load_weights(w, off4, w4, r);
     asm volatile("griddepcontrol.wait;" ::: "memory");
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    // The rest of a real projection's work after its wait (staging x, the products), as time.
+    u64 t0, now;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+    do asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now)); while (now - t0 < spin_ns);
     float s = use_weights(w4, r) * 1e-30f;
     for (int i = threadIdx.x; i < n; i += blockDim.x) s += __ldcg(xin + i);
     s = block_sum(s, red);
@@ -72,7 +76,7 @@ extern "C" __global__ void producer(const float* xin, float* qkv, int n, int n_o
 }
 """
 
-POINTS = ["entry", "pre-wait done", "released", "q loaded", "rope done", "chunks done", "partials written", "merged"]
+POINTS = ["entry", "angles done", "pre-wait done", "released", "q loaded", "rope done", "chunks done", "partials written", "merged"]
 
 
 def f16_bits(v: float) -> int:
@@ -93,15 +97,20 @@ def main() -> None:
     ap.add_argument("--variants", default=",-DATTN_PRELOAD=1", help="comma-separated define sets (space-separated defines; empty: the default build)")
     ap.add_argument("--pairs", type=int, default=48)
     ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--producer-spin-ns", default="0,1500", help="extra work a producer does after its wait, as time (ns; q/k/v's "
+                    "own 4.5 us a launch at one sequence is about the producer's 2.4 with 1,500 more)")
     ap.add_argument("--producer-kb", type=int, default=10, help="weights a producer block loads before its wait (KB; q/k/v's 0.7 MB over 72 blocks: 10)")
+    ap.add_argument("--kv", default="f32,f16", help="cache element types (f32: the default cache, f16: kv_cache_dtype='float16')")
     ap.add_argument("--compile-only", action="store_true")
     args = ap.parse_args()
     variants = [v.split() for v in args.variants.split(",")]
-    base = ["--gpu-architecture=sm_90", *BASE_OPTIONS, f"-DATTN_HEAD_DIM={HEAD_DIM}", "-DATTN_KV_F16=1"]
+    kvs = args.kv.split(",")
+    base = ["--gpu-architecture=sm_90", *BASE_OPTIONS, f"-DATTN_HEAD_DIM={HEAD_DIM}"]
     src = os.path.join(ROOT, "kernels", "attention.cu")
     from pathlib import Path
 
-    cubins = {(tuple(v), probe): compile_cubin(Path(src), base + v + (["-DATTN_PROBE=1"] if probe else [])) for v in variants for probe in (False, True)}
+    cubins = {(kv, tuple(v), probe): compile_cubin(Path(src), base + [f"-DATTN_KV_F16={int(kv == 'f16')}"] + v + (["-DATTN_PROBE=1"] if probe else []))
+              for kv in kvs for v in variants for probe in (False, True)}
     producer_cubin = compile_source("producer.cu", PRODUCER.encode(), ["--gpu-architecture=sm_90", *BASE_OPTIONS])
     if args.compile_only:
         print(f"compiled {len(cubins)} attention builds and the producer")
@@ -117,9 +126,13 @@ def main() -> None:
     capacity = n_blocks * BLOCK_TOKENS
     table = list(range(n_blocks))
     rng.shuffle(table)  # a sequence's blocks are scattered in the pool
-    k_cache, v_cache = cu.alloc(capacity * KV_WIDTH * 2), cu.alloc(capacity * KV_WIDTH * 2)
-    for buf in (k_cache, v_cache):
-        cu.copy_to(buf, struct.pack(f"<{capacity * KV_WIDTH}H", *(f16_bits(rng.uniform(-1, 1)) for _ in range(capacity * KV_WIDTH))))
+    caches = {}
+    for kv in kvs:
+        k_cache, v_cache = cu.alloc(capacity * KV_WIDTH * 4), cu.alloc(capacity * KV_WIDTH * 4)
+        for buf in (k_cache, v_cache):
+            vals = [rng.uniform(-1, 1) for _ in range(capacity * KV_WIDTH)]
+            cu.copy_to(buf, struct.pack(f"<{len(vals)}H", *map(f16_bits, vals)) if kv == "f16" else struct.pack(f"<{len(vals)}f", *vals))
+        caches[kv] = (k_cache, v_cache)
     x, qkv, out = cu.alloc(4096 * 4), cu.alloc(QKV_WIDTH * 4), cu.alloc(Q_WIDTH * 4)
     cu.copy_to(x, struct.pack("<4096f", *(rng.uniform(-1, 1) for _ in range(4096))))
     cu.copy_to(qkv, struct.pack(f"<{QKV_WIDTH}f", *(rng.uniform(-1, 1) for _ in range(QKV_WIDTH))))
@@ -135,23 +148,25 @@ def main() -> None:
     wrap = (w_total // 16) // stride * stride
     grid = (1, N_KV_HEADS, N_HEADS // N_KV_HEADS)
     n_attn_blocks = grid[0] * grid[1] * grid[2]
-    probe_attn = cu.alloc(args.pairs * n_attn_blocks * 16 * 8)
+    probe_attn = cu.alloc(args.pairs * n_attn_blocks * 32 * 8)
     probe_prod = cu.alloc(args.pairs * PRODUCER_BLOCKS * 8)
 
-    print(f"# {cu.name}, SM clock {rate_khz.value / 1e3:.0f} MHz (max); attention_heads_rope_1, grid {grid}, f16 cache, "
+    print(f"# {cu.name}, SM clock {rate_khz.value / 1e3:.0f} MHz (max); attention_heads_rope_1, grid {grid}, "
           f"{BLOCK_TOKENS}-token blocks; producer {PRODUCER_BLOCKS} blocks x {w4 * 16 * PRODUCER_THREADS // 1024} KB of weights; "
           f"{args.pairs} pairs a graph, median of {args.reps} replays")
-    for ctx in [int(c) for c in args.ctx.split(",")]:
+    for kv, ctx, spin in [(kv, int(c), int(sp)) for kv in kvs for c in args.ctx.split(",") for sp in args.producer_spin_ns.split(",")]:
+        k_cache, v_cache = caches[kv]
         warps = warps_for(ctx)
         pos = ctx - 1
         cu.copy_to(positions, struct.pack("<I", pos))
         cu.copy_to(slots, struct.pack("<I", table[pos // BLOCK_TOKENS] * BLOCK_TOKENS + pos % BLOCK_TOKENS))
         smem = 4 * warps * max(HEAD_DIM, 32 + 32)
-        print(f"\n## {ctx} keys, {warps} warps a block\n")
-        print("| variant | us a pair | producer alone (us) | attention's share (us) | " + " | ".join(POINTS[1:]) + " |")
-        print("| --- " * (4 + len(POINTS) - 1) + "|")
+        print(f"\n## {kv} cache, {ctx} keys, {warps} warps a block, producer +{spin} ns\n")
+        print("| variant | us a pair | producer alone (us) | attention's share (us) | " + " | ".join(POINTS) + " |")
+        print("| --- " * (4 + len(POINTS)) + "|")
+        cyc = []
         for v in variants:
-            fns = {probe: cu.functions(cubins[(tuple(v), probe)], ["attention_heads_rope_1"])["attention_heads_rope_1"] for probe in (False, True)}
+            fns = {probe: cu.functions(cubins[(kv, tuple(v), probe)], ["attention_heads_rope_1"])["attention_heads_rope_1"] for probe in (False, True)}
 
             def params(probe_at: int | None) -> list:
                 p = [C.c_uint64(qkv), C.c_uint64(k_cache), C.c_uint64(v_cache), C.c_uint64(positions), C.c_uint64(offsets),
@@ -168,31 +183,39 @@ def main() -> None:
             def producer_launch(i: int, probe: bool) -> None:
                 cu.launch(producer, PRODUCER_BLOCKS, PRODUCER_THREADS,
                           [C.c_uint64(x), C.c_uint64(qkv), C.c_int(896), C.c_int(QKV_WIDTH), C.c_uint64(w), C.c_ulonglong((i * stride) % wrap),
-                           C.c_int(w4), C.c_uint64(probe_prod + 8 * PRODUCER_BLOCKS * i if probe else 0)], pdl=True)
+                           C.c_int(w4), C.c_uint64(probe_prod + 8 * PRODUCER_BLOCKS * i if probe else 0), C.c_ulonglong(spin)], pdl=True)
 
             def chain(probe: bool, with_attention: bool = True) -> None:
                 for i in range(args.pairs):
                     producer_launch(i, probe)
                     if with_attention:
-                        cu.launch(fns[probe], grid, 32 * warps, params(probe_attn + 8 * 16 * n_attn_blocks * i if probe else None),
+                        cu.launch(fns[probe], grid, 32 * warps, params(probe_attn + 8 * 32 * n_attn_blocks * i if probe else None),
                                   pdl=True, smem=smem)
 
             t_pair = cu.time_graph(lambda: chain(False), args.reps, args.pairs)
             t_prod = cu.time_graph(lambda: chain(False, False), args.reps, args.pairs)
             cu.time_graph(lambda: chain(True), 1, args.pairs)
-            stamps = struct.unpack(f"<{args.pairs * n_attn_blocks * 16}Q", cu.copy_from(probe_attn, args.pairs * n_attn_blocks * 16 * 8))
+            stamps = struct.unpack(f"<{args.pairs * n_attn_blocks * 32}Q", cu.copy_from(probe_attn, args.pairs * n_attn_blocks * 32 * 8))
             ends = struct.unpack(f"<{args.pairs * PRODUCER_BLOCKS}Q", cu.copy_from(probe_prod, args.pairs * PRODUCER_BLOCKS * 8))
-            cols = {p: [] for p in range(1, len(POINTS))}
+            cols = {p: [] for p in range(len(POINTS))}
+            cycles = {p: [] for p in range(1, len(POINTS))}
             for i in range(2, args.pairs):  # the first launches warm up
                 prod_end = max(ends[i * PRODUCER_BLOCKS:(i + 1) * PRODUCER_BLOCKS])
-                blocks = [stamps[(i * n_attn_blocks + b) * 16:(i * n_attn_blocks + b) * 16 + 8] for b in range(n_attn_blocks)]
-                # Each point as the last block reaches it, relative to the producer's last block's end
-                # (pre-wait points: relative, negative when done before it).
-                for p in range(1, len(POINTS)):
+                blocks = [stamps[(i * n_attn_blocks + b) * 32:(i * n_attn_blocks + b) * 32 + 32] for b in range(n_attn_blocks)]
+                # Each point as the last block reaches it, relative to the producer's last block's
+                # end (negative: before it); and each block's clock cycles from the point before.
+                for p in range(len(POINTS)):
                     cols[p].append((max(b[p] for b in blocks) - prod_end) / 1000.0)
-            med = [statistics.median(cols[p]) for p in range(1, len(POINTS))]
+                for p in range(1, len(POINTS)):
+                    cycles[p].extend(b[16 + p] - b[16 + p - 1] for b in blocks)
+            med = [statistics.median(cols[p]) for p in range(len(POINTS))]
             name = " ".join(v) or "default"
             print(f"| {name} | {t_pair:.2f} | {t_prod:.2f} | {t_pair - t_prod:.2f} | " + " | ".join(f"{m:+.2f}" for m in med) + " |", flush=True)
+            cyc.append(f"| {name} | " + " | ".join(f"{statistics.median(cycles[p]):.0f} / {max(cycles[p])}" for p in range(1, len(POINTS))) + " |")
+        print("\nClock cycles from the point before, median / most over blocks and launches:\n")
+        print("| variant | " + " | ".join(POINTS[1:]) + " |")
+        print("| --- " * len(POINTS) + "|")
+        print("\n".join(cyc))
     print("\nPoint columns: us from the producer's last block end to the last attention block reaching the point "
           "(median over the chain; globaltimer, so steps of its resolution).")
 

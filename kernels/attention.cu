@@ -51,23 +51,37 @@ __device__ __forceinline__ float4 add4(float4 a, float4 b) {
 #define ATTN_V_BATCH_FLOATS 32
 #endif
 
-// 1: a decode step's attention of one query head a block (the ROPE variant of the `_1` kernels)
-// loads each warp's first chunk of keys into registers before it waits: the chunk's slots (block
-// tables are batch description), the K row of each lane's key and the chunk's first batch of
-// value rows. Those rows were written by earlier steps, whose kernels have all completed once
+// 1: a decode step's attention of one query head a block (the ROPE variant of the `_1` kernels,
+// head dims up to 64) loads each warp's first chunk of keys into registers before it waits: the
+// chunk's slots (block tables are batch description), the K row of each lane's key and the first
+// ATTN_PRELOAD_VALUES value rows. Those rows were written by earlier steps, whose kernels have all completed once
 // this one runs (see dependent_wait: only the kernel before it, q/k/v, may still run, and it
 // writes no cache); the new token's row, which this launch writes, is read too and replaced from
 // shared memory after the wait, as the loop does with it anyway. After the wait such a chunk
 // (a short context's warps have one each) needs no round trip to L2 of its own. It replaces
-// ATTN_L2_PREFETCH's prefetch of the same rows. Not for blocks of several heads, whose registers
-// would spill.
+// ATTN_L2_PREFETCH's prefetch of the same rows. Not for blocks of several heads or wider heads,
+// whose registers would spill (a 128-dim head's float32 key row alone is 128 registers a lane).
+// H100, 2026-12-06, synthetic 0.5B: the attention launch 6.4 -> 4.9-5.0 us, decode steps 5-6 %
+// shorter at one to eight sequences (docs/BENCHMARKS.md, thirty-ninth session).
 #ifndef ATTN_PRELOAD
-#define ATTN_PRELOAD 0
+#define ATTN_PRELOAD 1
+#endif
+// Value rows PRELOAD loads before the wait (at most V_BATCH; the chunk's other value rows are
+// asked of L2 then and loaded after it). 8: more spills registers (16 with a float32 cache, 16 and
+// 32 with an f16 one); 16 and 8 measured the same steps (thirty-ninth session).
+#ifndef ATTN_PRELOAD_VALUES
+#define ATTN_PRELOAD_VALUES 8
+#endif
+
+// 1: the decode step's attention (ROPE) loads the q/k/v biases it adds before it waits (see
+// there). 0: after, as before the thirty-ninth session (for A/B).
+#ifndef ATTN_EARLY_BIAS
+#define ATTN_EARLY_BIAS 1
 #endif
 
 // 1: a probe build for benches/bench_attention_chain.py: the kernels take one more parameter,
 // `probe` (u64*, null: none), and thread 0 of each block writes %globaltimer and clock64 at
-// eight points of the kernel to probe[16 * block + point] and probe[16 * block + 8 + point]
+// points 0..15 of the kernel to probe[32 * block + point] and probe[32 * block + 16 + point]
 // (ATTN_STAMP). Never compiled by the backend.
 #ifndef ATTN_PROBE
 #define ATTN_PROBE 0
@@ -78,8 +92,8 @@ __device__ __forceinline__ void attn_stamp(u64* probe, int point) {
     u64 t;
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
     const u64 block = ((u64)blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
-    probe[16 * block + point] = t;
-    probe[16 * block + 8 + point] = clock64();
+    probe[32 * block + point] = t;
+    probe[32 * block + 16 + point] = clock64();
 }
 #define ATTN_PROBE_PARAM , u64* __restrict__ probe
 #define ATTN_PROBE_ARG , probe
@@ -196,22 +210,50 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
     __shared__ __align__(16) float k_new[ROPE ? HD : 4];
     __shared__ float v_new[ROPE ? HD : 1];
     const u32 last = n_ctx - 1;
+    // ROPE: the q/k/v biases this thread adds below (to q elements threadIdx.x + r * blockDim.x,
+    // and to the new key's and value's element threadIdx.x), loaded before the wait: they are
+    // weights, and after a step's worth of other weights has gone through L2 they come from DRAM,
+    // a longer round trip than the q/k/v rows' from L2. Zero where there is none.
+    constexpr u32 Q4 = G * HD / 4;
+    // Blocks have at least 4 warps (the host's ATTENTION_MIN_WARPS), so elements from 128 *
+    // Q_PRE on are in no thread's first loads (with fewer threads they would be loaded below).
+    constexpr int Q_PRE = (Q4 + 127) / 128 < 4 ? (Q4 + 127) / 128 : 4;
+    const float4* bq4 = ROPE && rope.bq ? reinterpret_cast<const float4*>(rope.bq + (u64)h0 * HD) : nullptr;
+    float4 bq_pre[Q_PRE];
+    float bk_pre = 0.0f, bv_pre = 0.0f;
+    constexpr bool EARLY_BIAS = ROPE && ATTN_EARLY_BIAS;
+    if constexpr (EARLY_BIAS) {
+#pragma unroll
+        for (int r = 0; r < Q_PRE; r++) {
+            const u32 i = threadIdx.x + r * blockDim.x;
+            bq_pre[r] = bq4 && i < Q4 && i / (HD / 4) < n_here ? bq4[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        }
+        if (threadIdx.x < HD) {
+            if (rope.bk) bk_pre = rope.bk[kvh * HD + threadIdx.x];
+            if (rope.bv) bv_pre = rope.bv[kvh * HD + threadIdx.x];
+        }
+    }
     // PRELOAD: the warp's first chunk (keys j0_first ..), its lane's key row as stored and the
     // first V_BATCH value rows, loaded before the wait.
-    constexpr bool PRELOAD = ROPE && ATTN_PRELOAD && G == 1;
-    constexpr int V_PRE = PRELOAD ? V_BATCH : 1;
+    constexpr bool PRELOAD = ROPE && ATTN_PRELOAD && G == 1 && HD <= 64;
+    constexpr int V_PRE = PRELOAD ? (ATTN_PRELOAD_VALUES < V_BATCH ? ATTN_PRELOAD_VALUES : V_BATCH) : 0;
     const u32 j0_first = j_begin + warp * 32;
     typename KvRaw4<kv_t>::T k_pre[PRELOAD ? HD / 4 : 1];
-    float v_pre[V_PRE][PER_LANE];
+    kv_t v_pre[V_PRE > 0 ? V_PRE : 1][PER_LANE];  // as stored (kv_widen)
     if constexpr (ROPE) {
         const double pos = (double)positions[t] / (double)rope.scale;
         for (u32 i = threadIdx.x; i < HD / 2; i += blockDim.x) {
             rope_sincos(pos, i, HD, rope.freq_base, &rope_sin[i], &rope_cos[i]);
         }
+        ATTN_STAMP(1);
         if constexpr (PRELOAD) {
             if (j0_first < j_end) {
                 const u32 jr = j0_first + lane < j_end ? j0_first + lane : j0_first;
                 const u32 slot = table[jr >> bt_shift] * block_tokens + (jr & bt_mask);
+                // The key rows first (the first thing the chunk needs), then the values, all as
+                // stored: widening them here would wait for them before the wait.
+#pragma unroll
+                for (int i = 0; i < (PRELOAD ? HD / 4 : 1); i++) k_pre[i] = kv_raw4(kc + (u64)slot * kv_width, i);
                 chunk_slot[warp][lane] = slot;
                 __syncwarp();
                 const u32 n_valid = min(32u, j_end - j0_first);
@@ -219,10 +261,14 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
                 for (int u = 0; u < V_PRE; u++) {
                     const kv_t* vp = vc + (u64)chunk_slot[warp][u < n_valid ? u : 0] * kv_width;
 #pragma unroll
-                    for (int i = 0; i < PER_LANE; i++) v_pre[u][i] = (HD % 32 == 0 || lane + 32 * i < HD) ? kv_load(vp, lane + 32 * i) : 0.0f;
+                    for (int i = 0; i < PER_LANE; i++) v_pre[u][i] = (HD % 32 == 0 || lane + 32 * i < HD) ? vp[lane + 32 * i] : kv_t(0);
                 }
-#pragma unroll
-                for (int i = 0; i < (PRELOAD ? HD / 4 : 1); i++) k_pre[i] = kv_raw4(kc + (u64)slot * kv_width, i);
+                // The chunk's later values (keys V_PRE on), loaded after the wait: asked of L2 now.
+                if (lane >= V_PRE && jr == j0_first + lane) {
+                    const kv_t* vp = vc + (u64)slot * kv_width;
+                    for (u32 e = 0; e < HD; e += 128 / sizeof(kv_t)) asm volatile("prefetch.global.L2 [%0];" ::"l"(vp + e));
+                    if constexpr ((HD * sizeof(kv_t)) % 128 != 0) asm volatile("prefetch.global.L2 [%0];" ::"l"(vp + HD - 1));
+                }
             }
         }
 #if ATTN_L2_PREFETCH
@@ -251,18 +297,16 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
         // which the matrix-vector kernels after it then find there. After the step's own K/V
         // rows, which this kernel reads first.
         prefetch_window(rope.prefetch);
-        ATTN_STAMP(1);
-        dependent_wait();
         ATTN_STAMP(2);
+        dependent_wait();
+        ATTN_STAMP(3);
     }
 
     // The slice's queries into shared memory, four float4 loads in flight per thread: in a
     // decode step of one sequence this load is on the critical path of the whole kernel.
     {
-        constexpr u32 Q4 = G * HD / 4;
         const u32 q_stride = ROPE ? rope.q_stride : q_width;
         const float4* q4 = reinterpret_cast<const float4*>(q + (u64)t * q_stride + (u64)h0 * HD);
-        const float4* bq4 = ROPE && rope.bq ? reinterpret_cast<const float4*>(rope.bq + (u64)h0 * HD) : nullptr;
         for (u32 base = threadIdx.x; base < Q4; base += 4 * blockDim.x) {
             float4 v[4];
 #pragma unroll
@@ -271,7 +315,7 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
                 v[r] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
                 if (i < Q4 && i / (HD / 4) < n_here) {
                     v[r] = q4[i];
-                    if (bq4) v[r] = add4(v[r], bq4[i]);
+                    if (bq4) v[r] = add4(v[r], EARLY_BIAS && r < Q_PRE && base == threadIdx.x ? bq_pre[r < Q_PRE ? r : 0] : bq4[i]);
                 }
             }
 #pragma unroll
@@ -285,13 +329,14 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
             // cache will hold it (the key once rotated).
             const u64 row = (u64)t * rope.kv_stride + kvh * HD;
             for (u32 e = threadIdx.x; e < HD; e += blockDim.x) {
-                k_new[e] = rope.bk ? __fadd_rn(rope.k[row + e], rope.bk[kvh * HD + e]) : rope.k[row + e];
-                v_new[e] = kv_stored<kv_t>(rope.bv ? __fadd_rn(rope.v[row + e], rope.bv[kvh * HD + e]) : rope.v[row + e]);
+                const bool first = EARLY_BIAS && e == threadIdx.x;  // its biases loaded before the wait
+                k_new[e] = rope.bk ? __fadd_rn(rope.k[row + e], first ? bk_pre : rope.bk[kvh * HD + e]) : rope.k[row + e];
+                v_new[e] = kv_stored<kv_t>(rope.bv ? __fadd_rn(rope.v[row + e], first ? bv_pre : rope.bv[kvh * HD + e]) : rope.v[row + e]);
             }
         }
     }
     __syncthreads();
-    ATTN_STAMP(3);
+    ATTN_STAMP(4);
     if constexpr (ROPE) {
         constexpr u32 half = HD / 2;
         float* qf = reinterpret_cast<float*>(q_sh);
@@ -308,7 +353,7 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
             }
         }
         __syncthreads();
-        ATTN_STAMP(4);
+        ATTN_STAMP(5);
         const u32 slot = rope.slots[t];
         // The host checks every slot before the batch is uploaded.
         if (blockIdx.z == 0 && split == 0 && slot < rope.capacity) {
@@ -353,9 +398,9 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
             for (int u = 0; u < V_BATCH; u++) {
                 // Keys past the chunk's end read key jb's row (valid); their weights are 0.
                 const u32 jj = jb + u < n_valid ? jb + u : jb;
-                if (pre && jb == 0) {
+                if (pre && jb == 0 && u < V_PRE) {
 #pragma unroll
-                    for (int i = 0; i < PER_LANE; i++) vv[u][i] = v_pre[u < V_PRE ? u : 0][i];  // (u < V_PRE when pre)
+                    for (int i = 0; i < PER_LANE; i++) vv[u][i] = kv_widen(v_pre[u < V_PRE ? u : 0][i]);
                 } else {
                     const kv_t* vp = vc + (u64)chunk_slot[warp][jj] * kv_width;
 #pragma unroll
@@ -431,7 +476,7 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
     }
 
     __syncthreads();  // every warp is done with its chunk's weights before part_o overwrites them
-    ATTN_STAMP(5);
+    ATTN_STAMP(6);
 #pragma unroll
     for (int g = 0; g < G; g++) {
         if (g >= n_here) break;
@@ -444,7 +489,7 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
             if (HD % 32 == 0 || lane + 32 * i < HD) part_o[warp][g][lane + 32 * i] = o[g][i];
     }
     __syncthreads();
-    ATTN_STAMP(6);
+    ATTN_STAMP(7);
     for (u32 e = threadIdx.x; e < n_here * HD; e += blockDim.x) {
         const u32 g = e / HD, dd = e % HD;
         float mm = NEG_INF;
@@ -470,7 +515,7 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
     }
 #if ATTN_PROBE
     __syncthreads();
-    ATTN_STAMP(7);
+    ATTN_STAMP(8);
 #endif
     if (n_splits == 1) return;
 

@@ -100,7 +100,9 @@ __device__ __forceinline__ float f16_widen(u16 h) {
     asm("{ .reg .f16 x; mov.b16 x, %1; cvt.f32.f16 %0, x; }" : "=f"(f) : "h"(h));
     return f;
 }
-// Element i of a row.
+// Element i of a row, widened to float (kv_load), or as stored and widened later (kv_widen).
+__device__ __forceinline__ float kv_widen(float v) { return v; }
+__device__ __forceinline__ float kv_widen(u16 h) { return f16_widen(h); }
 __device__ __forceinline__ float kv_load(const float* p, u32 i) { return p[i]; }
 __device__ __forceinline__ float kv_load(const u16* p, u32 i) { return f16_widen(p[i]); }
 // Elements 4i .. 4i + 3 of a row (16- or 8-byte aligned), as stored (kv_raw4: a kernel holding

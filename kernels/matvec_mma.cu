@@ -515,13 +515,56 @@ __device__ __forceinline__ void inv_rms_of_shares(const double (&ss)[NT], double
 // each row's 1 / rms to float once (as block_inv_rms does, adding in another order) into inv_rms,
 // and the values are then scaled as x4_of scales them. It saves block_inv_rms's pass over x and
 // its barrier.
-template <int NT, int NG, int XSTRIDE_B, int PARTS = 3>
-__device__ __forceinline__ void stage_x_s8_normed(const float* __restrict__ x, const float* __restrict__ norm_w, float eps,
-                                                  u32 n_x, u32 n_cols, u32 len, u8* xq, int (*xsum)[NG][8],
-                                                  float (*xscale)[NG][8], float* inv_rms) {
-    __shared__ double red[MMA_MAX_WARPS][NT];
+// The norm weights stage_x_s8_normed scales a thread's jobs by, loaded before the kernel waits
+// for x (they are constant; after a step's other weights have gone through L2 they come from
+// DRAM, a longer round trip than x's from L2). Only the kernels of 128-column tiles (Q5_0, Q8_0)
+// do (EARLY_NORM_W there): the K-quant kernels have no registers to hold them through the wait
+// (Q4_K's two-row and stream kernels spilled 48-104 bytes), and load them with x.
+// MMA_EARLY_NORM_W=0: none do (for A/B).
+#ifndef MMA_EARLY_NORM_W
+#define MMA_EARLY_NORM_W 1
+#endif
+struct EarlyNormW {
+    float4 a[MMA_STAGE_JOBS], b[MMA_STAGE_JOBS];
+};
+
+// Job u of this thread in stage_x_s8_normed (256 columns of row n of x; the thread's columns c
+// .. c + 3 and c + 16 .. c + 19 of it): whether they hold x. Zeros stand for rows n >= n_x and
+// columns past n_cols, as load_x4_in gives them (n_cols is a multiple of 32, so c < n_cols means
+// c + 19 < n_cols too).
+template <int NT>
+__device__ __forceinline__ bool normed_job(int u, u32 n_x, u32 n_cols, u32 len, int& n, u32& c) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
-    const int sb = lane >> 2, t = lane & 3;
+    const int blocks = ((int)len + 255) / 256;
+    const int job = warp + u * n_warps;
+    n = job / blocks;
+    c = 256 * (job % blocks) + 32 * (lane >> 2) + 4 * (lane & 3);
+    const bool has_job = job < NT * blocks;  // the whole warp, or none of it
+    return has_job && (u32)n < n_x && c < n_cols;
+}
+
+template <int NT>
+__device__ __forceinline__ EarlyNormW early_norm_w(const float* __restrict__ norm_w, u32 n_x, u32 n_cols, u32 len) {
+    EarlyNormW w;
+    const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+    for (int u = 0; u < MMA_STAGE_JOBS; u++) {
+        int n;
+        u32 c;
+        const bool in = normed_job<NT>(u, n_x, n_cols, len, n, c);
+        w.a[u] = in ? *reinterpret_cast<const float4*>(norm_w + c) : zero;
+        w.b[u] = in ? *reinterpret_cast<const float4*>(norm_w + c + 16) : zero;
+    }
+    return w;
+}
+
+// EARLY: the norm weights are `early`'s (early_norm_w), not loaded here.
+template <int NT, int NG, int XSTRIDE_B, int PARTS = 3, bool EARLY = false>
+__device__ __forceinline__ void stage_x_s8_normed(const float* __restrict__ x, const float* __restrict__ norm_w,
+                                                  const EarlyNormW& early, float eps, u32 n_x, u32 n_cols, u32 len, u8* xq,
+                                                  int (*xsum)[NG][8], float (*xscale)[NG][8], float* inv_rms) {
+    __shared__ double red[MMA_MAX_WARPS][NT];
+    const int warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
     const int blocks = ((int)len + 255) / 256;
     const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     float4 a[MMA_STAGE_JOBS], b[MMA_STAGE_JOBS], wa[MMA_STAGE_JOBS], wb[MMA_STAGE_JOBS];
@@ -531,17 +574,18 @@ __device__ __forceinline__ void stage_x_s8_normed(const float* __restrict__ x, c
     for (int i = 0; i < NT; i++) ss[i] = 0.0;
 #pragma unroll
     for (int u = 0; u < MMA_STAGE_JOBS; u++) {
-        const int job = warp + u * n_warps;
-        const int n = job / blocks, blk = job % blocks;
-        const bool has_job = job < NT * blocks;  // the whole warp, or none of it
-        const u32 c = 256 * blk + 32 * sb + 4 * t;
-        // Zeros for rows n >= n_x and columns past n_cols, as load_x4_in gives them (n_cols is a
-        // multiple of 32, so c < n_cols means c + 19 < n_cols too).
-        in[u] = has_job && (u32)n < n_x && c < n_cols;
+        int n;
+        u32 c;
+        in[u] = normed_job<NT>(u, n_x, n_cols, len, n, c);
         a[u] = in[u] ? *reinterpret_cast<const float4*>(x + (u64)n * n_cols + c) : zero;
         b[u] = in[u] ? *reinterpret_cast<const float4*>(x + (u64)n * n_cols + c + 16) : zero;
-        wa[u] = in[u] ? *reinterpret_cast<const float4*>(norm_w + c) : zero;
-        wb[u] = in[u] ? *reinterpret_cast<const float4*>(norm_w + c + 16) : zero;
+        if constexpr (EARLY) {
+            wa[u] = early.a[u];
+            wb[u] = early.b[u];
+        } else {
+            wa[u] = in[u] ? *reinterpret_cast<const float4*>(norm_w + c) : zero;
+            wb[u] = in[u] ? *reinterpret_cast<const float4*>(norm_w + c + 16) : zero;
+        }
     }
 #pragma unroll
     for (int u = 0; u < MMA_STAGE_JOBS; u++) {
@@ -869,6 +913,14 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
         asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(first), "r"(bytes) : "memory");
     }
 #endif
+    // Where the RMSNorm goes inside staging (stage_x_s8_normed): the block stages the whole row in
+    // one phase with at most MMA_STAGE_JOBS jobs a warp; otherwise its own pass first.
+    const auto fuses_norm = [&] {
+        return MMA_FUSED_NORM && S8 && norm_w != nullptr && x2 == nullptr && n_splits == 1 && k_tiles <= (u32)PHASE_TILES &&
+               NT * ((k_tiles * Tile::TILE_COLS + 255) / 256) <= MMA_STAGE_JOBS * (blockDim.x >> 5);
+    };
+    constexpr bool EARLY_NORM_W = MMA_EARLY_NORM_W && Tile::TILE_COLS < 256;  // see EarlyNormW
+    const EarlyNormW early_w = early_norm_w<NT>(norm_w, EARLY_NORM_W && fuses_norm() ? n_x : 0, n_cols, k_tiles * Tile::TILE_COLS);
     // The step's weights ahead of this launch's (the window the host gives: the bytes this
     // launch reads, a fixed distance further on in the step's order; none unless asked for).
     prefetch_window(ahead);
@@ -895,10 +947,7 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
             }
         }
     }
-    // The RMSNorm inside staging (stage_x_s8_normed) where the block stages the whole row in one
-    // phase with at most MMA_STAGE_JOBS jobs a warp; otherwise its own pass first.
-    const bool fused_norm = MMA_FUSED_NORM && S8 && norm_w != nullptr && x2 == nullptr && n_splits == 1 && k_tiles <= (u32)PHASE_TILES &&
-                            NT * ((k_tiles * Tile::TILE_COLS + 255) / 256) <= MMA_STAGE_JOBS * (blockDim.x >> 5);
+    const bool fused_norm = fuses_norm();
     if (norm_w && !fused_norm) block_inv_rms<NT>(x, n_x, n_cols, eps, inv_rms);
 
     // This lane's B column in each group: x row n = RPG * j + g / PARTS, part g % PARTS (with
@@ -934,8 +983,8 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
         __syncthreads();  // the previous phase's readers are done with xs / xsum
         if constexpr (S8) {
             if (fused_norm) {
-                stage_x_s8_normed<NT, NG, XSTRIDE_B, PARTS>(x, norm_w, eps, n_x, n_cols, k_tiles * Tile::TILE_COLS, xs_bytes, xsums.i,
-                                                     xscale, inv_rms);
+                stage_x_s8_normed<NT, NG, XSTRIDE_B, PARTS, EARLY_NORM_W>(x, norm_w, early_w, eps, n_x, n_cols, k_tiles * Tile::TILE_COLS,
+                                                                          xs_bytes, xsums.i, xscale, inv_rms);
             } else {
                 stage_x_s8<NT, NG, XSTRIDE_B, PARTS>(x, x2, norm_w, inv_rms, n_x, n_cols, p * Tile::TILE_COLS,
                                               (p_end - p) * Tile::TILE_COLS, xs_bytes, xsums.i, xscale);
@@ -1300,6 +1349,15 @@ __device__ __forceinline__ void matvec_mma_stream(const Segments& segs, u32 k_ti
     // The first tile's loads go out before x is staged (weights are constant).
     Tile cur;
     if (u_begin < u_end) cur.load(row_tiles(r) + (u64)kt * Tile::TILE_BYTES, lane, false);
+    // The RMSNorm inside staging where x is one phase and each warp has at most MMA_STAGE_JOBS
+    // 256-column jobs (as in matvec_mma); otherwise its own pass over the whole row first.
+    const auto fuses_norm = [&] {
+        return MMA_FUSED_NORM && norm_w != nullptr && x2 == nullptr && ord.n_phases == 1 &&
+               NT * ((k_tiles * Tile::TILE_COLS + 255) / 256) <= MMA_STAGE_JOBS * warps_here;
+    };
+    constexpr bool EARLY_NORM_W = MMA_EARLY_NORM_W && Tile::TILE_COLS < 256;  // see EarlyNormW
+    const EarlyNormW early_w = early_norm_w<NT>(norm_w, EARLY_NORM_W && blockIdx.x * warps_here < ord.warps && fuses_norm() ? n_x : 0,
+                                                n_cols, k_tiles * Tile::TILE_COLS);
     prefetch_window(ahead);
     dependent_wait();
     // Blocks without a share (a launch of fewer tiles than warps) have nothing to stage.
@@ -1309,10 +1367,7 @@ __device__ __forceinline__ void matvec_mma_stream(const Segments& segs, u32 k_ti
     const u32 ph_lo = ord.first(w0) / ord.phase_units;
     const u32 ph_hi = (ord.first(min(w0 + warps_here, ord.warps)) - 1) / ord.phase_units;
 
-    // The RMSNorm inside staging where x is one phase and each warp has at most MMA_STAGE_JOBS
-    // 256-column jobs (as in matvec_mma); otherwise its own pass over the whole row first.
-    const bool fused_norm = MMA_FUSED_NORM && norm_w != nullptr && x2 == nullptr && ord.n_phases == 1 &&
-                            NT * ((k_tiles * Tile::TILE_COLS + 255) / 256) <= MMA_STAGE_JOBS * warps_here;
+    const bool fused_norm = fuses_norm();
     if (norm_w && !fused_norm) block_inv_rms<NT>(x, n_x, n_cols, eps, inv_rms);
     // Columns no x row fills keep zero sums and scales (see matvec_mma); staging writes only
     // the others, so once is enough for every phase.
@@ -1381,8 +1436,8 @@ __device__ __forceinline__ void matvec_mma_stream(const Segments& segs, u32 k_ti
     if (ord.n_phases == 1) {
         __syncthreads();  // the zeros above
         if (fused_norm) {
-            stage_x_s8_normed<NT, NG, XSTRIDE_B, PARTS>(x, norm_w, eps, n_x, n_cols, k_tiles * Tile::TILE_COLS, xs_bytes, xsums, xscale,
-                                                        inv_rms);
+            stage_x_s8_normed<NT, NG, XSTRIDE_B, PARTS, EARLY_NORM_W>(x, norm_w, early_w, eps, n_x, n_cols, k_tiles * Tile::TILE_COLS,
+                                                                      xs_bytes, xsums, xscale, inv_rms);
         } else {
             stage_x_s8<NT, NG, XSTRIDE_B, PARTS>(x, x2, norm_w, inv_rms, n_x, n_cols, 0, k_tiles * Tile::TILE_COLS, xs_bytes, xsums,
                                                  xscale);

@@ -33,8 +33,11 @@ first=/tmp/site-${names[0]}
 for round in 1 2; do
     for n in "${names[@]}"; do
         echo "######## $n (round $round)"
-        # .device/ab/NAME/env (optional): VAR=VALUE words for this build's runs (one wheel, two settings).
-        run() { env $(cat .device/ab/"$n"/env 2>/dev/null) PYTHONPATH=/tmp/site-$n FERRITE_CACHE=/tmp/cache-$n timeout "${AB_STEP_S:-120}" python3 "$@"; }
+        # .device/ab/NAME/env (optional): VAR=VALUE lines for this build's runs (one wheel, two
+        # settings; a value may hold spaces, as several kernel defines do).
+        settings=()
+        [ -f .device/ab/"$n"/env ] && mapfile -t settings < .device/ab/"$n"/env
+        run() { env "${settings[@]}" PYTHONPATH=/tmp/site-$n FERRITE_CACHE=/tmp/cache-$n timeout "${AB_STEP_S:-120}" python3 "$@"; }
         [ "$round" = 1 ] && [ "${AB_MATVEC:-1}" = 1 ] && run benches/bench_cuda_matvec.py --shapes 7b,real --types "${AB_TYPES:-Q4_K,Q6_K,Q5_0}" --rows "${AB_ROWS:-1,8}" 2>&1 \
             | grep -E "^(q/o|k/v|gate|down|lm_head)" | grep -v " - " | tee -a "$out/ab_matvec_$n.txt" | cut -c1-80
         run benches/bench_decode_step.py /root/m/syn05.gguf --device cuda --batches "${AB_BATCHES:-1,8,64}" 2>&1 | grep "^| [0-9]" | tee -a "$out/ab_step05_$n.txt"
