@@ -73,12 +73,6 @@ __device__ __forceinline__ float4 add4(float4 a, float4 b) {
 #define ATTN_PRELOAD_VALUES 8
 #endif
 
-// 1: the decode step's attention (ROPE) loads the q/k/v biases it adds before it waits (see
-// there). 0: after, as before the thirty-ninth session (for A/B).
-#ifndef ATTN_EARLY_BIAS
-#define ATTN_EARLY_BIAS 1
-#endif
-
 // 1: a probe build for benches/bench_attention_chain.py: the kernels take one more parameter,
 // `probe` (u64*, null: none), and thread 0 of each block writes %globaltimer and clock64 at
 // points 0..15 of the kernel to probe[32 * block + point] and probe[32 * block + 16 + point]
@@ -210,29 +204,6 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
     __shared__ __align__(16) float k_new[ROPE ? HD : 4];
     __shared__ float v_new[ROPE ? HD : 1];
     const u32 last = n_ctx - 1;
-    // ROPE: the q/k/v biases this thread adds below (to q elements threadIdx.x + r * blockDim.x,
-    // and to the new key's and value's element threadIdx.x), loaded before the wait: they are
-    // weights, and after a step's worth of other weights has gone through L2 they come from DRAM,
-    // a longer round trip than the q/k/v rows' from L2. Zero where there is none.
-    constexpr u32 Q4 = G * HD / 4;
-    // Blocks have at least 4 warps (the host's ATTENTION_MIN_WARPS), so elements from 128 *
-    // Q_PRE on are in no thread's first loads (with fewer threads they would be loaded below).
-    constexpr int Q_PRE = (Q4 + 127) / 128 < 4 ? (Q4 + 127) / 128 : 4;
-    const float4* bq4 = ROPE && rope.bq ? reinterpret_cast<const float4*>(rope.bq + (u64)h0 * HD) : nullptr;
-    float4 bq_pre[Q_PRE];
-    float bk_pre = 0.0f, bv_pre = 0.0f;
-    constexpr bool EARLY_BIAS = ROPE && ATTN_EARLY_BIAS;
-    if constexpr (EARLY_BIAS) {
-#pragma unroll
-        for (int r = 0; r < Q_PRE; r++) {
-            const u32 i = threadIdx.x + r * blockDim.x;
-            bq_pre[r] = bq4 && i < Q4 && i / (HD / 4) < n_here ? bq4[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        }
-        if (threadIdx.x < HD) {
-            if (rope.bk) bk_pre = rope.bk[kvh * HD + threadIdx.x];
-            if (rope.bv) bv_pre = rope.bv[kvh * HD + threadIdx.x];
-        }
-    }
     // PRELOAD: the warp's first chunk (keys j0_first ..), its lane's key row as stored and the
     // first V_BATCH value rows, loaded before the wait.
     constexpr bool PRELOAD = ROPE && ATTN_PRELOAD && G == 1 && HD <= 64;
@@ -305,8 +276,10 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
     // The slice's queries into shared memory, four float4 loads in flight per thread: in a
     // decode step of one sequence this load is on the critical path of the whole kernel.
     {
+        constexpr u32 Q4 = G * HD / 4;
         const u32 q_stride = ROPE ? rope.q_stride : q_width;
         const float4* q4 = reinterpret_cast<const float4*>(q + (u64)t * q_stride + (u64)h0 * HD);
+        const float4* bq4 = ROPE && rope.bq ? reinterpret_cast<const float4*>(rope.bq + (u64)h0 * HD) : nullptr;
         for (u32 base = threadIdx.x; base < Q4; base += 4 * blockDim.x) {
             float4 v[4];
 #pragma unroll
@@ -315,7 +288,7 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
                 v[r] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
                 if (i < Q4 && i / (HD / 4) < n_here) {
                     v[r] = q4[i];
-                    if (bq4) v[r] = add4(v[r], EARLY_BIAS && r < Q_PRE && base == threadIdx.x ? bq_pre[r < Q_PRE ? r : 0] : bq4[i]);
+                    if (bq4) v[r] = add4(v[r], bq4[i]);
                 }
             }
 #pragma unroll
@@ -329,9 +302,8 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
             // cache will hold it (the key once rotated).
             const u64 row = (u64)t * rope.kv_stride + kvh * HD;
             for (u32 e = threadIdx.x; e < HD; e += blockDim.x) {
-                const bool first = EARLY_BIAS && e == threadIdx.x;  // its biases loaded before the wait
-                k_new[e] = rope.bk ? __fadd_rn(rope.k[row + e], first ? bk_pre : rope.bk[kvh * HD + e]) : rope.k[row + e];
-                v_new[e] = kv_stored<kv_t>(rope.bv ? __fadd_rn(rope.v[row + e], first ? bv_pre : rope.bv[kvh * HD + e]) : rope.v[row + e]);
+                k_new[e] = rope.bk ? __fadd_rn(rope.k[row + e], rope.bk[kvh * HD + e]) : rope.k[row + e];
+                v_new[e] = kv_stored<kv_t>(rope.bv ? __fadd_rn(rope.v[row + e], rope.bv[kvh * HD + e]) : rope.v[row + e]);
             }
         }
     }

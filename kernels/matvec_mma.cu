@@ -528,30 +528,19 @@ struct EarlyNormW {
     float4 a[MMA_STAGE_JOBS], b[MMA_STAGE_JOBS];
 };
 
-// Job u of this thread in stage_x_s8_normed (256 columns of row n of x; the thread's columns c
-// .. c + 3 and c + 16 .. c + 19 of it): whether they hold x. Zeros stand for rows n >= n_x and
-// columns past n_cols, as load_x4_in gives them (n_cols is a multiple of 32, so c < n_cols means
-// c + 19 < n_cols too).
-template <int NT>
-__device__ __forceinline__ bool normed_job(int u, u32 n_x, u32 n_cols, u32 len, int& n, u32& c) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
-    const int blocks = ((int)len + 255) / 256;
-    const int job = warp + u * n_warps;
-    n = job / blocks;
-    c = 256 * (job % blocks) + 32 * (lane >> 2) + 4 * (lane & 3);
-    const bool has_job = job < NT * blocks;  // the whole warp, or none of it
-    return has_job && (u32)n < n_x && c < n_cols;
-}
-
+// The weights of stage_x_s8_normed's jobs for this thread (its columns and `in` as there).
 template <int NT>
 __device__ __forceinline__ EarlyNormW early_norm_w(const float* __restrict__ norm_w, u32 n_x, u32 n_cols, u32 len) {
     EarlyNormW w;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+    const int blocks = ((int)len + 255) / 256;
     const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 #pragma unroll
     for (int u = 0; u < MMA_STAGE_JOBS; u++) {
-        int n;
-        u32 c;
-        const bool in = normed_job<NT>(u, n_x, n_cols, len, n, c);
+        const int job = warp + u * n_warps;
+        const int n = job / blocks;
+        const u32 c = 256 * (job % blocks) + 32 * (lane >> 2) + 4 * (lane & 3);
+        const bool in = job < NT * blocks && (u32)n < n_x && c < n_cols;
         w.a[u] = in ? *reinterpret_cast<const float4*>(norm_w + c) : zero;
         w.b[u] = in ? *reinterpret_cast<const float4*>(norm_w + c + 16) : zero;
     }
@@ -564,7 +553,8 @@ __device__ __forceinline__ void stage_x_s8_normed(const float* __restrict__ x, c
                                                   const EarlyNormW& early, float eps, u32 n_x, u32 n_cols, u32 len, u8* xq,
                                                   int (*xsum)[NG][8], float (*xscale)[NG][8], float* inv_rms) {
     __shared__ double red[MMA_MAX_WARPS][NT];
-    const int warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+    const int sb = lane >> 2, t = lane & 3;
     const int blocks = ((int)len + 255) / 256;
     const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     float4 a[MMA_STAGE_JOBS], b[MMA_STAGE_JOBS], wa[MMA_STAGE_JOBS], wb[MMA_STAGE_JOBS];
@@ -574,9 +564,13 @@ __device__ __forceinline__ void stage_x_s8_normed(const float* __restrict__ x, c
     for (int i = 0; i < NT; i++) ss[i] = 0.0;
 #pragma unroll
     for (int u = 0; u < MMA_STAGE_JOBS; u++) {
-        int n;
-        u32 c;
-        in[u] = normed_job<NT>(u, n_x, n_cols, len, n, c);
+        const int job = warp + u * n_warps;
+        const int n = job / blocks, blk = job % blocks;
+        const bool has_job = job < NT * blocks;  // the whole warp, or none of it
+        const u32 c = 256 * blk + 32 * sb + 4 * t;
+        // Zeros for rows n >= n_x and columns past n_cols, as load_x4_in gives them (n_cols is a
+        // multiple of 32, so c < n_cols means c + 19 < n_cols too).
+        in[u] = has_job && (u32)n < n_x && c < n_cols;
         a[u] = in[u] ? *reinterpret_cast<const float4*>(x + (u64)n * n_cols + c) : zero;
         b[u] = in[u] ? *reinterpret_cast<const float4*>(x + (u64)n * n_cols + c + 16) : zero;
         if constexpr (EARLY) {
@@ -913,14 +907,12 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
         asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(first), "r"(bytes) : "memory");
     }
 #endif
-    // Where the RMSNorm goes inside staging (stage_x_s8_normed): the block stages the whole row in
-    // one phase with at most MMA_STAGE_JOBS jobs a warp; otherwise its own pass first.
-    const auto fuses_norm = [&] {
-        return MMA_FUSED_NORM && S8 && norm_w != nullptr && x2 == nullptr && n_splits == 1 && k_tiles <= (u32)PHASE_TILES &&
-               NT * ((k_tiles * Tile::TILE_COLS + 255) / 256) <= MMA_STAGE_JOBS * (blockDim.x >> 5);
-    };
+    // Where the RMSNorm goes inside staging (stage_x_s8_normed below): FUSES_NORM.
+#define FUSES_NORM                                                                                                            \
+    (MMA_FUSED_NORM && S8 && norm_w != nullptr && x2 == nullptr && n_splits == 1 && k_tiles <= (u32)PHASE_TILES &&            \
+     NT * ((k_tiles * Tile::TILE_COLS + 255) / 256) <= MMA_STAGE_JOBS * (blockDim.x >> 5))
     constexpr bool EARLY_NORM_W = MMA_EARLY_NORM_W && Tile::TILE_COLS < 256;  // see EarlyNormW
-    const EarlyNormW early_w = early_norm_w<NT>(norm_w, EARLY_NORM_W && fuses_norm() ? n_x : 0, n_cols, k_tiles * Tile::TILE_COLS);
+    const EarlyNormW early_w = early_norm_w<NT>(norm_w, EARLY_NORM_W && FUSES_NORM ? n_x : 0, n_cols, k_tiles * Tile::TILE_COLS);
     // The step's weights ahead of this launch's (the window the host gives: the bytes this
     // launch reads, a fixed distance further on in the step's order; none unless asked for).
     prefetch_window(ahead);
@@ -947,7 +939,10 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
             }
         }
     }
-    const bool fused_norm = fuses_norm();
+    // The RMSNorm inside staging (stage_x_s8_normed) where the block stages the whole row in one
+    // phase with at most MMA_STAGE_JOBS jobs a warp; otherwise its own pass first.
+    const bool fused_norm = FUSES_NORM;
+#undef FUSES_NORM
     if (norm_w && !fused_norm) block_inv_rms<NT>(x, n_x, n_cols, eps, inv_rms);
 
     // This lane's B column in each group: x row n = RPG * j + g / PARTS, part g % PARTS (with
@@ -1349,14 +1344,12 @@ __device__ __forceinline__ void matvec_mma_stream(const Segments& segs, u32 k_ti
     // The first tile's loads go out before x is staged (weights are constant).
     Tile cur;
     if (u_begin < u_end) cur.load(row_tiles(r) + (u64)kt * Tile::TILE_BYTES, lane, false);
-    // The RMSNorm inside staging where x is one phase and each warp has at most MMA_STAGE_JOBS
-    // 256-column jobs (as in matvec_mma); otherwise its own pass over the whole row first.
-    const auto fuses_norm = [&] {
-        return MMA_FUSED_NORM && norm_w != nullptr && x2 == nullptr && ord.n_phases == 1 &&
-               NT * ((k_tiles * Tile::TILE_COLS + 255) / 256) <= MMA_STAGE_JOBS * warps_here;
-    };
+    // Where the RMSNorm goes inside staging (below): FUSES_NORM.
+#define FUSES_NORM                                                                                                            \
+    (MMA_FUSED_NORM && norm_w != nullptr && x2 == nullptr && ord.n_phases == 1 &&                                            \
+     NT * ((k_tiles * Tile::TILE_COLS + 255) / 256) <= MMA_STAGE_JOBS * warps_here)
     constexpr bool EARLY_NORM_W = MMA_EARLY_NORM_W && Tile::TILE_COLS < 256;  // see EarlyNormW
-    const EarlyNormW early_w = early_norm_w<NT>(norm_w, EARLY_NORM_W && blockIdx.x * warps_here < ord.warps && fuses_norm() ? n_x : 0,
+    const EarlyNormW early_w = early_norm_w<NT>(norm_w, EARLY_NORM_W && blockIdx.x * warps_here < ord.warps && FUSES_NORM ? n_x : 0,
                                                 n_cols, k_tiles * Tile::TILE_COLS);
     prefetch_window(ahead);
     dependent_wait();
@@ -1367,7 +1360,10 @@ __device__ __forceinline__ void matvec_mma_stream(const Segments& segs, u32 k_ti
     const u32 ph_lo = ord.first(w0) / ord.phase_units;
     const u32 ph_hi = (ord.first(min(w0 + warps_here, ord.warps)) - 1) / ord.phase_units;
 
-    const bool fused_norm = fuses_norm();
+    // The RMSNorm inside staging where x is one phase and each warp has at most MMA_STAGE_JOBS
+    // 256-column jobs (as in matvec_mma); otherwise its own pass over the whole row first.
+    const bool fused_norm = FUSES_NORM;
+#undef FUSES_NORM
     if (norm_w && !fused_norm) block_inv_rms<NT>(x, n_x, n_cols, eps, inv_rms);
     // Columns no x row fills keep zero sums and scales (see matvec_mma); staging writes only
     // the others, so once is enough for every phase.
