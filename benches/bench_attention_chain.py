@@ -77,6 +77,10 @@ extern "C" __global__ void producer(const float* xin, float* qkv, int n, int n_o
 """
 
 POINTS = ["entry", "angles done", "pre-wait done", "released", "q loaded", "rope done", "chunks done", "partials written", "merged"]
+# Points inside those phases, stamped by thread 0 only (its own loads, warp 0's first chunk):
+# (name, point, the point it is measured from).
+INNER = [("thread 0's q arrived", 12, 3), ("its new k, v arrived", 13, 12), ("first chunk's start", 9, 5),
+         ("scores, softmax", 10, 9), ("values", 11, 10), ("to all warps done", 6, 11)]
 
 
 def f16_bits(v: float) -> int:
@@ -164,7 +168,7 @@ def main() -> None:
         print(f"\n## {kv} cache, {ctx} keys, {warps} warps a block, producer +{spin} ns\n")
         print("| variant | us a pair | producer alone (us) | attention's share (us) | " + " | ".join(POINTS) + " |")
         print("| --- " * (4 + len(POINTS)) + "|")
-        cyc = []
+        cyc, cyc_inner = [], []
         for v in variants:
             fns = {probe: cu.functions(cubins[(kv, tuple(v), probe)], ["attention_heads_rope_1"])["attention_heads_rope_1"] for probe in (False, True)}
 
@@ -199,6 +203,7 @@ def main() -> None:
             ends = struct.unpack(f"<{args.pairs * PRODUCER_BLOCKS}Q", cu.copy_from(probe_prod, args.pairs * PRODUCER_BLOCKS * 8))
             cols = {p: [] for p in range(len(POINTS))}
             cycles = {p: [] for p in range(1, len(POINTS))}
+            inner = {name: [] for name, _, _ in INNER}
             for i in range(2, args.pairs):  # the first launches warm up
                 prod_end = max(ends[i * PRODUCER_BLOCKS:(i + 1) * PRODUCER_BLOCKS])
                 blocks = [stamps[(i * n_attn_blocks + b) * 32:(i * n_attn_blocks + b) * 32 + 32] for b in range(n_attn_blocks)]
@@ -208,14 +213,22 @@ def main() -> None:
                     cols[p].append((max(b[p] for b in blocks) - prod_end) / 1000.0)
                 for p in range(1, len(POINTS)):
                     cycles[p].extend(b[16 + p] - b[16 + p - 1] for b in blocks)
+                for name, p, before in INNER:
+                    inner[name].extend(b[16 + p] - b[16 + before] for b in blocks)
             med = [statistics.median(cols[p]) for p in range(len(POINTS))]
             name = " ".join(v) or "default"
             print(f"| {name} | {t_pair:.2f} | {t_prod:.2f} | {t_pair - t_prod:.2f} | " + " | ".join(f"{m:+.2f}" for m in med) + " |", flush=True)
             cyc.append(f"| {name} | " + " | ".join(f"{statistics.median(cycles[p]):.0f} / {max(cycles[p])}" for p in range(1, len(POINTS))) + " |")
+            cyc_inner.append(f"| {name} | " + " | ".join(f"{statistics.median(inner[n]):.0f}" for n, _, _ in INNER) + " |")
         print("\nClock cycles from the point before, median / most over blocks and launches:\n")
         print("| variant | " + " | ".join(POINTS[1:]) + " |")
         print("| --- " * len(POINTS) + "|")
         print("\n".join(cyc))
+        print("\nInside them, thread 0, median cycles: its q from `released`, its new k and v after that, warp 0's first "
+              "chunk from `rope done` to its start, its scores and values, then to `chunks done`:\n")
+        print("| variant | " + " | ".join(n for n, _, _ in INNER) + " |")
+        print("| --- " * (len(INNER) + 1) + "|")
+        print("\n".join(cyc_inner))
     print("\nPoint columns: us from the producer's last block end to the last attention block reaching the point "
           "(median over the chain; globaltimer, so steps of its resolution).")
 

@@ -72,6 +72,7 @@ __device__ __forceinline__ float4 add4(float4 a, float4 b) {
 #ifndef ATTN_PRELOAD_VALUES
 #define ATTN_PRELOAD_VALUES 8
 #endif
+static_assert(ATTN_PRELOAD_VALUES >= 0, "value rows preloaded");
 
 // 1: a probe build for benches/bench_attention_chain.py: the kernels take one more parameter,
 // `probe` (u64*, null: none), and thread 0 of each block writes %globaltimer and clock64 at
@@ -137,15 +138,15 @@ struct RopeIn {
     PrefetchWindow prefetch;    // weights read ahead (prefetch_window)
 };
 
+// A compile-time flag passed to a generic lambda.
+template <bool B> struct Flag { static constexpr bool value = B; };
+
 // Flash-decoding: with n > 1, blockIdx.x / n is the token and blockIdx.x % n the split, and a
 // block attends only to its split of the token's keys (n ranges of whole 32-key chunks; some
 // may be empty), so that a few rows with long contexts still spread over every SM. Each block
 // writes its softmax state (max, sum, output) to `partials` ([token][head][split][2 + HD]), and
 // the last block of a (token, KV head, slice) to finish (a counter each, reset by that block)
 // merges the splits in order, as the warps of a block are merged.
-// A compile-time flag passed to a generic lambda.
-template <bool B> struct Flag { static constexpr bool value = B; };
-
 struct Splits {
     u32 n;
     float* partials;
@@ -205,7 +206,7 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
     __shared__ float v_new[ROPE ? HD : 1];
     const u32 last = n_ctx - 1;
     // PRELOAD: the warp's first chunk (keys j0_first ..), its lane's key row as stored and the
-    // first V_BATCH value rows, loaded before the wait.
+    // first V_PRE value rows, loaded before the wait.
     constexpr bool PRELOAD = ROPE && ATTN_PRELOAD && G == 1 && HD <= 64;
     constexpr int V_PRE = PRELOAD ? (ATTN_PRELOAD_VALUES < V_BATCH ? ATTN_PRELOAD_VALUES : V_BATCH) : 0;
     const u32 j0_first = j_begin + warp * 32;
@@ -222,9 +223,10 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
                 const u32 jr = j0_first + lane < j_end ? j0_first + lane : j0_first;
                 const u32 slot = table[jr >> bt_shift] * block_tokens + (jr & bt_mask);
                 // The key rows first (the first thing the chunk needs), then the values, all as
-                // stored: widening them here would wait for them before the wait.
+                // stored (widening them here would wait for them before the wait) and through L2
+                // (see kv_raw4_cg).
 #pragma unroll
-                for (int i = 0; i < (PRELOAD ? HD / 4 : 1); i++) k_pre[i] = kv_raw4(kc + (u64)slot * kv_width, i);
+                for (int i = 0; i < (PRELOAD ? HD / 4 : 1); i++) k_pre[i] = kv_raw4_cg(kc + (u64)slot * kv_width, i);
                 chunk_slot[warp][lane] = slot;
                 __syncwarp();
                 const u32 n_valid = min(32u, j_end - j0_first);
@@ -232,7 +234,7 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
                 for (int u = 0; u < V_PRE; u++) {
                     const kv_t* vp = vc + (u64)chunk_slot[warp][u < n_valid ? u : 0] * kv_width;
 #pragma unroll
-                    for (int i = 0; i < PER_LANE; i++) v_pre[u][i] = (HD % 32 == 0 || lane + 32 * i < HD) ? vp[lane + 32 * i] : kv_t(0);
+                    for (int i = 0; i < PER_LANE; i++) v_pre[u][i] = (HD % 32 == 0 || lane + 32 * i < HD) ? __ldcg(vp + lane + 32 * i) : kv_t(0);
                 }
                 // The chunk's later values (keys V_PRE on), loaded after the wait: asked of L2 now.
                 if (lane >= V_PRE && jr == j0_first + lane) {
@@ -297,6 +299,7 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
                 if (i < Q4) q_sh[i / (HD / 4)][i % (HD / 4)] = v[r];
             }
         }
+        ATTN_STAMP(12);  // thread 0's q values arrived (its store waited for them)
         if constexpr (ROPE) {
             // The new key (rotated in place below) and value, biases added; the value as the
             // cache will hold it (the key once rotated).
@@ -305,6 +308,7 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
                 k_new[e] = rope.bk ? __fadd_rn(rope.k[row + e], rope.bk[kvh * HD + e]) : rope.k[row + e];
                 v_new[e] = kv_stored<kv_t>(rope.bv ? __fadd_rn(rope.v[row + e], rope.bv[kvh * HD + e]) : rope.v[row + e]);
             }
+            ATTN_STAMP(13);  // and its new key and value
         }
     }
     __syncthreads();
@@ -351,6 +355,9 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
     // preloaded registers end there).
     const auto chunk = [&](u32 j0, auto preloaded) {
         constexpr bool pre = decltype(preloaded)::value;
+#if ATTN_PROBE
+        if (j0 == j0_first) ATTN_STAMP(9);  // points 9-11: warp 0's first chunk
+#endif
         const u32 j = j0 + lane;
         const bool valid = j < j_end;
         // A lane past the end reads key j0's row (valid) and discards the result.
@@ -424,6 +431,9 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
             chunk_p[warp][g][lane] = p;
         }
         __syncwarp();
+#if ATTN_PROBE
+        if (j0 == j0_first) ATTN_STAMP(10);  // scores and softmax weights
+#endif
         for (u32 jb = 0; jb < n_valid; jb += V_BATCH) {
             if (jb > 0) load_values(jb);
 #pragma unroll
@@ -439,6 +449,9 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
             }
         }
         __syncwarp();  // the next chunk overwrites this warp's weights and slots
+#if ATTN_PROBE
+        if (j0 == j0_first) ATTN_STAMP(11);  // values
+#endif
     };
     if constexpr (PRELOAD) {
         if (j0_first < j_end) chunk(j0_first, Flag<true>());

@@ -121,6 +121,11 @@ __device__ __forceinline__ float4 kv_widen4(uint2 b) {
         : "r"(b.x), "r"(b.y));
     return f;
 }
+// kv_raw4 through L2 only (ld.global.cg), for rows read before a kernel's wait (attention.cu's
+// preload): written by other SMs in earlier steps, they must not be answered by a line this SM's
+// L1 kept from before they were written.
+__device__ __forceinline__ float4 kv_raw4_cg(const float* p, u32 i) { return __ldcg(reinterpret_cast<const float4*>(p) + i); }
+__device__ __forceinline__ uint2 kv_raw4_cg(const u16* p, u32 i) { return __ldcg(reinterpret_cast<const uint2*>(p) + i); }
 __device__ __forceinline__ float4 kv_load4(const float* p, u32 i) { return kv_widen4(kv_raw4(p, i)); }
 __device__ __forceinline__ float4 kv_load4(const u16* p, u32 i) { return kv_widen4(kv_raw4(p, i)); }
 __device__ __forceinline__ u16 f16_rn(float v) {
@@ -260,7 +265,11 @@ __device__ __forceinline__ float warp_max(float v) {
 // matvec_mma ask L2 for, uploaded at load), as may the sampler's kernels their
 // parameters, whose copy the stream waits for before the first of them starts. The batch
 // description's token ids are the exception to the exception: feed_drawn_tokens (sampling.cu)
-// may write them, so they are read after waiting. A block may return without waiting only if it touched
+// may write them, so they are read after waiting. A second exception: data whose last writer
+// ran two or more kernels back, which has completed (only the kernel just before this one may
+// still run), such as the KV cache rows of a decode step's earlier positions, which
+// attention_heads_rope loads early (ATTN_PRELOAD, through L2: kv_raw4_cg; its own new row is
+// read too and replaced after the wait). A block may return without waiting only if it touched
 // nothing other kernels use, and at least one block of every grid must wait: the next kernel's
 // wait covers this kernel only, so this kernel's completion must imply its predecessor's.
 __device__ __forceinline__ void dependent_wait() {

@@ -12,7 +12,7 @@
 # / AB_BATCHES_7B, `none`: no 7B), each build with its own kernel cache and the settings in
 # .device/ab/NAME/env if there is one (one wheel under two names compares two settings); with
 # AB_GENERATE=1 also the Generator (sampling included) on the 0.5B shapes, with AB_TIMELINE (batch
-# sizes) each build's per-kernel timeline of its decode step. About 2.5 minutes a build. Nothing
+# sizes) each build's per-kernel timeline of its decode step (all in ab_timelines.txt). About 2.5 minutes a build. Nothing
 # else may run on the machine meanwhile (a llama.cpp build beside it slowed every host-bound figure
 # by up to a quarter in one run). Outputs: $OUT/ab_<what>_<name>.txt.
 set -uo pipefail
@@ -46,8 +46,9 @@ for round in 1 2; do
         # batches (profile_cuda_decode.py, torch's profiler), first round only.
         if [ "$round" = 1 ]; then
             for b in ${AB_TIMELINE:-}; do
-                run benches/profile_cuda_decode.py /root/m/syn05.gguf --child timeline --batch "$b" --steps 32 > "$out/ab_timeline_${n}_b$b.txt" 2>&1
-                grep -E "us a step on|^\| (matvec|attention|sample)" "$out/ab_timeline_${n}_b$b.txt" | cut -c1-110
+                # All builds' timelines in one file: the device tool brings back at most 8 files.
+                { echo "######## $n, $b sequence(s)"; run benches/profile_cuda_decode.py /root/m/syn05.gguf --child timeline --batch "$b" --steps 32 2>&1; } \
+                    | tee -a "$out/ab_timelines.txt" | grep -E "us a step on|^\| (matvec|attention|sample)" | cut -c1-110
             done
         fi
         # AB_GENERATE=1: the Generator on syn05 too (sampler included; bench_generate.py, AB_GEN_MODES

@@ -800,6 +800,37 @@ def test_gpu_decode_attention_with_rope_gives_the_bits_of_rope_store_then_attent
 
 @pytest.mark.cuda
 @needs_gpu
+@pytest.mark.parametrize("kv_cache_dtype", ["float32", "float16"])
+@pytest.mark.parametrize("splits", ["1", "3"])
+def test_gpu_decode_attention_of_preloaded_keys_gives_the_bits_of_rope_store_then_attention(tmp_path, monkeypatch, kv_cache_dtype, splits):
+    """The one-head decode attention kernel loads each warp's first 32 keys before it waits
+    (kernels/attention.cu, ATTN_PRELOAD): their slots, key rows and first value rows, the new
+    token's slot included (replaced from shared memory after the wait). With the test model's head
+    shape (64 dims: two value dims a lane) and contexts around the 32-key chunks (31, 32, 33: a
+    warp whose first key is the new token; 70, 200: several warps, later chunks), unsplit and with
+    3 flash-decoding splits, five sequences decoding together for 4 steps: the same bits as
+    rope_store followed by the plain attention kernel (FERRITE_CUDA_ROPE_IN_ATTENTION=0), which
+    loads nothing early."""
+    monkeypatch.setenv("FERRITE_CUDA_ATTN_SPLITS", splits)  # read when the model loads
+    path = write_block_model(tmp_path / "m.gguf", "Q8_0", hidden=896, ffn=256, n_heads=14, n_kv_heads=2, context=512, seed=4)
+    rng = np.random.default_rng(13)
+    prompts = [[int(t) for t in rng.integers(0, 260, size=n)] for n in (31, 32, 33, 70, 200)]
+    steps = [[int(t) for t in rng.integers(0, 260, size=len(prompts))] for _ in range(4)]
+    got = {}
+    for inside in ["1", "0"]:
+        monkeypatch.setenv("FERRITE_CUDA_ROPE_IN_ATTENTION", inside)  # read when the model loads
+        m = ferrite.Model.load(path, device="cuda", kv_cache_tokens=1024, exact_matmul=True, kv_cache_dtype=kv_cache_dtype)
+        seqs = [m.new_sequence(max_tokens=len(p) + 8) for p in prompts]
+        for s, p in zip(seqs, prompts):
+            m.forward(p, seq=s, last_only=True)
+        got[inside] = [np.concatenate(m.forward_batch([[t] for t in step], seqs=seqs)) for step in steps]
+        del m
+    for i, (a, b) in enumerate(zip(got["1"], got["0"])):
+        assert np.array_equal(a, b), f"step {i}: max |diff| {np.abs(a - b).max():.3e}"
+
+
+@pytest.mark.cuda
+@needs_gpu
 @pytest.mark.parametrize("splits", ["1", "3"])
 def test_gpu_f16_kv_cache_several_sequences_and_long_contexts(tmp_path, monkeypatch, splits):
     """An f16 cache with the test model's head shape (14 query heads over 2 KV heads of 64):
