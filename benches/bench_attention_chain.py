@@ -4,7 +4,7 @@
 
 A decode step's attention follows the layer's q/k/v projection, launched with programmatic
 dependent launch: its blocks start while the projection runs, do what needs no q/k/v (the RoPE
-angles; the K/V rows' prefetch or, with -DATTN_PRELOAD=1, their loads), wait for it, then attend.
+angles; the first K/V rows' loads (ATTN_PRELOAD, on by default; the prefetch with -DATTN_PRELOAD=0)), wait for it, then attend.
 The bench chains P pairs of [producer, attention] in a CUDA graph: the producer stands in for q/k/v
 (72 blocks loading --producer-kb KB of weights each before their wait, then reading a vector
 from L2, reducing it and writing the q/k/v row the attention reads). It prints, per variant
@@ -20,7 +20,7 @@ from L2, reducing it and writing the q/k/v row the attention reads). It prints, 
 
 Needs only the CUDA driver and NVRTC (scripts/nvrtc_cubin.py); no ferrite code.
 
-    python benches/bench_attention_chain.py [--ctx 160,512] [--variants ",-DATTN_PRELOAD=1"]
+    python benches/bench_attention_chain.py [--ctx 160,512] [--variants ",-DATTN_PRELOAD=0"]
         [--pairs 48] [--reps 30] [--producer-kb 10]
 """
 
@@ -98,7 +98,7 @@ def warps_for(ctx: int) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ctx", default="160,512", help="keys a sequence (its position + 1)")
-    ap.add_argument("--variants", default=",-DATTN_PRELOAD=1", help="comma-separated define sets (space-separated defines; empty: the default build)")
+    ap.add_argument("--variants", default=",-DATTN_PRELOAD=0", help="comma-separated define sets (space-separated defines; empty: the default build)")
     ap.add_argument("--pairs", type=int, default=48)
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--producer-spin-ns", default="0,1500", help="extra work a producer does after its wait, as time (ns; q/k/v's "

@@ -514,7 +514,7 @@ if [ "$what" = pending ]; then
     if [[ ,$parts, == *,attention_chain,* ]]; then
     # A one-sequence step's attention launch after a q/k/v stand-in, timed in a chain and stamped
     # at its phases (benches/bench_attention_chain.py, kernels/attention.cu built by NVRTC here).
-    STEP_TIMEOUT=120 step attention_chain "$py" benches/bench_attention_chain.py --variants "${ATTN_CHAIN_VARIANTS:-,-DATTN_PRELOAD=1}"
+    STEP_TIMEOUT=120 step attention_chain "$py" benches/bench_attention_chain.py --variants "${ATTN_CHAIN_VARIANTS:-,-DATTN_PRELOAD=0}"
     cp "$out/attention_chain.log" "$dest/attention_chain.txt" 2>/dev/null
     fi
     if [[ $parts == *sampler* ]]; then
