@@ -58,9 +58,7 @@ extern "C" __global__ void producer(const float* xin, float* qkv, int n, int n_o
     u64 t0, now;
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
     do asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now)); while (now - t0 < spin_ns);
-    float s = use_weights(w4, r) * 1e-30f;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) s += __ldcg(xin + i);
-    s = block_sum(s, red);
+    const float s = vector_sum(xin, n, use_weights(w4, r) * 1e-30f, red);
     const int per = (n_out + gridDim.x - 1) / gridDim.x;
     for (int i = threadIdx.x; i < per; i += blockDim.x) {
         const int o = blockIdx.x * per + i;

@@ -56,9 +56,7 @@ extern "C" __global__ void phase(const float* xin, float* xout, int n, int C, co
     load_weights(w, off4, w4, r);
     wait_previous();
     const int t = blockIdx.x / C, rank = blockIdx.x % C, per = n / C;
-    float s = use_weights(w4, r) * 1e-30f;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) s += __ldcg(xin + (u64)t * n + i);
-    s = block_sum(s, red);
+    const float s = vector_sum(xin + (u64)t * n, n, use_weights(w4, r) * 1e-30f, red);
     for (int i = threadIdx.x; i < per; i += blockDim.x) xout[(u64)t * n + rank * per + i] = s * 1e-3f + (float)i;
 }
 __device__ __forceinline__ void cluster_barrier() {
@@ -90,9 +88,7 @@ extern "C" __global__ void fused_ab(const float* xin, float* xout, int n, int C,
     load_weights(w, off_b4, w4b, rb);
     wait_previous();
     const int t = blockIdx.x / C, per = n / C;
-    float s = use_weights(w4a, ra) * 1e-30f;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) s += __ldcg(xin + (u64)t * n + i);
-    s = block_sum(s, red);
+    const float s = vector_sum(xin + (u64)t * n, n, use_weights(w4a, ra) * 1e-30f, red);
     for (int i = threadIdx.x; i < per; i += blockDim.x) slice[i] = s * 1e-3f + (float)i;
     cluster_barrier();
     float s2 = use_weights(w4b, rb) * 1e-30f;

@@ -98,9 +98,7 @@ extern "C" __global__ void persistent_kernel(float* bufs, int n, int phases, u32
     for (int p = 0; p < phases; p++) {
         const float* xin = bufs + (p & 1) * n;
         float* xout = bufs + ((p + 1) & 1) * n;
-        float s = use_weights(w4_per_thread, r) * 1e-30f;
-        for (int i = threadIdx.x; i < n; i += blockDim.x) s += __ldcg(xin + i);
-        s = block_sum(s, red);
+        const float s = vector_sum(xin, n, use_weights(w4_per_thread, r) * 1e-30f, red);
         const int per = (n + gridDim.x - 1) / gridDim.x;
         for (int i = threadIdx.x; i < per; i += blockDim.x) {
             const int k = blockIdx.x * per + i;

@@ -124,6 +124,15 @@ __device__ __forceinline__ void attn_stamp(u64* probe, int point) {
 // output row (matmul.rs's stacked_gemm_unsplit): q_stride = kv_stride floats a token apart, with
 // each projection's bias (null: none) added as they are read, the operations of split_rows3,
 // which the kernel then replaces (one launch fewer a layer).
+// A cache row of HD elements asked of L2, by 128-byte lines. When a row is not a whole number of
+// lines, rows start off a line boundary (the cache is 256-byte aligned, rows HD elements apart)
+// and the loop may stop a line short of the row's end: its last element's line too.
+template <int HD>
+__device__ __forceinline__ void prefetch_row_l2(const kv_t* row) {
+    for (u32 e = 0; e < HD; e += 128 / sizeof(kv_t)) asm volatile("prefetch.global.L2 [%0];" ::"l"(row + e));
+    if constexpr ((HD * sizeof(kv_t)) % 128 != 0) asm volatile("prefetch.global.L2 [%0];" ::"l"(row + HD - 1));
+}
+
 struct RopeIn {
     const float* k;  // the token's new key at k + token * kv_stride, not rotated
     const float* v;
@@ -196,6 +205,7 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
     const u32* table = block_tables + table_offset[t];
     // The slot of key j: block_tokens is a power of two (the host checks), so shift and mask.
     const u32 bt_shift = __ffs(block_tokens) - 1, bt_mask = block_tokens - 1;
+    const auto slot_of = [&](u32 j) { return table[j >> bt_shift] * block_tokens + (j & bt_mask); };
     const kv_t* kc = k_cache + kvh * HD;
     const kv_t* vc = v_cache + kvh * HD;
     // ROPE: the angles of the token's position (as rope_store computes them; the position and
@@ -221,7 +231,7 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
         if constexpr (PRELOAD) {
             if (j0_first < j_end) {
                 const u32 jr = j0_first + lane < j_end ? j0_first + lane : j0_first;
-                const u32 slot = table[jr >> bt_shift] * block_tokens + (jr & bt_mask);
+                const u32 slot = slot_of(jr);
                 // The key rows first (the first thing the chunk needs), then the values, all as
                 // stored (widening them here would wait for them before the wait) and through L2
                 // (see kv_raw4_cg).
@@ -237,11 +247,7 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
                     for (int i = 0; i < PER_LANE; i++) v_pre[u][i] = (HD % 32 == 0 || lane + 32 * i < HD) ? __ldcg(vp + lane + 32 * i) : kv_t(0);
                 }
                 // The chunk's later values (keys V_PRE on), loaded after the wait: asked of L2 now.
-                if (lane >= V_PRE && jr == j0_first + lane) {
-                    const kv_t* vp = vc + (u64)slot * kv_width;
-                    for (u32 e = 0; e < HD; e += 128 / sizeof(kv_t)) asm volatile("prefetch.global.L2 [%0];" ::"l"(vp + e));
-                    if constexpr ((HD * sizeof(kv_t)) % 128 != 0) asm volatile("prefetch.global.L2 [%0];" ::"l"(vp + HD - 1));
-                }
+                if (lane >= V_PRE && jr == j0_first + lane) prefetch_row_l2<HD>(vc + (u64)slot * kv_width);
             }
         }
 #if ATTN_L2_PREFETCH
@@ -250,18 +256,9 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
         // step's own key and value are written below instead.
         const u32 j_first = j_begin + warp * 32 + lane;
         if (!PRELOAD && j_first < j_end && j_first != last) {
-            const u32 slot = table[j_first >> bt_shift] * block_tokens + (j_first & bt_mask);
-            // 128-byte lines.
-            for (u32 e = 0; e < HD; e += 128 / sizeof(kv_t)) {
-                asm volatile("prefetch.global.L2 [%0];" ::"l"(kc + (u64)slot * kv_width + e));
-                asm volatile("prefetch.global.L2 [%0];" ::"l"(vc + (u64)slot * kv_width + e));
-            }
-            if constexpr ((HD * sizeof(kv_t)) % 128 != 0) {
-                // Rows then start off a line boundary (the cache is 256-byte aligned, rows HD
-                // elements apart), and the loop above may stop a line short of the row's end.
-                asm volatile("prefetch.global.L2 [%0];" ::"l"(kc + (u64)slot * kv_width + HD - 1));
-                asm volatile("prefetch.global.L2 [%0];" ::"l"(vc + (u64)slot * kv_width + HD - 1));
-            }
+            const u32 slot = slot_of(j_first);
+            prefetch_row_l2<HD>(kc + (u64)slot * kv_width);
+            prefetch_row_l2<HD>(vc + (u64)slot * kv_width);
         }
 #endif
         // Weights read ahead: a decode step's attention is a chain of round trips to memory
@@ -362,7 +359,7 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
         const bool valid = j < j_end;
         // A lane past the end reads key j0's row (valid) and discards the result.
         const u32 jr = valid ? j : j0;
-        const u32 slot = pre ? 0u : table[jr >> bt_shift] * block_tokens + (jr & bt_mask);
+        const u32 slot = pre ? 0u : slot_of(jr);
         if constexpr (!pre) {
             chunk_slot[warp][lane] = slot;
             __syncwarp();

@@ -528,19 +528,31 @@ struct EarlyNormW {
     float4 a[MMA_STAGE_JOBS], b[MMA_STAGE_JOBS];
 };
 
-// The weights of stage_x_s8_normed's jobs for this thread (its columns and `in` as there).
+// Job u of this thread in stage_x_s8_normed (256 columns of row n of x; the thread's columns c ..
+// c + 3 and c + 16 .. c + 19 of it): whether it holds x. Zeros stand for rows n >= n_x and columns
+// past n_cols, as load_x4_in gives them (n_cols is a multiple of 32, so c < n_cols means c + 19 <
+// n_cols too).
+template <int NT>
+__device__ __forceinline__ bool normed_job(int u, u32 n_x, u32 n_cols, u32 len, int& n, u32& c) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+    const int blocks = ((int)len + 255) / 256;
+    const int job = warp + u * n_warps;
+    n = job / blocks;
+    c = 256 * (job % blocks) + 32 * (lane >> 2) + 4 * (lane & 3);
+    const bool has_job = job < NT * blocks;  // the whole warp, or none of it
+    return has_job && (u32)n < n_x && c < n_cols;
+}
+
+// The weights of stage_x_s8_normed's jobs for this thread.
 template <int NT>
 __device__ __forceinline__ EarlyNormW early_norm_w(const float* __restrict__ norm_w, u32 n_x, u32 n_cols, u32 len) {
     EarlyNormW w;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
-    const int blocks = ((int)len + 255) / 256;
     const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 #pragma unroll
     for (int u = 0; u < MMA_STAGE_JOBS; u++) {
-        const int job = warp + u * n_warps;
-        const int n = job / blocks;
-        const u32 c = 256 * (job % blocks) + 32 * (lane >> 2) + 4 * (lane & 3);
-        const bool in = job < NT * blocks && (u32)n < n_x && c < n_cols;
+        int n;
+        u32 c;
+        const bool in = normed_job<NT>(u, n_x, n_cols, len, n, c);
         w.a[u] = in ? *reinterpret_cast<const float4*>(norm_w + c) : zero;
         w.b[u] = in ? *reinterpret_cast<const float4*>(norm_w + c + 16) : zero;
     }
@@ -553,8 +565,7 @@ __device__ __forceinline__ void stage_x_s8_normed(const float* __restrict__ x, c
                                                   const EarlyNormW& early, float eps, u32 n_x, u32 n_cols, u32 len, u8* xq,
                                                   int (*xsum)[NG][8], float (*xscale)[NG][8], float* inv_rms) {
     __shared__ double red[MMA_MAX_WARPS][NT];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
-    const int sb = lane >> 2, t = lane & 3;
+    const int warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
     const int blocks = ((int)len + 255) / 256;
     const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     float4 a[MMA_STAGE_JOBS], b[MMA_STAGE_JOBS], wa[MMA_STAGE_JOBS], wb[MMA_STAGE_JOBS];
@@ -564,13 +575,9 @@ __device__ __forceinline__ void stage_x_s8_normed(const float* __restrict__ x, c
     for (int i = 0; i < NT; i++) ss[i] = 0.0;
 #pragma unroll
     for (int u = 0; u < MMA_STAGE_JOBS; u++) {
-        const int job = warp + u * n_warps;
-        const int n = job / blocks, blk = job % blocks;
-        const bool has_job = job < NT * blocks;  // the whole warp, or none of it
-        const u32 c = 256 * blk + 32 * sb + 4 * t;
-        // Zeros for rows n >= n_x and columns past n_cols, as load_x4_in gives them (n_cols is a
-        // multiple of 32, so c < n_cols means c + 19 < n_cols too).
-        in[u] = has_job && (u32)n < n_x && c < n_cols;
+        int n;
+        u32 c;
+        in[u] = normed_job<NT>(u, n_x, n_cols, len, n, c);
         a[u] = in[u] ? *reinterpret_cast<const float4*>(x + (u64)n * n_cols + c) : zero;
         b[u] = in[u] ? *reinterpret_cast<const float4*>(x + (u64)n * n_cols + c + 16) : zero;
         if constexpr (EARLY) {

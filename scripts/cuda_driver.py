@@ -31,6 +31,12 @@ __device__ __forceinline__ float block_sum(float v, float* red) {
     __syncthreads();
     return s;
 }
+// The block's sum of `seed` and a vector of n floats another phase wrote (read through L2).
+__device__ __forceinline__ float vector_sum(const float* xin, int n, float seed, float* red) {
+    float s = seed;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) s += __ldcg(xin + i);
+    return block_sum(s, red);
+}
 __device__ __forceinline__ void load_weights(const float4* __restrict__ w, u64 off4, int w4, float4 (&r)[MAX_W4]) {
     const u64 base = off4 + ((u64)blockIdx.x * blockDim.x + threadIdx.x) * w4;
 #pragma unroll
