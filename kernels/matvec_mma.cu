@@ -1134,7 +1134,10 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
                        accumulate, ahead);                                                                              \
     }
 
-#if !MMA_STREAM
+#ifndef MMA_QKV_ATTENTION
+#define MMA_QKV_ATTENTION 0
+#endif
+#if !MMA_STREAM && !MMA_QKV_ATTENTION
 MATVEC_MMA_KERNEL(1)
 MATVEC_MMA_KERNEL(2)
 MATVEC_MMA_KERNEL(4)
@@ -1484,3 +1487,166 @@ MATVEC_MMA_STREAM_KERNEL(1)
 MATVEC_MMA_STREAM_KERNEL(2)
 MATVEC_MMA_STREAM_KERNEL(4)
 #endif  // MMA_STREAM
+
+#if MMA_QKV_ATTENTION
+// ---- q/k/v in attention: a decode step's q/k/v projection inside its attention launch ----
+// Compiled with -DMMA_QKV_ATTENTION=1 and attention.cu's defines (-DATTN_HEAD_DIM, -DATTN_KV_F16),
+// the file holds instead attention_qkv_rope_1: attention_heads_rope_1 (attention.cuh) whose block
+// first computes the rows it reads, its query head's q and its KV head's k and v for its token,
+// from x (the residual stream, RMSNorm folded in as stage_x_s8_normed does it) and the three
+// matrices' tiles, instead of reading them from a q/k/v launch before it. A decode step of a few
+// sequences is a chain of small launches, each about 2 us of hand-over (docs/BENCHMARKS.md); this
+// takes one out of every layer. The cost: the 7 query heads of a KV head each compute its k and v
+// (3 x HD weight rows a block instead of the launch's share), from tiles each block copies into
+// shared memory before its wait (weights are constant), so that after the wait only x's staging
+// and the tensor-core math remain.
+//
+// The same bits as the two launches at one and two rows of x (the matvec_mma_1 / _2 launch the
+// host plans for q/k/v there gives each warp one tile, as here; tests/test_cuda_model.py holds
+// them equal): x in three int8 parts per 256 columns (the int8 path above, NT = 1 for the block's
+// token), each tile's products summed from zero (tile_products_s8_blocks), a tile row's tiles
+// added in column order, the bias added last. From three rows the q/k/v launch keeps x in two
+// parts; this kernel still keeps three (each row as one row alone would be computed).
+#include "attention.cuh"
+
+#define QKV_WARPS 8          // the launch's warps (their tiles, and attention's chunks of keys)
+#define QKV_MAX_COLS 1024    // x's width at most: one phase, staged once
+static_assert(Tile::TILE_COLS == 128 && Tile::S8, "q/k/v in attention: the 128-column types of the int8 path (Q5_0, Q8_0)");
+static_assert(QKV_WARPS <= MMA_MAX_WARPS, "stage_x_s8_normed's reduction holds MMA_MAX_WARPS warps");
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"((u32)__cvta_generic_to_shared(smem)), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
+
+// The rows attention() reads (its Rows): computed after the wait by every thread of the block.
+template <int HD>
+struct QkvInBlock {
+    static constexpr bool IN_BLOCK = true;
+    static constexpr int HEAD_TILE_ROWS = HD / RP_TILE_ROWS;  // tile rows of one head in each matrix
+    static constexpr int XSTRIDE_B = QKV_MAX_COLS + 32;
+    const float *q, *k, *v;  // shared: the outputs, HD floats each
+    float* out;              // the same, writable
+    const u8* tiles_s;       // shared: q's, then k's, then v's HEAD_TILE_ROWS tile rows, k_tiles tiles each
+    float* red;              // shared: each tile's products, lanes t = 0, 1 (16 float4 a tile)
+    const float* bias_s;     // shared: the three biases of those rows (zeros where none)
+    u8* xq;                  // shared: staged x (stage_x_s8's layout)
+    int (*xsum)[1][8];
+    float (*xscale)[1][8];
+    float* inv_rms;
+    const float* x;          // the token's row of x
+    const float* norm_w;
+    EarlyNormW early;
+    float eps;
+    u32 n_cols, k_tiles;
+
+    __device__ __forceinline__ void after_wait() const {
+        const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+        const int g = lane >> 2, t = lane & 3;
+        // The sums and scales of mma columns no part of x fills stay zero (as matvec_mma's).
+        for (int i = threadIdx.x; i < QKV_MAX_COLS / 32 * 8; i += blockDim.x) (&xsum[0][0][0])[i] = 0;
+        for (int i = threadIdx.x; i < QKV_MAX_COLS / 256 * 8; i += blockDim.x) (&xscale[0][0][0])[i] = 0.0f;
+        cp_async_wait_all();  // this thread's tile copies (the barrier below makes them everyone's)
+        __syncthreads();
+        stage_x_s8_normed<1, 1, XSTRIDE_B, 3, MMA_EARLY_NORM_W>(x, norm_w, early, eps, 1, n_cols, k_tiles * Tile::TILE_COLS, xq,
+                                                                  xsum, xscale, inv_rms);
+        __syncthreads();
+        // This lane's B column: part g of row 0 (g < 3); the other columns read part 0, with zero
+        // sums and scales (see matvec_mma).
+        const int b_off[1] = {g < 3 ? g * XSTRIDE_B + 8 * t : 8 * t};
+        const u32 items = 3 * HEAD_TILE_ROWS * k_tiles;
+        for (u32 i = warp; i < items; i += n_warps) {
+            Tile w;
+            w.template load<RpSharedLd>(tiles_s + (u64)i * Tile::TILE_BYTES, lane, false);
+            float acc[1][4] = {{0.0f, 0.0f, 0.0f, 0.0f}};
+            tile_products_s8_blocks<Tile, 1>(w, xq, xsum, xscale, i % k_tiles, b_off, t, acc);
+            if (t < 2) reinterpret_cast<float4*>(red)[i * 16 + 2 * g + t] = make_float4(acc[0][0], acc[0][1], acc[0][2], acc[0][3]);
+        }
+        __syncthreads();
+        // Each tile row: its tiles added in column order, then the parts and the bias, as
+        // matvec_mma's warps and emit do.
+        for (u32 r = warp; r < 3 * HEAD_TILE_ROWS; r += n_warps) {
+            float a[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            if (t < 2) {
+                const float4* src = reinterpret_cast<const float4*>(red) + (u64)r * k_tiles * 16 + 2 * g + t;
+                const float4 first = src[0];
+                a[0] = first.x, a[1] = first.y, a[2] = first.z, a[3] = first.w;
+                for (u32 kt = 1; kt < k_tiles; kt++) {
+                    const float4 p = src[kt * 16];
+                    a[0] += p.x, a[1] += p.y, a[2] += p.z, a[3] += p.w;
+                }
+            }
+            float v0 = t == 0 ? a[0] + a[1] : t == 1 ? a[0] : 0.0f;
+            float v1 = t == 0 ? a[2] + a[3] : t == 1 ? a[2] : 0.0f;
+            v0 += __shfl_xor_sync(FULL_WARP, v0, 1);
+            v1 += __shfl_xor_sync(FULL_WARP, v1, 1);
+            v0 += __shfl_xor_sync(FULL_WARP, v0, 2);
+            v1 += __shfl_xor_sync(FULL_WARP, v1, 2);
+            if (t == 0) {
+                const u32 row = r * RP_TILE_ROWS + g;  // of q's, k's and v's HD rows, one after the other
+                out[row] = v0 + bias_s[row];
+                out[row + 8] = v1 + bias_s[row + 8];
+            }
+        }
+        __syncthreads();
+    }
+};
+
+// attention_heads_rope_1's launch (one query head a block, blockIdx = (token x split, KV head,
+// head in the group)) with q/k/v's tiles, biases (null: none) and x with its norm in place of the
+// q/k/v rows. Dynamic shared memory: attention's scratch for the launch's warps
+// (attention_shared_bytes), then the tiles (3 x HD / 16 x k_tiles), then the tiles' products
+// (256 bytes a tile); the host sizes it (qkv_attention_shared_bytes in kernels.rs).
+extern "C" __global__ void __launch_bounds__(32 * QKV_WARPS, 1) attention_qkv_rope_1(
+    const u8* __restrict__ tiles_q, const u8* __restrict__ tiles_k, const u8* __restrict__ tiles_v, const float* __restrict__ bias_q,
+    const float* __restrict__ bias_k, const float* __restrict__ bias_v, u32 k_tiles, u32 n_cols, const float* __restrict__ x,
+    const float* __restrict__ norm_w, float eps, const kv_t* k_cache, const kv_t* v_cache, const u32* __restrict__ positions,
+    const u32* __restrict__ table_offset, const u32* __restrict__ block_tables, u32 block_tokens, u32 n_heads, u32 n_kv_heads,
+    float scale, float* __restrict__ out, const u32* __restrict__ slots, u32 capacity, float freq_base, float rope_scale, u32 neox,
+    u32 n_splits, float* __restrict__ partials, u32* __restrict__ counters, const u64* __restrict__ pf_ranges, u32 pf_n_ranges,
+    u32 pf_first, u64 pf_offset_bytes, u64 pf_len_bytes ATTN_PROBE_PARAM) {
+    constexpr int HD = ATTN_HEAD_DIM;
+    static_assert(HD % RP_TILE_ROWS == 0, "whole tile rows a head");
+    typedef QkvInBlock<HD> Rows;
+    extern __shared__ __align__(16) float attn_scratch[];
+    __shared__ __align__(16) u8 xq[3 * Rows::XSTRIDE_B];
+    __shared__ __align__(16) int xsum[QKV_MAX_COLS / 32][1][8];
+    __shared__ __align__(16) float xscale[QKV_MAX_COLS / 256][1][8];
+    __shared__ float inv_rms[1];
+    __shared__ float rows_s[3 * HD], bias_s[3 * HD];
+
+    const u32 n_warps = blockDim.x / 32;
+    const u32 t = blockIdx.x / max(n_splits, 1u), kvh = blockIdx.y;
+    const u32 head = kvh * (n_heads / n_kv_heads) + blockIdx.z;
+    // The tiles, before the wait: each matrix's HEAD_TILE_ROWS tile rows of this block's head are
+    // one run of bytes (tile rows one after the other, k_tiles tiles each).
+    const u32 attn_floats = HD > 64 ? HD : 64;  // attention_shared_bytes of one head a block
+    u8* tiles_s = reinterpret_cast<u8*>(attn_scratch) + ((4 * n_warps * attn_floats + 127) & ~127u);
+    const u32 run_bytes = Rows::HEAD_TILE_ROWS * k_tiles * Tile::TILE_BYTES;
+    const u8* runs[3] = {tiles_q + (u64)head * run_bytes, tiles_k + (u64)kvh * run_bytes, tiles_v + (u64)kvh * run_bytes};
+#pragma unroll
+    for (int m = 0; m < 3; m++) {
+        for (u32 off = 16 * threadIdx.x; off < run_bytes; off += 16 * blockDim.x) cp_async16(tiles_s + m * run_bytes + off, runs[m] + off);
+    }
+    asm volatile("cp.async.commit_group;" ::: "memory");
+    for (u32 i = threadIdx.x; i < 3 * HD; i += blockDim.x) {
+        const u32 m = i / HD, e = i % HD;
+        const float* b = m == 0 ? bias_q : m == 1 ? bias_k : bias_v;
+        bias_s[i] = b ? b[(u64)(m == 0 ? head : kvh) * HD + e] : 0.0f;
+    }
+    Rows rows;
+    rows.q = rows_s, rows.k = rows_s + HD, rows.v = rows_s + 2 * HD, rows.out = rows_s;
+    rows.tiles_s = tiles_s;
+    rows.red = reinterpret_cast<float*>(tiles_s + 3 * run_bytes);
+    rows.bias_s = bias_s;
+    rows.xq = xq, rows.xsum = xsum, rows.xscale = xscale, rows.inv_rms = inv_rms;
+    rows.x = x + (u64)t * n_cols, rows.norm_w = norm_w, rows.eps = eps, rows.n_cols = n_cols, rows.k_tiles = k_tiles;
+    rows.early = early_norm_w<1>(norm_w, MMA_EARLY_NORM_W ? 1 : 0, n_cols, k_tiles * Tile::TILE_COLS);
+
+    const RopeIn rope = {nullptr, nullptr, slots, capacity, const_cast<kv_t*>(k_cache), const_cast<kv_t*>(v_cache), freq_base, rope_scale, neox,
+                         0, 0, nullptr, nullptr, nullptr, {pf_ranges, pf_n_ranges, pf_first, pf_offset_bytes, pf_len_bytes}};
+    const Splits splits = {n_splits, partials, counters};
+    attention<HD, 1, true, Rows>(nullptr, k_cache, v_cache, positions, table_offset, block_tables, block_tokens, n_heads, n_kv_heads, 1,
+                                 scale, out, nullptr, 1.0f, rope, splits, rows ATTN_PROBE_ARG);
+}
+#endif  // MMA_QKV_ATTENTION

@@ -829,6 +829,85 @@ def test_gpu_decode_attention_of_preloaded_keys_gives_the_bits_of_rope_store_the
         assert np.array_equal(a, b), f"step {i}: max |diff| {np.abs(a - b).max():.3e}"
 
 
+def qkv_attention_launches() -> int:
+    return ferrite._ferrite._cuda_counters()["qkv_attention_launches"]
+
+
+@pytest.mark.cuda
+@needs_gpu
+@pytest.mark.parametrize("matrix_type", ["Q5_0", "Q8_0", "Q5_0+v:Q8_0"])
+@pytest.mark.parametrize("kv_cache_dtype", ["float32", "float16"])
+@pytest.mark.parametrize("splits", ["1", "3"])
+def test_gpu_qkv_in_attention_gives_the_bits_of_the_qkv_launch(tmp_path, monkeypatch, matrix_type, kv_cache_dtype, splits):
+    """A decode step of one or two sequences computes q, k and v inside its attention launch
+    (matvec_mma.cu's attention_qkv_rope_1: each block its query head's q and its KV head's k and
+    v, from x and the RMSNorm, with tiles it copied into shared memory before its wait): the same
+    bits for the first sequence as the q/k/v launch followed by the attention kernel
+    (FERRITE_CUDA_QKV_IN_ATTENTION=0), the second's within the roundings of another order,
+    for both types that have it (Q5_0 and Q8_0 q/k/v) and the real model's mix (Q5_0 q and k with
+    a Q8_0 v: the group is loaded as Q8_0), both cache types, unsplit and with 3 flash-decoding
+    splits, over contexts around the 32-key chunks; and it ran."""
+    monkeypatch.setenv("FERRITE_CUDA_ATTN_SPLITS", splits)  # read when the model loads
+    base, _, v_type = matrix_type.partition("+v:")
+    layer_types = {"attn_v.weight": v_type} if v_type else None
+    path = write_block_model(tmp_path / "m.gguf", base, hidden=896, ffn=256, n_heads=14, n_kv_heads=2, context=512, seed=6, layer_types=layer_types)
+    rng = np.random.default_rng(17)
+    for sizes in ((33,), (31, 200)):
+        prompts = [[int(t) for t in rng.integers(0, 260, size=n)] for n in sizes]
+        steps = [[int(t) for t in rng.integers(0, 260, size=len(prompts))] for _ in range(4)]
+        got = {}
+        for rows in ["8", "0"]:
+            monkeypatch.setenv("FERRITE_CUDA_QKV_IN_ATTENTION", rows)  # read when the model loads
+            m = ferrite.Model.load(path, device="cuda", kv_cache_tokens=1024, exact_matmul=True, kv_cache_dtype=kv_cache_dtype)
+            seqs = [m.new_sequence(max_tokens=len(p) + 8) for p in prompts]
+            for s, p in zip(seqs, prompts):
+                m.forward(p, seq=s, last_only=True)
+            before = qkv_attention_launches()
+            got[rows] = [np.concatenate(m.forward_batch([[t] for t in step], seqs=seqs)) for step in steps]
+            ran = qkv_attention_launches() - before
+            # Every layer of every step (graph replays are not counted: at least the first step's).
+            assert (ran > 0) == (rows == "8"), (rows, ran)
+            del m
+        for i, (a, b) in enumerate(zip(got["8"], got["0"])):
+            # The first sequence's rows: the same bits. A two-row q/k/v launch adds the second
+            # row's three parts of x in another order (hi + (mid + lo)) than the first's ((hi +
+            # mid) + lo), which this kernel takes for every row: the second sequence's values
+            # may differ by those roundings.
+            rows = a.shape[0] // len(sizes)
+            assert np.array_equal(a[:rows], b[:rows]), f"{sizes} step {i}: max |diff| {np.abs(a - b).max():.3e}"
+            assert relative(a, b.astype(np.float64)) <= 1e-5, f"{sizes} step {i}"
+
+
+@pytest.mark.cuda
+@needs_gpu
+@pytest.mark.parametrize("matrix_type", ["Q5_0", "Q8_0"])
+def test_gpu_qkv_in_attention_of_several_sequences_against_float64(tmp_path, monkeypatch, matrix_type):
+    """Five sequences decoding together with q/k/v inside attention: each block computes its
+    token's rows as one row alone would be (x in three int8 parts), where the q/k/v launch of 3-8
+    rows keeps two parts. Each sequence's logits at every step against the float64 reference,
+    within the bound of the default (reduced-precision) paths of several rows and with its
+    decisive top-1, as the same steps without it are."""
+    path = write_block_model(tmp_path / "m.gguf", matrix_type, hidden=896, ffn=256, n_heads=14, n_kv_heads=2, context=512, seed=8)
+    rng = np.random.default_rng(19)
+    prompts = [[int(t) for t in rng.integers(0, 260, size=n)] for n in (5, 31, 32, 64, 100)]
+    steps = [[int(t) for t in rng.integers(0, 260, size=len(prompts))] for _ in range(3)]
+    ref = ReferenceModel(path)
+    for rows in ["8", "0"]:
+        monkeypatch.setenv("FERRITE_CUDA_QKV_IN_ATTENTION", rows)  # read when the model loads
+        m = ferrite.Model.load(path, device="cuda", kv_cache_tokens=1024)
+        seqs = [m.new_sequence(max_tokens=len(p) + 8) for p in prompts]
+        for s, p in zip(seqs, prompts):
+            m.forward(p, seq=s, last_only=True)
+        before = qkv_attention_launches()
+        got = [np.stack([o[-1] for o in m.forward_batch([[t] for t in step], seqs=seqs)]) for step in steps]
+        assert (qkv_attention_launches() > before) == (rows == "8"), rows
+        del m
+        for j in range(len(steps)):
+            want = np.stack([ref.forward(p + [st[i] for st in steps[: j + 1]])[-1] for i, p in enumerate(prompts)])
+            assert relative(got[j], want) <= TF32_RELATIVE_BOUND, (rows, j, relative(got[j], want))
+            assert decisive_top1(got[j], want) == 1.0, (rows, j)
+
+
 @pytest.mark.cuda
 @needs_gpu
 @pytest.mark.parametrize("splits", ["1", "3"])
