@@ -1511,15 +1511,6 @@ MATVEC_MMA_STREAM_KERNEL(4)
 
 #define QKV_WARPS 8          // the launch's warps (their tiles, and attention's chunks of keys)
 #define QKV_MAX_COLS 1024    // x's width at most: one phase, staged once
-// Blocks an SM holds at once, as registers go (launch bounds): 2 caps a thread at 128 registers,
-// so that a block fits beside one block of the kernel before it (a one-row matrix-vector block
-// takes up to 128 registers a thread too), where it can load its tiles and keys before its wait
-// while that kernel runs; with 1 it takes 160 (the preloaded float32 keys live through the
-// projection) and would start only once that block has left. 2 spills 40 bytes with a float32
-// cache (none with f16).
-#ifndef QKV_MIN_BLOCKS
-#define QKV_MIN_BLOCKS 2
-#endif
 static_assert(Tile::TILE_COLS == 128 && Tile::S8, "q/k/v in attention: the 128-column types of the int8 path (Q5_0, Q8_0)");
 static_assert(QKV_WARPS <= MMA_MAX_WARPS, "stage_x_s8_normed's reduction holds MMA_MAX_WARPS warps");
 
@@ -1537,7 +1528,7 @@ struct QkvInBlock {
     const float *q, *k, *v;  // shared: the outputs, HD floats each
     float* out;              // the same, writable
     const u8* tiles_s;       // shared: q's, then k's, then v's HEAD_TILE_ROWS tile rows, k_tiles tiles each
-    float* red;              // shared: each tile's products that emit reads (lanes t = 0, 1: 192 bytes a tile)
+    float* red;              // shared: each tile's products, lanes t = 0, 1 (16 float4 a tile)
     const float* bias_s;     // shared: the three biases of those rows (zeros where none)
     u8* xq;                  // shared: staged x (stage_x_s8's layout)
     int (*xsum)[1][8];
@@ -1569,28 +1560,20 @@ struct QkvInBlock {
             w.template load<RpSharedLd>(tiles_s + (u64)i * Tile::TILE_BYTES, lane, false);
             float acc[1][4] = {{0.0f, 0.0f, 0.0f, 0.0f}};
             tile_products_s8_blocks<Tile, 1>(w, xq, xsum, xscale, i % k_tiles, b_off, t, acc);
-            // What emit reads of a tile row's sums: lane t = 0's four, t = 1's first and third.
-            float2* dst = reinterpret_cast<float2*>(red) + ((u64)i * 8 + g) * 3;
-            if (t == 0) dst[0] = make_float2(acc[0][0], acc[0][1]), dst[1] = make_float2(acc[0][2], acc[0][3]);
-            if (t == 1) dst[2] = make_float2(acc[0][0], acc[0][2]);
+            if (t < 2) reinterpret_cast<float4*>(red)[i * 16 + 2 * g + t] = make_float4(acc[0][0], acc[0][1], acc[0][2], acc[0][3]);
         }
         __syncthreads();
         // Each tile row: its tiles added in column order, then the parts and the bias, as
         // matvec_mma's warps and emit do.
         for (u32 r = warp; r < 3 * HEAD_TILE_ROWS; r += n_warps) {
             float a[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-            const float2* src = reinterpret_cast<const float2*>(red) + ((u64)r * k_tiles * 8 + g) * 3;
-            if (t == 0) {
-                a[0] = src[0].x, a[1] = src[0].y, a[2] = src[1].x, a[3] = src[1].y;
+            if (t < 2) {
+                const float4* src = reinterpret_cast<const float4*>(red) + (u64)r * k_tiles * 16 + 2 * g + t;
+                const float4 first = src[0];
+                a[0] = first.x, a[1] = first.y, a[2] = first.z, a[3] = first.w;
                 for (u32 kt = 1; kt < k_tiles; kt++) {
-                    const float2 p = src[kt * 24], p2 = src[kt * 24 + 1];
-                    a[0] += p.x, a[1] += p.y, a[2] += p2.x, a[3] += p2.y;
-                }
-            } else if (t == 1) {
-                a[0] = src[2].x, a[2] = src[2].y;
-                for (u32 kt = 1; kt < k_tiles; kt++) {
-                    const float2 p = src[kt * 24 + 2];
-                    a[0] += p.x, a[2] += p.y;
+                    const float4 p = src[kt * 16];
+                    a[0] += p.x, a[1] += p.y, a[2] += p.z, a[3] += p.w;
                 }
             }
             float v0 = t == 0 ? a[0] + a[1] : t == 1 ? a[0] : 0.0f;
@@ -1613,11 +1596,8 @@ struct QkvInBlock {
 // head in the group)) with q/k/v's tiles, biases (null: none) and x with its norm in place of the
 // q/k/v rows. Dynamic shared memory: attention's scratch for the launch's warps
 // (attention_shared_bytes), then the tiles (3 x HD / 16 x k_tiles), then the tiles' products
-// (192 bytes a tile); the host sizes it (qkv_attention_shared_bytes in kernels.rs). With a Q8_0
-// group that is 201 KB: with the 8 KB of static shared memory, it fits beside one block of a
-// one-row matrix-vector kernel (18 KB) in an SM's 228 KB when the kernels prefer shared memory
-// (FERRITE_CUDA_CARVEOUT).
-extern "C" __global__ void __launch_bounds__(32 * QKV_WARPS, QKV_MIN_BLOCKS) attention_qkv_rope_1(
+// (256 bytes a tile); the host sizes it (qkv_attention_shared_bytes in kernels.rs).
+extern "C" __global__ void __launch_bounds__(32 * QKV_WARPS, 1) attention_qkv_rope_1(
     const u8* __restrict__ tiles_q, const u8* __restrict__ tiles_k, const u8* __restrict__ tiles_v, const float* __restrict__ bias_q,
     const float* __restrict__ bias_k, const float* __restrict__ bias_v, u32 k_tiles, u32 n_cols, const float* __restrict__ x,
     const float* __restrict__ norm_w, float eps, const kv_t* k_cache, const kv_t* v_cache, const u32* __restrict__ positions,
@@ -1633,8 +1613,7 @@ extern "C" __global__ void __launch_bounds__(32 * QKV_WARPS, QKV_MIN_BLOCKS) att
     __shared__ __align__(16) int xsum[QKV_MAX_COLS / 32][1][8];
     __shared__ __align__(16) float xscale[QKV_MAX_COLS / 256][1][8];
     __shared__ float inv_rms[1];
-    __shared__ __align__(16) float rows_s[3 * HD];  // q read as float4 (attention())
-    __shared__ float bias_s[3 * HD];
+    __shared__ float rows_s[3 * HD], bias_s[3 * HD];
 
     const u32 n_warps = blockDim.x / 32;
     const u32 t = blockIdx.x / max(n_splits, 1u), kvh = blockIdx.y;

@@ -1359,7 +1359,6 @@ impl Backend for CudaBackend {
             let most = kernels::attention_shared_bytes(kernels::ATTENTION_MAX_WARPS, layout.head_dim, kernels::attention_group(layout.head_dim));
             for f in [&heads, &heads_rope, &heads_1, &heads_rope_1] {
                 super::launch::allow_dynamic_shared(f, "attention_heads", most)?;
-                super::launch::prefer_carveout(f, "attention_heads")?;
             }
             let prefill = match prefill_defines {
                 Some(d) => Some(self.ctx.function_with(&kernels::ATTENTION_PREFILL, &d, "attention_prefill")?),
@@ -1375,7 +1374,6 @@ impl Backend for CudaBackend {
                     let f = self.ctx.function_with(&kernels::MATVEC_MMA, &d, "attention_qkv_rope_1")?;
                     // As much as the kernel may ask for; a launch asks for its own.
                     super::launch::allow_dynamic_shared(&f, "attention_qkv_rope_1", kernels::QKV_ATTENTION_MAX_SHARED_BYTES)?;
-                    super::launch::prefer_carveout(&f, "attention_qkv_rope_1")?;
                     qkv.push((ty, f));
                 }
             }

@@ -151,16 +151,16 @@ pub const QKV_ATTENTION_MAX_COLS: usize = 1024;
 
 /// Most dynamic shared memory `attention_qkv_rope_1` takes: what an sm_90 block may have (227
 /// KB) less its static shared memory (8 KB) and a margin; the real model's Q8_0 q/k/v groups
-/// take 201 KB.
+/// take 202 KB.
 pub const QKV_ATTENTION_MAX_SHARED_BYTES: u32 = 216 * 1024;
 
 /// Dynamic shared memory of `attention_qkv_rope_1` for heads of `head_dim` and q/k/v rows of
 /// `k_tiles` tiles of `tile_bytes`: attention's scratch (rounded up to 128 bytes), the block's
-/// tiles of the three matrices, 192 bytes of products a tile.
+/// tiles of the three matrices, 256 bytes of products a tile.
 pub fn qkv_attention_shared_bytes(head_dim: usize, k_tiles: usize, tile_bytes: usize) -> usize {
     let scratch = (attention_shared_bytes(QKV_ATTENTION_WARPS, head_dim, 1) as usize).next_multiple_of(128);
     let tiles = 3 * (head_dim / 16) * k_tiles;
-    scratch + tiles * (tile_bytes + 192)
+    scratch + tiles * (tile_bytes + 256)
 }
 
 /// The options that compile attention_prefill.cu for `head_dim`, or `None` for head dims it does

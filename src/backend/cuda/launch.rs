@@ -15,28 +15,6 @@ pub fn allow_dynamic_shared(f: &cudarc::driver::CudaFunction, name: &str, bytes:
         .map_err(|e| CudaError::Driver { op: format!("cuFuncSetAttribute({name}, {bytes} bytes of dynamic shared memory)"), msg: e.to_string() })
 }
 
-/// FERRITE_CUDA_CARVEOUT=N (0-100): the shared memory share of L1 that the decode chain's kernels
-/// (the matrix-vector kernels of 1-8 rows and decode attention) prefer, as a percent of the most
-/// (`CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT`); unset: the driver's choice. An SM
-/// changes its split only once idle, so a kernel that needs more shared memory than the split of
-/// an SM still running the kernel before it cannot start there early (dependent launch):
-/// q/k/v in attention takes 140-210 KB a block. Read once a process.
-pub fn carveout() -> Option<i32> {
-    static CARVEOUT: std::sync::OnceLock<Option<i32>> = std::sync::OnceLock::new();
-    *CARVEOUT.get_or_init(|| std::env::var("FERRITE_CUDA_CARVEOUT").ok().and_then(|v| v.parse().ok()).filter(|v: &i32| (0..=100).contains(v)))
-}
-
-/// Sets [`carveout`]'s preference on `f`, if any.
-pub fn prefer_carveout(f: &cudarc::driver::CudaFunction, name: &str) -> Result<(), CudaError> {
-    use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT;
-    match carveout() {
-        Some(percent) => f
-            .set_attribute(CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT, percent)
-            .map_err(|e| CudaError::Driver { op: format!("cuFuncSetAttribute({name}, carveout {percent} %)"), msg: e.to_string() }),
-        None => Ok(()),
-    }
-}
-
 /// A value a kernel takes as one argument.
 pub trait KernelArg {
     /// The argument's bytes, zero-extended to 8.

@@ -493,12 +493,8 @@ impl MatvecKernels {
                     modules.push((&kernels::MATVEC_MMA, d.clone()));
                 }
                 ctx.precompile(&modules)?;
-                let matvec = variants(&kernels::MATVEC_MMA, &defines, "matvec_mma_")?;
-                for (_, f) in &matvec {
-                    super::launch::prefer_carveout(f, "matvec_mma")?;
-                }
                 Ok(MatvecKernels {
-                    matvec,
+                    matvec: variants(&kernels::MATVEC_MMA, &defines, "matvec_mma_")?,
                     embed: ctx.function_with(&kernels::REPACKED_ROWS, &defines, "embed_rows")?,
                     tiled: Some(TiledKernels {
                         dequant_rows: ctx.function_with(&kernels::REPACKED_ROWS, &defines, "dequant_rows")?,
