@@ -72,19 +72,6 @@ __device__ __forceinline__ u32 rp_ld2(const u8* p) {
     return v;
 }
 
-// The same loads of a tile copied into shared memory (matvec_mma.cu's q/k/v in attention, which
-// copies its blocks' tiles there before its wait): a loader policy for Rp_q5_0 / Rp_q8_0::load.
-struct RpGlobalLd {
-    static __device__ __forceinline__ uint4 ld16(const u8* p) { return rp_ld16(p); }
-    static __device__ __forceinline__ uint2 ld8(const u8* p) { return rp_ld8(p); }
-    static __device__ __forceinline__ u32 ld4(const u8* p) { return rp_ld4(p); }
-};
-struct RpSharedLd {  // plain loads: the address is a shared array's (the compiler emits LDS)
-    static __device__ __forceinline__ uint4 ld16(const u8* p) { return *reinterpret_cast<const uint4*>(p); }
-    static __device__ __forceinline__ uint2 ld8(const u8* p) { return *reinterpret_cast<const uint2*>(p); }
-    static __device__ __forceinline__ u32 ld4(const u8* p) { return *reinterpret_cast<const u32*>(p); }
-};
-
 // ---- exact conversions ----
 // f16 bits -> float, by the hardware (exact for every finite half, subnormals included).
 __device__ __forceinline__ float rp_half(u32 h) {
@@ -175,15 +162,14 @@ struct Rp_q5_0 {
     u32 qh[2];    // high bits
     uint2 d[2];   // the four blocks' f16 scales
 
-    template <class Ld = RpGlobalLd>
     __device__ __forceinline__ void load(const u8* tile, int lane, bool for_bf16 = true) {
         const int g = lane >> 2;
 #pragma unroll
         for (int h = 0; h < 2; h++) {
-            const uint4 v = Ld::ld16(tile + (h * 32 + lane) * 16);
+            const uint4 v = rp_ld16(tile + (h * 32 + lane) * 16);
             q[h][0] = v.x, q[h][1] = v.y, q[h][2] = v.z, q[h][3] = v.w;
-            qh[h] = Ld::ld4(tile + 1024 + (h * 32 + lane) * 4);
-            d[h] = Ld::ld8(tile + 1280 + (g + 8 * h) * 8);
+            qh[h] = rp_ld4(tile + 1024 + (h * 32 + lane) * 4);
+            d[h] = rp_ld8(tile + 1280 + (g + 8 * h) * 8);
         }
     }
     __device__ __forceinline__ u32 pair(int h, int P) const {
@@ -236,17 +222,16 @@ struct Rp_q8_0 {
     u32 q[2][8];  // chunk c's four bytes (int8 XOR 0x80) of rows g, g+8
     uint2 d[2];
 
-    template <class Ld = RpGlobalLd>
     __device__ __forceinline__ void load(const u8* tile, int lane, bool for_bf16 = true) {
         const int g = lane >> 2;
 #pragma unroll
         for (int h = 0; h < 2; h++) {
 #pragma unroll
             for (int part = 0; part < 2; part++) {
-                const uint4 v = Ld::ld16(tile + ((h * 2 + part) * 32 + lane) * 16);
+                const uint4 v = rp_ld16(tile + ((h * 2 + part) * 32 + lane) * 16);
                 q[h][4 * part] = v.x, q[h][4 * part + 1] = v.y, q[h][4 * part + 2] = v.z, q[h][4 * part + 3] = v.w;
             }
-            d[h] = Ld::ld8(tile + 2048 + (g + 8 * h) * 8);
+            d[h] = rp_ld8(tile + 2048 + (g + 8 * h) * 8);
         }
     }
     // Byte b of w as an exact float (the byte is the int8 XOR 0x80): 2^23 + byte - (2^23 + 128).

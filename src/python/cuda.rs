@@ -310,10 +310,8 @@ fn _cuda_weight_rows<'py>(
 /// GEMMs of 1-16 rows that wrote SwiGLU's output), ``norm_source_gemms`` (stacked GEMMs that
 /// read x's norm source instead of a normalized x), ``norm_source_launches`` (those sources made
 /// by a launch of their own, where no GEMM wrote x: the first layer's), ``stream_matvecs``
-/// (launches on the stream kernel), ``sample_mass_launches`` (sampler launches that left rows
-/// to the mass pass, sampling.cu's sample_mass) and ``qkv_attention_launches`` (decode attention
-/// launches that computed q/k/v themselves, matvec_mma.cu's attention_qkv_rope_1); graph replays
-/// not counted.
+/// (launches on the stream kernel) and ``sample_mass_launches`` (sampler launches that left rows
+/// to the mass pass, sampling.cu's sample_mass); graph replays not counted.
 #[pyfunction]
 fn _cuda_counters(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     let d = PyDict::new(py);
@@ -323,7 +321,6 @@ fn _cuda_counters(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     d.set_item("norm_source_launches", cuda::NORM_SOURCE_LAUNCHES.load(std::sync::atomic::Ordering::Relaxed))?;
     d.set_item("stream_matvecs", STREAM_MATVECS.load(std::sync::atomic::Ordering::Relaxed))?;
     d.set_item("sample_mass_launches", cuda::SAMPLE_MASS_LAUNCHES.load(std::sync::atomic::Ordering::Relaxed))?;
-    d.set_item("qkv_attention_launches", cuda::QKV_ATTENTION_LAUNCHES.load(std::sync::atomic::Ordering::Relaxed))?;
     Ok(d)
 }
 

@@ -320,19 +320,6 @@ fn rope_in_attention_enabled() -> bool {
     std::env::var("FERRITE_CUDA_ROPE_IN_ATTENTION").map_or(true, |v| v != "0")
 }
 
-/// Rows of x up to which a decode step computes q/k/v inside its attention launch
-/// (`attention_qkv_rope_1`, where the q/k/v matrices' type and the head shape have it):
-/// FERRITE_CUDA_QKV_IN_ATTENTION=N (0: never, the q/k/v launch before attention as before); by
-/// default QKV_IN_ATTENTION_ROWS. Read when a backend is made.
-fn qkv_in_attention_rows() -> usize {
-    std::env::var("FERRITE_CUDA_QKV_IN_ATTENTION").ok().and_then(|v| v.parse().ok()).unwrap_or(QKV_IN_ATTENTION_ROWS)
-}
-const QKV_IN_ATTENTION_ROWS: usize = 8;
-
-/// Launches of `attention_qkv_rope_1` in this process (a test hook: `_cuda_counters`; graph
-/// replays not counted).
-pub static QKV_ATTENTION_LAUNCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
 /// The type a group of projections taking one input is loaded as on the tiled path (`tiled`):
 /// Q8_0 for a group that mixes Q5_0 and Q8_0, whose Q5_0 blocks widen to Q8_0 exactly
 /// (`quant::widen_to_q8_0`), so that the group runs as one launch (the tiled kernels are
@@ -377,9 +364,6 @@ struct AttentionKernels {
     /// `attention_prefill` (attention_prefill.cu), for the head dims it takes and unless
     /// FERRITE_CUDA_FLASH_PREFILL=0.
     prefill: Option<CudaFunction>,
-    /// `attention_qkv_rope_1` (matvec_mma.cu) for q/k/v of each tiled type of the model that has
-    /// it (`kernels::qkv_attention_defines`).
-    qkv: Vec<(GgmlType, CudaFunction)>,
 }
 
 impl AttentionKernels {
@@ -483,8 +467,6 @@ pub struct CudaBackend {
     one_token_per_seq: bool,
     /// FERRITE_CUDA_ROPE_IN_ATTENTION (see `rope_in_attention_enabled`).
     rope_in_attention: bool,
-    /// FERRITE_CUDA_QKV_IN_ATTENTION (see `qkv_in_attention_rows`).
-    qkv_in_attention_rows: usize,
     /// `n_tiles` of the batch uploaded last (part of a recorded step's key: it picks the
     /// attention kernel and sizes its grid).
     prefill_tiles: u32,
@@ -993,80 +975,6 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// Whether a decode step of `n_rows` rows computes q/k/v inside its attention launch
-    /// (`attend_qkv_rope`): up to `qkv_in_attention_rows` rows, one query head an attention block,
-    /// q, k and v on the tiled matrix-vector path in one type that has the kernel, x at most
-    /// `QKV_ATTENTION_MAX_COLS` wide, and the block's tiles within its shared memory. The caller
-    /// has checked that the step is a decode step with RoPE in attention.
-    fn qkv_in_attention(&self, w: &AttnWeights<'_, CudaWeight>, n_rows: usize, batch: &CudaBatch, p: &AttnParams) -> bool {
-        let Some(kernels) = self.fixed.attention.as_ref().filter(|a| a.head_dim == p.head_dim) else { return false };
-        let ty = w.q.ty;
-        let grids: Vec<_> = [w.q, w.k, w.v].iter().filter_map(|m| if let super::matvec::Layout::Tiles(g) = m.layout { Some(g) } else { None }).collect();
-        n_rows <= self.qkv_in_attention_rows
-            && attention_slice(batch.n_tokens, p.n_heads / p.n_kv_heads.max(1), p.head_dim) == 1
-            && kernels.qkv.iter().any(|(t, _)| *t == ty)
-            && w.k.ty == ty
-            && w.v.ty == ty
-            && super::matmul::tiled_matvec(self, &[w.q, w.k, w.v], n_rows)
-            && grids.len() == 3
-            && grids.iter().all(|g| g.k_tiles == grids[0].k_tiles && g.n_cols == w.q.n_cols)
-            && w.q.n_cols <= kernels::QKV_ATTENTION_MAX_COLS
-            && w.q.n_rows == p.n_heads * p.head_dim
-            && w.k.n_rows == p.n_kv_heads * p.head_dim
-            && w.v.n_rows == p.n_kv_heads * p.head_dim
-            && kernels::qkv_attention_shared_bytes(p.head_dim, grids[0].k_tiles, grids[0].format.tile_bytes) <= kernels::QKV_ATTENTION_MAX_SHARED_BYTES as usize
-    }
-
-    /// A decode step's q/k/v projection and attention in one launch (`attention_qkv_rope_1`):
-    /// each block computes its query head's q and its KV head's k and v rows from `x` (RMSNorm
-    /// with `w.norm` folded in) and the tiles, then does `attend_rope`'s work; the output goes to
-    /// `out`. `biases`: device addresses of q's, k's and v's (0: none). The caller has checked
-    /// the shapes and `qkv_in_attention`.
-    #[allow(clippy::too_many_arguments)]
-    fn attend_qkv_rope(
-        &mut self,
-        w: &AttnWeights<'_, CudaWeight>,
-        biases: [u64; 3],
-        x: &CudaAct,
-        eps: f32,
-        cache: &mut CudaKvCache,
-        layer: usize,
-        batch: &CudaBatch,
-        qp: &RopeParams,
-        p: &AttnParams,
-        out: &mut CudaAct,
-    ) -> Result<(), BackendError> {
-        let (kc, vc) = cache.layer_addrs(layer, &self.ctx);
-        let capacity = to_u32("KV capacity", cache.layout.capacity_tokens())?;
-        let neox: u32 = matches!(qp.style, RopeStyle::Neox) as u32;
-        let (mut cfg, _, n_heads, n_kv_heads, scale) = attention_launch(batch, p)?;
-        let super::matvec::Layout::Tiles(grid) = w.q.layout else {
-            return Err(BackendError::Invalid(format!("{}: q/k/v in attention needs tiles", w.q.name)));
-        };
-        cfg.block_dim = (32 * kernels::QKV_ATTENTION_WARPS, 1, 1);
-        cfg.shared_mem_bytes = to_u32("shared memory", kernels::qkv_attention_shared_bytes(p.head_dim, grid.k_tiles, grid.format.tile_bytes))?;
-        let kernels = self.attention_kernels(p.head_dim)?;
-        let f = kernels.qkv.iter().find(|(t, _)| *t == w.q.ty).map(|(_, f)| f).ok_or_else(|| BackendError::Invalid(format!("{:?}: no q/k/v-in-attention kernel", w.q.ty)))?;
-        let pf = match &self.prefetch {
-            Some(plan) => plan.attention(&self.ctx, layer),
-            None => Default::default(),
-        };
-        let a = |t: &CudaSlice<u8>| addr(t, &self.ctx);
-        let (tq, tk, tv) = (a(&w.q.blocks), a(&w.k.blocks), a(&w.v.blocks));
-        let (k_tiles, n_cols) = (to_u32("tiles", grid.k_tiles)?, to_u32("x width", w.q.n_cols)?);
-        let norm_w = addr(w.norm.dense()?, &self.ctx);
-        launch!(
-            self.ctx, f, "attention_qkv_rope_1", cfg,
-            &tq, &tk, &tv, &biases[0], &biases[1], &biases[2], &k_tiles, &n_cols, &x.buf, &norm_w, &eps,
-            &kc, &vc, &batch.positions, &batch.table_offset, &batch.block_tables, &batch.block_tokens,
-            &n_heads, &n_kv_heads, &scale, &mut out.buf, &batch.slots, &capacity, &qp.freq_base, &qp.scale, &neox,
-            &batch.attn_splits, &batch.attn_partials, &batch.attn_counters,
-            &pf.ranges, &pf.n_ranges, &pf.first, &pf.offset_bytes, &pf.len_bytes
-        )?;
-        QKV_ATTENTION_LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ok(())
-    }
-
     /// [`Backend::attention`], the output written as `attend` says.
     #[allow(clippy::too_many_arguments)]
     fn append_and_attend(
@@ -1198,7 +1106,6 @@ impl CudaBackend {
             attn_counters: None,
             one_token_per_seq: false,
             rope_in_attention: rope_in_attention_enabled(),
-            qkv_in_attention_rows: qkv_in_attention_rows(),
             prefill_tiles: 0,
             graphs_enabled,
             graph_max_rows,
@@ -1364,21 +1271,8 @@ impl Backend for CudaBackend {
                 Some(d) => Some(self.ctx.function_with(&kernels::ATTENTION_PREFILL, &d, "attention_prefill")?),
                 None => None,
             };
-            // q/k/v inside attention for the model's tiled types that have it (their modules are
-            // among `kernels::modules_for`'s, compiled with the model's other kernels).
-            let mut qkv = Vec::new();
-            let mut tiled: Vec<GgmlType> = self.type_kernels.iter().filter(|(_, k)| k.tiled.is_some()).map(|(t, _)| *t).collect();
-            tiled.sort_by_key(|t| *t as u32);
-            for ty in tiled {
-                if let Some(d) = kernels::qkv_attention_defines(ty, layout.head_dim, layout.dtype) {
-                    let f = self.ctx.function_with(&kernels::MATVEC_MMA, &d, "attention_qkv_rope_1")?;
-                    // As much as the kernel may ask for; a launch asks for its own.
-                    super::launch::allow_dynamic_shared(&f, "attention_qkv_rope_1", kernels::QKV_ATTENTION_MAX_SHARED_BYTES)?;
-                    qkv.push((ty, f));
-                }
-            }
             self.fixed.attention =
-                Some(AttentionKernels { head_dim: layout.head_dim, kv_dtype: layout.dtype, heads, heads_rope, heads_1, heads_rope_1, prefill, qkv });
+                Some(AttentionKernels { head_dim: layout.head_dim, kv_dtype: layout.dtype, heads, heads_rope, heads_1, heads_rope_1, prefill });
         }
         if !layout.block_tokens.is_power_of_two() {
             return Err(BackendError::Invalid(format!("KV blocks of {} tokens: the kernels need a power of two", layout.block_tokens)));
@@ -1685,17 +1579,6 @@ impl Backend for CudaBackend {
                 // x += o · attention, with x's norm source for gate/up.
                 return self.project_add_with_norm_source(w.o, bufs.out, out_f16, n_rows, x);
             }
-        }
-        if decode && self.qkv_in_attention(&w, n_rows, batch, p) {
-            check_width("rms_norm input", x.width, w.norm.n_cols)?;
-            check_rows("rms_norm input", x, n_rows)?;
-            self.check_attention(bufs.q, bufs.k, bufs.v, cache, layer, batch, p, bufs.out)?;
-            let mut biases = [0u64; 3];
-            for (i, (proj, bias, out)) in [(w.q, w.bq, &*bufs.q), (w.k, w.bk, &*bufs.k), (w.v, w.bv, &*bufs.v)].into_iter().enumerate() {
-                biases[i] = check_projection(proj, bias, x, n_rows, out)?.map_or(0, |b| addr(b, &self.ctx));
-            }
-            self.attend_qkv_rope(&w, biases, x, eps, cache, layer, batch, qp, p, bufs.out)?;
-            return self.matmul_add(w.o, bufs.out, n_rows, bufs.proj, x);
         }
         let projections = [(w.q, w.bq, &mut *bufs.q), (w.k, w.bk, &mut *bufs.k), (w.v, w.bv, &mut *bufs.v)];
         self.norm_matmuls(x, w.norm, eps, n_rows, bufs.xn, projections)?;

@@ -66,9 +66,6 @@ pub fn modules_for(needs: &KernelNeeds, tiled: impl Fn(GgmlType) -> bool, flash_
             jobs.extend([(&MATVEC, d.clone()), (&EMBED, d)]);
         }
     }
-    for ty in needs.matrix_types().filter(|ty| tiled(*ty)) {
-        jobs.extend(qkv_attention_defines(ty, needs.head_dim, needs.kv_dtype).map(|d| (&MATVEC_MMA, d)));
-    }
     if let Some(d) = attention_defines(needs.head_dim, needs.kv_dtype) {
         jobs.push((&ATTENTION, d));
         if flash_prefill {
@@ -127,40 +124,6 @@ pub fn attention_defines(head_dim: usize, kv_dtype: KvDtype) -> Option<Vec<Strin
         }
         d
     })
-}
-
-/// The options that compile matvec_mma.cu's `attention_qkv_rope_1` alone (a decode step's q/k/v
-/// projection inside its attention launch, see the kernel's notes) for q/k/v of type `ty`, heads of
-/// `head_dim` and a cache of `kv_dtype`, or `None` where it has no variant: the int8 path's types
-/// of 128-column tiles (Q5_0, Q8_0), heads of whole tile rows up to 64 dims (what attention.cu
-/// preloads keys for).
-pub fn qkv_attention_defines(ty: GgmlType, head_dim: usize, kv_dtype: KvDtype) -> Option<Vec<String>> {
-    if !matches!(ty, GgmlType::Q5_0 | GgmlType::Q8_0) || !head_dim.is_multiple_of(16) || head_dim > 64 {
-        return None;
-    }
-    let mut d = tile_type_defines(ty)?;
-    d.push("-DMMA_QKV_ATTENTION=1".into());
-    d.extend(attention_defines(head_dim, kv_dtype)?);
-    Some(d)
-}
-
-/// Warps of `attention_qkv_rope_1` (QKV_WARPS in matvec_mma.cu).
-pub const QKV_ATTENTION_WARPS: u32 = 8;
-/// Columns of x `attention_qkv_rope_1` stages at most (QKV_MAX_COLS in matvec_mma.cu).
-pub const QKV_ATTENTION_MAX_COLS: usize = 1024;
-
-/// Most dynamic shared memory `attention_qkv_rope_1` takes: what an sm_90 block may have (227
-/// KB) less its static shared memory (8 KB) and a margin; the real model's Q8_0 q/k/v groups
-/// take 202 KB.
-pub const QKV_ATTENTION_MAX_SHARED_BYTES: u32 = 216 * 1024;
-
-/// Dynamic shared memory of `attention_qkv_rope_1` for heads of `head_dim` and q/k/v rows of
-/// `k_tiles` tiles of `tile_bytes`: attention's scratch (rounded up to 128 bytes), the block's
-/// tiles of the three matrices, 256 bytes of products a tile.
-pub fn qkv_attention_shared_bytes(head_dim: usize, k_tiles: usize, tile_bytes: usize) -> usize {
-    let scratch = (attention_shared_bytes(QKV_ATTENTION_WARPS, head_dim, 1) as usize).next_multiple_of(128);
-    let tiles = 3 * (head_dim / 16) * k_tiles;
-    scratch + tiles * (tile_bytes + 256)
 }
 
 /// The options that compile attention_prefill.cu for `head_dim`, or `None` for head dims it does
@@ -306,19 +269,7 @@ mod tests {
         assert_eq!(needs.matrix_types().collect::<Vec<_>>().len(), 4);
         let tiled = |ty: GgmlType| tile_format(ty).is_some();
         let jobs = modules_for(&needs, tiled, true);
-        // Three per tiled type, attention and its prefill kernel for 64, q/k/v in attention for the
-        // Q5_0 and Q8_0 q/k/v groups.
-        assert_eq!(jobs.len(), FIXED.len() + 4 * 3 + 2 + 2);
-        for ty in [GgmlType::Q5_0, GgmlType::Q8_0] {
-            let d = qkv_attention_defines(ty, 64, KvDtype::F32).unwrap();
-            assert!(jobs.iter().any(|(s, e)| s.file == "matvec_mma.cu" && *e == d), "{ty:?}");
-        }
-        assert_eq!(qkv_attention_defines(GgmlType::Q4_K, 64, KvDtype::F32), None);
-        // The real model's q/k/v (896 columns: 7 tiles) fit the kernel's shared memory in either type.
-        for f in super::super::repack::TILE_FORMATS.iter().filter(|f| matches!(f.ty, GgmlType::Q5_0 | GgmlType::Q8_0)) {
-            assert!(qkv_attention_shared_bytes(64, 896 / f.tile_cols, f.tile_bytes) <= QKV_ATTENTION_MAX_SHARED_BYTES as usize, "{:?}", f.ty);
-        }
-        assert_eq!(qkv_attention_defines(GgmlType::Q5_0, 128, KvDtype::F32), None);
+        assert_eq!(jobs.len(), FIXED.len() + 4 * 3 + 2);
         let keys: std::collections::HashSet<String> = jobs.iter().map(|(s, d)| format!("{} {d:?}", s.file)).collect();
         assert_eq!(keys.len(), jobs.len(), "a module twice");
         for ty in real {
@@ -399,13 +350,8 @@ mod tests {
         assert!(MATMUL_MMA.src.contains(&format!("#define MMQ_WARPS {MMQ_WARPS}\n")));
         assert!(MATMUL_MMA.src.contains(&format!("#define MMQ_X_ROWS {MMQ_X_ROWS}\n")));
         assert!(MATMUL_MMA.src.contains(&format!("#define MMQ_PHASE {MMQ_PHASE_COLS}\n")));
-        let attention_header = super::super::nvrtc::HEADERS.iter().find(|(n, _)| *n == "attention.cuh").expect("attention.cuh is a header").1;
-        assert!(attention_header.contains(&format!("#define ATTN_MAX_WARPS {ATTENTION_MAX_WARPS}")));
+        assert!(ATTENTION.src.contains(&format!("#define ATTN_MAX_WARPS {ATTENTION_MAX_WARPS}")));
         assert!(ATTENTION.src.contains("#define ATTN_GROUP (ATTN_HEAD_DIM <= 128 ? 8 : 1024 / ATTN_HEAD_DIM)"));
-        assert!(MATVEC_MMA.src.contains(&format!("#define QKV_WARPS {QKV_ATTENTION_WARPS} ")));
-        assert!(MATVEC_MMA.src.contains(&format!("#define QKV_MAX_COLS {QKV_ATTENTION_MAX_COLS} ")));
-        // The kernel's dynamic shared memory: attention's scratch at the front, as it computes it.
-        assert!(MATVEC_MMA.src.contains("const u32 attn_floats = HD > 64 ? HD : 64;  // attention_shared_bytes of one head a block"));
         // attention_shared_bytes sizes the `_1` kernels' scratch for one head.
         assert!(ATTENTION.src.contains("ATTENTION_KERNELS(, ATTN_GROUP)\nATTENTION_KERNELS(_1, 1)\n"));
         for hd in ATTENTION_HEAD_DIMS {

@@ -39,7 +39,7 @@ pub mod prefetch;
 mod readahead;
 pub mod repack;
 
-pub use backend::{addr as backend_addr, CudaBackend, QKV_ATTENTION_LAUNCHES};
+pub use backend::{addr as backend_addr, CudaBackend};
 pub use device_tensor::DeviceTensor;
 pub use sampling::{DeviceSampler, SAMPLE_MASS_LAUNCHES};
 pub use context::{cuda_available, device_count, parse_device, CudaContext};

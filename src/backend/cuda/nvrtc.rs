@@ -35,7 +35,6 @@ pub const HEADERS: &[(&str, &str)] = &[
     ("iq_tables.cuh", include_str!("../../../kernels/iq_tables.cuh")),
     ("quant_blocks.cuh", include_str!("../../../kernels/quant_blocks.cuh")),
     ("repacked.cuh", include_str!("../../../kernels/repacked.cuh")),
-    ("attention.cuh", include_str!("../../../kernels/attention.cuh")),
 ];
 
 /// Options every kernel is compiled with (the architecture is added per GPU).
