@@ -275,6 +275,22 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
     // The slice's queries into shared memory, four float4 loads in flight per thread: in a
     // decode step of one sequence this load is on the critical path of the whole kernel.
     {
+        // ROPE: the new key's and value's loads go out first, with q's. Thread 0 (and the others
+        // that load q) asked for them only once their q values had come and been stored: a second
+        // round trip after the wait (probe build, 160 keys: q 870 cycles after the release, then k
+        // and v 630 more). A decode block has at least 4 warps, so KV_EACH covers the head; the
+        // loop after the stores takes any rest.
+        constexpr int KV_EACH = ROPE ? (HD + 127) / 128 : 1;
+        const u64 kv_row = ROPE ? (u64)t * rope.kv_stride + kvh * HD : 0;
+        float kn[KV_EACH], vn[KV_EACH];
+        if constexpr (ROPE) {
+#pragma unroll
+            for (int u = 0; u < KV_EACH; u++) {
+                const u32 e = threadIdx.x + u * blockDim.x;
+                kn[u] = e < HD ? rope.k[kv_row + e] : 0.0f;
+                vn[u] = e < HD ? rope.v[kv_row + e] : 0.0f;
+            }
+        }
         constexpr u32 Q4 = G * HD / 4;
         const u32 q_stride = ROPE ? rope.q_stride : q_width;
         const float4* q4 = reinterpret_cast<const float4*>(q + (u64)t * q_stride + (u64)h0 * HD);
@@ -300,10 +316,18 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
         if constexpr (ROPE) {
             // The new key (rotated in place below) and value, biases added; the value as the
             // cache will hold it (the key once rotated).
-            const u64 row = (u64)t * rope.kv_stride + kvh * HD;
-            for (u32 e = threadIdx.x; e < HD; e += blockDim.x) {
-                k_new[e] = rope.bk ? __fadd_rn(rope.k[row + e], rope.bk[kvh * HD + e]) : rope.k[row + e];
-                v_new[e] = kv_stored<kv_t>(rope.bv ? __fadd_rn(rope.v[row + e], rope.bv[kvh * HD + e]) : rope.v[row + e]);
+#pragma unroll
+            for (int u = 0; u < KV_EACH; u++) {
+                const u32 e = threadIdx.x + u * blockDim.x;
+                if (e < HD) {
+                    // The biases (the stacked GEMM's rows only; none on the matrix-vector path).
+                    k_new[e] = rope.bk ? __fadd_rn(kn[u], rope.bk[kvh * HD + e]) : kn[u];
+                    v_new[e] = kv_stored<kv_t>(rope.bv ? __fadd_rn(vn[u], rope.bv[kvh * HD + e]) : vn[u]);
+                }
+            }
+            for (u32 e = threadIdx.x + KV_EACH * blockDim.x; e < HD; e += blockDim.x) {
+                k_new[e] = rope.bk ? __fadd_rn(rope.k[kv_row + e], rope.bk[kvh * HD + e]) : rope.k[kv_row + e];
+                v_new[e] = kv_stored<kv_t>(rope.bv ? __fadd_rn(rope.v[kv_row + e], rope.bv[kvh * HD + e]) : rope.v[kv_row + e]);
             }
             ATTN_STAMP(13);  // and its new key and value
         }
