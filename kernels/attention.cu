@@ -147,6 +147,15 @@ struct RopeIn {
     PrefetchWindow prefetch;    // weights read ahead (prefetch_window)
 };
 
+// A float of global memory loaded where it stands in the program: the compiler otherwise sank
+// the new key's and value's loads below q's stores (to spare registers), where they waited for q
+// (the probe build: thread 0's k and v 584 cycles after its q either way).
+__device__ __forceinline__ float ld_in_order(const float* p) {
+    float v;
+    asm volatile("ld.global.f32 %0, [%1];" : "=f"(v) : "l"(p) : "memory");
+    return v;
+}
+
 // A compile-time flag passed to a generic lambda.
 template <bool B> struct Flag { static constexpr bool value = B; };
 
@@ -287,8 +296,8 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
 #pragma unroll
             for (int u = 0; u < KV_EACH; u++) {
                 const u32 e = threadIdx.x + u * blockDim.x;
-                kn[u] = e < HD ? rope.k[kv_row + e] : 0.0f;
-                vn[u] = e < HD ? rope.v[kv_row + e] : 0.0f;
+                kn[u] = e < HD ? ld_in_order(rope.k + kv_row + e) : 0.0f;
+                vn[u] = e < HD ? ld_in_order(rope.v + kv_row + e) : 0.0f;
             }
         }
         constexpr u32 Q4 = G * HD / 4;
