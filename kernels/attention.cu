@@ -147,9 +147,11 @@ struct RopeIn {
     PrefetchWindow prefetch;    // weights read ahead (prefetch_window)
 };
 
-// A float of global memory loaded where it stands in the program: the compiler otherwise sank
-// the new key's and value's loads below q's stores (to spare registers), where they waited for q
-// (the probe build: thread 0's k and v 584 cycles after its q either way).
+// A float of global memory loaded where it stands in the program (the memory clobber keeps the
+// loads after it behind it): the compiler sank the new key's and value's loads below q's stores,
+// where they waited for q. (The probe build still puts thread 0's k and v 584 cycles after its
+// q with this: its own stores between the two points may be what it measures; docs/BENCHMARKS.md,
+// fortieth session.)
 __device__ __forceinline__ float ld_in_order(const float* p) {
     float v;
     asm volatile("ld.global.f32 %0, [%1];" : "=f"(v) : "l"(p) : "memory");
