@@ -327,19 +327,18 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
         if constexpr (ROPE) {
             // The new key (rotated in place below) and value, biases added; the value as the
             // cache will hold it (the key once rotated).
+            // Element e of each, with its bias (the stacked GEMM's rows only; none on the
+            // matrix-vector path).
+            const auto put_new = [&](u32 e, float k, float v) {
+                k_new[e] = rope.bk ? __fadd_rn(k, rope.bk[kvh * HD + e]) : k;
+                v_new[e] = kv_stored<kv_t>(rope.bv ? __fadd_rn(v, rope.bv[kvh * HD + e]) : v);
+            };
 #pragma unroll
             for (int u = 0; u < KV_EACH; u++) {
                 const u32 e = threadIdx.x + u * blockDim.x;
-                if (e < HD) {
-                    // The biases (the stacked GEMM's rows only; none on the matrix-vector path).
-                    k_new[e] = rope.bk ? __fadd_rn(kn[u], rope.bk[kvh * HD + e]) : kn[u];
-                    v_new[e] = kv_stored<kv_t>(rope.bv ? __fadd_rn(vn[u], rope.bv[kvh * HD + e]) : vn[u]);
-                }
+                if (e < HD) put_new(e, kn[u], vn[u]);
             }
-            for (u32 e = threadIdx.x + KV_EACH * blockDim.x; e < HD; e += blockDim.x) {
-                k_new[e] = rope.bk ? __fadd_rn(rope.k[kv_row + e], rope.bk[kvh * HD + e]) : rope.k[kv_row + e];
-                v_new[e] = kv_stored<kv_t>(rope.bv ? __fadd_rn(rope.v[kv_row + e], rope.bv[kvh * HD + e]) : rope.v[kv_row + e]);
-            }
+            for (u32 e = threadIdx.x + KV_EACH * blockDim.x; e < HD; e += blockDim.x) put_new(e, rope.k[kv_row + e], rope.v[kv_row + e]);
             ATTN_STAMP(13);  // and its new key and value
         }
     }
