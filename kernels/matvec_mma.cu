@@ -125,6 +125,26 @@ static_assert(MMA_STAGE_JOBS >= 1 && MMA_STAGE_JOBS <= 4, "jobs a warp stages at
 #define MMA_S8_SUMS_MMA 1
 #endif
 
+// A module of pair kernels (QTYPE_B defined: see "Two types, one launch") holds a second tile type,
+// with its own int8 rows (MMA_S8_MAX_NT_B, its type's row of the Rust tile table).
+#ifdef QTYPE_B
+typedef FERRITE_CAT(Rp_, QTYPE_B) TileB;
+#ifndef MMA_S8_MAX_NT_B
+#define MMA_S8_MAX_NT_B 2
+#endif
+#endif
+// Rows of x up to which tile type T takes the int8 path.
+template <class T>
+struct S8MaxNt {
+    static constexpr int value = MMA_S8_MAX_NT;
+};
+#ifdef QTYPE_B
+template <>
+struct S8MaxNt<TileB> {
+    static constexpr int value = MMA_S8_MAX_NT_B;
+};
+#endif
+
 __device__ __forceinline__ void mma_bf16(float c[4], const u32 a[4], u32 b0, u32 b1) {
     asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
@@ -245,8 +265,8 @@ __device__ __forceinline__ void stage_x(const float* __restrict__ x, const float
 }
 
 // acc += this tile's products: chunk0 is the phase-local index of the tile's first chunk.
-template <int NT, int NG, int SUMS>
-__device__ __forceinline__ void tile_products(const Tile& w, const u16* xs, const float (*xsum)[NG][8], u32 chunk0,
+template <int NT, int NG, int SUMS, class T = Tile>
+__device__ __forceinline__ void tile_products(const T& w, const u16* xs, const float (*xsum)[NG][8], u32 chunk0,
                                               const int b_off[NG], const bool b_valid[NG], int t, float acc[NG][4]) {
     // This tile's x: B columns and (Q4_K) 32-column sums; every offset below is then a constant.
     const u16* xb[NG];
@@ -254,13 +274,13 @@ __device__ __forceinline__ void tile_products(const Tile& w, const u16* xs, cons
     for (int j = 0; j < NG; j++) xb[j] = xs + b_off[j] + 16 * chunk0;
     const float* xsb = &xsum[chunk0 / 2][0][2 * t];
 #pragma unroll
-    for (int sb = 0; sb < Tile::CHUNKS / Tile::SCALE_CHUNKS; sb++) {
+    for (int sb = 0; sb < T::CHUNKS / T::SCALE_CHUNKS; sb++) {
         float c[NG][4];
 #pragma unroll
         for (int j = 0; j < NG; j++) c[j][0] = c[j][1] = c[j][2] = c[j][3] = 0.0f;
 #pragma unroll
-        for (int cc = 0; cc < Tile::SCALE_CHUNKS; cc++) {
-            const int ch = sb * Tile::SCALE_CHUNKS + cc;
+        for (int cc = 0; cc < T::SCALE_CHUNKS; cc++) {
+            const int ch = sb * T::SCALE_CHUNKS + cc;
             u32 a[4];
             w.frag(ch, a);
 #pragma unroll
@@ -278,8 +298,8 @@ __device__ __forceinline__ void tile_products(const Tile& w, const u16* xs, cons
             acc[j][1] = fmaf(s[0], c[j][1], acc[j][1]);
             acc[j][2] = fmaf(s[1], c[j][2], acc[j][2]);
             acc[j][3] = fmaf(s[1], c[j][3], acc[j][3]);
-            if constexpr (Tile::HAS_MIN) {
-                const float2 xs2 = *reinterpret_cast<const float2*>(xsb + (sb * Tile::SCALE_CHUNKS / 2) * NG * 8 + j * 8);
+            if constexpr (T::HAS_MIN) {
+                const float2 xs2 = *reinterpret_cast<const float2*>(xsb + (sb * T::SCALE_CHUNKS / 2) * NG * 8 + j * 8);
                 acc[j][0] = fmaf(-m[0], xs2.x, acc[j][0]);
                 acc[j][1] = fmaf(-m[0], xs2.y, acc[j][1]);
                 acc[j][2] = fmaf(-m[1], xs2.x, acc[j][2]);
@@ -372,7 +392,7 @@ __device__ __forceinline__ void put_digits(u8* lo, int half_stride, int sum) {
 // One 256-column job of stage_x_s8: lane (sub-block sb = lane / 4, t = lane % 4) holds the 8
 // values r of x row n in block blk of the phase, in b0 / b1 order; they go into xq, xsum and
 // xscale as stage_x_s8 says. Every lane of the warp calls it (shuffles, __all_sync).
-template <int NG, int XSTRIDE_B, int PARTS = 3>
+template <int NG, int XSTRIDE_B, int PARTS = 3, class T = Tile>
 __device__ __forceinline__ void quantize_job_s8(float r[8], int n, int blk, u8* xq, int (*xsum)[NG][8],
                                                 float (*xscale)[NG][8]) {
     const int lane = threadIdx.x & 31;
@@ -406,7 +426,7 @@ __device__ __forceinline__ void quantize_job_s8(float r[8], int n, int blk, u8* 
             r[i] = fmaf(-(float)q[i], scale, r[i]);
             sum += q[i];
         }
-        if constexpr (Tile::SCALE_CHUNKS == 1 && MMA_S8_SUMS_MMA) {
+        if constexpr (T::SCALE_CHUNKS == 1 && MMA_S8_SUMS_MMA) {
             // The two 16-column chunks' sums: r's even entries are columns of the first, the
             // odd ones of the second (see above).
             int c0 = q[0] + q[2] + q[4] + q[6], c1 = q[1] + q[3] + q[5] + q[7];
@@ -425,18 +445,18 @@ __device__ __forceinline__ void quantize_job_s8(float r[8], int n, int blk, u8* 
         sum += __shfl_xor_sync(FULL_WARP, sum, 1);
         sum += __shfl_xor_sync(FULL_WARP, sum, 2);
         const int col = (n % RPG) * PARTS + p;
-        if constexpr (Tile::HAS_MIN && MMA_S8_SUMS_MMA) {
+        if constexpr (T::HAS_MIN && MMA_S8_SUMS_MMA) {
             // As the B fragment of the mins mma (see xsum_bytes_at): sum = lo + 128 hi, both int8
             // (|sum| <= 32 * 127 = 4064, so hi is within +-32 and lo within -64 .. 63).
             if (t == 0) put_digits(reinterpret_cast<u8*>(&xsum[0][0][0]) + xsum_bytes_at<NG>(blk, 0, j) + 8 * col + sb, NG * 64, sum);
-        } else if constexpr (!(Tile::SCALE_CHUNKS == 1 && MMA_S8_SUMS_MMA)) {
+        } else if constexpr (!(T::SCALE_CHUNKS == 1 && MMA_S8_SUMS_MMA)) {
             if (t == 0) xsum[8 * blk + sb][j][col] = sum;
         }
         if (lane == 0) xscale[blk][j][col] = finite ? scale : __int_as_float(0x7fc00000);
     }
 }
 
-template <int NT, int NG, int XSTRIDE_B, int PARTS = 3>
+template <int NT, int NG, int XSTRIDE_B, int PARTS = 3, class T = Tile>
 __device__ __forceinline__ void stage_x_s8(const float* __restrict__ x, const float* __restrict__ x2,
                                            const float* __restrict__ norm_w, const float* inv_rms, u32 n_x, u32 n_cols,
                                            u32 col0, u32 len, u8* xq, int (*xsum)[NG][8], float (*xscale)[NG][8]) {
@@ -484,7 +504,7 @@ __device__ __forceinline__ void stage_x_s8(const float* __restrict__ x, const fl
 #pragma unroll
         for (int u = 0; u < MMA_STAGE_JOBS; u++) {
             const int job = job0 + u * n_warps;  // the same for the whole warp
-            if (job < jobs) quantize_job_s8<NG, XSTRIDE_B, PARTS>(r[u], job / blocks, job % blocks, xq, xsum, xscale);
+            if (job < jobs) quantize_job_s8<NG, XSTRIDE_B, PARTS, T>(r[u], job / blocks, job % blocks, xq, xsum, xscale);
         }
     }
 }
@@ -560,7 +580,7 @@ __device__ __forceinline__ EarlyNormW early_norm_w(const float* __restrict__ nor
 }
 
 // EARLY: the norm weights are `early`'s (early_norm_w), not loaded here.
-template <int NT, int NG, int XSTRIDE_B, int PARTS = 3, bool EARLY = false>
+template <int NT, int NG, int XSTRIDE_B, int PARTS = 3, bool EARLY = false, class T = Tile>
 __device__ __forceinline__ void stage_x_s8_normed(const float* __restrict__ x, const float* __restrict__ norm_w,
                                                   const EarlyNormW& early, float eps, u32 n_x, u32 n_cols, u32 len, u8* xq,
                                                   int (*xsum)[NG][8], float (*xscale)[NG][8], float* inv_rms) {
@@ -609,7 +629,7 @@ __device__ __forceinline__ void stage_x_s8_normed(const float* __restrict__ x, c
             b[u] = normed4(b[u], inv_rms[n], wb[u]);
         }
         float r[8] = {a[u].x, b[u].x, a[u].y, b[u].y, a[u].z, b[u].z, a[u].w, b[u].w};
-        quantize_job_s8<NG, XSTRIDE_B, PARTS>(r, n, job % blocks, xq, xsum, xscale);
+        quantize_job_s8<NG, XSTRIDE_B, PARTS, T>(r, n, job % blocks, xq, xsum, xscale);
     }
 }
 
@@ -838,23 +858,23 @@ struct Segments {
     u32 n_rows[3];
 };
 
-template <int NT>
+template <int NT, class T = Tile>
 __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u32 n_cols, const float* __restrict__ x,
                                            const float* __restrict__ x2, const float* __restrict__ norm_w, float eps,
                                            u32 n_x, float* __restrict__ partials, u32* __restrict__ counters,
                                            u32 k_tiles_per_split, u32 warps_m, u32 accumulate, const PrefetchWindow& ahead) {
-    constexpr bool S8 = Tile::S8 && NT <= MMA_S8_MAX_NT;      // the int8 path (see above)
+    constexpr bool S8 = T::S8 && NT <= S8MaxNt<T>::value;      // the int8 path (see above)
     constexpr int PARTS = NT <= 2 ? 3 : 2;                    // bf16 (or int8) parts of each x value
     constexpr int RPG = 8 / PARTS;                            // x rows per mma (column group)
     constexpr int NG = (NT + RPG - 1) / RPG;                  // mma column groups
     constexpr int PHASE = 4096 / NT;                          // x columns staged at once
     constexpr int XSTRIDE = PHASE + 16;                       // bf16 per staged row: 32 bytes apart in banks
     constexpr int XSTRIDE_B = PHASE + 32;                     // int8 path: bytes per staged row, likewise
-    constexpr int PHASE_TILES = PHASE / Tile::TILE_COLS;
-    constexpr int SUMS = Tile::HAS_MIN || S8 ? PHASE / 32 : 1;  // 32-column sums of x (Q4_K's mins, the int8 path)
+    constexpr int PHASE_TILES = PHASE / T::TILE_COLS;
+    constexpr int SUMS = T::HAS_MIN || S8 ? PHASE / 32 : 1;  // 32-column sums of x (Q4_K's mins, the int8 path)
     constexpr bool SELF_RELOAD = NT <= MMA_SELF_RELOAD_MAX_NT;    // the tile loop's hand-over (below)
-    static_assert(PHASE % Tile::TILE_COLS == 0 && PHASE % 256 == 0, "phase holds whole tiles");
-    static_assert(!S8 || Tile::TILE_COLS == 256 || Tile::TILE_COLS == 128, "the int8 path's x scales cover 256 columns: one tile or two");
+    static_assert(PHASE % T::TILE_COLS == 0 && PHASE % 256 == 0, "phase holds whole tiles");
+    static_assert(!S8 || T::TILE_COLS == 256 || T::TILE_COLS == 128, "the int8 path's x scales cover 256 columns: one tile or two");
 
     // Staged x. bf16: row (n * PARTS + part) of XSTRIDE bf16, part 0 = hi, 1 = mid, 2 = lo.
     // int8: row (n * PARTS + part) of XSTRIDE_B bytes, in stage_x_s8's order.
@@ -894,11 +914,11 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
     const u32 split = blockIdx.y, n_splits = gridDim.y;
     const u32 kt_begin = split * k_tiles_per_split;
     const u32 kt_end = min(kt_begin + k_tiles_per_split, k_tiles);
-    const u8* tile_row = tiles + (u64)mt * k_tiles * Tile::TILE_BYTES;
+    const u8* tile_row = tiles + (u64)mt * k_tiles * T::TILE_BYTES;
 
     // The first tile's loads go out before x is staged: the two latencies overlap.
-    Tile cur;
-    if (active && kt_begin + wk < kt_end) cur.load(tile_row + (u64)(kt_begin + wk) * Tile::TILE_BYTES, lane, !S8);
+    T cur;
+    if (active && kt_begin + wk < kt_end) cur.load(tile_row + (u64)(kt_begin + wk) * T::TILE_BYTES, lane, !S8);
     // The bias this lane adds (rows g and g + 8 of its tile row) is constant too: for one or
     // two x rows (latency-bound) it is loaded now; with more, the registers are worth more.
     const u32 r0 = mt * RP_TILE_ROWS + g, r1 = r0 + 8;
@@ -909,17 +929,17 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
     if (active && wk == 0 && lane == 0 && kt_end > kt_begin + warps_k) {
         // Tiles are 16-byte multiples from a 16-byte aligned base: the bulk prefetch's terms
         // (sm_90 and later).
-        const u8* first = tile_row + (u64)kt_begin * Tile::TILE_BYTES;
-        const u32 bytes = (kt_end - kt_begin) * Tile::TILE_BYTES;
+        const u8* first = tile_row + (u64)kt_begin * T::TILE_BYTES;
+        const u32 bytes = (kt_end - kt_begin) * T::TILE_BYTES;
         asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(first), "r"(bytes) : "memory");
     }
 #endif
     // Where the RMSNorm goes inside staging (stage_x_s8_normed below): FUSES_NORM.
 #define FUSES_NORM                                                                                                            \
     (MMA_FUSED_NORM && S8 && norm_w != nullptr && x2 == nullptr && n_splits == 1 && k_tiles <= (u32)PHASE_TILES &&            \
-     NT * ((k_tiles * Tile::TILE_COLS + 255) / 256) <= MMA_STAGE_JOBS * (blockDim.x >> 5))
-    constexpr bool EARLY_NORM_W = MMA_EARLY_NORM_W && Tile::TILE_COLS < 256;  // see EarlyNormW
-    const EarlyNormW early_w = early_norm_w<NT>(norm_w, EARLY_NORM_W && FUSES_NORM ? n_x : 0, n_cols, k_tiles * Tile::TILE_COLS);
+     NT * ((k_tiles * T::TILE_COLS + 255) / 256) <= MMA_STAGE_JOBS * (blockDim.x >> 5))
+    constexpr bool EARLY_NORM_W = MMA_EARLY_NORM_W && T::TILE_COLS < 256;  // see EarlyNormW
+    const EarlyNormW early_w = early_norm_w<NT>(norm_w, EARLY_NORM_W && FUSES_NORM ? n_x : 0, n_cols, k_tiles * T::TILE_COLS);
     // The step's weights ahead of this launch's (the window the host gives: the bytes this
     // launch reads, a fixed distance further on in the step's order; none unless asked for).
     prefetch_window(ahead);
@@ -928,7 +948,7 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
     // What a one- or two-row projection adds its products to (the residual stream), loaded
     // before the work so that the epilogue does not wait for it. Two rows but for Q6_K
     // (SCALE_CHUNKS 1), whose two-row kernel has no registers to spare (it spilled ten words).
-    constexpr int NPREV = NT == 2 && Tile::SCALE_CHUNKS != 1 ? 2 : 1;
+    constexpr int NPREV = NT == 2 && T::SCALE_CHUNKS != 1 ? 2 : 1;
     float prev[NPREV][2];
 #pragma unroll
     for (int n = 0; n < NPREV; n++) prev[n][0] = prev[n][1] = 0.0f;
@@ -966,7 +986,7 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
         if (S8 && !b_valid[j]) b_off[j] = 8 * t;
     }
     // The sums and scales of columns no x row fills stay zero.
-    if constexpr (Tile::HAS_MIN || S8) {
+    if constexpr (T::HAS_MIN || S8) {
         for (int i = threadIdx.x; i < SUMS * NG * 8; i += blockDim.x) {
             if constexpr (S8) (&xsums.i[0][0][0])[i] = 0;
             else (&xsums.f[0][0][0])[i] = 0.0f;
@@ -985,15 +1005,15 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
         __syncthreads();  // the previous phase's readers are done with xs / xsum
         if constexpr (S8) {
             if (fused_norm) {
-                stage_x_s8_normed<NT, NG, XSTRIDE_B, PARTS, EARLY_NORM_W>(x, norm_w, early_w, eps, n_x, n_cols, k_tiles * Tile::TILE_COLS,
+                stage_x_s8_normed<NT, NG, XSTRIDE_B, PARTS, EARLY_NORM_W, T>(x, norm_w, early_w, eps, n_x, n_cols, k_tiles * T::TILE_COLS,
                                                                           xs_bytes, xsums.i, xscale, inv_rms);
             } else {
-                stage_x_s8<NT, NG, XSTRIDE_B, PARTS>(x, x2, norm_w, inv_rms, n_x, n_cols, p * Tile::TILE_COLS,
-                                              (p_end - p) * Tile::TILE_COLS, xs_bytes, xsums.i, xscale);
+                stage_x_s8<NT, NG, XSTRIDE_B, PARTS, T>(x, x2, norm_w, inv_rms, n_x, n_cols, p * T::TILE_COLS,
+                                              (p_end - p) * T::TILE_COLS, xs_bytes, xsums.i, xscale);
             }
         } else {
-            stage_x<NT, PARTS, XSTRIDE, NG, SUMS>(x, x2, norm_w, inv_rms, n_x, n_cols, p * Tile::TILE_COLS,
-                                                  (p_end - p) * Tile::TILE_COLS, xs, xsums.f);
+            stage_x<NT, PARTS, XSTRIDE, NG, SUMS>(x, x2, norm_w, inv_rms, n_x, n_cols, p * T::TILE_COLS,
+                                                  (p_end - p) * T::TILE_COLS, xs, xsums.f);
         }
         __syncthreads();
         if (!active) continue;
@@ -1006,18 +1026,18 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
             // loading nothing, so that the hand-over below is a plain copy: a conditional one
             // took a select per register, 24 to 34 instructions a tile.
             const bool more = kt + warps_k < kt_end;
-            Tile nxt;
-            if (SELF_RELOAD) nxt.load(tile_row + (u64)(more ? kt + warps_k : kt) * Tile::TILE_BYTES, lane, !S8);
-            else if (more) nxt.load(tile_row + (u64)(kt + warps_k) * Tile::TILE_BYTES, lane, !S8);
-            if constexpr (S8 && Tile::HAS_MIN) {
-                tile_products_s8<Tile, NG>(cur, xs_bytes, xsums.i, xscale, kt - p, b_off, t,
+            T nxt;
+            if (SELF_RELOAD) nxt.load(tile_row + (u64)(more ? kt + warps_k : kt) * T::TILE_BYTES, lane, !S8);
+            else if (more) nxt.load(tile_row + (u64)(kt + warps_k) * T::TILE_BYTES, lane, !S8);
+            if constexpr (S8 && T::HAS_MIN) {
+                tile_products_s8<T, NG>(cur, xs_bytes, xsums.i, xscale, kt - p, b_off, t,
                                            acc);
-            } else if constexpr (S8 && Tile::SCALE_CHUNKS == 1) {
-                tile_products_s8_chunks<Tile, NG>(cur, xs_bytes, xsums.i, xscale, kt - p, b_off, t, acc);
+            } else if constexpr (S8 && T::SCALE_CHUNKS == 1) {
+                tile_products_s8_chunks<T, NG>(cur, xs_bytes, xsums.i, xscale, kt - p, b_off, t, acc);
             } else if constexpr (S8) {
-                tile_products_s8_blocks<Tile, NG>(cur, xs_bytes, xsums.i, xscale, kt - p, b_off, t, acc);
+                tile_products_s8_blocks<T, NG>(cur, xs_bytes, xsums.i, xscale, kt - p, b_off, t, acc);
             } else {
-                tile_products<NT, NG, SUMS>(cur, xs, xsums.f, (kt - p) * Tile::CHUNKS, b_off, b_valid, t, acc);
+                tile_products<NT, NG, SUMS, T>(cur, xs, xsums.f, (kt - p) * T::CHUNKS, b_off, b_valid, t, acc);
             }
             if (SELF_RELOAD || more) cur = nxt;
         }
@@ -1134,7 +1154,40 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
                        accumulate, ahead);                                                                              \
     }
 
-#if !MMA_STREAM
+// Two types, one launch (a module compiled with -DQTYPE_B too holds only these). A 7B's Q4_K_M
+// has q and k in Q4_K and, on half its layers, v in Q6_K, which no exact conversion makes one
+// type (Q5_0 and Q8_0 groups are widened to Q8_0 on the host instead). Segments from first_b on
+// are TileB's: the host orders a launch's matrices by type. Each block is one segment's, so it
+// runs that type's code and staging from beginning to end, with the plan the host made for the
+// launch's tile rows together; the block's static shared memory is both instantiations'.
+// H100, the synthetic 7B's one-sequence step (docs/BENCHMARKS.md, forty-first session): such a
+// layer's q/k/v took two launches of 8.8-10 us each.
+#define MATVEC_MMA_PAIR_KERNEL(nt)                                                                                             \
+    extern "C" __global__ void __launch_bounds__(32 * MMA_MAX_WARPS, MMA_MIN_BLOCKS) matvec_mma_pair_##nt(                   \
+        const u8* tiles0, const u8* tiles1, const u8* tiles2, const float* bias0, const float* bias1,                         \
+        const float* bias2, float* y0, float* y1, float* y2, u32 m_tiles0, u32 m_tiles1, u32 m_tiles2, u32 n_rows0,           \
+        u32 n_rows1, u32 n_rows2, u32 k_tiles, u32 n_cols, const float* __restrict__ x, const float* __restrict__ x2,         \
+        const float* __restrict__ norm_w, float eps, u32 n_x, float* __restrict__ partials, u32* __restrict__ counters,       \
+        u32 k_tiles_per_split, u32 warps_m, u32 accumulate, const u64* __restrict__ pf_ranges, u32 pf_n_ranges,               \
+        u32 pf_first, u64 pf_offset_bytes, u64 pf_len_bytes, u32 first_b) {                                                   \
+        const Segments segs = {{tiles0, tiles1, tiles2}, {bias0, bias1, bias2}, {y0, y1, y2},                                 \
+                               {m_tiles0, m_tiles1, m_tiles2}, {n_rows0, n_rows1, n_rows2}};                                   \
+        const PrefetchWindow ahead = {pf_ranges, pf_n_ranges, pf_first, pf_offset_bytes, pf_len_bytes};                       \
+        const u32 wm = max(warps_m, 1u), blocks0 = (m_tiles0 + wm - 1) / wm, blocks1 = (m_tiles1 + wm - 1) / wm;              \
+        const u32 seg = blockIdx.x < blocks0 ? 0 : blockIdx.x < blocks0 + blocks1 ? 1 : 2;                                    \
+        if (seg < first_b)                                                                                                    \
+            matvec_mma<nt, Tile>(segs, k_tiles, n_cols, x, x2, norm_w, eps, n_x, partials, counters, k_tiles_per_split,       \
+                                 warps_m, accumulate, ahead);                                                                 \
+        else                                                                                                                  \
+            matvec_mma<nt, TileB>(segs, k_tiles, n_cols, x, x2, norm_w, eps, n_x, partials, counters, k_tiles_per_split,      \
+                                  warps_m, accumulate, ahead);                                                                \
+    }
+
+#if defined(QTYPE_B)
+MATVEC_MMA_PAIR_KERNEL(1)
+MATVEC_MMA_PAIR_KERNEL(2)
+MATVEC_MMA_PAIR_KERNEL(4)
+#elif !MMA_STREAM
 MATVEC_MMA_KERNEL(1)
 MATVEC_MMA_KERNEL(2)
 MATVEC_MMA_KERNEL(4)

@@ -416,6 +416,50 @@ def check_several_matrices(name: str, groups: int, x_as: str, n_xs, shapes=(37, 
 
 @cuda
 @needs_gpu
+@pytest.mark.parametrize("types", [("Q4_K", "Q4_K", "Q6_K"), ("Q6_K", "Q4_K", "Q6_K"), ("Q6_K", "Q4_K")])
+@pytest.mark.parametrize("x_as", ["x", "rms_norm"])
+def test_two_types_share_one_launch(types, x_as):
+    """A 7B's Q4_K_M q/k/v (Q4_K q and k; a Q6_K v on half its layers) in one launch of the pair
+    kernels (matvec_mma.cu's "Two types, one launch"), whatever order the types come in: against
+    the float64 reference of each matrix, and bit for bit what each matrix's own launch gives
+    under the same forced plan (each block runs its own type's code on the same tile rows,
+    columns and splits, so the sums are added in the same order). 1, 2, 3 and 4 rows of x (the
+    pair kernels' rows); 3,584 columns (14 tiles, as the 7B) and 512 (two)."""
+    rng = np.random.default_rng(3584 + len(types) + len(x_as))
+    for n_cols, shapes in [(3584, (3584, 512, 512)[: len(types)]), (512, (37, 16, 129)[: len(types)])]:
+        raws = [random_blocks(t, r * n_cols // TYPES[t][1], rng) for t, r in zip(types, shapes)]
+        ws = [ferrite.dequantize(raw, t, (r, n_cols)).astype(np.float64) for raw, t, r in zip(raws, types, shapes)]
+        for n_x in (1, 2, 3, 4):
+            x = (rng.standard_normal((n_x, n_cols)) * 3).astype(np.float32)
+            biases = [rng.standard_normal(r).astype(np.float32) if i != 1 else None for i, r in enumerate(shapes)]
+            kw, x64 = {}, x.astype(np.float64)
+            if x_as == "rms_norm":
+                norm_w = rng.standard_normal(n_cols).astype(np.float32)
+                kw = dict(norm_weight=norm_w, norm_eps=1e-6)
+                x64 = x64 / np.sqrt((x64**2).mean(axis=1, keepdims=True) + 1e-6) * norm_w
+            launches = ferrite._ferrite._cuda_counters()["pair_matvecs"]
+            outs = ferrite._ferrite._cuda_matvecs(raws, list(types), list(shapes), n_cols, x, biases=biases, poison_bits=POISON, **kw)
+            assert ferrite._ferrite._cuda_counters()["pair_matvecs"] == launches + 1, "the pair kernels did not run"
+            for i, (out, w, b, t) in enumerate(zip(outs, ws, biases, types)):
+                label = f"{types} matrix {i} ({t}, {shapes[i]}x{n_cols}) n_x={n_x} x as {x_as}"
+                assert (out[n_x].view(np.uint32) == POISON).all(), f"{label}: wrote past the last row"
+                ref = as_kernel_input(x64, t, "tiled") @ w.T + (b.astype(np.float64) if b is not None else 0.0)
+                err = nmse(out[:n_x], ref)
+                assert (err <= NMSE_BOUND).all(), f"{label}: NMSE per row {err}; max|diff| {np.abs(out[:n_x] - ref).max():.3e}"
+            # The same plan forced on the pair launch and on each matrix alone: the same bits.
+            for plan in ((1, 8, 1), (2, 4, 2), (4, 1, 3)):
+                ferrite._ferrite._cuda_matvec_force_plan(*plan)
+                try:
+                    pair = ferrite._ferrite._cuda_matvecs(raws, list(types), list(shapes), n_cols, x, biases=biases, poison_bits=POISON, **kw)
+                    for i, t in enumerate(types):
+                        alone = ferrite._ferrite._cuda_matvecs([raws[i]], t, [shapes[i]], n_cols, x, biases=[biases[i]], poison_bits=POISON, **kw)[0]
+                        assert np.array_equal(pair[i].view(np.uint32), alone.view(np.uint32)), f"{types} matrix {i} ({t}) n_x={n_x} plan {plan}: not the bits of its own launch"
+                finally:
+                    ferrite._ferrite._cuda_matvec_force_plan()
+
+
+@cuda
+@needs_gpu
 @pytest.mark.parametrize("name", TILED)
 def test_stream_kernel_gives_the_products_of_every_share(name):
     """matvec_mma.cu's stream kernel (one or two rows of x; each warp an equal share of the launch's

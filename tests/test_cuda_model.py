@@ -206,6 +206,27 @@ def test_gpu_projections_of_mixed_types_match_the_references(tmp_path, layer_typ
 
 @pytest.mark.cuda
 @needs_gpu
+def test_gpu_q4_k_m_layers_take_one_launch_for_q_k_v(tmp_path, monkeypatch):
+    """Q4_K_M's layers whose v (and ffn_down) is Q6_K and q, k Q4_K, as a 7B's half of them:
+    decode steps of 1 to 4 sequences run q/k/v as one launch of the pair kernels, against the
+    float64 reference, and as a launch a type with FERRITE_CUDA_MATVEC_PAIRS=0 (read when the
+    model loads), within the same bound; the pair kernels ran only in the first."""
+    path = write_block_model(tmp_path / "q4_k_m.gguf", "Q4_K", hidden=256, ffn=512, n_heads=4, n_kv_heads=2, context=256, seed=17,
+                             layer_types={"attn_v.weight": "Q6_K", "ffn_down.weight": "Q6_K"})
+    rng = np.random.default_rng(19)
+    starts = [[int(t) for t in rng.integers(0, 260, size=5)] for _ in range(4)]
+    steps = [[int(t) for t in rng.integers(0, 260, size=4)] for _ in range(3)]
+    ref = ReferenceModel(path)
+    launches = {}
+    for rows in (None, "0"):
+        before = ferrite._ferrite._cuda_counters()["pair_matvecs"]
+        decode_steps_under(path, monkeypatch, "FERRITE_CUDA_MATVEC_PAIRS", rows, starts, steps, (1, 2, 3, 4), 256, 8, ref)
+        launches[rows] = ferrite._ferrite._cuda_counters()["pair_matvecs"] - before
+    assert launches[None] > 0 and launches["0"] == 0, launches
+
+
+@pytest.mark.cuda
+@needs_gpu
 def test_gpu_llama_layout_and_tied_head(tmp_path):
     """Adjacent-pair RoPE (llama) and an LM head tied to the embedding, on the GPU."""
     path = write_tiny_model(tmp_path / "llama.gguf", arch="llama", matrix_type="Q8_0", tied=True)

@@ -922,7 +922,7 @@ def _cuda_matvec(
 ) -> npt.NDArray[np.float32]: ...
 def _cuda_matvecs(
     raws: Sequence[_RawBytes],
-    ggml_type: _GgmlType,
+    ggml_type: _GgmlType | Sequence[_GgmlType],
     n_rows: Sequence[int],
     n_cols: int,
     x: npt.NDArray[np.float32],

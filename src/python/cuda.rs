@@ -6,7 +6,7 @@ use pyo3::types::PyDict;
 
 use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 
-use crate::backend::cuda::matvec::{force_plan, path_for, set_stream_mode, set_stream_rows, stream_mode, stream_rows, time_device_copy, MatvecOp, MatvecPath, StreamMode, STREAM_KERNEL_ROWS, STREAM_MATVECS};
+use crate::backend::cuda::matvec::{force_plan, path_for, set_stream_mode, set_stream_rows, stream_mode, stream_rows, time_device_copy, MatvecOp, MatvecPath, StreamMode, PAIR_MATVECS, STREAM_KERNEL_ROWS, STREAM_MATVECS};
 use crate::backend::cuda::{self, dequant, CudaContext, CudaError};
 use crate::quant::GgmlType;
 
@@ -210,7 +210,8 @@ fn _cuda_matvec<'py>(
 
 /// Test hook: several matrices of one type and width multiplying the same `x` in one launch of
 /// the tiled kernels, as a model's q/k/v and gate/up run (`raws[i]` holds `n_rows[i]` rows of
-/// `n_cols`). `x` is taken as it is, as `rms_norm(x) * norm_weight` (eps `norm_eps`) or as
+/// `n_cols`); `ggml_type` is every matrix's type, or a list of one type a matrix (two types that
+/// share a launch of the pair kernels, as a 7B's Q4_K q and k with a Q6_K v). `x` is taken as it is, as `rms_norm(x) * norm_weight` (eps `norm_eps`) or as
 /// `silu(x) * swiglu_up`. Returns one `(n_x + 1, n_rows[i])` array a matrix, poisoned first as
 /// `_cuda_matvec` does.
 #[pyfunction]
@@ -232,7 +233,13 @@ fn _cuda_matvecs<'py>(
 ) -> PyResult<Vec<Bound<'py, numpy::PyArray2<f32>>>> {
     use crate::backend::cuda::matvec::TestInput;
     let value_err = |m: String| pyo3::exceptions::PyValueError::new_err(m);
-    let ty = super::gguf::parse_ggml_type(ggml_type)?;
+    let types: Vec<crate::quant::GgmlType> = match ggml_type.extract::<Vec<Bound<'py, PyAny>>>() {
+        Ok(list) if !ggml_type.is_instance_of::<pyo3::types::PyString>() => list.iter().map(super::gguf::parse_ggml_type).collect::<PyResult<_>>()?,
+        _ => vec![super::gguf::parse_ggml_type(ggml_type)?; raws.len()],
+    };
+    if types.len() != raws.len() {
+        return Err(value_err(format!("{} matrices and {} types", raws.len(), types.len())));
+    }
     if raws.len() != n_rows.len() || raws.is_empty() {
         return Err(value_err(format!("{} matrices and {} row counts", raws.len(), n_rows.len())));
     }
@@ -266,7 +273,8 @@ fn _cuda_matvecs<'py>(
         let ops = all_bytes
             .iter()
             .zip(&n_rows)
-            .map(|(bytes, &rows)| MatvecOp::new(device, ty, bytes, rows, n_cols, MatvecPath::Tiled, 1))
+            .zip(&types)
+            .map(|((bytes, &rows), &ty)| MatvecOp::new(device, ty, bytes, rows, n_cols, MatvecPath::Tiled, 1))
             .collect::<Result<Vec<_>, _>>()?;
         let refs: Vec<&MatvecOp> = ops.iter().collect();
         let bias_refs: Vec<Option<&[f32]>> = biases.iter().map(|b| b.as_deref()).collect();
@@ -320,6 +328,7 @@ fn _cuda_counters(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     d.set_item("norm_source_gemms", cuda::NORM_SOURCE_GEMMS.load(std::sync::atomic::Ordering::Relaxed))?;
     d.set_item("norm_source_launches", cuda::NORM_SOURCE_LAUNCHES.load(std::sync::atomic::Ordering::Relaxed))?;
     d.set_item("stream_matvecs", STREAM_MATVECS.load(std::sync::atomic::Ordering::Relaxed))?;
+    d.set_item("pair_matvecs", PAIR_MATVECS.load(std::sync::atomic::Ordering::Relaxed))?;
     d.set_item("sample_mass_launches", cuda::SAMPLE_MASS_LAUNCHES.load(std::sync::atomic::Ordering::Relaxed))?;
     Ok(d)
 }

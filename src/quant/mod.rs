@@ -61,12 +61,17 @@ pub fn check_len(ty: GgmlType, data_bytes: usize, n_elems: usize) -> Result<usiz
     Ok(n_blocks)
 }
 
+/// Whether [`widen_to_q8_0`] takes `ty`: Q4_0, Q5_0 and Q8_0, whose values Q8_0 holds exactly.
+pub fn widens_to_q8_0(ty: GgmlType) -> bool {
+    matches!(ty, GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0)
+}
+
 /// `data` (`n_elems` elements of `ty`: Q4_0, Q5_0 or Q8_0) as Q8_0 blocks of the same values,
 /// every element dequantizing to the same float ([`legacy::widen_block_to_q8_0`]); other types
 /// are an error. A backend that runs projections taking the same input as one launch of one type
 /// loads a group of these types so (`Backend::group_type`).
 pub fn widen_to_q8_0(ty: GgmlType, data: &[u8], n_elems: usize) -> Result<Vec<u8>, QuantError> {
-    if !matches!(ty, GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0) {
+    if !widens_to_q8_0(ty) {
         return Err(QuantError::Unsupported(ty));
     }
     let n_blocks = check_len(ty, data.len(), n_elems)?;

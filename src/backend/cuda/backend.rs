@@ -425,6 +425,10 @@ pub struct CudaBackend {
     pub(super) blas: CudaBlas,
     pub(super) fixed: FixedKernels,
     type_kernels: HashMap<GgmlType, Arc<TypeKernels>>,
+    /// The pair kernels of the type pairs the model's groups mix (`prepare_group`).
+    pub(super) pair_kernels: HashMap<(GgmlType, GgmlType), Arc<super::matvec::PairKernels>>,
+    /// Rows of x up to which groups take them (`matvec::pair_max_rows`).
+    pub(super) pair_rows: usize,
     /// Where `upload_batch` puts the plan; grows, never shrinks.
     batch_buf: Option<CudaSlice<u32>>,
     /// Bumped when `batch_buf`, `x_f16` or `scratch` is reallocated: recorded graphs hold their
@@ -1086,6 +1090,8 @@ impl CudaBackend {
             blas,
             fixed,
             type_kernels: HashMap::new(),
+            pair_kernels: HashMap::new(),
+            pair_rows: super::matvec::pair_max_rows(),
             batch_buf: None,
             batch_generation: 0,
             graphs: HashMap::new(),
@@ -1158,6 +1164,48 @@ impl CudaBackend {
         let k = Arc::new(TypeKernels::compile(&self.ctx, ty, path)?);
         self.type_kernels.insert(ty, k.clone());
         Ok(k)
+    }
+
+    /// For a group of tiled matrices of two types that may share a launch (`kernels::launch_pair`:
+    /// a 7B's Q4_K q and k with a Q6_K v), the pair kernels, compiled now rather than at the first
+    /// token, and their split-K scratch for the group (the first type's matrices first, as
+    /// `launch_matvec_pair` orders them).
+    fn prepare_pair(&mut self, weights: &[&CudaWeight]) -> Result<(), BackendError> {
+        let grids: Vec<(GgmlType, super::repack::TileGrid)> = weights
+            .iter()
+            .filter_map(|w| match w.layout {
+                super::matvec::Layout::Tiles(g) if w.kernels.as_ref().is_some_and(|k| k.tiled.is_some()) => Some((w.ty, g)),
+                _ => None,
+            })
+            .collect();
+        if grids.len() != weights.len() || grids.len() > super::matvec::MAX_SEGMENTS {
+            return Ok(());
+        }
+        let mut types: Vec<GgmlType> = Vec::new();
+        for (ty, _) in &grids {
+            if !types.contains(ty) {
+                types.push(*ty);
+            }
+        }
+        let Some(pair) = (match types[..] {
+            [a, b] => kernels::launch_pair(a, b),
+            _ => None,
+        }) else {
+            return Ok(());
+        };
+        let kernels = match self.pair_kernels.get(&pair) {
+            Some(k) => k.clone(),
+            None => {
+                let k = Arc::new(super::matvec::PairKernels::compile(&self.ctx, pair)?);
+                self.pair_kernels.insert(pair, k.clone());
+                k
+            }
+        };
+        let mut ordered: Vec<super::repack::TileGrid> = grids.iter().filter(|g| g.0 == pair.0).map(|g| g.1).collect();
+        ordered.extend(grids.iter().filter(|g| g.0 == pair.1).map(|g| g.1));
+        let mut scratch = kernels.scratch.lock().map_err(|_| BackendError::Invalid("split-K scratch lock poisoned".into()))?;
+        scratch.reserve_group(&self.ctx, kernels.sms, &ordered)?;
+        Ok(())
     }
 
     /// Uploads `bytes` (`n_rows` x `n_cols` elements of `ty`) as the weight `name`.
@@ -1480,6 +1528,7 @@ impl Backend for CudaBackend {
                 scratch.reserve_group(&self.ctx, tiled.sms, group)?;
             }
         }
+        self.prepare_pair(weights)?;
         Ok(())
     }
 

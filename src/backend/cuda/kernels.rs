@@ -66,6 +66,13 @@ pub fn modules_for(needs: &KernelNeeds, tiled: impl Fn(GgmlType) -> bool, flash_
             jobs.extend([(&MATVEC, d.clone()), (&EMBED, d)]);
         }
     }
+    // The pair kernels of the tiled types a group may mix (a 7B's Q4_K q/k with a Q6_K v).
+    let tiled_types: Vec<GgmlType> = needs.matrix_types().filter(|t| tiled(*t)).collect();
+    for (i, a) in tiled_types.iter().enumerate() {
+        for b in &tiled_types[i + 1..] {
+            jobs.extend(launch_pair(*a, *b).and_then(pair_defines).map(|d| (&MATVEC_MMA, d)));
+        }
+    }
     if let Some(d) = attention_defines(needs.head_dim, needs.kv_dtype) {
         jobs.push((&ATTENTION, d));
         if flash_prefill {
@@ -102,6 +109,33 @@ pub fn union_of_modules(sets: impl IntoIterator<Item = Vec<(&'static KernelSourc
         }
     }
     jobs
+}
+
+/// The two tiled types, in the tile table's order, whose matrices may share one launch of
+/// matvec_mma.cu's pair kernels (`matvec_mma_pair_<rows>`, "Two types, one launch"): tiles of the
+/// same width, so that one plan and one staging of x serve both, and a mix the loader does not
+/// widen to one type instead (Q5_0 with Q8_0 loads as Q8_0: `quant::widens_to_q8_0`). `None`
+/// for any other two types.
+pub fn launch_pair(a: GgmlType, b: GgmlType) -> Option<(GgmlType, GgmlType)> {
+    let (fa, fb) = (super::repack::tile_format(a)?, super::repack::tile_format(b)?);
+    if a == b || fa.tile_cols != fb.tile_cols || (crate::quant::widens_to_q8_0(a) && crate::quant::widens_to_q8_0(b)) {
+        return None;
+    }
+    let rank = |t: GgmlType| super::repack::TILE_FORMATS.iter().position(|f| f.ty == t);
+    Some(if rank(a) < rank(b) { (a, b) } else { (b, a) })
+}
+
+/// The options that compile matvec_mma.cu's pair kernels alone for `pair` (from [`launch_pair`]):
+/// the first type's as [`tile_type_defines`] gives them, the second as `QTYPE_B` with its own
+/// int8 rows.
+pub fn pair_defines(pair: (GgmlType, GgmlType)) -> Option<Vec<String>> {
+    let mut defines = tile_type_defines(pair.0)?;
+    let rows_b = super::repack::tile_format(pair.1)?.int8_max_rows;
+    defines.push(format!("-DQTYPE_B={}", pair.1.snake_name()));
+    if env_int8_rows().is_none() {
+        defines.push(format!("-DMMA_S8_MAX_NT_B={rows_b}"));
+    }
+    Some(defines)
 }
 
 /// The options that compile matvec_mma.cu's stream kernel alone for `ty` (`matvec::StreamMode`),
@@ -269,9 +303,13 @@ mod tests {
         assert_eq!(needs.matrix_types().collect::<Vec<_>>().len(), 4);
         let tiled = |ty: GgmlType| tile_format(ty).is_some();
         let jobs = modules_for(&needs, tiled, true);
-        assert_eq!(jobs.len(), FIXED.len() + 4 * 3 + 2);
+        // Three modules a tiled type, the Q4_K/Q6_K pair kernels (Q5_0 with Q8_0 is widened instead),
+        // attention and its prefill kernel.
+        assert_eq!(jobs.len(), FIXED.len() + 4 * 3 + 1 + 2);
         let keys: std::collections::HashSet<String> = jobs.iter().map(|(s, d)| format!("{} {d:?}", s.file)).collect();
         assert_eq!(keys.len(), jobs.len(), "a module twice");
+        let pair = pair_defines((GgmlType::Q4_K, GgmlType::Q6_K)).unwrap();
+        assert!(jobs.iter().any(|(s, e)| s.file == MATVEC_MMA.file && *e == pair), "the Q4_K/Q6_K pair kernels");
         for ty in real {
             let d = tile_type_defines(ty).unwrap();
             for src in [&MATVEC_MMA, &REPACKED_ROWS, &MATMUL_MMA] {
@@ -298,6 +336,20 @@ mod tests {
         assert_eq!(jobs.len(), FIXED.len() + 2);
         assert!(jobs.iter().any(|(s, e)| s.file == "matvec.cu" && *e == type_defines(GgmlType::Q4_0).unwrap()));
         assert_eq!(modules_for(&KernelNeeds::default(), tiled, true).len(), FIXED.len());
+    }
+
+    /// Which two tiled types the pair kernels mix, and their options.
+    #[test]
+    fn only_tiles_of_one_width_that_are_not_widened_share_a_launch() {
+        use GgmlType::*;
+        assert_eq!(launch_pair(Q4_K, Q6_K), Some((Q4_K, Q6_K)));
+        assert_eq!(launch_pair(Q6_K, Q4_K), Some((Q4_K, Q6_K)), "in the tile table's order");
+        assert_eq!(launch_pair(Q5_0, Q8_0), None, "loaded as Q8_0 instead");
+        assert_eq!(launch_pair(Q4_K, Q5_0), None, "tiles of 256 and 128 columns");
+        assert_eq!(launch_pair(Q4_K, Q4_K), None);
+        assert_eq!(launch_pair(Q4_K, Q5_K), None, "Q5_K has no tiles");
+        let d = pair_defines((Q4_K, Q6_K)).unwrap();
+        assert!(d.starts_with(&tile_type_defines(Q4_K).unwrap()) && d.contains(&"-DQTYPE_B=q6_k".to_string()), "{d:?}");
     }
 
     /// Each tiled type's int8 rows reach its kernels as MMA_S8_MAX_NT; a FERRITE_CUDA_KERNEL_DEFINES

@@ -23,7 +23,7 @@ use super::dequant::dequantize_into;
 use super::error::CudaError;
 use super::kernels::MATVEC_MAX_ROWS;
 use super::matmul_mma::{launch_matmul_mma, MmqArgs, MMQ_MAX_ROWS};
-use super::matvec::{dequant_tile_rows, launch_matvec, launch_matvecs, Input, Layout, MatvecArgs, MAX_SEGMENTS};
+use super::matvec::{dequant_tile_rows, launch_matvec, launch_matvec_pair, launch_matvecs, Input, Layout, MatvecArgs, MAX_SEGMENTS};
 use crate::backend::BackendError;
 
 /// Most float32 elements of dequantized weight rows held at once (128 MiB): bounds the scratch
@@ -272,6 +272,15 @@ pub(super) fn tiled_matvecs(
     write: Write,
     input: Input,
 ) -> Result<(), BackendError> {
+    // Two tiled types that may share a launch (a 7B's Q4_K q and k with a Q6_K v): the pair kernels.
+    let parts: Vec<_> = projections.iter().filter_map(|(w, _, _)| if let Layout::Tiles(g) = w.layout { Some((w.ty, g)) } else { None }).collect();
+    if let Some(pair) = be.pair_kernels.values().find(|p| parts.len() == projections.len() && p.takes(&parts, n_x, be.pair_rows)).cloned() {
+        let weights: Vec<&CudaWeight> = projections.iter().map(|(w, _, _)| *w).collect();
+        let ahead = window_ahead(be, &weights);
+        let args = projections.into_iter().map(|(w, bias, out)| matvec_args(be, w, bias, x, n_x, out, write)).collect();
+        launch_matvec_pair(&be.ctx, &pair, args, input, ahead)?;
+        return Ok(());
+    }
     let mut rest = projections;
     while let Some((w0, _, _)) = rest.first() {
         let ty = w0.ty;

@@ -525,6 +525,66 @@ impl MatvecKernels {
     }
 }
 
+/// Rows of x the pair kernels take (`matvec_mma_pair_1`, `_2`, `_4`; 3 rows run the 4-row one):
+/// the decode steps whose q/k/v run on the matrix-vector kernels (from 5 rows the f16 GEMMs).
+pub const PAIR_KERNEL_ROWS: [usize; 3] = [1, 2, 4];
+
+/// Launches of the pair kernels by this process (directly, not counting graph replays), for tests
+/// to see that they ran (`_cuda_counters`).
+pub static PAIR_MATVECS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Rows of x up to which a group of two tiled types takes the pair kernels (above it, a launch a
+/// type): FERRITE_CUDA_MATVEC_PAIRS (0: never, to compare on one build), by default all of
+/// [`PAIR_KERNEL_ROWS`]. Read when a backend is made.
+pub fn pair_max_rows() -> usize {
+    std::env::var("FERRITE_CUDA_MATVEC_PAIRS").ok().and_then(|v| v.parse().ok()).unwrap_or(PAIR_KERNEL_ROWS[2])
+}
+
+/// matvec_mma.cu's pair kernels for the two tiled types of `kernels::launch_pair`: one launch over
+/// matrices of both (a 7B's Q4_K q and k with its Q6_K v), each block running its matrix's type.
+pub struct PairKernels {
+    pub types: (GgmlType, GgmlType),
+    pub matvec: Vec<(usize, CudaFunction)>,
+    /// Split-K scratch of the pair launches (their plans are the group's, not either type's).
+    pub scratch: Mutex<SplitScratch>,
+    pub sms: usize,
+}
+
+impl PairKernels {
+    /// Compiles (or loads from the disk cache, or the prebuilt set) the pair kernels of `pair`.
+    pub fn compile(ctx: &CudaContext, pair: (GgmlType, GgmlType)) -> Result<PairKernels, CudaError> {
+        let defines = kernels::launch_pair(pair.0, pair.1)
+            .filter(|p| *p == pair)
+            .and_then(kernels::pair_defines)
+            .ok_or_else(|| CudaError::Invalid(format!("{} and {} have no pair kernels", pair.0, pair.1)))?;
+        let matvec = PAIR_KERNEL_ROWS
+            .iter()
+            .map(|&nt| Ok((nt, ctx.function_with(&kernels::MATVEC_MMA, &defines, &format!("matvec_mma_pair_{nt}"))?)))
+            .collect::<Result<_, CudaError>>()?;
+        Ok(PairKernels { types: pair, matvec, scratch: Mutex::new(SplitScratch::default()), sms: ctx.sms() })
+    }
+
+    /// The kernel for `n_x` rows of x (the smallest that holds them), with the rows it holds.
+    pub fn matvec_for(&self, n_x: usize) -> Option<(usize, &CudaFunction)> {
+        self.matvec.iter().find(|(cap, _)| n_x <= *cap).map(|(cap, f)| (*cap, f))
+    }
+
+    /// Whether one launch of these kernels takes `parts` (types and grids) at `n_x` rows: both
+    /// types present and no other, tiles of one width, at most [`MAX_SEGMENTS`] matrices, at most
+    /// `max_rows` rows ([`pair_max_rows`]) and a kernel for them, and a launch the per-type path
+    /// would not give the stream kernel (which has no pair variant).
+    pub fn takes(&self, parts: &[(GgmlType, TileGrid)], n_x: usize, max_rows: usize) -> bool {
+        let (a, b) = self.types;
+        let both = parts.iter().any(|p| p.0 == a) && parts.iter().any(|p| p.0 == b);
+        let only = parts.iter().all(|p| p.0 == a || p.0 == b);
+        let width = parts.windows(2).all(|w| w[0].1.k_tiles == w[1].1.k_tiles);
+        let Some((nt, _)) = self.matvec_for(n_x) else { return false };
+        let grids: Vec<TileGrid> = parts.iter().map(|p| p.1).collect();
+        let streams = nt <= stream_rows() && takes_stream(stream_mode(), &combined(&grids), self.sms);
+        both && only && width && parts.len() <= MAX_SEGMENTS && n_x <= max_rows && !streams
+    }
+}
+
 /// One matrix as a device holds it: the file's blocks, or repacked tiles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {
@@ -615,74 +675,18 @@ pub fn launch_matvec(ctx: &CudaContext, kernels: &MatvecKernels, args: MatvecArg
 /// same `x` (same `n_x`, same `accumulate`), in one launch on the tiled path, and `x` taken as
 /// `input` says. The generic kernels take one matrix of plain `x`.
 pub fn launch_matvecs(ctx: &CudaContext, kernels: &MatvecKernels, parts: Vec<MatvecArgs<'_>>, input: Input, ahead: WindowArgs) -> Result<(), CudaError> {
-    let n = parts.len();
-    let Some(head) = parts.first() else { return Ok(()) };
-    // What the parts share, copied out of the first.
-    let first = Shared { name: head.name, ty: head.ty, n_cols: head.n_cols, n_x: head.n_x, accumulate: head.accumulate, layout: head.layout, x: head.x };
-    for a in &parts {
-        a.check()?;
-        if (a.ty, a.n_cols, a.n_x, a.accumulate) != (first.ty, first.n_cols, first.n_x, first.accumulate) || !std::ptr::eq(a.x, first.x) {
-            return Err(CudaError::Invalid(format!("{} and {}: one launch needs one type, width, input and write mode", first.name, a.name)));
-        }
-    }
+    let Some(first) = shared_of(&parts, |a, first| a.ty == first.ty)? else { return Ok(()) };
     let (nt, f) = kernels.matvec_for(first.n_x).ok_or_else(|| CudaError::Invalid(format!("{}: no kernel for {} rows", first.name, first.n_x)))?;
-    let (n_cols, n_x, accumulate) = (first.n_cols as u32, first.n_x as u32, first.accumulate as u32);
     match (first.layout, &kernels.tiled) {
         (Layout::Tiles(_), Some(tiled)) => {
-            if n > MAX_SEGMENTS {
-                return Err(CudaError::Invalid(format!("{n} matrices in one launch (at most {MAX_SEGMENTS})")));
-            }
-            let mut grids = Vec::with_capacity(n);
-            let (mut tiles, mut bias, mut y, mut m_tiles, mut n_rows) = ([0u64; MAX_SEGMENTS], [0u64; MAX_SEGMENTS], [0u64; MAX_SEGMENTS], [0u32; MAX_SEGMENTS], [0u32; MAX_SEGMENTS]);
-            for (s, a) in parts.into_iter().enumerate() {
-                let Layout::Tiles(grid) = a.layout else {
-                    return Err(CudaError::Invalid(format!("{}: tiles and blocks in one launch", a.name)));
-                };
-                if grids.first().is_some_and(|g: &TileGrid| g.k_tiles != grid.k_tiles) {
-                    return Err(CudaError::Invalid(format!("{}: tile grids of different widths in one launch", a.name)));
-                }
-                grids.push(grid);
-                tiles[s] = super::backend::addr(&a.weights, ctx);
-                bias[s] = a.bias;
-                y[s] = super::backend::addr(&*a.out, ctx);
-                (m_tiles[s], n_rows[s]) = (grid.m_tiles as u32, a.n_rows as u32);
-            }
-            let (plan, all) = Plan::for_group(&grids, tiled.sms, nt);
-            let scratch = tiled.scratch.lock().map_err(|_| CudaError::Invalid("split-K scratch lock poisoned".into()))?;
             // The stream kernel has the int8 path only: from 3 rows, where the planned kernels take it too.
-            let int8_rows = kernels::int8_max_rows(all.format.ty).unwrap_or(0);
-            let stream = tiled.stream.iter().find(|(rows, _)| *rows == nt).map(|(_, f)| f).filter(|_| nt <= stream_rows() && nt <= int8_rows.max(2) && takes_stream(stream_mode(), &all, tiled.sms));
-            if stream.is_some() {
-                STREAM_MATVECS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            let (f, cfg, (partials, counters)) = match stream {
-                // The stream kernel takes the same arguments; its grid is its plan.
-                Some(sf) => (
-                    sf,
-                    LaunchConfig { grid_dim: (stream_blocks(tiled.sms) as u32, 1, 1), block_dim: (32 * MMA_MAX_WARPS, 1, 1), shared_mem_bytes: 0 },
-                    scratch.pointers_for(ctx, stream_partial_floats(tiled.sms, &all), all.m_tiles).map_err(|e| CudaError::Invalid(format!("{}: {e}", first.name)))?,
-                ),
-                None => {
-                    let block = 32 * plan.warps_m * plan.warps_k;
-                    (f, LaunchConfig { grid_dim: (plan.block_rows, plan.splits, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 }, scratch.pointers(ctx, &plan, &all)?)
-                }
-            };
-            let (k_tiles, per, wm) = (all.k_tiles as u32, plan.k_tiles_per_split, plan.warps_m);
-            let (x2, norm_w, eps) = match input {
-                Input::X => (0u64, 0u64, 0f32),
-                Input::Normed { weight, eps } => (0, weight, eps),
-                Input::Swiglu { up } => (up, 0, 0.0),
-            };
-            launch!(
-                ctx, f, "matvec_mma", cfg,
-                &tiles[0], &tiles[1], &tiles[2], &bias[0], &bias[1], &bias[2], &y[0], &y[1], &y[2],
-                &m_tiles[0], &m_tiles[1], &m_tiles[2], &n_rows[0], &n_rows[1], &n_rows[2],
-                &k_tiles, &n_cols, first.x, &x2, &norm_w, &eps, &n_x, &partials, &counters, &per, &wm, &accumulate,
-                &ahead.ranges, &ahead.n_ranges, &ahead.first, &ahead.offset_bytes, &ahead.len_bytes
-            )
+            let int8_rows = kernels::int8_max_rows(first.ty).unwrap_or(0);
+            let stream = tiled.stream.iter().find(|(rows, _)| *rows == nt).map(|(_, f)| f).filter(|_| nt <= stream_rows() && nt <= int8_rows.max(2));
+            let scratch = tiled.scratch.lock().map_err(|_| CudaError::Invalid("split-K scratch lock poisoned".into()))?;
+            launch_tiled(ctx, Tiled { planned: f, nt, stream, scratch: &scratch, sms: tiled.sms, first_b: None }, &first, parts, input, ahead)
         }
         (Layout::Blocks, None) => {
-            if n != 1 {
+            if parts.len() != 1 {
                 return Err(CudaError::Invalid(format!("{}: the generic kernels take one matrix a launch", first.name)));
             }
             let Some(args) = parts.into_iter().next() else { return Ok(()) };
@@ -696,9 +700,111 @@ pub fn launch_matvecs(ctx: &CudaContext, kernels: &MatvecKernels, parts: Vec<Mat
                 block_dim: (32, MATVEC_ROWS_PER_BLOCK, 1),
                 shared_mem_bytes: 0,
             };
+            let (n_cols, n_x, accumulate) = (first.n_cols as u32, first.n_x as u32, first.accumulate as u32);
             launch!(ctx, f, "matvec", cfg, &args.weights, &row_bytes, &n_cols, &n_rows, args.x, &n_x, &args.bias, args.out, &accumulate)
         }
         _ => Err(CudaError::Invalid(format!("{}: kernels of the other layout", first.name))),
+    }
+}
+
+/// [`launch_matvecs`] for matrices of the two types of `pair` (its [`PairKernels::takes`] holds):
+/// one launch of the pair kernels, the first type's matrices first.
+pub fn launch_matvec_pair(ctx: &CudaContext, pair: &PairKernels, parts: Vec<MatvecArgs<'_>>, input: Input, ahead: WindowArgs) -> Result<(), CudaError> {
+    let (a, b) = pair.types;
+    let Some(first) = shared_of(&parts, |x, _| x.ty == a || x.ty == b)? else { return Ok(()) };
+    let (nt, f) = pair.matvec_for(first.n_x).ok_or_else(|| CudaError::Invalid(format!("{}: no pair kernel for {} rows", first.name, first.n_x)))?;
+    let (mut ordered, rest): (Vec<_>, Vec<_>) = parts.into_iter().partition(|p| p.ty == a);
+    let first_b = ordered.len() as u32;
+    ordered.extend(rest);
+    let scratch = pair.scratch.lock().map_err(|_| CudaError::Invalid("split-K scratch lock poisoned".into()))?;
+    PAIR_MATVECS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    launch_tiled(ctx, Tiled { planned: f, nt, stream: None, scratch: &scratch, sms: pair.sms, first_b: Some(first_b) }, &first, ordered, input, ahead)
+}
+
+/// What the parts of one launch share, after checking each (`same_type(part, first)`: whether a
+/// part's type may join the first's launch), or `None` for no parts.
+fn shared_of<'a>(parts: &[MatvecArgs<'a>], same_type: impl Fn(&MatvecArgs<'a>, &MatvecArgs<'a>) -> bool) -> Result<Option<Shared<'a>>, CudaError> {
+    let Some(head) = parts.first() else { return Ok(None) };
+    for a in parts {
+        a.check()?;
+        if !same_type(a, head) || (a.n_cols, a.n_x, a.accumulate) != (head.n_cols, head.n_x, head.accumulate) || !std::ptr::eq(a.x, head.x) {
+            return Err(CudaError::Invalid(format!("{} and {}: one launch needs one type, width, input and write mode", head.name, a.name)));
+        }
+    }
+    Ok(Some(Shared { name: head.name, ty: head.ty, n_cols: head.n_cols, n_x: head.n_x, accumulate: head.accumulate, layout: head.layout, x: head.x }))
+}
+
+/// The kernels and scratch of one tiled launch: the planned kernel for `nt` rows, the stream kernel
+/// if the launch may take it, and for a pair launch the first segment of the second type.
+struct Tiled<'k> {
+    planned: &'k CudaFunction,
+    nt: usize,
+    stream: Option<&'k CudaFunction>,
+    scratch: &'k SplitScratch,
+    sms: usize,
+    first_b: Option<u32>,
+}
+
+/// Queues one launch of matvec_mma.cu's tiled kernels over `parts` (checked by [`shared_of`]).
+fn launch_tiled(ctx: &CudaContext, k: Tiled<'_>, first: &Shared<'_>, parts: Vec<MatvecArgs<'_>>, input: Input, ahead: WindowArgs) -> Result<(), CudaError> {
+    let n = parts.len();
+    if n > MAX_SEGMENTS {
+        return Err(CudaError::Invalid(format!("{n} matrices in one launch (at most {MAX_SEGMENTS})")));
+    }
+    let (n_cols, n_x, accumulate) = (first.n_cols as u32, first.n_x as u32, first.accumulate as u32);
+    let mut grids = Vec::with_capacity(n);
+    let (mut tiles, mut bias, mut y, mut m_tiles, mut n_rows) = ([0u64; MAX_SEGMENTS], [0u64; MAX_SEGMENTS], [0u64; MAX_SEGMENTS], [0u32; MAX_SEGMENTS], [0u32; MAX_SEGMENTS]);
+    for (s, a) in parts.into_iter().enumerate() {
+        let Layout::Tiles(grid) = a.layout else {
+            return Err(CudaError::Invalid(format!("{}: tiles and blocks in one launch", a.name)));
+        };
+        if grids.first().is_some_and(|g: &TileGrid| g.k_tiles != grid.k_tiles) {
+            return Err(CudaError::Invalid(format!("{}: tile grids of different widths in one launch", a.name)));
+        }
+        grids.push(grid);
+        tiles[s] = super::backend::addr(&a.weights, ctx);
+        bias[s] = a.bias;
+        y[s] = super::backend::addr(&*a.out, ctx);
+        (m_tiles[s], n_rows[s]) = (grid.m_tiles as u32, a.n_rows as u32);
+    }
+    let (plan, all) = Plan::for_group(&grids, k.sms, k.nt);
+    let stream = k.stream.filter(|_| takes_stream(stream_mode(), &all, k.sms));
+    if stream.is_some() {
+        STREAM_MATVECS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    let (f, cfg, (partials, counters)) = match stream {
+        // The stream kernel takes the same arguments; its grid is its plan.
+        Some(sf) => (
+            sf,
+            LaunchConfig { grid_dim: (stream_blocks(k.sms) as u32, 1, 1), block_dim: (32 * MMA_MAX_WARPS, 1, 1), shared_mem_bytes: 0 },
+            k.scratch.pointers_for(ctx, stream_partial_floats(k.sms, &all), all.m_tiles).map_err(|e| CudaError::Invalid(format!("{}: {e}", first.name)))?,
+        ),
+        None => {
+            let block = 32 * plan.warps_m * plan.warps_k;
+            (k.planned, LaunchConfig { grid_dim: (plan.block_rows, plan.splits, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 }, k.scratch.pointers(ctx, &plan, &all)?)
+        }
+    };
+    let (k_tiles, per, wm) = (all.k_tiles as u32, plan.k_tiles_per_split, plan.warps_m);
+    let (x2, norm_w, eps) = match input {
+        Input::X => (0u64, 0u64, 0f32),
+        Input::Normed { weight, eps } => (0, weight, eps),
+        Input::Swiglu { up } => (up, 0, 0.0),
+    };
+    match k.first_b {
+        None => launch!(
+            ctx, f, "matvec_mma", cfg,
+            &tiles[0], &tiles[1], &tiles[2], &bias[0], &bias[1], &bias[2], &y[0], &y[1], &y[2],
+            &m_tiles[0], &m_tiles[1], &m_tiles[2], &n_rows[0], &n_rows[1], &n_rows[2],
+            &k_tiles, &n_cols, first.x, &x2, &norm_w, &eps, &n_x, &partials, &counters, &per, &wm, &accumulate,
+            &ahead.ranges, &ahead.n_ranges, &ahead.first, &ahead.offset_bytes, &ahead.len_bytes
+        ),
+        Some(first_b) => launch!(
+            ctx, f, "matvec_mma_pair", cfg,
+            &tiles[0], &tiles[1], &tiles[2], &bias[0], &bias[1], &bias[2], &y[0], &y[1], &y[2],
+            &m_tiles[0], &m_tiles[1], &m_tiles[2], &n_rows[0], &n_rows[1], &n_rows[2],
+            &k_tiles, &n_cols, first.x, &x2, &norm_w, &eps, &n_x, &partials, &counters, &per, &wm, &accumulate,
+            &ahead.ranges, &ahead.n_ranges, &ahead.first, &ahead.offset_bytes, &ahead.len_bytes, &first_b
+        ),
     }
 }
 
@@ -876,9 +982,10 @@ impl MatvecOp {
         super::matmul_mma::launch_matmul_mma(&self.ctx, tiled, &args)
     }
 
-    /// Several matrices of one type and width (`ops`, all on the tiled path) multiplying the
-    /// same `x` in one launch, as the backend runs q/k/v and gate/up, with `x` taken as `input`
-    /// says. Each output as [`run`](Self::run) returns it: `n_x + 1` rows, poisoned first.
+    /// Several matrices of one type and width (`ops`, all on the tiled path), or of the two types of
+    /// a `kernels::launch_pair` (the pair kernels), multiplying the same `x` in one launch, as the
+    /// backend runs q/k/v and gate/up, with `x` taken as `input` says. Each output as
+    /// [`run`](Self::run) returns it: `n_x + 1` rows, poisoned first.
     pub fn run_group(ops: &[&MatvecOp], x: &[f32], n_x: usize, biases: &[Option<&[f32]>], poison_bits: u32, input: TestInput<'_>) -> Result<Vec<Vec<f32>>, CudaError> {
         let Some(first) = ops.first() else { return Ok(Vec::new()) };
         let ctx = &first.ctx;
@@ -887,7 +994,24 @@ impl MatvecOp {
         }
         let grids: Vec<TileGrid> = ops.iter().filter_map(|op| if let Layout::Tiles(g) = op.layout { Some(g) } else { None }).collect();
         let tiled = first.kernels.tiled.as_ref().filter(|_| grids.len() == ops.len()).ok_or_else(|| CudaError::Invalid("run_group: every matrix must be on the tiled path".into()))?;
-        tiled.scratch.lock().map_err(|_| CudaError::Invalid("lock poisoned".into()))?.reserve_group(ctx, tiled.sms, &grids)?;
+        // Matrices of two types: the pair kernels, as the backend's prepare_group makes them.
+        let other = ops.iter().map(|op| op.ty).find(|ty| *ty != first.ty);
+        let pair = match other {
+            None => {
+                tiled.scratch.lock().map_err(|_| CudaError::Invalid("lock poisoned".into()))?.reserve_group(ctx, tiled.sms, &grids)?;
+                None
+            }
+            Some(b) => {
+                let types = kernels::launch_pair(first.ty, b).ok_or_else(|| CudaError::Invalid(format!("run_group: {} and {b} cannot share a launch", first.ty)))?;
+                let pair = PairKernels::compile(ctx, types)?;
+                let ordered: Vec<TileGrid> = [types.0, types.1].iter().flat_map(|t| ops.iter().zip(&grids).filter(move |(op, _)| op.ty == *t).map(|(_, g)| *g)).collect();
+                if ordered.len() != ops.len() {
+                    return Err(CudaError::Invalid(format!("run_group: types other than {} and {}", types.0, types.1)));
+                }
+                pair.scratch.lock().map_err(|_| CudaError::Invalid("lock poisoned".into()))?.reserve_group(ctx, pair.sms, &ordered)?;
+                Some(pair)
+            }
+        };
         let xd = ctx.upload(x, "test activations")?;
         let extra = match input {
             TestInput::X => None,
@@ -933,7 +1057,10 @@ impl MatvecOp {
                 accumulate: false,
             })
             .collect();
-        launch_matvecs(ctx, &first.kernels, parts, input, WindowArgs::default())?;
+        match &pair {
+            None => launch_matvecs(ctx, &first.kernels, parts, input, WindowArgs::default())?,
+            Some(pair) => launch_matvec_pair(ctx, pair, parts, input, WindowArgs::default())?,
+        }
         outs.iter().map(|o| ctx.download(o, "the grouped test products")).collect()
     }
 
