@@ -52,27 +52,39 @@ __device__ __forceinline__ float4 add4(float4 a, float4 b) {
 #endif
 
 // 1: a decode step's attention of one query head a block (the ROPE variant of the `_1` kernels,
-// head dims up to 64) loads each warp's first chunk of keys into registers before it waits: the
-// chunk's slots (block tables are batch description), the K row of each lane's key and the first
-// ATTN_PRELOAD_VALUES value rows. Those rows were written by earlier steps, whose kernels have all completed once
+// head dims up to ATTN_PRELOAD_MAX_HD) loads each warp's first chunk of keys into registers before
+// it waits: the chunk's slots (block tables are batch description), the K row of each lane's key
+// (its first ATTN_PRELOAD_KEY_FLOATS) and the first value rows (ATTN_PRELOAD_VALUE_FLOATS). Those
+// rows were written by earlier steps, whose kernels have all completed once
 // this one runs (see dependent_wait: only the kernel before it, q/k/v, may still run, and it
 // writes no cache); the new token's row, which this launch writes, is read too and replaced from
 // shared memory after the wait, as the loop does with it anyway. After the wait such a chunk
 // (a short context's warps have one each) needs no round trip to L2 of its own. It replaces
-// ATTN_L2_PREFETCH's prefetch of the same rows. Not for blocks of several heads or wider heads,
-// whose registers would spill (a 128-dim head's float32 key row alone is 128 registers a lane).
-// H100, 2026-12-06, synthetic 0.5B: the attention launch 6.4 -> 4.9-5.0 us, decode steps 5-6 %
-// shorter at one to eight sequences (docs/BENCHMARKS.md, thirty-ninth session).
+// ATTN_L2_PREFETCH's prefetch of the same rows. Not for blocks of several heads, whose registers
+// would spill. H100, 2026-12-06, synthetic 0.5B: the attention launch 6.4 -> 4.9-5.0 us, decode
+// steps 5-6 % shorter at one to eight sequences (docs/BENCHMARKS.md, thirty-ninth session); heads
+// of 128 dims (a 7B's) from the forty-first.
 #ifndef ATTN_PRELOAD
 #define ATTN_PRELOAD 1
 #endif
-// Value rows PRELOAD loads before the wait (at most V_BATCH; the chunk's other value rows are
-// asked of L2 then and loaded after it). 8: more spills registers (16 with a float32 cache, 16 and
-// 32 with an f16 one); 16 and 8 measured the same steps (thirty-ninth session).
-#ifndef ATTN_PRELOAD_VALUES
-#define ATTN_PRELOAD_VALUES 8
+// Value floats a lane holds from PRELOAD's loads, PER_LANE a row (at most V_BATCH rows; the chunk's
+// other value rows are asked of L2 then and loaded after it): 16, 8 rows of a 64-dim head. More
+// spills registers (16 rows with a float32 cache, 16 and 32 with an f16 one); 16 and 8 rows
+// measured the same steps (thirty-ninth session).
+#ifndef ATTN_PRELOAD_VALUE_FLOATS
+#define ATTN_PRELOAD_VALUE_FLOATS 16
 #endif
-static_assert(ATTN_PRELOAD_VALUES >= 0, "value rows preloaded");
+static_assert(ATTN_PRELOAD_VALUE_FLOATS >= 0, "value floats preloaded");
+// Key floats of its row a lane preloads: all of a head of up to 64 dims; the rest of a wider one
+// is asked of L2 before the wait and loaded after it (a 128-dim head's float32 row alone would be
+// 128 registers). Heads wider than ATTN_PRELOAD_MAX_HD keep ATTN_L2_PREFETCH's prefetch alone.
+#ifndef ATTN_PRELOAD_KEY_FLOATS
+#define ATTN_PRELOAD_KEY_FLOATS 64
+#endif
+static_assert(ATTN_PRELOAD_KEY_FLOATS >= 4 && ATTN_PRELOAD_KEY_FLOATS % 4 == 0, "key floats preloaded, whole float4s");
+#ifndef ATTN_PRELOAD_MAX_HD
+#define ATTN_PRELOAD_MAX_HD 128
+#endif
 
 // 1: a probe build for benches/bench_attention_chain.py: the kernels take one more parameter,
 // `probe` (u64*, null: none), and thread 0 of each block writes %globaltimer and clock64 at
@@ -228,10 +240,12 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
     const u32 last = n_ctx - 1;
     // PRELOAD: the warp's first chunk (keys j0_first ..), its lane's key row as stored and the
     // first V_PRE value rows, loaded before the wait.
-    constexpr bool PRELOAD = ROPE && ATTN_PRELOAD && G == 1 && HD <= 64;
-    constexpr int V_PRE = PRELOAD ? (ATTN_PRELOAD_VALUES < V_BATCH ? ATTN_PRELOAD_VALUES : V_BATCH) : 0;
+    constexpr bool PRELOAD = ROPE && ATTN_PRELOAD && G == 1 && HD <= ATTN_PRELOAD_MAX_HD;
+    constexpr int V_PRE = PRELOAD ? (ATTN_PRELOAD_VALUE_FLOATS / PER_LANE < V_BATCH ? ATTN_PRELOAD_VALUE_FLOATS / PER_LANE : V_BATCH) : 0;
+    // The key row's float4s preloaded (K_PRE) of its HD / 4.
+    constexpr int K_PRE = !PRELOAD ? 1 : HD / 4 < ATTN_PRELOAD_KEY_FLOATS / 4 ? HD / 4 : ATTN_PRELOAD_KEY_FLOATS / 4;
     const u32 j0_first = j_begin + warp * 32;
-    typename KvRaw4<kv_t>::T k_pre[PRELOAD ? HD / 4 : 1];
+    typename KvRaw4<kv_t>::T k_pre[K_PRE];
     kv_t v_pre[V_PRE > 0 ? V_PRE : 1][PER_LANE];  // as stored (kv_widen)
     if constexpr (ROPE) {
         const double pos = (double)positions[t] / (double)rope.scale;
@@ -247,7 +261,9 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
                 // stored (widening them here would wait for them before the wait) and through L2
                 // (see kv_raw4_cg).
 #pragma unroll
-                for (int i = 0; i < (PRELOAD ? HD / 4 : 1); i++) k_pre[i] = kv_raw4_cg(kc + (u64)slot * kv_width, i);
+                for (int i = 0; i < K_PRE; i++) k_pre[i] = kv_raw4_cg(kc + (u64)slot * kv_width, i);
+                // The rest of a wider head's key row, loaded after the wait: asked of L2 now.
+                if constexpr (K_PRE < HD / 4) prefetch_row_l2<HD>(kc + (u64)slot * kv_width);
                 chunk_slot[warp][lane] = slot;
                 __syncwarp();
                 const u32 n_valid = min(32u, j_end - j0_first);
@@ -393,7 +409,9 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
         const bool valid = j < j_end;
         // A lane past the end reads key j0's row (valid) and discards the result.
         const u32 jr = valid ? j : j0;
-        const u32 slot = pre ? 0u : slot_of(jr);
+        // A preloaded chunk's slots are in chunk_slot already (read back only for a key row wider
+        // than the preload).
+        const u32 slot = pre ? (K_PRE < HD / 4 ? chunk_slot[warp][lane] : 0u) : slot_of(jr);
         if constexpr (!pre) {
             chunk_slot[warp][lane] = slot;
             __syncwarp();
@@ -435,8 +453,8 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
 #pragma unroll
         for (int i = 0; i < HD / 4; i++) {
             const float4 kk = new_key ? reinterpret_cast<const float4*>(k_new)[i]
-                              : pre   ? kv_widen4(k_pre[PRELOAD ? i : 0])
-                                      : kv_load4(kp, i);
+                              : pre && i < K_PRE ? kv_widen4(k_pre[i < K_PRE ? i : 0])
+                                                 : kv_load4(kp, i);
 #pragma unroll
             for (int g = 0; g < G; g++) {
                 if (g >= n_here) break;

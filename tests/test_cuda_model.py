@@ -823,17 +823,19 @@ def test_gpu_decode_attention_with_rope_gives_the_bits_of_rope_store_then_attent
 @needs_gpu
 @pytest.mark.parametrize("kv_cache_dtype", ["float32", "float16"])
 @pytest.mark.parametrize("splits", ["1", "3"])
-def test_gpu_decode_attention_of_preloaded_keys_gives_the_bits_of_rope_store_then_attention(tmp_path, monkeypatch, kv_cache_dtype, splits):
+@pytest.mark.parametrize("hidden,n_heads", [(896, 14), (640, 8), (1024, 8)])
+def test_gpu_decode_attention_of_preloaded_keys_gives_the_bits_of_rope_store_then_attention(tmp_path, monkeypatch, kv_cache_dtype, splits, hidden, n_heads):
     """The one-head decode attention kernel loads each warp's first 32 keys before it waits
-    (kernels/attention.cu, ATTN_PRELOAD): their slots, key rows and first value rows, the new
-    token's slot included (replaced from shared memory after the wait). With the test model's head
-    shape (64 dims: two value dims a lane) and contexts around the 32-key chunks (31, 32, 33: a
-    warp whose first key is the new token; 70, 200: several warps, later chunks), unsplit and with
-    3 flash-decoding splits, five sequences decoding together for 4 steps: the same bits as
-    rope_store followed by the plain attention kernel (FERRITE_CUDA_ROPE_IN_ATTENTION=0), which
-    loads nothing early."""
+    (kernels/attention.cu, ATTN_PRELOAD): their slots, key rows (the first 64 values of a wider
+    row, the rest after the wait) and first value rows, the new token's slot included (replaced
+    from shared memory after the wait). With heads of 64 dims (the test model's: two value dims a
+    lane), 80 (three, the last partly empty) and 128 (a 7B's: half the key row preloaded), and
+    contexts around the 32-key chunks (31, 32, 33: a warp whose first key is the new token; 70,
+    200: several warps, later chunks), unsplit and with 3 flash-decoding splits, five sequences
+    decoding together for 4 steps: the same bits as rope_store followed by the plain attention
+    kernel (FERRITE_CUDA_ROPE_IN_ATTENTION=0), which loads nothing early."""
     monkeypatch.setenv("FERRITE_CUDA_ATTN_SPLITS", splits)  # read when the model loads
-    path = write_block_model(tmp_path / "m.gguf", "Q8_0", hidden=896, ffn=256, n_heads=14, n_kv_heads=2, context=512, seed=4)
+    path = write_block_model(tmp_path / "m.gguf", "Q8_0", hidden=hidden, ffn=256, n_heads=n_heads, n_kv_heads=2, context=512, seed=4)
     rng = np.random.default_rng(13)
     prompts = [[int(t) for t in rng.integers(0, 260, size=n)] for n in (31, 32, 33, 70, 200)]
     steps = [[int(t) for t in rng.integers(0, 260, size=len(prompts))] for _ in range(4)]

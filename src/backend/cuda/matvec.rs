@@ -88,6 +88,13 @@ const LARGE_M_TILES: usize = 128;
 /// Most column splits of a large matrix.
 const LARGE_MAX_SPLITS: usize = 8;
 
+/// Tile rows a block of a large matrix whose columns are split: FERRITE_CUDA_MATVEC_LARGE_WM (1,
+/// 2, 4 or 8; an experiment), 4 by default. Read once a process.
+fn large_split_warps_m() -> usize {
+    static WM: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *WM.get_or_init(|| std::env::var("FERRITE_CUDA_MATVEC_LARGE_WM").ok().and_then(|v| v.parse().ok()).filter(|w| [1, 2, 4, 8].contains(w)).unwrap_or(4))
+}
+
 /// Column tiles of x the kernel for `nt` rows stages at once (PHASE / TILE_COLS in
 /// matvec_mma.cu): more warps along the columns than this would idle.
 pub fn phase_tiles(format: &repack::TileFormat, nt: usize) -> usize {
@@ -133,7 +140,7 @@ impl Plan {
             (wm, wk, (forced & 0xffff_ffff) as usize)
         } else if (nt <= 2 && m * k >= 2 * WARPS_PER_SM * sms) || (nt > 2 && m >= LARGE_M_TILES) {
             let k_ways = (m * k).div_ceil(2).min(WARPS_PER_SM * sms).div_ceil(m).clamp(1, k.min(LARGE_MAX_SPLITS));
-            (if k_ways == 1 { 8 } else { 4 }, 1, k_ways)
+            (if k_ways == 1 { 8 } else { large_split_warps_m() }, 1, k_ways)
         } else if nt <= 2 && one_wave_rule() {
             // Latency-bound: every block stages all of x (and its norm) before its first mma, so
             // a block row wants all 8 warps to share that, and a second wave of blocks would pay
