@@ -71,6 +71,9 @@ __device__ __forceinline__ float4 add4(float4 a, float4 b) {
 // other value rows are asked of L2 then and loaded after it): 16, 8 rows of a 64-dim head. More
 // spills registers (16 rows with a float32 cache, 16 and 32 with an f16 one); 16 and 8 rows
 // measured the same steps (thirty-ninth session).
+#ifdef ATTN_PRELOAD_VALUES
+#error "ATTN_PRELOAD_VALUES (rows) is now ATTN_PRELOAD_VALUE_FLOATS (floats a lane, PER_LANE a row)"
+#endif
 #ifndef ATTN_PRELOAD_VALUE_FLOATS
 #define ATTN_PRELOAD_VALUE_FLOATS 16
 #endif
@@ -242,10 +245,10 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
     // first V_PRE value rows, loaded before the wait.
     constexpr bool PRELOAD = ROPE && ATTN_PRELOAD && G == 1 && HD <= ATTN_PRELOAD_MAX_HD;
     constexpr int V_PRE = PRELOAD ? (ATTN_PRELOAD_VALUE_FLOATS / PER_LANE < V_BATCH ? ATTN_PRELOAD_VALUE_FLOATS / PER_LANE : V_BATCH) : 0;
-    // The key row's float4s preloaded (K_PRE) of its HD / 4.
-    constexpr int K_PRE = !PRELOAD ? 1 : HD / 4 < ATTN_PRELOAD_KEY_FLOATS / 4 ? HD / 4 : ATTN_PRELOAD_KEY_FLOATS / 4;
+    // Float4s of the key row preloaded, of its HD / 4.
+    constexpr int K_PRE_F4 = !PRELOAD ? 1 : HD / 4 < ATTN_PRELOAD_KEY_FLOATS / 4 ? HD / 4 : ATTN_PRELOAD_KEY_FLOATS / 4;
     const u32 j0_first = j_begin + warp * 32;
-    typename KvRaw4<kv_t>::T k_pre[K_PRE];
+    typename KvRaw4<kv_t>::T k_pre[K_PRE_F4];
     kv_t v_pre[V_PRE > 0 ? V_PRE : 1][PER_LANE];  // as stored (kv_widen)
     if constexpr (ROPE) {
         const double pos = (double)positions[t] / (double)rope.scale;
@@ -261,9 +264,9 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
                 // stored (widening them here would wait for them before the wait) and through L2
                 // (see kv_raw4_cg).
 #pragma unroll
-                for (int i = 0; i < K_PRE; i++) k_pre[i] = kv_raw4_cg(kc + (u64)slot * kv_width, i);
+                for (int i = 0; i < K_PRE_F4; i++) k_pre[i] = kv_raw4_cg(kc + (u64)slot * kv_width, i);
                 // The rest of a wider head's key row, loaded after the wait: asked of L2 now.
-                if constexpr (K_PRE < HD / 4) prefetch_row_l2<HD>(kc + (u64)slot * kv_width);
+                if constexpr (K_PRE_F4 < HD / 4) prefetch_row_l2<HD - 4 * K_PRE_F4>(kc + (u64)slot * kv_width + 4 * K_PRE_F4);
                 chunk_slot[warp][lane] = slot;
                 __syncwarp();
                 const u32 n_valid = min(32u, j_end - j0_first);
@@ -411,7 +414,7 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
         const u32 jr = valid ? j : j0;
         // A preloaded chunk's slots are in chunk_slot already (read back only for a key row wider
         // than the preload).
-        const u32 slot = pre ? (K_PRE < HD / 4 ? chunk_slot[warp][lane] : 0u) : slot_of(jr);
+        const u32 slot = pre ? (K_PRE_F4 < HD / 4 ? chunk_slot[warp][lane] : 0u) : slot_of(jr);
         if constexpr (!pre) {
             chunk_slot[warp][lane] = slot;
             __syncwarp();
@@ -453,7 +456,7 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
 #pragma unroll
         for (int i = 0; i < HD / 4; i++) {
             const float4 kk = new_key ? reinterpret_cast<const float4*>(k_new)[i]
-                              : pre && i < K_PRE ? kv_widen4(k_pre[i < K_PRE ? i : 0])
+                              : pre && i < K_PRE_F4 ? kv_widen4(k_pre[i < K_PRE_F4 ? i : 0])
                                                  : kv_load4(kp, i);
 #pragma unroll
             for (int g = 0; g < G; g++) {

@@ -446,9 +446,12 @@ def test_two_types_share_one_launch(types, x_as):
                 ref = as_kernel_input(x64, t, "tiled") @ w.T + (b.astype(np.float64) if b is not None else 0.0)
                 err = nmse(out[:n_x], ref)
                 assert (err <= NMSE_BOUND).all(), f"{label}: NMSE per row {err}; max|diff| {np.abs(out[:n_x] - ref).max():.3e}"
-            # The same plan forced on the pair launch and on each matrix alone: the same bits.
+            # The same plan forced on the pair launch and on each matrix alone: the same bits (the
+            # stream kernel off, which takes no plan and which a GPU of few SMs would give a matrix
+            # alone).
             for plan in ((1, 8, 1), (2, 4, 2), (4, 1, 3)):
                 ferrite._ferrite._cuda_matvec_force_plan(*plan)
+                stream = ferrite._ferrite._cuda_matvec_stream("off")
                 try:
                     pair = ferrite._ferrite._cuda_matvecs(raws, list(types), list(shapes), n_cols, x, biases=biases, poison_bits=POISON, **kw)
                     for i, t in enumerate(types):
@@ -456,6 +459,7 @@ def test_two_types_share_one_launch(types, x_as):
                         assert np.array_equal(pair[i].view(np.uint32), alone.view(np.uint32)), f"{types} matrix {i} ({t}) n_x={n_x} plan {plan}: not the bits of its own launch"
                 finally:
                     ferrite._ferrite._cuda_matvec_force_plan()
+                    ferrite._ferrite._cuda_matvec_stream(stream)
 
 
 @cuda

@@ -1178,7 +1178,7 @@ impl CudaBackend {
                 _ => None,
             })
             .collect();
-        if grids.len() != weights.len() || grids.len() > super::matvec::MAX_SEGMENTS {
+        if self.pair_rows == 0 || grids.len() != weights.len() || grids.len() > super::matvec::MAX_SEGMENTS {
             return Ok(());
         }
         let mut types: Vec<GgmlType> = Vec::new();

@@ -121,20 +121,23 @@ pub fn launch_pair(a: GgmlType, b: GgmlType) -> Option<(GgmlType, GgmlType)> {
     if a == b || fa.tile_cols != fb.tile_cols || (crate::quant::widens_to_q8_0(a) && crate::quant::widens_to_q8_0(b)) {
         return None;
     }
+    // Both on the int8 path at every row count of the pair kernels: a block's static shared memory
+    // is both types' staging, which on the bf16 path (three bf16 parts of x) would pass 48 KB.
+    let most_rows = super::matvec::PAIR_KERNEL_ROWS[super::matvec::PAIR_KERNEL_ROWS.len() - 1];
+    if int8_max_rows(a)? < most_rows || int8_max_rows(b)? < most_rows {
+        return None;
+    }
     let rank = |t: GgmlType| super::repack::TILE_FORMATS.iter().position(|f| f.ty == t);
     Some(if rank(a) < rank(b) { (a, b) } else { (b, a) })
 }
 
 /// The options that compile matvec_mma.cu's pair kernels alone for `pair` (from [`launch_pair`]):
 /// the first type's as [`tile_type_defines`] gives them, the second as `QTYPE_B` with its own
-/// int8 rows.
+/// int8 rows ([`int8_max_rows`]: the table's, or what FERRITE_CUDA_KERNEL_DEFINES gives every type).
 pub fn pair_defines(pair: (GgmlType, GgmlType)) -> Option<Vec<String>> {
     let mut defines = tile_type_defines(pair.0)?;
-    let rows_b = super::repack::tile_format(pair.1)?.int8_max_rows;
     defines.push(format!("-DQTYPE_B={}", pair.1.snake_name()));
-    if env_int8_rows().is_none() {
-        defines.push(format!("-DMMA_S8_MAX_NT_B={rows_b}"));
-    }
+    defines.push(format!("-DMMA_S8_MAX_NT_B={}", int8_max_rows(pair.1)?));
     Some(defines)
 }
 

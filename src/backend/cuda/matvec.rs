@@ -578,17 +578,19 @@ impl PairKernels {
 
     /// Whether one launch of these kernels takes `parts` (types and grids) at `n_x` rows: both
     /// types present and no other, tiles of one width, at most [`MAX_SEGMENTS`] matrices, at most
-    /// `max_rows` rows ([`pair_max_rows`]) and a kernel for them, and a launch the per-type path
-    /// would not give the stream kernel (which has no pair variant).
+    /// `max_rows` rows ([`pair_max_rows`]) and a kernel for them, and their tile rows together not
+    /// a launch for the stream kernel (which has no pair variant: such a group keeps a launch a type).
     pub fn takes(&self, parts: &[(GgmlType, TileGrid)], n_x: usize, max_rows: usize) -> bool {
         let (a, b) = self.types;
         let both = parts.iter().any(|p| p.0 == a) && parts.iter().any(|p| p.0 == b);
         let only = parts.iter().all(|p| p.0 == a || p.0 == b);
         let width = parts.windows(2).all(|w| w[0].1.k_tiles == w[1].1.k_tiles);
         let Some((nt, _)) = self.matvec_for(n_x) else { return false };
+        if !(both && only && width && parts.len() <= MAX_SEGMENTS && n_x <= max_rows) {
+            return false;
+        }
         let grids: Vec<TileGrid> = parts.iter().map(|p| p.1).collect();
-        let streams = nt <= stream_rows() && takes_stream(stream_mode(), &combined(&grids), self.sms);
-        both && only && width && parts.len() <= MAX_SEGMENTS && n_x <= max_rows && !streams
+        !(nt <= stream_rows() && takes_stream(stream_mode(), &combined(&grids), self.sms))
     }
 }
 
@@ -724,8 +726,9 @@ pub fn launch_matvec_pair(ctx: &CudaContext, pair: &PairKernels, parts: Vec<Matv
     let first_b = ordered.len() as u32;
     ordered.extend(rest);
     let scratch = pair.scratch.lock().map_err(|_| CudaError::Invalid("split-K scratch lock poisoned".into()))?;
+    launch_tiled(ctx, Tiled { planned: f, nt, stream: None, scratch: &scratch, sms: pair.sms, first_b: Some(first_b) }, &first, ordered, input, ahead)?;
     PAIR_MATVECS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    launch_tiled(ctx, Tiled { planned: f, nt, stream: None, scratch: &scratch, sms: pair.sms, first_b: Some(first_b) }, &first, ordered, input, ahead)
+    Ok(())
 }
 
 /// What the parts of one launch share, after checking each (`same_type(part, first)`: whether a
