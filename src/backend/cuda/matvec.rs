@@ -88,12 +88,14 @@ const LARGE_M_TILES: usize = 128;
 /// Most column splits of a large matrix.
 const LARGE_MAX_SPLITS: usize = 8;
 
-/// Tile rows a block of a large matrix whose columns are split: FERRITE_CUDA_MATVEC_LARGE_WM (1,
-/// 2, 4 or 8; an experiment), 4 by default. Read once a process.
-fn large_split_warps_m() -> usize {
-    static WM: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *WM.get_or_init(|| std::env::var("FERRITE_CUDA_MATVEC_LARGE_WM").ok().and_then(|v| v.parse().ok()).filter(|w| [1, 2, 4, 8].contains(w)).unwrap_or(4))
-}
+/// Columns of x a split spans from which a large matrix's blocks take 8 tile rows instead of 4:
+/// each block stages its split's columns of x (for ffn_down, SwiGLU of gate and up) once for all
+/// its tile rows, and a wide split's staging (a 7B's ffn_down: 2,368 columns, four rows of x at
+/// four sequences) costs more than the warps of twice the blocks bring. H100, 2026-12-06, 8 tile
+/// rows for every large split matrix: the synthetic 7B's decode steps 2.603 -> 2.56 ms at one
+/// sequence, 3.48 -> 3.21 at four; the 0.5B shapes' at four 0.931 -> 0.940 (their gate/up, 224
+/// columns a split), so narrower splits keep 4 (docs/BENCHMARKS.md, forty-first session).
+const WIDE_SPLIT_COLS: usize = 512;
 
 /// Column tiles of x the kernel for `nt` rows stages at once (PHASE / TILE_COLS in
 /// matvec_mma.cu): more warps along the columns than this would idle.
@@ -119,7 +121,8 @@ impl Plan {
     ///
     /// * large matrices (1 or 2 rows of x: enough tiles for two per warp at `WARPS_PER_SM`;
     ///   4 or 8 rows: 2048 rows or more): one warp per tile row and column range, 4 tile rows a
-    ///   block (8 when the columns are not split), columns split across blocks until there are
+    ///   block (8 when the columns are not split or a split spans [`WIDE_SPLIT_COLS`] or more),
+    ///   columns split across blocks until there are
     ///   about two tiles per warp or `WARPS_PER_SM` warps per SM, at most 8 ways;
     /// * smaller ones, 1 or 2 rows of x (latency-bound): blocks of 8 warps, as many of them
     ///   along a tile row's columns as it has tiles and the rest on more tile rows a block, so
@@ -140,7 +143,8 @@ impl Plan {
             (wm, wk, (forced & 0xffff_ffff) as usize)
         } else if (nt <= 2 && m * k >= 2 * WARPS_PER_SM * sms) || (nt > 2 && m >= LARGE_M_TILES) {
             let k_ways = (m * k).div_ceil(2).min(WARPS_PER_SM * sms).div_ceil(m).clamp(1, k.min(LARGE_MAX_SPLITS));
-            (if k_ways == 1 { 8 } else { large_split_warps_m() }, 1, k_ways)
+            let split_cols = k.div_ceil(k_ways) * grid.format.tile_cols;
+            (if k_ways == 1 || split_cols >= WIDE_SPLIT_COLS { 8 } else { 4 }, 1, k_ways)
         } else if nt <= 2 && one_wave_rule() {
             // Latency-bound: every block stages all of x (and its norm) before its first mma, so
             // a block row wants all 8 warps to share that, and a second wave of blocks would pay
@@ -1188,6 +1192,22 @@ mod tests {
 
     fn grid(ty: GgmlType, n_rows: usize, n_cols: usize) -> TileGrid {
         TileGrid::new(tile_format(ty).unwrap(), n_rows, n_cols)
+    }
+
+    /// Large split matrices take 8 tile rows a block where a split spans 512 columns or more (a
+    /// 7B's ffn_down, its q/k/v and o at four rows) and 4 where less (the 0.5B's gate and up at
+    /// four rows: 224 columns a split), as measured (WIDE_SPLIT_COLS).
+    #[test]
+    fn wide_splits_take_eight_tile_rows_a_block() {
+        let h100 = 132;
+        for nt in [1, 2, 4] {
+            let p = Plan::new(&grid(GgmlType::Q6_K, 3584, 18944), h100, nt);
+            assert_eq!((p.warps_m, p.splits), (8, 8), "7B down at {nt} rows: {p:?}");
+        }
+        let p = Plan::new(&grid(GgmlType::Q4_K, 3584, 3584), h100, 4);
+        assert_eq!((p.warps_m, p.splits, p.k_tiles_per_split), (8, 7, 2), "7B o at 4 rows: {p:?}");
+        let p = Plan::new(&grid(GgmlType::Q5_0, 9728, 896), h100, 4);
+        assert_eq!((p.warps_m, p.splits), (4, 4), "0.5B gate/up at 4 rows: {p:?}");
     }
 
     #[test]
