@@ -1006,10 +1006,10 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
         if constexpr (S8) {
             if (fused_norm) {
                 stage_x_s8_normed<NT, NG, XSTRIDE_B, PARTS, EARLY_NORM_W, T>(x, norm_w, early_w, eps, n_x, n_cols, k_tiles * T::TILE_COLS,
-                                                                          xs_bytes, xsums.i, xscale, inv_rms);
+                                                                             xs_bytes, xsums.i, xscale, inv_rms);
             } else {
                 stage_x_s8<NT, NG, XSTRIDE_B, PARTS, T>(x, x2, norm_w, inv_rms, n_x, n_cols, p * T::TILE_COLS,
-                                              (p_end - p) * T::TILE_COLS, xs_bytes, xsums.i, xscale);
+                                                        (p_end - p) * T::TILE_COLS, xs_bytes, xsums.i, xscale);
             }
         } else {
             stage_x<NT, PARTS, XSTRIDE, NG, SUMS>(x, x2, norm_w, inv_rms, n_x, n_cols, p * T::TILE_COLS,
@@ -1030,8 +1030,7 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
             if (SELF_RELOAD) nxt.load(tile_row + (u64)(more ? kt + warps_k : kt) * T::TILE_BYTES, lane, !S8);
             else if (more) nxt.load(tile_row + (u64)(kt + warps_k) * T::TILE_BYTES, lane, !S8);
             if constexpr (S8 && T::HAS_MIN) {
-                tile_products_s8<T, NG>(cur, xs_bytes, xsums.i, xscale, kt - p, b_off, t,
-                                           acc);
+                tile_products_s8<T, NG>(cur, xs_bytes, xsums.i, xscale, kt - p, b_off, t, acc);
             } else if constexpr (S8 && T::SCALE_CHUNKS == 1) {
                 tile_products_s8_chunks<T, NG>(cur, xs_bytes, xsums.i, xscale, kt - p, b_off, t, acc);
             } else if constexpr (S8) {
