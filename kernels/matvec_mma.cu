@@ -1137,18 +1137,26 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
     if (threadIdx.x == 0) counters[blockIdx.x] = 0;  // ready for the next launch
 }
 
-// Segments 1 and 2 unused: m_tiles1 = m_tiles2 = 0 (their pointers are then never read).
+// The parameters of every kernel of this file, one list for the host (matvec.rs's launch_tiled):
+// up to three matrices (segments 1 and 2 unused: m_tiles1 = m_tiles2 = 0, their pointers then
+// never read), x and what staging makes of it, split-K scratch, the plan, the L2 prefetch window,
+// and first_b (the pair kernels' first segment of the second type; the others ignore it).
+#define MATVEC_MMA_PARAMS                                                                                                     \
+    const u8* tiles0, const u8* tiles1, const u8* tiles2, const float* bias0, const float* bias1, const float* bias2,       \
+        float* y0, float* y1, float* y2, u32 m_tiles0, u32 m_tiles1, u32 m_tiles2, u32 n_rows0, u32 n_rows1, u32 n_rows2,    \
+        u32 k_tiles, u32 n_cols, const float* __restrict__ x, const float* __restrict__ x2, const float* __restrict__ norm_w, \
+        float eps, u32 n_x, float* __restrict__ partials, u32* __restrict__ counters, u32 k_tiles_per_split, u32 warps_m,   \
+        u32 accumulate, const u64* __restrict__ pf_ranges, u32 pf_n_ranges, u32 pf_first, u64 pf_offset_bytes,              \
+        u64 pf_len_bytes, u32 first_b
+// The Segments and PrefetchWindow of those parameters.
+#define MATVEC_MMA_UNPACK                                                                                                     \
+    const Segments segs = {{tiles0, tiles1, tiles2}, {bias0, bias1, bias2}, {y0, y1, y2}, {m_tiles0, m_tiles1, m_tiles2},     \
+                           {n_rows0, n_rows1, n_rows2}};                                                                       \
+    const PrefetchWindow ahead = {pf_ranges, pf_n_ranges, pf_first, pf_offset_bytes, pf_len_bytes};
+
 #define MATVEC_MMA_KERNEL(nt)                                                                                         \
-    extern "C" __global__ void __launch_bounds__(32 * MMA_MAX_WARPS, MMA_MIN_BLOCKS) matvec_mma_##nt(                              \
-        const u8* tiles0, const u8* tiles1, const u8* tiles2, const float* bias0, const float* bias1,                  \
-        const float* bias2, float* y0, float* y1, float* y2, u32 m_tiles0, u32 m_tiles1, u32 m_tiles2, u32 n_rows0,    \
-        u32 n_rows1, u32 n_rows2, u32 k_tiles, u32 n_cols, const float* __restrict__ x, const float* __restrict__ x2,  \
-        const float* __restrict__ norm_w, float eps, u32 n_x, float* __restrict__ partials, u32* __restrict__ counters, \
-        u32 k_tiles_per_split, u32 warps_m, u32 accumulate, const u64* __restrict__ pf_ranges, u32 pf_n_ranges,        \
-        u32 pf_first, u64 pf_offset_bytes, u64 pf_len_bytes) {                                                               \
-        const Segments segs = {{tiles0, tiles1, tiles2}, {bias0, bias1, bias2}, {y0, y1, y2},                          \
-                               {m_tiles0, m_tiles1, m_tiles2}, {n_rows0, n_rows1, n_rows2}};                            \
-        const PrefetchWindow ahead = {pf_ranges, pf_n_ranges, pf_first, pf_offset_bytes, pf_len_bytes};                       \
+    extern "C" __global__ void __launch_bounds__(32 * MMA_MAX_WARPS, MMA_MIN_BLOCKS) matvec_mma_##nt(MATVEC_MMA_PARAMS) {      \
+        MATVEC_MMA_UNPACK                                                                                                     \
         matvec_mma<nt>(segs, k_tiles, n_cols, x, x2, norm_w, eps, n_x, partials, counters, k_tiles_per_split, warps_m, \
                        accumulate, ahead);                                                                              \
     }
@@ -1162,16 +1170,9 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
 // H100, the synthetic 7B's one-sequence step (docs/BENCHMARKS.md, forty-first session): such a
 // layer's q/k/v took two launches of 8.8-10 us each.
 #define MATVEC_MMA_PAIR_KERNEL(nt)                                                                                             \
-    extern "C" __global__ void __launch_bounds__(32 * MMA_MAX_WARPS, MMA_MIN_BLOCKS) matvec_mma_pair_##nt(                   \
-        const u8* tiles0, const u8* tiles1, const u8* tiles2, const float* bias0, const float* bias1,                         \
-        const float* bias2, float* y0, float* y1, float* y2, u32 m_tiles0, u32 m_tiles1, u32 m_tiles2, u32 n_rows0,           \
-        u32 n_rows1, u32 n_rows2, u32 k_tiles, u32 n_cols, const float* __restrict__ x, const float* __restrict__ x2,         \
-        const float* __restrict__ norm_w, float eps, u32 n_x, float* __restrict__ partials, u32* __restrict__ counters,       \
-        u32 k_tiles_per_split, u32 warps_m, u32 accumulate, const u64* __restrict__ pf_ranges, u32 pf_n_ranges,               \
-        u32 pf_first, u64 pf_offset_bytes, u64 pf_len_bytes, u32 first_b) {                                                   \
-        const Segments segs = {{tiles0, tiles1, tiles2}, {bias0, bias1, bias2}, {y0, y1, y2},                                 \
-                               {m_tiles0, m_tiles1, m_tiles2}, {n_rows0, n_rows1, n_rows2}};                                   \
-        const PrefetchWindow ahead = {pf_ranges, pf_n_ranges, pf_first, pf_offset_bytes, pf_len_bytes};                       \
+    extern "C" __global__ void __launch_bounds__(32 * MMA_MAX_WARPS, MMA_MIN_BLOCKS) matvec_mma_pair_##nt(MATVEC_MMA_PARAMS) { \
+        MATVEC_MMA_UNPACK                                                                                                     \
+        /* The block's segment as matvec_mma finds it (through a shared helper, the SASS moved). */                           \
         const u32 wm = max(warps_m, 1u), blocks0 = (m_tiles0 + wm - 1) / wm, blocks1 = (m_tiles1 + wm - 1) / wm;              \
         const u32 seg = blockIdx.x < blocks0 ? 0 : blockIdx.x < blocks0 + blocks1 ? 1 : 2;                                    \
         if (seg < first_b)                                                                                                    \
@@ -1520,16 +1521,8 @@ __device__ __forceinline__ void matvec_mma_stream(const Segments& segs, u32 k_ti
 // The stream kernels (see above), with matvec_mma_1's arguments (k_tiles_per_split and warps_m
 // unused: the grid and block sizes are their plan).
 #define MATVEC_MMA_STREAM_KERNEL(nt)                                                                                          \
-    extern "C" __global__ void __launch_bounds__(32 * MMA_MAX_WARPS, MMA_MIN_BLOCKS) matvec_mma_stream_##nt(                 \
-        const u8* tiles0, const u8* tiles1, const u8* tiles2, const float* bias0, const float* bias1, const float* bias2,   \
-        float* y0, float* y1, float* y2, u32 m_tiles0, u32 m_tiles1, u32 m_tiles2, u32 n_rows0, u32 n_rows1, u32 n_rows2,    \
-        u32 k_tiles, u32 n_cols, const float* __restrict__ x, const float* __restrict__ x2, const float* __restrict__ norm_w, \
-        float eps, u32 n_x, float* __restrict__ partials, u32* __restrict__ counters, u32 k_tiles_per_split, u32 warps_m,   \
-        u32 accumulate, const u64* __restrict__ pf_ranges, u32 pf_n_ranges, u32 pf_first, u64 pf_offset_bytes,              \
-        u64 pf_len_bytes) {                                                                                                   \
-        const Segments segs = {{tiles0, tiles1, tiles2}, {bias0, bias1, bias2}, {y0, y1, y2}, {m_tiles0, m_tiles1, m_tiles2}, \
-                               {n_rows0, n_rows1, n_rows2}};                                                                   \
-        const PrefetchWindow ahead = {pf_ranges, pf_n_ranges, pf_first, pf_offset_bytes, pf_len_bytes};                      \
+    extern "C" __global__ void __launch_bounds__(32 * MMA_MAX_WARPS, MMA_MIN_BLOCKS) matvec_mma_stream_##nt(MATVEC_MMA_PARAMS) { \
+        MATVEC_MMA_UNPACK                                                                                                     \
         matvec_mma_stream<nt>(segs, k_tiles, n_cols, x, x2, norm_w, eps, n_x, partials, counters, accumulate, ahead);      \
     }
 MATVEC_MMA_STREAM_KERNEL(1)

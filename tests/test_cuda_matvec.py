@@ -383,6 +383,22 @@ def test_one_launch_over_several_matrices_and_fused_inputs(name, groups, x_as):
     check_several_matrices(name, groups, x_as, (1, 2, 3, 4, 8))
 
 
+def fused_input(x: np.ndarray, x_as: str, rng: np.random.Generator) -> tuple[dict, np.ndarray]:
+    """For x taken as `x_as` ("x", "rms_norm" or "swiglu"): the keyword arguments that make the
+    kernels stage it so (a random norm weight or up rows, drawn from `rng`) and the float64 values
+    they should then multiply, x / rms(x) * w or silu(x) * up."""
+    kw, x64 = {}, x.astype(np.float64)
+    if x_as == "rms_norm":
+        norm_w = rng.standard_normal(x.shape[1]).astype(np.float32)
+        kw = dict(norm_weight=norm_w, norm_eps=1e-6)
+        x64 = x64 / np.sqrt((x64**2).mean(axis=1, keepdims=True) + 1e-6) * norm_w
+    elif x_as == "swiglu":
+        up = rng.standard_normal(x.shape).astype(np.float32)
+        kw = dict(swiglu_up=up)
+        x64 = x64 / (1.0 + np.exp(-x64)) * up
+    return kw, x64
+
+
 def check_several_matrices(name: str, groups: int, x_as: str, n_xs, shapes=(37, 16, 129)) -> None:
     """Matrices of `shapes` rows and `groups` 32-column groups in one launch (by default odd, one
     tile, many tiles: each segment's block rows and split-K partials), x taken as `x_as` says,
@@ -394,15 +410,7 @@ def check_several_matrices(name: str, groups: int, x_as: str, n_xs, shapes=(37, 
     for n_x in n_xs:
         x = (rng.standard_normal((n_x, n_cols)) * 3).astype(np.float32)
         biases = [rng.standard_normal(r).astype(np.float32) if i != 1 else None for i, r in enumerate(shapes)]
-        kw, x64 = {}, x.astype(np.float64)
-        if x_as == "rms_norm":
-            norm_w = rng.standard_normal(n_cols).astype(np.float32)
-            kw = dict(norm_weight=norm_w, norm_eps=1e-6)
-            x64 = x64 / np.sqrt((x64**2).mean(axis=1, keepdims=True) + 1e-6) * norm_w
-        elif x_as == "swiglu":
-            up = rng.standard_normal((n_x, n_cols)).astype(np.float32)
-            kw = dict(swiglu_up=up)
-            x64 = x64 / (1.0 + np.exp(-x64)) * up
+        kw, x64 = fused_input(x, x_as, rng)
         outs = ferrite._ferrite._cuda_matvecs(raws, name, list(shapes), n_cols, x, biases=biases, poison_bits=POISON, **kw)
         assert len(outs) == len(shapes)
         for i, (out, w, b) in enumerate(zip(outs, ws, biases)):
@@ -432,11 +440,7 @@ def test_two_types_share_one_launch(types, x_as):
         for n_x in (1, 2, 3, 4):
             x = (rng.standard_normal((n_x, n_cols)) * 3).astype(np.float32)
             biases = [rng.standard_normal(r).astype(np.float32) if i != 1 else None for i, r in enumerate(shapes)]
-            kw, x64 = {}, x.astype(np.float64)
-            if x_as == "rms_norm":
-                norm_w = rng.standard_normal(n_cols).astype(np.float32)
-                kw = dict(norm_weight=norm_w, norm_eps=1e-6)
-                x64 = x64 / np.sqrt((x64**2).mean(axis=1, keepdims=True) + 1e-6) * norm_w
+            kw, x64 = fused_input(x, x_as, rng)
             launches = ferrite._ferrite._cuda_counters()["pair_matvecs"]
             outs = ferrite._ferrite._cuda_matvecs(raws, list(types), list(shapes), n_cols, x, biases=biases, poison_bits=POISON, **kw)
             assert ferrite._ferrite._cuda_counters()["pair_matvecs"] == launches + 1, "the pair kernels did not run"

@@ -1181,16 +1181,7 @@ impl CudaBackend {
         if self.pair_rows == 0 || grids.len() != weights.len() || grids.len() > super::matvec::MAX_SEGMENTS {
             return Ok(());
         }
-        let mut types: Vec<GgmlType> = Vec::new();
-        for (ty, _) in &grids {
-            if !types.contains(ty) {
-                types.push(*ty);
-            }
-        }
-        let Some(pair) = (match types[..] {
-            [a, b] => kernels::launch_pair(a, b),
-            _ => None,
-        }) else {
+        let Some(pair) = kernels::group_pair(grids.iter().map(|g| g.0)) else {
             return Ok(());
         };
         let kernels = match self.pair_kernels.get(&pair) {
@@ -1201,10 +1192,7 @@ impl CudaBackend {
                 k
             }
         };
-        let mut ordered: Vec<super::repack::TileGrid> = grids.iter().filter(|g| g.0 == pair.0).map(|g| g.1).collect();
-        ordered.extend(grids.iter().filter(|g| g.0 == pair.1).map(|g| g.1));
-        let mut scratch = kernels.scratch.lock().map_err(|_| BackendError::Invalid("split-K scratch lock poisoned".into()))?;
-        scratch.reserve_group(&self.ctx, kernels.sms, &ordered)?;
+        kernels.reserve(&self.ctx, &grids)?;
         Ok(())
     }
 

@@ -131,6 +131,20 @@ pub fn launch_pair(a: GgmlType, b: GgmlType) -> Option<(GgmlType, GgmlType)> {
     Some(if rank(a) < rank(b) { (a, b) } else { (b, a) })
 }
 
+/// [`launch_pair`] of a group's types (in any order, repeats allowed) when it has exactly two.
+pub fn group_pair(types: impl IntoIterator<Item = GgmlType>) -> Option<(GgmlType, GgmlType)> {
+    let mut distinct: Vec<GgmlType> = Vec::new();
+    for ty in types {
+        if !distinct.contains(&ty) {
+            distinct.push(ty);
+        }
+    }
+    match distinct[..] {
+        [a, b] => launch_pair(a, b),
+        _ => None,
+    }
+}
+
 /// The options that compile matvec_mma.cu's pair kernels alone for `pair` (from [`launch_pair`]):
 /// the first type's as [`tile_type_defines`] gives them, the second as `QTYPE_B` with its own
 /// int8 rows ([`int8_max_rows`]: the table's, or what FERRITE_CUDA_KERNEL_DEFINES gives every type).
@@ -351,6 +365,9 @@ mod tests {
         assert_eq!(launch_pair(Q4_K, Q5_0), None, "tiles of 256 and 128 columns");
         assert_eq!(launch_pair(Q4_K, Q4_K), None);
         assert_eq!(launch_pair(Q4_K, Q5_K), None, "Q5_K has no tiles");
+        assert_eq!(group_pair([Q6_K, Q4_K, Q6_K]), Some((Q4_K, Q6_K)));
+        assert_eq!(group_pair([Q4_K, Q4_K]), None, "one type");
+        assert_eq!(group_pair([Q4_K, Q6_K, Q8_0]), None, "three types");
         let d = pair_defines((Q4_K, Q6_K)).unwrap();
         assert!(d.starts_with(&tile_type_defines(Q4_K).unwrap()) && d.contains(&"-DQTYPE_B=q6_k".to_string()), "{d:?}");
     }

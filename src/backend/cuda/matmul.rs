@@ -272,9 +272,7 @@ pub(super) fn tiled_matvecs(
     write: Write,
     input: Input,
 ) -> Result<(), BackendError> {
-    // Two tiled types that may share a launch (a 7B's Q4_K q and k with a Q6_K v): the pair kernels.
-    let parts: Vec<_> = projections.iter().filter_map(|(w, _, _)| if let Layout::Tiles(g) = w.layout { Some((w.ty, g)) } else { None }).collect();
-    if let Some(pair) = be.pair_kernels.values().find(|p| parts.len() == projections.len() && p.takes(&parts, n_x, be.pair_rows)).cloned() {
+    if let Some(pair) = pair_kernels_for(be, projections.iter().map(|p| p.0), n_x) {
         let weights: Vec<&CudaWeight> = projections.iter().map(|(w, _, _)| *w).collect();
         let ahead = window_ahead(be, &weights);
         let args = projections.into_iter().map(|(w, bias, out)| matvec_args(be, w, bias, x, n_x, out, write)).collect();
@@ -296,6 +294,17 @@ pub(super) fn tiled_matvecs(
         }
     }
     Ok(())
+}
+
+/// The pair kernels that take `weights` (tiled, of two types that may share a launch: a 7B's Q4_K q
+/// and k with a Q6_K v) as one launch at `n_x` rows, if any (`PairKernels::takes`).
+fn pair_kernels_for<'w>(be: &CudaBackend, weights: impl ExactSizeIterator<Item = &'w CudaWeight>, n_x: usize) -> Option<std::sync::Arc<super::matvec::PairKernels>> {
+    if be.pair_kernels.is_empty() {
+        return None;
+    }
+    let n = weights.len();
+    let parts: Vec<_> = weights.filter_map(|w| if let Layout::Tiles(g) = w.layout { Some((w.ty, g)) } else { None }).collect();
+    (parts.len() == n).then(|| be.pair_kernels.values().find(|p| p.takes(&parts, n_x, be.pair_rows)).cloned()).flatten()
 }
 
 /// The window of the step's weights a matrix-vector launch of `weights` asks L2 for ahead

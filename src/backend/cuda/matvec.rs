@@ -580,6 +580,18 @@ impl PairKernels {
         self.matvec.iter().find(|(cap, _)| n_x <= *cap).map(|(cap, f)| (*cap, f))
     }
 
+    /// Grows the split-K scratch to hold a launch of `parts` (types and grids, in any order), with
+    /// the first type's matrices first as [`launch_matvec_pair`] orders them. Call at load only (see
+    /// the module docs).
+    pub fn reserve(&self, ctx: &CudaContext, parts: &[(GgmlType, TileGrid)]) -> Result<(), CudaError> {
+        let (a, b) = self.types;
+        let ordered: Vec<TileGrid> = [a, b].iter().flat_map(|t| parts.iter().filter(move |p| p.0 == *t).map(|p| p.1)).collect();
+        if ordered.len() != parts.len() {
+            return Err(CudaError::Invalid(format!("a launch of the {a}/{b} pair kernels with matrices of another type")));
+        }
+        self.scratch.lock().map_err(|_| CudaError::Invalid("split-K scratch lock poisoned".into()))?.reserve_group(ctx, self.sms, &ordered)
+    }
+
     /// Whether one launch of these kernels takes `parts` (types and grids) at `n_x` rows: both
     /// types present and no other, tiles of one width, at most [`MAX_SEGMENTS`] matrices, at most
     /// `max_rows` rows ([`pair_max_rows`]) and a kernel for them, and their tile rows together not
@@ -804,22 +816,18 @@ fn launch_tiled(ctx: &CudaContext, k: Tiled<'_>, first: &Shared<'_>, parts: Vec<
         Input::Normed { weight, eps } => (0, weight, eps),
         Input::Swiglu { up } => (up, 0, 0.0),
     };
-    match k.first_b {
-        None => launch!(
-            ctx, f, "matvec_mma", cfg,
-            &tiles[0], &tiles[1], &tiles[2], &bias[0], &bias[1], &bias[2], &y[0], &y[1], &y[2],
-            &m_tiles[0], &m_tiles[1], &m_tiles[2], &n_rows[0], &n_rows[1], &n_rows[2],
-            &k_tiles, &n_cols, first.x, &x2, &norm_w, &eps, &n_x, &partials, &counters, &per, &wm, &accumulate,
-            &ahead.ranges, &ahead.n_ranges, &ahead.first, &ahead.offset_bytes, &ahead.len_bytes
-        ),
-        Some(first_b) => launch!(
-            ctx, f, "matvec_mma_pair", cfg,
-            &tiles[0], &tiles[1], &tiles[2], &bias[0], &bias[1], &bias[2], &y[0], &y[1], &y[2],
-            &m_tiles[0], &m_tiles[1], &m_tiles[2], &n_rows[0], &n_rows[1], &n_rows[2],
-            &k_tiles, &n_cols, first.x, &x2, &norm_w, &eps, &n_x, &partials, &counters, &per, &wm, &accumulate,
-            &ahead.ranges, &ahead.n_ranges, &ahead.first, &ahead.offset_bytes, &ahead.len_bytes, &first_b
-        ),
-    }
+    // Every kernel of matvec_mma.cu takes this list (MATVEC_MMA_PARAMS); only the pair kernels read first_b.
+    let (name, first_b) = match k.first_b {
+        Some(b) => ("matvec_mma_pair", b),
+        None => ("matvec_mma", 0),
+    };
+    launch!(
+        ctx, f, name, cfg,
+        &tiles[0], &tiles[1], &tiles[2], &bias[0], &bias[1], &bias[2], &y[0], &y[1], &y[2],
+        &m_tiles[0], &m_tiles[1], &m_tiles[2], &n_rows[0], &n_rows[1], &n_rows[2],
+        &k_tiles, &n_cols, first.x, &x2, &norm_w, &eps, &n_x, &partials, &counters, &per, &wm, &accumulate,
+        &ahead.ranges, &ahead.n_ranges, &ahead.first, &ahead.offset_bytes, &ahead.len_bytes, &first_b
+    )
 }
 
 /// What the matrices of one launch have in common.
@@ -1009,22 +1017,15 @@ impl MatvecOp {
         let grids: Vec<TileGrid> = ops.iter().filter_map(|op| if let Layout::Tiles(g) = op.layout { Some(g) } else { None }).collect();
         let tiled = first.kernels.tiled.as_ref().filter(|_| grids.len() == ops.len()).ok_or_else(|| CudaError::Invalid("run_group: every matrix must be on the tiled path".into()))?;
         // Matrices of two types: the pair kernels, as the backend's prepare_group makes them.
-        let other = ops.iter().map(|op| op.ty).find(|ty| *ty != first.ty);
-        let pair = match other {
-            None => {
-                tiled.scratch.lock().map_err(|_| CudaError::Invalid("lock poisoned".into()))?.reserve_group(ctx, tiled.sms, &grids)?;
-                None
-            }
-            Some(b) => {
-                let types = kernels::launch_pair(first.ty, b).ok_or_else(|| CudaError::Invalid(format!("run_group: {} and {b} cannot share a launch", first.ty)))?;
-                let pair = PairKernels::compile(ctx, types)?;
-                let ordered: Vec<TileGrid> = [types.0, types.1].iter().flat_map(|t| ops.iter().zip(&grids).filter(move |(op, _)| op.ty == *t).map(|(_, g)| *g)).collect();
-                if ordered.len() != ops.len() {
-                    return Err(CudaError::Invalid(format!("run_group: types other than {} and {}", types.0, types.1)));
-                }
-                pair.scratch.lock().map_err(|_| CudaError::Invalid("lock poisoned".into()))?.reserve_group(ctx, pair.sms, &ordered)?;
-                Some(pair)
-            }
+        let pair = if ops.iter().all(|op| op.ty == first.ty) {
+            tiled.scratch.lock().map_err(|_| CudaError::Invalid("lock poisoned".into()))?.reserve_group(ctx, tiled.sms, &grids)?;
+            None
+        } else {
+            let types: Vec<GgmlType> = ops.iter().map(|op| op.ty).collect();
+            let pair = kernels::group_pair(types.iter().copied()).ok_or_else(|| CudaError::Invalid(format!("run_group: {types:?} cannot share a launch")))?;
+            let pair = PairKernels::compile(ctx, pair)?;
+            pair.reserve(ctx, &types.into_iter().zip(grids.iter().copied()).collect::<Vec<_>>())?;
+            Some(pair)
         };
         let xd = ctx.upload(x, "test activations")?;
         let extra = match input {
