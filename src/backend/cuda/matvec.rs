@@ -114,6 +114,37 @@ pub fn force_plan(forced: Option<(u32, u32, u32)>) {
     FORCED_PLAN.store(v, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// `FERRITE_CUDA_MATVEC_PLANS`: plans for given launches, to measure others inside a decode step
+/// (an experiment's hook, like [`force_plan`] for the benchmarks): `ROWSxCOLS@NT=WM,WK,SPLITS`
+/// entries separated by `;`, where ROWS is the launch's rows (a group's summed, padded to 16) and
+/// NT the kernel's rows of x (1, 2, 4 or 8). Warps are clamped as a forced plan's are.
+fn env_plan(grid: &TileGrid, nt: usize) -> Option<(usize, usize, usize)> {
+    static PLANS: std::sync::OnceLock<Vec<((usize, usize, usize), (usize, usize, usize))>> = std::sync::OnceLock::new();
+    let plans = PLANS.get_or_init(|| {
+        let Ok(text) = std::env::var("FERRITE_CUDA_MATVEC_PLANS") else { return Vec::new() };
+        let num = |v: &str| v.trim().parse::<usize>().ok();
+        text.split(';')
+            .filter_map(|entry| {
+                let (shape, plan) = entry.split_once('=')?;
+                let (dims, nt) = shape.split_once('@')?;
+                let (rows, cols) = dims.split_once('x')?;
+                let p: Vec<usize> = plan.split(',').map(num).collect::<Option<_>>()?;
+                if p.len() != 3 {
+                    return None;
+                }
+                Some(((num(rows)?, num(cols)?, num(nt)?), (p[0], p[1], p[2])))
+            })
+            .collect()
+    });
+    let max_warps = MMA_MAX_WARPS as usize;
+    let phase = phase_tiles(&grid.format, nt);
+    plans.iter().find(|(key, _)| *key == (grid.n_rows, grid.n_cols, nt)).map(|&(_, (wm, wk, s))| {
+        let wm = wm.clamp(1, max_warps);
+        let wk = wk.clamp(1, (max_warps / wm).min(phase));
+        (wm, wk, s.max(1))
+    })
+}
+
 impl Plan {
     /// For a matrix of `grid`'s shape, the kernel of `nt` rows of x, on a GPU with `sms` SMs.
     /// Chosen from a sweep of every shape on an H200 (2026-12-02; benches/bench_cuda_matvec.py
@@ -129,6 +160,7 @@ impl Plan {
     ///   that the blocks fit one wave; then columns split across blocks (about one tile a warp,
     ///   at most four splits, none when there are as many tile rows as SMs) while they
     ///   still fit (`FERRITE_CUDA_MATVEC_WAVE=0`: the rule before, one tile row a block);
+    /// * the same for 3 or 4 rows where x fits one phase (`one_phase_rows` below);
     /// * smaller ones, 4 or 8 rows (more math per tile): two warps a tile row, one tile each,
     ///   columns split across blocks, as many tile rows a block as still leave a block for
     ///   every other SM.
@@ -137,15 +169,27 @@ impl Plan {
         let max_warps = MMA_MAX_WARPS as usize;
         let phase = phase_tiles(&grid.format, nt);
         let forced = FORCED_PLAN.load(std::sync::atomic::Ordering::Relaxed);
-        let (wm, wk, splits) = if forced != 0 {
+        // Three or four rows of a matrix whose x fits one phase (the 0.5B's 896 columns) and of
+        // fewer tiles than the large rule's one- and two-row bound: planned as one and two rows
+        // are, one wave of blocks without a column split, instead of the splits below, whose
+        // round trips and the RMSNorm's pass of its own (a split block stages part of x) cost more
+        // than the warps they add. H100, 2026-12-06, syn05's four-sequence step 0.938 -> 0.824 ms
+        // with gate/up (9728x896) at (4, 2, 1) instead of (4, 1, 4), q/k/v (1152x896) at (1, 8, 1)
+        // instead of (4, 2, 4) and o at (1, 8, 1) instead of (2, 2, 4); a 7B's q/k/v and o (3584
+        // columns, several phases) lost 24 % on such plans and keep theirs (docs/BENCHMARKS.md,
+        // forty-second session).
+        let one_phase_rows = (3..=4).contains(&nt) && k <= phase && m * k < 2 * WARPS_PER_SM * sms;
+        let (wm, wk, splits) = if let Some(plan) = env_plan(grid, nt) {
+            plan
+        } else if forced != 0 {
             let wm = ((forced >> 40) as usize).clamp(1, max_warps);
             let wk = ((forced >> 32) as usize & 0xff).clamp(1, max_warps / wm);
             (wm, wk, (forced & 0xffff_ffff) as usize)
-        } else if (nt <= 2 && m * k >= 2 * WARPS_PER_SM * sms) || (nt > 2 && m >= LARGE_M_TILES) {
+        } else if (nt <= 2 && m * k >= 2 * WARPS_PER_SM * sms) || (nt > 2 && m >= LARGE_M_TILES && !one_phase_rows) {
             let k_ways = (m * k).div_ceil(2).min(WARPS_PER_SM * sms).div_ceil(m).clamp(1, k.min(LARGE_MAX_SPLITS));
             let split_cols = k.div_ceil(k_ways) * grid.format.tile_cols;
             (if k_ways == 1 || split_cols >= WIDE_SPLIT_COLS { 8 } else { 4 }, 1, k_ways)
-        } else if nt <= 2 && one_wave_rule() {
+        } else if (nt <= 2 || one_phase_rows) && one_wave_rule() {
             // Latency-bound: every block stages all of x (and its norm) before its first mma, so
             // a block row wants all 8 warps to share that, and a second wave of blocks would pay
             // for it again. Eight warps a block, as many along the columns as the matrix has
@@ -166,6 +210,15 @@ impl Plan {
             let mut splits = if m >= sms { 1 } else { k.div_ceil(wk).min(4) };
             while splits > 1 && m.div_ceil(wm) * splits > wave_blocks(wm * wk) {
                 splits -= 1;
+            }
+            // A block of one tile row whose warps are fewer than x's 256-column staging jobs
+            // (nt per 256 columns) stages its RMSNorm in a pass of its own (matvec_mma.cu's
+            // FUSES_NORM): warps up to the jobs, the spare ones only staging. H100, 2026-12-06,
+            // the 0.5B's q/k/v at two rows (7 tiles, 8 jobs) on 8 warps instead of 7: syn05's
+            // two-sequence step 0.830 -> 0.785 ms, one sequence the same.
+            let jobs = nt * (k * grid.format.tile_cols).div_ceil(256);
+            if wm == 1 && splits == 1 && wk < jobs && jobs <= max_warps {
+                wk = jobs.min(phase);
             }
             (wm, wk, splits)
         } else if nt <= 2 {
@@ -1207,8 +1260,27 @@ mod tests {
         }
         let p = Plan::new(&grid(GgmlType::Q4_K, 3584, 3584), h100, 4);
         assert_eq!((p.warps_m, p.splits, p.k_tiles_per_split), (8, 7, 2), "7B o at 4 rows: {p:?}");
-        let p = Plan::new(&grid(GgmlType::Q5_0, 9728, 896), h100, 4);
-        assert_eq!((p.warps_m, p.splits), (4, 4), "0.5B gate/up at 4 rows: {p:?}");
+    }
+
+    /// The 0.5B's projections (896 columns: x fits one phase at four rows) plan three and four
+    /// rows as one and two (one wave, no column split), and the two-row q/k/v takes a warp for
+    /// each staging job, as measured; a 7B's 3584 columns keep the split plans.
+    #[test]
+    fn one_phase_matrices_plan_four_rows_as_one_wave() {
+        let h100 = 132;
+        let plan = |ty, rows, cols, nt| {
+            let p = Plan::new(&grid(ty, rows, cols), h100, nt);
+            (p.warps_m, p.warps_k, p.splits)
+        };
+        assert_eq!(plan(GgmlType::Q5_0, 9728, 896, 4), (4, 2, 1), "gate/up");
+        assert_eq!(plan(GgmlType::Q5_0, 1152, 896, 4), (1, 7, 1), "q/k/v");
+        assert_eq!(plan(GgmlType::Q5_0, 896, 896, 4), (1, 7, 1), "o");
+        assert_eq!(plan(GgmlType::Q5_0, 1152, 896, 2), (1, 8, 1), "q/k/v at two rows: 8 staging jobs");
+        assert_eq!(plan(GgmlType::Q5_0, 1152, 896, 1), (1, 7, 1), "q/k/v at one row: 4 jobs");
+        // Unchanged: ffn_down (x of several phases at four rows), a 7B's q/k/v and o.
+        assert_eq!(plan(GgmlType::Q4_K, 896, 4864, 4), (4, 2, 10));
+        assert_eq!(plan(GgmlType::Q4_K, 4608, 3584, 4), (8, 1, 7));
+        assert_eq!(plan(GgmlType::Q4_K, 3584, 3584, 4), (8, 1, 7));
     }
 
     #[test]
