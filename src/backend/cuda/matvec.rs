@@ -211,14 +211,16 @@ impl Plan {
             while splits > 1 && m.div_ceil(wm) * splits > wave_blocks(wm * wk) {
                 splits -= 1;
             }
-            // A block of one tile row whose warps are fewer than x's 256-column staging jobs
-            // (nt per 256 columns) stages its RMSNorm in a pass of its own (matvec_mma.cu's
-            // FUSES_NORM): warps up to the jobs, the spare ones only staging. H100, 2026-12-06,
-            // the 0.5B's q/k/v at two rows (7 tiles, 8 jobs) on 8 warps instead of 7: syn05's
-            // two-sequence step 0.830 -> 0.785 ms, one sequence the same.
+            // A block of one tile row whose warps are fewer than x's 256-column staging jobs (nt
+            // per 256 columns) takes warps up to the jobs (at most 8), the spare ones only
+            // staging: each warp stages fewer jobs, and where they then fit the warps, the
+            // RMSNorm folds into staging instead of a pass of its own (matvec_mma.cu's
+            // FUSES_NORM). H100, 2026-12-06, the 0.5B's q/k/v and o (7 tiles) on 8 warps instead
+            // of 7: syn05's two-sequence step 0.830 -> 0.778 ms, its four-sequence one (with the
+            // one-phase plans above) 0.836 -> 0.825; one sequence (4 jobs) keeps 7.
             let jobs = nt * (k * grid.format.tile_cols).div_ceil(256);
-            if wm == 1 && splits == 1 && wk < jobs && jobs <= max_warps {
-                wk = jobs.min(phase);
+            if wm == 1 && splits == 1 && wk < jobs {
+                wk = jobs.min(max_warps).min(phase);
             }
             (wm, wk, splits)
         } else if nt <= 2 {
@@ -1263,8 +1265,9 @@ mod tests {
     }
 
     /// The 0.5B's projections (896 columns: x fits one phase at four rows) plan three and four
-    /// rows as one and two (one wave, no column split), and the two-row q/k/v takes a warp for
-    /// each staging job, as measured; a 7B's 3584 columns keep the split plans.
+    /// rows as one and two (one wave, no column split), and one-tile-row blocks take a warp for
+    /// each staging job up to 8: the plans measured (docs/BENCHMARKS.md, forty-second session);
+    /// a 7B's 3584 columns keep theirs.
     #[test]
     fn one_phase_matrices_plan_four_rows_as_one_wave() {
         let h100 = 132;
@@ -1273,10 +1276,16 @@ mod tests {
             (p.warps_m, p.warps_k, p.splits)
         };
         assert_eq!(plan(GgmlType::Q5_0, 9728, 896, 4), (4, 2, 1), "gate/up");
-        assert_eq!(plan(GgmlType::Q5_0, 1152, 896, 4), (1, 7, 1), "q/k/v");
-        assert_eq!(plan(GgmlType::Q5_0, 896, 896, 4), (1, 7, 1), "o");
+        assert_eq!(plan(GgmlType::Q5_0, 1152, 896, 4), (1, 8, 1), "q/k/v: 16 staging jobs");
+        assert_eq!(plan(GgmlType::Q5_0, 896, 896, 4), (1, 8, 1), "o");
         assert_eq!(plan(GgmlType::Q5_0, 1152, 896, 2), (1, 8, 1), "q/k/v at two rows: 8 staging jobs");
+        assert_eq!(plan(GgmlType::Q5_0, 896, 896, 2), (1, 8, 1), "o at two rows");
         assert_eq!(plan(GgmlType::Q5_0, 1152, 896, 1), (1, 7, 1), "q/k/v at one row: 4 jobs");
+        assert_eq!(plan(GgmlType::Q4_K, 896, 4864, 1), (1, 8, 3), "down at one row, as measured best");
+        // A 7B's one-row o and two-row o already have 8 warps; its q/k/v two tile rows a block.
+        assert_eq!(plan(GgmlType::Q4_K, 3584, 3584, 1), (1, 8, 1));
+        assert_eq!(plan(GgmlType::Q4_K, 3584, 3584, 2), (1, 8, 1));
+        assert_eq!(plan(GgmlType::Q4_K, 4608, 3584, 1), (2, 4, 1));
         // Unchanged: ffn_down (x of several phases at four rows), a 7B's q/k/v and o.
         assert_eq!(plan(GgmlType::Q4_K, 896, 4864, 4), (4, 2, 10));
         assert_eq!(plan(GgmlType::Q4_K, 4608, 3584, 4), (8, 1, 7));
