@@ -10,7 +10,8 @@
 # AB_TYPES / AB_ROWS, first round only, AB_MATVEC=0 skips it) and, in two interleaved rounds, the decode step of
 # synthetic models of the real 0.5B shapes and of Qwen2.5-7B's (bench_decode_step.py, AB_BATCHES
 # / AB_BATCHES_7B, `none`: no 7B), each build with its own kernel cache and the settings in
-# .device/ab/NAME/env if there is one (one wheel under two names compares two settings); with
+# .device/ab/NAME/env if there is one (one wheel under two names compares two settings; a folder with
+# only `env` and `wheel_of`, the name of another build, takes that build's wheel); with
 # AB_GENERATE=1 also the Generator (sampling included) on the 0.5B shapes, with AB_TIMELINE (batch
 # sizes) each build's per-kernel timeline of its decode step (all in ab_timelines.txt). About 2.5 minutes a build. Nothing
 # else may run on the machine meanwhile (a llama.cpp build beside it slowed every host-bound figure
@@ -23,8 +24,12 @@ export PYTHONUNBUFFERED=1 FERRITE_TOKENIZER_GGUF=$PWD/${TOKENIZER_GGUF:-.device/
 out=${OUT:-/tmp/gpu_ab_out}; mkdir -p "$out" /root/m
 for n in "${names[@]}"; do
     rm -rf "/tmp/site-$n"
+    # A build of settings only (.device/ab/NAME/env) may name another build whose wheel it takes in
+    # .device/ab/NAME/wheel_of, so that many settings of one wheel fit the device tool's carry.
+    wheel_dir=.device/ab/$n
+    [ -f "$wheel_dir/wheel_of" ] && wheel_dir=.device/ab/$(tr -d '[:space:]' < "$wheel_dir/wheel_of")
     # gguf-py makes the synthetic models (gpu_check.sh downloads its wheel into .device/wheels here)
-    python3 -m pip install --quiet --no-index --no-deps --target "/tmp/site-$n" .device/ab/"$n"/ferrite*.whl \
+    python3 -m pip install --quiet --no-index --no-deps --target "/tmp/site-$n" "$wheel_dir"/ferrite*.whl \
         .device/wheels/gguf-*.whl || { echo "$n: install failed"; exit 1; }
 done
 first=/tmp/site-${names[0]}
