@@ -89,6 +89,13 @@ typedef FERRITE_CAT(Rp_, QTYPE) Tile;
 // shapes' one-sequence step 0.768 -> 0.80 ms and the 7B's two-sequence one 3.26 -> 3.30, the 7B's
 // one-sequence one 0.5 % faster (docs/BENCHMARKS.md, twenty-ninth session). With 1 the kernels
 // are the twenty-eighth session's but for one float64 addition of zero (scripts/sass_same.py).
+// The stream kernels' own (their module is compiled apart, -DMMA_STREAM=1): with 2, a 7B's gate/up
+// and LM head at one row (14 jobs over 8 warps) fold their RMSNorm into staging instead of a pass of
+// its own, without the planned kernels' change that the twenty-ninth session measured. An
+// experiment, unset by default (the planned kernels' value).
+#if defined(MMA_STREAM) && MMA_STREAM && defined(MMA_STREAM_STAGE_JOBS) && !defined(MMA_STAGE_JOBS)
+#define MMA_STAGE_JOBS MMA_STREAM_STAGE_JOBS
+#endif
 #ifndef MMA_STAGE_JOBS
 #define MMA_STAGE_JOBS 1
 #endif
