@@ -114,28 +114,33 @@ pub fn force_plan(forced: Option<(u32, u32, u32)>) {
     FORCED_PLAN.store(v, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// ((rows, cols, nt), (warps_m, warps_k, splits)): one entry of `FERRITE_CUDA_MATVEC_PLANS`.
+type EnvPlan = ((usize, usize, usize), (usize, usize, usize));
+
+/// The entries of a `FERRITE_CUDA_MATVEC_PLANS` value (see [`env_plan`]); malformed ones are left out.
+fn parse_plans(text: &str) -> Vec<EnvPlan> {
+    let num = |v: &str| v.trim().parse::<usize>().ok();
+    text.split(';')
+        .filter_map(|entry| {
+            let (shape, plan) = entry.split_once('=')?;
+            let (dims, nt) = shape.split_once('@')?;
+            let (rows, cols) = dims.split_once('x')?;
+            let p: Vec<usize> = plan.split(',').map(num).collect::<Option<_>>()?;
+            if p.len() != 3 {
+                return None;
+            }
+            Some(((num(rows)?, num(cols)?, num(nt)?), (p[0], p[1], p[2])))
+        })
+        .collect()
+}
+
 /// `FERRITE_CUDA_MATVEC_PLANS`: plans for given launches, to measure others inside a decode step
 /// (an experiment's hook, like [`force_plan`] for the benchmarks): `ROWSxCOLS@NT=WM,WK,SPLITS`
 /// entries separated by `;`, where ROWS is the launch's rows (a group's summed, padded to 16) and
 /// NT the kernel's rows of x (1, 2, 4 or 8). Warps are clamped as a forced plan's are.
 fn env_plan(grid: &TileGrid, nt: usize) -> Option<(usize, usize, usize)> {
-    static PLANS: std::sync::OnceLock<Vec<((usize, usize, usize), (usize, usize, usize))>> = std::sync::OnceLock::new();
-    let plans = PLANS.get_or_init(|| {
-        let Ok(text) = std::env::var("FERRITE_CUDA_MATVEC_PLANS") else { return Vec::new() };
-        let num = |v: &str| v.trim().parse::<usize>().ok();
-        text.split(';')
-            .filter_map(|entry| {
-                let (shape, plan) = entry.split_once('=')?;
-                let (dims, nt) = shape.split_once('@')?;
-                let (rows, cols) = dims.split_once('x')?;
-                let p: Vec<usize> = plan.split(',').map(num).collect::<Option<_>>()?;
-                if p.len() != 3 {
-                    return None;
-                }
-                Some(((num(rows)?, num(cols)?, num(nt)?), (p[0], p[1], p[2])))
-            })
-            .collect()
-    });
+    static PLANS: std::sync::OnceLock<Vec<EnvPlan>> = std::sync::OnceLock::new();
+    let plans = PLANS.get_or_init(|| std::env::var("FERRITE_CUDA_MATVEC_PLANS").map(|text| parse_plans(&text)).unwrap_or_default());
     let max_warps = MMA_MAX_WARPS as usize;
     let phase = phase_tiles(&grid.format, nt);
     plans.iter().find(|(key, _)| *key == (grid.n_rows, grid.n_cols, nt)).map(|&(_, (wm, wk, s))| {
@@ -1262,6 +1267,13 @@ mod tests {
         }
         let p = Plan::new(&grid(GgmlType::Q4_K, 3584, 3584), h100, 4);
         assert_eq!((p.warps_m, p.splits, p.k_tiles_per_split), (8, 7, 2), "7B o at 4 rows: {p:?}");
+    }
+
+    #[test]
+    fn plan_settings_parse_and_skip_malformed_entries() {
+        let plans = parse_plans("9728x896@4=4,2,1; 1152x896@2=1,8,1;896x896@4=1,8;bad;3584x3584@x=1,1,1;");
+        assert_eq!(plans, vec![((9728, 896, 4), (4, 2, 1)), ((1152, 896, 2), (1, 8, 1))]);
+        assert!(parse_plans("").is_empty());
     }
 
     /// The 0.5B's projections (896 columns: x fits one phase at four rows) plan three and four
