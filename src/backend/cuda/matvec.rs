@@ -183,7 +183,7 @@ impl Plan {
         // instead of (4, 2, 4) and o at (1, 8, 1) instead of (2, 2, 4); a 7B's q/k/v and o (3584
         // columns, several phases) lost 24 % on such plans and keep theirs (docs/BENCHMARKS.md,
         // forty-second session).
-        let one_phase_rows = (3..=4).contains(&nt) && k <= phase && m * k < 2 * WARPS_PER_SM * sms;
+        let one_phase_rows = one_wave_rule() && (3..=4).contains(&nt) && k <= phase && m * k < 2 * WARPS_PER_SM * sms;
         let (wm, wk, splits) = if let Some(plan) = env_plan(grid, nt) {
             plan
         } else if forced != 0 {
