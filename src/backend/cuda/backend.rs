@@ -243,8 +243,19 @@ fn attention_shape(positions: &[u32], blocks_per_row: usize, forced_splits: Opti
         }
     };
     let splits = forced_splits.map_or_else(by_rule, u64::from).clamp(1, ATTENTION_MAX_SPLITS);
-    let warps = longest.div_ceil(splits).div_ceil(32).next_power_of_two().clamp(ATTENTION_MIN_WARPS, ATTENTION_MAX_WARPS as u64);
+    let warps = longest.div_ceil(splits).div_ceil(attention_warp_keys()).next_power_of_two().clamp(ATTENTION_MIN_WARPS, ATTENTION_MAX_WARPS as u64);
     (warps as u32, splits as u32)
+}
+
+/// Keys a warp of a decode attention block takes (`attention_shape`): 32, one chunk (the first,
+/// which attention.cu loads before its wait); `FERRITE_CUDA_ATTN_WARP_KEYS=N` (a power of two
+/// from 32 to 512), fewer warps of several chunks each: an experiment, to weigh the warps' merge
+/// against the later chunks' round trips at short contexts.
+fn attention_warp_keys() -> u64 {
+    static KEYS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *KEYS.get_or_init(|| {
+        std::env::var("FERRITE_CUDA_ATTN_WARP_KEYS").ok().and_then(|v| v.trim().parse().ok()).filter(|k: &u64| k.is_power_of_two() && (32..=512).contains(k)).unwrap_or(32)
+    })
 }
 
 /// `FERRITE_CUDA_ATTN_SPLITS=N`: N flash-decoding splits for every batch `attention_shape` may
