@@ -448,6 +448,14 @@ pub fn takes_stream(mode: StreamMode, all: &TileGrid, sms: usize) -> bool {
     }
 }
 
+/// Whether a launch over `all` (the launch's tile rows as one grid) on the kernel of `nt` rows takes
+/// the stream kernel: [`stream_rows`] and the mode allow it, and `nt` rows of its type are on the
+/// int8 path, the stream kernel's only one (from 3 rows, where the planned kernels take it too).
+fn stream_launch(nt: usize, all: &TileGrid, sms: usize) -> bool {
+    let int8_rows = kernels::int8_max_rows(all.format.ty).unwrap_or(0);
+    nt <= stream_rows() && nt <= int8_rows.max(2) && takes_stream(stream_mode(), all, sms)
+}
+
 /// Most matrices one launch of the tiled kernels multiplies (q, k and v).
 pub const MAX_SEGMENTS: usize = 3;
 
@@ -666,7 +674,7 @@ impl PairKernels {
             return false;
         }
         let grids: Vec<TileGrid> = parts.iter().map(|p| p.1).collect();
-        !(nt <= stream_rows() && takes_stream(stream_mode(), &combined(&grids), self.sms))
+        !stream_launch(nt, &combined(&grids), self.sms)
     }
 }
 
@@ -764,9 +772,7 @@ pub fn launch_matvecs(ctx: &CudaContext, kernels: &MatvecKernels, parts: Vec<Mat
     let (nt, f) = kernels.matvec_for(first.n_x).ok_or_else(|| CudaError::Invalid(format!("{}: no kernel for {} rows", first.name, first.n_x)))?;
     match (first.layout, &kernels.tiled) {
         (Layout::Tiles(_), Some(tiled)) => {
-            // The stream kernel has the int8 path only: from 3 rows, where the planned kernels take it too.
-            let int8_rows = kernels::int8_max_rows(first.ty).unwrap_or(0);
-            let stream = tiled.stream.iter().find(|(rows, _)| *rows == nt).map(|(_, f)| f).filter(|_| nt <= stream_rows() && nt <= int8_rows.max(2));
+            let stream = tiled.stream.iter().find(|(rows, _)| *rows == nt).map(|(_, f)| f);
             let scratch = tiled.scratch.lock().map_err(|_| CudaError::Invalid("split-K scratch lock poisoned".into()))?;
             launch_tiled(ctx, Tiled { planned: f, nt, stream, scratch: &scratch, sms: tiled.sms, first_b: None }, &first, parts, input, ahead)
         }
@@ -817,7 +823,7 @@ fn shared_of<'a>(parts: &[MatvecArgs<'a>], same_type: impl Fn(&MatvecArgs<'a>, &
             return Err(CudaError::Invalid(format!("{} and {}: one launch needs one type, width, input and write mode", head.name, a.name)));
         }
     }
-    Ok(Some(Shared { name: head.name, ty: head.ty, n_cols: head.n_cols, n_x: head.n_x, accumulate: head.accumulate, layout: head.layout, x: head.x }))
+    Ok(Some(Shared { name: head.name, n_cols: head.n_cols, n_x: head.n_x, accumulate: head.accumulate, layout: head.layout, x: head.x }))
 }
 
 /// The kernels and scratch of one tiled launch: the planned kernel for `nt` rows, the stream kernel
@@ -854,7 +860,7 @@ fn launch_tiled(ctx: &CudaContext, k: Tiled<'_>, first: &Shared<'_>, parts: Vec<
         (m_tiles[s], n_rows[s]) = (grid.m_tiles as u32, a.n_rows as u32);
     }
     let (plan, all) = Plan::for_group(&grids, k.sms, k.nt);
-    let stream = k.stream.filter(|_| takes_stream(stream_mode(), &all, k.sms));
+    let stream = k.stream.filter(|_| stream_launch(k.nt, &all, k.sms));
     if stream.is_some() {
         STREAM_MATVECS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
@@ -893,7 +899,6 @@ fn launch_tiled(ctx: &CudaContext, k: Tiled<'_>, first: &Shared<'_>, parts: Vec<
 /// What the matrices of one launch have in common.
 struct Shared<'a> {
     name: &'a str,
-    ty: GgmlType,
     n_cols: usize,
     n_x: usize,
     accumulate: bool,
