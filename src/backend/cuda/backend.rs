@@ -254,7 +254,12 @@ fn attention_shape(positions: &[u32], blocks_per_row: usize, forced_splits: Opti
 fn attention_warp_keys() -> u64 {
     static KEYS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     *KEYS.get_or_init(|| {
-        std::env::var("FERRITE_CUDA_ATTN_WARP_KEYS").ok().and_then(|v| v.trim().parse().ok()).filter(|k: &u64| k.is_power_of_two() && (32..=512).contains(k)).unwrap_or(32)
+        let Ok(value) = std::env::var("FERRITE_CUDA_ATTN_WARP_KEYS") else { return 32 };
+        let keys = value.trim().parse().ok().filter(|k: &u64| k.is_power_of_two() && (32..=512).contains(k));
+        if keys.is_none() {
+            eprintln!("ferrite: FERRITE_CUDA_ATTN_WARP_KEYS: {value:?} is not a power of two from 32 to 512; 32 taken");
+        }
+        keys.unwrap_or(32)
     })
 }
 

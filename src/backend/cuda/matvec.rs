@@ -140,7 +140,15 @@ fn parse_plans(text: &str) -> Vec<EnvPlan> {
 /// NT the kernel's rows of x (1, 2, 4 or 8). Warps are clamped as a forced plan's are.
 fn env_plan(grid: &TileGrid, nt: usize) -> Option<(usize, usize, usize)> {
     static PLANS: std::sync::OnceLock<Vec<EnvPlan>> = std::sync::OnceLock::new();
-    let plans = PLANS.get_or_init(|| std::env::var("FERRITE_CUDA_MATVEC_PLANS").map(|text| parse_plans(&text)).unwrap_or_default());
+    let plans = PLANS.get_or_init(|| {
+        let Ok(text) = std::env::var("FERRITE_CUDA_MATVEC_PLANS") else { return Vec::new() };
+        // An experiment's setting: a mistyped entry would leave that launch on its default plan
+        // unnoticed, so say so.
+        for entry in text.split(';').filter(|e| !e.trim().is_empty() && parse_plans(e).is_empty()) {
+            eprintln!("ferrite: FERRITE_CUDA_MATVEC_PLANS: {entry:?} is not ROWSxCOLS@NT=WM,WK,SPLITS; ignored");
+        }
+        parse_plans(&text)
+    });
     let max_warps = MMA_MAX_WARPS as usize;
     let phase = phase_tiles(&grid.format, nt);
     plans.iter().find(|(key, _)| *key == (grid.n_rows, grid.n_cols, nt)).map(|&(_, (wm, wk, s))| {
