@@ -89,24 +89,10 @@ typedef FERRITE_CAT(Rp_, QTYPE) Tile;
 // shapes' one-sequence step 0.768 -> 0.80 ms and the 7B's two-sequence one 3.26 -> 3.30, the 7B's
 // one-sequence one 0.5 % faster (docs/BENCHMARKS.md, twenty-ninth session). With 1 the kernels
 // are the twenty-eighth session's but for one float64 addition of zero (scripts/sass_same.py).
-// The stream kernels' own (their module is compiled apart, -DMMA_STREAM=1): with 2, a 7B's gate/up
-// and LM head at one row (14 jobs over 8 warps) fold their RMSNorm into staging instead of a pass of
-// its own, without the planned kernels' change that the twenty-ninth session measured. An
-// experiment, unset by default (the planned kernels' value).
-#if defined(MMA_STREAM) && MMA_STREAM && defined(MMA_STREAM_STAGE_JOBS) && !defined(MMA_STAGE_JOBS)
-#define MMA_STAGE_JOBS MMA_STREAM_STAGE_JOBS
-#endif
 #ifndef MMA_STAGE_JOBS
 #define MMA_STAGE_JOBS 1
 #endif
 static_assert(MMA_STAGE_JOBS >= 1 && MMA_STAGE_JOBS <= 4, "jobs a warp stages at once");
-// The K-quant tiles' own (Q4_K, Q6_K: 256-column tiles), in every module: with 2, a 7B's q/k/v at
-// one row (14 jobs over 8 warps) folds its RMSNorm too, the Q5_0 and Q8_0 kernels unchanged. An
-// experiment, by default MMA_STAGE_JOBS (StageJobs below).
-#ifndef MMA_STAGE_JOBS_KQUANT
-#define MMA_STAGE_JOBS_KQUANT MMA_STAGE_JOBS
-#endif
-static_assert(MMA_STAGE_JOBS_KQUANT >= 1 && MMA_STAGE_JOBS_KQUANT <= 4, "jobs a warp stages at once");
 // Rows of x up to which the tile loop reloads the warp's last tile and is unrolled twice (see
 // there); above it, one tile at a time with a conditional hand-over. H200, 2026-12-04: at one
 // row the reload took the synthetic 7B's decode from 320 to 334 tok/s; at two rows it cost the
@@ -158,12 +144,6 @@ struct S8MaxNt<TileB> {
     static constexpr int value = MMA_S8_MAX_NT_B;
 };
 #endif
-
-// Jobs a warp of tile type T's kernels stages at once (MMA_STAGE_JOBS, MMA_STAGE_JOBS_KQUANT).
-template <class T>
-struct StageJobs {
-    static constexpr int value = T::TILE_COLS == 256 ? MMA_STAGE_JOBS_KQUANT : MMA_STAGE_JOBS;
-};
 
 __device__ __forceinline__ void mma_bf16(float c[4], const u32 a[4], u32 b0, u32 b1) {
     asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
@@ -482,23 +462,22 @@ __device__ __forceinline__ void stage_x_s8(const float* __restrict__ x, const fl
                                            u32 col0, u32 len, u8* xq, int (*xsum)[NG][8], float (*xscale)[NG][8]) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
     const int sb = lane >> 2, t = lane & 3;
-    constexpr int JOBS = StageJobs<T>::value;
     // A phase of an odd number of 128-column tiles stages the next 128 columns too (PHASE is a
     // multiple of 256; past n_cols load_x4 / load_x4_in give zeros): unused, and harmless to the scale.
     const int blocks = ((int)len + 255) / 256;
     const int jobs = NT * blocks;
-    // JOBS (StageJobs) of a warp's jobs at a time: their loads go out together (one round trip to
+    // MMA_STAGE_JOBS of a warp's jobs at a time: their loads go out together (one round trip to
     // L2 for them all, instead of one a job).
-    for (int job0 = warp; job0 < jobs; job0 += JOBS * n_warps) {
+    for (int job0 = warp; job0 < jobs; job0 += MMA_STAGE_JOBS * n_warps) {
         // One or two rows (x in three int8 parts): every load of the batch before the first
         // x4_of (H100, thirty-eighth session: the synthetic 7B's one-sequence step 2.733 -> 2.709
         // ms, the 0.5B shapes' within noise). From three rows, load_x4 as before: the loads
         // before all arithmetic measured 0.5-0.8 % slower at four and eight sequences of the
         // 0.5B shapes.
-        float r[JOBS][8];
-        X4In in_a[JOBS], in_b[JOBS];
+        float r[MMA_STAGE_JOBS][8];
+        X4In in_a[MMA_STAGE_JOBS], in_b[MMA_STAGE_JOBS];
 #pragma unroll
-        for (int u = 0; u < JOBS; u++) {
+        for (int u = 0; u < MMA_STAGE_JOBS; u++) {
             const int job = job0 + u * n_warps;
             const int n = job / blocks, blk = job % blocks;
             const u32 c = col0 + 256 * blk + 32 * sb + 4 * t;
@@ -515,7 +494,7 @@ __device__ __forceinline__ void stage_x_s8(const float* __restrict__ x, const fl
         }
         if constexpr (NT <= 2) {
 #pragma unroll
-            for (int u = 0; u < JOBS; u++) {
+            for (int u = 0; u < MMA_STAGE_JOBS; u++) {
                 const u32 n = (u32)((job0 + u * n_warps) / blocks);
                 const float4 a = x4_of(in_a[u], x2 != nullptr, norm_w != nullptr, inv_rms, n);
                 const float4 b = x4_of(in_b[u], x2 != nullptr, norm_w != nullptr, inv_rms, n);
@@ -523,7 +502,7 @@ __device__ __forceinline__ void stage_x_s8(const float* __restrict__ x, const fl
             }
         }
 #pragma unroll
-        for (int u = 0; u < JOBS; u++) {
+        for (int u = 0; u < MMA_STAGE_JOBS; u++) {
             const int job = job0 + u * n_warps;  // the same for the whole warp
             if (job < jobs) quantize_job_s8<NG, XSTRIDE_B, PARTS, T>(r[u], job / blocks, job % blocks, xq, xsum, xscale);
         }
@@ -551,7 +530,7 @@ __device__ __forceinline__ void inv_rms_of_shares(const double (&ss)[NT], double
 }
 
 // stage_x_s8 of a whole row of x (columns from 0; the caller checks that every job fits one of
-// a warp's StageJobs: NT * ceil(len / 256) <= StageJobs * warps) with the RMSNorm folded
+// a warp's MMA_STAGE_JOBS: NT * ceil(len / 256) <= MMA_STAGE_JOBS * warps) with the RMSNorm folded
 // in: each warp loads its jobs' values once, the block sums their squares in float64 and rounds
 // each row's 1 / rms to float once (as block_inv_rms does, adding in another order) into inv_rms,
 // and the values are then scaled as x4_of scales them. It saves block_inv_rms's pass over x and
@@ -606,18 +585,16 @@ __device__ __forceinline__ void stage_x_s8_normed(const float* __restrict__ x, c
                                                   const EarlyNormW& early, float eps, u32 n_x, u32 n_cols, u32 len, u8* xq,
                                                   int (*xsum)[NG][8], float (*xscale)[NG][8], float* inv_rms) {
     __shared__ double red[MMA_MAX_WARPS][NT];
-    constexpr int JOBS = StageJobs<T>::value;
-    static_assert(!EARLY || JOBS == MMA_STAGE_JOBS, "early norm weights are held for MMA_STAGE_JOBS jobs");
     const int warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
     const int blocks = ((int)len + 255) / 256;
     const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    float4 a[JOBS], b[JOBS], wa[JOBS], wb[JOBS];
-    bool in[JOBS];
+    float4 a[MMA_STAGE_JOBS], b[MMA_STAGE_JOBS], wa[MMA_STAGE_JOBS], wb[MMA_STAGE_JOBS];
+    bool in[MMA_STAGE_JOBS];
     double ss[NT];
 #pragma unroll
     for (int i = 0; i < NT; i++) ss[i] = 0.0;
 #pragma unroll
-    for (int u = 0; u < JOBS; u++) {
+    for (int u = 0; u < MMA_STAGE_JOBS; u++) {
         int n;
         u32 c;
         in[u] = normed_job<NT>(u, n_x, n_cols, len, n, c);
@@ -632,7 +609,7 @@ __device__ __forceinline__ void stage_x_s8_normed(const float* __restrict__ x, c
         }
     }
 #pragma unroll
-    for (int u = 0; u < JOBS; u++) {
+    for (int u = 0; u < MMA_STAGE_JOBS; u++) {
         const int n = (warp + u * n_warps) / blocks;
         const double sq = (double)a[u].x * a[u].x + (double)a[u].y * a[u].y + (double)a[u].z * a[u].z + (double)a[u].w * a[u].w +
                           (double)b[u].x * b[u].x + (double)b[u].y * b[u].y + (double)b[u].z * b[u].z + (double)b[u].w * b[u].w;
@@ -642,7 +619,7 @@ __device__ __forceinline__ void stage_x_s8_normed(const float* __restrict__ x, c
     inv_rms_of_shares<NT>(ss, red, n_cols, eps, inv_rms);
     __syncthreads();
 #pragma unroll
-    for (int u = 0; u < JOBS; u++) {
+    for (int u = 0; u < MMA_STAGE_JOBS; u++) {
         const int job = warp + u * n_warps;
         if (job >= NT * blocks) break;  // the whole warp
         const int n = job / blocks;
@@ -960,7 +937,7 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
     // Where the RMSNorm goes inside staging (stage_x_s8_normed below): FUSES_NORM.
 #define FUSES_NORM                                                                                                            \
     (MMA_FUSED_NORM && S8 && norm_w != nullptr && x2 == nullptr && n_splits == 1 && k_tiles <= (u32)PHASE_TILES &&            \
-     NT * ((k_tiles * T::TILE_COLS + 255) / 256) <= StageJobs<T>::value * (blockDim.x >> 5))
+     NT * ((k_tiles * T::TILE_COLS + 255) / 256) <= MMA_STAGE_JOBS * (blockDim.x >> 5))
     constexpr bool EARLY_NORM_W = MMA_EARLY_NORM_W && T::TILE_COLS < 256;  // see EarlyNormW
     const EarlyNormW early_w = early_norm_w<NT>(norm_w, EARLY_NORM_W && FUSES_NORM ? n_x : 0, n_cols, k_tiles * T::TILE_COLS);
     // The step's weights ahead of this launch's (the window the host gives: the bytes this
@@ -990,7 +967,7 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
         }
     }
     // The RMSNorm inside staging (stage_x_s8_normed) where the block stages the whole row in one
-    // phase with at most StageJobs jobs a warp; otherwise its own pass first.
+    // phase with at most MMA_STAGE_JOBS jobs a warp; otherwise its own pass first.
     const bool fused_norm = FUSES_NORM;
 #undef FUSES_NORM
     if (norm_w && !fused_norm) block_inv_rms<NT>(x, n_x, n_cols, eps, inv_rms);
@@ -1430,7 +1407,7 @@ __device__ __forceinline__ void matvec_mma_stream(const Segments& segs, u32 k_ti
     // Where the RMSNorm goes inside staging (below): FUSES_NORM.
 #define FUSES_NORM                                                                                                            \
     (MMA_FUSED_NORM && norm_w != nullptr && x2 == nullptr && ord.n_phases == 1 &&                                            \
-     NT * ((k_tiles * Tile::TILE_COLS + 255) / 256) <= StageJobs<Tile>::value * warps_here)
+     NT * ((k_tiles * Tile::TILE_COLS + 255) / 256) <= MMA_STAGE_JOBS * warps_here)
     constexpr bool EARLY_NORM_W = MMA_EARLY_NORM_W && Tile::TILE_COLS < 256;  // see EarlyNormW
     const EarlyNormW early_w = early_norm_w<NT>(norm_w, EARLY_NORM_W && blockIdx.x * warps_here < ord.warps && FUSES_NORM ? n_x : 0,
                                                 n_cols, k_tiles * Tile::TILE_COLS);
@@ -1443,7 +1420,7 @@ __device__ __forceinline__ void matvec_mma_stream(const Segments& segs, u32 k_ti
     const u32 ph_lo = ord.first(w0) / ord.phase_units;
     const u32 ph_hi = (ord.first(min(w0 + warps_here, ord.warps)) - 1) / ord.phase_units;
 
-    // The RMSNorm inside staging where x is one phase and each warp has at most StageJobs
+    // The RMSNorm inside staging where x is one phase and each warp has at most MMA_STAGE_JOBS
     // 256-column jobs (as in matvec_mma); otherwise its own pass over the whole row first.
     const bool fused_norm = FUSES_NORM;
 #undef FUSES_NORM
