@@ -15,7 +15,9 @@
 # AB_GENERATE=1 also the Generator (sampling included) on the 0.5B shapes, with AB_TIMELINE (batch
 # sizes) each build's per-kernel timeline of its decode step (all in ab_timelines.txt). About 2.5 minutes a build. Nothing
 # else may run on the machine meanwhile (a llama.cpp build beside it slowed every host-bound figure
-# by up to a quarter in one run). Outputs: $OUT/ab_<what>_<name>.txt.
+# by up to a quarter in one run). Outputs: $OUT/ab_<what>.txt, one file a kind (the device tool brings back at most eight
+# files), each row led by its build and round (`| NAME | ROUND | ...`), and at the end a table of each build's ms a step
+# (both rounds) beside the first build's.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 names=("$@")
@@ -44,9 +46,9 @@ for round in 1 2; do
         [ -f .device/ab/"$n"/env ] && mapfile -t settings < .device/ab/"$n"/env
         run() { env "${settings[@]}" PYTHONPATH=/tmp/site-$n FERRITE_CACHE=/tmp/cache-$n timeout "${AB_STEP_S:-120}" python3 "$@"; }
         [ "$round" = 1 ] && [ "${AB_MATVEC:-1}" = 1 ] && run benches/bench_cuda_matvec.py --shapes 7b,real --types "${AB_TYPES:-Q4_K,Q6_K,Q5_0}" --rows "${AB_ROWS:-1,8}" 2>&1 \
-            | grep -E "^(q/o|k/v|gate|down|lm_head)" | grep -v " - " | tee -a "$out/ab_matvec_$n.txt" | cut -c1-80
-        run benches/bench_decode_step.py /root/m/syn05.gguf --device cuda --batches "${AB_BATCHES:-1,8,64}" 2>&1 | grep "^| [0-9]" | tee -a "$out/ab_step05_$n.txt"
-        [ "${AB_BATCHES_7B:-1,8}" = none ] || run benches/bench_decode_step.py /root/m/syn7b.gguf --device cuda --batches "${AB_BATCHES_7B:-1,8}" 2>&1 | grep "^| [0-9]" | tee -a "$out/ab_step7b_$n.txt"
+            | grep -E "^(q/o|k/v|gate|down|lm_head)" | grep -v " - " | sed -u "s/^/$n | /" | tee -a "$out/ab_matvec.txt" | cut -c1-80
+        run benches/bench_decode_step.py /root/m/syn05.gguf --device cuda --batches "${AB_BATCHES:-1,8,64}" 2>&1 | grep "^| [0-9]" | sed -u "s/^| /| $n | $round | /" | tee -a "$out/ab_step05.txt"
+        [ "${AB_BATCHES_7B:-1,8}" = none ] || run benches/bench_decode_step.py /root/m/syn7b.gguf --device cuda --batches "${AB_BATCHES_7B:-1,8}" 2>&1 | grep "^| [0-9]" | sed -u "s/^| /| $n | $round | /" | tee -a "$out/ab_step7b.txt"
         # AB_TIMELINE="1 4": each build's per-kernel timeline of syn05's decode step at those
         # batches (profile_cuda_decode.py, torch's profiler), first round only.
         if [ "$round" = 1 ]; then
@@ -59,6 +61,37 @@ for round in 1 2; do
         # AB_GENERATE=1: the Generator on syn05 too (sampler included; bench_generate.py, AB_GEN_MODES
         # at AB_GEN_BATCHES), its table rows.
         [ "${AB_GENERATE:-0}" = 1 ] && run benches/bench_generate.py --model /root/m/syn05.gguf --device cuda --batches "${AB_GEN_BATCHES:-1,8}" \
-            --modes "${AB_GEN_MODES:-t0.8+filters}" 2>&1 | grep "^| [0-9]" | tee -a "$out/ab_generate_$n.txt"
+            --modes "${AB_GEN_MODES:-t0.8+filters}" 2>&1 | grep "^| [0-9]" | sed -u "s/^| /| $n | $round | /" | tee -a "$out/ab_generate.txt"
     done
+done
+# Each build's ms a step (bench_decode_step.py's fourth column), both rounds, beside the first build's.
+for kind in step05 step7b; do
+    [ -f "$out/ab_$kind.txt" ] || continue
+    echo "######## $kind: ms a step, round 1 / round 2 (change of the mean against ${names[0]})"
+    python3 - "$out/ab_$kind.txt" "${names[0]}" <<'PY'
+import collections, sys
+steps = collections.defaultdict(list)  # (build, sequences) -> ms a step, in round order
+order = []
+for line in open(sys.argv[1]):
+    cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    if len(cells) < 6:
+        continue
+    build, seqs, ms = cells[0], int(cells[2]), float(cells[5])
+    if build not in order:
+        order.append(build)
+    steps[(build, seqs)].append(ms)
+batches = sorted({b for _, b in steps})
+print("| build | " + " | ".join(f"{b} seq" for b in batches) + " |")
+print("| --- |" + " --- |" * len(batches))
+for build in order:
+    row = []
+    for b in batches:
+        ms = steps.get((build, b), [])
+        base = steps.get((sys.argv[2], b), [])
+        text = " / ".join(f"{m:.3f}" for m in ms) or "-"
+        if ms and base and build != sys.argv[2]:
+            text += f" ({100 * (sum(ms) / len(ms) / (sum(base) / len(base)) - 1):+.1f} %)"
+        row.append(text)
+    print(f"| {build} | " + " | ".join(row) + " |")
+PY
 done
