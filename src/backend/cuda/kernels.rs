@@ -227,6 +227,21 @@ fn env_int8_rows() -> Option<usize> {
 /// path, if it has one: the kernels have 1, 2, 4 and 8 rows (3 rows run the 4-row kernel), so
 /// the most of those not above its value (`-DMMA_S8_MAX_NT` alone is 1, as in C; 0 below 1).
 /// `nvrtc::env_defines` refuses a value that is not a decimal number, before any compile.
+/// Whether the matrix-vector kernels are compiled with `-DMMA_DEFER=1` (in
+/// `FERRITE_CUDA_KERNEL_DEFINES`, read once a process): they then take three more parameters, and a
+/// one-row ffn_down may leave its split sums to the next layer's launches (matvec_mma.cu's
+/// MMA_DEFER, `matvec::SplitSums`). An experiment; off by default.
+pub fn defer_split_sums() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| defer_define(std::env::var("FERRITE_CUDA_KERNEL_DEFINES").ok().as_deref()))
+}
+
+/// `-DMMA_DEFER=1` (or a bare `-DMMA_DEFER`, or another value but 0) last among `defines`.
+fn defer_define(defines: Option<&str>) -> bool {
+    let Some(def) = defines.and_then(|d| d.split_whitespace().rfind(|d| *d == "-DMMA_DEFER" || d.starts_with("-DMMA_DEFER="))) else { return false };
+    def.strip_prefix("-DMMA_DEFER=").is_none_or(|v| v.trim() != "0")
+}
+
 fn int8_rows_override(defines: Option<&str>) -> Option<usize> {
     let def = defines?.split_whitespace().rfind(|d| *d == "-DMMA_S8_MAX_NT" || d.starts_with("-DMMA_S8_MAX_NT="))?;
     let value: i64 = def.strip_prefix("-DMMA_S8_MAX_NT=").map_or(Some(1), |v| v.parse().ok())?;
@@ -392,6 +407,15 @@ mod tests {
         assert_eq!(int8_rows_override(Some("-DMMA_S8_MAX_NT")), Some(1));
         assert_eq!(int8_rows_override(Some("-DMMA_S8_MAX_NT=-1")), Some(0));
         assert_eq!(int8_rows_override(Some("-DMMA_S8_MAX_NT_X=4")), None);
+    }
+
+    /// The split sums are left to the next launches only where the defines ask for MMA_DEFER.
+    #[test]
+    fn defer_define_is_read_from_the_defines() {
+        for (defines, on) in [(None, false), (Some(""), false), (Some("-DMMA_DEFER=1"), true), (Some("-DMMA_DEFER"), true), (Some("-DMMA_DEFER=0"), false),
+            (Some("-DX=1 -DMMA_DEFER=1 -DY=2"), true), (Some("-DMMA_DEFER=1 -DMMA_DEFER=0"), false), (Some("-DMMA_DEFERRED=1"), false)] {
+            assert_eq!(defer_define(defines), on, "{defines:?}");
+        }
     }
 
     use super::*;

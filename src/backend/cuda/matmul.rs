@@ -23,7 +23,7 @@ use super::dequant::dequantize_into;
 use super::error::CudaError;
 use super::kernels::MATVEC_MAX_ROWS;
 use super::matmul_mma::{launch_matmul_mma, MmqArgs, MMQ_MAX_ROWS};
-use super::matvec::{dequant_tile_rows, launch_matvec, launch_matvec_pair, launch_matvecs, Input, Layout, MatvecArgs, MAX_SEGMENTS};
+use super::matvec::{dequant_tile_rows, launch_matvec, launch_matvec_pair, launch_matvecs, Input, Layout, LeftSums, MatvecArgs, SplitSums, MAX_SEGMENTS};
 use crate::backend::BackendError;
 
 /// Most float32 elements of dequantized weight rows held at once (128 MiB): bounds the scratch
@@ -264,6 +264,11 @@ pub(super) fn tiled_matvec(be: &CudaBackend, weights: &[&CudaWeight], n_x: usize
 /// `out_i = w_i x (+ bias_i)` (or `+=`) for projections that all pass [`tiled_matvec`], `x`
 /// taken as `input` says: the weights of one type in one launch (q and k, say, when v has
 /// another type), at most `MAX_SEGMENTS` a launch.
+///
+/// Split sums (`SplitSums`): each launch adds those the backend holds for x or for its outputs
+/// (`CudaBackend::split_sums_for`); with `leave`, one split launch leaves its own in the backend's
+/// buffer for the next layer (the one-row ffn_down). Returns what was left, and whether a launch
+/// added sums to what it accumulates into (which ends their life: the caller clears them).
 pub(super) fn tiled_matvecs(
     be: &CudaBackend,
     projections: Vec<(&CudaWeight, Option<&CudaSlice<f32>>, &mut CudaAct)>,
@@ -271,14 +276,26 @@ pub(super) fn tiled_matvecs(
     n_x: usize,
     write: Write,
     input: Input,
-) -> Result<(), BackendError> {
+    leave: bool,
+) -> Result<(Option<LeftSums>, bool), BackendError> {
+    let mut took_y = false;
+    let leave = if leave { be.left_sums_buffer() } else { None };
+    let args_of = |w, bias, out| {
+        let mut args = matvec_args(be, w, bias, x, n_x, out, write);
+        if let Some((buffer, floats)) = leave {
+            args.sums = SplitSums::Leave { buffer, floats };
+        }
+        args
+    };
     if let Some(pair) = pair_kernels_for(be, projections.iter().map(|p| p.0), n_x) {
         let weights: Vec<&CudaWeight> = projections.iter().map(|(w, _, _)| *w).collect();
         let ahead = window_ahead(be, &weights);
-        let args = projections.into_iter().map(|(w, bias, out)| matvec_args(be, w, bias, x, n_x, out, write)).collect();
-        launch_matvec_pair(&be.ctx, &pair, args, input, ahead)?;
-        return Ok(());
+        let args: Vec<MatvecArgs> = projections.into_iter().map(|(w, bias, out)| args_of(w, bias, out)).collect();
+        took_y |= args.iter().any(|a| matches!(a.sums, SplitSums::Add { to_y: true, .. }));
+        let left = launch_matvec_pair(&be.ctx, &pair, args, input, ahead)?;
+        return Ok((left, took_y));
     }
+    let mut left = None;
     let mut rest = projections;
     while let Some((w0, _, _)) = rest.first() {
         let ty = w0.ty;
@@ -289,11 +306,12 @@ pub(super) fn tiled_matvecs(
             let kernels = take[0].0.kernels.clone().ok_or_else(|| BackendError::Invalid(format!("{}: a vector cannot be multiplied", take[0].0.name)))?;
             let weights: Vec<&CudaWeight> = take.iter().map(|(w, _, _)| *w).collect();
             let ahead = window_ahead(be, &weights);
-            let parts = take.into_iter().map(|(w, bias, out)| matvec_args(be, w, bias, x, n_x, out, write)).collect();
-            launch_matvecs(&be.ctx, &kernels, parts, input, ahead)?;
+            let parts: Vec<MatvecArgs> = take.into_iter().map(|(w, bias, out)| args_of(w, bias, out)).collect();
+            took_y |= parts.iter().any(|a| matches!(a.sums, SplitSums::Add { to_y: true, .. }));
+            left = launch_matvecs(&be.ctx, &kernels, parts, input, ahead)?.or(left);
         }
     }
-    Ok(())
+    Ok((left, took_y))
 }
 
 /// The pair kernels that take `weights` (tiled, of two types that may share a launch: a 7B's Q4_K q
@@ -335,6 +353,7 @@ fn matvec_args<'a>(
         x: &x.buf,
         n_x,
         bias: bias.map_or(0, |b| addr(b, &be.ctx)),
+        sums: be.split_sums_for(addr(&x.buf, &be.ctx), addr(&out.buf, &be.ctx), write),
         out: &mut out.buf,
         accumulate: write == Write::Accumulate,
     }
@@ -343,7 +362,12 @@ fn matvec_args<'a>(
 fn matvec(be: &mut CudaBackend, w: &CudaWeight, bias: Option<&CudaSlice<f32>>, x: &CudaAct, n_x: usize, out: &mut CudaAct, write: Write) -> Result<(), BackendError> {
     let kernels = w.kernels.as_ref().ok_or_else(|| BackendError::Invalid(format!("{}: a vector cannot be multiplied", w.name)))?;
     let ahead = window_ahead(be, &[w]);
-    launch_matvec(&be.ctx, kernels, matvec_args(be, w, bias, x, n_x, out, write), ahead)?;
+    let args = matvec_args(be, w, bias, x, n_x, out, write);
+    let took_y = matches!(args.sums, SplitSums::Add { to_y: true, .. });
+    launch_matvec(&be.ctx, kernels, args, ahead)?;
+    if took_y {
+        be.deferred = None;
+    }
     Ok(())
 }
 
