@@ -1611,6 +1611,23 @@ mod tests {
     }
 
     /// `Large` takes the stream kernel for the matrices of many tiles (the 7B's gate/up launch
+    /// The buffer ffn_down leaves its split sums in (MMA_DEFER) holds its one-row plan's splits of
+    /// its rows: the 0.5B's ffn_down 3 x 896 floats, a 7B's 8 x 3584; launches whose one-row plan
+    /// does not split (q/k/v, o) or that take the stream kernel (a 7B's gate/up, the LM heads)
+    /// need none.
+    #[test]
+    fn left_split_sums_are_sized_by_the_one_row_plan() {
+        let sms = 132;
+        for ty in [GgmlType::Q4_K, GgmlType::Q6_K] {
+            assert_eq!(left_sums_floats(&grid(ty, 896, 4864), sms), 3 * 896, "{ty:?}");
+            assert_eq!(left_sums_floats(&grid(ty, 3584, 18944), sms), 8 * 3584, "{ty:?}");
+        }
+        assert_eq!(left_sums_floats(&grid(GgmlType::Q5_0, 1152, 896), sms), 0);
+        assert_eq!(left_sums_floats(&grid(GgmlType::Q5_0, 896, 896), sms), 0);
+        assert_eq!(left_sums_floats(&grid(GgmlType::Q4_K, 37888, 3584), sms), 0);
+        assert_eq!(left_sums_floats(&grid(GgmlType::Q8_0, 151936, 896), sms), 0);
+    }
+
     /// and ffn_down, both LM heads), not for the 0.5B's layers; `OnePhase` only where x fits one
     /// phase; `Always` everywhere.
     #[test]
