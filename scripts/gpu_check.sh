@@ -46,7 +46,8 @@
 #                from the page cache, reading them ahead off / cuBLAS only / all
 #                (FERRITE_CUDA_READAHEAD), the same with NVRTC compiling, then cached; kv: the f16
 #                KV cache's GPU tests and its decode speed beside float32; sampler: the sampler
-#                tests and bench_cuda_sampler.py; prefetch (the default): weights asked of L2
+#                tests and bench_cuda_sampler.py; defer: ffn_down's split sums left to the next
+#                layer (MMA_DEFER), its bit test and decode steps; prefetch (the default): weights asked of L2
 #                ahead of their use (decode attention's window, the matrix-vector launches'
 #                sliding window), the tests with both on, then decode steps with them off and on;
 #                stream: the stream kernel's tests; sums: the matrix-vector tests with
@@ -401,6 +402,15 @@ if [ "$what" = pending ]; then
     if [[ ,$parts, == *,tests,* ]]; then
     # Every GPU test that needs no real model, as the wheel runs by default.
     STEP_TIMEOUT=${CUDA_PYTEST_S:-300} step pytest_cuda "$py" -m pytest -q -ra -p no:cacheprovider --ignore=tests/test_notebooks.py --ignore=tests/test_readme.py -m "cuda and not model" tests --junitxml="$out/junit_cuda.xml"
+    fi
+    if [[ ,$parts, == *,defer,* ]]; then
+    # ffn_down's split sums left to the next layer's q/k/v and o at one row (matvec_mma.cu's
+    # MMA_DEFER, off by default: -DMMA_DEFER=1 in FERRITE_CUDA_KERNEL_DEFINES): its bit test against
+    # the default build, then decode steps of syn05 (1 and 2 sequences) and syn7b (1) with it and
+    # without, two interleaved rounds. PENDING_PARTS=defer.
+    STEP_TIMEOUT=${CUDA_PYTEST_S:-180} step pytest_defer "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_model.py -m cuda -k split_sums_left --junitxml="$out/junit_defer.xml"
+    need_syn7b
+    ab_step defer_ab ${AB_S:-300} "plain|FERRITE_AB=plain" "defer|FERRITE_CUDA_KERNEL_DEFINES=-DMMA_DEFER=1" -- /tmp/synthetic.gguf:1,2 /root/m/syn7b.gguf:1
     fi
     if [[ ,$parts, == *,fold,* ]]; then
     # The RMSNorm moved around the f16 GEMMs of 5-16 rows (matmul.rs, NormSource; on by default
