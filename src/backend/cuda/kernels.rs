@@ -223,10 +223,6 @@ fn env_int8_rows() -> Option<usize> {
     *OVERRIDE.get_or_init(|| int8_rows_override(std::env::var("FERRITE_CUDA_KERNEL_DEFINES").ok().as_deref()))
 }
 
-/// The rows of x a `FERRITE_CUDA_KERNEL_DEFINES` value's last `-DMMA_S8_MAX_NT` gives the int8
-/// path, if it has one: the kernels have 1, 2, 4 and 8 rows (3 rows run the 4-row kernel), so
-/// the most of those not above its value (`-DMMA_S8_MAX_NT` alone is 1, as in C; 0 below 1).
-/// `nvrtc::env_defines` refuses a value that is not a decimal number, before any compile.
 /// Whether the matrix-vector kernels are compiled with `-DMMA_DEFER=1` (in
 /// `FERRITE_CUDA_KERNEL_DEFINES`, read once a process): they then take three more parameters, and a
 /// one-row ffn_down may leave its split sums to the next layer's launches (matvec_mma.cu's
@@ -238,13 +234,21 @@ pub fn defer_split_sums() -> bool {
 
 /// `-DMMA_DEFER=1` (or a bare `-DMMA_DEFER`, or another value but 0) last among `defines`.
 fn defer_define(defines: Option<&str>) -> bool {
-    let Some(def) = defines.and_then(|d| d.split_whitespace().rfind(|d| *d == "-DMMA_DEFER" || d.starts_with("-DMMA_DEFER="))) else { return false };
-    def.strip_prefix("-DMMA_DEFER=").is_none_or(|v| v.trim() != "0")
+    last_define(defines, "MMA_DEFER").is_some_and(|value| value.is_none_or(|v| v.trim() != "0"))
 }
 
+/// The last `-DNAME` (`Some(None)`) or `-DNAME=VALUE` (`Some(Some(VALUE))`) among `defines`.
+fn last_define<'a>(defines: Option<&'a str>, name: &str) -> Option<Option<&'a str>> {
+    let def = defines?.split_whitespace().rfind(|d| matches!(d.strip_prefix("-D").and_then(|d| d.strip_prefix(name)), Some(rest) if rest.is_empty() || rest.starts_with('=')))?;
+    Some(def.split_once('=').map(|(_, v)| v))
+}
+
+/// The rows of x a `FERRITE_CUDA_KERNEL_DEFINES` value's last `-DMMA_S8_MAX_NT` gives the int8
+/// path, if it has one: the kernels have 1, 2, 4 and 8 rows (3 rows run the 4-row kernel), so
+/// the most of those not above its value (`-DMMA_S8_MAX_NT` alone is 1, as in C; 0 below 1).
+/// `nvrtc::env_defines` refuses a value that is not a decimal number, before any compile.
 fn int8_rows_override(defines: Option<&str>) -> Option<usize> {
-    let def = defines?.split_whitespace().rfind(|d| *d == "-DMMA_S8_MAX_NT" || d.starts_with("-DMMA_S8_MAX_NT="))?;
-    let value: i64 = def.strip_prefix("-DMMA_S8_MAX_NT=").map_or(Some(1), |v| v.parse().ok())?;
+    let value: i64 = last_define(defines, "MMA_S8_MAX_NT")?.map_or(Some(1), |v| v.parse().ok())?;
     Some([8, 4, 2, 1].into_iter().find(|&r| r as i64 <= value).unwrap_or(0))
 }
 
