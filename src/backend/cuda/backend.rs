@@ -796,16 +796,31 @@ impl CudaBackend {
         write: Write,
         input: Input,
     ) -> Result<(), BackendError> {
+        self.tiled_projections_leaving(projections, x, n_rows, write, input, None).map(|_| ())
+    }
+
+    /// [`tiled_projections`](Self::tiled_projections), a split launch among them leaving its split
+    /// sums in `leave` (the buffer's address and floats; `matmul::tiled_matvecs`): what it left.
+    /// Split sums the launches added to what they accumulate into end the hand-over.
+    fn tiled_projections_leaving<const N: usize>(
+        &mut self,
+        projections: [(&CudaWeight, Option<&CudaWeight>, &mut CudaAct); N],
+        x: &CudaAct,
+        n_rows: usize,
+        write: Write,
+        input: Input,
+        leave: Option<(u64, usize)>,
+    ) -> Result<Option<super::matvec::LeftSums>, BackendError> {
         let mut checked = Vec::with_capacity(N);
         for (w, bias, out) in projections {
             let bias = check_projection(w, bias, x, n_rows, out)?;
             checked.push((w, bias, out));
         }
-        let (_, took_y) = super::matmul::tiled_matvecs(self, checked, x, n_rows, write, input, false)?;
+        let (left, took_y) = super::matmul::tiled_matvecs(self, checked, x, n_rows, write, input, leave)?;
         if took_y {
             self.deferred = None;
         }
-        Ok(())
+        Ok(left)
     }
 
     /// The split sums a launch reading x at `x_addr` and writing `out_addr` (as `write` says) adds:
@@ -819,15 +834,13 @@ impl CudaBackend {
         super::matvec::SplitSums::Add { sums: d.sums, n_splits: d.n_splits, stride: d.stride, to_x, to_y }
     }
 
-    /// The buffer ffn_down leaves its split sums in (address, floats), if made.
-    pub(super) fn left_sums_buffer(&self) -> Option<(u64, usize)> {
-        self.left_sums.as_ref().map(|b| (addr(b, &self.ctx), b.len()))
-    }
-
-    /// Whether a ffn_down of `n_rows` rows leaves its split sums to the next layer
-    /// (`DeferredSums`): the kernels hand sums over, one row, and another layer follows.
-    fn leaves_split_sums(&self, n_rows: usize) -> bool {
-        kernels::defer_split_sums() && n_rows == 1 && self.left_sums.is_some() && self.layer_pos.is_some_and(|(layer, layers)| layer + 1 < layers)
+    /// Where a ffn_down of `n_rows` rows leaves its split sums for the next layer (`DeferredSums`;
+    /// the buffer's address and floats), if it does: the kernels hand sums over, one row, and
+    /// another layer follows.
+    fn left_sums_for(&self, n_rows: usize) -> Option<(u64, usize)> {
+        let next_layer = self.layer_pos.is_some_and(|(layer, layers)| layer + 1 < layers);
+        let buffer = self.left_sums.as_ref().filter(|_| kernels::defer_split_sums() && n_rows == 1 && next_layer)?;
+        Some((addr(buffer, &self.ctx), buffer.len()))
     }
 
     /// An error if split sums wait for a launch that `what` is not: the residual they belong to
@@ -1790,14 +1803,10 @@ impl Backend for CudaBackend {
         check_width("swiglu up", up.width, gate.width)?;
         check_rows("swiglu up", up, n_rows)?;
         let up = addr(&up.buf, &self.ctx);
-        if !self.leaves_split_sums(n_rows) {
-            return self.tiled_projections([(w, None, acc)], gate, n_rows, Write::Accumulate, Input::Swiglu { up });
-        }
-        let bias = check_projection(w, None, gate, n_rows, acc)?;
-        let residual = addr(&acc.buf, &self.ctx);
-        let (left, _) = super::matmul::tiled_matvecs(self, vec![(w, bias, acc)], gate, n_rows, Write::Accumulate, Input::Swiglu { up }, true)?;
-        if let (Some(left), Some(buffer)) = (left, &self.left_sums) {
-            self.deferred = Some(DeferredSums { residual, sums: addr(buffer, &self.ctx), n_splits: left.n_splits, stride: left.stride });
+        let (leave, residual) = (self.left_sums_for(n_rows), addr(&acc.buf, &self.ctx));
+        let left = self.tiled_projections_leaving([(w, None, acc)], gate, n_rows, Write::Accumulate, Input::Swiglu { up }, leave)?;
+        if let (Some(left), Some((sums, _))) = (left, leave) {
+            self.deferred = Some(DeferredSums { residual, sums, n_splits: left.n_splits, stride: left.stride });
         }
         Ok(())
     }

@@ -266,9 +266,10 @@ pub(super) fn tiled_matvec(be: &CudaBackend, weights: &[&CudaWeight], n_x: usize
 /// another type), at most `MAX_SEGMENTS` a launch.
 ///
 /// Split sums (`SplitSums`): each launch adds those the backend holds for x or for its outputs
-/// (`CudaBackend::split_sums_for`); with `leave`, one split launch leaves its own in the backend's
-/// buffer for the next layer (the one-row ffn_down). Returns what was left, and whether a launch
-/// added sums to what it accumulates into (which ends their life: the caller clears them).
+/// (`CudaBackend::split_sums_for`); with `leave` (a buffer's address and floats), a split launch
+/// leaves its own there for the next layer (the one-row ffn_down). Returns what was left, and
+/// whether a launch added sums to what it accumulates into (which ends their life: the caller
+/// clears them).
 pub(super) fn tiled_matvecs(
     be: &CudaBackend,
     projections: Vec<(&CudaWeight, Option<&CudaSlice<f32>>, &mut CudaAct)>,
@@ -276,10 +277,9 @@ pub(super) fn tiled_matvecs(
     n_x: usize,
     write: Write,
     input: Input,
-    leave: bool,
+    leave: Option<(u64, usize)>,
 ) -> Result<(Option<LeftSums>, bool), BackendError> {
     let mut took_y = false;
-    let leave = if leave { be.left_sums_buffer() } else { None };
     let args_of = |w, bias, out| {
         let mut args = matvec_args(be, w, bias, x, n_x, out, write);
         if let Some((buffer, floats)) = leave {
@@ -291,7 +291,7 @@ pub(super) fn tiled_matvecs(
         let weights: Vec<&CudaWeight> = projections.iter().map(|(w, _, _)| *w).collect();
         let ahead = window_ahead(be, &weights);
         let args: Vec<MatvecArgs> = projections.into_iter().map(|(w, bias, out)| args_of(w, bias, out)).collect();
-        took_y |= args.iter().any(|a| matches!(a.sums, SplitSums::Add { to_y: true, .. }));
+        took_y |= args.iter().any(|a| a.sums.adds_to_y());
         let left = launch_matvec_pair(&be.ctx, &pair, args, input, ahead)?;
         return Ok((left, took_y));
     }
@@ -307,7 +307,7 @@ pub(super) fn tiled_matvecs(
             let weights: Vec<&CudaWeight> = take.iter().map(|(w, _, _)| *w).collect();
             let ahead = window_ahead(be, &weights);
             let parts: Vec<MatvecArgs> = take.into_iter().map(|(w, bias, out)| args_of(w, bias, out)).collect();
-            took_y |= parts.iter().any(|a| matches!(a.sums, SplitSums::Add { to_y: true, .. }));
+            took_y |= parts.iter().any(|a| a.sums.adds_to_y());
             left = launch_matvecs(&be.ctx, &kernels, parts, input, ahead)?.or(left);
         }
     }
@@ -363,7 +363,7 @@ fn matvec(be: &mut CudaBackend, w: &CudaWeight, bias: Option<&CudaSlice<f32>>, x
     let kernels = w.kernels.as_ref().ok_or_else(|| BackendError::Invalid(format!("{}: a vector cannot be multiplied", w.name)))?;
     let ahead = window_ahead(be, &[w]);
     let args = matvec_args(be, w, bias, x, n_x, out, write);
-    let took_y = matches!(args.sums, SplitSums::Add { to_y: true, .. });
+    let took_y = args.sums.adds_to_y();
     launch_matvec(&be.ctx, kernels, args, ahead)?;
     if took_y {
         be.deferred = None;

@@ -742,6 +742,13 @@ pub enum SplitSums {
     Add { sums: u64, n_splits: u32, stride: u32, to_x: bool, to_y: bool },
 }
 
+impl SplitSums {
+    /// Whether a launch adds the sums to what it accumulates into: the last to take them.
+    pub fn adds_to_y(self) -> bool {
+        matches!(self, SplitSums::Add { to_y: true, .. })
+    }
+}
+
 /// What a `Leave` launch left: its splits and the floats from one split's sums to the next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LeftSums {
