@@ -410,7 +410,11 @@ if [ "$what" = pending ]; then
     # without, two interleaved rounds. PENDING_PARTS=defer.
     STEP_TIMEOUT=${CUDA_PYTEST_S:-180} step pytest_defer "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_model.py -m cuda -k split_sums_left --junitxml="$out/junit_defer.xml"
     need_syn7b
-    ab_step defer_ab ${AB_S:-300} "plain|FERRITE_AB=plain" "defer|FERRITE_CUDA_KERNEL_DEFINES=-DMMA_DEFER=1" -- /tmp/synthetic.gguf:1,2 /root/m/syn7b.gguf:1
+    # A third variant beside them: the stream kernel on every launch whose x fits one phase
+    # (FERRITE_CUDA_MATVEC_STREAM=one-phase-all: a 7B's q/k/v and o too, whose one wave of planned
+    # blocks loads some SMs twice as much as others).
+    ab_step defer_ab ${AB_S:-400} "plain|FERRITE_AB=plain" "defer|FERRITE_CUDA_KERNEL_DEFINES=-DMMA_DEFER=1" \
+        "onephall|FERRITE_CUDA_MATVEC_STREAM=one-phase-all" -- /tmp/synthetic.gguf:1,2 /root/m/syn7b.gguf:1
     fi
     if [[ ,$parts, == *,fold,* ]]; then
     # The RMSNorm moved around the f16 GEMMs of 5-16 rows (matmul.rs, NormSource; on by default
