@@ -47,7 +47,8 @@
 #                (FERRITE_CUDA_READAHEAD), the same with NVRTC compiling, then cached; kv: the f16
 #                KV cache's GPU tests and its decode speed beside float32; sampler: the sampler
 #                tests and bench_cuda_sampler.py; defer: ffn_down's split sums left to the next
-#                layer (MMA_DEFER), its bit test and decode steps; prefetch (the default): weights asked of L2
+#                layer (MMA_DEFER), its bit test and decode steps; plans7b: a 7B's q/k/v on other
+#                one-row plans (decode steps); prefetch (the default): weights asked of L2
 #                ahead of their use (decode attention's window, the matrix-vector launches'
 #                sliding window), the tests with both on, then decode steps with them off and on;
 #                stream: the stream kernel's tests; sums: the matrix-vector tests with
@@ -415,6 +416,15 @@ if [ "$what" = pending ]; then
     # blocks loads some SMs twice as much as others).
     ab_step defer_ab ${AB_S:-400} "plain|FERRITE_AB=plain" "defer|FERRITE_CUDA_KERNEL_DEFINES=-DMMA_DEFER=1" \
         "onephall|FERRITE_CUDA_MATVEC_STREAM=one-phase-all" -- /tmp/synthetic.gguf:1,2 /root/m/syn7b.gguf:1
+    fi
+    if [[ ,$parts, == *,plans7b,* ]]; then
+    # A 7B's q/k/v (4608x3584, 288 tile rows of 14 tiles) at one row: its plan (2, 4, 1) makes 144
+    # blocks of 8 warps, so 12 SMs hold two blocks and take twice the others' tiles. Plans of one
+    # tile row a block in smaller blocks, all resident at once (4 or 5 warps: 3-4 blocks an SM),
+    # against it; syn7b's one-sequence decode step, two interleaved rounds. PENDING_PARTS=plans7b.
+    need_syn7b
+    ab_step plans7b_ab ${AB_S:-240} "plain|FERRITE_AB=plain" "qkv141|FERRITE_CUDA_MATVEC_PLANS=4608x3584@1=1,4,1" \
+        "qkv151|FERRITE_CUDA_MATVEC_PLANS=4608x3584@1=1,5,1" -- /root/m/syn7b.gguf:1
     fi
     if [[ ,$parts, == *,fold,* ]]; then
     # The RMSNorm moved around the f16 GEMMs of 5-16 rows (matmul.rs, NormSource; on by default
