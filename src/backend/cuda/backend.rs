@@ -787,22 +787,11 @@ impl CudaBackend {
         self.project(w, None, input, n_rows, x, Write::Accumulate, &mut Some(input_f16))
     }
 
-    /// Projections of `x` (taken as `input` says) on the tiled matrix-vector kernels, checked.
+    /// Projections of `x` (taken as `input` says) on the tiled matrix-vector kernels, checked; a
+    /// split launch among them leaves its split sums in `leave` (the buffer's address and floats;
+    /// `matmul::tiled_matvecs`): returns what it left. Split sums the launches added to what they
+    /// accumulate into end the hand-over.
     fn tiled_projections<const N: usize>(
-        &mut self,
-        projections: [(&CudaWeight, Option<&CudaWeight>, &mut CudaAct); N],
-        x: &CudaAct,
-        n_rows: usize,
-        write: Write,
-        input: Input,
-    ) -> Result<(), BackendError> {
-        self.tiled_projections_leaving(projections, x, n_rows, write, input, None).map(|_| ())
-    }
-
-    /// [`tiled_projections`](Self::tiled_projections), a split launch among them leaving its split
-    /// sums in `leave` (the buffer's address and floats; `matmul::tiled_matvecs`): what it left.
-    /// Split sums the launches added to what they accumulate into end the hand-over.
-    fn tiled_projections_leaving<const N: usize>(
         &mut self,
         projections: [(&CudaWeight, Option<&CudaWeight>, &mut CudaAct); N],
         x: &CudaAct,
@@ -1576,7 +1565,7 @@ impl Backend for CudaBackend {
         projections: [(&CudaWeight, Option<&CudaWeight>, &mut CudaAct); N],
     ) -> Result<(), BackendError> {
         if super::matmul::tiled_matvec(self, &projections.each_ref().map(|p| p.0), n_rows) {
-            return self.tiled_projections(projections, x, n_rows, Write::Overwrite, Input::X);
+            return self.tiled_projections(projections, x, n_rows, Write::Overwrite, Input::X, None).map(|_| ());
         }
         let mut x_f16 = None;
         for (w, bias, out) in projections {
@@ -1661,7 +1650,7 @@ impl Backend for CudaBackend {
         }
         check_width("rms_norm input", x.width, norm.n_cols)?;
         let weight = addr(norm.dense()?, &self.ctx);
-        self.tiled_projections(projections, x, n_rows, Write::Overwrite, Input::Normed { weight, eps })
+        self.tiled_projections(projections, x, n_rows, Write::Overwrite, Input::Normed { weight, eps }, None).map(|_| ())
     }
 
     fn attention_add(
@@ -1804,7 +1793,7 @@ impl Backend for CudaBackend {
         check_rows("swiglu up", up, n_rows)?;
         let up = addr(&up.buf, &self.ctx);
         let (leave, residual) = (self.left_sums_for(n_rows), addr(&acc.buf, &self.ctx));
-        let left = self.tiled_projections_leaving([(w, None, acc)], gate, n_rows, Write::Accumulate, Input::Swiglu { up }, leave)?;
+        let left = self.tiled_projections([(w, None, acc)], gate, n_rows, Write::Accumulate, Input::Swiglu { up }, leave)?;
         if let (Some(left), Some((sums, _))) = (left, leave) {
             self.deferred = Some(DeferredSums { residual, sums, n_splits: left.n_splits, stride: left.stride });
         }
