@@ -1290,7 +1290,7 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
 MATVEC_MMA_PAIR_KERNEL(1)
 MATVEC_MMA_PAIR_KERNEL(2)
 MATVEC_MMA_PAIR_KERNEL(4)
-#elif !MMA_STREAM
+#elif !MMA_STREAM && !MMA_FFN
 MATVEC_MMA_KERNEL(1)
 MATVEC_MMA_KERNEL(2)
 MATVEC_MMA_KERNEL(4)
@@ -1632,3 +1632,231 @@ MATVEC_MMA_STREAM_KERNEL(1)
 MATVEC_MMA_STREAM_KERNEL(2)
 MATVEC_MMA_STREAM_KERNEL(4)
 #endif  // MMA_STREAM
+
+#if MMA_FFN
+// ---- The feed-forward block of one or two rows in one launch: x += down(silu(gate(n)) * up(n)), n = rms_norm(x) ----
+// At one sequence a layer's two FFN launches (gate/up, then ffn_down) are a chain of small steps:
+// each pays a launch hand-over, staging its x, and ffn_down (few rows, long ones) split-K's round
+// trip on top (H100, forty-third session: 6.3 + 7.4 us a layer of the 0.5B, for 9 MB of weights).
+// Here one grid does both. The intermediate columns are dealt out in slices of FFN_SLICE = 256
+// (one int8 scale block of ffn_down's x), a slice to a cluster of FFN_RANKS = 8 blocks; block
+// `rank` of slice j computes the 32 values h[j 256 + 32 rank ..] from two tile rows of gate and two
+// of up (its warps: tile row warp % 4, column tiles warp / 4, warp / 4 + 2, ...), the cluster's
+// blocks exchange their h through distributed shared memory, and each then multiplies the slice's
+// ffn_down tile column by it for its share of ffn_down's tile rows (a warp a tile row). The slices'
+// partial sums meet as split-K's do: the last block of each rank's rows to finish adds them in
+// slice order to the residual, so results do not depend on timing.
+//
+// Every weight a block reads (at most FFN_GU_TILES gate/up tiles a warp and its ffn_down tiles) is
+// loaded into registers before the kernel waits for the previous one. The host takes this kernel
+// only where that holds (src/backend/cuda/ffn.rs): one row, gate and up of the module's type and
+// ffn_down of QTYPE_DOWN, both on the int8 path, the intermediate size a multiple of 256, the
+// hidden size at most 2 x FFN_GU_TILES gate/up tiles and 8 x 8 ffn_down tile rows. The products
+// are those of the two launches (the same tile sums, the same staging of x and of h); the sums of
+// ffn_down add up in another order (by slices of 256 columns), so the bits differ from theirs.
+#ifndef QTYPE_DOWN
+#error "matvec_mma.cu with -DMMA_FFN=1 needs -DQTYPE_DOWN=<ffn_down's type>"
+#endif
+typedef FERRITE_CAT(Rp_, QTYPE_DOWN) TileD;
+// 1: the ffn_down tiles are loaded before the wait too; 0: after the gate/up products (their
+// latency then overlaps the h exchange only; fewer registers held through staging).
+#ifndef FFN_EARLY_DOWN
+#define FFN_EARLY_DOWN 1
+#endif
+constexpr int FFN_RANKS = 8, FFN_SLICE = 256, FFN_H_PER_RANK = FFN_SLICE / FFN_RANKS, FFN_GU_TILES = 4;
+// Columns of x the gate/up staging holds (the host keeps the hidden size within it).
+constexpr int FFN_PHASE = 2 * FFN_GU_TILES * Tile::TILE_COLS;
+constexpr int FFN_DOWN_TILES = FFN_SLICE / TileD::TILE_COLS;  // ffn_down tiles of a slice, a tile row
+static_assert(FFN_H_PER_RANK == 2 * RP_TILE_ROWS, "a block's h comes from two tile rows each of gate and up");
+static_assert(Tile::S8 && TileD::S8, "the fused FFN runs on the int8 path");
+
+// acc += tile `tile` (of the staged x) times x on the int8 path, for any tiled type.
+template <class T, int NG>
+__device__ __forceinline__ void tile_products_s8_any(const T& w, const u8* xq, const int (*xsum)[NG][8], const float (*xscale)[NG][8],
+                                                     u32 tile, const int b_off[NG], int t, float acc[NG][4]) {
+    if constexpr (T::HAS_MIN) {
+        tile_products_s8<T, NG>(w, xq, xsum, xscale, tile, b_off, t, acc);
+    } else if constexpr (T::SCALE_CHUNKS == 1) {
+        tile_products_s8_chunks<T, NG>(w, xq, xsum, xscale, tile, b_off, t, acc);
+    } else {
+        tile_products_s8_blocks<T, NG>(w, xq, xsum, xscale, tile, b_off, t, acc);
+    }
+}
+
+// Row u (0 or 1) of x's tile-row sums as the planned kernel's epilogue forms them (three int8
+// parts of x: mma columns 0-2 row 0, 3-5 row 1): lane t == 0 of each quad ends with rows g (v0)
+// and g + 8 (v1).
+__device__ __forceinline__ void row_sums(const float acc[4], int t, int u, float& v0, float& v1) {
+    if (u == 0) {
+        v0 = t == 0 ? acc[0] + acc[1] : t == 1 ? acc[0] : 0.0f;
+        v1 = t == 0 ? acc[2] + acc[3] : t == 1 ? acc[2] : 0.0f;
+    } else {
+        v0 = t == 1 ? acc[1] : t == 2 ? acc[0] + acc[1] : 0.0f;
+        v1 = t == 1 ? acc[3] : t == 2 ? acc[2] + acc[3] : 0.0f;
+    }
+    v0 += __shfl_xor_sync(FULL_WARP, v0, 1);
+    v1 += __shfl_xor_sync(FULL_WARP, v1, 1);
+    v0 += __shfl_xor_sync(FULL_WARP, v0, 2);
+    v1 += __shfl_xor_sync(FULL_WARP, v1, 2);
+}
+
+__device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory"); }
+__device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory"); }
+
+// gate/up/down: repacked tiles (gate and up: Tile, n_inter x n_cols; down: TileD, n_cols x
+// n_inter); x: NT residual rows of n_cols floats, which get the block's output added; norm_w and
+// eps: the RMSNorm before gate/up; partials: n_inter / 256 x NT x n_cols floats; counters:
+// FFN_RANKS words, zero between launches. Grid: n_inter / 256 clusters of FFN_RANKS blocks of 256
+// threads. The host keeps n_cols within 1024 (ffn_down's tile rows), so stage_x_s8_normed's jobs
+// (NT x ceil(n_cols / 256)) fit the block's warps at two rows too.
+template <int NT>
+__device__ __forceinline__ void ffn_mma(const u8* __restrict__ gate, const u8* __restrict__ up, const u8* __restrict__ down, u32 n_cols,
+                                        u32 n_inter, float* __restrict__ x, const float* __restrict__ norm_w, float eps,
+                                        float* __restrict__ partials, u32* __restrict__ counters) {
+    static_assert(NT == 1 || NT == 2, "one or two rows: three int8 parts of each in one mma column group");
+    constexpr int NG = 1, PARTS = 3;
+    constexpr int XSTRIDE_B = FFN_PHASE + 32, XSTRIDE_D = FFN_SLICE + 32;
+    __shared__ __align__(16) u8 xq[PARTS * NT * XSTRIDE_B];
+    __shared__ __align__(16) int xsum[FFN_PHASE / 32][NG][8];
+    __shared__ __align__(16) float xscale[FFN_PHASE / 256][NG][8];
+    __shared__ __align__(16) u8 hq[PARTS * NT * XSTRIDE_D];
+    __shared__ __align__(16) int hsum[FFN_SLICE / 32][NG][8];
+    __shared__ __align__(16) float hscale[1][NG][8];
+    __shared__ __align__(16) float red[4][32][4];
+    __shared__ __align__(16) float gu[NT][2 * FFN_H_PER_RANK];
+    __shared__ __align__(16) float h[NT][FFN_H_PER_RANK];
+    __shared__ float inv_rms[NT];
+    __shared__ u32 s_last;
+    static_assert(xsum_bytes_needed<NG>(FFN_PHASE / 256) <= (int)sizeof(xsum), "x's sums as bytes fit the array");
+    static_assert(xsum_bytes_needed<NG>(1) <= (int)sizeof(hsum), "h's sums as bytes fit the array");
+
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const u32 rank = blockIdx.x % FFN_RANKS, slice = blockIdx.x / FFN_RANKS, n_slices = gridDim.x / FFN_RANKS;
+    const u32 k_tiles = n_cols / Tile::TILE_COLS, kd_tiles = n_inter / TileD::TILE_COLS;
+    const u32 md_tiles = n_cols / RP_TILE_ROWS, down_rows = (md_tiles + FFN_RANKS - 1) / FFN_RANKS;
+
+    // This warp's gate/up tile row (0, 1: gate; 2, 3: up) and its column tiles wk, wk + 2, ...
+    const u32 wm = (u32)warp & 3u, wk = (u32)warp >> 2;
+    const u32 gu_row = slice * (FFN_SLICE / RP_TILE_ROWS) + rank * 2 + (wm & 1u);
+    const u8* gu_tiles = (wm < 2 ? gate : up) + (u64)gu_row * k_tiles * Tile::TILE_BYTES;
+    Tile w[FFN_GU_TILES];
+#pragma unroll
+    for (int i = 0; i < FFN_GU_TILES; i++) {
+        const u32 kt = wk + 2 * i;
+        if (kt < k_tiles) w[i].load(gu_tiles + (u64)kt * Tile::TILE_BYTES, lane, false);
+    }
+    // This warp's ffn_down tile row (if any) and the slice's tiles in it.
+    const u32 md = rank * down_rows + (u32)warp;
+    const bool down_warp = (u32)warp < down_rows && md < md_tiles;
+    TileD wd[FFN_DOWN_TILES];
+    const auto load_down = [&]() {
+        if (down_warp) {
+#pragma unroll
+            for (int i = 0; i < FFN_DOWN_TILES; i++)
+                wd[i].load(down + ((u64)md * kd_tiles + slice * FFN_DOWN_TILES + i) * TileD::TILE_BYTES, lane, false);
+        }
+    };
+    if (FFN_EARLY_DOWN) load_down();
+    constexpr bool EARLY_NORM_W = MMA_EARLY_NORM_W && Tile::TILE_COLS < 256;
+    const u32 len = k_tiles * Tile::TILE_COLS;
+    const EarlyNormW early_w = early_norm_w<NT>(norm_w, EARLY_NORM_W ? (u32)NT : 0u, n_cols, len);
+    // The sums and scales of mma columns no x row fills stay zero.
+    for (int i = threadIdx.x; i < (FFN_PHASE / 32) * NG * 8; i += blockDim.x) (&xsum[0][0][0])[i] = 0;
+    for (int i = threadIdx.x; i < (FFN_PHASE / 256) * NG * 8; i += blockDim.x) (&xscale[0][0][0])[i] = 0.0f;
+    for (int i = threadIdx.x; i < (FFN_SLICE / 32) * NG * 8; i += blockDim.x) (&hsum[0][0][0])[i] = 0;
+    if (threadIdx.x < NG * 8) (&hscale[0][0][0])[threadIdx.x] = 0.0f;
+    // This lane's B column: x row g / 3's part g % 3 for g < 3 NT (see matvec_mma); other lanes read
+    // row 0's part 0, whose products the zero scales of their columns cancel.
+    const int col = g < PARTS * NT ? (g / PARTS) * PARTS + g % PARTS : -1;
+    const int b_off_x[NG] = {col >= 0 ? col * XSTRIDE_B + 8 * t : 8 * t};
+    const int b_off_h[NG] = {col >= 0 ? col * XSTRIDE_D + 8 * t : 8 * t};
+    __syncthreads();
+
+    dependent_wait();
+    stage_x_s8_normed<NT, NG, XSTRIDE_B, PARTS, EARLY_NORM_W, Tile>(x, norm_w, early_w, eps, NT, n_cols, len, xq, xsum, xscale, inv_rms);
+    __syncthreads();
+    float acc[NG][4] = {{0.0f, 0.0f, 0.0f, 0.0f}};
+#pragma unroll
+    for (int i = 0; i < FFN_GU_TILES; i++) {
+        const u32 kt = wk + 2 * i;
+        if (kt < k_tiles) tile_products_s8_any<Tile, NG>(w[i], xq, xsum, xscale, kt, b_off_x, t, acc);
+    }
+    if (!FFN_EARLY_DOWN) load_down();
+    // The two warps of a tile row add their sums in order (as the planned kernel's warps_k = 2).
+    if (wk == 1) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) red[wm][lane][i] = acc[0][i];
+    }
+    __syncthreads();
+    if (wk == 0) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) acc[0][i] += red[wm][lane][i];
+#pragma unroll
+        for (int u = 0; u < NT; u++) {
+            float v0, v1;
+            row_sums(acc[0], t, u, v0, v1);
+            if (t == 0) {
+                gu[u][wm * RP_TILE_ROWS + g] = v0 + 0.0f;  // + the absent bias, as the planned kernel writes it
+                gu[u][wm * RP_TILE_ROWS + g + 8] = v1 + 0.0f;
+            }
+        }
+    }
+    __syncthreads();
+    if (threadIdx.x < NT * FFN_H_PER_RANK) {
+        const int u = threadIdx.x / FFN_H_PER_RANK, i = threadIdx.x % FFN_H_PER_RANK;
+        h[u][i] = silu_times(gu[u][i], gu[u][FFN_H_PER_RANK + i]);
+    }
+    // The cluster's h, then the slice staged as ffn_down's x, row u by warp u: lane (sb, t) holds
+    // h at columns 32 sb + 4t .. and 32 sb + 16 + 4t .., the 32 values of block sb.
+    cluster_arrive();
+    cluster_wait();
+    if (warp < NT) {
+        const u32 local = (u32)__cvta_generic_to_shared(&h[warp][0]);
+        u32 remote;
+        asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"((u32)g));
+        float4 a, b;
+        asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];" : "=f"(a.x), "=f"(a.y), "=f"(a.z), "=f"(a.w) : "r"(remote + 16 * t));
+        asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];" : "=f"(b.x), "=f"(b.y), "=f"(b.z), "=f"(b.w) : "r"(remote + 64 + 16 * t));
+        float r[8] = {a.x, b.x, a.y, b.y, a.z, b.z, a.w, b.w};
+        quantize_job_s8<NG, XSTRIDE_D, PARTS, TileD>(r, warp, 0, hq, hsum, hscale);
+    }
+    // Done with the other blocks' h; each waits for the others to be done with its own before it exits.
+    cluster_arrive();
+    __syncthreads();
+    if (down_warp) {
+        float dacc[NG][4] = {{0.0f, 0.0f, 0.0f, 0.0f}};
+#pragma unroll
+        for (int i = 0; i < FFN_DOWN_TILES; i++) tile_products_s8_any<TileD, NG>(wd[i], hq, hsum, hscale, i, b_off_h, t, dacc);
+#pragma unroll
+        for (int u = 0; u < NT; u++) {
+            float v0, v1;
+            row_sums(dacc[0], t, u, v0, v1);
+            if (t == 0) {
+                float* dst = partials + ((u64)slice * NT + u) * n_cols + md * RP_TILE_ROWS;
+                dst[g] = v0;
+                dst[g + 8] = v1;
+            }
+        }
+    }
+    cluster_wait();
+    // The last block of this rank's rows adds the slices' sums to the residual, in slice order.
+    if (!split_k_last(&counters[rank], n_slices, s_last)) return;
+    const u32 row_begin = rank * down_rows * RP_TILE_ROWS, row_end = min(row_begin + down_rows * RP_TILE_ROWS, n_cols);
+    const u32 nr = row_end > row_begin ? row_end - row_begin : 0;
+    for (u32 i = threadIdx.x; i < NT * nr; i += blockDim.x) {
+        const u32 u = i / nr, row = row_begin + i % nr;
+        put(x + (u64)u * n_cols + row, sum_splits(partials + (u64)u * n_cols + row, (u64)NT * n_cols, n_slices) + 0.0f, 1);
+    }
+    if (threadIdx.x == 0) counters[rank] = 0;  // ready for the next launch
+}
+
+#define FFN_MMA_KERNEL(nt)                                                                                                    \
+    extern "C" __global__ void __cluster_dims__(FFN_RANKS, 1, 1) __launch_bounds__(32 * MMA_MAX_WARPS, MMA_MIN_BLOCKS)        \
+        ffn_mma_##nt(const u8* __restrict__ gate, const u8* __restrict__ up, const u8* __restrict__ down, u32 n_cols, u32 n_inter, \
+                     float* __restrict__ x, const float* __restrict__ norm_w, float eps, float* __restrict__ partials,         \
+                     u32* __restrict__ counters) {                                                                           \
+        ffn_mma<nt>(gate, up, down, n_cols, n_inter, x, norm_w, eps, partials, counters);                                  \
+    }
+FFN_MMA_KERNEL(1)
+FFN_MMA_KERNEL(2)
+#endif  // MMA_FFN

@@ -47,7 +47,8 @@
 #                (FERRITE_CUDA_READAHEAD), the same with NVRTC compiling, then cached; kv: the f16
 #                KV cache's GPU tests and its decode speed beside float32; sampler: the sampler
 #                tests and bench_cuda_sampler.py; defer: ffn_down's split sums left to the next
-#                layer (MMA_DEFER), its bit test and decode steps; plans7b: a 7B's q/k/v on other
+#                layer (MMA_DEFER), its bit test and decode steps; ffn: the FFN block of one or
+#                two rows as one launch, its tests and decode steps fused and not; plans7b: a 7B's q/k/v on other
 #                one-row plans (decode steps); prefetch (the default): weights asked of L2
 #                ahead of their use (decode attention's window, the matrix-vector launches'
 #                sliding window), the tests with both on, then decode steps with them off and on;
@@ -416,6 +417,15 @@ if [ "$what" = pending ]; then
     # blocks loads some SMs twice as much as others).
     ab_step defer_ab ${AB_S:-400} "plain|FERRITE_AB=plain" "defer|FERRITE_CUDA_KERNEL_DEFINES=-DMMA_DEFER=1" \
         "onephall|FERRITE_CUDA_MATVEC_STREAM=one-phase-all" -- /tmp/synthetic.gguf:1,2 /root/m/syn7b.gguf:1
+    fi
+    if [[ ,$parts, == *,ffn,* ]]; then
+    # The FFN block of one or two rows as one launch (src/backend/cuda/ffn.rs; FERRITE_CUDA_FFN=one
+    # for one row only, off to keep gate/up and ffn_down apart): its tests, then syn05's decode
+    # steps at 1 and 2 sequences fused, one, off, and fused with ffn_down's tiles loaded after the
+    # gate/up products (-DFFN_EARLY_DOWN=0), two interleaved rounds. PENDING_PARTS=ffn.
+    STEP_TIMEOUT=${CUDA_PYTEST_S:-240} step pytest_ffn "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_model.py -m cuda -k "fused_ffn or every_type" --junitxml="$out/junit_ffn.xml"
+    ab_step ffn_ab ${AB_S:-300} "fused|FERRITE_CUDA_FFN=fused" "one|FERRITE_CUDA_FFN=one" "off|FERRITE_CUDA_FFN=off" "latedown|FERRITE_CUDA_FFN=fused FERRITE_CUDA_KERNEL_DEFINES=-DFFN_EARLY_DOWN=0" \
+        -- /tmp/synthetic.gguf:1,2
     fi
     if [[ ,$parts, == *,plans7b,* ]]; then
     # A 7B's q/k/v (4608x3584, 288 tile rows of 14 tiles) at one row: its plan (2, 4, 1) makes 144

@@ -791,6 +791,54 @@ def test_gpu_split_sums_left_to_the_next_layer_give_the_same_bits(tmp_path, down
     assert np.array_equal(plain, deferred), float(np.max(np.abs(plain - deferred)))
 
 
+@pytest.mark.cuda
+@needs_gpu
+@pytest.mark.parametrize("gate_type,down_type,hidden,ffn", [("Q5_0", "Q4_K", 896, 4864), ("Q5_0", "Q6_K", 896, 4864), ("Q8_0", "Q5_0", 1024, 768)])
+def test_gpu_fused_ffn_block_matches_its_two_launches_and_the_reference(tmp_path, monkeypatch, gate_type, down_type, hidden, ffn):
+    """At one and two rows the FFN block runs as one launch (src/backend/cuda/ffn.rs, matvec_mma.cu's
+    ffn_mma_1 and ffn_mma_2: gate/up, SwiGLU and ffn_down, the intermediate values exchanged within
+    clusters of blocks). With the test model's widths and ffn_down of both its types, and the widest
+    shape the kernel takes (1024 columns: eight 128-column tiles a row, 64 ffn_down tile rows), a
+    prompt then five decode steps of one sequence, and two sequences decoding together for four:
+    the launches ran (the counter; none with FERRITE_CUDA_FFN=off), the decode logits are those of
+    the two launches up to float32 rounding (ffn_down's sums add up by slices of 256 columns instead
+    of column splits), and both are within RELATIVE_BOUND of the float64 forward."""
+    n_heads = hidden // 64
+    path = write_block_model(tmp_path / "m.gguf", gate_type, hidden=hidden, ffn=ffn, n_heads=n_heads, n_kv_heads=2, n_layers=3, context=128, seed=31,
+                             layer_types={"ffn_down.weight": down_type})
+    rng = np.random.default_rng(3)
+    prompts = [[int(t) for t in rng.integers(0, 260, size=n)] for n in (11, 7)]
+    steps = [int(t) for t in rng.integers(0, 260, size=5)]
+    pair_steps = [[int(t) for t in rng.integers(0, 260, size=2)] for _ in range(4)]
+    got, launches = {}, {}
+    for flag in ("fused", "off"):
+        monkeypatch.setenv("FERRITE_CUDA_FFN", flag)  # read when the model loads
+        before = ferrite._ferrite._cuda_counters()["ffn_launches"]
+        m = ferrite.Model.load(path, device="cuda")
+        s = m.new_sequence(max_tokens=40)
+        m.forward(prompts[0], seq=s)
+        one = np.concatenate([m.forward([t], seq=s) for t in steps])
+        launches[flag] = ferrite._ferrite._cuda_counters()["ffn_launches"] - before
+        seqs = [m.new_sequence(max_tokens=40) for _ in prompts]
+        for q, p in zip(seqs, prompts):
+            m.forward(p, seq=q)
+        two = np.stack([np.concatenate(m.forward_batch([[t] for t in st], seqs=seqs)) for st in pair_steps])
+        launches[flag, 2] = ferrite._ferrite._cuda_counters()["ffn_launches"] - before - launches[flag]
+        got[flag] = (one, two)
+        del m
+    # Every layer of each step run directly (recorded graphs' replays are not counted).
+    assert launches["off"] == launches["off", 2] == 0, launches
+    assert launches["fused"] >= 3 and launches["fused"] % 3 == 0 and launches["fused", 2] >= 3 and launches["fused", 2] % 3 == 0, launches
+    ref = ReferenceModel(path)
+    want_one = np.stack([ref.forward(prompts[0] + steps[: i + 1])[-1] for i in range(len(steps))])
+    want_two = np.stack([[ref.forward(p + [st[j] for st in pair_steps[: i + 1]])[-1] for j, p in enumerate(prompts)] for i in range(len(pair_steps))])
+    for (fused, off), want in zip(zip(got["fused"], got["off"]), (want_one, want_two)):
+        assert relative(fused, off) <= 1e-6, relative(fused, off)
+        for ours in (fused, off):
+            assert relative(ours, want) <= RELATIVE_BOUND, relative(ours, want)
+            assert decisive_top1(ours.reshape(-1, ours.shape[-1]), want.reshape(-1, want.shape[-1])) == 1.0
+
+
 # ---------------------------------------------------------------- the f16 KV cache
 
 

@@ -391,6 +391,13 @@ pub trait Backend: Send + 'static {
         Ok(())
     }
 
+    /// Told once, at load, of each layer's FFN weights (gate, up, down), so that a backend running
+    /// the block as one launch can compile and size what that needs.
+    fn prepare_mlp(&mut self, weights: [&Self::Weight; 3]) -> Result<(), BackendError> {
+        let _ = weights;
+        Ok(())
+    }
+
     /// [`matmuls`](Self::matmuls) of `rms_norm(x)` ([`rms_norm`](Self::rms_norm) with `norm` and
     /// `eps`): the normalization before q/k/v, gate/up and the LM head. `xn` receives the
     /// normalized rows where the backend needs them in memory; CUDA normalizes inside the

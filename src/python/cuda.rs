@@ -319,7 +319,8 @@ fn _cuda_weight_rows<'py>(
 /// read x's norm source instead of a normalized x), ``norm_source_launches`` (those sources made
 /// by a launch of their own, where no GEMM wrote x: the first layer's), ``stream_matvecs``
 /// (launches on the stream kernel), ``left_split_sums`` (one-row launches that left their split
-/// sums to the next layer's, an experiment: ``-DMMA_DEFER=1``) and ``sample_mass_launches`` (sampler launches that left rows
+/// sums to the next layer's, an experiment: ``-DMMA_DEFER=1``), ``ffn_launches`` (one-row FFN
+/// blocks as one launch, ffn.rs) and ``sample_mass_launches`` (sampler launches that left rows
 /// to the mass pass, sampling.cu's sample_mass); graph replays not counted.
 #[pyfunction]
 fn _cuda_counters(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
@@ -331,6 +332,7 @@ fn _cuda_counters(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     d.set_item("stream_matvecs", STREAM_MATVECS.load(std::sync::atomic::Ordering::Relaxed))?;
     d.set_item("pair_matvecs", PAIR_MATVECS.load(std::sync::atomic::Ordering::Relaxed))?;
     d.set_item("left_split_sums", LEFT_SPLIT_SUMS.load(std::sync::atomic::Ordering::Relaxed))?;
+    d.set_item("ffn_launches", cuda::ffn::FFN_LAUNCHES.load(std::sync::atomic::Ordering::Relaxed))?;
     d.set_item("sample_mass_launches", cuda::SAMPLE_MASS_LAUNCHES.load(std::sync::atomic::Ordering::Relaxed))?;
     Ok(d)
 }

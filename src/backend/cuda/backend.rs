@@ -455,6 +455,10 @@ pub struct CudaBackend {
     pub(super) pair_kernels: HashMap<(GgmlType, GgmlType), Arc<super::matvec::PairKernels>>,
     /// Rows of x up to which groups take them (`matvec::pair_max_rows`).
     pub(super) pair_rows: usize,
+    /// The fused one-row FFN kernels of the model's FFN shapes (`prepare_mlp`; ffn.rs), none
+    /// with FERRITE_CUDA_FFN=off; `ffn_rows`: the most rows that take them (`ffn::max_rows`).
+    ffn_kernels: HashMap<super::ffn::FfnShape, Arc<super::ffn::FfnKernels>>,
+    ffn_rows: usize,
     /// Where `upload_batch` puts the plan; grows, never shrinks.
     batch_buf: Option<CudaSlice<u32>>,
     /// Bumped when `batch_buf`, `x_f16` or `scratch` is reallocated: recorded graphs hold their
@@ -823,6 +827,16 @@ impl CudaBackend {
         super::matvec::SplitSums::Add { sums: d.sums, n_splits: d.n_splits, stride: d.stride, to_x, to_y }
     }
 
+    /// The fused FFN kernel's shape of these weights, where it takes them (ffn.rs): gate and up
+    /// of one type and grid, all three repacked, and the kernel on (FERRITE_CUDA_FFN not `off`).
+    fn ffn_shape(&self, [gate, up, down]: [&CudaWeight; 3]) -> Option<super::ffn::FfnShape> {
+        use super::matvec::Layout::Tiles;
+        let (Tiles(g), Tiles(u), Tiles(d)) = (gate.layout, up.layout, down.layout) else { return None };
+        let shape = super::ffn::FfnShape { gate_up: gate.ty, down: down.ty, n_cols: gate.n_cols, n_inter: gate.n_rows };
+        let fits = g == u && (d.n_rows, d.n_cols) == (gate.n_cols, gate.n_rows) && [gate, up, down].iter().all(|w| w.kernels.as_ref().is_some_and(|k| k.tiled.is_some()));
+        (self.ffn_rows > 0 && fits && shape.takes()).then_some(shape)
+    }
+
     /// Where a ffn_down of `n_rows` rows leaves its split sums for the next layer (`DeferredSums`;
     /// the buffer's address and floats), if it does: the kernels hand sums over, one row, and
     /// another layer follows.
@@ -1166,6 +1180,8 @@ impl CudaBackend {
             type_kernels: HashMap::new(),
             pair_kernels: HashMap::new(),
             pair_rows: super::matvec::pair_max_rows(),
+            ffn_kernels: HashMap::new(),
+            ffn_rows: super::ffn::max_rows()?,
             batch_buf: None,
             batch_generation: 0,
             graphs: HashMap::new(),
@@ -1604,6 +1620,16 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
+    fn prepare_mlp(&mut self, [gate, up, down]: [&CudaWeight; 3]) -> Result<(), BackendError> {
+        if let Some(shape) = self.ffn_shape([gate, up, down]) {
+            if !self.ffn_kernels.contains_key(&shape) {
+                let k = Arc::new(super::ffn::FfnKernels::new(&self.ctx, shape)?);
+                self.ffn_kernels.insert(shape, k);
+            }
+        }
+        Ok(())
+    }
+
     fn norm_matmuls<const N: usize>(
         &mut self,
         x: &CudaAct,
@@ -1731,6 +1757,18 @@ impl Backend for CudaBackend {
         // On the cuBLAS path with gate and up stacked (`matmul::stacks`), SwiGLU reads the two
         // halves of the stacked GEMM's output rows: no launch to split them first.
         let source = self.norm_source.take();
+        // One or two rows: the whole block as one launch where the fused kernel takes it (ffn.rs).
+        if n_rows > 0 && n_rows <= self.ffn_rows {
+            let shape = self.ffn_shape([gate, up, down]).filter(|s| s.takes_rows(n_rows));
+            if let Some(k) = shape.and_then(|shape| self.ffn_kernels.get(&shape)) {
+                check_width("rms_norm input", x.width, norm.n_cols)?;
+                check_rows("rms_norm input", x, n_rows)?;
+                let norm_w = addr(norm.dense()?, &self.ctx);
+                let weights = [gate, up, down].map(|w| addr(&w.blocks, &self.ctx));
+                k.clone().launch(&self.ctx, n_rows, weights, addr(&x.buf, &self.ctx), norm_w, eps)?;
+                return Ok(());
+            }
+        }
         let stacked = n_rows > 0
             && self.stack_in_place
             && !super::matmul::tiled_matvec(self, &[gate, up], n_rows)

@@ -97,6 +97,7 @@ pub fn every_module() -> Vec<(&'static KernelSource, Vec<String>)> {
     }
     // The stream kernels, which a model compiles unless `matvec::StreamMode` is off.
     sets.push(GgmlType::ALL.iter().filter_map(|t| stream_defines(*t)).map(|d| (&MATVEC_MMA, d)).collect());
+    sets.push(every_ffn_module());
     union_of_modules(sets)
 }
 
@@ -162,6 +163,22 @@ pub fn stream_defines(ty: GgmlType) -> Option<Vec<String>> {
         d.push("-DMMA_STREAM=1".into());
         d
     })
+}
+
+/// The options that compile matvec_mma.cu's fused FFN kernel alone (`ffn_mma_1`, see ffn.rs) for
+/// gate/up of `gate_up` and ffn_down of `down`, or `None` when either has no tiles.
+pub fn ffn_defines(gate_up: GgmlType, down: GgmlType) -> Option<Vec<String>> {
+    super::repack::tile_format(down)?;
+    let mut defines = tile_type_defines(gate_up)?;
+    defines.push("-DMMA_FFN=1".into());
+    defines.push(format!("-DQTYPE_DOWN={}", down.snake_name()));
+    Some(defines)
+}
+
+/// The fused FFN modules of every pair of tiled types (`ffn_defines`), for every_kernel_compiles.
+pub fn every_ffn_module() -> Vec<(&'static KernelSource, Vec<String>)> {
+    let tiled: Vec<GgmlType> = super::repack::TILE_FORMATS.iter().map(|f| f.ty).collect();
+    tiled.iter().flat_map(|a| tiled.iter().filter_map(move |b| ffn_defines(*a, *b))).map(|d| (&MATVEC_MMA, d)).collect()
 }
 
 /// The options that compile attention.cu for `head_dim` and a cache of `kv_dtype`, or `None`
