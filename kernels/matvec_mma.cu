@@ -158,85 +158,6 @@ __device__ __forceinline__ u32 bf16_rn(float v) {
     return h;
 }
 
-// MMA_DEFER=1 (an experiment, unset by default; the host takes it from FERRITE_CUDA_KERNEL_DEFINES):
-// a one-row split launch (ffn_down at one sequence) may leave its column splits' partial sums in
-// `partials` for the launches that read the sum next, instead of its last block adding them to y:
-// `counters` null says so (the round trip through a fence, a counter and the partials' reload leaves
-// the step's chain). Those launches (the next layer's q/k/v, which stage y as x, and its o projection,
-// which adds to y) take the sums as Addends (three more kernel parameters, after the others) and add
-// them where they load y: y + (((0 + p0) + p1) + ... + 0), the operations, in the order, of the split
-// launch's own sum_splits and put, so results are the same bits. Without it Addends is empty and
-// every kernel's SASS is as before.
-#ifndef MMA_DEFER
-#define MMA_DEFER 0
-#endif
-struct Addends {
-#if MMA_DEFER
-    const float* p = nullptr;  // split s's sums of row n, element c: p[s * stride + n * n_cols + c]
-    u32 n = 0;                 // splits; 0: none
-    u32 stride = 0;            // floats from one split's sums to the next
-    bool x = false;            // added to x where it is loaded (x is y: the next q/k/v)
-    bool y = false;            // added to y where the products are added to it (the next o)
-#endif
-};
-// v (four floats of x from element i of its rows, x being y) plus the deferred sums, as the split launch would
-// have added them (see MMA_DEFER).
-__device__ __forceinline__ float4 with_addends(float4 v, const Addends& add, u64 i) {
-#if MMA_DEFER
-    if (add.n == 0 || !add.x) return v;
-    // Four splits' loads in flight at a time (as sum_splits), added in split order.
-    float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    for (u32 k0 = 0; k0 < add.n; k0 += 4) {
-        float4 p[4];
-#pragma unroll
-        for (u32 k = 0; k < 4; k++) {
-            p[k] = k0 + k < add.n ? __ldcg(reinterpret_cast<const float4*>(add.p + (u64)(k0 + k) * add.stride + i))
-                                  : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        }
-#pragma unroll
-        for (u32 k = 0; k < 4; k++) {
-            if (k0 + k < add.n) {
-                sum.x += p[k].x;
-                sum.y += p[k].y;
-                sum.z += p[k].z;
-                sum.w += p[k].w;
-            }
-        }
-    }
-    return make_float4(v.x + (sum.x + 0.0f), v.y + (sum.y + 0.0f), v.z + (sum.z + 0.0f), v.w + (sum.w + 0.0f));
-#else
-    (void)add;
-    (void)i;
-    return v;
-#endif
-}
-// One float of y (element i) likewise, as the products are added to it.
-__device__ __forceinline__ float with_addend(float v, const Addends& add, u64 i) {
-#if MMA_DEFER
-    return add.n == 0 || !add.y ? v : v + (sum_splits(add.p + i, add.stride, add.n) + 0.0f);
-#else
-    (void)add;
-    (void)i;
-    return v;
-#endif
-}
-
-// The Addends as the functions below take them: with MMA_DEFER a last parameter `add` (none by
-// default), and y's loads through it; without, the source as it was, so the default SASS is too.
-#if MMA_DEFER
-#define MMA_ADD_PARAM , const Addends& add = Addends{}
-#define MMA_ADD_PARAM_IN , const Addends& add_in
-#define MMA_ADD_ARG , add
-#define MMA_Y4(v, i) with_addends(v, add, i)
-#define MMA_Y1(v, i) with_addend(v, add, i)
-#else
-#define MMA_ADD_PARAM
-#define MMA_ADD_PARAM_IN
-#define MMA_ADD_ARG
-#define MMA_Y4(v, i) (v)
-#define MMA_Y1(v, i) (v)
-#endif
-
 // x[n][col .. col + 4) as the kernel multiplies it: silu(x) * x2 when x2 is given, x * inv_rms[n]
 // * norm_w when norm_w is; zeros for rows n >= n_x and columns past n_cols. In two steps: the
 // loads (X4In), then the arithmetic (x4_of), so that a caller can issue every load of a batch
@@ -247,13 +168,13 @@ struct X4In {
     bool in;
 };
 __device__ __forceinline__ X4In load_x4_in(const float* __restrict__ x, const float* __restrict__ x2,
-                                           const float* __restrict__ norm_w, u32 n_x, u32 n_cols, u32 n, u32 col MMA_ADD_PARAM) {
+                                           const float* __restrict__ norm_w, u32 n_x, u32 n_cols, u32 n, u32 col) {
     // n_cols is a multiple of 32, so col < n_cols means col + 3 < n_cols, and rows of x start
     // 128-byte aligned: the float4 load is in bounds and aligned.
     X4In r;
     r.in = n < n_x && col < n_cols;
     const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    r.x = r.in ? MMA_Y4(*reinterpret_cast<const float4*>(x + (u64)n * n_cols + col), (u64)n * n_cols + col) : zero;
+    r.x = r.in ? *reinterpret_cast<const float4*>(x + (u64)n * n_cols + col) : zero;
     r.x2 = r.in && x2 ? *reinterpret_cast<const float4*>(x2 + (u64)n * n_cols + col) : zero;
     r.w = r.in && norm_w ? *reinterpret_cast<const float4*>(norm_w + col) : zero;
     return r;
@@ -269,9 +190,9 @@ __device__ __forceinline__ float4 x4_of(const X4In& r, bool swiglu, bool norm, c
 // three or more rows of x are staged: measured faster so, see stage_x_s8).
 __device__ __forceinline__ float4 load_x4(const float* __restrict__ x, const float* __restrict__ x2,
                                           const float* __restrict__ norm_w, const float* inv_rms, u32 n_x, u32 n_cols,
-                                          u32 n, u32 col MMA_ADD_PARAM) {
+                                          u32 n, u32 col) {
     if (n >= n_x || col >= n_cols) return make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    float4 a = MMA_Y4(*reinterpret_cast<const float4*>(x + (u64)n * n_cols + col), (u64)n * n_cols + col);
+    float4 a = *reinterpret_cast<const float4*>(x + (u64)n * n_cols + col);
     if (x2) {
         const float4 u = *reinterpret_cast<const float4*>(x2 + (u64)n * n_cols + col);
         a = make_float4(silu_times(a.x, u.x), silu_times(a.y, u.y), silu_times(a.z, u.z), silu_times(a.w, u.w));
@@ -288,7 +209,7 @@ __device__ __forceinline__ float4 load_x4(const float* __restrict__ x, const flo
 template <int NT, int PARTS, int XSTRIDE, int NG, int SUMS>
 __device__ __forceinline__ void stage_x(const float* __restrict__ x, const float* __restrict__ x2,
                                         const float* __restrict__ norm_w, const float* inv_rms, u32 n_x, u32 n_cols,
-                                        u32 col0, u32 len, u16* xs, float (*xsum)[NG][8] MMA_ADD_PARAM) {
+                                        u32 col0, u32 len, u16* xs, float (*xsum)[NG][8]) {
     const int per_row = (int)len / 4;
     const int total = NT * per_row;
     for (int base = threadIdx.x; base < total; base += 4 * blockDim.x) {
@@ -298,7 +219,7 @@ __device__ __forceinline__ void stage_x(const float* __restrict__ x, const float
             const int i = base + r * (int)blockDim.x;
             const int n = i / per_row, e4 = i % per_row;
             const u32 col = col0 + 4 * e4;
-            v[r] = i < total ? load_x4(x, x2, norm_w, inv_rms, n_x, n_cols, (u32)n, col MMA_ADD_ARG) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            v[r] = i < total ? load_x4(x, x2, norm_w, inv_rms, n_x, n_cols, (u32)n, col) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         }
 #pragma unroll
         for (int r = 0; r < 4; r++) {
@@ -538,7 +459,7 @@ __device__ __forceinline__ void quantize_job_s8(float r[8], int n, int blk, u8* 
 template <int NT, int NG, int XSTRIDE_B, int PARTS = 3, class T = Tile>
 __device__ __forceinline__ void stage_x_s8(const float* __restrict__ x, const float* __restrict__ x2,
                                            const float* __restrict__ norm_w, const float* inv_rms, u32 n_x, u32 n_cols,
-                                           u32 col0, u32 len, u8* xq, int (*xsum)[NG][8], float (*xscale)[NG][8] MMA_ADD_PARAM) {
+                                           u32 col0, u32 len, u8* xq, int (*xsum)[NG][8], float (*xscale)[NG][8]) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
     const int sb = lane >> 2, t = lane & 3;
     // A phase of an odd number of 128-column tiles stages the next 128 columns too (PHASE is a
@@ -563,12 +484,12 @@ __device__ __forceinline__ void stage_x_s8(const float* __restrict__ x, const fl
             // Rows n >= NT (a job past the last) load zeros, as rows past n_x do.
             const u32 rows = job < jobs ? n_x : 0u;
             if constexpr (NT > 2) {
-                const float4 a = load_x4(x, x2, norm_w, inv_rms, rows, n_cols, (u32)n, c MMA_ADD_ARG);
-                const float4 b = load_x4(x, x2, norm_w, inv_rms, rows, n_cols, (u32)n, c + 16 MMA_ADD_ARG);
+                const float4 a = load_x4(x, x2, norm_w, inv_rms, rows, n_cols, (u32)n, c);
+                const float4 b = load_x4(x, x2, norm_w, inv_rms, rows, n_cols, (u32)n, c + 16);
                 r[u][0] = a.x, r[u][1] = b.x, r[u][2] = a.y, r[u][3] = b.y, r[u][4] = a.z, r[u][5] = b.z, r[u][6] = a.w, r[u][7] = b.w;
             } else {
-                in_a[u] = load_x4_in(x, x2, norm_w, rows, n_cols, (u32)n, c MMA_ADD_ARG);
-                in_b[u] = load_x4_in(x, x2, norm_w, rows, n_cols, (u32)n, c + 16 MMA_ADD_ARG);
+                in_a[u] = load_x4_in(x, x2, norm_w, rows, n_cols, (u32)n, c);
+                in_b[u] = load_x4_in(x, x2, norm_w, rows, n_cols, (u32)n, c + 16);
             }
         }
         if constexpr (NT <= 2) {
@@ -662,7 +583,7 @@ __device__ __forceinline__ EarlyNormW early_norm_w(const float* __restrict__ nor
 template <int NT, int NG, int XSTRIDE_B, int PARTS = 3, bool EARLY = false, class T = Tile>
 __device__ __forceinline__ void stage_x_s8_normed(const float* __restrict__ x, const float* __restrict__ norm_w,
                                                   const EarlyNormW& early, float eps, u32 n_x, u32 n_cols, u32 len, u8* xq,
-                                                  int (*xsum)[NG][8], float (*xscale)[NG][8], float* inv_rms MMA_ADD_PARAM) {
+                                                  int (*xsum)[NG][8], float (*xscale)[NG][8], float* inv_rms) {
     __shared__ double red[MMA_MAX_WARPS][NT];
     const int warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
     const int blocks = ((int)len + 255) / 256;
@@ -677,8 +598,8 @@ __device__ __forceinline__ void stage_x_s8_normed(const float* __restrict__ x, c
         int n;
         u32 c;
         in[u] = normed_job<NT>(u, n_x, n_cols, len, n, c);
-        a[u] = in[u] ? MMA_Y4(*reinterpret_cast<const float4*>(x + (u64)n * n_cols + c), (u64)n * n_cols + c) : zero;
-        b[u] = in[u] ? MMA_Y4(*reinterpret_cast<const float4*>(x + (u64)n * n_cols + c + 16), (u64)n * n_cols + c + 16) : zero;
+        a[u] = in[u] ? *reinterpret_cast<const float4*>(x + (u64)n * n_cols + c) : zero;
+        b[u] = in[u] ? *reinterpret_cast<const float4*>(x + (u64)n * n_cols + c + 16) : zero;
         if constexpr (EARLY) {
             wa[u] = early.a[u];
             wb[u] = early.b[u];
@@ -909,7 +830,7 @@ __device__ __forceinline__ void tile_products_s8_of_type(const Tile& w, const u8
 // in float64 and the scale rounded to float once, as norm.cu does (the order of the float64
 // additions differs).
 template <int NT>
-__device__ __forceinline__ void block_inv_rms(const float* __restrict__ x, u32 n_x, u32 n_cols, float eps, float* inv_rms MMA_ADD_PARAM) {
+__device__ __forceinline__ void block_inv_rms(const float* __restrict__ x, u32 n_x, u32 n_cols, float eps, float* inv_rms) {
     __shared__ double red[MMA_MAX_WARPS][NT];
     double ss[NT];
 #pragma unroll
@@ -918,7 +839,7 @@ __device__ __forceinline__ void block_inv_rms(const float* __restrict__ x, u32 n
 #pragma unroll
         for (int n = 0; n < NT; n++) {
             if ((u32)n < n_x) {
-                const float4 v = MMA_Y4(*reinterpret_cast<const float4*>(x + (u64)n * n_cols + 4 * c4), (u64)n * n_cols + 4 * c4);
+                const float4 v = *reinterpret_cast<const float4*>(x + (u64)n * n_cols + 4 * c4);
                 ss[n] += (double)v.x * v.x + (double)v.y * v.y + (double)v.z * v.z + (double)v.w * v.w;
             }
         }
@@ -941,11 +862,7 @@ template <int NT, class T = Tile>
 __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u32 n_cols, const float* __restrict__ x,
                                            const float* __restrict__ x2, const float* __restrict__ norm_w, float eps,
                                            u32 n_x, float* __restrict__ partials, u32* __restrict__ counters,
-                                           u32 k_tiles_per_split, u32 warps_m, u32 accumulate, const PrefetchWindow& ahead MMA_ADD_PARAM_IN) {
-#if MMA_DEFER
-    // One row of x only (the host hands sums to no other launch): the other kernels keep no code for it.
-    const Addends add = NT == 1 ? add_in : Addends{};
-#endif
+                                           u32 k_tiles_per_split, u32 warps_m, u32 accumulate, const PrefetchWindow& ahead) {
     constexpr bool S8 = T::S8 && NT <= S8MaxNt<T>::value;      // the int8 path (see above)
     constexpr int PARTS = NT <= 2 ? 3 : 2;                    // bf16 (or int8) parts of each x value
     constexpr int RPG = 8 / PARTS;                            // x rows per mma (column group)
@@ -1037,15 +954,15 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
     for (int n = 0; n < NPREV; n++) prev[n][0] = prev[n][1] = 0.0f;
     if constexpr (NT == 1) {
         if (accumulate && active && wk == 0 && t == 0 && n_splits == 1) {
-            if (r0 < n_rows) prev[0][0] = MMA_Y1(y[r0], r0);
-            if (r1 < n_rows) prev[0][1] = MMA_Y1(y[r1], r1);
+            if (r0 < n_rows) prev[0][0] = y[r0];
+            if (r1 < n_rows) prev[0][1] = y[r1];
         }
     } else if constexpr (NT == NPREV) {
 #pragma unroll
         for (int n = 0; n < NPREV; n++) {
             if (accumulate && active && wk == 0 && t == 0 && n_splits == 1 && (u32)n < n_x) {
-                if (r0 < n_rows) prev[n][0] = MMA_Y1(y[(u64)n * n_rows + r0], (u64)n * n_rows + r0);
-                if (r1 < n_rows) prev[n][1] = MMA_Y1(y[(u64)n * n_rows + r1], (u64)n * n_rows + r1);
+                if (r0 < n_rows) prev[n][0] = y[(u64)n * n_rows + r0];
+                if (r1 < n_rows) prev[n][1] = y[(u64)n * n_rows + r1];
             }
         }
     }
@@ -1053,7 +970,7 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
     // phase with at most MMA_STAGE_JOBS jobs a warp; otherwise its own pass first.
     const bool fused_norm = FUSES_NORM;
 #undef FUSES_NORM
-    if (norm_w && !fused_norm) block_inv_rms<NT>(x, n_x, n_cols, eps, inv_rms MMA_ADD_ARG);
+    if (norm_w && !fused_norm) block_inv_rms<NT>(x, n_x, n_cols, eps, inv_rms);
 
     // This lane's B column in each group: x row n = RPG * j + g / PARTS, part g % PARTS (with
     // three parts, columns 6 and 7 are zero).
@@ -1089,14 +1006,14 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
         if constexpr (S8) {
             if (fused_norm) {
                 stage_x_s8_normed<NT, NG, XSTRIDE_B, PARTS, EARLY_NORM_W, T>(x, norm_w, early_w, eps, n_x, n_cols, k_tiles * T::TILE_COLS,
-                                                                             xs_bytes, xsums.i, xscale, inv_rms MMA_ADD_ARG);
+                                                                             xs_bytes, xsums.i, xscale, inv_rms);
             } else {
                 stage_x_s8<NT, NG, XSTRIDE_B, PARTS, T>(x, x2, norm_w, inv_rms, n_x, n_cols, p * T::TILE_COLS,
-                                                        (p_end - p) * T::TILE_COLS, xs_bytes, xsums.i, xscale MMA_ADD_ARG);
+                                                        (p_end - p) * T::TILE_COLS, xs_bytes, xsums.i, xscale);
             }
         } else {
             stage_x<NT, PARTS, XSTRIDE, NG, SUMS>(x, x2, norm_w, inv_rms, n_x, n_cols, p * T::TILE_COLS,
-                                                  (p_end - p) * T::TILE_COLS, xs, xsums.f MMA_ADD_ARG);
+                                                  (p_end - p) * T::TILE_COLS, xs, xsums.f);
         }
         __syncthreads();
         if (!active) continue;
@@ -1205,9 +1122,6 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
         }
     }
     if (n_splits == 1) return;
-#if MMA_DEFER
-    if (counters == nullptr) return;  // the sums are left to the launches that read y next (MMA_DEFER)
-#endif
 
     // Split-K: the last block of this block row to finish adds the splits in order.
     if (!split_k_last(&counters[blockIdx.x], n_splits, s_last)) return;
@@ -1218,13 +1132,7 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
         const u32 n = i / nr, row = row_begin + i % nr;
         const float* src = partials + (u64)n * rows_pad + part0 + row;
         const u64 stride = (u64)NT * rows_pad;
-#if MMA_DEFER
-        const float value = sum_splits(src, stride, n_splits) + (bias ? bias[row] : 0.0f);
-        float* const dst = y + (u64)n * n_rows + row;
-        *dst = accumulate ? with_addend(*dst, add, (u64)n * n_rows + row) + value : value;
-#else
         put(y + (u64)n * n_rows + row, sum_splits(src, stride, n_splits) + (bias ? bias[row] : 0.0f), accumulate);
-#endif
     }
     if (threadIdx.x == 0) counters[blockIdx.x] = 0;  // ready for the next launch
 }
@@ -1239,29 +1147,18 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
         u32 k_tiles, u32 n_cols, const float* __restrict__ x, const float* __restrict__ x2, const float* __restrict__ norm_w, \
         float eps, u32 n_x, float* __restrict__ partials, u32* __restrict__ counters, u32 k_tiles_per_split, u32 warps_m,   \
         u32 accumulate, const u64* __restrict__ pf_ranges, u32 pf_n_ranges, u32 pf_first, u64 pf_offset_bytes,              \
-        u64 pf_len_bytes, u32 first_b MMA_DEFER_PARAMS
-// With MMA_DEFER, the Addends (see there): the sums, the splits (bits 0-7) and where they go (bit 8:
-// x, bit 9: y), the floats from one split's sums to the next; null and 0 for none.
-#if MMA_DEFER
-#define MMA_DEFER_PARAMS , const float* __restrict__ addend, u32 n_addends, u32 addend_stride
-#define MMA_DEFER_UNPACK                                                                                                      \
-    const Addends add = {addend, n_addends & 0xffu, addend_stride, ((n_addends >> 8) & 1u) != 0, ((n_addends >> 9) & 1u) != 0};
-#else
-#define MMA_DEFER_PARAMS
-#define MMA_DEFER_UNPACK
-#endif
-// The Segments, PrefetchWindow and Addends of those parameters.
+        u64 pf_len_bytes, u32 first_b
+// The Segments and PrefetchWindow of those parameters.
 #define MATVEC_MMA_UNPACK                                                                                                     \
     const Segments segs = {{tiles0, tiles1, tiles2}, {bias0, bias1, bias2}, {y0, y1, y2}, {m_tiles0, m_tiles1, m_tiles2},     \
                            {n_rows0, n_rows1, n_rows2}};                                                                       \
-    const PrefetchWindow ahead = {pf_ranges, pf_n_ranges, pf_first, pf_offset_bytes, pf_len_bytes};                          \
-    MMA_DEFER_UNPACK
+    const PrefetchWindow ahead = {pf_ranges, pf_n_ranges, pf_first, pf_offset_bytes, pf_len_bytes};
 
 #define MATVEC_MMA_KERNEL(nt)                                                                                         \
     extern "C" __global__ void __launch_bounds__(32 * MMA_MAX_WARPS, MMA_MIN_BLOCKS) matvec_mma_##nt(MATVEC_MMA_PARAMS) {      \
         MATVEC_MMA_UNPACK                                                                                                     \
         matvec_mma<nt>(segs, k_tiles, n_cols, x, x2, norm_w, eps, n_x, partials, counters, k_tiles_per_split, warps_m, \
-                       accumulate, ahead MMA_ADD_ARG);                                                                         \
+                       accumulate, ahead);                                                                              \
     }
 
 // Two types, one launch (a module compiled with -DQTYPE_B too holds only these). A 7B's Q4_K_M
@@ -1280,10 +1177,10 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
         const u32 seg = blockIdx.x < blocks0 ? 0 : blockIdx.x < blocks0 + blocks1 ? 1 : 2;                                    \
         if (seg < first_b)                                                                                                    \
             matvec_mma<nt, Tile>(segs, k_tiles, n_cols, x, x2, norm_w, eps, n_x, partials, counters, k_tiles_per_split,       \
-                                 warps_m, accumulate, ahead MMA_ADD_ARG);                                                            \
+                                 warps_m, accumulate, ahead);                                                                 \
         else                                                                                                                  \
             matvec_mma<nt, TileB>(segs, k_tiles, n_cols, x, x2, norm_w, eps, n_x, partials, counters, k_tiles_per_split,      \
-                                  warps_m, accumulate, ahead MMA_ADD_ARG);                                                           \
+                                  warps_m, accumulate, ahead);                                                                \
     }
 
 #if defined(QTYPE_B)

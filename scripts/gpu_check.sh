@@ -46,9 +46,8 @@
 #                from the page cache, reading them ahead off / cuBLAS only / all
 #                (FERRITE_CUDA_READAHEAD), the same with NVRTC compiling, then cached; kv: the f16
 #                KV cache's GPU tests and its decode speed beside float32; sampler: the sampler
-#                tests and bench_cuda_sampler.py; defer: ffn_down's split sums left to the next
-#                layer (MMA_DEFER), its bit test and decode steps; ffn: the FFN block of one or
-#                two rows as one launch, its tests and decode steps fused and not; plans7b: a 7B's q/k/v on other
+#                tests and bench_cuda_sampler.py; ffn: the FFN block of one or two rows as one
+#                launch, its tests and decode steps fused and not; plans7b: a 7B's q/k/v on other
 #                one-row plans (decode steps); prefetch (the default): weights asked of L2
 #                ahead of their use (decode attention's window, the matrix-vector launches'
 #                sliding window), the tests with both on, then decode steps with them off and on;
@@ -404,19 +403,6 @@ if [ "$what" = pending ]; then
     if [[ ,$parts, == *,tests,* ]]; then
     # Every GPU test that needs no real model, as the wheel runs by default.
     STEP_TIMEOUT=${CUDA_PYTEST_S:-300} step pytest_cuda "$py" -m pytest -q -ra -p no:cacheprovider --ignore=tests/test_notebooks.py --ignore=tests/test_readme.py -m "cuda and not model" tests --junitxml="$out/junit_cuda.xml"
-    fi
-    if [[ ,$parts, == *,defer,* ]]; then
-    # ffn_down's split sums left to the next layer's q/k/v and o at one row (matvec_mma.cu's
-    # MMA_DEFER, off by default: -DMMA_DEFER=1 in FERRITE_CUDA_KERNEL_DEFINES): its bit test against
-    # the default build, then decode steps of syn05 (1 and 2 sequences) and syn7b (1) with it and
-    # without, two interleaved rounds. PENDING_PARTS=defer.
-    STEP_TIMEOUT=${CUDA_PYTEST_S:-180} step pytest_defer "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_model.py -m cuda -k split_sums_left --junitxml="$out/junit_defer.xml"
-    need_syn7b
-    # A third variant beside them: the stream kernel on every launch whose x fits one phase
-    # (FERRITE_CUDA_MATVEC_STREAM=one-phase-all: a 7B's q/k/v and o too, whose one wave of planned
-    # blocks loads some SMs twice as much as others).
-    ab_step defer_ab ${AB_S:-400} "plain|FERRITE_AB=plain" "defer|FERRITE_CUDA_KERNEL_DEFINES=-DMMA_DEFER=1" \
-        "onephall|FERRITE_CUDA_MATVEC_STREAM=one-phase-all" -- /tmp/synthetic.gguf:1,2 /root/m/syn7b.gguf:1
     fi
     if [[ ,$parts, == *,ffn,* ]]; then
     # The FFN block of one or two rows as one launch (src/backend/cuda/ffn.rs; FERRITE_CUDA_FFN=one

@@ -2,7 +2,7 @@
 the backend's options and the given defines (no GPU needed: NVRTC and cuobjdump, as
 scripts/sass_same.py uses them). Stack bytes above the default build's are spills a change added.
 
-    python3 scripts/kernel_registers.py kernels/matvec_mma.cu -DQTYPE=q4_k -DMMA_S8_MAX_NT=8 [-DMMA_DEFER=1]
+    python3 scripts/kernel_registers.py kernels/matvec_mma.cu -DQTYPE=q4_k -DMMA_S8_MAX_NT=8 [-DMMA_STREAM=1]
 
 NVRTC and cuobjdump are found as scripts/sass_loops.py says.
 """

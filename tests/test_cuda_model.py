@@ -756,43 +756,6 @@ def test_gpu_prebuilt_kernels_compile_nothing_and_compute_what_nvrtc_compiles(tm
 
 @pytest.mark.cuda
 @needs_gpu
-@pytest.mark.parametrize("down_type", ["Q4_K", "Q6_K"])
-def test_gpu_split_sums_left_to_the_next_layer_give_the_same_bits(tmp_path, down_type):
-    """MMA_DEFER (an experiment, matvec_mma.cu): a one-row ffn_down whose columns split across
-    blocks leaves its split sums to the next layer's q/k/v (added to x as it is staged) and o
-    (added to the residual it accumulates into), in the operations and order of the split launch's
-    own last block. A model of the test model's widths (896, ffn 4864, 14 heads over 2), prompt
-    and four decode steps, in a process whose kernels are built with -DMMA_DEFER=1 and in one with
-    the default kernels: the same logits bit for bit, and in the first every decode step's ffn_down
-    but the last layer's left its sums (the counter), in the second none."""
-    n_layers, steps = 3, (5, 9, 11, 13)
-    path = write_block_model(tmp_path / "m.gguf", "Q5_0", hidden=896, ffn=4864, n_heads=14, n_kv_heads=2, n_layers=n_layers, context=128, seed=23,
-                             layer_types={"ffn_down.weight": down_type, "attn_v.weight": "Q8_0"})
-    code = (
-        "import json, sys, numpy as np, ferrite\n"
-        "m = ferrite.Model.load(sys.argv[1], device='cuda')\n"
-        "s = m.new_sequence(max_tokens=40)\n"
-        f"rows = [m.forward(list(range(3, 20)), seq=s)] + [m.forward([t], seq=s) for t in {steps!r}]\n"
-        "np.save(sys.argv[2], np.concatenate(rows))\n"
-        "print(json.dumps(ferrite._ferrite._cuda_counters()))\n"
-    )
-    runs = {}
-    for defines in ("", "-DMMA_DEFER=1"):
-        env = dict(os.environ, FERRITE_CACHE=str(tmp_path / "cache"))
-        env.pop("FERRITE_CUDA_KERNEL_DEFINES", None)
-        if defines:
-            env["FERRITE_CUDA_KERNEL_DEFINES"] = defines
-        out_path = tmp_path / f"logits{len(runs)}.npy"
-        out = subprocess.run([sys.executable, "-c", code, path, str(out_path)], env=env, check=True, capture_output=True, text=True)
-        runs[defines] = (json.loads(out.stdout.strip().splitlines()[-1])["left_split_sums"], np.load(out_path))
-    (plain_left, plain), (left, deferred) = runs[""], runs["-DMMA_DEFER=1"]
-    assert plain_left == 0
-    assert left == len(steps) * (n_layers - 1), left
-    assert np.array_equal(plain, deferred), float(np.max(np.abs(plain - deferred)))
-
-
-@pytest.mark.cuda
-@needs_gpu
 @pytest.mark.parametrize("gate_type,down_type,hidden,ffn", [("Q5_0", "Q4_K", 896, 4864), ("Q5_0", "Q6_K", 896, 4864), ("Q8_0", "Q5_0", 1024, 768)])
 def test_gpu_fused_ffn_block_matches_its_two_launches_and_the_reference(tmp_path, monkeypatch, gate_type, down_type, hidden, ffn):
     """At one and two rows the FFN block runs as one launch (src/backend/cuda/ffn.rs, matvec_mma.cu's

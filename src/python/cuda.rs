@@ -6,7 +6,7 @@ use pyo3::types::PyDict;
 
 use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 
-use crate::backend::cuda::matvec::{force_plan, path_for, set_stream_mode, set_stream_rows, stream_mode, stream_rows, time_device_copy, MatvecOp, MatvecPath, StreamMode, LEFT_SPLIT_SUMS, PAIR_MATVECS, STREAM_KERNEL_ROWS, STREAM_MATVECS};
+use crate::backend::cuda::matvec::{force_plan, path_for, set_stream_mode, set_stream_rows, stream_mode, stream_rows, time_device_copy, MatvecOp, MatvecPath, StreamMode, PAIR_MATVECS, STREAM_KERNEL_ROWS, STREAM_MATVECS};
 use crate::backend::cuda::{self, dequant, CudaContext, CudaError};
 use crate::quant::GgmlType;
 
@@ -318,10 +318,9 @@ fn _cuda_weight_rows<'py>(
 /// GEMMs of 1-16 rows that wrote SwiGLU's output), ``norm_source_gemms`` (stacked GEMMs that
 /// read x's norm source instead of a normalized x), ``norm_source_launches`` (those sources made
 /// by a launch of their own, where no GEMM wrote x: the first layer's), ``stream_matvecs``
-/// (launches on the stream kernel), ``left_split_sums`` (one-row launches that left their split
-/// sums to the next layer's, an experiment: ``-DMMA_DEFER=1``), ``ffn_launches`` (one-row FFN
-/// blocks as one launch, ffn.rs) and ``sample_mass_launches`` (sampler launches that left rows
-/// to the mass pass, sampling.cu's sample_mass); graph replays not counted.
+/// (launches on the stream kernel), ``ffn_launches`` (one-row FFN blocks as one launch, ffn.rs)
+/// and ``sample_mass_launches`` (sampler launches that left rows to the mass pass, sampling.cu's
+/// sample_mass); graph replays not counted.
 #[pyfunction]
 fn _cuda_counters(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     let d = PyDict::new(py);
@@ -331,7 +330,6 @@ fn _cuda_counters(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     d.set_item("norm_source_launches", cuda::NORM_SOURCE_LAUNCHES.load(std::sync::atomic::Ordering::Relaxed))?;
     d.set_item("stream_matvecs", STREAM_MATVECS.load(std::sync::atomic::Ordering::Relaxed))?;
     d.set_item("pair_matvecs", PAIR_MATVECS.load(std::sync::atomic::Ordering::Relaxed))?;
-    d.set_item("left_split_sums", LEFT_SPLIT_SUMS.load(std::sync::atomic::Ordering::Relaxed))?;
     d.set_item("ffn_launches", cuda::ffn::FFN_LAUNCHES.load(std::sync::atomic::Ordering::Relaxed))?;
     d.set_item("sample_mass_launches", cuda::SAMPLE_MASS_LAUNCHES.load(std::sync::atomic::Ordering::Relaxed))?;
     Ok(d)

@@ -436,16 +436,6 @@ pub(super) struct FixedKernels {
     pub(super) gemm_f16_rows_swiglu: [CudaFunction; 2],
 }
 
-/// Split sums left for the residual at `residual` (`CudaBackend::deferred`): `n_splits` of them at
-/// `sums`, `stride` floats apart.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct DeferredSums {
-    pub residual: u64,
-    pub sums: u64,
-    pub n_splits: u32,
-    pub stride: u32,
-}
-
 pub struct CudaBackend {
     pub(super) ctx: Arc<CudaContext>,
     pub(super) blas: CudaBlas,
@@ -532,17 +522,6 @@ pub struct CudaBackend {
     /// the next one's stacked GEMM; taken by each of them, cleared by `embed` (x's only other
     /// writer in a forward pass).
     norm_source: Option<super::matmul::NormSource>,
-    /// Split sums a one-row ffn_down left for the launches that read the residual next (the next
-    /// layer's q/k/v and o; `matvec::SplitSums`, an experiment: `kernels::defer_split_sums`). Set
-    /// by `mlp_add`, taken by the o projection of the next `attention_add`, which fails if any is
-    /// left; cleared by `embed`.
-    pub(super) deferred: Option<DeferredSums>,
-    /// Where ffn_down leaves its split sums (sized at load, as the split-K scratch); none unless
-    /// the kernels hand sums over.
-    left_sums: Option<CudaSlice<f32>>,
-    /// The layer the last `attention_add` was for, and the model's layers: whether another layer
-    /// follows this one's ffn_down to take its split sums.
-    layer_pos: Option<(usize, usize)>,
     /// A norm source's f16 rows and sums of squares; grow (bumping `batch_generation`).
     pub(super) norm_src_f16: Option<CudaSlice<u16>>,
     pub(super) norm_parts: Option<CudaSlice<f64>>,
@@ -791,10 +770,7 @@ impl CudaBackend {
         self.project(w, None, input, n_rows, x, Write::Accumulate, &mut Some(input_f16))
     }
 
-    /// Projections of `x` (taken as `input` says) on the tiled matrix-vector kernels, checked; a
-    /// split launch among them leaves its split sums in `leave` (the buffer's address and floats;
-    /// `matmul::tiled_matvecs`): returns what it left. Split sums the launches added to what they
-    /// accumulate into end the hand-over.
+    /// Projections of `x` (taken as `input` says) on the tiled matrix-vector kernels, checked.
     fn tiled_projections<const N: usize>(
         &mut self,
         projections: [(&CudaWeight, Option<&CudaWeight>, &mut CudaAct); N],
@@ -802,29 +778,13 @@ impl CudaBackend {
         n_rows: usize,
         write: Write,
         input: Input,
-        leave: Option<(u64, usize)>,
-    ) -> Result<Option<super::matvec::LeftSums>, BackendError> {
+    ) -> Result<(), BackendError> {
         let mut checked = Vec::with_capacity(N);
         for (w, bias, out) in projections {
             let bias = check_projection(w, bias, x, n_rows, out)?;
             checked.push((w, bias, out));
         }
-        let (left, took_y) = super::matmul::tiled_matvecs(self, checked, x, n_rows, write, input, leave)?;
-        if took_y {
-            self.deferred = None;
-        }
-        Ok(left)
-    }
-
-    /// The split sums a launch reading x at `x_addr` and writing `out_addr` (as `write` says) adds:
-    /// those left for the residual where x or the sums' destination is it (`matvec::SplitSums`).
-    pub(super) fn split_sums_for(&self, x_addr: u64, out_addr: u64, write: Write) -> super::matvec::SplitSums {
-        let Some(d) = self.deferred else { return super::matvec::SplitSums::Plain };
-        let (to_x, to_y) = (x_addr == d.residual, write == Write::Accumulate && out_addr == d.residual);
-        if !to_x && !to_y {
-            return super::matvec::SplitSums::Plain;
-        }
-        super::matvec::SplitSums::Add { sums: d.sums, n_splits: d.n_splits, stride: d.stride, to_x, to_y }
+        super::matmul::tiled_matvecs(self, checked, x, n_rows, write, input)
     }
 
     /// The fused FFN kernel's shape of these weights, where it takes them (ffn.rs): gate and up
@@ -835,24 +795,6 @@ impl CudaBackend {
         let shape = super::ffn::FfnShape { gate_up: gate.ty, down: down.ty, n_cols: gate.n_cols, n_inter: gate.n_rows };
         let fits = g == u && (d.n_rows, d.n_cols) == (gate.n_cols, gate.n_rows) && [gate, up, down].iter().all(|w| w.kernels.as_ref().is_some_and(|k| k.tiled.is_some()));
         (self.ffn_rows > 0 && fits && shape.takes()).then_some(shape)
-    }
-
-    /// Where a ffn_down of `n_rows` rows leaves its split sums for the next layer (`DeferredSums`;
-    /// the buffer's address and floats), if it does: the kernels hand sums over, one row, and
-    /// another layer follows.
-    fn left_sums_for(&self, n_rows: usize) -> Option<(u64, usize)> {
-        let next_layer = self.layer_pos.is_some_and(|(layer, layers)| layer + 1 < layers);
-        let buffer = self.left_sums.as_ref().filter(|_| kernels::defer_split_sums() && n_rows == 1 && next_layer)?;
-        Some((addr(buffer, &self.ctx), buffer.len()))
-    }
-
-    /// An error if split sums wait for a launch that `what` is not: the residual they belong to
-    /// would be read without them.
-    fn check_no_deferred_sums(&mut self, what: &str) -> Result<(), BackendError> {
-        if self.deferred.take().is_some() {
-            return Err(BackendError::Invalid(format!("{what}: the last ffn_down's split sums were left for launches that did not take them")));
-        }
-        Ok(())
     }
 
     /// Checks one layer's attention shapes; returns the KV row width.
@@ -1215,9 +1157,6 @@ impl CudaBackend {
             norm_fold: super::matmul::norm_fold_enabled(),
             norm_fold_rows: super::matmul::norm_fold_max_rows(),
             norm_source: None,
-            deferred: None,
-            left_sums: None,
-            layer_pos: None,
             norm_src_f16: None,
             norm_parts: None,
             sampler,
@@ -1314,12 +1253,6 @@ impl CudaBackend {
             // Sized here, never during a forward: a recorded graph holds the scratch's address.
             let mut scratch = tiled.scratch.lock().map_err(|_| BackendError::Invalid("split-K scratch lock poisoned".into()))?;
             scratch.reserve(&self.ctx, tiled.sms, &grid)?;
-            if kernels::defer_split_sums() {
-                let floats = matvec::left_sums_floats(&grid, tiled.sms);
-                if floats > self.left_sums.as_ref().map_or(0, |b| b.len()) {
-                    self.left_sums = Some(self.ctx.alloc_zeros::<f32>(floats, "split sums left to the next layer")?);
-                }
-            }
             if self.gemm == GemmPrecision::F16 {
                 // The quantized GEMM's plans too (matmul::takes_gemm_mma: f16 precision only).
                 scratch.reserve_gemm(&self.ctx, tiled.sms, &grid)?;
@@ -1540,7 +1473,6 @@ impl Backend for CudaBackend {
 
     fn embed(&mut self, table: &CudaWeight, batch: &CudaBatch, out: &mut CudaAct) -> Result<(), BackendError> {
         self.norm_source = None;
-        self.deferred = None;
         check_width("embedding output", out.width, table.n_cols)?;
         check_rows("embedding output", out, batch.n_tokens)?;
         let f = table
@@ -1581,7 +1513,7 @@ impl Backend for CudaBackend {
         projections: [(&CudaWeight, Option<&CudaWeight>, &mut CudaAct); N],
     ) -> Result<(), BackendError> {
         if super::matmul::tiled_matvec(self, &projections.each_ref().map(|p| p.0), n_rows) {
-            return self.tiled_projections(projections, x, n_rows, Write::Overwrite, Input::X, None).map(|_| ());
+            return self.tiled_projections(projections, x, n_rows, Write::Overwrite, Input::X);
         }
         let mut x_f16 = None;
         for (w, bias, out) in projections {
@@ -1641,9 +1573,6 @@ impl Backend for CudaBackend {
     ) -> Result<(), BackendError> {
         let weights = projections.each_ref().map(|p| p.0);
         if !super::matmul::tiled_matvec(self, &weights, n_rows) {
-            if self.deferred.is_some_and(|d| d.residual == addr(&x.buf, &self.ctx)) {
-                self.check_no_deferred_sums("norm_matmuls off the tiled kernels")?;
-            }
             if n_rows > 0 {
                 // Every shape checked before the first launch; the checked outputs and biases serve
                 // both GEMM paths below.
@@ -1676,7 +1605,7 @@ impl Backend for CudaBackend {
         }
         check_width("rms_norm input", x.width, norm.n_cols)?;
         let weight = addr(norm.dense()?, &self.ctx);
-        self.tiled_projections(projections, x, n_rows, Write::Overwrite, Input::Normed { weight, eps }, None).map(|_| ())
+        self.tiled_projections(projections, x, n_rows, Write::Overwrite, Input::Normed { weight, eps })
     }
 
     fn attention_add(
@@ -1692,10 +1621,6 @@ impl Backend for CudaBackend {
         p: &AttnParams,
         bufs: AttnBuffers<'_, CudaAct>,
     ) -> Result<(), BackendError> {
-        self.layer_pos = Some((layer, cache.layout.n_layers));
-        // Split sums the last ffn_down left (`deferred`) are taken by this layer's tiled q/k/v and
-        // o launches (`split_sums_for`), the o projection's clearing them; any other path fails.
-        let had_sums = self.deferred.is_some();
         // A decode step on the cuBLAS path with q/k/v stacked (`matmul::stacks`): attention reads
         // the stacked GEMM's output rows and adds the biases itself, no launch to split them.
         let source = self.norm_source.take();
@@ -1712,7 +1637,6 @@ impl Backend for CudaBackend {
             && !super::matmul::tiled_matvec(self, &[w.o], n_rows)
             && super::matmul::f16_gemm_inputs(self, &[w.o], n_rows)?;
         if stacked {
-            self.check_no_deferred_sums("attention_add's stacked q/k/v")?;
             check_width("rms_norm input", x.width, w.norm.n_cols)?;
             check_rows("rms_norm input", x, n_rows)?;
             self.check_attention(bufs.q, bufs.k, bufs.v, cache, layer, batch, p, bufs.out)?;
@@ -1737,11 +1661,7 @@ impl Backend for CudaBackend {
         }
         let projections = [(w.q, w.bq, &mut *bufs.q), (w.k, w.bk, &mut *bufs.k), (w.v, w.bv, &mut *bufs.v)];
         self.norm_matmuls(x, w.norm, eps, n_rows, bufs.xn, projections)?;
-        self.rope_attention_matmul_add(bufs.q, bufs.k, bufs.v, cache, layer, batch, rope, p, bufs.out, w.o, n_rows, bufs.proj, x)?;
-        if had_sums {
-            self.check_no_deferred_sums("attention_add")?;
-        }
-        Ok(())
+        self.rope_attention_matmul_add(bufs.q, bufs.k, bufs.v, cache, layer, batch, rope, p, bufs.out, w.o, n_rows, bufs.proj, x)
     }
 
     fn mlp_add(
@@ -1753,7 +1673,6 @@ impl Backend for CudaBackend {
         [gate, up, down]: [&CudaWeight; 3],
         bufs: MlpBuffers<'_, CudaAct>,
     ) -> Result<(), BackendError> {
-        self.check_no_deferred_sums("mlp_add")?;
         // On the cuBLAS path with gate and up stacked (`matmul::stacks`), SwiGLU reads the two
         // halves of the stacked GEMM's output rows: no launch to split them first.
         let source = self.norm_source.take();
@@ -1830,12 +1749,7 @@ impl Backend for CudaBackend {
         check_width("swiglu up", up.width, gate.width)?;
         check_rows("swiglu up", up, n_rows)?;
         let up = addr(&up.buf, &self.ctx);
-        let (leave, residual) = (self.left_sums_for(n_rows), addr(&acc.buf, &self.ctx));
-        let left = self.tiled_projections([(w, None, acc)], gate, n_rows, Write::Accumulate, Input::Swiglu { up }, leave)?;
-        if let (Some(left), Some((sums, _))) = (left, leave) {
-            self.deferred = Some(DeferredSums { residual, sums, n_splits: left.n_splits, stride: left.stride });
-        }
-        Ok(())
+        self.tiled_projections([(w, None, acc)], gate, n_rows, Write::Accumulate, Input::Swiglu { up })
     }
 
     fn matmul_add(&mut self, w: &CudaWeight, x: &CudaAct, n_rows: usize, _scratch: &mut CudaAct, acc: &mut CudaAct) -> Result<(), BackendError> {
@@ -1943,7 +1857,6 @@ impl Backend for CudaBackend {
     }
 
     fn gather_rows(&mut self, x: &CudaAct, batch: &CudaBatch, first: usize, count: usize, out: &mut CudaAct) -> Result<(), BackendError> {
-        self.check_no_deferred_sums("gather_rows")?;
         check_width("gather", out.width, x.width)?;
         if first + count > batch.n_logit_rows {
             return Err(BackendError::Invalid(format!("logit rows {first}..{} of {}", first + count, batch.n_logit_rows)));

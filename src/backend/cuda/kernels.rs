@@ -240,20 +240,6 @@ fn env_int8_rows() -> Option<usize> {
     *OVERRIDE.get_or_init(|| int8_rows_override(std::env::var("FERRITE_CUDA_KERNEL_DEFINES").ok().as_deref()))
 }
 
-/// Whether the matrix-vector kernels are compiled with `-DMMA_DEFER=1` (in
-/// `FERRITE_CUDA_KERNEL_DEFINES`, read once a process): they then take three more parameters, and a
-/// one-row ffn_down may leave its split sums to the next layer's launches (matvec_mma.cu's
-/// MMA_DEFER, `matvec::SplitSums`). An experiment; off by default.
-pub fn defer_split_sums() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| defer_define(std::env::var("FERRITE_CUDA_KERNEL_DEFINES").ok().as_deref()))
-}
-
-/// `-DMMA_DEFER=1` (or a bare `-DMMA_DEFER`, or another value but 0) last among `defines`.
-fn defer_define(defines: Option<&str>) -> bool {
-    last_define(defines, "MMA_DEFER").is_some_and(|value| value.is_none_or(|v| v.trim() != "0"))
-}
-
 /// The last `-DNAME` (`Some(None)`) or `-DNAME=VALUE` (`Some(Some(VALUE))`) among `defines`.
 fn last_define<'a>(defines: Option<&'a str>, name: &str) -> Option<Option<&'a str>> {
     let def = defines?.split_whitespace().rfind(|d| matches!(d.strip_prefix("-D").and_then(|d| d.strip_prefix(name)), Some(rest) if rest.is_empty() || rest.starts_with('=')))?;
@@ -428,15 +414,6 @@ mod tests {
         assert_eq!(int8_rows_override(Some("-DMMA_S8_MAX_NT")), Some(1));
         assert_eq!(int8_rows_override(Some("-DMMA_S8_MAX_NT=-1")), Some(0));
         assert_eq!(int8_rows_override(Some("-DMMA_S8_MAX_NT_X=4")), None);
-    }
-
-    /// The split sums are left to the next launches only where the defines ask for MMA_DEFER.
-    #[test]
-    fn defer_define_is_read_from_the_defines() {
-        for (defines, on) in [(None, false), (Some(""), false), (Some("-DMMA_DEFER=1"), true), (Some("-DMMA_DEFER"), true), (Some("-DMMA_DEFER=0"), false),
-            (Some("-DX=1 -DMMA_DEFER=1 -DY=2"), true), (Some("-DMMA_DEFER=1 -DMMA_DEFER=0"), false), (Some("-DMMA_DEFERRED=1"), false)] {
-            assert_eq!(defer_define(defines), on, "{defines:?}");
-        }
     }
 
     use super::*;

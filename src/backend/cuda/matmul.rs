@@ -23,7 +23,7 @@ use super::dequant::dequantize_into;
 use super::error::CudaError;
 use super::kernels::MATVEC_MAX_ROWS;
 use super::matmul_mma::{launch_matmul_mma, MmqArgs, MMQ_MAX_ROWS};
-use super::matvec::{dequant_tile_rows, launch_matvec, launch_matvec_pair, launch_matvecs, Input, Layout, LeftSums, MatvecArgs, SplitSums, MAX_SEGMENTS};
+use super::matvec::{dequant_tile_rows, launch_matvec, launch_matvec_pair, launch_matvecs, Input, Layout, MatvecArgs, MAX_SEGMENTS};
 use crate::backend::BackendError;
 
 /// Most float32 elements of dequantized weight rows held at once (128 MiB): bounds the scratch
@@ -264,12 +264,6 @@ pub(super) fn tiled_matvec(be: &CudaBackend, weights: &[&CudaWeight], n_x: usize
 /// `out_i = w_i x (+ bias_i)` (or `+=`) for projections that all pass [`tiled_matvec`], `x`
 /// taken as `input` says: the weights of one type in one launch (q and k, say, when v has
 /// another type), at most `MAX_SEGMENTS` a launch.
-///
-/// Split sums (`SplitSums`): each launch adds those the backend holds for x or for its outputs
-/// (`CudaBackend::split_sums_for`); with `leave` (a buffer's address and floats), a split launch
-/// leaves its own there for the next layer (the one-row ffn_down). Returns what was left, and
-/// whether a launch added sums to what it accumulates into (which ends their life: the caller
-/// clears them).
 pub(super) fn tiled_matvecs(
     be: &CudaBackend,
     projections: Vec<(&CudaWeight, Option<&CudaSlice<f32>>, &mut CudaAct)>,
@@ -277,25 +271,14 @@ pub(super) fn tiled_matvecs(
     n_x: usize,
     write: Write,
     input: Input,
-    leave: Option<(u64, usize)>,
-) -> Result<(Option<LeftSums>, bool), BackendError> {
-    let mut took_y = false;
-    let args_of = |w, bias, out| {
-        let mut args = matvec_args(be, w, bias, x, n_x, out, write);
-        if let Some((buffer, floats)) = leave {
-            args.sums = SplitSums::Leave { buffer, floats };
-        }
-        args
-    };
+) -> Result<(), BackendError> {
     if let Some(pair) = pair_kernels_for(be, projections.iter().map(|p| p.0), n_x) {
         let weights: Vec<&CudaWeight> = projections.iter().map(|(w, _, _)| *w).collect();
         let ahead = window_ahead(be, &weights);
-        let args: Vec<MatvecArgs> = projections.into_iter().map(|(w, bias, out)| args_of(w, bias, out)).collect();
-        took_y |= args.iter().any(|a| a.sums.adds_to_y());
-        let left = launch_matvec_pair(&be.ctx, &pair, args, input, ahead)?;
-        return Ok((left, took_y));
+        let args = projections.into_iter().map(|(w, bias, out)| matvec_args(be, w, bias, x, n_x, out, write)).collect();
+        launch_matvec_pair(&be.ctx, &pair, args, input, ahead)?;
+        return Ok(());
     }
-    let mut left = None;
     let mut rest = projections;
     while let Some((w0, _, _)) = rest.first() {
         let ty = w0.ty;
@@ -306,12 +289,11 @@ pub(super) fn tiled_matvecs(
             let kernels = take[0].0.kernels.clone().ok_or_else(|| BackendError::Invalid(format!("{}: a vector cannot be multiplied", take[0].0.name)))?;
             let weights: Vec<&CudaWeight> = take.iter().map(|(w, _, _)| *w).collect();
             let ahead = window_ahead(be, &weights);
-            let parts: Vec<MatvecArgs> = take.into_iter().map(|(w, bias, out)| args_of(w, bias, out)).collect();
-            took_y |= parts.iter().any(|a| a.sums.adds_to_y());
-            left = launch_matvecs(&be.ctx, &kernels, parts, input, ahead)?.or(left);
+            let parts = take.into_iter().map(|(w, bias, out)| matvec_args(be, w, bias, x, n_x, out, write)).collect();
+            launch_matvecs(&be.ctx, &kernels, parts, input, ahead)?;
         }
     }
-    Ok((left, took_y))
+    Ok(())
 }
 
 /// The pair kernels that take `weights` (tiled, of two types that may share a launch: a 7B's Q4_K q
@@ -353,7 +335,6 @@ fn matvec_args<'a>(
         x: &x.buf,
         n_x,
         bias: bias.map_or(0, |b| addr(b, &be.ctx)),
-        sums: be.split_sums_for(addr(&x.buf, &be.ctx), addr(&out.buf, &be.ctx), write),
         out: &mut out.buf,
         accumulate: write == Write::Accumulate,
     }
@@ -362,12 +343,7 @@ fn matvec_args<'a>(
 fn matvec(be: &mut CudaBackend, w: &CudaWeight, bias: Option<&CudaSlice<f32>>, x: &CudaAct, n_x: usize, out: &mut CudaAct, write: Write) -> Result<(), BackendError> {
     let kernels = w.kernels.as_ref().ok_or_else(|| BackendError::Invalid(format!("{}: a vector cannot be multiplied", w.name)))?;
     let ahead = window_ahead(be, &[w]);
-    let args = matvec_args(be, w, bias, x, n_x, out, write);
-    let took_y = args.sums.adds_to_y();
-    launch_matvec(&be.ctx, kernels, args, ahead)?;
-    if took_y {
-        be.deferred = None;
-    }
+    launch_matvec(&be.ctx, kernels, matvec_args(be, w, bias, x, n_x, out, write), ahead)?;
     Ok(())
 }
 

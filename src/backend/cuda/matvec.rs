@@ -625,10 +625,6 @@ pub const PAIR_KERNEL_ROWS: [usize; 3] = [1, 2, 4];
 /// to see that they ran (`_cuda_counters`).
 pub static PAIR_MATVECS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// Launches that left their split sums to the next ones (`SplitSums::Leave` taken), for tests to
-/// see that the hand-over ran (`_cuda_counters`).
-pub static LEFT_SPLIT_SUMS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
 /// Rows of x up to which a group of two tiled types takes the pair kernels (above it, a launch a
 /// type): FERRITE_CUDA_MATVEC_PAIRS (0: never, to compare on one build), by default all of
 /// [`PAIR_KERNEL_ROWS`]. Read when a backend is made.
@@ -726,46 +722,6 @@ pub struct MatvecArgs<'a> {
     pub out: &'a mut CudaSlice<f32>,
     /// Add the products to what `out` holds (the residual connection) instead of overwriting.
     pub accumulate: bool,
-    /// Split sums another launch left for this one to add, or a request to leave this launch's
-    /// (`SplitSums`; `Plain` for neither).
-    pub sums: SplitSums,
-}
-
-/// Column splits' partial sums handed from one launch to the next ones (matvec_mma.cu's
-/// MMA_DEFER, an experiment: only where [`kernels::defer_split_sums`] holds). A one-row ffn_down
-/// split across blocks normally has its last block add the splits to the residual; asked to
-/// `Leave` them, it writes them to `buffer` and ends there, and the launches that read the residual
-/// next (the next layer's q/k/v as x, its o projection as what it adds to) take them as `Add`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum SplitSums {
-    #[default]
-    Plain,
-    /// Leave the split sums in `buffer` (`floats` long), if this launch splits its columns.
-    Leave { buffer: u64, floats: usize },
-    /// Add `n_splits` split sums (split s of element i at `sums + 4 (s stride + i)`) to x as it is
-    /// loaded (`to_x`) and to y where the products are added to it (`to_y`).
-    Add { sums: u64, n_splits: u32, stride: u32, to_x: bool, to_y: bool },
-}
-
-impl SplitSums {
-    /// Whether a launch adds the sums to what it accumulates into: the last to take them.
-    pub fn adds_to_y(self) -> bool {
-        matches!(self, SplitSums::Add { to_y: true, .. })
-    }
-}
-
-/// What a `Leave` launch left: its splits and the floats from one split's sums to the next.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LeftSums {
-    pub n_splits: u32,
-    pub stride: u32,
-}
-
-/// Floats a `Leave` launch over `grid` needs (0: its one-row plan does not split), for the buffer
-/// made at load.
-pub fn left_sums_floats(grid: &TileGrid, sms: usize) -> usize {
-    let plan = Plan::new(grid, sms, 1);
-    if plan.splits > 1 && !stream_launch(1, grid, sms) { plan.splits as usize * grid.m_tiles * TILE_ROWS } else { 0 }
 }
 
 /// What the kernel multiplies: `x` itself, or a function of it computed while staging it (tiled
@@ -817,16 +773,15 @@ impl MatvecArgs<'_> {
 /// `t < n_x` with `kernels` (which must be of `args.layout`'s path).
 /// `ahead`: the window of the step's weights the tiled kernel asks L2 for before it waits
 /// (`prefetch::PrefetchPlan::ahead_of`; the default: none).
-pub fn launch_matvec(ctx: &CudaContext, kernels: &MatvecKernels, args: MatvecArgs<'_>, ahead: WindowArgs) -> Result<Option<LeftSums>, CudaError> {
+pub fn launch_matvec(ctx: &CudaContext, kernels: &MatvecKernels, args: MatvecArgs<'_>, ahead: WindowArgs) -> Result<(), CudaError> {
     launch_matvecs(ctx, kernels, vec![args], Input::X, ahead)
 }
 
 /// [`launch_matvec`] for up to [`MAX_SEGMENTS`] matrices of one type and width multiplying the
 /// same `x` (same `n_x`, same `accumulate`), in one launch on the tiled path, and `x` taken as
-/// `input` says. The generic kernels take one matrix of plain `x`. Returns what a `SplitSums::Leave`
-/// launch left (`None`: it added its splits itself, or had none).
-pub fn launch_matvecs(ctx: &CudaContext, kernels: &MatvecKernels, parts: Vec<MatvecArgs<'_>>, input: Input, ahead: WindowArgs) -> Result<Option<LeftSums>, CudaError> {
-    let Some(first) = shared_of(&parts, |a, first| a.ty == first.ty)? else { return Ok(None) };
+/// `input` says. The generic kernels take one matrix of plain `x`.
+pub fn launch_matvecs(ctx: &CudaContext, kernels: &MatvecKernels, parts: Vec<MatvecArgs<'_>>, input: Input, ahead: WindowArgs) -> Result<(), CudaError> {
+    let Some(first) = shared_of(&parts, |a, first| a.ty == first.ty)? else { return Ok(()) };
     let (nt, f) = kernels.matvec_for(first.n_x).ok_or_else(|| CudaError::Invalid(format!("{}: no kernel for {} rows", first.name, first.n_x)))?;
     match (first.layout, &kernels.tiled) {
         (Layout::Tiles(_), Some(tiled)) => {
@@ -838,8 +793,8 @@ pub fn launch_matvecs(ctx: &CudaContext, kernels: &MatvecKernels, parts: Vec<Mat
             if parts.len() != 1 {
                 return Err(CudaError::Invalid(format!("{}: the generic kernels take one matrix a launch", first.name)));
             }
-            let Some(args) = parts.into_iter().next() else { return Ok(None) };
-            if input != Input::X || matches!(args.sums, SplitSums::Add { .. }) {
+            let Some(args) = parts.into_iter().next() else { return Ok(()) };
+            if input != Input::X {
                 return Err(CudaError::Invalid(format!("{}: the generic kernels take x as it is", args.name)));
             }
             let n_rows = args.n_rows as u32;
@@ -850,8 +805,7 @@ pub fn launch_matvecs(ctx: &CudaContext, kernels: &MatvecKernels, parts: Vec<Mat
                 shared_mem_bytes: 0,
             };
             let (n_cols, n_x, accumulate) = (first.n_cols as u32, first.n_x as u32, first.accumulate as u32);
-            launch!(ctx, f, "matvec", cfg, &args.weights, &row_bytes, &n_cols, &n_rows, args.x, &n_x, &args.bias, args.out, &accumulate)?;
-            Ok(None)
+            launch!(ctx, f, "matvec", cfg, &args.weights, &row_bytes, &n_cols, &n_rows, args.x, &n_x, &args.bias, args.out, &accumulate)
         }
         _ => Err(CudaError::Invalid(format!("{}: kernels of the other layout", first.name))),
     }
@@ -859,17 +813,17 @@ pub fn launch_matvecs(ctx: &CudaContext, kernels: &MatvecKernels, parts: Vec<Mat
 
 /// [`launch_matvecs`] for matrices of the two types of `pair` (its [`PairKernels::takes`] holds):
 /// one launch of the pair kernels, the first type's matrices first.
-pub fn launch_matvec_pair(ctx: &CudaContext, pair: &PairKernels, parts: Vec<MatvecArgs<'_>>, input: Input, ahead: WindowArgs) -> Result<Option<LeftSums>, CudaError> {
+pub fn launch_matvec_pair(ctx: &CudaContext, pair: &PairKernels, parts: Vec<MatvecArgs<'_>>, input: Input, ahead: WindowArgs) -> Result<(), CudaError> {
     let (a, b) = pair.types;
-    let Some(first) = shared_of(&parts, |x, _| x.ty == a || x.ty == b)? else { return Ok(None) };
+    let Some(first) = shared_of(&parts, |x, _| x.ty == a || x.ty == b)? else { return Ok(()) };
     let (nt, f) = pair.matvec_for(first.n_x).ok_or_else(|| CudaError::Invalid(format!("{}: no pair kernel for {} rows", first.name, first.n_x)))?;
     let (mut ordered, rest): (Vec<_>, Vec<_>) = parts.into_iter().partition(|p| p.ty == a);
     let first_b = ordered.len() as u32;
     ordered.extend(rest);
     let scratch = pair.scratch.lock().map_err(|_| CudaError::Invalid("split-K scratch lock poisoned".into()))?;
-    let left = launch_tiled(ctx, Tiled { planned: f, nt, stream: None, scratch: &scratch, sms: pair.sms, first_b: Some(first_b) }, &first, ordered, input, ahead)?;
+    launch_tiled(ctx, Tiled { planned: f, nt, stream: None, scratch: &scratch, sms: pair.sms, first_b: Some(first_b) }, &first, ordered, input, ahead)?;
     PAIR_MATVECS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    Ok(left)
+    Ok(())
 }
 
 /// What the parts of one launch share, after checking each (`same_type(part, first)`: whether a
@@ -878,11 +832,11 @@ fn shared_of<'a>(parts: &[MatvecArgs<'a>], same_type: impl Fn(&MatvecArgs<'a>, &
     let Some(head) = parts.first() else { return Ok(None) };
     for a in parts {
         a.check()?;
-        if !same_type(a, head) || (a.n_cols, a.n_x, a.accumulate, a.sums) != (head.n_cols, head.n_x, head.accumulate, head.sums) || !std::ptr::eq(a.x, head.x) {
+        if !same_type(a, head) || (a.n_cols, a.n_x, a.accumulate) != (head.n_cols, head.n_x, head.accumulate) || !std::ptr::eq(a.x, head.x) {
             return Err(CudaError::Invalid(format!("{} and {}: one launch needs one type, width, input and write mode", head.name, a.name)));
         }
     }
-    Ok(Some(Shared { name: head.name, n_cols: head.n_cols, n_x: head.n_x, accumulate: head.accumulate, layout: head.layout, x: head.x, sums: head.sums }))
+    Ok(Some(Shared { name: head.name, n_cols: head.n_cols, n_x: head.n_x, accumulate: head.accumulate, layout: head.layout, x: head.x }))
 }
 
 /// The kernels and scratch of one tiled launch: the planned kernel for `nt` rows, the stream kernel
@@ -897,7 +851,7 @@ struct Tiled<'k> {
 }
 
 /// Queues one launch of matvec_mma.cu's tiled kernels over `parts` (checked by [`shared_of`]).
-fn launch_tiled(ctx: &CudaContext, k: Tiled<'_>, first: &Shared<'_>, parts: Vec<MatvecArgs<'_>>, input: Input, ahead: WindowArgs) -> Result<Option<LeftSums>, CudaError> {
+fn launch_tiled(ctx: &CudaContext, k: Tiled<'_>, first: &Shared<'_>, parts: Vec<MatvecArgs<'_>>, input: Input, ahead: WindowArgs) -> Result<(), CudaError> {
     let n = parts.len();
     if n > MAX_SEGMENTS {
         return Err(CudaError::Invalid(format!("{n} matrices in one launch (at most {MAX_SEGMENTS})")));
@@ -923,7 +877,7 @@ fn launch_tiled(ctx: &CudaContext, k: Tiled<'_>, first: &Shared<'_>, parts: Vec<
     if stream.is_some() {
         STREAM_MATVECS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
-    let (f, cfg, (mut partials, mut counters)) = match stream {
+    let (f, cfg, (partials, counters)) = match stream {
         // The stream kernel takes the same arguments; its grid is its plan.
         Some(sf) => (
             sf,
@@ -936,34 +890,6 @@ fn launch_tiled(ctx: &CudaContext, k: Tiled<'_>, first: &Shared<'_>, parts: Vec<
         }
     };
     let (k_tiles, per, wm) = (all.k_tiles as u32, plan.k_tiles_per_split, plan.warps_m);
-    // Split sums handed over (SplitSums): only for one row of x on the planned kernel, whose
-    // kernels then take three more parameters (matvec_mma.cu's MMA_DEFER).
-    let defer = kernels::defer_split_sums();
-    let mut left = None;
-    let (mut addend, mut addend_flags, mut addend_stride) = (0u64, 0u32, 0u32);
-    match first.sums {
-        SplitSums::Plain => {}
-        _ if !defer => return Err(CudaError::Invalid(format!("{}: split sums are handed over only by kernels built with -DMMA_DEFER=1", first.name))),
-        SplitSums::Leave { buffer, floats } => {
-            let rows_pad = all.m_tiles * TILE_ROWS;
-            let leaves = stream.is_none() && plan.splits > 1 && k.nt == 1 && n_x == 1 && n == 1 && k.first_b.is_none() && first.accumulate && grids[0].n_rows == rows_pad;
-            if leaves {
-                if floats < plan.splits as usize * rows_pad {
-                    return Err(CudaError::Invalid(format!("{}: {} split sums of {rows_pad} rows in a buffer of {floats} floats", first.name, plan.splits)));
-                }
-                // Null counters: the kernel ends once its sums are written.
-                (partials, counters) = (buffer, 0);
-                left = Some(LeftSums { n_splits: plan.splits, stride: rows_pad as u32 });
-                LEFT_SPLIT_SUMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
-        SplitSums::Add { sums, n_splits, stride, to_x, to_y } => {
-            if stream.is_some() || k.nt != 1 || n_x != 1 || n_splits == 0 || n_splits > 0xff {
-                return Err(CudaError::Invalid(format!("{}: {n_splits} split sums handed to a launch of {n_x} rows that cannot add them", first.name)));
-            }
-            (addend, addend_flags, addend_stride) = (sums, n_splits | (to_x as u32) << 8 | (to_y as u32) << 9, stride);
-        }
-    }
     let (x2, norm_w, eps) = match input {
         Input::X => (0u64, 0u64, 0f32),
         Input::Normed { weight, eps } => (0, weight, eps),
@@ -974,25 +900,13 @@ fn launch_tiled(ctx: &CudaContext, k: Tiled<'_>, first: &Shared<'_>, parts: Vec<
         Some(b) => ("matvec_mma_pair", b),
         None => ("matvec_mma", 0),
     };
-    if defer {
-        launch!(
-            ctx, f, name, cfg,
-            &tiles[0], &tiles[1], &tiles[2], &bias[0], &bias[1], &bias[2], &y[0], &y[1], &y[2],
-            &m_tiles[0], &m_tiles[1], &m_tiles[2], &n_rows[0], &n_rows[1], &n_rows[2],
-            &k_tiles, &n_cols, first.x, &x2, &norm_w, &eps, &n_x, &partials, &counters, &per, &wm, &accumulate,
-            &ahead.ranges, &ahead.n_ranges, &ahead.first, &ahead.offset_bytes, &ahead.len_bytes, &first_b,
-            &addend, &addend_flags, &addend_stride
-        )?;
-    } else {
-        launch!(
-            ctx, f, name, cfg,
-            &tiles[0], &tiles[1], &tiles[2], &bias[0], &bias[1], &bias[2], &y[0], &y[1], &y[2],
-            &m_tiles[0], &m_tiles[1], &m_tiles[2], &n_rows[0], &n_rows[1], &n_rows[2],
-            &k_tiles, &n_cols, first.x, &x2, &norm_w, &eps, &n_x, &partials, &counters, &per, &wm, &accumulate,
-            &ahead.ranges, &ahead.n_ranges, &ahead.first, &ahead.offset_bytes, &ahead.len_bytes, &first_b
-        )?;
-    }
-    Ok(left)
+    launch!(
+        ctx, f, name, cfg,
+        &tiles[0], &tiles[1], &tiles[2], &bias[0], &bias[1], &bias[2], &y[0], &y[1], &y[2],
+        &m_tiles[0], &m_tiles[1], &m_tiles[2], &n_rows[0], &n_rows[1], &n_rows[2],
+        &k_tiles, &n_cols, first.x, &x2, &norm_w, &eps, &n_x, &partials, &counters, &per, &wm, &accumulate,
+        &ahead.ranges, &ahead.n_ranges, &ahead.first, &ahead.offset_bytes, &ahead.len_bytes, &first_b
+    )
 }
 
 /// What the matrices of one launch have in common.
@@ -1003,7 +917,6 @@ struct Shared<'a> {
     accumulate: bool,
     layout: Layout,
     x: &'a CudaSlice<f32>,
-    sums: SplitSums,
 }
 
 /// Queues the float32 values of rows `row0 .. row0 + n_rows_out` of a repacked matrix into `out`
@@ -1105,8 +1018,8 @@ impl MatvecOp {
     fn launch_on(&self, copy: usize, x: &CudaSlice<f32>, n_x: usize, bias: u64, out: &mut CudaSlice<f32>, accumulate: bool) -> Result<(), CudaError> {
         let weights = self.weights.slice(copy * self.bytes_per_copy..(copy + 1) * self.bytes_per_copy);
         let (ty, n_rows, n_cols, layout) = (self.ty, self.n_rows, self.n_cols, self.layout);
-        let args = MatvecArgs { name: "test matrix", ty, n_rows, n_cols, layout, weights, x, n_x, bias, out, accumulate, sums: SplitSums::Plain };
-        launch_matvec(&self.ctx, &self.kernels, args, WindowArgs::default()).map(|_| ())
+        let args = MatvecArgs { name: "test matrix", ty, n_rows, n_cols, layout, weights, x, n_x, bias, out, accumulate };
+        launch_matvec(&self.ctx, &self.kernels, args, WindowArgs::default())
     }
 
     /// `y = W x (+ bias)` for the `n_x` rows of `x` (row-major, `n_x * n_cols`). The output
@@ -1235,13 +1148,12 @@ impl MatvecOp {
                 bias: b.as_ref().map_or(0, |b| super::backend::addr(b, ctx)),
                 out,
                 accumulate: false,
-                sums: SplitSums::Plain,
             })
             .collect();
         match &pair {
             None => launch_matvecs(ctx, &first.kernels, parts, input, WindowArgs::default())?,
             Some(pair) => launch_matvec_pair(ctx, pair, parts, input, WindowArgs::default())?,
-        };
+        }
         outs.iter().map(|o| ctx.download(o, "the grouped test products")).collect()
     }
 
@@ -1620,23 +1532,6 @@ mod tests {
         for (value, mode) in [(None, StreamMode::OnePhase), (Some("off"), StreamMode::Off), (Some("0"), StreamMode::Off), (Some("OFF"), StreamMode::Off), (Some("false"), StreamMode::Off), (Some("always"), StreamMode::Always), (Some("large"), StreamMode::Large), (Some("One-Phase"), StreamMode::OnePhase), (Some("one-phase-all"), StreamMode::OnePhaseAll), (Some("1"), StreamMode::OnePhase)] {
             assert_eq!(StreamMode::from_env(value), mode, "{value:?}");
         }
-    }
-
-    /// The buffer ffn_down leaves its split sums in (MMA_DEFER) holds its one-row plan's splits of
-    /// its rows: the 0.5B's ffn_down 3 x 896 floats, a 7B's 8 x 3584; launches whose one-row plan
-    /// does not split (q/k/v, o) or that take the stream kernel (a 7B's gate/up, the LM heads)
-    /// need none.
-    #[test]
-    fn left_split_sums_are_sized_by_the_one_row_plan() {
-        let sms = 132;
-        for ty in [GgmlType::Q4_K, GgmlType::Q6_K] {
-            assert_eq!(left_sums_floats(&grid(ty, 896, 4864), sms), 3 * 896, "{ty:?}");
-            assert_eq!(left_sums_floats(&grid(ty, 3584, 18944), sms), 8 * 3584, "{ty:?}");
-        }
-        assert_eq!(left_sums_floats(&grid(GgmlType::Q5_0, 1152, 896), sms), 0);
-        assert_eq!(left_sums_floats(&grid(GgmlType::Q5_0, 896, 896), sms), 0);
-        assert_eq!(left_sums_floats(&grid(GgmlType::Q4_K, 37888, 3584), sms), 0);
-        assert_eq!(left_sums_floats(&grid(GgmlType::Q8_0, 151936, 896), sms), 0);
     }
 
     /// `Large` takes the stream kernel for the matrices of many tiles (the 7B's gate/up launch
