@@ -501,12 +501,12 @@ fn _cuda_copy_time(py: Python<'_>, n_bytes: usize, repeats: usize, device: &str)
 
 /// Test and benchmark hook: which launches of one or two rows take matvec_mma.cu's stream kernel ("off",
 /// "large": matrices of many tiles; "one-phase": those of them whose x fits one phase, the default;
-/// "one-phase-all": every one whose x fits one phase; "always": every one), as
+/// "always": every one), as
 /// `FERRITE_CUDA_MATVEC_STREAM` sets it for a model; returns the mode before (so that a test
 /// can put it back). Matrices made after the call get the kernel.
 #[pyfunction]
 fn _cuda_matvec_stream(mode: &str) -> PyResult<&'static str> {
-    let mode = StreamMode::from_name(mode).ok_or_else(|| pyo3::exceptions::PyValueError::new_err(format!("stream mode {mode:?}: one of off, large, one-phase, one-phase-all, always")))?;
+    let mode = StreamMode::from_name(mode).ok_or_else(|| pyo3::exceptions::PyValueError::new_err(format!("stream mode {mode:?}: one of off, large, one-phase, always")))?;
     let before = stream_mode();
     set_stream_mode(mode);
     Ok(before.name())

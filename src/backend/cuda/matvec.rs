@@ -318,9 +318,6 @@ pub enum StreamMode {
     /// As `Large`, x one phase wide only (not a 7B's ffn_down): the twenty-eighth session's
     /// choice, the default.
     OnePhase,
-    /// Every launch whose x is one phase wide, large or not (a 7B's q/k/v and o as well): an
-    /// experiment's setting, for their one wave of unevenly loaded blocks.
-    OnePhaseAll,
     /// Every launch up to [`stream_rows`] rows of x (for the per-op tests).
     Always,
 }
@@ -329,7 +326,7 @@ pub enum StreamMode {
 static STREAM_MODE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(u8::MAX);
 
 /// The stream mode: as last set by [`set_stream_mode`], else `FERRITE_CUDA_MATVEC_STREAM`
-/// (`0`, `off`, `false` or `no`, any case; `large`; `one-phase-all`; `always`; unset or anything else:
+/// (`0`, `off`, `false` or `no`, any case; `large`; `always`; unset or anything else:
 /// [`StreamMode::OnePhase`]). Kernels are compiled for it when a weight type's kernels are (at
 /// load), so set it before.
 pub fn stream_mode() -> StreamMode {
@@ -344,7 +341,7 @@ pub fn stream_mode() -> StreamMode {
 }
 
 impl StreamMode {
-    pub const ALL: [StreamMode; 5] = [StreamMode::Off, StreamMode::Large, StreamMode::OnePhase, StreamMode::OnePhaseAll, StreamMode::Always];
+    pub const ALL: [StreamMode; 4] = [StreamMode::Off, StreamMode::Large, StreamMode::OnePhase, StreamMode::Always];
 
     /// The mode's name as `FERRITE_CUDA_MATVEC_STREAM` and the test hook spell it.
     pub fn name(self) -> &'static str {
@@ -352,7 +349,6 @@ impl StreamMode {
             StreamMode::Off => "off",
             StreamMode::Large => "large",
             StreamMode::OnePhase => "one-phase",
-            StreamMode::OnePhaseAll => "one-phase-all",
             StreamMode::Always => "always",
         }
     }
@@ -456,7 +452,6 @@ pub fn takes_stream(mode: StreamMode, all: &TileGrid, sms: usize) -> bool {
         StreamMode::Off => false,
         StreamMode::Large => large,
         StreamMode::OnePhase => large && stream_phases(all) == 1,
-        StreamMode::OnePhaseAll => stream_phases(all) == 1,
         StreamMode::Always => true,
     }
 }
@@ -1529,14 +1524,14 @@ mod tests {
 
     #[test]
     fn stream_mode_is_one_phase_unless_the_environment_says_otherwise() {
-        for (value, mode) in [(None, StreamMode::OnePhase), (Some("off"), StreamMode::Off), (Some("0"), StreamMode::Off), (Some("OFF"), StreamMode::Off), (Some("false"), StreamMode::Off), (Some("always"), StreamMode::Always), (Some("large"), StreamMode::Large), (Some("One-Phase"), StreamMode::OnePhase), (Some("one-phase-all"), StreamMode::OnePhaseAll), (Some("1"), StreamMode::OnePhase)] {
+        for (value, mode) in [(None, StreamMode::OnePhase), (Some("off"), StreamMode::Off), (Some("0"), StreamMode::Off), (Some("OFF"), StreamMode::Off), (Some("false"), StreamMode::Off), (Some("always"), StreamMode::Always), (Some("large"), StreamMode::Large), (Some("One-Phase"), StreamMode::OnePhase), (Some("1"), StreamMode::OnePhase)] {
             assert_eq!(StreamMode::from_env(value), mode, "{value:?}");
         }
     }
 
     /// `Large` takes the stream kernel for the matrices of many tiles (the 7B's gate/up launch
     /// and ffn_down, both LM heads), not for the 0.5B's layers; `OnePhase` only where x fits one
-    /// phase; `OnePhaseAll` wherever x fits one phase; `Always` everywhere.
+    /// phase; `Always` everywhere.
     #[test]
     fn stream_mode_takes_large_matrices() {
         let sms = 132;
@@ -1552,9 +1547,6 @@ mod tests {
         assert!(!takes_stream(StreamMode::OnePhase, &grid(GgmlType::Q4_K, 3584, 18944), sms));
         assert!(takes_stream(StreamMode::OnePhase, &gate_up(GgmlType::Q4_K, 18944, 3584), sms));
         assert!(!takes_stream(StreamMode::Large, &grid(GgmlType::Q4_K, 896, 4864), sms));
-        assert!(takes_stream(StreamMode::OnePhaseAll, &grid(GgmlType::Q4_K, 3584, 3584), sms));
-        assert!(takes_stream(StreamMode::OnePhaseAll, &grid(GgmlType::Q5_0, 896, 896), sms));
-        assert!(!takes_stream(StreamMode::OnePhaseAll, &grid(GgmlType::Q4_K, 3584, 18944), sms));
         assert!(takes_stream(StreamMode::Always, &grid(GgmlType::Q5_0, 896, 896), sms));
         assert!(takes_stream(StreamMode::Always, &grid(GgmlType::Q8_0, 16, 4096), sms));
         assert!(takes_stream(StreamMode::Always, &grid(GgmlType::Q4_K, 896, 4864), sms));
