@@ -407,11 +407,20 @@ if [ "$what" = pending ]; then
     if [[ ,$parts, == *,ffn,* ]]; then
     # The FFN block of one or two rows as one launch (src/backend/cuda/ffn.rs; FERRITE_CUDA_FFN=one
     # for one row only, off to keep gate/up and ffn_down apart): its tests, then syn05's decode
-    # steps at 1 and 2 sequences fused, one, off, and fused with ffn_down's tiles loaded after the
-    # gate/up products (-DFFN_EARLY_DOWN=0), two interleaved rounds. PENDING_PARTS=ffn.
-    STEP_TIMEOUT=${CUDA_PYTEST_S:-240} step pytest_ffn "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_model.py -m cuda -k "fused_ffn or every_type" --junitxml="$out/junit_ffn.xml"
-    ab_step ffn_ab ${AB_S:-300} "fused|FERRITE_CUDA_FFN=fused" "one|FERRITE_CUDA_FFN=one" "off|FERRITE_CUDA_FFN=off" "latedown|FERRITE_CUDA_FFN=fused FERRITE_CUDA_KERNEL_DEFINES=-DFFN_EARLY_DOWN=0" \
+    # steps at 1 and 2 sequences fused, one and off, two interleaved rounds; FFN_LATE=1 adds fused
+    # with ffn_down's tiles loaded after the gate/up products (-DFFN_EARLY_DOWN=0, every module
+    # compiled again). PENDING_PARTS=ffn.
+    # The steps first (what a short lease must bring back), then the tests; FFN_ALL_TESTS=1 runs
+    # every GPU test of the model and engine files with the kernel on instead of its own test alone.
+    late=()
+    [ "${FFN_LATE:-0}" = 1 ] && late=("latedown|FERRITE_CUDA_FFN=fused FERRITE_CUDA_KERNEL_DEFINES=-DFFN_EARLY_DOWN=0")
+    ab_step ffn_ab ${AB_S:-300} "fused|FERRITE_CUDA_FFN=fused" "one|FERRITE_CUDA_FFN=one" "off|FERRITE_CUDA_FFN=off" "${late[@]}" \
         -- /tmp/synthetic.gguf:1,2
+    if [ "${FFN_ALL_TESTS:-0}" = 1 ]; then
+        FERRITE_CUDA_FFN=fused STEP_TIMEOUT=${CUDA_PYTEST_S:-300} step pytest_ffn "$py" -m pytest -q -ra -x -p no:cacheprovider tests/test_cuda_model.py tests/test_cuda_engine.py -m "cuda and not model" --junitxml="$out/junit_ffn.xml"
+    else
+        STEP_TIMEOUT=${CUDA_PYTEST_S:-240} step pytest_ffn "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_model.py -m cuda -k "fused_ffn" --junitxml="$out/junit_ffn.xml"
+    fi
     fi
     if [[ ,$parts, == *,plans7b,* ]]; then
     # A 7B's q/k/v (4608x3584, 288 tile rows of 14 tiles) at one row: its plan (2, 4, 1) makes 144
