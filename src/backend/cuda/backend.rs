@@ -1684,7 +1684,7 @@ impl Backend for CudaBackend {
                 check_rows("rms_norm input", x, n_rows)?;
                 let norm_w = addr(norm.dense()?, &self.ctx);
                 let weights = [gate, up, down].map(|w| addr(&w.blocks, &self.ctx));
-                k.clone().launch(&self.ctx, n_rows, weights, addr(&x.buf, &self.ctx), norm_w, eps)?;
+                k.launch(&self.ctx, n_rows, weights, addr(&x.buf, &self.ctx), norm_w, eps)?;
                 return Ok(());
             }
         }
