@@ -165,7 +165,7 @@ pub fn stream_defines(ty: GgmlType) -> Option<Vec<String>> {
     })
 }
 
-/// The options that compile matvec_mma.cu's fused FFN kernel alone (`ffn_mma_1`, see ffn.rs) for
+/// The options that compile matvec_mma.cu's fused FFN kernels alone (`ffn_mma_1/2`, see ffn.rs) for
 /// gate/up of `gate_up` and ffn_down of `down`, or `None` when either has no tiles.
 pub fn ffn_defines(gate_up: GgmlType, down: GgmlType) -> Option<Vec<String>> {
     super::repack::tile_format(down)?;
