@@ -777,7 +777,9 @@ def test_gpu_fused_ffn_block_matches_its_two_launches_and_the_reference(tmp_path
     for flag in ("fused", "off"):
         monkeypatch.setenv("FERRITE_CUDA_FFN", flag)  # read when the model loads
         before = ferrite._ferrite._cuda_counters()["ffn_launches"]
-        m = ferrite.Model.load(path, device="cuda")
+        # exact_matmul: the prompts too on float32 paths (by default they take the f16 GEMMs, whose
+        # rounding the decode steps then attend over); a float32 cache likewise.
+        m = ferrite.Model.load(path, device="cuda", exact_matmul=True, kv_cache_dtype="float32")
         s = m.new_sequence(max_tokens=40)
         m.forward(prompts[0], seq=s)
         one = np.concatenate([m.forward([t], seq=s) for t in steps])

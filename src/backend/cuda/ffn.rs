@@ -8,8 +8,8 @@
 //! on the int8 path, an intermediate size that is a multiple of 256 and a hidden size that a block
 //! holds in registers (at most [`GU_TILES`] gate/up tiles a warp, 8 ffn_down tile rows a block):
 //! the 0.5B's shapes, not a 7B's; one or two rows ([`FfnShape::takes_rows`]).
-//! `FERRITE_CUDA_FFN` picks the rows that take it (for A/B): `fused` (one and two), `one` (one row
-//! only) or `off` (the two launches always; the default until measured on a GPU).
+//! `FERRITE_CUDA_FFN` picks the rows that take it (for A/B): `fused` (one and two, the default),
+//! `one` (one row only) or `off` (the two launches always).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -35,12 +35,14 @@ const BLOCK_THREADS: u32 = 256;
 pub static FFN_LAUNCHES: AtomicU64 = AtomicU64::new(0);
 
 /// The most rows of x FFN blocks take the fused kernel at, where they can: FERRITE_CUDA_FFN
-/// (`fused`: 2; `one`: 1; `off`, the default until measured on a GPU: 0). Read when a backend is made.
+/// (`fused`, the default: 2; `one`: 1; `off`: 0). Read when a backend is made. H100, 2026-12-07
+/// (docs/BENCHMARKS.md, forty-fifth session): the 0.5B shapes' decode step 0.716 / 0.711 -> 0.691 /
+/// 0.690 ms at one sequence, 0.781 / 0.778 -> 0.719 / 0.724 at two.
 pub fn max_rows() -> Result<usize, CudaError> {
     match std::env::var("FERRITE_CUDA_FFN").as_deref() {
-        Ok("fused") => Ok(KERNEL_ROWS),
+        Err(_) | Ok("") | Ok("fused") => Ok(KERNEL_ROWS),
         Ok("one") => Ok(1),
-        Err(_) | Ok("") | Ok("off") => Ok(0),
+        Ok("off") => Ok(0),
         Ok(other) => Err(CudaError::Invalid(format!("FERRITE_CUDA_FFN={other:?}: expected \"fused\", \"one\" or \"off\""))),
     }
 }

@@ -11,7 +11,8 @@
 //! (another GPU, another NVRTC, another module, `FERRITE_CUDA_KERNEL_DEFINES`), nothing matches
 //! and NVRTC compiles as before. A module the driver refuses is compiled afresh
 //! (`CudaContext::module`). Every module of every type would be 11 MiB (2.7 MiB compressed) in
-//! the binary and in git's history each time a kernel changes; this set (5.1 MB) is under half.
+//! the binary and in git's history each time a kernel changes; this set (9.0 MB, the fused FFN
+//! modules 3.9 of it; the wheel 5.9 MB) is under that.
 //!
 //! Entries are keyed like the disk cache (`nvrtc::cache_key`, source and headers and options and
 //! NVRTC's version, the driver's left out), so a kernel edited since the file was made is not
@@ -90,21 +91,16 @@ const HEAD_DIMS: [usize; 2] = [64, 128];
 /// one of [`HEAD_DIMS`] and a float32 or f16 cache on sm_90 (flash prefill on), and the stream
 /// kernels of its tiled types (a model loads them too unless `FERRITE_CUDA_MATVEC_STREAM` is
 /// off: without them, a first load compiled one module a tiled type, the twenty-ninth session
-/// found), and the fused FFN kernels of a 0.5B's types, each once.
+/// found), and the fused FFN kernels of every two tiled types, each once.
 #[cfg(test)]
 pub fn modules() -> Vec<(&'static KernelSource, Vec<String>)> {
     let needs = TYPES.iter().fold(KernelNeeds::default(), |n, t| n.with_matrix_type(*t));
     let tiled = |ty| super::repack::tile_format(ty).is_some();
     let per_model = HEAD_DIMS.iter().flat_map(|&hd| [KvDtype::F32, KvDtype::F16].map(|kv| kernels::modules_for(&needs.with_head_dim(hd).with_kv_dtype(kv), tiled, true)));
     let stream = vec![TYPES.iter().filter(|t| tiled(**t)).filter_map(|t| kernels::stream_defines(*t)).map(|d| (&kernels::MATVEC_MMA, d)).collect::<Vec<_>>()];
-    // The fused FFN kernels of the shapes that take them (ffn.rs: rows of at most 1024 columns, so
-    // gate/up of 128-column tiles; a 0.5B's Q5_0 or Q8_0) with every tiled ffn_down type.
-    let ffn = vec![[GgmlType::Q5_0, GgmlType::Q8_0]
-        .iter()
-        .flat_map(|gu| super::repack::TILE_FORMATS.iter().filter_map(move |d| kernels::ffn_defines(*gu, d.ty)))
-        .map(|d| (&kernels::MATVEC_MMA, d))
-        .collect::<Vec<_>>()];
-    kernels::union_of_modules(per_model.chain(stream).chain(ffn))
+    // The fused FFN kernels of every pair of tiled types (a model of at most 1024 columns loads one a
+    // pair its layers hold: ffn.rs).
+    kernels::union_of_modules(per_model.chain(stream).chain([kernels::every_ffn_module()]))
 }
 
 /// The key of `source` compiled with `opts` (as `nvrtc::options_for` makes them) by NVRTC `nvrtc`.
