@@ -813,16 +813,16 @@ __device__ __forceinline__ void tile_products_s8_chunks(const T& w, const u8* xq
 }
 
 // acc += tile `tile` (of the phase) times x on the int8 path, as the type's scales are laid out.
-template <int NG>
-__device__ __forceinline__ void tile_products_s8_of_type(const Tile& w, const u8* xq, const int (*xsum)[NG][8],
+template <int NG, class T = Tile>
+__device__ __forceinline__ void tile_products_s8_of_type(const T& w, const u8* xq, const int (*xsum)[NG][8],
                                                          const float (*xscale)[NG][8], u32 tile, const int b_off[NG], int t,
                                                          float acc[NG][4]) {
-    if constexpr (Tile::HAS_MIN) {
-        tile_products_s8<Tile, NG>(w, xq, xsum, xscale, tile, b_off, t, acc);
-    } else if constexpr (Tile::SCALE_CHUNKS == 1) {
-        tile_products_s8_chunks<Tile, NG>(w, xq, xsum, xscale, tile, b_off, t, acc);
+    if constexpr (T::HAS_MIN) {
+        tile_products_s8<T, NG>(w, xq, xsum, xscale, tile, b_off, t, acc);
+    } else if constexpr (T::SCALE_CHUNKS == 1) {
+        tile_products_s8_chunks<T, NG>(w, xq, xsum, xscale, tile, b_off, t, acc);
     } else {
-        tile_products_s8_blocks<Tile, NG>(w, xq, xsum, xscale, tile, b_off, t, acc);
+        tile_products_s8_blocks<T, NG>(w, xq, xsum, xscale, tile, b_off, t, acc);
     }
 }
 
@@ -1544,41 +1544,38 @@ MATVEC_MMA_STREAM_KERNEL(4)
 // partial sums meet as split-K's do: the last block of each rank's rows to finish adds them in
 // slice order to the residual, so results do not depend on timing.
 //
-// Every weight a block reads (at most FFN_GU_TILES gate/up tiles a warp and its ffn_down tiles) is
-// loaded into registers before the kernel waits for the previous one. The host takes this kernel
-// only where that holds (src/backend/cuda/ffn.rs): one row, gate and up of the module's type and
-// ffn_down of QTYPE_DOWN, both on the int8 path, the intermediate size a multiple of 256, the
-// hidden size at most 2 x FFN_GU_TILES gate/up tiles and 8 x 8 ffn_down tile rows. The products
-// are those of the two launches (the same tile sums, the same staging of x and of h); the sums of
-// ffn_down add up in another order (by slices of 256 columns), so the bits differ from theirs.
+// Every weight a block reads (at most FFN_GU_TILES gate/up tiles a warp, and its ffn_down tiles
+// unless FFN_EARLY_DOWN is 0) is loaded before the kernel waits for the previous one. The host takes
+// this kernel only where that holds (src/backend/cuda/ffn.rs): one or two rows, gate and up of the
+// module's type and ffn_down of QTYPE_DOWN, both on the int8 path, the intermediate size a multiple
+// of 256, the hidden size at most FFN_MAX_COLS = 1024 (two warps' FFN_GU_TILES gate/up tiles; 8
+// ffn_down tile rows a block; NT x 4 staging jobs, one a warp), on sm_90 or later (clusters). The
+// products are those of the two launches (the same tile sums, the same staging of x and of h); the
+// sums of ffn_down add up in another order (by slices of 256 columns), so the bits differ from theirs.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+// Clusters and distributed shared memory are sm_90's: before it the module holds no kernel (the
+// host never asks for one there).
+#else
 #ifndef QTYPE_DOWN
 #error "matvec_mma.cu with -DMMA_FFN=1 needs -DQTYPE_DOWN=<ffn_down's type>"
 #endif
 typedef FERRITE_CAT(Rp_, QTYPE_DOWN) TileD;
+constexpr int FFN_RANKS = 8, FFN_SLICE = 256, FFN_H_PER_RANK = FFN_SLICE / FFN_RANKS, FFN_MAX_COLS = 1024;
+// Gate/up tiles a warp holds: two warps a tile row span FFN_MAX_COLS columns.
+constexpr int FFN_GU_TILES = FFN_MAX_COLS / 2 / Tile::TILE_COLS;
+// Columns of x the gate/up staging holds.
+constexpr int FFN_PHASE = FFN_MAX_COLS;
 // 1: the ffn_down tiles are loaded before the wait too; 0: after the gate/up products (their
-// latency then overlaps the h exchange only; fewer registers held through staging).
+// latency then overlaps the h exchange only). By default only with Q5_0 gate/up (the real model's:
+// H100, forty-fifth session, its step 3 % faster at one sequence and 7.5 % at two with them loaded
+// early): with Q8_0's larger tiles, holding both spilled 72-152 bytes (sm_90,
+// scripts/kernel_registers.py), loading ffn_down's after none; Q4_K's two tiles a warp fit with them.
 #ifndef FFN_EARLY_DOWN
-#define FFN_EARLY_DOWN 1
+#define FFN_EARLY_DOWN (Tile::TILE_BYTES * FFN_GU_TILES <= 4 * 1408)
 #endif
-constexpr int FFN_RANKS = 8, FFN_SLICE = 256, FFN_H_PER_RANK = FFN_SLICE / FFN_RANKS, FFN_GU_TILES = 4;
-// Columns of x the gate/up staging holds (the host keeps the hidden size within it).
-constexpr int FFN_PHASE = 2 * FFN_GU_TILES * Tile::TILE_COLS;
 constexpr int FFN_DOWN_TILES = FFN_SLICE / TileD::TILE_COLS;  // ffn_down tiles of a slice, a tile row
 static_assert(FFN_H_PER_RANK == 2 * RP_TILE_ROWS, "a block's h comes from two tile rows each of gate and up");
 static_assert(Tile::S8 && TileD::S8, "the fused FFN runs on the int8 path");
-
-// acc += tile `tile` (of the staged x) times x on the int8 path, for any tiled type.
-template <class T, int NG>
-__device__ __forceinline__ void tile_products_s8_any(const T& w, const u8* xq, const int (*xsum)[NG][8], const float (*xscale)[NG][8],
-                                                     u32 tile, const int b_off[NG], int t, float acc[NG][4]) {
-    if constexpr (T::HAS_MIN) {
-        tile_products_s8<T, NG>(w, xq, xsum, xscale, tile, b_off, t, acc);
-    } else if constexpr (T::SCALE_CHUNKS == 1) {
-        tile_products_s8_chunks<T, NG>(w, xq, xsum, xscale, tile, b_off, t, acc);
-    } else {
-        tile_products_s8_blocks<T, NG>(w, xq, xsum, xscale, tile, b_off, t, acc);
-    }
-}
 
 // Row u (0 or 1) of x's tile-row sums as the planned kernel's epilogue forms them (three int8
 // parts of x: mma columns 0-2 row 0, 3-5 row 1): lane t == 0 of each quad ends with rows g (v0)
@@ -1604,8 +1601,8 @@ __device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.w
 // n_inter); x: NT residual rows of n_cols floats, which get the block's output added; norm_w and
 // eps: the RMSNorm before gate/up; partials: n_inter / 256 x NT x n_cols floats; counters:
 // FFN_RANKS words, zero between launches. Grid: n_inter / 256 clusters of FFN_RANKS blocks of 256
-// threads. The host keeps n_cols within 1024 (ffn_down's tile rows), so stage_x_s8_normed's jobs
-// (NT x ceil(n_cols / 256)) fit the block's warps at two rows too.
+// threads. With n_cols <= FFN_MAX_COLS, stage_x_s8_normed's jobs (NT x ceil(n_cols / 256)) fit the
+// block's warps at two rows too.
 template <int NT>
 __device__ __forceinline__ void ffn_mma(const u8* __restrict__ gate, const u8* __restrict__ up, const u8* __restrict__ down, u32 n_cols,
                                         u32 n_inter, float* __restrict__ x, const float* __restrict__ norm_w, float eps,
@@ -1630,7 +1627,7 @@ __device__ __forceinline__ void ffn_mma(const u8* __restrict__ gate, const u8* _
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     const u32 rank = blockIdx.x % FFN_RANKS, slice = blockIdx.x / FFN_RANKS, n_slices = gridDim.x / FFN_RANKS;
     const u32 k_tiles = n_cols / Tile::TILE_COLS, kd_tiles = n_inter / TileD::TILE_COLS;
-    const u32 md_tiles = n_cols / RP_TILE_ROWS, down_rows = (md_tiles + FFN_RANKS - 1) / FFN_RANKS;
+    const u32 md_tiles = n_cols / RP_TILE_ROWS, down_tile_rows = (md_tiles + FFN_RANKS - 1) / FFN_RANKS;  // a rank's
 
     // This warp's gate/up tile row (0, 1: gate; 2, 3: up) and its column tiles wk, wk + 2, ...
     const u32 wm = (u32)warp & 3u, wk = (u32)warp >> 2;
@@ -1643,8 +1640,8 @@ __device__ __forceinline__ void ffn_mma(const u8* __restrict__ gate, const u8* _
         if (kt < k_tiles) w[i].load(gu_tiles + (u64)kt * Tile::TILE_BYTES, lane, false);
     }
     // This warp's ffn_down tile row (if any) and the slice's tiles in it.
-    const u32 md = rank * down_rows + (u32)warp;
-    const bool down_warp = (u32)warp < down_rows && md < md_tiles;
+    const u32 md = rank * down_tile_rows + (u32)warp;
+    const bool down_warp = (u32)warp < down_tile_rows && md < md_tiles;
     TileD wd[FFN_DOWN_TILES];
     const auto load_down = [&]() {
         if (down_warp) {
@@ -1676,7 +1673,7 @@ __device__ __forceinline__ void ffn_mma(const u8* __restrict__ gate, const u8* _
 #pragma unroll
     for (int i = 0; i < FFN_GU_TILES; i++) {
         const u32 kt = wk + 2 * i;
-        if (kt < k_tiles) tile_products_s8_any<Tile, NG>(w[i], xq, xsum, xscale, kt, b_off_x, t, acc);
+        if (kt < k_tiles) tile_products_s8_of_type<NG, Tile>(w[i], xq, xsum, xscale, kt, b_off_x, t, acc);
     }
     if (!FFN_EARLY_DOWN) load_down();
     // The two warps of a tile row add their sums in order (as the planned kernel's warps_k = 2).
@@ -1723,7 +1720,7 @@ __device__ __forceinline__ void ffn_mma(const u8* __restrict__ gate, const u8* _
     if (down_warp) {
         float dacc[NG][4] = {{0.0f, 0.0f, 0.0f, 0.0f}};
 #pragma unroll
-        for (int i = 0; i < FFN_DOWN_TILES; i++) tile_products_s8_any<TileD, NG>(wd[i], hq, hsum, hscale, i, b_off_h, t, dacc);
+        for (int i = 0; i < FFN_DOWN_TILES; i++) tile_products_s8_of_type<NG, TileD>(wd[i], hq, hsum, hscale, i, b_off_h, t, dacc);
 #pragma unroll
         for (int u = 0; u < NT; u++) {
             float v0, v1;
@@ -1736,9 +1733,11 @@ __device__ __forceinline__ void ffn_mma(const u8* __restrict__ gate, const u8* _
         }
     }
     cluster_wait();
-    // The last block of this rank's rows adds the slices' sums to the residual, in slice order.
+    // The last block of this rank's rows adds the slices' sums to the residual, in slice order. No
+    // block still stages x then: each slice's block of this rank has passed its cluster's first
+    // barrier, which every block of that cluster reaches only after staging.
     if (!split_k_last(&counters[rank], n_slices, s_last)) return;
-    const u32 row_begin = rank * down_rows * RP_TILE_ROWS, row_end = min(row_begin + down_rows * RP_TILE_ROWS, n_cols);
+    const u32 row_begin = rank * down_tile_rows * RP_TILE_ROWS, row_end = min(row_begin + down_tile_rows * RP_TILE_ROWS, n_cols);
     const u32 nr = row_end > row_begin ? row_end - row_begin : 0;
     for (u32 i = threadIdx.x; i < NT * nr; i += blockDim.x) {
         const u32 u = i / nr, row = row_begin + i % nr;
@@ -1756,4 +1755,5 @@ __device__ __forceinline__ void ffn_mma(const u8* __restrict__ gate, const u8* _
     }
 FFN_MMA_KERNEL(1)
 FFN_MMA_KERNEL(2)
+#endif  // sm_90
 #endif  // MMA_FFN

@@ -756,12 +756,13 @@ def test_gpu_prebuilt_kernels_compile_nothing_and_compute_what_nvrtc_compiles(tm
 
 @pytest.mark.cuda
 @needs_gpu
-@pytest.mark.parametrize("gate_type,down_type,hidden,ffn", [("Q5_0", "Q4_K", 896, 4864), ("Q5_0", "Q6_K", 896, 4864), ("Q8_0", "Q5_0", 1024, 768)])
+@pytest.mark.parametrize("gate_type,down_type,hidden,ffn", [("Q5_0", "Q4_K", 896, 4864), ("Q5_0", "Q6_K", 896, 4864), ("Q8_0", "Q5_0", 1024, 768), ("Q4_K", "Q6_K", 1024, 768)])
 def test_gpu_fused_ffn_block_matches_its_two_launches_and_the_reference(tmp_path, monkeypatch, gate_type, down_type, hidden, ffn):
     """At one and two rows the FFN block runs as one launch (src/backend/cuda/ffn.rs, matvec_mma.cu's
     ffn_mma_1 and ffn_mma_2: gate/up, SwiGLU and ffn_down, the intermediate values exchanged within
     clusters of blocks). With the test model's widths and ffn_down of both its types, and the widest
-    shape the kernel takes (1024 columns: eight 128-column tiles a row, 64 ffn_down tile rows), a
+    shape the kernel takes (1024 columns: 64 ffn_down tile rows) with gate/up of 128-column tiles
+    (Q8_0, whose ffn_down tiles load after the gate/up products) and 256-column ones (Q4_K), a
     prompt then five decode steps of one sequence, and two sequences decoding together for four:
     the launches ran (the counter; none with FERRITE_CUDA_FFN=off), the decode logits are those of
     the two launches up to float32 rounding (ffn_down's sums add up by slices of 256 columns instead

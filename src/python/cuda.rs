@@ -318,7 +318,7 @@ fn _cuda_weight_rows<'py>(
 /// GEMMs of 1-16 rows that wrote SwiGLU's output), ``norm_source_gemms`` (stacked GEMMs that
 /// read x's norm source instead of a normalized x), ``norm_source_launches`` (those sources made
 /// by a launch of their own, where no GEMM wrote x: the first layer's), ``stream_matvecs``
-/// (launches on the stream kernel), ``ffn_launches`` (one-row FFN blocks as one launch, ffn.rs)
+/// (launches on the stream kernel), ``ffn_launches`` (FFN blocks of one or two rows as one launch, ffn.rs)
 /// and ``sample_mass_launches`` (sampler launches that left rows to the mass pass, sampling.cu's
 /// sample_mass); graph replays not counted.
 #[pyfunction]

@@ -445,9 +445,9 @@ pub struct CudaBackend {
     pub(super) pair_kernels: HashMap<(GgmlType, GgmlType), Arc<super::matvec::PairKernels>>,
     /// Rows of x up to which groups take them (`matvec::pair_max_rows`).
     pub(super) pair_rows: usize,
-    /// The fused one-row FFN kernels of the model's FFN shapes (`prepare_mlp`; ffn.rs), none
-    /// with FERRITE_CUDA_FFN=off; `ffn_rows`: the most rows that take them (`ffn::max_rows`).
-    ffn_kernels: HashMap<super::ffn::FfnShape, Arc<super::ffn::FfnKernels>>,
+    /// The fused FFN kernels of the model's FFN shapes (`prepare_mlp`; ffn.rs), none with
+    /// FERRITE_CUDA_FFN=off; `ffn_rows`: the most rows that take them (`ffn::max_rows`).
+    ffn_kernels: HashMap<super::ffn::FfnShape, super::ffn::FfnKernels>,
     ffn_rows: usize,
     /// Where `upload_batch` puts the plan; grows, never shrinks.
     batch_buf: Option<CudaSlice<u32>>,
@@ -788,13 +788,14 @@ impl CudaBackend {
     }
 
     /// The fused FFN kernel's shape of these weights, where it takes them (ffn.rs): gate and up
-    /// of one type and grid, all three repacked, and the kernel on (FERRITE_CUDA_FFN not `off`).
+    /// of one type and grid, all three repacked, a GPU that runs it, and the kernel on
+    /// (FERRITE_CUDA_FFN not `off`).
     fn ffn_shape(&self, [gate, up, down]: [&CudaWeight; 3]) -> Option<super::ffn::FfnShape> {
         use super::matvec::Layout::Tiles;
         let (Tiles(g), Tiles(u), Tiles(d)) = (gate.layout, up.layout, down.layout) else { return None };
         let shape = super::ffn::FfnShape { gate_up: gate.ty, down: down.ty, n_cols: gate.n_cols, n_inter: gate.n_rows };
         let fits = g == u && (d.n_rows, d.n_cols) == (gate.n_cols, gate.n_rows) && [gate, up, down].iter().all(|w| w.kernels.as_ref().is_some_and(|k| k.tiled.is_some()));
-        (self.ffn_rows > 0 && fits && shape.takes()).then_some(shape)
+        (self.ffn_rows > 0 && fits && shape.takes() && super::ffn::runs_on(self.ctx.compute_capability())).then_some(shape)
     }
 
     /// Checks one layer's attention shapes; returns the KV row width.
@@ -1555,7 +1556,7 @@ impl Backend for CudaBackend {
     fn prepare_mlp(&mut self, [gate, up, down]: [&CudaWeight; 3]) -> Result<(), BackendError> {
         if let Some(shape) = self.ffn_shape([gate, up, down]) {
             if !self.ffn_kernels.contains_key(&shape) {
-                let k = Arc::new(super::ffn::FfnKernels::new(&self.ctx, shape)?);
+                let k = super::ffn::FfnKernels::new(&self.ctx, shape)?;
                 self.ffn_kernels.insert(shape, k);
             }
         }
@@ -1677,10 +1678,11 @@ impl Backend for CudaBackend {
         // halves of the stacked GEMM's output rows: no launch to split them first.
         let source = self.norm_source.take();
         // One or two rows: the whole block as one launch where the fused kernel takes it (ffn.rs).
-        if n_rows > 0 && n_rows <= self.ffn_rows {
+        if n_rows > 0 && n_rows <= self.ffn_rows && super::matmul::tiled_matvec(self, &[gate, up, down], n_rows) {
             let shape = self.ffn_shape([gate, up, down]).filter(|s| s.takes_rows(n_rows));
             if let Some(k) = shape.and_then(|shape| self.ffn_kernels.get(&shape)) {
                 check_width("rms_norm input", x.width, norm.n_cols)?;
+                check_width("ffn_gate input", x.width, gate.n_cols)?;
                 check_rows("rms_norm input", x, n_rows)?;
                 let norm_w = addr(norm.dense()?, &self.ctx);
                 let weights = [gate, up, down].map(|w| addr(&w.blocks, &self.ctx));

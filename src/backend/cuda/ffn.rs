@@ -5,9 +5,9 @@
 //! work is dealt out.
 //!
 //! Which models take it ([`FfnShape::takes`]): gate and up of one tiled type, ffn_down tiled, all
-//! on the int8 path, an intermediate size that is a multiple of 256 and a hidden size that a block
-//! holds in registers (at most [`GU_TILES`] gate/up tiles a warp, 8 ffn_down tile rows a block):
-//! the 0.5B's shapes, not a 7B's; one or two rows ([`FfnShape::takes_rows`]).
+//! on the int8 path, an intermediate size that is a multiple of 256 and a hidden size whose weights
+//! a block holds in registers ([`MAX_COLS`]): the 0.5B's shapes, not a 7B's; one or two rows
+//! ([`FfnShape::takes_rows`]); GPUs of compute capability 9.0 or later (clusters: [`runs_on`]).
 //! `FERRITE_CUDA_FFN` picks the rows that take it (for A/B): `fused` (one and two, the default),
 //! `one` (one row only) or `off` (the two launches always).
 
@@ -22,11 +22,18 @@ use super::launch::launch;
 use super::repack::{self, TILE_ROWS};
 use crate::quant::GgmlType;
 
-/// Blocks of a cluster, and intermediate columns a cluster (matvec_mma.cu's FFN_RANKS, FFN_SLICE).
+/// Blocks of a cluster, intermediate columns a cluster, and the most columns of x (matvec_mma.cu's
+/// FFN_RANKS, FFN_SLICE, FFN_MAX_COLS: two warps' gate/up tiles, 8 ffn_down tile rows a block, and
+/// two rows' staging jobs, one a warp).
 pub const RANKS: usize = 8;
 pub const SLICE: usize = 256;
-/// Most gate/up tiles a warp holds (FFN_GU_TILES; two warps a tile row).
-pub const GU_TILES: usize = 4;
+pub const MAX_COLS: usize = 1024;
+
+/// Whether a GPU of compute capability `cc` runs the kernel (clusters and distributed shared
+/// memory: sm_90 on; the module holds no kernel before it).
+pub fn runs_on(cc: (u32, u32)) -> bool {
+    cc >= (9, 0)
+}
 /// Threads a block (matvec_mma.cu's MMA_MAX_WARPS warps).
 const BLOCK_THREADS: u32 = 256;
 
@@ -61,29 +68,27 @@ pub struct FfnShape {
 }
 
 impl FfnShape {
-    /// Whether `ffn_mma_1` computes this block (see the module docs).
+    /// Whether the kernels compute this block at one row (see the module docs).
     pub fn takes(&self) -> bool {
+        self.takes_rows(1)
+    }
+
+    /// Whether the kernel for `rows` rows of x (one or two) takes this block: [`takes`](Self::takes),
+    /// with both types on the int8 path at `rows` rows (the kernel has no other).
+    pub fn takes_rows(&self, rows: usize) -> bool {
         let (Some(gu), Some(d)) = (repack::tile_format(self.gate_up), repack::tile_format(self.down)) else { return false };
-        let int8 = |ty| kernels::int8_max_rows(ty).is_some_and(|rows| rows >= 1);
-        let down_tile_rows = self.n_cols / TILE_ROWS;
-        int8(self.gate_up)
+        let int8 = |ty| kernels::int8_max_rows(ty).is_some_and(|most| most >= rows);
+        (1..=KERNEL_ROWS).contains(&rows)
+            && int8(self.gate_up)
             && int8(self.down)
             && self.n_cols > 0
             && self.n_cols.is_multiple_of(gu.tile_cols)
             && self.n_cols.is_multiple_of(TILE_ROWS)
-            && self.n_cols <= 2 * GU_TILES * gu.tile_cols
-            && down_tile_rows <= RANKS * 8
+            && self.n_cols <= MAX_COLS
             && self.n_inter > 0
             && self.n_inter.is_multiple_of(SLICE)
             && SLICE.is_multiple_of(d.tile_cols)
             && u32::try_from(self.n_inter).is_ok()
-    }
-
-    /// Whether the kernel for `rows` rows of x takes this block: one or two rows wherever
-    /// [`takes`](Self::takes) holds (its 1024 columns at most, for the ffn_down tile rows, are also
-    /// what a block stages of two rows of x in one pass).
-    pub fn takes_rows(&self, rows: usize) -> bool {
-        self.takes() && (1..=KERNEL_ROWS).contains(&rows)
     }
 
     /// Clusters of the grid: one a slice of intermediate columns.
@@ -105,10 +110,10 @@ pub struct FfnKernels {
 
 impl FfnKernels {
     /// Compiles (or loads from the disk cache) the kernels for `shape`'s types and makes their scratch;
-    /// an error if the kernel does not take `shape`.
+    /// an error if the kernel does not take `shape` or the GPU cannot run it.
     pub fn new(ctx: &CudaContext, shape: FfnShape) -> Result<FfnKernels, CudaError> {
-        if !shape.takes() {
-            return Err(CudaError::Invalid(format!("the fused FFN kernel does not take {shape:?}")));
+        if !shape.takes() || !runs_on(ctx.compute_capability()) {
+            return Err(CudaError::Invalid(format!("the fused FFN kernel does not take {shape:?} on {ctx:?}")));
         }
         let defines = kernels::ffn_defines(shape.gate_up, shape.down)
             .ok_or_else(|| CudaError::Invalid(format!("no fused FFN kernel for {} and {}", shape.gate_up, shape.down)))?;
@@ -152,21 +157,33 @@ mod tests {
         assert!(shape(GgmlType::Q5_0, GgmlType::Q4_K, 896, 4864).takes());
         assert!(shape(GgmlType::Q5_0, GgmlType::Q6_K, 896, 4864).takes());
         assert!(shape(GgmlType::Q8_0, GgmlType::Q8_0, 896, 4864).takes());
-        // A 7B's 3584 columns are 14 Q4_K tiles a row: more than two warps hold.
+        // A 7B's 3584 columns: more than a block's registers hold.
         assert!(!shape(GgmlType::Q4_K, GgmlType::Q6_K, 3584, 18944).takes());
-        // 1024 columns of 128-column tiles are the most (8 tiles, 64 ffn_down tile rows).
+        // 1024 columns are the most (8 tiles of 128 columns, 64 ffn_down tile rows).
         assert!(shape(GgmlType::Q5_0, GgmlType::Q5_0, 1024, 2816).takes());
         assert!(!shape(GgmlType::Q5_0, GgmlType::Q4_K, 1152, 4864).takes());
         // An intermediate size off the 256-column slices, or a type without tiles.
         assert!(!shape(GgmlType::Q5_0, GgmlType::Q4_K, 896, 4800).takes());
         assert!(!shape(GgmlType::F32, GgmlType::Q4_K, 896, 4864).takes());
         assert!(!shape(GgmlType::Q5_0, GgmlType::IQ4_XS, 896, 4864).takes());
-        // ffn_down's tile rows bound the width: 1024 columns (64 tile rows) of Q4_K, not 2048.
         assert!(shape(GgmlType::Q4_K, GgmlType::Q4_K, 1024, 4864).takes());
         assert!(!shape(GgmlType::Q4_K, GgmlType::Q4_K, 2048, 4864).takes());
         // One or two rows of x.
         assert!(shape(GgmlType::Q5_0, GgmlType::Q4_K, 896, 4864).takes_rows(2));
         assert!(!shape(GgmlType::Q5_0, GgmlType::Q4_K, 896, 4864).takes_rows(3));
         assert!(!shape(GgmlType::Q5_0, GgmlType::Q4_K, 896, 4864).takes_rows(0));
+        // Clusters: sm_90 on.
+        assert!(runs_on((9, 0)) && runs_on((10, 0)) && !runs_on((8, 9)) && !runs_on((8, 0)));
+    }
+
+    /// The host's constants are the kernel's.
+    #[test]
+    fn constants_match_the_kernel() {
+        let src = kernels::MATVEC_MMA.src;
+        assert!(src.contains(&format!("constexpr int FFN_RANKS = {RANKS}, FFN_SLICE = {SLICE}, FFN_H_PER_RANK = FFN_SLICE / FFN_RANKS, FFN_MAX_COLS = {MAX_COLS};")));
+        assert!(src.contains(&format!("#define MMA_MAX_WARPS {}", BLOCK_THREADS / 32)));
+        for rows in 1..=KERNEL_ROWS {
+            assert!(src.contains(&format!("FFN_MMA_KERNEL({rows})")), "ffn_mma_{rows}");
+        }
     }
 }

@@ -11,8 +11,8 @@
 //! (another GPU, another NVRTC, another module, `FERRITE_CUDA_KERNEL_DEFINES`), nothing matches
 //! and NVRTC compiles as before. A module the driver refuses is compiled afresh
 //! (`CudaContext::module`). Every module of every type would be 11 MiB (2.7 MiB compressed) in
-//! the binary and in git's history each time a kernel changes; this set (9.0 MB, the fused FFN
-//! modules 3.9 of it; the wheel 5.9 MB) is under that.
+//! the binary and in git's history each time a kernel changes; this set (8.7 MB, the fused FFN
+//! modules 3.6 of it; the wheel about 5.9 MB) is under that.
 //!
 //! Entries are keyed like the disk cache (`nvrtc::cache_key`, source and headers and options and
 //! NVRTC's version, the driver's left out), so a kernel edited since the file was made is not
