@@ -34,6 +34,7 @@ pub const MAX_COLS: usize = 1024;
 pub fn runs_on(cc: (u32, u32)) -> bool {
     cc >= (9, 0)
 }
+
 /// Threads a block (matvec_mma.cu's MMA_MAX_WARPS warps).
 const BLOCK_THREADS: u32 = 256;
 
