@@ -858,6 +858,23 @@ struct Segments {
     u32 n_rows[3];
 };
 
+// Row u (0 or 1) of a column group's sums where x has three parts (mma columns 0-2 row 0, 3-5
+// row 1), added over the parts and the quad: lane t == 0 of each quad ends with rows g (v0) and
+// g + 8 (v1). The planned kernel's epilogue and the fused FFN's.
+__device__ __forceinline__ void row_sums(const float acc[4], int t, int u, float& v0, float& v1) {
+    if (u == 0) {
+        v0 = t == 0 ? acc[0] + acc[1] : t == 1 ? acc[0] : 0.0f;
+        v1 = t == 0 ? acc[2] + acc[3] : t == 1 ? acc[2] : 0.0f;
+    } else {
+        v0 = t == 1 ? acc[1] : t == 2 ? acc[0] + acc[1] : 0.0f;
+        v1 = t == 1 ? acc[3] : t == 2 ? acc[2] + acc[3] : 0.0f;
+    }
+    v0 += __shfl_xor_sync(FULL_WARP, v0, 1);
+    v1 += __shfl_xor_sync(FULL_WARP, v1, 1);
+    v0 += __shfl_xor_sync(FULL_WARP, v0, 2);
+    v1 += __shfl_xor_sync(FULL_WARP, v1, 2);
+}
+
 template <int NT, class T = Tile>
 __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u32 n_cols, const float* __restrict__ x,
                                            const float* __restrict__ x2, const float* __restrict__ norm_w, float eps,
@@ -1103,17 +1120,7 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
             for (int u = 0; u < 2; u++) {
                 const u32 n = 2 * j + u;
                 float v0, v1;
-                if (u == 0) {
-                    v0 = t == 0 ? acc[j][0] + acc[j][1] : t == 1 ? acc[j][0] : 0.0f;
-                    v1 = t == 0 ? acc[j][2] + acc[j][3] : t == 1 ? acc[j][2] : 0.0f;
-                } else {
-                    v0 = t == 1 ? acc[j][1] : t == 2 ? acc[j][0] + acc[j][1] : 0.0f;
-                    v1 = t == 1 ? acc[j][3] : t == 2 ? acc[j][2] + acc[j][3] : 0.0f;
-                }
-                v0 += __shfl_xor_sync(FULL_WARP, v0, 1);
-                v1 += __shfl_xor_sync(FULL_WARP, v1, 1);
-                v0 += __shfl_xor_sync(FULL_WARP, v0, 2);
-                v1 += __shfl_xor_sync(FULL_WARP, v1, 2);
+                row_sums(acc[j], t, u, v0, v1);
                 if (writer && t == 0 && n < n_x) emit(n, v0, v1);
             }
         } else {
@@ -1566,33 +1573,17 @@ constexpr int FFN_GU_TILES = FFN_MAX_COLS / 2 / Tile::TILE_COLS;
 // Columns of x the gate/up staging holds.
 constexpr int FFN_PHASE = FFN_MAX_COLS;
 // 1: the ffn_down tiles are loaded before the wait too; 0: after the gate/up products (their
-// latency then overlaps the h exchange only). By default only with Q5_0 gate/up (the real model's:
-// H100, forty-fifth session, its step 3 % faster at one sequence and 7.5 % at two with them loaded
-// early): with Q8_0's larger tiles, holding both spilled 72-152 bytes (sm_90,
-// scripts/kernel_registers.py), loading ffn_down's after none; Q4_K's two tiles a warp fit with them.
+// latency then overlaps the h exchange only). By default where a warp's gate/up tiles take no more
+// bytes than Q5_0's four: Q5_0 (the real model's, measured so: H100, forty-fifth session, its step
+// 3 % faster at one sequence and 7.5 % at two) and Q4_K (two tiles a warp). With Q8_0's or Q6_K's,
+// holding both spilled (Q8_0: 72-152 bytes, sm_90, scripts/kernel_registers.py); loading
+// ffn_down's after spills none.
 #ifndef FFN_EARLY_DOWN
 #define FFN_EARLY_DOWN (Tile::TILE_BYTES * FFN_GU_TILES <= 4 * 1408)
 #endif
 constexpr int FFN_DOWN_TILES = FFN_SLICE / TileD::TILE_COLS;  // ffn_down tiles of a slice, a tile row
 static_assert(FFN_H_PER_RANK == 2 * RP_TILE_ROWS, "a block's h comes from two tile rows each of gate and up");
 static_assert(Tile::S8 && TileD::S8, "the fused FFN runs on the int8 path");
-
-// Row u (0 or 1) of x's tile-row sums as the planned kernel's epilogue forms them (three int8
-// parts of x: mma columns 0-2 row 0, 3-5 row 1): lane t == 0 of each quad ends with rows g (v0)
-// and g + 8 (v1).
-__device__ __forceinline__ void row_sums(const float acc[4], int t, int u, float& v0, float& v1) {
-    if (u == 0) {
-        v0 = t == 0 ? acc[0] + acc[1] : t == 1 ? acc[0] : 0.0f;
-        v1 = t == 0 ? acc[2] + acc[3] : t == 1 ? acc[2] : 0.0f;
-    } else {
-        v0 = t == 1 ? acc[1] : t == 2 ? acc[0] + acc[1] : 0.0f;
-        v1 = t == 1 ? acc[3] : t == 2 ? acc[2] + acc[3] : 0.0f;
-    }
-    v0 += __shfl_xor_sync(FULL_WARP, v0, 1);
-    v1 += __shfl_xor_sync(FULL_WARP, v1, 1);
-    v0 += __shfl_xor_sync(FULL_WARP, v0, 2);
-    v1 += __shfl_xor_sync(FULL_WARP, v1, 2);
-}
 
 __device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory"); }
 __device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory"); }

@@ -787,15 +787,15 @@ impl CudaBackend {
         super::matmul::tiled_matvecs(self, checked, x, n_rows, write, input)
     }
 
-    /// The fused FFN kernel's shape of these weights, where it takes them (ffn.rs): gate and up
-    /// of one type and grid, all three repacked, a GPU that runs it, and the kernel on
-    /// (FERRITE_CUDA_FFN not `off`).
+    /// The fused FFN kernel's shape of these weights (ffn.rs), where they may take it: gate and up
+    /// of one type and grid, all three repacked, and the kernel on (FERRITE_CUDA_FFN not `off`).
+    /// Whether the kernel takes the shape is `FfnShape::takes_rows`'s to say.
     fn ffn_shape(&self, [gate, up, down]: [&CudaWeight; 3]) -> Option<super::ffn::FfnShape> {
         use super::matvec::Layout::Tiles;
         let (Tiles(g), Tiles(u), Tiles(d)) = (gate.layout, up.layout, down.layout) else { return None };
         let shape = super::ffn::FfnShape { gate_up: gate.ty, down: down.ty, n_cols: gate.n_cols, n_inter: gate.n_rows };
         let fits = g == u && (d.n_rows, d.n_cols) == (gate.n_cols, gate.n_rows) && [gate, up, down].iter().all(|w| w.kernels.as_ref().is_some_and(|k| k.tiled.is_some()));
-        (self.ffn_rows > 0 && fits && shape.takes() && super::ffn::runs_on(self.ctx.compute_capability())).then_some(shape)
+        (self.ffn_rows > 0 && fits).then_some(shape)
     }
 
     /// Checks one layer's attention shapes; returns the KV row width.
@@ -1554,7 +1554,9 @@ impl Backend for CudaBackend {
     }
 
     fn prepare_mlp(&mut self, [gate, up, down]: [&CudaWeight; 3]) -> Result<(), BackendError> {
-        if let Some(shape) = self.ffn_shape([gate, up, down]) {
+        // Compiled for the shapes the kernel takes on this GPU; `mlp_add` finds no other.
+        let runs = super::ffn::runs_on(self.ctx.compute_capability());
+        if let Some(shape) = self.ffn_shape([gate, up, down]).filter(|s| runs && s.takes()) {
             if !self.ffn_kernels.contains_key(&shape) {
                 let k = super::ffn::FfnKernels::new(&self.ctx, shape)?;
                 self.ffn_kernels.insert(shape, k);

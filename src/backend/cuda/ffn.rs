@@ -124,10 +124,6 @@ impl FfnKernels {
         Ok(FfnKernels { shape, functions, partials, counters })
     }
 
-    pub fn shape(&self) -> FfnShape {
-        self.shape
-    }
-
     /// Queues `x += down(silu(gate(n)) * up(n))` with `n = rms_norm(x) * norm_w` for `rows` rows
     /// of `shape.n_cols` floats at device address `x`. The weights are device addresses of repacked
     /// tiles of the shape's grids and `norm_w` of `n_cols` floats; the caller checks their sizes.
