@@ -805,6 +805,58 @@ def test_gpu_fused_ffn_block_matches_its_two_launches_and_the_reference(tmp_path
             assert decisive_top1(ours.reshape(-1, ours.shape[-1]), want.reshape(-1, want.shape[-1])) == 1.0
 
 
+@pytest.mark.cuda
+@needs_gpu
+@pytest.mark.parametrize(
+    "o_type,hidden,n_heads,kv_dtype",
+    [("Q5_0", 896, 14, "float32"), ("Q8_0", 1024, 16, "float32"), ("Q4_K", 1024, 16, "float32"), ("Q6_K", 1024, 8, "float16")],
+)
+def test_gpu_attention_with_o_matches_its_two_launches_and_the_reference(tmp_path, monkeypatch, o_type, hidden, n_heads, kv_dtype):
+    """With FERRITE_CUDA_ATTN_O=on a decode step of one or two sequences runs each layer's attention
+    and o projection as one launch (src/backend/cuda/attn_o.rs, matvec_mma.cu's attention_o_rope:
+    one query head a block, a token's heads a cluster that exchanges their outputs through
+    distributed shared memory). With the test model's 14 heads of 64 and Q5_0 o, the largest
+    cluster (16 heads) with o of 128-column (Q8_0) and 256-column (Q4_K) tiles, and heads of 128
+    with an f16 cache: a prompt then five decode steps of one sequence, and two sequences decoding
+    together for four. The launches ran (the counter; none with it off), the decode logits are those
+    of the two launches up to float32 rounding (the o sums add up in another order), and within
+    RELATIVE_BOUND of the float64 forward (with an f16 cache: the same top token)."""
+    path = write_block_model(tmp_path / "m.gguf", "Q5_0", hidden=hidden, ffn=1024, n_heads=n_heads, n_kv_heads=2, n_layers=3, context=128,
+                             seed=41, layer_types={"attn_output.weight": o_type})
+    rng = np.random.default_rng(4)
+    prompts = [[int(t) for t in rng.integers(0, 260, size=n)] for n in (11, 7)]
+    steps = [int(t) for t in rng.integers(0, 260, size=5)]
+    pair_steps = [[int(t) for t in rng.integers(0, 260, size=2)] for _ in range(4)]
+    got, launches = {}, {}
+    for flag in ("on", "off"):
+        monkeypatch.setenv("FERRITE_CUDA_ATTN_O", flag)  # read when the model loads
+        before = ferrite._ferrite._cuda_counters()["attn_o_launches"]
+        m = ferrite.Model.load(path, device="cuda", exact_matmul=True, kv_cache_dtype=kv_dtype)
+        s = m.new_sequence(max_tokens=40)
+        m.forward(prompts[0], seq=s)
+        one = np.concatenate([m.forward([t], seq=s) for t in steps])
+        launches[flag] = ferrite._ferrite._cuda_counters()["attn_o_launches"] - before
+        seqs = [m.new_sequence(max_tokens=40) for _ in prompts]
+        for q, p in zip(seqs, prompts):
+            m.forward(p, seq=q)
+        two = np.stack([np.concatenate(m.forward_batch([[t] for t in st], seqs=seqs)) for st in pair_steps])
+        launches[flag, 2] = ferrite._ferrite._cuda_counters()["attn_o_launches"] - before - launches[flag]
+        got[flag] = (one, two)
+        del m
+    # Every layer of each step run directly (recorded graphs' replays are not counted).
+    assert launches["off"] == launches["off", 2] == 0, launches
+    assert launches["on"] >= 3 and launches["on"] % 3 == 0 and launches["on", 2] >= 3 and launches["on", 2] % 3 == 0, launches
+    ref = ReferenceModel(path, kv_dtype=None if kv_dtype == "float32" else kv_dtype)
+    want_one = np.stack([ref.forward(prompts[0] + steps[: i + 1])[-1] for i in range(len(steps))])
+    want_two = np.stack([[ref.forward(p + [st[j] for st in pair_steps[: i + 1]])[-1] for j, p in enumerate(prompts)] for i in range(len(pair_steps))])
+    for (fused, off), want in zip(zip(got["on"], got["off"]), (want_one, want_two)):
+        assert relative(fused, off) <= 1e-6, relative(fused, off)
+        for ours in (fused, off):
+            if kv_dtype == "float32":
+                assert relative(ours, want) <= RELATIVE_BOUND, relative(ours, want)
+            assert decisive_top1(ours.reshape(-1, ours.shape[-1]), want.reshape(-1, want.shape[-1])) == 1.0
+
+
 # ---------------------------------------------------------------- the f16 KV cache
 
 
