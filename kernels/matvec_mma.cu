@@ -1551,8 +1551,8 @@ MATVEC_MMA_STREAM_KERNEL(4)
 // partial sums meet as split-K's do: the last block of each rank's rows to finish adds them in
 // slice order to the residual, so results do not depend on timing.
 //
-// Every weight a block reads (at most FFN_GU_TILES gate/up tiles a warp, and its ffn_down tiles
-// unless FFN_EARLY_DOWN is 0) is loaded before the kernel waits for the previous one. The host takes
+// A block's gate/up tiles (at most FFN_GU_TILES a warp) are loaded before the kernel waits for the
+// previous one, its ffn_down tiles after its gate/up products (FFN_EARLY_DOWN). The host takes
 // this kernel only where that holds (src/backend/cuda/ffn.rs): one or two rows, gate and up of the
 // module's type and ffn_down of QTYPE_DOWN, both on the int8 path, the intermediate size a multiple
 // of 256, the hidden size at most FFN_MAX_COLS = 1024 (two warps' FFN_GU_TILES gate/up tiles; 8
@@ -1572,14 +1572,14 @@ constexpr int FFN_RANKS = 8, FFN_SLICE = 256, FFN_H_PER_RANK = FFN_SLICE / FFN_R
 constexpr int FFN_GU_TILES = FFN_MAX_COLS / 2 / Tile::TILE_COLS;
 // Columns of x the gate/up staging holds.
 constexpr int FFN_PHASE = FFN_MAX_COLS;
-// 1: the ffn_down tiles are loaded before the wait too; 0: after the gate/up products (their
-// latency then overlaps the h exchange only). By default where a warp's gate/up tiles take no more
-// bytes than Q5_0's four: Q5_0 (the real model's, measured so: H100, forty-fifth session, its step
-// 3 % faster at one sequence and 7.5 % at two) and Q4_K (two tiles a warp). With Q8_0's or Q6_K's,
-// holding both spilled (Q8_0: 72-152 bytes, sm_90, scripts/kernel_registers.py); loading
-// ffn_down's after spills none.
+// 1: the ffn_down tiles are loaded before the wait too; 0 (the default): after the gate/up products,
+// so that their latency overlaps the h exchange. Loading them early held more registers through the
+// wait and spilled with Q8_0's or Q6_K's gate/up tiles (72-152 bytes, sm_90); with Q5_0's, the
+// real model's, it spilled none and was still slower: H100, forty-sixth session, the 0.5B shapes'
+// decode step 0.691 -> 0.677 ms at one sequence, 0.723 -> 0.712 at two (three rounds), the real
+// model's Generator 1,426 -> 1,460 tok/s at one sequence (docs/BENCHMARKS.md).
 #ifndef FFN_EARLY_DOWN
-#define FFN_EARLY_DOWN (Tile::TILE_BYTES * FFN_GU_TILES <= 4 * 1408)
+#define FFN_EARLY_DOWN 0
 #endif
 constexpr int FFN_DOWN_TILES = FFN_SLICE / TileD::TILE_COLS;  // ffn_down tiles of a slice, a tile row
 static_assert(FFN_H_PER_RANK == 2 * RP_TILE_ROWS, "a block's h comes from two tile rows each of gate and up");

@@ -408,13 +408,13 @@ if [ "$what" = pending ]; then
     if [[ ,$parts, == *,ffn,* ]]; then
     # The FFN block of one or two rows as one launch (src/backend/cuda/ffn.rs; FERRITE_CUDA_FFN=one
     # for one row only, off to keep gate/up and ffn_down apart): its tests, then syn05's decode
-    # steps at 1 and 2 sequences fused, one and off, two interleaved rounds; FFN_LATE=1 adds fused
-    # with ffn_down's tiles loaded after the gate/up products (-DFFN_EARLY_DOWN=0, every module
-    # compiled again). PENDING_PARTS=ffn.
+    # steps at 1 and 2 sequences fused, one and off, two interleaved rounds; FFN_EARLY=1 adds fused
+    # with ffn_down's tiles loaded before the wait (-DFFN_EARLY_DOWN=1, every module compiled
+    # again; the forty-fifth session's default). PENDING_PARTS=ffn.
     # The steps first (what a short lease must bring back), then the tests; FFN_ALL_TESTS=1 runs
     # every GPU test of the model and engine files with the kernel on instead of its own test alone.
     late=()
-    [ "${FFN_LATE:-0}" = 1 ] && late=("latedown|FERRITE_CUDA_FFN=fused FERRITE_CUDA_KERNEL_DEFINES=-DFFN_EARLY_DOWN=0")
+    [ "${FFN_EARLY:-0}" = 1 ] && late=("earlydown|FERRITE_CUDA_FFN=fused FERRITE_CUDA_KERNEL_DEFINES=-DFFN_EARLY_DOWN=1")
     ab_step ffn_ab ${AB_S:-300} "fused|FERRITE_CUDA_FFN=fused" "one|FERRITE_CUDA_FFN=one" "off|FERRITE_CUDA_FFN=off" "${late[@]}" \
         -- /tmp/synthetic.gguf:1,2
     if [ "${FFN_ALL_TESTS:-0}" = 1 ]; then
