@@ -856,7 +856,6 @@ impl CudaBackend {
         Ok(kv_width)
     }
 
-    /// The attention kernels of `head_dim` (compiled with the KV cache).
     /// The attention-with-o kernels of the model's o projections for `layout`'s heads, where the
     /// kernel takes them on this GPU (attn_o.rs); `try_attention_o` finds no other.
     fn prepare_attention_o(&mut self, layout: &KvLayout) -> Result<(), BackendError> {
@@ -963,6 +962,7 @@ impl CudaBackend {
         Ok(true)
     }
 
+    /// The attention kernels of `head_dim` (compiled with the KV cache).
     fn attention_kernels(&self, head_dim: usize) -> Result<&AttentionKernels, BackendError> {
         match self.fixed.attention.as_ref() {
             Some(a) if a.head_dim == head_dim => Ok(a),
