@@ -47,7 +47,7 @@
 #                (FERRITE_CUDA_READAHEAD), the same with NVRTC compiling, then cached; kv: the f16
 #                KV cache's GPU tests and its decode speed beside float32; sampler: the sampler
 #                tests and bench_cuda_sampler.py; attno: attention and o as one launch, its A/B and
-#                test; ffn: the FFN block of one or two rows as one
+#                test; guearly: the fused FFN's gate/up tiles partly after its wait; ffn: the FFN block of one or two rows as one
 #                launch, its tests and decode steps fused and not; plans7b: a 7B's q/k/v on other
 #                one-row plans (decode steps); prefetch (the default): weights asked of L2
 #                ahead of their use (decode attention's window, the matrix-vector launches'
@@ -431,6 +431,18 @@ if [ "$what" = pending ]; then
     ab_step attno_ab ${AB_S:-300} "off|FERRITE_CUDA_ATTN_O=off" "on|FERRITE_CUDA_ATTN_O=on" "one|FERRITE_CUDA_ATTN_O=one" \
         -- /tmp/synthetic.gguf:1,2
     STEP_TIMEOUT=${CUDA_PYTEST_S:-240} step pytest_attno "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_model.py -m cuda -k "attention_with_o" --junitxml="$out/junit_attno.xml"
+    fi
+    if [[ ,$parts, == *,guearly,* ]]; then
+    # The fused FFN's gate/up tiles loaded partly after its wait (-DFFN_GU_EARLY=N of 4; every module
+    # compiled again): syn05's decode steps at 1 and 2 sequences, two interleaved rounds; then the
+    # one-sequence timelines with the FFN fused and not, to see whether its loads slow the o
+    # projection before it (5.8 us a layer with it, 3.3 before it was fused). PENDING_PARTS=guearly.
+    ab_step guearly_ab ${AB_S:-300} "all|FERRITE_CUDA_KERNEL_DEFINES=" "three|FERRITE_CUDA_KERNEL_DEFINES=-DFFN_GU_EARLY=3" \
+        "two|FERRITE_CUDA_KERNEL_DEFINES=-DFFN_GU_EARLY=2" "none|FERRITE_CUDA_KERNEL_DEFINES=-DFFN_GU_EARLY=0" -- /tmp/synthetic.gguf:1,2
+    for v in fused off; do
+        FERRITE_CUDA_FFN=$v STEP_TIMEOUT=120 step "timeline_ffn_$v" "$py" benches/profile_cuda_decode.py /tmp/synthetic.gguf --child timeline --batch 1
+        cp "$out/timeline_ffn_$v.log" "$dest/timeline_ffn_$v.txt" 2>/dev/null
+    done
     fi
     if [[ ,$parts, == *,plans7b,* ]]; then
     # A 7B's q/k/v (4608x3584, 288 tile rows of 14 tiles) at one row: its plan (2, 4, 1) makes 144
