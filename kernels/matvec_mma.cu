@@ -1795,6 +1795,9 @@ FFN_MMA_KERNEL(2)
 #error "matvec_mma.cu with -DMMA_ATTN_O=1 needs -DATTN_HEAD_DIM=<head dim> (and -DATTN_KV_F16=1 for an f16 cache)"
 #endif
 #include "attention.cuh"
+#if ATTN_PROBE
+#error "the attention-with-o module has no probe build (benches/bench_attention_chain.py probes attention.cu)"
+#endif
 constexpr int AO_MAX_RANKS = 16, AO_MAX_COLS = 2048, AO_MAX_JOBS = 32;
 static_assert(Tile::S8, "the attention's output projection runs on the int8 path");
 static_assert(ATTN_HEAD_DIM % 32 == 0, "a staging lane's 32 columns lie in one head");

@@ -821,10 +821,13 @@ def test_gpu_attention_with_o_matches_its_two_launches_and_the_reference(tmp_pat
     together for four. The launches ran (the counter; none with it off), the decode logits are those
     of the two launches up to float32 rounding (o's sums add up in another order), and within
     RELATIVE_BOUND of the float64 forward (with an f16 cache: the same top token)."""
-    path = write_block_model(tmp_path / "m.gguf", "Q5_0", hidden=hidden, ffn=1024, n_heads=n_heads, n_kv_heads=2, n_layers=3, context=128,
+    path = write_block_model(tmp_path / "m.gguf", "Q5_0", hidden=hidden, ffn=1024, n_heads=n_heads, n_kv_heads=2, n_layers=3, context=320,
                              seed=41, layer_types={"attn_output.weight": o_type})
     rng = np.random.default_rng(4)
-    prompts = [[int(t) for t in rng.integers(0, 260, size=n)] for n in (11, 7)]
+    # A first prompt of 150 tokens: attention blocks of 8 warps (one a 32 keys), so that 64-dim heads'
+    # 4 tile rows of o a block take two warps each and their sums meet in shared memory; below the
+    # 512 keys past which attention splits (and the kernel is not taken).
+    prompts = [[int(t) for t in rng.integers(0, 260, size=n)] for n in (150, 7)]
     steps = [int(t) for t in rng.integers(0, 260, size=5)]
     pair_steps = [[int(t) for t in rng.integers(0, 260, size=2)] for _ in range(4)]
     got, launches = {}, {}
@@ -832,11 +835,11 @@ def test_gpu_attention_with_o_matches_its_two_launches_and_the_reference(tmp_pat
         monkeypatch.setenv("FERRITE_CUDA_ATTN_O", flag)  # read when the model loads
         before = ferrite._ferrite._cuda_counters()["attn_o_launches"]
         m = ferrite.Model.load(path, device="cuda", exact_matmul=True, kv_cache_dtype=kv_dtype)
-        s = m.new_sequence(max_tokens=40)
+        s = m.new_sequence(max_tokens=200)
         m.forward(prompts[0], seq=s)
         one = np.concatenate([m.forward([t], seq=s) for t in steps])
         launches[flag] = ferrite._ferrite._cuda_counters()["attn_o_launches"] - before
-        seqs = [m.new_sequence(max_tokens=40) for _ in prompts]
+        seqs = [m.new_sequence(max_tokens=200) for _ in prompts]
         for q, p in zip(seqs, prompts):
             m.forward(p, seq=q)
         two = np.stack([np.concatenate(m.forward_batch([[t] for t in st], seqs=seqs)) for st in pair_steps])

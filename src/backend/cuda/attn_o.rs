@@ -30,7 +30,7 @@ pub const MAX_RANKS: usize = 16;
 pub const MAX_COLS: usize = 2048;
 const MAX_JOBS: usize = 32;
 /// The most bytes of o's tiles a block copies into its shared memory (beside attention's scratch, at
-/// most 12 KB, and the kernel's 26 KB of static shared memory, within the 227 KB a block may have on
+/// most 16 KB, and the kernel's 26 KB of static shared memory, within the 227 KB a block may have on
 /// sm_90).
 pub const MAX_TILE_BYTES: usize = 128 * 1024;
 
@@ -109,10 +109,11 @@ pub struct AttnOKernel {
 
 impl AttnOKernel {
     /// Compiles (or loads from the disk cache) the kernel for `shape`, allows it the dynamic shared
-    /// memory of attention's scratch at its most (`most_attention_bytes`, at its most warps) and o's
-    /// tiles after it, and checks that the GPU can hold one of its clusters at `max_threads` threads a
-    /// block: `Ok(None)` where it cannot (the two launches then run), an error where the kernel does
-    /// not take `shape` or the GPU cannot run it.
+    /// memory of attention's scratch at its most (`most_attention_bytes`, at its most warps) and the
+    /// most tiles of any shape after it (the function is shared by every shape of its defines), and
+    /// checks that the GPU can hold one of its clusters at `max_threads` threads a block: `Ok(None)`
+    /// where it cannot or refuses the attributes (the two launches then run), an error where the
+    /// kernel does not take `shape` or the GPU cannot run it.
     pub fn new(ctx: &CudaContext, shape: AttnOShape, most_attention_bytes: u32, max_threads: u32) -> Result<Option<AttnOKernel>, CudaError> {
         if !shape.takes() || !runs_on(ctx.compute_capability()) {
             return Err(CudaError::Invalid(format!("the attention-with-o kernel does not take {shape:?} on {ctx:?}")));
@@ -120,14 +121,17 @@ impl AttnOKernel {
         let defines = kernels::attn_o_defines(shape.o_type, shape.head_dim, shape.kv_dtype)
             .ok_or_else(|| CudaError::Invalid(format!("no attention-with-o kernel for {shape:?}")))?;
         let function = ctx.function_with(&kernels::MATVEC_MMA, &defines, "attention_o_rope")?;
-        let most_shared_bytes = tiles_offset(most_attention_bytes) + shape.tile_bytes();
-        super::launch::allow_dynamic_shared(&function, "attention_o_rope", most_shared_bytes)?;
         let cluster = shape.cluster();
-        super::launch::allow_cluster(&function, "attention_o_rope", cluster.0 * cluster.1 * cluster.2)?;
-        let cfg = LaunchConfig { grid_dim: cluster, block_dim: (max_threads, 1, 1), shared_mem_bytes: most_shared_bytes };
-        let fits = ctx
-            .max_active_clusters(&function, cfg, cluster)
-            .map_err(|e| CudaError::Driver { op: "cuOccupancyMaxActiveClusters(attention_o_rope)".into(), msg: e.to_string() })?;
+        // A GPU that refuses the shared memory or the cluster's size (sm_90 parts with less shared
+        // memory, or no clusters of 16) keeps the two launches.
+        let allowed = super::launch::allow_dynamic_shared(&function, "attention_o_rope", tiles_offset(most_attention_bytes) + MAX_TILE_BYTES as u32)
+            .and_then(|()| super::launch::allow_cluster(&function, "attention_o_rope", cluster.0 * cluster.1 * cluster.2));
+        if allowed.is_err() {
+            return Ok(None);
+        }
+        let shared_mem_bytes = tiles_offset(most_attention_bytes) + shape.tile_bytes();
+        let cfg = LaunchConfig { grid_dim: cluster, block_dim: (max_threads, 1, 1), shared_mem_bytes };
+        let fits = ctx.max_active_clusters(&function, cfg, cluster).unwrap_or(0);
         Ok((fits > 0).then_some(AttnOKernel { shape, function }))
     }
 
