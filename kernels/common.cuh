@@ -278,6 +278,18 @@ __device__ __forceinline__ void dependent_wait() {
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
 }
+// dependent_wait's two halves, for a kernel that lets the next one start later than its wait (the
+// wait's invariants hold as long as the launch comes after the wait).
+__device__ __forceinline__ void dependent_wait_only() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void dependents_launch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
 
 // Weights asked of L2 ahead of their use: a window of the decode step's weights in the order it
 // reads them (src/backend/cuda/prefetch.rs), `len_bytes` bytes from byte `offset_bytes` of range
