@@ -1559,6 +1559,23 @@ MATVEC_MMA_STREAM_KERNEL(2)
 MATVEC_MMA_STREAM_KERNEL(4)
 #endif  // MMA_STREAM
 
+#if (MMA_FFN || MMA_ATTN_O) && !(defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900)
+// Thread-block clusters (sm_90), for the fused FFN and attention with o: the cluster's barrier, and
+// one staging job's values read from another block's shared memory.
+__device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory"); }
+__device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory"); }
+// The 8 values of a lane's staging job (quantize_job_s8's b0 / b1 order: the float4s at `offset`
+// bytes and 64 bytes further, interleaved) from shared address `local` in block `rank` of the cluster.
+__device__ __forceinline__ void ld_cluster_job(u32 local, u32 rank, u32 offset, float r[8]) {
+    u32 remote;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(rank));
+    float4 a, b;
+    asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];" : "=f"(a.x), "=f"(a.y), "=f"(a.z), "=f"(a.w) : "r"(remote + offset));
+    asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];" : "=f"(b.x), "=f"(b.y), "=f"(b.z), "=f"(b.w) : "r"(remote + 64 + offset));
+    r[0] = a.x, r[1] = b.x, r[2] = a.y, r[3] = b.y, r[4] = a.z, r[5] = b.z, r[6] = a.w, r[7] = b.w;
+}
+#endif
+
 #if MMA_FFN
 // ---- The feed-forward block of one or two rows in one launch: x += down(silu(gate(n)) * up(n)), n = rms_norm(x) ----
 // At one sequence a layer's two FFN launches (gate/up, then ffn_down) are a chain of small steps:
@@ -1616,9 +1633,6 @@ static_assert(FFN_GU_EARLY >= 0 && FFN_GU_EARLY <= FFN_GU_TILES, "gate/up tiles 
 constexpr int FFN_DOWN_TILES = FFN_SLICE / TileD::TILE_COLS;  // ffn_down tiles of a slice, a tile row
 static_assert(FFN_H_PER_RANK == 2 * RP_TILE_ROWS, "a block's h comes from two tile rows each of gate and up");
 static_assert(Tile::S8 && TileD::S8, "the fused FFN runs on the int8 path");
-
-__device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory"); }
-__device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory"); }
 
 // gate/up/down: repacked tiles (gate and up: Tile, n_inter x n_cols; down: TileD, n_cols x
 // n_inter); x: NT residual rows of n_cols floats, which get the block's output added; norm_w and
@@ -1734,13 +1748,8 @@ __device__ __forceinline__ void ffn_mma(const u8* __restrict__ gate, const u8* _
     cluster_arrive();
     cluster_wait();
     if (warp < NT) {
-        const u32 local = (u32)__cvta_generic_to_shared(&h[warp][0]);
-        u32 remote;
-        asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"((u32)g));
-        float4 a, b;
-        asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];" : "=f"(a.x), "=f"(a.y), "=f"(a.z), "=f"(a.w) : "r"(remote + 16 * t));
-        asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];" : "=f"(b.x), "=f"(b.y), "=f"(b.z), "=f"(b.w) : "r"(remote + 64 + 16 * t));
-        float r[8] = {a.x, b.x, a.y, b.y, a.z, b.z, a.w, b.w};
+        float r[8];
+        ld_cluster_job((u32)__cvta_generic_to_shared(&h[warp][0]), (u32)g, 16 * t, r);
         quantize_job_s8<NG, XSTRIDE_D, PARTS, TileD>(r, warp, 0, hq, hsum, hscale);
     }
     // Done with the other blocks' h; each waits for the others to be done with its own before it exits.
@@ -1820,9 +1829,6 @@ constexpr int AO_MAX_RANKS = 16, AO_MAX_COLS = 2048, AO_MAX_JOBS = 32;
 static_assert(Tile::S8, "the attention's output projection runs on the int8 path");
 static_assert(ATTN_HEAD_DIM % 32 == 0, "a staging lane's 32 columns lie in one head");
 
-__device__ __forceinline__ void ao_cluster_arrive() { asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory"); }
-__device__ __forceinline__ void ao_cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory"); }
-
 // The attention arguments as attention_heads_rope_1 takes them (one head a block, no splits); o_tiles:
 // o's repacked tiles (o_rows x n_heads HD); x: the residual rows (o_rows floats a token), which get the
 // projection added. Grid: (tokens, n_kv_heads, n_heads / n_kv_heads), clusters (1, n_kv_heads, n_heads /
@@ -1897,27 +1903,20 @@ __device__ __forceinline__ void attention_o(const float* q, const kv_t* k_cache,
         res0 = xr[g], res1 = xr[g + 8];
     }
     // Every head's output is in its block's shared memory.
-    ao_cluster_arrive();
-    ao_cluster_wait();
+    cluster_arrive();
+    cluster_wait();
     // Stage x (all heads, n_cols columns) as three int8 parts: a 256-column job a warp, lane (g, t)
     // holding columns 32 g + 4t .. and 32 g + 16 + 4t .. of it, from the block of their head.
     const u32 blocks = (n_cols + 255) / 256;
     for (u32 job = warp; job < blocks; job += n_warps) {
         const u32 c = 256 * job + 32 * g + 4 * t;
-        float4 a = make_float4(0.0f, 0.0f, 0.0f, 0.0f), b = a;
-        if (c < n_cols) {
-            const u32 local = (u32)__cvta_generic_to_shared(&head_out[c % HD]);
-            u32 remote;
-            asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(rank_of(c / HD)));
-            asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];" : "=f"(a.x), "=f"(a.y), "=f"(a.z), "=f"(a.w) : "r"(remote));
-            asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];" : "=f"(b.x), "=f"(b.y), "=f"(b.z), "=f"(b.w) : "r"(remote + 64));
-        }
-        float r[8] = {a.x, b.x, a.y, b.y, a.z, b.z, a.w, b.w};
+        float r[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+        if (c < n_cols) ld_cluster_job((u32)__cvta_generic_to_shared(&head_out[c % HD]), rank_of(c / HD), 0, r);
         quantize_job_s8<NG, XSTRIDE_B, PARTS, Tile>(r, 0, (int)job, xq, xsum, xscale);
     }
     // Done with the other blocks' shared memory; each waits for the others before it exits. The
     // tiles' copies done (this thread's, then everyone's at the barrier).
-    ao_cluster_arrive();
+    cluster_arrive();
     asm volatile("cp.async.wait_all;" ::: "memory");
     __syncthreads();
     // This lane's B column: part g of x's one row for g < 3 (see matvec_mma); the other lanes read part
@@ -1954,7 +1953,7 @@ __device__ __forceinline__ void attention_o(const float* q, const kv_t* k_cache,
             xr[g + 8] = (mine ? res1 : xr[g + 8]) + (v1 + 0.0f);
         }
     }
-    ao_cluster_wait();
+    cluster_wait();
 }
 
 extern "C" __global__ void __launch_bounds__(32 * ATTN_MAX_WARPS, 1) attention_o_rope(
