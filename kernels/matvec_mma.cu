@@ -64,14 +64,17 @@
 #endif
 typedef FERRITE_CAT(Rp_, QTYPE) Tile;
 
-// 1: the planned kernel lets the next kernel start (griddepcontrol.launch_dependents) once its
-// products are done instead of right after its wait, so that the next kernel's weight loads before
-// its own wait (the fused FFN's 6 MB after the o projection) overlap only this one's epilogue
-// instead of its staging and products. An experiment, not yet measured: at one sequence the o
-// projection took 5.8 us a layer with the fused FFN after it against 3.3 before (H100, forty-sixth
-// session). -DMMA_TRIGGER_LATE=1 through FERRITE_CUDA_KERNEL_DEFINES.
-#ifndef MMA_TRIGGER_LATE
-#define MMA_TRIGGER_LATE 0
+// When the planned kernel lets the next kernel start (griddepcontrol.launch_dependents): 1 (the
+// default) right after its wait; 2 once its products are done, so that the next kernel's weight
+// loads before its own wait (the fused FFN's 6 MB after the o projection) overlap only this one's
+// epilogue instead of its staging and products; 0 before its wait, so that they overlap the
+// kernel before this one instead (at one sequence: the decode attention, which reads little).
+// The next kernel's wait still waits for this one to complete, so any of the three is correct.
+// Experiments: at one sequence the o projection took 5.8 us a layer with the fused FFN after it
+// against 3.3 before (H100, forty-sixth session). -DMMA_TRIGGER=N through
+// FERRITE_CUDA_KERNEL_DEFINES.
+#ifndef MMA_TRIGGER
+#define MMA_TRIGGER 1
 #endif
 
 // Most warps per block (the host launches 2, 4 or 8).
@@ -975,7 +978,10 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
     // launch reads, a fixed distance further on in the step's order; none unless asked for).
     prefetch_window(ahead);
     // Weights are constant; everything from here on may be the previous kernel's output.
-#if MMA_TRIGGER_LATE
+#if MMA_TRIGGER == 0
+    dependents_launch();
+    dependent_wait_only();
+#elif MMA_TRIGGER == 2
     dependent_wait_only();
 #else
     dependent_wait();
@@ -1077,7 +1083,7 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
         }
     }
 
-#if MMA_TRIGGER_LATE
+#if MMA_TRIGGER == 2
     // The next kernel starts now, its weight loads overlapping this one's epilogue only.
     dependents_launch();
 #endif

@@ -436,12 +436,14 @@ if [ "$what" = pending ]; then
     # Whether the fused FFN's weight loads before its wait slow the o projection before it (5.8 us a
     # layer with it, 3.3 before it was fused): its gate/up tiles loaded partly after its wait
     # (-DFFN_GU_EARLY=N of 4), and the matrix-vector kernels letting the next kernel start after
-    # their products instead of after their wait (-DMMA_TRIGGER_LATE=1); every module compiled
+    # their products (-DMMA_TRIGGER=2) or before their wait (-DMMA_TRIGGER=0) instead of right
+    # after it (1, the default), so that the FFN's loads overlap attention instead; every module compiled
     # again for each. syn05's decode steps at 1 and 2 sequences, two interleaved rounds; then the
     # one-sequence timelines with the FFN fused and not. PENDING_PARTS=guearly.
     ab_step guearly_ab ${AB_S:-300} "all|FERRITE_CUDA_KERNEL_DEFINES=" "three|FERRITE_CUDA_KERNEL_DEFINES=-DFFN_GU_EARLY=3" \
         "two|FERRITE_CUDA_KERNEL_DEFINES=-DFFN_GU_EARLY=2" "none|FERRITE_CUDA_KERNEL_DEFINES=-DFFN_GU_EARLY=0" \
-        "trigger|FERRITE_CUDA_KERNEL_DEFINES=-DMMA_TRIGGER_LATE=1" -- /tmp/synthetic.gguf:1,2
+        "trigger2|FERRITE_CUDA_KERNEL_DEFINES=-DMMA_TRIGGER=2" "trigger0|FERRITE_CUDA_KERNEL_DEFINES=-DMMA_TRIGGER=0" \
+        -- /tmp/synthetic.gguf:1,2
     for v in fused off; do
         FERRITE_CUDA_FFN=$v STEP_TIMEOUT=120 step "timeline_ffn_$v" "$py" benches/profile_cuda_decode.py /tmp/synthetic.gguf --child timeline --batch 1
         cp "$out/timeline_ffn_$v.log" "$dest/timeline_ffn_$v.txt" 2>/dev/null
