@@ -1626,16 +1626,19 @@ constexpr int FFN_PHASE = FFN_MAX_COLS;
 #ifndef FFN_EARLY_DOWN
 #define FFN_EARLY_DOWN 0
 #endif
-// Gate/up tiles a warp loads before the wait (of its FFN_GU_TILES; the rest after it, before x is
-// staged). All by default. An experiment, not yet measured: at one sequence the o projection before
-// this kernel took 5.8 us a layer with it (the step's extension past attention, H100, forty-sixth
-// session) against 3.3 before the FFN was fused (forty-third), and loading ffn_down's tiles after
-// the wait instead of before made the step 2 % shorter: this launch's weight loads may slow the
-// one before it, which runs meanwhile. -DFFN_GU_EARLY=N through FERRITE_CUDA_KERNEL_DEFINES.
+// Gate/up tiles a warp loads before the wait (of its FFN_GU_TILES, capped there; the rest after
+// it, before x is staged): two by default. This launch starts while the o projection before it
+// still runs, and its weight loads slow that one: with all four of Q5_0's early the o projection
+// took 4.95 us a layer at one sequence, with two 4.02 (3.34 with the FFN not fused). The 0.5B
+// shapes' decode step, all / three / two / one / none early: 0.678 / 0.666 / 0.660 / 0.663 / 0.680
+// ms at one sequence, 0.712 / 0.706 / 0.705 / 0.710 / 0.720 at two; the real model's Generator at
+// one sequence 1,460 -> 1,480 tok/s (H100, forty-seventh session, docs/BENCHMARKS.md).
+// -DFFN_GU_EARLY=N through FERRITE_CUDA_KERNEL_DEFINES.
 #ifndef FFN_GU_EARLY
-#define FFN_GU_EARLY FFN_GU_TILES
+#define FFN_GU_EARLY 2
 #endif
-static_assert(FFN_GU_EARLY >= 0 && FFN_GU_EARLY <= FFN_GU_TILES, "gate/up tiles loaded before the wait");
+static_assert(FFN_GU_EARLY >= 0, "gate/up tiles loaded before the wait");
+constexpr int FFN_GU_EARLY_TILES = FFN_GU_EARLY < FFN_GU_TILES ? FFN_GU_EARLY : FFN_GU_TILES;
 constexpr int FFN_DOWN_TILES = FFN_SLICE / TileD::TILE_COLS;  // ffn_down tiles of a slice, a tile row
 static_assert(FFN_H_PER_RANK == 2 * RP_TILE_ROWS, "a block's h comes from two tile rows each of gate and up");
 static_assert(Tile::S8 && TileD::S8, "the fused FFN runs on the int8 path");
@@ -1678,7 +1681,7 @@ __device__ __forceinline__ void ffn_mma(const u8* __restrict__ gate, const u8* _
     const u8* gu_tiles = (wm < 2 ? gate : up) + (u64)gu_row * k_tiles * Tile::TILE_BYTES;
     Tile w[FFN_GU_TILES];
 #pragma unroll
-    for (int i = 0; i < FFN_GU_EARLY; i++) {
+    for (int i = 0; i < FFN_GU_EARLY_TILES; i++) {
         const u32 kt = wk + 2 * i;
         if (kt < k_tiles) w[i].load(gu_tiles + (u64)kt * Tile::TILE_BYTES, lane, false);
     }
@@ -1710,9 +1713,9 @@ __device__ __forceinline__ void ffn_mma(const u8* __restrict__ gate, const u8* _
     __syncthreads();
 
     dependent_wait();
-    // The rest of the gate/up tiles (FFN_GU_EARLY), their latency overlapping the staging of x.
+    // The rest of the gate/up tiles (FFN_GU_EARLY_TILES), their latency overlapping the staging of x.
 #pragma unroll
-    for (int i = FFN_GU_EARLY; i < FFN_GU_TILES; i++) {
+    for (int i = FFN_GU_EARLY_TILES; i < FFN_GU_TILES; i++) {
         const u32 kt = wk + 2 * i;
         if (kt < k_tiles) w[i].load(gu_tiles + (u64)kt * Tile::TILE_BYTES, lane, false);
     }
