@@ -54,7 +54,7 @@ KV_APPEND_KERNEL(kv_append_f16, u16)
         const Splits splits = {n_splits, partials, counters};                                                          \
         attention<ATTN_HEAD_DIM, GROUP, false>(q, k_cache, v_cache, positions, table_offset, block_tables, block_tokens, \
                                                n_heads, n_kv_heads, min(max(slice, 1u), (u32)(GROUP)), scale, out,     \
-                                               out_f16, f16_scale, none, splits, nullptr ATTN_PROBE_ARG);                        \
+                                               out_f16, f16_scale, none, splits ATTN_PROBE_ARG);                        \
     }                                                                                                                  \
     /* attention_heads with rope_store's work (see RopeIn): q and k not rotated yet, for a step of one token per      \
        sequence, their rows q_stride and kv_stride floats apart, biases bq, bk, bv (null: none) still to add.         \
@@ -76,7 +76,7 @@ KV_APPEND_KERNEL(kv_append_f16, u16)
         const Splits splits = {n_splits, partials, counters};                                                          \
         attention<ATTN_HEAD_DIM, GROUP, true>(q, k_cache, v_cache, positions, table_offset, block_tables, block_tokens,  \
                                               n_heads, n_kv_heads, min(max(slice, 1u), (u32)(GROUP)), scale, out,      \
-                                              out_f16, f16_scale, rope, splits, nullptr ATTN_PROBE_ARG);                         \
+                                              out_f16, f16_scale, rope, splits ATTN_PROBE_ARG);                         \
     }
 ATTENTION_KERNELS(, ATTN_GROUP)
 ATTENTION_KERNELS(_1, 1)

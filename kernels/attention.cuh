@@ -1,6 +1,5 @@
-// Decode attention over the paged KV cache (attention.cu's kernels, and matvec_mma.cu's attention
-// with the output projection, -DMMA_ATTN_O=1): the device code both compile. Needs ATTN_HEAD_DIM's
-// kv_t (common.cuh) and nothing else of its includer.
+// Decode attention over the paged KV cache: attention.cu's kernels' device code. Needs
+// ATTN_HEAD_DIM's kv_t (common.cuh) and nothing else of its includer.
 #pragma once
 #include "common.cuh"
 
@@ -168,15 +167,13 @@ struct Splits {
 template <bool ROPE> struct CacheIn { typedef const kv_t* __restrict__ T; };
 template <> struct CacheIn<true> { typedef const kv_t* T; };
 
-// TO_SMEM (matvec_mma.cu's attention with the output projection): the block's output (one head, no
-// splits) goes to smem_out[HD] in shared memory instead of out, visible after the caller's next barrier.
-template <int HD, int G, bool ROPE, bool TO_SMEM = false>
+template <int HD, int G, bool ROPE>
 __device__ __forceinline__ void attention(const float* __restrict__ q, typename CacheIn<ROPE>::T k_cache,
                                           typename CacheIn<ROPE>::T v_cache, const u32* __restrict__ positions,
                                           const u32* __restrict__ table_offset, const u32* __restrict__ block_tables,
                                           u32 block_tokens, u32 n_heads, u32 n_kv_heads, u32 slice, float scale,
                                           float* __restrict__ out, u16* __restrict__ out_f16, float f16_scale,
-                                          const RopeIn& rope, const Splits& splits, float* smem_out ATTN_PROBE_PARAM) {
+                                          const RopeIn& rope, const Splits& splits ATTN_PROBE_PARAM) {
     ATTN_STAMP(0);
     constexpr int PER_LANE = (HD + 31) / 32;  // output dims per lane; lanes past HD hold none
     // Value rows loaded together: ATTN_V_BATCH_FLOATS floats of registers a lane whatever the
@@ -522,10 +519,6 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
             part[2 + dd] = oo;
             continue;
         }
-        if constexpr (TO_SMEM) {
-            smem_out[dd] = oo / ll;
-            continue;
-        }
         const u64 at = (u64)t * q_width + (u64)(h0 + g) * HD + dd;
         // out_f16: the output goes only to cuBLAS's f16 GEMM (attn_output), as it takes it.
         if (out_f16) out_f16[at] = f16_scaled_bits(oo / ll, f16_scale);
@@ -535,7 +528,7 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
     __syncthreads();
     ATTN_STAMP(8);
 #endif
-    if (TO_SMEM || n_splits == 1) return;
+    if (n_splits == 1) return;
 
     // The last split of this (token, KV head, slice) to finish merges them all, in split order.
     __shared__ u32 s_last;

@@ -53,10 +53,6 @@
 #if defined(MMA_EVICT_FIRST) && MMA_EVICT_FIRST
 #define RP_EVICT_FIRST 1
 #endif
-// The attention-with-o module (MMA_ATTN_O) reads its tiles from shared memory (see there).
-#if defined(MMA_ATTN_O) && MMA_ATTN_O
-#define RP_LD_GENERIC 1
-#endif
 #include "repacked.cuh"
 
 #ifndef QTYPE
@@ -1222,7 +1218,7 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
 MATVEC_MMA_PAIR_KERNEL(1)
 MATVEC_MMA_PAIR_KERNEL(2)
 MATVEC_MMA_PAIR_KERNEL(4)
-#elif !MMA_STREAM && !MMA_FFN && !MMA_ATTN_O
+#elif !MMA_STREAM && !MMA_FFN
 MATVEC_MMA_KERNEL(1)
 MATVEC_MMA_KERNEL(2)
 MATVEC_MMA_KERNEL(4)
@@ -1565,9 +1561,9 @@ MATVEC_MMA_STREAM_KERNEL(2)
 MATVEC_MMA_STREAM_KERNEL(4)
 #endif  // MMA_STREAM
 
-#if (MMA_FFN || MMA_ATTN_O) && !(defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900)
-// Thread-block clusters (sm_90), for the fused FFN and attention with o: the cluster's barrier, and
-// one staging job's values read from another block's shared memory.
+#if MMA_FFN && !(defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900)
+// Thread-block clusters (sm_90), for the fused FFN: the cluster's barrier, and one staging job's
+// values read from another block's shared memory.
 __device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory"); }
 __device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory"); }
 // The 8 values of a lane's staging job (quantize_job_s8's b0 / b1 order: the float4s at `offset`
@@ -1804,177 +1800,3 @@ FFN_MMA_KERNEL(1)
 FFN_MMA_KERNEL(2)
 #endif  // sm_90
 #endif  // MMA_FFN
-
-#if MMA_ATTN_O
-// ---- A decode step's attention and its output projection in one launch: x += o(attention(q, K, V)) ----
-// At one or two sequences the o projection of a small model is a launch of its own after attention
-// (H100, forty-third session: 3.3 us a layer of the 0.5B, for 0.55 MB of weights), most of it the
-// hand-over and staging its input. Here the attention blocks of one token, one query head a block
-// (attention.cuh's one-head ROPE variant, without splits), form a cluster: each writes its head's
-// output into its own shared memory, the cluster's blocks each stage all the heads' outputs (x of
-// the projection, n_heads x HD columns) through distributed shared memory, and block h multiplies
-// its share of o's tile rows (rows_per_rank tile rows from h rows_per_rank) by it and adds the result
-// to the residual x: no split sums, no second launch. The block's tiles are copied into its shared
-// memory (cp.async, after attention's scratch) before the wait, so that none of their latency
-// follows the attention. (H100, forty-sixth session: asked of L2 before the wait and loaded into
-// registers after the attention instead, the launch took 11.2 us a layer of the 0.5B shapes where
-// attention and o took 4.9 + 5.8, and the step 0.737 ms against 0.691.)
-// The host takes this kernel (src/backend/cuda/attn_o.rs) where that holds: o of the module's
-// tiled type on the int8 path, n_heads <= AO_MAX_RANKS (the cluster: all query heads of a token),
-// n_heads x HD <= AO_MAX_COLS and a whole number of tiles, HD a multiple of 32, on sm_90 or later.
-// The products are those of the matrix-vector launch (the same tile sums and staging of x); the
-// warps' sums add up in another order, so the bits may differ from its.
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
-// Clusters are sm_90's: before it the module holds no kernel (the host never asks for one there).
-#else
-#ifndef ATTN_HEAD_DIM
-#error "matvec_mma.cu with -DMMA_ATTN_O=1 needs -DATTN_HEAD_DIM=<head dim> (and -DATTN_KV_F16=1 for an f16 cache)"
-#endif
-#include "attention.cuh"
-#if ATTN_PROBE
-#error "the attention-with-o module has no probe build (benches/bench_attention_chain.py probes attention.cu)"
-#endif
-constexpr int AO_MAX_RANKS = 16, AO_MAX_COLS = 2048, AO_MAX_JOBS = 32;
-static_assert(Tile::S8, "the attention's output projection runs on the int8 path");
-static_assert(ATTN_HEAD_DIM % 32 == 0, "a staging lane's 32 columns lie in one head");
-
-// The attention arguments as attention_heads_rope_1 takes them (one head a block, no splits); o_tiles:
-// o's repacked tiles (o_rows x n_heads HD); x: the residual rows (o_rows floats a token), which get the
-// projection added. Grid: (tokens, n_kv_heads, n_heads / n_kv_heads), clusters (1, n_kv_heads, n_heads /
-// n_kv_heads): the host launches it with that cluster shape.
-// The block's share of o: rows_here tile rows of k_tiles tiles from tile row m0, at rank_tiles.
-struct AoGeometry {
-    u32 n_cols, k_tiles, m0, rows_here;
-    const u8* rank_tiles;
-};
-__device__ __forceinline__ AoGeometry ao_geometry(u32 n_heads, u32 n_kv_heads, u32 head_dim, const u8* o_tiles, u32 o_rows) {
-    AoGeometry r;
-    const u32 head = blockIdx.y * (n_heads / n_kv_heads) + blockIdx.z, m_tiles = o_rows / RP_TILE_ROWS;
-    const u32 per_rank = (m_tiles + n_heads - 1) / n_heads;
-    r.n_cols = n_heads * head_dim;
-    r.k_tiles = r.n_cols / Tile::TILE_COLS;
-    r.m0 = head * per_rank;
-    r.rows_here = r.m0 < m_tiles ? min(per_rank, m_tiles - r.m0) : 0u;
-    r.rank_tiles = o_tiles + (u64)r.m0 * r.k_tiles * Tile::TILE_BYTES;
-    return r;
-}
-
-// tiles_offset: where the block's tiles go in dynamic shared memory, past attention's scratch (bytes,
-// a multiple of 16; the launch's dynamic shared memory holds them).
-template <int HD>
-__device__ __forceinline__ void attention_o(const float* q, const kv_t* k_cache, const kv_t* v_cache, const u32* __restrict__ positions,
-                                            const u32* __restrict__ table_offset, const u32* __restrict__ block_tables, u32 block_tokens,
-                                            u32 n_heads, u32 n_kv_heads, float scale, const RopeIn& rope, const u8* __restrict__ o_tiles,
-                                            u32 o_rows, float* __restrict__ x, u32 tiles_offset) {
-    constexpr int NG = 1, PARTS = 3, XSTRIDE_B = AO_MAX_COLS + 32;
-    __shared__ __align__(16) float head_out[HD];
-    __shared__ __align__(16) u8 xq[PARTS * XSTRIDE_B];
-    __shared__ __align__(16) int xsum[AO_MAX_COLS / 32][NG][8];
-    __shared__ __align__(16) float xscale[AO_MAX_COLS / 256][NG][8];
-    __shared__ __align__(16) float red[AO_MAX_JOBS][32][4];
-    extern __shared__ __align__(16) float attn_scratch[];
-    static_assert(xsum_bytes_needed<NG>(AO_MAX_COLS / 256) <= (int)sizeof(xsum), "x's sums as bytes fit the array");
-    u8* const tiles_sh = reinterpret_cast<u8*>(attn_scratch) + tiles_offset;
-
-    // Weights are constant: this block's tiles copied into shared memory now, 16 bytes a copy (tiles
-    // are 16-byte multiples from a 16-byte aligned base). The geometry is computed again after the
-    // attention rather than held through it (its registers are the attention's limit).
-    {
-        const AoGeometry geo = ao_geometry(n_heads, n_kv_heads, HD, o_tiles, o_rows);
-        const u32 n16 = geo.rows_here * geo.k_tiles * (Tile::TILE_BYTES / 16);
-        const u32 dst0 = (u32)__cvta_generic_to_shared(tiles_sh);
-        for (u32 i = threadIdx.x; i < n16; i += blockDim.x) {
-            asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst0 + 16 * i), "l"(geo.rank_tiles + 16 * (u64)i) : "memory");
-        }
-        asm volatile("cp.async.commit_group;" ::: "memory");
-    }
-    // The sums and scales of mma columns no x row fills stay zero (published by attention's barriers).
-    for (int i = threadIdx.x; i < (AO_MAX_COLS / 32) * NG * 8; i += blockDim.x) (&xsum[0][0][0])[i] = 0;
-    for (int i = threadIdx.x; i < (AO_MAX_COLS / 256) * NG * 8; i += blockDim.x) (&xscale[0][0][0])[i] = 0.0f;
-
-    const Splits splits = {1, nullptr, nullptr};
-    attention<HD, 1, true, true>(q, k_cache, v_cache, positions, table_offset, block_tables, block_tokens, n_heads, n_kv_heads, 1,
-                                 scale, nullptr, nullptr, 1.0f, rope, splits, head_out);
-
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5, g = lane >> 2, t = lane & 3;
-    const u32 tok = blockIdx.x, group = n_heads / n_kv_heads;
-    // Head h's block in the cluster (1, n_kv_heads, group): rank y + n_kv_heads z.
-    const auto rank_of = [&](u32 h) { return h / group + n_kv_heads * (h % group); };
-    const AoGeometry geo = ao_geometry(n_heads, n_kv_heads, HD, o_tiles, o_rows);
-    const u32 n_cols = geo.n_cols, k_tiles = geo.k_tiles, m0 = geo.m0, rows_here = geo.rows_here;
-    // Jobs: (tile row m, column tiles wk, wk + WK, ...), one a warp where the warps suffice.
-    const u32 WK = rows_here ? max(1u, min((u32)n_warps / rows_here, (u32)AO_MAX_JOBS / rows_here)) : 1u;
-    const u32 n_jobs = rows_here * WK;
-    // The residual this warp's first tile row adds to, loaded while the cluster meets.
-    float res0 = 0.0f, res1 = 0.0f;
-    if ((u32)warp < rows_here && t == 0) {
-        const float* xr = x + (u64)tok * o_rows + (m0 + warp) * RP_TILE_ROWS;
-        res0 = xr[g], res1 = xr[g + 8];
-    }
-    // Every head's output is in its block's shared memory.
-    cluster_arrive();
-    cluster_wait();
-    // Stage x (all heads, n_cols columns) as three int8 parts: a 256-column job a warp, lane (g, t)
-    // holding columns 32 g + 4t .. and 32 g + 16 + 4t .. of it, from the block of their head.
-    const u32 blocks = (n_cols + 255) / 256;
-    for (u32 job = warp; job < blocks; job += n_warps) {
-        const u32 c = 256 * job + 32 * g + 4 * t;
-        float r[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-        if (c < n_cols) ld_cluster_job((u32)__cvta_generic_to_shared(&head_out[c % HD]), rank_of(c / HD), 0, r);
-        quantize_job_s8<NG, XSTRIDE_B, PARTS, Tile>(r, 0, (int)job, xq, xsum, xscale);
-    }
-    // Done with the other blocks' shared memory; each waits for the others before it exits. The
-    // tiles' copies done (this thread's, then everyone's at the barrier).
-    cluster_arrive();
-    asm volatile("cp.async.wait_all;" ::: "memory");
-    __syncthreads();
-    // This lane's B column: part g of x's one row for g < 3 (see matvec_mma); the other lanes read part
-    // 0, whose products the zero scales of their columns cancel.
-    const int b_off[NG] = {g < PARTS ? g * XSTRIDE_B + 8 * t : 8 * t};
-    for (u32 job = warp; job < n_jobs; job += n_warps) {
-        const u32 m = job % rows_here, wk = job / rows_here;
-        const u8* row_tiles = tiles_sh + (u64)m * k_tiles * Tile::TILE_BYTES;
-        float acc[NG][4] = {{0.0f, 0.0f, 0.0f, 0.0f}};
-        for (u32 kt = wk; kt < k_tiles; kt += WK) {
-            Tile w;
-            w.load(row_tiles + (u64)kt * Tile::TILE_BYTES, lane, false);
-            tile_products_s8_of_type<NG, Tile>(w, xq, xsum, xscale, kt, b_off, t, acc);
-        }
-#pragma unroll
-        for (int i = 0; i < 4; i++) red[job][lane][i] = acc[0][i];
-    }
-    __syncthreads();
-    // A tile row's sums over its column groups, in order, then the residual added (as put does).
-    for (u32 m = warp; m < rows_here; m += n_warps) {
-        float acc[4];
-#pragma unroll
-        for (int i = 0; i < 4; i++) acc[i] = red[m][lane][i];
-        for (u32 wk = 1; wk < WK; wk++) {
-#pragma unroll
-            for (int i = 0; i < 4; i++) acc[i] += red[wk * rows_here + m][lane][i];
-        }
-        float v0, v1;
-        row_sums(acc, t, 0, v0, v1);
-        if (t == 0) {
-            float* xr = x + (u64)tok * o_rows + (m0 + m) * RP_TILE_ROWS;
-            const bool mine = m == (u32)warp;
-            xr[g] = (mine ? res0 : xr[g]) + (v0 + 0.0f);
-            xr[g + 8] = (mine ? res1 : xr[g + 8]) + (v1 + 0.0f);
-        }
-    }
-    cluster_wait();
-}
-
-extern "C" __global__ void __launch_bounds__(32 * ATTN_MAX_WARPS, 1) attention_o_rope(
-    const float* q, const kv_t* k_cache, const kv_t* v_cache, const u32* __restrict__ positions, const u32* __restrict__ table_offset,
-    const u32* __restrict__ block_tables, u32 block_tokens, u32 n_heads, u32 n_kv_heads, float scale, const float* __restrict__ k_new,
-    const float* __restrict__ v_new, const u32* __restrict__ slots, u32 capacity, float freq_base, float rope_scale, u32 neox,
-    u32 q_stride, u32 kv_stride, const float* __restrict__ bq, const float* __restrict__ bk, const float* __restrict__ bv,
-    const u8* __restrict__ o_tiles, u32 o_rows, float* __restrict__ x, u32 tiles_offset) {
-    const RopeIn rope = {k_new, v_new, slots, capacity, const_cast<kv_t*>(k_cache), const_cast<kv_t*>(v_cache),
-                         freq_base, rope_scale, neox, q_stride, kv_stride, bq, bk, bv, {nullptr, 0, 0, 0, 0}};
-    attention_o<ATTN_HEAD_DIM>(q, k_cache, v_cache, positions, table_offset, block_tables, block_tokens, n_heads, n_kv_heads, scale,
-                               rope, o_tiles, o_rows, x, tiles_offset);
-}
-#endif  // sm_90
-#endif  // MMA_ATTN_O

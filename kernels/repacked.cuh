@@ -51,14 +51,6 @@ __device__ __forceinline__ u64 rp_policy() {
 #define RP_LD(TYPE, OUTS, ADDR, POLICY) "ld.global.nc.L1::no_allocate" TYPE " " OUTS ", [" ADDR "];"
 #define RP_POLICY
 #endif
-#if RP_LD_GENERIC
-// Tiles copied into shared memory first (matvec_mma.cu's attention with o): plain loads, which the
-// compiler makes shared-memory loads where it sees the address is one.
-__device__ __forceinline__ uint4 rp_ld16(const u8* p) { return *reinterpret_cast<const uint4*>(p); }
-__device__ __forceinline__ uint2 rp_ld8(const u8* p) { return *reinterpret_cast<const uint2*>(p); }
-__device__ __forceinline__ u32 rp_ld4(const u8* p) { return *reinterpret_cast<const u32*>(p); }
-__device__ __forceinline__ u32 rp_ld2(const u8* p) { return *reinterpret_cast<const unsigned short*>(p); }
-#else
 __device__ __forceinline__ uint4 rp_ld16(const u8* p) {
     uint4 v;
     asm(RP_LD(".v4.u32", "{%0, %1, %2, %3}", "%4", "%5") : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p) RP_POLICY);
@@ -79,7 +71,6 @@ __device__ __forceinline__ u32 rp_ld2(const u8* p) {
     asm(RP_LD(".u16", "%0", "%1", "%2") : "=h"(v) : "l"(p) RP_POLICY);
     return v;
 }
-#endif
 
 // ---- exact conversions ----
 // f16 bits -> float, by the hardware (exact for every finite half, subnormals included).

@@ -46,8 +46,8 @@
 #                from the page cache, reading them ahead off / cuBLAS only / all
 #                (FERRITE_CUDA_READAHEAD), the same with NVRTC compiling, then cached; kv: the f16
 #                KV cache's GPU tests and its decode speed beside float32; sampler: the sampler
-#                tests and bench_cuda_sampler.py; attno: attention and o as one launch, its A/B and
-#                test; guearly: the fused FFN's gate/up tiles partly after its wait; ffn: the FFN block of one or two rows as one
+#                tests and bench_cuda_sampler.py; guearly: the fused FFN's gate/up tiles partly after
+#                its wait; ffn: the FFN block of one or two rows as one
 #                launch, its tests and decode steps fused and not; plans7b: a 7B's q/k/v on other
 #                one-row plans (decode steps); prefetch (the default): weights asked of L2
 #                ahead of their use (decode attention's window, the matrix-vector launches'
@@ -422,15 +422,6 @@ if [ "$what" = pending ]; then
     else
         STEP_TIMEOUT=${CUDA_PYTEST_S:-240} step pytest_ffn "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_model.py -m cuda -k "fused_ffn" --junitxml="$out/junit_ffn.xml"
     fi
-    fi
-    if [[ ,$parts, == *,attno,* ]]; then
-    # A decode step's attention and o projection as one launch (src/backend/cuda/attn_o.rs;
-    # FERRITE_CUDA_ATTN_O=on for one and two rows, one for one row, off by default): syn05's decode
-    # steps at 1 and 2 sequences off, on and one, two interleaved rounds, then the kernel's own test.
-    # PENDING_PARTS=attno.
-    ab_step attno_ab ${AB_S:-300} "off|FERRITE_CUDA_ATTN_O=off" "on|FERRITE_CUDA_ATTN_O=on" "one|FERRITE_CUDA_ATTN_O=one" \
-        -- /tmp/synthetic.gguf:1,2
-    STEP_TIMEOUT=${CUDA_PYTEST_S:-240} step pytest_attno "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_model.py -m cuda -k "attention_with_o" --junitxml="$out/junit_attno.xml"
     fi
     if [[ ,$parts, == *,guearly,* ]]; then
     # Whether the fused FFN's weight loads before its wait slow the o projection before it (5.8 us a

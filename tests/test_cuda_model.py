@@ -818,46 +818,6 @@ def test_gpu_fused_ffn_block_matches_its_two_launches_and_the_reference(tmp_path
             assert decisive_top1(ours.reshape(-1, ours.shape[-1]), want.reshape(-1, want.shape[-1])) == 1.0
 
 
-@pytest.mark.cuda
-@needs_gpu
-@pytest.mark.parametrize(
-    "o_type,hidden,n_heads,kv_dtype",
-    [("Q5_0", 896, 14, "float32"), ("Q8_0", 1024, 16, "float32"), ("Q4_K", 1024, 16, "float32"), ("Q6_K", 1024, 8, "float16")],
-)
-def test_gpu_attention_with_o_matches_its_two_launches_and_the_reference(tmp_path, monkeypatch, o_type, hidden, n_heads, kv_dtype):
-    """With FERRITE_CUDA_ATTN_O=on a decode step of one or two sequences runs each layer's attention
-    and o projection as one launch (src/backend/cuda/attn_o.rs, matvec_mma.cu's attention_o_rope:
-    one query head a block, a token's heads a cluster that exchanges their outputs through
-    distributed shared memory). With the test model's 14 heads of 64 and Q5_0 o, the largest
-    cluster (16 heads) with o of 128-column (Q8_0) and 256-column (Q4_K) tiles, and heads of 128
-    with an f16 cache: a prompt then five decode steps of one sequence, and two sequences decoding
-    together for four. The launches ran (the counter; none with it off), the decode logits are those
-    of the two launches up to float32 rounding (o's sums add up in another order), and within
-    RELATIVE_BOUND of the float64 forward (with an f16 cache: the same top token)."""
-    path = write_block_model(tmp_path / "m.gguf", "Q5_0", hidden=hidden, ffn=1024, n_heads=n_heads, n_kv_heads=2, n_layers=3, context=320,
-                             seed=41, layer_types={"attn_output.weight": o_type})
-    rng = np.random.default_rng(4)
-    # A first prompt of 150 tokens: attention blocks of 8 warps (one a 32 keys), so that 64-dim heads'
-    # 4 tile rows of o a block take two warps each and their sums meet in shared memory; below the
-    # 512 keys past which attention splits (and the kernel is not taken).
-    prompts = [[int(t) for t in rng.integers(0, 260, size=n)] for n in (150, 7)]
-    steps = [int(t) for t in rng.integers(0, 260, size=5)]
-    pair_steps = [[int(t) for t in rng.integers(0, 260, size=2)] for _ in range(4)]
-    got, launches = decode_one_and_two(monkeypatch, path, "FERRITE_CUDA_ATTN_O", ("on", "off"), "attn_o_launches", prompts, steps, pair_steps,
-                                       kv_cache_dtype=kv_dtype, max_tokens=200)
-    # Every layer of each step run directly (recorded graphs' replays are not counted).
-    assert launches["off"] == launches["off", 2] == 0, launches
-    assert launches["on"] >= 3 and launches["on"] % 3 == 0 and launches["on", 2] >= 3 and launches["on", 2] % 3 == 0, launches
-    wants = reference_one_and_two(ReferenceModel(path, kv_dtype=None if kv_dtype == "float32" else kv_dtype), prompts, steps, pair_steps)
-    for (fused, off), want in zip(zip(got["on"], got["off"]), wants):
-        # float32 sums of o's products in another order: 1.3e-6 measured with 128-dim heads.
-        assert relative(fused, off) <= 4e-6, relative(fused, off)
-        for ours in (fused, off):
-            if kv_dtype == "float32":
-                assert relative(ours, want) <= RELATIVE_BOUND, relative(ours, want)
-            assert decisive_top1(ours.reshape(-1, ours.shape[-1]), want.reshape(-1, want.shape[-1])) == 1.0
-
-
 # ---------------------------------------------------------------- the f16 KV cache
 
 

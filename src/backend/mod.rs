@@ -125,7 +125,7 @@ impl KvLayout {
 /// The element type of the KV cache. Attention computes in float32 either way; `F16` rounds each
 /// key and value to IEEE half precision (round to nearest even) as it is stored, which halves the
 /// cache's memory. Values past f16's range become infinite, as in any f16 cache.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum KvDtype {
     #[default]
     F32,
@@ -388,14 +388,6 @@ pub trait Backend: Send + 'static {
     /// `norm_matmuls`), so that a backend running them as one launch can size what that needs.
     fn prepare_group(&mut self, weights: &[&Self::Weight]) -> Result<(), BackendError> {
         let _ = weights;
-        Ok(())
-    }
-
-    /// Told once, at load, of each layer's attention output projection, so that a backend running
-    /// it inside the attention's launch can compile what that needs once it knows the heads (the KV
-    /// cache's layout).
-    fn prepare_attention_output(&mut self, o: &Self::Weight) -> Result<(), BackendError> {
-        let _ = o;
         Ok(())
     }
 

@@ -132,7 +132,6 @@ pub fn load_weights<B: Backend>(
         let lw = &layers[i];
         l.backend.prepare_group(&[&lw.wq, &lw.wk, &lw.wv])?;
         l.backend.prepare_group(&[&lw.ffn_gate, &lw.ffn_up])?;
-        l.backend.prepare_attention_output(&lw.wo)?;
         l.backend.prepare_mlp([&lw.ffn_gate, &lw.ffn_up, &lw.ffn_down])?;
     }
     Ok(Weights { token_embd, layers, output_norm, output })

@@ -449,13 +449,6 @@ pub struct CudaBackend {
     /// FERRITE_CUDA_FFN=off; `ffn_rows`: the most rows that take them (`ffn::max_rows`).
     ffn_kernels: HashMap<super::ffn::FfnShape, super::ffn::FfnKernels>,
     ffn_rows: usize,
-    /// The attention-with-o kernels (attn_o.rs): the model's tiled o projections as (type, rows,
-    /// columns) (`prepare_attention_output`), the kernels of their shapes with the KV cache's heads
-    /// (made with the cache, `alloc_kv_cache`), and the most rows that take them
-    /// (`attn_o::max_rows`, 0: off).
-    attn_o_weights: Vec<(GgmlType, usize, usize)>,
-    attn_o_kernels: HashMap<super::attn_o::AttnOShape, super::attn_o::AttnOKernel>,
-    attn_o_rows: usize,
     /// Where `upload_batch` puts the plan; grows, never shrinks.
     batch_buf: Option<CudaSlice<u32>>,
     /// Bumped when `batch_buf`, `x_f16` or `scratch` is reallocated: recorded graphs hold their
@@ -856,112 +849,6 @@ impl CudaBackend {
         Ok(kv_width)
     }
 
-    /// The attention-with-o kernels of the model's o projections for `layout`'s heads, where the
-    /// kernel takes them on this GPU (attn_o.rs); `try_attention_o` finds no other.
-    fn prepare_attention_o(&mut self, layout: &KvLayout) -> Result<(), BackendError> {
-        use super::attn_o::{AttnOKernel, AttnOShape};
-        if self.attn_o_rows == 0 || !super::attn_o::runs_on(self.ctx.compute_capability()) {
-            return Ok(());
-        }
-        for (ty, rows, cols) in self.attn_o_weights.clone() {
-            let shape = AttnOShape { o_type: ty, head_dim: layout.head_dim, n_heads: layout.n_heads, n_kv_heads: layout.n_kv_heads, o_rows: rows, kv_dtype: layout.dtype };
-            if cols != layout.n_heads * layout.head_dim || !shape.takes() || self.attn_o_kernels.contains_key(&shape) {
-                continue;
-            }
-            let most = kernels::attention_shared_bytes(kernels::ATTENTION_MAX_WARPS, layout.head_dim, 1);
-            if let Some(k) = AttnOKernel::new(&self.ctx, shape, most, 32 * kernels::ATTENTION_MAX_WARPS)? {
-                self.attn_o_kernels.insert(shape, k);
-            }
-        }
-        Ok(())
-    }
-
-    /// `acc += wo · attention(...)` as one launch (attn_o.rs) where this step takes it: a decode
-    /// step of at most `attn_o_rows` sequences whose attention runs one head a block without splits,
-    /// o repacked, its kernel made. `Ok(false)`: not taken, nothing queued.
-    #[allow(clippy::too_many_arguments)]
-    fn try_attention_o(
-        &mut self,
-        q: &CudaAct,
-        k: &CudaAct,
-        v: &CudaAct,
-        cache: &mut CudaKvCache,
-        layer: usize,
-        batch: &CudaBatch,
-        rope: (&RopeParams, &RopeParams),
-        p: &AttnParams,
-        out: &CudaAct,
-        wo: &CudaWeight,
-        n_rows: usize,
-        acc: &mut CudaAct,
-    ) -> Result<bool, BackendError> {
-        let (qp, kp) = rope;
-        let step = self.attn_o_rows > 0
-            && n_rows > 0
-            && n_rows <= self.attn_o_rows
-            && n_rows == batch.n_tokens
-            && batch.one_token_per_seq
-            && self.rope_in_attention
-            && batch.attn_splits == 1
-            && rope_in_one_launch(qp, kp, p)
-            && qp.head_dim % 2 == 0
-            && matches!(wo.layout, super::matvec::Layout::Tiles(_))
-            && super::matmul::tiled_matvec(self, &[wo], n_rows);
-        if !step {
-            return Ok(false);
-        }
-        let shape = super::attn_o::AttnOShape {
-            o_type: wo.ty,
-            head_dim: p.head_dim,
-            n_heads: p.n_heads,
-            n_kv_heads: p.n_kv_heads,
-            o_rows: wo.n_rows,
-            kv_dtype: cache.layout.dtype,
-        };
-        if !self.attn_o_kernels.contains_key(&shape) {
-            return Ok(false);
-        }
-        let (cfg, slice, n_heads, n_kv_heads, scale) = attention_launch(batch, p)?;
-        if slice != 1 {
-            return Ok(false);
-        }
-        self.check_attention(q, k, v, cache, layer, batch, p, out)?;
-        check_width("rope input", q.width, qp.n_heads * qp.head_dim)?;
-        check_width("rope input", k.width, kp.n_heads * kp.head_dim)?;
-        check_width("attn_output input", out.width, wo.n_cols)?;
-        check_width("attn_output output", acc.width, wo.n_rows)?;
-        check_rows("attn_output output", acc, n_rows)?;
-        let (kc, vc) = cache.layer_addrs(layer, &self.ctx);
-        let a = |buf: &CudaSlice<f32>| addr(buf, &self.ctx);
-        let args = super::attn_o::AttentionArgs {
-            q: a(&q.buf),
-            k_cache: kc,
-            v_cache: vc,
-            positions: batch.positions,
-            table_offset: batch.table_offset,
-            block_tables: batch.block_tables,
-            block_tokens: batch.block_tokens,
-            n_heads,
-            n_kv_heads,
-            scale,
-            k_new: a(&k.buf),
-            v_new: a(&v.buf),
-            slots: batch.slots,
-            capacity: to_u32("KV capacity", cache.layout.capacity_tokens())?,
-            freq_base: qp.freq_base,
-            rope_scale: qp.scale,
-            neox: matches!(qp.style, RopeStyle::Neox) as u32,
-            q_stride: to_u32("q width", q.width)?,
-            kv_stride: to_u32("kv width", k.width)?,
-            bq: 0,
-            bk: 0,
-            bv: 0,
-        };
-        let kernel = &self.attn_o_kernels[&shape];
-        kernel.launch(&self.ctx, cfg, &args, addr(&wo.blocks, &self.ctx), addr(&acc.buf, &self.ctx))?;
-        Ok(true)
-    }
-
     /// The attention kernels of `head_dim` (compiled with the KV cache).
     fn attention_kernels(&self, head_dim: usize) -> Result<&AttentionKernels, BackendError> {
         match self.fixed.attention.as_ref() {
@@ -1238,9 +1125,6 @@ impl CudaBackend {
             pair_rows: super::matvec::pair_max_rows(),
             ffn_kernels: HashMap::new(),
             ffn_rows: super::ffn::max_rows()?,
-            attn_o_weights: Vec::new(),
-            attn_o_kernels: HashMap::new(),
-            attn_o_rows: super::attn_o::max_rows()?,
             batch_buf: None,
             batch_generation: 0,
             graphs: HashMap::new(),
@@ -1469,7 +1353,6 @@ impl Backend for CudaBackend {
         self.attn_heads = layout.n_heads;
         self.attn_kv_heads = layout.n_kv_heads;
         self.attn_head_dim = layout.head_dim;
-        self.prepare_attention_o(layout)?;
         Ok(CudaKvCache { layout: *layout, k, v })
     }
 
@@ -1667,16 +1550,6 @@ impl Backend for CudaBackend {
             }
         }
         self.prepare_pair(weights)?;
-        Ok(())
-    }
-
-    fn prepare_attention_output(&mut self, o: &CudaWeight) -> Result<(), BackendError> {
-        // Its kernel is compiled with the KV cache, which says the heads (`alloc_kv_cache`).
-        let tiled = matches!(o.layout, super::matvec::Layout::Tiles(_)) && o.kernels.as_ref().is_some_and(|k| k.tiled.is_some());
-        let key = (o.ty, o.n_rows, o.n_cols);
-        if self.attn_o_rows > 0 && tiled && !self.attn_o_weights.contains(&key) {
-            self.attn_o_weights.push(key);
-        }
         Ok(())
     }
 
@@ -1950,9 +1823,6 @@ impl Backend for CudaBackend {
             && !super::matmul::tiled_matvec(self, &[wo], n_rows)
             && super::matmul::f16_gemm_inputs(self, &[wo], n_rows)?;
         if !to_gemm {
-            if self.try_attention_o(q, k, v, cache, layer, batch, rope, p, out, wo, n_rows, acc)? {
-                return Ok(());
-            }
             self.rope_attention_to(q, k, v, cache, layer, batch, rope, p, out, 0)?;
             return self.matmul_add(wo, out, n_rows, scratch, acc);
         }

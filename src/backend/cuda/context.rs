@@ -273,65 +273,11 @@ impl CudaContext {
     /// # Safety
     /// `params` must match the kernel's parameter list, and the kernel must wait as described.
     pub unsafe fn launch_raw(&self, f: &CudaFunction, cfg: drv::LaunchConfig, params: &mut [*mut std::ffi::c_void]) -> Result<(), drv::DriverError> {
-        self.launch_raw_clustered(f, cfg, None, params)
-    }
-
-    /// [`launch_raw`](Self::launch_raw) with the grid's blocks in clusters of `cluster` blocks
-    /// (x, y, z; dividing the grid) where given, for kernels compiled without `__cluster_dims__`.
-    ///
-    /// # Safety
-    /// As `launch_raw`; the function allows the cluster's size (past 8 blocks, see
-    /// [`allow_cluster`](super::launch::allow_cluster)).
-    pub unsafe fn launch_raw_clustered(
-        &self,
-        f: &CudaFunction,
-        cfg: drv::LaunchConfig,
-        cluster: Option<(u32, u32, u32)>,
-        params: &mut [*mut std::ffi::c_void],
-    ) -> Result<(), drv::DriverError> {
         self.raw.bind_to_thread()?;
-        let mut config = self.launch_config(cfg);
-        let mut attrs: [sys::CUlaunchAttribute; 2] = std::mem::zeroed();
-        let mut n = 0;
-        if self.dependent_launch {
-            attrs[n].id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-            attrs[n].value.programmaticStreamSerializationAllowed = 1;
-            n += 1;
-        }
-        if let Some((x, y, z)) = cluster {
-            attrs[n].id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
-            attrs[n].value.clusterDim.x = x;
-            attrs[n].value.clusterDim.y = y;
-            attrs[n].value.clusterDim.z = z;
-            n += 1;
-        }
-        config.attrs = attrs.as_mut_ptr();
-        config.numAttrs = n as u32;
-        sys::cuLaunchKernelEx(&config, f.cu_function(), params.as_mut_ptr(), std::ptr::null_mut()).result()
-    }
-
-    /// Clusters of `cluster` blocks of launch `cfg` of `f` that the GPU can hold at once
-    /// (cuOccupancyMaxActiveClusters): 0 where such a cluster cannot run at all.
-    pub fn max_active_clusters(&self, f: &CudaFunction, cfg: drv::LaunchConfig, cluster: (u32, u32, u32)) -> Result<u32, drv::DriverError> {
-        self.raw.bind_to_thread()?;
-        let mut config = self.launch_config(cfg);
-        // SAFETY: a zeroed attribute is a valid value of the C union, and config points at it only
-        // for the call.
-        let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
-        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
-        attr.value.clusterDim.x = cluster.0;
-        attr.value.clusterDim.y = cluster.1;
-        attr.value.clusterDim.z = cluster.2;
-        config.attrs = &mut attr;
-        config.numAttrs = 1;
-        let mut n: std::ffi::c_int = 0;
-        // SAFETY: the function and the config are valid for the call.
-        unsafe { sys::cuOccupancyMaxActiveClusters(&mut n, f.cu_function(), &config) }.result()?;
-        Ok(n.max(0) as u32)
-    }
-
-    fn launch_config(&self, cfg: drv::LaunchConfig) -> sys::CUlaunchConfig {
-        sys::CUlaunchConfig {
+        let mut attr: sys::CUlaunchAttribute = std::mem::zeroed();
+        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attr.value.programmaticStreamSerializationAllowed = 1;
+        let config = sys::CUlaunchConfig {
             gridDimX: cfg.grid_dim.0,
             gridDimY: cfg.grid_dim.1,
             gridDimZ: cfg.grid_dim.2,
@@ -340,9 +286,10 @@ impl CudaContext {
             blockDimZ: cfg.block_dim.2,
             sharedMemBytes: cfg.shared_mem_bytes,
             hStream: self.stream.cu_stream(),
-            attrs: std::ptr::null_mut(),
-            numAttrs: 0,
-        }
+            attrs: &mut attr,
+            numAttrs: self.dependent_launch as u32,
+        };
+        sys::cuLaunchKernelEx(&config, f.cu_function(), params.as_mut_ptr(), std::ptr::null_mut()).result()
     }
 
     /// The kernel `function` from `source`, compiling (or loading from the disk cache) the

@@ -98,7 +98,6 @@ pub fn every_module() -> Vec<(&'static KernelSource, Vec<String>)> {
     // The stream kernels, which a model compiles unless `matvec::StreamMode` is off.
     sets.push(GgmlType::ALL.iter().filter_map(|t| stream_defines(*t)).map(|d| (&MATVEC_MMA, d)).collect());
     sets.push(every_ffn_module());
-    sets.push(some_attn_o_modules());
     union_of_modules(sets)
 }
 
@@ -180,26 +179,6 @@ pub fn ffn_defines(gate_up: GgmlType, down: GgmlType) -> Option<Vec<String>> {
 pub fn every_ffn_module() -> Vec<(&'static KernelSource, Vec<String>)> {
     let tiled: Vec<GgmlType> = super::repack::TILE_FORMATS.iter().map(|f| f.ty).collect();
     tiled.iter().flat_map(|a| tiled.iter().filter_map(move |b| ffn_defines(*a, *b))).map(|d| (&MATVEC_MMA, d)).collect()
-}
-
-/// The options that compile matvec_mma.cu's attention with the output projection alone
-/// (`attention_o_rope`, see attn_o.rs) for o of `o_type`, heads of `head_dim` and a cache of
-/// `kv_dtype`, or `None` when o has no tiles or attention no variant for the head dim.
-pub fn attn_o_defines(o_type: GgmlType, head_dim: usize, kv_dtype: KvDtype) -> Option<Vec<String>> {
-    let mut defines = tile_type_defines(o_type)?;
-    defines.push("-DMMA_ATTN_O=1".into());
-    defines.extend(attention_defines(head_dim, kv_dtype)?);
-    Some(defines)
-}
-
-/// Some attention-with-o modules (`attn_o_defines`), for every_kernel_compiles: every tiled type
-/// with 64-dim heads and a float32 cache (the 0.5B's), and Q5_0 with 128-dim heads and an f16 one.
-/// Not every head dim: each module is matvec_mma.cu and attention together, and the kernel is off
-/// by default.
-pub fn some_attn_o_modules() -> Vec<(&'static KernelSource, Vec<String>)> {
-    let mut jobs: Vec<_> = super::repack::TILE_FORMATS.iter().filter_map(|f| attn_o_defines(f.ty, 64, KvDtype::F32)).collect();
-    jobs.extend(attn_o_defines(GgmlType::Q5_0, 128, KvDtype::F16));
-    jobs.into_iter().map(|d| (&MATVEC_MMA, d)).collect()
 }
 
 /// The options that compile attention.cu for `head_dim` and a cache of `kv_dtype`, or `None`

@@ -15,17 +15,6 @@ pub fn allow_dynamic_shared(f: &cudarc::driver::CudaFunction, name: &str, bytes:
         .map_err(|e| CudaError::Driver { op: format!("cuFuncSetAttribute({name}, {bytes} bytes of dynamic shared memory)"), msg: e.to_string() })
 }
 
-/// Lets `f` run in clusters of more than 8 blocks (non-portable sizes: up to 16 on an H100); called
-/// once when the function is loaded.
-pub fn allow_cluster(f: &cudarc::driver::CudaFunction, name: &str, blocks: u32) -> Result<(), CudaError> {
-    use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED;
-    if blocks <= 8 {
-        return Ok(());
-    }
-    f.set_attribute(CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1)
-        .map_err(|e| CudaError::Driver { op: format!("cuFuncSetAttribute({name}, clusters of {blocks} blocks)"), msg: e.to_string() })
-}
-
 /// A value a kernel takes as one argument.
 pub trait KernelArg {
     /// The argument's bytes, zero-extended to 8.
@@ -90,15 +79,3 @@ macro_rules! launch {
     }};
 }
 pub(crate) use launch;
-
-/// [`launch!`] with the grid's blocks in clusters of `$cluster` (x, y, z) blocks.
-macro_rules! launch_clustered {
-    ($ctx:expr, $func:expr, $name:expr, $cfg:expr, $cluster:expr, $($arg:expr),+ $(,)?) => {{
-        let ctx: &$crate::backend::cuda::context::CudaContext = &$ctx;
-        let mut words = [$( $crate::backend::cuda::launch::KernelArg::word(&$arg, ctx) ),+];
-        let mut params = words.each_mut().map(|w| w as *mut u64 as *mut std::ffi::c_void);
-        // SAFETY: as launch!'s; the function was allowed the cluster's size when it was loaded.
-        ctx.check_launch(unsafe { ctx.launch_raw_clustered($func, $cfg, Some($cluster), &mut params) }, $name)
-    }};
-}
-pub(crate) use launch_clustered;

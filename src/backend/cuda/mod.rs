@@ -27,7 +27,6 @@ pub mod device_tensor;
 pub mod kernels;
 pub mod launch;
 pub mod error;
-pub mod attn_o;
 pub mod ffn;
 mod matmul;
 pub use matmul::{test_gemm_f16, test_gemm_f16_norm, NORM_SOURCE_GEMMS, NORM_SOURCE_LAUNCHES, STACKED_GEMMS, SWIGLU_GEMMS};
