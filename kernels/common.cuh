@@ -279,7 +279,10 @@ __device__ __forceinline__ void dependent_wait() {
 #endif
 }
 // dependent_wait's two halves, for a kernel that lets the next one start later than its wait (the
-// wait's invariants hold as long as the launch comes after the wait).
+// wait's invariants hold as long as the launch comes after the wait). matvec_mma.cu's
+// -DMMA_TRIGGER=0 (an experiment, measured slower) launches before the wait instead: then the
+// kernel two back may still run while the next one's blocks start, which is safe only because
+// every kernel reads nothing but constants and data of earlier steps before its own wait.
 __device__ __forceinline__ void dependent_wait_only() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
