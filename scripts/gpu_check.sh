@@ -46,7 +46,7 @@
 #                from the page cache, reading them ahead off / cuBLAS only / all
 #                (FERRITE_CUDA_READAHEAD), the same with NVRTC compiling, then cached; kv: the f16
 #                KV cache's GPU tests and its decode speed beside float32; sampler: the sampler
-#                tests and bench_cuda_sampler.py; guearly: the fused FFN's gate/up tiles partly after
+#                tests and bench_cuda_sampler.py; guearly: the fused FFN's gate/up tiles before and after
 #                its wait; ffn: the FFN block of one or two rows as one
 #                launch, its tests and decode steps fused and not; plans7b: a 7B's q/k/v on other
 #                one-row plans (decode steps); prefetch (the default): weights asked of L2
@@ -424,15 +424,15 @@ if [ "$what" = pending ]; then
     fi
     fi
     if [[ ,$parts, == *,guearly,* ]]; then
-    # Whether the fused FFN's weight loads before its wait slow the o projection before it (5.8 us a
-    # layer with it, 3.3 before it was fused): its gate/up tiles loaded partly after its wait
-    # (-DFFN_GU_EARLY=N of 4), and the matrix-vector kernels letting the next kernel start after
-    # their products (-DMMA_TRIGGER=2) or before their wait (-DMMA_TRIGGER=0) instead of right
-    # after it (1, the default), so that the FFN's loads overlap attention instead; every module compiled
-    # again for each. syn05's decode steps at 1 and 2 sequences, two interleaved rounds; then the
-    # one-sequence timelines with the FFN fused and not. PENDING_PARTS=guearly.
-    ab_step guearly_ab ${AB_S:-300} "all|FERRITE_CUDA_KERNEL_DEFINES=" "three|FERRITE_CUDA_KERNEL_DEFINES=-DFFN_GU_EARLY=3" \
-        "two|FERRITE_CUDA_KERNEL_DEFINES=-DFFN_GU_EARLY=2" "none|FERRITE_CUDA_KERNEL_DEFINES=-DFFN_GU_EARLY=0" \
+    # How many of the fused FFN's gate/up tiles a warp loads before its wait (-DFFN_GU_EARLY=N of
+    # Q5_0's 4; 2 by default since the forty-seventh session: its early loads slow the o projection
+    # before it, which still runs), and when the matrix-vector kernels let the next kernel start:
+    # after their products (-DMMA_TRIGGER=2) or before their wait (-DMMA_TRIGGER=0) instead of
+    # right after it (1, the default); every module compiled again for each. syn05's decode steps
+    # at 1 and 2 sequences, two interleaved rounds; then the one-sequence timelines with the FFN
+    # fused and not. PENDING_PARTS=guearly.
+    ab_step guearly_ab ${AB_S:-300} "two|FERRITE_CUDA_KERNEL_DEFINES=" "four|FERRITE_CUDA_KERNEL_DEFINES=-DFFN_GU_EARLY=4" \
+        "three|FERRITE_CUDA_KERNEL_DEFINES=-DFFN_GU_EARLY=3" "one|FERRITE_CUDA_KERNEL_DEFINES=-DFFN_GU_EARLY=1" \
         "trigger2|FERRITE_CUDA_KERNEL_DEFINES=-DMMA_TRIGGER=2" "trigger0|FERRITE_CUDA_KERNEL_DEFINES=-DMMA_TRIGGER=0" \
         -- /tmp/synthetic.gguf:1,2
     for v in fused off; do
