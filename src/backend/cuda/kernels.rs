@@ -444,8 +444,7 @@ mod tests {
         assert!(MATMUL_MMA.src.contains(&format!("#define MMQ_WARPS {MMQ_WARPS}\n")));
         assert!(MATMUL_MMA.src.contains(&format!("#define MMQ_X_ROWS {MMQ_X_ROWS}\n")));
         assert!(MATMUL_MMA.src.contains(&format!("#define MMQ_PHASE {MMQ_PHASE_COLS}\n")));
-        let attention_cuh = super::super::nvrtc::HEADERS.iter().find(|(n, _)| *n == "attention.cuh").expect("attention.cuh is a header").1;
-        assert!(attention_cuh.contains(&format!("#define ATTN_MAX_WARPS {ATTENTION_MAX_WARPS}")));
+        assert!(ATTENTION.src.contains(&format!("#define ATTN_MAX_WARPS {ATTENTION_MAX_WARPS}")));
         assert!(ATTENTION.src.contains("#define ATTN_GROUP (ATTN_HEAD_DIM <= 128 ? 8 : 1024 / ATTN_HEAD_DIM)"));
         // attention_shared_bytes sizes the `_1` kernels' scratch for one head.
         assert!(ATTENTION.src.contains("ATTENTION_KERNELS(, ATTN_GROUP)\nATTENTION_KERNELS(_1, 1)\n"));

@@ -31,7 +31,6 @@ pub struct KernelSource {
 
 /// Every header a kernel may `#include "name"`. Add new kernels/*.cuh here.
 pub const HEADERS: &[(&str, &str)] = &[
-    ("attention.cuh", include_str!("../../../kernels/attention.cuh")),
     ("common.cuh", include_str!("../../../kernels/common.cuh")),
     ("iq_tables.cuh", include_str!("../../../kernels/iq_tables.cuh")),
     ("quant_blocks.cuh", include_str!("../../../kernels/quant_blocks.cuh")),
