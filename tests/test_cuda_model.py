@@ -754,38 +754,6 @@ def test_gpu_prebuilt_kernels_compile_nothing_and_compute_what_nvrtc_compiles(tm
     assert np.array_equal(on_logits, off_logits)
 
 
-def decode_one_and_two(monkeypatch, path, env, flags, counter, prompts, steps, pair_steps, kv_cache_dtype="float32", max_tokens=40):
-    """For each value of the environment variable ``env`` (read when the model loads): the decode
-    logits of ``prompts[0]`` then ``steps`` one at a time, and of both prompts decoding ``pair_steps``
-    together, with the ``_cuda_counters()[counter]`` launches each part made, as ``got[flag] = (one,
-    two)`` and ``launches[flag]``, ``launches[flag, 2]``. exact_matmul: the prompts too on float32 paths
-    (by default they take the f16 GEMMs, whose rounding the decode steps then attend over)."""
-    got, launches = {}, {}
-    for flag in flags:
-        monkeypatch.setenv(env, flag)
-        before = ferrite._ferrite._cuda_counters()[counter]
-        m = ferrite.Model.load(path, device="cuda", exact_matmul=True, kv_cache_dtype=kv_cache_dtype)
-        s = m.new_sequence(max_tokens=max_tokens)
-        m.forward(prompts[0], seq=s)
-        one = np.concatenate([m.forward([t], seq=s) for t in steps])
-        launches[flag] = ferrite._ferrite._cuda_counters()[counter] - before
-        seqs = [m.new_sequence(max_tokens=max_tokens) for _ in prompts]
-        for q, p in zip(seqs, prompts):
-            m.forward(p, seq=q)
-        two = np.stack([np.concatenate(m.forward_batch([[t] for t in st], seqs=seqs)) for st in pair_steps])
-        launches[flag, 2] = ferrite._ferrite._cuda_counters()[counter] - before - launches[flag]
-        got[flag] = (one, two)
-        del m
-    return got, launches
-
-
-def reference_one_and_two(ref, prompts, steps, pair_steps):
-    """The float64 forward's logits of what decode_one_and_two decodes, in its shapes."""
-    want_one = np.stack([ref.forward(prompts[0] + steps[: i + 1])[-1] for i in range(len(steps))])
-    want_two = np.stack([[ref.forward(p + [st[j] for st in pair_steps[: i + 1]])[-1] for j, p in enumerate(prompts)] for i in range(len(pair_steps))])
-    return want_one, want_two
-
-
 @pytest.mark.cuda
 @needs_gpu
 @pytest.mark.parametrize("gate_type,down_type,hidden,ffn", [("Q5_0", "Q4_K", 896, 4864), ("Q5_0", "Q6_K", 896, 4864), ("Q8_0", "Q5_0", 1024, 768), ("Q4_K", "Q6_K", 1024, 768)])
@@ -806,12 +774,31 @@ def test_gpu_fused_ffn_block_matches_its_two_launches_and_the_reference(tmp_path
     prompts = [[int(t) for t in rng.integers(0, 260, size=n)] for n in (11, 7)]
     steps = [int(t) for t in rng.integers(0, 260, size=5)]
     pair_steps = [[int(t) for t in rng.integers(0, 260, size=2)] for _ in range(4)]
-    got, launches = decode_one_and_two(monkeypatch, path, "FERRITE_CUDA_FFN", ("fused", "off"), "ffn_launches", prompts, steps, pair_steps)
+    got, launches = {}, {}
+    for flag in ("fused", "off"):
+        monkeypatch.setenv("FERRITE_CUDA_FFN", flag)  # read when the model loads
+        before = ferrite._ferrite._cuda_counters()["ffn_launches"]
+        # exact_matmul: the prompts too on float32 paths (by default they take the f16 GEMMs, whose
+        # rounding the decode steps then attend over); a float32 cache likewise.
+        m = ferrite.Model.load(path, device="cuda", exact_matmul=True, kv_cache_dtype="float32")
+        s = m.new_sequence(max_tokens=40)
+        m.forward(prompts[0], seq=s)
+        one = np.concatenate([m.forward([t], seq=s) for t in steps])
+        launches[flag] = ferrite._ferrite._cuda_counters()["ffn_launches"] - before
+        seqs = [m.new_sequence(max_tokens=40) for _ in prompts]
+        for q, p in zip(seqs, prompts):
+            m.forward(p, seq=q)
+        two = np.stack([np.concatenate(m.forward_batch([[t] for t in st], seqs=seqs)) for st in pair_steps])
+        launches[flag, 2] = ferrite._ferrite._cuda_counters()["ffn_launches"] - before - launches[flag]
+        got[flag] = (one, two)
+        del m
     # Every layer of each step run directly (recorded graphs' replays are not counted).
     assert launches["off"] == launches["off", 2] == 0, launches
     assert launches["fused"] >= 3 and launches["fused"] % 3 == 0 and launches["fused", 2] >= 3 and launches["fused", 2] % 3 == 0, launches
-    wants = reference_one_and_two(ReferenceModel(path), prompts, steps, pair_steps)
-    for (fused, off), want in zip(zip(got["fused"], got["off"]), wants):
+    ref = ReferenceModel(path)
+    want_one = np.stack([ref.forward(prompts[0] + steps[: i + 1])[-1] for i in range(len(steps))])
+    want_two = np.stack([[ref.forward(p + [st[j] for st in pair_steps[: i + 1]])[-1] for j, p in enumerate(prompts)] for i in range(len(pair_steps))])
+    for (fused, off), want in zip(zip(got["fused"], got["off"]), (want_one, want_two)):
         assert relative(fused, off) <= 1e-6, relative(fused, off)
         for ours in (fused, off):
             assert relative(ours, want) <= RELATIVE_BOUND, relative(ours, want)
