@@ -278,21 +278,6 @@ __device__ __forceinline__ void dependent_wait() {
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
 }
-// dependent_wait's two halves, for a kernel that lets the next one start later than its wait (the
-// wait's invariants hold as long as the launch comes after the wait). matvec_mma.cu's
-// -DMMA_TRIGGER=0 (an experiment, measured slower) launches before the wait instead: then the
-// kernel two back may still run while the next one's blocks start, which is safe only because
-// every kernel reads nothing but constants and data of earlier steps before its own wait.
-__device__ __forceinline__ void dependent_wait_only() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void dependents_launch() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
 
 // Weights asked of L2 ahead of their use: a window of the decode step's weights in the order it
 // reads them (src/backend/cuda/prefetch.rs), `len_bytes` bytes from byte `offset_bytes` of range

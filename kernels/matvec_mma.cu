@@ -60,19 +60,6 @@
 #endif
 typedef FERRITE_CAT(Rp_, QTYPE) Tile;
 
-// When the planned kernel lets the next kernel start (griddepcontrol.launch_dependents): 1 (the
-// default) right after its wait; 2 once its products are done, so that the next kernel's weight
-// loads before its own wait (the fused FFN's 6 MB after the o projection) overlap only this one's
-// epilogue instead of its staging and products; 0 before its wait, so that they overlap the
-// kernel before this one instead (at one sequence: the decode attention, which reads little).
-// The next kernel's wait still waits for this one to complete, so any of the three is correct.
-// Experiments: at one sequence the o projection took 5.8 us a layer with the fused FFN after it
-// against 3.3 before (H100, forty-sixth session). -DMMA_TRIGGER=N through
-// FERRITE_CUDA_KERNEL_DEFINES.
-#ifndef MMA_TRIGGER
-#define MMA_TRIGGER 1
-#endif
-
 // Most warps per block (the host launches 2, 4 or 8).
 #define MMA_MAX_WARPS 8
 #ifndef MMA_MIN_BLOCKS
@@ -974,14 +961,7 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
     // launch reads, a fixed distance further on in the step's order; none unless asked for).
     prefetch_window(ahead);
     // Weights are constant; everything from here on may be the previous kernel's output.
-#if MMA_TRIGGER == 0
-    dependents_launch();
-    dependent_wait_only();
-#elif MMA_TRIGGER == 2
-    dependent_wait_only();
-#else
     dependent_wait();
-#endif
     // What a one- or two-row projection adds its products to (the residual stream), loaded
     // before the work so that the epilogue does not wait for it. Two rows but for Q6_K
     // (SCALE_CHUNKS 1), whose two-row kernel has no registers to spare (it spilled ten words).
@@ -1079,10 +1059,6 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
         }
     }
 
-#if MMA_TRIGGER == 2
-    // The next kernel starts now, its weight loads overlapping this one's epilogue only.
-    dependents_launch();
-#endif
     // Warps that split the columns of one tile row add their sums in order, through the
     // staging buffer (free now: every warp is past its last phase).
     if (warps_k > 1) {
@@ -1561,23 +1537,6 @@ MATVEC_MMA_STREAM_KERNEL(2)
 MATVEC_MMA_STREAM_KERNEL(4)
 #endif  // MMA_STREAM
 
-#if MMA_FFN && !(defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900)
-// Thread-block clusters (sm_90), for the fused FFN: the cluster's barrier, and one staging job's
-// values read from another block's shared memory.
-__device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory"); }
-__device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory"); }
-// The 8 values of a lane's staging job (quantize_job_s8's b0 / b1 order: the float4s at `offset`
-// bytes and 64 bytes further, interleaved) from shared address `local` in block `rank` of the cluster.
-__device__ __forceinline__ void ld_cluster_job(u32 local, u32 rank, u32 offset, float r[8]) {
-    u32 remote;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(rank));
-    float4 a, b;
-    asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];" : "=f"(a.x), "=f"(a.y), "=f"(a.z), "=f"(a.w) : "r"(remote + offset));
-    asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];" : "=f"(b.x), "=f"(b.y), "=f"(b.z), "=f"(b.w) : "r"(remote + 64 + offset));
-    r[0] = a.x, r[1] = b.x, r[2] = a.y, r[3] = b.y, r[4] = a.z, r[5] = b.z, r[6] = a.w, r[7] = b.w;
-}
-#endif
-
 #if MMA_FFN
 // ---- The feed-forward block of one or two rows in one launch: x += down(silu(gate(n)) * up(n)), n = rms_norm(x) ----
 // At one sequence a layer's two FFN launches (gate/up, then ffn_down) are a chain of small steps:
@@ -1639,6 +1598,19 @@ constexpr int FFN_DOWN_TILES = FFN_SLICE / TileD::TILE_COLS;  // ffn_down tiles 
 static_assert(FFN_H_PER_RANK == 2 * RP_TILE_ROWS, "a block's h comes from two tile rows each of gate and up");
 static_assert(Tile::S8 && TileD::S8, "the fused FFN runs on the int8 path");
 
+__device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory"); }
+__device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory"); }
+// The 8 values of a lane's staging job (quantize_job_s8's b0 / b1 order: the float4s at `offset`
+// bytes and 64 bytes further, interleaved) from shared address `local` in block `rank` of the cluster.
+__device__ __forceinline__ void ld_cluster_job(u32 local, u32 rank, u32 offset, float r[8]) {
+    u32 remote;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(rank));
+    float4 a, b;
+    asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];" : "=f"(a.x), "=f"(a.y), "=f"(a.z), "=f"(a.w) : "r"(remote + offset));
+    asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];" : "=f"(b.x), "=f"(b.y), "=f"(b.z), "=f"(b.w) : "r"(remote + 64 + offset));
+    r[0] = a.x, r[1] = b.x, r[2] = a.y, r[3] = b.y, r[4] = a.z, r[5] = b.z, r[6] = a.w, r[7] = b.w;
+}
+
 // gate/up/down: repacked tiles (gate and up: Tile, n_inter x n_cols; down: TileD, n_cols x
 // n_inter); x: NT residual rows of n_cols floats, which get the block's output added; norm_w and
 // eps: the RMSNorm before gate/up; partials: n_inter / 256 x NT x n_cols floats; counters:
@@ -1676,11 +1648,15 @@ __device__ __forceinline__ void ffn_mma(const u8* __restrict__ gate, const u8* _
     const u32 gu_row = slice * (FFN_SLICE / RP_TILE_ROWS) + rank * 2 + (wm & 1u);
     const u8* gu_tiles = (wm < 2 ? gate : up) + (u64)gu_row * k_tiles * Tile::TILE_BYTES;
     Tile w[FFN_GU_TILES];
+    // This warp's gate/up tiles [from, to): columns wk, wk + 2, ...
+    const auto load_gu = [&](int from, int to) {
 #pragma unroll
-    for (int i = 0; i < FFN_GU_EARLY_TILES; i++) {
-        const u32 kt = wk + 2 * i;
-        if (kt < k_tiles) w[i].load(gu_tiles + (u64)kt * Tile::TILE_BYTES, lane, false);
-    }
+        for (int i = from; i < to; i++) {
+            const u32 kt = wk + 2 * i;
+            if (kt < k_tiles) w[i].load(gu_tiles + (u64)kt * Tile::TILE_BYTES, lane, false);
+        }
+    };
+    load_gu(0, FFN_GU_EARLY_TILES);
     // This warp's ffn_down tile row (if any) and the slice's tiles in it.
     const u32 md = rank * down_tile_rows + (u32)warp;
     const bool down_warp = (u32)warp < down_tile_rows && md < md_tiles;
@@ -1710,11 +1686,7 @@ __device__ __forceinline__ void ffn_mma(const u8* __restrict__ gate, const u8* _
 
     dependent_wait();
     // The rest of the gate/up tiles (FFN_GU_EARLY_TILES), their latency overlapping the staging of x.
-#pragma unroll
-    for (int i = FFN_GU_EARLY_TILES; i < FFN_GU_TILES; i++) {
-        const u32 kt = wk + 2 * i;
-        if (kt < k_tiles) w[i].load(gu_tiles + (u64)kt * Tile::TILE_BYTES, lane, false);
-    }
+    load_gu(FFN_GU_EARLY_TILES, FFN_GU_TILES);
     stage_x_s8_normed<NT, NG, XSTRIDE_B, PARTS, EARLY_NORM_W, Tile>(x, norm_w, early_w, eps, NT, n_cols, len, xq, xsum, xscale, inv_rms);
     __syncthreads();
     float acc[NG][4] = {{0.0f, 0.0f, 0.0f, 0.0f}};

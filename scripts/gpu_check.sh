@@ -426,14 +426,11 @@ if [ "$what" = pending ]; then
     if [[ ,$parts, == *,guearly,* ]]; then
     # How many of the fused FFN's gate/up tiles a warp loads before its wait (-DFFN_GU_EARLY=N of
     # Q5_0's 4; 2 by default since the forty-seventh session: its early loads slow the o projection
-    # before it, which still runs), and when the matrix-vector kernels let the next kernel start:
-    # after their products (-DMMA_TRIGGER=2) or before their wait (-DMMA_TRIGGER=0) instead of
-    # right after it (1, the default); every module compiled again for each. syn05's decode steps
-    # at 1 and 2 sequences, two interleaved rounds; then the one-sequence timelines with the FFN
-    # fused and not. PENDING_PARTS=guearly.
+    # before it, which still runs); every module compiled again for each. syn05's decode steps at 1
+    # and 2 sequences, two interleaved rounds; then the one-sequence timelines with the FFN fused
+    # and not. PENDING_PARTS=guearly.
     ab_step guearly_ab ${AB_S:-300} "two|FERRITE_CUDA_KERNEL_DEFINES=" "four|FERRITE_CUDA_KERNEL_DEFINES=-DFFN_GU_EARLY=4" \
         "three|FERRITE_CUDA_KERNEL_DEFINES=-DFFN_GU_EARLY=3" "one|FERRITE_CUDA_KERNEL_DEFINES=-DFFN_GU_EARLY=1" \
-        "trigger2|FERRITE_CUDA_KERNEL_DEFINES=-DMMA_TRIGGER=2" "trigger0|FERRITE_CUDA_KERNEL_DEFINES=-DMMA_TRIGGER=0" \
         -- /tmp/synthetic.gguf:1,2
     for v in fused off; do
         FERRITE_CUDA_FFN=$v STEP_TIMEOUT=120 step "timeline_ffn_$v" "$py" benches/profile_cuda_decode.py /tmp/synthetic.gguf --child timeline --batch 1
