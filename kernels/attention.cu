@@ -47,6 +47,17 @@ __device__ __forceinline__ float4 add4(float4 a, float4 b) {
 #define ATTN_L2_PREFETCH 1
 #endif
 
+// 1: a chunk's value rows stay as loaded (f16 bits or floats) until its products use them, where
+// they are widened and the new token's row is taken from shared memory. Done where they were
+// loaded, the widening (and the new token's replacement, a shared-memory load into the register
+// the global load was still filling) waited for the loads, so every value batch's round trip came
+// before the chunk's scores instead of beside them (the SASS of the default build, sm_90).
+// 2: also the next batch's loads go out before a batch's products, in two batches' registers.
+// The same floats in the same order either way.
+#ifndef ATTN_V_LATE
+#define ATTN_V_LATE 0
+#endif
+
 #ifndef ATTN_V_BATCH_FLOATS
 #define ATTN_V_BATCH_FLOATS 32
 #endif
@@ -423,6 +434,28 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
         // Values V_BATCH keys at a time, all their loads issued before the first is used; the
         // first batch goes out before the keys' scores are computed, so its latency overlaps
         // theirs (a short context's attention is a chain of memory round trips).
+#if ATTN_V_LATE
+        // As stored, widened and the new token's replaced where the products use them (see
+        // ATTN_V_LATE); with 2, two batches' registers, the next one's loads out before this one's
+        // products.
+        kv_t vr[ATTN_V_LATE >= 2 ? 2 : 1][V_BATCH][PER_LANE];
+        auto load_raw = [&](u32 jb, kv_t(&dst)[V_BATCH][PER_LANE]) {
+#pragma unroll
+            for (int u = 0; u < V_BATCH; u++) {
+                // Keys past the chunk's end read key jb's row (valid); their weights are 0.
+                const u32 jj = jb + u < n_valid ? jb + u : jb;
+                if (pre && jb == 0 && u < V_PRE) {
+#pragma unroll
+                    for (int i = 0; i < PER_LANE; i++) dst[u][i] = v_pre[u < V_PRE ? u : 0][i];
+                } else {
+                    const kv_t* vp = vc + (u64)chunk_slot[warp][jj] * kv_width;
+#pragma unroll
+                    for (int i = 0; i < PER_LANE; i++) dst[u][i] = (HD % 32 == 0 || lane + 32 * i < HD) ? vp[lane + 32 * i] : kv_t(0);
+                }
+            }
+        };
+        load_raw(0, vr[0]);
+#else
         float vv[V_BATCH][PER_LANE];
         auto load_values = [&](u32 jb) {
 #pragma unroll
@@ -447,6 +480,7 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
             }
         };
         load_values(0);
+#endif
         const kv_t* kp = kc + (u64)slot * kv_width;
         float d[G];
 #pragma unroll
@@ -486,6 +520,44 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
 #if ATTN_PROBE
         if (j0 == j0_first) ATTN_STAMP(10);  // scores and softmax weights
 #endif
+#if ATTN_V_LATE
+        // A batch's products in key order, each value widened (and the new token's taken from
+        // shared memory) here, where it is used: the same floats in the same order as below.
+        const auto products = [&](u32 jb, const kv_t(&src)[V_BATCH][PER_LANE]) {
+#pragma unroll
+            for (int u = 0; u < V_BATCH; u++) {
+                if (jb + u >= n_valid) break;
+                // Warp-uniform: the same key in every lane.
+                const bool is_new = ROPE && j0 + jb + u == last;
+                float vx[PER_LANE];
+#pragma unroll
+                for (int i = 0; i < PER_LANE; i++)
+                    vx[i] = is_new ? ((HD % 32 == 0 || lane + 32 * i < HD) ? v_new[lane + 32 * i] : 0.0f) : kv_widen(src[u][i]);
+#pragma unroll
+                for (int g = 0; g < G; g++) {
+                    if (g >= n_here) break;
+                    const float pj = chunk_p[warp][g][jb + u];
+#pragma unroll
+                    for (int i = 0; i < PER_LANE; i++) o[g][i] = fmaf(pj, vx[i], o[g][i]);
+                }
+            }
+        };
+#if ATTN_V_LATE >= 2
+        constexpr int N_VB = (32 + V_BATCH - 1) / V_BATCH;  // batches a chunk
+#pragma unroll
+        for (int b = 0; b < N_VB; b++) {
+            const u32 jb = b * V_BATCH;
+            if (jb >= n_valid) break;
+            if (b + 1 < N_VB && jb + V_BATCH < n_valid) load_raw(jb + V_BATCH, vr[(b + 1) & 1]);
+            products(jb, vr[b & 1]);
+        }
+#else
+        for (u32 jb = 0; jb < n_valid; jb += V_BATCH) {
+            if (jb > 0) load_raw(jb, vr[0]);
+            products(jb, vr[0]);
+        }
+#endif
+#else
         for (u32 jb = 0; jb < n_valid; jb += V_BATCH) {
             if (jb > 0) load_values(jb);
 #pragma unroll
@@ -500,6 +572,7 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
                 }
             }
         }
+#endif
         __syncwarp();  // the next chunk overwrites this warp's weights and slots
 #if ATTN_PROBE
         if (j0 == j0_first) ATTN_STAMP(11);  // values
