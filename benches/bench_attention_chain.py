@@ -1,5 +1,5 @@
 """Where a one-sequence decode step's attention launch spends its time: kernels/attention.cu's
-`attention_heads_rope_1` (one query head a block, RoPE and the KV write inside, float32 or f16 cache, the
+`attention_heads_rope_1` / `_1w8` (one query head a block, RoPE and the KV write inside, float32 or f16 cache, the
 0.5B model's 14 heads over 2 KV heads of 64 dims), timed in a chain as the decode step runs it.
 
 A decode step's attention follows the layer's q/k/v projection, launched with programmatic
@@ -21,7 +21,7 @@ from L2, reducing it and writing the q/k/v row the attention reads). It prints, 
 Needs only the CUDA driver and NVRTC (scripts/nvrtc_cubin.py); no ferrite code.
 
     python benches/bench_attention_chain.py [--ctx 160,512] [--variants ",-DATTN_PRELOAD=0"]
-        [--pairs 48] [--reps 30] [--producer-kb 10]
+        [--pairs 48] [--reps 30] [--producer-kb 10] [--kernel auto|16]
 """
 
 from __future__ import annotations
@@ -103,6 +103,8 @@ def main() -> None:
                     "own 4.5 us a launch at one sequence is about the producer's 2.4 with 1,500 more)")
     ap.add_argument("--producer-kb", type=int, default=10, help="weights a producer block loads before its wait (KB; q/k/v's 0.7 MB over 72 blocks: 10)")
     ap.add_argument("--kv", default="f32,f16", help="cache element types (f32: the default cache, f16: kv_cache_dtype='float16')")
+    ap.add_argument("--kernel", choices=["auto", "16"], default="auto", help="auto: the kernel the backend takes for the context "
+                    "(attention_heads_rope_1w8 for up to 8 warps, else attention_heads_rope_1); 16: attention_heads_rope_1 always")
     ap.add_argument("--compile-only", action="store_true")
     args = ap.parse_args()
     variants = [v.split() for v in args.variants.split(",")]
@@ -153,7 +155,7 @@ def main() -> None:
     probe_attn = cu.alloc(args.pairs * n_attn_blocks * 32 * 8)
     probe_prod = cu.alloc(args.pairs * PRODUCER_BLOCKS * 8)
 
-    print(f"# {cu.name}, SM clock {rate_khz.value / 1e3:.0f} MHz (max); attention_heads_rope_1, grid {grid}, "
+    print(f"# {cu.name}, SM clock {rate_khz.value / 1e3:.0f} MHz (max); grid {grid}, "
           f"{BLOCK_TOKENS}-token blocks; producer {PRODUCER_BLOCKS} blocks x {w4 * 16 * PRODUCER_THREADS // 1024} KB of weights; "
           f"{args.pairs} pairs a graph, median of {args.reps} replays")
     for kv, ctx, spin in [(kv, int(c), int(sp)) for kv in kvs for c in args.ctx.split(",") for sp in args.producer_spin_ns.split(",")]:
@@ -163,12 +165,13 @@ def main() -> None:
         cu.copy_to(positions, struct.pack("<I", pos))
         cu.copy_to(slots, struct.pack("<I", table[pos // BLOCK_TOKENS] * BLOCK_TOKENS + pos % BLOCK_TOKENS))
         smem = 4 * warps * max(HEAD_DIM, 32 + 32)
-        print(f"\n## {kv} cache, {ctx} keys, {warps} warps a block, producer +{spin} ns\n")
+        kernel = "attention_heads_rope_1w8" if args.kernel == "auto" and warps <= 8 else "attention_heads_rope_1"
+        print(f"\n## {kv} cache, {ctx} keys, {warps} warps a block ({kernel}), producer +{spin} ns\n")
         print("| variant | us a pair | producer alone (us) | attention's share (us) | " + " | ".join(POINTS) + " |")
         print("| --- " * (4 + len(POINTS)) + "|")
         cyc, cyc_inner = [], []
         for v in variants:
-            fns = {probe: cu.functions(cubins[(kv, tuple(v), probe)], ["attention_heads_rope_1"])["attention_heads_rope_1"] for probe in (False, True)}
+            fns = {probe: cu.functions(cubins[(kv, tuple(v), probe)], [kernel])[kernel] for probe in (False, True)}
 
             def params(probe_at: int | None) -> list:
                 p = [C.c_uint64(qkv), C.c_uint64(k_cache), C.c_uint64(v_cache), C.c_uint64(positions), C.c_uint64(offsets),

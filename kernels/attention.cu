@@ -47,15 +47,24 @@ __device__ __forceinline__ float4 add4(float4 a, float4 b) {
 #define ATTN_L2_PREFETCH 1
 #endif
 
-// 1: a chunk's value rows stay as loaded (f16 bits or floats) until its products use them, where
-// they are widened and the new token's row is taken from shared memory. Done where they were
-// loaded, the widening (and the new token's replacement, a shared-memory load into the register
-// the global load was still filling) waited for the loads, so every value batch's round trip came
-// before the chunk's scores instead of beside them (the SASS of the default build, sm_90).
-// 2: also the next batch's loads go out before a batch's products, in two batches' registers.
-// The same floats in the same order either way.
-#ifndef ATTN_V_LATE
-#define ATTN_V_LATE 0
+// The one-head decode kernel for blocks of at most 8 warps (attention_heads_rope_1w8: a context of
+// up to 256 keys a split), whose launch bound leaves it 255 registers a thread where 16 warps leave
+// 128: it takes a chunk's value rows in one batch (ATTN_W8_V_FLOATS floats a lane), loads them all
+// before its wait with the keys (ATTN_W8_PRELOAD_VALUE_FLOATS), and keeps them as loaded until the
+// products use them, where they are widened; the new token's row (the chunk's last key, from
+// shared memory) is multiplied after them instead of replacing its row as the batch loads.
+// Replacing it there (a shared-memory load into the register the global load was still filling)
+// and widening there waited for the loads, so a value batch's round trip came before the chunk's
+// scores (the 16-warp kernel's SASS, sm_90); with 128 registers, holding a chunk's values through
+// the scores spilled. The same floats in the same order as the 16-warp kernel. H100, 2026-12-07,
+// syn05 (docs/BENCHMARKS.md, forty-eighth session): the attention launch 4.25 -> 3.54 us in the chain
+// probe at 160 keys, 4.65 -> 3.96 at 256.
+#define ATTN_W8_WARPS 8
+#ifndef ATTN_W8_V_FLOATS
+#define ATTN_W8_V_FLOATS 64
+#endif
+#ifndef ATTN_W8_PRELOAD_VALUE_FLOATS
+#define ATTN_W8_PRELOAD_VALUE_FLOATS 64
 #endif
 
 #ifndef ATTN_V_BATCH_FLOATS
@@ -204,7 +213,7 @@ struct Splits {
 template <bool ROPE> struct CacheIn { typedef const kv_t* __restrict__ T; };
 template <> struct CacheIn<true> { typedef const kv_t* T; };
 
-template <int HD, int G, bool ROPE>
+template <int HD, int G, bool ROPE, bool W8 = false>
 __device__ __forceinline__ void attention(const float* __restrict__ q, typename CacheIn<ROPE>::T k_cache,
                                           typename CacheIn<ROPE>::T v_cache, const u32* __restrict__ positions,
                                           const u32* __restrict__ table_offset, const u32* __restrict__ block_tables,
@@ -216,7 +225,10 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
     // Value rows loaded together: ATTN_V_BATCH_FLOATS floats of registers a lane whatever the
     // head dim (64: a chunk's 32 rows at once for head dims up to 64, one round trip to memory
     // fewer after the softmax).
-    constexpr int V_BATCH = ATTN_V_BATCH_FLOATS / PER_LANE;
+    // W8 (attention_heads_rope_1w8, see ATTN_W8_WARPS): a chunk's 32 rows for head dims up to 64.
+    constexpr int V_BATCH_FLOATS = W8 ? ATTN_W8_V_FLOATS : ATTN_V_BATCH_FLOATS;
+    constexpr int V_BATCH = V_BATCH_FLOATS / PER_LANE < 32 ? V_BATCH_FLOATS / PER_LANE : 32;
+    static_assert(V_BATCH >= 1, "value rows a batch");
     // The chunk's softmax weights and slots while the warps run, their partial outputs after (a
     // __syncthreads separates the two uses): dynamic shared memory, sized for the launch's warps
     // (attention_shared_bytes in kernels.rs; 64 KB for 16 warps of 8 heads of 128 dims).
@@ -255,7 +267,8 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
     // PRELOAD: the warp's first chunk (keys j0_first ..), its lane's key row as stored and the
     // first V_PRE value rows, loaded before the wait.
     constexpr bool PRELOAD = ROPE && ATTN_PRELOAD && G == 1 && HD <= ATTN_PRELOAD_MAX_HD;
-    constexpr int V_PRE = PRELOAD ? (ATTN_PRELOAD_VALUE_FLOATS / PER_LANE < V_BATCH ? ATTN_PRELOAD_VALUE_FLOATS / PER_LANE : V_BATCH) : 0;
+    constexpr int V_PRE_FLOATS = W8 ? ATTN_W8_PRELOAD_VALUE_FLOATS : ATTN_PRELOAD_VALUE_FLOATS;
+    constexpr int V_PRE = PRELOAD ? (V_PRE_FLOATS / PER_LANE < V_BATCH ? V_PRE_FLOATS / PER_LANE : V_BATCH) : 0;
     // Float4s of the key row preloaded, of its HD / 4.
     constexpr int K_PRE_F4 = !PRELOAD ? 1 : HD / 4 < ATTN_PRELOAD_KEY_FLOATS / 4 ? HD / 4 : ATTN_PRELOAD_KEY_FLOATS / 4;
     const u32 j0_first = j_begin + warp * 32;
@@ -434,11 +447,8 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
         // Values V_BATCH keys at a time, all their loads issued before the first is used; the
         // first batch goes out before the keys' scores are computed, so its latency overlaps
         // theirs (a short context's attention is a chain of memory round trips).
-#if ATTN_V_LATE
-        // As stored, widened and the new token's replaced where the products use them (see
-        // ATTN_V_LATE); with 2, two batches' registers, the next one's loads out before this one's
-        // products.
-        kv_t vr[ATTN_V_LATE >= 2 ? 2 : 1][V_BATCH][PER_LANE];
+        // W8: as stored, widened where the products use them (see ATTN_W8_WARPS).
+        kv_t vr[V_BATCH][PER_LANE];
         auto load_raw = [&](u32 jb, kv_t(&dst)[V_BATCH][PER_LANE]) {
 #pragma unroll
             for (int u = 0; u < V_BATCH; u++) {
@@ -454,8 +464,6 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
                 }
             }
         };
-        load_raw(0, vr[0]);
-#else
         float vv[V_BATCH][PER_LANE];
         auto load_values = [&](u32 jb) {
 #pragma unroll
@@ -479,8 +487,8 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
                 }
             }
         };
-        load_values(0);
-#endif
+        if constexpr (W8) load_raw(0, vr);
+        else load_values(0);
         const kv_t* kp = kc + (u64)slot * kv_width;
         float d[G];
 #pragma unroll
@@ -520,44 +528,37 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
 #if ATTN_PROBE
         if (j0 == j0_first) ATTN_STAMP(10);  // scores and softmax weights
 #endif
-#if ATTN_V_LATE
-        // A batch's products in key order, each value widened (and the new token's taken from
-        // shared memory) here, where it is used: the same floats in the same order as below.
-        const auto products = [&](u32 jb, const kv_t(&src)[V_BATCH][PER_LANE]) {
+        if constexpr (W8) {
+        // The new token's value (in shared memory) is the chunk's last key when the chunk holds
+        // it (last = j_end - 1), so the loads' rows are used as loaded and its product comes
+        // after theirs: the same floats in the same order as the other kernels'.
+        const bool has_new = ROPE && j0 + n_valid - 1 == last;  // warp-uniform
+        const u32 n_old = has_new ? n_valid - 1 : n_valid;
+        for (u32 jb = 0; jb < n_old; jb += V_BATCH) {
+            if (jb > 0) load_raw(jb, vr);
 #pragma unroll
             for (int u = 0; u < V_BATCH; u++) {
-                if (jb + u >= n_valid) break;
-                // Warp-uniform: the same key in every lane.
-                const bool is_new = ROPE && j0 + jb + u == last;
-                float vx[PER_LANE];
-#pragma unroll
-                for (int i = 0; i < PER_LANE; i++)
-                    vx[i] = is_new ? ((HD % 32 == 0 || lane + 32 * i < HD) ? v_new[lane + 32 * i] : 0.0f) : kv_widen(src[u][i]);
+                if (jb + u >= n_old) break;
 #pragma unroll
                 for (int g = 0; g < G; g++) {
                     if (g >= n_here) break;
                     const float pj = chunk_p[warp][g][jb + u];
 #pragma unroll
-                    for (int i = 0; i < PER_LANE; i++) o[g][i] = fmaf(pj, vx[i], o[g][i]);
+                    for (int i = 0; i < PER_LANE; i++) o[g][i] = fmaf(pj, kv_widen(vr[u][i]), o[g][i]);
                 }
             }
-        };
-#if ATTN_V_LATE >= 2
-        constexpr int N_VB = (32 + V_BATCH - 1) / V_BATCH;  // batches a chunk
+        }
+        if (has_new) {
 #pragma unroll
-        for (int b = 0; b < N_VB; b++) {
-            const u32 jb = b * V_BATCH;
-            if (jb >= n_valid) break;
-            if (b + 1 < N_VB && jb + V_BATCH < n_valid) load_raw(jb + V_BATCH, vr[(b + 1) & 1]);
-            products(jb, vr[b & 1]);
+            for (int g = 0; g < G; g++) {
+                if (g >= n_here) break;
+                const float pj = chunk_p[warp][g][n_valid - 1];
+#pragma unroll
+                for (int i = 0; i < PER_LANE; i++)
+                    o[g][i] = fmaf(pj, (HD % 32 == 0 || lane + 32 * i < HD) ? v_new[lane + 32 * i] : 0.0f, o[g][i]);
+            }
         }
-#else
-        for (u32 jb = 0; jb < n_valid; jb += V_BATCH) {
-            if (jb > 0) load_raw(jb, vr[0]);
-            products(jb, vr[0]);
-        }
-#endif
-#else
+        } else {
         for (u32 jb = 0; jb < n_valid; jb += V_BATCH) {
             if (jb > 0) load_values(jb);
 #pragma unroll
@@ -572,7 +573,7 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
                 }
             }
         }
-#endif
+        }
         __syncwarp();  // the next chunk overwrites this warp's weights and slots
 #if ATTN_PROBE
         if (j0 == j0_first) ATTN_STAMP(11);  // values
@@ -668,8 +669,9 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
 #define ATTN_GROUP (ATTN_HEAD_DIM <= 128 ? 8 : 1024 / ATTN_HEAD_DIM)
 // The kernels for blocks of up to ATTN_GROUP heads (SUFFIX empty) and of one head (_1: few
 // rows take one head a block, see attention_slice in backend.rs, and without the other heads'
-// registers that kernel holds more blocks an SM).
-#define ATTENTION_KERNELS(SUFFIX, GROUP)                                                                                 \
+// registers that kernel holds more blocks an SM); a decode step's one-head blocks of at most 8
+// warps take _1w8 (see ATTN_W8_WARPS).
+#define ATTENTION_KERNEL(SUFFIX, GROUP)                                                                                 \
     extern "C" __global__ void __launch_bounds__(32 * ATTN_MAX_WARPS, 1) attention_heads##SUFFIX(                         \
         const float* __restrict__ q, const kv_t* __restrict__ k_cache, const kv_t* __restrict__ v_cache,                \
         const u32* __restrict__ positions, const u32* __restrict__ table_offset, const u32* __restrict__ block_tables,  \
@@ -682,12 +684,13 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
         attention<ATTN_HEAD_DIM, GROUP, false>(q, k_cache, v_cache, positions, table_offset, block_tables, block_tokens, \
                                                n_heads, n_kv_heads, min(max(slice, 1u), (u32)(GROUP)), scale, out,     \
                                                out_f16, f16_scale, none, splits ATTN_PROBE_ARG);                        \
-    }                                                                                                                  \
-    /* attention_heads with rope_store's work (see RopeIn): q and k not rotated yet, for a step of one token per      \
-       sequence, their rows q_stride and kv_stride floats apart, biases bq, bk, bv (null: none) still to add.         \
-       k_cache and v_cache are also written (through rope.k_cache / v_cache). pf_*: the window of weights the step \
-       reads next, asked of L2 before the wait (prefetch_window). */                                                   \
-    extern "C" __global__ void __launch_bounds__(32 * ATTN_MAX_WARPS, 1) attention_heads_rope##SUFFIX(                    \
+    }
+// attention_heads with rope_store's work (see RopeIn): q and k not rotated yet, for a step of one token per
+// sequence, their rows q_stride and kv_stride floats apart, biases bq, bk, bv (null: none) still to add.
+// k_cache and v_cache are also written (through rope.k_cache / v_cache). pf_*: the window of weights the step
+// reads next, asked of L2 before the wait (prefetch_window). WARPS: the launch bound; W8: see ATTN_W8_WARPS.
+#define ATTENTION_ROPE_KERNEL(SUFFIX, GROUP, WARPS, W8)                                                                 \
+    extern "C" __global__ void __launch_bounds__(32 * (WARPS), 1) attention_heads_rope##SUFFIX(                           \
         const float* q, const kv_t* k_cache, const kv_t* v_cache, const u32* __restrict__ positions,                   \
         const u32* __restrict__ table_offset, const u32* __restrict__ block_tables, u32 block_tokens, u32 n_heads,      \
         u32 n_kv_heads, u32 slice, float scale, float* __restrict__ out, u16* __restrict__ out_f16, float f16_scale,   \
@@ -701,10 +704,14 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
                              freq_base, rope_scale, neox, q_stride, kv_stride, bq, bk, bv,                             \
                              {pf_ranges, pf_n_ranges, pf_first, pf_offset_bytes, pf_len_bytes}};                              \
         const Splits splits = {n_splits, partials, counters};                                                          \
-        attention<ATTN_HEAD_DIM, GROUP, true>(q, k_cache, v_cache, positions, table_offset, block_tables, block_tokens,  \
+        attention<ATTN_HEAD_DIM, GROUP, true, W8>(q, k_cache, v_cache, positions, table_offset, block_tables,            \
+                                                  block_tokens,                                                                \
                                               n_heads, n_kv_heads, min(max(slice, 1u), (u32)(GROUP)), scale, out,      \
                                               out_f16, f16_scale, rope, splits ATTN_PROBE_ARG);                         \
     }
-ATTENTION_KERNELS(, ATTN_GROUP)
-ATTENTION_KERNELS(_1, 1)
+ATTENTION_KERNEL(, ATTN_GROUP)
+ATTENTION_ROPE_KERNEL(, ATTN_GROUP, ATTN_MAX_WARPS, false)
+ATTENTION_KERNEL(_1, 1)
+ATTENTION_ROPE_KERNEL(_1, 1, ATTN_MAX_WARPS, false)
+ATTENTION_ROPE_KERNEL(_1w8, 1, ATTN_W8_WARPS, true)
 #endif

@@ -884,23 +884,27 @@ def test_gpu_decode_attention_of_preloaded_keys_gives_the_bits_of_rope_store_the
     contexts around the 32-key chunks (31, 32, 33: a warp whose first key is the new token; 70,
     200: several warps, later chunks), unsplit and with 3 flash-decoding splits, five sequences
     decoding together for 4 steps: the same bits as rope_store followed by the plain attention
-    kernel (FERRITE_CUDA_ROPE_IN_ATTENTION=0), which loads nothing early."""
+    kernel (FERRITE_CUDA_ROPE_IN_ATTENTION=0), which loads nothing early. The blocks have at most 8
+    warps, so the step takes attention_heads_rope_1w8 (all of a chunk's values loaded before the
+    wait); with FERRITE_CUDA_ATTN_W8=0 it takes the 16-warp kernel, and both give those bits."""
     monkeypatch.setenv("FERRITE_CUDA_ATTN_SPLITS", splits)  # read when the model loads
     path = write_block_model(tmp_path / "m.gguf", "Q8_0", hidden=hidden, ffn=256, n_heads=n_heads, n_kv_heads=2, context=512, seed=4)
     rng = np.random.default_rng(13)
     prompts = [[int(t) for t in rng.integers(0, 260, size=n)] for n in (31, 32, 33, 70, 200)]
     steps = [[int(t) for t in rng.integers(0, 260, size=len(prompts))] for _ in range(4)]
     got = {}
-    for inside in ["1", "0"]:
-        monkeypatch.setenv("FERRITE_CUDA_ROPE_IN_ATTENTION", inside)  # read when the model loads
+    for inside, w8 in [("1", "1"), ("1", "0"), ("0", "1")]:
+        monkeypatch.setenv("FERRITE_CUDA_ROPE_IN_ATTENTION", inside)  # both read when the model loads
+        monkeypatch.setenv("FERRITE_CUDA_ATTN_W8", w8)
         m = ferrite.Model.load(path, device="cuda", kv_cache_tokens=1024, exact_matmul=True, kv_cache_dtype=kv_cache_dtype)
         seqs = [m.new_sequence(max_tokens=len(p) + 8) for p in prompts]
         for s, p in zip(seqs, prompts):
             m.forward(p, seq=s, last_only=True)
-        got[inside] = [np.concatenate(m.forward_batch([[t] for t in step], seqs=seqs)) for step in steps]
+        got[inside, w8] = [np.concatenate(m.forward_batch([[t] for t in step], seqs=seqs)) for step in steps]
         del m
-    for i, (a, b) in enumerate(zip(got["1"], got["0"])):
-        assert np.array_equal(a, b), f"step {i}: max |diff| {np.abs(a - b).max():.3e}"
+    for kernel in [("1", "1"), ("1", "0")]:
+        for i, (a, b) in enumerate(zip(got[kernel], got["0", "1"])):
+            assert np.array_equal(a, b), f"{kernel} step {i}: max |diff| {np.abs(a - b).max():.3e}"
 
 
 @pytest.mark.cuda

@@ -377,21 +377,36 @@ struct AttentionKernels {
     heads_rope: CudaFunction,
     heads_1: CudaFunction,
     heads_rope_1: CudaFunction,
+    /// `attention_heads_rope_1w8`: `heads_rope_1` for launches of at most ATTENTION_W8_WARPS warps,
+    /// with a whole register file (its chunk's values loaded with its keys before its wait).
+    heads_rope_1w8: CudaFunction,
+    /// Whether launches take `heads_rope_1w8` (`w8_attention_enabled`).
+    w8: bool,
     /// `attention_prefill` (attention_prefill.cu), for the head dims it takes and unless
     /// FERRITE_CUDA_FLASH_PREFILL=0.
     prefill: Option<CudaFunction>,
 }
 
 impl AttentionKernels {
-    /// The kernel for a launch of `slice` heads a block, with RoPE and the KV write or without.
-    fn for_slice(&self, slice: u32, rope: bool) -> &CudaFunction {
+    /// The kernel for a launch of `slice` heads a block and `warps` warps, with RoPE and the KV
+    /// write or without.
+    fn for_slice(&self, slice: u32, warps: u32, rope: bool) -> &CudaFunction {
         match (one_head_kernel(slice as usize), rope) {
             (true, false) => &self.heads_1,
+            (true, true) if warps <= kernels::ATTENTION_W8_WARPS && self.w8 => &self.heads_rope_1w8,
             (true, true) => &self.heads_rope_1,
             (false, false) => &self.heads,
             (false, true) => &self.heads_rope,
         }
     }
+}
+
+/// `FERRITE_CUDA_ATTN_W8=0`: a decode step's one-head attention blocks of up to 8 warps take the
+/// 16-warp kernel (`attention_heads_rope_1`) instead of `attention_heads_rope_1w8` (the same
+/// results; for A/B runs and the tests that compare the two). Read when a model's attention kernels
+/// are made.
+fn w8_attention_enabled() -> bool {
+    std::env::var("FERRITE_CUDA_ATTN_W8").map_or(true, |v| v != "0")
 }
 
 /// A kernel that writes the KV cache, in its variant for each element type.
@@ -893,7 +908,7 @@ impl CudaBackend {
             return Ok(());
         }
         let (cfg, slice, n_heads, n_kv_heads, scale) = attention_launch(batch, p)?;
-        let attend = kernels.for_slice(slice, false);
+        let attend = kernels.for_slice(slice, batch.attn_warps, false);
         launch!(
             self.ctx,
             attend,
@@ -989,7 +1004,7 @@ impl CudaBackend {
         let neox: u32 = matches!(qp.style, RopeStyle::Neox) as u32;
         let kernels = self.attention_kernels(p.head_dim)?;
         let (cfg, slice, n_heads, n_kv_heads, scale) = attention_launch(batch, p)?;
-        let attend_rope = kernels.for_slice(slice, true);
+        let attend_rope = kernels.for_slice(slice, batch.attn_warps, true);
         let [bq, bk, bv] = rows.biases;
         // The weights read next, where the step's projections run on the matrix-vector kernels,
         // which read the buffers the plan names (with more rows most projections read a
@@ -1332,8 +1347,9 @@ impl Backend for CudaBackend {
             self.ctx.precompile(&modules)?;
             let f = |name| self.ctx.function_with(&kernels::ATTENTION, &defines, name);
             let (heads, heads_rope, heads_1, heads_rope_1) = (f("attention_heads")?, f("attention_heads_rope")?, f("attention_heads_1")?, f("attention_heads_rope_1")?);
+            let heads_rope_1w8 = f("attention_heads_rope_1w8")?;
             let most = kernels::attention_shared_bytes(kernels::ATTENTION_MAX_WARPS, layout.head_dim, kernels::attention_group(layout.head_dim));
-            for f in [&heads, &heads_rope, &heads_1, &heads_rope_1] {
+            for f in [&heads, &heads_rope, &heads_1, &heads_rope_1, &heads_rope_1w8] {
                 super::launch::allow_dynamic_shared(f, "attention_heads", most)?;
             }
             let prefill = match prefill_defines {
@@ -1341,7 +1357,7 @@ impl Backend for CudaBackend {
                 None => None,
             };
             self.fixed.attention =
-                Some(AttentionKernels { head_dim: layout.head_dim, kv_dtype: layout.dtype, heads, heads_rope, heads_1, heads_rope_1, prefill });
+                Some(AttentionKernels { head_dim: layout.head_dim, kv_dtype: layout.dtype, heads, heads_rope, heads_1, heads_rope_1, heads_rope_1w8, w8: w8_attention_enabled(), prefill });
         }
         if !layout.block_tokens.is_power_of_two() {
             return Err(BackendError::Invalid(format!("KV blocks of {} tokens: the kernels need a power of two", layout.block_tokens)));

@@ -301,6 +301,9 @@ pub const ATTENTION_HEAD_DIMS: [usize; 7] = [16, 32, 64, 80, 96, 128, 256];
 pub const MATVEC_ROWS_PER_BLOCK: u32 = 4;
 /// Most warps per attention block (ATTN_MAX_WARPS in attention.cu).
 pub const ATTENTION_MAX_WARPS: u32 = 16;
+/// Most warps of the one-head decode kernel with a whole register file (`attention_heads_rope_1w8`,
+/// ATTN_W8_WARPS in attention.cu).
+pub const ATTENTION_W8_WARPS: u32 = 8;
 
 /// Most query heads one attention block handles for `head_dim` (ATTN_GROUP in attention.cu; the
 /// host may give a block fewer, see `attention_slice`).
@@ -447,7 +450,11 @@ mod tests {
         assert!(ATTENTION.src.contains(&format!("#define ATTN_MAX_WARPS {ATTENTION_MAX_WARPS}")));
         assert!(ATTENTION.src.contains("#define ATTN_GROUP (ATTN_HEAD_DIM <= 128 ? 8 : 1024 / ATTN_HEAD_DIM)"));
         // attention_shared_bytes sizes the `_1` kernels' scratch for one head.
-        assert!(ATTENTION.src.contains("ATTENTION_KERNELS(, ATTN_GROUP)\nATTENTION_KERNELS(_1, 1)\n"));
+        assert!(ATTENTION.src.contains(&format!("#define ATTN_W8_WARPS {ATTENTION_W8_WARPS}\n")));
+        assert!(ATTENTION.src.contains(
+            "ATTENTION_KERNEL(, ATTN_GROUP)\nATTENTION_ROPE_KERNEL(, ATTN_GROUP, ATTN_MAX_WARPS, false)\nATTENTION_KERNEL(_1, 1)\n\
+             ATTENTION_ROPE_KERNEL(_1, 1, ATTN_MAX_WARPS, false)\nATTENTION_ROPE_KERNEL(_1w8, 1, ATTN_W8_WARPS, true)\n"
+        ));
         for hd in ATTENTION_HEAD_DIMS {
             assert!((1..=8).contains(&attention_group(hd)) && attention_group(hd) * hd.max(128) <= 1024, "{hd}");
             // Within what a block may take once the function's limit is raised (227 KB on sm_90).
