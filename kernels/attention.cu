@@ -78,7 +78,8 @@ __device__ __forceinline__ float4 add4(float4 a, float4 b) {
 // rows were written by earlier steps, whose kernels have all completed once
 // this one runs (see dependent_wait: only the kernel before it, q/k/v, may still run, and it
 // writes no cache); the new token's row, which this launch writes, is read too and replaced from
-// shared memory after the wait, as the loop does with it anyway. After the wait such a chunk
+// shared memory after the wait, as the loop does with it anyway (the W8 kernel leaves it unused
+// and multiplies the shared-memory row last, see ATTN_W8_WARPS). After the wait such a chunk
 // (a short context's warps have one each) needs no round trip to L2 of its own. It replaces
 // ATTN_L2_PREFETCH's prefetch of the same rows. Not for blocks of several heads, whose registers
 // would spill. H100, 2026-12-06, synthetic 0.5B: the attention launch 6.4 -> 4.9-5.0 us, decode
@@ -90,7 +91,7 @@ __device__ __forceinline__ float4 add4(float4 a, float4 b) {
 // Value floats a lane holds from PRELOAD's loads, PER_LANE a row (at most V_BATCH rows; the chunk's
 // other value rows are asked of L2 then and loaded after it): 16, 8 rows of a 64-dim head. More
 // spills registers (16 rows with a float32 cache, 16 and 32 with an f16 one); 16 and 8 rows
-// measured the same steps (thirty-ninth session).
+// measured the same steps (thirty-ninth session). The W8 kernel takes ATTN_W8_PRELOAD_VALUE_FLOATS.
 #ifdef ATTN_PRELOAD_VALUES
 #error "ATTN_PRELOAD_VALUES (rows) is now ATTN_PRELOAD_VALUE_FLOATS (floats a lane, PER_LANE a row)"
 #endif
@@ -269,6 +270,8 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
     constexpr bool PRELOAD = ROPE && ATTN_PRELOAD && G == 1 && HD <= ATTN_PRELOAD_MAX_HD;
     constexpr int V_PRE_FLOATS = W8 ? ATTN_W8_PRELOAD_VALUE_FLOATS : ATTN_PRELOAD_VALUE_FLOATS;
     constexpr int V_PRE = PRELOAD ? (V_PRE_FLOATS / PER_LANE < V_BATCH ? V_PRE_FLOATS / PER_LANE : V_BATCH) : 0;
+    static_assert(!W8 || (ROPE && G == 1), "the W8 kernel is the one-head decode kernel");
+    static_assert(V_PRE_FLOATS >= 0, "value floats preloaded");
     // Float4s of the key row preloaded, of its HD / 4.
     constexpr int K_PRE_F4 = !PRELOAD ? 1 : HD / 4 < ATTN_PRELOAD_KEY_FLOATS / 4 ? HD / 4 : ATTN_PRELOAD_KEY_FLOATS / 4;
     const u32 j0_first = j_begin + warp * 32;
@@ -534,50 +537,50 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
         if (j0 == j0_first) ATTN_STAMP(10);  // scores and softmax weights
 #endif
         if constexpr (W8) {
-        // The new token's value (in shared memory) is the chunk's last key when the chunk holds
-        // it (last = j_end - 1), so the loads' rows are used as loaded and its product comes
-        // after theirs: the same floats in the same order as the other kernels'.
-        const bool has_new = ROPE && j0 + n_valid - 1 == last;  // warp-uniform
-        const u32 n_old = has_new ? n_valid - 1 : n_valid;
-        for (u32 jb = 0; jb < n_old; jb += V_BATCH) {
-            if (jb > 0) load_raw(jb, vr);
+            // The new token's value (in shared memory) is the chunk's last key when the chunk holds
+            // it (last = j_end - 1), so the loads' rows are used as loaded and its product comes
+            // after theirs: the same floats in the same order as the other kernels'.
+            const bool has_new = ROPE && j0 + n_valid - 1 == last;  // warp-uniform
+            const u32 n_old = has_new ? n_valid - 1 : n_valid;
+            for (u32 jb = 0; jb < n_old; jb += V_BATCH) {
+                if (jb > 0) load_raw(jb, vr);
 #pragma unroll
-            for (int u = 0; u < V_BATCH; u++) {
-                if (jb + u >= n_old) break;
+                for (int u = 0; u < V_BATCH; u++) {
+                    if (jb + u >= n_old) break;
+#pragma unroll
+                    for (int g = 0; g < G; g++) {
+                        if (g >= n_here) break;
+                        const float pj = chunk_p[warp][g][jb + u];
+#pragma unroll
+                        for (int i = 0; i < PER_LANE; i++) o[g][i] = fmaf(pj, kv_widen(vr[u][i]), o[g][i]);
+                    }
+                }
+            }
+            if (has_new) {
 #pragma unroll
                 for (int g = 0; g < G; g++) {
                     if (g >= n_here) break;
-                    const float pj = chunk_p[warp][g][jb + u];
+                    const float pj = chunk_p[warp][g][n_valid - 1];
 #pragma unroll
-                    for (int i = 0; i < PER_LANE; i++) o[g][i] = fmaf(pj, kv_widen(vr[u][i]), o[g][i]);
+                    for (int i = 0; i < PER_LANE; i++)
+                        o[g][i] = fmaf(pj, (HD % 32 == 0 || lane + 32 * i < HD) ? v_new[lane + 32 * i] : 0.0f, o[g][i]);
                 }
             }
-        }
-        if (has_new) {
-#pragma unroll
-            for (int g = 0; g < G; g++) {
-                if (g >= n_here) break;
-                const float pj = chunk_p[warp][g][n_valid - 1];
-#pragma unroll
-                for (int i = 0; i < PER_LANE; i++)
-                    o[g][i] = fmaf(pj, (HD % 32 == 0 || lane + 32 * i < HD) ? v_new[lane + 32 * i] : 0.0f, o[g][i]);
-            }
-        }
         } else {
-        for (u32 jb = 0; jb < n_valid; jb += V_BATCH) {
-            if (jb > 0) load_values(jb);
+            for (u32 jb = 0; jb < n_valid; jb += V_BATCH) {
+                if (jb > 0) load_values(jb);
 #pragma unroll
-            for (int u = 0; u < V_BATCH; u++) {
-                if (jb + u >= n_valid) break;
+                for (int u = 0; u < V_BATCH; u++) {
+                    if (jb + u >= n_valid) break;
 #pragma unroll
-                for (int g = 0; g < G; g++) {
-                    if (g >= n_here) break;
-                    const float pj = chunk_p[warp][g][jb + u];
+                    for (int g = 0; g < G; g++) {
+                        if (g >= n_here) break;
+                        const float pj = chunk_p[warp][g][jb + u];
 #pragma unroll
-                    for (int i = 0; i < PER_LANE; i++) o[g][i] = fmaf(pj, vv[u][i], o[g][i]);
+                        for (int i = 0; i < PER_LANE; i++) o[g][i] = fmaf(pj, vv[u][i], o[g][i]);
+                    }
                 }
             }
-        }
         }
         __syncwarp();  // the next chunk overwrites this warp's weights and slots
 #if ATTN_PROBE
@@ -709,10 +712,9 @@ __device__ __forceinline__ void attention(const float* __restrict__ q, typename 
                              freq_base, rope_scale, neox, q_stride, kv_stride, bq, bk, bv,                             \
                              {pf_ranges, pf_n_ranges, pf_first, pf_offset_bytes, pf_len_bytes}};                              \
         const Splits splits = {n_splits, partials, counters};                                                          \
-        attention<ATTN_HEAD_DIM, GROUP, true, W8>(q, k_cache, v_cache, positions, table_offset, block_tables,            \
-                                                  block_tokens,                                                                \
-                                              n_heads, n_kv_heads, min(max(slice, 1u), (u32)(GROUP)), scale, out,      \
-                                              out_f16, f16_scale, rope, splits ATTN_PROBE_ARG);                         \
+        attention<ATTN_HEAD_DIM, GROUP, true, W8>(q, k_cache, v_cache, positions, table_offset, block_tables,          \
+                                                  block_tokens, n_heads, n_kv_heads, min(max(slice, 1u), (u32)(GROUP)), \
+                                                  scale, out, out_f16, f16_scale, rope, splits ATTN_PROBE_ARG);         \
     }
 ATTENTION_KERNEL(, ATTN_GROUP)
 ATTENTION_ROPE_KERNEL(, ATTN_GROUP, ATTN_MAX_WARPS, false)

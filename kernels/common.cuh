@@ -269,7 +269,7 @@ __device__ __forceinline__ float warp_max(float v) {
 // ran two or more kernels back, which has completed (only the kernel just before this one may
 // still run), such as the KV cache rows of a decode step's earlier positions, which
 // attention_heads_rope loads early (ATTN_PRELOAD, through L2: kv_raw4_cg; its own new row is
-// read too and replaced after the wait). A block may return without waiting only if it touched
+// read too and not used: the row is taken from shared memory after the wait). A block may return without waiting only if it touched
 // nothing other kernels use, and at least one block of every grid must wait: the next kernel's
 // wait covers this kernel only, so this kernel's completion must imply its predecessor's.
 __device__ __forceinline__ void dependent_wait() {

@@ -882,7 +882,7 @@ def test_gpu_decode_attention_of_preloaded_keys_gives_the_bits_of_rope_store_the
     from shared memory after the wait). With heads of 64 dims (the test model's: two value dims a
     lane), 80 (three, the last partly empty) and 128 (a 7B's: half the key row preloaded), and
     contexts around the 32-key chunks (31, 32, 33: a warp whose first key is the new token; 70,
-    200: several warps, later chunks), unsplit and with 3 flash-decoding splits, five sequences
+    200: several warps), unsplit and with 3 flash-decoding splits, five sequences
     decoding together for 4 steps: the same bits as rope_store followed by the plain attention
     kernel (FERRITE_CUDA_ROPE_IN_ATTENTION=0), which loads nothing early. The blocks have at most 8
     warps, so the step takes attention_heads_rope_1w8 (all of a chunk's values loaded before the

@@ -380,20 +380,24 @@ struct AttentionKernels {
     /// `attention_heads_rope_1w8`: `heads_rope_1` for launches of at most ATTENTION_W8_WARPS warps,
     /// with a whole register file (its chunk's values loaded with its keys before its wait).
     heads_rope_1w8: CudaFunction,
-    /// Whether launches take `heads_rope_1w8` (`w8_attention_enabled`).
-    w8: bool,
+    /// The most blocks of `heads_rope_1w8` all SMs hold at once, for 1, 2, 4 and 8 warps a block
+    /// (0: none, or `FERRITE_CUDA_ATTN_W8=0`). Its registers let an SM hold half the blocks the
+    /// 16-warp kernel's do, so a launch past one wave of them (10 or more sequences of the 0.5B
+    /// with 129-256 keys) keeps that kernel, where it measured before.
+    w8_wave_blocks: [u64; 4],
     /// `attention_prefill` (attention_prefill.cu), for the head dims it takes and unless
     /// FERRITE_CUDA_FLASH_PREFILL=0.
     prefill: Option<CudaFunction>,
 }
 
 impl AttentionKernels {
-    /// The kernel for a launch of `slice` heads a block and `warps` warps, with RoPE and the KV
-    /// write or without.
-    fn for_slice(&self, slice: u32, warps: u32, rope: bool) -> &CudaFunction {
+    /// The kernel for a launch `cfg` of `slice` heads a block, with RoPE and the KV write or without.
+    fn for_slice(&self, slice: u32, cfg: &LaunchConfig, rope: bool) -> &CudaFunction {
+        let (warps, blocks) = (cfg.block_dim.0 / 32, cfg.grid_dim.0 as u64 * cfg.grid_dim.1 as u64 * cfg.grid_dim.2 as u64);
+        let w8_fits = warps.is_power_of_two() && warps <= kernels::ATTENTION_W8_WARPS && blocks <= self.w8_wave_blocks[warps.trailing_zeros() as usize];
         match (one_head_kernel(slice as usize), rope) {
             (true, false) => &self.heads_1,
-            (true, true) if warps <= kernels::ATTENTION_W8_WARPS && self.w8 => &self.heads_rope_1w8,
+            (true, true) if w8_fits => &self.heads_rope_1w8,
             (true, true) => &self.heads_rope_1,
             (false, false) => &self.heads,
             (false, true) => &self.heads_rope,
@@ -908,7 +912,7 @@ impl CudaBackend {
             return Ok(());
         }
         let (cfg, slice, n_heads, n_kv_heads, scale) = attention_launch(batch, p)?;
-        let attend = kernels.for_slice(slice, batch.attn_warps, false);
+        let attend = kernels.for_slice(slice, &cfg, false);
         launch!(
             self.ctx,
             attend,
@@ -1004,7 +1008,7 @@ impl CudaBackend {
         let neox: u32 = matches!(qp.style, RopeStyle::Neox) as u32;
         let kernels = self.attention_kernels(p.head_dim)?;
         let (cfg, slice, n_heads, n_kv_heads, scale) = attention_launch(batch, p)?;
-        let attend_rope = kernels.for_slice(slice, batch.attn_warps, true);
+        let attend_rope = kernels.for_slice(slice, &cfg, true);
         let [bq, bk, bv] = rows.biases;
         // The weights read next, where the step's projections run on the matrix-vector kernels,
         // which read the buffers the plan names (with more rows most projections read a
@@ -1352,12 +1356,22 @@ impl Backend for CudaBackend {
             for f in [&heads, &heads_rope, &heads_1, &heads_rope_1, &heads_rope_1w8] {
                 super::launch::allow_dynamic_shared(f, "attention_heads", most)?;
             }
+            // A driver that cannot say leaves 0: every launch keeps the 16-warp kernel.
+            let mut w8_wave_blocks = [0u64; 4];
+            if w8_attention_enabled() {
+                for (i, blocks) in w8_wave_blocks.iter_mut().enumerate() {
+                    let warps = 1u32 << i;
+                    let smem = kernels::attention_shared_bytes(warps, layout.head_dim, 1) as usize;
+                    let per_sm = heads_rope_1w8.occupancy_max_active_blocks_per_multiprocessor(32 * warps, smem, None).unwrap_or(0);
+                    *blocks = per_sm as u64 * self.ctx.sms() as u64;
+                }
+            }
             let prefill = match prefill_defines {
                 Some(d) => Some(self.ctx.function_with(&kernels::ATTENTION_PREFILL, &d, "attention_prefill")?),
                 None => None,
             };
             self.fixed.attention =
-                Some(AttentionKernels { head_dim: layout.head_dim, kv_dtype: layout.dtype, heads, heads_rope, heads_1, heads_rope_1, heads_rope_1w8, w8: w8_attention_enabled(), prefill });
+                Some(AttentionKernels { head_dim: layout.head_dim, kv_dtype: layout.dtype, heads, heads_rope, heads_1, heads_rope_1, heads_rope_1w8, w8_wave_blocks, prefill });
         }
         if !layout.block_tokens.is_power_of_two() {
             return Err(BackendError::Invalid(format!("KV blocks of {} tokens: the kernels need a power of two", layout.block_tokens)));
