@@ -870,6 +870,27 @@ def test_gpu_decode_attention_with_rope_gives_the_bits_of_rope_store_then_attent
         assert np.array_equal(a, b)
 
 
+def assert_decode_attention_kernels_agree(monkeypatch, path, prompts, steps, kv_cache_dtype):
+    """The prompts, then the sequences decoding ``steps`` together: each step's logits with RoPE
+    inside the attention kernel, on attention_heads_rope_1w8 (where it takes the launch) and on the
+    16-warp kernel (FERRITE_CUDA_ATTN_W8=0), bit for bit those of rope_store followed by the plain
+    attention kernel (FERRITE_CUDA_ROPE_IN_ATTENTION=0). Both variables are read when the model
+    loads."""
+    got = {}
+    for inside, w8 in [("1", "1"), ("1", "0"), ("0", "1")]:
+        monkeypatch.setenv("FERRITE_CUDA_ROPE_IN_ATTENTION", inside)
+        monkeypatch.setenv("FERRITE_CUDA_ATTN_W8", w8)
+        m = ferrite.Model.load(path, device="cuda", kv_cache_tokens=1024, exact_matmul=True, kv_cache_dtype=kv_cache_dtype)
+        seqs = [m.new_sequence(max_tokens=len(p) + 8) for p in prompts]
+        for s, p in zip(seqs, prompts):
+            m.forward(p, seq=s, last_only=True)
+        got[inside, w8] = [np.concatenate(m.forward_batch([[t] for t in step], seqs=seqs)) for step in steps]
+        del m
+    for kernel in [("1", "1"), ("1", "0")]:
+        for i, (a, b) in enumerate(zip(got[kernel], got["0", "1"])):
+            assert np.array_equal(a, b), f"{kernel} step {i}: max |diff| {np.abs(a - b).max():.3e}"
+
+
 @pytest.mark.cuda
 @needs_gpu
 @pytest.mark.parametrize("kv_cache_dtype", ["float32", "float16"])
@@ -892,19 +913,7 @@ def test_gpu_decode_attention_of_preloaded_keys_gives_the_bits_of_rope_store_the
     rng = np.random.default_rng(13)
     prompts = [[int(t) for t in rng.integers(0, 260, size=n)] for n in (31, 32, 33, 70, 200)]
     steps = [[int(t) for t in rng.integers(0, 260, size=len(prompts))] for _ in range(4)]
-    got = {}
-    for inside, w8 in [("1", "1"), ("1", "0"), ("0", "1")]:
-        monkeypatch.setenv("FERRITE_CUDA_ROPE_IN_ATTENTION", inside)  # both read when the model loads
-        monkeypatch.setenv("FERRITE_CUDA_ATTN_W8", w8)
-        m = ferrite.Model.load(path, device="cuda", kv_cache_tokens=1024, exact_matmul=True, kv_cache_dtype=kv_cache_dtype)
-        seqs = [m.new_sequence(max_tokens=len(p) + 8) for p in prompts]
-        for s, p in zip(seqs, prompts):
-            m.forward(p, seq=s, last_only=True)
-        got[inside, w8] = [np.concatenate(m.forward_batch([[t] for t in step], seqs=seqs)) for step in steps]
-        del m
-    for kernel in [("1", "1"), ("1", "0")]:
-        for i, (a, b) in enumerate(zip(got[kernel], got["0", "1"])):
-            assert np.array_equal(a, b), f"{kernel} step {i}: max |diff| {np.abs(a - b).max():.3e}"
+    assert_decode_attention_kernels_agree(monkeypatch, path, prompts, steps, kv_cache_dtype)
 
 
 @pytest.mark.cuda
@@ -916,24 +925,12 @@ def test_gpu_decode_attention_of_two_chunks_a_warp_gives_the_bits_of_rope_store_
     as loaded, widened at the products). Three sequences (300, 420 and 60 keys) decoding together
     for 3 steps: the same bits as rope_store followed by the plain attention kernel with the same
     warps, and as the 16-warp kernel with them (FERRITE_CUDA_ATTN_W8=0)."""
-    monkeypatch.setenv("FERRITE_CUDA_ATTN_MAX_WARPS", "8")  # all three read when the model loads
+    monkeypatch.setenv("FERRITE_CUDA_ATTN_MAX_WARPS", "8")  # read when the model loads
     path = write_block_model(tmp_path / "m.gguf", "Q8_0", hidden=896, ffn=256, n_heads=14, n_kv_heads=2, context=512, seed=6)
     rng = np.random.default_rng(17)
     prompts = [[int(t) for t in rng.integers(0, 260, size=n)] for n in (300, 420, 60)]
     steps = [[int(t) for t in rng.integers(0, 260, size=len(prompts))] for _ in range(3)]
-    got = {}
-    for inside, w8 in [("1", "1"), ("1", "0"), ("0", "1")]:
-        monkeypatch.setenv("FERRITE_CUDA_ROPE_IN_ATTENTION", inside)
-        monkeypatch.setenv("FERRITE_CUDA_ATTN_W8", w8)
-        m = ferrite.Model.load(path, device="cuda", kv_cache_tokens=1024, exact_matmul=True, kv_cache_dtype=kv_cache_dtype)
-        seqs = [m.new_sequence(max_tokens=len(p) + 8) for p in prompts]
-        for s, p in zip(seqs, prompts):
-            m.forward(p, seq=s, last_only=True)
-        got[inside, w8] = [np.concatenate(m.forward_batch([[t] for t in step], seqs=seqs)) for step in steps]
-        del m
-    for kernel in [("1", "1"), ("1", "0")]:
-        for i, (a, b) in enumerate(zip(got[kernel], got["0", "1"])):
-            assert np.array_equal(a, b), f"{kernel} step {i}: max |diff| {np.abs(a - b).max():.3e}"
+    assert_decode_attention_kernels_agree(monkeypatch, path, prompts, steps, kv_cache_dtype)
 
 
 @pytest.mark.cuda
