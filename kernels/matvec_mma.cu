@@ -579,11 +579,17 @@ __device__ __forceinline__ EarlyNormW early_norm_w(const float* __restrict__ nor
     return w;
 }
 
-// EARLY: the norm weights are `early`'s (early_norm_w), not loaded here.
-template <int NT, int NG, int XSTRIDE_B, int PARTS = 3, bool EARLY = false, class T = Tile>
+// EARLY: the norm weights are `early`'s (early_norm_w), not loaded here. after_x(1, ss) runs once
+// this thread's x is in (its squares summed), after_x(2, ss) after the block's 1 / rms.
+struct NoAfterX {
+    template <int NT>
+    __device__ __forceinline__ void operator()(int, const double (&)[NT]) const {}
+};
+template <int NT, int NG, int XSTRIDE_B, int PARTS = 3, bool EARLY = false, class T = Tile, class AfterX = NoAfterX>
 __device__ __forceinline__ void stage_x_s8_normed(const float* __restrict__ x, const float* __restrict__ norm_w,
                                                   const EarlyNormW& early, float eps, u32 n_x, u32 n_cols, u32 len, u8* xq,
-                                                  int (*xsum)[NG][8], float (*xscale)[NG][8], float* inv_rms) {
+                                                  int (*xsum)[NG][8], float (*xscale)[NG][8], float* inv_rms,
+                                                  const AfterX& after_x = AfterX()) {
     __shared__ double red[MMA_MAX_WARPS][NT];
     const int warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
     const int blocks = ((int)len + 255) / 256;
@@ -616,8 +622,10 @@ __device__ __forceinline__ void stage_x_s8_normed(const float* __restrict__ x, c
 #pragma unroll
         for (int i = 0; i < NT; i++) ss[i] += i == n ? sq : 0.0;
     }
+    after_x(1, ss);
     inv_rms_of_shares<NT>(ss, red, n_cols, eps, inv_rms);
     __syncthreads();
+    after_x(2, ss);
 #pragma unroll
     for (int u = 0; u < MMA_STAGE_JOBS; u++) {
         const int job = warp + u * n_warps;
@@ -1598,6 +1606,30 @@ constexpr int FFN_DOWN_TILES = FFN_SLICE / TileD::TILE_COLS;  // ffn_down tiles 
 static_assert(FFN_H_PER_RANK == 2 * RP_TILE_ROWS, "a block's h comes from two tile rows each of gate and up");
 static_assert(Tile::S8 && TileD::S8, "the fused FFN runs on the int8 path");
 
+// 1: a probe build for benches/bench_ffn_chain.py: ffn_mma_1 / _2 take one more parameter, `probe`
+// (u64*, null: none), and thread 0 of each block writes %globaltimer and clock64 at points 0..15 to
+// probe[32 * block + point] and probe[32 * block + 16 + point] (FFN_STAMP; points a block does not
+// reach stay as they were). Never compiled by the backend.
+#ifndef FFN_PROBE
+#define FFN_PROBE 0
+#endif
+#if FFN_PROBE
+__device__ __forceinline__ void ffn_stamp(u64* probe, int point) {
+    if (probe == nullptr || threadIdx.x != 0) return;
+    u64 t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    probe[32 * (u64)blockIdx.x + point] = t;
+    probe[32 * (u64)blockIdx.x + 16 + point] = clock64();
+}
+#define FFN_PROBE_PARAM , u64* __restrict__ probe
+#define FFN_PROBE_ARG , probe
+#define FFN_STAMP(point) ffn_stamp(probe, point)
+#else
+#define FFN_PROBE_PARAM
+#define FFN_PROBE_ARG
+#define FFN_STAMP(point)
+#endif
+
 __device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory"); }
 __device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory"); }
 // The 8 values of a lane's staging job (quantize_job_s8's b0 / b1 order: the float4s at `offset`
@@ -1611,6 +1643,62 @@ __device__ __forceinline__ void ld_cluster_job(u32 local, u32 rank, u32 offset, 
     r[0] = a.x, r[1] = b.x, r[2] = a.y, r[3] = b.y, r[4] = a.z, r[5] = b.z, r[6] = a.w, r[7] = b.w;
 }
 
+// Experiments (benches/bench_ffn_chain.py), all off by default:
+// FFN_H_PUSH=1: each block pushes its h into every peer's shared memory with st.async, counted on
+// the receiver's mbarrier, instead of two cluster barriers around the peers' reads (a cluster
+// barrier's release is a GPU-scope MEMBAR).
+// FFN_DONE_RELAXED=1: the barrier after the peers' reads is relaxed (the reads have returned).
+// FFN_SUM_WIDE=1: the last block of a rank's rows loads every slice's sum at once, not four at a time.
+// FFN_FENCE_ACQREL=1: split-K's fences as fence.acq_rel.gpu, not __threadfence's fence.sc.gpu.
+// FFN_GU_AFTER_X=1|2: the gate/up tiles after the wait are loaded once this thread's x is in (1) or the
+// block's 1 / rms (2), not before x's loads.
+#ifndef FFN_H_PUSH
+#define FFN_H_PUSH 0
+#endif
+#ifndef FFN_DONE_RELAXED
+#define FFN_DONE_RELAXED 0
+#endif
+#ifndef FFN_SUM_WIDE
+#define FFN_SUM_WIDE 0
+#endif
+#ifndef FFN_GU_AFTER_X
+#define FFN_GU_AFTER_X 0
+#endif
+#ifndef FFN_FENCE_ACQREL
+#define FFN_FENCE_ACQREL 0
+#endif
+__device__ __forceinline__ void cluster_arrive_relaxed() { asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory"); }
+__device__ __forceinline__ u32 cluster_map(u32 local, u32 rank) {
+    u32 remote;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(rank));
+    return remote;
+}
+// The slices' sums of one element, FFN_SUM_BATCH loads in flight, added in slice order from 0.0f
+// as sum_splits adds them (the same bits).
+constexpr u32 FFN_SUM_BATCH = 24;
+__device__ __forceinline__ float ffn_sum_slices(const float* src, u64 stride, u32 n_slices) {
+    float sum = 0.0f;
+    for (u32 s0 = 0; s0 < n_slices; s0 += FFN_SUM_BATCH) {
+        float v[FFN_SUM_BATCH];
+#pragma unroll
+        for (u32 i = 0; i < FFN_SUM_BATCH; i++) v[i] = s0 + i < n_slices ? __ldcg(src + (s0 + i) * stride) : 0.0f;
+#pragma unroll
+        for (u32 i = 0; i < FFN_SUM_BATCH; i++)
+            if (s0 + i < n_slices) sum += v[i];
+    }
+    return sum;
+}
+// split_k_last with acquire/release fences.
+__device__ __forceinline__ bool ffn_last_of(u32* counter, u32 n_splits, u32& s_last) {
+    asm volatile("fence.acq_rel.gpu;" ::: "memory");
+    __syncthreads();
+    if (threadIdx.x == 0) s_last = atomicAdd(counter, 1u) == n_splits - 1;
+    __syncthreads();
+    if (!s_last) return false;
+    asm volatile("fence.acq_rel.gpu;" ::: "memory");
+    return true;
+}
+
 // gate/up/down: repacked tiles (gate and up: Tile, n_inter x n_cols; down: TileD, n_cols x
 // n_inter); x: NT residual rows of n_cols floats, which get the block's output added; norm_w and
 // eps: the RMSNorm before gate/up; partials: n_inter / 256 x NT x n_cols floats; counters:
@@ -1620,7 +1708,8 @@ __device__ __forceinline__ void ld_cluster_job(u32 local, u32 rank, u32 offset, 
 template <int NT>
 __device__ __forceinline__ void ffn_mma(const u8* __restrict__ gate, const u8* __restrict__ up, const u8* __restrict__ down, u32 n_cols,
                                         u32 n_inter, float* __restrict__ x, const float* __restrict__ norm_w, float eps,
-                                        float* __restrict__ partials, u32* __restrict__ counters) {
+                                        float* __restrict__ partials, u32* __restrict__ counters FFN_PROBE_PARAM) {
+    FFN_STAMP(0);
     static_assert(NT == 1 || NT == 2, "one or two rows: three int8 parts of each in one mma column group");
     constexpr int NG = 1, PARTS = 3;
     constexpr int XSTRIDE_B = FFN_PHASE + 32, XSTRIDE_D = FFN_SLICE + 32;
@@ -1633,6 +1722,11 @@ __device__ __forceinline__ void ffn_mma(const u8* __restrict__ gate, const u8* _
     __shared__ __align__(16) float red[4][32][4];
     __shared__ __align__(16) float gu[NT][2 * FFN_H_PER_RANK];
     __shared__ __align__(16) float h[NT][FFN_H_PER_RANK];
+#if FFN_H_PUSH
+    // The cluster's h, rank by rank, each pushed here by its block; h_bar counts the bytes.
+    __shared__ __align__(16) float h_all[NT][FFN_RANKS][FFN_H_PER_RANK];
+    __shared__ __align__(8) u64 h_bar;
+#endif
     __shared__ float inv_rms[NT];
     __shared__ u32 s_last;
     static_assert(xsum_bytes_needed<NG>(FFN_PHASE / 256) <= (int)sizeof(xsum), "x's sums as bytes fit the array");
@@ -1682,19 +1776,51 @@ __device__ __forceinline__ void ffn_mma(const u8* __restrict__ gate, const u8* _
     const int col = g < PARTS * NT ? (g / PARTS) * PARTS + g % PARTS : -1;
     const int b_off_x[NG] = {col >= 0 ? col * XSTRIDE_B + 8 * t : 8 * t};
     const int b_off_h[NG] = {col >= 0 ? col * XSTRIDE_D + 8 * t : 8 * t};
+#if FFN_H_PUSH
+    const u32 h_bar_local = (u32)__cvta_generic_to_shared(&h_bar);
+    if (threadIdx.x == 0) {
+        asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(h_bar_local) : "memory");
+        asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(h_bar_local), "r"((u32)(FFN_RANKS * NT * FFN_H_PER_RANK * 4))
+                     : "memory");
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    // Every peer's mbarrier is ready before any block pushes to it.
+    cluster_arrive_relaxed();
+    cluster_wait();
+#endif
     __syncthreads();
+    FFN_STAMP(1);
 
     dependent_wait();
+    FFN_STAMP(2);
+#if FFN_GU_AFTER_X
+    // The rest of the gate/up tiles once x is in (1: this thread's, 2: the block's 1 / rms), so that
+    // their loads do not queue ahead of x's; the tile addresses are made to depend on x's squares.
+    struct {
+        const decltype(load_gu)& load;
+        const u8*& tiles;
+        __device__ __forceinline__ void operator()(int at, const double (&ss)[NT]) const {
+            if (at != FFN_GU_AFTER_X) return;
+            asm volatile("" : "+l"(tiles) : "d"(ss[0]));
+            load(FFN_GU_EARLY_TILES, FFN_GU_TILES);
+        }
+    } after_x{load_gu, gu_tiles};
+    stage_x_s8_normed<NT, NG, XSTRIDE_B, PARTS, EARLY_NORM_W, Tile>(x, norm_w, early_w, eps, NT, n_cols, len, xq, xsum, xscale, inv_rms,
+                                                                     after_x);
+#else
     // The rest of the gate/up tiles (FFN_GU_EARLY_TILES), their latency overlapping the staging of x.
     load_gu(FFN_GU_EARLY_TILES, FFN_GU_TILES);
     stage_x_s8_normed<NT, NG, XSTRIDE_B, PARTS, EARLY_NORM_W, Tile>(x, norm_w, early_w, eps, NT, n_cols, len, xq, xsum, xscale, inv_rms);
+#endif
     __syncthreads();
+    FFN_STAMP(3);
     float acc[NG][4] = {{0.0f, 0.0f, 0.0f, 0.0f}};
 #pragma unroll
     for (int i = 0; i < FFN_GU_TILES; i++) {
         const u32 kt = wk + 2 * i;
         if (kt < k_tiles) tile_products_s8_of_type<NG, Tile>(w[i], xq, xsum, xscale, kt, b_off_x, t, acc);
     }
+    FFN_STAMP(4);
     if (!FFN_EARLY_DOWN) load_down();
     // The two warps of a tile row add their sums in order (as the planned kernel's warps_k = 2).
     if (wk == 1) {
@@ -1716,22 +1842,59 @@ __device__ __forceinline__ void ffn_mma(const u8* __restrict__ gate, const u8* _
         }
     }
     __syncthreads();
+#if FFN_H_PUSH
+    if (threadIdx.x < NT * FFN_H_PER_RANK) {
+        const int u = threadIdx.x / FFN_H_PER_RANK, i = threadIdx.x % FFN_H_PER_RANK;
+        const float hv = silu_times(gu[u][i], gu[u][FFN_H_PER_RANK + i]);
+        const u32 dst = (u32)__cvta_generic_to_shared(&h_all[u][rank][i]);
+#pragma unroll
+        for (u32 p = 0; p < FFN_RANKS; p++)
+            asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];" ::"r"(cluster_map(dst, p)),
+                         "r"(__float_as_uint(hv)), "r"(cluster_map(h_bar_local, p))
+                         : "memory");
+    }
+    // Peers' pushes target live blocks only: each waits for all of them before it goes on, and
+    // none exits before every block has pushed (the relaxed barrier below, met at the end).
+    cluster_arrive_relaxed();
+    FFN_STAMP(5);
+    FFN_STAMP(6);
+    if (warp < NT) {
+        u32 done = 0;
+        while (!done)
+            asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], 0;\n selp.u32 %0, 1, 0, p;\n}"
+                         : "=r"(done) : "r"(h_bar_local) : "memory");
+        float r[8];
+        const float4 a4 = *reinterpret_cast<const float4*>(&h_all[warp][g][4 * t]);
+        const float4 b4 = *reinterpret_cast<const float4*>(&h_all[warp][g][16 + 4 * t]);
+        r[0] = a4.x, r[1] = b4.x, r[2] = a4.y, r[3] = b4.y, r[4] = a4.z, r[5] = b4.z, r[6] = a4.w, r[7] = b4.w;
+        quantize_job_s8<NG, XSTRIDE_D, PARTS, TileD>(r, warp, 0, hq, hsum, hscale);
+    }
+    __syncthreads();
+#else
     if (threadIdx.x < NT * FFN_H_PER_RANK) {
         const int u = threadIdx.x / FFN_H_PER_RANK, i = threadIdx.x % FFN_H_PER_RANK;
         h[u][i] = silu_times(gu[u][i], gu[u][FFN_H_PER_RANK + i]);
     }
     // The cluster's h, then the slice staged as ffn_down's x, row u by warp u: lane (sb, t) holds
     // h at columns 32 sb + 4t .. and 32 sb + 16 + 4t .., the 32 values of block sb.
+    FFN_STAMP(5);
     cluster_arrive();
     cluster_wait();
+    FFN_STAMP(6);
     if (warp < NT) {
         float r[8];
         ld_cluster_job((u32)__cvta_generic_to_shared(&h[warp][0]), (u32)g, 16 * t, r);
         quantize_job_s8<NG, XSTRIDE_D, PARTS, TileD>(r, warp, 0, hq, hsum, hscale);
     }
     // Done with the other blocks' h; each waits for the others to be done with its own before it exits.
+#if FFN_DONE_RELAXED
+    cluster_arrive_relaxed();
+#else
     cluster_arrive();
+#endif
     __syncthreads();
+#endif
+    FFN_STAMP(7);
     if (down_warp) {
         float dacc[NG][4] = {{0.0f, 0.0f, 0.0f, 0.0f}};
 #pragma unroll
@@ -1747,26 +1910,41 @@ __device__ __forceinline__ void ffn_mma(const u8* __restrict__ gate, const u8* _
             }
         }
     }
+    FFN_STAMP(8);
     cluster_wait();
+    FFN_STAMP(9);
     // The last block of this rank's rows adds the slices' sums to the residual, in slice order. No
     // block still stages x then: each slice's block of this rank has passed its cluster's first
     // barrier, which every block of that cluster reaches only after staging.
+#if FFN_FENCE_ACQREL
+    if (!ffn_last_of(&counters[rank], n_slices, s_last)) return;
+#else
     if (!split_k_last(&counters[rank], n_slices, s_last)) return;
+#endif
+    FFN_STAMP(10);
     const u32 row_begin = rank * down_tile_rows * RP_TILE_ROWS, row_end = min(row_begin + down_tile_rows * RP_TILE_ROWS, n_cols);
     const u32 nr = row_end > row_begin ? row_end - row_begin : 0;
     for (u32 i = threadIdx.x; i < NT * nr; i += blockDim.x) {
         const u32 u = i / nr, row = row_begin + i % nr;
+#if FFN_SUM_WIDE
+        put(x + (u64)u * n_cols + row, ffn_sum_slices(partials + (u64)u * n_cols + row, (u64)NT * n_cols, n_slices) + 0.0f, 1);
+#else
         put(x + (u64)u * n_cols + row, sum_splits(partials + (u64)u * n_cols + row, (u64)NT * n_cols, n_slices) + 0.0f, 1);
+#endif
     }
     if (threadIdx.x == 0) counters[rank] = 0;  // ready for the next launch
+#if FFN_PROBE
+    __syncthreads();
+    FFN_STAMP(11);
+#endif
 }
 
 #define FFN_MMA_KERNEL(nt)                                                                                                    \
     extern "C" __global__ void __cluster_dims__(FFN_RANKS, 1, 1) __launch_bounds__(32 * MMA_MAX_WARPS, MMA_MIN_BLOCKS)        \
         ffn_mma_##nt(const u8* __restrict__ gate, const u8* __restrict__ up, const u8* __restrict__ down, u32 n_cols, u32 n_inter, \
                      float* __restrict__ x, const float* __restrict__ norm_w, float eps, float* __restrict__ partials,         \
-                     u32* __restrict__ counters) {                                                                           \
-        ffn_mma<nt>(gate, up, down, n_cols, n_inter, x, norm_w, eps, partials, counters);                                  \
+                     u32* __restrict__ counters FFN_PROBE_PARAM) {                                                           \
+        ffn_mma<nt>(gate, up, down, n_cols, n_inter, x, norm_w, eps, partials, counters FFN_PROBE_ARG);                    \
     }
 FFN_MMA_KERNEL(1)
 FFN_MMA_KERNEL(2)
