@@ -13,11 +13,13 @@ them, more than L2 holds), as a step's layers do. It prints, per variant (a set 
 - us a pair, and the producer's chain alone: their difference is the FFN launch's cost in the chain;
 - with -DFFN_PROBE=1 (thread 0 of each block stamps %globaltimer and clock64 at twelve points, see
   matvec_mma.cu), the medians over the chain of the last block reaching each point relative to the
-  producer's last block's end, and each block's clock cycles from the point before.
+  producer's last block's end, and each block's clock cycles from the point before;
+- whether the last pair's residual has the same bits in every variant (a variant that changes only
+  how the work is scheduled must not change them).
 
 Needs only the CUDA driver and NVRTC (scripts/nvrtc_cubin.py); no ferrite code.
 
-    python benches/bench_ffn_chain.py [--variants ",-DFFN_GU_EARLY=4"] [--down q4_k,q6_k]
+    python benches/bench_ffn_chain.py [--variants=",-DFFN_GU_EARLY=4"] [--down q4_k,q6_k]
         [--pairs 48] [--reps 30] [--producer-kb 10] [--producer-spin-ns 1000]
 """
 
@@ -73,7 +75,7 @@ extern "C" __global__ void producer(const float* xin, float* x, int n, int n_out
 }
 """
 
-POINTS = ["entry", "pre-wait done", "released", "x staged", "gate/up products", "h computed", "cluster met",
+POINTS = ["entry", "pre-wait done", "released", "x staged", "gate/up products", "h pushed", "peers' h in",
           "h staged", "down products", "cluster done", "last block known", "x written"]
 
 

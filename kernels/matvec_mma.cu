@@ -579,17 +579,11 @@ __device__ __forceinline__ EarlyNormW early_norm_w(const float* __restrict__ nor
     return w;
 }
 
-// EARLY: the norm weights are `early`'s (early_norm_w), not loaded here. after_x(1, ss) runs once
-// this thread's x is in (its squares summed), after_x(2, ss) after the block's 1 / rms.
-struct NoAfterX {
-    template <int NT>
-    __device__ __forceinline__ void operator()(int, const double (&)[NT]) const {}
-};
-template <int NT, int NG, int XSTRIDE_B, int PARTS = 3, bool EARLY = false, class T = Tile, class AfterX = NoAfterX>
+// EARLY: the norm weights are `early`'s (early_norm_w), not loaded here.
+template <int NT, int NG, int XSTRIDE_B, int PARTS = 3, bool EARLY = false, class T = Tile>
 __device__ __forceinline__ void stage_x_s8_normed(const float* __restrict__ x, const float* __restrict__ norm_w,
                                                   const EarlyNormW& early, float eps, u32 n_x, u32 n_cols, u32 len, u8* xq,
-                                                  int (*xsum)[NG][8], float (*xscale)[NG][8], float* inv_rms,
-                                                  const AfterX& after_x = AfterX()) {
+                                                  int (*xsum)[NG][8], float (*xscale)[NG][8], float* inv_rms) {
     __shared__ double red[MMA_MAX_WARPS][NT];
     const int warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
     const int blocks = ((int)len + 255) / 256;
@@ -622,10 +616,8 @@ __device__ __forceinline__ void stage_x_s8_normed(const float* __restrict__ x, c
 #pragma unroll
         for (int i = 0; i < NT; i++) ss[i] += i == n ? sq : 0.0;
     }
-    after_x(1, ss);
     inv_rms_of_shares<NT>(ss, red, n_cols, eps, inv_rms);
     __syncthreads();
-    after_x(2, ss);
 #pragma unroll
     for (int u = 0; u < MMA_STAGE_JOBS; u++) {
         const int job = warp + u * n_warps;
@@ -1553,9 +1545,12 @@ MATVEC_MMA_STREAM_KERNEL(4)
 // Here one grid does both. The intermediate columns are dealt out in slices of FFN_SLICE = 256
 // (one int8 scale block of ffn_down's x), a slice to a cluster of FFN_RANKS = 8 blocks; block
 // `rank` of slice j computes the 32 values h[j 256 + 32 rank ..] from two tile rows of gate and two
-// of up (its warps: tile row warp % 4, column tiles warp / 4, warp / 4 + 2, ...), the cluster's
-// blocks exchange their h through distributed shared memory, and each then multiplies the slice's
-// ffn_down tile column by it for its share of ffn_down's tile rows (a warp a tile row). The slices'
+// of up (its warps: tile row warp % 4, column tiles warp / 4, warp / 4 + 2, ...), pushes them into
+// every block of its cluster (st.async into distributed shared memory, each receiver counting the
+// bytes on an mbarrier), and each then multiplies the slice's ffn_down tile column by the slice's h
+// for its share of ffn_down's tile rows (a warp a tile row). Two cluster barriers around reads of
+// the peers' h instead cost 0.9 us a launch (bench_ffn_chain.py, H100: a barrier's release is a
+// GPU-scope fence). The slices'
 // partial sums meet as split-K's do: the last block of each rank's rows to finish adds them in
 // slice order to the residual, so results do not depend on timing.
 //
@@ -1630,51 +1625,16 @@ __device__ __forceinline__ void ffn_stamp(u64* probe, int point) {
 #define FFN_STAMP(point)
 #endif
 
-__device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory"); }
 __device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory"); }
-// The 8 values of a lane's staging job (quantize_job_s8's b0 / b1 order: the float4s at `offset`
-// bytes and 64 bytes further, interleaved) from shared address `local` in block `rank` of the cluster.
-__device__ __forceinline__ void ld_cluster_job(u32 local, u32 rank, u32 offset, float r[8]) {
-    u32 remote;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(rank));
-    float4 a, b;
-    asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];" : "=f"(a.x), "=f"(a.y), "=f"(a.z), "=f"(a.w) : "r"(remote + offset));
-    asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];" : "=f"(b.x), "=f"(b.y), "=f"(b.z), "=f"(b.w) : "r"(remote + 64 + offset));
-    r[0] = a.x, r[1] = b.x, r[2] = a.y, r[3] = b.y, r[4] = a.z, r[5] = b.z, r[6] = a.w, r[7] = b.w;
-}
-
-// Experiments (benches/bench_ffn_chain.py), all off by default:
-// FFN_H_PUSH=1: each block pushes its h into every peer's shared memory with st.async, counted on
-// the receiver's mbarrier, instead of two cluster barriers around the peers' reads (a cluster
-// barrier's release is a GPU-scope MEMBAR).
-// FFN_DONE_RELAXED=1: the barrier after the peers' reads is relaxed (the reads have returned).
-// FFN_SUM_WIDE=1: the last block of a rank's rows loads every slice's sum at once, not four at a time.
-// FFN_FENCE_ACQREL=1: split-K's fences as fence.acq_rel.gpu, not __threadfence's fence.sc.gpu.
-// FFN_GU_AFTER_X=1|2: the gate/up tiles after the wait are loaded once this thread's x is in (1) or the
-// block's 1 / rms (2), not before x's loads.
-#ifndef FFN_H_PUSH
-#define FFN_H_PUSH 0
-#endif
-#ifndef FFN_DONE_RELAXED
-#define FFN_DONE_RELAXED 0
-#endif
-#ifndef FFN_SUM_WIDE
-#define FFN_SUM_WIDE 0
-#endif
-#ifndef FFN_GU_AFTER_X
-#define FFN_GU_AFTER_X 0
-#endif
-#ifndef FFN_FENCE_ACQREL
-#define FFN_FENCE_ACQREL 0
-#endif
 __device__ __forceinline__ void cluster_arrive_relaxed() { asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory"); }
 __device__ __forceinline__ u32 cluster_map(u32 local, u32 rank) {
     u32 remote;
     asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(rank));
     return remote;
 }
-// The slices' sums of one element, FFN_SUM_BATCH loads in flight, added in slice order from 0.0f
-// as sum_splits adds them (the same bits).
+// The slices' sums of one element, added in slice order from 0.0f as sum_splits adds them (the
+// same bits), with FFN_SUM_BATCH loads in flight rather than sum_splits' four: the 0.5B's 19
+// slices in one round trip to L2 instead of seven (bench_ffn_chain.py: 0.36 us a launch).
 constexpr u32 FFN_SUM_BATCH = 24;
 __device__ __forceinline__ float ffn_sum_slices(const float* src, u64 stride, u32 n_slices) {
     float sum = 0.0f;
@@ -1688,7 +1648,8 @@ __device__ __forceinline__ float ffn_sum_slices(const float* src, u64 stride, u3
     }
     return sum;
 }
-// split_k_last with acquire/release fences.
+// split_k_last with acquire / release fences instead of __threadfence's sequentially consistent ones,
+// which message passing does not need (bench_ffn_chain.py: 0.1 us a launch).
 __device__ __forceinline__ bool ffn_last_of(u32* counter, u32 n_splits, u32& s_last) {
     asm volatile("fence.acq_rel.gpu;" ::: "memory");
     __syncthreads();
@@ -1721,12 +1682,9 @@ __device__ __forceinline__ void ffn_mma(const u8* __restrict__ gate, const u8* _
     __shared__ __align__(16) float hscale[1][NG][8];
     __shared__ __align__(16) float red[4][32][4];
     __shared__ __align__(16) float gu[NT][2 * FFN_H_PER_RANK];
-    __shared__ __align__(16) float h[NT][FFN_H_PER_RANK];
-#if FFN_H_PUSH
-    // The cluster's h, rank by rank, each pushed here by its block; h_bar counts the bytes.
+    // The cluster's h, rank by rank, each rank's pushed here by its block; h_bar counts the bytes.
     __shared__ __align__(16) float h_all[NT][FFN_RANKS][FFN_H_PER_RANK];
     __shared__ __align__(8) u64 h_bar;
-#endif
     __shared__ float inv_rms[NT];
     __shared__ u32 s_last;
     static_assert(xsum_bytes_needed<NG>(FFN_PHASE / 256) <= (int)sizeof(xsum), "x's sums as bytes fit the array");
@@ -1776,7 +1734,6 @@ __device__ __forceinline__ void ffn_mma(const u8* __restrict__ gate, const u8* _
     const int col = g < PARTS * NT ? (g / PARTS) * PARTS + g % PARTS : -1;
     const int b_off_x[NG] = {col >= 0 ? col * XSTRIDE_B + 8 * t : 8 * t};
     const int b_off_h[NG] = {col >= 0 ? col * XSTRIDE_D + 8 * t : 8 * t};
-#if FFN_H_PUSH
     const u32 h_bar_local = (u32)__cvta_generic_to_shared(&h_bar);
     if (threadIdx.x == 0) {
         asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(h_bar_local) : "memory");
@@ -1787,31 +1744,14 @@ __device__ __forceinline__ void ffn_mma(const u8* __restrict__ gate, const u8* _
     // Every peer's mbarrier is ready before any block pushes to it.
     cluster_arrive_relaxed();
     cluster_wait();
-#endif
     __syncthreads();
     FFN_STAMP(1);
 
     dependent_wait();
     FFN_STAMP(2);
-#if FFN_GU_AFTER_X
-    // The rest of the gate/up tiles once x is in (1: this thread's, 2: the block's 1 / rms), so that
-    // their loads do not queue ahead of x's; the tile addresses are made to depend on x's squares.
-    struct {
-        const decltype(load_gu)& load;
-        const u8*& tiles;
-        __device__ __forceinline__ void operator()(int at, const double (&ss)[NT]) const {
-            if (at != FFN_GU_AFTER_X) return;
-            asm volatile("" : "+l"(tiles) : "d"(ss[0]));
-            load(FFN_GU_EARLY_TILES, FFN_GU_TILES);
-        }
-    } after_x{load_gu, gu_tiles};
-    stage_x_s8_normed<NT, NG, XSTRIDE_B, PARTS, EARLY_NORM_W, Tile>(x, norm_w, early_w, eps, NT, n_cols, len, xq, xsum, xscale, inv_rms,
-                                                                     after_x);
-#else
     // The rest of the gate/up tiles (FFN_GU_EARLY_TILES), their latency overlapping the staging of x.
     load_gu(FFN_GU_EARLY_TILES, FFN_GU_TILES);
     stage_x_s8_normed<NT, NG, XSTRIDE_B, PARTS, EARLY_NORM_W, Tile>(x, norm_w, early_w, eps, NT, n_cols, len, xq, xsum, xscale, inv_rms);
-#endif
     __syncthreads();
     FFN_STAMP(3);
     float acc[NG][4] = {{0.0f, 0.0f, 0.0f, 0.0f}};
@@ -1842,7 +1782,6 @@ __device__ __forceinline__ void ffn_mma(const u8* __restrict__ gate, const u8* _
         }
     }
     __syncthreads();
-#if FFN_H_PUSH
     if (threadIdx.x < NT * FFN_H_PER_RANK) {
         const int u = threadIdx.x / FFN_H_PER_RANK, i = threadIdx.x % FFN_H_PER_RANK;
         const float hv = silu_times(gu[u][i], gu[u][FFN_H_PER_RANK + i]);
@@ -1857,12 +1796,12 @@ __device__ __forceinline__ void ffn_mma(const u8* __restrict__ gate, const u8* _
     // none exits before every block has pushed (the relaxed barrier below, met at the end).
     cluster_arrive_relaxed();
     FFN_STAMP(5);
-    FFN_STAMP(6);
     if (warp < NT) {
         u32 done = 0;
         while (!done)
             asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], 0;\n selp.u32 %0, 1, 0, p;\n}"
                          : "=r"(done) : "r"(h_bar_local) : "memory");
+        FFN_STAMP(6);
         float r[8];
         const float4 a4 = *reinterpret_cast<const float4*>(&h_all[warp][g][4 * t]);
         const float4 b4 = *reinterpret_cast<const float4*>(&h_all[warp][g][16 + 4 * t]);
@@ -1870,30 +1809,6 @@ __device__ __forceinline__ void ffn_mma(const u8* __restrict__ gate, const u8* _
         quantize_job_s8<NG, XSTRIDE_D, PARTS, TileD>(r, warp, 0, hq, hsum, hscale);
     }
     __syncthreads();
-#else
-    if (threadIdx.x < NT * FFN_H_PER_RANK) {
-        const int u = threadIdx.x / FFN_H_PER_RANK, i = threadIdx.x % FFN_H_PER_RANK;
-        h[u][i] = silu_times(gu[u][i], gu[u][FFN_H_PER_RANK + i]);
-    }
-    // The cluster's h, then the slice staged as ffn_down's x, row u by warp u: lane (sb, t) holds
-    // h at columns 32 sb + 4t .. and 32 sb + 16 + 4t .., the 32 values of block sb.
-    FFN_STAMP(5);
-    cluster_arrive();
-    cluster_wait();
-    FFN_STAMP(6);
-    if (warp < NT) {
-        float r[8];
-        ld_cluster_job((u32)__cvta_generic_to_shared(&h[warp][0]), (u32)g, 16 * t, r);
-        quantize_job_s8<NG, XSTRIDE_D, PARTS, TileD>(r, warp, 0, hq, hsum, hscale);
-    }
-    // Done with the other blocks' h; each waits for the others to be done with its own before it exits.
-#if FFN_DONE_RELAXED
-    cluster_arrive_relaxed();
-#else
-    cluster_arrive();
-#endif
-    __syncthreads();
-#endif
     FFN_STAMP(7);
     if (down_warp) {
         float dacc[NG][4] = {{0.0f, 0.0f, 0.0f, 0.0f}};
@@ -1911,26 +1826,18 @@ __device__ __forceinline__ void ffn_mma(const u8* __restrict__ gate, const u8* _
         }
     }
     FFN_STAMP(8);
-    cluster_wait();
+    cluster_wait();  // every block of the cluster has pushed its h
     FFN_STAMP(9);
     // The last block of this rank's rows adds the slices' sums to the residual, in slice order. No
-    // block still stages x then: each slice's block of this rank has passed its cluster's first
-    // barrier, which every block of that cluster reaches only after staging.
-#if FFN_FENCE_ACQREL
+    // block still stages x then: each slice's block of this rank has received its cluster's every h,
+    // which a block pushes only after staging.
     if (!ffn_last_of(&counters[rank], n_slices, s_last)) return;
-#else
-    if (!split_k_last(&counters[rank], n_slices, s_last)) return;
-#endif
     FFN_STAMP(10);
     const u32 row_begin = rank * down_tile_rows * RP_TILE_ROWS, row_end = min(row_begin + down_tile_rows * RP_TILE_ROWS, n_cols);
     const u32 nr = row_end > row_begin ? row_end - row_begin : 0;
     for (u32 i = threadIdx.x; i < NT * nr; i += blockDim.x) {
         const u32 u = i / nr, row = row_begin + i % nr;
-#if FFN_SUM_WIDE
         put(x + (u64)u * n_cols + row, ffn_sum_slices(partials + (u64)u * n_cols + row, (u64)NT * n_cols, n_slices) + 0.0f, 1);
-#else
-        put(x + (u64)u * n_cols + row, sum_splits(partials + (u64)u * n_cols + row, (u64)NT * n_cols, n_slices) + 0.0f, 1);
-#endif
     }
     if (threadIdx.x == 0) counters[rank] = 0;  // ready for the next launch
 #if FFN_PROBE
