@@ -350,11 +350,18 @@ __device__ __forceinline__ void put(float* y, float value, u32 accumulate) {
     *y = accumulate ? *y + value : value;
 }
 
+// -DSPLITK_FAST=1 (an experiment, off by default): split_k_last's fences acquire / release and
+// sum_splits' loads SPLITK_BATCH at a time, as the fused FFN's (split_k_last_acq_rel,
+// sum_splits_batched: the same bits).
+#ifndef SPLITK_FAST
+#define SPLITK_FAST 0
+#endif
+
 // Split-K's hand-over (matvec_mma.cu, matmul_mma.cu): once a block has written its partial sums,
 // whether it is the last of n_splits blocks to finish on *counter (s_last: a __shared__ word of
 // the kernel's). Every thread of the block calls it. The last block then adds the splits
 // (sum_splits) and resets the counter for the next launch.
-__device__ __forceinline__ bool split_k_last(u32* counter, u32 n_splits, u32& s_last) {
+__device__ __forceinline__ bool split_k_last_sc(u32* counter, u32 n_splits, u32& s_last) {
     __threadfence();
     __syncthreads();
     if (threadIdx.x == 0) s_last = atomicAdd(counter, 1u) == n_splits - 1;
@@ -363,10 +370,24 @@ __device__ __forceinline__ bool split_k_last(u32* counter, u32 n_splits, u32& s_
     __threadfence();
     return true;
 }
+// The same with acquire / release fences instead of __threadfence's sequentially consistent ones,
+// which this message passing does not need (bench_ffn_chain.py: 0.1 us a launch of the fused FFN).
+__device__ __forceinline__ bool split_k_last_acq_rel(u32* counter, u32 n_splits, u32& s_last) {
+    asm volatile("fence.acq_rel.gpu;" ::: "memory");
+    __syncthreads();
+    if (threadIdx.x == 0) s_last = atomicAdd(counter, 1u) == n_splits - 1;
+    __syncthreads();
+    if (!s_last) return false;
+    asm volatile("fence.acq_rel.gpu;" ::: "memory");
+    return true;
+}
+__device__ __forceinline__ bool split_k_last(u32* counter, u32 n_splits, u32& s_last) {
+    return SPLITK_FAST ? split_k_last_acq_rel(counter, n_splits, s_last) : split_k_last_sc(counter, n_splits, s_last);
+}
 
 // src[0] + src[stride] + ... over n_splits partial sums, added in split order (so results do not
 // depend on timing), four loads in flight, read through L2 (other blocks wrote them).
-__device__ __forceinline__ float sum_splits(const float* src, u64 stride, u32 n_splits) {
+__device__ __forceinline__ float sum_splits_by4(const float* src, u64 stride, u32 n_splits) {
     float sum = 0.0f;
     u32 sp = 0;
     for (; sp + 4 <= n_splits; sp += 4) {
@@ -379,4 +400,26 @@ __device__ __forceinline__ float sum_splits(const float* src, u64 stride, u32 n_
     }
     for (; sp < n_splits; sp++) sum += __ldcg(src + sp * stride);
     return sum;
+}
+// The same sums (the same order from 0.0f, so the same bits) with B loads in flight at a time: a
+// sum of up to B splits in one round trip to L2 (sum_splits_by4 takes three for three splits,
+// seven for the fused FFN's nineteen slices: 0.36 us a launch there, bench_ffn_chain.py).
+template <u32 B>
+__device__ __forceinline__ float sum_splits_batched(const float* src, u64 stride, u32 n_splits) {
+    float sum = 0.0f;
+    for (u32 s0 = 0; s0 < n_splits; s0 += B) {
+        float v[B];
+#pragma unroll
+        for (u32 i = 0; i < B; i++) v[i] = s0 + i < n_splits ? __ldcg(src + (s0 + i) * stride) : 0.0f;
+#pragma unroll
+        for (u32 i = 0; i < B; i++)
+            if (s0 + i < n_splits) sum += v[i];
+    }
+    return sum;
+}
+#ifndef SPLITK_BATCH
+#define SPLITK_BATCH 8
+#endif
+__device__ __forceinline__ float sum_splits(const float* src, u64 stride, u32 n_splits) {
+    return SPLITK_FAST ? sum_splits_batched<SPLITK_BATCH>(src, stride, n_splits) : sum_splits_by4(src, stride, n_splits);
 }

@@ -1632,33 +1632,8 @@ __device__ __forceinline__ u32 cluster_map(u32 local, u32 rank) {
     asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(rank));
     return remote;
 }
-// The slices' sums of one element, added in slice order from 0.0f as sum_splits adds them (the
-// same bits), with FFN_SUM_BATCH loads in flight rather than sum_splits' four: the 0.5B's 19
-// slices in one round trip to L2 instead of seven (bench_ffn_chain.py: 0.36 us a launch).
+// The 0.5B's 19 slices' sums in one round trip (sum_splits_batched).
 constexpr u32 FFN_SUM_BATCH = 24;
-__device__ __forceinline__ float ffn_sum_slices(const float* src, u64 stride, u32 n_slices) {
-    float sum = 0.0f;
-    for (u32 s0 = 0; s0 < n_slices; s0 += FFN_SUM_BATCH) {
-        float v[FFN_SUM_BATCH];
-#pragma unroll
-        for (u32 i = 0; i < FFN_SUM_BATCH; i++) v[i] = s0 + i < n_slices ? __ldcg(src + (s0 + i) * stride) : 0.0f;
-#pragma unroll
-        for (u32 i = 0; i < FFN_SUM_BATCH; i++)
-            if (s0 + i < n_slices) sum += v[i];
-    }
-    return sum;
-}
-// split_k_last with acquire / release fences instead of __threadfence's sequentially consistent ones,
-// which message passing does not need (bench_ffn_chain.py: 0.1 us a launch).
-__device__ __forceinline__ bool ffn_last_of(u32* counter, u32 n_splits, u32& s_last) {
-    asm volatile("fence.acq_rel.gpu;" ::: "memory");
-    __syncthreads();
-    if (threadIdx.x == 0) s_last = atomicAdd(counter, 1u) == n_splits - 1;
-    __syncthreads();
-    if (!s_last) return false;
-    asm volatile("fence.acq_rel.gpu;" ::: "memory");
-    return true;
-}
 
 // gate/up/down: repacked tiles (gate and up: Tile, n_inter x n_cols; down: TileD, n_cols x
 // n_inter); x: NT residual rows of n_cols floats, which get the block's output added; norm_w and
@@ -1831,13 +1806,13 @@ __device__ __forceinline__ void ffn_mma(const u8* __restrict__ gate, const u8* _
     // The last block of this rank's rows adds the slices' sums to the residual, in slice order. No
     // block still stages x then: each slice's block of this rank has received its cluster's every h,
     // which a block pushes only after staging.
-    if (!ffn_last_of(&counters[rank], n_slices, s_last)) return;
+    if (!split_k_last_acq_rel(&counters[rank], n_slices, s_last)) return;
     FFN_STAMP(10);
     const u32 row_begin = rank * down_tile_rows * RP_TILE_ROWS, row_end = min(row_begin + down_tile_rows * RP_TILE_ROWS, n_cols);
     const u32 nr = row_end > row_begin ? row_end - row_begin : 0;
     for (u32 i = threadIdx.x; i < NT * nr; i += blockDim.x) {
         const u32 u = i / nr, row = row_begin + i % nr;
-        put(x + (u64)u * n_cols + row, ffn_sum_slices(partials + (u64)u * n_cols + row, (u64)NT * n_cols, n_slices) + 0.0f, 1);
+        put(x + (u64)u * n_cols + row, sum_splits_batched<FFN_SUM_BATCH>(partials + (u64)u * n_cols + row, (u64)NT * n_cols, n_slices) + 0.0f, 1);
     }
     if (threadIdx.x == 0) counters[rank] = 0;  // ready for the next launch
 #if FFN_PROBE
