@@ -76,8 +76,7 @@
 #                prefetch_lines: the L2 prefetch windows at a phase's or a layer's size, bulk and by lines;
 #                attention_chain: where a one-sequence step's attention launch spends its time
 #                (benches/bench_attention_chain.py, its probe build; ATTN_CHAIN_VARIANTS); w8: the
-#                one-head decode kernel of at most 8 warps, its bit tests and two chunks a warp
-#                (FERRITE_CUDA_ATTN_MAX_WARPS=8) at contexts of 320-481 keys.
+#                one-head decode kernel of at most 8 warps, its bit tests.
 #   Logs, JSON reports and haiku artifacts go to one archive, $OUT/gpu_check.tar.gz (the device
 #   tool brings back at most 8 files), beside report.jsonl and table.txt. A table closes the
 #   output. Exit status 0 when every step passed.
@@ -440,18 +439,11 @@ if [ "$what" = pending ]; then
     done
     fi
     if [[ ,$parts, == *,w8,* ]]; then
-    # attention_heads_rope_1w8 (forty-eighth session): its bit tests (two chunks a warp among them,
-    # written without a GPU), then syn05's decode steps at contexts of 320-481 keys with at most 16
-    # warps a block (the 16-warp kernel), at most 8 (two chunks a warp on the W8 kernel) and at most
-    # 8 with the W8 kernel off, two interleaved rounds. PENDING_PARTS=w8.
+    # attention_heads_rope_1w8 (forty-eighth session): its bit tests, against rope_store followed
+    # by the plain kernel and against the 16-warp kernel. (Its A/B of 8 warps of two chunks each
+    # at 257-512 keys was measured slower than 16 warps and removed.) PENDING_PARTS=w8.
     STEP_TIMEOUT=240 step pytest_w8 "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_model.py -m cuda \
-        -k "preloaded_keys or two_chunks or rope_gives" --junitxml="$out/junit_w8.xml"
-    # shellcheck disable=SC2016  # expanded by the inner shell (each variant's words split by it)
-    STEP_TIMEOUT=300 step w8_ab bash -c 'for r in 1 2; do
-        for v in FERRITE_CUDA_ATTN_MAX_WARPS=16 FERRITE_CUDA_ATTN_MAX_WARPS=8 "FERRITE_CUDA_ATTN_MAX_WARPS=8 FERRITE_CUDA_ATTN_W8=0"; do
-            env $v timeout 60 "$py" benches/bench_decode_step.py /tmp/synthetic.gguf --device cuda --batches 1,2 --prompt-tokens 320 \
-                | grep -E "^\| [0-9]" | sed "s|^|$v |"; done; done'
-    cp "$out/w8_ab.log" "$dest/w8_ab.txt" 2>/dev/null
+        -k "preloaded_keys or rope_gives" --junitxml="$out/junit_w8.xml"
     fi
     if [[ ,$parts, == *,plans7b,* ]]; then
     # A 7B's q/k/v (4608x3584, 288 tile rows of 14 tiles) at one row: its plan (2, 4, 1) makes 144

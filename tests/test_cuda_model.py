@@ -918,23 +918,6 @@ def test_gpu_decode_attention_of_preloaded_keys_gives_the_bits_of_rope_store_the
 
 @pytest.mark.cuda
 @needs_gpu
-@pytest.mark.parametrize("kv_cache_dtype", ["float32", "float16"])
-def test_gpu_decode_attention_of_two_chunks_a_warp_gives_the_bits_of_rope_store_then_attention(tmp_path, monkeypatch, kv_cache_dtype):
-    """With FERRITE_CUDA_ATTN_MAX_WARPS=8, contexts of 257-512 keys take 8 warps of two chunks each
-    on attention_heads_rope_1w8: its first chunk preloaded, its second loaded after the wait (rows
-    as loaded, widened at the products). Three sequences (300, 420 and 60 keys) decoding together
-    for 3 steps: the same bits as rope_store followed by the plain attention kernel with the same
-    warps, and as the 16-warp kernel with them (FERRITE_CUDA_ATTN_W8=0)."""
-    monkeypatch.setenv("FERRITE_CUDA_ATTN_MAX_WARPS", "8")  # read when the model loads
-    path = write_block_model(tmp_path / "m.gguf", "Q8_0", hidden=896, ffn=256, n_heads=14, n_kv_heads=2, context=512, seed=6)
-    rng = np.random.default_rng(17)
-    prompts = [[int(t) for t in rng.integers(0, 260, size=n)] for n in (300, 420, 60)]
-    steps = [[int(t) for t in rng.integers(0, 260, size=len(prompts))] for _ in range(3)]
-    assert_decode_attention_kernels_agree(monkeypatch, path, prompts, steps, kv_cache_dtype)
-
-
-@pytest.mark.cuda
-@needs_gpu
 @pytest.mark.parametrize("splits", ["1", "3"])
 def test_gpu_f16_kv_cache_several_sequences_and_long_contexts(tmp_path, monkeypatch, splits):
     """An f16 cache with the test model's head shape (14 query heads over 2 KV heads of 64):

@@ -229,7 +229,7 @@ const ATTENTION_SPLIT_MAX_UNSPLIT_BLOCKS: u64 = 64;
 /// are part of a recorded step's key (`replayable`), so a decode step is recorded again when its
 /// contexts cross a power of two of 32 keys or a multiple of ATTENTION_SPLIT_KEYS instead of
 /// replaying counts made for shorter contexts.
-fn attention_shape(positions: &[u32], blocks_per_row: usize, forced_splits: Option<u32>, max_warps: u64) -> (u32, u32) {
+fn attention_shape(positions: &[u32], blocks_per_row: usize, forced_splits: Option<u32>) -> (u32, u32) {
     if positions.len() > ATTENTION_SPREAD_MAX_ROWS {
         return (4, 1);
     }
@@ -243,7 +243,7 @@ fn attention_shape(positions: &[u32], blocks_per_row: usize, forced_splits: Opti
         }
     };
     let splits = forced_splits.map_or_else(by_rule, u64::from).clamp(1, ATTENTION_MAX_SPLITS);
-    let warps = longest.div_ceil(splits).div_ceil(attention_warp_keys()).next_power_of_two().clamp(ATTENTION_MIN_WARPS, max_warps.max(ATTENTION_MIN_WARPS));
+    let warps = longest.div_ceil(splits).div_ceil(attention_warp_keys()).next_power_of_two().clamp(ATTENTION_MIN_WARPS, ATTENTION_MAX_WARPS as u64);
     (warps as u32, splits as u32)
 }
 
@@ -261,21 +261,6 @@ fn attention_warp_keys() -> u64 {
         }
         keys.unwrap_or(32)
     })
-}
-
-/// `FERRITE_CUDA_ATTN_MAX_WARPS=N` (4, 8 or 16): at most N warps a decode attention block, read
-/// when a backend is made; unset: ATTENTION_MAX_WARPS. An experiment: with 8, a split of 257-512
-/// keys takes 8 warps of two chunks each on `attention_heads_rope_1w8` (whose second chunk loads
-/// after its wait) instead of 16 warps of one on the 16-warp kernel. Not measured yet.
-fn attention_max_warps() -> u64 {
-    let Ok(value) = std::env::var("FERRITE_CUDA_ATTN_MAX_WARPS") else { return ATTENTION_MAX_WARPS as u64 };
-    match value.trim().parse::<u64>() {
-        Ok(n) if [4, 8, 16].contains(&n) => n,
-        _ => {
-            eprintln!("ferrite: FERRITE_CUDA_ATTN_MAX_WARPS: {value:?} is not 4, 8 or 16; {ATTENTION_MAX_WARPS} taken");
-            ATTENTION_MAX_WARPS as u64
-        }
-    }
 }
 
 /// `FERRITE_CUDA_ATTN_SPLITS=N`: N flash-decoding splits for every batch `attention_shape` may
@@ -495,8 +480,6 @@ pub struct CudaBackend {
     attn_splits: u32,
     /// FERRITE_CUDA_ATTN_SPLITS (see `attention_shape`).
     forced_splits: Option<u32>,
-    /// FERRITE_CUDA_ATTN_MAX_WARPS (`attention_max_warps`).
-    max_attn_warps: u64,
     /// FERRITE_CUDA_MMQ_MAX_ROWS (see `matmul::takes_gemm_mma`).
     pub(super) gemm_mma_rows: Option<usize>,
     /// How far beyond the usual rows a wide model's weights and huge weights take the
@@ -1167,7 +1150,6 @@ impl CudaBackend {
             attn_warps: 4,
             attn_splits: 1,
             forced_splits: forced_attention_splits(),
-            max_attn_warps: attention_max_warps(),
             gemm_mma_rows: super::matmul::forced_gemm_mma_rows(),
             row_rules: super::matmul::RowRules::from_env(),
             swiglu_gemm: super::matmul::swiglu_gemm_enabled(),
@@ -1488,7 +1470,7 @@ impl Backend for CudaBackend {
         // Blocks a row of this batch takes unsplit: one per KV head and slice of its query heads.
         let group = self.attn_heads / self.attn_kv_heads.max(1);
         let blocks_per_row = self.attn_kv_heads * group.div_ceil(attention_slice(n, group, self.attn_head_dim).max(1));
-        let (attn_warps, mut attn_splits) = attention_shape(&plan.positions, blocks_per_row, self.forced_splits, self.max_attn_warps);
+        let (attn_warps, mut attn_splits) = attention_shape(&plan.positions, blocks_per_row, self.forced_splits);
         if n_tiles > 0 {
             attn_splits = 1; // attention_prefill takes the batch
         }
@@ -2021,7 +2003,7 @@ impl Backend for CudaBackend {
 #[cfg(test)]
 mod attention_launch_tests {
     fn attention_warps(positions: &[u32]) -> u32 {
-        super::attention_shape(positions, 14, Some(1), 16).0
+        super::attention_shape(positions, 14, Some(1)).0
     }
 
     /// Flash-decoding splits: none up to ATTENTION_SPLIT_KEYS keys (the warps as before), then
@@ -2030,7 +2012,7 @@ mod attention_launch_tests {
     #[test]
     fn long_contexts_of_small_batches_split_into_ranges_of_about_512_keys() {
         // One row takes 14 blocks unsplit in the 0.5B shapes (2 KV heads x 7 one-head slices).
-        let attention_shape = |p: &[u32], forced| super::attention_shape(p, 14, forced, 16);
+        let attention_shape = |p: &[u32], forced| super::attention_shape(p, 14, forced);
         let cases: [(&[u32], (u32, u32)); 7] = [
             (&[0], (4, 1)),
             (&[511], (16, 1)),
@@ -2049,14 +2031,11 @@ mod attention_launch_tests {
         assert_eq!(attention_shape(&[4095], Some(1000)), (8, 16), "at most 16 splits, of 256 keys here");
         // The block caps: 2 rows of 14 blocks split in 8 (224 blocks), 4 rows in 4 (224), 8 rows
         // (112 blocks unsplit) not at all; the 7B shapes' one row (28 blocks) in 8.
-        assert_eq!(super::attention_shape(&[4095; 2], 14, None, 16), (16, 8));
-        assert_eq!(super::attention_shape(&[4095; 4], 14, None, 16), (16, 4));
-        assert_eq!(super::attention_shape(&[4095; 8], 14, None, 16), (16, 1));
-        assert_eq!(super::attention_shape(&[4095], 28, None, 16), (16, 8));
-        assert_eq!(super::attention_shape(&[4095; 8], 14, Some(5), 16), (16, 5), "the override ignores the cap");
-        // FERRITE_CUDA_ATTN_MAX_WARPS=8: a split of up to 512 keys in 8 warps of two chunks each.
-        assert_eq!(super::attention_shape(&[300], 14, None, 8), (8, 1));
-        assert_eq!(super::attention_shape(&[100], 14, None, 8), (4, 1));
+        assert_eq!(super::attention_shape(&[4095; 2], 14, None), (16, 8));
+        assert_eq!(super::attention_shape(&[4095; 4], 14, None), (16, 4));
+        assert_eq!(super::attention_shape(&[4095; 8], 14, None), (16, 1));
+        assert_eq!(super::attention_shape(&[4095], 28, None), (16, 8));
+        assert_eq!(super::attention_shape(&[4095; 8], 14, Some(5)), (16, 5), "the override ignores the cap");
     }
 
     /// Prompt chunks become tiles of at most 16 consecutive rows of one sequence, longest contexts
