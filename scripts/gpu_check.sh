@@ -76,7 +76,8 @@
 #                prefetch_lines: the L2 prefetch windows at a phase's or a layer's size, bulk and by lines;
 #                attention_chain: where a one-sequence step's attention launch spends its time
 #                (benches/bench_attention_chain.py, its probe build; ATTN_CHAIN_VARIANTS); w8: the
-#                one-head decode kernel of at most 8 warps, its bit tests.
+#                one-head decode kernel of at most 8 warps, its bit tests; splitk: every split-K
+#                launch on the fused FFN's hand-over (-DSPLITK_FAST=1), its tests and decode steps.
 #   Logs, JSON reports and haiku artifacts go to one archive, $OUT/gpu_check.tar.gz (the device
 #   tool brings back at most 8 files), beside report.jsonl and table.txt. A table closes the
 #   output. Exit status 0 when every step passed.
@@ -444,6 +445,17 @@ if [ "$what" = pending ]; then
     # at 257-512 keys was measured slower than 16 warps and removed.) PENDING_PARTS=w8.
     STEP_TIMEOUT=240 step pytest_w8 "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_model.py -m cuda \
         -k "preloaded_keys or rope_gives" --junitxml="$out/junit_w8.xml"
+    fi
+    if [[ ,$parts, == *,splitk,* ]]; then
+    # Every split-K launch on the fused FFN's hand-over (-DSPLITK_FAST=1: acquire / release fences,
+    # SPLITK_BATCH sums in flight; the same bits; forty-ninth session, not yet run): the
+    # matrix-vector split tests with it, then decode steps of syn05 at 1, 4 and 8 sequences and
+    # syn7b at 1 and 4, with and without it, two interleaved rounds. PENDING_PARTS=splitk.
+    FERRITE_CUDA_KERNEL_DEFINES=-DSPLITK_FAST=1 STEP_TIMEOUT=240 step pytest_splitk "$py" -m pytest -q -ra -p no:cacheprovider \
+        tests/test_cuda_matvec.py -m cuda -k "split" --junitxml="$out/junit_splitk.xml"
+    need_syn7b
+    ab_step splitk_ab ${AB_S:-300} "plain|FERRITE_CUDA_KERNEL_DEFINES=" "fast|FERRITE_CUDA_KERNEL_DEFINES=-DSPLITK_FAST=1" \
+        -- /tmp/synthetic.gguf:1,4,8 /root/m/syn7b.gguf:1,4
     fi
     if [[ ,$parts, == *,plans7b,* ]]; then
     # A 7B's q/k/v (4608x3584, 288 tile rows of 14 tiles) at one row: its plan (2, 4, 1) makes 144
