@@ -370,16 +370,24 @@ __device__ __forceinline__ bool split_k_last_sc(u32* counter, u32 n_splits, u32&
     __threadfence();
     return true;
 }
-// The same with acquire / release fences instead of __threadfence's sequentially consistent ones,
-// which this message passing does not need (bench_ffn_chain.py: 0.1 us a launch of the fused FFN).
+// The same with acquire / release fences instead of __threadfence's sequentially consistent ones
+// (bench_ffn_chain.py: 0.1 us a launch of the fused FFN). Thread 0 alone fences, between the two
+// barriers: its fence then releases what the block's other threads wrote before the first barrier
+// (PTX orders a release pattern after what precedes it, the barrier included), and in the last
+// block its acquire covers the other threads' reads after the second (as CUTLASS's barrier.h and
+// cooperative groups' grid sync do). Fences in every thread before the first barrier, as the
+// forty-ninth session's measured form had them, release only each thread's own writes, and no
+// strong write of that thread follows them.
 __device__ __forceinline__ bool split_k_last_acq_rel(u32* counter, u32 n_splits, u32& s_last) {
-    asm volatile("fence.acq_rel.gpu;" ::: "memory");
     __syncthreads();
-    if (threadIdx.x == 0) s_last = atomicAdd(counter, 1u) == n_splits - 1;
+    if (threadIdx.x == 0) {
+        asm volatile("fence.acq_rel.gpu;" ::: "memory");
+        const bool last = atomicAdd(counter, 1u) == n_splits - 1;
+        if (last) asm volatile("fence.acq_rel.gpu;" ::: "memory");
+        s_last = last;
+    }
     __syncthreads();
-    if (!s_last) return false;
-    asm volatile("fence.acq_rel.gpu;" ::: "memory");
-    return true;
+    return s_last;
 }
 __device__ __forceinline__ bool split_k_last(u32* counter, u32 n_splits, u32& s_last) {
     return SPLITK_FAST ? split_k_last_acq_rel(counter, n_splits, s_last) : split_k_last_sc(counter, n_splits, s_last);

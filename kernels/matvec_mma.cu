@@ -1767,9 +1767,6 @@ __device__ __forceinline__ void ffn_mma(const u8* __restrict__ gate, const u8* _
                          "r"(__float_as_uint(hv)), "r"(cluster_map(h_bar_local, p))
                          : "memory");
     }
-    // Peers' pushes target live blocks only: each waits for all of them before it goes on, and
-    // none exits before every block has pushed (the relaxed barrier below, met at the end).
-    cluster_arrive_relaxed();
     FFN_STAMP(5);
     if (warp < NT) {
         u32 done = 0;
@@ -1784,6 +1781,9 @@ __device__ __forceinline__ void ffn_mma(const u8* __restrict__ gate, const u8* _
         quantize_job_s8<NG, XSTRIDE_D, PARTS, TileD>(r, warp, 0, hq, hsum, hscale);
     }
     __syncthreads();
+    // Pushes land in live blocks only: a block goes on only once all its bytes are in, and none
+    // exits before every block of the cluster has had all of its own (this arrive, met at the end).
+    cluster_arrive_relaxed();
     FFN_STAMP(7);
     if (down_warp) {
         float dacc[NG][4] = {{0.0f, 0.0f, 0.0f, 0.0f}};
@@ -1801,7 +1801,7 @@ __device__ __forceinline__ void ffn_mma(const u8* __restrict__ gate, const u8* _
         }
     }
     FFN_STAMP(8);
-    cluster_wait();  // every block of the cluster has pushed its h
+    cluster_wait();  // every block of the cluster has received every h
     FFN_STAMP(9);
     // The last block of this rank's rows adds the slices' sums to the residual, in slice order. No
     // block still stages x then: each slice's block of this rank has received its cluster's every h,
