@@ -111,24 +111,15 @@ static_assert(ATTN_PRELOAD_KEY_FLOATS >= 4 && ATTN_PRELOAD_KEY_FLOATS % 4 == 0, 
 #endif
 
 // 1: a probe build for benches/bench_attention_chain.py: the kernels take one more parameter,
-// `probe` (u64*, null: none), and thread 0 of each block writes %globaltimer and clock64 at
-// points 0..15 of the kernel to probe[32 * block + point] and probe[32 * block + 16 + point]
-// (ATTN_STAMP). Never compiled by the backend.
+// `probe` (u64*, null: none), and thread 0 of each block stamps points 0..15 of the kernel into it
+// (ATTN_STAMP: common.cuh's probe_stamp). Never compiled by the backend.
 #ifndef ATTN_PROBE
 #define ATTN_PROBE 0
 #endif
 #if ATTN_PROBE
-__device__ __forceinline__ void attn_stamp(u64* probe, int point) {
-    if (probe == nullptr || threadIdx.x != 0) return;
-    u64 t;
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-    const u64 block = ((u64)blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
-    probe[32 * block + point] = t;
-    probe[32 * block + 16 + point] = clock64();
-}
 #define ATTN_PROBE_PARAM , u64* __restrict__ probe
 #define ATTN_PROBE_ARG , probe
-#define ATTN_STAMP(point) attn_stamp(probe, point)
+#define ATTN_STAMP(point) probe_stamp(probe, point)
 #else
 #define ATTN_PROBE_PARAM
 #define ATTN_PROBE_ARG

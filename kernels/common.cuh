@@ -344,6 +344,19 @@ __device__ __forceinline__ float4 normed4(float4 x, float inv, float4 w) {
     return make_float4(normed(x.x, inv, w.x), normed(x.y, inv, w.y), normed(x.z, inv, w.z), normed(x.w, inv, w.w));
 }
 
+// The probe builds of the chain benches (attention.cu's ATTN_PROBE, matvec_mma.cu's FFN_PROBE):
+// thread 0 of the block writes %globaltimer and clock64 at `point` (0..15) to probe[32 * block +
+// point] and probe[32 * block + 16 + point], `block` being the block's linear index; a null probe
+// writes nothing. Never called by the backend's kernels.
+__device__ __forceinline__ void probe_stamp(u64* probe, int point) {
+    if (probe == nullptr || threadIdx.x != 0) return;
+    u64 t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    const u64 block = ((u64)blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
+    probe[32 * block + point] = t;
+    probe[32 * block + 16 + point] = clock64();
+}
+
 // A projection's output: written, or added to what is there (the residual stream). The sum is
 // old + value, as the separate add it replaces computed it.
 __device__ __forceinline__ void put(float* y, float value, u32 accumulate) {

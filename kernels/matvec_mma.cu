@@ -1602,23 +1602,15 @@ static_assert(FFN_H_PER_RANK == 2 * RP_TILE_ROWS, "a block's h comes from two ti
 static_assert(Tile::S8 && TileD::S8, "the fused FFN runs on the int8 path");
 
 // 1: a probe build for benches/bench_ffn_chain.py: ffn_mma_1 / _2 take one more parameter, `probe`
-// (u64*, null: none), and thread 0 of each block writes %globaltimer and clock64 at points 0..15 to
-// probe[32 * block + point] and probe[32 * block + 16 + point] (FFN_STAMP; points a block does not
-// reach stay as they were). Never compiled by the backend.
+// (u64*, null: none), and thread 0 of each block stamps points 0..15 into it (FFN_STAMP: common.cuh's
+// probe_stamp; points a block does not reach stay as they were). Never compiled by the backend.
 #ifndef FFN_PROBE
 #define FFN_PROBE 0
 #endif
 #if FFN_PROBE
-__device__ __forceinline__ void ffn_stamp(u64* probe, int point) {
-    if (probe == nullptr || threadIdx.x != 0) return;
-    u64 t;
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-    probe[32 * (u64)blockIdx.x + point] = t;
-    probe[32 * (u64)blockIdx.x + 16 + point] = clock64();
-}
 #define FFN_PROBE_PARAM , u64* __restrict__ probe
 #define FFN_PROBE_ARG , probe
-#define FFN_STAMP(point) ffn_stamp(probe, point)
+#define FFN_STAMP(point) probe_stamp(probe, point)
 #else
 #define FFN_PROBE_PARAM
 #define FFN_PROBE_ARG
