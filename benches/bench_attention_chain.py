@@ -35,7 +35,7 @@ import struct
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
-from cuda_driver import PHASE_HELPERS, Driver  # noqa: E402
+from cuda_driver import PRODUCER, Driver, Producer  # noqa: E402
 from nvrtc_cubin import BASE_OPTIONS, compile_cubin, compile_source  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
@@ -43,36 +43,6 @@ HEAD_DIM, N_HEADS, N_KV_HEADS, BLOCK_TOKENS = 64, 14, 2, 16
 Q_WIDTH, KV_WIDTH = N_HEADS * HEAD_DIM, N_KV_HEADS * HEAD_DIM
 QKV_WIDTH = Q_WIDTH + 2 * KV_WIDTH
 PRODUCER_BLOCKS, PRODUCER_THREADS = 72, 256
-
-PRODUCER = "#define MAX_W4 8\n" + PHASE_HELPERS + r"""
-// q/k/v's stand-in: weights loaded before the wait, then the hidden vector (n floats) from L2,
-// a block sum, and this block's share of the q/k/v row written. Thread 0 stamps its block's end.
-extern "C" __global__ void producer(const float* xin, float* qkv, int n, int n_out, const float4* __restrict__ w, u64 off4,
-                                    int w4, u64* probe, u64 spin_ns) {
-    __shared__ float red[32];
-    float4 r[MAX_W4];
-    load_weights(w, off4, w4, r);
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-    // The rest of a real projection's work after its wait (staging x, the products), as time.
-    u64 t0, now;
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
-    do asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now)); while (now - t0 < spin_ns);
-    const float s = vector_sum(xin, n, use_weights(w4, r) * 1e-30f, red);
-    const int per = (n_out + gridDim.x - 1) / gridDim.x;
-    for (int i = threadIdx.x; i < per; i += blockDim.x) {
-        const int o = blockIdx.x * per + i;
-        // Bounded values: the attention's scores stay finite whatever the chain does.
-        if (o < n_out) qkv[o] = __sinf(s * 1e-3f + (float)o);
-    }
-    __syncthreads();
-    if (probe != nullptr && threadIdx.x == 0) {
-        u64 t;
-        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-        probe[blockIdx.x] = t;
-    }
-}
-"""
 
 POINTS = ["entry", "angles done", "pre-wait done", "released", "q loaded", "rope done", "chunks done", "partials written", "merged"]
 # Points inside those phases, stamped by thread 0 only (its own loads, warp 0's first chunk):
@@ -121,9 +91,7 @@ def main() -> None:
         return
 
     cu = Driver()
-    rate_khz = C.c_int()
-    cu.check(cu.cu.cuDeviceGetAttribute(C.byref(rate_khz), 13, 0), "clock rate")  # CU_DEVICE_ATTRIBUTE_CLOCK_RATE
-    producer = cu.functions(producer_cubin, ["producer"])["producer"]
+    producer = Producer(cu, producer_cubin, PRODUCER_BLOCKS, PRODUCER_THREADS, args.producer_kb, args.pairs)
     rng = random.Random(1)
     max_ctx = max(int(c) for c in args.ctx.split(","))
     n_blocks = -(-max_ctx // BLOCK_TOKENS) + 1
@@ -145,18 +113,12 @@ def main() -> None:
     tables, offsets, positions, slots = cu.alloc(4 * n_blocks), cu.alloc(4), cu.alloc(4), cu.alloc(4)
     cu.copy_to(tables, struct.pack(f"<{n_blocks}I", *table))
     cu.copy_to(offsets, struct.pack("<I", 0))
-    w_total = 256 << 20  # more than L2: the producer's weights come from DRAM, as a step's do
-    w = cu.alloc(w_total)
-    w4 = min(8, -(-args.producer_kb * 1024 // (16 * PRODUCER_THREADS)))
-    stride = PRODUCER_BLOCKS * PRODUCER_THREADS * w4
-    wrap = (w_total // 16) // stride * stride
     grid = (1, N_KV_HEADS, N_HEADS // N_KV_HEADS)
     n_attn_blocks = grid[0] * grid[1] * grid[2]
     probe_attn = cu.alloc(args.pairs * n_attn_blocks * 32 * 8)
-    probe_prod = cu.alloc(args.pairs * PRODUCER_BLOCKS * 8)
 
-    print(f"# {cu.name}, SM clock {rate_khz.value / 1e3:.0f} MHz (max); grid {grid}, "
-          f"{BLOCK_TOKENS}-token blocks; producer {PRODUCER_BLOCKS} blocks x {w4 * 16 * PRODUCER_THREADS // 1024} KB of weights; "
+    print(f"# {cu.name}, SM clock {cu.clock_mhz():.0f} MHz (max); grid {grid}, "
+          f"{BLOCK_TOKENS}-token blocks; producer {PRODUCER_BLOCKS} blocks x {producer.kb_a_block} KB of weights; "
           f"{args.pairs} pairs a graph, median of {args.reps} replays")
     for kv, ctx, spin in [(kv, int(c), int(sp)) for kv in kvs for c in args.ctx.split(",") for sp in args.producer_spin_ns.split(",")]:
         k_cache, v_cache = caches[kv]
@@ -185,14 +147,9 @@ def main() -> None:
                     p.append(C.c_uint64(probe_at))
                 return p
 
-            def producer_launch(i: int, probe: bool) -> None:
-                cu.launch(producer, PRODUCER_BLOCKS, PRODUCER_THREADS,
-                          [C.c_uint64(x), C.c_uint64(qkv), C.c_int(896), C.c_int(QKV_WIDTH), C.c_uint64(w), C.c_ulonglong((i * stride) % wrap),
-                           C.c_int(w4), C.c_uint64(probe_prod + 8 * PRODUCER_BLOCKS * i if probe else 0), C.c_ulonglong(spin)], pdl=True)
-
             def chain(probe: bool, with_attention: bool = True) -> None:
                 for i in range(args.pairs):
-                    producer_launch(i, probe)
+                    producer.launch(i, x, qkv, 896, QKV_WIDTH, spin, probe)
                     if with_attention:
                         cu.launch(fns[probe], grid, 32 * warps, params(probe_attn + 8 * 32 * n_attn_blocks * i if probe else None),
                                   pdl=True, smem=smem)
@@ -201,12 +158,12 @@ def main() -> None:
             t_prod = cu.time_graph(lambda: chain(False, False), args.reps, args.pairs)
             cu.time_graph(lambda: chain(True), 1, args.pairs)
             stamps = struct.unpack(f"<{args.pairs * n_attn_blocks * 32}Q", cu.copy_from(probe_attn, args.pairs * n_attn_blocks * 32 * 8))
-            ends = struct.unpack(f"<{args.pairs * PRODUCER_BLOCKS}Q", cu.copy_from(probe_prod, args.pairs * PRODUCER_BLOCKS * 8))
+            ends = producer.ends()
             cols = {p: [] for p in range(len(POINTS))}
             cycles = {p: [] for p in range(1, len(POINTS))}
             inner = {name: [] for name, _, _ in INNER}
             for i in range(2, args.pairs):  # the first launches warm up
-                prod_end = max(ends[i * PRODUCER_BLOCKS:(i + 1) * PRODUCER_BLOCKS])
+                prod_end = ends[i]
                 blocks = [stamps[(i * n_attn_blocks + b) * 32:(i * n_attn_blocks + b) * 32 + 32] for b in range(n_attn_blocks)]
                 # Each point as the last block reaches it, relative to the producer's last block's
                 # end (negative: before it); and each block's clock cycles from the point before.

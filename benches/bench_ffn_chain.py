@@ -35,7 +35,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
-from cuda_driver import PHASE_HELPERS, Driver  # noqa: E402
+from cuda_driver import PRODUCER, Driver, Producer  # noqa: E402
 from nvrtc_cubin import BASE_OPTIONS, compile_cubin, compile_source  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,35 +45,6 @@ RANKS, SLICE, THREADS = 8, 256, 256
 TILES = {"q5_0": (128, 1408), "q8_0": (128, 2176), "q4_k": (256, 2304), "q6_k": (256, 3360)}
 S8_MAX_NT = {"q5_0": 2, "q8_0": 4, "q4_k": 8, "q6_k": 4}
 PRODUCER_BLOCKS, PRODUCER_THREADS = 56, 256
-
-PRODUCER = "#define MAX_W4 8\n" + PHASE_HELPERS + r"""
-// o's stand-in: weights loaded before the wait, then a vector (n floats) from L2, a block sum, and
-// this block's share of the residual written. Thread 0 stamps its block's end.
-extern "C" __global__ void producer(const float* xin, float* x, int n, int n_out, const float4* __restrict__ w, u64 off4,
-                                    int w4, u64* probe, u64 spin_ns) {
-    __shared__ float red[32];
-    float4 r[MAX_W4];
-    load_weights(w, off4, w4, r);
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-    u64 t0, now;
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
-    do asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now)); while (now - t0 < spin_ns);
-    const float s = vector_sum(xin, n, use_weights(w4, r) * 1e-30f, red);
-    const int per = (n_out + gridDim.x - 1) / gridDim.x;
-    for (int i = threadIdx.x; i < per; i += blockDim.x) {
-        const int o = blockIdx.x * per + i;
-        // Bounded values, as a residual's.
-        if (o < n_out) x[o] = __sinf(s * 1e-3f + (float)o);
-    }
-    __syncthreads();
-    if (probe != nullptr && threadIdx.x == 0) {
-        u64 t;
-        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-        probe[blockIdx.x] = t;
-    }
-}
-"""
 
 POINTS = ["entry", "pre-wait done", "released", "x staged", "gate/up products", "h pushed", "peers' h in",
           "h staged", "down products", "cluster done", "last block known", "x written"]
@@ -113,9 +84,7 @@ def main() -> None:
         return
 
     cu = Driver()
-    rate_khz = C.c_int()
-    cu.check(cu.cu.cuDeviceGetAttribute(C.byref(rate_khz), 13, 0), "clock rate")  # CU_DEVICE_ATTRIBUTE_CLOCK_RATE
-    producer = cu.functions(producer_cubin, ["producer"])["producer"]
+    producer = Producer(cu, producer_cubin, PRODUCER_BLOCKS, PRODUCER_THREADS, args.producer_kb, args.pairs)
     rng = random.Random(1)
     gu_cols, gu_tile = TILES[gu_type]
     gu_bytes = (N_INTER // 16) * (N_COLS // gu_cols) * gu_tile
@@ -127,13 +96,7 @@ def main() -> None:
     grid = n_slices * RANKS
     partials = cu.alloc(n_slices * 2 * N_COLS * 4)
     counters = cu.alloc(RANKS * 4)
-    w_total = 256 << 20  # more than L2: the producer's weights come from DRAM, as a step's do
-    w = cu.alloc(w_total)
-    w4 = min(8, -(-args.producer_kb * 1024 // (16 * PRODUCER_THREADS)))
-    stride = PRODUCER_BLOCKS * PRODUCER_THREADS * w4
-    wrap = (w_total // 16) // stride * stride
     probe_ffn = cu.alloc(args.pairs * grid * 32 * 8)
-    probe_prod = cu.alloc(args.pairs * PRODUCER_BLOCKS * 8)
 
     for down in downs:
         d_cols, d_tile = TILES[down]
@@ -147,9 +110,9 @@ def main() -> None:
             copies.append((g, u, dn))
         mb = (2 * gu_bytes + down_bytes) / 1e6
         for spin in (int(s) for s in args.producer_spin_ns.split(",")):
-            print(f"\n## {cu.name}, SM clock {rate_khz.value / 1e3:.0f} MHz (max): ffn_mma_1, {gu_type} gate/up, {down} ffn_down "
+            print(f"\n## {cu.name}, SM clock {cu.clock_mhz():.0f} MHz (max): ffn_mma_1, {gu_type} gate/up, {down} ffn_down "
                   f"({mb:.2f} MB a layer, {args.copies} copies), {grid} blocks; producer {PRODUCER_BLOCKS} blocks x "
-                  f"{w4 * 16 * PRODUCER_THREADS // 1024} KB, +{spin} ns; {args.pairs} pairs a graph, median of {args.reps} replays\n")
+                  f"{producer.kb_a_block} KB, +{spin} ns; {args.pairs} pairs a graph, median of {args.reps} replays\n")
             print("| variant | us a pair | producer alone (us) | FFN's share (us) | " + " | ".join(POINTS) + " |")
             print("| --- " * (4 + len(POINTS)) + "|")
             cyc = []
@@ -167,10 +130,7 @@ def main() -> None:
 
                 def chain(probe: bool, with_ffn: bool = True) -> None:
                     for i in range(args.pairs):
-                        cu.launch(producer, PRODUCER_BLOCKS, PRODUCER_THREADS,
-                                  [C.c_uint64(xin), C.c_uint64(x), C.c_int(N_COLS), C.c_int(N_COLS), C.c_uint64(w),
-                                   C.c_ulonglong((i * stride) % wrap), C.c_int(w4),
-                                   C.c_uint64(probe_prod + 8 * PRODUCER_BLOCKS * i if probe else 0), C.c_ulonglong(spin)], pdl=True)
+                        producer.launch(i, xin, x, N_COLS, N_COLS, spin, probe)
                         if with_ffn:
                             cu.launch(fns[probe], grid, THREADS, ffn_params(i, probe_ffn + 8 * 32 * grid * i if probe else None), pdl=True)
 
@@ -180,11 +140,11 @@ def main() -> None:
                 cu.copy_to(probe_ffn, bytes(args.pairs * grid * 32 * 8))
                 cu.time_graph(lambda: chain(True), 1, args.pairs)
                 stamps = struct.unpack(f"<{args.pairs * grid * 32}Q", cu.copy_from(probe_ffn, args.pairs * grid * 32 * 8))
-                ends = struct.unpack(f"<{args.pairs * PRODUCER_BLOCKS}Q", cu.copy_from(probe_prod, args.pairs * PRODUCER_BLOCKS * 8))
+                ends = producer.ends()
                 cols = {p: [] for p in range(len(POINTS))}
                 cycles = {p: [] for p in range(1, len(POINTS))}
                 for i in range(2, args.pairs):  # the first launches warm up
-                    prod_end = max(ends[i * PRODUCER_BLOCKS:(i + 1) * PRODUCER_BLOCKS])
+                    prod_end = ends[i]
                     blocks = [stamps[(i * grid + b) * 32:(i * grid + b) * 32 + 32] for b in range(grid)]
                     # Each point as the last block reaching it does, relative to the producer's
                     # last block's end (negative: before it); each block's cycles from the point

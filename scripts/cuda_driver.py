@@ -1,15 +1,18 @@
 """The CUDA driver API through ctypes, for the benches that time kernels of their own without
-ferrite's Rust side (benches/bench_grid_barrier.py, benches/bench_cluster_handover.py): a device,
-a stream and two events, launches with their attributes (programmatic dependent launch, thread
-block clusters), and a chain of launches recorded as a CUDA graph and timed by replays. The
-kernels come from scripts/nvrtc_cubin.py's compile_source; PHASE_HELPERS is the device code both
-benches' phases share.
+ferrite's Rust side (benches/bench_grid_barrier.py, benches/bench_cluster_handover.py,
+benches/bench_attention_chain.py, benches/bench_ffn_chain.py): a device, a stream and two events,
+launches with their attributes (programmatic dependent launch, thread block clusters), and a chain
+of launches recorded as a CUDA graph and timed by replays. The kernels come from
+scripts/nvrtc_cubin.py's compile_source; PHASE_HELPERS is the device code the benches' phases
+share, PRODUCER (launched through Producer) the projection the chain benches put before the
+launch they time.
 """
 
 from __future__ import annotations
 
 import ctypes as C
 import statistics
+import struct
 from typing import Callable
 
 # Device code for a bench's phases: a block sum, and the block's share of a phase's weights in
@@ -50,6 +53,37 @@ __device__ __forceinline__ float use_weights(int w4, const float4 (&r)[MAX_W4]) 
     for (int i = 0; i < MAX_W4; i++)
         if (i < w4) s += r[i].x + r[i].y + r[i].z + r[i].w;
     return s;
+}
+"""
+
+# A projection's stand-in before a timed launch (the chain benches): weights loaded before the
+# wait, then extra work as time (spin_ns), a vector of n floats from L2, a block sum, and this
+# block's share of n_out values written to `out`. Thread 0 stamps its block's end into probe.
+PRODUCER = "#define MAX_W4 8\n" + PHASE_HELPERS + r"""
+extern "C" __global__ void producer(const float* xin, float* out, int n, int n_out, const float4* __restrict__ w, u64 off4,
+                                    int w4, u64* probe, u64 spin_ns) {
+    __shared__ float red[32];
+    float4 r[MAX_W4];
+    load_weights(w, off4, w4, r);
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    // The rest of a real projection's work after its wait (staging x, the products), as time.
+    u64 t0, now;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+    do asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now)); while (now - t0 < spin_ns);
+    const float s = vector_sum(xin, n, use_weights(w4, r) * 1e-30f, red);
+    const int per = (n_out + gridDim.x - 1) / gridDim.x;
+    for (int i = threadIdx.x; i < per; i += blockDim.x) {
+        const int o = blockIdx.x * per + i;
+        // Bounded values (attention scores, a residual): finite whatever the chain does.
+        if (o < n_out) out[o] = __sinf(s * 1e-3f + (float)o);
+    }
+    __syncthreads();
+    if (probe != nullptr && threadIdx.x == 0) {
+        u64 t;
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+        probe[blockIdx.x] = t;
+    }
 }
 """
 
@@ -112,6 +146,12 @@ class Driver:
         self.check(self.cu.cuStreamCreate(C.byref(self.stream), 1), "stream")  # non-blocking
         self.check(self.cu.cuEventCreate(C.byref(self.ev0), 0), "event")
         self.check(self.cu.cuEventCreate(C.byref(self.ev1), 0), "event")
+
+    def clock_mhz(self) -> float:
+        """The SM clock's rate the device reports (its maximum), MHz."""
+        rate_khz = C.c_int()
+        self.check(self.cu.cuDeviceGetAttribute(C.byref(rate_khz), 13, 0), "clock rate")  # CU_DEVICE_ATTRIBUTE_CLOCK_RATE
+        return rate_khz.value / 1e3
 
     def check(self, rc: int, what: str) -> None:
         if rc != 0:
@@ -179,3 +219,36 @@ class Driver:
         self.cu.cuGraphExecDestroy(exe)
         self.cu.cuGraphDestroy(graph)
         return statistics.median(times)
+
+
+class Producer:
+    """The chain benches' PRODUCER launches: `blocks` blocks of `threads` threads, each loading
+    `kb` KB of weights (at most 8 float4 a thread) from a pool larger than L2, another part each
+    launch, as a step's projections read DRAM; the blocks' end times of `pairs` launches."""
+
+    def __init__(self, cu: Driver, cubin: bytes, blocks: int, threads: int, kb: int, pairs: int) -> None:
+        self.cu, self.blocks, self.threads = cu, blocks, threads
+        self.fn = cu.functions(cubin, ["producer"])["producer"]
+        pool_bytes = 256 << 20
+        self.w = cu.alloc(pool_bytes)
+        self.w4 = min(8, -(-kb * 1024 // (16 * threads)))
+        self.stride = blocks * threads * self.w4
+        self.wrap = (pool_bytes // 16) // self.stride * self.stride
+        self.probe = cu.alloc(pairs * blocks * 8)
+        self.pairs = pairs
+
+    @property
+    def kb_a_block(self) -> int:
+        return self.w4 * 16 * self.threads // 1024
+
+    def launch(self, i: int, xin: int, out: int, n: int, n_out: int, spin_ns: int, probe: bool) -> None:
+        """Launch i of the chain (dependent launch on), its end stamped when `probe`."""
+        self.cu.launch(self.fn, self.blocks, self.threads,
+                       [C.c_uint64(xin), C.c_uint64(out), C.c_int(n), C.c_int(n_out), C.c_uint64(self.w),
+                        C.c_ulonglong((i * self.stride) % self.wrap), C.c_int(self.w4),
+                        C.c_uint64(self.probe + 8 * self.blocks * i if probe else 0), C.c_ulonglong(spin_ns)], pdl=True)
+
+    def ends(self) -> list[int]:
+        """Each launch's last block end (%globaltimer ns), from the last chain run with `probe`."""
+        raw = struct.unpack(f"<{self.pairs * self.blocks}Q", self.cu.copy_from(self.probe, self.pairs * self.blocks * 8))
+        return [max(raw[i * self.blocks:(i + 1) * self.blocks]) for i in range(self.pairs)]
