@@ -1225,7 +1225,8 @@ impl MatvecOp {
             let row_bytes = quant::row_bytes(self.ty, self.n_cols)? as u64;
             let (n_table, n_tok, width) = (self.n_rows as u32, tokens.len() as u32, self.n_cols as u32);
             let ids_ptr = super::backend::addr(&ids, &self.ctx);
-            launch!(self.ctx, &self.kernels.embed, "embed_rows", super::backend::grid_stride(n_elems), &w, &row_bytes, &n_table, &ids_ptr, &n_tok, &width, &mut emb)?;
+            let (no_sums, n_sums) = (0u64, 0u32);
+            launch!(self.ctx, &self.kernels.embed, "embed_rows", super::backend::grid_stride(n_elems), &w, &row_bytes, &n_table, &ids_ptr, &n_tok, &width, &mut emb, &no_sums, &n_sums)?;
         }
         let mut rows = self.ctx.download(&rows, "test rows")?;
         rows.truncate(n * self.n_cols);
