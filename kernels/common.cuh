@@ -363,8 +363,9 @@ __device__ __forceinline__ void put(float* y, float value, u32 accumulate) {
     *y = accumulate ? *y + value : value;
 }
 
-// ---- The fused FFN's pending sums (x_acc)
-// At one or two rows the fused FFN (matvec_mma.cu's ffn_mma) leaves its sums out of the residual
+// ---- The fused FFN's pending sums (x_acc; FERRITE_CUDA_FFN_SUMS=pending, off by default: measured
+// slower, see src/backend/cuda/pending_sums.rs)
+// At one or two rows the fused FFN (matvec_mma.cu's ffn_mma) may leave its sums out of the residual
 // x: its 19 slices' partial sums would first have to meet (split-K's counter, then the last
 // block's pass over them: 2.3 of its 10.4 us, bench_ffn_chain.py). Each slice instead adds its
 // sums into x_acc, one int64 a value of x, in fixed point, where adds give the same bits in any

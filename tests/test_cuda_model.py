@@ -770,12 +770,14 @@ def test_gpu_fused_ffn_block_matches_its_two_launches_and_the_reference(tmp_path
     the launches ran (the counter; none with FERRITE_CUDA_FFN=off), the decode logits are those of
     the two launches up to float32 rounding (ffn_down's sums add up by slices of 256 columns instead
     of column splits), and both are within RELATIVE_BOUND of the float64 forward. The same with the
-    slices meeting in the launch (FERRITE_CUDA_FFN_SUMS=meet) instead of leaving their sums pending
-    for the next layer's q/k/v, its o projection and the LM head's gather to take in
-    (src/backend/cuda/pending_sums.rs): by default every fused launch leaves them pending and no
-    launch of its own folds them (the counters), and the two agree up to float32 rounding too. With
-    the attention's matrices in F16 (`attn_type`), which the tiled kernels do not take, launches of
-    their own fold the sums into x before them, with the same results."""
+    fused launches leaving their sums pending (FERRITE_CUDA_FFN_SUMS=pending) for the next layer's
+    q/k/v, its o projection and the LM head's gather to take in (src/backend/cuda/pending_sums.rs)
+    instead of meeting in the launch (the default): every fused launch leaves them pending, no
+    launch of its own folds them (the counters), and the results are those of the default up to
+    float32 rounding. With the attention's matrices in F16 (`attn_type`), which the tiled kernels
+    do not take, launches of their own fold the sums into x before them, and the results are the
+    default's up to the f16 rounding of x that those GEMMs take (a last-bit difference in x can
+    move a value by an f16 step there)."""
     n_heads = hidden // 64
     attn = {f"attn_{m}.weight": attn_type for m in ("q", "k", "v", "output")} if attn_type else {}
     path = write_block_model(tmp_path / "m.gguf", gate_type, hidden=hidden, ffn=ffn, n_heads=n_heads, n_kv_heads=2, n_layers=3, context=128, seed=31,
@@ -785,7 +787,7 @@ def test_gpu_fused_ffn_block_matches_its_two_launches_and_the_reference(tmp_path
     steps = [int(t) for t in rng.integers(0, 260, size=5)]
     pair_steps = [[int(t) for t in rng.integers(0, 260, size=2)] for _ in range(4)]
     got, launches, pending = {}, {}, {}
-    for name, flag, sums in (("fused", "fused", "pending"), ("meet", "fused", "meet"), ("off", "off", "pending")):
+    for name, flag, sums in (("fused", "fused", "meet"), ("pending", "fused", "pending"), ("off", "off", "meet")):
         monkeypatch.setenv("FERRITE_CUDA_FFN", flag)  # read when the model loads
         monkeypatch.setenv("FERRITE_CUDA_FFN_SUMS", sums)
         counters = ferrite._ferrite._cuda_counters()
@@ -809,21 +811,21 @@ def test_gpu_fused_ffn_block_matches_its_two_launches_and_the_reference(tmp_path
     # Every layer of each step run directly (recorded graphs' replays are not counted).
     assert launches["off"] == launches["off", 2] == 0, launches
     assert launches["fused"] >= 3 and launches["fused"] % 3 == 0 and launches["fused", 2] >= 3 and launches["fused", 2] % 3 == 0, launches
-    assert (launches["meet"], launches["meet", 2]) == (launches["fused"], launches["fused", 2]), launches
-    assert pending["fused"][0] == launches["fused"] + launches["fused", 2], (pending, launches)
+    assert (launches["pending"], launches["pending", 2]) == (launches["fused"], launches["fused", 2]), launches
+    assert pending["pending"][0] == launches["pending"] + launches["pending", 2], (pending, launches)
     if attn_type:  # q/k/v and o cannot take the sums: launches of their own fold them
-        assert pending["fused"][1] > 0, pending
+        assert pending["pending"][1] > 0, pending
     elif hidden == 896:  # the real model's shapes: every consumer takes the sums in place
-        assert pending["fused"][1] == 0, pending
-    assert pending["meet"] == pending["off"] == (0, 0), pending
-    for meet, pend in zip(got["meet"], got["fused"]):
-        assert relative(pend, meet) <= 1e-6, relative(pend, meet)
+        assert pending["pending"][1] == 0, pending
+    assert pending["fused"] == pending["off"] == (0, 0), pending
+    for fused, pend in zip(got["fused"], got["pending"]):
+        assert relative(pend, fused) <= (1e-5 if attn_type else 1e-6), relative(pend, fused)
     ref = ReferenceModel(path)
     want_one = np.stack([ref.forward(prompts[0] + steps[: i + 1])[-1] for i in range(len(steps))])
     want_two = np.stack([[ref.forward(p + [st[j] for st in pair_steps[: i + 1]])[-1] for j, p in enumerate(prompts)] for i in range(len(pair_steps))])
-    for (fused, off), want in zip(zip(got["fused"], got["off"]), (want_one, want_two)):
-        assert relative(fused, off) <= 1e-6, relative(fused, off)
-        for ours in (fused, off):
+    for (fused, off, pend), want in zip(zip(got["fused"], got["off"], got["pending"]), (want_one, want_two)):
+        assert relative(fused, off) <= (1e-5 if attn_type else 1e-6), relative(fused, off)
+        for ours in (fused, off, pend):
             assert relative(ours, want) <= RELATIVE_BOUND, relative(ours, want)
             assert decisive_top1(ours.reshape(-1, ours.shape[-1]), want.reshape(-1, want.shape[-1])) == 1.0
 

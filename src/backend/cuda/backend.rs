@@ -468,8 +468,8 @@ pub struct CudaBackend {
     /// FERRITE_CUDA_FFN=off; `ffn_rows`: the most rows that take them (`ffn::max_rows`).
     ffn_kernels: HashMap<super::ffn::FfnShape, super::ffn::FfnKernels>,
     ffn_rows: usize,
-    /// The fused FFN's pending sums (pending_sums.rs), made with its kernels unless
-    /// FERRITE_CUDA_FFN_SUMS=meet (`sums_pend`).
+    /// The fused FFN's pending sums (pending_sums.rs), made with its kernels where
+    /// FERRITE_CUDA_FFN_SUMS=pending (`sums_pend`; off by default).
     pending: Option<super::pending_sums::PendingSums>,
     sums_pend: bool,
     /// Where `upload_batch` puts the plan; grows, never shrinks.

@@ -12,8 +12,15 @@
 //! - `embed_rows` zeroes the buffer at the start of every forward pass.
 //!
 //! The invariant the fused FFN relies on: the buffer is zero whenever no vector's sums are
-//! pending ([`PendingSums::of`] is `None`). `FERRITE_CUDA_FFN_SUMS=meet` keeps the slices meeting
-//! in the launch instead (for A/B).
+//! pending ([`PendingSums::of`] is `None`).
+//!
+//! Off by default (`FERRITE_CUDA_FFN_SUMS=pending` turns it on): measured slower. On an H100
+//! (docs/BENCHMARKS.md, fiftieth session) the fused FFN took 7.79 us a launch instead of 9.34,
+//! but the q/k/v launch after it 5.36 instead of 4.67 and the o projection 5.23 instead of 4.36
+//! (their instances that take the sums spill registers in their prologue, and o's fold is a
+//! dependent load, convert and store before its products land): the 0.5B shapes' decode step took
+//! 0.636 / 0.637 ms at one sequence against 0.634 / 0.627, 0.673 / 0.656 at two against 0.644 /
+//! 0.643. The FFN's side is the gain to keep; the consumers' side is what would have to shrink.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -31,12 +38,12 @@ pub const MAX_SLICES: usize = 31;
 /// consumers took the sums in place (`_cuda_counters`).
 pub static FOLDS: AtomicU64 = AtomicU64::new(0);
 
-/// Whether fused FFN launches leave their sums pending: FERRITE_CUDA_FFN_SUMS (`pending`, the
-/// default, or `meet`: the slices meet in the launch). Read when a backend is made.
+/// Whether fused FFN launches leave their sums pending: FERRITE_CUDA_FFN_SUMS (`meet`, the
+/// default: the slices meet in the launch; or `pending`). Read when a backend is made.
 pub fn enabled() -> Result<bool, CudaError> {
     match std::env::var("FERRITE_CUDA_FFN_SUMS").as_deref() {
-        Err(_) | Ok("") | Ok("pending") => Ok(true),
-        Ok("meet") => Ok(false),
+        Err(_) | Ok("") | Ok("meet") => Ok(false),
+        Ok("pending") => Ok(true),
         Ok(other) => Err(CudaError::Invalid(format!("FERRITE_CUDA_FFN_SUMS={other:?}: expected \"pending\" or \"meet\""))),
     }
 }
