@@ -19,11 +19,8 @@ them, more than L2 holds), as a step's layers do. It prints, per variant (a set 
 
 Needs only the CUDA driver and NVRTC (scripts/nvrtc_cubin.py); no ferrite code.
 
-    python benches/bench_ffn_chain.py [--variants=",-DFFN_GU_EARLY=4,pending"] [--down q4_k,q6_k]
+    python benches/bench_ffn_chain.py [--variants=",-DFFN_GU_EARLY=4"] [--down q4_k,q6_k]
         [--pairs 48] [--reps 30] [--producer-kb 10] [--producer-spin-ns 1000]
-
-A variant's word `pending` is no define: its launches leave their sums pending (the x_acc argument,
-kernels/common.cuh) instead of meeting as split-K's do, so its residual differs.
 """
 
 from __future__ import annotations
@@ -72,14 +69,13 @@ def main() -> None:
     ap.add_argument("--compile-only", action="store_true")
     args = ap.parse_args()
     variants = [v.split() for v in args.variants.split(",")]
-    pending_word = "pending"  # not a define: the launches pass x_acc
     downs = args.down.split(",")
     gu_type = args.gate_up
     src = ROOT / "kernels" / "matvec_mma.cu"
 
     def defines(down: str, v: list[str], probe: bool) -> list[str]:
         return (["--gpu-architecture=sm_90", *BASE_OPTIONS, f"-DQTYPE={gu_type}", f"-DMMA_S8_MAX_NT={S8_MAX_NT[gu_type]}", "-DMMA_FFN=1",
-                 f"-DQTYPE_DOWN={down}"] + [d for d in v if d != pending_word] + (["-DFFN_PROBE=1"] if probe else []))
+                 f"-DQTYPE_DOWN={down}"] + v + (["-DFFN_PROBE=1"] if probe else []))
 
     cubins = {(d, tuple(v), probe): compile_cubin(src, defines(d, v, probe)) for d in downs for v in variants for probe in (False, True)}
     producer_cubin = compile_source("producer.cu", PRODUCER.encode(), ["--gpu-architecture=sm_90", *BASE_OPTIONS])
@@ -100,8 +96,6 @@ def main() -> None:
     grid = n_slices * RANKS
     partials = cu.alloc(n_slices * 2 * N_COLS * 4)
     counters = cu.alloc(RANKS * 4)
-    x_acc = cu.alloc(2 * N_COLS * 8)
-    cu.copy_to(x_acc, bytes(2 * N_COLS * 8))
     probe_ffn = cu.alloc(args.pairs * grid * 32 * 8)
 
     for down in downs:
@@ -129,8 +123,7 @@ def main() -> None:
                 def ffn_params(i: int, probe_at: int | None) -> list:
                     g, u, dn = copies[i % len(copies)]
                     p = [C.c_uint64(g), C.c_uint64(u), C.c_uint64(dn), C.c_uint(N_COLS), C.c_uint(N_INTER), C.c_uint64(x),
-                         C.c_uint64(norm_w), C.c_float(1e-6), C.c_uint64(partials), C.c_uint64(counters),
-                         C.c_uint64(x_acc if pending_word in v else 0)]
+                         C.c_uint64(norm_w), C.c_float(1e-6), C.c_uint64(partials), C.c_uint64(counters)]
                     if probe_at is not None:
                         p.append(C.c_uint64(probe_at))
                     return p

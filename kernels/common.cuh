@@ -363,45 +363,6 @@ __device__ __forceinline__ void put(float* y, float value, u32 accumulate) {
     *y = accumulate ? *y + value : value;
 }
 
-// ---- The fused FFN's pending sums (x_acc; FERRITE_CUDA_FFN_SUMS=pending, off by default: measured
-// slower, see src/backend/cuda/pending_sums.rs)
-// At one or two rows the fused FFN (matvec_mma.cu's ffn_mma) may leave its sums out of the residual
-// x: its 19 slices' partial sums would first have to meet (split-K's counter, then the last
-// block's pass over them: 2.3 of its 10.4 us, bench_ffn_chain.py). Each slice instead adds its
-// sums into x_acc, one int64 a value of x, in fixed point, where adds give the same bits in any
-// order, and the kernel boundary after it is the only meeting. What reads x next takes x +
-// xacc_float(x_acc) (the next layer's q/k/v staging, gather_rows before the LM head), what adds
-// to x next folds the sums in and zeroes x_acc (the o projection, fold_xacc), and embed_rows
-// zeroes x_acc at the start of each forward (src/backend/cuda/backend.rs tracks which x has sums
-// pending).
-// Fixed point with 26 fraction bits (a resolution of 1.5e-8) for a slice's sum below 2^26 in
-// magnitude; a non-finite or larger one adds XACC_POISON instead, and a total of XACC_POISONED or
-// more reads as NaN. With at most XACC_MAX_SLICES slices a row (the host's limit), normal totals
-// stay below 2^57 in magnitude, poisoned ones at or above it, and no total overflows.
-#define XACC_ONE 67108864.0f  // 2^26
-constexpr long long XACC_POISON = 1ll << 58, XACC_POISONED = 1ll << 57;
-constexpr u32 XACC_MAX_SLICES = 31;
-__device__ __forceinline__ long long xacc_fixed(float v) {
-    return fabsf(v) < XACC_ONE ? __float2ll_rn(v * XACC_ONE) : XACC_POISON;
-}
-__device__ __forceinline__ float xacc_float(long long a) {
-    return a < XACC_POISONED ? __ll2float_rn(a) * (1.0f / XACC_ONE) : __uint_as_float(0x7fc00000u);
-}
-// put() onto a y with sums pending (y_acc, null: none): (y + its sums) + value, written, and the
-// sums zeroed. Only the one writer of y's value touches its sums.
-__device__ __forceinline__ void put_folding(float* y, long long* y_acc, float value, u32 accumulate) {
-    if (!accumulate) {
-        *y = value;
-        return;
-    }
-    float old = *y;
-    if (y_acc) {
-        old += xacc_float(*y_acc);
-        *y_acc = 0;
-    }
-    *y = old + value;
-}
-
 // -DSPLITK_FAST=1 (an experiment, off by default): split_k_last's fences acquire / release and
 // sum_splits' loads SPLITK_BATCH at a time, as the fused FFN's (split_k_last_acq_rel,
 // sum_splits_batched: the same bits).

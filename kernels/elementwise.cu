@@ -82,24 +82,13 @@ extern "C" __global__ void add_biases3(float* __restrict__ y0, const float* __re
     }
 }
 
-// out[i] = x[rows[i]] for i < count, rows of width floats; with x's pending sums (x_acc, common.cuh;
-// null: none) added as the o projection folds them.
+// out[i] = x[rows[i]] for i < count, rows of width floats
 extern "C" __global__ void gather_rows(const float* __restrict__ x, const u32* __restrict__ rows, u32 count,
-                                       u32 width, float* __restrict__ out, const long long* __restrict__ x_acc) {
+                                       u32 width, float* __restrict__ out) {
     dependent_wait();
     GRID_STRIDE(i, (u64)count * width) {
-        const u64 r = i / width, c = i % width, src = (u64)rows[r] * width + c;
-        out[i] = x_acc ? x[src] + xacc_float(x_acc[src]) : x[src];
-    }
-}
-
-// x += its pending sums (x_acc, common.cuh), which become zero: for whatever reads x next without
-// them (src/backend/cuda/backend.rs, `settle`).
-extern "C" __global__ void fold_xacc(float* __restrict__ x, long long* __restrict__ x_acc, u64 n) {
-    dependent_wait();
-    GRID_STRIDE(i, n) {
-        x[i] = x[i] + xacc_float(x_acc[i]);
-        x_acc[i] = 0;
+        const u64 r = i / width, c = i % width;
+        out[i] = x[(u64)rows[r] * width + c];
     }
 }
 

@@ -8,16 +8,13 @@
 #define DEQ FERRITE_CAT(deq_, QTYPE)
 
 // Grid-stride over the n_tokens x width outputs. The host checks every id against the table
-// before the batch is uploaded; an id past the table writes NaN rather than reading past it. The
-// first n_acc pending sums of the residual (x_acc, common.cuh) become zero: a forward starts with
-// none.
+// before the batch is uploaded; an id past the table writes NaN rather than reading past it.
 extern "C" __global__ void embed_rows(const u8* __restrict__ table, u64 row_bytes, u32 n_table_rows,
                                       const u32* __restrict__ tokens, u32 n_tokens, u32 width,
-                                      float* __restrict__ out, long long* __restrict__ x_acc, u32 n_acc) {
+                                      float* __restrict__ out) {
     dependent_wait();
     const u64 n = (u64)n_tokens * width;
     const u64 stride = (u64)gridDim.x * blockDim.x;
-    for (u64 e = (u64)blockIdx.x * blockDim.x + threadIdx.x; e < n_acc; e += stride) x_acc[e] = 0;
     for (u64 e = (u64)blockIdx.x * blockDim.x + threadIdx.x; e < n; e += stride) {
         const u32 t = (u32)(e / width), c = (u32)(e % width);
         const u32 row = tokens[t];

@@ -579,20 +579,16 @@ __device__ __forceinline__ EarlyNormW early_norm_w(const float* __restrict__ nor
     return w;
 }
 
-// EARLY: the norm weights are `early`'s (early_norm_w), not loaded here. x_acc (null: none): x's
-// pending sums (common.cuh), added to the values loaded (x + xacc_float, as the o projection folds
-// them) before anything else is made of them.
+// EARLY: the norm weights are `early`'s (early_norm_w), not loaded here.
 template <int NT, int NG, int XSTRIDE_B, int PARTS = 3, bool EARLY = false, class T = Tile>
 __device__ __forceinline__ void stage_x_s8_normed(const float* __restrict__ x, const float* __restrict__ norm_w,
                                                   const EarlyNormW& early, float eps, u32 n_x, u32 n_cols, u32 len, u8* xq,
-                                                  int (*xsum)[NG][8], float (*xscale)[NG][8], float* inv_rms,
-                                                  const long long* __restrict__ x_acc = nullptr) {
+                                                  int (*xsum)[NG][8], float (*xscale)[NG][8], float* inv_rms) {
     __shared__ double red[MMA_MAX_WARPS][NT];
     const int warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
     const int blocks = ((int)len + 255) / 256;
     const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     float4 a[MMA_STAGE_JOBS], b[MMA_STAGE_JOBS], wa[MMA_STAGE_JOBS], wb[MMA_STAGE_JOBS];
-    longlong2 pend[MMA_STAGE_JOBS][4];  // x_acc's values for a and b, loaded beside them
     bool in[MMA_STAGE_JOBS];
     double ss[NT];
 #pragma unroll
@@ -604,26 +600,12 @@ __device__ __forceinline__ void stage_x_s8_normed(const float* __restrict__ x, c
         in[u] = normed_job<NT>(u, n_x, n_cols, len, n, c);
         a[u] = in[u] ? *reinterpret_cast<const float4*>(x + (u64)n * n_cols + c) : zero;
         b[u] = in[u] ? *reinterpret_cast<const float4*>(x + (u64)n * n_cols + c + 16) : zero;
-        if (x_acc && in[u]) {
-            const longlong2* src = reinterpret_cast<const longlong2*>(x_acc + (u64)n * n_cols + c);
-            pend[u][0] = src[0], pend[u][1] = src[1], pend[u][2] = src[8], pend[u][3] = src[9];
-        }
         if constexpr (EARLY) {
             wa[u] = early.a[u];
             wb[u] = early.b[u];
         } else {
             wa[u] = in[u] ? *reinterpret_cast<const float4*>(norm_w + c) : zero;
             wb[u] = in[u] ? *reinterpret_cast<const float4*>(norm_w + c + 16) : zero;
-        }
-    }
-    if (x_acc) {
-#pragma unroll
-        for (int u = 0; u < MMA_STAGE_JOBS; u++) {
-            if (!in[u]) continue;
-            a[u] = make_float4(a[u].x + xacc_float(pend[u][0].x), a[u].y + xacc_float(pend[u][0].y), a[u].z + xacc_float(pend[u][1].x),
-                               a[u].w + xacc_float(pend[u][1].y));
-            b[u] = make_float4(b[u].x + xacc_float(pend[u][2].x), b[u].y + xacc_float(pend[u][2].y), b[u].z + xacc_float(pend[u][3].x),
-                               b[u].w + xacc_float(pend[u][3].y));
         }
     }
 #pragma unroll
@@ -893,40 +875,13 @@ __device__ __forceinline__ void row_sums(const float acc[4], int t, int u, float
     v1 += __shfl_xor_sync(FULL_WARP, v1, 2);
 }
 
-// The planned kernel's shared memory. Staged x (xs_bytes): bf16, row (n * PARTS + part) of XSTRIDE
-// bf16, part 0 = hi, 1 = mid, 2 = lo; int8, row (n * PARTS + part) of XSTRIDE_B bytes, in
-// stage_x_s8's order. xsums[s][j][col]: sum over the 32 columns of sub-block s of mma column col
-// of group j (float on the bf16 path, int32 on the int8 path, or bytes: see xsum_bytes_at);
-// xscale[tile][j][col]: that column's int8 scale.
-template <int XS_BYTES, int SUMS, int NG, int SCALE_TILES, int NT>
-struct MmaStaging {
-    __align__(16) u8 xs_bytes[XS_BYTES];
-    __align__(16) union {
-        float f[SUMS][NG][8];
-        int i[SUMS][NG][8];
-    } xsums;
-    __align__(16) float xscale[SCALE_TILES][NG][8];
-    u32 s_last;
-    float inv_rms[NT];
-};
-// The one __shared__ S of every caller with this S: two instances of a body that declared its
-// arrays itself would each have their own.
-template <class S>
-__device__ __forceinline__ S& shared_instance() {
-    __shared__ S s;
-    return s;
-}
-
-// PENDING: whether this instance takes pending sums (x_acc, y_acc; matvec_mma below picks it).
-template <int NT, class T, bool PENDING>
-__device__ __forceinline__ void matvec_mma_body(const Segments& segs, u32 k_tiles, u32 n_cols, const float* __restrict__ x,
-                                                const float* __restrict__ x2, const float* __restrict__ norm_w, float eps,
-                                                u32 n_x, float* __restrict__ partials, u32* __restrict__ counters,
-                                                u32 k_tiles_per_split, u32 warps_m, u32 accumulate, const PrefetchWindow& ahead,
-                                                const long long* __restrict__ x_acc, long long* __restrict__ y_acc) {
+template <int NT, class T = Tile>
+__device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u32 n_cols, const float* __restrict__ x,
+                                           const float* __restrict__ x2, const float* __restrict__ norm_w, float eps,
+                                           u32 n_x, float* __restrict__ partials, u32* __restrict__ counters,
+                                           u32 k_tiles_per_split, u32 warps_m, u32 accumulate, const PrefetchWindow& ahead) {
     constexpr bool S8 = T::S8 && NT <= S8MaxNt<T>::value;      // the int8 path (see above)
     constexpr int PARTS = NT <= 2 ? 3 : 2;                    // bf16 (or int8) parts of each x value
-    if constexpr (!PENDING) x_acc = nullptr, y_acc = nullptr;
     constexpr int RPG = 8 / PARTS;                            // x rows per mma (column group)
     constexpr int NG = (NT + RPG - 1) / RPG;                  // mma column groups
     constexpr int PHASE = 4096 / NT;                          // x columns staged at once
@@ -938,15 +893,21 @@ __device__ __forceinline__ void matvec_mma_body(const Segments& segs, u32 k_tile
     static_assert(PHASE % T::TILE_COLS == 0 && PHASE % 256 == 0, "phase holds whole tiles");
     static_assert(!S8 || T::TILE_COLS == 256 || T::TILE_COLS == 128, "the int8 path's x scales cover 256 columns: one tile or two");
 
-    // One shared allocation for both instances of the body (PENDING or not).
-    auto& sm = shared_instance<MmaStaging<S8 ? PARTS * NT * XSTRIDE_B : 2 * PARTS * NT * XSTRIDE, SUMS, NG, S8 ? PHASE / 256 : 1, NT>>();
-    u8* const xs_bytes = sm.xs_bytes;
+    // Staged x. bf16: row (n * PARTS + part) of XSTRIDE bf16, part 0 = hi, 1 = mid, 2 = lo.
+    // int8: row (n * PARTS + part) of XSTRIDE_B bytes, in stage_x_s8's order.
+    __shared__ __align__(16) u8 xs_bytes[S8 ? PARTS * NT * XSTRIDE_B : 2 * PARTS * NT * XSTRIDE];
     u16* const xs = reinterpret_cast<u16*>(xs_bytes);
-    auto& xsums = sm.xsums;
-    auto& xscale = sm.xscale;
+    // xsum[s][j][col]: sum over the 32 columns of sub-block s of mma column col of group j
+    // (float on the bf16 path, int32 on the int8 path, or bytes: see xsum_bytes_at);
+    // xscale[tile][j][col]: that column's int8 scale.
+    __shared__ __align__(16) union {
+        float f[SUMS][NG][8];
+        int i[SUMS][NG][8];
+    } xsums;
+    __shared__ __align__(16) float xscale[S8 ? PHASE / 256 : 1][NG][8];
     static_assert(!S8 || xsum_bytes_needed<NG>(PHASE / 256) <= (int)sizeof(xsums.i), "x's sums as bytes fit the array");
-    u32& s_last = sm.s_last;
-    float* const inv_rms = sm.inv_rms;
+    __shared__ u32 s_last;
+    __shared__ float inv_rms[NT];
 
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     // Warp (wm, wk): tile row wm of the block's warps_m, column tiles wk, wk + warps_k, ... of
@@ -963,8 +924,6 @@ __device__ __forceinline__ void matvec_mma_body(const Segments& segs, u32 k_tile
     const u8* __restrict__ tiles = seg == 0 ? segs.tiles[0] : seg == 1 ? segs.tiles[1] : segs.tiles[2];
     const float* __restrict__ bias = seg == 0 ? segs.bias[0] : seg == 1 ? segs.bias[1] : segs.bias[2];
     float* __restrict__ y = seg == 0 ? segs.y[0] : seg == 1 ? segs.y[1] : segs.y[2];
-    // y's pending sums (common.cuh), folded into what accumulate adds to: segment 0's only.
-    long long* __restrict__ yacc = seg == 0 ? y_acc : nullptr;
     const u32 m_tiles = seg == 0 ? segs.m_tiles[0] : seg == 1 ? segs.m_tiles[1] : segs.m_tiles[2];
     const u32 n_rows = seg == 0 ? segs.n_rows[0] : seg == 1 ? segs.n_rows[1] : segs.n_rows[2];
     const u32 mt = block_row * warps_m + wm;
@@ -1010,26 +969,17 @@ __device__ __forceinline__ void matvec_mma_body(const Segments& segs, u32 k_tile
     float prev[NPREV][2];
 #pragma unroll
     for (int n = 0; n < NPREV; n++) prev[n][0] = prev[n][1] = 0.0f;
-    // y with its pending sums folded in (this lane alone writes these values): the sums zeroed.
-    const auto prev_of = [&](u64 i) {
-        float v = y[i];
-        if (yacc) {
-            v += xacc_float(yacc[i]);
-            yacc[i] = 0;
-        }
-        return v;
-    };
     if constexpr (NT == 1) {
         if (accumulate && active && wk == 0 && t == 0 && n_splits == 1) {
-            if (r0 < n_rows) prev[0][0] = prev_of(r0);
-            if (r1 < n_rows) prev[0][1] = prev_of(r1);
+            if (r0 < n_rows) prev[0][0] = y[r0];
+            if (r1 < n_rows) prev[0][1] = y[r1];
         }
     } else if constexpr (NT == NPREV) {
 #pragma unroll
         for (int n = 0; n < NPREV; n++) {
             if (accumulate && active && wk == 0 && t == 0 && n_splits == 1 && (u32)n < n_x) {
-                if (r0 < n_rows) prev[n][0] = prev_of((u64)n * n_rows + r0);
-                if (r1 < n_rows) prev[n][1] = prev_of((u64)n * n_rows + r1);
+                if (r0 < n_rows) prev[n][0] = y[(u64)n * n_rows + r0];
+                if (r1 < n_rows) prev[n][1] = y[(u64)n * n_rows + r1];
             }
         }
     }
@@ -1038,9 +988,6 @@ __device__ __forceinline__ void matvec_mma_body(const Segments& segs, u32 k_tile
     const bool fused_norm = FUSES_NORM;
 #undef FUSES_NORM
     if (norm_w && !fused_norm) block_inv_rms<NT>(x, n_x, n_cols, eps, inv_rms);
-    // x's pending sums are read by the fused norm's staging only: the host passes them to such
-    // launches alone (matvec.rs), and any other would write NaN rather than values without them.
-    const bool acc_unread = x_acc != nullptr && !fused_norm;
 
     // This lane's B column in each group: x row n = RPG * j + g / PARTS, part g % PARTS (with
     // three parts, columns 6 and 7 are zero).
@@ -1076,7 +1023,7 @@ __device__ __forceinline__ void matvec_mma_body(const Segments& segs, u32 k_tile
         if constexpr (S8) {
             if (fused_norm) {
                 stage_x_s8_normed<NT, NG, XSTRIDE_B, PARTS, EARLY_NORM_W, T>(x, norm_w, early_w, eps, n_x, n_cols, k_tiles * T::TILE_COLS,
-                                                                             xs_bytes, xsums.i, xscale, inv_rms, x_acc);
+                                                                             xs_bytes, xsums.i, xscale, inv_rms);
             } else {
                 stage_x_s8<NT, NG, XSTRIDE_B, PARTS, T>(x, x2, norm_w, inv_rms, n_x, n_cols, p * T::TILE_COLS,
                                                         (p_end - p) * T::TILE_COLS, xs_bytes, xsums.i, xscale);
@@ -1143,7 +1090,6 @@ __device__ __forceinline__ void matvec_mma_body(const Segments& segs, u32 k_tile
     const u32 rows_pad = (segs.m_tiles[0] + segs.m_tiles[1] + segs.m_tiles[2]) * RP_TILE_ROWS;
     const u32 part0 = tile_base * RP_TILE_ROWS;
     const auto emit = [&](u32 n, float v0, float v1) {
-        if (acc_unread) v0 = v1 = __uint_as_float(0x7fc00000u);
         if (n_splits == 1) {
             if constexpr (NT == 1) {
                 // put() with the bias and the old value loaded early: old + (sum + bias).
@@ -1155,13 +1101,11 @@ __device__ __forceinline__ void matvec_mma_body(const Segments& segs, u32 k_tile
                 if (r0 < n_rows) y[(u64)n * n_rows + r0] = accumulate ? p0 + (v0 + b0) : v0 + b0;
                 if (r1 < n_rows) y[(u64)n * n_rows + r1] = accumulate ? p1 + (v1 + b1) : v1 + b1;
             } else if constexpr (NT == 2) {
-                if (r0 < n_rows) put_folding(y + (u64)n * n_rows + r0, yacc ? yacc + (u64)n * n_rows + r0 : nullptr, v0 + b0, accumulate);
-                if (r1 < n_rows) put_folding(y + (u64)n * n_rows + r1, yacc ? yacc + (u64)n * n_rows + r1 : nullptr, v1 + b1, accumulate);
+                if (r0 < n_rows) put(y + (u64)n * n_rows + r0, v0 + b0, accumulate);
+                if (r1 < n_rows) put(y + (u64)n * n_rows + r1, v1 + b1, accumulate);
             } else {
-                if (r0 < n_rows)
-                    put_folding(y + (u64)n * n_rows + r0, yacc ? yacc + (u64)n * n_rows + r0 : nullptr, v0 + (bias ? bias[r0] : 0.0f), accumulate);
-                if (r1 < n_rows)
-                    put_folding(y + (u64)n * n_rows + r1, yacc ? yacc + (u64)n * n_rows + r1 : nullptr, v1 + (bias ? bias[r1] : 0.0f), accumulate);
+                if (r0 < n_rows) put(y + (u64)n * n_rows + r0, v0 + (bias ? bias[r0] : 0.0f), accumulate);
+                if (r1 < n_rows) put(y + (u64)n * n_rows + r1, v1 + (bias ? bias[r1] : 0.0f), accumulate);
             }
         } else {
             float* dst = partials + ((u64)split * NT + n) * rows_pad + part0;
@@ -1195,46 +1139,22 @@ __device__ __forceinline__ void matvec_mma_body(const Segments& segs, u32 k_tile
         const u32 n = i / nr, row = row_begin + i % nr;
         const float* src = partials + (u64)n * rows_pad + part0 + row;
         const u64 stride = (u64)NT * rows_pad;
-        put_folding(y + (u64)n * n_rows + row, yacc ? yacc + (u64)n * n_rows + row : nullptr,
-                    sum_splits(src, stride, n_splits) + (bias ? bias[row] : 0.0f), accumulate);
+        put(y + (u64)n * n_rows + row, sum_splits(src, stride, n_splits) + (bias ? bias[row] : 0.0f), accumulate);
     }
     if (threadIdx.x == 0) counters[blockIdx.x] = 0;  // ready for the next launch
-}
-
-// The kernel proper. Pending sums come with the fused FFN's one or two rows only, and the code
-// that takes them in is an instance of its own: registers it needs do not spill in the instance
-// every other launch runs (one body for both spilled 16-96 bytes in the two-row kernels).
-template <int NT, class T = Tile>
-__device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u32 n_cols, const float* __restrict__ x,
-                                           const float* __restrict__ x2, const float* __restrict__ norm_w, float eps,
-                                           u32 n_x, float* __restrict__ partials, u32* __restrict__ counters,
-                                           u32 k_tiles_per_split, u32 warps_m, u32 accumulate, const PrefetchWindow& ahead,
-                                           const long long* __restrict__ x_acc, long long* __restrict__ y_acc) {
-    if constexpr (NT <= 2) {
-        if (x_acc || y_acc) {
-            matvec_mma_body<NT, T, true>(segs, k_tiles, n_cols, x, x2, norm_w, eps, n_x, partials, counters, k_tiles_per_split, warps_m,
-                                         accumulate, ahead, x_acc, y_acc);
-            return;
-        }
-    }
-    matvec_mma_body<NT, T, false>(segs, k_tiles, n_cols, x, x2, norm_w, eps, n_x, partials, counters, k_tiles_per_split, warps_m, accumulate,
-                                  ahead, nullptr, nullptr);
 }
 
 // The parameters of every kernel of this file, one list for the host (matvec.rs's launch_tiled):
 // up to three matrices (segments 1 and 2 unused: m_tiles1 = m_tiles2 = 0, their pointers then
 // never read), x and what staging makes of it, split-K scratch, the plan, the L2 prefetch window,
-// first_b (the pair kernels' first segment of the second type; the others ignore it), and the
-// pending sums (common.cuh; null: none) of x (read where the norm is folded into staging) and of
-// segment 0's y (folded into what accumulate adds to, then zeroed): the stream kernels take
-// neither (the host folds them first).
+// and first_b (the pair kernels' first segment of the second type; the others ignore it).
 #define MATVEC_MMA_PARAMS                                                                                                     \
     const u8* tiles0, const u8* tiles1, const u8* tiles2, const float* bias0, const float* bias1, const float* bias2,       \
         float* y0, float* y1, float* y2, u32 m_tiles0, u32 m_tiles1, u32 m_tiles2, u32 n_rows0, u32 n_rows1, u32 n_rows2,    \
         u32 k_tiles, u32 n_cols, const float* __restrict__ x, const float* __restrict__ x2, const float* __restrict__ norm_w, \
         float eps, u32 n_x, float* __restrict__ partials, u32* __restrict__ counters, u32 k_tiles_per_split, u32 warps_m,   \
         u32 accumulate, const u64* __restrict__ pf_ranges, u32 pf_n_ranges, u32 pf_first, u64 pf_offset_bytes,              \
-        u64 pf_len_bytes, u32 first_b, const long long* __restrict__ x_acc, long long* __restrict__ y_acc
+        u64 pf_len_bytes, u32 first_b
 // The Segments and PrefetchWindow of those parameters.
 #define MATVEC_MMA_UNPACK                                                                                                     \
     const Segments segs = {{tiles0, tiles1, tiles2}, {bias0, bias1, bias2}, {y0, y1, y2}, {m_tiles0, m_tiles1, m_tiles2},     \
@@ -1245,7 +1165,7 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
     extern "C" __global__ void __launch_bounds__(32 * MMA_MAX_WARPS, MMA_MIN_BLOCKS) matvec_mma_##nt(MATVEC_MMA_PARAMS) {      \
         MATVEC_MMA_UNPACK                                                                                                     \
         matvec_mma<nt>(segs, k_tiles, n_cols, x, x2, norm_w, eps, n_x, partials, counters, k_tiles_per_split, warps_m, \
-                       accumulate, ahead, x_acc, y_acc);                                                                \
+                       accumulate, ahead);                                                                              \
     }
 
 // Two types, one launch (a module compiled with -DQTYPE_B too holds only these). A 7B's Q4_K_M
@@ -1262,13 +1182,12 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
         /* The block's segment as matvec_mma finds it (through a shared helper, the SASS moved). */                           \
         const u32 wm = max(warps_m, 1u), blocks0 = (m_tiles0 + wm - 1) / wm, blocks1 = (m_tiles1 + wm - 1) / wm;              \
         const u32 seg = blockIdx.x < blocks0 ? 0 : blockIdx.x < blocks0 + blocks1 ? 1 : 2;                                    \
-        /* No pending sums: the host folds them first (one more instance of each would not fit shared memory). */             \
         if (seg < first_b)                                                                                                    \
-            matvec_mma_body<nt, Tile, false>(segs, k_tiles, n_cols, x, x2, norm_w, eps, n_x, partials, counters,              \
-                                             k_tiles_per_split, warps_m, accumulate, ahead, nullptr, nullptr);                \
+            matvec_mma<nt, Tile>(segs, k_tiles, n_cols, x, x2, norm_w, eps, n_x, partials, counters, k_tiles_per_split,       \
+                                 warps_m, accumulate, ahead);                                                                 \
         else                                                                                                                  \
-            matvec_mma_body<nt, TileB, false>(segs, k_tiles, n_cols, x, x2, norm_w, eps, n_x, partials, counters,             \
-                                              k_tiles_per_split, warps_m, accumulate, ahead, nullptr, nullptr);               \
+            matvec_mma<nt, TileB>(segs, k_tiles, n_cols, x, x2, norm_w, eps, n_x, partials, counters, k_tiles_per_split,      \
+                                  warps_m, accumulate, ahead);                                                                \
     }
 
 #if defined(QTYPE_B)
@@ -1632,9 +1551,8 @@ MATVEC_MMA_STREAM_KERNEL(4)
 // for its share of ffn_down's tile rows (a warp a tile row). Two cluster barriers around reads of
 // the peers' h instead cost 0.9 us a launch (bench_ffn_chain.py, H100: a barrier's release is a
 // GPU-scope fence). The slices'
-// partial sums either go into the pending sums x_acc (common.cuh), which the kernels after it add
-// to x, or meet as split-K's do: the last block of each rank's rows to finish adds them in slice
-// order to the residual. Either way results do not depend on timing.
+// partial sums meet as split-K's do: the last block of each rank's rows to finish adds them in
+// slice order to the residual, so results do not depend on timing.
 //
 // A block's gate/up tiles (at most FFN_GU_TILES a warp) are loaded before the kernel waits for the
 // previous one, its ffn_down tiles after its gate/up products (FFN_EARLY_DOWN). The host takes
@@ -1712,15 +1630,13 @@ constexpr u32 FFN_SUM_BATCH = 24;
 // gate/up/down: repacked tiles (gate and up: Tile, n_inter x n_cols; down: TileD, n_cols x
 // n_inter); x: NT residual rows of n_cols floats, which get the block's output added; norm_w and
 // eps: the RMSNorm before gate/up; partials: n_inter / 256 x NT x n_cols floats; counters:
-// FFN_RANKS words, zero between launches. x_acc (null: none): NT x n_cols pending sums (zero
-// before the launch, at most XACC_MAX_SLICES slices), which get the output instead of x, with no
-// use of partials or counters. Grid: n_inter / 256 clusters of FFN_RANKS blocks of 256
+// FFN_RANKS words, zero between launches. Grid: n_inter / 256 clusters of FFN_RANKS blocks of 256
 // threads. With n_cols <= FFN_MAX_COLS, stage_x_s8_normed's jobs (NT x ceil(n_cols / 256)) fit the
 // block's warps at two rows too.
 template <int NT>
 __device__ __forceinline__ void ffn_mma(const u8* __restrict__ gate, const u8* __restrict__ up, const u8* __restrict__ down, u32 n_cols,
                                         u32 n_inter, float* __restrict__ x, const float* __restrict__ norm_w, float eps,
-                                        float* __restrict__ partials, u32* __restrict__ counters, long long* __restrict__ x_acc FFN_PROBE_PARAM) {
+                                        float* __restrict__ partials, u32* __restrict__ counters FFN_PROBE_PARAM) {
     FFN_STAMP(0);
     static_assert(NT == 1 || NT == 2, "one or two rows: three int8 parts of each in one mma column group");
     constexpr int NG = 1, PARTS = 3;
@@ -1869,12 +1785,7 @@ __device__ __forceinline__ void ffn_mma(const u8* __restrict__ gate, const u8* _
         for (int u = 0; u < NT; u++) {
             float v0, v1;
             row_sums(dacc[0], t, u, v0, v1);
-            if (t == 0 && x_acc) {
-                // Into the pending sums (common.cuh): no meeting of the slices in this launch.
-                unsigned long long* acc = reinterpret_cast<unsigned long long*>(x_acc) + (u64)u * n_cols + md * RP_TILE_ROWS;
-                atomicAdd(acc + g, (unsigned long long)xacc_fixed(v0));
-                atomicAdd(acc + g + 8, (unsigned long long)xacc_fixed(v1));
-            } else if (t == 0) {
+            if (t == 0) {
                 float* dst = partials + ((u64)slice * NT + u) * n_cols + md * RP_TILE_ROWS;
                 dst[g] = v0;
                 dst[g + 8] = v1;
@@ -1884,7 +1795,6 @@ __device__ __forceinline__ void ffn_mma(const u8* __restrict__ gate, const u8* _
     FFN_STAMP(8);
     cluster_wait();  // every block of the cluster has received every h
     FFN_STAMP(9);
-    if (x_acc) return;
     // The last block of this rank's rows adds the slices' sums to the residual, in slice order. No
     // block still stages x then: each slice's block of this rank has received its cluster's every h,
     // which a block pushes only after staging.
@@ -1907,8 +1817,8 @@ __device__ __forceinline__ void ffn_mma(const u8* __restrict__ gate, const u8* _
     extern "C" __global__ void __cluster_dims__(FFN_RANKS, 1, 1) __launch_bounds__(32 * MMA_MAX_WARPS, MMA_MIN_BLOCKS)        \
         ffn_mma_##nt(const u8* __restrict__ gate, const u8* __restrict__ up, const u8* __restrict__ down, u32 n_cols, u32 n_inter, \
                      float* __restrict__ x, const float* __restrict__ norm_w, float eps, float* __restrict__ partials,         \
-                     u32* __restrict__ counters, long long* __restrict__ x_acc FFN_PROBE_PARAM) {                             \
-        ffn_mma<nt>(gate, up, down, n_cols, n_inter, x, norm_w, eps, partials, counters, x_acc FFN_PROBE_ARG);             \
+                     u32* __restrict__ counters FFN_PROBE_PARAM) {                                                           \
+        ffn_mma<nt>(gate, up, down, n_cols, n_inter, x, norm_w, eps, partials, counters FFN_PROBE_ARG);                    \
     }
 FFN_MMA_KERNEL(1)
 FFN_MMA_KERNEL(2)

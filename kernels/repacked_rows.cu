@@ -9,18 +9,17 @@
 typedef FERRITE_CAT(Rp_, QTYPE) Tile;
 
 // out[t] = row tokens[t] of the table, for t < n_tokens: the argument list of embed.cu's
-// embed_rows, so the backend launches either the same way (the first n_acc pending sums zeroed
-// too). `row_bytes` is unused here (the tile geometry follows from `width`). An id past the table
-// writes NaN rather than reading past it (the host checks ids before they reach the device).
+// embed_rows, so the backend launches either the same way. `row_bytes` is unused here (the tile
+// geometry follows from `width`). An id past the table writes NaN rather than reading past it
+// (the host checks ids before they reach the device).
 extern "C" __global__ void embed_rows(const u8* __restrict__ tiles, u64 row_bytes, u32 n_table_rows,
                                       const u32* __restrict__ tokens, u32 n_tokens, u32 width,
-                                      float* __restrict__ out, long long* __restrict__ x_acc, u32 n_acc) {
+                                      float* __restrict__ out) {
     (void)row_bytes;
     dependent_wait();
     const u32 k_tiles = (width + Tile::TILE_COLS - 1) / Tile::TILE_COLS;
     const u64 n = (u64)n_tokens * width;
     const u64 stride = (u64)gridDim.x * blockDim.x;
-    for (u64 e = (u64)blockIdx.x * blockDim.x + threadIdx.x; e < n_acc; e += stride) x_acc[e] = 0;
     for (u64 e = (u64)blockIdx.x * blockDim.x + threadIdx.x; e < n; e += stride) {
         const u32 t = (u32)(e / width), c = (u32)(e % width);
         const u32 row = tokens[t];

@@ -468,10 +468,6 @@ pub struct CudaBackend {
     /// FERRITE_CUDA_FFN=off; `ffn_rows`: the most rows that take them (`ffn::max_rows`).
     ffn_kernels: HashMap<super::ffn::FfnShape, super::ffn::FfnKernels>,
     ffn_rows: usize,
-    /// The fused FFN's pending sums (pending_sums.rs), made with its kernels where
-    /// FERRITE_CUDA_FFN_SUMS=pending (`sums_pend`; off by default).
-    pending: Option<super::pending_sums::PendingSums>,
-    sums_pend: bool,
     /// Where `upload_batch` puts the plan; grows, never shrinks.
     batch_buf: Option<CudaSlice<u32>>,
     /// Bumped when `batch_buf`, `x_f16` or `scratch` is reallocated: recorded graphs hold their
@@ -803,41 +799,11 @@ impl CudaBackend {
         input: Input,
     ) -> Result<(), BackendError> {
         let mut checked = Vec::with_capacity(N);
-        let mut outs = [0u64; N];
-        for (i, (w, bias, out)) in projections.into_iter().enumerate() {
+        for (w, bias, out) in projections {
             let bias = check_projection(w, bias, x, n_rows, out)?;
-            outs[i] = addr(&out.buf, &self.ctx);
             checked.push((w, bias, out));
         }
-        super::matmul::tiled_matvecs(self, checked, x, n_rows, write, input)?;
-        self.sums_met(addr(&x.buf, &self.ctx), matches!(input, Input::Normed { .. }), &outs);
-        Ok(())
-    }
-
-    /// The fused FFN's pending sums, if a vector's are pending (pending_sums.rs), for a launch that
-    /// may meet them.
-    pub(super) fn pending_sums(&self) -> Option<super::pending_sums::SumsArg<'_>> {
-        self.pending.as_ref().and_then(|p| p.arg(&self.ctx))
-    }
-
-    /// Folds the pending sums into `a` if they are its: before an op that does not take them.
-    pub(super) fn settle(&mut self, a: &CudaAct) -> Result<(), BackendError> {
-        let x = addr(&a.buf, &self.ctx);
-        if let Some(p) = self.pending.as_mut() {
-            p.settle(&self.ctx, x)?;
-        }
-        Ok(())
-    }
-
-    /// After a matrix-vector launch that was given the pending sums (`pending_sums`) with input x
-    /// (`normed`: `Input::Normed`) and outputs `outs`: the launch folded them into their vector,
-    /// unless it read them beside x (a normed x; they may still be there then, or zero).
-    pub(super) fn sums_met(&mut self, x: u64, normed: bool, outs: &[u64]) {
-        if let Some(p) = self.pending.as_mut() {
-            if p.of().is_some_and(|o| outs.contains(&o.x) || (o.x == x && !normed)) {
-                p.cleared();
-            }
-        }
+        super::matmul::tiled_matvecs(self, checked, x, n_rows, write, input)
     }
 
     /// The fused FFN kernel's shape of these weights (ffn.rs), where they may take it: gate and up
@@ -1178,8 +1144,6 @@ impl CudaBackend {
             pair_rows: super::matvec::pair_max_rows(),
             ffn_kernels: HashMap::new(),
             ffn_rows: super::ffn::max_rows()?,
-            pending: None,
-            sums_pend: super::pending_sums::enabled()?,
             batch_buf: None,
             batch_generation: 0,
             graphs: HashMap::new(),
@@ -1352,11 +1316,6 @@ impl Backend for CudaBackend {
         let n = capacity_rows
             .checked_mul(width)
             .ok_or_else(|| BackendError::Invalid(format!("activation {capacity_rows} x {width} overflows")))?;
-        // Pending sums may belong to a buffer that is gone (a forward that failed midway, its
-        // buffers dropped): no longer foldable, and the new buffer may take its address.
-        if let Some(p) = self.pending.as_mut() {
-            p.discard(&self.ctx)?;
-        }
         let buf = self.ctx.alloc::<f32>(n, &format!("an activation buffer of {capacity_rows} x {width}"))?;
         Ok(CudaAct { buf, width, capacity_rows })
     }
@@ -1555,15 +1514,7 @@ impl Backend for CudaBackend {
         let n = (batch.n_tokens * table.n_cols) as u64;
         let (row_bytes, n_table_rows) = (table.row_bytes as u64, to_u32("table rows", table.n_rows)?);
         let (n_tokens, width) = (to_u32("tokens", batch.n_tokens)?, to_u32("width", table.n_cols)?);
-        // A forward starts with no pending sums (pending_sums.rs): the launch zeroes them all.
-        let (sums, n_sums) = match self.pending.as_ref() {
-            Some(p) => (p.address(&self.ctx), to_u32("pending sums", p.capacity())?),
-            None => (0, 0),
-        };
-        launch!(self.ctx, f, "embed_rows", grid_stride(n), &table.blocks, &row_bytes, &n_table_rows, &batch.tokens, &n_tokens, &width, &mut out.buf, &sums, &n_sums)?;
-        if let Some(p) = self.pending.as_mut() {
-            p.cleared();
-        }
+        launch!(self.ctx, f, "embed_rows", grid_stride(n), &table.blocks, &row_bytes, &n_table_rows, &batch.tokens, &n_tokens, &width, &mut out.buf)?;
         Ok(())
     }
 
@@ -1576,8 +1527,6 @@ impl Backend for CudaBackend {
         if n_rows == 0 {
             return Ok(());
         }
-        self.settle(x)?;
-        self.settle(out)?;
         let cfg = LaunchConfig { grid_dim: (to_u32("rows", n_rows)?, 1, 1), block_dim: (NORM_THREADS, 1, 1), shared_mem_bytes: 0 };
         let width = to_u32("width", x.width)?;
         launch!(self.ctx, &self.fixed.rms_norm, "rms_norm", cfg, &x.buf, w, &width, &eps, &mut out.buf)?;
@@ -1642,12 +1591,6 @@ impl Backend for CudaBackend {
                 let k = super::ffn::FfnKernels::new(&self.ctx, shape)?;
                 self.ffn_kernels.insert(shape, k);
             }
-            // Room for the pending sums of the kernel's rows (zero: none pending).
-            let values = super::ffn::KERNEL_ROWS * shape.n_cols;
-            if self.sums_pend && self.pending.as_ref().is_none_or(|p| p.capacity() < values) {
-                let fold = self.ctx.function(&kernels::ELEMENTWISE, "fold_xacc")?;
-                self.pending = Some(super::pending_sums::PendingSums::new(&self.ctx, values, fold)?);
-            }
         }
         Ok(())
     }
@@ -1663,8 +1606,6 @@ impl Backend for CudaBackend {
     ) -> Result<(), BackendError> {
         let weights = projections.each_ref().map(|p| p.0);
         if !super::matmul::tiled_matvec(self, &weights, n_rows) {
-            // The GEMM paths' norms take no pending sums (pending_sums.rs).
-            self.settle(x)?;
             if n_rows > 0 {
                 // Every shape checked before the first launch; the checked outputs and biases serve
                 // both GEMM paths below.
@@ -1731,7 +1672,6 @@ impl Backend for CudaBackend {
         if stacked {
             check_width("rms_norm input", x.width, w.norm.n_cols)?;
             check_rows("rms_norm input", x, n_rows)?;
-            self.settle(x)?;
             self.check_attention(bufs.q, bufs.k, bufs.v, cache, layer, batch, p, bufs.out)?;
             check_width("rope input", bufs.q.width, qp.n_heads * qp.head_dim)?;
             check_width("rope input", bufs.k.width, kp.n_heads * kp.head_dim)?;
@@ -1778,20 +1718,7 @@ impl Backend for CudaBackend {
                 check_rows("rms_norm input", x, n_rows)?;
                 let norm_w = addr(norm.dense()?, &self.ctx);
                 let weights = [gate, up, down].map(|w| addr(&w.blocks, &self.ctx));
-                let x_addr = addr(&x.buf, &self.ctx);
-                // The kernel stages x without pending sums, and leaves its own pending where it can.
-                let mut sums = 0;
-                if let Some(p) = self.pending.as_mut() {
-                    if let Some(arg) = p.arg(&self.ctx) {
-                        arg.fold_now(&self.ctx)?;
-                        p.cleared();
-                    }
-                    if self.sums_pend && k.sums_may_pend() && n_rows * x.width <= p.capacity() {
-                        p.set(super::pending_sums::Owner { x: x_addr, values: n_rows * x.width })?;
-                        sums = p.address(&self.ctx);
-                    }
-                }
-                k.launch(&self.ctx, n_rows, weights, x_addr, norm_w, eps, sums)?;
+                k.launch(&self.ctx, n_rows, weights, addr(&x.buf, &self.ctx), norm_w, eps)?;
                 return Ok(());
             }
         }
@@ -1804,7 +1731,6 @@ impl Backend for CudaBackend {
         if stacked {
             check_width("rms_norm input", x.width, norm.n_cols)?;
             check_rows("rms_norm input", x, n_rows)?;
-            self.settle(x)?;
             check_projection(gate, None, x, n_rows, bufs.gate)?;
             check_projection(up, None, x, n_rows, bufs.up)?;
             // SwiGLU's output takes gate's place as down's input.
@@ -1960,8 +1886,6 @@ impl Backend for CudaBackend {
         if n == 0 {
             return Ok(());
         }
-        self.settle(x)?;
-        self.settle(y)?;
         launch!(self.ctx, &self.fixed.add_assign, "add_assign", grid_stride(n), &mut x.buf, &y.buf, &n)?;
         Ok(())
     }
@@ -1979,10 +1903,7 @@ impl Backend for CudaBackend {
         let rows = batch.logit_rows + (first * std::mem::size_of::<u32>()) as u64;
         let (count_u, width) = (to_u32("rows", count)?, to_u32("width", x.width)?);
         let n = (count * x.width) as u64;
-        self.settle(out)?;
-        // x's pending sums (pending_sums.rs) go into the rows gathered; x keeps them.
-        let sums = self.pending_sums().filter(|p| p.of.x == addr(&x.buf, &self.ctx)).map_or(0, |p| p.sums);
-        launch!(self.ctx, &self.fixed.gather_rows, "gather_rows", grid_stride(n), &x.buf, &rows, &count_u, &width, &mut out.buf, &sums)?;
+        launch!(self.ctx, &self.fixed.gather_rows, "gather_rows", grid_stride(n), &x.buf, &rows, &count_u, &width, &mut out.buf)?;
         Ok(())
     }
 
@@ -1993,7 +1914,6 @@ impl Backend for CudaBackend {
         if n == 0 {
             return Ok(());
         }
-        self.settle(x)?;
         let what = format!("{n_rows} rows of logits");
         self.ctx.sync(&format!("the forward pass producing {what}"))?;
         self.ctx
@@ -2012,7 +1932,6 @@ impl Backend for CudaBackend {
     fn copy_rows(&mut self, x: &CudaAct, n_rows: usize, width: usize, dst: &mut OwnedRows, dst_row: usize) -> Result<(), BackendError> {
         check_rows("copy_rows", x, n_rows)?;
         check_width("copy_rows", x.width, width)?;
-        self.settle(x)?;
         match dst {
             OwnedRows::Cuda(t) => Ok(t.copy_from(&x.buf, n_rows * width, dst_row * width)?),
             OwnedRows::Host(v) => {

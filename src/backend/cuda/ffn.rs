@@ -41,8 +41,6 @@ const BLOCK_THREADS: u32 = 256;
 /// Launches of the fused kernel by this process (not counting graph replays), for tests to see
 /// that it ran (`_cuda_counters`).
 pub static FFN_LAUNCHES: AtomicU64 = AtomicU64::new(0);
-/// Those of them that left their sums pending (pending_sums.rs).
-pub static FFN_PENDING_LAUNCHES: AtomicU64 = AtomicU64::new(0);
 
 /// The most rows of x FFN blocks take the fused kernel at, where they can: FERRITE_CUDA_FFN
 /// (`fused`, the default: 2; `one`: 1; `off`: 0). Read when a backend is made. H100, 2026-12-07
@@ -126,33 +124,18 @@ impl FfnKernels {
         Ok(FfnKernels { shape, functions, partials, counters })
     }
 
-    /// Whether a launch may leave its sums pending (pending_sums.rs): at most
-    /// [`pending_sums::MAX_SLICES`](super::pending_sums::MAX_SLICES) slices.
-    pub fn sums_may_pend(&self) -> bool {
-        self.shape.slices() <= super::pending_sums::MAX_SLICES
-    }
-
     /// Queues `x += down(silu(gate(n)) * up(n))` with `n = rms_norm(x) * norm_w` for `rows` rows
     /// of `shape.n_cols` floats at device address `x`. The weights are device addresses of repacked
     /// tiles of the shape's grids and `norm_w` of `n_cols` floats; the caller checks their sizes.
-    /// `sums` (0: none): the address of zeroed pending sums (pending_sums.rs) for `rows` x
-    /// `n_cols` values, which then get the output instead of x (see [`Self::sums_may_pend`]).
-    #[allow(clippy::too_many_arguments)]
-    pub fn launch(&self, ctx: &CudaContext, rows: usize, [gate, up, down]: [u64; 3], x: u64, norm_w: u64, eps: f32, sums: u64) -> Result<(), CudaError> {
+    pub fn launch(&self, ctx: &CudaContext, rows: usize, [gate, up, down]: [u64; 3], x: u64, norm_w: u64, eps: f32) -> Result<(), CudaError> {
         let s = self.shape;
         if !s.takes_rows(rows) {
             return Err(CudaError::Invalid(format!("the fused FFN kernel does not take {rows} rows of {s:?}")));
         }
-        if sums != 0 && !self.sums_may_pend() {
-            return Err(CudaError::Invalid(format!("{s:?}: {} slices, more than pending sums take", s.slices())));
-        }
         let cfg = LaunchConfig { grid_dim: ((s.slices() * RANKS) as u32, 1, 1), block_dim: (BLOCK_THREADS, 1, 1), shared_mem_bytes: 0 };
         let (n_cols, n_inter) = (s.n_cols as u32, s.n_inter as u32);
-        launch!(ctx, &self.functions[rows - 1], "ffn_mma", cfg, &gate, &up, &down, &n_cols, &n_inter, &x, &norm_w, &eps, &self.partials, &self.counters, &sums)?;
+        launch!(ctx, &self.functions[rows - 1], "ffn_mma", cfg, &gate, &up, &down, &n_cols, &n_inter, &x, &norm_w, &eps, &self.partials, &self.counters)?;
         FFN_LAUNCHES.fetch_add(1, Ordering::Relaxed);
-        if sums != 0 {
-            FFN_PENDING_LAUNCHES.fetch_add(1, Ordering::Relaxed);
-        }
         Ok(())
     }
 }

@@ -23,7 +23,7 @@ use super::dequant::dequantize_into;
 use super::error::CudaError;
 use super::kernels::MATVEC_MAX_ROWS;
 use super::matmul_mma::{launch_matmul_mma, MmqArgs, MMQ_MAX_ROWS};
-use super::matvec::{dequant_tile_rows, launch_matvec_pair, launch_matvecs, Input, Layout, MatvecArgs, MAX_SEGMENTS};
+use super::matvec::{dequant_tile_rows, launch_matvec, launch_matvec_pair, launch_matvecs, Input, Layout, MatvecArgs, MAX_SEGMENTS};
 use crate::backend::BackendError;
 
 /// Most float32 elements of dequantized weight rows held at once (128 MiB): bounds the scratch
@@ -181,14 +181,8 @@ pub(super) fn matmul(
     x_f16: &mut Option<u64>,
 ) -> Result<(), BackendError> {
     if takes_matvec(be, w, n_x) {
-        matvec(be, w, bias, x, n_x, out, write)?;
-        be.sums_met(addr(&x.buf, &be.ctx), false, &[addr(&out.buf, &be.ctx)]);
-        return Ok(());
-    }
-    // The GEMMs take no pending sums (pending_sums.rs).
-    be.settle(x)?;
-    be.settle(out)?;
-    if takes_gemm_mma(be, w, n_x)? {
+        matvec(be, w, bias, x, n_x, out, write)
+    } else if takes_gemm_mma(be, w, n_x)? {
         gemm_mma(be, w, bias, x, n_x, out, write, x_f16)
     } else {
         dequant_gemm(be, w, bias, x, n_x, out, write, x_f16)
@@ -278,12 +272,11 @@ pub(super) fn tiled_matvecs(
     write: Write,
     input: Input,
 ) -> Result<(), BackendError> {
-    let sums = be.pending_sums();
     if let Some(pair) = pair_kernels_for(be, projections.iter().map(|p| p.0), n_x) {
         let weights: Vec<&CudaWeight> = projections.iter().map(|(w, _, _)| *w).collect();
         let ahead = window_ahead(be, &weights);
         let args = projections.into_iter().map(|(w, bias, out)| matvec_args(be, w, bias, x, n_x, out, write)).collect();
-        launch_matvec_pair(&be.ctx, &pair, args, input, ahead, sums)?;
+        launch_matvec_pair(&be.ctx, &pair, args, input, ahead)?;
         return Ok(());
     }
     let mut rest = projections;
@@ -297,7 +290,7 @@ pub(super) fn tiled_matvecs(
             let weights: Vec<&CudaWeight> = take.iter().map(|(w, _, _)| *w).collect();
             let ahead = window_ahead(be, &weights);
             let parts = take.into_iter().map(|(w, bias, out)| matvec_args(be, w, bias, x, n_x, out, write)).collect();
-            launch_matvecs(&be.ctx, &kernels, parts, input, ahead, sums)?;
+            launch_matvecs(&be.ctx, &kernels, parts, input, ahead)?;
         }
     }
     Ok(())
@@ -350,8 +343,7 @@ fn matvec_args<'a>(
 fn matvec(be: &mut CudaBackend, w: &CudaWeight, bias: Option<&CudaSlice<f32>>, x: &CudaAct, n_x: usize, out: &mut CudaAct, write: Write) -> Result<(), BackendError> {
     let kernels = w.kernels.as_ref().ok_or_else(|| BackendError::Invalid(format!("{}: a vector cannot be multiplied", w.name)))?;
     let ahead = window_ahead(be, &[w]);
-    let args = matvec_args(be, w, bias, x, n_x, out, write);
-    launch_matvecs(&be.ctx, kernels, vec![args], Input::X, ahead, be.pending_sums())?;
+    launch_matvec(&be.ctx, kernels, matvec_args(be, w, bias, x, n_x, out, write), ahead)?;
     Ok(())
 }
 

@@ -19,7 +19,6 @@ use super::backend::launch;
 use super::context::CudaContext;
 use super::error::CudaError;
 use super::kernels::{self, MATVEC_MAX_ROWS, MATVEC_ROWS_PER_BLOCK};
-use super::pending_sums::SumsArg;
 use super::prefetch::WindowArgs;
 use super::repack::{self, TileGrid, TILE_ROWS};
 use crate::quant::{self, GgmlType, QuantError};
@@ -770,29 +769,20 @@ impl MatvecArgs<'_> {
 /// `ahead`: the window of the step's weights the tiled kernel asks L2 for before it waits
 /// (`prefetch::PrefetchPlan::ahead_of`; the default: none).
 pub fn launch_matvec(ctx: &CudaContext, kernels: &MatvecKernels, args: MatvecArgs<'_>, ahead: WindowArgs) -> Result<(), CudaError> {
-    launch_matvecs(ctx, kernels, vec![args], Input::X, ahead, None)
+    launch_matvecs(ctx, kernels, vec![args], Input::X, ahead)
 }
 
 /// [`launch_matvec`] for up to [`MAX_SEGMENTS`] matrices of one type and width multiplying the
 /// same `x` (same `n_x`, same `accumulate`), in one launch on the tiled path, and `x` taken as
-/// `input` says. The generic kernels take one matrix of plain `x`. `sums`: the fused FFN's pending
-/// sums, if any (pending_sums.rs): where they are x's or an output's, the launch takes them in
-/// (see [`launch_tiled`]); the generic kernels take none.
-pub fn launch_matvecs(
-    ctx: &CudaContext,
-    kernels: &MatvecKernels,
-    parts: Vec<MatvecArgs<'_>>,
-    input: Input,
-    ahead: WindowArgs,
-    sums: Option<SumsArg<'_>>,
-) -> Result<(), CudaError> {
+/// `input` says. The generic kernels take one matrix of plain `x`.
+pub fn launch_matvecs(ctx: &CudaContext, kernels: &MatvecKernels, parts: Vec<MatvecArgs<'_>>, input: Input, ahead: WindowArgs) -> Result<(), CudaError> {
     let Some(first) = shared_of(&parts, |a, first| a.ty == first.ty)? else { return Ok(()) };
     let (nt, f) = kernels.matvec_for(first.n_x).ok_or_else(|| CudaError::Invalid(format!("{}: no kernel for {} rows", first.name, first.n_x)))?;
     match (first.layout, &kernels.tiled) {
         (Layout::Tiles(_), Some(tiled)) => {
             let stream = tiled.stream.iter().find(|(rows, _)| *rows == nt).map(|(_, f)| f);
             let scratch = tiled.scratch.lock().map_err(|_| CudaError::Invalid("split-K scratch lock poisoned".into()))?;
-            launch_tiled(ctx, Tiled { planned: f, nt, stream, scratch: &scratch, sms: tiled.sms, first_b: None }, &first, parts, input, ahead, sums)
+            launch_tiled(ctx, Tiled { planned: f, nt, stream, scratch: &scratch, sms: tiled.sms, first_b: None }, &first, parts, input, ahead)
         }
         (Layout::Blocks, None) => {
             if parts.len() != 1 {
@@ -801,9 +791,6 @@ pub fn launch_matvecs(
             let Some(args) = parts.into_iter().next() else { return Ok(()) };
             if input != Input::X {
                 return Err(CudaError::Invalid(format!("{}: the generic kernels take x as it is", args.name)));
-            }
-            if let Some(p) = sums.filter(|p| p.of.x == super::backend::addr(args.x, ctx) || p.of.x == super::backend::addr(&*args.out, ctx)) {
-                p.fold_now(ctx)?;
             }
             let n_rows = args.n_rows as u32;
             let row_bytes = quant::row_bytes(args.ty, args.n_cols)? as u64;
@@ -821,14 +808,7 @@ pub fn launch_matvecs(
 
 /// [`launch_matvecs`] for matrices of the two types of `pair` (its [`PairKernels::takes`] holds):
 /// one launch of the pair kernels, the first type's matrices first.
-pub fn launch_matvec_pair(
-    ctx: &CudaContext,
-    pair: &PairKernels,
-    parts: Vec<MatvecArgs<'_>>,
-    input: Input,
-    ahead: WindowArgs,
-    sums: Option<SumsArg<'_>>,
-) -> Result<(), CudaError> {
+pub fn launch_matvec_pair(ctx: &CudaContext, pair: &PairKernels, parts: Vec<MatvecArgs<'_>>, input: Input, ahead: WindowArgs) -> Result<(), CudaError> {
     let (a, b) = pair.types;
     let Some(first) = shared_of(&parts, |x, _| x.ty == a || x.ty == b)? else { return Ok(()) };
     let (nt, f) = pair.matvec_for(first.n_x).ok_or_else(|| CudaError::Invalid(format!("{}: no pair kernel for {} rows", first.name, first.n_x)))?;
@@ -836,7 +816,7 @@ pub fn launch_matvec_pair(
     let first_b = ordered.len() as u32;
     ordered.extend(rest);
     let scratch = pair.scratch.lock().map_err(|_| CudaError::Invalid("split-K scratch lock poisoned".into()))?;
-    launch_tiled(ctx, Tiled { planned: f, nt, stream: None, scratch: &scratch, sms: pair.sms, first_b: Some(first_b) }, &first, ordered, input, ahead, sums)?;
+    launch_tiled(ctx, Tiled { planned: f, nt, stream: None, scratch: &scratch, sms: pair.sms, first_b: Some(first_b) }, &first, ordered, input, ahead)?;
     PAIR_MATVECS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok(())
 }
@@ -866,22 +846,13 @@ struct Tiled<'k> {
 }
 
 /// Queues one launch of matvec_mma.cu's tiled kernels over `parts` (checked by [`shared_of`]).
-fn launch_tiled(
-    ctx: &CudaContext,
-    k: Tiled<'_>,
-    first: &Shared<'_>,
-    parts: Vec<MatvecArgs<'_>>,
-    input: Input,
-    ahead: WindowArgs,
-    sums: Option<SumsArg<'_>>,
-) -> Result<(), CudaError> {
+fn launch_tiled(ctx: &CudaContext, k: Tiled<'_>, first: &Shared<'_>, parts: Vec<MatvecArgs<'_>>, input: Input, ahead: WindowArgs) -> Result<(), CudaError> {
     let n = parts.len();
     if n > MAX_SEGMENTS {
         return Err(CudaError::Invalid(format!("{n} matrices in one launch (at most {MAX_SEGMENTS})")));
     }
     let (n_cols, n_x, accumulate) = (first.n_cols as u32, first.n_x as u32, first.accumulate as u32);
     let mut grids = Vec::with_capacity(n);
-    let mut int8 = true;
     let (mut tiles, mut bias, mut y, mut m_tiles, mut n_rows) = ([0u64; MAX_SEGMENTS], [0u64; MAX_SEGMENTS], [0u64; MAX_SEGMENTS], [0u32; MAX_SEGMENTS], [0u32; MAX_SEGMENTS]);
     for (s, a) in parts.into_iter().enumerate() {
         let Layout::Tiles(grid) = a.layout else {
@@ -891,7 +862,6 @@ fn launch_tiled(
             return Err(CudaError::Invalid(format!("{}: tile grids of different widths in one launch", a.name)));
         }
         grids.push(grid);
-        int8 &= super::kernels::int8_max_rows(a.ty).is_some_and(|most| most >= k.nt);
         tiles[s] = super::backend::addr(&a.weights, ctx);
         bias[s] = a.bias;
         y[s] = super::backend::addr(&*a.out, ctx);
@@ -920,28 +890,6 @@ fn launch_tiled(
         Input::Normed { weight, eps } => (0, weight, eps),
         Input::Swiglu { up } => (up, 0, 0.0),
     };
-    // The fused FFN's pending sums (pending_sums.rs), where this launch meets them: read beside x
-    // where the kernel folds the norm into staging (matvec_mma.cu's FUSES_NORM, its default
-    // build's), folded by the planned kernel into the one output it adds to, and otherwise
-    // folded into their vector by a launch of their own first.
-    let (mut x_sums, mut y_sums) = (0u64, 0u64);
-    if let Some(p) = sums {
-        let x_addr = super::backend::addr(first.x, ctx);
-        let in_y = y[..n].contains(&p.of.x);
-        let block_warps = (plan.warps_m * plan.warps_k) as usize;
-        // Each block stages the whole row in one phase, at most one 256-column job a warp.
-        let one_phase = grids.iter().all(|g| all.k_tiles <= phase_tiles(&g.format, k.nt) && k.nt * (all.k_tiles * g.format.tile_cols).div_ceil(256) <= block_warps);
-        // The planned single-type kernels of one or two rows hold the code that takes them.
-        let takes = k.nt <= 2 && k.first_b.is_none() && stream.is_none();
-        let fuses_norm = matches!(input, Input::Normed { .. }) && int8 && plan.splits == 1 && one_phase;
-        if takes && p.of.x == x_addr && !in_y && fuses_norm {
-            x_sums = p.sums;
-        } else if takes && in_y && n == 1 && first.accumulate && p.of.x != x_addr {
-            y_sums = p.sums;
-        } else if in_y || p.of.x == x_addr {
-            p.fold_now(ctx)?;
-        }
-    }
     // Every kernel of matvec_mma.cu takes this list (MATVEC_MMA_PARAMS); only the pair kernels read first_b.
     let (name, first_b) = match k.first_b {
         Some(b) => ("matvec_mma_pair", b),
@@ -952,7 +900,7 @@ fn launch_tiled(
         &tiles[0], &tiles[1], &tiles[2], &bias[0], &bias[1], &bias[2], &y[0], &y[1], &y[2],
         &m_tiles[0], &m_tiles[1], &m_tiles[2], &n_rows[0], &n_rows[1], &n_rows[2],
         &k_tiles, &n_cols, first.x, &x2, &norm_w, &eps, &n_x, &partials, &counters, &per, &wm, &accumulate,
-        &ahead.ranges, &ahead.n_ranges, &ahead.first, &ahead.offset_bytes, &ahead.len_bytes, &first_b, &x_sums, &y_sums
+        &ahead.ranges, &ahead.n_ranges, &ahead.first, &ahead.offset_bytes, &ahead.len_bytes, &first_b
     )
 }
 
@@ -1198,8 +1146,8 @@ impl MatvecOp {
             })
             .collect();
         match &pair {
-            None => launch_matvecs(ctx, &first.kernels, parts, input, WindowArgs::default(), None)?,
-            Some(pair) => launch_matvec_pair(ctx, pair, parts, input, WindowArgs::default(), None)?,
+            None => launch_matvecs(ctx, &first.kernels, parts, input, WindowArgs::default())?,
+            Some(pair) => launch_matvec_pair(ctx, pair, parts, input, WindowArgs::default())?,
         }
         outs.iter().map(|o| ctx.download(o, "the grouped test products")).collect()
     }
@@ -1225,8 +1173,7 @@ impl MatvecOp {
             let row_bytes = quant::row_bytes(self.ty, self.n_cols)? as u64;
             let (n_table, n_tok, width) = (self.n_rows as u32, tokens.len() as u32, self.n_cols as u32);
             let ids_ptr = super::backend::addr(&ids, &self.ctx);
-            let (no_sums, n_sums) = (0u64, 0u32);
-            launch!(self.ctx, &self.kernels.embed, "embed_rows", super::backend::grid_stride(n_elems), &w, &row_bytes, &n_table, &ids_ptr, &n_tok, &width, &mut emb, &no_sums, &n_sums)?;
+            launch!(self.ctx, &self.kernels.embed, "embed_rows", super::backend::grid_stride(n_elems), &w, &row_bytes, &n_table, &ids_ptr, &n_tok, &width, &mut emb)?;
         }
         let mut rows = self.ctx.download(&rows, "test rows")?;
         rows.truncate(n * self.n_cols);
@@ -1316,27 +1263,6 @@ fn f16_scaled_bits(v: f32, scale: f32) -> u16 {
 mod tests {
     use super::*;
     use crate::backend::cuda::repack::tile_format;
-
-    /// `launch_tiled` passes pending sums beside x only where the kernel folds the norm into
-    /// staging, by a copy of the kernel's rule (FUSES_NORM, with one staging job a warp): a kernel
-    /// that did not would write NaN. The rule and its constants as the copy has them.
-    #[test]
-    fn the_host_copy_of_the_fused_norm_rule_matches_the_kernel() {
-        let src = crate::backend::cuda::kernels::MATVEC_MMA.src;
-        for line in [
-            "(MMA_FUSED_NORM && S8 && norm_w != nullptr && x2 == nullptr && n_splits == 1 && k_tiles <= (u32)PHASE_TILES &&",
-            "NT * ((k_tiles * T::TILE_COLS + 255) / 256) <= MMA_STAGE_JOBS * (blockDim.x >> 5))",
-            "#define MMA_STAGE_JOBS 1",
-            "#define MMA_FUSED_NORM 1",
-            "constexpr int PHASE = 4096 / NT;",
-            "const bool acc_unread = x_acc != nullptr && !fused_norm;",
-            "if constexpr (NT <= 2) {",
-        ] {
-            assert!(src.contains(line), "matvec_mma.cu no longer has: {line}");
-        }
-        let common = include_str!("../../../kernels/common.cuh");
-        assert!(common.contains(&format!("constexpr u32 XACC_MAX_SLICES = {};", crate::backend::cuda::pending_sums::MAX_SLICES)));
-    }
 
     fn grid(ty: GgmlType, n_rows: usize, n_cols: usize) -> TileGrid {
         TileGrid::new(tile_format(ty).unwrap(), n_rows, n_cols)

@@ -35,7 +35,6 @@ pub mod matvec;
 pub mod sampling;
 pub mod memory;
 pub mod nvrtc;
-pub mod pending_sums;
 pub mod prebuilt;
 pub mod prefetch;
 mod readahead;
