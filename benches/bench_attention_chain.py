@@ -35,8 +35,8 @@ import struct
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
-from cuda_driver import PRODUCER, Driver, Producer  # noqa: E402
-from nvrtc_cubin import BASE_OPTIONS, compile_cubin, compile_source  # noqa: E402
+from cuda_driver import Driver, Producer  # noqa: E402
+from nvrtc_cubin import BASE_OPTIONS, compile_cubin  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 HEAD_DIM, N_HEADS, N_KV_HEADS, BLOCK_TOKENS = 64, 14, 2, 16
@@ -85,7 +85,7 @@ def main() -> None:
 
     cubins = {(kv, tuple(v), probe): compile_cubin(Path(src), base + [f"-DATTN_KV_F16={int(kv == 'f16')}"] + v + (["-DATTN_PROBE=1"] if probe else []))
               for kv in kvs for v in variants for probe in (False, True)}
-    producer_cubin = compile_source("producer.cu", PRODUCER.encode(), ["--gpu-architecture=sm_90", *BASE_OPTIONS])
+    producer_cubin = Producer.cubin()
     if args.compile_only:
         print(f"compiled {len(cubins)} attention builds and the producer")
         return

@@ -35,8 +35,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
-from cuda_driver import PRODUCER, Driver, Producer  # noqa: E402
-from nvrtc_cubin import BASE_OPTIONS, compile_cubin, compile_source  # noqa: E402
+from cuda_driver import Driver, Producer  # noqa: E402
+from nvrtc_cubin import BASE_OPTIONS, compile_cubin  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 N_COLS, N_INTER = 896, 4864
@@ -78,7 +78,7 @@ def main() -> None:
                  f"-DQTYPE_DOWN={down}"] + v + (["-DFFN_PROBE=1"] if probe else []))
 
     cubins = {(d, tuple(v), probe): compile_cubin(src, defines(d, v, probe)) for d in downs for v in variants for probe in (False, True)}
-    producer_cubin = compile_source("producer.cu", PRODUCER.encode(), ["--gpu-architecture=sm_90", *BASE_OPTIONS])
+    producer_cubin = Producer.cubin()
     if args.compile_only:
         print(f"compiled {len(cubins)} FFN builds and the producer")
         return

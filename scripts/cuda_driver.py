@@ -15,6 +15,8 @@ import statistics
 import struct
 from typing import Callable
 
+from nvrtc_cubin import BASE_OPTIONS, compile_source
+
 # Device code for a bench's phases: a block sum, and the block's share of a phase's weights in
 # registers (w4 float4 a thread at float4 offset `off4`, for at most MAX_W4, which the including
 # source may define first), loaded before the phase waits and folded into its result.
@@ -225,6 +227,11 @@ class Producer:
     """The chain benches' PRODUCER launches: `blocks` blocks of `threads` threads, each loading
     `kb` KB of weights (at most 8 float4 a thread) from a pool larger than L2, another part each
     launch, as a step's projections read DRAM; the blocks' end times of `pairs` launches."""
+
+    @staticmethod
+    def cubin() -> bytes:
+        """PRODUCER compiled for sm_90 with the backend's NVRTC options (no GPU needed)."""
+        return compile_source("producer.cu", PRODUCER.encode(), ["--gpu-architecture=sm_90", *BASE_OPTIONS])
 
     def __init__(self, cu: Driver, cubin: bytes, blocks: int, threads: int, kb: int, pairs: int) -> None:
         self.cu, self.blocks, self.threads = cu, blocks, threads
