@@ -1624,17 +1624,6 @@ __device__ __forceinline__ u32 cluster_map(u32 local, u32 rank) {
     asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(rank));
     return remote;
 }
-// The fused o projection's dynamic shared memory (ffn_o_mma_1 / _2), byte offsets: x_all (two rows
-// of FFN_MAX_COLS floats), x_mine (two rows of a rank's FFN_MAX_COLS / FFN_RANKS), two mbarriers,
-// then the o tiles from FFN_O_HEAD_BYTES (src/backend/cuda/ffn.rs adds their bytes to it).
-constexpr u32 FFN_O_X_ALL = 0, FFN_O_X_MINE = FFN_O_X_ALL + 2 * FFN_MAX_COLS * 4, FFN_O_BARS = FFN_O_X_MINE + 2 * (FFN_MAX_COLS / FFN_RANKS) * 4;
-constexpr u32 FFN_O_HEAD_BYTES = 9344;
-static_assert(FFN_O_HEAD_BYTES >= FFN_O_BARS + 16 && FFN_O_HEAD_BYTES % 128 == 0, "the o tiles start 128-byte aligned after the head");
-// Declared only where the o projection's kernels ask for it.
-__device__ __forceinline__ u8* ffn_o_dynamic_smem() {
-    extern __shared__ __align__(128) u8 ffn_o_smem_bytes[];
-    return ffn_o_smem_bytes;
-}
 // The 0.5B's 19 slices' sums in one round trip (sum_splits_batched).
 constexpr u32 FFN_SUM_BATCH = 24;
 
@@ -1644,10 +1633,9 @@ constexpr u32 FFN_SUM_BATCH = 24;
 // FFN_RANKS words, zero between launches. Grid: n_inter / 256 clusters of FFN_RANKS blocks of 256
 // threads. With n_cols <= FFN_MAX_COLS, stage_x_s8_normed's jobs (NT x ceil(n_cols / 256)) fit the
 // block's warps at two rows too.
-template <int NT, bool WITH_O>
-__device__ __forceinline__ void ffn_mma(const u8* __restrict__ o, const float* __restrict__ attn, u32 o_cols, const u8* __restrict__ gate,
-                                        const u8* __restrict__ up, const u8* __restrict__ down, u32 n_cols, u32 n_inter,
-                                        float* __restrict__ x, const float* __restrict__ norm_w, float eps,
+template <int NT>
+__device__ __forceinline__ void ffn_mma(const u8* __restrict__ gate, const u8* __restrict__ up, const u8* __restrict__ down, u32 n_cols,
+                                        u32 n_inter, float* __restrict__ x, const float* __restrict__ norm_w, float eps,
                                         float* __restrict__ partials, u32* __restrict__ counters FFN_PROBE_PARAM) {
     FFN_STAMP(0);
     static_assert(NT == 1 || NT == 2, "one or two rows: three int8 parts of each in one mma column group");
@@ -1664,16 +1652,6 @@ __device__ __forceinline__ void ffn_mma(const u8* __restrict__ o, const float* _
     // The cluster's h, rank by rank, each rank's pushed here by its block; h_bar counts the bytes.
     __shared__ __align__(16) float h_all[NT][FFN_RANKS][FFN_H_PER_RANK];
     __shared__ __align__(8) u64 h_bar;
-    // With the o projection (WITH_O), in dynamic shared memory (so that the kernels without it keep
-    // their layout): the whole row of x + o attn as every rank of the cluster pushes its own rows
-    // (x_all, x_bar counting the bytes), this rank's rows of it (x_mine), and its o tiles (copied
-    // in before the wait, o_bar counting the bytes).
-    u8* ffn_o_smem = WITH_O ? ffn_o_dynamic_smem() : nullptr;
-    float* x_all = reinterpret_cast<float*>(ffn_o_smem + FFN_O_X_ALL);
-    float(*x_mine)[FFN_MAX_COLS / FFN_RANKS] = reinterpret_cast<float(*)[FFN_MAX_COLS / FFN_RANKS]>(ffn_o_smem + FFN_O_X_MINE);
-    u64& o_bar = *reinterpret_cast<u64*>(ffn_o_smem + FFN_O_BARS);
-    u64& x_bar = *reinterpret_cast<u64*>(ffn_o_smem + FFN_O_BARS + 8);
-    u8* ffn_o_tiles = ffn_o_smem + FFN_O_HEAD_BYTES;
     __shared__ float inv_rms[NT];
     __shared__ u32 s_last;
     static_assert(xsum_bytes_needed<NG>(FFN_PHASE / 256) <= (int)sizeof(xsum), "x's sums as bytes fit the array");
@@ -1724,30 +1702,11 @@ __device__ __forceinline__ void ffn_mma(const u8* __restrict__ o, const float* _
     const int b_off_x[NG] = {col >= 0 ? col * XSTRIDE_B + 8 * t : 8 * t};
     const int b_off_h[NG] = {col >= 0 ? col * XSTRIDE_D + 8 * t : 8 * t};
     const u32 h_bar_local = (u32)__cvta_generic_to_shared(&h_bar);
-    // The o projection's tile rows are ffn_down's: this rank's (a warp a tile row), o_cols wide.
-    const u32 o_row0 = rank * down_tile_rows, o_tile_rows = md_tiles > o_row0 ? min(down_tile_rows, md_tiles - o_row0) : 0u;
-    const u32 ko_tiles = WITH_O ? o_cols / Tile::TILE_COLS : 0u;
-    const u32 o_bar_local = (u32)__cvta_generic_to_shared(&o_bar), x_bar_local = (u32)__cvta_generic_to_shared(&x_bar);
     if (threadIdx.x == 0) {
         asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(h_bar_local) : "memory");
         asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(h_bar_local), "r"((u32)(FFN_RANKS * NT * FFN_H_PER_RANK * 4))
                      : "memory");
-        if constexpr (WITH_O) {
-            asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(x_bar_local) : "memory");
-            asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(x_bar_local), "r"((u32)(NT * n_cols * 4)) : "memory");
-            asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(o_bar_local) : "memory");
-        }
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-        if (WITH_O && o_tile_rows > 0) {
-            // The rank's o tiles in one bulk copy (tile rows are contiguous; the weights are constant,
-            // so before the wait).
-            const u32 bytes = o_tile_rows * ko_tiles * Tile::TILE_BYTES;
-            asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(o_bar_local), "r"(bytes) : "memory");
-            asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-                             (u32)__cvta_generic_to_shared(ffn_o_tiles)),
-                         "l"(o + (u64)o_row0 * ko_tiles * Tile::TILE_BYTES), "r"(bytes), "r"(o_bar_local)
-                         : "memory");
-        }
     }
     // Every peer's mbarrier is ready before any block pushes to it.
     cluster_arrive_relaxed();
@@ -1759,62 +1718,7 @@ __device__ __forceinline__ void ffn_mma(const u8* __restrict__ o, const float* _
     FFN_STAMP(2);
     // The rest of the gate/up tiles (FFN_GU_EARLY_TILES), their latency overlapping the staging of x.
     load_gu(FFN_GU_EARLY_TILES, FFN_GU_TILES);
-    if constexpr (WITH_O) {
-        // x + o attn first: this rank's rows of it (the matrix-vector kernel's products of the same
-        // staging, its tiles' sums added in tile order), pushed into every block of the cluster,
-        // whose whole row of it the RMSNorm and the residual then take from shared memory.
-        const bool o_warp = (u32)warp < o_tile_rows;
-        const u32 r0 = (o_row0 + (u32)warp) * RP_TILE_ROWS + (u32)g;
-        float res[NT][2];
-#pragma unroll
-        for (int u = 0; u < NT; u++) {
-            res[u][0] = o_warp && t == 0 ? x[(u64)u * n_cols + r0] : 0.0f;
-            res[u][1] = o_warp && t == 0 ? x[(u64)u * n_cols + r0 + 8] : 0.0f;
-        }
-        stage_x_s8<NT, NG, XSTRIDE_B, PARTS, Tile>(attn, nullptr, nullptr, nullptr, NT, o_cols, 0, ko_tiles * Tile::TILE_COLS, xq, xsum, xscale);
-        __syncthreads();
-        if (o_warp) {
-            u32 done = 0;
-            while (!done)
-                asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], 0;\n selp.u32 %0, 1, 0, p;\n}"
-                             : "=r"(done) : "r"(o_bar_local) : "memory");
-            float oacc[NG][4] = {{0.0f, 0.0f, 0.0f, 0.0f}};
-            for (u32 kt = 0; kt < ko_tiles; kt++) {
-                Tile wo;
-                wo.load<true>(ffn_o_tiles + ((u64)warp * ko_tiles + kt) * Tile::TILE_BYTES, lane, false);
-                tile_products_s8_of_type<NG, Tile>(wo, xq, xsum, xscale, kt, b_off_x, t, oacc);
-            }
-#pragma unroll
-            for (int u = 0; u < NT; u++) {
-                float v0, v1;
-                row_sums(oacc[0], t, u, v0, v1);
-                if (t == 0) {  // old + (sum + the absent bias), as the matrix-vector kernel adds it
-                    x_mine[u][warp * RP_TILE_ROWS + g] = res[u][0] + (v0 + 0.0f);
-                    x_mine[u][warp * RP_TILE_ROWS + g + 8] = res[u][1] + (v1 + 0.0f);
-                }
-            }
-        }
-        __syncthreads();
-        const u32 quads = o_tile_rows * (RP_TILE_ROWS / 4);  // float4s of a row
-        if (threadIdx.x < NT * quads) {
-            const u32 u = threadIdx.x / quads, i = threadIdx.x % quads;
-            const float4 v = *reinterpret_cast<const float4*>(&x_mine[u][4 * i]);
-            const u32 dst = (u32)__cvta_generic_to_shared(&x_all[u * n_cols + o_row0 * RP_TILE_ROWS + 4 * i]);
-#pragma unroll
-            for (u32 p = 0; p < FFN_RANKS; p++)
-                asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.b32 [%0], {%1, %2, %3, %4}, [%5];" ::"r"(cluster_map(dst, p)),
-                             "r"(__float_as_uint(v.x)), "r"(__float_as_uint(v.y)), "r"(__float_as_uint(v.z)), "r"(__float_as_uint(v.w)),
-                             "r"(cluster_map(x_bar_local, p))
-                             : "memory");
-        }
-        u32 done = 0;
-        while (!done)
-            asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], 0;\n selp.u32 %0, 1, 0, p;\n}"
-                         : "=r"(done) : "r"(x_bar_local) : "memory");
-        stage_x_s8_normed<NT, NG, XSTRIDE_B, PARTS, EARLY_NORM_W, Tile>(x_all, norm_w, early_w, eps, NT, n_cols, len, xq, xsum, xscale, inv_rms);
-    } else {
-        stage_x_s8_normed<NT, NG, XSTRIDE_B, PARTS, EARLY_NORM_W, Tile>(x, norm_w, early_w, eps, NT, n_cols, len, xq, xsum, xscale, inv_rms);
-    }
+    stage_x_s8_normed<NT, NG, XSTRIDE_B, PARTS, EARLY_NORM_W, Tile>(x, norm_w, early_w, eps, NT, n_cols, len, xq, xsum, xscale, inv_rms);
     __syncthreads();
     FFN_STAMP(3);
     float acc[NG][4] = {{0.0f, 0.0f, 0.0f, 0.0f}};
@@ -1900,12 +1804,7 @@ __device__ __forceinline__ void ffn_mma(const u8* __restrict__ o, const float* _
     const u32 nr = row_end > row_begin ? row_end - row_begin : 0;
     for (u32 i = threadIdx.x; i < NT * nr; i += blockDim.x) {
         const u32 u = i / nr, row = row_begin + i % nr;
-        const float sum = sum_splits_batched<FFN_SUM_BATCH>(partials + (u64)u * n_cols + row, (u64)NT * n_cols, n_slices) + 0.0f;
-        // With the o projection, x + o attn is this block's x_all (as put() would read it back).
-        if constexpr (WITH_O)
-            x[(u64)u * n_cols + row] = x_all[u * n_cols + row] + sum;
-        else
-            put(x + (u64)u * n_cols + row, sum, 1);
+        put(x + (u64)u * n_cols + row, sum_splits_batched<FFN_SUM_BATCH>(partials + (u64)u * n_cols + row, (u64)NT * n_cols, n_slices) + 0.0f, 1);
     }
     if (threadIdx.x == 0) counters[rank] = 0;  // ready for the next launch
 #if FFN_PROBE
@@ -1919,22 +1818,9 @@ __device__ __forceinline__ void ffn_mma(const u8* __restrict__ o, const float* _
         ffn_mma_##nt(const u8* __restrict__ gate, const u8* __restrict__ up, const u8* __restrict__ down, u32 n_cols, u32 n_inter, \
                      float* __restrict__ x, const float* __restrict__ norm_w, float eps, float* __restrict__ partials,         \
                      u32* __restrict__ counters FFN_PROBE_PARAM) {                                                           \
-        ffn_mma<nt, false>(nullptr, nullptr, 0, gate, up, down, n_cols, n_inter, x, norm_w, eps, partials, counters FFN_PROBE_ARG); \
+        ffn_mma<nt>(gate, up, down, n_cols, n_inter, x, norm_w, eps, partials, counters FFN_PROBE_ARG);                    \
     }
 FFN_MMA_KERNEL(1)
 FFN_MMA_KERNEL(2)
-// The same block with the attention's o projection before it (x += o attn, then the FFN): o of
-// the module's gate/up type, n_cols x o_cols (o_cols <= FFN_MAX_COLS, a multiple of its tiles);
-// dynamic shared memory for a rank's o tiles (ffn_down's tile rows of a rank, o_cols wide).
-#define FFN_O_MMA_KERNEL(nt)                                                                                                  \
-    extern "C" __global__ void __cluster_dims__(FFN_RANKS, 1, 1) __launch_bounds__(32 * MMA_MAX_WARPS, MMA_MIN_BLOCKS)        \
-        ffn_o_mma_##nt(const u8* __restrict__ o, const float* __restrict__ attn, u32 o_cols, const u8* __restrict__ gate,      \
-                       const u8* __restrict__ up, const u8* __restrict__ down, u32 n_cols, u32 n_inter, float* __restrict__ x,  \
-                       const float* __restrict__ norm_w, float eps, float* __restrict__ partials,                             \
-                       u32* __restrict__ counters FFN_PROBE_PARAM) {                                                         \
-        ffn_mma<nt, true>(o, attn, o_cols, gate, up, down, n_cols, n_inter, x, norm_w, eps, partials, counters FFN_PROBE_ARG);  \
-    }
-FFN_O_MMA_KERNEL(1)
-FFN_O_MMA_KERNEL(2)
 #endif  // sm_90
 #endif  // MMA_FFN

@@ -51,42 +51,24 @@ __device__ __forceinline__ u64 rp_policy() {
 #define RP_LD(TYPE, OUTS, ADDR, POLICY) "ld.global.nc.L1::no_allocate" TYPE " " OUTS ", [" ADDR "];"
 #define RP_POLICY
 #endif
-// SHARED: the tile was copied into this block's shared memory (the fused FFN's o projection), and
-// the same loads read it there.
-template <bool SHARED = false>
 __device__ __forceinline__ uint4 rp_ld16(const u8* p) {
     uint4 v;
-    if constexpr (SHARED)
-        asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"((u32)__cvta_generic_to_shared(p)));
-    else
-        asm(RP_LD(".v4.u32", "{%0, %1, %2, %3}", "%4", "%5") : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p) RP_POLICY);
+    asm(RP_LD(".v4.u32", "{%0, %1, %2, %3}", "%4", "%5") : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p) RP_POLICY);
     return v;
 }
-template <bool SHARED = false>
 __device__ __forceinline__ uint2 rp_ld8(const u8* p) {
     uint2 v;
-    if constexpr (SHARED)
-        asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "r"((u32)__cvta_generic_to_shared(p)));
-    else
-        asm(RP_LD(".v2.u32", "{%0, %1}", "%2", "%3") : "=r"(v.x), "=r"(v.y) : "l"(p) RP_POLICY);
+    asm(RP_LD(".v2.u32", "{%0, %1}", "%2", "%3") : "=r"(v.x), "=r"(v.y) : "l"(p) RP_POLICY);
     return v;
 }
-template <bool SHARED = false>
 __device__ __forceinline__ u32 rp_ld4(const u8* p) {
     u32 v;
-    if constexpr (SHARED)
-        asm volatile("ld.shared.u32 %0, [%1];" : "=r"(v) : "r"((u32)__cvta_generic_to_shared(p)));
-    else
-        asm(RP_LD(".u32", "%0", "%1", "%2") : "=r"(v) : "l"(p) RP_POLICY);
+    asm(RP_LD(".u32", "%0", "%1", "%2") : "=r"(v) : "l"(p) RP_POLICY);
     return v;
 }
-template <bool SHARED = false>
 __device__ __forceinline__ u32 rp_ld2(const u8* p) {
     unsigned short v;
-    if constexpr (SHARED)
-        asm volatile("ld.shared.u16 %0, [%1];" : "=h"(v) : "r"((u32)__cvta_generic_to_shared(p)));
-    else
-        asm(RP_LD(".u16", "%0", "%1", "%2") : "=h"(v) : "l"(p) RP_POLICY);
+    asm(RP_LD(".u16", "%0", "%1", "%2") : "=h"(v) : "l"(p) RP_POLICY);
     return v;
 }
 
@@ -180,15 +162,14 @@ struct Rp_q5_0 {
     u32 qh[2];    // high bits
     uint2 d[2];   // the four blocks' f16 scales
 
-    template <bool SHARED = false>
     __device__ __forceinline__ void load(const u8* tile, int lane, bool for_bf16 = true) {
         const int g = lane >> 2;
 #pragma unroll
         for (int h = 0; h < 2; h++) {
-            const uint4 v = rp_ld16<SHARED>(tile + (h * 32 + lane) * 16);
+            const uint4 v = rp_ld16(tile + (h * 32 + lane) * 16);
             q[h][0] = v.x, q[h][1] = v.y, q[h][2] = v.z, q[h][3] = v.w;
-            qh[h] = rp_ld4<SHARED>(tile + 1024 + (h * 32 + lane) * 4);
-            d[h] = rp_ld8<SHARED>(tile + 1280 + (g + 8 * h) * 8);
+            qh[h] = rp_ld4(tile + 1024 + (h * 32 + lane) * 4);
+            d[h] = rp_ld8(tile + 1280 + (g + 8 * h) * 8);
         }
     }
     __device__ __forceinline__ u32 pair(int h, int P) const {
@@ -241,17 +222,16 @@ struct Rp_q8_0 {
     u32 q[2][8];  // chunk c's four bytes (int8 XOR 0x80) of rows g, g+8
     uint2 d[2];
 
-    template <bool SHARED = false>
     __device__ __forceinline__ void load(const u8* tile, int lane, bool for_bf16 = true) {
         const int g = lane >> 2;
 #pragma unroll
         for (int h = 0; h < 2; h++) {
 #pragma unroll
             for (int part = 0; part < 2; part++) {
-                const uint4 v = rp_ld16<SHARED>(tile + ((h * 2 + part) * 32 + lane) * 16);
+                const uint4 v = rp_ld16(tile + ((h * 2 + part) * 32 + lane) * 16);
                 q[h][4 * part] = v.x, q[h][4 * part + 1] = v.y, q[h][4 * part + 2] = v.z, q[h][4 * part + 3] = v.w;
             }
-            d[h] = rp_ld8<SHARED>(tile + 2048 + (g + 8 * h) * 8);
+            d[h] = rp_ld8(tile + 2048 + (g + 8 * h) * 8);
         }
     }
     // Byte b of w as an exact float (the byte is the int8 XOR 0x80): 2^23 + byte - (2^23 + 128).
@@ -301,17 +281,16 @@ struct Rp_q4_k {
     uint4 rec[2];    // d | dmin << 16, then the 12 packed scale bytes
     u32 nib, magic;  // 0x000F000F and 0x4B000000 in registers (rp_keep)
 
-    template <bool SHARED = false>
     __device__ __forceinline__ void load(const u8* tile, int lane, bool for_bf16 = true) {
         const int g = lane >> 2;
 #pragma unroll
         for (int h = 0; h < 2; h++) {
 #pragma unroll
             for (int part = 0; part < 2; part++) {
-                const uint4 v = rp_ld16<SHARED>(tile + ((h * 2 + part) * 32 + lane) * 16);
+                const uint4 v = rp_ld16(tile + ((h * 2 + part) * 32 + lane) * 16);
                 q[h][4 * part] = v.x, q[h][4 * part + 1] = v.y, q[h][4 * part + 2] = v.z, q[h][4 * part + 3] = v.w;
             }
-            rec[h] = rp_ld16<SHARED>(tile + 2048 + (g + 8 * h) * 16);
+            rec[h] = rp_ld16(tile + 2048 + (g + 8 * h) * 16);
         }
         if (for_bf16) {  // the int8 path needs neither (and the shuffles cost a few instructions a tile)
             nib = rp_keep(0x000F000Fu);
@@ -458,21 +437,20 @@ struct Rp_q6_k {
     u32 sc[2][4];  // the 16 int8 scales (chunk j's at byte j)
     u32 d[2];      // f16 bits
 
-    template <bool SHARED = false>
     __device__ __forceinline__ void load(const u8* tile, int lane, bool for_bf16 = true) {
         const int g = lane >> 2;
 #pragma unroll
         for (int h = 0; h < 2; h++) {
 #pragma unroll
             for (int part = 0; part < 2; part++) {
-                const uint4 v = rp_ld16<SHARED>(tile + ((h * 2 + part) * 32 + lane) * 16);
+                const uint4 v = rp_ld16(tile + ((h * 2 + part) * 32 + lane) * 16);
                 q[h][4 * part] = v.x, q[h][4 * part + 1] = v.y, q[h][4 * part + 2] = v.z, q[h][4 * part + 3] = v.w;
             }
-            const uint4 hv = rp_ld16<SHARED>(tile + 2048 + (h * 32 + lane) * 16);
+            const uint4 hv = rp_ld16(tile + 2048 + (h * 32 + lane) * 16);
             qh[h][0] = hv.x, qh[h][1] = hv.y, qh[h][2] = hv.z, qh[h][3] = hv.w;
-            const uint4 sv = rp_ld16<SHARED>(tile + 3072 + (g + 8 * h) * 16);
+            const uint4 sv = rp_ld16(tile + 3072 + (g + 8 * h) * 16);
             sc[h][0] = sv.x, sc[h][1] = sv.y, sc[h][2] = sv.z, sc[h][3] = sv.w;
-            d[h] = rp_ld2<SHARED>(tile + 3328 + (g + 8 * h) * 2);
+            d[h] = rp_ld2(tile + 3328 + (g + 8 * h) * 2);
         }
     }
     __device__ __forceinline__ u32 pair(int h, int P) const {

@@ -291,29 +291,6 @@ pub struct MlpBuffers<'a, A> {
     pub proj: &'a mut A,
 }
 
-/// The intermediates of [`Backend::decoder_layer_add`]: those of its attention block and its MLP
-/// block, which share `xn` and `proj`.
-pub struct LayerBuffers<'a, A> {
-    pub xn: &'a mut A,
-    pub q: &'a mut A,
-    pub k: &'a mut A,
-    pub v: &'a mut A,
-    pub attn: &'a mut A,
-    pub proj: &'a mut A,
-    pub gate: &'a mut A,
-    pub up: &'a mut A,
-    pub ffn: &'a mut A,
-}
-
-impl<A> LayerBuffers<'_, A> {
-    pub fn attn(&mut self) -> AttnBuffers<'_, A> {
-        AttnBuffers { xn: self.xn, q: self.q, k: self.k, v: self.v, out: self.attn, proj: self.proj }
-    }
-    pub fn mlp(&mut self) -> MlpBuffers<'_, A> {
-        MlpBuffers { xn: self.xn, gate: self.gate, up: self.up, ffn: self.ffn, proj: self.proj }
-    }
-}
-
 /// A compute device. All methods take `&mut self` so a backend may hold a stream, scratch
 /// space and handles without interior locking; the model is driven by one thread at a time.
 pub trait Backend: Send + 'static {
@@ -497,29 +474,6 @@ pub trait Backend: Send + 'static {
     ) -> Result<(), BackendError> {
         self.norm_matmuls(x, norm, eps, n_rows, bufs.xn, [(gate, None, &mut *bufs.gate), (up, None, &mut *bufs.up)])?;
         self.swiglu_matmul_add(bufs.gate, bufs.up, down, n_rows, bufs.ffn, bufs.proj, x)
-    }
-
-    /// One decoder layer: [`attention_add`](Self::attention_add), then [`mlp_add`](Self::mlp_add)
-    /// (`ffn_norm` and `ffn` its weights). CUDA's decode of one or two sequences runs the attention's
-    /// o projection inside the MLP's launch where its fused kernel takes both (ffn.rs).
-    #[allow(clippy::too_many_arguments)]
-    fn decoder_layer_add(
-        &mut self,
-        x: &mut Self::Act,
-        attn_w: AttnWeights<'_, Self::Weight>,
-        eps: f32,
-        n_rows: usize,
-        cache: &mut Self::KvCache,
-        layer: usize,
-        batch: &Self::Batch,
-        rope: (&RopeParams, &RopeParams),
-        params: &AttnParams,
-        (ffn_norm, ffn): (&Self::Weight, [&Self::Weight; 3]),
-        bufs: LayerBuffers<'_, Self::Act>,
-    ) -> Result<(), BackendError> {
-        let mut bufs = bufs;
-        self.attention_add(x, attn_w, eps, n_rows, cache, layer, batch, rope, params, bufs.attn())?;
-        self.mlp_add(x, ffn_norm, eps, n_rows, ffn, bufs.mlp())
     }
 
     /// `acc[t][r] += Σ_c w[r][c] · x[t][c]`: a projection added into the residual stream.

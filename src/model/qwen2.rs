@@ -10,7 +10,7 @@ use std::sync::Arc;
 use super::config::rope_style;
 use super::weights::{load_weights, Weights};
 use super::{FedToken, KvPool, LanguageModel, LogitsFor, ModelConfig, ModelError, RowSample, SeqChunk};
-use crate::backend::{AttnParams, AttnWeights, Backend, BackendError, BatchPlan, KvDtype, KvLayout, LayerBuffers, ReplayKey, RopeParams, SeqSpan};
+use crate::backend::{AttnBuffers, AttnParams, AttnWeights, Backend, BackendError, BatchPlan, KvDtype, KvLayout, MlpBuffers, ReplayKey, RopeParams, SeqSpan};
 use crate::gguf::GgufFile;
 use crate::sampling::{Sampled, SamplingError};
 
@@ -314,21 +314,13 @@ impl<B: Backend> Layers<'_, B> {
         let (c, w) = (self.config, self.weights);
         b.embed(&w.token_embd, batch, &mut buf.x)?;
         for (layer, lw) in w.layers.iter().enumerate() {
-            // Attention block, then MLP block (`decoder_layer_add`: x += attention(x); x += mlp(x)).
+            // Attention block.
             let w_attn = AttnWeights { norm: &lw.attn_norm, q: &lw.wq, k: &lw.wk, v: &lw.wv, o: &lw.wo, bq: lw.bq.as_ref(), bk: lw.bk.as_ref(), bv: lw.bv.as_ref() };
-            let ffn = (&lw.ffn_norm, [&lw.ffn_gate, &lw.ffn_up, &lw.ffn_down]);
-            let bufs = LayerBuffers {
-                xn: &mut buf.xn,
-                q: &mut buf.q,
-                k: &mut buf.k,
-                v: &mut buf.v,
-                attn: &mut buf.attn,
-                proj: &mut buf.proj,
-                gate: &mut buf.gate,
-                up: &mut buf.up,
-                ffn: &mut buf.ffn,
-            };
-            b.decoder_layer_add(&mut buf.x, w_attn, c.rms_norm_eps, n, kv, layer, batch, (self.rope, self.rope_k), self.attn, ffn, bufs)?;
+            let attn = AttnBuffers { xn: &mut buf.xn, q: &mut buf.q, k: &mut buf.k, v: &mut buf.v, out: &mut buf.attn, proj: &mut buf.proj };
+            b.attention_add(&mut buf.x, w_attn, c.rms_norm_eps, n, kv, layer, batch, (self.rope, self.rope_k), self.attn, attn)?;
+            // MLP block.
+            let mlp = MlpBuffers { xn: &mut buf.xn, gate: &mut buf.gate, up: &mut buf.up, ffn: &mut buf.ffn, proj: &mut buf.proj };
+            b.mlp_add(&mut buf.x, &lw.ffn_norm, c.rms_norm_eps, n, [&lw.ffn_gate, &lw.ffn_up, &lw.ffn_down], mlp)?;
         }
         Ok(())
     }

@@ -318,8 +318,7 @@ fn _cuda_weight_rows<'py>(
 /// GEMMs of 1-16 rows that wrote SwiGLU's output), ``norm_source_gemms`` (stacked GEMMs that
 /// read x's norm source instead of a normalized x), ``norm_source_launches`` (those sources made
 /// by a launch of their own, where no GEMM wrote x: the first layer's), ``stream_matvecs``
-/// (launches on the stream kernel), ``ffn_launches`` (FFN blocks of one or two rows as one launch, ffn.rs),
-/// ``ffn_o_launches`` (those of them with the attention's o projection inside)
+/// (launches on the stream kernel), ``ffn_launches`` (FFN blocks of one or two rows as one launch, ffn.rs)
 /// and ``sample_mass_launches`` (sampler launches that left rows to the mass pass, sampling.cu's
 /// sample_mass); graph replays not counted.
 #[pyfunction]
@@ -332,7 +331,6 @@ fn _cuda_counters(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     d.set_item("stream_matvecs", STREAM_MATVECS.load(std::sync::atomic::Ordering::Relaxed))?;
     d.set_item("pair_matvecs", PAIR_MATVECS.load(std::sync::atomic::Ordering::Relaxed))?;
     d.set_item("ffn_launches", cuda::ffn::FFN_LAUNCHES.load(std::sync::atomic::Ordering::Relaxed))?;
-    d.set_item("ffn_o_launches", cuda::ffn::FFN_O_LAUNCHES.load(std::sync::atomic::Ordering::Relaxed))?;
     d.set_item("sample_mass_launches", cuda::SAMPLE_MASS_LAUNCHES.load(std::sync::atomic::Ordering::Relaxed))?;
     Ok(d)
 }

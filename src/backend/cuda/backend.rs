@@ -24,7 +24,7 @@ use super::error::CudaError;
 use super::kernels::{self, ATTENTION_MAX_WARPS, NORM_THREADS, ROPE_MAX_PAIRS};
 use super::matmul::Write;
 use super::matvec::{Input, MatvecPath};
-use crate::backend::{check_width, AttnBuffers, AttnParams, AttnWeights, Backend, BatchPlan, KernelNeeds, KvDtype, KvLayout, LayerBuffers, MlpBuffers, OwnedRows, ReplayKey, RopeParams, RopeStyle, TensorSource};
+use crate::backend::{check_width, AttnBuffers, AttnParams, AttnWeights, Backend, BatchPlan, KernelNeeds, KvDtype, KvLayout, MlpBuffers, OwnedRows, ReplayKey, RopeParams, RopeStyle, TensorSource};
 use crate::backend::BackendError;
 use crate::quant::{self, GgmlType, QuantError};
 use crate::sampling::{SampleSpec, Sampled, SamplingError};
@@ -468,9 +468,6 @@ pub struct CudaBackend {
     /// FERRITE_CUDA_FFN=off; `ffn_rows`: the most rows that take them (`ffn::max_rows`).
     ffn_kernels: HashMap<super::ffn::FfnShape, super::ffn::FfnKernels>,
     ffn_rows: usize,
-    /// Whether the attention's o projection may join the fused FFN's launch (FERRITE_CUDA_FFN_O,
-    /// `ffn::o_enabled`; `decoder_layer_add`).
-    ffn_o: bool,
     /// Where `upload_batch` puts the plan; grows, never shrinks.
     batch_buf: Option<CudaSlice<u32>>,
     /// Bumped when `batch_buf`, `x_f16` or `scratch` is reallocated: recorded graphs hold their
@@ -820,20 +817,6 @@ impl CudaBackend {
         (self.ffn_rows > 0 && fits).then_some(shape)
     }
 
-    /// The fused FFN kernel's shape where the attention's o projection `o` joins its launch at
-    /// `n_rows` rows (`decoder_layer_add`): both on the matrix-vector kernels, o repacked whole, and
-    /// the kernel with o taking them (`FfnShape::o_shared_bytes`).
-    fn ffn_o_shape(&self, o: &CudaWeight, ffn: [&CudaWeight; 3], n_rows: usize) -> Option<super::ffn::FfnShape> {
-        use super::matvec::Layout::Tiles;
-        if !self.ffn_o || n_rows == 0 || n_rows > self.ffn_rows || !super::matmul::tiled_matvec(self, &[o], n_rows) || !super::matmul::tiled_matvec(self, &ffn, n_rows) {
-            return None;
-        }
-        let Tiles(grid) = o.layout else { return None };
-        let whole = (grid.n_rows, grid.n_cols) == (o.n_rows, o.n_cols) && o.kernels.as_ref().is_some_and(|k| k.tiled.is_some());
-        let shape = self.ffn_shape(ffn).filter(|s| s.takes_rows(n_rows) && self.ffn_kernels.contains_key(s))?;
-        (whole && shape.o_shared_bytes(o.ty, o.n_rows, o.n_cols).is_some()).then_some(shape)
-    }
-
     /// Checks one layer's attention shapes; returns the KV row width.
     #[allow(clippy::too_many_arguments)]
     fn check_attention(
@@ -1161,7 +1144,6 @@ impl CudaBackend {
             pair_rows: super::matvec::pair_max_rows(),
             ffn_kernels: HashMap::new(),
             ffn_rows: super::ffn::max_rows()?,
-            ffn_o: super::ffn::o_enabled()?,
             batch_buf: None,
             batch_generation: 0,
             graphs: HashMap::new(),
@@ -1713,49 +1695,6 @@ impl Backend for CudaBackend {
         let projections = [(w.q, w.bq, &mut *bufs.q), (w.k, w.bk, &mut *bufs.k), (w.v, w.bv, &mut *bufs.v)];
         self.norm_matmuls(x, w.norm, eps, n_rows, bufs.xn, projections)?;
         self.rope_attention_matmul_add(bufs.q, bufs.k, bufs.v, cache, layer, batch, rope, p, bufs.out, w.o, n_rows, bufs.proj, x)
-    }
-
-    fn decoder_layer_add(
-        &mut self,
-        x: &mut CudaAct,
-        attn_w: AttnWeights<'_, CudaWeight>,
-        eps: f32,
-        n_rows: usize,
-        cache: &mut CudaKvCache,
-        layer: usize,
-        batch: &CudaBatch,
-        rope: (&RopeParams, &RopeParams),
-        p: &AttnParams,
-        (ffn_norm, ffn): (&CudaWeight, [&CudaWeight; 3]),
-        bufs: LayerBuffers<'_, CudaAct>,
-    ) -> Result<(), BackendError> {
-        let mut bufs = bufs;
-        let Some(shape) = self.ffn_o_shape(attn_w.o, ffn, n_rows) else {
-            self.attention_add(x, attn_w, eps, n_rows, cache, layer, batch, rope, p, bufs.attn())?;
-            return self.mlp_add(x, ffn_norm, eps, n_rows, ffn, bufs.mlp());
-        };
-        // q/k/v and the attention as attention_add takes them on the matrix-vector kernels (its
-        // stacked path needs o off them); then x += o · attention and the FFN block in one launch.
-        let _ = self.norm_source.take();  // only the cuBLAS paths read it
-        {
-            let a = bufs.attn();
-            let projections = [(attn_w.q, attn_w.bq, &mut *a.q), (attn_w.k, attn_w.bk, &mut *a.k), (attn_w.v, attn_w.bv, &mut *a.v)];
-            self.norm_matmuls(x, attn_w.norm, eps, n_rows, a.xn, projections)?;
-            self.rope_attention_to(a.q, a.k, a.v, cache, layer, batch, rope, p, a.out, 0)?;
-        }
-        let [gate, up, down] = ffn;
-        check_width("attention output", bufs.attn.width, attn_w.o.n_cols)?;
-        check_rows("attention output", bufs.attn, n_rows)?;
-        check_width("attention o output", x.width, attn_w.o.n_rows)?;
-        check_width("rms_norm input", x.width, ffn_norm.n_cols)?;
-        check_width("ffn_gate input", x.width, gate.n_cols)?;
-        check_rows("rms_norm input", x, n_rows)?;
-        let k = self.ffn_kernels.get(&shape).ok_or_else(|| BackendError::Invalid(format!("no fused FFN kernel for {shape:?}")))?;
-        let norm_w = addr(ffn_norm.dense()?, &self.ctx);
-        let weights = [gate, up, down].map(|w| addr(&w.blocks, &self.ctx));
-        let o = (addr(&attn_w.o.blocks, &self.ctx), attn_w.o.ty, attn_w.o.n_cols);
-        k.launch_with_o(&self.ctx, n_rows, o, addr(&bufs.attn.buf, &self.ctx), weights, addr(&x.buf, &self.ctx), norm_w, eps)?;
-        Ok(())
     }
 
     fn mlp_add(

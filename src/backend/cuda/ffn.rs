@@ -10,12 +10,6 @@
 //! ([`FfnShape::takes_rows`]); GPUs of compute capability 9.0 or later (clusters: [`runs_on`]).
 //! `FERRITE_CUDA_FFN` picks the rows that take it (for A/B): `fused` (one and two, the default),
 //! `one` (one row only) or `off` (the two launches always).
-//!
-//! The attention's o projection can join the launch (`ffn_o_mma_1` / `_2`: `x += o · attn` first,
-//! each cluster computing all of it, a block its rank's rows, pushed to its peers), one launch a
-//! layer fewer. Where ([`FfnShape::o_shared_bytes`]): o of gate/up's type, as many rows as x has
-//! columns, at most [`MAX_COLS`] columns, and its tiles of a rank within [`O_MAX_SHARED_BYTES`] (the
-//! 0.5B's Q5_0 o, not a Q8_0 one). `FERRITE_CUDA_FFN_O=off` keeps o a launch of its own.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -41,30 +35,12 @@ pub fn runs_on(cc: (u32, u32)) -> bool {
     cc >= (9, 0)
 }
 
-/// Bytes of the o kernels' dynamic shared memory before the o tiles (matvec_mma.cu's
-/// FFN_O_HEAD_BYTES: x + o attn, whole and this rank's rows, and two mbarriers).
-pub const O_HEAD_BYTES: usize = 9344;
-/// The most dynamic shared memory the o kernels ask for: two blocks an SM must still fit beside
-/// their static shared memory (19 clusters of 8 are more blocks than an H100's 132 SMs).
-pub const O_MAX_SHARED_BYTES: usize = 96 * 1024;
-
-/// Whether `FERRITE_CUDA_FFN_O` lets the o projection join the fused launch (`on`, the default, or
-/// `off`). Read when a backend is made.
-pub fn o_enabled() -> Result<bool, CudaError> {
-    match std::env::var("FERRITE_CUDA_FFN_O").as_deref() {
-        Err(_) | Ok("") | Ok("on") => Ok(true),
-        Ok("off") => Ok(false),
-        Ok(other) => Err(CudaError::Invalid(format!("FERRITE_CUDA_FFN_O={other:?}: expected \"on\" or \"off\""))),
-    }
-}
-
 /// Threads a block (matvec_mma.cu's MMA_MAX_WARPS warps).
 const BLOCK_THREADS: u32 = 256;
 
 /// Launches of the fused kernel by this process (not counting graph replays), for tests to see
-/// that it ran (`_cuda_counters`); FFN_O_LAUNCHES those with the o projection (counted in both).
+/// that it ran (`_cuda_counters`).
 pub static FFN_LAUNCHES: AtomicU64 = AtomicU64::new(0);
-pub static FFN_O_LAUNCHES: AtomicU64 = AtomicU64::new(0);
 
 /// The most rows of x FFN blocks take the fused kernel at, where they can: FERRITE_CUDA_FFN
 /// (`fused`, the default: 2; `one`: 1; `off`: 0). Read when a backend is made. H100, 2026-12-07
@@ -120,17 +96,6 @@ impl FfnShape {
     fn slices(&self) -> usize {
         self.n_inter / SLICE
     }
-
-    /// The dynamic shared memory of the kernel with an o projection of `o_ty`, `o_rows` x `o_cols`,
-    /// before the block (see the module docs), or `None` where that kernel does not take it.
-    pub fn o_shared_bytes(&self, o_ty: GgmlType, o_rows: usize, o_cols: usize) -> Option<usize> {
-        let f = repack::tile_format(self.gate_up)?;
-        let fits = o_ty == self.gate_up && o_rows == self.n_cols && o_cols > 0 && o_cols.is_multiple_of(f.tile_cols) && o_cols <= MAX_COLS;
-        // A rank's o tile rows are its ffn_down tile rows (at most 8: MAX_COLS / 16 / RANKS).
-        let rank_tile_rows = (self.n_cols / TILE_ROWS).div_ceil(RANKS);
-        let bytes = O_HEAD_BYTES + rank_tile_rows * (o_cols / f.tile_cols) * f.tile_bytes;
-        (fits && self.takes() && bytes <= O_MAX_SHARED_BYTES).then_some(bytes)
-    }
 }
 
 /// The fused kernel of one (gate/up type, ffn_down type) and its split sums' scratch, sized at
@@ -139,8 +104,6 @@ pub struct FfnKernels {
     shape: FfnShape,
     /// `ffn_mma_1`, `ffn_mma_2`.
     functions: [CudaFunction; KERNEL_ROWS],
-    /// `ffn_o_mma_1`, `ffn_o_mma_2` (their dynamic shared memory raised to O_MAX_SHARED_BYTES).
-    with_o: [CudaFunction; KERNEL_ROWS],
     partials: CudaSlice<f32>,
     /// One a rank, zero between launches (the last block of a rank's rows resets its own).
     counters: CudaSlice<u32>,
@@ -156,13 +119,9 @@ impl FfnKernels {
         let defines = kernels::ffn_defines(shape.gate_up, shape.down)
             .ok_or_else(|| CudaError::Invalid(format!("no fused FFN kernel for {} and {}", shape.gate_up, shape.down)))?;
         let functions = [ctx.function_with(&kernels::MATVEC_MMA, &defines, "ffn_mma_1")?, ctx.function_with(&kernels::MATVEC_MMA, &defines, "ffn_mma_2")?];
-        let with_o = [ctx.function_with(&kernels::MATVEC_MMA, &defines, "ffn_o_mma_1")?, ctx.function_with(&kernels::MATVEC_MMA, &defines, "ffn_o_mma_2")?];
-        for (f, name) in with_o.iter().zip(["ffn_o_mma_1", "ffn_o_mma_2"]) {
-            super::launch::allow_dynamic_shared(f, name, O_MAX_SHARED_BYTES as u32)?;
-        }
         let partials = ctx.alloc::<f32>(shape.slices() * KERNEL_ROWS * shape.n_cols, "the fused FFN's split sums")?;
         let counters = ctx.alloc_zeros::<u32>(RANKS, "the fused FFN's counters")?;
-        Ok(FfnKernels { shape, functions, with_o, partials, counters })
+        Ok(FfnKernels { shape, functions, partials, counters })
     }
 
     /// Queues `x += down(silu(gate(n)) * up(n))` with `n = rms_norm(x) * norm_w` for `rows` rows
@@ -177,34 +136,6 @@ impl FfnKernels {
         let (n_cols, n_inter) = (s.n_cols as u32, s.n_inter as u32);
         launch!(ctx, &self.functions[rows - 1], "ffn_mma", cfg, &gate, &up, &down, &n_cols, &n_inter, &x, &norm_w, &eps, &self.partials, &self.counters)?;
         FFN_LAUNCHES.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// [`launch`](Self::launch) with `x += o · attn` before the block, in the same launch: `o` the
-    /// device address of repacked tiles of `o_ty`, `shape.n_cols` x `o_cols` (no bias), `attn`
-    /// of `rows` rows of `o_cols` floats; an error where [`FfnShape::o_shared_bytes`] refuses it.
-    #[allow(clippy::too_many_arguments)]
-    pub fn launch_with_o(
-        &self,
-        ctx: &CudaContext,
-        rows: usize,
-        (o, o_ty, o_cols): (u64, GgmlType, usize),
-        attn: u64,
-        [gate, up, down]: [u64; 3],
-        x: u64,
-        norm_w: u64,
-        eps: f32,
-    ) -> Result<(), CudaError> {
-        let s = self.shape;
-        let shared = s.o_shared_bytes(o_ty, s.n_cols, o_cols).filter(|_| s.takes_rows(rows));
-        let Some(shared) = shared else {
-            return Err(CudaError::Invalid(format!("the fused FFN kernel does not take {rows} rows of {s:?} with a {o_ty} o of {o_cols} columns")));
-        };
-        let cfg = LaunchConfig { grid_dim: ((s.slices() * RANKS) as u32, 1, 1), block_dim: (BLOCK_THREADS, 1, 1), shared_mem_bytes: shared as u32 };
-        let (o_cols, n_cols, n_inter) = (o_cols as u32, s.n_cols as u32, s.n_inter as u32);
-        launch!(ctx, &self.with_o[rows - 1], "ffn_o_mma", cfg, &o, &attn, &o_cols, &gate, &up, &down, &n_cols, &n_inter, &x, &norm_w, &eps, &self.partials, &self.counters)?;
-        FFN_LAUNCHES.fetch_add(1, Ordering::Relaxed);
-        FFN_O_LAUNCHES.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 }
@@ -238,15 +169,6 @@ mod tests {
         assert!(shape(GgmlType::Q5_0, GgmlType::Q4_K, 896, 4864).takes_rows(2));
         assert!(!shape(GgmlType::Q5_0, GgmlType::Q4_K, 896, 4864).takes_rows(3));
         assert!(!shape(GgmlType::Q5_0, GgmlType::Q4_K, 896, 4864).takes_rows(0));
-        // The o projection: the 0.5B's Q5_0 o (7 tile rows of 7 tiles a rank in shared memory); not
-        // another type than gate/up's, nor tiles past the shared memory (Q8_0 o of 896 columns).
-        let half_b = shape(GgmlType::Q5_0, GgmlType::Q4_K, 896, 4864);
-        assert_eq!(half_b.o_shared_bytes(GgmlType::Q5_0, 896, 896), Some(O_HEAD_BYTES + 7 * 7 * 1408));
-        assert_eq!(half_b.o_shared_bytes(GgmlType::Q8_0, 896, 896), None);
-        assert_eq!(half_b.o_shared_bytes(GgmlType::Q5_0, 1024, 896), None);
-        assert_eq!(shape(GgmlType::Q8_0, GgmlType::Q4_K, 896, 4864).o_shared_bytes(GgmlType::Q8_0, 896, 896), None);
-        assert_eq!(shape(GgmlType::Q4_K, GgmlType::Q6_K, 1024, 768).o_shared_bytes(GgmlType::Q4_K, 1024, 1024), Some(O_HEAD_BYTES + 8 * 4 * 2304));
-        assert_eq!(half_b.o_shared_bytes(GgmlType::Q5_0, 896, 1152), None);
         // Clusters: sm_90 on.
         assert!(runs_on((9, 0)) && runs_on((10, 0)) && !runs_on((8, 9)) && !runs_on((8, 0)));
     }
@@ -259,8 +181,6 @@ mod tests {
         assert!(src.contains(&format!("#define MMA_MAX_WARPS {}", BLOCK_THREADS / 32)));
         for rows in 1..=KERNEL_ROWS {
             assert!(src.contains(&format!("FFN_MMA_KERNEL({rows})")), "ffn_mma_{rows}");
-            assert!(src.contains(&format!("FFN_O_MMA_KERNEL({rows})")), "ffn_o_mma_{rows}");
         }
-        assert!(src.contains(&format!("constexpr u32 FFN_O_HEAD_BYTES = {O_HEAD_BYTES};")));
     }
 }
