@@ -488,7 +488,11 @@ __device__ u32 kth_largest_key(const float* __restrict__ l, u32 n, u32 k, u32 fl
 // half as long, which is what bounds one to eight rows (H200, 2026-12-04, bench_cuda_sampler.py:
 // T 0.8, top-k 40, top-p 0.95, min-p 0.05 at 1 / 8 rows 51.0 / 52.9 -> 42.8 / 46.6 us; 64 rows
 // 101 -> 108 us, where 1,216 blocks fill the GPU either way).
+// -DCHUNK_THREADS=1024 (FERRITE_CUDA_SAMPLE_CHUNK_THREADS, sampling.rs): an experiment, half the
+// values a thread again.
+#ifndef CHUNK_THREADS
 #define CHUNK_THREADS 512
+#endif
 #define CHUNK_WARPS (CHUNK_THREADS / 32)
 #define CHUNK_ELEMS 8192
 #define CHUNK_LIST 64
@@ -1657,5 +1661,26 @@ extern "C" __global__ void feed_drawn_tokens(u32* __restrict__ tokens, const u32
     for (u32 i = blockIdx.x * blockDim.x + threadIdx.x; i < n_pairs; i += gridDim.x * blockDim.x) {
         const u32* o = out + (u64)pairs[2 * i + 1] * OUT_WORDS;
         tokens[pairs[2 * i]] = o[1] == 0 ? o[0] : 0;
+    }
+}
+
+// A step's batch description (backend.rs upload_batch's packed words) written from the launch's
+// own parameters, then the drawn tokens fed as feed_drawn_tokens feeds them (the pairs are words
+// fed_at.. of the description): one launch instead of a copy from pinned memory and that kernel,
+// so that nothing but launches sits between the last step's draws and this step's first kernel.
+// Descriptions up to BATCH_IN_WORDS words (a launch's parameters hold 4 KB); larger ones take the
+// copy. Launch with one block.
+#define BATCH_IN_WORDS 960
+struct BatchWords {
+    u32 w[BATCH_IN_WORDS];
+};
+extern "C" __global__ void batch_in(u32* __restrict__ dst, u32 n_words, const BatchWords words, const u32* __restrict__ out, u32 fed_at,
+                                    u32 n_fed) {
+    dependent_wait();  // the last step's kernels read dst, and its draws are in out
+    for (u32 i = threadIdx.x; i < n_words; i += blockDim.x) dst[i] = words.w[i];
+    __syncthreads();  // a fed token lands over the word written above
+    for (u32 i = threadIdx.x; i < n_fed; i += blockDim.x) {
+        const u32* o = out + (u64)words.w[fed_at + 2 * i + 1] * OUT_WORDS;
+        dst[words.w[fed_at + 2 * i]] = o[1] == 0 ? o[0] : 0;
     }
 }

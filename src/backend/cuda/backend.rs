@@ -1462,11 +1462,15 @@ impl Backend for CudaBackend {
             self.batch_generation += 1;
         }
         let Some(buf) = self.batch_buf.as_mut() else { unreachable!("allocated above") };
-        self.ctx.upload_small(&packed, buf, "the batch description")?;
         let base = addr(buf, &self.ctx);
         let at = |i: usize| base + (i * std::mem::size_of::<u32>()) as u64;
-        let n_fed = (packed.len() - fed_at) / 2;
-        self.sampler.feed(at(0), at(fed_at), n_fed, fed_max_row)?;
+        // A decode step's description goes in a launch's parameters, with the drawn tokens fed in
+        // the same launch; a longer one is copied, then fed.
+        if !self.sampler.batch_in(base, &packed, fed_at, fed_max_row)? {
+            self.ctx.upload_small(&packed, buf, "the batch description")?;
+            let n_fed = (packed.len() - fed_at) / 2;
+            self.sampler.feed(at(0), at(fed_at), n_fed, fed_max_row)?;
+        }
         // Blocks a row of this batch takes unsplit: one per KV head and slice of its query heads.
         let group = self.attn_heads / self.attn_kv_heads.max(1);
         let blocks_per_row = self.attn_kv_heads * group.div_ceil(attention_slice(n, group, self.attn_head_dim).max(1));

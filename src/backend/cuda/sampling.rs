@@ -55,6 +55,7 @@ pub(super) fn assert_chunk_constants_match(src: &str) {
     assert!(src.contains("#define CHUNK_WORDS (16 + 2 * CHUNK_LIST)"));
     assert!(src.contains("#define CHUNKS_MAX (SORT_CAP / CHUNK_LIST)") && src.contains("#define SORT_CAP 2048") && CHUNKS_MAX == 2048 / 64);
     assert!(src.contains(&format!("#define TOP_CAP {TOP_CAP}")));
+    assert!(src.contains(&format!("#define BATCH_IN_WORDS {BATCH_IN_WORDS}")));
     assert!(src.contains("#define MASS_BINS_0 1024") && src.contains("#define MASS_WORDS (4 * MASS_BINS_0)") && MASS_WORDS == 4 * 1024);
 }
 
@@ -73,6 +74,27 @@ pub static SAMPLE_MASS_LAUNCHES: std::sync::atomic::AtomicU64 = std::sync::atomi
 /// vocabulary, with top-p or min-p (what the chunk records may fail to settle).
 fn may_defer(p: &crate::sampling::SamplingParams, vocab: usize) -> bool {
     p.temperature > 0.0 && (p.top_k == 0 || p.top_k >= vocab) && (p.top_p < 1.0 || p.min_p > 0.0)
+}
+
+/// Threads a block of the chunk pass: CHUNK_THREADS, or `FERRITE_CUDA_SAMPLE_CHUNK_THREADS=1024`
+/// (sampling.cu compiled with `-DCHUNK_THREADS=1024`: half the values a thread), to compare the two.
+fn chunk_threads() -> u32 {
+    static THREADS: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| match std::env::var("FERRITE_CUDA_SAMPLE_CHUNK_THREADS").as_deref() {
+        Ok("1024") => 1024,
+        _ => CHUNK_THREADS,
+    })
+}
+
+/// Words of a batch description `batch_in` takes in its launch's parameters (`BATCH_IN_WORDS` in
+/// sampling.cu: 3,840 bytes of the 4 KB a launch's parameters hold).
+pub const BATCH_IN_WORDS: usize = 960;
+
+/// `FERRITE_CUDA_BATCH_IN=0`: every batch description is copied from pinned memory and the drawn
+/// tokens fed by a kernel of their own (as larger descriptions always are), to compare the two.
+fn batch_in_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("FERRITE_CUDA_BATCH_IN").map_or(true, |v| v != "0"))
 }
 
 /// `FERRITE_CUDA_SAMPLE_CHUNKS=0` skips the chunk pass: every row is scanned by one block (the
@@ -99,6 +121,7 @@ pub struct DeviceSampler {
     chunk_func: CudaFunction,
     mass_func: CudaFunction,
     feed_func: CudaFunction,
+    batch_in_func: CudaFunction,
     params: [Option<ParamSlot>; PARAM_SLOTS],
     next_params: usize,
     output: Option<CudaSlice<u32>>,
@@ -128,16 +151,20 @@ struct ClosedSet {
 
 impl DeviceSampler {
     pub fn new(ctx: Arc<CudaContext>) -> Result<DeviceSampler, CudaError> {
-        let func = ctx.function(&kernels::SAMPLING, "sample_rows")?;
-        let chunk_func = ctx.function(&kernels::SAMPLING, "sample_chunks")?;
-        let mass_func = ctx.function(&kernels::SAMPLING, "sample_mass")?;
-        let feed_func = ctx.function(&kernels::SAMPLING, "feed_drawn_tokens")?;
+        let defines: Vec<String> = if chunk_threads() == CHUNK_THREADS { Vec::new() } else { vec![format!("-DCHUNK_THREADS={}", chunk_threads())] };
+        let function = |name| if defines.is_empty() { ctx.function(&kernels::SAMPLING, name) } else { ctx.function_with(&kernels::SAMPLING, &defines, name) };
+        let func = function("sample_rows")?;
+        let chunk_func = function("sample_chunks")?;
+        let mass_func = function("sample_mass")?;
+        let feed_func = function("feed_drawn_tokens")?;
+        let batch_in_func = function("batch_in")?;
         Ok(DeviceSampler {
             ctx,
             func,
             chunk_func,
             mass_func,
             feed_func,
+            batch_in_func,
             params: Default::default(),
             next_params: 0,
             output: None,
@@ -270,6 +297,40 @@ impl DeviceSampler {
         launch!(self.ctx, &self.feed_func, "feed_drawn_tokens", cfg, &tokens, output, &pairs, &n)
     }
 
+    /// Queues the batch description `packed` into device address `dst` from the launch's own
+    /// parameters, then `packed[t] = token drawn for row r` of the last closed set for each pair
+    /// (t, r) at words `fed_at..` of it (as [`feed`](Self::feed) does), in one launch. `max_row` is
+    /// the largest row named (checked by the caller against the plan). Returns false, having
+    /// queued nothing, where the description is longer than [`BATCH_IN_WORDS`] or
+    /// FERRITE_CUDA_BATCH_IN=0: the caller copies it and feeds then.
+    pub fn batch_in(&self, dst: u64, packed: &[u32], fed_at: usize, max_row: usize) -> Result<bool, CudaError> {
+        if !batch_in_enabled() || packed.len() > BATCH_IN_WORDS || fed_at > packed.len() {
+            return Ok(false);
+        }
+        let n_fed = (packed.len() - fed_at) / 2;
+        let out = if n_fed == 0 {
+            0
+        } else if max_row >= self.feedable_rows {
+            return Err(CudaError::Invalid(format!("a token fed from draw row {max_row} of a set of {} rows", self.feedable_rows)));
+        } else {
+            let Some(output) = self.output.as_ref() else { unreachable!("feedable rows exist") };
+            super::backend::addr(output, &self.ctx)
+        };
+        let mut words = [0u32; BATCH_IN_WORDS];
+        words[..packed.len()].copy_from_slice(packed);
+        // Each argument's bytes behind a pointer, the scalars as launch.rs holds them (little-endian
+        // u64s, read as wide as the kernel's parameter), the description as the struct itself.
+        let mut scalars: [u64; 5] = [dst, packed.len() as u64, out, fed_at as u64, n_fed as u64];
+        let [d, n, o, f, nf] = scalars.each_mut().map(|w| w as *mut u64 as *mut std::ffi::c_void);
+        let mut params = [d, n, words.as_mut_ptr() as *mut std::ffi::c_void, o, f, nf];
+        let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: `params` is batch_in's parameter list (sampling.cu): dst, n_words, the words
+        // (BATCH_IN_WORDS u32), out, fed_at, n_fed; dst holds the description (the caller's buffer,
+        // grown for it), out the last closed set's rows (max_row checked above).
+        self.ctx.check_launch(unsafe { self.ctx.launch_raw(&self.batch_in_func, cfg, &mut params) }, "batch_in")?;
+        Ok(true)
+    }
+
     /// Launches the draws of `specs` into rows `first_row..` of the output buffer.
     fn launch(&mut self, logits: u64, logits_len: usize, vocab: usize, specs: &[SampleSpec<'_>], first_row: usize) -> Result<(), CudaError> {
         let n = specs.len();
@@ -380,7 +441,7 @@ impl DeviceSampler {
             let (mut chunks_ptr, mut n_chunks_u) = (0u64, 0u32);
             let mut mass_ptr = 0u64;
             // A block a chunk of a row: sample_chunks and sample_mass.
-            let chunk_cfg = LaunchConfig { grid_dim: (n_chunks as u32, n as u32, 1), block_dim: (CHUNK_THREADS, 1, 1), shared_mem_bytes: 0 };
+            let chunk_cfg = LaunchConfig { grid_dim: (n_chunks as u32, n as u32, 1), block_dim: (chunk_threads(), 1, 1), shared_mem_bytes: 0 };
             if chunks_enabled() && n_chunks <= CHUNKS_MAX && n <= u16::MAX as usize {
                 grow(ctx, chunks, n * n_chunks * CHUNK_WORDS, "the sampler's chunk records")?;
                 let Some(chunks) = chunks.as_mut() else { unreachable!("grown above") };
