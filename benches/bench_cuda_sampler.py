@@ -43,8 +43,6 @@ import re
 _src = open(src_path).read()
 SAMPLE_THREADS = int(re.search(r"#define SAMPLE_THREADS (\d+)", _src).group(1))
 CHUNK_THREADS = int(re.search(r"#define CHUNK_THREADS (\d+)", _src).group(1))
-# A -DCHUNK_THREADS=N among the defines overrides the file's (sampling.cu's #ifndef).
-CHUNK_THREADS = next((int(a.split("=", 1)[1]) for a in extra if a.startswith("-DCHUNK_THREADS=")), CHUNK_THREADS)
 print(f"sample_rows: {SAMPLE_THREADS} threads a block; sample_chunks: {CHUNK_THREADS}")
 # Sizes of sampling.cu (OUT_WORDS, CHUNK_ELEMS, CHUNK_WORDS) and its RowParams layout (16 words).
 OUT_WORDS, CHUNK_ELEMS, CHUNK_WORDS = 4 + 2 * 64, 8192, 16 + 2 * 64

@@ -363,11 +363,14 @@ __device__ __forceinline__ void put(float* y, float value, u32 accumulate) {
     *y = accumulate ? *y + value : value;
 }
 
-// -DSPLITK_FAST=1 (an experiment, off by default): split_k_last's fences acquire / release and
-// sum_splits' loads SPLITK_BATCH at a time, as the fused FFN's (split_k_last_acq_rel,
-// sum_splits_batched: the same bits).
+// SPLITK_FAST (1, the default): split_k_last's fences acquire / release and sum_splits' loads
+// SPLITK_BATCH at a time, as the fused FFN's (split_k_last_acq_rel, sum_splits_batched: the same
+// bits). H100, fifty-first session: the 0.5B shapes' decode step 0.616 / 0.612 -> 0.603 / 0.601 ms
+// at one sequence, 0.634 / 0.637 -> 0.633 / 0.631 at two, 0.948 / 0.945 -> 0.944 / 0.936 at eight
+// (docs/BENCHMARKS.md). -DSPLITK_FAST=0: __threadfence's sequentially consistent fences and four
+// loads at a time, as before.
 #ifndef SPLITK_FAST
-#define SPLITK_FAST 0
+#define SPLITK_FAST 1
 #endif
 
 // Split-K's hand-over (matvec_mma.cu, matmul_mma.cu): once a block has written its partial sums,

@@ -488,11 +488,7 @@ __device__ u32 kth_largest_key(const float* __restrict__ l, u32 n, u32 k, u32 fl
 // half as long, which is what bounds one to eight rows (H200, 2026-12-04, bench_cuda_sampler.py:
 // T 0.8, top-k 40, top-p 0.95, min-p 0.05 at 1 / 8 rows 51.0 / 52.9 -> 42.8 / 46.6 us; 64 rows
 // 101 -> 108 us, where 1,216 blocks fill the GPU either way).
-// -DCHUNK_THREADS=1024 (FERRITE_CUDA_SAMPLE_CHUNK_THREADS, sampling.rs): an experiment, half the
-// values a thread again.
-#ifndef CHUNK_THREADS
 #define CHUNK_THREADS 512
-#endif
 #define CHUNK_WARPS (CHUNK_THREADS / 32)
 #define CHUNK_ELEMS 8192
 #define CHUNK_LIST 64

@@ -77,7 +77,8 @@
 #                attention_chain: where a one-sequence step's attention launch spends its time
 #                (benches/bench_attention_chain.py, its probe build; ATTN_CHAIN_VARIANTS); w8: the
 #                one-head decode kernel of at most 8 warps, its bit tests; splitk: every split-K
-#                launch on the fused FFN's hand-over (-DSPLITK_FAST=1), its tests and decode steps.
+#                launch on the fused FFN's hand-over (SPLITK_FAST, the default since the fifty-first
+#                session) against the old one (-DSPLITK_FAST=0): its tests and decode steps.
 #   Logs, JSON reports and haiku artifacts go to one archive, $OUT/gpu_check.tar.gz (the device
 #   tool brings back at most 8 files), beside report.jsonl and table.txt. A table closes the
 #   output. Exit status 0 when every step passed.
@@ -447,14 +448,15 @@ if [ "$what" = pending ]; then
         -k "preloaded_keys or rope_gives" --junitxml="$out/junit_w8.xml"
     fi
     if [[ ,$parts, == *,splitk,* ]]; then
-    # Every split-K launch on the fused FFN's hand-over (-DSPLITK_FAST=1: acquire / release fences,
-    # SPLITK_BATCH sums in flight; the same bits; forty-ninth session, not yet run): the
-    # matrix-vector split tests with it, then decode steps of syn05 at 1, 4 and 8 sequences and
-    # syn7b at 1 and 4, with and without it, two interleaved rounds. PENDING_PARTS=splitk.
-    FERRITE_CUDA_KERNEL_DEFINES=-DSPLITK_FAST=1 STEP_TIMEOUT=240 step pytest_splitk "$py" -m pytest -q -ra -p no:cacheprovider \
+    # Every split-K launch on the fused FFN's hand-over (SPLITK_FAST: acquire / release fences,
+    # SPLITK_BATCH sums in flight; the same bits; the default since the fifty-first session): the
+    # matrix-vector split tests with the old hand-over (-DSPLITK_FAST=0), then decode steps of syn05
+    # at 1, 4 and 8 sequences and syn7b at 1 and 4 both ways, two interleaved rounds.
+    # PENDING_PARTS=splitk.
+    FERRITE_CUDA_KERNEL_DEFINES=-DSPLITK_FAST=0 STEP_TIMEOUT=240 step pytest_splitk "$py" -m pytest -q -ra -p no:cacheprovider \
         tests/test_cuda_matvec.py -m cuda -k "split" --junitxml="$out/junit_splitk.xml"
     need_syn7b
-    ab_step splitk_ab ${AB_S:-300} "plain|FERRITE_CUDA_KERNEL_DEFINES=" "fast|FERRITE_CUDA_KERNEL_DEFINES=-DSPLITK_FAST=1" \
+    ab_step splitk_ab ${AB_S:-300} "fast|FERRITE_CUDA_KERNEL_DEFINES=" "old|FERRITE_CUDA_KERNEL_DEFINES=-DSPLITK_FAST=0" \
         -- /tmp/synthetic.gguf:1,4,8 /root/m/syn7b.gguf:1,4
     fi
     if [[ ,$parts, == *,plans7b,* ]]; then

@@ -76,16 +76,6 @@ fn may_defer(p: &crate::sampling::SamplingParams, vocab: usize) -> bool {
     p.temperature > 0.0 && (p.top_k == 0 || p.top_k >= vocab) && (p.top_p < 1.0 || p.min_p > 0.0)
 }
 
-/// Threads a block of the chunk pass: CHUNK_THREADS, or `FERRITE_CUDA_SAMPLE_CHUNK_THREADS=1024`
-/// (sampling.cu compiled with `-DCHUNK_THREADS=1024`: half the values a thread), to compare the two.
-fn chunk_threads() -> u32 {
-    static THREADS: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    *THREADS.get_or_init(|| match std::env::var("FERRITE_CUDA_SAMPLE_CHUNK_THREADS").as_deref() {
-        Ok("1024") => 1024,
-        _ => CHUNK_THREADS,
-    })
-}
-
 /// Words of a batch description `batch_in` takes in its launch's parameters (`BATCH_IN_WORDS` in
 /// sampling.cu: 3,840 bytes of the 4 KB a launch's parameters hold).
 pub const BATCH_IN_WORDS: usize = 960;
@@ -151,13 +141,11 @@ struct ClosedSet {
 
 impl DeviceSampler {
     pub fn new(ctx: Arc<CudaContext>) -> Result<DeviceSampler, CudaError> {
-        let defines: Vec<String> = if chunk_threads() == CHUNK_THREADS { Vec::new() } else { vec![format!("-DCHUNK_THREADS={}", chunk_threads())] };
-        let function = |name| if defines.is_empty() { ctx.function(&kernels::SAMPLING, name) } else { ctx.function_with(&kernels::SAMPLING, &defines, name) };
-        let func = function("sample_rows")?;
-        let chunk_func = function("sample_chunks")?;
-        let mass_func = function("sample_mass")?;
-        let feed_func = function("feed_drawn_tokens")?;
-        let batch_in_func = function("batch_in")?;
+        let func = ctx.function(&kernels::SAMPLING, "sample_rows")?;
+        let chunk_func = ctx.function(&kernels::SAMPLING, "sample_chunks")?;
+        let mass_func = ctx.function(&kernels::SAMPLING, "sample_mass")?;
+        let feed_func = ctx.function(&kernels::SAMPLING, "feed_drawn_tokens")?;
+        let batch_in_func = ctx.function(&kernels::SAMPLING, "batch_in")?;
         Ok(DeviceSampler {
             ctx,
             func,
@@ -441,7 +429,7 @@ impl DeviceSampler {
             let (mut chunks_ptr, mut n_chunks_u) = (0u64, 0u32);
             let mut mass_ptr = 0u64;
             // A block a chunk of a row: sample_chunks and sample_mass.
-            let chunk_cfg = LaunchConfig { grid_dim: (n_chunks as u32, n as u32, 1), block_dim: (chunk_threads(), 1, 1), shared_mem_bytes: 0 };
+            let chunk_cfg = LaunchConfig { grid_dim: (n_chunks as u32, n as u32, 1), block_dim: (CHUNK_THREADS, 1, 1), shared_mem_bytes: 0 };
             if chunks_enabled() && n_chunks <= CHUNKS_MAX && n <= u16::MAX as usize {
                 grow(ctx, chunks, n * n_chunks * CHUNK_WORDS, "the sampler's chunk records")?;
                 let Some(chunks) = chunks.as_mut() else { unreachable!("grown above") };
