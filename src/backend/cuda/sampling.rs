@@ -276,13 +276,20 @@ impl DeviceSampler {
         if n_pairs == 0 {
             return Ok(());
         }
+        let output = self.fed_output(max_row)?;
+        let n = u32::try_from(n_pairs).map_err(|_| CudaError::Invalid(format!("{n_pairs} fed tokens")))?;
+        let cfg = super::backend::grid_stride(n as u64);
+        launch!(self.ctx, &self.feed_func, "feed_drawn_tokens", cfg, &tokens, &output, &pairs, &n)
+    }
+
+    /// The device address of the last closed set's rows, which tokens fed from rows up to
+    /// `max_row` are read from; an error where the set has no such row.
+    fn fed_output(&self, max_row: usize) -> Result<u64, CudaError> {
         if max_row >= self.feedable_rows {
             return Err(CudaError::Invalid(format!("a token fed from draw row {max_row} of a set of {} rows", self.feedable_rows)));
         }
         let Some(output) = self.output.as_ref() else { unreachable!("feedable rows exist") };
-        let n = u32::try_from(n_pairs).map_err(|_| CudaError::Invalid(format!("{n_pairs} fed tokens")))?;
-        let cfg = super::backend::grid_stride(n as u64);
-        launch!(self.ctx, &self.feed_func, "feed_drawn_tokens", cfg, &tokens, output, &pairs, &n)
+        Ok(super::backend::addr(output, &self.ctx))
     }
 
     /// Queues the batch description `packed` into device address `dst` from the launch's own
@@ -292,18 +299,11 @@ impl DeviceSampler {
     /// queued nothing, where the description is longer than [`BATCH_IN_WORDS`] or
     /// FERRITE_CUDA_BATCH_IN=0: the caller copies it and feeds then.
     pub fn batch_in(&self, dst: u64, packed: &[u32], fed_at: usize, max_row: usize) -> Result<bool, CudaError> {
-        if !batch_in_enabled() || packed.len() > BATCH_IN_WORDS || fed_at > packed.len() {
+        if !batch_in_enabled() || packed.len() > BATCH_IN_WORDS {
             return Ok(false);
         }
         let n_fed = (packed.len() - fed_at) / 2;
-        let out = if n_fed == 0 {
-            0
-        } else if max_row >= self.feedable_rows {
-            return Err(CudaError::Invalid(format!("a token fed from draw row {max_row} of a set of {} rows", self.feedable_rows)));
-        } else {
-            let Some(output) = self.output.as_ref() else { unreachable!("feedable rows exist") };
-            super::backend::addr(output, &self.ctx)
-        };
+        let out = if n_fed == 0 { 0 } else { self.fed_output(max_row)? };
         let mut words = [0u32; BATCH_IN_WORDS];
         words[..packed.len()].copy_from_slice(packed);
         // Each argument's bytes behind a pointer, the scalars as launch.rs holds them (little-endian
