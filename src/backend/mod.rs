@@ -254,6 +254,9 @@ impl BatchPlan {
 pub struct ReplayKey {
     pub n_tokens: usize,
     pub n_logit_rows: usize,
+    /// The wanted rows are the batch's first `n_logit_rows` rows in order (a decode step's), so
+    /// the LM head reads them where they are, without a gather.
+    pub logit_rows_in_order: bool,
     pub buffers_generation: u64,
 }
 

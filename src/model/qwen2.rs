@@ -276,11 +276,12 @@ impl<B: Backend> TransformerModel<B> {
         let n_out = plan.logit_rows.len();
         let one_chunk = n_out <= LOGIT_CHUNK_ROWS;
         // The same sizes on the same buffers queue the same work: a decode step can be replayed.
-        let key = one_chunk.then_some(ReplayKey { n_tokens: n, n_logit_rows: n_out, buffers_generation: self.buffers_generation });
+        let in_order = plan.logit_rows.iter().enumerate().all(|(i, &r)| r as usize == i);
+        let key = one_chunk.then_some(ReplayKey { n_tokens: n, n_logit_rows: n_out, logit_rows_in_order: in_order, buffers_generation: self.buffers_generation });
         b.replayable(key, |b| {
             layers.hidden_states(b, buf, kv, &batch, n)?;
             if one_chunk && n_out > 0 {
-                layers.logits_chunk(b, buf, &batch, 0, n_out)?;
+                layers.logits_chunk(b, buf, &batch, 0, n_out, in_order)?;
             }
             Ok(())
         })?;
@@ -290,7 +291,7 @@ impl<B: Backend> TransformerModel<B> {
         let mut first = 0;
         while first < n_out {
             let count = (n_out - first).min(LOGIT_CHUNK_ROWS);
-            layers.logits_chunk(b, buf, &batch, first, count)?;
+            layers.logits_chunk(b, buf, &batch, first, count, false)?;
             take(b, &buf.logits, first, count)?;
             first += count;
         }
@@ -326,10 +327,16 @@ impl<B: Backend> Layers<'_, B> {
     }
 
     /// Logits of the wanted rows `first..first + count` into `buf.logits`: final norm, LM head.
-    fn logits_chunk(&self, b: &mut B, buf: &mut Buffers<B>, batch: &B::Batch, first: usize, count: usize) -> Result<(), BackendError> {
-        b.gather_rows(&buf.x, batch, first, count, &mut buf.picked)?;
+    /// `in_order`: they are x's rows `0..count` (every row of a decode step), read in place.
+    fn logits_chunk(&self, b: &mut B, buf: &mut Buffers<B>, batch: &B::Batch, first: usize, count: usize, in_order: bool) -> Result<(), BackendError> {
         let (norm, eps) = (&self.weights.output_norm, self.config.rms_norm_eps);
-        b.norm_matmuls(&buf.picked, norm, eps, count, &mut buf.picked_norm, [(self.weights.lm_head(), None, &mut buf.logits)])
+        let picked = if in_order && first == 0 {
+            &buf.x
+        } else {
+            b.gather_rows(&buf.x, batch, first, count, &mut buf.picked)?;
+            &buf.picked
+        };
+        b.norm_matmuls(picked, norm, eps, count, &mut buf.picked_norm, [(self.weights.lm_head(), None, &mut buf.logits)])
     }
 }
 
