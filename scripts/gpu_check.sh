@@ -48,7 +48,9 @@
 #                KV cache's GPU tests and its decode speed beside float32; sampler: the sampler
 #                tests and bench_cuda_sampler.py; guearly: the fused FFN's gate/up tiles before and after
 #                its wait; ffn: the FFN block of one or two rows as one
-#                launch, its tests and decode steps fused and not; plans7b: a 7B's q/k/v on other
+#                launch, its tests and decode steps fused and not; inplace: the LM head reading a
+#                decode step's rows in place (model and engine tests, a timeline), then one-sequence
+#                decode steps with q/k/v or o split in two and attention variants; plans7b: a 7B's q/k/v on other
 #                one-row plans (decode steps); prefetch (the default): weights asked of L2
 #                ahead of their use (decode attention's window, the matrix-vector launches'
 #                sliding window), the tests with both on, then decode steps with them off and on;
@@ -503,6 +505,20 @@ if [ "$what" = pending ]; then
             --modes greedy,t0.8+filters ${FOLD_LLAMACPP:+--llamacpp "$FOLD_LLAMACPP"} --json "$out/generate_fold$v.json"
         cp "$out/generate_fold$v.log" "$dest/generate_fold$v.txt" 2>/dev/null
     done
+    fi
+    if [[ ,$parts, == *,inplace,* ]]; then
+    # The LM head reading a decode step's rows of x in place (qwen2.rs, no gather_rows; landed in
+    # the fifty-second session without a GPU run): the model and engine GPU tests, then a
+    # one-sequence timeline over bench_generate's 126 steps (no gather_rows left). Then what the
+    # one-sequence step might still give (each about 1 us a launch if at all): q/k/v and o split
+    # in two on the fast split-K hand-over (the planner's one-row rule predates it), the decode
+    # attention at 129-256 keys on 4 warps of 64 keys or in two splits; two interleaved rounds.
+    STEP_TIMEOUT=${CUDA_PYTEST_S:-240} step pytest_inplace "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_model.py tests/test_cuda_engine.py -m "cuda and not model" --junitxml="$out/junit_inplace.xml"
+    STEP_TIMEOUT=90 step timeline_inplace "$py" benches/profile_cuda_decode.py /tmp/synthetic.gguf --child timeline --batch 1 --steps 126
+    cp "$out/timeline_inplace.log" "$dest/timeline_inplace.txt" 2>/dev/null
+    ab_step inplace_ab ${AB_S:-300} "plain|FERRITE_AB=plain" "o_split2|FERRITE_CUDA_MATVEC_PLANS=896x896@1=1,4,2" \
+        "qkv_split2|FERRITE_CUDA_MATVEC_PLANS=1152x896@1=1,4,2" "attn_wk64|FERRITE_CUDA_ATTN_WARP_KEYS=64" "attn_split2|FERRITE_CUDA_ATTN_SPLITS=2" \
+        -- /tmp/synthetic.gguf:1,2
     fi
     if [[ ,$parts, == *,timeline,* ]]; then
     # Where a step goes now: syn05 and syn7b (TIMELINE_MODELS) at one sequence (TIMELINE_BATCHES).
