@@ -1648,15 +1648,20 @@ extern "C" __global__ void __launch_bounds__(CHUNK_THREADS)
     PROBE(2, 4);
 }
 
+// The token that output row `row` feeds the next step: its draw, or token 0 where the draw failed
+// (its sequence fails when the host takes the draws, and whatever the step computes for it is
+// dropped).
+__device__ __forceinline__ u32 fed_token(const u32* __restrict__ out, u32 row) {
+    const u32* o = out + (u64)row * OUT_WORDS;
+    return o[1] == 0 ? o[0] : 0;
+}
+
 // A decode step queued before the host has seen the previous step's draws: its token ids come
-// from the sampler's output rows. pairs[2i] is the batch token, pairs[2i + 1] the output row; a
-// row whose draw failed feeds token 0 (its sequence fails when the host takes the draws, and
-// whatever this step computes for it is dropped).
+// from the sampler's output rows. pairs[2i] is the batch token, pairs[2i + 1] the output row.
 extern "C" __global__ void feed_drawn_tokens(u32* __restrict__ tokens, const u32* __restrict__ out, const u32* __restrict__ pairs, u32 n_pairs) {
     dependent_wait();
     for (u32 i = blockIdx.x * blockDim.x + threadIdx.x; i < n_pairs; i += gridDim.x * blockDim.x) {
-        const u32* o = out + (u64)pairs[2 * i + 1] * OUT_WORDS;
-        tokens[pairs[2 * i]] = o[1] == 0 ? o[0] : 0;
+        tokens[pairs[2 * i]] = fed_token(out, pairs[2 * i + 1]);
     }
 }
 
@@ -1675,8 +1680,5 @@ extern "C" __global__ void batch_in(u32* __restrict__ dst, u32 n_words, const Ba
     dependent_wait();  // the last step's kernels read dst, and its draws are in out
     for (u32 i = threadIdx.x; i < n_words; i += blockDim.x) dst[i] = words.w[i];
     __syncthreads();  // a fed token lands over the word written above
-    for (u32 i = threadIdx.x; i < n_fed; i += blockDim.x) {
-        const u32* o = out + (u64)words.w[fed_at + 2 * i + 1] * OUT_WORDS;
-        dst[words.w[fed_at + 2 * i]] = o[1] == 0 ? o[0] : 0;
-    }
+    for (u32 i = threadIdx.x; i < n_fed; i += blockDim.x) dst[words.w[fed_at + 2 * i]] = fed_token(out, words.w[fed_at + 2 * i + 1]);
 }
