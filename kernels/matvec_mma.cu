@@ -875,11 +875,29 @@ __device__ __forceinline__ void row_sums(const float acc[4], int t, int u, float
     v1 += __shfl_xor_sync(FULL_WARP, v1, 2);
 }
 
+// 1: a probe build for benches/bench_matvec_chain.py: every kernel taking MATVEC_MMA_PARAMS takes
+// one more parameter, `probe` (u64*, null: none), and thread 0 of each block of the planned kernels
+// (matvec_mma) stamps points 0..9 into it (MMA_STAMP: common.cuh's probe_stamp; points a block does
+// not reach stay as they were). Never compiled by the backend.
+#ifndef MMA_PROBE
+#define MMA_PROBE 0
+#endif
+#if MMA_PROBE
+#define MMA_PROBE_PARAM , u64* __restrict__ probe
+#define MMA_PROBE_ARG , probe
+#define MMA_STAMP(point) probe_stamp(probe, point)
+#else
+#define MMA_PROBE_PARAM
+#define MMA_PROBE_ARG
+#define MMA_STAMP(point)
+#endif
+
 template <int NT, class T = Tile>
 __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u32 n_cols, const float* __restrict__ x,
                                            const float* __restrict__ x2, const float* __restrict__ norm_w, float eps,
                                            u32 n_x, float* __restrict__ partials, u32* __restrict__ counters,
-                                           u32 k_tiles_per_split, u32 warps_m, u32 accumulate, const PrefetchWindow& ahead) {
+                                           u32 k_tiles_per_split, u32 warps_m, u32 accumulate, const PrefetchWindow& ahead MMA_PROBE_PARAM) {
+    MMA_STAMP(0);
     constexpr bool S8 = T::S8 && NT <= S8MaxNt<T>::value;      // the int8 path (see above)
     constexpr int PARTS = NT <= 2 ? 3 : 2;                    // bf16 (or int8) parts of each x value
     constexpr int RPG = 8 / PARTS;                            // x rows per mma (column group)
@@ -960,8 +978,10 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
     // The step's weights ahead of this launch's (the window the host gives: the bytes this
     // launch reads, a fixed distance further on in the step's order; none unless asked for).
     prefetch_window(ahead);
+    MMA_STAMP(1);
     // Weights are constant; everything from here on may be the previous kernel's output.
     dependent_wait();
+    MMA_STAMP(2);
     // What a one- or two-row projection adds its products to (the residual stream), loaded
     // before the work so that the epilogue does not wait for it. Two rows but for Q6_K
     // (SCALE_CHUNKS 1), whose two-row kernel has no registers to spare (it spilled ten words).
@@ -1016,6 +1036,7 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
     float acc[NG][4];
 #pragma unroll
     for (int j = 0; j < NG; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
+    MMA_STAMP(3);
 
     for (u32 p = kt_begin; p < kt_end; p += PHASE_TILES) {
         const u32 p_end = min(p + PHASE_TILES, kt_end);
@@ -1033,6 +1054,7 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
                                                   (p_end - p) * T::TILE_COLS, xs, xsums.f);
         }
         __syncthreads();
+        MMA_STAMP(4);
         if (!active) continue;
         // This warp's tiles of the phase (any warps_k is correct; the host keeps warps_k <=
         // PHASE_TILES so that every warp has work in every phase).
@@ -1058,6 +1080,7 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
             if (SELF_RELOAD || more) cur = nxt;
         }
     }
+    MMA_STAMP(5);
 
     // Warps that split the columns of one tile row add their sums in order, through the
     // staging buffer (free now: every warp is past its last phase).
@@ -1082,6 +1105,7 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
         }
     }
     const bool writer = active && wk == 0;
+    MMA_STAMP(6);
 
     // Lane (g, t) holds, for rows g and g+8, mma columns 2t and 2t+1 of each group: add each x
     // row's parts. Three parts: columns 0-2 are row 2j (lanes t = 0, 1), columns 3-5 row 2j+1
@@ -1128,10 +1152,12 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
             if (writer && n < n_x) emit(n, acc[j][0] + acc[j][1], acc[j][2] + acc[j][3]);
         }
     }
+    MMA_STAMP(7);
     if (n_splits == 1) return;
 
     // Split-K: the last block of this block row to finish adds the splits in order.
     if (!split_k_last(&counters[blockIdx.x], n_splits, s_last)) return;
+    MMA_STAMP(8);
     const u32 row_begin = block_row * warps_m * RP_TILE_ROWS;
     const u32 row_end = min(row_begin + warps_m * RP_TILE_ROWS, n_rows);
     const u32 nr = row_end > row_begin ? row_end - row_begin : 0;
@@ -1142,6 +1168,7 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
         put(y + (u64)n * n_rows + row, sum_splits(src, stride, n_splits) + (bias ? bias[row] : 0.0f), accumulate);
     }
     if (threadIdx.x == 0) counters[blockIdx.x] = 0;  // ready for the next launch
+    MMA_STAMP(9);
 }
 
 // The parameters of every kernel of this file, one list for the host (matvec.rs's launch_tiled):
@@ -1154,7 +1181,7 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
         u32 k_tiles, u32 n_cols, const float* __restrict__ x, const float* __restrict__ x2, const float* __restrict__ norm_w, \
         float eps, u32 n_x, float* __restrict__ partials, u32* __restrict__ counters, u32 k_tiles_per_split, u32 warps_m,   \
         u32 accumulate, const u64* __restrict__ pf_ranges, u32 pf_n_ranges, u32 pf_first, u64 pf_offset_bytes,              \
-        u64 pf_len_bytes, u32 first_b
+        u64 pf_len_bytes, u32 first_b MMA_PROBE_PARAM
 // The Segments and PrefetchWindow of those parameters.
 #define MATVEC_MMA_UNPACK                                                                                                     \
     const Segments segs = {{tiles0, tiles1, tiles2}, {bias0, bias1, bias2}, {y0, y1, y2}, {m_tiles0, m_tiles1, m_tiles2},     \
@@ -1165,7 +1192,7 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
     extern "C" __global__ void __launch_bounds__(32 * MMA_MAX_WARPS, MMA_MIN_BLOCKS) matvec_mma_##nt(MATVEC_MMA_PARAMS) {      \
         MATVEC_MMA_UNPACK                                                                                                     \
         matvec_mma<nt>(segs, k_tiles, n_cols, x, x2, norm_w, eps, n_x, partials, counters, k_tiles_per_split, warps_m, \
-                       accumulate, ahead);                                                                              \
+                       accumulate, ahead MMA_PROBE_ARG);                                                               \
     }
 
 // Two types, one launch (a module compiled with -DQTYPE_B too holds only these). A 7B's Q4_K_M
@@ -1184,10 +1211,10 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
         const u32 seg = blockIdx.x < blocks0 ? 0 : blockIdx.x < blocks0 + blocks1 ? 1 : 2;                                    \
         if (seg < first_b)                                                                                                    \
             matvec_mma<nt, Tile>(segs, k_tiles, n_cols, x, x2, norm_w, eps, n_x, partials, counters, k_tiles_per_split,       \
-                                 warps_m, accumulate, ahead);                                                                 \
+                                 warps_m, accumulate, ahead MMA_PROBE_ARG);                                                   \
         else                                                                                                                  \
             matvec_mma<nt, TileB>(segs, k_tiles, n_cols, x, x2, norm_w, eps, n_x, partials, counters, k_tiles_per_split,      \
-                                  warps_m, accumulate, ahead);                                                                \
+                                  warps_m, accumulate, ahead MMA_PROBE_ARG);                                                  \
     }
 
 #if defined(QTYPE_B)

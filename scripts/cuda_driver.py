@@ -1,8 +1,8 @@
 """The CUDA driver API through ctypes, for the benches that time kernels of their own without
 ferrite's Rust side (benches/bench_grid_barrier.py, benches/bench_cluster_handover.py,
-benches/bench_attention_chain.py, benches/bench_ffn_chain.py): a device, a stream and two events,
-launches with their attributes (programmatic dependent launch, thread block clusters), and a chain
-of launches recorded as a CUDA graph and timed by replays. The kernels come from
+benches/bench_attention_chain.py, benches/bench_ffn_chain.py, benches/bench_matvec_chain.py):
+a device, a stream and two events, launches with their attributes (programmatic dependent launch,
+thread block clusters), and a chain of launches recorded as a CUDA graph and timed by replays. The kernels come from
 scripts/nvrtc_cubin.py's compile_source; PHASE_HELPERS is the device code the benches' phases
 share, PRODUCER (launched through Producer) the projection the chain benches put before the
 launch they time.
