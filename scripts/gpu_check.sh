@@ -77,7 +77,9 @@
 #                through distributed shared memory (the o projection folded into attention);
 #                prefetch_lines: the L2 prefetch windows at a phase's or a layer's size, bulk and by lines;
 #                attention_chain: where a one-sequence step's attention launch spends its time
-#                (benches/bench_attention_chain.py, its probe build; ATTN_CHAIN_VARIANTS); w8: the
+#                (benches/bench_attention_chain.py, its probe build; ATTN_CHAIN_VARIANTS);
+#                matvec_chain: the same for o and q/k/v (benches/bench_matvec_chain.py, the
+#                planned kernels' probe build; MATVEC_CHAIN_PLANS, MATVEC_CHAIN_VARIANTS); w8: the
 #                one-head decode kernel of at most 8 warps, its bit tests; splitk: every split-K
 #                launch on the fused FFN's hand-over (SPLITK_FAST, the default since the fifty-first
 #                session) against the old one (-DSPLITK_FAST=0): its tests and decode steps.
@@ -598,6 +600,13 @@ if [ "$what" = pending ]; then
     # at its phases (benches/bench_attention_chain.py, kernels/attention.cu built by NVRTC here).
     STEP_TIMEOUT=120 step attention_chain "$py" benches/bench_attention_chain.py --variants "${ATTN_CHAIN_VARIANTS:-,-DATTN_PRELOAD=0}"
     cp "$out/attention_chain.log" "$dest/attention_chain.txt" 2>/dev/null
+    fi
+    if [[ ,$parts, == *,matvec_chain,* ]]; then
+    # o's and q/k/v's one-row launches after a producer, timed in a chain and stamped at their
+    # phases (benches/bench_matvec_chain.py, kernels/matvec_mma.cu built by NVRTC here), with the
+    # decode step's plan and with the columns split in two (MATVEC_CHAIN_PLANS).
+    STEP_TIMEOUT=150 step matvec_chain "$py" benches/bench_matvec_chain.py --plans "${MATVEC_CHAIN_PLANS:-;1,4,2}" --variants "${MATVEC_CHAIN_VARIANTS:-}"
+    cp "$out/matvec_chain.log" "$dest/matvec_chain.txt" 2>/dev/null
     fi
     if [[ $parts == *sampler* ]]; then
     STEP_TIMEOUT=${ENGINE_PYTEST_S:-150} step pytest_sampler "$py" -m pytest -q -ra -p no:cacheprovider tests/test_sampling.py tests/test_cuda_engine.py -m cuda --junitxml="$out/junit_sampler.xml"
