@@ -35,7 +35,7 @@ import struct
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
-from cuda_driver import Driver, Producer  # noqa: E402
+from cuda_driver import Driver, ProbeChain, Producer  # noqa: E402
 from nvrtc_cubin import BASE_OPTIONS, compile_cubin  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
@@ -158,25 +158,13 @@ def main() -> None:
             t_prod = cu.time_graph(lambda: chain(False, False), args.reps, args.pairs)
             cu.time_graph(lambda: chain(True), 1, args.pairs)
             stamps = struct.unpack(f"<{args.pairs * n_attn_blocks * 32}Q", cu.copy_from(probe_attn, args.pairs * n_attn_blocks * 32 * 8))
-            ends = producer.ends()
-            cols = {p: [] for p in range(len(POINTS))}
-            cycles = {p: [] for p in range(1, len(POINTS))}
-            inner = {name: [] for name, _, _ in INNER}
-            for i in range(2, args.pairs):  # the first launches warm up
-                prod_end = ends[i]
-                blocks = [stamps[(i * n_attn_blocks + b) * 32:(i * n_attn_blocks + b) * 32 + 32] for b in range(n_attn_blocks)]
-                # Each point as the last block reaches it, relative to the producer's last block's
-                # end (negative: before it); and each block's clock cycles from the point before.
-                for p in range(len(POINTS)):
-                    cols[p].append((max(b[p] for b in blocks) - prod_end) / 1000.0)
-                for p in range(1, len(POINTS)):
-                    cycles[p].extend(b[16 + p] - b[16 + p - 1] for b in blocks)
-                for name, p, before in INNER:
-                    inner[name].extend(b[16 + p] - b[16 + before] for b in blocks)
-            med = [statistics.median(cols[p]) for p in range(len(POINTS))]
+            # Each point as the last block reaches it, relative to the producer's last block's end
+            # (negative: before it); and each block's clock cycles from the point before.
+            probed = ProbeChain(stamps, producer.ends(), n_attn_blocks, len(POINTS))
+            inner = {name: [b[16 + p] - b[16 + before] for blocks in probed.launches for b in blocks] for name, p, before in INNER}
             name = " ".join(v) or "default"
-            print(f"| {name} | {t_pair:.2f} | {t_prod:.2f} | {t_pair - t_prod:.2f} | " + " | ".join(f"{m:+.2f}" for m in med) + " |", flush=True)
-            cyc.append(f"| {name} | " + " | ".join(f"{statistics.median(cycles[p]):.0f} / {max(cycles[p])}" for p in range(1, len(POINTS))) + " |")
+            print(f"| {name} | {t_pair:.2f} | {t_prod:.2f} | {t_pair - t_prod:.2f} | {probed.point_cells()} |", flush=True)
+            cyc.append(f"| {name} | {probed.cycle_cells()} |")
             cyc_inner.append(f"| {name} | " + " | ".join(f"{statistics.median(inner[n]):.0f}" for n, _, _ in INNER) + " |")
         print("\nClock cycles from the point before, median / most over blocks and launches:\n")
         print("| variant | " + " | ".join(POINTS[1:]) + " |")

@@ -29,31 +29,21 @@ import argparse
 import ctypes as C
 import os
 import random
-import statistics
 import struct
 import sys
 from pathlib import Path
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
-from cuda_driver import Driver, Producer  # noqa: E402
+from cuda_driver import S8_MAX_NT, TILES, Driver, ProbeChain, Producer, weight_bytes  # noqa: E402
 from nvrtc_cubin import BASE_OPTIONS, compile_cubin  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 N_COLS, N_INTER = 896, 4864
 RANKS, SLICE, THREADS = 8, 256, 256
-# (tile columns, tile bytes) of src/backend/cuda/repack.rs's table.
-TILES = {"q5_0": (128, 1408), "q8_0": (128, 2176), "q4_k": (256, 2304), "q6_k": (256, 3360)}
-S8_MAX_NT = {"q5_0": 2, "q8_0": 4, "q4_k": 8, "q6_k": 4}
 PRODUCER_BLOCKS, PRODUCER_THREADS = 56, 256
 
 POINTS = ["entry", "pre-wait done", "released", "x staged", "gate/up products", "h pushed", "peers' h in",
           "h staged", "down products", "cluster done", "last block known", "x written"]
-
-
-def weight_bytes(seed: int, n: int) -> bytes:
-    """n random bytes below 0x3c: every f16 a tile holds is finite and below 1."""
-    rng = random.Random(seed)
-    return (bytes(rng.randrange(0x3c) for _ in range(min(n, 1 << 16))) * (-(-n // (1 << 16))))[:n]
 
 
 def main() -> None:
@@ -140,31 +130,16 @@ def main() -> None:
                 cu.copy_to(probe_ffn, bytes(args.pairs * grid * 32 * 8))
                 cu.time_graph(lambda: chain(True), 1, args.pairs)
                 stamps = struct.unpack(f"<{args.pairs * grid * 32}Q", cu.copy_from(probe_ffn, args.pairs * grid * 32 * 8))
-                ends = producer.ends()
-                cols = {p: [] for p in range(len(POINTS))}
-                cycles = {p: [] for p in range(1, len(POINTS))}
-                for i in range(2, args.pairs):  # the first launches warm up
-                    prod_end = ends[i]
-                    blocks = [stamps[(i * grid + b) * 32:(i * grid + b) * 32 + 32] for b in range(grid)]
-                    # Each point as the last block reaching it does, relative to the producer's
-                    # last block's end (negative: before it); each block's cycles from the point
-                    # before (the last blocks' points only where a block reached them).
-                    for p in range(len(POINTS)):
-                        reached = [b[p] for b in blocks if b[p]]
-                        if reached:
-                            cols[p].append((max(reached) - prod_end) / 1000.0)
-                    for p in range(1, len(POINTS)):
-                        cycles[p].extend(b[16 + p] - b[16 + p - 1] for b in blocks if b[16 + p] and b[16 + p - 1])
-                med = [statistics.median(cols[p]) if cols[p] else float("nan") for p in range(len(POINTS))]
+                # Each point as the last block reaching it does, relative to the producer's last
+                # block's end (negative: before it); each block's cycles from the point before.
+                probed = ProbeChain(stamps, producer.ends(), grid, len(POINTS))
                 name = " ".join(v) or "default"
                 x_first = x_first or x_out
                 if x_out != x_first:
                     diff = max(abs(a - b) for a, b in zip(struct.unpack(f"<{N_COLS}f", x_out), struct.unpack(f"<{N_COLS}f", x_first)))
                     name += f" (x differs from the first variant's: max |diff| {diff:.3g})"
-                print(f"| {name} | {t_pair:.2f} | {t_prod:.2f} | {t_pair - t_prod:.2f} | " + " | ".join(f"{m:+.2f}" for m in med) + " |",
-                      flush=True)
-                cyc.append(f"| {name} | " + " | ".join(f"{statistics.median(cycles[p]):.0f} / {max(cycles[p])}" if cycles[p] else "-"
-                                                       for p in range(1, len(POINTS))) + " |")
+                print(f"| {name} | {t_pair:.2f} | {t_prod:.2f} | {t_pair - t_prod:.2f} | {probed.point_cells()} |", flush=True)
+                cyc.append(f"| {name} | {probed.cycle_cells()} |")
             print("\nClock cycles from the point before, median / most over blocks and launches:\n")
             print("| variant | " + " | ".join(POINTS[1:]) + " |")
             print("| --- " * len(POINTS) + "|")

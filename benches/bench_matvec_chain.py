@@ -32,22 +32,17 @@ import argparse
 import ctypes as C
 import os
 import random
-import statistics
 import struct
 import sys
 from pathlib import Path
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
-from cuda_driver import Driver, Producer  # noqa: E402
+from cuda_driver import S8_MAX_NT, TILES, Driver, ProbeChain, Producer, weight_bytes  # noqa: E402
 from nvrtc_cubin import BASE_OPTIONS, compile_cubin  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 N_COLS = 896
 TILE_ROWS = 16
-# (tile columns, tile bytes) of src/backend/cuda/repack.rs's table, and the int8 rows
-# (src/backend/cuda/kernels.rs's int8_max_rows) each module is built with.
-TILES = {"q5_0": (128, 1408), "q8_0": (128, 2176), "q4_k": (256, 2304), "q6_k": (256, 3360)}
-S8_MAX_NT = {"q5_0": 2, "q8_0": 4, "q4_k": 8, "q6_k": 4}
 PRODUCER_BLOCKS, PRODUCER_THREADS = 56, 256
 # Each shape: its matrices' rows (one launch's segments), whether its output adds to the residual
 # (o) or it stages x through the RMSNorm with biases (q/k/v), and its plan in the decode step
@@ -58,12 +53,6 @@ SHAPES = {
 }
 POINTS = ["entry", "pre-wait done", "released", "before staging", "x staged", "products", "warps added", "written",
           "last split known", "splits added"]
-
-
-def weight_bytes(seed: int, n: int) -> bytes:
-    """n random bytes below 0x3c: every f16 a tile holds is finite and below 1."""
-    rng = random.Random(seed)
-    return (bytes(rng.randrange(0x3c) for _ in range(min(n, 1 << 16))) * (-(-n // (1 << 16))))[:n]
 
 
 def parse_plans(text: str) -> list[tuple[int, int, int] | None]:
@@ -205,26 +194,7 @@ def main() -> None:
                     cu.copy_to(probe_buf, bytes(args.pairs * grid * 32 * 8))
                     cu.time_graph(lambda: chain(True), 1, args.pairs)
                     stamps = struct.unpack(f"<{args.pairs * grid * 32}Q", cu.copy_from(probe_buf, args.pairs * grid * 32 * 8))
-                    ends = producer.ends()
-                    cols: dict[int, list[float]] = {p: [] for p in range(len(POINTS))}
-                    cycles: dict[int, list[int]] = {p: [] for p in range(1, len(POINTS))}
-                    for i in range(2, args.pairs):  # the first launches warm up
-                        blocks = [stamps[(i * grid + b) * 32:(i * grid + b) * 32 + 32] for b in range(grid)]
-                        for p in range(len(POINTS)):
-                            reached = [b[p] for b in blocks if b[p]]
-                            if reached:
-                                cols[p].append((max(reached) - ends[i]) / 1000.0)
-                        for p in range(1, len(POINTS)):
-                            # A point's cycles from the last point before it that the block reached.
-                            for b in blocks:
-                                if not b[16 + p]:
-                                    continue
-                                q = p - 1
-                                while q >= 0 and not b[16 + q]:
-                                    q -= 1
-                                if q >= 0:
-                                    cycles[p].append(b[16 + p] - b[16 + q])
-                    med = [statistics.median(cols[p]) if cols[p] else float("nan") for p in range(len(POINTS))]
+                    probed = ProbeChain(stamps, producer.ends(), grid, len(POINTS))
                     name = " ".join(v) or "default"
                     if y_first is None:
                         y_first = y_out
@@ -232,11 +202,9 @@ def main() -> None:
                         a = struct.unpack(f"<{len(y_out) // 4}f", y_out)
                         b0 = struct.unpack(f"<{len(y_first) // 4}f", y_first)
                         name += f" (output differs from the first variant's: max |diff| {max(abs(p - q) for p, q in zip(a, b0)):.3g})"
-                    print(f"| {name} | {t_pair:.2f} | {t_prod:.2f} | {t_pair - t_prod:.2f} | " + " | ".join(f"{m:+.2f}" for m in med) + " |",
-                          flush=True)
-                    cyc.append(f"| {name} | " + " | ".join(f"{statistics.median(cycles[p]):.0f} / {max(cycles[p])}" if cycles[p] else "-"
-                                                           for p in range(1, len(POINTS))) + " |")
-                print("\nClock cycles from the block's point before (the last it reached), median / most over blocks and launches:\n")
+                    print(f"| {name} | {t_pair:.2f} | {t_prod:.2f} | {t_pair - t_prod:.2f} | {probed.point_cells()} |", flush=True)
+                    cyc.append(f"| {name} | {probed.cycle_cells()} |")
+                print("\nClock cycles from the point before, median / most over blocks and launches:\n")
                 print("| variant | " + " | ".join(POINTS[1:]) + " |")
                 print("| --- " * len(POINTS) + "|")
                 print("\n".join(cyc))

@@ -5,12 +5,14 @@ a device, a stream and two events, launches with their attributes (programmatic 
 thread block clusters), and a chain of launches recorded as a CUDA graph and timed by replays. The kernels come from
 scripts/nvrtc_cubin.py's compile_source; PHASE_HELPERS is the device code the benches' phases
 share, PRODUCER (launched through Producer) the projection the chain benches put before the
-launch they time.
+launch they time, ProbeChain what they read from a probe build's stamps, and weight_bytes / TILES /
+S8_MAX_NT the random repacked tiles and module defines of the benches that build matvec_mma.cu.
 """
 
 from __future__ import annotations
 
 import ctypes as C
+import random
 import statistics
 import struct
 from typing import Callable
@@ -259,3 +261,45 @@ class Producer:
         """Each launch's last block end (%globaltimer ns), from the last chain run with `probe`."""
         raw = struct.unpack(f"<{self.pairs * self.blocks}Q", self.cu.copy_from(self.probe, self.pairs * self.blocks * 8))
         return [max(raw[i * self.blocks:(i + 1) * self.blocks]) for i in range(self.pairs)]
+
+
+class ProbeChain:
+    """A probed chain's stamps (common.cuh's probe_stamp: 32 words a block, %globaltimer of point p
+    at word p and clock64 at word 16 + p, zero where the block did not reach the point) of
+    `len(ends)` launches of `grid` blocks each, read against the producer's launch ends
+    (Producer.ends): for each of `n_points` points, the last block reaching it relative to that
+    launch's producer end (us, one value a launch), and each block's clock cycles from the point
+    before, where it reached both. The first `warmup` launches are left out."""
+
+    def __init__(self, stamps: tuple[int, ...], ends: list[int], grid: int, n_points: int, warmup: int = 2) -> None:
+        # The stamps of each launch kept (after the warm-up), a list of 32 words a block.
+        self.launches = [[stamps[(i * grid + b) * 32:(i * grid + b) * 32 + 32] for b in range(grid)] for i in range(warmup, len(ends))]
+        self.times: list[list[float]] = [[] for _ in range(n_points)]
+        self.cycles: list[list[int]] = [[] for _ in range(n_points)]
+        for blocks, end in zip(self.launches, ends[warmup:]):
+            for p in range(n_points):
+                reached = [b[p] for b in blocks if b[p]]
+                if reached:
+                    self.times[p].append((max(reached) - end) / 1000.0)
+            for p in range(1, n_points):
+                self.cycles[p].extend(b[16 + p] - b[16 + p - 1] for b in blocks if b[16 + p] and b[16 + p - 1])
+
+    def point_cells(self) -> str:
+        """The points' median times as table cells (NaN where no block reached a point)."""
+        return " | ".join(f"{statistics.median(t) if t else float('nan'):+.2f}" for t in self.times)
+
+    def cycle_cells(self) -> str:
+        """Points 1.. as table cells of median / most cycles from the point before."""
+        return " | ".join(f"{statistics.median(c):.0f} / {max(c)}" if c else "-" for c in self.cycles[1:])
+
+
+def weight_bytes(seed: int, n: int) -> bytes:
+    """n random bytes below 0x3c, for repacked tiles: every f16 a tile holds is finite and below 1."""
+    rng = random.Random(seed)
+    return (bytes(rng.randrange(0x3c) for _ in range(min(n, 1 << 16))) * (-(-n // (1 << 16))))[:n]
+
+
+# The tiled types as the chain benches build matvec_mma.cu for them: (tile columns, tile bytes) of
+# src/backend/cuda/repack.rs's table, and the int8 rows (MMA_S8_MAX_NT) of kernels.rs's int8_max_rows.
+TILES = {"q5_0": (128, 1408), "q8_0": (128, 2176), "q4_k": (256, 2304), "q6_k": (256, 3360)}
+S8_MAX_NT = {"q5_0": 2, "q8_0": 4, "q4_k": 8, "q6_k": 4}
