@@ -34,7 +34,7 @@ dev = ctypes.c_int(); cuda.cuCtxGetDevice(ctypes.byref(dev))
 khz = ctypes.c_int(); cuda.cuDeviceGetAttribute(ctypes.byref(khz), 13, dev)
 mhz = khz.value / 1e3
 print(f"{torch.cuda.get_device_name()}, SM clock {mhz:.0f} MHz (attribute; boost may differ)")
-OUT_WORDS, CHUNK_ELEMS, CHUNK_WORDS = 4 + 2 * 64, 8192, 16 + 2 * 64
+OUT_WORDS, CHUNK_ELEMS, CHUNK_WORDS = 4 + 2 * 64, 8192, 16 + 2 * 64  # the chunk size of launches of many rows
 N_PROBE = 3 * 40  # g_probe[3][40]
 _src = (kernels / "sampling.cu").read_text()
 MASS_WORDS = 4 * int(re.search(r"#define MASS_BINS_0 (\d+)", _src).group(1))
@@ -58,12 +58,12 @@ def probe(logits, prm, iters=30, mass=False):
         work = logits.clone()
         common = [ctypes.c_uint64(work.data_ptr()), ctypes.c_uint32(vocab), ctypes.c_uint64(prm.data_ptr()),
                   ctypes.c_uint64(dummy.data_ptr()), ctypes.c_uint64(dummy.data_ptr()), ctypes.c_uint64(dummy.data_ptr())]
-        cv = common + [ctypes.c_uint64(recs.data_ptr())]
+        cv = common + [ctypes.c_uint64(recs.data_ptr()), ctypes.c_uint32(CHUNK_ELEMS)]
         # Without the mass pass (phase 0) rows the records do not settle are scanned by the same
         # block; with it, phase 1, sample_mass, phase 2.
         rv = common + [ctypes.c_uint64(recs.data_ptr()), ctypes.c_uint32(n_chunks), ctypes.c_uint64(out.data_ptr()), ctypes.c_uint64(bins.data_ptr() if mass else 0)]
         rv1, rv2 = rv + [ctypes.c_uint32(1 if mass else 0)], rv + [ctypes.c_uint32(2)]
-        mv = [common[0], common[1], common[2], ctypes.c_uint64(out.data_ptr()), ctypes.c_uint64(bins.data_ptr())]
+        mv = [common[0], common[1], common[2], ctypes.c_uint64(out.data_ptr()), ctypes.c_uint64(bins.data_ptr()), ctypes.c_uint32(CHUNK_ELEMS)]
         pack = lambda vs: (ctypes.c_void_p * len(vs))(*[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in vs])
         cargs, rargs, rargs2, margs = pack(cv), pack(rv1), pack(rv2), pack(mv)
         torch.cuda.synchronize()

@@ -7,7 +7,7 @@
 // over probability mass. Only the chosen token, its log-probability and the k best alternatives
 // go back to the host.
 //
-// The kernels, in launch order: sample_chunks (CHUNK_ELEMS logits a block: penalties, each
+// The kernels, in launch order: sample_chunks (a chunk of logits a block: penalties, each
 // chunk's statistics and best tokens), sample_rows (one block of SAMPLE_THREADS threads a row:
 // the draw from the chunk records, or a scan of the row), and for rows without top-k that the
 // records do not settle, sample_mass (a block a chunk again) and a second sample_rows launch (the
@@ -478,8 +478,10 @@ __device__ u32 kth_largest_key(const float* __restrict__ l, u32 n, u32 k, u32 fl
 
 // ---- the chunk pass: many blocks a row, so that common draws need not scan a row with one block
 
-// A row is cut into chunks of CHUNK_ELEMS values, one block of CHUNK_THREADS each (19 blocks for
-// Qwen2's 151,936). Each applies the penalties of its own tokens, then records the chunk's best
+// A row is cut into chunks of `chunk_elems` values (the host's choice: a multiple of
+// CHUNK_THREADS up to CHUNK_ELEMS, and at most CHUNKS_MAX chunks a row), one block of
+// CHUNK_THREADS each (19 blocks of 8,192 for Qwen2's 151,936; 30 of 5,120 where a launch's rows
+// would leave most SMs idle). Each applies the penalties of its own tokens, then records the chunk's best
 // logit, finite count, first broken value, the sum of exp(s - chunk max) over its scaled logits s,
 // its CHUNK_LIST best tokens (exactly, by radix selection in shared memory; sorted best first) and,
 // for a draw with no filter, its Gumbel-max winner. sample_rows then draws from these records (draw_from_chunks)
@@ -490,6 +492,7 @@ __device__ u32 kth_largest_key(const float* __restrict__ l, u32 n, u32 k, u32 fl
 // 101 -> 108 us, where 1,216 blocks fill the GPU either way).
 #define CHUNK_THREADS 512
 #define CHUNK_WARPS (CHUNK_THREADS / 32)
+// The most values a chunk holds (sample_chunks' shared keys).
 #define CHUNK_ELEMS 8192
 #define CHUNK_LIST 64
 // Words per chunk record: best logit bits, best id, finite, broken, z (f64: 2 words), chunk max
@@ -684,7 +687,7 @@ __device__ __forceinline__ void chunk_stats_over_block(float& best_v, u32& best_
 extern "C" __global__ void __launch_bounds__(CHUNK_THREADS)
     sample_chunks(float* __restrict__ logits, u32 vocab, const RowParams* __restrict__ params,
                   const u32* __restrict__ pen_ids, const u32* __restrict__ pen_counts, const u32* __restrict__ pen_in_prompt,
-                  u32* __restrict__ chunks) {
+                  u32* __restrict__ chunks, u32 chunk_elems) {
     PROBE_NOSYNC(0, 0);
     __shared__ u32 keys[CHUNK_ELEMS];  // fkey of each scaled logit; 0 for -inf and broken values
     __shared__ u32 hist[2048];
@@ -701,8 +704,8 @@ extern "C" __global__ void __launch_bounds__(CHUNK_THREADS)
     dependent_wait();
     float* l = logits + (u64)row * vocab;
     u32* rec = chunks + ((u64)row * gridDim.x + c) * CHUNK_WORDS;
-    const u32 c0 = c * CHUNK_ELEMS;
-    const u32 n = min((u32)CHUNK_ELEMS, vocab - c0);
+    const u32 c0 = c * chunk_elems;
+    const u32 n = min(min(chunk_elems, (u32)CHUNK_ELEMS), vocab - c0);
 
     apply_penalties(l, c0, c0 + n, p, pen_ids, pen_counts, pen_in_prompt, CHUNK_THREADS);
     __syncthreads();
@@ -1572,7 +1575,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
 // winners, as one block scanning the row.
 extern "C" __global__ void __launch_bounds__(CHUNK_THREADS)
     sample_mass(const float* __restrict__ logits, u32 vocab, const RowParams* __restrict__ params,
-                const u32* __restrict__ out, u32* __restrict__ bins) {
+                const u32* __restrict__ out, u32* __restrict__ bins, u32 chunk_elems) {
     PROBE_NOSYNC(2, 0);
     __shared__ u32 lo[MASS_BINS_0], hi[MASS_BINS_0];
     __shared__ u64 best[MASS_BINS_0];
@@ -1586,8 +1589,8 @@ extern "C" __global__ void __launch_bounds__(CHUNK_THREADS)
     const u32 best_id = o[3];
     const float t = p.temperature;
     const float* l = logits + (u64)row * vocab;
-    const u32 c0 = c * CHUNK_ELEMS;
-    const u32 n = min((u32)CHUNK_ELEMS, vocab - c0);
+    const u32 c0 = c * chunk_elems;
+    const u32 n = min(min(chunk_elems, (u32)CHUNK_ELEMS), vocab - c0);
     for (u32 b = threadIdx.x; b < MASS_BINS_0; b += CHUNK_THREADS) lo[b] = hi[b] = 0u, best[b] = 0;
     __syncthreads();
     PROBE(2, 2);
@@ -1605,9 +1608,8 @@ extern "C" __global__ void __launch_bounds__(CHUNK_THREADS)
     // the value before it is done); batches rather than the whole share keep the unrolled loop
     // (two Gumbel draws and a float64 exp a value) to a few thousand instructions.
     constexpr u32 MASS_BATCH = 8;
-    static_assert(CHUNK_ELEMS % (MASS_BATCH * CHUNK_THREADS) == 0, "whole batches");
 #pragma unroll 1
-    for (u32 base = 0; base < CHUNK_ELEMS; base += MASS_BATCH * CHUNK_THREADS) {
+    for (u32 base = 0; base < n; base += MASS_BATCH * CHUNK_THREADS) {
         float vals[MASS_BATCH];
 #pragma unroll
         for (u32 u = 0; u < MASS_BATCH; u++) {

@@ -400,7 +400,7 @@ def test_gpu_mass_pass_draws_what_one_block_scanning_the_row_draws(tmp_path):
     one-block scan's, bit for bit (the same integer sums, the same float64 noise): against
     FERRITE_CUDA_SAMPLE_MASS=0 (those rows scanned by the block that read their records) and
     FERRITE_CUDA_SAMPLE_CHUNKS=0 (every row scanned), each in another process. Flat rows, whose
-    nucleus is over a fifth of the vocabulary (the records list at most 19 x 64 tokens, so these
+    nucleus is over a fifth of the vocabulary (the records list at most 30 x 64 tokens, so these
     rows cannot be settled and must take the pass), rows of 16 levels (the cut inside a run of
     ties), and peaked rows in the same launches (settled by their records); top-p alone, min-p
     alone, both, top-p with penalties, and top-p with log-probabilities and alternatives. The
@@ -446,6 +446,16 @@ def test_gpu_mass_pass_draws_what_one_block_scanning_the_row_draws(tmp_path):
     before = _cuda_counters()["sample_mass_launches"]
     got = [_sample_rows(rows, device="cuda", seeds=list(range(n)), draw_indices=[5] * n, **kw) for kw in configs]
     assert _cuda_counters()["sample_mass_launches"] - before == len(configs)
+    # Launches of few rows cut each row into smaller chunks (30 of 5,120 instead of 19 of 8,192:
+    # sampling.rs, chunk_elems): four flat rows, four tied, one peaked, each launch alone.
+    parts = [(0, 4), (4, 8), (8, 9)]
+    for kw, whole in zip(configs, got):
+        for lo, hi in parts:
+            t, lp, top = _sample_rows(rows[lo:hi], device="cuda", seeds=list(range(lo, hi)), draw_indices=[5] * (hi - lo), **kw)
+            assert list(map(int, t)) == list(map(int, whole[0][lo:hi])), (kw, lo, hi)
+            if "logprobs" in kw:
+                np.testing.assert_allclose(lp, whole[1][lo:hi], atol=1e-5, err_msg=f"{kw} rows {lo}..{hi}")
+                assert [[i for i, _ in r] for r in top] == [[i for i, _ in r] for r in whole[2][lo:hi]], (kw, lo, hi)
     for var in ("FERRITE_CUDA_SAMPLE_MASS", "FERRITE_CUDA_SAMPLE_CHUNKS"):
         env = dict(os.environ, **{var: "0"})
         done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "rows.npy"), json.dumps(configs)],
@@ -505,11 +515,14 @@ def test_gpu_chunk_records_and_row_scans_agree_on_ties(tmp_path):
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     scanned = json.loads(done.stdout.strip().splitlines()[-1])
-    for kw, (s_tokens, s_lps, s_tops) in zip(configs, scanned):
-        tokens, lps, tops = _sample_rows(rows, device="cuda", seeds=list(range(12)), draw_indices=[3] * 12, **kw)
-        assert list(map(int, tokens)) == s_tokens, kw
-        if "logprobs" in kw:
-            np.testing.assert_allclose(lps, s_lps, atol=1e-5, err_msg=str(kw))
-            for top, s_top in zip(tops, s_tops):
-                assert [i for i, _ in top] == [i for i, _ in s_top], kw
-                np.testing.assert_allclose([v for _, v in top], [v for _, v in s_top], atol=1e-5, err_msg=str(kw))
+    # The twelve rows in one launch, and in launches of one to four rows, which cut each row into
+    # smaller chunks (sampling.rs, chunk_elems).
+    for lo, hi in [(0, 12), (0, 4), (4, 6), (6, 7), (7, 10)]:
+        for kw, (s_tokens, s_lps, s_tops) in zip(configs, scanned):
+            tokens, lps, tops = _sample_rows(rows[lo:hi], device="cuda", seeds=list(range(lo, hi)), draw_indices=[3] * (hi - lo), **kw)
+            assert list(map(int, tokens)) == s_tokens[lo:hi], (kw, lo, hi)
+            if "logprobs" in kw:
+                np.testing.assert_allclose(lps, s_lps[lo:hi], atol=1e-5, err_msg=f"{kw} rows {lo}..{hi}")
+                for top, s_top in zip(tops, s_tops[lo:hi]):
+                    assert [i for i, _ in top] == [i for i, _ in s_top], (kw, lo, hi)
+                    np.testing.assert_allclose([v for _, v in top], [v for _, v in s_top], atol=1e-5, err_msg=f"{kw} rows {lo}..{hi}")

@@ -33,9 +33,9 @@ const PARAM_WORDS: usize = 16;
 const TOP_CAP: usize = 64;
 const OUT_WORDS: usize = 4 + 2 * TOP_CAP;
 const NO_LOGPROBS: u32 = u32::MAX;
-/// Values per chunk of a row and words per chunk record (`CHUNK_ELEMS`, `CHUNK_WORDS` in
-/// sampling.cu), and the most chunks a row may have for the records to be drawn from
-/// (`CHUNKS_MAX`: 32, vocabularies up to 262,144 tokens; larger ones scan their rows).
+/// The most values a chunk of a row holds and words per chunk record (`CHUNK_ELEMS`,
+/// `CHUNK_WORDS` in sampling.cu), and the most chunks a row may have for the records to be drawn
+/// from (`CHUNKS_MAX`: 32, vocabularies up to 262,144 tokens; larger ones scan their rows).
 const CHUNK_ELEMS: usize = 8192;
 const CHUNK_WORDS: usize = 16 + 2 * 64;
 const CHUNKS_MAX: usize = 32;
@@ -57,6 +57,25 @@ pub(super) fn assert_chunk_constants_match(src: &str) {
     assert!(src.contains(&format!("#define TOP_CAP {TOP_CAP}")));
     assert!(src.contains(&format!("#define BATCH_IN_WORDS {BATCH_IN_WORDS}")));
     assert!(src.contains("#define MASS_BINS_0 1024") && src.contains("#define MASS_WORDS (4 * MASS_BINS_0)") && MASS_WORDS == 4 * 1024);
+}
+
+/// Values a chunk of a launch of `rows` rows of `vocab` logits: as few as keep a row within
+/// CHUNKS_MAX chunks (a multiple of CHUNK_THREADS) while the launch's chunks fit in one block an
+/// SM, else CHUNK_ELEMS. A chunk pass's time is mostly its chunk's loads and three radix passes
+/// over it, each as long as the chunk; 19 chunks of 8,192 leave 113 of an H100's 132 SMs idle at
+/// one row. `FERRITE_CUDA_SAMPLE_CHUNK` (values, a multiple of CHUNK_THREADS up to CHUNK_ELEMS)
+/// sets it for every launch whose rows it keeps within CHUNKS_MAX chunks, to compare.
+fn chunk_elems(vocab: usize, rows: usize, sms: usize) -> usize {
+    static FORCED: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    let threads = CHUNK_THREADS as usize;
+    let forced = *FORCED.get_or_init(|| {
+        std::env::var("FERRITE_CUDA_SAMPLE_CHUNK").ok().and_then(|v| v.trim().parse::<usize>().ok()).filter(|&v| v > 0 && v % threads == 0 && v <= CHUNK_ELEMS)
+    });
+    if let Some(v) = forced.filter(|&v| vocab.div_ceil(v) <= CHUNKS_MAX) {
+        return v;
+    }
+    let small = vocab.div_ceil(CHUNKS_MAX).div_ceil(threads).max(1) * threads;
+    if small < CHUNK_ELEMS && rows * vocab.div_ceil(small) <= sms { small } else { CHUNK_ELEMS }
 }
 
 /// `FERRITE_CUDA_SAMPLE_MASS=0`: rows the chunk records do not settle are scanned by one block
@@ -425,7 +444,8 @@ impl DeviceSampler {
         let (ctx, chunk_func, func, mass_func) = (&self.ctx, &self.chunk_func, &self.func, &self.mass_func);
         let (chunks, mass_bins) = (&mut self.chunks, &mut self.mass_bins);
         let launched = (|| -> Result<(), CudaError> {
-            let n_chunks = vocab.div_ceil(CHUNK_ELEMS);
+            let chunk = chunk_elems(vocab, n, ctx.sms());
+            let (n_chunks, chunk_u) = (vocab.div_ceil(chunk), chunk as u32);
             let (mut chunks_ptr, mut n_chunks_u) = (0u64, 0u32);
             let mut mass_ptr = 0u64;
             // A block a chunk of a row: sample_chunks and sample_mass.
@@ -434,7 +454,7 @@ impl DeviceSampler {
                 grow(ctx, chunks, n * n_chunks * CHUNK_WORDS, "the sampler's chunk records")?;
                 let Some(chunks) = chunks.as_mut() else { unreachable!("grown above") };
                 n_chunks_u = n_chunks as u32;
-                launch!(ctx, chunk_func, "sample_chunks", chunk_cfg, &logits, &vocab_u, &params_ptr, &ids_ptr, &counts_ptr, &prompt_ptr, &mut *chunks)?;
+                launch!(ctx, chunk_func, "sample_chunks", chunk_cfg, &logits, &vocab_u, &params_ptr, &ids_ptr, &counts_ptr, &prompt_ptr, &mut *chunks, &chunk_u)?;
                 chunks_ptr = super::backend::addr(&*chunks, ctx);
                 let mass_words = n * n_chunks * MASS_WORDS;
                 if mass_pass_enabled() && mass_words * 4 <= MASS_BYTES_MAX && specs.iter().any(|s| may_defer(s.params, vocab)) {
@@ -448,7 +468,7 @@ impl DeviceSampler {
             launch!(ctx, func, "sample_rows", cfg, &logits, &vocab_u, &params_ptr, &ids_ptr, &counts_ptr, &prompt_ptr, &chunks_ptr, &n_chunks_u, &out_ptr, &mass_ptr, &phase)?;
             if mass_ptr != 0 {
                 SAMPLE_MASS_LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                launch!(ctx, mass_func, "sample_mass", chunk_cfg, &logits, &vocab_u, &params_ptr, &out_ptr, &mass_ptr)?;
+                launch!(ctx, mass_func, "sample_mass", chunk_cfg, &logits, &vocab_u, &params_ptr, &out_ptr, &mass_ptr, &chunk_u)?;
                 let phase: u32 = 2;
                 launch!(ctx, func, "sample_rows", cfg, &logits, &vocab_u, &params_ptr, &ids_ptr, &counts_ptr, &prompt_ptr, &chunks_ptr, &n_chunks_u, &out_ptr, &mass_ptr, &phase)?;
             }
@@ -562,4 +582,32 @@ pub(super) fn take_draws(be: &mut CudaBackend, out: &mut Vec<Result<Sampled, Sam
         return be.host_draws.take(out);
     }
     Ok(be.sampler.take(out)?)
+}
+
+#[cfg(test)]
+mod chunk_size_tests {
+    use super::{chunk_elems, CHUNKS_MAX, CHUNK_ELEMS, CHUNK_THREADS};
+
+    /// Launches whose rows leave most SMs idle cut a row into more, smaller chunks (Qwen2's
+    /// 151,936 logits: 30 of 5,120 instead of 19 of 8,192, up to four rows on 132 SMs); larger
+    /// launches, and vocabularies that need CHUNK_ELEMS to stay within CHUNKS_MAX, keep it.
+    #[test]
+    fn few_rows_take_small_chunks_within_the_kernels_limits() {
+        assert_eq!(chunk_elems(151_936, 1, 132), 5120);
+        assert_eq!(chunk_elems(151_936, 4, 132), 5120);
+        assert_eq!(chunk_elems(151_936, 5, 132), CHUNK_ELEMS);
+        assert_eq!(chunk_elems(151_936, 64, 132), CHUNK_ELEMS);
+        assert_eq!(chunk_elems(151_936, 1, 14), CHUNK_ELEMS, "a GPU of few SMs");
+        assert_eq!(chunk_elems(262_144, 1, 132), CHUNK_ELEMS);
+        assert_eq!(chunk_elems(1000, 1, 132), 512);
+        for vocab in [1, 511, 512, 513, 32_000, 128_256, 151_936, 152_064, 200_000, 262_144, 300_000] {
+            for rows in [1, 2, 3, 8, 64] {
+                let c = chunk_elems(vocab, rows, 132);
+                assert!(c % CHUNK_THREADS as usize == 0 && c <= CHUNK_ELEMS, "{vocab} {rows}: {c}");
+                if vocab <= CHUNKS_MAX * CHUNK_ELEMS {
+                    assert!(vocab.div_ceil(c) <= CHUNKS_MAX, "{vocab} {rows}: {c}");
+                }
+            }
+        }
+    }
 }
