@@ -13,7 +13,7 @@ projection's weights (--copies of them), as a step's layers do. It prints, per s
 (a set of defines, and a plan):
 
 - us a pair, and the producer's chain alone: their difference is the projection's cost in the chain;
-- with -DMMA_PROBE=1 (thread 0 of each block stamps %globaltimer and clock64 at ten points, see
+- with -DMMA_PROBE=1 (thread 0 of each block stamps %globaltimer and clock64 at thirteen points, see
   matvec_mma.cu), the medians over the chain of the last block reaching each point relative to the
   producer's last block's end, and each block's clock cycles from the point before;
 - whether the last pair's output has the same bits in every variant (a variant that changes only
@@ -51,8 +51,12 @@ SHAPES = {
     "o": {"rows": [896], "accumulate": True, "plan": (1, 7, 1)},
     "qkv": {"rows": [896, 128, 128], "accumulate": False, "plan": (1, 7, 1)},
 }
-POINTS = ["entry", "pre-wait done", "released", "before staging", "x staged", "products", "warps added", "written",
-          "last split known", "splits added"]
+# The probe's points (matvec_mma.cu, MMA_PROBE) in the order a block reaches them, and each one's
+# number: 12, 10 and 11 are stamped inside staging (q/k/v only: the squares of x summed by warp and
+# the 1 / rms of the RMSNorm; then warp 0's first 256 columns' largest |x|).
+POINTS = [(0, "entry"), (1, "pre-wait done"), (2, "released"), (3, "before staging"), (12, "squares summed"),
+          (10, "1/rms known"), (11, "amax known"), (4, "x staged"), (5, "products"), (6, "warps added"), (7, "written"), (8, "last split known"),
+          (9, "splits added")]
 
 
 def parse_plans(text: str) -> list[tuple[int, int, int] | None]:
@@ -156,7 +160,7 @@ def main() -> None:
                       f"{N_COLS} {ty}, {mb:.2f} MB, {args.copies} copies), plan ({wm}, {wk}, {splits}): {block_rows} x {splits} blocks "
                       f"of {threads} threads; producer {PRODUCER_BLOCKS} blocks x {producer.kb_a_block} KB, +{spin} ns; "
                       f"{args.pairs} pairs a graph, median of {args.reps} replays\n")
-                print("| variant | us a pair | producer alone (us) | projection's share (us) | " + " | ".join(POINTS) + " |")
+                print("| variant | us a pair | producer alone (us) | projection's share (us) | " + " | ".join(n for _, n in POINTS) + " |")
                 print("| --- " * (4 + len(POINTS)) + "|")
                 cyc = []
                 y_first = None
@@ -194,7 +198,7 @@ def main() -> None:
                     cu.copy_to(probe_buf, bytes(args.pairs * grid * 32 * 8))
                     cu.time_graph(lambda: chain(True), 1, args.pairs)
                     stamps = struct.unpack(f"<{args.pairs * grid * 32}Q", cu.copy_from(probe_buf, args.pairs * grid * 32 * 8))
-                    probed = ProbeChain(stamps, producer.ends(), grid, len(POINTS))
+                    probed = ProbeChain(stamps, producer.ends(), grid, len(POINTS), order=[p for p, _ in POINTS])
                     name = " ".join(v) or "default"
                     if y_first is None:
                         y_first = y_out
@@ -205,7 +209,7 @@ def main() -> None:
                     print(f"| {name} | {t_pair:.2f} | {t_prod:.2f} | {t_pair - t_prod:.2f} | {probed.point_cells()} |", flush=True)
                     cyc.append(f"| {name} | {probed.cycle_cells()} |")
                 print("\nClock cycles from the point before, median / most over blocks and launches:\n")
-                print("| variant | " + " | ".join(POINTS[1:]) + " |")
+                print("| variant | " + " | ".join(n for _, n in POINTS[1:]) + " |")
                 print("| --- " * len(POINTS) + "|")
                 print("\n".join(cyc))
     print("\nPoint columns: us from the producer's last block end to the last block reaching the point "

@@ -389,6 +389,32 @@ __device__ __forceinline__ void put_digits(u8* lo, int half_stride, int sum) {
 // when the tile's x has a value that is not finite, so that it reaches the output as the bf16
 // path's would). One warp a 256-column block of one row: lane (sub-block s = lane / 4, t = lane %
 // 4) holds the 8 values of its b0 and b1.
+// 1: a probe build for benches/bench_matvec_chain.py: every kernel taking MATVEC_MMA_PARAMS takes
+// one more parameter, `probe` (u64*, null: none), and thread 0 of each block of the planned kernels
+// (matvec_mma) stamps points 0..11 into it (MMA_STAMP: common.cuh's probe_stamp; points a block does
+// not reach stay as they were): 0..9 in matvec_mma, and inside staging 12 (the block's squares of x
+// summed by warp, inv_rms_of_shares), 10 (the RMSNorm's 1 / rms known, stage_x_s8_normed) and 11
+// (its warp's first 256 columns' largest |x| known, quantize_job_s8), through a pointer in shared memory (mma_probe_s) that matvec_mma sets; the
+// other kernels of a probe build set it to null. Never compiled by the backend.
+#ifndef MMA_PROBE
+#define MMA_PROBE 0
+#endif
+#if MMA_PROBE
+#define MMA_PROBE_PARAM , u64* __restrict__ probe
+#define MMA_PROBE_ARG , probe
+#define MMA_STAMP(point) probe_stamp(probe, point)
+__shared__ u64* mma_probe_s;
+#define MMA_PROBE_SET(ptr) \
+    if (threadIdx.x == 0) mma_probe_s = (ptr)
+#define MMA_STAGE_STAMP(point) probe_stamp(mma_probe_s, point)
+#else
+#define MMA_PROBE_PARAM
+#define MMA_PROBE_ARG
+#define MMA_STAMP(point)
+#define MMA_PROBE_SET(ptr)
+#define MMA_STAGE_STAMP(point)
+#endif
+
 // One 256-column job of stage_x_s8: lane (sub-block sb = lane / 4, t = lane % 4) holds the 8
 // values r of x row n in block blk of the phase, in b0 / b1 order; they go into xq, xsum and
 // xscale as stage_x_s8 says. Every lane of the warp calls it (shuffles, __all_sync).
@@ -411,6 +437,7 @@ __device__ __forceinline__ void quantize_job_s8(float r[8], int n, int blk, u8* 
 #pragma unroll
     for (int i = 0; i < 8; i++) amax = fmaxf(amax, fabsf(r[i]));
     amax = warp_max(amax);
+    MMA_STAGE_STAMP(11);
     const float scale0 = __fdiv_rn(amax, 127.0f);
     // Capped so that a tiny amax (below 127 / FLT_MAX) cannot make it infinite: the codes
     // are then smaller than they could be (such a tile's x loses precision, not its sign).
@@ -522,12 +549,40 @@ __device__ __forceinline__ void inv_rms_of_shares(const double (&ss)[NT], double
         if (lane == 0) red[warp][n] = w;
     }
     __syncthreads();
+    MMA_STAGE_STAMP(12);
     if (threadIdx.x < NT) {
         double total = 0.0;
         for (int w = 0; w < n_warps; w++) total += red[w][threadIdx.x];
         inv_rms[threadIdx.x] = (float)(1.0 / sqrt(total / (double)n_cols + (double)eps));
     }
 }
+
+// inv_rms_of_shares in float (MMA_NORM_F32): the shares' sums and 1 / rms in float, rsqrtf for
+// the root (within a few float ulps of the float64 scale), to time how much of the staging's
+// critical path the float64 chain of one thread is (about 60 dependent float64 operations, a third
+// of them behind multi-function unit reciprocals, while the block waits at the barrier after it).
+template <int NT>
+__device__ __forceinline__ void inv_rms_of_shares(const float (&ss)[NT], float (*red)[NT], u32 n_cols, float eps, float* inv_rms) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+#pragma unroll
+    for (int n = 0; n < NT; n++) {
+        const float w = warp_sum(ss[n]);
+        if (lane == 0) red[warp][n] = w;
+    }
+    __syncthreads();
+    MMA_STAGE_STAMP(12);
+    if (threadIdx.x < NT) {
+        float total = 0.0f;
+        for (int w = 0; w < n_warps; w++) total += red[w][threadIdx.x];
+        inv_rms[threadIdx.x] = rsqrtf(total / (float)n_cols + eps);
+    }
+}
+
+// 1: stage_x_s8_normed sums the squares of x and takes the RMSNorm's scale in float (the
+// inv_rms_of_shares overload above) instead of float64 as norm.cu does: an experiment, off.
+#ifndef MMA_NORM_F32
+#define MMA_NORM_F32 0
+#endif
 
 // stage_x_s8 of a whole row of x (columns from 0; the caller checks that every job fits one of
 // a warp's MMA_STAGE_JOBS: NT * ceil(len / 256) <= MMA_STAGE_JOBS * warps) with the RMSNorm folded
@@ -584,13 +639,18 @@ template <int NT, int NG, int XSTRIDE_B, int PARTS = 3, bool EARLY = false, clas
 __device__ __forceinline__ void stage_x_s8_normed(const float* __restrict__ x, const float* __restrict__ norm_w,
                                                   const EarlyNormW& early, float eps, u32 n_x, u32 n_cols, u32 len, u8* xq,
                                                   int (*xsum)[NG][8], float (*xscale)[NG][8], float* inv_rms) {
-    __shared__ double red[MMA_MAX_WARPS][NT];
+#if MMA_NORM_F32
+    typedef float Sq;
+#else
+    typedef double Sq;
+#endif
+    __shared__ Sq red[MMA_MAX_WARPS][NT];
     const int warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
     const int blocks = ((int)len + 255) / 256;
     const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     float4 a[MMA_STAGE_JOBS], b[MMA_STAGE_JOBS], wa[MMA_STAGE_JOBS], wb[MMA_STAGE_JOBS];
     bool in[MMA_STAGE_JOBS];
-    double ss[NT];
+    Sq ss[NT];
 #pragma unroll
     for (int i = 0; i < NT; i++) ss[i] = 0.0;
 #pragma unroll
@@ -611,12 +671,13 @@ __device__ __forceinline__ void stage_x_s8_normed(const float* __restrict__ x, c
 #pragma unroll
     for (int u = 0; u < MMA_STAGE_JOBS; u++) {
         const int n = (warp + u * n_warps) / blocks;
-        const double sq = (double)a[u].x * a[u].x + (double)a[u].y * a[u].y + (double)a[u].z * a[u].z + (double)a[u].w * a[u].w +
-                          (double)b[u].x * b[u].x + (double)b[u].y * b[u].y + (double)b[u].z * b[u].z + (double)b[u].w * b[u].w;
+        const Sq sq = (Sq)a[u].x * a[u].x + (Sq)a[u].y * a[u].y + (Sq)a[u].z * a[u].z + (Sq)a[u].w * a[u].w +
+                      (Sq)b[u].x * b[u].x + (Sq)b[u].y * b[u].y + (Sq)b[u].z * b[u].z + (Sq)b[u].w * b[u].w;
 #pragma unroll
         for (int i = 0; i < NT; i++) ss[i] += i == n ? sq : 0.0;
     }
     inv_rms_of_shares<NT>(ss, red, n_cols, eps, inv_rms);
+    MMA_STAGE_STAMP(10);
     __syncthreads();
 #pragma unroll
     for (int u = 0; u < MMA_STAGE_JOBS; u++) {
@@ -875,29 +936,13 @@ __device__ __forceinline__ void row_sums(const float acc[4], int t, int u, float
     v1 += __shfl_xor_sync(FULL_WARP, v1, 2);
 }
 
-// 1: a probe build for benches/bench_matvec_chain.py: every kernel taking MATVEC_MMA_PARAMS takes
-// one more parameter, `probe` (u64*, null: none), and thread 0 of each block of the planned kernels
-// (matvec_mma) stamps points 0..9 into it (MMA_STAMP: common.cuh's probe_stamp; points a block does
-// not reach stay as they were). Never compiled by the backend.
-#ifndef MMA_PROBE
-#define MMA_PROBE 0
-#endif
-#if MMA_PROBE
-#define MMA_PROBE_PARAM , u64* __restrict__ probe
-#define MMA_PROBE_ARG , probe
-#define MMA_STAMP(point) probe_stamp(probe, point)
-#else
-#define MMA_PROBE_PARAM
-#define MMA_PROBE_ARG
-#define MMA_STAMP(point)
-#endif
-
 template <int NT, class T = Tile>
 __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u32 n_cols, const float* __restrict__ x,
                                            const float* __restrict__ x2, const float* __restrict__ norm_w, float eps,
                                            u32 n_x, float* __restrict__ partials, u32* __restrict__ counters,
                                            u32 k_tiles_per_split, u32 warps_m, u32 accumulate, const PrefetchWindow& ahead MMA_PROBE_PARAM) {
     MMA_STAMP(0);
+    MMA_PROBE_SET(probe);
     constexpr bool S8 = T::S8 && NT <= S8MaxNt<T>::value;      // the int8 path (see above)
     constexpr int PARTS = NT <= 2 ? 3 : 2;                    // bf16 (or int8) parts of each x value
     constexpr int RPG = 8 / PARTS;                            // x rows per mma (column group)
@@ -1598,6 +1643,7 @@ __device__ __forceinline__ void matvec_mma_stream(const Segments& segs, u32 k_ti
 #define MATVEC_MMA_STREAM_KERNEL(nt)                                                                                          \
     extern "C" __global__ void __launch_bounds__(32 * MMA_MAX_WARPS, MMA_MIN_BLOCKS) matvec_mma_stream_##nt(MATVEC_MMA_PARAMS) { \
         MATVEC_MMA_UNPACK                                                                                                     \
+        MMA_PROBE_SET(nullptr);                                                                                               \
         matvec_mma_stream<nt>(segs, k_tiles, n_cols, x, x2, norm_w, eps, n_x, partials, counters, accumulate, ahead);      \
     }
 MATVEC_MMA_STREAM_KERNEL(1)
@@ -1886,6 +1932,7 @@ __device__ __forceinline__ void ffn_mma(const u8* __restrict__ gate, const u8* _
         ffn_mma_##nt(const u8* __restrict__ gate, const u8* __restrict__ up, const u8* __restrict__ down, u32 n_cols, u32 n_inter, \
                      float* __restrict__ x, const float* __restrict__ norm_w, float eps, float* __restrict__ partials,         \
                      u32* __restrict__ counters FFN_PROBE_PARAM) {                                                           \
+        MMA_PROBE_SET(nullptr);                                                                                               \
         ffn_mma<nt>(gate, up, down, n_cols, n_inter, x, norm_w, eps, partials, counters FFN_PROBE_ARG);                    \
     }
 FFN_MMA_KERNEL(1)

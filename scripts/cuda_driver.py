@@ -267,29 +267,38 @@ class ProbeChain:
     """A probed chain's stamps (common.cuh's probe_stamp: 32 words a block, %globaltimer of point p
     at word p and clock64 at word 16 + p, zero where the block did not reach the point) of
     `len(ends)` launches of `grid` blocks each, read against the producer's launch ends
-    (Producer.ends): for each of `n_points` points, the last block reaching it relative to that
-    launch's producer end (us, one value a launch), and each block's clock cycles from the point
-    before, where it reached both. The first `warmup` launches are left out."""
+    (Producer.ends): for each point, in `order` (the points' order in time; default 0 ..
+    n_points - 1), the last block reaching it relative to that launch's producer end (us, one value
+    a launch), and each block's clock cycles from the nearest point before it in that order that
+    the block reached. The first `warmup` launches are left out."""
 
-    def __init__(self, stamps: tuple[int, ...], ends: list[int], grid: int, n_points: int, warmup: int = 2) -> None:
+    def __init__(self, stamps: tuple[int, ...], ends: list[int], grid: int, n_points: int, warmup: int = 2,
+                 order: list[int] | None = None) -> None:
+        order = list(range(n_points)) if order is None else order
         # The stamps of each launch kept (after the warm-up), a list of 32 words a block.
         self.launches = [[stamps[(i * grid + b) * 32:(i * grid + b) * 32 + 32] for b in range(grid)] for i in range(warmup, len(ends))]
-        self.times: list[list[float]] = [[] for _ in range(n_points)]
-        self.cycles: list[list[int]] = [[] for _ in range(n_points)]
+        self.times: list[list[float]] = [[] for _ in order]
+        self.cycles: list[list[int]] = [[] for _ in order]
         for blocks, end in zip(self.launches, ends[warmup:]):
-            for p in range(n_points):
+            for i, p in enumerate(order):
                 reached = [b[p] for b in blocks if b[p]]
                 if reached:
-                    self.times[p].append((max(reached) - end) / 1000.0)
-            for p in range(1, n_points):
-                self.cycles[p].extend(b[16 + p] - b[16 + p - 1] for b in blocks if b[16 + p] and b[16 + p - 1])
+                    self.times[i].append((max(reached) - end) / 1000.0)
+            for b in blocks:
+                before = None
+                for i, p in enumerate(order):
+                    if not b[16 + p]:
+                        continue
+                    if before is not None:
+                        self.cycles[i].append(b[16 + p] - before)
+                    before = b[16 + p]
 
     def point_cells(self) -> str:
         """The points' median times as table cells (NaN where no block reached a point)."""
         return " | ".join(f"{statistics.median(t) if t else float('nan'):+.2f}" for t in self.times)
 
     def cycle_cells(self) -> str:
-        """Points 1.. as table cells of median / most cycles from the point before."""
+        """The points after the first as table cells of median / most cycles from the point before."""
         return " | ".join(f"{statistics.median(c):.0f} / {max(c)}" if c else "-" for c in self.cycles[1:])
 
 
