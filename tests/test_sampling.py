@@ -404,7 +404,9 @@ def test_gpu_mass_pass_draws_what_one_block_scanning_the_row_draws(tmp_path):
     rows cannot be settled and must take the pass), rows of 16 levels (the cut inside a run of
     ties), and peaked rows in the same launches (settled by their records); top-p alone, min-p
     alone, both, top-p with penalties, and top-p with log-probabilities and alternatives. The
-    process's count shows that each launch took the pass."""
+    process's count shows that each launch took the pass. Rows cut into 30 chunks of 5,120
+    (FERRITE_CUDA_SAMPLE_CHUNK=5120, another process) and launches of one to four of the rows must
+    draw the same."""
     if not ferrite.cuda_available():
         pytest.skip("no CUDA device")
     import json
@@ -446,8 +448,7 @@ def test_gpu_mass_pass_draws_what_one_block_scanning_the_row_draws(tmp_path):
     before = _cuda_counters()["sample_mass_launches"]
     got = [_sample_rows(rows, device="cuda", seeds=list(range(n)), draw_indices=[5] * n, **kw) for kw in configs]
     assert _cuda_counters()["sample_mass_launches"] - before == len(configs)
-    # Launches of few rows cut each row into smaller chunks (30 of 5,120 instead of 19 of 8,192:
-    # sampling.rs, chunk_elems): four flat rows, four tied, one peaked, each launch alone.
+    # Launches of fewer rows draw the same: four flat rows, four tied, one peaked, each launch alone.
     parts = [(0, 4), (4, 8), (8, 9)]
     for kw, whole in zip(configs, got):
         for lo, hi in parts:
@@ -456,8 +457,10 @@ def test_gpu_mass_pass_draws_what_one_block_scanning_the_row_draws(tmp_path):
             if "logprobs" in kw:
                 np.testing.assert_allclose(lp, whole[1][lo:hi], atol=1e-5, err_msg=f"{kw} rows {lo}..{hi}")
                 assert [[i for i, _ in r] for r in top] == [[i for i, _ in r] for r in whole[2][lo:hi]], (kw, lo, hi)
-    for var in ("FERRITE_CUDA_SAMPLE_MASS", "FERRITE_CUDA_SAMPLE_CHUNKS"):
-        env = dict(os.environ, **{var: "0"})
+    # Against the rows scanned, and against rows cut into 30 chunks of 5,120 instead of 19 of 8,192
+    # (sampling.rs, chunk_elems; FERRITE_CUDA_SAMPLE_CHUNK=auto takes that size for a few rows).
+    for var, value in (("FERRITE_CUDA_SAMPLE_MASS", "0"), ("FERRITE_CUDA_SAMPLE_CHUNKS", "0"), ("FERRITE_CUDA_SAMPLE_CHUNK", "5120")):
+        env = dict(os.environ, **{var: value})
         done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "rows.npy"), json.dumps(configs)],
                               env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr
@@ -480,7 +483,8 @@ def test_gpu_chunk_records_and_row_scans_agree_on_ties(tmp_path):
     are asked for. Ties are where that could go wrong: 40 equal leaders (a top-k of 20 or 40 cuts
     inside or at them) and a second group of 30, spread over every chunk. The same rows scanned
     whole by one block each (FERRITE_CUDA_SAMPLE_CHUNKS=0, another process) must give the same
-    tokens, alternatives and log-probabilities."""
+    tokens, alternatives and log-probabilities; so must the rows cut into 30 chunks of 5,120
+    (FERRITE_CUDA_SAMPLE_CHUNK=5120, another process) and launches of one to four of them."""
     if not ferrite.cuda_available():
         pytest.skip("no CUDA device")
     import json
@@ -515,8 +519,19 @@ def test_gpu_chunk_records_and_row_scans_agree_on_ties(tmp_path):
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     scanned = json.loads(done.stdout.strip().splitlines()[-1])
-    # The twelve rows in one launch, and in launches of one to four rows, which cut each row into
-    # smaller chunks (sampling.rs, chunk_elems).
+    # Rows cut into 30 chunks of 5,120 instead of 19 of 8,192 (sampling.rs, chunk_elems;
+    # FERRITE_CUDA_SAMPLE_CHUNK=auto takes that size for a few rows) draw the same.
+    env = dict(os.environ, FERRITE_CUDA_SAMPLE_CHUNK="5120")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "rows.npy"), json.dumps(configs)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    small = json.loads(done.stdout.strip().splitlines()[-1])
+    for kw, (s_tokens, s_lps, s_tops), (c_tokens, c_lps, c_tops) in zip(configs, scanned, small):
+        assert c_tokens == s_tokens, ("chunks of 5120", kw)
+        if "logprobs" in kw:
+            np.testing.assert_allclose(c_lps, s_lps, atol=1e-5, err_msg=f"chunks of 5120 {kw}")
+            assert [[i for i, _ in r] for r in c_tops] == [[i for i, _ in r] for r in s_tops], ("chunks of 5120", kw)
+    # The twelve rows in one launch, and in launches of one to four rows.
     for lo, hi in [(0, 12), (0, 4), (4, 6), (6, 7), (7, 10)]:
         for kw, (s_tokens, s_lps, s_tops) in zip(configs, scanned):
             tokens, lps, tops = _sample_rows(rows[lo:hi], device="cuda", seeds=list(range(lo, hi)), draw_indices=[3] * (hi - lo), **kw)
