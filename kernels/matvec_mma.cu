@@ -380,22 +380,14 @@ __device__ __forceinline__ void put_digits(u8* lo, int half_stride, int sum) {
     lo[half_stride] = (u8)hi;
 }
 
-// Stages x[n][col0 .. col0 + len) (len a multiple of 256) for n < NT, rows past n_x as zeros,
-// as x4_of computes it, into xq: row n * PARTS + p holds part p, and in it sub-block s's 32 bytes,
-// for lane t of a quad, are b0 = x at columns [4t, 16+4t, 4t+1, 16+4t+1] and b1 = [4t+2, 16+4t+2,
-// 4t+3, 16+4t+3] of the sub-block: the order of Tile::frag_s8's codes. xsum[s][j][c] gets the
-// integer sum of mma column c's part over sub-block s (with MMA_S8_SUMS_MMA, Q4_K's and Q6_K's
-// sums go into the same array as bytes instead, see xsum_bytes_at), xscale[tile][j][c] the part's scale (NaN
-// when the tile's x has a value that is not finite, so that it reaches the output as the bf16
-// path's would). One warp a 256-column block of one row: lane (sub-block s = lane / 4, t = lane %
-// 4) holds the 8 values of its b0 and b1.
 // 1: a probe build for benches/bench_matvec_chain.py: every kernel taking MATVEC_MMA_PARAMS takes
 // one more parameter, `probe` (u64*, null: none), and thread 0 of each block of the planned kernels
-// (matvec_mma) stamps points 0..11 into it (MMA_STAMP: common.cuh's probe_stamp; points a block does
-// not reach stay as they were): 0..9 in matvec_mma, and inside staging 12 (the block's squares of x
-// summed by warp, inv_rms_of_shares), 10 (the RMSNorm's 1 / rms known, stage_x_s8_normed) and 11
-// (its warp's first 256 columns' largest |x| known, quantize_job_s8), through a pointer in shared memory (mma_probe_s) that matvec_mma sets; the
-// other kernels of a probe build set it to null. Never compiled by the backend.
+// (matvec_mma) stamps points 0..12 into it (MMA_STAMP: common.cuh's probe_stamp; points a block
+// does not reach stay as they were): 0..9 in matvec_mma, and inside staging 12 (the block's
+// squares of x summed by warp, inv_rms_of_shares), 10 (the RMSNorm's 1 / rms known,
+// stage_x_s8_normed) and 11 (warp 0's first 256 columns' largest |x| known, quantize_job_s8),
+// through a pointer in shared memory (mma_probe_s) that matvec_mma sets; the other kernels of a
+// probe build set it to null. Never compiled by the backend.
 #ifndef MMA_PROBE
 #define MMA_PROBE 0
 #endif
@@ -415,6 +407,15 @@ __shared__ u64* mma_probe_s;
 #define MMA_STAGE_STAMP(point)
 #endif
 
+// Stages x[n][col0 .. col0 + len) (len a multiple of 256) for n < NT, rows past n_x as zeros,
+// as x4_of computes it, into xq: row n * PARTS + p holds part p, and in it sub-block s's 32 bytes,
+// for lane t of a quad, are b0 = x at columns [4t, 16+4t, 4t+1, 16+4t+1] and b1 = [4t+2, 16+4t+2,
+// 4t+3, 16+4t+3] of the sub-block: the order of Tile::frag_s8's codes. xsum[s][j][c] gets the
+// integer sum of mma column c's part over sub-block s (with MMA_S8_SUMS_MMA, Q4_K's and Q6_K's
+// sums go into the same array as bytes instead, see xsum_bytes_at), xscale[tile][j][c] the part's scale (NaN
+// when the tile's x has a value that is not finite, so that it reaches the output as the bf16
+// path's would). One warp a 256-column block of one row: lane (sub-block s = lane / 4, t = lane %
+// 4) holds the 8 values of its b0 and b1.
 // One 256-column job of stage_x_s8: lane (sub-block sb = lane / 4, t = lane % 4) holds the 8
 // values r of x row n in block blk of the phase, in b0 / b1 order; they go into xq, xsum and
 // xscale as stage_x_s8 says. Every lane of the warp calls it (shuffles, __all_sync).
@@ -674,7 +675,7 @@ __device__ __forceinline__ void stage_x_s8_normed(const float* __restrict__ x, c
         const Sq sq = (Sq)a[u].x * a[u].x + (Sq)a[u].y * a[u].y + (Sq)a[u].z * a[u].z + (Sq)a[u].w * a[u].w +
                       (Sq)b[u].x * b[u].x + (Sq)b[u].y * b[u].y + (Sq)b[u].z * b[u].z + (Sq)b[u].w * b[u].w;
 #pragma unroll
-        for (int i = 0; i < NT; i++) ss[i] += i == n ? sq : 0.0;
+        for (int i = 0; i < NT; i++) ss[i] += i == n ? sq : (Sq)0;
     }
     inv_rms_of_shares<NT>(ss, red, n_cols, eps, inv_rms);
     MMA_STAGE_STAMP(10);
