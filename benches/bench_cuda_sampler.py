@@ -15,9 +15,9 @@ sample_chunks alone, and without the mass pass, where the rows the records do no
 scanned by one block each) and with rows scanned by one block each (the fallback path); and in
 how many rows the chunk path and the scan drew the same token (they must agree: the chunk pass
 is used only where it settles the draw exactly, and the mass pass adds the scan's sums).
---chunk-elems: the chunk sizes to time the chunk pass with (values a block; ferrite takes 8,192,
-and with FERRITE_CUDA_SAMPLE_CHUNK=auto 5,120 for launches whose rows would leave most SMs idle:
-sampling.rs, chunk_elems), each a row of the table.
+--chunk-elems: the chunk sizes to time the chunk pass with (values a block; ferrite takes 5,120
+for launches whose rows would leave most SMs idle, 8,192 otherwise: sampling.rs,
+small_batch_chunk_elems), each a row of the table.
 Needs torch, libnvrtc.so.13 and libcuda.so.1 (the GPU machine has all three).
 """
 import ctypes, os, sys, struct

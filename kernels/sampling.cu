@@ -480,8 +480,8 @@ __device__ u32 kth_largest_key(const float* __restrict__ l, u32 n, u32 k, u32 fl
 
 // A row is cut into chunks of `chunk_elems` values (the host's choice: a multiple of
 // CHUNK_THREADS up to CHUNK_ELEMS, and at most CHUNKS_MAX chunks a row), one block of
-// CHUNK_THREADS each (19 blocks of 8,192 for Qwen2's 151,936; with FERRITE_CUDA_SAMPLE_CHUNK=auto,
-// 30 of 5,120 where a launch's rows would leave most SMs idle). Each applies the penalties of its own tokens, then records the chunk's best
+// CHUNK_THREADS each (19 blocks of 8,192 for Qwen2's 151,936, or 30 of 5,120 where a launch's
+// rows would leave most SMs idle). Each applies the penalties of its own tokens, then records the chunk's best
 // logit, finite count, first broken value, the sum of exp(s - chunk max) over its scaled logits s,
 // its CHUNK_LIST best tokens (exactly, by radix selection in shared memory; sorted best first) and,
 // for a draw with no filter, its Gumbel-max winner. sample_rows then draws from these records (draw_from_chunks)

@@ -458,7 +458,7 @@ def test_gpu_mass_pass_draws_what_one_block_scanning_the_row_draws(tmp_path):
                 np.testing.assert_allclose(lp, whole[1][lo:hi], atol=1e-5, err_msg=f"{kw} rows {lo}..{hi}")
                 assert [[i for i, _ in r] for r in top] == [[i for i, _ in r] for r in whole[2][lo:hi]], (kw, lo, hi)
     # Against the rows scanned, and against rows cut into 30 chunks of 5,120 instead of 19 of 8,192
-    # (sampling.rs, chunk_elems; FERRITE_CUDA_SAMPLE_CHUNK=auto takes that size for a few rows).
+    # (sampling.rs, small_batch_chunk_elems: the size launches of up to eight such rows take).
     for var, value in (("FERRITE_CUDA_SAMPLE_MASS", "0"), ("FERRITE_CUDA_SAMPLE_CHUNKS", "0"), ("FERRITE_CUDA_SAMPLE_CHUNK", "5120")):
         env = dict(os.environ, **{var: value})
         done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "rows.npy"), json.dumps(configs)],
@@ -519,8 +519,8 @@ def test_gpu_chunk_records_and_row_scans_agree_on_ties(tmp_path):
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     scanned = json.loads(done.stdout.strip().splitlines()[-1])
-    # Rows cut into 30 chunks of 5,120 instead of 19 of 8,192 (sampling.rs, chunk_elems;
-    # FERRITE_CUDA_SAMPLE_CHUNK=auto takes that size for a few rows) draw the same.
+    # Rows cut into 30 chunks of 5,120 instead of 19 of 8,192 (sampling.rs, small_batch_chunk_elems:
+    # the size launches of up to eight such rows take) draw the same.
     env = dict(os.environ, FERRITE_CUDA_SAMPLE_CHUNK="5120")
     done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "rows.npy"), json.dumps(configs)],
                           env=env, capture_output=True, text=True, timeout=300)

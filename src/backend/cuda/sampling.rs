@@ -59,44 +59,37 @@ pub(super) fn assert_chunk_constants_match(src: &str) {
     assert!(src.contains("#define MASS_BINS_0 1024") && src.contains("#define MASS_WORDS (4 * MASS_BINS_0)") && MASS_WORDS == 4 * 1024);
 }
 
-/// How `sample_chunks` cuts a row (`FERRITE_CUDA_SAMPLE_CHUNK`): unset, CHUNK_ELEMS values a
-/// chunk (19 chunks of Qwen2's 151,936); `auto`, [`small_batch_chunk_elems`]; a number of values
-/// (a multiple of CHUNK_THREADS up to CHUNK_ELEMS), that size wherever it keeps a row within
-/// CHUNKS_MAX chunks. `auto` is off by default until a GPU has timed it (written without one,
-/// fifty-fourth session).
+/// How `sample_chunks` cuts a row: [`small_batch_chunk_elems`] by default;
+/// `FERRITE_CUDA_SAMPLE_CHUNK` set to a number of values (a multiple of CHUNK_THREADS up to
+/// CHUNK_ELEMS) takes that size wherever it keeps a row within CHUNKS_MAX chunks (8192: every
+/// launch as before the fifty-fourth session), to compare.
 fn chunk_elems(vocab: usize, rows: usize, sms: usize) -> usize {
-    #[derive(Clone, Copy)]
-    enum Setting {
-        Default,
-        Auto,
-        Forced(usize),
-    }
-    static SETTING: std::sync::OnceLock<Setting> = std::sync::OnceLock::new();
-    let setting = *SETTING.get_or_init(|| match std::env::var("FERRITE_CUDA_SAMPLE_CHUNK").ok().map(|v| v.trim().to_ascii_lowercase()) {
-        Some(v) if v == "auto" => Setting::Auto,
-        Some(v) => match v.parse::<usize>() {
-            Ok(n) if n > 0 && n % CHUNK_THREADS as usize == 0 && n <= CHUNK_ELEMS => Setting::Forced(n),
-            _ => Setting::Default,
-        },
-        None => Setting::Default,
+    static FORCED: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    let forced = *FORCED.get_or_init(|| {
+        std::env::var("FERRITE_CUDA_SAMPLE_CHUNK")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|&n| n > 0 && n % CHUNK_THREADS as usize == 0 && n <= CHUNK_ELEMS)
     });
-    match setting {
-        Setting::Forced(n) if vocab.div_ceil(n) <= CHUNKS_MAX => n,
-        Setting::Auto => small_batch_chunk_elems(vocab, rows, sms),
-        _ => CHUNK_ELEMS,
+    match forced {
+        Some(n) if vocab.div_ceil(n) <= CHUNKS_MAX => n,
+        _ => small_batch_chunk_elems(vocab, rows, sms),
     }
 }
 
-/// Values a chunk of a launch of `rows` rows of `vocab` logits under `FERRITE_CUDA_SAMPLE_CHUNK=auto`:
-/// as few as keep a row within CHUNKS_MAX chunks (a multiple of CHUNK_THREADS) while the launch's
-/// chunks fit in one block an SM, else CHUNK_ELEMS. A chunk pass's time is mostly its chunk's
-/// loads and three radix passes over it, each as long as the chunk, and 19 chunks of 8,192 leave
-/// 113 of an H100's 132 SMs idle at one row: Qwen2's vocabulary in 30 chunks of 5,120 instead, up
-/// to four rows on 132 SMs.
+/// Values a chunk of a launch of `rows` rows of `vocab` logits: as few as keep a row within
+/// CHUNKS_MAX chunks (a multiple of CHUNK_THREADS) while the launch's chunks fit two blocks an SM,
+/// else CHUNK_ELEMS. A chunk pass's time is mostly its chunk's loads and three radix passes over
+/// it, each as long as the chunk, and 19 chunks of 8,192 leave 113 of an H100's 132 SMs idle at
+/// one row: Qwen2's vocabulary in 30 chunks of 5,120 instead, up to eight rows on 132 SMs. H100,
+/// 2026-12-07 (docs/BENCHMARKS.md, fifty-fourth session): the real model's decode step at one /
+/// two / four sequences 0.606 / 0.626 / 0.776 -> 0.601 / 0.621 / 0.773 ms (two rounds); the
+/// sampler alone at eight rows 2.5-6.7 us faster in every configuration, at 64 rows (1,920 blocks
+/// of 5,120 against 1,216 of 8,192) 10-20 us slower.
 fn small_batch_chunk_elems(vocab: usize, rows: usize, sms: usize) -> usize {
     let threads = CHUNK_THREADS as usize;
     let small = vocab.div_ceil(CHUNKS_MAX).div_ceil(threads).max(1) * threads;
-    if small < CHUNK_ELEMS && rows * vocab.div_ceil(small) <= sms { small } else { CHUNK_ELEMS }
+    if small < CHUNK_ELEMS && rows * vocab.div_ceil(small) <= 2 * sms { small } else { CHUNK_ELEMS }
 }
 
 /// `FERRITE_CUDA_SAMPLE_MASS=0`: rows the chunk records do not settle are scanned by one block
@@ -609,15 +602,14 @@ pub(super) fn take_draws(be: &mut CudaBackend, out: &mut Vec<Result<Sampled, Sam
 mod chunk_size_tests {
     use super::{small_batch_chunk_elems as chunk_elems, CHUNKS_MAX, CHUNK_ELEMS, CHUNK_THREADS};
 
-    /// Under `FERRITE_CUDA_SAMPLE_CHUNK=auto`, launches whose rows leave most SMs idle cut a row
-    /// into more, smaller chunks (Qwen2's 151,936 logits: 30 of 5,120 instead of 19 of 8,192, up
-    /// to four rows on 132 SMs); larger launches, and vocabularies that need CHUNK_ELEMS to stay
-    /// within CHUNKS_MAX, keep it.
+    /// Launches whose rows leave most SMs idle cut a row into more, smaller chunks (Qwen2's
+    /// 151,936 logits: 30 of 5,120 instead of 19 of 8,192, up to eight rows on 132 SMs); larger
+    /// launches, and vocabularies that need CHUNK_ELEMS to stay within CHUNKS_MAX, keep it.
     #[test]
     fn few_rows_take_small_chunks_within_the_kernels_limits() {
         assert_eq!(chunk_elems(151_936, 1, 132), 5120);
-        assert_eq!(chunk_elems(151_936, 4, 132), 5120);
-        assert_eq!(chunk_elems(151_936, 5, 132), CHUNK_ELEMS);
+        assert_eq!(chunk_elems(151_936, 8, 132), 5120);
+        assert_eq!(chunk_elems(151_936, 9, 132), CHUNK_ELEMS);
         assert_eq!(chunk_elems(151_936, 64, 132), CHUNK_ELEMS);
         assert_eq!(chunk_elems(151_936, 1, 14), CHUNK_ELEMS, "a GPU of few SMs");
         assert_eq!(chunk_elems(262_144, 1, 132), CHUNK_ELEMS);
