@@ -1313,26 +1313,6 @@ constexpr int STREAM_PHASE = 4096;
 #define STREAM_UNROLL (Tile::SCALE_CHUNKS == 1 ? 1 : 2)
 #endif
 constexpr u32 STREAM_PHASE_TILES = STREAM_PHASE / Tile::TILE_COLS;
-// N > 0: a warp of a one-phase launch (the LM heads, a 7B's gate/up) asks L2 for its tiles N
-// ahead of the one it loads into registers (one prefetch.global.L2 a 128-byte line, a lane a
-// line: one instruction a tile), the first N before its wait. Its share is consecutive tiles of
-// each segment, so the tile N ahead is N tiles further on in memory until the segment ends.
-// With one tile in registers ahead of the math, a warp has one tile's loads in flight while it
-// multiplies: 16 warps an SM, about 35 KB (Q8_0) against the bandwidth-latency product, so the
-// LM head reaches about 84 % of the copy rate on the 0.5B shapes (H100). 0: none (the kernels
-// as before).
-#ifndef STREAM_PREFETCH_TILES
-#define STREAM_PREFETCH_TILES 0
-#endif
-static_assert(Tile::TILE_BYTES <= 31 * 128, "a tile's lines fit one lane each");
-
-// Asks L2 for the tile at `tile` (prefetch.global.L2, a lane a 128-byte line from the tile's
-// aligned start; a tile is a 16-byte multiple), for STREAM_PREFETCH_TILES.
-__device__ __forceinline__ void prefetch_tile_l2(const u8* tile, int lane) {
-    const u64 at = reinterpret_cast<u64>(tile), line0 = at & ~127ull;
-    if ((u32)lane * 128 < (u32)(at - line0) + Tile::TILE_BYTES) asm volatile("prefetch.global.L2 [%0];" ::"l"(line0 + lane * 128));
-}
-
 // The order of a launch's tiles (above), and the warps' equal shares of it: the first `rem`
 // warps take q + 1 tiles, the others q.
 struct StreamOrder {
@@ -1503,18 +1483,6 @@ __device__ __forceinline__ void matvec_mma_stream(const Segments& segs, u32 k_ti
     // The first tile's loads go out before x is staged (weights are constant).
     Tile cur;
     if (u_begin < u_end) cur.load(row_tiles(r) + (u64)kt * Tile::TILE_BYTES, lane, false);
-#if STREAM_PREFETCH_TILES > 0
-    // L2 asked for the share's first tiles of this segment: the one just loaded (again: one
-    // instruction) and the STREAM_PREFETCH_TILES after it (one phase only).
-    if (ord.n_phases == 1 && u_begin < u_end) {
-        const u32 seg_end = min(u_end - u_begin, ((r < m0 ? m0 : r < m01 ? m01 : m_all) - r) * k_tiles - kt);
-        const u8* first = row_tiles(r) + (u64)kt * Tile::TILE_BYTES;
-#pragma unroll
-        for (u32 i = 0; i <= STREAM_PREFETCH_TILES; i++) {
-            if (i < seg_end) prefetch_tile_l2(first + i * Tile::TILE_BYTES, lane);
-        }
-    }
-#endif
     // Where the RMSNorm goes inside staging (below): FUSES_NORM.
 #define FUSES_NORM                                                                                                            \
     (MMA_FUSED_NORM && norm_w != nullptr && x2 == nullptr && ord.n_phases == 1 &&                                            \
@@ -1571,16 +1539,6 @@ __device__ __forceinline__ void matvec_mma_stream(const Segments& segs, u32 k_ti
             } else {
                 next = !more ? tile : slice_end ? row_tiles(r + 1) : tile + Tile::TILE_BYTES;
             }
-#if STREAM_PREFETCH_TILES > 0
-            if constexpr (!PHASES) {
-                // The tile STREAM_PREFETCH_TILES after `next` (tile u_begin + i + 1 of the share),
-                // if the share and next's segment hold it.
-                const u32 r_next = slice_end ? r + 1 : r;
-                const u32 ahead = u_begin + i + 1 + STREAM_PREFETCH_TILES;
-                const u32 seg_end = (r_next < m0 ? m0 : r_next < m01 ? m01 : m_all) * k_tiles;
-                if (ahead < u_end && ahead < seg_end) prefetch_tile_l2(next + STREAM_PREFETCH_TILES * Tile::TILE_BYTES, lane);
-            }
-#endif
             Tile nxt;
             nxt.load(next, lane, false);
             tile_products_s8_of_type<NG>(cur, xs_bytes, xsums, xscale, kt - p_col_tile, b_off, t, acc);
