@@ -83,11 +83,11 @@
 #                one-head decode kernel of at most 8 warps, its bit tests; splitk: every split-K
 #                launch on the fused FFN's hand-over (SPLITK_FAST, the default since the fifty-first
 #                session) against the old one (-DSPLITK_FAST=0): its tests and decode steps;
-#                chunk_size: the sampler's rows in 30 chunks of 5,120 (FERRITE_CUDA_SAMPLE_CHUNK=auto,
-#                fifty-fourth session, off): the sampler tests, bench_cuda_sampler.py at both sizes,
-#                decode steps; stream_prefetch: the stream kernel asking L2 for its tiles ahead
-#                (-DSTREAM_PREFETCH_TILES=4 / 8): its test, decode steps of syn05 and syn7b;
-#                norm_f32: the folded RMSNorm in float (-DMMA_NORM_F32=1): decode steps.
+#                chunk_size: the sampler's rows in 30 chunks of 5,120 for launches of up to eight
+#                rows (the default since the fifty-fourth session): the sampler tests,
+#                bench_cuda_sampler.py at both sizes, decode steps at 8 sequences against 8,192;
+#                norm_f32: the folded RMSNorm in float (-DMMA_NORM_F32=1): decode steps against the
+#                same kernels compiled by NVRTC without it.
 #   Logs, JSON reports and haiku artifacts go to one archive, $OUT/gpu_check.tar.gz (the device
 #   tool brings back at most 8 files), beside report.jsonl and table.txt. A table closes the
 #   output. Exit status 0 when every step passed.
@@ -614,31 +614,24 @@ if [ "$what" = pending ]; then
     cp "$out/matvec_chain.log" "$dest/matvec_chain.txt" 2>/dev/null
     fi
     if [[ ,$parts, == *,chunk_size,* ]]; then
-    # The sampler's rows cut into 30 chunks of 5,120 for launches of one to four rows
-    # (FERRITE_CUDA_SAMPLE_CHUNK=auto; written without a GPU in the fifty-fourth session, off by
-    # default): the sampler and engine tests (among them 5,120 forced against the row scan), the
-    # sampler alone at both sizes, then decode steps of syn05 at 1, 2 and 4 sequences.
+    # The sampler's rows cut into 30 chunks of 5,120 for launches of up to eight rows (sampling.rs,
+    # small_batch_chunk_elems; the default since the fifty-fourth session, measured then at one to
+    # four sequences): the sampler and engine tests (among them 5,120 forced against the row scan),
+    # the sampler alone at both sizes, then decode steps of syn05 at 8 sequences against 8,192.
     STEP_TIMEOUT=${ENGINE_PYTEST_S:-240} step pytest_sampler_chunk "$py" -m pytest -q -ra -p no:cacheprovider tests/test_sampling.py tests/test_cuda_engine.py -m cuda --junitxml="$out/junit_sampler_chunk.xml"
     STEP_TIMEOUT=150 step bench_sampler_chunk "$py" benches/bench_cuda_sampler.py kernels/sampling.cu --chunk-elems=8192,5120 "--configs=top-k40 p.95 minp.05,T0.8,greedy,top-p0.9"
     cp "$out/bench_sampler_chunk.log" "$dest/bench_sampler_chunk.txt" 2>/dev/null
-    ab_step sampler_chunk_ab ${AB_S:-200} "plain|FERRITE_AB=plain" "auto|FERRITE_CUDA_SAMPLE_CHUNK=auto" -- /tmp/synthetic.gguf:1,2,4
-    fi
-    if [[ ,$parts, == *,stream_prefetch,* ]]; then
-    # The stream kernel's warps asking L2 for their tiles 4 or 8 ahead (-DSTREAM_PREFETCH_TILES;
-    # fifty-fourth session, off): its test with 4 (shares crossing from one matrix into the next),
-    # then decode steps of syn05 (the LM head) and syn7b (its gate/up too).
-    FERRITE_CUDA_KERNEL_DEFINES=-DSTREAM_PREFETCH_TILES=4 STEP_TIMEOUT=200 step pytest_stream_prefetch "$py" -m pytest -q -ra -p no:cacheprovider \
-        tests/test_cuda_matvec.py -m cuda -k "stream_kernel_gives" --junitxml="$out/junit_stream_prefetch.xml"
-    need_syn7b
-    ab_step stream_prefetch_ab ${AB_S:-300} "plain|FERRITE_AB=plain" "pf4|FERRITE_CUDA_KERNEL_DEFINES=-DSTREAM_PREFETCH_TILES=4" \
-        "pf8|FERRITE_CUDA_KERNEL_DEFINES=-DSTREAM_PREFETCH_TILES=8" -- /tmp/synthetic.gguf:1,2 /root/m/syn7b.gguf:1
+    ab_step sampler_chunk_ab ${AB_S:-200} "small|FERRITE_AB=plain" "8192|FERRITE_CUDA_SAMPLE_CHUNK=8192" -- /tmp/synthetic.gguf:1,8
     fi
     if [[ ,$parts, == *,norm_f32,* ]]; then
     # The folded RMSNorm's squares and scale in float (-DMMA_NORM_F32=1; fifty-fourth session,
-    # off): decode steps of syn05 and syn7b (its accuracy, if it gains: scripts/gpu_accuracy.py
-    # with the define on the real model).
+    # off): its probe put the float64 scale at 772 cycles of q/k/v's launch, yet the define measured
+    # slower than the prebuilt kernels; here against the same kernels compiled by NVRTC with the
+    # define 0, so that only the define differs. Decode steps of syn05 and syn7b (its accuracy, if
+    # it gains: scripts/gpu_accuracy.py with the define on the real model).
     need_syn7b
-    ab_step norm_f32_ab ${AB_S:-240} "plain|FERRITE_AB=plain" "f32|FERRITE_CUDA_KERNEL_DEFINES=-DMMA_NORM_F32=1" -- /tmp/synthetic.gguf:1,2 /root/m/syn7b.gguf:1
+    ab_step norm_f32_ab ${AB_S:-300} "prebuilt|FERRITE_AB=plain" "nvrtc|FERRITE_CUDA_KERNEL_DEFINES=-DMMA_NORM_F32=0" \
+        "f32|FERRITE_CUDA_KERNEL_DEFINES=-DMMA_NORM_F32=1" -- /tmp/synthetic.gguf:1,2 /root/m/syn7b.gguf:1
     fi
     if [[ $parts == *sampler* ]]; then
     STEP_TIMEOUT=${ENGINE_PYTEST_S:-150} step pytest_sampler "$py" -m pytest -q -ra -p no:cacheprovider tests/test_sampling.py tests/test_cuda_engine.py -m cuda --junitxml="$out/junit_sampler.xml"
