@@ -537,50 +537,43 @@ __device__ __forceinline__ void stage_x_s8(const float* __restrict__ x, const fl
     }
 }
 
-// inv_rms[n] = 1 / sqrt(mean(x[n]^2) + eps) for n < NT from each thread's float64 share of row
-// n's sum of squares (ss[n]): summed by warp, then over the warps through `red` in warp order, and
-// rounded to float once, as norm.cu does (the order of the float64 additions differs). Call with
+// A row's 1 / rms from the sum of its squares: in float64, rounded to float once, as norm.cu does;
+// from float sums (MMA_NORM_F32), in float with rsqrtf (within a few float ulps of the float64
+// scale), to time how much of the staging's critical path the float64 chain of one thread is
+// (about 60 dependent float64 operations, a third of them behind multi-function unit reciprocals,
+// while the block waits at the barrier after it).
+__device__ __forceinline__ float inv_rms_of_sum(double total, u32 n_cols, float eps) {
+    return (float)(1.0 / sqrt(total / (double)n_cols + (double)eps));
+}
+__device__ __forceinline__ float inv_rms_of_sum(float total, u32 n_cols, float eps) {
+    return rsqrtf(total / (float)n_cols + eps);
+}
+__device__ __forceinline__ double warp_sum_of(double v) { return warp_sum_f64(v); }
+__device__ __forceinline__ float warp_sum_of(float v) { return warp_sum(v); }
+
+// inv_rms[n] = 1 / sqrt(mean(x[n]^2) + eps) for n < NT from each thread's share of row n's sum of
+// squares (ss[n], float64 but under MMA_NORM_F32): summed by warp, then over the warps through
+// `red` in warp order (the order of the float64 additions differs from norm.cu's). Call with
 // every thread; inv_rms is read only after the next __syncthreads.
-template <int NT>
-__device__ __forceinline__ void inv_rms_of_shares(const double (&ss)[NT], double (*red)[NT], u32 n_cols, float eps, float* inv_rms) {
+template <int NT, class S>
+__device__ __forceinline__ void inv_rms_of_shares(const S (&ss)[NT], S (*red)[NT], u32 n_cols, float eps, float* inv_rms) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
 #pragma unroll
     for (int n = 0; n < NT; n++) {
-        const double w = warp_sum_f64(ss[n]);
+        const S w = warp_sum_of(ss[n]);
         if (lane == 0) red[warp][n] = w;
     }
     __syncthreads();
     MMA_STAGE_STAMP(12);
     if (threadIdx.x < NT) {
-        double total = 0.0;
+        S total = 0;
         for (int w = 0; w < n_warps; w++) total += red[w][threadIdx.x];
-        inv_rms[threadIdx.x] = (float)(1.0 / sqrt(total / (double)n_cols + (double)eps));
+        inv_rms[threadIdx.x] = inv_rms_of_sum(total, n_cols, eps);
     }
 }
 
-// inv_rms_of_shares in float (MMA_NORM_F32): the shares' sums and 1 / rms in float, rsqrtf for
-// the root (within a few float ulps of the float64 scale), to time how much of the staging's
-// critical path the float64 chain of one thread is (about 60 dependent float64 operations, a third
-// of them behind multi-function unit reciprocals, while the block waits at the barrier after it).
-template <int NT>
-__device__ __forceinline__ void inv_rms_of_shares(const float (&ss)[NT], float (*red)[NT], u32 n_cols, float eps, float* inv_rms) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
-#pragma unroll
-    for (int n = 0; n < NT; n++) {
-        const float w = warp_sum(ss[n]);
-        if (lane == 0) red[warp][n] = w;
-    }
-    __syncthreads();
-    MMA_STAGE_STAMP(12);
-    if (threadIdx.x < NT) {
-        float total = 0.0f;
-        for (int w = 0; w < n_warps; w++) total += red[w][threadIdx.x];
-        inv_rms[threadIdx.x] = rsqrtf(total / (float)n_cols + eps);
-    }
-}
-
-// 1: stage_x_s8_normed sums the squares of x and takes the RMSNorm's scale in float (the
-// inv_rms_of_shares overload above) instead of float64 as norm.cu does: an experiment, off.
+// 1: stage_x_s8_normed sums the squares of x and takes the RMSNorm's scale in float
+// (inv_rms_of_sum's float overload) instead of float64 as norm.cu does: an experiment, off.
 #ifndef MMA_NORM_F32
 #define MMA_NORM_F32 0
 #endif

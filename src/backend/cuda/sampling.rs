@@ -459,6 +459,8 @@ impl DeviceSampler {
         let (chunks, mass_bins) = (&mut self.chunks, &mut self.mass_bins);
         let launched = (|| -> Result<(), CudaError> {
             let chunk = chunk_elems(vocab, n, ctx.sms());
+            // sample_chunks' shared keys hold CHUNK_ELEMS values, its shares CHUNK_THREADS each.
+            debug_assert!(chunk <= CHUNK_ELEMS && chunk % CHUNK_THREADS as usize == 0, "chunk of {chunk} values");
             let (n_chunks, chunk_u) = (vocab.div_ceil(chunk), chunk as u32);
             let (mut chunks_ptr, mut n_chunks_u) = (0u64, 0u32);
             let mut mass_ptr = 0u64;
@@ -600,23 +602,23 @@ pub(super) fn take_draws(be: &mut CudaBackend, out: &mut Vec<Result<Sampled, Sam
 
 #[cfg(test)]
 mod chunk_size_tests {
-    use super::{small_batch_chunk_elems as chunk_elems, CHUNKS_MAX, CHUNK_ELEMS, CHUNK_THREADS};
+    use super::{small_batch_chunk_elems, CHUNKS_MAX, CHUNK_ELEMS, CHUNK_THREADS};
 
     /// Launches whose rows leave most SMs idle cut a row into more, smaller chunks (Qwen2's
     /// 151,936 logits: 30 of 5,120 instead of 19 of 8,192, up to eight rows on 132 SMs); larger
     /// launches, and vocabularies that need CHUNK_ELEMS to stay within CHUNKS_MAX, keep it.
     #[test]
     fn few_rows_take_small_chunks_within_the_kernels_limits() {
-        assert_eq!(chunk_elems(151_936, 1, 132), 5120);
-        assert_eq!(chunk_elems(151_936, 8, 132), 5120);
-        assert_eq!(chunk_elems(151_936, 9, 132), CHUNK_ELEMS);
-        assert_eq!(chunk_elems(151_936, 64, 132), CHUNK_ELEMS);
-        assert_eq!(chunk_elems(151_936, 1, 14), CHUNK_ELEMS, "a GPU of few SMs");
-        assert_eq!(chunk_elems(262_144, 1, 132), CHUNK_ELEMS);
-        assert_eq!(chunk_elems(1000, 1, 132), 512);
+        assert_eq!(small_batch_chunk_elems(151_936, 1, 132), 5120);
+        assert_eq!(small_batch_chunk_elems(151_936, 8, 132), 5120);
+        assert_eq!(small_batch_chunk_elems(151_936, 9, 132), CHUNK_ELEMS);
+        assert_eq!(small_batch_chunk_elems(151_936, 64, 132), CHUNK_ELEMS);
+        assert_eq!(small_batch_chunk_elems(151_936, 1, 14), CHUNK_ELEMS, "a GPU of few SMs");
+        assert_eq!(small_batch_chunk_elems(262_144, 1, 132), CHUNK_ELEMS);
+        assert_eq!(small_batch_chunk_elems(1000, 1, 132), 512);
         for vocab in [1, 511, 512, 513, 32_000, 128_256, 151_936, 152_064, 200_000, 262_144, 300_000] {
             for rows in [1, 2, 3, 8, 64] {
-                let c = chunk_elems(vocab, rows, 132);
+                let c = small_batch_chunk_elems(vocab, rows, 132);
                 assert!(c % CHUNK_THREADS as usize == 0 && c <= CHUNK_ELEMS, "{vocab} {rows}: {c}");
                 if vocab <= CHUNKS_MAX * CHUNK_ELEMS {
                     assert!(vocab.div_ceil(c) <= CHUNKS_MAX, "{vocab} {rows}: {c}");
