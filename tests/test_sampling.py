@@ -392,6 +392,30 @@ def test_gpu_and_cpu_draw_the_same_tokens_from_the_same_logits(logits):
         assert agree >= (1.0 if kw.keys() == {"temperature"} else 0.95), (kw, agree)
 
 
+def gpu_draws_in_process(rows_file, configs, draw_index, **env):
+    """_sample_rows on the GPU for each of `configs` over the rows saved in `rows_file` (row i
+    seeded i, every row at draw `draw_index`), in another process with `env` added to its
+    environment (the device sampler reads its switches once a process): a list of [tokens,
+    logprobs, top alternatives] a configuration."""
+    import json
+    import subprocess
+    import sys
+
+    script = (
+        "import json, sys, numpy as np\n"
+        "from ferrite._ferrite import _sample_rows\n"
+        "rows = np.load(sys.argv[1]); n = len(rows); out = []\n"
+        "for kw in json.loads(sys.argv[2]):\n"
+        "    t, lp, top = _sample_rows(rows, device='cuda', seeds=list(range(n)), draw_indices=[int(sys.argv[3])] * n, **kw)\n"
+        "    out.append([list(map(int, t)), lp, top])\n"
+        "print(json.dumps(out))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(rows_file), json.dumps(configs), str(draw_index)],
+                          env=dict(os.environ, **env), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.cuda
 def test_gpu_mass_pass_draws_what_one_block_scanning_the_row_draws(tmp_path):
     """Rows without top-k whose chunk records cannot settle the draw go to the mass pass:
@@ -409,10 +433,6 @@ def test_gpu_mass_pass_draws_what_one_block_scanning_the_row_draws(tmp_path):
     draw the same."""
     if not ferrite.cuda_available():
         pytest.skip("no CUDA device")
-    import json
-    import subprocess
-    import sys
-
     from ferrite._ferrite import _cuda_counters, _sample_rows
 
     rng = np.random.default_rng(31)
@@ -436,15 +456,6 @@ def test_gpu_mass_pass_draws_what_one_block_scanning_the_row_draws(tmp_path):
              prompt_token_ids=[3, 8191, 8192, 70000], output_token_ids=[151935, 8192, 40000]),
         dict(temperature=1.0, top_p=0.95, logprobs=5),
     ]
-    script = (
-        "import json, sys, numpy as np\n"
-        "from ferrite._ferrite import _sample_rows\n"
-        "rows = np.load(sys.argv[1]); out = []\n"
-        "for kw in json.loads(sys.argv[2]):\n"
-        "    t, lp, top = _sample_rows(rows, device='cuda', seeds=list(range(len(rows))), draw_indices=[5] * len(rows), **kw)\n"
-        "    out.append([list(map(int, t)), lp, top])\n"
-        "print(json.dumps(out))\n"
-    )
     before = _cuda_counters()["sample_mass_launches"]
     got = [_sample_rows(rows, device="cuda", seeds=list(range(n)), draw_indices=[5] * n, **kw) for kw in configs]
     assert _cuda_counters()["sample_mass_launches"] - before == len(configs)
@@ -460,11 +471,7 @@ def test_gpu_mass_pass_draws_what_one_block_scanning_the_row_draws(tmp_path):
     # Against the rows scanned, and against rows cut into 30 chunks of 5,120 instead of 19 of 8,192
     # (sampling.rs, small_batch_chunk_elems: the size launches of up to eight such rows take).
     for var, value in (("FERRITE_CUDA_SAMPLE_MASS", "0"), ("FERRITE_CUDA_SAMPLE_CHUNKS", "0"), ("FERRITE_CUDA_SAMPLE_CHUNK", "5120")):
-        env = dict(os.environ, **{var: value})
-        done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "rows.npy"), json.dumps(configs)],
-                              env=env, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr
-        scanned = json.loads(done.stdout.strip().splitlines()[-1])
+        scanned = gpu_draws_in_process(tmp_path / "rows.npy", configs, 5, **{var: value})
         for kw, (tokens, lps, tops), (s_tokens, s_lps, s_tops) in zip(configs, got, scanned):
             assert list(map(int, tokens)) == s_tokens, (var, kw)
             if "logprobs" in kw:
@@ -487,10 +494,6 @@ def test_gpu_chunk_records_and_row_scans_agree_on_ties(tmp_path):
     (FERRITE_CUDA_SAMPLE_CHUNK=5120, another process) and launches of one to four of them."""
     if not ferrite.cuda_available():
         pytest.skip("no CUDA device")
-    import json
-    import subprocess
-    import sys
-
     rng = np.random.default_rng(11)
     rows = (rng.standard_normal((12, 151936)) * 0.5 - 2.0).astype(np.float32)
     for r in rows:
@@ -505,27 +508,10 @@ def test_gpu_chunk_records_and_row_scans_agree_on_ties(tmp_path):
         dict(temperature=0.0, logprobs=5),
         dict(temperature=0.8, logprobs=3),
     ]
-    script = (
-        "import json, sys, numpy as np\n"
-        "from ferrite._ferrite import _sample_rows\n"
-        "rows = np.load(sys.argv[1]); out = []\n"
-        "for kw in json.loads(sys.argv[2]):\n"
-        "    t, lp, top = _sample_rows(rows, device='cuda', seeds=list(range(12)), draw_indices=[3] * 12, **kw)\n"
-        "    out.append([list(map(int, t)), lp, top])\n"
-        "print(json.dumps(out))\n"
-    )
-    env = dict(os.environ, FERRITE_CUDA_SAMPLE_CHUNKS="0")
-    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "rows.npy"), json.dumps(configs)],
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    scanned = json.loads(done.stdout.strip().splitlines()[-1])
+    scanned = gpu_draws_in_process(tmp_path / "rows.npy", configs, 3, FERRITE_CUDA_SAMPLE_CHUNKS="0")
     # Rows cut into 30 chunks of 5,120 instead of 19 of 8,192 (sampling.rs, small_batch_chunk_elems:
     # the size launches of up to eight such rows take) draw the same.
-    env = dict(os.environ, FERRITE_CUDA_SAMPLE_CHUNK="5120")
-    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "rows.npy"), json.dumps(configs)],
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    small = json.loads(done.stdout.strip().splitlines()[-1])
+    small = gpu_draws_in_process(tmp_path / "rows.npy", configs, 3, FERRITE_CUDA_SAMPLE_CHUNK="5120")
     for kw, (s_tokens, s_lps, s_tops), (c_tokens, c_lps, c_tops) in zip(configs, scanned, small):
         assert c_tokens == s_tokens, ("chunks of 5120", kw)
         if "logprobs" in kw:
