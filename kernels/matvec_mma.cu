@@ -542,10 +542,21 @@ __device__ __forceinline__ void stage_x_s8(const float* __restrict__ x, const fl
 // scale), to time how much of the staging's critical path the float64 chain of one thread is
 // (about 60 dependent float64 operations, a third of them behind multi-function unit reciprocals,
 // while the block waits at the barrier after it).
-__device__ __forceinline__ float inv_rms_of_sum(double total, u32 n_cols, float eps) {
+// MMA_NORM_RSQRT=1: the float64 scale as rsqrt of total times 1 / n_cols (taken before the sums
+// arrive), a reciprocal square root and its Newton steps instead of a division, a square root and a
+// reciprocal in a row: the same float after rounding but for double-rounding ties (1 / sqrt in
+// float64 rounds twice too). An experiment, off.
+#ifndef MMA_NORM_RSQRT
+#define MMA_NORM_RSQRT 0
+#endif
+__device__ __forceinline__ float inv_rms_of_sum(double total, u32 n_cols, float eps, double inv_n) {
+#if MMA_NORM_RSQRT
+    return (float)rsqrt(fma(total, inv_n, (double)eps));
+#else
     return (float)(1.0 / sqrt(total / (double)n_cols + (double)eps));
+#endif
 }
-__device__ __forceinline__ float inv_rms_of_sum(float total, u32 n_cols, float eps) {
+__device__ __forceinline__ float inv_rms_of_sum(float total, u32 n_cols, float eps, double) {
     return rsqrtf(total / (float)n_cols + eps);
 }
 __device__ __forceinline__ double warp_sum_of(double v) { return warp_sum_f64(v); }
@@ -558,6 +569,7 @@ __device__ __forceinline__ float warp_sum_of(float v) { return warp_sum(v); }
 template <int NT, class S>
 __device__ __forceinline__ void inv_rms_of_shares(const S (&ss)[NT], S (*red)[NT], u32 n_cols, float eps, float* inv_rms) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+    const double inv_n = MMA_NORM_RSQRT ? 1.0 / (double)n_cols : 0.0;
 #pragma unroll
     for (int n = 0; n < NT; n++) {
         const S w = warp_sum_of(ss[n]);
@@ -568,7 +580,7 @@ __device__ __forceinline__ void inv_rms_of_shares(const S (&ss)[NT], S (*red)[NT
     if (threadIdx.x < NT) {
         S total = 0;
         for (int w = 0; w < n_warps; w++) total += red[w][threadIdx.x];
-        inv_rms[threadIdx.x] = inv_rms_of_sum(total, n_cols, eps);
+        inv_rms[threadIdx.x] = inv_rms_of_sum(total, n_cols, eps, inv_n);
     }
 }
 
