@@ -86,8 +86,9 @@
 #                chunk_size: the sampler's rows in 30 chunks of 5,120 for launches of up to eight
 #                rows (the default since the fifty-fourth session): the sampler tests,
 #                bench_cuda_sampler.py at both sizes, decode steps at 8 sequences against 8,192;
-#                norm_f32: the folded RMSNorm in float (-DMMA_NORM_F32=1): decode steps against the
-#                same kernels compiled by NVRTC without it.
+#                norm_f32: the folded RMSNorm in float (-DMMA_NORM_F32=1) and its float64 scale
+#                from rsqrt (-DMMA_NORM_RSQRT=1): decode steps against the same kernels compiled
+#                by NVRTC without them.
 #   Logs, JSON reports and haiku artifacts go to one archive, $OUT/gpu_check.tar.gz (the device
 #   tool brings back at most 8 files), beside report.jsonl and table.txt. A table closes the
 #   output. Exit status 0 when every step passed.
@@ -627,11 +628,13 @@ if [ "$what" = pending ]; then
     # The folded RMSNorm's squares and scale in float (-DMMA_NORM_F32=1; fifty-fourth session,
     # off): its probe put the float64 scale at 772 cycles of q/k/v's launch, yet the define measured
     # slower than the prebuilt kernels; here against the same kernels compiled by NVRTC with the
-    # define 0, so that only the define differs. Decode steps of syn05 and syn7b (its accuracy, if
-    # it gains: scripts/gpu_accuracy.py with the define on the real model).
+    # define 0, so that only the define differs; and -DMMA_NORM_RSQRT=1, the float64 scale from
+    # rsqrt (fifty-fifth session). Decode steps of syn05 and syn7b (the accuracy of a define that
+    # gains: scripts/gpu_accuracy.py with it on the real model).
     need_syn7b
-    ab_step norm_f32_ab ${AB_S:-300} "prebuilt|FERRITE_AB=plain" "nvrtc|FERRITE_CUDA_KERNEL_DEFINES=-DMMA_NORM_F32=0" \
-        "f32|FERRITE_CUDA_KERNEL_DEFINES=-DMMA_NORM_F32=1" -- /tmp/synthetic.gguf:1,2 /root/m/syn7b.gguf:1
+    ab_step norm_f32_ab ${AB_S:-400} "prebuilt|FERRITE_AB=plain" "nvrtc|FERRITE_CUDA_KERNEL_DEFINES=-DMMA_NORM_F32=0" \
+        "f32|FERRITE_CUDA_KERNEL_DEFINES=-DMMA_NORM_F32=1" "rsqrt|FERRITE_CUDA_KERNEL_DEFINES=-DMMA_NORM_RSQRT=1" \
+        -- /tmp/synthetic.gguf:1,2 /root/m/syn7b.gguf:1
     fi
     if [[ $parts == *sampler* ]]; then
     STEP_TIMEOUT=${ENGINE_PYTEST_S:-150} step pytest_sampler "$py" -m pytest -q -ra -p no:cacheprovider tests/test_sampling.py tests/test_cuda_engine.py -m cuda --junitxml="$out/junit_sampler.xml"
