@@ -537,17 +537,18 @@ __device__ __forceinline__ void stage_x_s8(const float* __restrict__ x, const fl
     }
 }
 
-// A row's 1 / rms from the sum of its squares: in float64, rounded to float once, as norm.cu does;
-// from float sums (MMA_NORM_F32), in float with rsqrtf (within a few float ulps of the float64
-// scale), to time how much of the staging's critical path the float64 chain of one thread is
-// (about 60 dependent float64 operations, a third of them behind multi-function unit reciprocals,
-// while the block waits at the barrier after it).
-// MMA_NORM_RSQRT=1: the float64 scale as rsqrt of total times 1 / n_cols (taken before the sums
-// arrive), a reciprocal square root and its Newton steps instead of a division, a square root and a
-// reciprocal in a row: the same float after rounding but for double-rounding ties (1 / sqrt in
-// float64 rounds twice too). An experiment, off.
+// A row's 1 / rms from the sum of its squares, in float64 and rounded to float once, as norm.cu
+// does, but as rsqrt(total * (1 / n_cols) + eps): 1 / n_cols is taken before the sums arrive, and
+// the chain after them is a fused multiply-add, the multi-function unit's reciprocal square root
+// and its Newton steps (six dependent float64 operations) instead of a division, a square root and
+// a reciprocal (about twenty-five, a third of them behind reciprocals) while the block waits at
+// the barrier after it. The same float as norm.cu's 1.0 / sqrt(...) but for double-rounding ties
+// (both round in float64 first). -DMMA_NORM_RSQRT=0: norm.cu's chain (for A/B; fifty-fifth session,
+// H100: the real model's two-sequence decode step 0.627 -> 0.614 ms, one sequence unchanged).
+// (The squares and scale in float instead, -DMMA_NORM_F32=1, measured 2 % slower at one sequence
+// and was removed.)
 #ifndef MMA_NORM_RSQRT
-#define MMA_NORM_RSQRT 0
+#define MMA_NORM_RSQRT 1
 #endif
 __device__ __forceinline__ float inv_rms_of_sum(double total, u32 n_cols, float eps, double inv_n) {
 #if MMA_NORM_RSQRT
@@ -556,39 +557,28 @@ __device__ __forceinline__ float inv_rms_of_sum(double total, u32 n_cols, float 
     return (float)(1.0 / sqrt(total / (double)n_cols + (double)eps));
 #endif
 }
-__device__ __forceinline__ float inv_rms_of_sum(float total, u32 n_cols, float eps, double) {
-    return rsqrtf(total / (float)n_cols + eps);
-}
-__device__ __forceinline__ double warp_sum_of(double v) { return warp_sum_f64(v); }
-__device__ __forceinline__ float warp_sum_of(float v) { return warp_sum(v); }
 
 // inv_rms[n] = 1 / sqrt(mean(x[n]^2) + eps) for n < NT from each thread's share of row n's sum of
-// squares (ss[n], float64 but under MMA_NORM_F32): summed by warp, then over the warps through
-// `red` in warp order (the order of the float64 additions differs from norm.cu's). Call with
-// every thread; inv_rms is read only after the next __syncthreads.
-template <int NT, class S>
-__device__ __forceinline__ void inv_rms_of_shares(const S (&ss)[NT], S (*red)[NT], u32 n_cols, float eps, float* inv_rms) {
+// squares (ss[n]): summed by warp, then over the warps through `red` in warp order (the order of
+// the float64 additions differs from norm.cu's). Call with every thread; inv_rms is read only
+// after the next __syncthreads.
+template <int NT>
+__device__ __forceinline__ void inv_rms_of_shares(const double (&ss)[NT], double (*red)[NT], u32 n_cols, float eps, float* inv_rms) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
     const double inv_n = MMA_NORM_RSQRT ? 1.0 / (double)n_cols : 0.0;
 #pragma unroll
     for (int n = 0; n < NT; n++) {
-        const S w = warp_sum_of(ss[n]);
+        const double w = warp_sum_f64(ss[n]);
         if (lane == 0) red[warp][n] = w;
     }
     __syncthreads();
     MMA_STAGE_STAMP(12);
     if (threadIdx.x < NT) {
-        S total = 0;
+        double total = 0.0;
         for (int w = 0; w < n_warps; w++) total += red[w][threadIdx.x];
         inv_rms[threadIdx.x] = inv_rms_of_sum(total, n_cols, eps, inv_n);
     }
 }
-
-// 1: stage_x_s8_normed sums the squares of x and takes the RMSNorm's scale in float
-// (inv_rms_of_sum's float overload) instead of float64 as norm.cu does: an experiment, off.
-#ifndef MMA_NORM_F32
-#define MMA_NORM_F32 0
-#endif
 
 // stage_x_s8 of a whole row of x (columns from 0; the caller checks that every job fits one of
 // a warp's MMA_STAGE_JOBS: NT * ceil(len / 256) <= MMA_STAGE_JOBS * warps) with the RMSNorm folded
@@ -645,18 +635,13 @@ template <int NT, int NG, int XSTRIDE_B, int PARTS = 3, bool EARLY = false, clas
 __device__ __forceinline__ void stage_x_s8_normed(const float* __restrict__ x, const float* __restrict__ norm_w,
                                                   const EarlyNormW& early, float eps, u32 n_x, u32 n_cols, u32 len, u8* xq,
                                                   int (*xsum)[NG][8], float (*xscale)[NG][8], float* inv_rms) {
-#if MMA_NORM_F32
-    typedef float Sq;
-#else
-    typedef double Sq;
-#endif
-    __shared__ Sq red[MMA_MAX_WARPS][NT];
+    __shared__ double red[MMA_MAX_WARPS][NT];
     const int warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
     const int blocks = ((int)len + 255) / 256;
     const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     float4 a[MMA_STAGE_JOBS], b[MMA_STAGE_JOBS], wa[MMA_STAGE_JOBS], wb[MMA_STAGE_JOBS];
     bool in[MMA_STAGE_JOBS];
-    Sq ss[NT];
+    double ss[NT];
 #pragma unroll
     for (int i = 0; i < NT; i++) ss[i] = 0.0;
 #pragma unroll
@@ -677,10 +662,10 @@ __device__ __forceinline__ void stage_x_s8_normed(const float* __restrict__ x, c
 #pragma unroll
     for (int u = 0; u < MMA_STAGE_JOBS; u++) {
         const int n = (warp + u * n_warps) / blocks;
-        const Sq sq = (Sq)a[u].x * a[u].x + (Sq)a[u].y * a[u].y + (Sq)a[u].z * a[u].z + (Sq)a[u].w * a[u].w +
-                      (Sq)b[u].x * b[u].x + (Sq)b[u].y * b[u].y + (Sq)b[u].z * b[u].z + (Sq)b[u].w * b[u].w;
+        const double sq = (double)a[u].x * a[u].x + (double)a[u].y * a[u].y + (double)a[u].z * a[u].z + (double)a[u].w * a[u].w +
+                          (double)b[u].x * b[u].x + (double)b[u].y * b[u].y + (double)b[u].z * b[u].z + (double)b[u].w * b[u].w;
 #pragma unroll
-        for (int i = 0; i < NT; i++) ss[i] += i == n ? sq : (Sq)0;
+        for (int i = 0; i < NT; i++) ss[i] += i == n ? sq : 0.0;
     }
     inv_rms_of_shares<NT>(ss, red, n_cols, eps, inv_rms);
     MMA_STAGE_STAMP(10);

@@ -86,9 +86,9 @@
 #                chunk_size: the sampler's rows in 30 chunks of 5,120 for launches of up to eight
 #                rows (the default since the fifty-fourth session): the sampler tests,
 #                bench_cuda_sampler.py at both sizes, decode steps at 8 sequences against 8,192;
-#                norm_f32: the folded RMSNorm in float (-DMMA_NORM_F32=1) and its float64 scale
-#                from rsqrt (-DMMA_NORM_RSQRT=1): decode steps against the same kernels compiled
-#                by NVRTC without them.
+#                norm_rsqrt: the folded RMSNorm's float64 scale from rsqrt (the default since the
+#                fifty-fifth session): the matrix-vector and model GPU tests, decode steps with
+#                -DMMA_NORM_RSQRT=1 and =0.
 #   Logs, JSON reports and haiku artifacts go to one archive, $OUT/gpu_check.tar.gz (the device
 #   tool brings back at most 8 files), beside report.jsonl and table.txt. A table closes the
 #   output. Exit status 0 when every step passed.
@@ -624,16 +624,15 @@ if [ "$what" = pending ]; then
     cp "$out/bench_sampler_chunk.log" "$dest/bench_sampler_chunk.txt" 2>/dev/null
     ab_step sampler_chunk_ab ${AB_S:-200} "small|FERRITE_AB=plain" "8192|FERRITE_CUDA_SAMPLE_CHUNK=8192" -- /tmp/synthetic.gguf:1,8
     fi
-    if [[ ,$parts, == *,norm_f32,* ]]; then
-    # The folded RMSNorm's squares and scale in float (-DMMA_NORM_F32=1; fifty-fourth session,
-    # off): its probe put the float64 scale at 772 cycles of q/k/v's launch, yet the define measured
-    # slower than the prebuilt kernels; here against the same kernels compiled by NVRTC with the
-    # define 0, so that only the define differs; and -DMMA_NORM_RSQRT=1, the float64 scale from
-    # rsqrt (fifty-fifth session). Decode steps of syn05 and syn7b (the accuracy of a define that
-    # gains: scripts/gpu_accuracy.py with it on the real model).
+    if [[ ,$parts, == *,norm_rsqrt,* ]]; then
+    # The folded RMSNorm's float64 scale from rsqrt (-DMMA_NORM_RSQRT, on since the fifty-fifth
+    # session, which ran the norm, decode, FFN and several-matrix tests with it, 51, before it
+    # became the default): every matrix-vector and model GPU test on the default build, then decode
+    # steps of syn05 and syn7b with the define 1 and 0, both compiled by NVRTC so that only the
+    # define differs.
+    STEP_TIMEOUT=${CUDA_PYTEST_S:-300} step pytest_norm_rsqrt "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_matvec.py tests/test_cuda_model.py -m "cuda and not model" --junitxml="$out/junit_norm_rsqrt.xml"
     need_syn7b
-    ab_step norm_f32_ab ${AB_S:-400} "prebuilt|FERRITE_AB=plain" "nvrtc|FERRITE_CUDA_KERNEL_DEFINES=-DMMA_NORM_F32=0" \
-        "f32|FERRITE_CUDA_KERNEL_DEFINES=-DMMA_NORM_F32=1" "rsqrt|FERRITE_CUDA_KERNEL_DEFINES=-DMMA_NORM_RSQRT=1" \
+    ab_step norm_rsqrt_ab ${AB_S:-300} "rsqrt|FERRITE_CUDA_KERNEL_DEFINES=-DMMA_NORM_RSQRT=1" "chain|FERRITE_CUDA_KERNEL_DEFINES=-DMMA_NORM_RSQRT=0" \
         -- /tmp/synthetic.gguf:1,2 /root/m/syn7b.gguf:1
     fi
     if [[ $parts == *sampler* ]]; then
