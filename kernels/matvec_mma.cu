@@ -42,8 +42,9 @@
 //
 // What x is. Besides x itself, the kernel can stage rms_norm(x) * norm_w (norm_w != 0: the
 // RMSNorm before q/k/v and gate/up, with each row's 1/rms computed by every block, in float64
-// as norm.cu does) or silu(x) * x2 (x2 != 0: SwiGLU, gate and up in, before ffn_down), so that
-// neither needs a launch and a buffer of its own. The values are those of the separate kernels.
+// as norm.cu does but by rsqrt: inv_rms_of_sum) or silu(x) * x2 (x2 != 0: SwiGLU, gate and up in,
+// before ffn_down), so that neither needs a launch and a buffer of its own. The values are those
+// of the separate kernels, but for the order of the float64 sums and double-rounding ties of 1/rms.
 // (Where a block stages the whole row at once on the int8 path, the norm's sum of squares comes
 // from the values staging loads: stage_x_s8_normed.)
 // 1: the weights' loads are marked first to go from L2 (repacked.cuh's RP_EVICT_FIRST), so
@@ -880,7 +881,7 @@ __device__ __forceinline__ void tile_products_s8_of_type(const T& w, const u8* x
 
 // inv_rms[n] = 1 / sqrt(mean(x[n]^2) + eps) for n < n_x, by the whole block: the squares summed
 // in float64 and the scale rounded to float once, as norm.cu does (the order of the float64
-// additions differs).
+// additions differs, and inv_rms_of_sum takes rsqrt).
 template <int NT>
 __device__ __forceinline__ void block_inv_rms(const float* __restrict__ x, u32 n_x, u32 n_cols, float eps, float* inv_rms) {
     __shared__ double red[MMA_MAX_WARPS][NT];
