@@ -416,6 +416,22 @@ def gpu_draws_in_process(rows_file, configs, draw_index, **env):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def assert_same_draws(got, want, kw, label, rows=slice(None), top_values=True):
+    """got and want[rows], each (tokens, log-probabilities, top alternatives; the last two None
+    unless asked for) of the same rows drawn under `kw`: the same tokens; where `kw` asks for
+    log-probabilities, the same within 1e-5 and the same alternatives' ids (and their
+    log-probabilities within 1e-5 unless `top_values` is False)."""
+    tokens, lps, tops = got
+    assert list(map(int, tokens)) == list(map(int, want[0][rows])), (label, kw)
+    if "logprobs" in kw:
+        w_lps, w_tops = want[1][rows], want[2][rows]
+        np.testing.assert_allclose(lps, w_lps, atol=1e-5, err_msg=f"{label} {kw}")
+        assert [[i for i, _ in r] for r in tops] == [[i for i, _ in r] for r in w_tops], (label, kw)
+        if top_values:
+            for top, w_top in zip(tops, w_tops):
+                np.testing.assert_allclose([v for _, v in top], [v for _, v in w_top], atol=1e-5, err_msg=f"{label} {kw}")
+
+
 @pytest.mark.cuda
 def test_gpu_mass_pass_draws_what_one_block_scanning_the_row_draws(tmp_path):
     """Rows without top-k whose chunk records cannot settle the draw go to the mass pass:
@@ -463,24 +479,16 @@ def test_gpu_mass_pass_draws_what_one_block_scanning_the_row_draws(tmp_path):
     parts = [(0, 4), (4, 8), (8, 9)]
     for kw, whole in zip(configs, got):
         for lo, hi in parts:
-            t, lp, top = _sample_rows(rows[lo:hi], device="cuda", seeds=list(range(lo, hi)), draw_indices=[5] * (hi - lo), **kw)
-            assert list(map(int, t)) == list(map(int, whole[0][lo:hi])), (kw, lo, hi)
-            if "logprobs" in kw:
-                np.testing.assert_allclose(lp, whole[1][lo:hi], atol=1e-5, err_msg=f"{kw} rows {lo}..{hi}")
-                assert [[i for i, _ in r] for r in top] == [[i for i, _ in r] for r in whole[2][lo:hi]], (kw, lo, hi)
+            part = _sample_rows(rows[lo:hi], device="cuda", seeds=list(range(lo, hi)), draw_indices=[5] * (hi - lo), **kw)
+            assert_same_draws(part, whole, kw, f"rows {lo}..{hi}", rows=slice(lo, hi), top_values=False)
     # Against the rows scanned, and against rows cut into 30 chunks of 5,120 instead of 19 of 8,192
     # (sampling.rs, small_batch_chunk_elems: the size launches of up to eight such rows take).
     for var, value in (("FERRITE_CUDA_SAMPLE_MASS", "0"), ("FERRITE_CUDA_SAMPLE_CHUNKS", "0"), ("FERRITE_CUDA_SAMPLE_CHUNK", "5120")):
         scanned = gpu_draws_in_process(tmp_path / "rows.npy", configs, 5, **{var: value})
-        for kw, (tokens, lps, tops), (s_tokens, s_lps, s_tops) in zip(configs, got, scanned):
-            assert list(map(int, tokens)) == s_tokens, (var, kw)
-            if "logprobs" in kw:
-                # (Rows settled by their records take the log-sum-exp from the chunks' sums, a
-                # scanned row from its own: the same within float rounding.)
-                np.testing.assert_allclose(lps, s_lps, atol=1e-5, err_msg=f"{var} {kw}")
-                for top, s_top in zip(tops, s_tops):
-                    assert [i for i, _ in top] == [i for i, _ in s_top], (var, kw)
-                    np.testing.assert_allclose([v for _, v in top], [v for _, v in s_top], atol=1e-5, err_msg=f"{var} {kw}")
+        # (Rows settled by their records take the log-sum-exp from the chunks' sums, a scanned row
+        # from its own: the same within float rounding.)
+        for kw, whole, other in zip(configs, got, scanned):
+            assert_same_draws(whole, other, kw, var)
 
 
 @pytest.mark.cuda
@@ -512,18 +520,10 @@ def test_gpu_chunk_records_and_row_scans_agree_on_ties(tmp_path):
     # Rows cut into 30 chunks of 5,120 instead of 19 of 8,192 (sampling.rs, small_batch_chunk_elems:
     # the size launches of up to eight such rows take) draw the same.
     small = gpu_draws_in_process(tmp_path / "rows.npy", configs, 3, FERRITE_CUDA_SAMPLE_CHUNK="5120")
-    for kw, (s_tokens, s_lps, s_tops), (c_tokens, c_lps, c_tops) in zip(configs, scanned, small):
-        assert c_tokens == s_tokens, ("chunks of 5120", kw)
-        if "logprobs" in kw:
-            np.testing.assert_allclose(c_lps, s_lps, atol=1e-5, err_msg=f"chunks of 5120 {kw}")
-            assert [[i for i, _ in r] for r in c_tops] == [[i for i, _ in r] for r in s_tops], ("chunks of 5120", kw)
+    for kw, s_draws, c_draws in zip(configs, scanned, small):
+        assert_same_draws(c_draws, s_draws, kw, "chunks of 5120", top_values=False)
     # The twelve rows in one launch, and in launches of one to four rows.
     for lo, hi in [(0, 12), (0, 4), (4, 6), (6, 7), (7, 10)]:
-        for kw, (s_tokens, s_lps, s_tops) in zip(configs, scanned):
-            tokens, lps, tops = _sample_rows(rows[lo:hi], device="cuda", seeds=list(range(lo, hi)), draw_indices=[3] * (hi - lo), **kw)
-            assert list(map(int, tokens)) == s_tokens[lo:hi], (kw, lo, hi)
-            if "logprobs" in kw:
-                np.testing.assert_allclose(lps, s_lps[lo:hi], atol=1e-5, err_msg=f"{kw} rows {lo}..{hi}")
-                for top, s_top in zip(tops, s_tops[lo:hi]):
-                    assert [i for i, _ in top] == [i for i, _ in s_top], (kw, lo, hi)
-                    np.testing.assert_allclose([v for _, v in top], [v for _, v in s_top], atol=1e-5, err_msg=f"{kw} rows {lo}..{hi}")
+        for kw, s_draws in zip(configs, scanned):
+            part = _sample_rows(rows[lo:hi], device="cuda", seeds=list(range(lo, hi)), draw_indices=[3] * (hi - lo), **kw)
+            assert_same_draws(part, s_draws, kw, f"rows {lo}..{hi}", rows=slice(lo, hi))
