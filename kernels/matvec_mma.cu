@@ -32,8 +32,8 @@
 // (split-K) when that still leaves too few warps: each block then writes its partial sums, and
 // the last block of a block row to finish (a counter per block row, reset by that block) adds
 // the splits in order. Every sum is taken in a fixed order, so results do not depend on timing.
-// (Compiled with -DMMA_STREAM=1, the file holds instead matvec_mma_stream_1, _2 and _4, which deal
-// a launch's tiles out to the warps in equal shares: see "Stream-K" below.)
+// (Compiled with -DMMA_STREAM=1, the file holds instead matvec_mma_stream_1, _2, _4 and, for Q4_K,
+// _8, which deal a launch's tiles out to the warps in equal shares: see "Stream-K" below.)
 //
 // One launch, several matrices. Up to three matrices of the same type and width that multiply
 // the same x (q, k and v; gate and up) run as one grid: their block rows follow each other along
@@ -125,6 +125,21 @@ static_assert(MMA_STAGE_JOBS >= 1 && MMA_STAGE_JOBS <= 4, "jobs a warp stages at
 #ifndef MMA_S8_SUMS_MMA
 #define MMA_S8_SUMS_MMA 1
 #endif
+
+// Columns of x the planned kernel's int8 path stages at once (a phase), at least: 4096 / NT as on
+// the bf16 path by default (0), although int8 parts take half of bf16's shared memory. Each phase
+// costs the block two barriers and a round trip to L2 for x, with one tile a warp in flight
+// across them; at 4 and 8 rows a 7B's 3,584 columns take 4 and 7 phases (its ffn_down's 18,944
+// columns 19 and 37, less where split-K splits them), where -DMMA_S8_PHASE=2048 takes 2 (and
+// 10; a static_assert bounds the shared memory: 2,048 at 8 rows is the most). Written in the
+// fifty-sixth session without a GPU, for an A/B through FERRITE_CUDA_KERNEL_DEFINES; the host
+// plans as for 4096 / NT (phase_tiles), which any phase at least that large runs correctly.
+#ifndef MMA_S8_PHASE
+#define MMA_S8_PHASE 0
+#endif
+__host__ __device__ constexpr int s8_phase_cols(int nt) {
+    return 4096 / nt > MMA_S8_PHASE ? 4096 / nt : MMA_S8_PHASE;
+}
 
 // A module of pair kernels (QTYPE_B defined: see "Two types, one launch") holds a second tile type,
 // with its own int8 rows (MMA_S8_MAX_NT_B, its type's row of the Rust tile table).
@@ -939,13 +954,14 @@ __device__ __forceinline__ void matvec_mma(const Segments& segs, u32 k_tiles, u3
     constexpr int PARTS = NT <= 2 ? 3 : 2;                    // bf16 (or int8) parts of each x value
     constexpr int RPG = 8 / PARTS;                            // x rows per mma (column group)
     constexpr int NG = (NT + RPG - 1) / RPG;                  // mma column groups
-    constexpr int PHASE = 4096 / NT;                          // x columns staged at once
+    constexpr int PHASE = S8 ? s8_phase_cols(NT) : 4096 / NT;  // x columns staged at once
     constexpr int XSTRIDE = PHASE + 16;                       // bf16 per staged row: 32 bytes apart in banks
     constexpr int XSTRIDE_B = PHASE + 32;                     // int8 path: bytes per staged row, likewise
     constexpr int PHASE_TILES = PHASE / T::TILE_COLS;
     constexpr int SUMS = T::HAS_MIN || S8 ? PHASE / 32 : 1;  // 32-column sums of x (Q4_K's mins, the int8 path)
     constexpr bool SELF_RELOAD = NT <= MMA_SELF_RELOAD_MAX_NT;    // the tile loop's hand-over (below)
     static_assert(PHASE % T::TILE_COLS == 0 && PHASE % 256 == 0, "phase holds whole tiles");
+    static_assert(!S8 || PARTS * NT * XSTRIDE_B <= 34 * 1024, "staged x leaves room in the 48 KiB of static shared memory");
     static_assert(!S8 || T::TILE_COLS == 256 || T::TILE_COLS == 128, "the int8 path's x scales cover 256 columns: one tile or two");
 
     // Staged x. bf16: row (n * PARTS + part) of XSTRIDE bf16, part 0 = hi, 1 = mid, 2 = lo.
@@ -1266,7 +1282,7 @@ MATVEC_MMA_KERNEL(8)
 #endif
 
 #if MMA_STREAM
-// ---- Stream-K: one, two or four rows of x (three and four), matrices of many tiles ----
+// ---- Stream-K: one, two, four or eight rows of x (three and four; five to eight), matrices of many tiles ----
 // The kernel above gives each warp the tiles of one tile row (or a column range of one), so a
 // launch's speed depends on how its block rows fall into waves: with a few waves, the last one
 // runs part-empty, and every block pays for staging x (and its norm) again; the alternatives, more
@@ -1357,42 +1373,13 @@ __device__ __forceinline__ StreamOrder stream_order(u32 m_all, u32 k_tiles, u32 
     return ord;
 }
 
-// This warp's sums of `piece_tiles` tiles of tile row r in phase ph (acc0..3: its mma sums, NT
-// rows of x, n_x of them real) are done: writes the row (rows row0 .. row0 + 15 of each y row,
-// those below n_rows) if they are all of its tiles, else the piece, and adds the pieces if it is
-// the last of the row's warps to finish (see above). Every lane calls it; out of line, since a
-// warp finishes a slice every STREAM_PHASE_TILES tiles at most (the tile loop stays short). (What
-// it needs beyond that is recomputed here from the launch's shape: the tile loop is short of
-// registers.)
+// What stream_finish_slice and stream_finish_slice_8 do once lane (g, t == 0) holds v[n], rows g
+// and g + 8 of x row n's sums (for every n < NT): the write, or the piece and the row's count.
 template <int NT>
-__device__ __noinline__ void stream_finish_slice(float acc0, float acc1, float acc2, float acc3, float* y, const float* bias,
-                                                 u32 n_rows, u32 row0, u32 r, u32 ph, u32 piece_tiles, u32 m_all, u32 k_tiles,
-                                                 u32 n_x, float* partials, u32* counters, u32 accumulate) {
+__device__ __forceinline__ void stream_write_slice(const StreamOrder& ord, float (&v)[NT][2], float* y, const float* bias, u32 n_rows,
+                                                  u32 row0, u32 r, u32 ph, u32 piece_tiles, u32 m_all, u32 n_x, float* partials,
+                                                  u32* counters, u32 accumulate) {
     const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const StreamOrder ord = stream_order(m_all, k_tiles, blockDim.x >> 5);
-    // One or two rows, three parts: x row 0's are mma columns 0-2 (lanes t = 0: columns 0, 1;
-    // t = 1: column 2), row 1's columns 3-5 (t = 1: column 3; t = 2: columns 4, 5). Four rows, two
-    // parts: row n's are columns 2n and 2n + 1, lane t = n's. As in matvec_mma's emit.
-    constexpr int PARTS = NT <= 2 ? 3 : 2;
-    float v[NT][2];
-#pragma unroll
-    for (int n = 0; n < NT; n++) {
-        if (PARTS == 2) {
-            v[n][0] = t == n ? acc0 + acc1 : 0.0f;
-            v[n][1] = t == n ? acc2 + acc3 : 0.0f;
-        } else if (n == 0) {
-            v[n][0] = t == 0 ? acc0 + acc1 : t == 1 ? acc0 : 0.0f;
-            v[n][1] = t == 0 ? acc2 + acc3 : t == 1 ? acc2 : 0.0f;
-        } else {
-            v[n][0] = t == 1 ? acc1 : t == 2 ? acc0 + acc1 : 0.0f;
-            v[n][1] = t == 1 ? acc3 : t == 2 ? acc2 + acc3 : 0.0f;
-        }
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            v[n][h] += __shfl_xor_sync(FULL_WARP, v[n][h], 1);
-            v[n][h] += __shfl_xor_sync(FULL_WARP, v[n][h], 2);
-        }
-    }
     if (piece_tiles == ord.k_tiles) {
         if (t == 0) {
 #pragma unroll
@@ -1439,6 +1426,68 @@ __device__ __noinline__ void stream_finish_slice(float acc0, float acc1, float a
     if (lane == 0) counters[r] = 0;  // ready for the next launch
 }
 
+// This warp's sums of `piece_tiles` tiles of tile row r in phase ph (acc0..3: its mma sums, NT
+// rows of x, n_x of them real) are done: writes the row (rows row0 .. row0 + 15 of each y row,
+// those below n_rows) if they are all of its tiles, else the piece, and adds the pieces if it is
+// the last of the row's warps to finish (see above). Every lane calls it; out of line, since a
+// warp finishes a slice every STREAM_PHASE_TILES tiles at most (the tile loop stays short). (What
+// it needs beyond that is recomputed here from the launch's shape: the tile loop is short of
+// registers.)
+template <int NT>
+__device__ __noinline__ void stream_finish_slice(float acc0, float acc1, float acc2, float acc3, float* y, const float* bias,
+                                                 u32 n_rows, u32 row0, u32 r, u32 ph, u32 piece_tiles, u32 m_all, u32 k_tiles,
+                                                 u32 n_x, float* partials, u32* counters, u32 accumulate) {
+    const int t = threadIdx.x & 3;
+    const StreamOrder ord = stream_order(m_all, k_tiles, blockDim.x >> 5);
+    // One or two rows, three parts: x row 0's are mma columns 0-2 (lanes t = 0: columns 0, 1;
+    // t = 1: column 2), row 1's columns 3-5 (t = 1: column 3; t = 2: columns 4, 5). Four rows, two
+    // parts: row n's are columns 2n and 2n + 1, lane t = n's. As in matvec_mma's emit.
+    constexpr int PARTS = NT <= 2 ? 3 : 2;
+    float v[NT][2];
+#pragma unroll
+    for (int n = 0; n < NT; n++) {
+        if (PARTS == 2) {
+            v[n][0] = t == n ? acc0 + acc1 : 0.0f;
+            v[n][1] = t == n ? acc2 + acc3 : 0.0f;
+        } else if (n == 0) {
+            v[n][0] = t == 0 ? acc0 + acc1 : t == 1 ? acc0 : 0.0f;
+            v[n][1] = t == 0 ? acc2 + acc3 : t == 1 ? acc2 : 0.0f;
+        } else {
+            v[n][0] = t == 1 ? acc1 : t == 2 ? acc0 + acc1 : 0.0f;
+            v[n][1] = t == 1 ? acc3 : t == 2 ? acc2 + acc3 : 0.0f;
+        }
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            v[n][h] += __shfl_xor_sync(FULL_WARP, v[n][h], 1);
+            v[n][h] += __shfl_xor_sync(FULL_WARP, v[n][h], 2);
+        }
+    }
+    stream_write_slice<NT>(ord, v, y, bias, n_rows, row0, r, ph, piece_tiles, m_all, n_x, partials, counters, accumulate);
+}
+
+// Eight rows, two parts, two column groups: row n's are group n / 4's columns 2 (n % 4) and
+// 2 (n % 4) + 1, lane t = n % 4's (a: group 0's sums, b: group 1's).
+__device__ __noinline__ void stream_finish_slice_8(float a0, float a1, float a2, float a3, float b0, float b1, float b2, float b3,
+                                                   float* y, const float* bias, u32 n_rows, u32 row0, u32 r, u32 ph,
+                                                   u32 piece_tiles, u32 m_all, u32 k_tiles, u32 n_x, float* partials,
+                                                   u32* counters, u32 accumulate) {
+    const int t = threadIdx.x & 3;
+    const StreamOrder ord = stream_order(m_all, k_tiles, blockDim.x >> 5);
+    float v[8][2];
+#pragma unroll
+    for (int n = 0; n < 8; n++) {
+        const bool mine = t == n % 4;
+        v[n][0] = mine ? (n < 4 ? a0 + a1 : b0 + b1) : 0.0f;
+        v[n][1] = mine ? (n < 4 ? a2 + a3 : b2 + b3) : 0.0f;
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            v[n][h] += __shfl_xor_sync(FULL_WARP, v[n][h], 1);
+            v[n][h] += __shfl_xor_sync(FULL_WARP, v[n][h], 2);
+        }
+    }
+    stream_write_slice<8>(ord, v, y, bias, n_rows, row0, r, ph, piece_tiles, m_all, n_x, partials, counters, accumulate);
+}
+
 template <int NT>
 __device__ __forceinline__ void matvec_mma_stream(const Segments& segs, u32 k_tiles, u32 n_cols, const float* __restrict__ x,
                                                   const float* __restrict__ x2, const float* __restrict__ norm_w, float eps,
@@ -1446,12 +1495,16 @@ __device__ __forceinline__ void matvec_mma_stream(const Segments& segs, u32 k_ti
                                                   u32 accumulate, const PrefetchWindow& ahead) {
     static_assert(Tile::S8, "the stream kernel runs the int8 path (not with -DRP_Q6_K_S8=0)");
     // One or two rows of x in three int8 parts, or four in two: one mma column group holds every
-    // row's parts (as in matvec_mma).
-    static_assert(NT == 1 || NT == 2 || NT == 4, "the stream kernel takes one, two or four rows of x");
+    // row's parts (as in matvec_mma); eight rows in two parts take two groups.
+    static_assert(NT == 1 || NT == 2 || NT == 4 || NT == 8, "the stream kernel takes one, two, four or eight rows of x");
     constexpr int PARTS = NT <= 2 ? 3 : 2;
-    constexpr int NG = 1;
+    constexpr int NG = NT <= 4 ? 1 : 2;
     constexpr int PHASE = STREAM_PHASE, XSTRIDE_B = PHASE + 32, SUMS = PHASE / 32;
-    __shared__ __align__(16) u8 xs_bytes[PARTS * NT * XSTRIDE_B];
+    // Eight rows' x (66 KB) is past static shared memory's 48 KiB: it is the launch's dynamic
+    // shared memory (matvec.rs's stream_dynamic_shared_bytes).
+    __shared__ __align__(16) u8 xs_static[NT <= 4 ? PARTS * NT * XSTRIDE_B : 16];
+    extern __shared__ __align__(16) u8 xs_dynamic[];
+    u8* const xs_bytes = NT <= 4 ? xs_static : xs_dynamic;
     __shared__ __align__(16) int xsums[SUMS][NG][8];
     static_assert(xsum_bytes_needed<NG>(PHASE / 256) <= (int)sizeof(xsums), "x's sums as bytes fit the array");
     __shared__ __align__(16) float xscale[PHASE / 256][NG][8];
@@ -1502,7 +1555,10 @@ __device__ __forceinline__ void matvec_mma_stream(const Segments& segs, u32 k_ti
 
     // B column g is x row g / PARTS's part g % PARTS, staged row g (lanes g < PARTS NT); the
     // others read row 0's part 0 again, which their zero scales cancel (see b_off in matvec_mma).
-    const int b_off[NG] = {g < PARTS * NT ? g * XSTRIDE_B + 8 * t : 8 * t};
+    // (Eight rows: group 1's column g is staged row 8 + g.)
+    int b_off[NG];
+    b_off[0] = g < PARTS * NT ? g * XSTRIDE_B + 8 * t : 8 * t;
+    if constexpr (NG == 2) b_off[NG - 1] = (8 + g) * XSTRIDE_B + 8 * t;
     float acc[NG][4] = {{0.0f, 0.0f, 0.0f, 0.0f}};
     const u8* tile = row_tiles(r) + (u64)kt * Tile::TILE_BYTES;
     u32 piece_tiles = 0;
@@ -1541,9 +1597,15 @@ __device__ __forceinline__ void matvec_mma_stream(const Segments& segs, u32 k_ti
                 float* y = seg == 0 ? segs.y[0] : seg == 1 ? segs.y[1] : segs.y[2];
                 const float* bias = seg == 0 ? segs.bias[0] : seg == 1 ? segs.bias[1] : segs.bias[2];
                 const u32 n_rows = seg == 0 ? segs.n_rows[0] : seg == 1 ? segs.n_rows[1] : segs.n_rows[2];
-                stream_finish_slice<NT>(acc[0][0], acc[0][1], acc[0][2], acc[0][3], y, bias, n_rows, row0, r, p, piece_tiles, m_all,
-                                        k_tiles, n_x, partials, counters, accumulate);
+                if constexpr (NG == 1) {
+                    stream_finish_slice<NT>(acc[0][0], acc[0][1], acc[0][2], acc[0][3], y, bias, n_rows, row0, r, p, piece_tiles,
+                                            m_all, k_tiles, n_x, partials, counters, accumulate);
+                } else {
+                    stream_finish_slice_8(acc[0][0], acc[0][1], acc[0][2], acc[0][3], acc[1][0], acc[1][1], acc[1][2], acc[1][3], y,
+                                          bias, n_rows, row0, r, p, piece_tiles, m_all, k_tiles, n_x, partials, counters, accumulate);
+                }
                 acc[0][0] = acc[0][1] = acc[0][2] = acc[0][3] = 0.0f;
+                if constexpr (NG == 2) acc[NG - 1][0] = acc[NG - 1][1] = acc[NG - 1][2] = acc[NG - 1][3] = 0.0f;
                 piece_tiles = 0;
             }
             cur = nxt;
@@ -1599,6 +1661,10 @@ __device__ __forceinline__ void matvec_mma_stream(const Segments& segs, u32 k_ti
 MATVEC_MMA_STREAM_KERNEL(1)
 MATVEC_MMA_STREAM_KERNEL(2)
 MATVEC_MMA_STREAM_KERNEL(4)
+// Eight rows only for a type whose int8 path goes that far (Q4_K): the host takes it for no other.
+#if MMA_S8_MAX_NT >= 8
+MATVEC_MMA_STREAM_KERNEL(8)
+#endif
 #endif  // MMA_STREAM
 
 #if MMA_FFN

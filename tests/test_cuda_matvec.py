@@ -480,12 +480,14 @@ def test_stream_kernel_gives_the_products_of_every_share(name):
     add on shared and on whole rows. x wider than one phase (4,096 columns): a 7B's ffn_down
     (18,944 columns, five phases, the last narrower) and 4,864 columns (two), where a row's pieces
     come from several phases and a block stages each phase its warps' shares touch, with SwiGLU
-    folded in and the residual add. One and two rows of x (matvec_mma_stream_1 and _2), and three
-    and four (matvec_mma_stream_4, two int8 parts) for the types whose int8 path goes that far."""
+    folded in and the residual add. One and two rows of x (matvec_mma_stream_1 and _2), three
+    and four (matvec_mma_stream_4, two int8 parts) and five and eight (matvec_mma_stream_8, two
+    column groups of mma, x in dynamic shared memory) for the types whose int8 path goes that far."""
     before = ferrite._ferrite._cuda_matvec_stream("always")
-    rows_before = ferrite._ferrite._cuda_matvec_stream_rows(4)
+    rows_before = ferrite._ferrite._cuda_matvec_stream_rows(8)
     launches = ferrite._ferrite._cuda_counters()["stream_matvecs"]
-    n_xs = (1, 2, 3, 4) if ferrite._ferrite._cuda_int8_max_rows(name) >= 4 else (1, 2)
+    int8_rows = ferrite._ferrite._cuda_int8_max_rows(name)
+    n_xs = (1, 2, 3, 4, 5, 8) if int8_rows >= 8 else (1, 2, 3, 4) if int8_rows >= 4 else (1, 2)
     try:
         for n_rows, groups in [(37, 9), (300, 65), (40000, 4), (40007, 28), (2100, 112), (18944, 112), (300, 592), (3584, 592), (5, 152)]:
             check_matvec(name, n_rows, width_for(name, groups), n_xs, "tiled", seed=n_rows + 7 * groups, with_bias=True)
@@ -499,8 +501,8 @@ def test_stream_kernel_gives_the_products_of_every_share(name):
         rng = np.random.default_rng(5)
         for n_rows, groups in [(300, 112), (40007, 28), (300, 592), (2100, 152)]:
             check_accumulate(name, n_rows, groups, n_xs, "tiled", rng)
-        # The products above came from the stream kernel, not from the planned kernels; three and
-        # four rows too (matvec_mma_stream_4) where the type's int8 path goes that far.
+        # The products above came from the stream kernel, not from the planned kernels; from three
+        # rows too (matvec_mma_stream_4 and _8) where the type's int8 path goes that far.
         assert ferrite._ferrite._cuda_counters()["stream_matvecs"] > launches
         for n_x in n_xs[2:]:
             launches = ferrite._ferrite._cuda_counters()["stream_matvecs"]
@@ -521,15 +523,16 @@ def test_stream_mode_hook_rejects_unknown_modes_and_returns_the_mode_before():
         ferrite._ferrite._cuda_matvec_stream(before)
 
 
-def test_stream_rows_hook_takes_one_two_or_four_and_returns_the_rows_before():
-    for bad in (0, 3, 5):
+def test_stream_rows_hook_takes_one_two_four_or_eight_and_returns_the_rows_before():
+    for bad in (0, 3, 5, 16):
         with pytest.raises(ValueError, match="stream rows"):
             ferrite._ferrite._cuda_matvec_stream_rows(bad)
     before = ferrite._ferrite._cuda_matvec_stream_rows(2)
     try:
         assert ferrite._ferrite._cuda_matvec_stream_rows(1) == 2
         assert ferrite._ferrite._cuda_matvec_stream_rows(4) == 1
-        assert ferrite._ferrite._cuda_matvec_stream_rows(2) == 4
+        assert ferrite._ferrite._cuda_matvec_stream_rows(8) == 4
+        assert ferrite._ferrite._cuda_matvec_stream_rows(2) == 8
     finally:
         ferrite._ferrite._cuda_matvec_stream_rows(before)
 

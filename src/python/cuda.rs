@@ -512,7 +512,7 @@ fn _cuda_matvec_stream(mode: &str) -> PyResult<&'static str> {
     Ok(before.name())
 }
 
-/// Test and benchmark hook: the most rows of x (1, 2 or 4) for which launches take the stream kernel
+/// Test and benchmark hook: the most rows of x (1, 2, 4 or 8) for which launches take the stream kernel
 /// where the stream mode says so, as `FERRITE_CUDA_MATVEC_STREAM_ROWS` sets it; returns the rows
 /// before (so that a test can put them back).
 #[pyfunction]

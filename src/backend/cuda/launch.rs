@@ -15,6 +15,15 @@ pub fn allow_dynamic_shared(f: &cudarc::driver::CudaFunction, name: &str, bytes:
         .map_err(|e| CudaError::Driver { op: format!("cuFuncSetAttribute({name}, {bytes} bytes of dynamic shared memory)"), msg: e.to_string() })
 }
 
+/// Asks that an SM running `f` give shared memory the largest part of its on-chip memory (the
+/// carveout; L1 keeps the rest), so that as many blocks as its launch bounds plan fit at once
+/// where each asks for much dynamic shared memory. A hint the driver may override.
+pub fn prefer_shared_carveout(f: &cudarc::driver::CudaFunction, name: &str) -> Result<(), CudaError> {
+    use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT;
+    f.set_attribute(CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT, 100)
+        .map_err(|e| CudaError::Driver { op: format!("cuFuncSetAttribute({name}, shared memory carveout 100 %)"), msg: e.to_string() })
+}
+
 /// A value a kernel takes as one argument.
 pub trait KernelArg {
     /// The argument's bytes, zero-extended to 8.

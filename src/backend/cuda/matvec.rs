@@ -301,8 +301,8 @@ fn combined(grids: &[TileGrid]) -> TileGrid {
     all
 }
 
-/// Which launches of one, two or four rows of x (up to [`stream_rows`]) take matvec_mma.cu's stream
-/// kernel (`matvec_mma_stream_1`, `_2` and `_4`, their module compiled with `-DMMA_STREAM=1`: every
+/// Which launches of one, two, four or eight rows of x (up to [`stream_rows`]) take matvec_mma.cu's stream
+/// kernel (`matvec_mma_stream_1`, `_2`, `_4` and `_8`, their module compiled with `-DMMA_STREAM=1`: every
 /// warp an equal share of the launch's tiles, x staged a phase at a time; see the kernel's
 /// notes). `OnePhase` by default: H200, 2026-12-05, the synthetic 7B's one-sequence step 2.835 ->
 /// 2.560 ms with it (its gate/up launch and LM head), the 0.5B shapes' 0.781 -> 0.772 (the LM
@@ -393,20 +393,31 @@ fn stream_phases(all: &TileGrid) -> usize {
     all.k_tiles.div_ceil(phase_tiles(&all.format, 1)).max(1)
 }
 
-/// The stream kernels' rows of x (`matvec_mma_stream_1`, `_2` and `_4`; the last takes three and
-/// four rows, in two int8 parts, so only for types whose int8 path goes that far:
-/// `kernels::int8_max_rows`).
-pub const STREAM_KERNEL_ROWS: [usize; 3] = [1, 2, 4];
+/// The stream kernels' rows of x (`matvec_mma_stream_1`, `_2`, `_4` and `_8`; from three rows x
+/// is in two int8 parts, so only for types whose int8 path goes that far:
+/// `kernels::int8_max_rows`; `_8` is compiled only for those, Q4_K).
+pub const STREAM_KERNEL_ROWS: [usize; 4] = [1, 2, 4, 8];
 /// Most rows of x the stream kernel takes (what its scratch is sized for).
-pub const STREAM_MAX_ROWS: usize = 4;
+pub const STREAM_MAX_ROWS: usize = 8;
+
+/// Dynamic shared memory of a stream kernel launch of `nt` rows of x: eight rows' staged x (two
+/// int8 parts of STREAM_PHASE + 32 bytes a row, 66 KB) is past static shared memory's 48 KiB;
+/// fewer rows keep theirs static.
+pub fn stream_dynamic_shared_bytes(nt: usize) -> u32 {
+    const STREAM_XSTRIDE_BYTES: usize = 4096 + 32;
+    if nt > 4 { (2 * nt * STREAM_XSTRIDE_BYTES) as u32 } else { 0 }
+}
 
 /// Rows of x up to which launches take the stream kernel where [`StreamMode`] says so:
-/// `FERRITE_CUDA_MATVEC_STREAM_ROWS` (1, 2 or 4; unset or anything else: 4). H100, 2026-12-05, two rounds: the
+/// `FERRITE_CUDA_MATVEC_STREAM_ROWS` (1, 2, 4 or 8; unset or anything else: 4). H100, 2026-12-05, two rounds: the
 /// synthetic 7B's two-sequence step 3.662 -> 3.256 / 3.265 ms with two (`matvec_mma_stream_2` on
 /// its gate/up launch and LM head), one sequence and the 0.5B shapes unchanged (docs/BENCHMARKS.md,
 /// twenty-ninth session); with four (`matvec_mma_stream_4`) its three- and four-sequence steps
 /// 4.051 -> 3.591 / 3.588 and 4.118 / 4.139 -> 3.636 / 3.647 ms, the 0.5B's within 0.4 %
-/// (thirty-first session). A setting made by [`set_stream_rows`] comes first.
+/// (thirty-first session). Eight (`matvec_mma_stream_8`, five to eight rows of Q4_K: a 7B's gate/up
+/// at eight sequences, whose planned launch runs 2.24 waves of blocks) was written in the
+/// fifty-sixth session without a GPU and is off until measured. A setting made by
+/// [`set_stream_rows`] comes first.
 pub fn stream_rows() -> usize {
     use std::sync::atomic::Ordering::Relaxed;
     if STREAM_ROWS.load(Relaxed) == 0 {
@@ -420,10 +431,10 @@ pub fn stream_rows() -> usize {
 /// [`stream_rows`] when neither the environment nor a hook sets it.
 const STREAM_DEFAULT_ROWS: usize = 4;
 
-/// The rows (1, 2 or 4), or 0 before the first read.
+/// The rows (1, 2, 4 or 8), or 0 before the first read.
 static STREAM_ROWS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-/// Sets [`stream_rows`] (1, 2 or 4) for launches made after it (the per-op tests' hook).
+/// Sets [`stream_rows`] (1, 2, 4 or 8) for launches made after it (the per-op tests' hook).
 pub fn set_stream_rows(rows: usize) {
     STREAM_ROWS.store(rows.clamp(1, STREAM_MAX_ROWS), std::sync::atomic::Ordering::Relaxed);
 }
@@ -587,7 +598,7 @@ impl MatvecKernels {
                         dequant_rows: ctx.function_with(&kernels::REPACKED_ROWS, &defines, "dequant_rows")?,
                         matmul: ctx.function_with(&kernels::MATMUL_MMA, &defines, "matmul_mma")?,
                         stream: match &stream_defines {
-                            Some(d) => STREAM_KERNEL_ROWS.iter().map(|&nt| Ok((nt, ctx.function_with(&kernels::MATVEC_MMA, d, &format!("matvec_mma_stream_{nt}"))?))).collect::<Result<_, CudaError>>()?,
+                            Some(d) => stream_kernels(ctx, ty, d)?,
                             None => Vec::new(),
                         },
                         scratch: Mutex::new(SplitScratch::default()),
@@ -610,6 +621,28 @@ impl MatvecKernels {
     pub fn matvec_for(&self, n_x: usize) -> Option<(usize, &CudaFunction)> {
         self.matvec.iter().find(|(cap, _)| n_x <= *cap).map(|(cap, f)| (*cap, f))
     }
+}
+
+/// The stream kernels of `ty` from its stream module (compiled with `defines`): every row count of
+/// [`STREAM_KERNEL_ROWS`] its module holds (eight only where the type's int8 path reaches eight
+/// rows), each allowed the dynamic shared memory its launches ask for.
+fn stream_kernels(ctx: &CudaContext, ty: GgmlType, defines: &[String]) -> Result<Vec<(usize, CudaFunction)>, CudaError> {
+    let int8_rows = kernels::int8_max_rows(ty).unwrap_or(0);
+    STREAM_KERNEL_ROWS
+        .iter()
+        .filter(|&&nt| nt <= 4 || nt <= int8_rows)
+        .map(|&nt| {
+            let name = format!("matvec_mma_stream_{nt}");
+            let f = ctx.function_with(&kernels::MATVEC_MMA, defines, &name)?;
+            let bytes = stream_dynamic_shared_bytes(nt);
+            if bytes > 0 {
+                // Two blocks an SM (stream_blocks) take about 150 KB of shared memory.
+                super::launch::allow_dynamic_shared(&f, &name, bytes)?;
+                super::launch::prefer_shared_carveout(&f, &name)?;
+            }
+            Ok((nt, f))
+        })
+        .collect()
 }
 
 /// Rows of x the pair kernels take (`matvec_mma_pair_1`, `_2`, `_4`; 3 rows run the 4-row one):
@@ -876,7 +909,7 @@ fn launch_tiled(ctx: &CudaContext, k: Tiled<'_>, first: &Shared<'_>, parts: Vec<
         // The stream kernel takes the same arguments; its grid is its plan.
         Some(sf) => (
             sf,
-            LaunchConfig { grid_dim: (stream_blocks(k.sms) as u32, 1, 1), block_dim: (32 * MMA_MAX_WARPS, 1, 1), shared_mem_bytes: 0 },
+            LaunchConfig { grid_dim: (stream_blocks(k.sms) as u32, 1, 1), block_dim: (32 * MMA_MAX_WARPS, 1, 1), shared_mem_bytes: stream_dynamic_shared_bytes(k.nt) },
             k.scratch.pointers_for(ctx, stream_partial_floats(k.sms, &all), all.m_tiles).map_err(|e| CudaError::Invalid(format!("{}: {e}", first.name)))?,
         ),
         None => {
@@ -1450,7 +1483,8 @@ mod tests {
             "return s == slice_of(first(w)) ? 2 * w : s == slice_of(first(w + 1) - 1) ? 2 * w + 1 : 2 * warps + s;",
             "ord.warps = max(min(gridDim.x * warps_here, ord.units), 1u);",
             "const u32 slot = ord.slot(ph * m_all + r, w);",
-            "stream_finish_slice<NT>(acc[0][0], acc[0][1], acc[0][2], acc[0][3], y, bias, n_rows, row0, r, p, piece_tiles, m_all,",
+            "stream_finish_slice<NT>(acc[0][0], acc[0][1], acc[0][2], acc[0][3], y, bias, n_rows, row0, r, p, piece_tiles,",
+            "stream_finish_slice_8(acc[0][0], acc[0][1], acc[0][2], acc[0][3], acc[1][0], acc[1][1], acc[1][2], acc[1][3], y,",
             "const u32 u_stop = min(u_end, (p + 1) * m_all * STREAM_PHASE_TILES);",
             "const bool more = i + 1 < n_here || !ends_here, slice_end = kt + 1 == p_end_tile;",
             "if (lane == 0) last = atomicAdd(&counters[r], piece_tiles) + piece_tiles == ord.k_tiles;",
