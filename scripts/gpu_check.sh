@@ -88,7 +88,15 @@
 #                bench_cuda_sampler.py at both sizes, decode steps at 8 sequences against 8,192;
 #                norm_rsqrt: the folded RMSNorm's float64 scale from rsqrt (the default since the
 #                fifty-fifth session): the matrix-vector and model GPU tests, decode steps with
-#                -DMMA_NORM_RSQRT=1 and =0.
+#                -DMMA_NORM_RSQRT=1 and =0;
+#                s8_phase: the planned kernels' int8 path staging x 2,048 columns a phase at 4 and 8
+#                rows (-DMMA_S8_PHASE=2048, written in the fifty-sixth session without a GPU; off):
+#                the matrix-vector and model GPU tests with it; stream8: the stream kernel on five
+#                to eight rows of Q4_K (FERRITE_CUDA_MATVEC_STREAM_ROWS=8, the same session; off):
+#                its tests, then decode steps of syn7b at 4, 5 and 8 sequences and syn05 at 8 with
+#                neither, each and both, and every type's int8 path to 8 rows with the stream
+#                kernel (a 7B's Q6_K LM head on it too), all compiled by NVRTC; timeline8: timelines
+#                of syn7b's eight-sequence step with the stream kernel off and on. One call each.
 #   Logs, JSON reports and haiku artifacts go to one archive, $OUT/gpu_check.tar.gz (the device
 #   tool brings back at most 8 files), beside report.jsonl and table.txt. A table closes the
 #   output. Exit status 0 when every step passed.
@@ -634,6 +642,35 @@ if [ "$what" = pending ]; then
     need_syn7b
     ab_step norm_rsqrt_ab ${AB_S:-300} "rsqrt|FERRITE_CUDA_KERNEL_DEFINES=-DMMA_NORM_RSQRT=1" "chain|FERRITE_CUDA_KERNEL_DEFINES=-DMMA_NORM_RSQRT=0" \
         -- /tmp/synthetic.gguf:1,2 /root/m/syn7b.gguf:1
+    fi
+    if [[ ,$parts, == *,s8_phase,* ]]; then
+    # Fewer phases for the int8 path at 4 and 8 rows (matvec_mma.cu's MMA_S8_PHASE): the tests
+    # that cover 8 rows over several phases and splits (2,048 to 18,432 columns) and the model's
+    # batches under the define (a 7B's 3,584 columns: 7 phases at 8 rows by default, 2 with it;
+    # its decode steps are stream8's A/B).
+    STEP_TIMEOUT=${CUDA_PYTEST_S:-300} FERRITE_CUDA_KERNEL_DEFINES=-DMMA_S8_PHASE=2048 step pytest_s8_phase "$py" -m pytest -q -ra -p no:cacheprovider \
+        tests/test_cuda_matvec.py tests/test_cuda_model.py -m "cuda and not model" --junitxml="$out/junit_s8_phase.xml"
+    fi
+    if [[ ,$parts, == *,stream8,* ]]; then
+    # The stream kernel on five to eight rows (matvec_mma_stream_8, Q4_K only): its test forces it
+    # onto every launch of up to eight rows; then a 7B's decode steps, where it takes gate/up
+    # (2,368 tile rows of 14 tiles: 592 blocks, 2.24 waves, on the planned kernel), beside
+    # MMA_S8_PHASE (above), each alone and both.
+    STEP_TIMEOUT=${CUDA_PYTEST_S:-300} step pytest_stream8 "$py" -m pytest -q -ra -p no:cacheprovider tests/test_cuda_matvec.py -m cuda \
+        -k "stream" --junitxml="$out/junit_stream8.xml"
+    need_syn7b
+    ab_step rows8_ab ${AB_S:-540} "base|FERRITE_CUDA_KERNEL_DEFINES=-DMMA_S8_PHASE=0" "p2048|FERRITE_CUDA_KERNEL_DEFINES=-DMMA_S8_PHASE=2048" \
+        "stream8|FERRITE_CUDA_KERNEL_DEFINES=-DMMA_S8_PHASE=0 FERRITE_CUDA_MATVEC_STREAM_ROWS=8" \
+        "both|FERRITE_CUDA_KERNEL_DEFINES=-DMMA_S8_PHASE=2048 FERRITE_CUDA_MATVEC_STREAM_ROWS=8" \
+        "all8|FERRITE_CUDA_KERNEL_DEFINES=-DMMA_S8_MAX_NT=8 FERRITE_CUDA_MATVEC_STREAM_ROWS=8" \
+        -- /root/m/syn7b.gguf:4,5,8 /tmp/synthetic.gguf:8
+    fi
+    if [[ ,$parts, == *,timeline8,* ]]; then
+    # Where the 7B's eight-sequence step goes, by launch, with the default build and the stream kernel.
+    need_syn7b
+    STEP_TIMEOUT=90 step timeline_syn7b_b8 "$py" benches/profile_cuda_decode.py /root/m/syn7b.gguf --child timeline --batch 8 --steps 32
+    FERRITE_CUDA_MATVEC_STREAM_ROWS=8 STEP_TIMEOUT=90 step timeline_syn7b_b8_stream8 "$py" benches/profile_cuda_decode.py /root/m/syn7b.gguf --child timeline --batch 8 --steps 32
+    cat "$out"/timeline_syn7b_b8*.log > "$dest/timeline_syn7b_b8.txt" 2>/dev/null
     fi
     if [[ $parts == *sampler* ]]; then
     STEP_TIMEOUT=${ENGINE_PYTEST_S:-150} step pytest_sampler "$py" -m pytest -q -ra -p no:cacheprovider tests/test_sampling.py tests/test_cuda_engine.py -m cuda --junitxml="$out/junit_sampler.xml"
