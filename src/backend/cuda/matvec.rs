@@ -1590,4 +1590,31 @@ mod tests {
         assert_eq!(stream_partial_floats(sms, &grid(GgmlType::Q8_0, 151936, 896)), 2 * warps * STREAM_MAX_ROWS * TILE_ROWS);
         assert_eq!(stream_partial_floats(sms, &grid(GgmlType::Q4_K, 3584, 18944)), (2 * warps + 5 * 224) * STREAM_MAX_ROWS * TILE_ROWS);
     }
+
+    /// The dynamic shared memory a stream launch asks for is the kernel's staged x where the kernel
+    /// keeps it there (eight rows: two int8 parts of STREAM_PHASE + 32 bytes a row), none below;
+    /// two blocks an SM ([`stream_blocks`]) fit an H100's or H200's 227 KiB with the kernel's static
+    /// arrays (11 KiB at eight rows, sm_90); and the eight-row kernel exists only where the host
+    /// asks for it (a type whose int8 path reaches eight rows).
+    #[test]
+    fn stream_dynamic_shared_memory_is_eight_rows_of_staged_x() {
+        let src = crate::backend::cuda::kernels::MATVEC_MMA.src;
+        for line in [
+            "constexpr int STREAM_PHASE = 4096;",
+            "constexpr int PHASE = STREAM_PHASE, XSTRIDE_B = PHASE + 32, SUMS = PHASE / 32;",
+            "constexpr int PARTS = NT <= 2 ? 3 : 2;",
+            "__shared__ __align__(16) u8 xs_static[NT <= 4 ? PARTS * NT * XSTRIDE_B : 16];",
+            "u8* const xs_bytes = NT <= 4 ? xs_static : xs_dynamic;",
+            "#if MMA_S8_MAX_NT >= 8\nMATVEC_MMA_STREAM_KERNEL(8)\n#endif",
+        ] {
+            assert!(src.contains(line), "matvec_mma.cu no longer has: {line}");
+        }
+        for nt in [1, 2, 4] {
+            assert_eq!(stream_dynamic_shared_bytes(nt), 0, "{nt} rows");
+        }
+        assert_eq!(stream_dynamic_shared_bytes(8), 2 * 8 * (4096 + 32));
+        assert!(2 * (stream_dynamic_shared_bytes(8) as usize + 12 * 1024) <= 227 * 1024);
+        assert_eq!(stream_blocks(132), 2 * 132);
+        assert_eq!(STREAM_KERNEL_ROWS.last(), Some(&STREAM_MAX_ROWS));
+    }
 }
