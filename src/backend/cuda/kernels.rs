@@ -438,8 +438,12 @@ mod tests {
     fn launch_constants_match_the_sources() {
         assert!(MATVEC.src.contains(&format!("#define MATVEC_WARPS {MATVEC_ROWS_PER_BLOCK}")));
         assert!(MATVEC_MMA.src.contains(&format!("#define MMA_MAX_WARPS {}", super::super::matvec::MMA_MAX_WARPS)));
-        // matvec::phase_tiles assumes this staging width.
-        assert!(MATVEC_MMA.src.contains("constexpr int PHASE = 4096 / NT;"));
+        // matvec::phase_tiles assumes this staging width, or a wider one (the int8 path's
+        // s8_phase_cols, 4096 / NT unless -DMMA_S8_PHASE asks for more): its plans keep every warp
+        // busy in either.
+        assert!(MATVEC_MMA.src.contains("constexpr int PHASE = S8 ? s8_phase_cols(NT) : 4096 / NT;"));
+        assert!(MATVEC_MMA.src.contains("#define MMA_S8_PHASE 0\n"));
+        assert!(MATVEC_MMA.src.contains("return 4096 / nt > MMA_S8_PHASE ? 4096 / nt : MMA_S8_PHASE;"));
         for nt in [1, 2, 4, 8] {
             assert!(MATVEC_MMA.src.contains(&format!("MATVEC_MMA_KERNEL({nt})")), "matvec_mma_{nt}");
         }
