@@ -95,7 +95,8 @@
 #                to eight rows of Q4_K (FERRITE_CUDA_MATVEC_STREAM_ROWS=8, the same session; off):
 #                its tests, then decode steps of syn7b at 4, 5 and 8 sequences and syn05 at 8 with
 #                neither, each and both, and every type's int8 path to 8 rows with the stream
-#                kernel (a 7B's Q6_K LM head on it too), all compiled by NVRTC; timeline8: timelines
+#                kernel (a 7B's Q6_K LM head on it too), and gate/up's planned launch in four column
+#                splits (4.5 waves), all compiled by NVRTC; timeline8: timelines
 #                of syn7b's eight-sequence step with the stream kernel off and on. One call each.
 #   Logs, JSON reports and haiku artifacts go to one archive, $OUT/gpu_check.tar.gz (the device
 #   tool brings back at most 8 files), beside report.jsonl and table.txt. A table closes the
@@ -663,6 +664,7 @@ if [ "$what" = pending ]; then
         "stream8|FERRITE_CUDA_KERNEL_DEFINES=-DMMA_S8_PHASE=0 FERRITE_CUDA_MATVEC_STREAM_ROWS=8" \
         "both|FERRITE_CUDA_KERNEL_DEFINES=-DMMA_S8_PHASE=2048 FERRITE_CUDA_MATVEC_STREAM_ROWS=8" \
         "all8|FERRITE_CUDA_KERNEL_DEFINES=-DMMA_S8_MAX_NT=8 FERRITE_CUDA_MATVEC_STREAM_ROWS=8" \
+        "splits4|FERRITE_CUDA_KERNEL_DEFINES=-DMMA_S8_PHASE=0 FERRITE_CUDA_MATVEC_PLANS=37888x3584@8=8,1,4" \
         -- /root/m/syn7b.gguf:4,5,8 /tmp/synthetic.gguf:8
     fi
     if [[ ,$parts, == *,timeline8,* ]]; then
