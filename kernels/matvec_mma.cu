@@ -1557,8 +1557,8 @@ __device__ __forceinline__ void matvec_mma_stream(const Segments& segs, u32 k_ti
     // others read row 0's part 0 again, which their zero scales cancel (see b_off in matvec_mma).
     // (Eight rows: group 1's column g is staged row 8 + g.)
     int b_off[NG];
-    b_off[0] = g < PARTS * NT ? g * XSTRIDE_B + 8 * t : 8 * t;
-    if constexpr (NG == 2) b_off[NG - 1] = (8 + g) * XSTRIDE_B + 8 * t;
+#pragma unroll
+    for (int j = 0; j < NG; j++) b_off[j] = 8 * j + g < PARTS * NT ? (8 * j + g) * XSTRIDE_B + 8 * t : 8 * t;
     float acc[NG][4] = {{0.0f, 0.0f, 0.0f, 0.0f}};
     const u8* tile = row_tiles(r) + (u64)kt * Tile::TILE_BYTES;
     u32 piece_tiles = 0;
@@ -1604,8 +1604,8 @@ __device__ __forceinline__ void matvec_mma_stream(const Segments& segs, u32 k_ti
                     stream_finish_slice_8(acc[0][0], acc[0][1], acc[0][2], acc[0][3], acc[1][0], acc[1][1], acc[1][2], acc[1][3], y,
                                           bias, n_rows, row0, r, p, piece_tiles, m_all, k_tiles, n_x, partials, counters, accumulate);
                 }
-                acc[0][0] = acc[0][1] = acc[0][2] = acc[0][3] = 0.0f;
-                if constexpr (NG == 2) acc[NG - 1][0] = acc[NG - 1][1] = acc[NG - 1][2] = acc[NG - 1][3] = 0.0f;
+#pragma unroll
+                for (int j = 0; j < NG; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
                 piece_tiles = 0;
             }
             cur = nxt;

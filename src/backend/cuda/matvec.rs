@@ -97,10 +97,14 @@ const LARGE_MAX_SPLITS: usize = 8;
 /// columns a split), so narrower splits keep 4 (docs/BENCHMARKS.md, forty-first session).
 const WIDE_SPLIT_COLS: usize = 512;
 
+/// Columns of x matvec_mma.cu's kernels stage for all their rows at once: the planned kernel's
+/// PHASE is this over its rows (at least), the stream kernel's STREAM_PHASE this.
+const STAGE_COLS: usize = 4096;
+
 /// Column tiles of x the kernel for `nt` rows stages at once (PHASE / TILE_COLS in
 /// matvec_mma.cu): more warps along the columns than this would idle.
 pub fn phase_tiles(format: &repack::TileFormat, nt: usize) -> usize {
-    (4096 / nt.max(1) / format.tile_cols).max(1)
+    (STAGE_COLS / nt.max(1) / format.tile_cols).max(1)
 }
 
 /// A forced (warps_m, warps_k, splits) for every plan made after it, 0 = none: a benchmark hook
@@ -404,8 +408,8 @@ pub const STREAM_MAX_ROWS: usize = 8;
 /// int8 parts of STREAM_PHASE + 32 bytes a row, 66 KB) is past static shared memory's 48 KiB;
 /// fewer rows keep theirs static.
 pub fn stream_dynamic_shared_bytes(nt: usize) -> u32 {
-    const STREAM_XSTRIDE_BYTES: usize = 4096 + 32;
-    if nt > 4 { (2 * nt * STREAM_XSTRIDE_BYTES) as u32 } else { 0 }
+    // The kernel's XSTRIDE_B: 32 bytes past a phase, so that rows fall 32 bytes apart in banks.
+    if nt > 4 { (2 * nt * (STAGE_COLS + 32)) as u32 } else { 0 }
 }
 
 /// Rows of x up to which launches take the stream kernel where [`StreamMode`] says so:
