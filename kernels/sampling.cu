@@ -565,8 +565,23 @@ __device__ __forceinline__ bool plain_draw(const RowParams& p) {
 }
 
 // What the chunk records must hold for a row's draw: the chunks' lists (a filter, or
-// alternatives asked for) and their sums of exp(s - max) (log-probabilities, or top-p without
-// top-k). A greedy or unfiltered draw needs neither, and its chunk pass is one read of the chunk.
+// alternatives asked for) and their sums of exp(s - max) (log-probabilities, or top-p's total
+// mass where the row's top-p survivors may reach past the listed tokens). A greedy or unfiltered
+// draw needs neither, and its chunk pass is one read of the chunk.
+// Top-p after a top-k of at most CHUNK_LIST takes its total from the listed survivors, never from
+// z: either top-k is below the row's finite count (draw_from_chunks's `has_k`: the total is the
+// k survivors' terms), or the row has at most CHUNK_LIST finite tokens, so every chunk lists all
+// of its own and tau is 0 (`bounded`: the total is the listed terms again; the early decline,
+// the only other reader of z, needs tau != 0). So such a draw skips the z pass (a loop of expf
+// over the chunk and a float64 block reduction on the chunk pass's critical path; 1.7 us of a
+// 15.1 us chunk pass at 8,192 a chunk, thirty-eighth session's probe) and reduce_records' z loop.
+// -DSAMPLE_Z_ALWAYS=1: every top-p draw takes z, as before (fifty-seventh session), for A/B on a GPU.
+#ifndef SAMPLE_Z_ALWAYS
+#define SAMPLE_Z_ALWAYS 0
+#endif
+__device__ __forceinline__ bool top_p_needs_z(const RowParams& p) {
+    return p.top_p < 1.0f && (SAMPLE_Z_ALWAYS || !(p.top_k > 0 && p.top_k <= CHUNK_LIST));
+}
 struct ChunkNeeds {
     bool lists, z;
 };
@@ -574,7 +589,7 @@ __device__ __forceinline__ ChunkNeeds chunk_needs(const RowParams& p) {
     const bool greedy = p.temperature == 0.0f;
     const bool want_lp = p.logprobs != NO_LOGPROBS;
     const bool filtered = !greedy && !plain_draw(p);
-    return ChunkNeeds{filtered || (want_lp && p.logprobs > 0), want_lp || (filtered && p.top_p < 1.0f)};
+    return ChunkNeeds{filtered || (want_lp && p.logprobs > 0), want_lp || (filtered && top_p_needs_z(p))};
 }
 
 // The penalties of the tokens in [lo, hi), in place, in the host's float order.
@@ -1065,6 +1080,8 @@ __device__ bool draw_from_chunks(const float* __restrict__ l, const RowParams& p
     if (filtered && !(p.top_k > 0 && p.top_k < finite) && tau != 0) {
         bool short_of = false;
         if (p.top_p < 1.0f) {
+            // (Not reached without z: see top_p_needs_z. Were it, the row scan decides.)
+            if (!needs.z) return false;
             double listed = 0.0;
             for (u32 i = threadIdx.x; i < n_listed; i += SAMPLE_THREADS)
                 if (sh.sort_id[i] != NONE && fkey(sh.sort_s[i]) > tau) listed += exp((double)(sh.sort_s[i] - max_s));
@@ -1120,6 +1137,7 @@ __device__ bool draw_from_chunks(const float* __restrict__ l, const RowParams& p
             }
             if (ok && p.top_p < 1.0f) {
                 double total = z;  // no top-k: the whole row survives it
+                if (!bounded && !needs.z) ok = 0;  // not reached (top_p_needs_z), but z is not there
                 if (bounded) {
                     double part = 0.0;
                     for (u32 j = lane; j < keep; j += 32) part += sh.term[j];

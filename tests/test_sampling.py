@@ -362,18 +362,27 @@ def test_greedy_draw_is_the_argmax_and_logprobs_are_the_log_softmax(device):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("logits", ["flat", "peaked"])
+@pytest.mark.parametrize("logits", ["flat", "peaked", "masked"])
 def test_gpu_and_cpu_draw_the_same_tokens_from_the_same_logits(logits):
     """64 rows of 151,936 logits. Flat rows (every token within reach) send top-p's nucleus past
     the tokens the GPU's chunk pass lists, so those rows take the full scan; peaked rows (a few
-    dozen strong tokens, as a trained model's) are drawn from the chunk records. Penalties on
-    tokens spread over the whole vocabulary (every chunk applies its own)."""
+    dozen strong tokens, as a trained model's) are drawn from the chunk records. Masked rows keep
+    30 finite tokens spread over the vocabulary (as a logit bias or a grammar leaves them): top-k
+    40 then keeps every one, and top-p's total comes from the chunks' lists, which hold them all
+    (the chunk pass skips its sums of exp for a top-k of at most 64). Penalties on tokens spread
+    over the whole vocabulary (every chunk applies its own)."""
     if not ferrite.cuda_available():
         pytest.skip("no CUDA device")
     rng = np.random.default_rng(5)
     rows = (rng.standard_normal((64, 151936)) * 2.5).astype(np.float32)
     if logits == "peaked":
         rows[:, rng.integers(0, 151936, 40)] += 12.0
+    if logits == "masked":
+        keep = np.zeros(rows.shape, dtype=bool)
+        for r in range(len(rows)):
+            keep[r, rng.choice(151936, 30, replace=False)] = True
+        keep[:, [3, 8192, 70000, 151935]] = True  # the penalized tokens stay drawable
+        rows[~keep] = -np.inf
     pen = dict(repetition_penalty=1.3, presence_penalty=0.4, prompt_token_ids=[3, 8191, 8192, 70000], output_token_ids=[151935, 8192, 40000])
     for kw in (
         dict(temperature=0.8),
