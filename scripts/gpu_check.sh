@@ -97,7 +97,10 @@
 #                neither, each and both, and every type's int8 path to 8 rows with the stream
 #                kernel (a 7B's Q6_K LM head on it too), and gate/up's planned launch in four column
 #                splits (4.5 waves), all compiled by NVRTC; timeline8: timelines
-#                of syn7b's eight-sequence step with the stream kernel off and on. One call each.
+#                of syn7b's eight-sequence step with the stream kernel off and on; z_skip: the
+#                sampler's chunk pass without its sums of exp under a top-k of at most 64 (on since
+#                the fifty-seventh session, which had no GPU): the sampler and engine tests, the
+#                sampler alone and syn05's decode steps against -DSAMPLE_Z_ALWAYS=1. One call each.
 #   Logs, JSON reports and haiku artifacts go to one archive, $OUT/gpu_check.tar.gz (the device
 #   tool brings back at most 8 files), beside report.jsonl and table.txt. A table closes the
 #   output. Exit status 0 when every step passed.
@@ -673,6 +676,19 @@ if [ "$what" = pending ]; then
     STEP_TIMEOUT=90 step timeline_syn7b_b8 "$py" benches/profile_cuda_decode.py /root/m/syn7b.gguf --child timeline --batch 8 --steps 32
     FERRITE_CUDA_MATVEC_STREAM_ROWS=8 STEP_TIMEOUT=90 step timeline_syn7b_b8_stream8 "$py" benches/profile_cuda_decode.py /root/m/syn7b.gguf --child timeline --batch 8 --steps 32
     cat "$out"/timeline_syn7b_b8*.log > "$dest/timeline_syn7b_b8.txt" 2>/dev/null
+    fi
+    if [[ ,$parts, == *,z_skip,* ]]; then
+    # The chunk pass without its sums of exp where a top-k of at most 64 bounds top-p
+    # (sampling.cu's top_p_needs_z; on since the fifty-seventh session, which had no GPU): the
+    # sampler and engine GPU tests (the masked rows of test_gpu_and_cpu_draw_the_same_tokens take
+    # the tau-0 path), the sampler alone with and without -DSAMPLE_Z_ALWAYS=1 at both chunk sizes,
+    # then decode steps of syn05 at 1 and 8 sequences (the default filters: top-k 40, top-p 0.95),
+    # both builds compiled by NVRTC, two interleaved rounds.
+    STEP_TIMEOUT=${ENGINE_PYTEST_S:-150} step pytest_z_skip "$py" -m pytest -q -ra -p no:cacheprovider tests/test_sampling.py tests/test_cuda_engine.py -m cuda --junitxml="$out/junit_z_skip.xml"
+    STEP_TIMEOUT=200 step bench_z_skip bash -c 'for d in -DSAMPLE_Z_ALWAYS=1 -DSAMPLE_Z_ALWAYS=0; do echo "== $d"; "$0" benches/bench_cuda_sampler.py kernels/sampling.cu "$d" --chunk-elems=5120,8192 "--configs=top-k40 p.95 minp.05,T0.8"; done' "$py"
+    cp "$out/bench_z_skip.log" "$dest/bench_z_skip.txt" 2>/dev/null
+    ab_step z_skip_ab ${AB_S:-200} "zskip|FERRITE_CUDA_KERNEL_DEFINES=-DSAMPLE_Z_ALWAYS=0" "zalways|FERRITE_CUDA_KERNEL_DEFINES=-DSAMPLE_Z_ALWAYS=1" \
+        -- /tmp/synthetic.gguf:1,8
     fi
     if [[ $parts == *sampler* ]]; then
     STEP_TIMEOUT=${ENGINE_PYTEST_S:-150} step pytest_sampler "$py" -m pytest -q -ra -p no:cacheprovider tests/test_sampling.py tests/test_cuda_engine.py -m cuda --junitxml="$out/junit_sampler.xml"

@@ -206,7 +206,7 @@ mod tests {
     fn q2_k_and_q3_k_layout() {
         let mut b = vec![0u8; 84];
         b[2] = 0x21; // sub-block 2: scale 1, min 2
-        b[(16 + 32)] = 0b11 << 2; // half 1, shift 1 -> element 128 + 32
+        b[16 + 32] = 0b11 << 2; // half 1, shift 1 -> element 128 + 32
         b[80..82].copy_from_slice(&ONE);
         b[82..84].copy_from_slice(&TWO);
         let mut out = [0f32; 256];
