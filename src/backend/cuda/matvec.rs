@@ -1464,6 +1464,15 @@ mod tests {
         }
     }
 
+    /// Fails naming the first of `lines` that kernels/matvec_mma.cu no longer holds verbatim: the
+    /// tests that model a kernel's arithmetic on the host check that it is still the kernel's.
+    fn assert_matvec_mma_has(lines: &[&str]) {
+        let src = crate::backend::cuda::kernels::MATVEC_MMA.src;
+        for line in lines {
+            assert!(src.contains(line), "matvec_mma.cu no longer has: {line}");
+        }
+    }
+
     /// Every tile falls to exactly one warp, in the kernel's order (phase, tile row, column
     /// tile), no warp's share is empty, and every row's pieces are what its last warp adds: each
     /// warp walking its share writes a piece per slice it touches (or the row itself, when it
@@ -1475,8 +1484,7 @@ mod tests {
     /// H200's 264 blocks of 8 warps.
     #[test]
     fn stream_shares_cover_every_tile_once_and_pieces_meet_their_reader() {
-        let src = crate::backend::cuda::kernels::MATVEC_MMA.src;
-        for line in [
+        assert_matvec_mma_has(&[
             "__device__ u32 first(u32 w) const { return w * q + min(w, rem); }",
             "__device__ u32 owner(u32 u) const { return u < rem * (q + 1) ? u / (q + 1) : rem + (u - rem * (q + 1)) / q; }",
             "__device__ u32 width(u32 ph) const { return min(STREAM_PHASE_TILES, k_tiles - ph * STREAM_PHASE_TILES); }",
@@ -1494,9 +1502,7 @@ mod tests {
             "if (lane == 0) last = atomicAdd(&counters[r], piece_tiles) + piece_tiles == ord.k_tiles;",
             "const u32 v_slot = ord.slot(s, vw);",
             "constexpr int STREAM_PHASE = 4096;",
-        ] {
-            assert!(src.contains(line), "matvec_mma.cu no longer has: {line}");
-        }
+        ]);
         let sms = 132;
         let grid_warps = (stream_blocks(sms) * MMA_MAX_WARPS as usize) as u32;
         let q4_k = |m_tiles: usize, k_tiles: usize| TileGrid { m_tiles, k_tiles, n_rows: m_tiles * TILE_ROWS, ..grid(GgmlType::Q4_K, 16, 256) };
@@ -1602,17 +1608,14 @@ mod tests {
     /// asks for it (a type whose int8 path reaches eight rows).
     #[test]
     fn stream_dynamic_shared_memory_is_eight_rows_of_staged_x() {
-        let src = crate::backend::cuda::kernels::MATVEC_MMA.src;
-        for line in [
+        assert_matvec_mma_has(&[
             "constexpr int STREAM_PHASE = 4096;",
             "constexpr int PHASE = STREAM_PHASE, XSTRIDE_B = PHASE + 32, SUMS = PHASE / 32;",
             "constexpr int PARTS = NT <= 2 ? 3 : 2;",
             "__shared__ __align__(16) u8 xs_static[NT <= 4 ? PARTS * NT * XSTRIDE_B : 16];",
             "u8* const xs_bytes = NT <= 4 ? xs_static : xs_dynamic;",
             "#if MMA_S8_MAX_NT >= 8\nMATVEC_MMA_STREAM_KERNEL(8)\n#endif",
-        ] {
-            assert!(src.contains(line), "matvec_mma.cu no longer has: {line}");
-        }
+        ]);
         for nt in [1, 2, 4] {
             assert_eq!(stream_dynamic_shared_bytes(nt), 0, "{nt} rows");
         }
